@@ -1,0 +1,42 @@
+"""fastnet: small, fast fully-connected neural networks on NumPy, Numba or CuPy.
+
+Importing fastnet imports neither numba nor cupy; backends load on first use.
+"""
+
+from fastnet.backends import (
+    Backend,
+    BackendUnavailableError,
+    available_backends,
+    get_backend,
+    set_backend,
+    use_backend,
+)
+from fastnet.callbacks import Callback, EarlyStopping
+from fastnet.checkpoint import CheckpointError, load_model, save_model
+from fastnet.data import DatasetError, load_fashion_mnist, load_mnist, one_hot, read_idx
+from fastnet.estimator import MLPClassifier
+from fastnet.initializers import Gaussian, He, Xavier
+from fastnet.layers import (
+    BatchNorm1d,
+    Dense,
+    Dropout,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
+from fastnet.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
+from fastnet.model import Sequential, TrainingDivergedError
+from fastnet.optimizers import SGD, AdaGrad, Adam, Momentum, RMSProp
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SGD", "AdaGrad", "Adam", "Backend", "BackendUnavailableError", "BatchNorm1d", "Callback",
+    "CheckpointError", "DatasetError", "Dense", "Dropout", "EarlyStopping", "Gaussian", "He",
+    "LeakyReLU", "MLPClassifier", "MeanSquaredError", "Momentum", "RMSProp", "ReLU",
+    "Sequential", "Sigmoid", "SigmoidBinaryCrossEntropy", "Softmax", "SoftmaxCrossEntropy", "Tanh",
+    "TrainingDivergedError", "Xavier", "available_backends", "get_backend", "load_fashion_mnist",
+    "load_mnist", "load_model", "one_hot", "read_idx", "save_model", "set_backend", "use_backend",
+]

@@ -1,0 +1,180 @@
+"""Backend registry and selection.
+
+Selection order: explicit argument > ``use_backend()`` context > ``set_backend()`` >
+``FASTNET_BACKEND`` environment variable > ``"auto"`` (cupy if a GPU is usable, else numba if
+installed, else numpy). An explicitly requested backend that is unavailable raises
+``BackendUnavailableError`` with the reason; only ``"auto"`` may choose another. Optional
+backends are imported lazily: ``import fastnet`` imports neither numba nor cupy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fastnet.backends.base import ACTIVATIONS, Backend, activation_code
+
+__all__ = [
+    "ACTIVATIONS", "Backend", "BackendUnavailableError", "BackendInfo", "activation_code",
+    "available_backends", "backend_infos", "get_backend", "known_backends", "set_backend",
+    "use_backend",
+]
+
+KNOWN = ("numpy", "numba", "cupy")
+AUTO_ORDER = ("cupy", "numba", "numpy")
+_MODULES = {
+    "numpy": ("fastnet.backends.numpy_backend", "NumpyBackend"),
+    "numba": ("fastnet.backends.numba_backend", "NumbaBackend"),
+    "cupy": ("fastnet.backends.cupy_backend", "CupyBackend"),
+}
+
+_context: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastnet_backend", default=None)
+_global_default: str | None = None
+_instances: dict[str, Backend] = {}
+_probes: dict[str, BackendInfo] = {}
+_lock = threading.Lock()
+
+
+class BackendUnavailableError(RuntimeError):
+    """A backend was requested by name but cannot run here; the message says why."""
+
+
+@dataclass(frozen=True)
+class BackendInfo:
+    name: str
+    available: bool
+    reason: str
+    version: str
+    device: str
+
+
+def _probe_numpy() -> BackendInfo:
+    import numpy
+
+    return BackendInfo("numpy", True, "", numpy.__version__, "CPU")
+
+
+def _probe_numba() -> BackendInfo:
+    try:
+        import numba
+    except Exception as exc:  # ImportError, or a broken llvmlite install
+        return BackendInfo("numba", False, f"numba is not importable ({exc}); "
+                           "install it with `pip install fastnet[numba]`", "", "")
+    return BackendInfo("numba", True, "", numba.__version__, "CPU")
+
+
+def _probe_cupy(device: int = 0) -> BackendInfo:
+    try:
+        import cupy
+    except Exception as exc:
+        return BackendInfo("cupy", False, f"cupy is not importable ({exc}); install it with "
+                           "`pip install fastnet[cuda12]` or `fastnet[cuda13]`", "", "")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver, no device, or a broken CUDA install
+        return BackendInfo("cupy", False, f"no usable CUDA device ({exc})", cupy.__version__, "")
+    if count == 0:
+        return BackendInfo("cupy", False, "no CUDA device", cupy.__version__, "")
+    if device >= count:
+        return BackendInfo("cupy", False, f"CUDA device {device} requested but only {count} "
+                           f"present", cupy.__version__, "")
+    try:
+        props = cupy.cuda.runtime.getDeviceProperties(device)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    except Exception as exc:
+        return BackendInfo("cupy", False, f"CUDA device {device} unusable ({exc})",
+                           cupy.__version__, "")
+    return BackendInfo("cupy", True, "", cupy.__version__, f"cuda:{device} {name}")
+
+
+_PROBES = {"numpy": _probe_numpy, "numba": _probe_numba, "cupy": _probe_cupy}
+
+
+def _split(spec: str) -> tuple[str, int]:
+    """``"cupy:1"`` -> ``("cupy", 1)``; validates the name."""
+    if not isinstance(spec, str):
+        raise TypeError(f"backend must be a name or a Backend, got {type(spec).__name__}")
+    name, _, index = spec.strip().lower().partition(":")
+    if name not in KNOWN and name != "auto":
+        raise ValueError(f"unknown backend {spec!r}; known backends: {', '.join(KNOWN)}, auto")
+    if index and (name != "cupy" or not index.isdigit()):
+        raise ValueError(f"bad backend spec {spec!r}: only cupy takes a device index, as 'cupy:1'")
+    return name, int(index or 0)
+
+
+def _key(name: str, device: int) -> str:
+    return f"cupy:{device}" if name == "cupy" else name
+
+
+def probe(spec: str) -> BackendInfo:
+    """Availability of one backend, probed once per process (never at import)."""
+    name, device = _split(spec)
+    key = _key(name, device)
+    with _lock:
+        if key not in _probes:
+            _probes[key] = _PROBES[name](device) if name == "cupy" else _PROBES[name]()
+        return _probes[key]
+
+
+def backend_infos() -> list[BackendInfo]:
+    return [probe(name) for name in KNOWN]
+
+
+def known_backends() -> tuple[str, ...]:
+    return KNOWN
+
+
+def available_backends() -> list[str]:
+    return [info.name for info in backend_infos() if info.available]
+
+
+def _resolve_auto() -> str:
+    for name in AUTO_ORDER:
+        if probe(name).available:
+            return name
+    return "numpy"
+
+
+def get_backend(spec: str | Backend | None = None) -> Backend:
+    """Return the backend for ``spec`` (a name such as ``"numba"`` or ``"cupy:1"``, a Backend,
+    or None for the current selection). Raises ``BackendUnavailableError`` if it cannot run."""
+    if isinstance(spec, Backend):
+        return spec
+    if spec is None:
+        spec = _context.get() or _global_default or os.environ.get("FASTNET_BACKEND") or "auto"
+    name, device = _split(spec)
+    if name == "auto":
+        name = _resolve_auto()
+    key = _key(name, device)
+    info = probe(key)
+    if not info.available:
+        raise BackendUnavailableError(f"backend {key!r} is unavailable: {info.reason}")
+    with _lock:
+        if key not in _instances:
+            module_name, class_name = _MODULES[name]
+            cls = getattr(importlib.import_module(module_name), class_name)
+            _instances[key] = cls(device) if name == "cupy" else cls()
+        return _instances[key]
+
+
+def set_backend(spec: str | None) -> None:
+    """Set the process-wide default backend (None clears it). Validates the name now."""
+    global _global_default
+    if spec is not None:
+        get_backend(spec)
+    _global_default = spec
+
+
+@contextlib.contextmanager
+def use_backend(spec: str) -> Iterator[Backend]:
+    """Context manager selecting the backend for models built inside it."""
+    backend = get_backend(spec)
+    token = _context.set(spec)
+    try:
+        yield backend
+    finally:
+        _context.reset(token)

@@ -1,0 +1,237 @@
+"""Reference implementation of every op, written once against ``self.xp``.
+
+Subclasses (numba, cupy) override only the hot paths they speed up and call ``super()`` for
+anything their kernels do not cover. Every op records which implementation ran in
+``kernel_report`` so users and benchmarks can see whether a fused kernel or the reference ran.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+ACTIVATIONS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh")
+ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
+
+
+def activation_code(name: str | None) -> int:
+    """Map an activation name (or None for linear) to its integer kernel code."""
+    key = "linear" if name is None else name
+    if key not in ACTIVATION_CODE:
+        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATION_CODE[key]
+
+
+class Backend:
+    """Array backend: array creation, transfers and the fused ops layers are written against.
+
+    The base class is the NumPy reference. All ops keep the input dtype (float32 or float64).
+    """
+
+    name = "numpy"
+    xp: Any = np
+
+    def __init__(self) -> None:
+        self.kernel_report: dict[str, str] = {}
+
+    def __repr__(self) -> str:
+        return f"<fastnet backend {self.name!r}>"
+
+    # ------------------------------------------------------------------ arrays and transfers
+    def _ran(self, op: str, impl: str = "reference") -> None:
+        self.kernel_report[op] = impl
+
+    def is_native(self, x: Any) -> bool:
+        """True if ``x`` is an array that lives where this backend computes."""
+        return isinstance(x, np.ndarray)
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        return self.xp.ascontiguousarray(x, dtype=dtype)
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return np.asarray(x)
+
+    def empty(self, shape: Any, dtype: Any) -> Any:
+        return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: Any, dtype: Any) -> Any:
+        return self.xp.zeros(shape, dtype=dtype)
+
+    def rng(self, seed: int | None) -> Any:
+        return np.random.default_rng(seed)
+
+    def permutation(self, rng: Any, n: int) -> Any:
+        return rng.permutation(n)
+
+    def uniform(self, rng: Any, shape: Any, dtype: Any) -> Any:
+        return rng.random(shape, dtype=dtype)
+
+    def take_rows(self, x: Any, idx: Any, out: Any = None) -> Any:
+        return self.xp.take(x, idx, axis=0, out=out)
+
+    def synchronize(self) -> None:
+        """Block until all queued work is done (no-op on CPU backends)."""
+
+    def device_info(self) -> str:
+        return "CPU"
+
+    # ------------------------------------------------------------------ matmul and dense layers
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        self._ran("matmul", "blas")
+        return self.xp.matmul(a, b, out=out)
+
+    def linear(self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01,
+               out: Any = None) -> Any:
+        """``act(x @ w + b)`` into ``out``; ``b`` may be None."""
+        self._ran("linear")
+        z = self.xp.matmul(x, w, out=out)
+        if b is not None:
+            z += b
+        return self._activate_inplace(z, activation, alpha)
+
+    def linear_backward(self, x: Any, w: Any, y: Any, dy: Any, activation: int, alpha: float,
+                        dw: Any, db: Any, dx: Any = None, need_dx: bool = True) -> Any:
+        """Gradients of ``y = act(x @ w + b)``: writes ``dw``, ``db`` (if not None), returns dx."""
+        self._ran("linear_backward")
+        dz = self.activation_backward(y, dy, activation, alpha)
+        if db is not None:
+            dz.sum(axis=0, out=db)
+        self.xp.matmul(x.T, dz, out=dw)
+        if not need_dx:
+            return None
+        return self.xp.matmul(dz, w.T, out=dx)
+
+    # ------------------------------------------------------------------ activations
+    def _activate_inplace(self, z: Any, activation: int, alpha: float) -> Any:
+        xp = self.xp
+        if activation == 0:
+            return z
+        if activation == 1:
+            return xp.maximum(z, 0, out=z)
+        if activation == 2:
+            return xp.multiply(z, xp.where(z > 0, 1, alpha).astype(z.dtype), out=z)
+        if activation == 3:
+            e = xp.exp(-xp.abs(z))
+            numerator = xp.where(z >= 0, 1, e).astype(z.dtype)
+            return xp.divide(numerator, 1 + e, out=z)
+        if activation == 4:
+            return xp.tanh(z, out=z)
+        raise ValueError(f"unknown activation code {activation}")
+
+    def activation(self, x: Any, activation: int, alpha: float = 0.01, out: Any = None) -> Any:
+        self._ran("activation")
+        if out is None:
+            out = self.xp.empty_like(x)
+        out[...] = x
+        return self._activate_inplace(out, activation, alpha)
+
+    def activation_backward(self, y: Any, dy: Any, activation: int, alpha: float = 0.01,
+                            out: Any = None) -> Any:
+        """Upstream gradient times the activation derivative, computed from the output ``y``."""
+        self._ran("activation_backward")
+        xp = self.xp
+        if activation == 0:
+            deriv = None
+        elif activation == 1:
+            deriv = y > 0
+        elif activation == 2:
+            deriv = xp.where(y > 0, 1, alpha).astype(y.dtype)
+        elif activation == 3:
+            deriv = y * (1 - y)
+        elif activation == 4:
+            deriv = 1 - y * y
+        else:
+            raise ValueError(f"unknown activation code {activation}")
+        if deriv is None:
+            if out is None:
+                return dy
+            out[...] = dy
+            return out
+        return xp.multiply(dy, deriv, out=out)
+
+    def softmax(self, x: Any) -> Any:
+        self._ran("softmax")
+        xp = self.xp
+        e = xp.exp(x - x.max(axis=1, keepdims=True))
+        e /= e.sum(axis=1, keepdims=True)
+        return e
+
+    # ------------------------------------------------------------------ losses
+    def softmax_xent(self, logits: Any, labels: Any, dlogits: Any = None) -> tuple[Any, Any]:
+        """Mean softmax cross-entropy and its gradient w.r.t. the logits, numerically stable.
+
+        ``labels`` are integer class indices (shape ``(n,)``) or targets (shape ``(n, k)``,
+        one-hot or soft). Returns ``(loss, dlogits)``; the loss stays on the device.
+        """
+        self._ran("softmax_xent")
+        xp = self.xp
+        n = logits.shape[0]
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        s = e.sum(axis=1, keepdims=True)
+        if dlogits is None:
+            dlogits = xp.empty_like(logits)
+        xp.divide(e, s, out=dlogits)
+        log_s = xp.log(s)
+        if labels.ndim == 1:
+            rows = xp.arange(n)
+            loss = (log_s[:, 0] - shifted[rows, labels]).sum() / n
+            dlogits[rows, labels] -= 1
+        else:
+            loss = -(labels * (shifted - log_s)).sum() / n
+            dlogits -= labels
+        dlogits /= n
+        return loss, dlogits
+
+    def count_correct(self, logits: Any, labels: Any) -> Any:
+        """Number of rows whose argmax equals the integer label (stays on the device)."""
+        return (logits.argmax(axis=1) == labels).sum()
+
+    # ------------------------------------------------------------------ optimizer updates
+    # Each update mutates the parameter and its state in place. ``wd`` adds L2 decay to the gradient.
+    def _decayed(self, p: Any, g: Any, wd: float) -> Any:
+        return g + wd * p if wd else g
+
+    def update_sgd(self, p: Any, g: Any, lr: float, wd: float = 0.0) -> None:
+        self._ran("update_sgd")
+        p -= lr * self._decayed(p, g, wd)
+
+    def update_momentum(self, p: Any, g: Any, v: Any, lr: float, momentum: float,
+                        nesterov: bool = False, wd: float = 0.0) -> None:
+        self._ran("update_momentum")
+        g = self._decayed(p, g, wd)
+        v *= momentum
+        v -= lr * g
+        if nesterov:
+            p += momentum * v - lr * g
+        else:
+            p += v
+
+    def update_adagrad(self, p: Any, g: Any, h: Any, lr: float, eps: float,
+                       wd: float = 0.0) -> None:
+        self._ran("update_adagrad")
+        g = self._decayed(p, g, wd)
+        h += g * g
+        p -= lr * g / (self.xp.sqrt(h) + eps)
+
+    def update_rmsprop(self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float,
+                       wd: float = 0.0) -> None:
+        self._ran("update_rmsprop")
+        g = self._decayed(p, g, wd)
+        h *= rho
+        h += (1 - rho) * g * g
+        p -= lr * g / (self.xp.sqrt(h) + eps)
+
+    def update_adam(self, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float,
+                    eps: float, t: int, wd: float = 0.0) -> None:
+        """Adam with bias correction folded into the step size (Kingma & Ba, sec. 2)."""
+        self._ran("update_adam")
+        g = self._decayed(p, g, wd)
+        m *= beta1
+        m += (1 - beta1) * g
+        v *= beta2
+        v += (1 - beta2) * (g * g)
+        step = lr * np.sqrt(1 - beta2**t) / (1 - beta1**t)
+        eps_hat = eps * np.sqrt(1 - beta2**t)
+        p -= float(step) * m / (self.xp.sqrt(v) + float(eps_hat))

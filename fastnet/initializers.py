@@ -1,0 +1,87 @@
+"""Weight initializers: ``Gaussian(sigma)``, ``Xavier`` (Glorot) and ``He``.
+
+Each is called as ``init(rng, fan_in, fan_out, dtype)`` and returns a NumPy array; the layer
+moves it to its backend. Biases start at zero.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+class Initializer:
+    name = "initializer"
+
+    def scale(self, fan_in: int, fan_out: int) -> float:
+        raise NotImplementedError
+
+    def __call__(self, rng: np.random.Generator, fan_in: int, fan_out: int,
+                 dtype: np.dtype | str = np.float32) -> np.ndarray:
+        std = self.scale(fan_in, fan_out)
+        return (rng.standard_normal((fan_in, fan_out)) * std).astype(dtype)
+
+    def get_config(self) -> dict:
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class Gaussian(Initializer):
+    """Normal with a fixed standard deviation ``sigma`` (the notebooks' SimpleInitializer)."""
+
+    name = "gaussian"
+
+    def __init__(self, sigma: float = 0.01) -> None:
+        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+            raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
+        self.sigma = float(sigma)
+
+    def scale(self, fan_in: int, fan_out: int) -> float:
+        return self.sigma
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "sigma": self.sigma}
+
+
+class Xavier(Initializer):
+    """Glorot normal: std = sqrt(2 / (fan_in + fan_out)); suits sigmoid and tanh."""
+
+    name = "xavier"
+
+    def scale(self, fan_in: int, fan_out: int) -> float:
+        return math.sqrt(2.0 / (fan_in + fan_out))
+
+
+class He(Initializer):
+    """He normal: std = sqrt(2 / fan_in); suits ReLU."""
+
+    name = "he"
+
+    def scale(self, fan_in: int, fan_out: int) -> float:
+        return math.sqrt(2.0 / fan_in)
+
+
+INITIALIZERS = {cls.name: cls for cls in (Gaussian, Xavier, He)}
+
+
+def get_initializer(spec: str | Initializer | None, activation: str | None) -> Initializer:
+    """Resolve a name or instance; None picks He for ReLU-like activations, else Xavier."""
+    if isinstance(spec, Initializer):
+        return spec
+    if spec is None:
+        return He() if activation in ("relu", "leaky_relu") else Xavier()
+    if isinstance(spec, str) and spec.lower() in INITIALIZERS:
+        return INITIALIZERS[spec.lower()]()
+    raise ValueError(f"unknown initializer {spec!r}; expected one of {', '.join(INITIALIZERS)}")
+
+
+def initializer_from_config(config: dict) -> Initializer:
+    config = dict(config)
+    name = config.pop("name")
+    if name not in INITIALIZERS:
+        raise ValueError(f"unknown initializer {name!r} in config")
+    return INITIALIZERS[name](**config)

@@ -1,0 +1,337 @@
+"""Layers: Dense (with fused activation), ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout,
+BatchNorm1d. Each layer's backward sits right below its forward.
+
+Layers compute through the backend object they were built with and write into buffers they
+own, reused from step to step: an output is valid until the layer's next forward call.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from fastnet.backends import Backend, activation_code
+from fastnet.initializers import Initializer, get_initializer, initializer_from_config
+from fastnet.optimizers import Optimizer, optimizer_from_config
+from fastnet.parameter import Parameter
+
+
+class Layer:
+    """Base class. Subclasses implement ``build``, ``forward`` and ``backward``."""
+
+    name = "layer"
+
+    def __init__(self) -> None:
+        self.backend: Backend | None = None
+        self.dtype: np.dtype | None = None
+        self.input_dim: int | None = None
+        self.output_dim: int | None = None
+        self.optimizer: Optimizer | None = None
+        self._buffers: dict[tuple, Any] = {}
+
+    @property
+    def built(self) -> bool:
+        return self.backend is not None
+
+    def build(self, input_dim: int, backend: Backend, dtype: np.dtype,
+              rng: np.random.Generator) -> int:
+        """Create parameters for inputs of width ``input_dim``; returns the output width."""
+        self.backend, self.dtype, self.input_dim = backend, np.dtype(dtype), input_dim
+        self.output_dim = input_dim
+        return input_dim
+
+    def _buffer(self, key: str, shape: tuple) -> Any:
+        buf = self._buffers.get((key, shape))
+        if buf is None:
+            if len(self._buffers) > 16:  # many batch sizes seen (e.g. predict): drop old ones
+                self._buffers.clear()
+            buf = self._buffers[(key, shape)] = self.backend.empty(shape, self.dtype)
+        return buf
+
+    def forward(self, x: Any, training: bool = True) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        raise NotImplementedError
+
+    def parameters(self) -> list[Parameter]:
+        return []
+
+    def state_buffers(self) -> dict[str, Any]:
+        """Non-trainable state saved in checkpoints (e.g. BatchNorm running statistics)."""
+        return {}
+
+    def get_config(self) -> dict:
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
+        return f"{type(self).__name__}({args})"
+
+
+class Dense(Layer):
+    """Fully connected layer ``y = act(x @ W + b)`` with an optional fused activation.
+
+    ``initializer`` (name or object) and ``optimizer`` (overrides the model's for this layer)
+    are injectable, as in the notebooks' FC layer.
+    """
+
+    name = "dense"
+
+    def __init__(self, units: int, activation: str | None = None, *, input_dim: int | None = None,
+                 initializer: str | Initializer | None = None, optimizer: Optimizer | None = None,
+                 use_bias: bool = True, alpha: float = 0.01) -> None:
+        super().__init__()
+        if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
+            raise ValueError(f"units must be a positive integer, got {units!r}")
+        if input_dim is not None and (not isinstance(input_dim, (int, np.integer)) or input_dim <= 0):
+            raise ValueError(f"input_dim must be a positive integer, got {input_dim!r}")
+        self.units = int(units)
+        self.activation = None if activation in (None, "linear") else activation
+        self.activation_code = activation_code(activation)
+        self.declared_input_dim = input_dim
+        self.initializer = get_initializer(initializer, self.activation)
+        self.optimizer = optimizer
+        self.use_bias = bool(use_bias)
+        self.alpha = float(alpha)
+        self.W: Parameter | None = None
+        self.b: Parameter | None = None
+
+    def build(self, input_dim: int, backend: Backend, dtype: np.dtype,
+              rng: np.random.Generator) -> int:
+        if self.declared_input_dim is not None and self.declared_input_dim != input_dim:
+            raise ValueError(f"Dense(input_dim={self.declared_input_dim}) receives inputs of "
+                             f"width {input_dim}")
+        super().build(input_dim, backend, dtype, rng)
+        weights = self.initializer(rng, input_dim, self.units, self.dtype)
+        self.W = Parameter("W", backend.asarray(weights))
+        self.b = Parameter("b", backend.zeros((self.units,), self.dtype), decay=False) \
+            if self.use_bias else None
+        self.output_dim = self.units
+        return self.units
+
+    def forward(self, x: Any, training: bool = True) -> Any:
+        self.x = x
+        out = self._buffer("y", (x.shape[0], self.units))
+        bias = self.b.value if self.b is not None else None
+        self.y = self.backend.linear(x, self.W.value, bias, self.activation_code, self.alpha, out)
+        return self.y
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        dx = self._buffer("dx", (dy.shape[0], self.input_dim)) if need_dx else None
+        db = self.b.grad if self.b is not None else None
+        return self.backend.linear_backward(self.x, self.W.value, self.y, dy,
+                                            self.activation_code, self.alpha, self.W.grad, db,
+                                            dx, need_dx)
+
+    def parameters(self) -> list[Parameter]:
+        return [self.W] + ([self.b] if self.b is not None else [])
+
+    def get_config(self) -> dict:
+        config = {"name": self.name, "units": self.units, "activation": self.activation,
+                  "initializer": self.initializer.get_config(), "use_bias": self.use_bias,
+                  "alpha": self.alpha}
+        if self.optimizer is not None:
+            config["optimizer"] = self.optimizer.get_config()
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> Dense:
+        config = dict(config)
+        config.pop("name", None)
+        config["initializer"] = initializer_from_config(config["initializer"])
+        if "optimizer" in config:
+            config["optimizer"] = optimizer_from_config(config["optimizer"])
+        return cls(**config)
+
+
+class Activation(Layer):
+    """Elementwise activation as its own layer (the notebooks' ReLU/Sigmoid classes)."""
+
+    name = "activation"
+    kind = "linear"
+
+    def __init__(self, alpha: float = 0.01) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+        self.code = activation_code(self.kind)
+
+    def forward(self, x: Any, training: bool = True) -> Any:
+        self.y = self.backend.activation(x, self.code, self.alpha, self._buffer("y", x.shape))
+        return self.y
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        if not need_dx:
+            return None
+        out = self._buffer("dx", dy.shape)
+        return self.backend.activation_backward(self.y, dy, self.code, self.alpha, out)
+
+    def get_config(self) -> dict:
+        return {"name": self.name}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Layer:
+        config = dict(config)
+        config.pop("name", None)
+        return cls(**config)
+
+
+class ReLU(Activation):
+    name = kind = "relu"
+
+
+class LeakyReLU(Activation):
+    name = kind = "leaky_relu"
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "alpha": self.alpha}
+
+
+class Sigmoid(Activation):
+    name = kind = "sigmoid"
+
+
+class Tanh(Activation):
+    name = kind = "tanh"
+
+
+class Softmax(Layer):
+    """Softmax over features. For training classifiers prefer the fused SoftmaxCrossEntropy loss."""
+
+    name = "softmax"
+
+    def forward(self, x: Any, training: bool = True) -> Any:
+        self.y = self.backend.softmax(x)
+        return self.y
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        if not need_dx:
+            return None
+        y = self.y
+        return y * (dy - (dy * y).sum(axis=1, keepdims=True))
+
+    @classmethod
+    def from_config(cls, config: dict) -> Layer:
+        return cls()
+
+
+class Dropout(Layer):
+    """Inverted dropout: zeroes a fraction ``rate`` of inputs in training, identity in eval."""
+
+    name = "dropout"
+
+    def __init__(self, rate: float = 0.5, seed: int | None = None) -> None:
+        super().__init__()
+        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1):
+            raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+        self.rate = float(rate)
+        self.seed = seed
+
+    def build(self, input_dim: int, backend: Backend, dtype: np.dtype,
+              rng: np.random.Generator) -> int:
+        seed = self.seed if self.seed is not None else int(rng.integers(2**31))
+        self._rng = backend.rng(seed)
+        return super().build(input_dim, backend, dtype, rng)
+
+    def forward(self, x: Any, training: bool = True) -> Any:
+        self.mask = None
+        if not training or self.rate == 0:
+            return x
+        keep = 1.0 - self.rate
+        mask = self.backend.uniform(self._rng, x.shape, self.dtype) >= self.rate
+        self.mask = mask * self.dtype.type(1.0 / keep)
+        return x * self.mask
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        if not need_dx:
+            return None
+        return dy if self.mask is None else dy * self.mask
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "rate": self.rate, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Layer:
+        return cls(rate=config["rate"], seed=config.get("seed"))
+
+
+class BatchNorm1d(Layer):
+    """Batch normalization over the batch axis, with learned scale/shift and running statistics
+    (unbiased running variance, as PyTorch) used in eval mode."""
+
+    name = "batchnorm1d"
+
+    def __init__(self, momentum: float = 0.9, eps: float = 1e-5) -> None:
+        super().__init__()
+        if not (0 <= momentum < 1):
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        if not (eps > 0 and math.isfinite(eps)):
+            raise ValueError(f"eps must be positive, got {eps!r}")
+        self.momentum, self.eps = float(momentum), float(eps)
+
+    def build(self, input_dim: int, backend: Backend, dtype: np.dtype,
+              rng: np.random.Generator) -> int:
+        super().build(input_dim, backend, dtype, rng)
+        ones = backend.asarray(np.ones(input_dim, dtype=dtype))
+        self.gamma = Parameter("gamma", ones, decay=False)
+        self.beta = Parameter("beta", backend.zeros((input_dim,), dtype), decay=False)
+        self.running_mean = backend.zeros((input_dim,), dtype)
+        self.running_var = backend.asarray(np.ones(input_dim, dtype=dtype))
+        return input_dim
+
+    def forward(self, x: Any, training: bool = True) -> Any:
+        xp = self.backend.xp
+        if training:
+            n = x.shape[0]
+            if n < 2:
+                raise ValueError("BatchNorm1d needs at least 2 samples per batch in training")
+            mean = x.mean(axis=0)
+            var = x.var(axis=0)
+            m = self.momentum
+            self.running_mean *= m
+            self.running_mean += (1 - m) * mean
+            self.running_var *= m
+            self.running_var += (1 - m) * var * (n / (n - 1))
+        else:
+            mean, var = self.running_mean, self.running_var
+        self.inv_std = 1 / xp.sqrt(var + self.eps)
+        self.xhat = (x - mean) * self.inv_std
+        return self.xhat * self.gamma.value + self.beta.value
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        xhat = self.xhat
+        dy.sum(axis=0, out=self.beta.grad)
+        (dy * xhat).sum(axis=0, out=self.gamma.grad)
+        if not need_dx:
+            return None
+        n = dy.shape[0]
+        dxhat = dy * self.gamma.value
+        return (self.inv_std / n) * (n * dxhat - dxhat.sum(axis=0)
+                                     - xhat * (dxhat * xhat).sum(axis=0))
+
+    def parameters(self) -> list[Parameter]:
+        return [self.gamma, self.beta]
+
+    def state_buffers(self) -> dict[str, Any]:
+        return {"running_mean": self.running_mean, "running_var": self.running_var}
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "momentum": self.momentum, "eps": self.eps}
+
+    @classmethod
+    def from_config(cls, config: dict) -> Layer:
+        return cls(momentum=config["momentum"], eps=config["eps"])
+
+
+LAYERS: dict[str, type[Layer]] = {
+    cls.name: cls for cls in (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout, BatchNorm1d)
+}
+
+
+def layer_from_config(config: dict) -> Layer:
+    name = config.get("name")
+    if name not in LAYERS:
+        raise ValueError(f"unknown layer {name!r} in config; known: {', '.join(LAYERS)}")
+    return LAYERS[name].from_config(config)  # type: ignore[attr-defined]

@@ -1,0 +1,105 @@
+"""Losses on raw model outputs (logits): fused SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy
+(from logits, stable), MeanSquaredError. ``loss(outputs, targets) -> (value, doutputs)`` with the
+value left on the device and the gradient already divided by the batch size (mean reduction)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastnet.backends import Backend
+
+
+class Loss:
+    name = "loss"
+    classification = False
+
+    def __init__(self) -> None:
+        self.backend: Backend | None = None
+
+    def build(self, backend: Backend) -> None:
+        self.backend = backend
+
+    def __call__(self, outputs: Any, targets: Any) -> tuple[Any, Any]:
+        raise NotImplementedError
+
+    def predict_output(self, outputs: Any) -> Any:
+        """Map raw outputs to predictions (probabilities for classifiers)."""
+        return outputs
+
+    def count_correct(self, outputs: Any, targets: Any) -> Any | None:
+        """Correct predictions in the batch (on the device), or None if accuracy is undefined."""
+        return None
+
+    def get_config(self) -> dict:
+        return {"name": self.name}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Softmax + cross-entropy fused, with integer labels ``(n,)`` or one-hot/soft targets ``(n, k)``."""
+
+    name = "softmax_cross_entropy"
+    classification = True
+
+    def __call__(self, logits: Any, targets: Any) -> tuple[Any, Any]:
+        return self.backend.softmax_xent(logits, targets)
+
+    def predict_output(self, logits: Any) -> Any:
+        return self.backend.softmax(logits)
+
+    def count_correct(self, logits: Any, targets: Any) -> Any:
+        if targets.ndim == 2:
+            targets = targets.argmax(axis=1)
+        return self.backend.count_correct(logits, targets)
+
+
+class SigmoidBinaryCrossEntropy(Loss):
+    """Binary cross-entropy on logits: ``max(z, 0) - z*t + log1p(exp(-|z|))``, mean over elements."""
+
+    name = "sigmoid_binary_cross_entropy"
+    classification = True
+
+    def __call__(self, logits: Any, targets: Any) -> tuple[Any, Any]:
+        xp = self.backend.xp
+        if targets.ndim == 1:
+            targets = targets.reshape(-1, 1)
+        targets = targets.astype(logits.dtype, copy=False)
+        loss = (xp.maximum(logits, 0) - logits * targets + xp.log1p(xp.exp(-xp.abs(logits)))).mean()
+        grad = (self.predict_output(logits) - targets) / logits.size
+        return loss, grad
+
+    def predict_output(self, logits: Any) -> Any:
+        return self.backend.activation(logits, 3)
+
+    def count_correct(self, logits: Any, targets: Any) -> Any:
+        if targets.ndim == 1:
+            targets = targets.reshape(-1, 1)
+        return ((logits > 0) == (targets > 0.5)).sum() / logits.shape[1]
+
+
+class MeanSquaredError(Loss):
+    """Mean over all elements of ``(y - t)**2``."""
+
+    name = "mean_squared_error"
+
+    def __call__(self, outputs: Any, targets: Any) -> tuple[Any, Any]:
+        if targets.ndim == 1:
+            targets = targets.reshape(outputs.shape)
+        diff = outputs - targets.astype(outputs.dtype, copy=False)
+        return (diff * diff).mean(), diff * (2.0 / diff.size)
+
+
+LOSSES = {cls.name: cls for cls in (SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy, MeanSquaredError)}
+ALIASES = {"cross_entropy": "softmax_cross_entropy", "xent": "softmax_cross_entropy",
+           "bce": "sigmoid_binary_cross_entropy", "mse": "mean_squared_error"}
+
+
+def get_loss(spec: str | Loss) -> Loss:
+    if isinstance(spec, Loss):
+        return spec
+    key = ALIASES.get(spec, spec) if isinstance(spec, str) else spec
+    if key not in LOSSES:
+        raise ValueError(f"unknown loss {spec!r}; expected one of {', '.join(LOSSES)}")
+    return LOSSES[key]()

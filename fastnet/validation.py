@@ -1,0 +1,122 @@
+"""Input checks at the public boundary: fail early, name the argument, lose nothing."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import numpy as np
+
+from fastnet.backends import Backend
+
+
+def array_module_name(x: Any) -> str:
+    return type(x).__module__.split(".")[0]
+
+
+def to_backend_array(x: Any, name: str, backend: Backend, dtype: Any = None) -> Any:
+    """Move ``x`` to ``backend`` (NumPy/list inputs are copied to the device; a device array of
+    another backend is refused rather than converted behind the user's back)."""
+    if backend.is_native(x):
+        return backend.asarray(x, dtype) if dtype is not None else x
+    module = array_module_name(x)
+    if module == "cupy":
+        raise TypeError(f"{name} is a cupy (GPU) array but the model runs on the {backend.name!r} "
+                        f"backend; pass {name}.get() or build the model with backend='cupy'")
+    if module == "torch":
+        raise TypeError(f"{name} is a torch tensor; pass {name}.cpu().numpy()")
+    try:
+        host = np.asarray(x)
+    except Exception as exc:
+        raise TypeError(f"{name} cannot be converted to an array: {exc}") from None
+    return backend.asarray(host, dtype) if dtype is not None else backend.asarray(host)
+
+
+def check_features(x: Any, name: str, backend: Backend, dtype: Any,
+                   n_features: int | None = None) -> Any:
+    """Validate a 2-D numeric, finite, non-empty feature matrix and return it on the backend."""
+    raw = x if (backend.is_native(x) or array_module_name(x) == "cupy") else np.asarray(x)
+    kind = getattr(getattr(raw, "dtype", None), "kind", "O")
+    if kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {getattr(raw, 'dtype', type(raw))}")
+    if raw.ndim != 2:
+        hint = f" (flatten with {name}.reshape(len({name}), -1))" if raw.ndim > 2 else ""
+        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape "
+                         f"{tuple(raw.shape)}{hint}")
+    if raw.shape[0] == 0 or raw.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(raw.shape)}")
+    if n_features is not None and raw.shape[1] != n_features:
+        raise ValueError(f"{name} has {raw.shape[1]} features but the model expects {n_features}")
+    arr = to_backend_array(raw, name, backend, dtype)
+    if kind == "f" and not bool(backend.xp.isfinite(arr).all()):
+        bad = int((~backend.xp.isfinite(arr)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+    return arr
+
+
+def check_class_labels(y: Any, name: str, n_samples: int, n_classes: int | None = None) -> np.ndarray:
+    """Validate integer class labels (1-D) on the host and return them as int64."""
+    if array_module_name(y) == "cupy":
+        y = y.get()
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be 1-D class labels, got shape {y.shape}")
+    if len(y) != n_samples:
+        raise ValueError(f"X has {n_samples} samples but {name} has {len(y)} labels")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise ValueError(f"{name} contains NaN or infinite labels")
+        if not np.all(y == np.round(y)):
+            raise ValueError(f"{name} must hold integer class labels, got non-integer values")
+    y = y.astype(np.int64)
+    if y.size and y.min() < 0:
+        raise ValueError(f"{name} contains negative label {int(y.min())}")
+    if n_classes is not None and y.size and y.max() >= n_classes:
+        raise ValueError(f"{name} contains label {int(y.max())} but the model has {n_classes} "
+                         f"outputs (valid labels are 0..{n_classes - 1})")
+    return y
+
+
+def check_targets(y: Any, name: str, n_samples: int, n_outputs: int, backend: Backend,
+                  dtype: Any, integer_labels: bool) -> Any:
+    """Validate targets: integer labels for softmax classifiers, else an array matching outputs."""
+    if integer_labels and np.ndim(y) == 1:
+        return backend.asarray(check_class_labels(y, name, n_samples, n_outputs))
+    host = y.get() if array_module_name(y) == "cupy" else np.asarray(y)
+    if host.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be numeric, got dtype {host.dtype}")
+    if host.ndim == 1:
+        host = host.reshape(-1, 1)
+    if host.ndim != 2 or host.shape[0] != n_samples:
+        raise ValueError(f"X has {n_samples} samples but {name} has shape {host.shape}")
+    if host.shape[1] != n_outputs:
+        raise ValueError(f"{name} has {host.shape[1]} columns but the model has {n_outputs} outputs")
+    if not np.isfinite(host).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return backend.asarray(host, dtype)
+
+
+def check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def check_positive_float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
