@@ -122,9 +122,10 @@ class Dense(Layer):
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         dx = self._buffer("dx", (dy.shape[0], self.input_dim)) if need_dx else None
         db = self.b.grad if self.b is not None else None
+        dz = self._buffer("dz", dy.shape) if self.activation_code else None
         return self.backend.linear_backward(self.x, self.W.value, self.y, dy,
                                             self.activation_code, self.alpha, self.W.grad, db,
-                                            dx, need_dx)
+                                            dx, need_dx, dz)
 
     def parameters(self) -> list[Parameter]:
         return [self.W] + ([self.b] if self.b is not None else [])

@@ -123,7 +123,7 @@ class Sequential:
     def fit(self, X: Any, y: Any, *, epochs: int = 10, batch_size: int = 128,
             validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
             callbacks: Sequence[Callback] = (), verbose: int = 1,
-            on_divergence: str = "restore") -> dict[str, list[float]]:
+            on_divergence: str = "restore", cuda_graph: bool = False) -> dict[str, list[float]]:
         """Train for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches.
 
         Returns the history: per-epoch ``loss``, ``accuracy`` (running, training mode),
@@ -132,6 +132,7 @@ class Sequential:
         (``on_divergence="restore"``), or also raises ``TrainingDivergedError`` ("raise").
         On ``KeyboardInterrupt`` the weights of the last finished epoch are restored and the
         interrupt is re-raised; ``model.history`` keeps the finished epochs.
+        ``cuda_graph=True`` (cupy backend) replays one captured CUDA graph per batch.
         """
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
@@ -155,24 +156,23 @@ class Sequential:
 
         from tqdm.auto import tqdm
 
+        run_epoch = self.run_epoch
+        if cuda_graph:
+            from fastnet.cuda_graph import GraphedTrainer
+
+            trainer = GraphedTrainer(self, batch_size)
+
+            def run_epoch(Xd, yd, bs, rng, shuffle, progress):  # noqa: ANN001
+                return trainer.run_epoch(Xd, yd, rng, shuffle, progress)
+
         for epoch in range(epochs):
             snapshot = self.get_state()
             start = time.perf_counter()
-            order = backend.permutation(order_rng, n) if shuffle else backend.xp.arange(n)
-            loss_sum: Any = 0.0
-            correct_sum: Any = None
             bar = tqdm(total=n, disable=verbose != 1, leave=False, unit="sample",
                        desc=f"epoch {epoch + 1}/{epochs}", mininterval=0.5)
             try:
-                for lo in range(0, n, batch_size):
-                    idx = order[lo:lo + batch_size]
-                    xb = backend.take_rows(Xd, idx)
-                    yb = backend.take_rows(yd, idx)
-                    loss, correct = self.train_step(xb, yb)
-                    loss_sum = loss_sum + loss * len(idx)
-                    if correct is not None:
-                        correct_sum = correct if correct_sum is None else correct_sum + correct
-                    bar.update(len(idx))
+                loss_sum, correct_sum = run_epoch(Xd, yd, batch_size, order_rng, shuffle,
+                                                  bar.update)
             except KeyboardInterrupt:
                 bar.close()
                 self.set_state(snapshot)
@@ -207,6 +207,25 @@ class Sequential:
         for cb in callbacks:
             cb.on_train_end(self)
         return self.history
+
+    def run_epoch(self, Xd: Any, yd: Any, batch_size: int, order_rng: Any, shuffle: bool = True,
+                  progress: Any = None) -> tuple[Any, Any]:
+        """One pass over device-resident, validated data; returns the summed loss and correct
+        count (on the device). ``fit`` wraps this with validation, history and callbacks."""
+        backend = self.backend
+        n = Xd.shape[0]
+        order = backend.permutation(order_rng, n) if shuffle else backend.xp.arange(n)
+        loss_sum: Any = 0.0
+        correct_sum: Any = None
+        for lo in range(0, n, batch_size):
+            idx = order[lo:lo + batch_size]
+            loss, correct = self.train_step(backend.take_rows(Xd, idx), backend.take_rows(yd, idx))
+            loss_sum = loss_sum + loss * len(idx)
+            if correct is not None:
+                correct_sum = correct if correct_sum is None else correct_sum + correct
+            if progress is not None:
+                progress(len(idx))
+        return loss_sum, correct_sum
 
     def _epoch_line(self, epoch: int, epochs: int, logs: dict[str, float]) -> str:
         parts = [f"epoch {epoch:>3}/{epochs}", f"loss {logs['loss']:.4f}",

@@ -91,10 +91,12 @@ class Backend:
         return self._activate_inplace(z, activation, alpha)
 
     def linear_backward(self, x: Any, w: Any, y: Any, dy: Any, activation: int, alpha: float,
-                        dw: Any, db: Any, dx: Any = None, need_dx: bool = True) -> Any:
-        """Gradients of ``y = act(x @ w + b)``: writes ``dw``, ``db`` (if not None), returns dx."""
+                        dw: Any, db: Any, dx: Any = None, need_dx: bool = True,
+                        dz: Any = None) -> Any:
+        """Gradients of ``y = act(x @ w + b)``: writes ``dw``, ``db`` (if not None), returns dx.
+        ``dz`` is an optional scratch buffer shaped like ``dy``."""
         self._ran("linear_backward")
-        dz = self.activation_backward(y, dy, activation, alpha)
+        dz = self.activation_backward(y, dy, activation, alpha, out=dz)
         if db is not None:
             dz.sum(axis=0, out=db)
         self.xp.matmul(x.T, dz, out=dw)

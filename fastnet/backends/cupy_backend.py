@@ -1,0 +1,211 @@
+"""The CuPy backend: arrays on an NVIDIA GPU, cuBLAS matmuls, fused CUDA kernels.
+
+Kernels live in ``fastnet.kernels.cupy_gpu`` (compiled lazily, memoized). Data given as NumPy is
+copied to the device once; ``to_numpy`` copies results back. Timings use CUDA events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fastnet.backends.base import Backend
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _fits(*arrays: Any) -> bool:
+    dtype = arrays[0].dtype
+    if dtype not in FLOATS:
+        return False
+    for a in arrays:
+        if a.dtype != dtype or not a.flags.c_contiguous:
+            return False
+    return True
+
+
+class CupyBackend(Backend):
+    """GPU backend on device ``device`` (``"cupy:N"``)."""
+
+    name = "cupy"
+
+    def __init__(self, device: int = 0) -> None:
+        super().__init__()
+        import cupy
+
+        from fastnet.kernels import cupy_gpu
+
+        self.xp = cupy
+        self.k = cupy_gpu
+        self.device_id = device
+        self.device = cupy.cuda.Device(device)
+        self.device.use()
+        self.name = "cupy" if device == 0 else f"cupy:{device}"
+        #: device scalars [step, eps_hat] read by Adam while a CUDA graph is being captured
+        self.graph_adam_scalars: Any = None
+
+    # ------------------------------------------------------------------ arrays
+    def is_native(self, x: Any) -> bool:
+        return isinstance(x, self.xp.ndarray)
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        with self.device:
+            return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))
+
+    def to_numpy(self, x: Any) -> np.ndarray:
+        return self.xp.asnumpy(x) if isinstance(x, self.xp.ndarray) else np.asarray(x)
+
+    def empty(self, shape: Any, dtype: Any) -> Any:
+        with self.device:
+            return self.xp.empty(shape, dtype=dtype)
+
+    def zeros(self, shape: Any, dtype: Any) -> Any:
+        with self.device:
+            return self.xp.zeros(shape, dtype=dtype)
+
+    def rng(self, seed: int | None) -> Any:
+        with self.device:
+            return self.xp.random.RandomState(seed)
+
+    def permutation(self, rng: Any, n: int) -> Any:
+        return rng.permutation(n)
+
+    def uniform(self, rng: Any, shape: Any, dtype: Any) -> Any:
+        return rng.random_sample(shape, dtype=dtype)
+
+    def synchronize(self) -> None:
+        self.device.synchronize()
+
+    def device_info(self) -> str:
+        props = self.xp.cuda.runtime.getDeviceProperties(self.device_id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return f"cuda:{self.device_id} {name}"
+
+    def peak_memory(self) -> int:
+        """Bytes held by CuPy's memory pool: its high-water mark, since the pool keeps blocks."""
+        return int(self.xp.get_default_memory_pool().total_bytes())
+
+    def elapsed(self, fn: Callable[[], Any]) -> float:
+        """Seconds ``fn`` takes on the GPU, measured with CUDA events."""
+        start, end = self.xp.cuda.Event(), self.xp.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return self.xp.cuda.get_elapsed_time(start, end) / 1e3
+
+    # ------------------------------------------------------------------ matmul and dense layer
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        self._ran("matmul", "cublas")
+        return self.xp.matmul(a, b, out=out)
+
+    def linear(self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01,
+               out: Any = None) -> Any:
+        z = self.xp.matmul(x, w, out=out)
+        if b is None or not _fits(z, b):
+            self._ran("linear")
+            if b is not None:
+                z += b
+            return self._activate_inplace(z, activation, alpha)
+        self.k.bias_act(z, b, activation, alpha)
+        self._ran("linear", "cuda-fused")
+        return z
+
+    def linear_backward(self, x: Any, w: Any, y: Any, dy: Any, activation: int, alpha: float,
+                        dw: Any, db: Any, dx: Any = None, need_dx: bool = True,
+                        dz: Any = None) -> Any:
+        if db is None or not _fits(y, dy, db) or (dz is not None and not _fits(y, dz)):
+            return super().linear_backward(x, w, y, dy, activation, alpha, dw, db, dx, need_dx, dz)
+        if dz is None:
+            dz = self.xp.empty_like(dy)
+        self.k.act_backward_bias(y, dy, activation, alpha, dz, db)
+        self._ran("linear_backward", "cuda-fused")
+        self.xp.matmul(x.T, dz, out=dw)
+        if not need_dx:
+            return None
+        return self.xp.matmul(dz, w.T, out=dx)
+
+    def activation(self, x: Any, activation: int, alpha: float = 0.01, out: Any = None) -> Any:
+        if out is None:
+            out = self.xp.empty_like(x)
+        self.k.activation(x, activation, alpha, out)
+        self._ran("activation", "cuda-fused")
+        return out
+
+    def activation_backward(self, y: Any, dy: Any, activation: int, alpha: float = 0.01,
+                            out: Any = None) -> Any:
+        if out is None:
+            out = self.xp.empty_like(dy)
+        self.k.activation_backward(y, dy, activation, alpha, out)
+        self._ran("activation_backward", "cuda-fused")
+        return out
+
+    # ------------------------------------------------------------------ loss
+    def softmax_xent(self, logits: Any, labels: Any, dlogits: Any = None,
+                     loss_out: Any = None, loss_scale: float | None = None) -> tuple[Any, Any]:
+        """As the reference; with ``loss_out`` given, ``loss_scale * sum(row losses)`` is added to
+        it instead of returning a fresh mean (used by CUDA-graph training)."""
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or logits.dtype not in FLOATS:
+            return super().softmax_xent(logits, labels, dlogits)
+        xp = self.xp
+        logits = xp.ascontiguousarray(logits)
+        if labels.dtype != np.int64:
+            labels = labels.astype(np.int64)
+        n, m = logits.shape
+        if dlogits is None or not _fits(logits, dlogits):
+            dlogits = xp.empty_like(logits)
+        if loss_out is None:
+            loss_out = xp.zeros((), dtype=logits.dtype)
+            loss_scale = 1.0 / n
+        self.k.softmax_xent(logits, xp.ascontiguousarray(labels), dlogits, loss_out,
+                            1.0 if loss_scale is None else loss_scale)
+        self._ran("softmax_xent", "cuda-fused")
+        return loss_out, dlogits
+
+    def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
+        if labels.ndim != 1 or logits.dtype not in FLOATS:
+            return super().count_correct(logits, labels)
+        if labels.dtype != np.int64:
+            labels = labels.astype(np.int64)
+        if out is None:
+            out = self.xp.zeros((), dtype=np.uint64)
+        self.k.count_correct(self.xp.ascontiguousarray(logits), labels, out)
+        return out
+
+    # ------------------------------------------------------------------ optimizer updates
+    def update_sgd(self, p: Any, g: Any, lr: float, wd: float = 0.0) -> None:
+        t = p.dtype.type
+        self.k.sgd_kernel()(g, t(lr), t(wd), p)
+        self._ran("update_sgd", "cuda-fused")
+
+    def update_momentum(self, p: Any, g: Any, v: Any, lr: float, momentum: float,
+                        nesterov: bool = False, wd: float = 0.0) -> None:
+        t = p.dtype.type
+        self.k.momentum_kernel()(g, t(lr), t(momentum), bool(nesterov), t(wd), p, v)
+        self._ran("update_momentum", "cuda-fused")
+
+    def update_adagrad(self, p: Any, g: Any, h: Any, lr: float, eps: float,
+                       wd: float = 0.0) -> None:
+        t = p.dtype.type
+        self.k.adagrad_kernel()(g, t(lr), t(eps), t(wd), p, h)
+        self._ran("update_adagrad", "cuda-fused")
+
+    def update_rmsprop(self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float,
+                       wd: float = 0.0) -> None:
+        t = p.dtype.type
+        self.k.rmsprop_kernel()(g, t(lr), t(rho), t(eps), t(wd), p, h)
+        self._ran("update_rmsprop", "cuda-fused")
+
+    def update_adam(self, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float,
+                    eps: float, t: int, wd: float = 0.0) -> None:
+        c = p.dtype.type
+        if self.graph_adam_scalars is not None:
+            sc = self.graph_adam_scalars[p.dtype.name]
+            self.k.adam_device_scalars_kernel()(g, sc, c(beta1), c(beta2), c(wd), p, m, v)
+        else:
+            correction = np.sqrt(1 - beta2**t)
+            self.k.adam_kernel()(g, c(lr * correction / (1 - beta1**t)), c(beta1), c(beta2),
+                                 c(eps * correction), c(wd), p, m, v)
+        self._ran("update_adam", "cuda-fused")

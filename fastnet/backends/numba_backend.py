@@ -1,0 +1,206 @@
+"""The Numba backend: BLAS matmuls plus fused JIT kernels for every elementwise hot path.
+
+Kernels live in ``fastnet.kernels.numba_cpu``. This class overrides only the hot paths and falls
+back to the NumPy reference (``super()``) for dtypes and layouts its kernels do not cover.
+Size thresholds below were measured with ``bench/`` on the 2-core CI-class machine.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from fastnet.backends.base import Backend
+
+FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _fits(*arrays: Any) -> bool:
+    """All arrays are float32/float64 of one dtype and C-contiguous."""
+    dtype = arrays[0].dtype
+    if dtype not in FLOATS:
+        return False
+    for a in arrays:
+        if a.dtype != dtype or not a.flags.c_contiguous:
+            return False
+    return True
+
+
+class NumbaBackend(Backend):
+    """NumPy arrays; fused ``@njit(cache=True)`` kernels for bias+activation, activation
+    backward+bias grad, softmax cross-entropy and optimizer updates."""
+
+    name = "numba"
+    #: element count from which the parallel (threaded) flavour of a kernel is used. Below it,
+    #: numba's threads only fight OpenBLAS's spinning workers for the 2 cores (bench/).
+    parallel_min_elements = 1 << 20
+    #: largest n*k*m for which the hand-written matmul beats a BLAS call
+    small_matmul_max_flops = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Sleeping (not spinning) OpenMP workers between kernels leave the cores to BLAS.
+        # Only effective before numba's first parallel launch; a user's setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        from fastnet.kernels import numba_cpu
+
+        self.k = numba_cpu
+        self._empty_bias: dict[np.dtype, np.ndarray] = {}
+        self._zero_bias: dict[tuple, np.ndarray] = {}
+
+    def device_info(self) -> str:
+        import numba
+
+        return f"CPU, {numba.get_num_threads()} numba threads"
+
+    # ------------------------------------------------------------------ matmul
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        n, k = a.shape
+        m = b.shape[1]
+        if n * k * m <= self.small_matmul_max_flops and _fits(a, b) and \
+                (out is None or _fits(a, out)):
+            if out is None:
+                out = np.empty((n, m), dtype=a.dtype)
+            self.k.matmul(a, b, out)
+            self._ran("matmul", "numba")
+            return out
+        self._ran("matmul", "blas")
+        return np.matmul(a, b, out=out)
+
+    def _big(self, a: Any) -> bool:
+        return a.size >= self.parallel_min_elements
+
+    def _pick(self, serial: Any, parallel: Any, a: Any) -> Any:
+        return parallel if a.size >= self.parallel_min_elements else serial
+
+    # ------------------------------------------------------------------ dense layer
+    def linear(self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01,
+               out: Any = None) -> Any:
+        if b is None or not _fits(w, b) or x.dtype != w.dtype or \
+                (out is not None and not _fits(w, out)):
+            return super().linear(x, w, b, activation, alpha, out)
+        z = self.matmul(x, w, out=out)
+        kernel = self.k.bias_act_parallel if self._big(z) else self.k.bias_act
+        kernel(z, b, activation, z.dtype.type(alpha))
+        self._ran("linear", "numba-fused")
+        return z
+
+    def linear_backward(self, x: Any, w: Any, y: Any, dy: Any, activation: int, alpha: float,
+                        dw: Any, db: Any, dx: Any = None, need_dx: bool = True,
+                        dz: Any = None) -> Any:
+        arrays = [w, y, dy, dw] + ([db] if db is not None else []) + ([dz] if dz is not None else [])
+        if not _fits(*arrays) or x.dtype != w.dtype:
+            return super().linear_backward(x, w, y, dy, activation, alpha, dw, db, dx, need_dx, dz)
+        if dz is None:
+            dz = np.empty_like(dy)
+        bias_grad = db if db is not None else self._no_bias(dy.dtype)
+        kernel = self.k.act_backward_bias_parallel if self._big(dy) else self.k.act_backward_bias
+        kernel(y, dy, activation, dy.dtype.type(alpha), dz, bias_grad)
+        self._ran("linear_backward", "numba-fused")
+        self.matmul(x.T, dz, out=dw)
+        if not need_dx:
+            return None
+        return self.matmul(dz, w.T, out=dx)
+
+    def _no_bias(self, dtype: np.dtype) -> np.ndarray:
+        if dtype not in self._empty_bias:
+            self._empty_bias[dtype] = np.empty(0, dtype=dtype)
+        return self._empty_bias[dtype]
+
+    # ------------------------------------------------------------------ activations
+    def activation(self, x: Any, activation: int, alpha: float = 0.01, out: Any = None) -> Any:
+        if out is None:
+            out = np.empty_like(x, order="C")
+        if x.ndim != 2 or not _fits(out) or x.dtype != out.dtype:
+            return super().activation(x, activation, alpha, out)
+        key = (x.shape[1], x.dtype)
+        if key not in self._zero_bias:
+            self._zero_bias[key] = np.zeros(x.shape[1], dtype=x.dtype)
+        out[...] = x
+        kernel = self.k.bias_act_parallel if self._big(out) else self.k.bias_act
+        kernel(out, self._zero_bias[key], activation, out.dtype.type(alpha))
+        self._ran("activation", "numba-fused")
+        return out
+
+    def activation_backward(self, y: Any, dy: Any, activation: int, alpha: float = 0.01,
+                            out: Any = None) -> Any:
+        if out is None:
+            out = np.empty_like(dy, order="C")
+        if y.ndim != 2 or not _fits(y, dy, out):
+            return super().activation_backward(y, dy, activation, alpha, out)
+        kernel = self.k.act_backward_bias_parallel if self._big(dy) else self.k.act_backward_bias
+        kernel(y, dy, activation, dy.dtype.type(alpha), out, self._no_bias(dy.dtype))
+        self._ran("activation_backward", "numba-fused")
+        return out
+
+    # ------------------------------------------------------------------ loss
+    def softmax_xent(self, logits: Any, labels: Any, dlogits: Any = None) -> tuple[Any, Any]:
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or logits.dtype not in FLOATS:
+            return super().softmax_xent(logits, labels, dlogits)
+        logits = np.ascontiguousarray(logits)
+        labels = np.ascontiguousarray(labels)
+        n, m = logits.shape
+        if labels.shape[0] != n:
+            raise ValueError(f"softmax_xent: {n} rows of logits but {labels.shape[0]} labels")
+        if not self.k.labels_in_range(labels, m):
+            raise ValueError(f"softmax_xent: labels must be in [0, {m}), got range "
+                             f"[{labels.min()}, {labels.max()}]")
+        if dlogits is None or not _fits(logits, dlogits):
+            dlogits = np.empty_like(logits)
+        inv_n = logits.dtype.type(1.0 / n)
+        kernel = self.k.softmax_xent_parallel if self._big(logits) else self.k.softmax_xent
+        loss = kernel(logits, labels, dlogits, inv_n, logits.dtype == np.float32)
+        self._ran("softmax_xent", "numba-fused")
+        return logits.dtype.type(loss), dlogits
+
+    def count_correct(self, logits: Any, labels: Any) -> Any:
+        if labels.ndim != 1 or logits.dtype not in FLOATS:
+            return super().count_correct(logits, labels)
+        return self.k.count_correct(np.ascontiguousarray(logits), np.ascontiguousarray(labels))
+
+    # ------------------------------------------------------------------ optimizer updates
+    def update_sgd(self, p: Any, g: Any, lr: float, wd: float = 0.0) -> None:
+        if not _fits(p, g):
+            return super().update_sgd(p, g, lr, wd)
+        t = p.dtype.type
+        self._pick(self.k.sgd_update, self.k.sgd_update_parallel, p)(p.reshape(-1), g.reshape(-1), t(lr), t(wd))
+        self._ran("update_sgd", "numba-fused")
+
+    def update_momentum(self, p: Any, g: Any, v: Any, lr: float, momentum: float,
+                        nesterov: bool = False, wd: float = 0.0) -> None:
+        if not _fits(p, g, v):
+            return super().update_momentum(p, g, v, lr, momentum, nesterov, wd)
+        t = p.dtype.type
+        self._pick(self.k.momentum_update, self.k.momentum_update_parallel, p)(p.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(momentum),
+                               bool(nesterov), t(wd))
+        self._ran("update_momentum", "numba-fused")
+
+    def update_adagrad(self, p: Any, g: Any, h: Any, lr: float, eps: float,
+                       wd: float = 0.0) -> None:
+        if not _fits(p, g, h):
+            return super().update_adagrad(p, g, h, lr, eps, wd)
+        t = p.dtype.type
+        self._pick(self.k.adagrad_update, self.k.adagrad_update_parallel, p)(p.reshape(-1), g.reshape(-1), h.reshape(-1), t(lr), t(eps), t(wd))
+        self._ran("update_adagrad", "numba-fused")
+
+    def update_rmsprop(self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float,
+                       wd: float = 0.0) -> None:
+        if not _fits(p, g, h):
+            return super().update_rmsprop(p, g, h, lr, rho, eps, wd)
+        t = p.dtype.type
+        self._pick(self.k.rmsprop_update, self.k.rmsprop_update_parallel, p)(p.reshape(-1), g.reshape(-1), h.reshape(-1), t(lr), t(rho), t(eps),
+                              t(wd))
+        self._ran("update_rmsprop", "numba-fused")
+
+    def update_adam(self, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float,
+                    eps: float, t: int, wd: float = 0.0) -> None:
+        if not _fits(p, g, m, v):
+            return super().update_adam(p, g, m, v, lr, beta1, beta2, eps, t, wd)
+        c = p.dtype.type
+        correction = np.sqrt(1 - beta2**t)
+        step = lr * correction / (1 - beta1**t)
+        self._pick(self.k.adam_update, self.k.adam_update_parallel, p)(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), c(step),
+                           c(beta1), c(beta2), c(eps * correction), c(wd))
+        self._ran("update_adam", "numba-fused")

@@ -1,0 +1,152 @@
+"""Contestants that fastnet is measured against: a plain book-style NumPy MLP (Affine / ReLU /
+SoftmaxWithLoss classes, as in the notebooks, with their bugs fixed), the step's matmuls alone
+(the physical floor), and PyTorch when it is installed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+
+class Affine:
+    def __init__(self, W: np.ndarray, b: np.ndarray) -> None:
+        self.W, self.b = W, b
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.x = x
+        return x @ self.W + self.b
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        self.dW = self.x.T @ dout
+        self.db = dout.sum(axis=0)
+        return dout @ self.W.T
+
+
+class Relu:
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        self.mask = x <= 0
+        out = x.copy()
+        out[self.mask] = 0
+        return out
+
+    def backward(self, dout: np.ndarray) -> np.ndarray:
+        dout[self.mask] = 0
+        return dout
+
+
+class SoftmaxWithLoss:
+    def forward(self, x: np.ndarray, t: np.ndarray) -> float:
+        self.t = t
+        e = np.exp(x - x.max(axis=1, keepdims=True))
+        self.y = e / e.sum(axis=1, keepdims=True)
+        n = len(t)
+        return float(-np.log(self.y[np.arange(n), t] + 1e-7).mean())
+
+    def backward(self) -> np.ndarray:
+        n = len(self.t)
+        dx = self.y.copy()
+        dx[np.arange(n), self.t] -= 1
+        return dx / n
+
+
+class BookMLP:
+    """The notebooks' layered network with a book-style Adam, float32 throughout."""
+
+    def __init__(self, sizes: Sequence[int], lr: float = 1e-3, seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        self.layers: list[Any] = []
+        self.affines: list[Affine] = []
+        for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+            W = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2 / fan_in)).astype(np.float32)
+            affine = Affine(W, np.zeros(fan_out, dtype=np.float32))
+            self.affines.append(affine)
+            self.layers.append(affine)
+            if i < len(sizes) - 2:
+                self.layers.append(Relu())
+        self.last = SoftmaxWithLoss()
+        self.lr, self.beta1, self.beta2, self.t = lr, 0.9, 0.999, 0
+        self.m = [[np.zeros_like(a.W), np.zeros_like(a.b)] for a in self.affines]
+        self.v = [[np.zeros_like(a.W), np.zeros_like(a.b)] for a in self.affines]
+
+    def step(self, x: np.ndarray, t: np.ndarray) -> float:
+        for layer in self.layers:
+            x = layer.forward(x)
+        loss = self.last.forward(x, t)
+        dout = self.last.backward()
+        for layer in reversed(self.layers):
+            dout = layer.backward(dout)
+        self.t += 1
+        lr_t = self.lr * np.sqrt(1 - self.beta2**self.t) / (1 - self.beta1**self.t)
+        for a, m, v in zip(self.affines, self.m, self.v):
+            for k, (p, g) in enumerate(((a.W, a.dW), (a.b, a.db))):
+                m[k] += (1 - self.beta1) * (g - m[k])
+                v[k] += (1 - self.beta2) * (g * g - v[k])
+                p -= np.float32(lr_t) * m[k] / (np.sqrt(v[k]) + np.float32(1e-7))
+        return loss
+
+    def epoch(self, X: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator) -> None:
+        order = rng.permutation(len(X))
+        for lo in range(0, len(X), batch_size):
+            idx = order[lo:lo + batch_size]
+            self.step(X[idx], y[idx])
+
+
+def matmul_only_epoch(xp: Any, sizes: Sequence[int], n: int, batch_size: int, dtype: Any,
+                      seed: int = 0) -> Any:
+    """A function doing exactly the matmuls of one training epoch (forward, weight gradients,
+    input gradients except the first layer's) into preallocated buffers: the floor."""
+    rng = np.random.default_rng(seed)
+    Ws = [xp.asarray(rng.standard_normal((a, b)).astype(dtype)) for a, b in zip(sizes[:-1], sizes[1:])]
+    x = xp.asarray(rng.standard_normal((batch_size, sizes[0])).astype(dtype))
+    hs = [xp.empty((batch_size, s), dtype=dtype) for s in sizes[1:]]
+    dWs = [xp.empty_like(W) for W in Ws]
+    dxs = [xp.empty((batch_size, s), dtype=dtype) for s in sizes[:-1]]
+    steps = -(-n // batch_size)
+
+    def run() -> None:
+        for _ in range(steps):
+            inp = x
+            for W, h in zip(Ws, hs):
+                xp.matmul(inp, W, out=h)
+                inp = h
+            for i in range(len(Ws) - 1, -1, -1):
+                a = x if i == 0 else hs[i - 1]
+                xp.matmul(a.T, hs[i], out=dWs[i])
+                if i > 0:
+                    xp.matmul(hs[i], Ws[i].T, out=dxs[i])
+
+    return run
+
+
+def torch_mlp_epoch(sizes: Sequence[int], X: np.ndarray, y: np.ndarray, batch_size: int,
+                    device: str = "cpu", lr: float = 1e-3, seed: int = 0) -> Any:
+    """One-epoch closure for the same MLP in PyTorch eager (tensor-indexed batches, Adam)."""
+    import torch
+
+    torch.manual_seed(seed)
+    layers: list[Any] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.ReLU())
+    model = torch.nn.Sequential(*layers).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    Xt = torch.as_tensor(X, device=device)
+    yt = torch.as_tensor(y, device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def run() -> None:
+        order = torch.randperm(len(Xt), device=device, generator=gen)
+        for lo in range(0, len(Xt), batch_size):
+            idx = order[lo:lo + batch_size]
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(Xt[idx]), yt[idx])
+            loss.backward()
+            opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    return run

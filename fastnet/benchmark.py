@@ -1,0 +1,128 @@
+"""Benchmark harness: contestants timed interleaved in one process (A B C A B C ...), several
+rounds, median and spread, per-round ratios to a reference. Warm-up (JIT compile, cuBLAS
+handles, caches) runs before the first timed round and is reported separately."""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Contestant:
+    """``run()`` does the work once; ``elapsed(run)`` times it (GPU backends use CUDA events)."""
+
+    name: str
+    run: Callable[[], Any]
+    elapsed: Callable[[Callable[[], Any]], float] | None = None
+    flops: float | None = None  # work per run, to report GFLOP/s
+
+
+@dataclass
+class Result:
+    name: str
+    times: list[float]
+    warmup_s: float
+    flops: float | None = None
+    ratios: list[float] = field(default_factory=list)  # per round, to the reference
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+    @property
+    def spread(self) -> tuple[float, float]:
+        return min(self.times), max(self.times)
+
+    @property
+    def ratio(self) -> float | None:
+        return statistics.median(self.ratios) if self.ratios else None
+
+    @property
+    def gflops(self) -> float | None:
+        return self.flops / self.median / 1e9 if self.flops else None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(median=self.median, min=self.spread[0], max=self.spread[1], ratio=self.ratio,
+                 gflops=self.gflops)
+        return d
+
+
+def wall_elapsed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(contestants: list[Contestant], rounds: int = 7, reference: str | None = None,
+                warmup: int = 1) -> list[Result]:
+    """Time every contestant once per round, rotating the order each round so no contestant
+    always runs first. ``reference`` names the contestant ratios are taken against."""
+    results = []
+    for c in contestants:
+        timer = c.elapsed or wall_elapsed
+        start = time.perf_counter()
+        for _ in range(warmup):
+            timer(c.run)
+        results.append(Result(c.name, [], time.perf_counter() - start, c.flops))
+    for r in range(rounds):
+        k = r % len(contestants)
+        for c, res in list(zip(contestants, results))[k:] + list(zip(contestants, results))[:k]:
+            res.times.append((c.elapsed or wall_elapsed)(c.run))
+    if reference is not None:
+        ref = next(res for res in results if res.name == reference)
+        for res in results:
+            res.ratios = [t / rt for t, rt in zip(res.times, ref.times)]
+    return results
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, BLAS, GPU (if cupy sees one) and library versions."""
+    import numpy as np
+
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "numpy": np.__version__, "cores": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next((line.split(":", 1)[1].strip() for line in f
+                                if line.startswith("model name")), platform.processor())
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        cfg = np.show_config(mode="dicts")
+        blas = cfg.get("Build Dependencies", {}).get("blas", {})
+        info["blas"] = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:
+        info["blas"] = "unknown"
+    from fastnet.backends import backend_infos
+
+    for b in backend_infos():
+        info[f"backend_{b.name}"] = f"{b.version} {b.device}".strip() if b.available else \
+            f"unavailable: {b.reason}"
+    return info
+
+
+def format_table(results: list[Result], title: str = "") -> str:
+    lines = [title] if title else []
+    lines.append(f"{'contestant':<34} {'median':>10} {'min':>10} {'max':>10} {'ratio':>7} "
+                 f"{'GFLOP/s':>8}")
+    for r in results:
+        ratio = f"{r.ratio:.3f}" if r.ratio is not None else "-"
+        gf = f"{r.gflops:.1f}" if r.gflops else "-"
+        lines.append(f"{r.name:<34} {_fmt(r.median):>10} {_fmt(r.spread[0]):>10} "
+                     f"{_fmt(r.spread[1]):>10} {ratio:>7} {gf:>8}")
+    return "\n".join(lines)
+
+
+def _fmt(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.3f}s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3f}ms"
+    return f"{seconds * 1e6:.1f}us"

@@ -1,0 +1,199 @@
+"""Command line: ``fastnet train | evaluate | backends | bench``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def _layers(spec: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in spec.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--layers must be comma-separated integers, got {spec!r}") from None
+    if not sizes or any(s <= 0 for s in sizes):
+        raise argparse.ArgumentTypeError(f"--layers needs positive sizes, got {spec!r}")
+    return sizes
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        return value
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fastnet", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train an MLP on Fashion-MNIST and report accuracy")
+    train.add_argument("--backend", default=None, help="numpy, numba, cupy, cupy:N or auto "
+                       "(default: $FASTNET_BACKEND or auto)")
+    train.add_argument("--layers", type=_layers, default=(256, 128), help="hidden sizes, e.g. 256,128")
+    train.add_argument("--epochs", type=_positive(int), default=20)
+    train.add_argument("--batch-size", type=_positive(int), default=128)
+    train.add_argument("--optimizer", default="adam",
+                       choices=["sgd", "momentum", "adagrad", "rmsprop", "adam"])
+    train.add_argument("--lr", type=_positive(float), default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--val-fraction", type=float, default=0.1)
+    train.add_argument("--limit", type=_positive(int), default=None,
+                       help="use only the first N training images (quick runs)")
+    train.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist"])
+    train.add_argument("--data-dir", default=None, help="folder with the IDX files "
+                       "(default: $FASTNET_DATA or the Debian package's folder)")
+    train.add_argument("--save", default=None, help="write a checkpoint (.npz) here")
+    train.add_argument("--plot", default=None, help="write learning curves (PNG) here")
+    train.add_argument("--patience", type=int, default=None, help="early stopping patience")
+    train.add_argument("--json", default=None, help="write the history and results as JSON")
+    train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on the test set")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--backend", default=None)
+    evaluate.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist"])
+    evaluate.add_argument("--data-dir", default=None)
+
+    sub.add_parser("backends", help="list backends, availability, versions and devices")
+
+    bench = sub.add_parser("bench", help="benchmark backends against each other and peers")
+    bench.add_argument("--backends", default=None, help="comma list (default: all available)")
+    bench.add_argument("--suite", default="all", choices=["kernels", "train", "all"])
+    bench.add_argument("--rounds", type=_positive(int), default=5)
+    bench.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    bench.add_argument("--json", default=None, help="write results as JSON")
+    bench.add_argument("--plot", default=None, help="write a bar chart (PNG)")
+    return parser
+
+
+def _load(dataset: str, data_dir: str | None):
+    from fastnet.data import load_fashion_mnist, load_mnist
+
+    return (load_fashion_mnist if dataset == "fashion-mnist" else load_mnist)(data_dir)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fastnet.callbacks import EarlyStopping
+    from fastnet.checkpoint import save_model
+    from fastnet.data import train_val_split
+    from fastnet.layers import Dense, Dropout
+    from fastnet.model import Sequential
+    from fastnet.optimizers import get_optimizer
+
+    (X, y), (X_test, y_test) = _load(args.dataset, args.data_dir)
+    if args.limit:
+        X, y = X[:args.limit], y[:args.limit]
+    (X_tr, y_tr), (X_val, y_val) = train_val_split(X, y, args.val_fraction, seed=args.seed)
+    layers: list = []
+    for units in args.layers:
+        layers.append(Dense(units, "relu"))
+        if args.dropout:
+            layers.append(Dropout(args.dropout))
+    layers.append(Dense(int(y.max()) + 1))
+    opt_kwargs = {"lr": args.lr, "weight_decay": args.weight_decay}
+    model = Sequential(layers, "softmax_cross_entropy", get_optimizer(args.optimizer, **opt_kwargs),
+                       backend=args.backend, dtype=args.dtype, seed=args.seed)
+    arch = "-".join(str(s) for s in (X.shape[1], *args.layers, int(y.max()) + 1))
+    print(f"fastnet train: {args.dataset} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
+          f"test, MLP {arch}, {args.optimizer} lr={args.lr}, batch {args.batch_size}, "
+          f"backend {model.backend.name} ({model.backend.device_info()}), {args.dtype}", flush=True)
+    callbacks = [EarlyStopping("val_loss", args.patience)] if args.patience is not None else []
+    interrupted = False
+    start = time.perf_counter()
+    try:
+        model.fit(X_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size,
+                  validation_data=(X_val, y_val), callbacks=callbacks,
+                  verbose=2 if args.verbose == 2 else args.verbose)
+    except KeyboardInterrupt:
+        interrupted = True
+        print(f"\ninterrupted: {model.stop_reason}", file=sys.stderr)
+    total = time.perf_counter() - start
+    if model.stop_reason and not interrupted:
+        print(model.stop_reason)
+    seconds = model.history.get("seconds", [])
+    test = model.evaluate(X_test, y_test) if model.history.get("loss") else {"accuracy": float("nan"),
+                                                                            "loss": float("nan")}
+    per_epoch = float(np.median(seconds)) if seconds else float("nan")
+    summary = (f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}  "
+               f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median)  total {total:.1f}s  "
+               f"backend {model.backend.name}")
+    peak = getattr(model.backend, "peak_memory", None)
+    if callable(peak):
+        summary += f"  peak device memory {peak() / 2**20:.1f} MiB"
+    print(summary, flush=True)
+    if args.save:
+        save_model(model, args.save)
+        print(f"saved checkpoint to {args.save}")
+    if args.plot:
+        from fastnet.plot import plot_history
+
+        plot_history(model.history, args.plot, title=f"{args.dataset} MLP {arch} "
+                     f"({model.backend.name})")
+        print(f"wrote learning curves to {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"history": model.history, "test": test, "backend": model.backend.name,
+                       "s_per_epoch": per_epoch, "args": {k: v for k, v in vars(args).items()
+                                                          if k != "func"}}, f, indent=1)
+    return 130 if interrupted else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fastnet.checkpoint import load_model
+
+    model = load_model(args.checkpoint, backend=args.backend)
+    _, (X_test, y_test) = _load(args.dataset, args.data_dir)
+    result = model.evaluate(X_test, y_test)
+    print(f"{args.checkpoint}: test accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
+          f"backend {model.backend.name}")
+    return 0
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from fastnet.backends import backend_infos
+
+    for info in backend_infos():
+        status = "available" if info.available else "unavailable"
+        detail = f"{info.version} {info.device}".strip() if info.available else info.reason
+        print(f"{info.name:<6} {status:<12} {detail}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fastnet.bench_suites import run_bench
+
+    return run_bench(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from fastnet.backends import BackendUnavailableError
+    from fastnet.checkpoint import CheckpointError
+    from fastnet.data import DatasetError
+
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "backends": cmd_backends,
+                "bench": cmd_bench}
+    try:
+        return handlers[args.command](args)
+    except (BackendUnavailableError, CheckpointError, DatasetError, FileNotFoundError,
+            ValueError, TypeError) as exc:
+        print(f"fastnet {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+import fastnet
+from fastnet.backends import (
+    BackendUnavailableError,
+    available_backends,
+    get_backend,
+    probe,
+    set_backend,
+    use_backend,
+)
+
+
+def test_import_fastnet_imports_neither_numba_nor_cupy():
+    code = ("import sys, fastnet; bad = [m for m in sys.modules if m.split('.')[0] in "
+            "('numba', 'cupy')]; print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_unknown_backend_lists_known_ones():
+    with pytest.raises(ValueError, match="numpy, numba, cupy"):
+        get_backend("tensorflow")
+
+
+def test_device_index_only_for_cupy():
+    with pytest.raises(ValueError, match="only cupy takes a device index"):
+        get_backend("numba:1")
+
+
+def test_unavailable_backend_raises_with_reason_not_fallback():
+    missing = [n for n in ("numba", "cupy") if not probe(n).available]
+    if not missing:
+        pytest.skip("every backend is available here")
+    with pytest.raises(BackendUnavailableError, match=missing[0]):
+        get_backend(missing[0])
+
+
+def test_missing_cuda_device_index_is_an_error():
+    if not probe("cupy").available:
+        pytest.skip("cupy unavailable")
+    with pytest.raises(BackendUnavailableError, match="device 99"):
+        get_backend("cupy:99")
+
+
+def test_auto_picks_an_available_backend():
+    assert get_backend("auto").name.split(":")[0] in available_backends()
+
+
+def test_selection_order(monkeypatch):
+    monkeypatch.setenv("FASTNET_BACKEND", "numpy")
+    assert get_backend().name == "numpy"
+    other = "numba" if probe("numba").available else "numpy"
+    with use_backend(other):
+        assert get_backend().name == other
+        assert get_backend("numpy").name == "numpy"  # explicit argument wins
+    assert get_backend().name == "numpy"
+
+
+def test_set_backend_validates_and_clears(monkeypatch):
+    monkeypatch.delenv("FASTNET_BACKEND", raising=False)
+    with pytest.raises(ValueError):
+        set_backend("nope")
+    set_backend("numpy")
+    try:
+        assert get_backend().name == "numpy"
+    finally:
+        set_backend(None)
+
+
+def test_env_var_unknown_backend_is_reported(monkeypatch):
+    monkeypatch.setenv("FASTNET_BACKEND", "jax")
+    with pytest.raises(ValueError, match="unknown backend 'jax'"):
+        get_backend()
+
+
+def test_model_records_which_kernel_ran(backend):
+    import numpy as np
+
+    model = fastnet.Sequential([fastnet.Dense(8, "relu"), fastnet.Dense(3)], backend=backend)
+    X = np.random.default_rng(0).standard_normal((16, 5)).astype(np.float32)
+    model.fit(X, np.arange(16) % 3, epochs=1, verbose=0)
+    report = backend.kernel_report
+    assert {"linear", "linear_backward", "softmax_xent", "update_adam"} <= set(report)
+    if backend.name != "numpy":
+        assert "fused" in report["linear"] and "fused" in report["update_adam"]
+
+
+def test_cli_backends_lists_all(capsys):
+    from fastnet.cli import main
+
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    for name in ("numpy", "numba", "cupy"):
+        assert name in out
+
+
+def test_numba_backend_does_not_override_user_omp_policy():
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    code = "import os, fastnet; fastnet.get_backend('numba'); print(os.environ['OMP_WAIT_POLICY'])"
+    env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "ACTIVE", out.stderr
