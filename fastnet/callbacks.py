@@ -55,7 +55,7 @@ class EarlyStopping(Callback):
                 self.best_state = model.get_state()
             return False
         self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience:
             self.stopped_epoch = epoch
             model.stop_reason = (f"early stopping: {self.monitor} did not improve for "
                                  f"{self.patience} epochs (best {self.best:.4f})")

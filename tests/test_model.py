@@ -1,0 +1,239 @@
+import numpy as np
+import pytest
+
+import fastnet as fn
+from conftest import make_blobs
+
+
+def _mlp(backend, seed=0, optimizer=None, **kw):
+    return fn.Sequential([fn.Dense(32, "relu"), fn.Dense(16, "tanh"), fn.Dense(4)],
+                         optimizer=optimizer or fn.Adam(1e-2), backend=backend, seed=seed, **kw)
+
+
+def test_fit_learns_blobs_and_records_history(backend):
+    X, y = make_blobs()
+    model = _mlp(backend)
+    hist = model.fit(X[:500], y[:500], epochs=5, batch_size=32, validation_data=(X[500:], y[500:]),
+                     verbose=0)
+    assert set(hist) >= {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
+    assert len(hist["loss"]) == 5 and hist["loss"][-1] < hist["loss"][0]
+    assert hist["val_accuracy"][-1] > 0.9
+    pred = model.predict(X[500:])
+    assert isinstance(pred, np.ndarray) and pred.shape == (100,)
+    proba = model.predict_proba(X[500:])
+    assert isinstance(proba, np.ndarray)
+    np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-5)
+    assert model.evaluate(X[500:], y[500:])["accuracy"] == pytest.approx((pred == y[500:]).mean())
+
+
+@pytest.mark.parametrize("opt", [fn.SGD(0.1), fn.Momentum(0.05, nesterov=True), fn.AdaGrad(0.05),
+                                 fn.RMSProp(0.005), fn.Adam(0.01, weight_decay=1e-4)])
+def test_every_optimizer_trains(backend, opt):
+    X, y = make_blobs()
+    model = _mlp(backend, optimizer=opt)
+    hist = model.fit(X, y, epochs=4, batch_size=64, verbose=0)
+    assert hist["loss"][-1] < hist["loss"][0] * 0.7
+
+
+def test_same_seed_same_result_and_backends_agree(backend):
+    X, y = make_blobs()
+    a = _mlp("numpy", seed=7).fit(X, y, epochs=3, verbose=0)
+    b = _mlp(backend, seed=7).fit(X, y, epochs=3, verbose=0)
+    np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-3)
+    assert abs(a["accuracy"][-1] - b["accuracy"][-1]) <= 0.005
+
+
+def test_float64_training(backend):
+    X, y = make_blobs()
+    model = _mlp(backend, dtype="float64")
+    model.fit(X, y, epochs=2, verbose=0)
+    assert model.parameters()[0].value.dtype == np.float64
+
+
+def test_batchnorm_dropout_model_trains_and_eval_is_deterministic(backend):
+    X, y = make_blobs()
+    model = fn.Sequential([fn.Dense(32), fn.BatchNorm1d(), fn.ReLU(), fn.Dropout(0.2),
+                           fn.Dense(4)], optimizer=fn.Adam(1e-2), backend=backend, seed=1)
+    hist = model.fit(X, y, epochs=4, batch_size=50, verbose=0)
+    assert hist["loss"][-1] < hist["loss"][0]
+    np.testing.assert_array_equal(model.predict_proba(X[:20]), model.predict_proba(X[:20]))
+    assert model.evaluate(X, y)["accuracy"] > 0.8
+
+
+def test_per_layer_optimizer_injection(backend):
+    X, y = make_blobs()
+    frozen = fn.Dense(32, "relu", optimizer=fn.SGD(1e-12))
+    model = fn.Sequential([frozen, fn.Dense(4)], optimizer=fn.Adam(1e-2), backend=backend)
+    model.fit(X[:10], y[:10], epochs=1, verbose=0)
+    w0 = backend.to_numpy(frozen.W.value).copy()
+    model.fit(X, y, epochs=2, verbose=0)
+    np.testing.assert_allclose(backend.to_numpy(frozen.W.value), w0, atol=1e-8)
+
+
+def test_initializers(backend):
+    rng = np.random.default_rng(0)
+    for init, std in [(fn.Gaussian(0.05), 0.05), (fn.He(), np.sqrt(2 / 400)),
+                      (fn.Xavier(), np.sqrt(2 / 600))]:
+        w = init(rng, 400, 200)
+        assert w.dtype == np.float32 and abs(w.std() - std) / std < 0.05
+    with pytest.raises(ValueError, match="sigma"):
+        fn.Gaussian(-1)
+
+
+def test_adagrad_accumulator_starts_at_zero_with_eps():
+    be = fn.get_backend("numpy")
+    p, g, h = np.array([1.0]), np.array([0.5]), np.zeros(1)
+    be.update_adagrad(p, g, h, lr=0.1, eps=1e-7)
+    assert h[0] == 0.25 and p[0] == pytest.approx(1 - 0.1 * 0.5 / (0.5 + 1e-7))
+
+
+def test_early_stopping_restores_best(backend):
+    X, y = make_blobs()
+    model = _mlp(backend, optimizer=fn.SGD(1e-6))  # no progress: patience runs out
+    stopper = fn.EarlyStopping("val_loss", patience=1, min_delta=1.0)
+    hist = model.fit(X[:500], y[:500], epochs=10, validation_data=(X[500:], y[500:]),
+                     callbacks=[stopper], verbose=0)
+    assert len(hist["loss"]) == 2 and "early stopping" in model.stop_reason
+    assert model.evaluate(X[500:], y[500:])["loss"] == pytest.approx(stopper.best, rel=1e-5)
+
+
+def test_divergence_restores_last_good_weights(backend):
+    X, y = make_blobs()
+    X = X * 1e18  # a linear model with a huge step overflows to inf/NaN within an epoch
+    model = fn.Sequential([fn.Dense(4)], optimizer=fn.SGD(1e3), backend=backend, seed=0)
+    model.build(X.shape[1])
+    w0 = backend.to_numpy(model.parameters()[0].value).copy()
+    with pytest.warns(RuntimeWarning, match="loss became"), np.errstate(all="ignore"):
+        model.fit(X, y, epochs=5, batch_size=16, verbose=0)
+    np.testing.assert_array_equal(backend.to_numpy(model.parameters()[0].value), w0)
+    assert "restored" in model.stop_reason and model.history["loss"] == []
+    model2 = fn.Sequential([fn.Dense(4)], optimizer=fn.SGD(1e3), backend=backend)
+    with pytest.raises(fn.TrainingDivergedError), np.errstate(all="ignore"):
+        model2.fit(X, y, epochs=5, batch_size=16, verbose=0, on_divergence="raise")
+
+
+def test_keyboard_interrupt_restores_last_finished_epoch(backend):
+    X, y = make_blobs()
+    model = _mlp(backend)
+    model.fit(X, y, epochs=1, verbose=0)
+    before = {k: (backend.to_numpy(v) if not isinstance(v, int) else v)
+              for k, v in model.get_state().items()}
+    calls = {"n": 0}
+    original = model.train_step
+
+    def interrupting_step(xb, yb):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(xb, yb)
+
+    model.train_step = interrupting_step
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, y, epochs=3, verbose=0)
+    after = model.get_state()
+    for k, v in before.items():
+        np.testing.assert_array_equal(backend.to_numpy(after[k]) if not isinstance(v, int)
+                                      else after[k], v)
+    assert len(model.history["loss"]) == 1 and "interrupted" in model.stop_reason
+
+
+BAD_INPUTS = [
+    (lambda X, y: (X[:, :, None], y), ValueError, "must be 2-D"),
+    (lambda X, y: (X, y[:-1]), ValueError, "labels"),
+    (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y), ValueError,
+     "NaN"),
+    (lambda X, y: (X, np.where(np.arange(len(y)) == 0, 9, y)), ValueError, "label 9"),
+    (lambda X, y: (X, -y - 1), ValueError, "negative"),
+    (lambda X, y: (X, y + 0.5), ValueError, "non-integer"),
+    (lambda X, y: (X[:0], y[:0]), ValueError, "empty"),
+    (lambda X, y: (X.astype(str), y), TypeError, "numbers"),
+    (lambda X, y: (X.astype(object), y), TypeError, "numbers"),
+    (lambda X, y: (X, y.reshape(-1, 1, 1)), ValueError, "shape"),
+]
+
+
+@pytest.mark.parametrize("case", range(len(BAD_INPUTS)))
+def test_bad_input_is_rejected_before_any_work(backend, case):
+    X, y = make_blobs(n=64)
+    mutate, exc, match = BAD_INPUTS[case]
+    model = _mlp(backend)
+    model.build(X.shape[1])
+    state = {k: (backend.to_numpy(v).copy() if not isinstance(v, int) else v)
+             for k, v in model.get_state().items()}
+    with pytest.raises(exc, match=match):
+        model.fit(*mutate(X, y), epochs=1, verbose=0)
+    for k, v in model.get_state().items():  # nothing was lost or changed
+        np.testing.assert_array_equal(backend.to_numpy(v) if not isinstance(v, int) else v, state[k])
+
+
+@pytest.mark.parametrize("kwargs, match", [({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"),
+                                           ({"batch_size": 2.5}, "batch_size"),
+                                           ({"on_divergence": "pray"}, "on_divergence")])
+def test_bad_hyperparameters(kwargs, match):
+    X, y = make_blobs(n=32)
+    with pytest.raises(ValueError, match=match):
+        _mlp("numpy").fit(X, y, verbose=0, **kwargs)
+
+
+@pytest.mark.parametrize("factory, match", [
+    (lambda: fn.Adam(lr=0), "lr"), (lambda: fn.SGD(lr=-1), "lr"), (lambda: fn.Adam(beta1=1.0), "beta1"),
+    (lambda: fn.Dropout(1.0), "dropout"), (lambda: fn.Dense(0), "units"),
+    (lambda: fn.Dense(3, "swish"), "unknown activation"),
+    (lambda: fn.Sequential([fn.Dense(3)], optimizer="lbfgs"), "unknown optimizer"),
+    (lambda: fn.Sequential([fn.Dense(3)], loss="hinge"), "unknown loss"),
+    (lambda: fn.Sequential([fn.Dense(3)], dtype="int32"), "float32 or float64"),
+    (lambda: fn.Sequential([]), "non-empty"),
+])
+def test_bad_construction_arguments(factory, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        factory()
+
+
+def test_predict_checks_feature_count_and_fitted_state(backend):
+    X, y = make_blobs()
+    model = _mlp(backend)
+    with pytest.raises(RuntimeError, match="not built"):
+        model.predict(X)
+    model.fit(X, y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="19 features but the model expects 20"):
+        model.predict(X[:, :19])
+
+
+def test_mixed_array_types_are_explicit_errors():
+    from fastnet.validation import to_backend_array
+
+    class FakeCupyArray:  # looks like a cupy array to the module check
+        __module__ = "cupy._core.core"
+
+    with pytest.raises(TypeError, match="cupy .*numpy.*backend"):
+        to_backend_array(FakeCupyArray(), "X", fn.get_backend("numpy"))
+
+
+def test_model_to_other_backend_keeps_weights(backend):
+    X, y = make_blobs()
+    model = _mlp("numpy")
+    model.fit(X, y, epochs=1, verbose=0)
+    moved = model.to(backend)
+    np.testing.assert_allclose(moved.predict_proba(X), model.predict_proba(X), rtol=1e-4, atol=1e-6)
+    assert moved.parameters()[0].step == model.parameters()[0].step
+
+
+def test_outputs_are_copies_not_live_buffers(backend):
+    X, y = make_blobs()
+    model = _mlp(backend)
+    model.fit(X, y, epochs=1, verbose=0)
+    first = model.predict_raw(X[:10])
+    model.predict_raw(X[10:20])
+    np.testing.assert_allclose(first, model.predict_raw(X[:10]))
+
+
+def test_long_run_does_not_grow_memory():
+    import resource
+
+    X, y = make_blobs(n=256)
+    model = _mlp("numpy")
+    model.fit(X, y, epochs=5, verbose=0)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model.fit(X, y, epochs=50, verbose=0)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
+    assert grown_kib < 20_000, f"RSS grew by {grown_kib} KiB over 50 epochs"
