@@ -86,19 +86,24 @@ class BookMLP:
                 p -= np.float32(lr_t) * m[k] / (np.sqrt(v[k]) + np.float32(1e-7))
         return loss
 
-    def epoch(self, X: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator) -> None:
+    def epoch(
+        self, X: np.ndarray, y: np.ndarray, batch_size: int, rng: np.random.Generator
+    ) -> None:
         order = rng.permutation(len(X))
         for lo in range(0, len(X), batch_size):
-            idx = order[lo:lo + batch_size]
+            idx = order[lo : lo + batch_size]
             self.step(X[idx], y[idx])
 
 
-def matmul_only_epoch(xp: Any, sizes: Sequence[int], n: int, batch_size: int, dtype: Any,
-                      seed: int = 0) -> Any:
+def matmul_only_epoch(
+    xp: Any, sizes: Sequence[int], n: int, batch_size: int, dtype: Any, seed: int = 0
+) -> Any:
     """A function doing exactly the matmuls of one training epoch (forward, weight gradients,
     input gradients except the first layer's) into preallocated buffers: the floor."""
     rng = np.random.default_rng(seed)
-    Ws = [xp.asarray(rng.standard_normal((a, b)).astype(dtype)) for a, b in zip(sizes[:-1], sizes[1:])]
+    Ws = [
+        xp.asarray(rng.standard_normal((a, b)).astype(dtype)) for a, b in zip(sizes[:-1], sizes[1:])
+    ]
     x = xp.asarray(rng.standard_normal((batch_size, sizes[0])).astype(dtype))
     hs = [xp.empty((batch_size, s), dtype=dtype) for s in sizes[1:]]
     dWs = [xp.empty_like(W) for W in Ws]
@@ -120,8 +125,15 @@ def matmul_only_epoch(xp: Any, sizes: Sequence[int], n: int, batch_size: int, dt
     return run
 
 
-def torch_mlp_epoch(sizes: Sequence[int], X: np.ndarray, y: np.ndarray, batch_size: int,
-                    device: str = "cpu", lr: float = 1e-3, seed: int = 0) -> Any:
+def torch_mlp_epoch(
+    sizes: Sequence[int],
+    X: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    device: str = "cpu",
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> Any:
     """One-epoch closure for the same MLP in PyTorch eager (tensor-indexed batches, Adam)."""
     import torch
 
@@ -141,7 +153,7 @@ def torch_mlp_epoch(sizes: Sequence[int], X: np.ndarray, y: np.ndarray, batch_si
     def run() -> None:
         order = torch.randperm(len(Xt), device=device, generator=gen)
         for lo in range(0, len(Xt), batch_size):
-            idx = order[lo:lo + batch_size]
+            idx = order[lo : lo + batch_size]
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(Xt[idx]), yt[idx])
             loss.backward()

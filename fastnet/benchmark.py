@@ -49,8 +49,13 @@ class Result:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(median=self.median, min=self.spread[0], max=self.spread[1], ratio=self.ratio,
-                 gflops=self.gflops)
+        d.update(
+            median=self.median,
+            min=self.spread[0],
+            max=self.spread[1],
+            ratio=self.ratio,
+            gflops=self.gflops,
+        )
         return d
 
 
@@ -60,8 +65,9 @@ def wall_elapsed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def interleaved(contestants: list[Contestant], rounds: int = 7, reference: str | None = None,
-                warmup: int = 1) -> list[Result]:
+def interleaved(
+    contestants: list[Contestant], rounds: int = 7, reference: str | None = None, warmup: int = 1
+) -> list[Result]:
     """Time every contestant once per round, rotating the order each round so no contestant
     always runs first. ``reference`` names the contestant ratios are taken against."""
     results = []
@@ -86,12 +92,18 @@ def machine_info() -> dict[str, Any]:
     """CPU model, cores, BLAS, GPU (if cupy sees one) and library versions."""
     import numpy as np
 
-    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "numpy": np.__version__, "cores": os.cpu_count()}
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cores": os.cpu_count(),
+    }
     try:
         with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((line.split(":", 1)[1].strip() for line in f
-                                if line.startswith("model name")), platform.processor())
+            info["cpu"] = next(
+                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                platform.processor(),
+            )
     except OSError:
         info["cpu"] = platform.processor()
     try:
@@ -103,20 +115,24 @@ def machine_info() -> dict[str, Any]:
     from fastnet.backends import backend_infos
 
     for b in backend_infos():
-        info[f"backend_{b.name}"] = f"{b.version} {b.device}".strip() if b.available else \
-            f"unavailable: {b.reason}"
+        info[f"backend_{b.name}"] = (
+            f"{b.version} {b.device}".strip() if b.available else f"unavailable: {b.reason}"
+        )
     return info
 
 
 def format_table(results: list[Result], title: str = "") -> str:
     lines = [title] if title else []
-    lines.append(f"{'contestant':<34} {'median':>10} {'min':>10} {'max':>10} {'ratio':>7} "
-                 f"{'GFLOP/s':>8}")
+    lines.append(
+        f"{'contestant':<34} {'median':>10} {'min':>10} {'max':>10} {'ratio':>7} {'GFLOP/s':>8}"
+    )
     for r in results:
         ratio = f"{r.ratio:.3f}" if r.ratio is not None else "-"
         gf = f"{r.gflops:.1f}" if r.gflops else "-"
-        lines.append(f"{r.name:<34} {_fmt(r.median):>10} {_fmt(r.spread[0]):>10} "
-                     f"{_fmt(r.spread[1]):>10} {ratio:>7} {gf:>8}")
+        lines.append(
+            f"{r.name:<34} {_fmt(r.median):>10} {_fmt(r.spread[0]):>10} "
+            f"{_fmt(r.spread[1]):>10} {ratio:>7} {gf:>8}"
+        )
     return "\n".join(lines)
 
 

@@ -23,8 +23,14 @@ class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs;
     optionally restore the best weights seen."""
 
-    def __init__(self, monitor: str = "val_loss", patience: int = 3, min_delta: float = 0.0,
-                 mode: str = "auto", restore_best_weights: bool = True) -> None:
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 3,
+        min_delta: float = 0.0,
+        mode: str = "auto",
+        restore_best_weights: bool = True,
+    ) -> None:
         if not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
         if mode not in ("auto", "min", "max"):
@@ -46,8 +52,10 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
         if self.monitor not in logs:
-            raise KeyError(f"EarlyStopping monitors {self.monitor!r} but the epoch logs only "
-                           f"have {sorted(logs)}; pass validation_data or monitor='loss'")
+            raise KeyError(
+                f"EarlyStopping monitors {self.monitor!r} but the epoch logs only "
+                f"have {sorted(logs)}; pass validation_data or monitor='loss'"
+            )
         value = logs[self.monitor]
         if self._improved(value):
             self.best, self.wait = value, 0
@@ -57,11 +65,17 @@ class EarlyStopping(Callback):
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
-            model.stop_reason = (f"early stopping: {self.monitor} did not improve for "
-                                 f"{self.patience} epochs (best {self.best:.4f})")
+            model.stop_reason = (
+                f"early stopping: {self.monitor} did not improve for "
+                f"{self.patience} epochs (best {self.best:.4f})"
+            )
             return True
         return False
 
     def on_train_end(self, model: Any) -> None:
-        if self.restore_best_weights and self.best_state is not None and self.stopped_epoch is not None:
+        if (
+            self.restore_best_weights
+            and self.best_state is not None
+            and self.stopped_epoch is not None
+        ):
             model.set_state(self.best_state)

@@ -65,11 +65,18 @@ def save_model(model: Any, path: str | os.PathLike, extra: dict | None = None) -
         raise RuntimeError("cannot save an unbuilt model: fit() or build() it first")
     from fastnet import __version__
 
-    arrays = {key: np.asarray(value) if isinstance(value, int) else model.backend.to_numpy(value)
-              for key, value in model.get_state().items()}
-    meta = {"format_version": FORMAT_VERSION, "fastnet_version": __version__,
-            "config": model.get_config(), "backend": model.backend.name,
-            "sha256": _digest(arrays), "extra": extra or {}}
+    arrays = {
+        key: np.asarray(value) if isinstance(value, int) else model.backend.to_numpy(value)
+        for key, value in model.get_state().items()
+    }
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "fastnet_version": __version__,
+        "config": model.get_config(),
+        "backend": model.backend.name,
+        "sha256": _digest(arrays),
+        "extra": extra or {},
+    }
     arrays[META_KEY] = np.array(json.dumps(meta))
     atomic_savez(path, arrays)
 
@@ -82,23 +89,37 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
     try:
         with np.load(path, allow_pickle=False) as data:
             if META_KEY not in data.files:
-                raise CheckpointError(f"{path!r} is an .npz but not a fastnet checkpoint "
-                                      f"(no {META_KEY} entry)")
+                raise CheckpointError(
+                    f"{path!r} is an .npz but not a fastnet checkpoint (no {META_KEY} entry)"
+                )
             meta = json.loads(str(data[META_KEY]))
             arrays = {k: data[k] for k in data.files if k != META_KEY}
     except CheckpointError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError,
-            json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path!r} is not a readable fastnet checkpoint (truncated or "
-                              f"corrupted?): {type(exc).__name__}: {exc}") from None
+    except (
+        zipfile.BadZipFile,
+        ValueError,
+        OSError,
+        EOFError,
+        KeyError,
+        json.JSONDecodeError,
+        UnicodeDecodeError,
+    ) as exc:
+        raise CheckpointError(
+            f"{path!r} is not a readable fastnet checkpoint (truncated or "
+            f"corrupted?): {type(exc).__name__}: {exc}"
+        ) from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path!r} has checkpoint format version {version!r}; this fastnet "
-                              f"reads version {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path!r} has checkpoint format version {version!r}; this fastnet "
+            f"reads version {FORMAT_VERSION}"
+        )
     if meta.get("sha256") != _digest(arrays):
-        raise CheckpointError(f"{path!r} failed its integrity check: the arrays do not match the "
-                              f"recorded SHA-256 (file modified or damaged)")
+        raise CheckpointError(
+            f"{path!r} failed its integrity check: the arrays do not match the "
+            f"recorded SHA-256 (file modified or damaged)"
+        )
     return meta, arrays
 
 
@@ -107,9 +128,14 @@ def model_from_config(config: dict, backend: Any = None) -> Any:
     from fastnet.model import Sequential
     from fastnet.optimizers import optimizer_from_config
 
-    model = Sequential([layer_from_config(c) for c in config["layers"]], loss=config["loss"],
-                       optimizer=optimizer_from_config(config["optimizer"]), backend=backend,
-                       dtype=config["dtype"], seed=config.get("seed"))
+    model = Sequential(
+        [layer_from_config(c) for c in config["layers"]],
+        loss=config["loss"],
+        optimizer=optimizer_from_config(config["optimizer"]),
+        backend=backend,
+        dtype=config["dtype"],
+        seed=config.get("seed"),
+    )
     return model
 
 
@@ -132,7 +158,9 @@ def load_model_with_meta(path: str | os.PathLike, backend: Any = None) -> tuple[
             if key not in arrays:
                 raise CheckpointError(f"{os.fspath(path)!r} lacks array {key!r}")
             if tuple(arrays[key].shape) != tuple(live.shape):
-                raise CheckpointError(f"{os.fspath(path)!r}: {key} has shape {arrays[key].shape}, "
-                                      f"the architecture needs {tuple(live.shape)}")
+                raise CheckpointError(
+                    f"{os.fspath(path)!r}: {key} has shape {arrays[key].shape}, "
+                    f"the architecture needs {tuple(live.shape)}"
+                )
     model.set_state(arrays)
     return model, meta

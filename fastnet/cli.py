@@ -15,7 +15,9 @@ def _layers(spec: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(s) for s in spec.split(",") if s.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--layers must be comma-separated integers, got {spec!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--layers must be comma-separated integers, got {spec!r}"
+        ) from None
     if not sizes or any(s <= 0 for s in sizes):
         raise argparse.ArgumentTypeError(f"--layers needs positive sizes, got {spec!r}")
     return sizes
@@ -30,6 +32,7 @@ def _positive(kind):
         if not value > 0:
             raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
         return value
+
     return parse
 
 
@@ -38,24 +41,37 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="train an MLP on Fashion-MNIST and report accuracy")
-    train.add_argument("--backend", default=None, help="numpy, numba, cupy, cupy:N or auto "
-                       "(default: $FASTNET_BACKEND or auto)")
-    train.add_argument("--layers", type=_layers, default=(256, 128), help="hidden sizes, e.g. 256,128")
+    train.add_argument(
+        "--backend",
+        default=None,
+        help="numpy, numba, cupy, cupy:N or auto (default: $FASTNET_BACKEND or auto)",
+    )
+    train.add_argument(
+        "--layers", type=_layers, default=(256, 128), help="hidden sizes, e.g. 256,128"
+    )
     train.add_argument("--epochs", type=_positive(int), default=20)
     train.add_argument("--batch-size", type=_positive(int), default=128)
-    train.add_argument("--optimizer", default="adam",
-                       choices=["sgd", "momentum", "adagrad", "rmsprop", "adam"])
+    train.add_argument(
+        "--optimizer", default="adam", choices=["sgd", "momentum", "adagrad", "rmsprop", "adam"]
+    )
     train.add_argument("--lr", type=_positive(float), default=1e-3)
     train.add_argument("--weight-decay", type=float, default=0.0)
     train.add_argument("--dropout", type=float, default=0.0)
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--val-fraction", type=float, default=0.1)
-    train.add_argument("--limit", type=_positive(int), default=None,
-                       help="use only the first N training images (quick runs)")
+    train.add_argument(
+        "--limit",
+        type=_positive(int),
+        default=None,
+        help="use only the first N training images (quick runs)",
+    )
     train.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist"])
-    train.add_argument("--data-dir", default=None, help="folder with the IDX files "
-                       "(default: $FASTNET_DATA or the Debian package's folder)")
+    train.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder with the IDX files (default: $FASTNET_DATA or the Debian package's folder)",
+    )
     train.add_argument("--save", default=None, help="write a checkpoint (.npz) here")
     train.add_argument("--plot", default=None, help="write learning curves (PNG) here")
     train.add_argument("--patience", type=int, default=None, help="early stopping patience")
@@ -96,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     (X, y), (X_test, y_test) = _load(args.dataset, args.data_dir)
     if args.limit:
-        X, y = X[:args.limit], y[:args.limit]
+        X, y = X[: args.limit], y[: args.limit]
     (X_tr, y_tr), (X_val, y_val) = train_val_split(X, y, args.val_fraction, seed=args.seed)
     layers: list = []
     for units in args.layers:
@@ -105,19 +121,34 @@ def cmd_train(args: argparse.Namespace) -> int:
             layers.append(Dropout(args.dropout))
     layers.append(Dense(int(y.max()) + 1))
     opt_kwargs = {"lr": args.lr, "weight_decay": args.weight_decay}
-    model = Sequential(layers, "softmax_cross_entropy", get_optimizer(args.optimizer, **opt_kwargs),
-                       backend=args.backend, dtype=args.dtype, seed=args.seed)
+    model = Sequential(
+        layers,
+        "softmax_cross_entropy",
+        get_optimizer(args.optimizer, **opt_kwargs),
+        backend=args.backend,
+        dtype=args.dtype,
+        seed=args.seed,
+    )
     arch = "-".join(str(s) for s in (X.shape[1], *args.layers, int(y.max()) + 1))
-    print(f"fastnet train: {args.dataset} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
-          f"test, MLP {arch}, {args.optimizer} lr={args.lr}, batch {args.batch_size}, "
-          f"backend {model.backend.name} ({model.backend.device_info()}), {args.dtype}", flush=True)
+    print(
+        f"fastnet train: {args.dataset} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
+        f"test, MLP {arch}, {args.optimizer} lr={args.lr}, batch {args.batch_size}, "
+        f"backend {model.backend.name} ({model.backend.device_info()}), {args.dtype}",
+        flush=True,
+    )
     callbacks = [EarlyStopping("val_loss", args.patience)] if args.patience is not None else []
     interrupted = False
     start = time.perf_counter()
     try:
-        model.fit(X_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size,
-                  validation_data=(X_val, y_val), callbacks=callbacks,
-                  verbose=2 if args.verbose == 2 else args.verbose)
+        model.fit(
+            X_tr,
+            y_tr,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation_data=(X_val, y_val),
+            callbacks=callbacks,
+            verbose=2 if args.verbose == 2 else args.verbose,
+        )
     except KeyboardInterrupt:
         interrupted = True
         print(f"\ninterrupted: {model.stop_reason}", file=sys.stderr)
@@ -125,12 +156,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     if model.stop_reason and not interrupted:
         print(model.stop_reason)
     seconds = model.history.get("seconds", [])
-    test = model.evaluate(X_test, y_test) if model.history.get("loss") else {"accuracy": float("nan"),
-                                                                            "loss": float("nan")}
+    test = (
+        model.evaluate(X_test, y_test)
+        if model.history.get("loss")
+        else {"accuracy": float("nan"), "loss": float("nan")}
+    )
     per_epoch = float(np.median(seconds)) if seconds else float("nan")
-    summary = (f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}  "
-               f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median)  total {total:.1f}s  "
-               f"backend {model.backend.name}")
+    summary = (
+        f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}  "
+        f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median)  total {total:.1f}s  "
+        f"backend {model.backend.name}"
+    )
     peak = getattr(model.backend, "peak_memory", None)
     if callable(peak):
         summary += f"  peak device memory {peak() / 2**20:.1f} MiB"
@@ -141,14 +177,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.plot:
         from fastnet.plot import plot_history
 
-        plot_history(model.history, args.plot, title=f"{args.dataset} MLP {arch} "
-                     f"({model.backend.name})")
+        plot_history(
+            model.history, args.plot, title=f"{args.dataset} MLP {arch} ({model.backend.name})"
+        )
         print(f"wrote learning curves to {args.plot}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"history": model.history, "test": test, "backend": model.backend.name,
-                       "s_per_epoch": per_epoch, "args": {k: v for k, v in vars(args).items()
-                                                          if k != "func"}}, f, indent=1)
+            json.dump(
+                {
+                    "history": model.history,
+                    "test": test,
+                    "backend": model.backend.name,
+                    "s_per_epoch": per_epoch,
+                    "args": {k: v for k, v in vars(args).items() if k != "func"},
+                },
+                f,
+                indent=1,
+            )
     return 130 if interrupted else 0
 
 
@@ -158,8 +203,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.checkpoint, backend=args.backend)
     _, (X_test, y_test) = _load(args.dataset, args.data_dir)
     result = model.evaluate(X_test, y_test)
-    print(f"{args.checkpoint}: test accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-          f"backend {model.backend.name}")
+    print(
+        f"{args.checkpoint}: test accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
+        f"backend {model.backend.name}"
+    )
     return 0
 
 
@@ -185,12 +232,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fastnet.checkpoint import CheckpointError
     from fastnet.data import DatasetError
 
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "backends": cmd_backends,
-                "bench": cmd_bench}
+    handlers = {
+        "train": cmd_train,
+        "evaluate": cmd_evaluate,
+        "backends": cmd_backends,
+        "bench": cmd_bench,
+    }
     try:
         return handlers[args.command](args)
-    except (BackendUnavailableError, CheckpointError, DatasetError, FileNotFoundError,
-            ValueError, TypeError) as exc:
+    except (
+        BackendUnavailableError,
+        CheckpointError,
+        DatasetError,
+        FileNotFoundError,
+        ValueError,
+        TypeError,
+    ) as exc:
         print(f"fastnet {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

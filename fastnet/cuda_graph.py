@@ -26,11 +26,16 @@ class GraphedTrainer:
             raise ValueError(f"cuda_graph=True needs the cupy backend, not {backend.name!r}")
         if not isinstance(model.loss, SoftmaxCrossEntropy):
             raise ValueError("cuda_graph=True supports the SoftmaxCrossEntropy loss only")
-        unsupported = [type(layer).__name__ for layer in model.layers
-                       if not isinstance(layer, (Dense, Activation))]
+        unsupported = [
+            type(layer).__name__
+            for layer in model.layers
+            if not isinstance(layer, (Dense, Activation))
+        ]
         if unsupported:
-            raise ValueError(f"cuda_graph=True supports Dense and activation layers only; "
-                             f"got {', '.join(unsupported)} (use cuda_graph=False)")
+            raise ValueError(
+                f"cuda_graph=True supports Dense and activation layers only; "
+                f"got {', '.join(unsupported)} (use cuda_graph=False)"
+            )
         if any(layer.optimizer is not None for layer in model.layers):
             raise ValueError("cuda_graph=True needs one model-wide optimizer (no per-layer ones)")
         steps = {p.step for p in model.parameters()}
@@ -60,8 +65,9 @@ class GraphedTrainer:
         model.backward(dlogits)
         opt: Optimizer = model.optimizer
         if isinstance(opt, Adam):
-            backend.k.adam_scalars(self.t, self.adam_scalars[model.dtype.name], opt.lr, opt.beta1,
-                                   opt.beta2, opt.eps)
+            backend.k.adam_scalars(
+                self.t, self.adam_scalars[model.dtype.name], opt.lr, opt.beta1, opt.beta2, opt.eps
+            )
         backend.graph_adam_scalars = self.adam_scalars
         try:
             model.apply_gradients()
@@ -78,8 +84,9 @@ class GraphedTrainer:
         for p in params:  # capture recorded the step without running it
             p.step -= 1
 
-    def run_epoch(self, Xd: Any, yd: Any, order_rng: Any, shuffle: bool = True,
-                  progress: Any = None) -> tuple[Any, Any]:
+    def run_epoch(
+        self, Xd: Any, yd: Any, order_rng: Any, shuffle: bool = True, progress: Any = None
+    ) -> tuple[Any, Any]:
         backend, xp, bs = self.backend, self.xp, self.batch_size
         params = self.model.parameters()
         n = Xd.shape[0]
@@ -89,7 +96,7 @@ class GraphedTrainer:
             self.t.fill(params[0].step)
             order = backend.permutation(order_rng, n) if shuffle else xp.arange(n)
             for lo in range(0, n, bs):
-                idx = order[lo:lo + bs]
+                idx = order[lo : lo + bs]
                 nb = len(idx)
                 xp.take(Xd, idx, axis=0, out=self.xb[:nb])
                 xp.take(yd, idx, axis=0, out=self.yb[:nb])

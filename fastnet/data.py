@@ -12,12 +12,30 @@ from pathlib import Path
 import numpy as np
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                         "Sneaker", "Bag", "Ankle boot")
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
-               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
-_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+_IDX_DTYPES = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
 
 
 class DatasetError(ValueError):
@@ -40,8 +58,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DatasetError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
     zero, code, ndim = struct.unpack(">HBB", raw[:4])
     if zero != 0 or code not in _IDX_DTYPES or not 1 <= ndim <= 4:
-        raise DatasetError(f"{path}: bad IDX magic {raw[:4].hex()} (expected 0000 then a type code "
-                           f"in {sorted(hex(c) for c in _IDX_DTYPES)} and 1-4 dimensions)")
+        raise DatasetError(
+            f"{path}: bad IDX magic {raw[:4].hex()} (expected 0000 then a type code "
+            f"in {sorted(hex(c) for c in _IDX_DTYPES)} and 1-4 dimensions)"
+        )
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DatasetError(f"{path}: truncated IDX header")
@@ -50,8 +70,10 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     expected = int(np.prod(shape)) * dtype.itemsize
     actual = len(raw) - header
     if actual != expected:
-        raise DatasetError(f"{path}: header declares shape {shape} ({expected} bytes of data) but "
-                           f"the file holds {actual} bytes (truncated or corrupted)")
+        raise DatasetError(
+            f"{path}: header declares shape {shape} ({expected} bytes of data) but "
+            f"the file holds {actual} bytes (truncated or corrupted)"
+        )
     data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
     return data.astype(dtype.newbyteorder("="), copy=False)
 
@@ -63,8 +85,13 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def load_idx_pair(images: str | os.PathLike, labels: str | os.PathLike, *, normalize: bool = True,
-                  flatten: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def load_idx_pair(
+    images: str | os.PathLike,
+    labels: str | os.PathLike,
+    *,
+    normalize: bool = True,
+    flatten: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Load an images/labels IDX pair; pixels scaled to [0, 1] float32 when ``normalize``."""
     x = read_idx(images)
     y = read_idx(labels)
@@ -90,36 +117,44 @@ def data_dir_for(name: str, data_dir: str | os.PathLike | None) -> Path:
     return Path(FASHION_MNIST_DIR) if name == "fashion-mnist" else Path("data/mnist")
 
 
-def _load_dataset(name: str, data_dir: str | os.PathLike | None, normalize: bool, flatten: bool,
-                  how_to_get: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _load_dataset(
+    name: str, data_dir: str | os.PathLike | None, normalize: bool, flatten: bool, how_to_get: str
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     folder = data_dir_for(name, data_dir)
     out = []
     for split in ("train", "test"):
         paths = [_find(folder, stem) for stem in _FILES[split]]
         missing = [stem for stem, p in zip(_FILES[split], paths) if p is None]
         if missing:
-            raise FileNotFoundError(f"{name} not found: {folder} lacks {', '.join(missing)} "
-                                    f"(.gz or raw). {how_to_get}")
+            raise FileNotFoundError(
+                f"{name} not found: {folder} lacks {', '.join(missing)} (.gz or raw). {how_to_get}"
+            )
         out.append(load_idx_pair(paths[0], paths[1], normalize=normalize, flatten=flatten))
     return out[0], out[1]
 
 
-def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, normalize: bool = True,
-                       flatten: bool = True):
+def load_fashion_mnist(
+    data_dir: str | os.PathLike | None = None, *, normalize: bool = True, flatten: bool = True
+):
     """Fashion-MNIST as ``(X_train, y_train), (X_test, y_test)``: 60k/10k 28x28 images,
     flattened to 784 float32 features in [0, 1]. Looks in ``data_dir``, else ``$FASTNET_DATA``,
     else the Debian package's folder."""
-    how = (f"Install it with `sudo apt-get install dataset-fashion-mnist` (files land in "
-           f"{FASHION_MNIST_DIR}), or point --data-dir / FASTNET_DATA at a folder holding the "
-           f"four IDX files.")
+    how = (
+        f"Install it with `sudo apt-get install dataset-fashion-mnist` (files land in "
+        f"{FASHION_MNIST_DIR}), or point --data-dir / FASTNET_DATA at a folder holding the "
+        f"four IDX files."
+    )
     return _load_dataset("fashion-mnist", data_dir, normalize, flatten, how)
 
 
-def load_mnist(data_dir: str | os.PathLike | None = None, *, normalize: bool = True,
-               flatten: bool = True):
+def load_mnist(
+    data_dir: str | os.PathLike | None = None, *, normalize: bool = True, flatten: bool = True
+):
     """MNIST from the four standard IDX files in ``data_dir`` (or ``$FASTNET_DATA``)."""
-    how = ("Place train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-           "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz there, or pass data_dir.")
+    how = (
+        "Place train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
+        "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz there, or pass data_dir."
+    )
     return _load_dataset("mnist", data_dir, normalize, flatten, how)
 
 
@@ -127,18 +162,26 @@ def one_hot(labels: np.ndarray, n_classes: int | None = None, dtype=np.float32) 
     """Integer labels ``(n,)`` -> one-hot matrix ``(n, n_classes)``."""
     labels = np.asarray(labels)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
-        raise ValueError(f"labels must be 1-D integers, got shape {labels.shape} dtype {labels.dtype}")
+        raise ValueError(
+            f"labels must be 1-D integers, got shape {labels.shape} dtype {labels.dtype}"
+        )
     n_classes = int(labels.max()) + 1 if n_classes is None else n_classes
     if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must be in [0, {n_classes}), got range "
-                         f"[{labels.min()}, {labels.max()}]")
+        raise ValueError(
+            f"labels must be in [0, {n_classes}), got range [{labels.min()}, {labels.max()}]"
+        )
     out = np.zeros((len(labels), n_classes), dtype=dtype)
     out[np.arange(len(labels)), labels] = 1
     return out
 
 
-def train_val_split(X: np.ndarray, y: np.ndarray, val_fraction: float = 0.1,
-                    seed: int | None = 0, stratify: bool = True):
+def train_val_split(
+    X: np.ndarray,
+    y: np.ndarray,
+    val_fraction: float = 0.1,
+    seed: int | None = 0,
+    stratify: bool = True,
+):
     """Shuffled (optionally stratified) split: ``(X_train, y_train), (X_val, y_val)``."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
@@ -160,12 +203,17 @@ def train_val_split(X: np.ndarray, y: np.ndarray, val_fraction: float = 0.1,
     return (X[mask], y[mask]), (X[val], y[val])
 
 
-def minibatches(X: np.ndarray, y: np.ndarray, batch_size: int = 128, seed: int | None = None,
-                shuffle: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def minibatches(
+    X: np.ndarray,
+    y: np.ndarray,
+    batch_size: int = 128,
+    seed: int | None = None,
+    shuffle: bool = True,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(X_batch, y_batch)`` pairs covering the data once (the last batch may be short)."""
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     order = np.random.default_rng(seed).permutation(len(X)) if shuffle else np.arange(len(X))
     for lo in range(0, len(X), batch_size):
-        idx = order[lo:lo + batch_size]
+        idx = order[lo : lo + batch_size]
         yield X[idx], y[idx]

@@ -23,12 +23,26 @@ class MLPClassifier:
     of the training data is held out.
     """
 
-    def __init__(self, hidden_layer_sizes: tuple[int, ...] = (256, 128), activation: str = "relu",
-                 optimizer: str = "adam", learning_rate: float = 1e-3, batch_size: int = 128,
-                 epochs: int = 20, weight_decay: float = 0.0, momentum: float = 0.9,
-                 dropout: float = 0.0, batch_norm: bool = False, early_stopping: bool = False,
-                 patience: int = 3, validation_fraction: float = 0.1, backend: str | None = None,
-                 dtype: str = "float32", random_state: int | None = None, verbose: int = 0) -> None:
+    def __init__(
+        self,
+        hidden_layer_sizes: tuple[int, ...] = (256, 128),
+        activation: str = "relu",
+        optimizer: str = "adam",
+        learning_rate: float = 1e-3,
+        batch_size: int = 128,
+        epochs: int = 20,
+        weight_decay: float = 0.0,
+        momentum: float = 0.9,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        early_stopping: bool = False,
+        patience: int = 3,
+        validation_fraction: float = 0.1,
+        backend: str | None = None,
+        dtype: str = "float32",
+        random_state: int | None = None,
+        verbose: int = 0,
+    ) -> None:
         self.hidden_layer_sizes = hidden_layer_sizes
         self.activation = activation
         self.optimizer = optimizer
@@ -97,8 +111,10 @@ class MLPClassifier:
             raise ValueError("y contains NaN or infinite labels")
         unknown = np.setdiff1d(np.unique(y), self.classes_)
         if unknown.size:
-            raise ValueError(f"y contains labels {unknown[:5].tolist()} not seen in fit "
-                             f"(classes_: {self.classes_[:10].tolist()})")
+            raise ValueError(
+                f"y contains labels {unknown[:5].tolist()} not seen in fit "
+                f"(classes_: {self.classes_[:10].tolist()})"
+            )
         return np.searchsorted(self.classes_, y)
 
     def fit(self, X: Any, y: Any, validation_data: tuple[Any, Any] | None = None) -> MLPClassifier:
@@ -121,16 +137,27 @@ class MLPClassifier:
             Xv, yv = validation_data
             validation_data = (Xv, self._encode(yv))
         elif self.early_stopping:
-            (X, y_idx), validation_data = train_val_split(np.asarray(X), y_idx,
-                                                          self.validation_fraction,
-                                                          seed=self.random_state)
-        self.model_ = Sequential(self._build_layers(len(self.classes_)), "softmax_cross_entropy",
-                                 self._optimizer(), backend=self.backend, dtype=self.dtype,
-                                 seed=self.random_state)
+            (X, y_idx), validation_data = train_val_split(
+                np.asarray(X), y_idx, self.validation_fraction, seed=self.random_state
+            )
+        self.model_ = Sequential(
+            self._build_layers(len(self.classes_)),
+            "softmax_cross_entropy",
+            self._optimizer(),
+            backend=self.backend,
+            dtype=self.dtype,
+            seed=self.random_state,
+        )
         callbacks = [EarlyStopping("val_loss", self.patience)] if self.early_stopping else []
-        self.history_ = self.model_.fit(X, y_idx, epochs=self.epochs, batch_size=self.batch_size,
-                                        validation_data=validation_data, callbacks=callbacks,
-                                        verbose=self.verbose)
+        self.history_ = self.model_.fit(
+            X,
+            y_idx,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            validation_data=validation_data,
+            callbacks=callbacks,
+            verbose=self.verbose,
+        )
         self.n_features_in_ = self.model_.input_dim
         return self
 

@@ -46,8 +46,15 @@ def relative_error(analytic: Any, numeric: np.ndarray) -> float:
     return float(np.linalg.norm(a - numeric) / denom) if denom > 0 else 0.0
 
 
-def check_layer(layer: Any, x: Any, *, training: bool = True, eps: float = 1e-6,
-                tolerance: float = 1e-6, seed: int = 0) -> GradcheckResult:
+def check_layer(
+    layer: Any,
+    x: Any,
+    *,
+    training: bool = True,
+    eps: float = 1e-6,
+    tolerance: float = 1e-6,
+    seed: int = 0,
+) -> GradcheckResult:
     """Compare ``layer.backward`` with finite differences of ``sum(forward(x) * R)``.
 
     ``layer`` must be built in float64 on some backend; ``x`` must live on that backend.
@@ -71,8 +78,9 @@ def check_layer(layer: Any, x: Any, *, training: bool = True, eps: float = 1e-6,
     return GradcheckResult(errors, tolerance)
 
 
-def check_loss(loss: Any, logits: Any, targets: Any, *, eps: float = 1e-6,
-               tolerance: float = 1e-6) -> GradcheckResult:
+def check_loss(
+    loss: Any, logits: Any, targets: Any, *, eps: float = 1e-6, tolerance: float = 1e-6
+) -> GradcheckResult:
     """Compare a loss's returned gradient with finite differences of its value."""
     _, grad = loss(logits, targets)
     grad = loss.backend.to_numpy(grad).copy()
@@ -80,5 +88,6 @@ def check_loss(loss: Any, logits: Any, targets: Any, *, eps: float = 1e-6,
     def f() -> float:
         return float(loss(logits, targets)[0])
 
-    return GradcheckResult({"logits": relative_error(grad, numerical_gradient(f, logits, eps))},
-                           tolerance)
+    return GradcheckResult(
+        {"logits": relative_error(grad, numerical_gradient(f, logits, eps))}, tolerance
+    )

@@ -17,8 +17,13 @@ class Initializer:
     def scale(self, fan_in: int, fan_out: int) -> float:
         raise NotImplementedError
 
-    def __call__(self, rng: np.random.Generator, fan_in: int, fan_out: int,
-                 dtype: np.dtype | str = np.float32) -> np.ndarray:
+    def __call__(
+        self,
+        rng: np.random.Generator,
+        fan_in: int,
+        fan_out: int,
+        dtype: np.dtype | str = np.float32,
+    ) -> np.ndarray:
         std = self.scale(fan_in, fan_out)
         return (rng.standard_normal((fan_in, fan_out)) * std).astype(dtype)
 

@@ -35,8 +35,9 @@ class Layer:
     def built(self) -> bool:
         return self.backend is not None
 
-    def build(self, input_dim: int, backend: Backend, dtype: np.dtype,
-              rng: np.random.Generator) -> int:
+    def build(
+        self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
+    ) -> int:
         """Create parameters for inputs of width ``input_dim``; returns the output width."""
         self.backend, self.dtype, self.input_dim = backend, np.dtype(dtype), input_dim
         self.output_dim = input_dim
@@ -80,13 +81,23 @@ class Dense(Layer):
 
     name = "dense"
 
-    def __init__(self, units: int, activation: str | None = None, *, input_dim: int | None = None,
-                 initializer: str | Initializer | None = None, optimizer: Optimizer | None = None,
-                 use_bias: bool = True, alpha: float = 0.01) -> None:
+    def __init__(
+        self,
+        units: int,
+        activation: str | None = None,
+        *,
+        input_dim: int | None = None,
+        initializer: str | Initializer | None = None,
+        optimizer: Optimizer | None = None,
+        use_bias: bool = True,
+        alpha: float = 0.01,
+    ) -> None:
         super().__init__()
         if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
             raise ValueError(f"units must be a positive integer, got {units!r}")
-        if input_dim is not None and (not isinstance(input_dim, (int, np.integer)) or input_dim <= 0):
+        if input_dim is not None and (
+            not isinstance(input_dim, (int, np.integer)) or input_dim <= 0
+        ):
             raise ValueError(f"input_dim must be a positive integer, got {input_dim!r}")
         self.units = int(units)
         self.activation = None if activation in (None, "linear") else activation
@@ -99,16 +110,21 @@ class Dense(Layer):
         self.W: Parameter | None = None
         self.b: Parameter | None = None
 
-    def build(self, input_dim: int, backend: Backend, dtype: np.dtype,
-              rng: np.random.Generator) -> int:
+    def build(
+        self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
+    ) -> int:
         if self.declared_input_dim is not None and self.declared_input_dim != input_dim:
-            raise ValueError(f"Dense(input_dim={self.declared_input_dim}) receives inputs of "
-                             f"width {input_dim}")
+            raise ValueError(
+                f"Dense(input_dim={self.declared_input_dim}) receives inputs of width {input_dim}"
+            )
         super().build(input_dim, backend, dtype, rng)
         weights = self.initializer(rng, input_dim, self.units, self.dtype)
         self.W = Parameter("W", backend.asarray(weights))
-        self.b = Parameter("b", backend.zeros((self.units,), self.dtype), decay=False) \
-            if self.use_bias else None
+        self.b = (
+            Parameter("b", backend.zeros((self.units,), self.dtype), decay=False)
+            if self.use_bias
+            else None
+        )
         self.output_dim = self.units
         return self.units
 
@@ -123,17 +139,32 @@ class Dense(Layer):
         dx = self._buffer("dx", (dy.shape[0], self.input_dim)) if need_dx else None
         db = self.b.grad if self.b is not None else None
         dz = self._buffer("dz", dy.shape) if self.activation_code else None
-        return self.backend.linear_backward(self.x, self.W.value, self.y, dy,
-                                            self.activation_code, self.alpha, self.W.grad, db,
-                                            dx, need_dx, dz)
+        return self.backend.linear_backward(
+            self.x,
+            self.W.value,
+            self.y,
+            dy,
+            self.activation_code,
+            self.alpha,
+            self.W.grad,
+            db,
+            dx,
+            need_dx,
+            dz,
+        )
 
     def parameters(self) -> list[Parameter]:
         return [self.W] + ([self.b] if self.b is not None else [])
 
     def get_config(self) -> dict:
-        config = {"name": self.name, "units": self.units, "activation": self.activation,
-                  "initializer": self.initializer.get_config(), "use_bias": self.use_bias,
-                  "alpha": self.alpha}
+        config = {
+            "name": self.name,
+            "units": self.units,
+            "activation": self.activation,
+            "initializer": self.initializer.get_config(),
+            "use_bias": self.use_bias,
+            "alpha": self.alpha,
+        }
         if self.optimizer is not None:
             config["optimizer"] = self.optimizer.get_config()
         return config
@@ -230,8 +261,9 @@ class Dropout(Layer):
         self.rate = float(rate)
         self.seed = seed
 
-    def build(self, input_dim: int, backend: Backend, dtype: np.dtype,
-              rng: np.random.Generator) -> int:
+    def build(
+        self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
+    ) -> int:
         seed = self.seed if self.seed is not None else int(rng.integers(2**31))
         self._rng = backend.rng(seed)
         return super().build(input_dim, backend, dtype, rng)
@@ -272,8 +304,9 @@ class BatchNorm1d(Layer):
             raise ValueError(f"eps must be positive, got {eps!r}")
         self.momentum, self.eps = float(momentum), float(eps)
 
-    def build(self, input_dim: int, backend: Backend, dtype: np.dtype,
-              rng: np.random.Generator) -> int:
+    def build(
+        self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
+    ) -> int:
         super().build(input_dim, backend, dtype, rng)
         ones = backend.asarray(np.ones(input_dim, dtype=dtype))
         self.gamma = Parameter("gamma", ones, decay=False)
@@ -309,8 +342,9 @@ class BatchNorm1d(Layer):
             return None
         n = dy.shape[0]
         dxhat = dy * self.gamma.value
-        return (self.inv_std / n) * (n * dxhat - dxhat.sum(axis=0)
-                                     - xhat * (dxhat * xhat).sum(axis=0))
+        return (self.inv_std / n) * (
+            n * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0)
+        )
 
     def parameters(self) -> list[Parameter]:
         return [self.gamma, self.beta]

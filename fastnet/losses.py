@@ -38,7 +38,7 @@ class Loss:
 
 
 class SoftmaxCrossEntropy(Loss):
-    """Softmax + cross-entropy fused, with integer labels ``(n,)`` or one-hot/soft targets ``(n, k)``."""
+    """Fused softmax + cross-entropy; integer labels ``(n,)`` or one-hot/soft targets ``(n, k)``."""
 
     name = "softmax_cross_entropy"
     classification = True
@@ -56,7 +56,7 @@ class SoftmaxCrossEntropy(Loss):
 
 
 class SigmoidBinaryCrossEntropy(Loss):
-    """Binary cross-entropy on logits: ``max(z, 0) - z*t + log1p(exp(-|z|))``, mean over elements."""
+    """Binary cross-entropy on logits, ``max(z, 0) - z*t + log1p(exp(-|z|))``, element mean."""
 
     name = "sigmoid_binary_cross_entropy"
     classification = True
@@ -91,9 +91,15 @@ class MeanSquaredError(Loss):
         return (diff * diff).mean(), diff * (2.0 / diff.size)
 
 
-LOSSES = {cls.name: cls for cls in (SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy, MeanSquaredError)}
-ALIASES = {"cross_entropy": "softmax_cross_entropy", "xent": "softmax_cross_entropy",
-           "bce": "sigmoid_binary_cross_entropy", "mse": "mean_squared_error"}
+LOSSES = {
+    cls.name: cls for cls in (SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy, MeanSquaredError)
+}
+ALIASES = {
+    "cross_entropy": "softmax_cross_entropy",
+    "xent": "softmax_cross_entropy",
+    "bce": "sigmoid_binary_cross_entropy",
+    "mse": "mean_squared_error",
+}
 
 
 def get_loss(spec: str | Loss) -> Loss:

@@ -36,9 +36,16 @@ class Sequential:
     >>> model.fit(X, y, epochs=10, batch_size=128, validation_data=(Xv, yv))
     """
 
-    def __init__(self, layers: Sequence[Layer], loss: str | Loss = "softmax_cross_entropy",
-                 optimizer: str | Optimizer = "adam", *, backend: str | Backend | None = None,
-                 dtype: Any = "float32", seed: int | None = None) -> None:
+    def __init__(
+        self,
+        layers: Sequence[Layer],
+        loss: str | Loss = "softmax_cross_entropy",
+        optimizer: str | Optimizer = "adam",
+        *,
+        backend: str | Backend | None = None,
+        dtype: Any = "float32",
+        seed: int | None = None,
+    ) -> None:
         layers = list(layers)
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError("layers must be a non-empty sequence of fastnet Layer objects")
@@ -64,7 +71,7 @@ class Sequential:
         return self.layers[-1].output_dim
 
     def build(self, input_dim: int) -> Sequential:
-        """Create all parameters for inputs of width ``input_dim`` (done by ``fit`` on first use)."""
+        """Create the parameters for inputs of width ``input_dim`` (``fit`` does it if needed)."""
         width = check_positive_int(input_dim, "input_dim")
         for layer in self.layers:
             width = layer.build(width, self.backend, self.dtype, self._rng)
@@ -116,14 +123,25 @@ class Sequential:
             self.build(Xd.shape[1])
         integer = isinstance(self.loss, SoftmaxCrossEntropy)
         yname = name.replace("X", "y")
-        yd = check_targets(y, yname, Xd.shape[0], self.output_dim, self.backend, self.dtype,
-                           integer)
+        yd = check_targets(
+            y, yname, Xd.shape[0], self.output_dim, self.backend, self.dtype, integer
+        )
         return Xd, yd
 
-    def fit(self, X: Any, y: Any, *, epochs: int = 10, batch_size: int = 128,
-            validation_data: tuple[Any, Any] | None = None, shuffle: bool = True,
-            callbacks: Sequence[Callback] = (), verbose: int = 1,
-            on_divergence: str = "restore", cuda_graph: bool = False) -> dict[str, list[float]]:
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        epochs: int = 10,
+        batch_size: int = 128,
+        validation_data: tuple[Any, Any] | None = None,
+        shuffle: bool = True,
+        callbacks: Sequence[Callback] = (),
+        verbose: int = 1,
+        on_divergence: str = "restore",
+        cuda_graph: bool = False,
+    ) -> dict[str, list[float]]:
         """Train for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches.
 
         Returns the history: per-epoch ``loss``, ``accuracy`` (running, training mode),
@@ -137,8 +155,9 @@ class Sequential:
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
         if on_divergence not in DIVERGENCE_POLICIES:
-            raise ValueError(f"on_divergence must be one of {DIVERGENCE_POLICIES}, got "
-                             f"{on_divergence!r}")
+            raise ValueError(
+                f"on_divergence must be one of {DIVERGENCE_POLICIES}, got {on_divergence!r}"
+            )
         Xd, yd = self._prepare(X, y)
         val = None
         if validation_data is not None:
@@ -168,16 +187,24 @@ class Sequential:
         for epoch in range(epochs):
             snapshot = self.get_state()
             start = time.perf_counter()
-            bar = tqdm(total=n, disable=verbose != 1, leave=False, unit="sample",
-                       desc=f"epoch {epoch + 1}/{epochs}", mininterval=0.5)
+            bar = tqdm(
+                total=n,
+                disable=verbose != 1,
+                leave=False,
+                unit="sample",
+                desc=f"epoch {epoch + 1}/{epochs}",
+                mininterval=0.5,
+            )
             try:
-                loss_sum, correct_sum = run_epoch(Xd, yd, batch_size, order_rng, shuffle,
-                                                  bar.update)
+                loss_sum, correct_sum = run_epoch(
+                    Xd, yd, batch_size, order_rng, shuffle, bar.update
+                )
             except KeyboardInterrupt:
                 bar.close()
                 self.set_state(snapshot)
-                self.stop_reason = f"interrupted in epoch {epoch + 1}; weights of the last " \
-                                   f"finished epoch restored"
+                self.stop_reason = (
+                    f"interrupted in epoch {epoch + 1}; weights of the last finished epoch restored"
+                )
                 raise
             bar.close()
             backend.synchronize()
@@ -186,8 +213,10 @@ class Sequential:
             logs["accuracy"] = float(correct_sum) / n if correct_sum is not None else float("nan")
             if not np.isfinite(logs["loss"]) and on_divergence != "ignore":
                 self.set_state(snapshot)
-                self.stop_reason = (f"loss became {logs['loss']} in epoch {epoch + 1}; weights "
-                                    f"from the start of that epoch restored (try a lower lr)")
+                self.stop_reason = (
+                    f"loss became {logs['loss']} in epoch {epoch + 1}; weights "
+                    f"from the start of that epoch restored (try a lower lr)"
+                )
                 if on_divergence == "raise":
                     raise TrainingDivergedError(self.stop_reason)
                 warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=2)
@@ -202,14 +231,23 @@ class Sequential:
             for cb in callbacks:
                 stop = bool(cb.on_epoch_end(self, epoch, logs)) or stop
             if stop:
-                self.stop_reason = self.stop_reason or f"stopped by callback after epoch {epoch + 1}"
+                self.stop_reason = (
+                    self.stop_reason or f"stopped by callback after epoch {epoch + 1}"
+                )
                 break
         for cb in callbacks:
             cb.on_train_end(self)
         return self.history
 
-    def run_epoch(self, Xd: Any, yd: Any, batch_size: int, order_rng: Any, shuffle: bool = True,
-                  progress: Any = None) -> tuple[Any, Any]:
+    def run_epoch(
+        self,
+        Xd: Any,
+        yd: Any,
+        batch_size: int,
+        order_rng: Any,
+        shuffle: bool = True,
+        progress: Any = None,
+    ) -> tuple[Any, Any]:
         """One pass over device-resident, validated data; returns the summed loss and correct
         count (on the device). ``fit`` wraps this with validation, history and callbacks."""
         backend = self.backend
@@ -218,7 +256,7 @@ class Sequential:
         loss_sum: Any = 0.0
         correct_sum: Any = None
         for lo in range(0, n, batch_size):
-            idx = order[lo:lo + batch_size]
+            idx = order[lo : lo + batch_size]
             loss, correct = self.train_step(backend.take_rows(Xd, idx), backend.take_rows(yd, idx))
             loss_sum = loss_sum + loss * len(idx)
             if correct is not None:
@@ -228,8 +266,11 @@ class Sequential:
         return loss_sum, correct_sum
 
     def _epoch_line(self, epoch: int, epochs: int, logs: dict[str, float]) -> str:
-        parts = [f"epoch {epoch:>3}/{epochs}", f"loss {logs['loss']:.4f}",
-                 f"acc {logs['accuracy']:.4f}"]
+        parts = [
+            f"epoch {epoch:>3}/{epochs}",
+            f"loss {logs['loss']:.4f}",
+            f"acc {logs['accuracy']:.4f}",
+        ]
         if "val_loss" in logs:
             parts += [f"val_loss {logs['val_loss']:.4f}", f"val_acc {logs['val_accuracy']:.4f}"]
         parts += [f"{logs['seconds']:.2f}s", f"backend {self.backend.name}"]
@@ -238,8 +279,10 @@ class Sequential:
     # ------------------------------------------------------------------ inference
     def _batched_outputs(self, Xd: Any, batch_size: int = 8192) -> Any:
         xp = self.backend.xp
-        outs = [xp.array(self.forward(Xd[lo:lo + batch_size], training=False), copy=True)
-                for lo in range(0, Xd.shape[0], batch_size)]
+        outs = [
+            xp.array(self.forward(Xd[lo : lo + batch_size], training=False), copy=True)
+            for lo in range(0, Xd.shape[0], batch_size)
+        ]
         return outs[0] if len(outs) == 1 else xp.concatenate(outs)
 
     def _evaluate_device(self, Xd: Any, yd: Any) -> tuple[float, float]:
@@ -303,8 +346,11 @@ class Sequential:
                 p.value[...] = backend.asarray(state[f"param/{i}/{p.name}"])
                 p.step = int(state.get(f"step/{i}/{p.name}", 0))
                 prefix = f"slot/{i}/{p.name}/"
-                p.state = {k[len(prefix):]: backend.asarray(v, p.value.dtype).copy()
-                           for k, v in state.items() if k.startswith(prefix)}
+                p.state = {
+                    k[len(prefix) :]: backend.asarray(v, p.value.dtype).copy()
+                    for k, v in state.items()
+                    if k.startswith(prefix)
+                }
             for key, buf in layer.state_buffers().items():
                 buf[...] = backend.asarray(state[f"buffer/{i}/{key}"])
 
@@ -315,15 +361,24 @@ class Sequential:
         clone = model_from_config(self.get_config(), backend=backend)
         if self.built:
             clone.build(self.input_dim)
-            clone.set_state({k: self.backend.to_numpy(v) if not isinstance(v, int) else v
-                             for k, v in self.get_state().items()})
+            clone.set_state(
+                {
+                    k: self.backend.to_numpy(v) if not isinstance(v, int) else v
+                    for k, v in self.get_state().items()
+                }
+            )
         clone.history = {k: list(v) for k, v in self.history.items()}
         return clone
 
     def get_config(self) -> dict[str, Any]:
-        return {"layers": [layer.get_config() for layer in self.layers],
-                "loss": self.loss.name, "optimizer": self.optimizer.get_config(),
-                "dtype": self.dtype.name, "seed": self.seed, "input_dim": self.input_dim}
+        return {
+            "layers": [layer.get_config() for layer in self.layers],
+            "loss": self.loss.name,
+            "optimizer": self.optimizer.get_config(),
+            "dtype": self.dtype.name,
+            "seed": self.seed,
+            "input_dim": self.input_dim,
+        }
 
     def save(self, path: str) -> None:
         """Save architecture, weights and optimizer state to a ``.npz`` (atomic write)."""

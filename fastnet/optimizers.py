@@ -76,16 +76,22 @@ class Momentum(Optimizer):
 
     name = "momentum"
 
-    def __init__(self, lr: float = 0.01, momentum: float = 0.9, nesterov: bool = False,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 0.0,
+    ) -> None:
         super().__init__(lr, weight_decay)
         self.momentum = _check_fraction("momentum", momentum)
         self.nesterov = bool(nesterov)
 
     def _update(self, param: Parameter, backend: Any) -> None:
         v = self._slot(param, "velocity", backend)
-        backend.update_momentum(param.value, param.grad, v, self.lr, self.momentum,
-                                self.nesterov, self._wd(param))
+        backend.update_momentum(
+            param.value, param.grad, v, self.lr, self.momentum, self.nesterov, self._wd(param)
+        )
 
     def get_config(self) -> dict:
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -113,16 +119,18 @@ class RMSProp(Optimizer):
 
     name = "rmsprop"
 
-    def __init__(self, lr: float = 0.001, rho: float = 0.9, eps: float = 1e-7,
-                 weight_decay: float = 0.0) -> None:
+    def __init__(
+        self, lr: float = 0.001, rho: float = 0.9, eps: float = 1e-7, weight_decay: float = 0.0
+    ) -> None:
         super().__init__(lr, weight_decay)
         self.rho = _check_fraction("rho", rho)
         self.eps = _check_positive("eps", eps)
 
     def _update(self, param: Parameter, backend: Any) -> None:
         h = self._slot(param, "mean_sq", backend)
-        backend.update_rmsprop(param.value, param.grad, h, self.lr, self.rho, self.eps,
-                               self._wd(param))
+        backend.update_rmsprop(
+            param.value, param.grad, h, self.lr, self.rho, self.eps, self._wd(param)
+        )
 
     def get_config(self) -> dict:
         return {**super().get_config(), "rho": self.rho, "eps": self.eps}
@@ -133,8 +141,14 @@ class Adam(Optimizer):
 
     name = "adam"
 
-    def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999,
-                 eps: float = 1e-8, weight_decay: float = 0.0) -> None:
+    def __init__(
+        self,
+        lr: float = 0.001,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ) -> None:
         super().__init__(lr, weight_decay)
         self.beta1 = _check_fraction("beta1", beta1)
         self.beta2 = _check_fraction("beta2", beta2)
@@ -143,8 +157,18 @@ class Adam(Optimizer):
     def _update(self, param: Parameter, backend: Any) -> None:
         m = self._slot(param, "m", backend)
         v = self._slot(param, "v", backend)
-        backend.update_adam(param.value, param.grad, m, v, self.lr, self.beta1, self.beta2,
-                            self.eps, param.step, self._wd(param))
+        backend.update_adam(
+            param.value,
+            param.grad,
+            m,
+            v,
+            self.lr,
+            self.beta1,
+            self.beta2,
+            self.eps,
+            param.step,
+            self._wd(param),
+        )
 
     def get_config(self) -> dict:
         return {**super().get_config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -20,4 +20,6 @@ class Parameter:
         self.decay = decay  # whether weight decay applies (weights yes, biases no)
 
     def __repr__(self) -> str:
-        return f"Parameter({self.name!r}, shape={tuple(self.value.shape)}, dtype={self.value.dtype})"
+        return (
+            f"Parameter({self.name!r}, shape={tuple(self.value.shape)}, dtype={self.value.dtype})"
+        )

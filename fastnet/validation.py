@@ -22,8 +22,10 @@ def to_backend_array(x: Any, name: str, backend: Backend, dtype: Any = None) -> 
         return backend.asarray(x, dtype) if dtype is not None else x
     module = array_module_name(x)
     if module == "cupy":
-        raise TypeError(f"{name} is a cupy (GPU) array but the model runs on the {backend.name!r} "
-                        f"backend; pass {name}.get() or build the model with backend='cupy'")
+        raise TypeError(
+            f"{name} is a cupy (GPU) array but the model runs on the {backend.name!r} "
+            f"backend; pass {name}.get() or build the model with backend='cupy'"
+        )
     if module == "torch":
         raise TypeError(f"{name} is a torch tensor; pass {name}.cpu().numpy()")
     try:
@@ -33,8 +35,9 @@ def to_backend_array(x: Any, name: str, backend: Backend, dtype: Any = None) -> 
     return backend.asarray(host, dtype) if dtype is not None else backend.asarray(host)
 
 
-def check_features(x: Any, name: str, backend: Backend, dtype: Any,
-                   n_features: int | None = None) -> Any:
+def check_features(
+    x: Any, name: str, backend: Backend, dtype: Any, n_features: int | None = None
+) -> Any:
     """Validate a 2-D numeric, finite, non-empty feature matrix and return it on the backend."""
     raw = x if (backend.is_native(x) or array_module_name(x) == "cupy") else np.asarray(x)
     kind = getattr(getattr(raw, "dtype", None), "kind", "O")
@@ -42,8 +45,9 @@ def check_features(x: Any, name: str, backend: Backend, dtype: Any,
         raise TypeError(f"{name} must hold numbers, got dtype {getattr(raw, 'dtype', type(raw))}")
     if raw.ndim != 2:
         hint = f" (flatten with {name}.reshape(len({name}), -1))" if raw.ndim > 2 else ""
-        raise ValueError(f"{name} must be 2-D (n_samples, n_features), got shape "
-                         f"{tuple(raw.shape)}{hint}")
+        raise ValueError(
+            f"{name} must be 2-D (n_samples, n_features), got shape {tuple(raw.shape)}{hint}"
+        )
     if raw.shape[0] == 0 or raw.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {tuple(raw.shape)}")
     if n_features is not None and raw.shape[1] != n_features:
@@ -55,7 +59,9 @@ def check_features(x: Any, name: str, backend: Backend, dtype: Any,
     return arr
 
 
-def check_class_labels(y: Any, name: str, n_samples: int, n_classes: int | None = None) -> np.ndarray:
+def check_class_labels(
+    y: Any, name: str, n_samples: int, n_classes: int | None = None
+) -> np.ndarray:
     """Validate integer class labels (1-D) on the host and return them as int64."""
     if array_module_name(y) == "cupy":
         y = y.get()
@@ -75,13 +81,22 @@ def check_class_labels(y: Any, name: str, n_samples: int, n_classes: int | None 
     if y.size and y.min() < 0:
         raise ValueError(f"{name} contains negative label {int(y.min())}")
     if n_classes is not None and y.size and y.max() >= n_classes:
-        raise ValueError(f"{name} contains label {int(y.max())} but the model has {n_classes} "
-                         f"outputs (valid labels are 0..{n_classes - 1})")
+        raise ValueError(
+            f"{name} contains label {int(y.max())} but the model has {n_classes} "
+            f"outputs (valid labels are 0..{n_classes - 1})"
+        )
     return y
 
 
-def check_targets(y: Any, name: str, n_samples: int, n_outputs: int, backend: Backend,
-                  dtype: Any, integer_labels: bool) -> Any:
+def check_targets(
+    y: Any,
+    name: str,
+    n_samples: int,
+    n_outputs: int,
+    backend: Backend,
+    dtype: Any,
+    integer_labels: bool,
+) -> Any:
     """Validate targets: integer labels for softmax classifiers, else an array matching outputs."""
     if integer_labels and np.ndim(y) == 1:
         return backend.asarray(check_class_labels(y, name, n_samples, n_outputs))
@@ -93,7 +108,9 @@ def check_targets(y: Any, name: str, n_samples: int, n_outputs: int, backend: Ba
     if host.ndim != 2 or host.shape[0] != n_samples:
         raise ValueError(f"X has {n_samples} samples but {name} has shape {host.shape}")
     if host.shape[1] != n_outputs:
-        raise ValueError(f"{name} has {host.shape[1]} columns but the model has {n_outputs} outputs")
+        raise ValueError(
+            f"{name} has {host.shape[1]} columns but the model has {n_outputs} outputs"
+        )
     if not np.isfinite(host).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return backend.asarray(host, dtype)
@@ -106,8 +123,12 @@ def check_positive_int(value: Any, name: str) -> int:
 
 
 def check_positive_float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
-            or value <= 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, numbers.Real)
+        or not math.isfinite(value)
+        or value <= 0
+    ):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
 

@@ -41,8 +41,11 @@ def ctype(dtype: Any) -> str:
 @cache
 def _bias_act(code: int) -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "raw T b, int32 ncol, T alpha", "T z",
-        f"T v = z + b[i % ncol]; z = {_ACT[code]};", f"fastnet_bias_act_{code}")
+        "raw T b, int32 ncol, T alpha",
+        "T z",
+        f"T v = z + b[i % ncol]; z = {_ACT[code]};",
+        f"fastnet_bias_act_{code}",
+    )
 
 
 def bias_act(z: Any, b: Any, code: int, alpha: float) -> Any:
@@ -52,8 +55,7 @@ def bias_act(z: Any, b: Any, code: int, alpha: float) -> Any:
 
 @cache
 def _act(code: int) -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel("T v, T alpha", "T y", f"y = {_ACT[code]};",
-                                f"fastnet_act_{code}")
+    return cp.ElementwiseKernel("T v, T alpha", "T y", f"y = {_ACT[code]};", f"fastnet_act_{code}")
 
 
 def activation(x: Any, code: int, alpha: float, out: Any) -> Any:
@@ -62,8 +64,9 @@ def activation(x: Any, code: int, alpha: float, out: Any) -> Any:
 
 @cache
 def _act_grad(code: int) -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel("T y, T dy, T alpha", "T dz", f"dz = dy * {_DACT[code]};",
-                                f"fastnet_act_grad_{code}")
+    return cp.ElementwiseKernel(
+        "T y, T dy, T alpha", "T dz", f"dz = dy * {_DACT[code]};", f"fastnet_act_grad_{code}"
+    )
 
 
 def activation_backward(y: Any, dy: Any, code: int, alpha: float, out: Any) -> Any:
@@ -103,8 +106,10 @@ _ROWS_PER_BLOCK = 128
 @cache
 def _act_bwd_bias(dtype: str, code: int) -> cp.RawKernel:
     deriv = _DACT[code].replace("y", "yv")
-    src = (f"#define T {dtype}\n#define ROWS {_ROWS_PER_BLOCK}\n#define DACT {deriv}\n"
-           + _ACT_BWD_BIAS_SRC)
+    src = (
+        f"#define T {dtype}\n#define ROWS {_ROWS_PER_BLOCK}\n#define DACT {deriv}\n"
+        + _ACT_BWD_BIAS_SRC
+    )
     return cp.RawKernel(src, "act_bwd_bias")
 
 
@@ -113,8 +118,9 @@ def act_backward_bias(y: Any, dy: Any, code: int, alpha: float, dz: Any, db: Any
     n, m = y.shape
     db.fill(0)
     grid = ((m + 31) // 32, (n + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK)
-    _act_bwd_bias(ctype(y.dtype), code)(grid, (32, 8), (y, dy, dz, db, np.int32(n), np.int32(m),
-                                                         y.dtype.type(alpha)))
+    _act_bwd_bias(ctype(y.dtype), code)(
+        grid, (32, 8), (y, dy, dz, db, np.int32(n), np.int32(m), y.dtype.type(alpha))
+    )
 
 
 # ---------------------------------------------------------------------------- softmax + CE
@@ -167,8 +173,11 @@ def softmax_xent(logits: Any, labels: Any, dlogits: Any, loss: Any, loss_scale: 
     rows_per_block = 8
     grid = ((n + rows_per_block - 1) // rows_per_block,)
     t = logits.dtype.type
-    _softmax_xent(ctype(logits.dtype))(grid, (32 * rows_per_block,), (
-        logits, labels, dlogits, loss, np.int32(n), np.int32(m), t(1.0 / n), t(loss_scale)))
+    _softmax_xent(ctype(logits.dtype))(
+        grid,
+        (32 * rows_per_block,),
+        (logits, labels, dlogits, loss, np.int32(n), np.int32(m), t(1.0 / n), t(loss_scale)),
+    )
 
 
 _COUNT_CORRECT_SRC = r"""
@@ -193,51 +202,65 @@ def _count_correct(dtype: str) -> cp.RawKernel:
 def count_correct(logits: Any, labels: Any, hits: Any) -> None:
     """Add the number of rows whose argmax equals the label into uint64 ``hits``."""
     n, m = logits.shape
-    _count_correct(ctype(logits.dtype))(((n + 255) // 256,), (256,),
-                                        (logits, labels, hits, np.int32(n), np.int32(m)))
+    _count_correct(ctype(logits.dtype))(
+        ((n + 255) // 256,), (256,), (logits, labels, hits, np.int32(n), np.int32(m))
+    )
 
 
 # ---------------------------------------------------------------------------- optimizer updates
 @cache
 def sgd_kernel() -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel("T g, T lr, T wd", "T p", "p -= lr * (g + wd * p);",
-                                "fastnet_sgd")
+    return cp.ElementwiseKernel("T g, T lr, T wd", "T p", "p -= lr * (g + wd * p);", "fastnet_sgd")
 
 
 @cache
 def momentum_kernel() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "T g, T lr, T mu, bool nesterov, T wd", "T p, T v",
+        "T g, T lr, T mu, bool nesterov, T wd",
+        "T p, T v",
         "T gi = g + wd * p; T vi = mu * v - lr * gi; v = vi;"
-        "p += nesterov ? mu * vi - lr * gi : vi;", "fastnet_momentum")
+        "p += nesterov ? mu * vi - lr * gi : vi;",
+        "fastnet_momentum",
+    )
 
 
 @cache
 def adagrad_kernel() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "T g, T lr, T eps, T wd", "T p, T h",
+        "T g, T lr, T eps, T wd",
+        "T p, T h",
         "T gi = g + wd * p; T hi = h + gi * gi; h = hi; p -= lr * gi / (sqrt(hi) + eps);",
-        "fastnet_adagrad")
+        "fastnet_adagrad",
+    )
 
 
 @cache
 def rmsprop_kernel() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "T g, T lr, T rho, T eps, T wd", "T p, T h",
+        "T g, T lr, T rho, T eps, T wd",
+        "T p, T h",
         "T gi = g + wd * p; T hi = rho * h + ((T)1 - rho) * gi * gi; h = hi;"
-        "p -= lr * gi / (sqrt(hi) + eps);", "fastnet_rmsprop")
+        "p -= lr * gi / (sqrt(hi) + eps);",
+        "fastnet_rmsprop",
+    )
 
 
-_ADAM_BODY = ("T gi = g + wd * p; T mi = beta1 * m + ((T)1 - beta1) * gi;"
-              "T vi = beta2 * v + ((T)1 - beta2) * gi * gi; m = mi; v = vi;"
-              "p -= step * mi / (sqrt(vi) + eps_hat);")
+_ADAM_BODY = (
+    "T gi = g + wd * p; T mi = beta1 * m + ((T)1 - beta1) * gi;"
+    "T vi = beta2 * v + ((T)1 - beta2) * gi * gi; m = mi; v = vi;"
+    "p -= step * mi / (sqrt(vi) + eps_hat);"
+)
 
 
 @cache
 def adam_kernel() -> cp.ElementwiseKernel:
     """Adam; bias correction folded into ``step`` and ``eps_hat`` by the caller."""
-    return cp.ElementwiseKernel("T g, T step, T beta1, T beta2, T eps_hat, T wd", "T p, T m, T v",
-                                _ADAM_BODY, "fastnet_adam")
+    return cp.ElementwiseKernel(
+        "T g, T step, T beta1, T beta2, T eps_hat, T wd",
+        "T p, T m, T v",
+        _ADAM_BODY,
+        "fastnet_adam",
+    )
 
 
 @cache
@@ -245,8 +268,11 @@ def adam_device_scalars_kernel() -> cp.ElementwiseKernel:
     """Adam reading ``step`` and ``eps_hat`` from device memory (``sc[0]``, ``sc[1]``), so a
     captured CUDA graph can replay it with a new step count."""
     return cp.ElementwiseKernel(
-        "T g, raw T sc, T beta1, T beta2, T wd", "T p, T m, T v",
-        "T step = sc[0]; T eps_hat = sc[1];" + _ADAM_BODY, "fastnet_adam_dev")
+        "T g, raw T sc, T beta1, T beta2, T wd",
+        "T p, T m, T v",
+        "T step = sc[0]; T eps_hat = sc[1];" + _ADAM_BODY,
+        "fastnet_adam_dev",
+    )
 
 
 _ADAM_SCALARS_SRC = r"""
@@ -268,5 +294,6 @@ def _adam_scalars(dtype: str) -> cp.RawKernel:
 
 def adam_scalars(t: Any, sc: Any, lr: float, beta1: float, beta2: float, eps: float) -> None:
     """On the device: ``t += 1`` then ``sc = [bias-corrected step, eps_hat]`` for that step."""
-    _adam_scalars(ctype(sc.dtype))((1,), (1,), (t, sc, float(lr), float(beta1), float(beta2),
-                                                 float(eps)))
+    _adam_scalars(ctype(sc.dtype))(
+        (1,), (1,), (t, sc, float(lr), float(beta1), float(beta2), float(eps))
+    )

@@ -16,8 +16,10 @@ from fastnet.backends import (
 
 
 def test_import_fastnet_imports_neither_numba_nor_cupy():
-    code = ("import sys, fastnet; bad = [m for m in sys.modules if m.split('.')[0] in "
-            "('numba', 'cupy')]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, fastnet; bad = [m for m in sys.modules if m.split('.')[0] in "
+        "('numba', 'cupy')]; print(bad); sys.exit(1 if bad else 0)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 

@@ -1,15 +1,16 @@
 import numpy as np
 import pytest
+from conftest import make_blobs
 
 import fastnet as fn
-from conftest import make_blobs
 
 
 def test_classifier_with_string_labels(backend):
     X, y = make_blobs()
     names = np.array(["cat", "dog", "emu", "fox"])[y]
-    clf = fn.MLPClassifier((32,), epochs=5, learning_rate=1e-2, backend=backend.name,
-                           random_state=0)
+    clf = fn.MLPClassifier(
+        (32,), epochs=5, learning_rate=1e-2, backend=backend.name, random_state=0
+    )
     assert clf.fit(X[:500], names[:500], validation_data=(X[500:], names[500:])) is clf
     assert set(clf.predict(X[500:])) <= set(clf.classes_)
     assert clf.score(X[500:], names[500:]) > 0.9
@@ -30,8 +31,16 @@ def test_get_set_params_roundtrip():
 
 def test_early_stopping_batchnorm_dropout_options():
     X, y = make_blobs()
-    clf = fn.MLPClassifier((32, 16), epochs=30, early_stopping=True, patience=2, batch_norm=True,
-                           dropout=0.1, learning_rate=1e-2, random_state=0)
+    clf = fn.MLPClassifier(
+        (32, 16),
+        epochs=30,
+        early_stopping=True,
+        patience=2,
+        batch_norm=True,
+        dropout=0.1,
+        learning_rate=1e-2,
+        random_state=0,
+    )
     clf.fit(X, y)
     assert len(clf.history_["loss"]) <= 30 and clf.score(X, y) > 0.9
 

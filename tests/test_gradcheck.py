@@ -58,8 +58,11 @@ def test_softmax_cross_entropy_gradient(backend, rng, targets):
     loss.build(backend)
     logits = rng.standard_normal((6, 4)) * 3
     labels = rng.integers(0, 4, 6)
-    t = {"int": labels, "onehot": fn.one_hot(labels, 4, np.float64),
-         "soft": rng.dirichlet(np.ones(4), 6)}[targets]
+    t = {
+        "int": labels,
+        "onehot": fn.one_hot(labels, 4, np.float64),
+        "soft": rng.dirichlet(np.ones(4), 6),
+    }[targets]
     result = check_loss(loss, backend.asarray(logits), backend.asarray(t))
     assert result.ok, str(result)
 

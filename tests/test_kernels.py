@@ -3,10 +3,9 @@ non-contiguous inputs, and property tests."""
 
 import numpy as np
 import pytest
+from conftest import to_np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import to_np
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 DTYPES = [np.float32, np.float64]
@@ -33,8 +32,19 @@ def test_linear_forward_and_backward_match_reference(fast_backend, ref, rng, dty
     outs_ref = [np.empty((d, m), dtype), np.empty(m, dtype), np.empty((n, d), dtype)]
     dx_ref = ref.linear_backward(x, w, y_ref, dy, act, 0.1, outs_ref[0], outs_ref[1], outs_ref[2])
     outs = [be.empty((d, m), dtype), be.empty((m,), dtype), be.empty((n, d), dtype)]
-    dx = be.linear_backward(be.asarray(x), be.asarray(w), y, be.asarray(dy), act, 0.1,
-                            outs[0], outs[1], outs[2], True, be.empty((n, m), dtype))
+    dx = be.linear_backward(
+        be.asarray(x),
+        be.asarray(w),
+        y,
+        be.asarray(dy),
+        act,
+        0.1,
+        outs[0],
+        outs[1],
+        outs[2],
+        True,
+        be.empty((n, m), dtype),
+    )
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else TOL[dtype]
     np.testing.assert_allclose(to_np(be, dx), dx_ref, **tol)
     np.testing.assert_allclose(to_np(be, outs[0]), outs_ref[0], **tol)
@@ -121,8 +131,9 @@ UPDATES = {
     "nesterov": lambda be, p, g, s, t: be.update_momentum(p, g, s[0], 0.1, 0.9, True, 0.0),
     "adagrad": lambda be, p, g, s, t: be.update_adagrad(p, g, s[0], 0.1, 1e-7, 0.01),
     "rmsprop": lambda be, p, g, s, t: be.update_rmsprop(p, g, s[0], 0.01, 0.9, 1e-7, 0.01),
-    "adam": lambda be, p, g, s, t: be.update_adam(p, g, s[0], s[1], 1e-3, 0.9, 0.999, 1e-8, t,
-                                                  0.01),
+    "adam": lambda be, p, g, s, t: be.update_adam(
+        p, g, s[0], s[1], 1e-3, 0.9, 0.999, 1e-8, t, 0.01
+    ),
 }
 
 
@@ -160,8 +171,12 @@ def test_numba_small_matmul_kernel_matches_blas(rng, shape):
 
 
 @settings(max_examples=25, deadline=None)
-@given(n=st.integers(1, 40), m=st.integers(1, 60), scale=st.sampled_from([0.1, 10.0, 1e3]),
-       seed=st.integers(0, 2**31 - 1))
+@given(
+    n=st.integers(1, 40),
+    m=st.integers(1, 60),
+    scale=st.sampled_from([0.1, 10.0, 1e3]),
+    seed=st.integers(0, 2**31 - 1),
+)
 def test_property_numba_softmax_xent(n, m, scale, seed):
     from fastnet.backends import get_backend, probe
 

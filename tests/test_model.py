@@ -1,20 +1,26 @@
 import numpy as np
 import pytest
+from conftest import make_blobs
 
 import fastnet as fn
-from conftest import make_blobs
 
 
 def _mlp(backend, seed=0, optimizer=None, **kw):
-    return fn.Sequential([fn.Dense(32, "relu"), fn.Dense(16, "tanh"), fn.Dense(4)],
-                         optimizer=optimizer or fn.Adam(1e-2), backend=backend, seed=seed, **kw)
+    return fn.Sequential(
+        [fn.Dense(32, "relu"), fn.Dense(16, "tanh"), fn.Dense(4)],
+        optimizer=optimizer or fn.Adam(1e-2),
+        backend=backend,
+        seed=seed,
+        **kw,
+    )
 
 
 def test_fit_learns_blobs_and_records_history(backend):
     X, y = make_blobs()
     model = _mlp(backend)
-    hist = model.fit(X[:500], y[:500], epochs=5, batch_size=32, validation_data=(X[500:], y[500:]),
-                     verbose=0)
+    hist = model.fit(
+        X[:500], y[:500], epochs=5, batch_size=32, validation_data=(X[500:], y[500:]), verbose=0
+    )
     assert set(hist) >= {"loss", "accuracy", "val_loss", "val_accuracy", "seconds"}
     assert len(hist["loss"]) == 5 and hist["loss"][-1] < hist["loss"][0]
     assert hist["val_accuracy"][-1] > 0.9
@@ -26,8 +32,16 @@ def test_fit_learns_blobs_and_records_history(backend):
     assert model.evaluate(X[500:], y[500:])["accuracy"] == pytest.approx((pred == y[500:]).mean())
 
 
-@pytest.mark.parametrize("opt", [fn.SGD(0.1), fn.Momentum(0.05, nesterov=True), fn.AdaGrad(0.05),
-                                 fn.RMSProp(0.005), fn.Adam(0.01, weight_decay=1e-4)])
+@pytest.mark.parametrize(
+    "opt",
+    [
+        fn.SGD(0.1),
+        fn.Momentum(0.05, nesterov=True),
+        fn.AdaGrad(0.05),
+        fn.RMSProp(0.005),
+        fn.Adam(0.01, weight_decay=1e-4),
+    ],
+)
 def test_every_optimizer_trains(backend, opt):
     X, y = make_blobs()
     model = _mlp(backend, optimizer=opt)
@@ -52,8 +66,12 @@ def test_float64_training(backend):
 
 def test_batchnorm_dropout_model_trains_and_eval_is_deterministic(backend):
     X, y = make_blobs()
-    model = fn.Sequential([fn.Dense(32), fn.BatchNorm1d(), fn.ReLU(), fn.Dropout(0.2),
-                           fn.Dense(4)], optimizer=fn.Adam(1e-2), backend=backend, seed=1)
+    model = fn.Sequential(
+        [fn.Dense(32), fn.BatchNorm1d(), fn.ReLU(), fn.Dropout(0.2), fn.Dense(4)],
+        optimizer=fn.Adam(1e-2),
+        backend=backend,
+        seed=1,
+    )
     hist = model.fit(X, y, epochs=4, batch_size=50, verbose=0)
     assert hist["loss"][-1] < hist["loss"][0]
     np.testing.assert_array_equal(model.predict_proba(X[:20]), model.predict_proba(X[:20]))
@@ -72,8 +90,11 @@ def test_per_layer_optimizer_injection(backend):
 
 def test_initializers(backend):
     rng = np.random.default_rng(0)
-    for init, std in [(fn.Gaussian(0.05), 0.05), (fn.He(), np.sqrt(2 / 400)),
-                      (fn.Xavier(), np.sqrt(2 / 600))]:
+    for init, std in [
+        (fn.Gaussian(0.05), 0.05),
+        (fn.He(), np.sqrt(2 / 400)),
+        (fn.Xavier(), np.sqrt(2 / 600)),
+    ]:
         w = init(rng, 400, 200)
         assert w.dtype == np.float32 and abs(w.std() - std) / std < 0.05
     with pytest.raises(ValueError, match="sigma"):
@@ -91,8 +112,14 @@ def test_early_stopping_restores_best(backend):
     X, y = make_blobs()
     model = _mlp(backend, optimizer=fn.SGD(1e-6))  # no progress: patience runs out
     stopper = fn.EarlyStopping("val_loss", patience=1, min_delta=1.0)
-    hist = model.fit(X[:500], y[:500], epochs=10, validation_data=(X[500:], y[500:]),
-                     callbacks=[stopper], verbose=0)
+    hist = model.fit(
+        X[:500],
+        y[:500],
+        epochs=10,
+        validation_data=(X[500:], y[500:]),
+        callbacks=[stopper],
+        verbose=0,
+    )
     assert len(hist["loss"]) == 2 and "early stopping" in model.stop_reason
     assert model.evaluate(X[500:], y[500:])["loss"] == pytest.approx(stopper.best, rel=1e-5)
 
@@ -116,8 +143,10 @@ def test_keyboard_interrupt_restores_last_finished_epoch(backend):
     X, y = make_blobs()
     model = _mlp(backend)
     model.fit(X, y, epochs=1, verbose=0)
-    before = {k: (backend.to_numpy(v) if not isinstance(v, int) else v)
-              for k, v in model.get_state().items()}
+    before = {
+        k: (backend.to_numpy(v) if not isinstance(v, int) else v)
+        for k, v in model.get_state().items()
+    }
     calls = {"n": 0}
     original = model.train_step
 
@@ -132,16 +161,20 @@ def test_keyboard_interrupt_restores_last_finished_epoch(backend):
         model.fit(X, y, epochs=3, verbose=0)
     after = model.get_state()
     for k, v in before.items():
-        np.testing.assert_array_equal(backend.to_numpy(after[k]) if not isinstance(v, int)
-                                      else after[k], v)
+        np.testing.assert_array_equal(
+            backend.to_numpy(after[k]) if not isinstance(v, int) else after[k], v
+        )
     assert len(model.history["loss"]) == 1 and "interrupted" in model.stop_reason
 
 
 BAD_INPUTS = [
     (lambda X, y: (X[:, :, None], y), ValueError, "must be 2-D"),
     (lambda X, y: (X, y[:-1]), ValueError, "labels"),
-    (lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y), ValueError,
-     "NaN"),
+    (
+        lambda X, y: (np.where(np.arange(X.size).reshape(X.shape) == 5, np.nan, X), y),
+        ValueError,
+        "NaN",
+    ),
     (lambda X, y: (X, np.where(np.arange(len(y)) == 0, 9, y)), ValueError, "label 9"),
     (lambda X, y: (X, -y - 1), ValueError, "negative"),
     (lambda X, y: (X, y + 0.5), ValueError, "non-integer"),
@@ -158,32 +191,48 @@ def test_bad_input_is_rejected_before_any_work(backend, case):
     mutate, exc, match = BAD_INPUTS[case]
     model = _mlp(backend)
     model.build(X.shape[1])
-    state = {k: (backend.to_numpy(v).copy() if not isinstance(v, int) else v)
-             for k, v in model.get_state().items()}
+    state = {
+        k: (backend.to_numpy(v).copy() if not isinstance(v, int) else v)
+        for k, v in model.get_state().items()
+    }
     with pytest.raises(exc, match=match):
         model.fit(*mutate(X, y), epochs=1, verbose=0)
     for k, v in model.get_state().items():  # nothing was lost or changed
-        np.testing.assert_array_equal(backend.to_numpy(v) if not isinstance(v, int) else v, state[k])
+        np.testing.assert_array_equal(
+            backend.to_numpy(v) if not isinstance(v, int) else v, state[k]
+        )
 
 
-@pytest.mark.parametrize("kwargs, match", [({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"),
-                                           ({"batch_size": 2.5}, "batch_size"),
-                                           ({"on_divergence": "pray"}, "on_divergence")])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"on_divergence": "pray"}, "on_divergence"),
+    ],
+)
 def test_bad_hyperparameters(kwargs, match):
     X, y = make_blobs(n=32)
     with pytest.raises(ValueError, match=match):
         _mlp("numpy").fit(X, y, verbose=0, **kwargs)
 
 
-@pytest.mark.parametrize("factory, match", [
-    (lambda: fn.Adam(lr=0), "lr"), (lambda: fn.SGD(lr=-1), "lr"), (lambda: fn.Adam(beta1=1.0), "beta1"),
-    (lambda: fn.Dropout(1.0), "dropout"), (lambda: fn.Dense(0), "units"),
-    (lambda: fn.Dense(3, "swish"), "unknown activation"),
-    (lambda: fn.Sequential([fn.Dense(3)], optimizer="lbfgs"), "unknown optimizer"),
-    (lambda: fn.Sequential([fn.Dense(3)], loss="hinge"), "unknown loss"),
-    (lambda: fn.Sequential([fn.Dense(3)], dtype="int32"), "float32 or float64"),
-    (lambda: fn.Sequential([]), "non-empty"),
-])
+@pytest.mark.parametrize(
+    "factory, match",
+    [
+        (lambda: fn.Adam(lr=0), "lr"),
+        (lambda: fn.SGD(lr=-1), "lr"),
+        (lambda: fn.Adam(beta1=1.0), "beta1"),
+        (lambda: fn.Dropout(1.0), "dropout"),
+        (lambda: fn.Dense(0), "units"),
+        (lambda: fn.Dense(3, "swish"), "unknown activation"),
+        (lambda: fn.Sequential([fn.Dense(3)], optimizer="lbfgs"), "unknown optimizer"),
+        (lambda: fn.Sequential([fn.Dense(3)], loss="hinge"), "unknown loss"),
+        (lambda: fn.Sequential([fn.Dense(3)], dtype="int32"), "float32 or float64"),
+        (lambda: fn.Sequential([]), "non-empty"),
+    ],
+)
 def test_bad_construction_arguments(factory, match):
     with pytest.raises((ValueError, TypeError), match=match):
         factory()

@@ -16,11 +16,20 @@ import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+
 from fastnet.backends.base import ACTIVATIONS, Backend, activation_code
 
 __all__ = [
-    "ACTIVATIONS", "Backend", "BackendUnavailableError", "BackendInfo", "activation_code",
-    "available_backends", "backend_infos", "get_backend", "known_backends", "set_backend",
+    "ACTIVATIONS",
+    "Backend",
+    "BackendUnavailableError",
+    "BackendInfo",
+    "activation_code",
+    "available_backends",
+    "backend_infos",
+    "get_backend",
+    "known_backends",
+    "set_backend",
     "use_backend",
 ]
 
@@ -32,7 +41,9 @@ _MODULES = {
     "cupy": ("fastnet.backends.cupy_backend", "CupyBackend"),
 }
 
-_context: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastnet_backend", default=None)
+_context: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "fastnet_backend", default=None
+)
 _global_default: str | None = None
 _instances: dict[str, Backend] = {}
 _probes: dict[str, BackendInfo] = {}
@@ -62,8 +73,13 @@ def _probe_numba() -> BackendInfo:
     try:
         import numba
     except Exception as exc:  # ImportError, or a broken llvmlite install
-        return BackendInfo("numba", False, f"numba is not importable ({exc}); "
-                           "install it with `pip install fastnet[numba]`", "", "")
+        return BackendInfo(
+            "numba",
+            False,
+            f"numba is not importable ({exc}); install it with `pip install fastnet[numba]`",
+            "",
+            "",
+        )
     return BackendInfo("numba", True, "", numba.__version__, "CPU")
 
 
@@ -71,8 +87,14 @@ def _probe_cupy(device: int = 0) -> BackendInfo:
     try:
         import cupy
     except Exception as exc:
-        return BackendInfo("cupy", False, f"cupy is not importable ({exc}); install it with "
-                           "`pip install fastnet[cuda12]` or `fastnet[cuda13]`", "", "")
+        return BackendInfo(
+            "cupy",
+            False,
+            f"cupy is not importable ({exc}); install it with "
+            "`pip install fastnet[cuda12]` or `fastnet[cuda13]`",
+            "",
+            "",
+        )
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, no device, or a broken CUDA install
@@ -80,14 +102,20 @@ def _probe_cupy(device: int = 0) -> BackendInfo:
     if count == 0:
         return BackendInfo("cupy", False, "no CUDA device", cupy.__version__, "")
     if device >= count:
-        return BackendInfo("cupy", False, f"CUDA device {device} requested but only {count} "
-                           f"present", cupy.__version__, "")
+        return BackendInfo(
+            "cupy",
+            False,
+            f"CUDA device {device} requested but only {count} present",
+            cupy.__version__,
+            "",
+        )
     try:
         props = cupy.cuda.runtime.getDeviceProperties(device)
         name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     except Exception as exc:
-        return BackendInfo("cupy", False, f"CUDA device {device} unusable ({exc})",
-                           cupy.__version__, "")
+        return BackendInfo(
+            "cupy", False, f"CUDA device {device} unusable ({exc})", cupy.__version__, ""
+        )
     return BackendInfo("cupy", True, "", cupy.__version__, f"cuda:{device} {name}")
 
 

@@ -81,8 +81,9 @@ class Backend:
         self._ran("matmul", "blas")
         return self.xp.matmul(a, b, out=out)
 
-    def linear(self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01,
-               out: Any = None) -> Any:
+    def linear(
+        self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01, out: Any = None
+    ) -> Any:
         """``act(x @ w + b)`` into ``out``; ``b`` may be None."""
         self._ran("linear")
         z = self.xp.matmul(x, w, out=out)
@@ -90,9 +91,20 @@ class Backend:
             z += b
         return self._activate_inplace(z, activation, alpha)
 
-    def linear_backward(self, x: Any, w: Any, y: Any, dy: Any, activation: int, alpha: float,
-                        dw: Any, db: Any, dx: Any = None, need_dx: bool = True,
-                        dz: Any = None) -> Any:
+    def linear_backward(
+        self,
+        x: Any,
+        w: Any,
+        y: Any,
+        dy: Any,
+        activation: int,
+        alpha: float,
+        dw: Any,
+        db: Any,
+        dx: Any = None,
+        need_dx: bool = True,
+        dz: Any = None,
+    ) -> Any:
         """Gradients of ``y = act(x @ w + b)``: writes ``dw``, ``db`` (if not None), returns dx.
         ``dz`` is an optional scratch buffer shaped like ``dy``."""
         self._ran("linear_backward")
@@ -128,8 +140,9 @@ class Backend:
         out[...] = x
         return self._activate_inplace(out, activation, alpha)
 
-    def activation_backward(self, y: Any, dy: Any, activation: int, alpha: float = 0.01,
-                            out: Any = None) -> Any:
+    def activation_backward(
+        self, y: Any, dy: Any, activation: int, alpha: float = 0.01, out: Any = None
+    ) -> Any:
         """Upstream gradient times the activation derivative, computed from the output ``y``."""
         self._ran("activation_backward")
         xp = self.xp
@@ -191,7 +204,8 @@ class Backend:
         return (logits.argmax(axis=1) == labels).sum()
 
     # ------------------------------------------------------------------ optimizer updates
-    # Each update mutates the parameter and its state in place. ``wd`` adds L2 decay to the gradient.
+    # Each update mutates the parameter and its state in place; ``wd`` adds L2 decay to the
+    # gradient.
     def _decayed(self, p: Any, g: Any, wd: float) -> Any:
         return g + wd * p if wd else g
 
@@ -199,8 +213,16 @@ class Backend:
         self._ran("update_sgd")
         p -= lr * self._decayed(p, g, wd)
 
-    def update_momentum(self, p: Any, g: Any, v: Any, lr: float, momentum: float,
-                        nesterov: bool = False, wd: float = 0.0) -> None:
+    def update_momentum(
+        self,
+        p: Any,
+        g: Any,
+        v: Any,
+        lr: float,
+        momentum: float,
+        nesterov: bool = False,
+        wd: float = 0.0,
+    ) -> None:
         self._ran("update_momentum")
         g = self._decayed(p, g, wd)
         v *= momentum
@@ -210,23 +232,36 @@ class Backend:
         else:
             p += v
 
-    def update_adagrad(self, p: Any, g: Any, h: Any, lr: float, eps: float,
-                       wd: float = 0.0) -> None:
+    def update_adagrad(
+        self, p: Any, g: Any, h: Any, lr: float, eps: float, wd: float = 0.0
+    ) -> None:
         self._ran("update_adagrad")
         g = self._decayed(p, g, wd)
         h += g * g
         p -= lr * g / (self.xp.sqrt(h) + eps)
 
-    def update_rmsprop(self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float,
-                       wd: float = 0.0) -> None:
+    def update_rmsprop(
+        self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float, wd: float = 0.0
+    ) -> None:
         self._ran("update_rmsprop")
         g = self._decayed(p, g, wd)
         h *= rho
         h += (1 - rho) * g * g
         p -= lr * g / (self.xp.sqrt(h) + eps)
 
-    def update_adam(self, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float,
-                    eps: float, t: int, wd: float = 0.0) -> None:
+    def update_adam(
+        self,
+        p: Any,
+        g: Any,
+        m: Any,
+        v: Any,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        t: int,
+        wd: float = 0.0,
+    ) -> None:
         """Adam with bias correction folded into the step size (Kingma & Ba, sec. 2)."""
         self._ran("update_adam")
         g = self._decayed(p, g, wd)

@@ -101,8 +101,9 @@ class CupyBackend(Backend):
         self._ran("matmul", "cublas")
         return self.xp.matmul(a, b, out=out)
 
-    def linear(self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01,
-               out: Any = None) -> Any:
+    def linear(
+        self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01, out: Any = None
+    ) -> Any:
         z = self.xp.matmul(x, w, out=out)
         if b is None or not _fits(z, b):
             self._ran("linear")
@@ -113,9 +114,20 @@ class CupyBackend(Backend):
         self._ran("linear", "cuda-fused")
         return z
 
-    def linear_backward(self, x: Any, w: Any, y: Any, dy: Any, activation: int, alpha: float,
-                        dw: Any, db: Any, dx: Any = None, need_dx: bool = True,
-                        dz: Any = None) -> Any:
+    def linear_backward(
+        self,
+        x: Any,
+        w: Any,
+        y: Any,
+        dy: Any,
+        activation: int,
+        alpha: float,
+        dw: Any,
+        db: Any,
+        dx: Any = None,
+        need_dx: bool = True,
+        dz: Any = None,
+    ) -> Any:
         if db is None or not _fits(y, dy, db) or (dz is not None and not _fits(y, dz)):
             return super().linear_backward(x, w, y, dy, activation, alpha, dw, db, dx, need_dx, dz)
         if dz is None:
@@ -134,8 +146,9 @@ class CupyBackend(Backend):
         self._ran("activation", "cuda-fused")
         return out
 
-    def activation_backward(self, y: Any, dy: Any, activation: int, alpha: float = 0.01,
-                            out: Any = None) -> Any:
+    def activation_backward(
+        self, y: Any, dy: Any, activation: int, alpha: float = 0.01, out: Any = None
+    ) -> Any:
         if out is None:
             out = self.xp.empty_like(dy)
         self.k.activation_backward(y, dy, activation, alpha, out)
@@ -143,8 +156,14 @@ class CupyBackend(Backend):
         return out
 
     # ------------------------------------------------------------------ loss
-    def softmax_xent(self, logits: Any, labels: Any, dlogits: Any = None,
-                     loss_out: Any = None, loss_scale: float | None = None) -> tuple[Any, Any]:
+    def softmax_xent(
+        self,
+        logits: Any,
+        labels: Any,
+        dlogits: Any = None,
+        loss_out: Any = None,
+        loss_scale: float | None = None,
+    ) -> tuple[Any, Any]:
         """As the reference; with ``loss_out`` given, ``loss_scale * sum(row losses)`` is added to
         it instead of returning a fresh mean (used by CUDA-graph training)."""
         if labels.ndim != 1 or labels.dtype.kind not in "iu" or logits.dtype not in FLOATS:
@@ -159,8 +178,13 @@ class CupyBackend(Backend):
         if loss_out is None:
             loss_out = xp.zeros((), dtype=logits.dtype)
             loss_scale = 1.0 / n
-        self.k.softmax_xent(logits, xp.ascontiguousarray(labels), dlogits, loss_out,
-                            1.0 if loss_scale is None else loss_scale)
+        self.k.softmax_xent(
+            logits,
+            xp.ascontiguousarray(labels),
+            dlogits,
+            loss_out,
+            1.0 if loss_scale is None else loss_scale,
+        )
         self._ran("softmax_xent", "cuda-fused")
         return loss_out, dlogits
 
@@ -180,32 +204,62 @@ class CupyBackend(Backend):
         self.k.sgd_kernel()(g, t(lr), t(wd), p)
         self._ran("update_sgd", "cuda-fused")
 
-    def update_momentum(self, p: Any, g: Any, v: Any, lr: float, momentum: float,
-                        nesterov: bool = False, wd: float = 0.0) -> None:
+    def update_momentum(
+        self,
+        p: Any,
+        g: Any,
+        v: Any,
+        lr: float,
+        momentum: float,
+        nesterov: bool = False,
+        wd: float = 0.0,
+    ) -> None:
         t = p.dtype.type
         self.k.momentum_kernel()(g, t(lr), t(momentum), bool(nesterov), t(wd), p, v)
         self._ran("update_momentum", "cuda-fused")
 
-    def update_adagrad(self, p: Any, g: Any, h: Any, lr: float, eps: float,
-                       wd: float = 0.0) -> None:
+    def update_adagrad(
+        self, p: Any, g: Any, h: Any, lr: float, eps: float, wd: float = 0.0
+    ) -> None:
         t = p.dtype.type
         self.k.adagrad_kernel()(g, t(lr), t(eps), t(wd), p, h)
         self._ran("update_adagrad", "cuda-fused")
 
-    def update_rmsprop(self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float,
-                       wd: float = 0.0) -> None:
+    def update_rmsprop(
+        self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float, wd: float = 0.0
+    ) -> None:
         t = p.dtype.type
         self.k.rmsprop_kernel()(g, t(lr), t(rho), t(eps), t(wd), p, h)
         self._ran("update_rmsprop", "cuda-fused")
 
-    def update_adam(self, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float,
-                    eps: float, t: int, wd: float = 0.0) -> None:
+    def update_adam(
+        self,
+        p: Any,
+        g: Any,
+        m: Any,
+        v: Any,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        t: int,
+        wd: float = 0.0,
+    ) -> None:
         c = p.dtype.type
         if self.graph_adam_scalars is not None:
             sc = self.graph_adam_scalars[p.dtype.name]
             self.k.adam_device_scalars_kernel()(g, sc, c(beta1), c(beta2), c(wd), p, m, v)
         else:
             correction = np.sqrt(1 - beta2**t)
-            self.k.adam_kernel()(g, c(lr * correction / (1 - beta1**t)), c(beta1), c(beta2),
-                                 c(eps * correction), c(wd), p, m, v)
+            self.k.adam_kernel()(
+                g,
+                c(lr * correction / (1 - beta1**t)),
+                c(beta1),
+                c(beta2),
+                c(eps * correction),
+                c(wd),
+                p,
+                m,
+                v,
+            )
         self._ran("update_adam", "cuda-fused")

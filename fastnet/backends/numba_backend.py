@@ -59,8 +59,11 @@ class NumbaBackend(Backend):
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
         n, k = a.shape
         m = b.shape[1]
-        if n * k * m <= self.small_matmul_max_flops and _fits(a, b) and \
-                (out is None or _fits(a, out)):
+        if (
+            n * k * m <= self.small_matmul_max_flops
+            and _fits(a, b)
+            and (out is None or _fits(a, out))
+        ):
             if out is None:
                 out = np.empty((n, m), dtype=a.dtype)
             self.k.matmul(a, b, out)
@@ -76,10 +79,15 @@ class NumbaBackend(Backend):
         return parallel if a.size >= self.parallel_min_elements else serial
 
     # ------------------------------------------------------------------ dense layer
-    def linear(self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01,
-               out: Any = None) -> Any:
-        if b is None or not _fits(w, b) or x.dtype != w.dtype or \
-                (out is not None and not _fits(w, out)):
+    def linear(
+        self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01, out: Any = None
+    ) -> Any:
+        if (
+            b is None
+            or not _fits(w, b)
+            or x.dtype != w.dtype
+            or (out is not None and not _fits(w, out))
+        ):
             return super().linear(x, w, b, activation, alpha, out)
         z = self.matmul(x, w, out=out)
         kernel = self.k.bias_act_parallel if self._big(z) else self.k.bias_act
@@ -87,10 +95,23 @@ class NumbaBackend(Backend):
         self._ran("linear", "numba-fused")
         return z
 
-    def linear_backward(self, x: Any, w: Any, y: Any, dy: Any, activation: int, alpha: float,
-                        dw: Any, db: Any, dx: Any = None, need_dx: bool = True,
-                        dz: Any = None) -> Any:
-        arrays = [w, y, dy, dw] + ([db] if db is not None else []) + ([dz] if dz is not None else [])
+    def linear_backward(
+        self,
+        x: Any,
+        w: Any,
+        y: Any,
+        dy: Any,
+        activation: int,
+        alpha: float,
+        dw: Any,
+        db: Any,
+        dx: Any = None,
+        need_dx: bool = True,
+        dz: Any = None,
+    ) -> Any:
+        arrays = (
+            [w, y, dy, dw] + ([db] if db is not None else []) + ([dz] if dz is not None else [])
+        )
         if not _fits(*arrays) or x.dtype != w.dtype:
             return super().linear_backward(x, w, y, dy, activation, alpha, dw, db, dx, need_dx, dz)
         if dz is None:
@@ -124,8 +145,9 @@ class NumbaBackend(Backend):
         self._ran("activation", "numba-fused")
         return out
 
-    def activation_backward(self, y: Any, dy: Any, activation: int, alpha: float = 0.01,
-                            out: Any = None) -> Any:
+    def activation_backward(
+        self, y: Any, dy: Any, activation: int, alpha: float = 0.01, out: Any = None
+    ) -> Any:
         if out is None:
             out = np.empty_like(dy, order="C")
         if y.ndim != 2 or not _fits(y, dy, out):
@@ -145,8 +167,10 @@ class NumbaBackend(Backend):
         if labels.shape[0] != n:
             raise ValueError(f"softmax_xent: {n} rows of logits but {labels.shape[0]} labels")
         if not self.k.labels_in_range(labels, m):
-            raise ValueError(f"softmax_xent: labels must be in [0, {m}), got range "
-                             f"[{labels.min()}, {labels.max()}]")
+            raise ValueError(
+                f"softmax_xent: labels must be in [0, {m}), got range "
+                f"[{labels.min()}, {labels.max()}]"
+            )
         if dlogits is None or not _fits(logits, dlogits):
             dlogits = np.empty_like(logits)
         inv_n = logits.dtype.type(1.0 / n)
@@ -165,42 +189,78 @@ class NumbaBackend(Backend):
         if not _fits(p, g):
             return super().update_sgd(p, g, lr, wd)
         t = p.dtype.type
-        self._pick(self.k.sgd_update, self.k.sgd_update_parallel, p)(p.reshape(-1), g.reshape(-1), t(lr), t(wd))
+        self._pick(self.k.sgd_update, self.k.sgd_update_parallel, p)(
+            p.reshape(-1), g.reshape(-1), t(lr), t(wd)
+        )
         self._ran("update_sgd", "numba-fused")
 
-    def update_momentum(self, p: Any, g: Any, v: Any, lr: float, momentum: float,
-                        nesterov: bool = False, wd: float = 0.0) -> None:
+    def update_momentum(
+        self,
+        p: Any,
+        g: Any,
+        v: Any,
+        lr: float,
+        momentum: float,
+        nesterov: bool = False,
+        wd: float = 0.0,
+    ) -> None:
         if not _fits(p, g, v):
             return super().update_momentum(p, g, v, lr, momentum, nesterov, wd)
         t = p.dtype.type
-        self._pick(self.k.momentum_update, self.k.momentum_update_parallel, p)(p.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(momentum),
-                               bool(nesterov), t(wd))
+        self._pick(self.k.momentum_update, self.k.momentum_update_parallel, p)(
+            p.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(momentum), bool(nesterov), t(wd)
+        )
         self._ran("update_momentum", "numba-fused")
 
-    def update_adagrad(self, p: Any, g: Any, h: Any, lr: float, eps: float,
-                       wd: float = 0.0) -> None:
+    def update_adagrad(
+        self, p: Any, g: Any, h: Any, lr: float, eps: float, wd: float = 0.0
+    ) -> None:
         if not _fits(p, g, h):
             return super().update_adagrad(p, g, h, lr, eps, wd)
         t = p.dtype.type
-        self._pick(self.k.adagrad_update, self.k.adagrad_update_parallel, p)(p.reshape(-1), g.reshape(-1), h.reshape(-1), t(lr), t(eps), t(wd))
+        self._pick(self.k.adagrad_update, self.k.adagrad_update_parallel, p)(
+            p.reshape(-1), g.reshape(-1), h.reshape(-1), t(lr), t(eps), t(wd)
+        )
         self._ran("update_adagrad", "numba-fused")
 
-    def update_rmsprop(self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float,
-                       wd: float = 0.0) -> None:
+    def update_rmsprop(
+        self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float, wd: float = 0.0
+    ) -> None:
         if not _fits(p, g, h):
             return super().update_rmsprop(p, g, h, lr, rho, eps, wd)
         t = p.dtype.type
-        self._pick(self.k.rmsprop_update, self.k.rmsprop_update_parallel, p)(p.reshape(-1), g.reshape(-1), h.reshape(-1), t(lr), t(rho), t(eps),
-                              t(wd))
+        self._pick(self.k.rmsprop_update, self.k.rmsprop_update_parallel, p)(
+            p.reshape(-1), g.reshape(-1), h.reshape(-1), t(lr), t(rho), t(eps), t(wd)
+        )
         self._ran("update_rmsprop", "numba-fused")
 
-    def update_adam(self, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float,
-                    eps: float, t: int, wd: float = 0.0) -> None:
+    def update_adam(
+        self,
+        p: Any,
+        g: Any,
+        m: Any,
+        v: Any,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        t: int,
+        wd: float = 0.0,
+    ) -> None:
         if not _fits(p, g, m, v):
             return super().update_adam(p, g, m, v, lr, beta1, beta2, eps, t, wd)
         c = p.dtype.type
         correction = np.sqrt(1 - beta2**t)
         step = lr * correction / (1 - beta1**t)
-        self._pick(self.k.adam_update, self.k.adam_update_parallel, p)(p.reshape(-1), g.reshape(-1), m.reshape(-1), v.reshape(-1), c(step),
-                           c(beta1), c(beta2), c(eps * correction), c(wd))
+        self._pick(self.k.adam_update, self.k.adam_update_parallel, p)(
+            p.reshape(-1),
+            g.reshape(-1),
+            m.reshape(-1),
+            v.reshape(-1),
+            c(step),
+            c(beta1),
+            c(beta2),
+            c(eps * correction),
+            c(wd),
+        )
         self._ran("update_adam", "numba-fused")

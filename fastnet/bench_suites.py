@@ -1,0 +1,449 @@
+"""The suites behind ``fastnet bench``: kernels (matmul, bias+activation, softmax-CE, optimizer
+updates) and training (one step, one epoch) per backend, against the book-style NumPy loop, the
+step's matmuls alone and PyTorch when installed. Every contestant's result is checked against the
+NumPy reference before it is timed."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import numpy as np
+
+from fastnet.backends import get_backend, probe
+from fastnet.benchmark import Contestant, Result, format_table, interleaved, machine_info
+
+DEFAULT_SIZES = (784, 256, 128, 10)
+
+
+def _elapsed(backend: Any):
+    return getattr(backend, "elapsed", None)
+
+
+def _check(name: str, got: Any, want: Any, rtol: float = 1e-4, atol: float = 1e-4) -> None:
+    got = np.asarray(got, dtype=np.float64)
+    if not np.allclose(got, want, rtol=rtol, atol=atol):
+        err = np.max(np.abs(got - want))
+        raise AssertionError(
+            f"bench {name}: result differs from the NumPy reference (max {err:.3g})"
+        )
+
+
+def sgemm_ceiling(backend: Any, n: int) -> float:
+    """Measured float32 GFLOP/s of an n x n x n matmul (median of 5 after warm-up)."""
+    rng = np.random.default_rng(0)
+    a = backend.asarray(rng.standard_normal((n, n)).astype(np.float32))
+    b = backend.asarray(rng.standard_normal((n, n)).astype(np.float32))
+    out = backend.empty((n, n), np.float32)
+    res = interleaved(
+        [Contestant("sgemm", lambda: backend.matmul(a, b, out), _elapsed(backend))], rounds=5
+    )[0]
+    return 2 * n**3 / res.median / 1e9
+
+
+# ---------------------------------------------------------------------------- kernel suite
+def kernel_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant]]:
+    rng = np.random.default_rng(0)
+    ref = get_backend("numpy")
+    groups: dict[str, list[Contestant]] = {}
+    mm_shapes = [(128, 784, 256), (128, 256, 128), (128, 128, 10), (16, 32, 16)]
+    mm_shapes += (
+        [(256, 256, 256)] if quick else [(512, 512, 512), (1024, 1024, 1024), (2048, 2048, 2048)]
+    )
+    for n, k, m in mm_shapes:
+        a = rng.standard_normal((n, k)).astype(np.float32)
+        b = rng.standard_normal((k, m)).astype(np.float32)
+        want = a @ b
+        cs = []
+        for be in backends:
+            da, db, out = be.asarray(a), be.asarray(b), be.empty((n, m), np.float32)
+            be.matmul(da, db, out)
+            _check(f"matmul {be.name}", be.to_numpy(out), want, 1e-3, 1e-2)
+            cs.append(
+                Contestant(
+                    be.name,
+                    lambda be=be, da=da, db=db, out=out: be.matmul(da, db, out),
+                    _elapsed(be),
+                    2.0 * n * k * m,
+                )
+            )
+            if be.name == "numba":
+                hand = be.k.matmul
+                hand(a, b, out)
+                _check("numba hand-written matmul", out, want, 1e-3, 1e-2)
+                cs.append(
+                    Contestant(
+                        "numba-handwritten",
+                        lambda a=a, b=b, out=out, h=hand: h(a, b, out),
+                        None,
+                        2.0 * n * k * m,
+                    )
+                )
+        groups[f"matmul {n}x{k}x{m}"] = cs
+
+    for n, m in [(128, 256)] if quick else [(128, 256), (4096, 1024)]:
+        z0 = rng.standard_normal((n, m)).astype(np.float32)
+        bias = rng.standard_normal(m).astype(np.float32)
+        dy = rng.standard_normal((n, m)).astype(np.float32)
+        want = np.maximum(z0 + bias, 0)
+        fwd, bwd = [], []
+        for be in backends:
+            dz0, dbias, ddy = be.asarray(z0), be.asarray(bias), be.asarray(dy)
+            eye = be.asarray(np.eye(m, dtype=np.float32))
+            out, dz, db = (
+                be.empty((n, m), np.float32),
+                be.empty((n, m), np.float32),
+                be.empty((m,), np.float32),
+            )
+            be.linear(dz0, eye, dbias, 1, 0.0, out)
+            _check(f"bias+relu {be.name}", be.to_numpy(out), want)
+            # forward: the bias+activation pass alone (the matmul is benchmarked above)
+            fwd.append(Contestant(be.name, _bias_act_runner(be, out, dz0, dbias), _elapsed(be)))
+            bwd.append(Contestant(be.name, _bwd_runner(be, out, ddy, dz, db), _elapsed(be)))
+        groups[f"bias+relu forward {n}x{m}"] = fwd
+        groups[f"relu backward + bias grad {n}x{m}"] = bwd
+
+    sx_shapes = [(128, 10), (512, 10), (4096, 1000)]
+    for n, m in sx_shapes:
+        logits = (rng.standard_normal((n, m)) * 3).astype(np.float32)
+        labels = rng.integers(0, m, n)
+        _, want = ref.softmax_xent(logits, labels)
+        cs = []
+        for be in backends:
+            dl, dlab, dout = be.asarray(logits), be.asarray(labels), be.empty((n, m), np.float32)
+            _, got = be.softmax_xent(dl, dlab, dout)
+            _check(f"softmax-CE {be.name}", be.to_numpy(got), want, 1e-5, 1e-6)
+            cs.append(
+                Contestant(
+                    be.name,
+                    lambda be=be, dl=dl, dlab=dlab, dout=dout: be.softmax_xent(dl, dlab, dout),
+                    _elapsed(be),
+                )
+            )
+        groups[f"softmax-CE fwd+bwd {n}x{m}"] = cs
+
+    shape = (784, 256)
+    p0 = rng.standard_normal(shape).astype(np.float32)
+    g0 = rng.standard_normal(shape).astype(np.float32)
+    cs = []
+    for be in backends:
+        p, g = be.asarray(p0), be.asarray(g0)
+        m_, v_ = be.zeros(shape, np.float32), be.zeros(shape, np.float32)
+        cs.append(
+            Contestant(
+                be.name,
+                lambda be=be, p=p, g=g, m_=m_, v_=v_: be.update_adam(
+                    p, g, m_, v_, 1e-3, 0.9, 0.999, 1e-8, 10
+                ),
+                _elapsed(be),
+            )
+        )
+    groups["adam update 784x256"] = cs
+    return groups
+
+
+def _bias_act_runner(be: Any, out: Any, z0: Any, bias: Any):
+    if be.name == "numpy":
+
+        def run() -> None:
+            out[...] = z0
+            np.add(out, bias, out=out)
+            np.maximum(out, 0, out=out)
+    elif be.name == "numba":
+        kernel = be.k.bias_act
+
+        def run() -> None:
+            out[...] = z0
+            kernel(out, bias, 1, np.float32(0))
+    else:
+
+        def run() -> None:
+            out[...] = z0
+            be.k.bias_act(out, bias, 1, 0.0)
+
+    return run
+
+
+def _bwd_runner(be: Any, y: Any, dy: Any, dz: Any, db: Any):
+    if be.name == "numpy":
+
+        def run() -> None:
+            np.multiply(dy, y > 0, out=dz)
+            dz.sum(axis=0, out=db)
+    else:
+        kernel = be.k.act_backward_bias
+
+        def run() -> None:
+            kernel(y, dy, 1, y.dtype.type(0) if be.name == "numba" else 0.0, dz, db)
+
+    return run
+
+
+# ---------------------------------------------------------------------------- training suite
+def load_training_data(quick: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    try:
+        from fastnet.data import load_fashion_mnist
+
+        (X, y), _ = load_fashion_mnist()
+        source = "Fashion-MNIST"
+    except FileNotFoundError:
+        rng = np.random.default_rng(0)
+        X = rng.random((60000, 784), dtype=np.float32)
+        y = rng.integers(0, 10, 60000)
+        source = "random data shaped like Fashion-MNIST (dataset not installed)"
+    if quick:
+        X, y = X[:2048], y[:2048]
+    return X, y, source
+
+
+def _model(backend: Any, sizes: tuple[int, ...]):
+    from fastnet.layers import Dense
+    from fastnet.model import Sequential
+    from fastnet.optimizers import Adam
+
+    layers = [Dense(s, "relu") for s in sizes[1:-1]] + [Dense(sizes[-1])]
+    return Sequential(layers, optimizer=Adam(1e-3), backend=backend, seed=0).build(sizes[0])
+
+
+def step_flops(sizes: tuple[int, ...], batch: int) -> float:
+    """Matmul FLOPs of one training step: forward, weight grads, input grads but the first."""
+    pairs = list(zip(sizes[:-1], sizes[1:]))
+    return 2.0 * batch * (2 * sum(a * b for a, b in pairs) + sum(a * b for a, b in pairs[1:]))
+
+
+def train_groups(
+    backends: list[Any], quick: bool, sizes: tuple[int, ...] = DEFAULT_SIZES, batch: int = 128
+) -> tuple[dict[str, list[Contestant]], dict[str, Any]]:
+    from fastnet.baselines import BookMLP, matmul_only_epoch, torch_mlp_epoch
+
+    X, y, source = load_training_data(quick)
+    n = len(X)
+    steps = -(-n // batch)
+    epoch_flops = step_flops(sizes, batch) * steps
+    epoch, step = [], []
+    for be in backends:
+        model = _model(be, sizes)
+        Xd, yd = be.asarray(X), be.asarray(y)
+        order = be.rng(0)
+        epoch.append(
+            Contestant(
+                f"fastnet-{be.name}",
+                lambda m=model, Xd=Xd, yd=yd, o=order: m.run_epoch(Xd, yd, batch, o),
+                _elapsed(be),
+                epoch_flops,
+            )
+        )
+        xb, yb = Xd[:batch], yd[:batch]
+        step.append(
+            Contestant(
+                f"fastnet-{be.name}",
+                lambda m=model, xb=xb, yb=yb: m.train_step(xb, yb),
+                _elapsed(be),
+                step_flops(sizes, batch),
+            )
+        )
+        if be.name.startswith("cupy"):
+            from fastnet.cuda_graph import GraphedTrainer
+
+            gmodel = _model(be, sizes)
+            trainer, graph_order = GraphedTrainer(gmodel, batch), be.rng(0)
+            epoch.append(
+                Contestant(
+                    f"fastnet-{be.name}+cudagraph",
+                    lambda t=trainer, Xd=Xd, yd=yd, o=graph_order: t.run_epoch(Xd, yd, o),
+                    _elapsed(be),
+                    epoch_flops,
+                )
+            )
+            epoch.append(
+                Contestant(
+                    f"matmul-only-{be.name}",
+                    matmul_only_epoch(be.xp, sizes, n, batch, np.float32),
+                    _elapsed(be),
+                    epoch_flops,
+                )
+            )
+    book = BookMLP(sizes)
+    book_rng = np.random.default_rng(0)
+    epoch.append(
+        Contestant("book-numpy", lambda: book.epoch(X, y, batch, book_rng), None, epoch_flops)
+    )
+    epoch.append(
+        Contestant(
+            "matmul-only-cpu", matmul_only_epoch(np, sizes, n, batch, np.float32), None, epoch_flops
+        )
+    )
+    notes: dict[str, Any] = {"data": source, "samples": n, "batch": batch, "sizes": list(sizes)}
+    try:
+        import torch
+
+        torch.set_num_threads(max(1, __import__("os").cpu_count() or 1))
+        epoch.append(
+            Contestant("torch-cpu", torch_mlp_epoch(sizes, X, y, batch), None, epoch_flops)
+        )
+        if torch.cuda.is_available():
+            epoch.append(
+                Contestant(
+                    "torch-cuda", torch_mlp_epoch(sizes, X, y, batch, "cuda"), None, epoch_flops
+                )
+            )
+        notes["torch"] = torch.__version__
+    except ImportError:
+        notes["torch"] = "not installed (peer skipped)"
+    return {
+        f"train epoch {'-'.join(map(str, sizes))} batch {batch}": epoch,
+        f"train step {'-'.join(map(str, sizes))} batch {batch}": step,
+    }, notes
+
+
+def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant]]:
+    """MLP 784-4096-4096-10 at batch 4096 on the GPU: step time vs its matmuls alone."""
+    from fastnet.baselines import matmul_only_epoch
+
+    sizes, batch = (784, 4096, 4096, 10), 4096
+    groups: dict[str, list[Contestant]] = {}
+    for be in backends:
+        if not be.name.startswith("cupy"):
+            continue
+        rng = np.random.default_rng(0)
+        model = _model(be, sizes)
+        xb = be.asarray(rng.random((batch, 784), dtype=np.float32))
+        yb = be.asarray(rng.integers(0, 10, batch))
+        groups[f"big step {'-'.join(map(str, sizes))} batch {batch}"] = [
+            Contestant(
+                f"fastnet-{be.name}",
+                lambda m=model, xb=xb, yb=yb: m.train_step(xb, yb),
+                _elapsed(be),
+                step_flops(sizes, batch),
+            ),
+            Contestant(
+                "matmul-only",
+                matmul_only_epoch(be.xp, sizes, batch, batch, np.float32),
+                _elapsed(be),
+                step_flops(sizes, batch),
+            ),
+        ]
+    return groups
+
+
+# ---------------------------------------------------------------------------- driver
+def resolve_backends(spec: str | None) -> list[Any]:
+    names = (
+        [s.strip() for s in spec.split(",")]
+        if spec
+        else [n for n in ("numpy", "numba", "cupy") if probe(n).available]
+    )
+    return [get_backend(n) for n in names]
+
+
+def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -> dict[str, Any]:
+    backends = resolve_backends(backend_spec)
+    report: dict[str, Any] = {
+        "machine": machine_info(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "suite": suite,
+        "quick": quick,
+        "rounds": rounds,
+        "groups": {},
+    }
+    report["ceilings_gflops"] = {
+        be.name: sgemm_ceiling(be, 512 if quick else (8192 if be.name.startswith("cupy") else 2048))
+        for be in backends
+    }
+    groups: dict[str, list[Contestant]] = {}
+    if suite in ("kernels", "all"):
+        groups.update(kernel_groups(backends, quick))
+    if suite in ("train", "all"):
+        train, notes = train_groups(backends, quick)
+        groups.update(train)
+        groups.update(big_gpu_groups(backends, quick))
+        report["train_notes"] = notes
+    for title, contestants in groups.items():
+        names = [c.name for c in contestants]
+        reference = next((r for r in ("numpy", "fastnet-numpy", "matmul-only") if r in names), None)
+        if title.startswith("train epoch") and "book-numpy" in names:
+            reference = "book-numpy"
+        results = interleaved(contestants, rounds=rounds, reference=reference)
+        report["groups"][title] = {
+            "reference": reference,
+            "results": [r.to_dict() for r in results],
+        }
+        print(format_table(results, f"\n== {title} (ratio = time / {reference})"), flush=True)
+    _print_floor_summary(report)
+    return report
+
+
+def _print_floor_summary(report: dict[str, Any]) -> None:
+    for title, group in report["groups"].items():
+        if not title.startswith(("train epoch", "big step")):
+            continue
+        rows = {r["name"]: r for r in group["results"]}
+        for name, r in rows.items():
+            if not name.startswith("fastnet-"):
+                continue
+            backend = name.removeprefix("fastnet-").split("+")[0]
+            floor = rows.get(f"matmul-only-{backend}") or rows.get(
+                "matmul-only" if backend.startswith("cupy") else "matmul-only-cpu"
+            )
+            ceiling = report["ceilings_gflops"].get(backend)
+            parts = [f"{title}: {name} {r['median']:.4f}s"]
+            if floor:
+                parts.append(f"{r['median'] / floor['median']:.2f}x its matmuls alone")
+            if ceiling and r.get("gflops"):
+                parts.append(
+                    f"{100 * r['gflops'] / ceiling:.1f}% of the measured sgemm ceiling "
+                    f"({ceiling:.0f} GFLOP/s)"
+                )
+            print("  " + ", ".join(parts))
+
+
+def plot_report(report: dict[str, Any], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = report["groups"]
+    fig, axes = plt.subplots(
+        len(groups),
+        1,
+        figsize=(
+            9,
+            1.2
+            + 1.1
+            * sum(len(g["results"]) for g in groups.values())
+            / max(1, len(groups))
+            * len(groups)
+            / 2,
+        ),
+    )
+    axes = np.atleast_1d(axes)
+    for ax, (title, group) in zip(axes, groups.items()):
+        names = [r["name"] for r in group["results"]]
+        med = [r["median"] * 1e3 for r in group["results"]]
+        lo = [m - r["min"] * 1e3 for m, r in zip(med, group["results"])]
+        hi = [r["max"] * 1e3 - m for m, r in zip(med, group["results"])]
+        ax.barh(names, med, xerr=[lo, hi], color="tab:blue", alpha=0.8)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("ms (median, min-max)", fontsize=8)
+        ax.tick_params(labelsize=8)
+    fig.suptitle(f"fastnet bench on {report['machine'].get('cpu', '?')}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def run_bench(args: Any) -> int:
+    report = run_suites(args.backends, args.suite, args.rounds, args.quick)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1, default=str)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_report(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+__all__ = ["Result", "run_bench", "run_suites"]

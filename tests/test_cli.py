@@ -1,0 +1,110 @@
+import json
+
+import pytest
+from test_data import make_dataset
+
+from fastnet.cli import main
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    make_dataset(tmp_path, n_train=400, n_test=100)
+    return tmp_path
+
+
+def test_train_save_evaluate_plot(data_dir, tmp_path, capsys):
+    ckpt, png, js = tmp_path / "m.npz", tmp_path / "c.png", tmp_path / "h.json"
+    rc = main(
+        [
+            "train",
+            "--data-dir",
+            str(data_dir),
+            "--epochs",
+            "2",
+            "--layers",
+            "16",
+            "--backend",
+            "numpy",
+            "--save",
+            str(ckpt),
+            "--plot",
+            str(png),
+            "--json",
+            str(js),
+            "--verbose",
+            "2",
+        ]
+    )
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "epoch   2/2" in out and "test accuracy" in out and "backend numpy" in out
+    assert "s/epoch" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    history = json.loads(js.read_text())
+    assert len(history["history"]["loss"]) == 2
+    assert main(["evaluate", str(ckpt), "--data-dir", str(data_dir), "--backend", "numpy"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "--backend", "tpu"], "unknown backend 'tpu'"),
+        (["train", "--data-dir", "/nonexistent"], "dataset-fashion-mnist"),
+        (["evaluate", "/nonexistent.npz"], "does not exist"),
+    ],
+)
+def test_errors_are_one_line_messages(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["train", "--epochs", "0"],
+        ["train", "--lr", "-1"],
+        ["train", "--layers", "a,b"],
+        ["train", "--batch-size", "0"],
+    ],
+)
+def test_bad_arguments_exit_2(argv):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+
+
+def test_bench_harness_runs_on_tiny_sizes(tmp_path, capsys):
+    js = tmp_path / "b.json"
+    assert (
+        main(
+            [
+                "bench",
+                "--quick",
+                "--rounds",
+                "2",
+                "--suite",
+                "kernels",
+                "--backends",
+                "numpy",
+                "--json",
+                str(js),
+            ]
+        )
+        == 0
+    )
+    report = json.loads(js.read_text())
+    assert "softmax-CE fwd+bwd 4096x1000" in report["groups"]
+    assert report["machine"]["cores"] and report["ceilings_gflops"]["numpy"] > 0
+    res = report["groups"]["matmul 128x784x256"]["results"][0]
+    assert len(res["times"]) == 2 and res["median"] > 0
+
+
+def test_interleaved_alternates_and_computes_ratios():
+    from fastnet.benchmark import Contestant, interleaved
+
+    order = []
+    cs = [Contestant("a", lambda: order.append("a")), Contestant("b", lambda: order.append("b"))]
+    results = interleaved(cs, rounds=4, reference="a", warmup=1)
+    assert order[:2] == ["a", "b"] and order[2:] == ["a", "b", "b", "a", "a", "b", "b", "a"]
+    assert all(len(r.times) == 4 for r in results) and results[0].ratio == 1.0

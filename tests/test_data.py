@@ -1,0 +1,138 @@
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastnet as fn
+from fastnet.data import FASHION_MNIST_DIR, DatasetError, minibatches, read_idx, train_val_split
+
+
+def write_idx(path, array, code=0x08, gz=False):
+    header = struct.pack(">HBB", 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    if gz:
+        data = gzip.compress(data)
+    path.write_bytes(data)
+    return path
+
+
+def make_dataset(folder, n_train=50, n_test=20, gz=True):
+    rng = np.random.default_rng(0)
+    suffix = ".gz" if gz else ""
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(
+            folder / f"{split}-images-idx3-ubyte{suffix}",
+            rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+            gz=gz,
+        )
+        write_idx(
+            folder / f"{split}-labels-idx1-ubyte{suffix}",
+            rng.integers(0, 10, n, dtype=np.uint8),
+            gz=gz,
+        )
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 6), min_size=1, max_size=3),
+    code=st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E]),
+    gz=st.booleans(),
+)
+def test_idx_roundtrip_property(tmp_path_factory, shape, code, gz):
+    dtype = {
+        0x08: np.uint8,
+        0x09: np.int8,
+        0x0B: np.int16,
+        0x0C: np.int32,
+        0x0D: np.float32,
+        0x0E: np.float64,
+    }[code]
+    arr = (np.arange(np.prod(shape)) % 100).astype(dtype).reshape(shape)
+    path = write_idx(tmp_path_factory.mktemp("idx") / "a.idx", arr, code, gz)
+    out = read_idx(path)
+    assert out.shape == tuple(shape)
+    np.testing.assert_array_equal(out, arr)
+
+
+@settings(max_examples=40, deadline=None)
+@given(blob=st.binary(max_size=64))
+def test_idx_reader_never_crashes_on_garbage(tmp_path_factory, blob):
+    path = tmp_path_factory.mktemp("idx") / "g.idx"
+    path.write_bytes(blob)
+    try:
+        read_idx(path)
+    except DatasetError:
+        pass
+
+
+def test_idx_errors(tmp_path):
+    arr = np.zeros((4, 3), np.uint8)
+    good = write_idx(tmp_path / "a", arr).read_bytes()
+    (tmp_path / "magic").write_bytes(b"\x01\x02" + good[2:])
+    with pytest.raises(DatasetError, match="bad IDX magic"):
+        read_idx(tmp_path / "magic")
+    (tmp_path / "trunc").write_bytes(good[:-3])
+    with pytest.raises(DatasetError, match="truncated"):
+        read_idx(tmp_path / "trunc")
+    (tmp_path / "gz").write_bytes(gzip.compress(good)[:-10])
+    with pytest.raises(DatasetError, match="decompress"):
+        read_idx(tmp_path / "gz")
+
+
+def test_loader_on_generated_files_and_count_mismatch(tmp_path):
+    make_dataset(tmp_path)
+    (X, y), (Xt, yt) = fn.load_mnist(tmp_path)
+    assert X.shape == (50, 784) and X.dtype == np.float32 and 0 <= X.min() and X.max() <= 1
+    assert y.dtype == np.int64 and Xt.shape == (20, 784)
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(49, np.uint8), gz=True)
+    with pytest.raises(DatasetError, match="50 images but .* 49 labels"):
+        fn.load_mnist(tmp_path)
+
+
+def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("FASTNET_DATA", raising=False)
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        fn.load_fashion_mnist(tmp_path)
+    monkeypatch.setenv("FASTNET_DATA", str(tmp_path))
+    make_dataset(tmp_path, gz=False)
+    (X, _), _ = fn.load_fashion_mnist()
+    assert len(X) == 50
+
+
+def test_one_hot_split_minibatches():
+    y = np.array([0, 2, 1, 2])
+    np.testing.assert_array_equal(fn.one_hot(y, 3).argmax(1), y)
+    with pytest.raises(ValueError, match="labels must be in"):
+        fn.one_hot(y, 2)
+    X = np.arange(200).reshape(100, 2).astype(np.float32)
+    labels = np.arange(100) % 4
+    (Xa, ya), (Xb, yb) = train_val_split(X, labels, 0.2, seed=0)
+    assert len(Xb) == 20 and set(np.bincount(yb)) == {5}
+    assert not set(Xa[:, 0]) & set(Xb[:, 0])
+    batches = list(minibatches(X, labels, 32, seed=1))
+    assert [len(b[0]) for b in batches] == [32, 32, 32, 4]
+    assert sorted(np.concatenate([b[1] for b in batches]).tolist()) == sorted(labels.tolist())
+
+
+HAVE_FASHION = os.path.exists(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_FASHION, reason="dataset-fashion-mnist is not installed")
+def test_end_to_end_real_fashion_mnist(backend):
+    (X, y), (Xt, yt) = fn.load_fashion_mnist()
+    assert (
+        X.shape == (60000, 784) and Xt.shape == (10000, 784) and set(np.unique(y)) == set(range(10))
+    )
+    model = fn.Sequential(
+        [fn.Dense(256, "relu"), fn.Dense(128, "relu"), fn.Dense(10)],
+        optimizer=fn.Adam(1e-3),
+        backend=backend,
+        seed=0,
+    )
+    model.fit(X[:10000], y[:10000], epochs=1, batch_size=128, verbose=0)
+    assert model.evaluate(Xt, yt)["accuracy"] > 0.75
