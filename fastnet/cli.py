@@ -76,6 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--plot", default=None, help="write learning curves (PNG) here")
     train.add_argument("--patience", type=int, default=None, help="early stopping patience")
     train.add_argument("--json", default=None, help="write the history and results as JSON")
+    train.add_argument(
+        "--cuda-graph",
+        action="store_true",
+        help="cupy backend: replay one captured CUDA graph per training step",
+    )
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
 
     evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on the test set")
@@ -148,6 +153,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             validation_data=(X_val, y_val),
             callbacks=callbacks,
             verbose=2 if args.verbose == 2 else args.verbose,
+            cuda_graph=args.cuda_graph,
         )
     except KeyboardInterrupt:
         interrupted = True

@@ -41,6 +41,8 @@ class GraphedTrainer:
         steps = {p.step for p in model.parameters()}
         if len(steps) != 1:
             raise ValueError("cuda_graph=True needs all parameters at the same step count")
+        if backend._gemm is None:
+            raise RuntimeError(f"cuda_graph=True needs direct cuBLAS calls: {backend._gemm_name}")
         self.model, self.backend, self.batch_size = model, backend, batch_size
         xp = self.xp = backend.xp
         dtype = model.dtype

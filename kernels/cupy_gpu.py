@@ -297,3 +297,113 @@ def adam_scalars(t: Any, sc: Any, lr: float, beta1: float, beta2: float, eps: fl
     _adam_scalars(ctype(sc.dtype))(
         (1,), (1,), (t, sc, float(lr), float(beta1), float(beta2), float(eps))
     )
+
+
+# ---------------------------------------------------------------------------- cuBLAS GEMM
+# CuPy refuses cuBLAS calls while a stream is being captured (a guard in its setStream), although
+# cuBLAS supports capture. We call cublas{S,D}gemm_v2 on CuPy's own handle through ctypes, with a
+# workspace we own, so that the same GEMM runs eagerly and inside CUDA graphs (and with less
+# Python overhead per call than cupy.matmul).
+class CublasGemm:
+    WORKSPACE_BYTES = 32 * 2**20
+
+    def __init__(self) -> None:
+        import ctypes
+
+        path = _loaded_library("libcublas.so")
+        if path is None:
+            cp.cuda.device.get_cublas_handle()  # makes CuPy load cuBLAS
+            path = _loaded_library("libcublas.so")
+        if path is None:
+            raise OSError("libcublas is not loaded in this process")
+        lib = ctypes.CDLL(path)
+        vp, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
+        for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
+            fn = getattr(lib, name)
+            fn.argtypes = [vp, i, i, i, i, i, vp, vp, i, vp, i, vp, vp, i]
+            fn.restype = i
+        lib.cublasSetStream_v2.argtypes = [vp, vp]
+        lib.cublasSetWorkspace_v2.argtypes = [vp, vp, f]
+        self.lib, self.ctypes = lib, ctypes
+        self.handle = cp.cuda.device.get_cublas_handle()
+        self.workspace = cp.empty(self.WORKSPACE_BYTES, dtype=np.uint8)
+        self._check(
+            lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE_BYTES),
+            "cublasSetWorkspace",
+        )
+        self.one = {
+            np.dtype(np.float32): ctypes.c_float(1.0),
+            np.dtype(np.float64): ctypes.c_double(1.0),
+        }
+        self.zero = {
+            np.dtype(np.float32): ctypes.c_float(0.0),
+            np.dtype(np.float64): ctypes.c_double(0.0),
+        }
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"{what} failed with cuBLAS status {status}")
+
+    @staticmethod
+    def supports(*arrays: Any) -> bool:
+        dtype = arrays[0].dtype
+        return dtype in _CTYPE and all(
+            a.ndim == 2 and a.dtype == dtype and (a.flags.c_contiguous or a.flags.f_contiguous)
+            for a in arrays
+        )
+
+    def __call__(self, a: Any, b: Any, out: Any) -> Any:
+        """``out = a @ b`` for 2-D C- or F-contiguous ``a``, ``b`` and C-contiguous ``out``."""
+        m_rows, k = a.shape
+        n_cols = b.shape[1]
+        # Row-major C = A @ B is column-major C^T = B^T @ A^T.
+        if b.flags.c_contiguous:
+            op_b, ld_b = 0, n_cols
+        else:
+            op_b, ld_b = 1, k
+        if a.flags.c_contiguous:
+            op_a, ld_a = 0, k
+        else:
+            op_a, ld_a = 1, m_rows
+        ct = self.ctypes
+        lib = self.lib
+        self._check(
+            lib.cublasSetStream_v2(self.handle, cp.cuda.get_current_stream().ptr), "cublasSetStream"
+        )
+        gemm = lib.cublasSgemm_v2 if a.dtype == np.float32 else lib.cublasDgemm_v2
+        status = gemm(
+            self.handle,
+            op_b,
+            op_a,
+            n_cols,
+            m_rows,
+            k,
+            ct.byref(self.one[a.dtype]),
+            b.data.ptr,
+            ld_b,
+            a.data.ptr,
+            ld_a,
+            ct.byref(self.zero[a.dtype]),
+            out.data.ptr,
+            n_cols,
+        )
+        self._check(status, "cublasGemm")
+        return out
+
+
+def _loaded_library(stem: str) -> str | None:
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                path = line.split()[-1]
+                if stem in path.rsplit("/", 1)[-1]:
+                    return path
+    except OSError:
+        return None
+    return None
+
+
+@cache
+def cublas_gemm() -> CublasGemm:
+    return CublasGemm()

@@ -45,6 +45,12 @@ class CupyBackend(Backend):
         self.name = "cupy" if device == 0 else f"cupy:{device}"
         #: device scalars [step, eps_hat] read by Adam while a CUDA graph is being captured
         self.graph_adam_scalars: Any = None
+        try:
+            self._gemm = cupy_gpu.cublas_gemm()
+            self._gemm_name = "cublas-direct"
+        except (OSError, AttributeError, RuntimeError) as exc:  # keep cupy.matmul, say why
+            self._gemm = None
+            self._gemm_name = f"cupy.matmul (direct cuBLAS unavailable: {exc})"
 
     # ------------------------------------------------------------------ arrays
     def is_native(self, x: Any) -> bool:
@@ -98,13 +104,19 @@ class CupyBackend(Backend):
 
     # ------------------------------------------------------------------ matmul and dense layer
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
-        self._ran("matmul", "cublas")
+        """cuBLAS GEMM called directly (capturable in CUDA graphs), else ``cupy.matmul``."""
+        if out is None:
+            out = self.xp.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+        if self._gemm is not None and out.flags.c_contiguous and self._gemm.supports(a, b, out):
+            self._ran("matmul", self._gemm_name)
+            return self._gemm(a, b, out)
+        self._ran("matmul", "cupy.matmul")
         return self.xp.matmul(a, b, out=out)
 
     def linear(
         self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01, out: Any = None
     ) -> Any:
-        z = self.xp.matmul(x, w, out=out)
+        z = self.matmul(x, w, out=out)
         if b is None or not _fits(z, b):
             self._ran("linear")
             if b is not None:
@@ -134,10 +146,10 @@ class CupyBackend(Backend):
             dz = self.xp.empty_like(dy)
         self.k.act_backward_bias(y, dy, activation, alpha, dz, db)
         self._ran("linear_backward", "cuda-fused")
-        self.xp.matmul(x.T, dz, out=dw)
+        self.matmul(x.T, dz, out=dw)
         if not need_dx:
             return None
-        return self.xp.matmul(dz, w.T, out=dx)
+        return self.matmul(dz, w.T, out=dx)
 
     def activation(self, x: Any, activation: int, alpha: float = 0.01, out: Any = None) -> Any:
         if out is None:

@@ -1,0 +1,81 @@
+"""GPU-only behaviour of the cupy backend (skipped cleanly without a usable GPU)."""
+
+import numpy as np
+import pytest
+from conftest import make_blobs
+
+import fastnet as fn
+from fastnet.backends import probe
+
+pytestmark = pytest.mark.skipif(not probe("cupy").available, reason=f"cupy: {probe('cupy').reason}")
+
+
+def _mlp(seed=0, opt=None):
+    return fn.Sequential(
+        [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
+        optimizer=opt or fn.Adam(1e-3),
+        backend="cupy",
+        seed=seed,
+    )
+
+
+@pytest.mark.parametrize("opt", [fn.Adam(1e-3), fn.SGD(0.05), fn.Momentum(0.02, nesterov=True)])
+def test_cuda_graph_training_equals_eager(opt):
+    X, y = make_blobs(n=1000)
+    eager, graphed = _mlp(opt=opt), _mlp(opt=opt)
+    h1 = eager.fit(X, y, epochs=3, batch_size=64, verbose=0)
+    h2 = graphed.fit(X, y, epochs=3, batch_size=64, verbose=0, cuda_graph=True)
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-4)
+    np.testing.assert_allclose(h1["accuracy"], h2["accuracy"])
+    for a, b in zip(eager.parameters(), graphed.parameters()):
+        assert a.step == b.step
+        np.testing.assert_allclose(a.value.get(), b.value.get(), rtol=1e-4, atol=1e-6)
+
+
+def test_cuda_graph_rejects_unsupported_models():
+    X, y = make_blobs(n=100)
+    model = fn.Sequential([fn.Dense(8), fn.Dropout(0.5), fn.Dense(4)], backend="cupy")
+    with pytest.raises(ValueError, match="Dropout"):
+        model.fit(X, y, epochs=1, verbose=0, cuda_graph=True)
+    with pytest.raises(ValueError, match="cupy backend"):
+        fn.Sequential([fn.Dense(4)], backend="numpy").fit(
+            X, y, epochs=1, verbose=0, cuda_graph=True
+        )
+
+
+def test_data_stays_on_device_and_predict_returns_numpy():
+    import cupy as cp
+
+    X, y = make_blobs()
+    model = _mlp()
+    model.fit(cp.asarray(X), cp.asarray(y), epochs=1, verbose=0)
+    out = model.predict_proba(cp.asarray(X))
+    assert isinstance(out, np.ndarray) and isinstance(model.parameters()[0].value, cp.ndarray)
+
+
+def test_numpy_model_refuses_gpu_array():
+    import cupy as cp
+
+    X, y = make_blobs()
+    with pytest.raises(TypeError, match="cupy .*numpy"):
+        fn.Sequential([fn.Dense(4)], backend="numpy").fit(cp.asarray(X), y, verbose=0)
+
+
+def test_pool_memory_does_not_grow_across_epochs():
+    import cupy as cp
+
+    X, y = make_blobs(n=4000)
+    model = _mlp()
+    model.fit(X, y, epochs=2, verbose=0)
+    cp.cuda.Device().synchronize()
+    held = model.backend.peak_memory()
+    model.fit(X, y, epochs=20, verbose=0)
+    assert model.backend.peak_memory() <= held * 1.05 + 2**20
+
+
+def test_float64_kernels_and_extreme_logits_on_gpu():
+    be = fn.get_backend("cupy")
+    logits = np.array([[1e4, -1e4, 0.0], [-1e4, -1e4, -1e4]], np.float32)
+    loss, d = be.softmax_xent(be.asarray(logits), be.asarray(np.array([1, 2])))
+    assert np.isfinite(float(loss)) and np.isfinite(d.get()).all()
+    assert float(loss) == pytest.approx((2e4 + np.log(3)) / 2, rel=1e-5)
