@@ -310,7 +310,7 @@ def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestan
         model = _model(be, sizes)
         xb = be.asarray(rng.random((batch, 784), dtype=np.float32))
         yb = be.asarray(rng.integers(0, 10, batch))
-        groups[f"big step {'-'.join(map(str, sizes))} batch {batch}"] = [
+        contestants = [
             Contestant(
                 f"fastnet-{be.name}",
                 lambda m=model, xb=xb, yb=yb: m.train_step(xb, yb),
@@ -324,6 +324,21 @@ def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestan
                 step_flops(sizes, batch),
             ),
         ]
+        if be._gemm is not None:
+
+            def tf32_step(m=model, xb=xb, yb=yb, be=be):
+                be.set_tf32(True)
+                try:
+                    m.train_step(xb, yb)
+                finally:
+                    be.set_tf32(False)
+
+            contestants.append(
+                Contestant(
+                    f"fastnet-{be.name}-tf32", tf32_step, _elapsed(be), step_flops(sizes, batch)
+                )
+            )
+        groups[f"big step {'-'.join(map(str, sizes))} batch {batch}"] = contestants
     return groups
 
 

@@ -323,9 +323,11 @@ class CublasGemm:
             fn.argtypes = [vp, i, i, i, i, i, vp, vp, i, vp, i, vp, vp, i]
             fn.restype = i
         lib.cublasSetStream_v2.argtypes = [vp, vp]
+        lib.cublasSetMathMode.argtypes = [vp, i]
         lib.cublasSetWorkspace_v2.argtypes = [vp, vp, f]
         self.lib, self.ctypes = lib, ctypes
         self.handle = cp.cuda.device.get_cublas_handle()
+        self.math_mode = 0  # CUBLAS_DEFAULT_MATH; 3 = CUBLAS_TF32_TENSOR_OP_MATH
         self.workspace = cp.empty(self.WORKSPACE_BYTES, dtype=np.uint8)
         self._check(
             lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE_BYTES),
@@ -371,6 +373,7 @@ class CublasGemm:
         self._check(
             lib.cublasSetStream_v2(self.handle, cp.cuda.get_current_stream().ptr), "cublasSetStream"
         )
+        self._check(lib.cublasSetMathMode(self.handle, self.math_mode), "cublasSetMathMode")
         gemm = lib.cublasSgemm_v2 if a.dtype == np.float32 else lib.cublasDgemm_v2
         status = gemm(
             self.handle,

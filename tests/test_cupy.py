@@ -79,3 +79,30 @@ def test_float64_kernels_and_extreme_logits_on_gpu():
     loss, d = be.softmax_xent(be.asarray(logits), be.asarray(np.array([1, 2])))
     assert np.isfinite(float(loss)) and np.isfinite(d.get()).all()
     assert float(loss) == pytest.approx((2e4 + np.log(3)) / 2, rel=1e-5)
+
+
+def test_tf32_switch_changes_precision_not_results():
+    be = fn.get_backend("cupy")
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((512, 512)).astype(np.float32)
+    b = rng.standard_normal((512, 512)).astype(np.float32)
+    want = a.astype(np.float64) @ b
+    exact = be.matmul(be.asarray(a), be.asarray(b)).get()
+    be.set_tf32(True)
+    try:
+        fast = be.matmul(be.asarray(a), be.asarray(b)).get()
+    finally:
+        be.set_tf32(False)
+    err = lambda x: np.linalg.norm(x - want) / np.linalg.norm(want)  # noqa: E731
+    assert err(exact) < 1e-6 and err(fast) < 5e-3
+
+
+def test_direct_gemm_handles_transposed_operands():
+    be = fn.get_backend("cupy")
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 30)).astype(np.float32)
+    w = rng.standard_normal((50, 30)).astype(np.float32)
+    dx, dw = be.asarray(x), be.asarray(w)
+    np.testing.assert_allclose(be.matmul(dx, dw.T).get(), x @ w.T, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(be.matmul(dx.T, dx).get(), x.T @ x, rtol=1e-4, atol=1e-4)
+    assert be.kernel_report["matmul"] == "cublas-direct"
