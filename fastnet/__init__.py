@@ -11,7 +11,7 @@ from fastnet.backends import (
     set_backend,
     use_backend,
 )
-from fastnet.callbacks import Callback, EarlyStopping
+from fastnet.callbacks import Callback, CosineDecay, EarlyStopping
 from fastnet.checkpoint import CheckpointError, load_model, save_model
 from fastnet.data import DatasetError, load_fashion_mnist, load_mnist, one_hot, read_idx
 from fastnet.estimator import MLPClassifier
@@ -41,6 +41,7 @@ __all__ = [
     "BatchNorm1d",
     "Callback",
     "CheckpointError",
+    "CosineDecay",
     "DatasetError",
     "Dense",
     "Dropout",

@@ -162,3 +162,36 @@ def torch_mlp_epoch(
             torch.cuda.synchronize()
 
     return run
+
+
+def sklearn_mlp_epoch(
+    sizes: Sequence[int],
+    X: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> Any:
+    """One-epoch closure for scikit-learn's MLPClassifier (Adam, same layers and batch size)."""
+    import warnings
+
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier(
+        hidden_layer_sizes=tuple(sizes[1:-1]),
+        solver="adam",
+        learning_rate_init=lr,
+        batch_size=batch_size,
+        max_iter=1,
+        shuffle=True,
+        random_state=seed,
+        alpha=0.0,
+    )
+    classes = np.arange(sizes[-1])
+
+    def run() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.partial_fit(X, y, classes=classes)
+
+    return run

@@ -215,7 +215,7 @@ def step_flops(sizes: tuple[int, ...], batch: int) -> float:
 def train_groups(
     backends: list[Any], quick: bool, sizes: tuple[int, ...] = DEFAULT_SIZES, batch: int = 128
 ) -> tuple[dict[str, list[Contestant]], dict[str, Any]]:
-    from fastnet.baselines import BookMLP, matmul_only_epoch, torch_mlp_epoch
+    from fastnet.baselines import BookMLP, matmul_only_epoch, sklearn_mlp_epoch, torch_mlp_epoch
 
     X, y, source = load_training_data(quick)
     n = len(X)
@@ -291,6 +291,17 @@ def train_groups(
         notes["torch"] = torch.__version__
     except ImportError:
         notes["torch"] = "not installed (peer skipped)"
+    try:
+        import sklearn
+
+        epoch.append(
+            Contestant(
+                "sklearn-MLPClassifier", sklearn_mlp_epoch(sizes, X, y, batch), None, epoch_flops
+            )
+        )
+        notes["sklearn"] = sklearn.__version__
+    except ImportError:
+        notes["sklearn"] = "not installed (peer skipped)"
     return {
         f"train epoch {'-'.join(map(str, sizes))} batch {batch}": epoch,
         f"train step {'-'.join(map(str, sizes))} batch {batch}": step,
@@ -414,38 +425,32 @@ def _print_floor_summary(report: dict[str, Any]) -> None:
 
 
 def plot_report(report: dict[str, Any], path: str) -> None:
+    """One horizontal bar panel per group: median time with min-max whiskers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = report["groups"]
+    heights = [0.9 + 0.32 * len(g["results"]) for g in groups.values()]
     fig, axes = plt.subplots(
-        len(groups),
-        1,
-        figsize=(
-            9,
-            1.2
-            + 1.1
-            * sum(len(g["results"]) for g in groups.values())
-            / max(1, len(groups))
-            * len(groups)
-            / 2,
-        ),
+        len(groups), 1, figsize=(9, sum(heights) + 0.6), gridspec_kw={"height_ratios": heights}
     )
-    axes = np.atleast_1d(axes)
-    for ax, (title, group) in zip(axes, groups.items()):
-        names = [r["name"] for r in group["results"]]
-        med = [r["median"] * 1e3 for r in group["results"]]
-        lo = [m - r["min"] * 1e3 for m, r in zip(med, group["results"])]
-        hi = [r["max"] * 1e3 - m for m, r in zip(med, group["results"])]
+    for ax, (title, group) in zip(np.atleast_1d(axes), groups.items()):
+        res = group["results"]
+        names = [r["name"] for r in res]
+        med = np.array([r["median"] for r in res]) * 1e3
+        lo = med - np.array([r["min"] for r in res]) * 1e3
+        hi = np.array([r["max"] for r in res]) * 1e3 - med
         ax.barh(names, med, xerr=[lo, hi], color="tab:blue", alpha=0.8)
-        ax.set_title(title, fontsize=9)
-        ax.set_xlabel("ms (median, min-max)", fontsize=8)
-        ax.tick_params(labelsize=8)
-    fig.suptitle(f"fastnet bench on {report['machine'].get('cpu', '?')}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+        ax.set_title(title, fontsize=9, loc="left")
+        ax.set_xlabel("ms per run (median; whiskers min-max)", fontsize=7)
+        ax.tick_params(labelsize=7)
+    gpu = report["machine"].get("backend_cupy", "")
+    device = report["machine"].get("cpu", "?") + (f" + {gpu}" if "cuda" in gpu else "")
+    fig.suptitle(f"fastnet bench: {device}", fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 0.99))
+    fig.savefig(path, dpi=90)
     plt.close(fig)
 
 

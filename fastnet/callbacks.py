@@ -12,6 +12,9 @@ class Callback:
     def on_train_begin(self, model: Any) -> None:
         pass
 
+    def on_epoch_begin(self, model: Any, epoch: int) -> None:
+        pass
+
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
         return False
 
@@ -79,3 +82,25 @@ class EarlyStopping(Callback):
             and self.stopped_epoch is not None
         ):
             model.set_state(self.best_state)
+
+
+class CosineDecay(Callback):
+    """Cosine learning-rate decay of the model's optimizer over ``epochs`` epochs, from its
+    initial lr down to ``min_lr`` (set at the start of every epoch)."""
+
+    def __init__(self, epochs: int, min_lr: float = 0.0) -> None:
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        if min_lr < 0:
+            raise ValueError(f"min_lr must be >= 0, got {min_lr!r}")
+        self.epochs, self.min_lr = epochs, float(min_lr)
+        self.base_lr: float | None = None
+
+    def on_train_begin(self, model: Any) -> None:
+        if self.base_lr is None:
+            self.base_lr = model.optimizer.lr
+
+    def on_epoch_begin(self, model: Any, epoch: int) -> None:
+        progress = min(epoch, self.epochs) / self.epochs
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        model.optimizer.lr = max(self.min_lr + (self.base_lr - self.min_lr) * cosine, 1e-12)

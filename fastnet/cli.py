@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--lr", type=_positive(float), default=1e-3)
     train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument(
+        "--schedule",
+        default="cosine",
+        choices=["cosine", "constant"],
+        help="learning-rate schedule over the epochs (default: cosine)",
+    )
     train.add_argument("--dropout", type=float, default=0.0)
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     train.add_argument("--seed", type=int, default=0)
@@ -108,7 +114,7 @@ def _load(dataset: str, data_dir: str | None):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fastnet.callbacks import EarlyStopping
+    from fastnet.callbacks import CosineDecay, EarlyStopping
     from fastnet.checkpoint import save_model
     from fastnet.data import train_val_split
     from fastnet.layers import Dense, Dropout
@@ -137,11 +143,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     arch = "-".join(str(s) for s in (X.shape[1], *args.layers, int(y.max()) + 1))
     print(
         f"fastnet train: {args.dataset} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
-        f"test, MLP {arch}, {args.optimizer} lr={args.lr}, batch {args.batch_size}, "
-        f"backend {model.backend.name} ({model.backend.device_info()}), {args.dtype}",
+        f"test, MLP {arch}, {args.optimizer} lr={args.lr} ({args.schedule}), "
+        f"batch {args.batch_size}, backend {model.backend.name} ({model.backend.device_info()}), {args.dtype}",
         flush=True,
     )
-    callbacks = [EarlyStopping("val_loss", args.patience)] if args.patience is not None else []
+    callbacks: list = []
+    if args.schedule == "cosine":
+        callbacks.append(CosineDecay(args.epochs))
+    if args.patience is not None:
+        callbacks.append(EarlyStopping("val_loss", args.patience))
     interrupted = False
     start = time.perf_counter()
     try:

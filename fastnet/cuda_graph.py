@@ -56,6 +56,7 @@ class GraphedTrainer:
             self.t = xp.full((1,), steps.pop(), dtype=np.int64)
             self.adam_scalars = {dtype.name: xp.zeros(2, dtype=dtype)}
         self.graph: Any = None
+        self.captured_config: dict | None = None
         self.replays = 0
 
     def _step(self, n: int) -> None:
@@ -78,6 +79,7 @@ class GraphedTrainer:
 
     def _capture(self) -> None:
         params = self.model.parameters()
+        self.captured_config = self.model.optimizer.get_config()
         self.stream.begin_capture()
         try:
             self._step(self.batch_size)
@@ -92,6 +94,8 @@ class GraphedTrainer:
         backend, xp, bs = self.backend, self.xp, self.batch_size
         params = self.model.parameters()
         n = Xd.shape[0]
+        if self.captured_config != self.model.optimizer.get_config():
+            self.graph = None  # hyperparameters are baked into the graph: capture again
         with backend.device, self.stream:
             self.loss_sum.fill(0)
             self.correct.fill(0)

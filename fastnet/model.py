@@ -185,6 +185,8 @@ class Sequential:
                 return trainer.run_epoch(Xd, yd, rng, shuffle, progress)
 
         for epoch in range(epochs):
+            for cb in callbacks:
+                cb.on_epoch_begin(self, epoch)
             snapshot = self.get_state()
             start = time.perf_counter()
             bar = tqdm(

@@ -106,3 +106,13 @@ def test_direct_gemm_handles_transposed_operands():
     np.testing.assert_allclose(be.matmul(dx, dw.T).get(), x @ w.T, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(be.matmul(dx.T, dx).get(), x.T @ x, rtol=1e-4, atol=1e-4)
     assert be.kernel_report["matmul"] == "cublas-direct"
+
+
+def test_cuda_graph_recaptures_when_the_schedule_changes_lr():
+    X, y = make_blobs(n=1000)
+    eager, graphed = _mlp(opt=fn.Adam(1e-2)), _mlp(opt=fn.Adam(1e-2))
+    h1 = eager.fit(X, y, epochs=3, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(3)])
+    h2 = graphed.fit(
+        X, y, epochs=3, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(3)], cuda_graph=True
+    )
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-4)

@@ -118,7 +118,9 @@ def test_one_hot_split_minibatches():
     assert sorted(np.concatenate([b[1] for b in batches]).tolist()) == sorted(labels.tolist())
 
 
-HAVE_FASHION = os.path.exists(os.path.join(FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz"))
+HAVE_FASHION = os.path.exists(
+    os.path.join(os.environ.get("FASTNET_DATA") or FASHION_MNIST_DIR, "train-images-idx3-ubyte.gz")
+)
 
 
 @pytest.mark.slow

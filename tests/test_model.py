@@ -290,3 +290,19 @@ def test_long_run_does_not_grow_memory():
     model.fit(X, y, epochs=50, verbose=0)
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0
     assert grown_kib < 20_000, f"RSS grew by {grown_kib} KiB over 50 epochs"
+
+
+def test_cosine_decay_schedule_sets_lr_each_epoch():
+    X, y = make_blobs()
+    model = _mlp("numpy", optimizer=fn.Adam(0.01))
+    seen = []
+
+    class Spy(fn.Callback):
+        def on_epoch_end(self, model, epoch, logs):
+            seen.append(model.optimizer.lr)
+
+    model.fit(X, y, epochs=4, verbose=0, callbacks=[fn.CosineDecay(4, min_lr=0.001), Spy()])
+    expected = [0.001 + 0.009 * 0.5 * (1 + np.cos(np.pi * e / 4)) for e in range(4)]
+    np.testing.assert_allclose(seen, expected)
+    with pytest.raises(ValueError, match="epochs"):
+        fn.CosineDecay(0)
