@@ -144,7 +144,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(
         f"fastnet train: {args.dataset} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
         f"test, MLP {arch}, {args.optimizer} lr={args.lr} ({args.schedule}), "
-        f"batch {args.batch_size}, backend {model.backend.name} ({model.backend.device_info()}), {args.dtype}",
+        f"batch {args.batch_size}, backend {model.backend.name} "
+        f"({model.backend.device_info()}), {args.dtype}",
         flush=True,
     )
     callbacks: list = []
