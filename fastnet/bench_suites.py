@@ -353,6 +353,45 @@ def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestan
     return groups
 
 
+# ---------------------------------------------------------------------------- cold start
+_COLD_START = """
+import time
+t0 = time.perf_counter()
+import numpy as np
+import fastnet as fn
+t_import = time.perf_counter() - t0
+be = fn.get_backend({name!r})
+m = fn.Sequential([fn.Dense(256, "relu"), fn.Dense(128, "relu"), fn.Dense(10)], backend=be)
+m.build(784)
+xb = be.asarray(np.random.default_rng(0).random((128, 784), dtype=np.float32))
+yb = be.asarray(np.arange(128) % 10)
+t1 = time.perf_counter(); m.train_step(xb, yb); be.synchronize(); first = time.perf_counter() - t1
+t2 = time.perf_counter(); m.train_step(xb, yb); be.synchronize(); second = time.perf_counter() - t2
+print(t_import, first, second)
+"""
+
+
+def cold_start(name: str) -> dict[str, float]:
+    """A fresh process's import time and first training step (kernel loading from the on-disk
+    cache, or compilation when the cache is cold) against its second step."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _COLD_START.format(name=name)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    t_import, first, second = map(float, out[-3:])
+    return {
+        "import_s": t_import,
+        "first_step_s": first,
+        "second_step_s": second,
+        "kernel_loading_s": first - second,
+    }
+
+
 # ---------------------------------------------------------------------------- driver
 def resolve_backends(spec: str | None) -> list[Any]:
     names = (
@@ -377,6 +416,16 @@ def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -
         be.name: sgemm_ceiling(be, 512 if quick else (8192 if be.name.startswith("cupy") else 2048))
         for be in backends
     }
+    report["cold_start"] = {}
+    for be in backends:
+        cold_start(be.name)  # fills the kernel cache if it is cold
+        report["cold_start"][be.name] = cs = cold_start(be.name)
+        print(
+            f"cold start {be.name}: import {cs['import_s']:.3f}s, first step "
+            f"{cs['first_step_s']:.3f}s (kernel loading {cs['kernel_loading_s']:.3f}s), "
+            f"second step {cs['second_step_s'] * 1e3:.2f}ms",
+            flush=True,
+        )
     groups: dict[str, list[Contestant]] = {}
     if suite in ("kernels", "all"):
         groups.update(kernel_groups(backends, quick))
