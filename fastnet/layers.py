@@ -54,6 +54,20 @@ class Layer:
     def forward(self, x: Any, training: bool = True) -> Any:
         raise NotImplementedError
 
+    def _check_input(self, x: Any) -> None:
+        """Cheap boundary check: built, 2-D, and as wide as the layer was built for."""
+        if self.backend is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not built: add it to a Sequential "
+                f"and fit/build the model, or call build() first"
+            )
+        shape = getattr(x, "shape", None)
+        if shape is None or len(shape) != 2 or shape[1] != self.input_dim:
+            raise ValueError(
+                f"{type(self).__name__} expects inputs of shape (batch, "
+                f"{self.input_dim}), got {None if shape is None else tuple(shape)}"
+            )
+
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         raise NotImplementedError
 
@@ -129,6 +143,7 @@ class Dense(Layer):
         return self.units
 
     def forward(self, x: Any, training: bool = True) -> Any:
+        self._check_input(x)
         self.x = x
         out = self._buffer("y", (x.shape[0], self.units))
         bias = self.b.value if self.b is not None else None
@@ -191,6 +206,7 @@ class Activation(Layer):
         self.code = activation_code(self.kind)
 
     def forward(self, x: Any, training: bool = True) -> Any:
+        self._check_input(x)
         self.y = self.backend.activation(x, self.code, self.alpha, self._buffer("y", x.shape))
         return self.y
 

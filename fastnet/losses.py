@@ -37,6 +37,28 @@ class Loss:
         return f"{type(self).__name__}()"
 
 
+def _check_pair(loss: Loss, outputs: Any, targets: Any) -> None:
+    """Shapes of outputs ``(n, k)`` and targets ``(n,)`` (class indices) or ``(n, k)``."""
+    shape, tshape = getattr(outputs, "shape", ()), getattr(targets, "shape", ())
+    if len(shape) != 2:
+        raise ValueError(
+            f"{type(loss).__name__}: outputs must be 2-D (batch, classes), got shape {tuple(shape)}"
+        )
+    if len(tshape) == 1 and tshape[0] == shape[0]:
+        if targets.dtype.kind not in "iu":
+            raise TypeError(
+                f"{type(loss).__name__}: 1-D targets must be integer class indices, "
+                f"got dtype {targets.dtype}"
+            )
+        return
+    if tuple(tshape) != tuple(shape):
+        raise ValueError(
+            f"{type(loss).__name__}: targets of shape {tuple(tshape)} do not match "
+            f"outputs of shape {tuple(shape)} (expected ({shape[0]},) class indices "
+            f"or {tuple(shape)})"
+        )
+
+
 class SoftmaxCrossEntropy(Loss):
     """Fused softmax + cross-entropy; integer labels ``(n,)`` or one-hot/soft targets ``(n, k)``."""
 
@@ -44,6 +66,7 @@ class SoftmaxCrossEntropy(Loss):
     classification = True
 
     def __call__(self, logits: Any, targets: Any) -> tuple[Any, Any]:
+        _check_pair(self, logits, targets)
         return self.backend.softmax_xent(logits, targets)
 
     def predict_output(self, logits: Any) -> Any:

@@ -59,6 +59,7 @@ class Sequential:
         self.input_dim: int | None = None
         self.history: dict[str, list[float]] = {}
         self.stop_reason: str | None = None
+        self.streamed = False  # whether the last fit streamed its data from host memory
         self.loss.build(self.backend)
 
     # ------------------------------------------------------------------ structure
@@ -117,14 +118,14 @@ class Sequential:
         return loss, correct
 
     # ------------------------------------------------------------------ training
-    def _prepare(self, X: Any, y: Any, name: str = "X") -> tuple[Any, Any]:
-        Xd = check_features(X, name, self.backend, self.dtype, self.input_dim)
+    def _prepare(self, X: Any, y: Any, name: str = "X", on_device: bool = True) -> tuple[Any, Any]:
+        Xd = check_features(X, name, self.backend, self.dtype, self.input_dim, on_device)
         if not self.built:
             self.build(Xd.shape[1])
         integer = isinstance(self.loss, SoftmaxCrossEntropy)
         yname = name.replace("X", "y")
         yd = check_targets(
-            y, yname, Xd.shape[0], self.output_dim, self.backend, self.dtype, integer
+            y, yname, Xd.shape[0], self.output_dim, self.backend, self.dtype, integer, on_device
         )
         return Xd, yd
 
@@ -158,7 +159,14 @@ class Sequential:
             raise ValueError(
                 f"on_divergence must be one of {DIVERGENCE_POLICIES}, got {on_divergence!r}"
             )
-        Xd, yd = self._prepare(X, y)
+        n_bytes = int(np.prod(np.shape(X))) * self.dtype.itemsize
+        self.streamed = not self.backend.fits_on_device(n_bytes)
+        if self.streamed and cuda_graph:
+            raise ValueError(
+                "cuda_graph=True needs the training set resident on the GPU; it is "
+                f"too large ({n_bytes / 2**30:.2f} GiB) and would be streamed"
+            )
+        Xd, yd = self._prepare(X, y, on_device=not self.streamed)
         val = None
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
@@ -176,6 +184,14 @@ class Sequential:
         from tqdm.auto import tqdm
 
         run_epoch = self.run_epoch
+        if self.streamed:
+            from fastnet.streaming import run_epoch_streamed
+
+            host_rng = np.random.default_rng(int(self._rng.integers(2**31)))
+
+            def run_epoch(Xd, yd, bs, rng, shuffle, progress):  # noqa: ANN001
+                return run_epoch_streamed(self, Xd, yd, bs, host_rng, shuffle, progress)
+
         if cuda_graph:
             from fastnet.cuda_graph import GraphedTrainer
 

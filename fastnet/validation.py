@@ -36,9 +36,15 @@ def to_backend_array(x: Any, name: str, backend: Backend, dtype: Any = None) -> 
 
 
 def check_features(
-    x: Any, name: str, backend: Backend, dtype: Any, n_features: int | None = None
+    x: Any,
+    name: str,
+    backend: Backend,
+    dtype: Any,
+    n_features: int | None = None,
+    on_device: bool = True,
 ) -> Any:
-    """Validate a 2-D numeric, finite, non-empty feature matrix and return it on the backend."""
+    """Validate a 2-D numeric, finite, non-empty feature matrix and return it on the backend
+    (or, with ``on_device=False``, as a host NumPy array of ``dtype``)."""
     raw = x if (backend.is_native(x) or array_module_name(x) == "cupy") else np.asarray(x)
     kind = getattr(getattr(raw, "dtype", None), "kind", "O")
     if kind not in "biuf":
@@ -52,9 +58,16 @@ def check_features(
         raise ValueError(f"{name} is empty: shape {tuple(raw.shape)}")
     if n_features is not None and raw.shape[1] != n_features:
         raise ValueError(f"{name} has {raw.shape[1]} features but the model expects {n_features}")
-    arr = to_backend_array(raw, name, backend, dtype)
-    if kind == "f" and not bool(backend.xp.isfinite(arr).all()):
-        bad = int((~backend.xp.isfinite(arr)).sum())
+    if on_device:
+        arr = to_backend_array(raw, name, backend, dtype)
+        xp = backend.xp
+    else:
+        arr = np.ascontiguousarray(
+            raw.get() if array_module_name(raw) == "cupy" else raw, dtype=dtype
+        )
+        xp = np
+    if kind == "f" and not bool(xp.isfinite(arr).all()):
+        bad = int((~xp.isfinite(arr)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return arr
 
@@ -96,10 +109,13 @@ def check_targets(
     backend: Backend,
     dtype: Any,
     integer_labels: bool,
+    on_device: bool = True,
 ) -> Any:
-    """Validate targets: integer labels for softmax classifiers, else an array matching outputs."""
+    """Validate targets: integer labels for softmax classifiers, else an array matching outputs.
+    Returned on the backend, or on the host with ``on_device=False``."""
+    place = backend.asarray if on_device else np.ascontiguousarray
     if integer_labels and np.ndim(y) == 1:
-        return backend.asarray(check_class_labels(y, name, n_samples, n_outputs))
+        return place(check_class_labels(y, name, n_samples, n_outputs))
     host = y.get() if array_module_name(y) == "cupy" else np.asarray(y)
     if host.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric, got dtype {host.dtype}")
@@ -113,7 +129,7 @@ def check_targets(
         )
     if not np.isfinite(host).all():
         raise ValueError(f"{name} contains NaN or infinite values")
-    return backend.asarray(host, dtype)
+    return place(host, dtype)
 
 
 def check_positive_int(value: Any, name: str) -> int:

@@ -116,3 +116,27 @@ def test_cuda_graph_recaptures_when_the_schedule_changes_lr():
         X, y, epochs=3, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(3)], cuda_graph=True
     )
     np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-4)
+
+
+def test_data_too_large_for_the_device_is_streamed_from_pinned_memory(monkeypatch):
+    X, y = make_blobs(n=3000)
+    be = fn.get_backend("cupy")
+    resident = _mlp(seed=3)
+    h1 = resident.fit(X, y, epochs=4, batch_size=64, verbose=0)
+    monkeypatch.setattr(type(be), "device_data_limit_bytes", 1000)
+    streamed = _mlp(seed=3)
+    h2 = streamed.fit(X, y, epochs=4, batch_size=64, verbose=0, validation_data=(X[:500], y[:500]))
+    assert streamed.streamed and not resident.streamed
+    assert h2["loss"][-1] < h2["loss"][0] and h2["val_accuracy"][-1] > 0.9
+    assert abs(h1["accuracy"][-1] - h2["accuracy"][-1]) < 0.05
+    with pytest.raises(ValueError, match="resident on the GPU"):
+        _mlp().fit(X, y, epochs=1, verbose=0, cuda_graph=True)
+
+
+def test_checkpoint_saved_on_gpu_loads_on_cpu(tmp_path):
+    X, y = make_blobs()
+    model = _mlp()
+    model.fit(X, y, epochs=2, verbose=0)
+    model.save(tmp_path / "gpu.npz")
+    cpu = fn.load_model(tmp_path / "gpu.npz", backend="numpy")
+    np.testing.assert_allclose(cpu.predict_proba(X), model.predict_proba(X), rtol=1e-4, atol=1e-6)

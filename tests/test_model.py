@@ -306,3 +306,62 @@ def test_cosine_decay_schedule_sets_lr_each_epoch():
     np.testing.assert_allclose(seen, expected)
     with pytest.raises(ValueError, match="epochs"):
         fn.CosineDecay(0)
+
+
+def test_layers_and_losses_check_their_inputs(backend):
+    dense = fn.Dense(3)
+    with pytest.raises(RuntimeError, match="not built"):
+        dense.forward(np.ones((2, 4)))
+    dense.build(4, backend, np.float32, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"expects inputs of shape \(batch, 4\), got \(2, 5\)"):
+        dense.forward(backend.asarray(np.ones((2, 5), np.float32)))
+    loss = fn.SoftmaxCrossEntropy()
+    loss.build(backend)
+    logits = backend.asarray(np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="do not match"):
+        loss(logits, backend.asarray(np.zeros(5, np.int64)))
+    with pytest.raises(TypeError, match="integer class indices"):
+        loss(logits, backend.asarray(np.zeros(4, np.float32)))
+    with pytest.raises(ValueError, match="2-D"):
+        loss(backend.asarray(np.zeros(4, np.float32)), backend.asarray(np.zeros(4, np.int64)))
+
+
+def test_cli_interrupt_saves_checkpoint(tmp_path, monkeypatch, capsys):
+    from test_data import make_dataset
+
+    from fastnet.cli import main
+
+    make_dataset(tmp_path, n_train=300, n_test=50)
+    original = fn.Sequential.train_step
+    calls = {"n": 0}
+
+    def interrupted(self, xb, yb):
+        calls["n"] += 1
+        if calls["n"] == 7:  # in the second epoch (270 samples: 5 batches an epoch)
+            raise KeyboardInterrupt
+        return original(self, xb, yb)
+
+    monkeypatch.setattr(fn.Sequential, "train_step", interrupted)
+    ckpt = tmp_path / "m.npz"
+    rc = main(
+        [
+            "train",
+            "--data-dir",
+            str(tmp_path),
+            "--epochs",
+            "3",
+            "--batch-size",
+            "64",
+            "--layers",
+            "8",
+            "--backend",
+            "numpy",
+            "--save",
+            str(ckpt),
+            "--verbose",
+            "0",
+        ]
+    )
+    assert rc == 130 and ckpt.exists()
+    assert "interrupted" in capsys.readouterr().err
+    assert fn.load_model(ckpt).parameters()[0].step == 5  # the finished first epoch

@@ -70,6 +70,10 @@ class Backend:
     def take_rows(self, x: Any, idx: Any, out: Any = None) -> Any:
         return self.xp.take(x, idx, axis=0, out=out)
 
+    def fits_on_device(self, nbytes: int) -> bool:
+        """Whether a dataset of ``nbytes`` should be made resident where this backend computes."""
+        return True
+
     def synchronize(self) -> None:
         """Block until all queued work is done (no-op on CPU backends)."""
 

@@ -81,6 +81,24 @@ class CupyBackend(Backend):
     def uniform(self, rng: Any, shape: Any, dtype: Any) -> Any:
         return rng.random_sample(shape, dtype=dtype)
 
+    #: datasets larger than this (or than half the free device memory) are streamed from the host
+    device_data_limit_bytes: int | None = None
+
+    def fits_on_device(self, nbytes: int) -> bool:
+        free, _ = self.xp.cuda.runtime.memGetInfo()
+        limit = (
+            free // 2
+            if self.device_data_limit_bytes is None
+            else min(free // 2, self.device_data_limit_bytes)
+        )
+        return nbytes <= limit
+
+    def pinned_empty(self, shape: Any, dtype: Any) -> np.ndarray:
+        """A page-locked host array (fast, asynchronous host-to-device copies)."""
+        import cupyx
+
+        return cupyx.empty_pinned(shape, dtype=dtype)
+
     def synchronize(self) -> None:
         self.device.synchronize()
 
