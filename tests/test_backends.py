@@ -87,9 +87,10 @@ def test_model_records_which_kernel_ran(backend):
     X = np.random.default_rng(0).standard_normal((16, 5)).astype(np.float32)
     model.fit(X, np.arange(16) % 3, epochs=1, verbose=0)
     report = backend.kernel_report
-    assert {"linear", "linear_backward", "softmax_xent", "update_adam"} <= set(report)
+    assert {"bias_act", "act_backward_bias", "softmax_xent", "update_adam"} <= set(report)
     if backend.name != "numpy":
-        assert "fused" in report["linear"] and "fused" in report["update_adam"]
+        assert "fused" in report["bias_act"] and "fused" in report["act_backward_bias"]
+        assert "fused" in report["update_adam"] and "fused" in report["softmax_xent"]
 
 
 def test_cli_backends_lists_all(capsys):

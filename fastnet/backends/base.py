@@ -13,6 +13,18 @@ import numpy as np
 
 ACTIVATIONS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh")
 ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def contiguous_floats(*arrays: Any) -> bool:
+    """All arrays are float32/float64 of one dtype and C-contiguous (what fused kernels take)."""
+    dtype = arrays[0].dtype
+    if dtype not in FLOAT_DTYPES:
+        return False
+    for a in arrays:
+        if a.dtype != dtype or not a.flags.c_contiguous:
+            return False
+    return True
 
 
 def activation_code(name: str | None) -> int:
@@ -89,8 +101,11 @@ class Backend:
         self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01, out: Any = None
     ) -> Any:
         """``act(x @ w + b)`` into ``out``; ``b`` may be None."""
-        self._ran("linear")
-        z = self.xp.matmul(x, w, out=out)
+        return self.bias_act(self.matmul(x, w, out=out), b, activation, alpha)
+
+    def bias_act(self, z: Any, b: Any, activation: int, alpha: float = 0.01) -> Any:
+        """In place ``z = act(z + b)`` (fused hot path in subclasses)."""
+        self._ran("bias_act")
         if b is not None:
             z += b
         return self._activate_inplace(z, activation, alpha)
@@ -111,14 +126,21 @@ class Backend:
     ) -> Any:
         """Gradients of ``y = act(x @ w + b)``: writes ``dw``, ``db`` (if not None), returns dx.
         ``dz`` is an optional scratch buffer shaped like ``dy``."""
-        self._ran("linear_backward")
+        dz = self.act_backward_bias(y, dy, activation, alpha, dz, db)
+        self.matmul(x.T, dz, out=dw)
+        if not need_dx:
+            return None
+        return self.matmul(dz, w.T, out=dx)
+
+    def act_backward_bias(
+        self, y: Any, dy: Any, activation: int, alpha: float, dz: Any = None, db: Any = None
+    ) -> Any:
+        """``dz = dy * act'(y)`` and, if ``db`` is given, ``db = dz.sum(axis=0)``; returns dz."""
+        self._ran("act_backward_bias")
         dz = self.activation_backward(y, dy, activation, alpha, out=dz)
         if db is not None:
             dz.sum(axis=0, out=db)
-        self.xp.matmul(x.T, dz, out=dw)
-        if not need_dx:
-            return None
-        return self.xp.matmul(dz, w.T, out=dx)
+        return dz
 
     # ------------------------------------------------------------------ activations
     def _activate_inplace(self, z: Any, activation: int, alpha: float) -> Any:

@@ -11,19 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import Backend
+from fastnet.backends.base import FLOAT_DTYPES, Backend, contiguous_floats
 
-FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _fits(*arrays: Any) -> bool:
-    dtype = arrays[0].dtype
-    if dtype not in FLOATS:
-        return False
-    for a in arrays:
-        if a.dtype != dtype or not a.flags.c_contiguous:
-            return False
-    return True
+FLOATS = FLOAT_DTYPES
+_fits = contiguous_floats
 
 
 class CupyBackend(Backend):
@@ -137,43 +128,23 @@ class CupyBackend(Backend):
         self._ran("matmul", "cupy.matmul")
         return self.xp.matmul(a, b, out=out)
 
-    def linear(
-        self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01, out: Any = None
-    ) -> Any:
-        z = self.matmul(x, w, out=out)
+    def bias_act(self, z: Any, b: Any, activation: int, alpha: float = 0.01) -> Any:
         if b is None or not _fits(z, b):
-            self._ran("linear")
-            if b is not None:
-                z += b
-            return self._activate_inplace(z, activation, alpha)
+            return super().bias_act(z, b, activation, alpha)
         self.k.bias_act(z, b, activation, alpha)
-        self._ran("linear", "cuda-fused")
+        self._ran("bias_act", "cuda-fused")
         return z
 
-    def linear_backward(
-        self,
-        x: Any,
-        w: Any,
-        y: Any,
-        dy: Any,
-        activation: int,
-        alpha: float,
-        dw: Any,
-        db: Any,
-        dx: Any = None,
-        need_dx: bool = True,
-        dz: Any = None,
+    def act_backward_bias(
+        self, y: Any, dy: Any, activation: int, alpha: float, dz: Any = None, db: Any = None
     ) -> Any:
-        if db is None or not _fits(y, dy, db) or (dz is not None and not _fits(y, dz)):
-            return super().linear_backward(x, w, y, dy, activation, alpha, dw, db, dx, need_dx, dz)
         if dz is None:
             dz = self.xp.empty_like(dy)
+        if db is None or y.ndim != 2 or not _fits(y, dy, dz, db):
+            return super().act_backward_bias(y, dy, activation, alpha, dz, db)
         self.k.act_backward_bias(y, dy, activation, alpha, dz, db)
-        self._ran("linear_backward", "cuda-fused")
-        self.matmul(x.T, dz, out=dw)
-        if not need_dx:
-            return None
-        return self.matmul(dz, w.T, out=dx)
+        self._ran("act_backward_bias", "cuda-fused")
+        return dz
 
     def activation(self, x: Any, activation: int, alpha: float = 0.01, out: Any = None) -> Any:
         if out is None:

@@ -12,20 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import Backend
+from fastnet.backends.base import FLOAT_DTYPES, Backend, contiguous_floats
 
-FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def _fits(*arrays: Any) -> bool:
-    """All arrays are float32/float64 of one dtype and C-contiguous."""
-    dtype = arrays[0].dtype
-    if dtype not in FLOATS:
-        return False
-    for a in arrays:
-        if a.dtype != dtype or not a.flags.c_contiguous:
-            return False
-    return True
+FLOATS = FLOAT_DTYPES
+_fits = contiguous_floats
 
 
 class NumbaBackend(Backend):
@@ -78,52 +68,27 @@ class NumbaBackend(Backend):
     def _pick(self, serial: Any, parallel: Any, a: Any) -> Any:
         return parallel if a.size >= self.parallel_min_elements else serial
 
-    # ------------------------------------------------------------------ dense layer
-    def linear(
-        self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01, out: Any = None
-    ) -> Any:
-        if (
-            b is None
-            or not _fits(w, b)
-            or x.dtype != w.dtype
-            or (out is not None and not _fits(w, out))
-        ):
-            return super().linear(x, w, b, activation, alpha, out)
-        z = self.matmul(x, w, out=out)
+    # ------------------------------------------------------------------ dense layer hooks
+    def bias_act(self, z: Any, b: Any, activation: int, alpha: float = 0.01) -> Any:
+        if b is None or not _fits(z, b):
+            return super().bias_act(z, b, activation, alpha)
         kernel = self.k.bias_act_parallel if self._big(z) else self.k.bias_act
         kernel(z, b, activation, z.dtype.type(alpha))
-        self._ran("linear", "numba-fused")
+        self._ran("bias_act", "numba-fused")
         return z
 
-    def linear_backward(
-        self,
-        x: Any,
-        w: Any,
-        y: Any,
-        dy: Any,
-        activation: int,
-        alpha: float,
-        dw: Any,
-        db: Any,
-        dx: Any = None,
-        need_dx: bool = True,
-        dz: Any = None,
+    def act_backward_bias(
+        self, y: Any, dy: Any, activation: int, alpha: float, dz: Any = None, db: Any = None
     ) -> Any:
-        arrays = (
-            [w, y, dy, dw] + ([db] if db is not None else []) + ([dz] if dz is not None else [])
-        )
-        if not _fits(*arrays) or x.dtype != w.dtype:
-            return super().linear_backward(x, w, y, dy, activation, alpha, dw, db, dx, need_dx, dz)
         if dz is None:
-            dz = np.empty_like(dy)
+            dz = np.empty_like(dy, order="C")
+        if y.ndim != 2 or not _fits(y, dy, dz, *([db] if db is not None else [])):
+            return super().act_backward_bias(y, dy, activation, alpha, dz, db)
         bias_grad = db if db is not None else self._no_bias(dy.dtype)
         kernel = self.k.act_backward_bias_parallel if self._big(dy) else self.k.act_backward_bias
         kernel(y, dy, activation, dy.dtype.type(alpha), dz, bias_grad)
-        self._ran("linear_backward", "numba-fused")
-        self.matmul(x.T, dz, out=dw)
-        if not need_dx:
-            return None
-        return self.matmul(dz, w.T, out=dx)
+        self._ran("act_backward_bias", "numba-fused")
+        return dz
 
     def _no_bias(self, dtype: np.dtype) -> np.ndarray:
         if dtype not in self._empty_bias:
@@ -148,14 +113,9 @@ class NumbaBackend(Backend):
     def activation_backward(
         self, y: Any, dy: Any, activation: int, alpha: float = 0.01, out: Any = None
     ) -> Any:
-        if out is None:
-            out = np.empty_like(dy, order="C")
-        if y.ndim != 2 or not _fits(y, dy, out):
+        if y.ndim != 2 or not _fits(y, dy) or (out is not None and not _fits(y, out)):
             return super().activation_backward(y, dy, activation, alpha, out)
-        kernel = self.k.act_backward_bias_parallel if self._big(dy) else self.k.act_backward_bias
-        kernel(y, dy, activation, dy.dtype.type(alpha), out, self._no_bias(dy.dtype))
-        self._ran("activation_backward", "numba-fused")
-        return out
+        return self.act_backward_bias(y, dy, activation, alpha, out, None)
 
     # ------------------------------------------------------------------ loss
     def softmax_xent(self, logits: Any, labels: Any, dlogits: Any = None) -> tuple[Any, Any]:
