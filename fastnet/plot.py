@@ -10,6 +10,7 @@ def plot_history(history: dict[str, list[float]], path: str, title: str = "") ->
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
     except ImportError:
         raise ImportError("plotting needs matplotlib: pip install 'fastnet[plot]'") from None
     epochs = range(1, len(history["loss"]) + 1)
@@ -19,6 +20,7 @@ def plot_history(history: dict[str, list[float]], path: str, title: str = "") ->
         if f"val_{key}" in history:
             ax.plot(epochs, history[f"val_{key}"], "s-", label=f"validation {label}")
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend()
