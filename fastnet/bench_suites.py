@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends import get_backend, probe
-from fastnet.benchmark import Contestant, Result, format_table, interleaved, machine_info
+from fastnet.benchmark import Contestant, format_table, interleaved, machine_info
 
 DEFAULT_SIZES = (784, 256, 128, 10)
 
@@ -515,4 +515,4 @@ def run_bench(args: Any) -> int:
     return 0
 
 
-__all__ = ["Result", "run_bench", "run_suites"]
+__all__ = ["run_bench", "run_suites"]

@@ -11,7 +11,7 @@ import numpy as np
 
 from fastnet.backends import Backend, get_backend
 from fastnet.callbacks import Callback
-from fastnet.layers import Dense, Layer
+from fastnet.layers import Layer
 from fastnet.losses import Loss, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy, get_loss
 from fastnet.optimizers import Optimizer, get_optimizer
 from fastnet.parameter import Parameter
@@ -408,4 +408,4 @@ class Sequential:
         return self.summary()
 
 
-__all__ = ["Dense", "Sequential", "TrainingDivergedError"]
+__all__ = ["Sequential", "TrainingDivergedError"]

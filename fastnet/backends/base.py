@@ -7,6 +7,7 @@ anything their kernels do not cover. Every op records which implementation ran i
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,15 @@ import numpy as np
 ACTIVATIONS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh")
 ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def adam_step_scalars(
+    lr: float, beta1: float, beta2: float, eps: float, t: int
+) -> tuple[float, float]:
+    """Adam's bias correction folded into ``(step, eps_hat)`` for update ``t`` (Kingma & Ba,
+    sec. 2): ``p -= step * m / (sqrt(v) + eps_hat)`` equals the bias-corrected update."""
+    correction = math.sqrt(1 - beta2**t)
+    return lr * correction / (1 - beta1**t), eps * correction
 
 
 def contiguous_floats(*arrays: Any) -> bool:
@@ -295,6 +305,5 @@ class Backend:
         m += (1 - beta1) * g
         v *= beta2
         v += (1 - beta2) * (g * g)
-        step = lr * np.sqrt(1 - beta2**t) / (1 - beta1**t)
-        eps_hat = eps * np.sqrt(1 - beta2**t)
-        p -= float(step) * m / (self.xp.sqrt(v) + float(eps_hat))
+        step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
+        p -= step * m / (self.xp.sqrt(v) + eps_hat)

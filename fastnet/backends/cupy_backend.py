@@ -11,10 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import FLOAT_DTYPES, Backend, contiguous_floats
-
-FLOATS = FLOAT_DTYPES
-_fits = contiguous_floats
+from fastnet.backends.base import FLOAT_DTYPES, Backend, adam_step_scalars, contiguous_floats
 
 
 class CupyBackend(Backend):
@@ -129,7 +126,7 @@ class CupyBackend(Backend):
         return self.xp.matmul(a, b, out=out)
 
     def bias_act(self, z: Any, b: Any, activation: int, alpha: float = 0.01) -> Any:
-        if b is None or not _fits(z, b):
+        if b is None or not contiguous_floats(z, b):
             return super().bias_act(z, b, activation, alpha)
         self.k.bias_act(z, b, activation, alpha)
         self._ran("bias_act", "cuda-fused")
@@ -140,7 +137,7 @@ class CupyBackend(Backend):
     ) -> Any:
         if dz is None:
             dz = self.xp.empty_like(dy)
-        if db is None or y.ndim != 2 or not _fits(y, dy, dz, db):
+        if db is None or y.ndim != 2 or not contiguous_floats(y, dy, dz, db):
             return super().act_backward_bias(y, dy, activation, alpha, dz, db)
         self.k.act_backward_bias(y, dy, activation, alpha, dz, db)
         self._ran("act_backward_bias", "cuda-fused")
@@ -173,14 +170,14 @@ class CupyBackend(Backend):
     ) -> tuple[Any, Any]:
         """As the reference; with ``loss_out`` given, ``loss_scale * sum(row losses)`` is added to
         it instead of returning a fresh mean (used by CUDA-graph training)."""
-        if labels.ndim != 1 or labels.dtype.kind not in "iu" or logits.dtype not in FLOATS:
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or logits.dtype not in FLOAT_DTYPES:
             return super().softmax_xent(logits, labels, dlogits)
         xp = self.xp
         logits = xp.ascontiguousarray(logits)
         if labels.dtype != np.int64:
             labels = labels.astype(np.int64)
         n, m = logits.shape
-        if dlogits is None or not _fits(logits, dlogits):
+        if dlogits is None or not contiguous_floats(logits, dlogits):
             dlogits = xp.empty_like(logits)
         if loss_out is None:
             loss_out = xp.zeros((), dtype=logits.dtype)
@@ -196,7 +193,7 @@ class CupyBackend(Backend):
         return loss_out, dlogits
 
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
-        if labels.ndim != 1 or logits.dtype not in FLOATS:
+        if labels.ndim != 1 or logits.dtype not in FLOAT_DTYPES:
             return super().count_correct(logits, labels)
         if labels.dtype != np.int64:
             labels = labels.astype(np.int64)
@@ -257,13 +254,13 @@ class CupyBackend(Backend):
             sc = self.graph_adam_scalars[p.dtype.name]
             self.k.adam_device_scalars_kernel()(g, sc, c(beta1), c(beta2), c(wd), p, m, v)
         else:
-            correction = np.sqrt(1 - beta2**t)
+            step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
             self.k.adam_kernel()(
                 g,
-                c(lr * correction / (1 - beta1**t)),
+                c(step),
                 c(beta1),
                 c(beta2),
-                c(eps * correction),
+                c(eps_hat),
                 c(wd),
                 p,
                 m,

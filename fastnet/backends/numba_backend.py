@@ -12,10 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import FLOAT_DTYPES, Backend, contiguous_floats
-
-FLOATS = FLOAT_DTYPES
-_fits = contiguous_floats
+from fastnet.backends.base import FLOAT_DTYPES, Backend, adam_step_scalars, contiguous_floats
 
 
 class NumbaBackend(Backend):
@@ -51,8 +48,8 @@ class NumbaBackend(Backend):
         m = b.shape[1]
         if (
             n * k * m <= self.small_matmul_max_flops
-            and _fits(a, b)
-            and (out is None or _fits(a, out))
+            and contiguous_floats(a, b)
+            and (out is None or contiguous_floats(a, out))
         ):
             if out is None:
                 out = np.empty((n, m), dtype=a.dtype)
@@ -70,7 +67,7 @@ class NumbaBackend(Backend):
 
     # ------------------------------------------------------------------ dense layer hooks
     def bias_act(self, z: Any, b: Any, activation: int, alpha: float = 0.01) -> Any:
-        if b is None or not _fits(z, b):
+        if b is None or not contiguous_floats(z, b):
             return super().bias_act(z, b, activation, alpha)
         kernel = self.k.bias_act_parallel if self._big(z) else self.k.bias_act
         kernel(z, b, activation, z.dtype.type(alpha))
@@ -82,7 +79,7 @@ class NumbaBackend(Backend):
     ) -> Any:
         if dz is None:
             dz = np.empty_like(dy, order="C")
-        if y.ndim != 2 or not _fits(y, dy, dz, *([db] if db is not None else [])):
+        if y.ndim != 2 or not contiguous_floats(y, dy, dz, *([db] if db is not None else [])):
             return super().act_backward_bias(y, dy, activation, alpha, dz, db)
         bias_grad = db if db is not None else self._no_bias(dy.dtype)
         kernel = self.k.act_backward_bias_parallel if self._big(dy) else self.k.act_backward_bias
@@ -99,7 +96,7 @@ class NumbaBackend(Backend):
     def activation(self, x: Any, activation: int, alpha: float = 0.01, out: Any = None) -> Any:
         if out is None:
             out = np.empty_like(x, order="C")
-        if x.ndim != 2 or not _fits(out) or x.dtype != out.dtype:
+        if x.ndim != 2 or not contiguous_floats(out) or x.dtype != out.dtype:
             return super().activation(x, activation, alpha, out)
         key = (x.shape[1], x.dtype)
         if key not in self._zero_bias:
@@ -113,13 +110,17 @@ class NumbaBackend(Backend):
     def activation_backward(
         self, y: Any, dy: Any, activation: int, alpha: float = 0.01, out: Any = None
     ) -> Any:
-        if y.ndim != 2 or not _fits(y, dy) or (out is not None and not _fits(y, out)):
+        if (
+            y.ndim != 2
+            or not contiguous_floats(y, dy)
+            or (out is not None and not contiguous_floats(y, out))
+        ):
             return super().activation_backward(y, dy, activation, alpha, out)
         return self.act_backward_bias(y, dy, activation, alpha, out, None)
 
     # ------------------------------------------------------------------ loss
     def softmax_xent(self, logits: Any, labels: Any, dlogits: Any = None) -> tuple[Any, Any]:
-        if labels.ndim != 1 or labels.dtype.kind not in "iu" or logits.dtype not in FLOATS:
+        if labels.ndim != 1 or labels.dtype.kind not in "iu" or logits.dtype not in FLOAT_DTYPES:
             return super().softmax_xent(logits, labels, dlogits)
         logits = np.ascontiguousarray(logits)
         labels = np.ascontiguousarray(labels)
@@ -131,7 +132,7 @@ class NumbaBackend(Backend):
                 f"softmax_xent: labels must be in [0, {m}), got range "
                 f"[{labels.min()}, {labels.max()}]"
             )
-        if dlogits is None or not _fits(logits, dlogits):
+        if dlogits is None or not contiguous_floats(logits, dlogits):
             dlogits = np.empty_like(logits)
         inv_n = logits.dtype.type(1.0 / n)
         kernel = self.k.softmax_xent_parallel if self._big(logits) else self.k.softmax_xent
@@ -140,13 +141,13 @@ class NumbaBackend(Backend):
         return logits.dtype.type(loss), dlogits
 
     def count_correct(self, logits: Any, labels: Any) -> Any:
-        if labels.ndim != 1 or logits.dtype not in FLOATS:
+        if labels.ndim != 1 or logits.dtype not in FLOAT_DTYPES:
             return super().count_correct(logits, labels)
         return self.k.count_correct(np.ascontiguousarray(logits), np.ascontiguousarray(labels))
 
     # ------------------------------------------------------------------ optimizer updates
     def update_sgd(self, p: Any, g: Any, lr: float, wd: float = 0.0) -> None:
-        if not _fits(p, g):
+        if not contiguous_floats(p, g):
             return super().update_sgd(p, g, lr, wd)
         t = p.dtype.type
         self._pick(self.k.sgd_update, self.k.sgd_update_parallel, p)(
@@ -164,7 +165,7 @@ class NumbaBackend(Backend):
         nesterov: bool = False,
         wd: float = 0.0,
     ) -> None:
-        if not _fits(p, g, v):
+        if not contiguous_floats(p, g, v):
             return super().update_momentum(p, g, v, lr, momentum, nesterov, wd)
         t = p.dtype.type
         self._pick(self.k.momentum_update, self.k.momentum_update_parallel, p)(
@@ -175,7 +176,7 @@ class NumbaBackend(Backend):
     def update_adagrad(
         self, p: Any, g: Any, h: Any, lr: float, eps: float, wd: float = 0.0
     ) -> None:
-        if not _fits(p, g, h):
+        if not contiguous_floats(p, g, h):
             return super().update_adagrad(p, g, h, lr, eps, wd)
         t = p.dtype.type
         self._pick(self.k.adagrad_update, self.k.adagrad_update_parallel, p)(
@@ -186,7 +187,7 @@ class NumbaBackend(Backend):
     def update_rmsprop(
         self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float, wd: float = 0.0
     ) -> None:
-        if not _fits(p, g, h):
+        if not contiguous_floats(p, g, h):
             return super().update_rmsprop(p, g, h, lr, rho, eps, wd)
         t = p.dtype.type
         self._pick(self.k.rmsprop_update, self.k.rmsprop_update_parallel, p)(
@@ -207,11 +208,10 @@ class NumbaBackend(Backend):
         t: int,
         wd: float = 0.0,
     ) -> None:
-        if not _fits(p, g, m, v):
+        if not contiguous_floats(p, g, m, v):
             return super().update_adam(p, g, m, v, lr, beta1, beta2, eps, t, wd)
         c = p.dtype.type
-        correction = np.sqrt(1 - beta2**t)
-        step = lr * correction / (1 - beta1**t)
+        step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
         self._pick(self.k.adam_update, self.k.adam_update_parallel, p)(
             p.reshape(-1),
             g.reshape(-1),
@@ -220,7 +220,7 @@ class NumbaBackend(Backend):
             c(step),
             c(beta1),
             c(beta2),
-            c(eps * correction),
+            c(eps_hat),
             c(wd),
         )
         self._ran("update_adam", "numba-fused")
