@@ -67,10 +67,11 @@ def _bias_act_row(row, b, code, alpha):
             v = row[j] + b[j]
             row[j] = v if v > 0 else v * alpha
     elif code == 3:
+        one = row.dtype.type(1)
         for j in range(m):
             v = row[j] + b[j]
             e = math.exp(-abs(v))
-            row[j] = 1 / (1 + e) if v >= 0 else e / (1 + e)
+            row[j] = one / (one + e) if v >= 0 else e / (one + e)
     else:
         for j in range(m):
             row[j] = math.tanh(row[j] + b[j])
@@ -103,11 +104,13 @@ def _act_grad_row(y, dy, dz, code, alpha):
         for j in range(m):
             dz[j] = dy[j] if y[j] > 0 else dy[j] * alpha
     elif code == 3:
+        one = dz.dtype.type(1)
         for j in range(m):
-            dz[j] = dy[j] * y[j] * (1 - y[j])
+            dz[j] = dy[j] * y[j] * (one - y[j])
     else:
+        one = dz.dtype.type(1)
         for j in range(m):
-            dz[j] = dy[j] * (1 - y[j] * y[j])
+            dz[j] = dy[j] * (one - y[j] * y[j])
 
 
 @njit(**SERIAL)
@@ -235,6 +238,8 @@ def count_correct(logits, labels):
 
 # ---------------------------------------------------------------------------- optimizer updates
 # Parameters, gradients and state are flattened 1-D views; scalars arrive in the array dtype.
+# Constants are typed with ``p.dtype.type``: a bare ``1 - beta`` is int64 - float32, which numba
+# types as float64 and would run the whole float32 update in (4-wide) double precision.
 # Each rule is one inlined element function driven by a serial and a parallel loop.
 @njit(**INLINE)
 def _sgd(i, p, g, lr, wd):
@@ -260,7 +265,7 @@ def _adagrad(i, p, g, h, lr, eps, wd):
 @njit(**INLINE)
 def _rmsprop(i, p, g, h, lr, rho, eps, wd):
     gi = g[i] + wd * p[i]
-    hi = rho * h[i] + (1 - rho) * gi * gi
+    hi = rho * h[i] + (p.dtype.type(1) - rho) * gi * gi
     h[i] = hi
     p[i] -= lr * gi / (math.sqrt(hi) + eps)
 
@@ -268,8 +273,9 @@ def _rmsprop(i, p, g, h, lr, rho, eps, wd):
 @njit(**INLINE)
 def _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd):
     gi = g[i] + wd * p[i]
-    mi = beta1 * m[i] + (1 - beta1) * gi
-    vi = beta2 * v[i] + (1 - beta2) * gi * gi
+    one = p.dtype.type(1)
+    mi = beta1 * m[i] + (one - beta1) * gi
+    vi = beta2 * v[i] + (one - beta2) * gi * gi
     m[i] = mi
     v[i] = vi
     p[i] -= step * mi / (math.sqrt(vi) + eps_hat)
