@@ -215,9 +215,8 @@ def test_numba_float32_kernels_never_widen_to_float64(name):
 
     if not probe("numba").available:
         pytest.skip("numba unavailable")
-    from numba import njit
-
     from fastnet.kernels import numba_cpu
+    from numba import njit
 
     options = {**numba_cpu.SERIAL, "cache": False}
     fresh = njit(**options)(getattr(numba_cpu, name).py_func)
