@@ -197,13 +197,14 @@ def load_training_data(quick: bool) -> tuple[np.ndarray, np.ndarray, str]:
     return X, y, source
 
 
-def _model(backend: Any, sizes: tuple[int, ...]):
+def _model(backend: Any, sizes: tuple[int, ...], optimizer: str = "adam"):
     from fastnet.layers import Dense
     from fastnet.model import Sequential
-    from fastnet.optimizers import Adam
+    from fastnet.optimizers import SGD, Adam
 
+    opt = Adam(1e-3) if optimizer == "adam" else SGD(0.01)
     layers = [Dense(s, "relu") for s in sizes[1:-1]] + [Dense(sizes[-1])]
-    return Sequential(layers, optimizer=Adam(1e-3), backend=backend, seed=0).build(sizes[0])
+    return Sequential(layers, optimizer=opt, backend=backend, seed=0).build(sizes[0])
 
 
 def step_flops(sizes: tuple[int, ...], batch: int) -> float:
@@ -434,11 +435,21 @@ def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -
         groups.update(train)
         groups.update(big_gpu_groups(backends, quick))
         report["train_notes"] = notes
+    if suite in ("floor", "all") and any(be.name == "numba" for be in backends):
+        from fastnet.floor_breakdown import floor_groups
+
+        X, y, _ = load_training_data(quick)
+        numba = get_backend("numba")
+        groups.update(
+            floor_groups(X, y, DEFAULT_SIZES, 128, lambda opt: _model(numba, DEFAULT_SIZES, opt))
+        )
     for title, contestants in groups.items():
         names = [c.name for c in contestants]
         reference = next((r for r in ("numpy", "fastnet-numpy", "matmul-only") if r in names), None)
         if title.startswith("train epoch") and "book-numpy" in names:
             reference = "book-numpy"
+        if title.startswith("floor breakdown"):
+            reference = "matmul-only-cpu"
         results = interleaved(contestants, rounds=rounds, reference=reference)
         report["groups"][title] = {
             "reference": reference,

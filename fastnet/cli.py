@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmark backends against each other and peers")
     bench.add_argument("--backends", default=None, help="comma list (default: all available)")
-    bench.add_argument("--suite", default="all", choices=["kernels", "train", "all"])
+    bench.add_argument("--suite", default="all", choices=["kernels", "train", "floor", "all"])
     bench.add_argument("--rounds", type=_positive(int), default=5)
     bench.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     bench.add_argument("--json", default=None, help="write results as JSON")

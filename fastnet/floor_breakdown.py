@@ -1,0 +1,151 @@
+"""Where a CPU training epoch goes beyond its matmuls: the framework against a stripped loop.
+
+The stripped loop is the least code that can train the MLP with the numba kernels: no layers,
+no wrappers, no checks, all parameters in one flat arena updated by a single optimizer call.
+Parts can be switched off, so timing the variants side by side (``fastnet bench --suite floor``)
+prices each part of the step: the row gather, the fused elementwise kernels, the optimizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from fastnet.benchmark import Contestant
+
+RELU, LINEAR = 1, 0
+
+
+def stripped_epoch(
+    X: np.ndarray,
+    y: np.ndarray,
+    sizes: Sequence[int],
+    batch: int,
+    *,
+    gather: bool = True,
+    elementwise: bool = True,
+    optimizer: str | None = "adam",
+    seed: int = 0,
+) -> Callable[[], float]:
+    """A closure running one epoch (full batches) of a ReLU MLP with the numba kernels; it
+    returns the epoch's mean loss (nan with ``elementwise=False``).
+
+    ``gather=False`` reuses one batch (no row gather); ``elementwise=False`` skips bias,
+    activation, loss and their backward (the matmuls still run); ``optimizer`` is ``"adam"``,
+    ``"sgd"`` or ``None`` (no update)."""
+    from fastnet.backends import get_backend
+    from fastnet.backends.base import adam_step_scalars
+
+    get_backend("numba")  # applies the backend's threading settings
+    from fastnet.kernels import numba_cpu as k
+
+    f32 = np.float32
+    rng = np.random.default_rng(seed)
+    shapes = list(zip(sizes[:-1], sizes[1:]))
+    total = sum(a * b + b for a, b in shapes)
+    params, grads = np.zeros(total, f32), np.zeros(total, f32)
+    m1, m2 = np.zeros(total, f32), np.zeros(total, f32)
+    Ws, bs, dWs, dbs = [], [], [], []
+    offset = 0
+    for a, b in shapes:
+        W = params[offset : offset + a * b].reshape(a, b)
+        W[:] = rng.standard_normal((a, b)) * np.sqrt(2.0 / a)
+        Ws.append(W)
+        dWs.append(grads[offset : offset + a * b].reshape(a, b))
+        offset += a * b
+        bs.append(params[offset : offset + b])
+        dbs.append(grads[offset : offset + b])
+        offset += b
+    acts = [RELU] * (len(shapes) - 1) + [LINEAR]
+    hs = [np.empty((batch, b), f32) for _, b in shapes]
+    dzs = [np.zeros((batch, b), f32) for _, b in shapes]
+    dxs = [np.zeros((batch, a), f32) for a, _ in shapes]
+    xb = np.array(X[:batch], dtype=f32)  # copies: the gather writes into these
+    yb = np.array(y[:batch], dtype=np.int64)
+    alpha, inv_n = f32(0.01), f32(1.0 / batch)
+    beta1, beta2 = f32(0.9), f32(0.999)
+    n, last = len(X), len(shapes) - 1
+    state = {"t": 0}
+
+    def step() -> float:
+        loss = float("nan")
+        inp = xb
+        for W, b, h, act in zip(Ws, bs, hs, acts):
+            np.matmul(inp, W, out=h)
+            if elementwise:
+                k.bias_act(h, b, act, alpha)
+            inp = h
+        if elementwise:
+            loss = k.softmax_xent(hs[-1], yb, dzs[-1], inv_n, True)
+        dy = dzs[-1]
+        for i in range(last, -1, -1):
+            dz = dy
+            if elementwise:
+                if acts[i] == LINEAR:
+                    dy.sum(axis=0, out=dbs[i])
+                else:
+                    k.act_backward_bias(hs[i], dy, acts[i], alpha, dzs[i], dbs[i])
+                    dz = dzs[i]
+            np.matmul((xb if i == 0 else hs[i - 1]).T, dz, out=dWs[i])
+            if i:
+                np.matmul(dz, Ws[i].T, out=dxs[i])
+                dy = dxs[i]
+        if optimizer == "adam":
+            state["t"] += 1
+            lr_t, eps_hat = adam_step_scalars(1e-3, 0.9, 0.999, 1e-8, state["t"])
+            k.adam_update(params, grads, m1, m2, f32(lr_t), beta1, beta2, f32(eps_hat), f32(0))
+        elif optimizer == "sgd":
+            k.sgd_update(params, grads, f32(0.01), f32(0))
+        return loss
+
+    def epoch() -> float:
+        order = rng.permutation(n)
+        losses = []
+        for lo in range(0, n - batch + 1, batch):
+            if gather:
+                idx = order[lo : lo + batch]
+                # a permutation: in range. mode="raise" would make np.take buffer `out` (4x slower)
+                np.take(X, idx, axis=0, out=xb, mode="wrap")
+                np.take(y, idx, out=yb, mode="wrap")
+            losses.append(step())
+        return float(np.mean(losses))
+
+    return epoch
+
+
+def floor_groups(
+    X: np.ndarray, y: np.ndarray, sizes: Sequence[int], batch: int, model_for: Callable[[str], Any]
+) -> dict[str, list[Contestant]]:
+    """The stripped-loop variants next to the floor and the framework (numba, Adam and SGD).
+    ``model_for(optimizer_name)`` builds the framework's model on the numba backend."""
+    from fastnet.backends import get_backend
+    from fastnet.baselines import matmul_only_epoch
+
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    y = np.ascontiguousarray(y, dtype=np.int64)
+    be = get_backend("numba")
+    variants = {
+        "stripped: matmuls + loop": dict(gather=False, elementwise=False, optimizer=None),
+        "stripped: + row gather": dict(gather=True, elementwise=False, optimizer=None),
+        "stripped: + fused elementwise": dict(optimizer=None),
+        "stripped: + SGD update": dict(optimizer="sgd"),
+        "stripped: + Adam update": dict(optimizer="adam"),
+    }
+    contestants = [
+        Contestant("matmul-only-cpu", matmul_only_epoch(np, sizes, len(X), batch, np.float32))
+    ]
+    contestants += [
+        Contestant(name, stripped_epoch(X, y, sizes, batch, **kw)) for name, kw in variants.items()
+    ]
+    for opt in ("adam", "sgd"):
+        model, order = model_for(opt), be.rng(0)
+        contestants.append(
+            Contestant(
+                f"fastnet-numba ({opt})",
+                lambda m=model, o=order: m.run_epoch(X, y, batch, o),
+            )
+        )
+    title = f"floor breakdown {'-'.join(map(str, sizes))} batch {batch} (numba, CPU)"
+    return {title: contestants}

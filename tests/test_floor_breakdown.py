@@ -1,0 +1,51 @@
+"""The stripped numba loop used to price each part of a training step really trains."""
+
+import math
+
+import numpy as np
+import pytest
+from conftest import make_blobs
+
+from fastnet.backends import probe
+
+pytestmark = pytest.mark.skipif(not probe("numba").available, reason="numba unavailable")
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_stripped_epoch_trains(optimizer):
+    from fastnet.floor_breakdown import stripped_epoch
+
+    X, y = make_blobs(n=512, d=20, k=4)
+    epoch = stripped_epoch(X, y, (20, 32, 4), 32, optimizer=optimizer)
+    losses = [epoch() for _ in range(8)]
+    assert all(math.isfinite(v) for v in losses)
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_stripped_epoch_without_update_keeps_loss():
+    from fastnet.floor_breakdown import stripped_epoch
+
+    X, y = make_blobs(n=256, d=10, k=3)
+    epoch = stripped_epoch(X, y, (10, 16, 3), 32, optimizer=None)
+    first, second = epoch(), epoch()
+    assert first == pytest.approx(second, rel=1e-5)  # same weights, same samples
+    assert math.isnan(stripped_epoch(X, y, (10, 16, 3), 32, elementwise=False)())
+
+
+def test_floor_groups_price_every_part():
+    from fastnet.backends import get_backend
+    from fastnet.bench_suites import _model
+    from fastnet.benchmark import interleaved
+    from fastnet.floor_breakdown import floor_groups
+
+    X, y = make_blobs(n=256, d=784, k=10)
+    sizes = (784, 256, 128, 10)
+    numba = get_backend("numba")
+    ((title, contestants),) = floor_groups(
+        X, y, sizes, 128, lambda opt: _model(numba, sizes, opt)
+    ).items()
+    names = [c.name for c in contestants]
+    assert names[0] == "matmul-only-cpu" and "fastnet-numba (adam)" in names
+    results = interleaved(contestants, rounds=1, reference="matmul-only-cpu")
+    assert all(r.times[0] > 0 and r.ratio > 0 for r in results)
+    assert np.isfinite([r.median for r in results]).all()
