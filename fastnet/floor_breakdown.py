@@ -115,6 +115,13 @@ def stripped_epoch(
     return epoch
 
 
+def _framework_epoch(
+    model: Any, backend: Any, X: np.ndarray, y: np.ndarray, batch: int
+) -> Callable[[], Any]:
+    order = backend.rng(0)
+    return lambda: model.run_epoch(X, y, batch, order)
+
+
 def floor_groups(
     X: np.ndarray, y: np.ndarray, sizes: Sequence[int], batch: int, model_for: Callable[[str], Any]
 ) -> dict[str, list[Contestant]]:
@@ -126,7 +133,7 @@ def floor_groups(
     X = np.ascontiguousarray(X, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.int64)
     be = get_backend("numba")
-    variants = {
+    variants: dict[str, dict[str, Any]] = {
         "stripped: matmuls + loop": dict(gather=False, elementwise=False, optimizer=None),
         "stripped: + row gather": dict(gather=True, elementwise=False, optimizer=None),
         "stripped: + fused elementwise": dict(optimizer=None),
@@ -140,12 +147,8 @@ def floor_groups(
         Contestant(name, stripped_epoch(X, y, sizes, batch, **kw)) for name, kw in variants.items()
     ]
     for opt in ("adam", "sgd"):
-        model, order = model_for(opt), be.rng(0)
         contestants.append(
-            Contestant(
-                f"fastnet-numba ({opt})",
-                lambda m=model, o=order: m.run_epoch(X, y, batch, o),
-            )
+            Contestant(f"fastnet-numba ({opt})", _framework_epoch(model_for(opt), be, X, y, batch))
         )
     title = f"floor breakdown {'-'.join(map(str, sizes))} batch {batch} (numba, CPU)"
     return {title: contestants}

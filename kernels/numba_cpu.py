@@ -8,15 +8,16 @@ Every kernel is ``@njit(**SERIAL)``. Kernels that pay off from threads come in a
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numba import njit, prange
 
 # error_model="numpy": division by zero gives inf/nan instead of a per-element check, which
 # would stop LLVM from vectorizing the loops.
-SERIAL = {"cache": True, "fastmath": True, "error_model": "numpy"}
-PARALLEL = {**SERIAL, "parallel": True}
-INLINE = {**SERIAL, "inline": "always"}
+SERIAL: dict[str, Any] = {"cache": True, "fastmath": True, "error_model": "numpy"}
+PARALLEL: dict[str, Any] = {**SERIAL, "parallel": True}
+INLINE: dict[str, Any] = {**SERIAL, "inline": "always"}
 
 # ---------------------------------------------------------------------------- vectorizable exp
 # llvmlite without SVML computes exp one element at a time. This float32 exp (Cephes expf:
