@@ -154,6 +154,30 @@ def test_fused_optimizer_updates_match_reference(fast_backend, ref, rng, dtype, 
     np.testing.assert_allclose(to_np(be, s[0]), s_ref[0], **tol)
 
 
+@pytest.mark.parametrize("rule", sorted(UPDATES))
+def test_numba_updates_on_strided_parameters_use_the_reference(ref, rng, rule):
+    """A strided parameter view cannot be flattened in place: the numba backend must run the
+    reference update on it (and say so), with the same result."""
+    from fastnet.backends import get_backend, probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    be = get_backend("numba")
+    full = rng.standard_normal((40, 30)).astype(np.float32)
+    grads = [rng.standard_normal((40, 15)).astype(np.float32) for _ in range(3)]
+    p, p_ref = full.copy()[:, ::2], full[:, ::2].copy()
+    s = [np.zeros((40, 15), np.float32), np.zeros((40, 15), np.float32)]
+    s_ref = [a.copy() for a in s]
+    for t, g in enumerate(grads, start=1):
+        UPDATES[rule](ref, p_ref, g, s_ref, t)
+        UPDATES[rule](be, p, g, s, t)
+    op = "update_momentum" if rule == "nesterov" else f"update_{rule}"
+    assert be.kernel_report[op] == "reference"
+    np.testing.assert_allclose(p, p_ref, rtol=1e-6, atol=1e-7)
+    UPDATES[rule](be, np.ascontiguousarray(p), grads[0], s, 4)
+    assert be.kernel_report[op] == "numba-fused"
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1), (4, 7, 3), (16, 128, 10), (64, 300, 70)])
 def test_numba_small_matmul_kernel_matches_blas(rng, shape):
     from fastnet.backends import probe

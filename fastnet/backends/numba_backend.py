@@ -8,6 +8,7 @@ Size thresholds below were measured with ``bench/`` on the 2-core CI-class machi
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -59,9 +60,6 @@ class NumbaBackend(Backend):
         self._ran("matmul", "blas")
         return np.matmul(a, b, out=out)
 
-    def _big(self, a: Any) -> bool:
-        return a.size >= self.parallel_min_elements
-
     def _pick(self, serial: Any, parallel: Any, a: Any) -> Any:
         return parallel if a.size >= self.parallel_min_elements else serial
 
@@ -69,7 +67,7 @@ class NumbaBackend(Backend):
     def bias_act(self, z: Any, b: Any, activation: int, alpha: float = 0.01) -> Any:
         if b is None or not contiguous_floats(z, b):
             return super().bias_act(z, b, activation, alpha)
-        kernel = self.k.bias_act_parallel if self._big(z) else self.k.bias_act
+        kernel = self._pick(self.k.bias_act, self.k.bias_act_parallel, z)
         kernel(z, b, activation, z.dtype.type(alpha))
         self._ran("bias_act", "numba-fused")
         return z
@@ -82,7 +80,7 @@ class NumbaBackend(Backend):
         if y.ndim != 2 or not contiguous_floats(y, dy, dz, *([db] if db is not None else [])):
             return super().act_backward_bias(y, dy, activation, alpha, dz, db)
         bias_grad = db if db is not None else self._no_bias(dy.dtype)
-        kernel = self.k.act_backward_bias_parallel if self._big(dy) else self.k.act_backward_bias
+        kernel = self._pick(self.k.act_backward_bias, self.k.act_backward_bias_parallel, dy)
         kernel(y, dy, activation, dy.dtype.type(alpha), dz, bias_grad)
         self._ran("act_backward_bias", "numba-fused")
         return dz
@@ -102,7 +100,7 @@ class NumbaBackend(Backend):
         if key not in self._zero_bias:
             self._zero_bias[key] = np.zeros(x.shape[1], dtype=x.dtype)
         out[...] = x
-        kernel = self.k.bias_act_parallel if self._big(out) else self.k.bias_act
+        kernel = self._pick(self.k.bias_act, self.k.bias_act_parallel, out)
         kernel(out, self._zero_bias[key], activation, out.dtype.type(alpha))
         self._ran("activation", "numba-fused")
         return out
@@ -135,7 +133,7 @@ class NumbaBackend(Backend):
         if dlogits is None or not contiguous_floats(logits, dlogits):
             dlogits = np.empty_like(logits)
         inv_n = logits.dtype.type(1.0 / n)
-        kernel = self.k.softmax_xent_parallel if self._big(logits) else self.k.softmax_xent
+        kernel = self._pick(self.k.softmax_xent, self.k.softmax_xent_parallel, logits)
         loss = kernel(logits, labels, dlogits, inv_n, logits.dtype == np.float32)
         self._ran("softmax_xent", "numba-fused")
         return logits.dtype.type(loss), dlogits
@@ -146,14 +144,27 @@ class NumbaBackend(Backend):
         return self.k.count_correct(np.ascontiguousarray(logits), np.ascontiguousarray(labels))
 
     # ------------------------------------------------------------------ optimizer updates
-    def update_sgd(self, p: Any, g: Any, lr: float, wd: float = 0.0) -> None:
-        if not contiguous_floats(p, g):
-            return super().update_sgd(p, g, lr, wd)
-        t = p.dtype.type
-        self._pick(self.k.sgd_update, self.k.sgd_update_parallel, p)(
-            p.reshape(-1), g.reshape(-1), t(lr), t(wd)
+    def _fused_update(
+        self, rule: str, arrays: tuple, scalars: tuple, reference: Callable[[], None]
+    ) -> None:
+        """Run ``kernels.<rule>_update`` on flattened ``arrays`` (parameter first) with
+        ``scalars`` cast to the parameter dtype; ``reference()`` for layouts it cannot take."""
+        if not contiguous_floats(*arrays):
+            return reference()
+        p = arrays[0]
+        kernel = self._pick(
+            getattr(self.k, f"{rule}_update"), getattr(self.k, f"{rule}_update_parallel"), p
         )
-        self._ran("update_sgd", "numba-fused")
+        t = p.dtype.type
+        kernel(
+            *(a.reshape(-1) for a in arrays),
+            *(s if isinstance(s, bool) else t(s) for s in scalars),
+        )
+        self._ran(f"update_{rule}", "numba-fused")
+
+    def update_sgd(self, p: Any, g: Any, lr: float, wd: float = 0.0) -> None:
+        base = super()
+        self._fused_update("sgd", (p, g), (lr, wd), lambda: base.update_sgd(p, g, lr, wd))
 
     def update_momentum(
         self,
@@ -165,35 +176,32 @@ class NumbaBackend(Backend):
         nesterov: bool = False,
         wd: float = 0.0,
     ) -> None:
-        if not contiguous_floats(p, g, v):
-            return super().update_momentum(p, g, v, lr, momentum, nesterov, wd)
-        t = p.dtype.type
-        self._pick(self.k.momentum_update, self.k.momentum_update_parallel, p)(
-            p.reshape(-1), g.reshape(-1), v.reshape(-1), t(lr), t(momentum), bool(nesterov), t(wd)
+        base = super()
+        self._fused_update(
+            "momentum",
+            (p, g, v),
+            (lr, momentum, bool(nesterov), wd),
+            lambda: base.update_momentum(p, g, v, lr, momentum, nesterov, wd),
         )
-        self._ran("update_momentum", "numba-fused")
 
     def update_adagrad(
         self, p: Any, g: Any, h: Any, lr: float, eps: float, wd: float = 0.0
     ) -> None:
-        if not contiguous_floats(p, g, h):
-            return super().update_adagrad(p, g, h, lr, eps, wd)
-        t = p.dtype.type
-        self._pick(self.k.adagrad_update, self.k.adagrad_update_parallel, p)(
-            p.reshape(-1), g.reshape(-1), h.reshape(-1), t(lr), t(eps), t(wd)
+        base = super()
+        self._fused_update(
+            "adagrad", (p, g, h), (lr, eps, wd), lambda: base.update_adagrad(p, g, h, lr, eps, wd)
         )
-        self._ran("update_adagrad", "numba-fused")
 
     def update_rmsprop(
         self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float, wd: float = 0.0
     ) -> None:
-        if not contiguous_floats(p, g, h):
-            return super().update_rmsprop(p, g, h, lr, rho, eps, wd)
-        t = p.dtype.type
-        self._pick(self.k.rmsprop_update, self.k.rmsprop_update_parallel, p)(
-            p.reshape(-1), g.reshape(-1), h.reshape(-1), t(lr), t(rho), t(eps), t(wd)
+        base = super()
+        self._fused_update(
+            "rmsprop",
+            (p, g, h),
+            (lr, rho, eps, wd),
+            lambda: base.update_rmsprop(p, g, h, lr, rho, eps, wd),
         )
-        self._ran("update_rmsprop", "numba-fused")
 
     def update_adam(
         self,
@@ -208,19 +216,11 @@ class NumbaBackend(Backend):
         t: int,
         wd: float = 0.0,
     ) -> None:
-        if not contiguous_floats(p, g, m, v):
-            return super().update_adam(p, g, m, v, lr, beta1, beta2, eps, t, wd)
-        c = p.dtype.type
+        base = super()
         step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
-        self._pick(self.k.adam_update, self.k.adam_update_parallel, p)(
-            p.reshape(-1),
-            g.reshape(-1),
-            m.reshape(-1),
-            v.reshape(-1),
-            c(step),
-            c(beta1),
-            c(beta2),
-            c(eps_hat),
-            c(wd),
+        self._fused_update(
+            "adam",
+            (p, g, m, v),
+            (step, beta1, beta2, eps_hat, wd),
+            lambda: base.update_adam(p, g, m, v, lr, beta1, beta2, eps, t, wd),
         )
-        self._ran("update_adam", "numba-fused")
