@@ -8,7 +8,6 @@ Size thresholds below were measured with ``bench/`` on the 2-core CI-class machi
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,13 @@ class NumbaBackend(Backend):
         from fastnet.kernels import numba_cpu
 
         self.k = numba_cpu
+        self._update_kernels = {
+            rule: (
+                getattr(numba_cpu, f"{rule}_update"),
+                getattr(numba_cpu, f"{rule}_update_parallel"),
+            )
+            for rule in ("sgd", "momentum", "adagrad", "rmsprop", "adam")
+        }
         self._empty_bias: dict[np.dtype, np.ndarray] = {}
         self._zero_bias: dict[tuple, np.ndarray] = {}
 
@@ -144,27 +150,26 @@ class NumbaBackend(Backend):
         return self.k.count_correct(np.ascontiguousarray(logits), np.ascontiguousarray(labels))
 
     # ------------------------------------------------------------------ optimizer updates
-    def _fused_update(
-        self, rule: str, arrays: tuple, scalars: tuple, reference: Callable[[], None]
-    ) -> None:
+    def _fused_update(self, rule: str, arrays: tuple, scalars: tuple) -> bool:
         """Run ``kernels.<rule>_update`` on flattened ``arrays`` (parameter first) with
-        ``scalars`` cast to the parameter dtype; ``reference()`` for layouts it cannot take."""
+        ``scalars`` cast to the parameter dtype; False (nothing done) for layouts it cannot take,
+        so the caller runs the reference."""
         if not contiguous_floats(*arrays):
-            return reference()
+            return False
         p = arrays[0]
-        kernel = self._pick(
-            getattr(self.k, f"{rule}_update"), getattr(self.k, f"{rule}_update_parallel"), p
-        )
+        serial, parallel = self._update_kernels[rule]
+        kernel = parallel if p.size >= self.parallel_min_elements else serial
         t = p.dtype.type
         kernel(
-            *(a.reshape(-1) for a in arrays),
-            *(s if isinstance(s, bool) else t(s) for s in scalars),
+            *[a.reshape(-1) for a in arrays],
+            *[s if s.__class__ is bool else t(s) for s in scalars],
         )
         self._ran(f"update_{rule}", "numba-fused")
+        return True
 
     def update_sgd(self, p: Any, g: Any, lr: float, wd: float = 0.0) -> None:
-        base = super()
-        self._fused_update("sgd", (p, g), (lr, wd), lambda: base.update_sgd(p, g, lr, wd))
+        if not self._fused_update("sgd", (p, g), (lr, wd)):
+            super().update_sgd(p, g, lr, wd)
 
     def update_momentum(
         self,
@@ -176,32 +181,20 @@ class NumbaBackend(Backend):
         nesterov: bool = False,
         wd: float = 0.0,
     ) -> None:
-        base = super()
-        self._fused_update(
-            "momentum",
-            (p, g, v),
-            (lr, momentum, bool(nesterov), wd),
-            lambda: base.update_momentum(p, g, v, lr, momentum, nesterov, wd),
-        )
+        if not self._fused_update("momentum", (p, g, v), (lr, momentum, bool(nesterov), wd)):
+            super().update_momentum(p, g, v, lr, momentum, nesterov, wd)
 
     def update_adagrad(
         self, p: Any, g: Any, h: Any, lr: float, eps: float, wd: float = 0.0
     ) -> None:
-        base = super()
-        self._fused_update(
-            "adagrad", (p, g, h), (lr, eps, wd), lambda: base.update_adagrad(p, g, h, lr, eps, wd)
-        )
+        if not self._fused_update("adagrad", (p, g, h), (lr, eps, wd)):
+            super().update_adagrad(p, g, h, lr, eps, wd)
 
     def update_rmsprop(
         self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float, wd: float = 0.0
     ) -> None:
-        base = super()
-        self._fused_update(
-            "rmsprop",
-            (p, g, h),
-            (lr, rho, eps, wd),
-            lambda: base.update_rmsprop(p, g, h, lr, rho, eps, wd),
-        )
+        if not self._fused_update("rmsprop", (p, g, h), (lr, rho, eps, wd)):
+            super().update_rmsprop(p, g, h, lr, rho, eps, wd)
 
     def update_adam(
         self,
@@ -216,11 +209,6 @@ class NumbaBackend(Backend):
         t: int,
         wd: float = 0.0,
     ) -> None:
-        base = super()
         step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
-        self._fused_update(
-            "adam",
-            (p, g, m, v),
-            (step, beta1, beta2, eps_hat, wd),
-            lambda: base.update_adam(p, g, m, v, lr, beta1, beta2, eps, t, wd),
-        )
+        if not self._fused_update("adam", (p, g, m, v), (step, beta1, beta2, eps_hat, wd)):
+            super().update_adam(p, g, m, v, lr, beta1, beta2, eps, t, wd)
