@@ -3,8 +3,8 @@
 import numpy as np
 from conftest import timed
 
-from fastnet.baselines import BookMLP
-from fastnet.bench_suites import _model, load_training_data
+from fastnet.bench.peers import BookMLP
+from fastnet.bench.suites import _model, load_training_data
 
 
 def test_train_step(benchmark, backend):
@@ -18,9 +18,9 @@ def test_train_step(benchmark, backend):
 def test_train_epoch(benchmark, backend):
     X, y, source = load_training_data(quick=False)
     model = _model(backend, (784, 256, 128, 10))
-    Xd, yd, order = backend.asarray(X), backend.asarray(y), backend.rng(0)
+    run_epoch = model.epoch_runner(backend.asarray(X), backend.asarray(y), 128)
     benchmark.extra_info["data"] = source
-    timed(benchmark, backend, lambda: model.run_epoch(Xd, yd, 128, order), rounds=3)
+    timed(benchmark, backend, run_epoch, rounds=3)
 
 
 def test_book_style_numpy_epoch(benchmark):

@@ -12,7 +12,8 @@ from fastnet.backends import (
     use_backend,
 )
 from fastnet.callbacks import Callback, CosineDecay, EarlyStopping
-from fastnet.checkpoint import CheckpointError, load_model, save_model
+from fastnet._version import __version__
+from fastnet.checkpoint import CheckpointError
 from fastnet.data import DatasetError, load_fashion_mnist, load_mnist, one_hot, read_idx
 from fastnet.estimator import MLPClassifier
 from fastnet.initializers import Gaussian, He, Xavier
@@ -27,10 +28,9 @@ from fastnet.layers import (
     Tanh,
 )
 from fastnet.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
-from fastnet.model import Sequential, TrainingDivergedError
+from fastnet.model import Sequential, StateError, load_model, save_model
+from fastnet.training import TrainingDivergedError
 from fastnet.optimizers import SGD, AdaGrad, Adam, Momentum, RMSProp
-
-__version__ = "0.1.0"
 
 __all__ = [
     "SGD",
@@ -58,10 +58,12 @@ __all__ = [
     "Sigmoid",
     "SigmoidBinaryCrossEntropy",
     "Softmax",
+    "StateError",
     "SoftmaxCrossEntropy",
     "Tanh",
     "TrainingDivergedError",
     "Xavier",
+    "__version__",
     "available_backends",
     "get_backend",
     "load_fashion_mnist",

@@ -1,8 +1,9 @@
-"""Checkpoints: architecture, weights, optimizer state and layer buffers in one ``.npz``.
+"""Checkpoint files: a JSON config plus named host arrays in one ``.npz``.
 
-Arrays are saved as host copies (the live model never moves), written atomically (temp file in
-the same folder, fsync, rename), read with ``allow_pickle=False`` (loading never runs code),
-checked against a SHA-256 of their contents and a format version, and loadable onto any backend.
+Written atomically (temp file in the same folder, fsync, rename; the usual umask permissions),
+read with ``allow_pickle=False`` (loading never runs code), checked against a SHA-256 of their
+contents and a format version. Every problem with a file is a ``CheckpointError`` naming it. This
+module knows nothing of models: ``fastnet.model`` validates the arrays against the architecture.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import json
 import os
 import tempfile
-import zipfile
 from typing import Any
 
 import numpy as np
@@ -33,13 +33,34 @@ def _digest(arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def check_writable(path: str | os.PathLike, what: str = "output") -> str:
+    """Fail early (before hours of training) if ``path`` cannot be written as a file."""
+    name = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(name)) or "."
+    if os.path.isdir(name):
+        raise ValueError(f"{what} path {name!r} is a directory; give a file name")
+    if not os.path.isdir(folder):
+        kind = "a file, not a folder" if os.path.exists(folder) else "missing"
+        raise ValueError(f"{what} path {name!r}: its folder {folder!r} is {kind}")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{what} path {name!r}: folder {folder!r} is not writable")
+    return name
+
+
 def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
     """Write ``arrays`` to ``path`` so that a crash at any moment leaves either the old file or
     the complete new one, never a partial file."""
-    path = os.fspath(path)
+    path = check_writable(path, "checkpoint")
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastnet-", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model is a normal file
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
@@ -59,21 +80,22 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None
         pass
 
 
-def save_model(model: Any, path: str | os.PathLike, extra: dict | None = None) -> None:
-    """Save a built ``Sequential`` (host copies; the model stays where it is)."""
-    if not model.built:
-        raise RuntimeError("cannot save an unbuilt model: fit() or build() it first")
-    from fastnet import __version__
+def write_checkpoint(
+    path: str | os.PathLike,
+    config: dict,
+    arrays: dict[str, np.ndarray],
+    backend: str = "",
+    extra: dict | None = None,
+) -> None:
+    """Write ``config`` (JSON) and host ``arrays`` with their SHA-256, atomically."""
+    from fastnet._version import __version__
 
-    arrays = {
-        key: np.asarray(value) if isinstance(value, int) else model.backend.to_numpy(value)
-        for key, value in model.get_state().items()
-    }
+    arrays = {key: np.asarray(value) for key, value in arrays.items()}
     meta = {
         "format_version": FORMAT_VERSION,
         "fastnet_version": __version__,
-        "config": model.get_config(),
-        "backend": model.backend.name,
+        "config": config,
+        "backend": backend,
         "sha256": _digest(arrays),
         "extra": extra or {},
     }
@@ -82,31 +104,44 @@ def save_model(model: Any, path: str | os.PathLike, extra: dict | None = None) -
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray]]:
-    """Read and verify a checkpoint; returns ``(meta, arrays)``."""
+    """Read and verify a checkpoint; returns ``(meta, arrays)``. Raises ``FileNotFoundError``
+    for a missing file and ``CheckpointError`` (naming the file) for anything else wrong."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
+    if os.path.isdir(path):
+        raise CheckpointError(f"checkpoint {path!r} is a directory, not a file")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # zip, format, OS errors alike: the file is not usable
+        raise CheckpointError(
+            f"{path!r} is not a readable fastnet checkpoint (truncated or corrupted?): "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise CheckpointError(
+            f"{path!r} is a single .npy array, not a fastnet checkpoint (.npz with a config)"
+        )
+    key = META_KEY
+    try:
+        with data:
             if META_KEY not in data.files:
                 raise CheckpointError(
                     f"{path!r} is an .npz but not a fastnet checkpoint (no {META_KEY} entry)"
                 )
-            meta = json.loads(str(data[META_KEY]))
-            arrays = {k: data[k] for k in data.files if k != META_KEY}
+            raw = data[META_KEY]
+            if raw.dtype.kind != "U" or raw.shape != ():
+                raise CheckpointError(f"{path!r}: {META_KEY} is not a JSON string")
+            meta = json.loads(str(raw))
+            arrays = {}
+            for key in data.files:
+                if key != META_KEY:
+                    arrays[key] = data[key]
     except CheckpointError:
         raise
-    except (
-        zipfile.BadZipFile,
-        ValueError,
-        OSError,
-        EOFError,
-        KeyError,
-        json.JSONDecodeError,
-        UnicodeDecodeError,
-    ) as exc:
+    except Exception as exc:
         raise CheckpointError(
-            f"{path!r} is not a readable fastnet checkpoint (truncated or "
+            f"{path!r} is not a readable fastnet checkpoint (entry {key!r} truncated or "
             f"corrupted?): {type(exc).__name__}: {exc}"
         ) from None
     version = meta.get("format_version") if isinstance(meta, dict) else None
@@ -121,46 +156,3 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
             f"recorded SHA-256 (file modified or damaged)"
         )
     return meta, arrays
-
-
-def model_from_config(config: dict, backend: Any = None) -> Any:
-    from fastnet.layers import layer_from_config
-    from fastnet.model import Sequential
-    from fastnet.optimizers import optimizer_from_config
-
-    model = Sequential(
-        [layer_from_config(c) for c in config["layers"]],
-        loss=config["loss"],
-        optimizer=optimizer_from_config(config["optimizer"]),
-        backend=backend,
-        dtype=config["dtype"],
-        seed=config.get("seed"),
-    )
-    return model
-
-
-def load_model(path: str | os.PathLike, backend: Any = None) -> Any:
-    """Load a ``Sequential`` saved by ``save_model``/``Sequential.save`` onto ``backend``."""
-    model, _ = load_model_with_meta(path, backend)
-    return model
-
-
-def load_model_with_meta(path: str | os.PathLike, backend: Any = None) -> tuple[Any, dict]:
-    meta, arrays = read_checkpoint(path)
-    try:
-        model = model_from_config(meta["config"], backend=backend)
-        model.build(meta["config"]["input_dim"])
-        expected = model.get_state()
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{os.fspath(path)!r} has an invalid architecture: {exc}") from None
-    for key, live in expected.items():
-        if key.startswith(("param/", "buffer/")):
-            if key not in arrays:
-                raise CheckpointError(f"{os.fspath(path)!r} lacks array {key!r}")
-            if tuple(arrays[key].shape) != tuple(live.shape):
-                raise CheckpointError(
-                    f"{os.fspath(path)!r}: {key} has shape {arrays[key].shape}, "
-                    f"the architecture needs {tuple(live.shape)}"
-                )
-    model.set_state(arrays)
-    return model, meta

@@ -23,6 +23,16 @@ def _layers(spec: str) -> tuple[int, ...]:
     return sizes
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    return value
+
+
 def _positive(kind):
     def parse(text: str):
         try:
@@ -64,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--dropout", type=float, default=0.0)
     train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_non_negative_int, default=0)
     train.add_argument("--val-fraction", type=float, default=0.1)
     train.add_argument(
         "--limit",
@@ -84,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--json", default=None, help="write the history and results as JSON")
     train.add_argument(
         "--cuda-graph",
-        action="store_true",
-        help="cupy backend: replay one captured CUDA graph per training step",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="cupy backend: replay a captured CUDA graph per step (auto: when the model "
+        "qualifies; on: required; off: eager steps) (default: auto)",
     )
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
 
@@ -115,12 +127,22 @@ def _load(dataset: str, data_dir: str | None):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fastnet.callbacks import CosineDecay, EarlyStopping
-    from fastnet.checkpoint import save_model
+    from fastnet.checkpoint import check_writable
     from fastnet.data import train_val_split
     from fastnet.layers import Dense, Dropout
     from fastnet.model import Sequential
     from fastnet.optimizers import get_optimizer
 
+    for flag in ("save", "plot", "json"):  # fail now, not after training
+        if getattr(args, flag):
+            check_writable(getattr(args, flag), f"--{flag}")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise ValueError(
+                "--plot needs matplotlib: pip install 'fastnet[plot]'"
+            ) from None
     (X, y), (X_test, y_test) = _load(args.dataset, args.data_dir)
     if args.limit:
         X, y = X[: args.limit], y[: args.limit]
@@ -164,7 +186,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             validation_data=(X_val, y_val),
             callbacks=callbacks,
             verbose=2 if args.verbose == 2 else args.verbose,
-            cuda_graph=args.cuda_graph,
+            cuda_graph={"auto": "auto", "on": True, "off": False}[args.cuda_graph],
         )
     except KeyboardInterrupt:
         interrupted = True
@@ -189,7 +211,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary += f"  peak device memory {peak() / 2**20:.1f} MiB"
     print(summary, flush=True)
     if args.save:
-        save_model(model, args.save)
+        model.save(args.save)
         print(f"saved checkpoint to {args.save}")
     if args.plot:
         from fastnet.plot import plot_history
@@ -215,7 +237,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fastnet.checkpoint import load_model
+    from fastnet.model import load_model
 
     model = load_model(args.checkpoint, backend=args.backend)
     _, (X_test, y_test) = _load(args.dataset, args.data_dir)
@@ -238,7 +260,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from fastnet.bench_suites import run_bench
+    from fastnet.bench.suites import run_bench
 
     return run_bench(args)
 
@@ -262,6 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         CheckpointError,
         DatasetError,
         FileNotFoundError,
+        OSError,
         ValueError,
         TypeError,
     ) as exc:

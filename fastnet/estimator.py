@@ -12,7 +12,7 @@ from fastnet.data import train_val_split
 from fastnet.layers import BatchNorm1d, Dense, Dropout, Layer
 from fastnet.model import Sequential
 from fastnet.optimizers import get_optimizer
-from fastnet.validation import check_positive_float, check_positive_int
+from fastnet.validation import check_positive_float, check_positive_int, host_array
 
 
 class MLPClassifier:
@@ -103,45 +103,36 @@ class MLPClassifier:
         layers.append(Dense(n_classes))
         return layers
 
-    def _encode(self, y: Any) -> np.ndarray:
-        y = np.asarray(y)
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D class labels, got shape {y.shape}")
-        if y.dtype.kind == "f" and not np.isfinite(y).all():
-            raise ValueError("y contains NaN or infinite labels")
-        unknown = np.setdiff1d(np.unique(y), self.classes_)
-        if unknown.size:
-            raise ValueError(
-                f"y contains labels {unknown[:5].tolist()} not seen in fit "
-                f"(classes_: {self.classes_[:10].tolist()})"
-            )
-        return np.searchsorted(self.classes_, y)
-
     def fit(self, X: Any, y: Any, validation_data: tuple[Any, Any] | None = None) -> MLPClassifier:
-        """Train from scratch; returns self. Per-epoch history lands in ``history_``."""
+        """Train from scratch; returns self. Per-epoch history lands in ``history_``.
+        Input that is rejected leaves a previously fitted estimator exactly as it was."""
         check_positive_float(self.learning_rate, "learning_rate")
         check_positive_int(self.batch_size, "batch_size")
         check_positive_int(self.epochs, "epochs")
-        y = np.asarray(y.get() if hasattr(y, "get") else y)
+        y = host_array(y, "y")
         if y.ndim != 1:
             raise ValueError(f"y must be 1-D class labels, got shape {y.shape}")
         if len(y) == 0:
             raise ValueError("y is empty")
         if y.dtype.kind not in "biufUS":
             raise TypeError(f"y has unsupported dtype {y.dtype}")
-        self.classes_ = np.unique(y)
-        if len(self.classes_) < 2:
-            raise ValueError(f"y has a single class ({self.classes_[0]!r}); need at least 2")
-        y_idx = self._encode(y)
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise ValueError("y contains NaN or infinite labels")
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise ValueError(f"y has a single class ({classes[0]!r}); need at least 2")
+        y_idx = _encode(y, classes)
         if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise ValueError("validation_data must be a pair (X_val, y_val)")
             Xv, yv = validation_data
-            validation_data = (Xv, self._encode(yv))
+            validation_data = (Xv, _encode(host_array(yv, "y_val"), classes))
         elif self.early_stopping:
             (X, y_idx), validation_data = train_val_split(
-                np.asarray(X), y_idx, self.validation_fraction, seed=self.random_state
+                host_array(X, "X"), y_idx, self.validation_fraction, seed=self.random_state
             )
-        self.model_ = Sequential(
-            self._build_layers(len(self.classes_)),
+        model = Sequential(
+            self._build_layers(len(classes)),
             "softmax_cross_entropy",
             self._optimizer(),
             backend=self.backend,
@@ -149,7 +140,7 @@ class MLPClassifier:
             seed=self.random_state,
         )
         callbacks = [EarlyStopping("val_loss", self.patience)] if self.early_stopping else []
-        self.history_ = self.model_.fit(
+        history = model.fit(
             X,
             y_idx,
             epochs=self.epochs,
@@ -158,7 +149,8 @@ class MLPClassifier:
             callbacks=callbacks,
             verbose=self.verbose,
         )
-        self.n_features_in_ = self.model_.input_dim
+        self.classes_, self.model_, self.history_ = classes, model, history
+        self.n_features_in_ = model.input_dim
         return self
 
     def _check_fitted(self) -> None:
@@ -174,12 +166,30 @@ class MLPClassifier:
         return self.classes_[self.model_.predict(X)]
 
     def score(self, X: Any, y: Any) -> float:
-        """Mean accuracy on ``(X, y)``."""
-        y = np.asarray(y)
+        """Mean accuracy on ``(X, y)``; ``y`` 1-D (a single column is accepted)."""
+        y = host_array(y, "y")
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = y[:, 0]
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D class labels, got shape {y.shape}")
         pred = self.predict(X)
         if len(y) != len(pred):
             raise ValueError(f"X has {len(pred)} samples but y has {len(y)} labels")
         return float(np.mean(pred == y))
+
+
+def _encode(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Indices of ``y`` in the sorted ``classes``; unknown labels are an error."""
+    if y.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError("labels contain NaN or infinite values")
+    unknown = np.setdiff1d(np.unique(y), classes)
+    if unknown.size:
+        raise ValueError(
+            f"labels {unknown[:5].tolist()} were not seen in fit (classes_: {classes[:10].tolist()})"
+        )
+    return np.searchsorted(classes, y)
 
 
 def _activation_layer(name: str) -> Layer:

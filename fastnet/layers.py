@@ -8,20 +8,40 @@ own, reused from step to step: an output is valid until the layer's next forward
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
 
 from fastnet.backends import Backend, activation_code
+from fastnet.backends.base import Act
 from fastnet.initializers import Initializer, get_initializer, initializer_from_config
 from fastnet.optimizers import Optimizer, optimizer_from_config
 from fastnet.parameter import Parameter
+
+
+def _real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_alpha(alpha: Any) -> float:
+    """Leaky-ReLU slope: a finite real >= 0 (with a negative slope the derivative could not be
+    read from the output's sign, and the function would not be monotonic)."""
+    if not (_real(alpha) and math.isfinite(alpha) and alpha >= 0):
+        raise ValueError(f"alpha (leaky_relu slope) must be a finite number >= 0, got {alpha!r}")
+    return float(alpha)
 
 
 class Layer:
     """Base class. Subclasses implement ``build``, ``forward`` and ``backward``."""
 
     name = "layer"
+    #: whether a backend may capture this layer in a compiled step (CUDA graph)
+    capturable = False
+    #: smallest batch the layer accepts in training
+    min_batch_rows = 1
+    #: state buffers that must stay >= 0 (checked when a state is loaded)
+    nonnegative_buffers: tuple[str, ...] = ()
 
     def __init__(self) -> None:
         self.backend: Backend | None = None
@@ -41,6 +61,10 @@ class Layer:
         """Create parameters for inputs of width ``input_dim``; returns the output width."""
         self.backend, self.dtype, self.input_dim = backend, np.dtype(dtype), input_dim
         self.output_dim = input_dim
+        return input_dim
+
+    def output_width(self, input_dim: int) -> int:
+        """Output width for inputs of width ``input_dim``, known before building."""
         return input_dim
 
     def _buffer(self, key: str, shape: tuple) -> Any:
@@ -94,6 +118,7 @@ class Dense(Layer):
     """
 
     name = "dense"
+    capturable = True
 
     def __init__(
         self,
@@ -120,17 +145,21 @@ class Dense(Layer):
         self.initializer = get_initializer(initializer, self.activation)
         self.optimizer = optimizer
         self.use_bias = bool(use_bias)
-        self.alpha = float(alpha)
+        self.alpha = check_alpha(alpha)
         self.W: Parameter | None = None
         self.b: Parameter | None = None
 
-    def build(
-        self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
-    ) -> int:
+    def output_width(self, input_dim: int) -> int:
         if self.declared_input_dim is not None and self.declared_input_dim != input_dim:
             raise ValueError(
                 f"Dense(input_dim={self.declared_input_dim}) receives inputs of width {input_dim}"
             )
+        return self.units
+
+    def build(
+        self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
+    ) -> int:
+        self.output_width(input_dim)
         super().build(input_dim, backend, dtype, rng)
         weights = self.initializer(rng, input_dim, self.units, self.dtype)
         self.W = Parameter("W", backend.asarray(weights))
@@ -188,7 +217,8 @@ class Dense(Layer):
     def from_config(cls, config: dict) -> Dense:
         config = dict(config)
         config.pop("name", None)
-        config["initializer"] = initializer_from_config(config["initializer"])
+        if "initializer" in config:
+            config["initializer"] = initializer_from_config(config["initializer"])
         if "optimizer" in config:
             config["optimizer"] = optimizer_from_config(config["optimizer"])
         return cls(**config)
@@ -199,11 +229,12 @@ class Activation(Layer):
 
     name = "activation"
     kind = "linear"
+    capturable = True
 
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
-        self.alpha = float(alpha)
-        self.code = activation_code(self.kind)
+        self.alpha = check_alpha(alpha)
+        self.code: Act = activation_code(self.kind)
 
     def forward(self, x: Any, training: bool = True) -> Any:
         self._check_input(x)
@@ -272,8 +303,10 @@ class Dropout(Layer):
 
     def __init__(self, rate: float = 0.5, seed: int | None = None) -> None:
         super().__init__()
-        if not (isinstance(rate, (int, float)) and not isinstance(rate, bool) and 0 <= rate < 1):
+        if not (_real(rate) and 0 <= rate < 1):
             raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
+        if seed is not None and (not isinstance(seed, numbers.Integral) or seed < 0):
+            raise ValueError(f"dropout seed must be a non-negative integer or None, got {seed!r}")
         self.rate = float(rate)
         self.seed = seed
 
@@ -311,12 +344,14 @@ class BatchNorm1d(Layer):
     (unbiased running variance, as PyTorch) used in eval mode."""
 
     name = "batchnorm1d"
+    min_batch_rows = 2
+    nonnegative_buffers = ("running_var",)
 
     def __init__(self, momentum: float = 0.9, eps: float = 1e-5) -> None:
         super().__init__()
-        if not (0 <= momentum < 1):
+        if not (_real(momentum) and 0 <= momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        if not (eps > 0 and math.isfinite(eps)):
+        if not (_real(eps) and eps > 0 and math.isfinite(eps)):
             raise ValueError(f"eps must be positive, got {eps!r}")
         self.momentum, self.eps = float(momentum), float(eps)
 
@@ -332,7 +367,9 @@ class BatchNorm1d(Layer):
         return input_dim
 
     def forward(self, x: Any, training: bool = True) -> Any:
+        self._check_input(x)
         xp = self.backend.xp
+        self.training = training
         if training:
             n = x.shape[0]
             if n < 2:
@@ -356,6 +393,8 @@ class BatchNorm1d(Layer):
         (dy * xhat).sum(axis=0, out=self.gamma.grad)
         if not need_dx:
             return None
+        if not self.training:  # eval mode: a fixed affine map of x
+            return dy * (self.gamma.value * self.inv_std)
         n = dy.shape[0]
         dxhat = dy * self.gamma.value
         return (self.inv_std / n) * (

@@ -1,10 +1,16 @@
 """Losses on raw model outputs (logits): fused SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy
 (from logits, stable), MeanSquaredError. ``loss(outputs, targets) -> (value, doutputs)`` with the
-value left on the device and the gradient already divided by the batch size (mean reduction)."""
+value left on the device and the gradient already divided by the batch size (mean reduction).
+
+``loss(...)`` checks shapes and target values (targets outside a loss's domain make it unbounded
+below); ``loss.compute(...)`` skips the value checks, for data validated once at the boundary
+(``fit`` does that with ``check_targets``)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from fastnet.backends import Backend
 
@@ -20,7 +26,27 @@ class Loss:
         self.backend = backend
 
     def __call__(self, outputs: Any, targets: Any) -> tuple[Any, Any]:
+        """Loss value and gradient, after checking shapes and target values."""
+        _check_pair(self, outputs, targets)
+        bad = self.invalid_targets(targets, self._xp(targets))
+        if bad:
+            raise ValueError(f"{type(self).__name__}: {bad}")
+        return self.compute(outputs, targets)
+
+    def _xp(self, a: Any) -> Any:
+        return self.backend.xp if self.backend is not None and self.backend.is_native(a) else np
+
+    def compute(self, outputs: Any, targets: Any) -> tuple[Any, Any]:
+        """Loss value and gradient without value checks (targets validated already)."""
         raise NotImplementedError
+
+    def invalid_targets(self, targets: Any, xp: Any = np) -> str:
+        """Why ``targets`` are outside this loss's domain ("" if they are fine)."""
+        return ""
+
+    def predict_labels(self, outputs: np.ndarray) -> np.ndarray:
+        """Predictions from raw host outputs: class indices for classifiers, else the outputs."""
+        return outputs
 
     def predict_output(self, outputs: Any) -> Any:
         """Map raw outputs to predictions (probabilities for classifiers)."""
@@ -44,13 +70,15 @@ def _check_pair(loss: Loss, outputs: Any, targets: Any) -> None:
         raise ValueError(
             f"{type(loss).__name__}: outputs must be 2-D (batch, classes), got shape {tuple(shape)}"
         )
-    if len(tshape) == 1 and tshape[0] == shape[0]:
+    if len(tshape) == 1 and tshape[0] == shape[0] and isinstance(loss, SoftmaxCrossEntropy):
         if targets.dtype.kind not in "iu":
             raise TypeError(
                 f"{type(loss).__name__}: 1-D targets must be integer class indices, "
                 f"got dtype {targets.dtype}"
             )
         return
+    if len(tshape) == 1 and tshape[0] == shape[0] and shape[1] == 1:
+        return  # a column of targets given flat
     if tuple(tshape) != tuple(shape):
         raise ValueError(
             f"{type(loss).__name__}: targets of shape {tuple(tshape)} do not match "
@@ -65,9 +93,20 @@ class SoftmaxCrossEntropy(Loss):
     name = "softmax_cross_entropy"
     classification = True
 
-    def __call__(self, logits: Any, targets: Any) -> tuple[Any, Any]:
-        _check_pair(self, logits, targets)
+    def compute(self, logits: Any, targets: Any) -> tuple[Any, Any]:
         return self.backend.softmax_xent(logits, targets)
+
+    def invalid_targets(self, targets: Any, xp: Any = np) -> str:
+        if targets.ndim == 1:
+            if targets.size and (int(targets.min()) < 0 or int(targets.max()) >= 2**31):
+                return "class indices must be in [0, n_classes)"
+            return ""
+        if targets.size and bool((targets < 0).any()):
+            return "soft targets must be non-negative (probabilities or counts)"
+        return ""
+
+    def predict_labels(self, outputs: np.ndarray) -> np.ndarray:
+        return outputs.argmax(axis=1)
 
     def predict_output(self, logits: Any) -> Any:
         return self.backend.softmax(logits)
@@ -84,7 +123,15 @@ class SigmoidBinaryCrossEntropy(Loss):
     name = "sigmoid_binary_cross_entropy"
     classification = True
 
-    def __call__(self, logits: Any, targets: Any) -> tuple[Any, Any]:
+    def invalid_targets(self, targets: Any, xp: Any = np) -> str:
+        if targets.size and bool(((targets < 0) | (targets > 1)).any()):
+            return "targets must be in [0, 1] (labels or probabilities)"
+        return ""
+
+    def predict_labels(self, outputs: np.ndarray) -> np.ndarray:
+        return (outputs > 0).astype(np.int64)
+
+    def compute(self, logits: Any, targets: Any) -> tuple[Any, Any]:
         xp = self.backend.xp
         if targets.ndim == 1:
             targets = targets.reshape(-1, 1)
@@ -107,7 +154,7 @@ class MeanSquaredError(Loss):
 
     name = "mean_squared_error"
 
-    def __call__(self, outputs: Any, targets: Any) -> tuple[Any, Any]:
+    def compute(self, outputs: Any, targets: Any) -> tuple[Any, Any]:
         if targets.ndim == 1:
             targets = targets.reshape(outputs.shape)
         diff = outputs - targets.astype(outputs.dtype, copy=False)

@@ -1,54 +1,62 @@
 """Optimizers: SGD, Momentum (optionally Nesterov), AdaGrad, RMSProp, Adam; L2 weight decay.
 
-An optimizer holds hyperparameters only; each ``Parameter`` keeps its own state slots, so one
-optimizer object can be shared by a whole model or injected into a single layer (as in the
-notebooks' FC layers). Updates run through the backend's (fused) ``update_*`` kernels.
+An optimizer holds hyperparameters only; its state slots live in the model's parameter arena
+(``fastnet.parameter``), so one optimizer object can be shared by a whole model or injected into
+a single layer (as in the notebooks' FC layers). Each step is one fused ``update_*`` backend call
+over a whole flat group, with weight decay on the group's leading ``n_decay`` elements.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
-from fastnet.parameter import Parameter
+from fastnet.parameter import ParameterGroup
 
 
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
+    ok = _is_real(value) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return float(value)
 
 
-def _check_fraction(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and 0 <= value < 1):
+def _check_fraction(name: str, value: Any) -> float:
+    if not (_is_real(value) and 0 <= value < 1):
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
     return float(value)
 
 
 class Optimizer:
+    """Hyperparameters of one update rule. ``slots`` names the per-element state it keeps;
+    ``apply`` updates a whole ``ParameterGroup`` (flat arena) with one fused backend call."""
+
     name = "optimizer"
+    slots: tuple[str, ...] = ()
+    #: slots that are sums or averages of squares (must stay >= 0 when loaded)
+    nonnegative_slots: tuple[str, ...] = ()
 
     def __init__(self, lr: float, weight_decay: float = 0.0) -> None:
         self.lr = _check_positive("lr", lr)
         self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
 
-    def _wd(self, param: Parameter) -> float:
-        return self.weight_decay if param.decay else 0.0
+    def __setattr__(self, key: str, value: Any) -> None:
+        if key == "lr":  # schedules assign it: keep it a positive finite float
+            value = _check_positive("lr", value)
+        super().__setattr__(key, value)
 
-    def _slot(self, param: Parameter, key: str, backend: Any) -> Any:
-        slot = param.state.get(key)
-        if slot is None:
-            slot = param.state[key] = backend.zeros(param.value.shape, param.value.dtype)
-        return slot
+    def apply(self, group: ParameterGroup, backend: Any, device_scalars: Any = None) -> None:
+        """One step over ``group``: ``group.step`` is incremented first (Adam's ``t``)."""
+        group.step += 1
+        self._update(group, backend, device_scalars)
 
-    def update(self, param: Parameter, backend: Any) -> None:
-        """Apply one step to ``param.value`` using ``param.grad``."""
-        param.step += 1
-        self._update(param, backend)
-
-    def _update(self, param: Parameter, backend: Any) -> None:
+    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
         raise NotImplementedError
 
     def get_config(self) -> dict:
@@ -67,14 +75,15 @@ class SGD(Optimizer):
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
 
-    def _update(self, param: Parameter, backend: Any) -> None:
-        backend.update_sgd(param.value, param.grad, self.lr, self._wd(param))
+    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
+        backend.update_sgd(group.values, group.grads, self.lr, self.weight_decay, group.n_decay)
 
 
 class Momentum(Optimizer):
     """SGD with momentum; ``nesterov=True`` gives Nesterov accelerated gradient."""
 
     name = "momentum"
+    slots = ("velocity",)
 
     def __init__(
         self,
@@ -87,10 +96,16 @@ class Momentum(Optimizer):
         self.momentum = _check_fraction("momentum", momentum)
         self.nesterov = bool(nesterov)
 
-    def _update(self, param: Parameter, backend: Any) -> None:
-        v = self._slot(param, "velocity", backend)
+    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
         backend.update_momentum(
-            param.value, param.grad, v, self.lr, self.momentum, self.nesterov, self._wd(param)
+            group.values,
+            group.grads,
+            group.slots["velocity"],
+            self.lr,
+            self.momentum,
+            self.nesterov,
+            self.weight_decay,
+            group.n_decay,
         )
 
     def get_config(self) -> dict:
@@ -101,14 +116,22 @@ class AdaGrad(Optimizer):
     """AdaGrad: the squared-gradient accumulator starts at 0; ``eps`` guards the division."""
 
     name = "adagrad"
+    slots = nonnegative_slots = ("sum_sq",)
 
     def __init__(self, lr: float = 0.01, eps: float = 1e-7, weight_decay: float = 0.0) -> None:
         super().__init__(lr, weight_decay)
         self.eps = _check_positive("eps", eps)
 
-    def _update(self, param: Parameter, backend: Any) -> None:
-        h = self._slot(param, "sum_sq", backend)
-        backend.update_adagrad(param.value, param.grad, h, self.lr, self.eps, self._wd(param))
+    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
+        backend.update_adagrad(
+            group.values,
+            group.grads,
+            group.slots["sum_sq"],
+            self.lr,
+            self.eps,
+            self.weight_decay,
+            group.n_decay,
+        )
 
     def get_config(self) -> dict:
         return {**super().get_config(), "eps": self.eps}
@@ -118,6 +141,7 @@ class RMSProp(Optimizer):
     """RMSProp with decay ``rho`` of the squared-gradient average."""
 
     name = "rmsprop"
+    slots = nonnegative_slots = ("mean_sq",)
 
     def __init__(
         self, lr: float = 0.001, rho: float = 0.9, eps: float = 1e-7, weight_decay: float = 0.0
@@ -126,10 +150,16 @@ class RMSProp(Optimizer):
         self.rho = _check_fraction("rho", rho)
         self.eps = _check_positive("eps", eps)
 
-    def _update(self, param: Parameter, backend: Any) -> None:
-        h = self._slot(param, "mean_sq", backend)
+    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
         backend.update_rmsprop(
-            param.value, param.grad, h, self.lr, self.rho, self.eps, self._wd(param)
+            group.values,
+            group.grads,
+            group.slots["mean_sq"],
+            self.lr,
+            self.rho,
+            self.eps,
+            self.weight_decay,
+            group.n_decay,
         )
 
     def get_config(self) -> dict:
@@ -140,6 +170,8 @@ class Adam(Optimizer):
     """Adam with bias correction (Kingma & Ba 2015)."""
 
     name = "adam"
+    slots = ("m", "v")
+    nonnegative_slots = ("v",)
 
     def __init__(
         self,
@@ -154,20 +186,20 @@ class Adam(Optimizer):
         self.beta2 = _check_fraction("beta2", beta2)
         self.eps = _check_positive("eps", eps)
 
-    def _update(self, param: Parameter, backend: Any) -> None:
-        m = self._slot(param, "m", backend)
-        v = self._slot(param, "v", backend)
+    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
         backend.update_adam(
-            param.value,
-            param.grad,
-            m,
-            v,
+            group.values,
+            group.grads,
+            group.slots["m"],
+            group.slots["v"],
             self.lr,
             self.beta1,
             self.beta2,
             self.eps,
-            param.step,
-            self._wd(param),
+            group.step,
+            self.weight_decay,
+            group.n_decay,
+            device_scalars,
         )
 
     def get_config(self) -> dict:
@@ -187,5 +219,7 @@ def get_optimizer(spec: str | Optimizer, **kwargs: Any) -> Optimizer:
 
 
 def optimizer_from_config(config: dict) -> Optimizer:
+    if not isinstance(config, dict) or not isinstance(config.get("name"), str):
+        raise TypeError(f"optimizer config must be a dict with a 'name', got {config!r}")
     config = dict(config)
     return get_optimizer(config.pop("name"), **config)

@@ -28,11 +28,22 @@ def to_backend_array(x: Any, name: str, backend: Backend, dtype: Any = None) -> 
         )
     if module == "torch":
         raise TypeError(f"{name} is a torch tensor; pass {name}.cpu().numpy()")
-    try:
-        host = np.asarray(x)
-    except Exception as exc:
-        raise TypeError(f"{name} cannot be converted to an array: {exc}") from None
+    host = host_array(x, name)
     return backend.asarray(host, dtype) if dtype is not None else backend.asarray(host)
+
+
+def host_array(x: Any, name: str) -> np.ndarray:
+    """``np.asarray(x)`` with errors that name the argument (ragged lists, odd objects)."""
+    if x is None:
+        raise TypeError(f"{name} is None; expected an array")
+    if array_module_name(x) == "cupy":
+        return x.get()
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{name} cannot be converted to an array (ragged rows or mixed types?): {exc}"
+        ) from None
 
 
 def check_features(
@@ -45,7 +56,7 @@ def check_features(
 ) -> Any:
     """Validate a 2-D numeric, finite, non-empty feature matrix and return it on the backend
     (or, with ``on_device=False``, as a host NumPy array of ``dtype``)."""
-    raw = x if (backend.is_native(x) or array_module_name(x) == "cupy") else np.asarray(x)
+    raw = x if (backend.is_native(x) or array_module_name(x) == "cupy") else host_array(x, name)
     kind = getattr(getattr(raw, "dtype", None), "kind", "O")
     if kind not in "biuf":
         raise TypeError(f"{name} must hold numbers, got dtype {getattr(raw, 'dtype', type(raw))}")
@@ -76,9 +87,7 @@ def check_class_labels(
     y: Any, name: str, n_samples: int, n_classes: int | None = None
 ) -> np.ndarray:
     """Validate integer class labels (1-D) on the host and return them as int64."""
-    if array_module_name(y) == "cupy":
-        y = y.get()
-    y = np.asarray(y)
+    y = host_array(y, name)
     if y.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
     if y.ndim != 1:
@@ -90,15 +99,16 @@ def check_class_labels(
             raise ValueError(f"{name} contains NaN or infinite labels")
         if not np.all(y == np.round(y)):
             raise ValueError(f"{name} must hold integer class labels, got non-integer values")
-    y = y.astype(np.int64)
     if y.size and y.min() < 0:
-        raise ValueError(f"{name} contains negative label {int(y.min())}")
-    if n_classes is not None and y.size and y.max() >= n_classes:
+        raise ValueError(f"{name} contains negative label {y.min().item()!r}")
+    limit = n_classes if n_classes is not None else 2**31
+    if y.size and y.max() >= limit:
+        valid = f"0..{n_classes - 1}" if n_classes is not None else "below 2**31"
         raise ValueError(
-            f"{name} contains label {int(y.max())} but the model has {n_classes} "
-            f"outputs (valid labels are 0..{n_classes - 1})"
+            f"{name} contains label {y.max().item()!r} but the model has "
+            f"{n_classes if n_classes is not None else 'fewer'} outputs (valid labels are {valid})"
         )
-    return y
+    return y.astype(np.int64)
 
 
 def check_targets(
@@ -108,15 +118,16 @@ def check_targets(
     n_outputs: int,
     backend: Backend,
     dtype: Any,
-    integer_labels: bool,
+    loss: Any,
     on_device: bool = True,
 ) -> Any:
-    """Validate targets: integer labels for softmax classifiers, else an array matching outputs.
+    """Validate targets for ``loss``: integer labels (1-D) for softmax classifiers, else an
+    array matching the outputs, finite and inside the loss's domain (``loss.invalid_targets``).
     Returned on the backend, or on the host with ``on_device=False``."""
     place = backend.asarray if on_device else np.ascontiguousarray
-    if integer_labels and np.ndim(y) == 1:
-        return place(check_class_labels(y, name, n_samples, n_outputs))
-    host = y.get() if array_module_name(y) == "cupy" else np.asarray(y)
+    host = host_array(y, name)
+    if getattr(loss, "name", "") == "softmax_cross_entropy" and host.ndim == 1:
+        return place(check_class_labels(host, name, n_samples, n_outputs))
     if host.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric, got dtype {host.dtype}")
     if host.ndim == 1:
@@ -129,6 +140,9 @@ def check_targets(
         )
     if not np.isfinite(host).all():
         raise ValueError(f"{name} contains NaN or infinite values")
+    bad = loss.invalid_targets(host)
+    if bad:
+        raise ValueError(f"{name}: {bad} for {type(loss).__name__}")
     return place(host, dtype)
 
 

@@ -208,17 +208,26 @@ def count_correct(logits: Any, labels: Any, hits: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- optimizer updates
+# Optimizer kernels run over a flat arena group: weight decay for elements [0, n_decay) only.
+_WD = "T wd = i < n_decay ? wd_all : (T)0;"
+
+
 @cache
 def sgd_kernel() -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel("T g, T lr, T wd", "T p", "p -= lr * (g + wd * p);", "fastnet_sgd")
+    return cp.ElementwiseKernel(
+        "T g, T lr, T wd_all, int64 n_decay",
+        "T p",
+        _WD + "p -= lr * (g + wd * p);",
+        "fastnet_sgd",
+    )
 
 
 @cache
 def momentum_kernel() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "T g, T lr, T mu, bool nesterov, T wd",
+        "T g, T lr, T mu, bool nesterov, T wd_all, int64 n_decay",
         "T p, T v",
-        "T gi = g + wd * p; T vi = mu * v - lr * gi; v = vi;"
+        _WD + "T gi = g + wd * p; T vi = mu * v - lr * gi; v = vi;"
         "p += nesterov ? mu * vi - lr * gi : vi;",
         "fastnet_momentum",
     )
@@ -227,9 +236,9 @@ def momentum_kernel() -> cp.ElementwiseKernel:
 @cache
 def adagrad_kernel() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "T g, T lr, T eps, T wd",
+        "T g, T lr, T eps, T wd_all, int64 n_decay",
         "T p, T h",
-        "T gi = g + wd * p; T hi = h + gi * gi; h = hi; p -= lr * gi / (sqrt(hi) + eps);",
+        _WD + "T gi = g + wd * p; T hi = h + gi * gi; h = hi; p -= lr * gi / (sqrt(hi) + eps);",
         "fastnet_adagrad",
     )
 
@@ -237,9 +246,9 @@ def adagrad_kernel() -> cp.ElementwiseKernel:
 @cache
 def rmsprop_kernel() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "T g, T lr, T rho, T eps, T wd",
+        "T g, T lr, T rho, T eps, T wd_all, int64 n_decay",
         "T p, T h",
-        "T gi = g + wd * p; T hi = rho * h + ((T)1 - rho) * gi * gi; h = hi;"
+        _WD + "T gi = g + wd * p; T hi = rho * h + ((T)1 - rho) * gi * gi; h = hi;"
         "p -= lr * gi / (sqrt(hi) + eps);",
         "fastnet_rmsprop",
     )
@@ -256,9 +265,9 @@ _ADAM_BODY = (
 def adam_kernel() -> cp.ElementwiseKernel:
     """Adam; bias correction folded into ``step`` and ``eps_hat`` by the caller."""
     return cp.ElementwiseKernel(
-        "T g, T step, T beta1, T beta2, T eps_hat, T wd",
+        "T g, T step, T beta1, T beta2, T eps_hat, T wd_all, int64 n_decay",
         "T p, T m, T v",
-        _ADAM_BODY,
+        _WD + _ADAM_BODY,
         "fastnet_adam",
     )
 
@@ -268,9 +277,9 @@ def adam_device_scalars_kernel() -> cp.ElementwiseKernel:
     """Adam reading ``step`` and ``eps_hat`` from device memory (``sc[0]``, ``sc[1]``), so a
     captured CUDA graph can replay it with a new step count."""
     return cp.ElementwiseKernel(
-        "T g, raw T sc, T beta1, T beta2, T wd",
+        "T g, raw T sc, T beta1, T beta2, T wd_all, int64 n_decay",
         "T p, T m, T v",
-        "T step = sc[0]; T eps_hat = sc[1];" + _ADAM_BODY,
+        _WD + "T step = sc[0]; T eps_hat = sc[1];" + _ADAM_BODY,
         "fastnet_adam_dev",
     )
 

@@ -14,10 +14,15 @@ import numpy as np
 from numba import njit, prange
 
 # error_model="numpy": division by zero gives inf/nan instead of a per-element check, which
-# would stop LLVM from vectorizing the loops.
-SERIAL: dict[str, Any] = {"cache": True, "fastmath": True, "error_model": "numpy"}
+# would stop LLVM from vectorizing the loops. No ``fastmath``: its no-NaN/no-inf assumptions
+# turn overflowing values (|g| = 1e20 squared in float32) into NaN where NumPy gives inf/0.
+# Row reductions (softmax sums) allow only reassociation, which keeps inf/NaN semantics.
+SERIAL: dict[str, Any] = {"cache": True, "error_model": "numpy"}
 PARALLEL: dict[str, Any] = {**SERIAL, "parallel": True}
 INLINE: dict[str, Any] = {**SERIAL, "inline": "always"}
+REDUCE: dict[str, Any] = {**SERIAL, "fastmath": {"reassoc", "nsz", "contract"}}
+REDUCE_PARALLEL: dict[str, Any] = {**REDUCE, "parallel": True}
+REDUCE_INLINE: dict[str, Any] = {**REDUCE, "inline": "always"}
 
 # ---------------------------------------------------------------------------- vectorizable exp
 # llvmlite without SVML computes exp one element at a time. This float32 exp (Cephes expf:
@@ -39,7 +44,7 @@ _P3, _P4, _P5 = (
 _EXP_LO = np.float32(-87.0)
 
 
-@njit(**INLINE)
+@njit(**REDUCE_INLINE)
 def _expm_f32(x, poly, n):
     """poly[j] * 2**n[j] == exp(x[j]) for x <= 0 (clamped below at -87)."""
     for j in range(x.shape[0]):
@@ -152,7 +157,7 @@ def act_backward_bias_parallel(y, dy, code, alpha, dz, db):
 
 
 # ---------------------------------------------------------------------------- softmax + CE
-@njit(**INLINE)
+@njit(**REDUCE_INLINE)
 def _softmax_xent_row(x, label, d, inv_n, poly, bits, fast_exp):
     m = x.shape[0]
     mx = x[0]
@@ -184,7 +189,7 @@ def _softmax_xent_row(x, label, d, inv_n, poly, bits, fast_exp):
     return math.log(total) - shifted_label
 
 
-@njit(**SERIAL)
+@njit(**REDUCE)
 def softmax_xent(logits, labels, dlogits, inv_n, fast_exp):
     """Mean softmax cross-entropy of integer ``labels``; writes ``dlogits``, returns the loss.
 
@@ -200,7 +205,7 @@ def softmax_xent(logits, labels, dlogits, inv_n, fast_exp):
     return loss / n
 
 
-@njit(**PARALLEL)
+@njit(**REDUCE_PARALLEL)
 def softmax_xent_parallel(logits, labels, dlogits, inv_n, fast_exp):
     n, m = logits.shape
     chunks = min(n, 64)
@@ -238,10 +243,11 @@ def count_correct(logits, labels):
 
 
 # ---------------------------------------------------------------------------- optimizer updates
-# Parameters, gradients and state are flattened 1-D views; scalars arrive in the array dtype.
+# Parameters, gradients and state are flat 1-D arena buffers of one length (the backend checks);
+# scalars arrive in the array dtype. Weight decay ``wd`` applies to elements ``[0, n_decay)``:
+# each driver runs two loops, decayed then undecayed, so both stay branch-free and vectorized.
 # Constants are typed with ``p.dtype.type``: a bare ``1 - beta`` is int64 - float32, which numba
 # types as float64 and would run the whole float32 update in (4-wide) double precision.
-# Each rule is one inlined element function driven by a serial and a parallel loop.
 @njit(**INLINE)
 def _sgd(i, p, g, lr, wd):
     p[i] -= lr * (g[i] + wd * p[i])
@@ -283,64 +289,94 @@ def _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd):
 
 
 @njit(**SERIAL)
-def sgd_update(p, g, lr, wd):
-    for i in range(p.shape[0]):
+def sgd_update(p, g, lr, wd, n_decay):
+    zero = wd - wd
+    for i in range(n_decay):
         _sgd(i, p, g, lr, wd)
+    for i in range(n_decay, p.shape[0]):
+        _sgd(i, p, g, lr, zero)
 
 
 @njit(**PARALLEL)
-def sgd_update_parallel(p, g, lr, wd):
-    for i in prange(p.shape[0]):
+def sgd_update_parallel(p, g, lr, wd, n_decay):
+    zero = wd - wd
+    for i in prange(n_decay):
         _sgd(i, p, g, lr, wd)
+    for i in prange(n_decay, p.shape[0]):
+        _sgd(i, p, g, lr, zero)
 
 
 @njit(**SERIAL)
-def momentum_update(p, g, v, lr, mu, nesterov, wd):
-    for i in range(p.shape[0]):
+def momentum_update(p, g, v, lr, mu, nesterov, wd, n_decay):
+    zero = wd - wd
+    for i in range(n_decay):
         _momentum(i, p, g, v, lr, mu, nesterov, wd)
+    for i in range(n_decay, p.shape[0]):
+        _momentum(i, p, g, v, lr, mu, nesterov, zero)
 
 
 @njit(**PARALLEL)
-def momentum_update_parallel(p, g, v, lr, mu, nesterov, wd):
-    for i in prange(p.shape[0]):
+def momentum_update_parallel(p, g, v, lr, mu, nesterov, wd, n_decay):
+    zero = wd - wd
+    for i in prange(n_decay):
         _momentum(i, p, g, v, lr, mu, nesterov, wd)
+    for i in prange(n_decay, p.shape[0]):
+        _momentum(i, p, g, v, lr, mu, nesterov, zero)
 
 
 @njit(**SERIAL)
-def adagrad_update(p, g, h, lr, eps, wd):
-    for i in range(p.shape[0]):
+def adagrad_update(p, g, h, lr, eps, wd, n_decay):
+    zero = wd - wd
+    for i in range(n_decay):
         _adagrad(i, p, g, h, lr, eps, wd)
+    for i in range(n_decay, p.shape[0]):
+        _adagrad(i, p, g, h, lr, eps, zero)
 
 
 @njit(**PARALLEL)
-def adagrad_update_parallel(p, g, h, lr, eps, wd):
-    for i in prange(p.shape[0]):
+def adagrad_update_parallel(p, g, h, lr, eps, wd, n_decay):
+    zero = wd - wd
+    for i in prange(n_decay):
         _adagrad(i, p, g, h, lr, eps, wd)
+    for i in prange(n_decay, p.shape[0]):
+        _adagrad(i, p, g, h, lr, eps, zero)
 
 
 @njit(**SERIAL)
-def rmsprop_update(p, g, h, lr, rho, eps, wd):
-    for i in range(p.shape[0]):
+def rmsprop_update(p, g, h, lr, rho, eps, wd, n_decay):
+    zero = wd - wd
+    for i in range(n_decay):
         _rmsprop(i, p, g, h, lr, rho, eps, wd)
+    for i in range(n_decay, p.shape[0]):
+        _rmsprop(i, p, g, h, lr, rho, eps, zero)
 
 
 @njit(**PARALLEL)
-def rmsprop_update_parallel(p, g, h, lr, rho, eps, wd):
-    for i in prange(p.shape[0]):
+def rmsprop_update_parallel(p, g, h, lr, rho, eps, wd, n_decay):
+    zero = wd - wd
+    for i in prange(n_decay):
         _rmsprop(i, p, g, h, lr, rho, eps, wd)
+    for i in prange(n_decay, p.shape[0]):
+        _rmsprop(i, p, g, h, lr, rho, eps, zero)
 
 
 @njit(**SERIAL)
-def adam_update(p, g, m, v, step, beta1, beta2, eps_hat, wd):
+def adam_update(p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay):
     """Adam with the bias correction folded into ``step`` and ``eps_hat`` by the caller."""
-    for i in range(p.shape[0]):
+    zero = wd - wd
+    for i in range(n_decay):
         _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd)
+    for i in range(n_decay, p.shape[0]):
+        _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, zero)
 
 
 @njit(**PARALLEL)
-def adam_update_parallel(p, g, m, v, step, beta1, beta2, eps_hat, wd):
-    for i in prange(p.shape[0]):
+def adam_update_parallel(p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay):
+    zero = wd - wd
+    for i in prange(n_decay):
         _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd)
+    for i in prange(n_decay, p.shape[0]):
+        _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, zero)
 
 
 # ---------------------------------------------------------------------------- matmul

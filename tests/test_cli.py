@@ -101,7 +101,7 @@ def test_bench_harness_runs_on_tiny_sizes(tmp_path, capsys):
 
 
 def test_interleaved_alternates_and_computes_ratios():
-    from fastnet.benchmark import Contestant, interleaved
+    from fastnet.bench.harness import Contestant, interleaved
 
     order = []
     cs = [Contestant("a", lambda: order.append("a")), Contestant("b", lambda: order.append("b"))]

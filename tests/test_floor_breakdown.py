@@ -13,7 +13,7 @@ pytestmark = pytest.mark.skipif(not probe("numba").available, reason="numba unav
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
 def test_stripped_epoch_trains(optimizer):
-    from fastnet.floor_breakdown import stripped_epoch
+    from fastnet.bench.floor import stripped_epoch
 
     X, y = make_blobs(n=512, d=20, k=4)
     epoch = stripped_epoch(X, y, (20, 32, 4), 32, optimizer=optimizer)
@@ -23,7 +23,7 @@ def test_stripped_epoch_trains(optimizer):
 
 
 def test_stripped_epoch_without_update_keeps_loss():
-    from fastnet.floor_breakdown import stripped_epoch
+    from fastnet.bench.floor import stripped_epoch
 
     X, y = make_blobs(n=256, d=10, k=3)
     epoch = stripped_epoch(X, y, (10, 16, 3), 32, optimizer=None)
@@ -34,9 +34,9 @@ def test_stripped_epoch_without_update_keeps_loss():
 
 def test_floor_groups_price_every_part():
     from fastnet.backends import get_backend
-    from fastnet.bench_suites import _model
-    from fastnet.benchmark import interleaved
-    from fastnet.floor_breakdown import floor_groups
+    from fastnet.bench.suites import _model
+    from fastnet.bench.harness import interleaved
+    from fastnet.bench.floor import floor_groups
 
     X, y = make_blobs(n=256, d=784, k=10)
     sizes = (784, 256, 128, 10)

@@ -223,11 +223,13 @@ _F32_KERNEL_ARGS = {
     "act_backward_bias": lambda a, v: [
         (a((8, 16)), a((8, 16)), code, _F32, a((8, 16)), v(16)) for code in ACTS
     ],
-    "sgd_update": lambda a, v: [(v(64), v(64), _F32, _F32)],
-    "momentum_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, True, _F32)],
-    "adagrad_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, _F32)],
-    "rmsprop_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, _F32, _F32)],
-    "adam_update": lambda a, v: [(v(64), v(64), v(64), v(64), _F32, _F32, _F32, _F32, _F32)],
+    "sgd_update": lambda a, v: [(v(64), v(64), _F32, _F32, 32)],
+    "momentum_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, True, _F32, 32)],
+    "adagrad_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, _F32, 32)],
+    "rmsprop_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, _F32, _F32, 32)],
+    "adam_update": lambda a, v: [
+        (v(64), v(64), v(64), v(64), _F32, _F32, _F32, _F32, _F32, 32)
+    ],
 }
 
 

@@ -268,7 +268,7 @@ def test_model_to_other_backend_keeps_weights(backend):
     model.fit(X, y, epochs=1, verbose=0)
     moved = model.to(backend)
     np.testing.assert_allclose(moved.predict_proba(X), model.predict_proba(X), rtol=1e-4, atol=1e-6)
-    assert moved.parameters()[0].step == model.parameters()[0].step
+    assert moved.arena.groups[0].step == model.arena.groups[0].step
 
 
 def test_outputs_are_copies_not_live_buffers(backend):
@@ -364,4 +364,4 @@ def test_cli_interrupt_saves_checkpoint(tmp_path, monkeypatch, capsys):
     )
     assert rc == 130 and ckpt.exists()
     assert "interrupted" in capsys.readouterr().err
-    assert fn.load_model(ckpt).parameters()[0].step == 5  # the finished first epoch
+    assert fn.load_model(ckpt).arena.groups[0].step == 5  # the finished first epoch

@@ -173,7 +173,15 @@ def get_backend(spec: str | Backend | None = None) -> Backend:
     if isinstance(spec, Backend):
         return spec
     if spec is None:
-        spec = _context.get() or _global_default or os.environ.get("FASTNET_BACKEND") or "auto"
+        spec = _context.get() or _global_default
+        if spec is None and os.environ.get("FASTNET_BACKEND"):
+            env = os.environ["FASTNET_BACKEND"]
+            try:
+                _split(env)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"environment variable FASTNET_BACKEND={env!r}: {exc}") from None
+            spec = env
+        spec = spec or "auto"
     name, device = _split(spec)
     if name == "auto":
         name = _resolve_auto()

@@ -7,13 +7,24 @@ anything their kernels do not cover. Every op records which implementation ran i
 
 from __future__ import annotations
 
+import enum
 import math
 from typing import Any
 
 import numpy as np
 
-ACTIVATIONS = ("linear", "relu", "leaky_relu", "sigmoid", "tanh")
-ACTIVATION_CODE = {name: code for code, name in enumerate(ACTIVATIONS)}
+class Act(enum.IntEnum):
+    """Activation functions the fused kernels know (values are the kernels' codes)."""
+
+    LINEAR = 0
+    RELU = 1
+    LEAKY_RELU = 2
+    SIGMOID = 3
+    TANH = 4
+
+
+ACTIVATIONS = tuple(a.name.lower() for a in Act)
+ACTIVATION_CODE = {a.name.lower(): a for a in Act}
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -37,8 +48,8 @@ def contiguous_floats(*arrays: Any) -> bool:
     return True
 
 
-def activation_code(name: str | None) -> int:
-    """Map an activation name (or None for linear) to its integer kernel code."""
+def activation_code(name: str | None) -> Act:
+    """Map an activation name (or None for linear) to its ``Act``."""
     key = "linear" if name is None else name
     if key not in ACTIVATION_CODE:
         raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
@@ -92,6 +103,14 @@ class Backend:
     def take_rows(self, x: Any, idx: Any, out: Any = None) -> Any:
         return self.xp.take(x, idx, axis=0, out=out)
 
+    def copy_from_host(self, dst: Any, src: np.ndarray) -> None:
+        """Copy host array ``src`` into the device array ``dst`` of the same shape."""
+        dst[...] = src
+
+    def pinned_empty(self, shape: Any, dtype: Any) -> np.ndarray:
+        """A host staging array (page-locked on GPU backends)."""
+        return np.empty(shape, dtype=dtype)
+
     def fits_on_device(self, nbytes: int) -> bool:
         """Whether a dataset of ``nbytes`` should be made resident where this backend computes."""
         return True
@@ -108,12 +127,12 @@ class Backend:
         return self.xp.matmul(a, b, out=out)
 
     def linear(
-        self, x: Any, w: Any, b: Any, activation: int, alpha: float = 0.01, out: Any = None
+        self, x: Any, w: Any, b: Any, activation: Act, alpha: float = 0.01, out: Any = None
     ) -> Any:
         """``act(x @ w + b)`` into ``out``; ``b`` may be None."""
         return self.bias_act(self.matmul(x, w, out=out), b, activation, alpha)
 
-    def bias_act(self, z: Any, b: Any, activation: int, alpha: float = 0.01) -> Any:
+    def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
         """In place ``z = act(z + b)`` (fused hot path in subclasses)."""
         self._ran("bias_act")
         if b is not None:
@@ -126,7 +145,7 @@ class Backend:
         w: Any,
         y: Any,
         dy: Any,
-        activation: int,
+        activation: Act,
         alpha: float,
         dw: Any,
         db: Any,
@@ -143,7 +162,7 @@ class Backend:
         return self.matmul(dz, w.T, out=dx)
 
     def act_backward_bias(
-        self, y: Any, dy: Any, activation: int, alpha: float, dz: Any = None, db: Any = None
+        self, y: Any, dy: Any, activation: Act, alpha: float, dz: Any = None, db: Any = None
     ) -> Any:
         """``dz = dy * act'(y)`` and, if ``db`` is given, ``db = dz.sum(axis=0)``; returns dz."""
         self._ran("act_backward_bias")
@@ -153,23 +172,23 @@ class Backend:
         return dz
 
     # ------------------------------------------------------------------ activations
-    def _activate_inplace(self, z: Any, activation: int, alpha: float) -> Any:
+    def _activate_inplace(self, z: Any, activation: Act, alpha: float) -> Any:
         xp = self.xp
-        if activation == 0:
+        if activation == Act.LINEAR:
             return z
-        if activation == 1:
+        if activation == Act.RELU:
             return xp.maximum(z, 0, out=z)
-        if activation == 2:
+        if activation == Act.LEAKY_RELU:
             return xp.multiply(z, xp.where(z > 0, 1, alpha).astype(z.dtype), out=z)
-        if activation == 3:
+        if activation == Act.SIGMOID:
             e = xp.exp(-xp.abs(z))
             numerator = xp.where(z >= 0, 1, e).astype(z.dtype)
             return xp.divide(numerator, 1 + e, out=z)
-        if activation == 4:
+        if activation == Act.TANH:
             return xp.tanh(z, out=z)
         raise ValueError(f"unknown activation code {activation}")
 
-    def activation(self, x: Any, activation: int, alpha: float = 0.01, out: Any = None) -> Any:
+    def activation(self, x: Any, activation: Act, alpha: float = 0.01, out: Any = None) -> Any:
         self._ran("activation")
         if out is None:
             out = self.xp.empty_like(x)
@@ -177,20 +196,20 @@ class Backend:
         return self._activate_inplace(out, activation, alpha)
 
     def activation_backward(
-        self, y: Any, dy: Any, activation: int, alpha: float = 0.01, out: Any = None
+        self, y: Any, dy: Any, activation: Act, alpha: float = 0.01, out: Any = None
     ) -> Any:
         """Upstream gradient times the activation derivative, computed from the output ``y``."""
         self._ran("activation_backward")
         xp = self.xp
-        if activation == 0:
+        if activation == Act.LINEAR:
             deriv = None
-        elif activation == 1:
+        elif activation == Act.RELU:
             deriv = y > 0
-        elif activation == 2:
+        elif activation == Act.LEAKY_RELU:
             deriv = xp.where(y > 0, 1, alpha).astype(y.dtype)
-        elif activation == 3:
+        elif activation == Act.SIGMOID:
             deriv = y * (1 - y)
-        elif activation == 4:
+        elif activation == Act.TANH:
             deriv = 1 - y * y
         else:
             raise ValueError(f"unknown activation code {activation}")
@@ -209,11 +228,21 @@ class Backend:
         return e
 
     # ------------------------------------------------------------------ losses
-    def softmax_xent(self, logits: Any, labels: Any, dlogits: Any = None) -> tuple[Any, Any]:
-        """Mean softmax cross-entropy and its gradient w.r.t. the logits, numerically stable.
+    def softmax_xent(
+        self,
+        logits: Any,
+        labels: Any,
+        dlogits: Any = None,
+        loss_out: Any = None,
+        loss_scale: float | None = None,
+    ) -> tuple[Any, Any]:
+        """Mean softmax cross-entropy and its exact gradient w.r.t. the logits, stable.
 
-        ``labels`` are integer class indices (shape ``(n,)``) or targets (shape ``(n, k)``,
-        one-hot or soft). Returns ``(loss, dlogits)``; the loss stays on the device.
+        ``labels`` are integer class indices (shape ``(n,)``) or non-negative targets (shape
+        ``(n, k)``, one-hot or soft; rows need not sum to 1: the gradient is
+        ``softmax * sum(t) - t``). Returns ``(loss, dlogits)`` with the loss on the device. With
+        ``loss_out`` (a 0-d device array), ``loss_scale`` (default ``1/n``) times the summed row
+        losses is added into it and it is returned instead: an accumulator needing no host sync.
         """
         self._ran("softmax_xent")
         xp = self.xp
@@ -221,33 +250,51 @@ class Backend:
         shifted = logits - logits.max(axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
-        if dlogits is None:
+        if dlogits is None or dlogits.shape != logits.shape:
             dlogits = xp.empty_like(logits)
         xp.divide(e, s, out=dlogits)
         log_s = xp.log(s)
         if labels.ndim == 1:
             rows = xp.arange(n)
-            loss = (log_s[:, 0] - shifted[rows, labels]).sum() / n
+            total = (log_s[:, 0] - shifted[rows, labels]).sum()
             dlogits[rows, labels] -= 1
         else:
-            loss = -(labels * (shifted - log_s)).sum() / n
-            dlogits -= labels
+            targets = labels.astype(logits.dtype, copy=False)
+            total = -(targets * (shifted - log_s)).sum()
+            dlogits *= targets.sum(axis=1, keepdims=True)
+            dlogits -= targets
         dlogits /= n
-        return loss, dlogits
+        if loss_out is None:
+            return total / n, dlogits
+        loss_out += (1.0 / n if loss_scale is None else loss_scale) * total
+        return loss_out, dlogits
 
-    def count_correct(self, logits: Any, labels: Any) -> Any:
-        """Number of rows whose argmax equals the integer label (stays on the device)."""
-        return (logits.argmax(axis=1) == labels).sum()
+    def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
+        """Number of rows whose argmax equals the integer label (stays on the device); added
+        into ``out`` (a 0-d device accumulator) when given."""
+        hits = (logits.argmax(axis=1) == labels).sum()
+        if out is None:
+            return hits
+        out += hits
+        return out
 
     # ------------------------------------------------------------------ optimizer updates
-    # Each update mutates the parameter and its state in place; ``wd`` adds L2 decay to the
-    # gradient.
-    def _decayed(self, p: Any, g: Any, wd: float) -> Any:
-        return g + wd * p if wd else g
+    # Each update mutates the flat parameter group ``p`` and its state in place. ``wd`` adds L2
+    # decay to the gradient of the leading ``n_decay`` elements (all when None).
+    def _decayed(self, p: Any, g: Any, wd: float, n_decay: int | None) -> Any:
+        if not wd:
+            return g
+        if n_decay is None or n_decay >= p.shape[0]:
+            return g + wd * p
+        g = g.copy()
+        g[:n_decay] += wd * p[:n_decay]
+        return g
 
-    def update_sgd(self, p: Any, g: Any, lr: float, wd: float = 0.0) -> None:
+    def update_sgd(
+        self, p: Any, g: Any, lr: float, wd: float = 0.0, n_decay: int | None = None
+    ) -> None:
         self._ran("update_sgd")
-        p -= lr * self._decayed(p, g, wd)
+        p -= lr * self._decayed(p, g, wd, n_decay)
 
     def update_momentum(
         self,
@@ -258,9 +305,10 @@ class Backend:
         momentum: float,
         nesterov: bool = False,
         wd: float = 0.0,
+        n_decay: int | None = None,
     ) -> None:
         self._ran("update_momentum")
-        g = self._decayed(p, g, wd)
+        g = self._decayed(p, g, wd, n_decay)
         v *= momentum
         v -= lr * g
         if nesterov:
@@ -269,18 +317,33 @@ class Backend:
             p += v
 
     def update_adagrad(
-        self, p: Any, g: Any, h: Any, lr: float, eps: float, wd: float = 0.0
+        self,
+        p: Any,
+        g: Any,
+        h: Any,
+        lr: float,
+        eps: float,
+        wd: float = 0.0,
+        n_decay: int | None = None,
     ) -> None:
         self._ran("update_adagrad")
-        g = self._decayed(p, g, wd)
+        g = self._decayed(p, g, wd, n_decay)
         h += g * g
         p -= lr * g / (self.xp.sqrt(h) + eps)
 
     def update_rmsprop(
-        self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float, wd: float = 0.0
+        self,
+        p: Any,
+        g: Any,
+        h: Any,
+        lr: float,
+        rho: float,
+        eps: float,
+        wd: float = 0.0,
+        n_decay: int | None = None,
     ) -> None:
         self._ran("update_rmsprop")
-        g = self._decayed(p, g, wd)
+        g = self._decayed(p, g, wd, n_decay)
         h *= rho
         h += (1 - rho) * g * g
         p -= lr * g / (self.xp.sqrt(h) + eps)
@@ -297,13 +360,35 @@ class Backend:
         eps: float,
         t: int,
         wd: float = 0.0,
+        n_decay: int | None = None,
+        device_scalars: Any = None,
     ) -> None:
-        """Adam with bias correction folded into the step size (Kingma & Ba, sec. 2)."""
+        """Adam with bias correction folded into the step size (Kingma & Ba, sec. 2). With
+        ``device_scalars`` (from ``adam_device_scalars``) the step size and eps are read from
+        that device array instead of being computed from ``t`` on the host."""
         self._ran("update_adam")
-        g = self._decayed(p, g, wd)
+        g = self._decayed(p, g, wd, n_decay)
         m *= beta1
         m += (1 - beta1) * g
         v *= beta2
         v += (1 - beta2) * (g * g)
-        step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
+        if device_scalars is None:
+            step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
+        else:
+            step, eps_hat = device_scalars[0], device_scalars[1]
         p -= step * m / (self.xp.sqrt(v) + eps_hat)
+
+    def adam_device_scalars(
+        self, t: Any, out: Any, lr: float, beta1: float, beta2: float, eps: float
+    ) -> None:
+        """On the device: ``t[0] += 1``, then ``out = [step, eps_hat]`` for that step (what a
+        captured step replays without host work)."""
+        t[0] += 1
+        step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, int(t[0]))
+        out[0], out[1] = step, eps_hat
+
+    # ------------------------------------------------------------------ compiled steps
+    def compile_step(self, model: Any, batch_size: int) -> tuple[Any, str]:
+        """A compiled training step for ``model`` at ``batch_size``, or ``(None, reason)``.
+        Backends that can compile steps (cupy: CUDA graphs) override this."""
+        return None, f"compiled steps need the cupy backend (CUDA graphs); {self.name} runs eager"

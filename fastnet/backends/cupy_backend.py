@@ -11,7 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import FLOAT_DTYPES, Backend, adam_step_scalars, contiguous_floats
+from fastnet.backends.base import (
+    FLOAT_DTYPES,
+    Act,
+    Backend,
+    adam_step_scalars,
+    contiguous_floats,
+)
 
 
 class CupyBackend(Backend):
@@ -31,8 +37,6 @@ class CupyBackend(Backend):
         self.device = cupy.cuda.Device(device)
         self.device.use()
         self.name = "cupy" if device == 0 else f"cupy:{device}"
-        #: device scalars [step, eps_hat] read by Adam while a CUDA graph is being captured
-        self.graph_adam_scalars: Any = None
         try:
             self._gemm = cupy_gpu.cublas_gemm()
             self._gemm_name = "cublas-direct"
@@ -87,6 +91,13 @@ class CupyBackend(Backend):
 
         return cupyx.empty_pinned(shape, dtype=dtype)
 
+    def copy_from_host(self, dst: Any, src: np.ndarray) -> None:
+        dst.set(src)
+
+    def graph_capture_reason(self) -> str:
+        """Why training steps cannot be captured in CUDA graphs here ("" if they can)."""
+        return "" if self._gemm is not None else f"no direct cuBLAS calls: {self._gemm_name}"
+
     def synchronize(self) -> None:
         self.device.synchronize()
 
@@ -125,37 +136,37 @@ class CupyBackend(Backend):
         self._ran("matmul", "cupy.matmul")
         return self.xp.matmul(a, b, out=out)
 
-    def bias_act(self, z: Any, b: Any, activation: int, alpha: float = 0.01) -> Any:
+    def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
         if b is None or not contiguous_floats(z, b):
             return super().bias_act(z, b, activation, alpha)
-        self.k.bias_act(z, b, activation, alpha)
+        self.k.bias_act(z, b, int(activation), alpha)
         self._ran("bias_act", "cuda-fused")
         return z
 
     def act_backward_bias(
-        self, y: Any, dy: Any, activation: int, alpha: float, dz: Any = None, db: Any = None
+        self, y: Any, dy: Any, activation: Act, alpha: float, dz: Any = None, db: Any = None
     ) -> Any:
         if dz is None:
             dz = self.xp.empty_like(dy)
         if db is None or y.ndim != 2 or not contiguous_floats(y, dy, dz, db):
             return super().act_backward_bias(y, dy, activation, alpha, dz, db)
-        self.k.act_backward_bias(y, dy, activation, alpha, dz, db)
+        self.k.act_backward_bias(y, dy, int(activation), alpha, dz, db)
         self._ran("act_backward_bias", "cuda-fused")
         return dz
 
-    def activation(self, x: Any, activation: int, alpha: float = 0.01, out: Any = None) -> Any:
+    def activation(self, x: Any, activation: Act, alpha: float = 0.01, out: Any = None) -> Any:
         if out is None:
             out = self.xp.empty_like(x)
-        self.k.activation(x, activation, alpha, out)
+        self.k.activation(x, int(activation), alpha, out)
         self._ran("activation", "cuda-fused")
         return out
 
     def activation_backward(
-        self, y: Any, dy: Any, activation: int, alpha: float = 0.01, out: Any = None
+        self, y: Any, dy: Any, activation: Act, alpha: float = 0.01, out: Any = None
     ) -> Any:
         if out is None:
             out = self.xp.empty_like(dy)
-        self.k.activation_backward(y, dy, activation, alpha, out)
+        self.k.activation_backward(y, dy, int(activation), alpha, out)
         self._ran("activation_backward", "cuda-fused")
         return out
 
@@ -168,33 +179,42 @@ class CupyBackend(Backend):
         loss_out: Any = None,
         loss_scale: float | None = None,
     ) -> tuple[Any, Any]:
-        """As the reference; with ``loss_out`` given, ``loss_scale * sum(row losses)`` is added to
-        it instead of returning a fresh mean (used by CUDA-graph training)."""
+        """As the reference (``loss_out`` accumulates ``loss_scale * sum(row losses)``)."""
         if labels.ndim != 1 or labels.dtype.kind not in "iu" or logits.dtype not in FLOAT_DTYPES:
-            return super().softmax_xent(logits, labels, dlogits)
+            return super().softmax_xent(logits, labels, dlogits, loss_out, loss_scale)
         xp = self.xp
         logits = xp.ascontiguousarray(logits)
         if labels.dtype != np.int64:
             labels = labels.astype(np.int64)
         n, m = logits.shape
-        if dlogits is None or not contiguous_floats(logits, dlogits):
+        if labels.shape != (n,):
+            raise ValueError(f"softmax_xent: {n} rows of logits but {labels.shape[0]} labels")
+        if (
+            dlogits is None
+            or dlogits.shape != logits.shape
+            or not contiguous_floats(logits, dlogits)
+        ):
             dlogits = xp.empty_like(logits)
         if loss_out is None:
             loss_out = xp.zeros((), dtype=logits.dtype)
-            loss_scale = 1.0 / n
         self.k.softmax_xent(
             logits,
             xp.ascontiguousarray(labels),
             dlogits,
             loss_out,
-            1.0 if loss_scale is None else loss_scale,
+            1.0 / n if loss_scale is None else loss_scale,
         )
         self._ran("softmax_xent", "cuda-fused")
         return loss_out, dlogits
 
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
-        if labels.ndim != 1 or logits.dtype not in FLOAT_DTYPES:
-            return super().count_correct(logits, labels)
+        if (
+            labels.ndim != 1
+            or logits.ndim != 2
+            or labels.shape[0] != logits.shape[0]
+            or logits.dtype not in FLOAT_DTYPES
+        ):
+            return super().count_correct(logits, labels, out)
         if labels.dtype != np.int64:
             labels = labels.astype(np.int64)
         if out is None:
@@ -203,9 +223,16 @@ class CupyBackend(Backend):
         return out
 
     # ------------------------------------------------------------------ optimizer updates
-    def update_sgd(self, p: Any, g: Any, lr: float, wd: float = 0.0) -> None:
+    # One ElementwiseKernel launch per flat arena group; ``n_decay`` bounds weight decay by index.
+    @staticmethod
+    def _n_decay(p: Any, n_decay: int | None) -> np.int64:
+        return np.int64(p.size if n_decay is None else n_decay)
+
+    def update_sgd(
+        self, p: Any, g: Any, lr: float, wd: float = 0.0, n_decay: int | None = None
+    ) -> None:
         t = p.dtype.type
-        self.k.sgd_kernel()(g, t(lr), t(wd), p)
+        self.k.sgd_kernel()(g, t(lr), t(wd), self._n_decay(p, n_decay), p)
         self._ran("update_sgd", "cuda-fused")
 
     def update_momentum(
@@ -217,23 +244,41 @@ class CupyBackend(Backend):
         momentum: float,
         nesterov: bool = False,
         wd: float = 0.0,
+        n_decay: int | None = None,
     ) -> None:
         t = p.dtype.type
-        self.k.momentum_kernel()(g, t(lr), t(momentum), bool(nesterov), t(wd), p, v)
+        nd = self._n_decay(p, n_decay)
+        self.k.momentum_kernel()(g, t(lr), t(momentum), bool(nesterov), t(wd), nd, p, v)
         self._ran("update_momentum", "cuda-fused")
 
     def update_adagrad(
-        self, p: Any, g: Any, h: Any, lr: float, eps: float, wd: float = 0.0
+        self,
+        p: Any,
+        g: Any,
+        h: Any,
+        lr: float,
+        eps: float,
+        wd: float = 0.0,
+        n_decay: int | None = None,
     ) -> None:
         t = p.dtype.type
-        self.k.adagrad_kernel()(g, t(lr), t(eps), t(wd), p, h)
+        self.k.adagrad_kernel()(g, t(lr), t(eps), t(wd), self._n_decay(p, n_decay), p, h)
         self._ran("update_adagrad", "cuda-fused")
 
     def update_rmsprop(
-        self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float, wd: float = 0.0
+        self,
+        p: Any,
+        g: Any,
+        h: Any,
+        lr: float,
+        rho: float,
+        eps: float,
+        wd: float = 0.0,
+        n_decay: int | None = None,
     ) -> None:
         t = p.dtype.type
-        self.k.rmsprop_kernel()(g, t(lr), t(rho), t(eps), t(wd), p, h)
+        nd = self._n_decay(p, n_decay)
+        self.k.rmsprop_kernel()(g, t(lr), t(rho), t(eps), t(wd), nd, p, h)
         self._ran("update_rmsprop", "cuda-fused")
 
     def update_adam(
@@ -248,22 +293,31 @@ class CupyBackend(Backend):
         eps: float,
         t: int,
         wd: float = 0.0,
+        n_decay: int | None = None,
+        device_scalars: Any = None,
     ) -> None:
         c = p.dtype.type
-        if self.graph_adam_scalars is not None:
-            sc = self.graph_adam_scalars[p.dtype.name]
-            self.k.adam_device_scalars_kernel()(g, sc, c(beta1), c(beta2), c(wd), p, m, v)
+        nd = self._n_decay(p, n_decay)
+        if device_scalars is not None:
+            kernel = self.k.adam_device_scalars_kernel()
+            kernel(g, device_scalars, c(beta1), c(beta2), c(wd), nd, p, m, v)
         else:
             step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
-            self.k.adam_kernel()(
-                g,
-                c(step),
-                c(beta1),
-                c(beta2),
-                c(eps_hat),
-                c(wd),
-                p,
-                m,
-                v,
-            )
+            kernel = self.k.adam_kernel()
+            kernel(g, c(step), c(beta1), c(beta2), c(eps_hat), c(wd), nd, p, m, v)
         self._ran("update_adam", "cuda-fused")
+
+    def adam_device_scalars(
+        self, t: Any, out: Any, lr: float, beta1: float, beta2: float, eps: float
+    ) -> None:
+        self.k.adam_scalars(t, out, lr, beta1, beta2, eps)
+
+    # ------------------------------------------------------------------ compiled steps
+    def compile_step(self, model: Any, batch_size: int) -> tuple[Any, str]:
+        """A CUDA-graph step (``fastnet.backends.cuda_graph``) when the model qualifies."""
+        from fastnet.backends.cuda_graph import GraphedStep, graph_unsupported_reason
+
+        reason = graph_unsupported_reason(model, self)
+        if reason:
+            return None, reason
+        return GraphedStep(model, batch_size), "CUDA graph: one captured step per full batch"

@@ -12,7 +12,18 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import FLOAT_DTYPES, Backend, adam_step_scalars, contiguous_floats
+from fastnet.backends.base import (
+    FLOAT_DTYPES,
+    Act,
+    Backend,
+    adam_step_scalars,
+    contiguous_floats,
+)
+
+
+def _same_shape(*arrays: Any) -> bool:
+    shape = arrays[0].shape
+    return all(a.shape == shape for a in arrays[1:])
 
 
 class NumbaBackend(Backend):
@@ -55,8 +66,9 @@ class NumbaBackend(Backend):
         m = b.shape[1]
         if (
             n * k * m <= self.small_matmul_max_flops
+            and b.shape[0] == k
             and contiguous_floats(a, b)
-            and (out is None or contiguous_floats(a, out))
+            and (out is None or (contiguous_floats(a, out) and out.shape == (n, m)))
         ):
             if out is None:
                 out = np.empty((n, m), dtype=a.dtype)
@@ -70,24 +82,34 @@ class NumbaBackend(Backend):
         return parallel if a.size >= self.parallel_min_elements else serial
 
     # ------------------------------------------------------------------ dense layer hooks
-    def bias_act(self, z: Any, b: Any, activation: int, alpha: float = 0.01) -> Any:
-        if b is None or not contiguous_floats(z, b):
+    def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
+        if (
+            b is None
+            or z.ndim != 2
+            or b.shape != (z.shape[1],)
+            or not contiguous_floats(z, b)
+        ):
             return super().bias_act(z, b, activation, alpha)
         kernel = self._pick(self.k.bias_act, self.k.bias_act_parallel, z)
-        kernel(z, b, activation, z.dtype.type(alpha))
+        kernel(z, b, int(activation), z.dtype.type(alpha))
         self._ran("bias_act", "numba-fused")
         return z
 
     def act_backward_bias(
-        self, y: Any, dy: Any, activation: int, alpha: float, dz: Any = None, db: Any = None
+        self, y: Any, dy: Any, activation: Act, alpha: float, dz: Any = None, db: Any = None
     ) -> Any:
         if dz is None:
             dz = np.empty_like(dy, order="C")
-        if y.ndim != 2 or not contiguous_floats(y, dy, dz, *([db] if db is not None else [])):
+        if (
+            y.ndim != 2
+            or not _same_shape(y, dy, dz)
+            or (db is not None and db.shape != (y.shape[1],))
+            or not contiguous_floats(y, dy, dz, *([db] if db is not None else []))
+        ):
             return super().act_backward_bias(y, dy, activation, alpha, dz, db)
         bias_grad = db if db is not None else self._no_bias(dy.dtype)
         kernel = self._pick(self.k.act_backward_bias, self.k.act_backward_bias_parallel, dy)
-        kernel(y, dy, activation, dy.dtype.type(alpha), dz, bias_grad)
+        kernel(y, dy, int(activation), dy.dtype.type(alpha), dz, bias_grad)
         self._ran("act_backward_bias", "numba-fused")
         return dz
 
@@ -97,25 +119,31 @@ class NumbaBackend(Backend):
         return self._empty_bias[dtype]
 
     # ------------------------------------------------------------------ activations
-    def activation(self, x: Any, activation: int, alpha: float = 0.01, out: Any = None) -> Any:
+    def activation(self, x: Any, activation: Act, alpha: float = 0.01, out: Any = None) -> Any:
         if out is None:
             out = np.empty_like(x, order="C")
-        if x.ndim != 2 or not contiguous_floats(out) or x.dtype != out.dtype:
+        if (
+            x.ndim != 2
+            or out.shape != x.shape
+            or not contiguous_floats(out)
+            or x.dtype != out.dtype
+        ):
             return super().activation(x, activation, alpha, out)
         key = (x.shape[1], x.dtype)
         if key not in self._zero_bias:
             self._zero_bias[key] = np.zeros(x.shape[1], dtype=x.dtype)
         out[...] = x
         kernel = self._pick(self.k.bias_act, self.k.bias_act_parallel, out)
-        kernel(out, self._zero_bias[key], activation, out.dtype.type(alpha))
+        kernel(out, self._zero_bias[key], int(activation), out.dtype.type(alpha))
         self._ran("activation", "numba-fused")
         return out
 
     def activation_backward(
-        self, y: Any, dy: Any, activation: int, alpha: float = 0.01, out: Any = None
+        self, y: Any, dy: Any, activation: Act, alpha: float = 0.01, out: Any = None
     ) -> Any:
         if (
             y.ndim != 2
+            or not _same_shape(y, dy, *([out] if out is not None else []))
             or not contiguous_floats(y, dy)
             or (out is not None and not contiguous_floats(y, out))
         ):
@@ -123,9 +151,21 @@ class NumbaBackend(Backend):
         return self.act_backward_bias(y, dy, activation, alpha, out, None)
 
     # ------------------------------------------------------------------ loss
-    def softmax_xent(self, logits: Any, labels: Any, dlogits: Any = None) -> tuple[Any, Any]:
-        if labels.ndim != 1 or labels.dtype.kind not in "iu" or logits.dtype not in FLOAT_DTYPES:
-            return super().softmax_xent(logits, labels, dlogits)
+    def softmax_xent(
+        self,
+        logits: Any,
+        labels: Any,
+        dlogits: Any = None,
+        loss_out: Any = None,
+        loss_scale: float | None = None,
+    ) -> tuple[Any, Any]:
+        if (
+            labels.ndim != 1
+            or logits.ndim != 2
+            or labels.dtype.kind not in "iu"
+            or logits.dtype not in FLOAT_DTYPES
+        ):
+            return super().softmax_xent(logits, labels, dlogits, loss_out, loss_scale)
         logits = np.ascontiguousarray(logits)
         labels = np.ascontiguousarray(labels)
         n, m = logits.shape
@@ -136,40 +176,61 @@ class NumbaBackend(Backend):
                 f"softmax_xent: labels must be in [0, {m}), got range "
                 f"[{labels.min()}, {labels.max()}]"
             )
-        if dlogits is None or not contiguous_floats(logits, dlogits):
+        if (
+            dlogits is None
+            or dlogits.shape != logits.shape
+            or not contiguous_floats(logits, dlogits)
+        ):
             dlogits = np.empty_like(logits)
         inv_n = logits.dtype.type(1.0 / n)
         kernel = self._pick(self.k.softmax_xent, self.k.softmax_xent_parallel, logits)
         loss = kernel(logits, labels, dlogits, inv_n, logits.dtype == np.float32)
         self._ran("softmax_xent", "numba-fused")
-        return logits.dtype.type(loss), dlogits
+        if loss_out is None:
+            return logits.dtype.type(loss), dlogits
+        loss_out += (1.0 if loss_scale is None else loss_scale * n) * loss
+        return loss_out, dlogits
 
-    def count_correct(self, logits: Any, labels: Any) -> Any:
-        if labels.ndim != 1 or logits.dtype not in FLOAT_DTYPES:
-            return super().count_correct(logits, labels)
-        return self.k.count_correct(np.ascontiguousarray(logits), np.ascontiguousarray(labels))
+    def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
+        if (
+            labels.ndim != 1
+            or logits.ndim != 2
+            or labels.shape[0] != logits.shape[0]
+            or logits.dtype not in FLOAT_DTYPES
+        ):
+            return super().count_correct(logits, labels, out)
+        hits = self.k.count_correct(np.ascontiguousarray(logits), np.ascontiguousarray(labels))
+        if out is None:
+            return hits
+        out[...] = hits
+        return out
 
     # ------------------------------------------------------------------ optimizer updates
-    def _fused_update(self, rule: str, arrays: tuple, scalars: tuple) -> bool:
-        """Run ``kernels.<rule>_update`` on flattened ``arrays`` (parameter first) with
-        ``scalars`` cast to the parameter dtype; False (nothing done) for layouts it cannot take,
-        so the caller runs the reference."""
-        if not contiguous_floats(*arrays):
+    def _fused_update(self, rule: str, arrays: tuple, scalars: tuple, n_decay: int | None) -> bool:
+        """Run ``kernels.<rule>_update`` over flat ``arrays`` (parameter first) with ``scalars``
+        cast to the parameter dtype; False (nothing done) for arrays it cannot take safely
+        (other layouts or dtypes, mismatched lengths), so the caller runs the reference."""
+        if not contiguous_floats(*arrays) or not _same_shape(*arrays):
             return False
         p = arrays[0]
+        size = int(p.size)
+        n_decay = size if n_decay is None else min(max(int(n_decay), 0), size)
         serial, parallel = self._update_kernels[rule]
-        kernel = parallel if p.size >= self.parallel_min_elements else serial
+        kernel = parallel if size >= self.parallel_min_elements else serial
         t = p.dtype.type
         kernel(
             *[a.reshape(-1) for a in arrays],
             *[s if s.__class__ is bool else t(s) for s in scalars],
+            n_decay,
         )
         self._ran(f"update_{rule}", "numba-fused")
         return True
 
-    def update_sgd(self, p: Any, g: Any, lr: float, wd: float = 0.0) -> None:
-        if not self._fused_update("sgd", (p, g), (lr, wd)):
-            super().update_sgd(p, g, lr, wd)
+    def update_sgd(
+        self, p: Any, g: Any, lr: float, wd: float = 0.0, n_decay: int | None = None
+    ) -> None:
+        if not self._fused_update("sgd", (p, g), (lr, wd), n_decay):
+            super().update_sgd(p, g, lr, wd, n_decay)
 
     def update_momentum(
         self,
@@ -180,21 +241,38 @@ class NumbaBackend(Backend):
         momentum: float,
         nesterov: bool = False,
         wd: float = 0.0,
+        n_decay: int | None = None,
     ) -> None:
-        if not self._fused_update("momentum", (p, g, v), (lr, momentum, bool(nesterov), wd)):
-            super().update_momentum(p, g, v, lr, momentum, nesterov, wd)
+        scalars = (lr, momentum, bool(nesterov), wd)
+        if not self._fused_update("momentum", (p, g, v), scalars, n_decay):
+            super().update_momentum(p, g, v, lr, momentum, nesterov, wd, n_decay)
 
     def update_adagrad(
-        self, p: Any, g: Any, h: Any, lr: float, eps: float, wd: float = 0.0
+        self,
+        p: Any,
+        g: Any,
+        h: Any,
+        lr: float,
+        eps: float,
+        wd: float = 0.0,
+        n_decay: int | None = None,
     ) -> None:
-        if not self._fused_update("adagrad", (p, g, h), (lr, eps, wd)):
-            super().update_adagrad(p, g, h, lr, eps, wd)
+        if not self._fused_update("adagrad", (p, g, h), (lr, eps, wd), n_decay):
+            super().update_adagrad(p, g, h, lr, eps, wd, n_decay)
 
     def update_rmsprop(
-        self, p: Any, g: Any, h: Any, lr: float, rho: float, eps: float, wd: float = 0.0
+        self,
+        p: Any,
+        g: Any,
+        h: Any,
+        lr: float,
+        rho: float,
+        eps: float,
+        wd: float = 0.0,
+        n_decay: int | None = None,
     ) -> None:
-        if not self._fused_update("rmsprop", (p, g, h), (lr, rho, eps, wd)):
-            super().update_rmsprop(p, g, h, lr, rho, eps, wd)
+        if not self._fused_update("rmsprop", (p, g, h), (lr, rho, eps, wd), n_decay):
+            super().update_rmsprop(p, g, h, lr, rho, eps, wd, n_decay)
 
     def update_adam(
         self,
@@ -208,7 +286,13 @@ class NumbaBackend(Backend):
         eps: float,
         t: int,
         wd: float = 0.0,
+        n_decay: int | None = None,
+        device_scalars: Any = None,
     ) -> None:
-        step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
-        if not self._fused_update("adam", (p, g, m, v), (step, beta1, beta2, eps_hat, wd)):
-            super().update_adam(p, g, m, v, lr, beta1, beta2, eps, t, wd)
+        if device_scalars is None:
+            step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
+        else:
+            step, eps_hat = float(device_scalars[0]), float(device_scalars[1])
+        scalars = (step, beta1, beta2, eps_hat, wd)
+        if not self._fused_update("adam", (p, g, m, v), scalars, n_decay):
+            super().update_adam(p, g, m, v, lr, beta1, beta2, eps, t, wd, n_decay, device_scalars)

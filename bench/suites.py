@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends import get_backend, probe
-from fastnet.benchmark import Contestant, format_table, interleaved, machine_info
+from fastnet.bench.harness import Contestant, format_table, interleaved, machine_info
 
 DEFAULT_SIZES = (784, 256, 128, 10)
 
@@ -216,7 +216,7 @@ def step_flops(sizes: tuple[int, ...], batch: int) -> float:
 def train_groups(
     backends: list[Any], quick: bool, sizes: tuple[int, ...] = DEFAULT_SIZES, batch: int = 128
 ) -> tuple[dict[str, list[Contestant]], dict[str, Any]]:
-    from fastnet.baselines import BookMLP, matmul_only_epoch, sklearn_mlp_epoch, torch_mlp_epoch
+    from fastnet.bench.peers import BookMLP, matmul_only_epoch, sklearn_mlp_epoch, torch_mlp_epoch
 
     X, y, source = load_training_data(quick)
     n = len(X)
@@ -226,11 +226,11 @@ def train_groups(
     for be in backends:
         model = _model(be, sizes)
         Xd, yd = be.asarray(X), be.asarray(y)
-        order = be.rng(0)
+        eager = model.epoch_runner(Xd, yd, batch, cuda_graph=False)
         epoch.append(
             Contestant(
                 f"fastnet-{be.name}",
-                lambda m=model, Xd=Xd, yd=yd, o=order: m.run_epoch(Xd, yd, batch, o),
+                eager,
                 _elapsed(be),
                 epoch_flops,
             )
@@ -245,14 +245,11 @@ def train_groups(
             )
         )
         if be.name.startswith("cupy"):
-            from fastnet.cuda_graph import GraphedTrainer
-
-            gmodel = _model(be, sizes)
-            trainer, graph_order = GraphedTrainer(gmodel, batch), be.rng(0)
+            graphed = _model(be, sizes).epoch_runner(Xd, yd, batch, cuda_graph=True)
             epoch.append(
                 Contestant(
                     f"fastnet-{be.name}+cudagraph",
-                    lambda t=trainer, Xd=Xd, yd=yd, o=graph_order: t.run_epoch(Xd, yd, o),
+                    graphed,
                     _elapsed(be),
                     epoch_flops,
                 )
@@ -311,7 +308,7 @@ def train_groups(
 
 def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant]]:
     """MLP 784-4096-4096-10 at batch 4096 on the GPU: step time vs its matmuls alone."""
-    from fastnet.baselines import matmul_only_epoch
+    from fastnet.bench.peers import matmul_only_epoch
 
     sizes, batch = (784, 4096, 4096, 10), 4096
     groups: dict[str, list[Contestant]] = {}
@@ -436,7 +433,7 @@ def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -
         groups.update(big_gpu_groups(backends, quick))
         report["train_notes"] = notes
     if suite in ("floor", "all") and any(be.name == "numba" for be in backends):
-        from fastnet.floor_breakdown import floor_groups
+        from fastnet.bench.floor import floor_groups
 
         X, y, _ = load_training_data(quick)
         numba = get_backend("numba")

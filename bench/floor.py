@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.benchmark import Contestant
+from fastnet.bench.harness import Contestant
 
 RELU, LINEAR = 1, 0
 
@@ -95,9 +95,9 @@ def stripped_epoch(
         if optimizer == "adam":
             state["t"] += 1
             lr_t, eps_hat = adam_step_scalars(1e-3, 0.9, 0.999, 1e-8, state["t"])
-            k.adam_update(params, grads, m1, m2, f32(lr_t), beta1, beta2, f32(eps_hat), f32(0))
+            k.adam_update(params, grads, m1, m2, f32(lr_t), beta1, beta2, f32(eps_hat), f32(0), 0)
         elif optimizer == "sgd":
-            k.sgd_update(params, grads, f32(0.01), f32(0))
+            k.sgd_update(params, grads, f32(0.01), f32(0), 0)
         return loss
 
     def epoch() -> float:
@@ -118,8 +118,7 @@ def stripped_epoch(
 def _framework_epoch(
     model: Any, backend: Any, X: np.ndarray, y: np.ndarray, batch: int
 ) -> Callable[[], Any]:
-    order = backend.rng(0)
-    return lambda: model.run_epoch(X, y, batch, order)
+    return model.epoch_runner(X, y, batch, cuda_graph=False)
 
 
 def floor_groups(
@@ -128,7 +127,7 @@ def floor_groups(
     """The stripped-loop variants next to the floor and the framework (numba, Adam and SGD).
     ``model_for(optimizer_name)`` builds the framework's model on the numba backend."""
     from fastnet.backends import get_backend
-    from fastnet.baselines import matmul_only_epoch
+    from fastnet.bench.peers import matmul_only_epoch
 
     X = np.ascontiguousarray(X, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.int64)

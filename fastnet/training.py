@@ -1,0 +1,412 @@
+"""The one training loop: ``fit`` = for each epoch, a *batch source* feeds a *step*.
+
+Batch sources: ``ResidentBatches`` (data on the device, shuffled rows gathered per batch) and
+``StreamedBatches`` (data on the host, gathered into a pinned buffer a chunk of batches at a
+time). Steps: ``EagerStep`` (forward, fused loss, backward, one arena update) or the compiled step
+a backend offers (``Backend.compile_step``; the cupy backend's CUDA graph). History, callbacks,
+divergence and interrupt handling are written once, here. ``Sequential`` inherits ``Trainer``.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from fastnet.callbacks import Callback
+from fastnet.validation import check_positive_int
+
+DIVERGENCE_POLICIES = ("restore", "raise", "ignore")
+CUDA_GRAPH_CHOICES = ("auto", True, False)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+def batch_bounds(n: int, batch_size: int, min_batch: int = 1) -> list[tuple[int, int]]:
+    """``(lo, hi)`` row ranges of the mini-batches of one epoch. A last batch smaller than
+    ``min_batch`` (BatchNorm needs 2 rows) is merged into the one before it."""
+    bounds = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < min_batch:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
+
+
+class ResidentBatches:
+    """Device-resident ``(X, y)``: each epoch a permutation on the device, one gather per batch
+    (into the step's own input buffers when it has them)."""
+
+    def __init__(self, X: Any, y: Any, backend: Any, seed: int, shuffle: bool) -> None:
+        self.X, self.y, self.backend, self.shuffle = X, y, backend, shuffle
+        self.rng = backend.rng(seed)
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    def epoch(self, bounds: Sequence[tuple[int, int]], step: Any) -> Iterator[tuple[Any, Any]]:
+        backend, n = self.backend, len(self)
+        order = backend.permutation(self.rng, n) if self.shuffle else backend.xp.arange(n)
+        for lo, hi in bounds:
+            idx = order[lo:hi]
+            out = step.batch_buffers(hi - lo)
+            if out is None:
+                yield backend.take_rows(self.X, idx), backend.take_rows(self.y, idx)
+            else:
+                yield backend.take_rows(self.X, idx, out[0]), backend.take_rows(self.y, idx, out[1])
+
+
+class StreamedBatches:
+    """Host-resident ``(X, y)`` too large for the device: the epoch's shuffled rows are gathered
+    into a pinned host buffer ``chunk_batches`` batches at a time and copied over in one
+    transfer per chunk."""
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        backend: Any,
+        seed: int,
+        shuffle: bool,
+        chunk_batches: int = 64,
+    ) -> None:
+        self.X, self.y, self.backend, self.shuffle = X, y, backend, shuffle
+        self.rng = np.random.default_rng(seed)
+        self.chunk_batches = chunk_batches
+
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    def epoch(self, bounds: Sequence[tuple[int, int]], step: Any) -> Iterator[tuple[Any, Any]]:
+        backend, X, y = self.backend, self.X, self.y
+        per = self.chunk_batches
+        chunks = [bounds[i : i + per] for i in range(0, len(bounds), per)]
+        rows = max(c[-1][1] - c[0][0] for c in chunks)
+        pinned_x = backend.pinned_empty((rows, X.shape[1]), X.dtype)
+        pinned_y = backend.pinned_empty((rows,) + y.shape[1:], y.dtype)
+        dev_x = backend.empty((rows, X.shape[1]), X.dtype)
+        dev_y = backend.empty((rows,) + y.shape[1:], y.dtype)
+        order = self.rng.permutation(len(self)) if self.shuffle else np.arange(len(self))
+        for chunk in chunks:
+            c0, c1 = chunk[0][0], chunk[-1][1]
+            m = c1 - c0
+            np.take(X, order[c0:c1], axis=0, out=pinned_x[:m], mode="clip")
+            np.take(y, order[c0:c1], axis=0, out=pinned_y[:m], mode="clip")
+            backend.copy_from_host(dev_x[:m], pinned_x[:m])
+            backend.copy_from_host(dev_y[:m], pinned_y[:m])
+            for lo, hi in chunk:
+                yield dev_x[lo - c0 : hi - c0], dev_y[lo - c0 : hi - c0]
+
+
+class EagerStep:
+    """Forward, fused loss, backward and one arena update per batch, op by op."""
+
+    description = "eager"
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+
+    def batch_buffers(self, n: int) -> None:
+        return None
+
+    def begin_epoch(self) -> None:
+        self.loss_sum: Any = 0.0
+        self.correct_sum: Any = None
+
+    def __call__(self, xb: Any, yb: Any) -> None:
+        loss, correct = self.model.train_step(xb, yb)
+        self.loss_sum = self.loss_sum + loss * xb.shape[0]
+        if correct is not None:
+            self.correct_sum = correct if self.correct_sum is None else self.correct_sum + correct
+
+    def end_epoch(self) -> tuple[Any, Any]:
+        return self.loss_sum, self.correct_sum
+
+
+class Trainer:
+    """``fit`` for models that provide ``forward``/``backward``, ``loss``, ``arena``,
+    ``get_state``/``set_state``, ``validate_fit_data`` and ``build`` (``Sequential`` does)."""
+
+    backend: Any
+    dtype: np.dtype
+    loss: Any
+    arena: Any
+    layers: list
+    history: dict[str, list[float]]
+    stop_reason: str | None
+    streamed: bool
+    step_description: str
+    _rng: np.random.Generator
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, xb: Any, yb: Any) -> tuple[Any, Any]:
+        """Forward, backward and update on one batch; returns (loss, correct count) on device."""
+        logits = self.forward(xb, training=True)
+        loss, dlogits = self.loss.compute(logits, yb)
+        correct = self.loss.count_correct(logits, yb)
+        self.backward(dlogits)
+        self.arena.update()
+        return loss, correct
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dout: Any) -> None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ the loop
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        epochs: int = 10,
+        batch_size: int = 128,
+        validation_data: tuple[Any, Any] | None = None,
+        shuffle: bool = True,
+        callbacks: Sequence[Callback] = (),
+        verbose: int = 1,
+        on_divergence: str = "restore",
+        cuda_graph: bool | str = "auto",
+    ) -> dict[str, list[float]]:
+        """Train for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches.
+
+        Returns the history: per-epoch ``loss``, ``accuracy`` (running, training mode),
+        ``val_loss``/``val_accuracy`` when ``validation_data`` is given, and ``seconds``.
+        Bad arguments raise before anything changes. A NaN/inf loss restores the last weights
+        whose loss is finite and stops (``on_divergence="restore"``), or also raises
+        ``TrainingDivergedError`` ("raise"). On ``KeyboardInterrupt`` the weights of the last
+        finished epoch are restored and the interrupt is re-raised. ``cuda_graph``: "auto" uses
+        the backend's compiled step when the model qualifies, True requires it, False forces
+        eager steps; ``step_description`` says which ran and why.
+        """
+        epochs = check_positive_int(epochs, "epochs")
+        batch_size = check_positive_int(batch_size, "batch_size")
+        if on_divergence not in DIVERGENCE_POLICIES:
+            raise ValueError(
+                f"on_divergence must be one of {DIVERGENCE_POLICIES}, got {on_divergence!r}"
+            )
+        if not any(cuda_graph is c or cuda_graph == c for c in CUDA_GRAPH_CHOICES):
+            raise ValueError(f"cuda_graph must be 'auto', True or False, got {cuda_graph!r}")
+        callbacks = list(callbacks)
+        for cb in callbacks:
+            if not isinstance(cb, Callback):
+                raise TypeError(f"callbacks must be fastnet Callback objects, got {cb!r}")
+        n_bytes = int(np.prod(np.shape(X))) * self.dtype.itemsize
+        streamed = not self.backend.fits_on_device(n_bytes)
+        if streamed and cuda_graph is True:
+            raise ValueError(
+                "cuda_graph=True needs the training set resident on the GPU; it is "
+                f"too large ({n_bytes / 2**30:.2f} GiB) and would be streamed"
+            )
+        Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
+        # ---- nothing above changed the model; from here on it trains
+        if not self.built:
+            self.build(Xd.shape[1])
+        self.streamed = streamed
+        n = Xd.shape[0]
+        run_epoch = self._runner(Xd, yd, batch_size, shuffle, cuda_graph, streamed)
+        self.stop_reason = None
+        for key in ("loss", "accuracy", "seconds") + (("val_loss", "val_accuracy") if val else ()):
+            self.history.setdefault(key, [])
+        for cb in callbacks:
+            cb.on_train_begin(self)
+        from tqdm.auto import tqdm
+
+        previous: dict[str, Any] | None = None
+        for epoch in range(epochs):
+            for cb in callbacks:
+                cb.on_epoch_begin(self, epoch)
+            snapshot = self.get_state()
+            start = time.perf_counter()
+            bar = tqdm(
+                total=n,
+                disable=verbose != 1,
+                leave=False,
+                unit="sample",
+                desc=f"epoch {epoch + 1}/{epochs}",
+                mininterval=0.5,
+            )
+            try:
+                loss_sum, correct_sum = run_epoch(bar.update)
+            except KeyboardInterrupt:
+                bar.close()
+                self.set_state(snapshot)
+                self.stop_reason = (
+                    f"interrupted in epoch {epoch + 1}; weights of the last finished epoch restored"
+                )
+                raise
+            bar.close()
+            self.backend.synchronize()
+            seconds = time.perf_counter() - start
+            logs = {"loss": float(loss_sum) / n, "seconds": seconds}
+            logs["accuracy"] = float(correct_sum) / n if correct_sum is not None else float("nan")
+            if not np.isfinite(logs["loss"]) and on_divergence != "ignore":
+                restored = self._restore_last_good([snapshot, previous], Xd, yd, epoch)
+                self.stop_reason = (
+                    f"loss became {logs['loss']} in epoch {epoch + 1}; {restored} (try a lower lr)"
+                )
+                if on_divergence == "raise":
+                    raise TrainingDivergedError(self.stop_reason)
+                warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=2)
+                break
+            previous = snapshot
+            if val is not None:
+                logs["val_loss"], logs["val_accuracy"] = self._evaluate_device(*val)
+            for key, value in logs.items():
+                self.history.setdefault(key, []).append(value)
+            if verbose:
+                print(self._epoch_line(epoch + 1, epochs, logs), flush=True)
+            stop = False
+            for cb in callbacks:
+                stop = bool(cb.on_epoch_end(self, epoch, logs)) or stop
+            if stop:
+                self.stop_reason = (
+                    self.stop_reason or f"stopped by callback after epoch {epoch + 1}"
+                )
+                break
+        for cb in callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    def epoch_runner(
+        self, X: Any, y: Any, batch_size: int = 128, *, cuda_graph: bool | str = "auto"
+    ) -> Callable[..., tuple[Any, Any]]:
+        """One shuffled training epoch of ``fit``'s loop as a callable returning the summed loss
+        and correct count on the device (data validated and placed once; benchmarks time it)."""
+        batch_size = check_positive_int(batch_size, "batch_size")
+        Xd, yd, _ = self.validate_fit_data(X, y, None, on_device=True)
+        if not self.built:
+            self.build(Xd.shape[1])
+        return self._runner(Xd, yd, batch_size, True, cuda_graph, False)
+
+    def _runner(
+        self,
+        Xd: Any,
+        yd: Any,
+        batch_size: int,
+        shuffle: bool,
+        cuda_graph: bool | str,
+        streamed: bool,
+    ) -> Callable[..., tuple[Any, Any]]:
+        seed = int(self._rng.integers(2**31))
+        source: ResidentBatches | StreamedBatches = (
+            StreamedBatches(Xd, yd, self.backend, seed, shuffle)
+            if streamed
+            else ResidentBatches(Xd, yd, self.backend, seed, shuffle)
+        )
+        step = self._make_step(batch_size, cuda_graph, streamed)
+        bounds = batch_bounds(Xd.shape[0], batch_size, self.min_batch_rows())
+
+        def run_epoch(progress: Callable[[int], Any] | None = None) -> tuple[Any, Any]:
+            step.begin_epoch()
+            for xb, yb in source.epoch(bounds, step):
+                step(xb, yb)
+                if progress is not None:
+                    progress(xb.shape[0])
+            return step.end_epoch()
+
+        return run_epoch
+
+    def _make_step(self, batch_size: int, cuda_graph: bool | str, streamed: bool) -> Any:
+        step = self._choose_step(batch_size, cuda_graph, streamed)
+        self.backend.kernel_report["train_step"] = self.step_description
+        return step
+
+    def _choose_step(self, batch_size: int, cuda_graph: bool | str, streamed: bool) -> Any:
+        if cuda_graph is False:
+            self.step_description = "eager (cuda_graph=False)"
+            return EagerStep(self)
+        if streamed:
+            self.step_description = "eager (data streamed from the host)"
+            return EagerStep(self)
+        step, reason = self.backend.compile_step(self, batch_size)
+        if step is None:
+            if cuda_graph is True:
+                raise ValueError(f"cuda_graph=True, but no compiled step: {reason}")
+            self.step_description = f"eager ({reason})"
+            return EagerStep(self)
+        self.step_description = step.description
+        return step
+
+    def min_batch_rows(self) -> int:
+        """Smallest training batch every layer accepts (2 with BatchNorm, else 1)."""
+        return max((getattr(layer, "min_batch_rows", 1) for layer in self.layers), default=1)
+
+    # ------------------------------------------------------------------ divergence
+    def _restore_last_good(
+        self, candidates: Sequence[dict[str, Any] | None], X: Any, y: Any, epoch: int
+    ) -> str:
+        """Restore the newest snapshot whose training loss is finite (start of this epoch, else
+        of the one before); says which."""
+        names = [f"start of epoch {epoch + 1}", f"start of epoch {epoch}"]
+        kept = [(s, name) for s, name in zip(candidates, names) if s is not None]
+        for state, name in kept:
+            self.set_state(state)
+            if np.isfinite(self._loss_on(X, y)):
+                return f"weights from the {name} restored (last with a finite loss)"
+        return (
+            f"weights from the {kept[-1][1]} restored, but even they give a non-finite loss "
+            "on the training data"
+        )
+
+    def _loss_on(self, X: Any, y: Any, batch_size: int = 8192) -> float:
+        total = 0.0
+        for lo in range(0, X.shape[0], batch_size):
+            xb = self.backend.asarray(X[lo : lo + batch_size])
+            yb = self.backend.asarray(y[lo : lo + batch_size])
+            loss, _ = self.loss.compute(self.forward(xb, training=False), yb)
+            total += float(loss) * xb.shape[0]
+        return total / X.shape[0]
+
+    # ------------------------------------------------------------------ evaluation
+    def _evaluate_device(self, Xd: Any, yd: Any) -> tuple[float, float]:
+        outputs = self._batched_outputs(Xd)
+        loss, _ = self.loss.compute(outputs, yd)
+        correct = self.loss.count_correct(outputs, yd)
+        acc = float(correct) / Xd.shape[0] if correct is not None else float("nan")
+        return float(loss), acc
+
+    def _batched_outputs(self, Xd: Any, batch_size: int = 8192) -> Any:
+        xp = self.backend.xp
+        outs = [
+            xp.array(self.forward(Xd[lo : lo + batch_size], training=False), copy=True)
+            for lo in range(0, Xd.shape[0], batch_size)
+        ]
+        return outs[0] if len(outs) == 1 else xp.concatenate(outs)
+
+    def _epoch_line(self, epoch: int, epochs: int, logs: dict[str, float]) -> str:
+        parts = [
+            f"epoch {epoch:>3}/{epochs}",
+            f"loss {logs['loss']:.4f}",
+            f"acc {logs['accuracy']:.4f}",
+        ]
+        if "val_loss" in logs:
+            parts += [f"val_loss {logs['val_loss']:.4f}", f"val_acc {logs['val_accuracy']:.4f}"]
+        parts += [f"{logs['seconds']:.2f}s", f"backend {self.backend.name}"]
+        return "  ".join(parts)
+
+    # ------------------------------------------------------------------ supplied by the model
+    @property
+    def built(self) -> bool:
+        raise NotImplementedError
+
+    def build(self, input_dim: int) -> Any:
+        raise NotImplementedError
+
+    def validate_fit_data(
+        self, X: Any, y: Any, validation_data: Any, on_device: bool
+    ) -> tuple[Any, Any, tuple[Any, Any] | None]:
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+__all__ = ["Trainer", "TrainingDivergedError", "batch_bounds"]
