@@ -18,8 +18,8 @@ LAYERS = {
     "sigmoid": fn.Sigmoid,
     "tanh": fn.Tanh,
     "softmax": fn.Softmax,
-    "batchnorm-train": fn.BatchNorm1d,
-    "dropout-eval": lambda: fn.Dropout(0.3),
+    "batchnorm": fn.BatchNorm1d,
+    "dropout": lambda: fn.Dropout(0.3),
 }
 
 
@@ -29,14 +29,31 @@ def _inputs(rng, shape):
     return x
 
 
+@pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("name", sorted(LAYERS))
-def test_layer_gradients(backend, rng, name):
+def test_layer_gradients(backend, rng, name, mode):
+    """Every layer in both modes (dropout's training mask is random, so eval only). In eval
+    mode BatchNorm is a fixed affine map: its gradient must not use batch statistics."""
+    if name == "dropout" and mode == "train":
+        pytest.skip("random mask: covered by test_dropout_backward_uses_forward_mask")
     layer = LAYERS[name]()
     layer.build(5, backend, np.float64, rng)
-    x = backend.asarray(_inputs(rng, (4, 5)))
-    training = name != "dropout-eval"
-    result = check_layer(layer, x, training=training, tolerance=1e-6)
-    assert result.ok, str(result)
+    if name == "batchnorm":  # non-trivial running statistics for eval mode
+        layer.running_mean[...] = backend.asarray(rng.standard_normal(5))
+        layer.running_var[...] = backend.asarray(rng.random(5) + 0.5)
+    for batch in (4, 1) if mode == "eval" else (4,):
+        x = backend.asarray(_inputs(rng, (batch, 5)))
+        result = check_layer(layer, x, training=mode == "train", tolerance=1e-6)
+        assert result.ok, f"batch {batch}: {result}"
+
+
+def test_leaky_relu_rejects_negative_slope():
+    for make in (lambda a: fn.LeakyReLU(a), lambda a: fn.Dense(3, "leaky_relu", alpha=a)):
+        with pytest.raises(ValueError, match="alpha"):
+            make(-0.5)
+        with pytest.raises(ValueError, match="alpha"):
+            make(float("nan"))
+    assert fn.LeakyReLU(np.float32(0.2)).alpha == pytest.approx(0.2)
 
 
 def test_dropout_backward_uses_forward_mask(backend, rng):
@@ -52,7 +69,7 @@ def test_dropout_backward_uses_forward_mask(backend, rng):
     np.testing.assert_array_equal(eval_out, 1.0)
 
 
-@pytest.mark.parametrize("targets", ["int", "onehot", "soft"])
+@pytest.mark.parametrize("targets", ["int", "onehot", "soft", "unnormalized", "zero-row"])
 def test_softmax_cross_entropy_gradient(backend, rng, targets):
     loss = fn.SoftmaxCrossEntropy()
     loss.build(backend)
@@ -62,6 +79,8 @@ def test_softmax_cross_entropy_gradient(backend, rng, targets):
         "int": labels,
         "onehot": fn.one_hot(labels, 4, np.float64),
         "soft": rng.dirichlet(np.ones(4), 6),
+        "unnormalized": rng.random((6, 4)) * 2,  # rows sum to anything: grad = p*sum(t) - t
+        "zero-row": np.vstack([np.zeros((1, 4)), rng.random((5, 4))]),
     }[targets]
     result = check_loss(loss, backend.asarray(logits), backend.asarray(t))
     assert result.ok, str(result)
@@ -75,6 +94,27 @@ def test_other_loss_gradients(backend, rng, cls):
     t = (rng.random((5, 3)) > 0.5).astype(np.float64)
     result = check_loss(loss, backend.asarray(logits), backend.asarray(t))
     assert result.ok, str(result)
+
+
+def test_losses_reject_targets_outside_their_domain(backend):
+    ce, bce = fn.SoftmaxCrossEntropy(), fn.SigmoidBinaryCrossEntropy()
+    ce.build(backend)
+    bce.build(backend)
+    logits = backend.asarray(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="non-negative"):
+        ce(logits, backend.asarray(np.array([[1.0, -0.5, 0.5], [0.0, 1.0, 0.0]])))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        bce(logits, backend.asarray(np.array([[1.0, 2.0, 0.0], [0.0, 1.0, 0.0]])))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        bce(logits, backend.asarray(np.array([[1.0, -0.1, 0.0], [0.0, 1.0, 0.0]])))
+    X = np.zeros((4, 3), np.float32)
+    model = fn.Sequential([fn.Dense(2)], backend=backend)
+    with pytest.raises(ValueError, match="y: soft targets must be non-negative"):
+        model.fit(X, -np.ones((4, 2)), epochs=1, verbose=0)
+    model = fn.Sequential([fn.Dense(1)], loss="bce", backend=backend)
+    with pytest.raises(ValueError, match=r"y: targets must be in \[0, 1\]"):
+        model.fit(X, np.full(4, 3.0), epochs=1, verbose=0)
+    assert not model.built
 
 
 def test_gradcheck_detects_a_wrong_gradient(rng):

@@ -17,10 +17,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fastnet.backends.base import ACTIVATIONS, Backend, activation_code
+from fastnet.backends.base import ACTIVATIONS, Act, Backend, activation_code
 
 __all__ = [
     "ACTIVATIONS",
+    "Act",
     "Backend",
     "BackendUnavailableError",
     "BackendInfo",

@@ -371,7 +371,7 @@ class Backend:
         m *= beta1
         m += (1 - beta1) * g
         v *= beta2
-        v += (1 - beta2) * (g * g)
+        v += (1 - beta2) * g * g  # this order (as the kernels) keeps |g| < 1e20 finite
         if device_scalars is None:
             step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
         else:
