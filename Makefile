@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: train test bench lint data clean
+.PHONY: train test bench lint typecheck check data clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(STAMP) data
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fastnet kernels bench tests
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .benchmarks

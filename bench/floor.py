@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
 from fastnet.bench.harness import Contestant
 
 RELU, LINEAR = 1, 0
@@ -126,8 +125,9 @@ def floor_groups(
 ) -> dict[str, list[Contestant]]:
     """The stripped-loop variants next to the floor and the framework (numba, Adam and SGD).
     ``model_for(optimizer_name)`` builds the framework's model on the numba backend."""
-    from fastnet.backends import get_backend
     from fastnet.bench.peers import matmul_only_epoch
+
+    from fastnet.backends import get_backend
 
     X = np.ascontiguousarray(X, dtype=np.float32)
     y = np.ascontiguousarray(y, dtype=np.int64)

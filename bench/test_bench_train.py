@@ -2,7 +2,6 @@
 
 import numpy as np
 from conftest import timed
-
 from fastnet.bench.peers import BookMLP
 from fastnet.bench.suites import _model, load_training_data
 

@@ -3,6 +3,7 @@
 Importing fastnet imports neither numba nor cupy; backends load on first use.
 """
 
+from fastnet._version import __version__
 from fastnet.backends import (
     Backend,
     BackendUnavailableError,
@@ -12,7 +13,6 @@ from fastnet.backends import (
     use_backend,
 )
 from fastnet.callbacks import Callback, CosineDecay, EarlyStopping
-from fastnet._version import __version__
 from fastnet.checkpoint import CheckpointError
 from fastnet.data import DatasetError, load_fashion_mnist, load_mnist, one_hot, read_idx
 from fastnet.estimator import MLPClassifier
@@ -29,8 +29,8 @@ from fastnet.layers import (
 )
 from fastnet.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from fastnet.model import Sequential, StateError, load_model, save_model
-from fastnet.training import TrainingDivergedError
 from fastnet.optimizers import SGD, AdaGrad, Adam, Momentum, RMSProp
+from fastnet.training import TrainingDivergedError
 
 __all__ = [
     "SGD",

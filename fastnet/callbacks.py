@@ -101,6 +101,7 @@ class CosineDecay(Callback):
             self.base_lr = model.optimizer.lr
 
     def on_epoch_begin(self, model: Any, epoch: int) -> None:
+        base = model.optimizer.lr if self.base_lr is None else self.base_lr
         progress = min(epoch, self.epochs) / self.epochs
         cosine = 0.5 * (1 + math.cos(math.pi * progress))
-        model.optimizer.lr = max(self.min_lr + (self.base_lr - self.min_lr) * cosine, 1e-12)
+        model.optimizer.lr = max(self.min_lr + (base - self.min_lr) * cosine, 1e-12)

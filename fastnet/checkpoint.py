@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Any
 
 import numpy as np
 
@@ -62,7 +61,7 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model is a normal file
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # stubs reserve allow_pickle
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

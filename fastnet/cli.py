@@ -23,6 +23,9 @@ def _layers(spec: str) -> tuple[int, ...]:
     return sizes
 
 
+GRAPH_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+
+
 def _non_negative_int(text: str) -> int:
     try:
         value = int(text)
@@ -186,7 +189,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             validation_data=(X_val, y_val),
             callbacks=callbacks,
             verbose=2 if args.verbose == 2 else args.verbose,
-            cuda_graph={"auto": "auto", "on": True, "off": False}[args.cuda_graph],
+            cuda_graph=GRAPH_CHOICES[args.cuda_graph],
         )
     except KeyboardInterrupt:
         interrupted = True
@@ -206,9 +209,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median)  total {total:.1f}s  "
         f"backend {model.backend.name}"
     )
-    peak = getattr(model.backend, "peak_memory", None)
-    if callable(peak):
-        summary += f"  peak device memory {peak() / 2**20:.1f} MiB"
+    summary += f"  step {model.step_description}"
+    peak = model.backend.peak_memory()
+    if peak is not None:
+        summary += f"  peak device memory {peak / 2**20:.1f} MiB"
     print(summary, flush=True)
     if args.save:
         model.save(args.save)

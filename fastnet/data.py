@@ -66,7 +66,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if len(raw) < header:
         raise DatasetError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype = np.dtype(_IDX_DTYPES[code])
+    dtype: np.dtype = np.dtype(_IDX_DTYPES[code])  # type: ignore[call-overload]
     expected = int(np.prod(shape)) * dtype.itemsize
     actual = len(raw) - header
     if actual != expected:
@@ -129,7 +129,9 @@ def _load_dataset(
             raise FileNotFoundError(
                 f"{name} not found: {folder} lacks {', '.join(missing)} (.gz or raw). {how_to_get}"
             )
-        out.append(load_idx_pair(paths[0], paths[1], normalize=normalize, flatten=flatten))
+        images, labels = paths
+        assert images is not None and labels is not None
+        out.append(load_idx_pair(images, labels, normalize=normalize, flatten=flatten))
     return out[0], out[1]
 
 

@@ -187,7 +187,8 @@ def _encode(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
     unknown = np.setdiff1d(np.unique(y), classes)
     if unknown.size:
         raise ValueError(
-            f"labels {unknown[:5].tolist()} were not seen in fit (classes_: {classes[:10].tolist()})"
+            f"labels {unknown[:5].tolist()} were not seen in fit "
+            f"(classes_: {classes[:10].tolist()})"
         )
     return np.searchsorted(classes, y)
 

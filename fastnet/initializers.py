@@ -7,6 +7,7 @@ moves it to its backend. Biases start at zero.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class Initializer:
         rng: np.random.Generator,
         fan_in: int,
         fan_out: int,
-        dtype: np.dtype | str = np.float32,
+        dtype: Any = np.float32,
     ) -> np.ndarray:
         std = self.scale(fan_in, fan_out)
         return (rng.standard_normal((fan_in, fan_out)) * std).astype(dtype)

@@ -44,8 +44,8 @@ class Layer:
     nonnegative_buffers: tuple[str, ...] = ()
 
     def __init__(self) -> None:
-        self.backend: Backend | None = None
-        self.dtype: np.dtype | None = None
+        self._backend: Backend | None = None
+        self.dtype: np.dtype = np.dtype(np.float32)
         self.input_dim: int | None = None
         self.output_dim: int | None = None
         self.optimizer: Optimizer | None = None
@@ -53,13 +53,23 @@ class Layer:
 
     @property
     def built(self) -> bool:
-        return self.backend is not None
+        return self._backend is not None
+
+    @property
+    def backend(self) -> Backend:
+        """The backend the layer was built on (an error before ``build``)."""
+        if self._backend is None:
+            raise RuntimeError(
+                f"{type(self).__name__} is not built: add it to a Sequential "
+                f"and fit/build the model, or call build() first"
+            )
+        return self._backend
 
     def build(
         self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
     ) -> int:
         """Create parameters for inputs of width ``input_dim``; returns the output width."""
-        self.backend, self.dtype, self.input_dim = backend, np.dtype(dtype), input_dim
+        self._backend, self.dtype, self.input_dim = backend, np.dtype(dtype), input_dim
         self.output_dim = input_dim
         return input_dim
 
@@ -80,11 +90,7 @@ class Layer:
 
     def _check_input(self, x: Any) -> None:
         """Cheap boundary check: built, 2-D, and as wide as the layer was built for."""
-        if self.backend is None:
-            raise RuntimeError(
-                f"{type(self).__name__} is not built: add it to a Sequential "
-                f"and fit/build the model, or call build() first"
-            )
+        _ = self.backend  # raises if not built
         shape = getattr(x, "shape", None)
         if shape is None or len(shape) != 2 or shape[1] != self.input_dim:
             raise ValueError(
@@ -119,6 +125,7 @@ class Dense(Layer):
 
     name = "dense"
     capturable = True
+    W: Parameter  # created by build
 
     def __init__(
         self,
@@ -146,7 +153,6 @@ class Dense(Layer):
         self.optimizer = optimizer
         self.use_bias = bool(use_bias)
         self.alpha = check_alpha(alpha)
-        self.W: Parameter | None = None
         self.b: Parameter | None = None
 
     def output_width(self, input_dim: int) -> int:
@@ -198,6 +204,8 @@ class Dense(Layer):
         )
 
     def parameters(self) -> list[Parameter]:
+        if not self.built:
+            return []
         return [self.W] + ([self.b] if self.b is not None else [])
 
     def get_config(self) -> dict:

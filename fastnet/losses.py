@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends import Backend
+from fastnet.backends import Act, Backend
 
 
 class Loss:
@@ -20,10 +20,16 @@ class Loss:
     classification = False
 
     def __init__(self) -> None:
-        self.backend: Backend | None = None
+        self._backend: Backend | None = None
 
     def build(self, backend: Backend) -> None:
-        self.backend = backend
+        self._backend = backend
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            raise RuntimeError(f"{type(self).__name__} is not built: call build(backend) first")
+        return self._backend
 
     def __call__(self, outputs: Any, targets: Any) -> tuple[Any, Any]:
         """Loss value and gradient, after checking shapes and target values."""
@@ -34,7 +40,8 @@ class Loss:
         return self.compute(outputs, targets)
 
     def _xp(self, a: Any) -> Any:
-        return self.backend.xp if self.backend is not None and self.backend.is_native(a) else np
+        backend = self._backend
+        return backend.xp if backend is not None and backend.is_native(a) else np
 
     def compute(self, outputs: Any, targets: Any) -> tuple[Any, Any]:
         """Loss value and gradient without value checks (targets validated already)."""
@@ -65,7 +72,8 @@ class Loss:
 
 def _check_pair(loss: Loss, outputs: Any, targets: Any) -> None:
     """Shapes of outputs ``(n, k)`` and targets ``(n,)`` (class indices) or ``(n, k)``."""
-    shape, tshape = getattr(outputs, "shape", ()), getattr(targets, "shape", ())
+    shape: tuple[int, ...] = tuple(getattr(outputs, "shape", ()))
+    tshape: tuple[int, ...] = tuple(getattr(targets, "shape", ()))
     if len(shape) != 2:
         raise ValueError(
             f"{type(loss).__name__}: outputs must be 2-D (batch, classes), got shape {tuple(shape)}"
@@ -141,7 +149,7 @@ class SigmoidBinaryCrossEntropy(Loss):
         return loss, grad
 
     def predict_output(self, logits: Any) -> Any:
-        return self.backend.activation(logits, 3)
+        return self.backend.activation(logits, Act.SIGMOID)
 
     def count_correct(self, logits: Any, targets: Any) -> Any:
         if targets.ndim == 1:

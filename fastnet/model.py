@@ -243,7 +243,8 @@ class Sequential(Trainer):
             steps = set()
             for p in group.params:
                 i = next(i for i, layer in enumerate(self.layers) if p in layer.parameters())
-                steps.add(int(np.asarray(self.backend.to_numpy(state.get(f"step/{i}/{p.name}", 0)))))
+                step = state.get(f"step/{i}/{p.name}", 0)
+                steps.add(int(np.asarray(self.backend.to_numpy(step))))
             if len(steps) > 1:
                 raise StateError(
                     f"parameters updated by one optimizer have different step counts {steps}"
@@ -293,7 +294,9 @@ class Sequential(Trainer):
         }
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], backend: str | Backend | None = None) -> Sequential:
+    def from_config(
+        cls, config: dict[str, Any], backend: str | Backend | None = None
+    ) -> Sequential:
         """Rebuild a model from ``get_config`` (built when the config has an ``input_dim``)."""
         if not isinstance(config, dict):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")

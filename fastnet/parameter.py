@@ -10,12 +10,18 @@ parameters that take weight decay (weights) come first, so decay is applied to t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from fastnet.optimizers import Optimizer
+
+class Optimizer(Protocol):
+    """What a group needs of an optimizer (``fastnet.optimizers.Optimizer`` provides it)."""
+
+    slots: tuple[str, ...]
+    nonnegative_slots: tuple[str, ...]
+
+    def apply(self, group: ParameterGroup, backend: Any, device_scalars: Any = None) -> None: ...
 
 
 class Parameter:

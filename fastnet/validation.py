@@ -73,9 +73,7 @@ def check_features(
         arr = to_backend_array(raw, name, backend, dtype)
         xp = backend.xp
     else:
-        arr = np.ascontiguousarray(
-            raw.get() if array_module_name(raw) == "cupy" else raw, dtype=dtype
-        )
+        arr = np.ascontiguousarray(host_array(raw, name), dtype=dtype)
         xp = np
     if kind == "f" and not bool(xp.isfinite(arr).all()):
         bad = int((~xp.isfinite(arr)).sum())

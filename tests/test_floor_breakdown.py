@@ -33,10 +33,11 @@ def test_stripped_epoch_without_update_keeps_loss():
 
 
 def test_floor_groups_price_every_part():
-    from fastnet.backends import get_backend
-    from fastnet.bench.suites import _model
-    from fastnet.bench.harness import interleaved
     from fastnet.bench.floor import floor_groups
+    from fastnet.bench.harness import interleaved
+    from fastnet.bench.suites import _model
+
+    from fastnet.backends import get_backend
 
     X, y = make_blobs(n=256, d=784, k=10)
     sizes = (784, 256, 128, 10)

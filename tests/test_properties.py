@@ -4,6 +4,7 @@ A load either fails with ``CheckpointError`` or gives a model that trains safely
 backend; bad input is rejected with ``ValueError``/``TypeError`` and changes nothing."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -16,7 +17,9 @@ from fastnet.backends import get_backend
 from fastnet.checkpoint import META_KEY, _digest
 
 SETTINGS = settings(
-    max_examples=int(__import__("os").environ.get("FASTNET_HYPOTHESIS_EXAMPLES", 40)), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=int(os.environ.get("FASTNET_HYPOTHESIS_EXAMPLES", 40)),
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 X, Y = make_blobs(n=96, d=6, k=3)
 

@@ -14,7 +14,7 @@ import contextvars
 import importlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fastnet.backends.base import ACTIVATIONS, Act, Backend, activation_code
@@ -120,7 +120,11 @@ def _probe_cupy(device: int = 0) -> BackendInfo:
     return BackendInfo("cupy", True, "", cupy.__version__, f"cuda:{device} {name}")
 
 
-_PROBES = {"numpy": _probe_numpy, "numba": _probe_numba, "cupy": _probe_cupy}
+_PROBES: dict[str, Callable[..., BackendInfo]] = {
+    "numpy": _probe_numpy,
+    "numba": _probe_numba,
+    "cupy": _probe_cupy,
+}
 
 
 def _split(spec: str) -> tuple[str, int]:

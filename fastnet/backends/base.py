@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import enum
 import math
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
 
 class Act(enum.IntEnum):
     """Activation functions the fused kernels know (values are the kernels' codes)."""
@@ -120,6 +123,26 @@ class Backend:
 
     def device_info(self) -> str:
         return "CPU"
+
+    def peak_memory(self) -> int | None:
+        """Bytes of device memory held at the high-water mark (None where not tracked)."""
+        return None
+
+    def elapsed(self, fn: Callable[[], Any]) -> float:
+        """Seconds ``fn`` takes where this backend computes (GPU backends time with events)."""
+        start = time.perf_counter()
+        fn()
+        self.synchronize()
+        return time.perf_counter() - start
+
+    def set_tf32(self, enabled: bool) -> None:
+        """Let float32 GEMMs use TF32 tensor cores (GPU backends only)."""
+        if enabled:
+            raise ValueError(f"TF32 needs the cupy backend; {self.name} computes in full fp32")
+
+    def graph_capture_reason(self) -> str:
+        """Why training steps cannot be captured in graphs here ("" if they can)."""
+        return f"compiled steps need the cupy backend (CUDA graphs); {self.name} runs eager"
 
     # ------------------------------------------------------------------ matmul and dense layers
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
@@ -391,4 +414,4 @@ class Backend:
     def compile_step(self, model: Any, batch_size: int) -> tuple[Any, str]:
         """A compiled training step for ``model`` at ``batch_size``, or ``(None, reason)``.
         Backends that can compile steps (cupy: CUDA graphs) override this."""
-        return None, f"compiled steps need the cupy backend (CUDA graphs); {self.name} runs eager"
+        return None, self.graph_capture_reason()

@@ -112,7 +112,7 @@ class CupyBackend(Backend):
             raise RuntimeError(f"TF32 needs direct cuBLAS calls: {self._gemm_name}")
         self._gemm.math_mode = 3 if enabled else 0
 
-    def peak_memory(self) -> int:
+    def peak_memory(self) -> int | None:
         """Bytes held by CuPy's memory pool: its high-water mark, since the pool keeps blocks."""
         return int(self.xp.get_default_memory_pool().total_bytes())
 

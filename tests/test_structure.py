@@ -1,0 +1,111 @@
+"""The shape of the code: a line budget, identical backend signatures, one-way imports, no
+benchmark or peer code in the library."""
+
+import ast
+import importlib
+import inspect
+import io
+import subprocess
+import sys
+import tokenize
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").glob("*.py"))
+BUDGET = 6000
+
+
+def lines_of_code(source: str) -> int:
+    """Lines holding code: no blanks, comments or docstrings."""
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
+    starts_statement = {tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.NL, None}
+    lines: set[int] = set()
+    prev = None
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type in skip or tok.type == tokenize.ENDMARKER:
+            continue
+        if tok.type == tokenize.STRING and prev in starts_statement:
+            prev = tok.type
+            continue  # a docstring
+        lines.update(range(tok.start[0], tok.end[0] + 1))
+        prev = tok.type
+    return len(lines)
+
+
+def test_line_budget():
+    assert lines_of_code('"""doc"""\n# c\n\nx = 1\ny = """a\nb"""\n') == 3
+    total = sum(lines_of_code(p.read_text()) for p in LIBRARY)
+    assert total < BUDGET, f"fastnet/ + kernels/ hold {total} lines of code (budget {BUDGET})"
+
+
+def test_backends_share_one_interface():
+    from fastnet.backends.base import Backend
+
+    subclasses = [
+        importlib.import_module(f"fastnet.backends.{m}_backend") for m in ("numpy", "numba", "cupy")
+    ]
+    for module in subclasses:
+        cls = next(
+            c for c in vars(module).values()
+            if inspect.isclass(c) and issubclass(c, Backend) and c is not Backend
+        )
+        for name, member in vars(cls).items():
+            if name.startswith("_") or not callable(member):
+                continue
+            assert hasattr(Backend, name), f"{cls.__name__}.{name} is not in the base interface"
+            base = inspect.signature(getattr(Backend, name))
+            assert inspect.signature(member) == base, f"{cls.__name__}.{name} differs from base"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] == "kernels":
+        parts = ["fastnet", "kernels", *parts[1:]]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_imports_run_one_way():
+    modules = {_module_name(p): p for p in LIBRARY}
+    graph = {}
+    for name, path in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {d for d in deps if d in modules and d not in (name, "fastnet")}
+    graph.pop("fastnet")  # the facade only re-exports
+
+    def visit(node, stack):
+        assert node not in stack, "import cycle: " + " -> ".join([*stack, node])
+        for dep in graph.get(node, ()):
+            visit(dep, [*stack, node])
+
+    for name in graph:
+        visit(name, [])
+    checkpoint = graph["fastnet.checkpoint"]
+    assert "fastnet.model" not in checkpoint and "fastnet.layers" not in checkpoint
+
+
+def test_no_benchmark_or_peer_code_in_the_library():
+    for path in (ROOT / "fastnet").rglob("*.py"):
+        text = path.read_text()
+        for peer in ("torch", "jax", "sklearn"):
+            assert f"import {peer}" not in text and f"from {peer}" not in text, path
+    assert not {"benchmark.py", "bench_suites.py", "baselines.py", "floor_breakdown.py"} & {
+        p.name for p in (ROOT / "fastnet").iterdir()
+    }
+
+
+@pytest.mark.parametrize("module", ["fastnet", "fastnet.cli"])
+def test_import_loads_no_optional_backend_or_peer(module):
+    code = (
+        f"import sys, {module}; "
+        "bad = [m for m in ('numba', 'cupy', 'torch', 'jax', 'sklearn', 'matplotlib') "
+        "if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "[]", out.stderr
