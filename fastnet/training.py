@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.callbacks import Callback
-from fastnet.validation import check_positive_int, host_array
+from fastnet.validation import as_input, check_positive_int
 
 DIVERGENCE_POLICIES = ("restore", "raise", "ignore")
 CUDA_GRAPH_CHOICES = ("auto", True, False)
@@ -195,9 +195,8 @@ class Trainer:
         for cb in callbacks:
             if not isinstance(cb, Callback):
                 raise TypeError(f"callbacks must be fastnet Callback objects, got {cb!r}")
-        if getattr(X, "size", None) is None:
-            X = host_array(X, "X")  # lists: converted once, with an error naming X
-        n_bytes = int(X.size) * self.dtype.itemsize
+        X = as_input(X, "X", self.backend)  # lists converted once; foreign arrays adopted
+        n_bytes = int(np.prod(X.shape)) * self.dtype.itemsize
         streamed = not self.backend.fits_on_device(n_bytes)
         if streamed and cuda_graph is True:
             raise ValueError(

@@ -9,41 +9,9 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends import Backend
+from fastnet.backends.interop import as_input, host_array
 
-
-def array_module_name(x: Any) -> str:
-    return type(x).__module__.split(".")[0]
-
-
-def to_backend_array(x: Any, name: str, backend: Backend, dtype: Any = None) -> Any:
-    """Move ``x`` to ``backend`` (NumPy/list inputs are copied to the device; a device array of
-    another backend is refused rather than converted behind the user's back)."""
-    if backend.is_native(x):
-        return backend.asarray(x, dtype) if dtype is not None else x
-    module = array_module_name(x)
-    if module == "cupy":
-        raise TypeError(
-            f"{name} is a cupy (GPU) array but the model runs on the {backend.name!r} "
-            f"backend; pass {name}.get() or build the model with backend='cupy'"
-        )
-    if module == "torch":
-        raise TypeError(f"{name} is a torch tensor; pass {name}.cpu().numpy()")
-    host = host_array(x, name)
-    return backend.asarray(host, dtype) if dtype is not None else backend.asarray(host)
-
-
-def host_array(x: Any, name: str) -> np.ndarray:
-    """``np.asarray(x)`` with errors that name the argument (ragged lists, odd objects)."""
-    if x is None:
-        raise TypeError(f"{name} is None; expected an array")
-    if array_module_name(x) == "cupy":
-        return x.get()
-    try:
-        return np.asarray(x)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(
-            f"{name} cannot be converted to an array (ragged rows or mixed types?): {exc}"
-        ) from None
+__all__ = ["as_input", "check_features", "check_targets", "host_array"]
 
 
 def check_features(
@@ -56,7 +24,7 @@ def check_features(
 ) -> Any:
     """Validate a 2-D numeric, finite, non-empty feature matrix and return it on the backend
     (or, with ``on_device=False``, as a host NumPy array of ``dtype``)."""
-    raw = x if (backend.is_native(x) or array_module_name(x) == "cupy") else host_array(x, name)
+    raw = as_input(x, name, backend)
     kind = getattr(getattr(raw, "dtype", None), "kind", "O")
     if kind not in "biuf":
         raise TypeError(f"{name} must hold numbers, got dtype {getattr(raw, 'dtype', type(raw))}")
@@ -70,7 +38,7 @@ def check_features(
     if n_features is not None and raw.shape[1] != n_features:
         raise ValueError(f"{name} has {raw.shape[1]} features but the model expects {n_features}")
     if on_device:
-        arr = to_backend_array(raw, name, backend, dtype)
+        arr = backend.asarray(raw, dtype)
         xp = backend.xp
     else:
         arr = np.ascontiguousarray(host_array(raw, name), dtype=dtype)

@@ -252,14 +252,40 @@ def test_predict_checks_feature_count_and_fitted_state(backend):
         model.predict(X[:, :19])
 
 
+class _DLPackArray:
+    """A foreign array speaking DLPack: host data (a NumPy view) or a claimed GPU device."""
+
+    def __init__(self, data, device=(1, 0), module="torch"):
+        self.data, self.device = data, device
+        type(self).__module__ = module
+
+    def __dlpack__(self, **kwargs):
+        return self.data.__dlpack__(**kwargs)
+
+    def __dlpack_device__(self):
+        return self.device
+
+
 def test_mixed_array_types_are_explicit_errors():
-    from fastnet.validation import to_backend_array
+    gpu = _DLPackArray(np.zeros((3, 2), np.float32), device=(2, 0), module="cupy")
+    model = _mlp("numpy")
+    with pytest.raises(TypeError, match="X is a cupy array on the GPU .*numpy.*backend"):
+        model.fit(gpu, np.zeros(3, np.int64), epochs=1, verbose=0)
+    with pytest.raises(TypeError, match="y is a cupy array on the GPU"):
+        model.fit(np.zeros((3, 2)), gpu, epochs=1, verbose=0)
+    assert not model.built
 
-    class FakeCupyArray:  # looks like a cupy array to the module check
-        __module__ = "cupy._core.core"
 
-    with pytest.raises(TypeError, match="cupy .*numpy.*backend"):
-        to_backend_array(FakeCupyArray(), "X", fn.get_backend("numpy"))
+def test_dlpack_host_arrays_are_adopted_without_copy(backend):
+    X, y = make_blobs()
+    foreign = _DLPackArray(X)
+    from fastnet.backends.interop import as_input
+
+    adopted = as_input(foreign, "X", fn.get_backend("numpy"))
+    assert np.shares_memory(adopted, X)  # a view, no copy
+    model = _mlp(backend)
+    model.fit(foreign, _DLPackArray(y), epochs=1, verbose=0)
+    np.testing.assert_allclose(model.predict_proba(_DLPackArray(X)), model.predict_proba(X))
 
 
 def test_model_to_other_backend_keeps_weights(backend):

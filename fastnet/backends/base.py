@@ -82,6 +82,14 @@ class Backend:
         """True if ``x`` is an array that lives where this backend computes."""
         return isinstance(x, np.ndarray)
 
+    def dlpack_device(self) -> tuple[int, int]:
+        """The DLPack ``(device_type, device_id)`` of this backend's arrays (1 = host)."""
+        return (1, 0)
+
+    def from_dlpack(self, x: Any) -> Any:
+        """Adopt an array on this backend's device without copying (DLPack)."""
+        return self.xp.from_dlpack(x)
+
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         return self.xp.ascontiguousarray(x, dtype=dtype)
 

@@ -48,6 +48,13 @@ class CupyBackend(Backend):
     def is_native(self, x: Any) -> bool:
         return isinstance(x, self.xp.ndarray)
 
+    def dlpack_device(self) -> tuple[int, int]:
+        return (2, self.device_id)
+
+    def from_dlpack(self, x: Any) -> Any:
+        with self.device:
+            return self.xp.from_dlpack(x)
+
     def asarray(self, x: Any, dtype: Any = None) -> Any:
         with self.device:
             return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=dtype))

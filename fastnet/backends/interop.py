@@ -1,0 +1,79 @@
+"""Arrays from other frameworks (torch, JAX, CuPy, anything with ``__dlpack__``): where they
+live, and adoption without a copy when they already live where a backend computes.
+
+This is the only place that knows foreign array types; the input checks ask it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+#: DLPack device types (dlpack.h): host memory, CUDA device memory, CUDA pinned host memory
+DL_CPU, DL_CUDA, DL_CUDA_HOST = 1, 2, 3
+
+
+def dlpack_device(x: Any) -> tuple[int, int] | None:
+    """``(device_type, device_id)`` of an array exposing DLPack, else None."""
+    probe = getattr(x, "__dlpack_device__", None)
+    if probe is None or not hasattr(x, "__dlpack__"):
+        return None
+    try:
+        kind, index = probe()
+        return int(kind), int(index)
+    except Exception:
+        return None
+
+
+def _describe(x: Any, device: tuple[int, int]) -> str:
+    module = type(x).__module__.split(".")[0]
+    where = f"the GPU (cuda:{device[1]})" if device[0] == DL_CUDA else f"device type {device[0]}"
+    return f"a {module} array on {where}"
+
+
+def as_input(x: Any, name: str, backend: Any) -> Any:
+    """``x`` as a native array of ``backend`` or as host data (NumPy) to be copied over.
+
+    Foreign arrays on the backend's own device are adopted through DLPack (no copy, no host
+    round trip); foreign host arrays are viewed through DLPack; arrays on another device are
+    refused with what to do, never moved behind the user's back."""
+    if x is None:
+        raise TypeError(f"{name} is None; expected an array")
+    if backend.is_native(x) or isinstance(x, np.ndarray):
+        return x
+    device = dlpack_device(x)
+    if device is None:
+        return host_array(x, name)
+    if device == backend.dlpack_device():
+        return backend.from_dlpack(x)
+    if device[0] in (DL_CPU, DL_CUDA_HOST):
+        return np.from_dlpack(x)
+    raise TypeError(
+        f"{name} is {_describe(x, device)} but the model runs on the {backend.name!r} backend "
+        f"({backend.device_info()}); copy it to the host ({name}.get() or {name}.cpu()) or "
+        f"build the model with backend='cupy'"
+    )
+
+
+def host_array(x: Any, name: str) -> np.ndarray:
+    """``x`` as a host NumPy array, with errors that name the argument (ragged lists, GPU
+    arrays of another framework, odd objects)."""
+    if x is None:
+        raise TypeError(f"{name} is None; expected an array")
+    if isinstance(x, np.ndarray):
+        return x
+    device = dlpack_device(x)
+    if device is not None and device[0] not in (DL_CPU, DL_CUDA_HOST):
+        getter = getattr(x, "get", None)  # CuPy copies to the host explicitly
+        if type(x).__module__.split(".")[0] == "cupy" and callable(getter):
+            return getter()
+        raise TypeError(f"{name} is {_describe(x, device)}; copy it to the host first")
+    if device is not None:
+        return np.from_dlpack(x)
+    try:
+        return np.asarray(x)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(
+            f"{name} cannot be converted to an array (ragged rows or mixed types?): {exc}"
+        ) from None
