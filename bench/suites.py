@@ -220,8 +220,9 @@ def train_groups(
     from fastnet.bench.peers import BookMLP, matmul_only_epoch, sklearn_mlp_epoch, torch_mlp_epoch
 
     X, y, source = load_training_data(quick)
-    n = len(X)
-    steps = -(-n // batch)
+    n = len(X) // batch * batch  # full batches only, as a scanned JAX epoch needs
+    X, y = X[:n], y[:n]
+    steps = n // batch
     epoch_flops = step_flops(sizes, batch) * steps
     epoch, step = [], []
     for be in backends:
@@ -301,10 +302,37 @@ def train_groups(
         notes["sklearn"] = sklearn.__version__
     except ImportError:
         notes["sklearn"] = "not installed (peer skipped)"
+    notes["jax"] = _jax_contestants(epoch, sizes, X, y, batch, epoch_flops)
     return {
         f"train epoch {'-'.join(map(str, sizes))} batch {batch}": epoch,
         f"train step {'-'.join(map(str, sizes))} batch {batch}": step,
     }, notes
+
+
+def _jax_contestants(
+    epoch: list[Contestant],
+    sizes: tuple[int, ...],
+    X: np.ndarray,
+    y: np.ndarray,
+    batch: int,
+    flops: float,
+) -> str:
+    """JAX jit + lax.scan and jit-per-step epochs at fp32 (and TF32 on a GPU) when installed."""
+    try:
+        import jax
+    except ImportError:
+        return "not installed (peer skipped)"
+    from fastnet.bench.jax_peer import jax_scan_epoch, jax_step_epoch
+
+    device = jax.devices()[0]
+    precisions = {"fp32": "highest"}
+    if device.platform == "gpu":
+        precisions["tf32"] = "default"  # XLA's default float32 matmul precision on GPUs
+    for label, precision in precisions.items():
+        for variant, make in (("scan", jax_scan_epoch), ("jit", jax_step_epoch)):
+            run = make(sizes, X, y, batch, precision=precision)
+            epoch.append(Contestant(f"jax-{variant}-{label}", run, None, flops))
+    return f"{jax.__version__} on {device.platform} ({device.device_kind})"
 
 
 def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant]]:
@@ -444,8 +472,8 @@ def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -
     for title, contestants in groups.items():
         names = [c.name for c in contestants]
         reference = next((r for r in ("numpy", "fastnet-numpy", "matmul-only") if r in names), None)
-        if title.startswith("train epoch") and "book-numpy" in names:
-            reference = "book-numpy"
+        if title.startswith("train epoch"):  # the strongest peer present, else the book loop
+            reference = next((r for r in ("jax-scan-fp32", "book-numpy") if r in names), None)
         if title.startswith("floor breakdown"):
             reference = "matmul-only-cpu"
         results = interleaved(contestants, rounds=rounds, reference=reference)
