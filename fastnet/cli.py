@@ -103,6 +103,18 @@ def build_parser() -> argparse.ArgumentParser:
         "qualifies; on: required; off: eager steps) (default: auto)",
     )
     train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel over the ranks of `mpirun -n K fastnet train --distributed` "
+        "(rank 0 prints and writes files)",
+    )
+    train.add_argument(
+        "--comm",
+        default="mpi",
+        choices=["mpi", "nccl"],
+        help="collectives for --distributed: mpi (any backend) or nccl (cupy) (default: mpi)",
+    )
 
     evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on the test set")
     evaluate.add_argument("checkpoint")
@@ -146,6 +158,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(
                 "--plot needs matplotlib: pip install 'fastnet[plot]'"
             ) from None
+    backend, main_rank = args.backend, True
+    if args.distributed:
+        from fastnet import distributed as dist
+
+        dist.init(args.comm, backend=args.backend)  # one GPU per local rank on cupy
+        main_rank = dist.is_main()
+        if args.backend and args.backend.startswith("cupy"):
+            backend = None  # the rank's GPU, chosen by init
+    say = print if main_rank else _silent
     (X, y), (X_test, y_test) = _load(args.dataset, args.data_dir)
     if args.limit:
         X, y = X[: args.limit], y[: args.limit]
@@ -161,12 +182,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         layers,
         "softmax_cross_entropy",
         get_optimizer(args.optimizer, **opt_kwargs),
-        backend=args.backend,
+        backend=backend,
         dtype=args.dtype,
         seed=args.seed,
     )
     arch = "-".join(str(s) for s in (X.shape[1], *args.layers, int(y.max()) + 1))
-    print(
+    say(
         f"fastnet train: {args.dataset} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
         f"test, MLP {arch}, {args.optimizer} lr={args.lr} ({args.schedule}), "
         f"batch {args.batch_size}, backend {model.backend.name} "
@@ -190,13 +211,15 @@ def cmd_train(args: argparse.Namespace) -> int:
             callbacks=callbacks,
             verbose=2 if args.verbose == 2 else args.verbose,
             cuda_graph=GRAPH_CHOICES[args.cuda_graph],
+            distributed=args.distributed,
+            comm=args.comm,
         )
     except KeyboardInterrupt:
         interrupted = True
         print(f"\ninterrupted: {model.stop_reason}", file=sys.stderr)
     total = time.perf_counter() - start
     if model.stop_reason and not interrupted:
-        print(model.stop_reason)
+        say(model.stop_reason)
     seconds = model.history.get("seconds", [])
     test = (
         model.evaluate(X_test, y_test)
@@ -213,7 +236,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     peak = model.backend.peak_memory()
     if peak is not None:
         summary += f"  peak device memory {peak / 2**20:.1f} MiB"
-    print(summary, flush=True)
+    say(summary, flush=True)
+    if not main_rank:
+        return 130 if interrupted else 0
     if args.save:
         model.save(args.save)
         print(f"saved checkpoint to {args.save}")
@@ -238,6 +263,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 indent=1,
             )
     return 130 if interrupted else 0
+
+
+def _silent(*args: object, **kwargs: object) -> None:
+    """``print`` on ranks other than 0."""
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -274,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fastnet.backends import BackendUnavailableError
     from fastnet.checkpoint import CheckpointError
     from fastnet.data import DatasetError
+    from fastnet.distributed import DistributedError
 
     handlers = {
         "train": cmd_train,
@@ -287,6 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         BackendUnavailableError,
         CheckpointError,
         DatasetError,
+        DistributedError,
         FileNotFoundError,
         OSError,
         ValueError,

@@ -9,6 +9,7 @@ divergence and interrupt handling are written once, here. ``Sequential`` inherit
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -118,12 +119,57 @@ class EagerStep:
 
     def __call__(self, xb: Any, yb: Any) -> None:
         loss, correct = self.model.train_step(xb, yb)
-        self.loss_sum = self.loss_sum + loss * xb.shape[0]
+        self._accumulate(loss, correct, xb.shape[0])
+
+    def _accumulate(self, loss: Any, correct: Any, n: int) -> None:
+        """Add a batch's mean loss (times its rows) and correct count, on the device."""
+        self.loss_sum = self.loss_sum + loss * n
         if correct is not None:
             self.correct_sum = correct if self.correct_sum is None else self.correct_sum + correct
 
     def end_epoch(self) -> tuple[Any, Any]:
         return self.loss_sum, self.correct_sum
+
+
+class DistributedStep(EagerStep):
+    """Data-parallel eager step: this rank's slice of each global batch, gradients scaled by
+    its share of the batch and summed over ranks with one all-reduce per arena group, then the
+    same update on every rank (so weights stay identical)."""
+
+    description = "eager, data-parallel"
+
+    def __init__(self, model: Any, comm: Any, global_sizes: Sequence[int]) -> None:
+        super().__init__(model)
+        self.comm, self.global_sizes = comm, list(global_sizes)
+        self.description = f"eager, data-parallel over {comm.world_size} ranks ({comm.name})"
+
+    def begin_epoch(self) -> None:
+        super().begin_epoch()
+        self.batch_index = 0
+
+    def __call__(self, xb: Any, yb: Any) -> None:
+        model, n = self.model, xb.shape[0]
+        share = n / self.global_sizes[self.batch_index]
+        self.batch_index += 1
+        if n:
+            logits = model.forward(xb, training=True)
+            loss, dlogits = model.loss.compute(logits, yb)
+            correct = model.loss.count_correct(logits, yb)
+            model.backward(dlogits)
+            self._accumulate(loss, correct, n)
+        for group in model.arena.groups:
+            if n:
+                group.grads *= share
+            else:
+                group.grads[...] = 0
+            self.comm.allreduce(group.grads)
+        model.arena.update()
+
+    def end_epoch(self) -> tuple[Any, Any]:
+        counted = self.correct_sum is not None
+        totals = np.array([float(self.loss_sum), float(self.correct_sum or 0), float(counted)])
+        self.comm.allreduce(totals)
+        return totals[0], (totals[1] if totals[2] > 0 else None)
 
 
 class Trainer:
@@ -139,6 +185,7 @@ class Trainer:
     stop_reason: str | None
     streamed: bool
     step_description: str
+    _comm: Any = None
     _rng: np.random.Generator
 
     # ------------------------------------------------------------------ one step
@@ -171,6 +218,8 @@ class Trainer:
         verbose: int = 1,
         on_divergence: str = "restore",
         cuda_graph: bool | str = "auto",
+        distributed: bool = False,
+        comm: str = "mpi",
     ) -> dict[str, list[float]]:
         """Train for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches.
 
@@ -182,6 +231,12 @@ class Trainer:
         finished epoch are restored and the interrupt is re-raised. ``cuda_graph``: "auto" uses
         the backend's compiled step when the model qualifies, True requires it, False forces
         eager steps; ``step_description`` says which ran and why.
+
+        ``distributed=True`` (under ``mpirun``; see ``fastnet.distributed``) trains data-parallel
+        over the job's ranks with the same semantics as one process: ``batch_size`` is the
+        global batch, rank 0's weights are broadcast first, each rank computes its slice of
+        every batch, gradients are averaged with one all-reduce per arena group, validation is
+        reduced over ranks, and only rank 0 prints. BatchNorm statistics are per rank.
         """
         epochs = check_positive_int(epochs, "epochs")
         batch_size = check_positive_int(batch_size, "batch_size")
@@ -204,12 +259,51 @@ class Trainer:
                 f"too large ({n_bytes / 2**30:.2f} GiB) and would be streamed"
             )
         Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
+        group = None
+        if distributed:
+            from fastnet import distributed as dist
+
+            group = dist.init(comm)
+            if not dist.is_main():
+                verbose = 0
         # ---- nothing above changed the model; from here on it trains
         if not self.built:
             self.build(Xd.shape[1])
+        if group is not None:
+            self._broadcast_state(group)
+        self._comm = group
         self.streamed = streamed
         n = Xd.shape[0]
-        run_epoch = self._runner(Xd, yd, batch_size, shuffle, cuda_graph, streamed)
+        run_epoch = self._runner(Xd, yd, batch_size, shuffle, cuda_graph, streamed, group)
+        try:
+            return self._epochs(
+                run_epoch, n, Xd, yd, val, epochs, callbacks, verbose, on_divergence
+            )
+        except Exception as exc:
+            if group is not None and group.world_size > 1:  # never leave other ranks waiting
+                print(
+                    f"fastnet: rank {group.rank} of {group.world_size} failed in fit "
+                    f"({type(exc).__name__}: {exc}); aborting the job",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                group.abort(1)
+            raise
+        finally:
+            self._comm = None
+
+    def _epochs(
+        self,
+        run_epoch: Callable[..., tuple[Any, Any]],
+        n: int,
+        Xd: Any,
+        yd: Any,
+        val: tuple[Any, Any] | None,
+        epochs: int,
+        callbacks: list[Callback],
+        verbose: int,
+        on_divergence: str,
+    ) -> dict[str, list[float]]:
         self.stop_reason = None
         for key in ("loss", "accuracy", "seconds") + (("val_loss", "val_accuracy") if val else ()):
             self.history.setdefault(key, [])
@@ -292,25 +386,49 @@ class Trainer:
         shuffle: bool,
         cuda_graph: bool | str,
         streamed: bool,
+        group: Any = None,
     ) -> Callable[..., tuple[Any, Any]]:
         seed = int(self._rng.integers(2**31))
+        world = 1 if group is None else group.world_size
+        if group is not None:
+            seed = group.broadcast_object(seed)  # the same permutation on every rank
         source: ResidentBatches | StreamedBatches = (
             StreamedBatches(Xd, yd, self.backend, seed, shuffle)
             if streamed
             else ResidentBatches(Xd, yd, self.backend, seed, shuffle)
         )
-        step = self._make_step(batch_size, cuda_graph, streamed)
-        bounds = batch_bounds(Xd.shape[0], batch_size, self.min_batch_rows())
+        bounds = batch_bounds(Xd.shape[0], batch_size, self.min_batch_rows() * world)
+        local = bounds
+        if group is None:
+            step = self._make_step(batch_size, cuda_graph, streamed)
+        else:
+            from fastnet.distributed import rank_slice
+
+            local = [rank_slice(lo, hi, group.rank, world) for lo, hi in bounds]
+            step = DistributedStep(self, group, [hi - lo for lo, hi in bounds])
+            self.step_description = step.description
+            self.backend.kernel_report["train_step"] = step.description
 
         def run_epoch(progress: Callable[[int], Any] | None = None) -> tuple[Any, Any]:
             step.begin_epoch()
-            for xb, yb in source.epoch(bounds, step):
+            for (xb, yb), (lo, hi) in zip(source.epoch(local, step), bounds):
                 step(xb, yb)
                 if progress is not None:
-                    progress(xb.shape[0])
+                    progress(hi - lo)
             return step.end_epoch()
 
         return run_epoch
+
+    def _broadcast_state(self, group: Any) -> None:
+        """Rank 0's parameters, optimizer state and layer buffers to every rank."""
+        for g in self.arena.groups:
+            group.broadcast(g.values)
+            for slot in g.slots.values():
+                group.broadcast(slot)
+            g.step = group.broadcast_object(g.step)
+        for layer in self.layers:
+            for buf in layer.state_buffers().values():
+                group.broadcast(buf)
 
     def _make_step(self, batch_size: int, cuda_graph: bool | str, streamed: bool) -> Any:
         step = self._choose_step(batch_size, cuda_graph, streamed)
@@ -365,11 +483,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
     def _evaluate_device(self, Xd: Any, yd: Any) -> tuple[float, float]:
+        group = getattr(self, "_comm", None)
+        if group is not None and group.world_size > 1:
+            return self._evaluate_distributed(Xd, yd, group)
         outputs = self._batched_outputs(Xd)
         loss, _ = self.loss.compute(outputs, yd)
         correct = self.loss.count_correct(outputs, yd)
         acc = float(correct) / Xd.shape[0] if correct is not None else float("nan")
         return float(loss), acc
+
+    def _evaluate_distributed(self, Xd: Any, yd: Any, group: Any) -> tuple[float, float]:
+        """Each rank evaluates its slice; loss and correct counts are summed over ranks."""
+        from fastnet.distributed import rank_slice
+
+        n = Xd.shape[0]
+        lo, hi = rank_slice(0, n, group.rank, group.world_size)
+        totals = np.zeros(3)
+        if hi > lo:
+            outputs = self._batched_outputs(Xd[lo:hi])
+            loss, _ = self.loss.compute(outputs, yd[lo:hi])
+            correct = self.loss.count_correct(outputs, yd[lo:hi])
+            totals[:] = float(loss) * (hi - lo), float(correct or 0), float(correct is not None)
+        group.allreduce(totals)
+        return float(totals[0] / n), float(totals[1] / n) if totals[2] > 0 else float("nan")
 
     def _batched_outputs(self, Xd: Any, batch_size: int = 8192) -> Any:
         xp = self.backend.xp

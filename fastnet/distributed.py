@@ -1,0 +1,288 @@
+"""Data-parallel training across processes, nodes and GPUs, the way Horovod and ChainerMN do it:
+MPI (``mpi4py``) for processes and CPU collectives, NCCL (``cupy.cuda.nccl``, its unique id
+broadcast over MPI) for GPU collectives.
+
+Launch with ``mpirun -n K python script.py`` (or ``mpirun -n K fastnet train --distributed``);
+in the script call ``fastnet.distributed.init()`` (``fit(..., distributed=True)`` does it) and
+train as usual: rank 0's initial weights are broadcast, every rank shuffles with the same seed and
+takes its own slice of each global batch, and the flat gradient arena is averaged with one
+all-reduce per parameter group and step. An uncaught exception on any rank aborts the whole job
+with a message naming that rank, so no rank waits forever in a collective.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+LAUNCHER_VARIABLES = (
+    "OMPI_COMM_WORLD_SIZE",  # Open MPI
+    "PMI_SIZE",  # MPICH, Intel MPI, srun --mpi=pmi2
+    "PMIX_RANK",  # PMIx launchers (srun --mpi=pmix, prterun)
+    "MV2_COMM_WORLD_SIZE",  # MVAPICH2
+)
+
+
+class DistributedError(RuntimeError):
+    """Distributed training cannot start here; the message says what to do."""
+
+
+class Communicator:
+    """Collectives over the ranks of one job. Arrays are reduced and broadcast in place."""
+
+    name = "communicator"
+    rank = 0
+    world_size = 1
+
+    def allreduce(self, buf: Any) -> None:
+        """Sum ``buf`` over all ranks, in place."""
+        raise NotImplementedError
+
+    def broadcast(self, buf: Any, root: int = 0) -> None:
+        """Copy ``buf`` of rank ``root`` into ``buf`` on every rank."""
+        raise NotImplementedError
+
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
+        raise NotImplementedError
+
+    def barrier(self) -> None:
+        raise NotImplementedError
+
+    def abort(self, code: int = 1) -> None:
+        raise NotImplementedError
+
+
+class MPICommunicator(Communicator):
+    """MPI collectives; device (CuPy) arrays are staged through pinned host buffers."""
+
+    name = "mpi"
+
+    def __init__(self, comm: Any = None) -> None:
+        from mpi4py import MPI
+
+        self.MPI = MPI
+        self.comm = comm if comm is not None else MPI.COMM_WORLD
+        self.rank, self.world_size = self.comm.Get_rank(), self.comm.Get_size()
+        self._staging: dict[tuple[int, str], np.ndarray] = {}
+
+    def _host(self, buf: Any) -> np.ndarray:
+        key = (int(buf.size), str(buf.dtype))
+        if key not in self._staging:
+            import cupyx
+
+            self._staging[key] = cupyx.empty_pinned(buf.size, dtype=buf.dtype)
+        host = self._staging[key]
+        buf.reshape(-1).get(out=host)
+        return host
+
+    def allreduce(self, buf: Any) -> None:
+        if isinstance(buf, np.ndarray):
+            self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+            return
+        host = self._host(buf)
+        self.comm.Allreduce(self.MPI.IN_PLACE, host, op=self.MPI.SUM)
+        buf.reshape(-1).set(host)
+
+    def broadcast(self, buf: Any, root: int = 0) -> None:
+        if isinstance(buf, np.ndarray):
+            self.comm.Bcast(buf, root=root)
+            return
+        host = self._host(buf)
+        self.comm.Bcast(host, root=root)
+        buf.reshape(-1).set(host)
+
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
+        return self.comm.bcast(obj, root=root)
+
+    def barrier(self) -> None:
+        self.comm.Barrier()
+
+    def abort(self, code: int = 1) -> None:
+        self.comm.Abort(code)
+
+    def local_rank(self) -> int:
+        """Rank among the processes on this node (for picking a GPU)."""
+        local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        try:
+            return int(local.Get_rank())
+        finally:
+            local.Free()
+
+
+class NCCLCommunicator(Communicator):
+    """NCCL all-reduce and broadcast of CuPy arrays on the current stream (capturable in CUDA
+    graphs); MPI carries the NCCL unique id, objects and barriers."""
+
+    name = "nccl"
+    _DTYPES = {"float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64", "int64": "NCCL_INT64"}
+
+    def __init__(self, mpi: MPICommunicator) -> None:
+        from cupy.cuda import nccl
+
+        self.mpi, self.nccl = mpi, nccl
+        self.rank, self.world_size = mpi.rank, mpi.world_size
+        uid = nccl.get_unique_id() if mpi.rank == 0 else None
+        uid = mpi.broadcast_object(uid)
+        self.comm = nccl.NcclCommunicator(self.world_size, uid, self.rank)
+
+    def _args(self, buf: Any) -> tuple[int, int, int]:
+        import cupy
+
+        if not isinstance(buf, cupy.ndarray) or not buf.flags.c_contiguous:
+            raise TypeError("the nccl communicator reduces C-contiguous cupy arrays only")
+        return buf.data.ptr, int(buf.size), getattr(self.nccl, self._DTYPES[str(buf.dtype)])
+
+    def allreduce(self, buf: Any) -> None:
+        import cupy
+
+        ptr, count, dtype = self._args(buf)
+        stream = cupy.cuda.get_current_stream().ptr
+        self.comm.allReduce(ptr, ptr, count, dtype, self.nccl.NCCL_SUM, stream)
+
+    def broadcast(self, buf: Any, root: int = 0) -> None:
+        import cupy
+
+        ptr, count, dtype = self._args(buf)
+        self.comm.bcast(ptr, count, dtype, root, cupy.cuda.get_current_stream().ptr)
+
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
+        return self.mpi.broadcast_object(obj, root)
+
+    def barrier(self) -> None:
+        self.mpi.barrier()
+
+    def abort(self, code: int = 1) -> None:
+        self.mpi.abort(code)
+
+
+_current: Communicator | None = None
+
+
+def launched_by_mpi() -> bool:
+    """Whether this process was started by an MPI launcher (mpirun, mpiexec, srun)."""
+    return any(v in os.environ for v in LAUNCHER_VARIABLES)
+
+
+def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
+    """Join the MPI job this process belongs to and return its communicator (idempotent).
+
+    ``comm``: "mpi" (any arrays; GPU arrays staged through pinned host memory) or "nccl" (GPU
+    arrays). With ``backend="cupy"`` each process is given GPU ``local_rank % n_gpus`` and that
+    becomes the default backend of the process."""
+    global _current
+    if comm not in ("mpi", "nccl"):
+        raise ValueError(f"comm must be 'mpi' or 'nccl', got {comm!r}")
+    if _current is not None:
+        if _current.name != comm:
+            raise DistributedError(f"already initialised with the {_current.name} communicator")
+        return _current
+    if not launched_by_mpi():
+        raise DistributedError(
+            "distributed training needs an MPI launcher: run `mpirun -n K python your_script.py` "
+            "or `mpirun -n K fastnet train --distributed` (K processes)"
+        )
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        raise DistributedError(
+            "distributed training needs mpi4py and an MPI library: "
+            "pip install 'fastnet[distributed]' (and e.g. apt install openmpi-bin libopenmpi-dev)"
+        ) from None
+    mpi = MPICommunicator()
+    _install_abort_hook(mpi)
+    if backend is not None and backend.startswith("cupy"):
+        import cupy
+
+        from fastnet.backends import set_backend
+
+        device = mpi.local_rank() % max(1, cupy.cuda.runtime.getDeviceCount())
+        set_backend(f"cupy:{device}")
+    elif comm == "nccl":
+        raise DistributedError("the nccl communicator needs backend='cupy'")
+    _current = NCCLCommunicator(mpi) if comm == "nccl" else mpi
+    return _current
+
+
+def _install_abort_hook(mpi: MPICommunicator) -> None:
+    """An uncaught exception on one rank aborts the job (naming the rank) instead of leaving
+    the other ranks blocked in a collective."""
+    previous = sys.excepthook
+
+    def hook(kind: Any, value: Any, tb: Any) -> None:
+        previous(kind, value, tb)
+        if kind is not KeyboardInterrupt or mpi.world_size > 1:
+            print(
+                f"fastnet: rank {mpi.rank} of {mpi.world_size} failed ({kind.__name__}: "
+                f"{value}); aborting the job",
+                file=sys.stderr,
+                flush=True,
+            )
+            mpi.abort(1)
+
+    sys.excepthook = hook
+
+
+def current() -> Communicator | None:
+    """The communicator of this process, if ``init`` was called."""
+    return _current
+
+
+def rank() -> int:
+    return _current.rank if _current is not None else 0
+
+
+def world_size() -> int:
+    return _current.world_size if _current is not None else 1
+
+
+def is_main() -> bool:
+    """True on rank 0 (and in a plain, non-distributed process): the rank that prints and
+    writes files."""
+    return rank() == 0
+
+
+def allreduce(buf: Any) -> None:
+    """Sum ``buf`` over all ranks in place (a no-op without ``init``)."""
+    if _current is not None:
+        _current.allreduce(buf)
+
+
+def broadcast(buf: Any, root: int = 0) -> None:
+    """Copy rank ``root``'s ``buf`` to every rank in place (a no-op without ``init``)."""
+    if _current is not None:
+        _current.broadcast(buf, root)
+
+
+def barrier() -> None:
+    if _current is not None:
+        _current.barrier()
+
+
+def rank_slice(lo: int, hi: int, part: int, parts: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` split into ``parts`` nearly equal runs (the first ones one longer, as
+    ``numpy.array_split``); returns run ``part``."""
+    n = hi - lo
+    base, extra = divmod(n, parts)
+    start = lo + part * base + min(part, extra)
+    return start, start + base + (1 if part < extra else 0)
+
+
+__all__ = [
+    "Communicator",
+    "DistributedError",
+    "MPICommunicator",
+    "NCCLCommunicator",
+    "allreduce",
+    "barrier",
+    "broadcast",
+    "current",
+    "init",
+    "is_main",
+    "launched_by_mpi",
+    "rank",
+    "rank_slice",
+    "world_size",
+]

@@ -1,0 +1,73 @@
+"""Run under ``mpirun -n K`` by tests/test_distributed.py (not collected by pytest).
+
+    mpi_worker.py train BACKEND DTYPE OUT.npz   data-parallel fit; rank 0 saves the weights
+    mpi_worker.py kill                          rank 1 dies (SIGKILL) in the second epoch
+    mpi_worker.py raise                         rank 1 raises in the second epoch
+    mpi_worker.py output                        verbose fit: epoch lines come from rank 0 only
+"""
+
+import os
+import signal
+import sys
+
+import numpy as np
+
+import fastnet as fn
+from fastnet import distributed as dist
+
+
+def problem(dtype="float32"):
+    rng = np.random.default_rng(0)
+    centers = rng.standard_normal((4, 12)) * 3
+    y = rng.integers(0, 4, 300)
+    X = (centers[y] + rng.standard_normal((300, 12))).astype(dtype)
+    return X, y
+
+
+def model(backend="numpy", dtype="float32", optimizer=None):
+    layers = [fn.Dense(16, "relu"), fn.Dense(8, "tanh"), fn.Dense(4)]
+    return fn.Sequential(
+        layers, optimizer=optimizer or fn.Adam(1e-2), backend=backend, dtype=dtype, seed=3
+    )
+
+
+FIT = dict(epochs=3, batch_size=64)
+
+
+class At(fn.Callback):
+    def __init__(self, action):
+        self.action = action
+
+    def on_epoch_end(self, model, epoch, logs):
+        if epoch == 1 and dist.rank() == 1:
+            self.action()
+        return False
+
+
+def main(mode, *args):
+    dist.init("mpi")
+    if mode == "train":
+        backend, dtype, out = args
+        X, y = problem(dtype)
+        m = model(backend, dtype)
+        h = m.fit(X, y, validation_data=(X[:50], y[:50]), verbose=0, distributed=True, **FIT)
+        if dist.is_main():
+            arrays = {f"p{i}": m.backend.to_numpy(p.value) for i, p in enumerate(m.parameters())}
+            np.savez(out, loss=h["loss"], val_loss=h["val_loss"], **arrays)
+    elif mode in ("kill", "raise"):
+        X, y = problem()
+
+        def die():
+            if mode == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise ValueError("a failure on rank 1")
+
+        model().fit(X, y, epochs=50, verbose=0, distributed=True, callbacks=[At(die)])
+    elif mode == "output":
+        X, y = problem()
+        model().fit(X, y, epochs=2, verbose=2, distributed=True, batch_size=64)
+        print(f"done rank {dist.rank()}", flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,116 @@
+"""Data-parallel training under ``mpirun -n 2`` equals one process with the full batch; a rank
+that dies or raises stops the job with its rank named; only rank 0 prints; clear errors
+outside mpirun."""
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import backend_params
+
+from fastnet import distributed as dist
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import mpi_worker  # noqa: E402
+
+try:
+    import mpi4py  # noqa: F401
+
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+# In CI (.ci/run installs Open MPI and mpi4py) these tests must run, never skip.
+needs_mpi = pytest.mark.skipif(
+    (shutil.which("mpirun") is None or not HAVE_MPI4PY) and not os.environ.get("CI"),
+    reason="needs Open MPI (mpirun) and mpi4py: pip install 'fastnet[distributed]'",
+)
+MPI_ENV = {
+    "OMPI_ALLOW_RUN_AS_ROOT": "1",  # CI runs as root
+    "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+    "OMPI_MCA_rmaps_base_oversubscribe": "1",  # 2 ranks on a 2-core machine is fine
+    "OMPI_MCA_btl_vader_single_copy_mechanism": "none",  # no ptrace in containers
+}
+
+
+def mpirun(*args, n=2, timeout=120):
+    env = {**os.environ, **MPI_ENV, "PYTHONPATH": str(HERE)}
+    cmd = ["mpirun", "-n", str(n), sys.executable, str(HERE / "mpi_worker.py"), *args]
+    start = time.monotonic()
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    return run, time.monotonic() - start
+
+
+@needs_mpi
+@pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-5)])
+@pytest.mark.parametrize("backend", backend_params(["numpy", "numba"]))
+def test_two_ranks_with_half_batches_equal_one_process(tmp_path, backend, dtype, rtol):
+    out = tmp_path / "ranks.npz"
+    run, _ = mpirun("train", backend, dtype, str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    X, y = mpi_worker.problem(dtype)
+    single = mpi_worker.model(backend, dtype)
+    h = single.fit(X, y, validation_data=(X[:50], y[:50]), verbose=0, **mpi_worker.FIT)
+    got = np.load(out)
+    for i, p in enumerate(single.parameters()):  # 15 Adam steps, a merged short last batch
+        np.testing.assert_allclose(got[f"p{i}"], single.backend.to_numpy(p.value), rtol=rtol,
+                                   atol=rtol)
+    np.testing.assert_allclose(got["loss"], h["loss"], rtol=max(rtol, 1e-6))
+    np.testing.assert_allclose(got["val_loss"], h["val_loss"], rtol=max(rtol, 1e-6))
+
+
+@needs_mpi
+@pytest.mark.parametrize("mode,signature", [("kill", "rank 1"), ("raise", "rank 1 of 2 failed")])
+def test_a_failing_rank_stops_the_job(mode, signature):
+    run, seconds = mpirun(mode, timeout=90)
+    assert run.returncode != 0
+    assert seconds < 60
+    assert signature in run.stdout + run.stderr, run.stderr[-3000:]
+
+
+@needs_mpi
+def test_only_rank_zero_prints():
+    run, _ = mpirun("output")
+    assert run.returncode == 0, run.stderr[-3000:]
+    epoch_lines = [line for line in run.stdout.splitlines() if line.startswith("epoch")]
+    assert len(epoch_lines) == 2, run.stdout
+    assert "done rank 0" in run.stdout and "done rank 1" in run.stdout
+
+
+def test_outside_mpirun_says_what_to_run(monkeypatch):
+    for variable in dist.LAUNCHER_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(dist.DistributedError, match="mpirun -n K"):
+        dist.init()
+    X, y = mpi_worker.problem()
+    model = mpi_worker.model()
+    with pytest.raises(dist.DistributedError, match="mpirun"):
+        model.fit(X, y, epochs=1, verbose=0, distributed=True)
+    assert not model.built  # nothing changed
+    with pytest.raises(ValueError, match="comm"):
+        dist.init("gloo")
+
+
+def test_rank_slices_cover_each_batch_once():
+    for n in (0, 1, 5, 64, 65):
+        for parts in (1, 2, 3):
+            pieces = [dist.rank_slice(10, 10 + n, r, parts) for r in range(parts)]
+            assert pieces[0][0] == 10 and pieces[-1][1] == 10 + n
+            assert all(a[1] == b[0] for a, b in zip(pieces, pieces[1:]))
+            sizes = [hi - lo for lo, hi in pieces]
+            assert max(sizes) - min(sizes) <= 1
+    assert dist.rank() == 0 and dist.world_size() == 1 and dist.is_main()
+
+
+def test_cli_refuses_distributed_outside_mpirun(monkeypatch, capsys):
+    from fastnet.cli import main
+
+    for variable in dist.LAUNCHER_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    assert main(["train", "--distributed", "--epochs", "1"]) == 2
+    assert "mpirun -n K" in capsys.readouterr().err
