@@ -77,6 +77,9 @@ class Layer:
         """Output width for inputs of width ``input_dim``, known before building."""
         return input_dim
 
+    def fork_random_stream(self, rank: int) -> None:
+        """Give this process (rank) its own random stream (data-parallel training)."""
+
     def _buffer(self, key: str, shape: tuple) -> Any:
         buf = self._buffers.get((key, shape))
         if buf is None:
@@ -321,9 +324,13 @@ class Dropout(Layer):
     def build(
         self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
     ) -> int:
-        seed = self.seed if self.seed is not None else int(rng.integers(2**31))
-        self._rng = backend.rng(seed)
+        self._seed = self.seed if self.seed is not None else int(rng.integers(2**31))
+        self._rng = backend.rng(self._seed)
         return super().build(input_dim, backend, dtype, rng)
+
+    def fork_random_stream(self, rank: int) -> None:
+        seed = np.random.SeedSequence([self._seed, rank]).generate_state(1)[0]
+        self._rng = self.backend.rng(int(seed) % 2**31)
 
     def forward(self, x: Any, training: bool = True) -> Any:
         self.mask = None

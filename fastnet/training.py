@@ -429,6 +429,7 @@ class Trainer:
         for layer in self.layers:
             for buf in layer.state_buffers().values():
                 group.broadcast(buf)
+            layer.fork_random_stream(group.rank)  # e.g. distinct dropout masks per rank
 
     def _make_step(self, batch_size: int, cuda_graph: bool | str, streamed: bool) -> Any:
         step = self._choose_step(batch_size, cuda_graph, streamed)

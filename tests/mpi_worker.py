@@ -63,6 +63,20 @@ def main(mode, *args):
             raise ValueError("a failure on rank 1")
 
         model().fit(X, y, epochs=50, verbose=0, distributed=True, callbacks=[At(die)])
+    elif mode == "features":  # dropout, batch norm, momentum, per-layer optimizer, numba
+        X, y = problem()
+        layers = [fn.Dense(32), fn.BatchNorm1d(), fn.ReLU(), fn.Dropout(0.2),
+                  fn.Dense(4, optimizer=fn.RMSProp(1e-3))]
+        m = fn.Sequential(layers, optimizer=fn.Momentum(0.05, nesterov=True), backend=args[0],
+                          seed=1)
+        h = m.fit(X, y, epochs=4, batch_size=32, verbose=0, distributed=True,
+                  validation_data=(X, y))
+        weights = np.concatenate([m.backend.to_numpy(p.value).ravel() for p in m.parameters()])
+        total = weights.copy()
+        dist.allreduce(total)  # identical weights on every rank: sum == world * weights
+        assert np.allclose(total, dist.world_size() * weights, rtol=1e-6, atol=1e-6)
+        assert h["val_accuracy"][-1] > 0.8, h
+        print(f"features ok rank {dist.rank()} {h['val_accuracy'][-1]:.3f}", flush=True)
     elif mode == "output":
         X, y = problem()
         model().fit(X, y, epochs=2, verbose=2, distributed=True, batch_size=64)

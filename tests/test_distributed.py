@@ -65,6 +65,14 @@ def test_two_ranks_with_half_batches_equal_one_process(tmp_path, backend, dtype,
 
 
 @needs_mpi
+@pytest.mark.parametrize("backend", backend_params(["numpy", "numba"]))
+def test_dropout_batchnorm_and_other_optimizers_train_identically_on_every_rank(backend):
+    run, _ = mpirun("features", backend)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("features ok") == 2
+
+
+@needs_mpi
 @pytest.mark.parametrize("mode,signature", [("kill", "rank 1"), ("raise", "rank 1 of 2 failed")])
 def test_a_failing_rank_stops_the_job(mode, signature):
     run, seconds = mpirun(mode, timeout=90)
