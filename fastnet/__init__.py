@@ -15,7 +15,6 @@ from fastnet.backends import (
 from fastnet.callbacks import Callback, CosineDecay, EarlyStopping
 from fastnet.checkpoint import CheckpointError
 from fastnet.data import DatasetError, load_fashion_mnist, load_mnist, one_hot, read_idx
-from fastnet.estimator import MLPClassifier
 from fastnet.initializers import Gaussian, He, Xavier
 from fastnet.layers import (
     BatchNorm1d,
@@ -50,6 +49,7 @@ __all__ = [
     "He",
     "LeakyReLU",
     "MLPClassifier",
+    "MLPRegressor",
     "MeanSquaredError",
     "Momentum",
     "RMSProp",
@@ -75,3 +75,12 @@ __all__ = [
     "set_backend",
     "use_backend",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The estimators load on first use (they import scikit-learn when it is installed)."""
+    if name in ("MLPClassifier", "MLPRegressor"):
+        from fastnet import estimator
+
+        return getattr(estimator, name)
+    raise AttributeError(f"module 'fastnet' has no attribute {name!r}")

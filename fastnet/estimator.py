@@ -1,201 +1,470 @@
-"""``MLPClassifier``: a scikit-learn style estimator on top of ``Sequential``."""
+"""scikit-learn estimators on top of ``Sequential``: ``MLPClassifier`` and ``MLPRegressor``.
+
+With scikit-learn installed (``pip install 'fastnet-mlp[sklearn]'``) they are real scikit-learn
+estimators (``BaseEstimator`` + ``ClassifierMixin``/``RegressorMixin``, input validation, tags,
+``NotFittedError``), so ``Pipeline``, ``GridSearchCV``, ``cross_val_score``, ``clone`` and
+``check_estimator`` work. Without it they keep the same interface stand-alone. Parameters follow
+scikit-learn's ``MLPClassifier`` where they mean the same thing (``max_iter`` epochs,
+``learning_rate_init``, ``alpha``, ``tol``/``n_iter_no_change``, ``early_stopping``, ...).
+"""
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from typing import Any
 
 import numpy as np
 
-from fastnet.callbacks import EarlyStopping
-from fastnet.data import train_val_split
-from fastnet.layers import BatchNorm1d, Dense, Dropout, Layer
+from fastnet.callbacks import Callback, EarlyStopping
+from fastnet.layers import LAYERS, BatchNorm1d, Dense, Dropout, Layer
 from fastnet.model import Sequential
 from fastnet.optimizers import get_optimizer
-from fastnet.validation import check_positive_float, check_positive_int, host_array
+from fastnet.validation import host_array
 
 
-class MLPClassifier:
-    """Multi-layer perceptron classifier with the scikit-learn estimator interface.
+def _import(name: str) -> Any:
+    """scikit-learn is an optional integration dependency, imported only with the estimators
+    (``import fastnet`` does not import this module until an estimator is used)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
-    Labels may be any sortable values; they are mapped to ``classes_``. ``fit`` accepts
-    ``validation_data``; with ``early_stopping=True`` and none given, ``validation_fraction``
-    of the training data is held out.
-    """
 
-    def __init__(
-        self,
-        hidden_layer_sizes: tuple[int, ...] = (256, 128),
-        activation: str = "relu",
-        optimizer: str = "adam",
-        learning_rate: float = 1e-3,
-        batch_size: int = 128,
-        epochs: int = 20,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        dropout: float = 0.0,
-        batch_norm: bool = False,
-        early_stopping: bool = False,
-        patience: int = 3,
-        validation_fraction: float = 0.1,
-        backend: str | None = None,
-        dtype: str = "float32",
-        random_state: int | None = None,
-        verbose: int = 0,
-    ) -> None:
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.optimizer = optimizer
-        self.learning_rate = learning_rate
-        self.batch_size = batch_size
-        self.epochs = epochs
-        self.weight_decay = weight_decay
-        self.momentum = momentum
-        self.dropout = dropout
-        self.batch_norm = batch_norm
-        self.early_stopping = early_stopping
-        self.patience = patience
-        self.validation_fraction = validation_fraction
-        self.backend = backend
-        self.dtype = dtype
-        self.random_state = random_state
-        self.verbose = verbose
+_base, _validation = _import("sklearn.base"), _import("sklearn.utils.validation")
+_multiclass, _exceptions = _import("sklearn.utils.multiclass"), _import("sklearn.exceptions")
+HAVE_SKLEARN = None not in (_base, _validation, _multiclass, _exceptions)
 
-    # ------------------------------------------------------------------ sklearn protocol
+
+class _StandaloneEstimator:
+    """``get_params``/``set_params``/``repr`` as scikit-learn's, for use without it."""
+
     @classmethod
-    def _param_names(cls) -> list[str]:
+    def _get_param_names(cls) -> list[str]:
         return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._param_names()}
+        return {name: getattr(self, name) for name in self._get_param_names()}
 
-    def set_params(self, **params: Any) -> MLPClassifier:
-        valid = self._param_names()
+    def set_params(self, **params: Any) -> Any:
+        valid = self._get_param_names()
         for key, value in params.items():
             if key not in valid:
-                raise ValueError(f"invalid parameter {key!r} for MLPClassifier; valid: {valid}")
+                raise ValueError(f"invalid parameter {key!r} for {type(self).__name__}")
             setattr(self, key, value)
         return self
 
     def __repr__(self) -> str:
-        return f"MLPClassifier({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
 
-    # ------------------------------------------------------------------ building
-    def _optimizer(self):
-        kwargs: dict[str, Any] = {"lr": self.learning_rate, "weight_decay": self.weight_decay}
-        if self.optimizer == "momentum":
-            kwargs["momentum"] = self.momentum
-        return get_optimizer(self.optimizer, **kwargs)
 
-    def _build_layers(self, n_classes: int) -> list[Layer]:
-        sizes = self.hidden_layer_sizes
-        if isinstance(sizes, int):
-            sizes = (sizes,)
-        layers: list[Layer] = []
-        for units in sizes:
-            check_positive_int(units, "hidden_layer_sizes entry")
-            if self.batch_norm:
-                layers += [Dense(units), BatchNorm1d(), _activation_layer(self.activation)]
-            else:
-                layers.append(Dense(units, self.activation))
-            if self.dropout:
-                layers.append(Dropout(self.dropout))
-        layers.append(Dense(n_classes))
-        return layers
+class _StandaloneClassifier:
+    _estimator_type = "classifier"
 
-    def fit(self, X: Any, y: Any, validation_data: tuple[Any, Any] | None = None) -> MLPClassifier:
-        """Train from scratch; returns self. Per-epoch history lands in ``history_``.
-        Input that is rejected leaves a previously fitted estimator exactly as it was."""
-        check_positive_float(self.learning_rate, "learning_rate")
-        check_positive_int(self.batch_size, "batch_size")
-        check_positive_int(self.epochs, "epochs")
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        y = _column(host_array(y, "y"))
+        return float(np.average(self.predict(X) == y, weights=sample_weight))  # type: ignore[attr-defined]
+
+
+class _StandaloneRegressor:
+    _estimator_type = "regressor"
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        y = host_array(y, "y").astype(np.float64)
+        pred = np.asarray(self.predict(X), np.float64).reshape(y.shape)  # type: ignore[attr-defined]
+        residual = ((y - pred) ** 2).sum(axis=0)
+        total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+        return float(np.mean(1 - residual / np.where(total == 0, 1, total)))
+
+
+if HAVE_SKLEARN:
+    BaseEstimator: Any = _base.BaseEstimator
+    ClassifierMixin: Any = _base.ClassifierMixin
+    RegressorMixin: Any = _base.RegressorMixin
+    NotFittedError: Any = _exceptions.NotFittedError
+else:
+    BaseEstimator, ClassifierMixin, RegressorMixin = (
+        _StandaloneEstimator,
+        _StandaloneClassifier,
+        _StandaloneRegressor,
+    )
+
+    class NotFittedError(ValueError, AttributeError):  # type: ignore[no-redef]
+        """The estimator is used before ``fit``."""
+
+
+def _column(y: np.ndarray) -> np.ndarray:
+    return y[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y
+
+
+def _standalone_checks(est: Any, X: Any, y: Any, reset: bool, dtype: Any) -> tuple[Any, Any]:
+    """What scikit-learn's ``validate_data`` does, for use without it."""
+    names = getattr(X, "columns", None)
+    X = host_array(X, "X")
+    if X.ndim != 2:
+        raise ValueError(f"Expected 2D array, got {X.ndim}D array instead (reshape your data)")
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"X must hold real numbers, got dtype {X.dtype}")
+    X = np.ascontiguousarray(X, dtype=dtype)
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"X is empty: shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise ValueError("Input X contains NaN or infinity")
+    if reset:
+        est.n_features_in_ = X.shape[1]
+        if names is not None:
+            est.feature_names_in_ = np.asarray(names, dtype=object)
+    elif X.shape[1] != est.n_features_in_:
+        raise ValueError(
+            f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
+            f"{est.n_features_in_} features as input"
+        )
+    if y is not None:
         y = host_array(y, "y")
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D class labels, got shape {y.shape}")
-        if len(y) == 0:
-            raise ValueError("y is empty")
-        if y.dtype.kind not in "biufUS":
-            raise TypeError(f"y has unsupported dtype {y.dtype}")
+        if len(y) != len(X):
+            raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
         if y.dtype.kind == "f" and not np.isfinite(y).all():
-            raise ValueError("y contains NaN or infinite labels")
-        classes = np.unique(y)
-        if len(classes) < 2:
-            raise ValueError(f"y has a single class ({classes[0]!r}); need at least 2")
-        y_idx = _encode(y, classes)
-        if validation_data is not None:
-            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-                raise ValueError("validation_data must be a pair (X_val, y_val)")
-            Xv, yv = validation_data
-            validation_data = (Xv, _encode(host_array(yv, "y_val"), classes))
-        elif self.early_stopping:
-            (X, y_idx), validation_data = train_val_split(
-                host_array(X, "X"), y_idx, self.validation_fraction, seed=self.random_state
+            raise ValueError("Input y contains NaN or infinity")
+    return X, y
+
+
+class _ValidationScore(Callback):
+    """Puts the estimator's score on held-out data into the epoch logs as ``val_score``."""
+
+    def __init__(self, estimator: Any, X: Any, y: Any) -> None:
+        self.estimator, self.X, self.y = estimator, X, y
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        logs["val_score"] = self.estimator._score_model(model, self.X, self.y)
+        return False
+
+
+class _MLPBase(BaseEstimator):
+    """Shared by ``MLPClassifier`` and ``MLPRegressor``."""
+
+    _loss = "softmax_cross_entropy"
+    model_: Sequential
+    def __init__(
+        self,
+        hidden_layer_sizes: tuple[int, ...] = (256, 128),
+        activation: str = "relu",
+        *,
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | str = "auto",
+        learning_rate_init: float = 0.001,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state: int | None = None,
+        tol: float = 1e-4,
+        verbose: int = 0,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        backend: str | None = None,
+        dtype: str = "float32",
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate_init = learning_rate_init
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.dropout = dropout
+        self.batch_norm = batch_norm
+        self.backend = backend
+        self.dtype = dtype
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+    # ------------------------------------------------------------------ validation
+    def _validate(
+        self, X: Any, y: Any = None, reset: bool = True, fitting: bool = False
+    ) -> tuple[Any, Any]:
+        dtype = np.dtype(self.dtype)
+        if fitting and y is None:
+            raise ValueError(
+                f"{type(self).__name__} requires y to be passed, but the target y is None"
             )
-        model = Sequential(
-            self._build_layers(len(classes)),
-            "softmax_cross_entropy",
-            self._optimizer(),
-            backend=self.backend,
-            dtype=self.dtype,
-            seed=self.random_state,
+        if not HAVE_SKLEARN:
+            return _standalone_checks(self, X, y, reset, dtype)
+        if y is None:
+            return _validation.validate_data(self, X, reset=reset, dtype=dtype), None
+        return _validation.validate_data(
+            self, X, y, reset=reset, dtype=dtype, multi_output=self._multi_output_y(),
+            y_numeric=self._multi_output_y(),
         )
-        callbacks = [EarlyStopping("val_loss", self.patience)] if self.early_stopping else []
-        history = model.fit(
-            X,
-            y_idx,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            validation_data=validation_data,
-            callbacks=callbacks,
-            verbose=self.verbose,
-        )
-        self.classes_, self.model_, self.history_ = classes, model, history
-        self.n_features_in_ = model.input_dim
-        return self
+
+    def _multi_output_y(self) -> bool:
+        return False
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "model_"):
-            raise RuntimeError("this MLPClassifier is not fitted yet; call fit(X, y) first")
+            raise NotFittedError(
+                f"This {type(self).__name__} instance is not fitted yet; call 'fit' first"
+            )
+
+    def _batch(self, n: int) -> int:
+        if self.batch_size == "auto":
+            return max(1, min(200, n))
+        size = self.batch_size
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise ValueError(f"batch_size must be 'auto' or a positive integer, got {size!r}")
+        return int(min(size, n))
+
+    # ------------------------------------------------------------------ building
+    def _build(self, n_outputs: int, batch: int) -> Sequential:
+        sizes = self.hidden_layer_sizes
+        sizes = (sizes,) if isinstance(sizes, (int, np.integer)) else tuple(sizes)
+        if not all(isinstance(s, (int, np.integer)) and s > 0 for s in sizes):
+            raise ValueError(f"hidden_layer_sizes must be positive integers, got {sizes!r}")
+        if self.activation not in LAYERS or self.activation in ("dense", "dropout", "batchnorm1d"):
+            raise ValueError(f"unknown activation {self.activation!r}")
+        layers: list[Layer] = []
+        for units in sizes:
+            if self.batch_norm:
+                layers += [Dense(int(units)), BatchNorm1d(), LAYERS[self.activation]()]
+            else:
+                layers.append(Dense(int(units), self.activation))
+            if self.dropout:
+                layers.append(Dropout(self.dropout))
+        layers.append(Dense(n_outputs))
+        kwargs: dict[str, Any] = {
+            "lr": self.learning_rate_init,
+            "weight_decay": self.alpha / batch,  # scikit-learn's L2 term: alpha * W / batch
+        }
+        if self.solver == "momentum":
+            kwargs["momentum"] = self.momentum
+        optimizer = get_optimizer(self.solver, **kwargs)
+        return Sequential(
+            layers, self._loss, optimizer, backend=self.backend, dtype=self.dtype,
+            seed=self.random_state,
+        )
+
+    def _train(
+        self, model: Sequential, X: Any, t: Any, epochs: int, batch: int, validation: Any
+    ) -> dict[str, list[float]]:
+        callbacks: list[Callback] = []
+        if validation is not None:
+            callbacks.append(_ValidationScore(self, *validation))
+        if self.early_stopping:
+            callbacks.append(
+                EarlyStopping("val_score", self.n_iter_no_change, self.tol, mode="max")
+            )
+        elif self.n_iter_no_change and epochs > 1:
+            callbacks.append(
+                EarlyStopping("loss", self.n_iter_no_change, self.tol, restore_best_weights=False)
+            )
+        return model.fit(
+            X, t, epochs=epochs, batch_size=batch, shuffle=self.shuffle, callbacks=callbacks,
+            verbose=self.verbose, cuda_graph="auto",
+        )
+
+    def _fit(self, X: Any, y: Any, epochs: int, incremental: bool, extra: Any = None) -> Any:
+        keys = ("n_features_in_", "feature_names_in_")
+        saved = {k: v for k, v in vars(self).items() if k in keys}
+        try:
+            return self._fit_checked(X, y, epochs, incremental, extra)
+        except BaseException:  # rejected input (or an interrupted fit) changes nothing
+            for key in keys:
+                if key in saved:
+                    setattr(self, key, saved[key])
+                else:
+                    self.__dict__.pop(key, None)
+            raise
+
+    def _fit_checked(
+        self, X: Any, y: Any, epochs: int, incremental: bool, extra: Any = None
+    ) -> Any:
+        continuing = hasattr(self, "model_") and (incremental or self.warm_start)
+        X, y = self._validate(X, y, reset=not continuing, fitting=True)
+        if not (isinstance(epochs, (int, np.integer)) and epochs > 0):
+            raise ValueError(f"max_iter must be a positive integer, got {epochs!r}")
+        targets, fitted = self._targets(y, continuing, extra)  # checks; changes nothing
+        batch = self._batch(len(X))
+        validation = None
+        if self.early_stopping and not incremental:
+            if not 0 < self.validation_fraction < 1:
+                raise ValueError(
+                    f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
+                )
+            order = np.random.default_rng(self.random_state).permutation(len(X))
+            n_val = max(1, int(round(len(X) * self.validation_fraction)))
+            val, train = order[:n_val], order[n_val:]
+            validation = (X[val], targets[val])
+            X, targets = X[train], targets[train]
+        model = self.model_ if continuing else self._build(self._n_outputs(fitted), batch)
+        history = self._train(model, X, targets, epochs, batch, validation)
+        for key, value in fitted.items():
+            setattr(self, key, value)
+        self.model_ = model
+        self.loss_curve_ = list(history["loss"])
+        self.validation_scores_ = list(history.get("val_score", [])) or None
+        self.best_loss_ = min(self.loss_curve_)
+        self.n_iter_ = len(self.loss_curve_)
+        self.history_ = history
+        return self
+
+    def fit(self, X: Any, y: Any) -> Any:
+        """Train for up to ``max_iter`` epochs (fewer when the loss stops improving by ``tol``
+        for ``n_iter_no_change`` epochs); returns self. Rejected input changes nothing."""
+        return self._fit(X, y, self.max_iter, incremental=False)
+
+    # ------------------------------------------------------------------ fitted attributes
+    @property
+    def coefs_(self) -> list[np.ndarray]:
+        """Weight matrices of the Dense layers (host copies), as scikit-learn's."""
+        self._check_fitted()
+        return [self.model_.backend.to_numpy(layer.W.value).copy()
+                for layer in self.model_.layers if isinstance(layer, Dense)]
+
+    @property
+    def intercepts_(self) -> list[np.ndarray]:
+        self._check_fitted()
+        return [
+            self.model_.backend.to_numpy(layer.b.value).copy()
+            if layer.b is not None else np.zeros(layer.units)
+            for layer in self.model_.layers if isinstance(layer, Dense)
+        ]
+
+    def _raw(self, X: Any) -> np.ndarray:
+        self._check_fitted()
+        X, _ = self._validate(X, reset=False)
+        return self.model_.predict_raw(X)
+
+    # subclass hooks
+    def _targets(self, y: Any, continuing: bool, extra: Any) -> tuple[np.ndarray, dict]:
+        raise NotImplementedError
+
+    def _n_outputs(self, fitted: dict) -> int:
+        raise NotImplementedError
+
+    def _score_model(self, model: Sequential, X: Any, y: Any) -> float:
+        raise NotImplementedError
+
+
+class MLPClassifier(ClassifierMixin, _MLPBase):
+    """Multi-layer perceptron classifier (softmax cross-entropy) with scikit-learn's interface.
+
+    Labels may be any sortable values (strings, pandas categoricals, nullable integers); they
+    are mapped to ``classes_``. ``partial_fit`` trains one epoch (pass ``classes`` first).
+    """
+
+    def _targets(self, y: Any, continuing: bool, classes: Any) -> tuple[np.ndarray, dict]:
+        y = _column(np.asarray(y))
+        if y.ndim != 1:
+            raise ValueError(f"y must be 1-D class labels, got shape {y.shape}")
+        if HAVE_SKLEARN:
+            _multiclass.check_classification_targets(y)
+        elif y.dtype.kind == "f" and not np.all(y == np.round(y)):
+            raise ValueError("Unknown label type: continuous targets for a classifier")
+        if continuing:
+            known = self.classes_
+        elif classes is not None:
+            known = np.unique(np.asarray(classes))
+        else:
+            known = np.unique(y)
+        if len(known) < 2:
+            raise ValueError(f"y has only one class ({known[0]!r}); a classifier needs 2 or more")
+        unknown = np.setdiff1d(np.unique(y), known)
+        if unknown.size:
+            raise ValueError(
+                f"y contains labels {unknown[:5].tolist()} not in classes {known[:10].tolist()}"
+            )
+        return np.searchsorted(known, y), {"classes_": known}
+
+    def _n_outputs(self, fitted: dict) -> int:
+        return len(fitted["classes_"])
+
+    def _score_model(self, model: Sequential, X: Any, t: Any) -> float:
+        return float(np.mean(model.predict(X) == t))  # t: encoded labels
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
+        """One epoch on ``(X, y)``; the first call needs ``classes`` (all labels to expect)."""
+        if not hasattr(self, "model_") and classes is None:
+            raise ValueError("classes must be passed on the first call to partial_fit")
+        return self._fit(X, y, 1, incremental=True, extra=classes)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         self._check_fitted()
+        X, _ = self._validate(X, reset=False)
         return self.model_.predict_proba(X)
 
+    def predict_log_proba(self, X: Any) -> np.ndarray:
+        """Log of ``predict_proba``, computed stably from the logits."""
+        logits = self._raw(X).astype(np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
     def predict(self, X: Any) -> np.ndarray:
-        self._check_fitted()
-        return self.classes_[self.model_.predict(X)]
-
-    def score(self, X: Any, y: Any) -> float:
-        """Mean accuracy on ``(X, y)``; ``y`` 1-D (a single column is accepted)."""
-        y = host_array(y, "y")
-        if y.ndim == 2 and y.shape[1] == 1:
-            y = y[:, 0]
-        if y.ndim != 1:
-            raise ValueError(f"y must be 1-D class labels, got shape {y.shape}")
-        pred = self.predict(X)
-        if len(y) != len(pred):
-            raise ValueError(f"X has {len(pred)} samples but y has {len(y)} labels")
-        return float(np.mean(pred == y))
+        labels = self._raw(X).argmax(axis=1)
+        return self.classes_[labels]
 
 
-def _encode(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
-    """Indices of ``y`` in the sorted ``classes``; unknown labels are an error."""
-    if y.ndim != 1:
-        raise ValueError(f"labels must be 1-D, got shape {y.shape}")
-    if y.dtype.kind == "f" and not np.isfinite(y).all():
-        raise ValueError("labels contain NaN or infinite values")
-    unknown = np.setdiff1d(np.unique(y), classes)
-    if unknown.size:
-        raise ValueError(
-            f"labels {unknown[:5].tolist()} were not seen in fit "
-            f"(classes_: {classes[:10].tolist()})"
-        )
-    return np.searchsorted(classes, y)
+class MLPRegressor(RegressorMixin, _MLPBase):
+    """Multi-layer perceptron regressor (mean squared error), one or several outputs."""
+
+    _loss = "mean_squared_error"
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+    def _multi_output_y(self) -> bool:
+        return True
+
+    def _targets(self, y: Any, continuing: bool, extra: Any) -> tuple[np.ndarray, dict]:
+        y = np.asarray(y)
+        if y.dtype.kind not in "biuf":
+            raise ValueError(f"y must hold real numbers for a regressor, got dtype {y.dtype}")
+        y = y.astype(self.dtype)
+        t = y.reshape(-1, 1) if y.ndim == 1 else y
+        if t.ndim != 2:
+            raise ValueError(f"y must be 1-D or 2-D, got shape {y.shape}")
+        if continuing and t.shape[1] != self.n_outputs_:
+            raise ValueError(
+                f"y has {t.shape[1]} outputs; the model was fit with {self.n_outputs_}"
+            )
+        return t, {"n_outputs_": t.shape[1], "_flat_y": y.ndim == 1}
+
+    def _n_outputs(self, fitted: dict) -> int:
+        return int(fitted["n_outputs_"])
+
+    def _score_model(self, model: Sequential, X: Any, y: Any) -> float:
+        y = np.asarray(y, np.float64).reshape(len(y), -1)
+        pred = model.predict_raw(X).astype(np.float64)
+        residual = ((y - pred) ** 2).sum(axis=0)
+        total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+        return float(np.mean(1 - residual / np.where(total == 0, 1, total)))
+
+    def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
+        """One epoch on ``(X, y)``."""
+        return self._fit(X, y, 1, incremental=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        raw = self._raw(X).astype(np.float64)  # scikit-learn regressors predict float64
+        return raw[:, 0] if self._flat_y else raw
 
 
-def _activation_layer(name: str) -> Layer:
-    from fastnet.layers import LAYERS
-
-    if name not in LAYERS or name in ("dense", "dropout", "batchnorm1d", "softmax"):
-        raise ValueError(f"unknown activation {name!r}")
-    return LAYERS[name]()
+__all__ = ["HAVE_SKLEARN", "MLPClassifier", "MLPRegressor", "NotFittedError"]

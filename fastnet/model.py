@@ -328,6 +328,40 @@ class Sequential(Trainer):
         }
         write_checkpoint(path, self.get_config(), arrays, backend=self.backend.name, extra=extra)
 
+    # ------------------------------------------------------------------ pickle and copy
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles hold the config, weights, optimizer state and history only: no scratch
+        buffers, cached batches or backend objects (size ~ a checkpoint)."""
+        state = None
+        if self.built:
+            state = {
+                k: v if isinstance(v, int) else self.backend.to_numpy(v)
+                for k, v in self.get_state().items()
+            }
+        return {
+            "config": self.get_config(),
+            "backend": self.backend.name,
+            "state": state,
+            "history": self.history,
+            "stop_reason": self.stop_reason,
+        }
+
+    def __setstate__(self, saved: dict[str, Any]) -> None:
+        """Rebuild on the pickled backend, or the default one where that is unavailable;
+        arrays may be read-only (``joblib.load(..., mmap_mode="r")``): they are copied in."""
+        from fastnet.backends import BackendUnavailableError
+
+        try:
+            backend: Backend = get_backend(saved["backend"])
+        except BackendUnavailableError:
+            backend = get_backend(None)
+        clone = Sequential.from_config(saved["config"], backend=backend)
+        self.__dict__.update(clone.__dict__)
+        if saved["state"] is not None:
+            self.set_state(saved["state"])
+        self.history = saved["history"]
+        self.stop_reason = saved["stop_reason"]
+
     def __repr__(self) -> str:
         return self.summary()
 

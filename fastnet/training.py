@@ -351,13 +351,13 @@ class Trainer:
             previous = snapshot
             if val is not None:
                 logs["val_loss"], logs["val_accuracy"] = self._evaluate_device(*val)
-            for key, value in logs.items():
-                self.history.setdefault(key, []).append(value)
             if verbose:
                 print(self._epoch_line(epoch + 1, epochs, logs), flush=True)
             stop = False
-            for cb in callbacks:
+            for cb in callbacks:  # callbacks may add entries (e.g. a validation score)
                 stop = bool(cb.on_epoch_end(self, epoch, logs)) or stop
+            for key, value in logs.items():
+                self.history.setdefault(key, []).append(value)
             if stop:
                 self.stop_reason = (
                     self.stop_reason or f"stopped by callback after epoch {epoch + 1}"

@@ -8,6 +8,7 @@ import os
 import stat
 import subprocess
 import sys
+import warnings
 import zipfile
 
 import numpy as np
@@ -150,12 +151,12 @@ def test_rejected_first_fit_does_not_build(backend):
 
 def test_rejected_refit_keeps_a_fitted_estimator():
     X, y = make_blobs(n=200)
-    clf = fn.MLPClassifier((8,), epochs=2, random_state=0).fit(X, y)
+    clf = fn.MLPClassifier((8,), max_iter=2, random_state=0).fit(X, y)
     before = (clf.classes_.copy(), clf.model_, clf.predict(X).copy())
     bad = [
         (X, np.array(["a", "b"] * 100)[:150]),  # length mismatch
         (X, np.array(["a"] * 200)),  # a single class
-        (X[:, :5].astype(str), np.array(["a", "b"] * 100)),  # new labels, then bad X in fit
+        (np.full((200, 5), "abc"), np.array(["a", "b"] * 100)),  # new labels, then bad X
         (np.full_like(X, np.nan), y),
     ]
     for Xb, yb in bad:
@@ -174,7 +175,7 @@ def test_batchnorm_merges_a_last_batch_of_one(backend):
     )
     h = model.fit(X, y, epochs=2, batch_size=128, verbose=0)
     assert len(h["loss"]) == 2 and np.isfinite(h["loss"]).all()
-    clf = fn.MLPClassifier((8,), batch_norm=True, epochs=1, batch_size=128, backend=backend)
+    clf = fn.MLPClassifier((8,), batch_norm=True, max_iter=1, batch_size=128, backend=backend)
     assert np.isfinite(clf.fit(X, y).predict_proba(X)).all()
     with pytest.raises(ValueError, match="at least 2"):
         fn.Sequential([fn.BatchNorm1d(), fn.Dense(4)], backend=backend).fit(X[:1], y[:1])
@@ -262,11 +263,13 @@ def test_input_errors_name_the_argument():
         model.fit(X, np.full(20, 1e20), epochs=1, verbose=0)
     with pytest.raises(ValueError, match="negative label -3"):
         model.fit(X, np.full(20, -3), epochs=1, verbose=0)
-    clf = fn.MLPClassifier((8,), epochs=1).fit(X, y)
-    assert clf.score(X, y[:, None]) == clf.score(X, y)  # a column vector, not broadcasting
-    with pytest.raises(ValueError, match="1-D"):
+    clf = fn.MLPClassifier((8,), max_iter=1).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn warns about the column vector
+        assert clf.score(X, y[:, None]) == clf.score(X, y)  # not broadcast to n x n
+    with pytest.raises(ValueError, match="1-D|multioutput"):
         clf.score(X, np.stack([y, y], axis=1))
-    with pytest.raises(TypeError, match="y is None"):
+    with pytest.raises((TypeError, ValueError), match="None"):
         clf.score(X, None)
 
 
