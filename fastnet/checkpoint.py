@@ -12,6 +12,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Callable
+from typing import IO, Any
 
 import numpy as np
 
@@ -52,16 +54,18 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> str:
     return name
 
 
-def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` so that a crash at any moment leaves either the old file or
-    the complete new one, never a partial file."""
-    path = check_writable(path, "checkpoint")
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO[bytes]], Any], what: str = "checkpoint"
+) -> None:
+    """Run ``write(file)`` so that a crash at any moment leaves either the old file at
+    ``path`` or the complete new one, never a partial file."""
+    path = check_writable(path, what)
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".fastnet-", suffix=".tmp", dir=folder)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model is a normal file
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]  # stubs reserve allow_pickle
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -79,6 +83,94 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None
         pass
 
 
+def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez`` through ``atomic_write``."""
+    atomic_write(path, lambda f: np.savez(f, **arrays))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- safetensors
+# https://huggingface.co/docs/safetensors: u64 little-endian header size, JSON header
+# {name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}, then the raw bytes.
+_ST_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
+    "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32, "U16": np.uint16,
+    "U8": np.uint8, "BOOL": np.bool_,
+}
+_ST_CODES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
+_ST_MAX_HEADER = 100 * 2**20
+
+
+def _safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) -> list[bytes]:
+    header: dict[str, Any] = {"__metadata__": metadata}
+    blobs, offset = [], 0
+    for name in sorted(arrays):
+        arr = np.asarray(arrays[name], order="C")  # (ascontiguousarray makes 0-d arrays 1-d)
+        if arr.dtype not in _ST_CODES:
+            raise ValueError(f"safetensors cannot hold {name!r} of dtype {arr.dtype}")
+        data = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {
+            "dtype": _ST_CODES[arr.dtype],
+            "shape": list(arr.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return [len(text).to_bytes(8, "little"), text, *blobs]
+
+
+def _read_safetensors(path: str, raw: bytes) -> tuple[dict, dict[str, np.ndarray]]:
+    """Parse and check a safetensors file; every inconsistency is a CheckpointError."""
+    if len(raw) < 8:
+        raise CheckpointError(f"{path!r} is too short to be a checkpoint")
+    size = int.from_bytes(raw[:8], "little")
+    if size > min(_ST_MAX_HEADER, len(raw) - 8):
+        raise CheckpointError(f"{path!r}: safetensors header size {size} exceeds the file")
+    try:
+        header = json.loads(raw[8 : 8 + size])
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(f"{path!r}: safetensors header is not JSON") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path!r}: safetensors header is not an object")
+    metadata = header.pop("__metadata__", {})
+    data = memoryview(raw)[8 + size :]
+    arrays, spans = {}, []
+    for name, entry in header.items():
+        try:
+            dtype = np.dtype(_ST_DTYPES[entry["dtype"]])
+            shape = tuple(int(d) for d in entry["shape"])
+            lo, hi = (int(v) for v in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{path!r}: safetensors entry {name!r} is malformed") from None
+        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+        if min(shape, default=0) < 0 or not 0 <= lo <= hi <= len(data):
+            raise CheckpointError(f"{path!r}: safetensors entry {name!r} is out of bounds")
+        if hi - lo != count * dtype.itemsize:
+            raise CheckpointError(f"{path!r}: safetensors entry {name!r} has the wrong size")
+        spans.append((lo, hi, name))
+        arrays[name] = np.frombuffer(data[lo:hi], dtype=dtype.newbyteorder("<")).astype(dtype)
+        arrays[name] = arrays[name].reshape(shape)
+    spans.sort()
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise CheckpointError(f"{path!r}: safetensors entries {a!r} and {b!r} overlap")
+    if not isinstance(metadata, dict) or metadata.get("format") != "fastnet":
+        raise CheckpointError(f"{path!r} is a safetensors file but not a fastnet checkpoint")
+    try:
+        meta = {
+            "format_version": int(metadata["format_version"]),
+            "fastnet_version": metadata.get("fastnet_version", ""),
+            "config": json.loads(metadata["config"]),
+            "backend": metadata.get("backend", ""),
+            "sha256": metadata["sha256"],
+            "extra": json.loads(metadata.get("extra", "{}")),
+        }
+    except (KeyError, TypeError, ValueError):
+        raise CheckpointError(f"{path!r}: fastnet metadata is malformed") from None
+    return meta, arrays
+
+
 def write_checkpoint(
     path: str | os.PathLike,
     config: dict,
@@ -86,10 +178,24 @@ def write_checkpoint(
     backend: str = "",
     extra: dict | None = None,
 ) -> None:
-    """Write ``config`` (JSON) and host ``arrays`` with their SHA-256, atomically."""
+    """Write ``config`` (JSON) and host ``arrays`` with their SHA-256, atomically: ``.npz``,
+    or safetensors when ``path`` ends in ``.safetensors``."""
     from fastnet._version import __version__
 
     arrays = {key: np.asarray(value) for key, value in arrays.items()}
+    if os.fspath(path).endswith(".safetensors"):
+        metadata = {
+            "format": "fastnet",
+            "format_version": str(FORMAT_VERSION),
+            "fastnet_version": __version__,
+            "config": json.dumps(config),
+            "backend": backend,
+            "sha256": _digest(arrays),
+            "extra": json.dumps(extra or {}),
+        }
+        chunks = _safetensors_bytes(arrays, metadata)
+        atomic_write(path, lambda f: [f.write(c) for c in chunks])
+        return
     meta = {
         "format_version": FORMAT_VERSION,
         "fastnet_version": __version__,
@@ -110,6 +216,12 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} is a directory, not a file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[:2] != b"PK" and head[:6] != b"\x93NUMPY":  # neither .npz nor .npy: safetensors?
+        with open(path, "rb") as f:
+            meta, arrays = _read_safetensors(path, f.read())
+        return _verified(path, meta, arrays)
     try:
         data = np.load(path, allow_pickle=False)
     except Exception as exc:  # zip, format, OS errors alike: the file is not usable
@@ -143,6 +255,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
             f"{path!r} is not a readable fastnet checkpoint (entry {key!r} truncated or "
             f"corrupted?): {type(exc).__name__}: {exc}"
         ) from None
+    return _verified(path, meta, arrays)
+
+
+def _verified(path: str, meta: Any, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
     version = meta.get("format_version") if isinstance(meta, dict) else None
     if version != FORMAT_VERSION:
         raise CheckpointError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -50,10 +51,16 @@ def _positive(kind):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fastnet", description=__doc__)
+    from fastnet._version import __version__
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(prog="fastnet", description=__doc__, formatter_class=fmt)
+    parser.add_argument("--version", action="version", version=f"fastnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    train = sub.add_parser("train", help="train an MLP on Fashion-MNIST and report accuracy")
+    train = sub.add_parser(
+        "train", help="train an MLP on Fashion-MNIST and report accuracy", formatter_class=fmt
+    )
     train.add_argument(
         "--backend",
         default=None,
@@ -62,30 +69,45 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--layers", type=_layers, default=(256, 128), help="hidden sizes, e.g. 256,128"
     )
-    train.add_argument("--epochs", type=_positive(int), default=20)
-    train.add_argument("--batch-size", type=_positive(int), default=128)
+    train.add_argument("--epochs", type=_positive(int), default=20, help="passes over the data")
     train.add_argument(
-        "--optimizer", default="adam", choices=["sgd", "momentum", "adagrad", "rmsprop", "adam"]
+        "--batch-size", type=_positive(int), default=128, help="rows per step (global batch)"
     )
-    train.add_argument("--lr", type=_positive(float), default=1e-3)
-    train.add_argument("--weight-decay", type=float, default=0.0)
+    train.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=["sgd", "momentum", "adagrad", "rmsprop", "adam"],
+        help="update rule",
+    )
+    train.add_argument("--lr", type=_positive(float), default=1e-3, help="learning rate")
+    train.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
     train.add_argument(
         "--schedule",
         default="cosine",
         choices=["cosine", "constant"],
         help="learning-rate schedule over the epochs (default: cosine)",
     )
-    train.add_argument("--dropout", type=float, default=0.0)
-    train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    train.add_argument("--seed", type=_non_negative_int, default=0)
-    train.add_argument("--val-fraction", type=float, default=0.1)
+    train.add_argument(
+        "--dropout", type=float, default=0.0, help="dropout rate after each hidden layer"
+    )
+    train.add_argument(
+        "--dtype", default="float32", choices=["float32", "float64"], help="precision"
+    )
+    train.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed for weights, shuffling, split"
+    )
+    train.add_argument(
+        "--val-fraction", type=float, default=0.1, help="training rows held out for validation"
+    )
     train.add_argument(
         "--limit",
         type=_positive(int),
         default=None,
         help="use only the first N training images (quick runs)",
     )
-    train.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist"])
+    train.add_argument(
+        "--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist"], help="data"
+    )
     train.add_argument(
         "--data-dir",
         default=None,
@@ -102,7 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="cupy backend: replay a captured CUDA graph per step (auto: when the model "
         "qualifies; on: required; off: eager steps) (default: auto)",
     )
-    train.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2])
+    train.add_argument(
+        "--verbose",
+        type=int,
+        default=1,
+        choices=[0, 1, 2],
+        help="0 silent, 1 progress bar and epoch lines, 2 epoch lines only",
+    )
+    train.add_argument(
+        "--quiet", action="store_true", help="no progress bar or epoch lines (as --verbose 0)"
+    )
     train.add_argument(
         "--distributed",
         action="store_true",
@@ -116,18 +147,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="collectives for --distributed: mpi (any backend) or nccl (cupy) (default: mpi)",
     )
 
-    evaluate = sub.add_parser("evaluate", help="evaluate a checkpoint on the test set")
-    evaluate.add_argument("checkpoint")
-    evaluate.add_argument("--backend", default=None)
-    evaluate.add_argument("--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist"])
-    evaluate.add_argument("--data-dir", default=None)
+    evaluate = sub.add_parser(
+        "evaluate", help="evaluate a checkpoint on the test set", formatter_class=fmt
+    )
+    evaluate.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")
+    evaluate.add_argument("--backend", default=None, help="backend to evaluate on")
+    evaluate.add_argument(
+        "--dataset",
+        default=None,
+        choices=["fashion-mnist", "mnist"],
+        help="test set (default: the one recorded in the checkpoint, else fashion-mnist)",
+    )
+    evaluate.add_argument("--data-dir", default=None, help="folder with the IDX files")
 
     sub.add_parser("backends", help="list backends, availability, versions and devices")
+    export = sub.add_parser("export", help="convert a checkpoint to ONNX", formatter_class=fmt)
+    export.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")
+    export.add_argument("output", help="the .onnx file to write")
 
-    bench = sub.add_parser("bench", help="benchmark backends against each other and peers")
+    bench = sub.add_parser(
+        "bench", help="benchmark backends against each other and peers", formatter_class=fmt
+    )
     bench.add_argument("--backends", default=None, help="comma list (default: all available)")
-    bench.add_argument("--suite", default="all", choices=["kernels", "train", "floor", "all"])
-    bench.add_argument("--rounds", type=_positive(int), default=5)
+    bench.add_argument(
+        "--suite",
+        default="all",
+        choices=["kernels", "train", "floor", "all"],
+        help="kernels vs NumPy, training epochs vs peers, the CPU floor breakdown, or all",
+    )
+    bench.add_argument(
+        "--rounds", type=_positive(int), default=5, help="interleaved rounds per group"
+    )
     bench.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     bench.add_argument("--json", default=None, help="write results as JSON")
     bench.add_argument("--plot", default=None, help="write a bar chart (PNG)")
@@ -156,7 +206,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ValueError(
-                "--plot needs matplotlib: pip install 'fastnet[plot]'"
+                "--plot needs matplotlib: pip install 'fastnet-mlp[plot]'"
             ) from None
     backend, main_rank = args.backend, True
     if args.distributed:
@@ -209,7 +259,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             validation_data=(X_val, y_val),
             callbacks=callbacks,
-            verbose=2 if args.verbose == 2 else args.verbose,
+            verbose=_verbosity(args),
             cuda_graph=GRAPH_CHOICES[args.cuda_graph],
             distributed=args.distributed,
             comm=args.comm,
@@ -240,7 +290,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not main_rank:
         return 130 if interrupted else 0
     if args.save:
-        model.save(args.save)
+        model.save(args.save, extra={"dataset": args.dataset})
         print(f"saved checkpoint to {args.save}")
     if args.plot:
         from fastnet.plot import plot_history
@@ -265,20 +315,43 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
+def _verbosity(args: argparse.Namespace) -> int:
+    """--quiet wins; TQDM_DISABLE (tqdm's own switch) keeps epoch lines but no bar."""
+    if args.quiet:
+        return 0
+    if args.verbose == 1 and os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+        return 2
+    return int(args.verbose)
+
+
 def _silent(*args: object, **kwargs: object) -> None:
     """``print`` on ranks other than 0."""
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fastnet.model import load_model
+    from fastnet.model import load_model_with_meta
 
-    model = load_model(args.checkpoint, backend=args.backend)
-    _, (X_test, y_test) = _load(args.dataset, args.data_dir)
+    model, meta = load_model_with_meta(args.checkpoint, backend=args.backend)
+    dataset = args.dataset or meta.get("extra", {}).get("dataset") or "fashion-mnist"
+    if dataset not in ("fashion-mnist", "mnist"):
+        raise ValueError(f"{args.checkpoint} records dataset {dataset!r}; pass --dataset")
+    _, (X_test, y_test) = _load(dataset, args.data_dir)
     result = model.evaluate(X_test, y_test)
     print(
-        f"{args.checkpoint}: test accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-        f"backend {model.backend.name}"
+        f"{args.checkpoint}: {dataset} test accuracy {result['accuracy']:.4f}  "
+        f"loss {result['loss']:.4f}  backend {model.backend.name}"
     )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fastnet.checkpoint import check_writable
+    from fastnet.model import load_model
+
+    check_writable(args.output, "output")
+    model = load_model(args.checkpoint, backend="numpy")
+    model.to_onnx(args.output)
+    print(f"wrote {args.output} (inputs 'input', outputs {', '.join(model.onnx_outputs())})")
     return 0
 
 
@@ -310,6 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "evaluate": cmd_evaluate,
         "backends": cmd_backends,
         "bench": cmd_bench,
+        "export": cmd_export,
     }
     try:
         return handlers[args.command](args)

@@ -189,7 +189,8 @@ def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
     except ImportError:
         raise DistributedError(
             "distributed training needs mpi4py and an MPI library: "
-            "pip install 'fastnet[distributed]' (and e.g. apt install openmpi-bin libopenmpi-dev)"
+            "pip install 'fastnet-mlp[distributed]' "
+            "(and e.g. apt install openmpi-bin libopenmpi-dev)"
         ) from None
     mpi = MPICommunicator()
     _install_abort_hook(mpi)

@@ -319,14 +319,25 @@ class Sequential(Trainer):
         return model
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
-        """Save architecture, weights and optimizer state to a ``.npz`` (atomic write; host
-        copies, the model stays where it is)."""
+        """Save architecture, weights and optimizer state to ``.npz`` or, for a path ending in
+        ``.safetensors``, safetensors (atomic write; host copies, the model stays put)."""
         self._require_built()
         arrays = {
             key: np.asarray(value) if isinstance(value, int) else self.backend.to_numpy(value)
             for key, value in self.get_state().items()
         }
         write_checkpoint(path, self.get_config(), arrays, backend=self.backend.name, extra=extra)
+
+    def to_onnx(self, path: str | os.PathLike) -> None:
+        """Export for inference as ONNX (needs ``onnx``): see ``fastnet.export``."""
+        from fastnet.export import to_onnx
+
+        to_onnx(self, path)
+
+    def onnx_outputs(self) -> list[str]:
+        from fastnet.export import onnx_outputs
+
+        return onnx_outputs(self)
 
     # ------------------------------------------------------------------ pickle and copy
     def __getstate__(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Learning-curve plots (needs matplotlib: ``pip install fastnet[plot]``)."""
+"""Learning-curve plots (needs matplotlib: ``pip install 'fastnet-mlp[plot]'``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ def plot_history(history: dict[str, list[float]], path: str, title: str = "") ->
         import matplotlib.pyplot as plt
         from matplotlib.ticker import MaxNLocator
     except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'fastnet[plot]'") from None
+        raise ImportError("plotting needs matplotlib: pip install 'fastnet-mlp[plot]'") from None
     epochs = range(1, len(history["loss"]) + 1)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):

@@ -48,3 +48,48 @@ def test_installed_layout(tmp_path):
         text=True,
     )
     assert run.stdout.strip() == "ok", run.stderr
+
+
+@pytest.mark.slow
+def test_wheel_installs_with_core_dependencies_only(tmp_path):
+    """The built wheel (distribution fastnet-mlp) installs into a fresh venv pulling only
+    numpy and tqdm, ships py.typed, fastnet.kernels and fastnet.bench but no results, and trains
+    on the numpy backend."""
+    import zipfile
+
+    wheel_dir = tmp_path / "dist"
+    build = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "-w", str(wheel_dir), str(ROOT)],
+        capture_output=True, text=True,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (wheel,) = wheel_dir.glob("fastnet_mlp-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "fastnet/py.typed" in names and "fastnet/kernels/numba_cpu.py" in names
+    assert "fastnet/bench/suites.py" in names
+    assert not [n for n in names if "results" in n or n.startswith(("kernels/", "bench/"))]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", str(wheel)], capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    listing = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format=json"], capture_output=True, text=True
+    )
+    installed = {p["name"].lower() for p in __import__("json").loads(listing.stdout)}
+    installed -= {"pip", "setuptools", "wheel"}
+    assert installed <= {"fastnet-mlp", "fastnet_mlp", "numpy", "tqdm", "colorama"}, installed
+    code = (
+        "import numpy as np, fastnet as fn\n"
+        "r = np.random.default_rng(0); X = r.standard_normal((300, 6)).astype('float32')\n"
+        "y = (X[:, 0] > 0).astype(int)\n"
+        "m = fn.Sequential([fn.Dense(16, 'relu'), fn.Dense(2)], backend='numpy', seed=0)\n"
+        "m.fit(X, y, epochs=40, verbose=0)\n"
+        "print(round(m.evaluate(X, y)['accuracy'], 1) >= 0.9, fn.__version__)\n"
+    )
+    run = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert run.stdout.split() == ["True", __import__("fastnet").__version__], run.stderr

@@ -77,7 +77,7 @@ def _probe_numba() -> BackendInfo:
         return BackendInfo(
             "numba",
             False,
-            f"numba is not importable ({exc}); install it with `pip install fastnet[numba]`",
+            f"numba is not importable ({exc}); install it with `pip install 'fastnet-mlp[numba]'`",
             "",
             "",
         )
@@ -92,7 +92,7 @@ def _probe_cupy(device: int = 0) -> BackendInfo:
             "cupy",
             False,
             f"cupy is not importable ({exc}); install it with "
-            "`pip install fastnet[cuda12]` or `fastnet[cuda13]`",
+            "`pip install 'fastnet-mlp[cuda12]'` or `'fastnet-mlp[cuda13]'`",
             "",
             "",
         )
