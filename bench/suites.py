@@ -510,33 +510,51 @@ def _print_floor_summary(report: dict[str, Any]) -> None:
             print("  " + ", ".join(parts))
 
 
+def machine_title(machine: dict[str, Any]) -> str:
+    """"AMD EPYC, 2 cores, openblas 0.3.31 + cuda:0 NVIDIA H100" from ``machine_info``."""
+    title = f"{machine.get('cpu', 'CPU')}, {machine.get('cores', '?')} cores"
+    if machine.get("blas") not in (None, "unknown"):
+        title += f", {machine['blas']}"
+    gpu = str(machine.get("backend_cupy", ""))
+    if gpu and not gpu.startswith("unavailable"):
+        title += f" + {gpu.split(' ', 1)[-1]}"
+    return title
+
+
 def plot_report(report: dict[str, Any], path: str) -> None:
-    """One horizontal bar panel per group: median time with min-max whiskers."""
+    """One panel per group, each on its own scale: time relative to the group's reference
+    (bars; 1.0 marked), whiskers for the min-max spread, the median time written on the bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     groups = report["groups"]
-    heights = [0.9 + 0.32 * len(g["results"]) for g in groups.values()]
+    heights = [1.0 + 0.3 * len(g["results"]) for g in groups.values()]
     fig, axes = plt.subplots(
-        len(groups), 1, figsize=(9, sum(heights) + 0.6), gridspec_kw={"height_ratios": heights}
+        len(groups), 1, figsize=(9, sum(heights) + 0.8), gridspec_kw={"height_ratios": heights}
     )
     for ax, (title, group) in zip(np.atleast_1d(axes), groups.items()):
-        res = group["results"]
+        res = sorted(group["results"], key=lambda r: r["median"])
+        ref = next((r for r in res if r["name"] == group["reference"]), res[0])
+        scale = ref["median"]
         names = [r["name"] for r in res]
-        med = np.array([r["median"] for r in res]) * 1e3
-        lo = med - np.array([r["min"] for r in res]) * 1e3
-        hi = np.array([r["max"] for r in res]) * 1e3 - med
-        ax.barh(names, med, xerr=[lo, hi], color="tab:blue", alpha=0.8)
-        ax.set_title(title, fontsize=9, loc="left")
-        ax.set_xlabel("ms per run (median; whiskers min-max)", fontsize=7)
+        ratio = np.array([r["median"] for r in res]) / scale
+        lo = ratio - np.array([r["min"] for r in res]) / scale
+        hi = np.array([r["max"] for r in res]) / scale - ratio
+        colors = ["tab:orange" if n.startswith("fastnet") else "tab:gray" for n in names]
+        ax.barh(names, ratio, xerr=[lo, hi], color=colors, alpha=0.85, capsize=2)
+        ax.axvline(1.0, color="black", lw=0.8)
+        for y, (r, end) in enumerate(zip(res, ratio + hi)):
+            label = f"{r['median'] * 1e3:.3g} ms" if r["median"] < 1 else f"{r['median']:.3g} s"
+            ax.text(end, y, f"  {label}", va="center", fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, max(ratio + hi) * 1.25)
+        ax.set_title(f"{title}  (time / {ref['name']}, lower is faster)", fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
-    gpu = report["machine"].get("backend_cupy", "")
-    device = report["machine"].get("cpu", "?") + (f" + {gpu}" if "cuda" in gpu else "")
-    fig.suptitle(f"fastnet bench: {device}", fontsize=9)
-    fig.tight_layout(rect=(0, 0, 1, 0.99))
-    fig.savefig(path, dpi=90)
+    fig.suptitle(f"fastnet bench on {machine_title(report['machine'])}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 

@@ -108,3 +108,31 @@ def test_interleaved_alternates_and_computes_ratios():
     results = interleaved(cs, rounds=4, reference="a", warmup=1)
     assert order[:2] == ["a", "b"] and order[2:] == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert all(len(r.times) == 4 for r in results) and results[0].ratio == 1.0
+
+
+def test_evaluate_uses_the_dataset_recorded_in_the_checkpoint(data_dir, tmp_path, capsys):
+    ckpt = tmp_path / "m.safetensors"
+    argv = ["train", "--data-dir", str(data_dir), "--epochs", "1", "--layers", "8",
+            "--dataset", "mnist", "--quiet", "--save", str(ckpt)]
+    (data_dir / "mnist").mkdir()
+    make_dataset(data_dir / "mnist", n_train=200, n_test=50)
+    argv[2] = str(data_dir / "mnist")
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "epoch" not in out.replace("s/epoch", "").replace("epochs", "")  # --quiet
+    assert main(["evaluate", str(ckpt), "--data-dir", str(data_dir / "mnist")]) == 0
+    assert "mnist test accuracy" in capsys.readouterr().out
+
+
+def test_bench_chart_is_titled_by_the_machine(tmp_path):
+    from fastnet.bench.suites import machine_title, plot_report
+
+    machine = {"cpu": "Some CPU", "cores": 2, "blas": "openblas 0.3",
+               "backend_cupy": "unavailable: no module named cupy"}
+    assert machine_title(machine) == "Some CPU, 2 cores, openblas 0.3"
+    result = {"name": "a", "median": 0.5, "min": 0.4, "max": 0.6}
+    report = {"machine": machine, "groups": {
+        "g": {"reference": "a", "results": [result, {"name": "b", "median": 1.0, "min": 0.9,
+                                                  "max": 1.2}]}}}
+    plot_report(report, str(tmp_path / "c.png"))
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
