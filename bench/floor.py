@@ -65,6 +65,7 @@ def stripped_epoch(
     yb = np.array(y[:batch], dtype=np.int64)
     alpha, inv_n = f32(0.01), f32(1.0 / batch)
     beta1, beta2 = f32(0.9), f32(0.999)
+    one, inf = f32(1), f32(np.inf)
     n, last = len(X), len(shapes) - 1
     state = {"t": 0}
 
@@ -94,9 +95,12 @@ def stripped_epoch(
         if optimizer == "adam":
             state["t"] += 1
             lr_t, eps_hat = adam_step_scalars(1e-3, 0.9, 0.999, 1e-8, state["t"])
-            k.adam_update(params, grads, m1, m2, f32(lr_t), beta1, beta2, f32(eps_hat), f32(0), 0)
+            k.adam_update(
+                params, grads, m1, m2, f32(lr_t), beta1, beta2, f32(eps_hat), f32(0), 0, one,
+                inf, one,
+            )
         elif optimizer == "sgd":
-            k.sgd_update(params, grads, f32(0.01), f32(0), 0)
+            k.sgd_update(params, grads, f32(0.01), f32(0), 0, one, inf, one)
         return loss
 
     def epoch() -> float:

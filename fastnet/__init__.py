@@ -28,13 +28,14 @@ from fastnet.layers import (
 )
 from fastnet.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from fastnet.model import Sequential, StateError, load_model, save_model
-from fastnet.optimizers import SGD, AdaGrad, Adam, Momentum, RMSProp
+from fastnet.optimizers import SGD, AdaGrad, Adam, AdamW, Momentum, RMSProp
 from fastnet.training import TrainingDivergedError
 
 __all__ = [
     "SGD",
     "AdaGrad",
     "Adam",
+    "AdamW",
     "Backend",
     "BackendUnavailableError",
     "BatchNorm1d",

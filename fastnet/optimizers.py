@@ -1,4 +1,6 @@
-"""Optimizers: SGD, Momentum (optionally Nesterov), AdaGrad, RMSProp, Adam; L2 weight decay.
+"""Optimizers: SGD, Momentum (optionally Nesterov), AdaGrad, RMSProp, Adam, AdamW; L2 or
+decoupled weight decay; gradient clipping by global norm (``clip_norm``) or value
+(``clip_value``) on every optimizer.
 
 An optimizer holds hyperparameters only; its state slots live in the model's parameter arena
 (``fastnet.parameter``), so one optimizer object can be shared by a whole model or injected into
@@ -42,25 +44,59 @@ class Optimizer:
     #: slots that are sums or averages of squares (must stay >= 0 when loaded)
     nonnegative_slots: tuple[str, ...] = ()
 
-    def __init__(self, lr: float, weight_decay: float = 0.0) -> None:
+    #: weight decay decoupled from the gradient (AdamW) instead of an L2 term in it
+    decoupled = False
+
+    def __init__(
+        self,
+        lr: float,
+        weight_decay: float = 0.0,
+        *,
+        clip_norm: float | None = None,
+        clip_value: float | None = None,
+    ) -> None:
         self.lr = _check_positive("lr", lr)
         self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
+        self.clip_norm = None if clip_norm is None else _check_positive("clip_norm", clip_norm)
+        self.clip_value = None if clip_value is None else _check_positive("clip_value", clip_value)
 
     def __setattr__(self, key: str, value: Any) -> None:
         if key == "lr":  # schedules assign it: keep it a positive finite float
             value = _check_positive("lr", value)
         super().__setattr__(key, value)
 
-    def apply(self, group: ParameterGroup, backend: Any, device_scalars: Any = None) -> None:
-        """One step over ``group``: ``group.step`` is incremented first (Adam's ``t``)."""
+    def apply(
+        self,
+        group: ParameterGroup,
+        backend: Any,
+        device_scalars: Any = None,
+        total_sq: float | None = None,
+    ) -> None:
+        """One step over ``group``: ``group.step`` is incremented first (Adam's ``t``).
+        ``total_sq`` is the squared L2 norm of all gradients of the arena (for ``clip_norm``:
+        gradients are scaled by ``min(1, clip_norm / (norm + 1e-6))``, as PyTorch's
+        ``clip_grad_norm_``); ``clip_value`` then clips each gradient to ``[-v, v]``."""
         group.step += 1
-        self._update(group, backend, device_scalars)
+        scale = 1.0
+        if self.clip_norm is not None and total_sq is not None:
+            scale = min(1.0, self.clip_norm / (math.sqrt(total_sq) + 1e-6))
+        l2 = 0.0 if self.decoupled else self.weight_decay
+        shrink = 1.0 - self.lr * self.weight_decay if self.decoupled else 1.0
+        self._update(group, backend, device_scalars, (l2, group.n_decay, scale, self.clip_value,
+                                                      shrink))
 
-    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
+    def _update(
+        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    ) -> None:
         raise NotImplementedError
 
     def get_config(self) -> dict:
-        return {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay}
+        config = {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay}
+        if self.clip_norm is not None:
+            config["clip_norm"] = self.clip_norm
+        if self.clip_value is not None:
+            config["clip_value"] = self.clip_value
+        return config
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
@@ -72,11 +108,13 @@ class SGD(Optimizer):
 
     name = "sgd"
 
-    def __init__(self, lr: float = 0.01, weight_decay: float = 0.0) -> None:
-        super().__init__(lr, weight_decay)
+    def __init__(self, lr: float = 0.01, weight_decay: float = 0.0, **clipping: Any) -> None:
+        super().__init__(lr, weight_decay, **clipping)
 
-    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
-        backend.update_sgd(group.values, group.grads, self.lr, self.weight_decay, group.n_decay)
+    def _update(
+        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    ) -> None:
+        backend.update_sgd(group.values, group.grads, self.lr, *common)
 
 
 class Momentum(Optimizer):
@@ -91,12 +129,15 @@ class Momentum(Optimizer):
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 0.0,
+        **clipping: Any,
     ) -> None:
-        super().__init__(lr, weight_decay)
+        super().__init__(lr, weight_decay, **clipping)
         self.momentum = _check_fraction("momentum", momentum)
         self.nesterov = bool(nesterov)
 
-    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
+    def _update(
+        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    ) -> None:
         backend.update_momentum(
             group.values,
             group.grads,
@@ -104,8 +145,7 @@ class Momentum(Optimizer):
             self.lr,
             self.momentum,
             self.nesterov,
-            self.weight_decay,
-            group.n_decay,
+            *common,
         )
 
     def get_config(self) -> dict:
@@ -118,19 +158,17 @@ class AdaGrad(Optimizer):
     name = "adagrad"
     slots = nonnegative_slots = ("sum_sq",)
 
-    def __init__(self, lr: float = 0.01, eps: float = 1e-7, weight_decay: float = 0.0) -> None:
-        super().__init__(lr, weight_decay)
+    def __init__(
+        self, lr: float = 0.01, eps: float = 1e-7, weight_decay: float = 0.0, **clipping: Any
+    ) -> None:
+        super().__init__(lr, weight_decay, **clipping)
         self.eps = _check_positive("eps", eps)
 
-    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
+    def _update(
+        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    ) -> None:
         backend.update_adagrad(
-            group.values,
-            group.grads,
-            group.slots["sum_sq"],
-            self.lr,
-            self.eps,
-            self.weight_decay,
-            group.n_decay,
+            group.values, group.grads, group.slots["sum_sq"], self.lr, self.eps, *common
         )
 
     def get_config(self) -> dict:
@@ -144,13 +182,20 @@ class RMSProp(Optimizer):
     slots = nonnegative_slots = ("mean_sq",)
 
     def __init__(
-        self, lr: float = 0.001, rho: float = 0.9, eps: float = 1e-7, weight_decay: float = 0.0
+        self,
+        lr: float = 0.001,
+        rho: float = 0.9,
+        eps: float = 1e-7,
+        weight_decay: float = 0.0,
+        **clipping: Any,
     ) -> None:
-        super().__init__(lr, weight_decay)
+        super().__init__(lr, weight_decay, **clipping)
         self.rho = _check_fraction("rho", rho)
         self.eps = _check_positive("eps", eps)
 
-    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
+    def _update(
+        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    ) -> None:
         backend.update_rmsprop(
             group.values,
             group.grads,
@@ -158,8 +203,7 @@ class RMSProp(Optimizer):
             self.lr,
             self.rho,
             self.eps,
-            self.weight_decay,
-            group.n_decay,
+            *common,
         )
 
     def get_config(self) -> dict:
@@ -180,13 +224,17 @@ class Adam(Optimizer):
         beta2: float = 0.999,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        **clipping: Any,
     ) -> None:
-        super().__init__(lr, weight_decay)
+        super().__init__(lr, weight_decay, **clipping)
         self.beta1 = _check_fraction("beta1", beta1)
         self.beta2 = _check_fraction("beta2", beta2)
         self.eps = _check_positive("eps", eps)
 
-    def _update(self, group: ParameterGroup, backend: Any, device_scalars: Any) -> None:
+    def _update(
+        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    ) -> None:
+        wd, n_decay, scale, clip_value, shrink = common
         backend.update_adam(
             group.values,
             group.grads,
@@ -197,16 +245,39 @@ class Adam(Optimizer):
             self.beta2,
             self.eps,
             group.step,
-            self.weight_decay,
-            group.n_decay,
+            wd,
+            n_decay,
             device_scalars,
+            scale,
+            clip_value,
+            shrink,
         )
 
     def get_config(self) -> dict:
         return {**super().get_config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
 
 
-OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, AdaGrad, RMSProp, Adam)}
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019), PyTorch semantics: each
+    step first shrinks decayed parameters by ``1 - lr * weight_decay``, then takes the Adam
+    step on the undecayed gradient. Biases and BatchNorm parameters are not decayed."""
+
+    name = "adamw"
+    decoupled = True
+
+    def __init__(
+        self,
+        lr: float = 0.001,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        **clipping: Any,
+    ) -> None:
+        super().__init__(lr, beta1, beta2, eps, weight_decay, **clipping)
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, AdaGrad, RMSProp, Adam, AdamW)}
 
 
 def get_optimizer(spec: str | Optimizer, **kwargs: Any) -> Optimizer:

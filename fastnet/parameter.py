@@ -21,7 +21,15 @@ class Optimizer(Protocol):
     slots: tuple[str, ...]
     nonnegative_slots: tuple[str, ...]
 
-    def apply(self, group: ParameterGroup, backend: Any, device_scalars: Any = None) -> None: ...
+    clip_norm: float | None
+
+    def apply(
+        self,
+        group: ParameterGroup,
+        backend: Any,
+        device_scalars: Any = None,
+        total_sq: float | None = None,
+    ) -> None: ...
 
 
 class Parameter:
@@ -76,9 +84,9 @@ class ParameterGroup:
     def size(self) -> int:
         return int(self.values.shape[0])
 
-    def update(self, device_scalars: Any = None) -> None:
+    def update(self, device_scalars: Any = None, total_sq: float | None = None) -> None:
         """One optimizer step over the whole group (one fused kernel call)."""
-        self.optimizer.apply(self, self.backend, device_scalars)
+        self.optimizer.apply(self, self.backend, device_scalars, total_sq)
 
 
 class ParameterArena:
@@ -97,5 +105,10 @@ class ParameterArena:
         return sum(g.size for g in self.groups)
 
     def update(self, device_scalars: Any = None) -> None:
+        """One step of every group; the global gradient norm (for ``clip_norm``) is taken over
+        the whole arena once."""
+        total_sq = None
+        if any(g.optimizer.clip_norm is not None for g in self.groups):
+            total_sq = sum(g.backend.sum_squares(g.grads) for g in self.groups)
         for group in self.groups:
-            group.update(device_scalars)
+            group.update(device_scalars, total_sq)

@@ -208,16 +208,22 @@ def count_correct(logits: Any, labels: Any, hits: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- optimizer updates
-# Optimizer kernels run over a flat arena group: weight decay for elements [0, n_decay) only.
-_WD = "T wd = i < n_decay ? wd_all : (T)0;"
+# Optimizer kernels run over a flat arena group: weight decay (L2 ``wd`` and the decoupled
+# ``shrink``) for elements [0, n_decay) only; the gradient is scaled by ``gscale`` (global-norm
+# clipping) and clipped to [-clip, clip] first (NaN kept), as in the numba kernels.
+_PRE = "T gscale, T clip, T shrink_all, T wd_all, int64 n_decay"
+_WD = (
+    "T wd = i < n_decay ? wd_all : (T)0; T shrink = i < n_decay ? shrink_all : (T)1;"
+    "T gc = g * gscale; gc = gc > clip ? clip : (gc < -clip ? -clip : gc);"
+)
 
 
 @cache
 def sgd_kernel() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "T g, T lr, T wd_all, int64 n_decay",
+        "T g, T lr, " + _PRE,
         "T p",
-        _WD + "p -= lr * (g + wd * p);",
+        _WD + "T gi = gc + wd * p; p = p * shrink - lr * gi;",
         "fastnet_sgd",
     )
 
@@ -225,9 +231,9 @@ def sgd_kernel() -> cp.ElementwiseKernel:
 @cache
 def momentum_kernel() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "T g, T lr, T mu, bool nesterov, T wd_all, int64 n_decay",
+        "T g, T lr, T mu, bool nesterov, " + _PRE,
         "T p, T v",
-        _WD + "T gi = g + wd * p; T vi = mu * v - lr * gi; v = vi;"
+        _WD + "T gi = gc + wd * p; T vi = mu * v - lr * gi; v = vi; p *= shrink;"
         "p += nesterov ? mu * vi - lr * gi : vi;",
         "fastnet_momentum",
     )
@@ -236,9 +242,10 @@ def momentum_kernel() -> cp.ElementwiseKernel:
 @cache
 def adagrad_kernel() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "T g, T lr, T eps, T wd_all, int64 n_decay",
+        "T g, T lr, T eps, " + _PRE,
         "T p, T h",
-        _WD + "T gi = g + wd * p; T hi = h + gi * gi; h = hi; p -= lr * gi / (sqrt(hi) + eps);",
+        _WD + "T gi = gc + wd * p; T hi = h + gi * gi; h = hi;"
+        "p = p * shrink - lr * gi / (sqrt(hi) + eps);",
         "fastnet_adagrad",
     )
 
@@ -246,18 +253,18 @@ def adagrad_kernel() -> cp.ElementwiseKernel:
 @cache
 def rmsprop_kernel() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "T g, T lr, T rho, T eps, T wd_all, int64 n_decay",
+        "T g, T lr, T rho, T eps, " + _PRE,
         "T p, T h",
-        _WD + "T gi = g + wd * p; T hi = rho * h + ((T)1 - rho) * gi * gi; h = hi;"
-        "p -= lr * gi / (sqrt(hi) + eps);",
+        _WD + "T gi = gc + wd * p; T hi = rho * h + ((T)1 - rho) * gi * gi; h = hi;"
+        "p = p * shrink - lr * gi / (sqrt(hi) + eps);",
         "fastnet_rmsprop",
     )
 
 
 _ADAM_BODY = (
-    "T gi = g + wd * p; T mi = beta1 * m + ((T)1 - beta1) * gi;"
+    "T gi = gc + wd * p; T mi = beta1 * m + ((T)1 - beta1) * gi;"
     "T vi = beta2 * v + ((T)1 - beta2) * gi * gi; m = mi; v = vi;"
-    "p -= step * mi / (sqrt(vi) + eps_hat);"
+    "p = p * shrink - step * mi / (sqrt(vi) + eps_hat);"
 )
 
 
@@ -265,7 +272,7 @@ _ADAM_BODY = (
 def adam_kernel() -> cp.ElementwiseKernel:
     """Adam; bias correction folded into ``step`` and ``eps_hat`` by the caller."""
     return cp.ElementwiseKernel(
-        "T g, T step, T beta1, T beta2, T eps_hat, T wd_all, int64 n_decay",
+        "T g, T step, T beta1, T beta2, T eps_hat, " + _PRE,
         "T p, T m, T v",
         _WD + _ADAM_BODY,
         "fastnet_adam",
@@ -277,7 +284,7 @@ def adam_device_scalars_kernel() -> cp.ElementwiseKernel:
     """Adam reading ``step`` and ``eps_hat`` from device memory (``sc[0]``, ``sc[1]``), so a
     captured CUDA graph can replay it with a new step count."""
     return cp.ElementwiseKernel(
-        "T g, raw T sc, T beta1, T beta2, T wd_all, int64 n_decay",
+        "T g, raw T sc, T beta1, T beta2, " + _PRE,
         "T p, T m, T v",
         _WD + "T step = sc[0]; T eps_hat = sc[1];" + _ADAM_BODY,
         "fastnet_adam_dev",

@@ -244,42 +244,51 @@ def count_correct(logits, labels):
 
 # ---------------------------------------------------------------------------- optimizer updates
 # Parameters, gradients and state are flat 1-D arena buffers of one length (the backend checks);
-# scalars arrive in the array dtype. Weight decay ``wd`` applies to elements ``[0, n_decay)``:
-# each driver runs two loops, decayed then undecayed, so both stay branch-free and vectorized.
+# scalars arrive in the array dtype. Every rule shares the gradient preamble of ``_grad``:
+# ``g * gscale`` (global-norm clipping), then clipped to ``[-clip, clip]`` (NaN kept), then L2
+# decay ``wd * p``. Elements ``[0, n_decay)`` take the decay: L2 ``wd`` and the decoupled
+# ``shrink = 1 - lr * weight_decay`` (AdamW); each driver runs two loops, decayed then
+# undecayed, so both stay branch-free and vectorized.
 # Constants are typed with ``p.dtype.type``: a bare ``1 - beta`` is int64 - float32, which numba
 # types as float64 and would run the whole float32 update in (4-wide) double precision.
 @njit(**INLINE)
-def _sgd(i, p, g, lr, wd):
-    p[i] -= lr * (g[i] + wd * p[i])
+def _grad(i, p, g, wd, gscale, clip):
+    gi = g[i] * gscale
+    if gi > clip:
+        gi = clip
+    elif gi < -clip:
+        gi = -clip
+    return gi + wd * p[i]
 
 
 @njit(**INLINE)
-def _momentum(i, p, g, v, lr, mu, nesterov, wd):
-    gi = g[i] + wd * p[i]
+def _sgd(i, p, gi, lr):
+    p[i] -= lr * gi
+
+
+@njit(**INLINE)
+def _momentum(i, p, gi, v, lr, mu, nesterov):
     vi = mu * v[i] - lr * gi
     v[i] = vi
     p[i] += mu * vi - lr * gi if nesterov else vi
 
 
 @njit(**INLINE)
-def _adagrad(i, p, g, h, lr, eps, wd):
-    gi = g[i] + wd * p[i]
+def _adagrad(i, p, gi, h, lr, eps):
     hi = h[i] + gi * gi
     h[i] = hi
     p[i] -= lr * gi / (math.sqrt(hi) + eps)
 
 
 @njit(**INLINE)
-def _rmsprop(i, p, g, h, lr, rho, eps, wd):
-    gi = g[i] + wd * p[i]
+def _rmsprop(i, p, gi, h, lr, rho, eps):
     hi = rho * h[i] + (p.dtype.type(1) - rho) * gi * gi
     h[i] = hi
     p[i] -= lr * gi / (math.sqrt(hi) + eps)
 
 
 @njit(**INLINE)
-def _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd):
-    gi = g[i] + wd * p[i]
+def _adam(i, p, gi, m, v, step, beta1, beta2, eps_hat):
     one = p.dtype.type(1)
     mi = beta1 * m[i] + (one - beta1) * gi
     vi = beta2 * v[i] + (one - beta2) * gi * gi
@@ -289,94 +298,126 @@ def _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd):
 
 
 @njit(**SERIAL)
-def sgd_update(p, g, lr, wd, n_decay):
+def sgd_update(p, g, lr, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in range(n_decay):
-        _sgd(i, p, g, lr, wd)
+        gi = _grad(i, p, g, wd, gscale, clip)
+        p[i] *= shrink
+        _sgd(i, p, gi, lr)
     for i in range(n_decay, p.shape[0]):
-        _sgd(i, p, g, lr, zero)
+        _sgd(i, p, _grad(i, p, g, zero, gscale, clip), lr)
 
 
 @njit(**PARALLEL)
-def sgd_update_parallel(p, g, lr, wd, n_decay):
+def sgd_update_parallel(p, g, lr, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in prange(n_decay):
-        _sgd(i, p, g, lr, wd)
+        gi = _grad(i, p, g, wd, gscale, clip)
+        p[i] *= shrink
+        _sgd(i, p, gi, lr)
     for i in prange(n_decay, p.shape[0]):
-        _sgd(i, p, g, lr, zero)
+        _sgd(i, p, _grad(i, p, g, zero, gscale, clip), lr)
 
 
 @njit(**SERIAL)
-def momentum_update(p, g, v, lr, mu, nesterov, wd, n_decay):
+def momentum_update(p, g, v, lr, mu, nesterov, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in range(n_decay):
-        _momentum(i, p, g, v, lr, mu, nesterov, wd)
+        gi = _grad(i, p, g, wd, gscale, clip)
+        p[i] *= shrink
+        _momentum(i, p, gi, v, lr, mu, nesterov)
     for i in range(n_decay, p.shape[0]):
-        _momentum(i, p, g, v, lr, mu, nesterov, zero)
+        _momentum(i, p, _grad(i, p, g, zero, gscale, clip), v, lr, mu, nesterov)
 
 
 @njit(**PARALLEL)
-def momentum_update_parallel(p, g, v, lr, mu, nesterov, wd, n_decay):
+def momentum_update_parallel(p, g, v, lr, mu, nesterov, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in prange(n_decay):
-        _momentum(i, p, g, v, lr, mu, nesterov, wd)
+        gi = _grad(i, p, g, wd, gscale, clip)
+        p[i] *= shrink
+        _momentum(i, p, gi, v, lr, mu, nesterov)
     for i in prange(n_decay, p.shape[0]):
-        _momentum(i, p, g, v, lr, mu, nesterov, zero)
+        _momentum(i, p, _grad(i, p, g, zero, gscale, clip), v, lr, mu, nesterov)
 
 
 @njit(**SERIAL)
-def adagrad_update(p, g, h, lr, eps, wd, n_decay):
+def adagrad_update(p, g, h, lr, eps, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in range(n_decay):
-        _adagrad(i, p, g, h, lr, eps, wd)
+        gi = _grad(i, p, g, wd, gscale, clip)
+        p[i] *= shrink
+        _adagrad(i, p, gi, h, lr, eps)
     for i in range(n_decay, p.shape[0]):
-        _adagrad(i, p, g, h, lr, eps, zero)
+        _adagrad(i, p, _grad(i, p, g, zero, gscale, clip), h, lr, eps)
 
 
 @njit(**PARALLEL)
-def adagrad_update_parallel(p, g, h, lr, eps, wd, n_decay):
+def adagrad_update_parallel(p, g, h, lr, eps, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in prange(n_decay):
-        _adagrad(i, p, g, h, lr, eps, wd)
+        gi = _grad(i, p, g, wd, gscale, clip)
+        p[i] *= shrink
+        _adagrad(i, p, gi, h, lr, eps)
     for i in prange(n_decay, p.shape[0]):
-        _adagrad(i, p, g, h, lr, eps, zero)
+        _adagrad(i, p, _grad(i, p, g, zero, gscale, clip), h, lr, eps)
 
 
 @njit(**SERIAL)
-def rmsprop_update(p, g, h, lr, rho, eps, wd, n_decay):
+def rmsprop_update(p, g, h, lr, rho, eps, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in range(n_decay):
-        _rmsprop(i, p, g, h, lr, rho, eps, wd)
+        gi = _grad(i, p, g, wd, gscale, clip)
+        p[i] *= shrink
+        _rmsprop(i, p, gi, h, lr, rho, eps)
     for i in range(n_decay, p.shape[0]):
-        _rmsprop(i, p, g, h, lr, rho, eps, zero)
+        _rmsprop(i, p, _grad(i, p, g, zero, gscale, clip), h, lr, rho, eps)
 
 
 @njit(**PARALLEL)
-def rmsprop_update_parallel(p, g, h, lr, rho, eps, wd, n_decay):
+def rmsprop_update_parallel(p, g, h, lr, rho, eps, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in prange(n_decay):
-        _rmsprop(i, p, g, h, lr, rho, eps, wd)
+        gi = _grad(i, p, g, wd, gscale, clip)
+        p[i] *= shrink
+        _rmsprop(i, p, gi, h, lr, rho, eps)
     for i in prange(n_decay, p.shape[0]):
-        _rmsprop(i, p, g, h, lr, rho, eps, zero)
+        _rmsprop(i, p, _grad(i, p, g, zero, gscale, clip), h, lr, rho, eps)
 
 
 @njit(**SERIAL)
-def adam_update(p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay):
+def adam_update(p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay, gscale, clip, shrink):
     """Adam with the bias correction folded into ``step`` and ``eps_hat`` by the caller."""
     zero = wd - wd
     for i in range(n_decay):
-        _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd)
+        gi = _grad(i, p, g, wd, gscale, clip)
+        p[i] *= shrink
+        _adam(i, p, gi, m, v, step, beta1, beta2, eps_hat)
     for i in range(n_decay, p.shape[0]):
-        _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, zero)
+        _adam(i, p, _grad(i, p, g, zero, gscale, clip), m, v, step, beta1, beta2, eps_hat)
 
 
 @njit(**PARALLEL)
-def adam_update_parallel(p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay):
+def adam_update_parallel(
+    p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay, gscale, clip, shrink
+):
     zero = wd - wd
     for i in prange(n_decay):
-        _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd)
+        gi = _grad(i, p, g, wd, gscale, clip)
+        p[i] *= shrink
+        _adam(i, p, gi, m, v, step, beta1, beta2, eps_hat)
     for i in prange(n_decay, p.shape[0]):
-        _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, zero)
+        _adam(i, p, _grad(i, p, g, zero, gscale, clip), m, v, step, beta1, beta2, eps_hat)
+
+
+@njit(**REDUCE)
+def sum_squares(g):
+    """``sum(g * g)`` accumulated in float64 (for the global gradient norm)."""
+    total = 0.0
+    for i in range(g.shape[0]):
+        x = np.float64(g[i])
+        total += x * x
+    return total
 
 
 # ---------------------------------------------------------------------------- matmul

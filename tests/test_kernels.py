@@ -218,17 +218,18 @@ def test_property_numba_softmax_xent(n, m, scale, seed):
 
 
 _F32 = np.float32(0.5)
+_PRE = (np.float32(0.9), np.float32(3.0), np.float32(0.99))  # grad scale, clip, shrink
 _F32_KERNEL_ARGS = {
     "bias_act": lambda a, v: [(a((8, 16)), v(16), code, _F32) for code in ACTS],
     "act_backward_bias": lambda a, v: [
         (a((8, 16)), a((8, 16)), code, _F32, a((8, 16)), v(16)) for code in ACTS
     ],
-    "sgd_update": lambda a, v: [(v(64), v(64), _F32, _F32, 32)],
-    "momentum_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, True, _F32, 32)],
-    "adagrad_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, _F32, 32)],
-    "rmsprop_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, _F32, _F32, 32)],
+    "sgd_update": lambda a, v: [(v(64), v(64), _F32, _F32, 32, *_PRE)],
+    "momentum_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, True, _F32, 32, *_PRE)],
+    "adagrad_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, _F32, 32, *_PRE)],
+    "rmsprop_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, _F32, _F32, 32, *_PRE)],
     "adam_update": lambda a, v: [
-        (v(64), v(64), v(64), v(64), _F32, _F32, _F32, _F32, _F32, 32)
+        (v(64), v(64), v(64), v(64), _F32, _F32, _F32, _F32, _F32, 32, *_PRE)
     ],
 }
 

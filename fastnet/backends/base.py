@@ -310,22 +310,50 @@ class Backend:
         return out
 
     # ------------------------------------------------------------------ optimizer updates
-    # Each update mutates the flat parameter group ``p`` and its state in place. ``wd`` adds L2
-    # decay to the gradient of the leading ``n_decay`` elements (all when None).
-    def _decayed(self, p: Any, g: Any, wd: float, n_decay: int | None) -> Any:
-        if not wd:
-            return g
-        if n_decay is None or n_decay >= p.shape[0]:
-            return g + wd * p
-        g = g.copy()
-        g[:n_decay] += wd * p[:n_decay]
+    # Each update mutates the flat parameter group ``p`` and its state in place. The gradient is
+    # first multiplied by ``grad_scale`` (global-norm clipping), clipped to ``[-clip_value,
+    # clip_value]``, and gets L2 decay ``wd * p`` on the leading ``n_decay`` elements (all when
+    # None); those elements are also multiplied by ``shrink`` (decoupled decay, 1 - lr*wd).
+    def _gradient(
+        self,
+        p: Any,
+        g: Any,
+        wd: float,
+        n_decay: int | None,
+        grad_scale: float,
+        clip_value: float | None,
+        shrink: float,
+    ) -> Any:
+        fresh = grad_scale != 1.0 or clip_value is not None  # g is then a new array
+        if grad_scale != 1.0:
+            g = g * grad_scale
+        if clip_value is not None:
+            g = self.xp.clip(g, -clip_value, clip_value)
+        nd = p.shape[0] if n_decay is None else min(int(n_decay), p.shape[0])
+        if wd:
+            g = g if fresh else g.copy()
+            g[:nd] += wd * p[:nd]
+        if shrink != 1.0:
+            p[:nd] *= shrink
         return g
 
+    def sum_squares(self, g: Any) -> float:
+        """``sum(g**2)`` in float64 (the squared global gradient norm's share of ``g``)."""
+        return float((g.astype(self.xp.float64) ** 2).sum())
+
     def update_sgd(
-        self, p: Any, g: Any, lr: float, wd: float = 0.0, n_decay: int | None = None
+        self,
+        p: Any,
+        g: Any,
+        lr: float,
+        wd: float = 0.0,
+        n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
         self._ran("update_sgd")
-        p -= lr * self._decayed(p, g, wd, n_decay)
+        p -= lr * self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
 
     def update_momentum(
         self,
@@ -337,9 +365,12 @@ class Backend:
         nesterov: bool = False,
         wd: float = 0.0,
         n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
         self._ran("update_momentum")
-        g = self._decayed(p, g, wd, n_decay)
+        g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
         v *= momentum
         v -= lr * g
         if nesterov:
@@ -356,9 +387,12 @@ class Backend:
         eps: float,
         wd: float = 0.0,
         n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
         self._ran("update_adagrad")
-        g = self._decayed(p, g, wd, n_decay)
+        g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
         h += g * g
         p -= lr * g / (self.xp.sqrt(h) + eps)
 
@@ -372,9 +406,12 @@ class Backend:
         eps: float,
         wd: float = 0.0,
         n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
         self._ran("update_rmsprop")
-        g = self._decayed(p, g, wd, n_decay)
+        g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
         h *= rho
         h += (1 - rho) * g * g
         p -= lr * g / (self.xp.sqrt(h) + eps)
@@ -393,12 +430,15 @@ class Backend:
         wd: float = 0.0,
         n_decay: int | None = None,
         device_scalars: Any = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
         """Adam with bias correction folded into the step size (Kingma & Ba, sec. 2). With
         ``device_scalars`` (from ``adam_device_scalars``) the step size and eps are read from
         that device array instead of being computed from ``t`` on the host."""
         self._ran("update_adam")
-        g = self._decayed(p, g, wd, n_decay)
+        g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
         m *= beta1
         m += (1 - beta1) * g
         v *= beta2

@@ -230,16 +230,30 @@ class CupyBackend(Backend):
         return out
 
     # ------------------------------------------------------------------ optimizer updates
-    # One ElementwiseKernel launch per flat arena group; ``n_decay`` bounds weight decay by index.
+    # One ElementwiseKernel launch per flat arena group, with the gradient preamble of
+    # ``fastnet.kernels.cupy_gpu`` (scale, clip, L2 and decoupled decay by index).
     @staticmethod
-    def _n_decay(p: Any, n_decay: int | None) -> np.int64:
-        return np.int64(p.size if n_decay is None else n_decay)
+    def _pre(
+        p: Any, wd: float, n_decay: int | None, grad_scale: Any, clip: float | None, shrink: float
+    ) -> tuple:
+        t = p.dtype.type
+        nd = np.int64(p.size if n_decay is None else n_decay)
+        bound = np.inf if clip is None else clip
+        return t(float(grad_scale)), t(bound), t(shrink), t(wd), nd
 
     def update_sgd(
-        self, p: Any, g: Any, lr: float, wd: float = 0.0, n_decay: int | None = None
+        self,
+        p: Any,
+        g: Any,
+        lr: float,
+        wd: float = 0.0,
+        n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
-        t = p.dtype.type
-        self.k.sgd_kernel()(g, t(lr), t(wd), self._n_decay(p, n_decay), p)
+        pre = self._pre(p, wd, n_decay, grad_scale, clip_value, shrink)
+        self.k.sgd_kernel()(g, p.dtype.type(lr), *pre, p)
         self._ran("update_sgd", "cuda-fused")
 
     def update_momentum(
@@ -252,10 +266,13 @@ class CupyBackend(Backend):
         nesterov: bool = False,
         wd: float = 0.0,
         n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
         t = p.dtype.type
-        nd = self._n_decay(p, n_decay)
-        self.k.momentum_kernel()(g, t(lr), t(momentum), bool(nesterov), t(wd), nd, p, v)
+        pre = self._pre(p, wd, n_decay, grad_scale, clip_value, shrink)
+        self.k.momentum_kernel()(g, t(lr), t(momentum), bool(nesterov), *pre, p, v)
         self._ran("update_momentum", "cuda-fused")
 
     def update_adagrad(
@@ -267,9 +284,13 @@ class CupyBackend(Backend):
         eps: float,
         wd: float = 0.0,
         n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
         t = p.dtype.type
-        self.k.adagrad_kernel()(g, t(lr), t(eps), t(wd), self._n_decay(p, n_decay), p, h)
+        pre = self._pre(p, wd, n_decay, grad_scale, clip_value, shrink)
+        self.k.adagrad_kernel()(g, t(lr), t(eps), *pre, p, h)
         self._ran("update_adagrad", "cuda-fused")
 
     def update_rmsprop(
@@ -282,10 +303,13 @@ class CupyBackend(Backend):
         eps: float,
         wd: float = 0.0,
         n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
         t = p.dtype.type
-        nd = self._n_decay(p, n_decay)
-        self.k.rmsprop_kernel()(g, t(lr), t(rho), t(eps), t(wd), nd, p, h)
+        pre = self._pre(p, wd, n_decay, grad_scale, clip_value, shrink)
+        self.k.rmsprop_kernel()(g, t(lr), t(rho), t(eps), *pre, p, h)
         self._ran("update_rmsprop", "cuda-fused")
 
     def update_adam(
@@ -302,16 +326,19 @@ class CupyBackend(Backend):
         wd: float = 0.0,
         n_decay: int | None = None,
         device_scalars: Any = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
         c = p.dtype.type
-        nd = self._n_decay(p, n_decay)
+        pre = self._pre(p, wd, n_decay, grad_scale, clip_value, shrink)
         if device_scalars is not None:
             kernel = self.k.adam_device_scalars_kernel()
-            kernel(g, device_scalars, c(beta1), c(beta2), c(wd), nd, p, m, v)
+            kernel(g, device_scalars, c(beta1), c(beta2), *pre, p, m, v)
         else:
             step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
             kernel = self.k.adam_kernel()
-            kernel(g, c(step), c(beta1), c(beta2), c(eps_hat), c(wd), nd, p, m, v)
+            kernel(g, c(step), c(beta1), c(beta2), c(eps_hat), *pre, p, m, v)
         self._ran("update_adam", "cuda-fused")
 
     def adam_device_scalars(

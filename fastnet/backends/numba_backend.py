@@ -206,7 +206,16 @@ class NumbaBackend(Backend):
         return out
 
     # ------------------------------------------------------------------ optimizer updates
-    def _fused_update(self, rule: str, arrays: tuple, scalars: tuple, n_decay: int | None) -> bool:
+    def _fused_update(
+        self,
+        rule: str,
+        arrays: tuple,
+        scalars: tuple,
+        n_decay: int | None,
+        grad_scale: float,
+        clip_value: float | None,
+        shrink: float,
+    ) -> bool:
         """Run ``kernels.<rule>_update`` over flat ``arrays`` (parameter first) with ``scalars``
         cast to the parameter dtype; False (nothing done) for arrays it cannot take safely
         (other layouts or dtypes, mismatched lengths), so the caller runs the reference."""
@@ -218,19 +227,37 @@ class NumbaBackend(Backend):
         serial, parallel = self._update_kernels[rule]
         kernel = parallel if size >= self.parallel_min_elements else serial
         t = p.dtype.type
+        clip = np.inf if clip_value is None else clip_value
         kernel(
             *[a.reshape(-1) for a in arrays],
             *[s if s.__class__ is bool else t(s) for s in scalars],
             n_decay,
+            t(grad_scale),
+            t(clip),
+            t(shrink),
         )
         self._ran(f"update_{rule}", "numba-fused")
         return True
 
+    def sum_squares(self, g: Any) -> float:
+        if not contiguous_floats(g):
+            return super().sum_squares(g)
+        return float(self.k.sum_squares(g.reshape(-1)))
+
     def update_sgd(
-        self, p: Any, g: Any, lr: float, wd: float = 0.0, n_decay: int | None = None
+        self,
+        p: Any,
+        g: Any,
+        lr: float,
+        wd: float = 0.0,
+        n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
-        if not self._fused_update("sgd", (p, g), (lr, wd), n_decay):
-            super().update_sgd(p, g, lr, wd, n_decay)
+        extra = (n_decay, grad_scale, clip_value, shrink)
+        if not self._fused_update("sgd", (p, g), (lr, wd), *extra):
+            super().update_sgd(p, g, lr, wd, *extra)
 
     def update_momentum(
         self,
@@ -242,10 +269,14 @@ class NumbaBackend(Backend):
         nesterov: bool = False,
         wd: float = 0.0,
         n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
+        extra = (n_decay, grad_scale, clip_value, shrink)
         scalars = (lr, momentum, bool(nesterov), wd)
-        if not self._fused_update("momentum", (p, g, v), scalars, n_decay):
-            super().update_momentum(p, g, v, lr, momentum, nesterov, wd, n_decay)
+        if not self._fused_update("momentum", (p, g, v), scalars, *extra):
+            super().update_momentum(p, g, v, lr, momentum, nesterov, wd, *extra)
 
     def update_adagrad(
         self,
@@ -256,9 +287,13 @@ class NumbaBackend(Backend):
         eps: float,
         wd: float = 0.0,
         n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
-        if not self._fused_update("adagrad", (p, g, h), (lr, eps, wd), n_decay):
-            super().update_adagrad(p, g, h, lr, eps, wd, n_decay)
+        extra = (n_decay, grad_scale, clip_value, shrink)
+        if not self._fused_update("adagrad", (p, g, h), (lr, eps, wd), *extra):
+            super().update_adagrad(p, g, h, lr, eps, wd, *extra)
 
     def update_rmsprop(
         self,
@@ -270,9 +305,13 @@ class NumbaBackend(Backend):
         eps: float,
         wd: float = 0.0,
         n_decay: int | None = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
-        if not self._fused_update("rmsprop", (p, g, h), (lr, rho, eps, wd), n_decay):
-            super().update_rmsprop(p, g, h, lr, rho, eps, wd, n_decay)
+        extra = (n_decay, grad_scale, clip_value, shrink)
+        if not self._fused_update("rmsprop", (p, g, h), (lr, rho, eps, wd), *extra):
+            super().update_rmsprop(p, g, h, lr, rho, eps, wd, *extra)
 
     def update_adam(
         self,
@@ -288,11 +327,17 @@ class NumbaBackend(Backend):
         wd: float = 0.0,
         n_decay: int | None = None,
         device_scalars: Any = None,
+        grad_scale: float = 1.0,
+        clip_value: float | None = None,
+        shrink: float = 1.0,
     ) -> None:
         if device_scalars is None:
             step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
         else:
             step, eps_hat = float(device_scalars[0]), float(device_scalars[1])
+        extra = (grad_scale, clip_value, shrink)
         scalars = (step, beta1, beta2, eps_hat, wd)
-        if not self._fused_update("adam", (p, g, m, v), scalars, n_decay):
-            super().update_adam(p, g, m, v, lr, beta1, beta2, eps, t, wd, n_decay, device_scalars)
+        if not self._fused_update("adam", (p, g, m, v), scalars, n_decay, *extra):
+            super().update_adam(
+                p, g, m, v, lr, beta1, beta2, eps, t, wd, n_decay, device_scalars, *extra
+            )

@@ -1,0 +1,153 @@
+"""Optimizer trajectories against their published update rules (float64 NumPy written from the
+papers / PyTorch documentation), and against PyTorch itself when it is installed: AdamW
+(decoupled decay), global-norm clipping (``clip_grad_norm_``) and value clipping
+(``clip_grad_value_``), on every backend, with biases left undecayed."""
+
+import numpy as np
+import pytest
+
+import fastnet as fn
+
+STEPS = 6
+
+
+def _gradients(rng, scale=1.0):
+    return [(rng.standard_normal((3, 4)) * scale, rng.standard_normal(4) * scale)
+            for _ in range(STEPS)]
+
+
+def _fastnet_trajectory(backend, optimizer, W0, b0, grads):
+    layer = fn.Dense(4)
+    model = fn.Sequential([layer], optimizer=optimizer, backend=backend, dtype="float64")
+    model.build(3)
+    layer.W.value[...] = backend.asarray(W0)
+    layer.b.value[...] = backend.asarray(b0)
+    out = []
+    for gW, gb in grads:
+        layer.W.grad[...] = backend.asarray(gW)
+        layer.b.grad[...] = backend.asarray(gb)
+        model.apply_gradients()
+        out.append((backend.to_numpy(layer.W.value).copy(), backend.to_numpy(layer.b.value).copy()))
+    return out
+
+
+def _reference_adamw(W0, b0, grads, lr, wd, clip_norm=None, clip_value=None,
+                     b1=0.9, b2=0.999, eps=1e-8):
+    """torch.optim.AdamW's documented algorithm, after clip_grad_norm_ / clip_grad_value_;
+    decay on the weight matrix only (the bias is in a no-decay group)."""
+    params = [W0.copy(), b0.copy()]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    out = []
+    for t, gs in enumerate(grads, start=1):
+        gs = [g.copy() for g in gs]
+        if clip_norm is not None:
+            total = np.sqrt(sum((g**2).sum() for g in gs))
+            coef = clip_norm / (total + 1e-6)
+            if coef < 1:
+                gs = [g * coef for g in gs]
+        if clip_value is not None:
+            gs = [np.clip(g, -clip_value, clip_value) for g in gs]
+        for i, (p, g) in enumerate(zip(params, gs)):
+            if i == 0:
+                p *= 1 - lr * wd
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            m_hat, v_hat = m[i] / (1 - b1**t), v[i] / (1 - b2**t)
+            p -= lr * m_hat / (np.sqrt(v_hat) + eps)
+        out.append((params[0].copy(), params[1].copy()))
+    return out
+
+
+def _reference_sgd_clipped(W0, b0, grads, lr, clip_norm=None, clip_value=None, wd=0.0):
+    params = [W0.copy(), b0.copy()]
+    out = []
+    for gs in grads:
+        gs = [g.copy() for g in gs]
+        if clip_norm is not None:
+            coef = clip_norm / (np.sqrt(sum((g**2).sum() for g in gs)) + 1e-6)
+            gs = [g * min(coef, 1.0) for g in gs]
+        if clip_value is not None:
+            gs = [np.clip(g, -clip_value, clip_value) for g in gs]
+        gs[0] = gs[0] + wd * params[0]
+        for p, g in zip(params, gs):
+            p -= lr * g
+        out.append((params[0].copy(), params[1].copy()))
+    return out
+
+
+@pytest.mark.parametrize("clip", [{}, {"clip_norm": 0.5}, {"clip_value": 0.3},
+                                  {"clip_norm": 0.5, "clip_value": 0.3}])
+def test_adamw_matches_its_published_rule(backend, clip):
+    rng = np.random.default_rng(0)
+    W0, b0 = rng.standard_normal((3, 4)), rng.standard_normal(4)
+    grads = _gradients(rng, scale=2.0)
+    got = _fastnet_trajectory(backend, fn.AdamW(0.01, weight_decay=0.1, **clip), W0, b0, grads)
+    want = _reference_adamw(W0, b0, grads, 0.01, 0.1, **clip)
+    for (gW, gb), (wW, wb) in zip(got, want):
+        np.testing.assert_allclose(gW, wW, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(gb, wb, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("clip", [{"clip_norm": 1.0}, {"clip_value": 0.5}])
+def test_clipping_on_sgd_matches_clip_grad_functions(backend, clip):
+    rng = np.random.default_rng(1)
+    W0, b0 = rng.standard_normal((3, 4)), rng.standard_normal(4)
+    grads = _gradients(rng, scale=3.0)
+    got = _fastnet_trajectory(backend, fn.SGD(0.1, weight_decay=0.01, **clip), W0, b0, grads)
+    want = _reference_sgd_clipped(W0, b0, grads, 0.1, wd=0.01, **clip)
+    for (gW, gb), (wW, wb) in zip(got, want):
+        np.testing.assert_allclose(gW, wW, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(gb, wb, rtol=1e-12, atol=1e-12)
+
+
+def test_clipping_keeps_nan_visible(backend):
+    layer = fn.Dense(2)
+    model = fn.Sequential([layer], optimizer=fn.SGD(0.1, clip_value=1.0), backend=backend)
+    model.build(2)
+    layer.W.grad[...] = backend.asarray(np.array([[np.nan, 5.0], [-5.0, 0.5]], np.float32))
+    layer.b.grad[...] = 0
+    model.apply_gradients()
+    W = backend.to_numpy(layer.W.value)
+    assert np.isnan(W[0, 0]) and np.isfinite(W[1]).all()
+
+
+def test_optimizer_arguments_are_checked():
+    with pytest.raises(ValueError, match="clip_norm"):
+        fn.Adam(clip_norm=0)
+    with pytest.raises(ValueError, match="clip_value"):
+        fn.SGD(clip_value=-1)
+    config = fn.AdamW(1e-3, clip_norm=1.0).get_config()
+    again = fn.optimizers.optimizer_from_config(config)
+    assert isinstance(again, fn.AdamW) and again.clip_norm == 1.0 and again.weight_decay == 0.01
+
+
+@pytest.mark.parametrize("clip", [{}, {"clip_norm": 0.5}])
+def test_adamw_and_clipping_match_pytorch(backend, clip):
+    """float32, 20 steps, against torch.optim.AdamW + torch.nn.utils.clip_grad_norm_."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(2)
+    W0 = rng.standard_normal((3, 4)).astype(np.float32)
+    b0 = rng.standard_normal(4).astype(np.float32)
+    grads = [(g.astype(np.float32), h.astype(np.float32)) for g, h in _gradients(rng, 2.0)] * 3
+    tW, tb = torch.tensor(W0, requires_grad=True), torch.tensor(b0, requires_grad=True)
+    opt = torch.optim.AdamW([{"params": [tW], "weight_decay": 0.1},
+                             {"params": [tb], "weight_decay": 0.0}], lr=0.01)
+    layer = fn.Dense(4)
+    model = fn.Sequential([layer], optimizer=fn.AdamW(0.01, weight_decay=0.1, **clip),
+                          backend=backend)
+    model.build(3)
+    layer.W.value[...] = backend.asarray(W0)
+    layer.b.value[...] = backend.asarray(b0)
+    for gW, gb in grads:
+        tW.grad, tb.grad = torch.tensor(gW), torch.tensor(gb)
+        if clip:
+            torch.nn.utils.clip_grad_norm_([tW, tb], clip["clip_norm"])
+        opt.step()
+        layer.W.grad[...] = backend.asarray(gW)
+        layer.b.grad[...] = backend.asarray(gb)
+        model.apply_gradients()
+    np.testing.assert_allclose(backend.to_numpy(layer.W.value), tW.detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(backend.to_numpy(layer.b.value), tb.detach().numpy(), rtol=1e-5,
+                               atol=1e-6)
