@@ -12,7 +12,14 @@ from fastnet.backends import (
     set_backend,
     use_backend,
 )
-from fastnet.callbacks import Callback, CosineDecay, EarlyStopping
+from fastnet.callbacks import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    TerminateOnNaN,
+)
 from fastnet.checkpoint import CheckpointError
 from fastnet.data import DatasetError, load_fashion_mnist, load_mnist, one_hot, read_idx
 from fastnet.initializers import Gaussian, He, Xavier
@@ -29,6 +36,7 @@ from fastnet.layers import (
 from fastnet.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from fastnet.model import Sequential, StateError, load_model, save_model
 from fastnet.optimizers import SGD, AdaGrad, Adam, AdamW, Momentum, RMSProp
+from fastnet.schedules import CosineDecay, LearningRateScheduler, StepDecay, WarmupCosine
 from fastnet.training import TrainingDivergedError
 
 __all__ = [
@@ -39,6 +47,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BatchNorm1d",
+    "CSVLogger",
     "Callback",
     "CheckpointError",
     "CosineDecay",
@@ -46,6 +55,12 @@ __all__ = [
     "Dense",
     "Dropout",
     "EarlyStopping",
+    "LearningRateScheduler",
+    "ModelCheckpoint",
+    "ReduceLROnPlateau",
+    "StepDecay",
+    "TerminateOnNaN",
+    "WarmupCosine",
     "Gaussian",
     "He",
     "LeakyReLU",

@@ -1,18 +1,33 @@
-"""Training callbacks: hooks called by ``Sequential.fit``; ``EarlyStopping``."""
+"""Training callbacks, the hooks ``fit`` calls: ``EarlyStopping``, ``ModelCheckpoint``,
+``ReduceLROnPlateau``, ``CSVLogger``, ``TerminateOnNaN`` (learning-rate schedules live in
+``fastnet.schedules``). Files are written by rank 0 only in data-parallel training."""
 
 from __future__ import annotations
 
+import csv
 import math
-from typing import Any
+import os
+from typing import IO, Any
 
 
 class Callback:
-    """Override any hook; ``on_epoch_end`` returns True to stop training."""
+    """Override any hook; ``on_epoch_end`` returns True to stop training.
+
+    ``on_batch_begin``/``on_batch_end`` run around every step of the eager loop; when steps are
+    captured (CUDA graphs) they run at graph boundaries, between replays. ``fit`` calls them only
+    for callbacks that override them, and sets ``model.steps_per_epoch`` before
+    ``on_train_begin``. Batch logs hold ``batch`` (index) and ``size`` (rows)."""
 
     def on_train_begin(self, model: Any) -> None:
         pass
 
     def on_epoch_begin(self, model: Any, epoch: int) -> None:
+        pass
+
+    def on_batch_begin(self, model: Any, batch: int) -> None:
+        pass
+
+    def on_batch_end(self, model: Any, batch: int, logs: dict[str, float]) -> None:
         pass
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
@@ -34,12 +49,9 @@ class EarlyStopping(Callback):
         mode: str = "auto",
         restore_best_weights: bool = True,
     ) -> None:
-        if not isinstance(patience, int) or patience < 0:
-            raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
-        if mode not in ("auto", "min", "max"):
-            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-        self.monitor, self.patience, self.min_delta = monitor, patience, abs(float(min_delta))
-        self.mode = mode if mode != "auto" else ("max" if "acc" in monitor else "min")
+        self.patience = _non_negative_int(patience, "patience")
+        self.monitor, self.min_delta = monitor, abs(float(min_delta))
+        self.mode = _mode(mode, monitor)
         self.restore_best_weights = restore_best_weights
 
     def on_train_begin(self, model: Any) -> None:
@@ -84,24 +96,175 @@ class EarlyStopping(Callback):
             model.set_state(self.best_state)
 
 
-class CosineDecay(Callback):
-    """Cosine learning-rate decay of the model's optimizer over ``epochs`` epochs, from its
-    initial lr down to ``min_lr`` (set at the start of every epoch)."""
+def _non_negative_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return value
 
-    def __init__(self, epochs: int, min_lr: float = 0.0) -> None:
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-        if min_lr < 0:
-            raise ValueError(f"min_lr must be >= 0, got {min_lr!r}")
-        self.epochs, self.min_lr = epochs, float(min_lr)
-        self.base_lr: float | None = None
+
+def _mode(mode: str, monitor: str) -> str:
+    """"min" or "max" for ``monitor`` ("auto": max for accuracy-like metrics)."""
+    if mode not in ("auto", "min", "max"):
+        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+    if mode != "auto":
+        return mode
+    higher_is_better = ("acc", "precision", "recall", "f1", "score", "auc")
+    return "max" if any(word in monitor for word in higher_is_better) else "min"
+
+
+def _monitored(logs: dict[str, float], monitor: str, who: str) -> float:
+    if monitor not in logs:
+        raise KeyError(
+            f"{who} monitors {monitor!r} but the epoch logs only have {sorted(logs)}; "
+            f"pass validation_data or monitor='loss'"
+        )
+    return float(logs[monitor])
+
+
+def _main_rank() -> bool:
+    from fastnet.distributed import is_main
+
+    return is_main()
+
+
+class ModelCheckpoint(Callback):
+    """Save the model after each epoch (or only when ``monitor`` improved, with
+    ``save_best_only``). ``path`` may hold ``{epoch}`` and log keys, e.g.
+    ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``; ``.safetensors`` paths save that format. Writes
+    are atomic and the folder is checked when training starts."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        monitor: str = "val_loss",
+        save_best_only: bool = False,
+        mode: str = "auto",
+    ) -> None:
+        self.path, self.monitor = os.fspath(path), monitor
+        self.save_best_only, self.mode = bool(save_best_only), _mode(mode, monitor)
+        self.saved: list[str] = []
 
     def on_train_begin(self, model: Any) -> None:
-        if self.base_lr is None:
-            self.base_lr = model.optimizer.lr
+        from fastnet.checkpoint import check_writable
 
-    def on_epoch_begin(self, model: Any, epoch: int) -> None:
-        base = model.optimizer.lr if self.base_lr is None else self.base_lr
-        progress = min(epoch, self.epochs) / self.epochs
-        cosine = 0.5 * (1 + math.cos(math.pi * progress))
-        model.optimizer.lr = max(self.min_lr + (base - self.min_lr) * cosine, 1e-12)
+        check_writable(self.path.replace("{", "").replace("}", ""), "ModelCheckpoint path")
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        if self.save_best_only:
+            value = _monitored(logs, self.monitor, "ModelCheckpoint")
+            better = value < self.best if self.mode == "min" else value > self.best
+            if not better:
+                return False
+            self.best = value
+        path = self.path.format(epoch=epoch + 1, **logs)
+        if _main_rank():
+            model.save(path, extra={"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+        self.saved.append(path)
+        return False
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiply the learning rate by ``factor`` when ``monitor`` has not improved by
+    ``min_delta`` for ``patience`` epochs, down to ``min_lr``; wait ``cooldown`` epochs after."""
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        min_lr: float = 0.0,
+        mode: str = "auto",
+        min_delta: float = 1e-4,
+        cooldown: int = 0,
+    ) -> None:
+        if not 0 < factor < 1:
+            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
+        if min_lr < 0:
+            raise ValueError(f"min_lr must be >= 0, got {min_lr!r}")
+        self.monitor, self.factor, self.min_lr = monitor, float(factor), float(min_lr)
+        self.patience = _non_negative_int(patience, "patience")
+        self.cooldown = _non_negative_int(cooldown, "cooldown")
+        self.mode, self.min_delta = _mode(mode, monitor), abs(float(min_delta))
+
+    def on_train_begin(self, model: Any) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = self.cooling = 0
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        value = _monitored(logs, self.monitor, "ReduceLROnPlateau")
+        if self.cooling:
+            self.cooling -= 1
+        improved = (
+            value < self.best - self.min_delta
+            if self.mode == "min"
+            else value > self.best + self.min_delta
+        )
+        if improved:
+            self.best, self.wait = value, 0
+        elif not self.cooling:
+            self.wait += 1
+            if self.wait >= self.patience:
+                lr = model.optimizer.lr
+                new = max(lr * self.factor, self.min_lr)
+                if new < lr:
+                    for opt in _optimizers(model):
+                        opt.lr = max(opt.lr * self.factor, self.min_lr, 1e-12)
+                self.wait, self.cooling = 0, self.cooldown
+        return False
+
+
+def _optimizers(model: Any) -> list[Any]:
+    """The model's optimizer and every per-layer one, once each."""
+    found = [model.optimizer] + [layer.optimizer for layer in model.layers if layer.optimizer]
+    return list({id(o): o for o in found}.values())
+
+
+class CSVLogger(Callback):
+    """Append each epoch's logs (and the learning rate) as a CSV row to ``path``; ``append``
+    keeps an existing file (the header is written once)."""
+
+    def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ",") -> None:
+        self.path, self.append, self.separator = os.fspath(path), bool(append), separator
+        self.file: IO[str] | None = None
+
+    def on_train_begin(self, model: Any) -> None:
+        from fastnet.checkpoint import check_writable
+
+        check_writable(self.path, "CSVLogger path")
+        self.keys: list[str] | None = None
+        if not _main_rank():
+            return
+        exists = self.append and os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        if exists:
+            with open(self.path, newline="") as f:
+                self.keys = next(csv.reader(f, delimiter=self.separator), None)
+        self.file = open(self.path, "a" if self.append else "w", newline="")  # noqa: SIM115
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        if self.file is None:
+            return False
+        row = {"epoch": epoch + 1, **logs}
+        writer = csv.writer(self.file, delimiter=self.separator)
+        if self.keys is None:
+            self.keys = list(row)
+            writer.writerow(self.keys)
+        writer.writerow([row.get(k, "") for k in self.keys])
+        self.file.flush()
+        return False
+
+    def on_train_end(self, model: Any) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+
+class TerminateOnNaN(Callback):
+    """Stop training as soon as the epoch loss is NaN or infinite (with
+    ``on_divergence="ignore"``; the default policy already restores and stops)."""
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        if math.isfinite(logs.get("loss", 0.0)):
+            return False
+        model.stop_reason = f"TerminateOnNaN: loss became {logs['loss']} in epoch {epoch + 1}"
+        return True

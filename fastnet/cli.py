@@ -191,12 +191,13 @@ def _load(dataset: str, data_dir: str | None):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from fastnet.callbacks import CosineDecay, EarlyStopping
+    from fastnet.callbacks import EarlyStopping
     from fastnet.checkpoint import check_writable
     from fastnet.data import train_val_split
     from fastnet.layers import Dense, Dropout
     from fastnet.model import Sequential
     from fastnet.optimizers import get_optimizer
+    from fastnet.schedules import CosineDecay
 
     for flag in ("save", "plot", "json"):  # fail now, not after training
         if getattr(args, flag):

@@ -24,6 +24,10 @@ DIVERGENCE_POLICIES = ("restore", "raise", "ignore")
 CUDA_GRAPH_CHOICES = ("auto", True, False)
 
 
+def _overrides(callback: Callback, hook: str) -> bool:
+    return getattr(type(callback), hook) is not getattr(Callback, hook)
+
+
 class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or infinite."""
 
@@ -186,6 +190,8 @@ class Trainer:
     streamed: bool
     step_description: str
     _comm: Any = None
+    optimizer: Any
+    steps_per_epoch: int = 0
     _rng: np.random.Generator
 
     # ------------------------------------------------------------------ one step
@@ -326,7 +332,7 @@ class Trainer:
                 mininterval=0.5,
             )
             try:
-                loss_sum, correct_sum = run_epoch(bar.update)
+                loss_sum, correct_sum = run_epoch(bar.update, callbacks)
             except KeyboardInterrupt:
                 bar.close()
                 self.set_state(snapshot)
@@ -337,7 +343,7 @@ class Trainer:
             bar.close()
             self.backend.synchronize()
             seconds = time.perf_counter() - start
-            logs = {"loss": float(loss_sum) / n, "seconds": seconds}
+            logs = {"loss": float(loss_sum) / n, "seconds": seconds, "lr": self.optimizer.lr}
             logs["accuracy"] = float(correct_sum) / n if correct_sum is not None else float("nan")
             if not np.isfinite(logs["loss"]) and on_divergence != "ignore":
                 restored = self._restore_last_good([snapshot, previous], Xd, yd, epoch)
@@ -409,12 +415,22 @@ class Trainer:
             self.step_description = step.description
             self.backend.kernel_report["train_step"] = step.description
 
-        def run_epoch(progress: Callable[[int], Any] | None = None) -> tuple[Any, Any]:
+        self.steps_per_epoch = len(bounds)
+
+        def run_epoch(
+            progress: Callable[[int], Any] | None = None, hooks: Sequence[Callback] = ()
+        ) -> tuple[Any, Any]:
+            begin = [cb for cb in hooks if _overrides(cb, "on_batch_begin")]
+            end = [cb for cb in hooks if _overrides(cb, "on_batch_end")]
             step.begin_epoch()
-            for (xb, yb), (lo, hi) in zip(source.epoch(local, step), bounds):
+            for i, ((xb, yb), (lo, hi)) in enumerate(zip(source.epoch(local, step), bounds)):
+                for cb in begin:
+                    cb.on_batch_begin(self, i)
                 step(xb, yb)
                 if progress is not None:
                     progress(hi - lo)
+                for cb in end:
+                    cb.on_batch_end(self, i, {"batch": i, "size": hi - lo})
             return step.end_epoch()
 
         return run_epoch

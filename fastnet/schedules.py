@@ -1,0 +1,113 @@
+"""Learning-rate schedules as callbacks: ``LearningRateScheduler(fn)``, ``CosineDecay``,
+``WarmupCosine`` (per step) and ``StepDecay``. Each sets the lr of the model's optimizer and of
+every per-layer optimizer (scaled alike) at the start of an epoch, or of every step for
+per-step schedules, from the lr the optimizer had when training began."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from fastnet.callbacks import Callback, _optimizers
+
+
+class _Schedule(Callback):
+    """Maps progress in epochs (fractional for per-step schedules) to a multiple of the base
+    learning rate; subclasses implement ``factor``."""
+
+    per_step = False
+    bases: list[float] | None = None  # the optimizers' lr when training first began
+    epoch = 0
+
+    def on_train_begin(self, model: Any) -> None:
+        self.optimizers = _optimizers(model)
+        if self.bases is None:
+            self.bases = [opt.lr for opt in self.optimizers]
+        self.steps = max(1, int(getattr(model, "steps_per_epoch", 1)))
+
+    def factor(self, progress: float, base: float) -> float:
+        raise NotImplementedError
+
+    def _set(self, progress: float) -> None:
+        for opt, base in zip(self.optimizers, self.bases or []):
+            opt.lr = max(base * self.factor(progress, base), 1e-12)
+
+    def on_epoch_begin(self, model: Any, epoch: int) -> None:
+        self.epoch = epoch
+        self._set(float(epoch))
+
+    def on_batch_begin(self, model: Any, batch: int) -> None:
+        if self.per_step:
+            self._set(self.epoch + batch / self.steps)
+
+
+class _EpochSchedule(_Schedule):
+    on_batch_begin = Callback.on_batch_begin  # type: ignore[assignment]
+
+
+class LearningRateScheduler(_EpochSchedule):
+    """``fn(epoch, lr) -> new lr`` at the start of every epoch (Keras's signature; ``lr`` is
+    the current learning rate)."""
+
+    def __init__(self, fn: Callable[[int, float], float]) -> None:
+        if not callable(fn):
+            raise TypeError("LearningRateScheduler needs a function fn(epoch, lr) -> lr")
+        self.fn = fn
+
+    def on_epoch_begin(self, model: Any, epoch: int) -> None:
+        for opt in self.optimizers:
+            opt.lr = float(self.fn(epoch, opt.lr))
+
+
+class CosineDecay(_EpochSchedule):
+    """Cosine decay from the initial lr to ``min_lr`` over ``epochs`` epochs (per epoch)."""
+
+    def __init__(self, epochs: int, min_lr: float = 0.0) -> None:
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        if min_lr < 0:
+            raise ValueError(f"min_lr must be >= 0, got {min_lr!r}")
+        self.epochs, self.min_lr = epochs, float(min_lr)
+
+    def factor(self, progress: float, base: float) -> float:
+        cosine = 0.5 * (1 + math.cos(math.pi * min(progress, self.epochs) / self.epochs))
+        return (self.min_lr + (base - self.min_lr) * cosine) / base
+
+
+class WarmupCosine(_Schedule):
+    """Linear warmup from 0 over ``warmup_epochs``, then cosine decay to ``min_lr`` at
+    ``epochs``; updated every step."""
+
+    per_step = True
+
+    def __init__(self, warmup_epochs: float, epochs: int, min_lr: float = 0.0) -> None:
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
+        if not 0 <= warmup_epochs < epochs:
+            raise ValueError(f"warmup_epochs must be in [0, epochs), got {warmup_epochs!r}")
+        if min_lr < 0:
+            raise ValueError(f"min_lr must be >= 0, got {min_lr!r}")
+        self.warmup, self.epochs, self.min_lr = float(warmup_epochs), epochs, float(min_lr)
+
+    def factor(self, progress: float, base: float) -> float:
+        if progress < self.warmup:
+            return (progress + 1 / self.steps) / self.warmup  # > 0 from the first step
+        span = max(self.epochs - self.warmup, 1e-12)
+        done = min((progress - self.warmup) / span, 1.0)
+        cosine = 0.5 * (1 + math.cos(math.pi * done))
+        return (self.min_lr + (base - self.min_lr) * cosine) / base
+
+
+class StepDecay(_EpochSchedule):
+    """Multiply the lr by ``gamma`` every ``step`` epochs (PyTorch's ``StepLR``)."""
+
+    def __init__(self, step: int, gamma: float = 0.1) -> None:
+        if not isinstance(step, int) or step < 1:
+            raise ValueError(f"step must be a positive integer, got {step!r}")
+        if not 0 < gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
+        self.step, self.gamma = step, float(gamma)
+
+    def factor(self, progress: float, base: float) -> float:
+        return self.gamma ** (int(progress) // self.step)

@@ -1,0 +1,114 @@
+"""Callbacks and schedules on every backend: checkpoints on improvement, plateau reduction,
+CSV logs, NaN termination, per-step warmup, step decay, batch hooks."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+from conftest import make_blobs
+
+import fastnet as fn
+
+
+def _model(backend, **kw):
+    opt = kw.pop("optimizer", fn.Adam(1e-2))
+    return fn.Sequential([fn.Dense(16, "relu"), fn.Dense(4)], optimizer=opt, backend=backend,
+                         seed=0, **kw)
+
+
+def _data():
+    X, y = make_blobs(n=320)
+    return X[:256], y[:256], (X[256:], y[256:])
+
+
+def test_model_checkpoint_best_only_with_epoch_in_path(backend, tmp_path):
+    X, y, val = _data()
+    ckpt = fn.ModelCheckpoint(tmp_path / "m-{epoch:02d}-{val_loss:.3f}.npz", save_best_only=True)
+    model = _model(backend)
+    model.fit(X, y, epochs=4, validation_data=val, verbose=0, callbacks=[ckpt])
+    assert ckpt.saved and all((tmp_path / p.split("/")[-1]).exists() for p in ckpt.saved)
+    best = fn.model.load_model_with_meta(ckpt.saved[-1])[1]["extra"]
+    assert best["val_loss"] == pytest.approx(min(model.history["val_loss"]), rel=1e-6)
+    every = fn.ModelCheckpoint(tmp_path / "last.safetensors")
+    model.fit(X, y, epochs=2, verbose=0, callbacks=[every])
+    assert fn.load_model(tmp_path / "last.safetensors").built
+    with pytest.raises(ValueError, match="ModelCheckpoint path"):
+        model.fit(X, y, epochs=1, verbose=0,
+                  callbacks=[fn.ModelCheckpoint(tmp_path / "missing" / "m.npz")])
+
+
+def test_reduce_lr_on_plateau(backend):
+    X, y, val = _data()
+    model = _model(backend, optimizer=fn.SGD(1e-9))  # no progress: a plateau at once
+    cb = fn.ReduceLROnPlateau("loss", factor=0.5, patience=1, min_delta=1.0, min_lr=2e-10)
+    model.fit(X, y, epochs=5, verbose=0, callbacks=[cb])  # epoch 1 sets the baseline
+    assert model.history["lr"] == pytest.approx([1e-9, 1e-9, 5e-10, 2.5e-10, 2e-10])
+
+
+def test_csv_logger(backend, tmp_path):
+    X, y, val = _data()
+    path = tmp_path / "log.csv"
+    model = _model(backend)
+    model.fit(X, y, epochs=2, validation_data=val, verbose=0, callbacks=[fn.CSVLogger(path)])
+    model.fit(X, y, epochs=1, validation_data=val, verbose=0,
+              callbacks=[fn.CSVLogger(path, append=True)])
+    rows = list(csv.DictReader(path.open()))
+    assert [r["epoch"] for r in rows] == ["1", "2", "1"]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"} <= set(rows[0])
+    assert float(rows[1]["loss"]) == pytest.approx(model.history["loss"][1])
+
+
+def test_terminate_on_nan(backend):
+    X, y, _ = _data()
+    model = _model(backend, optimizer=fn.SGD(1e8))
+    with np.errstate(all="ignore"):
+        model.fit(X * 1e3, y, epochs=20, verbose=0, on_divergence="ignore",
+                  callbacks=[fn.TerminateOnNaN()])
+    assert len(model.history["loss"]) < 20 and not math.isfinite(model.history["loss"][-1])
+    assert model.stop_reason.startswith("TerminateOnNaN")
+
+
+class _Recorder(fn.Callback):
+    def __init__(self):
+        self.lrs, self.sizes = [], []
+
+    def on_batch_begin(self, model, batch):
+        self.lrs.append(model.optimizer.lr)
+
+    def on_batch_end(self, model, batch, logs):
+        self.sizes.append(logs["size"])
+
+
+def test_warmup_cosine_is_per_step_and_batch_hooks_run(backend):
+    X, y, _ = _data()
+    model = _model(backend, optimizer=fn.Adam(0.01))
+    rec = _Recorder()
+    model.fit(X, y, epochs=4, batch_size=64, verbose=0,
+              callbacks=[fn.WarmupCosine(1, 4, min_lr=1e-4), rec])
+    lrs = rec.lrs  # 4 steps per epoch: warmup 0.0025 .. 0.01, then cosine down
+    assert lrs[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])
+    assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] > 1e-4
+    assert rec.sizes == [64] * 16
+
+
+def test_step_decay_and_scheduler_function(backend):
+    X, y, _ = _data()
+    model = _model(backend, optimizer=fn.Adam(0.01))
+    model.fit(X, y, epochs=5, verbose=0, callbacks=[fn.StepDecay(2, gamma=0.5)])
+    assert model.history["lr"] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025])
+    model = _model(backend, optimizer=fn.Adam(0.01))
+    model.fit(X, y, epochs=3, verbose=0,
+              callbacks=[fn.LearningRateScheduler(lambda epoch, lr: lr * 0.1 if epoch else lr)])
+    assert model.history["lr"] == pytest.approx([0.01, 0.001, 0.0001])
+
+
+def test_schedules_reject_bad_arguments():
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        fn.WarmupCosine(5, 5)
+    with pytest.raises(ValueError, match="gamma"):
+        fn.StepDecay(1, 0)
+    with pytest.raises(ValueError, match="factor"):
+        fn.ReduceLROnPlateau(factor=2)
+    with pytest.raises(TypeError):
+        fn.LearningRateScheduler(0.1)
