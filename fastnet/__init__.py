@@ -3,6 +3,7 @@
 Importing fastnet imports neither numba nor cupy; backends load on first use.
 """
 
+from fastnet import metrics
 from fastnet._version import __version__
 from fastnet.backends import (
     Backend,
@@ -83,6 +84,7 @@ __all__ = [
     "available_backends",
     "get_backend",
     "load_fashion_mnist",
+    "metrics",
     "load_mnist",
     "load_model",
     "one_hot",

@@ -288,6 +288,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     if peak is not None:
         summary += f"  peak device memory {peak / 2**20:.1f} MiB"
     say(summary, flush=True)
+    cm = model.confusion_matrix(X_test, y_test) if model.history.get("loss") else None
+    if cm is not None:
+        say("test confusion matrix (rows: true class, columns: predicted)")
+        say(format_confusion(cm))
+        say(
+            f"test macro precision {test['precision']:.4f}  recall {test['recall']:.4f}  "
+            f"f1 {test['f1']:.4f}"
+            + (f"  top-5 accuracy {test['top5_accuracy']:.4f}" if "top5_accuracy" in test else "")
+        )
     if not main_rank:
         return 130 if interrupted else 0
     if args.save:
@@ -300,6 +309,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             model.history, args.plot, title=f"{args.dataset} MLP {arch} ({model.backend.name})"
         )
         print(f"wrote learning curves to {args.plot}")
+        if cm is not None:
+            from fastnet.plot import confusion_path, plot_confusion
+
+            plot_confusion(cm, confusion_path(args.plot), title=f"{args.dataset} test set")
+            print(f"wrote the confusion matrix to {confusion_path(args.plot)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(
@@ -308,6 +322,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     "test": test,
                     "backend": model.backend.name,
                     "s_per_epoch": per_epoch,
+                    "confusion_matrix": cm.tolist() if cm is not None else None,
                     "args": {k: v for k, v in vars(args).items() if k != "func"},
                 },
                 f,
@@ -323,6 +338,14 @@ def _verbosity(args: argparse.Namespace) -> int:
     if args.verbose == 1 and os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
         return 2
     return int(args.verbose)
+
+
+def format_confusion(cm: np.ndarray) -> str:
+    """A confusion matrix as an aligned text table with class indices."""
+    width = max(4, len(str(int(cm.max()))) + 1)
+    head = "true\\pred" + "".join(f"{j:>{width}}" for j in range(cm.shape[1]))
+    rows = [f"{i:>9}" + "".join(f"{int(v):>{width}}" for v in row) for i, row in enumerate(cm)]
+    return "\n".join([head, *rows])
 
 
 def _silent(*args: object, **kwargs: object) -> None:

@@ -19,7 +19,13 @@ from fastnet.losses import Loss, get_loss
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter, ParameterArena
 from fastnet.training import Trainer, TrainingDivergedError
-from fastnet.validation import check_dtype, check_features, check_positive_int, check_targets
+from fastnet.validation import (
+    check_dtype,
+    check_features,
+    check_positive_int,
+    check_targets,
+    host_array,
+)
 
 
 class StateError(ValueError):
@@ -179,13 +185,21 @@ class Sequential(Trainer):
         """Predicted class indices for classifiers, raw outputs otherwise (NumPy)."""
         return self.loss.predict_labels(self.predict_raw(X))
 
-    def evaluate(self, X: Any, y: Any) -> dict[str, float]:
-        """Mean loss and accuracy (NaN where undefined) on ``(X, y)``."""
+    def evaluate(self, X: Any, y: Any, top_k: int | None = 5) -> dict[str, float]:
+        """Mean loss and accuracy (NaN where undefined) on ``(X, y)``; for softmax classifiers
+        also macro ``precision``, ``recall``, ``f1`` and ``top{k}_accuracy`` (k < classes)."""
         self._require_built()
         Xd = self._features(X, "X")
         yd = self._targets(y, "y", Xd.shape[0], self.output_dim)
-        loss, acc = self._evaluate_device(Xd, yd)
-        return {"loss": loss, "accuracy": acc}
+        return self._evaluate_device(Xd, yd, top_k)
+
+    def confusion_matrix(self, X: Any, y: Any) -> np.ndarray:
+        """Counts of true class (rows) against predicted class (columns) on ``(X, y)``."""
+        from fastnet.metrics import confusion_matrix
+
+        labels = host_array(y, "y")
+        labels = labels.argmax(axis=1) if labels.ndim == 2 else labels
+        return confusion_matrix(labels, self.predict(X), self.output_dim)
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.callbacks import Callback
+from fastnet.metrics import confusion_matrix, macro_scores, top_k_correct
 from fastnet.validation import as_input, check_positive_int
 
 DIVERGENCE_POLICIES = ("restore", "raise", "ignore")
@@ -190,6 +191,7 @@ class Trainer:
     streamed: bool
     step_description: str
     _comm: Any = None
+    _top_k: int | None = 5
     optimizer: Any
     steps_per_epoch: int = 0
     _rng: np.random.Generator
@@ -226,6 +228,7 @@ class Trainer:
         cuda_graph: bool | str = "auto",
         distributed: bool = False,
         comm: str = "mpi",
+        top_k: int | None = 5,
     ) -> dict[str, list[float]]:
         """Train for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches.
 
@@ -236,7 +239,9 @@ class Trainer:
         ``TrainingDivergedError`` ("raise"). On ``KeyboardInterrupt`` the weights of the last
         finished epoch are restored and the interrupt is re-raised. ``cuda_graph``: "auto" uses
         the backend's compiled step when the model qualifies, True requires it, False forces
-        eager steps; ``step_description`` says which ran and why.
+        eager steps; ``step_description`` says which ran and why. With ``validation_data`` the
+        history also holds ``val_precision``/``val_recall``/``val_f1`` (macro) and, for more than
+        ``top_k`` classes, ``val_top{k}_accuracy`` (softmax classifiers).
 
         ``distributed=True`` (under ``mpirun``; see ``fastnet.distributed``) trains data-parallel
         over the job's ranks with the same semantics as one process: ``batch_size`` is the
@@ -278,6 +283,7 @@ class Trainer:
         if group is not None:
             self._broadcast_state(group)
         self._comm = group
+        self._top_k = top_k
         self.streamed = streamed
         n = Xd.shape[0]
         run_epoch = self._runner(Xd, yd, batch_size, shuffle, cuda_graph, streamed, group)
@@ -356,7 +362,8 @@ class Trainer:
                 break
             previous = snapshot
             if val is not None:
-                logs["val_loss"], logs["val_accuracy"] = self._evaluate_device(*val)
+                for key, value in self._evaluate_device(*val, top_k=self._top_k).items():
+                    logs[f"val_{key}"] = value
             if verbose:
                 print(self._epoch_line(epoch + 1, epochs, logs), flush=True)
             stop = False
@@ -499,30 +506,44 @@ class Trainer:
         return total / X.shape[0]
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate_device(self, Xd: Any, yd: Any) -> tuple[float, float]:
+    def _evaluate_device(self, Xd: Any, yd: Any, top_k: int | None = None) -> dict[str, float]:
+        """Loss and accuracy; for softmax classifiers also macro precision / recall / F1 and,
+        with ``top_k`` below the class count, top-k accuracy. Data-parallel: each rank takes
+        its slice and the sums are reduced over ranks."""
         group = getattr(self, "_comm", None)
-        if group is not None and group.world_size > 1:
-            return self._evaluate_distributed(Xd, yd, group)
-        outputs = self._batched_outputs(Xd)
-        loss, _ = self.loss.compute(outputs, yd)
-        correct = self.loss.count_correct(outputs, yd)
-        acc = float(correct) / Xd.shape[0] if correct is not None else float("nan")
-        return float(loss), acc
-
-    def _evaluate_distributed(self, Xd: Any, yd: Any, group: Any) -> tuple[float, float]:
-        """Each rank evaluates its slice; loss and correct counts are summed over ranks."""
-        from fastnet.distributed import rank_slice
-
         n = Xd.shape[0]
-        lo, hi = rank_slice(0, n, group.rank, group.world_size)
-        totals = np.zeros(3)
+        lo, hi = (0, n)
+        if group is not None and group.world_size > 1:
+            from fastnet.distributed import rank_slice
+
+            lo, hi = rank_slice(0, n, group.rank, group.world_size)
+        classes = self.output_dim if self.loss.name == "softmax_cross_entropy" else 0
+        k = top_k if top_k is not None and 0 < top_k < classes else 0
+        sums = np.zeros(4 + classes * classes)  # loss, correct, counted, top-k, confusion
         if hi > lo:
             outputs = self._batched_outputs(Xd[lo:hi])
-            loss, _ = self.loss.compute(outputs, yd[lo:hi])
-            correct = self.loss.count_correct(outputs, yd[lo:hi])
-            totals[:] = float(loss) * (hi - lo), float(correct or 0), float(correct is not None)
-        group.allreduce(totals)
-        return float(totals[0] / n), float(totals[1] / n) if totals[2] > 0 else float("nan")
+            targets = yd[lo:hi]
+            loss, _ = self.loss.compute(outputs, targets)
+            correct = self.loss.count_correct(outputs, targets)
+            sums[:3] = float(loss) * (hi - lo), float(correct or 0), float(correct is not None)
+            if classes:
+                labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
+                if k:
+                    sums[3] = float(top_k_correct(outputs, labels, k, self.backend.xp))
+                cm = confusion_matrix(
+                    self.backend.to_numpy(labels),
+                    self.backend.to_numpy(outputs.argmax(axis=1)),
+                    classes,
+                )
+                sums[4:] = cm.ravel()
+        if group is not None and group.world_size > 1:
+            group.allreduce(sums)
+        logs = {"loss": sums[0] / n, "accuracy": sums[1] / n if sums[2] else float("nan")}
+        if classes:
+            logs.update(macro_scores(sums[4:].reshape(classes, classes)))
+            if k:
+                logs[f"top{k}_accuracy"] = sums[3] / n
+        return {key: float(v) for key, v in logs.items()}
 
     def _batched_outputs(self, Xd: Any, batch_size: int = 8192) -> Any:
         xp = self.backend.xp
@@ -546,6 +567,10 @@ class Trainer:
     # ------------------------------------------------------------------ supplied by the model
     @property
     def built(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def output_dim(self) -> int:
         raise NotImplementedError
 
     def build(self, input_dim: int) -> Any:

@@ -112,3 +112,31 @@ def test_schedules_reject_bad_arguments():
         fn.ReduceLROnPlateau(factor=2)
     with pytest.raises(TypeError):
         fn.LearningRateScheduler(0.1)
+
+
+def test_metrics_in_evaluate_history_and_against_scikit_learn(backend):
+    X, y, val = _data()
+    model = _model(backend)
+    h = model.fit(X, y, epochs=2, validation_data=val, verbose=0, top_k=2)
+    for key in ("val_precision", "val_recall", "val_f1", "val_top2_accuracy"):
+        assert len(h[key]) == 2 and 0 <= h[key][-1] <= 1
+    scores = model.evaluate(*val, top_k=2)
+    cm = model.confusion_matrix(*val)
+    assert cm.sum() == len(val[1]) and np.trace(cm) / cm.sum() == pytest.approx(
+        scores["accuracy"]
+    )
+    metrics = pytest.importorskip("sklearn.metrics")
+    pred = model.predict(val[0])
+    np.testing.assert_array_equal(cm, metrics.confusion_matrix(val[1], pred, labels=range(4)))
+    for name in ("precision", "recall", "f1"):
+        want = getattr(metrics, f"{name}_score")(val[1], pred, average="macro", zero_division=0)
+        assert scores[name] == pytest.approx(want)
+    want = metrics.top_k_accuracy_score(val[1], model.predict_proba(val[0]), k=2)
+    assert scores["top2_accuracy"] == pytest.approx(want)
+
+
+def test_macro_scores_of_a_class_never_predicted():
+    cm = fn.metrics.confusion_matrix([0, 0, 1, 1, 2], [0, 0, 0, 1, 1], 4)
+    scores = fn.metrics.macro_scores(cm)  # class 2 never predicted, class 3 absent
+    assert scores["precision"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
+    assert scores["recall"] == pytest.approx((1 + 1 / 2 + 0) / 3)

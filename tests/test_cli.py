@@ -40,8 +40,11 @@ def test_train_save_evaluate_plot(data_dir, tmp_path, capsys):
     assert "epoch   2/2" in out and "test accuracy" in out and "backend numpy" in out
     assert "s/epoch" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "c-confusion.png").read_bytes()[:4] == b"\x89PNG"
+    assert "test confusion matrix" in out and "true\\pred" in out and "macro precision" in out
     history = json.loads(js.read_text())
     assert len(history["history"]["loss"]) == 2
+    assert sum(map(sum, history["confusion_matrix"])) == 100
     assert main(["evaluate", str(ckpt), "--data-dir", str(data_dir), "--backend", "numpy"]) == 0
     assert "test accuracy" in capsys.readouterr().out
 
