@@ -66,6 +66,7 @@ def stripped_epoch(
     alpha, inv_n = f32(0.01), f32(1.0 / batch)
     beta1, beta2 = f32(0.9), f32(0.999)
     one, inf = f32(1), f32(np.inf)
+    no_weights = np.empty(0, np.float32)
     n, last = len(X), len(shapes) - 1
     state = {"t": 0}
 
@@ -78,7 +79,7 @@ def stripped_epoch(
                 k.bias_act(h, b, act, alpha)
             inp = h
         if elementwise:
-            loss = k.softmax_xent(hs[-1], yb, dzs[-1], inv_n, True)
+            loss = k.softmax_xent(hs[-1], yb, dzs[-1], inv_n, True, no_weights)
         dy = dzs[-1]
         for i in range(last, -1, -1):
             dz = dy

@@ -17,7 +17,9 @@ from typing import IO, Any
 
 import numpy as np
 
-FORMAT_VERSION = 1
+#: 2 signs the config (and extra) as well as the arrays; version 1 files (arrays only) still load
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 META_KEY = "__fastnet_meta__"
 
 
@@ -25,8 +27,12 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, truncated, corrupted, tampered with or incompatible."""
 
 
-def _digest(arrays: dict[str, np.ndarray]) -> str:
+def _digest(arrays: dict[str, np.ndarray], signed: Any = None) -> str:
+    """SHA-256 of the arrays (names, dtypes, shapes, bytes) and, from format version 2, of the
+    JSON-able ``signed`` metadata (config and extra)."""
     h = hashlib.sha256()
+    if signed is not None:
+        h.update(json.dumps(signed, sort_keys=True).encode())
     for key in sorted(arrays):
         arr = np.ascontiguousarray(arrays[key])
         h.update(f"{key}|{arr.dtype.str}|{arr.shape}|".encode())
@@ -159,7 +165,7 @@ def _read_safetensors(path: str, raw: bytes) -> tuple[dict, dict[str, np.ndarray
         raise CheckpointError(f"{path!r} is a safetensors file but not a fastnet checkpoint")
     try:
         meta = {
-            "format_version": int(metadata["format_version"]),
+            "format_version": int(metadata["format_version"]),  # checked by _verified
             "fastnet_version": metadata.get("fastnet_version", ""),
             "config": json.loads(metadata["config"]),
             "backend": metadata.get("backend", ""),
@@ -190,7 +196,7 @@ def write_checkpoint(
             "fastnet_version": __version__,
             "config": json.dumps(config),
             "backend": backend,
-            "sha256": _digest(arrays),
+            "sha256": _digest(arrays, [config, extra or {}]),
             "extra": json.dumps(extra or {}),
         }
         chunks = _safetensors_bytes(arrays, metadata)
@@ -201,7 +207,7 @@ def write_checkpoint(
         "fastnet_version": __version__,
         "config": config,
         "backend": backend,
-        "sha256": _digest(arrays),
+        "sha256": _digest(arrays, [config, extra or {}]),
         "extra": extra or {},
     }
     arrays[META_KEY] = np.array(json.dumps(meta))
@@ -260,14 +266,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
 
 def _verified(path: str, meta: Any, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:
     version = meta.get("format_version") if isinstance(meta, dict) else None
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise CheckpointError(
             f"{path!r} has checkpoint format version {version!r}; this fastnet "
-            f"reads version {FORMAT_VERSION}"
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
-    if meta.get("sha256") != _digest(arrays):
+    signed = None if version == 1 else [meta.get("config"), meta.get("extra", {})]
+    if meta.get("sha256") != _digest(arrays, signed):
         raise CheckpointError(
-            f"{path!r} failed its integrity check: the arrays do not match the "
+            f"{path!r} failed its integrity check: the arrays or config do not match the "
             f"recorded SHA-256 (file modified or damaged)"
         )
     return meta, arrays

@@ -31,19 +31,25 @@ class Loss:
             raise RuntimeError(f"{type(self).__name__} is not built: call build(backend) first")
         return self._backend
 
-    def __call__(self, outputs: Any, targets: Any) -> tuple[Any, Any]:
-        """Loss value and gradient, after checking shapes and target values."""
+    def __call__(self, outputs: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
+        """Loss value and gradient, after checking shapes and target values. ``weights``
+        (one per row) weight each row; the mean stays over the rows (Keras's normalisation)."""
         _check_pair(self, outputs, targets)
         bad = self.invalid_targets(targets, self._xp(targets))
         if bad:
             raise ValueError(f"{type(self).__name__}: {bad}")
-        return self.compute(outputs, targets)
+        if weights is not None and tuple(weights.shape) != (outputs.shape[0],):
+            raise ValueError(
+                f"{type(self).__name__}: weights of shape {tuple(weights.shape)} for "
+                f"{outputs.shape[0]} rows"
+            )
+        return self.compute(outputs, targets, weights)
 
     def _xp(self, a: Any) -> Any:
         backend = self._backend
         return backend.xp if backend is not None and backend.is_native(a) else np
 
-    def compute(self, outputs: Any, targets: Any) -> tuple[Any, Any]:
+    def compute(self, outputs: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         """Loss value and gradient without value checks (targets validated already)."""
         raise NotImplementedError
 
@@ -101,8 +107,23 @@ class SoftmaxCrossEntropy(Loss):
     name = "softmax_cross_entropy"
     classification = True
 
-    def compute(self, logits: Any, targets: Any) -> tuple[Any, Any]:
-        return self.backend.softmax_xent(logits, targets)
+    def __init__(self, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.label_smoothing = float(label_smoothing)
+
+    def compute(self, logits: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
+        return self.backend.softmax_xent(
+            logits, targets, weights=weights, label_smoothing=self.label_smoothing
+        )
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "label_smoothing": self.label_smoothing}
+
+    def __repr__(self) -> str:
+        smoothing = f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
+        return f"SoftmaxCrossEntropy({smoothing})"
 
     def invalid_targets(self, targets: Any, xp: Any = np) -> str:
         if targets.ndim == 1:
@@ -139,14 +160,17 @@ class SigmoidBinaryCrossEntropy(Loss):
     def predict_labels(self, outputs: np.ndarray) -> np.ndarray:
         return (outputs > 0).astype(np.int64)
 
-    def compute(self, logits: Any, targets: Any) -> tuple[Any, Any]:
+    def compute(self, logits: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         xp = self.backend.xp
         if targets.ndim == 1:
             targets = targets.reshape(-1, 1)
         targets = targets.astype(logits.dtype, copy=False)
-        loss = (xp.maximum(logits, 0) - logits * targets + xp.log1p(xp.exp(-xp.abs(logits)))).mean()
+        elements = xp.maximum(logits, 0) - logits * targets + xp.log1p(xp.exp(-xp.abs(logits)))
         grad = (self.predict_output(logits) - targets) / logits.size
-        return loss, grad
+        if weights is not None:
+            w = weights.reshape(-1, 1).astype(logits.dtype, copy=False)
+            elements, grad = elements * w, grad * w
+        return elements.mean(), grad
 
     def predict_output(self, logits: Any) -> Any:
         return self.backend.activation(logits, Act.SIGMOID)
@@ -162,11 +186,15 @@ class MeanSquaredError(Loss):
 
     name = "mean_squared_error"
 
-    def compute(self, outputs: Any, targets: Any) -> tuple[Any, Any]:
+    def compute(self, outputs: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         if targets.ndim == 1:
             targets = targets.reshape(outputs.shape)
         diff = outputs - targets.astype(outputs.dtype, copy=False)
-        return (diff * diff).mean(), diff * (2.0 / diff.size)
+        squares, grad = diff * diff, diff * (2.0 / diff.size)
+        if weights is not None:
+            w = weights.reshape(-1, 1).astype(outputs.dtype, copy=False)
+            squares, grad = squares * w, grad * w
+        return squares.mean(), grad
 
 
 LOSSES = {
@@ -180,9 +208,17 @@ ALIASES = {
 }
 
 
-def get_loss(spec: str | Loss) -> Loss:
+def get_loss(spec: str | dict | Loss) -> Loss:
+    """A loss from a name (or alias), a config dict (``get_config``) or an instance."""
     if isinstance(spec, Loss):
         return spec
+    if isinstance(spec, dict):
+        config = dict(spec)
+        name = config.pop("name", None)
+        key = ALIASES.get(name, name) if isinstance(name, str) else name
+        if key not in LOSSES:
+            raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
+        return LOSSES[key](**config)
     key = ALIASES.get(spec, spec) if isinstance(spec, str) else spec
     if key not in LOSSES:
         raise ValueError(f"unknown loss {spec!r}; expected one of {', '.join(LOSSES)}")

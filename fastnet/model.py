@@ -165,6 +165,41 @@ class Sequential(Trainer):
             val = (Xv, self._targets(validation_data[1], "y_val", Xv.shape[0], width))
         return Xd, yd, val
 
+    def validate_weights(
+        self, sample_weight: Any, class_weight: Any, y: Any, n: int, on_device: bool = True
+    ) -> Any:
+        """Per-row weights from ``sample_weight`` and ``class_weight`` (None when neither is
+        given or all are 1, so the unweighted kernels run); checked, changing nothing."""
+        if sample_weight is None and not class_weight:
+            return None
+        w = np.ones(n)
+        if sample_weight is not None:
+            sw = host_array(sample_weight, "sample_weight")
+            if sw.dtype.kind not in "biuf" or sw.shape != (n,):
+                raise ValueError(
+                    f"sample_weight must hold {n} numbers (one per row), got {sw.dtype} "
+                    f"{sw.shape}"
+                )
+            if not np.isfinite(sw).all() or (sw < 0).any():
+                raise ValueError("sample_weight must be finite and non-negative")
+            w *= sw
+        if class_weight:
+            if not isinstance(class_weight, dict):
+                raise TypeError("class_weight must be a dict {label: weight}")
+            labels = host_array(y, "y")
+            labels = labels.argmax(axis=1) if labels.ndim == 2 and labels.shape[1] > 1 else labels
+            labels = np.rint(labels.reshape(-1)).astype(np.int64)
+            for label, weight in class_weight.items():
+                if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+                    raise ValueError(f"class_weight keys must be integer labels, got {label!r}")
+                if not (isinstance(weight, (int, float, np.number)) and 0 <= weight < np.inf):
+                    raise ValueError(f"class_weight[{label}] must be finite and >= 0")
+                w[labels == label] *= float(weight)
+        if (w == 1).all():
+            return None
+        w = w.astype(self.dtype)
+        return self.backend.asarray(w) if on_device else w
+
     # ------------------------------------------------------------------ inference
     def _require_built(self) -> None:
         if not self.built:
@@ -300,7 +335,7 @@ class Sequential(Trainer):
     def get_config(self) -> dict[str, Any]:
         return {
             "layers": [layer.get_config() for layer in self.layers],
-            "loss": self.loss.name,
+            "loss": self.loss.get_config() if len(self.loss.get_config()) > 1 else self.loss.name,
             "optimizer": self.optimizer.get_config(),
             "dtype": self.dtype.name,
             "seed": self.seed,

@@ -46,23 +46,27 @@ class ResidentBatches:
     """Device-resident ``(X, y)``: each epoch a permutation on the device, one gather per batch
     (into the step's own input buffers when it has them)."""
 
-    def __init__(self, X: Any, y: Any, backend: Any, seed: int, shuffle: bool) -> None:
-        self.X, self.y, self.backend, self.shuffle = X, y, backend, shuffle
+    def __init__(
+        self, X: Any, y: Any, backend: Any, seed: int, shuffle: bool, w: Any = None
+    ) -> None:
+        self.X, self.y, self.w, self.backend, self.shuffle = X, y, w, backend, shuffle
         self.rng = backend.rng(seed)
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
-    def epoch(self, bounds: Sequence[tuple[int, int]], step: Any) -> Iterator[tuple[Any, Any]]:
+    def epoch(self, bounds: Sequence[tuple[int, int]], step: Any) -> Iterator[tuple[Any, ...]]:
         backend, n = self.backend, len(self)
         order = backend.permutation(self.rng, n) if self.shuffle else backend.xp.arange(n)
         for lo, hi in bounds:
             idx = order[lo:hi]
             out = step.batch_buffers(hi - lo)
+            wb = None if self.w is None else backend.take_rows(self.w, idx)
             if out is None:
-                yield backend.take_rows(self.X, idx), backend.take_rows(self.y, idx)
+                yield backend.take_rows(self.X, idx), backend.take_rows(self.y, idx), wb
             else:
-                yield backend.take_rows(self.X, idx, out[0]), backend.take_rows(self.y, idx, out[1])
+                xb = backend.take_rows(self.X, idx, out[0])
+                yield xb, backend.take_rows(self.y, idx, out[1]), wb
 
 
 class StreamedBatches:
@@ -77,16 +81,17 @@ class StreamedBatches:
         backend: Any,
         seed: int,
         shuffle: bool,
+        w: np.ndarray | None = None,
         chunk_batches: int = 64,
     ) -> None:
-        self.X, self.y, self.backend, self.shuffle = X, y, backend, shuffle
+        self.X, self.y, self.w, self.backend, self.shuffle = X, y, w, backend, shuffle
         self.rng = np.random.default_rng(seed)
         self.chunk_batches = chunk_batches
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
-    def epoch(self, bounds: Sequence[tuple[int, int]], step: Any) -> Iterator[tuple[Any, Any]]:
+    def epoch(self, bounds: Sequence[tuple[int, int]], step: Any) -> Iterator[tuple[Any, ...]]:
         backend, X, y = self.backend, self.X, self.y
         per = self.chunk_batches
         chunks = [bounds[i : i + per] for i in range(0, len(bounds), per)]
@@ -103,8 +108,10 @@ class StreamedBatches:
             np.take(y, order[c0:c1], axis=0, out=pinned_y[:m], mode="clip")
             backend.copy_from_host(dev_x[:m], pinned_x[:m])
             backend.copy_from_host(dev_y[:m], pinned_y[:m])
+            w = None if self.w is None else backend.asarray(self.w[order[c0:c1]])
             for lo, hi in chunk:
-                yield dev_x[lo - c0 : hi - c0], dev_y[lo - c0 : hi - c0]
+                wb = None if w is None else w[lo - c0 : hi - c0]
+                yield dev_x[lo - c0 : hi - c0], dev_y[lo - c0 : hi - c0], wb
 
 
 class EagerStep:
@@ -122,8 +129,8 @@ class EagerStep:
         self.loss_sum: Any = 0.0
         self.correct_sum: Any = None
 
-    def __call__(self, xb: Any, yb: Any) -> None:
-        loss, correct = self.model.train_step(xb, yb)
+    def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
+        loss, correct = self.model.train_step(xb, yb, wb)
         self._accumulate(loss, correct, xb.shape[0])
 
     def _accumulate(self, loss: Any, correct: Any, n: int) -> None:
@@ -152,13 +159,13 @@ class DistributedStep(EagerStep):
         super().begin_epoch()
         self.batch_index = 0
 
-    def __call__(self, xb: Any, yb: Any) -> None:
+    def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
         model, n = self.model, xb.shape[0]
         share = n / self.global_sizes[self.batch_index]
         self.batch_index += 1
         if n:
             logits = model.forward(xb, training=True)
-            loss, dlogits = model.loss.compute(logits, yb)
+            loss, dlogits = model.loss.compute(logits, yb, wb)
             correct = model.loss.count_correct(logits, yb)
             model.backward(dlogits)
             self._accumulate(loss, correct, n)
@@ -197,10 +204,11 @@ class Trainer:
     _rng: np.random.Generator
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, xb: Any, yb: Any) -> tuple[Any, Any]:
-        """Forward, backward and update on one batch; returns (loss, correct count) on device."""
+    def train_step(self, xb: Any, yb: Any, wb: Any = None) -> tuple[Any, Any]:
+        """Forward, backward and update on one batch (rows weighted by ``wb`` if given);
+        returns (loss, correct count) on the device."""
         logits = self.forward(xb, training=True)
-        loss, dlogits = self.loss.compute(logits, yb)
+        loss, dlogits = self.loss.compute(logits, yb, wb)
         correct = self.loss.count_correct(logits, yb)
         self.backward(dlogits)
         self.arena.update()
@@ -229,6 +237,8 @@ class Trainer:
         distributed: bool = False,
         comm: str = "mpi",
         top_k: int | None = 5,
+        sample_weight: Any = None,
+        class_weight: dict | None = None,
     ) -> dict[str, list[float]]:
         """Train for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches.
 
@@ -242,6 +252,10 @@ class Trainer:
         eager steps; ``step_description`` says which ran and why. With ``validation_data`` the
         history also holds ``val_precision``/``val_recall``/``val_f1`` (macro) and, for more than
         ``top_k`` classes, ``val_top{k}_accuracy`` (softmax classifiers).
+
+        ``sample_weight`` (one non-negative weight per row) and ``class_weight`` ({label:
+        weight}) weight each row's loss and gradient, normalised over the batch size as Keras
+        does; the epoch's ``loss`` is the weighted mean.
 
         ``distributed=True`` (under ``mpirun``; see ``fastnet.distributed``) trains data-parallel
         over the job's ranks with the same semantics as one process: ``batch_size`` is the
@@ -270,6 +284,7 @@ class Trainer:
                 f"too large ({n_bytes / 2**30:.2f} GiB) and would be streamed"
             )
         Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
+        wd = self.validate_weights(sample_weight, class_weight, y, Xd.shape[0], not streamed)
         group = None
         if distributed:
             from fastnet import distributed as dist
@@ -286,7 +301,7 @@ class Trainer:
         self._top_k = top_k
         self.streamed = streamed
         n = Xd.shape[0]
-        run_epoch = self._runner(Xd, yd, batch_size, shuffle, cuda_graph, streamed, group)
+        run_epoch = self._runner(Xd, yd, batch_size, shuffle, cuda_graph, streamed, group, wd)
         try:
             return self._epochs(
                 run_epoch, n, Xd, yd, val, epochs, callbacks, verbose, on_divergence
@@ -400,20 +415,21 @@ class Trainer:
         cuda_graph: bool | str,
         streamed: bool,
         group: Any = None,
+        weights: Any = None,
     ) -> Callable[..., tuple[Any, Any]]:
         seed = int(self._rng.integers(2**31))
         world = 1 if group is None else group.world_size
         if group is not None:
             seed = group.broadcast_object(seed)  # the same permutation on every rank
         source: ResidentBatches | StreamedBatches = (
-            StreamedBatches(Xd, yd, self.backend, seed, shuffle)
+            StreamedBatches(Xd, yd, self.backend, seed, shuffle, weights)
             if streamed
-            else ResidentBatches(Xd, yd, self.backend, seed, shuffle)
+            else ResidentBatches(Xd, yd, self.backend, seed, shuffle, weights)
         )
         bounds = batch_bounds(Xd.shape[0], batch_size, self.min_batch_rows() * world)
         local = bounds
         if group is None:
-            step = self._make_step(batch_size, cuda_graph, streamed)
+            step = self._make_step(batch_size, cuda_graph, streamed, weights is not None)
         else:
             from fastnet.distributed import rank_slice
 
@@ -430,10 +446,10 @@ class Trainer:
             begin = [cb for cb in hooks if _overrides(cb, "on_batch_begin")]
             end = [cb for cb in hooks if _overrides(cb, "on_batch_end")]
             step.begin_epoch()
-            for i, ((xb, yb), (lo, hi)) in enumerate(zip(source.epoch(local, step), bounds)):
+            for i, ((xb, yb, wb), (lo, hi)) in enumerate(zip(source.epoch(local, step), bounds)):
                 for cb in begin:
                     cb.on_batch_begin(self, i)
-                step(xb, yb)
+                step(xb, yb, wb)
                 if progress is not None:
                     progress(hi - lo)
                 for cb in end:
@@ -454,14 +470,23 @@ class Trainer:
                 group.broadcast(buf)
             layer.fork_random_stream(group.rank)  # e.g. distinct dropout masks per rank
 
-    def _make_step(self, batch_size: int, cuda_graph: bool | str, streamed: bool) -> Any:
-        step = self._choose_step(batch_size, cuda_graph, streamed)
+    def _make_step(
+        self, batch_size: int, cuda_graph: bool | str, streamed: bool, weighted: bool = False
+    ) -> Any:
+        step = self._choose_step(batch_size, cuda_graph, streamed, weighted)
         self.backend.kernel_report["train_step"] = self.step_description
         return step
 
-    def _choose_step(self, batch_size: int, cuda_graph: bool | str, streamed: bool) -> Any:
+    def _choose_step(
+        self, batch_size: int, cuda_graph: bool | str, streamed: bool, weighted: bool
+    ) -> Any:
         if cuda_graph is False:
             self.step_description = "eager (cuda_graph=False)"
+            return EagerStep(self)
+        if weighted:
+            if cuda_graph is True:
+                raise ValueError("cuda_graph=True: weighted losses are not captured yet")
+            self.step_description = "eager (weighted losses are not captured yet)"
             return EagerStep(self)
         if streamed:
             self.step_description = "eager (data streamed from the host)"
@@ -579,6 +604,11 @@ class Trainer:
     def validate_fit_data(
         self, X: Any, y: Any, validation_data: Any, on_device: bool
     ) -> tuple[Any, Any, tuple[Any, Any] | None]:
+        raise NotImplementedError
+
+    def validate_weights(
+        self, sample_weight: Any, class_weight: Any, y: Any, n: int, on_device: bool
+    ) -> Any:
         raise NotImplementedError
 
     def get_state(self) -> dict[str, Any]:

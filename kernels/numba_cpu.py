@@ -189,33 +189,51 @@ def _softmax_xent_row(x, label, d, inv_n, poly, bits, fast_exp):
     return math.log(total) - shifted_label
 
 
+@njit(**INLINE)
+def _weight_row(d, w):
+    """Scale a finished gradient row by its sample weight."""
+    for j in range(d.shape[0]):
+        d[j] *= w
+
+
 @njit(**REDUCE)
-def softmax_xent(logits, labels, dlogits, inv_n, fast_exp):
+def softmax_xent(logits, labels, dlogits, inv_n, fast_exp, weights):
     """Mean softmax cross-entropy of integer ``labels``; writes ``dlogits``, returns the loss.
 
     ``inv_n`` is ``1 / n`` in the logits' dtype (keeps the arithmetic in that precision);
-    ``fast_exp`` selects the vectorized float32 exp (pass it for float32 only).
+    ``fast_exp`` selects the vectorized float32 exp (pass it for float32 only). ``weights``
+    (length n, or empty for none) weights each row's loss and gradient; the mean stays over n.
     """
     n, m = logits.shape
     poly = np.empty(m, dtype=dlogits.dtype)
     bits = np.empty(m, dtype=np.int32)
+    weighted = weights.shape[0] == n
     loss = 0.0
     for i in range(n):
-        loss += _softmax_xent_row(logits[i], labels[i], dlogits[i], inv_n, poly, bits, fast_exp)
+        row = _softmax_xent_row(logits[i], labels[i], dlogits[i], inv_n, poly, bits, fast_exp)
+        if weighted:
+            _weight_row(dlogits[i], weights[i])
+            row *= weights[i]
+        loss += row
     return loss / n
 
 
 @njit(**REDUCE_PARALLEL)
-def softmax_xent_parallel(logits, labels, dlogits, inv_n, fast_exp):
+def softmax_xent_parallel(logits, labels, dlogits, inv_n, fast_exp, weights):
     n, m = logits.shape
     chunks = min(n, 64)
     losses = np.zeros(chunks)
+    weighted = weights.shape[0] == n
     for c in prange(chunks):
         poly = np.empty(m, dtype=dlogits.dtype)
         bits = np.empty(m, dtype=np.int32)
         acc = 0.0
         for i in range(c * n // chunks, (c + 1) * n // chunks):
-            acc += _softmax_xent_row(logits[i], labels[i], dlogits[i], inv_n, poly, bits, fast_exp)
+            row = _softmax_xent_row(logits[i], labels[i], dlogits[i], inv_n, poly, bits, fast_exp)
+            if weighted:
+                _weight_row(dlogits[i], weights[i])
+                row *= weights[i]
+            acc += row
         losses[c] = acc
     return losses.sum() / n
 

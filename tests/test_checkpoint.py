@@ -68,9 +68,12 @@ def test_damaged_files_give_clear_errors(tmp_path, damage):
     data = path.read_bytes()
     if damage == "truncate":
         path.write_bytes(data[: len(data) // 2])
-    elif damage == "flip":
-        mid = len(data) // 2
-        path.write_bytes(data[:mid] + bytes([data[mid] ^ 0xFF]) + data[mid + 1 :])
+    elif damage == "flip":  # one byte inside the first array's data (not a zip header field)
+        import zipfile
+
+        info = zipfile.ZipFile(path).infolist()[0]
+        at = info.header_offset + 30 + len(info.filename) + info.file_size - 8
+        path.write_bytes(data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :])
     elif damage == "garbage":
         path.write_bytes(b"not a zip file at all")
     else:

@@ -30,7 +30,7 @@ def _rewrite(path, out, mutate):
         arrays = {k: data[k] for k in data.files if k != META_KEY}
         meta = json.loads(str(data[META_KEY]))
     mutate(arrays, meta)
-    meta["sha256"] = _digest(arrays)
+    meta["sha256"] = _digest(arrays, [meta["config"], meta.get("extra", {})])
     arrays[META_KEY] = np.array(json.dumps(meta))
     np.savez(out, **arrays)
 
@@ -231,6 +231,21 @@ def test_malformed_checkpoints_raise_checkpoint_error(saved, tmp_path):
     (tmp_path / "dir.npz").mkdir()
     with pytest.raises(fn.CheckpointError, match="directory"):
         fn.load_model(tmp_path / "dir.npz")
+
+
+def test_config_is_signed_and_version_1_files_still_load(saved, tmp_path):
+    path, X, _ = saved
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if k != META_KEY}
+        meta = json.loads(str(data[META_KEY]))
+    tampered = dict(meta, config={**meta["config"], "seed": 12345})  # not re-signed
+    np.savez(tmp_path / "t.npz", **arrays, **{META_KEY: np.array(json.dumps(tampered))})
+    with pytest.raises(fn.CheckpointError, match="integrity"):
+        fn.load_model(tmp_path / "t.npz")
+    old = dict(meta, format_version=1, sha256=_digest(arrays))  # written by fastnet 0.1
+    np.savez(tmp_path / "v1.npz", **arrays, **{META_KEY: np.array(json.dumps(old))})
+    np.testing.assert_allclose(fn.load_model(tmp_path / "v1.npz").predict_proba(X),
+                               fn.load_model(path).predict_proba(X))
 
 
 def test_checkpoints_get_umask_permissions(tmp_path):

@@ -154,7 +154,7 @@ def test_keyboard_interrupt_restores_last_finished_epoch(backend):
     calls = {"n": 0}
     original = model.train_step
 
-    def interrupting_step(xb, yb):
+    def interrupting_step(xb, yb, wb=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
@@ -361,7 +361,7 @@ def test_cli_interrupt_saves_checkpoint(tmp_path, monkeypatch, capsys):
     original = fn.Sequential.train_step
     calls = {"n": 0}
 
-    def interrupted(self, xb, yb):
+    def interrupted(self, xb, yb, wb=None):
         calls["n"] += 1
         if calls["n"] == 7:  # in the second epoch (270 samples: 5 batches an epoch)
             raise KeyboardInterrupt

@@ -40,7 +40,7 @@ def checkpoint(tmp_path_factory):
 
 
 def _write(path, arrays, meta):
-    meta = dict(meta, sha256=_digest(arrays))
+    meta = dict(meta, sha256=_digest(arrays, [meta.get("config"), meta.get("extra", {})]))
     np.savez(path, **arrays, **{META_KEY: np.array(json.dumps(meta))})
 
 

@@ -266,18 +266,23 @@ class Backend:
         dlogits: Any = None,
         loss_out: Any = None,
         loss_scale: float | None = None,
+        weights: Any = None,
+        label_smoothing: float = 0.0,
     ) -> tuple[Any, Any]:
         """Mean softmax cross-entropy and its exact gradient w.r.t. the logits, stable.
 
         ``labels`` are integer class indices (shape ``(n,)``) or non-negative targets (shape
         ``(n, k)``, one-hot or soft; rows need not sum to 1: the gradient is
-        ``softmax * sum(t) - t``). Returns ``(loss, dlogits)`` with the loss on the device. With
-        ``loss_out`` (a 0-d device array), ``loss_scale`` (default ``1/n``) times the summed row
-        losses is added into it and it is returned instead: an accumulator needing no host sync.
+        ``softmax * sum(t) - t``). ``label_smoothing`` ``e`` mixes each target with the uniform
+        distribution: ``(1 - e) t + e sum(t) / k``. ``weights`` (shape ``(n,)``) weight each
+        row's loss and gradient; the mean stays over ``n`` rows (Keras's normalisation).
+        Returns ``(loss, dlogits)`` with the loss on the device. With ``loss_out`` (a 0-d
+        device array), ``loss_scale`` (default ``1/n``) times the summed row losses is added
+        into it and it is returned instead: an accumulator needing no host sync.
         """
         self._ran("softmax_xent")
         xp = self.xp
-        n = logits.shape[0]
+        n, k = logits.shape
         shifted = logits - logits.max(axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
@@ -285,16 +290,26 @@ class Backend:
             dlogits = xp.empty_like(logits)
         xp.divide(e, s, out=dlogits)
         log_s = xp.log(s)
+        eps = float(label_smoothing)
         if labels.ndim == 1:
             rows = xp.arange(n)
-            total = (log_s[:, 0] - shifted[rows, labels]).sum()
-            dlogits[rows, labels] -= 1
+            row_loss = log_s[:, 0] - shifted[rows, labels]
+            if eps:
+                row_loss = (1 - eps) * row_loss + eps * (log_s[:, 0] - shifted.mean(axis=1))
+                dlogits -= eps / k
+            dlogits[rows, labels] -= 1 - eps
         else:
             targets = labels.astype(logits.dtype, copy=False)
-            total = -(targets * (shifted - log_s)).sum()
+            if eps:
+                targets = (1 - eps) * targets + eps / k * targets.sum(axis=1, keepdims=True)
+            row_loss = -(targets * (shifted - log_s)).sum(axis=1)
             dlogits *= targets.sum(axis=1, keepdims=True)
             dlogits -= targets
+        if weights is not None:
+            row_loss = row_loss * weights
+            dlogits *= weights.reshape(-1, 1).astype(logits.dtype, copy=False)
         dlogits /= n
+        total = row_loss.sum()
         if loss_out is None:
             return total / n, dlogits
         loss_out += (1.0 / n if loss_scale is None else loss_scale) * total
@@ -337,6 +352,13 @@ class Backend:
             p[:nd] *= shrink
         return g
 
+    def fused_update(self, rule: str, arrays: tuple, scalars: tuple, common: tuple) -> bool:
+        """Hook for backends with fused optimizer kernels: update flat ``arrays`` (parameter,
+        gradient, state slots) by ``rule`` with its ``scalars`` and ``common`` = (wd, n_decay,
+        grad_scale, clip_value, shrink) in one call. False means not handled here: the
+        reference below runs (other dtypes or layouts, or no kernel)."""
+        return False
+
     def sum_squares(self, g: Any) -> float:
         """``sum(g**2)`` in float64 (the squared global gradient norm's share of ``g``)."""
         return float((g.astype(self.xp.float64) ** 2).sum())
@@ -352,6 +374,8 @@ class Backend:
         clip_value: float | None = None,
         shrink: float = 1.0,
     ) -> None:
+        if self.fused_update("sgd", (p, g), (lr,), (wd, n_decay, grad_scale, clip_value, shrink)):
+            return
         self._ran("update_sgd")
         p -= lr * self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
 
@@ -369,6 +393,9 @@ class Backend:
         clip_value: float | None = None,
         shrink: float = 1.0,
     ) -> None:
+        common = (wd, n_decay, grad_scale, clip_value, shrink)
+        if self.fused_update("momentum", (p, g, v), (lr, momentum, bool(nesterov)), common):
+            return
         self._ran("update_momentum")
         g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
         v *= momentum
@@ -391,6 +418,9 @@ class Backend:
         clip_value: float | None = None,
         shrink: float = 1.0,
     ) -> None:
+        common = (wd, n_decay, grad_scale, clip_value, shrink)
+        if self.fused_update("adagrad", (p, g, h), (lr, eps), common):
+            return
         self._ran("update_adagrad")
         g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
         h += g * g
@@ -410,6 +440,9 @@ class Backend:
         clip_value: float | None = None,
         shrink: float = 1.0,
     ) -> None:
+        common = (wd, n_decay, grad_scale, clip_value, shrink)
+        if self.fused_update("rmsprop", (p, g, h), (lr, rho, eps), common):
+            return
         self._ran("update_rmsprop")
         g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
         h *= rho
@@ -437,15 +470,22 @@ class Backend:
         """Adam with bias correction folded into the step size (Kingma & Ba, sec. 2). With
         ``device_scalars`` (from ``adam_device_scalars``) the step size and eps are read from
         that device array instead of being computed from ``t`` on the host."""
+        common = (wd, n_decay, grad_scale, clip_value, shrink)
+        if device_scalars is None:
+            step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
+            fused = self.fused_update("adam", (p, g, m, v), (step, beta1, beta2, eps_hat), common)
+        else:  # a captured step reads [step, eps_hat] from device memory
+            fused = self.fused_update("adam_device", (p, g, m, v), (device_scalars, beta1, beta2),
+                                      common)
+        if fused:
+            return
         self._ran("update_adam")
         g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
         m *= beta1
         m += (1 - beta1) * g
         v *= beta2
         v += (1 - beta2) * g * g  # this order (as the kernels) keeps |g| < 1e20 finite
-        if device_scalars is None:
-            step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
-        else:
+        if device_scalars is not None:
             step, eps_hat = device_scalars[0], device_scalars[1]
         p -= step * m / (self.xp.sqrt(v) + eps_hat)
 

@@ -11,13 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import (
-    FLOAT_DTYPES,
-    Act,
-    Backend,
-    adam_step_scalars,
-    contiguous_floats,
-)
+from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats
 
 
 class CupyBackend(Backend):
@@ -185,10 +179,21 @@ class CupyBackend(Backend):
         dlogits: Any = None,
         loss_out: Any = None,
         loss_scale: float | None = None,
+        weights: Any = None,
+        label_smoothing: float = 0.0,
     ) -> tuple[Any, Any]:
-        """As the reference (``loss_out`` accumulates ``loss_scale * sum(row losses)``)."""
-        if labels.ndim != 1 or labels.dtype.kind not in "iu" or logits.dtype not in FLOAT_DTYPES:
-            return super().softmax_xent(logits, labels, dlogits, loss_out, loss_scale)
+        """As the reference (``loss_out`` accumulates ``loss_scale * sum(row losses)``); the
+        fused kernel covers integer labels without weights or smoothing."""
+        if (
+            labels.ndim != 1
+            or labels.dtype.kind not in "iu"
+            or logits.dtype not in FLOAT_DTYPES
+            or weights is not None
+            or label_smoothing
+        ):
+            return super().softmax_xent(
+                logits, labels, dlogits, loss_out, loss_scale, weights, label_smoothing
+            )
         xp = self.xp
         logits = xp.ascontiguousarray(logits)
         if labels.dtype != np.int64:
@@ -230,116 +235,33 @@ class CupyBackend(Backend):
         return out
 
     # ------------------------------------------------------------------ optimizer updates
-    # One ElementwiseKernel launch per flat arena group, with the gradient preamble of
-    # ``fastnet.kernels.cupy_gpu`` (scale, clip, L2 and decoupled decay by index).
-    @staticmethod
-    def _pre(
-        p: Any, wd: float, n_decay: int | None, grad_scale: Any, clip: float | None, shrink: float
-    ) -> tuple:
+    def fused_update(self, rule: str, arrays: tuple, scalars: tuple, common: tuple) -> bool:
+        """One ElementwiseKernel launch over a flat arena group, with the gradient preamble of
+        ``fastnet.kernels.cupy_gpu`` (scale, clip, L2 and decoupled decay by index)."""
+        factories = {
+            "sgd": self.k.sgd_kernel,
+            "momentum": self.k.momentum_kernel,
+            "adagrad": self.k.adagrad_kernel,
+            "rmsprop": self.k.rmsprop_kernel,
+            "adam": self.k.adam_kernel,
+            "adam_device": self.k.adam_device_scalars_kernel,
+        }
+        if rule not in factories or not contiguous_floats(*arrays):
+            return False
+        p, g, *slots = arrays
         t = p.dtype.type
-        nd = np.int64(p.size if n_decay is None else n_decay)
-        bound = np.inf if clip is None else clip
-        return t(float(grad_scale)), t(bound), t(shrink), t(wd), nd
-
-    def update_sgd(
-        self,
-        p: Any,
-        g: Any,
-        lr: float,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        pre = self._pre(p, wd, n_decay, grad_scale, clip_value, shrink)
-        self.k.sgd_kernel()(g, p.dtype.type(lr), *pre, p)
-        self._ran("update_sgd", "cuda-fused")
-
-    def update_momentum(
-        self,
-        p: Any,
-        g: Any,
-        v: Any,
-        lr: float,
-        momentum: float,
-        nesterov: bool = False,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        t = p.dtype.type
-        pre = self._pre(p, wd, n_decay, grad_scale, clip_value, shrink)
-        self.k.momentum_kernel()(g, t(lr), t(momentum), bool(nesterov), *pre, p, v)
-        self._ran("update_momentum", "cuda-fused")
-
-    def update_adagrad(
-        self,
-        p: Any,
-        g: Any,
-        h: Any,
-        lr: float,
-        eps: float,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        t = p.dtype.type
-        pre = self._pre(p, wd, n_decay, grad_scale, clip_value, shrink)
-        self.k.adagrad_kernel()(g, t(lr), t(eps), *pre, p, h)
-        self._ran("update_adagrad", "cuda-fused")
-
-    def update_rmsprop(
-        self,
-        p: Any,
-        g: Any,
-        h: Any,
-        lr: float,
-        rho: float,
-        eps: float,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        t = p.dtype.type
-        pre = self._pre(p, wd, n_decay, grad_scale, clip_value, shrink)
-        self.k.rmsprop_kernel()(g, t(lr), t(rho), t(eps), *pre, p, h)
-        self._ran("update_rmsprop", "cuda-fused")
-
-    def update_adam(
-        self,
-        p: Any,
-        g: Any,
-        m: Any,
-        v: Any,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        t: int,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        device_scalars: Any = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        c = p.dtype.type
-        pre = self._pre(p, wd, n_decay, grad_scale, clip_value, shrink)
-        if device_scalars is not None:
-            kernel = self.k.adam_device_scalars_kernel()
-            kernel(g, device_scalars, c(beta1), c(beta2), *pre, p, m, v)
-        else:
-            step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
-            kernel = self.k.adam_kernel()
-            kernel(g, c(step), c(beta1), c(beta2), c(eps_hat), *pre, p, m, v)
-        self._ran("update_adam", "cuda-fused")
+        wd, n_decay, grad_scale, clip_value, shrink = common
+        args = [s if isinstance(s, (bool, self.xp.ndarray)) else t(s) for s in scalars]
+        pre = (
+            t(float(grad_scale)),  # a device scale is read back: one sync per clipped step
+            t(np.inf if clip_value is None else clip_value),
+            t(shrink),
+            t(wd),
+            np.int64(p.size if n_decay is None else n_decay),
+        )
+        factories[rule]()(g, *args, *pre, p, *slots)
+        self._ran(f"update_{rule.removesuffix('_device')}", "cuda-fused")
+        return True
 
     def adam_device_scalars(
         self, t: Any, out: Any, lr: float, beta1: float, beta2: float, eps: float

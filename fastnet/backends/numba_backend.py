@@ -12,13 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import (
-    FLOAT_DTYPES,
-    Act,
-    Backend,
-    adam_step_scalars,
-    contiguous_floats,
-)
+from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats
 
 
 def _same_shape(*arrays: Any) -> bool:
@@ -158,14 +152,19 @@ class NumbaBackend(Backend):
         dlogits: Any = None,
         loss_out: Any = None,
         loss_scale: float | None = None,
+        weights: Any = None,
+        label_smoothing: float = 0.0,
     ) -> tuple[Any, Any]:
         if (
             labels.ndim != 1
             or logits.ndim != 2
             or labels.dtype.kind not in "iu"
             or logits.dtype not in FLOAT_DTYPES
+            or label_smoothing
         ):
-            return super().softmax_xent(logits, labels, dlogits, loss_out, loss_scale)
+            return super().softmax_xent(
+                logits, labels, dlogits, loss_out, loss_scale, weights, label_smoothing
+            )
         logits = np.ascontiguousarray(logits)
         labels = np.ascontiguousarray(labels)
         n, m = logits.shape
@@ -182,9 +181,15 @@ class NumbaBackend(Backend):
             or not contiguous_floats(logits, dlogits)
         ):
             dlogits = np.empty_like(logits)
+        if weights is None:
+            w = self._no_bias(logits.dtype)
+        else:
+            if weights.shape != (n,):
+                raise ValueError(f"softmax_xent: {n} rows of logits but weights {weights.shape}")
+            w = np.ascontiguousarray(weights, dtype=logits.dtype)
         inv_n = logits.dtype.type(1.0 / n)
         kernel = self._pick(self.k.softmax_xent, self.k.softmax_xent_parallel, logits)
-        loss = kernel(logits, labels, dlogits, inv_n, logits.dtype == np.float32)
+        loss = kernel(logits, labels, dlogits, inv_n, logits.dtype == np.float32, w)
         self._ran("softmax_xent", "numba-fused")
         if loss_out is None:
             return logits.dtype.type(loss), dlogits
@@ -206,34 +211,28 @@ class NumbaBackend(Backend):
         return out
 
     # ------------------------------------------------------------------ optimizer updates
-    def _fused_update(
-        self,
-        rule: str,
-        arrays: tuple,
-        scalars: tuple,
-        n_decay: int | None,
-        grad_scale: float,
-        clip_value: float | None,
-        shrink: float,
-    ) -> bool:
-        """Run ``kernels.<rule>_update`` over flat ``arrays`` (parameter first) with ``scalars``
-        cast to the parameter dtype; False (nothing done) for arrays it cannot take safely
-        (other layouts or dtypes, mismatched lengths), so the caller runs the reference."""
+    def fused_update(self, rule: str, arrays: tuple, scalars: tuple, common: tuple) -> bool:
+        """``kernels.<rule>_update`` over flat ``arrays`` with ``scalars`` in the parameter
+        dtype; declines (reference) for other layouts or dtypes and mismatched lengths, which
+        the unchecked kernels must never see."""
+        if rule not in self._update_kernels:
+            return False
         if not contiguous_floats(*arrays) or not _same_shape(*arrays):
             return False
+        wd, n_decay, grad_scale, clip_value, shrink = common
         p = arrays[0]
         size = int(p.size)
         n_decay = size if n_decay is None else min(max(int(n_decay), 0), size)
         serial, parallel = self._update_kernels[rule]
         kernel = parallel if size >= self.parallel_min_elements else serial
         t = p.dtype.type
-        clip = np.inf if clip_value is None else clip_value
         kernel(
             *[a.reshape(-1) for a in arrays],
             *[s if s.__class__ is bool else t(s) for s in scalars],
+            t(wd),
             n_decay,
             t(grad_scale),
-            t(clip),
+            t(np.inf if clip_value is None else clip_value),
             t(shrink),
         )
         self._ran(f"update_{rule}", "numba-fused")
@@ -243,101 +242,3 @@ class NumbaBackend(Backend):
         if not contiguous_floats(g):
             return super().sum_squares(g)
         return float(self.k.sum_squares(g.reshape(-1)))
-
-    def update_sgd(
-        self,
-        p: Any,
-        g: Any,
-        lr: float,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        extra = (n_decay, grad_scale, clip_value, shrink)
-        if not self._fused_update("sgd", (p, g), (lr, wd), *extra):
-            super().update_sgd(p, g, lr, wd, *extra)
-
-    def update_momentum(
-        self,
-        p: Any,
-        g: Any,
-        v: Any,
-        lr: float,
-        momentum: float,
-        nesterov: bool = False,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        extra = (n_decay, grad_scale, clip_value, shrink)
-        scalars = (lr, momentum, bool(nesterov), wd)
-        if not self._fused_update("momentum", (p, g, v), scalars, *extra):
-            super().update_momentum(p, g, v, lr, momentum, nesterov, wd, *extra)
-
-    def update_adagrad(
-        self,
-        p: Any,
-        g: Any,
-        h: Any,
-        lr: float,
-        eps: float,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        extra = (n_decay, grad_scale, clip_value, shrink)
-        if not self._fused_update("adagrad", (p, g, h), (lr, eps, wd), *extra):
-            super().update_adagrad(p, g, h, lr, eps, wd, *extra)
-
-    def update_rmsprop(
-        self,
-        p: Any,
-        g: Any,
-        h: Any,
-        lr: float,
-        rho: float,
-        eps: float,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        extra = (n_decay, grad_scale, clip_value, shrink)
-        if not self._fused_update("rmsprop", (p, g, h), (lr, rho, eps, wd), *extra):
-            super().update_rmsprop(p, g, h, lr, rho, eps, wd, *extra)
-
-    def update_adam(
-        self,
-        p: Any,
-        g: Any,
-        m: Any,
-        v: Any,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        t: int,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        device_scalars: Any = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        if device_scalars is None:
-            step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
-        else:
-            step, eps_hat = float(device_scalars[0]), float(device_scalars[1])
-        extra = (grad_scale, clip_value, shrink)
-        scalars = (step, beta1, beta2, eps_hat, wd)
-        if not self._fused_update("adam", (p, g, m, v), scalars, n_decay, *extra):
-            super().update_adam(
-                p, g, m, v, lr, beta1, beta2, eps, t, wd, n_decay, device_scalars, *extra
-            )
