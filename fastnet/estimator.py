@@ -261,7 +261,14 @@ class _MLPBase(BaseEstimator):
         )
 
     def _train(
-        self, model: Sequential, X: Any, t: Any, epochs: int, batch: int, validation: Any
+        self,
+        model: Sequential,
+        X: Any,
+        t: Any,
+        epochs: int,
+        batch: int,
+        validation: Any,
+        sample_weight: Any = None,
     ) -> dict[str, list[float]]:
         callbacks: list[Callback] = []
         if validation is not None:
@@ -276,14 +283,22 @@ class _MLPBase(BaseEstimator):
             )
         return model.fit(
             X, t, epochs=epochs, batch_size=batch, shuffle=self.shuffle, callbacks=callbacks,
-            verbose=self.verbose, cuda_graph="auto",
+            verbose=self.verbose, cuda_graph="auto", sample_weight=sample_weight,
         )
 
-    def _fit(self, X: Any, y: Any, epochs: int, incremental: bool, extra: Any = None) -> Any:
+    def _fit(
+        self,
+        X: Any,
+        y: Any,
+        epochs: int,
+        incremental: bool,
+        extra: Any = None,
+        sample_weight: Any = None,
+    ) -> Any:
         keys = ("n_features_in_", "feature_names_in_")
         saved = {k: v for k, v in vars(self).items() if k in keys}
         try:
-            return self._fit_checked(X, y, epochs, incremental, extra)
+            return self._fit_checked(X, y, epochs, incremental, extra, sample_weight)
         except BaseException:  # rejected input (or an interrupted fit) changes nothing
             for key in keys:
                 if key in saved:
@@ -293,7 +308,13 @@ class _MLPBase(BaseEstimator):
             raise
 
     def _fit_checked(
-        self, X: Any, y: Any, epochs: int, incremental: bool, extra: Any = None
+        self,
+        X: Any,
+        y: Any,
+        epochs: int,
+        incremental: bool,
+        extra: Any = None,
+        sample_weight: Any = None,
     ) -> Any:
         continuing = hasattr(self, "model_") and (incremental or self.warm_start)
         X, y = self._validate(X, y, reset=not continuing, fitting=True)
@@ -312,8 +333,10 @@ class _MLPBase(BaseEstimator):
             val, train = order[:n_val], order[n_val:]
             validation = (X[val], targets[val])
             X, targets = X[train], targets[train]
+            if sample_weight is not None:
+                sample_weight = host_array(sample_weight, "sample_weight")[train]
         model = self.model_ if continuing else self._build(self._n_outputs(fitted), batch)
-        history = self._train(model, X, targets, epochs, batch, validation)
+        history = self._train(model, X, targets, epochs, batch, validation, sample_weight)
         for key, value in fitted.items():
             setattr(self, key, value)
         self.model_ = model
@@ -324,10 +347,11 @@ class _MLPBase(BaseEstimator):
         self.history_ = history
         return self
 
-    def fit(self, X: Any, y: Any) -> Any:
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
         """Train for up to ``max_iter`` epochs (fewer when the loss stops improving by ``tol``
-        for ``n_iter_no_change`` epochs); returns self. Rejected input changes nothing."""
-        return self._fit(X, y, self.max_iter, incremental=False)
+        for ``n_iter_no_change`` epochs); returns self. ``sample_weight`` weights each row's
+        loss. Rejected input changes nothing."""
+        return self._fit(X, y, self.max_iter, incremental=False, sample_weight=sample_weight)
 
     # ------------------------------------------------------------------ fitted attributes
     @property

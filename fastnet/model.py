@@ -195,6 +195,8 @@ class Sequential(Trainer):
                 if not (isinstance(weight, (int, float, np.number)) and 0 <= weight < np.inf):
                     raise ValueError(f"class_weight[{label}] must be finite and >= 0")
                 w[labels == label] *= float(weight)
+        if n and not w.any():
+            raise ValueError("sample weights must contain at least one non-zero number")
         if (w == 1).all():
             return None
         w = w.astype(self.dtype)

@@ -436,25 +436,3 @@ def sum_squares(g):
         x = np.float64(g[i])
         total += x * x
     return total
-
-
-# ---------------------------------------------------------------------------- matmul
-@njit(**SERIAL)
-def matmul(a, b, out):
-    """``out = a @ b``, blocked over k with a contiguous, vectorized inner loop over columns.
-
-    Beats a BLAS call only for tiny shapes, where BLAS's call overhead dominates (see bench/).
-    """
-    n, k = a.shape
-    m = b.shape[1]
-    out[:] = 0
-    kb = 64
-    for k0 in range(0, k, kb):
-        k1 = min(k0 + kb, k)
-        for i in range(n):
-            row = out[i]
-            for p in range(k0, k1):
-                aip = a[i, p]
-                brow = b[p]
-                for j in range(m):
-                    row[j] += aip * brow[j]

@@ -151,3 +151,74 @@ def test_adamw_and_clipping_match_pytorch(backend, clip):
                                atol=1e-6)
     np.testing.assert_allclose(backend.to_numpy(layer.b.value), tb.detach().numpy(), rtol=1e-5,
                                atol=1e-6)
+
+
+def _softmax_reference(z, labels, w, smoothing=0.0):
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    n, k = z.shape
+    t = np.eye(k)[labels] * (1 - smoothing) + smoothing / k
+    loss = (w * -(t * logp).sum(axis=1)).sum() / n
+    grad = w[:, None] * (np.exp(logp) - t) / n
+    return loss, grad
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_weighted_softmax_matches_float64_reference(backend, smoothing):
+    rng = np.random.default_rng(3)
+    for dtype, tol in ((np.float64, 1e-12), (np.float32, 2e-6)):
+        z = (rng.standard_normal((33, 7)) * 4).astype(dtype)
+        labels = rng.integers(0, 7, 33)
+        w = rng.random(33) * 3
+        loss_fn = fn.SoftmaxCrossEntropy(label_smoothing=smoothing)
+        loss_fn.build(backend)
+        loss, grad = loss_fn(backend.asarray(z), backend.asarray(labels),
+                             backend.asarray(w.astype(dtype)))
+        want_loss, want_grad = _softmax_reference(z.astype(np.float64), labels, w, smoothing)
+        assert float(loss) == pytest.approx(want_loss, rel=tol, abs=tol)
+        np.testing.assert_allclose(backend.to_numpy(grad), want_grad, rtol=tol * 10, atol=tol)
+
+
+@pytest.mark.parametrize("cls", [fn.SigmoidBinaryCrossEntropy, fn.MeanSquaredError])
+def test_weighted_elementwise_losses_match_float64_reference(backend, cls):
+    rng = np.random.default_rng(4)
+    z, t, w = rng.standard_normal((9, 3)), rng.random((9, 3)), rng.random(9) * 2
+    loss_fn = cls()
+    loss_fn.build(backend)
+    loss, grad = loss_fn(backend.asarray(z), backend.asarray(t), backend.asarray(w))
+    if cls is fn.MeanSquaredError:
+        elements, dz = (z - t) ** 2, 2 * (z - t)
+    else:
+        elements = np.maximum(z, 0) - z * t + np.log1p(np.exp(-np.abs(z)))
+        dz = 1 / (1 + np.exp(-z)) - t
+    assert float(loss) == pytest.approx((w[:, None] * elements).sum() / z.size, rel=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(grad), w[:, None] * dz / z.size, rtol=1e-12)
+
+
+def test_sample_and_class_weights_in_fit(backend):
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((400, 6)).astype(np.float32)
+    y = (X[:, 0] + 0.3 * rng.standard_normal(400) > 1.0).astype(int)  # class 1 is rare
+
+    def fitted(**weights):
+        model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(2)], backend=backend, seed=0,
+                              optimizer=fn.Adam(0.02))
+        model.fit(X, y, epochs=15, batch_size=64, verbose=0, **weights)
+        return model
+
+    plain = fitted()
+    balanced = fitted(class_weight={0: 1.0, 1: 6.0})
+    rare_recall = [(m.predict(X)[y == 1] == 1).mean() for m in (plain, balanced)]
+    assert rare_recall[1] > rare_recall[0]
+    same = fitted(sample_weight=np.ones(400))  # all ones: exactly the unweighted run
+    np.testing.assert_array_equal(same.predict_raw(X), plain.predict_raw(X))
+    model = fitted(sample_weight=np.where(y == 1, 6.0, 1.0))
+    assert (model.predict(X)[y == 1] == 1).mean() > rare_recall[0]
+    for bad, match in ((np.ones(3), "sample_weight"), (-np.ones(400), "non-negative"),
+                       (np.zeros(400), "non-zero")):
+        fresh = fn.Sequential([fn.Dense(2)], backend=backend)
+        with pytest.raises(ValueError, match=match):
+            fresh.fit(X, y, epochs=1, verbose=0, sample_weight=bad)
+        assert not fresh.built
+    with pytest.raises(ValueError, match="class_weight"):
+        plain.fit(X, y, epochs=1, verbose=0, class_weight={"a": 1.0})

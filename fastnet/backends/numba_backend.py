@@ -28,8 +28,6 @@ class NumbaBackend(Backend):
     #: element count from which the parallel (threaded) flavour of a kernel is used. Below it,
     #: numba's threads only fight OpenBLAS's spinning workers for the 2 cores (bench/).
     parallel_min_elements = 1 << 20
-    #: largest n*k*m for which the hand-written matmul beats a BLAS call
-    small_matmul_max_flops = 0
 
     def __init__(self) -> None:
         super().__init__()
@@ -53,24 +51,6 @@ class NumbaBackend(Backend):
         import numba
 
         return f"CPU, {numba.get_num_threads()} numba threads"
-
-    # ------------------------------------------------------------------ matmul
-    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
-        n, k = a.shape
-        m = b.shape[1]
-        if (
-            n * k * m <= self.small_matmul_max_flops
-            and b.shape[0] == k
-            and contiguous_floats(a, b)
-            and (out is None or (contiguous_floats(a, out) and out.shape == (n, m)))
-        ):
-            if out is None:
-                out = np.empty((n, m), dtype=a.dtype)
-            self.k.matmul(a, b, out)
-            self._ran("matmul", "numba")
-            return out
-        self._ran("matmul", "blas")
-        return np.matmul(a, b, out=out)
 
     def _pick(self, serial: Any, parallel: Any, a: Any) -> Any:
         return parallel if a.size >= self.parallel_min_elements else serial
