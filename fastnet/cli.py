@@ -24,6 +24,20 @@ def _layers(spec: str) -> tuple[int, ...]:
     return sizes
 
 
+DATASETS = ["fashion-mnist", "mnist", "cifar10", "cifar100"]
+PRESETS: dict[str, dict] = {
+    "best": {
+        "help": "MLP 1024-512, dropout 0.2, AdamW (wd 0.05), warmup-cosine, label smoothing 0.1, "
+        "30 epochs",
+        "layers": (1024, 512),
+        "dropout": 0.2,
+        "optimizer": "adamw",
+        "weight_decay": 0.05,
+        "schedule": "warmup-cosine",
+        "label_smoothing": 0.1,
+        "epochs": 30,
+    },
+}
 GRAPH_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
 
 
@@ -61,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser(
         "train", help="train an MLP on Fashion-MNIST and report accuracy", formatter_class=fmt
     )
+    parser.train_parser = train  # type: ignore[attr-defined]  # for --preset defaults
     train.add_argument(
         "--backend",
         default=None,
@@ -76,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--optimizer",
         default="adam",
-        choices=["sgd", "momentum", "adagrad", "rmsprop", "adam"],
+        choices=["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"],
         help="update rule",
     )
     train.add_argument("--lr", type=_positive(float), default=1e-3, help="learning rate")
@@ -84,8 +99,16 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--schedule",
         default="cosine",
-        choices=["cosine", "constant"],
-        help="learning-rate schedule over the epochs (default: cosine)",
+        choices=["cosine", "warmup-cosine", "constant"],
+        help="learning-rate schedule over the epochs (warmup-cosine: 1 warmup epoch, per step)",
+    )
+    train.add_argument("--label-smoothing", type=float, default=0.0, help="for the CE loss")
+    train.add_argument(
+        "--preset",
+        default=None,
+        choices=sorted(PRESETS),
+        help="a tuned configuration (flags given explicitly still win): "
+        + "; ".join(f"{k}: {v['help']}" for k, v in PRESETS.items()),
     )
     train.add_argument(
         "--dropout", type=float, default=0.0, help="dropout rate after each hidden layer"
@@ -106,7 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="use only the first N training images (quick runs)",
     )
     train.add_argument(
-        "--dataset", default="fashion-mnist", choices=["fashion-mnist", "mnist"], help="data"
+        "--dataset", default="fashion-mnist", choices=DATASETS, help="built-in data set"
+    )
+    train.add_argument(
+        "--data",
+        default=None,
+        help="your own training data instead: a .npz with X and y, a .npy of features "
+        "(memory-mapped and streamed; give --labels) or a .csv (give --target)",
+    )
+    train.add_argument("--labels", default=None, help="a .npy of labels for a .npy --data")
+    train.add_argument("--target", default=None, help="the label column of a .csv --data")
+    train.add_argument(
+        "--val",
+        default=None,
+        help="validation file in --data's format (default: the last --val-fraction of --data);"
+        " it is also the held-out set reported at the end",
     )
     train.add_argument(
         "--data-dir",
@@ -155,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--dataset",
         default=None,
-        choices=["fashion-mnist", "mnist"],
+        choices=DATASETS,
         help="test set (default: the one recorded in the checkpoint, else fashion-mnist)",
     )
     evaluate.add_argument("--data-dir", default=None, help="folder with the IDX files")
@@ -186,18 +223,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _load(dataset: str, data_dir: str | None):
     from fastnet.data import load_fashion_mnist, load_mnist
+    from fastnet.datasets import load_cifar
 
+    if dataset.startswith("cifar"):
+        return load_cifar(dataset, data_dir)
     return (load_fashion_mnist if dataset == "fashion-mnist" else load_mnist)(data_dir)
+
+
+def _splits(args: argparse.Namespace) -> tuple:
+    """(train, validation, held-out test) and the data's name, from --data or --dataset."""
+    from fastnet.data import train_val_split
+    from fastnet.datasets import load_arrays
+
+    if args.data is None:
+        (X, y), test = _load(args.dataset, args.data_dir)
+        if args.limit:
+            X, y = X[: args.limit], y[: args.limit]
+        train, val = train_val_split(X, y, args.val_fraction, seed=args.seed)
+        return train, val, test, args.dataset, "test"
+    X, y = load_arrays(args.data, args.labels, args.target)
+    if args.limit:
+        X, y = X[: args.limit], y[: args.limit]
+    if args.val is not None:
+        val = load_arrays(args.val, None, args.target)
+        train = (X, y)
+    elif isinstance(X, np.memmap):  # no shuffled copy of a memory-mapped file: its last rows
+        cut = len(X) - max(1, int(round(len(X) * args.val_fraction)))
+        train, val = (X[:cut], y[:cut]), (np.asarray(X[cut:]), y[cut:])
+    else:
+        train, val = train_val_split(X, y, args.val_fraction, seed=args.seed)
+    return train, val, val, os.path.basename(args.data), "held-out"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from fastnet.callbacks import EarlyStopping
     from fastnet.checkpoint import check_writable
-    from fastnet.data import train_val_split
     from fastnet.layers import Dense, Dropout
+    from fastnet.losses import SoftmaxCrossEntropy
     from fastnet.model import Sequential
     from fastnet.optimizers import get_optimizer
-    from fastnet.schedules import CosineDecay
+    from fastnet.schedules import CosineDecay, WarmupCosine
 
     for flag in ("save", "plot", "json"):  # fail now, not after training
         if getattr(args, flag):
@@ -218,10 +283,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.backend and args.backend.startswith("cupy"):
             backend = None  # the rank's GPU, chosen by init
     say = print if main_rank else _silent
-    (X, y), (X_test, y_test) = _load(args.dataset, args.data_dir)
-    if args.limit:
-        X, y = X[: args.limit], y[: args.limit]
-    (X_tr, y_tr), (X_val, y_val) = train_val_split(X, y, args.val_fraction, seed=args.seed)
+    (X_tr, y_tr), (X_val, y_val), (X_test, y_test), data_name, held = _splits(args)
+    X, y = X_tr, np.concatenate([np.asarray(y_tr), np.asarray(y_val)])
     layers: list = []
     for units in args.layers:
         layers.append(Dense(units, "relu"))
@@ -231,7 +294,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     opt_kwargs = {"lr": args.lr, "weight_decay": args.weight_decay}
     model = Sequential(
         layers,
-        "softmax_cross_entropy",
+        SoftmaxCrossEntropy(label_smoothing=args.label_smoothing),
         get_optimizer(args.optimizer, **opt_kwargs),
         backend=backend,
         dtype=args.dtype,
@@ -239,7 +302,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     arch = "-".join(str(s) for s in (X.shape[1], *args.layers, int(y.max()) + 1))
     say(
-        f"fastnet train: {args.dataset} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
+        f"fastnet train: {data_name} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
         f"test, MLP {arch}, {args.optimizer} lr={args.lr} ({args.schedule}), "
         f"batch {args.batch_size}, backend {model.backend.name} "
         f"({model.backend.device_info()}), {args.dtype}",
@@ -248,6 +311,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     callbacks: list = []
     if args.schedule == "cosine":
         callbacks.append(CosineDecay(args.epochs))
+    elif args.schedule == "warmup-cosine":
+        callbacks.append(WarmupCosine(min(1, args.epochs - 1), args.epochs))
     if args.patience is not None:
         callbacks.append(EarlyStopping("val_loss", args.patience))
     interrupted = False
@@ -279,7 +344,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     per_epoch = float(np.median(seconds)) if seconds else float("nan")
     summary = (
-        f"test accuracy {test['accuracy']:.4f}  test loss {test['loss']:.4f}  "
+        f"{held} accuracy {test['accuracy']:.4f}  {held} loss {test['loss']:.4f}  "
         f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median)  total {total:.1f}s  "
         f"backend {model.backend.name}"
     )
@@ -290,29 +355,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     say(summary, flush=True)
     cm = model.confusion_matrix(X_test, y_test) if model.history.get("loss") else None
     if cm is not None:
-        say("test confusion matrix (rows: true class, columns: predicted)")
+        say(f"{held} confusion matrix (rows: true class, columns: predicted)")
         say(format_confusion(cm))
         say(
-            f"test macro precision {test['precision']:.4f}  recall {test['recall']:.4f}  "
+            f"{held} macro precision {test['precision']:.4f}  recall {test['recall']:.4f}  "
             f"f1 {test['f1']:.4f}"
             + (f"  top-5 accuracy {test['top5_accuracy']:.4f}" if "top5_accuracy" in test else "")
         )
     if not main_rank:
         return 130 if interrupted else 0
     if args.save:
-        model.save(args.save, extra={"dataset": args.dataset})
+        model.save(args.save, extra={"dataset": data_name if args.data is None else "custom"})
         print(f"saved checkpoint to {args.save}")
     if args.plot:
         from fastnet.plot import plot_history
 
         plot_history(
-            model.history, args.plot, title=f"{args.dataset} MLP {arch} ({model.backend.name})"
+            model.history, args.plot, title=f"{data_name} MLP {arch} ({model.backend.name})"
         )
         print(f"wrote learning curves to {args.plot}")
         if cm is not None:
             from fastnet.plot import confusion_path, plot_confusion
 
-            plot_confusion(cm, confusion_path(args.plot), title=f"{args.dataset} test set")
+            plot_confusion(cm, confusion_path(args.plot), title=f"{data_name} {held} set")
             print(f"wrote the confusion matrix to {confusion_path(args.plot)}")
     if args.json:
         with open(args.json, "w") as f:
@@ -357,8 +422,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model, meta = load_model_with_meta(args.checkpoint, backend=args.backend)
     dataset = args.dataset or meta.get("extra", {}).get("dataset") or "fashion-mnist"
-    if dataset not in ("fashion-mnist", "mnist"):
-        raise ValueError(f"{args.checkpoint} records dataset {dataset!r}; pass --dataset")
+    if dataset not in DATASETS:
+        raise ValueError(f"{args.checkpoint} was trained on {dataset!r} data; pass --dataset")
     _, (X_test, y_test) = _load(dataset, args.data_dir)
     result = model.evaluate(X_test, y_test)
     print(
@@ -396,7 +461,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "preset", None):  # the preset's values become defaults: explicit flags win
+        preset = {k: v for k, v in PRESETS[args.preset].items() if k != "help"}
+        parser.train_parser.set_defaults(**preset)  # type: ignore[attr-defined]
+        args = parser.parse_args(argv)
     from fastnet.backends import BackendUnavailableError
     from fastnet.checkpoint import CheckpointError
     from fastnet.data import DatasetError

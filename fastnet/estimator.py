@@ -68,15 +68,20 @@ class _StandaloneClassifier:
         return float(np.average(self.predict(X) == y, weights=sample_weight))  # type: ignore[attr-defined]
 
 
+def _r2(y: Any, pred: Any) -> float:
+    """Coefficient of determination, averaged over outputs (scikit-learn's ``r2_score``)."""
+    y = np.asarray(y, np.float64).reshape(len(y), -1)
+    pred = np.asarray(pred, np.float64).reshape(y.shape)
+    residual = ((y - pred) ** 2).sum(axis=0)
+    total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+    return float(np.mean(1 - residual / np.where(total == 0, 1, total)))
+
+
 class _StandaloneRegressor:
     _estimator_type = "regressor"
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        y = host_array(y, "y").astype(np.float64)
-        pred = np.asarray(self.predict(X), np.float64).reshape(y.shape)  # type: ignore[attr-defined]
-        residual = ((y - pred) ** 2).sum(axis=0)
-        total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
-        return float(np.mean(1 - residual / np.where(total == 0, 1, total)))
+        return _r2(host_array(y, "y"), self.predict(X))  # type: ignore[attr-defined]
 
 
 if HAVE_SKLEARN:
@@ -170,26 +175,9 @@ class _MLPBase(BaseEstimator):
         backend: str | None = None,
         dtype: str = "float32",
     ) -> None:
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.solver = solver
-        self.alpha = alpha
-        self.batch_size = batch_size
-        self.learning_rate_init = learning_rate_init
-        self.max_iter = max_iter
-        self.shuffle = shuffle
-        self.random_state = random_state
-        self.tol = tol
-        self.verbose = verbose
-        self.warm_start = warm_start
-        self.momentum = momentum
-        self.early_stopping = early_stopping
-        self.validation_fraction = validation_fraction
-        self.n_iter_no_change = n_iter_no_change
-        self.dropout = dropout
-        self.batch_norm = batch_norm
-        self.backend = backend
-        self.dtype = dtype
+        for name, value in locals().items():  # scikit-learn: store parameters as given
+            if name != "self":
+                setattr(self, name, value)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -476,11 +464,7 @@ class MLPRegressor(RegressorMixin, _MLPBase):
         return int(fitted["n_outputs_"])
 
     def _score_model(self, model: Sequential, X: Any, y: Any) -> float:
-        y = np.asarray(y, np.float64).reshape(len(y), -1)
-        pred = model.predict_raw(X).astype(np.float64)
-        residual = ((y - pred) ** 2).sum(axis=0)
-        total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
-        return float(np.mean(1 - residual / np.where(total == 0, 1, total)))
+        return _r2(y, model.predict_raw(X))
 
     def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
         """One epoch on ``(X, y)``."""

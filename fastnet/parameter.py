@@ -100,10 +100,6 @@ class ParameterArena:
         self.groups = [ParameterGroup(ps, opt, backend) for opt, ps in buckets.values()]
         self.group_of = {id(p): g for g in self.groups for p in g.params}
 
-    @property
-    def size(self) -> int:
-        return sum(g.size for g in self.groups)
-
     def update(self, device_scalars: Any = None) -> None:
         """One step of every group; the global gradient norm (for ``clip_norm``) is taken over
         the whole arena once."""

@@ -83,8 +83,10 @@ class StreamedBatches:
         shuffle: bool,
         w: np.ndarray | None = None,
         chunk_batches: int = 64,
+        dtype: Any = None,
     ) -> None:
         self.X, self.y, self.w, self.backend, self.shuffle = X, y, w, backend, shuffle
+        self.dtype = dtype  # the model's: rows are cast chunk by chunk
         self.rng = np.random.default_rng(seed)
         self.chunk_batches = chunk_batches
 
@@ -96,15 +98,19 @@ class StreamedBatches:
         per = self.chunk_batches
         chunks = [bounds[i : i + per] for i in range(0, len(bounds), per)]
         rows = max(c[-1][1] - c[0][0] for c in chunks)
-        pinned_x = backend.pinned_empty((rows, X.shape[1]), X.dtype)
+        dtype = self.dtype or X.dtype
+        pinned_x = backend.pinned_empty((rows, X.shape[1]), dtype)
         pinned_y = backend.pinned_empty((rows,) + y.shape[1:], y.dtype)
-        dev_x = backend.empty((rows, X.shape[1]), X.dtype)
+        dev_x = backend.empty((rows, X.shape[1]), dtype)
         dev_y = backend.empty((rows,) + y.shape[1:], y.dtype)
         order = self.rng.permutation(len(self)) if self.shuffle else np.arange(len(self))
         for chunk in chunks:
             c0, c1 = chunk[0][0], chunk[-1][1]
             m = c1 - c0
-            np.take(X, order[c0:c1], axis=0, out=pinned_x[:m], mode="clip")
+            if X.dtype == pinned_x.dtype and not isinstance(X, np.memmap):
+                np.take(X, order[c0:c1], axis=0, out=pinned_x[:m], mode="clip")
+            else:  # memory-mapped or another dtype: read only these rows, cast on the way
+                pinned_x[:m] = X[order[c0:c1]]
             np.take(y, order[c0:c1], axis=0, out=pinned_y[:m], mode="clip")
             backend.copy_from_host(dev_x[:m], pinned_x[:m])
             backend.copy_from_host(dev_y[:m], pinned_y[:m])
@@ -277,7 +283,7 @@ class Trainer:
                 raise TypeError(f"callbacks must be fastnet Callback objects, got {cb!r}")
         X = as_input(X, "X", self.backend)  # lists converted once; foreign arrays adopted
         n_bytes = int(np.prod(X.shape)) * self.dtype.itemsize
-        streamed = not self.backend.fits_on_device(n_bytes)
+        streamed = isinstance(X, np.memmap) or not self.backend.fits_on_device(n_bytes)
         if streamed and cuda_graph is True:
             raise ValueError(
                 "cuda_graph=True needs the training set resident on the GPU; it is "
@@ -422,7 +428,7 @@ class Trainer:
         if group is not None:
             seed = group.broadcast_object(seed)  # the same permutation on every rank
         source: ResidentBatches | StreamedBatches = (
-            StreamedBatches(Xd, yd, self.backend, seed, shuffle, weights)
+            StreamedBatches(Xd, yd, self.backend, seed, shuffle, weights, dtype=self.dtype)
             if streamed
             else ResidentBatches(Xd, yd, self.backend, seed, shuffle, weights)
         )

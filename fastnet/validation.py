@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any
 
@@ -37,6 +36,9 @@ def check_features(
         raise ValueError(f"{name} is empty: shape {tuple(raw.shape)}")
     if n_features is not None and raw.shape[1] != n_features:
         raise ValueError(f"{name} has {raw.shape[1]} features but the model expects {n_features}")
+    if isinstance(raw, np.memmap) and not on_device:
+        _check_finite_in_chunks(raw, name)  # stays on disk: fit streams it chunk by chunk
+        return raw
     if on_device:
         arr = backend.asarray(raw, dtype)
         xp = backend.xp
@@ -47,6 +49,14 @@ def check_features(
         bad = int((~xp.isfinite(arr)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return arr
+
+
+def _check_finite_in_chunks(x: np.ndarray, name: str, rows: int = 16384) -> None:
+    if x.dtype.kind != "f":
+        return
+    for lo in range(0, x.shape[0], rows):
+        if not np.isfinite(x[lo : lo + rows]).all():
+            raise ValueError(f"{name} contains NaN or infinite values (rows from {lo})")
 
 
 def check_class_labels(
@@ -116,17 +126,6 @@ def check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def check_positive_float(value: Any, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, numbers.Real)
-        or not math.isfinite(value)
-        or value <= 0
-    ):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def check_dtype(dtype: Any) -> np.dtype:

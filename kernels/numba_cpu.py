@@ -8,6 +8,7 @@ Every kernel is ``@njit(**SERIAL)``. Kernels that pay off from threads come in a
 from __future__ import annotations
 
 import math
+import types
 from typing import Any
 
 import numpy as np
@@ -315,19 +316,18 @@ def _adam(i, p, gi, m, v, step, beta1, beta2, eps_hat):
     p[i] -= step * mi / (math.sqrt(vi) + eps_hat)
 
 
-@njit(**SERIAL)
-def sgd_update(p, g, lr, wd, n_decay, gscale, clip, shrink):
-    zero = wd - wd
-    for i in range(n_decay):
-        gi = _grad(i, p, g, wd, gscale, clip)
-        p[i] *= shrink
-        _sgd(i, p, gi, lr)
-    for i in range(n_decay, p.shape[0]):
-        _sgd(i, p, _grad(i, p, g, zero, gscale, clip), lr)
+def _flavours(body: Any) -> tuple[Any, Any]:
+    """A serial and a ``parallel=True`` kernel from one driver written with ``prange`` (which
+    runs as ``range`` when not parallel). The parallel one compiles a twin function object with
+    its own name, so numba's on-disk cache keeps the two apart."""
+    name = body.__name__.lstrip("_")
+    twin = types.FunctionType(body.__code__, body.__globals__, f"{name}_parallel")
+    twin.__qualname__ = twin.__name__
+    serial = njit(**SERIAL)(body)
+    return serial, njit(**PARALLEL)(twin)
 
 
-@njit(**PARALLEL)
-def sgd_update_parallel(p, g, lr, wd, n_decay, gscale, clip, shrink):
+def _sgd_update(p, g, lr, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in prange(n_decay):
         gi = _grad(i, p, g, wd, gscale, clip)
@@ -337,19 +337,7 @@ def sgd_update_parallel(p, g, lr, wd, n_decay, gscale, clip, shrink):
         _sgd(i, p, _grad(i, p, g, zero, gscale, clip), lr)
 
 
-@njit(**SERIAL)
-def momentum_update(p, g, v, lr, mu, nesterov, wd, n_decay, gscale, clip, shrink):
-    zero = wd - wd
-    for i in range(n_decay):
-        gi = _grad(i, p, g, wd, gscale, clip)
-        p[i] *= shrink
-        _momentum(i, p, gi, v, lr, mu, nesterov)
-    for i in range(n_decay, p.shape[0]):
-        _momentum(i, p, _grad(i, p, g, zero, gscale, clip), v, lr, mu, nesterov)
-
-
-@njit(**PARALLEL)
-def momentum_update_parallel(p, g, v, lr, mu, nesterov, wd, n_decay, gscale, clip, shrink):
+def _momentum_update(p, g, v, lr, mu, nesterov, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in prange(n_decay):
         gi = _grad(i, p, g, wd, gscale, clip)
@@ -359,19 +347,7 @@ def momentum_update_parallel(p, g, v, lr, mu, nesterov, wd, n_decay, gscale, cli
         _momentum(i, p, _grad(i, p, g, zero, gscale, clip), v, lr, mu, nesterov)
 
 
-@njit(**SERIAL)
-def adagrad_update(p, g, h, lr, eps, wd, n_decay, gscale, clip, shrink):
-    zero = wd - wd
-    for i in range(n_decay):
-        gi = _grad(i, p, g, wd, gscale, clip)
-        p[i] *= shrink
-        _adagrad(i, p, gi, h, lr, eps)
-    for i in range(n_decay, p.shape[0]):
-        _adagrad(i, p, _grad(i, p, g, zero, gscale, clip), h, lr, eps)
-
-
-@njit(**PARALLEL)
-def adagrad_update_parallel(p, g, h, lr, eps, wd, n_decay, gscale, clip, shrink):
+def _adagrad_update(p, g, h, lr, eps, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in prange(n_decay):
         gi = _grad(i, p, g, wd, gscale, clip)
@@ -381,19 +357,7 @@ def adagrad_update_parallel(p, g, h, lr, eps, wd, n_decay, gscale, clip, shrink)
         _adagrad(i, p, _grad(i, p, g, zero, gscale, clip), h, lr, eps)
 
 
-@njit(**SERIAL)
-def rmsprop_update(p, g, h, lr, rho, eps, wd, n_decay, gscale, clip, shrink):
-    zero = wd - wd
-    for i in range(n_decay):
-        gi = _grad(i, p, g, wd, gscale, clip)
-        p[i] *= shrink
-        _rmsprop(i, p, gi, h, lr, rho, eps)
-    for i in range(n_decay, p.shape[0]):
-        _rmsprop(i, p, _grad(i, p, g, zero, gscale, clip), h, lr, rho, eps)
-
-
-@njit(**PARALLEL)
-def rmsprop_update_parallel(p, g, h, lr, rho, eps, wd, n_decay, gscale, clip, shrink):
+def _rmsprop_update(p, g, h, lr, rho, eps, wd, n_decay, gscale, clip, shrink):
     zero = wd - wd
     for i in prange(n_decay):
         gi = _grad(i, p, g, wd, gscale, clip)
@@ -403,29 +367,22 @@ def rmsprop_update_parallel(p, g, h, lr, rho, eps, wd, n_decay, gscale, clip, sh
         _rmsprop(i, p, _grad(i, p, g, zero, gscale, clip), h, lr, rho, eps)
 
 
-@njit(**SERIAL)
-def adam_update(p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay, gscale, clip, shrink):
+def _adam_update(p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay, gscale, clip, shrink):
     """Adam with the bias correction folded into ``step`` and ``eps_hat`` by the caller."""
     zero = wd - wd
-    for i in range(n_decay):
-        gi = _grad(i, p, g, wd, gscale, clip)
-        p[i] *= shrink
-        _adam(i, p, gi, m, v, step, beta1, beta2, eps_hat)
-    for i in range(n_decay, p.shape[0]):
-        _adam(i, p, _grad(i, p, g, zero, gscale, clip), m, v, step, beta1, beta2, eps_hat)
-
-
-@njit(**PARALLEL)
-def adam_update_parallel(
-    p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay, gscale, clip, shrink
-):
-    zero = wd - wd
     for i in prange(n_decay):
         gi = _grad(i, p, g, wd, gscale, clip)
         p[i] *= shrink
         _adam(i, p, gi, m, v, step, beta1, beta2, eps_hat)
     for i in prange(n_decay, p.shape[0]):
         _adam(i, p, _grad(i, p, g, zero, gscale, clip), m, v, step, beta1, beta2, eps_hat)
+
+
+sgd_update, sgd_update_parallel = _flavours(_sgd_update)
+momentum_update, momentum_update_parallel = _flavours(_momentum_update)
+adagrad_update, adagrad_update_parallel = _flavours(_adagrad_update)
+rmsprop_update, rmsprop_update_parallel = _flavours(_rmsprop_update)
+adam_update, adam_update_parallel = _flavours(_adam_update)
 
 
 @njit(**REDUCE)

@@ -139,3 +139,13 @@ def test_bench_chart_is_titled_by_the_machine(tmp_path):
                                                   "max": 1.2}]}}}
     plot_report(report, str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_preset_sets_defaults_that_flags_override():
+    from fastnet.cli import PRESETS, build_parser
+
+    parser = build_parser()
+    parser.train_parser.set_defaults(**{k: v for k, v in PRESETS["best"].items() if k != "help"})
+    args = parser.parse_args(["train", "--preset", "best", "--epochs", "3"])
+    assert args.epochs == 3 and args.optimizer == "adamw" and args.layers == (1024, 512)
+    assert args.label_smoothing == 0.1 and args.schedule == "warmup-cosine"

@@ -29,7 +29,6 @@ __all__ = [
     "available_backends",
     "backend_infos",
     "get_backend",
-    "known_backends",
     "set_backend",
     "use_backend",
 ]
@@ -155,10 +154,6 @@ def probe(spec: str) -> BackendInfo:
 
 def backend_infos() -> list[BackendInfo]:
     return [probe(name) for name in KNOWN]
-
-
-def known_backends() -> tuple[str, ...]:
-    return KNOWN
 
 
 def available_backends() -> list[str]:

@@ -65,7 +65,11 @@ class NumbaBackend(Backend):
         ):
             return super().bias_act(z, b, activation, alpha)
         kernel = self._pick(self.k.bias_act, self.k.bias_act_parallel, z)
-        kernel(z, b, int(activation), z.dtype.type(alpha))
+        if activation == Act.TANH:  # numba's scalar tanh does not vectorize: 5.5x NumPy's time
+            kernel(z, b, int(Act.LINEAR), z.dtype.type(alpha))
+            np.tanh(z, out=z)
+        else:
+            kernel(z, b, int(activation), z.dtype.type(alpha))
         self._ran("bias_act", "numba-fused")
         return z
 
@@ -101,6 +105,7 @@ class NumbaBackend(Backend):
             or out.shape != x.shape
             or not contiguous_floats(out)
             or x.dtype != out.dtype
+            or activation == Act.TANH  # NumPy's vectorized tanh is 7x faster
         ):
             return super().activation(x, activation, alpha, out)
         key = (x.shape[1], x.dtype)

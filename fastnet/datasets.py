@@ -1,0 +1,131 @@
+"""Data beyond the IDX datasets: CIFAR-10/100 in their binary format, and the user's own files
+(``.npz`` with ``X`` and ``y``, ``.npy`` features with a ``.npy`` of labels, or ``.csv`` with a
+target column). ``.npy`` features are opened memory-mapped, so ``fit`` streams them from disk
+in chunks and a data set larger than memory trains."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fastnet.data import DatasetError
+
+_CIFAR = {
+    "cifar10": (["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
+                 "data_batch_5.bin"], ["test_batch.bin"], 1, 10),
+    "cifar100": (["train.bin"], ["test.bin"], 2, 100),
+}
+_PIXELS = 3 * 32 * 32
+
+
+def _read_cifar(path: Path, label_bytes: int, label_index: int, n_classes: int) -> tuple:
+    raw = np.fromfile(path, dtype=np.uint8)
+    record = label_bytes + _PIXELS
+    if raw.size == 0 or raw.size % record:
+        raise DatasetError(f"{path}: {raw.size} bytes is not a whole number of {record}-byte "
+                           f"CIFAR records (truncated or not the binary version?)")
+    rows = raw.reshape(-1, record)
+    labels = rows[:, label_index].astype(np.int64)
+    if labels.max() >= n_classes:
+        raise DatasetError(f"{path}: label {labels.max()} out of range for {n_classes} classes")
+    return rows[:, label_bytes:], labels
+
+
+def load_cifar(
+    name: str = "cifar10",
+    data_dir: str | os.PathLike | None = None,
+    label: str = "fine",
+    normalize: bool = True,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """CIFAR-10 or CIFAR-100 from the binary version's files (``data_batch_1.bin`` ...
+    ``test_batch.bin``; ``train.bin``/``test.bin`` for CIFAR-100, ``label="fine"`` (100 classes)
+    or ``"coarse"`` (20)). Images come flat, channel-major (3072 values), in [0, 1] with
+    ``normalize``. ``data_dir`` defaults to ``$FASTNET_DATA/<name>``."""
+    if name not in _CIFAR:
+        raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
+    if label not in ("fine", "coarse"):
+        raise ValueError(f"label must be 'fine' or 'coarse', got {label!r}")
+    folder = Path(data_dir or Path(os.environ.get("FASTNET_DATA", "data")) / name)
+    train_files, test_files, label_bytes, classes = _CIFAR[name]
+    index = 1 if name == "cifar100" and label == "fine" else 0
+    if name == "cifar100" and label == "coarse":
+        classes = 20
+    parts = []
+    for files in (train_files, test_files):
+        missing = [f for f in files if not (folder / f).is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"{name} not found: {folder} lacks {', '.join(missing)}; download the binary "
+                f"version of {name.upper()} and pass its folder (or set FASTNET_DATA)"
+            )
+        images, labels = zip(*(_read_cifar(folder / f, label_bytes, index, classes)
+                               for f in files))
+        X = np.concatenate(images)
+        parts.append(((X / np.float32(255)).astype(np.float32) if normalize else X,
+                      np.concatenate(labels)))
+    return parts[0], parts[1]
+
+
+def load_arrays(
+    path: str | os.PathLike, labels: str | os.PathLike | None = None, target: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, y)`` from ``path``: a ``.npz`` with arrays ``X`` and ``y``; a ``.npy`` of features
+    (memory-mapped) with ``labels`` a ``.npy`` of targets; or a ``.csv`` with a header row and
+    the ``target`` column (string labels are encoded in sorted order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                missing = {"X", "y"} - set(data.files)
+                if missing:
+                    raise DatasetError(f"{path} lacks array(s) {sorted(missing)} (needs X and y)")
+                X, y = data["X"], data["y"]
+        elif suffix == ".npy":
+            if labels is None:
+                raise DatasetError(f"{path} holds features only: pass the labels (--labels)")
+            X = np.load(path, mmap_mode="r", allow_pickle=False)
+            y = np.load(labels, allow_pickle=False)
+        elif suffix == ".csv":
+            if target is None:
+                raise DatasetError(f"{path}: name the target column (--target COLUMN)")
+            X, y = _read_csv(path, target)
+        else:
+            raise DatasetError(f"{path}: expected a .npz, .npy or .csv file")
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, DatasetError | FileNotFoundError):
+            raise
+        raise DatasetError(f"{path} is not a readable data file: {exc}") from None
+    if X.ndim != 2 or len(X) != len(y):
+        raise DatasetError(f"{path}: need 2-D features and one label per row, got X "
+                           f"{X.shape} and y {y.shape}")
+    return X, y
+
+
+def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows or target not in rows[0]:
+        raise DatasetError(f"{path}: no column {target!r} in the header {rows[0] if rows else []}")
+    header, body = rows[0], [r for r in rows[1:] if r]
+    column = header.index(target)
+    if any(len(r) != len(header) for r in body):
+        raise DatasetError(f"{path}: rows differ in length from the header")
+    try:
+        X = np.array([[float(v) for i, v in enumerate(r) if i != column] for r in body],
+                     dtype=np.float32)
+    except ValueError as exc:
+        raise DatasetError(f"{path}: feature columns must be numbers ({exc})") from None
+    raw: Any = np.array([r[column] for r in body])
+    try:
+        y = raw.astype(np.float64)
+        y = y.astype(np.int64) if np.all(y == np.round(y)) else y
+    except ValueError:
+        y = np.unique(raw, return_inverse=True)[1]
+    return X, y
