@@ -42,7 +42,7 @@ def main() -> None:
     from fastnet.bench.suites import DEFAULT_SIZES, _model, load_training_data
 
     model = _model(args.backend, DEFAULT_SIZES)
-    arena = sum(g.size for g in model.arena.groups)
+    arena = sum(int(g.values.size) for g in model.arena.groups)
     reduce_s = allreduce_times(arena, 300, comm)
     X, y, source = load_training_data(False)
     n = len(X) // 128 * 128

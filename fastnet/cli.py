@@ -41,24 +41,18 @@ PRESETS: dict[str, dict] = {
 GRAPH_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
-    return value
+def _positive(kind, zero_ok: bool = False):  # noqa: ANN001, ANN202
+    """An argparse type: a number of ``kind``, > 0 (or >= 0), with a message argparse prefixes
+    with the option's name."""
 
-
-def _positive(kind):
-    def parse(text: str):
+    def parse(text: str):  # noqa: ANN202
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+        if value < 0 or (value == 0 and not zero_ok):
+            bound = "non-negative" if zero_ok else "> 0"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
         return value
 
     return parse
@@ -117,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", default="float32", choices=["float32", "float64"], help="precision"
     )
     train.add_argument(
-        "--seed", type=_non_negative_int, default=0, help="seed for weights, shuffling, split"
+        "--seed", type=_positive(int, zero_ok=True), default=0, help="weights, shuffle, split"
     )
     train.add_argument(
         "--val-fraction", type=float, default=0.1, help="training rows held out for validation"

@@ -440,7 +440,6 @@ class MLPRegressor(RegressorMixin, _MLPBase):
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
-        tags.target_tags.single_output = True
         return tags
 
     def _multi_output_y(self) -> bool:

@@ -290,12 +290,10 @@ class Sequential(Trainer):
                     raise StateError(f"state lacks {key!r}")
                 continue  # steps default to 0 and optimizer slots to zeros
             _check_state_array(key, state[key], shape, nonneg, self.backend)
+        layer_of = {id(p): i for i, layer in enumerate(self.layers) for p in layer.parameters()}
         for group in self.arena.groups:
-            steps = set()
-            for p in group.params:
-                i = next(i for i, layer in enumerate(self.layers) if p in layer.parameters())
-                step = state.get(f"step/{i}/{p.name}", 0)
-                steps.add(int(np.asarray(self.backend.to_numpy(step))))
+            keys = [f"step/{layer_of[id(p)]}/{p.name}" for p in group.params]
+            steps = {int(np.asarray(self.backend.to_numpy(state.get(k, 0)))) for k in keys}
             if len(steps) > 1:
                 raise StateError(
                     f"parameters updated by one optimizer have different step counts {steps}"

@@ -80,10 +80,6 @@ class ParameterGroup:
             p.state = {key: buf[lo:hi].reshape(shape) for key, buf in self.slots.items()}
             lo = hi
 
-    @property
-    def size(self) -> int:
-        return int(self.values.shape[0])
-
     def update(self, device_scalars: Any = None, total_sq: float | None = None) -> None:
         """One optimizer step over the whole group (one fused kernel call)."""
         self.optimizer.apply(self, self.backend, device_scalars, total_sq)

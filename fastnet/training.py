@@ -52,11 +52,8 @@ class ResidentBatches:
         self.X, self.y, self.w, self.backend, self.shuffle = X, y, w, backend, shuffle
         self.rng = backend.rng(seed)
 
-    def __len__(self) -> int:
-        return int(self.X.shape[0])
-
     def epoch(self, bounds: Sequence[tuple[int, int]], step: Any) -> Iterator[tuple[Any, ...]]:
-        backend, n = self.backend, len(self)
+        backend, n = self.backend, self.X.shape[0]
         order = backend.permutation(self.rng, n) if self.shuffle else backend.xp.arange(n)
         for lo, hi in bounds:
             idx = order[lo:hi]
@@ -90,9 +87,6 @@ class StreamedBatches:
         self.rng = np.random.default_rng(seed)
         self.chunk_batches = chunk_batches
 
-    def __len__(self) -> int:
-        return int(self.X.shape[0])
-
     def epoch(self, bounds: Sequence[tuple[int, int]], step: Any) -> Iterator[tuple[Any, ...]]:
         backend, X, y = self.backend, self.X, self.y
         per = self.chunk_batches
@@ -103,7 +97,8 @@ class StreamedBatches:
         pinned_y = backend.pinned_empty((rows,) + y.shape[1:], y.dtype)
         dev_x = backend.empty((rows, X.shape[1]), dtype)
         dev_y = backend.empty((rows,) + y.shape[1:], y.dtype)
-        order = self.rng.permutation(len(self)) if self.shuffle else np.arange(len(self))
+        n = X.shape[0]
+        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         for chunk in chunks:
             c0, c1 = chunk[0][0], chunk[-1][1]
             m = c1 - c0
@@ -220,11 +215,8 @@ class Trainer:
         self.arena.update()
         return loss, correct
 
-    def forward(self, x: Any, training: bool = False) -> Any:
-        raise NotImplementedError
-
-    def backward(self, dout: Any) -> None:
-        raise NotImplementedError
+    forward: Callable[..., Any]
+    backward: Callable[[Any], None]
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -604,24 +596,11 @@ class Trainer:
     def output_dim(self) -> int:
         raise NotImplementedError
 
-    def build(self, input_dim: int) -> Any:
-        raise NotImplementedError
-
-    def validate_fit_data(
-        self, X: Any, y: Any, validation_data: Any, on_device: bool
-    ) -> tuple[Any, Any, tuple[Any, Any] | None]:
-        raise NotImplementedError
-
-    def validate_weights(
-        self, sample_weight: Any, class_weight: Any, y: Any, n: int, on_device: bool
-    ) -> Any:
-        raise NotImplementedError
-
-    def get_state(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def set_state(self, state: dict[str, Any]) -> None:
-        raise NotImplementedError
+    build: Callable[[int], Any]
+    validate_fit_data: Callable[..., tuple[Any, Any, tuple[Any, Any] | None]]
+    validate_weights: Callable[..., Any]
+    get_state: Callable[[], dict[str, Any]]
+    set_state: Callable[..., None]
 
 
 __all__ = ["Trainer", "TrainingDivergedError", "batch_bounds"]

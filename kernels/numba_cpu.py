@@ -84,15 +84,8 @@ def _bias_act_row(row, b, code, alpha):
             row[j] = math.tanh(row[j] + b[j])
 
 
-@njit(**SERIAL)
-def bias_act(z, b, code, alpha):
+def _bias_act(z, b, code, alpha):
     """In place: ``z = act(z + b)`` for a C-contiguous 2-D ``z``."""
-    for i in range(z.shape[0]):
-        _bias_act_row(z[i], b, code, alpha)
-
-
-@njit(**PARALLEL)
-def bias_act_parallel(z, b, code, alpha):
     for i in prange(z.shape[0]):
         _bias_act_row(z[i], b, code, alpha)
 
@@ -378,6 +371,7 @@ def _adam_update(p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay, gscale, c
         _adam(i, p, _grad(i, p, g, zero, gscale, clip), m, v, step, beta1, beta2, eps_hat)
 
 
+bias_act, bias_act_parallel = _flavours(_bias_act)
 sgd_update, sgd_update_parallel = _flavours(_sgd_update)
 momentum_update, momentum_update_parallel = _flavours(_momentum_update)
 adagrad_update, adagrad_update_parallel = _flavours(_adagrad_update)
