@@ -274,20 +274,13 @@ class _MLPBase(BaseEstimator):
             verbose=self.verbose, cuda_graph="auto", sample_weight=sample_weight,
         )
 
-    def _fit(
-        self,
-        X: Any,
-        y: Any,
-        epochs: int,
-        incremental: bool,
-        extra: Any = None,
-        sample_weight: Any = None,
-    ) -> Any:
+    def _fit(self, *args: Any, **kwargs: Any) -> Any:
+        """``_fit_checked``; rejected input (or an interrupted fit) changes nothing."""
         keys = ("n_features_in_", "feature_names_in_")
         saved = {k: v for k, v in vars(self).items() if k in keys}
         try:
-            return self._fit_checked(X, y, epochs, incremental, extra, sample_weight)
-        except BaseException:  # rejected input (or an interrupted fit) changes nothing
+            return self._fit_checked(*args, **kwargs)
+        except BaseException:
             for key in keys:
                 if key in saved:
                     setattr(self, key, saved[key])
