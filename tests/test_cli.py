@@ -147,5 +147,5 @@ def test_preset_sets_defaults_that_flags_override():
     parser = build_parser()
     parser.train_parser.set_defaults(**{k: v for k, v in PRESETS["best"].items() if k != "help"})
     args = parser.parse_args(["train", "--preset", "best", "--epochs", "3"])
-    assert args.epochs == 3 and args.optimizer == "adamw" and args.layers == (1024, 512)
+    assert args.epochs == 3 and args.optimizer == "adamw" and args.layers == (2048, 1024)
     assert args.label_smoothing == 0.1 and args.schedule == "warmup-cosine"
