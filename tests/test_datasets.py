@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 
-import fastnet as fn
 from fastnet.data import DatasetError
 from fastnet.datasets import load_arrays, load_cifar
 
