@@ -263,7 +263,7 @@ def rmsprop_kernel() -> cp.ElementwiseKernel:
 
 _ADAM_BODY = (
     "T gi = gc + wd * p; T mi = beta1 * m + ((T)1 - beta1) * gi;"
-    "T vi = beta2 * v + ((T)1 - beta2) * gi * gi; m = mi; v = vi;"
+    "T vi = beta2 * v + ((T)1 - beta2) * (gi * gi); m = mi; v = vi;"
     "p = p * shrink - step * mi / (sqrt(vi) + eps_hat);"
 )
 

@@ -303,7 +303,7 @@ def _rmsprop(i, p, gi, h, lr, rho, eps):
 def _adam(i, p, gi, m, v, step, beta1, beta2, eps_hat):
     one = p.dtype.type(1)
     mi = beta1 * m[i] + (one - beta1) * gi
-    vi = beta2 * v[i] + (one - beta2) * gi * gi
+    vi = beta2 * v[i] + (one - beta2) * (gi * gi)  # as the NumPy reference
     m[i] = mi
     v[i] = vi
     p[i] -= step * mi / (math.sqrt(vi) + eps_hat)

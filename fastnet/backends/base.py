@@ -484,7 +484,7 @@ class Backend:
         m *= beta1
         m += (1 - beta1) * g
         v *= beta2
-        v += (1 - beta2) * g * g  # this order (as the kernels) keeps |g| < 1e20 finite
+        v += (1 - beta2) * (g * g)  # the kernels compute the same order, so backends agree
         if device_scalars is not None:
             step, eps_hat = device_scalars[0], device_scalars[1]
         p -= step * m / (self.xp.sqrt(v) + eps_hat)
