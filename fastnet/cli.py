@@ -25,6 +25,7 @@ def _layers(spec: str) -> tuple[int, ...]:
 
 
 DATASETS = ["fashion-mnist", "mnist", "cifar10", "cifar100"]
+DTYPES = ["float32", "float64", "mixed_bfloat16", "mixed_float16"]
 PRESETS: dict[str, dict] = {
     "best": {
         "help": "MLP 2048-1024, dropout 0.3, AdamW (wd 0.05), warmup-cosine, label smoothing 0.1, "
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dropout", type=float, default=0.0, help="dropout rate after each hidden layer"
     )
     train.add_argument(
-        "--dtype", default="float32", choices=["float32", "float64"], help="precision"
+        "--dtype", default="float32", choices=DTYPES, help="precision (mixed_*: GPU only)"
     )
     train.add_argument(
         "--seed", type=_positive(int, zero_ok=True), default=0, help="weights, shuffle, split"

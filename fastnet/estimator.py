@@ -188,7 +188,7 @@ class _MLPBase(BaseEstimator):
     def _validate(
         self, X: Any, y: Any = None, reset: bool = True, fitting: bool = False
     ) -> tuple[Any, Any]:
-        dtype = np.dtype(self.dtype)
+        dtype = np.dtype("float32" if str(self.dtype).startswith("mixed") else self.dtype)
         if fitting and y is None:
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None"

@@ -114,6 +114,13 @@ class Layer:
     def get_config(self) -> dict:
         return {"name": self.name}
 
+    @classmethod
+    def from_config(cls, config: dict) -> Layer:
+        """The layer ``get_config`` describes (unknown keys are an error)."""
+        config = dict(config)
+        config.pop("name", None)
+        return cls(**config)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
         return f"{type(self).__name__}({args})"
@@ -225,14 +232,13 @@ class Dense(Layer):
         return config
 
     @classmethod
-    def from_config(cls, config: dict) -> Dense:
+    def from_config(cls, config: dict) -> Layer:
         config = dict(config)
-        config.pop("name", None)
         if "initializer" in config:
             config["initializer"] = initializer_from_config(config["initializer"])
         if "optimizer" in config:
             config["optimizer"] = optimizer_from_config(config["optimizer"])
-        return cls(**config)
+        return super().from_config(config)
 
 
 class Activation(Layer):
@@ -258,14 +264,6 @@ class Activation(Layer):
         out = self._buffer("dx", dy.shape)
         return self.backend.activation_backward(self.y, dy, self.code, self.alpha, out)
 
-    def get_config(self) -> dict:
-        return {"name": self.name}
-
-    @classmethod
-    def from_config(cls, config: dict) -> Layer:
-        config = dict(config)
-        config.pop("name", None)
-        return cls(**config)
 
 
 class ReLU(Activation):
@@ -302,9 +300,6 @@ class Softmax(Layer):
         y = self.y
         return y * (dy - (dy * y).sum(axis=1, keepdims=True))
 
-    @classmethod
-    def from_config(cls, config: dict) -> Layer:
-        return cls()
 
 
 class Dropout(Layer):
@@ -349,9 +344,6 @@ class Dropout(Layer):
     def get_config(self) -> dict:
         return {"name": self.name, "rate": self.rate, "seed": self.seed}
 
-    @classmethod
-    def from_config(cls, config: dict) -> Layer:
-        return cls(rate=config["rate"], seed=config.get("seed"))
 
 
 class BatchNorm1d(Layer):
@@ -425,9 +417,6 @@ class BatchNorm1d(Layer):
     def get_config(self) -> dict:
         return {"name": self.name, "momentum": self.momentum, "eps": self.eps}
 
-    @classmethod
-    def from_config(cls, config: dict) -> Layer:
-        return cls(momentum=config["momentum"], eps=config["eps"])
 
 
 LAYERS: dict[str, type[Layer]] = {
@@ -439,4 +428,4 @@ def layer_from_config(config: dict) -> Layer:
     name = config.get("name")
     if name not in LAYERS:
         raise ValueError(f"unknown layer {name!r} in config; known: {', '.join(LAYERS)}")
-    return LAYERS[name].from_config(config)  # type: ignore[attr-defined]
+    return LAYERS[name].from_config(config)

@@ -20,6 +20,7 @@ from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter, ParameterArena
 from fastnet.training import Trainer, TrainingDivergedError
 from fastnet.validation import (
+    MIXED_POLICIES,
     check_dtype,
     check_features,
     check_positive_int,
@@ -60,7 +61,10 @@ class Sequential(Trainer):
         self.loss = get_loss(loss)
         self.optimizer = get_optimizer(optimizer)
         self.backend = get_backend(backend)
-        self.dtype = check_dtype(dtype)
+        self.policy = dtype if isinstance(dtype, str) and dtype in MIXED_POLICIES else None
+        if self.policy:  # float32 master weights; the backend must provide half compute
+            self.backend.check_policy(self.policy)
+        self.dtype = check_dtype("float32" if self.policy else dtype)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.input_dim: int | None = None
@@ -337,7 +341,7 @@ class Sequential(Trainer):
             "layers": [layer.get_config() for layer in self.layers],
             "loss": self.loss.get_config() if len(self.loss.get_config()) > 1 else self.loss.name,
             "optimizer": self.optimizer.get_config(),
-            "dtype": self.dtype.name,
+            "dtype": self.policy or self.dtype.name,
             "seed": self.seed,
             "input_dim": self.input_dim,
         }

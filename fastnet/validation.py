@@ -128,6 +128,9 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+MIXED_POLICIES = ("mixed_bfloat16", "mixed_float16")
+
+
 def check_dtype(dtype: Any) -> np.dtype:
     try:
         dt = np.dtype(dtype)

@@ -325,3 +325,21 @@ def test_cli_evaluate_on_bad_files(tmp_path):
         run = _cli("evaluate", str(tmp_path / name), cwd=tmp_path)
         assert run.returncode == 2 and "Traceback" not in run.stderr
         assert name in run.stderr, run.stderr
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_policies_name_backend_and_policy_on_cpu(backend, policy):
+    """Half-precision policies (float32 master weights) run on the GPU only; CPU backends say so
+    instead of emulating them, and nothing is built."""
+    if backend.name.startswith("cupy"):
+        pytest.skip("the cupy mixed-precision path is GPU work")
+    with pytest.raises(ValueError, match=f"{policy}.*cupy backend.*{backend.name}"):
+        fn.Sequential([fn.Dense(4)], dtype=policy, backend=backend)
+    X, y = make_blobs(n=40)
+    clf = fn.MLPClassifier((4,), dtype=policy, backend=backend.name, max_iter=1)
+    with pytest.raises(ValueError, match=policy):
+        clf.fit(X, y)
+    assert not hasattr(clf, "model_")
+    from fastnet.cli import main
+
+    assert main(["train", "--dtype", policy, "--backend", backend.name, "--epochs", "1"]) == 2

@@ -148,6 +148,12 @@ class Backend:
         if enabled:
             raise ValueError(f"TF32 needs the cupy backend; {self.name} computes in full fp32")
 
+    def check_policy(self, policy: str) -> None:
+        """Raise if this backend cannot train with the precision ``policy``
+        ("mixed_bfloat16"/"mixed_float16": half-precision compute, float32 master weights)."""
+        raise ValueError(f"dtype={policy!r} needs the cupy backend: {self.name} has no half-"
+                         "precision kernels faster than float32 (use dtype='float32')")
+
     def graph_capture_reason(self) -> str:
         """Why training steps cannot be captured in graphs here ("" if they can)."""
         return f"compiled steps need the cupy backend (CUDA graphs); {self.name} runs eager"

@@ -95,6 +95,10 @@ class CupyBackend(Backend):
     def copy_from_host(self, dst: Any, src: np.ndarray) -> None:
         dst.set(src)
 
+    def check_policy(self, policy: str) -> None:
+        raise NotImplementedError(f"dtype={policy!r}: the cupy mixed-precision kernels (bf16/fp16 "
+                                  "GEMMs, fp32 master weights, loss scaling) are not built yet")
+
     def graph_capture_reason(self) -> str:
         """Why training steps cannot be captured in CUDA graphs here ("" if they can)."""
         return "" if self._gemm is not None else f"no direct cuBLAS calls: {self._gemm_name}"
