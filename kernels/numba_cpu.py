@@ -264,49 +264,58 @@ def count_correct(logits, labels):
 # Constants are typed with ``p.dtype.type``: a bare ``1 - beta`` is int64 - float32, which numba
 # types as float64 and would run the whole float32 update in (4-wide) double precision.
 @njit(**INLINE)
-def _grad(i, p, g, wd, gscale, clip):
-    gi = g[i] * gscale
-    if gi > clip:
-        gi = clip
-    elif gi < -clip:
-        gi = -clip
-    return gi + wd * p[i]
+def _grad(gi, pi, wd, gscale, clip):
+    gi = gi * gscale
+    gi = clip if gi > clip else gi  # two selects (not branches): vectorized, and NaN stays NaN
+    gi = -clip if gi < -clip else gi
+    return gi + wd * pi
+
+
+# Each rule loads p[i] once, works in registers and stores once: an in-place ``p[i] *= shrink``
+# before reading the state would force a store per element (numba cannot prove no aliasing).
+@njit(**INLINE)
+def _sgd(i, p, g, lr, wd, gscale, clip, shrink):
+    pi = p[i]
+    p[i] = pi * shrink - lr * _grad(g[i], pi, wd, gscale, clip)
 
 
 @njit(**INLINE)
-def _sgd(i, p, gi, lr):
-    p[i] -= lr * gi
-
-
-@njit(**INLINE)
-def _momentum(i, p, gi, v, lr, mu, nesterov):
+def _momentum(i, p, g, v, lr, mu, nesterov, wd, gscale, clip, shrink):
+    pi = p[i]
+    gi = _grad(g[i], pi, wd, gscale, clip)
     vi = mu * v[i] - lr * gi
     v[i] = vi
-    p[i] += mu * vi - lr * gi if nesterov else vi
+    p[i] = pi * shrink + (mu * vi - lr * gi if nesterov else vi)
 
 
 @njit(**INLINE)
-def _adagrad(i, p, gi, h, lr, eps):
+def _adagrad(i, p, g, h, lr, eps, wd, gscale, clip, shrink):
+    pi = p[i]
+    gi = _grad(g[i], pi, wd, gscale, clip)
     hi = h[i] + gi * gi
     h[i] = hi
-    p[i] -= lr * gi / (math.sqrt(hi) + eps)
+    p[i] = pi * shrink - lr * gi / (math.sqrt(hi) + eps)
 
 
 @njit(**INLINE)
-def _rmsprop(i, p, gi, h, lr, rho, eps):
+def _rmsprop(i, p, g, h, lr, rho, eps, wd, gscale, clip, shrink):
+    pi = p[i]
+    gi = _grad(g[i], pi, wd, gscale, clip)
     hi = rho * h[i] + (p.dtype.type(1) - rho) * gi * gi
     h[i] = hi
-    p[i] -= lr * gi / (math.sqrt(hi) + eps)
+    p[i] = pi * shrink - lr * gi / (math.sqrt(hi) + eps)
 
 
 @njit(**INLINE)
-def _adam(i, p, gi, m, v, step, beta1, beta2, eps_hat):
+def _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd, gscale, clip, shrink):
+    pi = p[i]
+    gi = _grad(g[i], pi, wd, gscale, clip)
     one = p.dtype.type(1)
     mi = beta1 * m[i] + (one - beta1) * gi
     vi = beta2 * v[i] + (one - beta2) * (gi * gi)  # as the NumPy reference
     m[i] = mi
     v[i] = vi
-    p[i] -= step * mi / (math.sqrt(vi) + eps_hat)
+    p[i] = pi * shrink - step * mi / (math.sqrt(vi) + eps_hat)
 
 
 def _flavours(body: Any) -> tuple[Any, Any]:
@@ -321,54 +330,44 @@ def _flavours(body: Any) -> tuple[Any, Any]:
 
 
 def _sgd_update(p, g, lr, wd, n_decay, gscale, clip, shrink):
-    zero = wd - wd
+    zero, one = wd - wd, p.dtype.type(1)
     for i in prange(n_decay):
-        gi = _grad(i, p, g, wd, gscale, clip)
-        p[i] *= shrink
-        _sgd(i, p, gi, lr)
+        _sgd(i, p, g, lr, wd, gscale, clip, shrink)
     for i in prange(n_decay, p.shape[0]):
-        _sgd(i, p, _grad(i, p, g, zero, gscale, clip), lr)
+        _sgd(i, p, g, lr, zero, gscale, clip, one)
 
 
 def _momentum_update(p, g, v, lr, mu, nesterov, wd, n_decay, gscale, clip, shrink):
-    zero = wd - wd
+    zero, one = wd - wd, p.dtype.type(1)
     for i in prange(n_decay):
-        gi = _grad(i, p, g, wd, gscale, clip)
-        p[i] *= shrink
-        _momentum(i, p, gi, v, lr, mu, nesterov)
+        _momentum(i, p, g, v, lr, mu, nesterov, wd, gscale, clip, shrink)
     for i in prange(n_decay, p.shape[0]):
-        _momentum(i, p, _grad(i, p, g, zero, gscale, clip), v, lr, mu, nesterov)
+        _momentum(i, p, g, v, lr, mu, nesterov, zero, gscale, clip, one)
 
 
 def _adagrad_update(p, g, h, lr, eps, wd, n_decay, gscale, clip, shrink):
-    zero = wd - wd
+    zero, one = wd - wd, p.dtype.type(1)
     for i in prange(n_decay):
-        gi = _grad(i, p, g, wd, gscale, clip)
-        p[i] *= shrink
-        _adagrad(i, p, gi, h, lr, eps)
+        _adagrad(i, p, g, h, lr, eps, wd, gscale, clip, shrink)
     for i in prange(n_decay, p.shape[0]):
-        _adagrad(i, p, _grad(i, p, g, zero, gscale, clip), h, lr, eps)
+        _adagrad(i, p, g, h, lr, eps, zero, gscale, clip, one)
 
 
 def _rmsprop_update(p, g, h, lr, rho, eps, wd, n_decay, gscale, clip, shrink):
-    zero = wd - wd
+    zero, one = wd - wd, p.dtype.type(1)
     for i in prange(n_decay):
-        gi = _grad(i, p, g, wd, gscale, clip)
-        p[i] *= shrink
-        _rmsprop(i, p, gi, h, lr, rho, eps)
+        _rmsprop(i, p, g, h, lr, rho, eps, wd, gscale, clip, shrink)
     for i in prange(n_decay, p.shape[0]):
-        _rmsprop(i, p, _grad(i, p, g, zero, gscale, clip), h, lr, rho, eps)
+        _rmsprop(i, p, g, h, lr, rho, eps, zero, gscale, clip, one)
 
 
 def _adam_update(p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay, gscale, clip, shrink):
     """Adam with the bias correction folded into ``step`` and ``eps_hat`` by the caller."""
-    zero = wd - wd
+    zero, one = wd - wd, p.dtype.type(1)
     for i in prange(n_decay):
-        gi = _grad(i, p, g, wd, gscale, clip)
-        p[i] *= shrink
-        _adam(i, p, gi, m, v, step, beta1, beta2, eps_hat)
+        _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd, gscale, clip, shrink)
     for i in prange(n_decay, p.shape[0]):
-        _adam(i, p, _grad(i, p, g, zero, gscale, clip), m, v, step, beta1, beta2, eps_hat)
+        _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, zero, gscale, clip, one)
 
 
 bias_act, bias_act_parallel = _flavours(_bias_act)
