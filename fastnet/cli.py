@@ -267,7 +267,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             import matplotlib  # noqa: F401
         except ImportError:
             raise ValueError(
-                "--plot needs matplotlib: pip install 'fastnet-mlp[plot]'"
+                "--plot needs matplotlib: pip install matplotlib (extra 'plot')"
             ) from None
     backend, main_rank = args.backend, True
     if args.distributed:

@@ -189,7 +189,7 @@ def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
     except ImportError:
         raise DistributedError(
             "distributed training needs mpi4py and an MPI library: "
-            "pip install 'fastnet-mlp[distributed]' "
+            "pip install mpi4py (extra 'distributed') "
             "(and e.g. apt install openmpi-bin libopenmpi-dev)"
         ) from None
     mpi = MPICommunicator()

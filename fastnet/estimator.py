@@ -1,11 +1,11 @@
 """scikit-learn estimators on top of ``Sequential``: ``MLPClassifier`` and ``MLPRegressor``.
 
-With scikit-learn installed (``pip install 'fastnet-mlp[sklearn]'``) they are real scikit-learn
-estimators (``BaseEstimator`` + ``ClassifierMixin``/``RegressorMixin``, input validation, tags,
-``NotFittedError``), so ``Pipeline``, ``GridSearchCV``, ``cross_val_score``, ``clone`` and
-``check_estimator`` work. Without it they keep the same interface stand-alone. Parameters follow
-scikit-learn's ``MLPClassifier`` where they mean the same thing (``max_iter`` epochs,
-``learning_rate_init``, ``alpha``, ``tol``/``n_iter_no_change``, ``early_stopping``, ...).
+With scikit-learn installed (``pip install scikit-learn``, the ``sklearn`` extra) they are real
+scikit-learn estimators (``BaseEstimator`` + ``ClassifierMixin``/``RegressorMixin``, input
+validation, tags, ``NotFittedError``), so ``Pipeline``, ``GridSearchCV``, ``cross_val_score``,
+``clone`` and ``check_estimator`` work. Without it they keep the same interface stand-alone.
+Parameters follow scikit-learn's ``MLPClassifier`` where they mean the same thing (``max_iter``
+epochs, ``learning_rate_init``, ``alpha``, ``tol``/``n_iter_no_change``, ``early_stopping``, ...).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """ONNX export of a built ``Sequential`` (Dense, activations, Softmax, BatchNorm1d and Dropout in
 eval mode): ``model.to_onnx(path)`` or ``fastnet export model.npz model.onnx``. Needs the
-``onnx`` package (``pip install 'fastnet-mlp[onnx]'``); the graph is checked before it is written.
+``onnx`` package (``pip install onnx``); the graph is checked before it is written.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def to_onnx(model: Any, path: str | os.PathLike) -> None:
         from onnx import TensorProto, helper, numpy_helper
     except ImportError:
         raise ImportError(
-            "ONNX export needs the onnx package: pip install 'fastnet-mlp[onnx]'"
+            "ONNX export needs the onnx package: pip install onnx (extra 'onnx')"
         ) from None
     if not model.built:
         raise RuntimeError("cannot export an unbuilt model: fit() or build() it first")

@@ -1,4 +1,4 @@
-"""Learning-curve plots (needs matplotlib: ``pip install 'fastnet-mlp[plot]'``)."""
+"""Learning-curve and confusion-matrix plots (needs matplotlib: ``pip install matplotlib``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'fastnet-mlp[plot]'") from None
+        raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
     return plt
 
 

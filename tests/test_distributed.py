@@ -28,7 +28,7 @@ except ImportError:
 # In CI (.ci/run installs Open MPI and mpi4py) these tests must run, never skip.
 needs_mpi = pytest.mark.skipif(
     (shutil.which("mpirun") is None or not HAVE_MPI4PY) and not os.environ.get("CI"),
-    reason="needs Open MPI (mpirun) and mpi4py: pip install 'fastnet[distributed]'",
+    reason="needs Open MPI (mpirun) and mpi4py: pip install mpi4py",
 )
 MPI_ENV = {
     "OMPI_ALLOW_RUN_AS_ROOT": "1",  # CI runs as root

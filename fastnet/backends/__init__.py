@@ -76,7 +76,7 @@ def _probe_numba() -> BackendInfo:
         return BackendInfo(
             "numba",
             False,
-            f"numba is not importable ({exc}); install it with `pip install 'fastnet-mlp[numba]'`",
+            f"numba is not importable ({exc}); install it: `pip install numba scipy`",
             "",
             "",
         )
@@ -91,7 +91,7 @@ def _probe_cupy(device: int = 0) -> BackendInfo:
             "cupy",
             False,
             f"cupy is not importable ({exc}); install it with "
-            "`pip install 'fastnet-mlp[cuda12]'` or `'fastnet-mlp[cuda13]'`",
+            "`pip install cupy-cuda12x` or `cupy-cuda13x` (extras 'cuda12', 'cuda13')",
             "",
             "",
         )
