@@ -391,3 +391,22 @@ def test_cli_interrupt_saves_checkpoint(tmp_path, monkeypatch, capsys):
     assert rc == 130 and ckpt.exists()
     assert "interrupted" in capsys.readouterr().err
     assert fn.load_model(ckpt).arena.groups[0].step == 5  # the finished first epoch
+
+
+def test_graph_capture_reasons_are_checked_without_a_gpu():
+    """Which models the CUDA-graph step refuses, and why (host-side logic, no GPU needed)."""
+    from fastnet.backends.cuda_graph import graph_unsupported_reason
+
+    class CapturableBackend:
+        def graph_capture_reason(self):
+            return ""
+
+    def reason(layers, **kw):
+        model = fn.Sequential(layers, backend="numpy", **kw).build(4)
+        return graph_unsupported_reason(model, CapturableBackend())
+
+    assert reason([fn.Dense(8, "relu"), fn.Dense(3)]) == ""
+    assert "Dropout" in reason([fn.Dense(8), fn.Dropout(0.5), fn.Dense(3)])
+    assert "per-layer" in reason([fn.Dense(8, optimizer=fn.SGD(0.1)), fn.Dense(3)])
+    assert "clip_norm" in reason([fn.Dense(3)], optimizer=fn.Adam(clip_norm=1.0))
+    assert "softmax" in reason([fn.Dense(3)], loss="mse")

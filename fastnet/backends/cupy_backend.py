@@ -142,7 +142,7 @@ class CupyBackend(Backend):
         return self.xp.matmul(a, b, out=out)
 
     def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
-        if b is None or not contiguous_floats(z, b):
+        if b is None or z.ndim != 2 or b.shape != (z.shape[1],) or not contiguous_floats(z, b):
             return super().bias_act(z, b, activation, alpha)
         self.k.bias_act(z, b, int(activation), alpha)
         self._ran("bias_act", "cuda-fused")
@@ -153,7 +153,12 @@ class CupyBackend(Backend):
     ) -> Any:
         if dz is None:
             dz = self.xp.empty_like(dy)
-        if db is None or y.ndim != 2 or not contiguous_floats(y, dy, dz, db):
+        if (
+            db is None
+            or y.ndim != 2
+            or not y.shape == dy.shape == dz.shape or db.shape != (y.shape[1],)
+            or not contiguous_floats(y, dy, dz, db)
+        ):
             return super().act_backward_bias(y, dy, activation, alpha, dz, db)
         self.k.act_backward_bias(y, dy, int(activation), alpha, dz, db)
         self._ran("act_backward_bias", "cuda-fused")
