@@ -11,7 +11,11 @@ from typing import Any
 import numpy as np
 
 
-def _setup(sizes: Sequence[int], seed: int, precision: str | None) -> tuple[Any, ...]:
+def _setup(
+    sizes: Sequence[int], seed: int, precision: str | None, X: np.ndarray, y: np.ndarray,
+    batch: int,
+) -> tuple[Any, ...]:
+    """The model, the Adam step, its initial state, the device data and full-batch count."""
     import jax
     import jax.numpy as jnp
 
@@ -46,7 +50,8 @@ def _setup(sizes: Sequence[int], seed: int, precision: str | None) -> tuple[Any,
         return (params, m, v, t), loss
 
     state = (params, zeros, zeros, jnp.zeros((), jnp.float32))
-    return jax, jnp, adam_step, state
+    Xd, yd = jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.int32)
+    return jax, adam_step, state, Xd, yd, len(X) // batch
 
 
 def jax_scan_epoch(
@@ -59,9 +64,7 @@ def jax_scan_epoch(
 ) -> Callable[[], Any]:
     """One epoch = one call of a jitted function that shuffles on the device and runs
     ``lax.scan`` over all full batches (gathering each batch inside the scan)."""
-    jax, jnp, adam_step, state = _setup(sizes, seed, precision)
-    steps = len(X) // batch
-    Xd, yd = jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.int32)
+    jax, adam_step, state, Xd, yd, steps = _setup(sizes, seed, precision, X, y, batch)
 
     @jax.jit
     def epoch(state: Any, key: Any) -> tuple[Any, Any]:
@@ -92,15 +95,13 @@ def jax_step_epoch(
     precision: str | None = None,
 ) -> Callable[[], Any]:
     """One epoch as a Python loop over a jitted step (host shuffle, device gather)."""
-    jax, jnp, adam_step, state = _setup(sizes, seed, precision)
-    steps = len(X) // batch
-    Xd, yd = jnp.asarray(X, jnp.float32), jnp.asarray(y, jnp.int32)
+    jax, adam_step, state, Xd, yd, steps = _setup(sizes, seed, precision, X, y, batch)
     step = jax.jit(lambda s, idx: adam_step(s, Xd[idx], yd[idx]))
     rng = np.random.default_rng(seed)
     carry = {"state": state}
 
     def run() -> float:
-        order = jnp.asarray(rng.permutation(len(X))[: steps * batch].reshape(steps, batch))
+        order = jax.numpy.asarray(rng.permutation(len(X))[: steps * batch].reshape(steps, batch))
         loss = None
         for i in range(steps):
             carry["state"], loss = step(carry["state"], order[i])

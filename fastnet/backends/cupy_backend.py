@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats
+from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats, labels_fit
 
 
 class CupyBackend(Backend):
@@ -229,12 +229,7 @@ class CupyBackend(Backend):
         return loss_out, dlogits
 
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
-        if (
-            labels.ndim != 1
-            or logits.ndim != 2
-            or labels.shape[0] != logits.shape[0]
-            or logits.dtype not in FLOAT_DTYPES
-        ):
+        if not labels_fit(logits, labels):
             return super().count_correct(logits, labels, out)
         if labels.dtype != np.int64:
             labels = labels.astype(np.int64)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats
+from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats, labels_fit
 
 
 def _same_shape(*arrays: Any) -> bool:
@@ -182,12 +182,7 @@ class NumbaBackend(Backend):
         return loss_out, dlogits
 
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
-        if (
-            labels.ndim != 1
-            or logits.ndim != 2
-            or labels.shape[0] != logits.shape[0]
-            or logits.dtype not in FLOAT_DTYPES
-        ):
+        if not labels_fit(logits, labels):
             return super().count_correct(logits, labels, out)
         hits = self.k.count_correct(np.ascontiguousarray(logits), np.ascontiguousarray(labels))
         if out is None:
