@@ -255,3 +255,59 @@ def test_numba_float32_kernels_never_widen_to_float64(name):
         fresh(*args)
     for sig, ir in fresh.inspect_llvm().items():
         assert "fpext float" not in ir and "fadd double" not in ir, f"{name}{sig} uses float64"
+
+
+_UPDATE_KERNELS = sorted(name for name in _F32_KERNEL_ARGS if name.endswith("_update"))
+
+
+@pytest.mark.parametrize("name", _UPDATE_KERNELS)
+def test_numba_update_kernels_vectorize_both_loops(name):
+    """An update runs a decayed and an undecayed loop; both must vectorize. Indexing ``p[i]``
+    with ``i`` from ``range(n_decay, n)`` made numba wrap negative indices, which kept LLVM from
+    vectorizing the second loop (5-10x slower)."""
+    from fastnet.backends import probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    import re
+
+    from fastnet.kernels import numba_cpu
+    from numba import njit
+
+    fresh = njit(**{**numba_cpu.SERIAL, "cache": False})(getattr(numba_cpu, name).py_func)
+    def ones(shape):
+        return np.ones(shape, np.float32)
+
+    for args in _F32_KERNEL_ARGS[name](ones, ones):
+        fresh(*args)
+    ir = "\n".join(fresh.inspect_llvm().values())
+    assert len(re.findall(r"^vector\.body[\d.]*:", ir, re.M)) >= 2, f"{name} lost a vector loop"
+
+
+@pytest.mark.parametrize("name", sorted(_F32_KERNEL_ARGS))
+def test_numba_parallel_flavours_match_serial(name, rng):
+    """The threaded flavour of every kernel computes what the serial one does (updates exactly,
+    bias gradients up to summation order), with every split between decayed and undecayed."""
+    from fastnet.backends import probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    from fastnet.kernels import numba_cpu
+
+    def random(shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    for args in _F32_KERNEL_ARGS[name](random, random):
+        splits = [0, 17, 64] if name.endswith("_update") else [None]
+        for n_decay in splits:
+            if n_decay is not None:
+                args = tuple(n_decay if type(a) is int else a for a in args)
+            serial = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+            threaded = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+            getattr(numba_cpu, name)(*serial)
+            getattr(numba_cpu, f"{name}_parallel")(*threaded)
+            for s, t in zip(serial, threaded):
+                if isinstance(s, np.ndarray):
+                    np.testing.assert_allclose(t, s, rtol=1e-6, atol=1e-6)
+            arrays = [(s, a) for s, a in zip(serial, args) if isinstance(a, np.ndarray)]
+            assert any(not np.array_equal(s, a) for s, a in arrays), f"{name} changed nothing"
