@@ -3,7 +3,9 @@
 The stripped loop is the least code that can train the MLP with the numba kernels: no layers,
 no wrappers, no checks, all parameters in one flat arena updated by a single optimizer call.
 Parts can be switched off, so timing the variants side by side (``fastnet bench --suite floor``)
-prices each part of the step: the row gather, the fused elementwise kernels, the optimizer.
+prices each part of the step: the row gather, the fused elementwise kernels, the optimizer. Its
+matmuls, and the floor's, go through the numba backend's BLAS (scipy's OpenBLAS, the one numba
+links), as the framework's do: a second BLAS thread pool would spin against the first.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def stripped_epoch(
         loss = float("nan")
         inp = xb
         for W, b, h, act in zip(Ws, bs, hs, acts):
-            np.matmul(inp, W, out=h)
+            k.matmul(inp, W, h)
             if elementwise:
                 k.bias_act(h, b, act, alpha)
             inp = h
@@ -89,9 +91,9 @@ def stripped_epoch(
                 else:
                     k.act_backward_bias(hs[i], dy, acts[i], alpha, dzs[i], dbs[i])
                     dz = dzs[i]
-            np.matmul((xb if i == 0 else hs[i - 1]).T, dz, out=dWs[i])
+            k.matmul((xb if i == 0 else hs[i - 1]).T, dz, dWs[i])
             if i:
-                np.matmul(dz, Ws[i].T, out=dxs[i])
+                k.matmul(dz, Ws[i].T, dxs[i])
                 dy = dxs[i]
         if optimizer == "adam":
             state["t"] += 1
@@ -122,7 +124,7 @@ def stripped_epoch(
 def _framework_epoch(
     model: Any, backend: Any, X: np.ndarray, y: np.ndarray, batch: int
 ) -> Callable[[], Any]:
-    return model.epoch_runner(X, y, batch, cuda_graph=False)
+    return model.epoch_runner(X, y, batch)  # the default step: fused on numba
 
 
 def floor_groups(
@@ -144,9 +146,10 @@ def floor_groups(
         "stripped: + SGD update": dict(optimizer="sgd"),
         "stripped: + Adam update": dict(optimizer="adam"),
     }
-    contestants = [
-        Contestant("matmul-only-cpu", matmul_only_epoch(np, sizes, len(X), batch, np.float32))
-    ]
+    from fastnet.kernels.numba_cpu import matmul
+
+    floor = matmul_only_epoch(np, sizes, len(X), batch, np.float32, matmul=matmul)
+    contestants = [Contestant("matmul-only-numba", floor)]
     contestants += [
         Contestant(name, stripped_epoch(X, y, sizes, batch, **kw)) for name, kw in variants.items()
     ]

@@ -96,10 +96,23 @@ class BookMLP:
 
 
 def matmul_only_epoch(
-    xp: Any, sizes: Sequence[int], n: int, batch_size: int, dtype: Any, seed: int = 0
+    xp: Any,
+    sizes: Sequence[int],
+    n: int,
+    batch_size: int,
+    dtype: Any,
+    seed: int = 0,
+    matmul: Any = None,
 ) -> Any:
     """A function doing exactly the matmuls of one training epoch (forward, weight gradients,
-    input gradients except the first layer's) into preallocated buffers: the floor."""
+    input gradients except the first layer's) into preallocated buffers: the floor.
+    ``matmul(a, b, out)`` defaults to ``xp.matmul``; the numba floor passes the numba backend's
+    (its BLAS is scipy's OpenBLAS, not NumPy's)."""
+    if matmul is None:
+
+        def matmul(a: Any, b: Any, out: Any) -> None:
+            xp.matmul(a, b, out=out)
+
     rng = np.random.default_rng(seed)
     Ws = [
         xp.asarray(rng.standard_normal((a, b)).astype(dtype)) for a, b in zip(sizes[:-1], sizes[1:])
@@ -114,13 +127,13 @@ def matmul_only_epoch(
         for _ in range(steps):
             inp = x
             for W, h in zip(Ws, hs):
-                xp.matmul(inp, W, out=h)
+                matmul(inp, W, h)
                 inp = h
             for i in range(len(Ws) - 1, -1, -1):
                 a = x if i == 0 else hs[i - 1]
-                xp.matmul(a.T, hs[i], out=dWs[i])
+                matmul(a.T, hs[i], dWs[i])
                 if i > 0:
-                    xp.matmul(hs[i], Ws[i].T, out=dxs[i])
+                    matmul(hs[i], Ws[i].T, dxs[i])
 
     return run
 

@@ -247,6 +247,11 @@ def train_groups(
                 step_flops(sizes, batch),
             )
         )
+        if be.name == "numba":
+            fused = _model(be, sizes).epoch_runner(Xd, yd, batch, cuda_graph=True)
+            epoch.append(Contestant("fastnet-numba+fused", fused, None, epoch_flops))
+            floor = matmul_only_epoch(np, sizes, n, batch, np.float32, matmul=be.k.matmul)
+            epoch.append(Contestant("matmul-only-numba", floor, None, epoch_flops))
         if be.name.startswith("cupy"):
             graphed = _model(be, sizes).epoch_runner(Xd, yd, batch, cuda_graph=True)
             epoch.append(
@@ -476,7 +481,7 @@ def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -
         if title.startswith("train epoch"):  # the strongest peer present, else the book loop
             reference = next((r for r in ("jax-scan-fp32", "book-numpy") if r in names), None)
         if title.startswith("floor breakdown"):
-            reference = "matmul-only-cpu"
+            reference = "matmul-only-numba"
         results = interleaved(contestants, rounds=rounds, reference=reference)
         report["groups"][title] = {
             "reference": reference,

@@ -24,16 +24,7 @@ from fastnet.callbacks import (
 from fastnet.checkpoint import CheckpointError
 from fastnet.data import DatasetError, load_fashion_mnist, load_mnist, one_hot, read_idx
 from fastnet.initializers import Gaussian, He, Xavier
-from fastnet.layers import (
-    BatchNorm1d,
-    Dense,
-    Dropout,
-    LeakyReLU,
-    ReLU,
-    Sigmoid,
-    Softmax,
-    Tanh,
-)
+from fastnet.layers import BatchNorm1d, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from fastnet.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from fastnet.model import Sequential, StateError, load_model, save_model
 from fastnet.optimizers import SGD, AdaGrad, Adam, AdamW, Momentum, RMSProp
@@ -41,57 +32,15 @@ from fastnet.schedules import CosineDecay, LearningRateScheduler, StepDecay, War
 from fastnet.training import TrainingDivergedError
 
 __all__ = [
-    "SGD",
-    "AdaGrad",
-    "Adam",
-    "AdamW",
-    "Backend",
-    "BackendUnavailableError",
-    "BatchNorm1d",
-    "CSVLogger",
-    "Callback",
-    "CheckpointError",
-    "CosineDecay",
-    "DatasetError",
-    "Dense",
-    "Dropout",
-    "EarlyStopping",
-    "LearningRateScheduler",
-    "ModelCheckpoint",
-    "ReduceLROnPlateau",
-    "StepDecay",
-    "TerminateOnNaN",
-    "WarmupCosine",
-    "Gaussian",
-    "He",
-    "LeakyReLU",
-    "MLPClassifier",
-    "MLPRegressor",
-    "MeanSquaredError",
-    "Momentum",
-    "RMSProp",
-    "ReLU",
-    "Sequential",
-    "Sigmoid",
-    "SigmoidBinaryCrossEntropy",
-    "Softmax",
-    "StateError",
-    "SoftmaxCrossEntropy",
-    "Tanh",
-    "TrainingDivergedError",
-    "Xavier",
-    "__version__",
-    "available_backends",
-    "get_backend",
-    "load_fashion_mnist",
-    "metrics",
-    "load_mnist",
-    "load_model",
-    "one_hot",
-    "read_idx",
-    "save_model",
-    "set_backend",
-    "use_backend",
+    "SGD", "AdaGrad", "Adam", "AdamW", "Backend", "BackendUnavailableError", "BatchNorm1d",
+    "CSVLogger", "Callback", "CheckpointError", "CosineDecay", "DatasetError", "Dense",
+    "Dropout", "EarlyStopping", "LearningRateScheduler", "ModelCheckpoint", "ReduceLROnPlateau",
+    "StepDecay", "TerminateOnNaN", "WarmupCosine", "Gaussian", "He", "LeakyReLU",
+    "MLPClassifier", "MLPRegressor", "MeanSquaredError", "Momentum", "RMSProp", "ReLU",
+    "Sequential", "Sigmoid", "SigmoidBinaryCrossEntropy", "Softmax", "StateError",
+    "SoftmaxCrossEntropy", "Tanh", "TrainingDivergedError", "Xavier", "__version__",
+    "available_backends", "get_backend", "load_fashion_mnist", "metrics", "load_mnist",
+    "load_model", "one_hot", "read_idx", "save_model", "set_backend", "use_backend",
 ]
 
 

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +60,58 @@ def _positive(kind, zero_ok: bool = False):  # noqa: ANN001, ANN202
     return parse
 
 
+OPTIMIZERS = ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]
+TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--backend",), dict(help="numpy, numba, cupy, cupy:N or auto (default: "
+                          "$FASTNET_BACKEND or auto)")),
+    (("--layers",), dict(type=_layers, default=(256, 128), help="hidden sizes, e.g. 256,128")),
+    (("--epochs",), dict(type=_positive(int), default=20, help="passes over the data")),
+    (("--batch-size",), dict(type=_positive(int), default=128, help="rows per step (global)")),
+    (("--optimizer",), dict(default="adam", choices=OPTIMIZERS, help="update rule")),
+    (("--lr",), dict(type=_positive(float), default=1e-3, help="learning rate")),
+    (("--weight-decay",), dict(type=float, default=0.0, help="L2 weight decay")),
+    (("--schedule",), dict(default="cosine", choices=["cosine", "warmup-cosine", "constant"],
+                           help="learning-rate schedule over the epochs (warmup-cosine: 1 "
+                           "warmup epoch, per step)")),
+    (("--label-smoothing",), dict(type=float, default=0.0, help="for the CE loss")),
+    (("--preset",), dict(choices=sorted(PRESETS), help="a tuned configuration (flags given "
+                         "explicitly still win): " + "; ".join(
+                             f"{k}: {v['help']}" for k, v in PRESETS.items()))),
+    (("--dropout",), dict(type=float, default=0.0, help="dropout rate after each hidden layer")),
+    (("--dtype",), dict(default="float32", choices=DTYPES, help="precision (mixed_*: GPU only)")),
+    (("--seed",), dict(type=_positive(int, zero_ok=True), default=0,
+                       help="weights, shuffle, split")),
+    (("--val-fraction",), dict(type=float, default=0.1, help="training rows held out")),
+    (("--limit",), dict(type=_positive(int), help="use only the first N training rows")),
+    (("--dataset",), dict(default="fashion-mnist", choices=DATASETS, help="built-in data set")),
+    (("--data",), dict(help="your own training data instead: a .npz with X and y, a .npy of "
+                       "features (memory-mapped and streamed; give --labels) or a .csv (give "
+                       "--target)")),
+    (("--labels",), dict(help="a .npy of labels for a .npy --data")),
+    (("--target",), dict(help="the label column of a .csv --data")),
+    (("--val",), dict(help="validation file in --data's format (default: the last --val-"
+                      "fraction of --data); it is also the held-out set reported at the end")),
+    (("--data-dir",), dict(help="folder with the IDX files (default: $FASTNET_DATA or the "
+                           "Debian package's folder)")),
+    (("--save",), dict(help="write a checkpoint (.npz) here")),
+    (("--plot",), dict(help="write learning curves (PNG) here")),
+    (("--patience",), dict(type=int, help="early stopping patience")),
+    (("--json",), dict(help="write the history and results as JSON")),
+    (("--compiled-step", "--cuda-graph"), dict(
+        dest="cuda_graph", default="auto", choices=["auto", "on", "off"],
+        help="the backend's compiled step: a CUDA graph replay on cupy, one fused JIT call on "
+        "numba (auto: when the model qualifies; on: required; off: eager steps)")),
+    (("--verbose",), dict(type=int, default=1, choices=[0, 1, 2],
+                          help="0 silent, 1 progress bar and epoch lines, 2 epoch lines only")),
+    (("--quiet",), dict(action="store_true", help="no progress or epoch lines (--verbose 0)")),
+    (("--distributed",), dict(action="store_true", help="data-parallel over the ranks of "
+                              "`mpirun -n K fastnet train --distributed` (rank 0 prints and "
+                              "writes files)")),
+    (("--comm",), dict(default="mpi", choices=["mpi", "nccl"],
+                       help="collectives for --distributed: mpi (any backend) or nccl (cupy)")),
+]
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastnet._version import __version__
 
@@ -71,126 +124,17 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="train an MLP on Fashion-MNIST and report accuracy", formatter_class=fmt
     )
     parser.train_parser = train  # type: ignore[attr-defined]  # for --preset defaults
-    train.add_argument(
-        "--backend",
-        default=None,
-        help="numpy, numba, cupy, cupy:N or auto (default: $FASTNET_BACKEND or auto)",
-    )
-    train.add_argument(
-        "--layers", type=_layers, default=(256, 128), help="hidden sizes, e.g. 256,128"
-    )
-    train.add_argument("--epochs", type=_positive(int), default=20, help="passes over the data")
-    train.add_argument(
-        "--batch-size", type=_positive(int), default=128, help="rows per step (global batch)"
-    )
-    train.add_argument(
-        "--optimizer",
-        default="adam",
-        choices=["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"],
-        help="update rule",
-    )
-    train.add_argument("--lr", type=_positive(float), default=1e-3, help="learning rate")
-    train.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay")
-    train.add_argument(
-        "--schedule",
-        default="cosine",
-        choices=["cosine", "warmup-cosine", "constant"],
-        help="learning-rate schedule over the epochs (warmup-cosine: 1 warmup epoch, per step)",
-    )
-    train.add_argument("--label-smoothing", type=float, default=0.0, help="for the CE loss")
-    train.add_argument(
-        "--preset",
-        default=None,
-        choices=sorted(PRESETS),
-        help="a tuned configuration (flags given explicitly still win): "
-        + "; ".join(f"{k}: {v['help']}" for k, v in PRESETS.items()),
-    )
-    train.add_argument(
-        "--dropout", type=float, default=0.0, help="dropout rate after each hidden layer"
-    )
-    train.add_argument(
-        "--dtype", default="float32", choices=DTYPES, help="precision (mixed_*: GPU only)"
-    )
-    train.add_argument(
-        "--seed", type=_positive(int, zero_ok=True), default=0, help="weights, shuffle, split"
-    )
-    train.add_argument(
-        "--val-fraction", type=float, default=0.1, help="training rows held out for validation"
-    )
-    train.add_argument(
-        "--limit",
-        type=_positive(int),
-        default=None,
-        help="use only the first N training images (quick runs)",
-    )
-    train.add_argument(
-        "--dataset", default="fashion-mnist", choices=DATASETS, help="built-in data set"
-    )
-    train.add_argument(
-        "--data",
-        default=None,
-        help="your own training data instead: a .npz with X and y, a .npy of features "
-        "(memory-mapped and streamed; give --labels) or a .csv (give --target)",
-    )
-    train.add_argument("--labels", default=None, help="a .npy of labels for a .npy --data")
-    train.add_argument("--target", default=None, help="the label column of a .csv --data")
-    train.add_argument(
-        "--val",
-        default=None,
-        help="validation file in --data's format (default: the last --val-fraction of --data);"
-        " it is also the held-out set reported at the end",
-    )
-    train.add_argument(
-        "--data-dir",
-        default=None,
-        help="folder with the IDX files (default: $FASTNET_DATA or the Debian package's folder)",
-    )
-    train.add_argument("--save", default=None, help="write a checkpoint (.npz) here")
-    train.add_argument("--plot", default=None, help="write learning curves (PNG) here")
-    train.add_argument("--patience", type=int, default=None, help="early stopping patience")
-    train.add_argument("--json", default=None, help="write the history and results as JSON")
-    train.add_argument(
-        "--cuda-graph",
-        default="auto",
-        choices=["auto", "on", "off"],
-        help="cupy backend: replay a captured CUDA graph per step (auto: when the model "
-        "qualifies; on: required; off: eager steps) (default: auto)",
-    )
-    train.add_argument(
-        "--verbose",
-        type=int,
-        default=1,
-        choices=[0, 1, 2],
-        help="0 silent, 1 progress bar and epoch lines, 2 epoch lines only",
-    )
-    train.add_argument(
-        "--quiet", action="store_true", help="no progress bar or epoch lines (as --verbose 0)"
-    )
-    train.add_argument(
-        "--distributed",
-        action="store_true",
-        help="data-parallel over the ranks of `mpirun -n K fastnet train --distributed` "
-        "(rank 0 prints and writes files)",
-    )
-    train.add_argument(
-        "--comm",
-        default="mpi",
-        choices=["mpi", "nccl"],
-        help="collectives for --distributed: mpi (any backend) or nccl (cupy) (default: mpi)",
-    )
+    for flags, options in TRAIN_OPTIONS:
+        train.add_argument(*flags, **options)
 
     evaluate = sub.add_parser(
         "evaluate", help="evaluate a checkpoint on the test set", formatter_class=fmt
     )
     evaluate.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")
-    evaluate.add_argument("--backend", default=None, help="backend to evaluate on")
-    evaluate.add_argument(
-        "--dataset",
-        default=None,
-        choices=DATASETS,
-        help="test set (default: the one recorded in the checkpoint, else fashion-mnist)",
-    )
-    evaluate.add_argument("--data-dir", default=None, help="folder with the IDX files")
+    evaluate.add_argument("--backend", help="backend to evaluate on")
+    evaluate.add_argument("--dataset", choices=DATASETS, help="test set (default: the one "
+                          "recorded in the checkpoint, else fashion-mnist)")
+    evaluate.add_argument("--data-dir", help="folder with the IDX files")
 
     sub.add_parser("backends", help="list backends, availability, versions and devices")
     export = sub.add_parser("export", help="convert a checkpoint to ONNX", formatter_class=fmt)
@@ -200,19 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="benchmark backends against each other and peers", formatter_class=fmt
     )
-    bench.add_argument("--backends", default=None, help="comma list (default: all available)")
-    bench.add_argument(
-        "--suite",
-        default="all",
-        choices=["kernels", "train", "floor", "all"],
-        help="kernels vs NumPy, training epochs vs peers, the CPU floor breakdown, or all",
-    )
-    bench.add_argument(
-        "--rounds", type=_positive(int), default=5, help="interleaved rounds per group"
-    )
+    bench.add_argument("--backends", help="comma list (default: all available)")
+    bench.add_argument("--suite", default="all", choices=["kernels", "train", "floor", "all"],
+                       help="kernels vs NumPy, training epochs vs peers, the CPU floor "
+                       "breakdown, or all")
+    bench.add_argument("--rounds", type=_positive(int), default=5, help="interleaved rounds")
     bench.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
-    bench.add_argument("--json", default=None, help="write results as JSON")
-    bench.add_argument("--plot", default=None, help="write a bar chart (PNG)")
+    bench.add_argument("--json", help="write results as JSON")
+    bench.add_argument("--plot", help="write a bar chart (PNG)")
     return parser
 
 
@@ -287,14 +226,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             layers.append(Dropout(args.dropout))
     layers.append(Dense(int(y.max()) + 1))
     opt_kwargs = {"lr": args.lr, "weight_decay": args.weight_decay}
-    model = Sequential(
-        layers,
-        SoftmaxCrossEntropy(label_smoothing=args.label_smoothing),
-        get_optimizer(args.optimizer, **opt_kwargs),
-        backend=backend,
-        dtype=args.dtype,
-        seed=args.seed,
-    )
+    loss = SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
+    optimizer = get_optimizer(args.optimizer, **opt_kwargs)
+    model = Sequential(layers, loss, optimizer, backend=backend, dtype=args.dtype, seed=args.seed)
     arch = "-".join(str(s) for s in (X.shape[1], *args.layers, int(y.max()) + 1))
     say(
         f"fastnet train: {data_name} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
@@ -313,18 +247,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     interrupted = False
     start = time.perf_counter()
     try:
-        model.fit(
-            X_tr,
-            y_tr,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            validation_data=(X_val, y_val),
-            callbacks=callbacks,
-            verbose=_verbosity(args),
-            cuda_graph=GRAPH_CHOICES[args.cuda_graph],
-            distributed=args.distributed,
-            comm=args.comm,
-        )
+        model.fit(X_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size,
+                  validation_data=(X_val, y_val), callbacks=callbacks, verbose=_verbosity(args),
+                  cuda_graph=GRAPH_CHOICES[args.cuda_graph], distributed=args.distributed,
+                  comm=args.comm)
     except KeyboardInterrupt:
         interrupted = True
         print(f"\ninterrupted: {model.stop_reason}", file=sys.stderr)
@@ -332,12 +258,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if model.stop_reason and not interrupted:
         say(model.stop_reason)
     seconds = model.history.get("seconds", [])
-    test = (
-        model.evaluate(X_test, y_test)
-        if model.history.get("loss")
-        else {"accuracy": float("nan"), "loss": float("nan")}
-    )
-    per_epoch = float(np.median(seconds)) if seconds else float("nan")
+    trained = bool(model.history.get("loss"))
+    nan = float("nan")
+    test = model.evaluate(X_test, y_test) if trained else {"accuracy": nan, "loss": nan}
+    per_epoch = float(np.median(seconds)) if seconds else nan
     summary = (
         f"{held} accuracy {test['accuracy']:.4f}  {held} loss {test['loss']:.4f}  "
         f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median)  total {total:.1f}s  "
@@ -348,7 +272,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if peak is not None:
         summary += f"  peak device memory {peak / 2**20:.1f} MiB"
     say(summary, flush=True)
-    cm = model.confusion_matrix(X_test, y_test) if model.history.get("loss") else None
+    cm = model.confusion_matrix(X_test, y_test) if trained else None
     if cm is not None:
         say(f"{held} confusion matrix (rows: true class, columns: predicted)")
         say(format_confusion(cm))
@@ -376,18 +300,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"wrote the confusion matrix to {confusion_path(args.plot)}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "history": model.history,
-                    "test": test,
-                    "backend": model.backend.name,
-                    "s_per_epoch": per_epoch,
-                    "confusion_matrix": cm.tolist() if cm is not None else None,
-                    "args": {k: v for k, v in vars(args).items() if k != "func"},
-                },
-                f,
-                indent=1,
-            )
+            results = {"history": model.history, "test": test, "backend": model.backend.name,
+                       "s_per_epoch": per_epoch, "step": model.step_description,
+                       "confusion_matrix": cm.tolist() if cm is not None else None,
+                       "args": {k: v for k, v in vars(args).items() if k != "func"}}
+            json.dump(results, f, indent=1)
     return 130 if interrupted else 0
 
 

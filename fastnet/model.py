@@ -163,9 +163,7 @@ class Sequential(Trainer):
         if validation_data is not None:
             if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
-            Xv = check_features(
-                validation_data[0], "X_val", self.backend, self.dtype, Xd.shape[1]
-            )
+            Xv = check_features(validation_data[0], "X_val", self.backend, self.dtype, Xd.shape[1])
             val = (Xv, self._targets(validation_data[1], "y_val", Xv.shape[0], width))
         return Xd, yd, val
 

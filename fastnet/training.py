@@ -246,8 +246,9 @@ class Trainer:
         whose loss is finite and stops (``on_divergence="restore"``), or also raises
         ``TrainingDivergedError`` ("raise"). On ``KeyboardInterrupt`` the weights of the last
         finished epoch are restored and the interrupt is re-raised. ``cuda_graph``: "auto" uses
-        the backend's compiled step when the model qualifies, True requires it, False forces
-        eager steps; ``step_description`` says which ran and why. With ``validation_data`` the
+        the backend's compiled step (a CUDA graph replay on cupy, one fused JIT call per batch
+        on numba) when the model qualifies, True requires it, False forces eager steps;
+        ``step_description`` says which ran and why. With ``validation_data`` the
         history also holds ``val_precision``/``val_recall``/``val_f1`` (macro) and, for more than
         ``top_k`` classes, ``val_top{k}_accuracy`` (softmax classifiers).
 

@@ -374,6 +374,8 @@ def _rmsprop_update(p, g, h, lr, rho, eps, wd, n_decay, gscale, clip, shrink):
 def _adam_update(p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay, gscale, clip, shrink):
     """Adam with the bias correction folded into ``step`` and ``eps_hat`` by the caller."""
     zero, one = wd - wd, p.dtype.type(1)
+    # pairs, not one 4-tuple: numba 0.68's parfors lowered ``pd, gd, md, vd = p[:k], ...`` so
+    # that the parallel flavour wrote nothing (caught by test_numba_parallel_flavours_match_serial)
     pd, gd = p[:n_decay], g[:n_decay]
     md, vd = m[:n_decay], v[:n_decay]
     for i in prange(pd.shape[0]):
@@ -401,3 +403,42 @@ def sum_squares(g):
         total += x * x
     return total
 
+
+
+@njit(**SERIAL)
+def matmul(a, b, out):
+    """``out = a @ b`` through the BLAS numba links (scipy's OpenBLAS), as the fused step does:
+    one BLAS thread pool for the whole backend (two would spin against each other)."""
+    np.dot(a, b, out)
+
+# ---------------------------------------------------------------------------- whole training step
+@njit(**SERIAL)
+def dense_train_step(x, labels, weights, biases, codes, alphas, outs, dzs, dxs, dws, dbs, totals):
+    """Forward, softmax cross-entropy and backward of a stack of dense layers in one call.
+
+    Per layer ``l`` (tuples): ``weights[l]`` (in, out), ``biases[l]`` (out,), activation
+    ``codes[l]`` and ``alphas[l]``; scratch ``outs``/``dzs``/``dxs`` with at least ``n`` rows;
+    gradients land in ``dws``/``dbs``. Adds the batch's summed loss and correct count to
+    ``totals``. The same kernels, in the same order, as the eager step."""
+    n = x.shape[0]
+    last = len(weights) - 1
+    inp = x
+    for i in range(last + 1):
+        h = outs[i][:n]
+        np.dot(inp, weights[i], h)
+        bias_act(h, biases[i], codes[i], alphas[i])
+        inp = h
+    logits, dy = inp, dzs[last][:n]
+    if labels.shape[0] != n or not labels_in_range(labels, logits.shape[1]):
+        raise ValueError("dense_train_step: labels must be n class indices in [0, classes)")
+    inv_n = x.dtype.type(1.0 / n)
+    loss = softmax_xent(logits, labels, dy, inv_n, x.itemsize == 4, dbs[last][:0])
+    totals[0] += loss * n
+    totals[1] += count_correct(logits, labels)
+    for i in range(last, -1, -1):
+        dz = dzs[i][:n]
+        act_backward_bias(outs[i][:n], dy, codes[i], alphas[i], dz, dbs[i])
+        np.dot((x if i == 0 else outs[i - 1][:n]).T, dz, dws[i])
+        if i > 0:
+            dy = dxs[i][:n]
+            np.dot(dz, weights[i].T, dy)

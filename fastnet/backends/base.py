@@ -167,7 +167,7 @@ class Backend:
 
     def graph_capture_reason(self) -> str:
         """Why training steps cannot be captured in graphs here ("" if they can)."""
-        return f"compiled steps need the cupy backend (CUDA graphs); {self.name} runs eager"
+        return f"{self.name} has no compiled step (cupy: CUDA graphs; numba: one fused JIT call)"
 
     # ------------------------------------------------------------------ matmul and dense layers
     def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
@@ -518,5 +518,6 @@ class Backend:
     # ------------------------------------------------------------------ compiled steps
     def compile_step(self, model: Any, batch_size: int) -> tuple[Any, str]:
         """A compiled training step for ``model`` at ``batch_size``, or ``(None, reason)``.
-        Backends that can compile steps (cupy: CUDA graphs) override this."""
+        Backends that can compile steps (cupy: CUDA graphs; numba: a fused JIT step) override
+        this."""
         return None, self.graph_capture_reason()

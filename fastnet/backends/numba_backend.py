@@ -15,6 +15,14 @@ import numpy as np
 from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats, labels_fit
 
 
+def _blas_ready(a: Any, b: Any, out: Any) -> bool:
+    """Operands numba's ``np.dot`` takes: one float dtype, C- or F-contiguous, C-contiguous out."""
+    dtype = out.dtype
+    return (dtype in FLOAT_DTYPES and a.dtype == dtype and b.dtype == dtype
+            and out.flags.c_contiguous and all(x.flags.c_contiguous or x.flags.f_contiguous
+                                               for x in (a, b)))
+
+
 def _same_shape(*arrays: Any) -> bool:
     shape = arrays[0].shape
     return all(a.shape == shape for a in arrays[1:])
@@ -55,14 +63,20 @@ class NumbaBackend(Backend):
     def _pick(self, serial: Any, parallel: Any, a: Any) -> Any:
         return parallel if a.size >= self.parallel_min_elements else serial
 
+    # ------------------------------------------------------------------ matmul
+    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+        if out is None and a.ndim == 2 and b.ndim == 2:
+            out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+        if a.ndim != 2 or b.ndim != 2 or out.ndim != 2 or a.shape[1] != b.shape[0] or out.shape != (
+            a.shape[0], b.shape[1]) or not _blas_ready(a, b, out):
+            return super().matmul(a, b, out)
+        self.k.matmul(a, b, out)
+        self._ran("matmul", "blas (numba)")
+        return out
+
     # ------------------------------------------------------------------ dense layer hooks
     def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
-        if (
-            b is None
-            or z.ndim != 2
-            or b.shape != (z.shape[1],)
-            or not contiguous_floats(z, b)
-        ):
+        if b is None or z.ndim != 2 or b.shape != (z.shape[1],) or not contiguous_floats(z, b):
             return super().bias_act(z, b, activation, alpha)
         kernel = self._pick(self.k.bias_act, self.k.bias_act_parallel, z)
         if activation == Act.TANH:  # numba's scalar tanh does not vectorize: 5.5x NumPy's time
@@ -189,6 +203,16 @@ class NumbaBackend(Backend):
             return hits
         out[...] = hits
         return out
+
+    # ------------------------------------------------------------------ compiled step
+    def compile_step(self, model: Any, batch_size: int) -> tuple[Any, str]:
+        """A fused step (``fastnet.backends.numba_step``) when the model qualifies."""
+        from fastnet.backends.numba_step import FusedDenseStep, fused_step_reason
+
+        reason = fused_step_reason(model)
+        if reason:
+            return None, reason
+        return FusedDenseStep(model, batch_size), FusedDenseStep.description
 
     # ------------------------------------------------------------------ optimizer updates
     def fused_update(self, rule: str, arrays: tuple, scalars: tuple, common: tuple) -> bool:

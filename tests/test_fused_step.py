@@ -1,0 +1,96 @@
+"""The numba backend's fused step (``fastnet.backends.numba_step``): the same training as the
+eager step, chosen by ``fit`` when the model qualifies, with the reason when it does not."""
+
+import numpy as np
+import pytest
+
+import fastnet as fn
+from fastnet.backends import probe
+
+pytestmark = pytest.mark.skipif(not probe("numba").available, reason="numba unavailable")
+
+
+def _data(n=250, d=12, classes=4, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, d)).astype(np.float32)
+    y = (X[:, :classes].argmax(axis=1) + (X[:, -1] > 1)) % classes
+    return X, y
+
+
+def _model(dtype="float32", layers=None, **kwargs):
+    layers = layers or [
+        fn.Dense(16, "relu"),
+        fn.Dense(8, "leaky_relu", alpha=0.1),
+        fn.Dense(8, "sigmoid", use_bias=False),
+        fn.Dense(4),
+    ]
+    return fn.Sequential(layers, backend="numba", dtype=dtype, seed=3, **kwargs)
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-11), ("float32", 2e-5)])
+@pytest.mark.parametrize("optimizer", ["adam", "momentum"])
+def test_fused_step_trains_like_the_eager_step(dtype, rtol, optimizer):
+    X, y = _data()  # 250 rows, batch 64: three full batches and a partial one
+    eager, fused = _model(dtype, optimizer=optimizer), _model(dtype, optimizer=optimizer)
+    h_eager = eager.fit(X, y, epochs=2, batch_size=64, verbose=0, cuda_graph=False)
+    h_fused = fused.fit(X, y, epochs=2, batch_size=64, verbose=0)
+    assert fused.step_description.startswith("numba fused step")
+    assert fused.backend.kernel_report["train_step"] == fused.step_description
+    assert eager.step_description == "eager (cuda_graph=False)"
+    np.testing.assert_allclose(h_fused["loss"], h_eager["loss"], rtol=rtol)
+    assert h_fused["accuracy"] == h_eager["accuracy"]
+    for a, b in zip(eager.arena.groups, fused.arena.groups):
+        np.testing.assert_allclose(b.values, a.values, rtol=rtol, atol=rtol)
+        for key in a.slots:
+            np.testing.assert_allclose(b.slots[key], a.slots[key], rtol=rtol, atol=rtol)
+        assert a.step == b.step == 8
+
+
+def test_fused_step_follows_state_replaced_between_fits():
+    X, y = _data()
+    model = _model("float64")
+    model.fit(X, y, epochs=1, batch_size=50, verbose=0, shuffle=False)
+    state = model.get_state()
+    model.fit(X, y, epochs=1, batch_size=50, verbose=0, shuffle=False)
+    trained_twice = model.get_state()
+    model.set_state(state)
+    model.fit(X, y, epochs=1, batch_size=50, verbose=0, shuffle=False)
+    for key, value in model.get_state().items():
+        np.testing.assert_allclose(value, trained_twice[key], rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "build, fit_kwargs, reason",
+    [
+        (lambda: _model(layers=[fn.Dense(8, "relu"), fn.Dropout(0.5), fn.Dense(4)]), {},
+         "Dense layers only, not Dropout"),
+        (lambda: _model(layers=[fn.Dense(8), fn.ReLU(), fn.Dense(4)]), {},
+         "Dense layers only, not ReLU"),
+        (lambda: _model(layers=[fn.Dense(8, "tanh"), fn.Dense(4)]), {}, "tanh"),
+        (lambda: _model(loss=fn.SoftmaxCrossEntropy(label_smoothing=0.1)), {},
+         "without label smoothing"),
+        (lambda: _model(), {"sample_weight": np.linspace(0.5, 1.5, 250)}, "weighted losses"),
+    ],
+)
+def test_models_the_fused_step_does_not_cover_train_eager_and_say_why(build, fit_kwargs, reason):
+    X, y = _data()
+    model = build()
+    model.fit(X, y, epochs=1, batch_size=64, verbose=0, **fit_kwargs)
+    assert model.step_description.startswith("eager (")
+    assert reason in model.step_description
+
+
+def test_fused_kernel_refuses_out_of_range_labels():
+    """Labels index the logits unchecked inside the kernel: it checks them first."""
+    X, y = _data()
+    model = _model()
+    model.fit(X, y, epochs=1, batch_size=64, verbose=0)
+    step, _ = model.backend.compile_step(model, 64)
+    step.begin_epoch()
+    before = model.get_state()
+    with pytest.raises(ValueError, match="labels"):
+        step(X[:64], np.full(64, 4))
+    with pytest.raises(ValueError, match="labels"):
+        step(X[:64], np.full(64, -1))
+    for key, value in model.get_state().items():
+        np.testing.assert_array_equal(value, before[key])
