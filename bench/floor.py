@@ -149,13 +149,12 @@ def floor_groups(
     from fastnet.kernels.numba_cpu import matmul
 
     floor = matmul_only_epoch(np, sizes, len(X), batch, np.float32, matmul=matmul)
-    contestants = [Contestant("matmul-only-numba", floor)]
+    contestants = [Contestant("matmul-only-numba-fp32", floor)]
     contestants += [
         Contestant(name, stripped_epoch(X, y, sizes, batch, **kw)) for name, kw in variants.items()
     ]
     for opt in ("adam", "sgd"):
-        contestants.append(
-            Contestant(f"fastnet-numba ({opt})", _framework_epoch(model_for(opt), be, X, y, batch))
-        )
+        run = _framework_epoch(model_for(opt), be, X, y, batch)
+        contestants.append(Contestant(f"fastnet-numba-fused-fp32 ({opt})", run))
     title = f"floor breakdown {'-'.join(map(str, sizes))} batch {batch} (numba, CPU)"
     return {title: contestants}

@@ -15,6 +15,7 @@ fi
 if [[ $what == train || $what == all ]]; then
   fastnet train --backend cupy --epochs 20 --verbose 2 --cuda-graph off --json "$out/train-cupy.json" 2>&1 | tee "$out/train-cupy.log"
   fastnet train --backend cupy --epochs 20 --verbose 2 --cuda-graph on --json "$out/train-cupy-graph.json" 2>&1 | tee "$out/train-cupy-graph.log"
+  fastnet train --backend cupy --epochs 20 --verbose 2 --precision tf32 --compiled-step on --json "$out/train-cupy-graph-tf32.json" 2>&1 | tee "$out/train-cupy-graph-tf32.log"
   fastnet train --backend cupy --preset best --verbose 2 --json "$out/train-preset-best-cupy.json" 2>&1 | tee "$out/train-preset-best-cupy.log"
 fi
 if [[ $what == bench || $what == all ]]; then

@@ -146,8 +146,33 @@ def torch_mlp_epoch(
     device: str = "cpu",
     lr: float = 1e-3,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> Any:
-    """One-epoch closure for the same MLP in PyTorch eager (tensor-indexed batches, Adam)."""
+    """One-epoch closure for the same MLP in PyTorch eager (tensor-indexed batches, Adam);
+    ``precision="tf32"`` lets CUDA matmuls use TF32 while the epoch runs."""
+    import torch
+
+    model, opt, loss_fn, Xt, yt, gen = _torch_setup(sizes, X, y, device, lr, seed, False)
+
+    def run() -> None:
+        with _torch_precision(precision):
+            order = torch.randperm(len(Xt), device=device, generator=gen)
+            for lo in range(0, len(Xt), batch_size):
+                idx = order[lo : lo + batch_size]
+                opt.zero_grad(set_to_none=True)
+                loss = loss_fn(model(Xt[idx]), yt[idx])
+                loss.backward()
+                opt.step()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+
+    return run
+
+
+def _torch_setup(
+    sizes: Sequence[int], X: np.ndarray, y: np.ndarray, device: str, lr: float, seed: int,
+    capturable: bool,
+) -> tuple:
     import torch
 
     torch.manual_seed(seed)
@@ -157,22 +182,71 @@ def torch_mlp_epoch(
         if i < len(sizes) - 2:
             layers.append(torch.nn.ReLU())
     model = torch.nn.Sequential(*layers).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    Xt = torch.as_tensor(X, device=device)
-    yt = torch.as_tensor(y, device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, capturable=capturable)
+    Xt, yt = torch.as_tensor(X, device=device), torch.as_tensor(y, device=device)
     gen = torch.Generator(device=device).manual_seed(seed)
+    return model, opt, torch.nn.CrossEntropyLoss(), Xt, yt, gen
+
+
+class _torch_precision:
+    """Sets ``torch.backends.cuda.matmul.allow_tf32`` for a block and restores it."""
+
+    def __init__(self, precision: str) -> None:
+        self.tf32 = precision == "tf32"
+
+    def __enter__(self) -> None:
+        import torch
+
+        self.saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = self.saved
+
+
+def torch_graph_epoch(
+    sizes: Sequence[int],
+    X: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    lr: float = 1e-3,
+    seed: int = 0,
+    precision: str = "fp32",
+) -> Any:
+    """PyTorch's strongest GPU recipe for a small MLP: the whole step (forward, loss, backward,
+    capturable Adam) captured once in a CUDA graph (``torch.cuda.graph``, after warm-up on a
+    side stream) and replayed per full batch; each batch is gathered into the static input
+    tensors by ``index_select`` before the replay."""
+    import torch
+
+    model, opt, loss_fn, Xt, yt, gen = _torch_setup(sizes, X, y, "cuda", lr, seed, True)
+    static_x = Xt[:batch_size].clone()
+    static_y = yt[:batch_size].clone()
+    graph = torch.cuda.CUDAGraph()
+    with _torch_precision(precision):  # the captured GEMMs keep the precision of capture
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                opt.zero_grad(set_to_none=True)
+                loss_fn(model(static_x), static_y).backward()
+                opt.step()
+        torch.cuda.current_stream().wait_stream(side)
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(graph):
+            loss_fn(model(static_x), static_y).backward()
+            opt.step()
 
     def run() -> None:
-        order = torch.randperm(len(Xt), device=device, generator=gen)
-        for lo in range(0, len(Xt), batch_size):
+        order = torch.randperm(len(Xt), device="cuda", generator=gen)
+        for lo in range(0, len(Xt) - batch_size + 1, batch_size):
             idx = order[lo : lo + batch_size]
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(Xt[idx]), yt[idx])
-            loss.backward()
-            opt.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+            torch.index_select(Xt, 0, idx, out=static_x)
+            torch.index_select(yt, 0, idx, out=static_y)
+            graph.replay()
+        torch.cuda.synchronize()
 
     return run
 

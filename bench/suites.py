@@ -199,14 +199,16 @@ def load_training_data(quick: bool) -> tuple[np.ndarray, np.ndarray, str]:
     return X, y, source
 
 
-def _model(backend: Any, sizes: tuple[int, ...], optimizer: str = "adam"):
+def _model(backend: Any, sizes: tuple[int, ...], optimizer: str = "adam", precision: str = "fp32"):
     from fastnet.layers import Dense
     from fastnet.model import Sequential
     from fastnet.optimizers import SGD, Adam
 
     opt = Adam(1e-3) if optimizer == "adam" else SGD(0.01)
     layers = [Dense(s, "relu") for s in sizes[1:-1]] + [Dense(sizes[-1])]
-    return Sequential(layers, optimizer=opt, backend=backend, seed=0).build(sizes[0])
+    return Sequential(
+        layers, optimizer=opt, backend=backend, seed=0, precision=precision
+    ).build(sizes[0])
 
 
 def step_flops(sizes: tuple[int, ...], batch: int) -> float:
@@ -218,7 +220,10 @@ def step_flops(sizes: tuple[int, ...], batch: int) -> float:
 def train_groups(
     backends: list[Any], quick: bool, sizes: tuple[int, ...] = DEFAULT_SIZES, batch: int = 128
 ) -> tuple[dict[str, list[Contestant]], dict[str, Any]]:
-    from fastnet.bench.peers import BookMLP, matmul_only_epoch, sklearn_mlp_epoch, torch_mlp_epoch
+    """One training epoch (and one step) of ``sizes`` at ``batch``: every fastnet backend with
+    each of its steps, the matmul floors and the peers. Contestants are named
+    ``<framework>-<variant>-<precision>`` (``fastnet-cupy-graph-tf32``, ``jax-scan-fp32``)."""
+    from fastnet.bench.peers import BookMLP, matmul_only_epoch, sklearn_mlp_epoch
 
     X, y, source = load_training_data(quick)
     n = len(X) // batch * batch  # full batches only, as a scanned JAX epoch needs
@@ -227,82 +232,54 @@ def train_groups(
     epoch_flops = step_flops(sizes, batch) * steps
     epoch, step = [], []
     for be in backends:
-        model = _model(be, sizes)
         Xd, yd = be.asarray(X), be.asarray(y)
+        timer = _elapsed(be)
+        model = _model(be, sizes)
         eager = model.epoch_runner(Xd, yd, batch, cuda_graph=False)
-        epoch.append(
-            Contestant(
-                f"fastnet-{be.name}",
-                eager,
-                _elapsed(be),
-                epoch_flops,
-            )
-        )
+        epoch.append(Contestant(f"fastnet-{be.name}-eager-fp32", eager, timer, epoch_flops))
         xb, yb = Xd[:batch], yd[:batch]
         step.append(
             Contestant(
-                f"fastnet-{be.name}",
+                f"fastnet-{be.name}-eager-fp32",
                 lambda m=model, xb=xb, yb=yb: m.train_step(xb, yb),
-                _elapsed(be),
+                timer,
                 step_flops(sizes, batch),
             )
         )
         if be.name == "numba":
             fused = _model(be, sizes).epoch_runner(Xd, yd, batch, cuda_graph=True)
-            epoch.append(Contestant("fastnet-numba+fused", fused, None, epoch_flops))
+            epoch.append(Contestant("fastnet-numba-fused-fp32", fused, None, epoch_flops))
             floor = matmul_only_epoch(np, sizes, n, batch, np.float32, matmul=be.k.matmul)
-            epoch.append(Contestant("matmul-only-numba", floor, None, epoch_flops))
+            epoch.append(Contestant("matmul-only-numba-fp32", floor, None, epoch_flops))
         if be.name.startswith("cupy"):
-            graphed = _model(be, sizes).epoch_runner(Xd, yd, batch, cuda_graph=True)
-            epoch.append(
-                Contestant(
-                    f"fastnet-{be.name}+cudagraph",
-                    graphed,
-                    _elapsed(be),
-                    epoch_flops,
+            for precision in ("fp32", "tf32") if not be.precision_reason("tf32") else ("fp32",):
+                graphed = _model(be, sizes, precision=precision).epoch_runner(
+                    Xd, yd, batch, cuda_graph=True
                 )
-            )
-            epoch.append(
-                Contestant(
-                    f"matmul-only-{be.name}",
-                    matmul_only_epoch(be.xp, sizes, n, batch, np.float32),
-                    _elapsed(be),
-                    epoch_flops,
+                name = f"fastnet-{be.name}-graph-{precision}"
+                epoch.append(Contestant(name, graphed, timer, epoch_flops))
+                floor = matmul_only_epoch(
+                    be.xp, sizes, n, batch, np.float32,
+                    matmul=lambda a, b, out, p=precision, be=be: be.matmul(a, b, out, p),
                 )
-            )
+                epoch.append(
+                    Contestant(f"matmul-only-{be.name}-{precision}", floor, timer, epoch_flops)
+                )
     book = BookMLP(sizes)
     book_rng = np.random.default_rng(0)
     epoch.append(
-        Contestant("book-numpy", lambda: book.epoch(X, y, batch, book_rng), None, epoch_flops)
+        Contestant("book-numpy-fp32", lambda: book.epoch(X, y, batch, book_rng), None, epoch_flops)
     )
-    epoch.append(
-        Contestant(
-            "matmul-only-cpu", matmul_only_epoch(np, sizes, n, batch, np.float32), None, epoch_flops
-        )
-    )
+    floor = matmul_only_epoch(np, sizes, n, batch, np.float32)
+    epoch.append(Contestant("matmul-only-numpy-fp32", floor, None, epoch_flops))
     notes: dict[str, Any] = {"data": source, "samples": n, "batch": batch, "sizes": list(sizes)}
-    try:
-        import torch
-
-        torch.set_num_threads(max(1, __import__("os").cpu_count() or 1))
-        epoch.append(
-            Contestant("torch-cpu", torch_mlp_epoch(sizes, X, y, batch), None, epoch_flops)
-        )
-        if torch.cuda.is_available():
-            epoch.append(
-                Contestant(
-                    "torch-cuda", torch_mlp_epoch(sizes, X, y, batch, "cuda"), None, epoch_flops
-                )
-            )
-        notes["torch"] = torch.__version__
-    except ImportError:
-        notes["torch"] = "not installed (peer skipped)"
+    notes["torch"] = _torch_contestants(epoch, sizes, X, y, batch, epoch_flops)
     try:
         import sklearn
 
         epoch.append(
             Contestant(
-                "sklearn-MLPClassifier", sklearn_mlp_epoch(sizes, X, y, batch), None, epoch_flops
+                "sklearn-adam-fp32", sklearn_mlp_epoch(sizes, X, y, batch), None, epoch_flops
             )
         )
         notes["sklearn"] = sklearn.__version__
@@ -313,6 +290,37 @@ def train_groups(
         f"train epoch {'-'.join(map(str, sizes))} batch {batch}": epoch,
         f"train step {'-'.join(map(str, sizes))} batch {batch}": step,
     }, notes
+
+
+def _torch_contestants(
+    epoch: list[Contestant],
+    sizes: tuple[int, ...],
+    X: np.ndarray,
+    y: np.ndarray,
+    batch: int,
+    flops: float,
+) -> str:
+    """PyTorch eager on the CPU; on a GPU eager and a whole-step CUDA graph, at fp32 and tf32."""
+    try:
+        import torch
+    except ImportError:
+        return "not installed (peer skipped)"
+    from fastnet.bench.peers import torch_graph_epoch, torch_mlp_epoch
+
+    torch.set_num_threads(max(1, __import__("os").cpu_count() or 1))
+    run = torch_mlp_epoch(sizes, X, y, batch)
+    epoch.append(Contestant("torch-cpu-eager-fp32", run, None, flops))
+    if torch.cuda.is_available():
+        for precision in ("fp32", "tf32"):
+            run = torch_mlp_epoch(sizes, X, y, batch, "cuda", precision=precision)
+            epoch.append(Contestant(f"torch-cuda-eager-{precision}", run, None, flops))
+            try:
+                run = torch_graph_epoch(sizes, X, y, batch, precision=precision)
+            except Exception as exc:  # a peer that cannot capture is reported, not fatal
+                print(f"torch-cuda-graph-{precision} skipped: {type(exc).__name__}: {exc}")
+                continue
+            epoch.append(Contestant(f"torch-cuda-graph-{precision}", run, None, flops))
+    return str(torch.__version__)
 
 
 def _jax_contestants(
@@ -342,7 +350,8 @@ def _jax_contestants(
 
 
 def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant]]:
-    """MLP 784-4096-4096-10 at batch 4096 on the GPU: step time vs its matmuls alone."""
+    """MLP 784-4096-4096-10 at batch 4096 on the GPU: step time vs its matmuls alone, at fp32
+    and (per model) tf32."""
     from fastnet.bench.peers import matmul_only_epoch
 
     sizes, batch = (784, 4096, 4096, 10), 4096
@@ -351,35 +360,27 @@ def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestan
         if not be.name.startswith("cupy"):
             continue
         rng = np.random.default_rng(0)
-        model = _model(be, sizes)
         xb = be.asarray(rng.random((batch, 784), dtype=np.float32))
         yb = be.asarray(rng.integers(0, 10, batch))
-        contestants = [
-            Contestant(
-                f"fastnet-{be.name}",
-                lambda m=model, xb=xb, yb=yb: m.train_step(xb, yb),
-                _elapsed(be),
-                step_flops(sizes, batch),
-            ),
-            Contestant(
-                "matmul-only",
-                matmul_only_epoch(be.xp, sizes, batch, batch, np.float32),
-                _elapsed(be),
-                step_flops(sizes, batch),
-            ),
-        ]
-        if be._gemm is not None:
-
-            def tf32_step(m=model, xb=xb, yb=yb, be=be):
-                be.set_tf32(True)
-                try:
-                    m.train_step(xb, yb)
-                finally:
-                    be.set_tf32(False)
-
+        contestants = []
+        for precision in ("fp32", "tf32") if not be.precision_reason("tf32") else ("fp32",):
+            model = _model(be, sizes, precision=precision)
             contestants.append(
                 Contestant(
-                    f"fastnet-{be.name}-tf32", tf32_step, _elapsed(be), step_flops(sizes, batch)
+                    f"fastnet-{be.name}-eager-{precision}",
+                    lambda m=model, xb=xb, yb=yb: m.train_step(xb, yb),
+                    _elapsed(be),
+                    step_flops(sizes, batch),
+                )
+            )
+            floor = matmul_only_epoch(
+                be.xp, sizes, batch, batch, np.float32,
+                matmul=lambda a, b, out, p=precision, be=be: be.matmul(a, b, out, p),
+            )
+            contestants.append(
+                Contestant(
+                    f"matmul-only-{be.name}-{precision}", floor, _elapsed(be),
+                    step_flops(sizes, batch),
                 )
             )
         groups[f"big step {'-'.join(map(str, sizes))} batch {batch}"] = contestants
@@ -477,11 +478,12 @@ def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -
         )
     for title, contestants in groups.items():
         names = [c.name for c in contestants]
-        reference = next((r for r in ("numpy", "fastnet-numpy", "matmul-only") if r in names), None)
+        candidates = ("numpy", "fastnet-numpy-eager-fp32", "matmul-only-cupy-fp32")
         if title.startswith("train epoch"):  # the strongest peer present, else the book loop
-            reference = next((r for r in ("jax-scan-fp32", "book-numpy") if r in names), None)
+            candidates = ("jax-scan-fp32", "book-numpy-fp32")
         if title.startswith("floor breakdown"):
-            reference = "matmul-only-numba"
+            candidates = ("matmul-only-numba-fp32",)
+        reference = next((r for r in candidates if r in names), None)
         results = interleaved(contestants, rounds=rounds, reference=reference)
         report["groups"][title] = {
             "reference": reference,
@@ -500,9 +502,10 @@ def _print_floor_summary(report: dict[str, Any]) -> None:
         for name, r in rows.items():
             if not name.startswith("fastnet-"):
                 continue
-            backend = name.removeprefix("fastnet-").split("+")[0]
-            floor = rows.get(f"matmul-only-{backend}") or rows.get(
-                "matmul-only" if backend.startswith("cupy") else "matmul-only-cpu"
+            parts = name.removeprefix("fastnet-").split(" ")[0].split("-")
+            backend, precision = parts[0], parts[-1]  # fastnet-<backend>-<variant>-<precision>
+            floor = rows.get(f"matmul-only-{backend}-{precision}") or rows.get(
+                "matmul-only-numpy-fp32"
             )
             ceiling = report["ceilings_gflops"].get(backend)
             parts = [f"{title}: {name} {r['median']:.4f}s"]

@@ -79,6 +79,8 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
                              f"{k}: {v['help']}" for k, v in PRESETS.items()))),
     (("--dropout",), dict(type=float, default=0.0, help="dropout rate after each hidden layer")),
     (("--dtype",), dict(default="float32", choices=DTYPES, help="precision (mixed_*: GPU only)")),
+    (("--precision",), dict(default="fp32", choices=["fp32", "tf32"],
+                            help="float32 matmuls: exact fp32, or TF32 tensor cores (cupy)")),
     (("--seed",), dict(type=_positive(int, zero_ok=True), default=0,
                        help="weights, shuffle, split")),
     (("--val-fraction",), dict(type=float, default=0.1, help="training rows held out")),
@@ -228,13 +230,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     opt_kwargs = {"lr": args.lr, "weight_decay": args.weight_decay}
     loss = SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
     optimizer = get_optimizer(args.optimizer, **opt_kwargs)
-    model = Sequential(layers, loss, optimizer, backend=backend, dtype=args.dtype, seed=args.seed)
+    model = Sequential(layers, loss, optimizer, backend=backend, dtype=args.dtype, seed=args.seed,
+                       precision=args.precision)
     arch = "-".join(str(s) for s in (X.shape[1], *args.layers, int(y.max()) + 1))
     say(
         f"fastnet train: {data_name} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
         f"test, MLP {arch}, {args.optimizer} lr={args.lr} ({args.schedule}), "
         f"batch {args.batch_size}, backend {model.backend.name} "
-        f"({model.backend.device_info()}), {args.dtype}",
+        f"({model.backend.device_info()}), {args.dtype} ({args.precision} matmuls)",
         flush=True,
     )
     callbacks: list = []

@@ -174,6 +174,7 @@ class _MLPBase(BaseEstimator):
         batch_norm: bool = False,
         backend: str | None = None,
         dtype: str = "float32",
+        precision: str = "fp32",
     ) -> None:
         for name, value in locals().items():  # scikit-learn: store parameters as given
             if name != "self":
@@ -245,7 +246,7 @@ class _MLPBase(BaseEstimator):
         optimizer = get_optimizer(self.solver, **kwargs)
         return Sequential(
             layers, self._loss, optimizer, backend=self.backend, dtype=self.dtype,
-            seed=self.random_state,
+            seed=self.random_state, precision=self.precision,
         )
 
     def _train(

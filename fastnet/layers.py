@@ -40,6 +40,8 @@ class Layer:
     capturable = False
     #: smallest batch the layer accepts in training
     min_batch_rows = 1
+    #: float32 matmul precision ("fp32" or "tf32"), set by the model that builds the layer
+    precision = "fp32"
     #: state buffers that must stay >= 0 (checked when a state is loaded)
     nonnegative_buffers: tuple[str, ...] = ()
 
@@ -87,6 +89,11 @@ class Layer:
                 self._buffers.clear()
             buf = self._buffers[(key, shape)] = self.backend.empty(shape, self.dtype)
         return buf
+
+    def scratch_buffers(self) -> list:
+        """The output/gradient buffers the layer reuses between steps (a captured graph keeps
+        them alive: it writes into them on every replay)."""
+        return list(self._buffers.values())
 
     def forward(self, x: Any, training: bool = True) -> Any:
         raise NotImplementedError
@@ -192,7 +199,8 @@ class Dense(Layer):
         self.x = x
         out = self._buffer("y", (x.shape[0], self.units))
         bias = self.b.value if self.b is not None else None
-        self.y = self.backend.linear(x, self.W.value, bias, self.activation_code, self.alpha, out)
+        W, act, alpha = self.W.value, self.activation_code, self.alpha
+        self.y = self.backend.linear(x, W, bias, act, alpha, out, self.precision)
         return self.y
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
@@ -211,6 +219,7 @@ class Dense(Layer):
             dx,
             need_dx,
             dz,
+            self.precision,
         )
 
     def parameters(self) -> list[Parameter]:

@@ -49,7 +49,10 @@ class Sequential(Trainer):
         backend: str | Backend | None = None,
         dtype: Any = "float32",
         seed: int | None = None,
+        precision: str = "fp32",
     ) -> None:
+        """``precision`` is how float32 matmuls compute, for this model only: "fp32" (exact,
+        the default) or "tf32" (TF32 tensor cores on cupy: faster, ~1e-3 relative error)."""
         layers = list(layers)
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError("layers must be a non-empty sequence of fastnet Layer objects")
@@ -65,6 +68,14 @@ class Sequential(Trainer):
         if self.policy:  # float32 master weights; the backend must provide half compute
             self.backend.check_policy(self.policy)
         self.dtype = check_dtype("float32" if self.policy else dtype)
+        if precision not in ("fp32", "tf32"):
+            raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
+        reason = self.backend.precision_reason(precision)
+        if precision == "tf32" and self.dtype != np.float32:
+            reason = f"precision='tf32' applies to float32 models, not {self.dtype}"
+        if reason:
+            raise ValueError(reason)
+        self.precision = precision
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.input_dim: int | None = None
@@ -98,6 +109,7 @@ class Sequential(Trainer):
         width = check_positive_int(input_dim, "input_dim")
         self.output_width(width)  # raises on a mismatch before any layer is built
         for layer in self.layers:
+            layer.precision = self.precision
             width = layer.build(width, self.backend, self.dtype, self._rng)
         self.arena = ParameterArena(
             [(p, layer.optimizer or self.optimizer) for layer in self.layers
@@ -342,6 +354,7 @@ class Sequential(Trainer):
             "dtype": self.policy or self.dtype.name,
             "seed": self.seed,
             "input_dim": self.input_dim,
+            "precision": self.precision,
         }
 
     @classmethod
@@ -357,6 +370,10 @@ class Sequential(Trainer):
         opt = config.get("optimizer")
         if not isinstance(opt, dict):
             raise TypeError("config['optimizer'] must be an optimizer config (dict)")
+        backend = get_backend(backend)
+        precision = config.get("precision", "fp32")
+        if precision == "tf32" and backend.precision_reason(precision):
+            precision = "fp32"  # a speed setting: where TF32 is missing, compute exactly
         model = cls(
             [layer_from_config(c) for c in layers],
             loss=config.get("loss", "softmax_cross_entropy"),
@@ -364,6 +381,7 @@ class Sequential(Trainer):
             backend=backend,
             dtype=config.get("dtype", "float32"),
             seed=config.get("seed"),
+            precision=precision,
         )
         if config.get("input_dim") is not None:
             model.build(config["input_dim"])

@@ -490,7 +490,13 @@ class Trainer:
         if streamed:
             self.step_description = "eager (data streamed from the host)"
             return EagerStep(self)
-        step, reason = self.backend.compile_step(self, batch_size)
+        # Compiled steps are kept for later fits (a CUDA graph is not captured again) while the
+        # layers and loss they were built for stay the model's.
+        key = (batch_size, id(self.loss), repr(self.loss), tuple(map(id, self.layers)))
+        compiled = self.__dict__.setdefault("_compiled_steps", {})
+        if key not in compiled:
+            compiled[key] = self.backend.compile_step(self, batch_size)
+        step, reason = compiled[key]
         if step is None:
             if cuda_graph is True:
                 raise ValueError(f"cuda_graph=True, but no compiled step: {reason}")

@@ -343,7 +343,6 @@ class CublasGemm:
         lib.cublasSetWorkspace_v2.argtypes = [vp, vp, f]
         self.lib, self.ctypes = lib, ctypes
         self.handle = cp.cuda.device.get_cublas_handle()
-        self.math_mode = 0  # CUBLAS_DEFAULT_MATH; 3 = CUBLAS_TF32_TENSOR_OP_MATH
         self.workspace = cp.empty(self.WORKSPACE_BYTES, dtype=np.uint8)
         self._check(
             lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE_BYTES),
@@ -371,8 +370,9 @@ class CublasGemm:
             for a in arrays
         )
 
-    def __call__(self, a: Any, b: Any, out: Any) -> Any:
-        """``out = a @ b`` for 2-D C- or F-contiguous ``a``, ``b`` and C-contiguous ``out``."""
+    def __call__(self, a: Any, b: Any, out: Any, tf32: bool = False) -> Any:
+        """``out = a @ b`` for 2-D C- or F-contiguous ``a``, ``b`` and C-contiguous ``out``; the
+        math mode is set per call (the handle is shared), TF32 tensor cores only with ``tf32``."""
         m_rows, k = a.shape
         n_cols = b.shape[1]
         # Row-major C = A @ B is column-major C^T = B^T @ A^T.
@@ -389,7 +389,8 @@ class CublasGemm:
         self._check(
             lib.cublasSetStream_v2(self.handle, cp.cuda.get_current_stream().ptr), "cublasSetStream"
         )
-        self._check(lib.cublasSetMathMode(self.handle, self.math_mode), "cublasSetMathMode")
+        mode = 3 if tf32 else 0  # CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH
+        self._check(lib.cublasSetMathMode(self.handle, mode), "cublasSetMathMode")
         gemm = lib.cublasSgemm_v2 if a.dtype == np.float32 else lib.cublasDgemm_v2
         status = gemm(
             self.handle,

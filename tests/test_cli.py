@@ -55,6 +55,8 @@ def test_train_save_evaluate_plot(data_dir, tmp_path, capsys):
         (["train", "--backend", "tpu"], "unknown backend 'tpu'"),
         (["train", "--data-dir", "/nonexistent"], "dataset-fashion-mnist"),
         (["evaluate", "/nonexistent.npz"], "does not exist"),
+        (["train", "--backend", "numpy", "--precision", "tf32", "--limit", "200"],
+         "precision='tf32' needs the cupy backend"),
     ],
 )
 def test_errors_are_one_line_messages(argv, message, capsys):

@@ -83,20 +83,24 @@ def test_float64_kernels_and_extreme_logits_on_gpu():
     assert float(loss) == pytest.approx((2e4 + np.log(3)) / 2, rel=1e-5)
 
 
-def test_tf32_switch_changes_precision_not_results():
+def test_tf32_precision_is_per_call_and_per_model():
     be = fn.get_backend("cupy")
     rng = np.random.default_rng(0)
     a = rng.standard_normal((512, 512)).astype(np.float32)
     b = rng.standard_normal((512, 512)).astype(np.float32)
     want = a.astype(np.float64) @ b
-    exact = be.matmul(be.asarray(a), be.asarray(b)).get()
-    be.set_tf32(True)
-    try:
-        fast = be.matmul(be.asarray(a), be.asarray(b)).get()
-    finally:
-        be.set_tf32(False)
+    fast = be.matmul(be.asarray(a), be.asarray(b), precision="tf32").get()
+    exact = be.matmul(be.asarray(a), be.asarray(b)).get()  # no state left behind
     err = lambda x: np.linalg.norm(x - want) / np.linalg.norm(want)  # noqa: E731
-    assert err(exact) < 1e-6 and err(fast) < 5e-3
+    assert err(exact) < 1e-6 and 1e-6 < err(fast) < 5e-3
+    # two models on one backend, same weights: each computes at its own precision
+    X = rng.standard_normal((256, 512)).astype(np.float32)
+    exact_model = fn.Sequential([fn.Dense(64)], backend=be, seed=0).build(512)
+    tf32_model = fn.Sequential([fn.Dense(64)], backend=be, seed=0, precision="tf32").build(512)
+    want = X.astype(np.float64) @ exact_model.layers[0].W.value.get()
+    assert err(tf32_model.forward(be.asarray(X)).get()) > 1e-6
+    assert err(exact_model.forward(be.asarray(X)).get()) < 1e-6
+    assert tf32_model.get_config()["precision"] == "tf32"
 
 
 def test_direct_gemm_handles_transposed_operands():

@@ -187,3 +187,14 @@ def test_estimators_work_without_scikit_learn():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.split() == ["True", "30", "unfitted"], out.stderr
+
+
+def test_estimator_passes_precision_to_its_model():
+    from fastnet.estimator import MLPClassifier
+
+    X = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
+    y = np.arange(30) % 2
+    est = MLPClassifier((8,), max_iter=2, backend="numpy", random_state=0).fit(X, y)
+    assert est.get_params()["precision"] == "fp32" and est.model_.precision == "fp32"
+    with pytest.raises(ValueError, match="needs the cupy backend"):
+        MLPClassifier((8,), max_iter=2, backend="numpy", precision="tf32").fit(X, y)

@@ -46,7 +46,7 @@ def test_floor_groups_price_every_part():
         X, y, sizes, 128, lambda opt: _model(numba, sizes, opt)
     ).items()
     names = [c.name for c in contestants]
-    assert names[0] == "matmul-only-numba" and "fastnet-numba (adam)" in names
-    results = interleaved(contestants, rounds=1, reference="matmul-only-numba")
+    assert names[0] == "matmul-only-numba-fp32" and "fastnet-numba-fused-fp32 (adam)" in names
+    results = interleaved(contestants, rounds=1, reference="matmul-only-numba-fp32")
     assert all(r.times[0] > 0 and r.ratio > 0 for r in results)
     assert np.isfinite([r.median for r in results]).all()

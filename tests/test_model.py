@@ -410,3 +410,52 @@ def test_graph_capture_reasons_are_checked_without_a_gpu():
     assert "per-layer" in reason([fn.Dense(8, optimizer=fn.SGD(0.1)), fn.Dense(3)])
     assert "clip_norm" in reason([fn.Dense(3)], optimizer=fn.Adam(clip_norm=1.0))
     assert "softmax" in reason([fn.Dense(3)], loss="mse")
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_precision_is_a_checked_model_setting(backend_name):
+    from fastnet.backends import probe
+
+    if not probe(backend_name).available:
+        pytest.skip(f"{backend_name} unavailable")
+    layers = [fn.Dense(4)]
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'tf32'"):
+        fn.Sequential(layers, backend=backend_name, precision="fp16")
+    with pytest.raises(ValueError, match="needs the cupy backend"):
+        fn.Sequential(layers, backend=backend_name, precision="tf32")
+    model = fn.Sequential(layers, backend=backend_name).build(3)
+    config = model.get_config()
+    assert config["precision"] == "fp32"
+    # a model trained at TF32 on a GPU loads on a CPU backend and computes in fp32 there
+    config["precision"] = "tf32"
+    assert fn.Sequential.from_config(config, backend=backend_name).precision == "fp32"
+    del config["precision"]  # configs written before precision existed
+    assert fn.Sequential.from_config(config, backend=backend_name).precision == "fp32"
+
+
+def test_compiled_steps_are_reused_by_later_fits(monkeypatch):
+    """A second fit at the same batch size reuses the compiled step (on cupy: no recapture);
+    a new batch size or a replaced loss compiles again."""
+    from fastnet.backends import probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend="numba")
+    calls = []
+    compile_step = model.backend.compile_step
+
+    def counting(m, batch_size):
+        calls.append(batch_size)
+        return compile_step(m, batch_size)
+
+    monkeypatch.setattr(model.backend, "compile_step", counting)
+    X = np.random.default_rng(0).standard_normal((40, 5)).astype(np.float32)
+    y = np.arange(40) % 3
+    for batch_size in (16, 16, 8, 16):
+        model.fit(X, y, epochs=1, batch_size=batch_size, verbose=0)
+    assert calls == [16, 8]
+    assert model.step_description.startswith("numba fused step")
+    model.loss = fn.SoftmaxCrossEntropy(label_smoothing=0.1)
+    model.loss.build(model.backend)
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    assert calls == [16, 8, 16] and "label smoothing" in model.step_description

@@ -154,10 +154,12 @@ class Backend:
         self.synchronize()
         return time.perf_counter() - start
 
-    def set_tf32(self, enabled: bool) -> None:
-        """Let float32 GEMMs use TF32 tensor cores (GPU backends only)."""
-        if enabled:
-            raise ValueError(f"TF32 needs the cupy backend; {self.name} computes in full fp32")
+    def precision_reason(self, precision: str) -> str:
+        """Why float32 matmuls cannot run at ``precision`` here ("" if they can): "fp32" (IEEE
+        float32, every backend) or "tf32" (TF32 tensor cores, ~1e-3 relative error: cupy)."""
+        if precision == "fp32":
+            return ""
+        return f"precision={precision!r} needs the cupy backend; {self.name} computes in full fp32"
 
     def check_policy(self, policy: str) -> None:
         """Raise if this backend cannot train with the precision ``policy``
@@ -170,15 +172,16 @@ class Backend:
         return f"{self.name} has no compiled step (cupy: CUDA graphs; numba: one fused JIT call)"
 
     # ------------------------------------------------------------------ matmul and dense layers
-    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+    def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
+        """``a @ b`` (into ``out``); ``precision="tf32"`` lets a GPU use TF32 tensor cores for
+        float32 (models check ``precision_reason`` first; CPU backends always compute fp32)."""
         self._ran("matmul", "blas")
         return self.xp.matmul(a, b, out=out)
 
-    def linear(
-        self, x: Any, w: Any, b: Any, activation: Act, alpha: float = 0.01, out: Any = None
-    ) -> Any:
+    def linear(self, x: Any, w: Any, b: Any, activation: Act, alpha: float = 0.01, out: Any = None,
+               precision: str = "fp32") -> Any:
         """``act(x @ w + b)`` into ``out``; ``b`` may be None."""
-        return self.bias_act(self.matmul(x, w, out=out), b, activation, alpha)
+        return self.bias_act(self.matmul(x, w, out, precision), b, activation, alpha)
 
     def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
         """In place ``z = act(z + b)`` (fused hot path in subclasses)."""
@@ -187,27 +190,16 @@ class Backend:
             z += b
         return self._activate_inplace(z, activation, alpha)
 
-    def linear_backward(
-        self,
-        x: Any,
-        w: Any,
-        y: Any,
-        dy: Any,
-        activation: Act,
-        alpha: float,
-        dw: Any,
-        db: Any,
-        dx: Any = None,
-        need_dx: bool = True,
-        dz: Any = None,
-    ) -> Any:
+    def linear_backward(self, x: Any, w: Any, y: Any, dy: Any, activation: Act, alpha: float,
+                        dw: Any, db: Any, dx: Any = None, need_dx: bool = True, dz: Any = None,
+                        precision: str = "fp32") -> Any:
         """Gradients of ``y = act(x @ w + b)``: writes ``dw``, ``db`` (if not None), returns dx.
         ``dz`` is an optional scratch buffer shaped like ``dy``."""
         dz = self.act_backward_bias(y, dy, activation, alpha, dz, db)
-        self.matmul(x.T, dz, out=dw)
+        self.matmul(x.T, dz, dw, precision)
         if not need_dx:
             return None
-        return self.matmul(dz, w.T, out=dx)
+        return self.matmul(dz, w.T, dx, precision)
 
     def act_backward_bias(
         self, y: Any, dy: Any, activation: Act, alpha: float, dz: Any = None, db: Any = None
@@ -466,24 +458,10 @@ class Backend:
         h += (1 - rho) * g * g
         p -= lr * g / (self.xp.sqrt(h) + eps)
 
-    def update_adam(
-        self,
-        p: Any,
-        g: Any,
-        m: Any,
-        v: Any,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        t: int,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        device_scalars: Any = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
+    def update_adam(self, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float,
+                    eps: float, t: int, wd: float = 0.0, n_decay: int | None = None,
+                    device_scalars: Any = None, grad_scale: float = 1.0,
+                    clip_value: float | None = None, shrink: float = 1.0) -> None:
         """Adam with bias correction folded into the step size (Kingma & Ba, sec. 2). With
         ``device_scalars`` (from ``adam_device_scalars``) the step size and eps are read from
         that device array instead of being computed from ``t`` on the host."""

@@ -112,4 +112,6 @@ class GraphedStep:
             self._step(self.batch_size)
         finally:
             self.graph = self.stream.end_capture()
+        # the graph writes into these on every replay: they must outlive the layers' caches
+        self.captured_buffers = [b for layer in self.model.layers for b in layer.scratch_buffers()]
         self.group.step -= 1  # capture recorded the step without running it

@@ -111,11 +111,10 @@ class CupyBackend(Backend):
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return f"cuda:{self.device_id} {name}"
 
-    def set_tf32(self, enabled: bool) -> None:
-        """Let float32 GEMMs use TF32 tensor cores (faster, ~1e-3 rel. error); default off."""
-        if self._gemm is None:
-            raise RuntimeError(f"TF32 needs direct cuBLAS calls: {self._gemm_name}")
-        self._gemm.math_mode = 3 if enabled else 0
+    def precision_reason(self, precision: str) -> str:
+        if precision == "tf32" and self._gemm is None:
+            return f"precision='tf32' needs direct cuBLAS calls: {self._gemm_name}"
+        return "" if precision == "tf32" else super().precision_reason(precision)
 
     def peak_memory(self) -> int | None:
         """Bytes held by CuPy's memory pool: its high-water mark, since the pool keeps blocks."""
@@ -131,13 +130,14 @@ class CupyBackend(Backend):
         return self.xp.cuda.get_elapsed_time(start, end) / 1e3
 
     # ------------------------------------------------------------------ matmul and dense layer
-    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
-        """cuBLAS GEMM called directly (capturable in CUDA graphs), else ``cupy.matmul``."""
+    def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
+        """cuBLAS GEMM called directly (capturable in CUDA graphs; TF32 tensor cores for float32
+        at ``precision="tf32"``), else ``cupy.matmul`` (fp32)."""
         if out is None:
             out = self.xp.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
         if self._gemm is not None and out.flags.c_contiguous and self._gemm.supports(a, b, out):
             self._ran("matmul", self._gemm_name)
-            return self._gemm(a, b, out)
+            return self._gemm(a, b, out, precision == "tf32")
         self._ran("matmul", "cupy.matmul")
         return self.xp.matmul(a, b, out=out)
 

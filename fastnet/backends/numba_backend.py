@@ -64,12 +64,12 @@ class NumbaBackend(Backend):
         return parallel if a.size >= self.parallel_min_elements else serial
 
     # ------------------------------------------------------------------ matmul
-    def matmul(self, a: Any, b: Any, out: Any = None) -> Any:
+    def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
         if out is None and a.ndim == 2 and b.ndim == 2:
             out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
         if a.ndim != 2 or b.ndim != 2 or out.ndim != 2 or a.shape[1] != b.shape[0] or out.shape != (
             a.shape[0], b.shape[1]) or not _blas_ready(a, b, out):
-            return super().matmul(a, b, out)
+            return super().matmul(a, b, out, precision)
         self.k.matmul(a, b, out)
         self._ran("matmul", "blas (numba)")
         return out
