@@ -94,3 +94,20 @@ def test_fused_kernel_refuses_out_of_range_labels():
         step(X[:64], np.full(64, -1))
     for key, value in model.get_state().items():
         np.testing.assert_array_equal(value, before[key])
+
+
+def test_fused_step_divergence_restores_the_last_finite_weights():
+    X, y = _data()
+    model = _model(optimizer=fn.SGD(lr=1e30))
+    with pytest.warns(RuntimeWarning, match="loss became"):
+        model.fit(X * 1e3, y, epochs=3, batch_size=64, verbose=0)
+    assert model.step_description.startswith("numba fused step")
+    assert all(np.isfinite(g.values).all() for g in model.arena.groups)
+
+
+def test_training_and_validation_share_numba_blas():
+    """Eager, fused and evaluation matmuls all go through numba's BLAS (one thread pool)."""
+    X, y = _data()
+    model = _model()
+    model.fit(X, y, epochs=1, batch_size=64, verbose=0, validation_data=(X[:50], y[:50]))
+    assert model.backend.kernel_report["matmul"] == "blas (numba)"
