@@ -495,6 +495,8 @@ class Trainer:
         key = (batch_size, id(self.loss), repr(self.loss), tuple(map(id, self.layers)))
         compiled = self.__dict__.setdefault("_compiled_steps", {})
         if key not in compiled:
+            if len(compiled) >= 4:  # e.g. a search over batch sizes: do not hoard graphs
+                compiled.clear()
             compiled[key] = self.backend.compile_step(self, batch_size)
         step, reason = compiled[key]
         if step is None:
