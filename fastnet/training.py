@@ -501,7 +501,7 @@ class Trainer:
         step, reason = compiled[key]
         if step is None:
             if cuda_graph is True:
-                raise ValueError(f"cuda_graph=True, but no compiled step: {reason}")
+                raise ValueError(f"a compiled step was required (cuda_graph=True), but {reason}")
             self.step_description = f"eager ({reason})"
             return EagerStep(self)
         self.step_description = step.description
