@@ -16,11 +16,14 @@ from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats,
 
 
 def _blas_ready(a: Any, b: Any, out: Any) -> bool:
-    """Operands numba's ``np.dot`` takes: one float dtype, C- or F-contiguous, C-contiguous out."""
-    dtype = out.dtype
-    return (dtype in FLOAT_DTYPES and a.dtype == dtype and b.dtype == dtype
-            and out.flags.c_contiguous and all(x.flags.c_contiguous or x.flags.f_contiguous
-                                               for x in (a, b)))
+    """What numba's ``np.dot(a, b, out)`` takes: 2-D operands of matching shapes and one float
+    dtype, ``a`` and ``b`` C- or F-contiguous (transposed views), ``out`` C-contiguous."""
+    if out is None or not (a.ndim == b.ndim == out.ndim == 2):
+        return False
+    operands = all(x.dtype == out.dtype and (x.flags.c_contiguous or x.flags.f_contiguous)
+                   for x in (a, b))
+    return (operands and out.dtype in FLOAT_DTYPES and out.flags.c_contiguous
+            and a.shape[1] == b.shape[0] and out.shape == (a.shape[0], b.shape[1]))
 
 
 def _same_shape(*arrays: Any) -> bool:
@@ -65,10 +68,9 @@ class NumbaBackend(Backend):
 
     # ------------------------------------------------------------------ matmul
     def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
-        if out is None and a.ndim == 2 and b.ndim == 2:
+        if out is None and a.ndim == b.ndim == 2:
             out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-        if a.ndim != 2 or b.ndim != 2 or out.ndim != 2 or a.shape[1] != b.shape[0] or out.shape != (
-            a.shape[0], b.shape[1]) or not _blas_ready(a, b, out):
+        if not _blas_ready(a, b, out):
             return super().matmul(a, b, out, precision)
         self.k.matmul(a, b, out)
         self._ran("matmul", "blas (numba)")
