@@ -138,15 +138,8 @@ class Momentum(Optimizer):
     def _update(
         self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
     ) -> None:
-        backend.update_momentum(
-            group.values,
-            group.grads,
-            group.slots["velocity"],
-            self.lr,
-            self.momentum,
-            self.nesterov,
-            *common,
-        )
+        backend.update_momentum(group.values, group.grads, group.slots["velocity"], self.lr,
+                                self.momentum, self.nesterov, *common)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -196,15 +189,8 @@ class RMSProp(Optimizer):
     def _update(
         self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
     ) -> None:
-        backend.update_rmsprop(
-            group.values,
-            group.grads,
-            group.slots["mean_sq"],
-            self.lr,
-            self.rho,
-            self.eps,
-            *common,
-        )
+        backend.update_rmsprop(group.values, group.grads, group.slots["mean_sq"], self.lr,
+                               self.rho, self.eps, *common)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "rho": self.rho, "eps": self.eps}
@@ -235,23 +221,9 @@ class Adam(Optimizer):
         self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
     ) -> None:
         wd, n_decay, scale, clip_value, shrink = common
-        backend.update_adam(
-            group.values,
-            group.grads,
-            group.slots["m"],
-            group.slots["v"],
-            self.lr,
-            self.beta1,
-            self.beta2,
-            self.eps,
-            group.step,
-            wd,
-            n_decay,
-            device_scalars,
-            scale,
-            clip_value,
-            shrink,
-        )
+        backend.update_adam(group.values, group.grads, group.slots["m"], group.slots["v"],
+                            self.lr, self.beta1, self.beta2, self.eps, group.step, wd, n_decay,
+                            device_scalars, scale, clip_value, shrink)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -49,10 +49,8 @@ class NumbaBackend(Backend):
 
         self.k = numba_cpu
         self._update_kernels = {
-            rule: (
-                getattr(numba_cpu, f"{rule}_update"),
-                getattr(numba_cpu, f"{rule}_update_parallel"),
-            )
+            rule: (getattr(numba_cpu, f"{rule}_update"),
+                   getattr(numba_cpu, f"{rule}_update_parallel"))
             for rule in ("sgd", "momentum", "adagrad", "rmsprop", "adam")
         }
         self._empty_bias: dict[np.dtype, np.ndarray] = {}
@@ -232,15 +230,10 @@ class NumbaBackend(Backend):
         serial, parallel = self._update_kernels[rule]
         kernel = parallel if size >= self.parallel_min_elements else serial
         t = p.dtype.type
-        kernel(
-            *[a.reshape(-1) for a in arrays],
-            *[s if s.__class__ is bool else t(s) for s in scalars],
-            t(wd),
-            n_decay,
-            t(grad_scale),
-            t(np.inf if clip_value is None else clip_value),
-            t(shrink),
-        )
+        clip = np.inf if clip_value is None else clip_value
+        flat = [a.reshape(-1) for a in arrays]
+        kernel(*flat, *[s if s.__class__ is bool else t(s) for s in scalars], t(wd), n_decay,
+               t(grad_scale), t(clip), t(shrink))
         self._ran(f"update_{rule}", "numba-fused")
         return True
 
