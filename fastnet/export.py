@@ -16,7 +16,7 @@ _ACTIVATION_OPS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "sigmoid": "Sigmoi
 
 def onnx_outputs(model: Any) -> list[str]:
     """Names of the exported graph's outputs: logits, plus probabilities for classifiers."""
-    has_probabilities = model.loss.name in ("softmax_cross_entropy", "sigmoid_binary_cross_entropy")
+    has_probabilities = model.loss.classification
     return ["logits", "probabilities"] if has_probabilities else ["outputs"]
 
 
@@ -78,7 +78,7 @@ def to_onnx(model: Any, path: str | os.PathLike) -> None:
     names = onnx_outputs(model)
     node("Identity", [current], names[0])
     if names[1:]:
-        op = "Softmax" if model.loss.name == "softmax_cross_entropy" else "Sigmoid"
+        op = "Softmax" if model.loss.multiclass else "Sigmoid"
         node(op, [current], names[1], **({"axis": -1} if op == "Softmax" else {}))
     graph = helper.make_graph(
         nodes,

@@ -15,6 +15,7 @@ import numpy as np
 
 from fastnet.backends import Backend, activation_code
 from fastnet.backends.base import Act
+from fastnet.backends.plan import ActivationPlan, DensePlan, OpaquePlan
 from fastnet.initializers import Initializer, get_initializer, initializer_from_config
 from fastnet.optimizers import Optimizer, optimizer_from_config
 from fastnet.parameter import Parameter
@@ -36,8 +37,6 @@ class Layer:
     """Base class. Subclasses implement ``build``, ``forward`` and ``backward``."""
 
     name = "layer"
-    #: whether a backend may capture this layer in a compiled step (CUDA graph)
-    capturable = False
     #: smallest batch the layer accepts in training
     min_batch_rows = 1
     #: float32 matmul precision ("fp32" or "tf32"), set by the model that builds the layer
@@ -111,6 +110,10 @@ class Layer:
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         raise NotImplementedError
 
+    def plan(self) -> DensePlan | ActivationPlan | OpaquePlan:
+        """This layer as plain data for a compiled step (``fastnet.backends.plan``)."""
+        return OpaquePlan(type(self).__name__, "computes with array expressions")
+
     def parameters(self) -> list[Parameter]:
         return []
 
@@ -141,7 +144,6 @@ class Dense(Layer):
     """
 
     name = "dense"
-    capturable = True
     W: Parameter  # created by build
 
     def __init__(
@@ -206,7 +208,7 @@ class Dense(Layer):
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         dx = self._buffer("dx", (dy.shape[0], self.input_dim)) if need_dx else None
         db = self.b.grad if self.b is not None else None
-        dz = self._buffer("dz", dy.shape) if self.activation_code else None
+        dz = self._buffer("dz", dy.shape)  # also for linear: nothing allocates in a step
         return self.backend.linear_backward(
             self.x,
             self.W.value,
@@ -226,6 +228,11 @@ class Dense(Layer):
         if not self.built:
             return []
         return [self.W] + ([self.b] if self.b is not None else [])
+
+    def plan(self) -> DensePlan:
+        b = self.b
+        return DensePlan(self.W.value, self.W.grad, None if b is None else b.value,
+                         None if b is None else b.grad, self.activation_code, self.alpha)
 
     def get_config(self) -> dict:
         config = {
@@ -255,7 +262,6 @@ class Activation(Layer):
 
     name = "activation"
     kind = "linear"
-    capturable = True
 
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
@@ -272,6 +278,9 @@ class Activation(Layer):
             return None
         out = self._buffer("dx", dy.shape)
         return self.backend.activation_backward(self.y, dy, self.code, self.alpha, out)
+
+    def plan(self) -> ActivationPlan:
+        return ActivationPlan(self.code, self.alpha)
 
 
 

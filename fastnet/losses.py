@@ -13,11 +13,16 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends import Act, Backend
+from fastnet.backends.plan import LossPlan
 
 
 class Loss:
     name = "loss"
     classification = False
+    #: whether ``count_correct`` gives an accuracy (softmax and sigmoid classifiers)
+    counts_correct = False
+    #: one class per output column (softmax): metrics such as top-k and the confusion matrix
+    multiclass = False
 
     def __init__(self) -> None:
         self._backend: Backend | None = None
@@ -52,6 +57,25 @@ class Loss:
     def compute(self, outputs: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         """Loss value and gradient without value checks (targets validated already)."""
         raise NotImplementedError
+
+    def accumulate(self, outputs: Any, targets: Any, weights: Any, totals: Any) -> Any:
+        """The training step's loss: adds the batch's summed loss into ``totals[0]`` and its
+        correct count into ``totals[1]`` (a device array), returns the outputs' gradient."""
+        value, grad = self.compute(outputs, targets, weights)
+        totals[0:1] += value * outputs.shape[0]
+        correct = self.count_correct(outputs, targets)
+        if correct is not None:
+            totals[1:2] += correct
+        return grad
+
+    def scratch_buffers(self) -> list:
+        """Gradient buffers the loss reuses between steps (a captured graph keeps them)."""
+        return list(getattr(self, "_grads", {}).values())
+
+    def plan(self) -> LossPlan:
+        """This loss as plain data for a compiled step (``fastnet.backends.plan``)."""
+        return LossPlan(self.name, reason=f"captured steps cover the softmax cross-entropy "
+                        f"loss only, not {self.name} (array expressions)")
 
     def invalid_targets(self, targets: Any, xp: Any = np) -> str:
         """Why ``targets`` are outside this loss's domain ("" if they are fine)."""
@@ -105,18 +129,36 @@ class SoftmaxCrossEntropy(Loss):
     """Fused softmax + cross-entropy; integer labels ``(n,)`` or one-hot/soft targets ``(n, k)``."""
 
     name = "softmax_cross_entropy"
-    classification = True
+    classification = counts_correct = multiclass = True
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
         if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
         self.label_smoothing = float(label_smoothing)
+        self._grads: dict[tuple, Any] = {}
 
     def compute(self, logits: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         return self.backend.softmax_xent(
             logits, targets, weights=weights, label_smoothing=self.label_smoothing
         )
+
+    def accumulate(self, logits: Any, targets: Any, weights: Any, totals: Any) -> Any:
+        """Fused: one backend op adds the summed (weighted, smoothed) loss into ``totals[0]``
+        and writes the gradient into a buffer kept per shape; one more counts correct rows."""
+        key = (tuple(logits.shape), str(logits.dtype))
+        dlogits = self._grads.get(key)
+        if dlogits is None:
+            if len(self._grads) > 8:
+                self._grads.clear()
+            dlogits = self._grads[key] = self.backend.empty(logits.shape, logits.dtype)
+        self.backend.softmax_xent(logits, targets, dlogits, totals[0:1], 1.0, weights,
+                                  self.label_smoothing)
+        self.backend.count_correct(logits, targets, totals[1:2])
+        return dlogits
+
+    def plan(self) -> LossPlan:
+        return LossPlan(self.name, self.label_smoothing)
 
     def get_config(self) -> dict:
         return {"name": self.name, "label_smoothing": self.label_smoothing}
@@ -141,8 +183,6 @@ class SoftmaxCrossEntropy(Loss):
         return self.backend.softmax(logits)
 
     def count_correct(self, logits: Any, targets: Any) -> Any:
-        if targets.ndim == 2:
-            targets = targets.argmax(axis=1)
         return self.backend.count_correct(logits, targets)
 
 
@@ -150,7 +190,7 @@ class SigmoidBinaryCrossEntropy(Loss):
     """Binary cross-entropy on logits, ``max(z, 0) - z*t + log1p(exp(-|z|))``, element mean."""
 
     name = "sigmoid_binary_cross_entropy"
-    classification = True
+    classification = counts_correct = True
 
     def invalid_targets(self, targets: Any, xp: Any = np) -> str:
         if targets.size and bool(((targets < 0) | (targets > 1)).any()):

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends import Backend, get_backend
+from fastnet.backends.plan import StepPlan
 from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from fastnet.layers import Layer, layer_from_config
 from fastnet.losses import Loss, get_loss
@@ -84,6 +85,7 @@ class Sequential(Trainer):
         self.stop_reason: str | None = None
         self.streamed = False  # whether the last fit streamed its data from host memory
         self.step_description = "not trained yet"
+        self._compiled_steps: dict = {}
         self.loss.build(self.backend)
 
     # ------------------------------------------------------------------ structure
@@ -145,6 +147,13 @@ class Sequential(Trainer):
         last = len(self.layers) - 1
         for i in range(last, -1, -1):
             dout = self.layers[i].backward(dout, need_dx=i > 0)
+
+    def step_plan(self) -> StepPlan:
+        """The training step as plain data (layers, loss, dtype) for backends that compile
+        it; they never read layer attributes themselves."""
+        self._require_built()
+        return StepPlan(tuple(layer.plan() for layer in self.layers), self.loss.plan(),
+                        self.dtype)
 
     def apply_gradients(self) -> None:
         """One optimizer step over the whole parameter arena (one fused call per group)."""

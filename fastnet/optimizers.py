@@ -2,10 +2,10 @@
 decoupled weight decay; gradient clipping by global norm (``clip_norm``) or value
 (``clip_value``) on every optimizer.
 
-An optimizer holds hyperparameters only; its state slots live in the model's parameter arena
-(``fastnet.parameter``), so one optimizer object can be shared by a whole model or injected into
-a single layer (as in the notebooks' FC layers). Each step is one fused ``update_*`` backend call
-over a whole flat group, with weight decay on the group's leading ``n_decay`` elements.
+An optimizer holds hyperparameters and its rule; its state slots live in the model's parameter
+arena (``fastnet.parameter``), so one optimizer object can be shared by a whole model or injected
+into a single layer (as in the notebooks' FC layers). Each step is one fused ``Backend.update``
+call over a whole flat group, with weight decay on the group's leading ``n_decay`` elements.
 """
 
 from __future__ import annotations
@@ -36,16 +36,32 @@ def _check_fraction(name: str, value: Any) -> float:
 
 
 class Optimizer:
-    """Hyperparameters of one update rule. ``slots`` names the per-element state it keeps;
-    ``apply`` updates a whole ``ParameterGroup`` (flat arena) with one fused backend call."""
+    """One update rule: hyperparameters and the rule itself, described once.
+
+    ``slots`` names the per-element state the rule keeps (in the parameter arena, so one
+    optimizer can serve a whole model or a single layer). ``constants()`` are the per-element
+    kernel's constant arguments, in kernel order; ``reference`` is the rule in NumPy (the
+    published update, the ground truth for every kernel); ``kernel`` names the fused kernels
+    (``fastnet.kernels.numba_cpu.<kernel>_update``, ``fastnet.kernels.cupy_gpu.UPDATE_RULES``).
+    A new rule is a subclass here plus, for speed, one kernel per kernel module.
+
+    The learning rate and everything derived from the step count live on the device in the
+    parameter group's ``scalars`` (``fastnet.parameter``); the backend's ``advance_scalars``
+    computes them inside the step from ``scalar_constants()``, so no host value is frozen into
+    a captured step.
+    """
 
     name = "optimizer"
+    kernel = ""
     slots: tuple[str, ...] = ()
     #: slots that are sums or averages of squares (must stay >= 0 when loaded)
     nonnegative_slots: tuple[str, ...] = ()
-
     #: weight decay decoupled from the gradient (AdamW) instead of an L2 term in it
     decoupled = False
+    #: Adam's bias correction of the step size and eps (from beta1, beta2 and the step count)
+    bias_correction = False
+    eps = 0.0
+    beta1 = beta2 = 0.0
 
     def __init__(
         self,
@@ -65,29 +81,45 @@ class Optimizer:
             value = _check_positive("lr", value)
         super().__setattr__(key, value)
 
-    def apply(
-        self,
-        group: ParameterGroup,
-        backend: Any,
-        device_scalars: Any = None,
-        total_sq: float | None = None,
-    ) -> None:
-        """One step over ``group``: ``group.step`` is incremented first (Adam's ``t``).
-        ``total_sq`` is the squared L2 norm of all gradients of the arena (for ``clip_norm``:
-        gradients are scaled by ``min(1, clip_norm / (norm + 1e-6))``, as PyTorch's
-        ``clip_grad_norm_``); ``clip_value`` then clips each gradient to ``[-v, v]``."""
-        group.step += 1
-        scale = 1.0
-        if self.clip_norm is not None and total_sq is not None:
-            scale = min(1.0, self.clip_norm / (math.sqrt(total_sq) + 1e-6))
-        l2 = 0.0 if self.decoupled else self.weight_decay
-        shrink = 1.0 - self.lr * self.weight_decay if self.decoupled else 1.0
-        self._update(group, backend, device_scalars, (l2, group.n_decay, scale, self.clip_value,
-                                                      shrink))
+    def constants(self) -> tuple[float, ...]:
+        """The per-element kernel's constant arguments (after the slots), in kernel order."""
+        return ()
 
-    def _update(
-        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    def scalar_constants(self) -> tuple[float, ...]:
+        """What ``Backend.advance_scalars`` needs besides the device scalars: ``(eps, beta1,
+        beta2, bias_correction, decoupled weight decay, clip_norm or 0)``."""
+        return (
+            float(self.eps),
+            float(self.beta1),
+            float(self.beta2),
+            float(self.bias_correction),
+            self.weight_decay if self.decoupled else 0.0,
+            self.clip_norm or 0.0,
+        )
+
+    def update(self, group: ParameterGroup, backend: Any) -> None:
+        """One fused update of ``group`` (its scalars already advanced for this step).
+        Gradients are scaled by the device clip scale (``clip_norm``: ``min(1, clip_norm /
+        (norm + 1e-6))``, as PyTorch's ``clip_grad_norm_``), clipped to ``[-clip_value,
+        clip_value]``, and get L2 decay on the group's leading ``n_decay`` elements."""
+        backend.update(
+            self,
+            group.values,
+            group.grads,
+            tuple(group.slots[key] for key in self.slots),
+            group.scalars,
+            self.constants(),
+            group.n_decay,
+            0.0 if self.decoupled else self.weight_decay,
+            self.clip_value,
+        )
+
+    def reference(
+        self, xp: Any, p: Any, g: Any, slots: tuple, step: Any, eps: Any, constants: tuple
     ) -> None:
+        """The rule in NumPy, in place: ``g`` is the effective gradient, ``step`` the step
+        size (bias-corrected where the rule corrects) and ``eps`` its epsilon, both in the
+        parameters' dtype."""
         raise NotImplementedError
 
     def get_config(self) -> dict:
@@ -106,21 +138,21 @@ class Optimizer:
 class SGD(Optimizer):
     """Plain stochastic gradient descent: ``p -= lr * g``."""
 
-    name = "sgd"
+    name = kernel = "sgd"
 
     def __init__(self, lr: float = 0.01, weight_decay: float = 0.0, **clipping: Any) -> None:
         super().__init__(lr, weight_decay, **clipping)
 
-    def _update(
-        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    def reference(
+        self, xp: Any, p: Any, g: Any, slots: tuple, step: Any, eps: Any, constants: tuple
     ) -> None:
-        backend.update_sgd(group.values, group.grads, self.lr, *common)
+        p -= step * g
 
 
 class Momentum(Optimizer):
     """SGD with momentum; ``nesterov=True`` gives Nesterov accelerated gradient."""
 
-    name = "momentum"
+    name = kernel = "momentum"
     slots = ("velocity",)
 
     def __init__(
@@ -135,11 +167,19 @@ class Momentum(Optimizer):
         self.momentum = _check_fraction("momentum", momentum)
         self.nesterov = bool(nesterov)
 
-    def _update(
-        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    def constants(self) -> tuple[float, ...]:
+        return (self.momentum, float(self.nesterov))
+
+    def reference(
+        self, xp: Any, p: Any, g: Any, slots: tuple, step: Any, eps: Any, constants: tuple
     ) -> None:
-        backend.update_momentum(group.values, group.grads, group.slots["velocity"], self.lr,
-                                self.momentum, self.nesterov, *common)
+        (v,), (mu, nesterov) = slots, constants
+        v *= mu
+        v -= step * g
+        if nesterov:
+            p += mu * v - step * g
+        else:
+            p += v
 
     def get_config(self) -> dict:
         return {**super().get_config(), "momentum": self.momentum, "nesterov": self.nesterov}
@@ -148,7 +188,7 @@ class Momentum(Optimizer):
 class AdaGrad(Optimizer):
     """AdaGrad: the squared-gradient accumulator starts at 0; ``eps`` guards the division."""
 
-    name = "adagrad"
+    name = kernel = "adagrad"
     slots = nonnegative_slots = ("sum_sq",)
 
     def __init__(
@@ -157,12 +197,12 @@ class AdaGrad(Optimizer):
         super().__init__(lr, weight_decay, **clipping)
         self.eps = _check_positive("eps", eps)
 
-    def _update(
-        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    def reference(
+        self, xp: Any, p: Any, g: Any, slots: tuple, step: Any, eps: Any, constants: tuple
     ) -> None:
-        backend.update_adagrad(
-            group.values, group.grads, group.slots["sum_sq"], self.lr, self.eps, *common
-        )
+        (h,) = slots
+        h += g * g
+        p -= step * g / (xp.sqrt(h) + eps)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "eps": self.eps}
@@ -171,7 +211,7 @@ class AdaGrad(Optimizer):
 class RMSProp(Optimizer):
     """RMSProp with decay ``rho`` of the squared-gradient average."""
 
-    name = "rmsprop"
+    name = kernel = "rmsprop"
     slots = nonnegative_slots = ("mean_sq",)
 
     def __init__(
@@ -186,22 +226,30 @@ class RMSProp(Optimizer):
         self.rho = _check_fraction("rho", rho)
         self.eps = _check_positive("eps", eps)
 
-    def _update(
-        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    def constants(self) -> tuple[float, ...]:
+        return (self.rho,)
+
+    def reference(
+        self, xp: Any, p: Any, g: Any, slots: tuple, step: Any, eps: Any, constants: tuple
     ) -> None:
-        backend.update_rmsprop(group.values, group.grads, group.slots["mean_sq"], self.lr,
-                               self.rho, self.eps, *common)
+        (h,), (rho,) = slots, constants
+        h *= rho
+        h += (1 - rho) * g * g
+        p -= step * g / (xp.sqrt(h) + eps)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "rho": self.rho, "eps": self.eps}
 
 
 class Adam(Optimizer):
-    """Adam with bias correction (Kingma & Ba 2015)."""
+    """Adam with bias correction (Kingma & Ba 2015), folded into the step size and eps
+    (sec. 2): ``p -= lr_t * m / (sqrt(v) + eps_t)`` with ``lr_t = lr sqrt(1 - beta2^t) /
+    (1 - beta1^t)`` and ``eps_t = eps sqrt(1 - beta2^t)``."""
 
-    name = "adam"
+    name = kernel = "adam"
     slots = ("m", "v")
     nonnegative_slots = ("v",)
+    bias_correction = True
 
     def __init__(
         self,
@@ -217,13 +265,18 @@ class Adam(Optimizer):
         self.beta2 = _check_fraction("beta2", beta2)
         self.eps = _check_positive("eps", eps)
 
-    def _update(
-        self, group: ParameterGroup, backend: Any, device_scalars: Any, common: tuple
+    def constants(self) -> tuple[float, ...]:
+        return (self.beta1, self.beta2)
+
+    def reference(
+        self, xp: Any, p: Any, g: Any, slots: tuple, step: Any, eps: Any, constants: tuple
     ) -> None:
-        wd, n_decay, scale, clip_value, shrink = common
-        backend.update_adam(group.values, group.grads, group.slots["m"], group.slots["v"],
-                            self.lr, self.beta1, self.beta2, self.eps, group.step, wd, n_decay,
-                            device_scalars, scale, clip_value, shrink)
+        (m, v), (beta1, beta2) = slots, constants
+        m *= beta1
+        m += (1 - beta1) * g
+        v *= beta2
+        v += (1 - beta2) * (g * g)  # the kernels compute the same order, so backends agree
+        p -= step * m / (xp.sqrt(v) + eps)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -1,10 +1,16 @@
-"""Parameters and the flat arena that holds them.
+"""Parameters, the flat arena that holds them, and the device-resident step scalars.
 
 A ``Parameter`` is a named view: its ``value``, ``grad`` and optimizer slots (``state``) are
 reshaped slices of flat buffers owned by a ``ParameterGroup``, one group per (optimizer, dtype).
 An optimizer updates a whole group with one fused kernel call per step. Inside a group the
 parameters that take weight decay (weights) come first, so decay is applied to the leading
 ``n_decay`` elements only (biases and BatchNorm parameters follow, undecayed).
+
+Everything that changes from step to step lives in the group's ``scalars``, a small float64
+array on the device (layout below): the learning rate (written by the host when a schedule or
+callback changes it, never inside a step), the step count and what derives from both (bias
+corrections, decoupled-decay shrink, clip scale), advanced on the device inside the step. A
+captured step (CUDA graph) therefore replays exactly what an eager step computes.
 """
 
 from __future__ import annotations
@@ -14,22 +20,22 @@ from typing import Any, Protocol
 
 import numpy as np
 
+#: indices into ``ParameterGroup.scalars``
+LR, T, STEP, EPS, SHRINK, GSCALE = range(6)
+N_SCALARS = 8
+
 
 class Optimizer(Protocol):
     """What a group needs of an optimizer (``fastnet.optimizers.Optimizer`` provides it)."""
 
     slots: tuple[str, ...]
     nonnegative_slots: tuple[str, ...]
-
+    lr: float
     clip_norm: float | None
 
-    def apply(
-        self,
-        group: ParameterGroup,
-        backend: Any,
-        device_scalars: Any = None,
-        total_sq: float | None = None,
-    ) -> None: ...
+    def scalar_constants(self) -> tuple[float, ...]: ...
+
+    def update(self, group: ParameterGroup, backend: Any) -> None: ...
 
 
 class Parameter:
@@ -56,8 +62,8 @@ class Parameter:
 
 
 class ParameterGroup:
-    """Parameters of one dtype updated by one optimizer: flat ``values``, ``grads`` and one
-    flat buffer per optimizer slot. ``step`` counts the updates applied to the group."""
+    """Parameters of one dtype updated by one optimizer: flat ``values``, ``grads``, one flat
+    buffer per optimizer slot, and the device ``scalars`` of the step (``LR``, ``T``, ...)."""
 
     def __init__(self, params: Sequence[Parameter], optimizer: Optimizer, backend: Any) -> None:
         ordered = [p for p in params if p.decay] + [p for p in params if not p.decay]
@@ -68,7 +74,8 @@ class ParameterGroup:
         self.values = backend.zeros((total,), dtype)
         self.grads = backend.zeros((total,), dtype)
         self.slots = {key: backend.zeros((total,), dtype) for key in optimizer.slots}
-        self.step = 0
+        self.scalars = backend.zeros((N_SCALARS,), np.float64)
+        self.lr_written: float | None = None
         lo = 0
         for p in ordered:
             hi = lo + p.size
@@ -79,10 +86,24 @@ class ParameterGroup:
             p.grad = self.grads[lo:hi].reshape(shape)
             p.state = {key: buf[lo:hi].reshape(shape) for key, buf in self.slots.items()}
             lo = hi
+        self.write_lr()
 
-    def update(self, device_scalars: Any = None, total_sq: float | None = None) -> None:
-        """One optimizer step over the whole group (one fused kernel call)."""
-        self.optimizer.apply(self, self.backend, device_scalars, total_sq)
+    @property
+    def step(self) -> int:
+        """Updates applied to the group (read from the device: a sync on GPUs)."""
+        return int(self.backend.to_numpy(self.scalars[T : T + 1])[0])
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.scalars[T : T + 1] = self.backend.asarray(np.array([float(value)]))
+
+    def write_lr(self) -> None:
+        """Copy the optimizer's learning rate to the device if it changed (host side, between
+        steps: schedules and callbacks only assign ``optimizer.lr``)."""
+        lr = float(self.optimizer.lr)
+        if lr != self.lr_written:
+            self.scalars[LR : LR + 1] = self.backend.asarray(np.array([lr]))
+            self.lr_written = lr
 
 
 class ParameterArena:
@@ -93,14 +114,27 @@ class ParameterArena:
         for param, optimizer in assignments:
             key = (id(optimizer), str(param.value.dtype))
             buckets.setdefault(key, (optimizer, []))[1].append(param)
+        self.backend = backend
         self.groups = [ParameterGroup(ps, opt, backend) for opt, ps in buckets.values()]
         self.group_of = {id(p): g for g in self.groups for p in g.params}
+        self.clips_norm = any(g.optimizer.clip_norm is not None for g in self.groups)
+        self.norm_sq = backend.zeros((1,), np.float64)  # squared global gradient norm
 
-    def update(self, device_scalars: Any = None) -> None:
-        """One step of every group; the global gradient norm (for ``clip_norm``) is taken over
-        the whole arena once."""
-        total_sq = None
-        if any(g.optimizer.clip_norm is not None for g in self.groups):
-            total_sq = sum(g.backend.sum_squares(g.grads) for g in self.groups)
+    def write_lr(self) -> None:
+        """Host side, before a step: learning rates changed by schedules go to the device."""
         for group in self.groups:
-            group.update(device_scalars, total_sq)
+            group.write_lr()
+
+    def update(self) -> None:
+        """One optimizer step of every group, on the device: the squared global gradient norm
+        (for ``clip_norm``) over the whole arena, each group's scalars advanced, then one fused
+        update call per group. No host value enters: a captured step replays it exactly."""
+        backend = self.backend
+        if self.clips_norm:
+            backend.fill(self.norm_sq, 0.0)
+            for group in self.groups:
+                backend.sum_squares(group.grads, self.norm_sq)
+        for group in self.groups:
+            backend.advance_scalars(group.scalars, self.norm_sq,
+                                    group.optimizer.scalar_constants())
+            group.optimizer.update(group, backend)

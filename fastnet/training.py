@@ -13,7 +13,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -22,11 +22,32 @@ from fastnet.metrics import confusion_matrix, macro_scores, top_k_correct
 from fastnet.validation import as_input, check_positive_int
 
 DIVERGENCE_POLICIES = ("restore", "raise", "ignore")
-CUDA_GRAPH_CHOICES = ("auto", True, False)
+COMPILED_CHOICES = ("auto", True, False)
+
+
+def _compiled_choice(compiled: bool | str, cuda_graph: bool | str | None) -> bool | str:
+    """``fit``'s ``compiled`` argument, accepting the deprecated ``cuda_graph`` alias."""
+    if cuda_graph is not None:
+        warnings.warn("fit(cuda_graph=...) is deprecated: use compiled=...", DeprecationWarning,
+                      stacklevel=3)
+        compiled = cuda_graph
+    if not any(compiled is c or compiled == c for c in COMPILED_CHOICES):
+        raise ValueError(f"compiled must be 'auto', True or False, got {compiled!r}")
+    return compiled
 
 
 def _overrides(callback: Callback, hook: str) -> bool:
     return getattr(type(callback), hook) is not getattr(Callback, hook)
+
+
+class BatchSpec(NamedTuple):
+    """What a step's batch buffers hold besides the features: the targets' trailing shape
+    (``()`` for class indices, ``(k,)`` for one-hot/soft targets) and dtype, and whether rows
+    carry weights."""
+
+    target_shape: tuple[int, ...]
+    target_dtype: str
+    weighted: bool
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -53,17 +74,19 @@ class ResidentBatches:
         self.rng = backend.rng(seed)
 
     def epoch(self, bounds: Sequence[tuple[int, int]], step: Any) -> Iterator[tuple[Any, ...]]:
+        """Batches of one epoch; runs on the caller's stream (``Backend.step_stream``), so
+        the gathers are ordered with the steps that read them."""
         backend, n = self.backend, self.X.shape[0]
         order = backend.permutation(self.rng, n) if self.shuffle else backend.xp.arange(n)
         for lo, hi in bounds:
             idx = order[lo:hi]
             out = step.batch_buffers(hi - lo)
-            wb = None if self.w is None else backend.take_rows(self.w, idx)
             if out is None:
-                yield backend.take_rows(self.X, idx), backend.take_rows(self.y, idx), wb
-            else:
-                xb = backend.take_rows(self.X, idx, out[0])
-                yield xb, backend.take_rows(self.y, idx, out[1]), wb
+                out = (None, None, None)
+            xb = backend.take_rows(self.X, idx, out[0])
+            yb = backend.take_rows(self.y, idx, out[1])
+            wb = None if self.w is None else backend.take_rows(self.w, idx, out[2])
+            yield xb, yb, wb
 
 
 class StreamedBatches:
@@ -116,32 +139,29 @@ class StreamedBatches:
 
 
 class EagerStep:
-    """Forward, fused loss, backward and one arena update per batch, op by op."""
+    """The model's step function run op by op: forward, fused loss, backward, one arena
+    update. Loss and correct count accumulate on the device in ``totals``."""
 
     description = "eager"
 
     def __init__(self, model: Any) -> None:
         self.model = model
+        self.totals = model.backend.zeros((2,), np.float64)  # summed loss, correct count
 
     def batch_buffers(self, n: int) -> None:
         return None
 
     def begin_epoch(self) -> None:
-        self.loss_sum: Any = 0.0
-        self.correct_sum: Any = None
+        self.model.backend.fill(self.totals, 0.0)
 
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
-        loss, correct = self.model.train_step(xb, yb, wb)
-        self._accumulate(loss, correct, xb.shape[0])
-
-    def _accumulate(self, loss: Any, correct: Any, n: int) -> None:
-        """Add a batch's mean loss (times its rows) and correct count, on the device."""
-        self.loss_sum = self.loss_sum + loss * n
-        if correct is not None:
-            self.correct_sum = correct if self.correct_sum is None else self.correct_sum + correct
+        self.model.arena.write_lr()  # host side: a schedule may have changed it
+        self.model.train_step(xb, yb, wb, totals=self.totals)
 
     def end_epoch(self) -> tuple[Any, Any]:
-        return self.loss_sum, self.correct_sum
+        """The epoch's summed loss and correct count (None where the loss has no accuracy)."""
+        totals = self.model.backend.to_numpy(self.totals)
+        return totals[0], (totals[1] if self.model.loss.counts_correct else None)
 
 
 class DistributedStep(EagerStep):
@@ -164,12 +184,10 @@ class DistributedStep(EagerStep):
         model, n = self.model, xb.shape[0]
         share = n / self.global_sizes[self.batch_index]
         self.batch_index += 1
+        model.arena.write_lr()
         if n:
             logits = model.forward(xb, training=True)
-            loss, dlogits = model.loss.compute(logits, yb, wb)
-            correct = model.loss.count_correct(logits, yb)
-            model.backward(dlogits)
-            self._accumulate(loss, correct, n)
+            model.backward(model.loss.accumulate(logits, yb, wb, self.totals))
         for group in model.arena.groups:
             if n:
                 group.grads *= share
@@ -179,10 +197,8 @@ class DistributedStep(EagerStep):
         model.arena.update()
 
     def end_epoch(self) -> tuple[Any, Any]:
-        counted = self.correct_sum is not None
-        totals = np.array([float(self.loss_sum), float(self.correct_sum or 0), float(counted)])
-        self.comm.allreduce(totals)
-        return totals[0], (totals[1] if totals[2] > 0 else None)
+        self.comm.allreduce(self.totals)  # a device array: NCCL reduces it where it lives
+        return super().end_epoch()
 
 
 class Trainer:
@@ -200,23 +216,27 @@ class Trainer:
     step_description: str
     _comm: Any = None
     _top_k: int | None = 5
+    _compiled_steps: dict
     optimizer: Any
     steps_per_epoch: int = 0
     _rng: np.random.Generator
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, xb: Any, yb: Any, wb: Any = None) -> tuple[Any, Any]:
-        """Forward, backward and update on one batch (rows weighted by ``wb`` if given);
-        returns (loss, correct count) on the device."""
+    def train_step(self, xb: Any, yb: Any, wb: Any = None, totals: Any = None) -> Any:
+        """The training step, the one function eager and compiled steps run: forward, the
+        loss (rows weighted by ``wb`` if given) with its gradient, backward, and one optimizer
+        update, all on the device. Adds the batch's summed loss and correct count into the
+        2-element device array ``totals`` (a fresh one when None), which it returns."""
+        if totals is None:
+            totals = self.backend.zeros((2,), np.float64)
         logits = self.forward(xb, training=True)
-        loss, dlogits = self.loss.compute(logits, yb, wb)
-        correct = self.loss.count_correct(logits, yb)
-        self.backward(dlogits)
+        self.backward(self.loss.accumulate(logits, yb, wb, totals))
         self.arena.update()
-        return loss, correct
+        return totals
 
     forward: Callable[..., Any]
     backward: Callable[[Any], None]
+    step_plan: Callable[[], Any]
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -231,7 +251,8 @@ class Trainer:
         callbacks: Sequence[Callback] = (),
         verbose: int = 1,
         on_divergence: str = "restore",
-        cuda_graph: bool | str = "auto",
+        compiled: bool | str = "auto",
+        cuda_graph: bool | str | None = None,
         distributed: bool = False,
         comm: str = "mpi",
         top_k: int | None = 5,
@@ -245,10 +266,12 @@ class Trainer:
         Bad arguments raise before anything changes. A NaN/inf loss restores the last weights
         whose loss is finite and stops (``on_divergence="restore"``), or also raises
         ``TrainingDivergedError`` ("raise"). On ``KeyboardInterrupt`` the weights of the last
-        finished epoch are restored and the interrupt is re-raised. ``cuda_graph``: "auto" uses
-        the backend's compiled step (a CUDA graph replay on cupy, one fused JIT call per batch
-        on numba) when the model qualifies, True requires it, False forces eager steps;
-        ``step_description`` says which ran and why. With ``validation_data`` the
+        finished epoch are restored and the interrupt is re-raised. ``compiled``: "auto" uses
+        the backend's compiled step (the step function captured in a CUDA graph on cupy, one
+        fused JIT call per batch on numba) when the model qualifies, True requires it, False
+        forces eager steps; ``step_description`` says which ran and why. Compiled steps compute
+        what eager steps compute (same function, same device scalars). ``cuda_graph`` is the
+        old name of ``compiled`` (deprecated). With ``validation_data`` the
         history also holds ``val_precision``/``val_recall``/``val_f1`` (macro) and, for more than
         ``top_k`` classes, ``val_top{k}_accuracy`` (softmax classifiers).
 
@@ -268,8 +291,7 @@ class Trainer:
             raise ValueError(
                 f"on_divergence must be one of {DIVERGENCE_POLICIES}, got {on_divergence!r}"
             )
-        if not any(cuda_graph is c or cuda_graph == c for c in CUDA_GRAPH_CHOICES):
-            raise ValueError(f"cuda_graph must be 'auto', True or False, got {cuda_graph!r}")
+        compiled = _compiled_choice(compiled, cuda_graph)
         callbacks = list(callbacks)
         for cb in callbacks:
             if not isinstance(cb, Callback):
@@ -277,13 +299,15 @@ class Trainer:
         X = as_input(X, "X", self.backend)  # lists converted once; foreign arrays adopted
         n_bytes = int(np.prod(X.shape)) * self.dtype.itemsize
         streamed = isinstance(X, np.memmap) or not self.backend.fits_on_device(n_bytes)
-        if streamed and cuda_graph is True:
+        if streamed and compiled is True:
             raise ValueError(
-                "cuda_graph=True needs the training set resident on the GPU; it is "
+                "compiled=True needs the training set resident on the GPU; it is "
                 f"too large ({n_bytes / 2**30:.2f} GiB) and would be streamed"
             )
         Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
         wd = self.validate_weights(sample_weight, class_weight, y, Xd.shape[0], not streamed)
+        if compiled is True and wd is not None and streamed:
+            raise ValueError("compiled=True needs the training set resident on the device")
         group = None
         if distributed:
             from fastnet import distributed as dist
@@ -300,7 +324,7 @@ class Trainer:
         self._top_k = top_k
         self.streamed = streamed
         n = Xd.shape[0]
-        run_epoch = self._runner(Xd, yd, batch_size, shuffle, cuda_graph, streamed, group, wd)
+        run_epoch = self._runner(Xd, yd, batch_size, shuffle, compiled, streamed, group, wd)
         try:
             return self._epochs(
                 run_epoch, n, Xd, yd, val, epochs, callbacks, verbose, on_divergence
@@ -395,15 +419,22 @@ class Trainer:
         return self.history
 
     def epoch_runner(
-        self, X: Any, y: Any, batch_size: int = 128, *, cuda_graph: bool | str = "auto"
+        self,
+        X: Any,
+        y: Any,
+        batch_size: int = 128,
+        *,
+        compiled: bool | str = "auto",
+        cuda_graph: bool | str | None = None,
     ) -> Callable[..., tuple[Any, Any]]:
         """One shuffled training epoch of ``fit``'s loop as a callable returning the summed loss
-        and correct count on the device (data validated and placed once; benchmarks time it)."""
+        and correct count (data validated and placed once; benchmarks time it)."""
         batch_size = check_positive_int(batch_size, "batch_size")
+        compiled = _compiled_choice(compiled, cuda_graph)
         Xd, yd, _ = self.validate_fit_data(X, y, None, on_device=True)
         if not self.built:
             self.build(Xd.shape[1])
-        return self._runner(Xd, yd, batch_size, True, cuda_graph, False)
+        return self._runner(Xd, yd, batch_size, True, compiled, False)
 
     def _runner(
         self,
@@ -411,7 +442,7 @@ class Trainer:
         yd: Any,
         batch_size: int,
         shuffle: bool,
-        cuda_graph: bool | str,
+        compiled: bool | str,
         streamed: bool,
         group: Any = None,
         weights: Any = None,
@@ -428,15 +459,15 @@ class Trainer:
         bounds = batch_bounds(Xd.shape[0], batch_size, self.min_batch_rows() * world)
         local = bounds
         if group is None:
-            step = self._make_step(batch_size, cuda_graph, streamed, weights is not None)
+            spec = BatchSpec(tuple(yd.shape[1:]), str(yd.dtype), weights is not None)
+            step = self._choose_step(batch_size, compiled, streamed, spec)
         else:
             from fastnet.distributed import rank_slice
 
             local = [rank_slice(lo, hi, group.rank, world) for lo, hi in bounds]
             step = DistributedStep(self, group, [hi - lo for lo, hi in bounds])
             self.step_description = step.description
-            self.backend.kernel_report["train_step"] = step.description
-
+        self.backend.kernel_report["train_step"] = self.step_description
         self.steps_per_epoch = len(bounds)
 
         def run_epoch(
@@ -444,68 +475,69 @@ class Trainer:
         ) -> tuple[Any, Any]:
             begin = [cb for cb in hooks if _overrides(cb, "on_batch_begin")]
             end = [cb for cb in hooks if _overrides(cb, "on_batch_end")]
-            step.begin_epoch()
-            for i, ((xb, yb, wb), (lo, hi)) in enumerate(zip(source.epoch(local, step), bounds)):
-                for cb in begin:
-                    cb.on_batch_begin(self, i)
-                step(xb, yb, wb)
-                if progress is not None:
-                    progress(hi - lo)
-                for cb in end:
-                    cb.on_batch_end(self, i, {"batch": i, "size": hi - lo})
-            return step.end_epoch()
+            with self.backend.step_stream():  # gathers, lr writes and steps in one order
+                step.begin_epoch()
+                batches = zip(source.epoch(local, step), bounds)
+                for i, ((xb, yb, wb), (lo, hi)) in enumerate(batches):
+                    for cb in begin:
+                        cb.on_batch_begin(self, i)
+                    step(xb, yb, wb)
+                    if progress is not None:
+                        progress(hi - lo)
+                    for cb in end:
+                        cb.on_batch_end(self, i, {"batch": i, "size": hi - lo})
+                return step.end_epoch()
 
         return run_epoch
 
     def _broadcast_state(self, group: Any) -> None:
-        """Rank 0's parameters, optimizer state and layer buffers to every rank."""
+        """Rank 0's parameters, optimizer state, step scalars and layer buffers to every rank."""
         for g in self.arena.groups:
             group.broadcast(g.values)
             for slot in g.slots.values():
                 group.broadcast(slot)
-            g.step = group.broadcast_object(g.step)
+            group.broadcast(g.scalars)
         for layer in self.layers:
             for buf in layer.state_buffers().values():
                 group.broadcast(buf)
             layer.fork_random_stream(group.rank)  # e.g. distinct dropout masks per rank
 
-    def _make_step(
-        self, batch_size: int, cuda_graph: bool | str, streamed: bool, weighted: bool = False
-    ) -> Any:
-        step = self._choose_step(batch_size, cuda_graph, streamed, weighted)
-        self.backend.kernel_report["train_step"] = self.step_description
-        return step
-
     def _choose_step(
-        self, batch_size: int, cuda_graph: bool | str, streamed: bool, weighted: bool
+        self, batch_size: int, compiled: bool | str, streamed: bool, spec: BatchSpec
     ) -> Any:
-        if cuda_graph is False:
-            self.step_description = "eager (cuda_graph=False)"
-            return EagerStep(self)
-        if weighted:
-            if cuda_graph is True:
-                raise ValueError("cuda_graph=True: weighted losses are not captured yet")
-            self.step_description = "eager (weighted losses are not captured yet)"
+        """The step ``fit`` runs, with ``step_description`` saying which and why."""
+        if compiled is False:
+            self.step_description = "eager (compiled=False)"
             return EagerStep(self)
         if streamed:
             self.step_description = "eager (data streamed from the host)"
             return EagerStep(self)
         # Compiled steps are kept for later fits (a CUDA graph is not captured again) while the
-        # layers and loss they were built for stay the model's.
-        key = (batch_size, id(self.loss), repr(self.loss), tuple(map(id, self.layers)))
-        compiled = self.__dict__.setdefault("_compiled_steps", {})
-        if key not in compiled:
-            if len(compiled) >= 4:  # e.g. a search over batch sizes: do not hoard graphs
-                compiled.clear()
-            compiled[key] = self.backend.compile_step(self, batch_size)
-        step, reason = compiled[key]
+        # arena, layers, loss and optimizer constants they were built for stay the model's.
+        key = (batch_size, spec, id(self.arena), id(self.loss), repr(self.loss),
+               tuple(map(id, self.layers)), self._frozen_constants())
+        cache = self._compiled_steps
+        if key not in cache:
+            if len(cache) >= 4:  # e.g. a search over batch sizes: do not hoard graphs
+                cache.clear()
+            cache[key] = self.backend.compile_step(self, batch_size, spec)
+        step, reason = cache[key]
         if step is None:
-            if cuda_graph is True:
-                raise ValueError(f"a compiled step was required (cuda_graph=True), but {reason}")
+            if compiled is True:
+                raise ValueError(f"a compiled step was required (compiled=True), but {reason}")
             self.step_description = f"eager ({reason})"
             return EagerStep(self)
         self.step_description = step.description
         return step
+
+    def _frozen_constants(self) -> tuple:
+        """The optimizers' constants a compiled step bakes in (everything but the learning
+        rate and the step count, which live in device scalars)."""
+        return tuple(
+            (g.optimizer.constants(), g.optimizer.scalar_constants(), g.optimizer.clip_value,
+             g.optimizer.weight_decay, type(g.optimizer))
+            for g in self.arena.groups
+        )
 
     def min_batch_rows(self) -> int:
         """Smallest training batch every layer accepts (2 with BatchNorm, else 1)."""
@@ -549,7 +581,7 @@ class Trainer:
             from fastnet.distributed import rank_slice
 
             lo, hi = rank_slice(0, n, group.rank, group.world_size)
-        classes = self.output_dim if self.loss.name == "softmax_cross_entropy" else 0
+        classes = self.output_dim if self.loss.multiclass else 0
         k = top_k if top_k is not None and 0 < top_k < classes else 0
         sums = np.zeros(4 + classes * classes)  # loss, correct, counted, top-k, confusion
         if hi > lo:

@@ -152,35 +152,71 @@ def act_backward_bias_parallel(y, dy, code, alpha, dz, db):
 
 # ---------------------------------------------------------------------------- softmax + CE
 @njit(**REDUCE_INLINE)
-def _softmax_xent_row(x, label, d, inv_n, poly, bits, fast_exp):
+def _softmax_row(x, d, poly, bits, fast_exp):
+    """``d = exp(x - max)``; returns (sum of d, max, sum of x - max)."""
     m = x.shape[0]
     mx = x[0]
     for j in range(1, m):
         mx = max(mx, x[j])
+    shifted_sum = mx - mx  # 0 in the logits' dtype
     for j in range(m):
         d[j] = x[j] - mx
-    zero = inv_n - inv_n  # 0 in the logits' dtype
+        shifted_sum += d[j]
+    total = mx - mx
     if fast_exp:
         _expm_f32(d, poly, bits)
         scale = bits.view(np.float32)
-        total = zero
         for j in range(m):
             e = poly[j] * scale[j]
             d[j] = e
             total += e
-        shifted_label = x[label] - mx
     else:
-        shifted_label = d[label]
-        total = zero
         for j in range(m):
             e = math.exp(d[j])
             d[j] = e
             total += e
+    return total, mx, shifted_sum
+
+
+@njit(**REDUCE_INLINE)
+def _softmax_xent_row(x, label, d, inv_n, poly, bits, fast_exp, smoothing):
+    """Row loss of integer ``label``; ``d`` becomes the row's mean-reduced gradient. With
+    ``smoothing`` e the target is ``(1 - e) onehot + e / k``."""
+    total, mx, shifted_sum = _softmax_row(x, d, poly, bits, fast_exp)
     scale_row = inv_n / total
-    for j in range(m):
+    for j in range(x.shape[0]):
         d[j] *= scale_row
-    d[label] -= inv_n
-    return math.log(total) - shifted_label
+    loss = math.log(total) - (x[label] - mx)
+    if smoothing == 0:
+        d[label] -= inv_n
+        return loss
+    one, k = x.dtype.type(1), x.shape[0]
+    off = smoothing * inv_n / x.dtype.type(k)
+    for j in range(k):
+        d[j] -= off
+    d[label] -= (one - smoothing) * inv_n
+    return (one - smoothing) * loss + smoothing * (math.log(total) - shifted_sum / k)
+
+
+@njit(**REDUCE_INLINE)
+def _softmax_xent_dense_row(x, t, d, inv_n, poly, bits, fast_exp, smoothing):
+    """Row loss of one-hot/soft targets ``t`` (need not sum to 1: the gradient is
+    ``softmax * sum(t) - t``), smoothed as ``(1 - e) t + e sum(t) / k``."""
+    total, mx, _ = _softmax_row(x, d, poly, bits, fast_exp)
+    k, one = x.shape[0], x.dtype.type(1)
+    t_sum = mx - mx
+    for j in range(k):
+        t_sum += t[j]
+    log_s = math.log(total)
+    scale_row = inv_n * t_sum / total
+    loss = mx - mx
+    for j in range(k):
+        tj = t[j]
+        if smoothing != 0:
+            tj = (one - smoothing) * tj + smoothing * t_sum / x.dtype.type(k)
+        loss -= tj * ((x[j] - mx) - log_s)
+        d[j] = d[j] * scale_row - tj * inv_n
+    return loss
 
 
 @njit(**INLINE)
@@ -190,46 +226,54 @@ def _weight_row(d, w):
         d[j] *= w
 
 
-@njit(**REDUCE)
-def softmax_xent(logits, labels, dlogits, inv_n, fast_exp, weights):
-    """Mean softmax cross-entropy of integer ``labels``; writes ``dlogits``, returns the loss.
-
-    ``inv_n`` is ``1 / n`` in the logits' dtype (keeps the arithmetic in that precision);
-    ``fast_exp`` selects the vectorized float32 exp (pass it for float32 only). ``weights``
-    (length n, or empty for none) weights each row's loss and gradient; the mean stays over n.
-    """
-    n, m = logits.shape
+@njit(**REDUCE_INLINE)
+def _xent_rows(logits, labels, targets, dlogits, inv_n, fast_exp, weights, smoothing, lo, hi):
+    """Summed (weighted) row losses of rows ``[lo, hi)``: integer ``labels`` when ``targets``
+    is empty, else one-hot/soft ``targets``."""
+    m = logits.shape[1]
     poly = np.empty(m, dtype=dlogits.dtype)
     bits = np.empty(m, dtype=np.int32)
-    weighted = weights.shape[0] == n
-    loss = 0.0
-    for i in range(n):
-        row = _softmax_xent_row(logits[i], labels[i], dlogits[i], inv_n, poly, bits, fast_exp)
+    weighted = weights.shape[0] == logits.shape[0]
+    dense = targets.shape[0] == logits.shape[0]
+    acc = 0.0
+    for i in range(lo, hi):
+        if dense:
+            row = _softmax_xent_dense_row(
+                logits[i], targets[i], dlogits[i], inv_n, poly, bits, fast_exp, smoothing
+            )
+        else:
+            row = _softmax_xent_row(
+                logits[i], labels[i], dlogits[i], inv_n, poly, bits, fast_exp, smoothing
+            )
         if weighted:
             _weight_row(dlogits[i], weights[i])
             row *= weights[i]
-        loss += row
-    return loss / n
+        acc += row
+    return acc
+
+
+@njit(**REDUCE)
+def softmax_xent(logits, labels, targets, dlogits, inv_n, fast_exp, weights, smoothing):
+    """Summed softmax cross-entropy of the rows; writes the mean-reduced ``dlogits``.
+
+    Integer ``labels`` (n,), or one-hot/soft ``targets`` (n, k) when ``targets`` has n rows
+    (pass an empty array for the unused one). ``inv_n`` is ``1 / n`` in the logits' dtype;
+    ``fast_exp`` selects the vectorized float32 exp (float32 only). ``weights`` (length n, or
+    empty for none) weight each row's loss and gradient; ``smoothing`` is label smoothing.
+    """
+    n = logits.shape[0]
+    return _xent_rows(logits, labels, targets, dlogits, inv_n, fast_exp, weights, smoothing, 0, n)
 
 
 @njit(**REDUCE_PARALLEL)
-def softmax_xent_parallel(logits, labels, dlogits, inv_n, fast_exp, weights):
-    n, m = logits.shape
+def softmax_xent_parallel(logits, labels, targets, dlogits, inv_n, fast_exp, weights, smoothing):
+    n = logits.shape[0]
     chunks = min(n, 64)
     losses = np.zeros(chunks)
-    weighted = weights.shape[0] == n
     for c in prange(chunks):
-        poly = np.empty(m, dtype=dlogits.dtype)
-        bits = np.empty(m, dtype=np.int32)
-        acc = 0.0
-        for i in range(c * n // chunks, (c + 1) * n // chunks):
-            row = _softmax_xent_row(logits[i], labels[i], dlogits[i], inv_n, poly, bits, fast_exp)
-            if weighted:
-                _weight_row(dlogits[i], weights[i])
-                row *= weights[i]
-            acc += row
-        losses[c] = acc
-    return losses.sum() / n
+        losses[c] = _xent_rows(logits, labels, targets, dlogits, inv_n, fast_exp, weights,
+                               smoothing, c * n // chunks, (c + 1) * n // chunks)
+    return losses.sum()
 
 
 @njit(**SERIAL)
@@ -241,30 +285,49 @@ def labels_in_range(labels, m):
     return True
 
 
+@njit(**INLINE)
+def _argmax(row):
+    best = 0
+    for j in range(1, row.shape[0]):
+        if row[j] > row[best]:
+            best = j
+    return best
+
+
 @njit(**SERIAL)
-def count_correct(logits, labels):
-    n, m = logits.shape
+def count_correct(logits, labels, targets):
+    """Rows whose argmax equals the integer label, or the argmax of the target row when
+    ``targets`` has the logits' rows (``labels`` then unused)."""
+    n = logits.shape[0]
+    dense = targets.shape[0] == n
     hits = 0
     for i in range(n):
-        best = 0
-        for j in range(1, m):
-            if logits[i, j] > logits[i, best]:
-                best = j
-        hits += best == labels[i]
+        label = _argmax(targets[i]) if dense else labels[i]
+        hits += _argmax(logits[i]) == label
     return hits
 
 
 # ---------------------------------------------------------------------------- optimizer updates
-# Parameters, gradients and state are flat 1-D arena buffers of one length (the backend checks);
-# scalars arrive in the array dtype. Every rule shares the gradient preamble of ``_grad``:
-# ``g * gscale`` (global-norm clipping), then clipped to ``[-clip, clip]`` (NaN kept), then L2
-# decay ``wd * p``. Elements ``[0, n_decay)`` take the decay: L2 ``wd`` and the decoupled
-# ``shrink = 1 - lr * weight_decay`` (AdamW); each driver runs two loops, decayed then
-# undecayed, so both stay branch-free and vectorized. Each loop runs over a slice from index 0:
-# indexing ``p[i]`` with ``i`` from ``range(n_decay, n)`` makes numba wrap negative indices,
-# which stops LLVM vectorizing (5-10x slower, measured).
-# Constants are typed with ``p.dtype.type``: a bare ``1 - beta`` is int64 - float32, which numba
-# types as float64 and would run the whole float32 update in (4-wide) double precision.
+# Parameters, gradients and state are flat 1-D arena buffers of one length (the backend checks).
+# ``s`` is the parameter group's float64 device-scalar array (fastnet.parameter: s[2] step size,
+# s[3] eps, s[4] decoupled-decay shrink, s[5] global-norm clip scale), read once per call and
+# cast to the parameters' dtype; the other scalars arrive in that dtype. Every rule shares the
+# gradient preamble of ``_grad``: ``g * gscale``, then clipped to ``[-clip, clip]`` (NaN kept),
+# then L2 decay ``wd * p``. Elements ``[0, n_decay)`` take the decay (L2 ``wd`` and the shrink);
+# each driver runs two loops, decayed then undecayed, so both stay branch-free and vectorized.
+# Each loop runs over a slice from index 0: indexing ``p[i]`` with ``i`` from
+# ``range(n_decay, n)`` makes numba wrap negative indices, which stops LLVM vectorizing (5-10x
+# slower, measured). Constants are typed with ``p.dtype.type``: a bare ``1 - beta`` is int64 -
+# float32, which numba types as float64 and would run the whole update in double precision.
+# State slots are stored through ``_flush``: values below the dtype's smallest normal number
+# (``tiny``) become 0. Adam's first moment of an always-zero gradient otherwise decays into the
+# subnormal range, where every later update of it is many times slower on Intel cores.
+@njit(**INLINE)
+def _flush(x, tiny):
+    """``x``, or 0 where ``|x|`` is subnormal (NaN and inf stay)."""
+    return x if abs(x) >= tiny else x - x
+
+
 @njit(**INLINE)
 def _grad(gi, pi, wd, gscale, clip):
     if gscale is None:  # the plain loop: nothing to scale, clip or decay (as the reference)
@@ -287,6 +350,13 @@ def _plain(wd, gscale, clip, shrink):
     return wd == 0 and gscale == 1 and clip == np.inf and shrink == 1
 
 
+@njit(**INLINE)
+def _scalars(p, s):
+    """(step, eps, shrink, gscale) of this update in the parameters' dtype."""
+    t = p.dtype.type
+    return t(s[2]), t(s[3]), t(s[4]), t(s[5])
+
+
 # Each rule loads p[i] once, works in registers and stores once: an in-place ``p[i] *= shrink``
 # before reading the state would force a store per element (numba cannot prove no aliasing).
 @njit(**INLINE)
@@ -296,39 +366,39 @@ def _sgd(i, p, g, lr, wd, gscale, clip, shrink):
 
 
 @njit(**INLINE)
-def _momentum(i, p, g, v, lr, mu, nesterov, wd, gscale, clip, shrink):
+def _momentum(i, p, g, v, lr, mu, nesterov, wd, gscale, clip, shrink, tiny):
     pi = p[i]
     gi = _grad(g[i], pi, wd, gscale, clip)
-    vi = mu * v[i] - lr * gi
+    vi = _flush(mu * v[i] - lr * gi, tiny)
     v[i] = vi
     p[i] = _shrunk(pi, shrink) + (mu * vi - lr * gi if nesterov else vi)
 
 
 @njit(**INLINE)
-def _adagrad(i, p, g, h, lr, eps, wd, gscale, clip, shrink):
+def _adagrad(i, p, g, h, lr, eps, wd, gscale, clip, shrink, tiny):
     pi = p[i]
     gi = _grad(g[i], pi, wd, gscale, clip)
-    hi = h[i] + gi * gi
+    hi = _flush(h[i] + gi * gi, tiny)
     h[i] = hi
     p[i] = _shrunk(pi, shrink) - lr * gi / (math.sqrt(hi) + eps)
 
 
 @njit(**INLINE)
-def _rmsprop(i, p, g, h, lr, rho, eps, wd, gscale, clip, shrink):
+def _rmsprop(i, p, g, h, lr, rho, eps, wd, gscale, clip, shrink, tiny):
     pi = p[i]
     gi = _grad(g[i], pi, wd, gscale, clip)
-    hi = rho * h[i] + (p.dtype.type(1) - rho) * gi * gi
+    hi = _flush(rho * h[i] + (p.dtype.type(1) - rho) * gi * gi, tiny)
     h[i] = hi
     p[i] = _shrunk(pi, shrink) - lr * gi / (math.sqrt(hi) + eps)
 
 
 @njit(**INLINE)
-def _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd, gscale, clip, shrink):
+def _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd, gscale, clip, shrink, tiny):
     pi = p[i]
     gi = _grad(g[i], pi, wd, gscale, clip)
     one = p.dtype.type(1)
-    mi = beta1 * m[i] + (one - beta1) * gi
-    vi = beta2 * v[i] + (one - beta2) * (gi * gi)  # as the NumPy reference
+    mi = _flush(beta1 * m[i] + (one - beta1) * gi, tiny)
+    vi = _flush(beta2 * v[i] + (one - beta2) * (gi * gi), tiny)  # as the NumPy reference
     m[i] = mi
     v[i] = vi
     p[i] = _shrunk(pi, shrink) - step * mi / (math.sqrt(vi) + eps_hat)
@@ -345,8 +415,9 @@ def _flavours(body: Any) -> tuple[Any, Any]:
     return serial, njit(**PARALLEL)(twin)
 
 
-def _sgd_update(p, g, lr, wd, n_decay, gscale, clip, shrink):
+def _sgd_update(p, g, s, wd, n_decay, clip, tiny):
     zero, one = wd - wd, p.dtype.type(1)
+    lr, _, shrink, gscale = _scalars(p, s)
     if _plain(wd, gscale, clip, shrink):
         for i in prange(p.shape[0]):
             _sgd(i, p, g, lr, None, None, None, None)
@@ -359,65 +430,86 @@ def _sgd_update(p, g, lr, wd, n_decay, gscale, clip, shrink):
         _sgd(i, pu, gu, lr, zero, gscale, clip, one)
 
 
-def _momentum_update(p, g, v, lr, mu, nesterov, wd, n_decay, gscale, clip, shrink):
+def _momentum_update(p, g, v, s, mu, nesterov, wd, n_decay, clip, tiny):
     zero, one = wd - wd, p.dtype.type(1)
+    lr, _, shrink, gscale = _scalars(p, s)
     if _plain(wd, gscale, clip, shrink):
         for i in prange(p.shape[0]):
-            _momentum(i, p, g, v, lr, mu, nesterov, None, None, None, None)
+            _momentum(i, p, g, v, lr, mu, nesterov, None, None, None, None, tiny)
         return
     pd, gd, vd = p[:n_decay], g[:n_decay], v[:n_decay]
     for i in prange(pd.shape[0]):
-        _momentum(i, pd, gd, vd, lr, mu, nesterov, wd, gscale, clip, shrink)
+        _momentum(i, pd, gd, vd, lr, mu, nesterov, wd, gscale, clip, shrink, tiny)
     pu, gu, vu = p[n_decay:], g[n_decay:], v[n_decay:]
     for i in prange(pu.shape[0]):
-        _momentum(i, pu, gu, vu, lr, mu, nesterov, zero, gscale, clip, one)
+        _momentum(i, pu, gu, vu, lr, mu, nesterov, zero, gscale, clip, one, tiny)
 
 
-def _adagrad_update(p, g, h, lr, eps, wd, n_decay, gscale, clip, shrink):
+def _adagrad_update(p, g, h, s, wd, n_decay, clip, tiny):
     zero, one = wd - wd, p.dtype.type(1)
+    lr, eps, shrink, gscale = _scalars(p, s)
     if _plain(wd, gscale, clip, shrink):
         for i in prange(p.shape[0]):
-            _adagrad(i, p, g, h, lr, eps, None, None, None, None)
+            _adagrad(i, p, g, h, lr, eps, None, None, None, None, tiny)
         return
     pd, gd, hd = p[:n_decay], g[:n_decay], h[:n_decay]
     for i in prange(pd.shape[0]):
-        _adagrad(i, pd, gd, hd, lr, eps, wd, gscale, clip, shrink)
+        _adagrad(i, pd, gd, hd, lr, eps, wd, gscale, clip, shrink, tiny)
     pu, gu, hu = p[n_decay:], g[n_decay:], h[n_decay:]
     for i in prange(pu.shape[0]):
-        _adagrad(i, pu, gu, hu, lr, eps, zero, gscale, clip, one)
+        _adagrad(i, pu, gu, hu, lr, eps, zero, gscale, clip, one, tiny)
 
 
-def _rmsprop_update(p, g, h, lr, rho, eps, wd, n_decay, gscale, clip, shrink):
+def _rmsprop_update(p, g, h, s, rho, wd, n_decay, clip, tiny):
     zero, one = wd - wd, p.dtype.type(1)
+    lr, eps, shrink, gscale = _scalars(p, s)
     if _plain(wd, gscale, clip, shrink):
         for i in prange(p.shape[0]):
-            _rmsprop(i, p, g, h, lr, rho, eps, None, None, None, None)
+            _rmsprop(i, p, g, h, lr, rho, eps, None, None, None, None, tiny)
         return
     pd, gd, hd = p[:n_decay], g[:n_decay], h[:n_decay]
     for i in prange(pd.shape[0]):
-        _rmsprop(i, pd, gd, hd, lr, rho, eps, wd, gscale, clip, shrink)
+        _rmsprop(i, pd, gd, hd, lr, rho, eps, wd, gscale, clip, shrink, tiny)
     pu, gu, hu = p[n_decay:], g[n_decay:], h[n_decay:]
     for i in prange(pu.shape[0]):
-        _rmsprop(i, pu, gu, hu, lr, rho, eps, zero, gscale, clip, one)
+        _rmsprop(i, pu, gu, hu, lr, rho, eps, zero, gscale, clip, one, tiny)
 
 
-def _adam_update(p, g, m, v, step, beta1, beta2, eps_hat, wd, n_decay, gscale, clip, shrink):
-    """Adam with the bias correction folded into ``step`` and ``eps_hat`` by the caller."""
+def _adam_update(p, g, m, v, s, beta1, beta2, wd, n_decay, clip, tiny):
+    """Adam with the bias correction folded into the step size and eps (device scalars)."""
     zero, one = wd - wd, p.dtype.type(1)
+    step, eps_hat, shrink, gscale = _scalars(p, s)
     if _plain(wd, gscale, clip, shrink):
         for i in prange(p.shape[0]):
-            _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, None, None, None, None)
+            _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, None, None, None, None, tiny)
         return
     # pairs, not one 4-tuple: numba 0.68's parfors lowered ``pd, gd, md, vd = p[:k], ...`` so
     # that the parallel flavour wrote nothing (caught by test_numba_parallel_flavours_match_serial)
     pd, gd = p[:n_decay], g[:n_decay]
     md, vd = m[:n_decay], v[:n_decay]
     for i in prange(pd.shape[0]):
-        _adam(i, pd, gd, md, vd, step, beta1, beta2, eps_hat, wd, gscale, clip, shrink)
+        _adam(i, pd, gd, md, vd, step, beta1, beta2, eps_hat, wd, gscale, clip, shrink, tiny)
     pu, gu = p[n_decay:], g[n_decay:]
     mu, vu = m[n_decay:], v[n_decay:]
     for i in prange(pu.shape[0]):
-        _adam(i, pu, gu, mu, vu, step, beta1, beta2, eps_hat, zero, gscale, clip, one)
+        _adam(i, pu, gu, mu, vu, step, beta1, beta2, eps_hat, zero, gscale, clip, one, tiny)
+
+
+@njit(**SERIAL)
+def advance_scalars(s, norm_sq, eps, beta1, beta2, bias_correction, decoupled_wd, clip_norm):
+    """A parameter group's device scalars for its next update (as ``Backend.advance_scalars``):
+    ``t += 1``, step size and eps (bias-corrected when asked), decay shrink, clip scale."""
+    s[1] += 1.0
+    t, lr = s[1], s[0]
+    if bias_correction:
+        correction = math.sqrt(1.0 - beta2**t)
+        s[2] = lr * correction / (1.0 - beta1**t)
+        s[3] = eps * correction
+    else:
+        s[2] = lr
+        s[3] = eps
+    s[4] = 1.0 - lr * decoupled_wd
+    s[5] = min(1.0, clip_norm / (math.sqrt(norm_sq[0]) + 1e-6)) if clip_norm else 1.0
 
 
 bias_act, bias_act_parallel = _flavours(_bias_act)
@@ -429,13 +521,13 @@ adam_update, adam_update_parallel = _flavours(_adam_update)
 
 
 @njit(**REDUCE)
-def sum_squares(g):
-    """``sum(g * g)`` accumulated in float64 (for the global gradient norm)."""
+def sum_squares(g, out):
+    """Add ``sum(g * g)``, accumulated in float64, into ``out[0]`` (the global gradient norm)."""
     total = 0.0
     for i in range(g.shape[0]):
         x = np.float64(g[i])
         total += x * x
-    return total
+    out[0] += total
 
 
 
@@ -447,13 +539,16 @@ def matmul(a, b, out):
 
 # ---------------------------------------------------------------------------- whole training step
 @njit(**SERIAL)
-def dense_train_step(x, labels, weights, biases, codes, alphas, outs, dzs, dxs, dws, dbs, totals):
+def dense_train_step(x, labels, targets, row_weights, smoothing, weights, biases, codes, alphas,
+                     outs, dzs, dxs, dws, dbs, totals):
     """Forward, softmax cross-entropy and backward of a stack of dense layers in one call.
 
     Per layer ``l`` (tuples): ``weights[l]`` (in, out), ``biases[l]`` (out,), activation
     ``codes[l]`` and ``alphas[l]``; scratch ``outs``/``dzs``/``dxs`` with at least ``n`` rows;
-    gradients land in ``dws``/``dbs``. Adds the batch's summed loss and correct count to
-    ``totals``. The same kernels, in the same order, as the eager step."""
+    gradients land in ``dws``/``dbs``. The loss takes integer ``labels`` or, when ``targets``
+    has n rows, one-hot/soft targets; ``row_weights`` (n, or empty) and ``smoothing`` as in
+    ``softmax_xent``. Adds the batch's summed loss and correct count to ``totals``. The same
+    kernels, in the same order, as the eager step."""
     n = x.shape[0]
     last = len(weights) - 1
     inp = x
@@ -463,12 +558,15 @@ def dense_train_step(x, labels, weights, biases, codes, alphas, outs, dzs, dxs, 
         bias_act(h, biases[i], codes[i], alphas[i])
         inp = h
     logits, dy = inp, dzs[last][:n]
-    if labels.shape[0] != n or not labels_in_range(labels, logits.shape[1]):
+    if targets.shape[0] != n and (
+        labels.shape[0] != n or not labels_in_range(labels, logits.shape[1])
+    ):
         raise ValueError("dense_train_step: labels must be n class indices in [0, classes)")
     inv_n = x.dtype.type(1.0 / n)
-    loss = softmax_xent(logits, labels, dy, inv_n, x.itemsize == 4, dbs[last][:0])
-    totals[0] += loss * n
-    totals[1] += count_correct(logits, labels)
+    loss = softmax_xent(logits, labels, targets, dy, inv_n, x.itemsize == 4, row_weights,
+                        x.dtype.type(smoothing))
+    totals[0] += loss
+    totals[1] += count_correct(logits, labels, targets)
     for i in range(last, -1, -1):
         dz = dzs[i][:n]
         act_backward_bias(outs[i][:n], dy, codes[i], alphas[i], dz, dbs[i])

@@ -7,8 +7,8 @@ anything their kernels do not cover. Every op records which implementation ran i
 
 from __future__ import annotations
 
+import contextlib
 import enum
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,15 +29,6 @@ class Act(enum.IntEnum):
 ACTIVATIONS = tuple(a.name.lower() for a in Act)
 ACTIVATION_CODE = {a.name.lower(): a for a in Act}
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
-def adam_step_scalars(
-    lr: float, beta1: float, beta2: float, eps: float, t: int
-) -> tuple[float, float]:
-    """Adam's bias correction folded into ``(step, eps_hat)`` for update ``t`` (Kingma & Ba,
-    sec. 2): ``p -= step * m / (sqrt(v) + eps_hat)`` equals the bias-corrected update."""
-    correction = math.sqrt(1 - beta2**t)
-    return lr * correction / (1 - beta1**t), eps * correction
 
 
 def contiguous_floats(*arrays: Any) -> bool:
@@ -325,8 +316,11 @@ class Backend:
         return loss_out, dlogits
 
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
-        """Number of rows whose argmax equals the integer label (stays on the device); added
-        into ``out`` (a 0-d device accumulator) when given."""
+        """Number of rows whose argmax equals the label (integer labels, or the argmax of
+        one-hot/soft target rows); stays on the device, added into ``out`` (a 1-element
+        device accumulator) when given."""
+        if labels.ndim == 2:
+            labels = labels.argmax(axis=1)
         hits = (logits.argmax(axis=1) == labels).sum()
         if out is None:
             return hits
@@ -334,168 +328,85 @@ class Backend:
         return out
 
     # ------------------------------------------------------------------ optimizer updates
-    # Each update mutates the flat parameter group ``p`` and its state in place. The gradient is
-    # first multiplied by ``grad_scale`` (global-norm clipping), clipped to ``[-clip_value,
-    # clip_value]``, and gets L2 decay ``wd * p`` on the leading ``n_decay`` elements (all when
-    # None); those elements are also multiplied by ``shrink`` (decoupled decay, 1 - lr*wd).
-    def _gradient(
-        self,
-        p: Any,
-        g: Any,
-        wd: float,
-        n_decay: int | None,
-        grad_scale: float,
-        clip_value: float | None,
-        shrink: float,
-    ) -> Any:
-        fresh = grad_scale != 1.0 or clip_value is not None  # g is then a new array
-        if grad_scale != 1.0:
-            g = g * grad_scale
-        if clip_value is not None:
-            g = self.xp.clip(g, -clip_value, clip_value)
-        nd = p.shape[0] if n_decay is None else min(int(n_decay), p.shape[0])
-        if wd:
-            g = g if fresh else g.copy()
-            g[:nd] += wd * p[:nd]
-        if shrink != 1.0:
-            p[:nd] *= shrink
-        return g
+    def fill(self, a: Any, value: float) -> None:
+        """``a[...] = value`` on the device (capturable)."""
+        a.fill(value)
 
-    def fused_update(self, rule: str, arrays: tuple, scalars: tuple, common: tuple) -> bool:
-        """Hook for backends with fused optimizer kernels: update flat ``arrays`` (parameter,
-        gradient, state slots) by ``rule`` with its ``scalars`` and ``common`` = (wd, n_decay,
-        grad_scale, clip_value, shrink) in one call. False means not handled here: the
-        reference below runs (other dtypes or layouts, or no kernel)."""
-        return False
+    def sum_squares(self, g: Any, out: Any) -> None:
+        """Add ``sum(g**2)`` (in float64) into the 1-element device array ``out``."""
+        out += (g.astype(self.xp.float64) ** 2).sum()
 
-    def sum_squares(self, g: Any) -> float:
-        """``sum(g**2)`` in float64 (the squared global gradient norm's share of ``g``)."""
-        return float((g.astype(self.xp.float64) ** 2).sum())
-
-    def update_sgd(
-        self,
-        p: Any,
-        g: Any,
-        lr: float,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        if self.fused_update("sgd", (p, g), (lr,), (wd, n_decay, grad_scale, clip_value, shrink)):
-            return
-        self._ran("update_sgd")
-        p -= lr * self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
-
-    def update_momentum(
-        self,
-        p: Any,
-        g: Any,
-        v: Any,
-        lr: float,
-        momentum: float,
-        nesterov: bool = False,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        common = (wd, n_decay, grad_scale, clip_value, shrink)
-        if self.fused_update("momentum", (p, g, v), (lr, momentum, bool(nesterov)), common):
-            return
-        self._ran("update_momentum")
-        g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
-        v *= momentum
-        v -= lr * g
-        if nesterov:
-            p += momentum * v - lr * g
+    def advance_scalars(self, s: Any, norm_sq: Any, constants: tuple) -> None:
+        """Advance a parameter group's device scalars (``fastnet.parameter``: ``LR``, ``T``,
+        ``STEP``, ``EPS``, ``SHRINK``, ``GSCALE``) for the next update, on the device:
+        ``t += 1``; the step size and eps (Adam's bias correction, Kingma & Ba sec. 2, when
+        ``bias_correction``); the decoupled-decay shrink ``1 - lr * wd``; the global-norm clip
+        scale ``min(1, clip_norm / (sqrt(norm_sq) + 1e-6))``. ``constants`` = ``(eps, beta1,
+        beta2, bias_correction, decoupled_wd, clip_norm)`` (0 for what does not apply)."""
+        self._ran("advance_scalars")
+        xp = self.xp
+        eps, beta1, beta2, bias_correction, decoupled_wd, clip_norm = constants
+        s[1:2] += 1
+        t, lr = s[1:2], s[0:1]
+        if bias_correction:
+            correction = xp.sqrt(1 - beta2**t)
+            s[2:3] = lr * correction / (1 - beta1**t)
+            s[3:4] = eps * correction
         else:
-            p += v
+            s[2:3] = lr
+            s[3:4] = eps
+        s[4:5] = 1 - lr * decoupled_wd
+        s[5:6] = xp.minimum(1.0, clip_norm / (xp.sqrt(norm_sq) + 1e-6)) if clip_norm else 1.0
 
-    def update_adagrad(
-        self,
-        p: Any,
-        g: Any,
-        h: Any,
-        lr: float,
-        eps: float,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        common = (wd, n_decay, grad_scale, clip_value, shrink)
-        if self.fused_update("adagrad", (p, g, h), (lr, eps), common):
-            return
-        self._ran("update_adagrad")
-        g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
-        h += g * g
-        p -= lr * g / (self.xp.sqrt(h) + eps)
-
-    def update_rmsprop(
-        self,
-        p: Any,
-        g: Any,
-        h: Any,
-        lr: float,
-        rho: float,
-        eps: float,
-        wd: float = 0.0,
-        n_decay: int | None = None,
-        grad_scale: float = 1.0,
-        clip_value: float | None = None,
-        shrink: float = 1.0,
-    ) -> None:
-        common = (wd, n_decay, grad_scale, clip_value, shrink)
-        if self.fused_update("rmsprop", (p, g, h), (lr, rho, eps), common):
-            return
-        self._ran("update_rmsprop")
-        g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
-        h *= rho
-        h += (1 - rho) * g * g
-        p -= lr * g / (self.xp.sqrt(h) + eps)
-
-    def update_adam(self, p: Any, g: Any, m: Any, v: Any, lr: float, beta1: float, beta2: float,
-                    eps: float, t: int, wd: float = 0.0, n_decay: int | None = None,
-                    device_scalars: Any = None, grad_scale: float = 1.0,
-                    clip_value: float | None = None, shrink: float = 1.0) -> None:
-        """Adam with bias correction folded into the step size (Kingma & Ba, sec. 2). With
-        ``device_scalars`` (from ``adam_device_scalars``) the step size and eps are read from
-        that device array instead of being computed from ``t`` on the host."""
-        common = (wd, n_decay, grad_scale, clip_value, shrink)
-        if device_scalars is None:
-            step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, t)
-            fused = self.fused_update("adam", (p, g, m, v), (step, beta1, beta2, eps_hat), common)
-        else:  # a captured step reads [step, eps_hat] from device memory
-            fused = self.fused_update("adam_device", (p, g, m, v), (device_scalars, beta1, beta2),
-                                      common)
-        if fused:
-            return
-        self._ran("update_adam")
-        g = self._gradient(p, g, wd, n_decay, grad_scale, clip_value, shrink)
-        m *= beta1
-        m += (1 - beta1) * g
-        v *= beta2
-        v += (1 - beta2) * (g * g)  # the kernels compute the same order, so backends agree
-        if device_scalars is not None:
-            step, eps_hat = device_scalars[0], device_scalars[1]
-        p -= step * m / (self.xp.sqrt(v) + eps_hat)
-
-    def adam_device_scalars(
-        self, t: Any, out: Any, lr: float, beta1: float, beta2: float, eps: float
-    ) -> None:
-        """On the device: ``t[0] += 1``, then ``out = [step, eps_hat]`` for that step (what a
-        captured step replays without host work)."""
-        t[0] += 1
-        step, eps_hat = adam_step_scalars(lr, beta1, beta2, eps, int(t[0]))
-        out[0], out[1] = step, eps_hat
+    def update(self, rule: Any, p: Any, g: Any, slots: tuple, s: Any, constants: tuple,
+               n_decay: int, wd: float, clip_value: float | None) -> None:
+        """One step of update ``rule`` over a flat parameter group ``p`` and its state
+        ``slots``, in place. The gradient is first multiplied by the device clip scale,
+        clipped to ``[-clip_value, clip_value]``, and gets L2 decay ``wd * p`` on the leading
+        ``n_decay`` elements, which are also shrunk by the device ``SHRINK`` (decoupled decay).
+        Step size and eps come from the device scalars ``s``; ``constants`` are the rule's
+        (``rule.constants()``). Slot values below the dtype's smallest normal number are stored
+        as zero (subnormal state would make every later update slow on x86 CPUs).
+        Backends with fused kernels override this and fall back here for what they lack."""
+        self._ran(f"update_{rule.kernel}")
+        xp = self.xp
+        sc = s.astype(p.dtype)  # the step's scalars in the parameters' dtype
+        step, eps, shrink, gscale = sc[2], sc[3], sc[4], sc[5]
+        g = g * gscale
+        if clip_value is not None:
+            g = xp.clip(g, -clip_value, clip_value)
+        nd = min(int(n_decay), p.shape[0])
+        if wd:
+            g[:nd] += wd * p[:nd]
+        p[:nd] *= shrink
+        rule.reference(xp, p, g, slots, step, eps, constants)
+        tiny = np.finfo(p.dtype).tiny
+        for slot in slots:
+            xp.copyto(slot, 0, where=abs(slot) < tiny)
 
     # ------------------------------------------------------------------ compiled steps
-    def compile_step(self, model: Any, batch_size: int) -> tuple[Any, str]:
-        """A compiled training step for ``model`` at ``batch_size``, or ``(None, reason)``.
-        Backends that can compile steps (cupy: CUDA graphs; numba: a fused JIT step) override
-        this."""
-        return None, self.graph_capture_reason()
+    def step_stream(self) -> contextlib.AbstractContextManager:
+        """Context in which a training loop issues all its work (permutation, batch gathers,
+        learning-rate writes, steps and replays) on one stream, in order. CPU: no streams."""
+        return contextlib.nullcontext()
+
+    def capture(self, fn: Callable[[], Any]) -> Any:
+        """Capture the device work of ``fn()`` (which must not allocate or read values back)
+        into a graph whose ``replay()`` re-issues it: arrays by address, host values as they
+        were at capture. Only backends whose ``graph_capture_reason()`` is "" implement it."""
+        raise NotImplementedError(self.graph_capture_reason())
+
+    def compile_step(self, model: Any, batch_size: int, spec: Any) -> tuple[Any, str]:
+        """A compiled training step for ``model`` at ``batch_size`` with batches described by
+        ``spec`` (``fastnet.training.BatchSpec``), or ``(None, reason)``.
+        The default captures the model's own step function in a graph (``capture``) when this
+        backend has graphs and the model's step plan is capturable; numba overrides it."""
+        reason = self.graph_capture_reason()
+        if reason:
+            return None, reason
+        from fastnet.backends.graph_step import GraphedStep, graph_reason
+
+        reason = graph_reason(model.step_plan())
+        if reason:
+            return None, reason
+        return GraphedStep(model, batch_size, spec), GraphedStep.description

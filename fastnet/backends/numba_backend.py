@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats, labels_fit
+from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats
 
 
 def _blas_ready(a: Any, b: Any, out: Any) -> bool:
@@ -48,18 +48,15 @@ class NumbaBackend(Backend):
         from fastnet.kernels import numba_cpu
 
         self.k = numba_cpu
-        self._update_kernels = {
-            rule: (getattr(numba_cpu, f"{rule}_update"),
-                   getattr(numba_cpu, f"{rule}_update_parallel"))
-            for rule in ("sgd", "momentum", "adagrad", "rmsprop", "adam")
-        }
+        self._empties: dict[tuple, np.ndarray] = {}
         self._empty_bias: dict[np.dtype, np.ndarray] = {}
         self._zero_bias: dict[tuple, np.ndarray] = {}
 
     def device_info(self) -> str:
         import numba
 
-        return f"CPU, {numba.get_num_threads()} numba threads"
+        threads = numba.get_num_threads()
+        return f"CPU, {threads} numba thread{'s' if threads != 1 else ''}"
 
     def _pick(self, serial: Any, parallel: Any, a: Any) -> Any:
         return parallel if a.size >= self.parallel_min_elements else serial
@@ -144,6 +141,22 @@ class NumbaBackend(Backend):
         return self.act_backward_bias(y, dy, activation, alpha, out, None)
 
     # ------------------------------------------------------------------ loss
+    def _targets(self, logits: Any, labels: Any) -> tuple[Any, Any] | None:
+        """(integer labels, dense targets) as the kernels take them (the unused one empty),
+        or None where the reference must run (shapes or dtypes the kernels do not cover)."""
+        n, m = logits.shape
+        if labels.ndim == 1 and labels.dtype.kind in "iu" and labels.shape[0] == n:
+            labels = np.ascontiguousarray(labels, np.int64)
+            if not self.k.labels_in_range(labels, m):
+                raise ValueError(
+                    f"softmax_xent: labels must be in [0, {m}), got range "
+                    f"[{labels.min()}, {labels.max()}]"
+                )
+            return labels, self._empty((0, 0), logits.dtype)
+        if labels.shape == logits.shape and labels.dtype.kind in "fiu":
+            return self._empty((0,), np.int64), np.ascontiguousarray(labels, logits.dtype)
+        return None
+
     def softmax_xent(
         self,
         logits: Any,
@@ -154,90 +167,91 @@ class NumbaBackend(Backend):
         weights: Any = None,
         label_smoothing: float = 0.0,
     ) -> tuple[Any, Any]:
-        if (
-            labels.ndim != 1
-            or logits.ndim != 2
-            or labels.dtype.kind not in "iu"
-            or logits.dtype not in FLOAT_DTYPES
-            or label_smoothing
-        ):
+        pair = None
+        if logits.ndim == 2 and logits.dtype in FLOAT_DTYPES and labels.ndim in (1, 2):
+            pair = self._targets(logits, labels)
+        if pair is None or (weights is not None and weights.shape != (logits.shape[0],)):
             return super().softmax_xent(
                 logits, labels, dlogits, loss_out, loss_scale, weights, label_smoothing
             )
         logits = np.ascontiguousarray(logits)
-        labels = np.ascontiguousarray(labels)
-        n, m = logits.shape
-        if labels.shape[0] != n:
-            raise ValueError(f"softmax_xent: {n} rows of logits but {labels.shape[0]} labels")
-        if not self.k.labels_in_range(labels, m):
-            raise ValueError(
-                f"softmax_xent: labels must be in [0, {m}), got range "
-                f"[{labels.min()}, {labels.max()}]"
-            )
-        if (
-            dlogits is None
-            or dlogits.shape != logits.shape
-            or not contiguous_floats(logits, dlogits)
+        n = logits.shape[0]
+        if dlogits is None or dlogits.shape != logits.shape or not contiguous_floats(
+            logits, dlogits
         ):
             dlogits = np.empty_like(logits)
-        if weights is None:
-            w = self._no_bias(logits.dtype)
-        else:
-            if weights.shape != (n,):
-                raise ValueError(f"softmax_xent: {n} rows of logits but weights {weights.shape}")
-            w = np.ascontiguousarray(weights, dtype=logits.dtype)
-        inv_n = logits.dtype.type(1.0 / n)
+        t = logits.dtype.type
+        w = self._no_bias(logits.dtype) if weights is None else np.ascontiguousarray(weights, t)
         kernel = self._pick(self.k.softmax_xent, self.k.softmax_xent_parallel, logits)
-        loss = kernel(logits, labels, dlogits, inv_n, logits.dtype == np.float32, w)
+        total = kernel(logits, *pair, dlogits, t(1.0 / n), logits.dtype == np.float32, w,
+                       t(label_smoothing))
         self._ran("softmax_xent", "numba-fused")
         if loss_out is None:
-            return logits.dtype.type(loss), dlogits
-        loss_out += (1.0 if loss_scale is None else loss_scale * n) * loss
+            return t(total / n), dlogits
+        loss_out += (1.0 / n if loss_scale is None else loss_scale) * total
         return loss_out, dlogits
 
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
-        if not labels_fit(logits, labels):
+        if not (logits.ndim == 2 and labels.shape[:1] == logits.shape[:1] and labels.ndim in (1, 2)
+                and (labels.ndim == 1 or labels.shape == logits.shape)):
             return super().count_correct(logits, labels, out)
-        hits = self.k.count_correct(np.ascontiguousarray(logits), np.ascontiguousarray(labels))
+        logits = np.ascontiguousarray(logits)
+        if labels.ndim == 1:
+            pair = (np.ascontiguousarray(labels, np.int64), self._empty((0, 0), logits.dtype))
+        else:
+            pair = (self._empty((0,), np.int64), np.ascontiguousarray(labels, logits.dtype))
+        hits = self.k.count_correct(logits, *pair)
         if out is None:
             return hits
-        out[...] = hits
+        out += hits
         return out
 
+    def _empty(self, shape: tuple, dtype: Any) -> np.ndarray:
+        key = (shape, np.dtype(dtype))
+        if key not in self._empties:
+            self._empties[key] = np.empty(shape, dtype)
+        return self._empties[key]
+
     # ------------------------------------------------------------------ compiled step
-    def compile_step(self, model: Any, batch_size: int) -> tuple[Any, str]:
+    def compile_step(self, model: Any, batch_size: int, spec: Any) -> tuple[Any, str]:
         """A fused step (``fastnet.backends.numba_step``) when the model qualifies."""
         from fastnet.backends.numba_step import FusedDenseStep, fused_step_reason
 
-        reason = fused_step_reason(model)
+        plan = model.step_plan()
+        reason = fused_step_reason(plan)
         if reason:
             return None, reason
-        return FusedDenseStep(model, batch_size), FusedDenseStep.description
+        return FusedDenseStep(model, batch_size, plan), FusedDenseStep.description
 
     # ------------------------------------------------------------------ optimizer updates
-    def fused_update(self, rule: str, arrays: tuple, scalars: tuple, common: tuple) -> bool:
-        """``kernels.<rule>_update`` over flat ``arrays`` with ``scalars`` in the parameter
-        dtype; declines (reference) for other layouts or dtypes and mismatched lengths, which
-        the unchecked kernels must never see."""
-        if rule not in self._update_kernels:
-            return False
-        if not contiguous_floats(*arrays) or not _same_shape(*arrays):
-            return False
-        wd, n_decay, grad_scale, clip_value, shrink = common
-        p = arrays[0]
+    def update(self, rule: Any, p: Any, g: Any, slots: tuple, s: Any, constants: tuple,
+               n_decay: int, wd: float, clip_value: float | None) -> None:
+        """``kernels.numba_cpu.<rule.kernel>_update`` over the flat group, scalars in the
+        parameter dtype; the reference for rules without a kernel and for other layouts or
+        dtypes, which the unchecked kernels must never see."""
+        kernels = self._update_kernels(rule.kernel)
+        arrays = (p, g, *slots)
+        if kernels is None or not contiguous_floats(*arrays) or not _same_shape(*arrays):
+            return super().update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
         size = int(p.size)
-        n_decay = size if n_decay is None else min(max(int(n_decay), 0), size)
-        serial, parallel = self._update_kernels[rule]
+        serial, parallel = kernels
         kernel = parallel if size >= self.parallel_min_elements else serial
         t = p.dtype.type
         clip = np.inf if clip_value is None else clip_value
-        flat = [a.reshape(-1) for a in arrays]
-        kernel(*flat, *[s if s.__class__ is bool else t(s) for s in scalars], t(wd), n_decay,
-               t(grad_scale), t(clip), t(shrink))
-        self._ran(f"update_{rule}", "numba-fused")
-        return True
+        kernel(*arrays, s, *map(t, constants), t(wd), min(max(int(n_decay), 0), size), t(clip),
+               t(np.finfo(p.dtype).tiny))
+        self._ran(f"update_{rule.kernel}", "numba-fused")
 
-    def sum_squares(self, g: Any) -> float:
+    def _update_kernels(self, name: str) -> tuple[Any, Any] | None:
+        """The serial and parallel ``<name>_update`` kernels, or None if there are none."""
+        serial = getattr(self.k, f"{name}_update", None) if name else None
+        return None if serial is None else (serial, getattr(self.k, f"{name}_update_parallel"))
+
+    def advance_scalars(self, s: Any, norm_sq: Any, constants: tuple) -> None:
+        self.k.advance_scalars(s, norm_sq, *map(float, constants))
+        self._ran("advance_scalars", "numba")
+
+    def sum_squares(self, g: Any, out: Any) -> None:
         if not contiguous_floats(g):
-            return super().sum_squares(g)
-        return float(self.k.sum_squares(g.reshape(-1)))
+            return super().sum_squares(g, out)
+        self.k.sum_squares(g.reshape(-1), out)

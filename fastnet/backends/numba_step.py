@@ -1,6 +1,7 @@
 """The numba backend's compiled step: a dense network's forward, softmax cross-entropy and
 backward run as one JIT call (``kernels.numba_cpu.dense_train_step``: the eager step's kernels
-in the eager order, with no Python between them), followed by the usual arena update."""
+in the eager order, with no Python between them), followed by the same arena update as the
+eager step (``ParameterArena.update``: device scalars advanced, one fused update per group)."""
 
 from __future__ import annotations
 
@@ -9,20 +10,20 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends.base import Act
+from fastnet.backends.plan import DensePlan, StepPlan
 
 
-def fused_step_reason(model: Any) -> str:
-    """Why ``model``'s training step cannot run as one numba call ("" if it can)."""
-    loss = model.loss
-    if loss.name != "softmax_cross_entropy" or getattr(loss, "label_smoothing", 0):
-        return "the fused numba step covers softmax cross-entropy without label smoothing"
-    others = sorted({type(layer).__name__ for layer in model.layers if layer.name != "dense"})
-    if others:
-        return f"the fused numba step covers Dense layers only, not {', '.join(others)}"
-    if any(layer.activation_code == Act.TANH for layer in model.layers):
+def fused_step_reason(plan: StepPlan) -> str:
+    """Why a model with this step plan cannot run as one numba call ("" if it can)."""
+    layers = plan.dense_layers()
+    if layers is None:
+        return "the fused numba step covers Dense layers only"
+    if plan.loss.kind != "softmax_cross_entropy":
+        return f"the fused numba step covers softmax cross-entropy, not {plan.loss.kind}"
+    if any(layer.activation == Act.TANH for layer in layers):
         return "tanh runs faster through NumPy than in numba (eager)"
-    if model.dtype not in (np.float32, np.float64):
-        return f"the fused numba step has no {model.dtype} kernels"
+    if plan.dtype not in (np.float32, np.float64):
+        return f"the fused numba step has no {plan.dtype} kernels"
     return ""
 
 
@@ -31,19 +32,25 @@ class FusedDenseStep:
 
     description = "numba fused step (forward, loss and backward in one JIT call)"
 
-    def __init__(self, model: Any, batch_size: int) -> None:
+    def __init__(self, model: Any, batch_size: int, plan: StepPlan) -> None:
         from fastnet.kernels.numba_cpu import dense_train_step
 
         self.kernel = dense_train_step
         self.model, self.batch_size = model, batch_size
-        dtype, layers = model.dtype, model.layers
-        self.outs = tuple(np.empty((batch_size, layer.units), dtype) for layer in layers)
+        self.backend = model.backend
+        dtype = np.dtype(plan.dtype)
+        layers: tuple[DensePlan, ...] = plan.dense_layers()  # type: ignore[assignment]
+        widths = [layer.weight.shape for layer in layers]
+        self.outs = tuple(np.empty((batch_size, cols), dtype) for _, cols in widths)
         self.dzs = tuple(np.empty_like(a) for a in self.outs)
-        self.dxs = tuple(np.empty((batch_size, layer.input_dim), dtype) for layer in layers)
-        self.codes = tuple(int(layer.activation_code) for layer in layers)
+        self.dxs = tuple(np.empty((batch_size, rows), dtype) for rows, _ in widths)
+        self.codes = tuple(int(layer.activation) for layer in layers)
         self.alphas = tuple(dtype.type(layer.alpha) for layer in layers)
-        # layers without bias add zeros and sum their bias gradient into scratch
-        self.no_bias = [np.zeros(layer.units, dtype) for layer in layers]
+        self.smoothing = plan.loss.label_smoothing
+        self.dtype = dtype
+        self.no_labels = np.empty(0, np.int64)
+        self.no_targets = np.empty((0, 0), dtype)
+        self.no_weights = np.empty(0, dtype)
         self.totals = np.zeros(2)
 
     def batch_buffers(self, n: int) -> None:
@@ -52,23 +59,32 @@ class FusedDenseStep:
     def begin_epoch(self) -> None:
         self.totals[:] = 0
         for op in ("matmul", "bias_act", "act_backward_bias", "softmax_xent", "count_correct"):
-            self.model.backend._ran(op, "numba-fused (in the fused step)")
-        layers = self.model.layers  # parameters are re-read: set_state may have replaced them
-        self.weights = tuple(layer.W.value for layer in layers)
-        self.dws = tuple(layer.W.grad for layer in layers)
-        pairs = [(layer.b.value, layer.b.grad) if layer.b is not None
-                 else (zero, np.empty_like(zero))
-                 for layer, zero in zip(layers, self.no_bias)]
-        self.biases, self.dbs = tuple(b for b, _ in pairs), tuple(db for _, db in pairs)
+            self.backend._ran(op, "numba-fused (in the fused step)")
+        # arrays are re-read from a fresh plan: set_state may have replaced them
+        layers: tuple[DensePlan, ...] = self.model.step_plan().dense_layers()
+        self.weights = tuple(layer.weight for layer in layers)
+        self.dws = tuple(layer.weight_grad for layer in layers)
+        self.biases = tuple(
+            np.zeros(w.shape[1], self.dtype) if layer.bias is None else layer.bias
+            for layer, w in zip(layers, self.weights)
+        )
+        self.dbs = tuple(
+            np.empty(w.shape[1], self.dtype) if layer.bias_grad is None else layer.bias_grad
+            for layer, w in zip(layers, self.weights)
+        )
 
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
-        if wb is not None:
-            raise ValueError("weighted losses are not fused yet (use cuda_graph=False)")
         if xb.shape[0] > self.batch_size:
             raise ValueError(f"batch of {xb.shape[0]} rows exceeds the step's {self.batch_size}")
-        x, labels = np.ascontiguousarray(xb, self.model.dtype), np.ascontiguousarray(yb, np.int64)
-        self.kernel(x, labels, self.weights, self.biases, self.codes, self.alphas, self.outs,
-                    self.dzs, self.dxs, self.dws, self.dbs, self.totals)
+        x = np.ascontiguousarray(xb, self.dtype)
+        if yb.ndim == 1:
+            labels, targets = np.ascontiguousarray(yb, np.int64), self.no_targets
+        else:
+            labels, targets = self.no_labels, np.ascontiguousarray(yb, self.dtype)
+        w = self.no_weights if wb is None else np.ascontiguousarray(wb, self.dtype)
+        self.model.arena.write_lr()
+        self.kernel(x, labels, targets, w, self.smoothing, self.weights, self.biases, self.codes,
+                    self.alphas, self.outs, self.dzs, self.dxs, self.dws, self.dbs, self.totals)
         self.model.arena.update()
 
     def end_epoch(self) -> tuple[Any, Any]:

@@ -1,0 +1,168 @@
+"""Compiled steps equal eager steps, proven on CPU: the captured step (``graph_step``) runs on
+a NumPy backend with CUDA-graph capture semantics (``capture_backend``), and must give the
+eager weights after 3 epochs for every optimizer, schedule and loss option."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from capture_backend import CaptureError, CaptureSimBackend
+
+import fastnet as fn
+from fastnet.optimizers import get_optimizer
+
+OPTIMIZERS = ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]
+SCHEDULES = {
+    "none": lambda: [],
+    "cosine": lambda: [fn.CosineDecay(3, min_lr=1e-4)],
+    "warmup_cosine": lambda: [fn.WarmupCosine(1, 3)],
+    "plateau": lambda: [fn.ReduceLROnPlateau("loss", factor=0.5, patience=0, min_delta=10)],
+}
+TARGETS = ["labels", "smoothing", "one_hot"]
+
+
+def _data(n=90, d=12, k=4, seed=0):
+    r = np.random.default_rng(seed)
+    y = r.integers(0, k, n)
+    X = r.normal(size=(n, d)) + y[:, None] * 0.3
+    return X, y
+
+
+def _model(backend, optimizer="adam", smoothing=0.0, layers=None, **opt):
+    """A float64 model; ``layers`` is a function making fresh layers (models own theirs)."""
+    layers = layers() if layers else [fn.Dense(16, "relu"), fn.Dense(8, "leaky_relu"),
+                                      fn.Dense(4)]
+    loss = fn.SoftmaxCrossEntropy(label_smoothing=smoothing)
+    optimizer = get_optimizer(optimizer, lr=0.05 if optimizer in ("sgd", "momentum") else 0.01,
+                                 **opt)
+    return fn.Sequential(layers, loss=loss, optimizer=optimizer, backend=backend,
+                         dtype="float64", seed=3)
+
+
+def _train(compiled, optimizer, schedule, target, fit_kw=None, **model_kw):
+    backend = CaptureSimBackend()
+    X, y = _data()
+    smoothing = 0.1 if target == "smoothing" else 0.0
+    targets = np.eye(4)[y] if target == "one_hot" else y
+    model = _model(backend, optimizer, smoothing, **model_kw)
+    model.fit(X, targets, epochs=3, batch_size=16, verbose=0, compiled=compiled,
+              callbacks=SCHEDULES[schedule](), **(fit_kw or {}))
+    return model, backend
+
+
+def _weights(model):
+    return np.concatenate([g.values for g in model.arena.groups])
+
+
+def _assert_equal_training(kw_args, fit_kw=None, **model_kw):
+    eager, _ = _train(False, *kw_args, fit_kw=fit_kw, **model_kw)
+    graphed, backend = _train(True, *kw_args, fit_kw=fit_kw, **model_kw)
+    assert graphed.step_description.startswith("captured graph"), graphed.step_description
+    step = next(iter(graphed._compiled_steps.values()))[0]
+    assert step.replays == 14  # 6 batches an epoch, the last partial; 1 eager warm-up
+    np.testing.assert_allclose(_weights(graphed), _weights(eager), rtol=1e-12, atol=1e-14)
+    assert graphed.history["loss"] == pytest.approx(eager.history["loss"], rel=1e-12)
+    assert graphed.history["accuracy"] == eager.history["accuracy"]
+    for a, b in zip(eager.arena.groups, graphed.arena.groups):
+        assert a.step == b.step == 18
+        for key in a.slots:
+            np.testing.assert_allclose(b.slots[key], a.slots[key], rtol=1e-12, atol=1e-14)
+    return backend
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("schedule", list(SCHEDULES))
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_captured_step_equals_eager(optimizer, schedule, target):
+    backend = _assert_equal_training((optimizer, schedule, target))
+    gathers = {stream for op, stream in backend.issued if op in ("take_rows", "permutation")}
+    assert gathers == {"step"}, "batch gathers must run on the step's stream"
+    steps = {stream for op, stream in backend.issued if op in ("update", "advance_scalars")}
+    assert steps == {"step"}
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_captured_step_with_weights_and_clipping(optimizer):
+    weights = np.random.default_rng(1).uniform(0.1, 2.0, 90)
+    _assert_equal_training((optimizer, "warmup_cosine", "labels"), {"sample_weight": weights},
+                           clip_norm=0.05, clip_value=0.02)
+
+
+def test_captured_step_with_activation_layers_and_per_layer_optimizers():
+    def layers():
+        return [fn.Dense(16, optimizer=fn.Momentum(0.02)), fn.ReLU(), fn.Dense(8), fn.Sigmoid(),
+                fn.Dense(4)]
+
+    _assert_equal_training(("adam", "cosine", "smoothing"), layers=layers)
+
+
+@pytest.mark.parametrize("layer", [fn.Dropout(0.2), fn.BatchNorm1d()])
+def test_layers_outside_the_plan_train_eagerly_with_the_reason(layer):
+    model = _model(CaptureSimBackend(), layers=lambda: [fn.Dense(8, "relu"), layer, fn.Dense(4)])
+    X, y = _data()
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    assert model.step_description.startswith("eager (captured steps cover Dense and activation")
+    assert type(layer).__name__ in model.step_description
+    with pytest.raises(ValueError, match="compiled=True"):
+        model.fit(X, y, epochs=1, batch_size=16, verbose=0, compiled=True)
+
+
+def test_other_losses_train_eagerly_with_the_reason():
+    model = fn.Sequential([fn.Dense(1)], loss="mse", backend=CaptureSimBackend())
+    X, y = _data()
+    model.fit(X, y.astype(float), epochs=1, verbose=0)
+    assert "mean_squared_error" in model.step_description
+
+
+def test_a_host_frozen_scalar_is_caught(monkeypatch):
+    """The sim's point: a step-dependent value handed to a captured op from the host is
+    replayed frozen. An optimizer that hands the update a host copy of its scalars (what
+    computing the step size on the host amounts to) must make a per-step schedule diverge."""
+    from fastnet.optimizers import Optimizer
+
+    def host_scalars_update(self, group, backend):
+        backend.update(self, group.values, group.grads, tuple(group.slots.values()),
+                       group.scalars.copy(), self.constants(), group.n_decay,
+                       self.weight_decay, self.clip_value)
+
+    eager, _ = _train(False, "sgd", "warmup_cosine", "labels")
+    monkeypatch.setattr(Optimizer, "update", host_scalars_update)
+    host_eager, _ = _train(False, "sgd", "warmup_cosine", "labels")
+    frozen, _ = _train(True, "sgd", "warmup_cosine", "labels")
+    np.testing.assert_allclose(_weights(host_eager), _weights(eager), rtol=1e-12)
+    assert not np.allclose(_weights(frozen), _weights(eager), rtol=1e-6)
+
+
+def test_allocation_inside_capture_is_refused():
+    backend = CaptureSimBackend()
+    with backend.step_stream(), pytest.raises(CaptureError, match="allocation"):
+        backend.capture(lambda: backend.zeros((3,), np.float64))
+    with pytest.raises(CaptureError, match="default stream"):
+        backend.capture(lambda: None)
+
+
+def test_schedule_changes_need_no_recapture():
+    model, _ = _train(True, "adam", "warmup_cosine", "labels")
+    step = next(iter(model._compiled_steps.values()))[0]
+    graph = step.graph
+    model.fit(*_data(), epochs=1, batch_size=16, verbose=0, compiled=True,
+              callbacks=[fn.CosineDecay(1)])
+    assert step.graph is graph  # the same capture serves the new learning rates
+
+
+def test_changed_constants_recapture():
+    model, _ = _train(True, "adam", "none", "labels")
+    step = next(iter(model._compiled_steps.values()))[0]
+    model.optimizer.beta1 = 0.5
+    model.fit(*_data(), epochs=1, batch_size=16, verbose=0, compiled=True)
+    fresh = [s for s, _ in model._compiled_steps.values() if s is not step]
+    assert len(fresh) == 1 and fresh[0].graph is not None  # captured anew with beta1 = 0.5
+
+
+def test_rebuilt_arena_gets_a_new_compiled_step():
+    model, _ = _train(True, "adam", "none", "labels")
+    old = next(iter(model._compiled_steps.values()))[0]
+    model.build(model.input_dim)  # new parameters and arena
+    model.fit(*_data(), epochs=1, batch_size=16, verbose=0, compiled=True)
+    steps = [s for s, _ in model._compiled_steps.values()]
+    assert any(s is not old for s in steps)
