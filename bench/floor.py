@@ -37,7 +37,7 @@ def stripped_epoch(
     activation, loss and their backward (the matmuls still run); ``optimizer`` is ``"adam"``,
     ``"sgd"`` or ``None`` (no update)."""
     from fastnet.backends import get_backend
-    from fastnet.backends.base import adam_step_scalars
+    from fastnet.optimizers import Adam
 
     get_backend("numba")  # applies the backend's threading settings
     from fastnet.kernels import numba_cpu as k
@@ -67,10 +67,13 @@ def stripped_epoch(
     yb = np.array(y[:batch], dtype=np.int64)
     alpha, inv_n = f32(0.01), f32(1.0 / batch)
     beta1, beta2 = f32(0.9), f32(0.999)
-    one, inf = f32(1), f32(np.inf)
-    no_weights = np.empty(0, np.float32)
+    inf, tiny = f32(np.inf), f32(np.finfo(f32).tiny)
+    no_weights, no_targets = np.empty(0, np.float32), np.empty((0, 0), np.float32)
     n, last = len(X), len(shapes) - 1
-    state = {"t": 0}
+    rule = Adam(1e-3)
+    adam_scalars, sgd_scalars = np.zeros(8), np.zeros(8)  # device scalars, as fastnet's arena
+    adam_scalars[0], sgd_scalars[0] = 1e-3, 0.01
+    norm_sq = np.zeros(1)
 
     def step() -> float:
         loss = float("nan")
@@ -81,7 +84,8 @@ def stripped_epoch(
                 k.bias_act(h, b, act, alpha)
             inp = h
         if elementwise:
-            loss = k.softmax_xent(hs[-1], yb, dzs[-1], inv_n, True, no_weights)
+            loss = k.softmax_xent(hs[-1], yb, no_targets, dzs[-1], inv_n, True, no_weights,
+                                  f32(0)) / batch
         dy = dzs[-1]
         for i in range(last, -1, -1):
             dz = dy
@@ -96,14 +100,11 @@ def stripped_epoch(
                 k.matmul(dz, Ws[i].T, dxs[i])
                 dy = dxs[i]
         if optimizer == "adam":
-            state["t"] += 1
-            lr_t, eps_hat = adam_step_scalars(1e-3, 0.9, 0.999, 1e-8, state["t"])
-            k.adam_update(
-                params, grads, m1, m2, f32(lr_t), beta1, beta2, f32(eps_hat), f32(0), 0, one,
-                inf, one,
-            )
+            k.advance_scalars(adam_scalars, norm_sq, *rule.scalar_constants())
+            k.adam_update(params, grads, m1, m2, adam_scalars, beta1, beta2, f32(0), 0, inf, tiny)
         elif optimizer == "sgd":
-            k.sgd_update(params, grads, f32(0.01), f32(0), 0, one, inf, one)
+            k.advance_scalars(sgd_scalars, norm_sq, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+            k.sgd_update(params, grads, sgd_scalars, f32(0), 0, inf, tiny)
         return loss
 
     def epoch() -> float:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -125,23 +126,47 @@ def kernel_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant
             )
         groups[f"softmax-CE fwd+bwd {n}x{m}"] = cs
 
-    shape = (784, 256)
-    p0 = rng.standard_normal(shape).astype(np.float32)
-    g0 = rng.standard_normal(shape).astype(np.float32)
-    cs = []
-    for be in backends:
-        p, g = be.asarray(p0), be.asarray(g0)
-        m_, v_ = be.zeros(shape, np.float32), be.zeros(shape, np.float32)
-        cs.append(
-            Contestant(
-                be.name,
-                lambda be=be, p=p, g=g, m_=m_, v_=v_: be.update_adam(
-                    p, g, m_, v_, 1e-3, 0.9, 0.999, 1e-8, 10
-                ),
-                _elapsed(be),
-            )
-        )
-    groups["adam update 784x256"] = cs
+    groups.update(_adam_groups(backends, rng))
+    return groups
+
+
+def adam_update_runner(be: Any, n: int, subnormal: float = 0.0, seed: int = 0) -> Callable:
+    """One fused Adam update over ``n`` float32 parameters, as ``fit`` runs it (device
+    scalars advanced first), with a fraction ``subnormal`` of the first-moment slot seeded
+    subnormal and zero gradients there (what always-zero input pixels produce)."""
+    from fastnet.optimizers import Adam
+    from fastnet.parameter import LR
+
+    rng = np.random.default_rng(seed)
+    g0 = rng.standard_normal(n).astype(np.float32)
+    m0 = (rng.standard_normal(n) * 1e-3).astype(np.float32)
+    v0 = (rng.random(n) * 1e-6).astype(np.float32)
+    dead = rng.random(n) < subnormal
+    g0[dead], m0[dead], v0[dead] = 0, np.float32(1e-39), np.float32(1e-40)
+    rule = Adam(1e-3)
+    p, g = be.asarray(rng.standard_normal(n).astype(np.float32)), be.asarray(g0)
+    m, v = be.asarray(m0), be.asarray(v0)
+    s, norm_sq = be.zeros((8,), np.float64), be.zeros((1,), np.float64)
+    be.fill(s[LR : LR + 1], 1e-3)
+
+    def run() -> None:
+        m[...], v[...] = m0, v0  # every round starts from the seeded slots
+        be.advance_scalars(s, norm_sq, rule.scalar_constants())
+        be.update(rule, p, g, (m, v), s, rule.constants(), n, 0.0, None)
+
+    return run
+
+
+def _adam_groups(backends: list, rng: Any) -> dict[str, list[Contestant]]:
+    """Adam over the default model's first layer, and with 20% subnormal slots (denormals:
+    slow on Intel cores unless the kernel flushes them, as fastnet's do)."""
+    groups = {}
+    for label, frac in (("adam update 784x256", 0.0), ("adam update 784x256, 20% subnormal",
+                                                        0.2)):
+        groups[label] = [
+            Contestant(be.name, adam_update_runner(be, 784 * 256, frac), _elapsed(be))
+            for be in backends
+        ]
     return groups
 
 
@@ -235,7 +260,7 @@ def train_groups(
         Xd, yd = be.asarray(X), be.asarray(y)
         timer = _elapsed(be)
         model = _model(be, sizes)
-        eager = model.epoch_runner(Xd, yd, batch, cuda_graph=False)
+        eager = model.epoch_runner(Xd, yd, batch, compiled=False)
         epoch.append(Contestant(f"fastnet-{be.name}-eager-fp32", eager, timer, epoch_flops))
         xb, yb = Xd[:batch], yd[:batch]
         step.append(
@@ -247,14 +272,14 @@ def train_groups(
             )
         )
         if be.name == "numba":
-            fused = _model(be, sizes).epoch_runner(Xd, yd, batch, cuda_graph=True)
+            fused = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
             epoch.append(Contestant("fastnet-numba-fused-fp32", fused, None, epoch_flops))
             floor = matmul_only_epoch(np, sizes, n, batch, np.float32, matmul=be.k.matmul)
             epoch.append(Contestant("matmul-only-numba-fp32", floor, None, epoch_flops))
         if be.name.startswith("cupy"):
             for precision in ("fp32", "tf32") if not be.precision_reason("tf32") else ("fp32",):
                 graphed = _model(be, sizes, precision=precision).epoch_runner(
-                    Xd, yd, batch, cuda_graph=True
+                    Xd, yd, batch, compiled=True
                 )
                 name = f"fastnet-{be.name}-graph-{precision}"
                 epoch.append(Contestant(name, graphed, timer, epoch_flops))

@@ -74,7 +74,6 @@ def test_linear_relu_forward_backward(benchmark, backend, shape):
 
 
 def test_adam_update(benchmark, backend):
-    rng = np.random.default_rng(0)
-    p, g = (backend.asarray(rng.standard_normal((784, 256)).astype(np.float32)) for _ in range(2))
-    m, v = backend.zeros((784, 256), np.float32), backend.zeros((784, 256), np.float32)
-    timed(benchmark, backend, lambda: backend.update_adam(p, g, m, v, 1e-3, 0.9, 0.999, 1e-8, 10))
+    from fastnet.bench.suites import adam_update_runner
+
+    timed(benchmark, backend, adam_update_runner(backend, 784 * 256))

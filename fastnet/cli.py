@@ -252,7 +252,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         model.fit(X_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size,
                   validation_data=(X_val, y_val), callbacks=callbacks, verbose=_verbosity(args),
-                  cuda_graph=GRAPH_CHOICES[args.cuda_graph], distributed=args.distributed,
+                  compiled=GRAPH_CHOICES[args.cuda_graph], distributed=args.distributed,
                   comm=args.comm)
     except KeyboardInterrupt:
         interrupted = True

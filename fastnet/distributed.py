@@ -194,13 +194,15 @@ def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
         ) from None
     mpi = MPICommunicator()
     _install_abort_hook(mpi)
-    if backend is not None and backend.startswith("cupy"):
+    if backend == "cupy":  # no device named: one per local rank
         import cupy
 
         from fastnet.backends import set_backend
 
         device = mpi.local_rank() % max(1, cupy.cuda.runtime.getDeviceCount())
         set_backend(f"cupy:{device}")
+    elif backend is not None and backend.startswith("cupy:"):
+        pass  # a model already placed on its device (fit): NCCL binds to the current one
     elif comm == "nccl":
         raise DistributedError("the nccl communicator needs backend='cupy'")
     _current = NCCLCommunicator(mpi) if comm == "nccl" else mpi

@@ -272,7 +272,7 @@ class _MLPBase(BaseEstimator):
             )
         return model.fit(
             X, t, epochs=epochs, batch_size=batch, shuffle=self.shuffle, callbacks=callbacks,
-            verbose=self.verbose, cuda_graph="auto", sample_weight=sample_weight,
+            verbose=self.verbose, compiled="auto", sample_weight=sample_weight,
         )
 
     def _fit(self, *args: Any, **kwargs: Any) -> Any:

@@ -95,14 +95,14 @@ class ParameterGroup:
 
     @step.setter
     def step(self, value: int) -> None:
-        self.scalars[T : T + 1] = self.backend.asarray(np.array([float(value)]))
+        self.backend.fill(self.scalars[T : T + 1], float(value))
 
     def write_lr(self) -> None:
         """Copy the optimizer's learning rate to the device if it changed (host side, between
         steps: schedules and callbacks only assign ``optimizer.lr``)."""
         lr = float(self.optimizer.lr)
         if lr != self.lr_written:
-            self.scalars[LR : LR + 1] = self.backend.asarray(np.array([lr]))
+            self.backend.fill(self.scalars[LR : LR + 1], lr)  # a kernel argument: no sync
             self.lr_written = lr
 
 

@@ -312,7 +312,8 @@ class Trainer:
         if distributed:
             from fastnet import distributed as dist
 
-            group = dist.init(comm)
+            with self.backend.step_stream():  # NCCL binds to this device
+                group = dist.init(comm, backend=self.backend.name if comm == "nccl" else None)
             if not dist.is_main():
                 verbose = 0
         # ---- nothing above changed the model; from here on it trains

@@ -101,8 +101,8 @@ def check_targets(
     array matching the outputs, finite and inside the loss's domain (``loss.invalid_targets``).
     Returned on the backend, or on the host with ``on_device=False``."""
     place = backend.asarray if on_device else np.ascontiguousarray
-    host = host_array(y, name)
-    if getattr(loss, "name", "") == "softmax_cross_entropy" and host.ndim == 1:
+    host = host_array(as_input(y, name, backend), name)  # GPU labels adopted like X (DLPack)
+    if getattr(loss, "multiclass", False) and host.ndim == 1:
         return place(check_class_labels(host, name, n_samples, n_outputs))
     if host.dtype.kind not in "biuf":
         raise TypeError(f"{name} must be numeric, got dtype {host.dtype}")

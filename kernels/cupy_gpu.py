@@ -133,30 +133,54 @@ __device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
     return v;
 }
-// One warp per row: stable max, sum of exp, then dlogits = (softmax - onehot) * inv_n.
-// Adds loss_scale * (log(sum) - (x[label] - max)) into *loss (zeroed by the caller).
+// One warp per row: stable max, sum of exp, then the mean-reduced gradient. Targets are integer
+// labels (dense == 0) or one-hot/soft rows (dense == 1); with smoothing e the target is
+// (1 - e) t + e sum(t) / m; with weighted == 1 weights scale each row. Adds loss_scale times the
+// (weighted) row loss into loss[0] (double). Unused pointers are never read.
 extern "C" __global__ void softmax_xent(const T* __restrict__ logits,
                                         const long long* __restrict__ labels,
-                                        T* __restrict__ dlogits, T* __restrict__ loss,
-                                        int n, int m, T inv_n, T loss_scale) {
+                                        const T* __restrict__ targets,
+                                        const T* __restrict__ weights,
+                                        T* __restrict__ dlogits, double* __restrict__ loss,
+                                        int n, int m, int dense, int weighted, T inv_n,
+                                        T smoothing, double loss_scale) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (row >= n) return;
     const T* x = logits + (size_t)row * m;
+    const T* t = dense ? targets + (size_t)row * m : NULL;
     T* d = dlogits + (size_t)row * m;
     T mx = x[0];
     for (int j = lane; j < m; j += 32) mx = fmax(mx, x[j]);
     mx = warp_max(mx);
-    T s = 0;
-    for (int j = lane; j < m; j += 32) s += exp(x[j] - mx);
-    s = warp_sum(s);
-    long long label = labels[row];
-    T scale = inv_n / s;
+    T s = 0, shifted = 0, t_sum = 0;
     for (int j = lane; j < m; j += 32) {
-        T p = exp(x[j] - mx) * scale;
-        d[j] = (j == label) ? p - inv_n : p;
+        s += exp(x[j] - mx);
+        shifted += x[j] - mx;
+        if (dense) t_sum += t[j];
     }
-    if (lane == 0) atomicAdd(loss, loss_scale * (log(s) - (x[label] - mx)));
+    s = warp_sum(s);
+    shifted = warp_sum(shifted);
+    if (dense) t_sum = warp_sum(t_sum); else t_sum = (T)1;
+    long long label = dense ? -1 : labels[row];
+    T w = weighted ? weights[row] : (T)1;
+    T log_s = log(s);
+    T scale = inv_n * w * t_sum / s;
+    T row_loss = 0;
+    for (int j = lane; j < m; j += 32) {
+        T tj = dense ? t[j] : (j == label ? (T)1 : (T)0);
+        if (smoothing != (T)0) tj = ((T)1 - smoothing) * tj + smoothing * t_sum / (T)m;
+        d[j] = exp(x[j] - mx) * scale - tj * inv_n * w;
+        if (dense) row_loss -= tj * ((x[j] - mx) - log_s);
+    }
+    if (dense) {
+        row_loss = warp_sum(row_loss);
+    } else {
+        row_loss = log_s - (x[label] - mx);
+        if (smoothing != (T)0)
+            row_loss = ((T)1 - smoothing) * row_loss + smoothing * (log_s - shifted / (T)m);
+    }
+    if (lane == 0) atomicAdd(loss, loss_scale * (double)(row_loss * w));
 }
 """
 
@@ -166,30 +190,46 @@ def _softmax_xent(dtype: str) -> cp.RawKernel:
     return cp.RawKernel(f"#define T {dtype}\n" + _SOFTMAX_XENT_SRC, "softmax_xent")
 
 
-def softmax_xent(logits: Any, labels: Any, dlogits: Any, loss: Any, loss_scale: float) -> None:
-    """Fused softmax cross-entropy: writes mean-reduced ``dlogits`` and adds
-    ``loss_scale * sum(row losses)`` into the 0-d ``loss`` (int64 ``labels``)."""
+def softmax_xent(logits: Any, labels: Any, targets: Any, weights: Any, dlogits: Any, loss: Any,
+                 loss_scale: float, smoothing: float) -> None:
+    """Fused softmax cross-entropy: writes the mean-reduced ``dlogits`` and adds ``loss_scale
+    * sum(row losses)`` into the float64 ``loss[0]``; int64 ``labels`` or one-hot/soft
+    ``targets`` (the other None), optional row ``weights``, label ``smoothing``."""
     n, m = logits.shape
+    dense, weighted = targets is not None, weights is not None
     rows_per_block = 8
     grid = ((n + rows_per_block - 1) // rows_per_block,)
     t = logits.dtype.type
     _softmax_xent(ctype(logits.dtype))(
         grid,
         (32 * rows_per_block,),
-        (logits, labels, dlogits, loss, np.int32(n), np.int32(m), t(1.0 / n), t(loss_scale)),
+        (logits, _dummy(labels, np.int64), _dummy(targets, logits.dtype),
+         _dummy(weights, logits.dtype), dlogits, loss, np.int32(n), np.int32(m),
+         np.int32(dense), np.int32(weighted), t(1.0 / n), t(smoothing), float(loss_scale)),
     )
 
 
 _COUNT_CORRECT_SRC = r"""
+// Adds to *hits the rows whose argmax equals the label (or the argmax of the target row).
 extern "C" __global__ void count_correct(const T* __restrict__ logits,
                                          const long long* __restrict__ labels,
-                                         unsigned long long* __restrict__ hits, int n, int m) {
+                                         const T* __restrict__ targets,
+                                         double* __restrict__ hits, int n, int m, int dense) {
     int row = blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= n) return;
     const T* x = logits + (size_t)row * m;
     int best = 0;
     for (int j = 1; j < m; ++j) if (x[j] > x[best]) best = j;
-    if (best == labels[row]) atomicAdd(hits, 1ULL);
+    long long label;
+    if (!dense) {
+        label = labels[row];
+    } else {
+        const T* t = targets + (size_t)row * m;
+        int tb = 0;
+        for (int j = 1; j < m; ++j) if (t[j] > t[tb]) tb = j;
+        label = tb;
+    }
+    if (best == label) atomicAdd(hits, 1.0);
 }
 """
 
@@ -199,120 +239,149 @@ def _count_correct(dtype: str) -> cp.RawKernel:
     return cp.RawKernel(f"#define T {dtype}\n" + _COUNT_CORRECT_SRC, "count_correct")
 
 
-def count_correct(logits: Any, labels: Any, hits: Any) -> None:
-    """Add the number of rows whose argmax equals the label into uint64 ``hits``."""
+def count_correct(logits: Any, labels: Any, targets: Any, hits: Any) -> None:
+    """Add the rows whose argmax equals the label (int64 ``labels``, or the argmax of
+    ``targets`` rows) into the float64 ``hits[0]``."""
     n, m = logits.shape
     _count_correct(ctype(logits.dtype))(
-        ((n + 255) // 256,), (256,), (logits, labels, hits, np.int32(n), np.int32(m))
-    )
-
-
-# ---------------------------------------------------------------------------- optimizer updates
-# Optimizer kernels run over a flat arena group: weight decay (L2 ``wd`` and the decoupled
-# ``shrink``) for elements [0, n_decay) only; the gradient is scaled by ``gscale`` (global-norm
-# clipping) and clipped to [-clip, clip] first (NaN kept), as in the numba kernels.
-_PRE = "T gscale, T clip, T shrink_all, T wd_all, int64 n_decay"
-_WD = (
-    "T wd = i < n_decay ? wd_all : (T)0; T shrink = i < n_decay ? shrink_all : (T)1;"
-    "T gc = g * gscale; gc = gc > clip ? clip : (gc < -clip ? -clip : gc);"
-)
-
-
-@cache
-def sgd_kernel() -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel(
-        "T g, T lr, " + _PRE,
-        "T p",
-        _WD + "T gi = gc + wd * p; p = p * shrink - lr * gi;",
-        "fastnet_sgd",
+        ((n + 255) // 256,),
+        (256,),
+        (logits, _dummy(labels, np.int64), _dummy(targets, logits.dtype), hits, np.int32(n),
+         np.int32(m), np.int32(targets is not None)),
     )
 
 
 @cache
-def momentum_kernel() -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel(
-        "T g, T lr, T mu, bool nesterov, " + _PRE,
-        "T p, T v",
-        _WD + "T gi = gc + wd * p; T vi = mu * v - lr * gi; v = vi; p *= shrink;"
-        "p += nesterov ? mu * vi - lr * gi : vi;",
-        "fastnet_momentum",
-    )
+def _placeholder(dtype: np.dtype, device: int) -> cp.ndarray:
+    with cp.cuda.Device(device):
+        return cp.zeros(1, dtype=dtype)
 
 
-@cache
-def adagrad_kernel() -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel(
-        "T g, T lr, T eps, " + _PRE,
-        "T p, T h",
-        _WD + "T gi = gc + wd * p; T hi = h + gi * gi; h = hi;"
-        "p = p * shrink - lr * gi / (sqrt(hi) + eps);",
-        "fastnet_adagrad",
-    )
+def _dummy(a: Any, dtype: Any) -> Any:
+    """``a``, or a one-element placeholder for a pointer the kernel will not read (made once
+    per device and dtype, before any capture: the first eager step calls it)."""
+    return a if a is not None else _placeholder(np.dtype(dtype), cp.cuda.Device().id)
 
 
-@cache
-def rmsprop_kernel() -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel(
-        "T g, T lr, T rho, T eps, " + _PRE,
-        "T p, T h",
-        _WD + "T gi = gc + wd * p; T hi = rho * h + ((T)1 - rho) * gi * gi; h = hi;"
-        "p = p * shrink - lr * gi / (sqrt(hi) + eps);",
-        "fastnet_rmsprop",
-    )
-
-
-_ADAM_BODY = (
-    "T gi = gc + wd * p; T mi = beta1 * m + ((T)1 - beta1) * gi;"
-    "T vi = beta2 * v + ((T)1 - beta2) * (gi * gi); m = mi; v = vi;"
-    "p = p * shrink - step * mi / (sqrt(vi) + eps_hat);"
-)
-
-
-@cache
-def adam_kernel() -> cp.ElementwiseKernel:
-    """Adam; bias correction folded into ``step`` and ``eps_hat`` by the caller."""
-    return cp.ElementwiseKernel(
-        "T g, T step, T beta1, T beta2, T eps_hat, " + _PRE,
-        "T p, T m, T v",
-        _WD + _ADAM_BODY,
-        "fastnet_adam",
-    )
-
-
-@cache
-def adam_device_scalars_kernel() -> cp.ElementwiseKernel:
-    """Adam reading ``step`` and ``eps_hat`` from device memory (``sc[0]``, ``sc[1]``), so a
-    captured CUDA graph can replay it with a new step count."""
-    return cp.ElementwiseKernel(
-        "T g, raw T sc, T beta1, T beta2, " + _PRE,
-        "T p, T m, T v",
-        _WD + "T step = sc[0]; T eps_hat = sc[1];" + _ADAM_BODY,
-        "fastnet_adam_dev",
-    )
-
-
-_ADAM_SCALARS_SRC = r"""
-extern "C" __global__ void adam_scalars(long long* t, T* sc, double lr, double beta1,
-                                        double beta2, double eps) {
-    long long s = t[0] + 1;
-    t[0] = s;
-    double c = sqrt(1.0 - pow(beta2, (double)s));
-    sc[0] = (T)(lr * c / (1.0 - pow(beta1, (double)s)));
-    sc[1] = (T)(eps * c);
+_SUM_SQUARES_SRC = r"""
+// out[0] += sum(g * g) in double: grid-stride partial sums, a block reduction, one atomicAdd.
+extern "C" __global__ void sum_squares(const T* __restrict__ g, long long n,
+                                       double* __restrict__ out) {
+    __shared__ double partial[256];
+    double acc = 0;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
+         i += (long long)gridDim.x * blockDim.x) {
+        double v = (double)g[i];
+        acc += v * v;
+    }
+    partial[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicAdd(out, partial[0]);
 }
 """
 
 
 @cache
-def _adam_scalars(dtype: str) -> cp.RawKernel:
-    return cp.RawKernel(f"#define T {dtype}\n" + _ADAM_SCALARS_SRC, "adam_scalars")
+def _sum_squares(dtype: str) -> cp.RawKernel:
+    return cp.RawKernel(f"#define T {dtype}\n" + _SUM_SQUARES_SRC, "sum_squares")
 
 
-def adam_scalars(t: Any, sc: Any, lr: float, beta1: float, beta2: float, eps: float) -> None:
-    """On the device: ``t += 1`` then ``sc = [bias-corrected step, eps_hat]`` for that step."""
-    _adam_scalars(ctype(sc.dtype))(
-        (1,), (1,), (t, sc, float(lr), float(beta1), float(beta2), float(eps))
+def sum_squares(g: Any, out: Any) -> None:
+    """``out[0] += sum(g**2)`` (float64) without a host sync or an allocation."""
+    blocks = max(1, min(1024, (g.size + 255) // 256))
+    _sum_squares(ctype(g.dtype))((blocks,), (256,), (g, np.int64(g.size), out))
+
+
+# ---------------------------------------------------------------------------- optimizer updates
+# Optimizer kernels run over a flat arena group. ``s`` is the group's float64 device-scalar array
+# (fastnet.parameter: s[2] step size, s[3] eps, s[4] decoupled-decay shrink, s[5] clip scale),
+# advanced on the device by ``advance_scalars`` in the same step, so a captured graph replays
+# the right values. Weight decay (L2 ``wd`` and the shrink) applies to elements [0, n_decay)
+# only; the gradient is scaled and clipped to [-clip, clip] first (NaN kept), as in the numba
+# kernels. State is stored through FLUSH: subnormal values become 0 (as on the CPU backends).
+# A rule is one entry of UPDATE_RULES: (extra inputs, state outputs, body).
+_PRE = "raw float64 s, T wd_all, int64 n_decay, T clip, T tiny"
+_WD = (
+    "T step = (T)s[2]; T eps = (T)s[3];"
+    "T wd = i < n_decay ? wd_all : (T)0; T shrink = i < n_decay ? (T)s[4] : (T)1;"
+    "T gc = g * (T)s[5]; gc = gc > clip ? clip : (gc < -clip ? -clip : gc);"
+    "T gi = gc + wd * p;"
+)
+_FLUSH = "#define FLUSH(x) (fabs(x) >= tiny ? (x) : (x) - (x))\n"
+
+UPDATE_RULES: dict[str, tuple[str, str, str]] = {
+    "sgd": ("", "T p", "p = p * shrink - step * gi;"),
+    "momentum": (
+        "T mu, T nesterov, ",
+        "T p, T v",
+        "T vi = FLUSH(mu * v - step * gi); v = vi; p *= shrink;"
+        "p += nesterov != (T)0 ? mu * vi - step * gi : vi;",
+    ),
+    "adagrad": (
+        "",
+        "T p, T h",
+        "T hi = FLUSH(h + gi * gi); h = hi; p = p * shrink - step * gi / (sqrt(hi) + eps);",
+    ),
+    "rmsprop": (
+        "T rho, ",
+        "T p, T h",
+        "T hi = FLUSH(rho * h + ((T)1 - rho) * gi * gi); h = hi;"
+        "p = p * shrink - step * gi / (sqrt(hi) + eps);",
+    ),
+    "adam": (
+        "T beta1, T beta2, ",
+        "T p, T m, T v",
+        "T mi = FLUSH(beta1 * m + ((T)1 - beta1) * gi);"
+        "T vi = FLUSH(beta2 * v + ((T)1 - beta2) * (gi * gi)); m = mi; v = vi;"
+        "p = p * shrink - step * mi / (sqrt(vi) + eps);",
+    ),
+}
+
+
+@cache
+def update_kernel(rule: str) -> cp.ElementwiseKernel:
+    """The fused update kernel of ``rule``: inputs ``g``, the rule's constants, then
+    ``s, wd, n_decay, clip, tiny``; outputs the parameters and the state slots."""
+    extra, outputs, body = UPDATE_RULES[rule]
+    return cp.ElementwiseKernel(
+        "T g, " + extra + _PRE, outputs, _WD + body, f"fastnet_{rule}", preamble=_FLUSH
     )
+
+
+_ADVANCE_SRC = r"""
+// A parameter group's scalars for its next update (fastnet.parameter's layout): t += 1, the step
+// size and eps (Adam's bias correction when asked), the decoupled-decay shrink, the clip scale.
+extern "C" __global__ void advance_scalars(double* s, const double* norm_sq, double eps,
+                                           double beta1, double beta2, double bias_correction,
+                                           double decoupled_wd, double clip_norm) {
+    double t = s[1] + 1.0, lr = s[0];
+    s[1] = t;
+    if (bias_correction != 0.0) {
+        double c = sqrt(1.0 - pow(beta2, t));
+        s[2] = lr * c / (1.0 - pow(beta1, t));
+        s[3] = eps * c;
+    } else {
+        s[2] = lr;
+        s[3] = eps;
+    }
+    s[4] = 1.0 - lr * decoupled_wd;
+    s[5] = clip_norm != 0.0 ? fmin(1.0, clip_norm / (sqrt(norm_sq[0]) + 1e-6)) : 1.0;
+}
+"""
+
+
+@cache
+def _advance() -> cp.RawKernel:
+    return cp.RawKernel(_ADVANCE_SRC, "advance_scalars")
+
+
+def advance_scalars(s: Any, norm_sq: Any, constants: tuple) -> None:
+    """Advance the device scalars ``s`` (one thread; captured with the step)."""
+    _advance()((1,), (1,), (s, norm_sq, *map(float, constants)))
 
 
 # ---------------------------------------------------------------------------- cuBLAS GEMM
@@ -340,6 +409,7 @@ class CublasGemm:
             fn.restype = i
         lib.cublasSetStream_v2.argtypes = [vp, vp]
         lib.cublasSetMathMode.argtypes = [vp, i]
+        lib.cublasGetMathMode.argtypes = [vp, ctypes.POINTER(i)]
         lib.cublasSetWorkspace_v2.argtypes = [vp, vp, f]
         self.lib, self.ctypes = lib, ctypes
         self.handle = cp.cuda.device.get_cublas_handle()
@@ -384,16 +454,23 @@ class CublasGemm:
             op_a, ld_a = 0, k
         else:
             op_a, ld_a = 1, m_rows
-        ct = self.ctypes
-        lib = self.lib
+        ct, lib, handle = self.ctypes, self.lib, self.handle
         self._check(
-            lib.cublasSetStream_v2(self.handle, cp.cuda.get_current_stream().ptr), "cublasSetStream"
+            lib.cublasSetStream_v2(handle, cp.cuda.get_current_stream().ptr), "cublasSetStream"
         )
+        # setStream puts cuBLAS back on its default workspace: ours again (no allocation)
+        self._check(
+            lib.cublasSetWorkspace_v2(handle, self.workspace.data.ptr, self.WORKSPACE_BYTES),
+            "cublasSetWorkspace",
+        )
+        before = ct.c_int(0)
+        self._check(lib.cublasGetMathMode(handle, ct.byref(before)), "cublasGetMathMode")
         mode = 3 if tf32 else 0  # CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH
-        self._check(lib.cublasSetMathMode(self.handle, mode), "cublasSetMathMode")
+        if mode != before.value:
+            self._check(lib.cublasSetMathMode(handle, mode), "cublasSetMathMode")
         gemm = lib.cublasSgemm_v2 if a.dtype == np.float32 else lib.cublasDgemm_v2
         status = gemm(
-            self.handle,
+            handle,
             op_b,
             op_a,
             n_cols,
@@ -408,6 +485,8 @@ class CublasGemm:
             out.data.ptr,
             n_cols,
         )
+        if mode != before.value:  # CuPy's handle is shared: leave its math mode as it was
+            self._check(lib.cublasSetMathMode(handle, before.value), "cublasSetMathMode")
         self._check(status, "cublasGemm")
         return out
 
@@ -424,6 +503,15 @@ def _loaded_library(stem: str) -> str | None:
     return None
 
 
-@cache
+_GEMMS: dict[tuple[int, int], CublasGemm] = {}
+
+
 def cublas_gemm() -> CublasGemm:
-    return CublasGemm()
+    """The GEMM for the current device and thread (CuPy's cuBLAS handle is per device and
+    thread, and so is our workspace)."""
+    import threading
+
+    key = (cp.cuda.Device().id, threading.get_ident())
+    if key not in _GEMMS:
+        _GEMMS[key] = CublasGemm()
+    return _GEMMS[key]

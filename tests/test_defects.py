@@ -90,9 +90,10 @@ def test_numba_kernels_refuse_mismatched_buffers():
     if be is None:
         pytest.skip("numba unavailable")
     p, g = np.ones(1000, np.float32), np.ones(1000, np.float32)
+    rule, s = fn.Adam(), np.zeros(8)
     with pytest.raises(ValueError):
-        be.update_adam(p, g, np.zeros(10, np.float32), np.zeros(10, np.float32),
-                       1e-3, 0.9, 0.999, 1e-8, 1)
+        be.update(rule, p, g, (np.zeros(10, np.float32), np.zeros(10, np.float32)), s,
+                  rule.constants(), 1000, 0.0, None)
     with pytest.raises(ValueError):
         be.bias_act(np.ones((4, 8), np.float32), np.ones(3, np.float32), fn.backends.Act.RELU)
     with pytest.raises((ValueError, IndexError)):

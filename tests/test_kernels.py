@@ -7,6 +7,8 @@ from conftest import to_np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fastnet.optimizers import SGD, AdaGrad, Adam, AdamW, Momentum, RMSProp
+
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 DTYPES = [np.float32, np.float64]
 ACTS = [0, 1, 2, 3, 4]
@@ -126,32 +128,54 @@ def test_sigmoid_tanh_saturate_without_warnings(backend):
 
 
 UPDATES = {
-    "sgd": lambda be, p, g, s, t: be.update_sgd(p, g, 0.1, 0.01),
-    "momentum": lambda be, p, g, s, t: be.update_momentum(p, g, s[0], 0.1, 0.9, False, 0.01),
-    "nesterov": lambda be, p, g, s, t: be.update_momentum(p, g, s[0], 0.1, 0.9, True, 0.0),
-    "adagrad": lambda be, p, g, s, t: be.update_adagrad(p, g, s[0], 0.1, 1e-7, 0.01),
-    "rmsprop": lambda be, p, g, s, t: be.update_rmsprop(p, g, s[0], 0.01, 0.9, 1e-7, 0.01),
-    "adam": lambda be, p, g, s, t: be.update_adam(
-        p, g, s[0], s[1], 1e-3, 0.9, 0.999, 1e-8, t, 0.01
-    ),
+    "sgd": lambda: SGD(0.1, weight_decay=0.01),
+    "momentum": lambda: Momentum(0.1, 0.9, weight_decay=0.01),
+    "nesterov": lambda: Momentum(0.1, 0.9, nesterov=True),
+    "adagrad": lambda: AdaGrad(0.1, 1e-7, weight_decay=0.01),
+    "rmsprop": lambda: RMSProp(0.01, 0.9, 1e-7, weight_decay=0.01),
+    "adam": lambda: Adam(1e-3, weight_decay=0.01),
+    "adamw": lambda: AdamW(1e-3, weight_decay=0.1, clip_norm=0.5, clip_value=0.3),
 }
+
+
+class Group:
+    """A flat parameter group as the arena holds one, stepped through the backend ops."""
+
+    def __init__(self, be, rule, p, size, dtype):
+        self.be, self.rule, self.p = be, rule, p
+        self.slots = tuple(be.zeros(size, dtype) for _ in rule.slots)
+        self.s, self.norm_sq = be.zeros((8,), np.float64), be.zeros((1,), np.float64)
+        be.fill(self.s[0:1], rule.lr)
+
+    def step(self, g):
+        be, rule = self.be, self.rule
+        be.fill(self.norm_sq, 0.0)
+        be.sum_squares(g, self.norm_sq)
+        be.advance_scalars(self.s, self.norm_sq, rule.scalar_constants())
+        n_decay = int(np.prod(self.p.shape)) // 2
+        wd = 0.0 if rule.decoupled else rule.weight_decay
+        be.update(rule, self.p, g, self.slots, self.s, rule.constants(), n_decay, wd,
+                  rule.clip_value)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("rule", sorted(UPDATES))
-@pytest.mark.parametrize("size", [(10,), (784, 256), (1500, 1000)])
+@pytest.mark.parametrize("size", [(10,), (784 * 256,), (1500 * 1000,)])
 def test_fused_optimizer_updates_match_reference(fast_backend, ref, rng, dtype, rule, size):
     p0 = rng.standard_normal(size).astype(dtype)
     grads = [rng.standard_normal(size).astype(dtype) for _ in range(3)]
-    p_ref, s_ref = p0.copy(), [np.zeros(size, dtype), np.zeros(size, dtype)]
     be = fast_backend
-    p, s = be.asarray(p0), [be.zeros(size, dtype), be.zeros(size, dtype)]
-    for t, g in enumerate(grads, start=1):
-        UPDATES[rule](ref, p_ref, g, s_ref, t)
-        UPDATES[rule](be, p, be.asarray(g), s, t)
+    expected = Group(ref, UPDATES[rule](), p0.copy(), size, dtype)
+    got = Group(be, UPDATES[rule](), be.asarray(p0), size, dtype)
+    for g in grads:
+        expected.step(g)
+        got.step(be.asarray(g))
+    assert be.kernel_report[f"update_{got.rule.kernel}"] != "reference"
     tol = dict(rtol=2e-5, atol=2e-6) if dtype == np.float32 else dict(rtol=1e-11, atol=1e-12)
-    np.testing.assert_allclose(to_np(be, p), p_ref, **tol)
-    np.testing.assert_allclose(to_np(be, s[0]), s_ref[0], **tol)
+    np.testing.assert_allclose(to_np(be, got.p), expected.p, **tol)
+    for a, b in zip(got.slots, expected.slots):
+        np.testing.assert_allclose(to_np(be, a), b, **tol)
+    np.testing.assert_allclose(to_np(be, got.s), expected.s, rtol=1e-12)  # norm: sum order
 
 
 @pytest.mark.parametrize("rule", sorted(UPDATES))
@@ -165,17 +189,60 @@ def test_numba_updates_on_strided_parameters_use_the_reference(ref, rng, rule):
     be = get_backend("numba")
     full = rng.standard_normal((40, 30)).astype(np.float32)
     grads = [rng.standard_normal((40, 15)).astype(np.float32) for _ in range(3)]
-    p, p_ref = full.copy()[:, ::2], full[:, ::2].copy()
-    s = [np.zeros((40, 15), np.float32), np.zeros((40, 15), np.float32)]
-    s_ref = [a.copy() for a in s]
-    for t, g in enumerate(grads, start=1):
-        UPDATES[rule](ref, p_ref, g, s_ref, t)
-        UPDATES[rule](be, p, g, s, t)
-    op = "update_momentum" if rule == "nesterov" else f"update_{rule}"
+    got = Group(be, UPDATES[rule](), full.copy()[:, ::2], (40, 15), np.float32)
+    expected = Group(ref, UPDATES[rule](), full[:, ::2].copy(), (40, 15), np.float32)
+    for g in grads:
+        got.step(g)
+        expected.step(g)
+    op = f"update_{got.rule.kernel}"
     assert be.kernel_report[op] == "reference"
-    np.testing.assert_allclose(p, p_ref, rtol=1e-6, atol=1e-7)
-    UPDATES[rule](be, np.ascontiguousarray(p), grads[0], s, 4)
+    np.testing.assert_allclose(got.p, expected.p, rtol=1e-6, atol=1e-7)
+    got.p = np.ascontiguousarray(got.p)
+    got.step(grads[0])
     assert be.kernel_report[op] == "numba-fused"
+
+
+@pytest.mark.parametrize("rule", sorted(UPDATES))
+def test_updates_flush_subnormal_state(backend, rng, rule):
+    """Optimizer state never holds subnormal floats (they make every later update of them many
+    times slower on Intel cores): slots seeded with subnormals, under zero gradients (the
+    weights of always-blank pixels), come out zero; normal slots stay normal."""
+    tiny = np.finfo(np.float32).tiny
+    n = 4096
+    g = rng.standard_normal(n).astype(np.float32)
+    g[: n // 4] = 0
+    p = rng.standard_normal(n).astype(np.float32)
+    p[: n // 4] = 0  # no decay term either
+    got = Group(backend, UPDATES[rule](), backend.asarray(p), n, np.float32)
+    for slot in got.slots:
+        seeded = np.abs(rng.standard_normal(n)).astype(np.float32) + 1
+        seeded[: n // 4] = tiny / 8
+        slot[...] = backend.asarray(seeded)
+    got.step(backend.asarray(g))
+    for slot in got.slots:
+        state = to_np(backend, slot)
+        np.testing.assert_array_equal(state[: n // 4], 0)
+        assert (np.abs(state[n // 4 :]) >= tiny).all()
+
+
+@pytest.mark.parametrize("rule", sorted(UPDATES))
+def test_flushing_leaves_normal_updates_bit_for_bit(ref, rng, rule):
+    """Where no state value is subnormal, the update is the published rule exactly."""
+    n = 1000
+    p0, g = (rng.standard_normal(n) for _ in range(2))
+    group = Group(ref, UPDATES[rule](), p0.copy(), n, np.float64)
+    group.step(g)
+    r = group.rule
+    p, slots = p0.copy(), tuple(np.zeros(n) for _ in r.slots)
+    s = group.s
+    geff = np.clip(g * s[5], -(r.clip_value or np.inf), r.clip_value or np.inf)
+    if r.weight_decay and not r.decoupled:
+        geff[: n // 2] += r.weight_decay * p[: n // 2]
+    p[: n // 2] *= s[4]
+    r.reference(np, p, geff, slots, s[2], s[3], r.constants())
+    np.testing.assert_array_equal(group.p, p)
+    for a, b in zip(group.slots, slots):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (4, 7, 3), (16, 128, 10), (64, 300, 70)])
@@ -218,20 +285,41 @@ def test_property_numba_softmax_xent(n, m, scale, seed):
 
 
 _F32 = np.float32(0.5)
-_PRE = (np.float32(0.9), np.float32(3.0), np.float32(0.99))  # grad scale, clip, shrink
+
+
+def _scalars(shrink=0.99, gscale=0.9):
+    """Device scalars of an update: lr, t, step size, eps, decay shrink, clip scale."""
+    return np.array([0.5, 1.0, 0.5, 0.5, shrink, gscale, 0.0, 0.0])
+
+
+def _tail(wd=_F32, clip=3.0):
+    """The updates' trailing arguments: wd, n_decay, clip, tiny."""
+    return (np.float32(wd), 32, np.float32(clip), np.finfo(np.float32).tiny)
+
+
 _F32_KERNEL_ARGS = {
     "bias_act": lambda a, v: [(a((8, 16)), v(16), code, _F32) for code in ACTS],
     "act_backward_bias": lambda a, v: [
         (a((8, 16)), a((8, 16)), code, _F32, a((8, 16)), v(16)) for code in ACTS
     ],
-    "sgd_update": lambda a, v: [(v(64), v(64), _F32, _F32, 32, *_PRE)],
-    "momentum_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, True, _F32, 32, *_PRE)],
-    "adagrad_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, _F32, 32, *_PRE)],
-    "rmsprop_update": lambda a, v: [(v(64), v(64), v(64), _F32, _F32, _F32, _F32, 32, *_PRE)],
-    "adam_update": lambda a, v: [
-        (v(64), v(64), v(64), v(64), _F32, _F32, _F32, _F32, _F32, 32, *_PRE)
+    "sgd_update": lambda a, v, s=None, t=None: [(v(64), v(64), _S(s), *_T(t))],
+    "momentum_update": lambda a, v, s=None, t=None: [
+        (v(64), v(64), v(64), _S(s), _F32, np.float32(1), *_T(t))
+    ],
+    "adagrad_update": lambda a, v, s=None, t=None: [(v(64), v(64), v(64), _S(s), *_T(t))],
+    "rmsprop_update": lambda a, v, s=None, t=None: [(v(64), v(64), v(64), _S(s), _F32, *_T(t))],
+    "adam_update": lambda a, v, s=None, t=None: [
+        (v(64), v(64), v(64), v(64), _S(s), _F32, _F32, *_T(t))
     ],
 }
+
+
+def _S(s):
+    return _scalars() if s is None else s
+
+
+def _T(t):
+    return _tail() if t is None else t
 
 
 @pytest.mark.parametrize("name", sorted(_F32_KERNEL_ARGS))
@@ -299,18 +387,17 @@ def test_numba_plain_update_equals_the_general_loops(name, rng):
         return np.abs(rng.standard_normal(shape)).astype(np.float32)
 
     kernel = getattr(numba_cpu, name)
-    for args in _F32_KERNEL_ARGS[name](random, random):
-        neutral = list(args[:-5]) + [np.float32(0), 32, np.float32(1), np.float32(np.inf),
-                                     np.float32(1)]
-        general = neutral[:-2] + [np.float32(1e30), np.float32(1)]
-        plain = [a.copy() if isinstance(a, np.ndarray) else a for a in neutral]
-        before = plain[0].copy()
-        kernel(*plain)
-        kernel(*general)
-        for got, want in zip(plain, general):
-            if isinstance(got, np.ndarray):
-                np.testing.assert_array_equal(got, want)
-        assert not np.array_equal(plain[0], before), f"{name} changed nothing"
+    plain_args = _F32_KERNEL_ARGS[name](random, random, _scalars(1, 1), _tail(0, np.inf))[0]
+    general = list(plain_args[:-2]) + [np.float32(1e30), plain_args[-1]]
+    plain = [a.copy() if isinstance(a, np.ndarray) else a for a in plain_args]
+    general = [a.copy() if isinstance(a, np.ndarray) else a for a in general]
+    before = plain[0].copy()
+    kernel(*plain)
+    kernel(*general)
+    for got, want in zip(plain, general):
+        if isinstance(got, np.ndarray):
+            np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(plain[0], before), f"{name} changed nothing"
 
 
 @pytest.mark.parametrize("name", sorted(_F32_KERNEL_ARGS))

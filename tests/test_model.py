@@ -106,9 +106,10 @@ def test_initializers(backend):
 
 
 def test_adagrad_accumulator_starts_at_zero_with_eps():
-    be = fn.get_backend("numpy")
-    p, g, h = np.array([1.0]), np.array([0.5]), np.zeros(1)
-    be.update_adagrad(p, g, h, lr=0.1, eps=1e-7)
+    be, rule = fn.get_backend("numpy"), fn.AdaGrad(lr=0.1, eps=1e-7)
+    p, g, h, s = np.array([1.0]), np.array([0.5]), np.zeros(1), np.array([0.1] + [0.0] * 7)
+    be.advance_scalars(s, np.zeros(1), rule.scalar_constants())
+    be.update(rule, p, g, (h,), s, rule.constants(), 1, 0.0, None)
     assert h[0] == 0.25 and p[0] == pytest.approx(1 - 0.1 * 0.5 / (0.5 + 1e-7))
 
 
@@ -154,11 +155,11 @@ def test_keyboard_interrupt_restores_last_finished_epoch(backend):
     calls = {"n": 0}
     original = model.train_step
 
-    def interrupting_step(xb, yb, wb=None):
+    def interrupting_step(xb, yb, wb=None, totals=None):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return original(xb, yb)
+        return original(xb, yb, wb, totals)
 
     model.train_step = interrupting_step
     with pytest.raises(KeyboardInterrupt):
@@ -361,11 +362,11 @@ def test_cli_interrupt_saves_checkpoint(tmp_path, monkeypatch, capsys):
     original = fn.Sequential.train_step
     calls = {"n": 0}
 
-    def interrupted(self, xb, yb, wb=None):
+    def interrupted(self, xb, yb, wb=None, totals=None):
         calls["n"] += 1
         if calls["n"] == 7:  # in the second epoch (270 samples: 5 batches an epoch)
             raise KeyboardInterrupt
-        return original(self, xb, yb)
+        return original(self, xb, yb, wb, totals)
 
     monkeypatch.setattr(fn.Sequential, "train_step", interrupted)
     ckpt = tmp_path / "m.npz"
@@ -394,21 +395,16 @@ def test_cli_interrupt_saves_checkpoint(tmp_path, monkeypatch, capsys):
 
 
 def test_graph_capture_reasons_are_checked_without_a_gpu():
-    """Which models the CUDA-graph step refuses, and why (host-side logic, no GPU needed)."""
-    from fastnet.backends.cuda_graph import graph_unsupported_reason
-
-    class CapturableBackend:
-        def graph_capture_reason(self):
-            return ""
+    """Which models the captured step refuses, and why (from the model's step plan)."""
 
     def reason(layers, **kw):
-        model = fn.Sequential(layers, backend="numpy", **kw).build(4)
-        return graph_unsupported_reason(model, CapturableBackend())
+        return fn.Sequential(layers, backend="numpy", **kw).build(4).step_plan().capture_reason()
 
     assert reason([fn.Dense(8, "relu"), fn.Dense(3)]) == ""
     assert "Dropout" in reason([fn.Dense(8), fn.Dropout(0.5), fn.Dense(3)])
-    assert "per-layer" in reason([fn.Dense(8, optimizer=fn.SGD(0.1)), fn.Dense(3)])
-    assert "clip_norm" in reason([fn.Dense(3)], optimizer=fn.Adam(clip_norm=1.0))
+    assert reason([fn.Dense(8, optimizer=fn.SGD(0.1)), fn.ReLU(), fn.Dense(3)]) == ""
+    assert reason([fn.Dense(3)], optimizer=fn.Adam(clip_norm=1.0)) == ""
+    assert reason([fn.Dense(3)], loss=fn.SoftmaxCrossEntropy(0.1)) == ""
     assert "softmax" in reason([fn.Dense(3)], loss="mse")
 
 
@@ -444,9 +440,9 @@ def test_compiled_steps_are_reused_by_later_fits(monkeypatch):
     calls = []
     compile_step = model.backend.compile_step
 
-    def counting(m, batch_size):
+    def counting(m, batch_size, spec):
         calls.append(batch_size)
-        return compile_step(m, batch_size)
+        return compile_step(m, batch_size, spec)
 
     monkeypatch.setattr(model.backend, "compile_step", counting)
     X = np.random.default_rng(0).standard_normal((40, 5)).astype(np.float32)
@@ -458,4 +454,4 @@ def test_compiled_steps_are_reused_by_later_fits(monkeypatch):
     model.loss = fn.SoftmaxCrossEntropy(label_smoothing=0.1)
     model.loss.build(model.backend)
     model.fit(X, y, epochs=1, batch_size=16, verbose=0)
-    assert calls == [16, 8, 16] and "label smoothing" in model.step_description
+    assert calls == [16, 8, 16] and model.step_description.startswith("numba fused step")

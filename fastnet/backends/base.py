@@ -42,17 +42,6 @@ def contiguous_floats(*arrays: Any) -> bool:
     return True
 
 
-def labels_fit(logits: Any, labels: Any) -> bool:
-    """Float 2-D logits with one integer-comparable label per row: what the fused loss and
-    count kernels take (anything else goes to the reference)."""
-    return (
-        labels.ndim == 1
-        and logits.ndim == 2
-        and labels.shape[0] == logits.shape[0]
-        and logits.dtype in FLOAT_DTYPES
-    )
-
-
 def activation_code(name: str | None) -> Act:
     """Map an activation name (or None for linear) to its ``Act``."""
     key = "linear" if name is None else name

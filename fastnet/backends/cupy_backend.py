@@ -6,12 +6,13 @@ copied to the device once; ``to_numpy`` copies results back. Timings use CUDA ev
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats, labels_fit
+from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats
 
 
 class CupyBackend(Backend):
@@ -31,6 +32,7 @@ class CupyBackend(Backend):
         self.device = cupy.cuda.Device(device)
         self.device.use()
         self.name = "cupy" if device == 0 else f"cupy:{device}"
+        self._stream: Any = None
         try:
             self._gemm = cupy_gpu.cublas_gemm()
             self._gemm_name = "cublas-direct"
@@ -137,7 +139,8 @@ class CupyBackend(Backend):
             out = self.xp.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
         if self._gemm is not None and out.flags.c_contiguous and self._gemm.supports(a, b, out):
             self._ran("matmul", self._gemm_name)
-            return self._gemm(a, b, out, precision == "tf32")
+            with self.device:  # the handle and workspace of this device and thread
+                return self.k.cublas_gemm()(a, b, out, precision == "tf32")
         self._ran("matmul", "cupy.matmul")
         return self.xp.matmul(a, b, out=out)
 
@@ -191,93 +194,117 @@ class CupyBackend(Backend):
         weights: Any = None,
         label_smoothing: float = 0.0,
     ) -> tuple[Any, Any]:
-        """As the reference (``loss_out`` accumulates ``loss_scale * sum(row losses)``); the
-        fused kernel covers integer labels without weights or smoothing."""
+        """As the reference (``loss_out`` accumulates ``loss_scale * sum(row losses)``); one
+        fused kernel for integer labels or one-hot/soft targets, weights and smoothing.
+        Nothing allocates when ``dlogits`` and a float64 ``loss_out`` are given."""
+        xp = self.xp
+        n = logits.shape[0] if logits.ndim == 2 else -1
+        dense = labels.ndim == 2 and labels.shape == logits.shape
         if (
-            labels.ndim != 1
-            or labels.dtype.kind not in "iu"
+            logits.ndim != 2
             or logits.dtype not in FLOAT_DTYPES
-            or weights is not None
-            or label_smoothing
+            or not (dense or (labels.ndim == 1 and labels.dtype.kind in "iu"))
+            or labels.shape[0] != n
+            or (weights is not None and weights.shape != (n,))
+            or (loss_out is not None and loss_out.dtype != np.float64)
         ):
             return super().softmax_xent(
                 logits, labels, dlogits, loss_out, loss_scale, weights, label_smoothing
             )
-        xp = self.xp
         logits = xp.ascontiguousarray(logits)
-        if labels.dtype != np.int64:
-            labels = labels.astype(np.int64)
-        n, m = logits.shape
-        if labels.shape != (n,):
-            raise ValueError(f"softmax_xent: {n} rows of logits but {labels.shape[0]} labels")
-        if (
-            dlogits is None
-            or dlogits.shape != logits.shape
-            or not contiguous_floats(logits, dlogits)
+        if dense:
+            labels, targets = None, xp.ascontiguousarray(labels, dtype=logits.dtype)
+        else:
+            labels, targets = xp.ascontiguousarray(labels, dtype=np.int64), None
+        if weights is not None:
+            weights = xp.ascontiguousarray(weights, dtype=logits.dtype)
+        if dlogits is None or dlogits.shape != logits.shape or not contiguous_floats(
+            logits, dlogits
         ):
             dlogits = xp.empty_like(logits)
-        if loss_out is None:
-            loss_out = xp.zeros((), dtype=logits.dtype)
-        self.k.softmax_xent(
-            logits,
-            xp.ascontiguousarray(labels),
-            dlogits,
-            loss_out,
-            1.0 / n if loss_scale is None else loss_scale,
-        )
+        out = xp.zeros((1,), np.float64) if loss_out is None else loss_out
+        scale = 1.0 / n if loss_scale is None else loss_scale
+        self.k.softmax_xent(logits, labels, targets, weights, dlogits, out, scale, label_smoothing)
         self._ran("softmax_xent", "cuda-fused")
+        if loss_out is None:
+            return out[0].astype(logits.dtype), dlogits
         return loss_out, dlogits
 
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
-        if not labels_fit(logits, labels):
+        dense = labels.ndim == 2 and labels.shape == logits.shape
+        if (
+            logits.ndim != 2
+            or logits.dtype not in FLOAT_DTYPES
+            or not (dense or (labels.ndim == 1 and labels.shape[0] == logits.shape[0]))
+            or (out is not None and (out.dtype != np.float64 or out.size != 1))
+        ):
             return super().count_correct(logits, labels, out)
-        if labels.dtype != np.int64:
-            labels = labels.astype(np.int64)
-        if out is None:
-            out = self.xp.zeros((), dtype=np.uint64)
-        self.k.count_correct(self.xp.ascontiguousarray(logits), labels, out)
-        return out
+        xp = self.xp
+        hits = xp.zeros((1,), np.float64) if out is None else out
+        if dense:
+            pair = (None, xp.ascontiguousarray(labels, dtype=logits.dtype))
+        else:
+            pair = (xp.ascontiguousarray(labels, dtype=np.int64), None)
+        self.k.count_correct(xp.ascontiguousarray(logits), *pair, hits)
+        return hits[0] if out is None else out
 
     # ------------------------------------------------------------------ optimizer updates
-    def fused_update(self, rule: str, arrays: tuple, scalars: tuple, common: tuple) -> bool:
-        """One ElementwiseKernel launch over a flat arena group, with the gradient preamble of
-        ``fastnet.kernels.cupy_gpu`` (scale, clip, L2 and decoupled decay by index)."""
-        factories = {
-            "sgd": self.k.sgd_kernel,
-            "momentum": self.k.momentum_kernel,
-            "adagrad": self.k.adagrad_kernel,
-            "rmsprop": self.k.rmsprop_kernel,
-            "adam": self.k.adam_kernel,
-            "adam_device": self.k.adam_device_scalars_kernel,
-        }
-        if rule not in factories or not contiguous_floats(*arrays):
-            return False
-        p, g, *slots = arrays
+    def update(self, rule: Any, p: Any, g: Any, slots: tuple, s: Any, constants: tuple,
+               n_decay: int, wd: float, clip_value: float | None) -> None:
+        """One ElementwiseKernel launch over a flat arena group (``kernels.cupy_gpu``'s
+        ``UPDATE_RULES``), reading the step's scalars from the device array ``s``; the
+        reference for rules without a kernel."""
+        arrays = (p, g, *slots)
+        if rule.kernel not in self.k.UPDATE_RULES or not contiguous_floats(*arrays):
+            return super().update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
         t = p.dtype.type
-        wd, n_decay, grad_scale, clip_value, shrink = common
-        args = [s if isinstance(s, (bool, self.xp.ndarray)) else t(s) for s in scalars]
-        pre = (
-            t(float(grad_scale)),  # a device scale is read back: one sync per clipped step
-            t(np.inf if clip_value is None else clip_value),
-            t(shrink),
-            t(wd),
-            np.int64(p.size if n_decay is None else n_decay),
+        clip = np.inf if clip_value is None else clip_value
+        self.k.update_kernel(rule.kernel)(
+            g, *map(t, constants), s, t(wd), np.int64(n_decay), t(clip),
+            t(np.finfo(p.dtype).tiny), p, *slots
         )
-        factories[rule]()(g, *args, *pre, p, *slots)
-        self._ran(f"update_{rule.removesuffix('_device')}", "cuda-fused")
-        return True
+        self._ran(f"update_{rule.kernel}", "cuda-fused")
 
-    def adam_device_scalars(
-        self, t: Any, out: Any, lr: float, beta1: float, beta2: float, eps: float
-    ) -> None:
-        self.k.adam_scalars(t, out, lr, beta1, beta2, eps)
+    def advance_scalars(self, s: Any, norm_sq: Any, constants: tuple) -> None:
+        self.k.advance_scalars(s, norm_sq, constants)
+        self._ran("advance_scalars", "cuda")
+
+    def sum_squares(self, g: Any, out: Any) -> None:
+        if not contiguous_floats(g) or out.dtype != np.float64:
+            return super().sum_squares(g, out)
+        self.k.sum_squares(g.reshape(-1), out)
 
     # ------------------------------------------------------------------ compiled steps
-    def compile_step(self, model: Any, batch_size: int) -> tuple[Any, str]:
-        """A CUDA-graph step (``fastnet.backends.cuda_graph``) when the model qualifies."""
-        from fastnet.backends.cuda_graph import GraphedStep, graph_unsupported_reason
+    def step_stream(self) -> contextlib.AbstractContextManager:
+        """This device and its step stream (non-blocking), current for the whole loop: the
+        permutation, gathers, learning-rate writes, steps and graph replays run in order."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.device)
+        if self._stream is None:
+            self._stream = self.xp.cuda.Stream(non_blocking=True)
+        stack.enter_context(self._stream)
+        return stack
 
-        reason = graph_unsupported_reason(model, self)
-        if reason:
-            return None, reason
-        return GraphedStep(model, batch_size), "CUDA graph: one captured step per full batch"
+    def capture(self, fn: Callable[[], Any]) -> Any:
+        """A CUDA graph of ``fn``'s work on the current (step) stream."""
+        stream = self.xp.cuda.get_current_stream()
+        if stream.ptr == 0:
+            raise RuntimeError("CUDA graphs are captured on a non-default stream (step_stream)")
+        stream.begin_capture()
+        try:
+            fn()
+        finally:
+            graph = stream.end_capture()
+        return _CudaGraph(graph)
+
+
+class _CudaGraph:
+    """A captured CUDA graph replayed on the current stream."""
+
+    def __init__(self, graph: Any) -> None:
+        self.graph = graph
+
+    def replay(self) -> None:
+        import cupy
+
+        self.graph.launch(cupy.cuda.get_current_stream())

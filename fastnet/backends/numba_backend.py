@@ -238,7 +238,8 @@ class NumbaBackend(Backend):
         kernel = parallel if size >= self.parallel_min_elements else serial
         t = p.dtype.type
         clip = np.inf if clip_value is None else clip_value
-        kernel(*arrays, s, *map(t, constants), t(wd), min(max(int(n_decay), 0), size), t(clip),
+        flat = [a.reshape(-1) for a in arrays]  # C-contiguous: views, written in place
+        kernel(*flat, s, *map(t, constants), t(wd), min(max(int(n_decay), 0), size), t(clip),
                t(np.finfo(p.dtype).tiny))
         self._ran(f"update_{rule.kernel}", "numba-fused")
 
