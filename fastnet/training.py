@@ -306,8 +306,6 @@ class Trainer:
             )
         Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
         wd = self.validate_weights(sample_weight, class_weight, y, Xd.shape[0], not streamed)
-        if compiled is True and wd is not None and streamed:
-            raise ValueError("compiled=True needs the training set resident on the device")
         group = None
         if distributed:
             from fastnet import distributed as dist

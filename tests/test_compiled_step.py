@@ -166,3 +166,35 @@ def test_rebuilt_arena_gets_a_new_compiled_step():
     model.fit(*_data(), epochs=1, batch_size=16, verbose=0, compiled=True)
     steps = [s for s, _ in model._compiled_steps.values()]
     assert any(s is not old for s in steps)
+
+
+class _DeviceArray:
+    """A stand-in for a torch/JAX array on the GPU (DLPack device type 2)."""
+
+    def __init__(self, a):
+        self.a = a
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+    def __dlpack__(self, **kw):
+        return self.a.__dlpack__()
+
+
+class _GpuLikeBackend(CaptureSimBackend):
+    """A backend that says its arrays live on CUDA device 0 (host memory underneath)."""
+
+    def dlpack_device(self):
+        return (2, 0)
+
+    def from_dlpack(self, x):
+        return np.from_dlpack(x.a)
+
+
+def test_device_labels_are_adopted_through_dlpack_like_features():
+    """Labels from another framework on the model's device are adopted as X is (they were
+    refused with 'copy it to the host first')."""
+    X, y = _data()
+    model = _model(_GpuLikeBackend())
+    model.fit(_DeviceArray(X), _DeviceArray(y), epochs=1, batch_size=16, verbose=0)
+    assert model.history["loss"] and model.step_description.startswith("captured graph")

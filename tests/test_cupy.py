@@ -19,30 +19,62 @@ def _mlp(seed=0, opt=None):
     )
 
 
-@pytest.mark.parametrize("opt", [fn.Adam(1e-3), fn.SGD(0.05), fn.Momentum(0.02, nesterov=True)])
-def test_cuda_graph_training_equals_eager(opt):
+OPTIMIZERS = {
+    "adam": lambda: fn.Adam(1e-3),
+    "adamw": lambda: fn.AdamW(1e-3, weight_decay=0.05, clip_norm=1.0),
+    "sgd": lambda: fn.SGD(0.05),
+    "nesterov": lambda: fn.Momentum(0.02, nesterov=True),
+    "rmsprop": lambda: fn.RMSProp(1e-3, clip_value=0.5),
+    "adagrad": lambda: fn.AdaGrad(0.02),
+}
+
+
+@pytest.mark.parametrize("loss_option", ["labels", "smoothing", "one_hot", "weights"])
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_captured_training_equals_eager(opt, loss_option):
+    """The CUDA graph replays the eager step function: the same weights after 3 epochs with a
+    per-step schedule, for every optimizer and loss option (float64: exactly up to atomics'
+    summation order)."""
     X, y = make_blobs(n=1000)
-    eager, graphed = _mlp(opt=opt), _mlp(opt=opt)
-    h1 = eager.fit(X, y, epochs=3, batch_size=64, verbose=0, cuda_graph=False)
-    h2 = graphed.fit(X, y, epochs=3, batch_size=64, verbose=0, cuda_graph=True)
-    assert graphed.step_description.startswith("CUDA graph")
+    smoothing = 0.1 if loss_option == "smoothing" else 0.0
+    targets = np.eye(4)[y] if loss_option == "one_hot" else y
+    weights = np.linspace(0.5, 1.5, len(y)) if loss_option == "weights" else None
+    models = [
+        fn.Sequential([fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
+                      loss=fn.SoftmaxCrossEntropy(smoothing), optimizer=OPTIMIZERS[opt](),
+                      backend="cupy", seed=0, dtype="float64")
+        for _ in range(2)
+    ]
+    hist = [
+        m.fit(X, targets, epochs=3, batch_size=64, verbose=0, compiled=c, sample_weight=weights,
+              callbacks=[fn.WarmupCosine(1, 3)])
+        for m, c in zip(models, (False, True))
+    ]
+    eager, graphed = models
+    assert graphed.step_description.startswith("captured graph")
     assert eager.step_description.startswith("eager")
-    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-4)
-    np.testing.assert_allclose(h1["accuracy"], h2["accuracy"])
-    assert eager.arena.groups[0].step == graphed.arena.groups[0].step
+    np.testing.assert_allclose(hist[0]["loss"], hist[1]["loss"], rtol=1e-9)
+    assert eager.arena.groups[0].step == graphed.arena.groups[0].step == 48
     for a, b in zip(eager.parameters(), graphed.parameters()):
-        np.testing.assert_allclose(a.value.get(), b.value.get(), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(a.value.get(), b.value.get(), rtol=1e-9, atol=1e-12)
 
 
 def test_cuda_graph_rejects_unsupported_models():
     X, y = make_blobs(n=100)
     model = fn.Sequential([fn.Dense(8), fn.Dropout(0.5), fn.Dense(4)], backend="cupy")
     with pytest.raises(ValueError, match="Dropout"):
-        model.fit(X, y, epochs=1, verbose=0, cuda_graph=True)
+        model.fit(X, y, epochs=1, verbose=0, compiled=True)
     with pytest.raises(ValueError, match="numpy has no compiled step"):
-        fn.Sequential([fn.Dense(4)], backend="numpy").fit(
-            X, y, epochs=1, verbose=0, cuda_graph=True
-        )
+        fn.Sequential([fn.Dense(4)], backend="numpy").fit(X, y, epochs=1, verbose=0, compiled=True)
+
+
+def test_labels_from_another_gpu_framework_are_adopted():
+    torch = pytest.importorskip("torch")
+    X, y = make_blobs(n=200)
+    model = _mlp()
+    model.fit(torch.as_tensor(X, device="cuda"), torch.as_tensor(y, device="cuda"), epochs=1,
+              verbose=0)
+    assert model.history["loss"]
 
 
 def test_data_stays_on_device_and_predict_returns_numpy():
@@ -93,6 +125,13 @@ def test_tf32_precision_is_per_call_and_per_model():
     exact = be.matmul(be.asarray(a), be.asarray(b)).get()  # no state left behind
     err = lambda x: np.linalg.norm(x - want) / np.linalg.norm(want)  # noqa: E731
     assert err(exact) < 1e-6 and 1e-6 < err(fast) < 5e-3
+    import ctypes
+
+    import cupy as cp
+
+    mode = ctypes.c_int(-1)
+    be.k.cublas_gemm().lib.cublasGetMathMode(cp.cuda.device.get_cublas_handle(), ctypes.byref(mode))
+    assert mode.value == 0  # CuPy's shared handle is left in its default math mode
     # two models on one backend, same weights: each computes at its own precision
     X = rng.standard_normal((256, 512)).astype(np.float32)
     exact_model = fn.Sequential([fn.Dense(64)], backend=be, seed=0).build(512)
@@ -114,14 +153,16 @@ def test_direct_gemm_handles_transposed_operands():
     assert be.kernel_report["matmul"] == "cublas-direct"
 
 
-def test_cuda_graph_recaptures_when_the_schedule_changes_lr():
+def test_schedules_change_lr_without_recapture():
     X, y = make_blobs(n=1000)
-    eager, graphed = _mlp(opt=fn.Adam(1e-2)), _mlp(opt=fn.Adam(1e-2))
-    h1 = eager.fit(X, y, epochs=3, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(3)])
-    h2 = graphed.fit(
-        X, y, epochs=3, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(3)], cuda_graph=True
-    )
-    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-4)
+    model = _mlp(opt=fn.Adam(1e-2))
+    model.fit(X, y, epochs=2, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(2)],
+              compiled=True)
+    step = next(iter(model._compiled_steps.values()))[0]
+    graph = step.graph
+    model.fit(X, y, epochs=1, batch_size=64, verbose=0, callbacks=[fn.WarmupCosine(0.5, 1)],
+              compiled=True)
+    assert step.graph is graph and step.replays > 0
 
 
 def test_data_too_large_for_the_device_is_streamed_from_pinned_memory(monkeypatch):
@@ -136,7 +177,7 @@ def test_data_too_large_for_the_device_is_streamed_from_pinned_memory(monkeypatc
     assert h2["loss"][-1] < h2["loss"][0] and h2["val_accuracy"][-1] > 0.9
     assert abs(h1["accuracy"][-1] - h2["accuracy"][-1]) < 0.05
     with pytest.raises(ValueError, match="resident on the GPU"):
-        _mlp().fit(X, y, epochs=1, verbose=0, cuda_graph=True)
+        _mlp().fit(X, y, epochs=1, verbose=0, compiled=True)
 
 
 def test_checkpoint_saved_on_gpu_loads_on_cpu(tmp_path):
