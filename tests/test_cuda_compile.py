@@ -106,7 +106,7 @@ _TEMPLATE_CASES = [
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize(("ins", "outs", "op", "kw", "arrays"), _TEMPLATE_CASES,
                          ids=["raw-int", "bool-int64-outputs", "preamble-loop_prep"])
-def test_elementwise_template_equals_cupys(ins, outs, op, kw, arrays, dtype):
+def test_elementwise_template_matches_the_generator(ins, outs, op, kw, arrays, dtype):
     import cupy
     from cupy._core import _carray, _kernel, _scalar
 
