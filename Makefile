@@ -10,7 +10,7 @@ DATA   := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e '.[numba,plot,dev,distributed,sklearn,onnx]'
+	$(PY) -m pip install --quiet -e '.[numba,plot,dev,distributed,sklearn,onnx,gpu-check]'
 	touch $(STAMP)
 
 data:

@@ -1,28 +1,136 @@
 #!/usr/bin/env bash
-# The GPU verification run (device machine: CuPy, numba, PyTorch, JAX, mpi4py preinstalled, no
-# network). Usage there: bash bench/gpu_run.sh OUTDIR [pytest|train|bench|distributed|all]
+# The GPU verification run, staged to fit one 8-minute call of a lent H100/H200 (device machine:
+# CuPy, numba, PyTorch, JAX, mpi4py, pytest preinstalled; no network).
+#
+#   bash bench/gpu_run.sh OUTDIR [--dry-run] [all|pytest|graph|train|bench|distributed ...]
+#
+# Stages (each under its own `timeout`, all within TOTAL_S, default 450 s) and the files they fill:
+#   gpu, setup        nvidia-smi; `pip install --no-deps -e .`; versions        -> gpu.txt
+#   pytest-cupy       the cupy tests (-k cupy), with -n 8 when pytest-xdist is there -> pytest.log
+#   graph-check       eager vs compiled step on Fashion-MNIST, every optimizer x schedule
+#                                                            -> graph-check.json (table: train.log)
+#   train-*           4 epochs each: eager fp32, CUDA graph fp32, CUDA graph tf32 -> train.log
+#   preset-best       --preset best --epochs 2                                   -> train.log
+#   distributed-*     one epoch over MPI (2 ranks) and NCCL (1 rank) if mpirun exists
+#                                                                              -> distributed.log
+#   bench-kernels     the GPU kernel suite                                 -> bench.json, bench.log
+# summary.txt has one "PASS|FAIL|SKIP  stage  detail" line per stage, then the trainings' numbers:
+# 8 files in all. Exit status 1 when a stage failed.
+# Data: $FASTNET_DATA, else ./.data when present (the device has no Fashion-MNIST: carry it, after
+#   mkdir -p .data && cp /usr/share/datasets/fashion-mnist/*.gz .data/).
+# --dry-run (or DRY_RUN=1): on a CPU machine every stage runs on numba/numpy with tiny sizes and
+# the GPU-only parts print "SKIP (no GPU)". PYTHON picks the interpreter (default python3).
 set -uo pipefail
-out=${1:?output folder}; what=${2:-all}
-mkdir -p "$out"
-python3 -m pip install --quiet --no-deps --no-build-isolation -e . >"$out/install.log" 2>&1 \
-  || { cat "$out/install.log"; exit 1; }
-export FASTNET_DATA=${FASTNET_DATA:-$PWD/.data} PYTHONUNBUFFERED=1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
-if [[ $what == pytest || $what == all ]]; then
-  python3 -m pytest -q -p no:cacheprovider tests 2>&1 | tee "$out/pytest-gpu.log" | tail -25
+out="" dry=${DRY_RUN:-0} groups=()
+for arg in "$@"; do
+  case $arg in
+    --dry-run) dry=1 ;;
+    -*) echo "unknown option $arg" >&2; exit 2 ;;
+    *) if [[ -z $out ]]; then out=$arg; else groups+=("$arg"); fi ;;
+  esac
+done
+[[ -n $out ]] || { echo "usage: bash bench/gpu_run.sh OUTDIR [--dry-run] [STAGES...]" >&2; exit 2; }
+[[ ${#groups[@]} -gt 0 ]] || groups=(all)
+PY=${PYTHON:-python3}
+mkdir -p "$out" && rm -f "$out"/{summary.txt,gpu.txt,pytest.log,graph-check.json,train.log}
+rm -f "$out"/{bench.json,bench.log,distributed.log}
+tmp=$(mktemp -d) && trap 'rm -rf "$tmp"' EXIT
+deadline=$(( SECONDS + ${TOTAL_S:-450} ))
+if [[ -z ${FASTNET_DATA:-} && -d .data ]]; then export FASTNET_DATA=$PWD/.data; fi
+export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export OMPI_MCA_rmaps_base_oversubscribe=1
+
+wanted() {  # wanted GROUP: whether the command line asked for this group of stages
+  local g
+  for g in "${groups[@]}"; do [[ $g == all || $g == "$1" ]] && return 0; done
+  return 1
+}
+
+record() {  # record RESULT STAGE DETAIL
+  printf '%-4s  %-20s %s\n' "$1" "$2" "$3" | tee -a "$out/summary.txt"
+}
+
+stage() {  # stage NAME LIMIT_S LOG CMD...: run CMD under min(LIMIT_S, time left), log appended
+  local name=$1 limit=$2 log=$3 left=$(( deadline - SECONDS )) start=$SECONDS rc
+  shift 3
+  if (( left < 20 )); then record SKIP "$name" "(out of time: ${left}s left)"; return; fi
+  (( limit > left - 10 )) && limit=$(( left - 10 ))
+  echo "=== $name (limit ${limit}s): $*" >>"$out/$log"
+  timeout -k 10 "$limit" "$@" >>"$out/$log" 2>&1
+  rc=$?
+  if (( rc == 0 )); then record PASS "$name" "($(( SECONDS - start ))s)"
+  elif (( rc == 124 || rc == 137 )); then record FAIL "$name" "(timed out after ${limit}s; $log)"
+  else record FAIL "$name" "(exit $rc after $(( SECONDS - start ))s; $log)"; fi
+}
+
+# Sizes and backends: the real run, or the CPU dry run.
+if (( dry )); then
+  be=numba small=(--limit 1000 --layers 64) epochs=(--epochs 1)
+  preset=(--epochs 1 --limit 500 --layers 128,64)
+  gc=(--backend numba --rows 512 --epochs 1) mpi_be=numpy
+  bench=(--backends numpy --suite kernels --quick --rounds 1)
+else
+  be=cupy small=() epochs=(--epochs 4) preset=(--epochs 2) gc=(--backend cupy) mpi_be=cupy
+  bench=(--backends cupy --suite kernels --rounds 5)
 fi
-if [[ $what == train || $what == all ]]; then
-  fastnet train --backend cupy --epochs 20 --verbose 2 --cuda-graph off --json "$out/train-cupy.json" 2>&1 | tee "$out/train-cupy.log"
-  fastnet train --backend cupy --epochs 20 --verbose 2 --cuda-graph on --json "$out/train-cupy-graph.json" 2>&1 | tee "$out/train-cupy-graph.log"
-  fastnet train --backend cupy --epochs 20 --verbose 2 --precision tf32 --compiled-step on --json "$out/train-cupy-graph-tf32.json" 2>&1 | tee "$out/train-cupy-graph-tf32.log"
-  fastnet train --backend cupy --preset best --verbose 2 --json "$out/train-preset-best-cupy.json" 2>&1 | tee "$out/train-preset-best-cupy.log"
+train=("$PY" -m fastnet.cli train --verbose 2 --backend "$be" "${small[@]}")
+nogpu() { record SKIP "$1" "(no GPU)"; }
+
+if (( dry )); then nogpu gpu; else stage gpu 20 gpu.txt nvidia-smi; fi
+if (( dry )); then
+  stage setup 30 gpu.txt "$PY" -c "import fastnet, numpy; print('fastnet', fastnet.__version__)"
+else
+  stage setup 90 gpu.txt bash -c "$PY -m pip install -q --no-deps --no-build-isolation -e . &&
+    $PY -c 'import cupy, fastnet; print(\"cupy\", cupy.__version__, \"fastnet\", fastnet.__version__)'"
 fi
-if [[ $what == bench || $what == all ]]; then
-  fastnet bench --backends numpy,cupy --rounds 7 --json "$out/bench-gpu.json" --plot "$out/bench-gpu.png" 2>&1 | tee "$out/bench-gpu.log"
+if wanted pytest; then
+  xdist=() && "$PY" -c "import xdist" 2>/dev/null && xdist=(-n "$( (( dry )) && echo 2 || echo 8)")
+  stage pytest-cupy 150 pytest.log "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests \
+    -k "cupy and not network"
 fi
-if [[ $what == distributed || $what == all ]]; then  # mpi staged through the host, nccl on the GPU
-  mpirun -n 2 fastnet train --distributed --comm mpi --backend cupy --epochs 3 --verbose 2 2>&1 | tee "$out/distributed-mpi-2ranks.log"
-  mpirun -n 1 fastnet train --distributed --comm nccl --backend cupy --epochs 3 --verbose 2 2>&1 | tee "$out/distributed-nccl-1rank.log"
-  mpirun -n 2 python3 -m fastnet.bench.distributed --backend cupy --json "$out/distributed-mpi-gpu.json" 2>&1 | tee -a "$out/distributed.log"
+if wanted graph || wanted train; then
+  stage graph-check 120 train.log "$PY" -m fastnet.bench.graph_check "${gc[@]}" \
+    --out "$out/graph-check.json"
 fi
+if wanted train; then
+  stage train-eager-fp32 60 train.log "${train[@]}" "${epochs[@]}" --cuda-graph off \
+    --json "$tmp/train-eager-fp32.json"
+  stage train-graph-fp32 60 train.log "${train[@]}" "${epochs[@]}" --cuda-graph on \
+    --json "$tmp/train-graph-fp32.json"
+  if (( dry )); then nogpu train-graph-tf32; else
+    stage train-graph-tf32 60 train.log "${train[@]}" "${epochs[@]}" --cuda-graph on \
+      --precision tf32 --json "$tmp/train-graph-tf32.json"
+  fi
+  stage preset-best 90 train.log "$PY" -m fastnet.cli train --verbose 2 --backend "$be" \
+    --preset best "${preset[@]}" --json "$tmp/preset-best.json"
+fi
+if wanted distributed; then
+  if ! command -v mpirun >/dev/null; then
+    record SKIP distributed-mpi "(no mpirun)"; record SKIP distributed-nccl "(no mpirun)"
+  else
+    stage distributed-mpi 60 distributed.log mpirun -n 2 "${train[@]}" --epochs 1 \
+      --backend "$mpi_be" --distributed --comm mpi
+    if (( dry )); then nogpu distributed-nccl; else
+      stage distributed-nccl 60 distributed.log mpirun -n 1 "${train[@]}" --epochs 1 \
+        --distributed --comm nccl
+    fi
+  fi
+fi
+if wanted bench; then
+  stage bench-kernels 75 bench.log "$PY" -m fastnet.cli bench "${bench[@]}" \
+    --json "$out/bench.json"
+fi
+
+# The trainings' numbers under the stage lines, then the file count (the device returns 8).
+"$PY" - "$tmp" >>"$out/summary.txt" <<'EOF'
+import json, pathlib, sys
+for path in sorted(pathlib.Path(sys.argv[1]).glob("*.json")):
+    r = json.loads(path.read_text())
+    print(f"      {path.stem:20s} test accuracy {r['test']['accuracy']:.4f}  "
+          f"{r['s_per_epoch']:.2f} s/epoch  {r['step']}")
+EOF
+files=$(find "$out" -maxdepth 1 -type f | wc -l)
+echo "      $files files in $out" >>"$out/summary.txt"
+(( files <= 8 )) || record FAIL outputs "($files files; the device returns 8)"
+echo "summary: $out/summary.txt"
+! grep -q '^FAIL' "$out/summary.txt"

@@ -515,3 +515,46 @@ def cublas_gemm() -> CublasGemm:
     if key not in _GEMMS:
         _GEMMS[key] = CublasGemm()
     return _GEMMS[key]
+
+
+# ---------------------------------------------------------------------------- sources for CI
+# Non-raw elementwise inputs the launchers pass as arrays (the rest are scalars).
+_ARRAY_INPUTS = frozenset({"v", "y", "dy", "g"})
+
+
+def kernel_sources() -> list[tuple[str, str]]:
+    """``(name, full CUDA source)`` of every kernel this module builds, for every activation code
+    and both float dtypes, as CuPy compiles them; needs no GPU (CI compiles them with NVRTC).
+
+    Found by walking this module's factories: every function annotated to return an
+    ``ElementwiseKernel`` or a ``RawKernel`` is called with each value of its parameters (``code``:
+    the activation codes; ``dtype``: the C float types; ``rule``: the update rules), so a new
+    factory is checked without being listed here; one with another parameter name raises until
+    its values are added below. Kernel
+    ``options`` are not part of the source (no kernel here passes any)."""
+    import inspect
+    import itertools
+
+    from .cuda_source import elementwise_source
+
+    values: dict[str, list[Any]] = {
+        "code": sorted(_ACT),
+        "dtype": sorted(set(_CTYPE.values())),
+        "rule": sorted(UPDATE_RULES),
+    }
+    sources: dict[str, str] = {}
+    for fname, factory in sorted(globals().items()):
+        returns = str(getattr(factory, "__annotations__", {}).get("return", ""))
+        if not callable(factory) or not returns.endswith(("ElementwiseKernel", "RawKernel")):
+            continue
+        names = list(inspect.signature(factory).parameters)
+        if unknown := set(names) - set(values):
+            raise TypeError(f"kernel_sources: give the values of {fname}'s {sorted(unknown)}")
+        for args in itertools.product(*(values[n] for n in names)):
+            kernel = factory(*args)
+            if isinstance(kernel, cp.RawKernel):
+                sources[f"{kernel.name}[{','.join(map(str, args))}]"] = kernel.code
+                continue
+            for dt in (np.dtype(np.float32), np.dtype(np.float64)):
+                sources[f"{kernel.name}[{dt.name}]"] = elementwise_source(kernel, dt, _ARRAY_INPUTS)
+    return list(sources.items())

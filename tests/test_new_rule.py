@@ -54,8 +54,9 @@ def _lion_kernels():
 def _train(backend):
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((120, 6)), rng.integers(0, 3, 120)
-    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], optimizer=Lion(1e-2, weight_decay=0.1),
-                          backend=backend, dtype="float64", seed=1)
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)],
+                          optimizer=Lion(1e-2, weight_decay=0.1), backend=backend,
+                          dtype="float64", seed=1)
     model.fit(X, y, epochs=2, batch_size=32, verbose=0)
     return model
 

@@ -1,0 +1,51 @@
+"""bench/gpu_run.sh as a CPU dry run: every stage runs on numba/numpy with tiny sizes (or says why
+it skipped), the summary has one line per stage, nothing fails, and at most 8 files come out."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fastnet.data import FASHION_MNIST_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_FASHION = (Path(os.environ.get("FASTNET_DATA") or FASHION_MNIST_DIR)
+                / "train-images-idx3-ubyte.gz").exists()
+STAGES = {"gpu", "setup", "pytest-cupy", "graph-check", "train-eager-fp32", "train-graph-fp32",
+          "train-graph-tf32", "preset-best", "distributed-mpi", "distributed-nccl",
+          "bench-kernels"}
+GPU_ONLY = {"gpu", "train-graph-tf32", "distributed-nccl"}
+
+
+def stage_results(summary: str) -> dict[str, str]:
+    rows = [line.split() for line in summary.splitlines()]
+    return {row[1]: row[0] for row in rows if row and row[0] in ("PASS", "FAIL", "SKIP")}
+
+
+def test_stage_results_reads_the_summary_lines():
+    summary = "PASS  setup   (1s)\nSKIP  gpu   (no GPU)\n      train-x  test accuracy 0.5\n"
+    assert stage_results(summary) == {"setup": "PASS", "gpu": "SKIP"}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAVE_FASHION and not os.environ.get("CI"),
+                    reason="dataset-fashion-mnist is not installed")
+def test_dry_run_passes_every_stage_it_can_run(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "TOTAL_S": "240"}
+    proc = subprocess.run(["bash", "bench/gpu_run.sh", str(out), "--dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    summary = (out / "summary.txt").read_text()
+    results = stage_results(summary)
+    assert set(results) == STAGES, summary
+    assert "FAIL" not in results.values(), summary + proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all(results[s] == "SKIP" for s in GPU_ONLY), summary
+    assert "SKIP  gpu                  (no GPU)" in summary
+    assert {results[s] for s in STAGES - GPU_ONLY - {"distributed-mpi"}} == {"PASS"}, summary
+    assert len(list(out.iterdir())) <= 8
+    report = json.loads((out / "graph-check.json").read_text())
+    assert report["pass"] and report["backend"] == "numba" and len(report["results"]) == 24
