@@ -184,16 +184,19 @@ def train_val_split(
     seed: int | None = 0,
     stratify: bool = True,
 ):
-    """Shuffled (optionally stratified) split: ``(X_train, y_train), (X_val, y_val)``."""
+    """Seeded shuffled split: ``(X_train, y_train), (X_val, y_val)``. With ``stratify`` each
+    class (labels, or the argmax of one-hot rows) gives its share; real-valued targets are
+    split without strata."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     if len(X) != len(y):
         raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
     rng = np.random.default_rng(seed)
-    if stratify:
+    strata = _strata(np.asarray(y)) if stratify else None
+    if strata is not None:
         val_idx = []
-        for cls in np.unique(y):
-            members = rng.permutation(np.flatnonzero(y == cls))
+        for cls in np.unique(strata):
+            members = rng.permutation(np.flatnonzero(strata == cls))
             val_idx.append(members[: int(round(len(members) * val_fraction))])
         val = np.sort(np.concatenate(val_idx))
     else:
@@ -203,6 +206,16 @@ def train_val_split(
     if mask.sum() == 0 or len(val) == 0:
         raise ValueError("split leaves an empty training or validation set")
     return (X[mask], y[mask]), (X[val], y[val])
+
+
+def _strata(y: np.ndarray) -> np.ndarray | None:
+    """Class of each row for a stratified split, or None for real-valued targets."""
+    if y.ndim == 2 and y.shape[1] > 1:
+        return y.argmax(axis=1)
+    y = y.reshape(len(y))
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and np.all(y == np.round(y))):
+        return None
+    return y
 
 
 def minibatches(
