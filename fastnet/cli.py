@@ -65,8 +65,9 @@ def _number(kind, low: float, high: float, low_ok: bool = True):  # noqa: ANN001
             value >= high
         ):
             lo = "[" if low_ok else "("
-            span = f"> {low:g}" if high == math.inf and not low_ok else (
-                f">= {low:g}" if high == math.inf else f"in {lo}{low:g}, {high:g})")
+            span = f"in {lo}{low:g}, {high:g})"
+            if high == math.inf:
+                span = "non-negative" if low_ok and low == 0 else f"> {low:g}"
             raise argparse.ArgumentTypeError(f"must be a finite number {span}, got {text!r}")
         return value
 
@@ -363,9 +364,11 @@ def _callbacks(args: argparse.Namespace) -> list:
 
 def _check_outputs(args: argparse.Namespace) -> None:
     """Fail now, not after training."""
-    from fastnet.checkpoint import check_writable
+    from fastnet.checkpoint import check_checkpoint_path, check_writable
 
-    for flag in ("save", "plot", "json"):
+    if args.save:
+        check_checkpoint_path(args.save, "--save")
+    for flag in ("plot", "json"):
         if getattr(args, flag):
             check_writable(getattr(args, flag), f"--{flag}")
     if args.plot:

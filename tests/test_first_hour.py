@@ -277,3 +277,71 @@ def test_noisy_benchmark_is_flagged():
     quiet = format_table([Result("a", [1.0, 1.1, 1.2], 0.0)])
     noisy = format_table([Result("a", [1.0, 2.5, 3.0], 0.0)])
     assert "noisy" not in quiet and "noisy machine" in noisy
+
+
+# ---------------------------------------------------------------- item 4: the right data set
+FASHION = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir(FASHION), reason="Fashion-MNIST not installed")
+def test_fashion_files_are_not_reported_as_mnist(monkeypatch, capsys):
+    monkeypatch.setenv("FASTNET_DATA", FASHION)
+    with pytest.raises(fn.DatasetError, match="does not hold MNIST.*Fashion-MNIST's"):
+        fn.load_mnist()
+    assert main(["train", "--dataset", "mnist", "--epochs", "1", "--limit", "100"]) == 2
+    assert "does not hold MNIST" in capsys.readouterr().err
+
+
+def test_identity_check_uses_label_counts(tmp_path, monkeypatch):
+    from fastnet.data import check_identity
+
+    mnist = [np.repeat(np.arange(10), c) for c in fn.data._LABEL_COUNTS["mnist"]]
+    check_identity("mnist", tmp_path, *mnist)
+    with pytest.raises(fn.DatasetError, match="Fashion-MNIST.*MNIST's"):
+        check_identity("fashion-mnist", tmp_path, *mnist)
+    check_identity("mnist", tmp_path, np.zeros(500, int), np.zeros(100, int))  # subsets pass
+    (tmp_path / "mnist").mkdir()
+    monkeypatch.setenv("FASTNET_DATA", str(tmp_path))
+    assert fn.data.data_dir_for("mnist", None) == tmp_path / "mnist"
+    assert fn.data.data_dir_for("fashion-mnist", None) == tmp_path
+
+
+# ---------------------------------------------------------------- item 12: files
+@pytest.fixture
+def small_model():
+    X, y = blobs(60)
+    model = fn.Sequential([fn.Dense(4)], backend="numpy", seed=0)
+    model.fit(X, y, epochs=1, verbose=0)
+    return model
+
+
+def test_save_raises_os_errors(tmp_path, small_model):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(IsADirectoryError, match="checkpoint path .* is a directory"):
+        small_model.save(tmp_path / "adir")
+    with pytest.raises(NotADirectoryError, match="is a file, not a folder"):
+        small_model.save(tmp_path / "file" / "m.npz")
+    with pytest.raises(FileNotFoundError, match="is missing"):
+        small_model.save(tmp_path / "nope" / "m.npz")
+    with pytest.raises(ValueError, match="unknown checkpoint extension '.h5'"):
+        small_model.save(tmp_path / "m.h5")
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_loading_a_non_model_file_says_what_it_is_not(tmp_path):
+    (tmp_path / "data.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(fn.CheckpointError, match="not a fastnet checkpoint: neither an .npz"):
+        fn.load_model(tmp_path / "data.csv")
+
+
+def test_model_checkpoint_creates_folders_and_says_path_once(tmp_path, small_model):
+    X, y = blobs(60)
+    ckpt = fn.ModelCheckpoint(tmp_path / "runs" / "a" / "m-{epoch}.npz")
+    small_model.fit(X, y, epochs=1, verbose=0, callbacks=[ckpt])
+    assert (tmp_path / "runs" / "a" / "m-1.npz").is_file()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OSError, match="ModelCheckpoint path '") as exc:
+        small_model.fit(X, y, epochs=1, verbose=0,
+                        callbacks=[fn.ModelCheckpoint(tmp_path / "file" / "m.npz")])
+    assert str(exc.value).count("path") == 1
