@@ -345,3 +345,66 @@ def test_model_checkpoint_creates_folders_and_says_path_once(tmp_path, small_mod
         small_model.fit(X, y, epochs=1, verbose=0,
                         callbacks=[fn.ModelCheckpoint(tmp_path / "file" / "m.npz")])
     assert str(exc.value).count("path") == 1
+
+
+# ---------------------------------------------------------------- item 10: estimators as drop-ins
+def _clf(**kw):
+    params = dict(hidden_layer_sizes=(8,), max_iter=10, random_state=0, backend="numpy",
+                  learning_rate_init=0.1, n_iter_no_change=1000)
+    return fn.MLPClassifier(**{**params, **kw})
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_sample_weight_two_equals_a_repeated_row():
+    X, y = blobs(40)
+    X = X.astype(np.float64)
+    w = np.ones(40)
+    w[3] = 2.0
+    Xr, yr = np.vstack([X, X[3:4]]), np.append(y, y[3])
+    kw = dict(solver="sgd", dtype="float64", batch_size=1000, shuffle=False, alpha=1e-3)
+    weighted = _clf(**kw).fit(X, y, sample_weight=w)
+    repeated = _clf(**kw).fit(Xr, yr)
+    np.testing.assert_allclose(weighted.predict_proba(X), repeated.predict_proba(X), atol=1e-10)
+    np.testing.assert_allclose(weighted.loss_curve_, repeated.loss_curve_, rtol=1e-10)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_sklearn_hyperparameters_are_honoured():
+    X, y = blobs(60)
+    sgd = _clf(solver="sgd", momentum=0.5, nesterovs_momentum=False).fit(X, y)
+    opt = sgd.model_.optimizer
+    assert isinstance(opt, fn.Momentum) and opt.momentum == 0.5 and not opt.nesterov
+    assert isinstance(_clf(solver="sgd", momentum=0).fit(X, y).model_.optimizer, fn.SGD)
+    adam = _clf(beta_1=0.8, beta_2=0.99, epsilon=1e-6).fit(X, y).model_.optimizer
+    assert (adam.beta1, adam.beta2, adam.eps) == (0.8, 0.99, 1e-6)
+    assert _clf(activation="logistic").fit(X, y).model_.layers[0].activation == "sigmoid"
+    assert _clf(activation="identity").fit(X, y).model_.layers[0].activation is None
+    inv = _clf(solver="sgd", learning_rate="invscaling", power_t=0.5, max_iter=3).fit(X, y)
+    assert inv.model_.optimizer.lr == pytest.approx(0.1 / (2 * 60 + 1) ** 0.5)
+
+
+def test_convergence_warning_at_max_iter():
+    X, y = blobs(60)
+    expected = fn.estimator.ConvergenceWarning
+    if fn.estimator.HAVE_SKLEARN:
+        from sklearn.exceptions import ConvergenceWarning
+
+        assert expected is ConvergenceWarning
+    with pytest.warns(expected, match=r"Maximum iterations \(2\)"):
+        _clf(max_iter=2).fit(X, y)
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"solver": "lbfgs"}, "solver='lbfgs' is not supported"),
+    ({"learning_rate_init": -1.0}, "learning_rate_init must be"),
+    ({"alpha": float("nan")}, "alpha must be"),
+    ({"momentum": 1.5}, "momentum must be"),
+    ({"learning_rate": "optimal"}, "learning_rate='optimal'"),
+    ({"activation": "softplus"}, "activation='softplus'"),
+])
+def test_bad_hyperparameters_name_the_estimator_parameter(params, message):
+    X, y = blobs(30)
+    clf = _clf(**params)
+    with pytest.raises(ValueError, match=message):
+        clf.fit(X, y)
+    assert not hasattr(clf, "model_")

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").glob("*.py"))
-BUDGET = 6000
+BUDGET = 6650  # issue #21 (CLI predict/evaluate on your own data, tabular.py, estimator options)
 
 
 def lines_of_code(source: str) -> int:
