@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import numpy as np
 
-#: 2 checksums the config (and extra) as well as the arrays; version 1 files (arrays only) still load
+#: 2 covers the config (and extra) as well as the arrays; version 1 files (arrays only) still load
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 META_KEY = "__fastnet_meta__"
