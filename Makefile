@@ -33,7 +33,8 @@ test: $(STAMP) data
 	$(PY) -m pytest -q
 
 bench: $(STAMP) data
-	$(VENV)/bin/fastnet bench --json bench/results/latest.json --plot bench/results/latest.png $(ARGS)
+	mkdir -p .bench-out
+	$(VENV)/bin/fastnet bench --json .bench-out/latest.json --plot .bench-out/latest.png $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fastnet kernels bench tests

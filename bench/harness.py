@@ -121,6 +121,9 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
+NOISY = 2.0  # a median this many times the minimum says the machine was busy
+
+
 def format_table(results: list[Result], title: str = "") -> str:
     lines = [title] if title else []
     lines.append(
@@ -133,6 +136,10 @@ def format_table(results: list[Result], title: str = "") -> str:
             f"{r.name:<34} {_fmt(r.median):>10} {_fmt(r.spread[0]):>10} "
             f"{_fmt(r.spread[1]):>10} {ratio:>7} {gf:>8}"
         )
+    noisy = [r.name for r in results if r.times and r.median > NOISY * r.spread[0]]
+    if noisy:
+        lines.append(f"noisy machine: median over {NOISY:g}x the minimum for "
+                     f"{', '.join(noisy)}; compare with care or rerun with more rounds")
     return "\n".join(lines)
 
 

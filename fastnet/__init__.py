@@ -22,7 +22,15 @@ from fastnet.callbacks import (
     TerminateOnNaN,
 )
 from fastnet.checkpoint import CheckpointError
-from fastnet.data import DatasetError, load_fashion_mnist, load_mnist, one_hot, read_idx
+from fastnet.data import (
+    DatasetError,
+    load_fashion_mnist,
+    load_mnist,
+    minibatches,
+    one_hot,
+    read_idx,
+    train_val_split,
+)
 from fastnet.initializers import Gaussian, He, Xavier
 from fastnet.layers import BatchNorm1d, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
 from fastnet.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
@@ -30,6 +38,13 @@ from fastnet.model import Sequential, StateError, load_model, save_model
 from fastnet.optimizers import SGD, AdaGrad, Adam, AdamW, Momentum, RMSProp
 from fastnet.schedules import CosineDecay, LearningRateScheduler, StepDecay, WarmupCosine
 from fastnet.training import TrainingDivergedError
+
+# The from-scratch notebooks' names for the same things (README: "From the notebooks to fastnet")
+Affine = FC = Dense
+Relu = ReLU
+SoftmaxWithLoss = SoftmaxCrossEntropy
+Adagrad = AdaGrad
+SimpleInitializer, XavierInitializer, HeInitializer = Gaussian, Xavier, He
 
 __all__ = [
     "SGD", "AdaGrad", "Adam", "AdamW", "Backend", "BackendUnavailableError", "BatchNorm1d",
@@ -41,6 +56,8 @@ __all__ = [
     "SoftmaxCrossEntropy", "Tanh", "TrainingDivergedError", "Xavier", "__version__",
     "available_backends", "get_backend", "load_fashion_mnist", "metrics", "load_mnist",
     "load_model", "one_hot", "read_idx", "save_model", "set_backend", "use_backend",
+    "minibatches", "train_val_split", "Affine", "FC", "Relu", "SoftmaxWithLoss", "Adagrad",
+    "SimpleInitializer", "XavierInitializer", "HeInitializer",
 ]
 
 

@@ -145,9 +145,20 @@ class ModelCheckpoint(Callback):
         self.saved: list[str] = []
 
     def on_train_begin(self, model: Any) -> None:
-        from fastnet.checkpoint import check_writable
+        from fastnet.checkpoint import check_checkpoint_path
 
-        check_writable(self.path.replace("{", "").replace("}", ""), "ModelCheckpoint path")
+        static = self.path.replace("{", "").replace("}", "")
+        folder = os.path.dirname(self.path)
+        if folder and "{" not in folder and _main_rank():
+            try:
+                os.makedirs(folder, exist_ok=True)  # missing folders are created
+            except FileExistsError:
+                pass  # a file where a folder should be: check_checkpoint_path says so
+            except OSError as exc:
+                raise type(exc)(f"ModelCheckpoint path {self.path!r}: cannot create its folder "
+                                f"{folder!r} ({exc.strerror or exc})") from None
+        if "{" not in folder:
+            check_checkpoint_path(static, "ModelCheckpoint")
         self.best = math.inf if self.mode == "min" else -math.inf
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
@@ -159,6 +170,8 @@ class ModelCheckpoint(Callback):
             self.best = value
         path = self.path.format(epoch=epoch + 1, **logs)
         if _main_rank():
+            if os.path.dirname(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
             model.save(path, extra={"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
         self.saved.append(path)
         return False

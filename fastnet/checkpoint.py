@@ -17,7 +17,7 @@ from typing import IO, Any
 
 import numpy as np
 
-#: 2 signs the config (and extra) as well as the arrays; version 1 files (arrays only) still load
+#: 2 covers the config (and extra) as well as the arrays; version 1 files (arrays only) still load
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 META_KEY = "__fastnet_meta__"
@@ -47,16 +47,33 @@ def _umask() -> int:
 
 
 def check_writable(path: str | os.PathLike, what: str = "output") -> str:
-    """Fail early (before hours of training) if ``path`` cannot be written as a file."""
+    """Fail early (before hours of training) if ``path`` cannot be written as a file. Raises
+    the ``OSError`` that writing would (``IsADirectoryError``, ``NotADirectoryError``,
+    ``FileNotFoundError``, ``PermissionError``) with a message naming ``what``."""
     name = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(name)) or "."
     if os.path.isdir(name):
-        raise ValueError(f"{what} path {name!r} is a directory; give a file name")
+        raise IsADirectoryError(f"{what} path {name!r} is a directory; give a file name")
     if not os.path.isdir(folder):
-        kind = "a file, not a folder" if os.path.exists(folder) else "missing"
-        raise ValueError(f"{what} path {name!r}: its folder {folder!r} is {kind}")
+        if os.path.exists(folder):
+            raise NotADirectoryError(f"{what} path {name!r}: its folder {folder!r} is a file, "
+                                     "not a folder")
+        raise FileNotFoundError(f"{what} path {name!r}: its folder {folder!r} is missing")
     if not os.access(folder, os.W_OK):
-        raise ValueError(f"{what} path {name!r}: folder {folder!r} is not writable")
+        raise PermissionError(f"{what} path {name!r}: folder {folder!r} is not writable")
+    return name
+
+
+CHECKPOINT_SUFFIXES = (".npz", ".safetensors")
+
+
+def check_checkpoint_path(path: str | os.PathLike, what: str = "checkpoint") -> str:
+    """A writable path whose extension names a checkpoint format (.npz or .safetensors)."""
+    name = check_writable(path, what)
+    suffix = os.path.splitext(name)[1]
+    if suffix.lower() not in CHECKPOINT_SUFFIXES:
+        raise ValueError(f"{what} path {name!r}: unknown checkpoint extension {suffix!r}; "
+                         "use .npz or .safetensors")
     return name
 
 
@@ -128,11 +145,12 @@ def _safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) 
 
 def _read_safetensors(path: str, raw: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     """Parse and check a safetensors file; every inconsistency is a CheckpointError."""
-    if len(raw) < 8:
-        raise CheckpointError(f"{path!r} is too short to be a checkpoint")
     size = int.from_bytes(raw[:8], "little")
-    if size > min(_ST_MAX_HEADER, len(raw) - 8):
-        raise CheckpointError(f"{path!r}: safetensors header size {size} exceeds the file")
+    if len(raw) < 8 or raw[8:9] != b"{" or size > min(_ST_MAX_HEADER, len(raw) - 8):
+        raise CheckpointError(
+            f"{path!r} is not a fastnet checkpoint: neither an .npz archive nor a safetensors "
+            f"file ({len(raw)} bytes starting {raw[:16]!r})"
+        )
     try:
         header = json.loads(raw[8 : 8 + size])
     except (ValueError, UnicodeDecodeError):
@@ -188,8 +206,9 @@ def write_checkpoint(
     or safetensors when ``path`` ends in ``.safetensors``."""
     from fastnet._version import __version__
 
+    check_checkpoint_path(path)
     arrays = {key: np.asarray(value) for key, value in arrays.items()}
-    if os.fspath(path).endswith(".safetensors"):
+    if os.fspath(path).lower().endswith(".safetensors"):
         metadata = {
             "format": "fastnet",
             "format_version": str(FORMAT_VERSION),

@@ -1,13 +1,16 @@
-"""Command line: ``fastnet train | evaluate | backends | bench``."""
+"""Command line: fastnet train | predict | evaluate | export | backends | bench."""
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
 import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -44,17 +47,28 @@ GRAPH_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False
 
 
 def _positive(kind, zero_ok: bool = False):  # noqa: ANN001, ANN202
-    """An argparse type: a number of ``kind``, > 0 (or >= 0), with a message argparse prefixes
-    with the option's name."""
+    """An argparse type: a finite number of ``kind``, > 0 (or >= 0), with a message argparse
+    prefixes with the option's name."""
+    return _number(kind, 0.0, math.inf, low_ok=zero_ok)
+
+
+def _number(kind, low: float, high: float, low_ok: bool = True):  # noqa: ANN001, ANN202
+    """An argparse type: a finite number of ``kind`` in ``[low, high)`` (``(low, high)``
+    without ``low_ok``); NaN and infinity are refused."""
 
     def parse(text: str):  # noqa: ANN202
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if value < 0 or (value == 0 and not zero_ok):
-            bound = "non-negative" if zero_ok else "> 0"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {text!r}")
+        if not math.isfinite(value) or not (low < value or (low_ok and value == low)) or (
+            value >= high
+        ):
+            lo = "[" if low_ok else "("
+            span = f"in {lo}{low:g}, {high:g})"
+            if high == math.inf:
+                span = "non-negative" if low_ok and low == 0 else f"> {low:g}"
+            raise argparse.ArgumentTypeError(f"must be a finite number {span}, got {text!r}")
         return value
 
     return parse
@@ -64,41 +78,56 @@ OPTIMIZERS = ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]
 TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--backend",), dict(help="numpy, numba, cupy, cupy:N or auto (default: "
                           "$FASTNET_BACKEND or auto)")),
-    (("--layers",), dict(type=_layers, default=(256, 128), help="hidden sizes, e.g. 256,128")),
+    (("--layers",), dict(type=_layers, default=(256, 128), help="hidden sizes (default: "
+                         "256,128)")),
     (("--epochs",), dict(type=_positive(int), default=20, help="passes over the data")),
     (("--batch-size",), dict(type=_positive(int), default=128, help="rows per step (global)")),
     (("--optimizer",), dict(default="adam", choices=OPTIMIZERS, help="update rule")),
     (("--lr",), dict(type=_positive(float), default=1e-3, help="learning rate")),
-    (("--weight-decay",), dict(type=float, default=0.0, help="L2 weight decay")),
+    (("--weight-decay",), dict(type=_positive(float, zero_ok=True), default=0.0,
+                               help="L2 weight decay")),
     (("--schedule",), dict(default="cosine", choices=["cosine", "warmup-cosine", "constant"],
                            help="learning-rate schedule over the epochs (warmup-cosine: 1 "
                            "warmup epoch, per step)")),
-    (("--label-smoothing",), dict(type=float, default=0.0, help="for the CE loss")),
+    (("--label-smoothing",), dict(type=_number(float, 0, 1), default=0.0,
+                                  help="for the CE loss")),
     (("--preset",), dict(choices=sorted(PRESETS), help="a tuned configuration (flags given "
                          "explicitly still win): " + "; ".join(
                              f"{k}: {v['help']}" for k, v in PRESETS.items()))),
-    (("--dropout",), dict(type=float, default=0.0, help="dropout rate after each hidden layer")),
+    (("--dropout",), dict(type=_number(float, 0, 1), default=0.0,
+                          help="dropout rate after each hidden layer")),
     (("--dtype",), dict(default="float32", choices=DTYPES, help="precision (mixed_*: GPU only)")),
     (("--precision",), dict(default="fp32", choices=["fp32", "tf32"],
                             help="float32 matmuls: exact fp32, or TF32 tensor cores (cupy)")),
     (("--seed",), dict(type=_positive(int, zero_ok=True), default=0,
                        help="weights, shuffle, split")),
-    (("--val-fraction",), dict(type=float, default=0.1, help="training rows held out")),
+    (("--val-fraction",), dict(type=_number(float, 0, 1, low_ok=False), default=0.1,
+                               help="training rows held out (a seeded shuffle, stratified by "
+                               "class)")),
     (("--limit",), dict(type=_positive(int), help="use only the first N training rows")),
-    (("--dataset",), dict(default="fashion-mnist", choices=DATASETS, help="built-in data set")),
-    (("--data",), dict(help="your own training data instead: a .npz with X and y, a .npy of "
-                       "features (memory-mapped and streamed; give --labels) or a .csv (give "
-                       "--target)")),
-    (("--labels",), dict(help="a .npy of labels for a .npy --data")),
-    (("--target",), dict(help="the label column of a .csv --data")),
-    (("--val",), dict(help="validation file in --data's format (default: the last --val-"
-                      "fraction of --data); it is also the held-out set reported at the end")),
-    (("--data-dir",), dict(help="folder with the IDX files (default: $FASTNET_DATA or the "
+    (("--dataset",), dict(choices=DATASETS, help="built-in data set (default: fashion-mnist); "
+                          "not with --data")),
+    (("--data-dir",), dict(help="folder with the built-in data set's files (default: "
+                           "$FASTNET_DATA/<dataset> if it exists, else $FASTNET_DATA, else the "
                            "Debian package's folder)")),
-    (("--save",), dict(help="write a checkpoint (.npz) here")),
-    (("--plot",), dict(help="write learning curves (PNG) here")),
-    (("--patience",), dict(type=int, help="early stopping patience")),
-    (("--json",), dict(help="write the history and results as JSON")),
+    (("--data",), dict(metavar="FILE", help="train on your own file instead of --dataset: a "
+                       ".npz with X and y, a .npy of features (memory-mapped; give --labels) "
+                       "or a .csv with a header (give --target)")),
+    (("--labels",), dict(metavar="FILE", help="a .npy of labels for a .npy --data")),
+    (("--target",), dict(metavar="COLUMN", help="the label column of a .csv --data")),
+    (("--task",), dict(default="auto", choices=["auto", "classification", "regression"],
+                       help="auto: classification for text, integer or one-hot labels, "
+                       "regression for other numbers")),
+    (("--scale",), dict(default="none", choices=["none", "standard", "minmax"],
+                        help="scale features with statistics of the training rows (saved with "
+                        "the model, applied by predict and evaluate)")),
+    (("--val",), dict(metavar="FILE", help="validation file in --data's format (default: a "
+                      "--val-fraction split of --data); also the held-out set reported")),
+    (("--val-labels",), dict(metavar="FILE", help="a .npy of labels for a .npy --val")),
+    (("--save",), dict(metavar="FILE", help="write a checkpoint here (.npz or .safetensors)")),
+    (("--plot",), dict(metavar="FILE", help="write learning curves (PNG) here")),
+    (("--patience",), dict(type=_positive(int), help="early stopping patience")),
+    (("--json",), dict(metavar="FILE", help="write the history and results as JSON")),
     (("--compiled-step", "--cuda-graph"), dict(
         dest="cuda_graph", default="auto", choices=["auto", "on", "off"],
         help="the backend's compiled step: a CUDA graph replay on cupy, one fused JIT call on "
@@ -114,38 +143,60 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
 ]
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default once: not when the help names it already, nor None or False."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action) or text
+
+
+def _sub(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter,
+                          allow_abbrev=False)
+
+
+def _data_options(parser: argparse.ArgumentParser, labels: bool) -> None:
+    parser.add_argument("--data", metavar="FILE", required=not labels,
+                        help=".csv with a header, .npy of features or .npz with X (and y)")
+    if labels:
+        parser.add_argument("--labels", metavar="FILE", help="a .npy of labels for a .npy --data")
+        parser.add_argument("--target", metavar="COLUMN", help="a .csv's label column "
+                            "(default: the one the model was trained with)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fastnet._version import __version__
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="fastnet", description=__doc__, formatter_class=fmt)
+    parser = argparse.ArgumentParser(prog="fastnet", description=__doc__, allow_abbrev=False,
+                                     formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"fastnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    train = sub.add_parser(
-        "train", help="train an MLP on Fashion-MNIST and report accuracy", formatter_class=fmt
-    )
+    train = _sub(sub, "train", "train an MLP on a built-in data set or your own file")
     parser.train_parser = train  # type: ignore[attr-defined]  # for --preset defaults
     for flags, options in TRAIN_OPTIONS:
         train.add_argument(*flags, **options)
-
-    evaluate = sub.add_parser(
-        "evaluate", help="evaluate a checkpoint on the test set", formatter_class=fmt
-    )
+    predict = _sub(sub, "predict", "predict labels (or probabilities) for a file's rows")
+    predict.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")
+    _data_options(predict, labels=False)
+    predict.add_argument("--proba", action="store_true", help="class probabilities, one column "
+                         "per class, instead of labels")
+    predict.add_argument("--output", metavar="FILE", help="write CSV here (default: stdout)")
+    predict.add_argument("--backend", help="backend to predict on")
+    evaluate = _sub(sub, "evaluate", "evaluate a checkpoint on a test set or your own file")
     evaluate.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")
     evaluate.add_argument("--backend", help="backend to evaluate on")
-    evaluate.add_argument("--dataset", choices=DATASETS, help="test set (default: the one "
-                          "recorded in the checkpoint, else fashion-mnist)")
-    evaluate.add_argument("--data-dir", help="folder with the IDX files")
-
-    sub.add_parser("backends", help="list backends, availability, versions and devices")
-    export = sub.add_parser("export", help="convert a checkpoint to ONNX", formatter_class=fmt)
+    evaluate.add_argument("--dataset", choices=DATASETS, help="built-in test set (default: the "
+                          "one recorded in the checkpoint, else fashion-mnist)")
+    evaluate.add_argument("--data-dir", help="folder with the built-in data set's files")
+    _data_options(evaluate, labels=True)
+    export = _sub(sub, "export", "convert a checkpoint to ONNX")
     export.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")
     export.add_argument("output", help="the .onnx file to write")
-
-    bench = sub.add_parser(
-        "bench", help="benchmark backends against each other and peers", formatter_class=fmt
-    )
+    _sub(sub, "backends", "list backends, availability, versions and devices")
+    bench = _sub(sub, "bench", "benchmark backends against each other and peers")
     bench.add_argument("--backends", help="comma list (default: all available)")
     bench.add_argument("--suite", default="all", choices=["kernels", "train", "floor", "all"],
                        help="kernels vs NumPy, training epochs vs peers, the CPU floor "
@@ -166,41 +217,158 @@ def _load(dataset: str, data_dir: str | None):
     return (load_fashion_mnist if dataset == "fashion-mnist" else load_mnist)(data_dir)
 
 
-def _splits(args: argparse.Namespace) -> tuple:
-    """(train, validation, held-out test) and the data's name, from --data or --dataset."""
-    from fastnet.data import train_val_split
-    from fastnet.datasets import load_arrays
+@dataclass
+class Prepared:
+    """Training, validation and held-out data with what a model must remember about them."""
 
-    if args.data is None:
-        (X, y), test = _load(args.dataset, args.data_dir)
-        if args.limit:
-            X, y = X[: args.limit], y[: args.limit]
-        train, val = train_val_split(X, y, args.val_fraction, seed=args.seed)
-        return train, val, test, args.dataset, "test"
-    X, y = load_arrays(args.data, args.labels, args.target)
+    train: tuple
+    val: tuple
+    test: tuple
+    name: str
+    held: str
+    task: str = "classification"
+    encoding: Any = None  # a LabelEncoding for your own class labels
+    scaler: Any = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def n_outputs(self) -> int:
+        if self.encoding is not None:
+            return len(self.encoding.classes)
+        ys = [np.asarray(y) for y in (self.train[1], self.val[1], self.test[1])]
+        if self.task == "regression":
+            return ys[0].shape[1]
+        return int(max(y.max() for y in ys if y.size)) + 1
+
+
+def _prepare(args: argparse.Namespace) -> Prepared:
+    """(train, validation, held-out) from --dataset or --data, labels encoded, scaled."""
+    from fastnet.tabular import Scaler
+
+    prepared = _builtin(args) if args.data is None else _custom(args)
+    if args.scale != "none":
+        X = prepared.train[0]
+        if isinstance(X, np.memmap):
+            raise ValueError("--scale needs the features in memory; a .npy --data is memory-"
+                             "mapped and streamed: scale the file beforehand, or use .npz")
+        scaler = Scaler(args.scale).fit(X)
+        dtype = np.float64 if args.dtype == "float64" else np.float32
+        prepared.train, prepared.val, prepared.test = (
+            (scaler.transform(x, dtype), y) for x, y in (prepared.train, prepared.val,
+                                                         prepared.test))
+        prepared.scaler = scaler
+        prepared.extra["scale"] = scaler.to_json()
+    return prepared
+
+
+def _builtin(args: argparse.Namespace) -> Prepared:
+    from fastnet.data import train_val_split
+
+    dataset = args.dataset or "fashion-mnist"
+    (X, y), test = _load(dataset, args.data_dir)
     if args.limit:
         X, y = X[: args.limit], y[: args.limit]
-    if args.val is not None:
-        val = load_arrays(args.val, None, args.target)
-        train = (X, y)
-    elif isinstance(X, np.memmap):  # no shuffled copy of a memory-mapped file: its last rows
-        cut = len(X) - max(1, int(round(len(X) * args.val_fraction)))
-        train, val = (X[:cut], y[:cut]), (np.asarray(X[cut:]), y[cut:])
+    train, val = train_val_split(X, y, args.val_fraction, seed=args.seed)
+    return Prepared(train, val, test, dataset, "test", extra={"dataset": dataset})
+
+
+def _custom(args: argparse.Namespace) -> Prepared:
+    """Your own file: labels mapped to the training data's classes (or regression targets),
+    split by a seeded (stratified) shuffle unless --val is given."""
+    from fastnet.datasets import load_table
+    from fastnet.tabular import LabelEncoding, infer_task
+
+    if args.dataset or args.data_dir:
+        raise ValueError("--data (your own file) replaces --dataset/--data-dir: give one")
+    X, y, names = load_table(args.data, args.labels, args.target)
+    assert y is not None
+    if args.limit:
+        X, y = X[: args.limit], y[: args.limit]
+    task = infer_task(y) if args.task == "auto" else args.task
+    encoding = None
+    if task == "classification":
+        encoding, y = LabelEncoding.fit(y, f"the labels of {args.data}")
     else:
-        train, val = train_val_split(X, y, args.val_fraction, seed=args.seed)
-    return train, val, val, os.path.basename(args.data), "held-out"
+        y = _regression_targets(y, args.data)
+    if args.val is not None:
+        Xv, yv, _ = load_table(args.val, args.val_labels, args.target, columns=names)
+        assert yv is not None
+        yv = encoding.encode(yv, f"the labels of {args.val}") if encoding else \
+            _regression_targets(yv, args.val)
+        train, val = (X, y), (np.asarray(Xv), yv)
+    else:
+        train, val = _split_rows(X, y, args, task == "classification")
+    extra = {"dataset": "custom", "data": os.path.basename(args.data), "task": task,
+             "classes": encoding.to_json() if encoding else None, "target": args.target,
+             "features": names}
+    return Prepared(train, val, val, os.path.basename(args.data), "held-out", task, encoding,
+                    extra=extra)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from fastnet.callbacks import EarlyStopping
-    from fastnet.checkpoint import check_writable
+def _regression_targets(y: np.ndarray, path: str) -> np.ndarray:
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"{path}: regression targets must be numbers, got {y.dtype}")
+    y = np.asarray(y, np.float32)
+    return y.reshape(len(y), -1)
+
+
+def _split_rows(X: Any, y: np.ndarray, args: argparse.Namespace, classify: bool) -> tuple:
+    """A seeded shuffle split (stratified by class); a memory-mapped file too large to copy
+    into memory validates on its last rows, with a warning, if every class trains."""
+    from fastnet.data import train_val_split
+
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if not (isinstance(X, np.memmap) and X.nbytes > memory // 4):
+        return train_val_split(X, y, args.val_fraction, seed=args.seed, stratify=classify)
+    cut = len(X) - max(1, int(round(len(X) * args.val_fraction)))
+    if classify and np.setdiff1d(y[cut:], y[:cut]).size:
+        raise ValueError(f"{args.data} is too large to shuffle in memory and its last rows "
+                         "hold classes the rest lacks: give a validation file (--val)")
+    print(f"warning: validating on the last {len(X) - cut} rows of {args.data} (too large to "
+          "shuffle in memory); give --val to choose them", file=sys.stderr)
+    return (X[:cut], y[:cut]), (np.asarray(X[cut:]), y[cut:])
+
+
+def _build_model(args: argparse.Namespace, data: Prepared, backend: Any) -> Any:
     from fastnet.layers import Dense, Dropout
-    from fastnet.losses import SoftmaxCrossEntropy
+    from fastnet.losses import MeanSquaredError, SoftmaxCrossEntropy
     from fastnet.model import Sequential
     from fastnet.optimizers import get_optimizer
+
+    layers: list = []
+    for units in args.layers:
+        layers.append(Dense(units, "relu"))
+        if args.dropout:
+            layers.append(Dropout(args.dropout))
+    layers.append(Dense(data.n_outputs))
+    loss = (SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
+            if data.task == "classification" else MeanSquaredError())
+    optimizer = get_optimizer(args.optimizer, lr=args.lr, weight_decay=args.weight_decay)
+    return Sequential(layers, loss, optimizer, backend=backend, dtype=args.dtype, seed=args.seed,
+                      precision=args.precision)
+
+
+def _callbacks(args: argparse.Namespace) -> list:
+    from fastnet.callbacks import EarlyStopping
     from fastnet.schedules import CosineDecay, WarmupCosine
 
-    for flag in ("save", "plot", "json"):  # fail now, not after training
+    callbacks: list = []
+    if args.schedule == "cosine":
+        callbacks.append(CosineDecay(args.epochs))
+    elif args.schedule == "warmup-cosine":
+        callbacks.append(WarmupCosine(min(1, args.epochs - 1), args.epochs))
+    if args.patience is not None:
+        callbacks.append(EarlyStopping("val_loss", args.patience))
+    return callbacks
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Fail now, not after training."""
+    from fastnet.checkpoint import check_checkpoint_path, check_writable
+
+    if args.save:
+        check_checkpoint_path(args.save, "--save")
+    for flag in ("plot", "json"):
         if getattr(args, flag):
             check_writable(getattr(args, flag), f"--{flag}")
     if args.plot:
@@ -210,6 +378,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ValueError(
                 "--plot needs matplotlib: pip install matplotlib (extra 'plot')"
             ) from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _check_outputs(args)
     backend, main_rank = args.backend, True
     if args.distributed:
         from fastnet import distributed as dist
@@ -219,96 +391,98 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.backend and args.backend.startswith("cupy"):
             backend = None  # the rank's GPU, chosen by init
     say = print if main_rank else _silent
-    (X_tr, y_tr), (X_val, y_val), (X_test, y_test), data_name, held = _splits(args)
-    X, y = X_tr, np.concatenate([np.asarray(y_tr), np.asarray(y_val)])
-    layers: list = []
-    for units in args.layers:
-        layers.append(Dense(units, "relu"))
-        if args.dropout:
-            layers.append(Dropout(args.dropout))
-    layers.append(Dense(int(y.max()) + 1))
-    opt_kwargs = {"lr": args.lr, "weight_decay": args.weight_decay}
-    loss = SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
-    optimizer = get_optimizer(args.optimizer, **opt_kwargs)
-    model = Sequential(layers, loss, optimizer, backend=backend, dtype=args.dtype, seed=args.seed,
-                       precision=args.precision)
-    arch = "-".join(str(s) for s in (X.shape[1], *args.layers, int(y.max()) + 1))
+    data = _prepare(args)
+    model = _build_model(args, data, backend)
+    (X_tr, y_tr), (X_val, y_val), (X_test, _) = data.train, data.val, data.test
+    arch = "-".join(str(s) for s in (X_tr.shape[1], *args.layers, data.n_outputs))
     say(
-        f"fastnet train: {data_name} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
-        f"test, MLP {arch}, {args.optimizer} lr={args.lr} ({args.schedule}), "
+        f"fastnet train: {data.name} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
+        f"{data.held}, MLP {arch}, {args.optimizer} lr={args.lr} ({args.schedule}), "
         f"batch {args.batch_size}, backend {model.backend.name} "
         f"({model.backend.device_info()}), {args.dtype} ({args.precision} matmuls)",
         flush=True,
     )
-    callbacks: list = []
-    if args.schedule == "cosine":
-        callbacks.append(CosineDecay(args.epochs))
-    elif args.schedule == "warmup-cosine":
-        callbacks.append(WarmupCosine(min(1, args.epochs - 1), args.epochs))
-    if args.patience is not None:
-        callbacks.append(EarlyStopping("val_loss", args.patience))
-    interrupted = False
-    start = time.perf_counter()
+    interrupted, start = False, time.perf_counter()
     try:
         model.fit(X_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size,
-                  validation_data=(X_val, y_val), callbacks=callbacks, verbose=_verbosity(args),
-                  compiled=GRAPH_CHOICES[args.cuda_graph], distributed=args.distributed,
-                  comm=args.comm)
+                  validation_data=(X_val, y_val), callbacks=_callbacks(args),
+                  verbose=_verbosity(args), compiled=GRAPH_CHOICES[args.cuda_graph],
+                  distributed=args.distributed, comm=args.comm)
     except KeyboardInterrupt:
         interrupted = True
-        print(f"\ninterrupted: {model.stop_reason}", file=sys.stderr)
-    total = time.perf_counter() - start
+        print(f"\n{model.stop_reason or 'interrupted'}", file=sys.stderr)
     if model.stop_reason and not interrupted:
         say(model.stop_reason)
+    results = _train_report(model, data, time.perf_counter() - start, say)
+    if main_rank:
+        _write_outputs(args, model, data, results, arch)
+    return 130 if interrupted else 0
+
+
+def _train_report(model: Any, data: Prepared, total: float, say: Any) -> dict:
+    """The held-out metrics (as ``evaluate`` prints them) and the timing line."""
     seconds = model.history.get("seconds", [])
-    trained = bool(model.history.get("loss"))
-    nan = float("nan")
-    test = model.evaluate(X_test, y_test) if trained else {"accuracy": nan, "loss": nan}
-    per_epoch = float(np.median(seconds)) if seconds else nan
-    summary = (
-        f"{held} accuracy {test['accuracy']:.4f}  {held} loss {test['loss']:.4f}  "
-        f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median)  total {total:.1f}s  "
-        f"backend {model.backend.name}"
-    )
-    summary += f"  step {model.step_description}"
+    per_epoch = float(np.median(seconds)) if seconds else float("nan")
+    results: dict = {"test": {}, "confusion_matrix": None, "s_per_epoch": per_epoch}
+    if model.history.get("loss"):
+        X, y = data.test
+        results = {**results, **_report(model, X, y, data.held, data.encoding, say)}
+    else:
+        say(f"{data.held}: not trained")
+    timing = (f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median)  total {total:.1f}s  "
+              f"backend {model.backend.name}  step {model.step_description}")
     peak = model.backend.peak_memory()
     if peak is not None:
-        summary += f"  peak device memory {peak / 2**20:.1f} MiB"
-    say(summary, flush=True)
-    cm = model.confusion_matrix(X_test, y_test) if trained else None
-    if cm is not None:
-        say(f"{held} confusion matrix (rows: true class, columns: predicted)")
-        say(format_confusion(cm))
-        say(
-            f"{held} macro precision {test['precision']:.4f}  recall {test['recall']:.4f}  "
-            f"f1 {test['f1']:.4f}"
-            + (f"  top-5 accuracy {test['top5_accuracy']:.4f}" if "top5_accuracy" in test else "")
-        )
-    if not main_rank:
-        return 130 if interrupted else 0
-    if args.save:
-        model.save(args.save, extra={"dataset": data_name if args.data is None else "custom"})
+        timing += f"  peak device memory {peak / 2**20:.1f} MiB"
+    say(timing, flush=True)
+    return results
+
+
+def _report(model: Any, X: Any, y: Any, held: str, encoding: Any, say: Any,
+            prefix: str = "") -> dict:
+    """Print the metrics ``fit`` reports on (X, y): loss and accuracy (R2 for regression),
+    macro precision / recall / F1, top-5 accuracy and the confusion matrix by class name."""
+    metrics = model.evaluate(X, y)
+    if model.loss.name != "softmax_cross_entropy":
+        pred = model.predict_raw(X).astype(np.float64)
+        t = np.asarray(y, np.float64).reshape(pred.shape)
+        r2 = 1 - ((t - pred) ** 2).sum() / max(((t - t.mean(0)) ** 2).sum(), 1e-300)
+        metrics["r2"] = float(r2)
+        say(f"{prefix}{held} loss (MSE) {metrics['loss']:.4f}  {held} R2 {r2:.4f}")
+        return {"test": metrics, "confusion_matrix": None}
+    say(f"{prefix}{held} accuracy {metrics['accuracy']:.4f}  {held} loss {metrics['loss']:.4f}")
+    cm = model.confusion_matrix(X, y)
+    say(f"{held} confusion matrix (rows: true class, columns: predicted)")
+    say(format_confusion(cm, encoding.names() if encoding is not None else None))
+    top5 = metrics.get("top5_accuracy")
+    say(f"{held} macro precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}  "
+        f"f1 {metrics['f1']:.4f}" + (f"  top-5 accuracy {top5:.4f}" if top5 is not None else ""))
+    return {"test": metrics, "confusion_matrix": cm.tolist()}
+
+
+def _write_outputs(args: argparse.Namespace, model: Any, data: Prepared, results: dict,
+                   arch: str) -> None:
+    if args.save and model.built:
+        model.save(args.save, extra=data.extra)
         print(f"saved checkpoint to {args.save}")
+    cm = results["confusion_matrix"]
     if args.plot:
         from fastnet.plot import plot_history
 
-        plot_history(
-            model.history, args.plot, title=f"{data_name} MLP {arch} ({model.backend.name})"
-        )
+        title = f"{data.name} MLP {arch} ({model.backend.name})"
+        plot_history(model.history, args.plot, title=title)
         print(f"wrote learning curves to {args.plot}")
         if cm is not None:
             from fastnet.plot import confusion_path, plot_confusion
 
-            plot_confusion(cm, confusion_path(args.plot), title=f"{data_name} {held} set")
-            print(f"wrote the confusion matrix to {confusion_path(args.plot)}")
+            path = confusion_path(args.plot)
+            plot_confusion(np.asarray(cm), path, title=f"{data.name} {data.held} set")
+            print(f"wrote the confusion matrix to {path}")
     if args.json:
         with open(args.json, "w") as f:
-            results = {"history": model.history, "test": test, "backend": model.backend.name,
-                       "s_per_epoch": per_epoch, "step": model.step_description,
-                       "confusion_matrix": cm.tolist() if cm is not None else None,
-                       "args": {k: v for k, v in vars(args).items() if k != "func"}}
-            json.dump(results, f, indent=1)
-    return 130 if interrupted else 0
+            json.dump({"history": model.history, "backend": model.backend.name,
+                       "step": model.step_description, **results,
+                       "args": {k: v for k, v in vars(args).items() if k != "func"}}, f, indent=1)
 
 
 def _verbosity(args: argparse.Namespace) -> int:
@@ -320,11 +494,16 @@ def _verbosity(args: argparse.Namespace) -> int:
     return int(args.verbose)
 
 
-def format_confusion(cm: np.ndarray) -> str:
-    """A confusion matrix as an aligned text table with class indices."""
-    width = max(4, len(str(int(cm.max()))) + 1)
-    head = "true\\pred" + "".join(f"{j:>{width}}" for j in range(cm.shape[1]))
-    rows = [f"{i:>9}" + "".join(f"{int(v):>{width}}" for v in row) for i, row in enumerate(cm)]
+def format_confusion(cm: np.ndarray, names: Sequence[str] | None = None) -> str:
+    """A confusion matrix as an aligned text table headed by class names (or indices)."""
+    labels = [str(n)[:12] for n in names] if names is not None else [str(j) for j in
+                                                                     range(cm.shape[1])]
+    width = max(4, len(str(int(cm.max()))) + 1, *(len(n) + 1 for n in labels))
+    first = max(9, *(len(n) for n in labels))
+    corner = "true\\pred"
+    head = f"{corner:>{first}}" + "".join(f"{n:>{width}}" for n in labels)
+    rows = [f"{labels[i]:>{first}}" + "".join(f"{int(v):>{width}}" for v in row)
+            for i, row in enumerate(cm)]
     return "\n".join([head, *rows])
 
 
@@ -332,20 +511,92 @@ def _silent(*args: object, **kwargs: object) -> None:
     """``print`` on ranks other than 0."""
 
 
+def _model_data(args: argparse.Namespace, meta: dict, need_target: bool) -> tuple:
+    """Rows of --data as the model saw them in training: its feature columns, scaled as then;
+    labels mapped to its classes. Returns ``(X, y or None, LabelEncoding or None)``."""
+    from fastnet.datasets import load_table
+    from fastnet.tabular import LabelEncoding, Scaler
+
+    extra = meta.get("extra", {})
+    target = getattr(args, "target", None) or extra.get("target")
+    X, y, _ = load_table(args.data, getattr(args, "labels", None), target,
+                         need_target=need_target, columns=extra.get("features"))
+    encoding = LabelEncoding(extra["classes"]) if extra.get("classes") is not None else None
+    if y is not None and extra.get("task", "classification") == "classification":
+        y = encoding.encode(y, f"the labels of {args.data}") if encoding else np.asarray(y)
+    elif y is not None:
+        y = _regression_targets(y, args.data)
+    if extra.get("scale"):
+        X = Scaler.from_json(extra["scale"]).transform(X)
+    return X, y, encoding
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from fastnet.model import load_model_with_meta
 
     model, meta = load_model_with_meta(args.checkpoint, backend=args.backend)
-    dataset = args.dataset or meta.get("extra", {}).get("dataset") or "fashion-mnist"
-    if dataset not in DATASETS:
-        raise ValueError(f"{args.checkpoint} was trained on {dataset!r} data; pass --dataset")
-    _, (X_test, y_test) = _load(dataset, args.data_dir)
-    result = model.evaluate(X_test, y_test)
-    print(
-        f"{args.checkpoint}: {dataset} test accuracy {result['accuracy']:.4f}  "
-        f"loss {result['loss']:.4f}  backend {model.backend.name}"
-    )
+    extra = meta.get("extra", {})
+    if args.data is not None:
+        if args.dataset or args.data_dir:
+            raise ValueError("--data (your own file) replaces --dataset/--data-dir: give one")
+        X, y, encoding = _model_data(args, meta, need_target=True)
+        name, held = os.path.basename(args.data), "held-out"
+    else:
+        dataset = args.dataset or extra.get("dataset") or "fashion-mnist"
+        if dataset not in DATASETS:
+            raise ValueError(f"{args.checkpoint} was trained on your own data "
+                             f"({extra.get('data', dataset)}): pass it a file with --data")
+        (_, _), (X, y) = _load(dataset, args.data_dir)
+        if extra.get("scale"):
+            from fastnet.tabular import Scaler
+
+            X = Scaler.from_json(extra["scale"]).transform(X)
+        name, held, encoding = dataset, "test", None
+    _report(model, X, y, held, encoding, print, prefix=f"{args.checkpoint}: {name} ")
+    print(f"backend {model.backend.name}")
     return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Labels (mapped back to the training data's class names), probabilities or regression
+    outputs for every row of --data, as CSV."""
+    from fastnet.checkpoint import check_writable
+    from fastnet.model import load_model_with_meta
+
+    if args.output:
+        check_writable(args.output, "--output")
+    model, meta = load_model_with_meta(args.checkpoint, backend=args.backend)
+    X, _, encoding = _model_data(args, meta, need_target=False)
+    classify = model.loss.name == "softmax_cross_entropy"
+    if args.proba and not classify:
+        raise ValueError(f"--proba needs a classifier; {args.checkpoint} is a regression model")
+    names = encoding.names() if encoding else [str(i) for i in range(model.output_dim)]
+    if args.proba:
+        header, rows = names, model.predict_proba(X).tolist()
+    elif classify:
+        labels = model.predict(X)
+        header = ["label"]
+        rows = [[v] for v in (encoding.decode(labels) if encoding else labels).tolist()]
+    else:
+        out = model.predict_raw(X)
+        header = ["prediction"] if out.shape[1] == 1 else [f"prediction_{i}" for i in
+                                                           range(out.shape[1])]
+        rows = out.tolist()
+    with open(args.output, "w", newline="") if args.output else _stdout() as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return 0
+
+
+class _stdout:  # noqa: N801
+    """``sys.stdout`` as a context manager that does not close it."""
+
+    def __enter__(self) -> Any:
+        return sys.stdout
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stdout.flush()
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -389,6 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handlers = {
         "train": cmd_train,
+        "predict": cmd_predict,
         "evaluate": cmd_evaluate,
         "backends": cmd_backends,
         "bench": cmd_bench,
@@ -405,8 +657,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         OSError,
         ValueError,
         TypeError,
+        NotImplementedError,
     ) as exc:
-        print(f"fastnet {args.command}: error: {exc}", file=sys.stderr)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"fastnet {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -38,6 +38,15 @@ _FILES = {
 }
 
 
+# Labels per class of the full data sets (train, test): they tell MNIST from Fashion-MNIST
+_LABEL_COUNTS = {
+    "mnist": ((5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+              (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)),
+    "fashion-mnist": ((6000,) * 10, (1000,) * 10),
+}
+_TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}
+
+
 class DatasetError(ValueError):
     """An IDX file is malformed, or a dataset is missing or inconsistent."""
 
@@ -109,11 +118,13 @@ def load_idx_pair(
 
 
 def data_dir_for(name: str, data_dir: str | os.PathLike | None) -> Path:
+    """``data_dir``, else ``$FASTNET_DATA/<name>`` when that folder exists, else
+    ``$FASTNET_DATA``, else the default folder."""
     if data_dir is not None:
         return Path(data_dir)
     env = os.environ.get("FASTNET_DATA")
     if env:
-        return Path(env)
+        return Path(env) / name if (Path(env) / name).is_dir() else Path(env)
     return Path(FASHION_MNIST_DIR) if name == "fashion-mnist" else Path("data/mnist")
 
 
@@ -132,7 +143,26 @@ def _load_dataset(
         images, labels = paths
         assert images is not None and labels is not None
         out.append(load_idx_pair(images, labels, normalize=normalize, flatten=flatten))
+    check_identity(name, folder, out[0][1], out[1][1])
     return out[0], out[1]
+
+
+def check_identity(name: str, folder: Path, y_train: np.ndarray, y_test: np.ndarray) -> None:
+    """Full-size files (60,000 + 10,000 rows) must count their labels per class as ``name``
+    does, so one folder's files are never reported as another data set (a common mistake:
+    ``FASTNET_DATA`` pointing at Fashion-MNIST while asking for MNIST). Subsets pass."""
+    if name not in _LABEL_COUNTS or (len(y_train), len(y_test)) != (60000, 10000):
+        return
+    counts = tuple(tuple(np.bincount(y, minlength=10).tolist()) for y in (y_train, y_test))
+    if counts == _LABEL_COUNTS[name]:
+        return
+    other = next((k for k, v in _LABEL_COUNTS.items() if v == counts), None)
+    looks = f"{_TITLES[other]}'s" if other else f"no known data set's ({counts[1]} per class)"
+    raise DatasetError(
+        f"{folder} does not hold {_TITLES[name]}: its labels count like {looks}. Pass the "
+        f"folder of {_TITLES[name]}'s IDX files with --data-dir (or data_dir=), or put them in "
+        f"$FASTNET_DATA/{name}/"
+    )
 
 
 def load_fashion_mnist(
@@ -184,16 +214,19 @@ def train_val_split(
     seed: int | None = 0,
     stratify: bool = True,
 ):
-    """Shuffled (optionally stratified) split: ``(X_train, y_train), (X_val, y_val)``."""
+    """Seeded shuffled split: ``(X_train, y_train), (X_val, y_val)``. With ``stratify`` each
+    class (labels, or the argmax of one-hot rows) gives its share; real-valued targets are
+    split without strata."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
     if len(X) != len(y):
         raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
     rng = np.random.default_rng(seed)
-    if stratify:
+    strata = _strata(np.asarray(y)) if stratify else None
+    if strata is not None:
         val_idx = []
-        for cls in np.unique(y):
-            members = rng.permutation(np.flatnonzero(y == cls))
+        for cls in np.unique(strata):
+            members = rng.permutation(np.flatnonzero(strata == cls))
             val_idx.append(members[: int(round(len(members) * val_fraction))])
         val = np.sort(np.concatenate(val_idx))
     else:
@@ -203,6 +236,16 @@ def train_val_split(
     if mask.sum() == 0 or len(val) == 0:
         raise ValueError("split leaves an empty training or validation set")
     return (X[mask], y[mask]), (X[val], y[val])
+
+
+def _strata(y: np.ndarray) -> np.ndarray | None:
+    """Class of each row for a stratified split, or None for real-valued targets."""
+    if y.ndim == 2 and y.shape[1] > 1:
+        return y.argmax(axis=1)
+    y = y.reshape(len(y))
+    if y.dtype.kind == "f" and not (np.isfinite(y).all() and np.all(y == np.round(y))):
+        return None
+    return y
 
 
 def minibatches(

@@ -6,9 +6,9 @@ in chunks and a data set larger than memory trains."""
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -75,57 +75,103 @@ def load_arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(X, y)`` from ``path``: a ``.npz`` with arrays ``X`` and ``y``; a ``.npy`` of features
     (memory-mapped) with ``labels`` a ``.npy`` of targets; or a ``.csv`` with a header row and
-    the ``target`` column (string labels are encoded in sorted order)."""
+    the ``target`` column. Labels come as stored (strings stay strings): map them to classes
+    with the training data's classes (``fastnet.tabular.LabelEncoding``)."""
+    X, y, _ = load_table(path, labels, target, need_target=True)
+    assert y is not None
+    return X, y
+
+
+def load_table(
+    path: str | os.PathLike,
+    labels: str | os.PathLike | None = None,
+    target: str | None = None,
+    *,
+    need_target: bool = True,
+    columns: list[str] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
+    """``(X, y, feature column names)`` like ``load_arrays``; without ``need_target`` the labels
+    may be absent (``y`` None: features to predict). ``columns`` picks a CSV's feature columns
+    by name (the ones a model was trained on)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
-    suffix = path.suffix.lower()
+    suffix, names, y = path.suffix.lower(), None, None
     try:
         if suffix == ".npz":
             with np.load(path, allow_pickle=False) as data:
-                missing = {"X", "y"} - set(data.files)
+                needed = {"X", "y"} if need_target else {"X"}
+                missing = needed - set(data.files)
                 if missing:
                     raise DatasetError(f"{path} lacks array(s) {sorted(missing)} (needs X and y)")
-                X, y = data["X"], data["y"]
+                X, y = data["X"], data["y"] if "y" in data.files else None
         elif suffix == ".npy":
-            if labels is None:
+            if labels is None and need_target:
                 raise DatasetError(f"{path} holds features only: pass the labels (--labels)")
             X = np.load(path, mmap_mode="r", allow_pickle=False)
-            y = np.load(labels, allow_pickle=False)
+            y = None if labels is None else np.load(labels, allow_pickle=False)
         elif suffix == ".csv":
-            if target is None:
+            if target is None and need_target:
                 raise DatasetError(f"{path}: name the target column (--target COLUMN)")
-            X, y = _read_csv(path, target)
+            X, y, names = read_csv(path, target, need_target, columns)
         else:
             raise DatasetError(f"{path}: expected a .npz, .npy or .csv file")
     except (OSError, ValueError) as exc:
         if isinstance(exc, DatasetError | FileNotFoundError):
             raise
         raise DatasetError(f"{path} is not a readable data file: {exc}") from None
-    if X.ndim != 2 or len(X) != len(y):
+    if X.ndim != 2 or (y is not None and len(X) != len(y)):
         raise DatasetError(f"{path}: need 2-D features and one label per row, got X "
-                           f"{X.shape} and y {y.shape}")
-    return X, y
+                           f"{X.shape} and y {None if y is None else y.shape}")
+    return X, y, names
 
 
-def _read_csv(path: Path, target: str) -> tuple[np.ndarray, np.ndarray]:
+def read_csv(
+    path: str | os.PathLike,
+    target: str | None,
+    need_target: bool = True,
+    columns: list[str] | None = None,
+    chunk_rows: int = 4096,
+) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Stream a CSV with a header into a float32 array (about the array's size in memory: one
+    pass counts rows and keeps the target column, a second parses features chunk by chunk).
+    Returns ``(X, target values as strings or None, feature column names)``."""
+    path = Path(path)
     with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows or target not in rows[0]:
-        raise DatasetError(f"{path}: no column {target!r} in the header {rows[0] if rows else []}")
-    header, body = rows[0], [r for r in rows[1:] if r]
-    column = header.index(target)
-    if any(len(r) != len(header) for r in body):
-        raise DatasetError(f"{path}: rows differ in length from the header")
-    try:
-        X = np.array([[float(v) for i, v in enumerate(r) if i != column] for r in body],
-                     dtype=np.float32)
-    except ValueError as exc:
-        raise DatasetError(f"{path}: feature columns must be numbers ({exc})") from None
-    raw: Any = np.array([r[column] for r in body])
-    try:
-        y = raw.astype(np.float64)
-        y = y.astype(np.int64) if np.all(y == np.round(y)) else y
-    except ValueError:
-        y = np.unique(raw, return_inverse=True)[1]
-    return X, y
+        reader = csv.reader(f)
+        header = next(reader, [])
+        if target is not None and target not in header and need_target:
+            raise DatasetError(f"{path}: no column {target!r} in the header {header}")
+        column = header.index(target) if target in header else None
+        values, rows = [], 0
+        for row in reader:
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise DatasetError(f"{path}: row {rows + 2} has {len(row)} fields, the header "
+                                   f"{len(header)}")
+            if column is not None:
+                values.append(row[column])
+            rows += 1
+    names = [h for i, h in enumerate(header) if i != column]
+    use = list(range(len(header)))
+    if columns is not None:
+        absent = [c for c in columns if c not in names]
+        if absent:
+            raise DatasetError(f"{path} lacks the feature column(s) {absent[:5]} the model "
+                               f"was trained on")
+        use, names = [header.index(c) for c in columns], list(columns)
+    use = [i for i in use if i != column]
+    X = np.empty((rows, len(use)), dtype=np.float32)
+    with open(path, newline="") as f:
+        lines = (line for i, line in enumerate(f) if i and line.strip())
+        for lo in range(0, rows, chunk_rows):
+            block = itertools.islice(lines, min(chunk_rows, rows - lo))
+            try:
+                X[lo : lo + chunk_rows] = np.loadtxt(
+                    block, delimiter=",", dtype=np.float32, usecols=use, ndmin=2, quotechar='"'
+                )
+            except ValueError as exc:
+                raise DatasetError(f"{path}: feature columns must be numbers ({exc})") from None
+    y = np.array(values) if column is not None else None
+    return X, y, names

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from typing import Any
 
 import numpy as np
 
-from fastnet.callbacks import Callback, EarlyStopping
+from fastnet.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
 from fastnet.layers import LAYERS, BatchNorm1d, Dense, Dropout, Layer
 from fastnet.model import Sequential
-from fastnet.optimizers import get_optimizer
+from fastnet.optimizers import Adam, AdamW, Momentum, Optimizer, get_optimizer
+from fastnet.schedules import LearningRateScheduler
 from fastnet.validation import host_array
 
 
@@ -38,26 +40,18 @@ HAVE_SKLEARN = None not in (_base, _validation, _multiclass, _exceptions)
 
 
 class _StandaloneEstimator:
-    """``get_params``/``set_params``/``repr`` as scikit-learn's, for use without it."""
-
-    @classmethod
-    def _get_param_names(cls) -> list[str]:
-        return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    """Without scikit-learn: ``get_params``/``set_params`` (the estimator contract)."""
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in self._get_param_names()}
+        names = inspect.signature(type(self).__init__).parameters
+        return {name: getattr(self, name) for name in names if name != "self"}
 
     def set_params(self, **params: Any) -> Any:
-        valid = self._get_param_names()
         for key, value in params.items():
-            if key not in valid:
+            if key not in self.get_params():
                 raise ValueError(f"invalid parameter {key!r} for {type(self).__name__}")
             setattr(self, key, value)
         return self
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
 
 class _StandaloneClassifier:
@@ -66,6 +60,13 @@ class _StandaloneClassifier:
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
         y = _column(host_array(y, "y"))
         return float(np.average(self.predict(X) == y, weights=sample_weight))  # type: ignore[attr-defined]
+
+
+class _StandaloneRegressor:
+    _estimator_type = "regressor"
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        return _r2(host_array(y, "y"), self.predict(X))  # type: ignore[attr-defined]
 
 
 def _r2(y: Any, pred: Any) -> float:
@@ -77,18 +78,12 @@ def _r2(y: Any, pred: Any) -> float:
     return float(np.mean(1 - residual / np.where(total == 0, 1, total)))
 
 
-class _StandaloneRegressor:
-    _estimator_type = "regressor"
-
-    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        return _r2(host_array(y, "y"), self.predict(X))  # type: ignore[attr-defined]
-
-
 if HAVE_SKLEARN:
     BaseEstimator: Any = _base.BaseEstimator
     ClassifierMixin: Any = _base.ClassifierMixin
     RegressorMixin: Any = _base.RegressorMixin
     NotFittedError: Any = _exceptions.NotFittedError
+    ConvergenceWarning: Any = _exceptions.ConvergenceWarning
 else:
     BaseEstimator, ClassifierMixin, RegressorMixin = (
         _StandaloneEstimator,
@@ -98,6 +93,37 @@ else:
 
     class NotFittedError(ValueError, AttributeError):  # type: ignore[no-redef]
         """The estimator is used before ``fit``."""
+
+    class ConvergenceWarning(UserWarning):  # type: ignore[no-redef]
+        """``max_iter`` epochs ran before the loss stopped improving."""
+
+
+SOLVERS = ("adam", "sgd", "momentum", "adagrad", "rmsprop", "adamw")
+#: scikit-learn's activation names (and fastnet's) -> fastnet's
+ACTIVATIONS = {"relu": "relu", "logistic": "sigmoid", "tanh": "tanh", "identity": None,
+               "sigmoid": "sigmoid", "leaky_relu": "leaky_relu"}
+_RANGES = (  # name, low, high, low included
+    ("learning_rate_init", 0, np.inf, False), ("alpha", 0, np.inf, True),
+    ("momentum", 0, 1, True), ("beta_1", 0, 1, True), ("beta_2", 0, 1, True),
+    ("epsilon", 0, np.inf, False), ("power_t", 0, np.inf, True), ("tol", 0, np.inf, True),
+)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, bool
+    )
+
+
+def _check_weights(sample_weight: Any, n: int) -> np.ndarray:
+    w = host_array(sample_weight, "sample_weight")
+    if w.dtype.kind not in "biuf" or w.shape != (n,):
+        raise ValueError(f"sample_weight must hold {n} numbers (one per row), got {w.dtype} "
+                         f"{w.shape}")
+    w = w.astype(np.float64)
+    if not np.isfinite(w).all() or (w < 0).any() or not w.any():
+        raise ValueError("sample_weight must be finite, non-negative and not all zero")
+    return w
 
 
 def _column(y: np.ndarray) -> np.ndarray:
@@ -167,6 +193,12 @@ class _MLPBase(BaseEstimator):
         verbose: int = 0,
         warm_start: bool = False,
         momentum: float = 0.9,
+        nesterovs_momentum: bool = True,
+        learning_rate: str = "constant",
+        power_t: float = 0.5,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
         early_stopping: bool = False,
         validation_fraction: float = 0.1,
         n_iter_no_change: int = 10,
@@ -221,33 +253,80 @@ class _MLPBase(BaseEstimator):
         return int(min(size, n))
 
     # ------------------------------------------------------------------ building
-    def _build(self, n_outputs: int, batch: int) -> Sequential:
+    def _check_params(self) -> None:
+        """Hyperparameters checked under the estimator's names (not the optimizer's)."""
+        for name, low, high, low_ok in _RANGES:
+            value = getattr(self, name)
+            if not (_is_real(value) and (low < value or (low_ok and value == low))
+                    and value <= high and np.isfinite(value)):
+                span = f"{'>=' if low_ok else '>'} {low:g}"
+                span = f"in [{low:g}, {high:g}]" if high < np.inf else span
+                raise ValueError(f"{name} must be a finite number {span}, got {value!r}")
+        if self.beta_1 == 1 or self.beta_2 == 1:
+            raise ValueError("beta_1 and beta_2 must be below 1")
+        for name, allowed in (("solver", SOLVERS), ("activation", ACTIVATIONS),
+                              ("learning_rate", ("constant", "invscaling", "adaptive"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not supported by "
+                                 f"{type(self).__name__}; use one of {', '.join(allowed)}")
+
+    def _build(self, n_outputs: int, rows_per_batch: float) -> Sequential:
+        """``rows_per_batch``: the batch's summed sample weight, scikit-learn's divisor of the
+        L2 term ``alpha * W``."""
         sizes = self.hidden_layer_sizes
         sizes = (sizes,) if isinstance(sizes, (int, np.integer)) else tuple(sizes)
         if not all(isinstance(s, (int, np.integer)) and s > 0 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {sizes!r}")
-        if self.activation not in LAYERS or self.activation in ("dense", "dropout", "batchnorm1d"):
-            raise ValueError(f"unknown activation {self.activation!r}")
+        act = ACTIVATIONS[self.activation]
         layers: list[Layer] = []
         for units in sizes:
             if self.batch_norm:
-                layers += [Dense(int(units)), BatchNorm1d(), LAYERS[self.activation]()]
+                layers += [Dense(int(units)), BatchNorm1d()] + ([LAYERS[act]()] if act else [])
             else:
-                layers.append(Dense(int(units), self.activation))
+                layers.append(Dense(int(units), act))
             if self.dropout:
                 layers.append(Dropout(self.dropout))
         layers.append(Dense(n_outputs))
-        kwargs: dict[str, Any] = {
-            "lr": self.learning_rate_init,
-            "weight_decay": self.alpha / batch,  # scikit-learn's L2 term: alpha * W / batch
-        }
-        if self.solver == "momentum":
-            kwargs["momentum"] = self.momentum
-        optimizer = get_optimizer(self.solver, **kwargs)
         return Sequential(
-            layers, self._loss, optimizer, backend=self.backend, dtype=self.dtype,
-            seed=self.random_state, precision=self.precision,
+            layers, self._loss, self._optimizer(self.alpha / rows_per_batch),
+            backend=self.backend, dtype=self.dtype, seed=self.random_state,
+            precision=self.precision,
         )
+
+    def _optimizer(self, weight_decay: float) -> Optimizer:
+        lr = self.learning_rate_init
+        if self.solver == "sgd" and self.momentum > 0:
+            return Momentum(lr, self.momentum, self.nesterovs_momentum, weight_decay)
+        if self.solver in ("adam", "adamw"):
+            cls = Adam if self.solver == "adam" else AdamW
+            return cls(lr, self.beta_1, self.beta_2, self.epsilon, weight_decay)
+        kwargs = {"momentum": self.momentum} if self.solver == "momentum" else {}
+        return get_optimizer(self.solver, lr=lr, weight_decay=weight_decay, **kwargs)
+
+    def _callbacks(self, n: int, epochs: int, validation: Any) -> list[Callback]:
+        """Validation score, stopping rules and scikit-learn's ``learning_rate`` schedules
+        (``invscaling``: lr / (samples seen + 1) ** power_t; ``adaptive``: lr / 5 after
+        ``n_iter_no_change`` epochs without improvement), which apply to ``solver="sgd"``."""
+        callbacks: list[Callback] = []
+        if validation is not None:
+            callbacks.append(_ValidationScore(self, *validation))
+        schedule = self.learning_rate if self.solver == "sgd" else "constant"
+        if schedule == "invscaling":
+            lr0, power = self.learning_rate_init, self.power_t
+            callbacks.append(LearningRateScheduler(lambda e, _: lr0 / (e * n + 1) ** power))
+        monitor = "val_score" if self.early_stopping else "loss"
+        if schedule == "adaptive":
+            callbacks.append(ReduceLROnPlateau(monitor, 0.2, self.n_iter_no_change,
+                                               min_delta=self.tol, min_lr=1e-6))
+        if self.early_stopping:
+            callbacks.append(
+                EarlyStopping("val_score", self.n_iter_no_change, self.tol, mode="max")
+            )
+        elif self.n_iter_no_change and epochs > 1 and schedule != "adaptive":
+            callbacks.append(
+                EarlyStopping("loss", self.n_iter_no_change, self.tol, restore_best_weights=False)
+            )
+        return callbacks
 
     def _train(
         self,
@@ -259,20 +338,10 @@ class _MLPBase(BaseEstimator):
         validation: Any,
         sample_weight: Any = None,
     ) -> dict[str, list[float]]:
-        callbacks: list[Callback] = []
-        if validation is not None:
-            callbacks.append(_ValidationScore(self, *validation))
-        if self.early_stopping:
-            callbacks.append(
-                EarlyStopping("val_score", self.n_iter_no_change, self.tol, mode="max")
-            )
-        elif self.n_iter_no_change and epochs > 1:
-            callbacks.append(
-                EarlyStopping("loss", self.n_iter_no_change, self.tol, restore_best_weights=False)
-            )
         return model.fit(
-            X, t, epochs=epochs, batch_size=batch, shuffle=self.shuffle, callbacks=callbacks,
-            verbose=self.verbose, compiled="auto", sample_weight=sample_weight,
+            X, t, epochs=epochs, batch_size=batch, shuffle=self.shuffle,
+            callbacks=self._callbacks(len(X), epochs, validation), verbose=self.verbose,
+            compiled="auto", sample_weight=sample_weight,
         )
 
     def _fit(self, *args: Any, **kwargs: Any) -> Any:
@@ -299,26 +368,25 @@ class _MLPBase(BaseEstimator):
         sample_weight: Any = None,
     ) -> Any:
         continuing = hasattr(self, "model_") and (incremental or self.warm_start)
+        self._check_params()
         X, y = self._validate(X, y, reset=not continuing, fitting=True)
         if not (isinstance(epochs, (int, np.integer)) and epochs > 0):
             raise ValueError(f"max_iter must be a positive integer, got {epochs!r}")
         targets, fitted = self._targets(y, continuing, extra)  # checks; changes nothing
-        batch = self._batch(len(X))
+        weights = None if sample_weight is None else _check_weights(sample_weight, len(X))
         validation = None
         if self.early_stopping and not incremental:
-            if not 0 < self.validation_fraction < 1:
-                raise ValueError(
-                    f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
-                )
-            order = np.random.default_rng(self.random_state).permutation(len(X))
-            n_val = max(1, int(round(len(X) * self.validation_fraction)))
-            val, train = order[:n_val], order[n_val:]
-            validation = (X[val], targets[val])
-            X, targets = X[train], targets[train]
-            if sample_weight is not None:
-                sample_weight = host_array(sample_weight, "sample_weight")[train]
-        model = self.model_ if continuing else self._build(self._n_outputs(fitted), batch)
-        history = self._train(model, X, targets, epochs, batch, validation, sample_weight)
+            X, targets, weights, validation = self._hold_out(X, targets, weights)
+        batch = self._batch(len(X))
+        # scikit-learn divides by the summed weights: rows weigh w / mean(w) in fit's mean
+        mean_weight = 1.0 if weights is None else float(weights.mean())
+        if weights is not None:
+            weights = weights / mean_weight
+        if continuing:
+            model = self.model_
+        else:
+            model = self._build(self._n_outputs(fitted), batch * mean_weight)
+        history = self._train(model, X, targets, epochs, batch, validation, weights)
         for key, value in fitted.items():
             setattr(self, key, value)
         self.model_ = model
@@ -327,7 +395,24 @@ class _MLPBase(BaseEstimator):
         self.best_loss_ = min(self.loss_curve_)
         self.n_iter_ = len(self.loss_curve_)
         self.history_ = history
+        if not incremental and self.n_iter_ == epochs and not model.stop_reason:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
+                "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3,
+            )
         return self
+
+    def _hold_out(self, X: Any, targets: Any, weights: Any) -> tuple:
+        """``early_stopping``'s seeded validation split: (X, targets, weights, validation)."""
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
+            )
+        order = np.random.default_rng(self.random_state).permutation(len(X))
+        n_val = max(1, int(round(len(X) * self.validation_fraction)))
+        val, train = order[:n_val], order[n_val:]
+        weights = None if weights is None else weights[train]
+        return X[train], targets[train], weights, (X[val], targets[val])
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
         """Train for up to ``max_iter`` epochs (fewer when the loss stops improving by ``tol``
@@ -468,4 +553,4 @@ class MLPRegressor(RegressorMixin, _MLPBase):
         return raw[:, 0] if self._flat_y else raw
 
 
-__all__ = ["HAVE_SKLEARN", "MLPClassifier", "MLPRegressor", "NotFittedError"]
+__all__ = ["HAVE_SKLEARN", "ConvergenceWarning", "MLPClassifier", "MLPRegressor", "NotFittedError"]

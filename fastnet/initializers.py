@@ -14,6 +14,7 @@ import numpy as np
 
 class Initializer:
     name = "initializer"
+    chosen_by_default = False  # True when Dense picked it (no initializer given)
 
     def scale(self, fan_in: int, fan_out: int) -> float:
         raise NotImplementedError
@@ -79,7 +80,9 @@ def get_initializer(spec: str | Initializer | None, activation: str | None) -> I
     if isinstance(spec, Initializer):
         return spec
     if spec is None:
-        return He() if activation in ("relu", "leaky_relu") else Xavier()
+        init = He() if activation in ("relu", "leaky_relu") else Xavier()
+        init.chosen_by_default = True
+        return init
     if isinstance(spec, str) and spec.lower() in INITIALIZERS:
         return INITIALIZERS[spec.lower()]()
     raise ValueError(f"unknown initializer {spec!r}; expected one of {', '.join(INITIALIZERS)}")

@@ -15,6 +15,7 @@ import numpy as np
 from fastnet.backends import Backend, get_backend
 from fastnet.backends.plan import StepPlan
 from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from fastnet.layer_stack import check_layer_stack, fix_default_initializers
 from fastnet.layers import Layer, layer_from_config
 from fastnet.losses import Loss, get_loss
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
@@ -63,6 +64,8 @@ class Sequential(Trainer):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         self.layers = layers
         self.loss = get_loss(loss)
+        check_layer_stack(layers, self.loss)  # e.g. Softmax() before a softmax loss
+        fix_default_initializers(layers)  # He for a linear Dense before a separate ReLU
         self.optimizer = get_optimizer(optimizer)
         self.backend = get_backend(backend)
         self.policy = dtype if isinstance(dtype, str) and dtype in MIXED_POLICIES else None

@@ -33,9 +33,10 @@ def test_model_checkpoint_best_only_with_epoch_in_path(backend, tmp_path):
     every = fn.ModelCheckpoint(tmp_path / "last.safetensors")
     model.fit(X, y, epochs=2, verbose=0, callbacks=[every])
     assert fn.load_model(tmp_path / "last.safetensors").built
-    with pytest.raises(ValueError, match="ModelCheckpoint path"):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="ModelCheckpoint path '"):
         model.fit(X, y, epochs=1, verbose=0,
-                  callbacks=[fn.ModelCheckpoint(tmp_path / "missing" / "m.npz")])
+                  callbacks=[fn.ModelCheckpoint(tmp_path / "file" / "m.npz")])
 
 
 def test_reduce_lr_on_plateau(backend):

@@ -72,7 +72,7 @@ def test_unfitted_and_bad_parameters():
         fn.MLPClassifier().predict(X)
     with pytest.raises(ValueError, match="only one class"):
         fn.MLPClassifier(max_iter=1).fit(X, np.zeros(40))
-    with pytest.raises(ValueError, match="lr"):
+    with pytest.raises(ValueError, match="learning_rate_init"):
         fn.MLPClassifier(learning_rate_init=0).fit(X, y)
     with pytest.raises(ValueError, match="batch_size"):
         fn.MLPClassifier(batch_size=0).fit(X, y)

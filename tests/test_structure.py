@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").glob("*.py"))
-BUDGET = 6400  # raised for the device-scalar step; reset when the budget counts formatted code
+BUDGET = 7000  # until the budget counts formatted code (issue #22)
 
 
 def lines_of_code(source: str) -> int:

@@ -1,0 +1,46 @@
+"""Checks and fixes that look at a stack of layers as a whole (a layer sees only itself):
+called when a model is built."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastnet.initializers import He
+from fastnet.layers import Dense, Layer, LeakyReLU, ReLU, Softmax
+
+
+def check_layer_stack(layers: Sequence[Layer], loss: Any) -> None:
+    """Refuse a ``Softmax`` layer (or ``Dense(..., "softmax")``) right before a loss that applies
+    softmax itself: softmax twice trains slowly and silently. Raises ``ValueError``."""
+    if not layers or not getattr(loss, "multiclass", False):
+        return
+    last = layers[-1]
+    if isinstance(last, Softmax) or getattr(last, "activation", None) == "softmax":
+        raise ValueError(
+            f"the last layer {type(last).__name__} applies softmax, and SoftmaxCrossEntropy "
+            "applies it again: remove the Softmax (the loss takes the raw outputs, the logits; "
+            "model.predict_proba gives probabilities)"
+        )
+
+
+def fix_default_initializers(layers: Sequence[Layer]) -> list[int]:
+    """A linear ``Dense`` followed by a separate ``ReLU``/``LeakyReLU`` layer gets He
+    initialisation, as ``Dense(units, "relu")`` does, unless its initializer was given.
+    Call before the layers are built; returns the indices of the layers changed."""
+    changed = []
+    for i, (layer, after) in enumerate(zip(layers, layers[1:])):
+        if (
+            isinstance(layer, Dense)
+            and layer.activation is None
+            and isinstance(after, (ReLU, LeakyReLU))
+            and layer.initializer.chosen_by_default
+            and not isinstance(layer.initializer, He)
+        ):
+            layer.initializer = He()
+            layer.initializer.chosen_by_default = True
+            changed.append(i)
+    return changed
+
+
+__all__ = ["check_layer_stack", "fix_default_initializers"]

@@ -1,0 +1,145 @@
+"""Your own data's targets and features: labels mapped to classes as scikit-learn does (sorted
+unique training labels -> class indices, mapped back on prediction), one-hot rows to indices, and
+feature scaling fitted on the training rows. Both are saved with a model as plain JSON."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fastnet.data import DatasetError
+
+TASKS = ("auto", "classification", "regression")
+SCALES = ("none", "standard", "minmax")
+
+
+def _one_hot_rows(y: np.ndarray) -> bool:
+    return bool(
+        y.ndim == 2 and y.shape[1] > 1 and y.dtype.kind in "biuf"
+        and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()
+    )
+
+
+def infer_task(y: np.ndarray) -> str:
+    """Classification for strings, booleans, integers and one-hot rows; regression for
+    non-integer numbers or several real-valued columns."""
+    if y.dtype.kind in "USObiu" or _one_hot_rows(y):
+        return "classification"
+    if y.ndim == 1 and np.isfinite(y).all() and np.all(y == np.round(y)):
+        return "classification"
+    return "regression"
+
+
+def _as_labels(y: np.ndarray) -> np.ndarray:
+    """Text labels that hold numbers become numbers ("3" and "3.0" are one class)."""
+    if y.dtype.kind in "USO":
+        try:
+            numbers = y.astype(np.float64)
+        except ValueError:
+            return y.astype(str)
+        return numbers.astype(np.int64) if np.all(numbers == np.round(numbers)) else numbers
+    return y
+
+
+class LabelEncoding:
+    """The training labels' sorted unique values; ``encode`` maps labels to class indices,
+    ``decode`` indices back to labels."""
+
+    def __init__(self, classes: Any) -> None:
+        self.classes = np.asarray(classes)
+
+    @classmethod
+    def fit(cls, y: np.ndarray, name: str = "y") -> tuple[LabelEncoding, np.ndarray]:
+        """Classes from training labels ``y``; returns the encoding and ``y``'s indices."""
+        if _one_hot_rows(y):
+            return cls(np.arange(y.shape[1])), y.argmax(axis=1)
+        if y.ndim != 1:
+            raise DatasetError(f"{name} has shape {y.shape}: class labels must be one column "
+                               "(or one-hot rows)")
+        y = _as_labels(y)
+        if y.dtype.kind == "f" and not np.isfinite(y).all():
+            raise DatasetError(f"{name} contains NaN or infinite labels")
+        encoding = cls(np.unique(y))
+        if len(encoding.classes) < 2:
+            raise DatasetError(f"{name} holds a single class {encoding.classes.tolist()}: a "
+                               "classifier needs 2 or more")
+        return encoding, np.searchsorted(encoding.classes, y)
+
+    def encode(self, y: np.ndarray, name: str = "y") -> np.ndarray:
+        """Class indices of ``y``; labels the training data did not have are an error."""
+        if _one_hot_rows(y) and y.shape[1] == len(self.classes):
+            return y.argmax(axis=1)
+        y = np.asarray(y).reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else np.asarray(y)
+        if y.ndim != 1:
+            raise DatasetError(f"{name} has shape {y.shape}; expected one label per row")
+        classes = self.classes
+        y = y.astype(str) if classes.dtype.kind == "U" else _as_labels(y)
+        if y.dtype.kind == "U" and classes.dtype.kind != "U":
+            unknown = np.unique(y)
+        else:
+            unknown = np.setdiff1d(np.unique(y), classes)
+        if unknown.size:
+            raise DatasetError(f"{name} holds label(s) {unknown[:5].tolist()} that the training "
+                               f"data lacks (classes: {classes[:10].tolist()})")
+        return np.searchsorted(classes, y)
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        return self.classes[np.asarray(indices)]
+
+    def names(self) -> list[str]:
+        return [str(c) for c in self.classes.tolist()]
+
+    def to_json(self) -> list:
+        return self.classes.tolist()
+
+
+class Scaler:
+    """Per-feature affine scaling fitted on training rows: ``standard`` (zero mean, unit
+    variance) or ``minmax`` (to [0, 1]); constant features are only shifted."""
+
+    def __init__(self, kind: str, offset: Any = None, scale: Any = None) -> None:
+        if kind not in SCALES[1:]:
+            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {kind!r}")
+        self.kind = kind
+        self.offset = None if offset is None else np.asarray(offset, np.float64)
+        self.scale = None if scale is None else np.asarray(scale, np.float64)
+
+    def fit(self, X: np.ndarray, chunk: int = 8192) -> Scaler:
+        """Statistics in float64, chunk by chunk (no float64 copy of ``X``)."""
+        if self.kind == "standard":
+            n, total, squares = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
+            for lo in range(0, len(X), chunk):
+                block = np.asarray(X[lo : lo + chunk], np.float64)
+                n, total = n + len(block), total + block.sum(0)
+                squares += (block**2).sum(0)
+            mean = total / max(n, 1)
+            spread = np.sqrt(np.maximum(squares / max(n, 1) - mean**2, 0))
+        else:
+            mean = np.min(X, axis=0).astype(np.float64)
+            spread = np.max(X, axis=0).astype(np.float64) - mean
+        self.offset, self.scale = mean, np.where(spread > 0, spread, 1.0)
+        return self
+
+    def transform(self, X: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+        """A scaled copy of ``X`` in ``dtype``."""
+        if self.offset is None or self.scale is None:
+            raise RuntimeError("Scaler.fit first")
+        if X.shape[1] != len(self.offset):
+            raise DatasetError(f"features have {X.shape[1]} columns; the scaling was fitted on "
+                               f"{len(self.offset)}")
+        out = np.array(X, dtype=dtype)
+        out -= self.offset.astype(dtype)
+        out /= self.scale.astype(dtype)
+        return out
+
+    def to_json(self) -> dict:
+        assert self.offset is not None and self.scale is not None
+        return {"kind": self.kind, "offset": self.offset.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Scaler:
+        return cls(data["kind"], data["offset"], data["scale"])
+
+
+__all__ = ["SCALES", "TASKS", "LabelEncoding", "Scaler", "infer_task"]
