@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 from typing import IO, Any
@@ -17,6 +18,14 @@ class Callback:
     captured (CUDA graphs) they run at graph boundaries, between replays. ``fit`` calls them only
     for callbacks that override them, and sets ``model.steps_per_epoch`` before
     ``on_train_begin``. Batch logs hold ``batch`` (index) and ``size`` (rows)."""
+
+    #: log entries this callback adds in ``on_epoch_end`` (others may monitor them)
+    provides: tuple[str, ...] = ()
+
+    @property
+    def monitored(self) -> str | None:
+        """The log entry this callback needs every epoch (checked before training)."""
+        return None
 
     def on_train_begin(self, model: Any) -> None:
         pass
@@ -37,6 +46,104 @@ class Callback:
         pass
 
 
+HOOKS = {
+    "on_train_begin": ("model",),
+    "on_epoch_begin": ("model", "epoch"),
+    "on_batch_begin": ("model", "batch"),
+    "on_batch_end": ("model", "batch", "logs"),
+    "on_epoch_end": ("model", "epoch", "logs"),
+    "on_train_end": ("model",),
+}
+
+
+class KerasStyle(Callback):
+    """Adapts a callback whose hooks omit the model, as Keras's do (``on_epoch_end(epoch,
+    logs)``); the model is set as its ``model`` attribute first, as Keras does."""
+
+    def __init__(self, inner: Any, hooks: set[str]) -> None:
+        self.inner, self.hooks = inner, hooks
+        for hook in HOOKS:
+            if hook in hooks:
+                setattr(self, hook, self._adapter(hook))
+
+    def _adapter(self, hook: str) -> Any:
+        def call(model: Any, *args: Any) -> Any:
+            try:
+                self.inner.model = model
+            except AttributeError:  # a function or a slotted object
+                pass
+            return getattr(self.inner, hook)(*args)
+
+        return call
+
+
+class EpochFunction(Callback):
+    """A plain function ``f(epoch, logs)`` called after every epoch; a true result stops."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        return bool(self.fn(epoch, logs))
+
+
+def _accepts(fn: Any, n_args: int) -> bool:
+    try:
+        inspect.signature(fn).bind(*range(n_args))
+    except TypeError:
+        return False
+    except ValueError:  # no signature (a builtin): trust it
+        return True
+    return True
+
+
+def as_callbacks(items: Any) -> list[Callback]:
+    """``fit``'s callbacks as fastnet ``Callback`` objects, every hook's signature checked
+    before training: fastnet hooks (with the model), Keras-style hooks (without it) and plain
+    functions ``f(epoch, logs)``. Raises ``TypeError`` naming the callback and hook."""
+    found: list[Callback] = []
+    for cb in [items] if callable(items) and not isinstance(items, Callback) else list(items):
+        keras: set[str] = set()
+        hooks = [h for h in HOOKS if callable(getattr(cb, h, None))]
+        if not hooks:
+            if not callable(cb) or not _accepts(cb, 2):
+                raise TypeError(f"callbacks must be Callback objects or functions f(epoch, "
+                                f"logs), got {cb!r}")
+            found.append(EpochFunction(cb))
+            continue
+        for hook in hooks:
+            method = getattr(cb, hook)
+            if isinstance(cb, Callback) and getattr(type(cb), hook, None) is getattr(
+                Callback, hook
+            ):
+                continue  # not overridden
+            if _accepts(method, len(HOOKS[hook])):
+                continue
+            if _accepts(method, len(HOOKS[hook]) - 1):
+                keras.add(hook)
+                continue
+            wanted = ", ".join(HOOKS[hook])
+            raise TypeError(f"callback {type(cb).__name__}.{hook} must take ({wanted}) or, "
+                            f"Keras-style, ({', '.join(HOOKS[hook][1:])})")
+        if keras or not isinstance(cb, Callback):
+            found.append(KerasStyle(cb, keras or set(hooks)))
+        else:
+            found.append(cb)
+    return found
+
+
+def check_monitor(callback: Callback, names: list[str]) -> None:
+    """Before training: a callback's ``monitor`` must name something the epoch logs will
+    hold (``val_acc`` is not ``val_accuracy``). Raises ``ValueError`` with the valid names."""
+    monitor = callback.monitored if isinstance(callback, Callback) else None
+    if isinstance(monitor, str) and monitor not in names:
+        hint = "" if any(n.startswith("val_") for n in names) else (
+            "; val_* needs validation_data or validation_split"
+        )
+        raise ValueError(f"{type(callback).__name__} monitors {monitor!r}, which the epoch logs "
+                         f"will not hold; valid names: {', '.join(names)}{hint}")
+
+
 class EarlyStopping(Callback):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs;
     optionally restore the best weights seen."""
@@ -53,6 +160,10 @@ class EarlyStopping(Callback):
         self.monitor, self.min_delta = monitor, abs(float(min_delta))
         self.mode = _mode(mode, monitor)
         self.restore_best_weights = restore_best_weights
+
+    @property
+    def monitored(self) -> str | None:
+        return self.monitor
 
     def on_train_begin(self, model: Any) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -144,6 +255,10 @@ class ModelCheckpoint(Callback):
         self.save_best_only, self.mode = bool(save_best_only), _mode(mode, monitor)
         self.saved: list[str] = []
 
+    @property
+    def monitored(self) -> str | None:
+        return self.monitor if self.save_best_only else None
+
     def on_train_begin(self, model: Any) -> None:
         from fastnet.checkpoint import check_checkpoint_path
 
@@ -199,6 +314,10 @@ class ReduceLROnPlateau(Callback):
         self.patience = _non_negative_int(patience, "patience")
         self.cooldown = _non_negative_int(cooldown, "cooldown")
         self.mode, self.min_delta = _mode(mode, monitor), abs(float(min_delta))
+
+    @property
+    def monitored(self) -> str | None:
+        return self.monitor
 
     def on_train_begin(self, model: Any) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf

@@ -164,6 +164,8 @@ def _standalone_checks(est: Any, X: Any, y: Any, reset: bool, dtype: Any) -> tup
 class _ValidationScore(Callback):
     """Puts the estimator's score on held-out data into the epoch logs as ``val_score``."""
 
+    provides = ("val_score",)
+
     def __init__(self, estimator: Any, X: Any, y: Any) -> None:
         self.estimator, self.X, self.y = estimator, X, y
 

@@ -26,11 +26,18 @@ def _real(value: Any) -> bool:
 
 
 def check_alpha(alpha: Any) -> float:
-    """Leaky-ReLU slope: a finite real >= 0 (with a negative slope the derivative could not be
-    read from the output's sign, and the function would not be monotonic)."""
-    if not (_real(alpha) and math.isfinite(alpha) and alpha >= 0):
-        raise ValueError(f"alpha (leaky_relu slope) must be a finite number >= 0, got {alpha!r}")
+    """Leaky-ReLU slope: any finite real, negative too (as PyTorch). A negative slope makes the
+    output's sign say nothing about the input's, so those layers keep their pre-activation for
+    the exact gradient."""
+    if not (_real(alpha) and math.isfinite(alpha)):
+        raise ValueError(f"alpha (leaky_relu slope) must be a finite number, got {alpha!r}")
     return float(alpha)
+
+
+def _sign_from_input(code: Act, alpha: float) -> bool:
+    """Whether the activation's derivative must be read from its input (leaky_relu with a
+    negative slope), not from its output."""
+    return code == Act.LEAKY_RELU and alpha < 0
 
 
 class Layer:
@@ -202,7 +209,12 @@ class Dense(Layer):
         out = self._buffer("y", (x.shape[0], self.units))
         bias = self.b.value if self.b is not None else None
         W, act, alpha = self.W.value, self.activation_code, self.alpha
-        self.y = self.backend.linear(x, W, bias, act, alpha, out, self.precision)
+        if _sign_from_input(act, alpha):  # keep z = x @ W + b for the gradient
+            self.z = self.backend.linear(x, W, bias, Act.LINEAR, alpha,
+                                         self._buffer("z", out.shape), self.precision)
+            self.y = self.backend.activation(self.z, act, alpha, out)
+            return self.y
+        self.z = self.y = self.backend.linear(x, W, bias, act, alpha, out, self.precision)
         return self.y
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
@@ -212,7 +224,7 @@ class Dense(Layer):
         return self.backend.linear_backward(
             self.x,
             self.W.value,
-            self.y,
+            self.z,  # the output, or the pre-activation where the derivative needs it
             dy,
             self.activation_code,
             self.alpha,
@@ -229,7 +241,9 @@ class Dense(Layer):
             return []
         return [self.W] + ([self.b] if self.b is not None else [])
 
-    def plan(self) -> DensePlan:
+    def plan(self) -> DensePlan | OpaquePlan:
+        if _sign_from_input(self.activation_code, self.alpha):
+            return OpaquePlan("Dense", "a negative leaky_relu slope keeps the pre-activation")
         b = self.b
         return DensePlan(self.W.value, self.W.grad, None if b is None else b.value,
                          None if b is None else b.grad, self.activation_code, self.alpha)
@@ -270,6 +284,7 @@ class Activation(Layer):
 
     def forward(self, x: Any, training: bool = True) -> Any:
         self._check_input(x)
+        self.x = x
         self.y = self.backend.activation(x, self.code, self.alpha, self._buffer("y", x.shape))
         return self.y
 
@@ -277,7 +292,9 @@ class Activation(Layer):
         if not need_dx:
             return None
         out = self._buffer("dx", dy.shape)
-        return self.backend.activation_backward(self.y, dy, self.code, self.alpha, out)
+        # leaky_relu's derivative is read from the sign: of the input for a negative slope
+        sign = self.x if _sign_from_input(self.code, self.alpha) else self.y
+        return self.backend.activation_backward(sign, dy, self.code, self.alpha, out)
 
     def plan(self) -> ActivationPlan:
         return ActivationPlan(self.code, self.alpha)

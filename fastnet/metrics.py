@@ -55,4 +55,53 @@ def top_k_accuracy(scores: Any, labels: Any, k: int = 5) -> float:
     return float(top_k_correct(scores, labels, k)) / max(len(labels), 1)
 
 
-__all__ = ["confusion_matrix", "macro_scores", "top_k_accuracy", "top_k_correct"]
+def regression_sums(outputs: Any, targets: Any) -> np.ndarray:
+    """Per output column: summed absolute errors, squared errors, targets and squared targets
+    (reducible over batches and ranks; ``regression_scores`` turns them into MAE/RMSE/R2)."""
+    o = np.asarray(outputs, dtype=np.float64)
+    t = np.asarray(targets, dtype=np.float64).reshape(o.shape)
+    e = o - t
+    return np.concatenate([np.abs(e).sum(0), (e * e).sum(0), t.sum(0), (t * t).sum(0)])
+
+
+def regression_scores(sums: np.ndarray, n: int) -> dict[str, float]:
+    """MAE, RMSE (over every output) and R2 (averaged over the columns, as scikit-learn's
+    ``r2_score``) from ``regression_sums`` of ``n`` rows."""
+    abs_err, sq_err, t_sum, t_sq = np.asarray(sums, dtype=np.float64).reshape(4, -1)
+    total = sq_err.sum() / max(n * sq_err.size, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        spread = t_sq - t_sum * t_sum / max(n, 1)
+        r2 = np.where(spread > 0, 1 - sq_err / spread, np.where(sq_err > 0, 0.0, 1.0))
+    return {"mae": float(abs_err.sum() / max(n * abs_err.size, 1)), "rmse": float(np.sqrt(total)),
+            "r2": float(r2.mean())}
+
+
+def metric_name(f: Any) -> str:
+    """The log name of a user metric (its ``__name__``)."""
+    return str(getattr(f, "__name__", type(f).__name__))
+
+
+def check_metrics(metrics: Any) -> list:
+    """User metrics: callables ``f(y_true, y_pred) -> float`` with distinct names."""
+    if callable(metrics) or isinstance(metrics, (str, bytes)):
+        metrics = [metrics]
+    found = list(metrics)
+    for f in found:
+        if not callable(f):
+            raise TypeError(f"metrics must be functions f(y_true, y_pred) -> float, got {f!r}")
+    names = [metric_name(f) for f in found]
+    if len(set(names)) != len(names):
+        raise ValueError(f"metrics need distinct names, got {names}")
+    return found
+
+
+__all__ = [
+    "check_metrics",
+    "confusion_matrix",
+    "macro_scores",
+    "metric_name",
+    "regression_scores",
+    "regression_sums",
+    "top_k_accuracy",
+    "top_k_correct",
+]

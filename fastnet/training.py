@@ -13,12 +13,21 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastnet.callbacks import Callback
-from fastnet.metrics import confusion_matrix, macro_scores, top_k_correct
+from fastnet.callbacks import Callback, as_callbacks, check_monitor
+from fastnet.metrics import (
+    check_metrics,
+    confusion_matrix,
+    macro_scores,
+    metric_name,
+    regression_scores,
+    regression_sums,
+    top_k_correct,
+)
 from fastnet.validation import as_input, check_positive_int
 
 DIVERGENCE_POLICIES = ("restore", "raise", "ignore")
@@ -48,6 +57,37 @@ class BatchSpec(NamedTuple):
     target_shape: tuple[int, ...]
     target_dtype: str
     weighted: bool
+
+
+@dataclass
+class FitRun:
+    """One ``fit`` call's checked inputs and settings, passed to the loop (not kept)."""
+
+    X: Any
+    y: Any
+    weights: Any
+    val: tuple[Any, Any] | None
+    streamed: bool
+    compiled: bool | str
+    group: Any
+    epochs: int
+    callbacks: list[Callback]
+    metrics: list[Callable[[np.ndarray, np.ndarray], float]]
+    top_k: int | None
+    verbose: int
+    on_divergence: str
+    log_names: list[str]
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _top_k(top_k: int | None, classes: int) -> int:
+    """The k of top-k accuracy for ``classes`` classes (0: not reported)."""
+    return top_k if top_k is not None and 0 < top_k < classes else 0
+
+
+def _rows(a: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` of a host or device array (CuPy takes NumPy indices too)."""
+    return a[idx]
 
 
 class TrainingDivergedError(FloatingPointError):
@@ -202,8 +242,9 @@ class DistributedStep(EagerStep):
 
 
 class Trainer:
-    """``fit`` for models that provide ``forward``/``backward``, ``loss``, ``arena``,
-    ``get_state``/``set_state``, ``validate_fit_data`` and ``build`` (``Sequential`` does)."""
+    """``fit`` for a model that implements the methods at the end of this class (forward and
+    backward, its step plan, state, data validation and build) and holds the attributes below;
+    ``Sequential`` inherits it. Per-fit state is passed as arguments (``FitRun``), not kept."""
 
     backend: Any
     dtype: np.dtype
@@ -214,8 +255,6 @@ class Trainer:
     stop_reason: str | None
     streamed: bool
     step_description: str
-    _comm: Any = None
-    _top_k: int | None = 5
     _compiled_steps: dict
     optimizer: Any
     steps_per_epoch: int = 0
@@ -234,9 +273,6 @@ class Trainer:
         self.arena.update()
         return totals
 
-    forward: Callable[..., Any]
-    backward: Callable[[Any], None]
-    step_plan: Callable[[], Any]
 
     # ------------------------------------------------------------------ the loop
     def fit(
@@ -247,8 +283,10 @@ class Trainer:
         epochs: int = 10,
         batch_size: int = 128,
         validation_data: tuple[Any, Any] | None = None,
+        validation_split: float = 0.0,
         shuffle: bool = True,
-        callbacks: Sequence[Callback] = (),
+        callbacks: Sequence[Any] = (),
+        metrics: Sequence[Callable[[np.ndarray, np.ndarray], float]] = (),
         verbose: int = 1,
         on_divergence: str = "restore",
         compiled: bool | str = "auto",
@@ -261,8 +299,16 @@ class Trainer:
     ) -> dict[str, list[float]]:
         """Train for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches.
 
-        Returns the history: per-epoch ``loss``, ``accuracy`` (running, training mode),
-        ``val_loss``/``val_accuracy`` when ``validation_data`` is given, and ``seconds``.
+        Returns this call's history (``model.history`` keeps every epoch trained so far):
+        per-epoch ``loss``, ``accuracy`` (classifiers; running, training mode), ``seconds`` and
+        ``lr``, plus ``val_*`` entries on validation data: ``val_loss``, and ``val_accuracy``,
+        macro ``val_precision``/``val_recall``/``val_f1`` and ``val_top{k}_accuracy`` (more
+        than ``top_k`` classes) for softmax classifiers, or ``val_mae``/``val_rmse``/``val_r2``
+        for regression; each of ``metrics`` (``f(y_true, y_pred) -> float`` on host arrays,
+        ``y_pred`` as ``predict_proba``/``predict_raw`` gives it) as ``val_<name>``.
+        ``validation_split`` holds out that fraction of the rows (seeded shuffle, stratified
+        for classifiers) instead of ``validation_data``.
+
         Bad arguments raise before anything changes. A NaN/inf loss restores the last weights
         whose loss is finite and stops (``on_divergence="restore"``), or also raises
         ``TrainingDivergedError`` ("raise"). On ``KeyboardInterrupt`` the weights of the last
@@ -271,9 +317,10 @@ class Trainer:
         fused JIT call per batch on numba) when the model qualifies, True requires it, False
         forces eager steps; ``step_description`` says which ran and why. Compiled steps compute
         what eager steps compute (same function, same device scalars). ``cuda_graph`` is the
-        old name of ``compiled`` (deprecated). With ``validation_data`` the
-        history also holds ``val_precision``/``val_recall``/``val_f1`` (macro) and, for more than
-        ``top_k`` classes, ``val_top{k}_accuracy`` (softmax classifiers).
+        old name of ``compiled`` (deprecated). ``callbacks``: fastnet ``Callback`` objects,
+        Keras-style objects whose hooks omit the model (``on_epoch_end(epoch, logs)``), or
+        plain functions ``f(epoch, logs)`` called after each epoch (a true result stops);
+        hook signatures and monitored names are checked before training.
 
         ``sample_weight`` (one non-negative weight per row) and ``class_weight`` ({label:
         weight}) weight each row's loss and gradient, normalised over the batch size as Keras
@@ -285,17 +332,45 @@ class Trainer:
         every batch, gradients are averaged with one all-reduce per arena group, validation is
         reduced over ranks, and only rank 0 prints. BatchNorm statistics are per rank.
         """
+        run = self._prepare_fit(
+            X, y, epochs, batch_size, validation_data, validation_split, callbacks, metrics,
+            verbose, on_divergence, _compiled_choice(compiled, cuda_graph), top_k,
+            sample_weight, class_weight, comm if distributed else None,
+        )
+        # ---- nothing above changed the model; from here on it trains
+        if not self.built:
+            self.build(run.X.shape[1])
+        group = run.group
+        if group is not None:
+            self._broadcast_state(group)
+        self.streamed = run.streamed
+        run_epoch = self._runner(run.X, run.y, batch_size, shuffle, run.compiled, run.streamed,
+                                 group, run.weights)
+        try:
+            return self._epochs(run_epoch, run)
+        except Exception as exc:
+            if group is not None and group.world_size > 1:  # never leave other ranks waiting
+                print(f"fastnet: rank {group.rank} of {group.world_size} failed in fit "
+                      f"({type(exc).__name__}: {exc}); aborting the job", file=sys.stderr,
+                      flush=True)
+                group.abort(1)
+            raise
+
+    def _prepare_fit(
+        self, X: Any, y: Any, epochs: int, batch_size: int, validation_data: Any,
+        validation_split: float, callbacks: Sequence[Any], metrics: Sequence[Any],
+        verbose: int, on_divergence: str, compiled: bool | str, top_k: int | None,
+        sample_weight: Any, class_weight: dict | None, comm: str | None,
+    ) -> FitRun:
+        """Every check of ``fit``'s arguments and data, changing nothing."""
         epochs = check_positive_int(epochs, "epochs")
-        batch_size = check_positive_int(batch_size, "batch_size")
+        check_positive_int(batch_size, "batch_size")
         if on_divergence not in DIVERGENCE_POLICIES:
             raise ValueError(
                 f"on_divergence must be one of {DIVERGENCE_POLICIES}, got {on_divergence!r}"
             )
-        compiled = _compiled_choice(compiled, cuda_graph)
-        callbacks = list(callbacks)
-        for cb in callbacks:
-            if not isinstance(cb, Callback):
-                raise TypeError(f"callbacks must be fastnet Callback objects, got {cb!r}")
+        hooks = as_callbacks(callbacks)
+        metric_fns = check_metrics(metrics)
         X = as_input(X, "X", self.backend)  # lists converted once; foreign arrays adopted
         n_bytes = int(np.prod(X.shape)) * self.dtype.itemsize
         streamed = isinstance(X, np.memmap) or not self.backend.fits_on_device(n_bytes)
@@ -304,118 +379,130 @@ class Trainer:
                 "compiled=True needs the training set resident on the GPU; it is "
                 f"too large ({n_bytes / 2**30:.2f} GiB) and would be streamed"
             )
+        X, y, sample_weight, validation_data = self._split_validation(
+            X, y, sample_weight, validation_data, validation_split
+        )
         Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
         wd = self.validate_weights(sample_weight, class_weight, y, Xd.shape[0], not streamed)
+        if metric_fns and val is None:
+            raise ValueError("metrics are computed on validation data: pass validation_data "
+                             "or validation_split")
+        names = self._log_names(val is not None, top_k, metric_fns, self.output_width(Xd.shape[1]))
+        names += [name for cb in hooks for name in cb.provides]
+        for cb in hooks:
+            check_monitor(cb, names)
         group = None
-        if distributed:
+        if comm is not None:
             from fastnet import distributed as dist
 
             with self.backend.step_stream():  # NCCL binds to this device
                 group = dist.init(comm, backend=self.backend.name if comm == "nccl" else None)
-            if not dist.is_main():
-                verbose = 0
-        # ---- nothing above changed the model; from here on it trains
-        if not self.built:
-            self.build(Xd.shape[1])
-        if group is not None:
-            self._broadcast_state(group)
-        self._comm = group
-        self._top_k = top_k
-        self.streamed = streamed
-        n = Xd.shape[0]
-        run_epoch = self._runner(Xd, yd, batch_size, shuffle, compiled, streamed, group, wd)
-        try:
-            return self._epochs(
-                run_epoch, n, Xd, yd, val, epochs, callbacks, verbose, on_divergence
-            )
-        except Exception as exc:
-            if group is not None and group.world_size > 1:  # never leave other ranks waiting
-                print(
-                    f"fastnet: rank {group.rank} of {group.world_size} failed in fit "
-                    f"({type(exc).__name__}: {exc}); aborting the job",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                group.abort(1)
-            raise
-        finally:
-            self._comm = None
+            verbose = verbose if dist.is_main() else 0
+        return FitRun(Xd, yd, wd, val, streamed, compiled, group, epochs, hooks, metric_fns,
+                      top_k, verbose, on_divergence, names)
 
-    def _epochs(
-        self,
-        run_epoch: Callable[..., tuple[Any, Any]],
-        n: int,
-        Xd: Any,
-        yd: Any,
-        val: tuple[Any, Any] | None,
-        epochs: int,
-        callbacks: list[Callback],
-        verbose: int,
-        on_divergence: str,
-    ) -> dict[str, list[float]]:
+    def _split_validation(
+        self, X: Any, y: Any, w: Any, validation_data: Any, fraction: float
+    ) -> tuple[Any, Any, Any, Any]:
+        """Hold out ``fraction`` of the rows (seeded shuffle, stratified for classifiers)."""
+        if not fraction:
+            return X, y, w, validation_data
+        if validation_data is not None:
+            raise ValueError("pass validation_data or validation_split, not both")
+        if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+            raise ValueError(f"validation_split must be in (0, 1), got {fraction!r}")
+        from fastnet.data import train_val_split
+
+        y = as_input(y, "y", self.backend)
+        labels = self.backend.to_numpy(y)
+        if len(labels) != X.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} samples but y has {len(labels)}")
+        seed = int(self._rng.integers(2**31))
+        (train, _), (held, _) = train_val_split(np.arange(X.shape[0]), labels, fraction, seed,
+                                                stratify=self.loss.classification)
+        w = None if w is None else np.asarray(w)[train]
+        return _rows(X, train), _rows(y, train), w, (_rows(X, held), _rows(y, held))
+
+    def _log_names(
+        self, validated: bool, top_k: int | None, metrics: list, outputs: int
+    ) -> list[str]:
+        """The names an epoch's logs will hold (checked against callbacks' ``monitor``)."""
+        names = ["loss", "seconds", "lr"] + (["accuracy"] if self.loss.counts_correct else [])
+        if validated:
+            names += [f"val_{key}" for key in self._metric_names(top_k, outputs)]
+            names += [f"val_{metric_name(f)}" for f in metrics]
+        return names
+
+    def _epochs(self, run_epoch: Callable[..., tuple[Any, Any]], run: FitRun) -> dict:
         self.stop_reason = None
-        for key in ("loss", "accuracy", "seconds") + (("val_loss", "val_accuracy") if val else ()):
+        for key in run.log_names:  # every entry listed, even if training stops at once
+            run.history[key] = []
             self.history.setdefault(key, [])
-        for cb in callbacks:
+        for cb in run.callbacks:
             cb.on_train_begin(self)
-        from tqdm.auto import tqdm
-
         previous: dict[str, Any] | None = None
-        for epoch in range(epochs):
-            for cb in callbacks:
+        for epoch in range(run.epochs):
+            for cb in run.callbacks:
                 cb.on_epoch_begin(self, epoch)
             snapshot = self.get_state()
-            start = time.perf_counter()
-            bar = tqdm(
-                total=n,
-                disable=verbose != 1,
-                leave=False,
-                unit="sample",
-                desc=f"epoch {epoch + 1}/{epochs}",
-                mininterval=0.5,
-            )
-            try:
-                loss_sum, correct_sum = run_epoch(bar.update, callbacks)
-            except KeyboardInterrupt:
-                bar.close()
-                self.set_state(snapshot)
-                self.stop_reason = (
-                    f"interrupted in epoch {epoch + 1}; weights of the last finished epoch restored"
-                )
-                raise
-            bar.close()
-            self.backend.synchronize()
-            seconds = time.perf_counter() - start
-            logs = {"loss": float(loss_sum) / n, "seconds": seconds, "lr": self.optimizer.lr}
-            logs["accuracy"] = float(correct_sum) / n if correct_sum is not None else float("nan")
-            if not np.isfinite(logs["loss"]) and on_divergence != "ignore":
-                restored = self._restore_last_good([snapshot, previous], Xd, yd, epoch)
+            logs = self._train_epoch(run_epoch, run, epoch, snapshot)
+            if not np.isfinite(logs["loss"]) and run.on_divergence != "ignore":
+                restored = self._restore_last_good([snapshot, previous], run.X, run.y, epoch)
                 self.stop_reason = (
                     f"loss became {logs['loss']} in epoch {epoch + 1}; {restored} (try a lower lr)"
                 )
-                if on_divergence == "raise":
+                if run.on_divergence == "raise":
                     raise TrainingDivergedError(self.stop_reason)
-                warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=2)
+                warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=3)
                 break
             previous = snapshot
-            if val is not None:
-                for key, value in self._evaluate_device(*val, top_k=self._top_k).items():
-                    logs[f"val_{key}"] = value
-            if verbose:
-                print(self._epoch_line(epoch + 1, epochs, logs), flush=True)
+            if run.val is not None:
+                scores = self._evaluate_device(*run.val, top_k=run.top_k, group=run.group,
+                                               metrics=run.metrics)
+                logs.update({f"val_{key}": value for key, value in scores.items()})
+            if run.verbose:
+                print(self._epoch_line(epoch + 1, run.epochs, logs), flush=True)
             stop = False
-            for cb in callbacks:  # callbacks may add entries (e.g. a validation score)
+            for cb in run.callbacks:  # callbacks may add entries (e.g. a validation score)
                 stop = bool(cb.on_epoch_end(self, epoch, logs)) or stop
             for key, value in logs.items():
                 self.history.setdefault(key, []).append(value)
+                run.history.setdefault(key, []).append(value)
             if stop:
                 self.stop_reason = (
                     self.stop_reason or f"stopped by callback after epoch {epoch + 1}"
                 )
                 break
-        for cb in callbacks:
+        for cb in run.callbacks:
             cb.on_train_end(self)
-        return self.history
+        return run.history
+
+    def _train_epoch(
+        self, run_epoch: Callable[..., tuple[Any, Any]], run: FitRun, epoch: int, snapshot: dict
+    ) -> dict[str, float]:
+        """One epoch with its progress bar; restores ``snapshot`` on Ctrl-C (and re-raises)."""
+        from tqdm.auto import tqdm
+
+        n = run.X.shape[0]
+        start = time.perf_counter()
+        bar = tqdm(total=n, disable=run.verbose != 1, leave=False, unit="sample",
+                   desc=f"epoch {epoch + 1}/{run.epochs}", mininterval=0.5)
+        try:
+            loss_sum, correct_sum = run_epoch(bar.update, run.callbacks)
+        except KeyboardInterrupt:
+            self.set_state(snapshot)
+            self.stop_reason = (
+                f"interrupted in epoch {epoch + 1}; weights of the last finished epoch restored"
+            )
+            raise
+        finally:
+            bar.close()
+        self.backend.synchronize()
+        logs = {"loss": float(loss_sum) / n, "seconds": time.perf_counter() - start,
+                "lr": self.optimizer.lr}
+        if correct_sum is not None:
+            logs["accuracy"] = float(correct_sum) / n
+        return logs
 
     def epoch_runner(
         self,
@@ -569,44 +656,70 @@ class Trainer:
         return total / X.shape[0]
 
     # ------------------------------------------------------------------ evaluation
-    def _evaluate_device(self, Xd: Any, yd: Any, top_k: int | None = None) -> dict[str, float]:
-        """Loss and accuracy; for softmax classifiers also macro precision / recall / F1 and,
-        with ``top_k`` below the class count, top-k accuracy. Data-parallel: each rank takes
-        its slice and the sums are reduced over ranks."""
-        group = getattr(self, "_comm", None)
-        n = Xd.shape[0]
-        lo, hi = (0, n)
+    def _metric_names(self, top_k: int | None, outputs: int) -> list[str]:
+        """What ``_evaluate_device`` reports for this model's loss and output width."""
+        names = ["loss"]
+        if self.loss.counts_correct:
+            names.append("accuracy")
+        else:
+            names += ["mae", "rmse", "r2"]
+        if self.loss.multiclass:
+            names += ["precision", "recall", "f1"]
+            k = _top_k(top_k, outputs)
+            names += [f"top{k}_accuracy"] if k else []
+        return names
+
+    def _evaluate_device(
+        self, Xd: Any, yd: Any, top_k: int | None = None, group: Any = None,
+        metrics: Sequence[Callable[[np.ndarray, np.ndarray], float]] = (),
+    ) -> dict[str, float]:
+        """The loss and ``_metric_names``: accuracy, macro precision / recall / F1 and top-k
+        accuracy for softmax classifiers, MAE / RMSE / R2 for regression, then ``metrics``.
+        Data-parallel (``group``): each rank takes its slice and the sums are reduced."""
+        n, lo, hi = Xd.shape[0], 0, Xd.shape[0]
         if group is not None and group.world_size > 1:
             from fastnet.distributed import rank_slice
 
             lo, hi = rank_slice(0, n, group.rank, group.world_size)
         classes = self.output_dim if self.loss.multiclass else 0
-        k = top_k if top_k is not None and 0 < top_k < classes else 0
-        sums = np.zeros(4 + classes * classes)  # loss, correct, counted, top-k, confusion
+        width = 0 if self.loss.counts_correct else self.output_dim
+        sums = np.zeros(3 + classes * classes + 4 * width)  # loss, correct, top-k, then tables
         if hi > lo:
-            outputs = self._batched_outputs(Xd[lo:hi])
-            targets = yd[lo:hi]
-            loss, _ = self.loss.compute(outputs, targets)
-            correct = self.loss.count_correct(outputs, targets)
-            sums[:3] = float(loss) * (hi - lo), float(correct or 0), float(correct is not None)
+            outputs, targets = self._batched_outputs(Xd[lo:hi]), yd[lo:hi]
+            sums[0] = float(self.loss.compute(outputs, targets)[0]) * (hi - lo)
+            if self.loss.counts_correct:
+                sums[1] = float(self.loss.count_correct(outputs, targets))
             if classes:
-                labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
-                if k:
-                    sums[3] = float(top_k_correct(outputs, labels, k, self.backend.xp))
-                cm = confusion_matrix(
-                    self.backend.to_numpy(labels),
-                    self.backend.to_numpy(outputs.argmax(axis=1)),
-                    classes,
-                )
-                sums[4:] = cm.ravel()
+                sums[2:] = self._class_sums(outputs, targets, classes, _top_k(top_k, classes))
+            if width:
+                host = self.backend.to_numpy
+                sums[3:] = regression_sums(host(outputs), host(targets))
         if group is not None and group.world_size > 1:
             group.allreduce(sums)
-        logs = {"loss": sums[0] / n, "accuracy": sums[1] / n if sums[2] else float("nan")}
+        logs = {"loss": sums[0] / n}
+        if self.loss.counts_correct:
+            logs["accuracy"] = sums[1] / n
         if classes:
-            logs.update(macro_scores(sums[4:].reshape(classes, classes)))
-            if k:
-                logs[f"top{k}_accuracy"] = sums[3] / n
+            logs.update(macro_scores(sums[3:].reshape(classes, classes)))
+            if _top_k(top_k, classes):
+                logs[f"top{_top_k(top_k, classes)}_accuracy"] = sums[2] / n
+        if width:
+            logs.update(regression_scores(sums[3:], n))
+        for f in metrics:  # on the whole set (not reducible over ranks)
+            logs[metric_name(f)] = float(f(self.backend.to_numpy(yd), self._predictions(Xd)))
         return {key: float(v) for key, v in logs.items()}
+
+    def _class_sums(self, outputs: Any, targets: Any, classes: int, k: int) -> np.ndarray:
+        """Top-k hits followed by the confusion matrix, as one vector of sums."""
+        labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
+        hits = float(top_k_correct(outputs, labels, k, self.backend.xp)) if k else 0.0
+        cm = confusion_matrix(self.backend.to_numpy(labels),
+                              self.backend.to_numpy(outputs.argmax(axis=1)), classes)
+        return np.concatenate([[hits], cm.ravel()])
+
+    def _predictions(self, Xd: Any) -> np.ndarray:
+        """What ``predict_proba`` (classifiers) or ``predict_raw`` return, for metrics."""
+        return self.backend.to_numpy(self.loss.predict_output(self._batched_outputs(Xd)))
 
     def _batched_outputs(self, Xd: Any, batch_size: int = 8192) -> Any:
         xp = self.backend.xp
@@ -617,17 +730,16 @@ class Trainer:
         return outs[0] if len(outs) == 1 else xp.concatenate(outs)
 
     def _epoch_line(self, epoch: int, epochs: int, logs: dict[str, float]) -> str:
-        parts = [
-            f"epoch {epoch:>3}/{epochs}",
-            f"loss {logs['loss']:.4f}",
-            f"acc {logs['accuracy']:.4f}",
-        ]
-        if "val_loss" in logs:
-            parts += [f"val_loss {logs['val_loss']:.4f}", f"val_acc {logs['val_accuracy']:.4f}"]
+        """One line per epoch: the loss, accuracy or regression errors, time and backend."""
+        shown = ("loss", "accuracy", "val_loss", "val_accuracy", "val_mae", "val_r2")
+        labels = {"accuracy": "acc", "val_accuracy": "val_acc"}
+        parts = [f"epoch {epoch:>3}/{epochs}"]
+        parts += [f"{labels.get(k, k)} {logs[k]:.4f}" for k in shown if k in logs]
         parts += [f"{logs['seconds']:.2f}s", f"backend {self.backend.name}"]
         return "  ".join(parts)
 
     # ------------------------------------------------------------------ supplied by the model
+    # The model interface fit relies on (``Sequential`` implements it).
     @property
     def built(self) -> bool:
         raise NotImplementedError
@@ -636,11 +748,36 @@ class Trainer:
     def output_dim(self) -> int:
         raise NotImplementedError
 
-    build: Callable[[int], Any]
-    validate_fit_data: Callable[..., tuple[Any, Any, tuple[Any, Any] | None]]
-    validate_weights: Callable[..., Any]
-    get_state: Callable[[], dict[str, Any]]
-    set_state: Callable[..., None]
+    def output_width(self, input_dim: int) -> int:
+        raise NotImplementedError
+
+    def build(self, input_dim: int) -> Any:
+        raise NotImplementedError
+
+    def forward(self, x: Any, training: bool = False) -> Any:
+        raise NotImplementedError
+
+    def backward(self, dout: Any) -> None:
+        raise NotImplementedError
+
+    def step_plan(self) -> Any:
+        raise NotImplementedError
+
+    def validate_fit_data(
+        self, X: Any, y: Any, validation_data: Any, on_device: bool = True
+    ) -> tuple[Any, Any, tuple[Any, Any] | None]:
+        raise NotImplementedError
+
+    def validate_weights(
+        self, sample_weight: Any, class_weight: Any, y: Any, n: int, on_device: bool = True
+    ) -> Any:
+        raise NotImplementedError
+
+    def get_state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def set_state(self, state: dict[str, Any], validate: bool = True) -> None:
+        raise NotImplementedError
 
 
 __all__ = ["Trainer", "TrainingDivergedError", "batch_bounds"]

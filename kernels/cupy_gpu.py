@@ -302,7 +302,7 @@ def sum_squares(g: Any, out: Any) -> None:
 # advanced on the device by ``advance_scalars`` in the same step, so a captured graph replays
 # the right values. Weight decay (L2 ``wd`` and the shrink) applies to elements [0, n_decay)
 # only; the gradient is scaled and clipped to [-clip, clip] first (NaN kept), as in the numba
-# kernels. State is stored through FLUSH: subnormal values become 0 (as on the CPU backends).
+# kernels. State is read and stored through FLUSH: subnormal values become 0 (as on the CPU).
 # A rule is one entry of UPDATE_RULES: (extra inputs, state outputs, body).
 _PRE = "raw float64 s, T wd_all, int64 n_decay, T clip, T tiny"
 _WD = (
@@ -318,25 +318,25 @@ UPDATE_RULES: dict[str, tuple[str, str, str]] = {
     "momentum": (
         "T mu, T nesterov, ",
         "T p, T v",
-        "T vi = FLUSH(mu * v - step * gi); v = vi; p *= shrink;"
+        "T vi = FLUSH(mu * FLUSH(v) - step * gi); v = vi; p *= shrink;"
         "p += nesterov != (T)0 ? mu * vi - step * gi : vi;",
     ),
     "adagrad": (
         "",
         "T p, T h",
-        "T hi = FLUSH(h + gi * gi); h = hi; p = p * shrink - step * gi / (sqrt(hi) + eps);",
+        "T hi = FLUSH(FLUSH(h) + gi * gi); h = hi; p = p * shrink - step * gi / (sqrt(hi) + eps);",
     ),
     "rmsprop": (
         "T rho, ",
         "T p, T h",
-        "T hi = FLUSH(rho * h + ((T)1 - rho) * gi * gi); h = hi;"
+        "T hi = FLUSH(rho * FLUSH(h) + ((T)1 - rho) * gi * gi); h = hi;"
         "p = p * shrink - step * gi / (sqrt(hi) + eps);",
     ),
     "adam": (
         "T beta1, T beta2, ",
         "T p, T m, T v",
-        "T mi = FLUSH(beta1 * m + ((T)1 - beta1) * gi);"
-        "T vi = FLUSH(beta2 * v + ((T)1 - beta2) * (gi * gi)); m = mi; v = vi;"
+        "T mi = FLUSH(beta1 * FLUSH(m) + ((T)1 - beta1) * gi);"
+        "T vi = FLUSH(beta2 * FLUSH(v) + ((T)1 - beta2) * (gi * gi)); m = mi; v = vi;"
         "p = p * shrink - step * mi / (sqrt(vi) + eps);",
     ),
 }

@@ -1,0 +1,140 @@
+"""What Keras and notebook users do on their first day works (issue: a new user's first hour,
+items 9 and 13): validation_split, Keras-style and plain-function callbacks checked before
+training, a fresh history per fit, regression metrics, user metrics, monitored names checked
+up front, and LeakyReLU with any slope."""
+
+import numpy as np
+import pytest
+
+import fastnet as fn
+from fastnet.gradcheck import check_layer
+
+
+def _blobs(n=240, d=6, k=3, seed=0):
+    r = np.random.default_rng(seed)
+    y = np.sort(r.integers(0, k, n))  # sorted by class, as a careless .npy would be
+    X = r.normal(size=(n, d)) + 3 * y[:, None]
+    return X.astype(np.float32), y
+
+
+def _model(**kw):
+    return fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], optimizer=fn.Adam(0.02),
+                         backend="numpy", seed=0, **kw)
+
+
+def test_validation_split_holds_out_a_shuffled_stratified_fraction():
+    X, y = _blobs()
+    hist = _model().fit(X, y, epochs=25, batch_size=32, verbose=0, validation_split=0.25)
+    assert len(hist["val_accuracy"]) == 25 and hist["val_accuracy"][-1] > 0.9  # all classes
+    with pytest.raises(ValueError, match="validation_split must be in"):
+        _model().fit(X, y, epochs=1, verbose=0, validation_split=1.5)
+    with pytest.raises(ValueError, match="not both"):
+        _model().fit(X, y, epochs=1, verbose=0, validation_split=0.2, validation_data=(X, y))
+
+
+def test_fit_returns_a_fresh_history_each_call():
+    X, y = _blobs()
+    model = _model()
+    first = model.fit(X, y, epochs=2, verbose=0)
+    second = model.fit(X, y, epochs=3, verbose=0)
+    assert len(first["loss"]) == 2 and len(second["loss"]) == 3
+    assert len(model.history["loss"]) == 5  # the model keeps every epoch
+
+
+def test_keras_style_and_function_callbacks():
+    X, y = _blobs()
+    seen = []
+
+    class KerasLike:  # not a fastnet Callback; hooks without the model, as Keras's
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append(("keras", epoch, round(logs["loss"], 6), self.model is not None))
+
+    class Subclass(fn.Callback):
+        def on_epoch_end(self, epoch, logs):  # Keras signature on a fastnet Callback
+            seen.append(("sub", epoch))
+
+    def stop_after_two(epoch, logs):
+        return epoch == 1
+
+    model = _model()
+    model.fit(X, y, epochs=5, verbose=0, callbacks=[KerasLike(), Subclass(), stop_after_two])
+    assert [s[:2] for s in seen] == [("keras", 0), ("sub", 0), ("keras", 1), ("sub", 1)]
+    assert all(s[3] for s in seen if s[0] == "keras")
+    assert "stopped by callback after epoch 2" in model.stop_reason
+
+
+def test_bad_callback_signatures_fail_before_training():
+    X, y = _blobs()
+
+    class Wrong(fn.Callback):
+        def on_epoch_end(self, a, b, c, d):
+            return False
+
+    model = _model()
+    with pytest.raises(TypeError, match=r"Wrong.on_epoch_end must take \(model, epoch, logs\)"):
+        model.fit(X, y, epochs=3, verbose=0, callbacks=[Wrong()])
+    assert not model.built and model.history == {}  # nothing trained
+    with pytest.raises(TypeError, match="callbacks must be"):
+        model.fit(X, y, epochs=1, verbose=0, callbacks=[42])
+
+
+def test_monitored_names_are_checked_before_training():
+    X, y = _blobs()
+    model = _model()
+    with pytest.raises(ValueError, match="'val_acc'.*valid names: .*val_accuracy"):
+        model.fit(X, y, epochs=3, verbose=0, validation_split=0.2,
+                  callbacks=[fn.EarlyStopping("val_acc")])
+    with pytest.raises(ValueError, match="validation_data or validation_split"):
+        model.fit(X, y, epochs=3, verbose=0, callbacks=[fn.ReduceLROnPlateau("val_loss")])
+    assert not model.built
+
+
+def test_regression_reports_mae_rmse_r2_never_accuracy(capsys):
+    r = np.random.default_rng(0)
+    X = r.normal(size=(300, 4))
+    y = X @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.1 * r.normal(size=300)
+    model = fn.Sequential([fn.Dense(16, "relu"), fn.Dense(1)], loss="mse", backend="numpy",
+                          optimizer=fn.Adam(0.01), seed=0, dtype="float64")
+    hist = model.fit(X, y, epochs=40, verbose=2, validation_split=0.2)
+    out = capsys.readouterr().out
+    assert "acc" not in out and "val_mae" in out and "val_r2" in out
+    assert "accuracy" not in hist and hist["val_r2"][-1] > 0.8
+    scores = model.evaluate(X, y)
+    pred = model.predict(X).ravel()
+    assert scores["mae"] == pytest.approx(np.abs(pred - y).mean(), rel=1e-9)
+    assert scores["rmse"] == pytest.approx(np.sqrt(((pred - y) ** 2).mean()), rel=1e-9)
+    r2 = 1 - ((pred - y) ** 2).sum() / ((y - y.mean()) ** 2).sum()
+    assert scores["r2"] == pytest.approx(r2, rel=1e-9)
+
+
+def test_user_metrics_are_logged_on_validation_data():
+    X, y = _blobs()
+
+    def balanced_error(y_true, proba):
+        return float((proba.argmax(1) != y_true).mean())
+
+    hist = _model().fit(X, y, epochs=2, verbose=0, validation_split=0.25,
+                        metrics=[balanced_error])
+    assert hist["val_balanced_error"][-1] == pytest.approx(1 - hist["val_accuracy"][-1])
+    with pytest.raises(ValueError, match="validation data"):
+        _model().fit(X, y, epochs=1, verbose=0, metrics=[balanced_error])
+    with pytest.raises(TypeError, match="metrics must be functions"):
+        _model().fit(X, y, epochs=1, verbose=0, validation_split=0.2, metrics=["f1"])
+
+
+@pytest.mark.parametrize("alpha", [-0.5, -2.0, 0.3])
+def test_leaky_relu_takes_any_slope_with_the_exact_gradient(alpha):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 5))
+    for layers in ([fn.Dense(4, "leaky_relu", alpha=alpha)], [fn.Dense(4), fn.LeakyReLU(alpha)]):
+        model = fn.Sequential(layers, loss="mse", backend="numpy", dtype="float64", seed=1)
+        model.build(5)
+        inputs = [x, np.array(model.layers[0].forward(x))]
+        for layer, inp in zip(model.layers, inputs):
+            result = check_layer(layer, inp)
+            assert result.ok, (alpha, layer, result)
+    y = fn.Sequential([fn.Dense(3, "leaky_relu", alpha=alpha)], backend="numpy",
+                      seed=0).build(5).forward(np.array([[1.0] * 5], np.float32))
+    assert y.shape == (1, 3)
+    with pytest.raises(ValueError, match="finite number"):
+        fn.LeakyReLU(float("nan"))
