@@ -37,89 +37,108 @@ def stripped_epoch(
     activation, loss and their backward (the matmuls still run); ``optimizer`` is ``"adam"``,
     ``"sgd"`` or ``None`` (no update)."""
     from fastnet.backends import get_backend
-    from fastnet.optimizers import Adam
 
     get_backend("numba")  # applies the backend's threading settings
-    from fastnet.kernels import numba_cpu as k
+    loop = _StrippedLoop(X, y, sizes, batch, elementwise, optimizer, seed)
+    return lambda: loop.epoch(gather)
 
-    f32 = np.float32
-    rng = np.random.default_rng(seed)
-    shapes = list(zip(sizes[:-1], sizes[1:]))
-    total = sum(a * b + b for a, b in shapes)
-    params, grads = np.zeros(total, f32), np.zeros(total, f32)
-    m1, m2 = np.zeros(total, f32), np.zeros(total, f32)
-    Ws, bs, dWs, dbs = [], [], [], []
-    offset = 0
-    for a, b in shapes:
-        W = params[offset : offset + a * b].reshape(a, b)
-        W[:] = rng.standard_normal((a, b)) * np.sqrt(2.0 / a)
-        Ws.append(W)
-        dWs.append(grads[offset : offset + a * b].reshape(a, b))
-        offset += a * b
-        bs.append(params[offset : offset + b])
-        dbs.append(grads[offset : offset + b])
-        offset += b
-    acts = [RELU] * (len(shapes) - 1) + [LINEAR]
-    hs = [np.empty((batch, b), f32) for _, b in shapes]
-    dzs = [np.zeros((batch, b), f32) for _, b in shapes]
-    dxs = [np.zeros((batch, a), f32) for a, _ in shapes]
-    xb = np.array(X[:batch], dtype=f32)  # copies: the gather writes into these
-    yb = np.array(y[:batch], dtype=np.int64)
-    alpha, inv_n = f32(0.01), f32(1.0 / batch)
-    beta1, beta2 = f32(0.9), f32(0.999)
-    inf, tiny = f32(np.inf), f32(np.finfo(f32).tiny)
-    no_weights, no_targets = np.empty(0, np.float32), np.empty((0, 0), np.float32)
-    n, last = len(X), len(shapes) - 1
-    rule = Adam(1e-3)
-    adam_scalars, sgd_scalars = np.zeros(8), np.zeros(8)  # device scalars, as fastnet's arena
-    adam_scalars[0], sgd_scalars[0] = 1e-3, 0.01
-    norm_sq = np.zeros(1)
 
-    def step() -> float:
-        loss = float("nan")
-        inp = xb
-        for W, b, h, act in zip(Ws, bs, hs, acts):
+class _StrippedLoop:
+    """The stripped training loop: a flat arena of a ReLU MLP and the numba kernels called
+    directly, without fastnet's layers, model or step objects."""
+
+    def __init__(self, X: np.ndarray, y: np.ndarray, sizes: Sequence[int], batch: int,
+                 elementwise: bool, optimizer: str | None, seed: int) -> None:
+        from fastnet.kernels import numba_cpu
+
+        from fastnet.optimizers import Adam
+
+        f32 = np.float32
+        self.k, self.X, self.y, self.batch = numba_cpu, X, y, batch
+        self.elementwise, self.optimizer = elementwise, optimizer
+        self.rng = np.random.default_rng(seed)
+        shapes = list(zip(sizes[:-1], sizes[1:]))
+        total = sum(a * b + b for a, b in shapes)
+        self.params, self.grads = np.zeros(total, f32), np.zeros(total, f32)
+        self.m1, self.m2 = np.zeros(total, f32), np.zeros(total, f32)
+        self._views(shapes)
+        self.acts = [RELU] * (len(shapes) - 1) + [LINEAR]
+        self.hs = [np.empty((batch, b), f32) for _, b in shapes]
+        self.dzs = [np.zeros((batch, b), f32) for _, b in shapes]
+        self.dxs = [np.zeros((batch, a), f32) for a, _ in shapes]
+        self.xb = np.array(X[:batch], dtype=f32)  # copies: the gather writes into these
+        self.yb = np.array(y[:batch], dtype=np.int64)
+        self.alpha, self.inv_n = f32(0.01), f32(1.0 / batch)
+        self.no_weights, self.no_targets = np.empty(0, f32), np.empty((0, 0), f32)
+        self.rule = Adam(1e-3)
+        self.scalars = np.zeros(8)  # device scalars, as fastnet's arena keeps them
+        self.scalars[0] = 1e-3 if optimizer == "adam" else 0.01
+        self.norm_sq = np.zeros(1)
+
+    def _views(self, shapes: list[tuple[int, int]]) -> None:
+        self.Ws, self.bs, self.dWs, self.dbs = [], [], [], []
+        offset = 0
+        for a, b in shapes:
+            W = self.params[offset : offset + a * b].reshape(a, b)
+            W[:] = self.rng.standard_normal((a, b)) * np.sqrt(2.0 / a)
+            self.Ws.append(W)
+            self.dWs.append(self.grads[offset : offset + a * b].reshape(a, b))
+            offset += a * b
+            self.bs.append(self.params[offset : offset + b])
+            self.dbs.append(self.grads[offset : offset + b])
+            offset += b
+
+    def forward_backward(self) -> float:
+        k, loss, inp = self.k, float("nan"), self.xb
+        for W, b, h, act in zip(self.Ws, self.bs, self.hs, self.acts):
             k.matmul(inp, W, h)
-            if elementwise:
-                k.bias_act(h, b, act, alpha)
+            if self.elementwise:
+                k.bias_act(h, b, act, self.alpha)
             inp = h
-        if elementwise:
-            loss = k.softmax_xent(hs[-1], yb, no_targets, dzs[-1], inv_n, True, no_weights,
-                                  f32(0)) / batch
-        dy = dzs[-1]
-        for i in range(last, -1, -1):
+        if self.elementwise:
+            total = k.softmax_xent(self.hs[-1], self.yb, self.no_targets, self.dzs[-1],
+                                   self.inv_n, True, self.no_weights, np.float32(0))
+            loss = total / self.batch
+        dy = self.dzs[-1]
+        for i in range(len(self.Ws) - 1, -1, -1):
             dz = dy
-            if elementwise:
-                if acts[i] == LINEAR:
-                    dy.sum(axis=0, out=dbs[i])
+            if self.elementwise:
+                if self.acts[i] == LINEAR:
+                    dy.sum(axis=0, out=self.dbs[i])
                 else:
-                    k.act_backward_bias(hs[i], dy, acts[i], alpha, dzs[i], dbs[i])
-                    dz = dzs[i]
-            k.matmul((xb if i == 0 else hs[i - 1]).T, dz, dWs[i])
+                    k.act_backward_bias(self.hs[i], dy, self.acts[i], self.alpha, self.dzs[i],
+                                        self.dbs[i])
+                    dz = self.dzs[i]
+            k.matmul((self.xb if i == 0 else self.hs[i - 1]).T, dz, self.dWs[i])
             if i:
-                k.matmul(dz, Ws[i].T, dxs[i])
-                dy = dxs[i]
-        if optimizer == "adam":
-            k.advance_scalars(adam_scalars, norm_sq, *rule.scalar_constants())
-            k.adam_update(params, grads, m1, m2, adam_scalars, beta1, beta2, f32(0), 0, inf, tiny)
-        elif optimizer == "sgd":
-            k.advance_scalars(sgd_scalars, norm_sq, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-            k.sgd_update(params, grads, sgd_scalars, f32(0), 0, inf, tiny)
+                k.matmul(dz, self.Ws[i].T, self.dxs[i])
+                dy = self.dxs[i]
         return loss
 
-    def epoch() -> float:
-        order = rng.permutation(n)
+    def update(self) -> None:
+        f32, k = np.float32, self.k
+        inf, tiny = f32(np.inf), f32(np.finfo(f32).tiny)
+        if self.optimizer == "adam":
+            k.advance_scalars(self.scalars, self.norm_sq, *self.rule.scalar_constants())
+            k.adam_update(self.params, self.grads, self.m1, self.m2, self.scalars, f32(0.9),
+                          f32(0.999), f32(0), 0, inf, tiny)
+        elif self.optimizer == "sgd":
+            k.advance_scalars(self.scalars, self.norm_sq, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+            k.sgd_update(self.params, self.grads, self.scalars, f32(0), 0, inf, tiny)
+
+    def epoch(self, gather: bool) -> float:
+        n, batch = len(self.X), self.batch
+        order = self.rng.permutation(n)
         losses = []
         for lo in range(0, n - batch + 1, batch):
             if gather:
                 idx = order[lo : lo + batch]
                 # a permutation: in range. mode="raise" would make np.take buffer `out` (4x slower)
-                np.take(X, idx, axis=0, out=xb, mode="wrap")
-                np.take(y, idx, out=yb, mode="wrap")
-            losses.append(step())
+                np.take(self.X, idx, axis=0, out=self.xb, mode="wrap")
+                np.take(self.y, idx, out=self.yb, mode="wrap")
+            losses.append(self.forward_backward())
+            self.update()
         return float(np.mean(losses))
-
-    return epoch
 
 
 def _framework_epoch(

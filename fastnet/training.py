@@ -9,6 +9,7 @@ divergence and interrupt handling are written once, here. ``Sequential`` inherit
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 import warnings
@@ -78,6 +79,20 @@ class FitRun:
     on_divergence: str
     log_names: list[str]
     history: dict[str, list[float]] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _abort_job_on_error(group: Any) -> Iterator[None]:
+    """Data-parallel: a rank that fails aborts the whole job (naming itself) instead of
+    leaving the other ranks waiting in a collective."""
+    try:
+        yield
+    except Exception as exc:
+        if group is not None and group.world_size > 1:
+            print(f"fastnet: rank {group.rank} of {group.world_size} failed in fit "
+                  f"({type(exc).__name__}: {exc}); aborting the job", file=sys.stderr, flush=True)
+            group.abort(1)
+        raise
 
 
 def _top_k(top_k: int | None, classes: int) -> int:
@@ -297,40 +312,27 @@ class Trainer:
         sample_weight: Any = None,
         class_weight: dict | None = None,
     ) -> dict[str, list[float]]:
-        """Train for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches.
+        """Train for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches; returns this
+        call's history (``model.history`` keeps every epoch): ``loss``, ``accuracy``
+        (classifiers), ``seconds``, ``lr`` and, on validation data (``validation_data``, or a
+        seeded, stratified ``validation_split``), ``val_loss`` with ``val_accuracy``, macro
+        ``val_precision``/``_recall``/``_f1`` and ``val_top{k}_accuracy`` for softmax
+        classifiers or ``val_mae``/``_rmse``/``_r2`` for regression, and each of ``metrics``
+        (``f(y_true, y_pred) -> float`` on host arrays) as ``val_<name>``.
 
-        Returns this call's history (``model.history`` keeps every epoch trained so far):
-        per-epoch ``loss``, ``accuracy`` (classifiers; running, training mode), ``seconds`` and
-        ``lr``, plus ``val_*`` entries on validation data: ``val_loss``, and ``val_accuracy``,
-        macro ``val_precision``/``val_recall``/``val_f1`` and ``val_top{k}_accuracy`` (more
-        than ``top_k`` classes) for softmax classifiers, or ``val_mae``/``val_rmse``/``val_r2``
-        for regression; each of ``metrics`` (``f(y_true, y_pred) -> float`` on host arrays,
-        ``y_pred`` as ``predict_proba``/``predict_raw`` gives it) as ``val_<name>``.
-        ``validation_split`` holds out that fraction of the rows (seeded shuffle, stratified
-        for classifiers) instead of ``validation_data``.
-
-        Bad arguments raise before anything changes. A NaN/inf loss restores the last weights
-        whose loss is finite and stops (``on_divergence="restore"``), or also raises
-        ``TrainingDivergedError`` ("raise"). On ``KeyboardInterrupt`` the weights of the last
-        finished epoch are restored and the interrupt is re-raised. ``compiled``: "auto" uses
-        the backend's compiled step (the step function captured in a CUDA graph on cupy, one
-        fused JIT call per batch on numba) when the model qualifies, True requires it, False
-        forces eager steps; ``step_description`` says which ran and why. Compiled steps compute
-        what eager steps compute (same function, same device scalars). ``cuda_graph`` is the
-        old name of ``compiled`` (deprecated). ``callbacks``: fastnet ``Callback`` objects,
-        Keras-style objects whose hooks omit the model (``on_epoch_end(epoch, logs)``), or
-        plain functions ``f(epoch, logs)`` called after each epoch (a true result stops);
-        hook signatures and monitored names are checked before training.
-
-        ``sample_weight`` (one non-negative weight per row) and ``class_weight`` ({label:
-        weight}) weight each row's loss and gradient, normalised over the batch size as Keras
-        does; the epoch's ``loss`` is the weighted mean.
-
-        ``distributed=True`` (under ``mpirun``; see ``fastnet.distributed``) trains data-parallel
-        over the job's ranks with the same semantics as one process: ``batch_size`` is the
-        global batch, rank 0's weights are broadcast first, each rank computes its slice of
-        every batch, gradients are averaged with one all-reduce per arena group, validation is
-        reduced over ranks, and only rank 0 prints. BatchNorm statistics are per rank.
+        Bad arguments raise before anything changes. A NaN/inf loss restores the last finite
+        weights and stops (``on_divergence="restore"``; "raise" also raises
+        ``TrainingDivergedError``); Ctrl-C restores the last finished epoch and re-raises.
+        ``compiled``: "auto" runs the backend's compiled step (the step function captured in
+        a CUDA graph on cupy, one fused JIT call on numba) when the model qualifies, True
+        requires it, False forces eager steps; both compute the same (``step_description``
+        says which ran and why; ``cuda_graph`` is its deprecated old name). ``callbacks``:
+        fastnet ``Callback`` objects, Keras-style objects (hooks without the model) or
+        functions ``f(epoch, logs)`` (true stops), checked before training.
+        ``sample_weight``/``class_weight`` weight rows, normalised over the batch as in Keras.
+        ``distributed=True`` (under ``mpirun``) trains data-parallel with one process's
+        semantics: ``batch_size`` is global, gradients are all-reduced (``comm`` "mpi" or
+        "nccl"), validation is reduced over ranks and rank 0 prints.
         """
         run = self._prepare_fit(
             X, y, epochs, batch_size, validation_data, validation_split, callbacks, metrics,
@@ -340,21 +342,13 @@ class Trainer:
         # ---- nothing above changed the model; from here on it trains
         if not self.built:
             self.build(run.X.shape[1])
-        group = run.group
-        if group is not None:
-            self._broadcast_state(group)
+        if run.group is not None:
+            self._broadcast_state(run.group)
         self.streamed = run.streamed
         run_epoch = self._runner(run.X, run.y, batch_size, shuffle, run.compiled, run.streamed,
-                                 group, run.weights)
-        try:
+                                 run.group, run.weights)
+        with _abort_job_on_error(run.group):
             return self._epochs(run_epoch, run)
-        except Exception as exc:
-            if group is not None and group.world_size > 1:  # never leave other ranks waiting
-                print(f"fastnet: rank {group.rank} of {group.world_size} failed in fit "
-                      f"({type(exc).__name__}: {exc}); aborting the job", file=sys.stderr,
-                      flush=True)
-                group.abort(1)
-            raise
 
     def _prepare_fit(
         self, X: Any, y: Any, epochs: int, batch_size: int, validation_data: Any,
