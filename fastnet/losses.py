@@ -23,6 +23,8 @@ class Loss:
     counts_correct = False
     #: one class per output column (softmax): metrics such as top-k and the confusion matrix
     multiclass = False
+    #: what ``predict_output`` applies: "softmax", "sigmoid" or "identity"
+    predictions = "identity"
 
     def __init__(self) -> None:
         self._backend: Backend | None = None
@@ -74,8 +76,9 @@ class Loss:
 
     def plan(self) -> LossPlan:
         """This loss as plain data for a compiled step (``fastnet.backends.plan``)."""
-        return LossPlan(self.name, reason=f"captured steps cover the softmax cross-entropy "
-                        f"loss only, not {self.name} (array expressions)")
+        return LossPlan(self.name, predictions=self.predictions,
+                        reason=f"captured steps cover the softmax cross-entropy loss only, not "
+                        f"{self.name} (array expressions)")
 
     def invalid_targets(self, targets: Any, xp: Any = np) -> str:
         """Why ``targets`` are outside this loss's domain ("" if they are fine)."""
@@ -130,6 +133,7 @@ class SoftmaxCrossEntropy(Loss):
 
     name = "softmax_cross_entropy"
     classification = counts_correct = multiclass = True
+    predictions = "softmax"
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
@@ -158,7 +162,7 @@ class SoftmaxCrossEntropy(Loss):
         return dlogits
 
     def plan(self) -> LossPlan:
-        return LossPlan(self.name, self.label_smoothing)
+        return LossPlan(self.name, True, self.label_smoothing, "softmax")
 
     def get_config(self) -> dict:
         return {"name": self.name, "label_smoothing": self.label_smoothing}
@@ -191,6 +195,7 @@ class SigmoidBinaryCrossEntropy(Loss):
 
     name = "sigmoid_binary_cross_entropy"
     classification = counts_correct = True
+    predictions = "sigmoid"
 
     def invalid_targets(self, targets: Any, xp: Any = np) -> str:
         if targets.size and bool(((targets < 0) | (targets > 1)).any()):

@@ -241,8 +241,8 @@ class Sequential(Trainer):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities (NumPy) for classification losses."""
         self._require_built()
-        outputs = self._batched_outputs(self._features(X, "X"))
-        return self.backend.to_numpy(self.loss.predict_output(outputs))
+        return self.backend.to_numpy(self._batched_outputs(self._features(X, "X"),
+                                                           probabilities=True))
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted class indices for classifiers, raw outputs otherwise (NumPy)."""

@@ -271,6 +271,8 @@ class Trainer:
     streamed: bool
     step_description: str
     _compiled_steps: dict
+    _plan_key: int | None = None
+    _plan: Any = None
     optimizer: Any
     steps_per_epoch: int = 0
     _rng: np.random.Generator
@@ -713,15 +715,33 @@ class Trainer:
 
     def _predictions(self, Xd: Any) -> np.ndarray:
         """What ``predict_proba`` (classifiers) or ``predict_raw`` return, for metrics."""
-        return self.backend.to_numpy(self.loss.predict_output(self._batched_outputs(Xd)))
+        return self.backend.to_numpy(self._batched_outputs(Xd, probabilities=True))
 
-    def _batched_outputs(self, Xd: Any, batch_size: int = 8192) -> Any:
-        xp = self.backend.xp
-        outs = [
-            xp.array(self.forward(Xd[lo : lo + batch_size], training=False), copy=True)
-            for lo in range(0, Xd.shape[0], batch_size)
-        ]
-        return outs[0] if len(outs) == 1 else xp.concatenate(outs)
+    def _batched_outputs(
+        self, Xd: Any, batch_size: int = 8192, probabilities: bool = False
+    ) -> Any:
+        """The model's outputs on ``Xd`` in eval mode (the loss's predictions, e.g. softmax
+        probabilities, with ``probabilities``), in chunks of ``batch_size`` rows: one fused
+        call per chunk where the backend has fused inference for the plan, else layer by
+        layer."""
+        plan = self._inference_plan()
+        chunks = []
+        for lo in range(0, Xd.shape[0], batch_size):
+            chunk = Xd[lo : lo + batch_size]
+            out = None if plan is None else self.backend.infer(plan, chunk, probabilities)
+            if out is None:  # layer by layer (their buffers are reused: copy out)
+                out = self.backend.xp.array(self.forward(chunk, training=False), copy=True)
+                out = self.loss.predict_output(out) if probabilities else out
+            chunks.append(out)
+        return chunks[0] if len(chunks) == 1 else self.backend.xp.concatenate(chunks)
+
+    def _inference_plan(self) -> Any:
+        """The model's step plan for fused inference, kept while the arena is the same (its
+        arrays are updated in place); None unless the loss's predictions are a softmax or
+        the raw outputs (what fused inference computes)."""
+        if self._plan_key != id(self.arena):
+            self._plan_key, self._plan = id(self.arena), self.step_plan()
+        return self._plan
 
     def _epoch_line(self, epoch: int, epochs: int, logs: dict[str, float]) -> str:
         """One line per epoch: the loss, accuracy or regression errors, time and backend."""

@@ -42,10 +42,12 @@ def check_features(
     if on_device:
         arr = backend.asarray(raw, dtype)
         xp = backend.xp
+        finite = kind != "f" or backend.all_finite(arr)
     else:
         arr = np.ascontiguousarray(host_array(raw, name), dtype=dtype)
         xp = np
-    if kind == "f" and not bool(xp.isfinite(arr).all()):
+        finite = kind != "f" or bool(np.isfinite(arr).all())
+    if not finite:
         bad = int((~xp.isfinite(arr)).sum())
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
     return arr

@@ -538,6 +538,47 @@ def matmul(a, b, out):
     one BLAS thread pool for the whole backend (two would spin against each other)."""
     np.dot(a, b, out)
 
+# ---------------------------------------------------------------------------- inference
+@njit(**REDUCE)
+def all_finite(x):
+    """True if no element of the 2-D ``x`` is NaN or infinite (``x * 0`` is 0 exactly for
+    finite values, NaN otherwise; summed per row: vectorized, no temporary array)."""
+    for i in range(x.shape[0]):
+        row = x[i]
+        acc = row[0] - row[0]
+        for j in range(row.shape[0]):
+            acc += row[j] * 0
+        if acc != 0 or acc != acc:
+            return False
+    return True
+
+
+@njit(**SERIAL)
+def dense_forward(x, weights, biases, codes, alphas, softmax):
+    """Inference through a stack of dense layers in one call: returns a new array of the
+    last layer's outputs (row-wise softmax of them with ``softmax``)."""
+    h = np.empty((x.shape[0], weights[0].shape[1]), dtype=x.dtype)
+    np.dot(x, weights[0], h)  # x may be read-only (a memory map): h never refers to it
+    bias_act(h, biases[0], codes[0], alphas[0])
+    for i in range(1, len(weights)):
+        out = np.empty((x.shape[0], weights[i].shape[1]), dtype=x.dtype)
+        np.dot(h, weights[i], out)
+        bias_act(out, biases[i], codes[i], alphas[i])
+        h = out
+    if softmax:
+        for r in range(h.shape[0]):
+            row = h[r]
+            mx = row.max()
+            total = row[0] - row[0]
+            for j in range(row.shape[0]):
+                e = math.exp(row[j] - mx)
+                row[j] = e
+                total += e
+            for j in range(row.shape[0]):
+                row[j] /= total
+    return h
+
+
 # ---------------------------------------------------------------------------- whole training step
 @njit(**SERIAL)
 def dense_train_step(x, labels, targets, row_weights, smoothing, weights, biases, codes, alphas,

@@ -240,6 +240,16 @@ class Backend:
             return out
         return xp.multiply(dy, deriv, out=out)
 
+    def all_finite(self, x: Any) -> bool:
+        """Whether no element of ``x`` is NaN or infinite (input checks; one reduction)."""
+        return bool(self.xp.isfinite(x).all())
+
+    def infer(self, plan: Any, x: Any, probabilities: bool) -> Any:
+        """Outputs of a model's ``StepPlan`` on ``x`` (softmax of them with ``probabilities``)
+        in a new array, or None where this backend has no fused inference for the plan (the
+        layers then run one by one)."""
+        return None
+
     def softmax(self, x: Any) -> Any:
         self._ran("softmax")
         xp = self.xp

@@ -49,6 +49,7 @@ class NumbaBackend(Backend):
 
         self.k = numba_cpu
         self._empties: dict[tuple, np.ndarray] = {}
+        self._infer_args: dict[str, Any] = {}
         self._empty_bias: dict[np.dtype, np.ndarray] = {}
         self._zero_bias: dict[tuple, np.ndarray] = {}
 
@@ -139,6 +140,35 @@ class NumbaBackend(Backend):
         ):
             return super().activation_backward(y, dy, activation, alpha, out)
         return self.act_backward_bias(y, dy, activation, alpha, out, None)
+
+    # ------------------------------------------------------------------ inference
+    def all_finite(self, x: Any) -> bool:
+        if x.ndim != 2 or x.dtype not in FLOAT_DTYPES or x.size == 0:
+            return super().all_finite(x)
+        return bool(self.k.all_finite(x))
+
+    def infer(self, plan: Any, x: Any, probabilities: bool) -> Any:
+        """One JIT call through a Dense stack (``kernels.numba_cpu.dense_forward``): what
+        ``predict`` costs beyond the matmuls is one dispatch, not one per op."""
+        layers = plan.dense_layers()
+        softmax = probabilities and plan.loss.predictions == "softmax"
+        if (layers is None or x.ndim != 2 or not contiguous_floats(x)
+                or x.dtype != np.dtype(plan.dtype)
+                or (probabilities and plan.loss.predictions not in ("softmax", "identity"))):
+            return None
+        key = (id(plan), x.dtype)
+        if self._infer_args.get("key") != key:  # the plan's arrays, once per plan
+            dtype = x.dtype
+            biases = tuple(np.zeros(layer.weight.shape[1], dtype) if layer.bias is None
+                           else layer.bias for layer in layers)
+            self._infer_args = {
+                "key": key, "plan": plan,
+                "args": (tuple(layer.weight for layer in layers), biases,
+                         tuple(int(layer.activation) for layer in layers),
+                         tuple(dtype.type(layer.alpha) for layer in layers)),
+            }
+        self._ran("matmul", "blas (numba, fused inference)")
+        return self.k.dense_forward(x, *self._infer_args["args"], softmax)
 
     # ------------------------------------------------------------------ loss
     def _targets(self, logits: Any, labels: Any) -> tuple[Any, Any] | None:

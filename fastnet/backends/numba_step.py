@@ -18,8 +18,8 @@ def fused_step_reason(plan: StepPlan) -> str:
     layers = plan.dense_layers()
     if layers is None:
         return "the fused numba step covers Dense layers only"
-    if plan.loss.kind != "softmax_cross_entropy":
-        return f"the fused numba step covers softmax cross-entropy, not {plan.loss.kind}"
+    if not plan.loss.fused_softmax_xent:
+        return f"the fused numba step covers softmax cross-entropy, not {plan.loss.name}"
     if any(layer.activation == Act.TANH for layer in layers):
         return "tanh runs faster through NumPy than in numba (eager)"
     if plan.dtype not in (np.float32, np.float64):

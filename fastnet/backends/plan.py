@@ -39,11 +39,14 @@ class OpaquePlan:
 
 @dataclass(frozen=True)
 class LossPlan:
-    """The loss: ``kind`` "softmax_cross_entropy" (fused backend ops, capturable) or another
-    loss's name with the ``reason`` it is not captured."""
+    """The loss: ``name``; ``fused_softmax_xent`` when it is the fused softmax cross-entropy
+    (backend ops, capturable) with ``label_smoothing``; ``predictions``, what turns outputs into
+    predictions ("softmax", "sigmoid" or "identity"); else the ``reason`` it is not captured."""
 
-    kind: str
+    name: str
+    fused_softmax_xent: bool = False
     label_smoothing: float = 0.0
+    predictions: str = "identity"
     reason: str = ""
 
 

@@ -1,0 +1,62 @@
+"""Inference: the numba backend's fused forward (one JIT call per chunk) and its finiteness
+check give what the NumPy reference gives, for every loss's predictions."""
+
+import numpy as np
+import pytest
+
+import fastnet as fn
+from fastnet.backends import probe
+
+pytestmark = pytest.mark.skipif(not probe("numba").available, reason="numba unavailable")
+
+
+def _pair(loss="softmax_cross_entropy", acts=("relu", "tanh"), outputs=4):
+    layers = lambda: [fn.Dense(16, acts[0]), fn.Dense(8, acts[1]), fn.Dense(outputs)]  # noqa: E731
+    models = [fn.Sequential(layers(), loss=loss, backend=b, seed=0, dtype="float64").build(6)
+              for b in ("numpy", "numba")]
+    return models
+
+
+@pytest.mark.parametrize("loss, outputs", [("softmax_cross_entropy", 4), ("bce", 1), ("mse", 2)])
+@pytest.mark.parametrize("rows", [1, 7, 9000])
+def test_fused_inference_matches_the_reference(loss, outputs, rows):
+    ref, fused = _pair(loss, outputs=outputs)
+    X = np.random.default_rng(0).normal(size=(rows, 6))
+    X.setflags(write=False)  # e.g. a memory map
+    np.testing.assert_allclose(fused.predict_raw(X), ref.predict_raw(X), rtol=1e-12, atol=1e-12)
+    if loss != "mse":
+        np.testing.assert_allclose(fused.predict_proba(X), ref.predict_proba(X), rtol=1e-12,
+                                   atol=1e-14)
+    if loss == "mse":
+        np.testing.assert_allclose(fused.predict(X), ref.predict(X), rtol=1e-12, atol=1e-12)
+    else:
+        np.testing.assert_array_equal(fused.predict(X), ref.predict(X))
+    assert "fused inference" in fused.backend.kernel_report["matmul"]
+
+
+def test_fused_inference_follows_new_weights():
+    ref, fused = _pair()
+    X = np.random.default_rng(1).normal(size=(5, 6))
+    before = fused.predict_proba(X)
+    fused.fit(X, np.arange(5) % 4, epochs=2, batch_size=5, verbose=0)  # updated in place
+    ref.set_state(fused.get_state())
+    assert not np.allclose(fused.predict_proba(X), before)
+    np.testing.assert_allclose(fused.predict_proba(X), ref.predict_proba(X), rtol=1e-12)
+    fused.build(6)  # a new arena: a new plan
+    ref.set_state(fused.get_state())
+    np.testing.assert_allclose(fused.predict_proba(X), ref.predict_proba(X), rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [(0, 0), (3, 5), (-1, -1)])
+def test_all_finite_finds_every_non_finite_value(bad, where):
+    be = fn.get_backend("numba")
+    for dtype in (np.float32, np.float64):
+        x = np.random.default_rng(0).normal(size=(40, 17)).astype(dtype) * 1e30
+        assert be.all_finite(x)
+        x[where] = bad
+        assert not be.all_finite(x)
+    model, X = _pair()[1], np.ones((5, 6))
+    X[where] = bad
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model.predict(X)
