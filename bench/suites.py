@@ -225,15 +225,12 @@ def load_training_data(quick: bool) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def _model(backend: Any, sizes: tuple[int, ...], optimizer: str = "adam", precision: str = "fp32"):
-    from fastnet.layers import Dense
-    from fastnet.model import Sequential
+    from fastnet.builders import mlp
     from fastnet.optimizers import SGD, Adam
 
     opt = Adam(1e-3) if optimizer == "adam" else SGD(0.01)
-    layers = [Dense(s, "relu") for s in sizes[1:-1]] + [Dense(sizes[-1])]
-    return Sequential(
-        layers, optimizer=opt, backend=backend, seed=0, precision=precision
-    ).build(sizes[0])
+    return mlp(sizes[0], sizes[1:-1], sizes[-1], "relu", optimizer=opt, backend=backend, seed=0,
+               precision=precision)
 
 
 def step_flops(sizes: tuple[int, ...], batch: int) -> float:
@@ -420,8 +417,7 @@ import numpy as np
 import fastnet as fn
 t_import = time.perf_counter() - t0
 be = fn.get_backend({name!r})
-m = fn.Sequential([fn.Dense(256, "relu"), fn.Dense(128, "relu"), fn.Dense(10)], backend=be)
-m.build(784)
+m = fn.mlp(784, (256, 128), 10, backend=be)
 xb = be.asarray(np.random.default_rng(0).random((128, 784), dtype=np.float32))
 yb = be.asarray(np.arange(128) % 10)
 t1 = time.perf_counter(); m.train_step(xb, yb); be.synchronize(); first = time.perf_counter() - t1

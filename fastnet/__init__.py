@@ -13,6 +13,7 @@ from fastnet.backends import (
     set_backend,
     use_backend,
 )
+from fastnet.builders import mlp
 from fastnet.callbacks import (
     Callback,
     CSVLogger,
@@ -56,7 +57,7 @@ __all__ = [
     "SoftmaxCrossEntropy", "Tanh", "TrainingDivergedError", "Xavier", "__version__",
     "available_backends", "get_backend", "load_fashion_mnist", "metrics", "load_mnist",
     "load_model", "one_hot", "read_idx", "save_model", "set_backend", "use_backend",
-    "minibatches", "train_val_split", "Affine", "FC", "Relu", "SoftmaxWithLoss", "Adagrad",
+    "minibatches", "mlp", "train_val_split", "Affine", "FC", "Relu", "SoftmaxWithLoss", "Adagrad",
     "SimpleInitializer", "XavierInitializer", "HeInitializer",
 ]
 

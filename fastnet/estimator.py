@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.builders import mlp
 from fastnet.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
-from fastnet.layers import LAYERS, BatchNorm1d, Dense, Dropout, Layer
+from fastnet.layers import Dense
 from fastnet.model import Sequential
 from fastnet.optimizers import Adam, AdamW, Momentum, Optimizer, get_optimizer
 from fastnet.schedules import LearningRateScheduler
@@ -277,20 +278,11 @@ class _MLPBase(BaseEstimator):
         sizes = (sizes,) if isinstance(sizes, (int, np.integer)) else tuple(sizes)
         if not all(isinstance(s, (int, np.integer)) and s > 0 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {sizes!r}")
-        act = ACTIVATIONS[self.activation]
-        layers: list[Layer] = []
-        for units in sizes:
-            if self.batch_norm:
-                layers += [Dense(int(units)), BatchNorm1d()] + ([LAYERS[act]()] if act else [])
-            else:
-                layers.append(Dense(int(units), act))
-            if self.dropout:
-                layers.append(Dropout(self.dropout))
-        layers.append(Dense(n_outputs))
-        return Sequential(
-            layers, self._loss, self._optimizer(self.alpha / rows_per_batch),
-            backend=self.backend, dtype=self.dtype, seed=self.random_state,
-            precision=self.precision,
+        return mlp(
+            None, sizes, n_outputs, ACTIVATIONS[self.activation], dropout=self.dropout,
+            batch_norm=self.batch_norm, loss=self._loss,
+            optimizer=self._optimizer(self.alpha / rows_per_batch), backend=self.backend,
+            dtype=self.dtype, seed=self.random_state, precision=self.precision,
         )
 
     def _optimizer(self, weight_decay: float) -> Optimizer:
