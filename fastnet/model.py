@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from fastnet import state as schema
-from fastnet.backends import Backend, get_backend
+from fastnet.backends import Backend, get_backend, record_kernels
 from fastnet.backends.plan import StepPlan
 from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from fastnet.layer_stack import check_layer_stack, fix_default_initializers
@@ -252,7 +252,8 @@ class Sequential(Trainer):
         self._require_built()
         Xd = self._features(X, "X")
         yd = self._targets(y, "y", Xd.shape[0], self.output_dim)
-        return self._evaluate_device(Xd, yd, top_k)
+        with record_kernels(self.backend):
+            return self._evaluate_device(Xd, yd, top_k)
 
     def confusion_matrix(self, X: Any, y: Any) -> np.ndarray:
         """Counts of true class (rows) against predicted class (columns) on ``(X, y)``."""
