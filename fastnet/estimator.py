@@ -41,7 +41,7 @@ HAVE_SKLEARN = None not in (_base, _validation, _multiclass, _exceptions)
 
 
 class _StandaloneEstimator:
-    """Without scikit-learn: ``get_params``/``set_params`` (the estimator contract)."""
+    """Without scikit-learn: the parameter contract (``get_params``/``set_params``) only."""
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         names = inspect.signature(type(self).__init__).parameters
@@ -56,17 +56,15 @@ class _StandaloneEstimator:
 
 
 class _StandaloneClassifier:
-    _estimator_type = "classifier"
-
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy (scikit-learn's ``ClassifierMixin.score``)."""
         y = _column(host_array(y, "y"))
         return float(np.average(self.predict(X) == y, weights=sample_weight))  # type: ignore[attr-defined]
 
 
 class _StandaloneRegressor:
-    _estimator_type = "regressor"
-
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """R^2 (scikit-learn's ``RegressorMixin.score``, unweighted)."""
         return _r2(host_array(y, "y"), self.predict(X))  # type: ignore[attr-defined]
 
 
