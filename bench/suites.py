@@ -46,8 +46,18 @@ def sgemm_ceiling(backend: Any, n: int) -> float:
 
 # ---------------------------------------------------------------------------- kernel suite
 def kernel_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant]]:
+    """Matmuls, bias+activation forward and backward, softmax-CE and Adam per backend."""
     rng = np.random.default_rng(0)
-    ref = get_backend("numpy")
+    groups = _matmul_groups(backends, quick, rng)
+    groups.update(_bias_act_groups(backends, quick, rng))
+    groups.update(_softmax_groups(backends, rng))
+    groups.update(_adam_groups(backends, rng))
+    return groups
+
+
+def _matmul_groups(backends: list[Any], quick: bool, rng: Any) -> dict[str, list[Contestant]]:
+    """float32 matmuls of the default model's shapes and of squares (numba: also the
+    hand-written kernel)."""
     groups: dict[str, list[Contestant]] = {}
     mm_shapes = [(128, 784, 256), (128, 256, 128), (128, 128, 10), (16, 32, 16)]
     mm_shapes += (
@@ -56,7 +66,7 @@ def kernel_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant
     for n, k, m in mm_shapes:
         a = rng.standard_normal((n, k)).astype(np.float32)
         b = rng.standard_normal((k, m)).astype(np.float32)
-        want = a @ b
+        want, flops = a @ b, 2.0 * n * k * m
         cs = []
         for be in backends:
             da, db, out = be.asarray(a), be.asarray(b), be.empty((n, m), np.float32)
@@ -67,24 +77,27 @@ def kernel_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant
                     be.name,
                     lambda be=be, da=da, db=db, out=out: be.matmul(da, db, out),
                     _elapsed(be),
-                    2.0 * n * k * m,
+                    flops,
                 )
             )
             if be.name == "numba":
-                from fastnet.bench.handwritten_matmul import matmul as hand
-
-                hand(a, b, out)
-                _check("numba hand-written matmul", out, want, 1e-3, 1e-2)
-                cs.append(
-                    Contestant(
-                        "numba-handwritten",
-                        lambda a=a, b=b, out=out, h=hand: h(a, b, out),
-                        None,
-                        2.0 * n * k * m,
-                    )
-                )
+                cs.append(_handwritten_matmul(a, b, out, want, flops))
         groups[f"matmul {n}x{k}x{m}"] = cs
+    return groups
 
+
+def _handwritten_matmul(a: Any, b: Any, out: Any, want: Any, flops: float) -> Contestant:
+    from fastnet.bench.handwritten_matmul import matmul as hand
+
+    hand(a, b, out)
+    _check("numba hand-written matmul", out, want, 1e-3, 1e-2)
+    return Contestant("numba-handwritten", lambda: hand(a, b, out), None, flops)
+
+
+def _bias_act_groups(backends: list[Any], quick: bool, rng: Any) -> dict[str, list[Contestant]]:
+    """The bias+ReLU pass alone (the matmul is benchmarked above) and its backward with the
+    bias gradient."""
+    groups: dict[str, list[Contestant]] = {}
     for n, m in [(128, 256)] if quick else [(128, 256), (4096, 1024)]:
         z0 = rng.standard_normal((n, m)).astype(np.float32)
         bias = rng.standard_normal(m).astype(np.float32)
@@ -101,14 +114,18 @@ def kernel_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant
             )
             be.linear(dz0, eye, dbias, 1, 0.0, out)
             _check(f"bias+relu {be.name}", be.to_numpy(out), want)
-            # forward: the bias+activation pass alone (the matmul is benchmarked above)
             fwd.append(Contestant(be.name, _bias_act_runner(be, out, dz0, dbias), _elapsed(be)))
             bwd.append(Contestant(be.name, _bwd_runner(be, out, ddy, dz, db), _elapsed(be)))
         groups[f"bias+relu forward {n}x{m}"] = fwd
         groups[f"relu backward + bias grad {n}x{m}"] = bwd
+    return groups
 
-    sx_shapes = [(128, 10), (512, 10), (4096, 1000)]
-    for n, m in sx_shapes:
+
+def _softmax_groups(backends: list[Any], rng: Any) -> dict[str, list[Contestant]]:
+    """Fused softmax cross-entropy forward and backward."""
+    ref = get_backend("numpy")
+    groups: dict[str, list[Contestant]] = {}
+    for n, m in [(128, 10), (512, 10), (4096, 1000)]:
         logits = (rng.standard_normal((n, m)) * 3).astype(np.float32)
         labels = rng.integers(0, m, n)
         _, want = ref.softmax_xent(logits, labels)
@@ -125,8 +142,6 @@ def kernel_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant
                 )
             )
         groups[f"softmax-CE fwd+bwd {n}x{m}"] = cs
-
-    groups.update(_adam_groups(backends, rng))
     return groups
 
 
@@ -225,15 +240,12 @@ def load_training_data(quick: bool) -> tuple[np.ndarray, np.ndarray, str]:
 
 
 def _model(backend: Any, sizes: tuple[int, ...], optimizer: str = "adam", precision: str = "fp32"):
-    from fastnet.layers import Dense
-    from fastnet.model import Sequential
+    from fastnet.builders import mlp
     from fastnet.optimizers import SGD, Adam
 
     opt = Adam(1e-3) if optimizer == "adam" else SGD(0.01)
-    layers = [Dense(s, "relu") for s in sizes[1:-1]] + [Dense(sizes[-1])]
-    return Sequential(
-        layers, optimizer=opt, backend=backend, seed=0, precision=precision
-    ).build(sizes[0])
+    return mlp(sizes[0], sizes[1:-1], sizes[-1], "relu", optimizer=opt, backend=backend, seed=0,
+               precision=precision)
 
 
 def step_flops(sizes: tuple[int, ...], batch: int) -> float:
@@ -248,73 +260,103 @@ def train_groups(
     """One training epoch (and one step) of ``sizes`` at ``batch``: every fastnet backend with
     each of its steps, the matmul floors and the peers. Contestants are named
     ``<framework>-<variant>-<precision>`` (``fastnet-cupy-graph-tf32``, ``jax-scan-fp32``)."""
-    from fastnet.bench.peers import BookMLP, matmul_only_epoch, sklearn_mlp_epoch
-
     X, y, source = load_training_data(quick)
     n = len(X) // batch * batch  # full batches only, as a scanned JAX epoch needs
     X, y = X[:n], y[:n]
-    steps = n // batch
-    epoch_flops = step_flops(sizes, batch) * steps
-    epoch, step = [], []
+    epoch_flops = step_flops(sizes, batch) * (n // batch)
+    epoch: list[Contestant] = []
+    step: list[Contestant] = []
     for be in backends:
-        Xd, yd = be.asarray(X), be.asarray(y)
-        timer = _elapsed(be)
-        model = _model(be, sizes)
-        eager = model.epoch_runner(Xd, yd, batch, compiled=False)
-        epoch.append(Contestant(f"fastnet-{be.name}-eager-fp32", eager, timer, epoch_flops))
-        xb, yb = Xd[:batch], yd[:batch]
-        step.append(
-            Contestant(
-                f"fastnet-{be.name}-eager-fp32",
-                lambda m=model, xb=xb, yb=yb: m.train_step(xb, yb),
-                timer,
-                step_flops(sizes, batch),
-            )
-        )
-        if be.name == "numba":
-            fused = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
-            epoch.append(Contestant("fastnet-numba-fused-fp32", fused, None, epoch_flops))
-            floor = matmul_only_epoch(np, sizes, n, batch, np.float32, matmul=be.k.matmul)
-            epoch.append(Contestant("matmul-only-numba-fp32", floor, None, epoch_flops))
-        if be.name.startswith("cupy"):
-            for precision in ("fp32", "tf32") if not be.precision_reason("tf32") else ("fp32",):
-                graphed = _model(be, sizes, precision=precision).epoch_runner(
-                    Xd, yd, batch, compiled=True
-                )
-                name = f"fastnet-{be.name}-graph-{precision}"
-                epoch.append(Contestant(name, graphed, timer, epoch_flops))
-                floor = matmul_only_epoch(
-                    be.xp, sizes, n, batch, np.float32,
-                    matmul=lambda a, b, out, p=precision, be=be: be.matmul(a, b, out, p),
-                )
-                epoch.append(
-                    Contestant(f"matmul-only-{be.name}-{precision}", floor, timer, epoch_flops)
-                )
-    book = BookMLP(sizes)
-    book_rng = np.random.default_rng(0)
-    epoch.append(
-        Contestant("book-numpy-fp32", lambda: book.epoch(X, y, batch, book_rng), None, epoch_flops)
-    )
-    floor = matmul_only_epoch(np, sizes, n, batch, np.float32)
-    epoch.append(Contestant("matmul-only-numpy-fp32", floor, None, epoch_flops))
+        _fastnet_contestants(be, epoch, step, sizes, X, y, batch, epoch_flops)
     notes: dict[str, Any] = {"data": source, "samples": n, "batch": batch, "sizes": list(sizes)}
-    notes["torch"] = _torch_contestants(epoch, sizes, X, y, batch, epoch_flops)
-    try:
-        import sklearn
-
-        epoch.append(
-            Contestant(
-                "sklearn-adam-fp32", sklearn_mlp_epoch(sizes, X, y, batch), None, epoch_flops
-            )
-        )
-        notes["sklearn"] = sklearn.__version__
-    except ImportError:
-        notes["sklearn"] = "not installed (peer skipped)"
-    notes["jax"] = _jax_contestants(epoch, sizes, X, y, batch, epoch_flops)
+    notes.update(_peer_contestants(epoch, sizes, X, y, batch, epoch_flops))
     return {
         f"train epoch {'-'.join(map(str, sizes))} batch {batch}": epoch,
         f"train step {'-'.join(map(str, sizes))} batch {batch}": step,
     }, notes
+
+
+def _fastnet_contestants(
+    be: Any,
+    epoch: list[Contestant],
+    step: list[Contestant],
+    sizes: tuple[int, ...],
+    X: np.ndarray,
+    y: np.ndarray,
+    batch: int,
+    epoch_flops: float,
+) -> None:
+    """``be``'s eager epoch and step, its compiled epochs (numba fused; cupy graph at fp32 and
+    tf32) and the matmul-only floor of each, appended to ``epoch`` and ``step``."""
+    from fastnet.bench.peers import matmul_only_epoch
+
+    n = len(X)
+    Xd, yd = be.asarray(X), be.asarray(y)
+    timer = _elapsed(be)
+    model = _model(be, sizes)
+    eager = model.epoch_runner(Xd, yd, batch, compiled=False)
+    epoch.append(Contestant(f"fastnet-{be.name}-eager-fp32", eager, timer, epoch_flops))
+    xb, yb = Xd[:batch], yd[:batch]
+    step.append(
+        Contestant(
+            f"fastnet-{be.name}-eager-fp32",
+            lambda m=model, xb=xb, yb=yb: m.train_step(xb, yb),
+            timer,
+            step_flops(sizes, batch),
+        )
+    )
+    if be.name == "numba":
+        fused = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
+        epoch.append(Contestant("fastnet-numba-fused-fp32", fused, None, epoch_flops))
+        floor = matmul_only_epoch(np, sizes, n, batch, np.float32, matmul=be.k.matmul)
+        epoch.append(Contestant("matmul-only-numba-fp32", floor, None, epoch_flops))
+    if be.name.startswith("cupy"):
+        for precision in ("fp32", "tf32") if not be.precision_reason("tf32") else ("fp32",):
+            graphed = _model(be, sizes, precision=precision).epoch_runner(
+                Xd, yd, batch, compiled=True
+            )
+            name = f"fastnet-{be.name}-graph-{precision}"
+            epoch.append(Contestant(name, graphed, timer, epoch_flops))
+            floor = matmul_only_epoch(
+                be.xp, sizes, n, batch, np.float32,
+                matmul=lambda a, b, out, p=precision, be=be: be.matmul(a, b, out, p),
+            )
+            epoch.append(
+                Contestant(f"matmul-only-{be.name}-{precision}", floor, timer, epoch_flops)
+            )
+
+
+def _peer_contestants(
+    epoch: list[Contestant],
+    sizes: tuple[int, ...],
+    X: np.ndarray,
+    y: np.ndarray,
+    batch: int,
+    flops: float,
+) -> dict[str, str]:
+    """The book-style NumPy loop, NumPy's matmul floor, then PyTorch, scikit-learn and JAX
+    where installed; returns the peers' versions (or why they were skipped)."""
+    from fastnet.bench.peers import BookMLP, matmul_only_epoch, sklearn_mlp_epoch
+
+    book = BookMLP(sizes)
+    book_rng = np.random.default_rng(0)
+    epoch.append(
+        Contestant("book-numpy-fp32", lambda: book.epoch(X, y, batch, book_rng), None, flops)
+    )
+    floor = matmul_only_epoch(np, sizes, len(X), batch, np.float32)
+    epoch.append(Contestant("matmul-only-numpy-fp32", floor, None, flops))
+    notes = {"torch": _torch_contestants(epoch, sizes, X, y, batch, flops)}
+    try:
+        import sklearn
+
+        epoch.append(
+            Contestant("sklearn-adam-fp32", sklearn_mlp_epoch(sizes, X, y, batch), None, flops)
+        )
+        notes["sklearn"] = sklearn.__version__
+    except ImportError:
+        notes["sklearn"] = "not installed (peer skipped)"
+    notes["jax"] = _jax_contestants(epoch, sizes, X, y, batch, flops)
+    return notes
 
 
 def _torch_contestants(
@@ -420,8 +462,7 @@ import numpy as np
 import fastnet as fn
 t_import = time.perf_counter() - t0
 be = fn.get_backend({name!r})
-m = fn.Sequential([fn.Dense(256, "relu"), fn.Dense(128, "relu"), fn.Dense(10)], backend=be)
-m.build(784)
+m = fn.mlp(784, (256, 128), 10, backend=be)
 xb = be.asarray(np.random.default_rng(0).random((128, 784), dtype=np.float32))
 yb = be.asarray(np.arange(128) % 10)
 t1 = time.perf_counter(); m.train_step(xb, yb); be.synchronize(); first = time.perf_counter() - t1

@@ -10,9 +10,11 @@ from fastnet.backends import (
     BackendUnavailableError,
     available_backends,
     get_backend,
+    record_kernels,
     set_backend,
     use_backend,
 )
+from fastnet.builders import mlp
 from fastnet.callbacks import (
     Callback,
     CSVLogger,
@@ -55,8 +57,9 @@ __all__ = [
     "Sequential", "Sigmoid", "SigmoidBinaryCrossEntropy", "Softmax", "StateError",
     "SoftmaxCrossEntropy", "Tanh", "TrainingDivergedError", "Xavier", "__version__",
     "available_backends", "get_backend", "load_fashion_mnist", "metrics", "load_mnist",
-    "load_model", "one_hot", "read_idx", "save_model", "set_backend", "use_backend",
-    "minibatches", "train_val_split", "Affine", "FC", "Relu", "SoftmaxWithLoss", "Adagrad",
+    "load_model", "one_hot", "read_idx", "record_kernels", "save_model", "set_backend",
+    "use_backend", "minibatches", "mlp", "train_val_split", "Affine", "FC", "Relu",
+    "SoftmaxWithLoss", "Adagrad",
     "SimpleInitializer", "XavierInitializer", "HeInitializer",
 ]
 

@@ -330,22 +330,16 @@ def _split_rows(X: Any, y: np.ndarray, args: argparse.Namespace, classify: bool)
 
 
 def _build_model(args: argparse.Namespace, data: Prepared, backend: Any) -> Any:
-    from fastnet.layers import Dense, Dropout
+    from fastnet.builders import mlp
     from fastnet.losses import MeanSquaredError, SoftmaxCrossEntropy
-    from fastnet.model import Sequential
     from fastnet.optimizers import get_optimizer
 
-    layers: list = []
-    for units in args.layers:
-        layers.append(Dense(units, "relu"))
-        if args.dropout:
-            layers.append(Dropout(args.dropout))
-    layers.append(Dense(data.n_outputs))
     loss = (SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
             if data.task == "classification" else MeanSquaredError())
     optimizer = get_optimizer(args.optimizer, lr=args.lr, weight_decay=args.weight_decay)
-    return Sequential(layers, loss, optimizer, backend=backend, dtype=args.dtype, seed=args.seed,
-                      precision=args.precision)
+    return mlp(None, args.layers, data.n_outputs, "relu", dropout=args.dropout, loss=loss,
+               optimizer=optimizer, backend=backend, dtype=args.dtype, seed=args.seed,
+               precision=args.precision)
 
 
 def _callbacks(args: argparse.Namespace) -> list:

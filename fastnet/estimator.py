@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.builders import mlp
 from fastnet.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
-from fastnet.layers import LAYERS, BatchNorm1d, Dense, Dropout, Layer
+from fastnet.layers import Dense
 from fastnet.model import Sequential
 from fastnet.optimizers import Adam, AdamW, Momentum, Optimizer, get_optimizer
 from fastnet.schedules import LearningRateScheduler
@@ -40,7 +41,7 @@ HAVE_SKLEARN = None not in (_base, _validation, _multiclass, _exceptions)
 
 
 class _StandaloneEstimator:
-    """Without scikit-learn: ``get_params``/``set_params`` (the estimator contract)."""
+    """Without scikit-learn: the parameter contract (``get_params``/``set_params``) only."""
 
     def get_params(self, deep: bool = True) -> dict[str, Any]:
         names = inspect.signature(type(self).__init__).parameters
@@ -55,17 +56,15 @@ class _StandaloneEstimator:
 
 
 class _StandaloneClassifier:
-    _estimator_type = "classifier"
-
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Mean accuracy (scikit-learn's ``ClassifierMixin.score``)."""
         y = _column(host_array(y, "y"))
         return float(np.average(self.predict(X) == y, weights=sample_weight))  # type: ignore[attr-defined]
 
 
 class _StandaloneRegressor:
-    _estimator_type = "regressor"
-
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """R^2 (scikit-learn's ``RegressorMixin.score``, unweighted)."""
         return _r2(host_array(y, "y"), self.predict(X))  # type: ignore[attr-defined]
 
 
@@ -279,20 +278,11 @@ class _MLPBase(BaseEstimator):
         sizes = (sizes,) if isinstance(sizes, (int, np.integer)) else tuple(sizes)
         if not all(isinstance(s, (int, np.integer)) and s > 0 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {sizes!r}")
-        act = ACTIVATIONS[self.activation]
-        layers: list[Layer] = []
-        for units in sizes:
-            if self.batch_norm:
-                layers += [Dense(int(units)), BatchNorm1d()] + ([LAYERS[act]()] if act else [])
-            else:
-                layers.append(Dense(int(units), act))
-            if self.dropout:
-                layers.append(Dropout(self.dropout))
-        layers.append(Dense(n_outputs))
-        return Sequential(
-            layers, self._loss, self._optimizer(self.alpha / rows_per_batch),
-            backend=self.backend, dtype=self.dtype, seed=self.random_state,
-            precision=self.precision,
+        return mlp(
+            None, sizes, n_outputs, ACTIVATIONS[self.activation], dropout=self.dropout,
+            batch_norm=self.batch_norm, loss=self._loss,
+            optimizer=self._optimizer(self.alpha / rows_per_batch), backend=self.backend,
+            dtype=self.dtype, seed=self.random_state, precision=self.precision,
         )
 
     def _optimizer(self, weight_decay: float) -> Optimizer:

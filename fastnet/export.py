@@ -20,6 +20,55 @@ def onnx_outputs(model: Any) -> list[str]:
     return ["logits", "probabilities"] if has_probabilities else ["outputs"]
 
 
+class _Graph:
+    """The nodes and initializers of the exported graph, added layer by layer."""
+
+    def __init__(self, helper: Any, numpy_helper: Any, host: Any) -> None:
+        self.helper, self.numpy_helper, self.host = helper, numpy_helper, host
+        self.nodes: list[Any] = []
+        self.weights: list[Any] = []
+
+    def tensor(self, name: str, array: Any) -> str:
+        self.weights.append(self.numpy_helper.from_array(np.ascontiguousarray(self.host(array)),
+                                                         name))
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        self.nodes.append(self.helper.make_node(op, inputs, [name], name=name, **attrs))
+        return name
+
+    def activation(self, kind: str | None, x: str, name: str, alpha: float) -> str:
+        if kind in (None, "linear"):
+            return x
+        attrs = {"alpha": alpha} if kind == "leaky_relu" else {}
+        return self.node(_ACTIVATION_OPS[kind], [x], name, **attrs)
+
+    def layer(self, i: int, layer: Any, x: str) -> str:
+        """Add layer ``i`` applied to ``x``; returns the name of its output."""
+        kind = layer.name
+        if kind == "dense":
+            inputs = [x, self.tensor(f"W{i}", layer.W.value)]
+            if layer.b is not None:
+                inputs.append(self.tensor(f"b{i}", layer.b.value))
+            x = self.node("Gemm", inputs, f"dense{i}")
+            return self.activation(layer.activation, x, f"act{i}", layer.alpha)
+        if kind in _ACTIVATION_OPS:
+            return self.activation(kind, x, f"act{i}", layer.alpha)
+        if kind == "softmax":
+            return self.node("Softmax", [x], f"softmax{i}", axis=-1)
+        if kind == "batchnorm1d":
+            params = [
+                self.tensor(f"gamma{i}", layer.gamma.value),
+                self.tensor(f"beta{i}", layer.beta.value),
+                self.tensor(f"mean{i}", layer.running_mean),
+                self.tensor(f"var{i}", layer.running_var),
+            ]
+            return self.node("BatchNormalization", [x, *params], f"bn{i}", epsilon=layer.eps)
+        if kind == "dropout":
+            return x  # identity at inference
+        raise ValueError(f"layer {i} ({type(layer).__name__}) has no ONNX export")
+
+
 def to_onnx(model: Any, path: str | os.PathLike) -> None:
     """Write ``model`` as an ONNX graph (input ``input`` of shape (batch, features))."""
     try:
@@ -32,60 +81,21 @@ def to_onnx(model: Any, path: str | os.PathLike) -> None:
     if not model.built:
         raise RuntimeError("cannot export an unbuilt model: fit() or build() it first")
     elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
-    nodes: list[Any] = []
-    weights: list[Any] = []
+    g = _Graph(helper, numpy_helper, model.backend.to_numpy)
     current = "input"
-
-    def tensor(name: str, array: Any) -> str:
-        weights.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
-        return name
-
-    def node(op: str, inputs: list[str], name: str, **attrs: Any) -> str:
-        nodes.append(helper.make_node(op, inputs, [name], name=name, **attrs))
-        return name
-
-    def activation(kind: str | None, x: str, name: str, alpha: float) -> str:
-        if kind in (None, "linear"):
-            return x
-        attrs = {"alpha": alpha} if kind == "leaky_relu" else {}
-        return node(_ACTIVATION_OPS[kind], [x], name, **attrs)
-
-    host = model.backend.to_numpy
     for i, layer in enumerate(model.layers):
-        kind = layer.name
-        if kind == "dense":
-            inputs = [current, tensor(f"W{i}", host(layer.W.value))]
-            if layer.b is not None:
-                inputs.append(tensor(f"b{i}", host(layer.b.value)))
-            current = node("Gemm", inputs, f"dense{i}")
-            current = activation(layer.activation, current, f"act{i}", layer.alpha)
-        elif kind in _ACTIVATION_OPS:
-            current = activation(kind, current, f"act{i}", layer.alpha)
-        elif kind == "softmax":
-            current = node("Softmax", [current], f"softmax{i}", axis=-1)
-        elif kind == "batchnorm1d":
-            params = [
-                tensor(f"gamma{i}", host(layer.gamma.value)),
-                tensor(f"beta{i}", host(layer.beta.value)),
-                tensor(f"mean{i}", host(layer.running_mean)),
-                tensor(f"var{i}", host(layer.running_var)),
-            ]
-            current = node("BatchNormalization", [current, *params], f"bn{i}", epsilon=layer.eps)
-        elif kind == "dropout":
-            continue  # identity at inference
-        else:
-            raise ValueError(f"layer {i} ({type(layer).__name__}) has no ONNX export")
+        current = g.layer(i, layer, current)
     names = onnx_outputs(model)
-    node("Identity", [current], names[0])
+    g.node("Identity", [current], names[0])
     if names[1:]:
         op = "Softmax" if model.loss.multiclass else "Sigmoid"
-        node(op, [current], names[1], **({"axis": -1} if op == "Softmax" else {}))
+        g.node(op, [current], names[1], **({"axis": -1} if op == "Softmax" else {}))
     graph = helper.make_graph(
-        nodes,
+        g.nodes,
         "fastnet",
         [helper.make_tensor_value_info("input", elem, ["batch", model.input_dim])],
         [helper.make_tensor_value_info(n, elem, ["batch", model.output_dim]) for n in names],
-        initializer=weights,
+        initializer=g.weights,
     )
     proto = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fastnet"

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends import Backend, get_backend
+from fastnet import state as schema
+from fastnet.backends import Backend, get_backend, record_kernels
 from fastnet.backends.plan import StepPlan
 from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from fastnet.layer_stack import check_layer_stack, fix_default_initializers
@@ -20,6 +21,7 @@ from fastnet.layers import Layer, layer_from_config
 from fastnet.losses import Loss, get_loss
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter, ParameterArena
+from fastnet.state import StateEntry, StateError
 from fastnet.training import Trainer, TrainingDivergedError
 from fastnet.validation import (
     MIXED_POLICIES,
@@ -29,10 +31,6 @@ from fastnet.validation import (
     check_targets,
     host_array,
 )
-
-
-class StateError(ValueError):
-    """A state dict (from ``get_state`` or a checkpoint) does not fit the model; names the key."""
 
 
 class Sequential(Trainer):
@@ -254,7 +252,8 @@ class Sequential(Trainer):
         self._require_built()
         Xd = self._features(X, "X")
         yd = self._targets(y, "y", Xd.shape[0], self.output_dim)
-        return self._evaluate_device(Xd, yd, top_k)
+        with record_kernels(self.backend):
+            return self._evaluate_device(Xd, yd, top_k)
 
     def confusion_matrix(self, X: Any, y: Any) -> np.ndarray:
         """Counts of true class (rows) against predicted class (columns) on ``(X, y)``."""
@@ -265,95 +264,40 @@ class Sequential(Trainer):
         return confusion_matrix(labels, self.predict(X), self.output_dim)
 
     # ------------------------------------------------------------------ state
+    def state_entries(self) -> list[StateEntry]:
+        """The schema of this model's state (``fastnet.state``): one entry per key."""
+        self._require_built()
+        return list(schema.state_entries(self.layers, self.arena))
+
     def get_state(self) -> dict[str, Any]:
         """Copies of every parameter, optimizer slot, step count and layer buffer (on device)."""
-        self._require_built()
-        assert self.arena is not None
-        xp = self.backend.xp
-        state: dict[str, Any] = {}
-        for i, layer in enumerate(self.layers):
-            for p in layer.parameters():
-                state[f"param/{i}/{p.name}"] = xp.array(p.value, copy=True)
-                state[f"step/{i}/{p.name}"] = self.arena.group_of[id(p)].step
-                for key, slot in p.state.items():
-                    state[f"slot/{i}/{p.name}/{key}"] = xp.array(slot, copy=True)
-            for key, buf in layer.state_buffers().items():
-                state[f"buffer/{i}/{key}"] = xp.array(buf, copy=True)
-        return state
+        return schema.read_state(self.state_entries(), self.backend)
 
-    def _expected_state(self) -> dict[str, tuple[tuple[int, ...], bool]]:
-        """Every key a state may hold -> (shape, must be non-negative); steps have shape ()."""
-        assert self.arena is not None
-        spec: dict[str, tuple[tuple[int, ...], bool]] = {}
-        for i, layer in enumerate(self.layers):
-            for p in layer.parameters():
-                shape = tuple(p.value.shape)
-                spec[f"param/{i}/{p.name}"] = (shape, False)
-                spec[f"step/{i}/{p.name}"] = ((), True)
-                opt = self.arena.group_of[id(p)].optimizer
-                for key in opt.slots:
-                    spec[f"slot/{i}/{p.name}/{key}"] = (shape, key in opt.nonnegative_slots)
-            for key, buf in layer.state_buffers().items():
-                spec[f"buffer/{i}/{key}"] = (tuple(buf.shape), key in layer.nonnegative_buffers)
-        return spec
+    def host_state(self) -> dict[str, Any]:
+        """``get_state`` copied to the host (NumPy arrays; step counts as ints)."""
+        return schema.host_state(self.get_state(), self.backend)
 
     def validate_state(self, state: Any) -> None:
         """Check a state dict before anything is written: known keys, every parameter and
         buffer present, exact shapes, real finite numbers, non-negative where the math needs
         it (second moments, variances), integer steps shared within an optimizer group.
         Raises ``StateError`` naming the key."""
-        self._require_built()
+        entries = self.state_entries()
         assert self.arena is not None
-        if not isinstance(state, dict):
-            raise StateError(f"state must be a dict, got {type(state).__name__}")
-        spec = self._expected_state()
-        unknown = sorted(k for k in state if k not in spec)
-        if unknown:
-            raise StateError(f"unexpected state key {unknown[0]!r} (not part of this model)")
-        for key, (shape, nonneg) in spec.items():
-            if key not in state:
-                if key.startswith(("param/", "buffer/")):
-                    raise StateError(f"state lacks {key!r}")
-                continue  # steps default to 0 and optimizer slots to zeros
-            _check_state_array(key, state[key], shape, nonneg, self.backend)
-        layer_of = {id(p): i for i, layer in enumerate(self.layers) for p in layer.parameters()}
-        for group in self.arena.groups:
-            keys = [f"step/{layer_of[id(p)]}/{p.name}" for p in group.params]
-            steps = {int(np.asarray(self.backend.to_numpy(state.get(k, 0)))) for k in keys}
-            if len(steps) > 1:
-                raise StateError(
-                    f"parameters updated by one optimizer have different step counts {steps}"
-                )
+        schema.validate_state(entries, state, self.backend, self.arena.groups)
 
     def set_state(self, state: dict[str, Any], validate: bool = True) -> None:
         """Write values from ``get_state`` (or a checkpoint) into the live arrays, in place.
         Everything is validated first (``validate_state``): a rejected state changes nothing."""
         if validate:
             self.validate_state(state)
-        assert self.arena is not None
-        backend = self.backend
-        for i, layer in enumerate(self.layers):
-            for p in layer.parameters():
-                p.value[...] = backend.asarray(state[f"param/{i}/{p.name}"], p.value.dtype)
-                group = self.arena.group_of[id(p)]
-                group.step = int(np.asarray(backend.to_numpy(state.get(f"step/{i}/{p.name}", 0))))
-                for key, slot in p.state.items():
-                    value = state.get(f"slot/{i}/{p.name}/{key}")
-                    slot[...] = 0 if value is None else backend.asarray(value, slot.dtype)
-            for key, buf in layer.state_buffers().items():
-                buf[...] = backend.asarray(state[f"buffer/{i}/{key}"], buf.dtype)
+        schema.write_state(self.state_entries(), state, self.backend)
 
     def to(self, backend: str | Backend) -> Sequential:
         """Return a copy of this model (weights and optimizer state) on another backend."""
         clone = Sequential.from_config(self.get_config(), backend=backend)
         if self.built:
-            clone.set_state(
-                {
-                    k: self.backend.to_numpy(v) if not isinstance(v, int) else v
-                    for k, v in self.get_state().items()
-                },
-                validate=False,
-            )
+            clone.set_state(self.host_state(), validate=False)
         clone.history = {k: list(v) for k, v in self.history.items()}
         return clone
 
@@ -402,11 +346,7 @@ class Sequential(Trainer):
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
         """Save architecture, weights and optimizer state to ``.npz`` or, for a path ending in
         ``.safetensors``, safetensors (atomic write; host copies, the model stays put)."""
-        self._require_built()
-        arrays = {
-            key: np.asarray(value) if isinstance(value, int) else self.backend.to_numpy(value)
-            for key, value in self.get_state().items()
-        }
+        arrays = {key: np.asarray(value) for key, value in self.host_state().items()}
         write_checkpoint(path, self.get_config(), arrays, backend=self.backend.name, extra=extra)
 
     def to_onnx(self, path: str | os.PathLike) -> None:
@@ -424,16 +364,10 @@ class Sequential(Trainer):
     def __getstate__(self) -> dict[str, Any]:
         """Pickles hold the config, weights, optimizer state and history only: no scratch
         buffers, cached batches or backend objects (size ~ a checkpoint)."""
-        state = None
-        if self.built:
-            state = {
-                k: v if isinstance(v, int) else self.backend.to_numpy(v)
-                for k, v in self.get_state().items()
-            }
         return {
             "config": self.get_config(),
             "backend": self.backend.name,
-            "state": state,
+            "state": self.host_state() if self.built else None,
             "history": self.history,
             "stop_reason": self.stop_reason,
         }
@@ -456,33 +390,6 @@ class Sequential(Trainer):
 
     def __repr__(self) -> str:
         return self.summary()
-
-
-def _check_state_array(
-    key: str, value: Any, shape: tuple[int, ...], nonneg: bool, backend: Backend
-) -> None:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        arr = np.asarray(value)
-    elif backend.is_native(value) or isinstance(value, np.ndarray):
-        arr = value
-    else:
-        raise StateError(f"{key!r} must be an array, got {type(value).__name__}")
-    kind = arr.dtype.kind
-    if key.startswith("step/"):
-        if kind not in "iu" or arr.shape != ():
-            raise StateError(f"{key!r} must be an integer scalar, got {arr.dtype} {arr.shape}")
-        if not 0 <= int(arr) < 2**53:
-            raise StateError(f"{key!r} must be a step count >= 0, got {int(arr)}")
-        return
-    if kind not in "fiu":
-        raise StateError(f"{key!r} must hold real numbers, got dtype {arr.dtype}")
-    if tuple(arr.shape) != shape:
-        raise StateError(f"{key!r} has shape {tuple(arr.shape)}, the model needs {shape}")
-    xp = backend.xp if backend.is_native(arr) else np
-    if kind == "f" and not bool(xp.isfinite(arr).all()):
-        raise StateError(f"{key!r} contains NaN or infinite values")
-    if nonneg and bool((arr < 0).any()):
-        raise StateError(f"{key!r} must be non-negative (a second moment or variance)")
 
 
 def save_model(model: Sequential, path: str | os.PathLike, extra: dict | None = None) -> None:

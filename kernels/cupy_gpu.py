@@ -203,8 +203,8 @@ def softmax_xent(logits: Any, labels: Any, targets: Any, weights: Any, dlogits: 
     _softmax_xent(ctype(logits.dtype))(
         grid,
         (32 * rows_per_block,),
-        (logits, _dummy(labels, np.int64), _dummy(targets, logits.dtype),
-         _dummy(weights, logits.dtype), dlogits, loss, np.int32(n), np.int32(m),
+        (logits, _or_placeholder(labels, np.int64), _or_placeholder(targets, logits.dtype),
+         _or_placeholder(weights, logits.dtype), dlogits, loss, np.int32(n), np.int32(m),
          np.int32(dense), np.int32(weighted), t(1.0 / n), t(smoothing), float(loss_scale)),
     )
 
@@ -246,8 +246,8 @@ def count_correct(logits: Any, labels: Any, targets: Any, hits: Any) -> None:
     _count_correct(ctype(logits.dtype))(
         ((n + 255) // 256,),
         (256,),
-        (logits, _dummy(labels, np.int64), _dummy(targets, logits.dtype), hits, np.int32(n),
-         np.int32(m), np.int32(targets is not None)),
+        (logits, _or_placeholder(labels, np.int64), _or_placeholder(targets, logits.dtype),
+         hits, np.int32(n), np.int32(m), np.int32(targets is not None)),
     )
 
 
@@ -257,7 +257,7 @@ def _placeholder(dtype: np.dtype, device: int) -> cp.ndarray:
         return cp.zeros(1, dtype=dtype)
 
 
-def _dummy(a: Any, dtype: Any) -> Any:
+def _or_placeholder(a: Any, dtype: Any) -> Any:
     """``a``, or a one-element placeholder for a pointer the kernel will not read (made once
     per device and dtype, before any capture: the first eager step calls it)."""
     return a if a is not None else _placeholder(np.dtype(dtype), cp.cuda.Device().id)

@@ -93,6 +93,42 @@ def test_model_records_which_kernel_ran(backend):
         assert "fused" in report["update_adam"] and "fused" in report["softmax_xent"]
 
 
+def test_kernel_records_are_scoped_nested_and_per_thread(backend):
+    """``record_kernels`` blocks see what ran inside them (nested ones too), another thread's
+    ops stay out, and ``kernel_report`` (read-only) is the backend's latest record."""
+    import threading
+
+    import numpy as np
+
+    a = backend.asarray(np.ones((4, 3), np.float32))
+    b = backend.asarray(np.ones((3, 2), np.float32))
+    out = backend.empty((4, 2), np.float32)
+    with fastnet.record_kernels() as outer:
+        with fastnet.record_kernels(backend) as inner:
+            backend.matmul(a, b, out)
+            assert backend.kernel_report is inner and set(inner) == {"matmul"}
+        thread = threading.Thread(target=backend.softmax, args=(out,))
+        thread.start()
+        thread.join()
+    assert set(outer) == {"matmul"}
+    assert backend.kernel_report is inner and "softmax" in inner  # the latest record goes on
+    backend.softmax(out)
+    assert "softmax" not in outer
+    with pytest.raises(AttributeError):
+        backend.kernel_report = {}
+
+
+def test_evaluate_records_its_kernels(backend):
+    import numpy as np
+
+    model = fastnet.mlp(5, (8,), 3, backend=backend, seed=0)
+    X = np.random.default_rng(0).standard_normal((16, 5)).astype(np.float32)
+    model.fit(X, np.arange(16) % 3, epochs=1, verbose=0)
+    with fastnet.record_kernels() as ran:
+        model.evaluate(X, np.arange(16) % 3)
+    assert backend.kernel_report == ran and "matmul" in ran and "update_adam" not in ran
+
+
 def test_cli_backends_lists_all(capsys):
     from fastnet.cli import main
 

@@ -146,3 +146,29 @@ def test_kill_during_save_leaves_previous_checkpoint_intact(tmp_path):
         model.save(path)  # reset to the small one for the next round
     leftovers = [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
     assert len(leftovers) <= 3  # killed writers may leave temp files, never a broken target
+
+
+def test_one_state_schema_drives_get_host_validate_and_set():
+    """Every key ``get_state`` writes is an entry of the schema, in its order; ``host_state``
+    is that state on the host; steps are integer scalars shared within a group."""
+    from fastnet.state import StateError
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
+    model = fn.Sequential([fn.Dense(6, "relu"), fn.BatchNorm1d(), fn.Dense(3)], seed=0,
+                          backend="numpy")
+    model.fit(X, y, epochs=1, batch_size=10, verbose=0)
+    entries = model.state_entries()
+    state = model.get_state()
+    assert list(state) == [e.key for e in entries]
+    assert {e.kind for e in entries} == {"param", "step", "slot", "buffer"}
+    host = model.host_state()
+    assert all(isinstance(v, int) if k.startswith("step/") else isinstance(v, np.ndarray)
+               for k, v in host.items())
+    assert host["step/0/W"] == 4
+    host["step/2/W"] = 3  # Dense 2 shares the Adam group with Dense 0
+    with pytest.raises(StateError, match="different step counts"):
+        model.validate_state(host)
+    host["step/2/W"] = 4
+    model.set_state(host)
+    assert model.arena.groups[0].step == 4

@@ -184,9 +184,13 @@ def test_estimators_work_without_scikit_learn():
         "print(clf.fit(X, y).score(X, y) > 0.9, clf.get_params()['max_iter'])\n"
         "try:\n    fn.MLPRegressor().predict(X)\nexcept fn.estimator.NotFittedError:\n"
         "    print('unfitted')\n"
+        "reg = fn.MLPRegressor((8,), max_iter=5, random_state=0, learning_rate_init=0.01)\n"
+        "reg.set_params(max_iter=100)\n"
+        "print(reg.fit(X, X[:, 0] - X[:, 1]).score(X, X[:, 0] - X[:, 1]) > 0.8, reg.n_iter_)\n"
+        "try:\n    reg.set_params(bogus=1)\nexcept ValueError:\n    print('refused')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.split() == ["True", "30", "unfitted"], out.stderr
+    assert out.stdout.split() == ["True", "30", "unfitted", "True", "100", "refused"], out.stderr
 
 
 def test_estimator_passes_precision_to_its_model():

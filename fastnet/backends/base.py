@@ -1,8 +1,9 @@
 """Reference implementation of every op, written once against ``self.xp``.
 
 Subclasses (numba, cupy) override only the hot paths they speed up and call ``super()`` for
-anything their kernels do not cover. Every op records which implementation ran in
-``kernel_report`` so users and benchmarks can see whether a fused kernel or the reference ran.
+anything their kernels do not cover. Every op records which implementation ran
+(``fastnet.backends.report``: ``record_kernels()`` blocks, and ``kernel_report``) so users and
+benchmarks can see whether a fused kernel or the reference ran.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from fastnet.backends.report import note_kernel
 
 
 class Act(enum.IntEnum):
@@ -60,14 +63,26 @@ class Backend:
     xp: Any = np
 
     def __init__(self) -> None:
-        self.kernel_report: dict[str, str] = {}
+        self._kernel_report: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"<fastnet backend {self.name!r}>"
 
+    # ------------------------------------------------------------------ kernel reports
+    @property
+    def kernel_report(self) -> dict[str, str]:
+        """``{op: implementation}`` of the latest ``record_kernels(backend)`` block (``fit``,
+        ``evaluate``) and of what ran since outside any block."""
+        return self._kernel_report
+
+    def record_kernel(self, op: str, impl: str = "reference") -> None:
+        """Note that ``impl`` ran ``op``: in ``kernel_report`` and in every ``record_kernels``
+        block open in this context."""
+        note_kernel(self._kernel_report, op, impl)
+
+    _ran = record_kernel  # the old name (numba_backend.py still uses it)
+
     # ------------------------------------------------------------------ arrays and transfers
-    def _ran(self, op: str, impl: str = "reference") -> None:
-        self.kernel_report[op] = impl
 
     def is_native(self, x: Any) -> bool:
         """True if ``x`` is an array that lives where this backend computes."""
@@ -155,7 +170,7 @@ class Backend:
     def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
         """``a @ b`` (into ``out``); ``precision="tf32"`` lets a GPU use TF32 tensor cores for
         float32 (models check ``precision_reason`` first; CPU backends always compute fp32)."""
-        self._ran("matmul", "blas")
+        self.record_kernel("matmul", "blas")
         return self.xp.matmul(a, b, out=out)
 
     def linear(self, x: Any, w: Any, b: Any, activation: Act, alpha: float = 0.01, out: Any = None,
@@ -165,7 +180,7 @@ class Backend:
 
     def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
         """In place ``z = act(z + b)`` (fused hot path in subclasses)."""
-        self._ran("bias_act")
+        self.record_kernel("bias_act")
         if b is not None:
             z += b
         return self._activate_inplace(z, activation, alpha)
@@ -185,7 +200,7 @@ class Backend:
         self, y: Any, dy: Any, activation: Act, alpha: float, dz: Any = None, db: Any = None
     ) -> Any:
         """``dz = dy * act'(y)`` and, if ``db`` is given, ``db = dz.sum(axis=0)``; returns dz."""
-        self._ran("act_backward_bias")
+        self.record_kernel("act_backward_bias")
         dz = self.activation_backward(y, dy, activation, alpha, out=dz)
         if db is not None:
             dz.sum(axis=0, out=db)
@@ -209,7 +224,7 @@ class Backend:
         raise ValueError(f"unknown activation code {activation}")
 
     def activation(self, x: Any, activation: Act, alpha: float = 0.01, out: Any = None) -> Any:
-        self._ran("activation")
+        self.record_kernel("activation")
         if out is None:
             out = self.xp.empty_like(x)
         out[...] = x
@@ -219,7 +234,7 @@ class Backend:
         self, y: Any, dy: Any, activation: Act, alpha: float = 0.01, out: Any = None
     ) -> Any:
         """Upstream gradient times the activation derivative, computed from the output ``y``."""
-        self._ran("activation_backward")
+        self.record_kernel("activation_backward")
         xp = self.xp
         if activation == Act.LINEAR:
             deriv = None
@@ -251,7 +266,7 @@ class Backend:
         return None
 
     def softmax(self, x: Any) -> Any:
-        self._ran("softmax")
+        self.record_kernel("softmax")
         xp = self.xp
         e = xp.exp(x - x.max(axis=1, keepdims=True))
         e /= e.sum(axis=1, keepdims=True)
@@ -279,7 +294,7 @@ class Backend:
         device array), ``loss_scale`` (default ``1/n``) times the summed row losses is added
         into it and it is returned instead: an accumulator needing no host sync.
         """
-        self._ran("softmax_xent")
+        self.record_kernel("softmax_xent")
         xp = self.xp
         n, k = logits.shape
         shifted = logits - logits.max(axis=1, keepdims=True)
@@ -342,7 +357,7 @@ class Backend:
         ``bias_correction``); the decoupled-decay shrink ``1 - lr * wd``; the global-norm clip
         scale ``min(1, clip_norm / (sqrt(norm_sq) + 1e-6))``. ``constants`` = ``(eps, beta1,
         beta2, bias_correction, decoupled_wd, clip_norm)`` (0 for what does not apply)."""
-        self._ran("advance_scalars")
+        self.record_kernel("advance_scalars")
         xp = self.xp
         eps, beta1, beta2, bias_correction, decoupled_wd, clip_norm = constants
         s[1:2] += 1
@@ -367,7 +382,7 @@ class Backend:
         (``rule.constants()``). Slot values below the dtype's smallest normal number are stored
         as zero (subnormal state would make every later update slow on x86 CPUs).
         Backends with fused kernels override this and fall back here for what they lack."""
-        self._ran(f"update_{rule.kernel}")
+        self.record_kernel(f"update_{rule.kernel}")
         xp = self.xp
         sc = s.astype(p.dtype)  # the step's scalars in the parameters' dtype
         step, eps, shrink, gscale = sc[2], sc[3], sc[4], sc[5]

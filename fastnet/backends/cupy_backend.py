@@ -138,17 +138,17 @@ class CupyBackend(Backend):
         if out is None:
             out = self.xp.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
         if self._gemm is not None and out.flags.c_contiguous and self._gemm.supports(a, b, out):
-            self._ran("matmul", self._gemm_name)
+            self.record_kernel("matmul", self._gemm_name)
             with self.device:  # the handle and workspace of this device and thread
                 return self.k.cublas_gemm()(a, b, out, precision == "tf32")
-        self._ran("matmul", "cupy.matmul")
+        self.record_kernel("matmul", "cupy.matmul")
         return self.xp.matmul(a, b, out=out)
 
     def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
         if b is None or z.ndim != 2 or b.shape != (z.shape[1],) or not contiguous_floats(z, b):
             return super().bias_act(z, b, activation, alpha)
         self.k.bias_act(z, b, int(activation), alpha)
-        self._ran("bias_act", "cuda-fused")
+        self.record_kernel("bias_act", "cuda-fused")
         return z
 
     def act_backward_bias(
@@ -164,14 +164,14 @@ class CupyBackend(Backend):
         ):
             return super().act_backward_bias(y, dy, activation, alpha, dz, db)
         self.k.act_backward_bias(y, dy, int(activation), alpha, dz, db)
-        self._ran("act_backward_bias", "cuda-fused")
+        self.record_kernel("act_backward_bias", "cuda-fused")
         return dz
 
     def activation(self, x: Any, activation: Act, alpha: float = 0.01, out: Any = None) -> Any:
         if out is None:
             out = self.xp.empty_like(x)
         self.k.activation(x, int(activation), alpha, out)
-        self._ran("activation", "cuda-fused")
+        self.record_kernel("activation", "cuda-fused")
         return out
 
     def activation_backward(
@@ -180,7 +180,7 @@ class CupyBackend(Backend):
         if out is None:
             out = self.xp.empty_like(dy)
         self.k.activation_backward(y, dy, int(activation), alpha, out)
-        self._ran("activation_backward", "cuda-fused")
+        self.record_kernel("activation_backward", "cuda-fused")
         return out
 
     # ------------------------------------------------------------------ loss
@@ -225,7 +225,7 @@ class CupyBackend(Backend):
         out = xp.zeros((1,), np.float64) if loss_out is None else loss_out
         scale = 1.0 / n if loss_scale is None else loss_scale
         self.k.softmax_xent(logits, labels, targets, weights, dlogits, out, scale, label_smoothing)
-        self._ran("softmax_xent", "cuda-fused")
+        self.record_kernel("softmax_xent", "cuda-fused")
         if loss_out is None:
             return out[0].astype(logits.dtype), dlogits
         return loss_out, dlogits
@@ -263,11 +263,11 @@ class CupyBackend(Backend):
             g, *map(t, constants), s, t(wd), np.int64(n_decay), t(clip),
             t(np.finfo(p.dtype).tiny), p, *slots
         )
-        self._ran(f"update_{rule.kernel}", "cuda-fused")
+        self.record_kernel(f"update_{rule.kernel}", "cuda-fused")
 
     def advance_scalars(self, s: Any, norm_sq: Any, constants: tuple) -> None:
         self.k.advance_scalars(s, norm_sq, constants)
-        self._ran("advance_scalars", "cuda")
+        self.record_kernel("advance_scalars", "cuda")
 
     def sum_squares(self, g: Any, out: Any) -> None:
         if not contiguous_floats(g) or out.dtype != np.float64:

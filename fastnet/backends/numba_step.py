@@ -59,7 +59,7 @@ class FusedDenseStep:
     def begin_epoch(self) -> None:
         self.totals[:] = 0
         for op in ("matmul", "bias_act", "act_backward_bias", "softmax_xent", "count_correct"):
-            self.backend._ran(op, "numba-fused (in the fused step)")
+            self.backend.record_kernel(op, "numba-fused (in the fused step)")
         # arrays are re-read from a fresh plan: set_state may have replaced them
         layers: tuple[DensePlan, ...] = self.model.step_plan().dense_layers()
         self.weights = tuple(layer.weight for layer in layers)

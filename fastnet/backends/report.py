@@ -1,0 +1,53 @@
+"""Which implementation ran each op: scoped kernel recorders instead of one shared dict.
+
+Every op a backend runs is noted as ``{op: implementation}`` (``"blas"``, ``"numba-fused"``,
+``"reference"`` ...) in every recorder open in the current context, kept in a ``ContextVar`` as
+Thinc keeps its current ``Ops``: threads and asyncio tasks see only their own recorders, and
+nested ``record_kernels`` blocks each see everything that ran inside them.
+
+>>> with record_kernels(model.backend) as ran:
+...     model.fit(X, y)
+>>> ran["update_adam"]
+'numba-fused'
+
+A backend also keeps its last record as ``backend.kernel_report``: the record of the latest
+``record_kernels(backend)`` block, plus whatever it ran since outside any block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+_RECORDERS: ContextVar[tuple[dict[str, str], ...]] = ContextVar(
+    "fastnet_kernel_recorders", default=()
+)
+
+
+def note_kernel(last: dict[str, str], op: str, impl: str) -> None:
+    """Record that ``impl`` ran ``op`` in ``last`` (a backend's report) and in every open
+    recorder of this context."""
+    last[op] = impl
+    for record in _RECORDERS.get():
+        record[op] = impl
+
+
+@contextlib.contextmanager
+def record_kernels(backend: Any = None) -> Iterator[dict[str, str]]:
+    """Collect ``{op: implementation}`` of every op run in this context until the block ends.
+    With a ``backend``, its ``kernel_report`` is this record from the start of the block."""
+    record: dict[str, str] = {}
+    token = _RECORDERS.set((*_RECORDERS.get(), record))
+    if backend is not None:
+        backend._kernel_report = record
+    try:
+        yield record
+    finally:
+        _RECORDERS.reset(token)
+        if backend is not None:
+            backend._kernel_report = record  # nested blocks on it end; this one is the last
+
+
+__all__ = ["note_kernel", "record_kernels"]

@@ -1,0 +1,146 @@
+"""The one schema of a model's state: which keys a state dict holds and what each must be.
+
+A state (``Sequential.get_state``, checkpoints, pickles) maps keys to arrays:
+
+- ``param/{layer}/{name}``: a parameter's values (required);
+- ``step/{layer}/{name}``: updates applied by its optimizer group, an integer scalar shared by
+  every parameter of the group (optional, default 0); it lives in the group's device scalars;
+- ``slot/{layer}/{name}/{slot}``: an optimizer slot such as Adam's ``m`` (optional, zeros);
+- ``buffer/{layer}/{key}``: a layer buffer such as BatchNorm's running mean (required).
+
+``state_entries`` yields these once, in this order; reading, writing and validating all walk it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+class StateError(ValueError):
+    """A state dict (from ``get_state`` or a checkpoint) does not fit the model; names the key."""
+
+
+@dataclass(frozen=True)
+class StateEntry:
+    """One key of a state: its ``kind`` (param, step, slot, buffer), the live array it is read
+    from and written to (for a step: the ``ParameterGroup``), its shape and whether it must be
+    non-negative (second moments, variances)."""
+
+    key: str
+    kind: str
+    ref: Any
+    shape: tuple[int, ...]
+    nonneg: bool = False
+
+    @property
+    def required(self) -> bool:
+        return self.kind in ("param", "buffer")
+
+
+def state_entries(layers: Sequence[Any], arena: Any) -> Iterator[StateEntry]:
+    """Every entry of the state of built ``layers`` whose parameters live in ``arena``."""
+    for i, layer in enumerate(layers):
+        for p in layer.parameters():
+            shape = tuple(p.value.shape)
+            group = arena.group_of[id(p)]
+            yield StateEntry(f"param/{i}/{p.name}", "param", p.value, shape)
+            yield StateEntry(f"step/{i}/{p.name}", "step", group, (), True)
+            opt = group.optimizer
+            for key in opt.slots:
+                yield StateEntry(f"slot/{i}/{p.name}/{key}", "slot", p.state[key], shape,
+                                 key in opt.nonnegative_slots)
+        for key, buf in layer.state_buffers().items():
+            yield StateEntry(f"buffer/{i}/{key}", "buffer", buf, tuple(buf.shape),
+                             key in layer.nonnegative_buffers)
+
+
+def read_state(entries: Sequence[StateEntry], backend: Any) -> dict[str, Any]:
+    """Device copies of every array; step counts as Python ints."""
+    xp = backend.xp
+    return {
+        e.key: e.ref.step if e.kind == "step" else xp.array(e.ref, copy=True) for e in entries
+    }
+
+
+def host_state(state: dict[str, Any], backend: Any) -> dict[str, Any]:
+    """``state`` with every array copied to the host (NumPy); step counts stay ints."""
+    return {k: v if isinstance(v, int) else backend.to_numpy(v) for k, v in state.items()}
+
+
+def step_count(value: Any, backend: Any) -> int:
+    return int(np.asarray(backend.to_numpy(value)))
+
+
+def write_state(entries: Sequence[StateEntry], state: dict[str, Any], backend: Any) -> None:
+    """Copy ``state`` into the live arrays in place (unchecked: validate first); missing
+    steps become 0 and missing slots zeros."""
+    for e in entries:
+        value = state.get(e.key)
+        if e.kind == "step":
+            e.ref.step = step_count(0 if value is None else value, backend)
+        elif value is None and e.kind == "slot":
+            e.ref[...] = 0
+        else:
+            e.ref[...] = backend.asarray(value, e.ref.dtype)
+
+
+def validate_state(
+    entries: Sequence[StateEntry], state: Any, backend: Any, groups: Sequence[Any]
+) -> None:
+    """Check ``state`` against ``entries``: known keys, every param and buffer present, exact
+    shapes, real finite numbers, non-negative where needed, integer steps shared within each
+    of ``groups``. Raises ``StateError`` naming the key; changes nothing."""
+    if not isinstance(state, dict):
+        raise StateError(f"state must be a dict, got {type(state).__name__}")
+    known = {e.key for e in entries}
+    unknown = sorted(k for k in state if k not in known)
+    if unknown:
+        raise StateError(f"unexpected state key {unknown[0]!r} (not part of this model)")
+    steps: dict[int, set[int]] = {}
+    for e in entries:
+        if e.key not in state:
+            if e.required:
+                raise StateError(f"state lacks {e.key!r}")
+        else:
+            check_state_array(e.key, state[e.key], e.shape, e.nonneg, backend)
+        if e.kind == "step":
+            steps.setdefault(id(e.ref), set()).add(step_count(state.get(e.key, 0), backend))
+    for group in groups:
+        if len(steps.get(id(group), ())) > 1:
+            raise StateError(
+                f"parameters updated by one optimizer have different step counts "
+                f"{steps[id(group)]}"
+            )
+
+
+def check_state_array(
+    key: str, value: Any, shape: tuple[int, ...], nonneg: bool, backend: Any
+) -> None:
+    """One value of a state: an integer step count for ``step/`` keys, else a real, finite
+    array of ``shape`` (non-negative if ``nonneg``)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        arr = np.asarray(value)
+    elif backend.is_native(value) or isinstance(value, np.ndarray):
+        arr = value
+    else:
+        raise StateError(f"{key!r} must be an array, got {type(value).__name__}")
+    kind = arr.dtype.kind
+    if key.startswith("step/"):
+        if kind not in "iu" or arr.shape != ():
+            raise StateError(f"{key!r} must be an integer scalar, got {arr.dtype} {arr.shape}")
+        if not 0 <= int(arr) < 2**53:
+            raise StateError(f"{key!r} must be a step count >= 0, got {int(arr)}")
+        return
+    if kind not in "fiu":
+        raise StateError(f"{key!r} must hold real numbers, got dtype {arr.dtype}")
+    if tuple(arr.shape) != shape:
+        raise StateError(f"{key!r} has shape {tuple(arr.shape)}, the model needs {shape}")
+    xp = backend.xp if backend.is_native(arr) else np
+    if kind == "f" and not bool(xp.isfinite(arr).all()):
+        raise StateError(f"{key!r} contains NaN or infinite values")
+    if nonneg and bool((arr < 0).any()):
+        raise StateError(f"{key!r} must be non-negative (a second moment or variance)")
