@@ -185,6 +185,15 @@ def _adam_groups(backends: list, rng: Any) -> dict[str, list[Contestant]]:
     return groups
 
 
+def _kernels(be: Any) -> Any:
+    """The kernel module of a fast backend (``fastnet.kernels.numba_cpu`` or ``cupy_gpu``)."""
+    import importlib
+
+    return importlib.import_module(
+        "fastnet.kernels." + ("numba_cpu" if be.name == "numba" else "cupy_gpu")
+    )
+
+
 def _bias_act_runner(be: Any, out: Any, z0: Any, bias: Any):
     if be.name == "numpy":
 
@@ -193,7 +202,7 @@ def _bias_act_runner(be: Any, out: Any, z0: Any, bias: Any):
             np.add(out, bias, out=out)
             np.maximum(out, 0, out=out)
     elif be.name == "numba":
-        kernel = be.k.bias_act
+        kernel = _kernels(be).bias_act
 
         def run() -> None:
             out[...] = z0
@@ -202,7 +211,7 @@ def _bias_act_runner(be: Any, out: Any, z0: Any, bias: Any):
 
         def run() -> None:
             out[...] = z0
-            be.k.bias_act(out, bias, 1, 0.0)
+            _kernels(be).bias_act(out, bias, 1, 0.0)
 
     return run
 
@@ -214,7 +223,7 @@ def _bwd_runner(be: Any, y: Any, dy: Any, dz: Any, db: Any):
             np.multiply(dy, y > 0, out=dz)
             dz.sum(axis=0, out=db)
     else:
-        kernel = be.k.act_backward_bias
+        kernel = _kernels(be).act_backward_bias
 
         def run() -> None:
             kernel(y, dy, 1, y.dtype.type(0) if be.name == "numba" else 0.0, dz, db)
@@ -308,7 +317,7 @@ def _fastnet_contestants(
     if be.name == "numba":
         fused = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
         epoch.append(Contestant("fastnet-numba-fused-fp32", fused, None, epoch_flops))
-        floor = matmul_only_epoch(np, sizes, n, batch, np.float32, matmul=be.k.matmul)
+        floor = matmul_only_epoch(np, sizes, n, batch, np.float32, matmul=_kernels(be).matmul)
         epoch.append(Contestant("matmul-only-numba-fp32", floor, None, epoch_flops))
     if be.name.startswith("cupy"):
         for precision in ("fp32", "tf32") if not be.precision_reason("tf32") else ("fp32",):
@@ -526,30 +535,9 @@ def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -
             f"second step {cs['second_step_s'] * 1e3:.2f}ms",
             flush=True,
         )
-    groups: dict[str, list[Contestant]] = {}
-    if suite in ("kernels", "all"):
-        groups.update(kernel_groups(backends, quick))
-    if suite in ("train", "all"):
-        train, notes = train_groups(backends, quick)
-        groups.update(train)
-        groups.update(big_gpu_groups(backends, quick))
-        report["train_notes"] = notes
-    if suite in ("floor", "all") and any(be.name == "numba" for be in backends):
-        from fastnet.bench.floor import floor_groups
-
-        X, y, _ = load_training_data(quick)
-        numba = get_backend("numba")
-        groups.update(
-            floor_groups(X, y, DEFAULT_SIZES, 128, lambda opt: _model(numba, DEFAULT_SIZES, opt))
-        )
+    groups = _suite_groups(backends, suite, quick, report)
     for title, contestants in groups.items():
-        names = [c.name for c in contestants]
-        candidates = ("numpy", "fastnet-numpy-eager-fp32", "matmul-only-cupy-fp32")
-        if title.startswith("train epoch"):  # the strongest peer present, else the book loop
-            candidates = ("jax-scan-fp32", "book-numpy-fp32")
-        if title.startswith("floor breakdown"):
-            candidates = ("matmul-only-numba-fp32",)
-        reference = next((r for r in candidates if r in names), None)
+        reference = _reference(title, [c.name for c in contestants])
         results = interleaved(contestants, rounds=rounds, reference=reference)
         report["groups"][title] = {
             "reference": reference,
@@ -558,6 +546,49 @@ def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -
         print(format_table(results, f"\n== {title} (ratio = time / {reference})"), flush=True)
     _print_floor_summary(report)
     return report
+
+
+def _suite_groups(
+    backends: list[Any], suite: str, quick: bool, report: dict[str, Any]
+) -> dict[str, list[Contestant]]:
+    """The contestant groups of ``suite`` ("all" for every suite); notes go into ``report``."""
+    groups: dict[str, list[Contestant]] = {}
+    if suite in ("kernels", "all"):
+        groups.update(kernel_groups(backends, quick))
+    if suite in ("train", "all"):
+        train, notes = train_groups(backends, quick)
+        groups.update(train)
+        groups.update(big_gpu_groups(backends, quick))
+        report["train_notes"] = notes
+    if suite in ("inference", "all"):
+        from fastnet.bench.inference import inference_groups
+
+        predict, report["inference_notes"] = inference_groups(backends, quick)
+        groups.update(predict)
+    if suite in ("floor", "all") and any(be.name == "numba" for be in backends):
+        from fastnet.bench.floor import floor_groups
+
+        X, y, _ = load_training_data(quick)
+        numba = get_backend("numba")
+        groups.update(
+            floor_groups(X, y, DEFAULT_SIZES, 128, lambda opt: _model(numba, DEFAULT_SIZES, opt))
+        )
+    return groups
+
+
+def _reference(title: str, names: list[str]) -> str | None:
+    """A group's reference: the strongest peer present (JAX's scanned epoch, onnxruntime),
+    else the plain NumPy contestant."""
+    candidates: tuple[str, ...] = ("numpy", "fastnet-numpy-eager-fp32", "matmul-only-cupy-fp32")
+    if title.startswith("train epoch"):
+        candidates = ("jax-scan-fp32", "book-numpy-fp32")
+    if title.startswith("floor breakdown"):
+        candidates = ("matmul-only-numba-fp32",)
+    if title.startswith("predict_proba"):  # one row: one ORT thread answers fastest
+        one = title.endswith(" 1 row")
+        candidates = ("onnxruntime-cpu-1thread-fp32",) * one + ("onnxruntime-cpu-fp32",
+                                                                "matmul-only-fp32")
+    return next((r for r in candidates if r in names), None)
 
 
 def _print_floor_summary(report: dict[str, Any]) -> None:

@@ -198,9 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(sub, "backends", "list backends, availability, versions and devices")
     bench = _sub(sub, "bench", "benchmark backends against each other and peers")
     bench.add_argument("--backends", help="comma list (default: all available)")
-    bench.add_argument("--suite", default="all", choices=["kernels", "train", "floor", "all"],
+    bench.add_argument("--suite", default="all",
+                       choices=["kernels", "train", "floor", "inference", "all"],
                        help="kernels vs NumPy, training epochs vs peers, the CPU floor "
-                       "breakdown, or all")
+                       "breakdown, predict vs onnxruntime, or all")
     bench.add_argument("--rounds", type=_positive(int), default=5, help="interleaved rounds")
     bench.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     bench.add_argument("--json", help="write results as JSON")

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fastnet.backends.report import record_kernels
 from fastnet.callbacks import Callback, as_callbacks, check_monitor
 from fastnet.metrics import (
     check_metrics,
@@ -347,9 +348,9 @@ class Trainer:
         if run.group is not None:
             self._broadcast_state(run.group)
         self.streamed = run.streamed
-        run_epoch = self._runner(run.X, run.y, batch_size, shuffle, run.compiled, run.streamed,
-                                 run.group, run.weights)
-        with _abort_job_on_error(run.group):
+        with record_kernels(self.backend), _abort_job_on_error(run.group):
+            run_epoch = self._runner(run.X, run.y, batch_size, shuffle, run.compiled,
+                                     run.streamed, run.group, run.weights)
             return self._epochs(run_epoch, run)
 
     def _prepare_fit(
@@ -549,7 +550,7 @@ class Trainer:
             local = [rank_slice(lo, hi, group.rank, world) for lo, hi in bounds]
             step = DistributedStep(self, group, [hi - lo for lo, hi in bounds])
             self.step_description = step.description
-        self.backend.kernel_report["train_step"] = self.step_description
+        self.backend.record_kernel("train_step", self.step_description)
         self.steps_per_epoch = len(bounds)
 
         def run_epoch(

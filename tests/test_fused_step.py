@@ -132,4 +132,4 @@ def test_training_and_validation_share_numba_blas():
     X, y = _data()
     model = _model()
     model.fit(X, y, epochs=1, batch_size=64, verbose=0, validation_data=(X[:50], y[:50]))
-    assert model.backend.kernel_report["matmul"] == "blas (numba)"
+    assert model.backend.kernel_report["matmul"].startswith("blas (numba")

@@ -450,3 +450,23 @@ def test_numba_matmul_uses_numba_blas_for_what_np_dot_takes(rng):
         assert be.kernel_report["matmul"] == path
     out = np.empty((5, 3), np.float32)
     assert be.matmul(a, b, out) is out
+
+
+def test_numba_update_follows_changed_hyperparameters(ref, rng):
+    """The numba backend keeps each group's prepared update call; a changed constant (beta1)
+    or clip must still reach the kernel."""
+    from fastnet.backends import get_backend, probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    be = get_backend("numba")
+    p0 = rng.standard_normal(1000)
+    got = Group(be, Adam(1e-2), p0.copy(), 1000, np.float64)
+    expected = Group(ref, Adam(1e-2), p0.copy(), 1000, np.float64)
+    for i, g in enumerate(rng.standard_normal((4, 1000))):
+        if i == 2:
+            for group in (got, expected):
+                group.rule.beta1, group.rule.clip_value = 0.5, 0.1
+        got.step(g)
+        expected.step(g)
+    np.testing.assert_allclose(got.p, expected.p, rtol=1e-12)

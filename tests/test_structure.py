@@ -62,7 +62,6 @@ def test_function_length_counts_def_to_last_line(tmp_path):
                                                                    "probe.py:h:62"]
 
 
-@pytest.mark.xfail(strict=False, reason="training.py/numba_cpu.py pending")
 def test_no_function_over_60_lines():
     offenders = functions_over(LONGEST_FUNCTION, LIBRARY + sorted((ROOT / "bench").glob("*.py")))
     assert not offenders, "functions over 60 lines:\n" + "\n".join(offenders)

@@ -80,7 +80,6 @@ class Backend:
         block open in this context."""
         note_kernel(self._kernel_report, op, impl)
 
-    _ran = record_kernel  # the old name (numba_backend.py still uses it)
 
     # ------------------------------------------------------------------ arrays and transfers
 
@@ -118,6 +117,10 @@ class Backend:
         return rng.random(shape, dtype=dtype)
 
     def take_rows(self, x: Any, idx: Any, out: Any = None) -> Any:
+        """Rows ``idx`` of ``x`` (into ``out``). Indices must be in range (a permutation):
+        NumPy's default bounds mode would copy through a temporary buffer first."""
+        if out is not None and self.xp is np:
+            return np.take(x, idx, axis=0, out=out, mode="wrap")
         return self.xp.take(x, idx, axis=0, out=out)
 
     def copy_from_host(self, dst: Any, src: np.ndarray) -> None:

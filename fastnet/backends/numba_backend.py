@@ -26,6 +26,16 @@ def _blas_ready(a: Any, b: Any, out: Any) -> bool:
             and a.shape[1] == b.shape[0] and out.shape == (a.shape[0], b.shape[1]))
 
 
+def _parallel_min_updates() -> int:
+    """Size from which optimizer updates run on numba's threads (1M elements, so not for the
+    default model). Measured right after a GEMM, Adam over 235k float32 parameters: on the
+    AMD EPYC two threads were slower (202 against 152 us); on the Intel Xeon (Skylake-SP) they
+    were faster alone (373 against 479 us) but not in the epoch (16 alternating epochs:
+    1.008x the serial time). ``FASTNET_NUMBA_PARALLEL_UPDATES`` (an element count) overrides."""
+    override = os.environ.get("FASTNET_NUMBA_PARALLEL_UPDATES", "")
+    return max(int(override), 1) if override.isdigit() else 1 << 20
+
+
 def _same_shape(*arrays: Any) -> bool:
     shape = arrays[0].shape
     return all(a.shape == shape for a in arrays[1:])
@@ -39,9 +49,12 @@ class NumbaBackend(Backend):
     #: element count from which the parallel (threaded) flavour of a kernel is used. Below it,
     #: numba's threads only fight OpenBLAS's spinning workers for the 2 cores (bench/).
     parallel_min_elements = 1 << 20
+    #: the same for optimizer updates, set per CPU by ``_parallel_min_updates`` (measured)
+    parallel_min_updates = 1 << 20
 
     def __init__(self) -> None:
         super().__init__()
+        self.parallel_min_updates = _parallel_min_updates()
         # Sleeping (not spinning) OpenMP workers between kernels leave the cores to BLAS.
         # Only effective before numba's first parallel launch; a user's setting wins.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -50,7 +63,7 @@ class NumbaBackend(Backend):
         self.k = numba_cpu
         self._empties: dict[tuple, np.ndarray] = {}
         self._infer_args: dict[str, Any] = {}
-        self._empty_bias: dict[np.dtype, np.ndarray] = {}
+        self._update_calls: dict[tuple, tuple] = {}
         self._zero_bias: dict[tuple, np.ndarray] = {}
 
     def device_info(self) -> str:
@@ -69,7 +82,7 @@ class NumbaBackend(Backend):
         if not _blas_ready(a, b, out):
             return super().matmul(a, b, out, precision)
         self.k.matmul(a, b, out)
-        self._ran("matmul", "blas (numba)")
+        self.record_kernel("matmul", "blas (numba)")
         return out
 
     # ------------------------------------------------------------------ dense layer hooks
@@ -82,7 +95,7 @@ class NumbaBackend(Backend):
             np.tanh(z, out=z)
         else:
             kernel(z, b, int(activation), z.dtype.type(alpha))
-        self._ran("bias_act", "numba-fused")
+        self.record_kernel("bias_act", "numba-fused")
         return z
 
     def act_backward_bias(
@@ -97,16 +110,12 @@ class NumbaBackend(Backend):
             or not contiguous_floats(y, dy, dz, *([db] if db is not None else []))
         ):
             return super().act_backward_bias(y, dy, activation, alpha, dz, db)
-        bias_grad = db if db is not None else self._no_bias(dy.dtype)
+        bias_grad = db if db is not None else self._empty((0,), dy.dtype)
         kernel = self._pick(self.k.act_backward_bias, self.k.act_backward_bias_parallel, dy)
         kernel(y, dy, int(activation), dy.dtype.type(alpha), dz, bias_grad)
-        self._ran("act_backward_bias", "numba-fused")
+        self.record_kernel("act_backward_bias", "numba-fused")
         return dz
 
-    def _no_bias(self, dtype: np.dtype) -> np.ndarray:
-        if dtype not in self._empty_bias:
-            self._empty_bias[dtype] = np.empty(0, dtype=dtype)
-        return self._empty_bias[dtype]
 
     # ------------------------------------------------------------------ activations
     def activation(self, x: Any, activation: Act, alpha: float = 0.01, out: Any = None) -> Any:
@@ -126,7 +135,7 @@ class NumbaBackend(Backend):
         out[...] = x
         kernel = self._pick(self.k.bias_act, self.k.bias_act_parallel, out)
         kernel(out, self._zero_bias[key], int(activation), out.dtype.type(alpha))
-        self._ran("activation", "numba-fused")
+        self.record_kernel("activation", "numba-fused")
         return out
 
     def activation_backward(
@@ -167,7 +176,7 @@ class NumbaBackend(Backend):
                          tuple(int(layer.activation) for layer in layers),
                          tuple(dtype.type(layer.alpha) for layer in layers)),
             }
-        self._ran("matmul", "blas (numba, fused inference)")
+        self.record_kernel("matmul", "blas (numba, fused inference)")
         return self.k.dense_forward(x, *self._infer_args["args"], softmax)
 
     # ------------------------------------------------------------------ loss
@@ -211,11 +220,11 @@ class NumbaBackend(Backend):
         ):
             dlogits = np.empty_like(logits)
         t = logits.dtype.type
-        w = self._no_bias(logits.dtype) if weights is None else np.ascontiguousarray(weights, t)
+        w = self._empty((0,), logits.dtype) if weights is None else np.ascontiguousarray(weights, t)
         kernel = self._pick(self.k.softmax_xent, self.k.softmax_xent_parallel, logits)
         total = kernel(logits, *pair, dlogits, t(1.0 / n), logits.dtype == np.float32, w,
                        t(label_smoothing))
-        self._ran("softmax_xent", "numba-fused")
+        self.record_kernel("softmax_xent", "numba-fused")
         if loss_out is None:
             return t(total / n), dlogits
         loss_out += (1.0 / n if loss_scale is None else loss_scale) * total
@@ -237,6 +246,8 @@ class NumbaBackend(Backend):
         return out
 
     def _empty(self, shape: tuple, dtype: Any) -> np.ndarray:
+        """A cached empty array: what the kernels take for an absent bias gradient, sample
+        weights, labels or targets."""
         key = (shape, np.dtype(dtype))
         if key not in self._empties:
             self._empties[key] = np.empty(shape, dtype)
@@ -251,36 +262,49 @@ class NumbaBackend(Backend):
         reason = fused_step_reason(plan)
         if reason:
             return None, reason
-        return FusedDenseStep(model, batch_size, plan), FusedDenseStep.description
+        return FusedDenseStep(model, batch_size, plan, spec), FusedDenseStep.description
 
     # ------------------------------------------------------------------ optimizer updates
     def update(self, rule: Any, p: Any, g: Any, slots: tuple, s: Any, constants: tuple,
                n_decay: int, wd: float, clip_value: float | None) -> None:
         """``kernels.numba_cpu.<rule.kernel>_update`` over the flat group, scalars in the
         parameter dtype; the reference for rules without a kernel and for other layouts or
-        dtypes, which the unchecked kernels must never see."""
-        kernels = self._update_kernels(rule.kernel)
-        arrays = (p, g, *slots)
-        if kernels is None or not contiguous_floats(*arrays) or not _same_shape(*arrays):
+        dtypes, which the unchecked kernels must never see. The checked, typed arguments are
+        kept per group (an arena's buffers never move), so a step pays one lookup."""
+        key = (rule.kernel, id(p), id(g), *map(id, slots), id(s), constants, n_decay, wd,
+               clip_value)
+        call = self._update_calls.get(key)
+        if call is None:
+            call = self._update_call(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
+            if len(self._update_calls) > 64:
+                self._update_calls.clear()
+            self._update_calls[key] = call
+        if not call:
             return super().update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
+        call[0](*call[1])
+        self.record_kernel(f"update_{rule.kernel}", "numba-fused")
+
+    def _update_call(self, rule: Any, p: Any, g: Any, slots: tuple, s: Any, constants: tuple,
+                     n_decay: int, wd: float, clip_value: float | None) -> tuple:
+        """(kernel, arguments) of an update, or () where the reference must run. Holds the
+        arrays themselves, so their ids in the cache key stay theirs."""
+        serial = getattr(self.k, f"{rule.kernel}_update", None) if rule.kernel else None
+        arrays = (p, g, *slots)
+        if serial is None or not contiguous_floats(*arrays) or not _same_shape(*arrays):
+            return ()
         size = int(p.size)
-        serial, parallel = kernels
-        kernel = parallel if size >= self.parallel_min_elements else serial
+        parallel = getattr(self.k, f"{rule.kernel}_update_parallel")
+        kernel = parallel if size >= self.parallel_min_updates else serial
         t = p.dtype.type
         clip = np.inf if clip_value is None else clip_value
         flat = [a.reshape(-1) for a in arrays]  # C-contiguous: views, written in place
-        kernel(*flat, s, *map(t, constants), t(wd), min(max(int(n_decay), 0), size), t(clip),
-               t(np.finfo(p.dtype).tiny))
-        self._ran(f"update_{rule.kernel}", "numba-fused")
-
-    def _update_kernels(self, name: str) -> tuple[Any, Any] | None:
-        """The serial and parallel ``<name>_update`` kernels, or None if there are none."""
-        serial = getattr(self.k, f"{name}_update", None) if name else None
-        return None if serial is None else (serial, getattr(self.k, f"{name}_update_parallel"))
+        args = (*flat, s, *map(t, constants), t(wd), min(max(int(n_decay), 0), size), t(clip),
+                t(np.finfo(p.dtype).tiny))
+        return kernel, args
 
     def advance_scalars(self, s: Any, norm_sq: Any, constants: tuple) -> None:
         self.k.advance_scalars(s, norm_sq, *map(float, constants))
-        self._ran("advance_scalars", "numba")
+        self.record_kernel("advance_scalars", "numba")
 
     def sum_squares(self, g: Any, out: Any) -> None:
         if not contiguous_floats(g):

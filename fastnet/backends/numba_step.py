@@ -32,7 +32,7 @@ class FusedDenseStep:
 
     description = "numba fused step (forward, loss and backward in one JIT call)"
 
-    def __init__(self, model: Any, batch_size: int, plan: StepPlan) -> None:
+    def __init__(self, model: Any, batch_size: int, plan: StepPlan, spec: Any = None) -> None:
         from fastnet.kernels.numba_cpu import dense_train_step
 
         self.kernel = dense_train_step
@@ -52,9 +52,19 @@ class FusedDenseStep:
         self.no_targets = np.empty((0, 0), dtype)
         self.no_weights = np.empty(0, dtype)
         self.totals = np.zeros(2)
+        self.buffers: tuple[Any, ...] | None = None
+        if spec is not None:  # the batch source gathers into these: no allocation per batch
+            self.buffers = (
+                np.empty((batch_size, widths[0][0]), dtype),
+                np.empty((batch_size, *spec.target_shape), np.dtype(spec.target_dtype)),
+                np.empty(batch_size, dtype) if spec.weighted else None,
+            )
 
-    def batch_buffers(self, n: int) -> None:
-        return None
+    def batch_buffers(self, n: int) -> tuple[Any, Any, Any] | None:
+        if self.buffers is None or n > self.batch_size:
+            return None
+        x, y, w = self.buffers
+        return x[:n], y[:n], None if w is None else w[:n]
 
     def begin_epoch(self) -> None:
         self.totals[:] = 0

@@ -1,0 +1,81 @@
+"""Inference contestants: ``predict_proba`` of the default model on every fastnet backend
+against onnxruntime running the model's own ONNX export (2 threads, not spinning; and 1 thread,
+its lowest latency for one row) and the three matmuls alone, on 10,000 rows and on one row."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from fastnet.bench.harness import Contestant
+
+
+def _model(backend: Any, sizes: tuple[int, ...]) -> Any:
+    from fastnet.builders import mlp
+
+    return mlp(sizes[0], list(sizes[1:-1]), sizes[-1], backend=backend, seed=0)
+
+
+def _onnxruntime(model: Any, threads: int = 2) -> Callable[[np.ndarray], Any] | None:
+    """A session on ``model``'s ONNX export (None when onnx/onnxruntime are missing)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    path = os.path.join(tempfile.mkdtemp(prefix="fastnet-onnx-"), "model.onnx")
+    model.to_onnx(path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    # interleaved with other contestants: ORT's workers must not keep spinning on the 2 cores
+    # after a run (fastnet's BLAS threads do not either: the bench measures each alone)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    name, outputs = session.get_inputs()[0].name, ["probabilities"]
+    return lambda x: session.run(outputs, {name: x})[0]
+
+
+def _matmuls(model: Any) -> Callable[[np.ndarray], Any]:
+    """The three matmuls of the forward pass alone, the arithmetic floor (through numba's BLAS
+    when numba is installed: one OpenBLAS thread pool with the numba contestant)."""
+    weights = [np.asarray(layer.W.value) for layer in model.layers]
+    try:
+        from fastnet.kernels.numba_cpu import matmul
+    except ImportError:
+        return lambda x: [x := x @ w for w in weights]
+
+    def run(x: np.ndarray) -> np.ndarray:
+        for w in weights:
+            out = np.empty((x.shape[0], w.shape[1]), np.float32)
+            matmul(x, w, out)
+            x = out
+        return x
+
+    return run
+
+
+def inference_groups(
+    backends: list[Any], quick: bool, sizes: tuple[int, ...] = (784, 256, 128, 10)
+) -> tuple[dict[str, list[Contestant]], str]:
+    """Groups "predict_proba N rows" for N in (10000, 1) (fewer with ``quick``)."""
+    rng = np.random.default_rng(0)
+    X = rng.random((1000 if quick else 10000, sizes[0]), dtype=np.float32)
+    models = {be.name: _model(be, sizes) for be in backends}
+    reference = next(iter(models.values()))
+    for m in models.values():  # one set of weights for every contestant
+        m.set_state(reference.host_state())
+    ort, ort1, matmuls = _onnxruntime(reference), _onnxruntime(reference, 1), _matmuls(reference)
+    groups: dict[str, list[Contestant]] = {}
+    for rows in (len(X), 1):
+        x = np.ascontiguousarray(X[:rows])
+        cs = [Contestant(f"fastnet-{name}-predict-fp32", lambda m=m, x=x: m.predict_proba(x))
+              for name, m in models.items()]
+        if ort is not None:
+            cs.append(Contestant("onnxruntime-cpu-fp32", lambda x=x: ort(x)))
+            cs.append(Contestant("onnxruntime-cpu-1thread-fp32", lambda x=x: ort1(x)))
+        cs.append(Contestant("matmul-only-fp32", lambda x=x: matmuls(x)))
+        groups[f"predict_proba {rows} row{'s' if rows > 1 else ''}"] = cs
+    note = "onnxruntime " + (__import__("onnxruntime").__version__ if ort else "not installed")
+    return groups, note
