@@ -38,6 +38,7 @@ bench: $(STAMP) data
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check fastnet kernels bench tests
+	$(VENV)/bin/ruff format --check fastnet kernels bench tests
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -47,8 +47,16 @@ class _StrippedLoop:
     """The stripped training loop: a flat arena of a ReLU MLP and the numba kernels called
     directly, without fastnet's layers, model or step objects."""
 
-    def __init__(self, X: np.ndarray, y: np.ndarray, sizes: Sequence[int], batch: int,
-                 elementwise: bool, optimizer: str | None, seed: int) -> None:
+    def __init__(
+        self,
+        X: np.ndarray,
+        y: np.ndarray,
+        sizes: Sequence[int],
+        batch: int,
+        elementwise: bool,
+        optimizer: str | None,
+        seed: int,
+    ) -> None:
         from fastnet.kernels import numba_cpu
 
         from fastnet.optimizers import Adam
@@ -96,8 +104,16 @@ class _StrippedLoop:
                 k.bias_act(h, b, act, self.alpha)
             inp = h
         if self.elementwise:
-            total = k.softmax_xent(self.hs[-1], self.yb, self.no_targets, self.dzs[-1],
-                                   self.inv_n, True, self.no_weights, np.float32(0))
+            total = k.softmax_xent(
+                self.hs[-1],
+                self.yb,
+                self.no_targets,
+                self.dzs[-1],
+                self.inv_n,
+                True,
+                self.no_weights,
+                np.float32(0),
+            )
             loss = total / self.batch
         dy = self.dzs[-1]
         for i in range(len(self.Ws) - 1, -1, -1):
@@ -106,8 +122,9 @@ class _StrippedLoop:
                 if self.acts[i] == LINEAR:
                     dy.sum(axis=0, out=self.dbs[i])
                 else:
-                    k.act_backward_bias(self.hs[i], dy, self.acts[i], self.alpha, self.dzs[i],
-                                        self.dbs[i])
+                    k.act_backward_bias(
+                        self.hs[i], dy, self.acts[i], self.alpha, self.dzs[i], self.dbs[i]
+                    )
                     dz = self.dzs[i]
             k.matmul((self.xb if i == 0 else self.hs[i - 1]).T, dz, self.dWs[i])
             if i:
@@ -120,8 +137,19 @@ class _StrippedLoop:
         inf, tiny = f32(np.inf), f32(np.finfo(f32).tiny)
         if self.optimizer == "adam":
             k.advance_scalars(self.scalars, self.norm_sq, *self.rule.scalar_constants())
-            k.adam_update(self.params, self.grads, self.m1, self.m2, self.scalars, f32(0.9),
-                          f32(0.999), f32(0), 0, inf, tiny)
+            k.adam_update(
+                self.params,
+                self.grads,
+                self.m1,
+                self.m2,
+                self.scalars,
+                f32(0.9),
+                f32(0.999),
+                f32(0),
+                0,
+                inf,
+                tiny,
+            )
         elif self.optimizer == "sgd":
             k.advance_scalars(self.scalars, self.norm_sq, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
             k.sgd_update(self.params, self.grads, self.scalars, f32(0), 0, inf, tiny)

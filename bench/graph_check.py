@@ -28,8 +28,12 @@ from fastnet.optimizers import get_optimizer
 from fastnet.schedules import CosineDecay, WarmupCosine
 
 OPTIMIZERS: dict[str, dict[str, float]] = {
-    "sgd": {"lr": 0.05}, "momentum": {"lr": 0.02}, "adagrad": {"lr": 0.01},
-    "rmsprop": {"lr": 1e-3}, "adam": {"lr": 1e-3}, "adamw": {"lr": 1e-3, "weight_decay": 0.01},
+    "sgd": {"lr": 0.05},
+    "momentum": {"lr": 0.02},
+    "adagrad": {"lr": 0.01},
+    "rmsprop": {"lr": 1e-3},
+    "adam": {"lr": 1e-3},
+    "adamw": {"lr": 1e-3, "weight_decay": 0.01},
 }
 # Plateau: min_delta larger than any gain, so the lr halves after every epoch from the second on.
 SCHEDULES: dict[str, Callable[[int], list[Callback]]] = {
@@ -40,13 +44,26 @@ SCHEDULES: dict[str, Callable[[int], list[Callback]]] = {
 }
 
 
-def train(backend: str, optimizer: str, schedule: str, data: tuple, epochs: int,
-          compiled: bool) -> Sequential:
+def train(
+    backend: str, optimizer: str, schedule: str, data: tuple, epochs: int, compiled: bool
+) -> Sequential:
     X, y = data
-    model = Sequential([Dense(128, "relu"), Dense(64, "relu"), Dense(10)], SoftmaxCrossEntropy(),
-                       get_optimizer(optimizer, **OPTIMIZERS[optimizer]), backend=backend, seed=0)
-    model.fit(X, y, epochs=epochs, batch_size=128, callbacks=SCHEDULES[schedule](epochs),
-              verbose=0, compiled=compiled)
+    model = Sequential(
+        [Dense(128, "relu"), Dense(64, "relu"), Dense(10)],
+        SoftmaxCrossEntropy(),
+        get_optimizer(optimizer, **OPTIMIZERS[optimizer]),
+        backend=backend,
+        seed=0,
+    )
+    model.fit(
+        X,
+        y,
+        epochs=epochs,
+        batch_size=128,
+        callbacks=SCHEDULES[schedule](epochs),
+        verbose=0,
+        compiled=compiled,
+    )
     return model
 
 
@@ -59,16 +76,22 @@ def max_relative_difference(a: Sequential, b: Sequential) -> float:
     return worst
 
 
-def compare(backend: str, optimizer: str, schedule: str, data: tuple, epochs: int,
-            tol: float) -> dict[str, Any]:
+def compare(
+    backend: str, optimizer: str, schedule: str, data: tuple, epochs: int, tol: float
+) -> dict[str, Any]:
     start = time.perf_counter()
     eager = train(backend, optimizer, schedule, data, epochs, compiled=False)
     graph = train(backend, optimizer, schedule, data, epochs, compiled=True)
     diff = max_relative_difference(eager, graph)
     return {
-        "optimizer": optimizer, "schedule": schedule, "max_rel_diff": diff, "pass": diff <= tol,
-        "loss_eager": eager.history["loss"], "loss_compiled": graph.history["loss"],
-        "step_eager": eager.step_description, "step_compiled": graph.step_description,
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "max_rel_diff": diff,
+        "pass": diff <= tol,
+        "loss_eager": eager.history["loss"],
+        "loss_compiled": graph.history["loss"],
+        "step_eager": eager.step_description,
+        "step_compiled": graph.step_description,
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -80,12 +103,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for optimizer in args.optimizers.split(","):
         for schedule in args.schedules.split(","):
             row = compare(args.backend, optimizer, schedule, data, args.epochs, args.tol)
-            print(f"{'PASS' if row['pass'] else 'FAIL'} {optimizer:9s} {schedule:14s} "
-                  f"max rel diff {row['max_rel_diff']:.2e}  {row['seconds']:.1f}s  "
-                  f"({row['step_compiled']})", flush=True)
+            print(
+                f"{'PASS' if row['pass'] else 'FAIL'} {optimizer:9s} {schedule:14s} "
+                f"max rel diff {row['max_rel_diff']:.2e}  {row['seconds']:.1f}s  "
+                f"({row['step_compiled']})",
+                flush=True,
+            )
             results.append(row)
-    return {"backend": args.backend, "rows": len(data[0]), "epochs": args.epochs, "tol": args.tol,
-            "pass": all(r["pass"] for r in results), "results": results}
+    return {
+        "backend": args.backend,
+        "rows": len(data[0]),
+        "epochs": args.epochs,
+        "tol": args.tol,
+        "pass": all(r["pass"] for r in results),
+        "results": results,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,8 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report, f, indent=1)
-    print(f"{'PASS' if report['pass'] else 'FAIL'}: {len(report['results'])} comparisons on "
-          f"{args.backend}, tolerance {args.tol:g}")
+    print(
+        f"{'PASS' if report['pass'] else 'FAIL'}: {len(report['results'])} comparisons on "
+        f"{args.backend}, tolerance {args.tol:g}"
+    )
     return 0 if report["pass"] else 1
 
 

@@ -138,8 +138,10 @@ def format_table(results: list[Result], title: str = "") -> str:
         )
     noisy = [r.name for r in results if r.times and r.median > NOISY * r.spread[0]]
     if noisy:
-        lines.append(f"noisy machine: median over {NOISY:g}x the minimum for "
-                     f"{', '.join(noisy)}; compare with care or rerun with more rounds")
+        lines.append(
+            f"noisy machine: median over {NOISY:g}x the minimum for "
+            f"{', '.join(noisy)}; compare with care or rerun with more rounds"
+        )
     return "\n".join(lines)
 
 

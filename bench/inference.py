@@ -70,8 +70,10 @@ def inference_groups(
     groups: dict[str, list[Contestant]] = {}
     for rows in (len(X), 1):
         x = np.ascontiguousarray(X[:rows])
-        cs = [Contestant(f"fastnet-{name}-predict-fp32", lambda m=m, x=x: m.predict_proba(x))
-              for name, m in models.items()]
+        cs = [
+            Contestant(f"fastnet-{name}-predict-fp32", lambda m=m, x=x: m.predict_proba(x))
+            for name, m in models.items()
+        ]
         if ort is not None:
             cs.append(Contestant("onnxruntime-cpu-fp32", lambda x=x: ort(x)))
             cs.append(Contestant("onnxruntime-cpu-1thread-fp32", lambda x=x: ort1(x)))

@@ -12,7 +12,11 @@ import numpy as np
 
 
 def _setup(
-    sizes: Sequence[int], seed: int, precision: str | None, X: np.ndarray, y: np.ndarray,
+    sizes: Sequence[int],
+    seed: int,
+    precision: str | None,
+    X: np.ndarray,
+    y: np.ndarray,
     batch: int,
 ) -> tuple[Any, ...]:
     """The model, the Adam step, its initial state, the device data and full-batch count."""

@@ -41,8 +41,10 @@ class PtxasInfo:
         return self.spill_stores > 0 or self.spill_loads > 0
 
     def __str__(self) -> str:
-        return (f"sm_{self.arch} {self.kernel}: {self.registers} registers, {self.stack_bytes} B "
-                f"stack, {self.spill_stores} B spill stores, {self.spill_loads} B spill loads")
+        return (
+            f"sm_{self.arch} {self.kernel}: {self.registers} registers, {self.stack_bytes} B "
+            f"stack, {self.spill_stores} B spill stores, {self.spill_loads} B spill loads"
+        )
 
 
 @cache
@@ -96,12 +98,15 @@ def compile_log(source: str, arch: str, options: tuple[str, ...] = ()) -> str:
     """Compile ``source`` to a cubin for ``sm_<arch>``; return the NVRTC log (ptxas -v output).
     Raises RuntimeError with the log when the source does not compile."""
     lib, prog = nvrtc(), ctypes.c_void_p()
-    _check(lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"kernel.cu", 0, None, None),
-           "nvrtcCreateProgram")
+    _check(
+        lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"kernel.cu", 0, None, None),
+        "nvrtcCreateProgram",
+    )
     try:
         opts = [*cupy_options(), f"-arch=sm_{arch}", "--ptxas-options=-v", *options]
-        status = lib.nvrtcCompileProgram(prog, len(opts), (ctypes.c_char_p * len(opts))(
-            *[o.encode() for o in opts]))
+        status = lib.nvrtcCompileProgram(
+            prog, len(opts), (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
+        )
         size = ctypes.c_size_t()
         lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
         log = ctypes.create_string_buffer(size.value)
@@ -124,8 +129,16 @@ def parse_ptxas(log: str) -> list[PtxasInfo]:
         if entry is None or regs is None:
             continue
         props = [tuple(map(int, m)) for m in _PROPS.findall(block)] or [(0, 0, 0)]
-        found.append(PtxasInfo(entry[1], entry[2], int(regs[1]), max(p[0] for p in props),
-                               sum(p[1] for p in props), sum(p[2] for p in props)))
+        found.append(
+            PtxasInfo(
+                entry[1],
+                entry[2],
+                int(regs[1]),
+                max(p[0] for p in props),
+                sum(p[1] for p in props),
+                sum(p[2] for p in props),
+            )
+        )
     return found
 
 

@@ -170,7 +170,12 @@ def torch_mlp_epoch(
 
 
 def _torch_setup(
-    sizes: Sequence[int], X: np.ndarray, y: np.ndarray, device: str, lr: float, seed: int,
+    sizes: Sequence[int],
+    X: np.ndarray,
+    y: np.ndarray,
+    device: str,
+    lr: float,
+    seed: int,
     capturable: bool,
 ) -> tuple:
     import torch

@@ -176,8 +176,7 @@ def _adam_groups(backends: list, rng: Any) -> dict[str, list[Contestant]]:
     """Adam over the default model's first layer, and with 20% subnormal slots (denormals:
     slow on Intel cores unless the kernel flushes them, as fastnet's do)."""
     groups = {}
-    for label, frac in (("adam update 784x256", 0.0), ("adam update 784x256, 20% subnormal",
-                                                        0.2)):
+    for label, frac in (("adam update 784x256", 0.0), ("adam update 784x256, 20% subnormal", 0.2)):
         groups[label] = [
             Contestant(be.name, adam_update_runner(be, 784 * 256, frac), _elapsed(be))
             for be in backends
@@ -253,8 +252,16 @@ def _model(backend: Any, sizes: tuple[int, ...], optimizer: str = "adam", precis
     from fastnet.optimizers import SGD, Adam
 
     opt = Adam(1e-3) if optimizer == "adam" else SGD(0.01)
-    return mlp(sizes[0], sizes[1:-1], sizes[-1], "relu", optimizer=opt, backend=backend, seed=0,
-               precision=precision)
+    return mlp(
+        sizes[0],
+        sizes[1:-1],
+        sizes[-1],
+        "relu",
+        optimizer=opt,
+        backend=backend,
+        seed=0,
+        precision=precision,
+    )
 
 
 def step_flops(sizes: tuple[int, ...], batch: int) -> float:
@@ -327,7 +334,11 @@ def _fastnet_contestants(
             name = f"fastnet-{be.name}-graph-{precision}"
             epoch.append(Contestant(name, graphed, timer, epoch_flops))
             floor = matmul_only_epoch(
-                be.xp, sizes, n, batch, np.float32,
+                be.xp,
+                sizes,
+                n,
+                batch,
+                np.float32,
                 matmul=lambda a, b, out, p=precision, be=be: be.matmul(a, b, out, p),
             )
             epoch.append(
@@ -450,12 +461,18 @@ def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestan
                 )
             )
             floor = matmul_only_epoch(
-                be.xp, sizes, batch, batch, np.float32,
+                be.xp,
+                sizes,
+                batch,
+                batch,
+                np.float32,
                 matmul=lambda a, b, out, p=precision, be=be: be.matmul(a, b, out, p),
             )
             contestants.append(
                 Contestant(
-                    f"matmul-only-{be.name}-{precision}", floor, _elapsed(be),
+                    f"matmul-only-{be.name}-{precision}",
+                    floor,
+                    _elapsed(be),
                     step_flops(sizes, batch),
                 )
             )
@@ -586,8 +603,10 @@ def _reference(title: str, names: list[str]) -> str | None:
         candidates = ("matmul-only-numba-fp32",)
     if title.startswith("predict_proba"):  # one row: one ORT thread answers fastest
         one = title.endswith(" 1 row")
-        candidates = ("onnxruntime-cpu-1thread-fp32",) * one + ("onnxruntime-cpu-fp32",
-                                                                "matmul-only-fp32")
+        candidates = ("onnxruntime-cpu-1thread-fp32",) * one + (
+            "onnxruntime-cpu-fp32",
+            "matmul-only-fp32",
+        )
     return next((r for r in candidates if r in names), None)
 
 
@@ -617,7 +636,7 @@ def _print_floor_summary(report: dict[str, Any]) -> None:
 
 
 def machine_title(machine: dict[str, Any]) -> str:
-    """"AMD EPYC, 2 cores, openblas 0.3.31 + cuda:0 NVIDIA H100" from ``machine_info``."""
+    """ "AMD EPYC, 2 cores, openblas 0.3.31 + cuda:0 NVIDIA H100" from ``machine_info``."""
     title = f"{machine.get('cpu', 'CPU')}, {machine.get('cores', '?')} cores"
     if machine.get("blas") not in (None, "unknown"):
         title += f", {machine['blas']}"

@@ -55,8 +55,13 @@ def mlp(
     >>> model = mlp(784, (256, 128), 10, optimizer=Adam(1e-3), backend="numba", seed=0)
     """
     model = Sequential(
-        mlp_layers(hidden, outputs, activation, dropout, batch_norm), loss, optimizer,
-        backend=backend, dtype=dtype, seed=seed, precision=precision,
+        mlp_layers(hidden, outputs, activation, dropout, batch_norm),
+        loss,
+        optimizer,
+        backend=backend,
+        dtype=dtype,
+        seed=seed,
+        precision=precision,
     )
     return model if input_dim is None else model.build(input_dim)
 

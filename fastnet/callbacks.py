@@ -107,8 +107,9 @@ def as_callbacks(items: Any) -> list[Callback]:
         hooks = [h for h in HOOKS if callable(getattr(cb, h, None))]
         if not hooks:
             if not callable(cb) or not _accepts(cb, 2):
-                raise TypeError(f"callbacks must be Callback objects or functions f(epoch, "
-                                f"logs), got {cb!r}")
+                raise TypeError(
+                    f"callbacks must be Callback objects or functions f(epoch, logs), got {cb!r}"
+                )
             found.append(EpochFunction(cb))
             continue
         for hook in hooks:
@@ -123,8 +124,10 @@ def as_callbacks(items: Any) -> list[Callback]:
                 keras.add(hook)
                 continue
             wanted = ", ".join(HOOKS[hook])
-            raise TypeError(f"callback {type(cb).__name__}.{hook} must take ({wanted}) or, "
-                            f"Keras-style, ({', '.join(HOOKS[hook][1:])})")
+            raise TypeError(
+                f"callback {type(cb).__name__}.{hook} must take ({wanted}) or, "
+                f"Keras-style, ({', '.join(HOOKS[hook][1:])})"
+            )
         if keras or not isinstance(cb, Callback):
             found.append(KerasStyle(cb, keras or set(hooks)))
         else:
@@ -137,11 +140,15 @@ def check_monitor(callback: Callback, names: list[str]) -> None:
     hold (``val_acc`` is not ``val_accuracy``). Raises ``ValueError`` with the valid names."""
     monitor = callback.monitored if isinstance(callback, Callback) else None
     if isinstance(monitor, str) and monitor not in names:
-        hint = "" if any(n.startswith("val_") for n in names) else (
-            "; val_* needs validation_data or validation_split"
+        hint = (
+            ""
+            if any(n.startswith("val_") for n in names)
+            else ("; val_* needs validation_data or validation_split")
         )
-        raise ValueError(f"{type(callback).__name__} monitors {monitor!r}, which the epoch logs "
-                         f"will not hold; valid names: {', '.join(names)}{hint}")
+        raise ValueError(
+            f"{type(callback).__name__} monitors {monitor!r}, which the epoch logs "
+            f"will not hold; valid names: {', '.join(names)}{hint}"
+        )
 
 
 class EarlyStopping(Callback):
@@ -214,7 +221,7 @@ def _non_negative_int(value: Any, name: str) -> int:
 
 
 def _mode(mode: str, monitor: str) -> str:
-    """"min" or "max" for ``monitor`` ("auto": max for accuracy-like metrics)."""
+    """ "min" or "max" for ``monitor`` ("auto": max for accuracy-like metrics)."""
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
     if mode != "auto":
@@ -270,8 +277,10 @@ class ModelCheckpoint(Callback):
             except FileExistsError:
                 pass  # a file where a folder should be: check_checkpoint_path says so
             except OSError as exc:
-                raise type(exc)(f"ModelCheckpoint path {self.path!r}: cannot create its folder "
-                                f"{folder!r} ({exc.strerror or exc})") from None
+                raise type(exc)(
+                    f"ModelCheckpoint path {self.path!r}: cannot create its folder "
+                    f"{folder!r} ({exc.strerror or exc})"
+                ) from None
         if "{" not in folder:
             check_checkpoint_path(static, "ModelCheckpoint")
         self.best = math.inf if self.mode == "min" else -math.inf

@@ -56,8 +56,9 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> str:
         raise IsADirectoryError(f"{what} path {name!r} is a directory; give a file name")
     if not os.path.isdir(folder):
         if os.path.exists(folder):
-            raise NotADirectoryError(f"{what} path {name!r}: its folder {folder!r} is a file, "
-                                     "not a folder")
+            raise NotADirectoryError(
+                f"{what} path {name!r}: its folder {folder!r} is a file, not a folder"
+            )
         raise FileNotFoundError(f"{what} path {name!r}: its folder {folder!r} is missing")
     if not os.access(folder, os.W_OK):
         raise PermissionError(f"{what} path {name!r}: folder {folder!r} is not writable")
@@ -72,8 +73,10 @@ def check_checkpoint_path(path: str | os.PathLike, what: str = "checkpoint") -> 
     name = check_writable(path, what)
     suffix = os.path.splitext(name)[1]
     if suffix.lower() not in CHECKPOINT_SUFFIXES:
-        raise ValueError(f"{what} path {name!r}: unknown checkpoint extension {suffix!r}; "
-                         "use .npz or .safetensors")
+        raise ValueError(
+            f"{what} path {name!r}: unknown checkpoint extension {suffix!r}; "
+            "use .npz or .safetensors"
+        )
     return name
 
 
@@ -115,9 +118,18 @@ def atomic_savez(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None
 # https://huggingface.co/docs/safetensors: u64 little-endian header size, JSON header
 # {name: {dtype, shape, data_offsets}, "__metadata__": {str: str}}, then the raw bytes.
 _ST_DTYPES = {
-    "F64": np.float64, "F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32,
-    "I16": np.int16, "I8": np.int8, "U64": np.uint64, "U32": np.uint32, "U16": np.uint16,
-    "U8": np.uint8, "BOOL": np.bool_,
+    "F64": np.float64,
+    "F32": np.float32,
+    "F16": np.float16,
+    "I64": np.int64,
+    "I32": np.int32,
+    "I16": np.int16,
+    "I8": np.int8,
+    "U64": np.uint64,
+    "U32": np.uint32,
+    "U16": np.uint16,
+    "U8": np.uint8,
+    "BOOL": np.bool_,
 }
 _ST_CODES = {np.dtype(v): k for k, v in _ST_DTYPES.items()}
 _ST_MAX_HEADER = 100 * 2**20

@@ -61,8 +61,10 @@ def _number(kind, low: float, high: float, low_ok: bool = True):  # noqa: ANN001
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a {kind.__name__}, got {text!r}") from None
-        if not math.isfinite(value) or not (low < value or (low_ok and value == low)) or (
-            value >= high
+        if (
+            not math.isfinite(value)
+            or not (low < value or (low_ok and value == low))
+            or (value >= high)
         ):
             lo = "[" if low_ok else "("
             span = f"in {lo}{low:g}, {high:g})"
@@ -76,70 +78,153 @@ def _number(kind, low: float, high: float, low_ok: bool = True):  # noqa: ANN001
 
 OPTIMIZERS = ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]
 TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
-    (("--backend",), dict(help="numpy, numba, cupy, cupy:N or auto (default: "
-                          "$FASTNET_BACKEND or auto)")),
-    (("--layers",), dict(type=_layers, default=(256, 128), help="hidden sizes (default: "
-                         "256,128)")),
+    (
+        ("--backend",),
+        dict(help="numpy, numba, cupy, cupy:N or auto (default: $FASTNET_BACKEND or auto)"),
+    ),
+    (("--layers",), dict(type=_layers, default=(256, 128), help="hidden sizes (default: 256,128)")),
     (("--epochs",), dict(type=_positive(int), default=20, help="passes over the data")),
     (("--batch-size",), dict(type=_positive(int), default=128, help="rows per step (global)")),
     (("--optimizer",), dict(default="adam", choices=OPTIMIZERS, help="update rule")),
     (("--lr",), dict(type=_positive(float), default=1e-3, help="learning rate")),
-    (("--weight-decay",), dict(type=_positive(float, zero_ok=True), default=0.0,
-                               help="L2 weight decay")),
-    (("--schedule",), dict(default="cosine", choices=["cosine", "warmup-cosine", "constant"],
-                           help="learning-rate schedule over the epochs (warmup-cosine: 1 "
-                           "warmup epoch, per step)")),
-    (("--label-smoothing",), dict(type=_number(float, 0, 1), default=0.0,
-                                  help="for the CE loss")),
-    (("--preset",), dict(choices=sorted(PRESETS), help="a tuned configuration (flags given "
-                         "explicitly still win): " + "; ".join(
-                             f"{k}: {v['help']}" for k, v in PRESETS.items()))),
-    (("--dropout",), dict(type=_number(float, 0, 1), default=0.0,
-                          help="dropout rate after each hidden layer")),
+    (
+        ("--weight-decay",),
+        dict(type=_positive(float, zero_ok=True), default=0.0, help="L2 weight decay"),
+    ),
+    (
+        ("--schedule",),
+        dict(
+            default="cosine",
+            choices=["cosine", "warmup-cosine", "constant"],
+            help="learning-rate schedule over the epochs (warmup-cosine: 1 warmup epoch, per step)",
+        ),
+    ),
+    (("--label-smoothing",), dict(type=_number(float, 0, 1), default=0.0, help="for the CE loss")),
+    (
+        ("--preset",),
+        dict(
+            choices=sorted(PRESETS),
+            help="a tuned configuration (flags given "
+            "explicitly still win): " + "; ".join(f"{k}: {v['help']}" for k, v in PRESETS.items()),
+        ),
+    ),
+    (
+        ("--dropout",),
+        dict(type=_number(float, 0, 1), default=0.0, help="dropout rate after each hidden layer"),
+    ),
     (("--dtype",), dict(default="float32", choices=DTYPES, help="precision (mixed_*: GPU only)")),
-    (("--precision",), dict(default="fp32", choices=["fp32", "tf32"],
-                            help="float32 matmuls: exact fp32, or TF32 tensor cores (cupy)")),
-    (("--seed",), dict(type=_positive(int, zero_ok=True), default=0,
-                       help="weights, shuffle, split")),
-    (("--val-fraction",), dict(type=_number(float, 0, 1, low_ok=False), default=0.1,
-                               help="training rows held out (a seeded shuffle, stratified by "
-                               "class)")),
+    (
+        ("--precision",),
+        dict(
+            default="fp32",
+            choices=["fp32", "tf32"],
+            help="float32 matmuls: exact fp32, or TF32 tensor cores (cupy)",
+        ),
+    ),
+    (
+        ("--seed",),
+        dict(type=_positive(int, zero_ok=True), default=0, help="weights, shuffle, split"),
+    ),
+    (
+        ("--val-fraction",),
+        dict(
+            type=_number(float, 0, 1, low_ok=False),
+            default=0.1,
+            help="training rows held out (a seeded shuffle, stratified by class)",
+        ),
+    ),
     (("--limit",), dict(type=_positive(int), help="use only the first N training rows")),
-    (("--dataset",), dict(choices=DATASETS, help="built-in data set (default: fashion-mnist); "
-                          "not with --data")),
-    (("--data-dir",), dict(help="folder with the built-in data set's files (default: "
-                           "$FASTNET_DATA/<dataset> if it exists, else $FASTNET_DATA, else the "
-                           "Debian package's folder)")),
-    (("--data",), dict(metavar="FILE", help="train on your own file instead of --dataset: a "
-                       ".npz with X and y, a .npy of features (memory-mapped; give --labels) "
-                       "or a .csv with a header (give --target)")),
+    (
+        ("--dataset",),
+        dict(choices=DATASETS, help="built-in data set (default: fashion-mnist); not with --data"),
+    ),
+    (
+        ("--data-dir",),
+        dict(
+            help="folder with the built-in data set's files (default: "
+            "$FASTNET_DATA/<dataset> if it exists, else $FASTNET_DATA, else the "
+            "Debian package's folder)"
+        ),
+    ),
+    (
+        ("--data",),
+        dict(
+            metavar="FILE",
+            help="train on your own file instead of --dataset: a "
+            ".npz with X and y, a .npy of features (memory-mapped; give --labels) "
+            "or a .csv with a header (give --target)",
+        ),
+    ),
     (("--labels",), dict(metavar="FILE", help="a .npy of labels for a .npy --data")),
     (("--target",), dict(metavar="COLUMN", help="the label column of a .csv --data")),
-    (("--task",), dict(default="auto", choices=["auto", "classification", "regression"],
-                       help="auto: classification for text, integer or one-hot labels, "
-                       "regression for other numbers")),
-    (("--scale",), dict(default="none", choices=["none", "standard", "minmax"],
-                        help="scale features with statistics of the training rows (saved with "
-                        "the model, applied by predict and evaluate)")),
-    (("--val",), dict(metavar="FILE", help="validation file in --data's format (default: a "
-                      "--val-fraction split of --data); also the held-out set reported")),
+    (
+        ("--task",),
+        dict(
+            default="auto",
+            choices=["auto", "classification", "regression"],
+            help="auto: classification for text, integer or one-hot labels, "
+            "regression for other numbers",
+        ),
+    ),
+    (
+        ("--scale",),
+        dict(
+            default="none",
+            choices=["none", "standard", "minmax"],
+            help="scale features with statistics of the training rows (saved with "
+            "the model, applied by predict and evaluate)",
+        ),
+    ),
+    (
+        ("--val",),
+        dict(
+            metavar="FILE",
+            help="validation file in --data's format (default: a "
+            "--val-fraction split of --data); also the held-out set reported",
+        ),
+    ),
     (("--val-labels",), dict(metavar="FILE", help="a .npy of labels for a .npy --val")),
     (("--save",), dict(metavar="FILE", help="write a checkpoint here (.npz or .safetensors)")),
     (("--plot",), dict(metavar="FILE", help="write learning curves (PNG) here")),
     (("--patience",), dict(type=_positive(int), help="early stopping patience")),
     (("--json",), dict(metavar="FILE", help="write the history and results as JSON")),
-    (("--compiled-step", "--cuda-graph"), dict(
-        dest="cuda_graph", default="auto", choices=["auto", "on", "off"],
-        help="the backend's compiled step: a CUDA graph replay on cupy, one fused JIT call on "
-        "numba (auto: when the model qualifies; on: required; off: eager steps)")),
-    (("--verbose",), dict(type=int, default=1, choices=[0, 1, 2],
-                          help="0 silent, 1 progress bar and epoch lines, 2 epoch lines only")),
+    (
+        ("--compiled-step", "--cuda-graph"),
+        dict(
+            dest="cuda_graph",
+            default="auto",
+            choices=["auto", "on", "off"],
+            help="the backend's compiled step: a CUDA graph replay on cupy, one fused JIT call on "
+            "numba (auto: when the model qualifies; on: required; off: eager steps)",
+        ),
+    ),
+    (
+        ("--verbose",),
+        dict(
+            type=int,
+            default=1,
+            choices=[0, 1, 2],
+            help="0 silent, 1 progress bar and epoch lines, 2 epoch lines only",
+        ),
+    ),
     (("--quiet",), dict(action="store_true", help="no progress or epoch lines (--verbose 0)")),
-    (("--distributed",), dict(action="store_true", help="data-parallel over the ranks of "
-                              "`mpirun -n K fastnet train --distributed` (rank 0 prints and "
-                              "writes files)")),
-    (("--comm",), dict(default="mpi", choices=["mpi", "nccl"],
-                       help="collectives for --distributed: mpi (any backend) or nccl (cupy)")),
+    (
+        ("--distributed",),
+        dict(
+            action="store_true",
+            help="data-parallel over the ranks of "
+            "`mpirun -n K fastnet train --distributed` (rank 0 prints and "
+            "writes files)",
+        ),
+    ),
+    (
+        ("--comm",),
+        dict(
+            default="mpi",
+            choices=["mpi", "nccl"],
+            help="collectives for --distributed: mpi (any backend) or nccl (cupy)",
+        ),
+    ),
 ]
 
 
@@ -154,24 +239,33 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _sub(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter,
-                          allow_abbrev=False)
+    return sub.add_parser(
+        name, help=help, description=help, formatter_class=_HelpFormatter, allow_abbrev=False
+    )
 
 
 def _data_options(parser: argparse.ArgumentParser, labels: bool) -> None:
-    parser.add_argument("--data", metavar="FILE", required=not labels,
-                        help=".csv with a header, .npy of features or .npz with X (and y)")
+    parser.add_argument(
+        "--data",
+        metavar="FILE",
+        required=not labels,
+        help=".csv with a header, .npy of features or .npz with X (and y)",
+    )
     if labels:
         parser.add_argument("--labels", metavar="FILE", help="a .npy of labels for a .npy --data")
-        parser.add_argument("--target", metavar="COLUMN", help="a .csv's label column "
-                            "(default: the one the model was trained with)")
+        parser.add_argument(
+            "--target",
+            metavar="COLUMN",
+            help="a .csv's label column (default: the one the model was trained with)",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     from fastnet._version import __version__
 
-    parser = argparse.ArgumentParser(prog="fastnet", description=__doc__, allow_abbrev=False,
-                                     formatter_class=_HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="fastnet", description=__doc__, allow_abbrev=False, formatter_class=_HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"fastnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = _sub(sub, "train", "train an MLP on a built-in data set or your own file")
@@ -181,15 +275,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict = _sub(sub, "predict", "predict labels (or probabilities) for a file's rows")
     predict.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")
     _data_options(predict, labels=False)
-    predict.add_argument("--proba", action="store_true", help="class probabilities, one column "
-                         "per class, instead of labels")
+    predict.add_argument(
+        "--proba",
+        action="store_true",
+        help="class probabilities, one column per class, instead of labels",
+    )
     predict.add_argument("--output", metavar="FILE", help="write CSV here (default: stdout)")
     predict.add_argument("--backend", help="backend to predict on")
     evaluate = _sub(sub, "evaluate", "evaluate a checkpoint on a test set or your own file")
     evaluate.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")
     evaluate.add_argument("--backend", help="backend to evaluate on")
-    evaluate.add_argument("--dataset", choices=DATASETS, help="built-in test set (default: the "
-                          "one recorded in the checkpoint, else fashion-mnist)")
+    evaluate.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        help="built-in test set (default: the one recorded in the checkpoint, else fashion-mnist)",
+    )
     evaluate.add_argument("--data-dir", help="folder with the built-in data set's files")
     _data_options(evaluate, labels=True)
     export = _sub(sub, "export", "convert a checkpoint to ONNX")
@@ -198,10 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(sub, "backends", "list backends, availability, versions and devices")
     bench = _sub(sub, "bench", "benchmark backends against each other and peers")
     bench.add_argument("--backends", help="comma list (default: all available)")
-    bench.add_argument("--suite", default="all",
-                       choices=["kernels", "train", "floor", "inference", "all"],
-                       help="kernels vs NumPy, training epochs vs peers, the CPU floor "
-                       "breakdown, predict vs onnxruntime, or all")
+    bench.add_argument(
+        "--suite",
+        default="all",
+        choices=["kernels", "train", "floor", "inference", "all"],
+        help="kernels vs NumPy, training epochs vs peers, the CPU floor "
+        "breakdown, predict vs onnxruntime, or all",
+    )
     bench.add_argument("--rounds", type=_positive(int), default=5, help="interleaved rounds")
     bench.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
     bench.add_argument("--json", help="write results as JSON")
@@ -250,13 +353,16 @@ def _prepare(args: argparse.Namespace) -> Prepared:
     if args.scale != "none":
         X = prepared.train[0]
         if isinstance(X, np.memmap):
-            raise ValueError("--scale needs the features in memory; a .npy --data is memory-"
-                             "mapped and streamed: scale the file beforehand, or use .npz")
+            raise ValueError(
+                "--scale needs the features in memory; a .npy --data is memory-"
+                "mapped and streamed: scale the file beforehand, or use .npz"
+            )
         scaler = Scaler(args.scale).fit(X)
         dtype = np.float64 if args.dtype == "float64" else np.float32
         prepared.train, prepared.val, prepared.test = (
-            (scaler.transform(x, dtype), y) for x, y in (prepared.train, prepared.val,
-                                                         prepared.test))
+            (scaler.transform(x, dtype), y)
+            for x, y in (prepared.train, prepared.val, prepared.test)
+        )
         prepared.scaler = scaler
         prepared.extra["scale"] = scaler.to_json()
     return prepared
@@ -294,16 +400,25 @@ def _custom(args: argparse.Namespace) -> Prepared:
     if args.val is not None:
         Xv, yv, _ = load_table(args.val, args.val_labels, args.target, columns=names)
         assert yv is not None
-        yv = encoding.encode(yv, f"the labels of {args.val}") if encoding else \
-            _regression_targets(yv, args.val)
+        yv = (
+            encoding.encode(yv, f"the labels of {args.val}")
+            if encoding
+            else _regression_targets(yv, args.val)
+        )
         train, val = (X, y), (np.asarray(Xv), yv)
     else:
         train, val = _split_rows(X, y, args, task == "classification")
-    extra = {"dataset": "custom", "data": os.path.basename(args.data), "task": task,
-             "classes": encoding.to_json() if encoding else None, "target": args.target,
-             "features": names}
-    return Prepared(train, val, val, os.path.basename(args.data), "held-out", task, encoding,
-                    extra=extra)
+    extra = {
+        "dataset": "custom",
+        "data": os.path.basename(args.data),
+        "task": task,
+        "classes": encoding.to_json() if encoding else None,
+        "target": args.target,
+        "features": names,
+    }
+    return Prepared(
+        train, val, val, os.path.basename(args.data), "held-out", task, encoding, extra=extra
+    )
 
 
 def _regression_targets(y: np.ndarray, path: str) -> np.ndarray:
@@ -323,10 +438,15 @@ def _split_rows(X: Any, y: np.ndarray, args: argparse.Namespace, classify: bool)
         return train_val_split(X, y, args.val_fraction, seed=args.seed, stratify=classify)
     cut = len(X) - max(1, int(round(len(X) * args.val_fraction)))
     if classify and np.setdiff1d(y[cut:], y[:cut]).size:
-        raise ValueError(f"{args.data} is too large to shuffle in memory and its last rows "
-                         "hold classes the rest lacks: give a validation file (--val)")
-    print(f"warning: validating on the last {len(X) - cut} rows of {args.data} (too large to "
-          "shuffle in memory); give --val to choose them", file=sys.stderr)
+        raise ValueError(
+            f"{args.data} is too large to shuffle in memory and its last rows "
+            "hold classes the rest lacks: give a validation file (--val)"
+        )
+    print(
+        f"warning: validating on the last {len(X) - cut} rows of {args.data} (too large to "
+        "shuffle in memory); give --val to choose them",
+        file=sys.stderr,
+    )
     return (X[:cut], y[:cut]), (np.asarray(X[cut:]), y[cut:])
 
 
@@ -335,12 +455,25 @@ def _build_model(args: argparse.Namespace, data: Prepared, backend: Any) -> Any:
     from fastnet.losses import MeanSquaredError, SoftmaxCrossEntropy
     from fastnet.optimizers import get_optimizer
 
-    loss = (SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
-            if data.task == "classification" else MeanSquaredError())
+    loss = (
+        SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
+        if data.task == "classification"
+        else MeanSquaredError()
+    )
     optimizer = get_optimizer(args.optimizer, lr=args.lr, weight_decay=args.weight_decay)
-    return mlp(None, args.layers, data.n_outputs, "relu", dropout=args.dropout, loss=loss,
-               optimizer=optimizer, backend=backend, dtype=args.dtype, seed=args.seed,
-               precision=args.precision)
+    return mlp(
+        None,
+        args.layers,
+        data.n_outputs,
+        "relu",
+        dropout=args.dropout,
+        loss=loss,
+        optimizer=optimizer,
+        backend=backend,
+        dtype=args.dtype,
+        seed=args.seed,
+        precision=args.precision,
+    )
 
 
 def _callbacks(args: argparse.Namespace) -> list:
@@ -399,10 +532,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     interrupted, start = False, time.perf_counter()
     try:
-        model.fit(X_tr, y_tr, epochs=args.epochs, batch_size=args.batch_size,
-                  validation_data=(X_val, y_val), callbacks=_callbacks(args),
-                  verbose=_verbosity(args), compiled=GRAPH_CHOICES[args.cuda_graph],
-                  distributed=args.distributed, comm=args.comm)
+        model.fit(
+            X_tr,
+            y_tr,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            validation_data=(X_val, y_val),
+            callbacks=_callbacks(args),
+            verbose=_verbosity(args),
+            compiled=GRAPH_CHOICES[args.cuda_graph],
+            distributed=args.distributed,
+            comm=args.comm,
+        )
     except KeyboardInterrupt:
         interrupted = True
         print(f"\n{model.stop_reason or 'interrupted'}", file=sys.stderr)
@@ -424,8 +565,10 @@ def _train_report(model: Any, data: Prepared, total: float, say: Any) -> dict:
         results = {**results, **_report(model, X, y, data.held, data.encoding, say)}
     else:
         say(f"{data.held}: not trained")
-    timing = (f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median)  total {total:.1f}s  "
-              f"backend {model.backend.name}  step {model.step_description}")
+    timing = (
+        f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median)  total {total:.1f}s  "
+        f"backend {model.backend.name}  step {model.step_description}"
+    )
     peak = model.backend.peak_memory()
     if peak is not None:
         timing += f"  peak device memory {peak / 2**20:.1f} MiB"
@@ -433,8 +576,9 @@ def _train_report(model: Any, data: Prepared, total: float, say: Any) -> dict:
     return results
 
 
-def _report(model: Any, X: Any, y: Any, held: str, encoding: Any, say: Any,
-            prefix: str = "") -> dict:
+def _report(
+    model: Any, X: Any, y: Any, held: str, encoding: Any, say: Any, prefix: str = ""
+) -> dict:
     """Print the metrics ``fit`` reports on (X, y): loss and accuracy (R2 for regression),
     macro precision / recall / F1, top-5 accuracy and the confusion matrix by class name."""
     metrics = model.evaluate(X, y)
@@ -450,13 +594,16 @@ def _report(model: Any, X: Any, y: Any, held: str, encoding: Any, say: Any,
     say(f"{held} confusion matrix (rows: true class, columns: predicted)")
     say(format_confusion(cm, encoding.names() if encoding is not None else None))
     top5 = metrics.get("top5_accuracy")
-    say(f"{held} macro precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}  "
-        f"f1 {metrics['f1']:.4f}" + (f"  top-5 accuracy {top5:.4f}" if top5 is not None else ""))
+    say(
+        f"{held} macro precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}  "
+        f"f1 {metrics['f1']:.4f}" + (f"  top-5 accuracy {top5:.4f}" if top5 is not None else "")
+    )
     return {"test": metrics, "confusion_matrix": cm.tolist()}
 
 
-def _write_outputs(args: argparse.Namespace, model: Any, data: Prepared, results: dict,
-                   arch: str) -> None:
+def _write_outputs(
+    args: argparse.Namespace, model: Any, data: Prepared, results: dict, arch: str
+) -> None:
     if args.save and model.built:
         model.save(args.save, extra=data.extra)
         print(f"saved checkpoint to {args.save}")
@@ -475,9 +622,17 @@ def _write_outputs(args: argparse.Namespace, model: Any, data: Prepared, results
             print(f"wrote the confusion matrix to {path}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"history": model.history, "backend": model.backend.name,
-                       "step": model.step_description, **results,
-                       "args": {k: v for k, v in vars(args).items() if k != "func"}}, f, indent=1)
+            json.dump(
+                {
+                    "history": model.history,
+                    "backend": model.backend.name,
+                    "step": model.step_description,
+                    **results,
+                    "args": {k: v for k, v in vars(args).items() if k != "func"},
+                },
+                f,
+                indent=1,
+            )
 
 
 def _verbosity(args: argparse.Namespace) -> int:
@@ -491,14 +646,17 @@ def _verbosity(args: argparse.Namespace) -> int:
 
 def format_confusion(cm: np.ndarray, names: Sequence[str] | None = None) -> str:
     """A confusion matrix as an aligned text table headed by class names (or indices)."""
-    labels = [str(n)[:12] for n in names] if names is not None else [str(j) for j in
-                                                                     range(cm.shape[1])]
+    labels = (
+        [str(n)[:12] for n in names] if names is not None else [str(j) for j in range(cm.shape[1])]
+    )
     width = max(4, len(str(int(cm.max()))) + 1, *(len(n) + 1 for n in labels))
     first = max(9, *(len(n) for n in labels))
     corner = "true\\pred"
     head = f"{corner:>{first}}" + "".join(f"{n:>{width}}" for n in labels)
-    rows = [f"{labels[i]:>{first}}" + "".join(f"{int(v):>{width}}" for v in row)
-            for i, row in enumerate(cm)]
+    rows = [
+        f"{labels[i]:>{first}}" + "".join(f"{int(v):>{width}}" for v in row)
+        for i, row in enumerate(cm)
+    ]
     return "\n".join([head, *rows])
 
 
@@ -514,8 +672,13 @@ def _model_data(args: argparse.Namespace, meta: dict, need_target: bool) -> tupl
 
     extra = meta.get("extra", {})
     target = getattr(args, "target", None) or extra.get("target")
-    X, y, _ = load_table(args.data, getattr(args, "labels", None), target,
-                         need_target=need_target, columns=extra.get("features"))
+    X, y, _ = load_table(
+        args.data,
+        getattr(args, "labels", None),
+        target,
+        need_target=need_target,
+        columns=extra.get("features"),
+    )
     encoding = LabelEncoding(extra["classes"]) if extra.get("classes") is not None else None
     if y is not None and extra.get("task", "classification") == "classification":
         y = encoding.encode(y, f"the labels of {args.data}") if encoding else np.asarray(y)
@@ -539,8 +702,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         dataset = args.dataset or extra.get("dataset") or "fashion-mnist"
         if dataset not in DATASETS:
-            raise ValueError(f"{args.checkpoint} was trained on your own data "
-                             f"({extra.get('data', dataset)}): pass it a file with --data")
+            raise ValueError(
+                f"{args.checkpoint} was trained on your own data "
+                f"({extra.get('data', dataset)}): pass it a file with --data"
+            )
         (_, _), (X, y) = _load(dataset, args.data_dir)
         if extra.get("scale"):
             from fastnet.tabular import Scaler
@@ -574,8 +739,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         rows = [[v] for v in (encoding.decode(labels) if encoding else labels).tolist()]
     else:
         out = model.predict_raw(X)
-        header = ["prediction"] if out.shape[1] == 1 else [f"prediction_{i}" for i in
-                                                           range(out.shape[1])]
+        header = (
+            ["prediction"]
+            if out.shape[1] == 1
+            else [f"prediction_{i}" for i in range(out.shape[1])]
+        )
         rows = out.tolist()
     with open(args.output, "w", newline="") if args.output else _stdout() as f:
         writer = csv.writer(f)

@@ -40,8 +40,10 @@ _FILES = {
 
 # Labels per class of the full data sets (train, test): they tell MNIST from Fashion-MNIST
 _LABEL_COUNTS = {
-    "mnist": ((5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
-              (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)),
+    "mnist": (
+        (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+        (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009),
+    ),
     "fashion-mnist": ((6000,) * 10, (1000,) * 10),
 }
 _TITLES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}

@@ -15,8 +15,18 @@ import numpy as np
 from fastnet.data import DatasetError
 
 _CIFAR = {
-    "cifar10": (["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin",
-                 "data_batch_5.bin"], ["test_batch.bin"], 1, 10),
+    "cifar10": (
+        [
+            "data_batch_1.bin",
+            "data_batch_2.bin",
+            "data_batch_3.bin",
+            "data_batch_4.bin",
+            "data_batch_5.bin",
+        ],
+        ["test_batch.bin"],
+        1,
+        10,
+    ),
     "cifar100": (["train.bin"], ["test.bin"], 2, 100),
 }
 _PIXELS = 3 * 32 * 32
@@ -26,8 +36,10 @@ def _read_cifar(path: Path, label_bytes: int, label_index: int, n_classes: int) 
     raw = np.fromfile(path, dtype=np.uint8)
     record = label_bytes + _PIXELS
     if raw.size == 0 or raw.size % record:
-        raise DatasetError(f"{path}: {raw.size} bytes is not a whole number of {record}-byte "
-                           f"CIFAR records (truncated or not the binary version?)")
+        raise DatasetError(
+            f"{path}: {raw.size} bytes is not a whole number of {record}-byte "
+            f"CIFAR records (truncated or not the binary version?)"
+        )
     rows = raw.reshape(-1, record)
     labels = rows[:, label_index].astype(np.int64)
     if labels.max() >= n_classes:
@@ -62,11 +74,11 @@ def load_cifar(
                 f"{name} not found: {folder} lacks {', '.join(missing)}; download the binary "
                 f"version of {name.upper()} and pass its folder (or set FASTNET_DATA)"
             )
-        images, labels = zip(*(_read_cifar(folder / f, label_bytes, index, classes)
-                               for f in files))
+        images, labels = zip(*(_read_cifar(folder / f, label_bytes, index, classes) for f in files))
         X = np.concatenate(images)
-        parts.append(((X / np.float32(255)).astype(np.float32) if normalize else X,
-                      np.concatenate(labels)))
+        parts.append(
+            ((X / np.float32(255)).astype(np.float32) if normalize else X, np.concatenate(labels))
+        )
     return parts[0], parts[1]
 
 
@@ -121,8 +133,10 @@ def load_table(
             raise
         raise DatasetError(f"{path} is not a readable data file: {exc}") from None
     if X.ndim != 2 or (y is not None and len(X) != len(y)):
-        raise DatasetError(f"{path}: need 2-D features and one label per row, got X "
-                           f"{X.shape} and y {None if y is None else y.shape}")
+        raise DatasetError(
+            f"{path}: need 2-D features and one label per row, got X "
+            f"{X.shape} and y {None if y is None else y.shape}"
+        )
     return X, y, names
 
 
@@ -148,8 +162,9 @@ def read_csv(
             if not row:
                 continue
             if len(row) != len(header):
-                raise DatasetError(f"{path}: row {rows + 2} has {len(row)} fields, the header "
-                                   f"{len(header)}")
+                raise DatasetError(
+                    f"{path}: row {rows + 2} has {len(row)} fields, the header {len(header)}"
+                )
             if column is not None:
                 values.append(row[column])
             rows += 1
@@ -158,8 +173,9 @@ def read_csv(
     if columns is not None:
         absent = [c for c in columns if c not in names]
         if absent:
-            raise DatasetError(f"{path} lacks the feature column(s) {absent[:5]} the model "
-                               f"was trained on")
+            raise DatasetError(
+                f"{path} lacks the feature column(s) {absent[:5]} the model was trained on"
+            )
         use, names = [header.index(c) for c in columns], list(columns)
     use = [i for i in use if i != column]
     X = np.empty((rows, len(use)), dtype=np.float32)

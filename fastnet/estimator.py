@@ -99,26 +99,36 @@ else:
 
 SOLVERS = ("adam", "sgd", "momentum", "adagrad", "rmsprop", "adamw")
 #: scikit-learn's activation names (and fastnet's) -> fastnet's
-ACTIVATIONS = {"relu": "relu", "logistic": "sigmoid", "tanh": "tanh", "identity": None,
-               "sigmoid": "sigmoid", "leaky_relu": "leaky_relu"}
+ACTIVATIONS = {
+    "relu": "relu",
+    "logistic": "sigmoid",
+    "tanh": "tanh",
+    "identity": None,
+    "sigmoid": "sigmoid",
+    "leaky_relu": "leaky_relu",
+}
 _RANGES = (  # name, low, high, low included
-    ("learning_rate_init", 0, np.inf, False), ("alpha", 0, np.inf, True),
-    ("momentum", 0, 1, True), ("beta_1", 0, 1, True), ("beta_2", 0, 1, True),
-    ("epsilon", 0, np.inf, False), ("power_t", 0, np.inf, True), ("tol", 0, np.inf, True),
+    ("learning_rate_init", 0, np.inf, False),
+    ("alpha", 0, np.inf, True),
+    ("momentum", 0, 1, True),
+    ("beta_1", 0, 1, True),
+    ("beta_2", 0, 1, True),
+    ("epsilon", 0, np.inf, False),
+    ("power_t", 0, np.inf, True),
+    ("tol", 0, np.inf, True),
 )
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
-        value, bool
-    )
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _check_weights(sample_weight: Any, n: int) -> np.ndarray:
     w = host_array(sample_weight, "sample_weight")
     if w.dtype.kind not in "biuf" or w.shape != (n,):
-        raise ValueError(f"sample_weight must hold {n} numbers (one per row), got {w.dtype} "
-                         f"{w.shape}")
+        raise ValueError(
+            f"sample_weight must hold {n} numbers (one per row), got {w.dtype} {w.shape}"
+        )
     w = w.astype(np.float64)
     if not np.isfinite(w).all() or (w < 0).any() or not w.any():
         raise ValueError("sample_weight must be finite, non-negative and not all zero")
@@ -178,6 +188,7 @@ class _MLPBase(BaseEstimator):
 
     _loss = "softmax_cross_entropy"
     model_: Sequential
+
     def __init__(
         self,
         hidden_layer_sizes: tuple[int, ...] = (256, 128),
@@ -232,7 +243,12 @@ class _MLPBase(BaseEstimator):
         if y is None:
             return _validation.validate_data(self, X, reset=reset, dtype=dtype), None
         return _validation.validate_data(
-            self, X, y, reset=reset, dtype=dtype, multi_output=self._multi_output_y(),
+            self,
+            X,
+            y,
+            reset=reset,
+            dtype=dtype,
+            multi_output=self._multi_output_y(),
             y_numeric=self._multi_output_y(),
         )
 
@@ -258,18 +274,27 @@ class _MLPBase(BaseEstimator):
         """Hyperparameters checked under the estimator's names (not the optimizer's)."""
         for name, low, high, low_ok in _RANGES:
             value = getattr(self, name)
-            if not (_is_real(value) and (low < value or (low_ok and value == low))
-                    and value <= high and np.isfinite(value)):
+            if not (
+                _is_real(value)
+                and (low < value or (low_ok and value == low))
+                and value <= high
+                and np.isfinite(value)
+            ):
                 span = f"{'>=' if low_ok else '>'} {low:g}"
                 span = f"in [{low:g}, {high:g}]" if high < np.inf else span
                 raise ValueError(f"{name} must be a finite number {span}, got {value!r}")
         if self.beta_1 == 1 or self.beta_2 == 1:
             raise ValueError("beta_1 and beta_2 must be below 1")
-        for name, allowed in (("solver", SOLVERS), ("activation", ACTIVATIONS),
-                              ("learning_rate", ("constant", "invscaling", "adaptive"))):
+        for name, allowed in (
+            ("solver", SOLVERS),
+            ("activation", ACTIVATIONS),
+            ("learning_rate", ("constant", "invscaling", "adaptive")),
+        ):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"{name}={getattr(self, name)!r} is not supported by "
-                                 f"{type(self).__name__}; use one of {', '.join(allowed)}")
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is not supported by "
+                    f"{type(self).__name__}; use one of {', '.join(allowed)}"
+                )
 
     def _build(self, n_outputs: int, rows_per_batch: float) -> Sequential:
         """``rows_per_batch``: the batch's summed sample weight, scikit-learn's divisor of the
@@ -279,10 +304,18 @@ class _MLPBase(BaseEstimator):
         if not all(isinstance(s, (int, np.integer)) and s > 0 for s in sizes):
             raise ValueError(f"hidden_layer_sizes must be positive integers, got {sizes!r}")
         return mlp(
-            None, sizes, n_outputs, ACTIVATIONS[self.activation], dropout=self.dropout,
-            batch_norm=self.batch_norm, loss=self._loss,
-            optimizer=self._optimizer(self.alpha / rows_per_batch), backend=self.backend,
-            dtype=self.dtype, seed=self.random_state, precision=self.precision,
+            None,
+            sizes,
+            n_outputs,
+            ACTIVATIONS[self.activation],
+            dropout=self.dropout,
+            batch_norm=self.batch_norm,
+            loss=self._loss,
+            optimizer=self._optimizer(self.alpha / rows_per_batch),
+            backend=self.backend,
+            dtype=self.dtype,
+            seed=self.random_state,
+            precision=self.precision,
         )
 
     def _optimizer(self, weight_decay: float) -> Optimizer:
@@ -308,8 +341,11 @@ class _MLPBase(BaseEstimator):
             callbacks.append(LearningRateScheduler(lambda e, _: lr0 / (e * n + 1) ** power))
         monitor = "val_score" if self.early_stopping else "loss"
         if schedule == "adaptive":
-            callbacks.append(ReduceLROnPlateau(monitor, 0.2, self.n_iter_no_change,
-                                               min_delta=self.tol, min_lr=1e-6))
+            callbacks.append(
+                ReduceLROnPlateau(
+                    monitor, 0.2, self.n_iter_no_change, min_delta=self.tol, min_lr=1e-6
+                )
+            )
         if self.early_stopping:
             callbacks.append(
                 EarlyStopping("val_score", self.n_iter_no_change, self.tol, mode="max")
@@ -331,9 +367,15 @@ class _MLPBase(BaseEstimator):
         sample_weight: Any = None,
     ) -> dict[str, list[float]]:
         return model.fit(
-            X, t, epochs=epochs, batch_size=batch, shuffle=self.shuffle,
-            callbacks=self._callbacks(len(X), epochs, validation), verbose=self.verbose,
-            compiled="auto", sample_weight=sample_weight,
+            X,
+            t,
+            epochs=epochs,
+            batch_size=batch,
+            shuffle=self.shuffle,
+            callbacks=self._callbacks(len(X), epochs, validation),
+            verbose=self.verbose,
+            compiled="auto",
+            sample_weight=sample_weight,
         )
 
     def _fit(self, *args: Any, **kwargs: Any) -> Any:
@@ -390,7 +432,9 @@ class _MLPBase(BaseEstimator):
         if not incremental and self.n_iter_ == epochs and not model.stop_reason:
             warnings.warn(
                 f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
-                "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=3,
+                "optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=3,
             )
         return self
 
@@ -417,16 +461,21 @@ class _MLPBase(BaseEstimator):
     def coefs_(self) -> list[np.ndarray]:
         """Weight matrices of the Dense layers (host copies), as scikit-learn's."""
         self._check_fitted()
-        return [self.model_.backend.to_numpy(layer.W.value).copy()
-                for layer in self.model_.layers if isinstance(layer, Dense)]
+        return [
+            self.model_.backend.to_numpy(layer.W.value).copy()
+            for layer in self.model_.layers
+            if isinstance(layer, Dense)
+        ]
 
     @property
     def intercepts_(self) -> list[np.ndarray]:
         self._check_fitted()
         return [
             self.model_.backend.to_numpy(layer.b.value).copy()
-            if layer.b is not None else np.zeros(layer.units)
-            for layer in self.model_.layers if isinstance(layer, Dense)
+            if layer.b is not None
+            else np.zeros(layer.units)
+            for layer in self.model_.layers
+            if isinstance(layer, Dense)
         ]
 
     def _raw(self, X: Any) -> np.ndarray:

@@ -29,8 +29,9 @@ class _Graph:
         self.weights: list[Any] = []
 
     def tensor(self, name: str, array: Any) -> str:
-        self.weights.append(self.numpy_helper.from_array(np.ascontiguousarray(self.host(array)),
-                                                         name))
+        self.weights.append(
+            self.numpy_helper.from_array(np.ascontiguousarray(self.host(array)), name)
+        )
         return name
 
     def node(self, op: str, inputs: list[str], name: str, **attrs: Any) -> str:

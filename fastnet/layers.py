@@ -210,8 +210,9 @@ class Dense(Layer):
         bias = self.b.value if self.b is not None else None
         W, act, alpha = self.W.value, self.activation_code, self.alpha
         if _sign_from_input(act, alpha):  # keep z = x @ W + b for the gradient
-            self.z = self.backend.linear(x, W, bias, Act.LINEAR, alpha,
-                                         self._buffer("z", out.shape), self.precision)
+            self.z = self.backend.linear(
+                x, W, bias, Act.LINEAR, alpha, self._buffer("z", out.shape), self.precision
+            )
             self.y = self.backend.activation(self.z, act, alpha, out)
             return self.y
         self.z = self.y = self.backend.linear(x, W, bias, act, alpha, out, self.precision)
@@ -245,8 +246,14 @@ class Dense(Layer):
         if _sign_from_input(self.activation_code, self.alpha):
             return OpaquePlan("Dense", "a negative leaky_relu slope keeps the pre-activation")
         b = self.b
-        return DensePlan(self.W.value, self.W.grad, None if b is None else b.value,
-                         None if b is None else b.grad, self.activation_code, self.alpha)
+        return DensePlan(
+            self.W.value,
+            self.W.grad,
+            None if b is None else b.value,
+            None if b is None else b.grad,
+            self.activation_code,
+            self.alpha,
+        )
 
     def get_config(self) -> dict:
         config = {
@@ -300,7 +307,6 @@ class Activation(Layer):
         return ActivationPlan(self.code, self.alpha)
 
 
-
 class ReLU(Activation):
     name = kind = "relu"
 
@@ -334,7 +340,6 @@ class Softmax(Layer):
             return None
         y = self.y
         return y * (dy - (dy * y).sum(axis=1, keepdims=True))
-
 
 
 class Dropout(Layer):
@@ -378,7 +383,6 @@ class Dropout(Layer):
 
     def get_config(self) -> dict:
         return {"name": self.name, "rate": self.rate, "seed": self.seed}
-
 
 
 class BatchNorm1d(Layer):
@@ -451,7 +455,6 @@ class BatchNorm1d(Layer):
 
     def get_config(self) -> dict:
         return {"name": self.name, "momentum": self.momentum, "eps": self.eps}
-
 
 
 LAYERS: dict[str, type[Layer]] = {

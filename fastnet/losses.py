@@ -76,9 +76,12 @@ class Loss:
 
     def plan(self) -> LossPlan:
         """This loss as plain data for a compiled step (``fastnet.backends.plan``)."""
-        return LossPlan(self.name, predictions=self.predictions,
-                        reason=f"captured steps cover the softmax cross-entropy loss only, not "
-                        f"{self.name} (array expressions)")
+        return LossPlan(
+            self.name,
+            predictions=self.predictions,
+            reason=f"captured steps cover the softmax cross-entropy loss only, not "
+            f"{self.name} (array expressions)",
+        )
 
     def invalid_targets(self, targets: Any, xp: Any = np) -> str:
         """Why ``targets`` are outside this loss's domain ("" if they are fine)."""
@@ -156,8 +159,9 @@ class SoftmaxCrossEntropy(Loss):
             if len(self._grads) > 8:
                 self._grads.clear()
             dlogits = self._grads[key] = self.backend.empty(logits.shape, logits.dtype)
-        self.backend.softmax_xent(logits, targets, dlogits, totals[0:1], 1.0, weights,
-                                  self.label_smoothing)
+        self.backend.softmax_xent(
+            logits, targets, dlogits, totals[0:1], 1.0, weights, self.label_smoothing
+        )
         self.backend.count_correct(logits, targets, totals[1:2])
         return dlogits
 

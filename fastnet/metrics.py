@@ -72,8 +72,11 @@ def regression_scores(sums: np.ndarray, n: int) -> dict[str, float]:
     with np.errstate(divide="ignore", invalid="ignore"):
         spread = t_sq - t_sum * t_sum / max(n, 1)
         r2 = np.where(spread > 0, 1 - sq_err / spread, np.where(sq_err > 0, 0.0, 1.0))
-    return {"mae": float(abs_err.sum() / max(n * abs_err.size, 1)), "rmse": float(np.sqrt(total)),
-            "r2": float(r2.mean())}
+    return {
+        "mae": float(abs_err.sum() / max(n * abs_err.size, 1)),
+        "rmse": float(np.sqrt(total)),
+        "r2": float(r2.mean()),
+    }
 
 
 def metric_name(f: Any) -> str:

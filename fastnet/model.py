@@ -115,8 +115,11 @@ class Sequential(Trainer):
             layer.precision = self.precision
             width = layer.build(width, self.backend, self.dtype, self._rng)
         self.arena = ParameterArena(
-            [(p, layer.optimizer or self.optimizer) for layer in self.layers
-             for p in layer.parameters()],
+            [
+                (p, layer.optimizer or self.optimizer)
+                for layer in self.layers
+                for p in layer.parameters()
+            ],
             self.backend,
         )
         self.input_dim = int(input_dim)
@@ -153,8 +156,7 @@ class Sequential(Trainer):
         """The training step as plain data (layers, loss, dtype) for backends that compile
         it; they never read layer attributes themselves."""
         self._require_built()
-        return StepPlan(tuple(layer.plan() for layer in self.layers), self.loss.plan(),
-                        self.dtype)
+        return StepPlan(tuple(layer.plan() for layer in self.layers), self.loss.plan(), self.dtype)
 
     def apply_gradients(self) -> None:
         """One optimizer step over the whole parameter arena (one fused call per group)."""
@@ -201,8 +203,7 @@ class Sequential(Trainer):
             sw = host_array(sample_weight, "sample_weight")
             if sw.dtype.kind not in "biuf" or sw.shape != (n,):
                 raise ValueError(
-                    f"sample_weight must hold {n} numbers (one per row), got {sw.dtype} "
-                    f"{sw.shape}"
+                    f"sample_weight must hold {n} numbers (one per row), got {sw.dtype} {sw.shape}"
                 )
             if not np.isfinite(sw).all() or (sw < 0).any():
                 raise ValueError("sample_weight must be finite and non-negative")
@@ -239,8 +240,9 @@ class Sequential(Trainer):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities (NumPy) for classification losses."""
         self._require_built()
-        return self.backend.to_numpy(self._batched_outputs(self._features(X, "X"),
-                                                           probabilities=True))
+        return self.backend.to_numpy(
+            self._batched_outputs(self._features(X, "X"), probabilities=True)
+        )
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted class indices for classifiers, raw outputs otherwise (NumPy)."""

@@ -135,6 +135,5 @@ class ParameterArena:
             for group in self.groups:
                 backend.sum_squares(group.grads, self.norm_sq)
         for group in self.groups:
-            backend.advance_scalars(group.scalars, self.norm_sq,
-                                    group.optimizer.scalar_constants())
+            backend.advance_scalars(group.scalars, self.norm_sq, group.optimizer.scalar_constants())
             group.optimizer.update(group, backend)

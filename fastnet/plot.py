@@ -49,6 +49,7 @@ def plot_history(history: dict[str, list[float]], path: str, title: str = "") ->
     """Write loss and accuracy curves (train and validation) per epoch to a PNG."""
     plt = _pyplot()
     from matplotlib.ticker import MaxNLocator
+
     epochs = range(1, len(history["loss"]) + 1)
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):

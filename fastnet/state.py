@@ -51,19 +51,27 @@ def state_entries(layers: Sequence[Any], arena: Any) -> Iterator[StateEntry]:
             yield StateEntry(f"step/{i}/{p.name}", "step", group, (), True)
             opt = group.optimizer
             for key in opt.slots:
-                yield StateEntry(f"slot/{i}/{p.name}/{key}", "slot", p.state[key], shape,
-                                 key in opt.nonnegative_slots)
+                yield StateEntry(
+                    f"slot/{i}/{p.name}/{key}",
+                    "slot",
+                    p.state[key],
+                    shape,
+                    key in opt.nonnegative_slots,
+                )
         for key, buf in layer.state_buffers().items():
-            yield StateEntry(f"buffer/{i}/{key}", "buffer", buf, tuple(buf.shape),
-                             key in layer.nonnegative_buffers)
+            yield StateEntry(
+                f"buffer/{i}/{key}",
+                "buffer",
+                buf,
+                tuple(buf.shape),
+                key in layer.nonnegative_buffers,
+            )
 
 
 def read_state(entries: Sequence[StateEntry], backend: Any) -> dict[str, Any]:
     """Device copies of every array; step counts as Python ints."""
     xp = backend.xp
-    return {
-        e.key: e.ref.step if e.kind == "step" else xp.array(e.ref, copy=True) for e in entries
-    }
+    return {e.key: e.ref.step if e.kind == "step" else xp.array(e.ref, copy=True) for e in entries}
 
 
 def host_state(state: dict[str, Any], backend: Any) -> dict[str, Any]:
@@ -112,8 +120,7 @@ def validate_state(
     for group in groups:
         if len(steps.get(id(group), ())) > 1:
             raise StateError(
-                f"parameters updated by one optimizer have different step counts "
-                f"{steps[id(group)]}"
+                f"parameters updated by one optimizer have different step counts {steps[id(group)]}"
             )
 
 

@@ -16,8 +16,11 @@ SCALES = ("none", "standard", "minmax")
 
 def _one_hot_rows(y: np.ndarray) -> bool:
     return bool(
-        y.ndim == 2 and y.shape[1] > 1 and y.dtype.kind in "biuf"
-        and np.isin(y, (0, 1)).all() and (y.sum(axis=1) == 1).all()
+        y.ndim == 2
+        and y.shape[1] > 1
+        and y.dtype.kind in "biuf"
+        and np.isin(y, (0, 1)).all()
+        and (y.sum(axis=1) == 1).all()
     )
 
 
@@ -55,15 +58,18 @@ class LabelEncoding:
         if _one_hot_rows(y):
             return cls(np.arange(y.shape[1])), y.argmax(axis=1)
         if y.ndim != 1:
-            raise DatasetError(f"{name} has shape {y.shape}: class labels must be one column "
-                               "(or one-hot rows)")
+            raise DatasetError(
+                f"{name} has shape {y.shape}: class labels must be one column (or one-hot rows)"
+            )
         y = _as_labels(y)
         if y.dtype.kind == "f" and not np.isfinite(y).all():
             raise DatasetError(f"{name} contains NaN or infinite labels")
         encoding = cls(np.unique(y))
         if len(encoding.classes) < 2:
-            raise DatasetError(f"{name} holds a single class {encoding.classes.tolist()}: a "
-                               "classifier needs 2 or more")
+            raise DatasetError(
+                f"{name} holds a single class {encoding.classes.tolist()}: a "
+                "classifier needs 2 or more"
+            )
         return encoding, np.searchsorted(encoding.classes, y)
 
     def encode(self, y: np.ndarray, name: str = "y") -> np.ndarray:
@@ -80,8 +86,10 @@ class LabelEncoding:
         else:
             unknown = np.setdiff1d(np.unique(y), classes)
         if unknown.size:
-            raise DatasetError(f"{name} holds label(s) {unknown[:5].tolist()} that the training "
-                               f"data lacks (classes: {classes[:10].tolist()})")
+            raise DatasetError(
+                f"{name} holds label(s) {unknown[:5].tolist()} that the training "
+                f"data lacks (classes: {classes[:10].tolist()})"
+            )
         return np.searchsorted(classes, y)
 
     def decode(self, indices: np.ndarray) -> np.ndarray:
@@ -126,8 +134,9 @@ class Scaler:
         if self.offset is None or self.scale is None:
             raise RuntimeError("Scaler.fit first")
         if X.shape[1] != len(self.offset):
-            raise DatasetError(f"features have {X.shape[1]} columns; the scaling was fitted on "
-                               f"{len(self.offset)}")
+            raise DatasetError(
+                f"features have {X.shape[1]} columns; the scaling was fitted on {len(self.offset)}"
+            )
         out = np.array(X, dtype=dtype)
         out -= self.offset.astype(dtype)
         out /= self.scale.astype(dtype)

@@ -39,8 +39,9 @@ COMPILED_CHOICES = ("auto", True, False)
 def _compiled_choice(compiled: bool | str, cuda_graph: bool | str | None) -> bool | str:
     """``fit``'s ``compiled`` argument, accepting the deprecated ``cuda_graph`` alias."""
     if cuda_graph is not None:
-        warnings.warn("fit(cuda_graph=...) is deprecated: use compiled=...", DeprecationWarning,
-                      stacklevel=3)
+        warnings.warn(
+            "fit(cuda_graph=...) is deprecated: use compiled=...", DeprecationWarning, stacklevel=3
+        )
         compiled = cuda_graph
     if not any(compiled is c or compiled == c for c in COMPILED_CHOICES):
         raise ValueError(f"compiled must be 'auto', True or False, got {compiled!r}")
@@ -59,6 +60,28 @@ class BatchSpec(NamedTuple):
     target_shape: tuple[int, ...]
     target_dtype: str
     weighted: bool
+
+
+@dataclass
+class FitOptions:
+    """``fit``'s keyword arguments, as given (checked by ``Trainer._prepare_fit``)."""
+
+    epochs: int
+    batch_size: int
+    validation_data: Any
+    validation_split: float
+    shuffle: bool
+    callbacks: Sequence[Any]
+    metrics: Sequence[Any]
+    verbose: int
+    on_divergence: str
+    compiled: bool | str
+    cuda_graph: bool | str | None
+    distributed: bool
+    comm: str
+    top_k: int | None
+    sample_weight: Any
+    class_weight: dict | None
 
 
 @dataclass
@@ -90,8 +113,12 @@ def _abort_job_on_error(group: Any) -> Iterator[None]:
         yield
     except Exception as exc:
         if group is not None and group.world_size > 1:
-            print(f"fastnet: rank {group.rank} of {group.world_size} failed in fit "
-                  f"({type(exc).__name__}: {exc}); aborting the job", file=sys.stderr, flush=True)
+            print(
+                f"fastnet: rank {group.rank} of {group.world_size} failed in fit "
+                f"({type(exc).__name__}: {exc}); aborting the job",
+                file=sys.stderr,
+                flush=True,
+            )
             group.abort(1)
         raise
 
@@ -291,7 +318,6 @@ class Trainer:
         self.arena.update()
         return totals
 
-
     # ------------------------------------------------------------------ the loop
     def fit(
         self,
@@ -337,11 +363,8 @@ class Trainer:
         semantics: ``batch_size`` is global, gradients are all-reduced (``comm`` "mpi" or
         "nccl"), validation is reduced over ranks and rank 0 prints.
         """
-        run = self._prepare_fit(
-            X, y, epochs, batch_size, validation_data, validation_split, callbacks, metrics,
-            verbose, on_divergence, _compiled_choice(compiled, cuda_graph), top_k,
-            sample_weight, class_weight, comm if distributed else None,
-        )
+        opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
+        run = self._prepare_fit(X, y, opts)
         # ---- nothing above changed the model; from here on it trains
         if not self.built:
             self.build(run.X.shape[1])
@@ -349,25 +372,20 @@ class Trainer:
             self._broadcast_state(run.group)
         self.streamed = run.streamed
         with record_kernels(self.backend), _abort_job_on_error(run.group):
-            run_epoch = self._runner(run.X, run.y, batch_size, shuffle, run.compiled,
-                                     run.streamed, run.group, run.weights)
+            runner = (run.X, run.y, opts.batch_size, opts.shuffle, run.compiled, run.streamed)
+            run_epoch = self._runner(*runner, run.group, run.weights)
             return self._epochs(run_epoch, run)
 
-    def _prepare_fit(
-        self, X: Any, y: Any, epochs: int, batch_size: int, validation_data: Any,
-        validation_split: float, callbacks: Sequence[Any], metrics: Sequence[Any],
-        verbose: int, on_divergence: str, compiled: bool | str, top_k: int | None,
-        sample_weight: Any, class_weight: dict | None, comm: str | None,
-    ) -> FitRun:
+    def _prepare_fit(self, X: Any, y: Any, opts: FitOptions) -> FitRun:
         """Every check of ``fit``'s arguments and data, changing nothing."""
-        epochs = check_positive_int(epochs, "epochs")
-        check_positive_int(batch_size, "batch_size")
-        if on_divergence not in DIVERGENCE_POLICIES:
+        epochs = check_positive_int(opts.epochs, "epochs")
+        check_positive_int(opts.batch_size, "batch_size")
+        if opts.on_divergence not in DIVERGENCE_POLICIES:
             raise ValueError(
-                f"on_divergence must be one of {DIVERGENCE_POLICIES}, got {on_divergence!r}"
+                f"on_divergence must be one of {DIVERGENCE_POLICIES}, got {opts.on_divergence!r}"
             )
-        hooks = as_callbacks(callbacks)
-        metric_fns = check_metrics(metrics)
+        compiled = _compiled_choice(opts.compiled, opts.cuda_graph)
+        hooks, metric_fns = as_callbacks(opts.callbacks), check_metrics(opts.metrics)
         X = as_input(X, "X", self.backend)  # lists converted once; foreign arrays adopted
         n_bytes = int(np.prod(X.shape)) * self.dtype.itemsize
         streamed = isinstance(X, np.memmap) or not self.backend.fits_on_device(n_bytes)
@@ -377,26 +395,35 @@ class Trainer:
                 f"too large ({n_bytes / 2**30:.2f} GiB) and would be streamed"
             )
         X, y, sample_weight, validation_data = self._split_validation(
-            X, y, sample_weight, validation_data, validation_split
+            X, y, opts.sample_weight, opts.validation_data, opts.validation_split
         )
         Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
-        wd = self.validate_weights(sample_weight, class_weight, y, Xd.shape[0], not streamed)
+        wd = self.validate_weights(sample_weight, opts.class_weight, y, len(Xd), not streamed)
         if metric_fns and val is None:
-            raise ValueError("metrics are computed on validation data: pass validation_data "
-                             "or validation_split")
-        names = self._log_names(val is not None, top_k, metric_fns, self.output_width(Xd.shape[1]))
+            raise ValueError(
+                "metrics are computed on validation data: pass validation_data or validation_split"
+            )
+        width = self.output_width(Xd.shape[1])
+        names = self._log_names(val is not None, opts.top_k, metric_fns, width)
         names += [name for cb in hooks for name in cb.provides]
         for cb in hooks:
             check_monitor(cb, names)
-        group = None
-        if comm is not None:
-            from fastnet import distributed as dist
+        group, verbose = self._join_group(opts)
+        data = (Xd, yd, wd, val, streamed, compiled, group)
+        settings = (epochs, hooks, metric_fns, opts.top_k, verbose, opts.on_divergence, names)
+        return FitRun(*data, *settings)
 
-            with self.backend.step_stream():  # NCCL binds to this device
-                group = dist.init(comm, backend=self.backend.name if comm == "nccl" else None)
-            verbose = verbose if dist.is_main() else 0
-        return FitRun(Xd, yd, wd, val, streamed, compiled, group, epochs, hooks, metric_fns,
-                      top_k, verbose, on_divergence, names)
+    def _join_group(self, opts: FitOptions) -> tuple[Any, int]:
+        """The data-parallel communicator (None unless ``distributed``) and the verbosity
+        (only rank 0 prints)."""
+        if not opts.distributed:
+            return None, opts.verbose
+        from fastnet import distributed as dist
+
+        comm = opts.comm
+        with self.backend.step_stream():  # NCCL binds to this device
+            group = dist.init(comm, backend=self.backend.name if comm == "nccl" else None)
+        return group, opts.verbose if dist.is_main() else 0
 
     def _split_validation(
         self, X: Any, y: Any, w: Any, validation_data: Any, fraction: float
@@ -415,8 +442,9 @@ class Trainer:
         if len(labels) != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} samples but y has {len(labels)}")
         seed = int(self._rng.integers(2**31))
-        (train, _), (held, _) = train_val_split(np.arange(X.shape[0]), labels, fraction, seed,
-                                                stratify=self.loss.classification)
+        (train, _), (held, _) = train_val_split(
+            np.arange(X.shape[0]), labels, fraction, seed, stratify=self.loss.classification
+        )
         w = None if w is None else np.asarray(w)[train]
         return _rows(X, train), _rows(y, train), w, (_rows(X, held), _rows(y, held))
 
@@ -454,8 +482,9 @@ class Trainer:
                 break
             previous = snapshot
             if run.val is not None:
-                scores = self._evaluate_device(*run.val, top_k=run.top_k, group=run.group,
-                                               metrics=run.metrics)
+                scores = self._evaluate_device(
+                    *run.val, top_k=run.top_k, group=run.group, metrics=run.metrics
+                )
                 logs.update({f"val_{key}": value for key, value in scores.items()})
             if run.verbose:
                 print(self._epoch_line(epoch + 1, run.epochs, logs), flush=True)
@@ -482,8 +511,14 @@ class Trainer:
 
         n = run.X.shape[0]
         start = time.perf_counter()
-        bar = tqdm(total=n, disable=run.verbose != 1, leave=False, unit="sample",
-                   desc=f"epoch {epoch + 1}/{run.epochs}", mininterval=0.5)
+        bar = tqdm(
+            total=n,
+            disable=run.verbose != 1,
+            leave=False,
+            unit="sample",
+            desc=f"epoch {epoch + 1}/{run.epochs}",
+            mininterval=0.5,
+        )
         try:
             loss_sum, correct_sum = run_epoch(bar.update, run.callbacks)
         except KeyboardInterrupt:
@@ -495,8 +530,11 @@ class Trainer:
         finally:
             bar.close()
         self.backend.synchronize()
-        logs = {"loss": float(loss_sum) / n, "seconds": time.perf_counter() - start,
-                "lr": self.optimizer.lr}
+        logs = {
+            "loss": float(loss_sum) / n,
+            "seconds": time.perf_counter() - start,
+            "lr": self.optimizer.lr,
+        }
         if correct_sum is not None:
             logs["accuracy"] = float(correct_sum) / n
         return logs
@@ -597,8 +635,15 @@ class Trainer:
             return EagerStep(self)
         # Compiled steps are kept for later fits (a CUDA graph is not captured again) while the
         # arena, layers, loss and optimizer constants they were built for stay the model's.
-        key = (batch_size, spec, id(self.arena), id(self.loss), repr(self.loss),
-               tuple(map(id, self.layers)), self._frozen_constants())
+        key = (
+            batch_size,
+            spec,
+            id(self.arena),
+            id(self.loss),
+            repr(self.loss),
+            tuple(map(id, self.layers)),
+            self._frozen_constants(),
+        )
         cache = self._compiled_steps
         if key not in cache:
             if len(cache) >= 4:  # e.g. a search over batch sizes: do not hoard graphs
@@ -617,8 +662,13 @@ class Trainer:
         """The optimizers' constants a compiled step bakes in (everything but the learning
         rate and the step count, which live in device scalars)."""
         return tuple(
-            (g.optimizer.constants(), g.optimizer.scalar_constants(), g.optimizer.clip_value,
-             g.optimizer.weight_decay, type(g.optimizer))
+            (
+                g.optimizer.constants(),
+                g.optimizer.scalar_constants(),
+                g.optimizer.clip_value,
+                g.optimizer.weight_decay,
+                type(g.optimizer),
+            )
             for g in self.arena.groups
         )
 
@@ -667,7 +717,11 @@ class Trainer:
         return names
 
     def _evaluate_device(
-        self, Xd: Any, yd: Any, top_k: int | None = None, group: Any = None,
+        self,
+        Xd: Any,
+        yd: Any,
+        top_k: int | None = None,
+        group: Any = None,
         metrics: Sequence[Callable[[np.ndarray, np.ndarray], float]] = (),
     ) -> dict[str, float]:
         """The loss and ``_metric_names``: accuracy, macro precision / recall / F1 and top-k
@@ -710,17 +764,16 @@ class Trainer:
         """Top-k hits followed by the confusion matrix, as one vector of sums."""
         labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
         hits = float(top_k_correct(outputs, labels, k, self.backend.xp)) if k else 0.0
-        cm = confusion_matrix(self.backend.to_numpy(labels),
-                              self.backend.to_numpy(outputs.argmax(axis=1)), classes)
+        cm = confusion_matrix(
+            self.backend.to_numpy(labels), self.backend.to_numpy(outputs.argmax(axis=1)), classes
+        )
         return np.concatenate([[hits], cm.ravel()])
 
     def _predictions(self, Xd: Any) -> np.ndarray:
         """What ``predict_proba`` (classifiers) or ``predict_raw`` return, for metrics."""
         return self.backend.to_numpy(self._batched_outputs(Xd, probabilities=True))
 
-    def _batched_outputs(
-        self, Xd: Any, batch_size: int = 8192, probabilities: bool = False
-    ) -> Any:
+    def _batched_outputs(self, Xd: Any, batch_size: int = 8192, probabilities: bool = False) -> Any:
         """The model's outputs on ``Xd`` in eval mode (the loss's predictions, e.g. softmax
         probabilities, with ``probabilities``), in chunks of ``batch_size`` rows: one fused
         call per chunk where the backend has fused inference for the plan, else layer by

@@ -23,8 +23,13 @@ CUPY_HEADERS = ("cupy/complex.cuh", "cupy/carray.cuh", "cupy/atomics.cuh", "cupy
 _C_NAME = {
     np.dtype(t): c
     for t, c in [
-        (np.float32, "float"), (np.float64, "double"), (np.int32, "int"), (np.int64, "long long"),
-        (np.uint32, "unsigned int"), (np.uint64, "unsigned long long"), (np.bool_, "bool"),
+        (np.float32, "float"),
+        (np.float64, "double"),
+        (np.int32, "int"),
+        (np.int64, "long long"),
+        (np.uint32, "unsigned int"),
+        (np.uint64, "unsigned long long"),
+        (np.bool_, "bool"),
     ]
 }
 
@@ -52,7 +57,7 @@ def elementwise_source(kernel: Any, dtype: Any, arrays: Collection[str]) -> str:
     body = f"""
     {typedef}
     {kernel.preamble}
-    extern "C" __global__ void {kernel.name}({', '.join(params)}) {{
+    extern "C" __global__ void {kernel.name}({", ".join(params)}) {{
       {loop_prep};
       #pragma unroll 1
       CUPY_FOR(i, _ind.size()) {{

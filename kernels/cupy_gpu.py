@@ -190,8 +190,16 @@ def _softmax_xent(dtype: str) -> cp.RawKernel:
     return cp.RawKernel(f"#define T {dtype}\n" + _SOFTMAX_XENT_SRC, "softmax_xent")
 
 
-def softmax_xent(logits: Any, labels: Any, targets: Any, weights: Any, dlogits: Any, loss: Any,
-                 loss_scale: float, smoothing: float) -> None:
+def softmax_xent(
+    logits: Any,
+    labels: Any,
+    targets: Any,
+    weights: Any,
+    dlogits: Any,
+    loss: Any,
+    loss_scale: float,
+    smoothing: float,
+) -> None:
     """Fused softmax cross-entropy: writes the mean-reduced ``dlogits`` and adds ``loss_scale
     * sum(row losses)`` into the float64 ``loss[0]``; int64 ``labels`` or one-hot/soft
     ``targets`` (the other None), optional row ``weights``, label ``smoothing``."""
@@ -203,9 +211,21 @@ def softmax_xent(logits: Any, labels: Any, targets: Any, weights: Any, dlogits: 
     _softmax_xent(ctype(logits.dtype))(
         grid,
         (32 * rows_per_block,),
-        (logits, _or_placeholder(labels, np.int64), _or_placeholder(targets, logits.dtype),
-         _or_placeholder(weights, logits.dtype), dlogits, loss, np.int32(n), np.int32(m),
-         np.int32(dense), np.int32(weighted), t(1.0 / n), t(smoothing), float(loss_scale)),
+        (
+            logits,
+            _or_placeholder(labels, np.int64),
+            _or_placeholder(targets, logits.dtype),
+            _or_placeholder(weights, logits.dtype),
+            dlogits,
+            loss,
+            np.int32(n),
+            np.int32(m),
+            np.int32(dense),
+            np.int32(weighted),
+            t(1.0 / n),
+            t(smoothing),
+            float(loss_scale),
+        ),
     )
 
 
@@ -246,8 +266,15 @@ def count_correct(logits: Any, labels: Any, targets: Any, hits: Any) -> None:
     _count_correct(ctype(logits.dtype))(
         ((n + 255) // 256,),
         (256,),
-        (logits, _or_placeholder(labels, np.int64), _or_placeholder(targets, logits.dtype),
-         hits, np.int32(n), np.int32(m), np.int32(targets is not None)),
+        (
+            logits,
+            _or_placeholder(labels, np.int64),
+            _or_placeholder(targets, logits.dtype),
+            hits,
+            np.int32(n),
+            np.int32(m),
+            np.int32(targets is not None),
+        ),
     )
 
 

@@ -271,8 +271,18 @@ def softmax_xent_parallel(logits, labels, targets, dlogits, inv_n, fast_exp, wei
     chunks = min(n, 64)
     losses = np.zeros(chunks)
     for c in prange(chunks):
-        losses[c] = _xent_rows(logits, labels, targets, dlogits, inv_n, fast_exp, weights,
-                               smoothing, c * n // chunks, (c + 1) * n // chunks)
+        losses[c] = _xent_rows(
+            logits,
+            labels,
+            targets,
+            dlogits,
+            inv_n,
+            fast_exp,
+            weights,
+            smoothing,
+            c * n // chunks,
+            (c + 1) * n // chunks,
+        )
     return losses.sum()
 
 
@@ -531,12 +541,12 @@ def sum_squares(g, out):
     out[0] += total
 
 
-
 @njit(**SERIAL)
 def matmul(a, b, out):
     """``out = a @ b`` through the BLAS numba links (scipy's OpenBLAS), as the fused step does:
     one BLAS thread pool for the whole backend (two would spin against each other)."""
     np.dot(a, b, out)
+
 
 # ---------------------------------------------------------------------------- inference
 @njit(**REDUCE)
@@ -581,8 +591,23 @@ def dense_forward(x, weights, biases, codes, alphas, softmax):
 
 # ---------------------------------------------------------------------------- whole training step
 @njit(**SERIAL)
-def dense_train_step(x, labels, targets, row_weights, smoothing, weights, biases, codes, alphas,
-                     outs, dzs, dxs, dws, dbs, totals):
+def dense_train_step(
+    x,
+    labels,
+    targets,
+    row_weights,
+    smoothing,
+    weights,
+    biases,
+    codes,
+    alphas,
+    outs,
+    dzs,
+    dxs,
+    dws,
+    dbs,
+    totals,
+):
     """Forward, softmax cross-entropy and backward of a stack of dense layers in one call.
 
     Per layer ``l`` (tuples): ``weights[l]`` (in, out), ``biases[l]`` (out,), activation
@@ -605,8 +630,9 @@ def dense_train_step(x, labels, targets, row_weights, smoothing, weights, biases
     ):
         raise ValueError("dense_train_step: labels must be n class indices in [0, classes)")
     inv_n = x.dtype.type(1.0 / n)
-    loss = softmax_xent(logits, labels, targets, dy, inv_n, x.itemsize == 4, row_weights,
-                        x.dtype.type(smoothing))
+    loss = softmax_xent(
+        logits, labels, targets, dy, inv_n, x.itemsize == 4, row_weights, x.dtype.type(smoothing)
+    )
     totals[0] += loss
     totals[1] += count_correct(logits, labels, targets)
     for i in range(last, -1, -1):

@@ -24,9 +24,23 @@ from fastnet.backends.numpy_backend import NumpyBackend
 
 #: backend methods that issue device work (outermost calls are recorded while capturing)
 OPS = (
-    "matmul", "linear", "bias_act", "linear_backward", "act_backward_bias", "activation",
-    "activation_backward", "softmax", "softmax_xent", "count_correct", "fill", "sum_squares",
-    "advance_scalars", "update", "take_rows", "permutation", "copy_from_host",
+    "matmul",
+    "linear",
+    "bias_act",
+    "linear_backward",
+    "act_backward_bias",
+    "activation",
+    "activation_backward",
+    "softmax",
+    "softmax_xent",
+    "count_correct",
+    "fill",
+    "sum_squares",
+    "advance_scalars",
+    "update",
+    "take_rows",
+    "permutation",
+    "copy_from_host",
 )
 
 

@@ -1,9 +1,9 @@
 """Run under ``mpirun -n K`` by tests/test_distributed.py (not collected by pytest).
 
-    mpi_worker.py train BACKEND DTYPE OUT.npz   data-parallel fit; rank 0 saves the weights
-    mpi_worker.py kill                          rank 1 dies (SIGKILL) in the second epoch
-    mpi_worker.py raise                         rank 1 raises in the second epoch
-    mpi_worker.py output                        verbose fit: epoch lines come from rank 0 only
+mpi_worker.py train BACKEND DTYPE OUT.npz   data-parallel fit; rank 0 saves the weights
+mpi_worker.py kill                          rank 1 dies (SIGKILL) in the second epoch
+mpi_worker.py raise                         rank 1 raises in the second epoch
+mpi_worker.py output                        verbose fit: epoch lines come from rank 0 only
 """
 
 import os
@@ -65,12 +65,19 @@ def main(mode, *args):
         model().fit(X, y, epochs=50, verbose=0, distributed=True, callbacks=[At(die)])
     elif mode == "features":  # dropout, batch norm, momentum, per-layer optimizer, numba
         X, y = problem()
-        layers = [fn.Dense(32), fn.BatchNorm1d(), fn.ReLU(), fn.Dropout(0.2),
-                  fn.Dense(4, optimizer=fn.RMSProp(1e-3))]
-        m = fn.Sequential(layers, optimizer=fn.Momentum(0.05, nesterov=True), backend=args[0],
-                          seed=1)
-        h = m.fit(X, y, epochs=4, batch_size=32, verbose=0, distributed=True,
-                  validation_data=(X, y))
+        layers = [
+            fn.Dense(32),
+            fn.BatchNorm1d(),
+            fn.ReLU(),
+            fn.Dropout(0.2),
+            fn.Dense(4, optimizer=fn.RMSProp(1e-3)),
+        ]
+        m = fn.Sequential(
+            layers, optimizer=fn.Momentum(0.05, nesterov=True), backend=args[0], seed=1
+        )
+        h = m.fit(
+            X, y, epochs=4, batch_size=32, verbose=0, distributed=True, validation_data=(X, y)
+        )
         weights = np.concatenate([m.backend.to_numpy(p.value).ravel() for p in m.parameters()])
         total = weights.copy()
         dist.allreduce(total)  # identical weights on every rank: sum == world * weights

@@ -13,8 +13,9 @@ import fastnet as fn
 
 def _model(backend, **kw):
     opt = kw.pop("optimizer", fn.Adam(1e-2))
-    return fn.Sequential([fn.Dense(16, "relu"), fn.Dense(4)], optimizer=opt, backend=backend,
-                         seed=0, **kw)
+    return fn.Sequential(
+        [fn.Dense(16, "relu"), fn.Dense(4)], optimizer=opt, backend=backend, seed=0, **kw
+    )
 
 
 def _data():
@@ -35,8 +36,9 @@ def test_model_checkpoint_best_only_with_epoch_in_path(backend, tmp_path):
     assert fn.load_model(tmp_path / "last.safetensors").built
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="ModelCheckpoint path '"):
-        model.fit(X, y, epochs=1, verbose=0,
-                  callbacks=[fn.ModelCheckpoint(tmp_path / "file" / "m.npz")])
+        model.fit(
+            X, y, epochs=1, verbose=0, callbacks=[fn.ModelCheckpoint(tmp_path / "file" / "m.npz")]
+        )
 
 
 def test_reduce_lr_on_plateau(backend):
@@ -52,8 +54,9 @@ def test_csv_logger(backend, tmp_path):
     path = tmp_path / "log.csv"
     model = _model(backend)
     model.fit(X, y, epochs=2, validation_data=val, verbose=0, callbacks=[fn.CSVLogger(path)])
-    model.fit(X, y, epochs=1, validation_data=val, verbose=0,
-              callbacks=[fn.CSVLogger(path, append=True)])
+    model.fit(
+        X, y, epochs=1, validation_data=val, verbose=0, callbacks=[fn.CSVLogger(path, append=True)]
+    )
     rows = list(csv.DictReader(path.open()))
     assert [r["epoch"] for r in rows] == ["1", "2", "1"]
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds"} <= set(rows[0])
@@ -64,8 +67,14 @@ def test_terminate_on_nan(backend):
     X, y, _ = _data()
     model = _model(backend, optimizer=fn.SGD(1e8))
     with np.errstate(all="ignore"):
-        model.fit(X * 1e3, y, epochs=20, verbose=0, on_divergence="ignore",
-                  callbacks=[fn.TerminateOnNaN()])
+        model.fit(
+            X * 1e3,
+            y,
+            epochs=20,
+            verbose=0,
+            on_divergence="ignore",
+            callbacks=[fn.TerminateOnNaN()],
+        )
     assert len(model.history["loss"]) < 20 and not math.isfinite(model.history["loss"][-1])
     assert model.stop_reason.startswith("TerminateOnNaN")
 
@@ -85,8 +94,14 @@ def test_warmup_cosine_is_per_step_and_batch_hooks_run(backend):
     X, y, _ = _data()
     model = _model(backend, optimizer=fn.Adam(0.01))
     rec = _Recorder()
-    model.fit(X, y, epochs=4, batch_size=64, verbose=0,
-              callbacks=[fn.WarmupCosine(1, 4, min_lr=1e-4), rec])
+    model.fit(
+        X,
+        y,
+        epochs=4,
+        batch_size=64,
+        verbose=0,
+        callbacks=[fn.WarmupCosine(1, 4, min_lr=1e-4), rec],
+    )
     lrs = rec.lrs  # 4 steps per epoch: warmup 0.0025 .. 0.01, then cosine down
     assert lrs[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] > 1e-4
@@ -99,8 +114,13 @@ def test_step_decay_and_scheduler_function(backend):
     model.fit(X, y, epochs=5, verbose=0, callbacks=[fn.StepDecay(2, gamma=0.5)])
     assert model.history["lr"] == pytest.approx([0.01, 0.01, 0.005, 0.005, 0.0025])
     model = _model(backend, optimizer=fn.Adam(0.01))
-    model.fit(X, y, epochs=3, verbose=0,
-              callbacks=[fn.LearningRateScheduler(lambda epoch, lr: lr * 0.1 if epoch else lr)])
+    model.fit(
+        X,
+        y,
+        epochs=3,
+        verbose=0,
+        callbacks=[fn.LearningRateScheduler(lambda epoch, lr: lr * 0.1 if epoch else lr)],
+    )
     assert model.history["lr"] == pytest.approx([0.01, 0.001, 0.0001])
 
 
@@ -123,9 +143,7 @@ def test_metrics_in_evaluate_history_and_against_scikit_learn(backend):
         assert len(h[key]) == 2 and 0 <= h[key][-1] <= 1
     scores = model.evaluate(*val, top_k=2)
     cm = model.confusion_matrix(*val)
-    assert cm.sum() == len(val[1]) and np.trace(cm) / cm.sum() == pytest.approx(
-        scores["accuracy"]
-    )
+    assert cm.sum() == len(val[1]) and np.trace(cm) / cm.sum() == pytest.approx(scores["accuracy"])
     metrics = pytest.importorskip("sklearn.metrics")
     pred = model.predict(val[0])
     np.testing.assert_array_equal(cm, metrics.confusion_matrix(val[1], pred, labels=range(4)))

@@ -155,16 +155,19 @@ def test_one_state_schema_drives_get_host_validate_and_set():
 
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
-    model = fn.Sequential([fn.Dense(6, "relu"), fn.BatchNorm1d(), fn.Dense(3)], seed=0,
-                          backend="numpy")
+    model = fn.Sequential(
+        [fn.Dense(6, "relu"), fn.BatchNorm1d(), fn.Dense(3)], seed=0, backend="numpy"
+    )
     model.fit(X, y, epochs=1, batch_size=10, verbose=0)
     entries = model.state_entries()
     state = model.get_state()
     assert list(state) == [e.key for e in entries]
     assert {e.kind for e in entries} == {"param", "step", "slot", "buffer"}
     host = model.host_state()
-    assert all(isinstance(v, int) if k.startswith("step/") else isinstance(v, np.ndarray)
-               for k, v in host.items())
+    assert all(
+        isinstance(v, int) if k.startswith("step/") else isinstance(v, np.ndarray)
+        for k, v in host.items()
+    )
     assert host["step/0/W"] == 4
     host["step/2/W"] = 3  # Dense 2 shares the Adam group with Dense 0
     with pytest.raises(StateError, match="different step counts"):

@@ -55,8 +55,10 @@ def test_train_save_evaluate_plot(data_dir, tmp_path, capsys):
         (["train", "--backend", "tpu"], "unknown backend 'tpu'"),
         (["train", "--data-dir", "/nonexistent"], "dataset-fashion-mnist"),
         (["evaluate", "/nonexistent.npz"], "does not exist"),
-        (["train", "--backend", "numpy", "--precision", "tf32", "--limit", "200"],
-         "precision='tf32' needs the cupy backend"),
+        (
+            ["train", "--backend", "numpy", "--precision", "tf32", "--limit", "200"],
+            "precision='tf32' needs the cupy backend",
+        ),
     ],
 )
 def test_errors_are_one_line_messages(argv, message, capsys):
@@ -117,8 +119,20 @@ def test_interleaved_alternates_and_computes_ratios():
 
 def test_evaluate_uses_the_dataset_recorded_in_the_checkpoint(data_dir, tmp_path, capsys):
     ckpt = tmp_path / "m.safetensors"
-    argv = ["train", "--data-dir", str(data_dir), "--epochs", "1", "--layers", "8",
-            "--dataset", "mnist", "--quiet", "--save", str(ckpt)]
+    argv = [
+        "train",
+        "--data-dir",
+        str(data_dir),
+        "--epochs",
+        "1",
+        "--layers",
+        "8",
+        "--dataset",
+        "mnist",
+        "--quiet",
+        "--save",
+        str(ckpt),
+    ]
     (data_dir / "mnist").mkdir()
     make_dataset(data_dir / "mnist", n_train=200, n_test=50)
     argv[2] = str(data_dir / "mnist")
@@ -132,13 +146,23 @@ def test_evaluate_uses_the_dataset_recorded_in_the_checkpoint(data_dir, tmp_path
 def test_bench_chart_is_titled_by_the_machine(tmp_path):
     from fastnet.bench.suites import machine_title, plot_report
 
-    machine = {"cpu": "Some CPU", "cores": 2, "blas": "openblas 0.3",
-               "backend_cupy": "unavailable: no module named cupy"}
+    machine = {
+        "cpu": "Some CPU",
+        "cores": 2,
+        "blas": "openblas 0.3",
+        "backend_cupy": "unavailable: no module named cupy",
+    }
     assert machine_title(machine) == "Some CPU, 2 cores, openblas 0.3"
     result = {"name": "a", "median": 0.5, "min": 0.4, "max": 0.6}
-    report = {"machine": machine, "groups": {
-        "g": {"reference": "a", "results": [result, {"name": "b", "median": 1.0, "min": 0.9,
-                                                  "max": 1.2}]}}}
+    report = {
+        "machine": machine,
+        "groups": {
+            "g": {
+                "reference": "a",
+                "results": [result, {"name": "b", "median": 1.0, "min": 0.9, "max": 1.2}],
+            }
+        },
+    }
     plot_report(report, str(tmp_path / "c.png"))
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 

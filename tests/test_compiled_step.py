@@ -30,13 +30,14 @@ def _data(n=90, d=12, k=4, seed=0):
 
 def _model(backend, optimizer="adam", smoothing=0.0, layers=None, **opt):
     """A float64 model; ``layers`` is a function making fresh layers (models own theirs)."""
-    layers = layers() if layers else [fn.Dense(16, "relu"), fn.Dense(8, "leaky_relu"),
-                                      fn.Dense(4)]
+    layers = layers() if layers else [fn.Dense(16, "relu"), fn.Dense(8, "leaky_relu"), fn.Dense(4)]
     loss = fn.SoftmaxCrossEntropy(label_smoothing=smoothing)
-    optimizer = get_optimizer(optimizer, lr=0.05 if optimizer in ("sgd", "momentum") else 0.01,
-                                 **opt)
-    return fn.Sequential(layers, loss=loss, optimizer=optimizer, backend=backend,
-                         dtype="float64", seed=3)
+    optimizer = get_optimizer(
+        optimizer, lr=0.05 if optimizer in ("sgd", "momentum") else 0.01, **opt
+    )
+    return fn.Sequential(
+        layers, loss=loss, optimizer=optimizer, backend=backend, dtype="float64", seed=3
+    )
 
 
 def _train(compiled, optimizer, schedule, target, fit_kw=None, **model_kw):
@@ -45,8 +46,16 @@ def _train(compiled, optimizer, schedule, target, fit_kw=None, **model_kw):
     smoothing = 0.1 if target == "smoothing" else 0.0
     targets = np.eye(4)[y] if target == "one_hot" else y
     model = _model(backend, optimizer, smoothing, **model_kw)
-    model.fit(X, targets, epochs=3, batch_size=16, verbose=0, compiled=compiled,
-              callbacks=SCHEDULES[schedule](), **(fit_kw or {}))
+    model.fit(
+        X,
+        targets,
+        epochs=3,
+        batch_size=16,
+        verbose=0,
+        compiled=compiled,
+        callbacks=SCHEDULES[schedule](),
+        **(fit_kw or {}),
+    )
     return model, backend
 
 
@@ -84,14 +93,23 @@ def test_captured_step_equals_eager(optimizer, schedule, target):
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
 def test_captured_step_with_weights_and_clipping(optimizer):
     weights = np.random.default_rng(1).uniform(0.1, 2.0, 90)
-    _assert_equal_training((optimizer, "warmup_cosine", "labels"), {"sample_weight": weights},
-                           clip_norm=0.05, clip_value=0.02)
+    _assert_equal_training(
+        (optimizer, "warmup_cosine", "labels"),
+        {"sample_weight": weights},
+        clip_norm=0.05,
+        clip_value=0.02,
+    )
 
 
 def test_captured_step_with_activation_layers_and_per_layer_optimizers():
     def layers():
-        return [fn.Dense(16, optimizer=fn.Momentum(0.02)), fn.ReLU(), fn.Dense(8), fn.Sigmoid(),
-                fn.Dense(4)]
+        return [
+            fn.Dense(16, optimizer=fn.Momentum(0.02)),
+            fn.ReLU(),
+            fn.Dense(8),
+            fn.Sigmoid(),
+            fn.Dense(4),
+        ]
 
     _assert_equal_training(("adam", "cosine", "smoothing"), layers=layers)
 
@@ -121,9 +139,17 @@ def test_a_host_frozen_scalar_is_caught(monkeypatch):
     from fastnet.optimizers import Optimizer
 
     def host_scalars_update(self, group, backend):
-        backend.update(self, group.values, group.grads, tuple(group.slots.values()),
-                       group.scalars.copy(), self.constants(), group.n_decay,
-                       self.weight_decay, self.clip_value)
+        backend.update(
+            self,
+            group.values,
+            group.grads,
+            tuple(group.slots.values()),
+            group.scalars.copy(),
+            self.constants(),
+            group.n_decay,
+            self.weight_decay,
+            self.clip_value,
+        )
 
     eager, _ = _train(False, "sgd", "warmup_cosine", "labels")
     monkeypatch.setattr(Optimizer, "update", host_scalars_update)
@@ -145,8 +171,9 @@ def test_schedule_changes_need_no_recapture():
     model, _ = _train(True, "adam", "warmup_cosine", "labels")
     step = next(iter(model._compiled_steps.values()))[0]
     graph = step.graph
-    model.fit(*_data(), epochs=1, batch_size=16, verbose=0, compiled=True,
-              callbacks=[fn.CosineDecay(1)])
+    model.fit(
+        *_data(), epochs=1, batch_size=16, verbose=0, compiled=True, callbacks=[fn.CosineDecay(1)]
+    )
     assert step.graph is graph  # the same capture serves the new learning rates
 
 

@@ -51,13 +51,24 @@ def test_kernel_compiles_without_spills(name, source, arch, ptxas_table):
 
 def test_every_kernel_family_is_enumerated():
     names = {n.split("[")[0] for n, _ in SOURCES}
-    expected = {"act_bwd_bias", "softmax_xent", "count_correct", "advance_scalars", "sum_squares",
-                "fastnet_sgd",
-                "fastnet_momentum", "fastnet_adagrad", "fastnet_rmsprop", "fastnet_adam"}
+    expected = {
+        "act_bwd_bias",
+        "softmax_xent",
+        "count_correct",
+        "advance_scalars",
+        "sum_squares",
+        "fastnet_sgd",
+        "fastnet_momentum",
+        "fastnet_adagrad",
+        "fastnet_rmsprop",
+        "fastnet_adam",
+    }
     expected |= {f"fastnet_{k}_{c}" for k in ("bias_act", "act", "act_grad") for c in range(5)}
     assert expected <= names, sorted(expected - names)
     assert {n for n, _ in SOURCES if n.startswith("fastnet_sgd")} == {
-        "fastnet_sgd[float32]", "fastnet_sgd[float64]"}
+        "fastnet_sgd[float32]",
+        "fastnet_sgd[float64]",
+    }
 
 
 # A kernel that keeps 96 values live while allowed 24 registers: ptxas must spill.
@@ -98,15 +109,22 @@ def test_compile_errors_carry_the_log():
 _TEMPLATE_CASES = [
     ("raw T b, int32 ncol, T alpha", "T z", "T v = z + b[i % ncol]; z = v;", {}, ()),
     ("T g, raw T sc, bool nesterov, int64 n", "T p, T m", "p -= sc[0] * g; m = n;", {}, ("g",)),
-    ("T y, T dy, T alpha", "T dz", "dz = dy * f(y);",
-     {"preamble": "__device__ float f(float v) { return v; }", "loop_prep": "int k = 0"},
-     ("y", "dy")),
+    (
+        "T y, T dy, T alpha",
+        "T dz",
+        "dz = dy * f(y);",
+        {"preamble": "__device__ float f(float v) { return v; }", "loop_prep": "int k = 0"},
+        ("y", "dy"),
+    ),
 ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(("ins", "outs", "op", "kw", "arrays"), _TEMPLATE_CASES,
-                         ids=["raw-int", "bool-int64-outputs", "preamble-loop_prep"])
+@pytest.mark.parametrize(
+    ("ins", "outs", "op", "kw", "arrays"),
+    _TEMPLATE_CASES,
+    ids=["raw-int", "bool-int64-outputs", "preamble-loop_prep"],
+)
 def test_elementwise_template_matches_the_generator(ins, outs, op, kw, arrays, dtype):
     import cupy
     from cupy._core import _carray, _kernel, _scalar
@@ -124,8 +142,15 @@ def test_elementwise_template_matches_the_generator(ins, outs, op, kw, arrays, d
     infos.append(_kernel._ArgInfo(2, _carray.Indexer, None, 1, True, True))
     type_map = kernel._decide_params_type(tuple(types), (t,) * kernel.nout)[2]
     theirs = _kernel._get_elementwise_kernel_code(
-        tuple(infos), type_map, kernel.params, kernel.operation, kernel.name, kernel.preamble,
-        kw.get("loop_prep", ""), kw.get("after_loop", ""))
+        tuple(infos),
+        type_map,
+        kernel.params,
+        kernel.operation,
+        kernel.name,
+        kernel.preamble,
+        kw.get("loop_prep", ""),
+        kw.get("after_loop", ""),
+    )
     header = "\n".join(f"#include <{h}>" for h in CUPY_HEADERS)
     assert elementwise_source(kernel, dtype, arrays) == header + theirs
     nvrtc_check.check(header + theirs, "80")

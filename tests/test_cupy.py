@@ -40,14 +40,27 @@ def test_captured_training_equals_eager(opt, loss_option):
     targets = np.eye(4)[y] if loss_option == "one_hot" else y
     weights = np.linspace(0.5, 1.5, len(y)) if loss_option == "weights" else None
     models = [
-        fn.Sequential([fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
-                      loss=fn.SoftmaxCrossEntropy(smoothing), optimizer=OPTIMIZERS[opt](),
-                      backend="cupy", seed=0, dtype="float64")
+        fn.Sequential(
+            [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
+            loss=fn.SoftmaxCrossEntropy(smoothing),
+            optimizer=OPTIMIZERS[opt](),
+            backend="cupy",
+            seed=0,
+            dtype="float64",
+        )
         for _ in range(2)
     ]
     hist = [
-        m.fit(X, targets, epochs=3, batch_size=64, verbose=0, compiled=c, sample_weight=weights,
-              callbacks=[fn.WarmupCosine(1, 3)])
+        m.fit(
+            X,
+            targets,
+            epochs=3,
+            batch_size=64,
+            verbose=0,
+            compiled=c,
+            sample_weight=weights,
+            callbacks=[fn.WarmupCosine(1, 3)],
+        )
         for m, c in zip(models, (False, True))
     ]
     eager, graphed = models
@@ -72,8 +85,9 @@ def test_labels_from_another_gpu_framework_are_adopted():
     torch = pytest.importorskip("torch")
     X, y = make_blobs(n=200)
     model = _mlp()
-    model.fit(torch.as_tensor(X, device="cuda"), torch.as_tensor(y, device="cuda"), epochs=1,
-              verbose=0)
+    model.fit(
+        torch.as_tensor(X, device="cuda"), torch.as_tensor(y, device="cuda"), epochs=1, verbose=0
+    )
     assert model.history["loss"]
 
 
@@ -156,12 +170,14 @@ def test_direct_gemm_handles_transposed_operands():
 def test_schedules_change_lr_without_recapture():
     X, y = make_blobs(n=1000)
     model = _mlp(opt=fn.Adam(1e-2))
-    model.fit(X, y, epochs=2, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(2)],
-              compiled=True)
+    model.fit(
+        X, y, epochs=2, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(2)], compiled=True
+    )
     step = next(iter(model._compiled_steps.values()))[0]
     graph = step.graph
-    model.fit(X, y, epochs=1, batch_size=64, verbose=0, callbacks=[fn.WarmupCosine(0.5, 1)],
-              compiled=True)
+    model.fit(
+        X, y, epochs=1, batch_size=64, verbose=0, callbacks=[fn.WarmupCosine(0.5, 1)], compiled=True
+    )
     assert step.graph is graph and step.replays > 0
 
 

@@ -36,8 +36,9 @@ def test_cifar_binary_loader(tmp_path, name):
     assert X.shape == (20 * train_files, 3072) and Xt.shape == (20, 3072)
     assert X.dtype == np.float32 and 0 <= X.min() and X.max() <= 1
     assert y.max() < (10 if name == "cifar10" else 100)
-    raw = np.fromfile(tmp_path / name / ("test_batch.bin" if name == "cifar10" else "test.bin"),
-                      np.uint8).reshape(20, -1)
+    raw = np.fromfile(
+        tmp_path / name / ("test_batch.bin" if name == "cifar10" else "test.bin"), np.uint8
+    ).reshape(20, -1)
     np.testing.assert_array_equal(yt, raw[:, 1 if name == "cifar100" else 0])
     if name == "cifar100":
         (_, coarse), _ = load_cifar(name, tmp_path / name, label="coarse")
@@ -72,8 +73,11 @@ def test_user_data_files(tmp_path):
         expected = np.where(y == 1, "yes", "no") if args[0] == "t.csv" else y
         np.testing.assert_array_equal(yl, expected)  # as stored: classes come from training
     assert isinstance(load_arrays(tmp_path / "X.npy", tmp_path / "y.npy")[0], np.memmap)
-    for bad, match in ((("X.npy",), "labels"), (("t.csv", None, "nope"), "no column"),
-                       (("missing.npz",), "does not exist")):
+    for bad, match in (
+        (("X.npy",), "labels"),
+        (("t.csv", None, "nope"), "no column"),
+        (("missing.npz",), "does not exist"),
+    ):
         with pytest.raises((DatasetError, FileNotFoundError), match=match):
             load_arrays(*[tmp_path / a if a else None for a in bad[:2]], *bad[2:])
 
@@ -86,8 +90,22 @@ def test_cli_trains_on_user_files(tmp_path, capsys):
     y = (X[:, 0] > 0).astype(int)
     np.savez(tmp_path / "train.npz", X=X, y=y)
     np.savez(tmp_path / "val.npz", X=X[:60], y=y[:60])
-    rc = main(["train", "--data", str(tmp_path / "train.npz"), "--val", str(tmp_path / "val.npz"),
-               "--epochs", "5", "--layers", "8", "--quiet", "--backend", "numpy"])
+    rc = main(
+        [
+            "train",
+            "--data",
+            str(tmp_path / "train.npz"),
+            "--val",
+            str(tmp_path / "val.npz"),
+            "--epochs",
+            "5",
+            "--layers",
+            "8",
+            "--quiet",
+            "--backend",
+            "numpy",
+        ]
+    )
     assert rc == 0
     out = capsys.readouterr().out
     assert "train.npz" in out and "held-out accuracy" in out
@@ -117,8 +135,12 @@ def test_memory_mapped_npy_trains_with_bounded_memory(tmp_path):
         "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print(m.streamed, h['accuracy'][0], (after - before) // 1024)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
-                         text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    run = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     streamed, accuracy, grown_mib = run.stdout.split()
     assert streamed == "True" and float(accuracy) > 0.6, run.stderr  # it learns: y = X[:, 0]
     assert int(grown_mib) < 150, f"peak memory grew by {grown_mib} MiB"

@@ -92,13 +92,28 @@ def test_numba_kernels_refuse_mismatched_buffers():
     p, g = np.ones(1000, np.float32), np.ones(1000, np.float32)
     rule, s = fn.Adam(), np.zeros(8)
     with pytest.raises(ValueError):
-        be.update(rule, p, g, (np.zeros(10, np.float32), np.zeros(10, np.float32)), s,
-                  rule.constants(), 1000, 0.0, None)
+        be.update(
+            rule,
+            p,
+            g,
+            (np.zeros(10, np.float32), np.zeros(10, np.float32)),
+            s,
+            rule.constants(),
+            1000,
+            0.0,
+            None,
+        )
     with pytest.raises(ValueError):
         be.bias_act(np.ones((4, 8), np.float32), np.ones(3, np.float32), fn.backends.Act.RELU)
     with pytest.raises((ValueError, IndexError)):
-        be.act_backward_bias(np.ones((4, 8)), np.ones((4, 8)), fn.backends.Act.RELU, 0.0,
-                             np.empty((2, 8)), np.empty(8))
+        be.act_backward_bias(
+            np.ones((4, 8)),
+            np.ones((4, 8)),
+            fn.backends.Act.RELU,
+            0.0,
+            np.empty((2, 8)),
+            np.empty(8),
+        )
     logits = np.ones((6, 3), np.float32)
     with pytest.raises((ValueError, IndexError)):
         be.count_correct(logits, np.zeros(2, np.int64))
@@ -222,10 +237,16 @@ def test_malformed_checkpoints_raise_checkpoint_error(saved, tmp_path):
     weird.write_bytes(bytes(raw))
     with pytest.raises(fn.CheckpointError, match="weird.npz"):
         fn.load_model(weird)
-    for config in ({"layers": "dense"}, {"layers": [42], "optimizer": {}},
-                   {"layers": [{"name": "dense", "units": "many"}], "optimizer": {"name": "sgd"},
-                    "input_dim": 3},
-                   []):
+    for config in (
+        {"layers": "dense"},
+        {"layers": [42], "optimizer": {}},
+        {
+            "layers": [{"name": "dense", "units": "many"}],
+            "optimizer": {"name": "sgd"},
+            "input_dim": 3,
+        },
+        [],
+    ):
         bad = _signed(tmp_path, "cfg.npz", {}, {"config": config})
         with pytest.raises(fn.CheckpointError, match="cfg.npz"):
             fn.load_model(bad)
@@ -245,8 +266,9 @@ def test_config_is_signed_and_version_1_files_still_load(saved, tmp_path):
         fn.load_model(tmp_path / "t.npz")
     old = dict(meta, format_version=1, sha256=_digest(arrays))  # written by fastnet 0.1
     np.savez(tmp_path / "v1.npz", **arrays, **{META_KEY: np.array(json.dumps(old))})
-    np.testing.assert_allclose(fn.load_model(tmp_path / "v1.npz").predict_proba(X),
-                               fn.load_model(path).predict_proba(X))
+    np.testing.assert_allclose(
+        fn.load_model(tmp_path / "v1.npz").predict_proba(X), fn.load_model(path).predict_proba(X)
+    )
 
 
 def test_checkpoints_get_umask_permissions(tmp_path):
@@ -298,7 +320,10 @@ def test_bad_backend_environment_variable_is_named(monkeypatch):
 def _cli(*args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "fastnet.cli", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=120,
     )
 
 

@@ -59,8 +59,9 @@ def test_two_ranks_with_half_batches_equal_one_process(tmp_path, backend, dtype,
     h = single.fit(X, y, validation_data=(X[:50], y[:50]), verbose=0, **mpi_worker.FIT)
     got = np.load(out)
     for i, p in enumerate(single.parameters()):  # 15 Adam steps, a merged short last batch
-        np.testing.assert_allclose(got[f"p{i}"], single.backend.to_numpy(p.value), rtol=rtol,
-                                   atol=rtol)
+        np.testing.assert_allclose(
+            got[f"p{i}"], single.backend.to_numpy(p.value), rtol=rtol, atol=rtol
+        )
     np.testing.assert_allclose(got["loss"], h["loss"], rtol=max(rtol, 1e-6))
     np.testing.assert_allclose(got["val_loss"], h["val_loss"], rtol=max(rtol, 1e-6))
 

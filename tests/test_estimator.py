@@ -59,8 +59,9 @@ def test_classifier_with_string_labels(backend):
     assert set(clf.predict(X[500:])) <= set(clf.classes_)
     assert clf.score(X[500:], names[500:]) > 0.9
     assert clf.predict_proba(X[:3]).shape == (3, 4)
-    np.testing.assert_allclose(np.exp(clf.predict_log_proba(X[:5])), clf.predict_proba(X[:5]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        np.exp(clf.predict_log_proba(X[:5])), clf.predict_proba(X[:5]), rtol=1e-5
+    )
     assert clf.n_iter_ == len(clf.loss_curve_) <= 5 and clf.n_features_in_ == 20
     assert [w.shape for w in clf.coefs_] == [(20, 32), (32, 4)]
     assert [b.shape for b in clf.intercepts_] == [(32,), (4,)]
@@ -82,8 +83,14 @@ def test_unfitted_and_bad_parameters():
 def test_early_stopping_batchnorm_dropout_options():
     X, y = make_blobs()
     clf = fn.MLPClassifier(
-        (32, 16), max_iter=30, early_stopping=True, n_iter_no_change=2, batch_norm=True,
-        dropout=0.1, learning_rate_init=1e-2, random_state=0,
+        (32, 16),
+        max_iter=30,
+        early_stopping=True,
+        n_iter_no_change=2,
+        batch_norm=True,
+        dropout=0.1,
+        learning_rate_init=1e-2,
+        random_state=0,
     ).fit(X, y)
     assert clf.n_iter_ <= 30 and clf.score(X, y) > 0.9
     assert len(clf.validation_scores_) == clf.n_iter_
@@ -93,8 +100,9 @@ def test_regressor_single_and_multi_output(backend):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((400, 5)).astype(np.float32)
     Y = np.stack([X @ rng.standard_normal(5), np.sin(X[:, 0])], axis=1)
-    reg = fn.MLPRegressor((32,), max_iter=80, learning_rate_init=1e-2, random_state=0,
-                          backend=backend.name)
+    reg = fn.MLPRegressor(
+        (32,), max_iter=80, learning_rate_init=1e-2, random_state=0, backend=backend.name
+    )
     assert reg.fit(X, Y[:, 0]).predict(X).shape == (400,)
     assert reg.score(X, Y[:, 0]) > 0.9
     assert reg.fit(X, Y).predict(X).shape == (400, 2) and reg.score(X, Y) > 0.8

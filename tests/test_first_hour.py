@@ -10,8 +10,19 @@ import pytest
 import fastnet as fn
 from fastnet.cli import main
 
-FAST = ["--backend", "numpy", "--layers", "16", "--epochs", "8", "--lr", "0.01", "--quiet",
-        "--schedule", "constant"]
+FAST = [
+    "--backend",
+    "numpy",
+    "--layers",
+    "16",
+    "--epochs",
+    "8",
+    "--lr",
+    "0.01",
+    "--quiet",
+    "--schedule",
+    "constant",
+]
 
 
 def blobs(n=300, k=3, d=4, seed=0):
@@ -61,8 +72,18 @@ def test_csv_classes_come_from_the_training_file(tmp_path, capsys):
     write_csv(tmp_path / "a.csv", X, names[y])
     write_csv(tmp_path / "b.csv", Xv[keep], names[yv[keep]])
     ckpt = tmp_path / "m.npz"
-    argv = ["train", "--data", str(tmp_path / "a.csv"), "--target", "label", "--val",
-            str(tmp_path / "b.csv"), "--save", str(ckpt), *FAST]
+    argv = [
+        "train",
+        "--data",
+        str(tmp_path / "a.csv"),
+        "--target",
+        "label",
+        "--val",
+        str(tmp_path / "b.csv"),
+        "--save",
+        str(ckpt),
+        *FAST,
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert held_out_accuracy(out) > 0.9
@@ -79,8 +100,16 @@ def test_unseen_validation_labels_are_refused(tmp_path, capsys):
     X, y = blobs(100)
     write_csv(tmp_path / "a.csv", X, np.array(["a", "b", "c"])[y])
     write_csv(tmp_path / "b.csv", X[:10], ["z"] * 10)
-    argv = ["train", "--data", str(tmp_path / "a.csv"), "--target", "label", "--val",
-            str(tmp_path / "b.csv"), *FAST]
+    argv = [
+        "train",
+        "--data",
+        str(tmp_path / "a.csv"),
+        "--target",
+        "label",
+        "--val",
+        str(tmp_path / "b.csv"),
+        *FAST,
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "['z']" in err and "training data lacks" in err and err.count("\n") == 1
@@ -93,8 +122,16 @@ def test_validation_split_is_shuffled_and_stratified(tmp_path, capsys):
     np.save(tmp_path / "X.npy", X[order])
     np.save(tmp_path / "y.npy", y[order])
     js = tmp_path / "h.json"
-    argv = ["train", "--data", str(tmp_path / "X.npy"), "--labels", str(tmp_path / "y.npy"),
-            "--json", str(js), *FAST]
+    argv = [
+        "train",
+        "--data",
+        str(tmp_path / "X.npy"),
+        "--labels",
+        str(tmp_path / "y.npy"),
+        "--json",
+        str(js),
+        *FAST,
+    ]
     assert main(argv) == 0
     cm = np.array(json.loads(js.read_text())["confusion_matrix"])
     assert (cm.sum(axis=1) > 0).all()  # every class is validated
@@ -123,8 +160,16 @@ def test_regression_targets_train_and_predict(tmp_path, capsys):
     t = X @ np.array([0.5, -1.0, 2.0]) + 0.25
     np.savez(tmp_path / "r.npz", X=X, y=t)
     ckpt = tmp_path / "r.npz.model.npz"
-    argv = ["train", "--data", str(tmp_path / "r.npz"), "--save", str(ckpt), *FAST,
-            "--epochs", "30"]
+    argv = [
+        "train",
+        "--data",
+        str(tmp_path / "r.npz"),
+        "--save",
+        str(ckpt),
+        *FAST,
+        "--epochs",
+        "30",
+    ]
     assert main(argv) == 0
     out = capsys.readouterr().out
     r2 = float(out.split("held-out R2")[1].split()[0])
@@ -138,8 +183,18 @@ def test_evaluate_and_predict_use_your_own_file(tmp_path, capsys):
     X, y = blobs(300)
     write_csv(tmp_path / "a.csv", X * 100 + 50, np.array(["x", "y", "z"])[y], target="kind")
     ckpt = tmp_path / "m.safetensors"
-    argv = ["train", "--data", str(tmp_path / "a.csv"), "--target", "kind", "--save", str(ckpt),
-            "--scale", "standard", *FAST]
+    argv = [
+        "train",
+        "--data",
+        str(tmp_path / "a.csv"),
+        "--target",
+        "kind",
+        "--save",
+        str(ckpt),
+        "--scale",
+        "standard",
+        *FAST,
+    ]
     assert main(argv) == 0
     capsys.readouterr()
     assert main(["evaluate", str(ckpt)]) == 2  # trained on your own data: says to pass --data
@@ -149,8 +204,20 @@ def test_evaluate_and_predict_use_your_own_file(tmp_path, capsys):
     for metric in ("held-out accuracy", "loss", "macro precision", "f1", "confusion matrix"):
         assert metric in out  # the metrics fit reports
     assert held_out_accuracy(out) > 0.9  # the saved scaling is applied
-    assert main(["predict", str(ckpt), "--data", str(tmp_path / "a.csv"), "--proba",
-                 "--output", str(tmp_path / "p.csv")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(ckpt),
+                "--data",
+                str(tmp_path / "a.csv"),
+                "--proba",
+                "--output",
+                str(tmp_path / "p.csv"),
+            ]
+        )
+        == 0
+    )
     with open(tmp_path / "p.csv") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["x", "y", "z"] and len(rows) == 301
@@ -212,7 +279,8 @@ def test_notebook_names_and_helpers_are_exported():
     assert fn.SoftmaxWithLoss is fn.SoftmaxCrossEntropy
     assert fn.minibatches is fn.data.minibatches and fn.train_val_split is fn.data.train_val_split
     assert {"Affine", "Relu", "SoftmaxWithLoss", "minibatches", "train_val_split"} <= set(
-        fn.__all__)
+        fn.__all__
+    )
 
 
 def test_softmax_before_softmax_cross_entropy_is_refused():
@@ -227,8 +295,14 @@ def test_softmax_before_softmax_cross_entropy_is_refused():
 def test_linear_dense_before_relu_gets_he():
     from fastnet.layer_stack import fix_default_initializers
 
-    layers = [fn.Affine(8), fn.Relu(), fn.Dense(8, initializer="xavier"), fn.ReLU(),
-              fn.Dense(8), fn.Sigmoid()]
+    layers = [
+        fn.Affine(8),
+        fn.Relu(),
+        fn.Dense(8, initializer="xavier"),
+        fn.ReLU(),
+        fn.Dense(8),
+        fn.Sigmoid(),
+    ]
     assert fix_default_initializers(layers) == [0]
     assert isinstance(layers[0].initializer, fn.He)
     assert isinstance(layers[2].initializer, fn.Xavier)  # chosen by the user: kept
@@ -236,9 +310,16 @@ def test_linear_dense_before_relu_gets_he():
 
 
 # ---------------------------------------------------------------- item 11: NaN flags
-@pytest.mark.parametrize("flag, value", [("--lr", "nan"), ("--lr", "inf"),
-                                         ("--weight-decay", "nan"), ("--dropout", "inf"),
-                                         ("--val-fraction", "nan")])
+@pytest.mark.parametrize(
+    "flag, value",
+    [
+        ("--lr", "nan"),
+        ("--lr", "inf"),
+        ("--weight-decay", "nan"),
+        ("--dropout", "inf"),
+        ("--val-fraction", "nan"),
+    ],
+)
 def test_numeric_flags_refuse_nan_and_inf(flag, value, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["train", flag, value])
@@ -342,15 +423,22 @@ def test_model_checkpoint_creates_folders_and_says_path_once(tmp_path, small_mod
     assert (tmp_path / "runs" / "a" / "m-1.npz").is_file()
     (tmp_path / "file").write_text("x")
     with pytest.raises(OSError, match="ModelCheckpoint path '") as exc:
-        small_model.fit(X, y, epochs=1, verbose=0,
-                        callbacks=[fn.ModelCheckpoint(tmp_path / "file" / "m.npz")])
+        small_model.fit(
+            X, y, epochs=1, verbose=0, callbacks=[fn.ModelCheckpoint(tmp_path / "file" / "m.npz")]
+        )
     assert str(exc.value).count("path") == 1
 
 
 # ---------------------------------------------------------------- item 10: estimators as drop-ins
 def _clf(**kw):
-    params = dict(hidden_layer_sizes=(8,), max_iter=10, random_state=0, backend="numpy",
-                  learning_rate_init=0.1, n_iter_no_change=1000)
+    params = dict(
+        hidden_layer_sizes=(8,),
+        max_iter=10,
+        random_state=0,
+        backend="numpy",
+        learning_rate_init=0.1,
+        n_iter_no_change=1000,
+    )
     return fn.MLPClassifier(**{**params, **kw})
 
 
@@ -394,14 +482,17 @@ def test_convergence_warning_at_max_iter():
         _clf(max_iter=2).fit(X, y)
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"solver": "lbfgs"}, "solver='lbfgs' is not supported"),
-    ({"learning_rate_init": -1.0}, "learning_rate_init must be"),
-    ({"alpha": float("nan")}, "alpha must be"),
-    ({"momentum": 1.5}, "momentum must be"),
-    ({"learning_rate": "optimal"}, "learning_rate='optimal'"),
-    ({"activation": "softplus"}, "activation='softplus'"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"solver": "lbfgs"}, "solver='lbfgs' is not supported"),
+        ({"learning_rate_init": -1.0}, "learning_rate_init must be"),
+        ({"alpha": float("nan")}, "alpha must be"),
+        ({"momentum": 1.5}, "momentum must be"),
+        ({"learning_rate": "optimal"}, "learning_rate='optimal'"),
+        ({"activation": "softplus"}, "activation='softplus'"),
+    ],
+)
 def test_bad_hyperparameters_name_the_estimator_parameter(params, message):
     X, y = blobs(30)
     clf = _clf(**params)

@@ -12,8 +12,14 @@ import fastnet as fn
 
 
 def _model(backend="numpy", bn=True):
-    layers = [fn.Dense(16), fn.BatchNorm1d(), fn.LeakyReLU(0.1), fn.Dropout(0.2),
-              fn.Dense(8, "tanh"), fn.Dense(4)]
+    layers = [
+        fn.Dense(16),
+        fn.BatchNorm1d(),
+        fn.LeakyReLU(0.1),
+        fn.Dropout(0.2),
+        fn.Dense(8, "tanh"),
+        fn.Dense(4),
+    ]
     if not bn:
         layers = [fn.Dense(16, "relu"), fn.Dense(4)]
     model = fn.Sequential(layers, backend=backend, seed=0)
@@ -27,8 +33,9 @@ def test_safetensors_roundtrip(tmp_path, backend):
     path = tmp_path / "m.safetensors"
     model.save(path, extra={"dataset": "blobs"})
     loaded, meta = fn.model.load_model_with_meta(path, backend=backend)
-    np.testing.assert_allclose(loaded.predict_proba(X), model.predict_proba(X), rtol=1e-5,
-                               atol=1e-7)
+    np.testing.assert_allclose(
+        loaded.predict_proba(X), model.predict_proba(X), rtol=1e-5, atol=1e-7
+    )
     assert meta["extra"] == {"dataset": "blobs"}
     assert loaded.arena.groups[0].step == model.arena.groups[0].step
 
@@ -76,8 +83,7 @@ def test_onnx_export_matches_onnxruntime(tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     logits, probabilities = session.run(["logits", "probabilities"], {"input": X[:50]})
     np.testing.assert_allclose(logits, model.predict_raw(X[:50]), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(probabilities, model.predict_proba(X[:50]), rtol=1e-4,
-                               atol=1e-6)
+    np.testing.assert_allclose(probabilities, model.predict_proba(X[:50]), rtol=1e-4, atol=1e-6)
 
 
 def test_cli_export_version_and_help(tmp_path):
@@ -86,8 +92,12 @@ def test_cli_export_version_and_help(tmp_path):
     model.save(tmp_path / "m.npz")
 
     def cli(*args):
-        return subprocess.run([sys.executable, "-m", "fastnet.cli", *args], capture_output=True,
-                              text=True, cwd=tmp_path)
+        return subprocess.run(
+            [sys.executable, "-m", "fastnet.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
 
     run = cli("export", "m.npz", "m.onnx")
     assert run.returncode == 0 and (tmp_path / "m.onnx").exists(), run.stderr

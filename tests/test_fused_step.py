@@ -53,8 +53,7 @@ def test_fused_step_trains_like_the_eager_step(dtype, rtol, optimizer, option):
     weights = data_kw.get("sample_weight")
     y = _targets(y, data_kw.get("one_hot", False), data_kw.get("soft", False))
     eager, fused = (
-        _model(dtype, optimizer=optimizer, loss=fn.SoftmaxCrossEntropy(smoothing))
-        for _ in range(2)
+        _model(dtype, optimizer=optimizer, loss=fn.SoftmaxCrossEntropy(smoothing)) for _ in range(2)
     )
     kw = {"epochs": 2, "batch_size": 64, "verbose": 0, "sample_weight": weights}
     h_eager = eager.fit(X, y, compiled=False, **kw)
@@ -87,10 +86,12 @@ def test_fused_step_follows_state_replaced_between_fits():
 @pytest.mark.parametrize(
     "build, fit_kwargs, reason",
     [
-        (lambda: _model(layers=[fn.Dense(8, "relu"), fn.Dropout(0.5), fn.Dense(4)]), {},
-         "Dense layers only"),
-        (lambda: _model(layers=[fn.Dense(8), fn.ReLU(), fn.Dense(4)]), {},
-         "Dense layers only"),
+        (
+            lambda: _model(layers=[fn.Dense(8, "relu"), fn.Dropout(0.5), fn.Dense(4)]),
+            {},
+            "Dense layers only",
+        ),
+        (lambda: _model(layers=[fn.Dense(8), fn.ReLU(), fn.Dense(4)]), {}, "Dense layers only"),
         (lambda: _model(layers=[fn.Dense(8, "tanh"), fn.Dense(4)]), {}, "tanh"),
     ],
 )

@@ -12,11 +12,22 @@ import pytest
 from fastnet.data import FASHION_MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
-HAVE_FASHION = (Path(os.environ.get("FASTNET_DATA") or FASHION_MNIST_DIR)
-                / "train-images-idx3-ubyte.gz").exists()
-STAGES = {"gpu", "setup", "pytest-cupy", "graph-check", "train-eager-fp32", "train-graph-fp32",
-          "train-graph-tf32", "preset-best", "distributed-mpi", "distributed-nccl",
-          "bench-kernels"}
+HAVE_FASHION = (
+    Path(os.environ.get("FASTNET_DATA") or FASHION_MNIST_DIR) / "train-images-idx3-ubyte.gz"
+).exists()
+STAGES = {
+    "gpu",
+    "setup",
+    "pytest-cupy",
+    "graph-check",
+    "train-eager-fp32",
+    "train-graph-fp32",
+    "train-graph-tf32",
+    "preset-best",
+    "distributed-mpi",
+    "distributed-nccl",
+    "bench-kernels",
+}
 GPU_ONLY = {"gpu", "train-graph-tf32", "distributed-nccl"}
 
 
@@ -31,13 +42,20 @@ def test_stage_results_reads_the_summary_lines():
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not HAVE_FASHION and not os.environ.get("CI"),
-                    reason="dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not HAVE_FASHION and not os.environ.get("CI"), reason="dataset-fashion-mnist is not installed"
+)
 def test_dry_run_passes_every_stage_it_can_run(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYTHON": sys.executable, "TOTAL_S": "240"}
-    proc = subprocess.run(["bash", "bench/gpu_run.sh", str(out), "--dry-run"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", "bench/gpu_run.sh", str(out), "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     summary = (out / "summary.txt").read_text()
     results = stage_results(summary)
     assert set(results) == STAGES, summary

@@ -12,8 +12,10 @@ pytestmark = pytest.mark.skipif(not probe("numba").available, reason="numba unav
 
 def _pair(loss="softmax_cross_entropy", acts=("relu", "tanh"), outputs=4):
     layers = lambda: [fn.Dense(16, acts[0]), fn.Dense(8, acts[1]), fn.Dense(outputs)]  # noqa: E731
-    models = [fn.Sequential(layers(), loss=loss, backend=b, seed=0, dtype="float64").build(6)
-              for b in ("numpy", "numba")]
+    models = [
+        fn.Sequential(layers(), loss=loss, backend=b, seed=0, dtype="float64").build(6)
+        for b in ("numpy", "numba")
+    ]
     return models
 
 
@@ -25,8 +27,9 @@ def test_fused_inference_matches_the_reference(loss, outputs, rows):
     X.setflags(write=False)  # e.g. a memory map
     np.testing.assert_allclose(fused.predict_raw(X), ref.predict_raw(X), rtol=1e-12, atol=1e-12)
     if loss != "mse":
-        np.testing.assert_allclose(fused.predict_proba(X), ref.predict_proba(X), rtol=1e-12,
-                                   atol=1e-14)
+        np.testing.assert_allclose(
+            fused.predict_proba(X), ref.predict_proba(X), rtol=1e-12, atol=1e-14
+        )
     if loss == "mse":
         np.testing.assert_allclose(fused.predict(X), ref.predict(X), rtol=1e-12, atol=1e-12)
     else:

@@ -18,8 +18,9 @@ def _blobs(n=240, d=6, k=3, seed=0):
 
 
 def _model(**kw):
-    return fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], optimizer=fn.Adam(0.02),
-                         backend="numpy", seed=0, **kw)
+    return fn.Sequential(
+        [fn.Dense(8, "relu"), fn.Dense(3)], optimizer=fn.Adam(0.02), backend="numpy", seed=0, **kw
+    )
 
 
 def test_validation_split_holds_out_a_shuffled_stratified_fraction():
@@ -82,8 +83,9 @@ def test_monitored_names_are_checked_before_training():
     X, y = _blobs()
     model = _model()
     with pytest.raises(ValueError, match="'val_acc'.*valid names: .*val_accuracy"):
-        model.fit(X, y, epochs=3, verbose=0, validation_split=0.2,
-                  callbacks=[fn.EarlyStopping("val_acc")])
+        model.fit(
+            X, y, epochs=3, verbose=0, validation_split=0.2, callbacks=[fn.EarlyStopping("val_acc")]
+        )
     with pytest.raises(ValueError, match="validation_data or validation_split"):
         model.fit(X, y, epochs=3, verbose=0, callbacks=[fn.ReduceLROnPlateau("val_loss")])
     assert not model.built
@@ -93,8 +95,14 @@ def test_regression_reports_mae_rmse_r2_never_accuracy(capsys):
     r = np.random.default_rng(0)
     X = r.normal(size=(300, 4))
     y = X @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.1 * r.normal(size=300)
-    model = fn.Sequential([fn.Dense(16, "relu"), fn.Dense(1)], loss="mse", backend="numpy",
-                          optimizer=fn.Adam(0.01), seed=0, dtype="float64")
+    model = fn.Sequential(
+        [fn.Dense(16, "relu"), fn.Dense(1)],
+        loss="mse",
+        backend="numpy",
+        optimizer=fn.Adam(0.01),
+        seed=0,
+        dtype="float64",
+    )
     hist = model.fit(X, y, epochs=40, verbose=2, validation_split=0.2)
     out = capsys.readouterr().out
     assert "acc" not in out and "val_mae" in out and "val_r2" in out
@@ -113,8 +121,7 @@ def test_user_metrics_are_logged_on_validation_data():
     def balanced_error(y_true, proba):
         return float((proba.argmax(1) != y_true).mean())
 
-    hist = _model().fit(X, y, epochs=2, verbose=0, validation_split=0.25,
-                        metrics=[balanced_error])
+    hist = _model().fit(X, y, epochs=2, verbose=0, validation_split=0.25, metrics=[balanced_error])
     assert hist["val_balanced_error"][-1] == pytest.approx(1 - hist["val_accuracy"][-1])
     with pytest.raises(ValueError, match="validation data"):
         _model().fit(X, y, epochs=1, verbose=0, metrics=[balanced_error])
@@ -133,8 +140,11 @@ def test_leaky_relu_takes_any_slope_with_the_exact_gradient(alpha):
         for layer, inp in zip(model.layers, inputs):
             result = check_layer(layer, inp)
             assert result.ok, (alpha, layer, result)
-    y = fn.Sequential([fn.Dense(3, "leaky_relu", alpha=alpha)], backend="numpy",
-                      seed=0).build(5).forward(np.array([[1.0] * 5], np.float32))
+    y = (
+        fn.Sequential([fn.Dense(3, "leaky_relu", alpha=alpha)], backend="numpy", seed=0)
+        .build(5)
+        .forward(np.array([[1.0] * 5], np.float32))
+    )
     assert y.shape == (1, 3)
     with pytest.raises(ValueError, match="finite number"):
         fn.LeakyReLU(float("nan"))

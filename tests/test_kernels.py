@@ -154,8 +154,9 @@ class Group:
         be.advance_scalars(self.s, self.norm_sq, rule.scalar_constants())
         n_decay = int(np.prod(self.p.shape)) // 2
         wd = 0.0 if rule.decoupled else rule.weight_decay
-        be.update(rule, self.p, g, self.slots, self.s, rule.constants(), n_decay, wd,
-                  rule.clip_value)
+        be.update(
+            rule, self.p, g, self.slots, self.s, rule.constants(), n_decay, wd, rule.clip_value
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -364,6 +365,7 @@ def test_numba_update_kernels_vectorize_every_loop(name):
     from numba import njit
 
     fresh = njit(**{**numba_cpu.SERIAL, "cache": False})(getattr(numba_cpu, name).py_func)
+
     def ones(shape):
         return np.ones(shape, np.float32)
 

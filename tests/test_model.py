@@ -462,13 +462,23 @@ def test_mlp_builder_layers_and_build():
     hidden width, a linear output layer; built only when the input width is given."""
     model = fn.mlp(None, (6, 4), 3, "tanh", dropout=0.2, seed=0, backend="numpy")
     assert [type(layer).__name__ for layer in model.layers] == [
-        "Dense", "Dropout", "Dense", "Dropout", "Dense"]
+        "Dense",
+        "Dropout",
+        "Dense",
+        "Dropout",
+        "Dense",
+    ]
     assert not model.built and model.layers[0].activation == "tanh"
     bn = fn.mlp(5, (6,), 2, "relu", batch_norm=True, loss="mean_squared_error", seed=0)
-    assert [type(layer).__name__ for layer in bn.layers] == ["Dense", "BatchNorm1d", "ReLU",
-                                                             "Dense"]
+    assert [type(layer).__name__ for layer in bn.layers] == [
+        "Dense",
+        "BatchNorm1d",
+        "ReLU",
+        "Dense",
+    ]
     assert bn.built and bn.output_dim == 2 and bn.loss.name == "mean_squared_error"
-    same = fn.Sequential([fn.Dense(6), fn.BatchNorm1d(), fn.ReLU(), fn.Dense(2)],
-                         loss="mean_squared_error", seed=0).build(5)
+    same = fn.Sequential(
+        [fn.Dense(6), fn.BatchNorm1d(), fn.ReLU(), fn.Dense(2)], loss="mean_squared_error", seed=0
+    ).build(5)
     for a, b in zip(bn.parameters(), same.parameters()):
         np.testing.assert_array_equal(bn.backend.to_numpy(a.value), same.backend.to_numpy(b.value))

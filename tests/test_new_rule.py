@@ -48,15 +48,20 @@ def _lion_kernels():
             p[i] = pi - step * (one if c > 0 else (-one if c < 0 else c - c))
             mi = beta2 * m[i] + (one - beta2) * gi
             m[i] = mi if abs(mi) >= tiny else mi - mi
+
     return lion_update, lion_update
 
 
 def _train(backend):
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((120, 6)), rng.integers(0, 3, 120)
-    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)],
-                          optimizer=Lion(1e-2, weight_decay=0.1), backend=backend,
-                          dtype="float64", seed=1)
+    model = fn.Sequential(
+        [fn.Dense(8, "relu"), fn.Dense(3)],
+        optimizer=Lion(1e-2, weight_decay=0.1),
+        backend=backend,
+        dtype="float64",
+        seed=1,
+    )
     model.fit(X, y, epochs=2, batch_size=32, verbose=0)
     return model
 

@@ -12,8 +12,9 @@ STEPS = 6
 
 
 def _gradients(rng, scale=1.0):
-    return [(rng.standard_normal((3, 4)) * scale, rng.standard_normal(4) * scale)
-            for _ in range(STEPS)]
+    return [
+        (rng.standard_normal((3, 4)) * scale, rng.standard_normal(4) * scale) for _ in range(STEPS)
+    ]
 
 
 def _fastnet_trajectory(backend, optimizer, W0, b0, grads):
@@ -31,8 +32,9 @@ def _fastnet_trajectory(backend, optimizer, W0, b0, grads):
     return out
 
 
-def _reference_adamw(W0, b0, grads, lr, wd, clip_norm=None, clip_value=None,
-                     b1=0.9, b2=0.999, eps=1e-8):
+def _reference_adamw(
+    W0, b0, grads, lr, wd, clip_norm=None, clip_value=None, b1=0.9, b2=0.999, eps=1e-8
+):
     """torch.optim.AdamW's documented algorithm, after clip_grad_norm_ / clip_grad_value_;
     decay on the weight matrix only (the bias is in a no-decay group)."""
     params = [W0.copy(), b0.copy()]
@@ -76,8 +78,9 @@ def _reference_sgd_clipped(W0, b0, grads, lr, clip_norm=None, clip_value=None, w
     return out
 
 
-@pytest.mark.parametrize("clip", [{}, {"clip_norm": 0.5}, {"clip_value": 0.3},
-                                  {"clip_norm": 0.5, "clip_value": 0.3}])
+@pytest.mark.parametrize(
+    "clip", [{}, {"clip_norm": 0.5}, {"clip_value": 0.3}, {"clip_norm": 0.5, "clip_value": 0.3}]
+)
 def test_adamw_matches_its_published_rule(backend, clip):
     rng = np.random.default_rng(0)
     W0, b0 = rng.standard_normal((3, 4)), rng.standard_normal(4)
@@ -131,11 +134,13 @@ def test_adamw_and_clipping_match_pytorch(backend, clip):
     b0 = rng.standard_normal(4).astype(np.float32)
     grads = [(g.astype(np.float32), h.astype(np.float32)) for g, h in _gradients(rng, 2.0)] * 3
     tW, tb = torch.tensor(W0, requires_grad=True), torch.tensor(b0, requires_grad=True)
-    opt = torch.optim.AdamW([{"params": [tW], "weight_decay": 0.1},
-                             {"params": [tb], "weight_decay": 0.0}], lr=0.01)
+    opt = torch.optim.AdamW(
+        [{"params": [tW], "weight_decay": 0.1}, {"params": [tb], "weight_decay": 0.0}], lr=0.01
+    )
     layer = fn.Dense(4)
-    model = fn.Sequential([layer], optimizer=fn.AdamW(0.01, weight_decay=0.1, **clip),
-                          backend=backend)
+    model = fn.Sequential(
+        [layer], optimizer=fn.AdamW(0.01, weight_decay=0.1, **clip), backend=backend
+    )
     model.build(3)
     layer.W.value[...] = backend.asarray(W0)
     layer.b.value[...] = backend.asarray(b0)
@@ -147,10 +152,12 @@ def test_adamw_and_clipping_match_pytorch(backend, clip):
         layer.W.grad[...] = backend.asarray(gW)
         layer.b.grad[...] = backend.asarray(gb)
         model.apply_gradients()
-    np.testing.assert_allclose(backend.to_numpy(layer.W.value), tW.detach().numpy(), rtol=1e-5,
-                               atol=1e-6)
-    np.testing.assert_allclose(backend.to_numpy(layer.b.value), tb.detach().numpy(), rtol=1e-5,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        backend.to_numpy(layer.W.value), tW.detach().numpy(), rtol=1e-5, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        backend.to_numpy(layer.b.value), tb.detach().numpy(), rtol=1e-5, atol=1e-6
+    )
 
 
 def _softmax_reference(z, labels, w, smoothing=0.0):
@@ -172,8 +179,9 @@ def test_weighted_softmax_matches_float64_reference(backend, smoothing):
         w = rng.random(33) * 3
         loss_fn = fn.SoftmaxCrossEntropy(label_smoothing=smoothing)
         loss_fn.build(backend)
-        loss, grad = loss_fn(backend.asarray(z), backend.asarray(labels),
-                             backend.asarray(w.astype(dtype)))
+        loss, grad = loss_fn(
+            backend.asarray(z), backend.asarray(labels), backend.asarray(w.astype(dtype))
+        )
         want_loss, want_grad = _softmax_reference(z.astype(np.float64), labels, w, smoothing)
         assert float(loss) == pytest.approx(want_loss, rel=tol, abs=tol)
         np.testing.assert_allclose(backend.to_numpy(grad), want_grad, rtol=tol * 10, atol=tol)
@@ -201,8 +209,9 @@ def test_sample_and_class_weights_in_fit(backend):
     y = (X[:, 0] + 0.3 * rng.standard_normal(400) > 1.0).astype(int)  # class 1 is rare
 
     def fitted(**weights):
-        model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(2)], backend=backend, seed=0,
-                              optimizer=fn.Adam(0.02))
+        model = fn.Sequential(
+            [fn.Dense(8, "relu"), fn.Dense(2)], backend=backend, seed=0, optimizer=fn.Adam(0.02)
+        )
         model.fit(X, y, epochs=15, batch_size=64, verbose=0, **weights)
         return model
 
@@ -214,8 +223,11 @@ def test_sample_and_class_weights_in_fit(backend):
     np.testing.assert_array_equal(same.predict_raw(X), plain.predict_raw(X))
     model = fitted(sample_weight=np.where(y == 1, 6.0, 1.0))
     assert (model.predict(X)[y == 1] == 1).mean() > rare_recall[0]
-    for bad, match in ((np.ones(3), "sample_weight"), (-np.ones(400), "non-negative"),
-                       (np.zeros(400), "non-zero")):
+    for bad, match in (
+        (np.ones(3), "sample_weight"),
+        (-np.ones(400), "non-negative"),
+        (np.zeros(400), "non-zero"),
+    ):
         fresh = fn.Sequential([fn.Dense(2)], backend=backend)
         with pytest.raises(ValueError, match=match):
             fresh.fit(X, y, epochs=1, verbose=0, sample_weight=bad)

@@ -59,9 +59,20 @@ def test_wheel_installs_with_core_dependencies_only(tmp_path):
 
     wheel_dir = tmp_path / "dist"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         "-w", str(wheel_dir), str(ROOT)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheel_dir),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert build.returncode == 0, build.stderr[-2000:]
     (wheel,) = wheel_dir.glob("fastnet_mlp-*.whl")
@@ -73,7 +84,8 @@ def test_wheel_installs_with_core_dependencies_only(tmp_path):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", str(wheel)], capture_output=True,
+        [str(python), "-m", "pip", "install", "--quiet", str(wheel)],
+        capture_output=True,
         text=True,
     )
     assert install.returncode == 0, install.stderr[-2000:]

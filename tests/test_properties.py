@@ -100,8 +100,11 @@ def test_resigned_mutations_are_rejected_or_safe(checkpoint, tmp_path, backend, 
             arrays[key] = np.ones(shape, np.float32)
         elif kind == "dtype" and key in arrays:
             arrays[key] = np.zeros(arrays[key].shape, more.draw(_DTYPES))
-        elif kind == "value" and key in arrays and arrays[key].size and (
-            arrays[key].dtype.kind in "biuf"
+        elif (
+            kind == "value"
+            and key in arrays
+            and arrays[key].size
+            and (arrays[key].dtype.kind in "biuf")
         ):
             value = more.draw(st.sampled_from([np.nan, np.inf, -np.inf, -1e30, 1e30, -1.0]))
             arr = arrays[key].astype(np.float64).copy()

@@ -80,7 +80,6 @@ class Backend:
         block open in this context."""
         note_kernel(self._kernel_report, op, impl)
 
-
     # ------------------------------------------------------------------ arrays and transfers
 
     def is_native(self, x: Any) -> bool:
@@ -162,8 +161,10 @@ class Backend:
     def check_policy(self, policy: str) -> None:
         """Raise if this backend cannot train with the precision ``policy``
         ("mixed_bfloat16"/"mixed_float16": half-precision compute, float32 master weights)."""
-        raise ValueError(f"dtype={policy!r} needs the cupy backend: {self.name} has no half-"
-                         "precision kernels faster than float32 (use dtype='float32')")
+        raise ValueError(
+            f"dtype={policy!r} needs the cupy backend: {self.name} has no half-"
+            "precision kernels faster than float32 (use dtype='float32')"
+        )
 
     def graph_capture_reason(self) -> str:
         """Why training steps cannot be captured in graphs here ("" if they can)."""
@@ -176,8 +177,16 @@ class Backend:
         self.record_kernel("matmul", "blas")
         return self.xp.matmul(a, b, out=out)
 
-    def linear(self, x: Any, w: Any, b: Any, activation: Act, alpha: float = 0.01, out: Any = None,
-               precision: str = "fp32") -> Any:
+    def linear(
+        self,
+        x: Any,
+        w: Any,
+        b: Any,
+        activation: Act,
+        alpha: float = 0.01,
+        out: Any = None,
+        precision: str = "fp32",
+    ) -> Any:
         """``act(x @ w + b)`` into ``out``; ``b`` may be None."""
         return self.bias_act(self.matmul(x, w, out, precision), b, activation, alpha)
 
@@ -188,9 +197,21 @@ class Backend:
             z += b
         return self._activate_inplace(z, activation, alpha)
 
-    def linear_backward(self, x: Any, w: Any, y: Any, dy: Any, activation: Act, alpha: float,
-                        dw: Any, db: Any, dx: Any = None, need_dx: bool = True, dz: Any = None,
-                        precision: str = "fp32") -> Any:
+    def linear_backward(
+        self,
+        x: Any,
+        w: Any,
+        y: Any,
+        dy: Any,
+        activation: Act,
+        alpha: float,
+        dw: Any,
+        db: Any,
+        dx: Any = None,
+        need_dx: bool = True,
+        dz: Any = None,
+        precision: str = "fp32",
+    ) -> Any:
         """Gradients of ``y = act(x @ w + b)``: writes ``dw``, ``db`` (if not None), returns dx.
         ``dz`` is an optional scratch buffer shaped like ``dy``."""
         dz = self.act_backward_bias(y, dy, activation, alpha, dz, db)
@@ -375,8 +396,18 @@ class Backend:
         s[4:5] = 1 - lr * decoupled_wd
         s[5:6] = xp.minimum(1.0, clip_norm / (xp.sqrt(norm_sq) + 1e-6)) if clip_norm else 1.0
 
-    def update(self, rule: Any, p: Any, g: Any, slots: tuple, s: Any, constants: tuple,
-               n_decay: int, wd: float, clip_value: float | None) -> None:
+    def update(
+        self,
+        rule: Any,
+        p: Any,
+        g: Any,
+        slots: tuple,
+        s: Any,
+        constants: tuple,
+        n_decay: int,
+        wd: float,
+        clip_value: float | None,
+    ) -> None:
         """One step of update ``rule`` over a flat parameter group ``p`` and its state
         ``slots``, in place. The gradient is first multiplied by the device clip scale,
         clipped to ``[-clip_value, clip_value]``, and gets L2 decay ``wd * p`` on the leading

@@ -98,8 +98,10 @@ class CupyBackend(Backend):
         dst.set(src)
 
     def check_policy(self, policy: str) -> None:
-        raise NotImplementedError(f"dtype={policy!r}: the cupy mixed-precision kernels (bf16/fp16 "
-                                  "GEMMs, fp32 master weights, loss scaling) are not built yet")
+        raise NotImplementedError(
+            f"dtype={policy!r}: the cupy mixed-precision kernels (bf16/fp16 "
+            "GEMMs, fp32 master weights, loss scaling) are not built yet"
+        )
 
     def graph_capture_reason(self) -> str:
         """Why training steps cannot be captured in CUDA graphs here ("" if they can)."""
@@ -159,7 +161,8 @@ class CupyBackend(Backend):
         if (
             db is None
             or y.ndim != 2
-            or not y.shape == dy.shape == dz.shape or db.shape != (y.shape[1],)
+            or not y.shape == dy.shape == dz.shape
+            or db.shape != (y.shape[1],)
             or not contiguous_floats(y, dy, dz, db)
         ):
             return super().act_backward_bias(y, dy, activation, alpha, dz, db)
@@ -218,8 +221,10 @@ class CupyBackend(Backend):
             labels, targets = xp.ascontiguousarray(labels, dtype=np.int64), None
         if weights is not None:
             weights = xp.ascontiguousarray(weights, dtype=logits.dtype)
-        if dlogits is None or dlogits.shape != logits.shape or not contiguous_floats(
-            logits, dlogits
+        if (
+            dlogits is None
+            or dlogits.shape != logits.shape
+            or not contiguous_floats(logits, dlogits)
         ):
             dlogits = xp.empty_like(logits)
         out = xp.zeros((1,), np.float64) if loss_out is None else loss_out
@@ -249,8 +254,18 @@ class CupyBackend(Backend):
         return hits[0] if out is None else out
 
     # ------------------------------------------------------------------ optimizer updates
-    def update(self, rule: Any, p: Any, g: Any, slots: tuple, s: Any, constants: tuple,
-               n_decay: int, wd: float, clip_value: float | None) -> None:
+    def update(
+        self,
+        rule: Any,
+        p: Any,
+        g: Any,
+        slots: tuple,
+        s: Any,
+        constants: tuple,
+        n_decay: int,
+        wd: float,
+        clip_value: float | None,
+    ) -> None:
         """One ElementwiseKernel launch over a flat arena group (``kernels.cupy_gpu``'s
         ``UPDATE_RULES``), reading the step's scalars from the device array ``s``; the
         reference for rules without a kernel."""
@@ -260,8 +275,15 @@ class CupyBackend(Backend):
         t = p.dtype.type
         clip = np.inf if clip_value is None else clip_value
         self.k.update_kernel(rule.kernel)(
-            g, *map(t, constants), s, t(wd), np.int64(n_decay), t(clip),
-            t(np.finfo(p.dtype).tiny), p, *slots
+            g,
+            *map(t, constants),
+            s,
+            t(wd),
+            np.int64(n_decay),
+            t(clip),
+            t(np.finfo(p.dtype).tiny),
+            p,
+            *slots,
         )
         self.record_kernel(f"update_{rule.kernel}", "cuda-fused")
 

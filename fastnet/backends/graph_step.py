@@ -54,8 +54,11 @@ class GraphedStep:
         if n > self.batch_size:
             raise ValueError(f"batch of {n} rows exceeds the captured {self.batch_size}")
         if (wb is None) != (self.wb is None):
-            raise ValueError("the step was compiled for " + ("" if self.wb is None else "un")
-                             + "weighted batches")
+            raise ValueError(
+                "the step was compiled for "
+                + ("" if self.wb is None else "un")
+                + "weighted batches"
+            )
         x, y, w = self.batch_buffers(n)  # type: ignore[misc]
         for src, dst in ((xb, x), (yb, y), (wb, w)):
             if src is not None and src is not dst:

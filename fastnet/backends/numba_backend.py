@@ -20,10 +20,16 @@ def _blas_ready(a: Any, b: Any, out: Any) -> bool:
     dtype, ``a`` and ``b`` C- or F-contiguous (transposed views), ``out`` C-contiguous."""
     if out is None or not (a.ndim == b.ndim == out.ndim == 2):
         return False
-    operands = all(x.dtype == out.dtype and (x.flags.c_contiguous or x.flags.f_contiguous)
-                   for x in (a, b))
-    return (operands and out.dtype in FLOAT_DTYPES and out.flags.c_contiguous
-            and a.shape[1] == b.shape[0] and out.shape == (a.shape[0], b.shape[1]))
+    operands = all(
+        x.dtype == out.dtype and (x.flags.c_contiguous or x.flags.f_contiguous) for x in (a, b)
+    )
+    return (
+        operands
+        and out.dtype in FLOAT_DTYPES
+        and out.flags.c_contiguous
+        and a.shape[1] == b.shape[0]
+        and out.shape == (a.shape[0], b.shape[1])
+    )
 
 
 def _parallel_min_updates() -> int:
@@ -116,7 +122,6 @@ class NumbaBackend(Backend):
         self.record_kernel("act_backward_bias", "numba-fused")
         return dz
 
-
     # ------------------------------------------------------------------ activations
     def activation(self, x: Any, activation: Act, alpha: float = 0.01, out: Any = None) -> Any:
         if out is None:
@@ -161,20 +166,30 @@ class NumbaBackend(Backend):
         ``predict`` costs beyond the matmuls is one dispatch, not one per op."""
         layers = plan.dense_layers()
         softmax = probabilities and plan.loss.predictions == "softmax"
-        if (layers is None or x.ndim != 2 or not contiguous_floats(x)
-                or x.dtype != np.dtype(plan.dtype)
-                or (probabilities and plan.loss.predictions not in ("softmax", "identity"))):
+        if (
+            layers is None
+            or x.ndim != 2
+            or not contiguous_floats(x)
+            or x.dtype != np.dtype(plan.dtype)
+            or (probabilities and plan.loss.predictions not in ("softmax", "identity"))
+        ):
             return None
         key = (id(plan), x.dtype)
         if self._infer_args.get("key") != key:  # the plan's arrays, once per plan
             dtype = x.dtype
-            biases = tuple(np.zeros(layer.weight.shape[1], dtype) if layer.bias is None
-                           else layer.bias for layer in layers)
+            biases = tuple(
+                np.zeros(layer.weight.shape[1], dtype) if layer.bias is None else layer.bias
+                for layer in layers
+            )
             self._infer_args = {
-                "key": key, "plan": plan,
-                "args": (tuple(layer.weight for layer in layers), biases,
-                         tuple(int(layer.activation) for layer in layers),
-                         tuple(dtype.type(layer.alpha) for layer in layers)),
+                "key": key,
+                "plan": plan,
+                "args": (
+                    tuple(layer.weight for layer in layers),
+                    biases,
+                    tuple(int(layer.activation) for layer in layers),
+                    tuple(dtype.type(layer.alpha) for layer in layers),
+                ),
             }
         self.record_kernel("matmul", "blas (numba, fused inference)")
         return self.k.dense_forward(x, *self._infer_args["args"], softmax)
@@ -215,15 +230,18 @@ class NumbaBackend(Backend):
             )
         logits = np.ascontiguousarray(logits)
         n = logits.shape[0]
-        if dlogits is None or dlogits.shape != logits.shape or not contiguous_floats(
-            logits, dlogits
+        if (
+            dlogits is None
+            or dlogits.shape != logits.shape
+            or not contiguous_floats(logits, dlogits)
         ):
             dlogits = np.empty_like(logits)
         t = logits.dtype.type
         w = self._empty((0,), logits.dtype) if weights is None else np.ascontiguousarray(weights, t)
         kernel = self._pick(self.k.softmax_xent, self.k.softmax_xent_parallel, logits)
-        total = kernel(logits, *pair, dlogits, t(1.0 / n), logits.dtype == np.float32, w,
-                       t(label_smoothing))
+        total = kernel(
+            logits, *pair, dlogits, t(1.0 / n), logits.dtype == np.float32, w, t(label_smoothing)
+        )
         self.record_kernel("softmax_xent", "numba-fused")
         if loss_out is None:
             return t(total / n), dlogits
@@ -231,8 +249,12 @@ class NumbaBackend(Backend):
         return loss_out, dlogits
 
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
-        if not (logits.ndim == 2 and labels.shape[:1] == logits.shape[:1] and labels.ndim in (1, 2)
-                and (labels.ndim == 1 or labels.shape == logits.shape)):
+        if not (
+            logits.ndim == 2
+            and labels.shape[:1] == logits.shape[:1]
+            and labels.ndim in (1, 2)
+            and (labels.ndim == 1 or labels.shape == logits.shape)
+        ):
             return super().count_correct(logits, labels, out)
         logits = np.ascontiguousarray(logits)
         if labels.ndim == 1:
@@ -265,14 +287,33 @@ class NumbaBackend(Backend):
         return FusedDenseStep(model, batch_size, plan, spec), FusedDenseStep.description
 
     # ------------------------------------------------------------------ optimizer updates
-    def update(self, rule: Any, p: Any, g: Any, slots: tuple, s: Any, constants: tuple,
-               n_decay: int, wd: float, clip_value: float | None) -> None:
+    def update(
+        self,
+        rule: Any,
+        p: Any,
+        g: Any,
+        slots: tuple,
+        s: Any,
+        constants: tuple,
+        n_decay: int,
+        wd: float,
+        clip_value: float | None,
+    ) -> None:
         """``kernels.numba_cpu.<rule.kernel>_update`` over the flat group, scalars in the
         parameter dtype; the reference for rules without a kernel and for other layouts or
         dtypes, which the unchecked kernels must never see. The checked, typed arguments are
         kept per group (an arena's buffers never move), so a step pays one lookup."""
-        key = (rule.kernel, id(p), id(g), *map(id, slots), id(s), constants, n_decay, wd,
-               clip_value)
+        key = (
+            rule.kernel,
+            id(p),
+            id(g),
+            *map(id, slots),
+            id(s),
+            constants,
+            n_decay,
+            wd,
+            clip_value,
+        )
         call = self._update_calls.get(key)
         if call is None:
             call = self._update_call(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
@@ -284,8 +325,18 @@ class NumbaBackend(Backend):
         call[0](*call[1])
         self.record_kernel(f"update_{rule.kernel}", "numba-fused")
 
-    def _update_call(self, rule: Any, p: Any, g: Any, slots: tuple, s: Any, constants: tuple,
-                     n_decay: int, wd: float, clip_value: float | None) -> tuple:
+    def _update_call(
+        self,
+        rule: Any,
+        p: Any,
+        g: Any,
+        slots: tuple,
+        s: Any,
+        constants: tuple,
+        n_decay: int,
+        wd: float,
+        clip_value: float | None,
+    ) -> tuple:
         """(kernel, arguments) of an update, or () where the reference must run. Holds the
         arrays themselves, so their ids in the cache key stay theirs."""
         serial = getattr(self.k, f"{rule.kernel}_update", None) if rule.kernel else None
@@ -298,8 +349,15 @@ class NumbaBackend(Backend):
         t = p.dtype.type
         clip = np.inf if clip_value is None else clip_value
         flat = [a.reshape(-1) for a in arrays]  # C-contiguous: views, written in place
-        args = (*flat, s, *map(t, constants), t(wd), min(max(int(n_decay), 0), size), t(clip),
-                t(np.finfo(p.dtype).tiny))
+        args = (
+            *flat,
+            s,
+            *map(t, constants),
+            t(wd),
+            min(max(int(n_decay), 0), size),
+            t(clip),
+            t(np.finfo(p.dtype).tiny),
+        )
         return kernel, args
 
     def advance_scalars(self, s: Any, norm_sq: Any, constants: tuple) -> None:

@@ -93,8 +93,23 @@ class FusedDenseStep:
             labels, targets = self.no_labels, np.ascontiguousarray(yb, self.dtype)
         w = self.no_weights if wb is None else np.ascontiguousarray(wb, self.dtype)
         self.model.arena.write_lr()
-        self.kernel(x, labels, targets, w, self.smoothing, self.weights, self.biases, self.codes,
-                    self.alphas, self.outs, self.dzs, self.dxs, self.dws, self.dbs, self.totals)
+        self.kernel(
+            x,
+            labels,
+            targets,
+            w,
+            self.smoothing,
+            self.weights,
+            self.biases,
+            self.codes,
+            self.alphas,
+            self.outs,
+            self.dzs,
+            self.dxs,
+            self.dws,
+            self.dbs,
+            self.totals,
+        )
         self.model.arena.update()
 
     def end_epoch(self) -> tuple[Any, Any]:
