@@ -128,7 +128,15 @@ class Sequential(Trainer):
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
 
-    def summary(self) -> str:
+    def summary(self, print_fn: Any = print) -> str:
+        """Print the layers, output widths and parameter counts, the loss and the optimizer
+        (as Keras's ``summary``; ``print_fn=None`` prints nothing); returns the text too."""
+        text = self._summary_text()
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
+    def _summary_text(self) -> str:
         lines = [f"Sequential on {self.backend.name} ({self.dtype})"]
         total = 0
         for i, layer in enumerate(self.layers):
@@ -248,14 +256,21 @@ class Sequential(Trainer):
         """Predicted class indices for classifiers, raw outputs otherwise (NumPy)."""
         return self.loss.predict_labels(self.predict_raw(X))
 
-    def evaluate(self, X: Any, y: Any, top_k: int | None = 5) -> dict[str, float]:
-        """Mean loss and accuracy (NaN where undefined) on ``(X, y)``; for softmax classifiers
-        also macro ``precision``, ``recall``, ``f1`` and ``top{k}_accuracy`` (k < classes)."""
+    def evaluate(
+        self, X: Any, y: Any, top_k: int | None = 5, metrics: Sequence[Any] = ()
+    ) -> dict[str, float]:
+        """The metrics ``fit`` reports on validation data, on ``(X, y)``: the loss; accuracy,
+        macro ``precision``/``recall``/``f1`` and ``top{k}_accuracy`` (k < classes) for
+        softmax classifiers, accuracy for sigmoid ones; ``mae``/``rmse``/``r2`` for
+        regression; and each of ``metrics`` (``f(y_true, y_pred) -> float``) by its name."""
+        from fastnet.metrics import check_metrics
+
         self._require_built()
+        metric_fns = check_metrics(metrics)
         Xd = self._features(X, "X")
         yd = self._targets(y, "y", Xd.shape[0], self.output_dim)
         with record_kernels(self.backend):
-            return self._evaluate_device(Xd, yd, top_k)
+            return self._evaluate_device(Xd, yd, top_k, metrics=metric_fns)
 
     def confusion_matrix(self, X: Any, y: Any) -> np.ndarray:
         """Counts of true class (rows) against predicted class (columns) on ``(X, y)``."""
@@ -391,7 +406,7 @@ class Sequential(Trainer):
         self.stop_reason = saved["stop_reason"]
 
     def __repr__(self) -> str:
-        return self.summary()
+        return self._summary_text()
 
 
 def save_model(model: Sequential, path: str | os.PathLike, extra: dict | None = None) -> None:

@@ -148,3 +148,23 @@ def test_leaky_relu_takes_any_slope_with_the_exact_gradient(alpha):
     assert y.shape == (1, 3)
     with pytest.raises(ValueError, match="finite number"):
         fn.LeakyReLU(float("nan"))
+
+
+def test_summary_prints_like_keras(capsys):
+    model = _model().build(6)
+    text = model.summary()
+    assert "total params=" in capsys.readouterr().out and "total params=" in text
+    model.summary(print_fn=None)
+    assert capsys.readouterr().out == ""
+
+
+def test_evaluate_takes_user_metrics():
+    X, y = _blobs()
+    model = _model()
+    model.fit(X, y, epochs=3, verbose=0)
+
+    def error_rate(y_true, proba):
+        return float((proba.argmax(1) != y_true).mean())
+
+    scores = model.evaluate(X, y, metrics=[error_rate])
+    assert scores["error_rate"] == pytest.approx(1 - scores["accuracy"])
