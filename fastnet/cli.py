@@ -582,12 +582,11 @@ def _report(
     """Print the metrics ``fit`` reports on (X, y): loss and accuracy (R2 for regression),
     macro precision / recall / F1, top-5 accuracy and the confusion matrix by class name."""
     metrics = model.evaluate(X, y)
-    if model.loss.name != "softmax_cross_entropy":
-        pred = model.predict_raw(X).astype(np.float64)
-        t = np.asarray(y, np.float64).reshape(pred.shape)
-        r2 = 1 - ((t - pred) ** 2).sum() / max(((t - t.mean(0)) ** 2).sum(), 1e-300)
-        metrics["r2"] = float(r2)
-        say(f"{prefix}{held} loss (MSE) {metrics['loss']:.4f}  {held} R2 {r2:.4f}")
+    if not model.loss.multiclass:  # regression: evaluate reports MAE, RMSE and R2
+        say(
+            f"{prefix}{held} loss (MSE) {metrics['loss']:.4f}  {held} R2 {metrics['r2']:.4f}  "
+            f"MAE {metrics['mae']:.4f}  RMSE {metrics['rmse']:.4f}"
+        )
         return {"test": metrics, "confusion_matrix": None}
     say(f"{prefix}{held} accuracy {metrics['accuracy']:.4f}  {held} loss {metrics['loss']:.4f}")
     cm = model.confusion_matrix(X, y)
@@ -727,7 +726,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         check_writable(args.output, "--output")
     model, meta = load_model_with_meta(args.checkpoint, backend=args.backend)
     X, _, encoding = _model_data(args, meta, need_target=False)
-    classify = model.loss.name == "softmax_cross_entropy"
+    classify = model.loss.multiclass
     if args.proba and not classify:
         raise ValueError(f"--proba needs a classifier; {args.checkpoint} is a regression model")
     names = encoding.names() if encoding else [str(i) for i in range(model.output_dim)]
