@@ -175,3 +175,16 @@ def test_preset_sets_defaults_that_flags_override():
     args = parser.parse_args(["train", "--preset", "best", "--epochs", "3"])
     assert args.epochs == 3 and args.optimizer == "adamw" and args.layers == (2048, 1024)
     assert args.label_smoothing == 0.1 and args.schedule == "warmup-cosine"
+
+
+def test_inference_suite_compares_with_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    js = tmp_path / "i.json"
+    argv = ["bench", "--quick", "--rounds", "2", "--suite", "inference", "--backends", "numpy"]
+    assert main([*argv, "--json", str(js)]) == 0
+    groups = json.loads(js.read_text())["groups"]
+    assert set(groups) == {"predict_proba 1000 rows", "predict_proba 1 row"}
+    assert groups["predict_proba 1000 rows"]["reference"] == "onnxruntime-cpu-fp32"
+    assert groups["predict_proba 1 row"]["reference"] == "onnxruntime-cpu-1thread-fp32"
+    names = {r["name"] for r in groups["predict_proba 1 row"]["results"]}
+    assert {"fastnet-numpy-predict-fp32", "matmul-only-fp32"} <= names

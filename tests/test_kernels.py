@@ -472,3 +472,18 @@ def test_numba_update_follows_changed_hyperparameters(ref, rng):
         got.step(g)
         expected.step(g)
     np.testing.assert_allclose(got.p, expected.p, rtol=1e-12)
+
+
+def test_parallel_update_threshold_override(monkeypatch):
+    from fastnet.backends import probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    from fastnet.backends.numba_backend import _parallel_min_updates
+
+    monkeypatch.delenv("FASTNET_NUMBA_PARALLEL_UPDATES", raising=False)
+    assert _parallel_min_updates() == 1 << 20
+    monkeypatch.setenv("FASTNET_NUMBA_PARALLEL_UPDATES", "65536")
+    assert _parallel_min_updates() == 65536
+    monkeypatch.setenv("FASTNET_NUMBA_PARALLEL_UPDATES", "many")  # not a count: the default
+    assert _parallel_min_updates() == 1 << 20
