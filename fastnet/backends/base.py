@@ -421,13 +421,17 @@ class Backend:
         xp = self.xp
         sc = s.astype(p.dtype)  # the step's scalars in the parameters' dtype
         step, eps, shrink, gscale = sc[2], sc[3], sc[4], sc[5]
-        g = g * gscale
+        nd = min(int(n_decay), p.shape[0])
+        grads = g
+        if rule.clip_norm:  # the clip scale is exactly 1 without clip_norm
+            g = g * gscale
         if clip_value is not None:
             g = xp.clip(g, -clip_value, clip_value)
-        nd = min(int(n_decay), p.shape[0])
         if wd:
+            g = g.copy() if g is grads else g
             g[:nd] += wd * p[:nd]
-        p[:nd] *= shrink
+        if rule.decoupled and rule.weight_decay:  # the shrink is exactly 1 otherwise
+            p[:nd] *= shrink
         rule.reference(xp, p, g, slots, step, eps, constants)
         self._flush_subnormal(slots, np.finfo(p.dtype).tiny)
 
