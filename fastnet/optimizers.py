@@ -275,8 +275,12 @@ class Adam(Optimizer):
         m *= beta1
         m += (1 - beta1) * g
         v *= beta2
-        v += (1 - beta2) * (g * g)  # the kernels compute the same order, so backends agree
-        p -= step * m / (xp.sqrt(v) + eps)
+        g2 = g * g
+        g2 *= 1 - beta2  # (1 - beta2) * g * g, in the kernels' order: the backends agree
+        v += g2
+        den = xp.sqrt(v)  # in place below: three temporaries fewer, the same values
+        den += eps
+        p -= xp.divide(xp.multiply(m, step, out=g2), den, out=den)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}

@@ -2,6 +2,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import fastnet
@@ -145,3 +146,22 @@ def test_numba_backend_does_not_override_user_omp_policy():
     env = {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.strip() == "ACTIVE", out.stderr
+
+
+@pytest.mark.parametrize(
+    "constants",
+    [(1e-8, 0.9, 0.999, 1.0, 0.0, 0.0), (1e-7, 0.9, 0.99, 1.0, 0.01, 1.0), (0, 0, 0, 0, 0, 0.5)],
+)
+def test_numpy_host_scalars_equal_the_array_reference(constants):
+    """The NumPy backend advances the step scalars in Python floats; the values must be the
+    base class's array arithmetic bit for bit, a NaN gradient norm included."""
+    from fastnet.backends.base import Backend
+    from fastnet.backends.numpy_backend import NumpyBackend
+
+    for norm_sq in (0.0, 0.3, 100.0, np.nan, np.inf):
+        s_ref, s_host = np.zeros(8), np.zeros(8)
+        s_ref[0] = s_host[0] = 3e-3
+        for _ in range(5):
+            Backend().advance_scalars(s_ref, np.array([norm_sq]), constants)
+            NumpyBackend().advance_scalars(s_host, np.array([norm_sq]), constants)
+        assert np.array_equal(s_ref, s_host, equal_nan=True), (norm_sq, s_ref, s_host)
