@@ -119,7 +119,7 @@ class Backend:
         """Rows ``idx`` of ``x`` (into ``out``). Indices must be in range (a permutation):
         NumPy's default bounds mode would copy through a temporary buffer first."""
         if out is not None and self.xp is np:
-            return np.take(x, idx, axis=0, out=out, mode="wrap")
+            return x.take(idx, axis=0, out=out, mode="wrap")
         return self.xp.take(x, idx, axis=0, out=out)
 
     def copy_from_host(self, dst: Any, src: np.ndarray) -> None:
