@@ -14,6 +14,9 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from .numba_fpmode import AVAILABLE as _FLUSH_MODE_AVAILABLE
+from .numba_fpmode import enter_flush_mode, leave_flush_mode
+
 # error_model="numpy": division by zero gives inf/nan instead of a per-element check, which
 # would stop LLVM from vectorizing the loops. No ``fastmath``: its no-NaN/no-inf assumptions
 # turn overflowing values (|g| = 1e20 squared in float32) into NaN where NumPy gives inf/0.
@@ -338,11 +341,29 @@ def count_correct(logits, labels, targets):
 # State slots are read and stored through ``_flush``: values below the dtype's smallest normal
 # number (``tiny``) become 0 (a compare and a select: no slow path). Adam's first moment of an
 # always-zero gradient otherwise decays into the subnormal range, where every later update of
-# it is many times slower on Intel cores (25x measured for 20% subnormal slots).
+# it is many times slower on Intel cores (25x measured for 20% subnormal slots). With
+# ``tiny=None`` (x86-64, serial flavour) the call runs in the CPU's flush-to-zero mode instead
+# (``numba_fpmode``): the selects compile away and subnormal operands and results are zero.
 @njit(**INLINE)
 def _flush(x, tiny):
     """``x``, or 0 where ``|x|`` is subnormal (NaN and inf stay)."""
+    if tiny is None:  # the hardware flushes
+        return x
     return x if abs(x) >= tiny else x - x
+
+
+@njit(**INLINE)
+def _enter(tiny):
+    """Flush-to-zero mode for this call where ``tiny`` is None; the mode to restore."""
+    if tiny is None:
+        return enter_flush_mode()
+    return np.uint32(0)
+
+
+@njit(**INLINE)
+def _leave(tiny, mode):
+    if tiny is None:
+        leave_flush_mode(mode)
 
 
 @njit(**INLINE)
@@ -450,66 +471,74 @@ def _sgd_update(p, g, s, wd, n_decay, clip, tiny):
 def _momentum_update(p, g, v, s, mu, nesterov, wd, n_decay, clip, tiny):
     zero, one = wd - wd, p.dtype.type(1)
     lr, _, shrink, gscale = _scalars(p, s)
+    mode = _enter(tiny)
     if _plain(wd, gscale, clip, shrink):
         for i in prange(p.shape[0]):
             _momentum(i, p, g, v, lr, mu, nesterov, None, None, None, None, tiny)
-        return
-    pd, gd, vd = p[:n_decay], g[:n_decay], v[:n_decay]
-    for i in prange(pd.shape[0]):
-        _momentum(i, pd, gd, vd, lr, mu, nesterov, wd, gscale, clip, shrink, tiny)
-    pu, gu, vu = p[n_decay:], g[n_decay:], v[n_decay:]
-    for i in prange(pu.shape[0]):
-        _momentum(i, pu, gu, vu, lr, mu, nesterov, zero, gscale, clip, one, tiny)
+    else:
+        pd, gd, vd = p[:n_decay], g[:n_decay], v[:n_decay]
+        for i in prange(pd.shape[0]):
+            _momentum(i, pd, gd, vd, lr, mu, nesterov, wd, gscale, clip, shrink, tiny)
+        pu, gu, vu = p[n_decay:], g[n_decay:], v[n_decay:]
+        for i in prange(pu.shape[0]):
+            _momentum(i, pu, gu, vu, lr, mu, nesterov, zero, gscale, clip, one, tiny)
+    _leave(tiny, mode)
 
 
 def _adagrad_update(p, g, h, s, wd, n_decay, clip, tiny):
     zero, one = wd - wd, p.dtype.type(1)
     lr, eps, shrink, gscale = _scalars(p, s)
+    mode = _enter(tiny)
     if _plain(wd, gscale, clip, shrink):
         for i in prange(p.shape[0]):
             _adagrad(i, p, g, h, lr, eps, None, None, None, None, tiny)
-        return
-    pd, gd, hd = p[:n_decay], g[:n_decay], h[:n_decay]
-    for i in prange(pd.shape[0]):
-        _adagrad(i, pd, gd, hd, lr, eps, wd, gscale, clip, shrink, tiny)
-    pu, gu, hu = p[n_decay:], g[n_decay:], h[n_decay:]
-    for i in prange(pu.shape[0]):
-        _adagrad(i, pu, gu, hu, lr, eps, zero, gscale, clip, one, tiny)
+    else:
+        pd, gd, hd = p[:n_decay], g[:n_decay], h[:n_decay]
+        for i in prange(pd.shape[0]):
+            _adagrad(i, pd, gd, hd, lr, eps, wd, gscale, clip, shrink, tiny)
+        pu, gu, hu = p[n_decay:], g[n_decay:], h[n_decay:]
+        for i in prange(pu.shape[0]):
+            _adagrad(i, pu, gu, hu, lr, eps, zero, gscale, clip, one, tiny)
+    _leave(tiny, mode)
 
 
 def _rmsprop_update(p, g, h, s, rho, wd, n_decay, clip, tiny):
     zero, one = wd - wd, p.dtype.type(1)
     lr, eps, shrink, gscale = _scalars(p, s)
+    mode = _enter(tiny)
     if _plain(wd, gscale, clip, shrink):
         for i in prange(p.shape[0]):
             _rmsprop(i, p, g, h, lr, rho, eps, None, None, None, None, tiny)
-        return
-    pd, gd, hd = p[:n_decay], g[:n_decay], h[:n_decay]
-    for i in prange(pd.shape[0]):
-        _rmsprop(i, pd, gd, hd, lr, rho, eps, wd, gscale, clip, shrink, tiny)
-    pu, gu, hu = p[n_decay:], g[n_decay:], h[n_decay:]
-    for i in prange(pu.shape[0]):
-        _rmsprop(i, pu, gu, hu, lr, rho, eps, zero, gscale, clip, one, tiny)
+    else:
+        pd, gd, hd = p[:n_decay], g[:n_decay], h[:n_decay]
+        for i in prange(pd.shape[0]):
+            _rmsprop(i, pd, gd, hd, lr, rho, eps, wd, gscale, clip, shrink, tiny)
+        pu, gu, hu = p[n_decay:], g[n_decay:], h[n_decay:]
+        for i in prange(pu.shape[0]):
+            _rmsprop(i, pu, gu, hu, lr, rho, eps, zero, gscale, clip, one, tiny)
+    _leave(tiny, mode)
 
 
 def _adam_update(p, g, m, v, s, beta1, beta2, wd, n_decay, clip, tiny):
     """Adam with the bias correction folded into the step size and eps (device scalars)."""
     zero, one = wd - wd, p.dtype.type(1)
     step, eps_hat, shrink, gscale = _scalars(p, s)
+    mode = _enter(tiny)
     if _plain(wd, gscale, clip, shrink):
         for i in prange(p.shape[0]):
             _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, None, None, None, None, tiny)
-        return
-    # pairs, not one 4-tuple: numba 0.68's parfors lowered ``pd, gd, md, vd = p[:k], ...`` so
-    # that the parallel flavour wrote nothing (caught by test_numba_parallel_flavours_match_serial)
-    pd, gd = p[:n_decay], g[:n_decay]
-    md, vd = m[:n_decay], v[:n_decay]
-    for i in prange(pd.shape[0]):
-        _adam(i, pd, gd, md, vd, step, beta1, beta2, eps_hat, wd, gscale, clip, shrink, tiny)
-    pu, gu = p[n_decay:], g[n_decay:]
-    mu, vu = m[n_decay:], v[n_decay:]
-    for i in prange(pu.shape[0]):
-        _adam(i, pu, gu, mu, vu, step, beta1, beta2, eps_hat, zero, gscale, clip, one, tiny)
+    else:
+        # pairs, not one 4-tuple: numba 0.68's parfors lowered ``pd, gd, md, vd = p[:k], ...``
+        # so that the parallel flavour wrote nothing (test_numba_parallel_flavours_match_serial)
+        pd, gd = p[:n_decay], g[:n_decay]
+        md, vd = m[:n_decay], v[:n_decay]
+        for i in prange(pd.shape[0]):
+            _adam(i, pd, gd, md, vd, step, beta1, beta2, eps_hat, wd, gscale, clip, shrink, tiny)
+        pu, gu = p[n_decay:], g[n_decay:]
+        mu, vu = m[n_decay:], v[n_decay:]
+        for i in prange(pu.shape[0]):
+            _adam(i, pu, gu, mu, vu, step, beta1, beta2, eps_hat, zero, gscale, clip, one, tiny)
+    _leave(tiny, mode)
 
 
 @njit(**SERIAL)
@@ -535,6 +564,13 @@ momentum_update, momentum_update_parallel = _flavours(_momentum_update)
 adagrad_update, adagrad_update_parallel = _flavours(_adagrad_update)
 rmsprop_update, rmsprop_update_parallel = _flavours(_rmsprop_update)
 adam_update, adam_update_parallel = _flavours(_adam_update)
+
+#: Rules whose serial kernel, given ``tiny=None``, runs in the CPU's flush-to-zero mode instead of
+#: selecting subnormal state values away (x86-64 only). Their parallel flavour must get ``tiny``:
+#: numba's worker threads do not inherit the calling thread's mode.
+FLUSH_MODE_RULES = (
+    frozenset({"momentum", "adagrad", "rmsprop", "adam"}) if _FLUSH_MODE_AVAILABLE else frozenset()
+)
 
 
 @njit(**REDUCE)

@@ -545,3 +545,58 @@ def test_parallel_update_threshold_override(monkeypatch):
     assert _parallel_min_updates() == 65536
     monkeypatch.setenv("FASTNET_NUMBA_PARALLEL_UPDATES", "many")  # not a count: the default
     assert _parallel_min_updates() == 1 << 20
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(
+    "name", ["momentum_update", "adagrad_update", "rmsprop_update", "adam_update"]
+)
+def test_numba_flush_mode_updates_equal_explicit_flushing(name, dtype, rng):
+    """``tiny=None`` runs an update in the CPU's flush-to-zero mode (x86-64): on normal inputs
+    bit for bit what the explicit selects give, plain and with decay/clip; subnormal state
+    comes out zero; the caller's mode (and so user code's subnormals) is untouched after."""
+    from fastnet.backends import probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    from fastnet.kernels import numba_cpu, numba_fpmode
+    from numba import njit
+
+    if f"{name.removesuffix('_update')}" not in numba_cpu.FLUSH_MODE_RULES:
+        pytest.skip("no flush-to-zero mode on this CPU architecture")
+    mode = njit(lambda: numba_fpmode.read_mode())
+    kernel = getattr(numba_cpu, name)
+    t, n = dtype, 1000
+    tiny = t(np.finfo(dtype).tiny)
+
+    def cast(a):
+        return a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
+
+    def random(shape):
+        return np.abs(rng.standard_normal(n)).astype(dtype) + t(0.1)
+
+    plain = _scalars(shrink=1.0, gscale=1.0)
+    for s, tail in ((plain, (t(0), n, t(np.inf))), (_scalars(), (t(0.1), n // 2, t(3.0)))):
+        (args,) = _F32_KERNEL_ARGS[name](random, random, s, (*tail, tiny))
+        args = tuple(cast(t(a) if isinstance(a, np.float32) else a) for a in args)
+        explicit = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        hardware = [a.copy() if isinstance(a, np.ndarray) else a for a in args[:-1]] + [None]
+        before = mode()
+        kernel(*explicit)
+        kernel(*hardware)
+        assert mode() == before
+        for e, h, a in zip(explicit, hardware, args):
+            if isinstance(a, np.ndarray):
+                np.testing.assert_array_equal(h, e)
+        # subnormal state under zero gradients: zero after one update
+        p, g = hardware[0], hardware[1]
+        g[:] = 0
+        slots = [a for a in hardware[2:] if isinstance(a, np.ndarray) and a.shape == p.shape]
+        for slot in slots:
+            slot[:] = tiny / 8
+        kernel(*hardware)
+        undecayed = slice(tail[1] if tail[0] else 0, n)  # no L2 term there
+        for slot in slots:
+            np.testing.assert_array_equal(slot[undecayed], 0)
+        assert mode() == before
+    assert t(tiny) * t(0.25) != 0  # user code still computes subnormals
