@@ -176,12 +176,24 @@ def _adam_groups(backends: list, rng: Any) -> dict[str, list[Contestant]]:
     """Adam over the default model's first layer, and with 20% subnormal slots (denormals:
     slow on Intel cores unless the kernel flushes them, as fastnet's do)."""
     groups = {}
+    selects = [_explicit_selects(be) for be in backends if be.name == "numba"]
     for label, frac in (("adam update 784x256", 0.0), ("adam update 784x256, 20% subnormal", 0.2)):
         groups[label] = [
             Contestant(be.name, adam_update_runner(be, 784 * 256, frac), _elapsed(be))
             for be in backends
+        ] + [
+            Contestant("numba-selects", adam_update_runner(be, 784 * 256, frac), _elapsed(be))
+            for be in selects
         ]
     return groups
+
+
+def _explicit_selects(numba: Any) -> Any:
+    """A numba backend flushing subnormal state with explicit selects instead of the CPU's
+    flush-to-zero mode (what the mode saves)."""
+    backend = type(numba)()
+    backend.flush_mode = False
+    return backend
 
 
 def _kernels(be: Any) -> Any:

@@ -600,3 +600,39 @@ def test_numba_flush_mode_updates_equal_explicit_flushing(name, dtype, rng):
             np.testing.assert_array_equal(slot[undecayed], 0)
         assert mode() == before
     assert t(tiny) * t(0.25) != 0  # user code still computes subnormals
+
+
+@pytest.mark.parametrize("rule", sorted(UPDATES))
+def test_numba_backend_flush_mode_on_and_off_agree(rng, rule):
+    """The numba backend runs serial updates in flush-to-zero mode where the CPU has it
+    (``tiny`` passed as None) and with explicit selects when ``flush_mode`` is False: the
+    same parameters and state from subnormal-seeded slots."""
+    from fastnet.backends import get_backend, probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    from fastnet.backends.numba_backend import NumbaBackend
+
+    n = 5000
+    p0 = rng.standard_normal(n).astype(np.float32)
+    grads = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
+    for g in grads:
+        g[:100] = 0
+    groups = []
+    for mode in (True, False):
+        be = NumbaBackend()
+        be.flush_mode = mode
+        group = Group(be, UPDATES[rule](), p0.copy(), n, np.float32)
+        for slot in group.slots:
+            slot[:100] = np.float32(1e-39)
+        for g in grads:
+            group.step(g)
+        kernel, args = list(be._update_calls.values())[-1]
+        hardware = mode and UPDATES[rule]().kernel in be.k.FLUSH_MODE_RULES
+        assert (args[-1] is None) == hardware
+        groups.append(group)
+    on, off = groups
+    np.testing.assert_array_equal(on.p, off.p)
+    for a, b in zip(on.slots, off.slots):
+        np.testing.assert_array_equal(a, b)
+    assert get_backend("numba").flush_mode
