@@ -4,8 +4,9 @@ The stripped loop is the least code that can train the MLP with the numba kernel
 no wrappers, no checks, all parameters in one flat arena updated by a single optimizer call.
 Parts can be switched off, so timing the variants side by side (``fastnet bench --suite floor``)
 prices each part of the step: the row gather, the fused elementwise kernels, the optimizer. Its
-matmuls, and the floor's, go through the numba backend's BLAS (scipy's OpenBLAS, the one numba
-links), as the framework's do: a second BLAS thread pool would spin against the first.
+matmuls, and the floor's, go through the numba kernels' GEMM (NumPy's OpenBLAS, see
+``kernels/numba_blas.py``), as the framework's do: a second BLAS thread pool would spin against
+the first.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ def _onnxruntime(model: Any, threads: int = 2) -> Callable[[np.ndarray], Any] | 
 
 
 def _matmuls(model: Any) -> Callable[[np.ndarray], Any]:
-    """The three matmuls of the forward pass alone, the arithmetic floor (through numba's BLAS
-    when numba is installed: one OpenBLAS thread pool with the numba contestant)."""
+    """The three matmuls of the forward pass alone, the arithmetic floor (through the numba
+    kernels' GEMM when numba is installed, as the numba contestant's)."""
     weights = [np.asarray(layer.W.value) for layer in model.layers]
     try:
         from fastnet.kernels.numba_cpu import matmul

@@ -107,7 +107,7 @@ def matmul_only_epoch(
     """A function doing exactly the matmuls of one training epoch (forward, weight gradients,
     input gradients except the first layer's) into preallocated buffers: the floor.
     ``matmul(a, b, out)`` defaults to ``xp.matmul``; the numba floor passes the numba backend's
-    (its BLAS is scipy's OpenBLAS, not NumPy's)."""
+    (``numba_blas.gemm``: NumPy's OpenBLAS, called from compiled code)."""
     if matmul is None:
 
         def matmul(a: Any, b: Any, out: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from numba import njit, prange
 
+from .numba_blas import gemm
 from .numba_fpmode import AVAILABLE as _FLUSH_MODE_AVAILABLE
 from .numba_fpmode import enter_flush_mode, leave_flush_mode
 
@@ -585,9 +586,9 @@ def sum_squares(g, out):
 
 @njit(**SERIAL)
 def matmul(a, b, out):
-    """``out = a @ b`` through the BLAS numba links (scipy's OpenBLAS), as the fused step does:
-    one BLAS thread pool for the whole backend (two would spin against each other)."""
-    np.dot(a, b, out)
+    """``out = a @ b`` through NumPy's BLAS (``numba_blas.gemm``), as the fused step does: one
+    BLAS thread pool for the whole process (two would spin against each other)."""
+    gemm(a, b, out)
 
 
 # ---------------------------------------------------------------------------- inference
@@ -610,11 +611,11 @@ def dense_forward(x, weights, biases, codes, alphas, softmax):
     """Inference through a stack of dense layers in one call: returns a new array of the
     last layer's outputs (row-wise softmax of them with ``softmax``)."""
     h = np.empty((x.shape[0], weights[0].shape[1]), dtype=x.dtype)
-    np.dot(x, weights[0], h)  # x may be read-only (a memory map): h never refers to it
+    gemm(x, weights[0], h)  # x may be read-only (a memory map): h never refers to it
     bias_act(h, biases[0], codes[0], alphas[0])
     for i in range(1, len(weights)):
         out = np.empty((x.shape[0], weights[i].shape[1]), dtype=x.dtype)
-        np.dot(h, weights[i], out)
+        gemm(h, weights[i], out)
         bias_act(out, biases[i], codes[i], alphas[i])
         h = out
     if softmax:
@@ -663,7 +664,7 @@ def dense_train_step(
     inp = x
     for i in range(last + 1):
         h = outs[i][:n]
-        np.dot(inp, weights[i], h)
+        gemm(inp, weights[i], h)
         bias_act(h, biases[i], codes[i], alphas[i])
         inp = h
     logits, dy = inp, dzs[last][:n]
@@ -680,7 +681,7 @@ def dense_train_step(
     for i in range(last, -1, -1):
         dz = dzs[i][:n]
         act_backward_bias(outs[i][:n], dy, codes[i], alphas[i], dz, dbs[i])
-        np.dot((x if i == 0 else outs[i - 1][:n]).T, dz, dws[i])
+        gemm((x if i == 0 else outs[i - 1][:n]).T, dz, dws[i])
         if i > 0:
             dy = dxs[i][:n]
-            np.dot(dz, weights[i].T, dy)
+            gemm(dz, weights[i].T, dy)

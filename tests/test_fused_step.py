@@ -129,7 +129,8 @@ def test_fused_step_divergence_restores_the_last_finite_weights():
 
 
 def test_training_and_validation_share_numba_blas():
-    """Eager, fused and evaluation matmuls all go through numba's BLAS (one thread pool)."""
+    """Eager, fused and evaluation matmuls all go through the numba kernels' GEMM (NumPy's
+    BLAS: one thread pool)."""
     X, y = _data()
     model = _model()
     model.fit(X, y, epochs=1, batch_size=64, verbose=0, validation_data=(X[:50], y[:50]))

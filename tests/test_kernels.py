@@ -490,8 +490,8 @@ def test_numba_parallel_flavours_match_serial(name, rng):
 
 
 def test_numba_matmul_uses_numba_blas_for_what_np_dot_takes(rng):
-    """C and transposed operands go through numba's BLAS; strided views and mixed dtypes fall
-    back to NumPy's; all give a @ b."""
+    """C and transposed operands go through the numba kernels' GEMM; strided views and mixed
+    dtypes fall back to NumPy's matmul; all give a @ b."""
     from fastnet.backends import get_backend, probe
 
     if not probe("numba").available:
@@ -636,3 +636,57 @@ def test_numba_backend_flush_mode_on_and_off_agree(rng, rule):
     for a, b in zip(on.slots, off.slots):
         np.testing.assert_array_equal(a, b)
     assert get_backend("numba").flush_mode
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_gemm_matches_numpy_for_every_layout_and_edge_shape(rng, dtype):
+    """The kernels' GEMM (NumPy's OpenBLAS, or np.dot fallbacks) against NumPy: C and
+    transposed operands, one-row/one-column and empty shapes, and clear errors otherwise."""
+    from fastnet.backends import probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    from fastnet.kernels import numba_blas
+
+    for m, k, n in [(5, 3, 4), (1, 7, 1), (64, 300, 70), (0, 3, 2), (3, 0, 2), (1, 1, 1)]:
+        a = rng.standard_normal((m, k)).astype(dtype)
+        b = rng.standard_normal((k, n)).astype(dtype)
+        for x in (a, np.asfortranarray(a)):
+            for y in (b, np.asfortranarray(b)):
+                out = np.full((m, n), np.nan, dtype)
+                numba_blas.gemm(x, y, out)
+                np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-4)
+    a = rng.standard_normal((4, 6)).astype(dtype)
+    with pytest.raises(ValueError, match="contiguous"):
+        numba_blas.gemm(a[:, ::2], a[:3], np.empty((4, 4), dtype))
+    with pytest.raises(ValueError, match="shapes"):
+        numba_blas.gemm(a, a, np.empty((4, 4), dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_gemm_fallback_computes_cblas_products(rng, dtype):
+    """Where NumPy has no bundled ILP64 OpenBLAS, the GEMM symbols resolve to np.dot
+    fallbacks with the CBLAS signature: every transpose pair gives a @ b."""
+    from fastnet.backends import probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    from fastnet.kernels import numba_blas as nb
+
+    fallback = nb._fallback(np.dtype(dtype).type).ctypes
+    m, k, n = 5, 3, 4
+    a = rng.standard_normal((m, k)).astype(dtype)
+    b = rng.standard_normal((k, n)).astype(dtype)
+    for ta in (nb.NO_TRANS, nb.TRANS):
+        for tb in (nb.NO_TRANS, nb.TRANS):
+            x = a if ta == nb.NO_TRANS else np.ascontiguousarray(a.T)
+            y = b if tb == nb.NO_TRANS else np.ascontiguousarray(b.T)
+            out = np.full((m, n), np.nan, dtype)
+
+            def ptr(arr):
+                return arr.ctypes.data_as(fallback.argtypes[7])
+
+            lda = k if ta == nb.NO_TRANS else m
+            ldb = n if tb == nb.NO_TRANS else k
+            fallback(nb.ROW_MAJOR, ta, tb, m, n, k, 1.0, ptr(x), lda, ptr(y), ldb, 0.0, ptr(out), n)
+            np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)

@@ -16,7 +16,7 @@ from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats
 
 
 def _blas_ready(a: Any, b: Any, out: Any) -> bool:
-    """What numba's ``np.dot(a, b, out)`` takes: 2-D operands of matching shapes and one float
+    """What ``numba_blas.gemm(a, b, out)`` takes: 2-D operands of matching shapes and one float
     dtype, ``a`` and ``b`` C- or F-contiguous (transposed views), ``out`` C-contiguous."""
     if out is None or not (a.ndim == b.ndim == out.ndim == 2):
         return False
