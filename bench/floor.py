@@ -149,7 +149,7 @@ class _StrippedLoop:
                 f32(0),
                 0,
                 inf,
-                tiny,
+                None if "adam" in k.FLUSH_MODE_RULES else tiny,  # as the backend calls it
             )
         elif self.optimizer == "sgd":
             k.advance_scalars(self.scalars, self.norm_sq, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
