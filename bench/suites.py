@@ -172,20 +172,34 @@ def adam_update_runner(be: Any, n: int, subnormal: float = 0.0, seed: int = 0) -
     return run
 
 
+SUBNORMAL = " 20% subnormal"
+
+
 def _adam_groups(backends: list, rng: Any) -> dict[str, list[Contestant]]:
-    """Adam over the default model's first layer, and with 20% subnormal slots (denormals:
-    slow on Intel cores unless the kernel flushes them, as fastnet's do)."""
-    groups = {}
-    selects = [_explicit_selects(be) for be in backends if be.name == "numba"]
-    for label, frac in (("adam update 784x256", 0.0), ("adam update 784x256, 20% subnormal", 0.2)):
-        groups[label] = [
-            Contestant(be.name, adam_update_runner(be, 784 * 256, frac), _elapsed(be))
-            for be in backends
-        ] + [
-            Contestant("numba-selects", adam_update_runner(be, 784 * 256, frac), _elapsed(be))
-            for be in selects
+    """Adam over the default model's first layer with normal slots and with 20% subnormal ones
+    (denormals: slow on Intel cores unless the update flushes them, as fastnet's do), in one
+    interleaved group so each round pairs the two cases; numba also with explicit selects."""
+    fast = [(be.name, be) for be in backends]
+    fast += [("numba-selects", _explicit_selects(be)) for be in backends if be.name == "numba"]
+    return {
+        "adam update 784x256, normal and 20% subnormal slots": [
+            Contestant(name + case, adam_update_runner(be, 784 * 256, frac), _elapsed(be))
+            for name, be in fast
+            for case, frac in (("", 0.0), (SUBNORMAL, 0.2))
         ]
-    return groups
+    }
+
+
+def _print_subnormal_summary(report: dict[str, Any]) -> None:
+    """Per contestant: the update with 20% subnormal slots over the normal one, per round."""
+    for title, group in report["groups"].items():
+        rows = {r["name"]: r for r in group["results"]}
+        for name, slow in rows.items():
+            normal = rows.get(name.removesuffix(SUBNORMAL))
+            if not name.endswith(SUBNORMAL) or normal is None:
+                continue
+            ratios = sorted(a / b for a, b in zip(slow["times"], normal["times"]))
+            print(f"  {title}: {name} / normal slots {ratios[len(ratios) // 2]:.2f}x (per round)")
 
 
 def _explicit_selects(numba: Any) -> Any:
@@ -574,6 +588,7 @@ def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -
         }
         print(format_table(results, f"\n== {title} (ratio = time / {reference})"), flush=True)
     _print_floor_summary(report)
+    _print_subnormal_summary(report)
     return report
 
 
