@@ -1,0 +1,37 @@
+"""fastnet's numba fused step against JAX jit + lax.scan alone, alternating whole epochs in one
+process (default model, batch 128, Adam, float32); median of the per-round ratios.
+
+    python bench/results/intel-xeon-skylake-2core/pair_jax.py [rounds]
+"""
+
+import sys
+
+import numpy as np
+from fastnet.bench.harness import Contestant, interleaved
+from fastnet.bench.jax_peer import jax_scan_epoch
+from fastnet.bench.suites import DEFAULT_SIZES, _model, load_training_data
+
+from fastnet.backends import get_backend
+
+
+def main(rounds: int, batch: int = 128) -> None:
+    X, y, _ = load_training_data(False)
+    n = len(X) // batch * batch
+    X, y = X[:n], y[:n]
+    be = get_backend("numba")
+    fused = _model(be, DEFAULT_SIZES).epoch_runner(X, y, batch, compiled=True)
+    jax = jax_scan_epoch(DEFAULT_SIZES, X, y, batch, precision="highest")
+    contestants = [
+        Contestant("fastnet-numba-fused-fp32", fused, None, 1.0),
+        Contestant("jax-scan-fp32", jax, None, 1.0),
+    ]
+    for r in interleaved(contestants, rounds=rounds, reference="jax-scan-fp32"):
+        ratios = " ".join(f"{x:.2f}" for x in r.ratios)
+        print(
+            f"{r.name} median {np.median(r.times):.3f} s, ratio median "
+            f"{np.median(r.ratios):.3f}, per round {ratios}"
+        )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 9)
