@@ -21,6 +21,9 @@ from llvmlite import binding
 from numba import carray, cfunc, njit, types
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+# Cached kernels call these names: never rename them (old cache files would call a symbol no
+# longer registered). numba's cache watches only numba_cpu.py, which inlines this file's code:
+# numba_cpu.HELPERS_SHA256 (checked by a test) must be updated with any change here.
 _SYMBOLS = {"float32": "fastnet_cblas_sgemm64", "float64": "fastnet_cblas_dgemm64"}
 
 
@@ -98,8 +101,9 @@ def _operand(a):
 
 @njit(cache=True)
 def gemm(a, b, out):
-    """``out = a @ b`` for 2-D float32/float64 arrays of one dtype; ``a`` and ``b`` C- or
-    F-contiguous (transposed views), ``out`` C-contiguous (as numba's ``np.dot`` takes)."""
+    """``out = a @ b`` for 2-D float32/float64 arrays of one dtype (callers check the dtype:
+    only item sizes are compared here); ``a`` and ``b`` C- or F-contiguous (transposed views),
+    ``out`` C-contiguous (as numba's ``np.dot`` takes)."""
     m, k = a.shape
     n = b.shape[1]
     if k != b.shape[0] or out.shape[0] != m or out.shape[1] != n or not out.flags.c_contiguous:

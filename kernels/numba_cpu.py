@@ -18,6 +18,10 @@ from .numba_blas import gemm
 from .numba_fpmode import AVAILABLE as _FLUSH_MODE_AVAILABLE
 from .numba_fpmode import enter_flush_mode, leave_flush_mode
 
+#: sha256 of numba_blas.py + numba_fpmode.py, whose code the cached kernels below inline. numba
+#: re-compiles when this file changes, not when those do: a test fails until this is updated.
+HELPERS_SHA256 = "8a8836a7d33e9b07d40300f972d78d4cda2b1523316bdd35ea0617bf64824889"
+
 # error_model="numpy": division by zero gives inf/nan instead of a per-element check, which
 # would stop LLVM from vectorizing the loops. No ``fastmath``: its no-NaN/no-inf assumptions
 # turn overflowing values (|g| = 1e20 squared in float32) into NaN where NumPy gives inf/0.

@@ -7,7 +7,10 @@ select per value would do, at no cost per value (Adam over 235k float32 values: 
 of the explicit selects on an Intel Xeon Skylake-SP). A kernel calls :func:`enter_flush_mode`
 first and :func:`leave_flush_mode` with its result last, so the caller's mode (and its sticky
 exception flags) are as before: no mode change leaks into user code. The mode is per thread:
-work handed to other threads (``prange`` under ``parallel=True``) does not run in it.
+work handed to other threads (``prange`` under ``parallel=True``) does not run in it. Nothing
+between the two calls may raise (the update loops cannot with numba's default settings; with
+``NUMBA_BOUNDSCHECK=1`` an out-of-range index would leave the mode set). numba's cache watches
+only numba_cpu.py, which inlines this code: update numba_cpu.HELPERS_SHA256 with any change.
 """
 
 from __future__ import annotations

@@ -564,13 +564,17 @@ def test_numba_flush_mode_updates_equal_explicit_flushing(name, dtype, rng):
 
     if f"{name.removesuffix('_update')}" not in numba_cpu.FLUSH_MODE_RULES:
         pytest.skip("no flush-to-zero mode on this CPU architecture")
-    mode = njit(lambda: numba_fpmode.read_mode())
+    read_mode = njit(lambda: numba_fpmode.read_mode())
+
+    def mode():  # MXCSR's mode bits; bits 0-5 are sticky exception flags arithmetic sets
+        return read_mode() & 0xFFC0
+
     kernel = getattr(numba_cpu, name)
     t, n = dtype, 1000
     tiny = t(np.finfo(dtype).tiny)
 
-    def cast(a):
-        return a.astype(dtype) if isinstance(a, np.ndarray) and a.dtype.kind == "f" else a
+    def cast(a):  # the flat buffers; the scalars ``s`` stay float64, as the backend passes them
+        return a.astype(dtype) if isinstance(a, np.ndarray) and a.shape == (n,) else a
 
     def random(shape):
         return np.abs(rng.standard_normal(n)).astype(dtype) + t(0.1)
@@ -632,6 +636,12 @@ def test_numba_backend_flush_mode_on_and_off_agree(rng, rule):
         assert (args[-1] is None) == hardware
         groups.append(group)
     on, off = groups
+    be = NumbaBackend()  # the threaded flavour: its workers do not inherit the mode
+    be.parallel_min_updates = 1
+    group = Group(be, UPDATES[rule](), p0.copy(), n, np.float32)
+    group.step(grads[0])
+    kernel, args = list(be._update_calls.values())[-1]
+    assert kernel.__name__.endswith("_parallel") and args[-1] is not None
     np.testing.assert_array_equal(on.p, off.p)
     for a, b in zip(on.slots, off.slots):
         np.testing.assert_array_equal(a, b)
@@ -656,6 +666,24 @@ def test_numba_gemm_matches_numpy_for_every_layout_and_edge_shape(rng, dtype):
                 out = np.full((m, n), np.nan, dtype)
                 numba_blas.gemm(x, y, out)
                 np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-4)
+    # the views the kernels pass: row slices of scratch buffers, their transposes, read-only x
+    big = rng.standard_normal((16, 9)).astype(dtype)
+    w = rng.standard_normal((9, 5)).astype(dtype)
+    scratch = np.full((16, 5), np.nan, dtype)
+    x = big[:7]
+    x.setflags(write=False)
+    numba_blas.gemm(x, w, scratch[:7])
+    np.testing.assert_allclose(scratch[:7], x @ w, rtol=1e-5, atol=1e-5)
+    dw = np.empty((9, 5), dtype)
+    numba_blas.gemm(big[:7].T, scratch[:7], dw)
+    np.testing.assert_allclose(dw, big[:7].T @ scratch[:7], rtol=1e-5, atol=1e-4)
+    numba_blas.gemm(big[:1], w, scratch[:1])
+    np.testing.assert_allclose(scratch[:1], big[:1] @ w, rtol=1e-5, atol=1e-5)
+    config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    if config.get("name") == "scipy-openblas" and "USE64BITINT" in str(
+        config.get("openblas configuration")
+    ):
+        assert numba_blas.SOURCE == "NumPy's OpenBLAS"
     a = rng.standard_normal((4, 6)).astype(dtype)
     with pytest.raises(ValueError, match="contiguous"):
         numba_blas.gemm(a[:, ::2], a[:3], np.empty((4, 4), dtype))
@@ -690,3 +718,18 @@ def test_numba_gemm_fallback_computes_cblas_products(rng, dtype):
             ldb = n if tb == nb.NO_TRANS else k
             fallback(nb.ROW_MAJOR, ta, tb, m, n, k, 1.0, ptr(x), lda, ptr(y), ldb, 0.0, ptr(out), n)
             np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
+
+
+def test_numba_kernels_cache_key_covers_the_helpers_they_inline():
+    """numba's on-disk cache re-compiles numba_cpu.py's kernels when that file changes, not when
+    numba_blas.py or numba_fpmode.py (inlined into them) do: their hash lives in numba_cpu.py,
+    so a change to a helper must edit numba_cpu.py too."""
+    import hashlib
+    from pathlib import Path
+
+    kernels = Path(__file__).resolve().parents[1] / "kernels"
+    digest = hashlib.sha256()
+    for name in ("numba_blas.py", "numba_fpmode.py"):
+        digest.update((kernels / name).read_bytes())
+    source = (kernels / "numba_cpu.py").read_text()
+    assert f'HELPERS_SHA256 = "{digest.hexdigest()}"' in source, digest.hexdigest()
