@@ -226,6 +226,17 @@ def test_updates_flush_subnormal_state(backend, rng, rule):
         assert (np.abs(state[n // 4 :]) >= tiny).all()
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_reference_flush_zeroes_subnormals_of_either_sign_and_keeps_nan_and_inf(ref, dtype):
+    tiny = np.finfo(dtype).tiny
+    values = [tiny / 8, -tiny / 8, tiny / 2**20, 0.0, tiny, -tiny, 1.5, -3.0, np.nan, np.inf]
+    a = np.array(values + [-np.inf], dtype=dtype)
+    ref._flush_subnormal((a,), tiny)
+    expected = np.array([0, 0, 0, 0, tiny, -tiny, 1.5, -3.0, np.nan, np.inf, -np.inf], dtype)
+    np.testing.assert_array_equal(a, expected)
+    assert a.dtype == dtype
+
+
 @pytest.mark.parametrize("rule", sorted(UPDATES))
 def test_flushing_leaves_normal_updates_bit_for_bit(ref, rng, rule):
     """Where no state value is subnormal, the update is the published rule exactly."""

