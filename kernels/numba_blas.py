@@ -25,6 +25,7 @@ ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 # longer registered). numba's cache watches only numba_cpu.py, which inlines this file's code:
 # numba_cpu.HELPERS_SHA256 (checked by a test) must be updated with any change here.
 _SYMBOLS = {"float32": "fastnet_cblas_sgemm64", "float64": "fastnet_cblas_dgemm64"}
+_GEMV_SYMBOLS = {"float32": "fastnet_cblas_sgemv64", "float64": "fastnet_cblas_dgemv64"}
 
 
 def _signature(ptr: Any, scalar: Any) -> Any:
@@ -32,6 +33,13 @@ def _signature(ptr: Any, scalar: Any) -> Any:
     B, ldb, beta, C, ldc."""
     i32, i64 = types.int32, types.int64
     return types.void(i32, i32, i32, i64, i64, i64, scalar, ptr, i64, ptr, i64, scalar, ptr, i64)
+
+
+def _gemv_signature(ptr: Any, scalar: Any) -> Any:
+    """CBLAS ``?gemv`` with 64-bit dimensions: order, trans, M, N, alpha, A, lda, x, incx,
+    beta, y, incy."""
+    i32, i64 = types.int32, types.int64
+    return types.void(i32, i32, i64, i64, scalar, ptr, i64, ptr, i64, scalar, ptr, i64)
 
 
 def _numpy_cblas(name: str) -> int | None:
@@ -67,18 +75,35 @@ def _fallback(dtype: Any) -> Any:
     return cfunc(_signature(types.CPointer(scalar), scalar), cache=True)(body)
 
 
+def _gemv_fallback(dtype: Any) -> Any:
+    """A CBLAS-shaped ``?gemv`` (alpha 1, beta 0, unit strides: what :func:`gemm` passes)
+    running numba's ``np.dot``."""
+    scalar = types.float32 if dtype == np.float32 else types.float64
+
+    def body(order, trans, m, n, alpha, a_ptr, lda, x_ptr, incx, beta, y_ptr, incy):  # noqa: ANN001
+        a = carray(a_ptr, (m, n))
+        if trans == NO_TRANS:
+            np.dot(a, carray(x_ptr, n), carray(y_ptr, m))
+        else:
+            np.dot(carray(x_ptr, m), a, carray(y_ptr, n))
+
+    return cfunc(_gemv_signature(types.CPointer(scalar), scalar), cache=True)(body)
+
+
 def _register() -> str:
-    """Point the kernels' GEMM symbols at NumPy's OpenBLAS (or the fallbacks); which it is."""
-    found = {
-        dtype: _numpy_cblas(name) for dtype, name in (("float32", "sgemm"), ("float64", "dgemm"))
-    }
+    """Point the kernels' GEMM and GEMV symbols at NumPy's OpenBLAS (or the fallbacks);
+    which it is."""
     source = "NumPy's OpenBLAS"
-    for dtype, symbol in _SYMBOLS.items():
-        address = found[dtype]
-        if address is None:
-            address = _fallback(np.dtype(dtype).type).address
-            source = "SciPy's BLAS (numba np.dot)"
-        binding.add_symbol(symbol, address)
+    for symbols, routine, fallback in (
+        (_SYMBOLS, "gemm", _fallback),
+        (_GEMV_SYMBOLS, "gemv", _gemv_fallback),
+    ):
+        for dtype, symbol in symbols.items():
+            address = _numpy_cblas(("s" if dtype == "float32" else "d") + routine)
+            if address is None:
+                address = fallback(np.dtype(dtype).type).address
+                source = "SciPy's BLAS (numba np.dot)"
+            binding.add_symbol(symbol, address)
     return source
 
 
@@ -87,6 +112,12 @@ SOURCE = _register()
 _intp = types.intp  # pointers pass as integers: the same registers in the C ABI
 _SGEMM: Any = types.ExternalFunction(_SYMBOLS["float32"], _signature(_intp, types.float32))
 _DGEMM: Any = types.ExternalFunction(_SYMBOLS["float64"], _signature(_intp, types.float64))
+_SGEMV: Any = types.ExternalFunction(
+    _GEMV_SYMBOLS["float32"], _gemv_signature(_intp, types.float32)
+)
+_DGEMV: Any = types.ExternalFunction(
+    _GEMV_SYMBOLS["float64"], _gemv_signature(_intp, types.float64)
+)
 
 
 @njit(cache=True, inline="always")
@@ -118,8 +149,29 @@ def gemm(a, b, out):
     ta, lda = _operand(a)
     tb, ldb = _operand(b)
     pa, pb, pc = a.ctypes.data, b.ctypes.data, out.ctypes.data
-    if out.itemsize == 4:
+    if m == 1 or n == 1:  # a vector operand: OpenBLAS's GEMM packs it (64 against 20 us for
+        _gemv(m, n, k, ta, lda, tb, ldb, pa, pb, pc, out.itemsize)  # a 784-256-128-10 row)
+    elif out.itemsize == 4:
         one, zero = np.float32(1), np.float32(0)
         _SGEMM(ROW_MAJOR, ta, tb, m, n, k, one, pa, lda, pb, ldb, zero, pc, max(n, 1))
     else:
         _DGEMM(ROW_MAJOR, ta, tb, m, n, k, 1.0, pa, lda, pb, ldb, 0.0, pc, max(n, 1))
+
+
+@njit(cache=True, inline="always")
+def _gemv(m, n, k, ta, lda, tb, ldb, pa, pb, pc, itemsize):
+    """``gemm`` where ``m == 1`` (``out = b.T @ a[0]``) or ``n == 1`` (``out = a @ b[:, 0]``)
+    as one matrix-vector product, as NumPy's matmul does; a single row or column of a C- or
+    F-contiguous operand has unit stride, and so has ``out``'s."""
+    if m == 1:  # y(n) = op(b).T x: b stored (k, n) row-major -> transpose; (n, k) -> not
+        trans, rows, cols, ld, pm, px = (
+            (TRANS, k, n, ldb, pb, pa) if tb == NO_TRANS else (NO_TRANS, n, k, ldb, pb, pa)
+        )
+    else:  # y(m) = op(a) x: a stored (m, k) row-major -> no transpose; (k, m) -> transpose
+        trans, rows, cols, ld, pm, px = (
+            (NO_TRANS, m, k, lda, pa, pb) if ta == NO_TRANS else (TRANS, k, m, lda, pa, pb)
+        )
+    if itemsize == 4:
+        _SGEMV(ROW_MAJOR, trans, rows, cols, np.float32(1), pm, ld, px, 1, np.float32(0), pc, 1)
+    else:
+        _DGEMV(ROW_MAJOR, trans, rows, cols, 1.0, pm, ld, px, 1, 0.0, pc, 1)

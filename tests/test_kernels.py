@@ -669,7 +669,13 @@ def test_numba_gemm_matches_numpy_for_every_layout_and_edge_shape(rng, dtype):
         pytest.skip("numba unavailable")
     from fastnet.kernels import numba_blas
 
-    for m, k, n in [(5, 3, 4), (1, 7, 1), (64, 300, 70), (0, 3, 2), (3, 0, 2), (1, 1, 1)]:
+    config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    numpy_openblas = config.get("name") == "scipy-openblas" and "USE64BITINT" in str(
+        config.get("openblas configuration")
+    )
+    shapes = [(5, 3, 4), (1, 7, 1), (64, 300, 70), (0, 3, 2), (3, 0, 2), (1, 1, 1)]
+    vectors = [(1, 300, 70), (70, 300, 1), (1, 7, 5), (6, 7, 1)]  # through GEMV
+    for m, k, n in shapes + vectors:
         a = rng.standard_normal((m, k)).astype(dtype)
         b = rng.standard_normal((k, n)).astype(dtype)
         for x in (a, np.asfortranarray(a)):
@@ -677,6 +683,8 @@ def test_numba_gemm_matches_numpy_for_every_layout_and_edge_shape(rng, dtype):
                 out = np.full((m, n), np.nan, dtype)
                 numba_blas.gemm(x, y, out)
                 np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-4)
+                if numpy_openblas and (m, k, n) in vectors:  # NumPy's matmul: the same GEMV
+                    np.testing.assert_array_equal(out, x @ y)
     # the views the kernels pass: row slices of scratch buffers, their transposes, read-only x
     big = rng.standard_normal((16, 9)).astype(dtype)
     w = rng.standard_normal((9, 5)).astype(dtype)
@@ -690,10 +698,7 @@ def test_numba_gemm_matches_numpy_for_every_layout_and_edge_shape(rng, dtype):
     np.testing.assert_allclose(dw, big[:7].T @ scratch[:7], rtol=1e-5, atol=1e-4)
     numba_blas.gemm(big[:1], w, scratch[:1])
     np.testing.assert_allclose(scratch[:1], big[:1] @ w, rtol=1e-5, atol=1e-5)
-    config = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
-    if config.get("name") == "scipy-openblas" and "USE64BITINT" in str(
-        config.get("openblas configuration")
-    ):
+    if numpy_openblas:
         assert numba_blas.SOURCE == "NumPy's OpenBLAS"
     a = rng.standard_normal((4, 6)).astype(dtype)
     with pytest.raises(ValueError, match="contiguous"):
@@ -729,6 +734,29 @@ def test_numba_gemm_fallback_computes_cblas_products(rng, dtype):
             ldb = n if tb == nb.NO_TRANS else k
             fallback(nb.ROW_MAJOR, ta, tb, m, n, k, 1.0, ptr(x), lda, ptr(y), ldb, 0.0, ptr(out), n)
             np.testing.assert_allclose(out, a @ b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numba_gemv_fallback_computes_cblas_products(rng, dtype):
+    """The GEMV fallback (no NumPy OpenBLAS) with the CBLAS signature, both transposes."""
+    from fastnet.backends import probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    from fastnet.kernels import numba_blas as nb
+
+    fallback = nb._gemv_fallback(np.dtype(dtype).type).ctypes
+    a = rng.standard_normal((5, 3)).astype(dtype)
+    x3, x5 = rng.standard_normal(3).astype(dtype), rng.standard_normal(5).astype(dtype)
+
+    def ptr(arr):
+        return arr.ctypes.data_as(fallback.argtypes[5])
+
+    y5, y3 = np.full(5, np.nan, dtype), np.full(3, np.nan, dtype)
+    fallback(nb.ROW_MAJOR, nb.NO_TRANS, 5, 3, 1.0, ptr(a), 3, ptr(x3), 1, 0.0, ptr(y5), 1)
+    np.testing.assert_allclose(y5, a @ x3, rtol=1e-5, atol=1e-5)
+    fallback(nb.ROW_MAJOR, nb.TRANS, 5, 3, 1.0, ptr(a), 3, ptr(x5), 1, 0.0, ptr(y3), 1)
+    np.testing.assert_allclose(y3, x5 @ a, rtol=1e-5, atol=1e-5)
 
 
 def test_numba_kernels_cache_key_covers_the_helpers_they_inline():
