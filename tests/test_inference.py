@@ -1,5 +1,6 @@
 """Inference: the numba backend's fused forward (one JIT call per chunk) and its finiteness
-check give what the NumPy reference gives, for every loss's predictions."""
+check give what the NumPy reference gives, for every loss's predictions; the NumPy backend's
+one-loop inference gives what its layers give, bit for bit."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ import pytest
 import fastnet as fn
 from fastnet.backends import probe
 
-pytestmark = pytest.mark.skipif(not probe("numba").available, reason="numba unavailable")
+needs_numba = pytest.mark.skipif(not probe("numba").available, reason="numba unavailable")
 
 
 def _pair(loss="softmax_cross_entropy", acts=("relu", "tanh"), outputs=4):
@@ -19,6 +20,23 @@ def _pair(loss="softmax_cross_entropy", acts=("relu", "tanh"), outputs=4):
     return models
 
 
+@pytest.mark.parametrize("loss, outputs", [("softmax_cross_entropy", 4), ("bce", 1), ("mse", 2)])
+@pytest.mark.parametrize("acts", [("relu", "tanh"), ("leaky_relu", "sigmoid")])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_inference_is_the_layers_forward_bit_for_bit(loss, outputs, acts, dtype):
+    layers = [fn.Dense(16, acts[0]), fn.Dense(8, acts[1], use_bias=False), fn.Dense(outputs)]
+    model = fn.Sequential(layers, loss=loss, backend="numpy", seed=0, dtype=dtype).build(6)
+    X = np.random.default_rng(0).normal(size=(9, 6)).astype(dtype)
+    X.setflags(write=False)
+    layered = np.array(model.forward(X, training=False), copy=True)
+    np.testing.assert_array_equal(model.predict_raw(X), layered)
+    if loss != "mse":
+        np.testing.assert_array_equal(model.predict_proba(X), model.loss.predict_output(layered))
+    assert "fused inference" in model.backend.kernel_report["matmul"]
+    assert model.predict_raw(X).dtype == dtype
+
+
+@needs_numba
 @pytest.mark.parametrize("loss, outputs", [("softmax_cross_entropy", 4), ("bce", 1), ("mse", 2)])
 @pytest.mark.parametrize("rows", [1, 7, 9000])
 def test_fused_inference_matches_the_reference(loss, outputs, rows):
@@ -37,6 +55,7 @@ def test_fused_inference_matches_the_reference(loss, outputs, rows):
     assert "fused inference" in fused.backend.kernel_report["matmul"]
 
 
+@needs_numba
 def test_fused_inference_follows_new_weights():
     ref, fused = _pair()
     X = np.random.default_rng(1).normal(size=(5, 6))
@@ -50,6 +69,7 @@ def test_fused_inference_follows_new_weights():
     np.testing.assert_allclose(fused.predict_proba(X), ref.predict_proba(X), rtol=1e-12)
 
 
+@needs_numba
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("where", [(0, 0), (3, 5), (-1, -1)])
 def test_all_finite_finds_every_non_finite_value(bad, where):
