@@ -1,7 +1,7 @@
 """fastnet's numba fused step against JAX jit + lax.scan alone, alternating whole epochs in one
 process (default model, batch 128, Adam, float32); median of the per-round ratios.
 
-    python bench/results/intel-xeon-skylake-2core/pair_jax.py [rounds]
+    python -m fastnet.bench.pair_jax [rounds]    (OMP_NUM_THREADS=2 on the 2-core machines)
 """
 
 import sys
