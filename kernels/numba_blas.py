@@ -1,4 +1,5 @@
-"""GEMM for the numba kernels through NumPy's own BLAS.
+"""GEMM for the numba kernels through NumPy's own BLAS (GEMV where an operand is one row or
+column, as NumPy's matmul does).
 
 numba's ``np.dot`` calls SciPy's BLAS, a second OpenBLAS with its own spinning thread pool
 next to NumPy's. The kernels call :func:`gemm` instead: NumPy's bundled OpenBLAS (the ILP64

@@ -20,7 +20,7 @@ from .numba_fpmode import enter_flush_mode, leave_flush_mode
 
 #: sha256 of numba_blas.py + numba_fpmode.py, whose code the cached kernels below inline. numba
 #: re-compiles when this file changes, not when those do: a test fails until this is updated.
-HELPERS_SHA256 = "01fa5352f68c52be39c95dbb83f72f45744ec74fe05c7c143c7a39500161cca5"
+HELPERS_SHA256 = "424352d952ce988cb958ebd3e829180f6f748c5c17950a44ac688f1055218c89"
 
 # error_model="numpy": division by zero gives inf/nan instead of a per-element check, which
 # would stop LLVM from vectorizing the loops. No ``fastmath``: its no-NaN/no-inf assumptions
