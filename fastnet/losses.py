@@ -78,10 +78,21 @@ class Loss:
         """This loss as plain data for a compiled step (``fastnet.backends.plan``)."""
         return LossPlan(
             self.name,
-            predictions=self.predictions,
+            predictions=self.planned_predictions(),
             reason=f"captured steps cover the softmax cross-entropy loss only, not "
             f"{self.name} (array expressions)",
         )
+
+    def planned_predictions(self) -> str:
+        """``predictions`` for fused inference, or "custom" where a subclass (or the instance)
+        redefines ``predictions`` or ``predict_output``: backends then run the layers and this
+        loss's own ``predict_output``."""
+
+        def owner(name: str) -> type:
+            return next(c for c in type(self).__mro__ if name in c.__dict__)
+
+        ours = all(owner(n).__module__ == __name__ for n in ("predictions", "predict_output"))
+        return self.predictions if ours and "predictions" not in vars(self) else "custom"
 
     def invalid_targets(self, targets: Any, xp: Any = np) -> str:
         """Why ``targets`` are outside this loss's domain ("" if they are fine)."""
@@ -166,7 +177,7 @@ class SoftmaxCrossEntropy(Loss):
         return dlogits
 
     def plan(self) -> LossPlan:
-        return LossPlan(self.name, True, self.label_smoothing, "softmax")
+        return LossPlan(self.name, True, self.label_smoothing, self.planned_predictions())
 
     def get_config(self) -> dict:
         return {"name": self.name, "label_smoothing": self.label_smoothing}

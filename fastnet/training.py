@@ -791,8 +791,8 @@ class Trainer:
 
     def _inference_plan(self) -> Any:
         """The model's step plan for fused inference, kept while the arena is the same (its
-        arrays are updated in place); None unless the loss's predictions are a softmax or
-        the raw outputs (what fused inference computes)."""
+        arrays are updated in place); each backend's ``infer`` decides which plans and
+        predictions it computes."""
         if self._plan_key != id(self.arena):
             self._plan_key, self._plan = id(self.arena), self.step_plan()
         return self._plan

@@ -1,5 +1,5 @@
-"""GEMM for the numba kernels through NumPy's own BLAS (GEMV where an operand is one row or
-column, as NumPy's matmul does).
+"""GEMM for the numba kernels through NumPy's own BLAS (GEMV for a row times a matrix or a
+matrix times a column, the routine NumPy's matmul calls there when the inner size is over 1).
 
 numba's ``np.dot`` calls SciPy's BLAS, a second OpenBLAS with its own spinning thread pool
 next to NumPy's. The kernels call :func:`gemm` instead: NumPy's bundled OpenBLAS (the ILP64
@@ -162,8 +162,9 @@ def gemm(a, b, out):
 @njit(cache=True, inline="always")
 def _gemv(m, n, k, ta, lda, tb, ldb, pa, pb, pc, itemsize):
     """``gemm`` where ``m == 1`` (``out = b.T @ a[0]``) or ``n == 1`` (``out = a @ b[:, 0]``)
-    as one matrix-vector product, as NumPy's matmul does; a single row or column of a C- or
-    F-contiguous operand has unit stride, and so has ``out``'s."""
+    as one matrix-vector product (NumPy's matmul does the same for ``k > 1``; for ``k == 1``
+    or ``m == n == 1`` it has other loops, whose last bits may differ); a single row or column
+    of a C- or F-contiguous operand has unit stride, and so has ``out``'s."""
     if m == 1:  # y(n) = op(b).T x: b stored (k, n) row-major -> transpose; (n, k) -> not
         trans, rows, cols, ld, pm, px = (
             (TRANS, k, n, ldb, pb, pa) if tb == NO_TRANS else (NO_TRANS, n, k, ldb, pb, pa)

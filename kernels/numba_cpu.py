@@ -20,7 +20,7 @@ from .numba_fpmode import enter_flush_mode, leave_flush_mode
 
 #: sha256 of numba_blas.py + numba_fpmode.py, whose code the cached kernels below inline. numba
 #: re-compiles when this file changes, not when those do: a test fails until this is updated.
-HELPERS_SHA256 = "424352d952ce988cb958ebd3e829180f6f748c5c17950a44ac688f1055218c89"
+HELPERS_SHA256 = "c100d38409ed73474d9ba543b28c536ade64577ce9392f51ac68946187624ab9"
 
 # error_model="numpy": division by zero gives inf/nan instead of a per-element check, which
 # would stop LLVM from vectorizing the loops. No ``fastmath``: its no-NaN/no-inf assumptions

@@ -23,15 +23,22 @@ def _pair(loss="softmax_cross_entropy", acts=("relu", "tanh"), outputs=4):
 @pytest.mark.parametrize("loss, outputs", [("softmax_cross_entropy", 4), ("bce", 1), ("mse", 2)])
 @pytest.mark.parametrize("acts", [("relu", "tanh"), ("leaky_relu", "sigmoid")])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_numpy_inference_is_the_layers_forward_bit_for_bit(loss, outputs, acts, dtype):
+@pytest.mark.parametrize("rows", [1, 9, 8193])  # one row (GEMV), two 8192-row chunks
+def test_numpy_inference_is_the_layers_forward_bit_for_bit(loss, outputs, acts, dtype, rows):
+    """NumPy's one-loop inference is the layers' forward and the loss's predictions, bit for
+    bit (the numba tests above compare against it)."""
     layers = [fn.Dense(16, acts[0]), fn.Dense(8, acts[1], use_bias=False), fn.Dense(outputs)]
     model = fn.Sequential(layers, loss=loss, backend="numpy", seed=0, dtype=dtype).build(6)
-    X = np.random.default_rng(0).normal(size=(9, 6)).astype(dtype)
+    X = np.random.default_rng(0).normal(size=(rows, 6)).astype(dtype)
     X.setflags(write=False)
-    layered = np.array(model.forward(X, training=False), copy=True)
+    chunks = [X[lo : lo + 8192] for lo in range(0, rows, 8192)]  # as predict runs them
+    layered = np.concatenate([np.array(model.forward(c, training=False)) for c in chunks])
     np.testing.assert_array_equal(model.predict_raw(X), layered)
     if loss != "mse":
-        np.testing.assert_array_equal(model.predict_proba(X), model.loss.predict_output(layered))
+        expected = np.concatenate(
+            [model.loss.predict_output(np.array(model.forward(c, training=False))) for c in chunks]
+        )
+        np.testing.assert_array_equal(model.predict_proba(X), expected)
     assert "fused inference" in model.backend.kernel_report["matmul"]
     assert model.predict_raw(X).dtype == dtype
 
@@ -83,3 +90,28 @@ def test_all_finite_finds_every_non_finite_value(bad, where):
     X[where] = bad
     with pytest.raises(ValueError, match="NaN or infinite"):
         model.predict(X)
+
+
+class _TemperedSoftmax(fn.SoftmaxCrossEntropy):
+    def predict_output(self, logits):
+        return self.backend.softmax(logits / 4)
+
+
+class _DoubledOutputs(fn.MeanSquaredError):
+    def predict_output(self, outputs):
+        return outputs * 2
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=needs_numba)])
+@pytest.mark.parametrize("loss_class, outputs", [(_TemperedSoftmax, 4), (_DoubledOutputs, 2)])
+def test_inference_runs_a_custom_loss_own_predictions(backend, loss_class, outputs):
+    """A loss subclass with its own ``predict_output`` is not mistaken for the built-in one
+    fused inference computes: its predictions are what it computes."""
+    loss = loss_class()
+    layers = [fn.Dense(8, "relu"), fn.Dense(outputs)]
+    model = fn.Sequential(layers, loss=loss, backend=backend, seed=0, dtype="float64").build(6)
+    X = np.random.default_rng(2).normal(size=(5, 6))
+    raw = model.predict_raw(X)
+    np.testing.assert_allclose(model.predict_proba(X), loss.predict_output(raw), rtol=1e-12)
+    assert loss.planned_predictions() == "custom"
+    assert fn.SoftmaxCrossEntropy().planned_predictions() == "softmax"

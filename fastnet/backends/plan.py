@@ -41,7 +41,8 @@ class OpaquePlan:
 class LossPlan:
     """The loss: ``name``; ``fused_softmax_xent`` when it is the fused softmax cross-entropy
     (backend ops, capturable) with ``label_smoothing``; ``predictions``, what turns outputs into
-    predictions ("softmax", "sigmoid" or "identity"); else the ``reason`` it is not captured."""
+    predictions ("softmax", "sigmoid", "identity", or "custom": the loss's own code); else the
+    ``reason`` it is not captured."""
 
     name: str
     fused_softmax_xent: bool = False
