@@ -1,7 +1,9 @@
 """fastnet's numba fused step against JAX jit + lax.scan alone, alternating whole epochs in one
 process (default model, batch 128, Adam, float32); median of the per-round ratios.
 
-    python -m fastnet.bench.pair_jax [rounds]    (OMP_NUM_THREADS=2 on the 2-core machines)
+    python -m fastnet.bench.pair_jax [rounds] [--quick]   (OMP_NUM_THREADS: the cores)
+
+``--quick``: the bench's small data set (a smoke test).
 """
 
 import sys
@@ -14,8 +16,8 @@ from fastnet.bench.suites import DEFAULT_SIZES, _model, load_training_data
 from fastnet.backends import get_backend
 
 
-def main(rounds: int, batch: int = 128) -> None:
-    X, y, _ = load_training_data(False)
+def main(rounds: int, quick: bool = False, batch: int = 128) -> None:
+    X, y, _ = load_training_data(quick)
     n = len(X) // batch * batch
     X, y = X[:n], y[:n]
     be = get_backend("numba")
@@ -34,4 +36,5 @@ def main(rounds: int, batch: int = 128) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 9)
+    counts = [a for a in sys.argv[1:] if a != "--quick"]
+    main(int(counts[0]) if counts else 9, "--quick" in sys.argv[1:])
