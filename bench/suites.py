@@ -359,6 +359,13 @@ def _fastnet_contestants(
             )
             name = f"fastnet-{be.name}-graph-{precision}"
             epoch.append(Contestant(name, graphed, timer, epoch_flops))
+            if precision == "fp32":  # what several steps per replay save: one per replay
+                default, be.steps_per_graph = be.steps_per_graph, 1
+                try:
+                    single = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
+                finally:
+                    be.steps_per_graph = default
+                epoch.append(Contestant(f"{name[:-5]}1step-fp32", single, timer, epoch_flops))
             floor = matmul_only_epoch(
                 be.xp,
                 sizes,

@@ -15,7 +15,8 @@ class Callback:
     """Override any hook; ``on_epoch_end`` returns True to stop training.
 
     ``on_batch_begin``/``on_batch_end`` run around every step of the eager loop; when steps are
-    captured (CUDA graphs) they run at graph boundaries, between replays. ``fit`` calls them only
+    captured (CUDA graphs) they run between replays, and a callback that overrides them makes
+    each replay run one step (``steps_per_graph`` otherwise). ``fit`` calls them only
     for callbacks that override them, and sets ``model.steps_per_epoch`` before
     ``on_train_begin``. Batch logs hold ``batch`` (index) and ``size`` (rows)."""
 

@@ -156,11 +156,20 @@ class ResidentBatches:
         self.X, self.y, self.w, self.backend, self.shuffle = X, y, w, backend, shuffle
         self.rng = backend.rng(seed)
 
-    def epoch(self, bounds: Sequence[tuple[int, int]], step: Any) -> Iterator[tuple[Any, ...]]:
-        """Batches of one epoch; runs on the caller's stream (``Backend.step_stream``), so
-        the gathers are ordered with the steps that read them."""
-        backend, n = self.backend, self.X.shape[0]
-        order = backend.permutation(self.rng, n) if self.shuffle else backend.xp.arange(n)
+    def order(self) -> Any:
+        """The next epoch's row order on the device (a permutation when shuffling)."""
+        n = self.X.shape[0]
+        return self.backend.permutation(self.rng, n) if self.shuffle else self.backend.xp.arange(n)
+
+    def epoch(
+        self, bounds: Sequence[tuple[int, int]], step: Any, order: Any = None
+    ) -> Iterator[tuple[Any, ...]]:
+        """Batches of one epoch (rows ``order[lo:hi]``; ``order()`` if not given); runs on the
+        caller's stream (``Backend.step_stream``), so the gathers are ordered with the steps
+        that read them."""
+        backend = self.backend
+        if order is None:
+            order = self.order()
         for lo, hi in bounds:
             idx = order[lo:hi]
             out = step.batch_buffers(hi - lo)
@@ -193,7 +202,10 @@ class StreamedBatches:
         self.rng = np.random.default_rng(seed)
         self.chunk_batches = chunk_batches
 
-    def epoch(self, bounds: Sequence[tuple[int, int]], step: Any) -> Iterator[tuple[Any, ...]]:
+    def epoch(
+        self, bounds: Sequence[tuple[int, int]], step: Any, order: Any = None
+    ) -> Iterator[tuple[Any, ...]]:
+        """Batches of one epoch (``order``: a host permutation, drawn here if not given)."""
         backend, X, y = self.backend, self.X, self.y
         per = self.chunk_batches
         chunks = [bounds[i : i + per] for i in range(0, len(bounds), per)]
@@ -204,7 +216,8 @@ class StreamedBatches:
         dev_x = backend.empty((rows, X.shape[1]), dtype)
         dev_y = backend.empty((rows,) + y.shape[1:], y.dtype)
         n = X.shape[0]
-        order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        if order is None:
+            order = self.rng.permutation(n) if self.shuffle else np.arange(n)
         for chunk in chunks:
             c0, c1 = chunk[0][0], chunk[-1][1]
             m = c1 - c0
@@ -598,8 +611,14 @@ class Trainer:
             end = [cb for cb in hooks if _overrides(cb, "on_batch_end")]
             with self.backend.step_stream():  # gathers, lr writes and steps in one order
                 step.begin_epoch()
-                batches = zip(source.epoch(local, step), bounds)
-                for i, ((xb, yb, wb), (lo, hi)) in enumerate(batches):
+                order, start = None, 0
+                if isinstance(source, ResidentBatches) and hasattr(step, "run_in_graphs"):
+                    order = source.order()
+                    if not begin and not end:  # no host work between steps: several per replay
+                        data = (source.X, source.y, source.w)
+                        start = step.run_in_graphs(data, order, local, progress)
+                batches = zip(source.epoch(local[start:], step, order), bounds[start:])
+                for i, ((xb, yb, wb), (lo, hi)) in enumerate(batches, start):
                     for cb in begin:
                         cb.on_batch_begin(self, i)
                     step(xb, yb, wb)

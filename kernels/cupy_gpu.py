@@ -278,6 +278,38 @@ def count_correct(logits: Any, labels: Any, targets: Any, hits: Any) -> None:
     )
 
 
+# ------------------------------------------------------------------------- in-graph batch gathers
+@cache
+def _gather_rows_at() -> cp.ElementwiseKernel:
+    return cp.ElementwiseKernel(
+        "raw T x, raw int64 order, raw int64 position, int64 offset, int64 width",
+        "T out",
+        "const long long r = i / width;"
+        " out = x[order[position[0] + offset + r] * width + (i - r * width)];",
+        "fastnet_gather_rows_at",
+    )
+
+
+def take_rows_at(x: Any, order: Any, position: Any, offset: int, out: Any) -> Any:
+    """``out[:] = x[order[p:p + len(out)]]``, ``p = position[0] + offset`` read on the device;
+    ``x``, ``order`` (int64) and ``out`` C-contiguous, rows of ``width`` elements."""
+    width = int(np.prod(x.shape[1:], dtype=np.int64))
+    flat = x.reshape(-1)  # a view: the kernel indexes rows itself
+    return _gather_rows_at()(flat, order, position, np.int64(offset), np.int64(width), out)
+
+
+@cache
+def _advance_position() -> cp.ElementwiseKernel:
+    return cp.ElementwiseKernel(
+        "int64 rows", "int64 position", "position += rows", "fastnet_advance_position"
+    )
+
+
+def advance_position(position: Any, rows: int) -> None:
+    """``position[0] += rows`` on the device."""
+    _advance_position()(np.int64(rows), position)
+
+
 @cache
 def _placeholder(dtype: np.dtype, device: int) -> cp.ndarray:
     with cp.cuda.Device(device):

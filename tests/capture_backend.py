@@ -39,6 +39,8 @@ OPS = (
     "advance_scalars",
     "update",
     "take_rows",
+    "take_rows_at",
+    "advance_position",
     "permutation",
     "copy_from_host",
 )
@@ -70,8 +72,9 @@ class CaptureSimBackend(NumpyBackend):
 
     name = "capture-sim"
 
-    def __init__(self) -> None:
+    def __init__(self, steps_per_graph: int = 1) -> None:
         super().__init__()
+        self.steps_per_graph = steps_per_graph
         self.capturing = False
         self.depth = 0
         self.stream = "default"

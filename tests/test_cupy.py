@@ -174,11 +174,55 @@ def test_schedules_change_lr_without_recapture():
         X, y, epochs=2, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(2)], compiled=True
     )
     step = next(iter(model._compiled_steps.values()))[0]
-    graph = step.graph
+    graphs = dict(step.multi)  # an epoch schedule: several steps per replay
+    assert graphs and step.graph is None
     model.fit(
         X, y, epochs=1, batch_size=64, verbose=0, callbacks=[fn.WarmupCosine(0.5, 1)], compiled=True
     )
-    assert step.graph is graph and step.replays > 0
+    assert step.graph is not None and step.replays > 0  # a per-step schedule: one per replay
+    replays = step.replays
+    model.fit(
+        X, y, epochs=1, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(1)], compiled=True
+    )
+    assert step.replays == replays + 15  # other arrays: the 15 full batches in new graphs
+
+
+@pytest.mark.parametrize("steps_per_graph", [4, 32])
+@pytest.mark.parametrize("loss_option", ["labels", "one_hot", "weights"])
+def test_several_steps_per_replay_equal_eager(monkeypatch, steps_per_graph, loss_option):
+    """K steps per CUDA-graph replay with the batch gathers inside the graph (rows read at a
+    device position) train as eager steps do (float64, 3 epochs, an epoch schedule)."""
+    monkeypatch.setattr(type(fn.get_backend("cupy")), "steps_per_graph", steps_per_graph)
+    X, y = make_blobs(n=1000)
+    targets = np.eye(4)[y] if loss_option == "one_hot" else y
+    weights = np.linspace(0.5, 1.5, len(y)) if loss_option == "weights" else None
+    models = []
+    for compiled in (False, True):
+        model = fn.Sequential(
+            [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
+            optimizer=fn.Adam(1e-2),
+            backend="cupy",
+            seed=2,
+            dtype="float64",
+        )
+        model.fit(
+            X,
+            targets,
+            epochs=3,
+            batch_size=64,
+            verbose=0,
+            compiled=compiled,
+            sample_weight=weights,
+            callbacks=[fn.CosineDecay(3)],
+        )
+        models.append(model)
+    eager, graphed = models
+    step = next(iter(graphed._compiled_steps.values()))[0]
+    assert f"{steps_per_graph} steps per replay" in graphed.step_description
+    assert step.replays == 44 and step.multi  # 15 full batches an epoch, 1 eager warm-up
+    np.testing.assert_allclose(eager.history["loss"], graphed.history["loss"], rtol=1e-9)
+    for a, b in zip(eager.arena.groups, graphed.arena.groups):
+        np.testing.assert_allclose(b.values.get(), a.values.get(), rtol=1e-9, atol=1e-12)
 
 
 def test_data_too_large_for_the_device_is_streamed_from_pinned_memory(monkeypatch):

@@ -122,6 +122,17 @@ class Backend:
             return x.take(idx, axis=0, out=out, mode="wrap")
         return self.xp.take(x, idx, axis=0, out=out)
 
+    def take_rows_at(self, x: Any, order: Any, position: Any, offset: int, out: Any) -> Any:
+        """``out[:] = x[order[p:p + len(out)]]`` with ``p = position[0] + offset``: a batch
+        gather whose place in the epoch is read from the device (a 1-element int64 array), so
+        one captured graph serves every group of steps (capturable; no host read)."""
+        start = int(position[0]) + offset
+        return self.take_rows(x, order[start : start + out.shape[0]], out)
+
+    def advance_position(self, position: Any, rows: int) -> None:
+        """``position[0] += rows`` on the device (capturable)."""
+        position += rows
+
     def copy_from_host(self, dst: Any, src: np.ndarray) -> None:
         """Copy host array ``src`` into the device array ``dst`` of the same shape."""
         dst[...] = src
@@ -165,6 +176,10 @@ class Backend:
             f"dtype={policy!r} needs the cupy backend: {self.name} has no half-"
             "precision kernels faster than float32 (use dtype='float32')"
         )
+
+    #: training steps per graph replay (backends with graphs): a replay runs this many
+    #: steps, batch gathers included, with no host work between them
+    steps_per_graph: int = 1
 
     def graph_capture_reason(self) -> str:
         """Why training steps cannot be captured in graphs here ("" if they can)."""
@@ -475,4 +490,5 @@ class Backend:
         reason = graph_reason(model.step_plan())
         if reason:
             return None, reason
-        return GraphedStep(model, batch_size, spec), GraphedStep.description
+        step = GraphedStep(model, batch_size, spec, self.steps_per_graph)
+        return step, step.description

@@ -19,6 +19,8 @@ class CupyBackend(Backend):
     """GPU backend on device ``device`` (``"cupy:N"``)."""
 
     name = "cupy"
+    #: training steps per CUDA-graph replay, batch gathers inside (``GraphedStep``)
+    steps_per_graph = 32
 
     def __init__(self, device: int = 0) -> None:
         super().__init__()
@@ -93,6 +95,20 @@ class CupyBackend(Backend):
         import cupyx
 
         return cupyx.empty_pinned(shape, dtype=dtype)
+
+    def take_rows_at(self, x: Any, order: Any, position: Any, offset: int, out: Any) -> Any:
+        """One gather kernel reading the position on the device (capturable)."""
+        arrays = (x, order, position, out)
+        if not all(a.flags.c_contiguous for a in arrays) or order.dtype != np.int64:
+            raise ValueError("take_rows_at needs C-contiguous arrays and an int64 order")
+        if x.dtype != out.dtype or x.shape[1:] != out.shape[1:]:
+            raise ValueError(f"take_rows_at: rows of {x.shape} {x.dtype} into {out.shape}")
+        self.k.take_rows_at(x, order, position, offset, out)
+        self.record_kernel("take_rows_at", "cuda")
+        return out
+
+    def advance_position(self, position: Any, rows: int) -> None:
+        self.k.advance_position(position, rows)
 
     def copy_from_host(self, dst: Any, src: np.ndarray) -> None:
         dst.set(src)

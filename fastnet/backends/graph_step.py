@@ -7,10 +7,17 @@ its batch read from fixed buffers the batch source gathers into (on the same str
 correct counts accumulated on the device, and every step-dependent value (learning rate, step
 count, bias corrections, decay shrink, clip scale) read from device scalars that the step
 itself advances. Partial batches run the same function eagerly on views of those buffers.
+
+With ``steps_per_graph = K > 1`` (the backend's setting) one replay runs K steps, each with its
+batch gathers inside the graph: the epoch's permutation is copied into a fixed device buffer and
+the gathers read their rows at a position in device memory that the graph advances, so the host
+issues one launch per K steps. The epoch's last full batches form a shorter graph (captured
+once per length); a partial last batch runs eagerly.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,29 +31,44 @@ def graph_reason(plan: Any) -> str:
 class GraphedStep:
     """A ``Trainer`` step that replays the captured step function for full batches."""
 
-    description = "captured graph (the step function, replayed per full batch)"
-
-    def __init__(self, model: Any, batch_size: int, spec: Any) -> None:
+    def __init__(self, model: Any, batch_size: int, spec: Any, steps_per_graph: int = 1) -> None:
         backend = self.backend = model.backend
         self.model, self.batch_size = model, batch_size
+        self.steps_per_graph = max(1, int(steps_per_graph))
+        self.description = (
+            "captured graph (the step function, replayed per full batch)"
+            if self.steps_per_graph == 1
+            else f"captured graph (the step function, {self.steps_per_graph} steps per replay "
+            "with their batch gathers)"
+        )
+        self.position = backend.zeros((1,), np.int64)  # rows of the epoch gathered so far
+        self.order: Any = None  # the epoch's permutation, where the in-graph gathers read it
+        self.data: tuple = ()  # the (X, y, w) the multi-step graphs gather from
+        self.multi: dict[int, Any] = {}  # graphs of k steps with their gathers, by k
         self.xb = backend.empty((batch_size, model.input_dim), model.dtype)
         self.yb = backend.empty((batch_size, *spec.target_shape), np.dtype(spec.target_dtype))
         self.wb = backend.empty((batch_size,), model.dtype) if spec.weighted else None
         self.totals = backend.zeros((2,), np.float64)
+        self.views = {batch_size: (self.xb, self.yb, self.wb)}
         self.graph: Any = None
         self.warm = False  # one eager full batch first: buffers exist before capture
         self.frozen: tuple = ()
         self.kept: list = []
-        self.replays = 0
+        self.replays = 0  # steps run by graph replays
 
     def batch_buffers(self, n: int) -> tuple[Any, Any, Any] | None:
+        """Where a batch of ``n`` rows is gathered (the same objects each time, so ``__call__``
+        sees it there and copies nothing); None above the captured batch size."""
         if n > self.batch_size:
             return None
-        return self.xb[:n], self.yb[:n], None if self.wb is None else self.wb[:n]
+        if n not in self.views:
+            self.views[n] = (self.xb[:n], self.yb[:n], None if self.wb is None else self.wb[:n])
+        return self.views[n]
 
     def begin_epoch(self) -> None:
         if self.frozen != self.model._frozen_constants():
             self.graph = None  # a callback changed a constant the graph baked in: capture again
+            self.multi = {}
         self.backend.fill(self.totals, 0.0)
 
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
@@ -75,13 +97,77 @@ class GraphedStep:
 
     def _capture(self) -> None:
         model = self.model
-        self.frozen = model._frozen_constants()
         self.graph = self.backend.capture(
             lambda: model.train_step(self.xb, self.yb, self.wb, totals=self.totals)
         )
-        # the graph writes into these on every replay: they must outlive the layers' caches
+        self._keep()
+
+    def _keep(self) -> None:
+        model = self.model
+        self.frozen = model._frozen_constants()
+        # the graphs write into these on every replay: they must outlive the layers' caches
         self.kept = [b for layer in model.layers for b in layer.scratch_buffers()]
         self.kept += model.loss.scratch_buffers()
+
+    def run_in_graphs(
+        self,
+        data: tuple[Any, Any, Any],
+        order: Any,
+        bounds: Sequence[tuple[int, int]],
+        progress: Callable[[int], Any] | None = None,
+    ) -> int:
+        """Run the epoch's leading full batches (rows ``order[lo:hi]`` of ``data = (X, y, w)``
+        for ``bounds``), ``steps_per_graph`` steps per replay with their gathers in the graph;
+        returns how many batches ran (0 with ``steps_per_graph == 1``). The first full batch of a
+        fresh step runs eagerly (buffers exist before a capture)."""
+        size = self.batch_size
+        full = 0
+        while full < len(bounds) and tuple(bounds[full]) == (full * size, (full + 1) * size):
+            full += 1
+        if self.steps_per_graph == 1 or full == 0:
+            return 0
+        backend = self.backend
+        if len(data) != len(self.data) or any(a is not b for a, b in zip(data, self.data)):
+            self.data, self.multi = tuple(data), {}  # graphs read the arrays by address
+            self.order = backend.empty((data[0].shape[0],), np.int64)
+        self.order[...] = order  # a device copy on the step's stream
+        done = 0
+        if not self.warm:
+            x, y, w = data
+            backend.take_rows(x, order[:size], self.xb)
+            backend.take_rows(y, order[:size], self.yb)
+            if w is not None:
+                backend.take_rows(w, order[:size], self.wb)
+            self(self.xb, self.yb, self.wb)
+            done = 1
+            if progress is not None:
+                progress(size)
+        backend.fill(self.position, done * size)
+        while done < full:
+            k = min(self.steps_per_graph, full - done)
+            if k not in self.multi:
+                self.multi[k] = backend.capture(lambda k=k: self._steps(k))
+                self._keep()
+            self.model.arena.write_lr()  # host side, on the step's stream, before the replay
+            self.multi[k].replay()
+            self.replays += k
+            done += k
+            if progress is not None:
+                progress(k * size)
+        return full
+
+    def _steps(self, k: int) -> None:
+        """``k`` steps, each gathering its batch at the device position; then the position
+        moves on by ``k`` batches."""
+        backend, size = self.backend, self.batch_size
+        x, y, w = self.data
+        for i in range(k):
+            backend.take_rows_at(x, self.order, self.position, i * size, self.xb)
+            backend.take_rows_at(y, self.order, self.position, i * size, self.yb)
+            if w is not None:
+                backend.take_rows_at(w, self.order, self.position, i * size, self.wb)
+            self.model.train_step(self.xb, self.yb, self.wb, totals=self.totals)
+        backend.advance_position(self.position, k * size)
 
     def end_epoch(self) -> tuple[Any, Any]:
         totals = self.backend.to_numpy(self.totals)
