@@ -15,7 +15,8 @@ import numpy as np
 
 from fastnet.backends import Backend, activation_code
 from fastnet.backends.base import Act
-from fastnet.backends.plan import ActivationPlan, DensePlan, OpaquePlan
+from fastnet.backends.counter_rng import drop_threshold, stream_key
+from fastnet.backends.plan import ActivationPlan, DensePlan, OpaquePlan, OpsPlan
 from fastnet.initializers import Initializer, get_initializer, initializer_from_config
 from fastnet.optimizers import Optimizer, optimizer_from_config
 from fastnet.parameter import Parameter
@@ -117,7 +118,7 @@ class Layer:
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         raise NotImplementedError
 
-    def plan(self) -> DensePlan | ActivationPlan | OpaquePlan:
+    def plan(self) -> DensePlan | ActivationPlan | OpsPlan | OpaquePlan:
         """This layer as plain data for a compiled step (``fastnet.backends.plan``)."""
         return OpaquePlan(type(self).__name__, "computes with array expressions")
 
@@ -343,7 +344,11 @@ class Softmax(Layer):
 
 
 class Dropout(Layer):
-    """Inverted dropout: zeroes a fraction ``rate`` of inputs in training, identity in eval."""
+    """Inverted dropout: zeroes a fraction ``rate`` of inputs in training, identity in eval.
+
+    Masks come from a counter-based random stream (``fastnet.backends.counter_rng``) whose key
+    and step count live on the device: the same masks for a seed on every backend, eagerly or
+    in a captured step."""
 
     name = "dropout"
 
@@ -360,26 +365,33 @@ class Dropout(Layer):
         self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
     ) -> int:
         self._seed = self.seed if self.seed is not None else int(rng.integers(2**31))
-        self._rng = backend.rng(self._seed)
+        self.stream = backend.asarray(np.array([stream_key(self._seed), 0], np.int64))
         return super().build(input_dim, backend, dtype, rng)
 
     def fork_random_stream(self, rank: int) -> None:
-        seed = np.random.SeedSequence([self._seed, rank]).generate_state(1)[0]
-        self._rng = self.backend.rng(int(seed) % 2**31)
+        key = np.array([stream_key(self._seed, rank)], np.int64)
+        self.backend.copy_from_host(self.stream[:1], key)
 
     def forward(self, x: Any, training: bool = True) -> Any:
         self.mask = None
         if not training or self.rate == 0:
             return x
-        keep = 1.0 - self.rate
-        mask = self.backend.uniform(self._rng, x.shape, self.dtype) >= self.rate
-        self.mask = mask * self.dtype.type(1.0 / keep)
-        return x * self.mask
+        backend = self.backend
+        out, self.mask = self._buffer("out", x.shape), self._buffer("mask", x.shape)
+        scale = 1.0 / (1.0 - self.rate)
+        backend.dropout(x, self.stream, drop_threshold(self.rate), scale, out, self.mask)
+        backend.advance_counter(self.stream[1:], 1)
+        return out
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         if not need_dx:
             return None
-        return dy if self.mask is None else dy * self.mask
+        if self.mask is None:
+            return dy
+        return self.backend.dropout_backward(dy, self.mask, self._buffer("dx", dy.shape))
+
+    def plan(self) -> OpsPlan:
+        return OpsPlan("Dropout")
 
     def get_config(self) -> dict:
         return {"name": self.name, "rate": self.rate, "seed": self.seed}
@@ -414,38 +426,35 @@ class BatchNorm1d(Layer):
 
     def forward(self, x: Any, training: bool = True) -> Any:
         self._check_input(x)
-        xp = self.backend.xp
         self.training = training
-        if training:
-            n = x.shape[0]
-            if n < 2:
-                raise ValueError("BatchNorm1d needs at least 2 samples per batch in training")
-            mean = x.mean(axis=0)
-            var = x.var(axis=0)
-            m = self.momentum
-            self.running_mean *= m
-            self.running_mean += (1 - m) * mean
-            self.running_var *= m
-            self.running_var += (1 - m) * var * (n / (n - 1))
-        else:
-            mean, var = self.running_mean, self.running_var
-        self.inv_std = 1 / xp.sqrt(var + self.eps)
-        self.xhat = (x - mean) * self.inv_std
-        return self.xhat * self.gamma.value + self.beta.value
+        if training and x.shape[0] < 2:
+            raise ValueError("BatchNorm1d needs at least 2 samples per batch in training")
+        self.xhat = self._buffer("xhat", x.shape)
+        self.inv_std = self._buffer("inv_std", (x.shape[1],))
+        return self.backend.batchnorm(
+            x,
+            self.gamma.value,
+            self.beta.value,
+            (self.running_mean, self.running_var),
+            self.momentum,
+            self.eps,
+            training,
+            (self._buffer("out", x.shape), self.xhat, self.inv_std),
+        )
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
-        xhat = self.xhat
-        dy.sum(axis=0, out=self.beta.grad)
-        (dy * xhat).sum(axis=0, out=self.gamma.grad)
-        if not need_dx:
-            return None
-        if not self.training:  # eval mode: a fixed affine map of x
-            return dy * (self.gamma.value * self.inv_std)
-        n = dy.shape[0]
-        dxhat = dy * self.gamma.value
-        return (self.inv_std / n) * (
-            n * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0)
+        return self.backend.batchnorm_backward(
+            dy,
+            self.xhat,
+            self.inv_std,
+            self.gamma.value,
+            (self.gamma.grad, self.beta.grad),
+            self.training,
+            self._buffer("dx", dy.shape) if need_dx else None,
         )
+
+    def plan(self) -> OpsPlan:
+        return OpsPlan("BatchNorm1d")
 
     def parameters(self) -> list[Parameter]:
         return [self.gamma, self.beta]

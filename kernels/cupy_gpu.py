@@ -299,15 +299,192 @@ def take_rows_at(x: Any, order: Any, position: Any, offset: int, out: Any) -> An
 
 
 @cache
-def _advance_position() -> cp.ElementwiseKernel:
+def _advance_counter() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "int64 rows", "int64 position", "position += rows", "fastnet_advance_position"
+        "int64 by", "int64 counter", "counter += by", "fastnet_advance_counter"
     )
 
 
-def advance_position(position: Any, rows: int) -> None:
-    """``position[0] += rows`` on the device."""
-    _advance_position()(np.int64(rows), position)
+def advance_counter(counter: Any, by: int) -> None:
+    """``counter[0] += by`` on the device."""
+    _advance_counter()(np.int64(by), counter)
+
+
+# ---------------------------------------------------------------------------- dropout
+# SplitMix64 at position (step * 2**32 + i) of the stream [key, step]: fastnet.backends.counter_rng
+_SPLITMIX = """
+unsigned long long z = (unsigned long long)stream[0]
+    + (((unsigned long long)stream[1] << 32) + (unsigned long long)i) * 0x9E3779B97F4A7C15ull;
+z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+z = (z ^ (z >> 31)) >> 40;
+"""
+
+
+@cache
+def _dropout() -> cp.ElementwiseKernel:
+    return cp.ElementwiseKernel(
+        "T x, raw int64 stream, uint64 threshold, T scale",
+        "T out, T mask",
+        _SPLITMIX + "mask = z >= threshold ? scale : (T)0; out = x * mask;",
+        "fastnet_dropout",
+    )
+
+
+def dropout(x: Any, stream: Any, threshold: int, scale: float, out: Any, mask: Any) -> None:
+    """Inverted dropout: ``mask`` = ``scale`` where element i's random bits reach
+    ``threshold``, else 0; ``out = x * mask`` (the step is read from ``stream`` on the device)."""
+    _dropout()(x, stream, np.uint64(threshold), x.dtype.type(scale), out, mask)
+
+
+@cache
+def _dropout_grad() -> cp.ElementwiseKernel:
+    return cp.ElementwiseKernel("T dy, T mask", "T dx", "dx = dy * mask", "fastnet_dropout_grad")
+
+
+def dropout_backward(dy: Any, mask: Any, out: Any) -> None:
+    _dropout_grad()(dy, mask, out)
+
+
+# ---------------------------------------------------------------------------- batch norm
+_BATCHNORM_SRC = r"""
+// One thread per column c of x (n rows, d columns, C order). Training: the batch mean and
+// (biased) variance in double, two passes; running averages (unbiased variance). Then inv_std,
+// xhat = (x - mean) * inv_std and y = xhat * gamma + beta.
+extern "C" __global__ void batchnorm(const T* __restrict__ x, const T* __restrict__ gamma,
+                                     const T* __restrict__ beta, T* __restrict__ running_mean,
+                                     T* __restrict__ running_var, T* __restrict__ y,
+                                     T* __restrict__ xhat, T* __restrict__ inv_std,
+                                     long long n, long long d, T momentum, T eps, int training) {
+    long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (c >= d) return;
+    T mean, var;
+    if (training) {
+        double s = 0, q = 0;
+        for (long long r = 0; r < n; ++r) s += (double)x[r * d + c];
+        double mu = s / (double)n;
+        for (long long r = 0; r < n; ++r) {
+            double t = (double)x[r * d + c] - mu;
+            q += t * t;
+        }
+        mean = (T)mu;
+        var = (T)(q / (double)n);
+        T keep = (T)1 - momentum;
+        running_mean[c] = running_mean[c] * momentum + keep * mean;
+        running_var[c] = running_var[c] * momentum + keep * var * ((T)n / (T)(n - 1));
+    } else {
+        mean = running_mean[c];
+        var = running_var[c];
+    }
+    T is = (T)1 / sqrt(var + eps);
+    inv_std[c] = is;
+    T g = gamma[c], b = beta[c];
+    for (long long r = 0; r < n; ++r) {
+        long long k = r * d + c;
+        T h = (x[k] - mean) * is;
+        xhat[k] = h;
+        y[k] = h * g + b;
+    }
+}
+"""
+_BATCHNORM_GRAD_SRC = r"""
+// Gradients, one thread per column: dbeta = sum(dy), dgamma = sum(dy * xhat) (in double);
+// dx for batch statistics (training) or for the fixed running ones.
+extern "C" __global__ void batchnorm_grad(const T* __restrict__ dy, const T* __restrict__ xhat,
+                                          const T* __restrict__ inv_std,
+                                          const T* __restrict__ gamma, T* __restrict__ dgamma,
+                                          T* __restrict__ dbeta, T* __restrict__ dx,
+                                          long long n, long long d, int training, int has_dx) {
+    long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x;
+    if (c >= d) return;
+    double sdy = 0, sdyx = 0;
+    for (long long r = 0; r < n; ++r) {
+        long long k = r * d + c;
+        sdy += (double)dy[k];
+        sdyx += (double)dy[k] * (double)xhat[k];
+    }
+    dbeta[c] = (T)sdy;
+    dgamma[c] = (T)sdyx;
+    if (!has_dx) return;
+    T gm = gamma[c], is = inv_std[c];
+    if (!training) {
+        T f = gm * is;
+        for (long long r = 0; r < n; ++r) dx[r * d + c] = dy[r * d + c] * f;
+        return;
+    }
+    // dxhat = dy * gamma: sum(dxhat) = gamma * sum(dy), sum(dxhat * xhat) = gamma * sum(dy xhat)
+    T a = (T)(gm * sdy), b = (T)(gm * sdyx), f = is / (T)n;
+    for (long long r = 0; r < n; ++r) {
+        long long k = r * d + c;
+        dx[k] = f * ((T)n * (dy[k] * gm) - a - xhat[k] * b);
+    }
+}
+"""
+_BN_THREADS = 64
+
+
+@cache
+def _batchnorm(dtype: str) -> cp.RawKernel:
+    return cp.RawKernel(f"#define T {dtype}\n" + _BATCHNORM_SRC, "batchnorm")
+
+
+@cache
+def _batchnorm_grad(dtype: str) -> cp.RawKernel:
+    return cp.RawKernel(f"#define T {dtype}\n" + _BATCHNORM_GRAD_SRC, "batchnorm_grad")
+
+
+def batchnorm(
+    x: Any,
+    gamma: Any,
+    beta: Any,
+    running: tuple,
+    momentum: float,
+    eps: float,
+    training: bool,
+    out: tuple,
+) -> None:
+    """Batch normalization of C-contiguous 2-D ``x`` into ``out = (y, xhat, inv_std)``."""
+    n, d = x.shape
+    t = x.dtype.type
+    _batchnorm(ctype(x.dtype))(
+        ((d + _BN_THREADS - 1) // _BN_THREADS,),
+        (_BN_THREADS,),
+        (
+            x,
+            gamma,
+            beta,
+            *running,
+            *out,
+            np.int64(n),
+            np.int64(d),
+            t(momentum),
+            t(eps),
+            np.int32(training),
+        ),
+    )
+
+
+def batchnorm_backward(
+    dy: Any, xhat: Any, inv_std: Any, gamma: Any, grads: tuple, training: bool, dx: Any
+) -> None:
+    """``grads = (dgamma, dbeta)`` and, unless ``dx`` is None, ``dx``."""
+    n, d = dy.shape
+    _batchnorm_grad(ctype(dy.dtype))(
+        ((d + _BN_THREADS - 1) // _BN_THREADS,),
+        (_BN_THREADS,),
+        (
+            dy,
+            xhat,
+            inv_std,
+            gamma,
+            *grads,
+            _or_placeholder(dx, dy.dtype),
+            np.int64(n),
+            np.int64(d),
+            np.int32(training),
+            np.int32(dx is not None),
+        ),
+    )
 
 
 @cache
@@ -578,7 +755,7 @@ def cublas_gemm() -> CublasGemm:
 
 # ---------------------------------------------------------------------------- sources for CI
 # Non-raw elementwise inputs the launchers pass as arrays (the rest are scalars).
-_ARRAY_INPUTS = frozenset({"v", "y", "dy", "g"})
+_ARRAY_INPUTS = frozenset({"v", "x", "y", "dy", "g", "mask"})
 
 
 def kernel_sources() -> list[tuple[str, str]]:

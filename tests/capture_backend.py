@@ -40,7 +40,11 @@ OPS = (
     "update",
     "take_rows",
     "take_rows_at",
-    "advance_position",
+    "dropout",
+    "dropout_backward",
+    "batchnorm",
+    "batchnorm_backward",
+    "advance_counter",
     "permutation",
     "copy_from_host",
 )

@@ -114,13 +114,14 @@ def test_captured_step_with_activation_layers_and_per_layer_optimizers():
     _assert_equal_training(("adam", "cosine", "smoothing"), layers=layers)
 
 
-@pytest.mark.parametrize("layer", [fn.Dropout(0.2), fn.BatchNorm1d()])
-def test_layers_outside_the_plan_train_eagerly_with_the_reason(layer):
-    model = _model(CaptureSimBackend(), layers=lambda: [fn.Dense(8, "relu"), layer, fn.Dense(4)])
+def test_layers_outside_the_plan_train_eagerly_with_the_reason():
+    model = _model(
+        CaptureSimBackend(), layers=lambda: [fn.Dense(8, "relu"), fn.Softmax(), fn.Dense(4)]
+    )
     X, y = _data()
     model.fit(X, y, epochs=1, batch_size=16, verbose=0)
-    assert model.step_description.startswith("eager (captured steps cover Dense and activation")
-    assert type(layer).__name__ in model.step_description
+    assert model.step_description.startswith("eager (captured steps cover Dense, activation")
+    assert "Softmax" in model.step_description
     with pytest.raises(ValueError, match="compiled=True"):
         model.fit(X, y, epochs=1, batch_size=16, verbose=0, compiled=True)
 

@@ -247,3 +247,57 @@ def test_checkpoint_saved_on_gpu_loads_on_cpu(tmp_path):
     model.save(tmp_path / "gpu.npz")
     cpu = fn.load_model(tmp_path / "gpu.npz", backend="numpy")
     np.testing.assert_allclose(cpu.predict_proba(X), model.predict_proba(X), rtol=1e-4, atol=1e-6)
+
+
+def test_dropout_masks_and_batchnorm_match_the_numpy_reference():
+    """The CUDA dropout draws the NumPy reference's masks (same counter-based stream), and the
+    batch-norm kernels compute the reference's outputs, running statistics and gradients."""
+    be, ref = fn.get_backend("cupy"), fn.get_backend("numpy")
+    rng = np.random.default_rng(0)
+    for dtype in (np.float32, np.float64):
+        x = rng.standard_normal((300, 70)).astype(dtype)
+        stream = np.array([12345, 7], np.int64)
+        outs = []
+        for b in (ref, be):
+            out, mask = b.empty(x.shape, dtype), b.empty(x.shape, dtype)
+            b.dropout(b.asarray(x), b.asarray(stream), 5_000_000, 1.5, out, mask)
+            outs.append((b.to_numpy(out), b.to_numpy(mask)))
+        np.testing.assert_array_equal(outs[1][1], outs[0][1])
+        np.testing.assert_array_equal(outs[1][0], outs[0][0])
+        gamma, beta = rng.uniform(0.5, 2, 70).astype(dtype), rng.normal(size=70).astype(dtype)
+        dy = rng.standard_normal(x.shape).astype(dtype)
+        tol = dict(rtol=1e-4, atol=1e-4) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+        for training in (True, False):
+            results = []
+            for b in (ref, be):
+                a = b.asarray
+                running = (a(np.full(70, 0.1, dtype)), a(np.full(70, 2.0, dtype)))
+                out = (b.empty(x.shape, dtype), b.empty(x.shape, dtype), b.empty((70,), dtype))
+                b.batchnorm(a(x), a(gamma), a(beta), running, 0.9, 1e-5, training, out)
+                grads, dx = (b.empty((70,), dtype), b.empty((70,), dtype)), b.empty(x.shape, dtype)
+                b.batchnorm_backward(a(dy), out[1], out[2], a(gamma), grads, training, dx)
+                results.append([b.to_numpy(v) for v in (*out, *running, *grads, dx)])
+            for got, want in zip(results[1], results[0]):
+                np.testing.assert_allclose(got, want, **tol)
+
+
+@pytest.mark.parametrize("steps_per_graph", [1, 32])
+def test_dropout_and_batchnorm_train_captured_as_eager(monkeypatch, steps_per_graph):
+    monkeypatch.setattr(type(fn.get_backend("cupy")), "steps_per_graph", steps_per_graph)
+    X, y = make_blobs(n=1000)
+    models = []
+    for compiled in (False, True):
+        model = fn.Sequential(
+            [fn.Dense(64), fn.BatchNorm1d(), fn.ReLU(), fn.Dropout(0.3, seed=4), fn.Dense(4)],
+            optimizer=fn.Adam(1e-2),
+            backend="cupy",
+            seed=2,
+            dtype="float64",
+        )
+        model.fit(X, y, epochs=3, batch_size=64, verbose=0, compiled=compiled)
+        models.append(model)
+    eager, graphed = models
+    assert graphed.step_description.startswith("captured graph"), graphed.step_description
+    np.testing.assert_allclose(eager.history["loss"], graphed.history["loss"], rtol=1e-9)
+    for a, b in zip(eager.arena.groups, graphed.arena.groups):
+        np.testing.assert_allclose(b.values.get(), a.values.get(), rtol=1e-9, atol=1e-12)

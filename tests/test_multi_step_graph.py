@@ -126,7 +126,7 @@ def test_a_constant_changed_by_a_callback_captures_again():
 
 
 def test_the_device_position_is_read_at_replay():
-    """``take_rows_at`` reads the position when it runs; ``advance_position`` moves it."""
+    """``take_rows_at`` reads the position when it runs; ``advance_counter`` moves it."""
     backend = CaptureSimBackend()
     x = np.arange(20.0).reshape(10, 2)
     order = np.array([9, 8, 7, 6, 5, 4, 3, 2, 1, 0])
@@ -135,7 +135,7 @@ def test_the_device_position_is_read_at_replay():
         graph = backend.capture(
             lambda: (
                 backend.take_rows_at(x, order, position, 1, out),
-                backend.advance_position(position, 3),
+                backend.advance_counter(position, 3),
             )
         )
         assert position[0] == 0  # a capture runs nothing
@@ -150,6 +150,6 @@ def test_a_position_that_does_not_advance_is_caught(monkeypatch):
     """The check above can fail: graphs that gather the same rows on every replay (a position
     frozen at capture) train differently from eager."""
     eager = _fit(CaptureSimBackend(), False)
-    monkeypatch.setattr(CaptureSimBackend, "advance_position", lambda self, p, rows: None)
+    monkeypatch.setattr(CaptureSimBackend, "advance_counter", lambda self, p, rows: None)
     frozen = _fit(CaptureSimBackend(steps_per_graph=2), True)
     assert not np.allclose(_weights(frozen), _weights(eager), rtol=1e-6)

@@ -129,9 +129,10 @@ class Backend:
         start = int(position[0]) + offset
         return self.take_rows(x, order[start : start + out.shape[0]], out)
 
-    def advance_position(self, position: Any, rows: int) -> None:
-        """``position[0] += rows`` on the device (capturable)."""
-        position += rows
+    def advance_counter(self, counter: Any, by: int) -> None:
+        """``counter[0] += by`` for a 1-element int64 device array (capturable): the epoch's
+        gather position, a random stream's step."""
+        counter += by
 
     def copy_from_host(self, dst: Any, src: np.ndarray) -> None:
         """Copy host array ``src`` into the device array ``dst`` of the same shape."""
@@ -311,6 +312,81 @@ class Backend:
         e = xp.exp(x - x.max(axis=1, keepdims=True))
         e /= e.sum(axis=1, keepdims=True)
         return e
+
+    # ------------------------------------------------------------------ dropout and batch norm
+    def dropout(
+        self, x: Any, stream: Any, threshold: int, scale: float, out: Any, mask: Any
+    ) -> Any:
+        """Inverted dropout drawn from the counter-based ``stream`` (the int64 device array
+        ``[key, step]``, ``fastnet.backends.counter_rng``): element ``j`` (C order) is kept iff
+        its random bits are ``>= threshold``; ``mask`` gets ``scale`` or 0, ``out = x * mask``.
+        The step is read on the device; the caller advances it (``advance_counter``)."""
+        from fastnet.backends.counter_rng import numpy_stream_bits, stream_bits
+
+        xp = self.xp
+        bits = numpy_stream_bits(stream, x.size) if xp is np else stream_bits(xp, stream, x.size)
+        keep = bits.reshape(x.shape) >= threshold
+        xp.multiply(keep, x.dtype.type(scale), out=mask)
+        return xp.multiply(x, mask, out=out)
+
+    def dropout_backward(self, dy: Any, mask: Any, out: Any) -> Any:
+        """``out = dy * mask`` (the mask ``dropout`` wrote)."""
+        return self.xp.multiply(dy, mask, out=out)
+
+    def batchnorm(
+        self,
+        x: Any,
+        gamma: Any,
+        beta: Any,
+        running: tuple[Any, Any],
+        momentum: float,
+        eps: float,
+        training: bool,
+        out: tuple[Any, Any, Any],
+    ) -> Any:
+        """Batch normalization of ``x`` (rows: samples) into ``out = (y, xhat, inv_std)``:
+        in training the batch statistics, which also update ``running = (mean, var)`` in place
+        (``momentum``; unbiased variance); else the running statistics."""
+        xp = self.xp
+        y, xhat, inv_std = out
+        running_mean, running_var = running
+        if training:
+            n = x.shape[0]
+            mean, var = x.mean(axis=0), x.var(axis=0)
+            running_mean *= momentum
+            running_mean += (1 - momentum) * mean
+            running_var *= momentum
+            running_var += (1 - momentum) * var * (n / (n - 1))
+        else:
+            mean, var = running_mean, running_var
+        xp.divide(1, xp.sqrt(var + eps), out=inv_std)
+        xp.multiply(xp.subtract(x, mean, out=xhat), inv_std, out=xhat)
+        return xp.add(xp.multiply(xhat, gamma, out=y), beta, out=y)
+
+    def batchnorm_backward(
+        self,
+        dy: Any,
+        xhat: Any,
+        inv_std: Any,
+        gamma: Any,
+        grads: tuple[Any, Any],
+        training: bool,
+        dx: Any = None,
+    ) -> Any:
+        """Gradients of ``batchnorm``: ``grads = (dgamma, dbeta)`` written, and ``dx`` (when
+        given) for batch statistics (``training``) or fixed running ones."""
+        xp = self.xp
+        dgamma, dbeta = grads
+        dy.sum(axis=0, out=dbeta)
+        (dy * xhat).sum(axis=0, out=dgamma)
+        if dx is None:
+            return None
+        if not training:  # eval mode: a fixed affine map of x
+            return xp.multiply(dy, gamma * inv_std, out=dx)
+        n = dy.shape[0]
+        dxhat = dy * gamma
+        total = n * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0)
+        return xp.multiply(inv_std / n, total, out=dx)
 
     # ------------------------------------------------------------------ losses
     def softmax_xent(

@@ -107,8 +107,8 @@ class CupyBackend(Backend):
         self.record_kernel("take_rows_at", "cuda")
         return out
 
-    def advance_position(self, position: Any, rows: int) -> None:
-        self.k.advance_position(position, rows)
+    def advance_counter(self, counter: Any, by: int) -> None:
+        self.k.advance_counter(counter, by)
 
     def copy_from_host(self, dst: Any, src: np.ndarray) -> None:
         dst.set(src)
@@ -201,6 +201,56 @@ class CupyBackend(Backend):
         self.k.activation_backward(y, dy, int(activation), alpha, out)
         self.record_kernel("activation_backward", "cuda-fused")
         return out
+
+    # ------------------------------------------------------------------ dropout and batch norm
+    def dropout(
+        self, x: Any, stream: Any, threshold: int, scale: float, out: Any, mask: Any
+    ) -> Any:
+        """One kernel: SplitMix64 bits per element from the device stream, mask and output."""
+        if not (x.shape == out.shape == mask.shape and contiguous_floats(x, out, mask)):
+            return super().dropout(x, stream, threshold, scale, out, mask)
+        self.k.dropout(x, stream, threshold, scale, out, mask)
+        self.record_kernel("dropout", "cuda-fused")
+        return out
+
+    def dropout_backward(self, dy: Any, mask: Any, out: Any) -> Any:
+        self.k.dropout_backward(dy, mask, out)
+        return out
+
+    def batchnorm(
+        self,
+        x: Any,
+        gamma: Any,
+        beta: Any,
+        running: tuple[Any, Any],
+        momentum: float,
+        eps: float,
+        training: bool,
+        out: tuple[Any, Any, Any],
+    ) -> Any:
+        """One kernel (a thread per feature): statistics, running averages, normalization."""
+        args = (x, gamma, beta, *running, *out)
+        if x.ndim != 2 or x.shape != out[0].shape != out[1].shape or not contiguous_floats(*args):
+            return super().batchnorm(x, gamma, beta, running, momentum, eps, training, out)
+        self.k.batchnorm(x, gamma, beta, running, momentum, eps, training, out)
+        self.record_kernel("batchnorm", "cuda-fused")
+        return out[0]
+
+    def batchnorm_backward(
+        self,
+        dy: Any,
+        xhat: Any,
+        inv_std: Any,
+        gamma: Any,
+        grads: tuple[Any, Any],
+        training: bool,
+        dx: Any = None,
+    ) -> Any:
+        arrays = (dy, xhat, inv_std, gamma, *grads) + (() if dx is None else (dx,))
+        if dy.ndim != 2 or dy.shape != xhat.shape or not contiguous_floats(*arrays):
+            return super().batchnorm_backward(dy, xhat, inv_std, gamma, grads, training, dx)
+        self.k.batchnorm_backward(dy, xhat, inv_std, gamma, grads, training, dx)
+        return dx
 
     # ------------------------------------------------------------------ loss
     def softmax_xent(

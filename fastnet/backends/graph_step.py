@@ -73,19 +73,20 @@ class GraphedStep:
 
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
         n = xb.shape[0]
-        if n > self.batch_size:
-            raise ValueError(f"batch of {n} rows exceeds the captured {self.batch_size}")
         if (wb is None) != (self.wb is None):
             raise ValueError(
                 "the step was compiled for "
                 + ("" if self.wb is None else "un")
                 + "weighted batches"
             )
+        self.model.arena.write_lr()  # host side, on the step's stream, before the replay
+        if n > self.batch_size:  # a last row merged into the batch before (BatchNorm): eager
+            self.model.train_step(xb, yb, wb, totals=self.totals)
+            return
         x, y, w = self.batch_buffers(n)  # type: ignore[misc]
         for src, dst in ((xb, x), (yb, y), (wb, w)):
             if src is not None and src is not dst:
                 dst[...] = src  # a caller that did not gather into the step's buffers
-        self.model.arena.write_lr()  # host side, on the step's stream, before the replay
         if n == self.batch_size and self.graph is None and self.warm:
             self._capture()
         if n == self.batch_size and self.graph is not None:
@@ -167,7 +168,7 @@ class GraphedStep:
             if w is not None:
                 backend.take_rows_at(w, self.order, self.position, i * size, self.wb)
             self.model.train_step(self.xb, self.yb, self.wb, totals=self.totals)
-        backend.advance_position(self.position, k * size)
+        backend.advance_counter(self.position, k * size)
 
     def end_epoch(self) -> tuple[Any, Any]:
         totals = self.backend.to_numpy(self.totals)

@@ -30,6 +30,14 @@ class ActivationPlan:
 
 
 @dataclass(frozen=True)
+class OpsPlan:
+    """A layer that computes through backend ops alone (Dropout, BatchNorm1d): capturable in a
+    graph, outside numba's fused Dense step."""
+
+    name: str
+
+
+@dataclass(frozen=True)
 class OpaquePlan:
     """A layer that computes with array expressions (not backend ops): it runs eagerly."""
 
@@ -53,7 +61,7 @@ class LossPlan:
 
 @dataclass(frozen=True)
 class StepPlan:
-    layers: tuple[DensePlan | ActivationPlan | OpaquePlan, ...]
+    layers: tuple[DensePlan | ActivationPlan | OpsPlan | OpaquePlan, ...]
     loss: LossPlan
     dtype: Any
 
@@ -62,7 +70,10 @@ class StepPlan:
         and the loss must compute through backend ops alone."""
         opaque = sorted({p.name for p in self.layers if isinstance(p, OpaquePlan)})
         if opaque:
-            return f"captured steps cover Dense and activation layers only, not {', '.join(opaque)}"
+            return (
+                "captured steps cover Dense, activation, Dropout and BatchNorm1d layers, "
+                f"not {', '.join(opaque)}"
+            )
         return self.loss.reason
 
     def dense_layers(self) -> tuple[DensePlan, ...] | None:
