@@ -14,6 +14,10 @@
 #   distributed-*     one epoch over MPI (2 ranks) and NCCL (1 rank) if mpirun exists
 #                                                                              -> distributed.log
 #   bench-kernels     the GPU kernel suite                                 -> bench.json, bench.log
+#   bench-train       only when asked for (`speed`, not part of `all`: a call of its own after
+#                     the check): the train suite, fastnet's graphs (32 and 1 step per replay)
+#                     against JAX jit+scan and PyTorch's CUDA graph, fp32 and tf32, and the big
+#                     MLP against its matmuls              -> bench-train.json (log: bench.log)
 # summary.txt has one "PASS|FAIL|SKIP  stage  detail" line per stage, then the trainings' numbers:
 # 8 files in all. Exit status 1 when a stage failed.
 # Data: $FASTNET_DATA, else ./.data when present (the device has no Fashion-MNIST: carry it, after
@@ -33,7 +37,7 @@ done
 [[ ${#groups[@]} -gt 0 ]] || groups=(all)
 PY=${PYTHON:-python3}
 mkdir -p "$out" && rm -f "$out"/{summary.txt,gpu.txt,pytest.log,graph-check.json,train.log}
-rm -f "$out"/{bench.json,bench.log,distributed.log}
+rm -f "$out"/{bench.json,bench.log,distributed.log,bench-train.json}
 tmp=$(mktemp -d) && trap 'rm -rf "$tmp"' EXIT
 deadline=$(( SECONDS + ${TOTAL_S:-450} ))
 if [[ -z ${FASTNET_DATA:-} && -d .data ]]; then export FASTNET_DATA=$PWD/.data; fi
@@ -69,9 +73,11 @@ if (( dry )); then
   preset=(--epochs 1 --limit 500 --layers 128,64)
   gc=(--backend numba --rows 512 --epochs 1) mpi_be=numpy
   bench=(--backends numpy --suite kernels --quick --rounds 1)
+  speed=(--backends numpy --suite train --quick --rounds 1)
 else
   be=cupy small=() epochs=(--epochs 4) preset=(--epochs 2) gc=(--backend cupy) mpi_be=cupy
   bench=(--backends cupy --suite kernels --rounds 5)
+  speed=(--backends cupy --suite train --rounds 5)
 fi
 train=("$PY" -m fastnet.cli train --verbose 2 --backend "$be" "${small[@]}")
 nogpu() { record SKIP "$1" "(no GPU)"; }
@@ -119,6 +125,10 @@ fi
 if wanted bench; then
   stage bench-kernels 75 bench.log "$PY" -m fastnet.cli bench "${bench[@]}" \
     --json "$out/bench.json"
+fi
+if [[ " ${groups[*]} " == *" speed "* ]]; then
+  stage bench-train 300 bench.log "$PY" -m fastnet.cli bench "${speed[@]}" \
+    --json "$out/bench-train.json"
 fi
 
 # The trainings' numbers under the stage lines, then the file count (the device returns 8).

@@ -67,3 +67,22 @@ def test_dry_run_passes_every_stage_it_can_run(tmp_path):
     assert len(list(out.iterdir())) <= 8
     report = json.loads((out / "graph-check.json").read_text())
     assert report["pass"] and report["backend"] == "numba" and len(report["results"]) == 24
+
+
+@pytest.mark.slow
+def test_the_speed_group_runs_only_when_asked_for(tmp_path):
+    """`speed` (the train suite against the peers) is a call of its own, not part of `all`."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "TOTAL_S": "120"}
+    proc = subprocess.run(
+        ["bash", "bench/gpu_run.sh", str(out), "--dry-run", "speed"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    results = stage_results((out / "summary.txt").read_text())
+    assert results == {"gpu": "SKIP", "setup": "PASS", "bench-train": "PASS"}, proc.stdout[-3000:]
+    report = json.loads((out / "bench-train.json").read_text())
+    assert any(name.startswith("fastnet-numpy-eager") for name in json.dumps(report).split('"'))
