@@ -163,7 +163,8 @@ class SoftmaxCrossEntropy(Loss):
 
     def accumulate(self, logits: Any, targets: Any, weights: Any, totals: Any) -> Any:
         """Fused: one backend op adds the summed (weighted, smoothed) loss into ``totals[0]``
-        and writes the gradient into a buffer kept per shape; one more counts correct rows."""
+        and the correct count into ``totals[1]``, and writes the gradient into a buffer kept
+        per shape (one CUDA kernel on cupy)."""
         key = (tuple(logits.shape), str(logits.dtype))
         dlogits = self._grads.get(key)
         if dlogits is None:
@@ -171,9 +172,8 @@ class SoftmaxCrossEntropy(Loss):
                 self._grads.clear()
             dlogits = self._grads[key] = self.backend.empty(logits.shape, logits.dtype)
         self.backend.softmax_xent(
-            logits, targets, dlogits, totals[0:1], 1.0, weights, self.label_smoothing
+            logits, targets, dlogits, totals[0:1], 1.0, weights, self.label_smoothing, totals[1:2]
         )
-        self.backend.count_correct(logits, targets, totals[1:2])
         return dlogits
 
     def plan(self) -> LossPlan:

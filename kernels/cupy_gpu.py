@@ -96,7 +96,8 @@ extern "C" __global__ void act_bwd_bias(const T* __restrict__ y, const T* __rest
     if (threadIdx.y == 0 && col < m) {
         T s = 0;
         for (int j = 0; j < 8; ++j) s += partial[j][threadIdx.x];
-        atomicAdd(&db[col], s);
+        if (gridDim.y == 1) db[col] = s;  // one block of rows: no memset, no atomic
+        else atomicAdd(&db[col], s);
     }
 }
 """
@@ -114,10 +115,12 @@ def _act_bwd_bias(dtype: str, code: int) -> cp.RawKernel:
 
 
 def act_backward_bias(y: Any, dy: Any, code: int, alpha: float, dz: Any, db: Any) -> None:
-    """``dz = dy * act'(y)`` and ``db = dz.sum(axis=0)`` in one kernel (``db`` is zeroed here)."""
+    """``dz = dy * act'(y)`` and ``db = dz.sum(axis=0)`` in one kernel; batches of more than
+    ``_ROWS_PER_BLOCK`` rows add blocks' sums atomically into ``db``, zeroed here first."""
     n, m = y.shape
-    db.fill(0)
     grid = ((m + 31) // 32, (n + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK)
+    if grid[1] > 1:
+        db.fill(0)
     _act_bwd_bias(ctype(y.dtype), code)(
         grid, (32, 8), (y, dy, dz, db, np.int32(n), np.int32(m), y.dtype.type(alpha))
     )
@@ -133,17 +136,34 @@ __device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
     return v;
 }
+// The index of a row's first largest element: each lane scans j = lane, lane + 32, ... (keeping
+// the first of equal values), then the warp keeps the larger value, or the smaller index on ties.
+__device__ __forceinline__ int warp_argmax(const T* x, int m, int lane) {
+    T best = x[lane < m ? lane : 0];  // lanes past m: x[0] at index m, which loses every tie
+    int at = lane < m ? lane : m;
+    for (int j = lane + 32; j < m; j += 32) {
+        if (x[j] > best) { best = x[j]; at = j; }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        T other = __shfl_xor_sync(0xffffffff, best, o);
+        int other_at = __shfl_xor_sync(0xffffffff, at, o);
+        if (other > best || (other == best && other_at < at)) { best = other; at = other_at; }
+    }
+    return at;
+}
 // One warp per row: stable max, sum of exp, then the mean-reduced gradient. Targets are integer
 // labels (dense == 0) or one-hot/soft rows (dense == 1); with smoothing e the target is
 // (1 - e) t + e sum(t) / m; with weighted == 1 weights scale each row. Adds loss_scale times the
-// (weighted) row loss into loss[0] (double). Unused pointers are never read.
+// (weighted) row loss into loss[0] (double); with count == 1, adds 1 into hits[0] (double) for
+// a row whose argmax is its label (or its target row's argmax). Unused pointers are never read.
 extern "C" __global__ void softmax_xent(const T* __restrict__ logits,
                                         const long long* __restrict__ labels,
                                         const T* __restrict__ targets,
                                         const T* __restrict__ weights,
                                         T* __restrict__ dlogits, double* __restrict__ loss,
-                                        int n, int m, int dense, int weighted, T inv_n,
-                                        T smoothing, double loss_scale) {
+                                        double* __restrict__ hits, int n, int m, int dense,
+                                        int weighted, int count, T inv_n, T smoothing,
+                                        double loss_scale) {
     int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (row >= n) return;
@@ -181,6 +201,11 @@ extern "C" __global__ void softmax_xent(const T* __restrict__ logits,
             row_loss = ((T)1 - smoothing) * row_loss + smoothing * (log_s - shifted / (T)m);
     }
     if (lane == 0) atomicAdd(loss, loss_scale * (double)(row_loss * w));
+    if (count) {
+        int guess = warp_argmax(x, m, lane);
+        long long truth = dense ? (long long)warp_argmax(t, m, lane) : label;
+        if (lane == 0 && guess == truth) atomicAdd(hits, 1.0);
+    }
 }
 """
 
@@ -199,10 +224,12 @@ def softmax_xent(
     loss: Any,
     loss_scale: float,
     smoothing: float,
+    hits: Any = None,
 ) -> None:
     """Fused softmax cross-entropy: writes the mean-reduced ``dlogits`` and adds ``loss_scale
     * sum(row losses)`` into the float64 ``loss[0]``; int64 ``labels`` or one-hot/soft
-    ``targets`` (the other None), optional row ``weights``, label ``smoothing``."""
+    ``targets`` (the other None), optional row ``weights``, label ``smoothing``; with ``hits``
+    (float64), the rows whose argmax is the label's are counted into ``hits[0]``."""
     n, m = logits.shape
     dense, weighted = targets is not None, weights is not None
     rows_per_block = 8
@@ -218,10 +245,12 @@ def softmax_xent(
             _or_placeholder(weights, logits.dtype),
             dlogits,
             loss,
+            _or_placeholder(hits, np.float64),
             np.int32(n),
             np.int32(m),
             np.int32(dense),
             np.int32(weighted),
+            np.int32(hits is not None),
             t(1.0 / n),
             t(smoothing),
             float(loss_scale),

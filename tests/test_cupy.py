@@ -301,3 +301,41 @@ def test_dropout_and_batchnorm_train_captured_as_eager(monkeypatch, steps_per_gr
     np.testing.assert_allclose(eager.history["loss"], graphed.history["loss"], rtol=1e-9)
     for a, b in zip(eager.arena.groups, graphed.arena.groups):
         np.testing.assert_allclose(b.values.get(), a.values.get(), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("m", [3, 10, 40, 100])
+def test_softmax_xent_counts_correct_rows_in_the_same_kernel(m):
+    """The fused kernel's correct count (first index of the largest logit, ties included)
+    equals the reference's argmax count, for labels and one-hot targets."""
+    be, ref = fn.get_backend("cupy"), fn.get_backend("numpy")
+    rng = np.random.default_rng(m)
+    logits = rng.integers(-2, 3, (257, m)).astype(np.float32)  # many ties
+    labels = rng.integers(0, m, 257)
+    for targets in (labels, np.eye(m, dtype=np.float32)[labels]):
+        want = np.zeros(1)
+        ref.count_correct(logits, targets, want)
+        totals = be.zeros((2,), np.float64)
+        dlogits = be.empty(logits.shape, np.float32)
+        be.softmax_xent(
+            be.asarray(logits), be.asarray(targets), dlogits, totals[0:1], 1.0, hits=totals[1:2]
+        )
+        loss, _ = ref.softmax_xent(logits, targets, loss_out=np.zeros(1), loss_scale=1.0)
+        got = totals.get()
+        assert got[1] == want[0]
+        np.testing.assert_allclose(got[0], loss[0], rtol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 128, 129, 1000])
+def test_bias_gradient_without_a_memset_for_one_block_of_rows(rows):
+    """Up to 128 rows the bias gradient is stored (no memset, no atomics); above, blocks add
+    into a zeroed ``db``: both equal the reference, whatever ``db`` held before."""
+    be, ref = fn.get_backend("cupy"), fn.get_backend("numpy")
+    rng = np.random.default_rng(rows)
+    y = rng.standard_normal((rows, 70)).astype(np.float32)
+    dy = rng.standard_normal((rows, 70)).astype(np.float32)
+    dz_ref, db_ref = np.empty_like(y), np.empty(70, np.float32)
+    ref.act_backward_bias(y, dy, fn.backends.Act.RELU, 0.01, dz_ref, db_ref)
+    dz, db = be.empty(y.shape, np.float32), be.asarray(np.full(70, 7.0, np.float32))
+    be.act_backward_bias(be.asarray(y), be.asarray(dy), fn.backends.Act.RELU, 0.01, dz, db)
+    np.testing.assert_allclose(dz.get(), dz_ref, rtol=1e-6)
+    np.testing.assert_allclose(db.get(), db_ref, rtol=1e-4, atol=1e-4)

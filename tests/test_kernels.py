@@ -773,3 +773,26 @@ def test_numba_kernels_cache_key_covers_the_helpers_they_inline():
         digest.update((kernels / name).read_bytes())
     source = (kernels / "numba_cpu.py").read_text()
     assert f'HELPERS_SHA256 = "{digest.hexdigest()}"' in source, digest.hexdigest()
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_softmax_xent_adds_the_correct_count_into_hits(backend_name):
+    """``softmax_xent(..., hits=)`` counts as ``count_correct`` does (the training step's one
+    loss op), for labels and one-hot targets, and leaves the loss and gradient unchanged."""
+    from fastnet.backends import get_backend, probe
+
+    if not probe(backend_name).available:
+        pytest.skip(f"{backend_name} unavailable")
+    be = get_backend(backend_name)
+    r = np.random.default_rng(4)
+    logits = r.integers(-2, 3, (50, 7)).astype(np.float32)
+    labels = r.integers(0, 7, 50)
+    for targets in (labels, np.eye(7, dtype=np.float32)[labels]):
+        want = np.zeros(1)
+        be.count_correct(logits, targets, want)
+        plain = be.softmax_xent(logits, targets, loss_out=np.zeros(1), loss_scale=1.0)
+        hits = np.full(1, 2.0)
+        fused = be.softmax_xent(logits, targets, loss_out=np.zeros(1), loss_scale=1.0, hits=hits)
+        assert hits[0] == want[0] + 2.0 and 0 < want[0] < 50
+        np.testing.assert_array_equal(fused[0], plain[0])
+        np.testing.assert_array_equal(fused[1], plain[1])

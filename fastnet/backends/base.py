@@ -398,6 +398,7 @@ class Backend:
         loss_scale: float | None = None,
         weights: Any = None,
         label_smoothing: float = 0.0,
+        hits: Any = None,
     ) -> tuple[Any, Any]:
         """Mean softmax cross-entropy and its exact gradient w.r.t. the logits, stable.
 
@@ -408,8 +409,12 @@ class Backend:
         row's loss and gradient; the mean stays over ``n`` rows (Keras's normalisation).
         Returns ``(loss, dlogits)`` with the loss on the device. With ``loss_out`` (a 0-d
         device array), ``loss_scale`` (default ``1/n``) times the summed row losses is added
-        into it and it is returned instead: an accumulator needing no host sync.
+        into it and it is returned instead: an accumulator needing no host sync. With ``hits``
+        (a 1-element float64 device array) the correct count is added into it as
+        ``count_correct`` does (the CUDA kernel does both in one launch).
         """
+        if hits is not None:
+            self.count_correct(logits, labels, hits)
         self.record_kernel("softmax_xent")
         xp = self.xp
         n, k = logits.shape

@@ -262,9 +262,11 @@ class CupyBackend(Backend):
         loss_scale: float | None = None,
         weights: Any = None,
         label_smoothing: float = 0.0,
+        hits: Any = None,
     ) -> tuple[Any, Any]:
         """As the reference (``loss_out`` accumulates ``loss_scale * sum(row losses)``); one
-        fused kernel for integer labels or one-hot/soft targets, weights and smoothing.
+        fused kernel for integer labels or one-hot/soft targets, weights and smoothing, which
+        also adds the correct count into ``hits`` (float64) when given.
         Nothing allocates when ``dlogits`` and a float64 ``loss_out`` are given."""
         xp = self.xp
         n = logits.shape[0] if logits.ndim == 2 else -1
@@ -276,9 +278,10 @@ class CupyBackend(Backend):
             or labels.shape[0] != n
             or (weights is not None and weights.shape != (n,))
             or (loss_out is not None and loss_out.dtype != np.float64)
+            or (hits is not None and (hits.dtype != np.float64 or hits.size != 1))
         ):
             return super().softmax_xent(
-                logits, labels, dlogits, loss_out, loss_scale, weights, label_smoothing
+                logits, labels, dlogits, loss_out, loss_scale, weights, label_smoothing, hits
             )
         logits = xp.ascontiguousarray(logits)
         if dense:
@@ -295,7 +298,9 @@ class CupyBackend(Backend):
             dlogits = xp.empty_like(logits)
         out = xp.zeros((1,), np.float64) if loss_out is None else loss_out
         scale = 1.0 / n if loss_scale is None else loss_scale
-        self.k.softmax_xent(logits, labels, targets, weights, dlogits, out, scale, label_smoothing)
+        self.k.softmax_xent(
+            logits, labels, targets, weights, dlogits, out, scale, label_smoothing, hits
+        )
         self.record_kernel("softmax_xent", "cuda-fused")
         if loss_out is None:
             return out[0].astype(logits.dtype), dlogits

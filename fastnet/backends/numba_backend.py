@@ -224,14 +224,17 @@ class NumbaBackend(Backend):
         loss_scale: float | None = None,
         weights: Any = None,
         label_smoothing: float = 0.0,
+        hits: Any = None,
     ) -> tuple[Any, Any]:
         pair = None
         if logits.ndim == 2 and logits.dtype in FLOAT_DTYPES and labels.ndim in (1, 2):
             pair = self._targets(logits, labels)
         if pair is None or (weights is not None and weights.shape != (logits.shape[0],)):
             return super().softmax_xent(
-                logits, labels, dlogits, loss_out, loss_scale, weights, label_smoothing
+                logits, labels, dlogits, loss_out, loss_scale, weights, label_smoothing, hits
             )
+        if hits is not None:
+            self.count_correct(logits, labels, hits)
         logits = np.ascontiguousarray(logits)
         n = logits.shape[0]
         if (
