@@ -318,6 +318,31 @@ def train_groups(
     }, notes
 
 
+def _graph_variants(be: Any, sizes: tuple, Xd: Any, yd: Any, batch: int) -> list[tuple[str, Any]]:
+    """fp32 graphed epochs that show what a feature saves: one step per replay ("1step") and
+    cuBLAS + the bias kernel instead of cuBLASLt's epilogue ("cublas")."""
+    default, be.steps_per_graph = be.steps_per_graph, 1
+    try:
+        single = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
+    finally:
+        be.steps_per_graph = default
+    plain = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
+    return [("1step", single), ("cublas", _without_cublaslt(be, plain))]
+
+
+def _without_cublaslt(be: Any, run: Callable[..., Any]) -> Callable[..., Any]:
+    """``run`` with the cupy backend's cuBLASLt Dense forward off (cuBLAS + bias kernel)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        before, be.use_cublaslt = be.use_cublaslt, False
+        try:
+            return run(*args, **kwargs)
+        finally:
+            be.use_cublaslt = before
+
+    return call
+
+
 def _fastnet_contestants(
     be: Any,
     epoch: list[Contestant],
@@ -359,13 +384,9 @@ def _fastnet_contestants(
             )
             name = f"fastnet-{be.name}-graph-{precision}"
             epoch.append(Contestant(name, graphed, timer, epoch_flops))
-            if precision == "fp32":  # what several steps per replay save: one per replay
-                default, be.steps_per_graph = be.steps_per_graph, 1
-                try:
-                    single = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
-                finally:
-                    be.steps_per_graph = default
-                epoch.append(Contestant(f"{name[:-5]}1step-fp32", single, timer, epoch_flops))
+            if precision == "fp32":
+                for variant, run in _graph_variants(be, sizes, Xd, yd, batch):
+                    epoch.append(Contestant(f"{name[:-5]}{variant}-fp32", run, timer, epoch_flops))
             floor = matmul_only_epoch(
                 be.xp,
                 sizes,

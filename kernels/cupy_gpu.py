@@ -667,6 +667,7 @@ class CublasGemm:
         if path is None:
             raise OSError("libcublas is not loaded in this process")
         lib = ctypes.CDLL(path)
+        self.path = path  # cuBLASLt is loaded from beside it
         vp, i, f = ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t
         for name in ("cublasSgemm_v2", "cublasDgemm_v2"):
             fn = getattr(lib, name)

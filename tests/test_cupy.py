@@ -339,3 +339,30 @@ def test_bias_gradient_without_a_memset_for_one_block_of_rows(rows):
     be.act_backward_bias(be.asarray(y), be.asarray(dy), fn.backends.Act.RELU, 0.01, dz, db)
     np.testing.assert_allclose(dz.get(), dz_ref, rtol=1e-6)
     np.testing.assert_allclose(db.get(), db_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ["linear", "relu"])
+def test_dense_forward_through_cublaslt_matches_the_reference(dtype, activation):
+    """One cuBLASLt call with the bias (+ ReLU) epilogue equals x @ w + b (then ReLU), for C-
+    and F-contiguous operands; TF32 within its tolerance."""
+    from fastnet.backends.base import Act
+
+    be, ref = fn.get_backend("cupy"), fn.get_backend("numpy")
+    code = Act.RELU if activation == "relu" else Act.LINEAR
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((128, 784)).astype(dtype)
+    w = rng.standard_normal((784, 256)).astype(dtype) * 0.05
+    b = rng.standard_normal(256).astype(dtype)
+    want = ref.linear(x, w, b, code)
+    precisions = ["fp32", "tf32"] if dtype == np.float32 else ["fp32"]
+    for precision in precisions:
+        for xd, wd in (
+            (be.asarray(x), be.asarray(w)),
+            (be.asarray(x.T).T, be.asarray(w.T).T),  # F-contiguous views
+        ):
+            with fn.record_kernels() as report:
+                got = be.linear(xd, wd, be.asarray(b), code, precision=precision).get()
+            assert report.get("linear") == "cublaslt-epilogue", report
+            tol = 2e-2 if precision == "tf32" else (1e-4 if dtype == np.float32 else 1e-10)
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)

@@ -35,12 +35,16 @@ class CupyBackend(Backend):
         self.device.use()
         self.name = "cupy" if device == 0 else f"cupy:{device}"
         self._stream: Any = None
+        self._lt_reason = ""
+        self._cublas_path = ""
         try:
             self._gemm = cupy_gpu.cublas_gemm()
             self._gemm_name = "cublas-direct"
+            self._cublas_path = self._gemm.path
         except (OSError, AttributeError, RuntimeError) as exc:  # keep cupy.matmul, say why
             self._gemm = None
             self._gemm_name = f"cupy.matmul (direct cuBLAS unavailable: {exc})"
+            self._lt_reason = self._gemm_name
 
     # ------------------------------------------------------------------ arrays
     def is_native(self, x: Any) -> bool:
@@ -150,6 +154,46 @@ class CupyBackend(Backend):
         return self.xp.cuda.get_elapsed_time(start, end) / 1e3
 
     # ------------------------------------------------------------------ matmul and dense layer
+    #: Dense forwards with a bias and a linear or ReLU activation as one cuBLASLt call (bias and
+    #: ReLU in the GEMM epilogue); off, or where cuBLASLt fails, cuBLAS + the bias kernel
+    use_cublaslt = True
+
+    def linear(
+        self,
+        x: Any,
+        w: Any,
+        b: Any,
+        activation: Act,
+        alpha: float = 0.01,
+        out: Any = None,
+        precision: str = "fp32",
+    ) -> Any:
+        """``act(x @ w + b)``: one cuBLASLt GEMM with the bias (+ ReLU) epilogue where it
+        applies, else the cuBLAS GEMM and the fused bias/activation kernel."""
+        if out is None:
+            out = self.xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
+        if (
+            self.use_cublaslt
+            and self._lt_reason == ""
+            and b is not None
+            and activation in (Act.LINEAR, Act.RELU)
+        ):
+            from fastnet.kernels.cublaslt import LtGemm, lt_gemm
+
+            if LtGemm.supports(x, w, b, out):
+                try:
+                    with self.device:
+                        done = lt_gemm(self._cublas_path)(
+                            x, w, b, out, activation == Act.RELU, precision == "tf32"
+                        )
+                except (OSError, AttributeError, RuntimeError) as exc:
+                    self._lt_reason = f"cuBLASLt unavailable: {exc}"  # cuBLAS from now on
+                    done = False
+                if done:
+                    self.record_kernel("linear", "cublaslt-epilogue")
+                    return out
+        return super().linear(x, w, b, activation, alpha, out, precision)
+
     def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
         """cuBLAS GEMM called directly (capturable in CUDA graphs; TF32 tensor cores for float32
         at ``precision="tf32"``), else ``cupy.matmul`` (fp32)."""
