@@ -129,6 +129,15 @@ class Layer:
         """Non-trainable state saved in checkpoints (e.g. BatchNorm running statistics)."""
         return {}
 
+    def random_streams(self) -> dict[str, Any]:
+        """Counter-based random streams (``[key, step]``, int64 on the device) saved in
+        checkpoints, so resumed training draws what uninterrupted training would."""
+        return {}
+
+    def frozen_constants(self) -> tuple:
+        """Host values a captured step bakes in (a change captures again)."""
+        return ()
+
     def get_config(self) -> dict:
         return {"name": self.name}
 
@@ -393,6 +402,12 @@ class Dropout(Layer):
     def plan(self) -> OpsPlan:
         return OpsPlan("Dropout")
 
+    def random_streams(self) -> dict[str, Any]:
+        return {"dropout": self.stream}
+
+    def frozen_constants(self) -> tuple:
+        return (self.rate,)
+
     def get_config(self) -> dict:
         return {"name": self.name, "rate": self.rate, "seed": self.seed}
 
@@ -455,6 +470,9 @@ class BatchNorm1d(Layer):
 
     def plan(self) -> OpsPlan:
         return OpsPlan("BatchNorm1d")
+
+    def frozen_constants(self) -> tuple:
+        return (self.momentum, self.eps)
 
     def parameters(self) -> list[Parameter]:
         return [self.gamma, self.beta]

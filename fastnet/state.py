@@ -6,7 +6,9 @@ A state (``Sequential.get_state``, checkpoints, pickles) maps keys to arrays:
 - ``step/{layer}/{name}``: updates applied by its optimizer group, an integer scalar shared by
   every parameter of the group (optional, default 0); it lives in the group's device scalars;
 - ``slot/{layer}/{name}/{slot}``: an optimizer slot such as Adam's ``m`` (optional, zeros);
-- ``buffer/{layer}/{key}``: a layer buffer such as BatchNorm's running mean (required).
+- ``buffer/{layer}/{key}``: a layer buffer such as BatchNorm's running mean (required);
+- ``stream/{layer}/{key}``: a random stream's ``[key, step]`` (int64), such as Dropout's
+  (optional: a state without it leaves the stream as it is).
 
 ``state_entries`` yields these once, in this order; reading, writing and validating all walk it.
 """
@@ -66,6 +68,8 @@ def state_entries(layers: Sequence[Any], arena: Any) -> Iterator[StateEntry]:
                 tuple(buf.shape),
                 key in layer.nonnegative_buffers,
             )
+        for key, stream in layer.random_streams().items():
+            yield StateEntry(f"stream/{i}/{key}", "stream", stream, tuple(stream.shape))
 
 
 def read_state(entries: Sequence[StateEntry], backend: Any) -> dict[str, Any]:
@@ -92,6 +96,8 @@ def write_state(entries: Sequence[StateEntry], state: dict[str, Any], backend: A
             e.ref.step = step_count(0 if value is None else value, backend)
         elif value is None and e.kind == "slot":
             e.ref[...] = 0
+        elif value is None and e.kind == "stream":
+            continue
         else:
             e.ref[...] = backend.asarray(value, e.ref.dtype)
 

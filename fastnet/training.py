@@ -48,8 +48,17 @@ def _compiled_choice(compiled: bool | str, cuda_graph: bool | str | None) -> boo
     return compiled
 
 
+def _release_data(compiled: Any) -> None:
+    for step, _ in compiled:
+        if hasattr(step, "release_data"):
+            step.release_data()
+
+
 def _overrides(callback: Callback, hook: str) -> bool:
-    return getattr(type(callback), hook) is not getattr(Callback, hook)
+    """Whether ``callback`` has its own ``hook`` (a method of its class, or one set on the
+    instance, as ``KerasStyle`` does)."""
+    own = getattr(callback, hook)
+    return getattr(own, "__func__", own) is not getattr(Callback, hook)
 
 
 class BatchSpec(NamedTuple):
@@ -387,7 +396,10 @@ class Trainer:
         with record_kernels(self.backend), _abort_job_on_error(run.group):
             runner = (run.X, run.y, opts.batch_size, opts.shuffle, run.compiled, run.streamed)
             run_epoch = self._runner(*runner, run.group, run.weights)
-            return self._epochs(run_epoch, run)
+            try:
+                return self._epochs(run_epoch, run)
+            finally:  # cached compiled steps must not keep this fit's data on the device
+                _release_data(self._compiled_steps.values())
 
     def _prepare_fit(self, X: Any, y: Any, opts: FitOptions) -> FitRun:
         """Every check of ``fit``'s arguments and data, changing nothing."""
@@ -678,9 +690,10 @@ class Trainer:
         return step
 
     def _frozen_constants(self) -> tuple:
-        """The optimizers' constants a compiled step bakes in (everything but the learning
-        rate and the step count, which live in device scalars)."""
-        return tuple(
+        """The constants a compiled step bakes in: the optimizers' (everything but the learning
+        rate and the step count, which live in device scalars) and the layers' (a dropout
+        rate, BatchNorm's momentum and eps)."""
+        optimizers = tuple(
             (
                 g.optimizer.constants(),
                 g.optimizer.scalar_constants(),
@@ -690,6 +703,7 @@ class Trainer:
             )
             for g in self.arena.groups
         )
+        return optimizers + tuple(layer.frozen_constants() for layer in self.layers)
 
     def min_batch_rows(self) -> int:
         """Smallest training batch every layer accepts (2 with BatchNorm, else 1)."""

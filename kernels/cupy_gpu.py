@@ -341,12 +341,13 @@ def advance_counter(counter: Any, by: int) -> None:
 
 # ---------------------------------------------------------------------------- dropout
 # SplitMix64 at position (step * 2**32 + i) of the stream [key, step]: fastnet.backends.counter_rng
-_SPLITMIX = """
+RANDOM_BITS = 24  # as counter_rng.BITS (a test checks)
+_SPLITMIX = f"""
 unsigned long long z = (unsigned long long)stream[0]
     + (((unsigned long long)stream[1] << 32) + (unsigned long long)i) * 0x9E3779B97F4A7C15ull;
 z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
 z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-z = (z ^ (z >> 31)) >> 40;
+z = (z ^ (z >> 31)) >> {64 - RANDOM_BITS};
 """
 
 

@@ -10,7 +10,8 @@ from numba import njit
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
-_S27, _S30, _S31, _S32, _S40 = (np.uint64(s) for s in (27, 30, 31, 32, 40))
+BITS = 24  # random bits per element, as fastnet.backends.counter_rng.BITS (a test checks)
+_S27, _S30, _S31, _S32, _SHIFT = (np.uint64(s) for s in (27, 30, 31, 32, 64 - BITS))
 
 
 @njit(cache=True, error_model="numpy")
@@ -24,7 +25,7 @@ def dropout(x, key, step, threshold, scale, out, mask):  # pragma: no cover - nu
         z = base + np.uint64(j) * _GOLDEN
         z = (z ^ (z >> _S30)) * _MIX1
         z = (z ^ (z >> _S27)) * _MIX2
-        z = (z ^ (z >> _S31)) >> _S40
+        z = (z ^ (z >> _S31)) >> _SHIFT
         m = scale if z >= threshold else zero
         masks[j] = m
         outs[j] = xs[j] * m

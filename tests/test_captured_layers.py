@@ -167,3 +167,68 @@ def test_every_implementation_draws_the_same_stream(stream):
             for out, mask in results:
                 np.testing.assert_array_equal(mask, np.where(keep, dtype(1 / 0.7), dtype(0)))
                 np.testing.assert_array_equal(out, view * mask)
+
+
+class _Retune(fn.Callback):
+    """Changes layer constants a graph bakes in, between epochs."""
+
+    def on_epoch_begin(self, model, epoch):
+        if epoch == 1:
+            for layer in model.layers:
+                if isinstance(layer, fn.Dropout):
+                    layer.rate = 0.1 if layer.rate else 0.2
+                if isinstance(layer, fn.BatchNorm1d):
+                    layer.eps, layer.momentum = 1e-2, 0.5
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_layer_constants_changed_by_a_callback_capture_again(steps):
+    runs = []
+    for backend, compiled in ((CaptureSimBackend(), False), (CaptureSimBackend(steps), True)):
+        model = _model(backend, layers=LAYERS["both"])
+        model.fit(*_data(), epochs=3, batch_size=16, verbose=0, compiled=compiled,
+                  callbacks=[_Retune()])  # fmt: skip
+        runs.append(model)
+    _assert_same(*runs)
+    for a, b in zip(_buffers(runs[0]), _buffers(runs[1])):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+
+
+def test_the_dropout_stream_is_part_of_the_state():
+    """A resumed fit draws the masks an uninterrupted one draws: the stream's key and step
+    travel with the state (checkpoints, pickles); a state without them keeps the stream."""
+    X, y = _data()
+    whole = _model(fn.get_backend("numpy"), layers=LAYERS["dropout"])
+    kw = dict(batch_size=16, verbose=0, shuffle=False)  # a new fit shuffles with a new seed
+    whole.fit(X, y, epochs=2, **kw)
+    first = _model(fn.get_backend("numpy"), layers=LAYERS["dropout"])
+    first.fit(X, y, epochs=1, **kw)
+    state = first.get_state()
+    assert state["stream/1/dropout"].tolist() == [stream_key(5), 6]
+    resumed = _model(fn.get_backend("numpy"), layers=LAYERS["dropout"]).build(12)
+    resumed.set_state(state)
+    resumed.fit(X, y, epochs=1, **kw)
+    np.testing.assert_allclose(_weights(resumed), _weights(whole), rtol=1e-12)
+    del state["stream/1/dropout"]
+    resumed.set_state(state)  # an older checkpoint: the stream stays as it was
+    assert resumed.layers[1].stream.tolist() == [stream_key(5), 12]
+
+
+def test_a_fit_releases_the_data_its_graphs_gathered_from():
+    model = _fit(CaptureSimBackend(3), True, "dropout")
+    step = _step(model)
+    assert step.data == () and step.order is None and step.multi == {}
+
+
+def test_numba_and_cuda_dropout_use_the_references_bits():
+    from fastnet.kernels import numba_random
+
+    from fastnet.backends import counter_rng
+
+    assert numba_random.BITS == counter_rng.BITS
+    if probe("cupy").reason.startswith("cupy is not installed"):
+        pytest.skip("cupy is not installed")
+    from fastnet.kernels import cupy_gpu
+
+    assert cupy_gpu.RANDOM_BITS == counter_rng.BITS
+    assert f">> {64 - counter_rng.BITS};" in cupy_gpu._SPLITMIX

@@ -174,8 +174,7 @@ def test_schedules_change_lr_without_recapture():
         X, y, epochs=2, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(2)], compiled=True
     )
     step = next(iter(model._compiled_steps.values()))[0]
-    graphs = dict(step.multi)  # an epoch schedule: several steps per replay
-    assert graphs and step.graph is None
+    assert step.captures == [14, 15] and step.graph is None  # an epoch schedule: one replay
     model.fit(
         X, y, epochs=1, batch_size=64, verbose=0, callbacks=[fn.WarmupCosine(0.5, 1)], compiled=True
     )
@@ -219,7 +218,7 @@ def test_several_steps_per_replay_equal_eager(monkeypatch, steps_per_graph, loss
     eager, graphed = models
     step = next(iter(graphed._compiled_steps.values()))[0]
     assert f"{steps_per_graph} steps per replay" in graphed.step_description
-    assert step.replays == 44 and step.multi  # 15 full batches an epoch, 1 eager warm-up
+    assert step.replays == 44 and 1 not in step.captures  # 15 full batches an epoch, 1 eager
     np.testing.assert_allclose(eager.history["loss"], graphed.history["loss"], rtol=1e-9)
     for a, b in zip(eager.arena.groups, graphed.arena.groups):
         np.testing.assert_allclose(b.values.get(), a.values.get(), rtol=1e-9, atol=1e-12)

@@ -60,8 +60,9 @@ def test_several_steps_per_replay_equal_eager(steps, optimizer, schedule, target
     assert f"{steps} steps per replay" in graphed.step_description
     # 90 rows in batches of 16: 5 full and 1 partial a batch; the first full batch is eager
     assert step.replays == 14 and step.graph is None
-    lengths = {2: [1, 2], 3: [1, 2, 3], 8: [4, 5]}[steps]  # epoch 1: 4 steps left, then 5
-    assert sorted(step.multi) == lengths
+    lengths = {2: [2, 1], 3: [3, 1, 2], 8: [4, 5]}[steps]  # epoch 1: 4 steps left, then 5
+    assert step.captures == lengths
+    assert step.multi == {} and step.data == ()  # released at the end of the fit
     gathers = {stream for op, stream in backend.issued if op in ("take_rows_at", "take_rows")}
     assert gathers == {"step"}, "batch gathers must run on the step's stream"
 
@@ -80,7 +81,7 @@ def test_several_steps_per_replay_with_weights_clipping_and_layer_optimizers(opt
     eager = _fit(CaptureSimBackend(), False, optimizer, "cosine", **kw)
     graphed = _fit(CaptureSimBackend(steps_per_graph=4), True, optimizer, "cosine", **kw)
     _assert_same(eager, graphed)
-    assert _step(graphed).multi
+    assert _step(graphed).captures == [4, 1]  # epoch 1: 4 steps after the warm-up; then 4 + 1
 
 
 def test_a_new_fit_gathers_from_its_own_data():
@@ -88,7 +89,7 @@ def test_a_new_fit_gathers_from_its_own_data():
     eager = _fit(CaptureSimBackend(), False, fits=2)
     graphed = _fit(CaptureSimBackend(steps_per_graph=3), True, fits=2)
     _assert_same(eager, graphed)
-    assert _step(graphed).data[0].shape[0] == 83
+    assert _step(graphed).captures == [3, 1, 2, 3, 2]  # the second fit's arrays: captured anew
 
 
 def test_per_step_callbacks_keep_one_step_per_replay():
@@ -153,3 +154,22 @@ def test_a_position_that_does_not_advance_is_caught(monkeypatch):
     monkeypatch.setattr(CaptureSimBackend, "advance_counter", lambda self, p, rows: None)
     frozen = _fit(CaptureSimBackend(steps_per_graph=2), True)
     assert not np.allclose(_weights(frozen), _weights(eager), rtol=1e-6)
+
+
+def test_keras_style_batch_hooks_run_and_keep_one_step_per_replay():
+    """A Keras-style callback (hooks without the model, adapted by fastnet) with
+    ``on_batch_end`` is called after every batch, so steps replay one at a time."""
+
+    class Counter:
+        def __init__(self):
+            self.batches = 0
+
+        def on_batch_end(self, batch, logs=None):
+            self.batches += 1
+
+    counter = Counter()
+    model = _model(CaptureSimBackend(steps_per_graph=4))
+    model.fit(*_data(), epochs=2, batch_size=16, verbose=0, compiled=True, callbacks=[counter])
+    assert counter.batches == 12
+    step = _step(model)
+    assert step.captures == [1] and step.graph is not None

@@ -124,8 +124,9 @@ class Backend:
 
     def take_rows_at(self, x: Any, order: Any, position: Any, offset: int, out: Any) -> Any:
         """``out[:] = x[order[p:p + len(out)]]`` with ``p = position[0] + offset``: a batch
-        gather whose place in the epoch is read from the device (a 1-element int64 array), so
-        one captured graph serves every group of steps (capturable; no host read)."""
+        gather whose place in the epoch is read when the op runs (a 1-element int64 device
+        array), so one captured graph serves every group of steps. This reference reads it
+        on the host (NumPy: the device is the host); cupy reads it in its kernel."""
         start = int(position[0]) + offset
         return self.take_rows(x, order[start : start + out.shape[0]], out)
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats
+from fastnet.backends.counter_rng import check_draw_size
 
 
 class CupyBackend(Backend):
@@ -253,6 +254,7 @@ class CupyBackend(Backend):
         """One kernel: SplitMix64 bits per element from the device stream, mask and output."""
         if not (x.shape == out.shape == mask.shape and contiguous_floats(x, out, mask)):
             return super().dropout(x, stream, threshold, scale, out, mask)
+        check_draw_size(x.size)
         self.k.dropout(x, stream, threshold, scale, out, mask)
         self.record_kernel("dropout", "cuda-fused")
         return out
@@ -274,7 +276,13 @@ class CupyBackend(Backend):
     ) -> Any:
         """One kernel (a thread per feature): statistics, running averages, normalization."""
         args = (x, gamma, beta, *running, *out)
-        if x.ndim != 2 or x.shape != out[0].shape != out[1].shape or not contiguous_floats(*args):
+        vectors = (gamma, beta, *running, out[2])
+        if (
+            x.ndim != 2
+            or not x.shape == out[0].shape == out[1].shape
+            or any(v.shape != (x.shape[1],) for v in vectors)
+            or not contiguous_floats(*args)
+        ):
             return super().batchnorm(x, gamma, beta, running, momentum, eps, training, out)
         self.k.batchnorm(x, gamma, beta, running, momentum, eps, training, out)
         self.record_kernel("batchnorm", "cuda-fused")
@@ -291,7 +299,13 @@ class CupyBackend(Backend):
         dx: Any = None,
     ) -> Any:
         arrays = (dy, xhat, inv_std, gamma, *grads) + (() if dx is None else (dx,))
-        if dy.ndim != 2 or dy.shape != xhat.shape or not contiguous_floats(*arrays):
+        if (
+            dy.ndim != 2
+            or dy.shape != xhat.shape
+            or (dx is not None and dx.shape != dy.shape)
+            or any(v.shape != (dy.shape[1],) for v in (inv_std, gamma, *grads))
+            or not contiguous_floats(*arrays)
+        ):
             return super().batchnorm_backward(dy, xhat, inv_std, gamma, grads, training, dx)
         self.k.batchnorm_backward(dy, xhat, inv_std, gamma, grads, training, dx)
         return dx

@@ -45,6 +45,7 @@ class GraphedStep:
         self.order: Any = None  # the epoch's permutation, where the in-graph gathers read it
         self.data: tuple = ()  # the (X, y, w) the multi-step graphs gather from
         self.multi: dict[int, Any] = {}  # graphs of k steps with their gathers, by k
+        self.captures: list[int] = []  # steps in each graph captured, in order
         self.xb = backend.empty((batch_size, model.input_dim), model.dtype)
         self.yb = backend.empty((batch_size, *spec.target_shape), np.dtype(spec.target_dtype))
         self.wb = backend.empty((batch_size,), model.dtype) if spec.weighted else None
@@ -68,7 +69,7 @@ class GraphedStep:
     def begin_epoch(self) -> None:
         if self.frozen != self.model._frozen_constants():
             self.graph = None  # a callback changed a constant the graph baked in: capture again
-            self.multi = {}
+            self.multi, self.kept = {}, []
         self.backend.fill(self.totals, 0.0)
 
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
@@ -101,14 +102,22 @@ class GraphedStep:
         self.graph = self.backend.capture(
             lambda: model.train_step(self.xb, self.yb, self.wb, totals=self.totals)
         )
+        self.captures.append(1)
         self._keep()
 
     def _keep(self) -> None:
+        """After a capture: the constants it baked in, and the buffers it writes into on every
+        replay, kept (with every live graph's) beyond the layers' buffer caches."""
         model = self.model
         self.frozen = model._frozen_constants()
-        # the graphs write into these on every replay: they must outlive the layers' caches
-        self.kept = [b for layer in model.layers for b in layer.scratch_buffers()]
-        self.kept += model.loss.scratch_buffers()
+        buffers = [b for layer in model.layers for b in layer.scratch_buffers()]
+        known = {id(b) for b in self.kept}
+        self.kept += [b for b in buffers + model.loss.scratch_buffers() if id(b) not in known]
+
+    def release_data(self) -> None:
+        """Drop the multi-step graphs and the training arrays they gather from (end of fit:
+        the cached step must not hold a dataset on the device)."""
+        self.data, self.order, self.multi = (), None, {}
 
     def run_in_graphs(
         self,
@@ -148,6 +157,7 @@ class GraphedStep:
             k = min(self.steps_per_graph, full - done)
             if k not in self.multi:
                 self.multi[k] = backend.capture(lambda k=k: self._steps(k))
+                self.captures.append(k)
                 self._keep()
             self.model.arena.write_lr()  # host side, on the step's stream, before the replay
             self.multi[k].replay()

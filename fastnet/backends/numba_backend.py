@@ -290,8 +290,10 @@ class NumbaBackend(Backend):
         for 131,072 float32 elements (AMD EPYC)."""
         if not (x.shape == out.shape == mask.shape and contiguous_floats(x, out, mask)):
             return super().dropout(x, stream, threshold, scale, out, mask)
+        from fastnet.backends.counter_rng import check_draw_size
         from fastnet.kernels.numba_random import dropout
 
+        check_draw_size(x.size)
         key, step = (np.uint64(int(v) % 2**64) for v in stream[:2])
         dropout(x, key, step, np.uint64(threshold), x.dtype.type(scale), out, mask)
         self.record_kernel("dropout", "numba")
