@@ -16,7 +16,7 @@ import numpy as np
 from fastnet.backends import Backend, activation_code
 from fastnet.backends.base import Act
 from fastnet.backends.counter_rng import drop_threshold, stream_key
-from fastnet.backends.plan import ActivationPlan, DensePlan, OpaquePlan, OpsPlan
+from fastnet.backends.plan import ActivationPlan, DensePlan, DropoutPlan, OpaquePlan, OpsPlan
 from fastnet.initializers import Initializer, get_initializer, initializer_from_config
 from fastnet.optimizers import Optimizer, optimizer_from_config
 from fastnet.parameter import Parameter
@@ -118,7 +118,7 @@ class Layer:
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         raise NotImplementedError
 
-    def plan(self) -> DensePlan | ActivationPlan | OpsPlan | OpaquePlan:
+    def plan(self) -> DensePlan | ActivationPlan | DropoutPlan | OpsPlan | OpaquePlan:
         """This layer as plain data for a compiled step (``fastnet.backends.plan``)."""
         return OpaquePlan(type(self).__name__, "computes with array expressions")
 
@@ -399,8 +399,8 @@ class Dropout(Layer):
             return dy
         return self.backend.dropout_backward(dy, self.mask, self._buffer("dx", dy.shape))
 
-    def plan(self) -> OpsPlan:
-        return OpsPlan("Dropout")
+    def plan(self) -> DropoutPlan:
+        return DropoutPlan(self.rate, self.stream)
 
     def random_streams(self) -> dict[str, Any]:
         return {"dropout": self.stream}

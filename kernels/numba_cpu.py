@@ -17,10 +17,12 @@ from numba import njit, prange
 from .numba_blas import gemm
 from .numba_fpmode import AVAILABLE as _FLUSH_MODE_AVAILABLE
 from .numba_fpmode import enter_flush_mode, leave_flush_mode
+from .numba_random import dropout_rows
 
-#: sha256 of numba_blas.py + numba_fpmode.py, whose code the cached kernels below inline. numba
-#: re-compiles when this file changes, not when those do: a test fails until this is updated.
-HELPERS_SHA256 = "c100d38409ed73474d9ba543b28c536ade64577ce9392f51ac68946187624ab9"
+#: sha256 of numba_blas.py + numba_fpmode.py + numba_random.py, whose code the cached kernels
+#: below inline. numba re-compiles when this file changes, not when those do: a test fails
+#: until this is updated.
+HELPERS_SHA256 = "4d6d2b7da4edbf3a466dc1da492d4ee578f04366a1a68ec42dfb6b27a9d7c0b4"
 
 # error_model="numpy": division by zero gives inf/nan instead of a per-element check, which
 # would stop LLVM from vectorizing the loops. No ``fastmath``: its no-NaN/no-inf assumptions
@@ -637,6 +639,33 @@ def dense_forward(x, weights, biases, codes, alphas, softmax):
 
 
 # ---------------------------------------------------------------------------- whole training step
+@njit(**INLINE)
+def _train_forward(x, weights, biases, codes, alphas, outs, drops):
+    """The layers' outputs into ``outs`` (each layer's input through dropout where ``drops``
+    has a mask for it); returns the logits."""
+    n = x.shape[0]
+    streams, thresholds, scales, masks, dropped = drops
+    inp = x
+    for i in range(len(weights)):
+        if masks[i].shape[0] != 0:
+            dropout_rows(inp, streams[i], thresholds[i], scales[i], dropped[i][:n], masks[i][:n])
+            streams[i][1] += 1
+            inp = dropped[i][:n]
+        h = outs[i][:n]
+        gemm(inp, weights[i], h)
+        bias_act(h, biases[i], codes[i], alphas[i])
+        inp = h
+    return inp
+
+
+@njit(**INLINE)
+def _scale_rows(a, mask):
+    """In place ``a *= mask`` (dropout's backward)."""
+    for r in range(a.shape[0]):
+        for c in range(a.shape[1]):
+            a[r, c] *= mask[r, c]
+
+
 @njit(**SERIAL)
 def dense_train_step(
     x,
@@ -654,6 +683,7 @@ def dense_train_step(
     dws,
     dbs,
     totals,
+    drops,
 ):
     """Forward, softmax cross-entropy and backward of a stack of dense layers in one call.
 
@@ -661,17 +691,15 @@ def dense_train_step(
     ``codes[l]`` and ``alphas[l]``; scratch ``outs``/``dzs``/``dxs`` with at least ``n`` rows;
     gradients land in ``dws``/``dbs``. The loss takes integer ``labels`` or, when ``targets``
     has n rows, one-hot/soft targets; ``row_weights`` (n, or empty) and ``smoothing`` as in
-    ``softmax_xent``. Adds the batch's summed loss and correct count to ``totals``. The same
-    kernels, in the same order, as the eager step."""
+    ``softmax_xent``. Adds the batch's summed loss and correct count to ``totals``. ``drops``
+    = (streams, thresholds, scales, masks, dropped): layer ``l``'s input goes through dropout
+    when ``masks[l]`` has rows (``numba_random.dropout_rows``; its stream's step advances).
+    The same kernels, in the same order, as the eager step."""
     n = x.shape[0]
     last = len(weights) - 1
-    inp = x
-    for i in range(last + 1):
-        h = outs[i][:n]
-        gemm(inp, weights[i], h)
-        bias_act(h, biases[i], codes[i], alphas[i])
-        inp = h
-    logits, dy = inp, dzs[last][:n]
+    masks, dropped = drops[3], drops[4]
+    logits = _train_forward(x, weights, biases, codes, alphas, outs, drops)
+    dy = dzs[last][:n]
     if targets.shape[0] != n and (
         labels.shape[0] != n or not labels_in_range(labels, logits.shape[1])
     ):
@@ -685,7 +713,11 @@ def dense_train_step(
     for i in range(last, -1, -1):
         dz = dzs[i][:n]
         act_backward_bias(outs[i][:n], dy, codes[i], alphas[i], dz, dbs[i])
-        gemm((x if i == 0 else outs[i - 1][:n]).T, dz, dws[i])
+        dropped_in = masks[i].shape[0] != 0
+        layer_in = dropped[i][:n] if dropped_in else (x if i == 0 else outs[i - 1][:n])
+        gemm(layer_in.T, dz, dws[i])
         if i > 0:
             dy = dxs[i][:n]
             gemm(dz, weights[i].T, dy)
+            if dropped_in:
+                _scale_rows(dy, masks[i][:n])

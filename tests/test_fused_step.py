@@ -87,11 +87,11 @@ def test_fused_step_follows_state_replaced_between_fits():
     "build, fit_kwargs, reason",
     [
         (
-            lambda: _model(layers=[fn.Dense(8, "relu"), fn.Dropout(0.5), fn.Dense(4)]),
+            lambda: _model(layers=[fn.Dense(8, "relu"), fn.BatchNorm1d(), fn.Dense(4)]),
             {},
-            "Dense layers only",
+            "Dense layers, each with at most one Dropout",
         ),
-        (lambda: _model(layers=[fn.Dense(8), fn.ReLU(), fn.Dense(4)]), {}, "Dense layers only"),
+        (lambda: _model(layers=[fn.Dense(8), fn.ReLU(), fn.Dense(4)]), {}, "Dense layers, each"),
         (lambda: _model(layers=[fn.Dense(8, "tanh"), fn.Dense(4)]), {}, "tanh"),
     ],
 )
@@ -135,3 +135,67 @@ def test_training_and_validation_share_numba_blas():
     model = _model()
     model.fit(X, y, epochs=1, batch_size=64, verbose=0, validation_data=(X[:50], y[:50]))
     assert model.backend.kernel_report["matmul"].startswith("blas (numba")
+
+
+DROPOUT_STACKS = {
+    "hidden": lambda: [fn.Dense(16, "relu"), fn.Dropout(0.3), fn.Dense(8, "sigmoid"),
+                       fn.Dropout(0.1, seed=9), fn.Dense(4)],
+    "input": lambda: [fn.Dropout(0.2), fn.Dense(16, "leaky_relu", alpha=0.1), fn.Dense(4)],
+    "rate0": lambda: [fn.Dense(16, "relu"), fn.Dropout(0.0), fn.Dense(4)],
+}  # fmt: skip
+
+
+class _Rates(fn.Callback):
+    """Changes dropout rates between epochs (0.3 -> 0 -> 0.5): the step follows them."""
+
+    def on_epoch_begin(self, model, epoch):
+        for layer in model.layers:
+            if isinstance(layer, fn.Dropout) and epoch:
+                layer.rate = (0.0, 0.5)[epoch - 1]
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-11), ("float32", 2e-5)])
+@pytest.mark.parametrize("stack", list(DROPOUT_STACKS))
+def test_dropout_runs_in_the_fused_step_as_eager(dtype, rtol, stack):
+    """Dropout before a Dense layer (hidden or on the input) runs inside the fused call, with
+    the eager step's masks (the same counter-based stream, advanced once per step)."""
+    X, y = _data()
+    eager, fused = (_model(dtype, layers=DROPOUT_STACKS[stack]()) for _ in range(2))
+    kw = {"epochs": 3, "batch_size": 64, "verbose": 0}
+    h_eager = eager.fit(X, y, compiled=False, **kw)
+    h_fused = fused.fit(X, y, **kw)
+    assert fused.step_description.startswith("numba fused step"), fused.step_description
+    np.testing.assert_allclose(h_fused["loss"], h_eager["loss"], rtol=rtol)
+    for a, b in zip(eager.arena.groups, fused.arena.groups):
+        np.testing.assert_allclose(b.values, a.values, rtol=rtol, atol=rtol)
+    for a, b in zip(eager.layers, fused.layers):
+        if isinstance(a, fn.Dropout):
+            steps = 0 if a.rate == 0 else 12  # 4 batches an epoch
+            assert int(a.stream[1]) == int(b.stream[1]) == steps
+
+
+def test_dropout_rates_changed_between_epochs_are_followed():
+    X, y = _data()
+    runs = []
+    for compiled in (False, "auto"):
+        model = _model("float64", layers=DROPOUT_STACKS["hidden"]())
+        model.fit(X, y, epochs=3, batch_size=64, verbose=0, compiled=compiled,
+                  callbacks=[_Rates()])  # fmt: skip
+        runs.append(model)
+    assert runs[1].step_description.startswith("numba fused step")
+    for a, b in zip(runs[0].arena.groups, runs[1].arena.groups):
+        np.testing.assert_allclose(b.values, a.values, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    "layers, reason",
+    [
+        (lambda: [fn.Dense(8), fn.Dropout(0.2), fn.Dropout(0.2), fn.Dense(4)], "at most one"),
+        (lambda: [fn.Dense(8), fn.Dense(4), fn.Dropout(0.2)], "at most one Dropout before"),
+        (lambda: [fn.Dense(8), fn.BatchNorm1d(), fn.Dense(4)], "Dense layers, each"),
+    ],
+)
+def test_stacks_outside_the_fused_step_say_why(layers, reason):
+    model = _model(layers=layers())
+    model.fit(*_data(), epochs=1, batch_size=64, verbose=0)
+    assert model.step_description.startswith("eager (") and reason in model.step_description

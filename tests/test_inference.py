@@ -115,3 +115,21 @@ def test_inference_runs_a_custom_loss_own_predictions(backend, loss_class, outpu
     np.testing.assert_allclose(model.predict_proba(X), loss.predict_output(raw), rtol=1e-12)
     assert loss.planned_predictions() == "custom"
     assert fn.SoftmaxCrossEntropy().planned_predictions() == "softmax"
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+def test_dropout_does_not_keep_inference_off_the_fused_path(backend_name):
+    """Dropout is the identity in inference: a Dense stack with Dropout predicts through the
+    backend's one-loop ``infer``, with the layers' outputs."""
+    from fastnet.backends import probe
+
+    if not probe(backend_name).available:
+        pytest.skip(f"{backend_name} unavailable")
+    X = np.random.default_rng(0).standard_normal((9, 6))
+    layers = [fn.Dense(8, "relu"), fn.Dropout(0.5), fn.Dense(3)]
+    model = fn.Sequential(layers, backend=backend_name, dtype="float64", seed=1).build(6)
+    plan = model._inference_plan()
+    got = model.backend.infer(plan, X, True)
+    assert got is not None
+    want = model.loss.predict_output(model.forward(X, training=False))
+    np.testing.assert_allclose(got, want, rtol=1e-12)  # softmax probabilities

@@ -762,14 +762,14 @@ def test_numba_gemv_fallback_computes_cblas_products(rng, dtype):
 
 def test_numba_kernels_cache_key_covers_the_helpers_they_inline():
     """numba's on-disk cache re-compiles numba_cpu.py's kernels when that file changes, not when
-    numba_blas.py or numba_fpmode.py (inlined into them) do: their hash lives in numba_cpu.py,
-    so a change to a helper must edit numba_cpu.py too."""
+    numba_blas.py, numba_fpmode.py or numba_random.py (inlined into them) do: their hash lives
+    in numba_cpu.py, so a change to a helper must edit numba_cpu.py too."""
     import hashlib
     from pathlib import Path
 
     kernels = Path(__file__).resolve().parents[1] / "kernels"
     digest = hashlib.sha256()
-    for name in ("numba_blas.py", "numba_fpmode.py"):
+    for name in ("numba_blas.py", "numba_fpmode.py", "numba_random.py"):
         digest.update((kernels / name).read_bytes())
     source = (kernels / "numba_cpu.py").read_text()
     assert f'HELPERS_SHA256 = "{digest.hexdigest()}"' in source, digest.hexdigest()

@@ -168,7 +168,7 @@ class NumbaBackend(Backend):
     def infer(self, plan: Any, x: Any, probabilities: bool) -> Any:
         """One JIT call through a Dense stack (``kernels.numba_cpu.dense_forward``): what
         ``predict`` costs beyond the matmuls is one dispatch, not one per op."""
-        layers = plan.dense_layers()
+        layers = plan.dense_layers(inference=True)
         softmax = probabilities and plan.loss.predictions == "softmax"
         if (
             layers is None
@@ -288,14 +288,18 @@ class NumbaBackend(Backend):
     ) -> Any:
         """One loop (``kernels/numba_random.py``), the reference's masks: 0.15 against 0.39 ms
         for 131,072 float32 elements (AMD EPYC)."""
-        if not (x.shape == out.shape == mask.shape and contiguous_floats(x, out, mask)):
+        if not (
+            x.ndim == 2
+            and x.shape == out.shape == mask.shape
+            and contiguous_floats(x, out, mask)
+            and stream.dtype == np.int64
+        ):
             return super().dropout(x, stream, threshold, scale, out, mask)
         from fastnet.backends.counter_rng import check_draw_size
         from fastnet.kernels.numba_random import dropout
 
         check_draw_size(x.size)
-        key, step = (np.uint64(int(v) % 2**64) for v in stream[:2])
-        dropout(x, key, step, np.uint64(threshold), x.dtype.type(scale), out, mask)
+        dropout(x, stream, np.uint64(threshold), x.dtype.type(scale), out, mask)
         self.record_kernel("dropout", "numba")
         return out
 

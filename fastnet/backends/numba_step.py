@@ -10,14 +10,16 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends.base import Act
-from fastnet.backends.plan import DensePlan, StepPlan
+from fastnet.backends.counter_rng import drop_threshold
+from fastnet.backends.plan import StepPlan
 
 
 def fused_step_reason(plan: StepPlan) -> str:
     """Why a model with this step plan cannot run as one numba call ("" if it can)."""
-    layers = plan.dense_layers()
-    if layers is None:
-        return "the fused numba step covers Dense layers only"
+    stack = plan.dense_stack()
+    if stack is None:
+        return "the fused numba step covers Dense layers, each with at most one Dropout before it"
+    layers = stack[0]
     if not plan.loss.fused_softmax_xent:
         return f"the fused numba step covers softmax cross-entropy, not {plan.loss.name}"
     if any(layer.activation == Act.TANH for layer in layers):
@@ -39,8 +41,9 @@ class FusedDenseStep:
         self.model, self.batch_size = model, batch_size
         self.backend = model.backend
         dtype = np.dtype(plan.dtype)
-        layers: tuple[DensePlan, ...] = plan.dense_layers()  # type: ignore[assignment]
-        widths = [layer.weight.shape for layer in layers]
+        layers, _ = plan.dense_stack()  # type: ignore[misc]
+        self.widths = widths = [layer.weight.shape for layer in layers]
+        self.drop_rates: tuple[float, ...] = ()  # set with the dropout buffers in begin_epoch
         self.outs = tuple(np.empty((batch_size, cols), dtype) for _, cols in widths)
         self.dzs = tuple(np.empty_like(a) for a in self.outs)
         self.dxs = tuple(np.empty((batch_size, rows), dtype) for rows, _ in widths)
@@ -71,7 +74,8 @@ class FusedDenseStep:
         for op in ("matmul", "bias_act", "act_backward_bias", "softmax_xent", "count_correct"):
             self.backend.record_kernel(op, "numba-fused (in the fused step)")
         # arrays are re-read from a fresh plan: set_state may have replaced them
-        layers: tuple[DensePlan, ...] = self.model.step_plan().dense_layers()
+        layers, drops = self.model.step_plan().dense_stack()  # type: ignore[misc]
+        self._dropout_arguments(drops)
         self.weights = tuple(layer.weight for layer in layers)
         self.dws = tuple(layer.weight_grad for layer in layers)
         self.biases = tuple(
@@ -81,6 +85,27 @@ class FusedDenseStep:
         self.dbs = tuple(
             np.empty(w.shape[1], self.dtype) if layer.bias_grad is None else layer.bias_grad
             for layer, w in zip(layers, self.weights)
+        )
+
+    def _dropout_arguments(self, drops: tuple) -> None:
+        """The kernel's dropout arguments for the layers' current rates (a callback may change
+        them between epochs): streams, thresholds, scales and mask/output buffers."""
+        rates = tuple(0.0 if d is None else d.rate for d in drops)
+        if rates != self.drop_rates:
+            none = np.empty((0, 0), self.dtype)  # no dropout before this layer
+            masks = tuple(
+                none if rate == 0 else np.empty((self.batch_size, rows), self.dtype)
+                for rate, (rows, _) in zip(rates, self.widths)
+            )
+            self.masks, self.dropped = masks, tuple(np.empty_like(m) for m in masks)
+            self.drop_rates = rates
+        no_stream = np.zeros(2, np.int64)
+        self.drops = (
+            tuple(no_stream if d is None else d.stream for d in drops),
+            tuple(np.uint64(drop_threshold(rate)) for rate in rates),
+            tuple(self.dtype.type(1.0 / (1.0 - rate)) for rate in rates),
+            self.masks,
+            self.dropped,
         )
 
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
@@ -109,6 +134,7 @@ class FusedDenseStep:
             self.dws,
             self.dbs,
             self.totals,
+            self.drops,
         )
         self.model.arena.update()
 

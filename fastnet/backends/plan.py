@@ -30,6 +30,15 @@ class ActivationPlan:
 
 
 @dataclass(frozen=True)
+class DropoutPlan:
+    """Inverted dropout of ``rate`` with masks from the counter-based ``stream`` (the int64
+    device array ``[key, step]``, ``fastnet.backends.counter_rng``); identity in inference."""
+
+    rate: float
+    stream: Any
+
+
+@dataclass(frozen=True)
 class OpsPlan:
     """A layer that computes through backend ops alone (Dropout, BatchNorm1d): capturable in a
     graph, outside numba's fused Dense step."""
@@ -61,7 +70,7 @@ class LossPlan:
 
 @dataclass(frozen=True)
 class StepPlan:
-    layers: tuple[DensePlan | ActivationPlan | OpsPlan | OpaquePlan, ...]
+    layers: tuple[DensePlan | ActivationPlan | DropoutPlan | OpsPlan | OpaquePlan, ...]
     loss: LossPlan
     dtype: Any
 
@@ -76,8 +85,29 @@ class StepPlan:
             )
         return self.loss.reason
 
-    def dense_layers(self) -> tuple[DensePlan, ...] | None:
-        """The layers when all are Dense (what numba's fused step takes), else None."""
-        if all(isinstance(p, DensePlan) for p in self.layers):
-            return self.layers  # type: ignore[return-value]
+    def dense_layers(self, inference: bool = False) -> tuple[DensePlan, ...] | None:
+        """The layers when all are Dense, else None; with ``inference``, Dropout layers (the
+        identity there) are left out first."""
+        layers = [p for p in self.layers if not (inference and isinstance(p, DropoutPlan))]
+        if all(isinstance(p, DensePlan) for p in layers):
+            return tuple(layers)  # type: ignore[arg-type]
         return None
+
+    def dense_stack(self) -> tuple[tuple[DensePlan, ...], tuple[DropoutPlan | None, ...]] | None:
+        """Dense layers, each with the dropout of its input (None: none), when the layers are
+        Dense layers with at most one Dropout before each (numba's fused step), else None."""
+        denses: list[DensePlan] = []
+        drops: list[DropoutPlan | None] = []
+        pending: DropoutPlan | None = None
+        for p in self.layers:
+            if isinstance(p, DropoutPlan) and pending is None:
+                pending = p if p.rate > 0 else None  # rate 0: the identity, no draw
+            elif isinstance(p, DensePlan):
+                denses.append(p)
+                drops.append(pending)
+                pending = None
+            else:
+                return None
+        if pending is not None or not denses or isinstance(self.layers[-1], DropoutPlan):
+            return None
+        return tuple(denses), tuple(drops)
