@@ -378,38 +378,57 @@ def dropout_backward(dy: Any, mask: Any, out: Any) -> None:
 
 # ---------------------------------------------------------------------------- batch norm
 _BATCHNORM_SRC = r"""
-// One thread per column c of x (n rows, d columns, C order). Training: the batch mean and
-// (biased) variance in double, two passes; running averages (unbiased variance). Then inv_std,
-// xhat = (x - mean) * inv_std and y = xhat * gamma + beta.
+// Block (32, 8): 32 adjacent columns of x (n rows, d columns, C order), 8 row lanes, all rows.
+// Training: the batch mean and (biased) variance in double, two passes reduced through shared
+// memory; running averages (unbiased variance). Then inv_std, xhat = (x - mean) * inv_std and
+// y = xhat * gamma + beta. Every thread reaches every barrier (loads are guarded instead).
 extern "C" __global__ void batchnorm(const T* __restrict__ x, const T* __restrict__ gamma,
                                      const T* __restrict__ beta, T* __restrict__ running_mean,
                                      T* __restrict__ running_var, T* __restrict__ y,
                                      T* __restrict__ xhat, T* __restrict__ inv_std,
                                      long long n, long long d, T momentum, T eps, int training) {
-    long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (c >= d) return;
-    T mean, var;
+    __shared__ double part[8][33];
+    __shared__ T col_mean[32], col_is[32];
+    int tx = threadIdx.x, ty = threadIdx.y;
+    long long c = blockIdx.x * 32LL + tx;
+    bool in = c < d;
     if (training) {
-        double s = 0, q = 0;
-        for (long long r = 0; r < n; ++r) s += (double)x[r * d + c];
-        double mu = s / (double)n;
-        for (long long r = 0; r < n; ++r) {
+        double s = 0;
+        if (in) for (long long r = ty; r < n; r += 8) s += (double)x[r * d + c];
+        part[ty][tx] = s;
+        __syncthreads();
+        double mu = 0;
+        for (int j = 0; j < 8; ++j) mu += part[j][tx];
+        mu /= (double)n;
+        __syncthreads();
+        double q = 0;
+        if (in) for (long long r = ty; r < n; r += 8) {
             double t = (double)x[r * d + c] - mu;
             q += t * t;
         }
-        mean = (T)mu;
-        var = (T)(q / (double)n);
-        T keep = (T)1 - momentum;
-        running_mean[c] = running_mean[c] * momentum + keep * mean;
-        running_var[c] = running_var[c] * momentum + keep * var * ((T)n / (T)(n - 1));
-    } else {
-        mean = running_mean[c];
-        var = running_var[c];
+        part[ty][tx] = q;
+        __syncthreads();
+        if (ty == 0 && in) {
+            double v = 0;
+            for (int j = 0; j < 8; ++j) v += part[j][tx];
+            T mean = (T)mu, var = (T)(v / (double)n), keep = (T)1 - momentum;
+            running_mean[c] = running_mean[c] * momentum + keep * mean;
+            running_var[c] = running_var[c] * momentum + keep * var * ((T)n / (T)(n - 1));
+            T is = (T)1 / sqrt(var + eps);
+            inv_std[c] = is;
+            col_mean[tx] = mean;
+            col_is[tx] = is;
+        }
+    } else if (ty == 0 && in) {
+        T is = (T)1 / sqrt(running_var[c] + eps);
+        inv_std[c] = is;
+        col_mean[tx] = running_mean[c];
+        col_is[tx] = is;
     }
-    T is = (T)1 / sqrt(var + eps);
-    inv_std[c] = is;
-    T g = gamma[c], b = beta[c];
-    for (long long r = 0; r < n; ++r) {
+    __syncthreads();
+    if (!in) return;
+    T mean = col_mean[tx], is = col_is[tx], g = gamma[c], b = beta[c];
+    for (long long r = ty; r < n; r += 8) {
         long long k = r * d + c;
         T h = (x[k] - mean) * is;
         xhat[k] = h;
@@ -418,39 +437,52 @@ extern "C" __global__ void batchnorm(const T* __restrict__ x, const T* __restric
 }
 """
 _BATCHNORM_GRAD_SRC = r"""
-// Gradients, one thread per column: dbeta = sum(dy), dgamma = sum(dy * xhat) (in double);
-// dx for batch statistics (training) or for the fixed running ones.
+// Gradients, block (32, 8) as above: dbeta = sum(dy), dgamma = sum(dy * xhat) (double, through
+// shared memory); dx for batch statistics (training) or for the fixed running ones.
 extern "C" __global__ void batchnorm_grad(const T* __restrict__ dy, const T* __restrict__ xhat,
                                           const T* __restrict__ inv_std,
                                           const T* __restrict__ gamma, T* __restrict__ dgamma,
                                           T* __restrict__ dbeta, T* __restrict__ dx,
                                           long long n, long long d, int training, int has_dx) {
-    long long c = blockIdx.x * (long long)blockDim.x + threadIdx.x;
-    if (c >= d) return;
+    __shared__ double sums[8][33], dots[8][33];
+    int tx = threadIdx.x, ty = threadIdx.y;
+    long long c = blockIdx.x * 32LL + tx;
+    bool in = c < d;
     double sdy = 0, sdyx = 0;
-    for (long long r = 0; r < n; ++r) {
+    if (in) for (long long r = ty; r < n; r += 8) {
         long long k = r * d + c;
         sdy += (double)dy[k];
         sdyx += (double)dy[k] * (double)xhat[k];
     }
-    dbeta[c] = (T)sdy;
-    dgamma[c] = (T)sdyx;
+    sums[ty][tx] = sdy;
+    dots[ty][tx] = sdyx;
+    __syncthreads();
+    sdy = 0;
+    sdyx = 0;
+    for (int j = 0; j < 8; ++j) {
+        sdy += sums[j][tx];
+        sdyx += dots[j][tx];
+    }
+    if (!in) return;
+    if (ty == 0) {
+        dbeta[c] = (T)sdy;
+        dgamma[c] = (T)sdyx;
+    }
     if (!has_dx) return;
     T gm = gamma[c], is = inv_std[c];
     if (!training) {
         T f = gm * is;
-        for (long long r = 0; r < n; ++r) dx[r * d + c] = dy[r * d + c] * f;
+        for (long long r = ty; r < n; r += 8) dx[r * d + c] = dy[r * d + c] * f;
         return;
     }
     // dxhat = dy * gamma: sum(dxhat) = gamma * sum(dy), sum(dxhat * xhat) = gamma * sum(dy xhat)
     T a = (T)(gm * sdy), b = (T)(gm * sdyx), f = is / (T)n;
-    for (long long r = 0; r < n; ++r) {
+    for (long long r = ty; r < n; r += 8) {
         long long k = r * d + c;
         dx[k] = f * ((T)n * (dy[k] * gm) - a - xhat[k] * b);
     }
 }
 """
-_BN_THREADS = 64
 
 
 @cache
@@ -477,8 +509,8 @@ def batchnorm(
     n, d = x.shape
     t = x.dtype.type
     _batchnorm(ctype(x.dtype))(
-        ((d + _BN_THREADS - 1) // _BN_THREADS,),
-        (_BN_THREADS,),
+        ((d + 31) // 32,),
+        (32, 8),
         (
             x,
             gamma,
@@ -500,8 +532,8 @@ def batchnorm_backward(
     """``grads = (dgamma, dbeta)`` and, unless ``dx`` is None, ``dx``."""
     n, d = dy.shape
     _batchnorm_grad(ctype(dy.dtype))(
-        ((d + _BN_THREADS - 1) // _BN_THREADS,),
-        (_BN_THREADS,),
+        ((d + 31) // 32,),
+        (32, 8),
         (
             dy,
             xhat,
