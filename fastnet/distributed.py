@@ -37,6 +37,11 @@ class Communicator:
     rank = 0
     world_size = 1
 
+    def capture_reason(self, backend: Any) -> str:
+        """Why this communicator's all-reduce cannot run inside a captured graph on
+        ``backend`` ("" if it can)."""
+        return f"the {self.name} communicator cannot run inside a captured graph"
+
     def allreduce(self, buf: Any) -> None:
         """Sum ``buf`` over all ranks, in place."""
         raise NotImplementedError
@@ -57,6 +62,11 @@ class Communicator:
 
 class MPICommunicator(Communicator):
     """MPI collectives; device (CuPy) arrays are staged through pinned host buffers."""
+
+    def capture_reason(self, backend: Any) -> str:
+        if backend.dlpack_device()[0] == 1:  # host arrays: the all-reduce is an ordinary op
+            return ""
+        return "MPI stages GPU arrays through host memory (comm='nccl' captures the all-reduce)"
 
     name = "mpi"
 
@@ -117,6 +127,10 @@ class NCCLCommunicator(Communicator):
     graphs); MPI carries the NCCL unique id, objects and barriers."""
 
     name = "nccl"
+
+    def capture_reason(self, backend: Any) -> str:
+        return ""  # NCCL collectives are stream operations a CUDA graph captures
+
     _DTYPES = {"float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64", "int64": "NCCL_INT64"}
 
     def __init__(self, mpi: MPICommunicator) -> None:

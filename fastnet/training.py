@@ -10,6 +10,7 @@ divergence and interrupt handling are written once, here. ``Sequential`` inherit
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 import time
 import warnings
@@ -19,6 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fastnet.backends.graph_step import GraphedStep
 from fastnet.backends.report import record_kernels
 from fastnet.callbacks import Callback, as_callbacks, check_monitor
 from fastnet.metrics import (
@@ -269,6 +271,30 @@ class EagerStep:
         return totals[0], (totals[1] if self.model.loss.counts_correct else None)
 
 
+def reduce_gradients(model: Any, comm: Any, share: float) -> None:
+    """Each group's gradients scaled by this rank's ``share`` of the global batch (zeroed for
+    none), then summed over the ranks: the full batch's mean gradient on every rank."""
+    backend = model.backend
+    for group in model.arena.groups:
+        if share:
+            backend.scale(group.grads, share)
+        else:
+            backend.fill(group.grads, 0.0)
+        backend.allreduce(comm, group.grads)
+
+
+def distributed_step(
+    model: Any, comm: Any, share: float, xb: Any, yb: Any, wb: Any, totals: Any
+) -> None:
+    """One data-parallel step on this rank's rows (none: only the all-reduce and update)."""
+    reduce = functools.partial(reduce_gradients, model, comm, share)
+    if xb.shape[0]:
+        model.train_step(xb, yb, wb, totals, reduce)
+    else:
+        reduce()
+        model.arena.update()
+
+
 class DistributedStep(EagerStep):
     """Data-parallel eager step: this rank's slice of each global batch, gradients scaled by
     its share of the batch and summed over ranks with one all-reduce per arena group, then the
@@ -290,19 +316,44 @@ class DistributedStep(EagerStep):
         share = n / self.global_sizes[self.batch_index]
         self.batch_index += 1
         model.arena.write_lr()
-        if n:
-            logits = model.forward(xb, training=True)
-            model.backward(model.loss.accumulate(logits, yb, wb, self.totals))
-        for group in model.arena.groups:
-            if n:
-                group.grads *= share
-            else:
-                group.grads[...] = 0
-            self.comm.allreduce(group.grads)
-        model.arena.update()
+        distributed_step(model, self.comm, share, xb, yb, wb, self.totals)
 
     def end_epoch(self) -> tuple[Any, Any]:
         self.comm.allreduce(self.totals)  # a device array: NCCL reduces it where it lives
+        return super().end_epoch()
+
+
+class GraphedDistributedStep(GraphedStep):
+    """Data-parallel captured step: this rank's rows of every full global batch replay one
+    graph of the step function whose gradient all-reduce is inside it (NCCL on the GPU; its
+    share of the batch baked in); other batches run ``distributed_step`` eagerly."""
+
+    def __init__(
+        self, model: Any, comm: Any, global_sizes: Sequence[int], local_batch: int, spec: Any
+    ) -> None:
+        super().__init__(model, local_batch, spec)
+        self.comm, self.global_sizes = comm, list(global_sizes)
+        self.full_share = local_batch / max(self.global_sizes)
+        self.reduce = functools.partial(reduce_gradients, model, comm, self.full_share)
+        self.description = (
+            f"captured graph, data-parallel over {comm.world_size} ranks ({comm.name}; the "
+            "all-reduce inside the graph)"
+        )
+
+    def begin_epoch(self) -> None:
+        super().begin_epoch()
+        self.batch_index = 0
+
+    def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
+        n, global_n = xb.shape[0], self.global_sizes[self.batch_index]
+        self.batch_index += 1
+        if n == self.batch_size and n / global_n == self.full_share:
+            return super().__call__(xb, yb, wb)
+        self.model.arena.write_lr()
+        distributed_step(self.model, self.comm, n / global_n, xb, yb, wb, self.totals)
+
+    def end_epoch(self) -> tuple[Any, Any]:
+        self.backend.allreduce(self.comm, self.totals)
         return super().end_epoch()
 
 
@@ -328,15 +379,25 @@ class Trainer:
     _rng: np.random.Generator
 
     # ------------------------------------------------------------------ one step
-    def train_step(self, xb: Any, yb: Any, wb: Any = None, totals: Any = None) -> Any:
+    def train_step(
+        self,
+        xb: Any,
+        yb: Any,
+        wb: Any = None,
+        totals: Any = None,
+        reduce: Callable[[], Any] | None = None,
+    ) -> Any:
         """The training step, the one function eager and compiled steps run: forward, the
-        loss (rows weighted by ``wb`` if given) with its gradient, backward, and one optimizer
-        update, all on the device. Adds the batch's summed loss and correct count into the
-        2-element device array ``totals`` (a fresh one when None), which it returns."""
+        loss (rows weighted by ``wb`` if given) with its gradient, backward, ``reduce()`` if
+        given (data parallelism: the gradients' all-reduce), and one optimizer update, all on
+        the device. Adds the batch's summed loss and correct count into the 2-element device
+        array ``totals`` (a fresh one when None), which it returns."""
         if totals is None:
             totals = self.backend.zeros((2,), np.float64)
         logits = self.forward(xb, training=True)
         self.backward(self.loss.accumulate(logits, yb, wb, totals))
+        if reduce is not None:
+            reduce()
         self.arena.update()
         return totals
 
@@ -604,14 +665,15 @@ class Trainer:
         )
         bounds = batch_bounds(Xd.shape[0], batch_size, self.min_batch_rows() * world)
         local = bounds
+        spec = BatchSpec(tuple(yd.shape[1:]), str(yd.dtype), weights is not None)
         if group is None:
-            spec = BatchSpec(tuple(yd.shape[1:]), str(yd.dtype), weights is not None)
             step = self._choose_step(batch_size, compiled, streamed, spec)
         else:
             from fastnet.distributed import rank_slice
 
             local = [rank_slice(lo, hi, group.rank, world) for lo, hi in bounds]
-            step = DistributedStep(self, group, [hi - lo for lo, hi in bounds])
+            sizes = [hi - lo for lo, hi in bounds]
+            step = self._distributed_step(group, sizes, batch_size, compiled, streamed, spec)
             self.step_description = step.description
         self.backend.record_kernel("train_step", self.step_description)
         self.steps_per_epoch = len(bounds)
@@ -641,6 +703,36 @@ class Trainer:
                 return step.end_epoch()
 
         return run_epoch
+
+    def _distributed_step(
+        self,
+        group: Any,
+        sizes: Sequence[int],
+        batch_size: int,
+        compiled: bool | str,
+        streamed: bool,
+        spec: BatchSpec,
+    ) -> Any:
+        """The data-parallel step: captured with the all-reduce inside where the backend, the
+        model and the communicator allow it (and ``compiled`` is not False), else eager."""
+        from fastnet.distributed import rank_slice
+
+        lo, hi = rank_slice(0, batch_size, group.rank, group.world_size)
+        reason = (
+            "compiled=False"
+            if compiled is False
+            else "data streamed from the host"
+            if streamed
+            else self.backend.graph_capture_reason()
+            or self.step_plan().capture_reason()
+            or group.capture_reason(self.backend)
+            or ("" if hi > lo else "this rank has no rows of a full batch")
+        )
+        if reason:
+            if compiled is True:
+                raise ValueError(f"a compiled step was required (compiled=True), but {reason}")
+            return DistributedStep(self, group, sizes)
+        return GraphedDistributedStep(self, group, sizes, hi - lo, spec)
 
     def _broadcast_state(self, group: Any) -> None:
         """Rank 0's parameters, optimizer state, step scalars and layer buffers to every rank."""

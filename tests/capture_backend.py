@@ -40,6 +40,8 @@ OPS = (
     "update",
     "take_rows",
     "take_rows_at",
+    "scale",
+    "allreduce",
     "dropout",
     "dropout_backward",
     "batchnorm",
@@ -55,10 +57,11 @@ class CaptureError(RuntimeError):
 
 
 class SimGraph:
-    def __init__(self, records: list[tuple[Callable, tuple, dict]]) -> None:
-        self.records = records
+    def __init__(self, records: list[tuple[Callable, tuple, dict]], backend: Any) -> None:
+        self.records, self.backend = records, backend
 
     def replay(self) -> None:
+        self.backend.replays += 1
         for fn, args, kwargs in self.records:
             fn(*args, **kwargs)
 
@@ -79,6 +82,7 @@ class CaptureSimBackend(NumpyBackend):
     def __init__(self, steps_per_graph: int = 1) -> None:
         super().__init__()
         self.steps_per_graph = steps_per_graph
+        self.replays = 0  # graph replays, counted by the graphs
         self.capturing = False
         self.depth = 0
         self.stream = "default"
@@ -130,7 +134,7 @@ class CaptureSimBackend(NumpyBackend):
             self.capturing = False
             for array, before in reversed(self.saved):  # a capture runs nothing: undo it
                 array[...] = before
-        return SimGraph(self.records)
+        return SimGraph(self.records, self)
 
     def empty(self, shape: Any, dtype: Any) -> Any:
         self._no_allocation(shape)

@@ -4,6 +4,7 @@ mpi_worker.py train BACKEND DTYPE OUT.npz   data-parallel fit; rank 0 saves the 
 mpi_worker.py kill                          rank 1 dies (SIGKILL) in the second epoch
 mpi_worker.py raise                         rank 1 raises in the second epoch
 mpi_worker.py output                        verbose fit: epoch lines come from rank 0 only
+mpi_worker.py captured                      captured data-parallel steps equal eager ones
 """
 
 import os
@@ -84,6 +85,24 @@ def main(mode, *args):
         assert np.allclose(total, dist.world_size() * weights, rtol=1e-6, atol=1e-6)
         assert h["val_accuracy"][-1] > 0.8, h
         print(f"features ok rank {dist.rank()} {h['val_accuracy'][-1]:.3f}", flush=True)
+    elif mode == "captured":  # the all-reduce inside captured steps (CPU capture semantics)
+        from capture_backend import CaptureSimBackend
+
+        X, y = problem("float64")
+        weights, backend = [], CaptureSimBackend()
+        for compiled in (False, True):
+            layers = [fn.Dense(16, "relu"), fn.Dropout(0.2), fn.Dense(8, "relu"), fn.Dense(4)]
+            m = fn.Sequential(layers, backend=backend, dtype="float64", seed=3)
+            m.fit(X[:290], y[:290], epochs=3, batch_size=64, verbose=0, distributed=True,
+                  compiled=compiled, sample_weight=np.linspace(0.5, 1.5, 290))  # fmt: skip
+            weights.append(np.concatenate([g.values for g in m.arena.groups]))
+        assert m.step_description.startswith("captured graph, data-parallel"), m.step_description
+        replays = backend.replays
+        np.testing.assert_allclose(weights[1], weights[0], rtol=1e-12, atol=1e-14)
+        total = weights[1].copy()
+        dist.allreduce(total)  # identical weights on every rank
+        assert np.allclose(total, dist.world_size() * weights[1], rtol=1e-12, atol=1e-14)
+        print(f"captured ok rank {dist.rank()} replays {replays}", flush=True)
     elif mode == "output":
         X, y = problem()
         model().fit(X, y, epochs=2, verbose=2, distributed=True, batch_size=64)

@@ -75,6 +75,17 @@ def test_dropout_batchnorm_and_other_optimizers_train_identically_on_every_rank(
 
 
 @needs_mpi
+def test_the_all_reduce_runs_inside_captured_steps():
+    """Data-parallel captured steps (CPU capture semantics, MPI on host arrays): the gradient
+    all-reduce is recorded in the graph, and the weights equal eager data-parallel training's
+    on both ranks. 290 rows in global batches of 64: 4 full ones a rank replays (after one
+    eager warm-up: 11 replays in 3 epochs) and a partial one it runs eagerly."""
+    run, _ = mpirun("captured")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("captured ok") == 2 and run.stdout.count("replays 11") == 2
+
+
+@needs_mpi
 @pytest.mark.parametrize("mode,signature", [("kill", "rank 1"), ("raise", "rank 1 of 2 failed")])
 def test_a_failing_rank_stops_the_job(mode, signature):
     run, seconds = mpirun(mode, timeout=90)

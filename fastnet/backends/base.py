@@ -130,6 +130,15 @@ class Backend:
         start = int(position[0]) + offset
         return self.take_rows(x, order[start : start + out.shape[0]], out)
 
+    def scale(self, a: Any, factor: float) -> None:
+        """``a *= factor`` in place (capturable)."""
+        self.xp.multiply(a, a.dtype.type(factor), out=a)
+
+    def allreduce(self, comm: Any, buf: Any) -> None:
+        """Sum ``buf`` over the ranks of ``comm`` in place (an op, so a captured step holds it:
+        NCCL on the GPU)."""
+        comm.allreduce(buf)
+
     def advance_counter(self, counter: Any, by: int) -> None:
         """``counter[0] += by`` for a 1-element int64 device array (capturable): the epoch's
         gather position, a random stream's step."""

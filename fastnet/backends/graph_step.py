@@ -56,6 +56,7 @@ class GraphedStep:
         self.frozen: tuple = ()
         self.kept: list = []
         self.replays = 0  # steps run by graph replays
+        self.reduce: Callable[[], Any] | None = None  # data parallelism: the all-reduce
 
     def batch_buffers(self, n: int) -> tuple[Any, Any, Any] | None:
         """Where a batch of ``n`` rows is gathered (the same objects each time, so ``__call__``
@@ -93,14 +94,16 @@ class GraphedStep:
         if n == self.batch_size and self.graph is not None:
             self.graph.replay()
             self.replays += 1
+        elif n == self.batch_size:  # the eager warm-up: buffers exist before the capture
+            self.model.train_step(x, y, w, self.totals, self.reduce)
+            self.warm = True
         else:
             self.model.train_step(x, y, w, totals=self.totals)
-            self.warm = self.warm or n == self.batch_size
 
     def _capture(self) -> None:
         model = self.model
         self.graph = self.backend.capture(
-            lambda: model.train_step(self.xb, self.yb, self.wb, totals=self.totals)
+            lambda: model.train_step(self.xb, self.yb, self.wb, self.totals, self.reduce)
         )
         self.captures.append(1)
         self._keep()
@@ -177,7 +180,7 @@ class GraphedStep:
             backend.take_rows_at(y, self.order, self.position, i * size, self.yb)
             if w is not None:
                 backend.take_rows_at(w, self.order, self.position, i * size, self.wb)
-            self.model.train_step(self.xb, self.yb, self.wb, totals=self.totals)
+            self.model.train_step(self.xb, self.yb, self.wb, self.totals, self.reduce)
         backend.advance_counter(self.position, k * size)
 
     def end_epoch(self) -> tuple[Any, Any]:
