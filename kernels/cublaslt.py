@@ -1,5 +1,6 @@
-"""cuBLASLt GEMMs for the Dense forward: ``out = act(x @ w + b)`` in one call, the bias (and
-ReLU) applied in the GEMM's epilogue, the algorithm chosen once per shape by cuBLASLt's heuristic.
+"""cuBLASLt GEMMs: every matmul of a step, the Dense forward as ``out = act(x @ w + b)`` in one
+call with the bias (and ReLU) in the GEMM's epilogue; per shape and layout the algorithm is the
+fastest of cuBLASLt's heuristic candidates, timed once at the shape's first (eager) call.
 
 Loaded with ctypes beside the cuBLAS CuPy uses (CuPy has no cuBLASLt module); enum values from
 ``cublasLt.h``/``cublas_api.h``/``library_types.h`` (CUDA 12.9, unchanged since CUDA 11).
@@ -18,7 +19,7 @@ CUDA_R_32F, CUDA_R_64F = 0, 1
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
 OP_N, OP_T = 0, 1
 DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
-EPILOGUE_BIAS, EPILOGUE_RELU_BIAS = 4, 6
+EPILOGUE_DEFAULT, EPILOGUE_BIAS, EPILOGUE_RELU_BIAS = 1, 4, 6
 PREF_MAX_WORKSPACE_BYTES = 1
 
 
@@ -76,10 +77,13 @@ class _Plan(NamedTuple):
 
 
 class LtGemm:
-    """cuBLASLt on the current device: ``__call__`` runs a Dense forward, or returns False when
-    cuBLASLt has no algorithm for it (the caller falls back to cuBLAS + the bias kernel)."""
+    """cuBLASLt on the current device: ``matmul`` runs ``x @ w`` (with a bias/ReLU epilogue for
+    a Dense forward), or returns False when cuBLASLt has no algorithm for it (the caller falls
+    back to cuBLAS and the bias kernel)."""
 
     WORKSPACE_BYTES = 32 * 2**20
+    CANDIDATES = 8  # heuristic results timed at a shape's first call
+    TIMED_RUNS = 5
 
     def __init__(self, cublas_path: str) -> None:
         import cupy as cp
@@ -95,19 +99,9 @@ class LtGemm:
             "cublasLtMatrixLayoutCreate": [ptr, i, u64, u64, ctypes.c_int64],
             "cublasLtMatmulPreferenceCreate": [ptr],
             "cublasLtMatmulPreferenceSetAttribute": [vp, i, vp, sz],
-            "cublasLtMatmulAlgoGetHeuristic": [
-                vp,
-                vp,
-                vp,
-                vp,
-                vp,
-                vp,
-                vp,
-                i,
-                ctypes.POINTER(_HeuristicResult),
-                ctypes.POINTER(i),
-            ],
-            "cublasLtMatmul": [vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, vp, sz, vp],
+            "cublasLtMatmulAlgoGetHeuristic": [vp] * 7
+            + [i, ctypes.POINTER(_HeuristicResult), ctypes.POINTER(i)],
+            "cublasLtMatmul": [vp] * 14 + [sz, vp],
         }
         for name, argtypes in signatures.items():
             getattr(lib, name).argtypes = argtypes
@@ -138,24 +132,26 @@ class LtGemm:
             raise RuntimeError(f"cuBLASLt {what} failed with status {status}")
 
     @staticmethod
-    def supports(x: Any, w: Any, b: Any, out: Any) -> bool:
+    def supports(x: Any, w: Any, out: Any, bias: Any = None) -> bool:
         """float32/float64 of one dtype, 2-D, ``x``/``w`` C- or F-contiguous, C-contiguous
-        ``out`` and bias."""
+        ``out`` (and bias)."""
         dtype = out.dtype
-        if dtype not in (np.float32, np.float64) or not out.flags.c_contiguous:
+        if dtype not in (np.float32, np.float64) or not out.flags.c_contiguous or out.ndim != 2:
             return False
-        for a in (x, w):
-            if (
-                a.ndim != 2
-                or a.dtype != dtype
-                or not (a.flags.c_contiguous or a.flags.f_contiguous)
-            ):
-                return False
-        return b.ndim == 1 and b.dtype == dtype and b.flags.c_contiguous
+        contiguous = all(a.flags.c_contiguous or a.flags.f_contiguous for a in (x, w))
+        if not contiguous or any(a.ndim != 2 or a.dtype != dtype for a in (x, w)):
+            return False
+        return bias is None or (bias.ndim == 1 and bias.dtype == dtype and bias.flags.c_contiguous)
 
-    def _plan(self, x: Any, w: Any, relu: bool, tf32: bool) -> _Plan | None:
+    def _plan(self, x: Any, w: Any, out: Any, bias: Any, relu: bool, tf32: bool) -> _Plan | None:
+        """Descriptors and the algorithm for this shape, layout and epilogue: the fastest of
+        cuBLASLt's heuristic candidates, timed on these operands at the first call (the first
+        candidate when the stream is being captured)."""
         x_f, w_f = not x.flags.c_contiguous, not w.flags.c_contiguous
-        key = (x.shape, w.shape, x_f, w_f, str(x.dtype), relu, tf32)
+        epilogue = (
+            EPILOGUE_DEFAULT if bias is None else (EPILOGUE_RELU_BIAS if relu else EPILOGUE_BIAS)
+        )
+        key = (x.shape, w.shape, x_f, w_f, str(x.dtype), epilogue, tf32)
         if key in self.plans:
             return self.plans[key]
         lib, ct = self.lib, ctypes
@@ -165,11 +161,10 @@ class LtGemm:
         compute = COMPUTE_64F if double else (COMPUTE_32F_FAST_TF32 if tf32 else COMPUTE_32F)
         desc = ct.c_void_p()
         self._check(lib.cublasLtMatmulDescCreate(ct.byref(desc), compute, data), "DescCreate")
-        epilogue = ct.c_uint32(EPILOGUE_RELU_BIAS if relu else EPILOGUE_BIAS)
         for attr, value in (
             (DESC_TRANSA, ct.c_int32(ops.trans_a)),
             (DESC_TRANSB, ct.c_int32(ops.trans_b)),
-            (DESC_EPILOGUE, epilogue),
+            (DESC_EPILOGUE, ct.c_uint32(epilogue)),
         ):
             status = lib.cublasLtMatmulDescSetAttribute(desc, attr, ct.byref(value), 4)
             self._check(status, "DescSetAttribute")
@@ -180,39 +175,100 @@ class LtGemm:
             self._check(status, "MatrixLayoutCreate")
             layouts.append(handle)
         a_desc, b_desc, d_desc = layouts
-        result, found = _HeuristicResult(), ct.c_int(0)
+        results, found = (_HeuristicResult * self.CANDIDATES)(), ct.c_int(0)
         status = lib.cublasLtMatmulAlgoGetHeuristic(
-            self.handle, desc, a_desc, b_desc, d_desc, d_desc, self.preference, 1,
-            ct.byref(result), ct.byref(found),
-        )  # fmt: skip
-        plan = None
-        if status == 0 and found.value > 0 and result.workspace_size <= self.WORKSPACE_BYTES:
-            plan = _Plan(desc, (a_desc, b_desc, d_desc), result)
+            self.handle,
+            desc,
+            a_desc,
+            b_desc,
+            d_desc,
+            d_desc,
+            self.preference,
+            self.CANDIDATES,
+            results,
+            ct.byref(found),
+        )
+        candidates = [
+            _HeuristicResult.from_buffer_copy(results[i])
+            for i in range(found.value if status == 0 else 0)
+            if results[i].state == 0 and results[i].workspace_size <= self.WORKSPACE_BYTES
+        ]
+        plan = _Plan(desc, (a_desc, b_desc, d_desc), candidates[0]) if candidates else None
+        if plan is not None and len(candidates) > 1:
+            plan = self._fastest(plan, candidates, x, w, out, bias)
         self.plans[key] = plan
         return plan
 
-    def __call__(self, x: Any, w: Any, b: Any, out: Any, relu: bool, tf32: bool) -> bool:
-        """``out = (relu)(x @ w + b)``; False (nothing done) when cuBLASLt has no algorithm."""
+    def _fastest(
+        self, plan: _Plan, candidates: list, x: Any, w: Any, out: Any, bias: Any
+    ) -> _Plan | None:
+        """The plan with the candidate that ran fastest (CUDA events, after two warm-up runs;
+        each run rewrites ``out`` with the same result); candidates that fail are skipped."""
         import cupy as cp
 
-        plan = self._plan(x, w, relu, tf32)
-        if plan is None:
-            return False
+        stream = cp.cuda.get_current_stream()
+        capturing = getattr(stream, "is_capturing", None)
+        if capturing is None or capturing():
+            return plan  # no timing (a host sync) inside a capture: the heuristic's first
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        best, best_ms = None, float("inf")
+        for result in candidates:
+            trial = plan._replace(result=result)
+            if any(self._launch(trial, x, w, out, bias) for _ in range(2)):
+                continue  # a nonzero status: this algorithm does not run here
+            start.record(stream)
+            for _ in range(self.TIMED_RUNS):
+                self._launch(trial, x, w, out, bias)
+            end.record(stream)
+            end.synchronize()
+            ms = cp.cuda.get_elapsed_time(start, end)
+            if ms < best_ms:
+                best, best_ms = trial, ms
+        return best
+
+    def _launch(self, plan: _Plan, x: Any, w: Any, out: Any, bias: Any) -> int:
+        """One cuBLASLt matmul on the current stream; returns its status."""
+        import cupy as cp
+
         lib, ct = self.lib, ctypes
-        bias = ct.c_void_p(b.data.ptr)  # per call: layers of one shape share the plan
-        status = lib.cublasLtMatmulDescSetAttribute(
-            plan.desc, DESC_BIAS_POINTER, ct.byref(bias), ct.sizeof(bias)
-        )
-        self._check(status, "DescSetAttribute(bias)")
+        if bias is not None:  # per call: layers of one shape share the plan
+            pointer = ct.c_void_p(bias.data.ptr)
+            status = lib.cublasLtMatmulDescSetAttribute(
+                plan.desc, DESC_BIAS_POINTER, ct.byref(pointer), ct.sizeof(pointer)
+            )
+            self._check(status, "DescSetAttribute(bias)")
         one, zero = self.scalars[out.dtype]
         a_desc, b_desc, d_desc = plan.layouts
-        status = lib.cublasLtMatmul(
-            self.handle, plan.desc, ct.byref(one), w.data.ptr, a_desc, x.data.ptr, b_desc,
-            ct.byref(zero), out.data.ptr, d_desc, out.data.ptr, d_desc,
-            ct.byref(plan.result.algo), self.workspace.data.ptr, self.WORKSPACE_BYTES,
-            cp.cuda.get_current_stream().ptr,
-        )  # fmt: skip
-        self._check(status, "Matmul")
+        return int(
+            lib.cublasLtMatmul(
+                self.handle,
+                plan.desc,
+                ct.byref(one),
+                w.data.ptr,
+                a_desc,
+                x.data.ptr,
+                b_desc,
+                ct.byref(zero),
+                out.data.ptr,
+                d_desc,
+                out.data.ptr,
+                d_desc,
+                ct.byref(plan.result.algo),
+                self.workspace.data.ptr,
+                self.WORKSPACE_BYTES,
+                cp.cuda.get_current_stream().ptr,
+            )
+        )
+
+    def matmul(
+        self, x: Any, w: Any, out: Any, tf32: bool, bias: Any = None, relu: bool = False
+    ) -> bool:
+        """``out = x @ w`` (``+ bias``, then ReLU if ``relu``, in the epilogue); False (nothing
+        done) when cuBLASLt has no algorithm for it."""
+        plan = self._plan(x, w, out, bias, relu, tf32)
+        if plan is None:
+            return False
+        self._check(self._launch(plan, x, w, out, bias), "Matmul")
         return True
 
 

@@ -506,24 +506,9 @@ def batchnorm(
     out: tuple,
 ) -> None:
     """Batch normalization of C-contiguous 2-D ``x`` into ``out = (y, xhat, inv_std)``."""
-    n, d = x.shape
-    t = x.dtype.type
-    _batchnorm(ctype(x.dtype))(
-        ((d + 31) // 32,),
-        (32, 8),
-        (
-            x,
-            gamma,
-            beta,
-            *running,
-            *out,
-            np.int64(n),
-            np.int64(d),
-            t(momentum),
-            t(eps),
-            np.int32(training),
-        ),
-    )
+    (n, d), t = x.shape, x.dtype.type
+    sizes = (np.int64(n), np.int64(d), t(momentum), t(eps), np.int32(training))
+    _batchnorm(ctype(x.dtype))(((d + 31) // 32,), (32, 8), (x, gamma, beta, *running, *out, *sizes))
 
 
 def batchnorm_backward(
@@ -531,22 +516,9 @@ def batchnorm_backward(
 ) -> None:
     """``grads = (dgamma, dbeta)`` and, unless ``dx`` is None, ``dx``."""
     n, d = dy.shape
-    _batchnorm_grad(ctype(dy.dtype))(
-        ((d + 31) // 32,),
-        (32, 8),
-        (
-            dy,
-            xhat,
-            inv_std,
-            gamma,
-            *grads,
-            _or_placeholder(dx, dy.dtype),
-            np.int64(n),
-            np.int64(d),
-            np.int32(training),
-            np.int32(dx is not None),
-        ),
-    )
+    flags = (np.int64(n), np.int64(d), np.int32(training), np.int32(dx is not None))
+    arrays = (dy, xhat, inv_std, gamma, *grads, _or_placeholder(dx, dy.dtype))
+    _batchnorm_grad(ctype(dy.dtype))(((d + 31) // 32,), (32, 8), (*arrays, *flags))
 
 
 @cache

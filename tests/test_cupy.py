@@ -156,15 +156,22 @@ def test_tf32_precision_is_per_call_and_per_model():
     assert tf32_model.get_config()["precision"] == "tf32"
 
 
-def test_direct_gemm_handles_transposed_operands():
+@pytest.mark.parametrize("use_cublaslt, name", [(True, "cublaslt"), (False, "cublas-direct")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_gemm_handles_transposed_operands(monkeypatch, use_cublaslt, name, dtype):
+    """cuBLASLt (algorithm timed per shape) and direct cuBLAS: every layout the step uses."""
     be = fn.get_backend("cupy")
+    monkeypatch.setattr(be, "use_cublaslt", use_cublaslt)
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((64, 30)).astype(np.float32)
-    w = rng.standard_normal((50, 30)).astype(np.float32)
+    x = rng.standard_normal((64, 30)).astype(dtype)
+    w = rng.standard_normal((50, 30)).astype(dtype)
     dx, dw = be.asarray(x), be.asarray(w)
-    np.testing.assert_allclose(be.matmul(dx, dw.T).get(), x @ w.T, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(be.matmul(dx.T, dx).get(), x.T @ x, rtol=1e-4, atol=1e-4)
-    assert be.kernel_report["matmul"] == "cublas-direct"
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    with fn.record_kernels() as report:
+        for a, b in ((dx, dw.T), (dx.T, dx), (dw, dx.T), (dw.T.copy().T, dw.T)):
+            want = be.to_numpy(a) @ be.to_numpy(b)
+            np.testing.assert_allclose(be.matmul(a, b).get(), want, rtol=tol, atol=tol)
+    assert report["matmul"] == name
 
 
 def test_schedules_change_lr_without_recapture():

@@ -155,9 +155,28 @@ class CupyBackend(Backend):
         return self.xp.cuda.get_elapsed_time(start, end) / 1e3
 
     # ------------------------------------------------------------------ matmul and dense layer
-    #: Dense forwards with a bias and a linear or ReLU activation as one cuBLASLt call (bias and
-    #: ReLU in the GEMM epilogue); off, or where cuBLASLt fails, cuBLAS + the bias kernel
+    #: matmuls through cuBLASLt (algorithm timed per shape; Dense forwards with a bias and a
+    #: linear or ReLU activation as one call, bias and ReLU in the epilogue); off, or where
+    #: cuBLASLt fails, cuBLAS and the bias kernel
     use_cublaslt = True
+
+    def _cublaslt(
+        self, x: Any, w: Any, out: Any, precision: str, bias: Any = None, relu: bool = False
+    ) -> bool:
+        """``out = x @ w`` (+ bias, ReLU) through cuBLASLt; False where it does not apply. A
+        failing cuBLASLt call turns it off for this backend, with the reason."""
+        if not self.use_cublaslt or self._lt_reason:
+            return False
+        from fastnet.kernels.cublaslt import LtGemm, lt_gemm
+
+        if not LtGemm.supports(x, w, out, bias):
+            return False
+        try:
+            with self.device:  # the handle and workspace of this device and thread
+                return lt_gemm(self._cublas_path).matmul(x, w, out, precision == "tf32", bias, relu)
+        except (OSError, AttributeError, RuntimeError) as exc:
+            self._lt_reason = f"cuBLASLt unavailable: {exc}"  # cuBLAS from now on
+            return False
 
     def linear(
         self,
@@ -170,36 +189,24 @@ class CupyBackend(Backend):
         precision: str = "fp32",
     ) -> Any:
         """``act(x @ w + b)``: one cuBLASLt GEMM with the bias (+ ReLU) epilogue where it
-        applies, else the cuBLAS GEMM and the fused bias/activation kernel."""
+        applies, else a GEMM and the fused bias/activation kernel."""
         if out is None:
             out = self.xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
-        if (
-            self.use_cublaslt
-            and self._lt_reason == ""
-            and b is not None
-            and activation in (Act.LINEAR, Act.RELU)
-        ):
-            from fastnet.kernels.cublaslt import LtGemm, lt_gemm
-
-            if LtGemm.supports(x, w, b, out):
-                try:
-                    with self.device:
-                        done = lt_gemm(self._cublas_path)(
-                            x, w, b, out, activation == Act.RELU, precision == "tf32"
-                        )
-                except (OSError, AttributeError, RuntimeError) as exc:
-                    self._lt_reason = f"cuBLASLt unavailable: {exc}"  # cuBLAS from now on
-                    done = False
-                if done:
-                    self.record_kernel("linear", "cublaslt-epilogue")
-                    return out
+        fused = b is not None and activation in (Act.LINEAR, Act.RELU)
+        if fused and self._cublaslt(x, w, out, precision, b, activation == Act.RELU):
+            self.record_kernel("linear", "cublaslt-epilogue")
+            return out
         return super().linear(x, w, b, activation, alpha, out, precision)
 
     def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
-        """cuBLAS GEMM called directly (capturable in CUDA graphs; TF32 tensor cores for float32
-        at ``precision="tf32"``), else ``cupy.matmul`` (fp32)."""
+        """A cuBLASLt GEMM (its algorithm timed per shape), else cuBLAS called directly (both
+        capturable in CUDA graphs; TF32 tensor cores for float32 at ``precision="tf32"``), else
+        ``cupy.matmul`` (fp32)."""
         if out is None:
             out = self.xp.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
+        if self._cublaslt(a, b, out, precision):
+            self.record_kernel("matmul", "cublaslt")
+            return out
         if self._gemm is not None and out.flags.c_contiguous and self._gemm.supports(a, b, out):
             self.record_kernel("matmul", self._gemm_name)
             with self.device:  # the handle and workspace of this device and thread
