@@ -328,12 +328,15 @@ class GraphedDistributedStep(GraphedStep):
     graph of the step function whose gradient all-reduce is inside it (NCCL on the GPU; its
     share of the batch baked in); other batches run ``distributed_step`` eagerly."""
 
-    def __init__(
-        self, model: Any, comm: Any, global_sizes: Sequence[int], local_batch: int, spec: Any
-    ) -> None:
-        super().__init__(model, local_batch, spec)
-        self.comm, self.global_sizes = comm, list(global_sizes)
-        self.full_share = local_batch / max(self.global_sizes)
+    def __init__(self, model: Any, comm: Any, global_sizes: list, batch_size: int, spec: Any):
+        from fastnet.distributed import rank_slice
+
+        lo, hi = rank_slice(0, batch_size, comm.rank, comm.world_size)
+        local_batch = hi - lo
+        # one step per replay: a rank's rows of a batch are not a run of the epoch's order
+        super().__init__(model, local_batch, spec, steps_per_graph=1)
+        self.comm, self.global_sizes, self.global_batch = comm, global_sizes, batch_size
+        self.full_share = local_batch / batch_size  # of a full global batch of batch_size rows
         self.reduce = functools.partial(reduce_gradients, model, comm, self.full_share)
         self.description = (
             f"captured graph, data-parallel over {comm.world_size} ranks ({comm.name}; the "
@@ -347,7 +350,7 @@ class GraphedDistributedStep(GraphedStep):
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
         n, global_n = xb.shape[0], self.global_sizes[self.batch_index]
         self.batch_index += 1
-        if n == self.batch_size and n / global_n == self.full_share:
+        if n == self.batch_size and global_n == self.global_batch:
             return super().__call__(xb, yb, wb)
         self.model.arena.write_lr()
         distributed_step(self.model, self.comm, n / global_n, xb, yb, wb, self.totals)
@@ -732,7 +735,7 @@ class Trainer:
             if compiled is True:
                 raise ValueError(f"a compiled step was required (compiled=True), but {reason}")
             return DistributedStep(self, group, sizes)
-        return GraphedDistributedStep(self, group, sizes, hi - lo, spec)
+        return GraphedDistributedStep(self, group, list(sizes), batch_size, spec)
 
     def _broadcast_state(self, group: Any) -> None:
         """Rank 0's parameters, optimizer state, step scalars and layer buffers to every rank."""

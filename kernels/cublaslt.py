@@ -176,17 +176,9 @@ class LtGemm:
             layouts.append(handle)
         a_desc, b_desc, d_desc = layouts
         results, found = (_HeuristicResult * self.CANDIDATES)(), ct.c_int(0)
+        descs = (self.handle, desc, a_desc, b_desc, d_desc, d_desc, self.preference)
         status = lib.cublasLtMatmulAlgoGetHeuristic(
-            self.handle,
-            desc,
-            a_desc,
-            b_desc,
-            d_desc,
-            d_desc,
-            self.preference,
-            self.CANDIDATES,
-            results,
-            ct.byref(found),
+            *descs, self.CANDIDATES, results, ct.byref(found)
         )
         candidates = [
             _HeuristicResult.from_buffer_copy(results[i])
@@ -239,26 +231,10 @@ class LtGemm:
             self._check(status, "DescSetAttribute(bias)")
         one, zero = self.scalars[out.dtype]
         a_desc, b_desc, d_desc = plan.layouts
-        return int(
-            lib.cublasLtMatmul(
-                self.handle,
-                plan.desc,
-                ct.byref(one),
-                w.data.ptr,
-                a_desc,
-                x.data.ptr,
-                b_desc,
-                ct.byref(zero),
-                out.data.ptr,
-                d_desc,
-                out.data.ptr,
-                d_desc,
-                ct.byref(plan.result.algo),
-                self.workspace.data.ptr,
-                self.WORKSPACE_BYTES,
-                cp.cuda.get_current_stream().ptr,
-            )
-        )
+        inputs = (ct.byref(one), w.data.ptr, a_desc, x.data.ptr, b_desc, ct.byref(zero))
+        outputs = (out.data.ptr, d_desc, out.data.ptr, d_desc, ct.byref(plan.result.algo))
+        scratch = (self.workspace.data.ptr, self.WORKSPACE_BYTES, cp.cuda.get_current_stream().ptr)
+        return int(lib.cublasLtMatmul(self.handle, plan.desc, *inputs, *outputs, *scratch))
 
     def matmul(
         self, x: Any, w: Any, out: Any, tf32: bool, bias: Any = None, relu: bool = False

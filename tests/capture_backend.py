@@ -52,6 +52,10 @@ OPS = (
 )
 
 
+#: ops that talk to other ranks: recorded but not run while capturing, as on a GPU
+COLLECTIVES = frozenset({"allreduce"})
+
+
 class CaptureError(RuntimeError):
     """Something a CUDA graph capture could not do (an allocation, a nested capture)."""
 
@@ -98,6 +102,8 @@ class CaptureSimBackend(NumpyBackend):
                 self.issued.append((op, self.stream))
                 if self.capturing:
                     self.records.append((fn, args, dict(kwargs)))
+                    if op in COLLECTIVES:  # a capture launches nothing: no rank may wait on it
+                        return None
                     for a in _arrays((args, tuple(kwargs.values()))):
                         self.saved.append((a, a.copy()))
             self.depth += 1

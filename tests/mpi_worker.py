@@ -4,7 +4,7 @@ mpi_worker.py train BACKEND DTYPE OUT.npz   data-parallel fit; rank 0 saves the 
 mpi_worker.py kill                          rank 1 dies (SIGKILL) in the second epoch
 mpi_worker.py raise                         rank 1 raises in the second epoch
 mpi_worker.py output                        verbose fit: epoch lines come from rank 0 only
-mpi_worker.py captured                      captured data-parallel steps equal eager ones
+mpi_worker.py captured ROWS plain|batchnorm  captured data-parallel steps equal eager ones
 """
 
 import os
@@ -88,13 +88,24 @@ def main(mode, *args):
     elif mode == "captured":  # the all-reduce inside captured steps (CPU capture semantics)
         from capture_backend import CaptureSimBackend
 
+        rows, norm = int(args[0]), args[1] == "batchnorm"
         X, y = problem("float64")
         weights, backend = [], CaptureSimBackend()
         for compiled in (False, True):
             layers = [fn.Dense(16, "relu"), fn.Dropout(0.2), fn.Dense(8, "relu"), fn.Dense(4)]
+            if norm:
+                layers[1:1] = [fn.BatchNorm1d()]
             m = fn.Sequential(layers, backend=backend, dtype="float64", seed=3)
-            m.fit(X[:290], y[:290], epochs=3, batch_size=64, verbose=0, distributed=True,
-                  compiled=compiled, sample_weight=np.linspace(0.5, 1.5, 290))  # fmt: skip
+            m.fit(
+                X[:rows],
+                y[:rows],
+                epochs=3,
+                batch_size=64,
+                verbose=0,
+                distributed=True,
+                compiled=compiled,
+                sample_weight=np.linspace(0.5, 1.5, rows),
+            )
             weights.append(np.concatenate([g.values for g in m.arena.groups]))
         assert m.step_description.startswith("captured graph, data-parallel"), m.step_description
         replays = backend.replays

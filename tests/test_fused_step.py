@@ -191,6 +191,9 @@ def test_dropout_rates_changed_between_epochs_are_followed():
     "layers, reason",
     [
         (lambda: [fn.Dense(8), fn.Dropout(0.2), fn.Dropout(0.2), fn.Dense(4)], "at most one"),
+        # rate 0 draws nothing, but a callback may raise it: the structure is what counts
+        (lambda: [fn.Dropout(0.0), fn.Dropout(0.5), fn.Dense(8), fn.Dense(4)], "at most one"),
+        (lambda: [fn.Dense(8), fn.Dense(4), fn.Dropout(0.0)], "at most one Dropout before"),
         (lambda: [fn.Dense(8), fn.Dense(4), fn.Dropout(0.2)], "at most one Dropout before"),
         (lambda: [fn.Dense(8), fn.BatchNorm1d(), fn.Dense(4)], "Dense layers, each"),
     ],

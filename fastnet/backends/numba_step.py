@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends.base import Act
-from fastnet.backends.counter_rng import drop_threshold
+from fastnet.backends.counter_rng import check_draw_size, drop_threshold
 from fastnet.backends.plan import StepPlan
 
 
@@ -43,6 +43,8 @@ class FusedDenseStep:
         dtype = np.dtype(plan.dtype)
         layers, _ = plan.dense_stack()  # type: ignore[misc]
         self.widths = widths = [layer.weight.shape for layer in layers]
+        for rows, _ in widths:
+            check_draw_size(batch_size * rows)  # a dropout before any layer draws this many
         self.drop_rates: tuple[float, ...] = ()  # set with the dropout buffers in begin_epoch
         self.outs = tuple(np.empty((batch_size, cols), dtype) for _, cols in widths)
         self.dzs = tuple(np.empty_like(a) for a in self.outs)

@@ -99,15 +99,16 @@ class StepPlan:
         denses: list[DensePlan] = []
         drops: list[DropoutPlan | None] = []
         pending: DropoutPlan | None = None
+        seen = False  # a Dropout before the next Dense (whatever its rate: rates can change)
         for p in self.layers:
-            if isinstance(p, DropoutPlan) and pending is None:
-                pending = p if p.rate > 0 else None  # rate 0: the identity, no draw
+            if isinstance(p, DropoutPlan) and not seen:
+                seen, pending = True, (p if p.rate > 0 else None)  # rate 0: no draw
             elif isinstance(p, DensePlan):
                 denses.append(p)
                 drops.append(pending)
-                pending = None
+                seen, pending = False, None
             else:
                 return None
-        if pending is not None or not denses or isinstance(self.layers[-1], DropoutPlan):
+        if seen or not denses:
             return None
         return tuple(denses), tuple(drops)
