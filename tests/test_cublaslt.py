@@ -32,3 +32,10 @@ def test_lt_operands_compute_x_at_w(shape, x_fortran, w_fortran):
     out.ravel()[:] = d.ravel(order="F")  # D column-major with ld n is out, C-contiguous
     assert ops.d.ld == n
     np.testing.assert_allclose(out, x @ w, rtol=1e-12, atol=1e-12)
+
+
+def test_alignment_is_the_largest_power_of_two_up_to_256():
+    """What the heuristic is told about each pointer: arena parameters sit at 4-byte offsets."""
+    from fastnet.kernels.cublaslt import alignment
+
+    assert [alignment(p) for p in (0, 4, 12, 64, 96, 512, 1024 + 8)] == [256, 4, 4, 64, 32, 256, 8]
