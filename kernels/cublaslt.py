@@ -1,6 +1,7 @@
 """cuBLASLt GEMMs: every matmul of a step, the Dense forward as ``out = act(x @ w + b)`` in one
-call with the bias (and ReLU) in the GEMM's epilogue; per shape and layout the algorithm is the
-fastest of cuBLASLt's heuristic candidates, timed once at the shape's first (eager) call.
+call with the bias (and ReLU) in the GEMM's epilogue; per shape, layout and pointer alignment
+the algorithm is cuBLASLt's heuristic choice, or (opt-in) the fastest of its candidates, timed
+once at the shape's first eager call.
 
 Loaded with ctypes beside the cuBLAS CuPy uses (CuPy has no cuBLASLt module); enum values from
 ``cublasLt.h``/``cublas_api.h``/``library_types.h`` (CUDA 12.9, unchanged since CUDA 11).
@@ -119,12 +120,8 @@ class LtGemm:
             lib.cublasLtMatmulPreferenceCreate(ctypes.byref(self.preference)), "PreferenceCreate"
         )
         limit = ctypes.c_uint64(self.WORKSPACE_BYTES)
-        self._check(
-            lib.cublasLtMatmulPreferenceSetAttribute(
-                self.preference, PREF_MAX_WORKSPACE_BYTES, ctypes.byref(limit), 8
-            ),
-            "PreferenceSetAttribute",
-        )
+        set_preference = lib.cublasLtMatmulPreferenceSetAttribute
+        self._set(set_preference, self.preference, PREF_MAX_WORKSPACE_BYTES, limit)
         self.plans: dict[tuple, _Plan | None] = {}
         self.scalars = {
             np.dtype(np.float32): (ctypes.c_float(1.0), ctypes.c_float(0.0)),
@@ -152,16 +149,18 @@ class LtGemm:
             return False
         return bias is None or (bias.ndim == 1 and bias.dtype == dtype and bias.flags.c_contiguous)
 
-    def _plan(self, x: Any, w: Any, out: Any, bias: Any, relu: bool, tf32: bool) -> _Plan | None:
-        """Descriptors and the algorithm for this shape, layout and epilogue: the fastest of
-        cuBLASLt's heuristic candidates, timed on these operands at the first call (the first
-        candidate when the stream is being captured)."""
+    def _plan(
+        self, x: Any, w: Any, out: Any, bias: Any, relu: bool, tf32: bool, timed: bool
+    ) -> _Plan | None:
+        """Descriptors and the algorithm for this shape, layout and epilogue: the heuristic's
+        first candidate, or with ``timed`` the fastest candidate on these operands at the first
+        call (not inside a capture)."""
         x_f, w_f = not x.flags.c_contiguous, not w.flags.c_contiguous
         epilogue = (
             EPILOGUE_DEFAULT if bias is None else (EPILOGUE_RELU_BIAS if relu else EPILOGUE_BIAS)
         )
         aligned = [alignment(a.data.ptr) for a in (w, x, out, out if bias is None else bias)]
-        key = (x.shape, w.shape, x_f, w_f, str(x.dtype), epilogue, tf32, *aligned)
+        key = (x.shape, w.shape, x_f, w_f, str(x.dtype), epilogue, tf32, timed, *aligned)
         if key in self.plans:
             return self.plans[key]
         lib, ct = self.lib, ctypes
@@ -176,8 +175,7 @@ class LtGemm:
             (DESC_TRANSB, ct.c_int32(ops.trans_b)),
             (DESC_EPILOGUE, ct.c_uint32(epilogue)),
         ):
-            status = lib.cublasLtMatmulDescSetAttribute(desc, attr, ct.byref(value), 4)
-            self._check(status, "DescSetAttribute")
+            self._set(lib.cublasLtMatmulDescSetAttribute, desc, attr, value)
         layouts = []
         for layout in (ops.a, ops.b, ops.d):
             handle = ct.c_void_p()
@@ -186,12 +184,9 @@ class LtGemm:
             layouts.append(handle)
         a_desc, b_desc, d_desc = layouts
         self._set_bias(desc, bias)  # the heuristic reads its alignment
+        set_preference = lib.cublasLtMatmulPreferenceSetAttribute
         for attr, least in zip(PREF_MIN_ALIGNMENT, aligned[:3] + aligned[2:3]):  # A, B, C, D
-            align = ct.c_uint32(least)
-            status = lib.cublasLtMatmulPreferenceSetAttribute(
-                self.preference, attr, ct.byref(align), 4
-            )
-            self._check(status, "PreferenceSetAttribute(alignment)")
+            self._set(set_preference, self.preference, attr, ct.c_uint32(least))
         results, found = (_HeuristicResult * self.CANDIDATES)(), ct.c_int(0)
         descs = (self.handle, desc, a_desc, b_desc, d_desc, d_desc, self.preference)
         status = lib.cublasLtMatmulAlgoGetHeuristic(
@@ -203,7 +198,7 @@ class LtGemm:
             if results[i].state == 0 and results[i].workspace_size <= self.WORKSPACE_BYTES
         ]
         plan = _Plan(desc, (a_desc, b_desc, d_desc), candidates[0]) if candidates else None
-        if plan is not None and len(candidates) > 1:
+        if plan is not None and timed and len(candidates) > 1:
             plan = self._fastest(plan, candidates, x, w, out, bias)
         self.plans[key] = plan
         return plan
@@ -217,8 +212,7 @@ class LtGemm:
         import cupy as cp
 
         stream = cp.cuda.get_current_stream()
-        capturing = getattr(stream, "is_capturing", None)
-        if capturing is None or capturing():
+        if stream.is_capturing():
             return plan  # no timing (a host sync) inside a capture: the heuristic's first
         start, end = cp.cuda.Event(), cp.cuda.Event()
         best, best_ms = None, float("inf")
@@ -254,17 +248,19 @@ class LtGemm:
     def _set_bias(self, desc: Any, bias: Any) -> None:
         if bias is not None:
             pointer = ctypes.c_void_p(bias.data.ptr)
-            status = self.lib.cublasLtMatmulDescSetAttribute(
-                desc, DESC_BIAS_POINTER, ctypes.byref(pointer), ctypes.sizeof(pointer)
-            )
-            self._check(status, "DescSetAttribute(bias)")
+            self._set(self.lib.cublasLtMatmulDescSetAttribute, desc, DESC_BIAS_POINTER, pointer)
+
+    def _set(self, setter: Any, obj: Any, attr: int, value: Any) -> None:
+        """One descriptor or preference attribute (a ctypes value of the attribute's type)."""
+        status = setter(obj, attr, ctypes.byref(value), ctypes.sizeof(value))
+        self._check(status, f"{setter.__name__}({attr})")
 
     def matmul(
-        self, x: Any, w: Any, out: Any, tf32: bool, bias: Any = None, relu: bool = False
+        self, x: Any, w: Any, out: Any, tf32: bool, bias: Any, relu: bool, timed: bool
     ) -> bool:
         """``out = x @ w`` (``+ bias``, then ReLU if ``relu``, in the epilogue); False (nothing
-        done) when cuBLASLt has no algorithm for it."""
-        plan = self._plan(x, w, out, bias, relu, tf32)
+        done) when cuBLASLt has no algorithm for it. ``timed``: see ``_plan``."""
+        plan = self._plan(x, w, out, bias, relu, tf32, timed)
         if plan is None:
             return False
         self._check(self._launch(plan, x, w, out, bias), "Matmul")

@@ -1,6 +1,6 @@
 """Run under ``mpirun -n K`` by tests/test_distributed.py (not collected by pytest).
 
-mpi_worker.py train BACKEND DTYPE OUT.npz   data-parallel fit; rank 0 saves the weights
+mpi_worker.py train BACKEND DTYPE OUT.npz [mpi|nccl]  data-parallel fit; rank 0 saves weights
 mpi_worker.py kill                          rank 1 dies (SIGKILL) in the second epoch
 mpi_worker.py raise                         rank 1 raises in the second epoch
 mpi_worker.py output                        verbose fit: epoch lines come from rank 0 only
@@ -46,9 +46,11 @@ class At(fn.Callback):
 
 
 def main(mode, *args):
-    dist.init("mpi")
-    if mode == "train":
-        backend, dtype, out = args
+    train = mode == "train"
+    comm = args[3] if train and len(args) > 3 else "mpi"
+    dist.init(comm, backend="cupy" if train and args[0] == "cupy" else None)
+    if train:
+        backend, dtype, out = args[:3]
         X, y = problem(dtype)
         m = model(backend, dtype)
         h = m.fit(X, y, validation_data=(X[:50], y[:50]), verbose=0, distributed=True, **FIT)

@@ -49,10 +49,26 @@ def mpirun(*args, n=2, timeout=120):
 
 @needs_mpi
 @pytest.mark.parametrize("dtype,rtol", [("float64", 1e-10), ("float32", 1e-5)])
-@pytest.mark.parametrize("backend", backend_params(["numpy", "numba"]))
-def test_two_ranks_with_half_batches_equal_one_process(tmp_path, backend, dtype, rtol):
+@pytest.mark.parametrize(
+    "backend, comm, ranks",
+    [
+        pytest.param(name, comm, n, marks=param.marks, id=f"{name}-{comm}-{n}ranks")
+        for name, comm, n in (
+            ("numpy", "mpi", 2),
+            ("numba", "mpi", 2),
+            ("cupy", "mpi", 2),
+            ("cupy", "nccl", 1),
+        )  # fmt: skip
+        for param in backend_params([name])
+    ],
+)
+def test_ranks_with_shares_of_each_batch_equal_one_process(
+    tmp_path, backend, comm, ranks, dtype, rtol
+):
+    """2 ranks over MPI (GPU arrays staged through pinned host memory on cupy) and 1 NCCL
+    rank (its all-reduce inside the captured step) train as one process does."""
     out = tmp_path / "ranks.npz"
-    run, _ = mpirun("train", backend, dtype, str(out))
+    run, _ = mpirun("train", backend, dtype, str(out), comm, n=ranks)
     assert run.returncode == 0, run.stderr[-3000:]
     X, y = mpi_worker.problem(dtype)
     single = mpi_worker.model(backend, dtype)

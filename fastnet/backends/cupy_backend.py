@@ -159,6 +159,10 @@ class CupyBackend(Backend):
     #: linear or ReLU activation as one call, bias and ReLU in the epilogue); off, or where
     #: cuBLASLt fails, cuBLAS and the bias kernel
     use_cublaslt = True
+    #: pick each GEMM shape's cuBLASLt algorithm by timing its candidates once (as PyTorch's
+    #: ``cudnn.benchmark``): maybe faster, but processes may pick, and round, differently;
+    #: off: the heuristic's choice, the same in every run
+    gemm_autotune = False
 
     def _cublaslt(
         self, x: Any, w: Any, out: Any, precision: str, bias: Any = None, relu: bool = False
@@ -173,7 +177,8 @@ class CupyBackend(Backend):
             return False
         try:
             with self.device:  # the handle and workspace of this device and thread
-                return lt_gemm(self._cublas_path).matmul(x, w, out, precision == "tf32", bias, relu)
+                lt = lt_gemm(self._cublas_path)
+                return lt.matmul(x, w, out, precision == "tf32", bias, relu, self.gemm_autotune)
         except (OSError, AttributeError, RuntimeError) as exc:
             self._lt_reason = f"cuBLASLt unavailable: {exc}"  # cuBLAS from now on
             return False
@@ -199,7 +204,7 @@ class CupyBackend(Backend):
         return super().linear(x, w, b, activation, alpha, out, precision)
 
     def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
-        """A cuBLASLt GEMM (its algorithm timed per shape), else cuBLAS called directly (both
+        """A cuBLASLt GEMM (algorithm per shape), else cuBLAS called directly (both
         capturable in CUDA graphs; TF32 tensor cores for float32 at ``precision="tf32"``), else
         ``cupy.matmul`` (fp32)."""
         if out is None:
