@@ -15,9 +15,10 @@
 #                                                                              -> distributed.log
 #   bench-kernels     the GPU kernel suite                                 -> bench.json, bench.log
 #   bench-train       only when asked for (`speed`, not part of `all`: a call of its own after
-#                     the check): the train suite, fastnet's graphs (32 and 1 step per replay)
-#                     against JAX jit+scan and PyTorch's CUDA graph, fp32 and tf32, and the big
-#                     MLP against its matmuls              -> bench-train.json (log: bench.log)
+#                     the check): the train suite, fastnet's graphs (32 and 1 step per replay,
+#                     cuBLAS instead of cuBLASLt, autotuned GEMMs) against JAX jit+scan and
+#                     PyTorch's CUDA graph, fp32 and tf32, and the big MLP against its matmuls
+#                                                          -> bench-train.json (log: bench.log)
 # summary.txt has one "PASS|FAIL|SKIP  stage  detail" line per stage, then the trainings' numbers:
 # 8 files in all. Exit status 1 when a stage failed.
 # Data: $FASTNET_DATA, else ./.data when present (the device has no Fashion-MNIST: carry it, after

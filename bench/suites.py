@@ -319,26 +319,33 @@ def train_groups(
 
 
 def _graph_variants(be: Any, sizes: tuple, Xd: Any, yd: Any, batch: int) -> list[tuple[str, Any]]:
-    """fp32 graphed epochs that show what a feature saves: one step per replay ("1step") and
-    cuBLAS + the bias kernel instead of cuBLASLt's epilogue ("cublas")."""
+    """fp32 graphed epochs that show what a feature gives: one step per replay ("1step"),
+    cuBLAS + the bias kernel instead of cuBLASLt ("cublas"), cuBLASLt's algorithms timed per
+    shape instead of its heuristic's ("autotune")."""
     default, be.steps_per_graph = be.steps_per_graph, 1
     try:
         single = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
     finally:
         be.steps_per_graph = default
     plain = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
-    return [("1step", single), ("cublas", _without_cublaslt(be, plain))]
+    tuned = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
+    return [
+        ("1step", single),
+        ("cublas", _with_setting(be, "use_cublaslt", False, plain)),
+        ("autotune", _with_setting(be, "gemm_autotune", True, tuned)),
+    ]
 
 
-def _without_cublaslt(be: Any, run: Callable[..., Any]) -> Callable[..., Any]:
-    """``run`` with the cupy backend's cuBLASLt Dense forward off (cuBLAS + bias kernel)."""
+def _with_setting(be: Any, name: str, value: Any, run: Callable[..., Any]) -> Callable[..., Any]:
+    """``run`` with the backend attribute ``name`` set to ``value`` while it runs."""
 
     def call(*args: Any, **kwargs: Any) -> Any:
-        before, be.use_cublaslt = be.use_cublaslt, False
+        before = getattr(be, name)
+        setattr(be, name, value)
         try:
             return run(*args, **kwargs)
         finally:
-            be.use_cublaslt = before
+            setattr(be, name, before)
 
     return call
 
