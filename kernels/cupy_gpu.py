@@ -372,8 +372,8 @@ def _dropout_grad() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel("T dy, T mask", "T dx", "dx = dy * mask", "fastnet_dropout_grad")
 
 
-def dropout_backward(dy: Any, mask: Any, out: Any) -> None:
-    _dropout_grad()(dy, mask, out)
+def dropout_backward(dy: Any, mask: Any, out: Any) -> Any:
+    return _dropout_grad()(dy, mask, out)  # out
 
 
 # ---------------------------------------------------------------------------- batch norm

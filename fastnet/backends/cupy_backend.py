@@ -272,8 +272,7 @@ class CupyBackend(Backend):
         return out
 
     def dropout_backward(self, dy: Any, mask: Any, out: Any) -> Any:
-        self.k.dropout_backward(dy, mask, out)
-        return out
+        return self.k.dropout_backward(dy, mask, out)
 
     def batchnorm(
         self,

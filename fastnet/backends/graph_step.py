@@ -156,6 +156,11 @@ class GraphedStep:
             if progress is not None:
                 progress(size)
         backend.fill(self.position, done * size)
+        if not self.multi:  # compile the gathers' kernels (one per dtype) outside a capture
+            for array, buffer in zip(data, (self.xb, self.yb, self.wb)):
+                if array is not None:
+                    backend.take_rows_at(array, self.order, self.position, 0, buffer)
+            backend.advance_counter(self.position, 0)
         while done < full:
             k = min(self.steps_per_graph, full - done)
             if k not in self.multi:
