@@ -157,9 +157,7 @@ class GraphedStep:
                 progress(size)
         backend.fill(self.position, done * size)
         if not self.multi:  # compile the gathers' kernels (one per dtype) outside a capture
-            for array, buffer in zip(data, (self.xb, self.yb, self.wb)):
-                if array is not None:
-                    backend.take_rows_at(array, self.order, self.position, 0, buffer)
+            self._gather_at(0)
             backend.advance_counter(self.position, 0)
         while done < full:
             k = min(self.steps_per_graph, full - done)
@@ -178,15 +176,16 @@ class GraphedStep:
     def _steps(self, k: int) -> None:
         """``k`` steps, each gathering its batch at the device position; then the position
         moves on by ``k`` batches."""
-        backend, size = self.backend, self.batch_size
-        x, y, w = self.data
         for i in range(k):
-            backend.take_rows_at(x, self.order, self.position, i * size, self.xb)
-            backend.take_rows_at(y, self.order, self.position, i * size, self.yb)
-            if w is not None:
-                backend.take_rows_at(w, self.order, self.position, i * size, self.wb)
+            self._gather_at(i * self.batch_size)
             self.model.train_step(self.xb, self.yb, self.wb, self.totals, self.reduce)
-        backend.advance_counter(self.position, k * size)
+        self.backend.advance_counter(self.position, k * self.batch_size)
+
+    def _gather_at(self, offset: int) -> None:
+        """The batch at ``offset`` rows past the device position into the step's buffers."""
+        for array, buffer in zip(self.data, (self.xb, self.yb, self.wb)):
+            if array is not None:
+                self.backend.take_rows_at(array, self.order, self.position, offset, buffer)
 
     def end_epoch(self) -> tuple[Any, Any]:
         totals = self.backend.to_numpy(self.totals)
