@@ -82,7 +82,7 @@ class _StrippedLoop:
         self.rule = Adam(1e-3)
         self.scalars = np.zeros(8)  # device scalars, as fastnet's arena keeps them
         self.scalars[0] = 1e-3 if optimizer == "adam" else 0.01
-        self.norm_sq = np.zeros(1)
+        self.norm_sq = np.zeros(2)  # [squared norm, non-finite count]
 
     def _views(self, shapes: list[tuple[int, int]]) -> None:
         self.Ws, self.bs, self.dWs, self.dbs = [], [], [], []

@@ -161,7 +161,7 @@ def adam_update_runner(be: Any, n: int, subnormal: float = 0.0, seed: int = 0) -
     rule = Adam(1e-3)
     p, g = be.asarray(rng.standard_normal(n).astype(np.float32)), be.asarray(g0)
     m, v = be.asarray(m0.copy()), be.asarray(v0.copy())  # the seeds must survive a flush
-    s, norm_sq = be.zeros((8,), np.float64), be.zeros((1,), np.float64)
+    s, norm_sq = be.zeros((8,), np.float64), be.zeros((2,), np.float64)
     be.fill(s[LR : LR + 1], 1e-3)
 
     def run() -> None:

@@ -49,6 +49,9 @@ class Layer:
     min_batch_rows = 1
     #: float32 matmul precision ("fp32" or "tf32"), set by the model that builds the layer
     precision = "fp32"
+    #: dtype of activations and parameter copies under mixed precision (``fastnet.mixed``),
+    #: set by the model that builds the layer; None: the parameters' dtype
+    compute_dtype: np.dtype | None = None
     #: state buffers that must stay >= 0 (checked when a state is loaded)
     nonnegative_buffers: tuple[str, ...] = ()
 
@@ -89,12 +92,14 @@ class Layer:
     def fork_random_stream(self, rank: int) -> None:
         """Give this process (rank) its own random stream (data-parallel training)."""
 
-    def _buffer(self, key: str, shape: tuple) -> Any:
+    def _buffer(self, key: str, shape: tuple, dtype: Any = None) -> Any:
+        """The layer's reused buffer ``key`` of ``shape``, in the compute dtype by default."""
         buf = self._buffers.get((key, shape))
         if buf is None:
             if len(self._buffers) > 16:  # many batch sizes seen (e.g. predict): drop old ones
                 self._buffers.clear()
-            buf = self._buffers[(key, shape)] = self.backend.empty(shape, self.dtype)
+            dtype = dtype or self.compute_dtype or self.dtype
+            buf = self._buffers[(key, shape)] = self.backend.empty(shape, dtype)
         return buf
 
     def scratch_buffers(self) -> list:
@@ -217,8 +222,8 @@ class Dense(Layer):
         self._check_input(x)
         self.x = x
         out = self._buffer("y", (x.shape[0], self.units))
-        bias = self.b.value if self.b is not None else None
-        W, act, alpha = self.W.value, self.activation_code, self.alpha
+        bias = self.b.compute if self.b is not None else None
+        W, act, alpha = self.W.compute, self.activation_code, self.alpha
         if _sign_from_input(act, alpha):  # keep z = x @ W + b for the gradient
             self.z = self.backend.linear(
                 x, W, bias, Act.LINEAR, alpha, self._buffer("z", out.shape), self.precision
@@ -234,7 +239,7 @@ class Dense(Layer):
         dz = self._buffer("dz", dy.shape)  # also for linear: nothing allocates in a step
         return self.backend.linear_backward(
             self.x,
-            self.W.value,
+            self.W.compute,
             self.z,  # the output, or the pre-activation where the derivative needs it
             dy,
             self.activation_code,
@@ -257,9 +262,9 @@ class Dense(Layer):
             return OpaquePlan("Dense", "a negative leaky_relu slope keeps the pre-activation")
         b = self.b
         return DensePlan(
-            self.W.value,
+            self.W.compute,
             self.W.grad,
-            None if b is None else b.value,
+            None if b is None else b.compute,
             None if b is None else b.grad,
             self.activation_code,
             self.alpha,
@@ -446,11 +451,11 @@ class BatchNorm1d(Layer):
         if training and x.shape[0] < 2:
             raise ValueError("BatchNorm1d needs at least 2 samples per batch in training")
         self.xhat = self._buffer("xhat", x.shape)
-        self.inv_std = self._buffer("inv_std", (x.shape[1],))
+        self.inv_std = self._buffer("inv_std", (x.shape[1],), self.dtype)  # float32 if mixed
         return self.backend.batchnorm(
             x,
-            self.gamma.value,
-            self.beta.value,
+            self.gamma.compute,
+            self.beta.compute,
             (self.running_mean, self.running_var),
             self.momentum,
             self.eps,
@@ -463,7 +468,7 @@ class BatchNorm1d(Layer):
             dy,
             self.xhat,
             self.inv_std,
-            self.gamma.value,
+            self.gamma.compute,
             (self.gamma.grad, self.beta.grad),
             self.training,
             self._buffer("dx", dy.shape) if need_dx else None,

@@ -19,6 +19,7 @@ from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoin
 from fastnet.layer_stack import check_layer_stack, fix_default_initializers
 from fastnet.layers import Layer, layer_from_config
 from fastnet.losses import Loss, get_loss
+from fastnet.mixed import LossScaler
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter, ParameterArena
 from fastnet.state import StateEntry, StateError
@@ -51,7 +52,9 @@ class Sequential(Trainer):
         seed: int | None = None,
         precision: str = "fp32",
     ) -> None:
-        """``precision`` is how float32 matmuls compute, for this model only: "fp32" (exact,
+        """``dtype`` is float32, float64, or a mixed-precision policy ("mixed_float16",
+        "mixed_bfloat16": half compute on float32 master weights, ``fastnet.mixed``).
+        ``precision`` is how float32 matmuls compute, for this model only: "fp32" (exact,
         the default) or "tf32" (TF32 tensor cores on cupy: faster, ~1e-3 relative error)."""
         layers = list(layers)
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
@@ -67,9 +70,11 @@ class Sequential(Trainer):
         self.optimizer = get_optimizer(optimizer)
         self.backend = get_backend(backend)
         self.policy = dtype if isinstance(dtype, str) and dtype in MIXED_POLICIES else None
-        if self.policy:  # float32 master weights; the backend must provide half compute
-            self.backend.check_policy(self.policy)
+        # float32 master weights; the backend must provide half compute
+        self.compute_dtype = self.backend.check_policy(self.policy) if self.policy else None
         self.dtype = check_dtype("float32" if self.policy else dtype)
+        self.loss_scaler = LossScaler(self.backend) if self.policy == "mixed_float16" else None
+        self._casts: dict[tuple, Any] = {}  # mixed precision: the model's cast buffers
         if precision not in ("fp32", "tf32"):
             raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
         reason = self.backend.precision_reason(precision)
@@ -112,7 +117,7 @@ class Sequential(Trainer):
         width = check_positive_int(input_dim, "input_dim")
         self.output_width(width)  # raises on a mismatch before any layer is built
         for layer in self.layers:
-            layer.precision = self.precision
+            layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
             width = layer.build(width, self.backend, self.dtype, self._rng)
         self.arena = ParameterArena(
             [
@@ -121,6 +126,8 @@ class Sequential(Trainer):
                 for p in layer.parameters()
             ],
             self.backend,
+            self.compute_dtype,
+            self.loss_scaler,
         )
         self.input_dim = int(input_dim)
         return self
@@ -137,7 +144,7 @@ class Sequential(Trainer):
         return text
 
     def _summary_text(self) -> str:
-        lines = [f"Sequential on {self.backend.name} ({self.dtype})"]
+        lines = [f"Sequential on {self.backend.name} ({self.policy or self.dtype})"]
         total = 0
         for i, layer in enumerate(self.layers):
             n = sum(p.size for p in layer.parameters())
@@ -151,20 +158,47 @@ class Sequential(Trainer):
 
     # ------------------------------------------------------------------ one step
     def forward(self, x: Any, training: bool = False) -> Any:
+        """Outputs of the layers on ``x`` (a buffer reused by the next call). Mixed precision:
+        ``x`` is rounded to the compute dtype first and the outputs come back in float32."""
+        if self.compute_dtype is not None:
+            x = self.backend.cast(x, self._cast_buffer("x", x.shape, self.compute_dtype))
         for layer in self.layers:
             x = layer.forward(x, training)
+        if self.compute_dtype is not None:
+            x = self.backend.cast(x, self._cast_buffer("y", x.shape, self.dtype))
         return x
 
     def backward(self, dout: Any) -> None:
+        """Gradients of every parameter from ``dout``, the loss gradient of ``forward``'s
+        outputs. Mixed precision: ``dout`` enters the layers in the compute dtype, times the
+        loss scale (float16), which the optimizer step divides out again."""
+        if self.compute_dtype is not None:
+            scale = None if self.loss_scaler is None else self.loss_scaler.state
+            buf = self._cast_buffer("dy", dout.shape, self.compute_dtype)
+            dout = self.backend.cast(dout, buf, scale)
         last = len(self.layers) - 1
         for i in range(last, -1, -1):
             dout = self.layers[i].backward(dout, need_dx=i > 0)
+
+    def _cast_buffer(self, key: str, shape: tuple, dtype: Any) -> Any:
+        buf = self._casts.get((key, shape))
+        if buf is None:
+            if len(self._casts) > 16:  # many batch sizes seen (e.g. predict): drop old ones
+                self._casts.clear()
+            buf = self._casts[(key, shape)] = self.backend.empty(shape, dtype)
+        return buf
+
+    def scratch_buffers(self) -> list:
+        """Every buffer a step writes into and reuses (a captured graph keeps them alive)."""
+        layers = [b for layer in self.layers for b in layer.scratch_buffers()]
+        return layers + self.loss.scratch_buffers() + list(self._casts.values())
 
     def step_plan(self) -> StepPlan:
         """The training step as plain data (layers, loss, dtype) for backends that compile
         it; they never read layer attributes themselves."""
         self._require_built()
-        return StepPlan(tuple(layer.plan() for layer in self.layers), self.loss.plan(), self.dtype)
+        layers = tuple(layer.plan() for layer in self.layers)
+        return StepPlan(layers, self.loss.plan(), self.dtype, self.compute_dtype or self.dtype)
 
     def apply_gradients(self) -> None:
         """One optimizer step over the whole parameter arena (one fused call per group)."""
@@ -284,7 +318,7 @@ class Sequential(Trainer):
     def state_entries(self) -> list[StateEntry]:
         """The schema of this model's state (``fastnet.state``): one entry per key."""
         self._require_built()
-        return list(schema.state_entries(self.layers, self.arena))
+        return list(schema.state_entries(self.layers, self.arena, self.loss_scaler))
 
     def get_state(self) -> dict[str, Any]:
         """Copies of every parameter, optimizer slot, step count and layer buffer (on device)."""
@@ -301,14 +335,23 @@ class Sequential(Trainer):
         Raises ``StateError`` naming the key."""
         entries = self.state_entries()
         assert self.arena is not None
-        schema.validate_state(entries, state, self.backend, self.arena.groups)
+        schema.validate_state(entries, self._own_keys(state), self.backend, self.arena.groups)
+
+    def _own_keys(self, state: Any) -> Any:
+        """``state`` without a loss scale this model has no use for (a mixed float16
+        checkpoint loads into a float32 or bfloat16 model)."""
+        if self.loss_scaler is not None or not isinstance(state, dict):
+            return state
+        return {k: v for k, v in state.items() if k != schema.LOSS_SCALER_KEY}
 
     def set_state(self, state: dict[str, Any], validate: bool = True) -> None:
         """Write values from ``get_state`` (or a checkpoint) into the live arrays, in place.
         Everything is validated first (``validate_state``): a rejected state changes nothing."""
         if validate:
             self.validate_state(state)
-        schema.write_state(self.state_entries(), state, self.backend)
+        schema.write_state(self.state_entries(), self._own_keys(state), self.backend)
+        assert self.arena is not None
+        self.arena.refresh_compute()
 
     def to(self, backend: str | Backend) -> Sequential:
         """Return a copy of this model (weights and optimizer state) on another backend."""
@@ -414,23 +457,28 @@ def save_model(model: Sequential, path: str | os.PathLike, extra: dict | None = 
     model.save(path, extra)
 
 
-def load_model(path: str | os.PathLike, backend: str | Backend | None = None) -> Sequential:
-    """Load a ``Sequential`` saved by ``Sequential.save`` onto ``backend``."""
-    model, _ = load_model_with_meta(path, backend)
+def load_model(
+    path: str | os.PathLike, backend: str | Backend | None = None, dtype: Any = None
+) -> Sequential:
+    """Load a ``Sequential`` saved by ``Sequential.save`` onto ``backend``; ``dtype`` (e.g.
+    "float32" for a mixed-precision checkpoint on a CPU) replaces the saved one."""
+    model, _ = load_model_with_meta(path, backend, dtype)
     return model
 
 
 def load_model_with_meta(
-    path: str | os.PathLike, backend: str | Backend | None = None
+    path: str | os.PathLike, backend: str | Backend | None = None, dtype: Any = None
 ) -> tuple[Sequential, dict]:
-    """Read, verify and validate a checkpoint, then build the model; every problem with the
-    file is a ``CheckpointError`` naming the file (and the key)."""
+    """Read, verify and validate a checkpoint, then build the model (in ``dtype`` if given);
+    every problem with the file is a ``CheckpointError`` naming the file (and the key)."""
     name = os.fspath(path)
     meta, arrays = read_checkpoint(path)
     config = meta.get("config")
     try:
         if not isinstance(config, dict) or config.get("input_dim") is None:
             raise TypeError("no built model config (config/input_dim missing)")
+        if dtype is not None:
+            config = {**config, "dtype": dtype}
         model = Sequential.from_config(config, backend=backend)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(f"{name!r} has an invalid architecture (config): {exc}") from None

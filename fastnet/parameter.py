@@ -11,6 +11,9 @@ array on the device (layout below): the learning rate (written by the host when 
 callback changes it, never inside a step), the step count and what derives from both (bias
 corrections, decoupled-decay shrink, clip scale), advanced on the device inside the step. A
 captured step (CUDA graph) therefore replays exactly what an eager step computes.
+
+Under a mixed-precision policy (``fastnet.mixed``) a group also holds a flat half copy of its
+values, ``compute``, which layers compute with; ``update`` refreshes it after each step.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 
 #: indices into ``ParameterGroup.scalars``
-LR, T, STEP, EPS, SHRINK, GSCALE = range(6)
+LR, T, STEP, EPS, SHRINK, GSCALE, SKIP = range(7)
 N_SCALARS = 8
 
 
@@ -42,7 +45,7 @@ class Parameter:
     """A trainable array. Before a model is built it owns its arrays; afterwards ``value``,
     ``grad`` and every ``state`` slot are views into its group's flat buffers."""
 
-    __slots__ = ("name", "value", "grad", "state", "decay")
+    __slots__ = ("name", "value", "grad", "state", "decay", "compute")
 
     def __init__(self, name: str, value: Any, decay: bool = True) -> None:
         self.name = name
@@ -50,6 +53,7 @@ class Parameter:
         self.grad = value * 0
         self.state: dict[str, Any] = {}
         self.decay = decay  # whether weight decay applies (weights yes, biases/BN no)
+        self.compute = value  # what layers compute with: ``value``, or its half copy (mixed)
 
     @property
     def size(self) -> int:
@@ -63,9 +67,16 @@ class Parameter:
 
 class ParameterGroup:
     """Parameters of one dtype updated by one optimizer: flat ``values``, ``grads``, one flat
-    buffer per optimizer slot, and the device ``scalars`` of the step (``LR``, ``T``, ...)."""
+    buffer per optimizer slot, the device ``scalars`` of the step (``LR``, ``T``, ...), and
+    ``compute``, the values in ``compute_dtype`` (the values themselves when it is theirs)."""
 
-    def __init__(self, params: Sequence[Parameter], optimizer: Optimizer, backend: Any) -> None:
+    def __init__(
+        self,
+        params: Sequence[Parameter],
+        optimizer: Optimizer,
+        backend: Any,
+        compute_dtype: Any = None,
+    ) -> None:
         ordered = [p for p in params if p.decay] + [p for p in params if not p.decay]
         dtype = ordered[0].value.dtype
         total = sum(p.size for p in ordered)
@@ -75,6 +86,8 @@ class ParameterGroup:
         self.grads = backend.zeros((total,), dtype)
         self.slots = {key: backend.zeros((total,), dtype) for key in optimizer.slots}
         self.scalars = backend.zeros((N_SCALARS,), np.float64)
+        mixed = compute_dtype is not None and np.dtype(compute_dtype) != dtype
+        self.compute = backend.zeros((total,), compute_dtype) if mixed else self.values
         self.lr_written: float | None = None
         lo = 0
         for p in ordered:
@@ -85,8 +98,15 @@ class ParameterGroup:
             p.value = view
             p.grad = self.grads[lo:hi].reshape(shape)
             p.state = {key: buf[lo:hi].reshape(shape) for key, buf in self.slots.items()}
+            p.compute = self.compute[lo:hi].reshape(shape)
             lo = hi
+        self.refresh_compute()
         self.write_lr()
+
+    def refresh_compute(self) -> None:
+        """Round the values into their half copy (mixed precision; after updates and loads)."""
+        if self.compute is not self.values:
+            self.backend.cast(self.values, self.compute)
 
     @property
     def step(self) -> int:
@@ -107,33 +127,58 @@ class ParameterGroup:
 
 
 class ParameterArena:
-    """All parameters of a model, grouped by (optimizer, dtype) in first-seen order."""
+    """All parameters of a model, grouped by (optimizer, dtype) in first-seen order. With a
+    ``compute_dtype`` other than theirs (mixed precision) every group keeps a copy in it, and
+    with a ``scaler`` (``fastnet.mixed.LossScaler``, float16) the gradients arrive multiplied
+    by its scale: ``update`` divides them, and skips the step where any is not finite."""
 
-    def __init__(self, assignments: Sequence[tuple[Parameter, Optimizer]], backend: Any) -> None:
+    def __init__(
+        self,
+        assignments: Sequence[tuple[Parameter, Optimizer]],
+        backend: Any,
+        compute_dtype: Any = None,
+        scaler: Any = None,
+    ) -> None:
         buckets: dict[tuple[int, str], tuple[Optimizer, list[Parameter]]] = {}
         for param, optimizer in assignments:
             key = (id(optimizer), str(param.value.dtype))
             buckets.setdefault(key, (optimizer, []))[1].append(param)
         self.backend = backend
-        self.groups = [ParameterGroup(ps, opt, backend) for opt, ps in buckets.values()]
+        self.groups = [
+            ParameterGroup(ps, opt, backend, compute_dtype) for opt, ps in buckets.values()
+        ]
         self.group_of = {id(p): g for g in self.groups for p in g.params}
         self.clips_norm = any(g.optimizer.clip_norm is not None for g in self.groups)
-        self.norm_sq = backend.zeros((1,), np.float64)  # squared global gradient norm
+        self.scaler = scaler
+        # [squared global gradient norm, non-finite gradient count] of the step
+        self.checks = backend.zeros((2,), np.float64)
 
     def write_lr(self) -> None:
         """Host side, before a step: learning rates changed by schedules go to the device."""
         for group in self.groups:
             group.write_lr()
 
-    def update(self) -> None:
-        """One optimizer step of every group, on the device: the squared global gradient norm
-        (for ``clip_norm``) over the whole arena, each group's scalars advanced, then one fused
-        update call per group. No host value enters: a captured step replays it exactly."""
-        backend = self.backend
-        if self.clips_norm:
-            backend.fill(self.norm_sq, 0.0)
-            for group in self.groups:
-                backend.sum_squares(group.grads, self.norm_sq)
+    def refresh_compute(self) -> None:
         for group in self.groups:
-            backend.advance_scalars(group.scalars, self.norm_sq, group.optimizer.scalar_constants())
+            group.refresh_compute()
+
+    def update(self) -> None:
+        """One optimizer step of every group, on the device: the loss scale divided out
+        (mixed float16), the squared global gradient norm (for ``clip_norm``) over the whole
+        arena, each group's scalars advanced, one fused update call per group, the half copies
+        refreshed. No host value enters: a captured step replays it exactly."""
+        backend, scaler = self.backend, self.scaler
+        if self.clips_norm or scaler is not None:
+            backend.fill(self.checks, 0.0)
+        if scaler is not None:
+            for group in self.groups:
+                scaler.unscale(group.grads, self.checks)
+        if self.clips_norm:
+            for group in self.groups:
+                backend.sum_squares(group.grads, self.checks[:1])
+        for group in self.groups:
+            backend.advance_scalars(group.scalars, self.checks, group.optimizer.scalar_constants())
             group.optimizer.update(group, backend)
+            group.refresh_compute()
+        if scaler is not None:
+            scaler.advance(self.checks)

@@ -8,7 +8,9 @@ A state (``Sequential.get_state``, checkpoints, pickles) maps keys to arrays:
 - ``slot/{layer}/{name}/{slot}``: an optimizer slot such as Adam's ``m`` (optional, zeros);
 - ``buffer/{layer}/{key}``: a layer buffer such as BatchNorm's running mean (required);
 - ``stream/{layer}/{key}``: a random stream's ``[key, step]`` (int64), such as Dropout's
-  (optional: a state without it leaves the stream as it is).
+  (optional: a state without it leaves the stream as it is);
+- ``amp/loss_scaler``: mixed float16's ``[loss scale, clean steps]`` (float64; optional: a
+  state without it leaves the scaler as it is).
 
 ``state_entries`` yields these once, in this order; reading, writing and validating all walk it.
 """
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+LOSS_SCALER_KEY = "amp/loss_scaler"
 
 
 class StateError(ValueError):
@@ -43,8 +47,9 @@ class StateEntry:
         return self.kind in ("param", "buffer")
 
 
-def state_entries(layers: Sequence[Any], arena: Any) -> Iterator[StateEntry]:
-    """Every entry of the state of built ``layers`` whose parameters live in ``arena``."""
+def state_entries(layers: Sequence[Any], arena: Any, scaler: Any = None) -> Iterator[StateEntry]:
+    """Every entry of the state of built ``layers`` whose parameters live in ``arena``, and
+    of the loss ``scaler`` (``fastnet.mixed.LossScaler``) if given."""
     for i, layer in enumerate(layers):
         for p in layer.parameters():
             shape = tuple(p.value.shape)
@@ -70,6 +75,8 @@ def state_entries(layers: Sequence[Any], arena: Any) -> Iterator[StateEntry]:
             )
         for key, stream in layer.random_streams().items():
             yield StateEntry(f"stream/{i}/{key}", "stream", stream, tuple(stream.shape))
+    if scaler is not None:
+        yield StateEntry(LOSS_SCALER_KEY, "amp", scaler.state, (2,), True)
 
 
 def read_state(entries: Sequence[StateEntry], backend: Any) -> dict[str, Any]:
@@ -96,7 +103,7 @@ def write_state(entries: Sequence[StateEntry], state: dict[str, Any], backend: A
             e.ref.step = step_count(0 if value is None else value, backend)
         elif value is None and e.kind == "slot":
             e.ref[...] = 0
-        elif value is None and e.kind == "stream":
+        elif value is None and e.kind in ("stream", "amp"):
             continue
         else:
             e.ref[...] = backend.asarray(value, e.ref.dtype)
@@ -121,6 +128,8 @@ def validate_state(
                 raise StateError(f"state lacks {e.key!r}")
         else:
             check_state_array(e.key, state[e.key], e.shape, e.nonneg, backend)
+            if e.kind == "amp" and not float(backend.to_numpy(state[e.key])[0]) > 0:
+                raise StateError(f"{e.key!r} must hold a positive loss scale first")
         if e.kind == "step":
             steps.setdefault(id(e.ref), set()).add(step_count(state.get(e.key, 0), backend))
     for group in groups:

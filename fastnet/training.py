@@ -798,7 +798,8 @@ class Trainer:
             )
             for g in self.arena.groups
         )
-        return optimizers + tuple(layer.frozen_constants() for layer in self.layers)
+        scaler = self.arena.scaler.constants() if self.arena.scaler is not None else ()
+        return optimizers + tuple(layer.frozen_constants() for layer in self.layers) + scaler
 
     def min_batch_rows(self) -> int:
         """Smallest training batch every layer accepts (2 with BatchNorm, else 1)."""
@@ -922,7 +923,9 @@ class Trainer:
         arrays are updated in place); each backend's ``infer`` decides which plans and
         predictions it computes."""
         if self._plan_key != id(self.arena):
-            self._plan_key, self._plan = id(self.arena), self.step_plan()
+            plan = self.step_plan()
+            mixed = plan.compute_dtype != plan.dtype  # layer by layer, in the compute dtype
+            self._plan_key, self._plan = id(self.arena), None if mixed else plan
         return self._plan
 
     def _epoch_line(self, epoch: int, epochs: int, logs: dict[str, float]) -> str:
@@ -957,6 +960,9 @@ class Trainer:
         raise NotImplementedError
 
     def step_plan(self) -> Any:
+        raise NotImplementedError
+
+    def scratch_buffers(self) -> list:
         raise NotImplementedError
 
     def validate_fit_data(

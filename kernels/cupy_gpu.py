@@ -576,6 +576,7 @@ def sum_squares(g: Any, out: Any) -> None:
 # A rule is one entry of UPDATE_RULES: (extra inputs, state outputs, body).
 _PRE = "raw float64 s, T wd_all, int64 n_decay, T clip, T tiny"
 _WD = (
+    "if (s[6] != 0.0) continue;"  # SKIP: a mixed-precision step whose gradients overflowed
     "T step = (T)s[2]; T eps = (T)s[3];"
     "T wd = i < n_decay ? wd_all : (T)0; T shrink = i < n_decay ? (T)s[4] : (T)1;"
     "T gc = g * (T)s[5]; gc = gc > clip ? clip : (gc < -clip ? -clip : gc);"
@@ -625,9 +626,13 @@ def update_kernel(rule: str) -> cp.ElementwiseKernel:
 _ADVANCE_SRC = r"""
 // A parameter group's scalars for its next update (fastnet.parameter's layout): t += 1, the step
 // size and eps (Adam's bias correction when asked), the decoupled-decay shrink, the clip scale.
-extern "C" __global__ void advance_scalars(double* s, const double* norm_sq, double eps,
+// None of it when checks[1] counts non-finite gradients (mixed precision): s[6] (skip) is set,
+// and the update kernels then leave parameters and slots as they are.
+extern "C" __global__ void advance_scalars(double* s, const double* checks, double eps,
                                            double beta1, double beta2, double bias_correction,
                                            double decoupled_wd, double clip_norm) {
+    s[6] = checks[1] > 0.0 ? 1.0 : 0.0;
+    if (s[6] != 0.0) return;
     double t = s[1] + 1.0, lr = s[0];
     s[1] = t;
     if (bias_correction != 0.0) {
@@ -639,7 +644,7 @@ extern "C" __global__ void advance_scalars(double* s, const double* norm_sq, dou
         s[3] = eps;
     }
     s[4] = 1.0 - lr * decoupled_wd;
-    s[5] = clip_norm != 0.0 ? fmin(1.0, clip_norm / (sqrt(norm_sq[0]) + 1e-6)) : 1.0;
+    s[5] = clip_norm != 0.0 ? fmin(1.0, clip_norm / (sqrt(checks[0]) + 1e-6)) : 1.0;
 }
 """
 
@@ -649,9 +654,9 @@ def _advance() -> cp.RawKernel:
     return cp.RawKernel(_ADVANCE_SRC, "advance_scalars")
 
 
-def advance_scalars(s: Any, norm_sq: Any, constants: tuple) -> None:
+def advance_scalars(s: Any, checks: Any, constants: tuple) -> None:
     """Advance the device scalars ``s`` (one thread; captured with the step)."""
-    _advance()((1,), (1,), (s, norm_sq, *map(float, constants)))
+    _advance()((1,), (1,), (s, checks, *map(float, constants)))
 
 
 # ---------------------------------------------------------------------------- cuBLAS GEMM

@@ -549,9 +549,13 @@ def _adam_update(p, g, m, v, s, beta1, beta2, wd, n_decay, clip, tiny):
 
 
 @njit(**SERIAL)
-def advance_scalars(s, norm_sq, eps, beta1, beta2, bias_correction, decoupled_wd, clip_norm):
+def advance_scalars(s, checks, eps, beta1, beta2, bias_correction, decoupled_wd, clip_norm):
     """A parameter group's device scalars for its next update (as ``Backend.advance_scalars``):
-    ``t += 1``, step size and eps (bias-corrected when asked), decay shrink, clip scale."""
+    ``t += 1``, step size and eps (bias-corrected when asked), decay shrink, clip scale; none
+    of it, and ``s[6]`` (skip) set, when ``checks[1]`` counts non-finite gradients."""
+    s[6] = 1.0 if checks[1] > 0 else 0.0
+    if s[6] != 0.0:
+        return
     s[1] += 1.0
     t, lr = s[1], s[0]
     if bias_correction:
@@ -562,7 +566,7 @@ def advance_scalars(s, norm_sq, eps, beta1, beta2, bias_correction, decoupled_wd
         s[2] = lr
         s[3] = eps
     s[4] = 1.0 - lr * decoupled_wd
-    s[5] = min(1.0, clip_norm / (math.sqrt(norm_sq[0]) + 1e-6)) if clip_norm else 1.0
+    s[5] = min(1.0, clip_norm / (math.sqrt(checks[0]) + 1e-6)) if clip_norm else 1.0
 
 
 bias_act, bias_act_parallel = _flavours(_bias_act)

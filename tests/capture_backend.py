@@ -49,6 +49,9 @@ OPS = (
     "advance_counter",
     "permutation",
     "copy_from_host",
+    "cast",
+    "unscale",
+    "update_loss_scale",
 )
 
 
@@ -116,6 +119,13 @@ class CaptureSimBackend(NumpyBackend):
 
     def graph_capture_reason(self) -> str:
         return ""
+
+    def check_policy(self, policy: str) -> Any:
+        """Mixed precision on the reference ops (float16; bfloat16 through ml_dtypes), so
+        the policy's step is checked eagerly and captured in CI."""
+        from fastnet.mixed import bfloat16
+
+        return np.dtype(np.float16) if policy == "mixed_float16" else bfloat16()
 
     def step_stream(self) -> contextlib.AbstractContextManager:
         @contextlib.contextmanager

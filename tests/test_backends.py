@@ -166,6 +166,6 @@ def test_numpy_host_scalars_equal_the_array_reference(constants):
         s_ref, s_host = np.zeros(8), np.zeros(8)
         s_ref[0] = s_host[0] = 3e-3
         for _ in range(5):
-            Backend().advance_scalars(s_ref, np.array([norm_sq]), constants)
-            NumpyBackend().advance_scalars(s_host, np.array([norm_sq]), constants)
+            Backend().advance_scalars(s_ref, np.array([norm_sq, 0.0]), constants)
+            NumpyBackend().advance_scalars(s_host, np.array([norm_sq, 0.0]), constants)
         assert np.array_equal(s_ref, s_host, equal_nan=True), (norm_sq, s_ref, s_host)

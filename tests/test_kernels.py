@@ -144,13 +144,13 @@ class Group:
     def __init__(self, be, rule, p, size, dtype):
         self.be, self.rule, self.p = be, rule, p
         self.slots = tuple(be.zeros(size, dtype) for _ in rule.slots)
-        self.s, self.norm_sq = be.zeros((8,), np.float64), be.zeros((1,), np.float64)
+        self.s, self.norm_sq = be.zeros((8,), np.float64), be.zeros((2,), np.float64)
         be.fill(self.s[0:1], rule.lr)
 
     def step(self, g):
         be, rule = self.be, self.rule
         be.fill(self.norm_sq, 0.0)
-        be.sum_squares(g, self.norm_sq)
+        be.sum_squares(g, self.norm_sq[:1])
         be.advance_scalars(self.s, self.norm_sq, rule.scalar_constants())
         n_decay = int(np.prod(self.p.shape)) // 2
         wd = 0.0 if rule.decoupled else rule.weight_decay

@@ -108,7 +108,7 @@ def test_initializers(backend):
 def test_adagrad_accumulator_starts_at_zero_with_eps():
     be, rule = fn.get_backend("numpy"), fn.AdaGrad(lr=0.1, eps=1e-7)
     p, g, h, s = np.array([1.0]), np.array([0.5]), np.zeros(1), np.array([0.1] + [0.0] * 7)
-    be.advance_scalars(s, np.zeros(1), rule.scalar_constants())
+    be.advance_scalars(s, np.zeros(2), rule.scalar_constants())
     be.update(rule, p, g, (h,), s, rule.constants(), 1, 0.0, None)
     assert h[0] == 0.25 and p[0] == pytest.approx(1 - 0.1 * 0.5 / (0.5 + 1e-7))
 

@@ -15,8 +15,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").glob("*.py"))
 # the ruff-formatted library: 7,571 lines on 2026-12-01 plus 10% (8,330); raised to 8,700 the
-# same day for multi-step CUDA graphs, captured Dropout/BatchNorm1d and cuBLASLt (+641 lines)
-BUDGET = 8700
+# same day for multi-step CUDA graphs, captured Dropout/BatchNorm1d and cuBLASLt (+641 lines),
+# to 9,000 for mixed precision (master weights, half copies, loss scaling: +218 lines)
+BUDGET = 9000
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -139,6 +139,37 @@ class Backend:
         NCCL on the GPU)."""
         comm.allreduce(buf)
 
+    def cast(self, src: Any, out: Any, scale: Any = None) -> Any:
+        """``out[...] = src`` in ``out``'s dtype, times ``scale[0]`` (a device scalar: the loss
+        scale on the loss gradient) when given, rounded once (capturable)."""
+        self.record_kernel("cast")
+        out[...] = src if scale is None else src * scale[0:1]
+        return out
+
+    def unscale(self, g: Any, state: Any, checks: Any) -> None:
+        """Mixed precision: ``g /= state[0]`` (the loss scale, a power of two: exact) and the
+        count of non-finite elements of ``g`` added into ``checks[1]`` (capturable)."""
+        self.record_kernel("unscale")
+        xp = self.xp
+        xp.multiply(g, (1.0 / state[0:1]).astype(g.dtype), out=g)
+        checks[1:2] += (~xp.isfinite(g)).sum()
+
+    def update_loss_scale(
+        self, state: Any, checks: Any, growth_interval: int, growth: float, backoff: float
+    ) -> None:
+        """Dynamic loss scaling after a step, on the device: ``state = [scale, clean steps]``;
+        a step with non-finite gradients (``checks[1] > 0``) multiplies the scale by
+        ``backoff`` and restarts the count, ``growth_interval`` clean steps in a row multiply
+        it by ``growth``."""
+        self.record_kernel("update_loss_scale")
+        xp = self.xp
+        overflow = checks[1:2] > 0
+        clean = xp.where(overflow, 0.0, state[1:2] + 1)
+        grow = clean >= growth_interval
+        factor = xp.where(overflow, backoff, xp.where(grow, growth, 1.0))
+        state[0:1] *= factor
+        state[1:2] = xp.where(grow, 0.0, clean)
+
     def advance_counter(self, counter: Any, by: int) -> None:
         """``counter[0] += by`` for a 1-element int64 device array (capturable): the epoch's
         gather position, a random stream's step."""
@@ -180,9 +211,10 @@ class Backend:
             return ""
         return f"precision={precision!r} needs the cupy backend; {self.name} computes in full fp32"
 
-    def check_policy(self, policy: str) -> None:
-        """Raise if this backend cannot train with the precision ``policy``
-        ("mixed_bfloat16"/"mixed_float16": half-precision compute, float32 master weights)."""
+    def check_policy(self, policy: str) -> Any:
+        """The dtype layers compute in under the precision ``policy`` ("mixed_bfloat16"/
+        "mixed_float16": half-precision compute, float32 master weights, ``fastnet.mixed``),
+        or an error saying why this backend cannot."""
         raise ValueError(
             f"dtype={policy!r} needs the cupy backend: {self.name} has no half-"
             "precision kernels faster than float32 (use dtype='float32')"
@@ -201,7 +233,19 @@ class Backend:
         """``a @ b`` (into ``out``); ``precision="tf32"`` lets a GPU use TF32 tensor cores for
         float32 (models check ``precision_reason`` first; CPU backends always compute fp32)."""
         self.record_kernel("matmul", "blas")
+        if a.dtype.itemsize == 2 or b.dtype.itemsize == 2:  # half operands (mixed precision)
+            return self._matmul_f32(a, b, out)
         return self.xp.matmul(a, b, out=out)
+
+    def _matmul_f32(self, a: Any, b: Any, out: Any) -> Any:
+        """``a @ b`` of half operands as cuBLAS computes it with ``CUBLAS_COMPUTE_32F``: float32
+        products and sums, one rounding into ``out`` (half activations or float32 gradients)."""
+        f32 = np.float32
+        product = self.xp.matmul(a.astype(f32), b.astype(f32))
+        if out is None:
+            return product.astype(a.dtype)
+        out[...] = product
+        return out
 
     def linear(
         self,
@@ -360,6 +404,7 @@ class Backend:
         xp = self.xp
         y, xhat, inv_std = out
         running_mean, running_var = running
+        x = x.astype(np.float32) if x.dtype.itemsize == 2 else x  # half: statistics in fp32
         if training:
             n = x.shape[0]
             mean, var = x.mean(axis=0), x.var(axis=0)
@@ -387,6 +432,8 @@ class Backend:
         given) for batch statistics (``training``) or fixed running ones."""
         xp = self.xp
         dgamma, dbeta = grads
+        if dy.dtype.itemsize == 2:  # half (mixed precision): reduce and combine in float32
+            dy, xhat, gamma = (a.astype(np.float32) for a in (dy, xhat, gamma))
         dy.sum(axis=0, out=dbeta)
         (dy * xhat).sum(axis=0, out=dgamma)
         if dx is None:
@@ -481,16 +528,20 @@ class Backend:
         """Add ``sum(g**2)`` (in float64) into the 1-element device array ``out``."""
         out += (g.astype(self.xp.float64) ** 2).sum()
 
-    def advance_scalars(self, s: Any, norm_sq: Any, constants: tuple) -> None:
+    def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:
         """Advance a parameter group's device scalars (``fastnet.parameter``: ``LR``, ``T``,
-        ``STEP``, ``EPS``, ``SHRINK``, ``GSCALE``) for the next update, on the device:
-        ``t += 1``; the step size and eps (Adam's bias correction, Kingma & Ba sec. 2, when
-        ``bias_correction``); the decoupled-decay shrink ``1 - lr * wd``; the global-norm clip
-        scale ``min(1, clip_norm / (sqrt(norm_sq) + 1e-6))``. ``constants`` = ``(eps, beta1,
-        beta2, bias_correction, decoupled_wd, clip_norm)`` (0 for what does not apply)."""
+        ``STEP``, ``EPS``, ``SHRINK``, ``GSCALE``, ``SKIP``) for the next update, on the
+        device: ``t += 1``; the step size and eps (Adam's bias correction, Kingma & Ba sec. 2,
+        when ``bias_correction``); the decoupled-decay shrink ``1 - lr * wd``; the global-norm
+        clip scale ``min(1, clip_norm / (sqrt(checks[0]) + 1e-6))``. ``checks`` is the arena's
+        ``[squared global gradient norm, non-finite gradient count]``: a count above 0 (mixed
+        precision's overflow) sets ``SKIP`` and changes nothing else, and ``update`` then
+        changes nothing. ``constants`` = ``(eps, beta1, beta2, bias_correction, decoupled_wd,
+        clip_norm)`` (0 for what does not apply)."""
         self.record_kernel("advance_scalars")
         xp = self.xp
         eps, beta1, beta2, bias_correction, decoupled_wd, clip_norm = constants
+        before = s.copy()
         s[1:2] += 1
         t, lr = s[1:2], s[0:1]
         if bias_correction:
@@ -501,7 +552,10 @@ class Backend:
             s[2:3] = lr
             s[3:4] = eps
         s[4:5] = 1 - lr * decoupled_wd
-        s[5:6] = xp.minimum(1.0, clip_norm / (xp.sqrt(norm_sq) + 1e-6)) if clip_norm else 1.0
+        s[5:6] = xp.minimum(1.0, clip_norm / (xp.sqrt(checks[0:1]) + 1e-6)) if clip_norm else 1.0
+        skip = checks[1:2] > 0
+        s[...] = xp.where(skip, before, s)
+        s[6:7] = skip
 
     def update(
         self,
@@ -520,11 +574,33 @@ class Backend:
         clipped to ``[-clip_value, clip_value]``, and gets L2 decay ``wd * p`` on the leading
         ``n_decay`` elements, which are also shrunk by the device ``SHRINK`` (decoupled decay).
         Step size and eps come from the device scalars ``s``; ``constants`` are the rule's
-        (``rule.constants()``). Slot values below the dtype's smallest normal number are stored
-        as zero (subnormal state makes every later update slow on x86 CPUs: 25x for 20%
-        subnormal Adam slots on an Intel Xeon).
+        (``rule.constants()``). Nothing changes when ``s[SKIP]`` is set (``advance_scalars``:
+        a mixed-precision step whose gradients overflowed). Slot values below the dtype's
+        smallest normal number are stored as zero (subnormal state makes every later update
+        slow on x86 CPUs: 25x for 20% subnormal Adam slots on an Intel Xeon).
         Backends with fused kernels override this and fall back here for what they lack."""
         self.record_kernel(f"update_{rule.kernel}")
+        xp = self.xp
+        if xp is not np:  # the device's SKIP flag decides without a host read
+            kept = [a.copy() for a in (p, *slots)]
+            self._update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
+            for a, before in zip((p, *slots), kept, strict=True):
+                xp.copyto(a, before, where=s[6:7] != 0)
+        elif not s[6]:
+            self._update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
+
+    def _update(
+        self,
+        rule: Any,
+        p: Any,
+        g: Any,
+        slots: tuple,
+        s: Any,
+        constants: tuple,
+        n_decay: int,
+        wd: float,
+        clip_value: float | None,
+    ) -> None:
         xp = self.xp
         sc = s.astype(p.dtype)  # the step's scalars in the parameters' dtype
         step, eps, shrink, gscale = sc[2], sc[3], sc[4], sc[5]

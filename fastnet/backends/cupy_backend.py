@@ -118,11 +118,21 @@ class CupyBackend(Backend):
     def copy_from_host(self, dst: Any, src: np.ndarray) -> None:
         dst.set(src)
 
-    def check_policy(self, policy: str) -> None:
+    def check_policy(self, policy: str) -> Any:
+        """float16 for "mixed_float16" (through the reference ops: eager and unfused for now);
+        CuPy has no bfloat16 arrays, and fastnet's bf16 kernels are not written yet."""
+        if policy == "mixed_float16":
+            return np.dtype(np.float16)
         raise NotImplementedError(
-            f"dtype={policy!r}: the cupy mixed-precision kernels (bf16/fp16 "
-            "GEMMs, fp32 master weights, loss scaling) are not built yet"
+            f"dtype={policy!r}: CuPy has no bfloat16 arrays and fastnet's bf16 kernels "
+            "(cuBLASLt GEMMs on uint16 storage) are not built yet; use 'mixed_float16'"
         )
+
+    def compile_step(self, model: Any, batch_size: int, spec: Any) -> tuple[Any, str]:
+        plan = model.step_plan()
+        if plan.compute_dtype != plan.dtype:
+            return None, "mixed precision runs eagerly on cupy (no half-precision kernels yet)"
+        return super().compile_step(model, batch_size, spec)
 
     def graph_capture_reason(self) -> str:
         """Why training steps cannot be captured in CUDA graphs here ("" if they can)."""
@@ -207,6 +217,8 @@ class CupyBackend(Backend):
         """A cuBLASLt GEMM (algorithm per shape), else cuBLAS called directly (both
         capturable in CUDA graphs; TF32 tensor cores for float32 at ``precision="tf32"``), else
         ``cupy.matmul`` (fp32)."""
+        if a.dtype.itemsize == 2 or b.dtype.itemsize == 2:  # half: the float32 reference
+            return super().matmul(a, b, out, precision)
         if out is None:
             out = self.xp.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
         if self._cublaslt(a, b, out, precision):
@@ -246,6 +258,8 @@ class CupyBackend(Backend):
     def activation(self, x: Any, activation: Act, alpha: float = 0.01, out: Any = None) -> Any:
         if out is None:
             out = self.xp.empty_like(x)
+        if not contiguous_floats(x, out):
+            return super().activation(x, activation, alpha, out)
         self.k.activation(x, int(activation), alpha, out)
         self.record_kernel("activation", "cuda-fused")
         return out
@@ -255,6 +269,8 @@ class CupyBackend(Backend):
     ) -> Any:
         if out is None:
             out = self.xp.empty_like(dy)
+        if not contiguous_floats(y, dy, out):
+            return super().activation_backward(y, dy, activation, alpha, out)
         self.k.activation_backward(y, dy, int(activation), alpha, out)
         self.record_kernel("activation_backward", "cuda-fused")
         return out
@@ -272,6 +288,8 @@ class CupyBackend(Backend):
         return out
 
     def dropout_backward(self, dy: Any, mask: Any, out: Any) -> Any:
+        if not contiguous_floats(dy, mask, out):
+            return super().dropout_backward(dy, mask, out)
         return self.k.dropout_backward(dy, mask, out)
 
     def batchnorm(
@@ -427,8 +445,8 @@ class CupyBackend(Backend):
         )
         self.record_kernel(f"update_{rule.kernel}", "cuda-fused")
 
-    def advance_scalars(self, s: Any, norm_sq: Any, constants: tuple) -> None:
-        self.k.advance_scalars(s, norm_sq, constants)
+    def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:
+        self.k.advance_scalars(s, checks, constants)
         self.record_kernel("advance_scalars", "cuda")
 
     def sum_squares(self, g: Any, out: Any) -> None:

@@ -113,9 +113,8 @@ class GraphedStep:
         replay, kept (with every live graph's) beyond the layers' buffer caches."""
         model = self.model
         self.frozen = model._frozen_constants()
-        buffers = [b for layer in model.layers for b in layer.scratch_buffers()]
         known = {id(b) for b in self.kept}
-        self.kept += [b for b in buffers + model.loss.scratch_buffers() if id(b) not in known]
+        self.kept += [b for b in model.scratch_buffers() if id(b) not in known]
 
     def release_data(self) -> None:
         """Drop the multi-step graphs and the training arrays they gather from (end of fit:

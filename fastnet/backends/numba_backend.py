@@ -343,6 +343,8 @@ class NumbaBackend(Backend):
             clip_value,
             self.flush_mode,
         )
+        if s[6]:  # SKIP (advance_scalars): a mixed-precision step that overflowed
+            return
         call = self._update_calls.get(key)
         if call is None:
             call = self._update_call(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
@@ -392,8 +394,8 @@ class NumbaBackend(Backend):
         )
         return kernel, args
 
-    def advance_scalars(self, s: Any, norm_sq: Any, constants: tuple) -> None:
-        self.k.advance_scalars(s, norm_sq, *map(float, constants))
+    def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:
+        self.k.advance_scalars(s, checks, *map(float, constants))
         self.record_kernel("advance_scalars", "numba")
 
     def sum_squares(self, g: Any, out: Any) -> None:

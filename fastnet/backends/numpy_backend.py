@@ -42,10 +42,13 @@ class NumpyBackend(Backend):
             return self._activate_inplace(h, Act.SIGMOID, 0.0)
         return h
 
-    def advance_scalars(self, s: Any, norm_sq: Any, constants: tuple) -> None:
+    def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:
         """``Backend.advance_scalars`` in Python floats, the same float64 arithmetic: a
         dozen 0-d array operations took 0.1 ms a step, this takes a few microseconds."""
         self.record_kernel("advance_scalars")
+        s[6] = checks[1] > 0
+        if s[6]:  # a mixed-precision step with overflowed gradients: skipped
+            return
         eps, beta1, beta2, bias_correction, decoupled_wd, clip_norm = constants
         t, lr = float(s[1]) + 1.0, float(s[0])
         step, eps_t = lr, float(eps)
@@ -54,6 +57,6 @@ class NumpyBackend(Backend):
             step, eps_t = lr * correction / (1 - beta1**t), eps * correction
         gscale = 1.0
         if clip_norm:
-            scale = clip_norm / (math.sqrt(float(norm_sq[0])) + 1e-6)
+            scale = clip_norm / (math.sqrt(float(checks[0])) + 1e-6)
             gscale = scale if scale < 1.0 or math.isnan(scale) else 1.0  # NaN stays visible
         s[1:6] = (t, step, eps_t, 1 - lr * decoupled_wd, gscale)

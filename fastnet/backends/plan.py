@@ -73,6 +73,8 @@ class StepPlan:
     layers: tuple[DensePlan | ActivationPlan | DropoutPlan | OpsPlan | OpaquePlan, ...]
     loss: LossPlan
     dtype: Any
+    #: what layers compute in: ``dtype``, or a half dtype under mixed precision
+    compute_dtype: Any = None
 
     def capture_reason(self) -> str:
         """Why the step function cannot be captured in a graph ("" if it can): every layer
