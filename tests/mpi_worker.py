@@ -4,7 +4,8 @@ mpi_worker.py train BACKEND DTYPE OUT.npz [mpi|nccl]  data-parallel fit; rank 0 
 mpi_worker.py kill                          rank 1 dies (SIGKILL) in the second epoch
 mpi_worker.py raise                         rank 1 raises in the second epoch
 mpi_worker.py output                        verbose fit: epoch lines come from rank 0 only
-mpi_worker.py captured ROWS plain|batchnorm  captured data-parallel steps equal eager ones
+mpi_worker.py captured ROWS plain|batchnorm [POLICY]  captured data-parallel steps equal eager
+                                            ones (POLICY: mixed_float16, loss scaling included)
 """
 
 import os
@@ -91,13 +92,17 @@ def main(mode, *args):
         from capture_backend import CaptureSimBackend
 
         rows, norm = int(args[0]), args[1] == "batchnorm"
-        X, y = problem("float64")
+        dtype = args[2] if len(args) > 2 else "float64"
+        X, y = problem("float32" if dtype.startswith("mixed") else dtype)
         weights, backend = [], CaptureSimBackend()
         for compiled in (False, True):
             layers = [fn.Dense(16, "relu"), fn.Dropout(0.2), fn.Dense(8, "relu"), fn.Dense(4)]
             if norm:
                 layers[1:1] = [fn.BatchNorm1d()]
-            m = fn.Sequential(layers, backend=backend, dtype="float64", seed=3)
+            m = fn.Sequential(layers, backend=backend, dtype=dtype, seed=3)
+            if m.loss_scaler is not None:  # the first steps overflow: skipped on every rank
+                m.loss_scaler.state[:] = [2.0**22, 0]
+                m.loss_scaler.growth_interval = 3
             m.fit(
                 X[:rows],
                 y[:rows],
@@ -112,9 +117,11 @@ def main(mode, *args):
         assert m.step_description.startswith("captured graph, data-parallel"), m.step_description
         replays = backend.replays
         np.testing.assert_allclose(weights[1], weights[0], rtol=1e-12, atol=1e-14)
-        total = weights[1].copy()
+        total = weights[1].astype(np.float64)
         dist.allreduce(total)  # identical weights on every rank
         assert np.allclose(total, dist.world_size() * weights[1], rtol=1e-12, atol=1e-14)
+        if m.loss_scaler is not None:
+            assert m.loss_scaler.scale < 2.0**22 and m.arena.groups[0].step < 3 * 4, m.arena
         print(f"captured ok rank {dist.rank()} replays {replays}", flush=True)
     elif mode == "output":
         X, y = problem()

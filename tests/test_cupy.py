@@ -393,3 +393,54 @@ def test_cublaslt_with_operands_at_4_byte_offsets():
     np.testing.assert_allclose(
         be.matmul(be.asarray(x).T, out).get(), x.T @ got, rtol=1e-4, atol=1e-3
     )
+
+
+def test_mixed_float16_trains_eagerly_as_the_reference_ops_do():
+    """mixed_float16 on cupy (reference ops on float16 arrays, not captured yet): float32
+    master weights, float16 copies, the loss scale on the device; after an epoch the weights
+    are the capture-semantics NumPy run's within float16 rounding, accuracy as float32's."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from capture_backend import CaptureSimBackend
+
+    X, y = make_blobs(n=1000)
+    models = {}
+    for name, backend in (("cupy", "cupy"), ("numpy", CaptureSimBackend())):
+        model = fn.Sequential(
+            [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
+            backend=backend,
+            dtype="mixed_float16",
+            seed=0,
+        )
+        model.fit(X, y, epochs=2, batch_size=64, verbose=0, shuffle=False)
+        models[name] = model
+    gpu, cpu = models["cupy"], models["numpy"]
+    assert gpu.step_description.startswith("eager (mixed precision"), gpu.step_description
+    assert gpu.layers[0].W.compute.dtype == np.float16 and gpu.layers[0].W.value.dtype == np.float32
+    assert gpu.loss_scaler.scale == cpu.loss_scaler.scale
+    for a, b in zip(gpu.parameters(), cpu.parameters()):
+        np.testing.assert_allclose(a.value.get(), b.value, rtol=2e-2, atol=2e-3)
+    f32 = _mlp()
+    f32.fit(X, y, epochs=2, batch_size=64, verbose=0, shuffle=False)
+    assert abs(gpu.evaluate(X, y)["accuracy"] - f32.evaluate(X, y)["accuracy"]) < 0.02
+
+
+def test_mixed_float16_overflow_skips_the_step_on_the_device():
+    X, y = make_blobs(n=64)
+    model = fn.Sequential([fn.Dense(16, "relu"), fn.Dense(4)], backend="cupy", dtype="mixed_float16")
+    model.build(X.shape[1])
+    model.loss_scaler.state[:] = model.backend.asarray(np.array([2.0**80, 5.0]))
+    before = model.host_state()
+    model.fit(X, y, epochs=1, batch_size=64, verbose=0)
+    after = model.host_state()
+    for key in before:
+        if key != "amp/loss_scaler":
+            np.testing.assert_array_equal(after[key], before[key], err_msg=key)
+    np.testing.assert_array_equal(after["amp/loss_scaler"], [2.0**79, 0.0])
+
+
+def test_mixed_bfloat16_names_what_is_missing_on_cupy():
+    with pytest.raises(NotImplementedError, match="mixed_bfloat16.*bfloat16"):
+        fn.Sequential([fn.Dense(4)], backend="cupy", dtype="mixed_bfloat16")

@@ -92,17 +92,23 @@ def test_dropout_batchnorm_and_other_optimizers_train_identically_on_every_rank(
 
 @needs_mpi
 @pytest.mark.parametrize(
-    "ranks, rows, layers, replays",
-    [(2, 290, "plain", 11), (3, 290, "plain", 11), (2, 258, "batchnorm", 8)],
+    "ranks, rows, layers, replays, dtype",
+    [
+        (2, 290, "plain", 11, "float64"),
+        (3, 290, "plain", 11, "float64"),
+        (2, 258, "batchnorm", 8, "float64"),
+        (2, 290, "plain", 11, "mixed_float16"),
+    ],
 )
-def test_the_all_reduce_runs_inside_captured_steps(ranks, rows, layers, replays):
+def test_the_all_reduce_runs_inside_captured_steps(ranks, rows, layers, replays, dtype):
     """Data-parallel captured steps (CPU capture semantics, MPI on host arrays; a capture
     records the all-reduce without running it): the gradient all-reduce is in the graph, and
     the weights equal eager data-parallel training's on every rank. 290 rows in global batches
     of 64: 4 full ones a rank replays (after one eager warm-up: 11 replays in 3 epochs) and a
     partial one it runs eagerly. 258 rows with BatchNorm: the last 2 rows join the batch
-    before them (66 rows, eager), 3 full batches replay (8 replays)."""
-    run, _ = mpirun("captured", str(rows), layers, n=ranks)
+    before them (66 rows, eager), 3 full batches replay (8 replays). mixed_float16: the
+    scaled float32 gradients are summed, then unscaled; overflowing steps skip on every rank."""
+    run, _ = mpirun("captured", str(rows), layers, dtype, n=ranks)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("captured ok") == ranks, run.stdout
     assert run.stdout.count(f"replays {replays}") == ranks, run.stdout
