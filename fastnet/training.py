@@ -738,12 +738,16 @@ class Trainer:
         return GraphedDistributedStep(self, group, list(sizes), batch_size, spec)
 
     def _broadcast_state(self, group: Any) -> None:
-        """Rank 0's parameters, optimizer state, step scalars and layer buffers to every rank."""
+        """Rank 0's parameters (and their half copies: mixed precision), optimizer state, step
+        scalars, loss scale and layer buffers to every rank."""
         for g in self.arena.groups:
             group.broadcast(g.values)
+            g.refresh_compute()
             for slot in g.slots.values():
                 group.broadcast(slot)
             group.broadcast(g.scalars)
+        if self.arena.scaler is not None:
+            group.broadcast(self.arena.scaler.state)
         for layer in self.layers:
             for buf in layer.state_buffers().values():
                 group.broadcast(buf)

@@ -85,6 +85,7 @@ class CaptureSimBackend(NumpyBackend):
     """NumPy reference ops plus a recording graph API and named streams."""
 
     name = "capture-sim"
+    emulate_mixed = True  # the policies' steps checked eagerly and captured in CI
 
     def __init__(self, steps_per_graph: int = 1) -> None:
         super().__init__()
@@ -120,12 +121,6 @@ class CaptureSimBackend(NumpyBackend):
     def graph_capture_reason(self) -> str:
         return ""
 
-    def check_policy(self, policy: str) -> Any:
-        """Mixed precision on the reference ops (float16; bfloat16 through ml_dtypes), so
-        the policy's step is checked eagerly and captured in CI."""
-        from fastnet.mixed import bfloat16
-
-        return np.dtype(np.float16) if policy == "mixed_float16" else bfloat16()
 
     def step_stream(self) -> contextlib.AbstractContextManager:
         @contextlib.contextmanager

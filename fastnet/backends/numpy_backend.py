@@ -15,6 +15,17 @@ class NumpyBackend(Backend):
     """Pure NumPy (BLAS for matmul); the reference every other backend is tested against."""
 
     name = "numpy"
+    #: run the mixed-precision policies through the reference ops on float16 / bfloat16
+    #: (ml_dtypes) arrays: slower than float32 here, for checking a policy's numerics on a CPU
+    #: (``fastnet.bench.mixed_accuracy``, the tests); off, the policies are refused
+    emulate_mixed = False
+
+    def check_policy(self, policy: str) -> Any:
+        if not self.emulate_mixed:
+            return super().check_policy(policy)
+        from fastnet.mixed import bfloat16
+
+        return np.dtype(np.float16) if policy == "mixed_float16" else bfloat16()
 
     def infer(self, plan: Any, x: Any, probabilities: bool) -> Any:
         """A Dense stack's outputs (and predictions) in one loop of NumPy calls, the layers'
