@@ -429,7 +429,8 @@ def test_mixed_float16_trains_eagerly_as_the_reference_ops_do():
 
 def test_mixed_float16_overflow_skips_the_step_on_the_device():
     X, y = make_blobs(n=64)
-    model = fn.Sequential([fn.Dense(16, "relu"), fn.Dense(4)], backend="cupy", dtype="mixed_float16")
+    layers = [fn.Dense(16, "relu"), fn.Dense(4)]
+    model = fn.Sequential(layers, backend="cupy", dtype="mixed_float16")
     model.build(X.shape[1])
     model.loss_scaler.state[:] = model.backend.asarray(np.array([2.0**80, 5.0]))
     before = model.host_state()
