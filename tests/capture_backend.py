@@ -121,7 +121,6 @@ class CaptureSimBackend(NumpyBackend):
     def graph_capture_reason(self) -> str:
         return ""
 
-
     def step_stream(self) -> contextlib.AbstractContextManager:
         @contextlib.contextmanager
         def scope() -> Iterator[None]:
