@@ -5,8 +5,8 @@ once at the shape's first eager call.
 
 Loaded with ctypes beside the cuBLAS CuPy uses (CuPy has no cuBLASLt module); enum values from
 ``cublasLt.h``/``cublas_api.h``/``library_types.h`` (CUDA 12.9, unchanged since CUDA 11).
-Written on a machine without a GPU: ``lt_operands`` (the row-major to column-major mapping) is
-checked on CPU against NumPy; the calls themselves first run on a GPU machine.
+Written on a machine without a GPU: ``lt_operands`` (the row-major to column-major mapping) and
+``lt_types`` are checked on CPU; the calls themselves first run on a GPU machine.
 """
 
 from __future__ import annotations
@@ -16,13 +16,40 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-CUDA_R_32F, CUDA_R_64F = 0, 1
+CUDA_R_32F, CUDA_R_64F, CUDA_R_16F = 0, 1, 2
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
 OP_N, OP_T = 0, 1
 DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
 EPILOGUE_DEFAULT, EPILOGUE_BIAS, EPILOGUE_RELU_BIAS = 1, 4, 6
 PREF_MAX_WORKSPACE_BYTES = 1
 PREF_MIN_ALIGNMENT = (5, 6, 7, 8)  # bytes of A, B, C, D (uint32)
+
+
+class LtTypes(NamedTuple):
+    """cuBLASLt's data types of a GEMM: of A and B, of C and D, the compute type, the type of
+    alpha/beta (``scale``)."""
+
+    ab: int
+    cd: int
+    compute: int
+    scale: int
+
+
+def lt_types(operands: Any, out: Any, tf32: bool) -> LtTypes | None:
+    """The types for ``out = x @ w`` with ``x``, ``w`` of dtype ``operands``: float64 and
+    float32 (TF32 tensor cores with ``tf32``) all in their own type; float16 operands (mixed
+    precision) into float16 activations or float32 weight gradients, accumulated in float32
+    (``CUBLAS_COMPUTE_32F``, float32 alpha/beta). None for anything else."""
+    operands, out = np.dtype(operands), np.dtype(out)
+    if operands == np.float64 and out == np.float64:
+        return LtTypes(CUDA_R_64F, CUDA_R_64F, COMPUTE_64F, CUDA_R_64F)
+    if operands == np.float32 and out == np.float32:
+        compute = COMPUTE_32F_FAST_TF32 if tf32 else COMPUTE_32F
+        return LtTypes(CUDA_R_32F, CUDA_R_32F, compute, CUDA_R_32F)
+    if operands == np.float16 and out in (np.float16, np.float32):
+        cd = CUDA_R_16F if out == np.float16 else CUDA_R_32F
+        return LtTypes(CUDA_R_16F, cd, COMPUTE_32F, CUDA_R_32F)
+    return None
 
 
 def alignment(pointer: int) -> int:
@@ -135,13 +162,13 @@ class LtGemm:
 
     @staticmethod
     def supports(x: Any, w: Any, out: Any, bias: Any = None) -> bool:
-        """float32/float64 of one dtype, 2-D, ``x``/``w`` C- or F-contiguous, C-contiguous
-        ``out`` (and bias)."""
+        """Types ``lt_types`` knows (``x`` and ``w`` of one dtype), 2-D, ``x``/``w`` C- or
+        F-contiguous, C-contiguous ``out`` (and a bias of ``out``'s dtype)."""
         dtype = out.dtype
-        if dtype not in (np.float32, np.float64) or not out.flags.c_contiguous or out.ndim != 2:
+        if lt_types(x.dtype, dtype, False) is None or not out.flags.c_contiguous or out.ndim != 2:
             return False
         contiguous = all(a.flags.c_contiguous or a.flags.f_contiguous for a in (x, w))
-        if not contiguous or any(a.ndim != 2 or a.dtype != dtype for a in (x, w)):
+        if not contiguous or any(a.ndim != 2 or a.dtype != x.dtype for a in (x, w)):
             return False
         if x.shape[1] != w.shape[0] or out.shape != (x.shape[0], w.shape[1]) or out.size == 0:
             return False
@@ -160,16 +187,17 @@ class LtGemm:
             EPILOGUE_DEFAULT if bias is None else (EPILOGUE_RELU_BIAS if relu else EPILOGUE_BIAS)
         )
         aligned = [alignment(a.data.ptr) for a in (w, x, out, out if bias is None else bias)]
-        key = (x.shape, w.shape, x_f, w_f, str(x.dtype), epilogue, tf32, timed, *aligned)
+        dtypes = (str(x.dtype), str(out.dtype))
+        key = (x.shape, w.shape, x_f, w_f, dtypes, epilogue, tf32, timed, *aligned)
         if key in self.plans:
             return self.plans[key]
         lib, ct = self.lib, ctypes
         ops = lt_operands(x.shape, x_f, w.shape, w_f)
-        double = x.dtype == np.float64
-        data = CUDA_R_64F if double else CUDA_R_32F
-        compute = COMPUTE_64F if double else (COMPUTE_32F_FAST_TF32 if tf32 else COMPUTE_32F)
+        types = lt_types(x.dtype, out.dtype, tf32)
+        assert types is not None  # supports() checked
         desc = ct.c_void_p()
-        self._check(lib.cublasLtMatmulDescCreate(ct.byref(desc), compute, data), "DescCreate")
+        status = lib.cublasLtMatmulDescCreate(ct.byref(desc), types.compute, types.scale)
+        self._check(status, "DescCreate")
         for attr, value in (
             (DESC_TRANSA, ct.c_int32(ops.trans_a)),
             (DESC_TRANSB, ct.c_int32(ops.trans_b)),
@@ -177,7 +205,7 @@ class LtGemm:
         ):
             self._set(lib.cublasLtMatmulDescSetAttribute, desc, attr, value)
         layouts = []
-        for layout in (ops.a, ops.b, ops.d):
+        for layout, data in ((ops.a, types.ab), (ops.b, types.ab), (ops.d, types.cd)):
             handle = ct.c_void_p()
             status = lib.cublasLtMatrixLayoutCreate(ct.byref(handle), data, *layout)
             self._check(status, "MatrixLayoutCreate")
@@ -235,7 +263,7 @@ class LtGemm:
 
         lib, ct = self.lib, ctypes
         self._set_bias(plan.desc, bias)  # per call: layers of one shape share the plan
-        one, zero = self.scalars[out.dtype]
+        one, zero = self.scalars[np.dtype(np.float64 if out.dtype == np.float64 else np.float32)]
         a_desc, b_desc, d_desc = plan.layouts
         inputs = (ct.byref(one), w.data.ptr, a_desc, x.data.ptr, b_desc, ct.byref(zero))
         outputs = (out.data.ptr, d_desc, out.data.ptr, d_desc, ct.byref(plan.result.algo))

@@ -39,3 +39,39 @@ def test_alignment_is_the_largest_power_of_two_up_to_256():
     from fastnet.kernels.cublaslt import alignment
 
     assert [alignment(p) for p in (0, 4, 12, 64, 96, 512, 1024 + 8)] == [256, 4, 4, 64, 32, 256, 8]
+
+
+def test_lt_types_accumulate_half_operands_in_float32():
+    """Mixed precision's GEMMs: float16 operands into float16 activations or float32 weight
+    gradients, always CUBLAS_COMPUTE_32F with float32 alpha/beta (cublasLt's supported
+    combinations); float32 and float64 in their own type; the rest is not cuBLASLt's."""
+    from fastnet.kernels import cublaslt as lt
+
+    f16, f32, f64 = np.float16, np.float32, np.float64
+    assert lt.lt_types(f32, f32, False) == (lt.CUDA_R_32F,) * 2 + (lt.COMPUTE_32F, lt.CUDA_R_32F)
+    assert lt.lt_types(f32, f32, True).compute == lt.COMPUTE_32F_FAST_TF32
+    assert lt.lt_types(f64, f64, True) == (lt.CUDA_R_64F,) * 2 + (lt.COMPUTE_64F, lt.CUDA_R_64F)
+    half = lt.lt_types(f16, f16, True)  # TF32 does not apply to half operands
+    assert half == (lt.CUDA_R_16F, lt.CUDA_R_16F, lt.COMPUTE_32F, lt.CUDA_R_32F)
+    assert lt.lt_types(f16, f32, False) == (lt.CUDA_R_16F, lt.CUDA_R_32F) + half[2:]
+    assert lt.lt_types(f32, f16, False) is None and lt.lt_types(f32, f64, False) is None
+    assert lt.lt_types(f16, f64, False) is None
+
+
+@pytest.mark.parametrize(
+    "x, w, out, bias, ok",
+    [
+        ("f2", "f2", "f2", "f2", True),  # a Dense forward in float16, bias epilogue
+        ("f2", "f2", "f4", None, True),  # a weight gradient into the float32 arena
+        ("f2", "f2", "f4", "f2", False),  # the bias must be D's type
+        ("f2", "f4", "f4", None, False),  # operands of one dtype
+        ("f4", "f4", "f4", "f4", True),
+    ],
+)
+def test_lt_supports_half_combinations(x, w, out, bias, ok):
+    from fastnet.kernels.cublaslt import LtGemm
+
+    xs, ws = np.ones((8, 4), x), np.ones((4, 3), w)
+    b = None if bias is None else np.ones(3, bias)
+    assert LtGemm.supports(xs, ws, np.empty((8, 3), out), b) == ok
+    assert LtGemm.supports(xs.T.copy().T, ws, np.empty((8, 3), out), b) == ok  # F-contiguous x

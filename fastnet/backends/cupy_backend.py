@@ -217,13 +217,13 @@ class CupyBackend(Backend):
         """A cuBLASLt GEMM (algorithm per shape), else cuBLAS called directly (both
         capturable in CUDA graphs; TF32 tensor cores for float32 at ``precision="tf32"``), else
         ``cupy.matmul`` (fp32)."""
-        if a.dtype.itemsize == 2 or b.dtype.itemsize == 2:  # half: the float32 reference
-            return super().matmul(a, b, out, precision)
         if out is None:
             out = self.xp.empty((a.shape[0], b.shape[1]), dtype=a.dtype)
-        if self._cublaslt(a, b, out, precision):
+        if self._cublaslt(a, b, out, precision):  # float16 too: float32 accumulation
             self.record_kernel("matmul", "cublaslt")
             return out
+        if a.dtype.itemsize == 2 or b.dtype.itemsize == 2:  # half: the float32 reference
+            return super().matmul(a, b, out, precision)
         if self._gemm is not None and out.flags.c_contiguous and self._gemm.supports(a, b, out):
             self.record_kernel("matmul", self._gemm_name)
             with self.device:  # the handle and workspace of this device and thread
