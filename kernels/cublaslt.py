@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-CUDA_R_32F, CUDA_R_64F, CUDA_R_16F = 0, 1, 2
+CUDA_R_32F, CUDA_R_64F, CUDA_R_16F, CUDA_R_16BF = 0, 1, 2, 14
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
 OP_N, OP_T = 0, 1
 DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
@@ -39,16 +39,18 @@ def lt_types(operands: Any, out: Any, tf32: bool) -> LtTypes | None:
     """The types for ``out = x @ w`` with ``x``, ``w`` of dtype ``operands``: float64 and
     float32 (TF32 tensor cores with ``tf32``) all in their own type; float16 operands (mixed
     precision) into float16 activations or float32 weight gradients, accumulated in float32
-    (``CUBLAS_COMPUTE_32F``, float32 alpha/beta). None for anything else."""
+    (``CUBLAS_COMPUTE_32F``, float32 alpha/beta); bfloat16 (ml_dtypes) likewise. None for
+    anything else."""
     operands, out = np.dtype(operands), np.dtype(out)
+    half = {"float16": CUDA_R_16F, "bfloat16": CUDA_R_16BF}.get(operands.name)
+    if half is not None and out.name in (operands.name, "float32"):
+        cd = half if out == operands else CUDA_R_32F
+        return LtTypes(half, cd, COMPUTE_32F, CUDA_R_32F)
     if operands == np.float64 and out == np.float64:
         return LtTypes(CUDA_R_64F, CUDA_R_64F, COMPUTE_64F, CUDA_R_64F)
     if operands == np.float32 and out == np.float32:
         compute = COMPUTE_32F_FAST_TF32 if tf32 else COMPUTE_32F
         return LtTypes(CUDA_R_32F, CUDA_R_32F, compute, CUDA_R_32F)
-    if operands == np.float16 and out in (np.float16, np.float32):
-        cd = CUDA_R_16F if out == np.float16 else CUDA_R_32F
-        return LtTypes(CUDA_R_16F, cd, COMPUTE_32F, CUDA_R_32F)
     return None
 
 

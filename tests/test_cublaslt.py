@@ -56,6 +56,11 @@ def test_lt_types_accumulate_half_operands_in_float32():
     assert lt.lt_types(f16, f32, False) == (lt.CUDA_R_16F, lt.CUDA_R_32F) + half[2:]
     assert lt.lt_types(f32, f16, False) is None and lt.lt_types(f32, f64, False) is None
     assert lt.lt_types(f16, f64, False) is None
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    bf16 = ml_dtypes.bfloat16
+    assert lt.lt_types(bf16, bf16, False) == (lt.CUDA_R_16BF,) * 2 + half[2:]
+    assert lt.lt_types(bf16, f32, False) == (lt.CUDA_R_16BF, lt.CUDA_R_32F) + half[2:]
+    assert lt.lt_types(bf16, f16, False) is None and lt.lt_types(f16, bf16, False) is None
 
 
 @pytest.mark.parametrize(

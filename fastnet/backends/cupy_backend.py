@@ -119,14 +119,22 @@ class CupyBackend(Backend):
         dst.set(src)
 
     def check_policy(self, policy: str) -> Any:
-        """float16 for "mixed_float16" (through the reference ops: eager and unfused for now);
-        CuPy has no bfloat16 arrays, and fastnet's bf16 kernels are not written yet."""
+        """float16 for "mixed_float16"; ml_dtypes' bfloat16 for "mixed_bfloat16" where CuPy
+        has bfloat16 arrays (CuPy >= 14). Steps run eagerly for now (reference elementwise
+        ops; GEMMs through cuBLASLt)."""
         if policy == "mixed_float16":
             return np.dtype(np.float16)
-        raise NotImplementedError(
-            f"dtype={policy!r}: CuPy has no bfloat16 arrays and fastnet's bf16 kernels "
-            "(cuBLASLt GEMMs on uint16 storage) are not built yet; use 'mixed_float16'"
-        )
+        from fastnet.mixed import bfloat16
+
+        try:
+            dtype = bfloat16()
+            self.xp.zeros(1, dtype) + 1  # CuPy < 14: no bfloat16 arrays
+        except (TypeError, ValueError, NotImplementedError) as exc:
+            raise NotImplementedError(
+                f"dtype={policy!r} on cupy needs CuPy >= 14 with ml_dtypes (bfloat16 arrays): "
+                f"{exc}; 'mixed_float16' runs here"
+            ) from None
+        return dtype
 
     def compile_step(self, model: Any, batch_size: int, spec: Any) -> tuple[Any, str]:
         plan = model.step_plan()
