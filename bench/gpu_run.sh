@@ -9,7 +9,8 @@
 #   pytest-cupy       the cupy tests (-k cupy), with -n 8 when pytest-xdist is there -> pytest.log
 #   graph-check       eager vs compiled step on Fashion-MNIST, every optimizer x schedule
 #                                                            -> graph-check.json (table: train.log)
-#   train-*           4 epochs each: eager fp32, CUDA graph fp32, CUDA graph tf32 -> train.log
+#   train-*           4 epochs each: eager fp32, CUDA graph fp32, CUDA graph tf32, eager
+#                     mixed_float16 and mixed_bfloat16                        -> train.log
 #   preset-best       --preset best --epochs 2                                   -> train.log
 #   distributed-*     one epoch over MPI (2 ranks) and NCCL (1 rank) if mpirun exists
 #                                                                              -> distributed.log
@@ -108,6 +109,12 @@ if wanted train; then
     stage train-graph-tf32 60 train.log "${train[@]}" "${epochs[@]}" --cuda-graph on \
       --precision tf32 --json "$tmp/train-graph-tf32.json"
   fi
+  for policy in mixed_float16 mixed_bfloat16; do  # eager for now (no half kernels captured)
+    if (( dry )); then nogpu "train-$policy"; else
+      stage "train-$policy" 60 train.log "${train[@]}" "${epochs[@]}" --dtype "$policy" \
+        --json "$tmp/train-$policy.json"
+    fi
+  done
   stage preset-best 90 train.log "$PY" -m fastnet.cli train --verbose 2 --backend "$be" \
     --preset best "${preset[@]}" --json "$tmp/preset-best.json"
 fi

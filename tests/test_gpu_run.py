@@ -23,12 +23,20 @@ STAGES = {
     "train-eager-fp32",
     "train-graph-fp32",
     "train-graph-tf32",
+    "train-mixed_float16",
+    "train-mixed_bfloat16",
     "preset-best",
     "distributed-mpi",
     "distributed-nccl",
     "bench-kernels",
 }
-GPU_ONLY = {"gpu", "train-graph-tf32", "distributed-nccl"}
+GPU_ONLY = {
+    "gpu",
+    "train-graph-tf32",
+    "train-mixed_float16",
+    "train-mixed_bfloat16",
+    "distributed-nccl",
+}
 
 
 def stage_results(summary: str) -> dict[str, str]:
