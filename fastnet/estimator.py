@@ -569,7 +569,7 @@ class MLPRegressor(RegressorMixin, _MLPBase):
         y = np.asarray(y)
         if y.dtype.kind not in "biuf":
             raise ValueError(f"y must hold real numbers for a regressor, got dtype {y.dtype}")
-        y = y.astype(self.dtype)
+        y = y.astype("float32" if str(self.dtype).startswith("mixed") else self.dtype)
         t = y.reshape(-1, 1) if y.ndim == 1 else y
         if t.ndim != 2:
             raise ValueError(f"y must be 1-D or 2-D, got shape {y.shape}")

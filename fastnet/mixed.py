@@ -32,8 +32,8 @@ def bfloat16() -> np.dtype:
         import ml_dtypes
     except ImportError:
         raise ValueError(
-            "dtype='mixed_bfloat16' on a NumPy backend needs the ml_dtypes package "
-            "(pip install ml_dtypes)"
+            "dtype='mixed_bfloat16' needs the ml_dtypes package (bfloat16 arrays; "
+            "pip install ml_dtypes)"
         ) from None
     return np.dtype(ml_dtypes.bfloat16)
 

@@ -353,9 +353,13 @@ class Sequential(Trainer):
         assert self.arena is not None
         self.arena.refresh_compute()
 
-    def to(self, backend: str | Backend) -> Sequential:
-        """Return a copy of this model (weights and optimizer state) on another backend."""
-        clone = Sequential.from_config(self.get_config(), backend=backend)
+    def to(self, backend: str | Backend, dtype: Any = None) -> Sequential:
+        """Return a copy of this model (weights and optimizer state) on another backend, in
+        ``dtype`` if given; a mixed-precision model goes to a backend without half compute
+        (a CPU) as float32 (its master weights)."""
+        target = get_backend(backend)
+        config = _config_for(self.get_config(), target, dtype)
+        clone = Sequential.from_config(config, backend=target)
         if self.built:
             clone.set_state(self.host_state(), validate=False)
         clone.history = {k: list(v) for k, v in self.history.items()}
@@ -441,7 +445,7 @@ class Sequential(Trainer):
             backend: Backend = get_backend(saved["backend"])
         except BackendUnavailableError:
             backend = get_backend(None)
-        clone = Sequential.from_config(saved["config"], backend=backend)
+        clone = Sequential.from_config(_config_for(saved["config"], backend), backend=backend)
         self.__dict__.update(clone.__dict__)
         if saved["state"] is not None:
             self.set_state(saved["state"])
@@ -450,6 +454,17 @@ class Sequential(Trainer):
 
     def __repr__(self) -> str:
         return self._summary_text()
+
+
+def _config_for(config: dict, backend: Backend, dtype: Any = None) -> dict:
+    """``config`` in ``dtype`` if given, else with a mixed-precision policy ``backend`` cannot
+    compute replaced by float32 (the master weights' dtype)."""
+    if dtype is None and config.get("dtype") in MIXED_POLICIES:
+        try:
+            backend.check_policy(config["dtype"])
+        except (ValueError, NotImplementedError):
+            dtype = "float32"
+    return config if dtype is None else {**config, "dtype": dtype}
 
 
 def save_model(model: Sequential, path: str | os.PathLike, extra: dict | None = None) -> None:

@@ -726,8 +726,7 @@ class Trainer:
             if compiled is False
             else "data streamed from the host"
             if streamed
-            else self.backend.graph_capture_reason()
-            or self.step_plan().capture_reason()
+            else self.backend.plan_capture_reason(self.step_plan())
             or group.capture_reason(self.backend)
             or ("" if hi > lo else "this rank has no rows of a full batch")
         )

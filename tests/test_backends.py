@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import backend_params
 
 import fastnet
 from fastnet.backends import (
@@ -169,3 +170,29 @@ def test_numpy_host_scalars_equal_the_array_reference(constants):
             Backend().advance_scalars(s_ref, np.array([norm_sq, 0.0]), constants)
             NumpyBackend().advance_scalars(s_host, np.array([norm_sq, 0.0]), constants)
         assert np.array_equal(s_ref, s_host, equal_nan=True), (norm_sq, s_ref, s_host)
+
+
+@pytest.mark.parametrize("name", backend_params(["numpy", "numba"]))
+def test_a_non_finite_gradient_count_skips_the_step(name):
+    """``checks[1] > 0`` (mixed precision's overflow) sets SKIP and leaves every scalar, and
+    ``update`` leaves parameters and slots, as they were; every backend alike."""
+    from fastnet.backends.base import Backend
+    from fastnet.optimizers import Adam
+
+    rule = Adam(1e-2)
+    for be in (Backend(), get_backend(name)):
+        s = np.zeros(8)
+        s[0] = 1e-2
+        be.advance_scalars(s, np.array([0.0, 0.0]), rule.scalar_constants())
+        p, g = np.linspace(-1, 1, 40), np.full(40, 0.5)
+        slots = (np.full(40, 0.1), np.full(40, 0.2))
+        before = [a.copy() for a in (s, p, *slots)]
+        be.advance_scalars(s, np.array([0.0, 3.0]), rule.scalar_constants())
+        assert s[6] == 1 and np.array_equal(np.delete(s, 6), np.delete(before[0], 6))
+        be.update(rule, p, g, slots, s, rule.constants(), 40, 0.0, None)
+        for a, b in zip((p, *slots), before[1:]):
+            np.testing.assert_array_equal(a, b)
+        be.advance_scalars(s, np.array([0.0, 0.0]), rule.scalar_constants())  # clean again
+        assert s[6] == 0 and s[1] == 2
+        be.update(rule, p, g, slots, s, rule.constants(), 40, 0.0, None)
+        assert not np.array_equal(p, before[1])

@@ -227,3 +227,53 @@ def test_cpu_backends_still_refuse_the_policies(backend):
     pytest.importorskip(backend)
     with pytest.raises(ValueError, match="needs the cupy backend"):
         fn.Sequential([fn.Dense(4)], backend=backend, dtype="mixed_float16")
+
+
+def test_a_mixed_model_moves_to_a_cpu_backend_as_float32_and_pickles(tmp_path):
+    import pickle
+
+    from fastnet.backends import probe
+
+    X, y = _data()
+    model = _model("mixed_float16")
+    model.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    cpu = model.to("numpy")  # no half compute there: float32, the master weights
+    assert cpu.policy is None and cpu.dtype == np.float32
+    back = cpu.to(CaptureSimBackend(), dtype="mixed_float16")
+    for p, q, r in zip(model.parameters(), cpu.parameters(), back.parameters()):
+        np.testing.assert_array_equal(q.value, p.value)
+        np.testing.assert_array_equal(r.compute, p.compute)
+    # pickled on a GPU, unpickled on a CPU machine: rebuilt on the default backend, float32
+    model.backend.name = "cupy"
+    if probe("cupy").available:
+        pytest.skip("this machine has a GPU")
+    clone = pickle.loads(pickle.dumps(model))
+    assert clone.policy is None and clone.dtype == np.float32
+    np.testing.assert_array_equal(clone.parameters()[0].value, model.parameters()[0].value)
+
+
+def test_a_backend_that_cannot_capture_mixed_steps_keeps_data_parallel_steps_eager():
+    """Data-parallel steps ask the backend's ``plan_capture_reason`` as compiled steps do
+    (cupy: mixed steps run eagerly until half kernels exist)."""
+    from fastnet.training import BatchSpec, DistributedStep
+
+    class NoMixedCapture(CaptureSimBackend):
+        def plan_capture_reason(self, plan):
+            return "no mixed capture" if plan.compute_dtype != plan.dtype else ""
+
+    class OneRank:
+        rank, world_size, name = 0, 1, "fake"
+
+        def capture_reason(self, backend):
+            return ""
+
+    for dtype, eager in (("mixed_float16", True), ("float32", False)):
+        model = _model(dtype, NoMixedCapture()).build(12)
+        spec = BatchSpec((), "int64", False)
+        step = model._distributed_step(OneRank(), [32], 32, "auto", False, spec)
+        assert isinstance(step, DistributedStep) == eager, (dtype, step)
+
+
+def test_a_mixed_regressor_keeps_float32_targets():
+    t, _ = fn.MLPRegressor(dtype="mixed_float16")._targets(np.arange(6), False, None)
+    assert t.dtype == np.float32 and t.shape == (6, 1)

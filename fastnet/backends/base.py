@@ -147,7 +147,8 @@ class Backend:
         return out
 
     def unscale(self, g: Any, state: Any, checks: Any) -> None:
-        """Mixed precision: ``g /= state[0]`` (the loss scale, a power of two: exact) and the
+        """Mixed precision: ``g /= state[0]`` (the loss scale: a power of two, exact, unless
+        set otherwise) and the
         count of non-finite elements of ``g`` added into ``checks[1]`` (capturable)."""
         self.record_kernel("unscale")
         xp = self.xp
@@ -296,8 +297,8 @@ class Backend:
         """``dz = dy * act'(y)`` and, if ``db`` is given, ``db = dz.sum(axis=0)``; returns dz."""
         self.record_kernel("act_backward_bias")
         dz = self.activation_backward(y, dy, activation, alpha, out=dz)
-        if db is not None:
-            dz.sum(axis=0, out=db)
+        if db is not None:  # in db's dtype: float32 for half dz (mixed precision)
+            dz.sum(axis=0, dtype=db.dtype, out=db)
         return dz
 
     # ------------------------------------------------------------------ activations
@@ -644,18 +645,20 @@ class Backend:
         were at capture. Only backends whose ``graph_capture_reason()`` is "" implement it."""
         raise NotImplementedError(self.graph_capture_reason())
 
+    def plan_capture_reason(self, plan: Any) -> str:
+        """Why a step with this ``StepPlan`` cannot be captured here ("" if it can): this
+        backend's graphs, then the plan's layers and loss (every captured step asks this)."""
+        return self.graph_capture_reason() or plan.capture_reason()
+
     def compile_step(self, model: Any, batch_size: int, spec: Any) -> tuple[Any, str]:
         """A compiled training step for ``model`` at ``batch_size`` with batches described by
         ``spec`` (``fastnet.training.BatchSpec``), or ``(None, reason)``.
         The default captures the model's own step function in a graph (``capture``) when this
         backend has graphs and the model's step plan is capturable; numba overrides it."""
-        reason = self.graph_capture_reason()
+        reason = self.plan_capture_reason(model.step_plan())
         if reason:
             return None, reason
-        from fastnet.backends.graph_step import GraphedStep, graph_reason
+        from fastnet.backends.graph_step import GraphedStep
 
-        reason = graph_reason(model.step_plan())
-        if reason:
-            return None, reason
         step = GraphedStep(model, batch_size, spec, self.steps_per_graph)
         return step, step.description

@@ -136,11 +136,10 @@ class CupyBackend(Backend):
             ) from None
         return dtype
 
-    def compile_step(self, model: Any, batch_size: int, spec: Any) -> tuple[Any, str]:
-        plan = model.step_plan()
-        if plan.compute_dtype != plan.dtype:
-            return None, "mixed precision runs eagerly on cupy (no half-precision kernels yet)"
-        return super().compile_step(model, batch_size, spec)
+    def plan_capture_reason(self, plan: Any) -> str:
+        if plan.compute_dtype != plan.dtype:  # reference ops: temporaries a graph cannot hold
+            return "mixed precision runs eagerly on cupy (no half-precision kernels yet)"
+        return super().plan_capture_reason(plan)
 
     def graph_capture_reason(self) -> str:
         """Why training steps cannot be captured in CUDA graphs here ("" if they can)."""

@@ -23,11 +23,6 @@ from typing import Any
 import numpy as np
 
 
-def graph_reason(plan: Any) -> str:
-    """Why a model with this step plan cannot be captured ("" if it can)."""
-    return plan.capture_reason()
-
-
 class GraphedStep:
     """A ``Trainer`` step that replays the captured step function for full batches."""
 
