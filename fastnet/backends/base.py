@@ -258,8 +258,15 @@ class Backend:
         out: Any = None,
         precision: str = "fp32",
     ) -> Any:
-        """``act(x @ w + b)`` into ``out``; ``b`` may be None."""
-        return self.bias_act(self.matmul(x, w, out, precision), b, activation, alpha)
+        """``act(x @ w + b)`` into ``out``; ``b`` may be None. Half operands (mixed
+        precision): bias and activation on the float32 product, rounded once into ``out``,
+        as cuBLASLt's epilogue does."""
+        if x.dtype.itemsize != 2 or out is None:
+            return self.bias_act(self.matmul(x, w, out, precision), b, activation, alpha)
+        self.record_kernel("matmul", "blas")
+        z = self.xp.matmul(x.astype(np.float32), w.astype(np.float32))
+        out[...] = self.bias_act(z, None if b is None else b.astype(np.float32), activation, alpha)
+        return out
 
     def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
         """In place ``z = act(z + b)`` (fused hot path in subclasses)."""
