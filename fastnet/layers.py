@@ -92,6 +92,14 @@ class Layer:
     def fork_random_stream(self, rank: int) -> None:
         """Give this process (rank) its own random stream (data-parallel training)."""
 
+    def join_group(self, group: Any) -> None:
+        """Data-parallel training starts (a communicator) or ends (None): layers whose
+        training step talks to the other ranks keep it."""
+
+    def idle_step(self, phase: str) -> None:
+        """Take part in the collectives of a training step's ``phase`` ("forward",
+        "backward") without rows: this rank has none of the batch."""
+
     def _buffer(self, key: str, shape: tuple, dtype: Any = None) -> Any:
         """The layer's reused buffer ``key`` of ``shape``, in the compute dtype by default."""
         buf = self._buffers.get((key, shape))
@@ -420,14 +428,21 @@ class Dropout(Layer):
 
 class BatchNorm1d(Layer):
     """Batch normalization over the batch axis, with learned scale/shift and running statistics
-    (unbiased running variance, as PyTorch) used in eval mode."""
+    (unbiased running variance, as PyTorch) used in eval mode. ``synchronized`` (Keras's name;
+    PyTorch's SyncBatchNorm): in data-parallel training the statistics are the global batch's,
+    not each rank's share, so K ranks train as one process does (three all-reduces a step)."""
 
     name = "batchnorm1d"
     min_batch_rows = 2
     nonnegative_buffers = ("running_var",)
 
-    def __init__(self, momentum: float = 0.9, eps: float = 1e-5) -> None:
+    def __init__(
+        self, momentum: float = 0.9, eps: float = 1e-5, synchronized: bool = False
+    ) -> None:
         super().__init__()
+        if not isinstance(synchronized, (bool, np.bool_)):
+            raise ValueError(f"synchronized must be True or False, got {synchronized!r}")
+        self.synchronized, self.group = bool(synchronized), None
         if not (_real(momentum) and 0 <= momentum < 1):
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         if not (_real(eps) and eps > 0 and math.isfinite(eps)):
@@ -448,7 +463,7 @@ class BatchNorm1d(Layer):
     def forward(self, x: Any, training: bool = True) -> Any:
         self._check_input(x)
         self.training = training
-        if training and x.shape[0] < 2:
+        if training and x.shape[0] < 2 and self.group is None:  # synchronized: the global batch
             raise ValueError("BatchNorm1d needs at least 2 samples per batch in training")
         self.xhat = self._buffer("xhat", x.shape)
         self.inv_std = self._buffer("inv_std", (x.shape[1],), self.dtype)  # float32 if mixed
@@ -461,6 +476,7 @@ class BatchNorm1d(Layer):
             self.eps,
             training,
             (self._buffer("out", x.shape), self.xhat, self.inv_std),
+            self.group if training else None,
         )
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
@@ -472,10 +488,24 @@ class BatchNorm1d(Layer):
             (self.gamma.grad, self.beta.grad),
             self.training,
             self._buffer("dx", dy.shape) if need_dx else None,
+            self.group if self.training else None,
         )
 
+    def join_group(self, group: Any) -> None:
+        self.group = group if self.synchronized else None
+
+    def idle_step(self, phase: str) -> None:
+        """No rows, the global statistics all the same: the running ones stay every rank's."""
+        if self.group is None:
+            return
+        empty = self.backend.empty((0, self.input_dim), self.compute_dtype or self.dtype)
+        if phase == "forward":
+            self.forward(empty, training=True)
+        else:
+            self.backward(empty, need_dx=False)
+
     def plan(self) -> OpsPlan:
-        return OpsPlan("BatchNorm1d")
+        return OpsPlan("BatchNorm1d", collective=self.group is not None)
 
     def frozen_constants(self) -> tuple:
         return (self.momentum, self.eps)
@@ -487,7 +517,8 @@ class BatchNorm1d(Layer):
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
     def get_config(self) -> dict:
-        return {"name": self.name, "momentum": self.momentum, "eps": self.eps}
+        config = {"name": self.name, "momentum": self.momentum, "eps": self.eps}
+        return {**config, "synchronized": True} if self.synchronized else config
 
 
 LAYERS: dict[str, type[Layer]] = {

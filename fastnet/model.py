@@ -180,6 +180,14 @@ class Sequential(Trainer):
         for i in range(last, -1, -1):
             dout = self.layers[i].backward(dout, need_dx=i > 0)
 
+    def idle_step(self) -> None:
+        """Data parallelism, a rank without rows of a batch: the collectives its layers' step
+        would run (synchronized BatchNorm1d), in the order they run."""
+        for layer in self.layers:
+            layer.idle_step("forward")
+        for layer in reversed(self.layers):
+            layer.idle_step("backward")
+
     def _cast_buffer(self, key: str, shape: tuple, dtype: Any) -> Any:
         buf = self._casts.get((key, shape))
         if buf is None:

@@ -291,6 +291,7 @@ def distributed_step(
     if xb.shape[0]:
         model.train_step(xb, yb, wb, totals, reduce)
     else:
+        model.idle_step()
         reduce()
         model.arena.update()
 
@@ -459,11 +460,15 @@ class Trainer:
         self.streamed = run.streamed
         with record_kernels(self.backend), _abort_job_on_error(run.group):
             runner = (run.X, run.y, opts.batch_size, opts.shuffle, run.compiled, run.streamed)
+            for layer in self.layers:
+                layer.join_group(run.group)  # synchronized BatchNorm1d: the global batch
             run_epoch = self._runner(*runner, run.group, run.weights)
             try:
                 return self._epochs(run_epoch, run)
             finally:  # cached compiled steps must not keep this fit's data on the device
                 _release_data(self._compiled_steps.values())
+                for layer in self.layers:
+                    layer.join_group(None)
 
     def _prepare_fit(self, X: Any, y: Any, opts: FitOptions) -> FitRun:
         """Every check of ``fit``'s arguments and data, changing nothing."""
@@ -666,7 +671,7 @@ class Trainer:
             if streamed
             else ResidentBatches(Xd, yd, self.backend, seed, shuffle, weights)
         )
-        bounds = batch_bounds(Xd.shape[0], batch_size, self.min_batch_rows() * world)
+        bounds = batch_bounds(Xd.shape[0], batch_size, self.min_batch_rows(world))
         local = bounds
         spec = BatchSpec(tuple(yd.shape[1:]), str(yd.dtype), weights is not None)
         if group is None:
@@ -804,9 +809,17 @@ class Trainer:
         scaler = self.arena.scaler.constants() if self.arena.scaler is not None else ()
         return optimizers + tuple(layer.frozen_constants() for layer in self.layers) + scaler
 
-    def min_batch_rows(self) -> int:
-        """Smallest training batch every layer accepts (2 with BatchNorm, else 1)."""
-        return max((getattr(layer, "min_batch_rows", 1) for layer in self.layers), default=1)
+    def min_batch_rows(self, world: int = 1) -> int:
+        """Smallest training batch every layer accepts (2 with BatchNorm, else 1). Over
+        ``world`` data-parallel ranks a layer with statistics of its own rows (BatchNorm1d)
+        needs that many on every rank; a synchronized one, and row-wise layers, in the global
+        batch (a rank without rows takes part in the collectives: ``idle_step``)."""
+        rows = 1
+        for layer in self.layers:
+            need = getattr(layer, "min_batch_rows", 1)
+            per_rank = need > 1 and not getattr(layer, "synchronized", False)
+            rows = max(rows, need * world if per_rank else need)
+        return rows
 
     # ------------------------------------------------------------------ divergence
     def _restore_last_good(
@@ -966,6 +979,9 @@ class Trainer:
         raise NotImplementedError
 
     def scratch_buffers(self) -> list:
+        raise NotImplementedError
+
+    def idle_step(self) -> None:
         raise NotImplementedError
 
     def validate_fit_data(

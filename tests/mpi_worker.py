@@ -4,6 +4,8 @@ mpi_worker.py train BACKEND DTYPE OUT.npz [mpi|nccl]  data-parallel fit; rank 0 
 mpi_worker.py kill                          rank 1 dies (SIGKILL) in the second epoch
 mpi_worker.py raise                         rank 1 raises in the second epoch
 mpi_worker.py output                        verbose fit: epoch lines come from rank 0 only
+mpi_worker.py syncbn ROWS BATCH OUT.npz [compiled] [local]  a synchronized (local: not)
+                                            BatchNorm model; rank 0 saves its state
 mpi_worker.py captured ROWS plain|batchnorm [POLICY]  captured data-parallel steps equal eager
                                             ones (POLICY: mixed_float16, loss scaling included)
 """
@@ -24,6 +26,18 @@ def problem(dtype="float32"):
     y = rng.integers(0, 4, 300)
     X = (centers[y] + rng.standard_normal((300, 12))).astype(dtype)
     return X, y
+
+
+def bn_model(backend="numpy", synchronized=True):
+    layers = [  # no bias before a batch norm: its gradient, exactly 0, is rounding noise
+        fn.Dense(16, use_bias=False),
+        fn.BatchNorm1d(momentum=0.8, synchronized=synchronized),
+        fn.ReLU(),
+        fn.Dense(8, "tanh"),
+        fn.BatchNorm1d(synchronized=synchronized),
+        fn.Dense(4),
+    ]
+    return fn.Sequential(layers, optimizer=fn.Adam(1e-2), backend=backend, dtype="float64", seed=3)
 
 
 def model(backend="numpy", dtype="float32", optimizer=None):
@@ -130,6 +144,21 @@ def main(mode, *args):
         if m.loss_scaler is not None:
             assert m.loss_scaler.scale < 2.0**22 and m.arena.groups[0].step < 3 * 4, m.arena
         print(f"captured ok rank {dist.rank()} replays {replays}", flush=True)
+    elif mode == "syncbn":  # K ranks with synchronized BatchNorm train as one process
+        from capture_backend import CaptureSimBackend
+
+        rows, batch, out = int(args[0]), int(args[1]), args[2]
+        compiled = "compiled" in args[3:]
+        X, y = problem("float64")
+        m = bn_model(CaptureSimBackend() if compiled else "numpy", "local" not in args[3:])
+        fit = dict(epochs=FIT["epochs"], batch_size=batch, distributed=True, compiled=compiled)
+        h = m.fit(X[:rows], y[:rows], verbose=0, **fit)
+        if compiled:
+            assert m.step_description.startswith("captured graph, data-parallel"), (
+                m.step_description
+            )
+        if dist.is_main():
+            np.savez(out, loss=h["loss"], **m.host_state())
     elif mode == "output":
         X, y = problem()
         model().fit(X, y, epochs=2, verbose=2, distributed=True, batch_size=64)

@@ -232,3 +232,28 @@ def test_numba_and_cuda_dropout_use_the_references_bits():
 
     assert cupy_gpu.RANDOM_BITS == counter_rng.BITS
     assert f">> {64 - counter_rng.BITS};" in cupy_gpu._SPLITMIX
+
+
+def test_synchronized_batchnorm_config_and_checks():
+    layer = fn.BatchNorm1d(momentum=0.8, synchronized=True)
+    assert layer.get_config() == {
+        "name": "batchnorm1d",
+        "momentum": 0.8,
+        "eps": 1e-5,
+        "synchronized": True,
+    }
+    assert fn.BatchNorm1d.from_config(layer.get_config()).synchronized
+    assert "synchronized" not in fn.BatchNorm1d().get_config()  # older files stay as they were
+    with pytest.raises(ValueError, match="synchronized"):
+        fn.BatchNorm1d(synchronized="yes")
+    X, y = _data()  # one process: a synchronized layer is an ordinary one
+    models = [
+        _model(
+            CaptureSimBackend(),
+            layers=lambda s=s: [fn.Dense(8), fn.BatchNorm1d(synchronized=s), fn.Dense(4)],
+        )
+        for s in (False, True)
+    ]
+    for model in models:
+        model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    _assert_same(*models)

@@ -164,3 +164,33 @@ def test_cli_refuses_distributed_outside_mpirun(monkeypatch, capsys):
         monkeypatch.delenv(variable, raising=False)
     assert main(["train", "--distributed", "--epochs", "1"]) == 2
     assert "mpirun -n K" in capsys.readouterr().err
+
+
+@needs_mpi
+@pytest.mark.parametrize(
+    "ranks, rows, batch, compiled",
+    [(2, 300, 64, False), (3, 259, 64, False), (3, 40, 2, False), (2, 300, 64, True)]
+    + [(3, 259, 64, True)],
+)
+def test_synchronized_batchnorm_ranks_train_as_one_process(tmp_path, ranks, rows, batch, compiled):
+    """Synchronized BatchNorm1d: statistics and their gradients over the global batch, so K
+    ranks equal one process (float64), running statistics included. 259 rows over 3 ranks: the
+    last batch has one row a rank (per-rank statistics would merge it into the one before).
+    Batches of 2 over 3 ranks: one rank has no rows and joins the collectives with nothing to
+    add. Captured: the all-reduces inside the graph (CPU capture semantics)."""
+    out = tmp_path / "syncbn.npz"
+    args = [str(rows), str(batch), str(out)] + (["compiled"] if compiled else [])
+    run, _ = mpirun("syncbn", *args, n=ranks)
+    assert run.returncode == 0, run.stderr[-3000:]
+    X, y = mpi_worker.problem("float64")
+    single = mpi_worker.bn_model(synchronized=False)
+    h = single.fit(X[:rows], y[:rows], verbose=0, epochs=mpi_worker.FIT["epochs"], batch_size=batch)
+    got = np.load(out)
+    for key, value in single.host_state().items():  # float64, summed in another order
+        np.testing.assert_allclose(got[key], value, rtol=1e-7, atol=1e-9, err_msg=key)
+    np.testing.assert_allclose(got["loss"], h["loss"], rtol=1e-9)
+    if ranks == 2 and not compiled:  # each rank's own statistics: not one process
+        run, _ = mpirun("syncbn", str(rows), str(batch), str(out), "local", n=ranks)
+        assert run.returncode == 0, run.stderr[-3000:]
+        local = np.load(out)["param/0/W"]
+        assert np.abs(local - single.host_state()["param/0/W"]).max() > 1e-4

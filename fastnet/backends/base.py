@@ -405,17 +405,22 @@ class Backend:
         eps: float,
         training: bool,
         out: tuple[Any, Any, Any],
+        comm: Any = None,
     ) -> Any:
         """Batch normalization of ``x`` (rows: samples) into ``out = (y, xhat, inv_std)``:
         in training the batch statistics, which also update ``running = (mean, var)`` in place
-        (``momentum``; unbiased variance); else the running statistics."""
+        (``momentum``; unbiased variance); else the running statistics. With ``comm`` (a
+        synchronized BatchNorm in data-parallel training) the statistics are the global
+        batch's: every rank's rows, summed over the ranks (two all-reduces)."""
         xp = self.xp
         y, xhat, inv_std = out
         running_mean, running_var = running
         x = x.astype(np.float32) if x.dtype.itemsize == 2 else x  # half: statistics in fp32
         if training:
-            n = x.shape[0]
-            mean, var = x.mean(axis=0), x.var(axis=0)
+            if comm is None:
+                n, mean, var = x.shape[0], x.mean(axis=0), x.var(axis=0)
+            else:
+                n, mean, var = self._global_moments(x, comm)
             running_mean *= momentum
             running_mean += (1 - momentum) * mean
             running_var *= momentum
@@ -426,6 +431,20 @@ class Backend:
         xp.multiply(xp.subtract(x, mean, out=xhat), inv_std, out=xhat)
         return xp.add(xp.multiply(xhat, gamma, out=y), beta, out=y)
 
+    def _global_moments(self, x: Any, comm: Any) -> tuple[Any, Any, Any]:
+        """Rows, mean and (biased) variance of the rows of ``x`` on every rank of ``comm``
+        (float64 sums; the variance from the global mean: two all-reduces)."""
+        xp, d = self.xp, x.shape[1]
+        sums = xp.zeros((d + 1,), np.float64)
+        x.sum(axis=0, dtype=np.float64, out=sums[:d])
+        sums[d] = x.shape[0]
+        self.allreduce(comm, sums)
+        n = sums[d:]
+        mean = sums[:d] / xp.maximum(n, 1)
+        squares = ((x - mean) ** 2).sum(axis=0, dtype=np.float64)
+        self.allreduce(comm, squares)
+        return n, mean.astype(x.dtype), (squares / xp.maximum(n, 1)).astype(x.dtype)
+
     def batchnorm_backward(
         self,
         dy: Any,
@@ -435,15 +454,21 @@ class Backend:
         grads: tuple[Any, Any],
         training: bool,
         dx: Any = None,
+        comm: Any = None,
     ) -> Any:
-        """Gradients of ``batchnorm``: ``grads = (dgamma, dbeta)`` written, and ``dx`` (when
-        given) for batch statistics (``training``) or fixed running ones."""
+        """Gradients of ``batchnorm``: ``grads = (dgamma, dbeta)`` written (this rank's rows:
+        data parallelism all-reduces them with the other gradients), and ``dx`` (when given)
+        for batch statistics (``training``) or fixed running ones. With ``comm`` the batch
+        statistics were the global batch's: one all-reduce (run with or without ``dx``, so
+        that every rank takes part) sums what ``dx`` needs over the ranks."""
         xp = self.xp
         dgamma, dbeta = grads
         if dy.dtype.itemsize == 2:  # half (mixed precision): reduce and combine in float32
             dy, xhat, gamma = (a.astype(np.float32) for a in (dy, xhat, gamma))
         dy.sum(axis=0, out=dbeta)
         (dy * xhat).sum(axis=0, out=dgamma)
+        if comm is not None and training:
+            return self._global_dx(dy * gamma, xhat, inv_std, comm, dx)
         if dx is None:
             return None
         if not training:  # eval mode: a fixed affine map of x
@@ -452,6 +477,25 @@ class Backend:
         dxhat = dy * gamma
         total = n * dxhat - dxhat.sum(axis=0) - xhat * (dxhat * xhat).sum(axis=0)
         return xp.multiply(inv_std / n, total, out=dx)
+
+    def _global_dx(self, dxhat: Any, xhat: Any, inv_std: Any, comm: Any, dx: Any) -> Any:
+        """``dx`` of a synchronized batch norm on this rank's ``n`` rows. Each rank's ``dy`` is
+        the gradient of the mean loss over its own rows, ``N/n`` times the global one there;
+        with ``U``, ``V`` the sums over the ranks of ``n * sum(dxhat)`` and
+        ``n * sum(dxhat * xhat)``: ``dx = inv_std * (dxhat - (U + xhat * V) / (N * n))``
+        (one process: the usual formula)."""
+        xp, n, d = self.xp, dxhat.shape[0], dxhat.shape[1]
+        sums = xp.zeros((2 * d + 1,), np.float64)
+        dxhat.sum(axis=0, dtype=np.float64, out=sums[:d])
+        (dxhat * xhat).sum(axis=0, dtype=np.float64, out=sums[d : 2 * d])
+        sums[:-1] *= n
+        sums[-1] = n
+        self.allreduce(comm, sums)
+        if dx is None or n == 0:
+            return dx
+        scale = sums[-1:] * n
+        u, v = (sums[:d] / scale).astype(dx.dtype), (sums[d : 2 * d] / scale).astype(dx.dtype)
+        return xp.multiply(inv_std, dxhat - u - xhat * v, out=dx)
 
     # ------------------------------------------------------------------ losses
     def softmax_xent(

@@ -139,6 +139,8 @@ class CupyBackend(Backend):
     def plan_capture_reason(self, plan: Any) -> str:
         if plan.compute_dtype != plan.dtype:  # reference ops: temporaries a graph cannot hold
             return "mixed precision runs eagerly on cupy (no half-precision kernels yet)"
+        if any(getattr(layer, "collective", False) for layer in plan.layers):
+            return "a synchronized BatchNorm1d runs eagerly on cupy (reference ops)"
         return super().plan_capture_reason(plan)
 
     def graph_capture_reason(self) -> str:
@@ -309,17 +311,19 @@ class CupyBackend(Backend):
         eps: float,
         training: bool,
         out: tuple[Any, Any, Any],
+        comm: Any = None,
     ) -> Any:
         """One kernel (a thread per feature): statistics, running averages, normalization."""
         args = (x, gamma, beta, *running, *out)
         vectors = (gamma, beta, *running, out[2])
         if (
-            x.ndim != 2
+            comm is not None
+            or x.ndim != 2
             or not x.shape == out[0].shape == out[1].shape
             or any(v.shape != (x.shape[1],) for v in vectors)
             or not contiguous_floats(*args)
         ):
-            return super().batchnorm(x, gamma, beta, running, momentum, eps, training, out)
+            return super().batchnorm(x, gamma, beta, running, momentum, eps, training, out, comm)
         self.k.batchnorm(x, gamma, beta, running, momentum, eps, training, out)
         self.record_kernel("batchnorm", "cuda-fused")
         return out[0]
@@ -333,16 +337,18 @@ class CupyBackend(Backend):
         grads: tuple[Any, Any],
         training: bool,
         dx: Any = None,
+        comm: Any = None,
     ) -> Any:
         arrays = (dy, xhat, inv_std, gamma, *grads) + (() if dx is None else (dx,))
         if (
-            dy.ndim != 2
+            comm is not None
+            or dy.ndim != 2
             or dy.shape != xhat.shape
             or (dx is not None and dx.shape != dy.shape)
             or any(v.shape != (dy.shape[1],) for v in (inv_std, gamma, *grads))
             or not contiguous_floats(*arrays)
         ):
-            return super().batchnorm_backward(dy, xhat, inv_std, gamma, grads, training, dx)
+            return super().batchnorm_backward(dy, xhat, inv_std, gamma, grads, training, dx, comm)
         self.k.batchnorm_backward(dy, xhat, inv_std, gamma, grads, training, dx)
         return dx
 
