@@ -139,6 +139,19 @@ def _top_k(top_k: int | None, classes: int) -> int:
     return top_k if top_k is not None and 0 < top_k < classes else 0
 
 
+@contextlib.contextmanager
+def _joined(model: Any, group: Any) -> Iterator[None]:
+    """The model's layers in the data-parallel ``group`` (None: one process) for a fit:
+    a synchronized BatchNorm1d then normalizes over the global batch."""
+    for layer in model.layers:
+        layer.join_group(group)
+    try:
+        yield
+    finally:
+        for layer in model.layers:
+            layer.join_group(None)
+
+
 def _rows(a: Any, idx: np.ndarray) -> Any:
     """Rows ``idx`` of a host or device array (CuPy takes NumPy indices too)."""
     return a[idx]
@@ -458,17 +471,14 @@ class Trainer:
         if run.group is not None:
             self._broadcast_state(run.group)
         self.streamed = run.streamed
-        with record_kernels(self.backend), _abort_job_on_error(run.group):
+        group = run.group
+        with record_kernels(self.backend), _abort_job_on_error(group), _joined(self, group):
             runner = (run.X, run.y, opts.batch_size, opts.shuffle, run.compiled, run.streamed)
-            for layer in self.layers:
-                layer.join_group(run.group)  # synchronized BatchNorm1d: the global batch
-            run_epoch = self._runner(*runner, run.group, run.weights)
+            run_epoch = self._runner(*runner, group, run.weights)
             try:
                 return self._epochs(run_epoch, run)
             finally:  # cached compiled steps must not keep this fit's data on the device
                 _release_data(self._compiled_steps.values())
-                for layer in self.layers:
-                    layer.join_group(None)
 
     def _prepare_fit(self, X: Any, y: Any, opts: FitOptions) -> FitRun:
         """Every check of ``fit``'s arguments and data, changing nothing."""
