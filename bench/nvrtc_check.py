@@ -80,12 +80,26 @@ def missing() -> str:
 
 @cache
 def cupy_options() -> tuple[str, ...]:
-    """Include paths and flags as CuPy passes them to NVRTC (without the CUDA toolkit's path)."""
+    """Include paths and flags as CuPy passes them to NVRTC; the CUDA headers (cuda_fp16.h,
+    cuda_bf16.h: the half kernels) from the ``nvidia-cuda-runtime-cu12`` wheel, as CuPy finds
+    them in a pip-installed CUDA, or from a toolkit's include folder."""
     import cupy
 
     inc = Path(cupy.__file__).parent / "_core" / "include"
     cccl = [f"-I{inc / 'cupy' / '_cccl' / d}" for d in ("cub", "thrust", "libcudacxx")]
-    return (*cccl, "--std=c++17", f"-I{inc}", "-ftz=true", "--device-as-default-execution-space")
+    cuda = [f"-I{path}" for path in _cuda_includes()]
+    flags = ("--std=c++17", f"-I{inc}", "-ftz=true", "--device-as-default-execution-space")
+    return (*cccl, *cuda, *flags)
+
+
+def _cuda_includes() -> list[Path]:
+    try:
+        import nvidia.cuda_runtime as runtime
+
+        return [Path(p) / "include" for p in runtime.__path__][:1]
+    except ImportError:
+        home = os.environ.get("CUDA_PATH") or "/usr/local/cuda"
+        return [Path(home) / "include"] if (Path(home) / "include" / "cuda_fp16.h").exists() else []
 
 
 def _check(status: int, what: str, log: str = "") -> None:

@@ -30,14 +30,16 @@ _C_NAME = {
         (np.uint32, "unsigned int"),
         (np.uint64, "unsigned long long"),
         (np.bool_, "bool"),
+        (np.float16, "float16"),
     ]
 }
+HALF_NAMES = ("float16", "bfloat16")  # CuPy's classes (cupy/float16.cuh, cupy/bfloat16.cuh)
 
 
 def elementwise_source(kernel: Any, dtype: Any, arrays: Collection[str]) -> str:
     """Source of ``kernel`` with ``T = dtype``; non-raw inputs named in ``arrays`` are arrays, the
     other non-raw inputs scalars; outputs and ``raw`` parameters are always arrays."""
-    t = _C_NAME[np.dtype(dtype)]
+    t = dtype if dtype in HALF_NAMES else _C_NAME[np.dtype(dtype)]
     params, loads = [], []
     for p in (*kernel.in_params, *kernel.out_params):
         c = t if p.dtype is None else _C_NAME[np.dtype(p.dtype)]

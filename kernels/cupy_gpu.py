@@ -74,27 +74,29 @@ def activation_backward(y: Any, dy: Any, code: int, alpha: float, out: Any) -> A
 
 
 _ACT_BWD_BIAS_SRC = r"""
+// T: the arrays' type; W: the math's (T, or float for half T); D: db's (W: float32 master
+// gradients of half activations).
 extern "C" __global__ void act_bwd_bias(const T* __restrict__ y, const T* __restrict__ dy,
-                                        T* __restrict__ dz, T* __restrict__ db,
-                                        int n, int m, T alpha) {
+                                        T* __restrict__ dz, D* __restrict__ db,
+                                        int n, int m, W alpha) {
     // block (32, 8): 32 adjacent columns, 8 row lanes; each block covers ROWS rows.
-    __shared__ T partial[8][33];
+    __shared__ D partial[8][33];
     int col = blockIdx.x * 32 + threadIdx.x;
     int row0 = blockIdx.y * ROWS;
-    T acc = 0;
+    D acc = 0;
     if (col < m) {
         for (int r = row0 + threadIdx.y; r < min(row0 + ROWS, n); r += 8) {
             size_t k = (size_t)r * m + col;
-            T yv = y[k];
-            T g = dy[k] * DACT;
-            dz[k] = g;
+            W yv = (W)y[k];
+            W g = (W)dy[k] * DACT;
+            dz[k] = (T)g;
             acc += g;
         }
     }
     partial[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && col < m) {
-        T s = 0;
+        D s = 0;
         for (int j = 0; j < 8; ++j) s += partial[j][threadIdx.x];
         if (gridDim.y == 1) db[col] = s;  // one block of rows: no memset, no atomic
         else atomicAdd(&db[col], s);
@@ -104,26 +106,190 @@ extern "C" __global__ void act_bwd_bias(const T* __restrict__ y, const T* __rest
 _ROWS_PER_BLOCK = 128
 
 
+def _act_bwd_bias_source(t: str, w: str, header: str, code: int) -> str:
+    deriv = _DACT[code].replace("y", "yv").replace("(T)", "(W)")
+    defines = f"#define T {t}\n#define W {w}\n#define D {w}\n#define ROWS {_ROWS_PER_BLOCK}\n"
+    return header + defines + f"#define DACT {deriv}\n" + _ACT_BWD_BIAS_SRC
+
+
 @cache
 def _act_bwd_bias(dtype: str, code: int) -> cp.RawKernel:
-    deriv = _DACT[code].replace("y", "yv")
-    src = (
-        f"#define T {dtype}\n#define ROWS {_ROWS_PER_BLOCK}\n#define DACT {deriv}\n"
-        + _ACT_BWD_BIAS_SRC
+    return cp.RawKernel(_act_bwd_bias_source(dtype, dtype, "", code), "act_bwd_bias")
+
+
+@cache
+def _act_bwd_bias_half(half: str, code: int) -> cp.RawKernel:
+    """The same for half activations: float math, float32 bias gradients."""
+    return cp.RawKernel(
+        _act_bwd_bias_source(half, "float", _HALF_HEADER[half], code), "act_bwd_bias"
     )
-    return cp.RawKernel(src, "act_bwd_bias")
 
 
 def act_backward_bias(y: Any, dy: Any, code: int, alpha: float, dz: Any, db: Any) -> None:
     """``dz = dy * act'(y)`` and ``db = dz.sum(axis=0)`` in one kernel; batches of more than
-    ``_ROWS_PER_BLOCK`` rows add blocks' sums atomically into ``db``, zeroed here first."""
+    ``_ROWS_PER_BLOCK`` rows add blocks' sums atomically into ``db``, zeroed here first. Half
+    ``y``, ``dy``, ``dz`` (mixed precision) take a float32 ``db``."""
     n, m = y.shape
     grid = ((m + 31) // 32, (n + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK)
     if grid[1] > 1:
         db.fill(0)
-    _act_bwd_bias(ctype(y.dtype), code)(
-        grid, (32, 8), (y, dy, dz, db, np.int32(n), np.int32(m), y.dtype.type(alpha))
+    if y.dtype.itemsize == 2:
+        kernel, a = _act_bwd_bias_half(y.dtype.name, code), np.float32(alpha)
+    else:
+        kernel, a = _act_bwd_bias(ctype(y.dtype), code), y.dtype.type(alpha)
+    kernel(grid, (32, 8), (y, dy, dz, db, np.int32(n), np.int32(m), a))
+
+
+# ---------------------------------------------------------------------------- half precision
+# Mixed precision's activations (float16, bfloat16: CuPy's classes) with float math: casts (the
+# loss gradient times the device loss scale), bias + activation, activation and its gradient;
+# fp16 loss scaling's unscale-and-count and scale update.
+_HALF_HEADER = {
+    "float16": "#include <cupy/float16.cuh>\n",
+    "bfloat16": "#include <cupy/bfloat16.cuh>\n",
+}
+_ACT_F = {code: expr.replace("(T)", "(float)") for code, expr in _ACT.items()}
+_DACT_F = {code: expr.replace("(T)", "(float)") for code, expr in _DACT.items()}
+
+
+@cache
+def _to_half(half: str) -> cp.ElementwiseKernel:
+    return cp.ElementwiseKernel(
+        "float32 src, raw float64 scale",
+        "T out",
+        "out = T(src * (float)scale[0]);",
+        f"fastnet_to_{half}",
+        preamble=_HALF_HEADER[half],
     )
+
+
+@cache
+def _from_half(half: str) -> cp.ElementwiseKernel:
+    return cp.ElementwiseKernel(
+        "T src",
+        "float32 out",
+        "out = (float)src;",
+        f"fastnet_from_{half}",
+        preamble=_HALF_HEADER[half],
+    )
+
+
+@cache
+def _ones(device: int) -> cp.ndarray:
+    return cp.ones(1, dtype=np.float64)
+
+
+def cast(src: Any, out: Any, scale: Any = None) -> None:
+    """``out = src`` (times ``scale[0]``, float64 on the device) between float32 and a half
+    dtype; C-contiguous arrays of one size."""
+    if out.dtype.itemsize == 2:
+        scale = _ones(cp.cuda.Device().id) if scale is None else scale
+        _to_half(out.dtype.name)(src, scale, out)
+    else:
+        _from_half(src.dtype.name)(src, out)
+
+
+@cache
+def _bias_act_half(half: str, code: int) -> cp.ElementwiseKernel:
+    return cp.ElementwiseKernel(
+        "raw T b, int32 ncol, float32 alpha",
+        "T z",
+        f"float v = (float)z + (float)b[i % ncol]; z = T({_ACT_F[code]});",
+        f"fastnet_bias_act_{half}_{code}",
+        preamble=_HALF_HEADER[half],
+    )
+
+
+@cache
+def _act_half(half: str, code: int) -> cp.ElementwiseKernel:
+    return cp.ElementwiseKernel(
+        "T x, float32 alpha",
+        "T y",
+        f"float v = (float)x; y = T({_ACT_F[code]});",
+        f"fastnet_act_{half}_{code}",
+        preamble=_HALF_HEADER[half],
+    )
+
+
+@cache
+def _act_grad_half(half: str, code: int) -> cp.ElementwiseKernel:
+    deriv = _DACT_F[code].replace("y", "yv")
+    return cp.ElementwiseKernel(
+        "T y, T dy, float32 alpha",
+        "T dz",
+        f"float yv = (float)y; dz = T((float)dy * {deriv});",
+        f"fastnet_act_grad_{half}_{code}",
+        preamble=_HALF_HEADER[half],
+    )
+
+
+def bias_act_half(z: Any, b: Any, code: int, alpha: float) -> Any:
+    return _bias_act_half(z.dtype.name, code)(b, np.int32(z.shape[1]), np.float32(alpha), z)
+
+
+def activation_half(x: Any, code: int, alpha: float, out: Any) -> Any:
+    return _act_half(x.dtype.name, code)(x, np.float32(alpha), out)
+
+
+def activation_backward_half(y: Any, dy: Any, code: int, alpha: float, out: Any) -> Any:
+    return _act_grad_half(y.dtype.name, code)(y, dy, np.float32(alpha), out)
+
+
+_UNSCALE_SRC = r"""
+// g /= the loss scale; the count of non-finite results added into checks[1] (float64).
+extern "C" __global__ void unscale(T* g, const double* state, double* checks, long long n) {
+    T inv = (T)(1.0 / state[0]);
+    int bad = 0;
+    long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        T v = g[i] * inv;
+        g[i] = v;
+        bad += !isfinite(v);
+    }
+    for (int offset = 16; offset > 0; offset >>= 1) {  // every lane gets here: a warp's sum
+        bad += __shfl_down_sync(0xffffffffu, bad, offset);
+    }
+    if ((threadIdx.x & 31) == 0 && bad) atomicAdd(&checks[1], (double)bad);
+}
+"""
+
+
+@cache
+def _unscale(dtype: str) -> cp.RawKernel:
+    return cp.RawKernel(f"#define T {dtype}\n" + _UNSCALE_SRC, "unscale")
+
+
+def unscale(g: Any, state: Any, checks: Any) -> None:
+    blocks = max(1, min(1024, (g.size + 255) // 256))
+    _unscale(ctype(g.dtype))((blocks,), (256,), (g, state, checks, np.int64(g.size)))
+
+
+_LOSS_SCALE_SRC = r"""
+// Dynamic loss scaling after a step (one thread): state = [scale, clean steps].
+extern "C" __global__ void update_loss_scale(double* state, const double* checks,
+                                             double interval, double growth, double backoff) {
+    if (checks[1] > 0.0) {
+        state[0] *= backoff;
+        state[1] = 0.0;
+    } else if (state[1] + 1.0 >= interval) {
+        state[0] *= growth;
+        state[1] = 0.0;
+    } else {
+        state[1] += 1.0;
+    }
+}
+"""
+
+
+@cache
+def _update_loss_scale() -> cp.RawKernel:
+    return cp.RawKernel(_LOSS_SCALE_SRC, "update_loss_scale")
+
+
+def update_loss_scale(
+    state: Any, checks: Any, interval: int, growth: float, backoff: float
+) -> None:
+    _update_loss_scale()((1,), (1,), (state, checks, float(interval), growth, backoff))
 
 
 # ---------------------------------------------------------------------------- softmax + CE
@@ -795,7 +961,7 @@ def cublas_gemm() -> CublasGemm:
 
 # ---------------------------------------------------------------------------- sources for CI
 # Non-raw elementwise inputs the launchers pass as arrays (the rest are scalars).
-_ARRAY_INPUTS = frozenset({"v", "x", "y", "dy", "g", "mask"})
+_ARRAY_INPUTS = frozenset({"v", "x", "y", "dy", "g", "mask", "src"})
 
 
 def kernel_sources() -> list[tuple[str, str]]:
@@ -817,6 +983,7 @@ def kernel_sources() -> list[tuple[str, str]]:
         "code": sorted(_ACT),
         "dtype": sorted(set(_CTYPE.values())),
         "rule": sorted(UPDATE_RULES),
+        "half": sorted(_HALF_HEADER),
     }
     sources: dict[str, str] = {}
     for fname, factory in sorted(globals().items()):
@@ -831,6 +998,7 @@ def kernel_sources() -> list[tuple[str, str]]:
             if isinstance(kernel, cp.RawKernel):
                 sources[f"{kernel.name}[{','.join(map(str, args))}]"] = kernel.code
                 continue
-            for dt in (np.dtype(np.float32), np.dtype(np.float64)):
-                sources[f"{kernel.name}[{dt.name}]"] = elementwise_source(kernel, dt, _ARRAY_INPUTS)
+            dtypes = [args[names.index("half")]] if "half" in names else ["float32", "float64"]
+            for dt in dtypes:
+                sources[f"{kernel.name}[{dt}]"] = elementwise_source(kernel, dt, _ARRAY_INPUTS)
     return list(sources.items())

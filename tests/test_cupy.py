@@ -456,3 +456,79 @@ def test_mixed_bfloat16_on_cupy_14_or_a_clear_error():
     model.fit(X, y, epochs=2, batch_size=64, verbose=0)
     assert model.layers[0].W.compute.dtype.name == "bfloat16" and model.loss_scaler is None
     assert model.evaluate(X, y)["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_half_kernels_match_the_reference_ops(half):
+    """cupy's half-precision ops (mixed precision) against the NumPy reference on the same
+    half inputs: casts with the device loss scale, bias + activation, activation and its
+    gradient, the fused activation gradient with float32 bias sums, unscale and the scale
+    update; within one half rounding."""
+    import cupy
+
+    from fastnet.backends.base import Act, Backend
+
+    if half == "bfloat16":
+        if int(cupy.__version__.split(".")[0]) < 14:
+            pytest.skip("CuPy < 14 has no bfloat16 arrays")
+        import ml_dtypes
+
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    else:
+        dtype = np.dtype(np.float16)
+    gpu, ref = fn.get_backend("cupy"), Backend()
+    r = np.random.default_rng(0)
+    z32 = r.normal(size=(300, 40)).astype(np.float32)
+    z, b = z32.astype(dtype), r.normal(size=40).astype(dtype)
+    tol = dict(rtol=1e-2 if half == "float16" else 2e-2, atol=1e-2)
+    scale = np.array([1024.0])
+
+    def on_gpu(fn_name, *args):
+        moved = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+        out = getattr(gpu, fn_name)(*moved)
+        return [
+            cupy.asnumpy(a).astype(np.float32) for a in moved if isinstance(a, cupy.ndarray)
+        ], out
+
+    got, _ = on_gpu("cast", z32, np.empty(z.shape, dtype), scale)
+    want = ref.cast(z32, np.empty(z.shape, dtype), scale).astype(np.float32)
+    np.testing.assert_array_equal(got[1], want)  # one rounding of an exact product
+    for act in Act:
+        got, _ = on_gpu("bias_act", z.copy(), b, act, 0.1)
+        want = ref.bias_act(z.astype(np.float32), b.astype(np.float32), act, 0.1)
+        np.testing.assert_allclose(got[0], want, **tol)
+        y = ref.activation(z, act, 0.1, np.empty_like(z))
+        got, _ = on_gpu(
+            "act_backward_bias", y, z, act, 0.1, np.empty_like(z), np.empty(40, np.float32)
+        )
+        dz = ref.activation_backward(y.astype(np.float32), z.astype(np.float32), act, 0.1)
+        np.testing.assert_allclose(got[2], dz, **tol)
+        np.testing.assert_allclose(got[3], dz.sum(axis=0), rtol=1e-2, atol=0.5)
+    g = np.array([4.0, np.inf, -8.0, np.nan] * 100, np.float32)
+    state, checks = np.array([4.0, 3.0]), np.zeros(2)
+    got, _ = on_gpu("unscale", g, state, checks)
+    assert got[2][1] == 200 and got[0][0] == 1.0 and got[0][2] == -2.0
+    got, _ = on_gpu("update_loss_scale", state, got[2].astype(np.float64), 4, 2.0, 0.5)
+    np.testing.assert_array_equal(got[0], [2.0, 0.0])
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_steps_are_captured_and_equal_eager(policy):
+    """A Dense stack in mixed precision is captured on cupy (half kernels, cuBLASLt GEMMs,
+    loss scaling on the device) and trains as the eager step does."""
+    import cupy
+
+    if policy == "mixed_bfloat16" and int(cupy.__version__.split(".")[0]) < 14:
+        pytest.skip("CuPy < 14 has no bfloat16 arrays")
+    X, y = make_blobs(n=1000)
+    models = []
+    for compiled in (False, True):
+        layers = [fn.Dense(64, "relu"), fn.Dense(32, "tanh"), fn.Dense(4)]
+        model = fn.Sequential(layers, backend="cupy", dtype=policy, seed=0)
+        model.fit(X, y, epochs=2, batch_size=64, verbose=0, compiled=compiled, shuffle=False)
+        models.append(model)
+    eager, graphed = models
+    assert graphed.step_description.startswith("captured graph"), graphed.step_description
+    for a, b in zip(eager.parameters(), graphed.parameters()):
+        np.testing.assert_allclose(a.value.get(), b.value.get(), rtol=1e-5, atol=1e-6)
+    assert graphed.evaluate(X, y)["accuracy"] > 0.9

@@ -137,11 +137,29 @@ class CupyBackend(Backend):
         return dtype
 
     def plan_capture_reason(self, plan: Any) -> str:
-        if plan.compute_dtype != plan.dtype:  # reference ops: temporaries a graph cannot hold
-            return "mixed precision runs eagerly on cupy (no half-precision kernels yet)"
+        if plan.compute_dtype != plan.dtype and (reason := self._mixed_capture_reason(plan)):
+            return reason
         if any(getattr(layer, "collective", False) for layer in plan.layers):
             return "a synchronized BatchNorm1d runs eagerly on cupy (reference ops)"
         return super().plan_capture_reason(plan)
+
+    def _mixed_capture_reason(self, plan: Any) -> str:
+        """Mixed precision is captured where every op has a half kernel: Dense and activation
+        layers, their GEMMs through cuBLASLt (the float32 fallback allocates)."""
+        from fastnet.backends.plan import ActivationPlan, DensePlan
+
+        others = sorted(
+            {
+                type(p).__name__
+                for p in plan.layers
+                if not isinstance(p, (DensePlan, ActivationPlan))
+            }
+        )
+        if others:
+            return f"mixed precision captures Dense and activation layers only, not {others}"
+        if not self.use_cublaslt or self._lt_reason:
+            return f"mixed precision is captured with cuBLASLt only ({self._lt_reason or 'off'})"
+        return ""
 
     def graph_capture_reason(self) -> str:
         """Why training steps cannot be captured in CUDA graphs here ("" if they can)."""
@@ -220,6 +238,8 @@ class CupyBackend(Backend):
         if fused and self._cublaslt(x, w, out, precision, b, activation == Act.RELU):
             self.record_kernel("linear", "cublaslt-epilogue")
             return out
+        if _half(x, out) and self._cublaslt(x, w, out, precision):  # then the half kernel
+            return self.bias_act(out, b, activation, alpha)
         return super().linear(x, w, b, activation, alpha, out, precision)
 
     def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
@@ -241,6 +261,12 @@ class CupyBackend(Backend):
         return self.xp.matmul(a, b, out=out)
 
     def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
+        if _half(z) and z.ndim == 2 and (b is None or _half(b) and b.shape == (z.shape[1],)):
+            if b is None:
+                return self.activation(z, activation, alpha, z)
+            self.k.bias_act_half(z, b, int(activation), alpha)
+            self.record_kernel("bias_act", "cuda-half")
+            return z
         if b is None or z.ndim != 2 or b.shape != (z.shape[1],) or not contiguous_floats(z, b):
             return super().bias_act(z, b, activation, alpha)
         self.k.bias_act(z, b, int(activation), alpha)
@@ -257,7 +283,7 @@ class CupyBackend(Backend):
             or y.ndim != 2
             or not y.shape == dy.shape == dz.shape
             or db.shape != (y.shape[1],)
-            or not contiguous_floats(y, dy, dz, db)
+            or not (contiguous_floats(y, dy, dz, db) or _half(y, dy, dz) and _f32(db))
         ):
             return super().act_backward_bias(y, dy, activation, alpha, dz, db)
         self.k.act_backward_bias(y, dy, int(activation), alpha, dz, db)
@@ -267,6 +293,10 @@ class CupyBackend(Backend):
     def activation(self, x: Any, activation: Act, alpha: float = 0.01, out: Any = None) -> Any:
         if out is None:
             out = self.xp.empty_like(x)
+        if _half(x, out) and x.shape == out.shape:
+            self.k.activation_half(x, int(activation), alpha, out)
+            self.record_kernel("activation", "cuda-half")
+            return out
         if not contiguous_floats(x, out):
             return super().activation(x, activation, alpha, out)
         self.k.activation(x, int(activation), alpha, out)
@@ -278,6 +308,10 @@ class CupyBackend(Backend):
     ) -> Any:
         if out is None:
             out = self.xp.empty_like(dy)
+        if _half(y, dy, out) and y.shape == dy.shape == out.shape:
+            self.k.activation_backward_half(y, dy, int(activation), alpha, out)
+            self.record_kernel("activation_backward", "cuda-half")
+            return out
         if not contiguous_floats(y, dy, out):
             return super().activation_backward(y, dy, activation, alpha, out)
         self.k.activation_backward(y, dy, int(activation), alpha, out)
@@ -460,6 +494,29 @@ class CupyBackend(Backend):
 
     def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:
         self.k.advance_scalars(s, checks, constants)
+
+    # ------------------------------------------------------------------ mixed precision
+    def cast(self, src: Any, out: Any, scale: Any = None) -> Any:
+        """One kernel between float32 and a half dtype (times the device ``scale``)."""
+        to_half = _f32(src) and _half(out)
+        from_half = _half(src) and _f32(out) and scale is None
+        if src.shape != out.shape or not (to_half or from_half):
+            return super().cast(src, out, scale)
+        self.k.cast(src, out, scale)
+        self.record_kernel("cast", "cuda-half")
+        return out
+
+    def unscale(self, g: Any, state: Any, checks: Any) -> None:
+        if not contiguous_floats(g):
+            return super().unscale(g, state, checks)
+        self.k.unscale(g, state, checks)
+        self.record_kernel("unscale", "cuda")
+
+    def update_loss_scale(
+        self, state: Any, checks: Any, growth_interval: int, growth: float, backoff: float
+    ) -> None:
+        self.k.update_loss_scale(state, checks, growth_interval, growth, backoff)
+        self.record_kernel("update_loss_scale", "cuda")
         self.record_kernel("advance_scalars", "cuda")
 
     def sum_squares(self, g: Any, out: Any) -> None:
@@ -501,3 +558,17 @@ class _CudaGraph:
         import cupy
 
         self.graph.launch(cupy.cuda.get_current_stream())
+
+
+def _half(*arrays: Any) -> bool:
+    """All C-contiguous, of one 2-byte float dtype (float16, or ml_dtypes' bfloat16)."""
+    dtype = arrays[0].dtype
+    return (
+        dtype.itemsize == 2
+        and dtype.kind in "fV"
+        and all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+    )
+
+
+def _f32(a: Any) -> bool:
+    return a.dtype == np.float32 and a.flags.c_contiguous
