@@ -152,26 +152,19 @@ _ACT_F = {code: expr.replace("(T)", "(float)") for code, expr in _ACT.items()}
 _DACT_F = {code: expr.replace("(T)", "(float)") for code, expr in _DACT.items()}
 
 
+def _half_kernel(half: str, params: str, out: str, body: str, name: str) -> Any:
+    return cp.ElementwiseKernel(params, out, body, f"fastnet_{name}", preamble=_HALF_HEADER[half])
+
+
 @cache
 def _to_half(half: str) -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel(
-        "float32 src, raw float64 scale",
-        "T out",
-        "out = T(src * (float)scale[0]);",
-        f"fastnet_to_{half}",
-        preamble=_HALF_HEADER[half],
-    )
+    body = "out = T(src * (float)scale[0]);"
+    return _half_kernel(half, "float32 src, raw float64 scale", "T out", body, f"to_{half}")
 
 
 @cache
 def _from_half(half: str) -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel(
-        "T src",
-        "float32 out",
-        "out = (float)src;",
-        f"fastnet_from_{half}",
-        preamble=_HALF_HEADER[half],
-    )
+    return _half_kernel(half, "T src", "float32 out", "out = (float)src;", f"from_{half}")
 
 
 @cache
@@ -181,7 +174,7 @@ def _ones(device: int) -> cp.ndarray:
 
 def cast(src: Any, out: Any, scale: Any = None) -> None:
     """``out = src`` (times ``scale[0]``, float64 on the device) between float32 and a half
-    dtype; C-contiguous arrays of one size."""
+    dtype; C-contiguous arrays of one size (the first call, eager, allocates the ones)."""
     if out.dtype.itemsize == 2:
         scale = _ones(cp.cuda.Device().id) if scale is None else scale
         _to_half(out.dtype.name)(src, scale, out)
@@ -191,36 +184,21 @@ def cast(src: Any, out: Any, scale: Any = None) -> None:
 
 @cache
 def _bias_act_half(half: str, code: int) -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel(
-        "raw T b, int32 ncol, float32 alpha",
-        "T z",
-        f"float v = (float)z + (float)b[i % ncol]; z = T({_ACT_F[code]});",
-        f"fastnet_bias_act_{half}_{code}",
-        preamble=_HALF_HEADER[half],
-    )
+    body = f"float v = (float)z + (float)b[i % ncol]; z = T({_ACT_F[code]});"
+    params = "raw T b, int32 ncol, float32 alpha"
+    return _half_kernel(half, params, "T z", body, f"bias_act_{half}_{code}")
 
 
 @cache
 def _act_half(half: str, code: int) -> cp.ElementwiseKernel:
-    return cp.ElementwiseKernel(
-        "T x, float32 alpha",
-        "T y",
-        f"float v = (float)x; y = T({_ACT_F[code]});",
-        f"fastnet_act_{half}_{code}",
-        preamble=_HALF_HEADER[half],
-    )
+    body = f"float v = (float)x; y = T({_ACT_F[code]});"
+    return _half_kernel(half, "T x, float32 alpha", "T y", body, f"act_{half}_{code}")
 
 
 @cache
 def _act_grad_half(half: str, code: int) -> cp.ElementwiseKernel:
-    deriv = _DACT_F[code].replace("y", "yv")
-    return cp.ElementwiseKernel(
-        "T y, T dy, float32 alpha",
-        "T dz",
-        f"float yv = (float)y; dz = T((float)dy * {deriv});",
-        f"fastnet_act_grad_{half}_{code}",
-        preamble=_HALF_HEADER[half],
-    )
+    body = f"float yv = (float)y; dz = T((float)dy * {_DACT_F[code].replace('y', 'yv')});"
+    return _half_kernel(half, "T y, T dy, float32 alpha", "T dz", body, f"act_grad_{half}_{code}")
 
 
 def bias_act_half(z: Any, b: Any, code: int, alpha: float) -> Any:

@@ -633,27 +633,9 @@ class Backend:
         Backends with fused kernels override this and fall back here for what they lack."""
         self.record_kernel(f"update_{rule.kernel}")
         xp = self.xp
-        if xp is not np:  # the device's SKIP flag decides without a host read
-            kept = [a.copy() for a in (p, *slots)]
-            self._update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
-            for a, before in zip((p, *slots), kept, strict=True):
-                xp.copyto(a, before, where=s[6:7] != 0)
-        elif not s[6]:
-            self._update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
-
-    def _update(
-        self,
-        rule: Any,
-        p: Any,
-        g: Any,
-        slots: tuple,
-        s: Any,
-        constants: tuple,
-        n_decay: int,
-        wd: float,
-        clip_value: float | None,
-    ) -> None:
-        xp = self.xp
+        if xp is np and s[6]:  # SKIP (the host's memory: read it)
+            return
+        kept = None if xp is np else [a.copy() for a in (p, *slots)]  # restored on a device SKIP
         sc = s.astype(p.dtype)  # the step's scalars in the parameters' dtype
         step, eps, shrink, gscale = sc[2], sc[3], sc[4], sc[5]
         nd = min(int(n_decay), p.shape[0])
@@ -669,6 +651,9 @@ class Backend:
             p[:nd] *= shrink
         rule.reference(xp, p, g, slots, step, eps, constants)
         self._flush_subnormal(slots, np.finfo(p.dtype).tiny)
+        if kept is not None:
+            for a, before in zip((p, *slots), kept, strict=True):
+                xp.copyto(a, before, where=s[6:7] != 0)
 
     def _flush_subnormal(self, arrays: tuple, tiny: float) -> None:
         """Set elements with magnitude below ``tiny`` (the smallest normal number) to zero;
