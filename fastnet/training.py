@@ -483,7 +483,11 @@ class Trainer:
     def _prepare_fit(self, X: Any, y: Any, opts: FitOptions) -> FitRun:
         """Every check of ``fit``'s arguments and data, changing nothing."""
         epochs = check_positive_int(opts.epochs, "epochs")
-        check_positive_int(opts.batch_size, "batch_size")
+        if check_positive_int(opts.batch_size, "batch_size") < self.min_batch_rows():
+            raise ValueError(
+                f"batch_size must be at least {self.min_batch_rows()} for this model "
+                f"(BatchNorm1d normalizes over a batch's rows), got {opts.batch_size}"
+            )
         if opts.on_divergence not in DIVERGENCE_POLICIES:
             raise ValueError(
                 f"on_divergence must be one of {DIVERGENCE_POLICIES}, got {opts.on_divergence!r}"
@@ -733,17 +737,14 @@ class Trainer:
     ) -> Any:
         """The data-parallel step: captured with the all-reduce inside where the backend, the
         model and the communicator allow it (and ``compiled`` is not False), else eager."""
-        from fastnet.distributed import rank_slice
-
-        lo, hi = rank_slice(0, batch_size, group.rank, group.world_size)
-        reason = (
+        reason = (  # the same on every rank: all capture (and skip collectives) or none
             "compiled=False"
             if compiled is False
             else "data streamed from the host"
             if streamed
             else self.backend.plan_capture_reason(self.step_plan())
             or group.capture_reason(self.backend)
-            or ("" if hi > lo else "this rank has no rows of a full batch")
+            or ("" if batch_size >= group.world_size else "a batch has fewer rows than ranks")
         )
         if reason:
             if compiled is True:

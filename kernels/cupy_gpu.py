@@ -173,8 +173,9 @@ def _ones(device: int) -> cp.ndarray:
 
 
 def cast(src: Any, out: Any, scale: Any = None) -> None:
-    """``out = src`` (times ``scale[0]``, float64 on the device) between float32 and a half
-    dtype; C-contiguous arrays of one size (the first call, eager, allocates the ones)."""
+    """``out = src`` (times ``scale[0]``, float64 on the device, multiplied in float: exact
+    for the loss scale's powers of two) between float32 and a half dtype; C-contiguous arrays
+    of one size (the first call, eager, allocates the ones)."""
     if out.dtype.itemsize == 2:
         scale = _ones(cp.cuda.Device().id) if scale is None else scale
         _to_half(out.dtype.name)(src, scale, out)
@@ -267,7 +268,8 @@ def _update_loss_scale() -> cp.RawKernel:
 def update_loss_scale(
     state: Any, checks: Any, interval: int, growth: float, backoff: float
 ) -> None:
-    _update_loss_scale()((1,), (1,), (state, checks, float(interval), growth, backoff))
+    values = (np.float64(interval), np.float64(growth), np.float64(backoff))
+    _update_loss_scale()((1,), (1,), (state, checks, *values))
 
 
 # ---------------------------------------------------------------------------- softmax + CE

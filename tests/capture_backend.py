@@ -102,6 +102,8 @@ class CaptureSimBackend(NumpyBackend):
 
     def _recording(self, op: str, fn: Callable) -> Callable:
         def call(*args: Any, **kwargs: Any) -> Any:
+            if self.capturing and op in COLLECTIVES and self.depth > 0:
+                return None  # inside a recorded op (a synchronized batch norm's): not run either
             if self.depth == 0:
                 self.issued.append((op, self.stream))
                 if self.capturing:

@@ -257,3 +257,11 @@ def test_synchronized_batchnorm_config_and_checks():
     for model in models:
         model.fit(X, y, epochs=2, batch_size=16, verbose=0)
     _assert_same(*models)
+
+
+def test_a_batch_norm_model_refuses_batches_of_one_row_before_training():
+    X, y = _data()
+    model = _model(CaptureSimBackend(), layers=lambda: [fn.Dense(8), fn.BatchNorm1d(), fn.Dense(4)])
+    with pytest.raises(ValueError, match="batch_size must be at least 2"):
+        model.fit(X, y, epochs=1, batch_size=1, verbose=0)
+    assert not model.built  # nothing changed

@@ -64,6 +64,11 @@ def test_every_kernel_family_is_enumerated():
         "fastnet_adam",
     }
     expected |= {f"fastnet_{k}_{c}" for k in ("bias_act", "act", "act_grad") for c in range(5)}
+    halves = ("float16", "bfloat16")  # mixed precision's kernels, for both half types
+    expected |= {"unscale", "update_loss_scale"}
+    expected |= {f"fastnet_{d}_{h}" for d in ("to", "from") for h in halves}
+    kinds = ("bias_act", "act", "act_grad")
+    expected |= {f"fastnet_{k}_{h}_{c}" for k in kinds for h in halves for c in range(5)}
     assert expected <= names, sorted(expected - names)
     assert {n for n, _ in SOURCES if n.startswith("fastnet_sgd")} == {
         "fastnet_sgd[float32]",

@@ -170,7 +170,7 @@ def test_cli_refuses_distributed_outside_mpirun(monkeypatch, capsys):
 @pytest.mark.parametrize(
     "ranks, rows, batch, compiled",
     [(2, 300, 64, False), (3, 259, 64, False), (3, 40, 2, False), (2, 300, 64, True)]
-    + [(3, 259, 64, True)],
+    + [(3, 259, 64, True), (3, 40, 2, True)],
 )
 def test_synchronized_batchnorm_ranks_train_as_one_process(tmp_path, ranks, rows, batch, compiled):
     """Synchronized BatchNorm1d: statistics and their gradients over the global batch, so K

@@ -493,8 +493,8 @@ class Backend:
         self.allreduce(comm, sums)
         if dx is None or n == 0:
             return dx
-        scale = sums[-1:] * n
-        u, v = (sums[:d] / scale).astype(dx.dtype), (sums[d : 2 * d] / scale).astype(dx.dtype)
+        scale = sums[-1:] * n  # combined in dxhat's dtype (float32 for half), rounded once
+        u, v = (sums[:d] / scale).astype(dxhat.dtype), (sums[d : 2 * d] / scale).astype(dxhat.dtype)
         return xp.multiply(inv_std, dxhat - u - xhat * v, out=dx)
 
     # ------------------------------------------------------------------ losses

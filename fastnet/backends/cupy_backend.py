@@ -143,6 +143,16 @@ class CupyBackend(Backend):
             return "a synchronized BatchNorm1d runs eagerly on cupy (reference ops)"
         return super().plan_capture_reason(plan)
 
+    def _no_half_fallback_in_capture(self, op: str) -> None:
+        """The float32 reference of a half GEMM allocates: inside a capture it would hand the
+        graph pool memory; fail clearly instead (train with compiled=False)."""
+        if self.xp.cuda.get_current_stream().is_capturing():
+            raise RuntimeError(
+                f"mixed precision: cuBLASLt has no algorithm for this half {op} inside a CUDA "
+                f"graph capture ({self._lt_reason or 'no heuristic result'}); fit with "
+                "compiled=False"
+            )
+
     def _mixed_capture_reason(self, plan: Any) -> str:
         """Mixed precision is captured where every op has a half kernel: Dense and activation
         layers, their GEMMs through cuBLASLt (the float32 fallback allocates)."""
@@ -150,7 +160,7 @@ class CupyBackend(Backend):
 
         others = sorted(
             {
-                type(p).__name__
+                getattr(p, "name", type(p).__name__)
                 for p in plan.layers
                 if not isinstance(p, (DensePlan, ActivationPlan))
             }
@@ -238,8 +248,10 @@ class CupyBackend(Backend):
         if fused and self._cublaslt(x, w, out, precision, b, activation == Act.RELU):
             self.record_kernel("linear", "cublaslt-epilogue")
             return out
-        if _half(x, out) and self._cublaslt(x, w, out, precision):  # then the half kernel
-            return self.bias_act(out, b, activation, alpha)
+        if _half(x, out) and self._cublaslt(x, w, out, precision, b):  # bias in the epilogue
+            return self.activation(out, activation, alpha, out)  # rounded twice: not ReLU
+        if _half(x, out):
+            self._no_half_fallback_in_capture("linear")
         return super().linear(x, w, b, activation, alpha, out, precision)
 
     def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
@@ -252,6 +264,7 @@ class CupyBackend(Backend):
             self.record_kernel("matmul", "cublaslt")
             return out
         if a.dtype.itemsize == 2 or b.dtype.itemsize == 2:  # half: the float32 reference
+            self._no_half_fallback_in_capture("matmul")
             return super().matmul(a, b, out, precision)
         if self._gemm is not None and out.flags.c_contiguous and self._gemm.supports(a, b, out):
             self.record_kernel("matmul", self._gemm_name)
@@ -261,7 +274,7 @@ class CupyBackend(Backend):
         return self.xp.matmul(a, b, out=out)
 
     def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
-        if _half(z) and z.ndim == 2 and (b is None or _half(b) and b.shape == (z.shape[1],)):
+        if _half(z) and z.ndim == 2 and (b is None or _half(z, b) and b.shape == (z.shape[1],)):
             if b is None:
                 return self.activation(z, activation, alpha, z)
             self.k.bias_act_half(z, b, int(activation), alpha)
@@ -494,6 +507,7 @@ class CupyBackend(Backend):
 
     def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:
         self.k.advance_scalars(s, checks, constants)
+        self.record_kernel("advance_scalars", "cuda")
 
     # ------------------------------------------------------------------ mixed precision
     def cast(self, src: Any, out: Any, scale: Any = None) -> Any:
@@ -517,7 +531,6 @@ class CupyBackend(Backend):
     ) -> None:
         self.k.update_loss_scale(state, checks, growth_interval, growth, backoff)
         self.record_kernel("update_loss_scale", "cuda")
-        self.record_kernel("advance_scalars", "cuda")
 
     def sum_squares(self, g: Any, out: Any) -> None:
         if not contiguous_floats(g) or out.dtype != np.float64:
@@ -561,12 +574,10 @@ class _CudaGraph:
 
 
 def _half(*arrays: Any) -> bool:
-    """All C-contiguous, of one 2-byte float dtype (float16, or ml_dtypes' bfloat16)."""
+    """All C-contiguous, of one half dtype (float16, or ml_dtypes' bfloat16)."""
     dtype = arrays[0].dtype
-    return (
-        dtype.itemsize == 2
-        and dtype.kind in "fV"
-        and all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
+    return dtype.name in ("float16", "bfloat16") and all(
+        a.dtype == dtype and a.flags.c_contiguous for a in arrays
     )
 
 
