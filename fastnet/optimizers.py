@@ -112,6 +112,7 @@ class Optimizer:
             group.n_decay,
             0.0 if self.decoupled else self.weight_decay,
             self.clip_value,
+            None if group.compute is group.values else group.compute,
         )
 
     def reference(

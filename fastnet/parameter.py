@@ -165,8 +165,8 @@ class ParameterArena:
     def update(self) -> None:
         """One optimizer step of every group, on the device: the loss scale divided out
         (mixed float16), the squared global gradient norm (for ``clip_norm``) over the whole
-        arena, each group's scalars advanced, one fused update call per group, the half copies
-        refreshed. No host value enters: a captured step replays it exactly."""
+        arena, each group's scalars advanced, one fused update call per group (refreshing its
+        half copy). No host value enters: a captured step replays it exactly."""
         backend, scaler = self.backend, self.scaler
         if self.clips_norm or scaler is not None:
             backend.fill(self.checks, 0.0)
@@ -178,7 +178,6 @@ class ParameterArena:
                 backend.sum_squares(group.grads, self.checks[:1])
         for group in self.groups:
             backend.advance_scalars(group.scalars, self.checks, group.optimizer.scalar_constants())
-            group.optimizer.update(group, backend)
-            group.refresh_compute()
+            group.optimizer.update(group, backend)  # the half copy too (mixed precision)
         if scaler is not None:
             scaler.advance(self.checks)

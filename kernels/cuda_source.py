@@ -36,13 +36,19 @@ _C_NAME = {
 HALF_NAMES = ("float16", "bfloat16")  # CuPy's classes (cupy/float16.cuh, cupy/bfloat16.cuh)
 
 
+def _c_name(dtype: Any) -> str:
+    return dtype if dtype in HALF_NAMES else _C_NAME[np.dtype(dtype)]
+
+
 def elementwise_source(kernel: Any, dtype: Any, arrays: Collection[str]) -> str:
-    """Source of ``kernel`` with ``T = dtype``; non-raw inputs named in ``arrays`` are arrays, the
-    other non-raw inputs scalars; outputs and ``raw`` parameters are always arrays."""
-    t = dtype if dtype in HALF_NAMES else _C_NAME[np.dtype(dtype)]
+    """Source of ``kernel`` with ``T = dtype`` (or with each placeholder of the mapping
+    ``dtype`` given its type, e.g. ``{"T": "float32", "H": "float16"}``); non-raw inputs named
+    in ``arrays`` are arrays, the other non-raw inputs scalars; outputs and ``raw`` parameters
+    are always arrays."""
+    types = {k: _c_name(v) for k, v in (dtype if isinstance(dtype, dict) else {"T": dtype}).items()}
     params, loads = [], []
     for p in (*kernel.in_params, *kernel.out_params):
-        c = t if p.dtype is None else _C_NAME[np.dtype(p.dtype)]
+        c = types[p.ctype] if p.dtype is None else _C_NAME[np.dtype(p.dtype)]
         const = "const " if p.is_const else ""
         if p.raw:
             params.append(f"{const}CArray<{c}, 1, 1, 1> {p.name}")
@@ -52,7 +58,8 @@ def elementwise_source(kernel: Any, dtype: Any, arrays: Collection[str]) -> str:
         else:
             params.append(f"{const}{c} {p.name}")
     params.append("CIndexer<1, 1> _ind")
-    typedef = f"typedef {t} T;\n" if "T" in {p.ctype for p in kernel.params} else ""
+    used = {p.ctype for p in kernel.params}
+    typedef = "".join(f"typedef {c} {name};\n" for name, c in sorted(types.items()) if name in used)
     loop_prep = kernel.kwargs.get("loop_prep", "")
     after_loop = kernel.kwargs.get("after_loop", "")
     operation = "\n".join([*loads, kernel.operation])

@@ -769,6 +769,20 @@ def update_kernel(rule: str) -> cp.ElementwiseKernel:
     )
 
 
+@cache
+def update_kernel_half(rule: str, half: str) -> cp.ElementwiseKernel:
+    """``update_kernel`` for float32 master weights that also writes their half copy ``ph``
+    (mixed precision) in the same pass; a skipped step leaves it too."""
+    extra, outputs, body = UPDATE_RULES[rule]
+    return cp.ElementwiseKernel(
+        "T g, " + extra + _PRE,
+        outputs + ", H ph",
+        _WD + body + "ph = H((float)p);",
+        f"fastnet_{rule}_{half}",
+        preamble=_HALF_HEADER[half] + _FLUSH,
+    )
+
+
 _ADVANCE_SRC = r"""
 // A parameter group's scalars for its next update (fastnet.parameter's layout): t += 1, the step
 // size and eps (Adam's bias correction when asked), the decoupled-decay shrink, the clip scale.
@@ -979,6 +993,9 @@ def kernel_sources() -> list[tuple[str, str]]:
                 sources[f"{kernel.name}[{','.join(map(str, args))}]"] = kernel.code
                 continue
             dtypes = [args[names.index("half")]] if "half" in names else ["float32", "float64"]
+            placeholders = {p.ctype for p in kernel.params if p.dtype is None}
             for dt in dtypes:
-                sources[f"{kernel.name}[{dt}]"] = elementwise_source(kernel, dt, _ARRAY_INPUTS)
+                types = {"T": "float32", "H": dt} if "H" in placeholders else {"T": dt}
+                source = elementwise_source(kernel, types, _ARRAY_INPUTS)
+                sources[f"{kernel.name}[{dt}]"] = source
     return list(sources.items())

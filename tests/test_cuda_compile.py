@@ -73,6 +73,8 @@ def test_every_kernel_family_is_enumerated():
     assert {n for n, _ in SOURCES if n.startswith("fastnet_sgd")} == {
         "fastnet_sgd[float32]",
         "fastnet_sgd[float64]",
+        "fastnet_sgd_float16[float16]",  # float32 master weights writing their half copy
+        "fastnet_sgd_bfloat16[bfloat16]",
     }
 
 

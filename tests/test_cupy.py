@@ -532,3 +532,25 @@ def test_mixed_steps_are_captured_and_equal_eager(policy):
     for a, b in zip(eager.parameters(), graphed.parameters()):
         np.testing.assert_allclose(a.value.get(), b.value.get(), rtol=1e-5, atol=1e-6)
     assert graphed.evaluate(X, y)["accuracy"] > 0.9
+
+
+def test_the_update_kernel_refreshes_the_half_copy_in_the_same_pass():
+    """Mixed precision: the fused Adam kernel writes the float16 copy of the new float32
+    parameters; a skipped step (SKIP) leaves parameters, slots and the copy alone."""
+    import cupy
+
+    gpu = fn.get_backend("cupy")
+    rule = fn.Adam(1e-2)
+    p = cupy.linspace(-1, 1, 1000, dtype=cupy.float32)
+    g = cupy.full(1000, 0.5, cupy.float32)
+    slots = (cupy.zeros(1000, cupy.float32), cupy.zeros(1000, cupy.float32))
+    half, s = cupy.zeros(1000, cupy.float16), cupy.zeros(8)
+    s[0] = 1e-2
+    gpu.advance_scalars(s, cupy.zeros(2), rule.scalar_constants())
+    gpu.update(rule, p, g, slots, s, rule.constants(), 1000, 0.0, None, half)
+    np.testing.assert_array_equal(half.get(), p.get().astype(np.float16))
+    before = [a.get() for a in (p, *slots, half)]
+    gpu.advance_scalars(s, cupy.asarray([0.0, 1.0]), rule.scalar_constants())
+    gpu.update(rule, p, g, slots, s, rule.constants(), 1000, 0.0, None, half)
+    for a, b in zip((p, *slots, half), before):
+        np.testing.assert_array_equal(a.get(), b)

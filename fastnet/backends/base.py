@@ -620,16 +620,19 @@ class Backend:
         n_decay: int,
         wd: float,
         clip_value: float | None,
+        compute: Any = None,
     ) -> None:
         """One step of update ``rule`` over a flat parameter group ``p`` and its state
         ``slots``, in place. The gradient is first multiplied by the device clip scale,
         clipped to ``[-clip_value, clip_value]``, and gets L2 decay ``wd * p`` on the leading
         ``n_decay`` elements, which are also shrunk by the device ``SHRINK`` (decoupled decay).
         Step size and eps come from the device scalars ``s``; ``constants`` are the rule's
-        (``rule.constants()``). Nothing changes when ``s[SKIP]`` is set (``advance_scalars``:
-        a mixed-precision step whose gradients overflowed). Slot values below the dtype's
-        smallest normal number are stored as zero (subnormal state makes every later update
-        slow on x86 CPUs: 25x for 20% subnormal Adam slots on an Intel Xeon).
+        (``rule.constants()``). ``compute`` (mixed precision: the group's half copy) gets the
+        new parameters, rounded, in the same pass. Nothing changes when ``s[SKIP]`` is set
+        (``advance_scalars``: a mixed-precision step whose gradients overflowed). Slot values
+        below the dtype's smallest normal number are stored as zero (subnormal state makes
+        every later update slow on x86 CPUs: 25x for 20% subnormal Adam slots on an Intel
+        Xeon).
         Backends with fused kernels override this and fall back here for what they lack."""
         self.record_kernel(f"update_{rule.kernel}")
         xp = self.xp
@@ -654,6 +657,8 @@ class Backend:
         if kept is not None:
             for a, before in zip((p, *slots), kept, strict=True):
                 xp.copyto(a, before, where=s[6:7] != 0)
+        if compute is not None:
+            self.cast(p, compute)
 
     def _flush_subnormal(self, arrays: tuple, tiny: float) -> None:
         """Set elements with magnitude below ``tiny`` (the smallest normal number) to zero;

@@ -483,26 +483,30 @@ class CupyBackend(Backend):
         n_decay: int,
         wd: float,
         clip_value: float | None,
+        compute: Any = None,
     ) -> None:
         """One ElementwiseKernel launch over a flat arena group (``kernels.cupy_gpu``'s
-        ``UPDATE_RULES``), reading the step's scalars from the device array ``s``; the
-        reference for rules without a kernel."""
+        ``UPDATE_RULES``), reading the step's scalars from the device array ``s``, writing the
+        half copy ``compute`` too (mixed precision); the reference for rules without a
+        kernel."""
         arrays = (p, g, *slots)
-        if rule.kernel not in self.k.UPDATE_RULES or not contiguous_floats(*arrays):
-            return super().update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
+        half = compute is not None and _f32(p) and _half(compute) and compute.shape == p.shape
+        if (
+            rule.kernel not in self.k.UPDATE_RULES
+            or not contiguous_floats(*arrays)
+            or (compute is not None and not half)
+        ):
+            args = (rule, p, g, slots, s, constants, n_decay, wd, clip_value, compute)
+            return super().update(*args)
         t = p.dtype.type
         clip = np.inf if clip_value is None else clip_value
-        self.k.update_kernel(rule.kernel)(
-            g,
-            *map(t, constants),
-            s,
-            t(wd),
-            np.int64(n_decay),
-            t(clip),
-            t(np.finfo(p.dtype).tiny),
-            p,
-            *slots,
-        )
+        kernel = self.k.update_kernel(rule.kernel)
+        outputs = (p, *slots)
+        if half:
+            kernel = self.k.update_kernel_half(rule.kernel, compute.dtype.name)
+            outputs += (compute,)
+        scalars = (t(wd), np.int64(n_decay), t(clip), t(np.finfo(p.dtype).tiny))
+        kernel(g, *map(t, constants), s, *scalars, *outputs)
         self.record_kernel(f"update_{rule.kernel}", "cuda-fused")
 
     def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:

@@ -326,6 +326,7 @@ class NumbaBackend(Backend):
         n_decay: int,
         wd: float,
         clip_value: float | None,
+        compute: Any = None,
     ) -> None:
         """``kernels.numba_cpu.<rule.kernel>_update`` over the flat group, scalars in the
         parameter dtype; the reference for rules without a kernel and for other layouts or
@@ -345,6 +346,8 @@ class NumbaBackend(Backend):
         )
         if s[6]:  # SKIP (advance_scalars): a mixed-precision step that overflowed
             return
+        if compute is not None:  # mixed precision (not numba's): the reference
+            return super().update(rule, p, g, slots, s, constants, n_decay, wd, clip_value, compute)
         call = self._update_calls.get(key)
         if call is None:
             call = self._update_call(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
