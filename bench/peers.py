@@ -211,6 +211,27 @@ class _torch_precision:
         torch.backends.cuda.matmul.allow_tf32 = self.saved
 
 
+def torch_autocast_step(sizes: Sequence[int], batch_size: int, lr: float = 1e-3) -> Any:
+    """PyTorch's mixed-precision recipe for one training step on a fixed batch: bf16
+    ``torch.autocast`` (float32 weights, bf16 matmuls) and the fused Adam kernel."""
+    import torch
+
+    rng = np.random.default_rng(0)
+    X = rng.random((batch_size, sizes[0]), dtype=np.float32)
+    y = rng.integers(0, sizes[-1], batch_size)
+    model, _, loss_fn, Xt, yt, _ = _torch_setup(sizes, X, y, "cuda", lr, 0, False)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, fused=True)
+
+    def run() -> None:
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+            loss = loss_fn(model(Xt), yt)
+        loss.backward()
+        opt.step()
+
+    return run
+
+
 def torch_graph_epoch(
     sizes: Sequence[int],
     X: np.ndarray,

@@ -537,8 +537,38 @@ def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestan
                     step_flops(sizes, batch),
                 )
             )
+        contestants += _bf16_contestants(be, sizes, batch, xb, yb)
         groups[f"big step {'-'.join(map(str, sizes))} batch {batch}"] = contestants
     return groups
+
+
+def _bf16_contestants(be: Any, sizes: tuple, batch: int, xb: Any, yb: Any) -> list[Contestant]:
+    """The big step in mixed bfloat16 (fastnet's eager step, its matmuls alone in bf16, and
+    PyTorch autocast bf16 with fused Adam) where the backend has bfloat16 (CuPy >= 14)."""
+    from fastnet.bench.peers import matmul_only_epoch, torch_autocast_step
+
+    from fastnet.builders import mlp
+    from fastnet.optimizers import Adam
+
+    try:
+        bf16 = be.check_policy("mixed_bfloat16")
+    except (ValueError, NotImplementedError) as exc:
+        print(f"bf16 contestants skipped: {exc}")
+        return []
+    flops, timer = step_flops(sizes, batch), _elapsed(be)
+    hidden, out = sizes[1:-1], sizes[-1]
+    model = mlp(sizes[0], hidden, out, optimizer=Adam(1e-3), backend=be, dtype="mixed_bfloat16")
+    floor = matmul_only_epoch(be.xp, sizes, batch, batch, bf16, matmul=be.matmul)
+    contestants = [
+        Contestant(f"fastnet-{be.name}-eager-bf16", lambda: model.train_step(xb, yb), timer, flops),
+        Contestant(f"matmul-only-{be.name}-bf16", floor, timer, flops),
+    ]
+    try:
+        torch_step = torch_autocast_step(sizes, batch)
+        contestants.append(Contestant("torch-autocast-bf16", torch_step, timer, flops))
+    except Exception as exc:  # a missing or CPU-only PyTorch is reported, not fatal
+        print(f"torch-autocast-bf16 skipped: {type(exc).__name__}: {exc}")
+    return contestants
 
 
 # ---------------------------------------------------------------------------- cold start
