@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import timed
+from fastnet.bench.conftest import timed
 
 from fastnet.backends import get_backend
 

@@ -1,7 +1,7 @@
 """One training step and one epoch of the default model (784-256-128-10, Adam, batch 128)."""
 
 import numpy as np
-from conftest import timed
+from fastnet.bench.conftest import timed
 from fastnet.bench.peers import BookMLP
 from fastnet.bench.suites import _model, load_training_data
 
