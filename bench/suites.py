@@ -273,7 +273,13 @@ def load_training_data(quick: bool) -> tuple[np.ndarray, np.ndarray, str]:
     return X, y, source
 
 
-def _model(backend: Any, sizes: tuple[int, ...], optimizer: str = "adam", precision: str = "fp32"):
+def _model(
+    backend: Any,
+    sizes: tuple[int, ...],
+    optimizer: str = "adam",
+    precision: str = "fp32",
+    dtype: str = "float32",
+):
     from fastnet.builders import mlp
     from fastnet.optimizers import SGD, Adam
 
@@ -287,6 +293,7 @@ def _model(backend: Any, sizes: tuple[int, ...], optimizer: str = "adam", precis
         backend=backend,
         seed=0,
         precision=precision,
+        dtype=dtype,
     )
 
 
@@ -405,6 +412,23 @@ def _fastnet_contestants(
             epoch.append(
                 Contestant(f"matmul-only-{be.name}-{precision}", floor, timer, epoch_flops)
             )
+        epoch += _mixed_graphs(be, sizes, Xd, yd, batch, timer, epoch_flops)
+
+
+def _mixed_graphs(
+    be: Any, sizes: tuple, Xd: Any, yd: Any, batch: int, timer: Any, flops: float
+) -> list[Contestant]:
+    """The graphed epoch in mixed float16 and bfloat16 (``fastnet-cupy-graph-fp16``/``-bf16``),
+    where the backend computes the policy."""
+    contestants = []
+    for policy, short in (("mixed_float16", "fp16"), ("mixed_bfloat16", "bf16")):
+        try:
+            run = _model(be, sizes, dtype=policy).epoch_runner(Xd, yd, batch, compiled=True)
+        except (ValueError, NotImplementedError) as exc:  # no such policy or no capture here
+            print(f"fastnet-{be.name}-graph-{short} skipped: {exc}")
+            continue
+        contestants.append(Contestant(f"fastnet-{be.name}-graph-{short}", run, timer, flops))
+    return contestants
 
 
 def _peer_contestants(
