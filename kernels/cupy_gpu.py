@@ -507,9 +507,21 @@ def _dropout() -> cp.ElementwiseKernel:
     )
 
 
+@cache
+def _dropout_half(half: str) -> cp.ElementwiseKernel:
+    """The same for half activations: the mask holds the rounded scale, ``out`` one rounding
+    of ``x * mask`` (as NumPy's half arithmetic)."""
+    body = _SPLITMIX + "mask = T(z >= threshold ? scale : 0.0f); out = T((float)x * (float)mask);"
+    params = "T x, raw int64 stream, uint64 threshold, float32 scale"
+    return _half_kernel(half, params, "T out, T mask", body, f"dropout_{half}")
+
+
 def dropout(x: Any, stream: Any, threshold: int, scale: float, out: Any, mask: Any) -> None:
     """Inverted dropout: ``mask`` = ``scale`` where element i's random bits reach
     ``threshold``, else 0; ``out = x * mask`` (the step is read from ``stream`` on the device)."""
+    if x.dtype.itemsize == 2:
+        _dropout_half(x.dtype.name)(x, stream, np.uint64(threshold), np.float32(scale), out, mask)
+        return
     _dropout()(x, stream, np.uint64(threshold), x.dtype.type(scale), out, mask)
 
 
@@ -518,7 +530,15 @@ def _dropout_grad() -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel("T dy, T mask", "T dx", "dx = dy * mask", "fastnet_dropout_grad")
 
 
+@cache
+def _dropout_grad_half(half: str) -> cp.ElementwiseKernel:
+    body = "dx = T((float)dy * (float)mask);"
+    return _half_kernel(half, "T dy, T mask", "T dx", body, f"dropout_grad_{half}")
+
+
 def dropout_backward(dy: Any, mask: Any, out: Any) -> Any:
+    if dy.dtype.itemsize == 2:
+        return _dropout_grad_half(dy.dtype.name)(dy, mask, out)
     return _dropout_grad()(dy, mask, out)  # out
 
 
@@ -528,13 +548,15 @@ _BATCHNORM_SRC = r"""
 // Training: the batch mean and (biased) variance in double, two passes reduced through shared
 // memory; running averages (unbiased variance). Then inv_std, xhat = (x - mean) * inv_std and
 // y = xhat * gamma + beta. Every thread reaches every barrier (loads are guarded instead).
+// T: activations, gamma and beta; W: the math, running statistics and inv_std (T, or float
+// for half T: mixed precision's float32 statistics).
 extern "C" __global__ void batchnorm(const T* __restrict__ x, const T* __restrict__ gamma,
-                                     const T* __restrict__ beta, T* __restrict__ running_mean,
-                                     T* __restrict__ running_var, T* __restrict__ y,
-                                     T* __restrict__ xhat, T* __restrict__ inv_std,
-                                     long long n, long long d, T momentum, T eps, int training) {
+                                     const T* __restrict__ beta, W* __restrict__ running_mean,
+                                     W* __restrict__ running_var, T* __restrict__ y,
+                                     T* __restrict__ xhat, W* __restrict__ inv_std,
+                                     long long n, long long d, W momentum, W eps, int training) {
     __shared__ double part[8][33];
-    __shared__ T col_mean[32], col_is[32];
+    __shared__ W col_mean[32], col_is[32];
     int tx = threadIdx.x, ty = threadIdx.y;
     long long c = blockIdx.x * 32LL + tx;
     bool in = c < d;
@@ -557,38 +579,39 @@ extern "C" __global__ void batchnorm(const T* __restrict__ x, const T* __restric
         if (ty == 0 && in) {
             double v = 0;
             for (int j = 0; j < 8; ++j) v += part[j][tx];
-            T mean = (T)mu, var = (T)(v / (double)n), keep = (T)1 - momentum;
+            W mean = (W)mu, var = (W)(v / (double)n), keep = (W)1 - momentum;
             running_mean[c] = running_mean[c] * momentum + keep * mean;
-            running_var[c] = running_var[c] * momentum + keep * var * ((T)n / (T)(n - 1));
-            T is = (T)1 / sqrt(var + eps);
+            running_var[c] = running_var[c] * momentum + keep * var * ((W)n / (W)(n - 1));
+            W is = (W)1 / sqrt(var + eps);
             inv_std[c] = is;
             col_mean[tx] = mean;
             col_is[tx] = is;
         }
     } else if (ty == 0 && in) {
-        T is = (T)1 / sqrt(running_var[c] + eps);
+        W is = (W)1 / sqrt(running_var[c] + eps);
         inv_std[c] = is;
         col_mean[tx] = running_mean[c];
         col_is[tx] = is;
     }
     __syncthreads();
     if (!in) return;
-    T mean = col_mean[tx], is = col_is[tx], g = gamma[c], b = beta[c];
+    W mean = col_mean[tx], is = col_is[tx], g = (W)gamma[c], b = (W)beta[c];
     for (long long r = ty; r < n; r += 8) {
         long long k = r * d + c;
-        T h = (x[k] - mean) * is;
-        xhat[k] = h;
-        y[k] = h * g + b;
+        W h = ((W)x[k] - mean) * is;
+        xhat[k] = (T)h;
+        y[k] = (T)(h * g + b);
     }
 }
 """
 _BATCHNORM_GRAD_SRC = r"""
 // Gradients, block (32, 8) as above: dbeta = sum(dy), dgamma = sum(dy * xhat) (double, through
 // shared memory); dx for batch statistics (training) or for the fixed running ones.
+// T and W as in batchnorm: half dy, xhat, gamma and dx take float32 inv_std and gradients.
 extern "C" __global__ void batchnorm_grad(const T* __restrict__ dy, const T* __restrict__ xhat,
-                                          const T* __restrict__ inv_std,
-                                          const T* __restrict__ gamma, T* __restrict__ dgamma,
-                                          T* __restrict__ dbeta, T* __restrict__ dx,
+                                          const W* __restrict__ inv_std,
+                                          const T* __restrict__ gamma, W* __restrict__ dgamma,
+                                          W* __restrict__ dbeta, T* __restrict__ dx,
                                           long long n, long long d, int training, int has_dx) {
     __shared__ double sums[8][33], dots[8][33];
     int tx = threadIdx.x, ty = threadIdx.y;
@@ -611,21 +634,21 @@ extern "C" __global__ void batchnorm_grad(const T* __restrict__ dy, const T* __r
     }
     if (!in) return;
     if (ty == 0) {
-        dbeta[c] = (T)sdy;
-        dgamma[c] = (T)sdyx;
+        dbeta[c] = (W)sdy;
+        dgamma[c] = (W)sdyx;
     }
     if (!has_dx) return;
-    T gm = gamma[c], is = inv_std[c];
+    W gm = (W)gamma[c], is = inv_std[c];
     if (!training) {
-        T f = gm * is;
-        for (long long r = ty; r < n; r += 8) dx[r * d + c] = dy[r * d + c] * f;
+        W f = gm * is;
+        for (long long r = ty; r < n; r += 8) dx[r * d + c] = (T)((W)dy[r * d + c] * f);
         return;
     }
     // dxhat = dy * gamma: sum(dxhat) = gamma * sum(dy), sum(dxhat * xhat) = gamma * sum(dy xhat)
-    T a = (T)(gm * sdy), b = (T)(gm * sdyx), f = is / (T)n;
+    W a = (W)(gm * sdy), b = (W)(gm * sdyx), f = is / (W)n;
     for (long long r = ty; r < n; r += 8) {
         long long k = r * d + c;
-        dx[k] = f * ((T)n * (dy[k] * gm) - a - xhat[k] * b);
+        dx[k] = (T)(f * ((W)n * ((W)dy[k] * gm) - a - (W)xhat[k] * b));
     }
 }
 """
@@ -633,12 +656,33 @@ extern "C" __global__ void batchnorm_grad(const T* __restrict__ dy, const T* __r
 
 @cache
 def _batchnorm(dtype: str) -> cp.RawKernel:
-    return cp.RawKernel(f"#define T {dtype}\n" + _BATCHNORM_SRC, "batchnorm")
+    return cp.RawKernel(f"#define T {dtype}\n#define W {dtype}\n" + _BATCHNORM_SRC, "batchnorm")
 
 
 @cache
 def _batchnorm_grad(dtype: str) -> cp.RawKernel:
-    return cp.RawKernel(f"#define T {dtype}\n" + _BATCHNORM_GRAD_SRC, "batchnorm_grad")
+    src = f"#define T {dtype}\n#define W {dtype}\n" + _BATCHNORM_GRAD_SRC
+    return cp.RawKernel(src, "batchnorm_grad")
+
+
+@cache
+def _batchnorm_half(half: str) -> cp.RawKernel:
+    """Half activations, float statistics (mixed precision)."""
+    src = _HALF_HEADER[half] + f"#define T {half}\n#define W float\n" + _BATCHNORM_SRC
+    return cp.RawKernel(src, "batchnorm")
+
+
+@cache
+def _batchnorm_grad_half(half: str) -> cp.RawKernel:
+    src = _HALF_HEADER[half] + f"#define T {half}\n#define W float\n" + _BATCHNORM_GRAD_SRC
+    return cp.RawKernel(src, "batchnorm_grad")
+
+
+def _bn_kernel(dtype: Any, grad: bool) -> tuple[cp.RawKernel, Any]:
+    """The batch-norm kernel for activations of ``dtype`` and the scalar type of its math."""
+    if dtype.itemsize == 2:
+        return (_batchnorm_grad_half if grad else _batchnorm_half)(dtype.name), np.float32
+    return (_batchnorm_grad if grad else _batchnorm)(ctype(dtype)), dtype.type
 
 
 def batchnorm(
@@ -652,9 +696,9 @@ def batchnorm(
     out: tuple,
 ) -> None:
     """Batch normalization of C-contiguous 2-D ``x`` into ``out = (y, xhat, inv_std)``."""
-    (n, d), t = x.shape, x.dtype.type
-    sizes = (np.int64(n), np.int64(d), t(momentum), t(eps), np.int32(training))
-    _batchnorm(ctype(x.dtype))(((d + 31) // 32,), (32, 8), (x, gamma, beta, *running, *out, *sizes))
+    (n, d), (kernel, w) = x.shape, _bn_kernel(x.dtype, False)
+    sizes = (np.int64(n), np.int64(d), w(momentum), w(eps), np.int32(training))
+    kernel(((d + 31) // 32,), (32, 8), (x, gamma, beta, *running, *out, *sizes))
 
 
 def batchnorm_backward(
@@ -664,7 +708,7 @@ def batchnorm_backward(
     n, d = dy.shape
     flags = (np.int64(n), np.int64(d), np.int32(training), np.int32(dx is not None))
     arrays = (dy, xhat, inv_std, gamma, *grads, _or_placeholder(dx, dy.dtype))
-    _batchnorm_grad(ctype(dy.dtype))(((d + 31) // 32,), (32, 8), (*arrays, *flags))
+    _bn_kernel(dy.dtype, True)[0](((d + 31) // 32,), (32, 8), (*arrays, *flags))
 
 
 @cache

@@ -511,10 +511,23 @@ def test_half_kernels_match_the_reference_ops(half):
     np.testing.assert_array_equal(got[0], [2.0, 0.0])
 
 
+MIXED_LAYERS = {
+    "dense": lambda: [fn.Dense(64, "relu"), fn.Dense(32, "tanh"), fn.Dense(4)],
+    "dropout-batchnorm": lambda: [
+        fn.Dense(64, use_bias=False),
+        fn.BatchNorm1d(),
+        fn.ReLU(),
+        fn.Dropout(0.2, seed=1),
+        fn.Dense(4),
+    ],
+}
+
+
+@pytest.mark.parametrize("layers", sorted(MIXED_LAYERS))
 @pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_steps_are_captured_and_equal_eager(policy):
-    """A Dense stack in mixed precision is captured on cupy (half kernels, cuBLASLt GEMMs,
-    loss scaling on the device) and trains as the eager step does."""
+def test_mixed_steps_are_captured_and_equal_eager(policy, layers):
+    """Mixed precision is captured on cupy (half kernels for every layer, cuBLASLt GEMMs, loss
+    scaling on the device) and trains as the eager step does."""
     import cupy
 
     if policy == "mixed_bfloat16" and int(cupy.__version__.split(".")[0]) < 14:
@@ -522,8 +535,7 @@ def test_mixed_steps_are_captured_and_equal_eager(policy):
     X, y = make_blobs(n=1000)
     models = []
     for compiled in (False, True):
-        layers = [fn.Dense(64, "relu"), fn.Dense(32, "tanh"), fn.Dense(4)]
-        model = fn.Sequential(layers, backend="cupy", dtype=policy, seed=0)
+        model = fn.Sequential(MIXED_LAYERS[layers](), backend="cupy", dtype=policy, seed=0)
         model.fit(X, y, epochs=2, batch_size=64, verbose=0, compiled=compiled, shuffle=False)
         models.append(model)
     eager, graphed = models

@@ -428,6 +428,11 @@ class Backend:
         else:
             mean, var = running_mean, running_var
         xp.divide(1, xp.sqrt(var + eps), out=inv_std)
+        if xhat.dtype.itemsize == 2:  # half: float32 math, one rounding each (as the kernel)
+            h = (x - mean) * inv_std
+            xhat[...] = h
+            y[...] = h * gamma.astype(np.float32) + beta.astype(np.float32)
+            return y
         xp.multiply(xp.subtract(x, mean, out=xhat), inv_std, out=xhat)
         return xp.add(xp.multiply(xhat, gamma, out=y), beta, out=y)
 

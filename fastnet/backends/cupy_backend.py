@@ -154,19 +154,21 @@ class CupyBackend(Backend):
             )
 
     def _mixed_capture_reason(self, plan: Any) -> str:
-        """Mixed precision is captured where every op has a half kernel: Dense and activation
-        layers, their GEMMs through cuBLASLt (the float32 fallback allocates)."""
-        from fastnet.backends.plan import ActivationPlan, DensePlan
+        """Mixed precision is captured where every op has a half kernel: Dense, activation,
+        Dropout and BatchNorm1d layers, their GEMMs through cuBLASLt (the float32 fallback
+        allocates)."""
+        from fastnet.backends.plan import ActivationPlan, DensePlan, DropoutPlan, OpsPlan
 
+        kernels = (DensePlan, ActivationPlan, DropoutPlan, OpsPlan)
         others = sorted(
             {
                 getattr(p, "name", type(p).__name__)
                 for p in plan.layers
-                if not isinstance(p, (DensePlan, ActivationPlan))
+                if not isinstance(p, kernels)
             }
         )
         if others:
-            return f"mixed precision captures Dense and activation layers only, not {others}"
+            return f"mixed precision captures Dense, activation, Dropout, BatchNorm1d, not {others}"
         if not self.use_cublaslt or self._lt_reason:
             return f"mixed precision is captured with cuBLASLt only ({self._lt_reason or 'off'})"
         return ""
@@ -336,7 +338,8 @@ class CupyBackend(Backend):
         self, x: Any, stream: Any, threshold: int, scale: float, out: Any, mask: Any
     ) -> Any:
         """One kernel: SplitMix64 bits per element from the device stream, mask and output."""
-        if not (x.shape == out.shape == mask.shape and contiguous_floats(x, out, mask)):
+        same = x.shape == out.shape == mask.shape
+        if not (same and (contiguous_floats(x, out, mask) or _half(x, out, mask))):
             return super().dropout(x, stream, threshold, scale, out, mask)
         check_draw_size(x.size)
         self.k.dropout(x, stream, threshold, scale, out, mask)
@@ -344,7 +347,7 @@ class CupyBackend(Backend):
         return out
 
     def dropout_backward(self, dy: Any, mask: Any, out: Any) -> Any:
-        if not contiguous_floats(dy, mask, out):
+        if not (contiguous_floats(dy, mask, out) or _half(dy, mask, out)):
             return super().dropout_backward(dy, mask, out)
         return self.k.dropout_backward(dy, mask, out)
 
@@ -363,12 +366,13 @@ class CupyBackend(Backend):
         """One kernel (a thread per feature): statistics, running averages, normalization."""
         args = (x, gamma, beta, *running, *out)
         vectors = (gamma, beta, *running, out[2])
+        mixed = _half(x, gamma, beta, out[0], out[1]) and all(map(_f32, (*running, out[2])))
         if (
             comm is not None
             or x.ndim != 2
             or not x.shape == out[0].shape == out[1].shape
             or any(v.shape != (x.shape[1],) for v in vectors)
-            or not contiguous_floats(*args)
+            or not (contiguous_floats(*args) or mixed)
         ):
             return super().batchnorm(x, gamma, beta, running, momentum, eps, training, out, comm)
         self.k.batchnorm(x, gamma, beta, running, momentum, eps, training, out)
@@ -387,13 +391,15 @@ class CupyBackend(Backend):
         comm: Any = None,
     ) -> Any:
         arrays = (dy, xhat, inv_std, gamma, *grads) + (() if dx is None else (dx,))
+        halves = (dy, xhat, gamma) + (() if dx is None else (dx,))
+        mixed = _half(*halves) and all(map(_f32, (inv_std, *grads)))
         if (
             comm is not None
             or dy.ndim != 2
             or dy.shape != xhat.shape
             or (dx is not None and dx.shape != dy.shape)
             or any(v.shape != (dy.shape[1],) for v in (inv_std, gamma, *grads))
-            or not contiguous_floats(*arrays)
+            or not (contiguous_floats(*arrays) or mixed)
         ):
             return super().batchnorm_backward(dy, xhat, inv_std, gamma, grads, training, dx, comm)
         self.k.batchnorm_backward(dy, xhat, inv_std, gamma, grads, training, dx)
