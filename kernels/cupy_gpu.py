@@ -520,7 +520,8 @@ def dropout(x: Any, stream: Any, threshold: int, scale: float, out: Any, mask: A
     """Inverted dropout: ``mask`` = ``scale`` where element i's random bits reach
     ``threshold``, else 0; ``out = x * mask`` (the step is read from ``stream`` on the device)."""
     if x.dtype.itemsize == 2:
-        _dropout_half(x.dtype.name)(x, stream, np.uint64(threshold), np.float32(scale), out, mask)
+        half_scale = np.float32(x.dtype.type(scale))  # rounded to half once, as the reference
+        _dropout_half(x.dtype.name)(x, stream, np.uint64(threshold), half_scale, out, mask)
         return
     _dropout()(x, stream, np.uint64(threshold), x.dtype.type(scale), out, mask)
 

@@ -68,6 +68,7 @@ def test_every_kernel_family_is_enumerated():
     expected |= {"unscale", "update_loss_scale"}
     expected |= {f"fastnet_{d}_{h}" for d in ("to", "from") for h in halves}
     kinds = ("bias_act", "act", "act_grad")
+    expected |= {f"fastnet_{k}_{h}" for k in ("dropout", "dropout_grad") for h in halves}
     expected |= {f"fastnet_{k}_{h}_{c}" for k in kinds for h in halves for c in range(5)}
     assert expected <= names, sorted(expected - names)
     assert {n for n, _ in SOURCES if n.startswith("fastnet_sgd")} == {

@@ -482,12 +482,20 @@ def test_half_kernels_match_the_reference_ops(half):
     tol = dict(rtol=1e-2 if half == "float16" else 2e-2, atol=1e-2)
     scale = np.array([1024.0])
 
+    def move(a):
+        if isinstance(a, tuple):
+            return tuple(move(b) for b in a)
+        return cupy.asarray(a) if isinstance(a, np.ndarray) else a
+
+    def flat(a):  # the device arrays, nested tuples flattened, back on the host as float32
+        if isinstance(a, tuple):
+            return [x for b in a for x in flat(b)]
+        return [cupy.asnumpy(a).astype(np.float32)] if isinstance(a, cupy.ndarray) else []
+
     def on_gpu(fn_name, *args):
-        moved = [cupy.asarray(a) if isinstance(a, np.ndarray) else a for a in args]
+        moved = [move(a) for a in args]
         out = getattr(gpu, fn_name)(*moved)
-        return [
-            cupy.asnumpy(a).astype(np.float32) for a in moved if isinstance(a, cupy.ndarray)
-        ], out
+        return [x for a in moved for x in flat(a)], out
 
     got, _ = on_gpu("cast", z32, np.empty(z.shape, dtype), scale)
     want = ref.cast(z32, np.empty(z.shape, dtype), scale).astype(np.float32)
@@ -503,6 +511,35 @@ def test_half_kernels_match_the_reference_ops(half):
         dz = ref.activation_backward(y.astype(np.float32), z.astype(np.float32), act, 0.1)
         np.testing.assert_allclose(got[2], dz, **tol)
         np.testing.assert_allclose(got[3], dz.sum(axis=0), rtol=1e-2, atol=0.5)
+    stream = np.array([12345, 7], np.int64)  # dropout: the reference's masks, exactly
+    got, _ = on_gpu("dropout", z, stream, 2**22, 1 / 0.7, np.empty_like(z), np.empty_like(z))
+    mask, out = np.empty_like(z), np.empty_like(z)
+    ref.dropout(z, stream, 2**22, 1 / 0.7, out, mask)
+    np.testing.assert_array_equal(got[3], mask.astype(np.float32))
+    np.testing.assert_array_equal(got[2], out.astype(np.float32))
+    d = z.shape[1]  # batch norm: half x, gamma, beta, y, xhat; float32 statistics
+    gamma, beta = (r.normal(size=d).astype(dtype) for _ in range(2))
+    for training in (True, False):
+        stats = [np.zeros(d, np.float32), np.ones(d, np.float32)]
+        outs = (np.empty_like(z), np.empty_like(z), np.empty(d, np.float32))
+        got, _ = on_gpu("batchnorm", z, gamma, beta, tuple(stats), 0.9, 1e-5, training, outs)
+        want_stats = [s.copy() for s in stats]
+        want = (np.empty_like(z), np.empty_like(z), np.empty(d, np.float32))
+        ref.batchnorm(z, gamma, beta, tuple(want_stats), 0.9, 1e-5, training, want)
+        for a, b in zip(got[3:], (*want_stats, *want)):  # running stats, y, xhat, inv_std
+            np.testing.assert_allclose(a, b.astype(np.float32), **tol)
+        for with_dx in (True, False):
+            grads = (np.empty(d, np.float32), np.empty(d, np.float32))
+            dx = np.empty_like(z) if with_dx else None
+            args = (z, want[1], want[2], gamma, grads, training, dx)
+            got, _ = on_gpu("batchnorm_backward", *args)
+            ref_grads = (np.empty(d, np.float32), np.empty(d, np.float32))
+            ref_dx = np.empty_like(z) if with_dx else None
+            ref.batchnorm_backward(z, want[1], want[2], gamma, ref_grads, training, ref_dx)
+            np.testing.assert_allclose(got[4], ref_grads[0], rtol=1e-2, atol=0.5)
+            np.testing.assert_allclose(got[5], ref_grads[1], rtol=1e-2, atol=0.5)
+            if with_dx:
+                np.testing.assert_allclose(got[6], ref_dx.astype(np.float32), **tol)
     g = np.array([4.0, np.inf, -8.0, np.nan] * 100, np.float32)
     state, checks = np.array([4.0, 3.0]), np.zeros(2)
     got, _ = on_gpu("unscale", g, state, checks)

@@ -428,7 +428,7 @@ class Backend:
         else:
             mean, var = running_mean, running_var
         xp.divide(1, xp.sqrt(var + eps), out=inv_std)
-        if xhat.dtype.itemsize == 2:  # half: float32 math, one rounding each (as the kernel)
+        if xhat.dtype.itemsize == 2:  # half: float32 math, one rounding each (the kernel: an FMA)
             h = (x - mean) * inv_std
             xhat[...] = h
             y[...] = h * gamma.astype(np.float32) + beta.astype(np.float32)

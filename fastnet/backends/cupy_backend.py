@@ -120,8 +120,8 @@ class CupyBackend(Backend):
 
     def check_policy(self, policy: str) -> Any:
         """float16 for "mixed_float16"; ml_dtypes' bfloat16 for "mixed_bfloat16" where CuPy
-        has bfloat16 arrays (CuPy >= 14). Steps run eagerly for now (reference elementwise
-        ops; GEMMs through cuBLASLt)."""
+        has bfloat16 arrays (CuPy >= 14). Half kernels and cuBLASLt GEMMs; captured where
+        ``plan_capture_reason`` allows."""
         if policy == "mixed_float16":
             return np.dtype(np.float16)
         from fastnet.mixed import bfloat16

@@ -40,7 +40,7 @@ class DropoutPlan:
 
 @dataclass(frozen=True)
 class OpsPlan:
-    """A layer that computes through backend ops alone (Dropout, BatchNorm1d): capturable in a
+    """A layer that computes through backend ops alone (BatchNorm1d): capturable in a
     graph, outside numba's fused Dense step. ``collective``: its ops talk to the other ranks
     (a synchronized BatchNorm1d in data-parallel training)."""
 
