@@ -61,7 +61,7 @@ class LossScaler:
                 "LossScaler needs growth_interval > 0, growth_factor > 1 and 0 < backoff_factor"
                 f" < 1, got {growth_interval}, {growth_factor}, {backoff_factor}"
             )
-        self.backend = backend
+        self.backend, self.initial_scale = backend, float(initial_scale)
         self.growth_interval = growth_interval
         self.growth_factor, self.backoff_factor = float(growth_factor), float(backoff_factor)
         self.state = backend.asarray(np.array([initial_scale, 0.0]), np.float64)
@@ -70,6 +70,15 @@ class LossScaler:
     def scale(self) -> float:
         """The current scale (read from the device: a sync on GPUs)."""
         return float(self.backend.to_numpy(self.state)[SCALE])
+
+    def settings(self) -> dict[str, float]:
+        """The constructor's arguments (``Sequential(loss_scale=...)``, saved in configs)."""
+        return {
+            "initial_scale": self.initial_scale,
+            "growth_interval": self.growth_interval,
+            "growth_factor": self.growth_factor,
+            "backoff_factor": self.backoff_factor,
+        }
 
     def constants(self) -> tuple[int, float, float]:
         """What a captured step bakes in (a change captures again)."""

@@ -51,9 +51,12 @@ class Sequential(Trainer):
         dtype: Any = "float32",
         seed: int | None = None,
         precision: str = "fp32",
+        loss_scale: dict | None = None,
     ) -> None:
         """``dtype`` is float32, float64, or a mixed-precision policy ("mixed_float16",
-        "mixed_bfloat16": half compute on float32 master weights, ``fastnet.mixed``).
+        "mixed_bfloat16": half compute on float32 master weights, ``fastnet.mixed``);
+        ``loss_scale`` sets mixed_float16's ``LossScaler`` (``initial_scale``,
+        ``growth_interval``, ``growth_factor``, ``backoff_factor``).
         ``precision`` is how float32 matmuls compute, for this model only: "fp32" (exact,
         the default) or "tf32" (TF32 tensor cores on cupy: faster, ~1e-3 relative error)."""
         layers = list(layers)
@@ -73,7 +76,7 @@ class Sequential(Trainer):
         # float32 master weights; the backend must provide half compute
         self.compute_dtype = self.backend.check_policy(self.policy) if self.policy else None
         self.dtype = check_dtype("float32" if self.policy else dtype)
-        self.loss_scaler = LossScaler(self.backend) if self.policy == "mixed_float16" else None
+        self.loss_scaler = _loss_scaler(self.backend, self.policy, loss_scale)
         self._casts: dict[tuple, Any] = {}  # mixed precision: the model's cast buffers
         if precision not in ("fp32", "tf32"):
             raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
@@ -383,6 +386,7 @@ class Sequential(Trainer):
             "seed": self.seed,
             "input_dim": self.input_dim,
             "precision": self.precision,
+            **({"loss_scale": self.loss_scaler.settings()} if self.loss_scaler else {}),
         }
 
     @classmethod
@@ -410,6 +414,7 @@ class Sequential(Trainer):
             dtype=config.get("dtype", "float32"),
             seed=config.get("seed"),
             precision=precision,
+            loss_scale=config.get("loss_scale") if config.get("dtype") == "mixed_float16" else None,
         )
         if config.get("input_dim") is not None:
             model.build(config["input_dim"])
@@ -462,6 +467,18 @@ class Sequential(Trainer):
 
     def __repr__(self) -> str:
         return self._summary_text()
+
+
+def _loss_scaler(backend: Backend, policy: str | None, settings: dict | None) -> LossScaler | None:
+    """mixed_float16's loss scaler with ``settings`` (an error for other dtypes)."""
+    if settings is not None and policy != "mixed_float16":
+        raise ValueError(f"loss_scale applies to dtype='mixed_float16' only, not {policy!r}")
+    if policy != "mixed_float16":
+        return None
+    try:
+        return LossScaler(backend, **(settings or {}))
+    except TypeError as exc:
+        raise ValueError(f"loss_scale: {exc}") from None
 
 
 def _config_for(config: dict, backend: Backend, dtype: Any = None) -> dict:

@@ -277,3 +277,27 @@ def test_a_backend_that_cannot_capture_mixed_steps_keeps_data_parallel_steps_eag
 def test_a_mixed_regressor_keeps_float32_targets():
     t, _ = fn.MLPRegressor(dtype="mixed_float16")._targets(np.arange(6), False, None)
     assert t.dtype == np.float32 and t.shape == (6, 1)
+
+
+def test_loss_scale_settings_are_arguments_saved_in_the_config(tmp_path):
+    settings = {"initial_scale": 1024.0, "growth_interval": 5}
+    layers = [fn.Dense(8, "relu"), fn.Dense(4)]
+    model = fn.Sequential(
+        layers, backend=CaptureSimBackend(), dtype="mixed_float16", loss_scale=settings
+    )
+    scaler = model.loss_scaler
+    assert scaler.scale == 1024.0 and scaler.growth_interval == 5
+    X, y = _data()
+    model.fit(X, y, epochs=1, batch_size=24, verbose=0)  # 10 clean steps: two growths
+    assert scaler.scale == 4096.0
+    model.save(tmp_path / "m.npz")
+    again = load_model(tmp_path / "m.npz", backend=CaptureSimBackend())
+    assert again.loss_scaler.settings() == scaler.settings()
+    assert again.loss_scaler.scale == 4096.0  # the state's scale, not the initial one
+    assert load_model(tmp_path / "m.npz", backend="numpy", dtype="float32").loss_scaler is None
+    with pytest.raises(ValueError, match="loss_scale.*mixed_float16"):
+        fn.Sequential(layers, backend=CaptureSimBackend(), loss_scale=settings)
+    with pytest.raises(ValueError, match="loss_scale"):
+        fn.Sequential(
+            layers, backend=CaptureSimBackend(), dtype="mixed_float16", loss_scale={"bad": 1}
+        )

@@ -17,8 +17,9 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # the ruff-formatted library: 7,571 lines on 2026-12-01 plus 10% (8,330); raised to 8,700 the
 # same day for multi-step CUDA graphs, captured Dropout/BatchNorm1d and cuBLASLt (+641 lines),
 # to 9,000 for mixed precision (master weights, half copies, loss scaling: +218 lines), to 9,100
-# for the synchronized BatchNorm1d (+110 lines), to 9,250 for cupy's half-precision kernels (+100)
-BUDGET = 9250
+# for the synchronized BatchNorm1d (+110 lines), to 9,250 for cupy's half-precision kernels (+100),
+# to 9,300 for their Dropout/BatchNorm1d variants and the loss-scale settings (+60)
+BUDGET = 9300
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
