@@ -52,6 +52,9 @@ class Layer:
     #: dtype of activations and parameter copies under mixed precision (``fastnet.mixed``),
     #: set by the model that builds the layer; None: the parameters' dtype
     compute_dtype: np.dtype | None = None
+    #: data-parallel training: statistics over the global batch, not this rank's rows
+    #: (BatchNorm1d(synchronized=True)); such a layer needs min_batch_rows in the global batch
+    synchronized = False
     #: state buffers that must stay >= 0 (checked when a state is loaded)
     nonnegative_buffers: tuple[str, ...] = ()
 

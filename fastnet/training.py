@@ -827,8 +827,8 @@ class Trainer:
         batch (a rank without rows takes part in the collectives: ``idle_step``)."""
         rows = 1
         for layer in self.layers:
-            need = getattr(layer, "min_batch_rows", 1)
-            per_rank = need > 1 and not getattr(layer, "synchronized", False)
+            need = layer.min_batch_rows
+            per_rank = need > 1 and not layer.synchronized
             rows = max(rows, need * world if per_rank else need)
         return rows
 
