@@ -45,6 +45,7 @@ deadline=$(( SECONDS + ${TOTAL_S:-450} ))
 if [[ -z ${FASTNET_DATA:-} && -d .data ]]; then export FASTNET_DATA=$PWD/.data; fi
 export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
+export CUBLASLT_LOG_LEVEL=${CUBLASLT_LOG_LEVEL:-1}  # cuBLASLt's errors, with their reason, in the logs
 
 wanted() {  # wanted GROUP: whether the command line asked for this group of stages
   local g

@@ -23,6 +23,7 @@ DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
 EPILOGUE_DEFAULT, EPILOGUE_BIAS, EPILOGUE_RELU_BIAS = 1, 4, 6
 PREF_MAX_WORKSPACE_BYTES = 1
 PREF_MIN_ALIGNMENT = (5, 6, 7, 8)  # bytes of A, B, C, D (uint32)
+BIAS_ALIGNMENT = 16  # bytes: a bias less aligned gets no epilogue (a separate kernel adds it)
 
 
 class LtTypes(NamedTuple):
@@ -152,6 +153,7 @@ class LtGemm:
         set_preference = lib.cublasLtMatmulPreferenceSetAttribute
         self._set(set_preference, self.preference, PREF_MAX_WORKSPACE_BYTES, limit)
         self.plans: dict[tuple, _Plan | None] = {}
+        self.failures: dict[tuple, int] = {}  # plans whose launch failed: their status
         self.scalars = {
             np.dtype(np.float32): (ctypes.c_float(1.0), ctypes.c_float(0.0)),
             np.dtype(np.float64): (ctypes.c_double(1.0), ctypes.c_double(0.0)),
@@ -165,7 +167,9 @@ class LtGemm:
     @staticmethod
     def supports(x: Any, w: Any, out: Any, bias: Any = None) -> bool:
         """Types ``lt_types`` knows (``x`` and ``w`` of one dtype), 2-D, ``x``/``w`` C- or
-        F-contiguous, C-contiguous ``out`` (and a bias of ``out``'s dtype)."""
+        F-contiguous, C-contiguous ``out`` (and a bias of ``out``'s dtype at a 16-byte aligned
+        address: some epilogue kernels assume it, and the alignment preferences cover only
+        A-D)."""
         dtype = out.dtype
         if lt_types(x.dtype, dtype, False) is None or not out.flags.c_contiguous or out.ndim != 2:
             return False
@@ -176,14 +180,18 @@ class LtGemm:
             return False
         if x.shape[1] == 0 or (bias is not None and bias.shape != (w.shape[1],)):
             return False
-        return bias is None or (bias.ndim == 1 and bias.dtype == dtype and bias.flags.c_contiguous)
+        if bias is None:
+            return True
+        address = bias.ctypes.data if isinstance(bias, np.ndarray) else bias.data.ptr
+        aligned = alignment(address) >= BIAS_ALIGNMENT
+        return aligned and bias.ndim == 1 and bias.dtype == dtype and bias.flags.c_contiguous
 
     def _plan(
         self, x: Any, w: Any, out: Any, bias: Any, relu: bool, tf32: bool, timed: bool
-    ) -> _Plan | None:
-        """Descriptors and the algorithm for this shape, layout and epilogue: the heuristic's
-        first candidate, or with ``timed`` the fastest candidate on these operands at the first
-        call (not inside a capture)."""
+    ) -> tuple[tuple, _Plan | None]:
+        """The plan's key and the plan: descriptors and the algorithm for this shape, layout
+        and epilogue (the heuristic's first candidate, or with ``timed`` the fastest candidate on
+        these operands at the first call outside a capture)."""
         x_f, w_f = not x.flags.c_contiguous, not w.flags.c_contiguous
         epilogue = (
             EPILOGUE_DEFAULT if bias is None else (EPILOGUE_RELU_BIAS if relu else EPILOGUE_BIAS)
@@ -192,7 +200,9 @@ class LtGemm:
         dtypes = (str(x.dtype), str(out.dtype))
         key = (x.shape, w.shape, x_f, w_f, dtypes, epilogue, tf32, timed, *aligned)
         if key in self.plans:
-            return self.plans[key]
+            return key, self.plans[key]
+        import cupy as cp
+
         lib, ct = self.lib, ctypes
         ops = lt_operands(x.shape, x_f, w.shape, w_f)
         types = lt_types(x.dtype, out.dtype, tf32)
@@ -228,10 +238,14 @@ class LtGemm:
             if results[i].state == 0 and results[i].workspace_size <= self.WORKSPACE_BYTES
         ]
         plan = _Plan(desc, (a_desc, b_desc, d_desc), candidates[0]) if candidates else None
+        capturing = cp.cuda.get_current_stream().is_capturing()
         if plan is not None and timed and len(candidates) > 1:
+            if capturing:  # no timing (a host sync) in a capture: untimed, not kept
+                return key, plan
             plan = self._fastest(plan, candidates, x, w, out, bias)
-        self.plans[key] = plan
-        return plan
+        if plan is not None or not capturing:  # a heuristic failing in a capture: ask again
+            self.plans[key] = plan
+        return key, plan
 
     def _fastest(
         self, plan: _Plan, candidates: list, x: Any, w: Any, out: Any, bias: Any
@@ -242,8 +256,6 @@ class LtGemm:
         import cupy as cp
 
         stream = cp.cuda.get_current_stream()
-        if stream.is_capturing():
-            return plan  # no timing (a host sync) inside a capture: the heuristic's first
         start, end = cp.cuda.Event(), cp.cuda.Event()
         best, best_ms = None, float("inf")
         for result in candidates:
@@ -289,11 +301,16 @@ class LtGemm:
         self, x: Any, w: Any, out: Any, tf32: bool, bias: Any, relu: bool, timed: bool
     ) -> bool:
         """``out = x @ w`` (``+ bias``, then ReLU if ``relu``, in the epilogue); False (nothing
-        done) when cuBLASLt has no algorithm for it. ``timed``: see ``_plan``."""
-        plan = self._plan(x, w, out, bias, relu, tf32, timed)
+        done) when cuBLASLt has no algorithm for it, or its algorithm failed to launch (that
+        shape then stays off cuBLASLt, the status in ``failures``). ``timed``: see ``_plan``."""
+        key, plan = self._plan(x, w, out, bias, relu, tf32, timed)
         if plan is None:
             return False
-        self._check(self._launch(plan, x, w, out, bias), "Matmul")
+        status = self._launch(plan, x, w, out, bias)
+        if status != 0:
+            self.plans[key] = None
+            self.failures[key] = status
+            return False
         return True
 
 

@@ -41,6 +41,20 @@ def test_alignment_is_the_largest_power_of_two_up_to_256():
     assert [alignment(p) for p in (0, 4, 12, 64, 96, 512, 1024 + 8)] == [256, 4, 4, 64, 32, 256, 8]
 
 
+def test_a_bias_below_16_byte_alignment_gets_no_epilogue():
+    """Epilogue kernels may assume an aligned bias (the alignment preferences cover A-D only):
+    a bias at a 4-byte offset of the arena is left to the separate bias kernel."""
+    from fastnet.kernels.cublaslt import LtGemm
+
+    x, w, out = np.ones((8, 4), np.float32), np.ones((4, 3), np.float32), np.empty((8, 3))
+    arena = np.zeros(64, np.float32)
+    base = (-arena.ctypes.data % 16) // 4  # the first 16-byte aligned element
+    out = out.astype(np.float32)
+    assert LtGemm.supports(x, w, out, arena[base : base + 3])
+    assert not LtGemm.supports(x, w, out, arena[base + 1 : base + 4])
+    assert not LtGemm.supports(x, w, out, arena[base + 2 : base + 5])  # 8 bytes
+
+
 def test_lt_types_accumulate_half_operands_in_float32():
     """Mixed precision's GEMMs: float16 operands into float16 activations or float32 weight
     gradients, always CUBLAS_COMPUTE_32F with float32 alpha/beta (cublasLt's supported

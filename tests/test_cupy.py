@@ -395,6 +395,28 @@ def test_cublaslt_with_operands_at_4_byte_offsets():
     )
 
 
+def test_half_dense_forward_with_a_bias_at_a_2_byte_offset():
+    """A float16 bias at a 2-byte offset of its arena gets no epilogue: the GEMM through
+    cuBLASLt, then the half bias kernel; the result is the reference's within float16 rounding
+    (the reference rounds once, this path twice)."""
+    from fastnet.backends.base import Act
+
+    be, ref = fn.get_backend("cupy"), fn.get_backend("numpy")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((64, 40)).astype(np.float16)
+    w = (rng.standard_normal((40, 24)) * 0.2).astype(np.float16)
+    b = rng.standard_normal(24).astype(np.float16)
+    arena = be.zeros((1 + b.size,), np.float16)
+    arena[1:] = be.asarray(b)
+    out = be.empty((64, 24), np.float16)
+    for code in (Act.RELU, Act.LINEAR, Act.SIGMOID):
+        with fn.record_kernels() as report:
+            got = be.linear(be.asarray(x), be.asarray(w), arena[1:], code, out=out).get()
+        assert report.get("linear") != "cublaslt-epilogue", report
+        want = ref.linear(x, w, b, code, out=np.empty((64, 24), np.float16))
+        np.testing.assert_allclose(got.astype(np.float32), want, rtol=4e-3, atol=4e-3)
+
+
 def test_mixed_float16_trains_eagerly_as_the_reference_ops_do():
     """mixed_float16 on cupy, eager steps (half kernels, cuBLASLt): float32 master weights,
     float16 copies, the loss scale on the device; after two epochs the weights are the

@@ -250,9 +250,11 @@ class CupyBackend(Backend):
         if fused and self._cublaslt(x, w, out, precision, b, activation == Act.RELU):
             self.record_kernel("linear", "cublaslt-epilogue")
             return out
-        if _half(x, out) and self._cublaslt(x, w, out, precision, b):  # bias in the epilogue
-            return self.activation(out, activation, alpha, out)  # rounded twice: not ReLU
         if _half(x, out):
+            if self._cublaslt(x, w, out, precision, b):  # the bias in the epilogue
+                return self.activation(out, activation, alpha, out)  # rounded twice: not ReLU
+            if (b is None or _half(b)) and self._cublaslt(x, w, out, precision):
+                return self.bias_act(out, b, activation, alpha)  # a bias cuBLASLt cannot take
             self._no_half_fallback_in_capture("linear")
         return super().linear(x, w, b, activation, alpha, out, precision)
 
