@@ -80,6 +80,8 @@ class MPICommunicator(Communicator):
         self._staging: dict[tuple[int, str], np.ndarray] = {}
 
     def _host(self, buf: Any) -> np.ndarray:
+        if not buf.flags.c_contiguous:  # reshape(-1) would copy: set() would write nowhere
+            raise TypeError("the mpi communicator reduces C-contiguous arrays only")
         key = (int(buf.size), str(buf.dtype))
         if key not in self._staging:
             import cupyx
@@ -116,9 +118,16 @@ class MPICommunicator(Communicator):
 
     def local_rank(self) -> int:
         """Rank among the processes on this node (for picking a GPU)."""
+        return self._local()[0]
+
+    def local_size(self) -> int:
+        """Processes of this job on this node."""
+        return self._local()[1]
+
+    def _local(self) -> tuple[int, int]:
         local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
         try:
-            return int(local.Get_rank())
+            return int(local.Get_rank()), int(local.Get_size())
         finally:
             local.Free()
 
@@ -134,11 +143,23 @@ class NCCLCommunicator(Communicator):
         version = self.nccl.get_version()
         return "" if version >= 20906 else f"NCCL {version} cannot be captured (2.9.6 can)"
 
-    _DTYPES = {"float32": "NCCL_FLOAT32", "float64": "NCCL_FLOAT64", "int64": "NCCL_INT64"}
+    # ncclDataType_t values (nccl.h), for CuPy builds that do not name them all
+    _DTYPES = {
+        "int64": ("NCCL_INT64", 4),
+        "float16": ("NCCL_FLOAT16", 6),
+        "float32": ("NCCL_FLOAT32", 7),
+        "float64": ("NCCL_FLOAT64", 8),
+        "bfloat16": ("NCCL_BFLOAT16", 9),
+    }
 
     def __init__(self, mpi: MPICommunicator) -> None:
         from cupy.cuda import nccl
 
+        if not nccl.available:
+            raise DistributedError(
+                "the nccl communicator needs the NCCL library (pip install nvidia-nccl-cu12 "
+                "or -cu13, matching CuPy); comm='mpi' works without it"
+            )
         self.mpi, self.nccl = mpi, nccl
         self.rank, self.world_size = mpi.rank, mpi.world_size
         uid = nccl.get_unique_id() if mpi.rank == 0 else None
@@ -150,11 +171,17 @@ class NCCLCommunicator(Communicator):
 
         if not isinstance(buf, cupy.ndarray) or not buf.flags.c_contiguous:
             raise TypeError("the nccl communicator reduces C-contiguous cupy arrays only")
-        return buf.data.ptr, int(buf.size), getattr(self.nccl, self._DTYPES[str(buf.dtype)])
+        if str(buf.dtype) not in self._DTYPES:
+            raise TypeError(f"the nccl communicator has no {buf.dtype} arrays")
+        name, value = self._DTYPES[str(buf.dtype)]
+        return buf.data.ptr, int(buf.size), getattr(self.nccl, name, value)
 
     def allreduce(self, buf: Any) -> None:
         import cupy
 
+        if isinstance(buf, np.ndarray):  # host values (e.g. validation sums): over MPI
+            self.mpi.allreduce(buf)
+            return
         ptr, count, dtype = self._args(buf)
         stream = cupy.cuda.get_current_stream().ptr
         self.comm.allReduce(ptr, ptr, count, dtype, self.nccl.NCCL_SUM, stream)
@@ -162,6 +189,9 @@ class NCCLCommunicator(Communicator):
     def broadcast(self, buf: Any, root: int = 0) -> None:
         import cupy
 
+        if isinstance(buf, np.ndarray):
+            self.mpi.broadcast(buf, root)
+            return
         ptr, count, dtype = self._args(buf)
         self.comm.bcast(ptr, count, dtype, root, cupy.cuda.get_current_stream().ptr)
 
@@ -211,6 +241,8 @@ def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
         ) from None
     mpi = MPICommunicator()
     _install_abort_hook(mpi)
+    if comm == "nccl" and backend is not None and backend.startswith("cupy"):
+        _check_one_gpu_per_rank(mpi)
     if backend == "cupy":  # no device named: one per local rank
         import cupy
 
@@ -224,6 +256,19 @@ def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
         raise DistributedError("the nccl communicator needs backend='cupy'")
     _current = NCCLCommunicator(mpi) if comm == "nccl" else mpi
     return _current
+
+
+def _check_one_gpu_per_rank(mpi: MPICommunicator) -> None:
+    """NCCL refuses two ranks of one communicator on one GPU ("Duplicate GPU detected"):
+    say so before it does, on every rank alike."""
+    import cupy
+
+    ranks, gpus = mpi.local_size(), cupy.cuda.runtime.getDeviceCount()
+    if ranks > gpus:
+        raise DistributedError(
+            f"comm='nccl' needs one GPU per rank: {ranks} ranks on this node, {gpus} GPU(s); "
+            "use comm='mpi' (GPU arrays staged through host memory) or fewer ranks"
+        )
 
 
 def _install_abort_hook(mpi: MPICommunicator) -> None:

@@ -242,16 +242,22 @@ class StreamedBatches:
         n = X.shape[0]
         if order is None:
             order = self.rng.permutation(n) if self.shuffle else np.arange(n)
+        copies: list[Any] = []  # the previous chunk's copies, perhaps still reading pinned_*
         for chunk in chunks:
             c0, c1 = chunk[0][0], chunk[-1][1]
             m = c1 - c0
+            for copy in copies:
+                if copy is not None:
+                    copy.synchronize()
             if X.dtype == pinned_x.dtype and not isinstance(X, np.memmap):
                 np.take(X, order[c0:c1], axis=0, out=pinned_x[:m], mode="clip")
             else:  # memory-mapped or another dtype: read only these rows, cast on the way
                 pinned_x[:m] = X[order[c0:c1]]
             np.take(y, order[c0:c1], axis=0, out=pinned_y[:m], mode="clip")
-            backend.copy_from_host(dev_x[:m], pinned_x[:m])
-            backend.copy_from_host(dev_y[:m], pinned_y[:m])
+            copies = [
+                backend.copy_from_host(dev_x[:m], pinned_x[:m]),
+                backend.copy_from_host(dev_y[:m], pinned_y[:m]),
+            ]
             w = None if self.w is None else backend.asarray(self.w[order[c0:c1]])
             for lo, hi in chunk:
                 wb = None if w is None else w[lo - c0 : hi - c0]
@@ -529,8 +535,10 @@ class Trainer:
         from fastnet import distributed as dist
 
         comm = opts.comm
-        with self.backend.step_stream():  # NCCL binds to this device
-            group = dist.init(comm, backend=self.backend.name if comm == "nccl" else None)
+        on_gpu = self.backend.name.startswith("cupy")  # NCCL binds to the model's device
+        placed = f"cupy:{self.backend.device_id}" if on_gpu else self.backend.name
+        with self.backend.step_stream():
+            group = dist.init(comm, backend=placed if comm == "nccl" else None)
         return group, opts.verbose if dist.is_main() else 0
 
     def _split_validation(
@@ -754,19 +762,20 @@ class Trainer:
 
     def _broadcast_state(self, group: Any) -> None:
         """Rank 0's parameters (and their half copies: mixed precision), optimizer state, step
-        scalars, loss scale and layer buffers to every rank."""
-        for g in self.arena.groups:
-            group.broadcast(g.values)
-            g.refresh_compute()
-            for slot in g.slots.values():
-                group.broadcast(slot)
-            group.broadcast(g.scalars)
-        if self.arena.scaler is not None:
-            group.broadcast(self.arena.scaler.state)
-        for layer in self.layers:
-            for buf in layer.state_buffers().values():
-                group.broadcast(buf)
-            layer.fork_random_stream(group.rank)  # e.g. distinct dropout masks per rank
+        scalars, loss scale and layer buffers to every rank (on the steps' stream: GPUs)."""
+        with self.backend.step_stream():
+            for g in self.arena.groups:
+                group.broadcast(g.values)
+                g.refresh_compute()
+                for slot in g.slots.values():
+                    group.broadcast(slot)
+                group.broadcast(g.scalars)
+            if self.arena.scaler is not None:
+                group.broadcast(self.arena.scaler.state)
+            for layer in self.layers:
+                for buf in layer.state_buffers().values():
+                    group.broadcast(buf)
+                layer.fork_random_stream(group.rank)  # e.g. distinct dropout masks per rank
 
     def _choose_step(
         self, batch_size: int, compiled: bool | str, streamed: bool, spec: BatchSpec

@@ -26,9 +26,11 @@ try:
     HAVE_MPI4PY = True
 except ImportError:
     HAVE_MPI4PY = False
+# The MPI launcher (Open MPI's mpirun, or the mpiexec of MPICH's and other wheels).
+LAUNCHER = shutil.which("mpirun") or shutil.which("mpiexec") or "mpirun"
 # In CI (.ci/run installs Open MPI and mpi4py) these tests must run, never skip.
 needs_mpi = pytest.mark.skipif(
-    (shutil.which("mpirun") is None or not HAVE_MPI4PY) and not os.environ.get("CI"),
+    (shutil.which(LAUNCHER) is None or not HAVE_MPI4PY) and not os.environ.get("CI"),
     reason="needs Open MPI (mpirun) and mpi4py: pip install mpi4py",
 )
 MPI_ENV = {
@@ -41,7 +43,7 @@ MPI_ENV = {
 
 def mpirun(*args, n=2, timeout=120):
     env = {**os.environ, **MPI_ENV, "PYTHONPATH": str(HERE)}
-    cmd = ["mpirun", "-n", str(n), sys.executable, str(HERE / "mpi_worker.py"), *args]
+    cmd = [LAUNCHER, "-n", str(n), sys.executable, str(HERE / "mpi_worker.py"), *args]
     start = time.monotonic()
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
     return run, time.monotonic() - start
@@ -194,3 +196,79 @@ def test_synchronized_batchnorm_ranks_train_as_one_process(tmp_path, ranks, rows
         assert run.returncode == 0, run.stderr[-3000:]
         local = np.load(out)["param/0/W"]
         assert np.abs(local - single.host_state()["param/0/W"]).max() > 1e-4
+
+
+class _RecordingMPI:
+    """A stand-in MPI communicator: records which arrays reach it."""
+
+    rank, world_size = 0, 2
+
+    def __init__(self, local_ranks=1):
+        self.calls, self.local_ranks = [], local_ranks
+
+    def allreduce(self, buf):
+        self.calls.append(("allreduce", buf))
+
+    def broadcast(self, buf, root=0):
+        self.calls.append(("broadcast", buf))
+
+    def local_size(self):
+        return self.local_ranks
+
+
+def _nccl_without_a_library(mpi):
+    """An NCCLCommunicator over ``mpi`` whose NCCL names no data types (as a CuPy build may)."""
+    comm = object.__new__(dist.NCCLCommunicator)
+    comm.mpi, comm.nccl, comm.comm = mpi, type("nccl", (), {}), None
+    return comm
+
+
+def test_nccl_hands_host_arrays_to_mpi():
+    """Validation sums are host arrays: NCCL takes device arrays only, so they go over MPI
+    (before, a multi-GPU NCCL run with validation data failed at its first epoch's end)."""
+    mpi = _RecordingMPI()
+    comm = _nccl_without_a_library(mpi)
+    sums = np.zeros(4)
+    comm.allreduce(sums)
+    comm.broadcast(sums)
+    assert [(op, buf is sums) for op, buf in mpi.calls] == [
+        ("allreduce", True),
+        ("broadcast", True),
+    ]
+
+
+def test_nccl_data_types_include_half_floats():
+    pytest.importorskip("cupy")
+    from unittest import mock
+
+    import cupy
+
+    class DeviceArray:  # what _args reads of a cupy array
+        def __init__(self, dtype):
+            self.dtype, self.size = np.dtype(dtype), 3
+            self.flags = type("flags", (), {"c_contiguous": True})
+            self.data = type("data", (), {"ptr": 4096})
+
+    comm = _nccl_without_a_library(_RecordingMPI())
+    with mock.patch.object(cupy, "ndarray", DeviceArray):
+        got = {dt: comm._args(DeviceArray(dt))[2] for dt in ("float16", "float32", "float64")}
+        with pytest.raises(TypeError, match="int8"):
+            comm._args(DeviceArray(np.int8))
+    assert got == {"float16": 6, "float32": 7, "float64": 8}  # ncclDataType_t (nccl.h)
+
+
+def test_nccl_refuses_more_ranks_than_gpus_on_a_node(monkeypatch):
+    """NCCL would fail with "Duplicate GPU detected": the error says what to use instead."""
+    cupy = pytest.importorskip("cupy")
+    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
+    dist._check_one_gpu_per_rank(_RecordingMPI(local_ranks=1))
+    with pytest.raises(dist.DistributedError, match="2 ranks on this node, 1 GPU.*comm='mpi'"):
+        dist._check_one_gpu_per_rank(_RecordingMPI(local_ranks=2))
+
+
+def test_mpi_staging_refuses_non_contiguous_arrays():
+    """Staging copies a flat view back: a strided array would be written nowhere."""
+    comm = object.__new__(dist.MPICommunicator)
+    comm._staging = {}
+    with pytest.raises(TypeError, match="C-contiguous"):
+        comm._host(np.zeros((4, 4))[:, ::2])
