@@ -209,7 +209,10 @@ class Sequential(Trainer):
         it; they never read layer attributes themselves."""
         self._require_built()
         layers = tuple(layer.plan() for layer in self.layers)
-        return StepPlan(layers, self.loss.plan(), self.dtype, self.compute_dtype or self.dtype)
+        groups = self.arena.groups if self.arena is not None else []
+        optimizers = tuple((g.optimizer.name, g.optimizer.kernel) for g in groups)
+        compute = self.compute_dtype or self.dtype
+        return StepPlan(layers, self.loss.plan(), self.dtype, compute, optimizers)
 
     def apply_gradients(self) -> None:
         """One optimizer step over the whole parameter arena (one fused call per group)."""

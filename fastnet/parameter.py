@@ -31,6 +31,8 @@ N_SCALARS = 8
 class Optimizer(Protocol):
     """What a group needs of an optimizer (``fastnet.optimizers.Optimizer`` provides it)."""
 
+    name: str
+    kernel: str  # the fused update kernels' name ("" if the reference only)
     slots: tuple[str, ...]
     nonnegative_slots: tuple[str, ...]
     lr: float

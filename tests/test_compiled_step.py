@@ -226,3 +226,73 @@ def test_device_labels_are_adopted_through_dlpack_like_features():
     model = _model(_GpuLikeBackend())
     model.fit(_DeviceArray(X), _DeviceArray(y), epochs=1, batch_size=16, verbose=0)
     assert model.history["loss"] and model.step_description.startswith("captured graph")
+
+
+@pytest.mark.parametrize("rows", [16, 20, 31])
+def test_one_full_batch_with_several_steps_per_replay(rows):
+    """A fresh step with K > 1 steps per replay and a single full batch: the warm-up is that
+    batch, and no gather may read past the permutation (on a GPU: an illegal address)."""
+    X, y = _data()
+    models = []
+    for compiled in (False, True):
+        model = _model(CaptureSimBackend(steps_per_graph=32))
+        model.fit(X[:rows], y[:rows], epochs=3, batch_size=16, verbose=0, compiled=compiled)
+        models.append(model)
+    np.testing.assert_allclose(_weights(models[1]), _weights(models[0]), rtol=1e-12, atol=1e-14)
+
+
+class _ObstacleBackend(CaptureSimBackend):
+    """Its eager Dense forward meets an obstacle to capture (as cupy's half GEMM without a
+    cuBLASLt algorithm) on the first call outside a capture."""
+
+    def linear(self, *args, **kwargs):
+        if not self.capturing and not self.obstacles_seen:
+            self.obstacles_seen += 1
+            self.last_obstacle = "no algorithm for this GEMM"
+        return super().linear(*args, **kwargs)
+
+
+@pytest.mark.parametrize("steps_per_graph", [1, 32])
+def test_an_obstacle_met_in_the_warm_up_keeps_the_step_eager(steps_per_graph):
+    """What the eager warm-up met is named in step_description, nothing is captured, and the
+    training is the eager one."""
+    X, y = _data()
+    eager = _model(CaptureSimBackend())
+    eager.fit(X, y, epochs=2, batch_size=16, verbose=0, compiled=False)
+    model = _model(_ObstacleBackend(steps_per_graph))
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0, compiled=True)
+    assert model.step_description == "eager (no algorithm for this GEMM)"
+    step = next(iter(model._compiled_steps.values()))[0]
+    assert step.replays == 0 and step.captures == []
+    np.testing.assert_allclose(_weights(model), _weights(eager), rtol=1e-12, atol=1e-14)
+
+
+def test_streamed_chunks_wait_for_the_previous_copy_before_refilling():
+    """Streamed data is gathered into one pinned buffer per epoch and copied asynchronously:
+    a chunk may be gathered there only after the previous chunk's copy has read it."""
+    from fastnet.training import StreamedBatches
+
+    class Copy:
+        done = False
+
+        def synchronize(self):
+            self.done = True
+
+    class AsyncCopies(CaptureSimBackend):
+        def __init__(self):
+            super().__init__()
+            self.copies = []
+
+        def copy_from_host(self, dst, src):
+            assert all(c.done for c in self.copies[:-2]), "refilled while a copy was pending"
+            dst[...] = src
+            self.copies.append(Copy())
+            return self.copies[-1]
+
+    backend = AsyncCopies()
+    X, y = _data()
+    source = StreamedBatches(X, y, backend, seed=0, shuffle=False, chunk_batches=2)
+    bounds = [(lo, min(lo + 16, len(X))) for lo in range(0, len(X), 16)]
+    got = [xb.copy() for xb, _, _ in source.epoch(bounds, None, np.arange(len(X)))]
+    np.testing.assert_array_equal(np.concatenate(got), X)
+    assert len(backend.copies) == 6 and all(c.done for c in backend.copies[:-2])

@@ -18,8 +18,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # same day for multi-step CUDA graphs, captured Dropout/BatchNorm1d and cuBLASLt (+641 lines),
 # to 9,000 for mixed precision (master weights, half copies, loss scaling: +218 lines), to 9,100
 # for the synchronized BatchNorm1d (+110 lines), to 9,250 for cupy's half-precision kernels (+100),
-# to 9,300 for their Dropout/BatchNorm1d variants and the loss-scale settings (+60)
-BUDGET = 9300
+# to 9,300 for their Dropout/BatchNorm1d variants and the loss-scale settings (+60), to 9,400 for
+# the fixes of a review of the never-run GPU code (NCCL's host arrays, data types and one GPU per
+# rank, a warm-up's capture obstacle, cuBLASLt plan failures, the device facts: +82)
+BUDGET = 9400
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -176,9 +176,11 @@ class Backend:
         gather position, a random stream's step."""
         counter += by
 
-    def copy_from_host(self, dst: Any, src: np.ndarray) -> None:
-        """Copy host array ``src`` into the device array ``dst`` of the same shape."""
+    def copy_from_host(self, dst: Any, src: np.ndarray) -> Any:
+        """Copy host array ``src`` into the device array ``dst`` of the same shape; returns a
+        handle whose ``synchronize()`` waits until ``src`` may be written again (None: now)."""
         dst[...] = src
+        return None
 
     def pinned_empty(self, shape: Any, dtype: Any) -> np.ndarray:
         """A host staging array (page-locked on GPU backends)."""
@@ -680,6 +682,12 @@ class Backend:
                 xp.putmask(a, abs(a) < tiny, 0)
 
     # ------------------------------------------------------------------ compiled steps
+    #: things eager steps met that a captured step could not do (cupy: a half GEMM without a
+    #: cuBLASLt algorithm), counted, the last one named: a compiled step checks the count
+    #: around its eager warm-up and stays eager, saying why, if it grew
+    obstacles_seen = 0
+    last_obstacle = ""
+
     def step_stream(self) -> contextlib.AbstractContextManager:
         """Context in which a training loop issues all its work (permutation, batch gathers,
         learning-rate writes, steps and replays) on one stream, in order. CPU: no streams."""

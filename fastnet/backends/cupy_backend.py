@@ -115,8 +115,11 @@ class CupyBackend(Backend):
     def advance_counter(self, counter: Any, by: int) -> None:
         self.k.advance_counter(counter, by)
 
-    def copy_from_host(self, dst: Any, src: np.ndarray) -> None:
+    def copy_from_host(self, dst: Any, src: np.ndarray) -> Any:
+        """An asynchronous copy on the current stream (pinned ``src``); the returned event
+        is recorded after it."""
         dst.set(src)
+        return self.xp.cuda.get_current_stream().record()
 
     def check_policy(self, policy: str) -> Any:
         """float16 for "mixed_float16"; ml_dtypes' bfloat16 for "mixed_bfloat16" where CuPy
@@ -141,12 +144,22 @@ class CupyBackend(Backend):
             return reason
         if any(getattr(layer, "collective", False) for layer in plan.layers):
             return "a synchronized BatchNorm1d runs eagerly on cupy (reference ops)"
+        for name, kernel in plan.optimizers:
+            if kernel not in self.k.UPDATE_RULES:  # the reference update allocates
+                return f"the optimizer {name} has no CUDA update kernel (eager steps run it)"
         return super().plan_capture_reason(plan)
 
-    def _no_half_fallback_in_capture(self, op: str) -> None:
+    def _note_half_fallback(self, op: str) -> None:
         """The float32 reference of a half GEMM allocates: inside a capture it would hand the
-        graph pool memory; fail clearly instead (train with compiled=False)."""
-        if self.xp.cuda.get_current_stream().is_capturing():
+        graph pool memory; fail clearly instead. Outside one it is counted as an obstacle (a
+        compiled step's warm-up that meets it stays eager)."""
+        if not self.xp.cuda.get_current_stream().is_capturing():
+            self.obstacles_seen += 1
+            self.last_obstacle = (
+                f"cuBLASLt has no algorithm for a half {op} of this model "
+                f"({self._lt_reason or 'no heuristic result'}): its float32 fallback allocates"
+            )
+        else:
             raise RuntimeError(
                 f"mixed precision: cuBLASLt has no algorithm for this half {op} inside a CUDA "
                 f"graph capture ({self._lt_reason or 'no heuristic result'}); fit with "
@@ -255,7 +268,7 @@ class CupyBackend(Backend):
                 return self.activation(out, activation, alpha, out)  # rounded twice: not ReLU
             if (b is None or _half(b)) and self._cublaslt(x, w, out, precision):
                 return self.bias_act(out, b, activation, alpha)  # a bias cuBLASLt cannot take
-            self._no_half_fallback_in_capture("linear")
+            self._note_half_fallback("linear")
         return super().linear(x, w, b, activation, alpha, out, precision)
 
     def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
@@ -268,7 +281,7 @@ class CupyBackend(Backend):
             self.record_kernel("matmul", "cublaslt")
             return out
         if a.dtype.itemsize == 2 or b.dtype.itemsize == 2:  # half: the float32 reference
-            self._no_half_fallback_in_capture("matmul")
+            self._note_half_fallback("matmul")
             return super().matmul(a, b, out, precision)
         if self._gemm is not None and out.flags.c_contiguous and self._gemm.supports(a, b, out):
             self.record_kernel("matmul", self._gemm_name)
@@ -552,11 +565,14 @@ class CupyBackend(Backend):
     # ------------------------------------------------------------------ compiled steps
     def step_stream(self) -> contextlib.AbstractContextManager:
         """This device and its step stream (non-blocking), current for the whole loop: the
-        permutation, gathers, learning-rate writes, steps and graph replays run in order."""
+        permutation, gathers, learning-rate writes, steps and graph replays run in order, after
+        what the default stream was given before (weights built or loaded there)."""
         stack = contextlib.ExitStack()
         stack.enter_context(self.device)
         if self._stream is None:
             self._stream = self.xp.cuda.Stream(non_blocking=True)
+        if not self._stream.is_capturing():  # a non-blocking stream does not wait by itself
+            self._stream.wait_event(self.xp.cuda.Stream.null.record())
         stack.enter_context(self._stream)
         return stack
 
@@ -568,9 +584,13 @@ class CupyBackend(Backend):
         stream.begin_capture()
         try:
             fn()
-        finally:
-            graph = stream.end_capture()
-        return _CudaGraph(graph)
+        except BaseException:
+            try:  # end the capture; its own error (an invalidated capture) must not hide fn's
+                stream.end_capture()
+            except Exception:
+                pass
+            raise
+        return _CudaGraph(stream.end_capture())
 
 
 class _CudaGraph:

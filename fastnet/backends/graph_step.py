@@ -51,6 +51,7 @@ class GraphedStep:
         self.frozen: tuple = ()
         self.kept: list = []
         self.replays = 0  # steps run by graph replays
+        self.eager_reason = ""  # set when the warm-up met something a capture cannot do
         self.reduce: Callable[[], Any] | None = None  # data parallelism: the all-reduce
 
     def batch_buffers(self, n: int) -> tuple[Any, Any, Any] | None:
@@ -84,14 +85,20 @@ class GraphedStep:
         for src, dst in ((xb, x), (yb, y), (wb, w)):
             if src is not None and src is not dst:
                 dst[...] = src  # a caller that did not gather into the step's buffers
-        if n == self.batch_size and self.graph is None and self.warm:
+        if n == self.batch_size and self.graph is None and self.warm and not self.eager_reason:
             self._capture()
         if n == self.batch_size and self.graph is not None:
             self.graph.replay()
             self.replays += 1
+        elif n == self.batch_size and self.warm:  # eager_reason: no capture
+            self.model.train_step(x, y, w, self.totals, self.reduce)
         elif n == self.batch_size:  # the eager warm-up: buffers exist before the capture
+            seen = self.backend.obstacles_seen
             self.model.train_step(x, y, w, self.totals, self.reduce)
             self.warm = True
+            if self.backend.obstacles_seen != seen:
+                self.eager_reason = f"eager ({self.backend.last_obstacle})"
+                self.description = self.model.step_description = self.eager_reason
         else:
             self.model.train_step(x, y, w, totals=self.totals)
 
@@ -131,7 +138,7 @@ class GraphedStep:
         full = 0
         while full < len(bounds) and tuple(bounds[full]) == (full * size, (full + 1) * size):
             full += 1
-        if self.steps_per_graph == 1 or full == 0:
+        if self.steps_per_graph == 1 or full == 0 or self.eager_reason:
             return 0
         backend = self.backend
         if len(data) != len(self.data) or any(a is not b for a, b in zip(data, self.data)):
@@ -149,6 +156,8 @@ class GraphedStep:
             done = 1
             if progress is not None:
                 progress(size)
+        if done == full or self.eager_reason:  # nothing left to replay here
+            return done
         backend.fill(self.position, done * size)
         if not self.multi:  # compile the gathers' kernels (one per dtype) outside a capture
             self._gather_at(0)

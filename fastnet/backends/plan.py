@@ -77,6 +77,8 @@ class StepPlan:
     dtype: Any
     #: what layers compute in: ``dtype``, or a half dtype under mixed precision
     compute_dtype: Any = None
+    #: (name, kernel) of each parameter group's optimizer (kernel "": the reference only)
+    optimizers: tuple[tuple[str, str], ...] = ()
 
     def capture_reason(self) -> str:
         """Why the step function cannot be captured in a graph ("" if it can): every layer
