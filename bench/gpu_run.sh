@@ -4,7 +4,8 @@
 #
 #   bash bench/gpu_run.sh OUTDIR [--dry-run] [all|pytest|graph|train|bench|distributed ...]
 #
-# Stages (each under its own `timeout`, all within TOTAL_S, default 450 s) and the files they fill:
+# Stages (each under its own `timeout`, all within TOTAL_S: default 450 s, 240 s for `speed`
+# alone) and the files they fill:
 #   gpu, setup        nvidia-smi; `pip install --no-deps -e .`; versions        -> gpu.txt
 #   pytest-cupy       the cupy tests (-k cupy), with -n 8 when pytest-xdist is there -> pytest.log
 #   graph-check       eager vs compiled step on Fashion-MNIST, every optimizer x schedule
@@ -12,8 +13,8 @@
 #   train-*           4 epochs each: eager fp32, CUDA graph fp32, CUDA graph tf32, eager
 #                     mixed_float16 and mixed_bfloat16                        -> train.log
 #   preset-best       --preset best --epochs 2                                   -> train.log
-#   distributed-*     one epoch over MPI (2 ranks) and NCCL (1 rank) if mpirun exists
-#                                                                              -> distributed.log
+#   distributed-*     two epochs and 100 timed all-reduces over MPI (2 ranks, GPU arrays staged)
+#                     and NCCL (1 rank, captured), if mpirun exists         -> distributed.log
 #   bench-kernels     the GPU kernel suite                                 -> bench.json, bench.log
 #   bench-train       only when asked for (`speed`, not part of `all`: a call of its own after
 #                     the check): the train suite, fastnet's graphs (32 and 1 step per replay,
@@ -41,10 +42,12 @@ PY=${PYTHON:-python3}
 mkdir -p "$out" && rm -f "$out"/{summary.txt,gpu.txt,pytest.log,graph-check.json,train.log}
 rm -f "$out"/{bench.json,bench.log,distributed.log,bench-train.json}
 tmp=$(mktemp -d) && trap 'rm -rf "$tmp"' EXIT
-deadline=$(( SECONDS + ${TOTAL_S:-450} ))
+speed_only=0 && [[ ${groups[*]} == speed ]] && speed_only=1
+deadline=$(( SECONDS + ${TOTAL_S:-$( (( speed_only )) && echo 240 || echo 450)} ))
 if [[ -z ${FASTNET_DATA:-} && -d .data ]]; then export FASTNET_DATA=$PWD/.data; fi
 export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
+export OMPI_MCA_btl_vader_single_copy_mechanism=none  # no ptrace/CMA in the device's VM
 export CUBLASLT_LOG_LEVEL=${CUBLASLT_LOG_LEVEL:-1}  # cuBLASLt's errors, with their reason, in the logs
 
 wanted() {  # wanted GROUP: whether the command line asked for this group of stages
@@ -89,8 +92,8 @@ if (( dry )); then nogpu gpu; else stage gpu 20 gpu.txt nvidia-smi; fi
 if (( dry )); then
   stage setup 30 gpu.txt "$PY" -c "import fastnet, numpy; print('fastnet', fastnet.__version__)"
 else
-  stage setup 90 gpu.txt bash -c "$PY -m pip install -q --no-deps --no-build-isolation -e . &&
-    $PY -c 'import cupy, fastnet; print(\"cupy\", cupy.__version__, \"fastnet\", fastnet.__version__)'"
+  stage setup 90 gpu.txt bash -c "$PY -m pip install -q --no-deps --no-build-isolation \
+    --no-index --disable-pip-version-check -e . && $PY -m fastnet.bench.gpu_facts"
 fi
 if wanted pytest; then
   xdist=() && "$PY" -c "import xdist" 2>/dev/null && xdist=(-n "$( (( dry )) && echo 2 || echo 8)")
@@ -120,14 +123,16 @@ if wanted train; then
     --preset best "${preset[@]}" --json "$tmp/preset-best.json"
 fi
 if wanted distributed; then
-  if ! command -v mpirun >/dev/null; then
-    record SKIP distributed-mpi "(no mpirun)"; record SKIP distributed-nccl "(no mpirun)"
+  mpirun=$(command -v mpirun || command -v mpiexec || command -v "$(dirname "$(command -v "$PY")")/mpiexec")
+  if [[ -z $mpirun ]]; then
+    record SKIP distributed-mpi "(no mpirun/mpiexec)"; record SKIP distributed-nccl "(no mpirun)"
   else
-    stage distributed-mpi 60 distributed.log mpirun -n 2 "${train[@]}" --epochs 1 \
-      --backend "$mpi_be" --distributed --comm mpi
-    if (( dry )); then nogpu distributed-nccl; else
-      stage distributed-nccl 60 distributed.log mpirun -n 1 "${train[@]}" --epochs 1 \
-        --distributed --comm nccl
+    dp=("$PY" -m fastnet.bench.distributed --epochs 2 --repeats 100)  # + all-reduce timing
+    stage distributed-mpi 60 distributed.log "$mpirun" -n 2 "${dp[@]}" --backend "$mpi_be" \
+      --comm mpi
+    if (( dry )); then nogpu distributed-nccl; else  # the all-reduce inside the graph
+      stage distributed-nccl 60 distributed.log "$mpirun" -n 1 "${dp[@]}" --backend cupy \
+        --comm nccl --compiled on
     fi
   fi
 fi
@@ -136,7 +141,7 @@ if wanted bench; then
     --json "$out/bench.json"
 fi
 if [[ " ${groups[*]} " == *" speed "* ]]; then
-  stage bench-train 300 bench.log "$PY" -m fastnet.cli bench "${speed[@]}" \
+  stage bench-train 230 bench.log "$PY" -m fastnet.cli bench "${speed[@]}" \
     --json "$out/bench-train.json"
 fi
 

@@ -6,6 +6,7 @@ NumPy reference before it is timed."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -643,7 +644,15 @@ def resolve_backends(spec: str | None) -> list[Any]:
     return [get_backend(n) for n in names]
 
 
-def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -> dict[str, Any]:
+def run_suites(
+    backend_spec: str | None,
+    suite: str,
+    rounds: int,
+    quick: bool,
+    json_path: str | None = None,
+) -> dict[str, Any]:
+    """Run ``suite``'s groups, each interleaved; with ``json_path`` the report is rewritten
+    there after every group (a run cut short keeps the groups it finished)."""
     backends = resolve_backends(backend_spec)
     report: dict[str, Any] = {
         "machine": machine_info(),
@@ -676,6 +685,8 @@ def run_suites(backend_spec: str | None, suite: str, rounds: int, quick: bool) -
             "results": [r.to_dict() for r in results],
         }
         print(format_table(results, f"\n== {title} (ratio = time / {reference})"), flush=True)
+        if json_path:
+            _write_json(report, json_path)
     _print_floor_summary(report)
     _print_subnormal_summary(report)
     return report
@@ -799,11 +810,16 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     plt.close(fig)
 
 
+def _write_json(report: dict[str, Any], path: str) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(report, f, indent=1, default=str)
+    os.replace(path + ".tmp", path)
+
+
 def run_bench(args: Any) -> int:
-    report = run_suites(args.backends, args.suite, args.rounds, args.quick)
+    report = run_suites(args.backends, args.suite, args.rounds, args.quick, args.json)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=1, default=str)
+        _write_json(report, args.json)
         print(f"wrote {args.json}")
     if args.plot:
         plot_report(report, args.plot)

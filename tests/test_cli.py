@@ -117,6 +117,32 @@ def test_interleaved_alternates_and_computes_ratios():
     assert all(len(r.times) == 4 for r in results) and results[0].ratio == 1.0
 
 
+def test_a_bench_cut_short_keeps_the_groups_it_finished(monkeypatch, tmp_path):
+    """The GPU run's benchmark call may hit its time limit: the JSON is rewritten after every
+    group, so the groups done before are on disk."""
+    import json
+
+    from fastnet.bench import suites
+    from fastnet.bench.harness import Contestant
+
+    def groups(*args):
+        return {"first": [Contestant("a", lambda: None)], "second": [Contestant("b", stop)]}
+
+    def stop():
+        raise KeyboardInterrupt  # what a timeout's signal does to the run
+
+    monkeypatch.setattr(suites, "_suite_groups", groups)
+    monkeypatch.setattr(suites, "cold_start", lambda name: {k: 0.0 for k in _COLD_KEYS})
+    monkeypatch.setattr(suites, "sgemm_ceiling", lambda be, n: 1.0)
+    path = tmp_path / "bench.json"
+    with pytest.raises(KeyboardInterrupt):
+        suites.run_suites("numpy", "kernels", 1, True, str(path))
+    assert list(json.loads(path.read_text())["groups"]) == ["first"]
+
+
+_COLD_KEYS = ("import_s", "first_step_s", "kernel_loading_s", "second_step_s")
+
+
 def test_evaluate_uses_the_dataset_recorded_in_the_checkpoint(data_dir, tmp_path, capsys):
     ckpt = tmp_path / "m.safetensors"
     argv = [
