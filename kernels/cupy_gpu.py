@@ -19,7 +19,7 @@ _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 # Activation of v (z + b) and derivative from the output y; codes as in fastnet.backends.base.
 _ACT = {
     0: "v",
-    1: "v > (T)0 ? v : (T)0",
+    1: "(v > (T)0 || v != v) ? v : (T)0",  # NaN stays NaN, as np.maximum
     2: "v > (T)0 ? v : v * alpha",
     3: "v >= (T)0 ? (T)1 / ((T)1 + exp(-v)) : exp(v) / ((T)1 + exp(v))",
     4: "tanh(v)",
@@ -849,7 +849,8 @@ extern "C" __global__ void advance_scalars(double* s, const double* checks, doub
         s[3] = eps;
     }
     s[4] = 1.0 - lr * decoupled_wd;
-    s[5] = clip_norm != 0.0 ? fmin(1.0, clip_norm / (sqrt(checks[0]) + 1e-6)) : 1.0;
+    double ratio = clip_norm / (sqrt(checks[0]) + 1e-6);  // a NaN norm gives NaN, as NumPy
+    s[5] = clip_norm != 0.0 ? (ratio >= 1.0 ? 1.0 : ratio) : 1.0;
 }
 """
 

@@ -78,7 +78,7 @@ def _bias_act_row(row, b, code, alpha):
     elif code == 1:
         for j in range(m):
             v = row[j] + b[j]
-            row[j] = v if v > 0 else 0
+            row[j] = v if v > 0 or v != v else 0  # NaN stays NaN (as np.maximum)
     elif code == 2:
         for j in range(m):
             v = row[j] + b[j]
@@ -566,7 +566,8 @@ def advance_scalars(s, checks, eps, beta1, beta2, bias_correction, decoupled_wd,
         s[2] = lr
         s[3] = eps
     s[4] = 1.0 - lr * decoupled_wd
-    s[5] = min(1.0, clip_norm / (math.sqrt(checks[0]) + 1e-6)) if clip_norm else 1.0
+    ratio = clip_norm / (math.sqrt(checks[0]) + 1e-6)
+    s[5] = (1.0 if ratio >= 1.0 else ratio) if clip_norm else 1.0  # a NaN norm: NaN, as NumPy
 
 
 bias_act, bias_act_parallel = _flavours(_bias_act)

@@ -196,3 +196,22 @@ def test_a_non_finite_gradient_count_skips_the_step(name):
         assert s[6] == 0 and s[1] == 2
         be.update(rule, p, g, slots, s, rule.constants(), 40, 0.0, None)
         assert not np.array_equal(p, before[1])
+
+
+@pytest.mark.parametrize("norm_sq", [0.0, 0.3, 100.0, np.nan, np.inf])
+def test_step_scalar_kernels_equal_the_reference_for_any_gradient_norm(fast_backend, norm_sq):
+    """numba's and CUDA's advance_scalars against the reference, a NaN norm giving a NaN clip
+    scale (min(1, NaN) is NaN in NumPy; C's fmin and Python's min would say 1)."""
+    from fastnet.backends.base import Backend
+
+    constants = (1e-7, 0.9, 0.99, 1.0, 0.01, 1.0)
+    s_ref = np.zeros(8)
+    s_ref[0] = 3e-3
+    s = fast_backend.asarray(s_ref.copy())
+    checks = np.array([norm_sq, 0.0])
+    for _ in range(3):
+        Backend().advance_scalars(s_ref, checks, constants)
+        fast_backend.advance_scalars(s, fast_backend.asarray(checks), constants)
+    got = fast_backend.to_numpy(s)
+    np.testing.assert_allclose(got, s_ref, rtol=1e-15, atol=0)
+    assert np.isnan(got[5]) == np.isnan(norm_sq)

@@ -127,6 +127,22 @@ def test_sigmoid_tanh_saturate_without_warnings(backend):
     np.testing.assert_allclose(t[0], [-1, -1, 0, 1, 1])
 
 
+@pytest.mark.parametrize("act", ["relu", "leaky_relu", "sigmoid", "tanh"])
+def test_activations_carry_nan_and_inf_as_the_reference(backend, ref, act):
+    """A NaN reaching an activation stays NaN on every backend (a ReLU that made it 0 would
+    hide a diverged layer from the loss and from on_divergence); infinities as NumPy gives."""
+    from fastnet.backends.base import Act
+
+    code = Act[act.upper()]
+    z = np.array([[np.nan, np.inf, -np.inf, -0.0, 1.5, -2.0]], np.float32)
+    b = np.zeros(6, np.float32)
+    want = ref.activation(z.copy(), code, 0.01)
+    got = to_np(backend, backend.activation(backend.asarray(z), code, 0.01))
+    fused = to_np(backend, backend.bias_act(backend.asarray(z), backend.asarray(b), code, 0.01))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)  # NaN only where NaN
+    np.testing.assert_allclose(fused, want, rtol=1e-6, atol=0)
+
+
 UPDATES = {
     "sgd": lambda: SGD(0.1, weight_decay=0.01),
     "momentum": lambda: Momentum(0.1, 0.9, weight_decay=0.01),
