@@ -48,6 +48,7 @@ if [[ -z ${FASTNET_DATA:-} && -d .data ]]; then export FASTNET_DATA=$PWD/.data; 
 export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1
 export OMPI_MCA_btl_vader_single_copy_mechanism=none  # no ptrace/CMA in the device's VM
+export XLA_PYTHON_CLIENT_PREALLOCATE=false  # JAX shares the GPU with CuPy and PyTorch
 export CUBLASLT_LOG_LEVEL=${CUBLASLT_LOG_LEVEL:-1}  # cuBLASLt's errors, with their reason, in the logs
 
 wanted() {  # wanted GROUP: whether the command line asked for this group of stages

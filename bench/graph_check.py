@@ -102,7 +102,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results = []
     for optimizer in args.optimizers.split(","):
         for schedule in args.schedules.split(","):
-            row = compare(args.backend, optimizer, schedule, data, args.epochs, args.tol)
+            try:
+                row = compare(args.backend, optimizer, schedule, data, args.epochs, args.tol)
+            except Exception as exc:  # a FAIL row; the other comparisons still run
+                row = {"optimizer": optimizer, "schedule": schedule, "pass": False}
+                row["error"] = f"{type(exc).__name__}: {exc}"
+                print(f"FAIL {optimizer:9s} {schedule:14s} {row['error']}", flush=True)
+                results.append(row)
+                continue
             print(
                 f"{'PASS' if row['pass'] else 'FAIL'} {optimizer:9s} {schedule:14s} "
                 f"max rel diff {row['max_rel_diff']:.2e}  {row['seconds']:.1f}s  "

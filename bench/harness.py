@@ -21,6 +21,7 @@ class Contestant:
     run: Callable[[], Any]
     elapsed: Callable[[Callable[[], Any]], float] | None = None
     flops: float | None = None  # work per run, to report GFLOP/s
+    describe: Callable[[], str] | None = None  # what ran, read after timing (step_description)
 
 
 @dataclass
@@ -66,26 +67,46 @@ def wall_elapsed(fn: Callable[[], Any]) -> float:
 
 
 def interleaved(
-    contestants: list[Contestant], rounds: int = 7, reference: str | None = None, warmup: int = 1
+    contestants: list[Contestant],
+    rounds: int = 7,
+    reference: str | None = None,
+    warmup: int = 1,
+    failed: dict[str, str] | None = None,
 ) -> list[Result]:
     """Time every contestant once per round, rotating the order each round so no contestant
-    always runs first. ``reference`` names the contestant ratios are taken against."""
-    results = []
+    always runs first. ``reference`` names the contestant ratios are taken against. A contestant
+    that raises is dropped (its error into ``failed``, by name) and the others go on."""
+    failed = {} if failed is None else failed
+    live: list[tuple[Contestant, Result]] = []
     for c in contestants:
         timer = c.elapsed or wall_elapsed
         start = time.perf_counter()
-        for _ in range(warmup):
-            timer(c.run)
-        results.append(Result(c.name, [], time.perf_counter() - start, c.flops))
+        try:
+            for _ in range(warmup):
+                timer(c.run)
+        except Exception as exc:
+            _drop(c.name, exc, failed)
+            continue
+        live.append((c, Result(c.name, [], time.perf_counter() - start, c.flops)))
     for r in range(rounds):
-        k = r % len(contestants)
-        for c, res in list(zip(contestants, results))[k:] + list(zip(contestants, results))[:k]:
-            res.times.append((c.elapsed or wall_elapsed)(c.run))
-    if reference is not None:
-        ref = next(res for res in results if res.name == reference)
+        k = r % max(1, len(live))
+        for c, res in live[k:] + live[:k]:
+            if c.name not in failed:
+                try:
+                    res.times.append((c.elapsed or wall_elapsed)(c.run))
+                except Exception as exc:
+                    _drop(c.name, exc, failed)
+    results = [res for c, res in live if c.name not in failed]
+    ref = next((res for res in results if res.name == reference), None)
+    if ref is not None:
         for res in results:
             res.ratios = [t / rt for t, rt in zip(res.times, ref.times)]
     return results
+
+
+def _drop(name: str, exc: Exception, failed: dict[str, str]) -> None:
+    failed[name] = f"{type(exc).__name__}: {exc}"
+    print(f"{name} dropped: {failed[name]}", flush=True)
 
 
 def machine_info() -> dict[str, Any]:

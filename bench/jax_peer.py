@@ -67,11 +67,12 @@ def jax_scan_epoch(
     precision: str | None = None,
 ) -> Callable[[], Any]:
     """One epoch = one call of a jitted function that shuffles on the device and runs
-    ``lax.scan`` over all full batches (gathering each batch inside the scan)."""
+    ``lax.scan`` over all full batches (gathering each batch inside the scan). The data are
+    arguments, as a JAX user passes them (closed over, XLA would embed them as constants)."""
     jax, adam_step, state, Xd, yd, steps = _setup(sizes, seed, precision, X, y, batch)
 
     @jax.jit
-    def epoch(state: Any, key: Any) -> tuple[Any, Any]:
+    def epoch(state: Any, key: Any, Xd: Any, yd: Any) -> tuple[Any, Any]:
         order = jax.random.permutation(key, Xd.shape[0])[: steps * batch].reshape(steps, batch)
 
         def body(state: Any, idx: Any) -> tuple[Any, Any]:
@@ -84,7 +85,7 @@ def jax_scan_epoch(
 
     def run() -> float:
         carry["key"], sub = jax.random.split(carry["key"])
-        carry["state"], loss = epoch(carry["state"], sub)
+        carry["state"], loss = epoch(carry["state"], sub, Xd, yd)
         return float(loss.block_until_ready())
 
     return run
@@ -100,7 +101,7 @@ def jax_step_epoch(
 ) -> Callable[[], Any]:
     """One epoch as a Python loop over a jitted step (host shuffle, device gather)."""
     jax, adam_step, state, Xd, yd, steps = _setup(sizes, seed, precision, X, y, batch)
-    step = jax.jit(lambda s, idx: adam_step(s, Xd[idx], yd[idx]))
+    step = jax.jit(lambda s, idx, Xd, yd: adam_step(s, Xd[idx], yd[idx]))  # data as arguments
     rng = np.random.default_rng(seed)
     carry = {"state": state}
 
@@ -108,7 +109,7 @@ def jax_step_epoch(
         order = jax.numpy.asarray(rng.permutation(len(X))[: steps * batch].reshape(steps, batch))
         loss = None
         for i in range(steps):
-            carry["state"], loss = step(carry["state"], order[i])
+            carry["state"], loss = step(carry["state"], order[i], Xd, yd)
         return float(loss.block_until_ready()) if loss is not None else float("nan")
 
     return run

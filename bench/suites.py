@@ -326,22 +326,48 @@ def train_groups(
     }, notes
 
 
-def _graph_variants(be: Any, sizes: tuple, Xd: Any, yd: Any, batch: int) -> list[tuple[str, Any]]:
+def _graph_variants(be: Any, sizes: tuple, Xd: Any, yd: Any, batch: int) -> list[tuple]:
     """fp32 graphed epochs that show what a feature gives: one step per replay ("1step"),
     cuBLAS + the bias kernel instead of cuBLASLt ("cublas"), cuBLASLt's algorithms timed per
     shape instead of its heuristic's ("autotune")."""
+    models = [_model(be, sizes) for _ in range(3)]
     default, be.steps_per_graph = be.steps_per_graph, 1
     try:
-        single = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
+        single = models[0].epoch_runner(Xd, yd, batch, compiled=True)
     finally:
         be.steps_per_graph = default
-    plain = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
-    tuned = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
+    plain = models[1].epoch_runner(Xd, yd, batch, compiled=True)
+    tuned = models[2].epoch_runner(Xd, yd, batch, compiled=True)
     return [
-        ("1step", single),
-        ("cublas", _with_setting(be, "use_cublaslt", False, plain)),
-        ("autotune", _with_setting(be, "gemm_autotune", True, tuned)),
+        ("1step", single, models[0]),
+        ("cublas", _with_setting(be, "use_cublaslt", False, plain), models[1]),
+        ("autotune", _with_setting(be, "gemm_autotune", True, tuned), models[2]),
     ]
+
+
+def _step_of(model: Any) -> Callable[[], str]:
+    """What a fastnet contestant ran, read after timing (a warm-up may have stayed eager)."""
+    return lambda: str(model.step_description)
+
+
+def _graphed(be: Any, run: Callable[[], Any], name: str) -> Callable[[], Any]:
+    """``run``'s GPU work (e.g. a floor's GEMMs) captured once in a graph, after one eager
+    call, and replayed on the step stream until done: the work without Python's launch
+    overhead. ``run`` itself where the capture fails (said)."""
+    try:
+        with be.step_stream():
+            run()  # plans and workspaces exist before the capture
+            graph = be.capture(run)
+    except Exception as exc:
+        print(f"{name}: not captured ({type(exc).__name__}: {exc}); timed as launched")
+        return run
+
+    def replay() -> None:
+        with be.step_stream():
+            graph.replay()
+        be.synchronize()
+
+    return replay
 
 
 def _with_setting(be: Any, name: str, value: Any, run: Callable[..., Any]) -> Callable[..., Any]:
@@ -394,14 +420,14 @@ def _fastnet_contestants(
         epoch.append(Contestant("matmul-only-numba-fp32", floor, None, epoch_flops))
     if be.name.startswith("cupy"):
         for precision in ("fp32", "tf32") if not be.precision_reason("tf32") else ("fp32",):
-            graphed = _model(be, sizes, precision=precision).epoch_runner(
-                Xd, yd, batch, compiled=True
-            )
+            graph_model = _model(be, sizes, precision=precision)
+            graphed = graph_model.epoch_runner(Xd, yd, batch, compiled=True)
             name = f"fastnet-{be.name}-graph-{precision}"
-            epoch.append(Contestant(name, graphed, timer, epoch_flops))
+            epoch.append(Contestant(name, graphed, timer, epoch_flops, _step_of(graph_model)))
             if precision == "fp32":
-                for variant, run in _graph_variants(be, sizes, Xd, yd, batch):
-                    epoch.append(Contestant(f"{name[:-5]}{variant}-fp32", run, timer, epoch_flops))
+                for variant, run, m in _graph_variants(be, sizes, Xd, yd, batch):
+                    variant_name = f"{name[:-5]}{variant}-fp32"
+                    epoch.append(Contestant(variant_name, run, timer, epoch_flops, _step_of(m)))
             floor = matmul_only_epoch(
                 be.xp,
                 sizes,
@@ -410,9 +436,9 @@ def _fastnet_contestants(
                 np.float32,
                 matmul=lambda a, b, out, p=precision, be=be: be.matmul(a, b, out, p),
             )
-            epoch.append(
-                Contestant(f"matmul-only-{be.name}-{precision}", floor, timer, epoch_flops)
-            )
+            floor_name = f"matmul-only-{be.name}-{precision}"
+            floor = _graphed(be, floor, floor_name)
+            epoch.append(Contestant(floor_name, floor, timer, epoch_flops))
         epoch += _mixed_graphs(be, sizes, Xd, yd, batch, timer, epoch_flops)
 
 
@@ -424,11 +450,13 @@ def _mixed_graphs(
     contestants = []
     for policy, short in (("mixed_float16", "fp16"), ("mixed_bfloat16", "bf16")):
         try:
-            run = _model(be, sizes, dtype=policy).epoch_runner(Xd, yd, batch, compiled=True)
+            model = _model(be, sizes, dtype=policy)
+            run = model.epoch_runner(Xd, yd, batch, compiled=True)
         except (ValueError, NotImplementedError) as exc:  # no such policy or no capture here
             print(f"fastnet-{be.name}-graph-{short} skipped: {exc}")
             continue
-        contestants.append(Contestant(f"fastnet-{be.name}-graph-{short}", run, timer, flops))
+        name = f"fastnet-{be.name}-graph-{short}"
+        contestants.append(Contestant(name, run, timer, flops, _step_of(model)))
     return contestants
 
 
@@ -554,10 +582,11 @@ def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestan
                 np.float32,
                 matmul=lambda a, b, out, p=precision, be=be: be.matmul(a, b, out, p),
             )
+            floor_name = f"matmul-only-{be.name}-{precision}"
             contestants.append(
                 Contestant(
-                    f"matmul-only-{be.name}-{precision}",
-                    floor,
+                    floor_name,
+                    _graphed(be, floor, floor_name),
                     _elapsed(be),
                     step_flops(sizes, batch),
                 )
@@ -586,7 +615,9 @@ def _bf16_contestants(be: Any, sizes: tuple, batch: int, xb: Any, yb: Any) -> li
     floor = matmul_only_epoch(be.xp, sizes, batch, batch, bf16, matmul=be.matmul)
     contestants = [
         Contestant(f"fastnet-{be.name}-eager-bf16", lambda: model.train_step(xb, yb), timer, flops),
-        Contestant(f"matmul-only-{be.name}-bf16", floor, timer, flops),
+        Contestant(
+            f"matmul-only-{be.name}-bf16", _graphed(be, floor, "matmul-only-bf16"), timer, flops
+        ),
     ]
     try:
         torch_step = torch_autocast_step(sizes, batch)
@@ -668,8 +699,13 @@ def run_suites(
     }
     report["cold_start"] = {}
     for be in backends:
-        cold_start(be.name)  # fills the kernel cache if it is cold
-        report["cold_start"][be.name] = cs = cold_start(be.name)
+        try:
+            cold_start(be.name)  # fills the kernel cache if it is cold
+            report["cold_start"][be.name] = cs = cold_start(be.name)
+        except Exception as exc:  # reported; the timed groups still run
+            report["cold_start"][be.name] = {"error": f"{type(exc).__name__}: {exc}"}
+            print(f"cold start {be.name} failed: {exc}", flush=True)
+            continue
         print(
             f"cold start {be.name}: import {cs['import_s']:.3f}s, first step "
             f"{cs['first_step_s']:.3f}s (kernel loading {cs['kernel_loading_s']:.3f}s), "
@@ -679,10 +715,18 @@ def run_suites(
     groups = _suite_groups(backends, suite, quick, report)
     for title, contestants in groups.items():
         reference = _reference(title, [c.name for c in contestants])
-        results = interleaved(contestants, rounds=rounds, reference=reference)
+        failed: dict[str, str] = {}
+        # a graphed epoch captures its shorter last graph in its second run: warm-up twice
+        warmup = 2 if any("-graph" in c.name for c in contestants) else 1
+        results = interleaved(contestants, rounds, reference, warmup, failed)
+        described = {c.name: c.describe() for c in contestants if c.describe is not None}
         report["groups"][title] = {
             "reference": reference,
-            "results": [r.to_dict() for r in results],
+            "results": [
+                {**r.to_dict(), **({"step": described[r.name]} if r.name in described else {})}
+                for r in results
+            ],
+            **({"failed": failed} if failed else {}),
         }
         print(format_table(results, f"\n== {title} (ratio = time / {reference})"), flush=True)
         if json_path:
@@ -747,10 +791,11 @@ def _print_floor_summary(report: dict[str, Any]) -> None:
                 continue
             parts = name.removeprefix("fastnet-").split(" ")[0].split("-")
             backend, precision = parts[0], parts[-1]  # fastnet-<backend>-<variant>-<precision>
-            floor = rows.get(f"matmul-only-{backend}-{precision}") or rows.get(
-                "matmul-only-numpy-fp32"
-            )
-            ceiling = report["ceilings_gflops"].get(backend)
+            floor = rows.get(f"matmul-only-{backend}-{precision}")
+            if floor is None and not backend.startswith("cupy"):  # CPUs: NumPy's floor
+                floor = rows.get("matmul-only-numpy-fp32")
+            # the sgemm ceiling is float32's: tf32 and half GEMMs run above it
+            ceiling = report["ceilings_gflops"].get(backend) if precision == "fp32" else None
             parts = [f"{title}: {name} {r['median']:.4f}s"]
             if floor:
                 parts.append(f"{r['median'] / floor['median']:.2f}x its matmuls alone")

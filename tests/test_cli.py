@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 from test_data import make_dataset
 
@@ -115,6 +116,80 @@ def test_interleaved_alternates_and_computes_ratios():
     results = interleaved(cs, rounds=4, reference="a", warmup=1)
     assert order[:2] == ["a", "b"] and order[2:] == ["a", "b", "b", "a", "a", "b", "b", "a"]
     assert all(len(r.times) == 4 for r in results) and results[0].ratio == 1.0
+
+
+def test_a_failing_contestant_is_dropped_and_the_others_timed():
+    """A contestant never run before (GPU paths) that raises, in its warm-up or a timed round,
+    is reported and left out; the group is still timed and compared."""
+    from fastnet.bench.harness import Contestant, interleaved
+
+    calls = {"late": 0}
+
+    def late():
+        calls["late"] += 1
+        if calls["late"] == 3:
+            raise RuntimeError("cudaErrorIllegalAddress")
+
+    def early():
+        raise ValueError("no algorithm")
+
+    cs = [Contestant(n, f) for n, f in (("a", lambda: None), ("b", early), ("c", late))]
+    failed = {}
+    results = interleaved(cs, rounds=4, reference="a", warmup=1, failed=failed)
+    assert [r.name for r in results] == ["a"] and len(results[0].times) == 4
+    assert failed == {"b": "ValueError: no algorithm", "c": "RuntimeError: cudaErrorIllegalAddress"}
+
+
+def test_graph_check_reports_a_raising_comparison_as_a_failed_row(monkeypatch, tmp_path):
+    from fastnet.bench import graph_check
+
+    def compare(backend, optimizer, *args):
+        if optimizer == "adam":
+            raise RuntimeError("capture failed")
+        return {
+            "optimizer": optimizer,
+            "pass": True,
+            "max_rel_diff": 0.0,
+            "seconds": 0.0,
+            "step_compiled": "captured",
+        }
+
+    monkeypatch.setattr(graph_check, "compare", compare)
+    monkeypatch.setattr(
+        graph_check, "load_fashion_mnist", lambda d: ((np.zeros((4, 2)), np.zeros(4)), None)
+    )
+    out = tmp_path / "g.json"
+    argv = ["--backend", "numpy", "--optimizers", "sgd,adam", "--schedules", "constant"]
+    assert graph_check.main([*argv, "--out", str(out)]) == 1
+    rows = json.loads(out.read_text())["results"]
+    assert [r["pass"] for r in rows] == [True, False] and "capture failed" in rows[1]["error"]
+
+
+def test_a_gpu_floor_is_timed_as_one_captured_graph():
+    """The GPU matmul-only floor replays its GEMMs from a graph (no Python launch overhead in
+    the floor); what the replay computes is what the eager GEMMs computed."""
+    from capture_backend import CaptureSimBackend
+    from fastnet.bench.peers import matmul_only_epoch
+    from fastnet.bench.suites import _graphed
+
+    be = CaptureSimBackend()
+    outs = []
+
+    def matmul(a, b, out):
+        be.matmul(a, b, out)
+        outs.append(out)
+
+    floor = matmul_only_epoch(np, (6, 5, 3), 8, 4, np.float64, matmul=matmul)
+    replay = _graphed(be, floor, "floor")
+    assert replay is not floor
+    eager = [o.copy() for o in outs[: len(outs) // 2]]
+    for o in outs:
+        o[...] = 0
+    replay()
+    np.testing.assert_array_equal(
+        np.concatenate([o.ravel() for o in outs[: len(eager)]]),
+        np.concatenate([e.ravel() for e in eager]),
+    )
 
 
 def test_a_bench_cut_short_keeps_the_groups_it_finished(monkeypatch, tmp_path):
