@@ -53,9 +53,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--epochs and --repeats must be at least 1")
     from fastnet.bench.suites import DEFAULT_SIZES, _model, load_training_data
 
-    model = _model(args.backend, DEFAULT_SIZES)
+    gpu = args.backend.startswith("cupy")
+    comm = dist.init(args.comm, backend=args.backend if gpu else None)  # a GPU per local rank
+    model = _model(None if args.backend == "cupy" else args.backend, DEFAULT_SIZES)
     be = model.backend
-    comm = dist.init(args.comm, backend=f"cupy:{be.device_id}" if args.comm == "nccl" else None)
     arena = sum(int(g.values.size) for g in model.arena.groups)
     reduce_s = allreduce_times(be.zeros((arena,), np.float32), args.repeats, comm, be)
     X, y, source = load_training_data(False)

@@ -48,10 +48,14 @@ def _mpi_library() -> str:
 
 
 def _cublaslt() -> str:
+    from fastnet.kernels.cublaslt import lt_gemm
+
     from fastnet.backends import get_backend
 
     be = get_backend("cupy")
-    return f"{be._cublas_path or '-'} ({be._lt_reason or 'cuBLASLt in use'})"
+    with be.device:
+        lt_gemm(be._cublas_path)  # loads libcublasLt and makes a handle (raises if it cannot)
+    return f"{be._cublas_path or '-'} (+ cuBLASLt beside it)"
 
 
 def main() -> int:
@@ -66,7 +70,7 @@ def main() -> int:
     _fact("device", _device)
     for module in ("numpy", "numba", "ml_dtypes", "mpi4py", "torch", "jax", "setuptools"):
         _fact(module, lambda m=module: _version(m))
-    _fact("mpirun", lambda: shutil.which("mpirun") or "not on PATH")
+    _fact("mpirun", lambda: shutil.which("mpirun") or shutil.which("mpiexec") or "not on PATH")
     _fact("mpi library", _mpi_library)
     _fact("nccl", _nccl)
     _fact("cublas", _cublaslt)

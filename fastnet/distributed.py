@@ -118,16 +118,17 @@ class MPICommunicator(Communicator):
 
     def local_rank(self) -> int:
         """Rank among the processes on this node (for picking a GPU)."""
-        return self._local()[0]
-
-    def local_size(self) -> int:
-        """Processes of this job on this node."""
-        return self._local()[1]
-
-    def _local(self) -> tuple[int, int]:
         local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
         try:
-            return int(local.Get_rank()), int(local.Get_size())
+            return int(local.Get_rank())
+        finally:
+            local.Free()
+
+    def local_allgather(self, obj: Any) -> list:
+        """``obj`` of every process of this job on this node, in local rank order."""
+        local = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        try:
+            return list(local.allgather(obj))
         finally:
             local.Free()
 
@@ -241,8 +242,6 @@ def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
         ) from None
     mpi = MPICommunicator()
     _install_abort_hook(mpi)
-    if comm == "nccl" and backend is not None and backend.startswith("cupy"):
-        _check_one_gpu_per_rank(mpi)
     if backend == "cupy":  # no device named: one per local rank
         import cupy
 
@@ -251,23 +250,27 @@ def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
         device = mpi.local_rank() % max(1, cupy.cuda.runtime.getDeviceCount())
         set_backend(f"cupy:{device}")
     elif backend is not None and backend.startswith("cupy:"):
-        pass  # a model already placed on its device (fit): NCCL binds to the current one
+        device = int(backend.split(":")[1])  # a model already placed (fit): NCCL binds there
     elif comm == "nccl":
         raise DistributedError("the nccl communicator needs backend='cupy'")
+    if comm == "nccl":
+        _check_one_gpu_per_rank(mpi, device)
     _current = NCCLCommunicator(mpi) if comm == "nccl" else mpi
     return _current
 
 
-def _check_one_gpu_per_rank(mpi: MPICommunicator) -> None:
+def _check_one_gpu_per_rank(mpi: MPICommunicator, device: int) -> None:
     """NCCL refuses two ranks of one communicator on one GPU ("Duplicate GPU detected"):
-    say so before it does, on every rank alike."""
+    the node's ranks compare their GPUs' PCI addresses and all say so before it does."""
     import cupy
 
-    ranks, gpus = mpi.local_size(), cupy.cuda.runtime.getDeviceCount()
-    if ranks > gpus:
+    buses = mpi.local_allgather(cupy.cuda.Device(device).pci_bus_id)
+    if len(set(buses)) < len(buses):
         raise DistributedError(
-            f"comm='nccl' needs one GPU per rank: {ranks} ranks on this node, {gpus} GPU(s); "
-            "use comm='mpi' (GPU arrays staged through host memory) or fewer ranks"
+            f"comm='nccl' needs one GPU per rank: {len(buses)} ranks on this node share "
+            f"{len(set(buses))} GPU(s); build the model after "
+            "fastnet.distributed.init('nccl', backend='cupy') (a GPU per local rank), use "
+            "comm='mpi' (GPU arrays staged through host memory) or fewer ranks"
         )
 
 

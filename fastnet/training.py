@@ -362,6 +362,7 @@ class GraphedDistributedStep(GraphedStep):
             f"captured graph, data-parallel over {comm.world_size} ranks ({comm.name}; the "
             "all-reduce inside the graph)"
         )
+        self.eager_suffix = f", data-parallel over {comm.world_size} ranks ({comm.name})"
 
     def begin_epoch(self) -> None:
         super().begin_epoch()
@@ -776,6 +777,7 @@ class Trainer:
                 for buf in layer.state_buffers().values():
                     group.broadcast(buf)
                 layer.fork_random_stream(group.rank)  # e.g. distinct dropout masks per rank
+        self.backend.synchronize()  # what reads the state next (snapshots, callbacks) may not wait
 
     def _choose_step(
         self, batch_size: int, compiled: bool | str, streamed: bool, spec: BatchSpec
@@ -804,11 +806,13 @@ class Trainer:
                 cache.clear()
             cache[key] = self.backend.compile_step(self, batch_size, spec)
         step, reason = cache[key]
+        reason = reason if step is None else getattr(step, "eager_reason", "")
+        if reason and compiled is True:  # (a cached step whose warm-up stayed eager, too)
+            raise ValueError(f"a compiled step was required (compiled=True), but {reason}")
         if step is None:
-            if compiled is True:
-                raise ValueError(f"a compiled step was required (compiled=True), but {reason}")
             self.step_description = f"eager ({reason})"
             return EagerStep(self)
+        step.required = compiled is True
         self.step_description = step.description
         return step
 

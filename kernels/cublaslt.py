@@ -153,7 +153,6 @@ class LtGemm:
         set_preference = lib.cublasLtMatmulPreferenceSetAttribute
         self._set(set_preference, self.preference, PREF_MAX_WORKSPACE_BYTES, limit)
         self.plans: dict[tuple, _Plan | None] = {}
-        self.failures: dict[tuple, int] = {}  # plans whose launch failed: their status
         self.scalars = {
             np.dtype(np.float32): (ctypes.c_float(1.0), ctypes.c_float(0.0)),
             np.dtype(np.float64): (ctypes.c_double(1.0), ctypes.c_double(0.0)),
@@ -302,14 +301,13 @@ class LtGemm:
     ) -> bool:
         """``out = x @ w`` (``+ bias``, then ReLU if ``relu``, in the epilogue); False (nothing
         done) when cuBLASLt has no algorithm for it, or its algorithm failed to launch (that
-        shape then stays off cuBLASLt, the status in ``failures``). ``timed``: see ``_plan``."""
+        plan then stays off; CUBLASLT_LOG_LEVEL=1 prints why). ``timed``: see ``_plan``."""
         key, plan = self._plan(x, w, out, bias, relu, tf32, timed)
         if plan is None:
             return False
         status = self._launch(plan, x, w, out, bias)
         if status != 0:
             self.plans[key] = None
-            self.failures[key] = status
             return False
         return True
 

@@ -255,16 +255,24 @@ class _ObstacleBackend(CaptureSimBackend):
 @pytest.mark.parametrize("steps_per_graph", [1, 32])
 def test_an_obstacle_met_in_the_warm_up_keeps_the_step_eager(steps_per_graph):
     """What the eager warm-up met is named in step_description, nothing is captured, and the
-    training is the eager one."""
+    training is the eager one; compiled=True says it cannot be had, also from the cached step
+    of a later fit (before changing anything then)."""
     X, y = _data()
     eager = _model(CaptureSimBackend())
     eager.fit(X, y, epochs=2, batch_size=16, verbose=0, compiled=False)
     model = _model(_ObstacleBackend(steps_per_graph))
-    model.fit(X, y, epochs=2, batch_size=16, verbose=0, compiled=True)
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0)
     assert model.step_description == "eager (no algorithm for this GEMM)"
     step = next(iter(model._compiled_steps.values()))[0]
     assert step.replays == 0 and step.captures == []
     np.testing.assert_allclose(_weights(model), _weights(eager), rtol=1e-12, atol=1e-14)
+    before = _weights(model).copy()
+    with pytest.raises(ValueError, match="compiled=True.*no algorithm for this GEMM"):
+        model.fit(X, y, epochs=1, batch_size=16, verbose=0, compiled=True)
+    np.testing.assert_array_equal(_weights(model), before)
+    fresh = _model(_ObstacleBackend(steps_per_graph))
+    with pytest.raises(ValueError, match="compiled=True.*no algorithm for this GEMM"):
+        fresh.fit(X, y, epochs=1, batch_size=16, verbose=0, compiled=True)
 
 
 def test_streamed_chunks_wait_for_the_previous_copy_before_refilling():
@@ -272,10 +280,15 @@ def test_streamed_chunks_wait_for_the_previous_copy_before_refilling():
     a chunk may be gathered there only after the previous chunk's copy has read it."""
     from fastnet.training import StreamedBatches
 
-    class Copy:
-        done = False
+    class Copy:  # pending until synchronized: its pinned source must not change until then
+        def __init__(self, src):
+            self.src, self.seen, self.done = src, src.copy(), False
+
+        def check(self):
+            assert np.array_equal(self.src, self.seen), "refilled while a copy was pending"
 
         def synchronize(self):
+            self.check()
             self.done = True
 
     class AsyncCopies(CaptureSimBackend):
@@ -284,9 +297,11 @@ def test_streamed_chunks_wait_for_the_previous_copy_before_refilling():
             self.copies = []
 
         def copy_from_host(self, dst, src):
-            assert all(c.done for c in self.copies[:-2]), "refilled while a copy was pending"
+            for copy in self.copies:
+                if not copy.done:
+                    copy.check()
             dst[...] = src
-            self.copies.append(Copy())
+            self.copies.append(Copy(src))
             return self.copies[-1]
 
     backend = AsyncCopies()

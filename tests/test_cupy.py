@@ -395,6 +395,28 @@ def test_cublaslt_with_operands_at_4_byte_offsets():
     )
 
 
+def test_a_nan_weight_reaches_the_dense_outputs_on_every_forward_path():
+    """A NaN in the weights stays NaN through the Dense forward (cuBLASLt's bias/ReLU
+    epilogue, cuBLAS and the bias kernel), as in the reference: a diverged layer is seen."""
+    from fastnet.backends.base import Act
+
+    be, ref = fn.get_backend("cupy"), fn.get_backend("numpy")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    w[3, 2] = np.nan
+    b = rng.standard_normal(8).astype(np.float32)
+    want = ref.linear(x, w, b, Act.RELU)
+    assert np.isnan(want[:, 2]).all()
+    for use_cublaslt in (True, False):
+        be.use_cublaslt = use_cublaslt
+        try:
+            got = be.linear(be.asarray(x), be.asarray(w), be.asarray(b), Act.RELU).get()
+        finally:
+            be.use_cublaslt = True
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # NaN where NaN
+
+
 def test_half_dense_forward_with_a_bias_at_a_2_byte_offset():
     """A float16 bias at a 2-byte offset of its arena gets no epilogue: the GEMM through
     cuBLASLt, then the half bias kernel; the result is the reference's within float16 rounding
@@ -413,6 +435,7 @@ def test_half_dense_forward_with_a_bias_at_a_2_byte_offset():
         with fn.record_kernels() as report:
             got = be.linear(be.asarray(x), be.asarray(w), arena[1:], code, out=out).get()
         assert report.get("linear") != "cublaslt-epilogue", report
+        assert report.get("bias_act") == "cuda-half", report  # not the float32 fallback
         want = ref.linear(x, w, b, code, out=np.empty((64, 24), np.float16))
         np.testing.assert_allclose(got.astype(np.float32), want, rtol=4e-3, atol=4e-3)
 

@@ -203,17 +203,14 @@ class _RecordingMPI:
 
     rank, world_size = 0, 2
 
-    def __init__(self, local_ranks=1):
-        self.calls, self.local_ranks = [], local_ranks
+    def __init__(self):
+        self.calls = []
 
     def allreduce(self, buf):
         self.calls.append(("allreduce", buf))
 
     def broadcast(self, buf, root=0):
         self.calls.append(("broadcast", buf))
-
-    def local_size(self):
-        return self.local_ranks
 
 
 def _nccl_without_a_library(mpi):
@@ -257,13 +254,21 @@ def test_nccl_data_types_include_half_floats():
     assert got == {"float16": 6, "float32": 7, "float64": 8}  # ncclDataType_t (nccl.h)
 
 
-def test_nccl_refuses_more_ranks_than_gpus_on_a_node(monkeypatch):
-    """NCCL would fail with "Duplicate GPU detected": the error says what to use instead."""
+def test_nccl_refuses_two_ranks_on_one_gpu(monkeypatch):
+    """NCCL would fail with "Duplicate GPU detected": the node's ranks compare their GPUs
+    (not counts: a rank may see only its own GPU) and the error says what to do instead."""
     cupy = pytest.importorskip("cupy")
-    monkeypatch.setattr(cupy.cuda.runtime, "getDeviceCount", lambda: 1)
-    dist._check_one_gpu_per_rank(_RecordingMPI(local_ranks=1))
-    with pytest.raises(dist.DistributedError, match="2 ranks on this node, 1 GPU.*comm='mpi'"):
-        dist._check_one_gpu_per_rank(_RecordingMPI(local_ranks=2))
+
+    class Device:
+        def __init__(self, i):
+            self.pci_bus_id = f"0000:{i:02x}:00.0"
+
+    monkeypatch.setattr(cupy.cuda, "Device", Device)
+    mpi = _RecordingMPI()
+    mpi.local_allgather = lambda bus: [bus, "0000:01:00.0"]  # the other rank's GPU
+    dist._check_one_gpu_per_rank(mpi, 0)
+    with pytest.raises(dist.DistributedError, match="2 ranks on this node share 1 GPU.*'mpi'"):
+        dist._check_one_gpu_per_rank(mpi, 1)
 
 
 def test_mpi_staging_refuses_non_contiguous_arrays():

@@ -566,13 +566,14 @@ class CupyBackend(Backend):
     def step_stream(self) -> contextlib.AbstractContextManager:
         """This device and its step stream (non-blocking), current for the whole loop: the
         permutation, gathers, learning-rate writes, steps and graph replays run in order, after
-        what the default stream was given before (weights built or loaded there)."""
+        what the caller's stream was given before (weights built or loaded there)."""
         stack = contextlib.ExitStack()
         stack.enter_context(self.device)
         if self._stream is None:
             self._stream = self.xp.cuda.Stream(non_blocking=True)
-        if not self._stream.is_capturing():  # a non-blocking stream does not wait by itself
-            self._stream.wait_event(self.xp.cuda.Stream.null.record())
+        before = self.xp.cuda.get_current_stream()
+        if before != self._stream and not before.is_capturing():  # non-blocking: no implicit wait
+            self._stream.wait_event(before.record())
         stack.enter_context(self._stream)
         return stack
 

@@ -26,6 +26,8 @@ import numpy as np
 class GraphedStep:
     """A ``Trainer`` step that replays the captured step function for full batches."""
 
+    eager_suffix = ""  # what an eager description adds (data parallelism)
+
     def __init__(self, model: Any, batch_size: int, spec: Any, steps_per_graph: int = 1) -> None:
         backend = self.backend = model.backend
         self.model, self.batch_size = model, batch_size
@@ -52,6 +54,7 @@ class GraphedStep:
         self.kept: list = []
         self.replays = 0  # steps run by graph replays
         self.eager_reason = ""  # set when the warm-up met something a capture cannot do
+        self.required = False  # compiled=True: such a warm-up raises instead
         self.reduce: Callable[[], Any] | None = None  # data parallelism: the all-reduce
 
     def batch_buffers(self, n: int) -> tuple[Any, Any, Any] | None:
@@ -97,10 +100,18 @@ class GraphedStep:
             self.model.train_step(x, y, w, self.totals, self.reduce)
             self.warm = True
             if self.backend.obstacles_seen != seen:
-                self.eager_reason = f"eager ({self.backend.last_obstacle})"
-                self.description = self.model.step_description = self.eager_reason
+                self._stay_eager(self.backend.last_obstacle)
         else:
             self.model.train_step(x, y, w, totals=self.totals)
+
+    def _stay_eager(self, obstacle: str) -> None:
+        """Run every later step eagerly (saying why), or raise where a capture was required."""
+        self.eager_reason = obstacle
+        if self.required:
+            raise ValueError(f"a compiled step was required (compiled=True), but {obstacle}")
+        self.description = f"eager{self.eager_suffix} ({obstacle})"
+        self.model.step_description = self.description
+        self.backend.record_kernel("train_step", self.description)
 
     def _capture(self) -> None:
         model = self.model
@@ -133,7 +144,8 @@ class GraphedStep:
         """Run the epoch's leading full batches (rows ``order[lo:hi]`` of ``data = (X, y, w)``
         for ``bounds``), ``steps_per_graph`` steps per replay with their gathers in the graph;
         returns how many batches ran (0 with ``steps_per_graph == 1``). The first full batch of a
-        fresh step runs eagerly (buffers exist before a capture)."""
+        fresh step runs eagerly (buffers exist before a capture); where that warm-up met an
+        obstacle to capture (``eager_reason``) it is the only one run here (0 in later epochs)."""
         size = self.batch_size
         full = 0
         while full < len(bounds) and tuple(bounds[full]) == (full * size, (full + 1) * size):
