@@ -82,9 +82,11 @@ def test_cuda_graph_rejects_unsupported_models():
 
 
 def test_labels_from_another_gpu_framework_are_adopted():
+    model = _mlp()  # the backend (and its cuBLAS library) first, then torch's libraries
     torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("a PyTorch build without CUDA")
     X, y = make_blobs(n=200)
-    model = _mlp()
     model.fit(
         torch.as_tensor(X, device="cuda"), torch.as_tensor(y, device="cuda"), epochs=1, verbose=0
     )

@@ -41,6 +41,19 @@ MPI_ENV = {
 }
 
 
+def _nccl_marks(comm):
+    """Skip NCCL runs where CuPy finds no NCCL library (the workers would refuse them)."""
+    if comm != "nccl":
+        return []
+    try:
+        from cupy.cuda import nccl
+
+        available = bool(nccl.available)
+    except Exception:
+        available = False
+    return [pytest.mark.skipif(not available, reason="CuPy finds no NCCL library")]
+
+
 def mpirun(*args, n=2, timeout=120):
     env = {**os.environ, **MPI_ENV, "PYTHONPATH": str(HERE)}
     cmd = [LAUNCHER, "-n", str(n), sys.executable, str(HERE / "mpi_worker.py"), *args]
@@ -54,7 +67,9 @@ def mpirun(*args, n=2, timeout=120):
 @pytest.mark.parametrize(
     "backend, comm, ranks",
     [
-        pytest.param(name, comm, n, marks=param.marks, id=f"{name}-{comm}-{n}ranks")
+        pytest.param(
+            name, comm, n, marks=[*param.marks, *_nccl_marks(comm)], id=f"{name}-{comm}-{n}ranks"
+        )
         for name, comm, n in (
             ("numpy", "mpi", 2),
             ("numba", "mpi", 2),
