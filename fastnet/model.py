@@ -503,8 +503,9 @@ def save_model(model: Sequential, path: str | os.PathLike, extra: dict | None = 
 def load_model(
     path: str | os.PathLike, backend: str | Backend | None = None, dtype: Any = None
 ) -> Sequential:
-    """Load a ``Sequential`` saved by ``Sequential.save`` onto ``backend``; ``dtype`` (e.g.
-    "float32" for a mixed-precision checkpoint on a CPU) replaces the saved one."""
+    """Load a ``Sequential`` saved by ``Sequential.save`` onto ``backend``; ``dtype`` replaces
+    the saved one (a mixed-precision checkpoint loads as float32 where ``backend`` has no half
+    compute, as ``to`` and unpickling do)."""
     model, _ = load_model_with_meta(path, backend, dtype)
     return model
 
@@ -520,10 +521,10 @@ def load_model_with_meta(
     try:
         if not isinstance(config, dict) or config.get("input_dim") is None:
             raise TypeError("no built model config (config/input_dim missing)")
-        if dtype is not None:
-            config = {**config, "dtype": dtype}
+        # a mixed-precision checkpoint on a backend without half compute: float32 masters
+        config = _config_for(config, get_backend(backend), dtype)
         model = Sequential.from_config(config, backend=backend)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError, NotImplementedError) as exc:
         raise CheckpointError(f"{name!r} has an invalid architecture (config): {exc}") from None
     try:
         model.set_state(arrays)

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fastnet.backends.graph_step import GraphedStep
+from fastnet.backends.interop import host_array
 from fastnet.backends.report import record_kernels
 from fastnet.callbacks import Callback, as_callbacks, check_monitor
 from fastnet.metrics import (
@@ -562,7 +563,7 @@ class Trainer:
         (train, _), (held, _) = train_val_split(
             np.arange(X.shape[0]), labels, fraction, seed, stratify=self.loss.classification
         )
-        w = None if w is None else np.asarray(w)[train]
+        w = None if w is None else host_array(w, "sample_weight")[train]
         return _rows(X, train), _rows(y, train), w, (_rows(X, held), _rows(y, held))
 
     def _log_names(
@@ -639,6 +640,7 @@ class Trainer:
         try:
             loss_sum, correct_sum = run_epoch(bar.update, run.callbacks)
         except KeyboardInterrupt:
+            self.backend.synchronize()  # steps still queued on the device must not land after
             self.set_state(snapshot)
             self.stop_reason = (
                 f"interrupted in epoch {epoch + 1}; weights of the last finished epoch restored"

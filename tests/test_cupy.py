@@ -93,6 +93,16 @@ def test_labels_from_another_gpu_framework_are_adopted():
     assert model.history["loss"]
 
 
+def test_validation_split_takes_device_sample_weights():
+    import cupy as cp
+
+    X, y = make_blobs(n=200)
+    model = _mlp()
+    w = cp.ones(200, cp.float32)
+    model.fit(X, y, epochs=1, verbose=0, validation_split=0.2, sample_weight=w)
+    assert model.history["val_loss"]
+
+
 def test_data_stays_on_device_and_predict_returns_numpy():
     import cupy as cp
 

@@ -7,6 +7,8 @@ backends refuse the policies for users (no half kernels faster than float32)."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 from capture_backend import CaptureSimBackend
@@ -190,6 +192,26 @@ def test_checkpoints_keep_the_scale_and_load_into_float32_and_back(policy, suffi
         np.testing.assert_array_equal(q.value, p.value)
         np.testing.assert_array_equal(q.compute, p.compute)  # refreshed from the loaded values
     back.fit(X, y, epochs=1, batch_size=32, verbose=0)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_mixed_checkpoint_loads_exports_and_predicts_on_a_cpu_backend(policy, tmp_path):
+    """Without a dtype, a backend without half compute gets the float32 master weights (as
+    ``to`` and unpickling do): ``fastnet export``/``predict`` work on a GPU model's file."""
+    _needs(policy)
+    from fastnet.cli import main
+
+    X, y = _data()
+    model = _model(policy)
+    model.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    path = tmp_path / "mixed.npz"
+    model.save(path)
+    cpu = load_model(path, backend="numpy")
+    assert cpu.dtype == np.float32 and cpu.policy is None
+    for p, q in zip(model.parameters(), cpu.parameters()):
+        np.testing.assert_array_equal(q.value, p.value)
+    if importlib.util.find_spec("onnx") is not None:
+        assert main(["export", str(path), str(tmp_path / "mixed.onnx")]) == 0
 
 
 def _assert_equal_state(a, b):
