@@ -761,7 +761,9 @@ class Trainer:
             if compiled is True:
                 raise ValueError(f"a compiled step was required (compiled=True), but {reason}")
             return DistributedStep(self, group, sizes)
-        return GraphedDistributedStep(self, group, list(sizes), batch_size, spec)
+        step = GraphedDistributedStep(self, group, list(sizes), batch_size, spec)
+        step.required = compiled is True  # a warm-up that meets a capture obstacle raises
+        return step
 
     def _broadcast_state(self, group: Any) -> None:
         """Rank 0's parameters (and their half copies: mixed precision), optimizer state, step
