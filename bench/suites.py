@@ -319,7 +319,8 @@ def train_groups(
     for be in backends:
         _fastnet_contestants(be, epoch, step, sizes, X, y, batch, epoch_flops)
     notes: dict[str, Any] = {"data": source, "samples": n, "batch": batch, "sizes": list(sizes)}
-    notes.update(_peer_contestants(epoch, sizes, X, y, batch, epoch_flops))
+    gpu = bool(backends) and all(be.name.startswith("cupy") for be in backends)
+    notes.update(_peer_contestants(epoch, sizes, X, y, batch, epoch_flops, gpu))
     return {
         f"train epoch {'-'.join(map(str, sizes))} batch {batch}": epoch,
         f"train step {'-'.join(map(str, sizes))} batch {batch}": step,
@@ -467,11 +468,16 @@ def _peer_contestants(
     y: np.ndarray,
     batch: int,
     flops: float,
+    gpu: bool = False,
 ) -> dict[str, str]:
     """The book-style NumPy loop, NumPy's matmul floor, then PyTorch, scikit-learn and JAX
-    where installed; returns the peers' versions (or why they were skipped)."""
+    where installed; returns the peers' versions (or why they were skipped). ``gpu`` (only GPU
+    backends benchmarked): the GPU peers alone (PyTorch and JAX on the GPU)."""
     from fastnet.bench.peers import BookMLP, matmul_only_epoch, sklearn_mlp_epoch
 
+    if gpu:
+        torch_note = _torch_contestants(epoch, sizes, X, y, batch, flops, cpu=False)
+        return {"torch": torch_note, "jax": _jax_contestants(epoch, sizes, X, y, batch, flops, gpu)}
     book = BookMLP(sizes)
     book_rng = np.random.default_rng(0)
     epoch.append(
@@ -500,17 +506,20 @@ def _torch_contestants(
     y: np.ndarray,
     batch: int,
     flops: float,
+    cpu: bool = True,
 ) -> str:
-    """PyTorch eager on the CPU; on a GPU eager and a whole-step CUDA graph, at fp32 and tf32."""
+    """PyTorch eager on the CPU (``cpu``); on a GPU eager and a whole-step CUDA graph, at fp32
+    and tf32."""
     try:
         import torch
     except ImportError:
         return "not installed (peer skipped)"
     from fastnet.bench.peers import torch_graph_epoch, torch_mlp_epoch
 
-    torch.set_num_threads(max(1, __import__("os").cpu_count() or 1))
-    run = torch_mlp_epoch(sizes, X, y, batch)
-    epoch.append(Contestant("torch-cpu-eager-fp32", run, None, flops))
+    if cpu:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+        run = torch_mlp_epoch(sizes, X, y, batch)
+        epoch.append(Contestant("torch-cpu-eager-fp32", run, None, flops))
     if torch.cuda.is_available():
         for precision in ("fp32", "tf32"):
             run = torch_mlp_epoch(sizes, X, y, batch, "cuda", precision=precision)
@@ -531,8 +540,11 @@ def _jax_contestants(
     y: np.ndarray,
     batch: int,
     flops: float,
+    gpu: bool = False,
 ) -> str:
-    """JAX jit + lax.scan and jit-per-step epochs at fp32 (and TF32 on a GPU) when installed."""
+    """JAX jit + lax.scan and jit-per-step epochs at fp32 (and TF32 on a GPU) when installed.
+    Where a GPU run's JAX has no GPU, its epochs are named ``jax-<variant>-cpu-<precision>``
+    (not a GPU reference)."""
     try:
         import jax
     except ImportError:
@@ -543,11 +555,13 @@ def _jax_contestants(
     precisions = {"fp32": "highest"}
     if device.platform == "gpu":
         precisions["tf32"] = "default"  # XLA's default float32 matmul precision on GPUs
+    where = "-cpu" if gpu and device.platform != "gpu" else ""
     for label, precision in precisions.items():
         for variant, make in (("scan", jax_scan_epoch), ("jit", jax_step_epoch)):
             run = make(sizes, X, y, batch, precision=precision)
-            epoch.append(Contestant(f"jax-{variant}-{label}", run, None, flops))
-    return f"{jax.__version__} on {device.platform} ({device.device_kind})"
+            epoch.append(Contestant(f"jax-{variant}{where}-{label}", run, None, flops))
+    note = f"{jax.__version__} on {device.platform} ({device.device_kind})"
+    return note + (": no GPU for JAX here (its CUDA plugin?)" if where else "")
 
 
 def big_gpu_groups(backends: list[Any], quick: bool) -> dict[str, list[Contestant]]:
@@ -769,7 +783,7 @@ def _reference(title: str, names: list[str]) -> str | None:
     else the plain NumPy contestant."""
     candidates: tuple[str, ...] = ("numpy", "fastnet-numpy-eager-fp32", "matmul-only-cupy-fp32")
     if title.startswith("train epoch"):
-        candidates = ("jax-scan-fp32", "book-numpy-fp32")
+        candidates = ("jax-scan-fp32", "book-numpy-fp32", "torch-cuda-graph-fp32")
     if title.startswith("floor breakdown"):
         candidates = ("matmul-only-numba-fp32",)
     if title.startswith("predict_proba"):  # one row: one ORT thread answers fastest
