@@ -779,8 +779,8 @@ def _suite_groups(
 
 
 def _reference(title: str, names: list[str]) -> str | None:
-    """A group's reference: the strongest peer present (JAX's scanned epoch, onnxruntime),
-    else the plain NumPy contestant."""
+    """A group's reference: the strongest peer present (JAX's scanned epoch, else the book
+    loop, else PyTorch's CUDA graph; onnxruntime), else the plain NumPy contestant."""
     candidates: tuple[str, ...] = ("numpy", "fastnet-numpy-eager-fp32", "matmul-only-cupy-fp32")
     if title.startswith("train epoch"):
         candidates = ("jax-scan-fp32", "book-numpy-fp32", "torch-cuda-graph-fp32")

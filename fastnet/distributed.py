@@ -253,9 +253,14 @@ def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
         device = int(backend.split(":")[1])  # a model already placed (fit): NCCL binds there
     elif comm == "nccl":
         raise DistributedError("the nccl communicator needs backend='cupy'")
-    if comm == "nccl":
-        _check_one_gpu_per_rank(mpi, device)
-    _current = NCCLCommunicator(mpi) if comm == "nccl" else mpi
+    if comm != "nccl":
+        _current = mpi
+        return _current
+    _check_one_gpu_per_rank(mpi, device)
+    import cupy
+
+    with cupy.cuda.Device(device):  # NCCL binds to the current device
+        _current = NCCLCommunicator(mpi)
     return _current
 
 

@@ -504,8 +504,8 @@ def load_model(
     path: str | os.PathLike, backend: str | Backend | None = None, dtype: Any = None
 ) -> Sequential:
     """Load a ``Sequential`` saved by ``Sequential.save`` onto ``backend``; ``dtype`` replaces
-    the saved one (a mixed-precision checkpoint loads as float32 where ``backend`` has no half
-    compute, as ``to`` and unpickling do)."""
+    the saved one (a mixed-precision checkpoint loads as float32 where ``backend`` cannot run
+    its policy, as ``to`` and unpickling do)."""
     model, _ = load_model_with_meta(path, backend, dtype)
     return model
 

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fastnet.backends.graph_step import GraphedStep
+from fastnet.backends.graph_step import CaptureRequiredError, GraphedStep
 from fastnet.backends.interop import host_array
 from fastnet.backends.report import record_kernels
 from fastnet.callbacks import Callback, as_callbacks, check_monitor
@@ -639,8 +639,12 @@ class Trainer:
         )
         try:
             loss_sum, correct_sum = run_epoch(bar.update, run.callbacks)
+        except CaptureRequiredError:
+            self.set_state(snapshot)  # the warm-up step is undone: the fit changed nothing
+            raise
         except KeyboardInterrupt:
-            self.backend.synchronize()  # steps still queued on the device must not land after
+            if run.group is None:  # (data-parallel jobs abort: a rank may wait on its peers)
+                self.backend.synchronize()  # steps still queued must not land after the restore
             self.set_state(snapshot)
             self.stop_reason = (
                 f"interrupted in epoch {epoch + 1}; weights of the last finished epoch restored"

@@ -270,9 +270,14 @@ def test_an_obstacle_met_in_the_warm_up_keeps_the_step_eager(steps_per_graph):
     with pytest.raises(ValueError, match="compiled=True.*no algorithm for this GEMM"):
         model.fit(X, y, epochs=1, batch_size=16, verbose=0, compiled=True)
     np.testing.assert_array_equal(_weights(model), before)
-    fresh = _model(_ObstacleBackend(steps_per_graph))
+    fresh = _model(_ObstacleBackend(steps_per_graph)).build(X.shape[1])
+    built = _weights(fresh).copy()
     with pytest.raises(ValueError, match="compiled=True.*no algorithm for this GEMM"):
         fresh.fit(X, y, epochs=1, batch_size=16, verbose=0, compiled=True)
+    np.testing.assert_array_equal(_weights(fresh), built)  # the warm-up step undone
+    assert all(g.step == 0 for g in fresh.arena.groups)
+    fresh.fit(X, y, epochs=1, batch_size=16, verbose=0)  # the cached step, now said eager
+    assert fresh.step_description == "eager (no algorithm for this GEMM)"
 
 
 def test_streamed_chunks_wait_for_the_previous_copy_before_refilling():

@@ -97,10 +97,11 @@ def test_validation_split_takes_device_sample_weights():
     import cupy as cp
 
     X, y = make_blobs(n=200)
-    model = _mlp()
-    w = cp.ones(200, cp.float32)
-    model.fit(X, y, epochs=1, verbose=0, validation_split=0.2, sample_weight=w)
-    assert model.history["val_loss"]
+    w = cp.asarray(np.linspace(0.5, 2.0, 200), cp.float32)  # weights, not all ones
+    models = [_mlp(), _mlp()]
+    models[0].fit(X, y, epochs=1, verbose=0, validation_split=0.2, sample_weight=w)
+    models[1].fit(X, y, epochs=1, verbose=0, validation_split=0.2, sample_weight=w.get())
+    assert models[0].history["val_loss"] == pytest.approx(models[1].history["val_loss"])
 
 
 def test_data_stays_on_device_and_predict_returns_numpy():
@@ -423,9 +424,11 @@ def test_a_nan_weight_reaches_the_dense_outputs_on_every_forward_path():
     for use_cublaslt in (True, False):
         be.use_cublaslt = use_cublaslt
         try:
-            got = be.linear(be.asarray(x), be.asarray(w), be.asarray(b), Act.RELU).get()
+            with fn.record_kernels() as report:
+                got = be.linear(be.asarray(x), be.asarray(w), be.asarray(b), Act.RELU).get()
         finally:
             be.use_cublaslt = True
+        assert (report.get("linear") == "cublaslt-epilogue") == use_cublaslt, report
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # NaN where NaN
 
 

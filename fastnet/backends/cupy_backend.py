@@ -129,9 +129,13 @@ class CupyBackend(Backend):
             return np.dtype(np.float16)
         from fastnet.mixed import bfloat16
 
+        cuda_errors = (self.xp.cuda.runtime.CUDARuntimeError, self.xp.cuda.memory.OutOfMemoryError)
         try:
-            dtype = bfloat16()
-            self.xp.zeros(1, dtype) + 1  # CuPy < 14: no bfloat16 arrays
+            with self.device:
+                dtype = bfloat16()
+                self.xp.zeros(1, dtype) + 1  # CuPy < 14: no bfloat16 arrays
+        except cuda_errors:
+            raise  # the device's own trouble, not a missing feature
         except Exception as exc:  # no bfloat16 arrays, or their kernels do not compile here
             raise NotImplementedError(
                 f"dtype={policy!r} on cupy needs CuPy >= 14 with ml_dtypes (bfloat16 arrays): "

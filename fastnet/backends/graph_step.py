@@ -23,6 +23,10 @@ from typing import Any
 import numpy as np
 
 
+class CaptureRequiredError(ValueError):
+    """``compiled=True``, but the eager warm-up met something a captured step cannot do."""
+
+
 class GraphedStep:
     """A ``Trainer`` step that replays the captured step function for full batches."""
 
@@ -105,13 +109,16 @@ class GraphedStep:
             self.model.train_step(x, y, w, totals=self.totals)
 
     def _stay_eager(self, obstacle: str) -> None:
-        """Run every later step eagerly (saying why), or raise where a capture was required."""
+        """Run every later step eagerly (saying why), or raise where a capture was required
+        (``fit`` then restores the weights of before the warm-up)."""
         self.eager_reason = obstacle
-        if self.required:
-            raise ValueError(f"a compiled step was required (compiled=True), but {obstacle}")
         self.description = f"eager{self.eager_suffix} ({obstacle})"
         self.model.step_description = self.description
         self.backend.record_kernel("train_step", self.description)
+        if self.required:
+            raise CaptureRequiredError(
+                f"a compiled step was required (compiled=True), but {obstacle}"
+            )
 
     def _capture(self) -> None:
         model = self.model
