@@ -516,8 +516,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         dist.init(args.comm, backend=args.backend)  # one GPU per local rank on cupy
         main_rank = dist.is_main()
-        if args.backend and args.backend.startswith("cupy"):
-            backend = None  # the rank's GPU, chosen by init
+        if args.backend == "cupy":
+            backend = None  # the rank's GPU, chosen by init ("cupy:N" stays on GPU N)
     say = print if main_rank else _silent
     data = _prepare(args)
     model = _build_model(args, data, backend)
