@@ -94,3 +94,20 @@ def test_the_speed_group_runs_only_when_asked_for(tmp_path):
     assert results == {"gpu": "SKIP", "setup": "PASS", "bench-train": "PASS"}, proc.stdout[-3000:]
     report = json.loads((out / "bench-train.json").read_text())
     assert any(name.startswith("fastnet-numpy-eager") for name in json.dumps(report).split('"'))
+
+
+def test_gpu_facts_names_what_it_cannot_read_and_still_succeeds(capsys, monkeypatch):
+    """The setup stage's facts: CuPy and fastnet versions, then every other fact or why it is
+    unavailable (here: no GPU); only a missing CuPy or fastnet fails the stage."""
+    pytest.importorskip("cupy")
+    from fastnet.bench import gpu_facts
+
+    def broken():
+        raise RuntimeError("no device")
+
+    monkeypatch.setattr(gpu_facts, "_device", broken)
+    assert gpu_facts.main() == 0
+    out = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert {"cupy", "fastnet", "device", "nccl", "cublas", "mpirun"} <= set(lines)
+    assert "unavailable (RuntimeError: no device)" in lines["device"]
