@@ -144,14 +144,8 @@ class NCCLCommunicator(Communicator):
         version = self.nccl.get_version()
         return "" if version >= 20906 else f"NCCL {version} cannot be captured (2.9.6 can)"
 
-    # ncclDataType_t values (nccl.h), for CuPy builds that do not name them all
-    _DTYPES = {
-        "int64": ("NCCL_INT64", 4),
-        "float16": ("NCCL_FLOAT16", 6),
-        "float32": ("NCCL_FLOAT32", 7),
-        "float64": ("NCCL_FLOAT64", 8),
-        "bfloat16": ("NCCL_BFLOAT16", 9),
-    }
+    # ncclDataType_t values (nccl.h: a stable ABI; not every CuPy build names them all)
+    _DTYPES = {"int64": 4, "float16": 6, "float32": 7, "float64": 8, "bfloat16": 9}
 
     def __init__(self, mpi: MPICommunicator) -> None:
         from cupy.cuda import nccl
@@ -174,8 +168,7 @@ class NCCLCommunicator(Communicator):
             raise TypeError("the nccl communicator reduces C-contiguous cupy arrays only")
         if str(buf.dtype) not in self._DTYPES:
             raise TypeError(f"the nccl communicator has no {buf.dtype} arrays")
-        name, value = self._DTYPES[str(buf.dtype)]
-        return buf.data.ptr, int(buf.size), getattr(self.nccl, name, value)
+        return buf.data.ptr, int(buf.size), self._DTYPES[str(buf.dtype)]
 
     def allreduce(self, buf: Any) -> None:
         import cupy
