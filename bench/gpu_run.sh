@@ -7,7 +7,7 @@
 # Stages (each under its own `timeout`, all within TOTAL_S: default 450 s, 240 s for `speed`
 # alone) and the files they fill:
 #   gpu, setup        nvidia-smi; `pip install --no-deps -e .`; versions        -> gpu.txt
-#   pytest-cupy       the cupy tests (-k cupy), with -n 8 when pytest-xdist is there -> pytest.log
+#   pytest-cupy       the GPU tests (-k cupy, not cupy-emulated), -n 8 with xdist -> pytest.log
 #   graph-check       eager vs compiled step on Fashion-MNIST, every optimizer x schedule
 #                                                            -> graph-check.json (table: train.log)
 #   train-*           4 epochs each: eager fp32, CUDA graph fp32, CUDA graph tf32, eager
@@ -102,7 +102,7 @@ fi
 if wanted pytest; then
   xdist=() && "$PY" -c "import xdist" 2>/dev/null && xdist=(-n "$( (( dry )) && echo 2 || echo 8)")
   stage pytest-cupy 150 pytest.log "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests \
-    -k "cupy and not network"
+    -k "cupy and not emulated and not network"
 fi
 if wanted graph || wanted train; then
   stage graph-check 120 train.log "$PY" -m fastnet.bench.graph_check "${gc[@]}" \

@@ -1,33 +1,52 @@
-"""Shared fixtures: the backend parametrization (unavailable backends skip with the reason)."""
+"""Shared fixtures: the backend parametrization (unavailable backends skip with the reason).
+
+``cupy-emulated`` is the cupy backend with its CUDA kernels compiled for the CPU
+(``cuda_emulator.py``): its op code and kernels checked in CI, which has no GPU."""
 
 from __future__ import annotations
 
+import os
+
+import cuda_emulator
 import numpy as np
 import pytest
 
 from fastnet.backends import get_backend, probe
 
-BACKENDS = ["numpy", "numba", "cupy"]
+EMULATED = "cupy-emulated"
+BACKENDS = ["numpy", "numba", "cupy", EMULATED]
+
+
+def _unavailable(name):
+    if name == EMULATED:
+        why = cuda_emulator.missing()
+        return why if why and not os.environ.get("CI") else None  # CI: a missing g++ fails
+    info = probe(name)
+    return None if info.available else info.reason
 
 
 def backend_params(names=BACKENDS):
     params = []
     for name in names:
-        info = probe(name)
-        marks = [] if info.available else [pytest.mark.skip(reason=f"{name}: {info.reason}")]
+        why = _unavailable(name)
+        marks = [pytest.mark.skip(reason=f"{name}: {why}")] if why else []
         params.append(pytest.param(name, marks=marks, id=name))
     return params
 
 
+def make_backend(name):
+    return cuda_emulator.emulated_cupy_backend() if name == EMULATED else get_backend(name)
+
+
 @pytest.fixture(params=backend_params())
 def backend(request):
-    return get_backend(request.param)
+    return make_backend(request.param)
 
 
-@pytest.fixture(params=backend_params(["numba", "cupy"]))
+@pytest.fixture(params=backend_params(["numba", "cupy", EMULATED]))
 def fast_backend(request):
     """The accelerated backends only (compared against the NumPy reference)."""
-    return get_backend(request.param)
+    return make_backend(request.param)
 
 
 @pytest.fixture

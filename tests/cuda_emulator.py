@@ -1,0 +1,497 @@
+"""Runs fastnet's CUDA kernels on the CPU, so their results are checked in CI without a GPU.
+
+``load()`` returns a fresh copy of ``fastnet.kernels.cupy_gpu`` whose ``cupy`` is this module's
+stand-in: NumPy arrays are the device arrays, and each ``RawKernel``/``ElementwiseKernel`` the
+launchers build is compiled from its own CUDA source (elementwise ones through
+``fastnet.kernels.cuda_source``, the text ``tests/test_cuda_compile.py`` checks against CuPy's)
+by g++ with ``cuda_emulator.h`` force-included, and launched with the launcher's grid, block and
+arguments. So what runs is the kernels' code and the launchers' code; not emulated: the GPU's
+arithmetic (``exp`` and friends are glibc's, no fused multiply-adds, no TF32), the memory model
+(threads of a block are OS threads meeting at barriers; blocks run one after the other), cuBLAS.
+
+A launch is checked as the GPU would not: the argument count and every argument's dtype against
+the kernel's parameters (a float64 scalar passed for a ``float`` parameter is garbage on a GPU),
+C-contiguous arrays for raw pointers, writes outside each array (guard bytes around copies of
+the arguments), elementwise ``CArray`` indexes, warp shuffles with missing lanes, deadlocks.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import types
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastnet.kernels.cuda_source import CUPY_HEADERS
+
+HEADER = Path(__file__).with_name("cuda_emulator.h")
+GUARD_BYTES = 64
+_CACHE = Path(os.environ.get("FASTNET_EMULATOR_CACHE", tempfile.gettempdir())) / "fastnet-cuda-emu"
+
+
+class EmulationError(RuntimeError):
+    """A launch the GPU would get wrong or leave undefined."""
+
+
+@cache
+def missing() -> str | None:
+    """Why kernels cannot be emulated here (no g++ >= 12: C++20, ``_Float16``), or None."""
+    if shutil.which("g++") is None:
+        return "g++ is not installed"
+    version = subprocess.run(["g++", "-dumpversion"], capture_output=True, text=True).stdout
+    major = version.strip().split(".")[0]
+    if not major.isdigit() or int(major) < 12:
+        return f"g++ {version.strip() or '?'} is older than 12 (C++20, _Float16)"
+    return None
+
+
+# ---------------------------------------------------------------------------- compiling
+@dataclass(frozen=True)
+class Param:
+    ctype: str  # as written, without __restrict__
+    name: str
+    kind: str  # "pointer", "carray", "indexer" or "scalar"
+
+
+def _signature(code: str, name: str) -> list[Param]:
+    match = re.search(rf'extern\s+"C"\s+__global__\s+void\s+{re.escape(name)}\s*\(', code)
+    if match is None:
+        raise EmulationError(f'no extern "C" __global__ void {name}(...) in the source')
+    depth, start, parts = 0, match.end(), []
+    for k in range(match.end(), len(code)):
+        c = code[k]
+        if c in "(<":
+            depth += 1
+        elif c in ">)" and depth > 0:
+            depth -= 1
+        elif c == ")" and depth == 0 or c == "," and depth == 0:
+            parts.append(code[start:k])
+            start = k + 1
+            if c == ")":
+                break
+    params = []
+    for part in parts:
+        text = " ".join(part.replace("__restrict__", " ").split())
+        if not text:
+            continue
+        ctype, pname = text.rsplit(" ", 1)
+        while pname.startswith("*"):
+            ctype, pname = ctype + "*", pname[1:]
+        if "CArray<" in ctype:
+            kind = "carray"
+        elif "CIndexer<" in ctype:
+            kind = "indexer"
+        elif ctype.endswith("*"):
+            kind = "pointer"
+        else:
+            kind = "scalar"
+        params.append(Param(ctype, pname, kind))
+    return params
+
+
+def _trampoline(name: str, params: list[Param]) -> str:
+    call, dtypes = [], []
+    for k, p in enumerate(params):
+        plain = f"std::remove_cv_t<{p.ctype}>"
+        if p.kind == "pointer":
+            call.append(f"({p.ctype})args[{k}]")
+            dtypes.append(f"emu_dtype<std::remove_pointer_t<{plain}>>()")
+        elif p.kind == "carray":
+            elem = f"emu_elem_t<{plain}>"
+            call.append(f"{plain}(({elem}*)args[{k}], sizes[{k}])")
+            dtypes.append(f"emu_dtype<{elem}>()")
+        elif p.kind == "indexer":
+            call.append(f"{plain}(sizes[{k}])")
+            dtypes.append('"indexer"')
+        else:
+            call.append(f"*({plain}*)args[{k}]")
+            dtypes.append(f"emu_dtype<{plain}>()")
+    return f"""
+extern "C" const char* emu_param_dtype(int k) {{
+  static const char* names[] = {{{", ".join(dtypes) or '""'}}};
+  return names[k];
+}}
+extern "C" const char* emu_launch(const unsigned int* grid, const unsigned int* block,
+                                  int fibers, void** args, const long long* sizes) {{
+  static std::string error;
+  error = emu_run(grid, block, fibers != 0, [&] {{ {name}({", ".join(call)}); }});
+  return error.c_str();
+}}
+"""
+
+
+def _include_dir() -> Path:
+    """CuPy's header names, each pointing at the emulator (the kernels include them)."""
+    root = _CACHE / "include"
+    (root / "cupy").mkdir(parents=True, exist_ok=True)
+    for stem in (*(h.split("/")[1] for h in CUPY_HEADERS), "float16.cuh", "bfloat16.cuh"):
+        if not (root / "cupy" / stem).exists():
+            (root / "cupy" / stem).write_text("#pragma once\n")  # all in cuda_emulator.h
+    return root
+
+
+@dataclass
+class Compiled:
+    lib: Any
+    params: list[Param]
+    dtypes: list[str]
+    fibers: bool  # the kernel waits at barriers: its threads run as fibers
+
+
+@cache
+def compile_kernel(code: str, name: str) -> Compiled:
+    """Compile ``name`` from CUDA ``code`` for the CPU (memoized; built files cached on disk)."""
+    if why := missing():
+        raise EmulationError(why)
+    params = _signature(code, name)
+    source = code + _trampoline(name, params)
+    header = HEADER.read_text()
+    key = hashlib.sha256((header + source).encode()).hexdigest()[:24]
+    _CACHE.mkdir(parents=True, exist_ok=True)
+    built = _CACHE / f"{name}-{key}.so"
+    if not built.exists():
+        src = _CACHE / f"{name}-{key}.{os.getpid()}.cpp"  # processes compile side by side
+        src.write_text(source)
+        partial = built.with_suffix(f".{os.getpid()}.tmp")
+        command = [
+            "g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-w",
+            f"-I{_include_dir()}", "-include", str(HEADER), str(src), "-o", str(partial),
+        ]  # fmt: skip
+        result = subprocess.run(command, capture_output=True, text=True)
+        src.unlink()
+        if result.returncode != 0:
+            raise EmulationError(f"g++ could not compile {name}:\n{result.stderr[-4000:]}")
+        partial.replace(built)
+    lib = ctypes.CDLL(str(built))
+    lib.emu_param_dtype.restype = ctypes.c_char_p
+    lib.emu_param_dtype.argtypes = [ctypes.c_int]
+    lib.emu_launch.restype = ctypes.c_char_p
+    u32p, vpp, i64p = (
+        ctypes.POINTER(ctypes.c_uint),
+        ctypes.POINTER(ctypes.c_void_p),
+        ctypes.POINTER(ctypes.c_longlong),
+    )
+    lib.emu_launch.argtypes = [u32p, u32p, ctypes.c_int, vpp, i64p]
+    dtypes = [lib.emu_param_dtype(k).decode() for k in range(len(params))]
+    fibers = "__syncthreads" in code or "__shfl" in code
+    return Compiled(lib, params, dtypes, fibers)
+
+
+# ---------------------------------------------------------------------------- launching
+def _dim3(value: Any) -> tuple[int, int, int]:
+    dims = tuple(int(v) for v in (value if isinstance(value, tuple) else (value,)))
+    if not 1 <= len(dims) <= 3 or any(d < 1 for d in dims):
+        raise EmulationError(f"grid and block dimensions must be 1 to 3 positive sizes: {value}")
+    return (*dims, *(1,) * (3 - len(dims)))  # type: ignore[return-value]
+
+
+def _scalar_bytes(value: Any, dtype: str, what: str) -> np.ndarray:
+    """A RawKernel scalar as CuPy passes it: NumPy scalars as they are, Python floats as
+    float64, ints as int64, bools as bool; its dtype must be the parameter's."""
+    if isinstance(value, np.generic):
+        given = value.dtype
+    elif isinstance(value, bool):
+        given = np.dtype(np.bool_)
+    elif isinstance(value, int):
+        given = np.dtype(np.int64)
+    elif isinstance(value, float):
+        given = np.dtype(np.float64)
+    else:
+        raise EmulationError(f"{what}: {type(value).__name__} is not a scalar")
+    if given.name != dtype:
+        raise EmulationError(f"{what}: a {given.name} passed for a {dtype} parameter")
+    return np.array([value], dtype=given)
+
+
+class _Guarded:
+    """Arguments copied between guard bytes; writes past either end are reported."""
+
+    def __init__(self) -> None:
+        self.copies: list[tuple[np.ndarray, np.ndarray, str]] = []
+
+    def pointer(self, a: np.ndarray, what: str, others: list[np.ndarray]) -> int:
+        twice = sum(o is a for o in others) > 1
+        if twice or any(np.shares_memory(a, o) for o in others if o is not a):
+            return int(a.ctypes.data)  # aliased arguments keep their memory
+        raw = np.full(a.nbytes + 2 * GUARD_BYTES, 0xFF, dtype=np.uint8)
+        raw[GUARD_BYTES : GUARD_BYTES + a.nbytes] = a.reshape(-1).view(np.uint8)
+        self.copies.append((a, raw, what))
+        return int(raw.ctypes.data) + GUARD_BYTES
+
+    def finish(self) -> None:
+        for a, raw, what in self.copies:
+            if (raw[:GUARD_BYTES] != 0xFF).any() or (raw[-GUARD_BYTES:] != 0xFF).any():
+                raise EmulationError(f"the kernel wrote outside {what}")
+            a.reshape(-1).view(np.uint8)[:] = raw[GUARD_BYTES:-GUARD_BYTES]
+
+
+def launch(compiled: Compiled, name: str, grid: Any, block: Any, args: tuple) -> None:
+    """Launch a compiled kernel with CuPy's RawKernel argument rules, checked."""
+    params = compiled.params
+    if len(args) != len(params):
+        raise EmulationError(f"{name} takes {len(params)} arguments, {len(args)} given")
+    g3, b3 = _dim3(grid), _dim3(block)
+    if b3[0] * b3[1] * b3[2] > 1024:
+        raise EmulationError(f"{name}: a block of more than 1024 threads {b3}")
+    arrays = [a for a in args if isinstance(a, np.ndarray)]
+    guarded, keep = _Guarded(), []
+    pointers = (ctypes.c_void_p * max(1, len(args)))()
+    sizes = (ctypes.c_longlong * max(1, len(args)))()
+    for k, (p, dtype, a) in enumerate(zip(params, compiled.dtypes, args, strict=True)):
+        what = f"{name}'s argument {k} ({p.name})"
+        if p.kind in ("pointer", "carray"):
+            if not isinstance(a, np.ndarray):
+                raise EmulationError(f"{what}: an array is needed, not {type(a).__name__}")
+            if a.dtype.name != dtype:
+                raise EmulationError(f"{what}: a {a.dtype.name} array for {dtype} elements")
+            if not a.flags.c_contiguous:
+                raise EmulationError(f"{what}: not C-contiguous (a kernel reads it flat)")
+            pointers[k] = guarded.pointer(a, what, arrays)
+            sizes[k] = a.size
+        elif p.kind == "indexer":
+            sizes[k] = int(a)
+        else:
+            value = _scalar_bytes(a, dtype, what)
+            keep.append(value)
+            pointers[k] = value.ctypes.data
+    grid_c = (ctypes.c_uint * 3)(*g3)
+    block_c = (ctypes.c_uint * 3)(*b3)
+    error = compiled.lib.emu_launch(grid_c, block_c, int(compiled.fibers), pointers, sizes)
+    if error:
+        raise EmulationError(f"{name}: {error.decode()}")
+    guarded.finish()
+
+
+class RawKernel:
+    """``cupy.RawKernel`` on the CPU."""
+
+    def __init__(self, code: str, name: str, options: tuple = (), **kwargs: Any) -> None:
+        self.code, self.name, self.options = code, name, options
+
+    def __call__(self, grid: Any, block: Any, args: tuple, *, shared_mem: int = 0) -> None:
+        if shared_mem:
+            raise EmulationError(f"{self.name}: dynamic shared memory is not emulated")
+        launch(compile_kernel(self.code, self.name), self.name, grid, block, tuple(args))
+
+
+class ElementwiseKernel:
+    """``cupy.ElementwiseKernel`` on the CPU, for C-contiguous arguments of one size (or
+    scalars; ``raw`` arguments any size): the layout fastnet's launchers use. Types follow
+    CuPy: a placeholder takes the dtype of the arrays and NumPy scalars bound to it (they must
+    agree), Python scalars take it; typed scalars are cast (same kind), typed arrays must match.
+    """
+
+    def __init__(self, in_params: str, out_params: str, operation: str, name: str, **kwargs: Any):
+        import cupy  # the real one: parses the parameters, needs no GPU
+
+        self.kernel = cupy.ElementwiseKernel(in_params, out_params, operation, name, **kwargs)
+        self.name = name
+
+    def __call__(self, *args: Any) -> Any:
+        from fastnet.kernels.cuda_source import elementwise_source
+
+        k = self.kernel
+        ins, outs = list(k.in_params), list(k.out_params)
+        if len(args) not in (len(ins), len(ins) + len(outs)):
+            raise EmulationError(f"{self.name} takes {len(ins)} inputs (+ {len(outs)} outputs)")
+        params = ins + outs[: len(args) - len(ins)]
+        types_: dict[str, np.dtype] = {}
+        for p, a in zip(params, args, strict=False):
+            if p.dtype is None and isinstance(a, (np.ndarray, np.generic)):
+                bound = types_.setdefault(p.ctype, a.dtype)
+                if bound != a.dtype:
+                    raise EmulationError(
+                        f"{self.name}: {p.name} is {a.dtype}, {p.ctype} is already {bound}"
+                    )
+        shapes = {a.shape for p, a in zip(params, args, strict=False) if not p.raw and
+                  isinstance(a, np.ndarray)}  # fmt: skip
+        if len(shapes) > 1:
+            raise EmulationError(f"{self.name}: arguments of different shapes {sorted(shapes)}")
+        shape = shapes.pop() if shapes else ()
+        values = list(args)
+        for p in outs[len(args) - len(ins) :]:
+            values.append(np.empty(shape, dtype=types_[p.ctype] if p.dtype is None else p.dtype))
+        call, arrays = [], set()
+        for p, a in zip(ins + outs, values, strict=True):
+            want = types_.get(p.ctype) if p.dtype is None else np.dtype(p.dtype)
+            if want is None:
+                raise EmulationError(f"{self.name}: no argument fixes the type {p.ctype}")
+            if isinstance(a, np.ndarray):
+                if a.dtype != want:
+                    raise EmulationError(f"{self.name}: {p.name} is {a.dtype}, not {want}")
+                if not a.flags.c_contiguous:
+                    raise EmulationError(f"{self.name}: {p.name} is not C-contiguous")
+                if not p.raw:
+                    arrays.add(p.name)
+                call.append(a.reshape(-1))
+                continue
+            given = a.dtype if isinstance(a, np.generic) else None
+            if given is not None and not np.can_cast(given, want, "same_kind"):
+                raise EmulationError(f"{self.name}: {p.name} is {given}, not {want}")
+            call.append(want.type(a))
+        size = int(np.prod(shape, dtype=np.int64))
+        if size == 0:
+            return values[len(ins)] if len(outs) == 1 else tuple(values[len(ins) :])
+        names = {t: d.name for t, d in types_.items()}
+        source = elementwise_source(k, names, arrays)
+        compiled = compile_kernel(source, self.name)
+        block = min(size, 128)
+        grid = min((size + block - 1) // block, 8)
+        launch(compiled, self.name, (grid,), (block,), (*call, size))
+        return values[len(ins)] if len(outs) == 1 else tuple(values[len(ins) :])
+
+
+# ---------------------------------------------------------------------------- the cupy stand-in
+class _Device:
+    def __init__(self, device: int | None = None) -> None:
+        self.id = 0 if device is None else int(device)
+
+    def __enter__(self) -> _Device:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+def _no_cublas() -> Any:
+    raise EmulationError("cuBLAS is not emulated")
+
+
+def stand_in() -> types.ModuleType:
+    """A ``cupy`` module with what ``fastnet.kernels.cupy_gpu`` uses, on NumPy."""
+    cp = types.ModuleType("cupy")
+    cp.RawKernel = RawKernel  # type: ignore[attr-defined]
+    cp.ElementwiseKernel = ElementwiseKernel  # type: ignore[attr-defined]
+    cp.ndarray = np.ndarray  # type: ignore[attr-defined]
+    cp.zeros, cp.ones, cp.empty = np.zeros, np.ones, np.empty  # type: ignore[attr-defined]
+    cuda = types.SimpleNamespace(
+        Device=_Device,
+        get_current_stream=lambda: types.SimpleNamespace(ptr=0),
+        device=types.SimpleNamespace(get_cublas_handle=_no_cublas),
+    )
+    cp.cuda = cuda  # type: ignore[attr-defined]
+    return cp
+
+
+def load() -> types.ModuleType:
+    """A fresh ``fastnet.kernels.cupy_gpu`` running on the emulator (the real module and
+    ``sys.modules`` are left as they were)."""
+    spec = importlib.util.find_spec("fastnet.kernels.cupy_gpu")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    saved = sys.modules.get("cupy")
+    sys.modules["cupy"] = stand_in()
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if saved is None:
+            sys.modules.pop("cupy", None)
+        else:
+            sys.modules["cupy"] = saved
+    return module
+
+
+# ---------------------------------------------------------------------------- the cupy backend
+class _Stream:
+    ptr = 0
+
+    def is_capturing(self) -> bool:
+        return False
+
+    def record(self) -> None:
+        return None
+
+
+class _DeviceNumpy(types.ModuleType):
+    """NumPy as the emulated backend's ``xp``: not ``numpy`` itself, so that ``Backend``'s
+    device paths (``xp is not np``) run as on CuPy, with the CuPy extras the backend calls."""
+
+    def __init__(self) -> None:
+        super().__init__("numpy_as_cupy")
+        self.cuda = types.SimpleNamespace(get_current_stream=_Stream)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    @staticmethod
+    def asnumpy(a: Any) -> np.ndarray:
+        return np.asarray(a)
+
+
+def emulated_cupy_backend() -> Any:
+    """``CupyBackend`` with its kernels on this emulator and NumPy arrays as device arrays:
+    the backend's own op code (which kernel, which fallback, the launch arguments) and the
+    kernels run; GEMMs are NumPy's (cuBLAS and cuBLASLt are not emulated), no CUDA graphs
+    (compiled steps stay eager, saying so)."""
+    from fastnet.backends.base import Backend
+    from fastnet.backends.cupy_backend import CupyBackend
+    from fastnet.backends.numpy_backend import NumpyBackend
+
+    class EmulatedCupyBackend(CupyBackend):
+        name = "cupy-emulated"
+        steps_per_graph = 1
+
+        def __init__(self) -> None:
+            Backend.__init__(self)
+            self.xp = _DeviceNumpy()
+            self.k = load()
+            self.device_id = 0
+            self.device = _Device(0)
+            self._stream = None
+            self._lt_reason = "cuBLASLt is not emulated"
+            self._cublas_path = ""
+            self._gemm = None
+            self._gemm_name = "NumPy matmul (cuBLAS is not emulated)"
+
+        def asarray(self, x: Any, dtype: Any = None) -> Any:
+            return np.array(x, dtype=dtype, order="C")  # a copy, as host to device is
+
+        def to_numpy(self, x: Any) -> np.ndarray:
+            return np.array(x)  # a copy, as device to host is
+
+        def rng(self, seed: int | None) -> Any:
+            return np.random.RandomState(seed)
+
+        def uniform(self, rng: Any, shape: Any, dtype: Any) -> Any:
+            return rng.random_sample(shape).astype(dtype)
+
+        def fits_on_device(self, nbytes: int) -> bool:
+            return True
+
+        def pinned_empty(self, shape: Any, dtype: Any) -> np.ndarray:
+            return np.empty(shape, dtype=dtype)
+
+        def copy_from_host(self, dst: Any, src: np.ndarray) -> Any:
+            dst[...] = src
+            return None
+
+        check_policy = NumpyBackend.check_policy
+        emulate_mixed = True
+
+        def synchronize(self) -> None:
+            return None
+
+        def device_info(self) -> str:
+            return "emulated CUDA device (tests/cuda_emulator.py)"
+
+        def peak_memory(self) -> int | None:
+            return None
+
+        def elapsed(self, fn: Any) -> float:
+            return Backend.elapsed(self, fn)
+
+        def step_stream(self) -> Any:
+            return Backend.step_stream(self)
+
+    return EmulatedCupyBackend()

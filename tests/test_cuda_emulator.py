@@ -1,0 +1,127 @@
+"""The CPU emulation of CUDA kernels (``cuda_emulator.py``) runs CUDA's semantics and reports
+what a GPU would get wrong: its own checks, on small kernels written to break them."""
+
+import os
+
+import cuda_emulator as emu
+import numpy as np
+import pytest
+
+if (why := emu.missing()) and not os.environ.get("CI"):
+    pytest.skip(why, allow_module_level=True)
+
+BLOCK_SUM = r"""
+// Per block: a shared-memory tree reduction, then one atomicAdd per block.
+extern "C" __global__ void block_sum(const float* x, int n, double* out) {
+    __shared__ double part[128];
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    part[threadIdx.x] = i < n ? (double)x[i] : 0.0;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) part[threadIdx.x] += part[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicAdd(out, part[0]);
+}
+"""
+
+
+def test_a_reduction_over_blocks_barriers_and_atomics():
+    x = np.random.default_rng(0).standard_normal(1000).astype(np.float32)
+    out = np.zeros(1)
+    emu.RawKernel(BLOCK_SUM, "block_sum")((8,), (128,), (x, np.int32(x.size), out))
+    assert out[0] == pytest.approx(x.astype(np.float64).sum(), rel=1e-12)
+
+
+def test_a_missing_barrier_reads_what_other_threads_have_not_written():
+    racy = BLOCK_SUM.replace("    __syncthreads();\n    for", "    for", 1)
+    racy = racy.replace("        __syncthreads();\n", "").replace("block_sum", "racy_sum")
+    x = np.ones(128, np.float32)
+    out = np.zeros(1)
+    emu.RawKernel(racy, "racy_sum")((1,), (128,), (x, np.int32(128), out))
+    assert out[0] != 128.0  # thread 0 ran to the end before the others wrote their values
+
+
+WARP = r"""
+extern "C" __global__ void warp_total(const int* x, int* out, int early) {
+    int lane = threadIdx.x & 31;
+    if (early && lane >= 16) return;
+    int v = x[threadIdx.x];
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+    out[threadIdx.x] = v;
+}
+"""
+
+
+def test_warp_shuffles_and_lanes_that_have_exited():
+    x = np.arange(64, dtype=np.int32)
+    out = np.zeros(64, np.int32)
+    kernel = emu.RawKernel(WARP, "warp_total")
+    kernel((1,), (64,), (x, out, np.int32(0)))
+    np.testing.assert_array_equal(out, [x[:32].sum()] * 32 + [x[32:].sum()] * 32)
+    with pytest.raises(emu.EmulationError, match="reads a lane that has exited"):
+        kernel((1,), (64,), (x, out, np.int32(1)))
+
+
+def test_a_deadlock_is_reported_not_waited_for():
+    source = r"""
+    extern "C" __global__ void stuck(float* x) {
+        if (threadIdx.x < 16) __syncthreads();
+        else x[threadIdx.x] = __shfl_xor_sync(0xffffffff, x[threadIdx.x], 1);
+    }
+    """
+    with pytest.raises(emu.EmulationError, match="deadlock"):
+        emu.RawKernel(source, "stuck")((1,), (32,), (np.zeros(32, np.float32),))
+
+
+def test_launch_arguments_are_checked_as_the_gpu_would_misread_them():
+    kernel = emu.RawKernel(BLOCK_SUM, "block_sum")
+    x, out = np.ones(10, np.float32), np.zeros(1)
+    with pytest.raises(emu.EmulationError, match="a int64 passed for a int32 parameter"):
+        kernel((1,), (128,), (x, 10, out))  # a Python int goes in as 8 bytes
+    with pytest.raises(emu.EmulationError, match="float64 array for float32 elements"):
+        kernel((1,), (128,), (x.astype(np.float64), np.int32(10), out))
+    with pytest.raises(emu.EmulationError, match="not C-contiguous"):
+        kernel((1,), (128,), (np.ones(20, np.float32)[::2], np.int32(10), out))
+    with pytest.raises(emu.EmulationError, match="takes 3 arguments, 2 given"):
+        kernel((1,), (128,), (x, np.int32(10)))
+    with pytest.raises(emu.EmulationError, match="more than 1024 threads"):
+        kernel((1,), (2048,), (x, np.int32(10), out))
+
+
+def test_writes_past_an_array_and_elementwise_indexes_past_a_raw_array():
+    source = r"""
+    extern "C" __global__ void overrun(float* y, int n) {
+        int i = blockIdx.x * blockDim.x + threadIdx.x;
+        if (i <= n) y[i] = 1.0f;  // one past the end
+    }
+    """
+    y = np.zeros(32, np.float32)
+    with pytest.raises(emu.EmulationError, match="wrote outside"):
+        emu.RawKernel(source, "overrun")((1,), (64,), (y, np.int32(32)))
+    assert (y == 0).all()  # nothing written back from a failed launch
+    shifted = emu.ElementwiseKernel("raw T x", "T y", "y = x[i + 1]", "shifted")
+    with pytest.raises(emu.EmulationError, match="CArray index 4 outside"):
+        shifted(np.arange(4, dtype=np.float32), np.empty(4, np.float32))
+
+
+def test_elementwise_types_follow_cupy():
+    scale = emu.ElementwiseKernel("T x, T a", "T y", "y = x * a", "scale")
+    x = np.arange(5, dtype=np.float32)
+    np.testing.assert_array_equal(scale(x, 2.0), x * 2)  # a Python float takes T
+    with pytest.raises(emu.EmulationError, match="T is already float32"):
+        scale(x, np.float64(2.0))
+    half = scale(x.astype(np.float16), np.float16(0.1))
+    np.testing.assert_array_equal(half, (x.astype(np.float16) * np.float16(0.1)))
+
+
+def test_the_kernels_module_runs_on_the_stand_in_and_leaves_cupy_alone():
+    import sys
+
+    before = sys.modules.get("cupy")
+    module = emu.load()
+    assert sys.modules.get("cupy") is before
+    assert module.cp.RawKernel is emu.RawKernel
+    z, b = np.array([[-1.0, 2.0]], np.float32), np.array([0.5, -3.0], np.float32)
+    module.bias_act(z, b, 1, 0.0)  # ReLU
+    np.testing.assert_array_equal(z, [[0.0, 0.0]])
