@@ -81,14 +81,10 @@ def _arrays(value: Any) -> Iterator[np.ndarray]:
             yield from _arrays(item)
 
 
-class CaptureSimBackend(NumpyBackend):
-    """NumPy reference ops plus a recording graph API and named streams."""
+class CaptureSemantics:
+    """The recording graph API and named streams, for a backend class (mixed in first)."""
 
-    name = "capture-sim"
-    emulate_mixed = True  # the policies' steps checked eagerly and captured in CI
-
-    def __init__(self, steps_per_graph: int = 1) -> None:
-        super().__init__()
+    def _start_recording(self, steps_per_graph: int) -> None:
         self.steps_per_graph = steps_per_graph
         self.replays = 0  # graph replays, counted by the graphs
         self.capturing = False
@@ -150,12 +146,23 @@ class CaptureSimBackend(NumpyBackend):
 
     def empty(self, shape: Any, dtype: Any) -> Any:
         self._no_allocation(shape)
-        return super().empty(shape, dtype)
+        return super().empty(shape, dtype)  # type: ignore[misc]
 
     def zeros(self, shape: Any, dtype: Any) -> Any:
         self._no_allocation(shape)
-        return super().zeros(shape, dtype)
+        return super().zeros(shape, dtype)  # type: ignore[misc]
 
     def _no_allocation(self, shape: Any) -> None:
         if self.capturing:
             raise CaptureError(f"allocation of {shape} inside a captured step")
+
+
+class CaptureSimBackend(CaptureSemantics, NumpyBackend):
+    """NumPy reference ops plus a recording graph API and named streams."""
+
+    name = "capture-sim"
+    emulate_mixed = True  # the policies' steps checked eagerly and captured in CI
+
+    def __init__(self, steps_per_graph: int = 1) -> None:
+        NumpyBackend.__init__(self)
+        self._start_recording(steps_per_graph)

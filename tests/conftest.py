@@ -49,6 +49,12 @@ def fast_backend(request):
     return make_backend(request.param)
 
 
+@pytest.fixture(params=backend_params(["cupy", EMULATED]))
+def gpu(request):
+    """The cupy backend: on a GPU, and on the CPU emulator."""
+    return make_backend(request.param)
+
+
 @pytest.fixture
 def ref():
     return get_backend("numpy")

@@ -404,10 +404,11 @@ def load() -> types.ModuleType:
 
 # ---------------------------------------------------------------------------- the cupy backend
 class _Stream:
-    ptr = 0
+    def __init__(self, backend: Any) -> None:
+        self.backend, self.ptr = backend, 0
 
     def is_capturing(self) -> bool:
-        return False
+        return bool(getattr(self.backend, "capturing", False))
 
     def record(self) -> None:
         return None
@@ -417,9 +418,9 @@ class _DeviceNumpy(types.ModuleType):
     """NumPy as the emulated backend's ``xp``: not ``numpy`` itself, so that ``Backend``'s
     device paths (``xp is not np``) run as on CuPy, with the CuPy extras the backend calls."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Any) -> None:
         super().__init__("numpy_as_cupy")
-        self.cuda = types.SimpleNamespace(get_current_stream=_Stream)
+        self.cuda = types.SimpleNamespace(get_current_stream=lambda: _Stream(backend))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(np, name)
@@ -429,22 +430,24 @@ class _DeviceNumpy(types.ModuleType):
         return np.asarray(a)
 
 
-def emulated_cupy_backend() -> Any:
+def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
     """``CupyBackend`` with its kernels on this emulator and NumPy arrays as device arrays:
     the backend's own op code (which kernel, which fallback, the launch arguments) and the
-    kernels run; GEMMs are NumPy's (cuBLAS and cuBLASLt are not emulated), no CUDA graphs
-    (compiled steps stay eager, saying so)."""
+    kernels run; GEMMs are NumPy's (cuBLAS and cuBLASLt are not emulated). CUDA graphs are
+    ``capture_backend``'s: a capture records the backend's ops and replays them (the kernels
+    run again), allocations inside one fail, as do the kernels module's own."""
+    from capture_backend import CaptureError, CaptureSemantics
+
     from fastnet.backends.base import Backend
     from fastnet.backends.cupy_backend import CupyBackend
     from fastnet.backends.numpy_backend import NumpyBackend
 
-    class EmulatedCupyBackend(CupyBackend):
+    class EmulatedCupyBackend(CaptureSemantics, CupyBackend):
         name = "cupy-emulated"
-        steps_per_graph = 1
 
-        def __init__(self) -> None:
+        def __init__(self, steps_per_graph: int) -> None:
             Backend.__init__(self)
-            self.xp = _DeviceNumpy()
+            self.xp = _DeviceNumpy(self)
             self.k = load()
             self.device_id = 0
             self.device = _Device(0)
@@ -453,6 +456,17 @@ def emulated_cupy_backend() -> Any:
             self._cublas_path = ""
             self._gemm = None
             self._gemm_name = "NumPy matmul (cuBLAS is not emulated)"
+            for name in ("zeros", "ones", "empty"):  # the kernels module's own allocations
+                setattr(self.k.cp, name, self._allocation(getattr(np, name)))
+            self._start_recording(steps_per_graph)
+
+        def _allocation(self, allocate: Any) -> Any:
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                if self.capturing:
+                    raise CaptureError("the kernels module allocates inside a captured step")
+                return allocate(*args, **kwargs)
+
+            return guarded
 
         def asarray(self, x: Any, dtype: Any = None) -> Any:
             return np.array(x, dtype=dtype, order="C")  # a copy, as host to device is
@@ -491,7 +505,4 @@ def emulated_cupy_backend() -> Any:
         def elapsed(self, fn: Any) -> float:
             return Backend.elapsed(self, fn)
 
-        def step_stream(self) -> Any:
-            return Backend.step_stream(self)
-
-    return EmulatedCupyBackend()
+    return EmulatedCupyBackend(steps_per_graph or CupyBackend.steps_per_graph)

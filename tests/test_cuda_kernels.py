@@ -5,14 +5,9 @@ on the CPU (``cupy-emulated``: the same backend code and kernel sources, compile
 import numpy as np
 import pytest
 from capture_backend import CaptureSimBackend
-from conftest import EMULATED, backend_params, make_backend, make_blobs
+from conftest import EMULATED, make_blobs
 
 import fastnet as fn
-
-
-@pytest.fixture(params=backend_params(["cupy", EMULATED]))
-def gpu(request):
-    return make_backend(request.param)
 
 
 def _mlp(backend, seed=0):

@@ -1,0 +1,155 @@
+"""The cupy backend's training steps: CUDA graphs (K steps per replay, batch gathers inside)
+train as eager steps do. On a GPU (``cupy``), and in CI on the CPU (``cupy-emulated``: the
+backend's code and its CUDA kernels compiled for the CPU, graphs with capture semantics)."""
+
+import numpy as np
+import pytest
+from conftest import make_blobs
+
+import fastnet as fn
+
+OPTIMIZERS = {
+    "adam": lambda: fn.Adam(1e-3),
+    "adamw": lambda: fn.AdamW(1e-3, weight_decay=0.05, clip_norm=1.0),
+    "sgd": lambda: fn.SGD(0.05),
+    "nesterov": lambda: fn.Momentum(0.02, nesterov=True),
+    "rmsprop": lambda: fn.RMSProp(1e-3, clip_value=0.5),
+    "adagrad": lambda: fn.AdaGrad(0.02),
+}
+
+
+def _mlp(backend, seed=0, opt=None):
+    return fn.Sequential(
+        [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
+        optimizer=opt or fn.Adam(1e-3),
+        backend=backend,
+        seed=seed,
+    )
+
+
+@pytest.mark.parametrize("loss_option", ["labels", "smoothing", "one_hot", "weights"])
+@pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
+def test_captured_training_equals_eager(gpu, opt, loss_option):
+    """The CUDA graph replays the eager step function: the same weights after 3 epochs with a
+    per-step schedule, for every optimizer and loss option (float64: exactly up to atomics'
+    summation order)."""
+    X, y = make_blobs(n=1000)
+    smoothing = 0.1 if loss_option == "smoothing" else 0.0
+    targets = np.eye(4)[y] if loss_option == "one_hot" else y
+    weights = np.linspace(0.5, 1.5, len(y)) if loss_option == "weights" else None
+    models = [
+        fn.Sequential(
+            [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
+            loss=fn.SoftmaxCrossEntropy(smoothing),
+            optimizer=OPTIMIZERS[opt](),
+            backend=gpu,
+            seed=0,
+            dtype="float64",
+        )
+        for _ in range(2)
+    ]
+    hist = [
+        m.fit(
+            X,
+            targets,
+            epochs=3,
+            batch_size=64,
+            verbose=0,
+            compiled=c,
+            sample_weight=weights,
+            callbacks=[fn.WarmupCosine(1, 3)],
+        )
+        for m, c in zip(models, (False, True))
+    ]
+    eager, graphed = models
+    assert graphed.step_description.startswith("captured graph")
+    assert eager.step_description.startswith("eager")
+    np.testing.assert_allclose(hist[0]["loss"], hist[1]["loss"], rtol=1e-9)
+    assert eager.arena.groups[0].step == graphed.arena.groups[0].step == 48
+    for a, b in zip(eager.parameters(), graphed.parameters()):
+        np.testing.assert_allclose(
+            gpu.to_numpy(a.value), gpu.to_numpy(b.value), rtol=1e-9, atol=1e-12
+        )
+
+
+def test_schedules_change_lr_without_recapture(gpu):
+    X, y = make_blobs(n=1000)
+    model = _mlp(gpu, opt=fn.Adam(1e-2))
+    model.fit(
+        X, y, epochs=2, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(2)], compiled=True
+    )
+    step = next(iter(model._compiled_steps.values()))[0]
+    assert step.captures == [14, 15] and step.graph is None  # an epoch schedule: one replay
+    model.fit(
+        X, y, epochs=1, batch_size=64, verbose=0, callbacks=[fn.WarmupCosine(0.5, 1)], compiled=True
+    )
+    assert step.graph is not None and step.replays > 0  # a per-step schedule: one per replay
+    replays = step.replays
+    model.fit(
+        X, y, epochs=1, batch_size=64, verbose=0, callbacks=[fn.CosineDecay(1)], compiled=True
+    )
+    assert step.replays == replays + 15  # other arrays: the 15 full batches in new graphs
+
+
+@pytest.mark.parametrize("steps_per_graph", [4, 32])
+@pytest.mark.parametrize("loss_option", ["labels", "one_hot", "weights"])
+def test_several_steps_per_replay_equal_eager(gpu, monkeypatch, steps_per_graph, loss_option):
+    """K steps per CUDA-graph replay with the batch gathers inside the graph (rows read at a
+    device position) train as eager steps do (float64, 3 epochs, an epoch schedule)."""
+    monkeypatch.setattr(gpu, "steps_per_graph", steps_per_graph)
+    X, y = make_blobs(n=1000)
+    targets = np.eye(4)[y] if loss_option == "one_hot" else y
+    weights = np.linspace(0.5, 1.5, len(y)) if loss_option == "weights" else None
+    models = []
+    for compiled in (False, True):
+        model = fn.Sequential(
+            [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
+            optimizer=fn.Adam(1e-2),
+            backend=gpu,
+            seed=2,
+            dtype="float64",
+        )
+        model.fit(
+            X,
+            targets,
+            epochs=3,
+            batch_size=64,
+            verbose=0,
+            compiled=compiled,
+            sample_weight=weights,
+            callbacks=[fn.CosineDecay(3)],
+        )
+        models.append(model)
+    eager, graphed = models
+    step = next(iter(graphed._compiled_steps.values()))[0]
+    assert f"{steps_per_graph} steps per replay" in graphed.step_description
+    assert step.replays == 44 and 1 not in step.captures  # 15 full batches an epoch, 1 eager
+    np.testing.assert_allclose(eager.history["loss"], graphed.history["loss"], rtol=1e-9)
+    for a, b in zip(eager.arena.groups, graphed.arena.groups):
+        np.testing.assert_allclose(
+            gpu.to_numpy(b.values), gpu.to_numpy(a.values), rtol=1e-9, atol=1e-12
+        )
+
+
+@pytest.mark.parametrize("steps_per_graph", [1, 32])
+def test_dropout_and_batchnorm_train_captured_as_eager(gpu, monkeypatch, steps_per_graph):
+    monkeypatch.setattr(gpu, "steps_per_graph", steps_per_graph)
+    X, y = make_blobs(n=1000)
+    models = []
+    for compiled in (False, True):
+        model = fn.Sequential(
+            [fn.Dense(64), fn.BatchNorm1d(), fn.ReLU(), fn.Dropout(0.3, seed=4), fn.Dense(4)],
+            optimizer=fn.Adam(1e-2),
+            backend=gpu,
+            seed=2,
+            dtype="float64",
+        )
+        model.fit(X, y, epochs=3, batch_size=64, verbose=0, compiled=compiled)
+        models.append(model)
+    eager, graphed = models
+    assert graphed.step_description.startswith("captured graph"), graphed.step_description
+    np.testing.assert_allclose(eager.history["loss"], graphed.history["loss"], rtol=1e-9)
+    for a, b in zip(eager.arena.groups, graphed.arena.groups):
+        np.testing.assert_allclose(
+            gpu.to_numpy(b.values), gpu.to_numpy(a.values), rtol=1e-9, atol=1e-12
+        )
