@@ -55,6 +55,18 @@ def lt_types(operands: Any, out: Any, tf32: bool) -> LtTypes | None:
     return None
 
 
+def _cupy() -> Any:
+    """CuPy, imported when a GEMM runs (``lt_types``, ``lt_operands`` need none)."""
+    import cupy
+
+    return cupy
+
+
+def address(a: Any) -> int:
+    """The address of array ``a``'s first element (a CuPy or NumPy array)."""
+    return int(a.ctypes.data) if isinstance(a, np.ndarray) else int(a.data.ptr)
+
+
 def alignment(pointer: int) -> int:
     """The largest power of two up to 256 dividing ``pointer``: fastnet's parameters sit at
     any 4-byte offset of their arena, and algorithms that assume more fail on Hopper."""
@@ -181,8 +193,7 @@ class LtGemm:
             return False
         if bias is None:
             return True
-        address = bias.ctypes.data if isinstance(bias, np.ndarray) else bias.data.ptr
-        aligned = alignment(address) >= BIAS_ALIGNMENT
+        aligned = alignment(address(bias)) >= BIAS_ALIGNMENT
         return aligned and bias.ndim == 1 and bias.dtype == dtype and bias.flags.c_contiguous
 
     def _plan(
@@ -195,13 +206,12 @@ class LtGemm:
         epilogue = (
             EPILOGUE_DEFAULT if bias is None else (EPILOGUE_RELU_BIAS if relu else EPILOGUE_BIAS)
         )
-        aligned = [alignment(a.data.ptr) for a in (w, x, out, out if bias is None else bias)]
+        aligned = [alignment(address(a)) for a in (w, x, out, out if bias is None else bias)]
         dtypes = (str(x.dtype), str(out.dtype))
         key = (x.shape, w.shape, x_f, w_f, dtypes, epilogue, tf32, timed, *aligned)
         if key in self.plans:
             return key, self.plans[key]
-        import cupy as cp
-
+        cp = _cupy()
         lib, ct = self.lib, ctypes
         ops = lt_operands(x.shape, x_f, w.shape, w_f)
         types = lt_types(x.dtype, out.dtype, tf32)
@@ -252,8 +262,7 @@ class LtGemm:
         """The plan with the candidate that ran fastest (CUDA events, after two warm-up runs;
         each run rewrites ``out`` with the same result), if 10% faster than the heuristic's
         first (small GEMMs time close to the host's launch rate); failing candidates skipped."""
-        import cupy as cp
-
+        cp = _cupy()
         stream = cp.cuda.get_current_stream()
         start, end = cp.cuda.Event(), cp.cuda.Event()
         best, best_ms = None, float("inf")
@@ -272,23 +281,21 @@ class LtGemm:
 
     def _launch(self, plan: _Plan, x: Any, w: Any, out: Any, bias: Any) -> int:
         """One cuBLASLt matmul on the current stream; returns its status."""
-        import cupy as cp
-
-        lib, ct = self.lib, ctypes
+        cp, lib, ct = _cupy(), self.lib, ctypes
         self._set_bias(plan.desc, bias)  # per call: layers of one shape share the plan
         one, zero = self.scalars[np.dtype(np.float64 if out.dtype == np.float64 else np.float32)]
         a_desc, b_desc, d_desc = plan.layouts
-        inputs = (ct.byref(one), w.data.ptr, a_desc, x.data.ptr, b_desc, ct.byref(zero))
-        outputs = (out.data.ptr, d_desc, out.data.ptr, d_desc, ct.byref(plan.result.algo))
+        inputs = (ct.byref(one), address(w), a_desc, address(x), b_desc, ct.byref(zero))
+        outputs = (address(out), d_desc, address(out), d_desc, ct.byref(plan.result.algo))
         stream = cp.cuda.get_current_stream().ptr
         if stream not in self.workspaces:  # first met eagerly (a warm-up precedes captures)
             self.workspaces[stream] = cp.empty(self.WORKSPACE_BYTES, dtype=np.uint8)
-        scratch = (self.workspaces[stream].data.ptr, self.WORKSPACE_BYTES, stream)
+        scratch = (address(self.workspaces[stream]), self.WORKSPACE_BYTES, stream)
         return int(lib.cublasLtMatmul(self.handle, plan.desc, *inputs, *outputs, *scratch))
 
     def _set_bias(self, desc: Any, bias: Any) -> None:
         if bias is not None:
-            pointer = ctypes.c_void_p(bias.data.ptr)
+            pointer = ctypes.c_void_p(address(bias))
             self._set(self.lib.cublasLtMatmulDescSetAttribute, desc, DESC_BIAS_POINTER, pointer)
 
     def _set(self, setter: Any, obj: Any, attr: int, value: Any) -> None:
@@ -319,9 +326,7 @@ def lt_gemm(cublas_path: str) -> LtGemm:
     """The cuBLASLt handle and workspace of the current device and thread."""
     import threading
 
-    import cupy as cp
-
-    key = (cp.cuda.Device().id, threading.get_ident())
+    key = (_cupy().cuda.Device().id, threading.get_ident())
     if key not in _GEMMS:
         _GEMMS[key] = LtGemm(cublas_path)
     return _GEMMS[key]

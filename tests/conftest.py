@@ -55,6 +55,15 @@ def gpu(request):
     return make_backend(request.param)
 
 
+def needs_bfloat16_arrays(gpu):
+    """Skip on a CuPy before 14 (no bfloat16 arrays); the emulated backend has them."""
+    if gpu.name != EMULATED:
+        import cupy
+
+        if int(cupy.__version__.split(".")[0]) < 14:
+            pytest.skip("CuPy < 14 has no bfloat16 arrays")
+
+
 @pytest.fixture
 def ref():
     return get_backend("numpy")

@@ -384,10 +384,10 @@ def stand_in() -> types.ModuleType:
     return cp
 
 
-def load() -> types.ModuleType:
-    """A fresh ``fastnet.kernels.cupy_gpu`` running on the emulator (the real module and
+def load(name: str = "fastnet.kernels.cupy_gpu") -> types.ModuleType:
+    """A fresh copy of module ``name`` whose ``cupy`` is the stand-in (the real module and
     ``sys.modules`` are left as they were)."""
-    spec = importlib.util.find_spec("fastnet.kernels.cupy_gpu")
+    spec = importlib.util.find_spec(name)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     saved = sys.modules.get("cupy")
@@ -400,6 +400,43 @@ def load() -> types.ModuleType:
         else:
             sys.modules["cupy"] = saved
     return module
+
+
+# ---------------------------------------------------------------------------- cuBLASLt
+FAKE_CUBLASLT = Path(__file__).with_name("fake_cublaslt.cpp")
+
+
+@cache
+def fake_cublas_path() -> str:
+    """A ``libcublas.so`` path whose ``libcublasLt.so`` beside it is ``fake_cublaslt.cpp``
+    built for the CPU (what ``LtGemm`` loads)."""
+    if why := missing():
+        raise EmulationError(why)
+    source = FAKE_CUBLASLT.read_text()
+    folder = _CACHE / f"cublas-{hashlib.sha256(source.encode()).hexdigest()[:24]}"
+    built = folder / "libcublasLt.so"
+    if not built.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        partial = folder / f"libcublasLt.{os.getpid()}.tmp"
+        command = ["g++", "-std=c++20", "-O3", "-shared", "-fPIC", str(FAKE_CUBLASLT), "-o"]
+        result = subprocess.run([*command, str(partial)], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise EmulationError(f"g++ could not compile the fake cuBLASLt:\n{result.stderr}")
+        partial.replace(built)
+    return str(folder / "libcublas.so")
+
+
+class _Event:
+    def __init__(self) -> None:
+        self.time = 0.0
+
+    def record(self, stream: Any = None) -> None:
+        import time
+
+        self.time = time.perf_counter()
+
+    def synchronize(self) -> None:
+        return None
 
 
 # ---------------------------------------------------------------------------- the cupy backend
@@ -433,9 +470,10 @@ class _DeviceNumpy(types.ModuleType):
 def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
     """``CupyBackend`` with its kernels on this emulator and NumPy arrays as device arrays:
     the backend's own op code (which kernel, which fallback, the launch arguments) and the
-    kernels run; GEMMs are NumPy's (cuBLAS and cuBLASLt are not emulated). CUDA graphs are
-    ``capture_backend``'s: a capture records the backend's ops and replays them (the kernels
-    run again), allocations inside one fail, as do the kernels module's own."""
+    kernels run; its GEMMs go through ``fastnet.kernels.cublaslt`` into ``fake_cublaslt.cpp``
+    (cuBLAS itself is not emulated: NumPy's matmul where cuBLASLt does not apply). CUDA graphs
+    are ``capture_backend``'s: a capture records the backend's ops and replays them (the
+    kernels run again), allocations inside one fail, as do the kernels module's own."""
     from capture_backend import CaptureError, CaptureSemantics
 
     from fastnet.backends.base import Backend
@@ -452,12 +490,20 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             self.device_id = 0
             self.device = _Device(0)
             self._stream = None
-            self._lt_reason = "cuBLASLt is not emulated"
-            self._cublas_path = ""
+            self._lt_reason = ""
+            self._cublas_path = fake_cublas_path()
             self._gemm = None
             self._gemm_name = "NumPy matmul (cuBLAS is not emulated)"
-            for name in ("zeros", "ones", "empty"):  # the kernels module's own allocations
-                setattr(self.k.cp, name, self._allocation(getattr(np, name)))
+            self.lt = load("fastnet.kernels.cublaslt")
+            cp = stand_in()
+            cp.cuda.get_current_stream = lambda: _Stream(self)  # type: ignore[attr-defined]
+            cp.cuda.Event = _Event  # type: ignore[attr-defined]
+            cp.cuda.get_elapsed_time = lambda a, b: (b.time - a.time) * 1e3  # type: ignore[attr-defined]
+            self.lt._cupy = lambda: cp
+            self.k.cp.cuda.get_current_stream = cp.cuda.get_current_stream
+            for module in (self.k.cp, cp):  # the kernel modules' own allocations
+                for name in ("zeros", "ones", "empty"):
+                    setattr(module, name, self._allocation(getattr(np, name)))
             self._start_recording(steps_per_graph)
 
         def _allocation(self, allocate: Any) -> Any:

@@ -125,3 +125,75 @@ def test_the_kernels_module_runs_on_the_stand_in_and_leaves_cupy_alone():
     z, b = np.array([[-1.0, 2.0]], np.float32), np.array([0.5, -3.0], np.float32)
     module.bias_act(z, b, 1, 0.0)  # ReLU
     np.testing.assert_array_equal(z, [[0.0, 0.0]])
+
+
+def _lt_module():
+    module = emu.load("fastnet.kernels.cublaslt")
+    stand_in = emu.stand_in()
+    stand_in.cuda.get_current_stream = lambda: emu._Stream(None)
+    module._cupy = lambda: stand_in
+    return module
+
+
+def test_the_fake_cublaslt_computes_gemms_with_epilogues_and_tf32():
+    lt_module = _lt_module()
+    lt = lt_module.LtGemm(emu.fake_cublas_path())
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((20, 30)).astype(np.float32), rng.standard_normal((30, 10))
+    w, b = w.astype(np.float32), rng.standard_normal(10).astype(np.float32)
+    out = np.empty((20, 10), np.float32)
+    assert lt.matmul(x, w, out, False, b, True, False)
+    np.testing.assert_allclose(out, np.maximum(x @ w + b, 0), rtol=1e-5, atol=1e-5)
+    assert lt.matmul(np.asfortranarray(x), w, out, True, None, False, True)  # timed candidates
+    err = np.abs(out - x.astype(np.float64) @ w).max()
+    assert 1e-5 < err < 5e-2  # TF32 rounds the operands to 10 mantissa bits
+
+
+def test_the_fake_cublaslt_refuses_what_cublaslt_refuses():
+    import ctypes
+
+    lt_module = _lt_module()
+    lt = lt_module.LtGemm(emu.fake_cublas_path())
+    with pytest.raises(RuntimeError, match="status 7"):  # an attribute of the wrong size
+        desc = ctypes.c_void_p()
+        lt.lib.cublasLtMatmulDescCreate(ctypes.byref(desc), lt_module.COMPUTE_32F, 0)
+        lt._set(lt.lib.cublasLtMatmulDescSetAttribute, desc, 3, ctypes.c_int64(1))
+    desc = ctypes.c_void_p()
+    lt.lib.cublasLtMatmulDescCreate(ctypes.byref(desc), lt_module.COMPUTE_32F, 0)
+    found = ctypes.c_int(0)
+    results = (lt_module._HeuristicResult * 1)()
+
+    def heuristic(*shapes):  # (rows, cols, ld) of A, B and D, float32
+        layouts = [ctypes.c_void_p() for _ in shapes]
+        for handle, shape in zip(layouts, shapes):
+            assert lt.lib.cublasLtMatrixLayoutCreate(ctypes.byref(handle), 0, *shape) == 0
+        a, b, d = layouts
+        args = (lt.handle, desc, a, b, d, d, lt.preference, 1, results, ctypes.byref(found))
+        return lt.lib.cublasLtMatmulAlgoGetHeuristic(*args), found.value
+
+    assert heuristic((8, 4, 8), (4, 5, 4), (8, 5, 8)) == (0, 1)
+    assert heuristic((8, 4, 4), (4, 5, 4), (8, 5, 8)) == (7, 0)  # ld shorter than the rows
+    assert heuristic((8, 4, 8), (3, 5, 3), (8, 5, 8)) == (7, 0)  # k of A and B differ
+
+
+def test_an_algorithm_used_on_less_aligned_operands_faults():
+    """A plan chosen for 256-byte aligned operands, run on ones at a 4-byte offset, is a
+    misaligned-address fault on a GPU: the fake aborts the process (here a child)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = """
+import numpy as np, cuda_emulator as emu, test_cuda_emulator as t
+lt = t._lt_module().LtGemm(emu.fake_cublas_path())
+x, w = np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)
+arena = np.zeros(64 * 64 + 64 + 1, np.float32)
+out = arena[64:64 + 64 * 64].reshape(64, 64)  # 256-byte aligned
+key, plan = lt._plan(x, w, out, None, False, False, False)
+lt._launch(plan, x, w, arena[1:1 + 64 * 64].reshape(64, 64), None)
+"""
+    here = Path(__file__).parent
+    env = {**__import__("os").environ, "PYTHONPATH": str(here)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
+    assert result.returncode != 0
+    assert "less aligned than its algorithm" in result.stderr, result.stderr[-2000:]

@@ -5,7 +5,7 @@ on the CPU (``cupy-emulated``: the same backend code and kernel sources, compile
 import numpy as np
 import pytest
 from capture_backend import CaptureSimBackend
-from conftest import EMULATED, make_blobs
+from conftest import EMULATED, make_blobs, needs_bfloat16_arrays
 
 import fastnet as fn
 
@@ -13,14 +13,6 @@ import fastnet as fn
 def _mlp(backend, seed=0):
     layers = [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)]
     return fn.Sequential(layers, optimizer=fn.Adam(1e-3), backend=backend, seed=seed)
-
-
-def _needs_bfloat16_arrays(gpu):
-    if gpu.name.startswith("cupy") and gpu.name != EMULATED:
-        import cupy
-
-        if int(cupy.__version__.split(".")[0]) < 14:
-            pytest.skip("CuPy < 14 has no bfloat16 arrays")
 
 
 def test_float64_kernels_and_extreme_logits(gpu):
@@ -151,7 +143,7 @@ def test_half_kernels_match_the_reference_ops(gpu, half):
     from fastnet.backends.base import Act, Backend
 
     if half == "bfloat16":
-        _needs_bfloat16_arrays(gpu)
+        needs_bfloat16_arrays(gpu)
         ml_dtypes = pytest.importorskip("ml_dtypes")
         dtype = np.dtype(ml_dtypes.bfloat16)
     else:
@@ -246,3 +238,118 @@ def test_the_update_kernel_refreshes_the_half_copy_in_the_same_pass(gpu):
     gpu.update(rule, p, g, slots, s, rule.constants(), 1000, 0.0, None, half)
     for v, b in zip((p, *slots, half), before):
         np.testing.assert_array_equal(get(v), b)
+
+
+@pytest.mark.parametrize("use_cublaslt, name", [(True, "cublaslt"), (False, "cublas-direct")])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_direct_gemm_handles_transposed_operands(gpu, monkeypatch, use_cublaslt, name, dtype):
+    """cuBLASLt (algorithm timed per shape) and direct cuBLAS: every layout the step uses."""
+    if gpu.name == EMULATED and not use_cublaslt:
+        pytest.skip("cuBLAS itself is not emulated (cuBLASLt is)")
+    be = gpu
+    monkeypatch.setattr(be, "use_cublaslt", use_cublaslt)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((64, 30)).astype(dtype)
+    w = rng.standard_normal((50, 30)).astype(dtype)
+    dx, dw = be.asarray(x), be.asarray(w)
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    with fn.record_kernels() as report:
+        for a, b in ((dx, dw.T), (dx.T, dx), (dw, dx.T), (dw.T.copy().T, dw.T)):
+            want = be.to_numpy(a) @ be.to_numpy(b)
+            np.testing.assert_allclose(be.to_numpy(be.matmul(a, b)), want, rtol=tol, atol=tol)
+    assert report["matmul"] == name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("activation", ["linear", "relu"])
+def test_dense_forward_through_cublaslt_matches_the_reference(gpu, dtype, activation):
+    """One cuBLASLt call with the bias (+ ReLU) epilogue equals x @ w + b (then ReLU), for C-
+    and F-contiguous operands; TF32 within its tolerance."""
+    from fastnet.backends.base import Act
+
+    be, ref = gpu, fn.get_backend("numpy")
+    code = Act.RELU if activation == "relu" else Act.LINEAR
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((128, 784)).astype(dtype)
+    w = rng.standard_normal((784, 256)).astype(dtype) * 0.05
+    b = rng.standard_normal(256).astype(dtype)
+    want = ref.linear(x, w, b, code)
+    precisions = ["fp32", "tf32"] if dtype == np.float32 else ["fp32"]
+    for precision in precisions:
+        for xd, wd in (
+            (be.asarray(x), be.asarray(w)),
+            (be.asarray(x.T).T, be.asarray(w.T).T),  # F-contiguous views
+        ):
+            with fn.record_kernels() as report:
+                got = be.to_numpy(be.linear(xd, wd, be.asarray(b), code, precision=precision))
+            assert report.get("linear") == "cublaslt-epilogue", report
+            tol = 2e-2 if precision == "tf32" else (1e-4 if dtype == np.float32 else 1e-10)
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
+
+
+def test_cublaslt_with_operands_at_4_byte_offsets(gpu):
+    """Weights, biases and gradients of an arena start at any 4-byte offset: the algorithm is
+    chosen for the pointers' real alignment (or cuBLAS serves), and results stay right."""
+    from fastnet.backends.base import Act
+
+    be = gpu
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((96, 33)).astype(np.float32)
+    w = rng.standard_normal((33, 17)).astype(np.float32)
+    b = rng.standard_normal(17).astype(np.float32)
+    arena = be.zeros((1 + w.size + b.size + 96 * 17,), np.float32)
+    dw, db = arena[1 : 1 + w.size].reshape(w.shape), arena[1 + w.size : 1 + w.size + 17]
+    out = arena[1 + w.size + 17 :].reshape(96, 17)
+    dw[...], db[...] = be.asarray(w), be.asarray(b)
+    got = be.to_numpy(be.linear(be.asarray(x), dw, db, Act.RELU, out=out))
+    np.testing.assert_allclose(got, np.maximum(x @ w + b, 0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        be.to_numpy(be.matmul(be.asarray(x).T, out)), x.T @ got, rtol=1e-4, atol=1e-3
+    )
+
+
+def test_a_nan_weight_reaches_the_dense_outputs_on_every_forward_path(gpu):
+    """A NaN in the weights stays NaN through the Dense forward (cuBLASLt's bias/ReLU
+    epilogue, cuBLAS and the bias kernel), as in the reference: a diverged layer is seen."""
+    from fastnet.backends.base import Act
+
+    be, ref = gpu, fn.get_backend("numpy")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((32, 16)).astype(np.float32)
+    w = rng.standard_normal((16, 8)).astype(np.float32)
+    w[3, 2] = np.nan
+    b = rng.standard_normal(8).astype(np.float32)
+    want = ref.linear(x, w, b, Act.RELU)
+    assert np.isnan(want[:, 2]).all()
+    for use_cublaslt in (True, False):
+        be.use_cublaslt = use_cublaslt
+        try:
+            with fn.record_kernels() as report:
+                got = be.to_numpy(be.linear(be.asarray(x), be.asarray(w), be.asarray(b), Act.RELU))
+        finally:
+            be.use_cublaslt = True
+        assert (report.get("linear") == "cublaslt-epilogue") == use_cublaslt, report
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # NaN where NaN
+
+
+def test_half_dense_forward_with_a_bias_at_a_2_byte_offset(gpu):
+    """A float16 bias at a 2-byte offset of its arena gets no epilogue: the GEMM through
+    cuBLASLt, then the half bias kernel; the result is the reference's within float16 rounding
+    (the reference rounds once, this path twice)."""
+    from fastnet.backends.base import Act
+
+    be, ref = gpu, fn.get_backend("numpy")
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((64, 40)).astype(np.float16)
+    w = (rng.standard_normal((40, 24)) * 0.2).astype(np.float16)
+    b = rng.standard_normal(24).astype(np.float16)
+    arena = be.zeros((1 + b.size,), np.float16)
+    arena[1:] = be.asarray(b)
+    out = be.empty((64, 24), np.float16)
+    for code in (Act.RELU, Act.LINEAR, Act.SIGMOID):
+        with fn.record_kernels() as report:
+            got = be.to_numpy(be.linear(be.asarray(x), be.asarray(w), arena[1:], code, out=out))
+        assert report.get("linear") != "cublaslt-epilogue", report
+        assert report.get("bias_act") == "cuda-half", report  # not the float32 fallback
+        want = ref.linear(x, w, b, code, out=np.empty((64, 24), np.float16))
+        np.testing.assert_allclose(got.astype(np.float32), want, rtol=4e-3, atol=4e-3)

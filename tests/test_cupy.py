@@ -108,24 +108,6 @@ def test_tf32_precision_is_per_call_and_per_model():
     assert tf32_model.get_config()["precision"] == "tf32"
 
 
-@pytest.mark.parametrize("use_cublaslt, name", [(True, "cublaslt"), (False, "cublas-direct")])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_direct_gemm_handles_transposed_operands(monkeypatch, use_cublaslt, name, dtype):
-    """cuBLASLt (algorithm timed per shape) and direct cuBLAS: every layout the step uses."""
-    be = fn.get_backend("cupy")
-    monkeypatch.setattr(be, "use_cublaslt", use_cublaslt)
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((64, 30)).astype(dtype)
-    w = rng.standard_normal((50, 30)).astype(dtype)
-    dx, dw = be.asarray(x), be.asarray(w)
-    tol = 1e-4 if dtype == np.float32 else 1e-12
-    with fn.record_kernels() as report:
-        for a, b in ((dx, dw.T), (dx.T, dx), (dw, dx.T), (dw.T.copy().T, dw.T)):
-            want = be.to_numpy(a) @ be.to_numpy(b)
-            np.testing.assert_allclose(be.matmul(a, b).get(), want, rtol=tol, atol=tol)
-    assert report["matmul"] == name
-
-
 def test_data_too_large_for_the_device_is_streamed_from_pinned_memory(monkeypatch):
     X, y = make_blobs(n=3000)
     be = fn.get_backend("cupy")
@@ -150,117 +132,6 @@ def test_checkpoint_saved_on_gpu_loads_on_cpu(tmp_path):
     np.testing.assert_allclose(cpu.predict_proba(X), model.predict_proba(X), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("activation", ["linear", "relu"])
-def test_dense_forward_through_cublaslt_matches_the_reference(dtype, activation):
-    """One cuBLASLt call with the bias (+ ReLU) epilogue equals x @ w + b (then ReLU), for C-
-    and F-contiguous operands; TF32 within its tolerance."""
-    from fastnet.backends.base import Act
-
-    be, ref = fn.get_backend("cupy"), fn.get_backend("numpy")
-    code = Act.RELU if activation == "relu" else Act.LINEAR
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((128, 784)).astype(dtype)
-    w = rng.standard_normal((784, 256)).astype(dtype) * 0.05
-    b = rng.standard_normal(256).astype(dtype)
-    want = ref.linear(x, w, b, code)
-    precisions = ["fp32", "tf32"] if dtype == np.float32 else ["fp32"]
-    for precision in precisions:
-        for xd, wd in (
-            (be.asarray(x), be.asarray(w)),
-            (be.asarray(x.T).T, be.asarray(w.T).T),  # F-contiguous views
-        ):
-            with fn.record_kernels() as report:
-                got = be.linear(xd, wd, be.asarray(b), code, precision=precision).get()
-            assert report.get("linear") == "cublaslt-epilogue", report
-            tol = 2e-2 if precision == "tf32" else (1e-4 if dtype == np.float32 else 1e-10)
-            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
-
-
-def test_cublaslt_with_operands_at_4_byte_offsets():
-    """Weights, biases and gradients of an arena start at any 4-byte offset: the algorithm is
-    chosen for the pointers' real alignment (or cuBLAS serves), and results stay right."""
-    from fastnet.backends.base import Act
-
-    be = fn.get_backend("cupy")
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((96, 33)).astype(np.float32)
-    w = rng.standard_normal((33, 17)).astype(np.float32)
-    b = rng.standard_normal(17).astype(np.float32)
-    arena = be.zeros((1 + w.size + b.size + 96 * 17,), np.float32)
-    dw, db = arena[1 : 1 + w.size].reshape(w.shape), arena[1 + w.size : 1 + w.size + 17]
-    out = arena[1 + w.size + 17 :].reshape(96, 17)
-    dw[...], db[...] = be.asarray(w), be.asarray(b)
-    got = be.linear(be.asarray(x), dw, db, Act.RELU, out=out).get()
-    np.testing.assert_allclose(got, np.maximum(x @ w + b, 0), rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(
-        be.matmul(be.asarray(x).T, out).get(), x.T @ got, rtol=1e-4, atol=1e-3
-    )
-
-
-def test_a_nan_weight_reaches_the_dense_outputs_on_every_forward_path():
-    """A NaN in the weights stays NaN through the Dense forward (cuBLASLt's bias/ReLU
-    epilogue, cuBLAS and the bias kernel), as in the reference: a diverged layer is seen."""
-    from fastnet.backends.base import Act
-
-    be, ref = fn.get_backend("cupy"), fn.get_backend("numpy")
-    rng = np.random.default_rng(7)
-    x = rng.standard_normal((32, 16)).astype(np.float32)
-    w = rng.standard_normal((16, 8)).astype(np.float32)
-    w[3, 2] = np.nan
-    b = rng.standard_normal(8).astype(np.float32)
-    want = ref.linear(x, w, b, Act.RELU)
-    assert np.isnan(want[:, 2]).all()
-    for use_cublaslt in (True, False):
-        be.use_cublaslt = use_cublaslt
-        try:
-            with fn.record_kernels() as report:
-                got = be.linear(be.asarray(x), be.asarray(w), be.asarray(b), Act.RELU).get()
-        finally:
-            be.use_cublaslt = True
-        assert (report.get("linear") == "cublaslt-epilogue") == use_cublaslt, report
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # NaN where NaN
-
-
-def test_half_dense_forward_with_a_bias_at_a_2_byte_offset():
-    """A float16 bias at a 2-byte offset of its arena gets no epilogue: the GEMM through
-    cuBLASLt, then the half bias kernel; the result is the reference's within float16 rounding
-    (the reference rounds once, this path twice)."""
-    from fastnet.backends.base import Act
-
-    be, ref = fn.get_backend("cupy"), fn.get_backend("numpy")
-    rng = np.random.default_rng(6)
-    x = rng.standard_normal((64, 40)).astype(np.float16)
-    w = (rng.standard_normal((40, 24)) * 0.2).astype(np.float16)
-    b = rng.standard_normal(24).astype(np.float16)
-    arena = be.zeros((1 + b.size,), np.float16)
-    arena[1:] = be.asarray(b)
-    out = be.empty((64, 24), np.float16)
-    for code in (Act.RELU, Act.LINEAR, Act.SIGMOID):
-        with fn.record_kernels() as report:
-            got = be.linear(be.asarray(x), be.asarray(w), arena[1:], code, out=out).get()
-        assert report.get("linear") != "cublaslt-epilogue", report
-        assert report.get("bias_act") == "cuda-half", report  # not the float32 fallback
-        want = ref.linear(x, w, b, code, out=np.empty((64, 24), np.float16))
-        np.testing.assert_allclose(got.astype(np.float32), want, rtol=4e-3, atol=4e-3)
-
-
-def test_mixed_bfloat16_on_cupy_14_or_a_clear_error():
-    """CuPy >= 14 has bfloat16 arrays (ml_dtypes): bf16 trains; older CuPy says what it needs."""
-    import cupy
-
-    if int(cupy.__version__.split(".")[0]) < 14:
-        with pytest.raises(NotImplementedError, match="mixed_bfloat16.*CuPy >= 14"):
-            fn.Sequential([fn.Dense(4)], backend="cupy", dtype="mixed_bfloat16")
-        return
-    X, y = make_blobs(n=1000)
-    layers = [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)]
-    model = fn.Sequential(layers, backend="cupy", dtype="mixed_bfloat16", seed=0)
-    model.fit(X, y, epochs=2, batch_size=64, verbose=0)
-    assert model.layers[0].W.compute.dtype.name == "bfloat16" and model.loss_scaler is None
-    assert model.evaluate(X, y)["accuracy"] > 0.9
-
-
 MIXED_LAYERS = {
     "dense": lambda: [fn.Dense(64, "relu"), fn.Dense(32, "tanh"), fn.Dense(4)],
     "dropout-batchnorm": lambda: [
@@ -271,25 +142,3 @@ MIXED_LAYERS = {
         fn.Dense(4),
     ],
 }
-
-
-@pytest.mark.parametrize("layers", sorted(MIXED_LAYERS))
-@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_steps_are_captured_and_equal_eager(policy, layers):
-    """Mixed precision is captured on cupy (half kernels for every layer, cuBLASLt GEMMs, loss
-    scaling on the device) and trains as the eager step does."""
-    import cupy
-
-    if policy == "mixed_bfloat16" and int(cupy.__version__.split(".")[0]) < 14:
-        pytest.skip("CuPy < 14 has no bfloat16 arrays")
-    X, y = make_blobs(n=1000)
-    models = []
-    for compiled in (False, True):
-        model = fn.Sequential(MIXED_LAYERS[layers](), backend="cupy", dtype=policy, seed=0)
-        model.fit(X, y, epochs=2, batch_size=64, verbose=0, compiled=compiled, shuffle=False)
-        models.append(model)
-    eager, graphed = models
-    assert graphed.step_description.startswith("captured graph"), graphed.step_description
-    for a, b in zip(eager.parameters(), graphed.parameters()):
-        np.testing.assert_allclose(a.value.get(), b.value.get(), rtol=1e-5, atol=1e-6)
-    assert graphed.evaluate(X, y)["accuracy"] > 0.9

@@ -4,7 +4,7 @@ backend's code and its CUDA kernels compiled for the CPU, graphs with capture se
 
 import numpy as np
 import pytest
-from conftest import make_blobs
+from conftest import EMULATED, make_blobs, needs_bfloat16_arrays
 
 import fastnet as fn
 
@@ -153,3 +153,54 @@ def test_dropout_and_batchnorm_train_captured_as_eager(gpu, monkeypatch, steps_p
         np.testing.assert_allclose(
             gpu.to_numpy(b.values), gpu.to_numpy(a.values), rtol=1e-9, atol=1e-12
         )
+
+
+MIXED_LAYERS = {
+    "dense": lambda: [fn.Dense(64, "relu"), fn.Dense(32, "tanh"), fn.Dense(4)],
+    "dropout-batchnorm": lambda: [
+        fn.Dense(64, use_bias=False),
+        fn.BatchNorm1d(),
+        fn.ReLU(),
+        fn.Dropout(0.2, seed=1),
+        fn.Dense(4),
+    ],
+}
+
+
+def test_mixed_bfloat16_on_cupy_14_or_a_clear_error(gpu):
+    """CuPy >= 14 has bfloat16 arrays (ml_dtypes): bf16 trains; older CuPy says what it needs."""
+    if gpu.name != EMULATED:
+        import cupy
+
+        if int(cupy.__version__.split(".")[0]) < 14:
+            with pytest.raises(NotImplementedError, match="mixed_bfloat16.*CuPy >= 14"):
+                fn.Sequential([fn.Dense(4)], backend=gpu, dtype="mixed_bfloat16")
+            return
+    X, y = make_blobs(n=1000)
+    layers = [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)]
+    model = fn.Sequential(layers, backend=gpu, dtype="mixed_bfloat16", seed=0)
+    model.fit(X, y, epochs=2, batch_size=64, verbose=0)
+    assert model.layers[0].W.compute.dtype.name == "bfloat16" and model.loss_scaler is None
+    assert model.evaluate(X, y)["accuracy"] > 0.9
+
+
+@pytest.mark.parametrize("layers", sorted(MIXED_LAYERS))
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_steps_are_captured_and_equal_eager(gpu, policy, layers):
+    """Mixed precision is captured on cupy (half kernels for every layer, cuBLASLt GEMMs, loss
+    scaling on the device) and trains as the eager step does."""
+    if policy == "mixed_bfloat16":
+        needs_bfloat16_arrays(gpu)
+    X, y = make_blobs(n=1000)
+    models = []
+    for compiled in (False, True):
+        model = fn.Sequential(MIXED_LAYERS[layers](), backend=gpu, dtype=policy, seed=0)
+        model.fit(X, y, epochs=2, batch_size=64, verbose=0, compiled=compiled, shuffle=False)
+        models.append(model)
+    eager, graphed = models
+    assert graphed.step_description.startswith("captured graph"), graphed.step_description
+    for a, b in zip(eager.parameters(), graphed.parameters()):
+        np.testing.assert_allclose(
+            gpu.to_numpy(a.value), gpu.to_numpy(b.value), rtol=1e-5, atol=1e-6
+        )
+    assert graphed.evaluate(X, y)["accuracy"] > 0.9

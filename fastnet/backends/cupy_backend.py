@@ -27,10 +27,11 @@ class CupyBackend(Backend):
         super().__init__()
         import cupy
 
-        from fastnet.kernels import cupy_gpu
+        from fastnet.kernels import cublaslt, cupy_gpu
 
         self.xp = cupy
         self.k = cupy_gpu
+        self.lt = cublaslt
         self.device_id = device
         self.device = cupy.cuda.Device(device)
         self.device.use()
@@ -235,15 +236,11 @@ class CupyBackend(Backend):
     ) -> bool:
         """``out = x @ w`` (+ bias, ReLU) through cuBLASLt; False where it does not apply. A
         failing cuBLASLt call turns it off for this backend, with the reason."""
-        if not self.use_cublaslt or self._lt_reason:
-            return False
-        from fastnet.kernels.cublaslt import LtGemm, lt_gemm
-
-        if not LtGemm.supports(x, w, out, bias):
+        if not self.use_cublaslt or self._lt_reason or not self.lt.LtGemm.supports(x, w, out, bias):
             return False
         try:
             with self.device:  # the handle and workspace of this device and thread
-                lt = lt_gemm(self._cublas_path)
+                lt = self.lt.lt_gemm(self._cublas_path)
                 return lt.matmul(x, w, out, precision == "tf32", bias, relu, self.gemm_autotune)
         except (OSError, AttributeError, RuntimeError) as exc:
             self._lt_reason = f"cuBLASLt unavailable: {exc}"  # cuBLAS from now on
