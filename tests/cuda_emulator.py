@@ -527,7 +527,8 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             return rng.random_sample(shape).astype(dtype)
 
         def fits_on_device(self, nbytes: int) -> bool:
-            return True
+            limit = self.device_data_limit_bytes
+            return limit is None or nbytes <= limit
 
         def pinned_empty(self, shape: Any, dtype: Any) -> np.ndarray:
             return np.empty(shape, dtype=dtype)

@@ -19,15 +19,6 @@ def _mlp(seed=0, opt=None):
     )
 
 
-def test_cuda_graph_rejects_unsupported_models():
-    X, y = make_blobs(n=100)
-    model = fn.Sequential([fn.Dense(8), fn.Softmax(), fn.Dense(4)], backend="cupy")
-    with pytest.raises(ValueError, match="not Softmax"):  # Dropout is captured since DropoutPlan
-        model.fit(X, y, epochs=1, verbose=0, compiled=True)
-    with pytest.raises(ValueError, match="numpy has no compiled step"):
-        fn.Sequential([fn.Dense(4)], backend="numpy").fit(X, y, epochs=1, verbose=0, compiled=True)
-
-
 def test_labels_from_another_gpu_framework_are_adopted():
     model = _mlp()  # the backend (and its cuBLAS library) first, then torch's libraries
     torch = pytest.importorskip("torch")
@@ -106,30 +97,6 @@ def test_tf32_precision_is_per_call_and_per_model():
     assert err(tf32_model.forward(be.asarray(X)).get()) > 1e-6
     assert err(exact_model.forward(be.asarray(X)).get()) < 1e-6
     assert tf32_model.get_config()["precision"] == "tf32"
-
-
-def test_data_too_large_for_the_device_is_streamed_from_pinned_memory(monkeypatch):
-    X, y = make_blobs(n=3000)
-    be = fn.get_backend("cupy")
-    resident = _mlp(seed=3)
-    h1 = resident.fit(X, y, epochs=4, batch_size=64, verbose=0)
-    monkeypatch.setattr(type(be), "device_data_limit_bytes", 1000)
-    streamed = _mlp(seed=3)
-    h2 = streamed.fit(X, y, epochs=4, batch_size=64, verbose=0, validation_data=(X[:500], y[:500]))
-    assert streamed.streamed and not resident.streamed
-    assert h2["loss"][-1] < h2["loss"][0] and h2["val_accuracy"][-1] > 0.9
-    assert abs(h1["accuracy"][-1] - h2["accuracy"][-1]) < 0.05
-    with pytest.raises(ValueError, match="resident on the GPU"):
-        _mlp().fit(X, y, epochs=1, verbose=0, compiled=True)
-
-
-def test_checkpoint_saved_on_gpu_loads_on_cpu(tmp_path):
-    X, y = make_blobs()
-    model = _mlp()
-    model.fit(X, y, epochs=2, verbose=0)
-    model.save(tmp_path / "gpu.npz")
-    cpu = fn.load_model(tmp_path / "gpu.npz", backend="numpy")
-    np.testing.assert_allclose(cpu.predict_proba(X), model.predict_proba(X), rtol=1e-4, atol=1e-6)
 
 
 MIXED_LAYERS = {

@@ -204,3 +204,35 @@ def test_mixed_steps_are_captured_and_equal_eager(gpu, policy, layers):
             gpu.to_numpy(a.value), gpu.to_numpy(b.value), rtol=1e-5, atol=1e-6
         )
     assert graphed.evaluate(X, y)["accuracy"] > 0.9
+
+
+def test_cuda_graph_rejects_unsupported_models(gpu):
+    X, y = make_blobs(n=100)
+    model = fn.Sequential([fn.Dense(8), fn.Softmax(), fn.Dense(4)], backend=gpu)
+    with pytest.raises(ValueError, match="not Softmax"):  # Dropout is captured since DropoutPlan
+        model.fit(X, y, epochs=1, verbose=0, compiled=True)
+    with pytest.raises(ValueError, match="numpy has no compiled step"):
+        fn.Sequential([fn.Dense(4)], backend="numpy").fit(X, y, epochs=1, verbose=0, compiled=True)
+
+
+def test_data_too_large_for_the_device_is_streamed_from_pinned_memory(gpu, monkeypatch):
+    X, y = make_blobs(n=3000)
+    resident = _mlp(gpu, seed=3)
+    h1 = resident.fit(X, y, epochs=4, batch_size=64, verbose=0)
+    monkeypatch.setattr(gpu, "device_data_limit_bytes", 1000)
+    streamed = _mlp(gpu, seed=3)
+    h2 = streamed.fit(X, y, epochs=4, batch_size=64, verbose=0, validation_data=(X[:500], y[:500]))
+    assert streamed.streamed and not resident.streamed
+    assert h2["loss"][-1] < h2["loss"][0] and h2["val_accuracy"][-1] > 0.9
+    assert abs(h1["accuracy"][-1] - h2["accuracy"][-1]) < 0.05
+    with pytest.raises(ValueError, match="resident on the GPU"):
+        _mlp(gpu).fit(X, y, epochs=1, verbose=0, compiled=True)
+
+
+def test_checkpoint_saved_on_gpu_loads_on_cpu(gpu, tmp_path):
+    X, y = make_blobs()
+    model = _mlp(gpu)
+    model.fit(X, y, epochs=2, verbose=0)
+    model.save(tmp_path / "gpu.npz")
+    cpu = fn.load_model(tmp_path / "gpu.npz", backend="numpy")
+    np.testing.assert_allclose(cpu.predict_proba(X), model.predict_proba(X), rtol=1e-4, atol=1e-6)
