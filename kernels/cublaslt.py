@@ -165,6 +165,7 @@ class LtGemm:
         set_preference = lib.cublasLtMatmulPreferenceSetAttribute
         self._set(set_preference, self.preference, PREF_MAX_WORKSPACE_BYTES, limit)
         self.plans: dict[tuple, _Plan | None] = {}
+        self._relu_nan: bool | None = None
         self.scalars = {
             np.dtype(np.float32): (ctypes.c_float(1.0), ctypes.c_float(0.0)),
             np.dtype(np.float64): (ctypes.c_double(1.0), ctypes.c_double(0.0)),
@@ -302,6 +303,20 @@ class LtGemm:
         """One descriptor or preference attribute (a ctypes value of the attribute's type)."""
         status = setter(obj, attr, ctypes.byref(value), ctypes.sizeof(value))
         self._check(status, f"{setter.__name__}({attr})")
+
+    def relu_keeps_nan(self) -> bool:
+        """Whether the RELU_BIAS epilogue keeps NaN as fastnet's ReLU does (cuBLASLt does not
+        say; a max instruction drops it): probed once (a host sync), False in a capture."""
+        if self._relu_nan is None:
+            cp = _cupy()
+            if cp.cuda.get_current_stream().is_capturing():
+                return False
+            x, w = cp.zeros((16, 16), np.float32), cp.ones((16, 16), np.float32)
+            x[0, 0] = np.nan  # row 0 of x @ w is all NaN
+            out, bias = cp.zeros((16, 16), np.float32), cp.zeros(16, np.float32)
+            ran = self.matmul(x, w, out, False, bias, True, False)
+            self._relu_nan = ran and bool(np.isnan(cp.asnumpy(out[0])).all())
+        return self._relu_nan
 
     def matmul(
         self, x: Any, w: Any, out: Any, tf32: bool, bias: Any, relu: bool, timed: bool

@@ -375,6 +375,7 @@ def stand_in() -> types.ModuleType:
     cp.ElementwiseKernel = ElementwiseKernel  # type: ignore[attr-defined]
     cp.ndarray = np.ndarray  # type: ignore[attr-defined]
     cp.zeros, cp.ones, cp.empty = np.zeros, np.ones, np.empty  # type: ignore[attr-defined]
+    cp.asnumpy = np.array  # type: ignore[attr-defined]
     cuda = types.SimpleNamespace(
         Device=_Device,
         get_current_stream=lambda: types.SimpleNamespace(ptr=0),

@@ -4,7 +4,8 @@
 // its checks: attribute sizes, layouts that do not fit the operation, type combinations cuBLASLt
 // has no kernel for (statuses, as cuBLASLt returns them); an algorithm used with operands less
 // aligned than its heuristic was told (a misaligned-address fault on a GPU: abort here).
-// Where the documentation is silent the choice is named: the ReLU epilogue keeps NaN (unverified).
+// Where the documentation is silent the choice is named: the ReLU epilogue maps NaN to 0, as a
+// max instruction would (fake_cublaslt_relu_keeps_nan(1): NaN stays); a GPU run decides.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -20,6 +21,7 @@ enum { R_32F = 0, R_64F = 1, R_16F = 2, R_16BF = 14 };
 enum { C_32F = 68, C_32F_FAST_TF32 = 77, C_64F = 70 };
 enum { OK = 0, NOT_INITIALIZED = 1, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
 constexpr uint64_t MAGIC = 0xfa57e7c0b1a5ull;
+int relu_keeps_nan = 0;
 
 struct Desc {
   int compute, scale;
@@ -115,6 +117,8 @@ int op_shape(const Desc& d, const Layout& a, const Layout& b, const Layout& c, u
 }  // namespace
 
 extern "C" {
+
+void fake_cublaslt_relu_keeps_nan(int keep) { relu_keeps_nan = keep; }
 
 int cublasLtCreate(void** handle) {
   *handle = std::malloc(1);
@@ -246,7 +250,7 @@ int cublasLtMatmul(void* handle, void* desc, const void* alpha, const void* a, v
       double v = al * (wide ? acc[i] : static_cast<double>(acc32[i]));
       if (be != 0.0) v += be * load(c, lc.type, i + j * lc.ld);  // beta 0: C is not read
       if (bias) v += load(dd.bias, ld.type, i);
-      if (relu && !(v > 0.0) && v == v) v = 0.0;
+      if (relu && !(v > 0.0) && (v == v || !relu_keeps_nan)) v = 0.0;
       store(d, ld.type, i + j * ld.ld, wide ? v : static_cast<double>(static_cast<float>(v)));
     }
   }

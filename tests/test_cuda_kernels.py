@@ -2,6 +2,8 @@
 on the CPU (``cupy-emulated``: the same backend code and kernel sources, compiled for the CPU by
 ``cuda_emulator.py``)."""
 
+import itertools
+
 import numpy as np
 import pytest
 from capture_backend import CaptureSimBackend
@@ -260,11 +262,30 @@ def test_direct_gemm_handles_transposed_operands(gpu, monkeypatch, use_cublaslt,
     assert report["matmul"] == name
 
 
+def relu_epilogue_readings(gpu):
+    """Yields whether cuBLASLt's ReLU epilogue keeps NaN: on a GPU, the library's answer; on
+    the emulator, each reading of the fake (NaN to 0 as a max instruction, or kept)."""
+    lt = gpu.lt.lt_gemm(gpu._cublas_path)
+    if gpu.name != EMULATED:
+        yield lt.relu_keeps_nan()
+        return
+    try:
+        for keep in (0, 1):
+            lt.lib.fake_cublaslt_relu_keeps_nan(keep)
+            lt._relu_nan = None
+            assert lt.relu_keeps_nan() == bool(keep)
+            yield bool(keep)
+    finally:
+        lt.lib.fake_cublaslt_relu_keeps_nan(0)
+        lt._relu_nan = None
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("activation", ["linear", "relu"])
 def test_dense_forward_through_cublaslt_matches_the_reference(gpu, dtype, activation):
     """One cuBLASLt call with the bias (+ ReLU) epilogue equals x @ w + b (then ReLU), for C-
-    and F-contiguous operands; TF32 within its tolerance."""
+    and F-contiguous operands; TF32 within its tolerance. ReLU is in the epilogue where that
+    keeps NaN, else the ReLU kernel follows the bias epilogue."""
     from fastnet.backends.base import Act
 
     be, ref = gpu, fn.get_backend("numpy")
@@ -275,14 +296,14 @@ def test_dense_forward_through_cublaslt_matches_the_reference(gpu, dtype, activa
     b = rng.standard_normal(256).astype(dtype)
     want = ref.linear(x, w, b, code)
     precisions = ["fp32", "tf32"] if dtype == np.float32 else ["fp32"]
-    for precision in precisions:
-        for xd, wd in (
-            (be.asarray(x), be.asarray(w)),
-            (be.asarray(x.T).T, be.asarray(w.T).T),  # F-contiguous views
-        ):
+    operands = [(be.asarray(x), be.asarray(w)), (be.asarray(x.T).T, be.asarray(w.T).T)]  # C, F
+    for keeps_nan in relu_epilogue_readings(gpu):  # a generator: one reading at a time
+        one_call = code == Act.LINEAR or keeps_nan
+        for precision, (xd, wd) in itertools.product(precisions, operands):
             with fn.record_kernels() as report:
                 got = be.to_numpy(be.linear(xd, wd, be.asarray(b), code, precision=precision))
-            assert report.get("linear") == "cublaslt-epilogue", report
+            expected = "cublaslt-epilogue" if one_call else "cublaslt-bias-epilogue"
+            assert report.get("linear") == expected, report
             tol = 2e-2 if precision == "tf32" else (1e-4 if dtype == np.float32 else 1e-10)
             np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
@@ -310,7 +331,8 @@ def test_cublaslt_with_operands_at_4_byte_offsets(gpu):
 
 def test_a_nan_weight_reaches_the_dense_outputs_on_every_forward_path(gpu):
     """A NaN in the weights stays NaN through the Dense forward (cuBLASLt's bias/ReLU
-    epilogue, cuBLAS and the bias kernel), as in the reference: a diverged layer is seen."""
+    epilogue where it keeps NaN, else its bias epilogue and the ReLU kernel; cuBLAS and the
+    bias kernel), as in the reference: a diverged layer is seen."""
     from fastnet.backends.base import Act
 
     be, ref = gpu, fn.get_backend("numpy")
@@ -321,15 +343,18 @@ def test_a_nan_weight_reaches_the_dense_outputs_on_every_forward_path(gpu):
     b = rng.standard_normal(8).astype(np.float32)
     want = ref.linear(x, w, b, Act.RELU)
     assert np.isnan(want[:, 2]).all()
-    for use_cublaslt in (True, False):
-        be.use_cublaslt = use_cublaslt
-        try:
-            with fn.record_kernels() as report:
-                got = be.to_numpy(be.linear(be.asarray(x), be.asarray(w), be.asarray(b), Act.RELU))
-        finally:
-            be.use_cublaslt = True
-        assert (report.get("linear") == "cublaslt-epilogue") == use_cublaslt, report
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # NaN where NaN
+    for keeps_nan in relu_epilogue_readings(gpu):
+        for use_cublaslt in (True, False):
+            be.use_cublaslt = use_cublaslt
+            try:
+                with fn.record_kernels() as report:
+                    args = (be.asarray(x), be.asarray(w), be.asarray(b), Act.RELU)
+                    got = be.to_numpy(be.linear(*args))
+            finally:
+                be.use_cublaslt = True
+            path = "cublaslt-epilogue" if keeps_nan else "cublaslt-bias-epilogue"
+            assert (report.get("linear") == path) == use_cublaslt, report
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)  # NaN where NaN
 
 
 def test_half_dense_forward_with_a_bias_at_a_2_byte_offset(gpu):

@@ -20,8 +20,9 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # for the synchronized BatchNorm1d (+110 lines), to 9,250 for cupy's half-precision kernels (+100),
 # to 9,300 for their Dropout/BatchNorm1d variants and the loss-scale settings (+60), to 9,400 for
 # the fixes of a review of the never-run GPU code (NCCL's host arrays, data types and one GPU per
-# rank, a warm-up's capture obstacle, cuBLASLt plan failures, the device facts: +82)
-BUDGET = 9400
+# rank, a warm-up's capture obstacle, cuBLASLt plan failures, the device facts: +82), to 9,450
+# for cuBLASLt's hooks of the CPU emulation and its probed NaN-keeping ReLU epilogue (+28)
+BUDGET = 9450
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -234,14 +234,20 @@ class CupyBackend(Backend):
     def _cublaslt(
         self, x: Any, w: Any, out: Any, precision: str, bias: Any = None, relu: bool = False
     ) -> bool:
-        """``out = x @ w`` (+ bias, ReLU) through cuBLASLt; False where it does not apply. A
-        failing cuBLASLt call turns it off for this backend, with the reason."""
-        if not self.use_cublaslt or self._lt_reason or not self.lt.LtGemm.supports(x, w, out, bias):
+        """``out = x @ w`` (+ bias, ReLU) through cuBLASLt; False where it does not apply."""
+        if not self.lt.LtGemm.supports(x, w, out, bias):
+            return False
+        tf32, timed = precision == "tf32", self.gemm_autotune
+        return bool(self._lt_call(lambda lt: lt.matmul(x, w, out, tf32, bias, relu, timed)))
+
+    def _lt_call(self, fn: Callable[[Any], Any]) -> Any:
+        """``fn(cuBLASLt of this device and thread)``; False where cuBLASLt is off or fails (a
+        failure turns it off for this backend, with the reason)."""
+        if not self.use_cublaslt or self._lt_reason:
             return False
         try:
             with self.device:  # the handle and workspace of this device and thread
-                lt = self.lt.lt_gemm(self._cublas_path)
-                return lt.matmul(x, w, out, precision == "tf32", bias, relu, self.gemm_autotune)
+                return fn(self.lt.lt_gemm(self._cublas_path))
         except (OSError, AttributeError, RuntimeError) as exc:
             self._lt_reason = f"cuBLASLt unavailable: {exc}"  # cuBLAS from now on
             return False
@@ -257,13 +263,18 @@ class CupyBackend(Backend):
         precision: str = "fp32",
     ) -> Any:
         """``act(x @ w + b)``: one cuBLASLt GEMM with the bias (+ ReLU) epilogue where it
-        applies, else a GEMM and the fused bias/activation kernel."""
+        applies (ReLU only where that epilogue keeps NaN: else the bias in the epilogue and the
+        ReLU kernel), else a GEMM and the fused bias/activation kernel."""
         if out is None:
             out = self.xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
-        fused = b is not None and activation in (Act.LINEAR, Act.RELU)
-        if fused and self._cublaslt(x, w, out, precision, b, activation == Act.RELU):
+        relu = activation == Act.RELU and self._lt_call(lambda lt: lt.relu_keeps_nan())
+        fused = b is not None and (activation == Act.LINEAR or relu)
+        if fused and self._cublaslt(x, w, out, precision, b, relu):
             self.record_kernel("linear", "cublaslt-epilogue")
             return out
+        if b is not None and activation == Act.RELU and self._cublaslt(x, w, out, precision, b):
+            self.record_kernel("linear", "cublaslt-bias-epilogue")
+            return self.activation(out, activation, alpha, out)  # ReLU is exact: one rounding
         if _half(x, out):
             if self._cublaslt(x, w, out, precision, b):  # the bias in the epilogue
                 return self.activation(out, activation, alpha, out)  # rounded twice: not ReLU
