@@ -53,9 +53,9 @@ def _cublaslt() -> str:
     from fastnet.backends import get_backend
 
     be = get_backend("cupy")
-    with be.device:
-        lt_gemm(be._cublas_path)  # loads libcublasLt and makes a handle (raises if it cannot)
-    return f"{be._cublas_path or '-'} (+ cuBLASLt beside it)"
+    with be.device:  # loads libcublasLt and makes a handle (raises if it cannot)
+        keeps = lt_gemm(be._cublas_path).relu_keeps_nan()
+    return f"{be._cublas_path or '-'} (+ cuBLASLt beside it; ReLU epilogue keeps NaN: {keeps})"
 
 
 def main() -> int:
