@@ -8,6 +8,8 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <map>
+#include <math.h>  // float overloads of every math function, as CUDA's
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
@@ -24,7 +26,9 @@
 #define __device__
 #define __host__
 #define __forceinline__ inline
-#define __shared__ static
+#define __shared__ static __attribute__((section("emu_shared")))  // filled with 0xFF per block
+extern "C" char __start_emu_shared[] __attribute__((weak));
+extern "C" char __stop_emu_shared[] __attribute__((weak));
 #define __launch_bounds__(...)
 
 using std::exp;
@@ -125,8 +129,23 @@ using emu_elem_t = typename emu_elem<EmuArray>::type;
        i += static_cast<ptrdiff_t>(blockDim.x) * gridDim.x)
 
 // ---------------------------------------------------------------- atomics
+// Addresses an atomic wrote in this launch: the element's size and kind ('f' or 'i'), how many
+// adds and the sum of their magnitudes (the race check compares floating sums within the error
+// bound of summing them in another order: the order of atomic adds is free on a GPU).
+struct EmuAtomic {
+  int size;
+  char kind;
+  double adds, magnitude;
+};
+static std::map<uintptr_t, EmuAtomic> emu_atomics;
+
 template <typename V>
 V atomicAdd(V* address, V value) {  // one OS thread runs every CUDA thread: atomic as it is
+  EmuAtomic& a = emu_atomics[reinterpret_cast<uintptr_t>(address)];
+  a.size = static_cast<int>(sizeof(V));
+  a.kind = std::is_floating_point_v<V> ? 'f' : 'i';
+  a.adds += 1;
+  a.magnitude += std::fabs(static_cast<double>(*address)) + std::fabs(static_cast<double>(value));
   V old = *address;
   *address = old + value;
   return old;
@@ -146,6 +165,7 @@ struct EmuFiber {
   std::vector<char> stack;
   uint3 index;
   EmuState state = EMU_RUNNABLE;
+  int line = 0;  // the __syncthreads it waits at
 };
 
 static jmp_buf emu_scheduler_resume;
@@ -154,6 +174,7 @@ static EmuFiber* emu_current = nullptr;
 static int emu_current_id = 0;
 static const std::function<void()>* emu_kernel = nullptr;
 static uint64_t emu_slots[32 * 32];  // a value per lane of each warp, for shuffles
+static bool emu_reversed = false;     // schedule threads and blocks last to first (race check)
 
 static void emu_wait(EmuState state) {
   if (emu_current == nullptr) {
@@ -164,7 +185,11 @@ static void emu_wait(EmuState state) {
   if (_setjmp(emu_current->resume) == 0) _longjmp(emu_scheduler_resume, 1);
 }
 
-inline void __syncthreads() { emu_wait(EMU_AT_BLOCK); }
+inline void emu_syncthreads(int line) {
+  if (emu_current != nullptr) emu_current->line = line;
+  emu_wait(EMU_AT_BLOCK);
+}
+#define __syncthreads() emu_syncthreads(__LINE__)
 
 template <typename V>
 V emu_shuffle(unsigned int mask, V value, int source) {
@@ -173,6 +198,9 @@ V emu_shuffle(unsigned int mask, V value, int source) {
   int lanes = std::min<int>(32, static_cast<int>(emu_fibers.size()) - first);
   unsigned int full = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
   if (mask != full) emu_report("a warp shuffle whose mask is not every lane of the warp");
+  for (int t = first; t < first + lanes; ++t)
+    if (emu_fibers[t].state == EMU_DONE)
+      emu_report("a full-mask warp shuffle after lanes of the warp returned (undefined)");
   std::memcpy(&emu_slots[emu_current_id], &value, sizeof(V));
   emu_wait(EMU_AT_WARP);  // every live lane has written its value
   V result = value;
@@ -215,8 +243,16 @@ static bool emu_release() {
     at_block += f.state == EMU_AT_BLOCK;
   }
   if (live > 0 && at_block == live) {
-    for (auto& f : emu_fibers)
-      if (f.state == EMU_AT_BLOCK) f.state = EMU_RUNNABLE;
+    int line = -1;
+    for (auto& f : emu_fibers) {
+      if (f.state != EMU_AT_BLOCK) continue;
+      if (line >= 0 && f.line != line)
+        emu_report("threads of a block wait at different __syncthreads (lines " +
+                   std::to_string(line) + " and " + std::to_string(f.line) + ")");
+      line = f.line;
+      f.state = EMU_RUNNABLE;
+    }
+    if (live < n) emu_report("a __syncthreads after some threads of the block returned");
     return true;
   }
   for (int w = 0; w < n; w += 32) {
@@ -251,7 +287,8 @@ static void emu_run_block(unsigned int threads) {
   }
   for (;;) {
     bool ran = false;
-    for (unsigned int t = 0; t < threads; ++t) {
+    for (unsigned int u = 0; u < threads; ++u) {
+      unsigned int t = emu_reversed ? threads - 1 - u : u;
       if (emu_fibers[t].state != EMU_RUNNABLE) continue;
       emu_current = &emu_fibers[t];
       emu_current_id = static_cast<int>(t);
@@ -274,28 +311,129 @@ static void emu_run_block(unsigned int threads) {
   }
 }
 
-// Runs `kernel` over the grid, block after block; returns the first undefined behaviour seen
-// ("" if none). Kernels without barriers run their threads one after the other.
+struct EmuBuffer {
+  unsigned char* data;
+  size_t bytes;
+};
+
+static bool emu_is_atomic(uintptr_t byte) {
+  auto it = emu_atomics.upper_bound(byte);
+  if (it == emu_atomics.begin()) return false;
+  --it;
+  return byte < it->first + static_cast<uintptr_t>(it->second.size);
+}
+
+// One pass over the grid (in `emu_reversed` order). With `owners`, a byte that two blocks both
+// change, outside the atomics' addresses, is reported: blocks run concurrently on a GPU.
+static void emu_pass(const unsigned int* grid, unsigned int threads, bool fibers,
+                     const std::vector<EmuBuffer>& buffers, std::vector<std::vector<int>>* owners) {
+  const unsigned int count = grid[0] * grid[1] * grid[2];
+  std::vector<std::vector<unsigned char>> before(buffers.size());
+  for (unsigned int u = 0; u < count && emu_error.empty(); ++u) {
+    unsigned int b = emu_reversed ? count - 1 - u : u;
+    blockIdx = uint3{b % grid[0], (b / grid[0]) % grid[1], b / (grid[0] * grid[1])};
+    if (__start_emu_shared != nullptr)  // shared memory starts as garbage, as on a GPU
+      std::memset(__start_emu_shared, 0xFF, __stop_emu_shared - __start_emu_shared);
+    if (owners != nullptr)
+      for (size_t k = 0; k < buffers.size(); ++k)
+        before[k].assign(buffers[k].data, buffers[k].data + buffers[k].bytes);
+    if (fibers) {
+      emu_run_block(threads);
+    } else {
+      for (unsigned int t = 0; t < threads; ++t) {
+        threadIdx = emu_thread_index(emu_reversed ? threads - 1 - t : t);
+        (*emu_kernel)();
+      }
+    }
+    if (owners == nullptr) continue;
+    for (size_t k = 0; k < buffers.size(); ++k)
+      for (size_t i = 0; i < buffers[k].bytes; ++i) {
+        if (buffers[k].data[i] == before[k][i]) continue;
+        int& owner = (*owners)[k][i];
+        if (owner >= 0 && owner != static_cast<int>(b) &&
+            !emu_is_atomic(reinterpret_cast<uintptr_t>(buffers[k].data + i))) {
+          emu_report("blocks " + std::to_string(owner) + " and " + std::to_string(b) +
+                     " both wrote byte " + std::to_string(i) + " of argument " +
+                     std::to_string(k) + " without an atomic (a race on a GPU)");
+          return;
+        }
+        owner = static_cast<int>(b);
+      }
+  }
+}
+
+static bool emu_close(const unsigned char* a, const unsigned char* b, const EmuAtomic& atomic) {
+  int size = atomic.size;
+  if (atomic.kind == 'i') return std::memcmp(a, b, size) == 0;
+  double x, y;
+  if (size == 4) {
+    float fx, fy;
+    std::memcpy(&fx, a, 4), std::memcpy(&fy, b, 4);
+    x = fx, y = fy;
+  } else {
+    std::memcpy(&x, a, 8), std::memcpy(&y, b, 8);
+  }
+  double eps = size == 4 ? 0x1p-24 : 0x1p-53;  // (n - 1) eps sum|x|: summation's error bound
+  double tolerance = 2.0 * atomic.adds * eps * atomic.magnitude;
+  return x == y || std::fabs(x - y) <= tolerance || (x != x && y != y);
+}
+
+// Runs `kernel` over the grid; returns the first undefined behaviour seen ("" if none). Where the
+// arguments are small enough (`check_bytes`: their bytes times the blocks, 0 for no checks), the
+// grid runs twice, blocks and threads last to first and then first to last, from the same
+// memory: results that differ (atomics within a tolerance) depend on the order, a race on a
+// GPU; and no two blocks may write one byte except through atomics. Kernels without barriers
+// run their threads one after the other.
 static std::string emu_run(const unsigned int* grid, const unsigned int* block, bool fibers,
-                           const std::function<void()>& kernel) {
+                           const std::function<void()>& kernel, std::vector<EmuBuffer> buffers,
+                           long long check_bytes) {
   gridDim = dim3{grid[0], grid[1], grid[2]};
   blockDim = dim3{block[0], block[1], block[2]};
   emu_error.clear();
+  emu_atomics.clear();
   emu_kernel = &kernel;
-  unsigned int threads = block[0] * block[1] * block[2];
-  for (unsigned int bz = 0; bz < grid[2] && emu_error.empty(); ++bz)
-    for (unsigned int by = 0; by < grid[1] && emu_error.empty(); ++by)
-      for (unsigned int bx = 0; bx < grid[0] && emu_error.empty(); ++bx) {
-        blockIdx = uint3{bx, by, bz};
-        if (fibers) {
-          emu_run_block(threads);
+  const unsigned int threads = block[0] * block[1] * block[2];
+  const unsigned int count = grid[0] * grid[1] * grid[2];
+  size_t total = 0;
+  for (auto& b : buffers) total += b.bytes;
+  bool check = static_cast<long long>(total) * count <= check_bytes;
+  if (!check) {
+    emu_reversed = false;
+    emu_pass(grid, threads, fibers, buffers, nullptr);
+    return emu_error;
+  }
+  std::vector<std::vector<unsigned char>> start(buffers.size()), reversed(buffers.size());
+  for (size_t k = 0; k < buffers.size(); ++k)
+    start[k].assign(buffers[k].data, buffers[k].data + buffers[k].bytes);
+  emu_reversed = true;
+  emu_pass(grid, threads, fibers, buffers, nullptr);
+  for (size_t k = 0; k < buffers.size(); ++k)  // all read before any is restored: they may alias
+    reversed[k].assign(buffers[k].data, buffers[k].data + buffers[k].bytes);
+  for (size_t k = 0; k < buffers.size(); ++k)
+    std::memcpy(buffers[k].data, start[k].data(), buffers[k].bytes);
+  emu_reversed = false;
+  std::vector<std::vector<int>> owners(buffers.size());
+  for (size_t k = 0; k < buffers.size(); ++k) owners[k].assign(buffers[k].bytes, -1);
+  emu_pass(grid, threads, fibers, buffers, &owners);
+  for (size_t k = 0; k < buffers.size() && emu_error.empty(); ++k) {
+    for (size_t i = 0; i < buffers[k].bytes; ++i) {
+      if (buffers[k].data[i] == reversed[k][i]) continue;
+      auto at = reinterpret_cast<uintptr_t>(buffers[k].data + i);
+      auto it = emu_atomics.upper_bound(at);
+      if (it != emu_atomics.begin()) {
+        --it;
+        size_t offset = i - (at - it->first);
+        int size = it->second.size;
+        if (at < it->first + size && offset + size <= buffers[k].bytes &&
+            emu_close(buffers[k].data + offset, reversed[k].data() + offset, it->second))
           continue;
-        }
-        for (unsigned int t = 0; t < threads; ++t) {
-          threadIdx = emu_thread_index(t);
-          kernel();
-        }
       }
+      emu_report("argument " + std::to_string(k) + " differs at byte " + std::to_string(i) +
+                 " when blocks and threads run in another order (a race on a GPU: a missing "
+                 "__syncthreads or atomic)");
+      break;
+    }
+  }
   return emu_error;
 }
 

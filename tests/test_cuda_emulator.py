@@ -38,8 +38,46 @@ def test_a_missing_barrier_reads_what_other_threads_have_not_written():
     racy = racy.replace("        __syncthreads();\n", "").replace("block_sum", "racy_sum")
     x = np.ones(128, np.float32)
     out = np.zeros(1)
-    emu.RawKernel(racy, "racy_sum")((1,), (128,), (x, np.int32(128), out))
-    assert out[0] != 128.0  # thread 0 ran to the end before the others wrote their values
+    with pytest.raises(emu.EmulationError, match="differs .* in another order"):
+        emu.RawKernel(racy, "racy_sum")((1,), (128,), (x, np.int32(128), out))
+    assert out[0] == 0.0  # a failed launch writes nothing back
+
+
+def test_blocks_writing_one_address_without_an_atomic_race():
+    source = r"""
+    extern "C" __global__ void lost_updates(const float* x, float* total) {
+        total[0] += x[blockIdx.x];  // every block: a read-modify-write of one address
+    }
+    """
+    x, total = np.ones(4, np.float32), np.zeros(1, np.float32)
+    with pytest.raises(emu.EmulationError, match="blocks 0 and 1 both wrote"):
+        emu.RawKernel(source, "lost_updates")((4,), (1,), (x, total))
+    atomic = source.replace("total[0] += x[blockIdx.x]", "atomicAdd(total, x[blockIdx.x])")
+    emu.RawKernel(atomic.replace("lost_updates", "atomic_adds"), "atomic_adds")(
+        (4,), (1,), (x, total)
+    )
+    assert total[0] == 4.0
+
+
+def test_barriers_of_different_lines_and_uninitialized_shared_memory():
+    source = r"""
+    extern "C" __global__ void split(float* y) {
+        __shared__ float s[64];
+        if (threadIdx.x < 32) { s[threadIdx.x] = 1.0f; __syncthreads(); }
+        else { __syncthreads(); }
+        y[threadIdx.x] = s[threadIdx.x];  // slots 32-63 never written
+    }
+    """
+    y = np.zeros(64, np.float32)
+    with pytest.raises(emu.EmulationError, match="different __syncthreads"):
+        emu.RawKernel(source, "split")((1,), (64,), (y,))
+    same = source.replace(
+        "if (threadIdx.x < 32) { s[threadIdx.x] = 1.0f; __syncthreads(); }\n"
+        "        else { __syncthreads(); }",
+        "if (threadIdx.x < 32) s[threadIdx.x] = 1.0f;\n        __syncthreads();",
+    ).replace("split", "unset")
+    emu.RawKernel(same, "unset")((1,), (64,), (y,))
+    assert (y[:32] == 1).all() and np.isnan(y[32:]).all()  # garbage, as on a GPU, not zeros
 
 
 WARP = r"""
@@ -59,7 +97,7 @@ def test_warp_shuffles_and_lanes_that_have_exited():
     kernel = emu.RawKernel(WARP, "warp_total")
     kernel((1,), (64,), (x, out, np.int32(0)))
     np.testing.assert_array_equal(out, [x[:32].sum()] * 32 + [x[32:].sum()] * 32)
-    with pytest.raises(emu.EmulationError, match="reads a lane that has exited"):
+    with pytest.raises(emu.EmulationError, match="after lanes of the warp returned"):
         kernel((1,), (64,), (x, out, np.int32(1)))
 
 

@@ -33,6 +33,8 @@ def test_captured_training_equals_eager(gpu, opt, loss_option):
     """The CUDA graph replays the eager step function: the same weights after 3 epochs with a
     per-step schedule, for every optimizer and loss option (float64: exactly up to atomics'
     summation order)."""
+    if gpu.name == EMULATED and opt != "adamw" and loss_option != "labels":
+        pytest.skip("emulated: every optimizer with labels, every loss option with adamw")
     X, y = make_blobs(n=1000)
     smoothing = 0.1 if loss_option == "smoothing" else 0.0
     targets = np.eye(4)[y] if loss_option == "one_hot" else y
