@@ -75,10 +75,10 @@ class bfloat16 {
  public:
   uint16_t bits = 0;
   bfloat16() = default;
-  bfloat16(float f) {  // round to nearest even; NaN stays a (quiet) NaN
+  bfloat16(float f) {  // round to nearest even
     uint32_t u = std::bit_cast<uint32_t>(f);
     if ((u & 0x7fffffffu) > 0x7f800000u) {
-      bits = static_cast<uint16_t>((u >> 16) | 0x40u);
+      bits = 0x7fffu;  // CUDA's __float2bfloat16: the canonical NaN
     } else {
       bits = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
     }

@@ -327,9 +327,9 @@ class RawKernel:
 class ElementwiseKernel:
     """``cupy.ElementwiseKernel`` on the CPU, for C-contiguous arguments of one size (or
     scalars; ``raw`` arguments any size): the layout fastnet's launchers use. Types follow
-    CuPy: a placeholder takes the dtype of the arrays and NumPy scalars bound to it (they must
-    agree), Python scalars take it; typed scalars are cast (same kind), typed arrays must match.
-    """
+    CuPy 14 (``_decide_params_type_core``): a placeholder takes the dtype of the arrays bound to
+    it (outputs first; they must agree), never a scalar's; scalars, Python or NumPy, are cast to
+    their parameter's type; typed arrays must match."""
 
     def __init__(self, in_params: str, out_params: str, operation: str, name: str, **kwargs: Any):
         import cupy  # the real one: parses the parameters, needs no GPU
@@ -346,8 +346,9 @@ class ElementwiseKernel:
             raise EmulationError(f"{self.name} takes {len(ins)} inputs (+ {len(outs)} outputs)")
         params = ins + outs[: len(args) - len(ins)]
         types_: dict[str, np.dtype] = {}
-        for p, a in zip(params, args, strict=False):
-            if p.dtype is None and isinstance(a, (np.ndarray, np.generic)):
+        given = [*zip(params, args, strict=False)][len(ins) :] + [*zip(ins, args, strict=False)]
+        for p, a in given:  # outputs, then inputs: CuPy's order
+            if p.dtype is None and isinstance(a, np.ndarray):
                 bound = types_.setdefault(p.ctype, a.dtype)
                 if bound != a.dtype:
                     raise EmulationError(
@@ -375,10 +376,7 @@ class ElementwiseKernel:
                     arrays.add(p.name)
                 call.append(a.reshape(-1))
                 continue
-            given = a.dtype if isinstance(a, np.generic) else None
-            if given is not None and not np.can_cast(given, want, "same_kind"):
-                raise EmulationError(f"{self.name}: {p.name} is {given}, not {want}")
-            call.append(want.type(a))
+            call.append(want.type(a))  # CScalar.apply_dtype
         size = int(np.prod(shape, dtype=np.int64))
         if size == 0:
             return values[len(ins)] if len(outs) == 1 else tuple(values[len(ins) :])
@@ -491,16 +489,40 @@ class _Stream:
         return None
 
 
+_ALLOCATING = ("empty", "zeros", "ones", "full", "array", "copy", "concatenate", "stack")
+_ALLOCATING += tuple(f"{name}_like" for name in ("empty", "zeros", "ones", "full"))
+
+
 class _DeviceNumpy(types.ModuleType):
     """NumPy as the emulated backend's ``xp``: not ``numpy`` itself, so that ``Backend``'s
-    device paths (``xp is not np``) run as on CuPy, with the CuPy extras the backend calls."""
+    device paths (``xp is not np``) run as on CuPy, with the CuPy extras the backend calls.
+    Its allocating functions (and ``asarray``-like calls that copy) fail inside a capture, as
+    CuPy's pool would hand the graph memory it then keeps writing."""
 
     def __init__(self, backend: Any) -> None:
         super().__init__("numpy_as_cupy")
         self.cuda = types.SimpleNamespace(get_current_stream=lambda: _Stream(backend))
+        self._backend = backend
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(np, name)
+        value = getattr(np, name)
+        if name in _ALLOCATING or name in ("asarray", "ascontiguousarray"):
+            return self._guarded(name, value)
+        return value
+
+    def _guarded(self, name: str, fn: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            result = fn(*args, **kwargs)
+            copied = name in _ALLOCATING or not any(
+                isinstance(a, np.ndarray) and np.shares_memory(a, result) for a in args[:1]
+            )
+            if copied and getattr(self._backend, "capturing", False):
+                from capture_backend import CaptureError
+
+                raise CaptureError(f"xp.{name} allocates inside a captured step")
+            return result
+
+        return call
 
     @staticmethod
     def asnumpy(a: Any) -> np.ndarray:
@@ -558,6 +580,8 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             return np.array(x, dtype=dtype, order="C")  # a copy, as host to device is
 
         def to_numpy(self, x: Any) -> np.ndarray:
+            if self.capturing:
+                raise CaptureError("a copy to the host (a sync) inside a captured step")
             return np.array(x)  # a copy, as device to host is
 
         def rng(self, seed: int | None) -> Any:

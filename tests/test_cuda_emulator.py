@@ -144,11 +144,17 @@ def test_writes_past_an_array_and_elementwise_indexes_past_a_raw_array():
 
 
 def test_elementwise_types_follow_cupy():
+    """CuPy 14: arrays fix a placeholder type (they must agree), scalars never do and are cast
+    to it."""
     scale = emu.ElementwiseKernel("T x, T a", "T y", "y = x * a", "scale")
     x = np.arange(5, dtype=np.float32)
-    np.testing.assert_array_equal(scale(x, 2.0), x * 2)  # a Python float takes T
-    with pytest.raises(emu.EmulationError, match="T is already float32"):
-        scale(x, np.float64(2.0))
+    np.testing.assert_array_equal(scale(x, 2.0), x * 2)
+    np.testing.assert_array_equal(scale(x, np.float64(0.1)), x * np.float32(0.1))  # cast
+    with pytest.raises(emu.EmulationError, match="x is float32, T is already float64"):
+        scale(x, 2.0, np.empty(5, np.float64))  # the output fixes T first
+    fill = emu.ElementwiseKernel("T a", "float32 y", "y = a", "fill")
+    with pytest.raises(emu.EmulationError, match="no argument fixes the type T"):
+        fill(np.float64(1.0), np.empty(3, np.float32))
     half = scale(x.astype(np.float16), np.float16(0.1))
     np.testing.assert_array_equal(half, (x.astype(np.float16) * np.float16(0.1)))
 
@@ -235,3 +241,20 @@ lt._launch(plan, x, w, arena[1:1 + 64 * 64].reshape(64, 64), None)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     assert result.returncode != 0
     assert "less aligned than its algorithm" in result.stderr, result.stderr[-2000:]
+
+
+def test_the_emulated_backend_refuses_allocations_and_host_copies_in_a_capture():
+    from capture_backend import CaptureError
+
+    be = emu.emulated_cupy_backend()
+    x = be.asarray(np.ones(4, np.float32))
+    with be.step_stream():
+        for work in (
+            lambda: be.xp.zeros(3),
+            lambda: be.xp.ascontiguousarray(x[::2]),  # a strided view: copied
+            lambda: be.to_numpy(x),
+            lambda: be.k.cast(x, be.xp.empty(4, np.float16)),
+        ):
+            with pytest.raises(CaptureError):
+                be.capture(work)
+        be.capture(lambda: be.xp.ascontiguousarray(x))  # no copy: allowed
