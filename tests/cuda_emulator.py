@@ -414,6 +414,8 @@ def stand_in() -> types.ModuleType:
     cp.zeros, cp.ones, cp.empty = np.zeros, np.ones, np.empty  # type: ignore[attr-defined]
     cp.asnumpy = np.array  # type: ignore[attr-defined]
     cuda = types.SimpleNamespace(
+        Event=_Event,
+        get_elapsed_time=lambda start, end: (end.time - start.time) * 1e3,
         Device=_Device,
         get_current_stream=lambda: types.SimpleNamespace(ptr=0),
         device=types.SimpleNamespace(get_cublas_handle=_no_cublas),
@@ -479,8 +481,11 @@ class _Event:
 
 # ---------------------------------------------------------------------------- the cupy backend
 class _Stream:
+    """CuPy's current stream: 0 (the default stream) or 1 (``step_stream``'s)."""
+
     def __init__(self, backend: Any) -> None:
-        self.backend, self.ptr = backend, 0
+        self.backend = backend
+        self.ptr = int(getattr(backend, "stream", "default") == "step")
 
     def is_capturing(self) -> bool:
         return bool(getattr(self.backend, "capturing", False))
@@ -559,8 +564,6 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             self.lt = load("fastnet.kernels.cublaslt")
             cp = stand_in()
             cp.cuda.get_current_stream = lambda: _Stream(self)  # type: ignore[attr-defined]
-            cp.cuda.Event = _Event  # type: ignore[attr-defined]
-            cp.cuda.get_elapsed_time = lambda a, b: (b.time - a.time) * 1e3  # type: ignore[attr-defined]
             self.lt._cupy = lambda: cp
             self.k.cp.cuda.get_current_stream = cp.cuda.get_current_stream
             for module in (self.k.cp, cp):  # the kernel modules' own allocations

@@ -19,7 +19,7 @@ namespace {
 
 enum { R_32F = 0, R_64F = 1, R_16F = 2, R_16BF = 14 };
 enum { C_32F = 68, C_32F_FAST_TF32 = 77, C_64F = 70 };
-enum { OK = 0, NOT_INITIALIZED = 1, INVALID_VALUE = 7, NOT_SUPPORTED = 15 };
+enum { OK = 0, NOT_INITIALIZED = 1, INVALID_VALUE = 7, EXECUTION_FAILED = 13, NOT_SUPPORTED = 15 };
 constexpr uint64_t MAGIC = 0xfa57e7c0b1a5ull;
 int relu_keeps_nan = 0;
 
@@ -185,13 +185,16 @@ int cublasLtMatmulAlgoGetHeuristic(void* handle, void* desc, void* a, void* b, v
   if (dd.epilogue != 1 && dd.epilogue != 2 && !bias) return NOT_SUPPORTED;
   if (bias && dd.bias == nullptr) return INVALID_VALUE;
   const auto& align = static_cast<Preference*>(pref)->align;
-  HeuristicResult& r = results[0];
-  std::memset(&r, 0, sizeof r);
-  r.algo[0] = MAGIC;
-  for (int i = 0; i < 4; ++i) r.algo[1 + i] = align[i];  // what the algorithm may assume
-  r.algo[5] = bias ? alignment(dd.bias) : 0;
-  r.waves_count = 1.0f;
-  *returned = 1;
+  *returned = requested < 3 ? requested : 3;  // candidate 1 fails at launch, as some do
+  for (int c = 0; c < *returned; ++c) {
+    HeuristicResult& r = results[c];
+    std::memset(&r, 0, sizeof r);
+    r.algo[0] = MAGIC;
+    for (int i = 0; i < 4; ++i) r.algo[1 + i] = align[i];  // what the algorithm may assume
+    r.algo[5] = bias ? alignment(dd.bias) : 0;
+    r.algo[6] = static_cast<uint64_t>(c);
+    r.waves_count = 1.0f;
+  }
   return OK;
 }
 
@@ -205,6 +208,7 @@ int cublasLtMatmul(void* handle, void* desc, const void* alpha, const void* a, v
   auto &lc = *static_cast<Layout*>(cdesc), &ld = *static_cast<Layout*>(ddesc);
   uint64_t mnk[3];
   if (algo == nullptr || algo[0] != MAGIC) return INVALID_VALUE;
+  if (algo[6] == 1) return EXECUTION_FAILED;
   if (int status = op_shape(dd, la, lb, ld, mnk)) return status;
   if (!types_supported(dd.compute, dd.scale, la.type, ld.type)) return NOT_SUPPORTED;
   const void* pointers[4] = {a, b, c, d};

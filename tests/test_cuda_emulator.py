@@ -258,3 +258,19 @@ def test_the_emulated_backend_refuses_allocations_and_host_copies_in_a_capture()
             with pytest.raises(CaptureError):
                 be.capture(work)
         be.capture(lambda: be.xp.ascontiguousarray(x))  # no copy: allowed
+
+
+def test_gemm_autotune_times_candidates_and_skips_one_that_fails():
+    """The fake's heuristic offers three algorithms, the second failing at launch: the timed
+    choice (``gemm_autotune``) skips it and the GEMMs stay right."""
+    from fastnet.backends.base import Act
+
+    be = emu.emulated_cupy_backend()
+    be.gemm_autotune = True
+    rng = np.random.default_rng(2)
+    x, w = rng.standard_normal((40, 24)).astype(np.float32), rng.standard_normal((24, 16))
+    w, b = w.astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    got = be.linear(be.asarray(x), be.asarray(w), be.asarray(b), Act.LINEAR)
+    np.testing.assert_allclose(be.to_numpy(got), x @ w + b, rtol=1e-5, atol=1e-5)
+    plans = be.lt.lt_gemm(be._cublas_path).plans
+    assert plans and all(p is not None and p.result.algo[6] != 1 for p in plans.values())
