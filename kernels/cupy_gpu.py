@@ -14,6 +14,8 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
+from .cublaslt import address
+
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 # Activation of v (z + b) and derivative from the output y; codes as in fastnet.backends.base.
@@ -897,7 +899,7 @@ class CublasGemm:
         self.handle = cp.cuda.device.get_cublas_handle()
         self.workspace = cp.empty(self.WORKSPACE_BYTES, dtype=np.uint8)
         self._check(
-            lib.cublasSetWorkspace_v2(self.handle, self.workspace.data.ptr, self.WORKSPACE_BYTES),
+            lib.cublasSetWorkspace_v2(self.handle, address(self.workspace), self.WORKSPACE_BYTES),
             "cublasSetWorkspace",
         )
         self.one = {
@@ -942,7 +944,7 @@ class CublasGemm:
         )
         # setStream puts cuBLAS back on its default workspace: ours again (no allocation)
         self._check(
-            lib.cublasSetWorkspace_v2(handle, self.workspace.data.ptr, self.WORKSPACE_BYTES),
+            lib.cublasSetWorkspace_v2(handle, address(self.workspace), self.WORKSPACE_BYTES),
             "cublasSetWorkspace",
         )
         before = ct.c_int(0)
@@ -959,12 +961,12 @@ class CublasGemm:
             m_rows,
             k,
             ct.byref(self.one[a.dtype]),
-            b.data.ptr,
+            address(b),
             ld_b,
-            a.data.ptr,
+            address(a),
             ld_a,
             ct.byref(self.zero[a.dtype]),
-            out.data.ptr,
+            address(out),
             n_cols,
         )
         if mode != before.value:  # CuPy's handle is shared: leave its math mode as it was

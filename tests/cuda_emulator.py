@@ -448,8 +448,8 @@ FAKE_CUBLASLT = Path(__file__).with_name("fake_cublaslt.cpp")
 
 @cache
 def fake_cublas_path() -> str:
-    """A ``libcublas.so`` path whose ``libcublasLt.so`` beside it is ``fake_cublaslt.cpp``
-    built for the CPU (what ``LtGemm`` loads)."""
+    """The path of ``fake_cublaslt.cpp`` built for the CPU as ``libcublas.so`` (its GEMMs, for
+    ``CublasGemm``), with a copy beside it as ``libcublasLt.so`` (what ``LtGemm`` loads)."""
     if why := missing():
         raise EmulationError(why)
     source = FAKE_CUBLASLT.read_text()
@@ -462,6 +462,8 @@ def fake_cublas_path() -> str:
         result = subprocess.run([*command, str(partial)], capture_output=True, text=True)
         if result.returncode != 0:
             raise EmulationError(f"g++ could not compile the fake cuBLASLt:\n{result.stderr}")
+        shutil.copyfile(partial, folder / f"libcublas.{os.getpid()}.tmp")
+        Path(folder / f"libcublas.{os.getpid()}.tmp").replace(folder / "libcublas.so")
         partial.replace(built)
     return str(folder / "libcublas.so")
 
@@ -537,8 +539,8 @@ class _DeviceNumpy(types.ModuleType):
 def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
     """``CupyBackend`` with its kernels on this emulator and NumPy arrays as device arrays:
     the backend's own op code (which kernel, which fallback, the launch arguments) and the
-    kernels run; its GEMMs go through ``fastnet.kernels.cublaslt`` into ``fake_cublaslt.cpp``
-    (cuBLAS itself is not emulated: NumPy's matmul where cuBLASLt does not apply). CUDA graphs
+    kernels run; its GEMMs go through ``fastnet.kernels.cublaslt`` and ``CublasGemm`` into
+    ``fake_cublaslt.cpp`` (cuBLASLt's and cuBLAS's calls on the CPU). CUDA graphs
     are ``capture_backend``'s: a capture records the backend's ops and replays them (the
     kernels run again), allocations inside one fail, as do the kernels module's own."""
     from capture_backend import CaptureError, CaptureSemantics
@@ -552,6 +554,7 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
 
         def __init__(self, steps_per_graph: int) -> None:
             Backend.__init__(self)
+            self._start_recording(steps_per_graph)
             self.xp = _DeviceNumpy(self)
             self.k = load()
             self.device_id = 0
@@ -559,8 +562,6 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             self._stream = None
             self._lt_reason = ""
             self._cublas_path = fake_cublas_path()
-            self._gemm = None
-            self._gemm_name = "NumPy matmul (cuBLAS is not emulated)"
             self.lt = load("fastnet.kernels.cublaslt")
             cp = stand_in()
             cp.cuda.get_current_stream = lambda: _Stream(self)  # type: ignore[attr-defined]
@@ -569,7 +570,14 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             for module in (self.k.cp, cp):  # the kernel modules' own allocations
                 for name in ("zeros", "ones", "empty"):
                     setattr(module, name, self._allocation(getattr(np, name)))
-            self._start_recording(steps_per_graph)
+            fake = ctypes.CDLL(self._cublas_path)  # cuBLAS: CuPy's handle, then CublasGemm
+            fake.cublasCreate_v2.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
+            handle = ctypes.c_void_p()
+            fake.cublasCreate_v2(ctypes.byref(handle))
+            self.k.cp.cuda.device.get_cublas_handle = lambda: handle.value
+            self.k._loaded_library = lambda stem: self._cublas_path
+            self._gemm = self.k.cublas_gemm()
+            self._gemm_name = "cublas-direct"
 
         def _allocation(self, allocate: Any) -> Any:
             def guarded(*args: Any, **kwargs: Any) -> Any:

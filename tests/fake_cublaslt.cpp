@@ -1,5 +1,5 @@
-// cuBLASLt's matmul API on the CPU, for tests/cuda_emulator.py: the calls fastnet.kernels.cublaslt
-// makes, with cuBLASLt's documented semantics (column-major layouts with a leading dimension,
+// cuBLASLt's matmul API (and cuBLAS's GEMMs) on the CPU, for tests/cuda_emulator.py: the calls
+// fastnet.kernels.cublaslt (and cupy_gpu.CublasGemm) make, with cuBLASLt's documented semantics (column-major layouts with a leading dimension,
 // D = alpha op(A) op(B) + beta C, the BIAS / RELU_BIAS epilogues with a bias along D's rows), and
 // its checks: attribute sizes, layouts that do not fit the operation, type combinations cuBLASLt
 // has no kernel for (statuses, as cuBLASLt returns them); an algorithm used with operands less
@@ -90,7 +90,8 @@ void store(void* p, int type, size_t i, double v) {
   }
 }
 
-float tf32(float x) {  // round to nearest even at 10 mantissa bits, as TF32 tensor cores read
+float tf32_round(float x) {  // round to nearest even at 10 mantissa bits, as TF32 tensor cores
+
   uint32_t u;
   std::memcpy(&u, &x, 4);
   if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0xfffu + ((u >> 13) & 1u)) & ~0x1fffu;
@@ -228,12 +229,12 @@ int cublasLtMatmul(void* handle, void* desc, const void* alpha, const void* a, v
   for (uint64_t p = 0; p < k; ++p)
     for (uint64_t i = 0; i < m; ++i) {
       double x = load(a, la.type, dd.transa ? p + i * la.ld : i + p * la.ld);
-      pa[i + p * m] = fast ? tf32(static_cast<float>(x)) : x;
+      pa[i + p * m] = fast ? tf32_round(static_cast<float>(x)) : x;
     }
   for (uint64_t j = 0; j < n; ++j)
     for (uint64_t p = 0; p < k; ++p) {
       double y = load(b, lb.type, dd.transb ? j + p * lb.ld : p + j * lb.ld);
-      pb[p + j * k] = fast ? tf32(static_cast<float>(y)) : y;
+      pb[p + j * k] = fast ? tf32_round(static_cast<float>(y)) : y;
     }
   std::vector<float> pa32(pa.begin(), pa.end()), acc32(m);
   for (uint64_t j = 0; j < n; ++j) {
@@ -260,6 +261,93 @@ int cublasLtMatmul(void* handle, void* desc, const void* alpha, const void* a, v
   }
   (void)workspace, (void)ws, (void)stream;
   return OK;
+}
+
+}  // extern "C"
+
+namespace {
+
+// ---- cuBLAS (libcublas): the handle calls and GEMMs kernels/cupy_gpu.CublasGemm makes
+struct Cublas {
+  void* stream = nullptr;
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  int math_mode = 0;  // CUBLAS_DEFAULT_MATH; 3: CUBLAS_TF32_TENSOR_OP_MATH
+};
+
+template <typename T>
+int gemm(void* handle, int transa, int transb, int m, int n, int k, const T* alpha, const T* a,
+         int lda, const T* b, int ldb, const T* beta, T* c, int ldc) {
+  auto* h = static_cast<Cublas*>(handle);
+  if (h == nullptr) return NOT_INITIALIZED;
+  if (m < 0 || n < 0 || k < 0 || lda < std::max(1, transa ? k : m) ||
+      ldb < std::max(1, transb ? n : k) || ldc < std::max(1, m) || transa > 1 || transb > 1)
+    return INVALID_VALUE;
+  if (h->workspace_bytes != 0 && h->workspace == nullptr) return INVALID_VALUE;
+  bool tf32 = sizeof(T) == 4 && h->math_mode == 3;
+  std::vector<T> pa(static_cast<size_t>(m) * k), acc(m);
+  for (int p = 0; p < k; ++p)
+    for (int i = 0; i < m; ++i) {
+      T x = transa ? a[p + static_cast<size_t>(i) * lda] : a[i + static_cast<size_t>(p) * lda];
+      pa[i + static_cast<size_t>(p) * m] = tf32 ? static_cast<T>(tf32_round(x)) : x;
+    }
+  for (int j = 0; j < n; ++j) {
+    std::fill(acc.begin(), acc.end(), T(0));
+    for (int p = 0; p < k; ++p) {
+      T y = transb ? b[j + static_cast<size_t>(p) * ldb] : b[p + static_cast<size_t>(j) * ldb];
+      if (tf32) y = static_cast<T>(tf32_round(y));
+      const T* col = &pa[static_cast<size_t>(p) * m];
+      for (int i = 0; i < m; ++i) acc[i] += col[i] * y;
+    }
+    for (int i = 0; i < m; ++i) {
+      T v = *alpha * acc[i];
+      if (*beta != T(0)) v += *beta * c[i + static_cast<size_t>(j) * ldc];
+      c[i + static_cast<size_t>(j) * ldc] = v;
+    }
+  }
+  return OK;
+}
+
+}  // namespace
+
+extern "C" {
+
+int cublasCreate_v2(void** handle) {
+  *handle = new Cublas{};
+  return OK;
+}
+int cublasSetStream_v2(void* handle, void* stream) {
+  auto* h = static_cast<Cublas*>(handle);
+  h->stream = stream;
+  h->workspace = nullptr;  // as cuBLAS: setStream resets the workspace to its default
+  h->workspace_bytes = 0;
+  return OK;
+}
+int cublasSetWorkspace_v2(void* handle, void* workspace, size_t bytes) {
+  auto* h = static_cast<Cublas*>(handle);
+  h->workspace = workspace;
+  h->workspace_bytes = bytes;
+  return OK;
+}
+int cublasSetMathMode(void* handle, int mode) {
+  if (mode != 0 && mode != 1 && mode != 3) return INVALID_VALUE;
+  static_cast<Cublas*>(handle)->math_mode = mode;
+  return OK;
+}
+int cublasGetMathMode(void* handle, int* mode) {
+  *mode = static_cast<Cublas*>(handle)->math_mode;
+  return OK;
+}
+
+int cublasSgemm_v2(void* h, int ta, int tb, int m, int n, int k, const float* alpha,
+                   const float* a, int lda, const float* b, int ldb, const float* beta, float* c,
+                   int ldc) {
+  return gemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+int cublasDgemm_v2(void* h, int ta, int tb, int m, int n, int k, const double* alpha,
+                   const double* a, int lda, const double* b, int ldb, const double* beta,
+                   double* c, int ldc) {
+  return gemm(h, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 }  // extern "C"

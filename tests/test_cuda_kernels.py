@@ -246,8 +246,6 @@ def test_the_update_kernel_refreshes_the_half_copy_in_the_same_pass(gpu):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_direct_gemm_handles_transposed_operands(gpu, monkeypatch, use_cublaslt, name, dtype):
     """cuBLASLt (algorithm timed per shape) and direct cuBLAS: every layout the step uses."""
-    if gpu.name == EMULATED and not use_cublaslt:
-        pytest.skip("cuBLAS itself is not emulated (cuBLASLt is)")
     be = gpu
     monkeypatch.setattr(be, "use_cublaslt", use_cublaslt)
     rng = np.random.default_rng(1)
@@ -378,3 +376,28 @@ def test_half_dense_forward_with_a_bias_at_a_2_byte_offset(gpu):
         assert report.get("bias_act") == "cuda-half", report  # not the float32 fallback
         want = ref.linear(x, w, b, code, out=np.empty((64, 24), np.float16))
         np.testing.assert_allclose(got.astype(np.float32), want, rtol=4e-3, atol=4e-3)
+
+
+def test_tf32_precision_is_per_call_and_per_model(gpu):
+    be = gpu
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((512, 512)).astype(np.float32)
+    b = rng.standard_normal((512, 512)).astype(np.float32)
+    want = a.astype(np.float64) @ b
+    fast = be.to_numpy(be.matmul(be.asarray(a), be.asarray(b), precision="tf32"))
+    exact = be.to_numpy(be.matmul(be.asarray(a), be.asarray(b)))  # no state left behind
+    err = lambda x: np.linalg.norm(x - want) / np.linalg.norm(want)  # noqa: E731
+    assert err(exact) < 1e-6 and 1e-6 < err(fast) < 5e-3
+    import ctypes
+
+    mode, handle = ctypes.c_int(-1), be.k.cp.cuda.device.get_cublas_handle()
+    be.k.cublas_gemm().lib.cublasGetMathMode(handle, ctypes.byref(mode))
+    assert mode.value == 0  # CuPy's shared handle is left in its default math mode
+    # two models on one backend, same weights: each computes at its own precision
+    X = rng.standard_normal((256, 512)).astype(np.float32)
+    exact_model = fn.Sequential([fn.Dense(64)], backend=be, seed=0).build(512)
+    tf32_model = fn.Sequential([fn.Dense(64)], backend=be, seed=0, precision="tf32").build(512)
+    want = X.astype(np.float64) @ be.to_numpy(exact_model.layers[0].W.value)
+    assert err(be.to_numpy(tf32_model.forward(be.asarray(X)))) > 1e-6
+    assert err(be.to_numpy(exact_model.forward(be.asarray(X)))) < 1e-6
+    assert tf32_model.get_config()["precision"] == "tf32"
