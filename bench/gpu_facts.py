@@ -54,8 +54,11 @@ def _cublaslt() -> str:
 
     be = get_backend("cupy")
     with be.device:  # loads libcublasLt and makes a handle (raises if it cannot)
-        keeps = lt_gemm(be._cublas_path).relu_keeps_nan()
-    return f"{be._cublas_path or '-'} (+ cuBLASLt beside it; ReLU epilogue keeps NaN: {keeps})"
+        lt = lt_gemm(be._cublas_path)
+        kinds = [("float32", False), ("float32", True), ("float64", False), ("float16", False)]
+        keeps = {f"{d}{'/tf32' if t else ''}": lt.relu_keeps_nan(d, t) for d, t in kinds}
+    nan = f"ReLU epilogue keeps NaN (False also without an algorithm): {keeps}"
+    return f"{be._cublas_path or '-'} (+ cuBLASLt beside it; {nan})"
 
 
 def main() -> int:

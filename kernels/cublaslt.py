@@ -165,7 +165,7 @@ class LtGemm:
         set_preference = lib.cublasLtMatmulPreferenceSetAttribute
         self._set(set_preference, self.preference, PREF_MAX_WORKSPACE_BYTES, limit)
         self.plans: dict[tuple, _Plan | None] = {}
-        self._relu_nan: bool | None = None
+        self._relu_nan: dict[tuple[str, bool], bool] = {}
         self.scalars = {
             np.dtype(np.float32): (ctypes.c_float(1.0), ctypes.c_float(0.0)),
             np.dtype(np.float64): (ctypes.c_double(1.0), ctypes.c_double(0.0)),
@@ -304,19 +304,21 @@ class LtGemm:
         status = setter(obj, attr, ctypes.byref(value), ctypes.sizeof(value))
         self._check(status, f"{setter.__name__}({attr})")
 
-    def relu_keeps_nan(self) -> bool:
+    def relu_keeps_nan(self, dtype: Any = np.float32, tf32: bool = False) -> bool:
         """Whether the RELU_BIAS epilogue keeps NaN as fastnet's ReLU does (cuBLASLt does not
-        say; a max instruction drops it): probed once (a host sync), False in a capture."""
-        if self._relu_nan is None:
+        say; a max instruction drops it), for ``dtype`` (and TF32): probed once each (a host
+        sync; False in a capture, or without an algorithm)."""
+        key = (np.dtype(dtype).name, tf32)
+        if key not in self._relu_nan:
             cp = _cupy()
             if cp.cuda.get_current_stream().is_capturing():
                 return False
-            x, w = cp.zeros((16, 16), np.float32), cp.ones((16, 16), np.float32)
+            x, w = cp.zeros((16, 16), dtype), cp.ones((16, 16), dtype)
             x[0, 0] = np.nan  # row 0 of x @ w is all NaN
-            out, bias = cp.zeros((16, 16), np.float32), cp.zeros(16, np.float32)
-            ran = self.matmul(x, w, out, False, bias, True, False)
-            self._relu_nan = ran and bool(np.isnan(cp.asnumpy(out[0])).all())
-        return self._relu_nan
+            out, bias = cp.zeros((16, 16), dtype), cp.zeros(16, dtype)
+            ran = self.matmul(x, w, out, tf32, bias, True, False)
+            self._relu_nan[key] = ran and bool(np.isnan(cp.asnumpy(out[0])).all())
+        return self._relu_nan[key]
 
     def matmul(
         self, x: Any, w: Any, out: Any, tf32: bool, bias: Any, relu: bool, timed: bool

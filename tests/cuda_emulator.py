@@ -508,7 +508,12 @@ class _DeviceNumpy(types.ModuleType):
 
     def __init__(self, backend: Any) -> None:
         super().__init__("numpy_as_cupy")
-        self.cuda = types.SimpleNamespace(get_current_stream=lambda: _Stream(backend))
+        runtime = types.SimpleNamespace(
+            CUDARuntimeError=type("CUDARuntimeError", (RuntimeError,), {})
+        )
+        self.cuda = types.SimpleNamespace(
+            get_current_stream=lambda: _Stream(backend), runtime=runtime
+        )
         self._backend = backend
 
     def __getattr__(self, name: str) -> Any:

@@ -274,3 +274,18 @@ def test_gemm_autotune_times_candidates_and_skips_one_that_fails():
     np.testing.assert_allclose(be.to_numpy(got), x @ w + b, rtol=1e-5, atol=1e-5)
     plans = be.lt.lt_gemm(be._cublas_path).plans
     assert plans and all(p is not None and p.result.algo[6] != 1 for p in plans.values())
+
+
+def test_a_device_error_met_in_a_cublaslt_call_is_not_taken_for_cublaslts():
+    """An earlier kernel's CUDA error surfacing at cuBLASLt's host sync propagates and leaves
+    cuBLASLt on (it is not the library's failure)."""
+    be = emu.emulated_cupy_backend()
+
+    def fails(lt):
+        raise be.xp.cuda.runtime.CUDARuntimeError("cudaErrorIllegalAddress")
+
+    with pytest.raises(RuntimeError, match="IllegalAddress"):
+        be._lt_call(fails)
+    assert be._lt_reason == ""
+    assert be._lt_call(lambda lt: (_ for _ in ()).throw(OSError("no library"))) is False
+    assert "no library" in be._lt_reason

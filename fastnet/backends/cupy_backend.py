@@ -248,6 +248,8 @@ class CupyBackend(Backend):
         try:
             with self.device:  # the handle and workspace of this device and thread
                 return fn(self.lt.lt_gemm(self._cublas_path))
+        except self.xp.cuda.runtime.CUDARuntimeError:
+            raise  # the device's own trouble (an earlier kernel's), not cuBLASLt's
         except (OSError, AttributeError, RuntimeError) as exc:
             self._lt_reason = f"cuBLASLt unavailable: {exc}"  # cuBLAS from now on
             return False
@@ -267,7 +269,9 @@ class CupyBackend(Backend):
         ReLU kernel), else a GEMM and the fused bias/activation kernel."""
         if out is None:
             out = self.xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
-        relu = activation == Act.RELU and self._lt_call(lambda lt: lt.relu_keeps_nan())
+        tf32 = precision == "tf32"
+        relu = b is not None and activation == Act.RELU
+        relu = relu and self._lt_call(lambda lt: lt.relu_keeps_nan(x.dtype, tf32)) is True
         fused = b is not None and (activation == Act.LINEAR or relu)
         if fused and self._cublaslt(x, w, out, precision, b, relu):
             self.record_kernel("linear", "cublaslt-epilogue")
