@@ -1,13 +1,15 @@
 """Shared fixtures: the backend parametrization (unavailable backends skip with the reason).
 
 ``cupy-emulated`` is the cupy backend with its CUDA kernels compiled for the CPU
-(``cuda_emulator.py``): its op code and kernels checked in CI, which has no GPU."""
+(``emulated_cupy.py``, ``cuda_emulator.py``): its op code and kernels checked in CI, which has
+no GPU."""
 
 from __future__ import annotations
 
 import os
 
 import cuda_emulator
+import emulated_cupy
 import numpy as np
 import pytest
 
@@ -35,7 +37,7 @@ def backend_params(names=BACKENDS):
 
 
 def make_backend(name):
-    return cuda_emulator.emulated_cupy_backend() if name == EMULATED else get_backend(name)
+    return emulated_cupy.emulated_cupy_backend() if name == EMULATED else get_backend(name)
 
 
 @pytest.fixture(params=backend_params())

@@ -6,8 +6,9 @@ launchers build is compiled from its own CUDA source (elementwise ones through
 ``fastnet.kernels.cuda_source``, the text ``tests/test_cuda_compile.py`` checks against CuPy's)
 by g++ with ``cuda_emulator.h`` force-included, and launched with the launcher's grid, block and
 arguments. So what runs is the kernels' code and the launchers' code; not emulated: the GPU's
-arithmetic (``exp`` and friends are glibc's, no fused multiply-adds, no TF32), the memory model
-(threads of a block are OS threads meeting at barriers; blocks run one after the other), cuBLAS.
+arithmetic (``exp`` and friends are glibc's, no fused multiply-adds), the memory model (a
+block's threads are fibers switched at barriers; blocks run one after the other). The cupy
+backend on top of it is ``emulated_cupy.py``.
 
 A launch is checked as the GPU would not: the argument count and every argument's dtype against
 the kernel's parameters (a float64 scalar passed for a ``float`` parameter is garbage on a GPU),
@@ -442,32 +443,6 @@ def load(name: str = "fastnet.kernels.cupy_gpu") -> types.ModuleType:
     return module
 
 
-# ---------------------------------------------------------------------------- cuBLASLt
-FAKE_CUBLASLT = Path(__file__).with_name("fake_cublaslt.cpp")
-
-
-@cache
-def fake_cublas_path() -> str:
-    """The path of ``fake_cublaslt.cpp`` built for the CPU as ``libcublas.so`` (its GEMMs, for
-    ``CublasGemm``), with a copy beside it as ``libcublasLt.so`` (what ``LtGemm`` loads)."""
-    if why := missing():
-        raise EmulationError(why)
-    source = FAKE_CUBLASLT.read_text()
-    folder = _CACHE / f"cublas-{hashlib.sha256(source.encode()).hexdigest()[:24]}"
-    built = folder / "libcublasLt.so"
-    if not built.exists():
-        folder.mkdir(parents=True, exist_ok=True)
-        partial = folder / f"libcublasLt.{os.getpid()}.tmp"
-        command = ["g++", "-std=c++20", "-O3", "-shared", "-fPIC", str(FAKE_CUBLASLT), "-o"]
-        result = subprocess.run([*command, str(partial)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise EmulationError(f"g++ could not compile the fake cuBLASLt:\n{result.stderr}")
-        shutil.copyfile(partial, folder / f"libcublas.{os.getpid()}.tmp")
-        Path(folder / f"libcublas.{os.getpid()}.tmp").replace(folder / "libcublas.so")
-        partial.replace(built)
-    return str(folder / "libcublas.so")
-
-
 class _Event:
     def __init__(self) -> None:
         self.time = 0.0
@@ -479,157 +454,3 @@ class _Event:
 
     def synchronize(self) -> None:
         return None
-
-
-# ---------------------------------------------------------------------------- the cupy backend
-class _Stream:
-    """CuPy's current stream: 0 (the default stream) or 1 (``step_stream``'s)."""
-
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self.ptr = int(getattr(backend, "stream", "default") == "step")
-
-    def is_capturing(self) -> bool:
-        return bool(getattr(self.backend, "capturing", False))
-
-    def record(self) -> None:
-        return None
-
-
-_ALLOCATING = ("empty", "zeros", "ones", "full", "array", "copy", "concatenate", "stack")
-_ALLOCATING += tuple(f"{name}_like" for name in ("empty", "zeros", "ones", "full"))
-
-
-class _DeviceNumpy(types.ModuleType):
-    """NumPy as the emulated backend's ``xp``: not ``numpy`` itself, so that ``Backend``'s
-    device paths (``xp is not np``) run as on CuPy, with the CuPy extras the backend calls.
-    Its allocating functions (and ``asarray``-like calls that copy) fail inside a capture, as
-    CuPy's pool would hand the graph memory it then keeps writing."""
-
-    def __init__(self, backend: Any) -> None:
-        super().__init__("numpy_as_cupy")
-        runtime = types.SimpleNamespace(
-            CUDARuntimeError=type("CUDARuntimeError", (RuntimeError,), {})
-        )
-        self.cuda = types.SimpleNamespace(
-            get_current_stream=lambda: _Stream(backend), runtime=runtime
-        )
-        self._backend = backend
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(np, name)
-        if name in _ALLOCATING or name in ("asarray", "ascontiguousarray"):
-            return self._guarded(name, value)
-        return value
-
-    def _guarded(self, name: str, fn: Any) -> Any:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            result = fn(*args, **kwargs)
-            copied = name in _ALLOCATING or not any(
-                isinstance(a, np.ndarray) and np.shares_memory(a, result) for a in args[:1]
-            )
-            if copied and getattr(self._backend, "capturing", False):
-                from capture_backend import CaptureError
-
-                raise CaptureError(f"xp.{name} allocates inside a captured step")
-            return result
-
-        return call
-
-    @staticmethod
-    def asnumpy(a: Any) -> np.ndarray:
-        return np.asarray(a)
-
-
-def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
-    """``CupyBackend`` with its kernels on this emulator and NumPy arrays as device arrays:
-    the backend's own op code (which kernel, which fallback, the launch arguments) and the
-    kernels run; its GEMMs go through ``fastnet.kernels.cublaslt`` and ``CublasGemm`` into
-    ``fake_cublaslt.cpp`` (cuBLASLt's and cuBLAS's calls on the CPU). CUDA graphs
-    are ``capture_backend``'s: a capture records the backend's ops and replays them (the
-    kernels run again), allocations inside one fail, as do the kernels module's own."""
-    from capture_backend import CaptureError, CaptureSemantics
-
-    from fastnet.backends.base import Backend
-    from fastnet.backends.cupy_backend import CupyBackend
-    from fastnet.backends.numpy_backend import NumpyBackend
-
-    class EmulatedCupyBackend(CaptureSemantics, CupyBackend):
-        name = "cupy-emulated"
-
-        def __init__(self, steps_per_graph: int) -> None:
-            Backend.__init__(self)
-            self._start_recording(steps_per_graph)
-            self.xp = _DeviceNumpy(self)
-            self.k = load()
-            self.device_id = 0
-            self.device = _Device(0)
-            self._stream = None
-            self._lt_reason = ""
-            self._cublas_path = fake_cublas_path()
-            self.lt = load("fastnet.kernels.cublaslt")
-            cp = stand_in()
-            cp.cuda.get_current_stream = lambda: _Stream(self)  # type: ignore[attr-defined]
-            self.lt._cupy = lambda: cp
-            self.k.cp.cuda.get_current_stream = cp.cuda.get_current_stream
-            for module in (self.k.cp, cp):  # the kernel modules' own allocations
-                for name in ("zeros", "ones", "empty"):
-                    setattr(module, name, self._allocation(getattr(np, name)))
-            fake = ctypes.CDLL(self._cublas_path)  # cuBLAS: CuPy's handle, then CublasGemm
-            fake.cublasCreate_v2.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
-            handle = ctypes.c_void_p()
-            fake.cublasCreate_v2(ctypes.byref(handle))
-            self.k.cp.cuda.device.get_cublas_handle = lambda: handle.value
-            self.k._loaded_library = lambda stem: self._cublas_path
-            self._gemm = self.k.cublas_gemm()
-            self._gemm_name = "cublas-direct"
-
-        def _allocation(self, allocate: Any) -> Any:
-            def guarded(*args: Any, **kwargs: Any) -> Any:
-                if self.capturing:
-                    raise CaptureError("the kernels module allocates inside a captured step")
-                return allocate(*args, **kwargs)
-
-            return guarded
-
-        def asarray(self, x: Any, dtype: Any = None) -> Any:
-            return np.array(x, dtype=dtype, order="C")  # a copy, as host to device is
-
-        def to_numpy(self, x: Any) -> np.ndarray:
-            if self.capturing:
-                raise CaptureError("a copy to the host (a sync) inside a captured step")
-            return np.array(x)  # a copy, as device to host is
-
-        def rng(self, seed: int | None) -> Any:
-            return np.random.RandomState(seed)
-
-        def uniform(self, rng: Any, shape: Any, dtype: Any) -> Any:
-            return rng.random_sample(shape).astype(dtype)
-
-        def fits_on_device(self, nbytes: int) -> bool:
-            limit = self.device_data_limit_bytes
-            return limit is None or nbytes <= limit
-
-        def pinned_empty(self, shape: Any, dtype: Any) -> np.ndarray:
-            return np.empty(shape, dtype=dtype)
-
-        def copy_from_host(self, dst: Any, src: np.ndarray) -> Any:
-            dst[...] = src
-            return None
-
-        check_policy = NumpyBackend.check_policy
-        emulate_mixed = True
-
-        def synchronize(self) -> None:
-            return None
-
-        def device_info(self) -> str:
-            return "emulated CUDA device (tests/cuda_emulator.py)"
-
-        def peak_memory(self) -> int | None:
-            return None
-
-        def elapsed(self, fn: Any) -> float:
-            return Backend.elapsed(self, fn)
-
-    return EmulatedCupyBackend(steps_per_graph or CupyBackend.steps_per_graph)

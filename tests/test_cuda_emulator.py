@@ -4,6 +4,7 @@ what a GPU would get wrong: its own checks, on small kernels written to break th
 import os
 
 import cuda_emulator as emu
+import emulated_cupy
 import numpy as np
 import pytest
 
@@ -174,14 +175,14 @@ def test_the_kernels_module_runs_on_the_stand_in_and_leaves_cupy_alone():
 def _lt_module():
     module = emu.load("fastnet.kernels.cublaslt")
     stand_in = emu.stand_in()
-    stand_in.cuda.get_current_stream = lambda: emu._Stream(None)
+    stand_in.cuda.get_current_stream = lambda: emulated_cupy._Stream(None)
     module._cupy = lambda: stand_in
     return module
 
 
 def test_the_fake_cublaslt_computes_gemms_with_epilogues_and_tf32():
     lt_module = _lt_module()
-    lt = lt_module.LtGemm(emu.fake_cublas_path())
+    lt = lt_module.LtGemm(emulated_cupy.fake_cublas_path())
     rng = np.random.default_rng(0)
     x, w = rng.standard_normal((20, 30)).astype(np.float32), rng.standard_normal((30, 10))
     w, b = w.astype(np.float32), rng.standard_normal(10).astype(np.float32)
@@ -197,7 +198,7 @@ def test_the_fake_cublaslt_refuses_what_cublaslt_refuses():
     import ctypes
 
     lt_module = _lt_module()
-    lt = lt_module.LtGemm(emu.fake_cublas_path())
+    lt = lt_module.LtGemm(emulated_cupy.fake_cublas_path())
     with pytest.raises(RuntimeError, match="status 7"):  # an attribute of the wrong size
         desc = ctypes.c_void_p()
         lt.lib.cublasLtMatmulDescCreate(ctypes.byref(desc), lt_module.COMPUTE_32F, 0)
@@ -228,8 +229,8 @@ def test_an_algorithm_used_on_less_aligned_operands_faults():
     from pathlib import Path
 
     script = """
-import numpy as np, cuda_emulator as emu, test_cuda_emulator as t
-lt = t._lt_module().LtGemm(emu.fake_cublas_path())
+import numpy as np, emulated_cupy, test_cuda_emulator as t
+lt = t._lt_module().LtGemm(emulated_cupy.fake_cublas_path())
 x, w = np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)
 arena = np.zeros(64 * 64 + 64 + 1, np.float32)
 out = arena[64:64 + 64 * 64].reshape(64, 64)  # 256-byte aligned
@@ -246,7 +247,7 @@ lt._launch(plan, x, w, arena[1:1 + 64 * 64].reshape(64, 64), None)
 def test_the_emulated_backend_refuses_allocations_and_host_copies_in_a_capture():
     from capture_backend import CaptureError
 
-    be = emu.emulated_cupy_backend()
+    be = emulated_cupy.emulated_cupy_backend()
     x = be.asarray(np.ones(4, np.float32))
     with be.step_stream():
         for work in (
@@ -265,7 +266,7 @@ def test_gemm_autotune_times_candidates_and_skips_one_that_fails():
     choice (``gemm_autotune``) skips it and the GEMMs stay right."""
     from fastnet.backends.base import Act
 
-    be = emu.emulated_cupy_backend()
+    be = emulated_cupy.emulated_cupy_backend()
     be.gemm_autotune = True
     rng = np.random.default_rng(2)
     x, w = rng.standard_normal((40, 24)).astype(np.float32), rng.standard_normal((24, 16))
@@ -279,7 +280,7 @@ def test_gemm_autotune_times_candidates_and_skips_one_that_fails():
 def test_a_device_error_met_in_a_cublaslt_call_is_not_taken_for_cublaslts():
     """An earlier kernel's CUDA error surfacing at cuBLASLt's host sync propagates and leaves
     cuBLASLt on (it is not the library's failure)."""
-    be = emu.emulated_cupy_backend()
+    be = emulated_cupy.emulated_cupy_backend()
 
     def fails(lt):
         raise be.xp.cuda.runtime.CUDARuntimeError("cudaErrorIllegalAddress")
