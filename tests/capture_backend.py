@@ -131,17 +131,26 @@ class CaptureSemantics:
         return scope()
 
     def capture(self, fn: Callable[[], Any]) -> SimGraph:
-        if self.capturing:
-            raise CaptureError("nested capture")
         if self.stream == "default":
             raise CaptureError("capture on the default stream (CUDA refuses it)")
-        self.capturing, self.records, self.saved = True, [], []
+        self.begin_capture()
         try:
             fn()
         finally:
-            self.capturing = False
-            for array, before in reversed(self.saved):  # a capture runs nothing: undo it
-                array[...] = before
+            graph = self.end_capture()
+        return graph
+
+    def begin_capture(self) -> None:
+        """From here the backend's outermost ops are recorded (and run, to be undone)."""
+        if self.capturing:
+            raise CaptureError("nested capture")
+        self.capturing, self.records, self.saved = True, [], []
+
+    def end_capture(self) -> SimGraph:
+        """Undo what the recorded ops wrote (a capture runs nothing); their graph."""
+        self.capturing = False
+        for array, before in reversed(self.saved):
+            array[...] = before
         return SimGraph(self.records, self)
 
     def empty(self, shape: Any, dtype: Any) -> Any:

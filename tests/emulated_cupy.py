@@ -46,17 +46,37 @@ def fake_cublas_path() -> str:
 
 # ---------------------------------------------------------------------------- the cupy backend
 class _Stream:
-    """CuPy's current stream: 0 (the default stream) or 1 (``step_stream``'s)."""
+    """A CUDA stream of the emulated device: ``ptr`` 0 is the default stream. Entered, it is
+    current; its capture is the backend's (``capture_backend``'s recording of ops), its
+    events are nothing (work runs in order)."""
 
-    def __init__(self, backend: Any) -> None:
-        self.backend = backend
-        self.ptr = int(getattr(backend, "stream", "default") == "step")
+    def __init__(self, backend: Any, ptr: int = 0) -> None:
+        self.backend, self.ptr = backend, ptr
+
+    def __enter__(self) -> _Stream:
+        self.backend.streams.append(self)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.backend.streams.pop()
 
     def is_capturing(self) -> bool:
-        return bool(getattr(self.backend, "capturing", False))
+        return bool(getattr(self.backend, "capturing", False)) and self.ptr != 0
 
-    def record(self) -> None:
+    def record(self, event: Any = None) -> None:
         return None
+
+    def wait_event(self, event: Any) -> None:
+        return None
+
+    def begin_capture(self) -> None:
+        if self.ptr == 0:
+            raise RuntimeError("cudaErrorStreamCaptureUnsupported: the legacy default stream")
+        self.backend.begin_capture()
+
+    def end_capture(self) -> Any:
+        graph = self.backend.end_capture()
+        return types.SimpleNamespace(launch=lambda stream: graph.replay())
 
 
 _ALLOCATING = ("empty", "zeros", "ones", "full", "array", "copy", "concatenate", "stack")
@@ -75,7 +95,9 @@ class _DeviceNumpy(types.ModuleType):
             CUDARuntimeError=type("CUDARuntimeError", (RuntimeError,), {})
         )
         self.cuda = types.SimpleNamespace(
-            get_current_stream=lambda: _Stream(backend), runtime=runtime
+            get_current_stream=backend.current_stream,
+            Stream=lambda non_blocking=False: _Stream(backend, 1),
+            runtime=runtime,
         )
         self._backend = backend
 
@@ -109,8 +131,9 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
     the backend's own op code (which kernel, which fallback, the launch arguments) and the
     kernels run; its GEMMs go through ``fastnet.kernels.cublaslt`` and ``CublasGemm`` into
     ``fake_cublaslt.cpp`` (cuBLASLt's and cuBLAS's calls on the CPU). CUDA graphs
-    are ``capture_backend``'s: a capture records the backend's ops and replays them (the
-    kernels run again), allocations inside one fail, as do the kernels module's own."""
+    are ``CupyBackend.capture`` on emulated streams whose capture is ``capture_backend``'s: it
+    records the backend's ops and replays them (the kernels run again); allocations inside one
+    fail, as do the kernels module's own."""
     from capture_backend import CaptureError, CaptureSemantics
 
     from fastnet.backends.base import Backend
@@ -119,9 +142,12 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
 
     class EmulatedCupyBackend(CaptureSemantics, CupyBackend):
         name = "cupy-emulated"
+        capture = CupyBackend.capture  # the real ones, on the emulated streams
+        step_stream = CupyBackend.step_stream
 
         def __init__(self, steps_per_graph: int) -> None:
             Backend.__init__(self)
+            self.streams: list[_Stream] = []
             self._start_recording(steps_per_graph)
             self.xp = _DeviceNumpy(self)
             self.k = load()
@@ -132,7 +158,7 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             self._cublas_path = fake_cublas_path()
             self.lt = load("fastnet.kernels.cublaslt")
             cp = stand_in()
-            cp.cuda.get_current_stream = lambda: _Stream(self)  # type: ignore[attr-defined]
+            cp.cuda.get_current_stream = self.current_stream  # type: ignore[attr-defined]
             self.lt._cupy = lambda: cp
             self.k.cp.cuda.get_current_stream = cp.cuda.get_current_stream
             for module in (self.k.cp, cp):  # the kernel modules' own allocations
@@ -146,6 +172,17 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             self.k._loaded_library = lambda stem: self._cublas_path
             self._gemm = self.k.cublas_gemm()
             self._gemm_name = "cublas-direct"
+
+        def current_stream(self) -> _Stream:
+            return self.streams[-1] if self.streams else _Stream(self)
+
+        @property  # type: ignore[override]
+        def stream(self) -> str:  # capture_backend's name of the current stream
+            return "step" if self.current_stream().ptr else "default"
+
+        @stream.setter
+        def stream(self, name: str) -> None:
+            return None
 
         def _allocation(self, allocate: Any) -> Any:
             def guarded(*args: Any, **kwargs: Any) -> Any:

@@ -2,6 +2,7 @@
 what a GPU would get wrong: its own checks, on small kernels written to break them."""
 
 import os
+import types
 
 import cuda_emulator as emu
 import emulated_cupy
@@ -175,7 +176,7 @@ def test_the_kernels_module_runs_on_the_stand_in_and_leaves_cupy_alone():
 def _lt_module():
     module = emu.load("fastnet.kernels.cublaslt")
     stand_in = emu.stand_in()
-    stand_in.cuda.get_current_stream = lambda: emulated_cupy._Stream(None)
+    stand_in.cuda.get_current_stream = lambda: types.SimpleNamespace(ptr=0, is_capturing=bool)
     module._cupy = lambda: stand_in
     return module
 
@@ -290,3 +291,23 @@ def test_a_device_error_met_in_a_cublaslt_call_is_not_taken_for_cublaslts():
     assert be._lt_reason == ""
     assert be._lt_call(lambda lt: (_ for _ in ()).throw(OSError("no library"))) is False
     assert "no library" in be._lt_reason
+
+
+def test_cupy_capture_runs_on_emulated_streams():
+    """``CupyBackend.capture`` and ``step_stream`` themselves: no capture on the default
+    stream, the step stream current inside, a failing capture ends with fn's own error."""
+    be = emulated_cupy.emulated_cupy_backend()
+    x = be.asarray(np.arange(4, dtype=np.float32))
+    with pytest.raises(RuntimeError, match="non-default stream"):
+        be.capture(lambda: be.scale(x, 2.0))
+    with be.step_stream():
+        assert be.xp.cuda.get_current_stream().ptr != 0
+        graph = be.capture(lambda: be.scale(x, 2.0))
+        np.testing.assert_array_equal(be.to_numpy(x), [0, 1, 2, 3])  # a capture runs nothing
+        graph.replay()
+        graph.replay()
+        np.testing.assert_array_equal(be.to_numpy(x), [0, 4, 8, 12])
+        with pytest.raises(ZeroDivisionError):
+            be.capture(lambda: 1 / 0)
+        assert not be.capturing
+    assert be.xp.cuda.get_current_stream().ptr == 0

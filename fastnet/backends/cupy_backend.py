@@ -607,19 +607,17 @@ class CupyBackend(Backend):
             except Exception:
                 pass
             raise
-        return _CudaGraph(stream.end_capture())
+        return _CudaGraph(stream.end_capture(), self.xp)
 
 
 class _CudaGraph:
     """A captured CUDA graph replayed on the current stream."""
 
-    def __init__(self, graph: Any) -> None:
-        self.graph = graph
+    def __init__(self, graph: Any, xp: Any) -> None:
+        self.graph, self.xp = graph, xp
 
     def replay(self) -> None:
-        import cupy
-
-        self.graph.launch(cupy.cuda.get_current_stream())
+        self.graph.launch(self.xp.cuda.get_current_stream())
 
 
 def _half(*arrays: Any) -> bool:
