@@ -270,7 +270,14 @@ class _Guarded:
             a.reshape(-1).view(np.uint8)[:] = raw[GUARD_BYTES:-GUARD_BYTES]
 
 
-def launch(compiled: Compiled, name: str, grid: Any, block: Any, args: tuple) -> None:
+class DeviceArray(np.ndarray):
+    """An array in the emulated device's memory (a NumPy array, marked): the kernels of a
+    device-only stand-in refuse unmarked (host) arrays, where a GPU would fault."""
+
+
+def launch(
+    compiled: Compiled, name: str, grid: Any, block: Any, args: tuple, device_only: bool = False
+) -> None:
     """Launch a compiled kernel with CuPy's RawKernel argument rules, checked."""
     params = compiled.params
     if len(args) != len(params):
@@ -288,6 +295,8 @@ def launch(compiled: Compiled, name: str, grid: Any, block: Any, args: tuple) ->
         if p.kind in ("pointer", "carray"):
             if not isinstance(a, np.ndarray):
                 raise EmulationError(f"{what}: an array is needed, not {type(a).__name__}")
+            if device_only and not isinstance(a, DeviceArray):
+                raise EmulationError(f"{what}: a host (NumPy) array, not the device's")
             if a.dtype.name != dtype:
                 raise EmulationError(f"{what}: a {a.dtype.name} array for {dtype} elements")
             if not a.flags.c_contiguous:
@@ -316,13 +325,16 @@ def launch(compiled: Compiled, name: str, grid: Any, block: Any, args: tuple) ->
 class RawKernel:
     """``cupy.RawKernel`` on the CPU."""
 
+    device_only = False  # True: arrays must be ``DeviceArray`` (a device-only stand-in)
+
     def __init__(self, code: str, name: str, options: tuple = (), **kwargs: Any) -> None:
         self.code, self.name, self.options = code, name, options
 
     def __call__(self, grid: Any, block: Any, args: tuple, *, shared_mem: int = 0) -> None:
         if shared_mem:
             raise EmulationError(f"{self.name}: dynamic shared memory is not emulated")
-        launch(compile_kernel(self.code, self.name), self.name, grid, block, tuple(args))
+        compiled = compile_kernel(self.code, self.name)
+        launch(compiled, self.name, grid, block, tuple(args), self.device_only)
 
 
 class ElementwiseKernel:
@@ -331,6 +343,8 @@ class ElementwiseKernel:
     CuPy 14 (``_decide_params_type_core``): a placeholder takes the dtype of the arrays bound to
     it (outputs first; they must agree), never a scalar's; scalars, Python or NumPy, are cast to
     their parameter's type; typed arrays must match."""
+
+    device_only = False
 
     def __init__(self, in_params: str, out_params: str, operation: str, name: str, **kwargs: Any):
         import cupy  # the real one: parses the parameters, needs no GPU
@@ -386,6 +400,9 @@ class ElementwiseKernel:
         compiled = compile_kernel(source, self.name)
         block = min(size, 128)
         grid = min((size + block - 1) // block, 8)
+        for p, a in zip(ins + outs, values, strict=True):
+            if self.device_only and isinstance(a, np.ndarray) and not isinstance(a, DeviceArray):
+                raise EmulationError(f"{self.name}: {p.name} is a host (NumPy) array")
         launch(compiled, self.name, (grid,), (block,), (*call, size))
         return values[len(ins)] if len(outs) == 1 else tuple(values[len(ins) :])
 
@@ -406,11 +423,21 @@ def _no_cublas() -> Any:
     raise EmulationError("cuBLAS is not emulated")
 
 
-def stand_in() -> types.ModuleType:
-    """A ``cupy`` module with what ``fastnet.kernels.cupy_gpu`` uses, on NumPy."""
+class _DeviceRawKernel(RawKernel):
+    device_only = True
+
+
+class _DeviceElementwiseKernel(ElementwiseKernel):
+    device_only = True
+
+
+def stand_in(device_only: bool = False) -> types.ModuleType:
+    """A ``cupy`` module with what ``fastnet.kernels.cupy_gpu`` uses, on NumPy (with
+    ``device_only``, its kernels take ``DeviceArray`` arrays only)."""
     cp = types.ModuleType("cupy")
-    cp.RawKernel = RawKernel  # type: ignore[attr-defined]
-    cp.ElementwiseKernel = ElementwiseKernel  # type: ignore[attr-defined]
+    cp.RawKernel = _DeviceRawKernel if device_only else RawKernel  # type: ignore[attr-defined]
+    kind = _DeviceElementwiseKernel if device_only else ElementwiseKernel
+    cp.ElementwiseKernel = kind  # type: ignore[attr-defined]
     cp.ndarray = np.ndarray  # type: ignore[attr-defined]
     cp.zeros, cp.ones, cp.empty = np.zeros, np.ones, np.empty  # type: ignore[attr-defined]
     cp.asnumpy = np.array  # type: ignore[attr-defined]
@@ -425,14 +452,14 @@ def stand_in() -> types.ModuleType:
     return cp
 
 
-def load(name: str = "fastnet.kernels.cupy_gpu") -> types.ModuleType:
+def load(name: str = "fastnet.kernels.cupy_gpu", device_only: bool = False) -> types.ModuleType:
     """A fresh copy of module ``name`` whose ``cupy`` is the stand-in (the real module and
     ``sys.modules`` are left as they were)."""
     spec = importlib.util.find_spec(name)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     saved = sys.modules.get("cupy")
-    sys.modules["cupy"] = stand_in()
+    sys.modules["cupy"] = stand_in(device_only)
     try:
         spec.loader.exec_module(module)
     finally:

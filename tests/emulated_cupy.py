@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cuda_emulator import _CACHE, EmulationError, _Device, load, missing, stand_in
+from cuda_emulator import _CACHE, DeviceArray, EmulationError, _Device, load, missing, stand_in
 
 # ---------------------------------------------------------------------------- cuBLASLt
 FAKE_CUBLASLT = Path(__file__).with_name("fake_cublaslt.cpp")
@@ -79,6 +79,15 @@ class _Stream:
         return types.SimpleNamespace(launch=lambda stream: graph.replay())
 
 
+def _on_device(value: Any) -> Any:
+    """What an ``xp`` function returns, as CuPy's: arrays in device memory."""
+    if isinstance(value, np.ndarray) and not isinstance(value, DeviceArray):
+        return value.view(DeviceArray)
+    if isinstance(value, tuple):
+        return tuple(_on_device(v) for v in value)
+    return value
+
+
 _ALLOCATING = ("empty", "zeros", "ones", "full", "array", "copy", "concatenate", "stack")
 _ALLOCATING += tuple(f"{name}_like" for name in ("empty", "zeros", "ones", "full"))
 
@@ -100,11 +109,14 @@ class _DeviceNumpy(types.ModuleType):
             runtime=runtime,
         )
         self._backend = backend
+        self.ndarray = DeviceArray  # is_native: the device's arrays only
 
     def __getattr__(self, name: str) -> Any:
         value = getattr(np, name)
         if name in _ALLOCATING or name in ("asarray", "ascontiguousarray"):
             return self._guarded(name, value)
+        if callable(value) and not isinstance(value, (type, np.ufunc)):
+            return lambda *args, **kwargs: _on_device(value(*args, **kwargs))
         return value
 
     def _guarded(self, name: str, fn: Any) -> Any:
@@ -117,7 +129,7 @@ class _DeviceNumpy(types.ModuleType):
                 from capture_backend import CaptureError
 
                 raise CaptureError(f"xp.{name} allocates inside a captured step")
-            return result
+            return _on_device(result)
 
         return call
 
@@ -150,7 +162,7 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             self.streams: list[_Stream] = []
             self._start_recording(steps_per_graph)
             self.xp = _DeviceNumpy(self)
-            self.k = load()
+            self.k = load(device_only=True)
             self.device_id = 0
             self.device = _Device(0)
             self._stream = None
@@ -188,12 +200,13 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             def guarded(*args: Any, **kwargs: Any) -> Any:
                 if self.capturing:
                     raise CaptureError("the kernels module allocates inside a captured step")
-                return allocate(*args, **kwargs)
+                return allocate(*args, **kwargs).view(DeviceArray)
 
             return guarded
 
         def asarray(self, x: Any, dtype: Any = None) -> Any:
-            return np.array(x, dtype=dtype, order="C")  # a copy, as host to device is
+            copy = np.array(x, dtype=dtype, order="C")  # a copy, as host to device is
+            return copy.view(DeviceArray)
 
         def to_numpy(self, x: Any) -> np.ndarray:
             if self.capturing:
@@ -203,8 +216,11 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
         def rng(self, seed: int | None) -> Any:
             return np.random.RandomState(seed)
 
+        def permutation(self, rng: Any, n: int) -> Any:
+            return rng.permutation(n).view(DeviceArray)
+
         def uniform(self, rng: Any, shape: Any, dtype: Any) -> Any:
-            return rng.random_sample(shape).astype(dtype)
+            return rng.random_sample(shape).astype(dtype).view(DeviceArray)
 
         def fits_on_device(self, nbytes: int) -> bool:
             limit = self.device_data_limit_bytes

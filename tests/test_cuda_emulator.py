@@ -311,3 +311,18 @@ def test_cupy_capture_runs_on_emulated_streams():
             be.capture(lambda: 1 / 0)
         assert not be.capturing
     assert be.xp.cuda.get_current_stream().ptr == 0
+
+
+def test_the_emulated_device_refuses_host_arrays_in_kernels():
+    """Device memory is ``DeviceArray``: the backend's arrays are, host NumPy arrays are not,
+    and its kernels refuse them (a GPU would fault on a host pointer)."""
+    be = emulated_cupy.emulated_cupy_backend()
+    host = np.zeros((2, 3), np.float32)
+    device = be.asarray(host)
+    assert be.is_native(device) and not be.is_native(host)
+    assert not isinstance(be.to_numpy(device), emu.DeviceArray)
+    with pytest.raises(emu.EmulationError, match="host"):
+        be.k.bias_act(host, be.asarray(np.zeros(3, np.float32)), 1, 0.0)
+    with pytest.raises(emu.EmulationError, match="host"):
+        be.k.sum_squares(device.reshape(-1), np.zeros(1))
+    be.k.sum_squares(device.reshape(-1), be.zeros((1,), np.float64))
