@@ -167,6 +167,7 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             self.device = _Device(0)
             self._stream = None
             self._lt_reason = ""
+            self._relu_nan = {}
             self._cublas_path = fake_cublas_path()
             self.lt = load("fastnet.kernels.cublaslt")
             cp = stand_in()

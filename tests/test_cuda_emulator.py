@@ -326,3 +326,18 @@ def test_the_emulated_device_refuses_host_arrays_in_kernels():
     with pytest.raises(emu.EmulationError, match="host"):
         be.k.sum_squares(device.reshape(-1), np.zeros(1))
     be.k.sum_squares(device.reshape(-1), be.zeros((1,), np.float64))
+
+
+def test_the_relu_epilogue_is_asked_about_once_per_dtype(monkeypatch):
+    from fastnet.backends.base import Act
+
+    be = emulated_cupy.emulated_cupy_backend()
+    lt = be.lt.lt_gemm(be._cublas_path)
+    asked = []
+    probe = lt.relu_keeps_nan
+    monkeypatch.setattr(lt, "relu_keeps_nan", lambda *a: asked.append(a) or probe(*a))
+    x, w = be.asarray(np.ones((8, 4), np.float32)), be.asarray(np.ones((4, 16), np.float32))
+    b = be.asarray(np.zeros(16, np.float32))
+    for _ in range(3):
+        be.linear(x, w, b, Act.RELU)
+    assert len(asked) == 1

@@ -269,11 +269,13 @@ def relu_epilogue_readings(gpu, dtype=np.float32, tf32=False):
         for keep in (0, 1):
             lt.lib.fake_cublaslt_relu_keeps_nan(keep)
             lt._relu_nan.clear()
+            gpu._relu_nan.clear()
             assert lt.relu_keeps_nan(dtype, tf32) == bool(keep)
             yield bool(keep)
     finally:
         lt.lib.fake_cublaslt_relu_keeps_nan(0)
         lt._relu_nan.clear()
+        gpu._relu_nan.clear()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -38,6 +38,7 @@ class CupyBackend(Backend):
         self.name = "cupy" if device == 0 else f"cupy:{device}"
         self._stream: Any = None
         self._lt_reason = ""
+        self._relu_nan: dict[tuple[Any, bool], bool] = {}  # the epilogue's NaN, asked once
         self._cublas_path = ""
         try:
             self._gemm = cupy_gpu.cublas_gemm()
@@ -254,6 +255,15 @@ class CupyBackend(Backend):
             self._lt_reason = f"cuBLASLt unavailable: {exc}"  # cuBLAS from now on
             return False
 
+    def _relu_epilogue_keeps_nan(self, dtype: Any, tf32: bool) -> bool:
+        """``LtGemm.relu_keeps_nan``, remembered here (an eager step asks per ReLU layer)."""
+        if (dtype, tf32) not in self._relu_nan:
+            keeps = self._lt_call(lambda lt: lt.relu_keeps_nan(dtype, tf32)) is True
+            if self.xp.cuda.get_current_stream().is_capturing():
+                return keeps  # not probed in a capture: ask again outside
+            self._relu_nan[(dtype, tf32)] = keeps
+        return self._relu_nan[(dtype, tf32)]
+
     def linear(
         self,
         x: Any,
@@ -269,9 +279,8 @@ class CupyBackend(Backend):
         ReLU kernel), else a GEMM and the fused bias/activation kernel."""
         if out is None:
             out = self.xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
-        tf32 = precision == "tf32"
         relu = b is not None and activation == Act.RELU
-        relu = relu and self._lt_call(lambda lt: lt.relu_keeps_nan(x.dtype, tf32)) is True
+        relu = relu and self._relu_epilogue_keeps_nan(x.dtype, precision == "tf32")
         fused = b is not None and (activation == Act.LINEAR or relu)
         if fused and self._cublaslt(x, w, out, precision, b, relu):
             self.record_kernel("linear", "cublaslt-epilogue")
