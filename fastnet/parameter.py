@@ -4,7 +4,10 @@ A ``Parameter`` is a named view: its ``value``, ``grad`` and optimizer slots (``
 reshaped slices of flat buffers owned by a ``ParameterGroup``, one group per (optimizer, dtype).
 An optimizer updates a whole group with one fused kernel call per step. Inside a group the
 parameters that take weight decay (weights) come first, so decay is applied to the leading
-``n_decay`` elements only (biases and BatchNorm parameters follow, undecayed).
+``n_decay`` elements only (biases and BatchNorm parameters follow, undecayed). Each parameter
+starts ``ALIGN_BYTES`` into its buffers (zeros between them, which every update keeps zero): GEMM
+kernels and their bias epilogues want aligned operands (cuBLASLt takes a bias epilogue only from
+a 16-byte aligned bias).
 
 Everything that changes from step to step lives in the group's ``scalars``, a small float64
 array on the device (layout below): the learning rate (written by the host when a schedule or
@@ -67,6 +70,20 @@ class Parameter:
         )
 
 
+ALIGN_BYTES = 256
+
+
+def aligned_offsets(sizes: Sequence[int], dtype: Any) -> list[int]:
+    """Where each of ``sizes`` elements of ``dtype`` start in a flat buffer, one after the
+    other, each at a multiple of ``ALIGN_BYTES``."""
+    step = max(1, ALIGN_BYTES // np.dtype(dtype).itemsize)
+    offsets, lo = [], 0
+    for size in sizes:
+        offsets.append(lo)
+        lo += -(-size // step) * step
+    return offsets
+
+
 class ParameterGroup:
     """Parameters of one dtype updated by one optimizer: flat ``values``, ``grads``, one flat
     buffer per optimizer slot, the device ``scalars`` of the step (``LR``, ``T``, ...), and
@@ -81,9 +98,11 @@ class ParameterGroup:
     ) -> None:
         ordered = [p for p in params if p.decay] + [p for p in params if not p.decay]
         dtype = ordered[0].value.dtype
-        total = sum(p.size for p in ordered)
+        offsets = aligned_offsets([p.size for p in ordered], dtype)
+        total = offsets[-1] + ordered[-1].size
         self.optimizer, self.backend, self.params = optimizer, backend, ordered
-        self.n_decay = sum(p.size for p in ordered if p.decay)
+        decayed = [i for i, p in enumerate(ordered) if p.decay]
+        self.n_decay = offsets[decayed[-1]] + ordered[decayed[-1]].size if decayed else 0
         self.values = backend.zeros((total,), dtype)
         self.grads = backend.zeros((total,), dtype)
         self.slots = {key: backend.zeros((total,), dtype) for key in optimizer.slots}
@@ -91,8 +110,7 @@ class ParameterGroup:
         mixed = compute_dtype is not None and np.dtype(compute_dtype) != dtype
         self.compute = backend.zeros((total,), compute_dtype) if mixed else self.values
         self.lr_written: float | None = None
-        lo = 0
-        for p in ordered:
+        for p, lo in zip(ordered, offsets):
             hi = lo + p.size
             shape = tuple(p.value.shape)
             view = self.values[lo:hi].reshape(shape)
@@ -101,7 +119,6 @@ class ParameterGroup:
             p.grad = self.grads[lo:hi].reshape(shape)
             p.state = {key: buf[lo:hi].reshape(shape) for key, buf in self.slots.items()}
             p.compute = self.compute[lo:hi].reshape(shape)
-            lo = hi
         self.refresh_compute()
         self.write_lr()
 

@@ -483,3 +483,45 @@ def test_mlp_builder_layers_and_build():
     ).build(5)
     for a, b in zip(bn.parameters(), same.parameters()):
         np.testing.assert_array_equal(bn.backend.to_numpy(a.value), same.backend.to_numpy(b.value))
+
+
+@pytest.mark.parametrize(
+    "opt",
+    [
+        lambda: fn.SGD(0.05, weight_decay=0.01),
+        lambda: fn.Momentum(0.02, nesterov=True),
+        lambda: fn.AdaGrad(0.05),
+        lambda: fn.RMSProp(0.005, clip_value=0.5),
+        lambda: fn.AdamW(0.01, weight_decay=0.1, clip_norm=1.0),
+    ],
+)
+def test_parameters_sit_aligned_in_their_arena_with_zeros_between(backend, opt):
+    """Every parameter starts 256 bytes into its group's buffers (GEMMs and cuBLASLt's bias
+    epilogues want aligned operands: odd widths too); the gaps stay zero through training and
+    weigh nothing in a clip norm, and decay reaches every weight and no bias."""
+    from fastnet.kernels.cublaslt import address
+
+    from fastnet.parameter import ALIGN_BYTES
+
+    X, y = make_blobs(n=300)
+    model = fn.Sequential(
+        [fn.Dense(13, "relu"), fn.Dense(7, "tanh"), fn.Dense(4)],
+        optimizer=opt(),
+        backend=backend,
+        seed=0,
+        dtype="float64",
+    )
+    model.fit(X, y, epochs=2, batch_size=64, verbose=0)
+    (group,) = model.arena.groups
+    to = backend.to_numpy
+    used = np.zeros(group.values.size, bool)
+    for p in group.params:
+        start = address(p.value) - address(group.values)
+        assert start % ALIGN_BYTES == 0, (p.name, start)
+        lo = start // group.values.itemsize
+        used[lo : lo + p.size] = True
+        # weights lie before n_decay, biases after it
+        assert (lo + p.size <= group.n_decay) if p.decay else (lo >= group.n_decay)
+    assert not used.all()  # there are gaps: widths 13, 7, 4 are not multiples of 32
+    for buf in [group.values, group.grads, *group.slots.values()]:
+        assert not to(buf)[~used].any()
