@@ -57,8 +57,14 @@ def _cublaslt() -> str:
         lt = lt_gemm(be._cublas_path)
         kinds = [("float32", False), ("float32", True), ("float64", False), ("float16", False)]
         keeps = {f"{d}{'/tf32' if t else ''}": lt.relu_keeps_nan(d, t) for d, t in kinds}
+        grads = {
+            f"{d}{'/tf32' if t else ''}/{which}": lt.gradient_epilogues_work(d, t, which)
+            for d, t in kinds[:3]
+            for which in ("relu_mask", "bgrada")
+        }
     nan = f"ReLU epilogue keeps NaN (False also without an algorithm): {keeps}"
-    return f"{be._cublas_path or '-'} (+ cuBLASLt beside it; {nan})"
+    probe = f"gradient epilogues agree with NumPy: {grads}"
+    return f"{be._cublas_path or '-'} (+ cuBLASLt beside it; {nan}; {probe})"
 
 
 def main() -> int:

@@ -330,8 +330,9 @@ def train_groups(
 def _graph_variants(be: Any, sizes: tuple, Xd: Any, yd: Any, batch: int) -> list[tuple]:
     """fp32 graphed epochs that show what a feature gives: one step per replay ("1step"),
     cuBLAS + the bias kernel instead of cuBLASLt ("cublas"), cuBLASLt's algorithms timed per
-    shape instead of its heuristic's ("autotune")."""
-    models = [_model(be, sizes) for _ in range(3)]
+    shape instead of its heuristic's ("autotune"), the backward's activation-gradient and
+    bias-gradient kernels instead of cuBLASLt's gradient epilogues ("kernelbackward")."""
+    models = [_model(be, sizes) for _ in range(4)]
     default, be.steps_per_graph = be.steps_per_graph, 1
     try:
         single = models[0].epoch_runner(Xd, yd, batch, compiled=True)
@@ -339,10 +340,12 @@ def _graph_variants(be: Any, sizes: tuple, Xd: Any, yd: Any, batch: int) -> list
         be.steps_per_graph = default
     plain = models[1].epoch_runner(Xd, yd, batch, compiled=True)
     tuned = models[2].epoch_runner(Xd, yd, batch, compiled=True)
+    unfused = models[3].epoch_runner(Xd, yd, batch, compiled=True)
     return [
         ("1step", single, models[0]),
         ("cublas", _with_setting(be, "use_cublaslt", False, plain), models[1]),
         ("autotune", _with_setting(be, "gemm_autotune", True, tuned), models[2]),
+        ("kernelbackward", _with_setting(be, "fuse_gradients", False, unfused), models[3]),
     ]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends import Backend, activation_code
-from fastnet.backends.base import Act
+from fastnet.backends.base import Act, ActGrad, ReluMask
 from fastnet.backends.counter_rng import drop_threshold, stream_key
 from fastnet.backends.plan import ActivationPlan, DensePlan, DropoutPlan, OpaquePlan, OpsPlan
 from fastnet.initializers import Initializer, get_initializer, initializer_from_config
@@ -134,6 +134,11 @@ class Layer:
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         raise NotImplementedError
 
+    def output_gradient(self) -> ActGrad | None:
+        """How this layer's backward starts (its activation derivative and bias gradient),
+        for a Dense layer above to fuse into its input-gradient GEMM; None: not fusable."""
+        return None
+
     def plan(self) -> DensePlan | ActivationPlan | DropoutPlan | OpsPlan | OpaquePlan:
         """This layer as plain data for a compiled step (``fastnet.backends.plan``)."""
         return OpaquePlan(type(self).__name__, "computes with array expressions")
@@ -235,16 +240,29 @@ class Dense(Layer):
         out = self._buffer("y", (x.shape[0], self.units))
         bias = self.b.compute if self.b is not None else None
         W, act, alpha = self.W.compute, self.activation_code, self.alpha
+        self.relu_mask = None
         if _sign_from_input(act, alpha):  # keep z = x @ W + b for the gradient
             self.z = self.backend.linear(
                 x, W, bias, Act.LINEAR, alpha, self._buffer("z", out.shape), self.precision
             )
             self.y = self.backend.activation(self.z, act, alpha, out)
             return self.y
-        self.z = self.y = self.backend.linear(x, W, bias, act, alpha, out, self.precision)
+        if training and act == Act.RELU and bias is not None:
+            size = self.backend.relu_mask(x.shape[0], self.units, x.dtype, self.precision)
+            self.relu_mask = (
+                ReluMask(self._buffer("relu_mask", (size,), np.uint8)) if size else None
+            )
+        self.z = self.y = self.backend.linear(
+            x, W, bias, act, alpha, out, self.precision, self.relu_mask
+        )
         return self.y
 
-    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+    def backward(
+        self, dy: Any, need_dx: bool = True, below: ActGrad | None = None, fused: bool = False
+    ) -> Any:
+        """Gradients from ``dy``; returns dx, or with ``below`` (the Dense layer under this
+        one, ``output_gradient``) that layer's dz. ``fused``: ``dy`` is already this layer's
+        dz, and its bias gradient written (by the layer above)."""
         dx = self._buffer("dx", (dy.shape[0], self.input_dim)) if need_dx else None
         db = self.b.grad if self.b is not None else None
         dz = self._buffer("dz", dy.shape)  # also for linear: nothing allocates in a step
@@ -253,15 +271,22 @@ class Dense(Layer):
             self.W.compute,
             self.z,  # the output, or the pre-activation where the derivative needs it
             dy,
-            self.activation_code,
+            Act.LINEAR if fused else self.activation_code,
             self.alpha,
             self.W.grad,
-            db,
+            None if fused else db,
             dx,
             need_dx,
             dz,
             self.precision,
+            below,
         )
+
+    def output_gradient(self) -> ActGrad | None:
+        db = self.b.grad if self.b is not None else None
+        mask = self.relu_mask if self.relu_mask is not None and self.relu_mask.written else None
+        dz = self._buffer("dz", self.z.shape)
+        return ActGrad(self.z, self.activation_code, self.alpha, dz, db, mask)
 
     def parameters(self) -> list[Parameter]:
         if not self.built:

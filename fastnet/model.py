@@ -17,7 +17,7 @@ from fastnet.backends import Backend, get_backend, record_kernels
 from fastnet.backends.plan import StepPlan
 from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from fastnet.layer_stack import check_layer_stack, fix_default_initializers
-from fastnet.layers import Layer, layer_from_config
+from fastnet.layers import Dense, Layer, layer_from_config
 from fastnet.losses import Loss, get_loss
 from fastnet.mixed import LossScaler
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
@@ -179,9 +179,17 @@ class Sequential(Trainer):
             scale = None if self.loss_scaler is None else self.loss_scaler.state
             buf = self._cast_buffer("dy", dout.shape, self.compute_dtype)
             dout = self.backend.cast(dout, buf, scale)
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
-            dout = self.layers[i].backward(dout, need_dx=i > 0)
+        fused = False  # dout is already the layer's dz (and its bias gradient written)
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer = self.layers[i]
+            if not isinstance(layer, Dense):
+                dout, fused = layer.backward(dout, need_dx=i > 0), False
+                continue
+            # a Dense layer under a Dense layer: its activation derivative and bias gradient
+            # are carried on by the upper layer's input-gradient GEMM (one fused call on cupy)
+            below = self.layers[i - 1].output_gradient() if i > 0 else None
+            dout = layer.backward(dout, need_dx=i > 0, below=below, fused=fused)
+            fused = below is not None
 
     def idle_step(self) -> None:
         """Data parallelism, a rank without rows of a batch: the collectives its layers' step

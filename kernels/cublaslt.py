@@ -20,10 +20,44 @@ CUDA_R_32F, CUDA_R_64F, CUDA_R_16F, CUDA_R_16BF = 0, 1, 2, 14
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
 OP_N, OP_T = 0, 1
 DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
+DESC_EPILOGUE_AUX_POINTER, DESC_EPILOGUE_AUX_LD = 11, 12
 EPILOGUE_DEFAULT, EPILOGUE_BIAS, EPILOGUE_RELU_BIAS = 1, 4, 6
+EPILOGUE_RELU_AUX_BIAS, EPILOGUE_DRELU_BGRAD, EPILOGUE_BGRADA = 134, 152, 256
+#: epilogues whose vector is written (a bias gradient), not read (a bias)
+GRADIENT_EPILOGUES = (EPILOGUE_DRELU_BGRAD, EPILOGUE_BGRADA)
 PREF_MAX_WORKSPACE_BYTES = 1
 PREF_MIN_ALIGNMENT = (5, 6, 7, 8)  # bytes of A, B, C, D (uint32)
 BIAS_ALIGNMENT = 16  # bytes: a bias less aligned gets no epilogue (a separate kernel adds it)
+
+
+def mask_ld(units: int) -> int:
+    """The ReLU bit-mask's leading dimension in bits for ``units`` outputs per row (D's rows):
+    cuBLASLt wants a multiple of 128."""
+    return -(-units // 128) * 128
+
+
+def mask_bytes(rows: int, units: int) -> int:
+    """Bytes of the ReLU bit-mask of a ``rows`` x ``units`` output."""
+    return rows * mask_ld(units) // 8
+
+
+class Epilogue(NamedTuple):
+    """What a GEMM's epilogue does beyond ``out = x @ w`` (row-major terms): ``code`` is
+    ``EPILOGUE_*``; ``vector`` the bias added to each row (BIAS, RELU_BIAS, RELU_AUX_BIAS) or
+    the bias gradient written (DRELU_BGRAD: the column sums of the result; BGRADA: of ``w``);
+    ``mask`` the ReLU bit-mask (uint8, ``mask_bytes(*out.shape)``) RELU_AUX_BIAS writes and
+    DRELU_BGRAD reads, which zeroes the result where the mask's forward was not positive."""
+
+    code: int = EPILOGUE_DEFAULT
+    vector: Any = None
+    mask: Any = None
+
+    @staticmethod
+    def of(bias: Any, relu: bool) -> Epilogue:
+        """The forward's: none, the bias, or the bias and ReLU."""
+        if bias is None:
+            return Epilogue()
+        return Epilogue(EPILOGUE_RELU_BIAS if relu else EPILOGUE_BIAS, bias)
 
 
 class LtTypes(NamedTuple):
@@ -166,6 +200,7 @@ class LtGemm:
         self._set(set_preference, self.preference, PREF_MAX_WORKSPACE_BYTES, limit)
         self.plans: dict[tuple, _Plan | None] = {}
         self._relu_nan: dict[tuple[str, bool], bool] = {}
+        self._gradients_ok: dict[tuple[str, bool], frozenset[str]] = {}
         self.scalars = {
             np.dtype(np.float32): (ctypes.c_float(1.0), ctypes.c_float(0.0)),
             np.dtype(np.float64): (ctypes.c_double(1.0), ctypes.c_double(0.0)),
@@ -177,11 +212,11 @@ class LtGemm:
             raise RuntimeError(f"cuBLASLt {what} failed with status {status}")
 
     @staticmethod
-    def supports(x: Any, w: Any, out: Any, bias: Any = None) -> bool:
+    def supports(x: Any, w: Any, out: Any, bias: Any = None, mask: Any = None) -> bool:
         """Types ``lt_types`` knows (``x`` and ``w`` of one dtype), 2-D, ``x``/``w`` C- or
-        F-contiguous, C-contiguous ``out`` (and a bias of ``out``'s dtype at a 16-byte aligned
-        address: some epilogue kernels assume it, and the alignment preferences cover only
-        A-D)."""
+        F-contiguous, C-contiguous ``out`` (and a bias, or bias gradient, of ``out``'s dtype
+        and a ReLU bit-mask, each at a 16-byte aligned address: some epilogue kernels assume
+        it, and the alignment preferences cover only A-D)."""
         dtype = out.dtype
         if lt_types(x.dtype, dtype, False) is None or not out.flags.c_contiguous or out.ndim != 2:
             return False
@@ -192,24 +227,27 @@ class LtGemm:
             return False
         if x.shape[1] == 0 or (bias is not None and bias.shape != (w.shape[1],)):
             return False
-        if bias is None:
-            return True
-        aligned = alignment(address(bias)) >= BIAS_ALIGNMENT
-        return aligned and bias.ndim == 1 and bias.dtype == dtype and bias.flags.c_contiguous
+        if bias is not None:
+            aligned = alignment(address(bias)) >= BIAS_ALIGNMENT
+            if not (aligned and bias.dtype == dtype and bias.flags.c_contiguous):
+                return False
+        if mask is not None:
+            aligned = alignment(address(mask)) >= BIAS_ALIGNMENT
+            fits = mask.ndim == 1 and mask.size >= mask_bytes(*out.shape)
+            return aligned and fits and mask.dtype == np.uint8 and mask.flags.c_contiguous
+        return True
 
     def _plan(
-        self, x: Any, w: Any, out: Any, bias: Any, relu: bool, tf32: bool, timed: bool
+        self, x: Any, w: Any, out: Any, epi: Epilogue, tf32: bool, timed: bool
     ) -> tuple[tuple, _Plan | None]:
         """The plan's key and the plan: descriptors and the algorithm for this shape, layout
         and epilogue (the heuristic's first candidate, or with ``timed`` the fastest candidate on
         these operands at the first call outside a capture)."""
         x_f, w_f = not x.flags.c_contiguous, not w.flags.c_contiguous
-        epilogue = (
-            EPILOGUE_DEFAULT if bias is None else (EPILOGUE_RELU_BIAS if relu else EPILOGUE_BIAS)
-        )
-        aligned = [alignment(address(a)) for a in (w, x, out, out if bias is None else bias)]
+        vectors = [a for a in (epi.vector, epi.mask) if a is not None]
+        aligned = [alignment(address(a)) for a in (w, x, out, *vectors)]
         dtypes = (str(x.dtype), str(out.dtype))
-        key = (x.shape, w.shape, x_f, w_f, dtypes, epilogue, tf32, timed, *aligned)
+        key = (x.shape, w.shape, x_f, w_f, dtypes, epi.code, tf32, timed, *aligned)
         if key in self.plans:
             return key, self.plans[key]
         cp = _cupy()
@@ -223,9 +261,12 @@ class LtGemm:
         for attr, value in (
             (DESC_TRANSA, ct.c_int32(ops.trans_a)),
             (DESC_TRANSB, ct.c_int32(ops.trans_b)),
-            (DESC_EPILOGUE, ct.c_uint32(epilogue)),
+            (DESC_EPILOGUE, ct.c_uint32(epi.code)),
         ):
             self._set(lib.cublasLtMatmulDescSetAttribute, desc, attr, value)
+        if epi.mask is not None:  # bits per row of out (D's column)
+            ld = ct.c_int64(mask_ld(out.shape[1]))
+            self._set(lib.cublasLtMatmulDescSetAttribute, desc, DESC_EPILOGUE_AUX_LD, ld)
         layouts = []
         for layout, data in ((ops.a, types.ab), (ops.b, types.ab), (ops.d, types.cd)):
             handle = ct.c_void_p()
@@ -233,7 +274,7 @@ class LtGemm:
             self._check(status, "MatrixLayoutCreate")
             layouts.append(handle)
         a_desc, b_desc, d_desc = layouts
-        self._set_bias(desc, bias)  # the heuristic reads its alignment
+        self._set_vectors(desc, epi)  # the heuristic reads their alignment
         set_preference = lib.cublasLtMatmulPreferenceSetAttribute
         for attr, least in zip(PREF_MIN_ALIGNMENT, aligned[:3] + aligned[2:3]):  # A, B, C, D
             self._set(set_preference, self.preference, attr, ct.c_uint32(least))
@@ -252,27 +293,28 @@ class LtGemm:
         if plan is not None and timed and len(candidates) > 1:
             if capturing:  # no timing (a host sync) in a capture: untimed, not kept
                 return key, plan
-            plan = self._fastest(plan, candidates, x, w, out, bias)
+            plan = self._fastest(plan, candidates, x, w, out, epi)
         if plan is not None or not capturing:  # a heuristic failing in a capture: ask again
             self.plans[key] = plan
         return key, plan
 
     def _fastest(
-        self, plan: _Plan, candidates: list, x: Any, w: Any, out: Any, bias: Any
+        self, plan: _Plan, candidates: list, x: Any, w: Any, out: Any, epi: Epilogue
     ) -> _Plan | None:
         """The plan with the candidate that ran fastest (CUDA events, after two warm-up runs;
-        each run rewrites ``out`` with the same result), if 10% faster than the heuristic's
-        first (small GEMMs time close to the host's launch rate); failing candidates skipped."""
+        each run rewrites ``out``, and a bias gradient or mask, with the same result), if 10%
+        faster than the heuristic's first (small GEMMs time close to the host's launch rate);
+        failing candidates skipped."""
         cp = _cupy()
         stream = cp.cuda.get_current_stream()
         start, end = cp.cuda.Event(), cp.cuda.Event()
         best, best_ms = None, float("inf")
         for result in candidates:
             trial = plan._replace(result=result)
-            if any(self._launch(trial, x, w, out, bias) for _ in range(2)):
+            if any(self._launch(trial, x, w, out, epi) for _ in range(2)):
                 continue  # a nonzero status: this algorithm does not run here
             start.record(stream)
-            failed = any([self._launch(trial, x, w, out, bias) for _ in range(self.TIMED_RUNS)])
+            failed = any([self._launch(trial, x, w, out, epi) for _ in range(self.TIMED_RUNS)])
             end.record(stream)
             end.synchronize()
             ms = cp.cuda.get_elapsed_time(start, end) * (1.0 if result is candidates[0] else 1.1)
@@ -280,10 +322,10 @@ class LtGemm:
                 best, best_ms = trial, ms
         return best
 
-    def _launch(self, plan: _Plan, x: Any, w: Any, out: Any, bias: Any) -> int:
+    def _launch(self, plan: _Plan, x: Any, w: Any, out: Any, epi: Epilogue) -> int:
         """One cuBLASLt matmul on the current stream; returns its status."""
         cp, lib, ct = _cupy(), self.lib, ctypes
-        self._set_bias(plan.desc, bias)  # per call: layers of one shape share the plan
+        self._set_vectors(plan.desc, epi)  # per call: layers of one shape share the plan
         one, zero = self.scalars[np.dtype(np.float64 if out.dtype == np.float64 else np.float32)]
         a_desc, b_desc, d_desc = plan.layouts
         inputs = (ct.byref(one), address(w), a_desc, address(x), b_desc, ct.byref(zero))
@@ -294,10 +336,12 @@ class LtGemm:
         scratch = (address(self.workspaces[stream]), self.WORKSPACE_BYTES, stream)
         return int(lib.cublasLtMatmul(self.handle, plan.desc, *inputs, *outputs, *scratch))
 
-    def _set_bias(self, desc: Any, bias: Any) -> None:
-        if bias is not None:
-            pointer = ctypes.c_void_p(address(bias))
-            self._set(self.lib.cublasLtMatmulDescSetAttribute, desc, DESC_BIAS_POINTER, pointer)
+    def _set_vectors(self, desc: Any, epi: Epilogue) -> None:
+        """The epilogue's bias (or bias gradient) and mask pointers."""
+        for attr, array in ((DESC_BIAS_POINTER, epi.vector), (DESC_EPILOGUE_AUX_POINTER, epi.mask)):
+            if array is not None:
+                pointer = ctypes.c_void_p(address(array))
+                self._set(self.lib.cublasLtMatmulDescSetAttribute, desc, attr, pointer)
 
     def _set(self, setter: Any, obj: Any, attr: int, value: Any) -> None:
         """One descriptor or preference attribute (a ctypes value of the attribute's type)."""
@@ -320,16 +364,93 @@ class LtGemm:
             self._relu_nan[key] = ran and bool(np.isnan(cp.asnumpy(out[0])).all())
         return self._relu_nan[key]
 
+    def gradient_epilogues_work(
+        self, dtype: Any = np.float32, tf32: bool = False, which: str = "relu_mask"
+    ) -> bool:
+        """Whether cuBLASLt's gradient epilogues compute what fastnet's layers take from them
+        (the documentation says neither what the mask's bits hold nor, in fastnet's terms,
+        which operand BGRADA sums: ``_gradient_probe`` checks), ``which``: "relu_mask"
+        (RELU_AUX_BIAS keeping NaN, and DRELU_BGRAD reading its mask) or "bgrada", for
+        ``dtype`` (and TF32): probed once each (a host sync; False in a capture, without an
+        algorithm, or on any difference)."""
+        key = (np.dtype(dtype).name, tf32)
+        if key not in self._gradients_ok:
+            cp = _cupy()
+            if cp.cuda.get_current_stream().is_capturing():
+                return False
+            self._gradients_ok[key] = self._gradient_probe(cp, np.dtype(dtype), tf32)
+        return which in self._gradients_ok[key]
+
+    def _gradient_probe(self, cp: Any, dtype: np.dtype, tf32: bool) -> frozenset[str]:
+        """Two Dense layers' step on small integers (exact in TF32, and in float32 sums)
+        against NumPy: the lower forward with RELU_AUX_BIAS (NaN kept), the upper layer's input
+        gradient with DRELU_BGRAD reading that mask (the lower dz and db): "relu_mask"; a weight
+        gradient GEMM with BGRADA (the bias gradient: the column sums of its ``w``, dz):
+        "bgrada". Returns the names that passed."""
+        r = np.random.default_rng(0)
+        n, k, units, upper = 24, 16, 136, 40  # 136 units: two 128-bit mask words per row
+        x, w, b = (r.integers(-2, 3, s).astype(dtype) for s in ((n, k), (k, units), units))
+        g, w_up = (r.integers(-2, 3, s).astype(dtype) for s in ((n, upper), (units, upper)))
+        z = x @ w + b
+        dz = (g @ w_up.T) * (z > 0)
+        x_nan = x.copy()
+        x_nan[0, 0] = np.nan  # row 0 of the forward is NaN, and must stay so
+        y_nan = np.maximum(z, 0)
+        y_nan[0] = np.nan
+        mask = cp.zeros(mask_bytes(n, units), np.uint8)
+        checks = {
+            "relu_mask": [
+                (x, w, Epilogue(EPILOGUE_RELU_AUX_BIAS, b, mask), np.maximum(z, 0), None),
+                (
+                    x_nan,
+                    w,
+                    Epilogue(EPILOGUE_RELU_AUX_BIAS, b, cp.zeros(mask.size, np.uint8)),
+                    y_nan,
+                    None,
+                ),
+                (g, w_up.T, Epilogue(EPILOGUE_DRELU_BGRAD, b, mask), dz, dz.sum(axis=0)),
+            ],
+            "bgrada": [(x.T, dz, Epilogue(EPILOGUE_BGRADA, b), x.T @ dz, dz.sum(axis=0))],
+        }
+        return frozenset(
+            name
+            for name, calls in checks.items()
+            if all(self._probe_call(cp, tf32, *call) for call in calls)
+        )
+
+    def _probe_call(
+        self, cp: Any, tf32: bool, x: Any, w: Any, epi: Epilogue, out: Any, vector: Any
+    ) -> bool:
+        """``x @ w`` with ``epi`` (its bias from the host, its mask on the device) gives
+        ``out`` and, if not None, writes ``vector`` (a bias gradient), exactly."""
+        x_d, w_d = (
+            cp.asarray(a.T).T if not a.flags.c_contiguous else cp.asarray(a) for a in (x, w)
+        )
+        got = cp.empty(out.shape, out.dtype)
+        vec = cp.asarray(epi.vector) if vector is None else cp.full(vector.shape, np.nan, out.dtype)
+        epi = epi._replace(vector=vec)
+        if not (
+            self.supports(x_d, w_d, got, vec, epi.mask)
+            and self.gemm(x_d, w_d, got, tf32, epi, False)
+        ):
+            return False
+        same = np.array_equal(cp.asnumpy(got), out, equal_nan=True)
+        return same and (vector is None or np.array_equal(cp.asnumpy(vec), vector))
+
     def matmul(
         self, x: Any, w: Any, out: Any, tf32: bool, bias: Any, relu: bool, timed: bool
     ) -> bool:
-        """``out = x @ w`` (``+ bias``, then ReLU if ``relu``, in the epilogue); False (nothing
-        done) when cuBLASLt has no algorithm for it, or its algorithm failed to launch (that
-        plan then stays off; CUBLASLT_LOG_LEVEL=1 prints why). ``timed``: see ``_plan``."""
-        key, plan = self._plan(x, w, out, bias, relu, tf32, timed)
+        """``out = x @ w`` (``+ bias``, then ReLU if ``relu``, in the epilogue): ``gemm``."""
+        return self.gemm(x, w, out, tf32, Epilogue.of(bias, relu), timed)
+
+    def gemm(self, x: Any, w: Any, out: Any, tf32: bool, epi: Epilogue, timed: bool) -> bool:
+        """``out = x @ w`` with the epilogue ``epi``; False (nothing done) when cuBLASLt has no
+        algorithm for it, or its algorithm failed to launch (that plan then stays off;
+        CUBLASLT_LOG_LEVEL=1 prints why). ``timed``: see ``_plan``."""
+        key, plan = self._plan(x, w, out, epi, tf32, timed)
         if plan is None:
             return False
-        status = self._launch(plan, x, w, out, bias)
+        status = self._launch(plan, x, w, out, epi)
         if status != 0:
             self.plans[key] = None
             return False

@@ -440,6 +440,7 @@ def stand_in(device_only: bool = False) -> types.ModuleType:
     cp.ElementwiseKernel = kind  # type: ignore[attr-defined]
     cp.ndarray = np.ndarray  # type: ignore[attr-defined]
     cp.zeros, cp.ones, cp.empty = np.zeros, np.ones, np.empty  # type: ignore[attr-defined]
+    cp.full, cp.asarray = np.full, np.array  # type: ignore[attr-defined]
     cp.asnumpy = np.array  # type: ignore[attr-defined]
     cuda = types.SimpleNamespace(
         Event=_Event,

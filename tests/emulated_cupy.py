@@ -168,6 +168,7 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             self._stream = None
             self._lt_reason = ""
             self._relu_nan = {}
+            self._gradients_ok = {}
             self._cublas_path = fake_cublas_path()
             self.lt = load("fastnet.kernels.cublaslt")
             cp = stand_in()
@@ -175,8 +176,9 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             self.lt._cupy = lambda: cp
             self.k.cp.cuda.get_current_stream = cp.cuda.get_current_stream
             for module in (self.k.cp, cp):  # the kernel modules' own allocations
-                for name in ("zeros", "ones", "empty"):
-                    setattr(module, name, self._allocation(getattr(np, name)))
+                for name in ("zeros", "ones", "empty", "full", "asarray"):
+                    allocate = np.array if name == "asarray" else getattr(np, name)  # a copy
+                    setattr(module, name, self._allocation(allocate))
             fake = ctypes.CDLL(self._cublas_path)  # cuBLAS: CuPy's handle, then CublasGemm
             fake.cublasCreate_v2.argtypes = [ctypes.POINTER(ctypes.c_void_p)]
             handle = ctypes.c_void_p()

@@ -1,6 +1,9 @@
 // cuBLASLt's matmul API (and cuBLAS's GEMMs) on the CPU, for tests/cuda_emulator.py: the calls
 // fastnet.kernels.cublaslt (and cupy_gpu.CublasGemm) make, with cuBLASLt's documented semantics (column-major layouts with a leading dimension,
-// D = alpha op(A) op(B) + beta C, the BIAS / RELU_BIAS epilogues with a bias along D's rows), and
+// D = alpha op(A) op(B) + beta C, the BIAS / RELU_BIAS epilogues with a bias along D's rows,
+// RELU_AUX_BIAS storing a ReLU bit-mask (bit i + j * AUX_LD for D[i, j]) that DRELU_BGRAD reads to
+// zero D where the forward was not positive, writing D's row sums as the bias gradient, and
+// BGRADA / BGRADB writing the row sums of op(A) / column sums of op(B)), and
 // its checks: attribute sizes, layouts that do not fit the operation, type combinations cuBLASLt
 // has no kernel for (statuses, as cuBLASLt returns them); an algorithm used with operands less
 // aligned than its heuristic was told (a misaligned-address fault on a GPU: abort here).
@@ -22,13 +25,20 @@ enum { C_32F = 68, C_32F_FAST_TF32 = 77, C_64F = 70 };
 enum { OK = 0, NOT_INITIALIZED = 1, INVALID_VALUE = 7, EXECUTION_FAILED = 13, NOT_SUPPORTED = 15 };
 constexpr uint64_t MAGIC = 0xfa57e7c0b1a5ull;
 int relu_keeps_nan = 0;
+int quirk = 0;  // fake_cublaslt_quirk: 1 BGRADA sums op(B), 2 DRELU_BGRAD ignores the mask
 
 struct Desc {
   int compute, scale;
   int32_t transa = 0, transb = 0;
   uint32_t epilogue = 1;
-  const void* bias = nullptr;
+  const void* bias = nullptr;  // the bias, or the bias gradient written
+  void* aux = nullptr;         // the ReLU bit-mask
+  int64_t aux_ld = 0;          // its leading dimension in bits
 };
+enum { RELU_AUX_BIAS = 134, DRELU_BGRAD = 152, BGRADA = 256, BGRADB = 512 };
+bool has_bias(uint32_t e) { return e == 4 || e == 6 || e == RELU_AUX_BIAS; }
+bool writes_vector(uint32_t e) { return e == DRELU_BGRAD || e == BGRADA || e == BGRADB; }
+bool uses_mask(uint32_t e) { return e == RELU_AUX_BIAS || e == DRELU_BGRAD; }
 struct Layout {
   int type;
   uint64_t rows, cols;
@@ -120,6 +130,8 @@ int op_shape(const Desc& d, const Layout& a, const Layout& b, const Layout& c, u
 extern "C" {
 
 void fake_cublaslt_relu_keeps_nan(int keep) { relu_keeps_nan = keep; }
+// a library that does otherwise than fastnet reads the documentation (the probe must notice)
+void fake_cublaslt_quirk(int which) { quirk = which; }
 
 int cublasLtCreate(void** handle) {
   *handle = std::malloc(1);
@@ -138,6 +150,8 @@ int cublasLtMatmulDescSetAttribute(void* p, int attr, const void* buf, size_t si
     case 4: if (size != 4) return INVALID_VALUE; std::memcpy(&d->transb, buf, 4); return OK;
     case 7: if (size != 4) return INVALID_VALUE; std::memcpy(&d->epilogue, buf, 4); return OK;
     case 8: if (size != 8) return INVALID_VALUE; std::memcpy(&d->bias, buf, 8); return OK;
+    case 11: if (size != 8) return INVALID_VALUE; std::memcpy(&d->aux, buf, 8); return OK;
+    case 12: if (size != 8) return INVALID_VALUE; std::memcpy(&d->aux_ld, buf, 8); return OK;
     default: return INVALID_VALUE;  // not an attribute fastnet sets: not emulated
   }
 }
@@ -182,9 +196,12 @@ int cublasLtMatmulAlgoGetHeuristic(void* handle, void* desc, void* a, void* b, v
     return INVALID_VALUE;
   if (int status = op_shape(dd, la, lb, ld, mnk)) return status;
   if (!types_supported(dd.compute, dd.scale, la.type, ld.type)) return NOT_SUPPORTED;
-  bool bias = dd.epilogue == 4 || dd.epilogue == 6;
+  bool bias = has_bias(dd.epilogue) || writes_vector(dd.epilogue);
   if (dd.epilogue != 1 && dd.epilogue != 2 && !bias) return NOT_SUPPORTED;
   if (bias && dd.bias == nullptr) return INVALID_VALUE;
+  if (uses_mask(dd.epilogue) &&
+      (dd.aux == nullptr || dd.aux_ld % 128 != 0 || dd.aux_ld < static_cast<int64_t>(ld.rows)))
+    return INVALID_VALUE;
   const auto& align = static_cast<Preference*>(pref)->align;
   *returned = requested < 3 ? requested : 3;  // candidate 1 fails at launch, as some do
   for (int c = 0; c < *returned; ++c) {
@@ -194,6 +211,7 @@ int cublasLtMatmulAlgoGetHeuristic(void* handle, void* desc, void* a, void* b, v
     for (int i = 0; i < 4; ++i) r.algo[1 + i] = align[i];  // what the algorithm may assume
     r.algo[5] = bias ? alignment(dd.bias) : 0;
     r.algo[6] = static_cast<uint64_t>(c);
+    r.algo[7] = uses_mask(dd.epilogue) ? alignment(dd.aux) : 0;
     r.waves_count = 1.0f;
   }
   return OK;
@@ -216,9 +234,17 @@ int cublasLtMatmul(void* handle, void* desc, const void* alpha, const void* a, v
   for (int i = 0; i < 4; ++i)
     if (alignment(pointers[i]) < algo[1 + i])
       fault("an operand less aligned than its algorithm's heuristic was told (misaligned address)");
-  bool bias = dd.epilogue == 4 || dd.epilogue == 6, relu = dd.epilogue == 2 || dd.epilogue == 6;
-  if (bias && (dd.bias == nullptr || alignment(dd.bias) < algo[5]))
+  const uint32_t e = dd.epilogue;
+  bool bias = has_bias(e), relu = e == 2 || e == 6 || e == RELU_AUX_BIAS;
+  if ((bias || writes_vector(e)) && (dd.bias == nullptr || alignment(dd.bias) < algo[5]))
     fault("a bias less aligned than at the heuristic, or none (misaligned address)");
+  if (uses_mask(e) && (dd.aux == nullptr || alignment(dd.aux) < algo[7]))
+    fault("a ReLU mask less aligned than at the heuristic, or none (misaligned address)");
+  if (uses_mask(e) && (dd.aux_ld % 128 != 0 || dd.aux_ld < static_cast<int64_t>(ld.rows)))
+    return INVALID_VALUE;
+  auto* bits = static_cast<uint8_t*>(dd.aux);
+  const uint32_t sums = e == BGRADA && quirk == 1 ? BGRADB : e;
+  std::vector<double> grad(writes_vector(e) ? (sums == BGRADB ? mnk[1] : mnk[0]) : 0, 0.0);
   bool wide = dd.scale == R_64F, fast = dd.compute == C_32F_FAST_TF32;
   double al = wide ? *static_cast<const double*>(alpha) : *static_cast<const float*>(alpha);
   double be = wide ? *static_cast<const double*>(beta) : *static_cast<const float*>(beta);
@@ -255,10 +281,25 @@ int cublasLtMatmul(void* handle, void* desc, const void* alpha, const void* a, v
       double v = al * (wide ? acc[i] : static_cast<double>(acc32[i]));
       if (be != 0.0) v += be * load(c, lc.type, i + j * lc.ld);  // beta 0: C is not read
       if (bias) v += load(dd.bias, ld.type, i);
+      const uint64_t bit = i + j * static_cast<uint64_t>(dd.aux_ld);
+      if (e == RELU_AUX_BIAS) {  // the bit: the forward was positive (NaN is not)
+        bits[bit / 8] = static_cast<uint8_t>((bits[bit / 8] & ~(1u << bit % 8)) | (v > 0.0) << bit % 8);
+      }
       if (relu && !(v > 0.0) && (v == v || !relu_keeps_nan)) v = 0.0;
-      store(d, ld.type, i + j * ld.ld, wide ? v : static_cast<double>(static_cast<float>(v)));
+      if (e == DRELU_BGRAD && quirk != 2 && !(bits[bit / 8] >> bit % 8 & 1u)) v = 0.0;
+      v = wide ? v : static_cast<double>(static_cast<float>(v));
+      if (e == DRELU_BGRAD) grad[i] += v;
+      store(d, ld.type, i + j * ld.ld, v);
     }
   }
+  if (sums == BGRADA)  // the sums of op(A)'s rows over k (as loaded: before TF32 rounding)
+    for (uint64_t p = 0; p < k; ++p)
+      for (uint64_t i = 0; i < m; ++i) grad[i] += load(a, la.type, dd.transa ? p + i * la.ld : i + p * la.ld);
+  if (sums == BGRADB)  // the sums of op(B)'s columns over k
+    for (uint64_t j = 0; j < n; ++j)
+      for (uint64_t p = 0; p < k; ++p) grad[j] += load(b, lb.type, dd.transb ? j + p * lb.ld : p + j * lb.ld);
+  for (size_t i = 0; i < grad.size(); ++i)
+    store(const_cast<void*>(dd.bias), ld.type, i, wide ? grad[i] : static_cast<float>(grad[i]));
   (void)workspace, (void)ws, (void)stream;
   return OK;
 }

@@ -231,12 +231,13 @@ def test_an_algorithm_used_on_less_aligned_operands_faults():
 
     script = """
 import numpy as np, emulated_cupy, test_cuda_emulator as t
-lt = t._lt_module().LtGemm(emulated_cupy.fake_cublas_path())
+module = t._lt_module()
+lt = module.LtGemm(emulated_cupy.fake_cublas_path())
 x, w = np.ones((64, 64), np.float32), np.ones((64, 64), np.float32)
 arena = np.zeros(64 * 64 + 64 + 1, np.float32)
 out = arena[64:64 + 64 * 64].reshape(64, 64)  # 256-byte aligned
-key, plan = lt._plan(x, w, out, None, False, False, False)
-lt._launch(plan, x, w, arena[1:1 + 64 * 64].reshape(64, 64), None)
+key, plan = lt._plan(x, w, out, module.Epilogue(), False, False)
+lt._launch(plan, x, w, arena[1:1 + 64 * 64].reshape(64, 64), module.Epilogue())
 """
     here = Path(__file__).parent
     env = {**__import__("os").environ, "PYTHONPATH": str(here)}

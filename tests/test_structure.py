@@ -21,8 +21,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # to 9,300 for their Dropout/BatchNorm1d variants and the loss-scale settings (+60), to 9,400 for
 # the fixes of a review of the never-run GPU code (NCCL's host arrays, data types and one GPU per
 # rank, a warm-up's capture obstacle, cuBLASLt plan failures, the device facts: +82), to 9,450
-# for cuBLASLt's hooks of the CPU emulation and its probed NaN-keeping ReLU epilogue (+28)
-BUDGET = 9450
+# for cuBLASLt's hooks of the CPU emulation and its probed NaN-keeping ReLU epilogue (+28), to
+# 9,700 for the Dense backward through cuBLASLt's gradient epilogues (the layers' ActGrad hand-off,
+# the ReLU mask, the probe of the epilogues against NumPy) and the aligned parameter arena (+241)
+BUDGET = 9700
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -12,6 +12,7 @@ import contextlib
 import enum
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,30 @@ def contiguous_floats(*arrays: Any) -> bool:
         if a.dtype != dtype or not a.flags.c_contiguous:
             return False
     return True
+
+
+@dataclass
+class ReluMask:
+    """The ReLU bit-mask a Dense forward's GEMM may store beside its output (cuBLASLt's
+    RELU_AUX_BIAS epilogue) for the layer above to apply the ReLU derivative inside its
+    input-gradient GEMM; ``written``: whether this forward stored it."""
+
+    bits: Any
+    written: bool = False
+
+
+@dataclass(frozen=True)
+class ActGrad:
+    """What a Dense layer's backward starts with, handed to the layer above to fuse into its
+    input-gradient GEMM: ``dz = dx * act'(y)`` into ``dz`` and ``db = dz.sum(axis=0)`` (if
+    ``db`` is not None); ``mask``, its forward's ReLU bit-mask, or None."""
+
+    y: Any
+    activation: Act
+    alpha: float
+    dz: Any
+    db: Any
+    mask: ReluMask | None = None
 
 
 def activation_code(name: str | None) -> Act:
@@ -259,10 +284,12 @@ class Backend:
         alpha: float = 0.01,
         out: Any = None,
         precision: str = "fp32",
+        mask: ReluMask | None = None,
     ) -> Any:
         """``act(x @ w + b)`` into ``out``; ``b`` may be None. Half operands (mixed
         precision): bias and activation on the float32 product, rounded once into ``out``,
-        as cuBLASLt's epilogue does."""
+        as cuBLASLt's epilogue does. ``mask``: where a backend's GEMM can, it stores the ReLU
+        bit-mask there too (``relu_mask``; this one never does)."""
         if x.dtype.itemsize != 2 or out is None:
             return self.bias_act(self.matmul(x, w, out, precision), b, activation, alpha)
         self.record_kernel("matmul", "blas")
@@ -291,14 +318,54 @@ class Backend:
         need_dx: bool = True,
         dz: Any = None,
         precision: str = "fp32",
+        below: ActGrad | None = None,
     ) -> Any:
-        """Gradients of ``y = act(x @ w + b)``: writes ``dw``, ``db`` (if not None), returns dx.
+        """Gradients of ``y = act(x @ w + b)``: writes ``dw``, ``db`` (if not None), returns dx,
+        or with ``below`` (the Dense layer under this one) its ``dz`` (and writes its ``db``).
         ``dz`` is an optional scratch buffer shaped like ``dy``."""
-        dz = self.act_backward_bias(y, dy, activation, alpha, dz, db)
-        self.matmul(x.T, dz, dw, precision)
+        dz = self.weight_gradients(x, y, dy, activation, alpha, dw, db, dz, precision)
         if not need_dx:
             return None
-        return self.matmul(dz, w.T, dx, precision)
+        return self.input_gradient(dz, w, dx, precision, below)
+
+    def weight_gradients(
+        self,
+        x: Any,
+        y: Any,
+        dy: Any,
+        activation: Act,
+        alpha: float,
+        dw: Any,
+        db: Any,
+        dz: Any = None,
+        precision: str = "fp32",
+    ) -> Any:
+        """``dz = dy * act'(y)``, ``db`` (if not None) and ``dw = x.T @ dz``; returns dz (``dy``
+        itself where there is nothing to compute: linear, no bias)."""
+        if activation == Act.LINEAR and db is None:
+            dz = dy
+        else:
+            dz = self.act_backward_bias(y, dy, activation, alpha, dz, db)
+        self.matmul(x.T, dz, dw, precision)
+        return dz
+
+    def input_gradient(
+        self, dz: Any, w: Any, dx: Any, precision: str = "fp32", below: ActGrad | None = None
+    ) -> Any:
+        """``dx = dz @ w.T``; with ``below``, carried on through the lower layer's activation
+        derivative and bias gradient (``below.dz``, returned)."""
+        dx = self.matmul(dz, w.T, dx, precision)
+        if below is None:
+            return dx
+        return self.act_backward_bias(
+            below.y, dx, below.activation, below.alpha, below.dz, below.db
+        )
+
+    def relu_mask(self, rows: int, units: int, dtype: Any, precision: str) -> int:
+        """Bytes of the ReLU bit-mask (``ReluMask``) a Dense forward of ``rows`` x ``units``
+        should store for the layer above's input-gradient GEMM; 0: this backend has no such
+        GEMM (the derivative is computed from the output)."""
+        return 0
 
     def act_backward_bias(
         self, y: Any, dy: Any, activation: Act, alpha: float, dz: Any = None, db: Any = None

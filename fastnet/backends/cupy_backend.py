@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats
+from fastnet.backends.base import (
+    FLOAT_DTYPES,
+    Act,
+    ActGrad,
+    Backend,
+    ReluMask,
+    contiguous_floats,
+)
 from fastnet.backends.counter_rng import check_draw_size
 
 
@@ -39,6 +46,7 @@ class CupyBackend(Backend):
         self._stream: Any = None
         self._lt_reason = ""
         self._relu_nan: dict[tuple[Any, bool], bool] = {}  # the epilogue's NaN, asked once
+        self._gradients_ok: dict[tuple, bool] = {}  # the gradient epilogues' probe
         self._cublas_path = ""
         try:
             self._gemm = cupy_gpu.cublas_gemm()
@@ -236,10 +244,14 @@ class CupyBackend(Backend):
         self, x: Any, w: Any, out: Any, precision: str, bias: Any = None, relu: bool = False
     ) -> bool:
         """``out = x @ w`` (+ bias, ReLU) through cuBLASLt; False where it does not apply."""
-        if not self.lt.LtGemm.supports(x, w, out, bias):
+        return self._lt_gemm(x, w, out, precision, self.lt.Epilogue.of(bias, relu))
+
+    def _lt_gemm(self, x: Any, w: Any, out: Any, precision: str, epi: Any) -> bool:
+        """``out = x @ w`` with the cuBLASLt epilogue ``epi``; False where it does not apply."""
+        if not self.lt.LtGemm.supports(x, w, out, epi.vector, epi.mask):
             return False
         tf32, timed = precision == "tf32", self.gemm_autotune
-        return bool(self._lt_call(lambda lt: lt.matmul(x, w, out, tf32, bias, relu, timed)))
+        return bool(self._lt_call(lambda lt: lt.gemm(x, w, out, tf32, epi, timed)))
 
     def _lt_call(self, fn: Callable[[Any], Any]) -> Any:
         """``fn(cuBLASLt of this device and thread)``; False where cuBLASLt is off or fails (a
@@ -257,12 +269,38 @@ class CupyBackend(Backend):
 
     def _relu_epilogue_keeps_nan(self, dtype: Any, tf32: bool) -> bool:
         """``LtGemm.relu_keeps_nan``, remembered here (an eager step asks per ReLU layer)."""
-        if (dtype, tf32) not in self._relu_nan:
-            keeps = self._lt_call(lambda lt: lt.relu_keeps_nan(dtype, tf32)) is True
+        return self._asked(self._relu_nan, lambda lt: lt.relu_keeps_nan(dtype, tf32), dtype, tf32)
+
+    def _gradient_epilogues_work(self, dtype: Any, tf32: bool, which: str) -> bool:
+        """``LtGemm.gradient_epilogues_work``, remembered here (asked per layer and step)."""
+        probe = lambda lt: lt.gradient_epilogues_work(dtype, tf32, which)  # noqa: E731
+        return self._asked(self._gradients_ok, probe, dtype, tf32, which)
+
+    def _asked(self, answers: dict, question: Callable, *key: Any) -> bool:
+        """A cuBLASLt probe's answer for ``key`` (dtype, TF32, ...), asked once (again after
+        a capture, where probes cannot run)."""
+        if key not in answers:
+            answer = self._lt_call(question) is True
             if self.xp.cuda.get_current_stream().is_capturing():
-                return keeps  # not probed in a capture: ask again outside
-            self._relu_nan[(dtype, tf32)] = keeps
-        return self._relu_nan[(dtype, tf32)]
+                return answer  # not probed in a capture: ask again outside
+            answers[key] = answer
+        return answers[key]
+
+    #: Dense layers' backward through cuBLASLt's gradient epilogues where they work (probed):
+    #: a ReLU layer's forward stores its bit-mask (RELU_AUX_BIAS), the layer above's
+    #: input-gradient GEMM applies the ReLU derivative and sums the bias gradient (DRELU_BGRAD),
+    #: the output layer's weight-gradient GEMM sums its bias gradient (BGRADA); off: kernels
+    fuse_gradients = True
+
+    def relu_mask(self, rows: int, units: int, dtype: Any, precision: str) -> int:
+        tf32 = precision == "tf32"
+        if not self.fuse_gradients or np.dtype(dtype) not in FLOAT_DTYPES:
+            return 0
+        if not self._relu_epilogue_keeps_nan(dtype, tf32):
+            return 0  # the forward keeps NaN in the ReLU kernel: no mask-writing epilogue
+        if not self._gradient_epilogues_work(dtype, tf32, "relu_mask"):
+            return 0
+        return int(self.lt.mask_bytes(rows, units))
 
     def linear(
         self,
@@ -273,14 +311,22 @@ class CupyBackend(Backend):
         alpha: float = 0.01,
         out: Any = None,
         precision: str = "fp32",
+        mask: ReluMask | None = None,
     ) -> Any:
         """``act(x @ w + b)``: one cuBLASLt GEMM with the bias (+ ReLU) epilogue where it
         applies (ReLU only where that epilogue keeps NaN: else the bias in the epilogue and the
-        ReLU kernel), else a GEMM and the fused bias/activation kernel."""
+        ReLU kernel; with ``mask``, storing the ReLU bit-mask too), else a GEMM and the fused
+        bias/activation kernel."""
         if out is None:
             out = self.xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
         relu = b is not None and activation == Act.RELU
         relu = relu and self._relu_epilogue_keeps_nan(x.dtype, precision == "tf32")
+        if mask is not None:
+            epi = self.lt.Epilogue(self.lt.EPILOGUE_RELU_AUX_BIAS, b, mask.bits)
+            mask.written = relu and self._lt_gemm(x, w, out, precision, epi)
+            if mask.written:
+                self.record_kernel("linear", "cublaslt-relu-mask-epilogue")
+                return out
         fused = b is not None and (activation == Act.LINEAR or relu)
         if fused and self._cublaslt(x, w, out, precision, b, relu):
             self.record_kernel("linear", "cublaslt-epilogue")
@@ -314,6 +360,41 @@ class CupyBackend(Backend):
                 return self.k.cublas_gemm()(a, b, out, precision == "tf32")
         self.record_kernel("matmul", "cupy.matmul")
         return self.xp.matmul(a, b, out=out)
+
+    def weight_gradients(
+        self,
+        x: Any,
+        y: Any,
+        dy: Any,
+        activation: Act,
+        alpha: float,
+        dw: Any,
+        db: Any,
+        dz: Any = None,
+        precision: str = "fp32",
+    ) -> Any:
+        """A linear layer's bias gradient in its weight-gradient GEMM's epilogue (BGRADA),
+        where the probe says it works; else the kernels."""
+        if activation == Act.LINEAR and db is not None and self.fuse_gradients:
+            tf32 = precision == "tf32"
+            if not _half(dy) and self._gradient_epilogues_work(dy.dtype, tf32, "bgrada"):
+                epi = self.lt.Epilogue(self.lt.EPILOGUE_BGRADA, db)
+                if self._lt_gemm(x.T, dy, dw, precision, epi):
+                    self.record_kernel("weight_gradients", "cublaslt-bgrad-epilogue")
+                    return dy
+        return super().weight_gradients(x, y, dy, activation, alpha, dw, db, dz, precision)
+
+    def input_gradient(
+        self, dz: Any, w: Any, dx: Any, precision: str = "fp32", below: ActGrad | None = None
+    ) -> Any:
+        """With ``below`` a ReLU layer whose forward stored its mask: one GEMM whose epilogue
+        applies the derivative and sums the bias gradient (DRELU_BGRAD)."""
+        if below is not None and below.mask is not None and below.db is not None:
+            epi = self.lt.Epilogue(self.lt.EPILOGUE_DRELU_BGRAD, below.db, below.mask.bits)
+            if self._lt_gemm(dz, w.T, below.dz, precision, epi):
+                self.record_kernel("input_gradient", "cublaslt-drelu-bgrad-epilogue")
+                return below.dz
+        return super().input_gradient(dz, w, dx, precision, below)
 
     def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
         if _half(z) and z.ndim == 2 and (b is None or _half(z, b) and b.shape == (z.shape[1],)):

@@ -1,0 +1,193 @@
+"""Dense backward through cuBLASLt's gradient epilogues (cupy): a ReLU layer's forward stores
+its bit-mask (RELU_AUX_BIAS), the layer above's input-gradient GEMM applies the derivative and
+sums the bias gradient (DRELU_BGRAD), the output layer's weight-gradient GEMM sums its bias
+gradient (BGRADA). Used only where a probe on exact data says the library does what fastnet
+reads in its documentation; the gradients equal the reference's either way. On a GPU
+(``cupy``), and in CI on the CPU emulator (``cupy-emulated``, the fake cuBLASLt)."""
+
+import contextlib
+
+import numpy as np
+import pytest
+from conftest import EMULATED, make_blobs
+
+import fastnet as fn
+
+FUSED = {
+    "linear": "cublaslt-relu-mask-epilogue",
+    "input_gradient": "cublaslt-drelu-bgrad-epilogue",
+    "weight_gradients": "cublaslt-bgrad-epilogue",
+}
+
+
+def _forget(gpu):
+    lt = gpu.lt.lt_gemm(gpu._cublas_path)
+    for answers in (lt._relu_nan, lt._gradients_ok, gpu._relu_nan, gpu._gradients_ok):
+        answers.clear()
+    return lt
+
+
+@contextlib.contextmanager
+def library(gpu, keeps_nan=1, quirk=0):
+    """On the emulator, a cuBLASLt whose ReLU epilogue keeps NaN (or not) and with a
+    ``quirk`` (``fake_cublaslt_quirk``); on a GPU, the library as it is."""
+    lt = _forget(gpu)
+    if gpu.name != EMULATED:
+        yield
+        return
+    lt.lib.fake_cublaslt_relu_keeps_nan(keeps_nan)
+    lt.lib.fake_cublaslt_quirk(quirk)
+    try:
+        yield
+    finally:
+        lt.lib.fake_cublaslt_relu_keeps_nan(0)
+        lt.lib.fake_cublaslt_quirk(0)
+        _forget(gpu)
+
+
+def _fused_expected(gpu, dtype, precision):
+    """Whether the fused path should run: always on the emulator (set up so); on a GPU where
+    the library's ReLU epilogue keeps NaN and the probe passes (printed either way)."""
+    lt = gpu.lt.lt_gemm(gpu._cublas_path)
+    tf32 = precision == "tf32"
+    relu = lt.relu_keeps_nan(dtype, tf32) and lt.gradient_epilogues_work(dtype, tf32)
+    bgrada = lt.gradient_epilogues_work(dtype, tf32, "bgrada")
+    print(f"{np.dtype(dtype).name}/{precision}: relu mask epilogues {relu}, BGRADA {bgrada}")
+    return relu and bgrada
+
+
+def _layers():
+    return [fn.Dense(64, "relu"), fn.Dense(40, "relu"), fn.Dense(5)]
+
+
+def _gradients(model, X, y):
+    """The gradients of one training step's loss (no update)."""
+    be = model.backend
+    logits = model.forward(be.asarray(X), training=True)
+    dout = model.loss.accumulate(logits, be.asarray(y), None, be.zeros((2,), np.float64))
+    model.backward(dout)
+    return [be.to_numpy(p.grad).copy() for p in model.parameters()]
+
+
+@pytest.mark.parametrize(
+    "dtype,precision", [(np.float32, "fp32"), (np.float32, "tf32"), (np.float64, "fp32")]
+)
+def test_gradients_through_the_epilogues_equal_the_reference(gpu, dtype, precision):
+    """One step's gradients of a ReLU MLP, with every Dense backward through the epilogues
+    (the report names them), equal NumPy's; off (``fuse_gradients = False``), the kernels."""
+    X, y = make_blobs(n=96, d=30, k=5)
+    X = X.astype(dtype)
+    kw = dict(dtype=np.dtype(dtype).name, precision=precision, seed=1)
+    ref = fn.Sequential(_layers(), backend="numpy", **{**kw, "precision": "fp32"}).build(30)
+    want = _gradients(ref, X, y)
+    tol = 2e-2 if precision == "tf32" else (1e-4 if dtype == np.float32 else 1e-10)
+    with library(gpu):
+        fused = _fused_expected(gpu, dtype, precision)
+        assert fused or gpu.name != EMULATED
+        for on in (True, False):
+            gpu.fuse_gradients = on
+            try:
+                model = fn.Sequential(_layers(), backend=gpu, **kw).build(30)
+                with fn.record_kernels() as report:
+                    got = _gradients(model, X, y)
+            finally:
+                gpu.fuse_gradients = True
+            for op in ("input_gradient", "weight_gradients"):  # the last call of each
+                assert (report.get(op) == FUSED[op]) == (on and fused), (op, report)
+            masks = [layer.relu_mask for layer in model.layers[:2]]
+            assert all(m is not None and m.written for m in masks) == (on and fused)
+            for g, w in zip(got, want):
+                np.testing.assert_allclose(g, w, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("quirk", [1, 2])
+def test_a_library_that_differs_from_the_documentation_is_not_used(gpu, quirk):
+    """A cuBLASLt whose BGRADA sums the other operand (1), or whose DRELU_BGRAD ignores the
+    mask (2): the probe says no, no layer stores a mask, and the gradients are right."""
+    if gpu.name != EMULATED:
+        pytest.skip("the fake cuBLASLt's quirks")
+    X, y = make_blobs(n=64, d=30, k=5)
+    X = X.astype(np.float32)
+    want = _gradients(fn.Sequential(_layers(), backend="numpy", seed=1).build(30), X, y)
+    with library(gpu, quirk=quirk):
+        lt = gpu.lt.lt_gemm(gpu._cublas_path)
+        which = "bgrada" if quirk == 1 else "relu_mask"
+        assert not lt.gradient_epilogues_work(np.float32, False, which)
+        model = fn.Sequential(_layers(), backend=gpu, seed=1).build(30)
+        with fn.record_kernels() as report:
+            got = _gradients(model, X, y)
+    op = "weight_gradients" if quirk == 1 else "input_gradient"
+    assert report.get(op) != FUSED[op], report
+    assert all(layer.relu_mask is None for layer in model.layers) == (quirk == 2)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_a_relu_epilogue_that_drops_nan_stores_no_mask(gpu):
+    """Where the ReLU epilogue maps NaN to 0 the forward keeps the ReLU kernel (NaN seen), so
+    there is no mask: the ReLU layers' backward uses the kernels; the output layer's bias
+    gradient still comes from its weight-gradient GEMM."""
+    if gpu.name != EMULATED:
+        pytest.skip("the fake cuBLASLt's NaN setting")
+    X, y = make_blobs(n=64, d=30, k=5)
+    X = X.astype(np.float32)
+    want = _gradients(fn.Sequential(_layers(), backend="numpy", seed=1).build(30), X, y)
+    with library(gpu, keeps_nan=0):
+        model = fn.Sequential(_layers(), backend=gpu, seed=1).build(30)
+        with fn.record_kernels() as report:
+            got = _gradients(model, X, y)
+    assert all(layer.relu_mask is None for layer in model.layers) and "input_gradient" not in report
+    assert report["weight_gradients"] == FUSED["weight_gradients"], report
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_stacks_the_epilogues_cannot_serve_keep_their_gradients(gpu):
+    """Dense layers without a bias, with other activations, a negative leaky slope (the
+    pre-activation kept), Dropout and an odd width between them: each pairing fused where it
+    can be, the rest through the kernels, and every gradient equals the reference's."""
+    layers = lambda: [  # noqa: E731
+        fn.Dense(33, "relu", use_bias=False),
+        fn.Dense(130, "relu"),
+        fn.Dense(20, "leaky_relu", alpha=-0.1),
+        fn.Dense(24, "tanh"),
+        fn.Dense(17, "relu"),
+        fn.Dropout(0.0),
+        fn.Dense(9, "relu"),
+        fn.Dense(5),
+    ]
+    X, y = make_blobs(n=80, d=30, k=5)
+    X = X.astype(np.float32)
+    want = _gradients(fn.Sequential(layers(), backend="numpy", seed=2).build(30), X, y)
+    with library(gpu):
+        model = fn.Sequential(layers(), backend=gpu, seed=2).build(30)
+        got = _gradients(model, X, y)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("steps_per_graph", [1, 4])
+def test_captured_training_through_the_epilogues_equals_eager(gpu, steps_per_graph):
+    """The graph replays the fused backward (masks stored in the forward of each replayed
+    step): float64 weights after 2 epochs equal eager training's."""
+    X, y = make_blobs(n=600)
+    with library(gpu):
+        models = [
+            fn.Sequential(_layers()[:2] + [fn.Dense(4)], backend=gpu, seed=0, dtype="float64")
+            for _ in range(2)
+        ]
+        saved, gpu.steps_per_graph = gpu.steps_per_graph, steps_per_graph
+        try:
+            with fn.record_kernels() as report:
+                for model, compiled in zip(models, (False, True)):
+                    model.fit(X, y, epochs=2, batch_size=64, verbose=0, compiled=compiled)
+        finally:
+            gpu.steps_per_graph = saved
+        fused = _fused_expected(gpu, np.float64, "fp32")
+    eager, graphed = models
+    assert graphed.step_description.startswith("captured graph"), graphed.step_description
+    assert (report.get("input_gradient") == FUSED["input_gradient"]) == fused, report
+    for a, b in zip(eager.parameters(), graphed.parameters()):
+        np.testing.assert_allclose(
+            gpu.to_numpy(a.value), gpu.to_numpy(b.value), rtol=1e-9, atol=1e-12
+        )
