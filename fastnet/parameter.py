@@ -5,9 +5,9 @@ reshaped slices of flat buffers owned by a ``ParameterGroup``, one group per (op
 An optimizer updates a whole group with one fused kernel call per step. Inside a group the
 parameters that take weight decay (weights) come first, so decay is applied to the leading
 ``n_decay`` elements only (biases and BatchNorm parameters follow, undecayed). Each parameter
-starts ``ALIGN_BYTES`` into its buffers (zeros between them, which every update keeps zero): GEMM
-kernels and their bias epilogues want aligned operands (cuBLASLt takes a bias epilogue only from
-a 16-byte aligned bias).
+starts at a multiple of ``ALIGN_BYTES`` of its buffers (half of it in a mixed-precision half
+copy; zeros between, which every update keeps zero): GEMM kernels and their bias epilogues want
+aligned operands (cuBLASLt takes a bias epilogue only from a 16-byte aligned bias).
 
 Everything that changes from step to step lives in the group's ``scalars``, a small float64
 array on the device (layout below): the learning rate (written by the host when a schedule or

@@ -146,3 +146,36 @@ def test_bce_loss_is_stable_for_extreme_logits(backend):
         value, grad = loss(z, t)
     assert float(value) == pytest.approx((1e4 + 1e4 + np.log(2)) / 3, rel=1e-5)
     assert np.isfinite(backend.to_numpy(grad)).all()
+
+
+def test_model_gradients_match_finite_differences(backend, rng):
+    """The whole stack's backward, as ``Sequential.backward`` runs it (a Dense layer carries
+    the gradient on through the Dense layer under it: its activation derivative and bias
+    gradient), against finite differences of the loss, for every parameter (the bias before
+    BatchNorm has none: its units' leaky slope is the same across this batch)."""
+    model = fn.Sequential(
+        [
+            fn.Dense(7, "relu"),
+            fn.Dense(6, "tanh"),
+            fn.Dense(5, "sigmoid", use_bias=False),
+            fn.Dense(6, "leaky_relu", alpha=-0.2),
+            fn.BatchNorm1d(),
+            fn.Dense(4, "relu"),
+            fn.Dense(3),
+        ],
+        backend=backend,
+        dtype="float64",
+        seed=3,
+    ).build(5)
+    x = backend.asarray(_inputs(rng, (8, 5)))
+    y = backend.asarray(np.arange(8) % 3)
+
+    def loss() -> float:
+        return float(backend.to_numpy(model.loss.compute(model.forward(x, True), y)[0]))
+
+    model.backward(model.loss.compute(model.forward(x, True), y)[1])
+    grads = [backend.to_numpy(p.grad).copy() for p in model.parameters()]
+    names = [f"{i}:{p.name}" for i, layer in enumerate(model.layers) for p in layer.parameters()]
+    for name, p, grad in zip(names, model.parameters(), grads):
+        numeric = fn.gradcheck.numerical_gradient(loss, p.value)
+        np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8, err_msg=name)

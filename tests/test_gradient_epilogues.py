@@ -47,13 +47,34 @@ def library(gpu, keeps_nan=1, quirk=0):
 
 def _fused_expected(gpu, dtype, precision):
     """Whether the fused path should run: always on the emulator (set up so); on a GPU where
-    the library's ReLU epilogue keeps NaN and the probe passes (printed either way)."""
+    the probe passes (printed). On a GPU, float32 at fp32 must pass BGRADA's probe, and the
+    ReLU mask's wherever the ReLU epilogue keeps NaN (the mask's probe asks that too)."""
     lt = gpu.lt.lt_gemm(gpu._cublas_path)
     tf32 = precision == "tf32"
-    relu = lt.relu_keeps_nan(dtype, tf32) and lt.gradient_epilogues_work(dtype, tf32)
-    bgrada = lt.gradient_epilogues_work(dtype, tf32, "bgrada")
-    print(f"{np.dtype(dtype).name}/{precision}: relu mask epilogues {relu}, BGRADA {bgrada}")
+    keeps_nan = lt.relu_keeps_nan(dtype, tf32)
+    relu, bgrada = (lt.gradient_epilogues_work(dtype, tf32, w) for w in ("relu_mask", "bgrada"))
+    print(f"{np.dtype(dtype).name}/{precision}: NaN kept {keeps_nan}, mask {relu}, BGRADA {bgrada}")
+    if gpu.name == EMULATED or (dtype == np.float32 and not tf32):
+        assert bgrada and relu == keeps_nan
     return relu and bgrada
+
+
+@contextlib.contextmanager
+def epilogues_used(gpu):
+    """The cuBLASLt epilogue codes of the GEMMs that ran: ``(code, capturing)`` pairs."""
+    used, lt_gemm = [], gpu._lt_gemm
+
+    def recording(x, w, out, precision, epi):
+        ran = lt_gemm(x, w, out, precision, epi)
+        if ran:
+            used.append((epi.code, gpu.xp.cuda.get_current_stream().is_capturing()))
+        return ran
+
+    gpu._lt_gemm = recording
+    try:
+        yield used
+    finally:
+        del gpu._lt_gemm
 
 
 def _layers():
@@ -144,8 +165,9 @@ def test_a_relu_epilogue_that_drops_nan_stores_no_mask(gpu):
 
 def test_stacks_the_epilogues_cannot_serve_keep_their_gradients(gpu):
     """Dense layers without a bias, with other activations, a negative leaky slope (the
-    pre-activation kept), Dropout and an odd width between them: each pairing fused where it
-    can be, the rest through the kernels, and every gradient equals the reference's."""
+    pre-activation kept), Dropout and an odd width between them, after forwards at other
+    batch sizes and in inference: each pairing fused where it can be, the rest through the
+    kernels, and every gradient equals the reference's."""
     layers = lambda: [  # noqa: E731
         fn.Dense(33, "relu", use_bias=False),
         fn.Dense(130, "relu"),
@@ -160,33 +182,53 @@ def test_stacks_the_epilogues_cannot_serve_keep_their_gradients(gpu):
     X = X.astype(np.float32)
     want = _gradients(fn.Sequential(layers(), backend="numpy", seed=2).build(30), X, y)
     with library(gpu):
+        fused = _fused_expected(gpu, np.float32, "fp32")
         model = fn.Sequential(layers(), backend=gpu, seed=2).build(30)
-        got = _gradients(model, X, y)
+        model.forward(gpu.asarray(X[:7]), training=True)
+        model.forward(gpu.asarray(X[:5]), training=False)
+        with epilogues_used(gpu) as used:
+            got = _gradients(model, X, y)
+    lt = gpu.lt
+    codes = {code for code, _ in used}
+    want_codes = {lt.EPILOGUE_RELU_AUX_BIAS, lt.EPILOGUE_DRELU_BGRAD, lt.EPILOGUE_BGRADA}
+    assert (want_codes <= codes) == fused, codes
+    # Dense(130) under the leaky layer and Dense(9) under the output layer: two DRELU_BGRADs
+    assert sum(code == lt.EPILOGUE_DRELU_BGRAD for code, _ in used) == (2 if fused else 0)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("steps_per_graph", [1, 4])
 def test_captured_training_through_the_epilogues_equals_eager(gpu, steps_per_graph):
-    """The graph replays the fused backward (masks stored in the forward of each replayed
-    step): float64 weights after 2 epochs equal eager training's."""
-    X, y = make_blobs(n=600)
+    """The graph holds the fused backward (its GEMMs with DRELU_BGRAD and BGRADA captured,
+    masks stored in the forward of each replayed step): float64 weights after 2 epochs equal
+    eager training's, and the epoch's loss the NumPy reference's."""
+    X, y = make_blobs(n=640)  # full batches only: every training step replays the graph
+
+    def model(backend):
+        return fn.Sequential(
+            _layers()[:2] + [fn.Dense(4)], backend=backend, seed=0, dtype="float64"
+        )
+
+    ref = model("numpy")
+    kw = dict(epochs=2, batch_size=64, verbose=0, shuffle=False)  # the reference's batches
+    want = ref.fit(X, y, **kw)["loss"]
     with library(gpu):
-        models = [
-            fn.Sequential(_layers()[:2] + [fn.Dense(4)], backend=gpu, seed=0, dtype="float64")
-            for _ in range(2)
-        ]
+        fused = _fused_expected(gpu, np.float64, "fp32")
+        models = [model(gpu) for _ in range(2)]
         saved, gpu.steps_per_graph = gpu.steps_per_graph, steps_per_graph
         try:
-            with fn.record_kernels() as report:
-                for model, compiled in zip(models, (False, True)):
-                    model.fit(X, y, epochs=2, batch_size=64, verbose=0, compiled=compiled)
+            hist = models[0].fit(X, y, **kw, compiled=False)
+            with epilogues_used(gpu) as used:
+                models[1].fit(X, y, **kw, compiled=True)
         finally:
             gpu.steps_per_graph = saved
-        fused = _fused_expected(gpu, np.float64, "fp32")
     eager, graphed = models
     assert graphed.step_description.startswith("captured graph"), graphed.step_description
-    assert (report.get("input_gradient") == FUSED["input_gradient"]) == fused, report
+    captured = {code for code, capturing in used if capturing}
+    lt = gpu.lt
+    assert ({lt.EPILOGUE_DRELU_BGRAD, lt.EPILOGUE_BGRADA} <= captured) == fused, captured
+    np.testing.assert_allclose(hist["loss"], want, rtol=1e-9)
     for a, b in zip(eager.parameters(), graphed.parameters()):
         np.testing.assert_allclose(
             gpu.to_numpy(a.value), gpu.to_numpy(b.value), rtol=1e-9, atol=1e-12
