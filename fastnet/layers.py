@@ -55,6 +55,8 @@ class Layer:
     #: data-parallel training: statistics over the global batch, not this rank's rows
     #: (BatchNorm1d(synchronized=True)); such a layer needs min_batch_rows in the global batch
     synchronized = False
+    #: the next layer of its model is a Dense layer (set by the model that builds the layer)
+    feeds_dense = False
     #: state buffers that must stay >= 0 (checked when a state is loaded)
     nonnegative_buffers: tuple[str, ...] = ()
 
@@ -247,7 +249,7 @@ class Dense(Layer):
             )
             self.y = self.backend.activation(self.z, act, alpha, out)
             return self.y
-        if training and act == Act.RELU and bias is not None:
+        if training and self.feeds_dense and act == Act.RELU and bias is not None:
             size = self.backend.relu_mask(x.shape[0], self.units, x.dtype, self.precision)
             self.relu_mask = (
                 ReluMask(self._buffer("relu_mask", (size,), np.uint8)) if size else None

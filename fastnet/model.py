@@ -119,8 +119,9 @@ class Sequential(Trainer):
         """Create the parameters for inputs of width ``input_dim`` (``fit`` does it if needed)."""
         width = check_positive_int(input_dim, "input_dim")
         self.output_width(width)  # raises on a mismatch before any layer is built
-        for layer in self.layers:
+        for layer, above in zip(self.layers, [*self.layers[1:], None]):
             layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
+            layer.feeds_dense = isinstance(above, Dense)  # may hand it its activation gradient
             width = layer.build(width, self.backend, self.dtype, self._rng)
         self.arena = ParameterArena(
             [

@@ -192,6 +192,9 @@ def test_stacks_the_epilogues_cannot_serve_keep_their_gradients(gpu):
     codes = {code for code, _ in used}
     want_codes = {lt.EPILOGUE_RELU_AUX_BIAS, lt.EPILOGUE_DRELU_BGRAD, lt.EPILOGUE_BGRADA}
     assert (want_codes <= codes) == fused, codes
+    masks = [getattr(layer, "relu_mask", None) for layer in model.layers]
+    assert masks[4] is None  # Dense(17) feeds Dropout: no mask stored
+    assert [m is not None and m.written for m in masks] == [fused * (i in (1, 6)) for i in range(8)]
     # Dense(130) under the leaky layer and Dense(9) under the output layer: two DRELU_BGRADs
     assert sum(code == lt.EPILOGUE_DRELU_BGRAD for code, _ in used) == (2 if fused else 0)
     for g, w in zip(got, want):
