@@ -62,8 +62,12 @@ def _cublaslt() -> str:
             for d, t in kinds[:3]
             for which in ("relu_mask", "bgrada")
         }
+        for d, t in kinds[:3]:
+            grads[f"{d}{'/tf32' if t else ''}/kernel_mask"] = lt.kernel_mask_works(
+                d, t, be.k.relu_mask
+            )
     nan = f"ReLU epilogue keeps NaN (False also without an algorithm): {keeps}"
-    probe = f"gradient epilogues agree with NumPy: {grads}"
+    probe = f"gradient epilogues agree with NumPy: {grads}; probe errors: {lt.probe_errors}"
     return f"{be._cublas_path or '-'} (+ cuBLASLt beside it; {nan}; {probe})"
 
 

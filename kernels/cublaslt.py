@@ -201,6 +201,8 @@ class LtGemm:
         self.plans: dict[tuple, _Plan | None] = {}
         self._relu_nan: dict[tuple[str, bool], bool] = {}
         self._gradients_ok: dict[tuple[str, bool], frozenset[str]] = {}
+        self._kernel_mask_ok: dict[tuple[str, bool], bool] = {}
+        self.probe_errors: list[str] = []  # what a probe raised (its feature then stays off)
         self.scalars = {
             np.dtype(np.float32): (ctypes.c_float(1.0), ctypes.c_float(0.0)),
             np.dtype(np.float64): (ctypes.c_double(1.0), ctypes.c_double(0.0)),
@@ -378,7 +380,8 @@ class LtGemm:
             cp = _cupy()
             if cp.cuda.get_current_stream().is_capturing():
                 return False
-            self._gradients_ok[key] = self._gradient_probe(cp, np.dtype(dtype), tf32)
+            probe = self._gradient_probe
+            self._gradients_ok[key] = self._safely(probe, frozenset(), cp, np.dtype(dtype), tf32)
         return which in self._gradients_ok[key]
 
     def _gradient_probe(self, cp: Any, dtype: np.dtype, tf32: bool) -> frozenset[str]:
@@ -419,6 +422,50 @@ class LtGemm:
             for name, calls in checks.items()
             if all(self._probe_call(cp, tf32, *call) for call in calls)
         )
+
+    def kernel_mask_works(self, dtype: Any, tf32: bool, write_mask: Any) -> bool:
+        """Whether DRELU_BGRAD reads the mask ``write_mask(y, bits)`` writes (fastnet's ReLU
+        kernel, for a forward whose epilogue drops NaN) as RELU_AUX_BIAS's: on a small and a
+        large batch, NaN in ``y`` kept, the lower dz and db exact. Probed once per dtype and
+        TF32 (a host sync; False in a capture)."""
+        key = (np.dtype(dtype).name, tf32)
+        if key not in self._kernel_mask_ok:
+            cp = _cupy()
+            if cp.cuda.get_current_stream().is_capturing():
+                return False
+            probe = self._kernel_mask_probe
+            self._kernel_mask_ok[key] = self._safely(
+                probe, False, cp, np.dtype(dtype), tf32, write_mask
+            )
+        return self._kernel_mask_ok[key]
+
+    def _kernel_mask_probe(self, cp: Any, dtype: np.dtype, tf32: bool, write_mask: Any) -> bool:
+        r = np.random.default_rng(1)
+        units, upper = 136, 40
+        w_up = r.integers(-2, 3, (units, upper)).astype(dtype)
+        for n in (24, 4096):
+            z, g = (r.integers(-2, 3, s).astype(dtype) for s in ((n, units), (n, upper)))
+            z[0, :3] = np.nan
+            y, bits = cp.asarray(z), cp.zeros(mask_bytes(n, units), np.uint8)
+            write_mask(y, bits)
+            dz = (g @ w_up.T) * (z > 0)
+            epi = Epilogue(EPILOGUE_DRELU_BGRAD, z[0], bits)
+            same = np.array_equal(cp.asnumpy(y), np.maximum(z, 0), equal_nan=True)
+            if not (same and self._probe_call(cp, tf32, g, w_up.T, epi, dz, dz.sum(axis=0))):
+                return False
+        return True
+
+    def _safely(self, probe: Any, failed: Any, *args: Any) -> Any:
+        """``probe(*args)``, or ``failed`` where it raises (written without a GPU: a probe's
+        own error turns its feature off, named in ``probe_errors``, rather than training);
+        the device's own errors propagate."""
+        try:
+            return probe(*args)
+        except Exception as exc:
+            if type(exc).__name__ == "CUDARuntimeError":
+                raise
+            self.probe_errors.append(f"{probe.__name__}{args[2:4]}: {type(exc).__name__}: {exc}")
+            return failed
 
     def _probe_call(
         self, cp: Any, tf32: bool, x: Any, w: Any, epi: Epilogue, out: Any, vector: Any

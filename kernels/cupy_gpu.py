@@ -14,7 +14,7 @@ from typing import Any
 import cupy as cp
 import numpy as np
 
-from .cublaslt import address
+from .cublaslt import address, mask_ld
 
 _CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
@@ -140,6 +140,47 @@ def act_backward_bias(y: Any, dy: Any, code: int, alpha: float, dz: Any, db: Any
     else:
         kernel, a = _act_bwd_bias(ctype(y.dtype), code), y.dtype.type(alpha)
     kernel(grid, (32, 8), (y, dy, dz, db, np.int32(n), np.int32(m), a))
+
+
+# ---------------------------------------------------------------------------- ReLU bit-mask
+# In place ReLU (NaN stays NaN) writing the bit-mask cuBLASLt's DRELU_BGRAD reads, as its
+# RELU_AUX_BIAS epilogue would: bit i + j * ld of D (column-major, D[i, j] = y[j, i]) set where
+# y > 0, least significant bit first, ``ld_bytes`` bytes per row of y (fastnet's reading of the
+# documentation: the backend uses it only where a probe agrees). One thread per mask byte.
+_RELU_MASK_SRC = r"""
+extern "C" __global__ void relu_mask(T* y, unsigned char* bits, int n, int m, int ld_bytes) {
+    int byte = blockIdx.x * blockDim.x + threadIdx.x;
+    if (byte >= ld_bytes) return;
+    for (int row = blockIdx.y; row < n; row += gridDim.y) {
+        T* yr = y + (long long)row * m;
+        unsigned int mask = 0;
+        for (int b = 0; b < 8; ++b) {
+            int col = byte * 8 + b;
+            if (col >= m) break;
+            T v = yr[col];
+            if (v > (T)0) mask |= 1u << b;
+            else if (v == v) yr[col] = (T)0;  // NaN stays NaN, as np.maximum
+        }
+        bits[(long long)row * ld_bytes + byte] = (unsigned char)mask;
+    }
+}
+"""
+
+
+@cache
+def _relu_mask(dtype: str) -> cp.RawKernel:
+    return cp.RawKernel(f"#define T {dtype}\n" + _RELU_MASK_SRC, "relu_mask")
+
+
+def relu_mask(y: Any, bits: Any) -> None:
+    """In place ReLU of C-contiguous 2-D ``y`` writing its bit-mask into ``bits`` (uint8, at
+    least ``y.shape[0]`` rows of ``mask_ld(y.shape[1]) // 8`` bytes)."""
+    n, m = y.shape
+    ld_bytes = mask_ld(m) // 8
+    grid = ((ld_bytes + 127) // 128, min(n, 65535))
+    _relu_mask(ctype(y.dtype))(
+        grid, (128,), (y, bits, np.int32(n), np.int32(m), np.int32(ld_bytes))
+    )
 
 
 # ---------------------------------------------------------------------------- half precision

@@ -446,8 +446,9 @@ constexpr const char* emu_dtype() {
   else if constexpr (std::is_same_v<U, float16>) return "float16";
   else if constexpr (std::is_same_v<U, bfloat16>) return "bfloat16";
   else if constexpr (std::is_same_v<U, bool>) return "bool";
+  else if constexpr (std::is_integral_v<U> && std::is_signed_v<U>)
+    return sizeof(U) == 8 ? "int64" : sizeof(U) == 4 ? "int32" : sizeof(U) == 2 ? "int16" : "int8";
   else if constexpr (std::is_integral_v<U>)
-    return std::is_signed_v<U> ? (sizeof(U) == 8 ? "int64" : sizeof(U) == 4 ? "int32" : "int16")
-                               : (sizeof(U) == 8 ? "uint64" : sizeof(U) == 4 ? "uint32" : "uint16");
+    return sizeof(U) == 8 ? "uint64" : sizeof(U) == 4 ? "uint32" : sizeof(U) == 2 ? "uint16" : "uint8";
   else return "unknown";
 }

@@ -169,6 +169,7 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             self._lt_reason = ""
             self._relu_nan = {}
             self._gradients_ok = {}
+            self._kernel_mask_ok = {}
             self._cublas_path = fake_cublas_path()
             self.lt = load("fastnet.kernels.cublaslt")
             cp = stand_in()

@@ -25,7 +25,9 @@ enum { C_32F = 68, C_32F_FAST_TF32 = 77, C_64F = 70 };
 enum { OK = 0, NOT_INITIALIZED = 1, INVALID_VALUE = 7, EXECUTION_FAILED = 13, NOT_SUPPORTED = 15 };
 constexpr uint64_t MAGIC = 0xfa57e7c0b1a5ull;
 int relu_keeps_nan = 0;
-int quirk = 0;  // fake_cublaslt_quirk: 1 BGRADA sums op(B), 2 DRELU_BGRAD ignores the mask
+// fake_cublaslt_quirk: 1 BGRADA sums op(B), 2 DRELU_BGRAD ignores the mask, 3 the mask's bits
+// run from the most significant bit of each byte (RELU_AUX_BIAS and DRELU_BGRAD agree)
+int quirk = 0;
 
 struct Desc {
   int compute, scale;
@@ -282,11 +284,11 @@ int cublasLtMatmul(void* handle, void* desc, const void* alpha, const void* a, v
       if (be != 0.0) v += be * load(c, lc.type, i + j * lc.ld);  // beta 0: C is not read
       if (bias) v += load(dd.bias, ld.type, i);
       const uint64_t bit = i + j * static_cast<uint64_t>(dd.aux_ld);
-      if (e == RELU_AUX_BIAS) {  // the bit: the forward was positive (NaN is not)
-        bits[bit / 8] = static_cast<uint8_t>((bits[bit / 8] & ~(1u << bit % 8)) | (v > 0.0) << bit % 8);
-      }
+      const unsigned shift = quirk == 3 ? 7 - bit % 8 : bit % 8;
+      if (e == RELU_AUX_BIAS)  // the bit: the forward was positive (NaN is not)
+        bits[bit / 8] = static_cast<uint8_t>((bits[bit / 8] & ~(1u << shift)) | (v > 0.0) << shift);
       if (relu && !(v > 0.0) && (v == v || !relu_keeps_nan)) v = 0.0;
-      if (e == DRELU_BGRAD && quirk != 2 && !(bits[bit / 8] >> bit % 8 & 1u)) v = 0.0;
+      if (e == DRELU_BGRAD && quirk != 2 && !(bits[bit / 8] >> shift & 1u)) v = 0.0;
       v = wide ? v : static_cast<double>(static_cast<float>(v));
       if (e == DRELU_BGRAD) grad[i] += v;
       store(d, ld.type, i + j * ld.ld, v);

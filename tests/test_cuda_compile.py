@@ -62,6 +62,7 @@ def test_every_kernel_family_is_enumerated():
         "fastnet_adagrad",
         "fastnet_rmsprop",
         "fastnet_adam",
+        "relu_mask",
     }
     expected |= {f"fastnet_{k}_{c}" for k in ("bias_act", "act", "act_grad") for c in range(5)}
     halves = ("float16", "bfloat16")  # mixed precision's kernels, for both half types

@@ -22,7 +22,8 @@ FUSED = {
 
 def _forget(gpu):
     lt = gpu.lt.lt_gemm(gpu._cublas_path)
-    for answers in (lt._relu_nan, lt._gradients_ok, gpu._relu_nan, gpu._gradients_ok):
+    caches = (lt._relu_nan, lt._gradients_ok, lt._kernel_mask_ok)
+    for answers in caches + (gpu._relu_nan, gpu._gradients_ok, gpu._kernel_mask_ok):
         answers.clear()
     return lt
 
@@ -47,16 +48,23 @@ def library(gpu, keeps_nan=1, quirk=0):
 
 def _fused_expected(gpu, dtype, precision):
     """Whether the fused path should run: always on the emulator (set up so); on a GPU where
-    the probe passes (printed). On a GPU, float32 at fp32 must pass BGRADA's probe, and the
-    ReLU mask's wherever the ReLU epilogue keeps NaN (the mask's probe asks that too)."""
+    the probes pass (printed). On a GPU, float32 at fp32 must pass BGRADA's probe, and the
+    RELU_AUX_BIAS mask's wherever the ReLU epilogue keeps NaN (that probe asks it too); the
+    ReLU kernel's mask is fastnet's reading of the mask's layout, so only printed."""
     lt = gpu.lt.lt_gemm(gpu._cublas_path)
     tf32 = precision == "tf32"
     keeps_nan = lt.relu_keeps_nan(dtype, tf32)
     relu, bgrada = (lt.gradient_epilogues_work(dtype, tf32, w) for w in ("relu_mask", "bgrada"))
-    print(f"{np.dtype(dtype).name}/{precision}: NaN kept {keeps_nan}, mask {relu}, BGRADA {bgrada}")
+    kernel = lt.kernel_mask_works(dtype, tf32, gpu.k.relu_mask)
+    print(
+        f"{np.dtype(dtype).name}/{precision}: NaN kept {keeps_nan}, epilogue mask {relu}, "
+        f"kernel mask {kernel}, BGRADA {bgrada}"
+    )
     if gpu.name == EMULATED or (dtype == np.float32 and not tf32):
         assert bgrada and relu == keeps_nan
-    return relu and bgrada
+    if gpu.name == EMULATED:
+        assert kernel
+    return (relu or kernel) and bgrada
 
 
 @contextlib.contextmanager
@@ -144,21 +152,29 @@ def test_a_library_that_differs_from_the_documentation_is_not_used(gpu, quirk):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
-def test_a_relu_epilogue_that_drops_nan_stores_no_mask(gpu):
-    """Where the ReLU epilogue maps NaN to 0 the forward keeps the ReLU kernel (NaN seen), so
-    there is no mask: the ReLU layers' backward uses the kernels; the output layer's bias
-    gradient still comes from its weight-gradient GEMM."""
+@pytest.mark.parametrize("quirk", [0, 3])
+def test_a_relu_epilogue_that_drops_nan_leaves_the_mask_to_the_relu_kernel(gpu, quirk):
+    """Where the ReLU epilogue maps NaN to 0 the forward keeps the ReLU kernel (a NaN weight
+    reaches the outputs), which writes the mask where DRELU_BGRAD reads it as fastnet expects;
+    a library whose mask bits run the other way (quirk 3) fails the kernel's probe: no mask.
+    The gradients are the reference's either way."""
     if gpu.name != EMULATED:
         pytest.skip("the fake cuBLASLt's NaN setting")
     X, y = make_blobs(n=64, d=30, k=5)
     X = X.astype(np.float32)
     want = _gradients(fn.Sequential(_layers(), backend="numpy", seed=1).build(30), X, y)
-    with library(gpu, keeps_nan=0):
+    with library(gpu, keeps_nan=0, quirk=quirk):
         model = fn.Sequential(_layers(), backend=gpu, seed=1).build(30)
-        with fn.record_kernels() as report:
+        with epilogues_used(gpu) as used:
             got = _gradients(model, X, y)
-    assert all(layer.relu_mask is None for layer in model.layers) and "input_gradient" not in report
-    assert report["weight_gradients"] == FUSED["weight_gradients"], report
+        model.layers[0].W.value[3, 2] = np.nan
+        nan = gpu.to_numpy(model.forward(gpu.asarray(X), training=True))
+    masks = [layer.relu_mask for layer in model.layers[:2]]
+    assert all(m is not None and m.written for m in masks) == (quirk == 0)
+    codes = [code for code, _ in used]
+    assert gpu.lt.EPILOGUE_RELU_AUX_BIAS not in codes
+    assert (gpu.lt.EPILOGUE_DRELU_BGRAD in codes) == (quirk == 0)
+    assert np.isnan(nan).all()  # unit 2 of layer 0 is NaN, and every output after it
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
@@ -236,3 +252,27 @@ def test_captured_training_through_the_epilogues_equals_eager(gpu, steps_per_gra
         np.testing.assert_allclose(
             gpu.to_numpy(a.value), gpu.to_numpy(b.value), rtol=1e-9, atol=1e-12
         )
+
+
+def test_a_probe_that_raises_turns_its_feature_off(gpu, monkeypatch):
+    """The probes were written without a GPU: one that raises (not a device error) leaves its
+    epilogue unused, says why in ``probe_errors``, and training goes on with the kernels."""
+    X, y = make_blobs(n=64, d=30, k=5)
+    X = X.astype(np.float32)
+    want = _gradients(fn.Sequential(_layers(), backend="numpy", seed=1).build(30), X, y)
+    with library(gpu):
+        lt = gpu.lt.lt_gemm(gpu._cublas_path)
+
+        def broken(*args):
+            raise TypeError("a probe's own bug")
+
+        for name in ("_gradient_probe", "_kernel_mask_probe"):
+            monkeypatch.setattr(lt, name, broken)
+        broken.__name__ = "broken"
+        model = fn.Sequential(_layers(), backend=gpu, seed=1).build(30)
+        with epilogues_used(gpu) as used:
+            got = _gradients(model, X, y)
+    assert not {code for code, _ in used} & {gpu.lt.EPILOGUE_DRELU_BGRAD, gpu.lt.EPILOGUE_BGRADA}
+    assert any("a probe's own bug" in e for e in lt.probe_errors), lt.probe_errors
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)

@@ -23,8 +23,9 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # rank, a warm-up's capture obstacle, cuBLASLt plan failures, the device facts: +82), to 9,450
 # for cuBLASLt's hooks of the CPU emulation and its probed NaN-keeping ReLU epilogue (+28), to
 # 9,700 for the Dense backward through cuBLASLt's gradient epilogues (the layers' ActGrad hand-off,
-# the ReLU mask, the probe of the epilogues against NumPy) and the aligned parameter arena (+241)
-BUDGET = 9700
+# the ReLU mask, the probe of the epilogues against NumPy) and the aligned parameter arena (+241),
+# to 9,750 for the ReLU kernel that writes the mask where the ReLU epilogue drops NaN (+54)
+BUDGET = 9750
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -47,6 +47,7 @@ class CupyBackend(Backend):
         self._lt_reason = ""
         self._relu_nan: dict[tuple[Any, bool], bool] = {}  # the epilogue's NaN, asked once
         self._gradients_ok: dict[tuple, bool] = {}  # the gradient epilogues' probe
+        self._kernel_mask_ok: dict[tuple, bool] = {}  # the ReLU kernel's mask read by DRELU
         self._cublas_path = ""
         try:
             self._gemm = cupy_gpu.cublas_gemm()
@@ -293,14 +294,20 @@ class CupyBackend(Backend):
     fuse_gradients = True
 
     def relu_mask(self, rows: int, units: int, dtype: Any, precision: str) -> int:
-        tf32 = precision == "tf32"
-        if not self.fuse_gradients or np.dtype(dtype) not in FLOAT_DTYPES:
-            return 0
-        if not self._relu_epilogue_keeps_nan(dtype, tf32):
-            return 0  # the forward keeps NaN in the ReLU kernel: no mask-writing epilogue
-        if not self._gradient_epilogues_work(dtype, tf32, "relu_mask"):
+        ok = self.fuse_gradients and np.dtype(dtype) in FLOAT_DTYPES
+        if not ok or self._mask_writer(dtype, precision == "tf32") is None:
             return 0
         return int(self.lt.mask_bytes(rows, units))
+
+    def _mask_writer(self, dtype: Any, tf32: bool) -> str | None:
+        """What stores a ReLU layer's bit-mask, as the probes say: "epilogue" (RELU_AUX_BIAS,
+        where the ReLU epilogue keeps NaN), "kernel" (the ReLU kernel after the bias epilogue,
+        writing the mask as DRELU_BGRAD reads it), or None."""
+        if self._relu_epilogue_keeps_nan(dtype, tf32):
+            if self._gradient_epilogues_work(dtype, tf32, "relu_mask"):
+                return "epilogue"
+        probe = lambda lt: lt.kernel_mask_works(dtype, tf32, self.k.relu_mask)  # noqa: E731
+        return "kernel" if self._asked(self._kernel_mask_ok, probe, dtype, tf32) else None
 
     def linear(
         self,
@@ -321,11 +328,16 @@ class CupyBackend(Backend):
             out = self.xp.empty((x.shape[0], w.shape[1]), dtype=x.dtype)
         relu = b is not None and activation == Act.RELU
         relu = relu and self._relu_epilogue_keeps_nan(x.dtype, precision == "tf32")
-        if mask is not None:
-            epi = self.lt.Epilogue(self.lt.EPILOGUE_RELU_AUX_BIAS, b, mask.bits)
-            mask.written = relu and self._lt_gemm(x, w, out, precision, epi)
+        if mask is not None and b is not None and activation == Act.RELU:
+            writer = self._mask_writer(x.dtype, precision == "tf32")
+            if writer == "epilogue":
+                epi = self.lt.Epilogue(self.lt.EPILOGUE_RELU_AUX_BIAS, b, mask.bits)
+                mask.written = self._lt_gemm(x, w, out, precision, epi)
+            elif writer == "kernel" and self._cublaslt(x, w, out, precision, b):
+                self.k.relu_mask(out, mask.bits)  # ReLU, NaN kept, and the mask
+                mask.written = True
             if mask.written:
-                self.record_kernel("linear", "cublaslt-relu-mask-epilogue")
+                self.record_kernel("linear", f"cublaslt-relu-mask-{writer}")
                 return out
         fused = b is not None and (activation == Act.LINEAR or relu)
         if fused and self._cublaslt(x, w, out, precision, b, relu):
