@@ -151,7 +151,7 @@ _RELU_MASK_SRC = r"""
 extern "C" __global__ void relu_mask(T* y, unsigned char* bits, int n, int m, int ld_bytes) {
     int byte = blockIdx.x * blockDim.x + threadIdx.x;
     if (byte >= ld_bytes) return;
-    for (int row = blockIdx.y; row < n; row += gridDim.y) {
+    for (int row = blockIdx.y * blockDim.y + threadIdx.y; row < n; row += gridDim.y * blockDim.y) {
         T* yr = y + (long long)row * m;
         unsigned int mask = 0;
         for (int b = 0; b < 8; ++b) {
@@ -174,13 +174,16 @@ def _relu_mask(dtype: str) -> cp.RawKernel:
 
 def relu_mask(y: Any, bits: Any) -> None:
     """In place ReLU of C-contiguous 2-D ``y`` writing its bit-mask into ``bits`` (uint8, at
-    least ``y.shape[0]`` rows of ``mask_ld(y.shape[1]) // 8`` bytes)."""
+    least ``y.shape[0]`` rows of ``mask_ld(y.shape[1]) // 8`` bytes). A block: 128 threads
+    over a row's bytes and rows (16 bytes, 8 rows for up to 128 units)."""
     n, m = y.shape
     ld_bytes = mask_ld(m) // 8
-    grid = ((ld_bytes + 127) // 128, min(n, 65535))
-    _relu_mask(ctype(y.dtype))(
-        grid, (128,), (y, bits, np.int32(n), np.int32(m), np.int32(ld_bytes))
-    )
+    if bits.dtype != np.uint8 or bits.size < n * ld_bytes or not bits.flags.c_contiguous:
+        raise ValueError(f"bits must be {n * ld_bytes} contiguous uint8, got {bits.dtype}")
+    block = (min(ld_bytes, 128), max(1, 128 // ld_bytes))
+    grid = ((ld_bytes + block[0] - 1) // block[0], min((n + block[1] - 1) // block[1], 65535))
+    args = (y, bits, np.int32(n), np.int32(m), np.int32(ld_bytes))
+    _relu_mask(ctype(y.dtype))(grid, block, args)
 
 
 # ---------------------------------------------------------------------------- half precision

@@ -405,3 +405,29 @@ def test_tf32_precision_is_per_call_and_per_model(gpu):
     assert err(be.to_numpy(tf32_model.forward(be.asarray(X)))) > 1e-6
     assert err(be.to_numpy(exact_model.forward(be.asarray(X)))) < 1e-6
     assert tf32_model.get_config()["precision"] == "tf32"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_mask_kernel_writes_the_documented_bits(gpu, dtype):
+    """The ReLU kernel behind a bias epilogue that drops NaN: ``y = max(y, 0)``, NaN kept, and
+    bit ``i + j * ld`` of the mask (``ld``: the units rounded up to 128 bits) set where
+    ``y[j, i] > 0``, least significant bit first (NumPy's ``packbits`` of the padded matrix),
+    stale bits overwritten; partial bytes, one and several words; on a GPU also more rows than
+    a grid's 65,535."""
+    from fastnet.kernels.cublaslt import mask_ld
+
+    rng = np.random.default_rng(9)
+    shapes = [(1, 1), (5, 7), (37, 131), (9, 300)]
+    shapes += [(70001, 9)] if gpu.name != EMULATED else []
+    for n, m in shapes:
+        z = rng.standard_normal((n, m)).astype(dtype)
+        z[0, 0], z[-1, -1] = np.nan, 0.0
+        y, bits = gpu.asarray(z), gpu.xp.full(n * mask_ld(m) // 8, 0xA5, np.uint8)
+        gpu.k.relu_mask(y, bits)
+        padded = np.zeros((n, mask_ld(m)), bool)
+        padded[:, :m] = z > 0
+        want = np.packbits(padded, axis=1, bitorder="little").ravel()
+        np.testing.assert_array_equal(gpu.to_numpy(bits), want)
+        np.testing.assert_array_equal(gpu.to_numpy(y), np.maximum(z, 0))  # NaN where NaN
+    with pytest.raises(ValueError, match="bits"):
+        gpu.k.relu_mask(gpu.asarray(z), gpu.xp.zeros(3, np.uint8))  # too small: refused
