@@ -20,7 +20,7 @@ CUDA_R_32F, CUDA_R_64F, CUDA_R_16F, CUDA_R_16BF = 0, 1, 2, 14
 COMPUTE_32F, COMPUTE_32F_FAST_TF32, COMPUTE_64F = 68, 77, 70
 OP_N, OP_T = 0, 1
 DESC_TRANSA, DESC_TRANSB, DESC_EPILOGUE, DESC_BIAS_POINTER = 3, 4, 7, 8
-DESC_EPILOGUE_AUX_POINTER, DESC_EPILOGUE_AUX_LD = 11, 12
+DESC_EPILOGUE_AUX_POINTER, DESC_EPILOGUE_AUX_LD, DESC_BIAS_DATA_TYPE = 11, 12, 26
 EPILOGUE_DEFAULT, EPILOGUE_BIAS, EPILOGUE_RELU_BIAS = 1, 4, 6
 EPILOGUE_RELU_AUX_BIAS, EPILOGUE_DRELU_BGRAD, EPILOGUE_BGRADA = 134, 152, 256
 #: epilogues whose vector is written (a bias gradient), not read (a bias)
@@ -41,6 +41,18 @@ def mask_ld(units: int) -> int:
 def mask_bytes(rows: int, units: int) -> int:
     """Bytes of the ReLU bit-mask of a ``rows`` x ``units`` output."""
     return rows * mask_ld(units) // 8
+
+
+def grad_dtype(dtype: Any) -> np.dtype:
+    """The weight and bias gradients' dtype for operands of ``dtype``: float32 (mixed
+    precision's master gradients) for half operands, else ``dtype``."""
+    dtype = np.dtype(dtype)
+    return np.dtype(np.float32) if dtype.itemsize == 2 else dtype
+
+
+def _exact(got: Any, want: np.ndarray) -> bool:
+    """``got`` (any float dtype) holds exactly ``want``'s values, NaN where NaN."""
+    return bool(np.array_equal(np.asarray(got).astype(np.float64), want, equal_nan=True))
 
 
 class Epilogue(NamedTuple):
@@ -218,9 +230,9 @@ class LtGemm:
     @staticmethod
     def supports(x: Any, w: Any, out: Any, bias: Any = None, mask: Any = None) -> bool:
         """Types ``lt_types`` knows (``x`` and ``w`` of one dtype), 2-D, ``x``/``w`` C- or
-        F-contiguous, C-contiguous ``out`` (and a bias, or bias gradient, of ``out``'s dtype
-        and a ReLU bit-mask, each at a 16-byte aligned address: some epilogue kernels assume
-        it, and the alignment preferences cover only A-D)."""
+        F-contiguous, C-contiguous ``out`` (and a bias, or bias gradient, of ``out``'s dtype,
+        or float32 for a half ``out``, and a ReLU bit-mask, each at a 16-byte aligned address:
+        some epilogue kernels assume it, and the alignment preferences cover only A-D)."""
         dtype = out.dtype
         if lt_types(x.dtype, dtype, False) is None or not out.flags.c_contiguous or out.ndim != 2:
             return False
@@ -233,7 +245,8 @@ class LtGemm:
             return False
         if bias is not None:
             aligned = alignment(address(bias)) >= BIAS_ALIGNMENT
-            if not (aligned and bias.dtype == dtype and bias.flags.c_contiguous):
+            wide = dtype.itemsize == 2 and bias.dtype == np.float32  # a half GEMM's float32 bias
+            if not (aligned and (bias.dtype == dtype or wide) and bias.flags.c_contiguous):
                 return False
         if mask is not None:
             aligned = alignment(address(mask)) >= BIAS_ALIGNMENT
@@ -250,7 +263,8 @@ class LtGemm:
         x_f, w_f = not x.flags.c_contiguous, not w.flags.c_contiguous
         vectors = [a for a in (epi.vector, epi.mask) if a is not None]
         aligned = [alignment(address(a)) for a in (w, x, out, *vectors)]
-        dtypes = (str(x.dtype), str(out.dtype))
+        vector_dtype = None if epi.vector is None else epi.vector.dtype
+        dtypes = (str(x.dtype), str(out.dtype), str(vector_dtype))
         key = (x.shape, w.shape, x_f, w_f, dtypes, epi.code, tf32, timed, *aligned)
         if key in self.plans:
             return key, self.plans[key]
@@ -259,18 +273,7 @@ class LtGemm:
         ops = lt_operands(x.shape, x_f, w.shape, w_f)
         types = lt_types(x.dtype, out.dtype, tf32)
         assert types is not None  # supports() checked
-        desc = ct.c_void_p()
-        status = lib.cublasLtMatmulDescCreate(ct.byref(desc), types.compute, types.scale)
-        self._check(status, "DescCreate")
-        for attr, value in (
-            (DESC_TRANSA, ct.c_int32(ops.trans_a)),
-            (DESC_TRANSB, ct.c_int32(ops.trans_b)),
-            (DESC_EPILOGUE, ct.c_uint32(epi.code)),
-        ):
-            self._set(lib.cublasLtMatmulDescSetAttribute, desc, attr, value)
-        if epi.mask is not None:  # bits per row of out (D's column)
-            ld = ct.c_int64(mask_ld(out.shape[1]))
-            self._set(lib.cublasLtMatmulDescSetAttribute, desc, DESC_EPILOGUE_AUX_LD, ld)
+        desc = self._descriptor(ops, types, epi, out)
         layouts = []
         for layout, data in ((ops.a, types.ab), (ops.b, types.ab), (ops.d, types.cd)):
             handle = ct.c_void_p()
@@ -301,6 +304,26 @@ class LtGemm:
         if plan is not None or not capturing:  # a heuristic failing in a capture: ask again
             self.plans[key] = plan
         return key, plan
+
+    def _descriptor(self, ops: LtOperands, types: LtTypes, epi: Epilogue, out: Any) -> Any:
+        """The matmul descriptor: transposes, epilogue, a float32 bias (gradient) type for a
+        half ``out``, the mask's leading dimension."""
+        lib, ct = self.lib, ctypes
+        desc = ct.c_void_p()
+        status = lib.cublasLtMatmulDescCreate(ct.byref(desc), types.compute, types.scale)
+        self._check(status, "DescCreate")
+        attributes = [
+            (DESC_TRANSA, ct.c_int32(ops.trans_a)),
+            (DESC_TRANSB, ct.c_int32(ops.trans_b)),
+            (DESC_EPILOGUE, ct.c_uint32(epi.code)),
+        ]
+        if epi.vector is not None and epi.vector.dtype != out.dtype:  # float32 for half D
+            attributes.append((DESC_BIAS_DATA_TYPE, ct.c_int32(CUDA_R_32F)))
+        if epi.mask is not None:  # bits per row of out (D's column)
+            attributes.append((DESC_EPILOGUE_AUX_LD, ct.c_int64(mask_ld(out.shape[1]))))
+        for attr, value in attributes:
+            self._set(lib.cublasLtMatmulDescSetAttribute, desc, attr, value)
+        return desc
 
     def _fastest(
         self, plan: _Plan, candidates: list, x: Any, w: Any, out: Any, epi: Epilogue
@@ -391,38 +414,45 @@ class LtGemm:
         algorithms split the batch's sums across blocks): the lower forward with RELU_AUX_BIAS
         (NaN kept), the upper layer's input gradient with DRELU_BGRAD reading that mask (the
         lower dz and db): "relu_mask"; a weight-gradient GEMM with BGRADA (the bias gradient:
-        the column sums of its ``w``, dz): "bgrada", also summing values TF32 cannot hold
-        exactly as float32 does. Small integers elsewhere: every result exact. Returns the
+        the column sums of its ``w``, dz): "bgrada", for float32 also on values TF32 cannot
+        hold (summed as float32 does). Half operands as mixed precision has them: float32
+        weight and bias gradients. Small integers elsewhere: every result exact. Returns the
         names that passed."""
         r = np.random.default_rng(0)
         k, units, upper = 16, 136, 40  # 136 units: two 128-bit mask words per row
-        w, b, w_up = (
-            r.integers(-2, 3, s).astype(dtype) for s in ((k, units), units, (units, upper))
-        )
+        grad = grad_dtype(dtype)
+
+        def ints(*shape: int) -> np.ndarray:
+            return r.integers(-2, 3, shape).astype(np.float64)
+
+        w, b, w_up = ints(k, units), ints(units), ints(units, upper)
         checks: dict[str, list] = {"relu_mask": [], "bgrada": []}
         for n in (24, 4096):
-            x, g = (r.integers(-2, 3, s).astype(dtype) for s in ((n, k), (n, upper)))
+            x, g = ints(n, k), ints(n, upper)
             z = x @ w + b
             dz = (g @ w_up.T) * (z > 0)
-            mask = cp.full(mask_bytes(n, units), 0xA5, np.uint8)
+            mask = cp.full(mask_bytes(n, units), 0xA5, np.uint8)  # as stale bits would be
+            relu = Epilogue(EPILOGUE_RELU_AUX_BIAS, b, mask)
             checks["relu_mask"] += [
-                (x, w, Epilogue(EPILOGUE_RELU_AUX_BIAS, b, mask), np.maximum(z, 0), None),
-                (g, w_up.T, Epilogue(EPILOGUE_DRELU_BGRAD, b, mask), dz, dz.sum(axis=0)),
+                (x, w, relu, np.maximum(z, 0), dtype, None),
+                (g, w_up.T, Epilogue(EPILOGUE_DRELU_BGRAD, None, mask), dz, dtype, dz.sum(0)),
             ]
-            checks["bgrada"].append((x.T, dz, Epilogue(EPILOGUE_BGRADA, b), x.T @ dz, dz.sum(0)))
+            bgrada = Epilogue(EPILOGUE_BGRADA)
+            checks["bgrada"].append((x.T, dz, bgrada, x.T @ dz, grad, dz.sum(0)))
         x_nan, y_nan = x[:8].copy(), np.maximum(z[:8], 0)
         x_nan[0, 0], y_nan[0] = np.nan, np.nan  # row 0 of the forward is NaN, and must stay so
         nan_mask = cp.full(mask_bytes(8, units), 0xA5, np.uint8)
-        checks["relu_mask"].append(
-            (x_nan, w, Epilogue(EPILOGUE_RELU_AUX_BIAS, b, nan_mask), y_nan, None)
-        )
-        fine = (dz[:24] + dtype.type(2.0**-12)).astype(dtype)  # 2**-12: below TF32's precision
-        approx = (x[:24].T @ fine, 1e-2 if tf32 else 1e-6)  # the GEMM rounds in TF32
-        checks["bgrada"].append((x[:24].T, fine, Epilogue(EPILOGUE_BGRADA, b), approx, fine.sum(0)))
+        relu = Epilogue(EPILOGUE_RELU_AUX_BIAS, b, nan_mask)
+        checks["relu_mask"].append((x_nan, w, relu, y_nan, dtype, None))
+        if dtype == np.float32:  # 2**-12: below TF32's precision; the GEMM rounds in TF32
+            fine = dz[:24] + 2.0**-12
+            approx = (x[:24].T @ fine, 1e-2 if tf32 else 1e-6)
+            bgrada = Epilogue(EPILOGUE_BGRADA)
+            checks["bgrada"].append((x[:24].T, fine, bgrada, approx, grad, fine.sum(0)))
         return frozenset(
             name
             for name, calls in checks.items()
-            if all(self._probe_call(cp, tf32, *call) for call in calls)
+            if all(self._probe_call(cp, tf32, dtype, *call) for call in calls)
         )
 
     def kernel_mask_works(self, dtype: Any, tf32: bool, write_mask: Any) -> bool:
@@ -444,16 +474,18 @@ class LtGemm:
     def _kernel_mask_probe(self, cp: Any, dtype: np.dtype, tf32: bool, write_mask: Any) -> bool:
         r = np.random.default_rng(1)
         units, upper = 131, 40  # a partial last byte, two 128-bit words per row
-        w_up = r.integers(-2, 3, (units, upper)).astype(dtype)
+        w_up = r.integers(-2, 3, (units, upper)).astype(np.float64)
         for n in (24, 4096):
-            z, g = (r.integers(-2, 3, s).astype(dtype) for s in ((n, units), (n, upper)))
+            z, g = (r.integers(-2, 3, s).astype(np.float64) for s in ((n, units), (n, upper)))
             z[0, :3] = np.nan
-            y, bits = cp.asarray(z), cp.full(mask_bytes(n, units), 0xA5, np.uint8)
+            y, bits = cp.asarray(z.astype(dtype)), cp.full(mask_bytes(n, units), 0xA5, np.uint8)
             write_mask(y, bits)
             dz = (g @ w_up.T) * (z > 0)
-            epi = Epilogue(EPILOGUE_DRELU_BGRAD, z[0], bits)
-            same = np.array_equal(cp.asnumpy(y), np.maximum(z, 0), equal_nan=True)
-            if not (same and self._probe_call(cp, tf32, g, w_up.T, epi, dz, dz.sum(axis=0))):
+            epi = Epilogue(EPILOGUE_DRELU_BGRAD, None, bits)
+            same = _exact(cp.asnumpy(y), np.maximum(z, 0))
+            if not (
+                same and self._probe_call(cp, tf32, dtype, g, w_up.T, epi, dz, dtype, dz.sum(0))
+            ):
                 return False
         return True
 
@@ -470,28 +502,42 @@ class LtGemm:
             return failed
 
     def _probe_call(
-        self, cp: Any, tf32: bool, x: Any, w: Any, epi: Epilogue, out: Any, vector: Any
+        self,
+        cp: Any,
+        tf32: bool,
+        dtype: np.dtype,
+        x: np.ndarray,
+        w: np.ndarray,
+        epi: Epilogue,
+        out: Any,
+        out_dtype: Any,
+        vector: Any,
     ) -> bool:
-        """``x @ w`` with ``epi`` (its bias from the host, its mask on the device) gives
-        ``out`` (exactly, or an ``(out, rtol)`` pair) and, if not None, writes ``vector`` (a
-        bias gradient) exactly."""
+        """``x @ w`` with operands of ``dtype`` (from float64 ``x``, ``w``) and ``epi`` (its
+        bias from the host, its mask on the device) gives ``out`` in ``out_dtype`` (exactly,
+        or an ``(out, rtol)`` pair) and, if not None, writes ``vector`` (a bias gradient, in
+        ``grad_dtype(dtype)``) exactly."""
         out, rtol = out if isinstance(out, tuple) else (out, 0.0)
         x_d, w_d = (
-            cp.asarray(a.T).T if not a.flags.c_contiguous else cp.asarray(a) for a in (x, w)
+            cp.asarray(a.T.astype(dtype)).T
+            if not a.flags.c_contiguous
+            else cp.asarray(a.astype(dtype))
+            for a in (x, w)
         )
-        got = cp.empty(out.shape, out.dtype)
-        vec = cp.asarray(epi.vector) if vector is None else cp.full(vector.shape, np.nan, out.dtype)
+        got = cp.empty(out.shape, out_dtype)
+        if vector is None:
+            vec = cp.asarray(epi.vector.astype(out_dtype))  # a bias: D's type
+        else:
+            vec = cp.full(vector.shape, np.nan, grad_dtype(dtype))
         epi = epi._replace(vector=vec)
         if not (
             self.supports(x_d, w_d, got, vec, epi.mask)
             and self.gemm(x_d, w_d, got, tf32, epi, False)
         ):
             return False
-        if rtol:
-            same = np.allclose(cp.asnumpy(got), out, rtol=rtol, atol=rtol)
-        else:
-            same = np.array_equal(cp.asnumpy(got), out, equal_nan=True)
-        return same and (vector is None or np.array_equal(cp.asnumpy(vec), vector))
+        result = cp.asnumpy(got).astype(np.float64)
+        same = np.allclose(result, out, rtol=rtol, atol=rtol) if rtol else _exact(result, out)
+        return same and (vector is None or _exact(cp.asnumpy(vec), vector))
 
     def matmul(
         self, x: Any, w: Any, out: Any, tf32: bool, bias: Any, relu: bool, timed: bool

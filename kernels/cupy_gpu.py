@@ -157,9 +157,9 @@ extern "C" __global__ void relu_mask(T* y, unsigned char* bits, int n, int m, in
         for (int b = 0; b < 8; ++b) {
             int col = byte * 8 + b;
             if (col >= m) break;
-            T v = yr[col];
-            if (v > (T)0) mask |= 1u << b;
-            else if (v == v) yr[col] = (T)0;  // NaN stays NaN, as np.maximum
+            W v = (W)yr[col];  // W: T, or float for half T
+            if (v > (W)0) mask |= 1u << b;
+            else if (v == v) yr[col] = T((W)0);  // NaN stays NaN, as np.maximum
         }
         bits[(long long)row * ld_bytes + byte] = (unsigned char)mask;
     }
@@ -169,7 +169,7 @@ extern "C" __global__ void relu_mask(T* y, unsigned char* bits, int n, int m, in
 
 @cache
 def _relu_mask(dtype: str) -> cp.RawKernel:
-    return cp.RawKernel(f"#define T {dtype}\n" + _RELU_MASK_SRC, "relu_mask")
+    return cp.RawKernel(f"#define T {dtype}\n#define W {dtype}\n" + _RELU_MASK_SRC, "relu_mask")
 
 
 def relu_mask(y: Any, bits: Any) -> None:
@@ -183,7 +183,9 @@ def relu_mask(y: Any, bits: Any) -> None:
     block = (min(ld_bytes, 128), max(1, 128 // ld_bytes))
     grid = ((ld_bytes + block[0] - 1) // block[0], min((n + block[1] - 1) // block[1], 65535))
     args = (y, bits, np.int32(n), np.int32(m), np.int32(ld_bytes))
-    _relu_mask(ctype(y.dtype))(grid, block, args)
+    half = y.dtype.itemsize == 2
+    kernel = _relu_mask_half(y.dtype.name) if half else _relu_mask(ctype(y.dtype))
+    kernel(grid, block, args)
 
 
 # ---------------------------------------------------------------------------- half precision
@@ -200,6 +202,12 @@ _DACT_F = {code: expr.replace("(T)", "(float)") for code, expr in _DACT.items()}
 
 def _half_kernel(half: str, params: str, out: str, body: str, name: str) -> Any:
     return cp.ElementwiseKernel(params, out, body, f"fastnet_{name}", preamble=_HALF_HEADER[half])
+
+
+@cache
+def _relu_mask_half(half: str) -> cp.RawKernel:
+    source = _HALF_HEADER[half] + f"#define T {half}\n#define W float\n" + _RELU_MASK_SRC
+    return cp.RawKernel(source, "relu_mask")
 
 
 @cache

@@ -36,6 +36,7 @@ struct Desc {
   const void* bias = nullptr;  // the bias, or the bias gradient written
   void* aux = nullptr;         // the ReLU bit-mask
   int64_t aux_ld = 0;          // its leading dimension in bits
+  int32_t bias_type = -1;      // BIAS_DATA_TYPE: -1, D's type
 };
 enum { RELU_AUX_BIAS = 134, DRELU_BGRAD = 152, BGRADA = 256, BGRADB = 512 };
 bool has_bias(uint32_t e) { return e == 4 || e == 6 || e == RELU_AUX_BIAS; }
@@ -154,6 +155,7 @@ int cublasLtMatmulDescSetAttribute(void* p, int attr, const void* buf, size_t si
     case 8: if (size != 8) return INVALID_VALUE; std::memcpy(&d->bias, buf, 8); return OK;
     case 11: if (size != 8) return INVALID_VALUE; std::memcpy(&d->aux, buf, 8); return OK;
     case 12: if (size != 8) return INVALID_VALUE; std::memcpy(&d->aux_ld, buf, 8); return OK;
+    case 26: if (size != 4) return INVALID_VALUE; std::memcpy(&d->bias_type, buf, 4); return OK;
     default: return INVALID_VALUE;  // not an attribute fastnet sets: not emulated
   }
 }
@@ -204,6 +206,9 @@ int cublasLtMatmulAlgoGetHeuristic(void* handle, void* desc, void* a, void* b, v
   if (uses_mask(dd.epilogue) &&
       (dd.aux == nullptr || dd.aux_ld % 128 != 0 || dd.aux_ld < static_cast<int64_t>(ld.rows)))
     return INVALID_VALUE;
+  if (dd.bias_type != -1 && dd.bias_type != ld.type &&
+      !(dd.bias_type == R_32F && (ld.type == R_16F || ld.type == R_16BF)))
+    return NOT_SUPPORTED;  // a bias (gradient) type other than D's: float32 for half D only
   const auto& align = static_cast<Preference*>(pref)->align;
   *returned = requested < 3 ? requested : 3;  // candidate 1 fails at launch, as some do
   for (int c = 0; c < *returned; ++c) {
@@ -245,6 +250,7 @@ int cublasLtMatmul(void* handle, void* desc, const void* alpha, const void* a, v
   if (uses_mask(e) && (dd.aux_ld % 128 != 0 || dd.aux_ld < static_cast<int64_t>(ld.rows)))
     return INVALID_VALUE;
   auto* bits = static_cast<uint8_t*>(dd.aux);
+  const int vtype = dd.bias_type == -1 ? ld.type : dd.bias_type;
   const uint32_t sums = e == BGRADA && quirk == 1 ? BGRADB : e;
   std::vector<double> grad(writes_vector(e) ? (sums == BGRADB ? mnk[1] : mnk[0]) : 0, 0.0);
   bool wide = dd.scale == R_64F, fast = dd.compute == C_32F_FAST_TF32;
@@ -282,7 +288,7 @@ int cublasLtMatmul(void* handle, void* desc, const void* alpha, const void* a, v
     for (uint64_t i = 0; i < m; ++i) {
       double v = al * (wide ? acc[i] : static_cast<double>(acc32[i]));
       if (be != 0.0) v += be * load(c, lc.type, i + j * lc.ld);  // beta 0: C is not read
-      if (bias) v += load(dd.bias, ld.type, i);
+      if (bias) v += load(dd.bias, vtype, i);
       const uint64_t bit = i + j * static_cast<uint64_t>(dd.aux_ld);
       const unsigned shift = quirk == 3 ? 7 - bit % 8 : bit % 8;
       if (e == RELU_AUX_BIAS)  // the bit: the forward was positive (NaN is not)
@@ -301,7 +307,7 @@ int cublasLtMatmul(void* handle, void* desc, const void* alpha, const void* a, v
     for (uint64_t j = 0; j < n; ++j)
       for (uint64_t p = 0; p < k; ++p) grad[j] += load(b, lb.type, dd.transb ? j + p * lb.ld : p + j * lb.ld);
   for (size_t i = 0; i < grad.size(); ++i)
-    store(const_cast<void*>(dd.bias), ld.type, i, wide ? grad[i] : static_cast<float>(grad[i]));
+    store(const_cast<void*>(dd.bias), vtype, i, wide ? grad[i] : static_cast<float>(grad[i]));
   (void)workspace, (void)ws, (void)stream;
   return OK;
 }

@@ -9,7 +9,7 @@ import contextlib
 
 import numpy as np
 import pytest
-from conftest import EMULATED, make_blobs
+from conftest import EMULATED, make_blobs, needs_bfloat16_arrays
 
 import fastnet as fn
 
@@ -296,3 +296,40 @@ def test_a_device_error_in_a_probe_is_not_hidden(gpu, monkeypatch):
         with pytest.raises(fault):
             lt.gradient_epilogues_work(np.float32, False, "bgrada")
         assert not lt.probe_errors
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_backward_through_the_epilogues(gpu, policy):
+    """Mixed precision: half activations and their mask, float32 weight and bias gradients
+    written by the epilogues (a float32 bias gradient of a half GEMM: BIAS_DATA_TYPE); the
+    gradients equal the kernels' within half precision, and NumPy's emulation of the policy's."""
+    if policy == "mixed_bfloat16":
+        needs_bfloat16_arrays(gpu)
+    X, y = make_blobs(n=96, d=30, k=5)
+    ref = fn.get_backend("numpy")
+    ref.emulate_mixed = True
+    try:
+        want = _gradients(
+            fn.Sequential(_layers(), backend=ref, dtype=policy, seed=1).build(30), X, y
+        )
+    finally:
+        ref.emulate_mixed = False
+    grads, codes = {}, {}
+    with library(gpu):
+        for on in (True, False):
+            gpu.fuse_gradients = on
+            try:
+                model = fn.Sequential(_layers(), backend=gpu, dtype=policy, seed=1).build(30)
+                with epilogues_used(gpu) as used:
+                    grads[on] = _gradients(model, X, y)
+            finally:
+                gpu.fuse_gradients = True
+            codes[on] = {code for code, _ in used}
+        writer, bgrada = _fused_expected(gpu, model.compute_dtype, "fp32")
+    lt = gpu.lt
+    assert (lt.EPILOGUE_DRELU_BGRAD in codes[True]) == (writer is not None), codes
+    assert (lt.EPILOGUE_BGRADA in codes[True]) == bgrada, codes
+    assert not {lt.EPILOGUE_DRELU_BGRAD, lt.EPILOGUE_BGRADA} & codes[False]
+    for fused, kernels, w in zip(grads[True], grads[False], want):
+        assert np.linalg.norm(fused - kernels) <= 1e-2 * np.linalg.norm(kernels)
+        assert np.linalg.norm(fused - w) <= 2e-2 * np.linalg.norm(w)

@@ -24,8 +24,9 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # for cuBLASLt's hooks of the CPU emulation and its probed NaN-keeping ReLU epilogue (+28), to
 # 9,700 for the Dense backward through cuBLASLt's gradient epilogues (the layers' ActGrad hand-off,
 # the ReLU mask, the probe of the epilogues against NumPy) and the aligned parameter arena (+241),
-# to 9,750 for the ReLU kernel that writes the mask where the ReLU epilogue drops NaN (+54)
-BUDGET = 9750
+# to 9,750 for the ReLU kernel that writes the mask where the ReLU epilogue drops NaN (+54), to
+# 9,800 for the same epilogues under mixed precision (half operands, float32 gradients: +31)
+BUDGET = 9800
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -294,7 +294,9 @@ class CupyBackend(Backend):
     fuse_gradients = True
 
     def relu_mask(self, rows: int, units: int, dtype: Any, precision: str) -> int:
-        ok = self.fuse_gradients and np.dtype(dtype) in FLOAT_DTYPES
+        ok = self.fuse_gradients and (
+            np.dtype(dtype) in FLOAT_DTYPES or np.dtype(dtype).itemsize == 2
+        )
         if not ok or self._mask_writer(dtype, precision == "tf32") is None:
             return 0
         return int(self.lt.mask_bytes(rows, units))
@@ -386,10 +388,10 @@ class CupyBackend(Backend):
         precision: str = "fp32",
     ) -> Any:
         """A linear layer's bias gradient in its weight-gradient GEMM's epilogue (BGRADA),
-        where the probe says it works; else the kernels."""
+        where the probe says it works (half ``dy``: into float32 gradients); else the kernels."""
         if activation == Act.LINEAR and db is not None and self.fuse_gradients:
             tf32 = precision == "tf32"
-            if not _half(dy) and self._gradient_epilogues_work(dy.dtype, tf32, "bgrada"):
+            if self._gradient_epilogues_work(dy.dtype, tf32, "bgrada"):
                 epi = self.lt.Epilogue(self.lt.EPILOGUE_BGRADA, db)
                 if self._lt_gemm(x.T, dy, dw, precision, epi):
                     self.record_kernel("weight_gradients", "cublaslt-bgrad-epilogue")
