@@ -59,10 +59,10 @@ def _cublaslt() -> str:
         keeps = {f"{d}{'/tf32' if t else ''}": lt.relu_keeps_nan(d, t) for d, t in kinds}
         grads = {
             f"{d}{'/tf32' if t else ''}/{which}": lt.gradient_epilogues_work(d, t, which)
-            for d, t in kinds[:3]
+            for d, t in kinds
             for which in ("relu_mask", "bgrada")
         }
-        for d, t in kinds[:3]:
+        for d, t in kinds:
             grads[f"{d}{'/tf32' if t else ''}/kernel_mask"] = lt.kernel_mask_works(
                 d, t, be.k.relu_mask
             )
