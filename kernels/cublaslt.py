@@ -25,6 +25,7 @@ EPILOGUE_DEFAULT, EPILOGUE_BIAS, EPILOGUE_RELU_BIAS = 1, 4, 6
 EPILOGUE_RELU_AUX_BIAS, EPILOGUE_DRELU_BGRAD, EPILOGUE_BGRADA = 134, 152, 256
 #: epilogues whose vector is written (a bias gradient), not read (a bias)
 GRADIENT_EPILOGUES = (EPILOGUE_DRELU_BGRAD, EPILOGUE_BGRADA)
+HALF_NAMES = ("float16", "bfloat16")  # mixed precision's operand dtypes (bfloat16: ml_dtypes)
 PREF_MAX_WORKSPACE_BYTES = 1
 PREF_MIN_ALIGNMENT = (5, 6, 7, 8)  # bytes of A, B, C, D (uint32)
 #: errors of the device (CuPy's, or the CPU emulator's) that a probe passes on, never hides
@@ -47,7 +48,7 @@ def grad_dtype(dtype: Any) -> np.dtype:
     """The weight and bias gradients' dtype for operands of ``dtype``: float32 (mixed
     precision's master gradients) for half operands, else ``dtype``."""
     dtype = np.dtype(dtype)
-    return np.dtype(np.float32) if dtype.itemsize == 2 else dtype
+    return np.dtype(np.float32) if dtype.name in HALF_NAMES else dtype
 
 
 def _exact(got: Any, want: np.ndarray) -> bool:
@@ -245,7 +246,7 @@ class LtGemm:
             return False
         if bias is not None:
             aligned = alignment(address(bias)) >= BIAS_ALIGNMENT
-            wide = dtype.itemsize == 2 and bias.dtype == np.float32  # a half GEMM's float32 bias
+            wide = dtype.name in HALF_NAMES and bias.dtype == np.float32  # half D, float32 bias
             if not (aligned and (bias.dtype == dtype or wide) and bias.flags.c_contiguous):
                 return False
         if mask is not None:
@@ -426,9 +427,12 @@ class LtGemm:
             return r.integers(-2, 3, shape).astype(np.float64)
 
         w, b, w_up = ints(k, units), ints(units), ints(units, upper)
+        w[:, 0], b[0], w_up[0], w_up[0, 0] = 0, 1, 0, 1  # dz[:, 0] = g[:, 0]: see below
         checks: dict[str, list] = {"relu_mask": [], "bgrada": []}
         for n in (24, 4096):
             x, g = ints(n, k), ints(n, upper)
+            g[:, 0] = 1
+            g[0, 0] = 2  # column 0 of dz sums to n + 1: odd, and past 2048 exact in float16
             z = x @ w + b
             dz = (g @ w_up.T) * (z > 0)
             mask = cp.full(mask_bytes(n, units), 0xA5, np.uint8)  # as stale bits would be
@@ -475,9 +479,11 @@ class LtGemm:
         r = np.random.default_rng(1)
         units, upper = 131, 40  # a partial last byte, two 128-bit words per row
         w_up = r.integers(-2, 3, (units, upper)).astype(np.float64)
+        w_up[5], w_up[5, 0] = 0, 1  # dz[:, 5] = g[:, 0]
         for n in (24, 4096):
             z, g = (r.integers(-2, 3, s).astype(np.float64) for s in ((n, units), (n, upper)))
             z[0, :3] = np.nan
+            z[:, 5], g[:, 0], g[1, 0] = 1, 1, 2  # db[5] = n + 1: past float16's exact 2048
             y, bits = cp.asarray(z.astype(dtype)), cp.full(mask_bytes(n, units), 0xA5, np.uint8)
             write_mask(y, bits)
             dz = (g @ w_up.T) * (z > 0)

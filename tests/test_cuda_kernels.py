@@ -407,7 +407,7 @@ def test_tf32_precision_is_per_call_and_per_model(gpu):
     assert tf32_model.get_config()["precision"] == "tf32"
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", ["float32", "float64", "float16", "bfloat16"])
 def test_relu_mask_kernel_writes_the_documented_bits(gpu, dtype):
     """The ReLU kernel behind a bias epilogue that drops NaN: ``y = max(y, 0)``, NaN kept, and
     bit ``i + j * ld`` of the mask (``ld``: the units rounded up to 128 bits) set where
@@ -416,6 +416,11 @@ def test_relu_mask_kernel_writes_the_documented_bits(gpu, dtype):
     a grid's 65,535."""
     from fastnet.kernels.cublaslt import mask_ld
 
+    if dtype == "bfloat16":
+        needs_bfloat16_arrays(gpu)
+        import ml_dtypes
+
+        dtype = ml_dtypes.bfloat16
     rng = np.random.default_rng(9)
     shapes = [(1, 1), (5, 7), (37, 131), (9, 300)]
     shapes += [(70001, 9)] if gpu.name != EMULATED else []
@@ -428,6 +433,7 @@ def test_relu_mask_kernel_writes_the_documented_bits(gpu, dtype):
         padded[:, :m] = z > 0
         want = np.packbits(padded, axis=1, bitorder="little").ravel()
         np.testing.assert_array_equal(gpu.to_numpy(bits), want)
-        np.testing.assert_array_equal(gpu.to_numpy(y), np.maximum(z, 0))  # NaN where NaN
+        relu = np.maximum(z.astype(np.float64), 0)  # NaN where NaN
+        np.testing.assert_array_equal(gpu.to_numpy(y).astype(np.float64), relu)
     with pytest.raises(ValueError, match="bits"):
         gpu.k.relu_mask(gpu.asarray(z), gpu.xp.zeros(3, np.uint8))  # too small: refused

@@ -294,9 +294,8 @@ class CupyBackend(Backend):
     fuse_gradients = True
 
     def relu_mask(self, rows: int, units: int, dtype: Any, precision: str) -> int:
-        ok = self.fuse_gradients and (
-            np.dtype(dtype) in FLOAT_DTYPES or np.dtype(dtype).itemsize == 2
-        )
+        dtype = np.dtype(dtype)
+        ok = self.fuse_gradients and (dtype in FLOAT_DTYPES or dtype.name in self.lt.HALF_NAMES)
         if not ok or self._mask_writer(dtype, precision == "tf32") is None:
             return 0
         return int(self.lt.mask_bytes(rows, units))
@@ -391,7 +390,8 @@ class CupyBackend(Backend):
         where the probe says it works (half ``dy``: into float32 gradients); else the kernels."""
         if activation == Act.LINEAR and db is not None and self.fuse_gradients:
             tf32 = precision == "tf32"
-            if self._gradient_epilogues_work(dy.dtype, tf32, "bgrada"):
+            grads = db.dtype == dw.dtype == self.lt.grad_dtype(dy.dtype)  # as probed
+            if grads and self._gradient_epilogues_work(dy.dtype, tf32, "bgrada"):
                 epi = self.lt.Epilogue(self.lt.EPILOGUE_BGRADA, db)
                 if self._lt_gemm(x.T, dy, dw, precision, epi):
                     self.record_kernel("weight_gradients", "cublaslt-bgrad-epilogue")
@@ -403,7 +403,12 @@ class CupyBackend(Backend):
     ) -> Any:
         """With ``below`` a ReLU layer whose forward stored its mask: one GEMM whose epilogue
         applies the derivative and sums the bias gradient (DRELU_BGRAD)."""
-        if below is not None and below.mask is not None and below.db is not None:
+        if (
+            below is not None
+            and below.mask is not None
+            and below.db is not None
+            and below.db.dtype == self.lt.grad_dtype(dz.dtype)  # as probed
+        ):
             epi = self.lt.Epilogue(self.lt.EPILOGUE_DRELU_BGRAD, below.db, below.mask.bits)
             if self._lt_gemm(dz, w.T, below.dz, precision, epi):
                 self.record_kernel("input_gradient", "cublaslt-drelu-bgrad-epilogue")
