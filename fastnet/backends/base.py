@@ -342,12 +342,20 @@ class Backend:
     ) -> Any:
         """``dz = dy * act'(y)``, ``db`` (if not None) and ``dw = x.T @ dz``; returns dz (``dy``
         itself where there is nothing to compute: linear, no bias)."""
+        if activation == Act.LINEAR and db is not None:
+            if self.bias_in_weight_gemm(x, dy, dw, db, precision):
+                return dy  # dw and db from one GEMM
         if activation == Act.LINEAR and db is None:
             dz = dy
         else:
             dz = self.act_backward_bias(y, dy, activation, alpha, dz, db)
         self.matmul(x.T, dz, dw, precision)
         return dz
+
+    def bias_in_weight_gemm(self, x: Any, dz: Any, dw: Any, db: Any, precision: str) -> bool:
+        """``dw = x.T @ dz`` and ``db = dz.sum(axis=0)`` in one GEMM (its epilogue); False:
+        nothing done, this backend has no such GEMM here."""
+        return False
 
     def input_gradient(
         self, dz: Any, w: Any, dx: Any, precision: str = "fp32", below: ActGrad | None = None

@@ -374,29 +374,18 @@ class CupyBackend(Backend):
         self.record_kernel("matmul", "cupy.matmul")
         return self.xp.matmul(a, b, out=out)
 
-    def weight_gradients(
-        self,
-        x: Any,
-        y: Any,
-        dy: Any,
-        activation: Act,
-        alpha: float,
-        dw: Any,
-        db: Any,
-        dz: Any = None,
-        precision: str = "fp32",
-    ) -> Any:
-        """A linear layer's bias gradient in its weight-gradient GEMM's epilogue (BGRADA),
-        where the probe says it works (half ``dy``: into float32 gradients); else the kernels."""
-        if activation == Act.LINEAR and db is not None and self.fuse_gradients:
-            tf32 = precision == "tf32"
-            grads = db.dtype == dw.dtype == self.lt.grad_dtype(dy.dtype)  # as probed
-            if grads and self._gradient_epilogues_work(dy.dtype, tf32, "bgrada"):
-                epi = self.lt.Epilogue(self.lt.EPILOGUE_BGRADA, db)
-                if self._lt_gemm(x.T, dy, dw, precision, epi):
-                    self.record_kernel("weight_gradients", "cublaslt-bgrad-epilogue")
-                    return dy
-        return super().weight_gradients(x, y, dy, activation, alpha, dw, db, dz, precision)
+    def bias_in_weight_gemm(self, x: Any, dz: Any, dw: Any, db: Any, precision: str) -> bool:
+        """BGRADA, where the probe says it works (half ``dz``: into float32 gradients)."""
+        tf32 = precision == "tf32"
+        grads = db.dtype == dw.dtype == self.lt.grad_dtype(dz.dtype)  # as probed
+        if not (self.fuse_gradients and grads):
+            return False
+        if not self._gradient_epilogues_work(dz.dtype, tf32, "bgrada"):
+            return False
+        if not self._lt_gemm(x.T, dz, dw, precision, self.lt.Epilogue(self.lt.EPILOGUE_BGRADA, db)):
+            return False
+        self.record_kernel("weight_gradients", "cublaslt-bgrad-epilogue")
+        return True
 
     def input_gradient(
         self, dz: Any, w: Any, dx: Any, precision: str = "fp32", below: ActGrad | None = None
