@@ -51,6 +51,22 @@ def grad_dtype(dtype: Any) -> np.dtype:
     return np.dtype(np.float32) if dtype.name in HALF_NAMES else dtype
 
 
+#: The operand layouts (``x``, ``w`` F-contiguous?) the gradient probes run each epilogue on
+PROBED_LAYOUTS = {EPILOGUE_BGRADA: (True, False), EPILOGUE_DRELU_BGRAD: (False, True)}
+
+
+def as_probed(x: Any, w: Any, code: int) -> bool:
+    """Whether ``x @ w`` with the gradient epilogue ``code`` is shaped as its probe ran it: no
+    dimension of 1 (nvmath-python refuses DRELU_BGRAD at k = 1 and BGRADA at n = 1, a batch of
+    one or a one-unit layer; the probes try neither) and the probe's operand layouts (BGRADA
+    on a transposed A is documented unsupported). Anything else goes through the kernels."""
+    if min(x.shape[0], x.shape[1], w.shape[1]) < 2:
+        return False
+    x_f, w_f = PROBED_LAYOUTS[code]
+    layout = lambda a, f: a.flags.f_contiguous if f else a.flags.c_contiguous  # noqa: E731
+    return bool(layout(x, x_f) and layout(w, w_f))
+
+
 def _exact(got: Any, want: np.ndarray) -> bool:
     """``got`` (any float dtype) holds exactly ``want``'s values, NaN where NaN."""
     return bool(np.array_equal(np.asarray(got).astype(np.float64), want, equal_nan=True))

@@ -221,6 +221,48 @@ def test_stacks_the_epilogues_cannot_serve_keep_their_gradients(gpu):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("batch,units", [(48, 1), (1, 5), (48, 5)])
+def test_shapes_the_probes_never_ran_go_through_the_kernels(gpu, batch, units):
+    """A one-unit layer over a ReLU layer (DRELU_BGRAD at k = 1, BGRADA at n = 1: refused by
+    nvmath-python, never probed) and a batch of one take the kernels for those GEMMs, and
+    their gradients are the reference's; other shapes still fuse."""
+    X, _ = make_blobs(n=48, d=30, k=5)
+    X = X[:batch].astype(np.float32)
+    y = np.random.default_rng(0).normal(size=(batch, units)).astype(np.float32)
+
+    def layers():
+        return [fn.Dense(64, "relu"), fn.Dense(40, "relu"), fn.Dense(units)]
+
+    ref = fn.Sequential(layers(), loss="mse", backend="numpy", seed=1).build(30)
+    want = _gradients(ref, X, y)
+    with library(gpu):
+        writer, bgrada = _fused_expected(gpu, np.float32, "fp32")
+        model = fn.Sequential(layers(), loss="mse", backend=gpu, seed=1).build(30)
+        with epilogues_used(gpu) as used:
+            got = _gradients(model, X, y)
+    codes = [code for code, _ in used]
+    lt = gpu.lt
+    drelu = codes.count(lt.EPILOGUE_DRELU_BGRAD)
+    assert drelu == (0 if batch == 1 or writer is None else 2 if units > 1 else 1), codes
+    assert (lt.EPILOGUE_BGRADA in codes) == (bgrada and min(batch, units) > 1), codes
+    assert (lt.EPILOGUE_RELU_AUX_BIAS in codes) == (writer == "epilogue" and batch > 1), codes
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_epilogues_are_asked_only_as_probed():
+    """``as_probed``: no dimension of 1, and each epilogue's probed operand layouts."""
+    from fastnet.kernels import cublaslt as lt
+
+    x, w = np.ones((8, 6), np.float32), np.ones((6, 4), np.float32)
+    drelu, bgrada = lt.EPILOGUE_DRELU_BGRAD, lt.EPILOGUE_BGRADA
+    assert lt.as_probed(x, w.T.copy().T, drelu) and not lt.as_probed(x, w, drelu)
+    assert lt.as_probed(x.T.copy().T, w, bgrada) and not lt.as_probed(x, w, bgrada)
+    assert not lt.as_probed(x[:, :1], w[:1].T.copy().T, drelu)  # k = 1
+    assert not lt.as_probed(x[:1], w.T.copy().T, drelu)  # one row
+    assert not lt.as_probed(x.T.copy().T, w[:, :1], bgrada)  # one unit
+
+
 @pytest.mark.parametrize("steps_per_graph", [1, 4])
 def test_captured_training_through_the_epilogues_equals_eager(gpu, steps_per_graph):
     """The graph holds the fused backward (its GEMMs with DRELU_BGRAD and BGRADA captured,

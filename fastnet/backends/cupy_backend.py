@@ -296,8 +296,8 @@ class CupyBackend(Backend):
     def relu_mask(self, rows: int, units: int, dtype: Any, precision: str) -> int:
         dtype = np.dtype(dtype)
         ok = self.fuse_gradients and (dtype in FLOAT_DTYPES or dtype.name in self.lt.HALF_NAMES)
-        if not ok or self._mask_writer(dtype, precision == "tf32") is None:
-            return 0
+        if not ok or rows < 2 or self._mask_writer(dtype, precision == "tf32") is None:
+            return 0  # a batch of one: DRELU_BGRAD is not asked (``as_probed``)
         return int(self.lt.mask_bytes(rows, units))
 
     def _mask_writer(self, dtype: Any, tf32: bool) -> str | None:
@@ -378,7 +378,9 @@ class CupyBackend(Backend):
         """BGRADA, where the probe says it works (half ``dz``: into float32 gradients)."""
         tf32 = precision == "tf32"
         grads = db.dtype == dw.dtype == self.lt.grad_dtype(dz.dtype)  # as probed
-        if not (self.fuse_gradients and grads):
+        if not (
+            self.fuse_gradients and grads and self.lt.as_probed(x.T, dz, self.lt.EPILOGUE_BGRADA)
+        ):
             return False
         if not self._gradient_epilogues_work(dz.dtype, tf32, "bgrada"):
             return False
@@ -397,6 +399,7 @@ class CupyBackend(Backend):
             and below.mask is not None
             and below.db is not None
             and below.db.dtype == self.lt.grad_dtype(dz.dtype)  # as probed
+            and self.lt.as_probed(dz, w.T, self.lt.EPILOGUE_DRELU_BGRAD)
         ):
             epi = self.lt.Epilogue(self.lt.EPILOGUE_DRELU_BGRAD, below.db, below.mask.bits)
             if self._lt_gemm(dz, w.T, below.dz, precision, epi):
