@@ -11,8 +11,18 @@ from fastnet.layers import Dense, Layer, LeakyReLU, ReLU, Softmax
 
 
 def check_layer_stack(layers: Sequence[Layer], loss: Any) -> None:
-    """Refuse a ``Softmax`` layer (or ``Dense(..., "softmax")``) right before a loss that applies
-    softmax itself: softmax twice trains slowly and silently. Raises ``ValueError``."""
+    """Refuse one layer object at two places (fastnet has no weight sharing: its gradients
+    would be wrong) and a ``Softmax`` layer (or ``Dense(..., "softmax")``) right before a loss
+    that applies softmax itself: softmax twice trains slowly and silently. Raises
+    ``ValueError``."""
+    first: dict[int, int] = {}
+    for i, layer in enumerate(layers):
+        j = first.setdefault(id(layer), i)
+        if j != i:
+            raise ValueError(
+                f"layers[{j}] and layers[{i}] are the same {type(layer).__name__} object: "
+                "each place needs its own layer (fastnet does not share weights)"
+            )
     if not layers or not getattr(loss, "multiclass", False):
         return
     last = layers[-1]

@@ -116,8 +116,17 @@ class Sequential(Trainer):
         return width
 
     def build(self, input_dim: int) -> Sequential:
-        """Create the parameters for inputs of width ``input_dim`` (``fit`` does it if needed)."""
+        """Create the parameters for inputs of width ``input_dim`` (``fit`` does it if needed).
+        A built model keeps its weights: building again at its width changes nothing, at
+        another width raises (make a new model to start over)."""
         width = check_positive_int(input_dim, "input_dim")
+        if self.built:
+            if width != self.input_dim:
+                raise ValueError(
+                    f"input_dim={width}: the model is built for inputs of width "
+                    f"{self.input_dim} and keeps its weights; make a new model for another width"
+                )
+            return self
         self.output_width(width)  # raises on a mismatch before any layer is built
         for layer, above in zip(self.layers, [*self.layers[1:], None]):
             layer.precision, layer.compute_dtype = self.precision, self.compute_dtype

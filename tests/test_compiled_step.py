@@ -187,13 +187,19 @@ def test_changed_constants_recapture():
     assert len(fresh) == 1 and fresh[0].graph is not None  # captured anew with beta1 = 0.5
 
 
-def test_rebuilt_arena_gets_a_new_compiled_step():
+def test_building_a_built_model_keeps_its_weights_and_compiled_step():
     model, _ = _train(True, "adam", "none", "labels")
     old = next(iter(model._compiled_steps.values()))[0]
-    model.build(model.input_dim)  # new parameters and arena
+    weights = [p.value.copy() for p in model.parameters()]
+    arena = model.arena
+    assert model.build(model.input_dim) is model  # as the notebooks' loop calls it
+    assert model.arena is arena
+    for p, w in zip(model.parameters(), weights):
+        np.testing.assert_array_equal(p.value, w)
+    with pytest.raises(ValueError, match="input_dim=3: the model is built for inputs of width"):
+        model.build(3)
     model.fit(*_data(), epochs=1, batch_size=16, verbose=0, compiled=True)
-    steps = [s for s, _ in model._compiled_steps.values()]
-    assert any(s is not old for s in steps)
+    assert [s for s, _ in model._compiled_steps.values()] == [old]
 
 
 class _DeviceArray:
