@@ -349,6 +349,8 @@ def _prepare(args: argparse.Namespace) -> Prepared:
     """(train, validation, held-out) from --dataset or --data, labels encoded, scaled."""
     from fastnet.tabular import Scaler
 
+    _refuse_unused(args.data, "--data", args.labels, "--labels", args.target)
+    _refuse_unused(args.val, "--val", args.val_labels, "--val-labels")
     prepared = _builtin(args) if args.data is None else _custom(args)
     if args.scale != "none":
         X = prepared.train[0]
@@ -366,6 +368,14 @@ def _prepare(args: argparse.Namespace) -> Prepared:
         prepared.scaler = scaler
         prepared.extra["scale"] = scaler.to_json()
     return prepared
+
+
+def _refuse_unused(path: Any, option: str, labels: Any, flag: str, target: Any = None) -> None:
+    """Labels (``flag``) go with a .npy ``option`` and --target with a .csv: refused elsewhere."""
+    kind, of = os.path.splitext(path or "")[1].lower(), f", not to {path}" if path else ""
+    for given, name, wanted in ((labels, flag, ".npy"), (target, "--target", ".csv")):
+        if given is not None and kind != wanted:
+            raise ValueError(f"{name} applies only to a {wanted} {option}{of}")
 
 
 def _builtin(args: argparse.Namespace) -> Prepared:
@@ -396,15 +406,11 @@ def _custom(args: argparse.Namespace) -> Prepared:
     if task == "classification":
         encoding, y = LabelEncoding.fit(y, f"the labels of {args.data}")
     else:
-        y = _regression_targets(y, args.data)
+        y = _targets(y, args.data, None, task)
     if args.val is not None:
         Xv, yv, _ = load_table(args.val, args.val_labels, args.target, columns=names)
         assert yv is not None
-        yv = (
-            encoding.encode(yv, f"the labels of {args.val}")
-            if encoding
-            else _regression_targets(yv, args.val)
-        )
+        yv = _targets(yv, args.val, encoding, task)
         train, val = (X, y), (np.asarray(Xv), yv)
     else:
         train, val = _split_rows(X, y, args, task == "classification")
@@ -421,11 +427,14 @@ def _custom(args: argparse.Namespace) -> Prepared:
     )
 
 
-def _regression_targets(y: np.ndarray, path: str) -> np.ndarray:
+def _targets(y: np.ndarray, path: str, encoding: Any, task: str) -> np.ndarray:
+    """Labels as ``encoding``'s class indices (as stored without one), or regression targets
+    as float32 columns."""
+    if task == "classification":
+        return encoding.encode(y, f"the labels of {path}") if encoding else np.asarray(y)
     if y.dtype.kind not in "biuf":
         raise ValueError(f"{path}: regression targets must be numbers, got {y.dtype}")
-    y = np.asarray(y, np.float32)
-    return y.reshape(len(y), -1)
+    return np.asarray(y, np.float32).reshape(len(y), -1)
 
 
 def _split_rows(X: Any, y: np.ndarray, args: argparse.Namespace, classify: bool) -> tuple:
@@ -620,18 +629,10 @@ def _write_outputs(
             plot_confusion(np.asarray(cm), path, title=f"{data.name} {data.held} set")
             print(f"wrote the confusion matrix to {path}")
     if args.json:
+        run = {"history": model.history, "backend": model.backend.name}
+        run.update(step=model.step_description, **results, args=vars(args))
         with open(args.json, "w") as f:
-            json.dump(
-                {
-                    "history": model.history,
-                    "backend": model.backend.name,
-                    "step": model.step_description,
-                    **results,
-                    "args": {k: v for k, v in vars(args).items() if k != "func"},
-                },
-                f,
-                indent=1,
-            )
+            json.dump(run, f, indent=1)
 
 
 def _verbosity(args: argparse.Namespace) -> int:
@@ -645,17 +646,12 @@ def _verbosity(args: argparse.Namespace) -> int:
 
 def format_confusion(cm: np.ndarray, names: Sequence[str] | None = None) -> str:
     """A confusion matrix as an aligned text table headed by class names (or indices)."""
-    labels = (
-        [str(n)[:12] for n in names] if names is not None else [str(j) for j in range(cm.shape[1])]
-    )
+    labels = [str(n)[:12] for n in (names if names is not None else range(cm.shape[1]))]
     width = max(4, len(str(int(cm.max()))) + 1, *(len(n) + 1 for n in labels))
     first = max(9, *(len(n) for n in labels))
     corner = "true\\pred"
     head = f"{corner:>{first}}" + "".join(f"{n:>{width}}" for n in labels)
-    rows = [
-        f"{labels[i]:>{first}}" + "".join(f"{int(v):>{width}}" for v in row)
-        for i, row in enumerate(cm)
-    ]
+    rows = [f"{n:>{first}}" + "".join(f"{int(v):>{width}}" for v in r) for n, r in zip(labels, cm)]
     return "\n".join([head, *rows])
 
 
@@ -669,20 +665,19 @@ def _model_data(args: argparse.Namespace, meta: dict, need_target: bool) -> tupl
     from fastnet.datasets import load_table
     from fastnet.tabular import LabelEncoding, Scaler
 
-    extra = meta.get("extra", {})
-    target = getattr(args, "target", None) or extra.get("target")
+    extra, target = meta.get("extra", {}), getattr(args, "target", None)
+    if target is not None and target in (extra.get("features") or ()):
+        raise ValueError(
+            f"--target {target!r} was a feature column when {args.checkpoint} was trained; its "
+            f"target column was {extra.get('target')!r}"
+        )
+    labels, columns = getattr(args, "labels", None), extra.get("features")
     X, y, _ = load_table(
-        args.data,
-        getattr(args, "labels", None),
-        target,
-        need_target=need_target,
-        columns=extra.get("features"),
+        args.data, labels, target or extra.get("target"), need_target=need_target, columns=columns
     )
     encoding = LabelEncoding(extra["classes"]) if extra.get("classes") is not None else None
-    if y is not None and extra.get("task", "classification") == "classification":
-        y = encoding.encode(y, f"the labels of {args.data}") if encoding else np.asarray(y)
-    elif y is not None:
-        y = _regression_targets(y, args.data)
+    if y is not None:
+        y = _targets(y, args.data, encoding, extra.get("task", "classification"))
     if extra.get("scale"):
         X = Scaler.from_json(extra["scale"]).transform(X)
     return X, y, encoding
@@ -693,6 +688,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model, meta = load_model_with_meta(args.checkpoint, backend=args.backend)
     extra = meta.get("extra", {})
+    _refuse_unused(args.data, "--data", args.labels, "--labels", args.target)
     if args.data is not None:
         if args.dataset or args.data_dir:
             raise ValueError("--data (your own file) replaces --dataset/--data-dir: give one")
@@ -733,21 +729,14 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.proba:
         header, rows = names, model.predict_proba(X).tolist()
     elif classify:
-        labels = model.predict(X)
-        header = ["label"]
+        header, labels = ["label"], model.predict(X)
         rows = [[v] for v in (encoding.decode(labels) if encoding else labels).tolist()]
     else:
         out = model.predict_raw(X)
-        header = (
-            ["prediction"]
-            if out.shape[1] == 1
-            else [f"prediction_{i}" for i in range(out.shape[1])]
-        )
-        rows = out.tolist()
+        rows, k = out.tolist(), out.shape[1]
+        header = [f"prediction_{i}" for i in range(k)] if k > 1 else ["prediction"]
     with open(args.output, "w", newline="") if args.output else _stdout() as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+        csv.writer(f).writerows([header, *rows])
     return 0
 
 
@@ -796,26 +785,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.train_parser.set_defaults(**preset)  # type: ignore[attr-defined]
         args = parser.parse_args(argv)
     from fastnet.backends import BackendUnavailableError
-    from fastnet.checkpoint import CheckpointError
-    from fastnet.data import DatasetError
     from fastnet.distributed import DistributedError
 
-    handlers = {
-        "train": cmd_train,
-        "predict": cmd_predict,
-        "evaluate": cmd_evaluate,
-        "backends": cmd_backends,
-        "bench": cmd_bench,
-        "export": cmd_export,
-    }
     try:
-        return handlers[args.command](args)
-    except (
+        return globals()[f"cmd_{args.command}"](args)  # cmd_train, cmd_predict, ...
+    except BrokenPipeError:  # `fastnet predict | head` stopped reading: quiet, as Unix tools are
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the flush at exit
+        return 128 + 13  # a shell's status for a tool that SIGPIPE ended
+    except (  # DatasetError and CheckpointError are ValueErrors, FileNotFoundError an OSError
         BackendUnavailableError,
-        CheckpointError,
-        DatasetError,
         DistributedError,
-        FileNotFoundError,
         OSError,
         ValueError,
         TypeError,

@@ -13,20 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from fastnet.data import DatasetError
+from fastnet.tabular import as_labels
 
-_CIFAR = {
-    "cifar10": (
-        [
-            "data_batch_1.bin",
-            "data_batch_2.bin",
-            "data_batch_3.bin",
-            "data_batch_4.bin",
-            "data_batch_5.bin",
-        ],
-        ["test_batch.bin"],
-        1,
-        10,
-    ),
+_CIFAR = {  # training files, test files, label bytes, classes
+    "cifar10": ([f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"], 1, 10),
     "cifar100": (["train.bin"], ["test.bin"], 2, 100),
 }
 _PIXELS = 3 * 32 * 32
@@ -102,9 +92,9 @@ def load_table(
     need_target: bool = True,
     columns: list[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
-    """``(X, y, feature column names)`` like ``load_arrays``; without ``need_target`` the labels
-    may be absent (``y`` None: features to predict). ``columns`` picks a CSV's feature columns
-    by name (the ones a model was trained on)."""
+    """``(X, y, feature column names)`` like ``load_arrays``; without ``need_target`` labels are
+    not read (``y`` None: features to predict). ``columns`` picks a CSV's feature columns by
+    name (the ones a model was trained on)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
@@ -116,7 +106,7 @@ def load_table(
                 missing = needed - set(data.files)
                 if missing:
                     raise DatasetError(f"{path} lacks array(s) {sorted(missing)} (needs X and y)")
-                X, y = data["X"], data["y"] if "y" in data.files else None
+                X, y = data["X"], data["y"] if need_target else None
         elif suffix == ".npy":
             if labels is None and need_target:
                 raise DatasetError(f"{path} holds features only: pass the labels (--labels)")
@@ -137,6 +127,8 @@ def load_table(
             f"{path}: need 2-D features and one label per row, got X "
             f"{X.shape} and y {None if y is None else y.shape}"
         )
+    if not len(X):
+        raise DatasetError(f"{path} holds no data rows")
     return X, y, names
 
 
@@ -149,26 +141,36 @@ def read_csv(
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Stream a CSV with a header into a float32 array (about the array's size in memory: one
     pass counts rows and keeps the target column, a second parses features chunk by chunk).
-    Returns ``(X, target values as strings or None, feature column names)``."""
+    Returns ``(X, the target column or None, feature column names)``: numbers when every
+    target cell holds one (``as_labels``), else text; an empty or NaN target is an error."""
     path = Path(path)
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
+        repeated = sorted({h for h in header if header.count(h) > 1})
+        if repeated:
+            raise DatasetError(f"{path}: the header repeats the column name(s) {repeated}")
         if target is not None and target not in header and need_target:
             raise DatasetError(f"{path}: no column {target!r} in the header {header}")
-        column = header.index(target) if target in header else None
-        values, rows = [], 0
+        column = header.index(target) if target in header and need_target else None
+        values, missing, rows = [], [], 0
         for row in reader:
             if not row:
                 continue
             if len(row) != len(header):
                 raise DatasetError(
-                    f"{path}: row {rows + 2} has {len(row)} fields, the header {len(header)}"
+                    f"{path}: row {reader.line_num} has {len(row)} fields, the header {len(header)}"
                 )
             if column is not None:
                 values.append(row[column])
+                if row[column].strip().lower() in ("", "nan", "+nan", "-nan"):
+                    missing.append(reader.line_num)
             rows += 1
-    names = [h for i, h in enumerate(header) if i != column]
+    if missing:
+        at = f"{missing[:5]} and {len(missing) - 5} more" if len(missing) > 5 else missing
+        raise DatasetError(f"{path}: the target column {target!r} is empty or NaN on line(s) {at}")
+    skip = header.index(target) if target in header else None
+    names = [h for i, h in enumerate(header) if i != skip]
     use = list(range(len(header)))
     if columns is not None:
         absent = [c for c in columns if c not in names]
@@ -177,17 +179,21 @@ def read_csv(
                 f"{path} lacks the feature column(s) {absent[:5]} the model was trained on"
             )
         use, names = [header.index(c) for c in columns], list(columns)
-    use = [i for i in use if i != column]
+    X = _csv_features(path, [i for i in use if i != skip], rows, chunk_rows)
+    return X, as_labels(np.array(values, dtype=str)) if column is not None else None, names
+
+
+def _csv_features(path: Path, use: list[int], rows: int, chunk: int) -> np.ndarray:
+    """Columns ``use`` of a CSV's rows as float32, parsed ``chunk`` rows at a time."""
     X = np.empty((rows, len(use)), dtype=np.float32)
     with open(path, newline="") as f:
         lines = (line for i, line in enumerate(f) if i and line.strip())
-        for lo in range(0, rows, chunk_rows):
-            block = itertools.islice(lines, min(chunk_rows, rows - lo))
+        for lo in range(0, rows, chunk):
+            block = itertools.islice(lines, min(chunk, rows - lo))
             try:
-                X[lo : lo + chunk_rows] = np.loadtxt(
+                X[lo : lo + chunk] = np.loadtxt(
                     block, delimiter=",", dtype=np.float32, usecols=use, ndmin=2, quotechar='"'
                 )
             except ValueError as exc:
                 raise DatasetError(f"{path}: feature columns must be numbers ({exc})") from None
-    y = np.array(values) if column is not None else None
-    return X, y, names
+    return X

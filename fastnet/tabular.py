@@ -34,14 +34,16 @@ def infer_task(y: np.ndarray) -> str:
     return "regression"
 
 
-def _as_labels(y: np.ndarray) -> np.ndarray:
-    """Text labels that hold numbers become numbers ("3" and "3.0" are one class)."""
+def as_labels(y: np.ndarray) -> np.ndarray:
+    """Text labels that all hold numbers become numbers: integers when all are whole ("3" and
+    "3.0" are one class), else floats (NaN and infinity stay floats); other text stays text."""
     if y.dtype.kind in "USO":
         try:
             numbers = y.astype(np.float64)
         except ValueError:
             return y.astype(str)
-        return numbers.astype(np.int64) if np.all(numbers == np.round(numbers)) else numbers
+        whole = np.all((numbers == np.round(numbers)) & (np.abs(numbers) < 2**53))
+        return numbers.astype(np.int64) if whole else numbers
     return y
 
 
@@ -61,7 +63,7 @@ class LabelEncoding:
             raise DatasetError(
                 f"{name} has shape {y.shape}: class labels must be one column (or one-hot rows)"
             )
-        y = _as_labels(y)
+        y = as_labels(y)
         if y.dtype.kind == "f" and not np.isfinite(y).all():
             raise DatasetError(f"{name} contains NaN or infinite labels")
         encoding = cls(np.unique(y))
@@ -80,7 +82,7 @@ class LabelEncoding:
         if y.ndim != 1:
             raise DatasetError(f"{name} has shape {y.shape}; expected one label per row")
         classes = self.classes
-        y = y.astype(str) if classes.dtype.kind == "U" else _as_labels(y)
+        y = y.astype(str) if classes.dtype.kind == "U" else as_labels(y)
         if y.dtype.kind == "U" and classes.dtype.kind != "U":
             unknown = np.unique(y)
         else:
@@ -151,4 +153,4 @@ class Scaler:
         return cls(data["kind"], data["offset"], data["scale"])
 
 
-__all__ = ["SCALES", "TASKS", "LabelEncoding", "Scaler", "infer_task"]
+__all__ = ["SCALES", "TASKS", "LabelEncoding", "Scaler", "as_labels", "infer_task"]

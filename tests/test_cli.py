@@ -311,3 +311,97 @@ def test_inference_suite_compares_with_onnxruntime(tmp_path):
     assert groups["predict_proba 1 row"]["reference"] == "onnxruntime-cpu-1thread-fp32"
     names = {r["name"] for r in groups["predict_proba 1 row"]["results"]}
     assert {"fastnet-numpy-predict-fp32", "matmul-only-fp32"} <= names
+
+
+TINY = ["--epochs", "1", "--layers", "4", "--backend", "numpy", "--quiet"]
+
+
+def _table(path, y, header="a,b,target"):
+    """A CSV of two features and target cells ``y``."""
+    X = np.random.default_rng(0).standard_normal((len(y), 2)).round(3)
+    path.write_text("\n".join([header, *(f"{a},{b},{t}" for (a, b), t in zip(X, y))]) + "\n")
+    return str(path)
+
+
+def test_csv_regression_and_numeric_classes_as_for_npz(tmp_path, capsys):
+    """A CSV target of numbers is numeric: --task auto picks regression for non-integer numbers
+    and classification for whole ones (as for an .npz); both tasks can be asked for."""
+    y = np.random.default_rng(1).standard_normal(60).round(3)
+    reg, ckpt = _table(tmp_path / "reg.csv", y), str(tmp_path / "r.npz")
+    for task in ("auto", "regression"):
+        assert main(["train", "--data", reg, "--target", "target", "--task", task, *TINY]) == 0
+        assert "MLP 2-4-1" in capsys.readouterr().out
+    assert main(["train", "--data", reg, "--target", "target", "--save", ckpt, *TINY]) == 0
+    assert main(["evaluate", ckpt, "--data", reg]) == 0
+    assert "R2" in capsys.readouterr().out
+    whole = _table(tmp_path / "int.csv", np.array(["0", "1.0", "2"])[np.arange(60) % 3])
+    assert main(["train", "--data", whole, "--target", "target", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "MLP 2-4-3" in out and "true\\pred   0   1   2" in out
+    halves = _table(tmp_path / "half.csv", np.arange(60) % 2 + 0.5)
+    argv = ["train", "--data", halves, "--target", "target", "--task", "classification"]
+    assert main([*argv, *TINY]) == 0
+    assert "MLP 2-4-2" in capsys.readouterr().out
+
+
+def test_predict_ignores_labels_that_evaluate_checks(tmp_path, capsys):
+    X = np.random.default_rng(2).standard_normal((40, 3)).astype(np.float32)
+    np.savez(tmp_path / "a.npz", X=X, y=np.arange(40) % 2)
+    np.savez(tmp_path / "b.npz", X=X[:5], y=np.array(["p", "q", "r", "p", "q"]))
+    ckpt = str(tmp_path / "m.npz")
+    assert main(["train", "--data", str(tmp_path / "a.npz"), "--save", ckpt, *TINY]) == 0
+    capsys.readouterr()
+    assert main(["predict", ckpt, "--data", str(tmp_path / "b.npz")]) == 0
+    assert capsys.readouterr().out.split()[0] == "label"
+    assert main(["evaluate", ckpt, "--data", str(tmp_path / "b.npz")]) == 2
+    assert "training data lacks" in capsys.readouterr().err
+
+
+def test_predict_into_a_closed_pipe_exits_quietly(tmp_path):
+    import subprocess
+    import sys
+
+    path = _table(tmp_path / "t.csv", np.arange(30) % 2)
+    ckpt = str(tmp_path / "m.npz")
+    assert main(["train", "--data", path, "--target", "target", "--save", ckpt, *TINY]) == 0
+    code = "import sys; from fastnet.cli import main; sys.exit(main(sys.argv[1:]))"
+    argv = [sys.executable, "-c", code, "predict", ckpt, "--data", path]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # `| head` gone before the first write: EPIPE
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and err == ""
+
+
+def test_options_that_do_not_apply_are_refused_by_name(tmp_path, capsys):
+    """--labels goes with a .npy, --target with a .csv: refused, never ignored, elsewhere; so
+    are a --target that was a feature column and a CSV without data rows."""
+    np.savez(tmp_path / "d.npz", X=np.zeros((20, 2), np.float32), y=np.arange(20) % 2)
+    np.save(tmp_path / "y.npy", np.arange(20) % 2)
+    npz, y, ckpt = str(tmp_path / "d.npz"), str(tmp_path / "y.npy"), str(tmp_path / "m.npz")
+    csv = _table(tmp_path / "t.csv", np.arange(20) % 2)
+    head = _table(tmp_path / "head.csv", [])
+    assert main(["train", "--data", csv, "--target", "target", "--save", ckpt, *TINY]) == 0
+    capsys.readouterr()
+    cases = [
+        (
+            ["train", "--data", npz, "--labels", y],
+            f"--labels applies only to a .npy --data, not to {npz}",
+        ),
+        (
+            ["train", "--data", npz, "--target", "t"],
+            "--target applies only to a .csv --data, not to",
+        ),
+        (["train", "--data", csv, "--target", "target", "--labels", y], "--labels applies only"),
+        (["train", "--data", npz, "--val", npz, "--val-labels", y], "--val-labels applies only to"),
+        (["train", "--target", "t"], "--target applies only to a .csv --data"),
+        (["evaluate", ckpt, "--data", npz, "--labels", y], "--labels applies only to a .npy"),
+        (
+            ["evaluate", ckpt, "--data", csv, "--target", "a"],
+            f"'a' was a feature column when {ckpt} was trained; its target column was 'target'",
+        ),
+        (["train", "--data", head, "--target", "target"], "head.csv holds no data rows"),
+    ]
+    for argv, message in cases:
+        assert main(argv + (TINY if argv[0] == "train" else [])) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -145,3 +145,43 @@ def test_memory_mapped_npy_trains_with_bounded_memory(tmp_path):
     assert streamed == "True" and float(accuracy) > 0.6, run.stderr  # it learns: y = X[:, 0]
     assert int(grown_mib) < 150, f"peak memory grew by {grown_mib} MiB"
     print(f"peak memory grew by {grown_mib} MiB")
+
+
+def _csv(path, header, rows):
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_csv_targets_that_all_hold_numbers_are_numbers(tmp_path):
+    """As an .npz's would be: whole numbers integers ("3" and "3.0" one class), others floats."""
+    rows = [f"{i * 0.1:.1f},{t}" for i, t in enumerate(["3", "3.0", "4", "5"])]
+    y = load_arrays(_csv(tmp_path / "i.csv", "a,t", rows), target="t")[1]
+    assert y.dtype == np.int64 and y.tolist() == [3, 3, 4, 5]
+    rows = [f"{i},{t}" for i, t in enumerate(["0.25", "1", "-2.5", " 7"])]
+    y = load_arrays(_csv(tmp_path / "f.csv", "a,t", rows), target="t")[1]
+    assert y.dtype == np.float64 and y.tolist() == [0.25, 1, -2.5, 7]
+    y = load_arrays(_csv(tmp_path / "s.csv", "a,t", ["1,7", "2,x"]), target="t")[1]
+    assert y.dtype.kind == "U" and y.tolist() == ["7", "x"]
+
+
+def test_csv_header_errors_name_the_file_and_columns(tmp_path):
+    dup = _csv(tmp_path / "dup.csv", "a,b,a,d,label", ["1,2,3,4,x", "5,6,7,8,y"])
+    with pytest.raises(DatasetError, match=r"dup\.csv: the header repeats .*\['a'\]"):
+        load_arrays(dup, target="label")
+    empty = _csv(tmp_path / "head.csv", "a,b,label", [])
+    with pytest.raises(DatasetError, match=r"head\.csv holds no data rows"):
+        load_arrays(empty, target="label")
+
+
+def test_csv_missing_targets_name_the_file_column_and_lines(tmp_path):
+    from fastnet.datasets import load_table
+
+    rows = ["1,a", "2,", "3,b", "", "4, ", "5,b", "6,a"]  # line 5 is blank: lines 3 and 6
+    path = _csv(tmp_path / "gaps.csv", "x,kind", rows)
+    with pytest.raises(DatasetError, match=r"gaps\.csv: the target column 'kind' .* \[3, 6\]$"):
+        load_arrays(path, target="kind")
+    nan = _csv(tmp_path / "nan.csv", "x,y", [f"{i},{v}" for i, v in enumerate("1 2 nan 3".split())])
+    with pytest.raises(DatasetError, match=r"nan\.csv: .*'y' is empty or NaN on line\(s\) \[4\]"):
+        load_arrays(nan, target="y")
+    X, y, names = load_table(path, None, "kind", need_target=False)  # predicting: no labels read
+    assert y is None and names == ["x"] and X[:, 0].tolist() == [1, 2, 3, 4, 5, 6]
