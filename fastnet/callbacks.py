@@ -10,6 +10,8 @@ import math
 import os
 from typing import IO, Any
 
+from fastnet.metrics import ALIASES, higher_is_better, log_name
+
 
 class Callback:
     """Override any hook; ``on_epoch_end`` returns True to stop training.
@@ -27,6 +29,13 @@ class Callback:
     def monitored(self) -> str | None:
         """The log entry this callback needs every epoch (checked before training)."""
         return None
+
+    def check_logs(self, names: list[str]) -> None:
+        """Before training (``fit`` calls it): raise ``ValueError`` if an entry this callback
+        needs (``monitored``) is not among ``names``, those the epoch logs will hold, nor an
+        alias of one (``val_acc``)."""
+        if self.monitored is not None:
+            _require(self, self.monitored, names, "monitors")
 
     def on_train_begin(self, model: Any) -> None:
         pass
@@ -99,11 +108,13 @@ def _accepts(fn: Any, n_args: int) -> bool:
 
 
 def as_callbacks(items: Any) -> list[Callback]:
-    """``fit``'s callbacks as fastnet ``Callback`` objects, every hook's signature checked
-    before training: fastnet hooks (with the model), Keras-style hooks (without it) and plain
-    functions ``f(epoch, logs)``. Raises ``TypeError`` naming the callback and hook."""
+    """``fit``'s callbacks (a list, one callback or None) as fastnet ``Callback`` objects,
+    every hook's signature checked before training: fastnet hooks (with the model),
+    Keras-style hooks (without it) and plain functions ``f(epoch, logs)``. Raises
+    ``TypeError`` naming the callback and hook."""
     found: list[Callback] = []
-    for cb in [items] if callable(items) and not isinstance(items, Callback) else list(items):
+    one = callable(items) or any(callable(getattr(items, h, None)) for h in HOOKS)
+    for cb in [items] if one else list(items or ()):
         keras: set[str] = set()
         hooks = [h for h in HOOKS if callable(getattr(cb, h, None))]
         if not hooks:
@@ -115,9 +126,7 @@ def as_callbacks(items: Any) -> list[Callback]:
             continue
         for hook in hooks:
             method = getattr(cb, hook)
-            if isinstance(cb, Callback) and getattr(type(cb), hook, None) is getattr(
-                Callback, hook
-            ):
+            if getattr(type(cb), hook, None) is getattr(Callback, hook):
                 continue  # not overridden
             if _accepts(method, len(HOOKS[hook])):
                 continue
@@ -136,23 +145,48 @@ def as_callbacks(items: Any) -> list[Callback]:
     return found
 
 
-def check_monitor(callback: Callback, names: list[str]) -> None:
-    """Before training: a callback's ``monitor`` must name something the epoch logs will
-    hold (``val_acc`` is not ``val_accuracy``). Raises ``ValueError`` with the valid names."""
-    monitor = callback.monitored if isinstance(callback, Callback) else None
-    if isinstance(monitor, str) and monitor not in names:
-        hint = (
-            ""
-            if any(n.startswith("val_") for n in names)
-            else ("; val_* needs validation_data or validation_split")
-        )
+def _require(callback: Callback, name: str, names: list[str], needs: str) -> str:
+    """``name`` as the logs hold it among ``names`` (``fastnet.metrics.log_name``); else a
+    ``ValueError`` naming the callback, the entry and the valid names."""
+    found = log_name(name, names)
+    if found is None:
+        validated = any(n.startswith("val_") for n in names)
+        hint = "" if validated else "; val_* needs validation_data or validation_split"
         raise ValueError(
-            f"{type(callback).__name__} monitors {monitor!r}, which the epoch logs "
-            f"will not hold; valid names: {', '.join(names)}{hint}"
+            f"{type(callback).__name__} {needs} {name!r}, which the epoch logs will not hold; "
+            f"valid names: {', '.join(names)}{hint}"
         )
+    return found
 
 
-class EarlyStopping(Callback):
+class Monitor(Callback):
+    """A callback that follows ``monitor`` epoch to epoch: ``mode`` "min", "max" or "auto"
+    (max where ``fastnet.metrics.higher_is_better``: accuracy, R2, F1, AUC, ...); a change by
+    more than ``min_delta`` is an improvement."""
+
+    def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
+        if mode not in ("auto", "min", "max"):
+            raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
+        self.monitor, self.min_delta = monitor, abs(float(min_delta))
+        self.mode = mode if mode != "auto" else "max" if higher_is_better(monitor) else "min"
+
+    @property
+    def monitored(self) -> str | None:
+        return self.monitor
+
+    def on_train_begin(self, model: Any) -> None:
+        self.best = math.inf if self.mode == "min" else -math.inf
+
+    def _improved(self, logs: dict[str, float]) -> bool:
+        """Whether ``monitor`` improved in ``logs`` (then it is the new ``best``)."""
+        value = float(logs[_require(self, self.monitor, list(logs), "monitors")])
+        gain = self.best - value if self.mode == "min" else value - self.best
+        if gain > self.min_delta:
+            self.best = value
+        return gain > self.min_delta
+
+
+class EarlyStopping(Monitor):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs;
     optionally restore the best weights seen."""
 
@@ -165,34 +199,18 @@ class EarlyStopping(Callback):
         restore_best_weights: bool = True,
     ) -> None:
         self.patience = _non_negative_int(patience, "patience")
-        self.monitor, self.min_delta = monitor, abs(float(min_delta))
-        self.mode = _mode(mode, monitor)
+        super().__init__(monitor, mode, min_delta)
         self.restore_best_weights = restore_best_weights
 
-    @property
-    def monitored(self) -> str | None:
-        return self.monitor
-
     def on_train_begin(self, model: Any) -> None:
-        self.best = math.inf if self.mode == "min" else -math.inf
+        super().on_train_begin(model)
         self.best_state: dict | None = None
         self.wait = 0
         self.stopped_epoch: int | None = None
 
-    def _improved(self, value: float) -> bool:
-        if self.mode == "min":
-            return value < self.best - self.min_delta
-        return value > self.best + self.min_delta
-
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
-        if self.monitor not in logs:
-            raise KeyError(
-                f"EarlyStopping monitors {self.monitor!r} but the epoch logs only "
-                f"have {sorted(logs)}; pass validation_data or monitor='loss'"
-            )
-        value = logs[self.monitor]
-        if self._improved(value):
-            self.best, self.wait = value, 0
+        if self._improved(logs):
+            self.wait = 0
             if self.restore_best_weights:
                 self.best_state = model.get_state()
             return False
@@ -207,12 +225,8 @@ class EarlyStopping(Callback):
         return False
 
     def on_train_end(self, model: Any) -> None:
-        if (
-            self.restore_best_weights
-            and self.best_state is not None
-            and self.stopped_epoch is not None
-        ):
-            model.set_state(self.best_state)
+        if self.best_state is not None and self.stopped_epoch is not None:
+            model.set_state(self.best_state)  # kept only with restore_best_weights
 
 
 def _non_negative_int(value: Any, name: str) -> int:
@@ -221,36 +235,18 @@ def _non_negative_int(value: Any, name: str) -> int:
     return value
 
 
-def _mode(mode: str, monitor: str) -> str:
-    """ "min" or "max" for ``monitor`` ("auto": max for accuracy-like metrics)."""
-    if mode not in ("auto", "min", "max"):
-        raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-    if mode != "auto":
-        return mode
-    higher_is_better = ("acc", "precision", "recall", "f1", "score", "auc")
-    return "max" if any(word in monitor for word in higher_is_better) else "min"
-
-
-def _monitored(logs: dict[str, float], monitor: str, who: str) -> float:
-    if monitor not in logs:
-        raise KeyError(
-            f"{who} monitors {monitor!r} but the epoch logs only have {sorted(logs)}; "
-            f"pass validation_data or monitor='loss'"
-        )
-    return float(logs[monitor])
-
-
 def _main_rank() -> bool:
     from fastnet.distributed import is_main
 
     return is_main()
 
 
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(Monitor):
     """Save the model after each epoch (or only when ``monitor`` improved, with
     ``save_best_only``). ``path`` may hold ``{epoch}`` and log keys, e.g.
-    ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"``; ``.safetensors`` paths save that format. Writes
-    are atomic and the folder is checked when training starts."""
+    ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"`` (keys and formats are checked before training);
+    ``.safetensors`` paths save that format. Writes are atomic and the folder is checked when
+    training starts."""
 
     def __init__(
         self,
@@ -259,13 +255,24 @@ class ModelCheckpoint(Callback):
         save_best_only: bool = False,
         mode: str = "auto",
     ) -> None:
-        self.path, self.monitor = os.fspath(path), monitor
-        self.save_best_only, self.mode = bool(save_best_only), _mode(mode, monitor)
+        super().__init__(monitor, mode, 0.0)
+        self.path, self.save_best_only = os.fspath(path), bool(save_best_only)
         self.saved: list[str] = []
 
     @property
     def monitored(self) -> str | None:
         return self.monitor if self.save_best_only else None
+
+    def check_logs(self, names: list[str]) -> None:
+        """Also the keys of ``path`` and their formats (on 0.0 for every log entry)."""
+        super().check_logs(names)
+        try:
+            self.path.format(epoch=1, **_aliased(dict.fromkeys(names, 0.0)))
+        except KeyError as exc:
+            _require(self, str(exc.args[0]), names, f"path {self.path!r} uses")
+        except (ValueError, TypeError, IndexError, AttributeError) as exc:
+            msg = f"ModelCheckpoint path {self.path!r} is not a valid template: {exc}"
+            raise ValueError(msg) from None
 
     def on_train_begin(self, model: Any) -> None:
         from fastnet.checkpoint import check_checkpoint_path
@@ -284,16 +291,12 @@ class ModelCheckpoint(Callback):
                 ) from None
         if "{" not in folder:
             check_checkpoint_path(static, "ModelCheckpoint")
-        self.best = math.inf if self.mode == "min" else -math.inf
+        super().on_train_begin(model)
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
-        if self.save_best_only:
-            value = _monitored(logs, self.monitor, "ModelCheckpoint")
-            better = value < self.best if self.mode == "min" else value > self.best
-            if not better:
-                return False
-            self.best = value
-        path = self.path.format(epoch=epoch + 1, **logs)
+        if self.save_best_only and not self._improved(logs):
+            return False
+        path = self.path.format(epoch=epoch + 1, **_aliased(logs))
         if _main_rank():
             if os.path.dirname(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -302,7 +305,12 @@ class ModelCheckpoint(Callback):
         return False
 
 
-class ReduceLROnPlateau(Callback):
+def _aliased(logs: dict[str, Any]) -> dict[str, Any]:
+    """``logs`` with their aliases (``val_acc``) as keys too."""
+    return {**{a: logs[n] for a, n in ALIASES.items() if n in logs}, **logs}
+
+
+class ReduceLROnPlateau(Monitor):
     """Multiply the learning rate by ``factor`` when ``monitor`` has not improved by
     ``min_delta`` for ``patience`` epochs, down to ``min_lr``; wait ``cooldown`` epochs after."""
 
@@ -320,36 +328,25 @@ class ReduceLROnPlateau(Callback):
             raise ValueError(f"factor must be in (0, 1), got {factor!r}")
         if min_lr < 0:
             raise ValueError(f"min_lr must be >= 0, got {min_lr!r}")
-        self.monitor, self.factor, self.min_lr = monitor, float(factor), float(min_lr)
+        self.factor, self.min_lr = float(factor), float(min_lr)
         self.patience = _non_negative_int(patience, "patience")
         self.cooldown = _non_negative_int(cooldown, "cooldown")
-        self.mode, self.min_delta = _mode(mode, monitor), abs(float(min_delta))
-
-    @property
-    def monitored(self) -> str | None:
-        return self.monitor
+        super().__init__(monitor, mode, min_delta)
 
     def on_train_begin(self, model: Any) -> None:
-        self.best = math.inf if self.mode == "min" else -math.inf
+        super().on_train_begin(model)
         self.wait = self.cooling = 0
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
-        value = _monitored(logs, self.monitor, "ReduceLROnPlateau")
+        improved = self._improved(logs)
         if self.cooling:
             self.cooling -= 1
-        improved = (
-            value < self.best - self.min_delta
-            if self.mode == "min"
-            else value > self.best + self.min_delta
-        )
         if improved:
-            self.best, self.wait = value, 0
+            self.wait = 0
         elif not self.cooling:
             self.wait += 1
             if self.wait >= self.patience:
-                lr = model.optimizer.lr
-                new = max(lr * self.factor, self.min_lr)
-                if new < lr:
+                if max(model.optimizer.lr * self.factor, self.min_lr) < model.optimizer.lr:
                     for opt in _optimizers(model):
                         opt.lr = max(opt.lr * self.factor, self.min_lr, 1e-12)
                 self.wait, self.cooling = 0, self.cooldown
@@ -373,7 +370,7 @@ class CSVLogger(Callback):
     def on_train_begin(self, model: Any) -> None:
         from fastnet.checkpoint import check_writable
 
-        check_writable(self.path, "CSVLogger path")
+        check_writable(self.path, "CSVLogger")
         self.keys: list[str] | None = None
         if not _main_rank():
             return

@@ -1,9 +1,11 @@
 """Classification metrics on host arrays: ``confusion_matrix``, macro precision / recall / F1
 (averaged over the classes present in the labels or predictions, as scikit-learn's
-``average="macro"``; a class with no predictions has precision 0), and top-k accuracy."""
+``average="macro"``; a class with no predictions has precision 0), and top-k accuracy. Also
+the names of log entries (``higher_is_better``, aliases) and user metrics (``on_labels``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from typing import Any
 
 import numpy as np
@@ -35,11 +37,8 @@ def macro_scores(cm: np.ndarray) -> dict[str, float]:
         precision = np.where(predicted > 0, tp / predicted, 0.0)
         recall = np.where(actual > 0, tp / actual, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return {
-        "precision": float(precision[present].mean()),
-        "recall": float(recall[present].mean()),
-        "f1": float(f1[present].mean()),
-    }
+    scores = {"precision": precision, "recall": recall, "f1": f1}
+    return {name: float(v[present].mean()) for name, v in scores.items()}
 
 
 def top_k_correct(scores: Any, labels: Any, k: int, xp: Any = np) -> Any:
@@ -79,16 +78,63 @@ def regression_scores(sums: np.ndarray, n: int) -> dict[str, float]:
     }
 
 
+#: Keras's short names of log entries (the epoch lines print them), accepted wherever fastnet
+#: takes a log entry's name: callbacks' ``monitor`` and ``ModelCheckpoint`` path keys
+ALIASES = {"acc": "accuracy", "val_acc": "val_accuracy"}
+#: words of log names: whether a higher value is better (the last such word of a name decides)
+BETTER = dict.fromkeys("acc accuracy auc corrcoef f1 precision r2 recall score".split(), True)
+BETTER |= dict.fromkeys("loss error mae mse rmse deviance".split(), False)
+
+
+def higher_is_better(name: str) -> bool:
+    """Whether a higher ``name`` (a log entry, e.g. ``val_r2``, ``val_top5_accuracy`` or a user
+    metric's ``val_roc_auc_score``) is better; False for losses, errors and unknown words."""
+    return next((BETTER[w] for w in reversed(name.lower().split("_")) if w in BETTER), False)
+
+
+def log_name(name: str, names: Collection[str]) -> str | None:
+    """``name`` as the epoch logs hold it among ``names``: itself or what its alias stands for
+    (``val_acc``: ``val_accuracy``); None when neither is there."""
+    return next((n for n in (name, ALIASES.get(name)) if n is not None and n in names), None)
+
+
 def metric_name(f: Any) -> str:
     """The log name of a user metric (its ``__name__``)."""
     return str(getattr(f, "__name__", type(f).__name__))
 
 
+class on_labels:  # a function to its users: a wrapped metric
+    """``fn(y_true, y_pred)`` as a metric that ``fit``/``evaluate`` call with labels, as
+    scikit-learn's ``accuracy_score`` or ``f1_score`` want: ``y_true`` as class indices (of
+    one-hot targets too) and ``y_pred`` as ``predict`` returns; (n, 1) columns flattened."""
+
+    def __init__(self, fn: Callable[[Any, Any], Any]) -> None:
+        if not callable(fn):
+            raise TypeError(f"on_labels takes a function f(y_true, y_pred), got {fn!r}")
+        self.fn, self.__name__ = fn, metric_name(fn)
+
+    def __call__(self, y_true: Any, y_pred: Any) -> Any:
+        return self.fn(y_true, y_pred)
+
+
+LABELS_HINT = " (y_pred: predict_proba's or predict_raw's output; for labels: metrics.on_labels(f))"
+
+
+def call_metric(f: Any, y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """``f(y_true, y_pred)`` as a float; any error names the metric and what it was given."""
+    try:
+        return float(f(y_true, y_pred))
+    except Exception as exc:
+        hint = "" if isinstance(f, on_labels) else LABELS_HINT
+        given = f"y_true {y_true.dtype} {y_true.shape}, y_pred {y_pred.dtype} {y_pred.shape}"
+        raise ValueError(f"metric {metric_name(f)!r} failed on {given}{hint}: {exc!r}") from exc
+
+
 def check_metrics(metrics: Any) -> list:
-    """User metrics: callables ``f(y_true, y_pred) -> float`` with distinct names."""
+    """User metrics: callables ``f(y_true, y_pred) -> float`` with distinct names (None: none)."""
     if callable(metrics) or isinstance(metrics, (str, bytes)):
         metrics = [metrics]
-    found = list(metrics)
+    found = list(metrics or ())
     for f in found:
         if not callable(f):
             raise TypeError(f"metrics must be functions f(y_true, y_pred) -> float, got {f!r}")
@@ -101,8 +147,10 @@ def check_metrics(metrics: Any) -> list:
 __all__ = [
     "check_metrics",
     "confusion_matrix",
+    "higher_is_better",
     "macro_scores",
     "metric_name",
+    "on_labels",
     "regression_scores",
     "regression_sums",
     "top_k_accuracy",

@@ -23,12 +23,14 @@ import numpy as np
 from fastnet.backends.graph_step import CaptureRequiredError, GraphedStep
 from fastnet.backends.interop import host_array
 from fastnet.backends.report import record_kernels
-from fastnet.callbacks import Callback, as_callbacks, check_monitor
+from fastnet.callbacks import Callback, as_callbacks
 from fastnet.metrics import (
+    call_metric,
     check_metrics,
     confusion_matrix,
     macro_scores,
     metric_name,
+    on_labels,
     regression_scores,
     regression_sums,
     top_k_correct,
@@ -455,7 +457,8 @@ class Trainer:
         seeded, stratified ``validation_split``), ``val_loss`` with ``val_accuracy``, macro
         ``val_precision``/``_recall``/``_f1`` and ``val_top{k}_accuracy`` for softmax
         classifiers or ``val_mae``/``_rmse``/``_r2`` for regression, and each of ``metrics``
-        (``f(y_true, y_pred) -> float`` on host arrays) as ``val_<name>``.
+        as ``val_<name>``: ``f(y_true, y_pred) -> float`` on NumPy targets and, as in Keras,
+        ``predict_proba``'s (``predict_raw``'s) outputs; ``metrics.on_labels(f)`` gives labels.
 
         Bad arguments raise before anything changes. A NaN/inf loss restores the last finite
         weights and stops (``on_divergence="restore"``; "raise" also raises
@@ -469,8 +472,7 @@ class Trainer:
         ``sample_weight``/``class_weight`` weight rows, normalised over the batch as in Keras.
         ``distributed=True`` (under ``mpirun``) trains data-parallel with one process's
         semantics: ``batch_size`` is global, gradients are all-reduced (``comm`` "mpi" or
-        "nccl"), validation is reduced over ranks and rank 0 prints.
-        """
+        "nccl"), validation is reduced over ranks and rank 0 prints."""
         opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
         run = self._prepare_fit(X, y, opts)
         # ---- nothing above changed the model; from here on it trains
@@ -520,10 +522,11 @@ class Trainer:
                 "metrics are computed on validation data: pass validation_data or validation_split"
             )
         width = self.output_width(Xd.shape[1])
+        self._try_user_metrics(metric_fns, val, width)
         names = self._log_names(val is not None, opts.top_k, metric_fns, width)
         names += [name for cb in hooks for name in cb.provides]
         for cb in hooks:
-            check_monitor(cb, names)
+            cb.check_logs(names)
         group, verbose = self._join_group(opts)
         data = (Xd, yd, wd, val, streamed, compiled, group)
         settings = (epochs, hooks, metric_fns, opts.top_k, verbose, opts.on_divergence, names)
@@ -933,9 +936,33 @@ class Trainer:
                 logs[f"top{_top_k(top_k, classes)}_accuracy"] = sums[2] / n
         if width:
             logs.update(regression_scores(sums[3:], n))
-        for f in metrics:  # on the whole set (not reducible over ranks)
-            logs[metric_name(f)] = float(f(self.backend.to_numpy(yd), self._predictions(Xd)))
+        if metrics:  # on the whole set (not reducible over ranks)
+            outputs = functools.partial(self._batched_outputs, Xd)
+            logs.update(self._user_metrics(metrics, yd, outputs))
         return {key: float(v) for key, v in logs.items()}
+
+    def _try_user_metrics(self, metrics: list, val: Any, width: int) -> None:
+        """Call each user metric once before training, on the validation targets and constant
+        outputs (the model may not be built yet): one that cannot take them fails here."""
+        if not metrics:
+            return
+        fill = {"softmax": 1 / width, "sigmoid": 0.5}.get(self.loss.predictions, 0.0)
+        with warnings.catch_warnings():  # e.g. scikit-learn's on constant predictions
+            warnings.simplefilter("ignore")
+            full = functools.partial(np.full, (len(val[1]), width), dtype=self.dtype)
+            self._user_metrics(metrics, val[1], lambda probabilities: full(probabilities * fill))
+
+    def _user_metrics(self, metrics: Sequence, yd: Any, outputs: Callable) -> dict[str, float]:
+        """Each user metric: ``f(y_true, y_pred)`` with the targets and the predictions
+        (``outputs(probabilities=True)``), or labels for ``on_labels`` metrics (of the raw
+        outputs, as ``predict`` gives them)."""
+        host, kinds = self.backend.to_numpy, {isinstance(f, on_labels) for f in metrics}
+        inputs = {False: (host(yd), host(outputs(probabilities=True)))} if False in kinds else {}
+        if True in kinds:
+            true = host(yd).argmax(1) if self.loss.multiclass and yd.ndim == 2 else host(yd)
+            pred = self.loss.predict_labels(host(outputs(probabilities=False)))
+            inputs[True] = tuple(a.ravel() if a.shape[1:] == (1,) else a for a in (true, pred))
+        return {metric_name(f): call_metric(f, *inputs[isinstance(f, on_labels)]) for f in metrics}
 
     def _class_sums(self, outputs: Any, targets: Any, classes: int, k: int) -> np.ndarray:
         """Top-k hits followed by the confusion matrix, as one vector of sums."""
@@ -945,10 +972,6 @@ class Trainer:
             self.backend.to_numpy(labels), self.backend.to_numpy(outputs.argmax(axis=1)), classes
         )
         return np.concatenate([[hits], cm.ravel()])
-
-    def _predictions(self, Xd: Any) -> np.ndarray:
-        """What ``predict_proba`` (classifiers) or ``predict_raw`` return, for metrics."""
-        return self.backend.to_numpy(self._batched_outputs(Xd, probabilities=True))
 
     def _batched_outputs(self, Xd: Any, batch_size: int = 8192, probabilities: bool = False) -> Any:
         """The model's outputs on ``Xd`` in eval mode (the loss's predictions, e.g. softmax

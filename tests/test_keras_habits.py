@@ -1,7 +1,10 @@
 """What Keras and notebook users do on their first day works (issue: a new user's first hour,
 items 9 and 13): validation_split, Keras-style and plain-function callbacks checked before
 training, a fresh history per fit, regression metrics, user metrics, monitored names checked
-up front, and LeakyReLU with any slope."""
+up front, and LeakyReLU with any slope. Also (issue: a newcomer's callbacks and metrics): scores
+such as R2 monitored as higher-is-better, checkpoint path keys checked before training, ``acc``
+and ``val_acc`` as aliases, user metrics checked before training or given labels with
+``fastnet.metrics.on_labels``, ``callbacks=None``."""
 
 import numpy as np
 import pytest
@@ -82,9 +85,14 @@ def test_bad_callback_signatures_fail_before_training():
 def test_monitored_names_are_checked_before_training():
     X, y = _blobs()
     model = _model()
-    with pytest.raises(ValueError, match="'val_acc'.*valid names: .*val_accuracy"):
+    with pytest.raises(ValueError, match="'val_acuracy'.*valid names: .*val_accuracy"):
         model.fit(
-            X, y, epochs=3, verbose=0, validation_split=0.2, callbacks=[fn.EarlyStopping("val_acc")]
+            X,
+            y,
+            epochs=3,
+            verbose=0,
+            validation_split=0.2,
+            callbacks=[fn.EarlyStopping("val_acuracy")],
         )
     with pytest.raises(ValueError, match="validation_data or validation_split"):
         model.fit(X, y, epochs=3, verbose=0, callbacks=[fn.ReduceLROnPlateau("val_loss")])
@@ -168,3 +176,94 @@ def test_evaluate_takes_user_metrics():
 
     scores = model.evaluate(X, y, metrics=[error_rate])
     assert scores["error_rate"] == pytest.approx(1 - scores["accuracy"])
+
+
+def _regression(n=300, seed=0):
+    r = np.random.default_rng(seed)
+    X = r.normal(size=(n, 4)).astype(np.float32)
+    return X, (X @ np.array([1.0, -2.0, 0.5, 0.0]) + 0.1 * r.normal(size=n)).astype(np.float32)
+
+
+HIGHER = ["val_r2", "val_accuracy", "acc", "val_acc", "val_top5_accuracy", "val_auc", "val_f1"]
+HIGHER += ["val_precision", "val_recall", "val_score", "val_roc_auc_score", "val_bal_acc"]
+LOWER = ["loss", "val_loss", "val_mae", "val_rmse", "val_balanced_error", "val_zero_one_loss"]
+
+
+@pytest.mark.parametrize("name", HIGHER + LOWER)
+def test_auto_mode_knows_which_scores_are_higher_is_better(name):
+    want = "max" if name in HIGHER else "min"
+    made = [fn.EarlyStopping(name), fn.ReduceLROnPlateau(name), fn.ModelCheckpoint("m.npz", name)]
+    assert [cb.mode for cb in made] == [want] * 3
+
+
+def test_early_stopping_on_a_rising_r2_keeps_training():
+    X, y = _regression()
+    model = fn.Sequential([fn.Dense(16, "relu"), fn.Dense(1)], loss="mse", backend="numpy", seed=0)
+    stop = fn.EarlyStopping("val_r2", patience=1)
+    hist = model.fit(X, y, epochs=4, verbose=0, validation_split=0.2, callbacks=[stop])
+    assert np.all(np.diff(hist["val_r2"]) > 0) and len(hist["val_r2"]) == 4
+    assert model.stop_reason is None and stop.best == hist["val_r2"][-1]
+
+
+def test_checkpoint_path_keys_are_checked_before_training(tmp_path):
+    X, y = _blobs()
+    model = _model()
+    ckpt = fn.ModelCheckpoint(tmp_path / "m-{epoch}-{val_loss:.3f}.npz")
+    with pytest.raises(ValueError, match=r"ModelCheckpoint path .*'val_loss'.*valid names: .*loss"):
+        model.fit(X, y, epochs=2, verbose=0, callbacks=[ckpt])
+    with pytest.raises(ValueError, match=r"\{loss:d\}.* not a valid template: Unknown format code"):
+        model.fit(
+            X, y, epochs=2, verbose=0, callbacks=[fn.ModelCheckpoint(tmp_path / "{loss:d}.npz")]
+        )
+    assert not model.built and not list(tmp_path.iterdir())
+    ckpt = fn.ModelCheckpoint(tmp_path / "m-{epoch}-{val_acc:.2f}.npz", "val_acc", True)
+    hist = model.fit(X, y, epochs=2, verbose=0, validation_split=0.25, callbacks=[ckpt])
+    assert ckpt.saved[0].endswith(f"m-1-{hist['val_accuracy'][0]:.2f}.npz")
+
+
+def test_acc_and_val_acc_are_aliases_wherever_a_log_entry_is_named():
+    X, y = _blobs()
+    cbs = [fn.EarlyStopping("val_acc", patience=1), fn.ReduceLROnPlateau("acc", patience=1)]
+    hist = _model().fit(X, y, epochs=4, verbose=0, validation_split=0.25, callbacks=cbs)
+    assert cbs[0].best == max(hist["val_accuracy"]) and cbs[1].best == max(hist["accuracy"])
+    with pytest.raises(ValueError, match="'val_acc'.*val_.* needs validation_data"):
+        _model().fit(X, y, epochs=1, verbose=0, callbacks=[fn.EarlyStopping("val_acc")])
+
+
+def test_user_metrics_are_checked_before_training_and_may_take_labels():
+    X, y = _blobs()
+    model = _model()
+    sk = pytest.importorskip("sklearn.metrics")
+    with pytest.raises(ValueError, match=r"'accuracy_score' failed on .*\(60, 3\).*on_labels"):
+        model.fit(X, y, epochs=1, verbose=0, validation_split=0.25, metrics=[sk.accuracy_score])
+
+    def per_row(y_true, y_pred):  # not one number
+        return y_true
+
+    with pytest.raises(ValueError, match="'per_row' failed"):
+        model.fit(X, y, epochs=1, verbose=0, validation_split=0.25, metrics=[per_row])
+    assert not model.built and model.history == {}
+
+    def hits(y_true, y_pred):
+        assert y_true.shape == y_pred.shape == (60,)
+        return float((y_true == y_pred).mean())
+
+    metrics = [fn.metrics.on_labels(sk.accuracy_score), fn.metrics.on_labels(hits)]
+    Y = fn.one_hot(y, 3)  # one-hot targets: labels are their class indices
+    hist = model.fit(X, Y, epochs=2, verbose=0, validation_split=0.25, metrics=metrics)
+    assert hist["val_accuracy_score"] == hist["val_hits"] == hist["val_accuracy"]
+    assert model.evaluate(X, y, metrics=metrics[:1])["accuracy_score"] == pytest.approx(
+        model.evaluate(X, y)["accuracy"]
+    )
+    with pytest.raises(TypeError, match="on_labels takes a function"):
+        fn.metrics.on_labels("accuracy")
+
+
+def test_callbacks_none_and_csv_logger_wording(tmp_path):
+    X, y = _blobs()
+    assert len(_model().fit(X, y, epochs=1, verbose=0, callbacks=None, metrics=None)["loss"]) == 1
+    log = fn.CSVLogger(tmp_path / "log.csv")
+    _model().fit(X, y, epochs=1, verbose=0, callbacks=log)  # one callback, not in a list
+    assert (tmp_path / "log.csv").exists()
+    with pytest.raises(FileNotFoundError, match=r"^CSVLogger path '.*' is missing$"):
+        _model().fit(X, y, epochs=1, verbose=0, callbacks=[fn.CSVLogger(tmp_path / "no" / "a")])
