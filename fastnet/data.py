@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import numbers
 import os
 import struct
 import zlib
@@ -257,10 +258,13 @@ def minibatches(
     seed: int | None = None,
     shuffle: bool = True,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(X_batch, y_batch)`` pairs covering the data once (the last batch may be short)."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    """``(X_batch, y_batch)`` pairs covering the data once (the last batch may be short);
+    the arguments are checked at the call."""
+    integral = isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)
+    if not integral or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if len(X) != len(y):
+        raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
     order = np.random.default_rng(seed).permutation(len(X)) if shuffle else np.arange(len(X))
-    for lo in range(0, len(X), batch_size):
-        idx = order[lo : lo + batch_size]
-        yield X[idx], y[idx]
+    batches = (order[lo : lo + batch_size] for lo in range(0, len(X), int(batch_size)))
+    return ((X[idx], y[idx]) for idx in batches)

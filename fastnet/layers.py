@@ -127,10 +127,15 @@ class Layer:
         """Cheap boundary check: built, 2-D, and as wide as the layer was built for."""
         _ = self.backend  # raises if not built
         shape = getattr(x, "shape", None)
-        if shape is None or len(shape) != 2 or shape[1] != self.input_dim:
+        if shape is None:
+            raise TypeError(
+                f"{type(self).__name__} expects an array of shape (batch, {self.input_dim}), "
+                f"got a {type(x).__name__} (model.backend.asarray(x) makes one)"
+            )
+        if len(shape) != 2 or shape[1] != self.input_dim:
             raise ValueError(
                 f"{type(self).__name__} expects inputs of shape (batch, "
-                f"{self.input_dim}), got {None if shape is None else tuple(shape)}"
+                f"{self.input_dim}), got {tuple(shape)}"
             )
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.backends import Act, Backend
+from fastnet.backends import Act, Backend, get_backend
 from fastnet.backends.plan import LossPlan
 
 
@@ -42,7 +42,9 @@ class Loss:
         """Loss value and gradient, after checking shapes and target values. ``weights``
         (one per row) weight each row; the mean stays over the rows (Keras's normalisation)."""
         _check_pair(self, outputs, targets)
-        bad = self.invalid_targets(targets, self._xp(targets))
+        if self._backend is None and isinstance(outputs, np.ndarray):
+            self.build(get_backend("numpy"))  # a loss used on its own, as in the notebooks
+        bad = self.invalid_targets(targets, self._xp(targets), outputs.shape[1])
         if bad:
             raise ValueError(f"{type(self).__name__}: {bad}")
         if weights is not None and tuple(weights.shape) != (outputs.shape[0],):
@@ -94,8 +96,9 @@ class Loss:
         ours = all(owner(n).__module__ == __name__ for n in ("predictions", "predict_output"))
         return self.predictions if ours and "predictions" not in vars(self) else "custom"
 
-    def invalid_targets(self, targets: Any, xp: Any = np) -> str:
-        """Why ``targets`` are outside this loss's domain ("" if they are fine)."""
+    def invalid_targets(self, targets: Any, xp: Any = np, classes: int = 2**31) -> str:
+        """Why ``targets`` are outside this loss's domain ("" if they are fine); ``classes``:
+        the outputs' width."""
         return ""
 
     def predict_labels(self, outputs: np.ndarray) -> np.ndarray:
@@ -119,8 +122,13 @@ class Loss:
 
 def _check_pair(loss: Loss, outputs: Any, targets: Any) -> None:
     """Shapes of outputs ``(n, k)`` and targets ``(n,)`` (class indices) or ``(n, k)``."""
-    shape: tuple[int, ...] = tuple(getattr(outputs, "shape", ()))
-    tshape: tuple[int, ...] = tuple(getattr(targets, "shape", ()))
+    for name, a in (("outputs", outputs), ("targets", targets)):
+        if not hasattr(a, "shape"):
+            raise TypeError(
+                f"{type(loss).__name__}: {name} must be an array, got a {type(a).__name__}"
+            )
+    shape: tuple[int, ...] = tuple(outputs.shape)
+    tshape: tuple[int, ...] = tuple(targets.shape)
     if len(shape) != 2:
         raise ValueError(
             f"{type(loss).__name__}: outputs must be 2-D (batch, classes), got shape {tuple(shape)}"
@@ -186,10 +194,10 @@ class SoftmaxCrossEntropy(Loss):
         smoothing = f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
         return f"SoftmaxCrossEntropy({smoothing})"
 
-    def invalid_targets(self, targets: Any, xp: Any = np) -> str:
+    def invalid_targets(self, targets: Any, xp: Any = np, classes: int = 2**31) -> str:
         if targets.ndim == 1:
-            if targets.size and (int(targets.min()) < 0 or int(targets.max()) >= 2**31):
-                return "class indices must be in [0, n_classes)"
+            if targets.size and (int(targets.min()) < 0 or int(targets.max()) >= classes):
+                return f"class indices must be in [0, {classes}) (the outputs' width)"
             return ""
         if targets.size and bool((targets < 0).any()):
             return "soft targets must be non-negative (probabilities or counts)"
@@ -212,7 +220,7 @@ class SigmoidBinaryCrossEntropy(Loss):
     classification = counts_correct = True
     predictions = "sigmoid"
 
-    def invalid_targets(self, targets: Any, xp: Any = np) -> str:
+    def invalid_targets(self, targets: Any, xp: Any = np, classes: int = 2**31) -> str:
         if targets.size and bool(((targets < 0) | (targets > 1)).any()):
             return "targets must be in [0, 1] (labels or probabilities)"
         return ""

@@ -95,6 +95,7 @@ class Sequential(Trainer):
         self.streamed = False  # whether the last fit streamed its data from host memory
         self.step_description = "not trained yet"
         self._compiled_steps: dict = {}
+        self._backward_shape: tuple | None = None  # the outputs of the last training forward
         self.loss.build(self.backend)
 
     # ------------------------------------------------------------------ structure
@@ -173,18 +174,28 @@ class Sequential(Trainer):
     def forward(self, x: Any, training: bool = False) -> Any:
         """Outputs of the layers on ``x`` (a buffer reused by the next call). Mixed precision:
         ``x`` is rounded to the compute dtype first and the outputs come back in float32."""
+        if not self.built:
+            raise RuntimeError("the model is not built yet: call build(input_dim) or fit first")
         if self.compute_dtype is not None:
             x = self.backend.cast(x, self._cast_buffer("x", x.shape, self.compute_dtype))
         for layer in self.layers:
             x = layer.forward(x, training)
         if self.compute_dtype is not None:
             x = self.backend.cast(x, self._cast_buffer("y", x.shape, self.dtype))
+        self._backward_shape = tuple(x.shape) if training else None
         return x
 
     def backward(self, dout: Any) -> None:
         """Gradients of every parameter from ``dout``, the loss gradient of ``forward``'s
         outputs. Mixed precision: ``dout`` enters the layers in the compute dtype, times the
         loss scale (float16), which the optimizer step divides out again."""
+        shape = tuple(getattr(dout, "shape", ()))
+        if self._backward_shape is None or shape != self._backward_shape:
+            raise ValueError(
+                f"dout of shape {shape}: backward takes the loss gradient of the outputs of "
+                "the last forward(x, training=True)"
+                + (f", of shape {self._backward_shape}" if self._backward_shape else " (none ran)")
+            )
         if self.compute_dtype is not None:
             scale = None if self.loss_scaler is None else self.loss_scaler.state
             buf = self._cast_buffer("dy", dout.shape, self.compute_dtype)
