@@ -34,7 +34,17 @@ from fastnet.data import (
     train_val_split,
 )
 from fastnet.initializers import Gaussian, He, Xavier
-from fastnet.layers import BatchNorm1d, Dense, Dropout, LeakyReLU, ReLU, Sigmoid, Softmax, Tanh
+from fastnet.layers import (
+    BatchNorm1d,
+    Dense,
+    Dropout,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Standardize,
+    Tanh,
+)
 from fastnet.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from fastnet.model import Sequential, StateError, load_model, save_model
 from fastnet.optimizers import SGD, AdaGrad, Adam, AdamW, Momentum, RMSProp
@@ -56,6 +66,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "BatchNorm1d",
+    "Standardize",
     "CSVLogger",
     "Callback",
     "CheckpointError",

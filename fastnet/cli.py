@@ -365,8 +365,7 @@ def _prepare(args: argparse.Namespace) -> Prepared:
             (scaler.transform(x, dtype), y)
             for x, y in (prepared.train, prepared.val, prepared.test)
         )
-        prepared.scaler = scaler
-        prepared.extra["scale"] = scaler.to_json()
+        prepared.scaler = scaler  # saved as the model's first layer (Standardize)
     return prepared
 
 
@@ -613,7 +612,11 @@ def _write_outputs(
     args: argparse.Namespace, model: Any, data: Prepared, results: dict, arch: str
 ) -> None:
     if args.save and model.built:
-        model.save(args.save, extra=data.extra)
+        from fastnet.layers import Standardize
+
+        scaler = data.scaler  # trained on scaled rows: saved to take raw ones
+        saved = model.prepend(Standardize(scaler.offset, scaler.scale)) if scaler else model
+        saved.save(args.save, extra=data.extra)
         print(f"saved checkpoint to {args.save}")
     cm = results["confusion_matrix"]
     if args.plot:
@@ -678,7 +681,7 @@ def _model_data(args: argparse.Namespace, meta: dict, need_target: bool) -> tupl
     encoding = LabelEncoding(extra["classes"]) if extra.get("classes") is not None else None
     if y is not None:
         y = _targets(y, args.data, encoding, extra.get("task", "classification"))
-    if extra.get("scale"):
+    if extra.get("scale"):  # a checkpoint of before the Standardize layer
         X = Scaler.from_json(extra["scale"]).transform(X)
     return X, y, encoding
 

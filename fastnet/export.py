@@ -1,6 +1,6 @@
-"""ONNX export of a built ``Sequential`` (Dense, activations, Softmax, BatchNorm1d and Dropout in
-eval mode): ``model.to_onnx(path)`` or ``fastnet export model.npz model.onnx``. Needs the
-``onnx`` package (``pip install onnx``); the graph is checked before it is written.
+"""ONNX export of a built ``Sequential`` (Dense, activations, Softmax, BatchNorm1d, Standardize
+and Dropout in eval mode): ``model.to_onnx(path)`` or ``fastnet export model.npz model.onnx``.
+Needs the ``onnx`` package (``pip install onnx``); the graph is checked before it is written.
 """
 
 from __future__ import annotations
@@ -67,6 +67,9 @@ class _Graph:
             return self.node("BatchNormalization", [x, *params], f"bn{i}", epsilon=layer.eps)
         if kind == "dropout":
             return x  # identity at inference
+        if kind == "standardize":
+            x = self.node("Sub", [x, self.tensor(f"offset{i}", layer.device_offset)], f"center{i}")
+            return self.node("Div", [x, self.tensor(f"scale{i}", layer.device_scale)], f"scaled{i}")
         raise ValueError(f"layer {i} ({type(layer).__name__}) has no ONNX export")
 
 

@@ -556,8 +556,68 @@ class BatchNorm1d(Layer):
         return {**config, "synchronized": True} if self.synchronized else config
 
 
+class Standardize(Layer):
+    """Fixed per-feature scaling of the inputs, ``(x - offset) / scale``, not trained: a model's
+    own preprocessing (the CLI's ``--scale``), kept in its checkpoints and ONNX export, so the
+    saved model takes raw features. ``Standardize.fit(X)``: zero mean, unit variance."""
+
+    name = "standardize"
+
+    def __init__(self, offset: Any, scale: Any) -> None:
+        super().__init__()
+        self.offset, self.scale = (np.array(v, np.float64).ravel() for v in (offset, scale))
+        if len(self.offset) != len(self.scale) or not len(self.offset):
+            raise ValueError(
+                f"offset and scale need one value per feature, got "
+                f"{len(self.offset)} and {len(self.scale)}"
+            )
+        if not (np.isfinite(self.offset).all() and np.isfinite(self.scale).all()):
+            raise ValueError("offset and scale must be finite")
+        if not (self.scale > 0).all():
+            raise ValueError("scale must be positive")
+
+    @classmethod
+    def fit(cls, X: Any) -> Standardize:
+        """Each column's mean and standard deviation in ``X`` (1 where a column is constant)."""
+        X = np.asarray(X, np.float64)
+        spread = X.std(axis=0)
+        return cls(X.mean(axis=0), np.where(spread > 0, spread, 1.0))
+
+    def build(
+        self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
+    ) -> int:
+        if input_dim != len(self.offset):
+            raise ValueError(f"Standardize has {len(self.offset)} features, the inputs {input_dim}")
+        if self.compute_dtype is not None:  # raw features (e.g. 1e6) overflow half types
+            raise ValueError("Standardize is not for mixed precision: scale the data beforehand")
+        self.device_offset, self.device_scale = (
+            backend.asarray(v.astype(dtype)) for v in (self.offset, self.scale)
+        )
+        return super().build(input_dim, backend, dtype, rng)
+
+    def forward(self, x: Any, training: bool = True) -> Any:
+        self._check_input(x)
+        xp, out = self.backend.xp, self._buffer("out", x.shape)
+        return xp.divide(xp.subtract(x, self.device_offset, out=out), self.device_scale, out=out)
+
+    def backward(self, dy: Any, need_dx: bool = True) -> Any:
+        if not need_dx:
+            return None
+        return self.backend.xp.divide(dy, self.device_scale, out=self._buffer("dx", dy.shape))
+
+    def plan(self) -> OpsPlan:
+        return OpsPlan("Standardize")
+
+    def get_config(self) -> dict:
+        return {"name": self.name, "offset": self.offset.tolist(), "scale": self.scale.tolist()}
+
+    def __repr__(self) -> str:
+        return f"Standardize({len(self.offset)} features)"
+
+
 LAYERS: dict[str, type[Layer]] = {
-    cls.name: cls for cls in (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout, BatchNorm1d)
+    cls.name: cls
+    for cls in (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout, BatchNorm1d, Standardize)
 }
 
 

@@ -396,6 +396,27 @@ class Sequential(Trainer):
         assert self.arena is not None
         self.arena.refresh_compute()
 
+    def prepend(self, layer: Layer) -> Sequential:
+        """A copy of this built model with ``layer`` first (one without parameters, e.g.
+        ``Standardize`` of the raw features), the weights, optimizer state and buffers of its
+        own layers after it: the copy takes the inputs ``layer`` takes."""
+        self._require_built()
+        config = self.get_config()
+        config["layers"] = [layer.get_config(), *config["layers"]]
+        copy = type(self).from_config(config, self.backend)
+        if copy.layers[0].parameters():
+            raise ValueError(f"prepend takes a layer without parameters, not {layer!r}")
+        state = self.get_state()
+        index = lambda key: key.split("/", 2)  # noqa: E731  kind/layer/rest, or a model's key
+        copy.set_state(
+            {
+                f"{k[0]}/{int(k[1]) + 1}/{k[2]}" if len(k) == 3 and k[1].isdigit() else key: v
+                for key, v in state.items()
+                for k in [index(key)]
+            }
+        )
+        return copy
+
     def to(self, backend: str | Backend, dtype: Any = None) -> Sequential:
         """Return a copy of this model (weights and optimizer state) on another backend, in
         ``dtype`` if given; a mixed-precision model goes to a backend without half compute

@@ -25,8 +25,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # 9,700 for the Dense backward through cuBLASLt's gradient epilogues (the layers' ActGrad hand-off,
 # the ReLU mask, the probe of the epilogues against NumPy) and the aligned parameter arena (+241),
 # to 9,750 for the ReLU kernel that writes the mask where the ReLU epilogue drops NaN (+54), to
-# 9,800 for the same epilogues under mixed precision (half operands, float32 gradients: +31)
-BUDGET = 9800
+# 9,800 for the same epilogues under mixed precision (half operands, float32 gradients: +31), to
+# 9,950 for the first-hour fixes of a newcomer test (CSV targets, checked checkpoint paths, metric
+# and callback names, user metrics on labels, model misuse) and the Standardize layer (+134)
+BUDGET = 9950
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -1,0 +1,94 @@
+"""The Standardize layer (a model's own input scaling) and ``Sequential.prepend``: a model
+trained on scaled rows, saved, loaded or exported, takes raw features (the CLI's --scale)."""
+
+import numpy as np
+import pytest
+from conftest import make_blobs
+
+import fastnet as fn
+from fastnet.cli import main
+
+
+def _raw(n=240, seed=0):
+    X, y = make_blobs(n=n, d=6, k=3, seed=seed)
+    return (X * 50 + 100).astype(np.float32), y  # features around 100, spread 50
+
+
+def test_standardize_scales_and_backpropagates_on_every_backend(backend):
+    rng = np.random.default_rng(0)
+    offset, scale = rng.normal(size=5), rng.uniform(0.5, 3, 5)
+    X = rng.normal(size=(7, 5))
+    model = fn.Sequential(
+        [fn.Standardize(offset, scale), fn.Dense(3)], loss="mse", backend=backend, dtype="float64"
+    ).build(5)
+    out = backend.to_numpy(model.layers[0].forward(backend.asarray(X), training=True))
+    np.testing.assert_allclose(out, (X - offset) / scale, rtol=1e-15)
+    dy = rng.normal(size=(7, 5))
+    dx = backend.to_numpy(model.layers[0].backward(backend.asarray(dy)))
+    np.testing.assert_allclose(dx, dy / scale, rtol=1e-15)
+    assert model.layers[0].backward(backend.asarray(dy), need_dx=False) is None
+    assert model.layers[0].parameters() == []
+
+
+def test_standardize_refuses_bad_values_and_widths():
+    with pytest.raises(ValueError, match="scale must be positive"):
+        fn.Standardize([0.0, 1.0], [1.0, 0.0])
+    with pytest.raises(ValueError, match="finite"):
+        fn.Standardize([np.nan, 1.0], [1.0, 1.0])
+    with pytest.raises(ValueError, match="one value per feature, got 2 and 3"):
+        fn.Standardize([0.0, 1.0], [1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="Standardize has 2 features, the inputs 3"):
+        fn.Sequential([fn.Standardize([0, 0], [1, 1]), fn.Dense(2)], backend="numpy").build(3)
+    layer = fn.Standardize.fit(np.array([[1.0, 5.0], [3.0, 5.0]]))
+    np.testing.assert_array_equal(layer.offset, [2.0, 5.0])
+    np.testing.assert_array_equal(layer.scale, [1.0, 1.0])  # a constant column: only shifted
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba"])
+def test_prepend_gives_a_model_of_raw_features_with_the_same_state(tmp_path, name):
+    X, y = _raw()
+    layer = fn.Standardize.fit(X)
+    scaled = ((X - layer.offset.astype(np.float32)) / layer.scale.astype(np.float32)).astype(
+        np.float32
+    )
+    model = fn.Sequential(
+        [fn.Dense(16, "relu"), fn.Dropout(0.2), fn.Dense(3)], backend=name, seed=0
+    )
+    model.fit(scaled, y, epochs=2, batch_size=32, verbose=0)
+    raw = model.prepend(layer)
+    assert raw.input_dim == 6 and isinstance(raw.layers[0], fn.Standardize)
+    want = model.predict_proba(scaled)  # numba's Dense-only inference kernel: to an ulp
+    np.testing.assert_allclose(raw.predict_proba(X), want, rtol=1e-6, atol=1e-7)
+    state, copied = model.host_state(), raw.host_state()
+    assert len(copied) == len(state)
+    for key, value in state.items():
+        kind, index, rest = key.split("/", 2)
+        np.testing.assert_array_equal(copied[f"{kind}/{int(index) + 1}/{rest}"], value)
+    raw.save(tmp_path / "raw.npz")
+    loaded = fn.load_model(tmp_path / "raw.npz")
+    np.testing.assert_array_equal(loaded.predict_proba(X), raw.predict_proba(X))
+    with pytest.raises(ValueError, match="without parameters"):
+        model.prepend(fn.Dense(6))
+
+
+def test_cli_scaled_model_takes_raw_features_loaded_and_exported(tmp_path, capsys):
+    X, y = _raw(300)
+    rows = [",".join([*map(str, x), str(t)]) for x, t in zip(X.tolist(), y)]
+    (tmp_path / "d.csv").write_text("\n".join(["a,b,c,d,e,f,label", *rows]) + "\n")
+    ckpt = tmp_path / "m.npz"
+    argv = ["train", "--data", str(tmp_path / "d.csv"), "--target", "label", "--scale"]
+    argv += ["standard", "--save", str(ckpt), "--epochs", "5", "--backend", "numpy"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert main(["predict", str(ckpt), "--data", str(tmp_path / "d.csv")]) == 0
+    cli = np.array(capsys.readouterr().out.split()[1:], np.int64)
+    model = fn.load_model(ckpt)
+    assert isinstance(model.layers[0], fn.Standardize)
+    assert (model.predict(X) == cli).all()  # labels 0..2 encode as themselves
+    assert (cli == y).mean() > 0.8
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    model.to_onnx(tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": X})
+    np.testing.assert_allclose(logits, model.predict_raw(X), rtol=1e-4, atol=1e-4)
