@@ -11,12 +11,17 @@ from fastnet.layers import Dense, Layer, LeakyReLU, ReLU, Softmax
 
 
 def check_layer_stack(layers: Sequence[Layer], loss: Any) -> None:
-    """Refuse one layer object at two places (fastnet has no weight sharing: its gradients
-    would be wrong) and a ``Softmax`` layer (or ``Dense(..., "softmax")``) right before a loss
-    that applies softmax itself: softmax twice trains slowly and silently. Raises
-    ``ValueError``."""
+    """Refuse one layer object at two places or in two models (fastnet has no weight sharing:
+    its gradients would be wrong) and a ``Softmax`` layer (or ``Dense(..., "softmax")``) right
+    before a loss that applies softmax itself: softmax twice trains slowly and silently.
+    Raises ``ValueError``."""
     first: dict[int, int] = {}
     for i, layer in enumerate(layers):
+        if layer.built:
+            raise ValueError(
+                f"layers[{i}] ({type(layer).__name__}) is built, in another model that keeps "
+                "its weights: make new layer objects (model.to() and prepend() copy a model)"
+            )
         j = first.setdefault(id(layer), i)
         if j != i:
             raise ValueError(

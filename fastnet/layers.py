@@ -16,6 +16,7 @@ import numpy as np
 from fastnet.backends import Backend, activation_code
 from fastnet.backends.base import Act, ActGrad, ReluMask
 from fastnet.backends.counter_rng import drop_threshold, stream_key
+from fastnet.backends.interop import host_array
 from fastnet.backends.plan import ActivationPlan, DensePlan, DropoutPlan, OpaquePlan, OpsPlan
 from fastnet.initializers import Initializer, get_initializer, initializer_from_config
 from fastnet.optimizers import Optimizer, optimizer_from_config
@@ -579,17 +580,19 @@ class Standardize(Layer):
     @classmethod
     def fit(cls, X: Any) -> Standardize:
         """Each column's mean and standard deviation in ``X`` (1 where a column is constant)."""
-        X = np.asarray(X, np.float64)
+        X = np.asarray(host_array(X, "X"), np.float64)
         spread = X.std(axis=0)
         return cls(X.mean(axis=0), np.where(spread > 0, spread, 1.0))
+
+    def output_width(self, input_dim: int) -> int:
+        if input_dim != len(self.offset):
+            raise ValueError(f"Standardize has {len(self.offset)} features, the inputs {input_dim}")
+        return input_dim
 
     def build(
         self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
     ) -> int:
-        if input_dim != len(self.offset):
-            raise ValueError(f"Standardize has {len(self.offset)} features, the inputs {input_dim}")
-        if self.compute_dtype is not None:  # raw features (e.g. 1e6) overflow half types
-            raise ValueError("Standardize is not for mixed precision: scale the data beforehand")
+        self.output_width(input_dim)
         self.device_offset, self.device_scale = (
             backend.asarray(v.astype(dtype)) for v in (self.offset, self.scale)
         )
@@ -597,13 +600,14 @@ class Standardize(Layer):
 
     def forward(self, x: Any, training: bool = True) -> Any:
         self._check_input(x)
-        xp, out = self.backend.xp, self._buffer("out", x.shape)
+        xp, out = self.backend.xp, self._buffer("out", x.shape, x.dtype)  # first: float32
         return xp.divide(xp.subtract(x, self.device_offset, out=out), self.device_scale, out=out)
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         if not need_dx:
             return None
-        return self.backend.xp.divide(dy, self.device_scale, out=self._buffer("dx", dy.shape))
+        dx = self._buffer("dx", dy.shape, dy.dtype)
+        return self.backend.xp.divide(dy, self.device_scale, out=dx)
 
     def plan(self) -> OpsPlan:
         return OpsPlan("Standardize")

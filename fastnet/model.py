@@ -17,7 +17,7 @@ from fastnet.backends import Backend, get_backend, record_kernels
 from fastnet.backends.plan import StepPlan
 from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from fastnet.layer_stack import check_layer_stack, fix_default_initializers
-from fastnet.layers import Dense, Layer, layer_from_config
+from fastnet.layers import Dense, Layer, Standardize, layer_from_config
 from fastnet.losses import Loss, get_loss
 from fastnet.mixed import LossScaler
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
@@ -173,12 +173,16 @@ class Sequential(Trainer):
     # ------------------------------------------------------------------ one step
     def forward(self, x: Any, training: bool = False) -> Any:
         """Outputs of the layers on ``x`` (a buffer reused by the next call). Mixed precision:
-        ``x`` is rounded to the compute dtype first and the outputs come back in float32."""
+        ``x`` is rounded to the compute dtype after any leading ``Standardize`` (raw features
+        may not fit a half type) and the outputs come back in float32."""
         if not self.built:
             raise RuntimeError("the model is not built yet: call build(input_dim) or fit first")
+        lead = 0
         if self.compute_dtype is not None:
+            while lead < len(self.layers) and isinstance(self.layers[lead], Standardize):
+                x, lead = self.layers[lead].forward(x, training), lead + 1
             x = self.backend.cast(x, self._cast_buffer("x", x.shape, self.compute_dtype))
-        for layer in self.layers:
+        for layer in self.layers[lead:]:
             x = layer.forward(x, training)
         if self.compute_dtype is not None:
             x = self.backend.cast(x, self._cast_buffer("y", x.shape, self.dtype))
@@ -201,15 +205,17 @@ class Sequential(Trainer):
             buf = self._cast_buffer("dy", dout.shape, self.compute_dtype)
             dout = self.backend.cast(dout, buf, scale)
         fused = False  # dout is already the layer's dz (and its bias gradient written)
-        for i in range(len(self.layers) - 1, -1, -1):
+        # down to the lowest layer with parameters: below it no gradient is needed
+        lowest = next((i for i, layer in enumerate(self.layers) if layer.parameters()), 0)
+        for i in range(len(self.layers) - 1, lowest - 1, -1):
             layer = self.layers[i]
             if not isinstance(layer, Dense):
-                dout, fused = layer.backward(dout, need_dx=i > 0), False
+                dout, fused = layer.backward(dout, need_dx=i > lowest), False
                 continue
             # a Dense layer under a Dense layer: its activation derivative and bias gradient
             # are carried on by the upper layer's input-gradient GEMM (one fused call on cupy)
-            below = self.layers[i - 1].output_gradient() if i > 0 else None
-            dout = layer.backward(dout, need_dx=i > 0, below=below, fused=fused)
+            below = self.layers[i - 1].output_gradient() if i > lowest else None
+            dout = layer.backward(dout, need_dx=i > lowest, below=below, fused=fused)
             fused = below is not None
 
     def idle_step(self) -> None:
@@ -415,6 +421,8 @@ class Sequential(Trainer):
                 for k in [index(key)]
             }
         )
+        copy.history = {k: list(v) for k, v in self.history.items()}
+        copy._rng.bit_generator.state = self._rng.bit_generator.state  # the same shuffles next
         return copy
 
     def to(self, backend: str | Backend, dtype: Any = None) -> Sequential:

@@ -318,6 +318,7 @@ def test_loss_scale_settings_are_arguments_saved_in_the_config(tmp_path):
     assert again.loss_scaler.settings() == scaler.settings()
     assert again.loss_scaler.scale == 4096.0  # the state's scale, not the initial one
     assert load_model(tmp_path / "m.npz", backend="numpy", dtype="float32").loss_scaler is None
+    layers = [fn.Dense(8, "relu"), fn.Dense(4)]  # new ones: the model above keeps its own
     with pytest.raises(ValueError, match="loss_scale.*mixed_float16"):
         fn.Sequential(layers, backend=CaptureSimBackend(), loss_scale=settings)
     with pytest.raises(ValueError, match="loss_scale"):

@@ -76,3 +76,9 @@ def test_minibatches_checks_its_arguments_at_the_call():
     got = [b.tolist() for _, b in fn.minibatches(X, y, batch_size=np.int64(4), shuffle=False)]
     assert got == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
     assert list(fn.minibatches(X[:0], y[:0])) == []
+
+
+def test_a_layer_of_a_built_model_is_refused_in_another():
+    model = _model()
+    with pytest.raises(ValueError, match=r"layers\[0\] \(Dense\) is built, in another model"):
+        fn.Sequential([model.layers[0], fn.Dense(2)], backend="numpy")

@@ -92,3 +92,58 @@ def test_cli_scaled_model_takes_raw_features_loaded_and_exported(tmp_path, capsy
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], {"input": X})
     np.testing.assert_allclose(logits, model.predict_raw(X), rtol=1e-4, atol=1e-4)
+
+
+def test_prepend_carries_buffers_per_layer_optimizers_history_and_shuffles():
+    X, y = _raw()
+    layer = fn.Standardize.fit(X)
+    scaled = (X - layer.offset.astype(np.float32)) / layer.scale.astype(np.float32)
+    model = fn.Sequential(
+        [fn.Dense(8, optimizer=fn.SGD(lr=0.05)), fn.BatchNorm1d(), fn.ReLU(), fn.Dense(3)],
+        backend="numpy",
+        seed=3,
+    )
+    model.fit(scaled, y, epochs=1, batch_size=32, verbose=0)
+    raw = model.prepend(layer)
+    assert raw.history == model.history
+    model.fit(scaled, y, epochs=1, batch_size=32, verbose=0)  # shuffled as the copy will be
+    raw.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    for a, b in zip(model.parameters(), raw.parameters()):
+        np.testing.assert_allclose(a.value, b.value, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(
+        raw.layers[2].running_var, model.layers[1].running_var, rtol=1e-6, atol=1e-7
+    )
+
+
+def test_no_input_gradient_is_computed_below_the_lowest_parameters():
+    X, y = _raw(64)
+    model = fn.Sequential(
+        [fn.Standardize.fit(X), fn.Dropout(0.1), fn.Dense(8, "relu"), fn.Dense(3)],
+        backend="numpy",
+        seed=0,
+    ).build(6)
+    with fn.record_kernels() as report:
+        model.fit(X, y, epochs=1, batch_size=64, verbose=0, compiled=False)
+    dense = model.layers[2]
+    assert not any(key[0] == "dx" for key in dense._buffers), list(dense._buffers)
+    assert report  # the step ran through the backend
+
+
+def test_mixed_precision_standardizes_raw_features_before_the_half_cast(gpu):
+    """Raw features past float16's range (1e5) are scaled in float32 first, then cast."""
+    X, y = _raw(96)
+    X = X * 1000  # around 1e5: inf in float16
+    layer = fn.Standardize.fit(X)
+    scaled = ((X - layer.offset) / layer.scale).astype(np.float32)
+    ref = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend="numpy", seed=0).build(6)
+    mixed = fn.Sequential(
+        [layer, fn.Dense(8, "relu"), fn.Dense(3)], backend=gpu, seed=0, dtype="mixed_float16"
+    ).build(6)
+    for src, dst in zip(ref.parameters(), mixed.parameters()):
+        dst.value[...] = gpu.asarray(src.value)
+    mixed.arena.refresh_compute()
+    got = mixed.predict_proba(X)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, ref.predict_proba(scaled), rtol=2e-2, atol=2e-3)
+    hist = mixed.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    assert np.isfinite(hist["loss"]).all()

@@ -27,8 +27,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # to 9,750 for the ReLU kernel that writes the mask where the ReLU epilogue drops NaN (+54), to
 # 9,800 for the same epilogues under mixed precision (half operands, float32 gradients: +31), to
 # 9,950 for the first-hour fixes of a newcomer test (CSV targets, checked checkpoint paths, metric
-# and callback names, user metrics on labels, model misuse) and the Standardize layer (+134)
-BUDGET = 9950
+# and callback names, user metrics on labels, model misuse) and the Standardize layer (+134), to
+# 10,000 for a review's fixes of those (Standardize before mixed precision's half cast, no input
+# gradient below the lowest parameters, joined metric names, unnamed CSV columns: +35)
+BUDGET = 10000
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
