@@ -72,6 +72,7 @@ class KerasStyle(Callback):
 
     def __init__(self, inner: Any, hooks: set[str]) -> None:
         self.inner, self.hooks = inner, hooks
+        self.provides = tuple(getattr(inner, "provides", ()))  # log entries it adds
         for hook in HOOKS:
             if hook in hooks:
                 setattr(self, hook, self._adapter(hook))
@@ -154,7 +155,8 @@ def _require(callback: Callback, name: str, names: list[str], needs: str) -> str
         hint = "" if validated else "; val_* needs validation_data or validation_split"
         raise ValueError(
             f"{type(callback).__name__} {needs} {name!r}, which the epoch logs will not hold; "
-            f"valid names: {', '.join(names)}{hint}"
+            f"valid names: {', '.join(names)}{hint} (a callback that adds an entry names it in "
+            "its provides)"
         )
     return found
 

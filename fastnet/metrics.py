@@ -5,6 +5,7 @@ the names of log entries (``higher_is_better``, aliases) and user metrics (``on_
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -88,8 +89,16 @@ BETTER |= dict.fromkeys("loss error mae mse rmse deviance".split(), False)
 
 def higher_is_better(name: str) -> bool:
     """Whether a higher ``name`` (a log entry, e.g. ``val_r2``, ``val_top5_accuracy`` or a user
-    metric's ``val_roc_auc_score``) is better; False for losses, errors and unknown words."""
-    return next((BETTER[w] for w in reversed(name.lower().split("_")) if w in BETTER), False)
+    metric's ``val_roc_auc_score``, ``val_accuracyScore``) is better: its last known word
+    decides, else a known word inside one (``val_f1score``, ``val_logloss``); False for
+    losses, errors and unknown names."""
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+    split = re.split(r"[^a-z0-9]+", words)
+    found = next((BETTER[w] for w in reversed(split) if w in BETTER), None)
+    if found is None:  # joined words: lower-is-better ones first (logloss holds no score)
+        order = sorted(BETTER, key=lambda w: BETTER[w])
+        found = next((BETTER[w] for w in order if w in words), False)
+    return found
 
 
 def log_name(name: str, names: Collection[str]) -> str | None:

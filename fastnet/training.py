@@ -943,14 +943,20 @@ class Trainer:
 
     def _try_user_metrics(self, metrics: list, val: Any, width: int) -> None:
         """Call each user metric once before training, on the validation targets and constant
-        outputs (the model may not be built yet): one that cannot take them fails here."""
+        outputs (the model may not be built yet): uniform probabilities, or the targets' means
+        (a deviance needs positive predictions). One that cannot take them fails here."""
         if not metrics:
             return
-        fill = {"softmax": 1 / width, "sigmoid": 0.5}.get(self.loss.predictions, 0.0)
+        y = np.asarray(self.backend.to_numpy(val[1]), np.float64)
+        fill = {"softmax": 1 / width, "sigmoid": 0.5}.get(self.loss.predictions)
+        regression = fill is None
+        if regression:
+            fill = y.reshape(len(y), -1).mean(axis=0) if y.size else 0.0
         with warnings.catch_warnings():  # e.g. scikit-learn's on constant predictions
             warnings.simplefilter("ignore")
-            full = functools.partial(np.full, (len(val[1]), width), dtype=self.dtype)
-            self._user_metrics(metrics, val[1], lambda probabilities: full(probabilities * fill))
+            full = functools.partial(np.full, (len(y), width), dtype=self.dtype)
+            constant = lambda probabilities: full(fill if probabilities or regression else 0.0)  # noqa: E731
+            self._user_metrics(metrics, val[1], constant)
 
     def _user_metrics(self, metrics: Sequence, yd: Any, outputs: Callable) -> dict[str, float]:
         """Each user metric: ``f(y_true, y_pred)`` with the targets and the predictions

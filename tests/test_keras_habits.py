@@ -267,3 +267,44 @@ def test_callbacks_none_and_csv_logger_wording(tmp_path):
     assert (tmp_path / "log.csv").exists()
     with pytest.raises(FileNotFoundError, match=r"^CSVLogger path '.*' is missing$"):
         _model().fit(X, y, epochs=1, verbose=0, callbacks=[fn.CSVLogger(tmp_path / "no" / "a")])
+
+
+@pytest.mark.parametrize(
+    "name,higher",
+    [("val_f1score", True), ("val_top5acc", True), ("val_recall@5", True)]
+    + [("val_accuracyScore", True), ("val_logloss", False), ("val_balanced_error", False)],
+)
+def test_auto_mode_reads_joined_and_camel_case_names(name, higher):
+    assert fn.EarlyStopping(name).mode == ("max" if higher else "min")
+
+
+def test_a_metric_that_needs_positive_predictions_passes_the_check():
+    X, t = _regression()
+    t = (t - t.min()) / (t.max() - t.min()) + 0.05  # targets in (0, 1]: a sigmoid output
+
+    def mean_poisson_deviance(y, p):  # as scikit-learn's: needs y_pred > 0
+        if (p <= 0).any():
+            raise ValueError("y_pred must be positive")
+        return float(np.mean(2 * (y * np.log(y / p) - y + p)))
+
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(1, "sigmoid")], loss="mse", seed=0)
+    hist = model.fit(
+        X, t, epochs=1, verbose=0, validation_split=0.2, metrics=[mean_poisson_deviance]
+    )
+    assert np.isfinite(hist["val_mean_poisson_deviance"][0])
+
+
+def test_a_checkpoint_path_may_name_what_a_keras_style_callback_provides(tmp_path):
+    X, y = _blobs()
+
+    class Auc:  # Keras-style: no model argument
+        provides = ("val_auc",)
+
+        def on_epoch_end(self, epoch, logs):
+            logs["val_auc"] = 0.5 + epoch / 10
+
+    ckpt = fn.ModelCheckpoint(tmp_path / "m-{val_auc:.2f}.npz")
+    _model().fit(X, y, epochs=2, verbose=0, validation_split=0.25, callbacks=[Auc(), ckpt])
+    assert [p.rsplit("/", 1)[1] for p in ckpt.saved] == ["m-0.50.npz", "m-0.60.npz"]
+    with pytest.raises(ValueError, match="names it in its provides"):
+        _model().fit(X, y, epochs=1, verbose=0, callbacks=[fn.ModelCheckpoint("{val_x}.npz")])
