@@ -793,7 +793,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return globals()[f"cmd_{args.command}"](args)  # cmd_train, cmd_predict, ...
     except BrokenPipeError:  # `fastnet predict | head` stopped reading: quiet, as Unix tools are
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the flush at exit
+        if argv is None:  # the command line's process: its exit flushes stdout again
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + 13  # a shell's status for a tool that SIGPIPE ended
     except (  # DatasetError and CheckpointError are ValueErrors, FileNotFoundError an OSError
         BackendUnavailableError,

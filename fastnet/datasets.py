@@ -5,6 +5,7 @@ in chunks and a data set larger than memory trains."""
 
 from __future__ import annotations
 
+import collections
 import csv
 import itertools
 import os
@@ -147,7 +148,10 @@ def read_csv(
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
-        repeated = sorted({h for h in header if header.count(h) > 1})
+        counts = collections.Counter(header)
+        if counts[""]:
+            raise DatasetError(f"{path}: {counts['']} column(s) of the header have no name")
+        repeated = sorted(h for h, n in counts.items() if n > 1)
         if repeated:
             raise DatasetError(f"{path}: the header repeats the column name(s) {repeated}")
         if target is not None and target not in header and need_target:
@@ -163,12 +167,14 @@ def read_csv(
                 )
             if column is not None:
                 values.append(row[column])
-                if row[column].strip().lower() in ("", "nan", "+nan", "-nan"):
+                if row[column].strip().lower().lstrip("+-") in ("", "nan", "inf", "infinity"):
                     missing.append(reader.line_num)
             rows += 1
     if missing:
         at = f"{missing[:5]} and {len(missing) - 5} more" if len(missing) > 5 else missing
-        raise DatasetError(f"{path}: the target column {target!r} is empty or NaN on line(s) {at}")
+        raise DatasetError(
+            f"{path}: the target column {target!r} is empty, NaN or infinite on line(s) {at}"
+        )
     skip = header.index(target) if target in header else None
     names = [h for i, h in enumerate(header) if i != skip]
     use = list(range(len(header)))

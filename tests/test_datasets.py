@@ -168,6 +168,9 @@ def test_csv_header_errors_name_the_file_and_columns(tmp_path):
     dup = _csv(tmp_path / "dup.csv", "a,b,a,d,label", ["1,2,3,4,x", "5,6,7,8,y"])
     with pytest.raises(DatasetError, match=r"dup\.csv: the header repeats .*\['a'\]"):
         load_arrays(dup, target="label")
+    blank = _csv(tmp_path / "blank.csv", "a,,,label", ["1,2,3,x"])
+    with pytest.raises(DatasetError, match=r"blank\.csv: 2 column\(s\) of the header have no name"):
+        load_arrays(blank, target="label")
     empty = _csv(tmp_path / "head.csv", "a,b,label", [])
     with pytest.raises(DatasetError, match=r"head\.csv holds no data rows"):
         load_arrays(empty, target="label")
@@ -180,8 +183,11 @@ def test_csv_missing_targets_name_the_file_column_and_lines(tmp_path):
     path = _csv(tmp_path / "gaps.csv", "x,kind", rows)
     with pytest.raises(DatasetError, match=r"gaps\.csv: the target column 'kind' .* \[3, 6\]$"):
         load_arrays(path, target="kind")
-    nan = _csv(tmp_path / "nan.csv", "x,y", [f"{i},{v}" for i, v in enumerate("1 2 nan 3".split())])
-    with pytest.raises(DatasetError, match=r"nan\.csv: .*'y' is empty or NaN on line\(s\) \[4\]"):
+    values = "1 2 nan 3 -inf Infinity".split()
+    nan = _csv(tmp_path / "nan.csv", "x,y", [f"{i},{v}" for i, v in enumerate(values)])
+    with pytest.raises(
+        DatasetError, match=r"'y' is empty, NaN or infinite on line\(s\) \[4, 6, 7\]"
+    ):
         load_arrays(nan, target="y")
     X, y, names = load_table(path, None, "kind", need_target=False)  # predicting: no labels read
     assert y is None and names == ["x"] and X[:, 0].tolist() == [1, 2, 3, 4, 5, 6]
