@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastnet.initializers import He
-from fastnet.layers import Dense, Layer, LeakyReLU, ReLU, Softmax
+from fastnet.layers import Dense, Layer, LeakyReLU, ReLU, Sigmoid, Softmax
 
 
 def check_layer_stack(layers: Sequence[Layer], loss: Any) -> None:
     """Refuse one layer object at two places or in two models (fastnet has no weight sharing:
-    its gradients would be wrong) and a ``Softmax`` layer (or ``Dense(..., "softmax")``) right
-    before a loss that applies softmax itself: softmax twice trains slowly and silently.
+    its gradients would be wrong) and a ``Softmax`` or ``Sigmoid`` layer (or a Dense layer's
+    activation) right before a loss that applies it itself: twice trains slowly or not at all.
     Raises ``ValueError``."""
     first: dict[int, int] = {}
     for i, layer in enumerate(layers):
@@ -28,13 +28,15 @@ def check_layer_stack(layers: Sequence[Layer], loss: Any) -> None:
                 f"layers[{j}] and layers[{i}] are the same {type(layer).__name__} object: "
                 "each place needs its own layer (fastnet does not share weights)"
             )
-    if not layers or not getattr(loss, "multiclass", False):
+    kind = getattr(loss, "predictions", None)  # what the loss applies to the outputs
+    if not layers or kind not in ("softmax", "sigmoid"):
         return
     last = layers[-1]
-    if isinstance(last, Softmax) or getattr(last, "activation", None) == "softmax":
+    twice = {"softmax": Softmax, "sigmoid": Sigmoid}[kind]
+    if isinstance(last, twice) or getattr(last, "activation", None) == kind:
         raise ValueError(
-            f"the last layer {type(last).__name__} applies softmax, and SoftmaxCrossEntropy "
-            "applies it again: remove the Softmax (the loss takes the raw outputs, the logits; "
+            f"the last layer {type(last).__name__} applies {kind}, and {type(loss).__name__} "
+            f"applies it again: remove the {kind} (the loss takes the raw outputs, the logits; "
             "model.predict_proba gives probabilities)"
         )
 

@@ -26,6 +26,9 @@ class Loss:
     #: what ``predict_output`` applies: "softmax", "sigmoid" or "identity"
     predictions = "identity"
 
+    #: the outputs' width of the model that built it (None: unknown, or models differ)
+    width: int | None = None
+
     def __init__(self) -> None:
         self._backend: Backend | None = None
 
@@ -133,6 +136,12 @@ def _check_pair(loss: Loss, outputs: Any, targets: Any) -> None:
         raise ValueError(
             f"{type(loss).__name__}: outputs must be 2-D (batch, classes), got shape {tuple(shape)}"
         )
+    if loss.width is not None and shape[1] != loss.width:
+        raise ValueError(
+            f"{type(loss).__name__}: outputs of shape {shape} for a model of {loss.width} "
+            "outputs: the loss takes model.forward(x) (the notebooks' network.loss(x, t) is "
+            "model.loss(model.forward(x), t))"
+        )
     if len(tshape) == 1 and tshape[0] == shape[0] and isinstance(loss, SoftmaxCrossEntropy):
         if targets.dtype.kind not in "iu":
             raise TypeError(
@@ -226,7 +235,9 @@ class SigmoidBinaryCrossEntropy(Loss):
         return ""
 
     def predict_labels(self, outputs: np.ndarray) -> np.ndarray:
-        return (outputs > 0).astype(np.int64)
+        """0/1 per output: one per row (shape ``(n,)``) for one output, as the labels are."""
+        labels = (outputs > 0).astype(np.int64)
+        return labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
 
     def compute(self, logits: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         xp = self.backend.xp

@@ -70,6 +70,7 @@ class Sequential(Trainer):
         self.loss = get_loss(loss)
         check_layer_stack(layers, self.loss)  # e.g. Softmax() before a softmax loss
         fix_default_initializers(layers)  # He for a linear Dense before a separate ReLU
+        self.arena: ParameterArena | None = None
         self.optimizer = get_optimizer(optimizer)
         self.backend = get_backend(backend)
         self.policy = dtype if isinstance(dtype, str) and dtype in MIXED_POLICIES else None
@@ -89,7 +90,6 @@ class Sequential(Trainer):
         self.seed = seed
         self._rng = np.random.default_rng(seed)
         self.input_dim: int | None = None
-        self.arena: ParameterArena | None = None
         self.history: dict[str, list[float]] = {}
         self.stop_reason: str | None = None
         self.streamed = False  # whether the last fit streamed its data from host memory
@@ -102,6 +102,21 @@ class Sequential(Trainer):
     @property
     def built(self) -> bool:
         return self.input_dim is not None
+
+    @property
+    def optimizer(self) -> Optimizer:
+        """The model's optimizer (layers may have their own); its ``lr`` may change between
+        steps. Replacing it is for an unbuilt model: a built one's state belongs to it."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: str | Optimizer) -> None:
+        if getattr(self, "arena", None) is not None:
+            raise ValueError(
+                "optimizer: the model is built and its optimizer state belongs to its "
+                "optimizer; set lr on model.optimizer, or make a new model for another one"
+            )
+        self._optimizer = get_optimizer(optimizer)
 
     @property
     def output_dim(self) -> int:
@@ -133,6 +148,8 @@ class Sequential(Trainer):
             layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
             layer.feeds_dense = isinstance(above, Dense)  # may hand it its activation gradient
             width = layer.build(width, self.backend, self.dtype, self._rng)
+        shared = self.loss.width not in (None, width)  # one loss object, models of two widths
+        self.loss.width = None if shared else width
         self.arena = ParameterArena(
             [
                 (p, layer.optimizer or self.optimizer)
@@ -253,6 +270,7 @@ class Sequential(Trainer):
         """One optimizer step over the whole parameter arena (one fused call per group)."""
         self._require_built()
         assert self.arena is not None
+        self.arena.write_lr()  # host side: the loop may have changed optimizer.lr
         self.arena.update()
 
     # ------------------------------------------------------------------ validation

@@ -50,15 +50,34 @@ class Parameter:
     """A trainable array. Before a model is built it owns its arrays; afterwards ``value``,
     ``grad`` and every ``state`` slot are views into its group's flat buffers."""
 
-    __slots__ = ("name", "value", "grad", "state", "decay", "compute")
+    __slots__ = ("name", "_value", "grad", "state", "decay", "compute", "group")
 
     def __init__(self, name: str, value: Any, decay: bool = True) -> None:
         self.name = name
-        self.value = value
+        self.group: ParameterGroup | None = None  # set when a model's arena takes it
+        self._value = value
         self.grad = value * 0
         self.state: dict[str, Any] = {}
         self.decay = decay  # whether weight decay applies (weights yes, biases/BN no)
         self.compute = value  # what layers compute with: ``value``, or its half copy (mixed)
+
+    @property
+    def value(self) -> Any:
+        """The array: a view into its group's flat buffer once the model is built."""
+        return self._value
+
+    @value.setter
+    def value(self, new: Any) -> None:
+        """Once built, assigning copies ``new`` (its shape) into the view, as ``value[...] =
+        new`` does: a new array would leave the model and its optimizer on the old one."""
+        if self.group is None:
+            self._value = new
+            return
+        shape = tuple(getattr(new, "shape", np.shape(new)))
+        if shape != tuple(self._value.shape):
+            raise ValueError(f"{self.name}: a value of shape {shape} for {self!r}")
+        self._value[...] = new
+        self.group.refresh_compute()
 
     @property
     def size(self) -> int:
@@ -115,7 +134,7 @@ class ParameterGroup:
             shape = tuple(p.value.shape)
             view = self.values[lo:hi].reshape(shape)
             view[...] = p.value
-            p.value = view
+            p._value, p.group = view, self
             p.grad = self.grads[lo:hi].reshape(shape)
             p.state = {key: buf[lo:hi].reshape(shape) for key, buf in self.slots.items()}
             p.compute = self.compute[lo:hi].reshape(shape)

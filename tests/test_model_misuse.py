@@ -82,3 +82,54 @@ def test_a_layer_of_a_built_model_is_refused_in_another():
     model = _model()
     with pytest.raises(ValueError, match=r"layers\[0\] \(Dense\) is built, in another model"):
         fn.Sequential([model.layers[0], fn.Dense(2)], backend="numpy")
+
+
+@pytest.mark.parametrize("last", [[fn.Dense(1, "sigmoid")], [fn.Dense(1), fn.Sigmoid()]])
+def test_a_sigmoid_before_binary_cross_entropy_is_refused(last):
+    with pytest.raises(ValueError, match="applies sigmoid, and SigmoidBinaryCrossEntropy"):
+        fn.Sequential([fn.Dense(8, "relu"), *last], loss="bce", backend="numpy")
+
+
+def test_binary_predict_gives_one_label_per_row():
+    r = np.random.default_rng(0)
+    X = r.normal(size=(200, 4)).astype(np.float32)
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64)
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(1)], loss="bce", backend="numpy", seed=0)
+    model.fit(X, y, epochs=20, batch_size=32, verbose=0)
+    labels = model.predict(X)
+    assert labels.shape == (200,) and np.mean(labels == y) > 0.75
+
+
+def test_the_learning_rate_of_a_hand_written_loop_is_used():
+    model = _model()
+    X, y = np.random.default_rng(1).normal(size=(16, 4)).astype(np.float32), np.arange(16) % 3
+    before = [p.value.copy() for p in model.parameters()]
+    model.optimizer.lr = 1e-30  # Adam's steps: about lr
+    out = model.forward(X, training=True)
+    model.backward(model.loss(out, y)[1])
+    model.apply_gradients()
+    for p, w in zip(model.parameters(), before):
+        np.testing.assert_allclose(p.value, w, rtol=1e-20, atol=1e-20)  # 1e-3 moves them
+
+
+def test_a_built_model_keeps_its_optimizer_and_takes_assigned_weights():
+    model = _model()
+    with pytest.raises(ValueError, match="optimizer: the model is built"):
+        model.optimizer = fn.Adam(0.5)
+    W = model.layers[0].W
+    view = W.value
+    W.value = np.full((4, 5), 0.5)  # the notebooks' params['W1'] = ... habit
+    assert W.value is view and (view == 0.5).all()
+    out = model.forward(np.ones((1, 4), np.float32))
+    np.testing.assert_allclose(model.layers[0].y[0], np.maximum(2.0 + model.layers[0].b.value, 0))
+    assert out.shape == (1, 3)
+    with pytest.raises(ValueError, match=r"W: a value of shape \(3, 5\)"):
+        W.value = np.zeros((3, 5))
+
+
+def test_the_loss_refuses_inputs_for_outputs():
+    model = _model()
+    X, y = np.zeros((6, 4), np.float32), np.arange(6) % 3
+    with pytest.raises(ValueError, match=r"outputs of shape \(6, 4\) for a model of 3 outputs"):
+        model.loss(X, y)  # the notebooks' network.loss(x, t)
+    model.loss(model.forward(X), y)
