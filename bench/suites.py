@@ -838,16 +838,13 @@ def machine_title(machine: dict[str, Any]) -> str:
 def plot_report(report: dict[str, Any], path: str) -> None:
     """One panel per group, each on its own scale: time relative to the group's reference
     (bars; 1.0 marked), whiskers for the min-max spread, the median time written on the bar."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     groups = report["groups"]
     heights = [1.0 + 0.3 * len(g["results"]) for g in groups.values()]
-    fig, axes = plt.subplots(
-        len(groups), 1, figsize=(9, sum(heights) + 0.8), gridspec_kw={"height_ratios": heights}
-    )
+    fig = FigureCanvasAgg(Figure(figsize=(9, sum(heights) + 0.8))).figure  # no pyplot backend
+    axes = fig.subplots(len(groups), 1, gridspec_kw={"height_ratios": heights})
     for ax, (title, group) in zip(np.atleast_1d(axes), groups.items()):
         res = sorted(group["results"], key=lambda r: r["median"])
         ref = next((r for r in res if r["name"] == group["reference"]), res[0])
@@ -869,7 +866,6 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     fig.suptitle(f"fastnet bench on {machine_title(report['machine'])}", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def _write_json(report: dict[str, Any], path: str) -> None:

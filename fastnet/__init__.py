@@ -3,7 +3,7 @@
 Importing fastnet imports neither numba nor cupy; backends load on first use.
 """
 
-from fastnet import metrics
+from fastnet import gradcheck, metrics
 from fastnet._version import __version__
 from fastnet.backends import (
     Backend,
@@ -55,7 +55,7 @@ from fastnet.training import TrainingDivergedError
 Affine = FC = Dense
 Relu = ReLU
 SoftmaxWithLoss = SoftmaxCrossEntropy
-Adagrad = AdaGrad
+Adagrad, RMSprop = AdaGrad, RMSProp  # Nesterov: Momentum(nesterov=True)
 SimpleInitializer, XavierInitializer, HeInitializer = Gaussian, Xavier, He
 
 __all__ = [
@@ -104,6 +104,7 @@ __all__ = [
     "get_backend",
     "load_fashion_mnist",
     "metrics",
+    "gradcheck",
     "load_mnist",
     "load_model",
     "one_hot",
@@ -120,6 +121,7 @@ __all__ = [
     "Relu",
     "SoftmaxWithLoss",
     "Adagrad",
+    "RMSprop",
     "SimpleInitializer",
     "XavierInitializer",
     "HeInitializer",

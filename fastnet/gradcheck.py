@@ -1,4 +1,6 @@
-"""Finite-difference gradient checks for layers and losses (use float64)."""
+"""Finite-difference gradient checks for layers and losses, in float64 only: float32 rounds
+the ``eps`` steps (a relative error near 0.2 for a correct gradient), so every helper here
+refuses it rather than upcast (the values are perturbed in place, in the model's own arrays)."""
 
 from __future__ import annotations
 
@@ -25,8 +27,16 @@ class GradcheckResult:
         return f"gradcheck {'passed' if self.ok else 'FAILED'} (tol {self.tolerance:.0e}): {items}"
 
 
+def _require_float64(name: str, x: Any) -> None:
+    if x.dtype != np.float64:
+        raise ValueError(f"{name} is {x.dtype}: gradient checks need float64 (dtype='float64')")
+
+
 def numerical_gradient(f: Callable[[], float], x: Any, eps: float = 1e-6) -> np.ndarray:
-    """Central-difference gradient of scalar ``f()`` w.r.t. array ``x``, perturbed in place."""
+    """Central-difference gradient of scalar ``f()`` w.r.t. float64 array ``x``, perturbed in
+    place. ``f`` must be deterministic: with Dropout in training mode, rewind its random stream
+    (``layer.random_streams()``) before each forward, as ``check_layer`` does."""
+    _require_float64("x", x)
     grad = np.zeros(x.shape, dtype=np.float64)
     for idx in np.ndindex(*x.shape):
         orig = float(x[idx])
@@ -57,19 +67,21 @@ def check_layer(
 ) -> GradcheckResult:
     """Compare ``layer.backward`` with finite differences of ``sum(forward(x) * R)``.
 
-    ``layer`` must be built in float64 on some backend; ``x`` must live on that backend.
+    ``layer`` must be built in float64 on some backend; ``x`` must live on that backend. Its
+    random streams are rewound before each forward: Dropout keeps one mask for the check.
     """
     backend = layer.backend
-    if layer.dtype != np.float64:
-        raise ValueError(f"gradient checks need a float64 layer, got {layer.dtype}")
+    _require_float64("layer", layer)
+    saved = [(stream, stream.copy()) for stream in layer.random_streams().values()]
     out = layer.forward(x, training)
-    rng = np.random.default_rng(seed)
-    r = backend.asarray(rng.standard_normal(out.shape))
+    r = backend.asarray(np.random.default_rng(seed).standard_normal(out.shape))
 
     def f() -> float:
+        for stream, start in saved:
+            stream[...] = start
         return float((layer.forward(x, training) * r).sum())
 
-    layer.forward(x, training)
+    f()  # the forward that backward differentiates
     dx = backend.to_numpy(layer.backward(r, need_dx=True)).copy()
     grads = {p.name: backend.to_numpy(p.grad).copy() for p in layer.parameters()}
     errors = {"input": relative_error(dx, numerical_gradient(f, x, eps))}
@@ -82,12 +94,11 @@ def check_loss(
     loss: Any, logits: Any, targets: Any, *, eps: float = 1e-6, tolerance: float = 1e-6
 ) -> GradcheckResult:
     """Compare a loss's returned gradient with finite differences of its value."""
-    _, grad = loss(logits, targets)
-    grad = loss.backend.to_numpy(grad).copy()
+    _require_float64("logits", logits)
+    grad = loss.backend.to_numpy(loss(logits, targets)[1]).copy()
 
     def f() -> float:
         return float(loss(logits, targets)[0])
 
-    return GradcheckResult(
-        {"logits": relative_error(grad, numerical_gradient(f, logits, eps))}, tolerance
-    )
+    errors = {"logits": relative_error(grad, numerical_gradient(f, logits, eps))}
+    return GradcheckResult(errors, tolerance)

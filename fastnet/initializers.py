@@ -1,5 +1,10 @@
 """Weight initializers: ``Gaussian(sigma)``, ``Xavier`` (Glorot) and ``He``.
 
+The notebooks' ``XavierInitializer`` draws with std ``sqrt(1 / fan_in)`` (LeCun normal); the
+``fn.XavierInitializer`` alias is Glorot's ``Xavier`` below, ``sqrt(2 / (fan_in + fan_out))``.
+fastnet has no LeCun initializer: for the notebooks' draw give each ``Dense`` its own
+``Gaussian(sigma=(1 / fan_in) ** 0.5)``, ``fan_in`` being that layer's input width.
+
 Each is called as ``init(rng, fan_in, fan_out, dtype)`` and returns a NumPy array; the layer
 moves it to its backend. Biases start at zero.
 """
@@ -55,7 +60,8 @@ class Gaussian(Initializer):
 
 
 class Xavier(Initializer):
-    """Glorot normal: std = sqrt(2 / (fan_in + fan_out)); suits sigmoid and tanh."""
+    """Glorot normal: std = sqrt(2 / (fan_in + fan_out)); suits sigmoid and tanh (not the
+    notebooks' XavierInitializer, sqrt(1 / fan_in): see the module docstring)."""
 
     name = "xavier"
 

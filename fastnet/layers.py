@@ -464,7 +464,10 @@ class Dropout(Layer):
 
 class BatchNorm1d(Layer):
     """Batch normalization over the batch axis, with learned scale/shift and running statistics
-    (unbiased running variance, as PyTorch) used in eval mode. ``synchronized`` (Keras's name;
+    (unbiased running variance, as PyTorch) used in eval mode. ``momentum`` is the share of the
+    running statistics kept each step, ``running = momentum * running + (1 - momentum) *
+    batch``: the notebooks' and Keras's convention; PyTorch's ``momentum`` is the batch's share
+    (its 0.1 is 0.9 here). Training needs at least 2 rows a batch. ``synchronized`` (Keras's name;
     PyTorch's SyncBatchNorm): in data-parallel training the statistics are the global batch's,
     not each rank's share, so K ranks train as one process does (three all-reduces a step)."""
 

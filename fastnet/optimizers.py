@@ -2,6 +2,12 @@
 decoupled weight decay; gradient clipping by global norm (``clip_norm``) or value
 (``clip_value``) on every optimizer.
 
+``weight_decay=λ`` (L2; AdamW's is decoupled) adds ``λ W`` to the weights' gradient after
+clipping, the gradient of ``0.5 λ ||W||²`` (biases and BatchNorm parameters are not decayed);
+the loss that ``fit``, ``evaluate`` and ``model.loss`` report excludes that penalty (the
+notebooks' MultiLayerNet adds it to its loss). The notebooks' class names ``Adagrad`` and
+``RMSprop`` are aliases in ``fastnet``; their ``Nesterov`` is ``Momentum(nesterov=True)``.
+
 An optimizer holds hyperparameters and its rule; its state slots live in the model's parameter
 arena (``fastnet.parameter``), so one optimizer object can be shared by a whole model or injected
 into a single layer (as in the notebooks' FC layers). Each step is one fused ``Backend.update``
@@ -151,7 +157,8 @@ class SGD(Optimizer):
 
 
 class Momentum(Optimizer):
-    """SGD with momentum; ``nesterov=True`` gives Nesterov accelerated gradient."""
+    """SGD with momentum; ``nesterov=True`` gives Nesterov accelerated gradient (the
+    notebooks' ``Nesterov`` class; the PyTorch/Keras form)."""
 
     name = kernel = "momentum"
     slots = ("velocity",)
@@ -210,7 +217,8 @@ class AdaGrad(Optimizer):
 
 
 class RMSProp(Optimizer):
-    """RMSProp with decay ``rho`` of the squared-gradient average."""
+    """RMSProp with decay ``rho`` of the squared-gradient average (alias ``fn.RMSprop``).
+    ``rho`` is the notebooks' ``decay_rate``; their defaults are lr 0.01 and decay_rate 0.99."""
 
     name = kernel = "rmsprop"
     slots = nonnegative_slots = ("mean_sq",)

@@ -1,4 +1,8 @@
-"""Learning-curve and confusion-matrix plots (needs matplotlib: ``pip install matplotlib``)."""
+"""Learning-curve and confusion-matrix plots (needs matplotlib: ``pip install matplotlib``).
+
+They draw on a ``matplotlib.figure.Figure`` with its own Agg canvas, never through pyplot, so
+the session's backend (a notebook's inline one) is left as it was.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,19 @@ from typing import Any
 
 import numpy as np
 
+try:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+except ImportError:
+    raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
+#: ``plot_history``'s second panel: the first of these the history holds (train or ``val_``)
+SECOND_PANEL = ("accuracy", "r2", "mae")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
-    return plt
+
+def _figure(width: float, height: float) -> Any:
+    return FigureCanvasAgg(Figure(figsize=(width, height))).figure
 
 
 def confusion_path(path: str) -> str:
@@ -26,43 +33,41 @@ def confusion_path(path: str) -> str:
 
 def plot_confusion(cm: np.ndarray, path: str, title: str = "") -> None:
     """Write a confusion-matrix heat map (rows: true class, columns: predicted) to a PNG."""
-    plt = _pyplot()
     k = cm.shape[0]
-    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k))
+    fig = _figure(1.2 + 0.45 * k, 1.0 + 0.45 * k)
+    ax = fig.subplots()
     rates = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(k):
-        for j in range(k):
-            color = "white" if rates[i, j] > 0.5 else "black"
-            ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
+    for i, j in np.ndindex(k, k):
+        color = "white" if rates[i, j] > 0.5 else "black"
+        ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
+    ax.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class")
     ax.set_title(title or "confusion matrix", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+
+
+def _curves(ax: Any, history: dict[str, list[float]], key: str) -> None:
+    for prefix, style, label in (("", "o-C0", "train"), ("val_", "s-C1", "validation")):
+        if values := history.get(prefix + key):
+            ax.plot(range(1, len(values) + 1), values, style, label=f"{label} {key}")
+    ax.set(xlabel="epoch", ylabel=key)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend()
 
 
 def plot_history(history: dict[str, list[float]], path: str, title: str = "") -> None:
-    """Write loss and accuracy curves (train and validation) per epoch to a PNG."""
-    plt = _pyplot()
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = range(1, len(history["loss"]) + 1)
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, key, label in ((ax_loss, "loss", "loss"), (ax_acc, "accuracy", "accuracy")):
-        ax.plot(epochs, history[key], "o-", label=f"train {label}")
-        if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], "s-", label=f"validation {label}")
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
+    """Write per-epoch curves to a PNG: the loss, then the first of ``SECOND_PANEL`` the
+    history holds (accuracy for classifiers, validation R2 for regression), each with its
+    validation counterpart when there is one."""
+    if "loss" not in history:
+        raise ValueError("history has no 'loss' entry: pass a trained model's model.history")
+    panels = ["loss"] + [k for k in SECOND_PANEL if history.get(k) or history.get(f"val_{k}")][:1]
+    fig = _figure(5.0 * len(panels), 4.0)
+    for ax, key in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        _curves(ax, history, key)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

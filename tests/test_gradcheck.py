@@ -32,10 +32,8 @@ def _inputs(rng, shape):
 @pytest.mark.parametrize("mode", ["train", "eval"])
 @pytest.mark.parametrize("name", sorted(LAYERS))
 def test_layer_gradients(backend, rng, name, mode):
-    """Every layer in both modes (dropout's training mask is random, so eval only). In eval
-    mode BatchNorm is a fixed affine map: its gradient must not use batch statistics."""
-    if name == "dropout" and mode == "train":
-        pytest.skip("random mask: covered by test_dropout_backward_uses_forward_mask")
+    """Every layer in both modes (check_layer rewinds dropout's random stream: one mask). In
+    eval mode BatchNorm is a fixed affine map: its gradient must not use batch statistics."""
     layer = LAYERS[name]()
     layer.build(5, backend, np.float64, rng)
     if name == "batchnorm":  # non-trivial running statistics for eval mode

@@ -29,8 +29,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # 9,950 for the first-hour fixes of a newcomer test (CSV targets, checked checkpoint paths, metric
 # and callback names, user metrics on labels, model misuse) and the Standardize layer (+134), to
 # 10,000 for a review's fixes of those (Standardize before mixed precision's half cast, no input
-# gradient below the lowest parameters, joined metric names, unnamed CSV columns: +35)
-BUDGET = 10000
+# gradient below the lowest parameters, joined metric names, unnamed CSV columns: +35), to
+# 10,050 for a notebook porter's findings (assigned weights copied into the arena, the lr of a
+# hand-written loop, a sigmoid before BCE refused, the loss's output width checked: +44)
+BUDGET = 10050
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

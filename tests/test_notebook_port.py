@@ -1,0 +1,129 @@
+"""Defects found porting the from-scratch notebooks: plots of regression histories and the
+session's matplotlib backend, float64-only and Dropout-aware gradient checks, notebook names."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastnet as fn
+from fastnet.cli import main
+from fastnet.gradcheck import check_layer, check_loss, numerical_gradient
+
+
+@pytest.fixture
+def plot():
+    pytest.importorskip("matplotlib")
+    from fastnet import plot
+
+    return plot
+
+
+def _png_width(path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")
+
+
+def _regression_data(n=64):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((n, 5)).astype(np.float32)
+    return X, X @ rng.standard_normal(5) + 0.1 * rng.standard_normal(n)
+
+
+def test_plot_history_of_a_regression_model(plot, tmp_path):
+    """Loss and validation R2 (two panels) with a validation set; the loss alone without."""
+    X, y = _regression_data()
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(1)], loss="mse", backend="numpy", seed=0)
+    model.fit(X, y, epochs=2, verbose=0, validation_split=0.25)
+    assert "accuracy" not in model.history and "val_r2" in model.history
+    plot.plot_history(model.history, str(tmp_path / "val.png"))
+    plain = fn.Sequential([fn.Dense(1)], loss="mse", backend="numpy", seed=0)
+    plain.fit(X, y, epochs=2, verbose=0)
+    plot.plot_history(plain.history, str(tmp_path / "plain.png"))
+    assert _png_width(tmp_path / "val.png") == 2 * _png_width(tmp_path / "plain.png")
+    with pytest.raises(ValueError, match="'loss'"):
+        plot.plot_history({}, str(tmp_path / "empty.png"))
+
+
+def test_cli_plots_a_regression_run(plot, tmp_path, capsys):
+    X, y = _regression_data(200)
+    np.savez(tmp_path / "r.npz", X=X, y=y)
+    png = tmp_path / "p.png"
+    argv = ["train", "--data", str(tmp_path / "r.npz"), "--epochs", "2", "--backend", "numpy"]
+    assert main([*argv, "--plot", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG" and "wrote learning curves" in capsys.readouterr().out
+
+
+def test_plots_leave_the_matplotlib_backend_alone(plot, tmp_path):
+    code = (
+        "import sys, matplotlib, numpy as np; matplotlib.use('svg'); "
+        "from fastnet.plot import plot_confusion, plot_history; "
+        f"plot_history({{'loss': [2.0, 1.0], 'accuracy': [0.5, 0.7]}}, r'{tmp_path / 'h.png'}'); "
+        f"plot_confusion(np.eye(3, dtype=int), r'{tmp_path / 'c.png'}'); "
+        "print(matplotlib.get_backend(), 'matplotlib.pyplot' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["svg", "False"], out.stderr
+    assert (tmp_path / "h.png").exists() and (tmp_path / "c.png").exists()
+
+
+def test_gradient_checks_refuse_float32(rng):
+    backend = fn.get_backend("numpy")
+    with pytest.raises(ValueError, match="x is float32.*float64"):
+        numerical_gradient(lambda: 0.0, np.ones(3, np.float32))
+    loss = fn.SoftmaxCrossEntropy()
+    loss.build(backend)
+    with pytest.raises(ValueError, match="logits is float32"):
+        check_loss(loss, np.ones((2, 3), np.float32), np.array([0, 1]))
+
+
+def test_check_layer_holds_one_dropout_mask(backend, rng):
+    """Training-mode Dropout passes (the stream is rewound before each forward), and a
+    backward that ignores the mask still fails."""
+
+    class Maskless(fn.Dropout):
+        def backward(self, dy, need_dx=True):
+            return dy / (1 - self.rate)
+
+    for layer, ok in ((fn.Dropout(0.3, seed=1), True), (Maskless(0.3, seed=1), False)):
+        layer.build(4, backend, np.float64, rng)
+        result = check_layer(layer, backend.asarray(rng.standard_normal((6, 4))), training=True)
+        assert result.ok is ok, result
+
+
+def test_gradcheck_after_import_fastnet_only():
+    code = "import fastnet; print(fastnet.gradcheck.check_layer.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "check_layer", out.stderr
+
+
+def test_notebook_optimizer_names():
+    assert fn.RMSprop is fn.RMSProp and fn.Adagrad is fn.AdaGrad
+    assert {"RMSprop", "Adagrad", "gradcheck"} <= set(fn.__all__)
+    for name in ("SGD", "Momentum", "AdaGrad", "RMSprop", "Adam"):
+        assert isinstance(getattr(fn, name)(0.01), fn.optimizers.Optimizer)
+    assert fn.Momentum(0.01, nesterov=True).get_config()["nesterov"]  # the notebooks' Nesterov
+
+
+def test_documented_conventions():
+    """What the README's notebook section says: BatchNorm1d's momentum keeps the running
+    statistics' share; weight_decay adds lambda * W to the gradient, not to the loss."""
+    backend = fn.get_backend("numpy")
+    bn = fn.BatchNorm1d(momentum=0.9)
+    bn.build(2, backend, np.float64, np.random.default_rng(0))
+    bn.forward(np.array([[1.0, 3.0], [3.0, 5.0]]), training=True)
+    np.testing.assert_allclose(bn.running_mean, [0.2, 0.4])
+    x, y = np.ones((2, 3)), np.array([0, 1])
+    losses, steps = [], []
+    for wd in (0.0, 0.5):
+        model = fn.Sequential(
+            [fn.Dense(2)], optimizer=fn.SGD(0.1, weight_decay=wd), dtype="float64", seed=0
+        ).build(3)
+        W = model.layers[0].W.value.copy()
+        loss, dout = model.loss(model.forward(x, training=True), y)
+        model.backward(dout)
+        model.apply_gradients()
+        losses.append(float(loss))
+        steps.append(model.layers[0].W.value - W)
+    assert losses[0] == losses[1]  # the reported loss holds no penalty
+    np.testing.assert_allclose(steps[1] - steps[0], -0.1 * 0.5 * W)
