@@ -210,6 +210,12 @@ class Dense(Layer):
             not isinstance(input_dim, (int, np.integer)) or input_dim <= 0
         ):
             raise ValueError(f"input_dim must be a positive integer, got {input_dim!r}")
+        if isinstance(activation, (int, np.integer)) and not isinstance(activation, bool):
+            raise ValueError(
+                f"Dense({units}, {activation}): the second argument is the activation; the "
+                f"input width comes from the data (the notebooks' Affine/FC({units}, "
+                f"{activation}) is Dense({activation}), or Dense({activation}, input_dim={units}))"
+            )
         self.units = int(units)
         self.activation = None if activation in (None, "linear") else activation
         self.activation_code = activation_code(activation)

@@ -210,7 +210,11 @@ class Sequential(Trainer):
         """Gradients of every parameter from ``dout``, the loss gradient of ``forward``'s
         outputs. Mixed precision: ``dout`` enters the layers in the compute dtype, times the
         loss scale (float16), which the optimizer step divides out again."""
-        shape = tuple(getattr(dout, "shape", ()))
+        if not hasattr(dout, "shape"):
+            raise TypeError(
+                f"dout must be an array (the loss's gradient), got a {type(dout).__name__}"
+            )
+        shape = tuple(dout.shape)
         if self._backward_shape is None or shape != self._backward_shape:
             raise ValueError(
                 f"dout of shape {shape}: backward takes the loss gradient of the outputs of "

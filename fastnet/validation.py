@@ -104,6 +104,9 @@ def check_targets(
     Returned on the backend, or on the host with ``on_device=False``."""
     place = backend.asarray if on_device else np.ascontiguousarray
     host = host_array(as_input(y, name, backend), name)  # GPU labels adopted like X (DLPack)
+    column = host.ndim == 2 and host.shape[1] == 1 and n_outputs > 1
+    if getattr(loss, "multiclass", False) and column and host.dtype.kind in "biu":
+        host = host[:, 0]  # a column of class indices (Keras's sparse labels of shape (n, 1))
     if getattr(loss, "multiclass", False) and host.ndim == 1:
         return place(check_class_labels(host, name, n_samples, n_outputs))
     if host.dtype.kind not in "biuf":

@@ -133,3 +133,21 @@ def test_the_loss_refuses_inputs_for_outputs():
     with pytest.raises(ValueError, match=r"outputs of shape \(6, 4\) for a model of 3 outputs"):
         model.loss(X, y)  # the notebooks' network.loss(x, t)
     model.loss(model.forward(X), y)
+
+
+def test_notebook_signatures_and_shapes_get_their_meaning():
+    with pytest.raises(ValueError, match=r"Affine/FC\(784, 400\) is Dense\(400\)"):
+        fn.FC(784, 400)
+    X = np.random.default_rng(2).normal(size=(30, 4)).astype(np.float32)
+    y = np.arange(30) % 3
+    histories = [
+        _model().fit(X, labels, epochs=2, batch_size=8, verbose=0, shuffle=False)["loss"]
+        for labels in (y, y.reshape(-1, 1))  # Keras's sparse labels of shape (n, 1)
+    ]
+    assert histories[0] == histories[1]
+    batches = list(fn.minibatches(X.tolist(), y.tolist(), batch_size=8, shuffle=False))
+    assert [len(b) for _, b in batches] == [8, 8, 8, 6] and isinstance(batches[0][0], np.ndarray)
+    model = _model()
+    model.forward(X, training=True)
+    with pytest.raises(TypeError, match="dout must be an array .* got a list"):
+        model.backward(np.zeros((30, 3)).tolist())
