@@ -263,7 +263,7 @@ def minibatches(
     integral = isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)
     if not integral or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    X, y = np.asarray(X), np.asarray(y)  # lists too
+    X, y = (np.asarray(a) if isinstance(a, (list, tuple)) else a for a in (X, y))  # device too
     if len(X) != len(y):
         raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
     order = np.random.default_rng(seed).permutation(len(X)) if shuffle else np.arange(len(X))

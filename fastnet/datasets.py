@@ -133,6 +133,10 @@ def load_table(
     return X, y, names
 
 
+#: target cells that are no value (signs: Python's float() reads them all)
+MISSING = {s + w for s in ("", "+", "-") for w in ("nan", "inf", "infinity")} | {""}
+
+
 def read_csv(
     path: str | os.PathLike,
     target: str | None,
@@ -150,7 +154,10 @@ def read_csv(
         header = next(reader, [])
         counts = collections.Counter(header)
         if counts[""]:
-            raise DatasetError(f"{path}: {counts['']} column(s) of the header have no name")
+            raise DatasetError(
+                f"{path}: {counts['']} column(s) of the header have no name (pandas: to_csv("
+                "index=False) leaves out the index)"
+            )
         repeated = sorted(h for h, n in counts.items() if n > 1)
         if repeated:
             raise DatasetError(f"{path}: the header repeats the column name(s) {repeated}")
@@ -167,7 +174,7 @@ def read_csv(
                 )
             if column is not None:
                 values.append(row[column])
-                if row[column].strip().lower().lstrip("+-") in ("", "nan", "inf", "infinity"):
+                if row[column].strip().lower() in MISSING:
                     missing.append(reader.line_num)
             rows += 1
     if missing:

@@ -7,20 +7,29 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastnet.initializers import He
-from fastnet.layers import Dense, Layer, LeakyReLU, ReLU, Sigmoid, Softmax
+from fastnet.layers import Dense, Layer, LeakyReLU, ReLU, Sigmoid, Softmax, Standardize
 
 
-def check_layer_stack(layers: Sequence[Layer], loss: Any) -> None:
+def check_layer_stack(
+    layers: Sequence[Layer], loss: Any, rebuilding: bool = False, mixed: bool = False
+) -> None:
     """Refuse one layer object at two places or in two models (fastnet has no weight sharing:
     its gradients would be wrong) and a ``Softmax`` or ``Sigmoid`` layer (or a Dense layer's
-    activation) right before a loss that applies it itself: twice trains slowly or not at all.
-    Raises ``ValueError``."""
+    activation) right before a loss that applies it itself: twice trains slowly or not at all
+    (not when ``rebuilding`` a saved model, whose weights stay loadable); under ``mixed``
+    precision, a ``Standardize`` after other layers. Raises ``ValueError``."""
+    lead = next((i for i, x in enumerate(layers) if not isinstance(x, Standardize)), 0)
+    if mixed and any(isinstance(x, Standardize) for x in layers[lead:]):
+        raise ValueError(
+            "mixed precision: a Standardize layer goes first (it scales the raw features "
+            "before they are rounded to the half type)"
+        )
     first: dict[int, int] = {}
     for i, layer in enumerate(layers):
         if layer.built:
             raise ValueError(
-                f"layers[{i}] ({type(layer).__name__}) is built, in another model that keeps "
-                "its weights: make new layer objects (model.to() and prepend() copy a model)"
+                f"layers[{i}] ({type(layer).__name__}) is built (by another model, or on its "
+                "own) and holds its weights: make new layer objects (model.to() copies a model)"
             )
         j = first.setdefault(id(layer), i)
         if j != i:
@@ -29,7 +38,7 @@ def check_layer_stack(layers: Sequence[Layer], loss: Any) -> None:
                 "each place needs its own layer (fastnet does not share weights)"
             )
     kind = getattr(loss, "predictions", None)  # what the loss applies to the outputs
-    if not layers or kind not in ("softmax", "sigmoid"):
+    if rebuilding or not layers or kind not in ("softmax", "sigmoid"):
         return
     last = layers[-1]
     twice = {"softmax": Softmax, "sigmoid": Sigmoid}[kind]

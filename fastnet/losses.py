@@ -26,8 +26,10 @@ class Loss:
     #: what ``predict_output`` applies: "softmax", "sigmoid" or "identity"
     predictions = "identity"
 
-    #: the outputs' width of the model that built it (None: unknown, or models differ)
+    #: the outputs' width of the model that built it (None: unknown, or ``shared`` by models
+    #: of several widths)
     width: int | None = None
+    shared = False
 
     def __init__(self) -> None:
         self._backend: Backend | None = None

@@ -95,9 +95,9 @@ def higher_is_better(name: str) -> bool:
     words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
     split = re.split(r"[^a-z0-9]+", words)
     found = next((BETTER[w] for w in reversed(split) if w in BETTER), None)
-    if found is None:  # joined words: lower-is-better ones first (logloss holds no score)
-        order = sorted(BETTER, key=lambda w: BETTER[w])
-        found = next((BETTER[w] for w in order if w in words), False)
+    if found is None:  # joined words (f1score, logloss): a known word of 3+ letters ends one
+        ends = [w for w in BETTER if len(w) > 2 and any(t.endswith(w) for t in split)]
+        found = BETTER[max(ends, key=len)] if ends else False
     return found
 
 

@@ -6,6 +6,7 @@ one flat ``ParameterArena`` (``fastnet.parameter``) built with the model.
 
 from __future__ import annotations
 
+import contextvars
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,9 @@ from fastnet.validation import (
     host_array,
 )
 
+#: set while ``from_config`` rebuilds a saved model (checks of new models' layer stacks only)
+_REBUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("rebuilding", default=False)
+
 
 class Sequential(Trainer):
     """Layers applied in order; ``fit`` trains them on ``(X, y)``.
@@ -40,6 +44,8 @@ class Sequential(Trainer):
     >>> model = Sequential([Dense(256, "relu"), Dense(10)], optimizer=Adam(1e-3), backend="numba")
     >>> model.fit(X, y, epochs=10, batch_size=128, validation_data=(Xv, yv))
     """
+
+    _optimizer: Optimizer
 
     def __init__(
         self,
@@ -68,7 +74,8 @@ class Sequential(Trainer):
             raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
         self.layers = layers
         self.loss = get_loss(loss)
-        check_layer_stack(layers, self.loss)  # e.g. Softmax() before a softmax loss
+        mixed = isinstance(dtype, str) and dtype in MIXED_POLICIES
+        check_layer_stack(layers, self.loss, _REBUILDING.get(), mixed)  # e.g. Softmax() before it
         fix_default_initializers(layers)  # He for a linear Dense before a separate ReLU
         self.arena: ParameterArena | None = None
         self.optimizer = get_optimizer(optimizer)
@@ -111,7 +118,7 @@ class Sequential(Trainer):
 
     @optimizer.setter
     def optimizer(self, optimizer: str | Optimizer) -> None:
-        if getattr(self, "arena", None) is not None:
+        if getattr(self, "arena", None) is not None and optimizer is not self._optimizer:
             raise ValueError(
                 "optimizer: the model is built and its optimizer state belongs to its "
                 "optimizer; set lr on model.optimizer, or make a new model for another one"
@@ -148,8 +155,9 @@ class Sequential(Trainer):
             layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
             layer.feeds_dense = isinstance(above, Dense)  # may hand it its activation gradient
             width = layer.build(width, self.backend, self.dtype, self._rng)
-        shared = self.loss.width not in (None, width)  # one loss object, models of two widths
-        self.loss.width = None if shared else width
+        loss = self.loss  # one loss object may serve models of several widths
+        loss.shared = loss.shared or loss.width not in (None, width)
+        loss.width = None if loss.shared else width
         self.arena = ParameterArena(
             [
                 (p, layer.optimizer or self.optimizer)
@@ -382,7 +390,8 @@ class Sequential(Trainer):
         from fastnet.metrics import confusion_matrix
 
         labels = host_array(y, "y")
-        labels = labels.argmax(axis=1) if labels.ndim == 2 else labels
+        if labels.ndim == 2:  # one-hot rows, or a column of class indices
+            labels = labels[:, 0] if labels.shape[1] == 1 else labels.argmax(axis=1)
         return confusion_matrix(labels, self.predict(X), self.output_dim)
 
     # ------------------------------------------------------------------ state
@@ -489,16 +498,22 @@ class Sequential(Trainer):
         precision = config.get("precision", "fp32")
         if precision == "tf32" and backend.precision_reason(precision):
             precision = "fp32"  # a speed setting: where TF32 is missing, compute exactly
-        model = cls(
-            [layer_from_config(c) for c in layers],
-            loss=config.get("loss", "softmax_cross_entropy"),
-            optimizer=optimizer_from_config(opt),
-            backend=backend,
-            dtype=config.get("dtype", "float32"),
-            seed=config.get("seed"),
-            precision=precision,
-            loss_scale=config.get("loss_scale") if config.get("dtype") == "mixed_float16" else None,
-        )
+        token = _REBUILDING.set(True)  # a saved model loads as it was built
+        try:
+            model = cls(
+                [layer_from_config(c) for c in layers],
+                loss=config.get("loss", "softmax_cross_entropy"),
+                optimizer=optimizer_from_config(opt),
+                backend=backend,
+                dtype=config.get("dtype", "float32"),
+                seed=config.get("seed"),
+                precision=precision,
+                loss_scale=config.get("loss_scale")
+                if config.get("dtype") == "mixed_float16"
+                else None,
+            )
+        finally:
+            _REBUILDING.reset(token)
         if config.get("input_dim") is not None:
             model.build(config["input_dim"])
         return model

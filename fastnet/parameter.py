@@ -70,7 +70,9 @@ class Parameter:
     def value(self, new: Any) -> None:
         """Once built, assigning copies ``new`` (its shape) into the view, as ``value[...] =
         new`` does: a new array would leave the model and its optimizer on the old one."""
-        if self.group is None:
+        if self.group is None:  # a layer built on its own: it computes with its value
+            if self.compute is self._value:
+                self.compute = new
             self._value = new
             return
         shape = tuple(getattr(new, "shape", np.shape(new)))

@@ -49,7 +49,8 @@ def plot_confusion(cm: np.ndarray, path: str, title: str = "") -> None:
 
 def _curves(ax: Any, history: dict[str, list[float]], key: str) -> None:
     for prefix, style, label in (("", "o-C0", "train"), ("val_", "s-C1", "validation")):
-        if values := history.get(prefix + key):
+        values = history.get(prefix + key, ())
+        if len(values):
             ax.plot(range(1, len(values) + 1), values, style, label=f"{label} {key}")
     ax.set(xlabel="epoch", ylabel=key)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -63,7 +64,8 @@ def plot_history(history: dict[str, list[float]], path: str, title: str = "") ->
     validation counterpart when there is one."""
     if "loss" not in history:
         raise ValueError("history has no 'loss' entry: pass a trained model's model.history")
-    panels = ["loss"] + [k for k in SECOND_PANEL if history.get(k) or history.get(f"val_{k}")][:1]
+    held = [k for k in SECOND_PANEL if len(history.get(k, ())) or len(history.get(f"val_{k}", ()))]
+    panels = ["loss"] + held[:1]
     fig = _figure(5.0 * len(panels), 4.0)
     for ax, key in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
         _curves(ax, history, key)

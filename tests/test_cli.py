@@ -357,14 +357,15 @@ def test_predict_ignores_labels_that_evaluate_checks(tmp_path, capsys):
     assert "training data lacks" in capsys.readouterr().err
 
 
-def test_predict_into_a_closed_pipe_exits_quietly(tmp_path):
+@pytest.mark.parametrize("call", ["main()", "main(sys.argv[1:])"])  # the console script's
+def test_predict_into_a_closed_pipe_exits_quietly(tmp_path, call):
     import subprocess
     import sys
 
     path = _table(tmp_path / "t.csv", np.arange(30) % 2)
     ckpt = str(tmp_path / "m.npz")
     assert main(["train", "--data", path, "--target", "target", "--save", ckpt, *TINY]) == 0
-    code = "import sys; from fastnet.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = f"import sys; from fastnet.cli import main; sys.exit({call})"
     argv = [sys.executable, "-c", code, "predict", ckpt, "--data", path]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     proc.stdout.close()  # `| head` gone before the first write: EPIPE

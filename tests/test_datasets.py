@@ -191,3 +191,8 @@ def test_csv_missing_targets_name_the_file_column_and_lines(tmp_path):
         load_arrays(nan, target="y")
     X, y, names = load_table(path, None, "kind", need_target=False)  # predicting: no labels read
     assert y is None and names == ["x"] and X[:, 0].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_csv_sign_labels_are_classes(tmp_path):
+    path = _csv(tmp_path / "signs.csv", "a,b,class", ["1,2,+", "3,4,-", "5,6,+"])
+    assert load_arrays(path, target="class")[1].tolist() == ["+", "-", "+"]

@@ -308,3 +308,8 @@ def test_a_checkpoint_path_may_name_what_a_keras_style_callback_provides(tmp_pat
     assert [p.rsplit("/", 1)[1] for p in ckpt.saved] == ["m-0.50.npz", "m-0.60.npz"]
     with pytest.raises(ValueError, match="names it in its provides"):
         _model().fit(X, y, epochs=1, verbose=0, callbacks=[fn.ModelCheckpoint("{val_x}.npz")])
+
+
+@pytest.mark.parametrize("name", ["val_err2", "val_layer2_norm", "val_microcost"])
+def test_auto_mode_does_not_read_short_words_inside_others(name):
+    assert fn.EarlyStopping(name).mode == "min"

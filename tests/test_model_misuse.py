@@ -3,6 +3,7 @@ names the argument, or does what the notebooks' habits expect, and changes nothi
 
 import numpy as np
 import pytest
+from capture_backend import CaptureSimBackend
 
 import fastnet as fn
 
@@ -80,7 +81,7 @@ def test_minibatches_checks_its_arguments_at_the_call():
 
 def test_a_layer_of_a_built_model_is_refused_in_another():
     model = _model()
-    with pytest.raises(ValueError, match=r"layers\[0\] \(Dense\) is built, in another model"):
+    with pytest.raises(ValueError, match=r"layers\[0\] \(Dense\) is built \(by another model"):
         fn.Sequential([model.layers[0], fn.Dense(2)], backend="numpy")
 
 
@@ -151,3 +152,63 @@ def test_notebook_signatures_and_shapes_get_their_meaning():
     model.forward(X, training=True)
     with pytest.raises(TypeError, match="dout must be an array .* got a list"):
         model.backward(np.zeros((30, 3)).tolist())
+
+
+def test_a_saved_sigmoid_before_bce_still_loads(tmp_path):
+    """Refused in new models; a checkpoint written before that keeps its weights."""
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(1)], loss="bce", backend="numpy")
+    config = model.build(3).get_config()
+    config["layers"][-1]["activation"] = "sigmoid"
+    loaded = fn.Sequential.from_config(config, backend="numpy")
+    assert loaded.layers[-1].activation == "sigmoid" and loaded.built
+    with pytest.raises(ValueError, match="applies sigmoid"):
+        fn.Sequential([fn.Dense(4, "relu"), fn.Dense(1, "sigmoid")], loss="bce")
+
+
+def test_one_loss_object_shared_by_models_of_several_widths():
+    loss = fn.SoftmaxCrossEntropy()
+    models = [fn.Sequential([fn.Dense(k)], loss=loss, backend="numpy").build(4) for k in (3, 5, 3)]
+    X = np.zeros((2, 4), np.float32)
+    for model in models:  # no model's width stands for the others'
+        model.loss(model.forward(X), np.array([0, 1]))
+
+
+def test_a_layer_built_on_its_own_computes_with_an_assigned_weight():
+    layer = fn.Dense(2)
+    layer.build(3, fn.get_backend("numpy"), np.dtype(np.float64), np.random.default_rng(0))
+    layer.W.value, layer.b.value = np.zeros((3, 2)), np.zeros(2)
+    np.testing.assert_array_equal(layer.forward(np.ones((1, 3))), [[0.0, 0.0]])
+
+
+def test_confusion_matrix_takes_a_column_of_class_indices():
+    model = _model()
+    X = np.random.default_rng(3).normal(size=(30, 4)).astype(np.float32)
+    y = np.arange(30) % 3
+    np.testing.assert_array_equal(
+        model.confusion_matrix(X, y.reshape(-1, 1)), model.confusion_matrix(X, y)
+    )
+
+
+def test_minibatches_index_array_likes_without_converting_them():
+    class DeviceLike:  # as a CuPy array: rows by index arrays, no __array__
+        def __init__(self, a):
+            self.a = a
+
+        def __len__(self):
+            return len(self.a)
+
+        def __getitem__(self, idx):
+            return DeviceLike(self.a[idx])
+
+        def __array__(self, *args, **kwargs):
+            raise TypeError("implicit conversion to a NumPy array is not allowed")
+
+    X, y = DeviceLike(np.arange(20).reshape(10, 2)), DeviceLike(np.arange(10))
+    batches = list(fn.minibatches(X, y, batch_size=4, shuffle=False))
+    assert [b.a.tolist() for _, b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_standardize_goes_first_under_mixed_precision():
+    layers = [fn.Dropout(0.1), fn.Standardize([0.0] * 4, [1.0] * 4), fn.Dense(3)]
+    with pytest.raises(ValueError, match="a Standardize layer goes first"):
+        fn.Sequential(layers, backend=CaptureSimBackend(), dtype="mixed_float16")
