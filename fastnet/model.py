@@ -286,8 +286,8 @@ class Sequential(Trainer):
         self.arena.update()
 
     # ------------------------------------------------------------------ validation
-    def _features(self, X: Any, name: str, on_device: bool = True) -> Any:
-        return check_features(X, name, self.backend, self.dtype, self.input_dim, on_device)
+    def _features(self, X: Any, name: str, on_device: bool = True, finite: bool = True) -> Any:
+        return check_features(X, name, self.backend, self.dtype, self.input_dim, on_device, finite)
 
     def _targets(self, y: Any, name: str, n: int, width: int, on_device: bool = True) -> Any:
         return check_targets(y, name, n, width, self.backend, self.dtype, self.loss, on_device)
@@ -356,13 +356,14 @@ class Sequential(Trainer):
     def predict_raw(self, X: Any) -> np.ndarray:
         """Raw outputs (logits) as a NumPy array."""
         self._require_built()
-        return self.backend.to_numpy(self._batched_outputs(self._features(X, "X")))
+        Xd = self._features(X, "X", finite=False)  # checked chunk by chunk, in cache
+        return self.backend.to_numpy(self._batched_outputs(Xd, finite="X"))
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities (NumPy) for classification losses."""
         self._require_built()
         return self.backend.to_numpy(
-            self._batched_outputs(self._features(X, "X"), probabilities=True)
+            self._batched_outputs(self._features(X, "X", finite=False), True, finite="X")
         )
 
     def predict(self, X: Any) -> np.ndarray:

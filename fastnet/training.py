@@ -35,7 +35,7 @@ from fastnet.metrics import (
     regression_sums,
     top_k_correct,
 )
-from fastnet.validation import as_input, check_positive_int
+from fastnet.validation import as_input, check_finite, check_positive_int
 
 DIVERGENCE_POLICIES = ("restore", "raise", "ignore")
 COMPILED_CHOICES = ("auto", True, False)
@@ -979,15 +979,22 @@ class Trainer:
         )
         return np.concatenate([[hits], cm.ravel()])
 
-    def _batched_outputs(self, Xd: Any, batch_size: int = 8192, probabilities: bool = False) -> Any:
+    def _batched_outputs(
+        self, Xd: Any, probabilities: bool = False, batch_size: int = 0, finite: str = ""
+    ) -> Any:
         """The model's outputs on ``Xd`` in eval mode (the loss's predictions, e.g. softmax
         probabilities, with ``probabilities``), in chunks of ``batch_size`` rows: one fused
         call per chunk where the backend has fused inference for the plan, else layer by
-        layer."""
+        layer. ``finite``: the name of ``Xd``, whose chunks are checked for NaN and inf first
+        (while in cache, for the first layer's GEMM). ``batch_size`` 0: 2,048 rows on a CPU
+        (measured on the AMD EPYC: as fast as 8,192, and a chunk stays in cache), 8,192 else."""
+        batch_size = batch_size or (2048 if self.backend.xp is np else 8192)
         plan = self._inference_plan()
         chunks = []
         for lo in range(0, Xd.shape[0], batch_size):
             chunk = Xd[lo : lo + batch_size]
+            if finite:
+                check_finite(chunk, finite, self.backend)
             out = None if plan is None else self.backend.infer(plan, chunk, probabilities)
             if out is None:  # layer by layer (their buffers are reused: copy out)
                 out = self.backend.xp.array(self.forward(chunk, training=False), copy=True)

@@ -20,9 +20,11 @@ def check_features(
     dtype: Any,
     n_features: int | None = None,
     on_device: bool = True,
+    finite: bool = True,
 ) -> Any:
     """Validate a 2-D numeric, finite, non-empty feature matrix and return it on the backend
-    (or, with ``on_device=False``, as a host NumPy array of ``dtype``)."""
+    (or, with ``on_device=False``, as a host NumPy array of ``dtype``). ``finite=False``: the
+    caller checks the values itself (``check_finite``; prediction, chunk by chunk)."""
     raw = as_input(x, name, backend)
     kind = getattr(getattr(raw, "dtype", None), "kind", "O")
     if kind not in "biuf":
@@ -41,16 +43,22 @@ def check_features(
         return raw
     if on_device:
         arr = backend.asarray(raw, dtype)
-        xp = backend.xp
-        finite = kind != "f" or backend.all_finite(arr)
-    else:
-        arr = np.ascontiguousarray(host_array(raw, name), dtype=dtype)
-        xp = np
-        finite = kind != "f" or bool(np.isfinite(arr).all())
-    if not finite:
-        bad = int((~xp.isfinite(arr)).sum())
-        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+        if finite:
+            check_finite(arr, name, backend)
+        return arr
+    arr = np.ascontiguousarray(host_array(raw, name), dtype=dtype)
+    if finite and kind == "f" and not np.isfinite(arr).all():
+        raise ValueError(
+            f"{name} contains {int((~np.isfinite(arr)).sum())} NaN or infinite value(s)"
+        )
     return arr
+
+
+def check_finite(arr: Any, name: str, backend: Backend) -> None:
+    """A ``ValueError`` naming ``name`` where the backend array ``arr`` holds NaN or inf."""
+    if arr.dtype.kind == "f" and not backend.all_finite(arr):
+        bad = int((~backend.xp.isfinite(arr)).sum())
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
 
 
 def _check_finite_in_chunks(x: np.ndarray, name: str, rows: int = 16384) -> None:
