@@ -66,16 +66,25 @@ def wall_elapsed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+#: ``interleaved``'s settle for CPU contestants: OpenBLAS's threads spin about 0.1 s after a call
+CPU_SETTLE_S = 0.3
+
+
 def interleaved(
     contestants: list[Contestant],
     rounds: int = 7,
     reference: str | None = None,
     warmup: int = 1,
     failed: dict[str, str] | None = None,
+    settle: float = 0.0,
 ) -> list[Result]:
     """Time every contestant once per round, rotating the order each round so no contestant
     always runs first. ``reference`` names the contestant ratios are taken against. A contestant
-    that raises is dropped (its error into ``failed``, by name) and the others go on."""
+    that raises is dropped (its error into ``failed``, by name) and the others go on.
+    ``settle``: seconds (untimed) before each timed run, so thread pools that spin after their
+    work (OpenBLAS's, ONNX Runtime's, XLA's) stop taking cores from the next contestant: spent
+    busy on this thread, not asleep (on the 2-core AMD EPYC VM, 0.3 s asleep made the next
+    epoch 1.5-1.9x slower; busy, the rounds' order stops mattering)."""
     failed = {} if failed is None else failed
     live: list[tuple[Contestant, Result]] = []
     for c in contestants:
@@ -92,6 +101,7 @@ def interleaved(
         k = r % max(1, len(live))
         for c, res in live[k:] + live[:k]:
             if c.name not in failed:
+                _busy(settle)
                 try:
                     res.times.append((c.elapsed or wall_elapsed)(c.run))
                 except Exception as exc:
@@ -102,6 +112,12 @@ def interleaved(
         for res in results:
             res.ratios = [t / rt for t, rt in zip(res.times, ref.times)]
     return results
+
+
+def _busy(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 def _drop(name: str, exc: Exception, failed: dict[str, str]) -> None:

@@ -29,9 +29,8 @@ def _onnxruntime(model: Any, threads: int = 2) -> Callable[[np.ndarray], Any] | 
     model.to_onnx(path)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    # interleaved with other contestants: ORT's workers must not keep spinning on the 2 cores
-    # after a run (fastnet's BLAS threads do not either: the bench measures each alone)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # ORT as its users run it (its workers spin between calls): the suite lets every
+    # contestant's threads settle before the next one's timed run (harness.CPU_SETTLE_S)
     session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     name, outputs = session.get_inputs()[0].name, ["probabilities"]
     return lambda x: session.run(outputs, {name: x})[0]

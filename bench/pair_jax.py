@@ -9,14 +9,14 @@ process (default model, batch 128, Adam, float32); median of the per-round ratio
 import sys
 
 import numpy as np
-from fastnet.bench.harness import Contestant, interleaved
+from fastnet.bench.harness import CPU_SETTLE_S, Contestant, interleaved
 from fastnet.bench.jax_peer import jax_scan_epoch
 from fastnet.bench.suites import DEFAULT_SIZES, _model, load_training_data
 
 from fastnet.backends import get_backend
 
 
-def main(rounds: int, quick: bool = False, batch: int = 128) -> None:
+def main(rounds: int, quick: bool = False, batch: int = 128, settle: float = CPU_SETTLE_S) -> None:
     X, y, _ = load_training_data(quick)
     n = len(X) // batch * batch
     X, y = X[:n], y[:n]
@@ -27,7 +27,7 @@ def main(rounds: int, quick: bool = False, batch: int = 128) -> None:
         Contestant("fastnet-numba-fused-fp32", fused, None, 1.0),
         Contestant("jax-scan-fp32", jax, None, 1.0),
     ]
-    for r in interleaved(contestants, rounds=rounds, reference="jax-scan-fp32"):
+    for r in interleaved(contestants, rounds=rounds, reference="jax-scan-fp32", settle=settle):
         ratios = " ".join(f"{x:.2f}" for x in r.ratios)
         print(
             f"{r.name} median {np.median(r.times):.3f} s, ratio median "

@@ -12,7 +12,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from fastnet.bench.harness import Contestant, format_table, interleaved, machine_info
+from fastnet.bench.harness import (
+    CPU_SETTLE_S,
+    Contestant,
+    format_table,
+    interleaved,
+    machine_info,
+)
 
 from fastnet.backends import get_backend, probe
 
@@ -735,7 +741,8 @@ def run_suites(
         failed: dict[str, str] = {}
         # a graphed epoch captures its shorter last graph in its second run: warm-up twice
         warmup = 2 if any("-graph" in c.name for c in contestants) else 1
-        results = interleaved(contestants, rounds, reference, warmup, failed)
+        settle = _settle(title, backends)
+        results = interleaved(contestants, rounds, reference, warmup, failed, settle)
         described = {c.name: c.describe() for c in contestants if c.describe is not None}
         report["groups"][title] = {
             "reference": reference,
@@ -779,6 +786,14 @@ def _suite_groups(
             floor_groups(X, y, DEFAULT_SIZES, 128, lambda opt: _model(numba, DEFAULT_SIZES, opt))
         )
     return groups
+
+
+def _settle(title: str, backends: list[Any]) -> float:
+    """Epochs and batch predictions on the CPU start on quiet cores; not single rows
+    (microseconds: the pools' wake-up after a settle would be what is timed), nor GPU runs."""
+    heavy = title.startswith(("train epoch", "floor breakdown", "predict_proba"))
+    gpu = any(be.name.startswith("cupy") for be in backends)
+    return CPU_SETTLE_S if heavy and not gpu and not title.endswith(" 1 row") else 0.0
 
 
 def _reference(title: str, names: list[str]) -> str | None:

@@ -133,3 +133,35 @@ def test_dropout_does_not_keep_inference_off_the_fused_path(backend_name):
     assert got is not None
     want = model.loss.predict_output(model.forward(X, training=False))
     np.testing.assert_allclose(got, want, rtol=1e-12)  # softmax probabilities
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", "numba"])
+@pytest.mark.parametrize("row", [0, 2047, 2048, 4999])
+def test_predictions_check_every_chunk_for_nan(backend_name, row):
+    """Rows are checked chunk by chunk (2,048 at a time on a CPU), every chunk, first to last."""
+    if not probe(backend_name).available:
+        pytest.skip(f"{backend_name} unavailable")
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(3)], backend=backend_name, seed=0)
+    model.build(5)
+    X = np.random.default_rng(0).random((5000, 5)).astype(np.float32)
+    want = model.predict_proba(X)
+    X[row, 1] = np.inf
+    for predict in (model.predict_proba, model.predict, model.predict_raw):
+        with pytest.raises(ValueError, match=r"^X contains 1 NaN or infinite value\(s\)$"):
+            predict(X)
+    X[row, 1] = 0.5
+    assert model.predict_proba(X).shape == want.shape
+
+
+def test_the_harness_lets_cores_settle_untimed():
+    import time
+
+    from fastnet.bench.harness import Contestant, interleaved
+
+    calls = []
+    contestants = [Contestant(n, lambda n=n: calls.append(n), None, 1.0) for n in ("a", "b")]
+    start = time.perf_counter()
+    results = interleaved(contestants, rounds=3, settle=0.05)
+    assert time.perf_counter() - start >= 6 * 0.05  # before each timed run
+    assert all(max(r.times) < 0.04 for r in results)  # not in the timings
+    assert calls.count("a") == calls.count("b") == 4  # warm-up and 3 rounds
