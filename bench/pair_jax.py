@@ -6,10 +6,10 @@ process (default model, batch 128, Adam, float32); median of the per-round ratio
 ``--quick``: the bench's small data set (a smoke test).
 """
 
-import sys
+import argparse
 
 import numpy as np
-from fastnet.bench.harness import CPU_SETTLE_S, Contestant, interleaved
+from fastnet.bench.harness import CPU_SETTLE_S, Contestant, interleaved, machine_info
 from fastnet.bench.jax_peer import jax_scan_epoch
 from fastnet.bench.suites import DEFAULT_SIZES, _model, load_training_data
 
@@ -36,5 +36,9 @@ def main(rounds: int, quick: bool = False, batch: int = 128, settle: float = CPU
 
 
 if __name__ == "__main__":
-    counts = [a for a in sys.argv[1:] if a != "--quick"]
-    main(int(counts[0]) if counts else 9, "--quick" in sys.argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m fastnet.bench.pair_jax", description=__doc__)
+    parser.add_argument("rounds", type=int, nargs="?", default=9)
+    parser.add_argument("--quick", action="store_true", help="2,048 rows: a smoke test")
+    args = parser.parse_args()
+    print(f"# {machine_info()['cpu']}, {'quick: 2,048 rows' if args.quick else 'all rows'}")
+    main(args.rounds, args.quick)

@@ -798,7 +798,8 @@ def _settle(title: str, backends: list[Any]) -> float:
 
 def _reference(title: str, names: list[str]) -> str | None:
     """A group's reference: the strongest peer present (JAX's scanned epoch, else the book
-    loop, else PyTorch's CUDA graph; onnxruntime), else the plain NumPy contestant."""
+    loop, else PyTorch's CUDA graph; onnxruntime), else the plain NumPy contestant, else (not
+    for epochs, whose other contestants may be peers on another device) the group's first."""
     candidates: tuple[str, ...] = ("numpy", "fastnet-numpy-eager-fp32", "matmul-only-cupy-fp32")
     if title.startswith("train epoch"):
         candidates = ("jax-scan-fp32", "book-numpy-fp32", "torch-cuda-graph-fp32")
@@ -810,7 +811,8 @@ def _reference(title: str, names: list[str]) -> str | None:
             "onnxruntime-cpu-fp32",
             "matmul-only-fp32",
         )
-    return next((r for r in candidates if r in names), None)
+    first = names[0] if names and not title.startswith("train epoch") else None  # not a peer
+    return next((r for r in candidates if r in names), first)
 
 
 def _print_floor_summary(report: dict[str, Any]) -> None:
@@ -890,6 +892,15 @@ def _write_json(report: dict[str, Any], path: str) -> None:
 
 
 def run_bench(args: Any) -> int:
+    from fastnet.checkpoint import check_writable
+
+    for path, option in ((args.json, "--json"), (args.plot, "--plot")):
+        if path:
+            check_writable(path, option)  # before minutes of timing
+    if args.suite == "floor" and "numba" not in [be.name for be in resolve_backends(args.backends)]:
+        raise ValueError(
+            "--suite floor breaks down the numba fused step: include numba in --backends"
+        )
     report = run_suites(args.backends, args.suite, args.rounds, args.quick, args.json)
     if args.json:
         _write_json(report, args.json)

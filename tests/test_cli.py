@@ -406,3 +406,17 @@ def test_options_that_do_not_apply_are_refused_by_name(tmp_path, capsys):
         assert main(argv + (TINY if argv[0] == "train" else [])) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_bench_checks_its_outputs_and_suite_before_timing(tmp_path, capsys):
+    missing = str(tmp_path / "no" / "such" / "folder" / "r.json")
+    assert main(["bench", "--quick", "--suite", "kernels", "--json", missing]) == 2
+    assert "--json path" in capsys.readouterr().err
+    assert main(["bench", "--quick", "--suite", "floor", "--backends", "numpy"]) == 2
+    assert "include numba in --backends" in capsys.readouterr().err
+
+
+def test_bench_groups_without_numpy_have_a_reference():
+    from fastnet.bench.suites import _reference
+
+    assert _reference("matmul 128x784x256", ["numba", "numba-parallel"]) == "numba"
