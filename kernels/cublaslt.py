@@ -417,14 +417,8 @@ class LtGemm:
         (RELU_AUX_BIAS keeping NaN, and DRELU_BGRAD reading its mask) or "bgrada", for
         ``dtype`` (and TF32): probed once each (a host sync; False in a capture, without an
         algorithm, or on any difference)."""
-        key = (np.dtype(dtype).name, tf32)
-        if key not in self._gradients_ok:
-            cp = _cupy()
-            if cp.cuda.get_current_stream().is_capturing():
-                return False
-            probe = self._gradient_probe
-            self._gradients_ok[key] = self._safely(probe, frozenset(), cp, np.dtype(dtype), tf32)
-        return which in self._gradients_ok[key]
+        passed = self._probed(self._gradients_ok, frozenset(), self._gradient_probe, dtype, tf32)
+        return which in passed
 
     def _gradient_probe(self, cp: Any, dtype: np.dtype, tf32: bool) -> frozenset[str]:
         """Two Dense layers' step against NumPy, at a small batch and a large one (where
@@ -480,16 +474,21 @@ class LtGemm:
         kernel, for a forward whose epilogue drops NaN) as RELU_AUX_BIAS's: on a small and a
         large batch, NaN in ``y`` kept, the lower dz and db exact. Probed once per dtype and
         TF32 (a host sync; False in a capture)."""
+        probe = self._kernel_mask_probe
+        return bool(self._probed(self._kernel_mask_ok, False, probe, dtype, tf32, write_mask))
+
+    def _probed(
+        self, answers: dict, failed: Any, probe: Any, dtype: Any, tf32: bool, *extra: Any
+    ) -> Any:
+        """``probe(cp, dtype, tf32, *extra)`` once per dtype and TF32 (``_safely``), kept in
+        ``answers``; ``failed`` inside a capture, where it cannot run (asked again outside)."""
         key = (np.dtype(dtype).name, tf32)
-        if key not in self._kernel_mask_ok:
+        if key not in answers:
             cp = _cupy()
             if cp.cuda.get_current_stream().is_capturing():
-                return False
-            probe = self._kernel_mask_probe
-            self._kernel_mask_ok[key] = self._safely(
-                probe, False, cp, np.dtype(dtype), tf32, write_mask
-            )
-        return self._kernel_mask_ok[key]
+                return failed
+            answers[key] = self._safely(probe, failed, cp, np.dtype(dtype), tf32, *extra)
+        return answers[key]
 
     def _kernel_mask_probe(self, cp: Any, dtype: np.dtype, tf32: bool, write_mask: Any) -> bool:
         r = np.random.default_rng(1)
