@@ -155,6 +155,7 @@ class Sequential(Trainer):
             layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
             layer.feeds_dense = isinstance(above, Dense)  # may hand it its activation gradient
             width = layer.build(width, self.backend, self.dtype, self._rng)
+        self._lowest = next((i for i, x in enumerate(self.layers) if x.parameters()), 0)
         loss = self.loss  # one loss object may serve models of several widths
         loss.shared = loss.shared or loss.width not in (None, width)
         loss.width = None if loss.shared else width
@@ -234,8 +235,7 @@ class Sequential(Trainer):
             buf = self._cast_buffer("dy", dout.shape, self.compute_dtype)
             dout = self.backend.cast(dout, buf, scale)
         fused = False  # dout is already the layer's dz (and its bias gradient written)
-        # down to the lowest layer with parameters: below it no gradient is needed
-        lowest = next((i for i, layer in enumerate(self.layers) if layer.parameters()), 0)
+        lowest = self._lowest  # below the lowest layer with parameters no gradient is needed
         for i in range(len(self.layers) - 1, lowest - 1, -1):
             layer = self.layers[i]
             if not isinstance(layer, Dense):
