@@ -95,7 +95,9 @@ class Sequential(Trainer):
             raise ValueError(reason)
         self.precision = precision
         self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self._rng = np.random.default_rng(seed)  # the weights' initial values
+        # [seed, epochs trained]: the validation split and each epoch's shuffle follow from it
+        self._order = np.array([_data_seed(seed), 0], np.int64)
         self.input_dim: int | None = None
         self.history: dict[str, list[float]] = {}
         self.stop_reason: str | None = None
@@ -124,6 +126,13 @@ class Sequential(Trainer):
                 "optimizer; set lr on model.optimizer, or make a new model for another one"
             )
         self._optimizer = get_optimizer(optimizer)
+
+    @property
+    def epochs_trained(self) -> int:
+        """Training epochs finished by ``fit`` (saved in checkpoints): epoch ``e``'s shuffle
+        follows from the model's seed and ``e``, so training resumed from a checkpoint sees
+        the batches uninterrupted training would."""
+        return int(self._order[1])
 
     @property
     def output_dim(self) -> int:
@@ -399,7 +408,7 @@ class Sequential(Trainer):
     def state_entries(self) -> list[StateEntry]:
         """The schema of this model's state (``fastnet.state``): one entry per key."""
         self._require_built()
-        return list(schema.state_entries(self.layers, self.arena, self.loss_scaler))
+        return list(schema.state_entries(self.layers, self.arena, self.loss_scaler, self._order))
 
     def get_state(self) -> dict[str, Any]:
         """Copies of every parameter, optimizer slot, step count and layer buffer (on device)."""
@@ -454,7 +463,6 @@ class Sequential(Trainer):
             }
         )
         copy.history = {k: list(v) for k, v in self.history.items()}
-        copy._rng.bit_generator.state = self._rng.bit_generator.state  # the same shuffles next
         return copy
 
     def to(self, backend: str | Backend, dtype: Any = None) -> Sequential:
@@ -589,6 +597,12 @@ def _config_for(config: dict, backend: Backend, dtype: Any = None) -> dict:
         except (ValueError, NotImplementedError):
             dtype = "float32"
     return config if dtype is None else {**config, "dtype": dtype}
+
+
+def _data_seed(seed: int | None) -> int:
+    """The seed of a model's data order, derived from the model's ``seed`` (fresh if None)
+    apart from the stream its weights are drawn from."""
+    return int(np.random.default_rng(None if seed is None else [seed, 1]).integers(2**62))
 
 
 def save_model(model: Sequential, path: str | os.PathLike, extra: dict | None = None) -> None:

@@ -10,7 +10,9 @@ A state (``Sequential.get_state``, checkpoints, pickles) maps keys to arrays:
 - ``stream/{layer}/{key}``: a random stream's ``[key, step]`` (int64), such as Dropout's
   (optional: a state without it leaves the stream as it is);
 - ``amp/loss_scaler``: mixed float16's ``[loss scale, clean steps]`` (float64; optional: a
-  state without it leaves the scaler as it is).
+  state without it leaves the scaler as it is);
+- ``data/order``: ``[seed, epochs trained]`` (int64, host) of the model's data order: the
+  validation split and each epoch's shuffle (optional: a state without it leaves it as it is).
 
 ``state_entries`` yields these once, in this order; reading, writing and validating all walk it.
 """
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 LOSS_SCALER_KEY = "amp/loss_scaler"
+ORDER_KEY = "data/order"
 
 
 class StateError(ValueError):
@@ -47,9 +50,11 @@ class StateEntry:
         return self.kind in ("param", "buffer")
 
 
-def state_entries(layers: Sequence[Any], arena: Any, scaler: Any = None) -> Iterator[StateEntry]:
-    """Every entry of the state of built ``layers`` whose parameters live in ``arena``, and
-    of the loss ``scaler`` (``fastnet.mixed.LossScaler``) if given."""
+def state_entries(
+    layers: Sequence[Any], arena: Any, scaler: Any = None, order: Any = None
+) -> Iterator[StateEntry]:
+    """Every entry of the state of built ``layers`` whose parameters live in ``arena``, of
+    the loss ``scaler`` (``fastnet.mixed.LossScaler``) and of the data ``order`` if given."""
     for i, layer in enumerate(layers):
         for p in layer.parameters():
             shape = tuple(p.value.shape)
@@ -77,6 +82,8 @@ def state_entries(layers: Sequence[Any], arena: Any, scaler: Any = None) -> Iter
             yield StateEntry(f"stream/{i}/{key}", "stream", stream, tuple(stream.shape))
     if scaler is not None:
         yield StateEntry(LOSS_SCALER_KEY, "amp", scaler.state, (2,), True)
+    if order is not None:
+        yield StateEntry(ORDER_KEY, "order", order, (2,), True)
 
 
 def read_state(entries: Sequence[StateEntry], backend: Any) -> dict[str, Any]:
@@ -103,8 +110,10 @@ def write_state(entries: Sequence[StateEntry], state: dict[str, Any], backend: A
             e.ref.step = step_count(0 if value is None else value, backend)
         elif value is None and e.kind == "slot":
             e.ref[...] = 0
-        elif value is None and e.kind in ("stream", "amp"):
+        elif value is None and e.kind in ("stream", "amp", "order"):
             continue
+        elif e.kind == "order":  # host integers
+            e.ref[...] = np.asarray(backend.to_numpy(value), np.int64)
         else:
             e.ref[...] = backend.asarray(value, e.ref.dtype)
 
@@ -130,6 +139,8 @@ def validate_state(
             check_state_array(e.key, state[e.key], e.shape, e.nonneg, backend)
             if e.kind == "amp" and not float(backend.to_numpy(state[e.key])[0]) > 0:
                 raise StateError(f"{e.key!r} must hold a positive loss scale first")
+            if e.kind == "order" and not _int64s(backend.to_numpy(state[e.key])):
+                raise StateError(f"{e.key!r} must hold integers below 2**63 (seed, epochs)")
         if e.kind == "step":
             steps.setdefault(id(e.ref), set()).add(step_count(state.get(e.key, 0), backend))
     for group in groups:
@@ -137,6 +148,10 @@ def validate_state(
             raise StateError(
                 f"parameters updated by one optimizer have different step counts {steps[id(group)]}"
             )
+
+
+def _int64s(values: np.ndarray) -> bool:
+    return values.dtype.kind in "iu" and all(0 <= int(v) < 2**63 for v in values.ravel())
 
 
 def check_state_array(

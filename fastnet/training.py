@@ -173,15 +173,23 @@ def batch_bounds(n: int, batch_size: int, min_batch: int = 1) -> list[tuple[int,
     return bounds
 
 
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s shuffle (-1: the validation split) of a model whose data
+    order has seed ``seed``."""
+    return int(np.random.SeedSequence([int(seed), int(epoch) + 1]).generate_state(1)[0])
+
+
 class ResidentBatches:
     """Device-resident ``(X, y)``: each epoch a permutation on the device, one gather per batch
     (into the step's own input buffers when it has them)."""
 
-    def __init__(
-        self, X: Any, y: Any, backend: Any, seed: int, shuffle: bool, w: Any = None
-    ) -> None:
+    def __init__(self, X: Any, y: Any, backend: Any, shuffle: bool, w: Any = None) -> None:
         self.X, self.y, self.w, self.backend, self.shuffle = X, y, w, backend, shuffle
-        self.rng = backend.rng(seed)
+        self.rng: Any = None  # set by ``reseed`` before each epoch
+
+    def reseed(self, seed: int) -> None:
+        """Draw the next epoch's order from ``seed``."""
+        self.rng = self.backend.rng(seed) if self.shuffle else None
 
     def order(self) -> Any:
         """The next epoch's row order on the device (a permutation when shuffling)."""
@@ -218,7 +226,6 @@ class StreamedBatches:
         X: np.ndarray,
         y: np.ndarray,
         backend: Any,
-        seed: int,
         shuffle: bool,
         w: np.ndarray | None = None,
         chunk_batches: int = 64,
@@ -226,8 +233,12 @@ class StreamedBatches:
     ) -> None:
         self.X, self.y, self.w, self.backend, self.shuffle = X, y, w, backend, shuffle
         self.dtype = dtype  # the model's: rows are cast chunk by chunk
-        self.rng = np.random.default_rng(seed)
+        self.rng = np.random.default_rng(0)  # set by ``reseed`` before each epoch
         self.chunk_batches = chunk_batches
+
+    def reseed(self, seed: int) -> None:
+        """Draw the next epoch's order from ``seed``."""
+        self.rng = np.random.default_rng(seed)
 
     def epoch(
         self, bounds: Sequence[tuple[int, int]], step: Any, order: Any = None
@@ -403,7 +414,7 @@ class Trainer:
     _plan: Any = None
     optimizer: Any
     steps_per_epoch: int = 0
-    _rng: np.random.Generator
+    _order: np.ndarray
 
     # ------------------------------------------------------------------ one step
     def train_step(
@@ -512,8 +523,11 @@ class Trainer:
                 "compiled=True needs the training set resident on the GPU; it is "
                 f"too large ({n_bytes / 2**30:.2f} GiB) and would be streamed"
             )
+        group, verbose = self._join_group(opts)
+        seed = int(self._order[0])  # the data order's: rank 0's on every rank
+        seed = seed if group is None else group.broadcast_object(seed)
         X, y, sample_weight, validation_data = self._split_validation(
-            X, y, opts.sample_weight, opts.validation_data, opts.validation_split
+            X, y, opts.sample_weight, opts.validation_data, opts.validation_split, seed
         )
         Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
         wd = self.validate_weights(sample_weight, opts.class_weight, y, len(Xd), not streamed)
@@ -527,7 +541,6 @@ class Trainer:
         names += [name for cb in hooks for name in cb.provides]
         for cb in hooks:
             cb.check_logs(names)
-        group, verbose = self._join_group(opts)
         data = (Xd, yd, wd, val, streamed, compiled, group)
         settings = (epochs, hooks, metric_fns, opts.top_k, verbose, opts.on_divergence, names)
         return FitRun(*data, *settings)
@@ -547,9 +560,10 @@ class Trainer:
         return group, opts.verbose if dist.is_main() else 0
 
     def _split_validation(
-        self, X: Any, y: Any, w: Any, validation_data: Any, fraction: float
+        self, X: Any, y: Any, w: Any, validation_data: Any, fraction: float, seed: int
     ) -> tuple[Any, Any, Any, Any]:
-        """Hold out ``fraction`` of the rows (seeded shuffle, stratified for classifiers)."""
+        """Hold out ``fraction`` of the rows (stratified for classifiers): a shuffle by the
+        data order's ``seed``, so every fit on the same data holds out the same rows."""
         if not fraction:
             return X, y, w, validation_data
         if validation_data is not None:
@@ -562,9 +576,12 @@ class Trainer:
         labels = self.backend.to_numpy(y)
         if len(labels) != X.shape[0]:
             raise ValueError(f"X has {X.shape[0]} samples but y has {len(labels)}")
-        seed = int(self._rng.integers(2**31))
         (train, _), (held, _) = train_val_split(
-            np.arange(X.shape[0]), labels, fraction, seed, stratify=self.loss.classification
+            np.arange(X.shape[0]),
+            labels,
+            fraction,
+            epoch_seed(seed, -1),
+            stratify=self.loss.classification,
         )
         w = None if w is None else host_array(w, "sample_weight")[train]
         return _rows(X, train), _rows(y, train), w, (_rows(X, held), _rows(y, held))
@@ -694,14 +711,13 @@ class Trainer:
         group: Any = None,
         weights: Any = None,
     ) -> Callable[..., tuple[Any, Any]]:
-        seed = int(self._rng.integers(2**31))
         world = 1 if group is None else group.world_size
-        if group is not None:
-            seed = group.broadcast_object(seed)  # the same permutation on every rank
+        if group is not None:  # the same permutations on every rank
+            self._order[:] = group.broadcast_object(self._order.tolist())
         source: ResidentBatches | StreamedBatches = (
-            StreamedBatches(Xd, yd, self.backend, seed, shuffle, weights, dtype=self.dtype)
+            StreamedBatches(Xd, yd, self.backend, shuffle, weights, dtype=self.dtype)
             if streamed
-            else ResidentBatches(Xd, yd, self.backend, seed, shuffle, weights)
+            else ResidentBatches(Xd, yd, self.backend, shuffle, weights)
         )
         bounds = batch_bounds(Xd.shape[0], batch_size, self.min_batch_rows(world))
         local = bounds
@@ -723,6 +739,7 @@ class Trainer:
         ) -> tuple[Any, Any]:
             begin = [cb for cb in hooks if _overrides(cb, "on_batch_begin")]
             end = [cb for cb in hooks if _overrides(cb, "on_batch_end")]
+            source.reseed(epoch_seed(*self._order))  # a resumed fit shuffles as if uninterrupted
             with self.backend.step_stream():  # gathers, lr writes and steps in one order
                 step.begin_epoch()
                 order, start = None, 0
@@ -740,6 +757,7 @@ class Trainer:
                         progress(hi - lo)
                     for cb in end:
                         cb.on_batch_end(self, i, {"batch": i, "size": hi - lo})
+                self._order[1] += 1
                 return step.end_epoch()
 
         return run_epoch

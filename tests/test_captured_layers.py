@@ -199,7 +199,7 @@ def test_the_dropout_stream_is_part_of_the_state():
     travel with the state (checkpoints, pickles); a state without them keeps the stream."""
     X, y = _data()
     whole = _model(fn.get_backend("numpy"), layers=LAYERS["dropout"])
-    kw = dict(batch_size=16, verbose=0, shuffle=False)  # a new fit shuffles with a new seed
+    kw = dict(batch_size=16, verbose=0, shuffle=False)  # (the data order: test_checkpoint)
     whole.fit(X, y, epochs=2, **kw)
     first = _model(fn.get_backend("numpy"), layers=LAYERS["dropout"])
     first.fit(X, y, epochs=1, **kw)

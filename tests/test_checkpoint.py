@@ -162,7 +162,7 @@ def test_one_state_schema_drives_get_host_validate_and_set():
     entries = model.state_entries()
     state = model.get_state()
     assert list(state) == [e.key for e in entries]
-    assert {e.kind for e in entries} == {"param", "step", "slot", "buffer"}
+    assert {e.kind for e in entries} == {"param", "step", "slot", "buffer", "order"}
     host = model.host_state()
     assert all(
         isinstance(v, int) if k.startswith("step/") else isinstance(v, np.ndarray)
@@ -175,3 +175,75 @@ def test_one_state_schema_drives_get_host_validate_and_set():
     host["step/2/W"] = 4
     model.set_state(host)
     assert model.arena.groups[0].step == 4
+
+
+def _dropout_model(backend, seed=5):
+    return fn.Sequential(
+        [fn.Dense(16, "relu"), fn.Dropout(0.3), fn.Dense(4)],
+        optimizer=fn.Adam(1e-2),
+        backend=backend,
+        seed=seed,
+    )
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba"])
+def test_a_fit_resumed_from_a_checkpoint_trains_as_uninterrupted_training(name, tmp_path):
+    """Shuffles, dropout masks and Adam's state all resume: four epochs in one fit equal two,
+    the ModelCheckpoint file written after them, its load and two more fits of one epoch, bit
+    for bit."""
+    pytest.importorskip(name)
+    X, y = make_blobs(n=200)
+    kw = dict(batch_size=32, verbose=0)
+    whole = _dropout_model(name)
+    whole.fit(X, y, epochs=4, **kw)
+    first = _dropout_model(name)
+    first.fit(X, y, epochs=2, callbacks=[fn.ModelCheckpoint(tmp_path / "e{epoch}.npz")], **kw)
+    resumed = fn.load_model(tmp_path / "e2.npz", backend=name)
+    assert (first.epochs_trained, resumed.epochs_trained) == (2, 2)
+    resumed.fit(X, y, epochs=1, **kw)
+    resumed.fit(X, y, epochs=1, **kw)
+    assert resumed.epochs_trained == whole.epochs_trained == 4
+    np.testing.assert_array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+    again = fn.load_model(tmp_path / "e1.npz", backend=name)  # from the first epoch's file
+    again.fit(X, y, epochs=1, **kw)
+    np.testing.assert_array_equal(again.predict_proba(X), first.predict_proba(X))
+    reshuffled = _dropout_model(name)
+    reshuffled.fit(X, y, epochs=2, **kw)
+    reshuffled.set_state({**reshuffled.get_state(), "data/order": np.array([7, 2])})
+    reshuffled.fit(X, y, epochs=2, **kw)  # another seed: other batches, other weights
+    assert not np.array_equal(reshuffled.predict_proba(X), whole.predict_proba(X))
+
+
+def test_every_fit_holds_out_the_same_validation_rows():
+    """validation_split rows never leak into a later fit's training rows."""
+    X, _ = make_blobs(n=120)
+    y = np.arange(120, dtype=np.float32)  # a row's target names the row
+    held: list[set] = []
+    record = lambda t, p: held[-1].update(np.asarray(t).ravel().tolist()) or 0.0  # noqa: E731
+    model = fn.Sequential([fn.Dense(1)], loss="mse", seed=0)
+    for _ in range(2):
+        held.append(set())
+        model.fit(X, y, epochs=1, validation_split=0.25, metrics=[record], verbose=0)
+    assert len(held[0]) == 30 and held[0] == held[1]
+    other = fn.Sequential([fn.Dense(1)], loss="mse", seed=1)
+    held.append(set())
+    other.fit(X, y, epochs=1, validation_split=0.25, metrics=[record], verbose=0)
+    assert held[2] != held[0]  # the split follows the model's seed
+
+
+def test_the_data_order_state_is_checked_and_optional(tmp_path):
+    model, X, y = _trained("numpy", epochs=3)
+    state = model.get_state()
+    assert state["data/order"][1] == 3 and state["data/order"].dtype == np.int64
+    for bad in (np.array([1.5, 2.0]), np.array([-1, 2]), np.array([1, 2, 3])):
+        with pytest.raises(fn.StateError, match="data/order"):
+            model.set_state({**state, "data/order": bad})
+    assert model.epochs_trained == 3  # a rejected state changed nothing
+    del state["data/order"]  # a checkpoint of an older fastnet: the order stays as it was
+    fresh = fn.Sequential.from_config(model.get_config())
+    fresh.set_state(state)
+    assert fresh.epochs_trained == 0
+    import pickle
+
+    assert pickle.loads(pickle.dumps(model)).epochs_trained == 3
+    assert model.to("numba").epochs_trained == 3

@@ -317,7 +317,7 @@ def test_streamed_chunks_wait_for_the_previous_copy_before_refilling():
 
     backend = AsyncCopies()
     X, y = _data()
-    source = StreamedBatches(X, y, backend, seed=0, shuffle=False, chunk_batches=2)
+    source = StreamedBatches(X, y, backend, shuffle=False, chunk_batches=2)
     bounds = [(lo, min(lo + 16, len(X))) for lo in range(0, len(X), 16)]
     got = [xb.copy() for xb, _, _ in source.epoch(bounds, None, np.arange(len(X)))]
     np.testing.assert_array_equal(np.concatenate(got), X)
