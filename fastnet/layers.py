@@ -19,7 +19,7 @@ from fastnet.backends.counter_rng import drop_threshold, stream_key
 from fastnet.backends.interop import host_array
 from fastnet.backends.plan import ActivationPlan, DensePlan, DropoutPlan, OpaquePlan, OpsPlan
 from fastnet.initializers import Initializer, get_initializer, initializer_from_config
-from fastnet.optimizers import Optimizer, optimizer_from_config
+from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter
 
 
@@ -66,12 +66,27 @@ class Layer:
         self.dtype: np.dtype = np.dtype(np.float32)
         self.input_dim: int | None = None
         self.output_dim: int | None = None
-        self.optimizer: Optimizer | None = None
+        self._optimizer: Optimizer | None = None
         self._buffers: dict[tuple, Any] = {}
 
     @property
     def built(self) -> bool:
         return self._backend is not None
+
+    @property
+    def optimizer(self) -> Optimizer | None:
+        """This layer's own optimizer (None: the model's). Set before the model is built: a
+        built layer's optimizer state belongs to the optimizer it was built with."""
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, optimizer: str | Optimizer | None) -> None:
+        if self._backend is not None and optimizer is not self._optimizer:
+            raise ValueError(
+                f"optimizer: {type(self).__name__} is built and its optimizer state belongs to "
+                f"its optimizer; set lr on layer.optimizer, or build a new model for another one"
+            )
+        self._optimizer = None if optimizer is None else get_optimizer(optimizer)
 
     @property
     def backend(self) -> Backend:
@@ -199,7 +214,7 @@ class Dense(Layer):
         *,
         input_dim: int | None = None,
         initializer: str | Initializer | None = None,
-        optimizer: Optimizer | None = None,
+        optimizer: str | Optimizer | None = None,
         use_bias: bool = True,
         alpha: float = 0.01,
     ) -> None:

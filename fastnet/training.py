@@ -712,8 +712,6 @@ class Trainer:
         weights: Any = None,
     ) -> Callable[..., tuple[Any, Any]]:
         world = 1 if group is None else group.world_size
-        if group is not None:  # the same permutations on every rank
-            self._order[:] = group.broadcast_object(self._order.tolist())
         source: ResidentBatches | StreamedBatches = (
             StreamedBatches(Xd, yd, self.backend, shuffle, weights, dtype=self.dtype)
             if streamed
@@ -792,7 +790,9 @@ class Trainer:
 
     def _broadcast_state(self, group: Any) -> None:
         """Rank 0's parameters (and their half copies: mixed precision), optimizer state, step
-        scalars, loss scale and layer buffers to every rank (on the steps' stream: GPUs)."""
+        scalars, loss scale, layer buffers and data order to every rank (on the steps' stream:
+        GPUs)."""
+        self._order[:] = group.broadcast_object(self._order.tolist())  # the same shuffles
         with self.backend.step_stream():
             for g in self.arena.groups:
                 group.broadcast(g.values)

@@ -212,3 +212,22 @@ def test_standardize_goes_first_under_mixed_precision():
     layers = [fn.Dropout(0.1), fn.Standardize([0.0] * 4, [1.0] * 4), fn.Dense(3)]
     with pytest.raises(ValueError, match="a Standardize layer goes first"):
         fn.Sequential(layers, backend=CaptureSimBackend(), dtype="mixed_float16")
+
+
+def test_a_built_layers_optimizer_is_not_replaced_silently():
+    """Setting ``layer.optimizer`` after the build would be ignored (the state lives with
+    the optimizer the layer was built with): refused by name; before the build it counts."""
+    X = np.random.default_rng(0).standard_normal((32, 5)).astype(np.float32)
+    y = np.arange(32) % 3
+    dense = fn.Dense(8, "relu")
+    dense.optimizer = "sgd"  # a name, as for the model's
+    assert isinstance(dense.optimizer, fn.SGD)
+    model = fn.Sequential([dense, fn.Dense(3)], seed=0)
+    model.fit(X, y, epochs=1, verbose=0)
+    before = dense.optimizer
+    with pytest.raises(ValueError, match="optimizer: Dense is built"):
+        dense.optimizer = fn.Adam(1e-3)
+    dense.optimizer = before  # the same object is no change
+    assert dense.optimizer is before and model.arena.group_of[id(dense.W)].optimizer is before
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        fn.Dense(4, optimizer="adamm")
