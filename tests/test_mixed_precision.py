@@ -94,7 +94,7 @@ def test_a_step_whose_gradients_overflow_is_skipped_and_halves_the_scale():
     model.fit(X[:64], y[:64], epochs=1, batch_size=64, verbose=0, shuffle=False)
     after = model.host_state()
     for key, value in before.items():
-        if key != "amp/loss_scaler":
+        if key not in ("amp/loss_scaler", "data/order"):  # (the epoch ran: order [seed, 1])
             np.testing.assert_array_equal(after[key], value, err_msg=key)  # nothing moved
     np.testing.assert_array_equal(after["amp/loss_scaler"], [2.0**79, 0])
     assert model.arena.groups[0].step == 0
