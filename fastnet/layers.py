@@ -241,6 +241,9 @@ class Dense(Layer):
         self.alpha = check_alpha(alpha)
         self.b: Parameter | None = None
 
+    def frozen_constants(self) -> tuple:
+        return (self.alpha,)
+
     def output_width(self, input_dim: int) -> int:
         if self.declared_input_dim is not None and self.declared_input_dim != input_dim:
             raise ValueError(
@@ -368,6 +371,9 @@ class Activation(Layer):
         super().__init__()
         self.alpha = check_alpha(alpha)
         self.code: Act = activation_code(self.kind)
+
+    def frozen_constants(self) -> tuple:
+        return (self.alpha,)
 
     def forward(self, x: Any, training: bool = True) -> Any:
         self._check_input(x)

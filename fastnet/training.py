@@ -847,8 +847,8 @@ class Trainer:
 
     def _frozen_constants(self) -> tuple:
         """The constants a compiled step bakes in: the optimizers' (everything but the learning
-        rate and the step count, which live in device scalars) and the layers' (a dropout
-        rate, BatchNorm's momentum and eps)."""
+        rate and the step count, which live in device scalars), the loss's (label smoothing)
+        and the layers' (a dropout rate, BatchNorm's momentum and eps, a leaky ReLU's slope)."""
         optimizers = tuple(
             (
                 g.optimizer.constants(),
@@ -860,7 +860,8 @@ class Trainer:
             for g in self.arena.groups
         )
         scaler = self.arena.scaler.constants() if self.arena.scaler is not None else ()
-        return optimizers + tuple(layer.frozen_constants() for layer in self.layers) + scaler
+        layers = tuple(layer.frozen_constants() for layer in self.layers)
+        return optimizers + layers + scaler + (self.loss.plan(),)
 
     def min_batch_rows(self, world: int = 1) -> int:
         """Smallest training batch every layer accepts (2 with BatchNorm, else 1). Over

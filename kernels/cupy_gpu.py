@@ -83,16 +83,20 @@ extern "C" __global__ void act_bwd_bias(const T* __restrict__ y, const T* __rest
                                         int n, int m, W alpha) {
     // block (32, 8): 32 adjacent columns, 8 row lanes; each block covers ROWS rows.
     __shared__ D partial[8][33];
+    // Blocks stride over chunks of ROWS rows (gridDim.y is at most 65535).
     int col = blockIdx.x * 32 + threadIdx.x;
-    int row0 = blockIdx.y * ROWS;
     D acc = 0;
     if (col < m) {
-        for (int r = row0 + threadIdx.y; r < min(row0 + ROWS, n); r += 8) {
-            size_t k = (size_t)r * m + col;
-            W yv = (W)y[k];
-            W g = (W)dy[k] * DACT;
-            dz[k] = (T)g;
-            acc += g;
+        for (long long row0 = (long long)blockIdx.y * ROWS; row0 < n;
+             row0 += (long long)gridDim.y * ROWS) {
+            int end = (int)min(row0 + ROWS, (long long)n);
+            for (int r = (int)row0 + threadIdx.y; r < end; r += 8) {
+                size_t k = (size_t)r * m + col;
+                W yv = (W)y[k];
+                W g = (W)dy[k] * DACT;
+                dz[k] = (T)g;
+                acc += g;
+            }
         }
     }
     partial[threadIdx.y][threadIdx.x] = acc;
@@ -106,6 +110,7 @@ extern "C" __global__ void act_bwd_bias(const T* __restrict__ y, const T* __rest
 }
 """
 _ROWS_PER_BLOCK = 128
+_MAX_GRID_Y = 65535  # CUDA's limit of gridDim.y (and z)
 
 
 def _act_bwd_bias_source(t: str, w: str, header: str, code: int) -> str:
@@ -132,7 +137,7 @@ def act_backward_bias(y: Any, dy: Any, code: int, alpha: float, dz: Any, db: Any
     ``_ROWS_PER_BLOCK`` rows add blocks' sums atomically into ``db``, zeroed here first. Half
     ``y``, ``dy``, ``dz`` (mixed precision) take a float32 ``db``."""
     n, m = y.shape
-    grid = ((m + 31) // 32, (n + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK)
+    grid = ((m + 31) // 32, min((n + _ROWS_PER_BLOCK - 1) // _ROWS_PER_BLOCK, _MAX_GRID_Y))
     if grid[1] > 1:
         db.fill(0)
     if y.dtype.itemsize == 2:

@@ -283,8 +283,10 @@ def launch(
     if len(args) != len(params):
         raise EmulationError(f"{name} takes {len(params)} arguments, {len(args)} given")
     g3, b3 = _dim3(grid), _dim3(block)
-    if b3[0] * b3[1] * b3[2] > 1024:
-        raise EmulationError(f"{name}: a block of more than 1024 threads {b3}")
+    if b3[0] * b3[1] * b3[2] > 1024 or b3[2] > 64:
+        raise EmulationError(f"{name}: a block of more than 1024 threads, or z over 64 {b3}")
+    if g3[0] >= 2**31 or max(g3[1:]) > 65535:
+        raise EmulationError(f"{name}: grid {g3} beyond CUDA's (2**31 - 1, 65535, 65535)")
     arrays = [a for a in args if isinstance(a, np.ndarray)]
     guarded, keep = _Guarded(), []
     pointers = (ctypes.c_void_p * max(1, len(args)))()

@@ -103,10 +103,12 @@ class _DeviceNumpy(types.ModuleType):
         runtime = types.SimpleNamespace(
             CUDARuntimeError=type("CUDARuntimeError", (RuntimeError,), {})
         )
+        driver = types.SimpleNamespace(CUDADriverError=type("CUDADriverError", (RuntimeError,), {}))
         self.cuda = types.SimpleNamespace(
             get_current_stream=backend.current_stream,
             Stream=lambda non_blocking=False: _Stream(backend, 1),
             runtime=runtime,
+            driver=driver,
         )
         self._backend = backend
         self.ndarray = DeviceArray  # is_native: the device's arrays only

@@ -170,15 +170,57 @@ def test_every_implementation_draws_the_same_stream(stream):
 
 
 class _Retune(fn.Callback):
-    """Changes layer constants a graph bakes in, between epochs."""
+    """Changes constants a graph bakes in, between epochs: layers' (a dropout rate, from 0
+    too, BatchNorm's) or, with ``slopes``, only leaky ReLU slopes and the label smoothing."""
+
+    def __init__(self, slopes=False):
+        self.slopes = slopes
 
     def on_epoch_begin(self, model, epoch):
         if epoch == 1:
             for layer in model.layers:
-                if isinstance(layer, fn.Dropout):
+                if isinstance(layer, fn.Dropout) and not self.slopes:
                     layer.rate = 0.1 if layer.rate else 0.2
                 if isinstance(layer, fn.BatchNorm1d):
                     layer.eps, layer.momentum = 1e-2, 0.5
+                if isinstance(layer, (fn.Dense, fn.LeakyReLU)) and self.slopes:
+                    layer.alpha = 0.3
+            if self.slopes:
+                model.loss.label_smoothing = 0.2
+
+
+RETUNED = lambda: [  # noqa: E731
+    fn.Dense(16, "leaky_relu"),
+    fn.Dropout(0.0),  # no buffers until the callback sets a rate
+    fn.Dense(8),
+    fn.LeakyReLU(),
+    fn.Dense(4),
+]
+
+
+@pytest.mark.parametrize("slopes", [True, False])
+@pytest.mark.parametrize("steps", [1, 3])
+def test_a_slope_and_label_smoothing_changed_by_a_callback_capture_again(steps, slopes):
+    """The graph bakes in leaky ReLU slopes and the label smoothing: a change captures again,
+    after an eager warm-up step (a dropout rate set from 0 allocates its buffers there, not
+    inside the capture); the numba fused step re-reads them. All equal eager NumPy."""
+    dense_only = lambda: [fn.Dense(16, "leaky_relu"), fn.Dropout(0.0), fn.Dense(4)]  # noqa: E731
+    runs = []
+    for backend, compiled, layers in (
+        (CaptureSimBackend(), False, RETUNED),
+        (CaptureSimBackend(steps), True, RETUNED),
+        (fn.get_backend("numpy"), False, dense_only),
+        (fn.get_backend("numba"), True, dense_only),  # (the fused step takes Dense layers)
+    ):
+        model = _model(backend, layers=layers)
+        model.fit(*_data(), epochs=3, batch_size=16, verbose=0, compiled=compiled,
+                  callbacks=[_Retune(slopes)])  # fmt: skip
+        runs.append(model)
+    assert runs[1].step_description.startswith("captured graph")
+    assert runs[3].step_description.startswith("numba fused")
+    _assert_same(runs[0], runs[1])
+    for a, b in zip(_weights(runs[2]), _weights(runs[3])):
+        np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("steps", [1, 3])

@@ -287,8 +287,13 @@ def test_a_device_error_met_in_a_cublaslt_call_is_not_taken_for_cublaslts():
     def fails(lt):
         raise be.xp.cuda.runtime.CUDARuntimeError("cudaErrorIllegalAddress")
 
+    def launch_fails(lt):  # a RawKernel launch (the mask probe's) raises the driver's error
+        raise be.xp.cuda.driver.CUDADriverError("CUDA_ERROR_ILLEGAL_ADDRESS")
+
     with pytest.raises(RuntimeError, match="IllegalAddress"):
         be._lt_call(fails)
+    with pytest.raises(RuntimeError, match="ILLEGAL_ADDRESS"):
+        be._lt_call(launch_fails)
     assert be._lt_reason == ""
     assert be._lt_call(lambda lt: (_ for _ in ()).throw(OSError("no library"))) is False
     assert "no library" in be._lt_reason

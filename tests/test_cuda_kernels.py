@@ -93,6 +93,22 @@ def test_bias_gradient_without_a_memset_for_one_block_of_rows(gpu, rows):
     np.testing.assert_allclose(be.to_numpy(db), db_ref, rtol=1e-4, atol=1e-4)
 
 
+def test_bias_gradient_blocks_stride_over_rows_beyond_the_grid_limit(monkeypatch):
+    """gridDim.y stops at 65535 (8.4M rows of 128): blocks then take several chunks of rows.
+    Checked with the limit lowered to 2 blocks for 1,000 rows (8 chunks), in the emulator."""
+    import cuda_emulator
+
+    gpu_kernels = cuda_emulator.load()
+    monkeypatch.setattr(gpu_kernels, "_MAX_GRID_Y", 2)
+    rng = np.random.default_rng(3)
+    y, dy = rng.standard_normal((2, 1000, 40)).astype(np.float32)
+    dz, db = np.empty_like(y), np.full(40, 7.0, np.float32)
+    gpu_kernels.act_backward_bias(y, dy, int(fn.backends.Act.RELU), 0.01, dz, db)
+    want = dy * (y > 0)
+    np.testing.assert_allclose(dz, want, rtol=1e-6)
+    np.testing.assert_allclose(db, want.sum(axis=0), rtol=1e-4, atol=1e-4)
+
+
 def test_mixed_float16_trains_eagerly_as_the_reference_ops_do(gpu):
     """mixed_float16 on cupy, eager steps (half kernels, cuBLASLt): float32 master weights,
     float16 copies, the loss scale on the device; after two epochs the weights are the

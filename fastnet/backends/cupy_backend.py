@@ -262,7 +262,7 @@ class CupyBackend(Backend):
         try:
             with self.device:  # the handle and workspace of this device and thread
                 return fn(self.lt.lt_gemm(self._cublas_path))
-        except self.xp.cuda.runtime.CUDARuntimeError:
+        except (self.xp.cuda.runtime.CUDARuntimeError, self.xp.cuda.driver.CUDADriverError):
             raise  # the device's own trouble (an earlier kernel's), not cuBLASLt's
         except (OSError, AttributeError, RuntimeError) as exc:
             self._lt_reason = f"cuBLASLt unavailable: {exc}"  # cuBLAS from now on

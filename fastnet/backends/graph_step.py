@@ -74,6 +74,7 @@ class GraphedStep:
         if self.frozen != self.model._frozen_constants():
             self.graph = None  # a callback changed a constant the graph baked in: capture again
             self.multi, self.kept = {}, []
+            self.warm = False  # after an eager step: buffers, kernels and probes of the new ones
         self.backend.fill(self.totals, 0.0)
 
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:

@@ -76,7 +76,10 @@ class FusedDenseStep:
         for op in ("matmul", "bias_act", "act_backward_bias", "softmax_xent", "count_correct"):
             self.backend.record_kernel(op, "numba-fused (in the fused step)")
         # arrays are re-read from a fresh plan: set_state may have replaced them
-        layers, drops = self.model.step_plan().dense_stack()  # type: ignore[misc]
+        plan = self.model.step_plan()  # a callback may have changed a slope or the smoothing
+        layers, drops = plan.dense_stack()  # type: ignore[misc]
+        self.alphas = tuple(self.dtype.type(layer.alpha) for layer in layers)
+        self.smoothing = plan.loss.label_smoothing
         self._dropout_arguments(drops)
         self.weights = tuple(layer.weight for layer in layers)
         self.dws = tuple(layer.weight_grad for layer in layers)
