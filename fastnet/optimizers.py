@@ -68,6 +68,9 @@ class Optimizer:
     bias_correction = False
     eps = 0.0
     beta1 = beta2 = 0.0
+    #: the lr a schedule scales (set by the first that runs, kept while only schedules change
+    #: lr, saved in the config: a resumed fit's schedule starts from it); None: lr now
+    initial_lr: float | None = None
 
     def __init__(
         self,
@@ -83,9 +86,24 @@ class Optimizer:
         self.clip_value = None if clip_value is None else _check_positive("clip_value", clip_value)
 
     def __setattr__(self, key: str, value: Any) -> None:
-        if key == "lr":  # schedules assign it: keep it a positive finite float
+        if key == "lr":  # keep it a positive finite float; set by hand, schedules start from it
             value = _check_positive("lr", value)
+            super().__setattr__("initial_lr", None)
+        elif key == "initial_lr" and value is not None:
+            value = _check_positive("initial_lr", value)
         super().__setattr__(key, value)
+
+    def schedule_base(self) -> float:
+        """The lr a schedule scales: ``initial_lr``, set to the lr now if there is none."""
+        if self.initial_lr is None:
+            self.initial_lr = self.lr
+        return self.initial_lr  # type: ignore[return-value]
+
+    def set_scheduled_lr(self, lr: float) -> None:
+        """Set ``lr`` as a schedule does (``initial_lr`` is kept)."""
+        base = self.initial_lr
+        self.lr = lr
+        self.initial_lr = base
 
     def constants(self) -> tuple[float, ...]:
         """The per-element kernel's constant arguments (after the slots), in kernel order."""
@@ -135,6 +153,8 @@ class Optimizer:
             config["clip_norm"] = self.clip_norm
         if self.clip_value is not None:
             config["clip_value"] = self.clip_value
+        if self.initial_lr is not None:
+            config["initial_lr"] = self.initial_lr
         return config
 
     def __repr__(self) -> str:
@@ -331,4 +351,7 @@ def optimizer_from_config(config: dict) -> Optimizer:
     if not isinstance(config, dict) or not isinstance(config.get("name"), str):
         raise TypeError(f"optimizer config must be a dict with a 'name', got {config!r}")
     config = dict(config)
-    return get_optimizer(config.pop("name"), **config)
+    initial_lr = config.pop("initial_lr", None)
+    optimizer = get_optimizer(config.pop("name"), **config)
+    optimizer.initial_lr = initial_lr
+    return optimizer

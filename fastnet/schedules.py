@@ -1,7 +1,9 @@
 """Learning-rate schedules as callbacks: ``LearningRateScheduler(fn)``, ``CosineDecay``,
 ``WarmupCosine`` (per step) and ``StepDecay``. Each sets the lr of the model's optimizer and of
 every per-layer optimizer (scaled alike) at the start of an epoch, or of every step for
-per-step schedules, from the lr the optimizer had when training began."""
+per-step schedules, from each optimizer's ``initial_lr``: its lr when a schedule first ran on
+it, unless set by hand since (saved in checkpoints, so a fit resumed with ``initial_epoch``
+follows the schedule uninterrupted training would)."""
 
 from __future__ import annotations
 
@@ -17,21 +19,19 @@ class _Schedule(Callback):
     learning rate; subclasses implement ``factor``."""
 
     per_step = False
-    bases: list[float] | None = None  # the optimizers' lr when training first began
     epoch = 0
 
     def on_train_begin(self, model: Any) -> None:
         self.optimizers = _optimizers(model)
-        if self.bases is None:
-            self.bases = [opt.lr for opt in self.optimizers]
+        self.bases = [opt.schedule_base() for opt in self.optimizers]
         self.steps = max(1, int(getattr(model, "steps_per_epoch", 1)))
 
     def factor(self, progress: float, base: float) -> float:
         raise NotImplementedError
 
     def _set(self, progress: float) -> None:
-        for opt, base in zip(self.optimizers, self.bases or []):
-            opt.lr = max(base * self.factor(progress, base), 1e-12)
+        for opt, base in zip(self.optimizers, self.bases):
+            opt.set_scheduled_lr(max(base * self.factor(progress, base), 1e-12))
 
     def on_epoch_begin(self, model: Any, epoch: int) -> None:
         self.epoch = epoch
@@ -57,7 +57,7 @@ class LearningRateScheduler(_EpochSchedule):
 
     def on_epoch_begin(self, model: Any, epoch: int) -> None:
         for opt in self.optimizers:
-            opt.lr = float(self.fn(epoch, opt.lr))
+            opt.set_scheduled_lr(float(self.fn(epoch, opt.lr)))
 
 
 class CosineDecay(_EpochSchedule):

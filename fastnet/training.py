@@ -81,6 +81,7 @@ class FitOptions:
     """``fit``'s keyword arguments, as given (checked by ``Trainer._prepare_fit``)."""
 
     epochs: int
+    initial_epoch: int
     batch_size: int
     validation_data: Any
     validation_split: float
@@ -110,6 +111,7 @@ class FitRun:
     compiled: bool | str
     group: Any
     epochs: int
+    first: int  # the index of the first epoch (``initial_epoch``)
     callbacks: list[Callback]
     metrics: list[Callable[[np.ndarray, np.ndarray], float]]
     top_k: int | None
@@ -446,6 +448,7 @@ class Trainer:
         y: Any,
         *,
         epochs: int = 10,
+        initial_epoch: int = 0,
         batch_size: int = 128,
         validation_data: tuple[Any, Any] | None = None,
         validation_split: float = 0.0,
@@ -471,6 +474,9 @@ class Trainer:
         as ``val_<name>``: ``f(y_true, y_pred) -> float`` on NumPy targets and, as in Keras,
         ``predict_proba``'s (``predict_raw``'s) outputs; ``metrics.on_labels(f)`` gives labels.
 
+        ``initial_epoch`` (Keras's): the index of the first epoch, for a fit that resumes one
+        (``model.epochs_trained`` after ``load_model``); ``epochs`` is then the final index,
+        and callbacks and schedules see the epochs uninterrupted training would.
         Bad arguments raise before anything changes. A NaN/inf loss restores the last finite
         weights and stops (``on_divergence="restore"``; "raise" also raises
         ``TrainingDivergedError``); Ctrl-C restores the last finished epoch and re-raises.
@@ -504,6 +510,14 @@ class Trainer:
     def _prepare_fit(self, X: Any, y: Any, opts: FitOptions) -> FitRun:
         """Every check of ``fit``'s arguments and data, changing nothing."""
         epochs = check_positive_int(opts.epochs, "epochs")
+        first = opts.initial_epoch
+        if not isinstance(first, (int, np.integer)) or isinstance(first, bool) or first < 0:
+            raise ValueError(f"initial_epoch must be an integer >= 0, got {first!r}")
+        if first >= epochs:
+            raise ValueError(
+                f"initial_epoch={first} leaves no epoch to run: epochs={epochs} is the final "
+                f"epoch's index (Keras's meaning), e.g. epochs={first + epochs} for {epochs} more"
+            )
         if check_positive_int(opts.batch_size, "batch_size") < self.min_batch_rows():
             raise ValueError(
                 f"batch_size must be at least {self.min_batch_rows()} for this model "
@@ -541,8 +555,8 @@ class Trainer:
         names += [name for cb in hooks for name in cb.provides]
         for cb in hooks:
             cb.check_logs(names)
-        data = (Xd, yd, wd, val, streamed, compiled, group)
-        settings = (epochs, hooks, metric_fns, opts.top_k, verbose, opts.on_divergence, names)
+        data = (Xd, yd, wd, val, streamed, compiled, group, epochs, first)
+        settings = (hooks, metric_fns, opts.top_k, verbose, opts.on_divergence, names)
         return FitRun(*data, *settings)
 
     def _join_group(self, opts: FitOptions) -> tuple[Any, int]:
@@ -604,7 +618,7 @@ class Trainer:
         for cb in run.callbacks:
             cb.on_train_begin(self)
         previous: dict[str, Any] | None = None
-        for epoch in range(run.epochs):
+        for epoch in range(run.first, run.epochs):
             for cb in run.callbacks:
                 cb.on_epoch_begin(self, epoch)
             snapshot = self.get_state()

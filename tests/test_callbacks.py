@@ -3,6 +3,7 @@ CSV logs, NaN termination, per-step warmup, step decay, batch hooks."""
 
 import csv
 import math
+import os
 
 import numpy as np
 import pytest
@@ -159,3 +160,64 @@ def test_macro_scores_of_a_class_never_predicted():
     scores = fn.metrics.macro_scores(cm)  # class 2 never predicted, class 3 absent
     assert scores["precision"] == pytest.approx((2 / 3 + 1 / 2 + 0) / 3)
     assert scores["recall"] == pytest.approx((1 + 1 / 2 + 0) / 3)
+
+
+def _lrs(model, X, y, schedule, **kw):
+    return model.fit(X, y, epochs=4, verbose=0, callbacks=[schedule], **kw)["lr"]
+
+
+def test_a_schedule_scales_each_optimizers_own_learning_rate():
+    """One schedule object on two models: each decays from its own lr (the second model's
+    was taken for the first's); an lr set by hand between fits is the next schedule's base;
+    a model fitted again with a new schedule starts from the lr it was given."""
+    X, y = make_blobs(n=64)
+    schedule = fn.CosineDecay(4)
+
+    def model(lr):
+        return fn.Sequential([fn.Dense(8, "relu"), fn.Dense(4)], optimizer=fn.Adam(lr), seed=0)
+
+    first, second = model(3e-2), model(1e-4)
+    a, b = _lrs(first, X, y, schedule), _lrs(second, X, y, schedule)
+    np.testing.assert_allclose(np.array(b) / 1e-4, np.array(a) / 3e-2, rtol=1e-12)
+    assert b[0] == 1e-4 and first.optimizer.initial_lr == 3e-2
+    again = _lrs(first, X, y, fn.CosineDecay(4))  # not from the decayed 0.0044
+    assert again == a
+    first.optimizer.lr = 1e-3  # by hand: the base from now on
+    assert first.optimizer.initial_lr is None
+    assert _lrs(first, X, y, fn.CosineDecay(4))[0] == 1e-3
+    with pytest.raises(ValueError, match="initial_lr"):
+        first.optimizer.initial_lr = -1.0
+
+
+def test_initial_epoch_resumes_callbacks_and_schedules(tmp_path):
+    """A fit stopped after 2 of 4 epochs of a cosine schedule, saved and resumed with Keras's
+    ``initial_epoch``: the same learning rates, checkpoint names and weights, bit for bit."""
+    X, y = make_blobs(n=96)
+
+    def model():
+        return fn.Sequential([fn.Dense(8, "relu"), fn.Dense(4)], optimizer=fn.Adam(3e-2), seed=2)
+
+    kw = dict(batch_size=32, verbose=0)
+    whole = model()
+    lrs = whole.fit(X, y, epochs=4, callbacks=[fn.WarmupCosine(1, 4)], **kw)["lr"]
+    part = model()
+    save = fn.ModelCheckpoint(tmp_path / "e{epoch}.npz")
+    part.fit(X, y, epochs=2, callbacks=[fn.WarmupCosine(1, 4), save], **kw)
+    resumed = fn.load_model(tmp_path / "e2.npz")
+    assert resumed.optimizer.initial_lr == 3e-2  # saved with the optimizer's config
+    save = fn.ModelCheckpoint(tmp_path / "e{epoch}.npz")
+    history = resumed.fit(
+        X,
+        y,
+        epochs=4,
+        initial_epoch=resumed.epochs_trained,
+        callbacks=[fn.WarmupCosine(1, 4), save],
+        **kw,
+    )
+    assert history["lr"] == lrs[2:] and len(history["loss"]) == 2
+    assert [os.path.basename(p) for p in save.saved] == ["e3.npz", "e4.npz"]
+    np.testing.assert_array_equal(resumed.predict_proba(X), whole.predict_proba(X))
+    for bad, match in ((4, "no epoch to run"), (-1, ">= 0"), (1.0, "integer")):
+        with pytest.raises(ValueError, match=match):
+            resumed.fit(X, y, epochs=4, initial_epoch=bad, **kw)
+    assert resumed.epochs_trained == 4
