@@ -6,7 +6,7 @@ the names of log entries (``higher_is_better``, aliases) and user metrics (``on_
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -153,7 +153,19 @@ def check_metrics(metrics: Any) -> list:
     return found
 
 
+def check_metric_names(metrics: Sequence[Any], builtin: list[str]) -> None:
+    """User metrics must not take a built-in score's name (or alias): it would replace it."""
+    for f in metrics:
+        name = metric_name(f)
+        if name in builtin or name in ALIASES:
+            raise ValueError(
+                f"metrics: {name!r} names a built-in score (an entry of the logs already); "
+                f"give the function another name"
+            )
+
+
 __all__ = [
+    "check_metric_names",
     "check_metrics",
     "confusion_matrix",
     "higher_is_better",

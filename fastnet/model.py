@@ -399,10 +399,15 @@ class Sequential(Trainer):
         """Counts of true class (rows) against predicted class (columns) on ``(X, y)``."""
         from fastnet.metrics import confusion_matrix
 
+        self._require_built()
+        binary = not self.loss.multiclass and self.output_dim == 1
+        if not self.loss.classification or not (self.loss.multiclass or binary):
+            kind = "multi-label" if self.loss.classification else "regression"
+            raise ValueError(f"confusion_matrix is for class labels, not a {kind} model's outputs")
         labels = host_array(y, "y")
         if labels.ndim == 2:  # one-hot rows, or a column of class indices
             labels = labels[:, 0] if labels.shape[1] == 1 else labels.argmax(axis=1)
-        return confusion_matrix(labels, self.predict(X), self.output_dim)
+        return confusion_matrix(labels, self.predict(X), 2 if binary else self.output_dim)
 
     # ------------------------------------------------------------------ state
     def state_entries(self) -> list[StateEntry]:

@@ -26,6 +26,7 @@ from fastnet.backends.report import record_kernels
 from fastnet.callbacks import Callback, as_callbacks
 from fastnet.metrics import (
     call_metric,
+    check_metric_names,
     check_metrics,
     confusion_matrix,
     macro_scores,
@@ -473,23 +474,19 @@ class Trainer:
         classifiers or ``val_mae``/``_rmse``/``_r2`` for regression, and each of ``metrics``
         as ``val_<name>``: ``f(y_true, y_pred) -> float`` on NumPy targets and, as in Keras,
         ``predict_proba``'s (``predict_raw``'s) outputs; ``metrics.on_labels(f)`` gives labels.
-
-        ``initial_epoch`` (Keras's): the index of the first epoch, for a fit that resumes one
-        (``model.epochs_trained`` after ``load_model``); ``epochs`` is then the final index,
-        and callbacks and schedules see the epochs uninterrupted training would.
+        ``initial_epoch`` (Keras's) resumes: the first epoch's index, ``epochs`` the final one.
         Bad arguments raise before anything changes. A NaN/inf loss restores the last finite
         weights and stops (``on_divergence="restore"``; "raise" also raises
         ``TrainingDivergedError``); Ctrl-C restores the last finished epoch and re-raises.
         ``compiled``: "auto" runs the backend's compiled step (the step function captured in
         a CUDA graph on cupy, one fused JIT call on numba) when the model qualifies, True
-        requires it, False forces eager steps; both compute the same (``step_description``
-        says which ran and why; ``cuda_graph`` is its deprecated old name). ``callbacks``:
+        requires it, False forces eager steps; both compute the same (``step_description``:
+        which ran, why; ``cuda_graph``: its old name). ``callbacks``:
         fastnet ``Callback`` objects, Keras-style objects (hooks without the model) or
         functions ``f(epoch, logs)`` (true stops), checked before training.
         ``sample_weight``/``class_weight`` weight rows, normalised over the batch as in Keras.
-        ``distributed=True`` (under ``mpirun``) trains data-parallel with one process's
-        semantics: ``batch_size`` is global, gradients are all-reduced (``comm`` "mpi" or
-        "nccl"), validation is reduced over ranks and rank 0 prints."""
+        ``distributed=True`` (under ``mpirun``): data-parallel with one process's semantics
+        (global ``batch_size``, gradients all-reduced over ``comm`` "mpi" or "nccl")."""
         opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
         run = self._prepare_fit(X, y, opts)
         # ---- nothing above changed the model; from here on it trains
@@ -550,8 +547,8 @@ class Trainer:
                 "metrics are computed on validation data: pass validation_data or validation_split"
             )
         width = self.output_width(Xd.shape[1])
-        self._try_user_metrics(metric_fns, val, width)
         names = self._log_names(val is not None, opts.top_k, metric_fns, width)
+        self._try_user_metrics(metric_fns, val, width)
         names += [name for cb in hooks for name in cb.provides]
         for cb in hooks:
             cb.check_logs(names)
@@ -606,8 +603,9 @@ class Trainer:
         """The names an epoch's logs will hold (checked against callbacks' ``monitor``)."""
         names = ["loss", "seconds", "lr"] + (["accuracy"] if self.loss.counts_correct else [])
         if validated:
-            names += [f"val_{key}" for key in self._metric_names(top_k, outputs)]
-            names += [f"val_{metric_name(f)}" for f in metrics]
+            builtin = self._metric_names(top_k, outputs)
+            check_metric_names(metrics, builtin)
+            names += [f"val_{key}" for key in [*builtin, *map(metric_name, metrics)]]
         return names
 
     def _epochs(self, run_epoch: Callable[..., tuple[Any, Any]], run: FitRun) -> dict:
@@ -970,6 +968,7 @@ class Trainer:
         if width:
             logs.update(regression_scores(sums[3:], n))
         if metrics:  # on the whole set (not reducible over ranks)
+            check_metric_names(metrics, list(logs))
             outputs = functools.partial(self._batched_outputs, Xd)
             logs.update(self._user_metrics(metrics, yd, outputs))
         return {key: float(v) for key, v in logs.items()}

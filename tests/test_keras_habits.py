@@ -313,3 +313,22 @@ def test_a_checkpoint_path_may_name_what_a_keras_style_callback_provides(tmp_pat
 @pytest.mark.parametrize("name", ["val_err2", "val_layer2_norm", "val_microcost"])
 def test_auto_mode_does_not_read_short_words_inside_others(name):
     assert fn.EarlyStopping(name).mode == "min"
+
+
+@pytest.mark.parametrize("name", ["loss", "accuracy", "acc", "f1", "top2_accuracy"])
+def test_a_user_metric_may_not_take_a_built_in_scores_name(name):
+    """It would replace the built-in (EarlyStopping on val_loss then watched the user's
+    number): refused before training, and by evaluate."""
+    X, y = _blobs()
+    model = _model()
+
+    def metric(y_true, y_pred):
+        return 123.0
+
+    metric.__name__ = name
+    with pytest.raises(ValueError, match=f"'{name}' names a built-in score"):
+        model.fit(X, y, epochs=1, verbose=0, validation_split=0.25, metrics=[metric], top_k=2)
+    assert not model.built
+    model.fit(X, y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=f"'{name}' names a built-in score"):
+        model.evaluate(X, y, metrics=[metric], top_k=2)

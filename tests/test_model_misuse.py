@@ -231,3 +231,25 @@ def test_a_built_layers_optimizer_is_not_replaced_silently():
     assert dense.optimizer is before and model.arena.group_of[id(dense.W)].optimizer is before
     with pytest.raises(ValueError, match="unknown optimizer"):
         fn.Dense(4, optimizer="adamm")
+
+
+def test_confusion_matrix_of_a_binary_model_has_two_classes():
+    """A sigmoid/BCE model of one output predicts classes 0 and 1 (it said n_classes=1);
+    regression and multi-label models have no confusion matrix: said by name."""
+    X = np.random.default_rng(0).standard_normal((60, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int)
+    binary = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(1)], loss="bce", seed=0)
+    binary.fit(X, y, epochs=5, verbose=0)
+    matrix = binary.confusion_matrix(X, y)
+    assert matrix.shape == (2, 2) and matrix.sum() == 60
+    np.testing.assert_array_equal(matrix.sum(axis=1), np.bincount(y))
+    np.testing.assert_array_equal(binary.confusion_matrix(X, y[:, None].astype(float)), matrix)
+    regression = fn.Sequential([fn.Dense(1)], loss="mse", seed=0)
+    regression.fit(X, X[:, 0], epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="not a regression model"):
+        regression.confusion_matrix(X, y)
+    labels = (X[:, :3] > 0).astype(np.float32)
+    multi = fn.Sequential([fn.Dense(3)], loss="bce", seed=0)
+    multi.fit(X, labels, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="multi-label"):
+        multi.confusion_matrix(X, labels)
