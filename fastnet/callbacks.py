@@ -11,6 +11,7 @@ import os
 from typing import IO, Any
 
 from fastnet.metrics import ALIASES, higher_is_better, log_name
+from fastnet.state import ORDER_KEY
 
 
 class Callback:
@@ -189,8 +190,10 @@ class Monitor(Callback):
 
 
 class EarlyStopping(Monitor):
-    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs;
-    optionally restore the best weights seen."""
+    """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
+    ``restore_best_weights``: at the end of training (stopped or not, as Keras 3 and
+    scikit-learn's early stopping do), the state of the best epoch comes back (weights,
+    optimizer state, buffers; the epoch count and data order go on)."""
 
     def __init__(
         self,
@@ -227,8 +230,8 @@ class EarlyStopping(Monitor):
         return False
 
     def on_train_end(self, model: Any) -> None:
-        if self.best_state is not None and self.stopped_epoch is not None:
-            model.set_state(self.best_state)  # kept only with restore_best_weights
+        if self.best_state is not None:  # kept only with restore_best_weights
+            model.set_state({k: v for k, v in self.best_state.items() if k != ORDER_KEY})
 
 
 def _non_negative_int(value: Any, name: str) -> int:

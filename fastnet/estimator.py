@@ -188,6 +188,8 @@ class _MLPBase(BaseEstimator):
 
     _loss = "softmax_cross_entropy"
     model_: Sequential
+    loss_curve_: list[float]
+    validation_scores_: list[float] | None
 
     def __init__(
         self,
@@ -416,7 +418,9 @@ class _MLPBase(BaseEstimator):
         mean_weight = 1.0 if weights is None else float(weights.mean())
         if weights is not None:
             weights = weights / mean_weight
-        if continuing:
+        if continuing and not incremental:  # warm_start: the current hyperparameters
+            model = self._rebuilt(self.model_, batch * mean_weight)
+        elif continuing:
             model = self.model_
         else:
             model = self._build(self._n_outputs(fitted), batch * mean_weight)
@@ -424,12 +428,15 @@ class _MLPBase(BaseEstimator):
         for key, value in fitted.items():
             setattr(self, key, value)
         self.model_ = model
-        self.loss_curve_ = list(history["loss"])
-        self.validation_scores_ = list(history.get("val_score", [])) or None
+        before = list(self.loss_curve_) if continuing else []  # appended, as scikit-learn does
+        self.loss_curve_ = before + list(history["loss"])
+        scores = list(self.validation_scores_ or []) if continuing else []
+        self.validation_scores_ = scores + history.get("val_score", []) or None
         self.best_loss_ = min(self.loss_curve_)
         self.n_iter_ = len(self.loss_curve_)
         self.history_ = history
-        if not incremental and self.n_iter_ == epochs and not model.stop_reason:
+        ran = len(history["loss"])
+        if not incremental and ran == epochs and not model.stop_reason:
             warnings.warn(
                 f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
                 "optimization hasn't converged yet.",
@@ -437,6 +444,23 @@ class _MLPBase(BaseEstimator):
                 stacklevel=3,
             )
         return self
+
+    def _rebuilt(self, fitted: Sequential, rows_per_batch: float) -> Sequential:
+        """``warm_start``: a model of the current hyperparameters with ``fitted``'s weights and
+        buffers and a new optimizer (as scikit-learn makes one: a changed learning rate, alpha
+        or solver counts); the network itself may not change."""
+        model = self._build(fitted.output_dim, rows_per_batch).build(int(fitted.input_dim or 0))
+        configs = [[layer.get_config() for layer in m.layers] for m in (fitted, model)]
+        if configs[0] != configs[1]:
+            raise ValueError(
+                "warm_start=True continues the fitted network, but hidden_layer_sizes, "
+                "activation, dropout or batch_norm changed since it was fitted; set "
+                "warm_start=False to fit a new one"
+            )
+        state = fitted.get_state()
+        model.set_state({k: v for k, v in state.items() if not k.startswith(("slot/", "step/"))})
+        model.history = {key: list(values) for key, values in fitted.history.items()}
+        return model
 
     def _hold_out(self, X: Any, targets: Any, weights: Any) -> tuple:
         """``early_stopping``'s seeded validation split: (X, targets, weights, validation)."""

@@ -125,8 +125,8 @@ def test_partial_fit_and_warm_start():
         clf.partial_fit(X[:, :5], y)
     warm = fn.MLPClassifier((16,), max_iter=2, warm_start=True, random_state=0).fit(X, y)
     model = warm.model_
-    warm.fit(X, y)
-    assert warm.model_ is model and model.arena.groups[0].step > 0
+    warm.fit(X, y)  # the fitted weights, a new optimizer (scikit-learn's warm start)
+    assert warm.n_iter_ == 4 and warm.model_.arena.groups[0].step == model.arena.groups[0].step
 
 
 def test_pandas_in_and_out():
@@ -215,3 +215,50 @@ def test_estimator_passes_precision_to_its_model():
     assert est.get_params()["precision"] == "fp32" and est.model_.precision == "fp32"
     with pytest.raises(ValueError, match="needs the cupy backend"):
         MLPClassifier((8,), max_iter=2, backend="numpy", precision="tf32").fit(X, y)
+
+
+def test_warm_start_takes_changed_hyperparameters_and_keeps_the_network():
+    """As scikit-learn: a warm fit makes a new optimizer from the current learning rate,
+    alpha and solver, on the fitted weights; the loss curve goes on; another network is
+    refused by name (it kept the old one silently)."""
+    X, y = make_blobs(n=200)
+    est = fn.MLPClassifier((16,), warm_start=True, max_iter=3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+        first = [w.copy() for w in est.coefs_]
+        est.set_params(learning_rate_init=0.5, alpha=10.0, solver="sgd", momentum=0.0)
+        est.fit(X, y)
+    opt = est.model_.optimizer
+    assert isinstance(opt, fn.SGD) and opt.lr == 0.5 and opt.weight_decay > 0
+    assert len(est.loss_curve_) == est.n_iter_ == 6
+    assert not np.array_equal(est.coefs_[0], first[0])
+    cold = fn.MLPClassifier((16,), max_iter=3, random_state=0, learning_rate_init=0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cold.fit(X, y)
+    assert not np.array_equal(cold.coefs_[0], est.coefs_[0])  # it started from the fit
+    est.set_params(hidden_layer_sizes=(32,))
+    with pytest.raises(ValueError, match="warm_start=True continues the fitted network"):
+        est.fit(X, y)
+    assert est.coefs_[0].shape == (20, 16) and est.n_iter_ == 6  # the fitted one, unchanged
+
+
+def test_early_stopping_keeps_the_best_validation_weights_when_max_iter_ends_it():
+    """scikit-learn restores the best validation score's weights also when max_iter (not
+    patience) ends training: the returned model scores the best on the held-out rows."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 6)).astype(np.float32)
+    y = rng.integers(0, 2, 200)  # noise: the validation score wanders
+    est = fn.MLPClassifier(
+        (64,), max_iter=12, early_stopping=True, n_iter_no_change=50, random_state=0,
+        learning_rate_init=0.03,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    scores = est.validation_scores_
+    assert len(scores) == 12 and max(scores) > scores[-1]
+    order = np.random.default_rng(0).permutation(200)
+    held = order[: int(round(200 * est.validation_fraction))]
+    assert est.score(X[held], y[held]) == max(scores)
