@@ -10,6 +10,7 @@ import csv
 import itertools
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -130,6 +131,10 @@ def load_table(
         )
     if not len(X):
         raise DatasetError(f"{path} holds no data rows")
+    if not isinstance(X, np.memmap) and X.dtype.kind == "f":  # (a memory map: at training)
+        check_finite_features(path, X, names)
+    if y is not None and y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # one column of targets: as a vector
     return X, y, names
 
 
@@ -149,7 +154,7 @@ def read_csv(
     Returns ``(X, the target column or None, feature column names)``: numbers when every
     target cell holds one (``as_labels``), else text; an empty or NaN target is an error."""
     path = Path(path)
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # (Excel's BOM dropped)
         reader = csv.reader(f)
         header = next(reader, [])
         counts = collections.Counter(header)
@@ -199,7 +204,7 @@ def read_csv(
 def _csv_features(path: Path, use: list[int], rows: int, chunk: int) -> np.ndarray:
     """Columns ``use`` of a CSV's rows as float32, parsed ``chunk`` rows at a time."""
     X = np.empty((rows, len(use)), dtype=np.float32)
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:
         lines = (line for i, line in enumerate(f) if i and line.strip())
         for lo in range(0, rows, chunk):
             block = itertools.islice(lines, min(chunk, rows - lo))
@@ -210,3 +215,15 @@ def _csv_features(path: Path, use: list[int], rows: int, chunk: int) -> np.ndarr
             except ValueError as exc:
                 raise DatasetError(f"{path}: feature columns must be numbers ({exc})") from None
     return X
+
+
+def check_finite_features(path: Any, X: np.ndarray, names: list[str] | None = None) -> None:
+    """A NaN or infinite feature is an error naming the file, the row and the column."""
+    bad = np.argwhere(~np.isfinite(X))
+    if len(bad):
+        row, col = bad[0]
+        name = repr(names[col]) if names else str(col)
+        raise DatasetError(
+            f"{path}: features hold {len(bad)} NaN or infinite value(s), the first in data "
+            f"row {row} (0-based), column {name}: fill or drop them first"
+        )

@@ -128,6 +128,12 @@ class Scaler:
         else:
             mean = np.min(X, axis=0).astype(np.float64)
             spread = np.max(X, axis=0).astype(np.float64) - mean
+        bad = np.flatnonzero(~np.isfinite(mean) | ~np.isfinite(spread))
+        if len(bad):
+            raise DatasetError(
+                f"feature column(s) {bad[:5].tolist()} hold NaN or infinite values: scaling "
+                f"needs finite features"
+            )
         self.offset, self.scale = mean, np.where(spread > 0, spread, 1.0)
         return self
 

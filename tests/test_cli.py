@@ -420,3 +420,38 @@ def test_bench_groups_without_numpy_have_a_reference():
     from fastnet.bench.suites import _reference
 
     assert _reference("matmul 128x784x256", ["numba", "numba-parallel"]) == "numba"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_a_column_of_labels_is_a_vector_of_them(tmp_path, capsys, dtype):
+    """Labels of shape (n, 1) in an .npz are the (n,) labels: float 0/1 ones a classifier
+    (it trained a regressor), integer ones no contradictory error."""
+    X = np.random.default_rng(2).standard_normal((60, 3)).astype(np.float32)
+    path = tmp_path / "c.npz"
+    np.savez(path, X=X, y=(np.arange(60) % 2).astype(dtype)[:, None])
+    assert main(["train", "--data", str(path), *TINY]) == 0
+    assert "MLP 3-4-2" in capsys.readouterr().out
+
+
+def test_csv_with_a_bom_and_nan_features_named_by_row_and_column(tmp_path, capsys):
+    """Excel's "CSV UTF-8" starts with a byte-order mark: the first column keeps its name. A
+    NaN feature is reported with its file, row and column (with --scale too: it was "54")."""
+    y = np.arange(60) % 2
+    path = tmp_path / "bom.csv"
+    _table(path, y, header="label,b,target")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert main(["train", "--data", str(path), "--target", "label", *TINY]) == 0
+    assert "MLP 2-4-" in capsys.readouterr().out
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    lines[8] = "1," + lines[8].split(",", 1)[1].replace(lines[8].split(",")[1], "nan", 1)
+    path.write_text("\n".join(lines) + "\n")
+    for scale in ("none", "standard"):
+        argv = ["train", "--data", str(path), "--target", "target", "--scale", scale]
+        assert main([*argv, *TINY]) == 2
+        err = capsys.readouterr().err
+        assert "1 NaN or infinite value(s), the first in data row 7" in err and "'b'" in err
+    from fastnet.data import DatasetError
+    from fastnet.tabular import Scaler
+
+    with pytest.raises(DatasetError, match=r"column\(s\) \[1\] hold NaN"):
+        Scaler("standard").fit(np.array([[1.0, np.nan], [2.0, 3.0]]))  # (a memory-mapped .npy)

@@ -35,8 +35,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # 10,100 for a review of those (old checkpoints load, shared losses, sign labels: +43), to
 # 10,150 for exact resumes (the data order in the state) and a built layer's optimizer kept (+41),
 # to 10,200 for a GPU review's fixes (constants captured again, grid-stride bias gradients: +10)
-# and a newcomer's (schedules' initial_lr, initial_epoch, metric names, binary confusion: +46)
-BUDGET = 10200
+# and a newcomer's (schedules' initial_lr, initial_epoch, metric names, binary confusion: +46),
+# to 10,250 for more of theirs (scikit-learn's warm start and best weights, a CSV's BOM, NaN
+# features named by row and column, a column of labels: +43)
+BUDGET = 10250
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
