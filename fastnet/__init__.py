@@ -128,10 +128,19 @@ __all__ = [
 ]
 
 
+#: submodules ``fastnet.<name>`` reaches without an import of its own (loaded on first use)
+LAZY_SUBMODULES = ("datasets", "tabular", "export", "plot", "distributed", "estimator")
+
+
 def __getattr__(name: str) -> object:
-    """The estimators load on first use (they import scikit-learn when it is installed)."""
+    """The estimators load on first use (they import scikit-learn when it is installed), and
+    so do the submodules of ``LAZY_SUBMODULES`` (``fn.datasets.load_arrays``)."""
     if name in ("MLPClassifier", "MLPRegressor"):
         from fastnet import estimator
 
         return getattr(estimator, name)
+    if name in LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"fastnet.{name}")
     raise AttributeError(f"module 'fastnet' has no attribute {name!r}")

@@ -404,6 +404,14 @@ def _custom(args: argparse.Namespace) -> Prepared:
     encoding = None
     if task == "classification":
         encoding, y = LabelEncoding.fit(y, f"the labels of {args.data}")
+        classes = len(encoding.classes)
+        if args.task == "auto" and encoding.classes.dtype.kind in "iuf" and classes > 20:
+            print(
+                f"warning: the target holds {classes} distinct whole numbers over {len(y)} "
+                f"rows: training a {classes}-class classifier; --task regression if it is a "
+                "quantity",
+                file=sys.stderr,
+            )
     else:
         y = _targets(y, args.data, None, task)
     if args.val is not None:

@@ -264,12 +264,18 @@ class _MLPBase(BaseEstimator):
             )
 
     def _batch(self, n: int) -> int:
-        if self.batch_size == "auto":
-            return max(1, min(200, n))
         size = self.batch_size
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        if size != "auto" and (
+            isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1
+        ):
             raise ValueError(f"batch_size must be 'auto' or a positive integer, got {size!r}")
-        return int(min(size, n))
+        batch = max(1, min(200, n)) if size == "auto" else int(min(size, n))
+        if self.batch_norm and batch < 2:
+            raise ValueError(
+                f"batch_norm=True normalizes over a batch's rows: training needs at least 2 "
+                f"per batch, got {n} row(s) with batch_size={size!r}"
+            )
+        return batch
 
     # ------------------------------------------------------------------ building
     def _check_params(self) -> None:

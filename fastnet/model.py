@@ -362,38 +362,54 @@ class Sequential(Trainer):
         if not self.built:
             raise RuntimeError("the model is not built yet: call fit() or build(input_dim) first")
 
-    def predict_raw(self, X: Any) -> np.ndarray:
-        """Raw outputs (logits) as a NumPy array."""
+    def predict_raw(self, X: Any, *, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
+        """Raw outputs (logits) as a NumPy array, computed ``batch_size`` rows at a time
+        (default: 2,048 on a CPU, 8,192 on a GPU). ``verbose``: Keras's argument, accepted
+        (inference prints nothing)."""
         self._require_built()
+        chunk = _inference_options(batch_size, verbose)
         Xd = self._features(X, "X", finite=False)  # checked chunk by chunk, in cache
-        return self.backend.to_numpy(self._batched_outputs(Xd, finite="X"))
+        return self.backend.to_numpy(self._batched_outputs(Xd, False, chunk, finite="X"))
 
-    def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities (NumPy) for classification losses."""
+    def predict_proba(
+        self, X: Any, *, batch_size: int | None = None, verbose: int = 0
+    ) -> np.ndarray:
+        """The loss's predictions (NumPy): class probabilities for classifiers, the outputs
+        of a regression loss (options: ``predict_raw``'s)."""
         self._require_built()
-        return self.backend.to_numpy(
-            self._batched_outputs(self._features(X, "X", finite=False), True, finite="X")
-        )
+        chunk = _inference_options(batch_size, verbose)
+        Xd = self._features(X, "X", finite=False)
+        return self.backend.to_numpy(self._batched_outputs(Xd, True, chunk, finite="X"))
 
-    def predict(self, X: Any) -> np.ndarray:
+    def predict(self, X: Any, *, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
         """Predicted class indices for classifiers, raw outputs otherwise (NumPy)."""
-        return self.loss.predict_labels(self.predict_raw(X))
+        raw = self.predict_raw(X, batch_size=batch_size, verbose=verbose)
+        return self.loss.predict_labels(raw)
 
     def evaluate(
-        self, X: Any, y: Any, top_k: int | None = 5, metrics: Sequence[Any] = ()
+        self,
+        X: Any,
+        y: Any,
+        top_k: int | None = 5,
+        metrics: Sequence[Any] = (),
+        *,
+        batch_size: int | None = None,
+        verbose: int = 0,
     ) -> dict[str, float]:
         """The metrics ``fit`` reports on validation data, on ``(X, y)``: the loss; accuracy,
         macro ``precision``/``recall``/``f1`` and ``top{k}_accuracy`` (k < classes) for
         softmax classifiers, accuracy for sigmoid ones; ``mae``/``rmse``/``r2`` for
-        regression; and each of ``metrics`` (``f(y_true, y_pred) -> float``) by its name."""
+        regression; and each of ``metrics`` (``f(y_true, y_pred) -> float``) by its name.
+        ``batch_size``, ``verbose``: as for ``predict_raw``."""
         from fastnet.metrics import check_metrics
 
         self._require_built()
+        chunk = _inference_options(batch_size, verbose)
         metric_fns = check_metrics(metrics)
         Xd = self._features(X, "X")
         yd = self._targets(y, "y", Xd.shape[0], self.output_dim)
         with record_kernels(self.backend):
-            return self._evaluate_device(Xd, yd, top_k, metrics=metric_fns)
+            return self._evaluate_device(Xd, yd, top_k, metrics=metric_fns, batch_size=chunk)
 
     def confusion_matrix(self, X: Any, y: Any) -> np.ndarray:
         """Counts of true class (rows) against predicted class (columns) on ``(X, y)``."""
@@ -602,6 +618,14 @@ def _config_for(config: dict, backend: Backend, dtype: Any = None) -> dict:
         except (ValueError, NotImplementedError):
             dtype = "float32"
     return config if dtype is None else {**config, "dtype": dtype}
+
+
+def _inference_options(batch_size: int | None, verbose: int) -> int:
+    """Inference's rows per chunk (0: the default) from Keras's ``batch_size`` and
+    ``verbose`` (checked, then unused: inference prints nothing)."""
+    if verbose not in (0, 1, 2, "auto") or isinstance(verbose, bool):
+        raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
+    return 0 if batch_size is None else check_positive_int(batch_size, "batch_size")
 
 
 def _data_seed(seed: int | None) -> int:

@@ -934,6 +934,7 @@ class Trainer:
         top_k: int | None = None,
         group: Any = None,
         metrics: Sequence[Callable[[np.ndarray, np.ndarray], float]] = (),
+        batch_size: int = 0,
     ) -> dict[str, float]:
         """The loss and ``_metric_names``: accuracy, macro precision / recall / F1 and top-k
         accuracy for softmax classifiers, MAE / RMSE / R2 for regression, then ``metrics``.
@@ -947,7 +948,7 @@ class Trainer:
         width = 0 if self.loss.counts_correct else self.output_dim
         sums = np.zeros(3 + classes * classes + 4 * width)  # loss, correct, top-k, then tables
         if hi > lo:
-            outputs, targets = self._batched_outputs(Xd[lo:hi]), yd[lo:hi]
+            outputs, targets = self._batched_outputs(Xd[lo:hi], False, batch_size), yd[lo:hi]
             sums[0] = float(self.loss.compute(outputs, targets)[0]) * (hi - lo)
             if self.loss.counts_correct:
                 sums[1] = float(self.loss.count_correct(outputs, targets))
@@ -969,7 +970,7 @@ class Trainer:
             logs.update(regression_scores(sums[3:], n))
         if metrics:  # on the whole set (not reducible over ranks)
             check_metric_names(metrics, list(logs))
-            outputs = functools.partial(self._batched_outputs, Xd)
+            outputs = functools.partial(self._batched_outputs, Xd, batch_size=batch_size)
             logs.update(self._user_metrics(metrics, yd, outputs))
         return {key: float(v) for key, v in logs.items()}
 

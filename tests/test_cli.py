@@ -455,3 +455,13 @@ def test_csv_with_a_bom_and_nan_features_named_by_row_and_column(tmp_path, capsy
 
     with pytest.raises(DatasetError, match=r"column\(s\) \[1\] hold NaN"):
         Scaler("standard").fit(np.array([[1.0, np.nan], [2.0, 3.0]]))  # (a memory-mapped .npy)
+
+
+def test_many_whole_number_targets_warn_that_they_become_classes(tmp_path, capsys):
+    ages = _table(tmp_path / "ages.csv", 18 + np.arange(240) % 30)  # 30 "classes"
+    assert main(["train", "--data", ages, "--target", "target", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert "30 distinct whole numbers over 240 rows" in err and "--task regression" in err
+    args = ["train", "--data", ages, "--target", "target", "--task", "regression", *TINY]
+    assert main(args) == 0
+    assert "distinct whole numbers" not in capsys.readouterr().err

@@ -262,3 +262,14 @@ def test_early_stopping_keeps_the_best_validation_weights_when_max_iter_ends_it(
     order = np.random.default_rng(0).permutation(200)
     held = order[: int(round(200 * est.validation_fraction))]
     assert est.score(X[held], y[held]) == max(scores)
+
+
+def test_batch_norm_needs_two_rows_a_batch_said_in_the_estimators_terms():
+    clf = fn.MLPClassifier((4,), batch_norm=True)
+    with pytest.raises(
+        ValueError, match=r"batch_norm=True .* got 1 row\(s\) with batch_size='auto'"
+    ):
+        clf.partial_fit(np.ones((1, 3), np.float32), [0], classes=[0, 1])
+    assert not hasattr(clf, "model_")
+    with pytest.raises(ValueError, match="batch_size=1"):
+        fn.MLPClassifier((4,), batch_norm=True, batch_size=1).fit(np.ones((4, 3)), [0, 1, 0, 1])

@@ -332,3 +332,35 @@ def test_a_user_metric_may_not_take_a_built_in_scores_name(name):
     model.fit(X, y, epochs=1, verbose=0)
     with pytest.raises(ValueError, match=f"'{name}' names a built-in score"):
         model.evaluate(X, y, metrics=[metric], top_k=2)
+
+
+def test_inference_takes_keras_batch_size_and_verbose():
+    """``predict(X, verbose=0)``, ``predict(X, batch_size=n)`` and ``evaluate(...,
+    verbose=0)`` run as in Keras (chunks of batch_size rows: the same numbers)."""
+    X, y = _blobs()
+    model = _model()
+    model.fit(X, y, epochs=2, verbose=0)
+    want = model.predict_proba(X)
+    np.testing.assert_allclose(model.predict_proba(X, batch_size=7, verbose=0), want, rtol=1e-6)
+    np.testing.assert_array_equal(model.predict(X, batch_size=50, verbose=1), want.argmax(1))
+    scores = model.evaluate(X, y, verbose=0, batch_size=9)
+    assert scores["accuracy"] == model.evaluate(X, y)["accuracy"]
+    with pytest.raises(ValueError, match="batch_size"):
+        model.predict(X, batch_size=0)
+    with pytest.raises(ValueError, match="verbose"):
+        model.predict(X, verbose="loud")
+
+
+def test_submodules_are_reached_from_the_package():
+    """``import fastnet as fn; fn.datasets.load_arrays`` as the README writes it."""
+    code = (
+        "import sys, fastnet as fn; f = fn.datasets.load_arrays; fn.tabular.Scaler; "
+        "print('matplotlib' in sys.modules, 'sklearn' in sys.modules)"
+    )
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        fn.nonsense  # noqa: B018
