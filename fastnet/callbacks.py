@@ -192,8 +192,9 @@ class Monitor(Callback):
 class EarlyStopping(Monitor):
     """Stop when ``monitor`` has not improved by ``min_delta`` for ``patience`` epochs.
     ``restore_best_weights``: at the end of training (stopped or not, as Keras 3 and
-    scikit-learn's early stopping do), the state of the best epoch comes back (weights,
-    optimizer state, buffers; the epoch count and data order go on)."""
+    scikit-learn's early stopping do; not after a divergence, which restores its own), the
+    state of the best epoch comes back (weights, optimizer state, buffers; the epoch count,
+    data order and dropout streams go on)."""
 
     def __init__(
         self,
@@ -214,10 +215,11 @@ class EarlyStopping(Monitor):
         self.stopped_epoch: int | None = None
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
-        if self._improved(logs):
+        improved = self._improved(logs)
+        if self.restore_best_weights and self._is_best(logs, improved):
+            self.best_state = model.get_state()
+        if improved:
             self.wait = 0
-            if self.restore_best_weights:
-                self.best_state = model.get_state()
             return False
         self.wait += 1
         if self.wait >= self.patience:
@@ -229,9 +231,16 @@ class EarlyStopping(Monitor):
             return True
         return False
 
+    def _is_best(self, logs: dict[str, float], improved: bool) -> bool:
+        """Whether this epoch's state is the one to restore (an improvement by min_delta)."""
+        return improved
+
     def on_train_end(self, model: Any) -> None:
-        if self.best_state is not None:  # kept only with restore_best_weights
-            model.set_state({k: v for k, v in self.best_state.items() if k != ORDER_KEY})
+        if self.best_state is not None and not model.diverged:  # with restore_best_weights
+            going_on = (ORDER_KEY, "stream/")
+            model.set_state(
+                {k: v for k, v in self.best_state.items() if not k.startswith(going_on)}
+            )
 
 
 def _non_negative_int(value: Any, name: str) -> int:
@@ -353,7 +362,7 @@ class ReduceLROnPlateau(Monitor):
             if self.wait >= self.patience:
                 if max(model.optimizer.lr * self.factor, self.min_lr) < model.optimizer.lr:
                     for opt in _optimizers(model):
-                        opt.lr = max(opt.lr * self.factor, self.min_lr, 1e-12)
+                        opt.set_scheduled_lr(max(opt.lr * self.factor, self.min_lr, 1e-12))
                 self.wait, self.cooling = 0, self.cooldown
         return False
 

@@ -17,9 +17,11 @@ from typing import IO, Any
 
 import numpy as np
 
-#: 2 covers the config (and extra) as well as the arrays; version 1 files (arrays only) still load
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+#: 2 covers the config (and extra) as well as the arrays; version 1 files (arrays only) still
+#: load; 3 may hold the data order (``data/order``) and an optimizer's ``initial_lr``, which
+#: fastnet before 3 cannot read (it says so by the version instead of an unknown key)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 META_KEY = "__fastnet_meta__"
 
 

@@ -183,6 +183,21 @@ class _ValidationScore(Callback):
         return False
 
 
+class _BestScore(EarlyStopping):
+    """scikit-learn's early stopping: patience counts gains over ``tol``; the weights kept
+    are the best score's (any gain, as ``_best_coefs``)."""
+
+    def on_train_begin(self, model: Any) -> None:
+        super().on_train_begin(model)
+        self.top = -np.inf
+
+    def _is_best(self, logs: dict[str, float], improved: bool) -> bool:
+        if logs["val_score"] > self.top:
+            self.top = logs["val_score"]
+            return True
+        return False
+
+
 class _MLPBase(BaseEstimator):
     """Shared by ``MLPClassifier`` and ``MLPRegressor``."""
 
@@ -355,9 +370,7 @@ class _MLPBase(BaseEstimator):
                 )
             )
         if self.early_stopping:
-            callbacks.append(
-                EarlyStopping("val_score", self.n_iter_no_change, self.tol, mode="max")
-            )
+            callbacks.append(_BestScore("val_score", self.n_iter_no_change, self.tol, mode="max"))
         elif self.n_iter_no_change and epochs > 1 and schedule != "adaptive":
             callbacks.append(
                 EarlyStopping("loss", self.n_iter_no_change, self.tol, restore_best_weights=False)
@@ -463,7 +476,7 @@ class _MLPBase(BaseEstimator):
                 "activation, dropout or batch_norm changed since it was fitted; set "
                 "warm_start=False to fit a new one"
             )
-        state = fitted.get_state()
+        state = fitted.host_state()  # (the backend may have changed)
         model.set_state({k: v for k, v in state.items() if not k.startswith(("slot/", "step/"))})
         model.history = {key: list(values) for key, values in fitted.history.items()}
         return model

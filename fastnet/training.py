@@ -413,11 +413,12 @@ class Trainer:
     streamed: bool
     step_description: str
     _compiled_steps: dict
-    _plan_key: int | None = None
+    _plan_key: tuple | None = None
     _plan: Any = None
     optimizer: Any
     steps_per_epoch: int = 0
     _order: np.ndarray
+    diverged: bool = False  # the last fit stopped on a NaN/inf loss
 
     # ------------------------------------------------------------------ one step
     def train_step(
@@ -609,7 +610,7 @@ class Trainer:
         return names
 
     def _epochs(self, run_epoch: Callable[..., tuple[Any, Any]], run: FitRun) -> dict:
-        self.stop_reason = None
+        self.stop_reason, self.diverged = None, False
         for key in run.log_names:  # every entry listed, even if training stops at once
             run.history[key] = []
             self.history.setdefault(key, [])
@@ -626,6 +627,7 @@ class Trainer:
                 self.stop_reason = (
                     f"loss became {logs['loss']} in epoch {epoch + 1}; {restored} (try a lower lr)"
                 )
+                self.diverged = True
                 if run.on_divergence == "raise":
                     raise TrainingDivergedError(self.stop_reason)
                 warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=3)
@@ -1039,10 +1041,11 @@ class Trainer:
         """The model's step plan for fused inference, kept while the arena is the same (its
         arrays are updated in place); each backend's ``infer`` decides which plans and
         predictions it computes."""
-        if self._plan_key != id(self.arena):
+        key = (id(self.arena), tuple(layer.frozen_constants() for layer in self.layers))
+        if self._plan_key != key:  # (a layer's constant, e.g. a slope, may have changed)
             plan = self.step_plan()
             mixed = plan.compute_dtype != plan.dtype  # layer by layer, in the compute dtype
-            self._plan_key, self._plan = id(self.arena), None if mixed else plan
+            self._plan_key, self._plan = key, None if mixed else plan
         return self._plan
 
     def _epoch_line(self, epoch: int, epochs: int, logs: dict[str, float]) -> str:

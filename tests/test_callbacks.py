@@ -221,3 +221,55 @@ def test_initial_epoch_resumes_callbacks_and_schedules(tmp_path):
         with pytest.raises(ValueError, match=match):
             resumed.fit(X, y, epochs=4, initial_epoch=bad, **kw)
     assert resumed.epochs_trained == 4
+
+
+def test_reduce_lr_on_plateau_keeps_the_schedules_base():
+    """ReduceLROnPlateau changes lr as a schedule does: ``initial_lr`` (what a resumed fit's
+    schedule starts from) stays the first base."""
+    X, y = make_blobs(n=64)
+    model = fn.Sequential([fn.Dense(4)], optimizer=fn.Adam(1e-2), seed=0)
+    plateau = fn.ReduceLROnPlateau("loss", factor=0.5, patience=1, min_delta=10.0)
+    model.fit(X, y, epochs=3, verbose=0, callbacks=[fn.CosineDecay(10), plateau])
+    assert model.optimizer.initial_lr == 1e-2
+    alone = fn.Sequential([fn.Dense(4)], optimizer=fn.Adam(1e-2), seed=0)
+    alone.fit(X, y, epochs=3, verbose=0, callbacks=[plateau])
+    assert alone.optimizer.lr < 1e-2 and alone.optimizer.initial_lr is None
+
+
+class _Scripted(fn.Callback):
+    """Logs ``fake`` (best in epoch 0), keeps each epoch's weights, and at epoch ``blow``'s
+    start sets an lr that makes the loss infinite."""
+
+    provides = ("fake",)
+
+    def __init__(self, blow=None):
+        self.blow, self.weights = blow, []
+
+    def on_epoch_begin(self, model, epoch):
+        if epoch == self.blow:
+            model.optimizer.lr = 1e30
+
+    def on_epoch_end(self, model, epoch, logs):
+        logs["fake"] = float(epoch)
+        self.weights.append(np.array(model.parameters()[0].value))
+
+
+def test_early_stopping_restores_neither_after_a_divergence_nor_the_streams():
+    """The best state (epoch 0 here) comes back with the data order and dropout streams
+    going on; after a divergence, which restores its own last good weights (stop_reason
+    says so), it restores nothing."""
+    X, y = make_blobs()
+
+    def model():
+        layers = [fn.Dense(8, "relu"), fn.Dropout(0.2), fn.Dense(4)]
+        return fn.Sequential(layers, optimizer=fn.SGD(0.05), seed=0)
+
+    scripted, plain = _Scripted(), model()
+    plain.fit(X, y, epochs=3, verbose=0, callbacks=[scripted, fn.EarlyStopping("fake", 9)])
+    np.testing.assert_array_equal(plain.parameters()[0].value, scripted.weights[0])
+    assert plain.epochs_trained == 3 and int(plain.layers[1].stream[1]) == 3 * 5  # 5 steps
+    scripted, blown = _Scripted(blow=3), model()
+    with pytest.warns(RuntimeWarning, match="loss became"), np.errstate(all="ignore"):
+        blown.fit(X, y, epochs=4, verbose=0, callbacks=[scripted, fn.EarlyStopping("fake", 9)])
+    np.testing.assert_array_equal(blown.parameters()[0].value, scripted.weights[2])
+    assert "restored" in blown.stop_reason and blown.diverged

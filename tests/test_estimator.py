@@ -273,3 +273,26 @@ def test_batch_norm_needs_two_rows_a_batch_said_in_the_estimators_terms():
     assert not hasattr(clf, "model_")
     with pytest.raises(ValueError, match="batch_size=1"):
         fn.MLPClassifier((4,), batch_norm=True, batch_size=1).fit(np.ones((4, 3)), [0, 1, 0, 1])
+
+
+def test_early_stopping_keeps_the_best_score_itself_not_the_last_gain_over_tol():
+    """scikit-learn keeps the weights of the best validation score (``_best_coefs``), while
+    patience counts gains over ``tol``: scores 0.80, 0.809, 0.70 with tol 0.01 keep the
+    second epoch's (EarlyStopping's min_delta would keep the first's)."""
+    from fastnet.estimator import _BestScore
+
+    class Model:
+        diverged, epoch, restored = False, 0, None
+
+        def get_state(self):
+            return {"param/0/W": self.epoch}
+
+        def set_state(self, state):
+            self.restored = state["param/0/W"]
+
+    model, best = Model(), _BestScore("val_score", 5, 0.01, mode="max")
+    best.on_train_begin(model)
+    for model.epoch, score in enumerate([0.80, 0.809, 0.70]):
+        best.on_epoch_end(model, model.epoch, {"val_score": score})
+    best.on_train_end(model)
+    assert model.restored == 1 and best.wait == 2  # (0.809 was no gain over tol)

@@ -165,3 +165,18 @@ def test_the_harness_lets_cores_settle_untimed():
     assert time.perf_counter() - start >= 6 * 0.05  # before each timed run
     assert all(max(r.times) < 0.04 for r in results)  # not in the timings
     assert calls.count("a") == calls.count("b") == 4  # warm-up and 3 rounds
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=needs_numba)])
+def test_inference_follows_a_changed_leaky_relu_slope(backend):
+    """The fused inference plan is rebuilt when a layer constant changes (a slope set by a
+    callback): predictions and validation scores use the slope training uses."""
+    X = np.random.default_rng(3).normal(size=(20, 6))
+    model = fn.Sequential(
+        [fn.Dense(16, "leaky_relu"), fn.Dense(2)], backend=backend, seed=1, dtype="float64"
+    ).build(6)
+    before = model.predict_raw(X)
+    model.layers[0].alpha = 0.5
+    after = model.predict_raw(X)
+    assert not np.array_equal(before, after)
+    np.testing.assert_allclose(after, model.to("numpy").forward(X, training=False), rtol=1e-12)
