@@ -69,4 +69,20 @@ def fix_default_initializers(layers: Sequence[Layer]) -> list[int]:
     return changed
 
 
-__all__ = ["check_layer_stack", "fix_default_initializers"]
+def check_parameters_listed(layer: Layer) -> None:
+    """A built layer's ``Parameter`` attributes must all be in its ``parameters()``: one it
+    leaves out would pass a gradient check and never train."""
+    from fastnet.parameter import Parameter
+
+    listed = {id(p) for p in layer.parameters()}
+    missing = [
+        k for k, v in vars(layer).items() if isinstance(v, Parameter) and id(v) not in listed
+    ]
+    if missing:
+        raise TypeError(
+            f"{type(layer).__name__} holds Parameter(s) {missing} that its parameters() does "
+            f"not return: they would never train (return them from parameters())"
+        )
+
+
+__all__ = ["check_layer_stack", "check_parameters_listed", "fix_default_initializers"]

@@ -42,8 +42,16 @@ def _sign_from_input(code: Act, alpha: float) -> bool:
     return code == Act.LEAKY_RELU and alpha < 0
 
 
+#: layer classes by ``name``: what configs (checkpoints, pickles) are loaded with
+LAYERS: dict[str, type[Layer]] = {}
+
+
 class Layer:
-    """Base class. Subclasses implement ``build``, ``forward`` and ``backward``."""
+    """Base class. Subclasses implement ``build`` (creating ``Parameter`` objects),
+    ``parameters`` (returning them), ``forward`` and ``backward`` (assigning each parameter's
+    ``grad``: ``p.grad = ...`` is copied into the model's gradient storage; do not add to it),
+    and ``get_config`` for arguments of their own. A subclass whose body sets ``name`` is
+    registered by it, so models holding it save and load (define it before loading)."""
 
     name = "layer"
     #: smallest batch the layer accepts in training
@@ -60,6 +68,21 @@ class Layer:
     feeds_dense = False
     #: state buffers that must stay >= 0 (checked when a state is loaded)
     nonnegative_buffers: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            return
+        known = LAYERS.get(cls.name)
+        if known is not None and (known.__module__, known.__qualname__) != (
+            cls.__module__,
+            cls.__qualname__,
+        ):  # (the same class defined again, as a notebook cell does, replaces it)
+            raise TypeError(
+                f"layer name {cls.name!r} is taken by {known.__qualname__}: give "
+                f"{cls.__qualname__} a name of its own"
+            )
+        LAYERS[cls.name] = cls
 
     def __init__(self) -> None:
         self._backend: Backend | None = None
@@ -649,14 +672,26 @@ class Standardize(Layer):
         return f"Standardize({len(self.offset)} features)"
 
 
-LAYERS: dict[str, type[Layer]] = {
-    cls.name: cls
-    for cls in (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout, BatchNorm1d, Standardize)
-}
+BUILT_IN = (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout, BatchNorm1d, Standardize)
+
+
+def registered(layer: Layer) -> Layer:
+    """``layer``, refused where its name does not load its class (a subclass that kept its
+    parent's ``name``): its config would load as another layer."""
+    if LAYERS.get(layer.name) is not type(layer):
+        raise TypeError(
+            f"{type(layer).__name__} has no name of its own ({layer.name!r} loads "
+            f"{getattr(LAYERS.get(layer.name), '__name__', 'nothing')}): set name = '...' in "
+            f"its class body to save, copy or pickle models holding it"
+        )
+    return layer
 
 
 def layer_from_config(config: dict) -> Layer:
     name = config.get("name")
     if name not in LAYERS:
-        raise ValueError(f"unknown layer {name!r} in config; known: {', '.join(LAYERS)}")
+        raise ValueError(
+            f"unknown layer {name!r} in config (a custom layer's class must be defined "
+            f"before loading); known: {', '.join(LAYERS)}"
+        )
     return LAYERS[name].from_config(config)

@@ -17,8 +17,12 @@ from fastnet import state as schema
 from fastnet.backends import Backend, get_backend, record_kernels
 from fastnet.backends.plan import StepPlan
 from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from fastnet.layer_stack import check_layer_stack, fix_default_initializers
-from fastnet.layers import Dense, Layer, Standardize, layer_from_config
+from fastnet.layer_stack import (
+    check_layer_stack,
+    check_parameters_listed,
+    fix_default_initializers,
+)
+from fastnet.layers import Dense, Layer, Standardize, layer_from_config, registered
 from fastnet.losses import Loss, get_loss
 from fastnet.mixed import LossScaler
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
@@ -164,6 +168,7 @@ class Sequential(Trainer):
             layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
             layer.feeds_dense = isinstance(above, Dense)  # may hand it its activation gradient
             width = layer.build(width, self.backend, self.dtype, self._rng)
+            check_parameters_listed(layer)
         self._lowest = next((i for i, x in enumerate(self.layers) if x.parameters()), 0)
         loss = self.loss  # one loss object may serve models of several widths
         loss.shared = loss.shared or loss.width not in (None, width)
@@ -501,7 +506,7 @@ class Sequential(Trainer):
     # ------------------------------------------------------------------ config and files
     def get_config(self) -> dict[str, Any]:
         return {
-            "layers": [layer.get_config() for layer in self.layers],
+            "layers": [registered(layer).get_config() for layer in self.layers],
             "loss": self.loss.get_config() if len(self.loss.get_config()) > 1 else self.loss.name,
             "optimizer": self.optimizer.get_config(),
             "dtype": self.policy or self.dtype.name,

@@ -50,13 +50,13 @@ class Parameter:
     """A trainable array. Before a model is built it owns its arrays; afterwards ``value``,
     ``grad`` and every ``state`` slot are views into its group's flat buffers."""
 
-    __slots__ = ("name", "_value", "grad", "state", "decay", "compute", "group")
+    __slots__ = ("name", "_value", "_grad", "state", "decay", "compute", "group")
 
     def __init__(self, name: str, value: Any, decay: bool = True) -> None:
         self.name = name
         self.group: ParameterGroup | None = None  # set when a model's arena takes it
         self._value = value
-        self.grad = value * 0
+        self._grad = value * 0
         self.state: dict[str, Any] = {}
         self.decay = decay  # whether weight decay applies (weights yes, biases/BN no)
         self.compute = value  # what layers compute with: ``value``, or its half copy (mixed)
@@ -80,6 +80,24 @@ class Parameter:
             raise ValueError(f"{self.name}: a value of shape {shape} for {self!r}")
         self._value[...] = new
         self.group.refresh_compute()
+
+    @property
+    def grad(self) -> Any:
+        """The gradient a layer's ``backward`` writes (a view into its group's flat buffer
+        once built, which the optimizer reads)."""
+        return self._grad
+
+    @grad.setter
+    def grad(self, new: Any) -> None:
+        """Once built, assigning copies ``new`` into the view (a custom layer's ``p.grad =
+        dy.T @ x``): a new array would be a gradient no optimizer sees."""
+        if self.group is None:
+            self._grad = new
+            return
+        shape = tuple(getattr(new, "shape", np.shape(new)))
+        if shape != tuple(self._grad.shape):
+            raise ValueError(f"{self.name}: a gradient of shape {shape} for {self!r}")
+        self._grad[...] = new
 
     @property
     def size(self) -> int:
@@ -137,7 +155,7 @@ class ParameterGroup:
             view = self.values[lo:hi].reshape(shape)
             view[...] = p.value
             p._value, p.group = view, self
-            p.grad = self.grads[lo:hi].reshape(shape)
+            p._grad = self.grads[lo:hi].reshape(shape)
             p.state = {key: buf[lo:hi].reshape(shape) for key, buf in self.slots.items()}
             p.compute = self.compute[lo:hi].reshape(shape)
         self.refresh_compute()

@@ -39,8 +39,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # to 10,250 for more of theirs (scikit-learn's warm start and best weights, a CSV's BOM, NaN
 # features named by row and column, a column of labels: +43), to 10,300 for Keras's inference
 # options and lazy submodules (+22) and a review of all these (the inference plan follows a
-# changed slope, scikit-learn's best score kept, no restore after a divergence: +31)
-BUDGET = 10300
+# changed slope, scikit-learn's best score kept, no restore after a divergence: +31), to
+# 10,350 for users' own layers (assigned gradients copied, unlisted parameters refused, layer
+# classes registered by name: +55)
+BUDGET = 10350
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

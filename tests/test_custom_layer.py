@@ -1,0 +1,89 @@
+"""A user's own Layer subclass, written as the Layer docstring says: it trains (its assigned
+gradients reach the optimizer), a Parameter it forgets to list is refused, and it saves and
+loads by its own name; a subclass without one is refused before it would load as another."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import fastnet as fn
+from fastnet.layers import Layer
+from fastnet.parameter import Parameter
+
+
+class Scale(Layer):
+    """y = x * a, one learned factor per feature."""
+
+    name = "test_scale"
+
+    def build(self, input_dim, backend, dtype, rng):
+        super().build(input_dim, backend, dtype, rng)
+        self.a = Parameter("a", backend.asarray(np.ones(input_dim, dtype)), decay=False)
+        return input_dim
+
+    def forward(self, x, training=True):
+        self.x = x
+        return x * self.a.value
+
+    def backward(self, dy, need_dx=True):
+        self.a.grad = (dy * self.x).sum(axis=0)  # assigned, as the docstring says
+        return dy * self.a.value
+
+    def parameters(self):
+        return [self.a]
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 4))
+    return X, (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_custom_layer_trains_checks_and_round_trips(backend, tmp_path):
+    X, y = _data()
+    model = fn.Sequential([Scale(), fn.Dense(8, "relu"), fn.Dense(3)], backend=backend,
+                          dtype="float64", seed=0).build(4)  # fmt: skip
+    assert "passed" in str(fn.gradcheck.check_layer(model.layers[0], X[:5]))
+    model.fit(X, y, epochs=3, verbose=0)
+    factors = model.backend.to_numpy(model.layers[0].a.value)
+    assert not np.allclose(factors, 1.0)  # it trained (an assigned grad was lost before)
+    model.save(tmp_path / "m.npz")
+    loaded = fn.load_model(tmp_path / "m.npz", backend=backend)
+    assert isinstance(loaded.layers[0], Scale)
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(model)).predict_proba(X),
+                                  model.predict_proba(X))  # fmt: skip
+    with pytest.raises(ValueError, match="a gradient of shape"):
+        model.layers[0].a.grad = np.ones(5)
+
+
+def test_unlisted_parameters_and_borrowed_names_are_refused():
+    class Forgetful(Scale):
+        name = "test_forgetful"
+
+        def parameters(self):
+            return []
+
+    with pytest.raises(TypeError, match=r"Forgetful holds Parameter\(s\) \['a'\]"):
+        fn.Sequential([Forgetful(), fn.Dense(3)]).build(4)
+
+    class Renamed(fn.Dense):  # keeps Dense's name: its config would load a Dense
+        pass
+
+    model = fn.Sequential([Renamed(3)]).build(4)
+    with pytest.raises(TypeError, match="Renamed has no name of its own"):
+        model.get_config()
+    with pytest.raises(TypeError, match="'dense' is taken by Dense"):
+
+        class Clash(Layer):
+            name = "dense"
+
+    from fastnet.layers import LAYERS
+
+    cell = "from fastnet.layers import Layer\nclass Again(Layer):\n    name = 'test_again'\n"
+    first, second = {"__name__": "notebook"}, {"__name__": "notebook"}
+    exec(cell, first)
+    exec(cell, second)  # a notebook cell run again: the new class replaces the old
+    assert LAYERS["test_again"] is second["Again"] is not first["Again"]
