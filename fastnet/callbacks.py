@@ -303,7 +303,7 @@ class ModelCheckpoint(Monitor):
                     f"ModelCheckpoint path {self.path!r}: cannot create its folder "
                     f"{folder!r} ({exc.strerror or exc})"
                 ) from None
-        if "{" not in folder:
+        if "{" not in folder and _main_rank():  # (the rank that creates it and writes)
             check_checkpoint_path(static, "ModelCheckpoint")
         super().on_train_begin(model)
 

@@ -53,6 +53,12 @@ class Communicator:
     def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         raise NotImplementedError
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` is true on some rank (every rank calls it, and all get the same)."""
+        votes = np.array([1.0 if flag else 0.0])
+        self.allreduce(votes)  # (host values: over MPI, also for NCCL)
+        return bool(votes[0] > 0)
+
     def barrier(self) -> None:
         raise NotImplementedError
 

@@ -542,6 +542,8 @@ class Trainer:
             X, y, opts.sample_weight, opts.validation_data, opts.validation_split, seed
         )
         Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
+        if group is not None:
+            self._check_same_data(group, Xd, yd, val)
         wd = self.validate_weights(sample_weight, opts.class_weight, y, len(Xd), not streamed)
         if metric_fns and val is None:
             raise ValueError(
@@ -556,6 +558,22 @@ class Trainer:
         data = (Xd, yd, wd, val, streamed, compiled, group, epochs, first)
         settings = (hooks, metric_fns, opts.top_k, verbose, opts.on_divergence, names)
         return FitRun(*data, *settings)
+
+    def _check_same_data(self, group: Any, *arrays: Any) -> None:
+        """Data-parallel ranks each take their share of every batch of one training set: the
+        same rows on every rank (row counts and a sample of rows compared with rank 0's)."""
+        digest = []
+        for a in arrays if arrays[-1] is not None else arrays[:-1]:
+            for part in a if isinstance(a, tuple) else (a,):
+                rows = np.linspace(0, len(part) - 1, min(len(part), 64)).astype(np.int64)
+                sample = np.asarray(self.backend.to_numpy(part[rows]), np.float64)
+                digest.append((tuple(part.shape), float(sample.sum())))
+        if group.any(digest != group.broadcast_object(digest)):
+            raise ValueError(
+                f"distributed=True: every rank passes the whole training (and validation) set "
+                f"and trains on its share of each batch, but the ranks' data differ (rank "
+                f"{group.rank} has shapes {[d[0] for d in digest]}): pass the same arrays"
+            )
 
     def _join_group(self, opts: FitOptions) -> tuple[Any, int]:
         """The data-parallel communicator (None unless ``distributed``) and the verbosity
@@ -633,6 +651,8 @@ class Trainer:
                 warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=3)
                 break
             previous = snapshot
+            if run.group is not None:
+                self._average_buffers(run.group)
             if run.val is not None:
                 scores = self._evaluate_device(
                     *run.val, top_k=run.top_k, group=run.group, metrics=run.metrics
@@ -643,6 +663,8 @@ class Trainer:
             stop = False
             for cb in run.callbacks:  # callbacks may add entries (e.g. a validation score)
                 stop = bool(cb.on_epoch_end(self, epoch, logs)) or stop
+            if run.group is not None:  # a stop on one rank stops all (none waits forever)
+                stop = run.group.any(stop)
             for key, value in logs.items():
                 self.history.setdefault(key, []).append(value)
                 run.history.setdefault(key, []).append(value)
@@ -801,6 +823,16 @@ class Trainer:
         step = GraphedDistributedStep(self, group, list(sizes), batch_size, spec)
         step.required = compiled is True  # a warm-up that meets a capture obstacle raises
         return step
+
+    def _average_buffers(self, group: Any) -> None:
+        """After a data-parallel epoch: the running statistics each rank kept of its own rows
+        (BatchNorm1d, not synchronized) averaged over the ranks, so every rank holds one
+        model (the one validation scores and rank 0 saves)."""
+        with self.backend.step_stream():
+            for layer in self.layers:
+                for buf in [] if layer.synchronized else layer.state_buffers().values():
+                    group.allreduce(buf)
+                    buf *= 1.0 / group.world_size
 
     def _broadcast_state(self, group: Any) -> None:
         """Rank 0's parameters (and their half copies: mixed precision), optimizer state, step

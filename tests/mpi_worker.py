@@ -8,6 +8,8 @@ mpi_worker.py syncbn ROWS BATCH OUT.npz [compiled] [local]  a synchronized (loca
                                             BatchNorm model; rank 0 saves its state
 mpi_worker.py captured ROWS plain|batchnorm [POLICY]  captured data-parallel steps equal eager
                                             ones (POLICY: mixed_float16, loss scaling included)
+mpi_worker.py agree FOLDER                  checkpoints into new folders, one stop, one set of
+                                            BatchNorm statistics, the same data on every rank
 """
 
 import os
@@ -158,6 +160,28 @@ def main(mode, *args):
             assert graphed == (batch >= dist.world_size()), m.step_description
         if dist.is_main():
             np.savez(out, loss=h["loss"], **m.host_state())
+    elif mode == "agree":  # what the ranks must agree on, however their callbacks differ
+        folder = args[0]
+        X, y = problem()
+        m = bn_model(synchronized=False)  # each rank's running statistics of its own rows
+        save = fn.ModelCheckpoint(os.path.join(folder, "new", "deeper", "b-{epoch}.npz"), "loss")
+        halt = lambda epoch, logs: dist.rank() == 0 and epoch == 1  # noqa: E731  rank 0 only
+        h = m.fit(X, y, epochs=5, batch_size=64, verbose=0, distributed=True,
+                  validation_data=(X[:90], y[:90]), callbacks=[save, halt])  # fmt: skip
+        assert len(h["loss"]) == 2, h  # every rank stopped where rank 0 did
+        state = np.concatenate([v.ravel() for k, v in m.host_state().items() if "buffer" in k])
+        total = state.copy()
+        dist.allreduce(total)  # one model on every rank: its statistics included
+        assert np.allclose(total, dist.world_size() * state, rtol=1e-12), "buffers differ"
+        own = m.evaluate(X[:90], y[:90])["loss"]
+        assert abs(own - h["val_loss"][-1]) < 1e-9, (own, h["val_loss"])
+        for other in (X[: 290 + dist.rank()], X + dist.rank()):  # other rows on rank 1
+            try:
+                m.fit(other, y[: len(other)], epochs=1, verbose=0, distributed=True)
+                raise AssertionError("different data trained")
+            except ValueError as exc:
+                assert "the ranks' data differ" in str(exc), exc
+        print(f"agree ok rank {dist.rank()}", flush=True)
     elif mode == "output":
         X, y = problem()
         model().fit(X, y, epochs=2, verbose=2, distributed=True, batch_size=64)

@@ -292,3 +292,15 @@ def test_mpi_staging_refuses_non_contiguous_arrays():
     comm._staging = {}
     with pytest.raises(TypeError, match="C-contiguous"):
         comm._host(np.zeros((4, 4))[:, ::2])
+
+
+@needs_mpi
+def test_ranks_agree_on_folders_stops_statistics_and_data(tmp_path):
+    """A ModelCheckpoint into folders that do not exist yet (rank 0 makes them; rank 1 failed
+    its check first), a callback that stops on rank 0 only (rank 1 hung in the all-reduce),
+    BatchNorm running statistics of each rank's rows (averaged: one model, the one validation
+    scores) and different data on a rank (refused on every rank: it trained silently)."""
+    run, _ = mpirun("agree", str(tmp_path))
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("agree ok") == 2
+    assert sorted(os.listdir(tmp_path / "new" / "deeper")) == ["b-1.npz", "b-2.npz"]
