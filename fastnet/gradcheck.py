@@ -95,7 +95,8 @@ def check_loss(
 ) -> GradcheckResult:
     """Compare a loss's returned gradient with finite differences of its value."""
     _require_float64("logits", logits)
-    grad = loss.backend.to_numpy(loss(logits, targets)[1]).copy()
+    value = loss(logits, targets)  # (a loss used on its own builds itself here)
+    grad = loss.backend.to_numpy(value[1]).copy()
 
     def f() -> float:
         return float(loss(logits, targets)[0])

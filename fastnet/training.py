@@ -641,9 +641,11 @@ class Trainer:
             snapshot = self.get_state()
             logs = self._train_epoch(run_epoch, run, epoch, snapshot)
             if not np.isfinite(logs["loss"]) and run.on_divergence != "ignore":
+                half = getattr(self, "policy", None) == "mixed_float16"
                 restored = self._restore_last_good([snapshot, previous], run.X, run.y, epoch)
                 self.stop_reason = (
-                    f"loss became {logs['loss']} in epoch {epoch + 1}; {restored} (try a lower lr)"
+                    f"loss became {logs['loss']} in epoch {epoch + 1}; {restored} (try a lower lr"
+                    + (", or mixed_bfloat16: float16 holds values up to 65504)" if half else ")")
                 )
                 self.diverged = True
                 if run.on_divergence == "raise":

@@ -150,5 +150,10 @@ def check_dtype(dtype: Any) -> np.dtype:
     except TypeError:
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dt not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+        half = (
+            f" (half precision: the policy 'mixed_{dt}')"
+            if dt.name in ("float16", "bfloat16")
+            else ""
+        )
+        raise TypeError(f"dtype must be float32 or float64, got {dt}{half}")
     return dt

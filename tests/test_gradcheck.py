@@ -177,3 +177,14 @@ def test_model_gradients_match_finite_differences(backend, rng):
     for name, p, grad in zip(names, model.parameters(), grads):
         numeric = fn.gradcheck.numerical_gradient(loss, p.value)
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-8, err_msg=name)
+
+
+def test_the_little_errors_point_the_way():
+    """check_loss on a loss used on its own (it built itself for a call, not for the check);
+    a half dtype names the mixed policy; numba's data-parallel steps say why they are eager."""
+    logits = np.random.default_rng(0).standard_normal((4, 3))
+    labels = np.array([0, 1, 2, 0])
+    assert "passed" in str(fn.gradcheck.check_loss(fn.SoftmaxWithLoss(), logits, labels))
+    with pytest.raises(TypeError, match="the policy 'mixed_float16'"):
+        fn.Sequential([fn.Dense(2)], dtype="float16")
+    assert "trains in one process" in fn.get_backend("numba").graph_capture_reason()

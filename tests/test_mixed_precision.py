@@ -325,3 +325,15 @@ def test_loss_scale_settings_are_arguments_saved_in_the_config(tmp_path):
         fn.Sequential(
             layers, backend=CaptureSimBackend(), dtype="mixed_float16", loss_scale={"bad": 1}
         )
+
+
+def test_a_float16_overflow_hints_at_bfloat16():
+    """Regression outputs beyond float16's 65504 make the loss infinite: the divergence
+    message names the range and mixed_bfloat16, not only a lower lr."""
+    _needs("mixed_float16")
+    X = np.full((64, 4), 1e5, np.float32)  # outputs of about 1e5: beyond float16
+    model = fn.Sequential([fn.Dense(1)], loss="mse", backend=CaptureSimBackend(),
+                          dtype="mixed_float16", seed=0)  # fmt: skip
+    with pytest.warns(RuntimeWarning, match="float16 holds values up to 65504"):
+        with np.errstate(all="ignore"):
+            model.fit(X, np.zeros(64, np.float32), epochs=2, verbose=0)

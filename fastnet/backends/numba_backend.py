@@ -62,6 +62,12 @@ class NumbaBackend(Backend):
     #: way, except where an intermediate value would be subnormal (it is zero in this mode).
     flush_mode = True
 
+    def graph_capture_reason(self) -> str:
+        return (
+            "numba's compiled step (one fused JIT call) trains in one process: data-parallel "
+            "steps on numba run eagerly"
+        )
+
     def __init__(self) -> None:
         super().__init__()
         self.parallel_min_updates = _parallel_min_updates()
