@@ -763,12 +763,21 @@ class _stdout:  # noqa: N801
 
 def cmd_export(args: argparse.Namespace) -> int:
     from fastnet.checkpoint import check_writable
-    from fastnet.model import load_model
+    from fastnet.layers import Standardize
+    from fastnet.model import load_model_with_meta
+    from fastnet.tabular import Scaler
 
     check_writable(args.output, "output")
-    model = load_model(args.checkpoint, backend="numpy")
-    model.to_onnx(args.output)
+    model, meta = load_model_with_meta(args.checkpoint, backend="numpy")
+    extra = meta.get("extra") or {}
+    if extra.get("scale"):  # a checkpoint of before the Standardize layer: it takes raw rows
+        scaler = Scaler.from_json(extra["scale"])
+        model = model.prepend(Standardize(scaler.offset, scaler.scale))
+    keys = [k for k in ("classes", "features", "target", "task") if extra.get(k) is not None]
+    model.to_onnx(args.output, {k: json.dumps(extra[k]) for k in keys})
     print(f"wrote {args.output} (inputs 'input', outputs {', '.join(model.onnx_outputs())})")
+    if "classes" in keys:
+        print(f"its metadata 'classes' maps output columns to labels: {extra['classes'][:10]}")
     return 0
 
 

@@ -23,8 +23,9 @@ def onnx_outputs(model: Any) -> list[str]:
 class _Graph:
     """The nodes and initializers of the exported graph, added layer by layer."""
 
-    def __init__(self, helper: Any, numpy_helper: Any, host: Any) -> None:
+    def __init__(self, helper: Any, numpy_helper: Any, host: Any, float64: bool = False) -> None:
         self.helper, self.numpy_helper, self.host = helper, numpy_helper, host
+        self.float64 = float64  # ops whose float32 attributes would round: as float64 tensors
         self.nodes: list[Any] = []
         self.weights: list[Any] = []
 
@@ -41,6 +42,13 @@ class _Graph:
     def activation(self, kind: str | None, x: str, name: str, alpha: float) -> str:
         if kind in (None, "linear"):
             return x
+        if kind == "leaky_relu" and self.float64:  # (LeakyRelu's alpha attribute is a float32)
+            zero = self.tensor(f"{name}_zero", np.zeros((), np.float64))
+            slope = self.node(
+                "Mul", [x, self.tensor(f"{name}_alpha", np.float64(alpha))], f"{name}_ax"
+            )
+            positive = self.node("Greater", [x, zero], f"{name}_pos")
+            return self.node("Where", [positive, x, slope], name)
         attrs = {"alpha": alpha} if kind == "leaky_relu" else {}
         return self.node(_ACTIVATION_OPS[kind], [x], name, **attrs)
 
@@ -57,6 +65,12 @@ class _Graph:
             return self.activation(kind, x, f"act{i}", layer.alpha)
         if kind == "softmax":
             return self.node("Softmax", [x], f"softmax{i}", axis=-1)
+        if kind == "batchnorm1d" and self.float64:  # fastnet's own ops: (x - mean) * inv * g + b
+            inv = 1 / np.sqrt(self.host(layer.running_var) + layer.eps)  # (epsilon: a float32)
+            x = self.node("Sub", [x, self.tensor(f"mean{i}", layer.running_mean)], f"bn{i}_c")
+            x = self.node("Mul", [x, self.tensor(f"inv_std{i}", inv)], f"bn{i}_n")
+            x = self.node("Mul", [x, self.tensor(f"gamma{i}", layer.gamma.value)], f"bn{i}_s")
+            return self.node("Add", [x, self.tensor(f"beta{i}", layer.beta.value)], f"bn{i}")
         if kind == "batchnorm1d":
             params = [
                 self.tensor(f"gamma{i}", layer.gamma.value),
@@ -73,8 +87,10 @@ class _Graph:
         raise ValueError(f"layer {i} ({type(layer).__name__}) has no ONNX export")
 
 
-def to_onnx(model: Any, path: str | os.PathLike) -> None:
-    """Write ``model`` as an ONNX graph (input ``input`` of shape (batch, features))."""
+def to_onnx(model: Any, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    """Write ``model`` as an ONNX graph (input ``input`` of shape (batch, features));
+    ``metadata``: the model's ``metadata_props`` (e.g. ``classes``, the labels of the class
+    indices, as ``fastnet export`` writes them)."""
     try:
         import onnx
         from onnx import TensorProto, helper, numpy_helper
@@ -85,7 +101,7 @@ def to_onnx(model: Any, path: str | os.PathLike) -> None:
     if not model.built:
         raise RuntimeError("cannot export an unbuilt model: fit() or build() it first")
     elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
-    g = _Graph(helper, numpy_helper, model.backend.to_numpy)
+    g = _Graph(helper, numpy_helper, model.backend.to_numpy, model.dtype == np.float64)
     current = "input"
     for i, layer in enumerate(model.layers):
         current = g.layer(i, layer, current)
@@ -104,6 +120,7 @@ def to_onnx(model: Any, path: str | os.PathLike) -> None:
     proto = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fastnet"
     )
+    helper.set_model_props(proto, {"producer": "fastnet", **(metadata or {})})
     onnx.checker.check_model(proto)
     from fastnet.checkpoint import atomic_write
 

@@ -559,11 +559,11 @@ class Sequential(Trainer):
         arrays = {key: np.asarray(value) for key, value in self.host_state().items()}
         write_checkpoint(path, self.get_config(), arrays, backend=self.backend.name, extra=extra)
 
-    def to_onnx(self, path: str | os.PathLike) -> None:
+    def to_onnx(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
         """Export for inference as ONNX (needs ``onnx``): see ``fastnet.export``."""
         from fastnet.export import to_onnx
 
-        to_onnx(self, path)
+        to_onnx(self, path, metadata)
 
     def onnx_outputs(self) -> list[str]:
         from fastnet.export import onnx_outputs

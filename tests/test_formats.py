@@ -112,3 +112,38 @@ def test_summary_and_repr_before_build():
     assert "not built" in text and "total params=0" in text
     model.build(5)
     assert "total params=75" in model.summary()  # 5*8+8 + 8*3+3
+
+
+def test_onnx_export_of_a_float64_model_keeps_its_precision(tmp_path):
+    """LeakyRelu's alpha and BatchNormalization's epsilon are float32 attributes in ONNX: a
+    float64 model exports them as float64 tensors (fastnet's own ops), agreeing to rounding."""
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 5))
+    layers = [fn.Dense(16, "leaky_relu", alpha=0.1234567891), fn.BatchNorm1d(eps=1.23456789e-7),
+              fn.LeakyReLU(alpha=-0.3141592653), fn.Dense(3)]  # fmt: skip
+    model = fn.Sequential(layers, dtype="float64", seed=0)
+    model.fit(X, rng.integers(0, 3, 200), epochs=2, verbose=0)
+    model.layers[1].running_var[:] = 1e-6  # small variances: epsilon's rounding would show
+    model.to_onnx(tmp_path / "m.onnx", {"classes": "[7, 8, 9]"})
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"input": X})
+    np.testing.assert_allclose(logits, model.predict_raw(X), rtol=1e-13, atol=1e-12)
+    props = session.get_modelmeta().custom_metadata_map
+    assert props["classes"] == "[7, 8, 9]" and props["producer"] == "fastnet"
+
+
+def test_cli_export_records_the_class_labels(tmp_path, capsys):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from fastnet.cli import main
+
+    X = np.random.default_rng(1).standard_normal((60, 3)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=np.array([0, 1000, 2000])[np.arange(60) % 3])
+    argv = ["train", "--data", str(tmp_path / "d.npz"), "--epochs", "1", "--quiet"]
+    assert main([*argv, "--scale", "standard", "--save", str(tmp_path / "m.npz")]) == 0
+    assert main(["export", str(tmp_path / "m.npz"), str(tmp_path / "m.onnx")]) == 0
+    assert "maps output columns to labels: [0, 1000, 2000]" in capsys.readouterr().out
+    meta = ort.InferenceSession(str(tmp_path / "m.onnx")).get_modelmeta().custom_metadata_map
+    assert json.loads(meta["classes"]) == [0, 1000, 2000] and meta["task"] == '"classification"'
