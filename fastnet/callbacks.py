@@ -305,6 +305,7 @@ class ModelCheckpoint(Monitor):
                 ) from None
         if "{" not in folder and _main_rank():  # (the rank that creates it and writes)
             check_checkpoint_path(static, "ModelCheckpoint")
+        model.get_config()  # a model that cannot be saved says so now, not after an epoch
         super().on_train_begin(model)
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:

@@ -774,7 +774,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         scaler = Scaler.from_json(extra["scale"])
         model = model.prepend(Standardize(scaler.offset, scaler.scale))
     keys = [k for k in ("classes", "features", "target", "task") if extra.get(k) is not None]
-    model.to_onnx(args.output, {k: json.dumps(extra[k]) for k in keys})
+    text = lambda v: v if isinstance(v, str) else json.dumps(v)  # noqa: E731
+    model.to_onnx(args.output, {k: text(extra[k]) for k in keys})
     print(f"wrote {args.output} (inputs 'input', outputs {', '.join(model.onnx_outputs())})")
     if "classes" in keys:
         print(f"its metadata 'classes' maps output columns to labels: {extra['classes'][:10]}")

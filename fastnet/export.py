@@ -120,7 +120,10 @@ def to_onnx(model: Any, path: str | os.PathLike, metadata: dict[str, str] | None
     proto = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fastnet"
     )
-    helper.set_model_props(proto, {"producer": "fastnet", **(metadata or {})})
+    metadata = {"producer": "fastnet", **(metadata or {})}
+    if not all(isinstance(v, str) and isinstance(k, str) for k, v in metadata.items()):
+        raise TypeError(f"metadata maps names to strings (e.g. json.dumps(...)), got {metadata!r}")
+    helper.set_model_props(proto, metadata)
     onnx.checker.check_model(proto)
     from fastnet.checkpoint import atomic_write
 

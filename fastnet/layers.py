@@ -7,6 +7,7 @@ own, reused from step to step: an output is valid until the layer's next forward
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 from typing import Any
@@ -68,6 +69,9 @@ class Layer:
     feeds_dense = False
     #: state buffers that must stay >= 0 (checked when a state is loaded)
     nonnegative_buffers: tuple[str, ...] = ()
+    #: data-parallel training: the state buffers are statistics of each rank's rows, averaged
+    #: over the ranks after every epoch (BatchNorm1d's running mean and variance)
+    averaged_buffers = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -205,6 +209,10 @@ class Layer:
         """Host values a captured step bakes in (a change captures again)."""
         return ()
 
+    def inference_constants(self) -> tuple[str, ...]:
+        """Attributes a fused inference plan holds (a change builds it again)."""
+        return ()
+
     def get_config(self) -> dict:
         return {"name": self.name}
 
@@ -266,6 +274,9 @@ class Dense(Layer):
 
     def frozen_constants(self) -> tuple:
         return (self.alpha,)
+
+    def inference_constants(self) -> tuple[str, ...]:
+        return ("alpha",) if self.activation_code == Act.LEAKY_RELU else ()
 
     def output_width(self, input_dim: int) -> int:
         if self.declared_input_dim is not None and self.declared_input_dim != input_dim:
@@ -398,6 +409,9 @@ class Activation(Layer):
     def frozen_constants(self) -> tuple:
         return (self.alpha,)
 
+    def inference_constants(self) -> tuple[str, ...]:
+        return ("alpha",) if self.code == Act.LEAKY_RELU else ()
+
     def forward(self, x: Any, training: bool = True) -> Any:
         self._check_input(x)
         self.x = x
@@ -524,6 +538,7 @@ class BatchNorm1d(Layer):
     name = "batchnorm1d"
     min_batch_rows = 2
     nonnegative_buffers = ("running_var",)
+    averaged_buffers = True
 
     def __init__(
         self, momentum: float = 0.9, eps: float = 1e-5, synchronized: bool = False
@@ -598,6 +613,9 @@ class BatchNorm1d(Layer):
 
     def frozen_constants(self) -> tuple:
         return (self.momentum, self.eps)
+
+    def inference_constants(self) -> tuple[str, ...]:
+        return ("eps",)
 
     def parameters(self) -> list[Parameter]:
         return [self.gamma, self.beta]
@@ -675,14 +693,46 @@ class Standardize(Layer):
 BUILT_IN = (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout, BatchNorm1d, Standardize)
 
 
+def _same_class(a: type | None, b: type) -> bool:
+    """``a`` is ``b``, or ``b`` defined again (a notebook cell run twice)."""
+    return a is b or (
+        a is not None and (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+    )
+
+
+def _lost(layer: Layer, p: inspect.Parameter, config: dict) -> bool:
+    """Whether ``__init__`` argument ``p`` is missing from ``config`` though required or
+    (an attribute of its name) set to another value than its default."""
+    if p.name in config or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+        return False
+    if p.default is p.empty:
+        return True
+    value = getattr(layer, p.name, p.default)
+    try:
+        return bool(value != p.default)
+    except (TypeError, ValueError):  # (arrays)
+        return value is not p.default
+
+
 def registered(layer: Layer) -> Layer:
-    """``layer``, refused where its name does not load its class (a subclass that kept its
-    parent's ``name``): its config would load as another layer."""
-    if LAYERS.get(layer.name) is not type(layer):
+    """``layer``, refused where its config would not load it as it is: a subclass that kept
+    its parent's ``name`` (it would load as the parent), or a custom layer whose
+    ``get_config`` lacks an ``__init__`` argument (required, or set to another value)."""
+    cls = type(layer)
+    if not _same_class(LAYERS.get(layer.name), cls):
         raise TypeError(
-            f"{type(layer).__name__} has no name of its own ({layer.name!r} loads "
+            f"{cls.__name__} has no name of its own ({layer.name!r} loads "
             f"{getattr(LAYERS.get(layer.name), '__name__', 'nothing')}): set name = '...' in "
             f"its class body to save, copy or pickle models holding it"
+        )
+    if cls in BUILT_IN:
+        return layer
+    config = layer.get_config()
+    lost = [p.name for p in inspect.signature(cls).parameters.values() if _lost(layer, p, config)]
+    if lost:
+        raise TypeError(
+            f"{cls.__name__}.get_config() lacks its __init__ argument(s) {lost}: return them "
+            f"(with 'name') so that copies, pickles and checkpoints rebuild the same layer"
         )
     return layer
 

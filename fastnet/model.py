@@ -22,7 +22,7 @@ from fastnet.layer_stack import (
     check_parameters_listed,
     fix_default_initializers,
 )
-from fastnet.layers import Dense, Layer, Standardize, layer_from_config, registered
+from fastnet.layers import BUILT_IN, Dense, Layer, Standardize, layer_from_config, registered
 from fastnet.losses import Loss, get_loss
 from fastnet.mixed import LossScaler
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
@@ -578,6 +578,12 @@ class Sequential(Trainer):
             "config": self.get_config(),
             "backend": self.backend.name,
             "state": self.host_state() if self.built else None,
+            # custom layer classes by reference: unpickling imports (and registers) them
+            "classes": [
+                type(x)
+                for x in self.layers
+                if type(x) not in BUILT_IN and "<locals>" not in type(x).__qualname__
+            ],
             "history": self.history,
             "stop_reason": self.stop_reason,
         }

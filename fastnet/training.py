@@ -413,7 +413,8 @@ class Trainer:
     streamed: bool
     step_description: str
     _compiled_steps: dict
-    _plan_key: tuple | None = None
+    _plan_key: int | None = None
+    _plan_watch: list = []  # noqa: RUF012  (replaced per model, never mutated)
     _plan: Any = None
     optimizer: Any
     steps_per_epoch: int = 0
@@ -542,9 +543,9 @@ class Trainer:
             X, y, opts.sample_weight, opts.validation_data, opts.validation_split, seed
         )
         Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
-        if group is not None:
-            self._check_same_data(group, Xd, yd, val)
         wd = self.validate_weights(sample_weight, opts.class_weight, y, len(Xd), not streamed)
+        if group is not None:
+            self._check_same_data(group, Xd, yd, *(() if wd is None else (wd,)), val)
         if metric_fns and val is None:
             raise ValueError(
                 "metrics are computed on validation data: pass validation_data or validation_split"
@@ -832,9 +833,11 @@ class Trainer:
         model (the one validation scores and rank 0 saves)."""
         with self.backend.step_stream():
             for layer in self.layers:
-                for buf in [] if layer.synchronized else layer.state_buffers().values():
+                averaged = layer.averaged_buffers and not layer.synchronized
+                for buf in layer.state_buffers().values() if averaged else ():
                     group.allreduce(buf)
-                    buf *= 1.0 / group.world_size
+                    buf /= group.world_size
+        self.backend.synchronize()  # validation and checkpoints read them next
 
     def _broadcast_state(self, group: Any) -> None:
         """Rank 0's parameters (and their half copies: mixed precision), optimizer state, step
@@ -1075,11 +1078,16 @@ class Trainer:
         """The model's step plan for fused inference, kept while the arena is the same (its
         arrays are updated in place); each backend's ``infer`` decides which plans and
         predictions it computes."""
-        key = (id(self.arena), tuple(layer.frozen_constants() for layer in self.layers))
-        if self._plan_key != key:  # (a layer's constant, e.g. a slope, may have changed)
+        watched = self._plan_watch  # constants the plan holds: a leaky slope, an eps
+        if self._plan_key != id(self.arena) or any(getattr(x, a) != v for x, a, v in watched):
             plan = self.step_plan()
             mixed = plan.compute_dtype != plan.dtype  # layer by layer, in the compute dtype
-            self._plan_key, self._plan = key, None if mixed else plan
+            self._plan_key, self._plan = id(self.arena), None if mixed else plan
+            self._plan_watch = [
+                (layer, name, getattr(layer, name))
+                for layer in self.layers
+                for name in layer.inference_constants()
+            ]
         return self._plan
 
     def _epoch_line(self, epoch: int, epochs: int, logs: dict[str, float]) -> str:

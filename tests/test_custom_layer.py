@@ -87,3 +87,74 @@ def test_unlisted_parameters_and_borrowed_names_are_refused():
     exec(cell, first)
     exec(cell, second)  # a notebook cell run again: the new class replaces the old
     assert LAYERS["test_again"] is second["Again"] is not first["Again"]
+
+
+class Mult(Layer):
+    """y = k x, with ``k`` an __init__ argument its get_config returns."""
+
+    name = "test_mult"
+
+    def __init__(self, k=1.0):
+        super().__init__()
+        self.k = k
+
+    def forward(self, x, training=True):
+        return x * self.k
+
+    def backward(self, dy, need_dx=True):
+        return dy * self.k
+
+    def get_config(self):
+        return {"name": self.name, "k": self.k}
+
+
+class Forgets(Mult):
+    name = "test_forgets"
+
+    def get_config(self):  # (the base class's: the name only)
+        return {"name": self.name}
+
+
+def test_a_config_that_would_not_rebuild_the_layer_is_refused():
+    """A copy, pickle or checkpoint rebuilds a layer from its config: one that lacks an
+    __init__ argument set to another value (it came back with the default) is refused when
+    the config is made."""
+    import copy
+
+    kept = fn.Sequential([Mult(5.0), fn.Dense(2)], seed=0).build(3)
+    assert copy.deepcopy(kept).layers[0].k == 5.0
+    lost = fn.Sequential([Forgets(5.0), fn.Dense(2)], seed=0).build(3)
+    with pytest.raises(TypeError, match=r"Forgets.get_config\(\) lacks its __init__ argument"):
+        copy.deepcopy(lost)
+    fine = fn.Sequential([Forgets(), fn.Dense(2)], seed=0).build(3)  # k: the default
+    assert copy.deepcopy(fine).layers[0].k == 1.0
+
+
+def test_a_pickle_brings_its_layer_classes(tmp_path):
+    """A pickled model holding a custom layer loads in a fresh process that has not imported
+    the layer's module (joblib, multiprocessing): the class travels by reference."""
+    import subprocess
+    import sys
+
+    (tmp_path / "userlayers.py").write_text(
+        "from fastnet.layers import Layer\n"
+        "class Halve(Layer):\n"
+        "    name = 'test_halve'\n"
+        "    def forward(self, x, training=True):\n"
+        "        return x * 0.5\n"
+        "    def backward(self, dy, need_dx=True):\n"
+        "        return dy * 0.5\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from userlayers import Halve
+
+        model = fn.Sequential([Halve(), fn.Dense(2)], seed=0).build(3)
+        (tmp_path / "m.pkl").write_bytes(pickle.dumps(model))
+    finally:
+        sys.path.remove(str(tmp_path))
+    code = "import pickle, sys; m = pickle.load(open(sys.argv[1], 'rb')); print(type(m.layers[0]))"
+    env = {"PYTHONPATH": str(tmp_path), "PATH": ""}
+    argv = [sys.executable, "-c", code, str(tmp_path / "m.pkl")]
+    run = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+    assert run.stdout.strip() == "<class 'userlayers.Halve'>", run.stderr[-2000:]

@@ -304,3 +304,36 @@ def test_ranks_agree_on_folders_stops_statistics_and_data(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("agree ok") == 2
     assert sorted(os.listdir(tmp_path / "new" / "deeper")) == ["b-1.npz", "b-2.npz"]
+
+
+def test_only_statistics_buffers_are_averaged_and_then_waited_for():
+    """After an epoch, BatchNorm1d's running statistics are averaged over the ranks; other
+    layers' buffers (an integer counter) are left alone, and the device is synchronized before
+    validation or a checkpoint reads them."""
+    import fastnet as fn
+    from fastnet.layers import Layer
+
+    class Counter(Layer):
+        name = "test_counter"
+
+        def state_buffers(self):
+            return {"seen": self.seen}
+
+        def build(self, input_dim, backend, dtype, rng):
+            self.seen = np.array([7], np.int64)
+            return super().build(input_dim, backend, dtype, rng)
+
+    class Doubling:  # two ranks holding the same values: a sum doubles them
+        world_size = 2
+
+        def allreduce(self, buf):
+            buf *= 2
+
+    model = fn.Sequential([fn.Dense(4), fn.BatchNorm1d(), Counter(), fn.Dense(2)], seed=0)
+    model.build(3)
+    model.layers[1].running_mean[:] = 0.75
+    synced = []
+    model.backend.synchronize = lambda: synced.append(1)
+    model._average_buffers(Doubling())
+    assert (model.layers[1].running_mean == 0.75).all() and model.layers[2].seen[0] == 7
+    assert synced == [1]

@@ -146,4 +146,12 @@ def test_cli_export_records_the_class_labels(tmp_path, capsys):
     assert main(["export", str(tmp_path / "m.npz"), str(tmp_path / "m.onnx")]) == 0
     assert "maps output columns to labels: [0, 1000, 2000]" in capsys.readouterr().out
     meta = ort.InferenceSession(str(tmp_path / "m.onnx")).get_modelmeta().custom_metadata_map
-    assert json.loads(meta["classes"]) == [0, 1000, 2000] and meta["task"] == '"classification"'
+    assert json.loads(meta["classes"]) == [0, 1000, 2000] and meta["task"] == "classification"
+
+
+def test_onnx_metadata_maps_names_to_strings(tmp_path):
+    pytest.importorskip("onnx")
+    model, _, _ = _model()
+    with pytest.raises(TypeError, match="metadata maps names to strings"):
+        model.to_onnx(tmp_path / "m.onnx", {"classes": [0, 1]})
+    assert not (tmp_path / "m.onnx").exists()

@@ -42,8 +42,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # changed slope, scikit-learn's best score kept, no restore after a divergence: +31), to
 # 10,350 for users' own layers (assigned gradients copied, unlisted parameters refused, layer
 # classes registered by name: +55), to 10,400 for ranks that agree (one stop, averaged
-# statistics, the same data, checkpoint folders: +21) and errors that point the way (+9)
-BUDGET = 10400
+# statistics, the same data, checkpoint folders: +21) and errors that point the way (+9), to
+# 10,450 for ONNX's float64 ops and metadata and a review of the custom layers and ranks
+# (configs that rebuild the layer, classes in pickles, statistics-only averaging: +38 in all)
+BUDGET = 10450
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
