@@ -75,10 +75,7 @@ class Parameter:
                 self.compute = new
             self._value = new
             return
-        shape = tuple(getattr(new, "shape", np.shape(new)))
-        if shape != tuple(self._value.shape):
-            raise ValueError(f"{self.name}: a value of shape {shape} for {self!r}")
-        self._value[...] = new
+        self._copy_into(self._value, new, "value")
         self.group.refresh_compute()
 
     @property
@@ -94,10 +91,13 @@ class Parameter:
         if self.group is None:
             self._grad = new
             return
+        self._copy_into(self._grad, new, "gradient")
+
+    def _copy_into(self, view: Any, new: Any, what: str) -> None:
         shape = tuple(getattr(new, "shape", np.shape(new)))
-        if shape != tuple(self._grad.shape):
-            raise ValueError(f"{self.name}: a gradient of shape {shape} for {self!r}")
-        self._grad[...] = new
+        if shape != tuple(view.shape):
+            raise ValueError(f"{self.name}: a {what} of shape {shape} for {self!r}")
+        view[...] = new
 
     @property
     def size(self) -> int:
