@@ -192,7 +192,8 @@ class ResidentBatches:
 
     def reseed(self, seed: int) -> None:
         """Draw the next epoch's order from ``seed``."""
-        self.rng = self.backend.rng(seed) if self.shuffle else None
+        if self.shuffle:
+            self.rng = self.backend.reseeded(self.rng, seed)
 
     def order(self) -> Any:
         """The next epoch's row order on the device (a permutation when shuffling)."""

@@ -134,6 +134,11 @@ class Backend:
     def rng(self, seed: int | None) -> Any:
         return np.random.default_rng(seed)
 
+    def reseeded(self, rng: Any, seed: int) -> Any:
+        """A generator drawing from ``seed`` (``rng``, reseeded, where that is cheaper than a
+        new one; None: none yet)."""
+        return self.rng(seed)
+
     def permutation(self, rng: Any, n: int) -> Any:
         return rng.permutation(n)
 

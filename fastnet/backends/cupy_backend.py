@@ -85,8 +85,18 @@ class CupyBackend(Backend):
             return self.xp.zeros(shape, dtype=dtype)
 
     def rng(self, seed: int | None) -> Any:
+        """cuRAND's counter-based Philox generator: a new seed (each epoch's order) sets a key,
+        with no per-thread state to set up as XORWOW, the default, has."""
         with self.device:
-            return self.xp.random.RandomState(seed)
+            philox = self.xp.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10
+            return self.xp.random.RandomState(seed, method=philox)
+
+    def reseeded(self, rng: Any, seed: int) -> Any:
+        if rng is None:
+            return self.rng(seed)
+        with self.device:
+            rng.seed(seed)  # the generator kept (no cuRAND generator made per epoch)
+        return rng
 
     def permutation(self, rng: Any, n: int) -> Any:
         return rng.permutation(n)
