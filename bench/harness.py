@@ -125,6 +125,23 @@ def _drop(name: str, exc: Exception, failed: dict[str, str]) -> None:
     print(f"{name} dropped: {failed[name]}", flush=True)
 
 
+def cpu_name() -> str:
+    """The CPU as ``lscpu`` names it, with its family and model ("AMD EPYC (family 25 model 1)":
+    a virtual machine's model name alone hides which generation it is)."""
+    fields: dict[str, str] = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    name = fields.get("model name") or platform.processor() or "unknown CPU"
+    if "cpu family" in fields and "model" in fields:
+        name += f" (family {fields['cpu family']} model {fields['model']})"
+    return name
+
+
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, BLAS, GPU (if cupy sees one) and library versions."""
     import numpy as np
@@ -135,14 +152,11 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "cores": os.cpu_count(),
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(
-                (line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                platform.processor(),
-            )
-    except OSError:
-        info["cpu"] = platform.processor()
+    info["cpu"] = cpu_name()
+    from fastnet._version import __version__
+
+    info["fastnet"] = __version__
+    info["threads"] = {k: os.environ.get(k, "") for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
     try:
         cfg = np.show_config(mode="dicts")
         blas = cfg.get("Build Dependencies", {}).get("blas", {})
@@ -159,6 +173,7 @@ def machine_info() -> dict[str, Any]:
 
 
 NOISY = 2.0  # a median this many times the minimum says the machine was busy
+OUTLIER = 3.0  # and so does one round this many times the median
 
 
 def format_table(results: list[Result], title: str = "") -> str:
@@ -173,10 +188,18 @@ def format_table(results: list[Result], title: str = "") -> str:
             f"{r.name:<34} {_fmt(r.median):>10} {_fmt(r.spread[0]):>10} "
             f"{_fmt(r.spread[1]):>10} {ratio:>7} {gf:>8}"
         )
-    noisy = [r.name for r in results if r.times and r.median > NOISY * r.spread[0]]
+    spread = [f"{r.name} {min(r.ratios):.2f}-{max(r.ratios):.2f}" for r in results if r.ratios]
+    if len({len(r.times) for r in results}) == 1 and spread:
+        lines.append(f"ratio per round ({len(results[0].times)} rounds): " + ", ".join(spread))
+    noisy = [
+        r.name
+        for r in results
+        if r.times and (r.median > NOISY * r.spread[0] or r.spread[1] > OUTLIER * r.median)
+    ]
     if noisy:
         lines.append(
-            f"noisy machine: median over {NOISY:g}x the minimum for "
+            f"noisy machine: a median over {NOISY:g}x the fastest round, or a round over "
+            f"{OUTLIER:g}x the median, for "
             f"{', '.join(noisy)}; compare with care or rerun with more rounds"
         )
     return "\n".join(lines)

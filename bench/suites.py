@@ -275,6 +275,7 @@ def load_training_data(quick: bool) -> tuple[np.ndarray, np.ndarray, str]:
         X = rng.random((60000, 784), dtype=np.float32)
         y = rng.integers(0, 10, 60000)
         source = "random data shaped like Fashion-MNIST (dataset not installed)"
+        print(f"warning: timing {source}: apt-get install dataset-fashion-mnist", flush=True)
     if quick:
         X, y = X[:2048], y[:2048]
     return X, y, source
@@ -695,7 +696,7 @@ def resolve_backends(spec: str | None) -> list[Any]:
         if spec
         else [n for n in ("numpy", "numba", "cupy") if probe(n).available]
     )
-    return [get_backend(n) for n in names]
+    return [get_backend(n) for n in dict.fromkeys(names)]  # each once ("numba,numba")
 
 
 def run_suites(
@@ -704,9 +705,11 @@ def run_suites(
     rounds: int,
     quick: bool,
     json_path: str | None = None,
+    model: tuple[tuple[int, ...], int] = (DEFAULT_SIZES, 128),
 ) -> dict[str, Any]:
     """Run ``suite``'s groups, each interleaved; with ``json_path`` the report is rewritten
-    there after every group (a run cut short keeps the groups it finished)."""
+    there after every group (a run cut short keeps the groups it finished). ``model``: the
+    train suite's layer sizes and batch."""
     backends = resolve_backends(backend_spec)
     report: dict[str, Any] = {
         "machine": machine_info(),
@@ -716,6 +719,13 @@ def run_suites(
         "rounds": rounds,
         "groups": {},
     }
+    machine = report["machine"]
+    print(
+        f"fastnet {machine['fastnet']} bench --suite {suite}: {machine_title(machine)}, "
+        f"{rounds} rounds{', --quick (small sizes: not a result)' if quick else ''}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}",
+        flush=True,
+    )
     report["ceilings_gflops"] = {
         be.name: sgemm_ceiling(be, 512 if quick else (8192 if be.name.startswith("cupy") else 2048))
         for be in backends
@@ -735,7 +745,7 @@ def run_suites(
             f"second step {cs['second_step_s'] * 1e3:.2f}ms",
             flush=True,
         )
-    groups = _suite_groups(backends, suite, quick, report)
+    groups = _suite_groups(backends, suite, quick, report, model)
     for title, contestants in groups.items():
         reference = _reference(title, [c.name for c in contestants])
         failed: dict[str, str] = {}
@@ -761,14 +771,18 @@ def run_suites(
 
 
 def _suite_groups(
-    backends: list[Any], suite: str, quick: bool, report: dict[str, Any]
+    backends: list[Any],
+    suite: str,
+    quick: bool,
+    report: dict[str, Any],
+    model: tuple[tuple[int, ...], int] = (DEFAULT_SIZES, 128),
 ) -> dict[str, list[Contestant]]:
     """The contestant groups of ``suite`` ("all" for every suite); notes go into ``report``."""
     groups: dict[str, list[Contestant]] = {}
     if suite in ("kernels", "all"):
         groups.update(kernel_groups(backends, quick))
     if suite in ("train", "all"):
-        train, notes = train_groups(backends, quick)
+        train, notes = train_groups(backends, quick, *model)
         groups.update(train)
         groups.update(big_gpu_groups(backends, quick))
         report["train_notes"] = notes
@@ -852,6 +866,15 @@ def machine_title(machine: dict[str, Any]) -> str:
     return title
 
 
+def _bar_color(name: str, reference: str) -> str:
+    """fastnet's contestants orange (backend names in the kernel groups), the reference black,
+    peers gray."""
+    if name == reference:
+        return "black"
+    ours = name.startswith(("fastnet", "numba", "cupy")) or name.split("-")[0] in ("numba", "cupy")
+    return "tab:orange" if ours else "tab:gray"
+
+
 def plot_report(report: dict[str, Any], path: str) -> None:
     """One panel per group, each on its own scale: time relative to the group's reference
     (bars; 1.0 marked), whiskers for the min-max spread, the median time written on the bar."""
@@ -865,12 +888,13 @@ def plot_report(report: dict[str, Any], path: str) -> None:
     for ax, (title, group) in zip(np.atleast_1d(axes), groups.items()):
         res = sorted(group["results"], key=lambda r: r["median"])
         ref = next((r for r in res if r["name"] == group["reference"]), res[0])
-        scale = ref["median"]
         names = [r["name"] for r in res]
-        ratio = np.array([r["median"] for r in res]) / scale
-        lo = ratio - np.array([r["min"] for r in res]) / scale
-        hi = np.array([r["max"] for r in res]) / scale - ratio
-        colors = ["tab:orange" if n.startswith("fastnet") else "tab:gray" for n in names]
+        # the table's ratios: the median of per-round ratios, whiskers their min and max
+        per_round = [r.get("ratios") or [r["median"] / ref["median"]] for r in res]
+        ratio = np.array([r.get("ratio") or float(np.median(p)) for r, p in zip(res, per_round)])
+        lo = np.maximum(ratio - np.array([min(p) for p in per_round]), 0)
+        hi = np.maximum(np.array([max(p) for p in per_round]) - ratio, 0)
+        colors = [_bar_color(n, ref["name"]) for n in names]
         ax.barh(names, ratio, xerr=[lo, hi], color=colors, alpha=0.85, capsize=2)
         ax.axvline(1.0, color="black", lw=0.8)
         for y, (r, end) in enumerate(zip(res, ratio + hi)):
@@ -880,7 +904,9 @@ def plot_report(report: dict[str, Any], path: str) -> None:
         ax.set_xlim(0, max(ratio + hi) * 1.25)
         ax.set_title(f"{title}  (time / {ref['name']}, lower is faster)", fontsize=9, loc="left")
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"fastnet bench on {machine_title(report['machine'])}", fontsize=10)
+    when = f"{report.get('date', '')[:10]}, {report.get('rounds', '?')} rounds"
+    when += ", --quick: not a result" if report.get("quick") else ""
+    fig.suptitle(f"fastnet bench on {machine_title(report['machine'])} ({when})", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=100)
 
@@ -901,7 +927,11 @@ def run_bench(args: Any) -> int:
         raise ValueError(
             "--suite floor breaks down the numba fused step: include numba in --backends"
         )
-    report = run_suites(args.backends, args.suite, args.rounds, args.quick, args.json)
+    hidden = tuple(getattr(args, "layers", None) or DEFAULT_SIZES[1:-1])
+    model = ((DEFAULT_SIZES[0], *hidden, DEFAULT_SIZES[-1]), getattr(args, "batch_size", 128))
+    if args.rounds < 3:
+        print(f"warning: {args.rounds} round(s): a median of so few is no result (default 5)")
+    report = run_suites(args.backends, args.suite, args.rounds, args.quick, args.json, model)
     if args.json:
         _write_json(report, args.json)
         print(f"wrote {args.json}")

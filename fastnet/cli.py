@@ -297,7 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("output", help="the .onnx file to write")
     _sub(sub, "backends", "list backends, availability, versions and devices")
     bench = _sub(sub, "bench", "benchmark backends against each other and peers")
-    bench.add_argument("--backends", help="comma list (default: all available)")
+    bench.add_argument(
+        "--backends", help="comma list of numpy, numba, cupy (default: all available)"
+    )
     bench.add_argument(
         "--suite",
         default="all",
@@ -307,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--rounds", type=_positive(int), default=5, help="interleaved rounds")
     bench.add_argument("--quick", action="store_true", help="small sizes (smoke test)")
+    bench.add_argument(
+        "--layers",
+        type=_layers,
+        help="the train suite's hidden widths on Fashion-MNIST, e.g. 512,256 (default 256,128)",
+    )
+    bench.add_argument(
+        "--batch-size", type=_positive(int), default=128, help="the train suite's batch"
+    )
     bench.add_argument("--json", help="write results as JSON")
     bench.add_argument("--plot", help="write a bar chart (PNG)")
     return parser
@@ -574,15 +584,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_report(model: Any, data: Prepared, total: float, say: Any) -> dict:
     """The held-out metrics (as ``evaluate`` prints them) and the timing line."""
     seconds = model.history.get("seconds", [])
-    per_epoch = float(np.median(seconds)) if seconds else float("nan")
+    steady = seconds[1:] or seconds  # the first epoch compiles (JIT, graphs): not its pace
+    per_epoch = float(np.median(steady)) if steady else float("nan")
     results: dict = {"test": {}, "confusion_matrix": None, "s_per_epoch": per_epoch}
     if model.history.get("loss"):
         X, y = data.test
         results = {**results, **_report(model, X, y, data.held, data.encoding, say)}
     else:
         say(f"{data.held}: not trained")
+    first = f" after a first of {seconds[0]:.2f}s (compiles)" if len(seconds) > 1 else ""
     timing = (
-        f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median)  total {total:.1f}s  "
+        f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median{first})  total {total:.1f}s  "
         f"backend {model.backend.name}  step {model.step_description}"
     )
     peak = model.backend.peak_memory()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from test_data import make_dataset
 
+import fastnet as fn
 from fastnet.cli import main
 
 
@@ -465,3 +466,52 @@ def test_many_whole_number_targets_warn_that_they_become_classes(tmp_path, capsy
     args = ["train", "--data", ages, "--target", "target", "--task", "regression", *TINY]
     assert main(args) == 0
     assert "distinct whole numbers" not in capsys.readouterr().err
+
+
+def test_bench_names_its_machine_flags_outliers_and_plots_the_tables_ratios(tmp_path, capsys):
+    """The console names fastnet, the CPU (family and model), the rounds and --quick; a table
+    gives each contestant's per-round ratio range and flags one outlier round; the chart's bars
+    are the table's ratios (medians of per-round ratios), the reference black."""
+    from fastnet.bench.harness import Result, cpu_name, format_table, machine_info
+    from fastnet.bench.suites import _bar_color, plot_report
+
+    machine = machine_info()
+    assert machine["fastnet"] == fn.__version__ and machine["cpu"] == cpu_name()
+    if "family" in open("/proc/cpuinfo").read():
+        assert "family" in machine["cpu"] and "model" in machine["cpu"]
+    ref = Result("ref", [1.0, 1.0, 1.0], 0.0, ratios=[1.0, 1.0, 1.0])
+    spiky = Result("x", [0.02, 0.239, 0.02], 0.0, ratios=[0.5, 0.6, 0.55])
+    table = format_table([ref, spiky])
+    assert "ratio per round (3 rounds): ref 1.00-1.00, x 0.50-0.60" in table
+    assert "noisy machine" in table and "x" in table.split("noisy machine")[1]
+    assert _bar_color("ref", "ref") == "black" and _bar_color("numba", "numpy") == "tab:orange"
+    assert _bar_color("jax-scan-fp32", "numpy") == "tab:gray"
+    report = {"machine": machine, "date": "2026-12-02 00:00", "rounds": 3, "quick": True,
+              "groups": {"g": {"reference": "ref", "results": [
+                  {**r.to_dict(), "ratios": r.ratios} for r in (ref, spiky)]}}}  # fmt: skip
+    plot_report(report, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    assert main(["bench", "--quick", "--rounds", "1", "--suite", "kernels", "--backends",
+                 "numpy,numpy", "--json", str(tmp_path / "b.json")]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "1 round(s): a median of so few is no result" in out
+    assert f"fastnet {fn.__version__} bench --suite kernels: {cpu_name()}" in out
+    assert "--quick (small sizes: not a result)" in out
+    groups = json.loads((tmp_path / "b.json").read_text())["groups"]
+    assert [r["name"] for r in groups["matmul 128x784x256"]["results"]] == ["numpy"]
+
+
+def test_bench_train_suite_takes_the_users_layers_and_batch(monkeypatch):
+    from fastnet.bench import suites
+
+    seen = {}
+
+    def fake(backends, quick, sizes, batch):
+        seen.update(sizes=sizes, batch=batch)
+        return {}, {}
+
+    monkeypatch.setattr(suites, "train_groups", fake)
+    monkeypatch.setattr(suites, "big_gpu_groups", lambda backends, quick: {})
+    argv = ["bench", "--quick", "--suite", "train", "--backends", "numpy", "--layers", "512,256"]
+    assert main([*argv, "--batch-size", "256"]) == 0
+    assert seen == {"sizes": (784, 512, 256, 10), "batch": 256}
