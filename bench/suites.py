@@ -711,26 +711,7 @@ def run_suites(
     there after every group (a run cut short keeps the groups it finished). ``model``: the
     train suite's layer sizes and batch."""
     backends = resolve_backends(backend_spec)
-    report: dict[str, Any] = {
-        "machine": machine_info(),
-        "date": time.strftime("%Y-%m-%d %H:%M"),
-        "suite": suite,
-        "quick": quick,
-        "rounds": rounds,
-        "groups": {},
-    }
-    machine = report["machine"]
-    print(
-        f"fastnet {machine['fastnet']} bench --suite {suite}: {machine_title(machine)}, "
-        f"{rounds} rounds{', --quick (small sizes: not a result)' if quick else ''}, "
-        f"{time.strftime('%Y-%m-%d %H:%M')}",
-        flush=True,
-    )
-    report["ceilings_gflops"] = {
-        be.name: sgemm_ceiling(be, 512 if quick else (8192 if be.name.startswith("cupy") else 2048))
-        for be in backends
-    }
-    report["cold_start"] = {}
+    report = _new_report(backends, suite, rounds, quick)
     for be in backends:
         try:
             cold_start(be.name)  # fills the kernel cache if it is cold
@@ -768,6 +749,27 @@ def run_suites(
     _print_floor_summary(report)
     _print_subnormal_summary(report)
     return report
+
+
+def _new_report(backends: list[Any], suite: str, rounds: int, quick: bool) -> dict[str, Any]:
+    """The report's header (machine, date, settings, sgemm ceilings), also printed."""
+    machine, date = machine_info(), time.strftime("%Y-%m-%d %H:%M")
+    print(
+        f"fastnet {machine['fastnet']} bench --suite {suite}: {machine_title(machine)}, "
+        f"{rounds} rounds{', --quick (small sizes: not a result)' if quick else ''}, {date}",
+        flush=True,
+    )
+    ceiling = lambda be: 512 if quick else (8192 if be.name.startswith("cupy") else 2048)  # noqa: E731
+    return {
+        "machine": machine,
+        "date": date,
+        "suite": suite,
+        "quick": quick,
+        "rounds": rounds,
+        "groups": {},
+        "ceilings_gflops": {be.name: sgemm_ceiling(be, ceiling(be)) for be in backends},
+        "cold_start": {},
+    }
 
 
 def _suite_groups(

@@ -44,8 +44,9 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # classes registered by name: +55), to 10,400 for ranks that agree (one stop, averaged
 # statistics, the same data, checkpoint folders: +21) and errors that point the way (+9), to
 # 10,450 for ONNX's float64 ops and metadata and a review of the custom layers and ranks
-# (configs that rebuild the layer, classes in pickles, statistics-only averaging: +38 in all)
-BUDGET = 10450
+# (configs that rebuild the layer, classes in pickles, statistics-only averaging: +38 in all),
+# to 10,500 for a benchmark user's bench options and cupy's reseeded Philox generator (+11)
+BUDGET = 10500
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
