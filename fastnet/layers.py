@@ -47,6 +47,13 @@ def _sign_from_input(code: Act, alpha: float) -> bool:
 LAYERS: dict[str, type[Layer]] = {}
 
 
+def _same_class(a: type | None, b: type) -> bool:
+    """``a`` is ``b``, or ``b`` defined again (a notebook cell run twice)."""
+    return a is b or (
+        a is not None and (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
+    )
+
+
 class Layer:
     """Base class. Subclasses implement ``build`` (creating ``Parameter`` objects),
     ``parameters`` (returning them), ``forward`` and ``backward`` (assigning each parameter's
@@ -78,10 +85,7 @@ class Layer:
         if "name" not in cls.__dict__:
             return
         known = LAYERS.get(cls.name)
-        if known is not None and (known.__module__, known.__qualname__) != (
-            cls.__module__,
-            cls.__qualname__,
-        ):  # (the same class defined again, as a notebook cell does, replaces it)
+        if known is not None and not _same_class(known, cls):  # (defined again: replaces it)
             raise TypeError(
                 f"layer name {cls.name!r} is taken by {known.__qualname__}: give "
                 f"{cls.__qualname__} a name of its own"
@@ -691,13 +695,6 @@ class Standardize(Layer):
 
 
 BUILT_IN = (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout, BatchNorm1d, Standardize)
-
-
-def _same_class(a: type | None, b: type) -> bool:
-    """``a`` is ``b``, or ``b`` defined again (a notebook cell run twice)."""
-    return a is b or (
-        a is not None and (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
-    )
 
 
 def _lost(layer: Layer, p: inspect.Parameter, config: dict) -> bool:

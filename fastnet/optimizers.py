@@ -101,9 +101,7 @@ class Optimizer:
 
     def set_scheduled_lr(self, lr: float) -> None:
         """Set ``lr`` as a schedule does (``initial_lr`` is kept)."""
-        base = self.initial_lr
-        self.lr = lr
-        self.initial_lr = base
+        object.__setattr__(self, "lr", _check_positive("lr", lr))
 
     def constants(self) -> tuple[float, ...]:
         """The per-element kernel's constant arguments (after the slots), in kernel order."""

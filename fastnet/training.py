@@ -237,7 +237,7 @@ class StreamedBatches:
     ) -> None:
         self.X, self.y, self.w, self.backend, self.shuffle = X, y, w, backend, shuffle
         self.dtype = dtype  # the model's: rows are cast chunk by chunk
-        self.rng = np.random.default_rng(0)  # set by ``reseed`` before each epoch
+        self.rng: Any = None  # set by ``reseed`` before each epoch
         self.chunk_batches = chunk_batches
 
     def reseed(self, seed: int) -> None:
