@@ -55,12 +55,15 @@ def top_k_accuracy(scores: Any, labels: Any, k: int = 5) -> float:
     return float(top_k_correct(scores, labels, k)) / max(len(labels), 1)
 
 
-def regression_sums(outputs: Any, targets: Any) -> np.ndarray:
+def regression_sums(outputs: Any, targets: Any, shift: Any = 0.0) -> np.ndarray:
     """Per output column: summed absolute errors, squared errors, targets and squared targets
-    (reducible over batches and ranks; ``regression_scores`` turns them into MAE/RMSE/R2)."""
+    (reducible over batches and ranks; ``regression_scores`` turns them into MAE/RMSE/R2).
+    The target sums are of ``targets - shift``: one row's targets as ``shift``, the same for
+    every batch, keep R2's variance exact for targets far from zero (1e8 +- 1)."""
     o = np.asarray(outputs, dtype=np.float64)
     t = np.asarray(targets, dtype=np.float64).reshape(o.shape)
     e = o - t
+    t = t - np.asarray(shift, dtype=np.float64).reshape(-1)
     return np.concatenate([np.abs(e).sum(0), (e * e).sum(0), t.sum(0), (t * t).sum(0)])
 
 

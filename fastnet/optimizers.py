@@ -1,6 +1,8 @@
 """Optimizers: SGD, Momentum (optionally Nesterov), AdaGrad, RMSProp, Adam, AdamW; L2 or
 decoupled weight decay; gradient clipping by global norm (``clip_norm``) or value
-(``clip_value``) on every optimizer.
+(``clip_value``) on every optimizer. The global norm is over all of the model's gradients, also
+where layers have optimizers of their own (Keras's ``global_clipnorm``; clipping each layer by
+its own norm, as PyTorch's ``clip_grad_norm_(layer.parameters())`` would, is not offered).
 
 ``weight_decay=λ`` (L2; AdamW's is decoupled) adds ``λ W`` to the weights' gradient after
 clipping, the gradient of ``0.5 λ ||W||²`` (biases and BatchNorm parameters are not decayed);
@@ -80,17 +82,20 @@ class Optimizer:
         clip_norm: float | None = None,
         clip_value: float | None = None,
     ) -> None:
-        self.lr = _check_positive("lr", lr)
-        self.weight_decay = _check_positive("weight_decay", weight_decay, allow_zero=True)
-        self.clip_norm = None if clip_norm is None else _check_positive("clip_norm", clip_norm)
-        self.clip_value = None if clip_value is None else _check_positive("clip_value", clip_value)
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.clip_norm, self.clip_value = clip_norm, clip_value
 
     def __setattr__(self, key: str, value: Any) -> None:
-        if key == "lr":  # keep it a positive finite float; set by hand, schedules start from it
+        """Checked also when set on a built model: ``lr`` (set by hand, schedules start from
+        it), ``weight_decay``, ``clip_norm`` and ``clip_value`` (None or positive)."""
+        if key == "lr":
             value = _check_positive("lr", value)
             super().__setattr__("initial_lr", None)
-        elif key == "initial_lr" and value is not None:
-            value = _check_positive("initial_lr", value)
+        elif key == "weight_decay":
+            value = _check_positive(key, value, allow_zero=True)
+        elif key in ("initial_lr", "clip_norm", "clip_value") and value is not None:
+            value = _check_positive(key, value)
         super().__setattr__(key, value)
 
     def schedule_base(self) -> float:
@@ -175,8 +180,10 @@ class SGD(Optimizer):
 
 
 class Momentum(Optimizer):
-    """SGD with momentum; ``nesterov=True`` gives Nesterov accelerated gradient (the
-    notebooks' ``Nesterov`` class; the PyTorch/Keras form)."""
+    """SGD with momentum, ``v = momentum * v - lr * g; w += v`` (Keras's and the notebooks'
+    form: the same steps as PyTorch's ``v = momentum * v + g; w -= lr * v`` while ``lr`` is
+    constant, not once a schedule changes it). ``nesterov=True`` gives Nesterov accelerated
+    gradient, ``w += momentum * v - lr * g`` (the notebooks' ``Nesterov`` class)."""
 
     name = kernel = "momentum"
     slots = ("velocity",)

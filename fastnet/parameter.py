@@ -206,10 +206,15 @@ class ParameterArena:
             ParameterGroup(ps, opt, backend, compute_dtype) for opt, ps in buckets.values()
         ]
         self.group_of = {id(p): g for g in self.groups for p in g.params}
-        self.clips_norm = any(g.optimizer.clip_norm is not None for g in self.groups)
         self.scaler = scaler
         # [squared global gradient norm, non-finite gradient count] of the step
         self.checks = backend.zeros((2,), np.float64)
+
+    @property
+    def clips_norm(self) -> bool:
+        """Read each step: ``clip_norm`` may be set on a built model (a captured step is
+        captured again, its optimizer constants having changed)."""
+        return any(g.optimizer.clip_norm is not None for g in self.groups)
 
     def write_lr(self) -> None:
         """Host side, before a step: learning rates changed by schedules go to the device."""

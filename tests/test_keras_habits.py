@@ -123,6 +123,19 @@ def test_regression_reports_mae_rmse_r2_never_accuracy(capsys):
     assert scores["r2"] == pytest.approx(r2, rel=1e-9)
 
 
+def test_r2_of_targets_far_from_zero_is_exact():
+    """R2 from summed squares must not cancel: targets 1e8 +- 1 (two columns, in batches)."""
+    r = np.random.default_rng(1)
+    X = r.normal(size=(200, 3))
+    y = 1e8 + r.normal(size=(200, 2))
+    model = fn.Sequential([fn.Dense(2)], loss="mse", backend="numpy", dtype="float64", seed=0)
+    model.build(3)
+    model.layers[0].b.value = np.full(2, 1e8)
+    pred = model.predict(X)
+    r2 = 1 - ((pred - y) ** 2).sum(0) / ((y - y.mean(0)) ** 2).sum(0)
+    assert model.evaluate(X, y, batch_size=64)["r2"] == pytest.approx(r2.mean(), rel=1e-9)
+
+
 def test_user_metrics_are_logged_on_validation_data():
     X, y = _blobs()
 

@@ -104,6 +104,51 @@ def test_clipping_on_sgd_matches_clip_grad_functions(backend, clip):
         np.testing.assert_allclose(gb, wb, rtol=1e-12, atol=1e-12)
 
 
+def test_clip_norm_set_on_a_built_model_clips(backend):
+    """Turned on after build (by hand or a callback), clip_norm clips the very next step."""
+    rng = np.random.default_rng(2)
+    W0, b0 = rng.standard_normal((3, 4)), rng.standard_normal(4)
+    grads = _gradients(rng, scale=3.0)
+    optimizer = fn.SGD(0.1)
+    layer = fn.Dense(4)
+    model = fn.Sequential([layer], optimizer=optimizer, backend=backend, dtype="float64")
+    model.build(3)
+    optimizer.clip_norm = 1.0
+    layer.W.value[...] = backend.asarray(W0)
+    layer.b.value[...] = backend.asarray(b0)
+    layer.W.grad[...] = backend.asarray(grads[0][0])
+    layer.b.grad[...] = backend.asarray(grads[0][1])
+    model.apply_gradients()
+    (wW, wb) = _reference_sgd_clipped(W0, b0, grads[:1], 0.1, clip_norm=1.0)[0]
+    np.testing.assert_allclose(backend.to_numpy(layer.W.value), wW, rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(layer.b.value), wb, rtol=1e-12)
+
+
+def test_clip_norm_set_by_a_callback_clips_in_fit(backend):
+    rng = np.random.default_rng(3)
+    X, y = rng.standard_normal((64, 5)), rng.integers(0, 3, 64)
+
+    class ClipFromEpoch1(fn.Callback):
+        def on_epoch_begin(self, model, epoch):
+            if epoch == 1:
+                model.optimizer.clip_norm = 1e-6
+
+    model = fn.Sequential(
+        [fn.Dense(4, "relu"), fn.Dense(3)],
+        optimizer=fn.SGD(0.5),
+        backend=backend,
+        seed=0,
+        dtype="float64",
+    )
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    before = np.concatenate([backend.to_numpy(p.value).ravel() for p in model.parameters()])
+    model.fit(
+        X, y, epochs=2, initial_epoch=1, batch_size=16, verbose=0, callbacks=[ClipFromEpoch1()]
+    )
+    after = np.concatenate([backend.to_numpy(p.value).ravel() for p in model.parameters()])
+    assert np.linalg.norm(after - before) <= 4 * 0.5 * 1e-6 * (1 + 1e-9)  # 4 clipped steps
+
+
 def test_clipping_keeps_nan_visible(backend):
     layer = fn.Dense(2)
     model = fn.Sequential([layer], optimizer=fn.SGD(0.1, clip_value=1.0), backend=backend)
@@ -118,6 +163,11 @@ def test_clipping_keeps_nan_visible(backend):
 def test_optimizer_arguments_are_checked():
     with pytest.raises(ValueError, match="clip_norm"):
         fn.Adam(clip_norm=0)
+    built = fn.Adam(clip_norm=1.0)
+    for key, bad in [("clip_norm", -1.0), ("clip_value", 0), ("weight_decay", -0.1)]:
+        with pytest.raises(ValueError, match=key):
+            setattr(built, key, bad)
+    assert built.clip_norm == 1.0 and built.clip_value is None and built.weight_decay == 0
     with pytest.raises(ValueError, match="clip_value"):
         fn.SGD(clip_value=-1)
     config = fn.AdamW(1e-3, clip_norm=1.0).get_config()
