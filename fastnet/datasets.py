@@ -169,8 +169,10 @@ def read_csv(
         if target is not None and target not in header and need_target:
             raise DatasetError(f"{path}: no column {target!r} in the header {header}")
         column = header.index(target) if target in header and need_target else None
-        values, missing, rows = [], [], 0
+        values, missing, rows, multiline, line = [], [], 0, False, reader.line_num
         for row in reader:
+            multiline |= reader.line_num > line + 1 and bool(row)  # a quoted line break
+            line = reader.line_num
             if not row:
                 continue
             if len(row) != len(header):
@@ -197,23 +199,46 @@ def read_csv(
                 f"{path} lacks the feature column(s) {absent[:5]} the model was trained on"
             )
         use, names = [header.index(c) for c in columns], list(columns)
-    X = _csv_features(path, [i for i in use if i != skip], rows, chunk_rows)
+    X = _csv_features(path, [i for i in use if i != skip], rows, chunk_rows, multiline)
     return X, as_labels(np.array(values, dtype=str)) if column is not None else None, names
 
 
-def _csv_features(path: Path, use: list[int], rows: int, chunk: int) -> np.ndarray:
-    """Columns ``use`` of a CSV's rows as float32, parsed ``chunk`` rows at a time."""
+def _csv_features(path: Path, use: list[int], rows: int, chunk: int, multiline: bool) -> np.ndarray:
+    """Columns ``use`` of a CSV's rows as float32, parsed ``chunk`` rows at a time: lines go
+    to NumPy's parser as they are (no comment character: a ``#`` is data) unless a quoted
+    field spans lines (``multiline``), then records split by ``csv`` (slower)."""
     X = np.empty((rows, len(use)), dtype=np.float32)
     with open(path, newline="", encoding="utf-8-sig") as f:
-        lines = (line for i, line in enumerate(f) if i and line.strip())
+        if multiline:
+            records = (
+                ",".join(row[i] for i in use)
+                for row in itertools.islice(csv.reader(f), 1, None)
+                if row
+            )
+            kept = list(range(len(use)))
+        else:
+            records = (line for i, line in enumerate(f) if i and line.strip())
+            kept = use
         for lo in range(0, rows, chunk):
-            block = itertools.islice(lines, min(chunk, rows - lo))
+            want = min(chunk, rows - lo)
+            block = list(itertools.islice(records, want))
             try:
-                X[lo : lo + chunk] = np.loadtxt(
-                    block, delimiter=",", dtype=np.float32, usecols=use, ndmin=2, quotechar='"'
+                parsed = np.loadtxt(
+                    block,
+                    delimiter=",",
+                    dtype=np.float32,
+                    usecols=kept,
+                    ndmin=2,
+                    quotechar='"',
+                    comments=None,
                 )
             except ValueError as exc:
                 raise DatasetError(f"{path}: feature columns must be numbers ({exc})") from None
+            if parsed.shape[0] != want:  # never broadcast one row over a block
+                raise DatasetError(
+                    f"{path}: data rows {lo + 1}-{lo + want} do not parse as {want} rows"
+                )
+            X[lo : lo + want] = parsed
     return X
 
 

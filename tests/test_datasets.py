@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fastnet.data import DatasetError
-from fastnet.datasets import load_arrays, load_cifar
+from fastnet.datasets import load_arrays, load_cifar, read_csv
 
 
 def _write_cifar(folder, name, n=20, seed=0):
@@ -196,3 +196,15 @@ def test_csv_missing_targets_name_the_file_column_and_lines(tmp_path):
 def test_csv_sign_labels_are_classes(tmp_path):
     path = _csv(tmp_path / "signs.csv", "a,b,class", ["1,2,+", "3,4,-", "5,6,+"])
     assert load_arrays(path, target="class")[1].tolist() == ["+", "-", "+"]
+
+
+def test_csv_rows_keep_their_features(tmp_path):
+    """A ``#`` is data and a quoted line break stays in its field: each row keeps its own
+    features (NumPy's parser once read both as line structure and broadcast another row)."""
+    quoted = tmp_path / "q.csv"
+    quoted.write_text('a,b,y\n1,2,"two\nlines"\n3,4,z\n5,6,"x,y"\n')
+    X, y = load_arrays(quoted, target="y")
+    assert X.tolist() == [[1, 2], [3, 4], [5, 6]] and y.tolist() == ["two\nlines", "z", "x,y"]
+    rows = [f"c{i},{i},{i}" for i in range(9)] + ["#tag,9,9", "C#,10,10", "z,11,11"]
+    X, y, _ = read_csv(_csv(tmp_path / "h.csv", "y,a,b", rows), "y", chunk_rows=4)
+    assert X[:, 0].tolist() == list(range(12)) and y[-3:].tolist() == ["#tag", "C#", "z"]
