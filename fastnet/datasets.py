@@ -221,7 +221,7 @@ def _csv_features(path: Path, use: list[int], rows: int, chunk: int, multiline: 
             kept = use
         for lo in range(0, rows, chunk):
             want = min(chunk, rows - lo)
-            block = list(itertools.islice(records, want))
+            block = itertools.islice(records, want)
             try:
                 parsed = np.loadtxt(
                     block,

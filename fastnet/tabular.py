@@ -36,12 +36,21 @@ def infer_task(y: np.ndarray) -> str:
 
 def as_labels(y: np.ndarray) -> np.ndarray:
     """Text labels that all hold numbers become numbers: integers when all are whole ("3" and
-    "3.0" are one class), else floats (NaN and infinity stay floats); other text stays text."""
+    "3.0" are one class; integer text exactly, as int64), else floats (NaN and infinity stay
+    floats); other text (and integers beyond int64) stays text."""
     if y.dtype.kind in "USO":
+        text = y.astype(str)
+        if np.all(np.char.isdigit(np.char.lstrip(np.char.strip(text), "+-"))):
+            try:  # IDs past 2**53 stay distinct (float64 would merge them)
+                return np.array([int(v) for v in text.ravel()], np.int64).reshape(y.shape)
+            except OverflowError:
+                return text
+            except ValueError:  # digits int() refuses ("²", "+-5"): as float() takes them
+                pass
         try:
             numbers = y.astype(np.float64)
         except ValueError:
-            return y.astype(str)
+            return text
         whole = np.all((numbers == np.round(numbers)) & (np.abs(numbers) < 2**53))
         return numbers.astype(np.int64) if whole else numbers
     return y
@@ -83,8 +92,13 @@ class LabelEncoding:
             raise DatasetError(f"{name} has shape {y.shape}; expected one label per row")
         classes = self.classes
         y = y.astype(str) if classes.dtype.kind == "U" else as_labels(y)
+        if y.dtype.kind == "U" and classes.dtype.kind == "b":  # a CSV's True/False, 1/0
+            words = np.char.lower(np.char.strip(y))
+            if np.isin(words, ("true", "false", "1", "0")).all():
+                y = np.isin(words, ("true", "1"))
         if y.dtype.kind == "U" and classes.dtype.kind != "U":
-            unknown = np.unique(y)
+            unknown = np.setdiff1d(np.unique(y), classes.astype(str)) if y.size else y
+            unknown = unknown if unknown.size or not y.size else np.unique(y)
         else:
             unknown = np.setdiff1d(np.unique(y), classes)
         if unknown.size:

@@ -208,3 +208,21 @@ def test_csv_rows_keep_their_features(tmp_path):
     rows = [f"c{i},{i},{i}" for i in range(9)] + ["#tag,9,9", "C#,10,10", "z,11,11"]
     X, y, _ = read_csv(_csv(tmp_path / "h.csv", "y,a,b", rows), "y", chunk_rows=4)
     assert X[:, 0].tolist() == list(range(12)) and y[-3:].tolist() == ["#tag", "C#", "z"]
+
+
+def test_labels_from_text_match_the_same_labels_from_arrays():
+    """Train on an .npz's labels, read the test file's as text (a CSV): the same classes.
+    Integer IDs past 2**53 stay distinct; booleans read as True/False or 1/0."""
+    from fastnet.tabular import LabelEncoding, as_labels
+
+    ids = [2**60, 2**60 + 1, 9007199254740993]
+    assert as_labels(np.array([str(i) for i in ids])).tolist() == ids
+    assert as_labels(np.array([" 3", "+4", "-5", "3.0"])).tolist() == [3, 4, -5, 3]
+    assert as_labels(np.array(["1" * 25, "1"])).dtype.kind == "U"  # past int64: text
+    encoding, _ = LabelEncoding.fit(np.array(ids))
+    assert encoding.encode(np.array([str(i) for i in ids[::-1]])).tolist() == [0, 2, 1]
+    encoding, _ = LabelEncoding.fit(np.array([False, True]))
+    assert encoding.encode(np.array(["False", " true", "1", "0"])).tolist() == [0, 1, 1, 0]
+    encoding, _ = LabelEncoding.fit(np.array([1, 2]))
+    with pytest.raises(DatasetError, match=r"label\(s\) \['x'\] that the training data lacks"):
+        encoding.encode(np.array(["1", "2", "x"]))
