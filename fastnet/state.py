@@ -46,6 +46,11 @@ class StateEntry:
     nonneg: bool = False
 
     @property
+    def dtype(self) -> Any:
+        """The live array's dtype (None for a step count)."""
+        return None if self.kind == "step" else self.ref.dtype
+
+    @property
     def required(self) -> bool:
         return self.kind in ("param", "buffer")
 
@@ -136,11 +141,12 @@ def validate_state(
             if e.required:
                 raise StateError(f"state lacks {e.key!r}")
         else:
-            check_state_array(e.key, state[e.key], e.shape, e.nonneg, backend)
+            check_state_array(e.key, state[e.key], e.shape, e.nonneg, backend, e.dtype)
             if e.kind == "amp" and not float(backend.to_numpy(state[e.key])[0]) > 0:
                 raise StateError(f"{e.key!r} must hold a positive loss scale first")
-            if e.kind == "order" and not _int64s(backend.to_numpy(state[e.key])):
-                raise StateError(f"{e.key!r} must hold integers below 2**63 (seed, epochs)")
+            if e.kind in ("order", "stream") and not _int64s(backend.to_numpy(state[e.key])):
+                what = "(seed, epochs)" if e.kind == "order" else "(a random stream's key, step)"
+                raise StateError(f"{e.key!r} must hold integers from 0 below 2**63 {what}")
         if e.kind == "step":
             steps.setdefault(id(e.ref), set()).add(step_count(state.get(e.key, 0), backend))
     for group in groups:
@@ -155,10 +161,10 @@ def _int64s(values: np.ndarray) -> bool:
 
 
 def check_state_array(
-    key: str, value: Any, shape: tuple[int, ...], nonneg: bool, backend: Any
+    key: str, value: Any, shape: tuple[int, ...], nonneg: bool, backend: Any, dtype: Any = None
 ) -> None:
-    """One value of a state: an integer step count for ``step/`` keys, else a real, finite
-    array of ``shape`` (non-negative if ``nonneg``)."""
+    """One value of a state: an integer step count for ``step/`` keys, else a real array of
+    ``shape`` (non-negative if ``nonneg``), finite also once cast to ``dtype`` (a float)."""
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         arr = np.asarray(value)
     elif backend.is_native(value) or isinstance(value, np.ndarray):
@@ -179,5 +185,9 @@ def check_state_array(
     xp = backend.xp if backend.is_native(arr) else np
     if kind == "f" and not bool(xp.isfinite(arr).all()):
         raise StateError(f"{key!r} contains NaN or infinite values")
+    if dtype is not None and np.dtype(dtype).kind == "f" and arr.size:
+        top = np.finfo(dtype).max
+        if float(xp.abs(arr).max()) > top:  # the cast would give infinities
+            raise StateError(f"{key!r} holds values beyond {np.dtype(dtype)}'s range (+-{top:.4g})")
     if nonneg and bool((arr < 0).any()):
-        raise StateError(f"{key!r} must be non-negative (a second moment or variance)")
+        raise StateError(f"{key!r} must be non-negative")

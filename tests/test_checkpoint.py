@@ -247,3 +247,21 @@ def test_the_data_order_state_is_checked_and_optional(tmp_path):
 
     assert pickle.loads(pickle.dumps(model)).epochs_trained == 3
     assert model.to("numba").epochs_trained == 3
+
+
+def test_state_values_are_checked_in_the_model_dtype_and_streams_as_integers():
+    """A float64 1e39 is finite but an infinity in a float32 model; a dropout stream is two
+    integers (key, step). Both are refused by key, and the model is left unchanged."""
+    model = _dropout_model("numpy")
+    model.fit(np.ones((8, 3), np.float32), np.arange(8) % 4, epochs=1, verbose=0)
+    state = model.host_state()
+    before = {k: np.copy(v) for k, v in state.items()}
+    bad_weight = {**state, "param/2/b": np.full(4, 1e39)}
+    with pytest.raises(fn.StateError, match=r"'param/2/b' holds values beyond float32's range"):
+        model.set_state(bad_weight)
+    with pytest.raises(fn.StateError, match="'stream/1/dropout' must hold integers"):
+        model.set_state({**state, "stream/1/dropout": np.array([1e30, 2.7])})
+    for key, value in model.host_state().items():
+        np.testing.assert_array_equal(value, before[key])
+    model64 = fn.Sequential.from_config({**model.get_config(), "dtype": "float64"})
+    model64.set_state(bad_weight)  # within float64's range
