@@ -249,6 +249,7 @@ def check_finite_features(path: Any, X: np.ndarray, names: list[str] | None = No
         row, col = bad[0]
         name = repr(names[col]) if names else str(col)
         raise DatasetError(
-            f"{path}: features hold {len(bad)} NaN or infinite value(s), the first in data "
-            f"row {row} (0-based), column {name}: fill or drop them first"
+            f"{path}: features hold {len(bad)} NaN or infinite value(s) (as {X.dtype}: or "
+            f"beyond +-{np.finfo(X.dtype).max:.4g}), the first in data row {row} (0-based), "
+            f"column {name}: fill or drop them first"
         )

@@ -48,17 +48,20 @@ def check_features(
         return arr
     arr = np.ascontiguousarray(host_array(raw, name), dtype=dtype)
     if finite and kind == "f" and not np.isfinite(arr).all():
-        raise ValueError(
-            f"{name} contains {int((~np.isfinite(arr)).sum())} NaN or infinite value(s)"
-        )
+        raise ValueError(f"{name} contains {_nonfinite(arr)}")
     return arr
+
+
+def _nonfinite(arr: Any, xp: Any = np) -> str:
+    """How many of ``arr`` (cast to the model's dtype) are NaN or infinite, and why."""
+    bad = int((~xp.isfinite(arr)).sum())
+    return f"{bad} NaN or infinite value(s) (as {arr.dtype}: or beyond +-{np.finfo(arr.dtype).max:.4g})"
 
 
 def check_finite(arr: Any, name: str, backend: Backend) -> None:
     """A ``ValueError`` naming ``name`` where the backend array ``arr`` holds NaN or inf."""
     if arr.dtype.kind == "f" and not backend.all_finite(arr):
-        bad = int((~backend.xp.isfinite(arr)).sum())
-        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+        raise ValueError(f"{name} contains {_nonfinite(arr, backend.xp)}")
 
 
 def _check_finite_in_chunks(x: np.ndarray, name: str, rows: int = 16384) -> None:
@@ -127,12 +130,14 @@ def check_targets(
         raise ValueError(
             f"{name} has {host.shape[1]} columns but the model has {n_outputs} outputs"
         )
-    if not np.isfinite(host).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
+    with np.errstate(over="ignore"):
+        cast = np.asarray(host, dtype)  # checked as the model holds it: 1e39 is inf in float32
+    if not np.isfinite(cast).all():
+        raise ValueError(f"{name} contains {_nonfinite(cast)}")
     bad = loss.invalid_targets(host)
     if bad:
         raise ValueError(f"{name}: {bad} for {type(loss).__name__}")
-    return place(host, dtype)
+    return place(cast)
 
 
 def check_positive_int(value: Any, name: str) -> int:

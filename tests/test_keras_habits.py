@@ -377,3 +377,11 @@ def test_submodules_are_reached_from_the_package():
     assert out.stdout.split() == ["False", "False"]
     with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
         fn.nonsense  # noqa: B018
+
+
+def test_targets_beyond_float32_are_refused_before_training():
+    model = fn.Sequential([fn.Dense(1)], loss="mse", backend="numpy", seed=0)
+    X = np.ones((4, 2), np.float32)
+    with pytest.raises(ValueError, match=r"y contains 1 NaN .* \(as float32: or beyond"):
+        model.fit(X, np.array([1.0, 2.0, 1e39, 1.0]), epochs=1, verbose=0)
+    assert not model.built or model.epochs_trained == 0
