@@ -54,8 +54,8 @@ def check_features(
 
 def _nonfinite(arr: Any, xp: Any = np) -> str:
     """How many of ``arr`` (cast to the model's dtype) are NaN or infinite, and why."""
-    bad = int((~xp.isfinite(arr)).sum())
-    return f"{bad} NaN or infinite value(s) (as {arr.dtype}: or beyond +-{np.finfo(arr.dtype).max:.4g})"
+    bad, top = int((~xp.isfinite(arr)).sum()), np.finfo(arr.dtype).max
+    return f"{bad} NaN or infinite value(s) (as {arr.dtype}: or beyond +-{top:.4g})"
 
 
 def check_finite(arr: Any, name: str, backend: Backend) -> None:

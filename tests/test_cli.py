@@ -451,7 +451,8 @@ def test_csv_with_a_bom_and_nan_features_named_by_row_and_column(tmp_path, capsy
         assert main([*argv, *TINY]) == 2
         err = capsys.readouterr().err
         assert (
-            "1 NaN or infinite value(s) (as float32: or beyond +-3.403e+38), the first in data row 7"
+            "1 NaN or infinite value(s) (as float32: or beyond +-3.403e+38), the first in data "
+            "row 7"
             in err
             and "'b'" in err
         )
