@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from typing import IO, Any
 
@@ -157,6 +159,10 @@ def _safetensors_bytes(arrays: dict[str, np.ndarray], metadata: dict[str, str]) 
     return [len(text).to_bytes(8, "little"), text, *blobs]
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
+
+
 def _read_safetensors(path: str, raw: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     """Parse and check a safetensors file; every inconsistency is a CheckpointError."""
     size = int.from_bytes(raw[:8], "little")
@@ -167,7 +173,7 @@ def _read_safetensors(path: str, raw: bytes) -> tuple[dict, dict[str, np.ndarray
         )
     try:
         header = json.loads(raw[8 : 8 + size])
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise CheckpointError(f"{path!r}: safetensors header is not JSON") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path!r}: safetensors header is not an object")
@@ -177,12 +183,13 @@ def _read_safetensors(path: str, raw: bytes) -> tuple[dict, dict[str, np.ndarray
     for name, entry in header.items():
         try:
             dtype = np.dtype(_ST_DTYPES[entry["dtype"]])
-            shape = tuple(int(d) for d in entry["shape"])
-            lo, hi = (int(v) for v in entry["data_offsets"])
+            shape, (lo, hi) = tuple(entry["shape"]), entry["data_offsets"]
+            if not all(_is_count(v) for v in (*shape, lo, hi)):  # the spec's: integers >= 0
+                raise ValueError
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path!r}: safetensors entry {name!r} is malformed") from None
-        count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-        if min(shape, default=0) < 0 or not 0 <= lo <= hi <= len(data):
+        count = math.prod(shape)  # Python integers: no wrap-around
+        if not lo <= hi <= len(data):
             raise CheckpointError(f"{path!r}: safetensors entry {name!r} is out of bounds")
         if hi - lo != count * dtype.itemsize:
             raise CheckpointError(f"{path!r}: safetensors entry {name!r} has the wrong size")
@@ -204,7 +211,7 @@ def _read_safetensors(path: str, raw: bytes) -> tuple[dict, dict[str, np.ndarray
             "sha256": metadata["sha256"],
             "extra": json.loads(metadata.get("extra", "{}")),
         }
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, RecursionError):
         raise CheckpointError(f"{path!r}: fastnet metadata is malformed") from None
     return meta, arrays
 
@@ -262,7 +269,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
             meta, arrays = _read_safetensors(path, f.read())
         return _verified(path, meta, arrays)
     try:
+        _check_expansion(path)
         data = np.load(path, allow_pickle=False)
+    except CheckpointError:
+        raise
     except Exception as exc:  # zip, format, OS errors alike: the file is not usable
         raise CheckpointError(
             f"{path!r} is not a readable fastnet checkpoint (truncated or corrupted?): "
@@ -295,6 +305,20 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
             f"corrupted?): {type(exc).__name__}: {exc}"
         ) from None
     return _verified(path, meta, arrays)
+
+
+def _check_expansion(path: str, most: int = 64) -> None:
+    """A compressed .npz may not expand ``most``-fold (fastnet writes them uncompressed):
+    a small file must not fill the memory before its checks run."""
+    if not zipfile.is_zipfile(path):
+        return  # np.load reports it
+    with zipfile.ZipFile(path) as archive:
+        size = sum(info.file_size for info in archive.infolist())
+    if size > most * os.path.getsize(path) + 2**20:
+        raise CheckpointError(
+            f"{path!r} expands to {size} bytes from {os.path.getsize(path)}: not a fastnet "
+            "checkpoint (those are stored uncompressed)"
+        )
 
 
 def _verified(path: str, meta: Any, arrays: dict[str, np.ndarray]) -> tuple[dict, dict]:

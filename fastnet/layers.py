@@ -656,6 +656,8 @@ class Standardize(Layer):
     def fit(cls, X: Any) -> Standardize:
         """Each column's mean and standard deviation in ``X`` (1 where a column is constant)."""
         X = np.asarray(host_array(X, "X"), np.float64)
+        if not np.isfinite(X).all():
+            raise ValueError(f"X contains {int((~np.isfinite(X)).sum())} NaN or infinite values")
         spread = X.std(axis=0)
         return cls(X.mean(axis=0), np.where(spread > 0, spread, 1.0))
 
@@ -668,9 +670,11 @@ class Standardize(Layer):
         self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
     ) -> int:
         self.output_width(input_dim)
-        self.device_offset, self.device_scale = (
-            backend.asarray(v.astype(dtype)) for v in (self.offset, self.scale)
-        )
+        with np.errstate(over="ignore", under="ignore"):
+            offset, scale = self.offset.astype(dtype), self.scale.astype(dtype)
+        if not (np.isfinite(offset).all() and np.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError(f"Standardize's offset and scale leave {np.dtype(dtype)}'s range")
+        self.device_offset, self.device_scale = backend.asarray(offset), backend.asarray(scale)
         return super().build(input_dim, backend, dtype, rng)
 
     def forward(self, x: Any, training: bool = True) -> Any:

@@ -674,7 +674,14 @@ def load_model_with_meta(
         # a mixed-precision checkpoint on a backend without half compute: float32 masters
         config = _config_for(config, get_backend(backend), dtype)
         model = Sequential.from_config(config, backend=backend)
-    except (KeyError, TypeError, ValueError, AttributeError, NotImplementedError) as exc:
+    except (
+        KeyError,
+        TypeError,
+        ValueError,
+        AttributeError,
+        NotImplementedError,
+        MemoryError,
+    ) as exc:
         raise CheckpointError(f"{name!r} has an invalid architecture (config): {exc}") from None
     try:
         model.set_state(arrays)

@@ -82,6 +82,32 @@ def test_damaged_files_give_clear_errors(tmp_path, damage):
         fn.load_model(path)
 
 
+def test_a_compressed_file_may_not_expand_before_its_checks(tmp_path):
+    """A 70 kB .npz declaring 64 MiB of zeros is refused from the zip directory, unread; a
+    config asking for more memory than there is is a CheckpointError, not a MemoryError."""
+    import json
+
+    from fastnet.checkpoint import _digest
+
+    model, _, _ = _trained("numpy", epochs=1)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    np.savez_compressed(tmp_path / "bomb.npz", **arrays, zeros=np.zeros(2**23))
+    with pytest.raises(fn.CheckpointError, match=r"bomb\.npz' expands to \d+ bytes from"):
+        fn.load_model(tmp_path / "bomb.npz")
+    np.savez_compressed(tmp_path / "small.npz", **arrays)  # compressed, but not a bomb
+    assert fn.load_model(tmp_path / "small.npz").get_config() == model.get_config()
+    meta = json.loads(str(arrays["__fastnet_meta__"]))
+    meta["config"]["layers"][0]["units"] = 10**13  # re-signed: a checksum, not a signature
+    state = {k: v for k, v in arrays.items() if k != "__fastnet_meta__"}
+    meta["sha256"] = _digest(state, [meta["config"], meta.get("extra", {})])
+    np.savez(path, **{**arrays, "__fastnet_meta__": np.array(json.dumps(meta))})
+    with pytest.raises(fn.CheckpointError, match="invalid architecture"):
+        fn.load_model(path)
+
+
 def test_tampered_array_fails_integrity_check(tmp_path):
     model, _, _ = _trained("numpy", epochs=1)
     path = tmp_path / "m.npz"

@@ -49,7 +49,10 @@ def test_safetensors_interoperates_with_the_reference_library(tmp_path):
     np.testing.assert_array_equal(tensors["param/0/W"], model.parameters()[0].value)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "header", "offsets", "metadata"])
+DAMAGES = ["truncate", "header", "offsets", "metadata", "wrapping", "huge", "text", "nested"]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_damaged_safetensors_raise_checkpoint_error(tmp_path, damage):
     model, _, _ = _model(bn=False)
     path = tmp_path / "m.safetensors"
@@ -62,11 +65,18 @@ def test_damaged_safetensors_raise_checkpoint_error(tmp_path, damage):
     elif damage == "header":
         raw[:8] = (len(raw) * 4).to_bytes(8, "little")
     else:
+        entry, lo = header["param/0/W"], header["param/0/W"]["data_offsets"][0]
         if damage == "offsets":
-            header["param/0/W"]["data_offsets"] = [0, 10**9]
-        else:
+            entry["data_offsets"] = [0, 10**9]
+        elif damage == "wrapping":  # 2**64 elements: an int64 product wraps to 0
+            entry.update(shape=[2**32, 2**32], data_offsets=[lo, lo])
+        elif damage in ("huge", "text"):  # the spec's shapes are lists of integers >= 0
+            entry["shape"] = [2**70, 0] if damage == "huge" else "68"
+        elif damage == "metadata":
             header["__metadata__"]["config"] = "{not json"
         text = json.dumps(header).encode()
+        if damage == "nested":
+            text = text[:-1] + b', "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
         text += b" " * (-len(text) % 8)
         raw = bytearray(len(text).to_bytes(8, "little")) + text + raw[8 + size :]
     path.write_bytes(bytes(raw))

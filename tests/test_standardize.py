@@ -39,6 +39,13 @@ def test_standardize_refuses_bad_values_and_widths():
         fn.Standardize([0.0, 1.0], [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="Standardize has 2 features, the inputs 3"):
         fn.Sequential([fn.Standardize([0, 0], [1, 1]), fn.Dense(2)], backend="numpy").build(3)
+    for offset, scale in [([1e39, 0], [1, 1]), ([0, 0], [1e-50, 1])]:  # inf or 0 in float32
+        with pytest.raises(ValueError, match="offset and scale leave float32's range"):
+            fn.Sequential([fn.Standardize(offset, scale), fn.Dense(2)], backend="numpy").build(2)
+    model = fn.Sequential([fn.Standardize([1e39, 0], [1e-50, 1])], dtype="float64")
+    model.build(2)  # float64 holds them
+    with pytest.raises(ValueError, match="X contains 1 NaN or infinite values"):
+        fn.Standardize.fit(np.array([[1.0, np.nan], [3.0, 5.0]]))
     layer = fn.Standardize.fit(np.array([[1.0, 5.0], [3.0, 5.0]]))
     np.testing.assert_array_equal(layer.offset, [2.0, 5.0])
     np.testing.assert_array_equal(layer.scale, [1.0, 1.0])  # a constant column: only shifted
