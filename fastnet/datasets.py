@@ -9,6 +9,7 @@ import collections
 import csv
 import itertools
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -113,18 +114,18 @@ def load_table(
             if labels is None and need_target:
                 raise DatasetError(f"{path} holds features only: pass the labels (--labels)")
             X = np.load(path, mmap_mode="r", allow_pickle=False)
-            y = None if labels is None else np.load(labels, allow_pickle=False)
+            y = None if labels is None else _labels_npy(labels)
         elif suffix == ".csv":
             if target is None and need_target:
                 raise DatasetError(f"{path}: name the target column (--target COLUMN)")
             X, y, names = read_csv(path, target, need_target, columns)
         else:
             raise DatasetError(f"{path}: expected a .npz, .npy or .csv file")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
         if isinstance(exc, DatasetError | FileNotFoundError):
             raise
-        raise DatasetError(f"{path} is not a readable data file: {exc}") from None
-    if X.ndim != 2 or (y is not None and len(X) != len(y)):
+        raise DatasetError(f"{path} is not a readable data file: {_hint(exc)}") from None
+    if X.ndim != 2 or (y is not None and (y.ndim == 0 or len(X) != len(y))):
         raise DatasetError(
             f"{path}: need 2-D features and one label per row, got X "
             f"{X.shape} and y {None if y is None else y.shape}"
@@ -136,6 +137,24 @@ def load_table(
     if y is not None and y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]  # one column of targets: as a vector
     return X, y, names
+
+
+def _labels_npy(labels: str | os.PathLike) -> np.ndarray:
+    """The labels of a .npy of features: a .npy array too."""
+    name = os.fspath(labels)
+    if Path(name).suffix.lower() != ".npy":
+        raise DatasetError(f"labels file {name!r}: the labels of a .npy of features are a .npy")
+    try:
+        return np.load(name, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"labels file {name!r} is not a readable .npy: {_hint(exc)}") from None
+
+
+def _hint(exc: Exception) -> str:
+    """NumPy's error, with the way out where it is an object (pickled) array."""
+    if "pickle" in str(exc):
+        return "it holds Python objects (strings? save them with .astype(str)), never unpickled"
+    return str(exc)
 
 
 #: target cells that are no value (signs: Python's float() reads them all)

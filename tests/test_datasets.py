@@ -73,10 +73,18 @@ def test_user_data_files(tmp_path):
         expected = np.where(y == 1, "yes", "no") if args[0] == "t.csv" else y
         np.testing.assert_array_equal(yl, expected)  # as stored: classes come from training
     assert isinstance(load_arrays(tmp_path / "X.npy", tmp_path / "y.npy")[0], np.memmap)
+    np.savez(tmp_path / "y0.npz", X=X, y=np.array(5))
+    np.savez(tmp_path / "objects.npz", X=X, y=np.array(["a"] * 50, object))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "d.npz").read_bytes()[:200])
     for bad, match in (
         (("X.npy",), "labels"),
         (("t.csv", None, "nope"), "no column"),
         (("missing.npz",), "does not exist"),
+        (("y0.npz",), r"one label per row, got X \(50, 3\) and y \(\)"),
+        (("X.npy", "d.npz"), "labels file .*d.npz': the labels of a .npy of features are a .npy"),
+        (("X.npy", "t.csv"), "labels file .*t.csv'"),
+        (("objects.npz",), r"Python objects \(strings\? save them with .astype\(str\)\)"),
+        (("cut.npz",), "cut.npz is not a readable data file"),
     ):
         with pytest.raises((DatasetError, FileNotFoundError), match=match):
             load_arrays(*[tmp_path / a if a else None for a in bad[:2]], *bad[2:])
