@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import numbers
 import os
 import struct
@@ -79,7 +80,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         raise DatasetError(f"{path}: truncated IDX header")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     dtype: np.dtype = np.dtype(_IDX_DTYPES[code])  # type: ignore[call-overload]
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: no wrap-around
     actual = len(raw) - header
     if actual != expected:
         raise DatasetError(
@@ -113,6 +114,16 @@ def load_idx_pair(
         raise DatasetError(f"{labels}: expected 1-D labels, got shape {y.shape}")
     if len(x) != len(y):
         raise DatasetError(f"{images} holds {len(x)} images but {labels} holds {len(y)} labels")
+    if not len(x):
+        raise DatasetError(f"{images} holds no images")
+    if y.dtype.kind not in "iu" or y.min() < 0:
+        low = f", the lowest {y.min()}" if y.dtype.kind in "iu" else ""
+        raise DatasetError(f"{labels}: labels must be integers >= 0, got {y.dtype}{low}")
+    if normalize and x.dtype != np.uint8:
+        raise DatasetError(
+            f"{images}: normalize divides by 255, for bytes (IDX type 0x08), got {x.dtype}: "
+            "pass normalize=False"
+        )
     if flatten:
         x = x.reshape(len(x), -1)
     if normalize:

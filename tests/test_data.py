@@ -81,6 +81,29 @@ def test_idx_errors(tmp_path):
     (tmp_path / "gz").write_bytes(gzip.compress(good)[:-10])
     with pytest.raises(DatasetError, match="decompress"):
         read_idx(tmp_path / "gz")
+    huge = struct.pack(">HBB4I", 0, 0x08, 4, *[65536] * 4)  # 2**64 bytes: an int64 wraps to 0
+    (tmp_path / "huge").write_bytes(huge)
+    with pytest.raises(DatasetError, match=r"declares shape \(65536, 65536, 65536, 65536\)"):
+        read_idx(tmp_path / "huge")
+
+
+def test_idx_pairs_are_checked(tmp_path):
+    from fastnet.data import load_idx_pair
+
+    images = write_idx(tmp_path / "i", np.zeros((3, 2, 2), np.uint8))
+    labels = write_idx(tmp_path / "f", np.array([0.5, 1, np.nan], ">f4"), code=0x0D)
+    with pytest.raises(DatasetError, match="labels must be integers >= 0, got float32"):
+        load_idx_pair(images, labels)
+    labels = write_idx(tmp_path / "n", np.array([0, -1, 2], np.int8), code=0x09)
+    with pytest.raises(DatasetError, match="integers >= 0, got int8, the lowest -1"):
+        load_idx_pair(images, labels)
+    wide = write_idx(tmp_path / "w", np.full((3, 2, 2), 10**6, ">i4"), code=0x0C)
+    with pytest.raises(DatasetError, match="normalize divides by 255.*got int32"):
+        load_idx_pair(wide, write_idx(tmp_path / "y", np.zeros(3, np.uint8)))
+    assert load_idx_pair(wide, tmp_path / "y", normalize=False)[0].max() == 10**6
+    empty = write_idx(tmp_path / "e", np.zeros((0, 2, 2), np.uint8))
+    with pytest.raises(DatasetError, match="holds no images"):
+        load_idx_pair(empty, write_idx(tmp_path / "ey", np.zeros(0, np.uint8)))
 
 
 def test_loader_on_generated_files_and_count_mismatch(tmp_path):
