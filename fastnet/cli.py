@@ -682,13 +682,50 @@ def _silent(*args: object, **kwargs: object) -> None:
     """``print`` on ranks other than 0."""
 
 
+def _load_checkpoint(path: str, backend: str | None) -> tuple[Any, dict]:
+    """``load_model_with_meta`` with the metadata the CLI wrote (``extra``: classes, features,
+    target, task, a scaling) checked against the model: a CheckpointError naming the key."""
+    from fastnet.checkpoint import CheckpointError
+    from fastnet.model import load_model_with_meta
+    from fastnet.tabular import TASKS, Scaler
+
+    model, meta = load_model_with_meta(path, backend=backend)
+    extra = meta["extra"] = meta.get("extra") or {}
+    try:
+        if not isinstance(extra, dict):
+            raise ValueError("is not a JSON object")
+        classes, features = extra.get("classes"), extra.get("features")
+        want = 2 if model.output_dim == 1 else model.output_dim
+        labels = np.asarray(classes if isinstance(classes, list) else [])
+        if classes is not None and (
+            len(classes) != want or labels.ndim != 1 or list(np.unique(labels)) != list(labels)
+        ):
+            raise ValueError(f"'classes' must list the model's {want} labels, sorted and unique")
+        if features is not None and (
+            not isinstance(features, list)
+            or len(features) != model.input_dim
+            or not all(isinstance(f, str) for f in features)
+        ):
+            raise ValueError(f"'features' must name the model's {model.input_dim} input columns")
+        if not isinstance(extra.get("target") or "", str) or extra.get("task", "auto") not in TASKS:
+            raise ValueError("'target' must be a column name and 'task' one of " + str(TASKS))
+        if (
+            extra.get("scale")
+            and np.asarray(Scaler.from_json(extra["scale"]).scale).size != model.input_dim
+        ):
+            raise ValueError(f"'scale' must scale the model's {model.input_dim} features")
+    except ValueError as exc:
+        raise CheckpointError(f"{path!r}: its metadata (extra) {exc}") from None
+    return model, meta
+
+
 def _model_data(args: argparse.Namespace, meta: dict, need_target: bool) -> tuple:
     """Rows of --data as the model saw them in training: its feature columns, scaled as then;
     labels mapped to its classes. Returns ``(X, y or None, LabelEncoding or None)``."""
     from fastnet.datasets import load_table
     from fastnet.tabular import LabelEncoding, Scaler
 
-    extra, target = meta.get("extra", {}), getattr(args, "target", None)
+    extra, target = meta["extra"], getattr(args, "target", None)
     if target is not None and target in (extra.get("features") or ()):
         raise ValueError(
             f"--target {target!r} was a feature column when {args.checkpoint} was trained; its "
@@ -707,10 +744,8 @@ def _model_data(args: argparse.Namespace, meta: dict, need_target: bool) -> tupl
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fastnet.model import load_model_with_meta
-
-    model, meta = load_model_with_meta(args.checkpoint, backend=args.backend)
-    extra = meta.get("extra", {})
+    model, meta = _load_checkpoint(args.checkpoint, args.backend)
+    extra = meta["extra"]
     _refuse_unused(args.data, "--data", args.labels, "--labels", args.target)
     if args.data is not None:
         if args.dataset or args.data_dir:
@@ -739,11 +774,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     """Labels (mapped back to the training data's class names), probabilities or regression
     outputs for every row of --data, as CSV."""
     from fastnet.checkpoint import check_writable
-    from fastnet.model import load_model_with_meta
 
     if args.output:
         check_writable(args.output, "--output")
-    model, meta = load_model_with_meta(args.checkpoint, backend=args.backend)
+    model, meta = _load_checkpoint(args.checkpoint, args.backend)
     X, _, encoding = _model_data(args, meta, need_target=False)
     classify = model.loss.multiclass
     if args.proba and not classify:
@@ -776,12 +810,11 @@ class _stdout:  # noqa: N801
 def cmd_export(args: argparse.Namespace) -> int:
     from fastnet.checkpoint import check_writable
     from fastnet.layers import Standardize
-    from fastnet.model import load_model_with_meta
     from fastnet.tabular import Scaler
 
     check_writable(args.output, "output")
-    model, meta = load_model_with_meta(args.checkpoint, backend="numpy")
-    extra = meta.get("extra") or {}
+    model, meta = _load_checkpoint(args.checkpoint, "numpy")
+    extra = meta["extra"]
     if extra.get("scale"):  # a checkpoint of before the Standardize layer: it takes raw rows
         scaler = Scaler.from_json(extra["scale"])
         model = model.prepend(Standardize(scaler.offset, scaler.scale))

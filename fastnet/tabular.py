@@ -128,6 +128,12 @@ class Scaler:
         self.kind = kind
         self.offset = None if offset is None else np.asarray(offset, np.float64)
         self.scale = None if scale is None else np.asarray(scale, np.float64)
+        if self.offset is not None or self.scale is not None:
+            o, s = (np.asarray(v, np.float64).ravel() for v in (offset, scale))  # None: NaN
+            if o.shape != s.shape or not (np.isfinite(o).all() and np.isfinite(s).all()):
+                raise ValueError("a scaling's offset and scale must be finite, one per feature")
+            if not (s > 0).all():
+                raise ValueError("a scaling's scale must be positive")
 
     def fit(self, X: np.ndarray, chunk: int = 8192) -> Scaler:
         """Statistics in float64, chunk by chunk (no float64 copy of ``X``)."""
@@ -169,7 +175,9 @@ class Scaler:
         return {"kind": self.kind, "offset": self.offset.tolist(), "scale": self.scale.tolist()}
 
     @classmethod
-    def from_json(cls, data: dict) -> Scaler:
+    def from_json(cls, data: Any) -> Scaler:
+        if not isinstance(data, dict) or not {"kind", "offset", "scale"} <= set(data):
+            raise ValueError("a scaling is a JSON object with kind, offset and scale")
         return cls(data["kind"], data["offset"], data["scale"])
 
 

@@ -520,3 +520,33 @@ def test_bench_train_suite_takes_the_users_layers_and_batch(monkeypatch):
     argv = ["bench", "--quick", "--suite", "train", "--backends", "numpy", "--layers", "512,256"]
     assert main([*argv, "--batch-size", "256"]) == 0
     assert seen == {"sizes": (784, 512, 256, 10), "batch": 256}
+
+
+def test_a_checkpoints_cli_metadata_is_checked_against_its_model(tmp_path, capsys):
+    """classes, features, the task and an old scaling come from the file: a re-signed edit
+    is a clear error naming the key, never a traceback or labels in the wrong order."""
+    from fastnet.checkpoint import _digest, read_checkpoint
+
+    X = np.random.default_rng(3).standard_normal((40, 3)).astype(np.float32)
+    np.savez(tmp_path / "a.npz", X=X, y=np.array(["c", "d", "e", "d"] * 10))
+    ckpt, edited = str(tmp_path / "m.npz"), str(tmp_path / "e.npz")
+    assert main(["train", "--data", str(tmp_path / "a.npz"), "--save", ckpt, *TINY]) == 0
+    meta, arrays = read_checkpoint(ckpt)
+    for key, value, match in [
+        ("classes", ["c", "d"], "'classes' must list the model's 3 labels, sorted and unique"),
+        ("classes", ["e", "c", "d"], "'classes' must list"),
+        ("features", "abc", "'features' must name the model's 3 input columns"),
+        ("scale", {"kind": "standard"}, "a scaling is a JSON object with kind, offset and"),
+        ("scale", {"kind": "standard", "offset": [0] * 3, "scale": [0] * 3}, "a scaling's"),
+        ("task", "clustering", "'target' must be a column name and 'task' one of"),
+        (None, ["x"], "is not a JSON object"),
+    ]:
+        extra = value if key is None else {**meta["extra"], key: value}
+        signed = {**meta, "extra": extra}
+        signed["sha256"] = _digest(arrays, [meta["config"], extra])
+        np.savez(edited, **arrays, __fastnet_meta__=np.array(json.dumps(signed)))
+        for command in ("predict", "evaluate"):
+            assert main([command, edited, "--data", str(tmp_path / "a.npz")]) == 2
+            err = capsys.readouterr().err
+            assert "e.npz': its metadata (extra) " + match in err, err
+    assert main(["export", edited, str(tmp_path / "m.onnx")]) == 2

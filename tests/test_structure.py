@@ -45,8 +45,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # statistics, the same data, checkpoint folders: +21) and errors that point the way (+9), to
 # 10,450 for ONNX's float64 ops and metadata and a review of the custom layers and ranks
 # (configs that rebuild the layer, classes in pickles, statistics-only averaging: +38 in all),
-# to 10,500 for a benchmark user's bench options and cupy's reseeded Philox generator (+11)
-BUDGET = 10500
+# to 10,500 for a benchmark user's bench options and cupy's reseeded Philox generator (+11),
+# to 10,650 for a review of the file readers and the numerics (CSV records, exact integer
+# labels, states, targets and Standardize checked in the model's dtype, compressed and
+# safetensors checkpoints, IDX pairs, the CLI's metadata, clip_norm set on a built model: +105)
+BUDGET = 10650
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
