@@ -226,7 +226,7 @@ class Sequential(Trainer):
             x = layer.forward(x, training)
         if self.compute_dtype is not None:
             x = self.backend.cast(x, self._cast_buffer("y", x.shape, self.dtype))
-        self._backward_shape = tuple(x.shape) if training else None
+        self._backward_shape = tuple(x.shape) if training else ()  # (): an eval forward ran
         return x
 
     def backward(self, dout: Any) -> None:
@@ -238,11 +238,18 @@ class Sequential(Trainer):
                 f"dout must be an array (the loss's gradient), got a {type(dout).__name__}"
             )
         shape = tuple(dout.shape)
-        if self._backward_shape is None or shape != self._backward_shape:
+        if shape != self._backward_shape:
+            last = self._backward_shape
             raise ValueError(
                 f"dout of shape {shape}: backward takes the loss gradient of the outputs of "
                 "the last forward(x, training=True)"
-                + (f", of shape {self._backward_shape}" if self._backward_shape else " (none ran)")
+                + (f", of shape {last}" if last else " (none ran)" if last is None else "")
+                + (
+                    ": an inference forward (predict, evaluate, training=False) ran since and "
+                    "replaced its saved inputs; evaluate after backward"
+                    if last == ()
+                    else ""
+                )
             )
         if self.compute_dtype is not None:
             scale = None if self.loss_scaler is None else self.loss_scaler.state

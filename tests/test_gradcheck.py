@@ -126,6 +126,17 @@ def test_gradcheck_detects_a_wrong_gradient(rng):
     layer.build(5, backend, np.float64, rng)
     assert not check_layer(layer, rng.standard_normal((3, 5)) * 2).ok
     assert relative_error(np.ones(3), np.ones(3)) == 0.0
+    noise = np.full(3, 1e-10)  # finite differences of a gradient that is truly 0
+    assert relative_error(np.zeros(3), noise) == 1.0
+    assert relative_error(np.zeros(3), noise, floor=1.0) < 1e-9
+
+
+def test_check_layer_passes_batch_norm_on_an_input_drawn_from_its_seed():
+    """R once came from default_rng(seed): an input drawn from it was a function of R."""
+    layer = fn.BatchNorm1d()
+    layer.build(4, fn.get_backend("numpy"), np.float64, np.random.default_rng(1))
+    x = np.random.default_rng(0).standard_normal((8, 4)) * 3 + 1
+    assert check_layer(layer, x).ok, str(check_layer(layer, x))
 
 
 def test_gradcheck_requires_float64(rng):

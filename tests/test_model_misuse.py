@@ -40,8 +40,13 @@ def test_backward_needs_a_training_forward_of_its_shape():
     with pytest.raises(ValueError, match=r"dout of shape \(20, 3\).*\(none ran\)"):
         model.backward(np.zeros((20, 3), np.float32))
     model.forward(np.zeros((20, 4), np.float32), training=False)
-    with pytest.raises(ValueError, match="none ran"):
+    with pytest.raises(ValueError, match=r"forward\(x, training=True\): an inference forward"):
         model.backward(np.zeros((20, 3), np.float32))
+    notebook = fn.Sequential([fn.Dense(5), fn.Relu(), fn.Dense(3)], backend="numpy").build(4)
+    out = notebook.forward(np.ones((20, 4), np.float32), training=True)
+    notebook.evaluate(np.ones((6, 4), np.float32), np.zeros(6, int))  # the test accuracy, mid-step
+    with pytest.raises(ValueError, match=r"\(predict, evaluate, training=False\) ran since"):
+        notebook.backward(notebook.loss(out, np.zeros(20, int))[1])
     model.forward(np.zeros((20, 4), np.float32), training=True)
     with pytest.raises(ValueError, match=r"of shape \(20, 3\)$"):
         model.backward(np.zeros((8, 3), np.float32))
