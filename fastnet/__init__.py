@@ -47,7 +47,7 @@ from fastnet.layers import (
 )
 from fastnet.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
 from fastnet.model import Sequential, StateError, load_model, save_model
-from fastnet.optimizers import SGD, AdaGrad, Adam, AdamW, Momentum, RMSProp
+from fastnet.optimizers import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, RMSProp
 from fastnet.schedules import CosineDecay, LearningRateScheduler, StepDecay, WarmupCosine
 from fastnet.training import TrainingDivergedError
 
@@ -55,7 +55,7 @@ from fastnet.training import TrainingDivergedError
 Affine = FC = Dense
 Relu = ReLU
 SoftmaxWithLoss = SoftmaxCrossEntropy
-Adagrad, RMSprop = AdaGrad, RMSProp  # Nesterov: Momentum(nesterov=True)
+Adagrad, RMSprop = AdaGrad, RMSProp
 SimpleInitializer, XavierInitializer, HeInitializer = Gaussian, Xavier, He
 
 __all__ = [
@@ -88,6 +88,7 @@ __all__ = [
     "MLPRegressor",
     "MeanSquaredError",
     "Momentum",
+    "Nesterov",
     "RMSProp",
     "ReLU",
     "Sequential",

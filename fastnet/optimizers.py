@@ -129,6 +129,11 @@ class Optimizer:
         Gradients are scaled by the device clip scale (``clip_norm``: ``min(1, clip_norm /
         (norm + 1e-6))``, as PyTorch's ``clip_grad_norm_``), clipped to ``[-clip_value,
         clip_value]``, and get L2 decay on the group's leading ``n_decay`` elements."""
+        if not isinstance(group, ParameterGroup):
+            raise TypeError(
+                "an optimizer updates a model's parameters: call model.apply_gradients() after "
+                "model.backward (the notebooks' optimizer.update(params, grads))"
+            )
         backend.update(
             self,
             group.values,
@@ -340,7 +345,17 @@ class AdamW(Adam):
         super().__init__(lr, beta1, beta2, eps, weight_decay, **clipping)
 
 
+class Nesterov(Momentum):
+    """The notebooks' ``Nesterov``: ``Momentum(nesterov=True)`` (saved and loaded as that)."""
+
+    def __init__(
+        self, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0, **clipping: Any
+    ) -> None:
+        super().__init__(lr, momentum, True, weight_decay, **clipping)
+
+
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, AdaGrad, RMSProp, Adam, AdamW)}
+OPTIMIZERS["nesterov"] = Nesterov
 
 
 def get_optimizer(spec: str | Optimizer, **kwargs: Any) -> Optimizer:

@@ -103,6 +103,13 @@ def test_notebook_optimizer_names():
     for name in ("SGD", "Momentum", "AdaGrad", "RMSprop", "Adam"):
         assert isinstance(getattr(fn, name)(0.01), fn.optimizers.Optimizer)
     assert fn.Momentum(0.01, nesterov=True).get_config()["nesterov"]  # the notebooks' Nesterov
+    nesterov = fn.Nesterov(0.01, momentum=0.8)
+    assert nesterov.get_config() == fn.Momentum(0.01, 0.8, nesterov=True).get_config()
+    model = fn.Sequential([fn.Dense(2)], optimizer="nesterov")
+    assert model.optimizer.nesterov and model.optimizer.momentum == 0.9
+    params, grads = {"x": np.array([-7.0])}, {"x": np.array([1.0])}
+    with pytest.raises(TypeError, match=r"call model.apply_gradients\(\) after model.backward"):
+        fn.SGD(0.95).update(params, grads)  # the notebooks' optimizer.update(params, grads)
 
 
 def test_documented_conventions():
@@ -113,6 +120,12 @@ def test_documented_conventions():
     bn.build(2, backend, np.float64, np.random.default_rng(0))
     bn.forward(np.array([[1.0, 3.0], [3.0, 5.0]]), training=True)
     np.testing.assert_allclose(bn.running_mean, [0.2, 0.4])
+    np.testing.assert_allclose(bn.running_var, [0.9 + 0.1 * 2.0] * 2)  # unbiased: 2 / (2 - 1)
+    drop = fn.Sequential([fn.Dropout(0.2)], seed=0).build(1000)  # inverted: 1 / (1 - rate)
+    assert set(np.unique(drop.forward(np.ones((4, 1000), np.float32), True))) == {0, 1.25}
+    mse = fn.Sequential([fn.Dense(2)], loss="mse", dtype="float64").build(3)
+    assert mse.loss(np.array([[1.0, 3.0]]), np.array([[0.0, 0.0]]))[0] == 5.0  # mean, not 0.5 sum
+    assert fn.Sequential([fn.Affine(4), fn.Relu()]).build(3).layers[0].initializer.name == "he"
     x, y = np.ones((2, 3)), np.array([0, 1])
     losses, steps = [], []
     for wd in (0.0, 0.5):
