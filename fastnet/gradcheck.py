@@ -55,7 +55,7 @@ def relative_error(analytic: Any, numeric: np.ndarray, floor: float = 0.0) -> fl
     finite differences' rounding noise (~1e-10): pass ``floor``, the size of a gradient that
     matters (e.g. the norm of the others), to measure such noise against it instead."""
     a = np.asarray(analytic, dtype=np.float64)
-    denom = max(np.linalg.norm(a) + np.linalg.norm(numeric), floor)
+    denom = max(float(np.linalg.norm(a) + np.linalg.norm(numeric)), floor)
     return float(np.linalg.norm(a - numeric) / denom) if denom > 0 else 0.0
 
 
