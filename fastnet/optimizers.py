@@ -354,7 +354,9 @@ class Nesterov(Momentum):
         super().__init__(lr, momentum, True, weight_decay, **clipping)
 
 
-OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, AdaGrad, RMSProp, Adam, AdamW)}
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.name: cls for cls in (SGD, Momentum, AdaGrad, RMSProp, Adam, AdamW)
+}
 OPTIMIZERS["nesterov"] = Nesterov
 
 
