@@ -76,7 +76,7 @@ def _number(kind, low: float, high: float, low_ok: bool = True):  # noqa: ANN001
     return parse
 
 
-OPTIMIZERS = ["sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"]
+OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
 TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (
         ("--backend",),
