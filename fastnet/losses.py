@@ -45,7 +45,11 @@ class Loss:
 
     def __call__(self, outputs: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         """Loss value and gradient, after checking shapes and target values. ``weights``
-        (one per row) weight each row; the mean stays over the rows (Keras's normalisation)."""
+        (one per row) weight each row; the mean stays over the rows (Keras's normalisation).
+        Class indices may come as a column ``(n, 1)``, as ``evaluate`` and ``fit`` take them."""
+        shape = getattr(targets, "shape", ())
+        if self.multiclass and len(shape) == 2 and shape[1] == 1 and targets.dtype.kind in "iu":
+            targets = targets.reshape(-1)  # (a softmax model has 2+ outputs: not a target column)
         _check_pair(self, outputs, targets)
         if self._backend is None and isinstance(outputs, np.ndarray):
             self.build(get_backend("numpy"))  # a loss used on its own, as in the notebooks

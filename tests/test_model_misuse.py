@@ -258,3 +258,14 @@ def test_confusion_matrix_of_a_binary_model_has_two_classes():
     multi.fit(X, labels, epochs=1, verbose=0)
     with pytest.raises(ValueError, match="multi-label"):
         multi.confusion_matrix(X, labels)
+
+
+def test_the_loss_takes_a_column_of_class_indices_as_evaluate_does():
+    model = _model()
+    out = model.forward(np.ones((4, 4), np.float32), training=True)
+    labels = np.array([0, 2, 1, 2])
+    loss, grad = model.loss(out, labels)
+    loss, grad = float(loss), np.array(grad)  # (the gradient is a reused buffer)
+    loss_of_column, grad_of_column = model.loss(out, labels.reshape(-1, 1))
+    assert loss == float(loss_of_column)
+    np.testing.assert_array_equal(grad, grad_of_column)
