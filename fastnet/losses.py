@@ -47,7 +47,7 @@ class Loss:
         """Loss value and gradient, after checking shapes and target values. ``weights``
         (one per row) weight each row; the mean stays over the rows (Keras's normalisation).
         Class indices may come as a column ``(n, 1)``, as ``evaluate`` and ``fit`` take them."""
-        shape = getattr(targets, "shape", ())
+        shape: tuple = getattr(targets, "shape", ())
         if self.multiclass and len(shape) == 2 and shape[1] == 1 and targets.dtype.kind in "iu":
             targets = targets.reshape(-1)  # (a softmax model has 2+ outputs: not a target column)
         _check_pair(self, outputs, targets)
