@@ -7,6 +7,7 @@ follows the schedule uninterrupted training would)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from typing import Any
@@ -48,16 +49,30 @@ class _EpochSchedule(_Schedule):
 
 class LearningRateScheduler(_EpochSchedule):
     """``fn(epoch, lr) -> new lr`` at the start of every epoch (Keras's signature; ``lr`` is
-    the current learning rate)."""
+    the current learning rate), or ``fn(epoch) -> lr`` (Keras's older one)."""
 
-    def __init__(self, fn: Callable[[int, float], float]) -> None:
+    def __init__(self, fn: Callable[..., float]) -> None:
         if not callable(fn):
             raise TypeError("LearningRateScheduler needs a function fn(epoch, lr) -> lr")
-        self.fn = fn
+        self.fn, self.takes_lr = fn, _positional_arguments(fn) != 1
+        if _positional_arguments(fn) == 0:
+            raise TypeError("LearningRateScheduler's function takes fn(epoch, lr) or fn(epoch)")
 
     def on_epoch_begin(self, model: Any, epoch: int) -> None:
         for opt in self.optimizers:
-            opt.set_scheduled_lr(float(self.fn(epoch, opt.lr)))
+            lr = self.fn(epoch, opt.lr) if self.takes_lr else self.fn(epoch)
+            opt.set_scheduled_lr(float(lr))
+
+
+def _positional_arguments(fn: Callable) -> int:
+    """How many positional arguments ``fn`` takes (2 for ``*args`` or an unknown signature)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 2
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return 2
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 class CosineDecay(_EpochSchedule):

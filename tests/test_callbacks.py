@@ -123,6 +123,10 @@ def test_step_decay_and_scheduler_function(backend):
         callbacks=[fn.LearningRateScheduler(lambda epoch, lr: lr * 0.1 if epoch else lr)],
     )
     assert model.history["lr"] == pytest.approx([0.01, 0.001, 0.0001])
+    model = _model(backend, optimizer=fn.Adam(0.01))  # Keras's older fn(epoch)
+    schedule = fn.LearningRateScheduler(lambda epoch: 0.1 * 0.5**epoch)
+    model.fit(X, y, epochs=3, verbose=0, callbacks=[schedule])
+    assert model.history["lr"] == pytest.approx([0.1, 0.05, 0.025])
 
 
 def test_schedules_reject_bad_arguments():
@@ -134,6 +138,8 @@ def test_schedules_reject_bad_arguments():
         fn.ReduceLROnPlateau(factor=2)
     with pytest.raises(TypeError):
         fn.LearningRateScheduler(0.1)
+    with pytest.raises(TypeError, match=r"fn\(epoch, lr\) or fn\(epoch\)"):
+        fn.LearningRateScheduler(lambda: 0.1)
 
 
 def test_metrics_in_evaluate_history_and_against_scikit_learn(backend):
