@@ -334,10 +334,17 @@ class Sequential(Trainer):
         return Xd, yd, val
 
     def validate_weights(
-        self, sample_weight: Any, class_weight: Any, y: Any, n: int, on_device: bool = True
+        self,
+        sample_weight: Any,
+        class_weight: Any,
+        y: Any,
+        n: int,
+        on_device: bool = True,
+        input_dim: int | None = None,
     ) -> Any:
         """Per-row weights from ``sample_weight`` and ``class_weight`` (None when neither is
-        given or all are 1, so the unweighted kernels run); checked, changing nothing."""
+        given or all are 1, so the unweighted kernels run); checked, changing nothing.
+        ``input_dim``: the features' width, for a model not built yet."""
         if sample_weight is None and not class_weight:
             return None
         w = np.ones(n)
@@ -353,6 +360,13 @@ class Sequential(Trainer):
         if class_weight:
             if not isinstance(class_weight, dict):
                 raise TypeError("class_weight must be a dict {label: weight}")
+            classes = self._weighted_classes(self.input_dim or input_dim)
+            unknown = sorted(str(k) for k in class_weight if k not in classes)
+            if unknown:
+                raise ValueError(
+                    f"class_weight names label(s) {unknown[:5]} the model lacks (its labels: "
+                    f"0 to {len(classes) - 1})"
+                )
             labels = host_array(y, "y")
             labels = labels.argmax(axis=1) if labels.ndim == 2 and labels.shape[1] > 1 else labels
             labels = np.rint(labels.reshape(-1)).astype(np.int64)
@@ -368,6 +382,17 @@ class Sequential(Trainer):
             return None
         w = w.astype(self.dtype)
         return self.backend.asarray(w) if on_device else w
+
+    def _weighted_classes(self, input_dim: Any) -> range:
+        """The labels ``class_weight`` may name: one class per row (softmax or one sigmoid)."""
+        width = self.output_width(input_dim)
+        if not self.loss.classification or (not self.loss.multiclass and width > 1):
+            raise ValueError(
+                "class_weight weighs each row by its class: a "
+                + ("multi-label" if self.loss.classification else "regression")
+                + " model's rows have none (pass sample_weight)"
+            )
+        return range(max(width, 2))
 
     # ------------------------------------------------------------------ inference
     def _require_built(self) -> None:

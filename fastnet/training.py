@@ -544,7 +544,9 @@ class Trainer:
             X, y, opts.sample_weight, opts.validation_data, opts.validation_split, seed
         )
         Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
-        wd = self.validate_weights(sample_weight, opts.class_weight, y, len(Xd), not streamed)
+        wd = self.validate_weights(
+            sample_weight, opts.class_weight, y, len(Xd), not streamed, Xd.shape[1]
+        )
         if group is not None:
             self._check_same_data(group, Xd, yd, *(() if wd is None else (wd,)), val)
         if metric_fns and val is None:
@@ -1137,7 +1139,13 @@ class Trainer:
         raise NotImplementedError
 
     def validate_weights(
-        self, sample_weight: Any, class_weight: Any, y: Any, n: int, on_device: bool = True
+        self,
+        sample_weight: Any,
+        class_weight: Any,
+        y: Any,
+        n: int,
+        on_device: bool = True,
+        input_dim: int | None = None,
     ) -> Any:
         raise NotImplementedError
 

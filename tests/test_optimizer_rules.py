@@ -284,3 +284,14 @@ def test_sample_and_class_weights_in_fit(backend):
         assert not fresh.built
     with pytest.raises(ValueError, match="class_weight"):
         plain.fit(X, y, epochs=1, verbose=0, class_weight={"a": 1.0})
+    fresh = fn.Sequential([fn.Dense(2)], backend=backend)
+    with pytest.raises(
+        ValueError, match=r"label\(s\) \['5'\] the model lacks \(its labels: 0 to 1"
+    ):
+        fresh.fit(X, y, epochs=1, verbose=0, class_weight={0: 1, 1: 2, 5: 3})  # a typo
+    assert not fresh.built
+    multi_label = fn.Sequential([fn.Dense(3)], loss="bce", backend=backend)
+    with pytest.raises(ValueError, match="a multi-label model's rows have none"):
+        multi_label.fit(X, np.eye(3)[y], epochs=1, verbose=0, class_weight={0: 1, 1: 5})
+    binary = fn.Sequential([fn.Dense(1)], loss="bce", backend=backend, seed=0)
+    binary.fit(X, y, epochs=1, verbose=0, class_weight={0: 1, 1: 5})
