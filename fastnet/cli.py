@@ -18,7 +18,7 @@ import numpy as np
 
 def _layers(spec: str) -> tuple[int, ...]:
     try:
-        sizes = tuple(int(s) for s in spec.split(",") if s.strip())
+        sizes = tuple(int(s) for s in spec.split(",")) if spec.strip() else ()
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--layers must be comma-separated integers, got {spec!r}"
@@ -129,8 +129,7 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         ("--val-fraction",),
         dict(
             type=_number(float, 0, 1, low_ok=False),
-            default=0.1,
-            help="training rows held out (a seeded shuffle, stratified by class)",
+            help="training rows held out (default 0.1; a seeded shuffle, stratified by class)",
         ),
     ),
     (("--limit",), dict(type=_positive(int), help="use only the first N training rows")),
@@ -361,6 +360,9 @@ def _prepare(args: argparse.Namespace) -> Prepared:
 
     _refuse_unused(args.data, "--data", args.labels, "--labels", args.target)
     _refuse_unused(args.val, "--val", args.val_labels, "--val-labels")
+    if args.val is not None and args.val_fraction is not None:
+        raise ValueError("--val (a validation file) replaces --val-fraction: give one")
+    args.val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
     prepared = _builtin(args) if args.data is None else _custom(args)
     if args.scale != "none":
         X = prepared.train[0]
@@ -411,6 +413,12 @@ def _custom(args: argparse.Namespace) -> Prepared:
     if args.limit:
         X, y = X[: args.limit], y[: args.limit]
     task = infer_task(y) if args.task == "auto" else args.task
+    distinct = len(np.unique(y)) if task == "classification" and y.dtype.kind == "f" else 0
+    if distinct > len(y) // 2 and not np.all(y == np.round(y)):  # most rows a class of their own
+        raise ValueError(
+            f"--task classification, but the target of {args.data} holds fractional numbers, "
+            f"{distinct} distinct in {len(y)} rows: --task regression for a quantity"
+        )
     encoding = None
     if task == "classification":
         encoding, y = LabelEncoding.fit(y, f"the labels of {args.data}")
@@ -481,6 +489,8 @@ def _build_model(args: argparse.Namespace, data: Prepared, backend: Any) -> Any:
     from fastnet.losses import MeanSquaredError, SoftmaxCrossEntropy
     from fastnet.optimizers import get_optimizer
 
+    if data.task != "classification" and args.label_smoothing:
+        raise ValueError("--label-smoothing smooths class labels: the target is a regression's")
     loss = (
         SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
         if data.task == "classification"

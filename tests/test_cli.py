@@ -550,3 +550,22 @@ def test_a_checkpoints_cli_metadata_is_checked_against_its_model(tmp_path, capsy
             err = capsys.readouterr().err
             assert "e.npz': its metadata (extra) " + match in err, err
     assert main(["export", edited, str(tmp_path / "m.onnx")]) == 2
+
+
+def test_cli_options_that_would_be_ignored_are_refused(tmp_path, capsys):
+    rng = np.random.default_rng(4)
+    X = rng.standard_normal((60, 3)).astype(np.float32)
+    np.savez(tmp_path / "r.npz", X=X, y=X @ np.array([1.0, 2.0, 0.5]))
+    np.savez(tmp_path / "c.npz", X=X, y=np.arange(60) % 3)
+    regression, classes = str(tmp_path / "r.npz"), str(tmp_path / "c.npz")
+    for argv, message in [
+        (["--data", regression, "--label-smoothing", "0.1"], "--label-smoothing smooths class"),
+        (["--data", regression, "--task", "classification"], "holds fractional numbers"),
+        (["--data", classes, "--val", classes, "--val-fraction", "0.5"], "replaces --val-fraction"),
+    ]:
+        assert main(["train", *TINY, *argv]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", *TINY, "--data", classes, "--layers", "8,,4"])
+    assert "--layers must be comma-separated integers" in capsys.readouterr().err
+    assert main(["train", *TINY, "--data", classes, "--val", classes]) == 0
