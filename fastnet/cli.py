@@ -659,7 +659,8 @@ def _write_outputs(
             from fastnet.plot import confusion_path, plot_confusion
 
             path = confusion_path(args.plot)
-            plot_confusion(np.asarray(cm), path, title=f"{data.name} {data.held} set")
+            names = data.encoding.names() if data.encoding else None
+            plot_confusion(np.asarray(cm), path, f"{data.name} {data.held} set", names)
             print(f"wrote the confusion matrix to {path}")
     if args.json:
         run = {"history": model.history, "backend": model.backend.name}

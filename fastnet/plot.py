@@ -31,8 +31,12 @@ def confusion_path(path: str) -> str:
     return f"{stem}-confusion.{suffix}" if dot else f"{path}-confusion"
 
 
-def plot_confusion(cm: np.ndarray, path: str, title: str = "") -> None:
-    """Write a confusion-matrix heat map (rows: true class, columns: predicted) to a PNG."""
+def plot_confusion(
+    cm: np.ndarray, path: str, title: str = "", labels: list[str] | None = None
+) -> Any:
+    """Write a confusion-matrix heat map (rows: true class, columns: predicted) to a PNG,
+    the axes ticked with ``labels`` (the class names) or the class indices; returns the
+    ``matplotlib`` figure."""
     k = cm.shape[0]
     fig = _figure(1.2 + 0.45 * k, 1.0 + 0.45 * k)
     ax = fig.subplots()
@@ -42,9 +46,13 @@ def plot_confusion(cm: np.ndarray, path: str, title: str = "") -> None:
         color = "white" if rates[i, j] > 0.5 else "black"
         ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class")
+    if labels is not None:
+        ax.set_xticklabels(labels, rotation=45 if max(map(len, labels)) > 3 else 0, ha="right")
+        ax.set_yticklabels(labels)
     ax.set_title(title or "confusion matrix", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return fig
 
 
 def _curves(ax: Any, history: dict[str, list[float]], key: str) -> None:

@@ -54,6 +54,13 @@ def test_cli_plots_a_regression_run(plot, tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG" and "wrote learning curves" in capsys.readouterr().out
 
 
+def test_confusion_plot_names_the_classes(plot, tmp_path):
+    fig = plot.plot_confusion(np.eye(3, dtype=int), str(tmp_path / "c.png"), "", ["a", "b", "c"])
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+
+
 def test_plots_leave_the_matplotlib_backend_alone(plot, tmp_path):
     code = (
         "import sys, matplotlib, numpy as np; matplotlib.use('svg'); "
