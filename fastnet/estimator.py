@@ -20,6 +20,7 @@ import numpy as np
 from fastnet.builders import mlp
 from fastnet.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
 from fastnet.layers import Dense
+from fastnet.losses import MeanSquaredError
 from fastnet.model import Sequential
 from fastnet.optimizers import Adam, AdamW, Momentum, Optimizer, get_optimizer
 from fastnet.schedules import LearningRateScheduler
@@ -183,6 +184,26 @@ class _ValidationScore(Callback):
         return False
 
 
+class _Objective(Callback):
+    """scikit-learn's ``loss_`` into the epoch logs as ``objective``: the model's loss (per
+    output with ``per_output``: MLPRegressor's half mean square) plus the L2 penalty ``0.5 *
+    alpha * ||W||**2 / rows per batch`` at the epoch's first weights (exact for one batch)."""
+
+    provides = ("objective",)
+
+    def __init__(self, per_output: bool) -> None:
+        self.per_output, self.penalty = per_output, 0.0
+
+    def on_epoch_begin(self, model: Any, epoch: int) -> None:
+        squares = sum(float((d.W.value**2).sum()) for d in model.layers if isinstance(d, Dense))
+        self.penalty = 0.5 * model.optimizer.weight_decay * squares
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        loss = logs["loss"] / (model.output_dim if self.per_output else 1)
+        logs["objective"] = loss + self.penalty
+        return False
+
+
 class _BestScore(EarlyStopping):
     """scikit-learn's early stopping: patience counts gains over ``tol``; the weights kept
     are the best score's (any gain, as ``_best_coefs``)."""
@@ -333,7 +354,7 @@ class _MLPBase(BaseEstimator):
             ACTIVATIONS[self.activation],
             dropout=self.dropout,
             batch_norm=self.batch_norm,
-            loss=self._loss,
+            loss=self._model_loss(n_outputs),
             optimizer=self._optimizer(self.alpha / rows_per_batch),
             backend=self.backend,
             dtype=self.dtype,
@@ -355,14 +376,14 @@ class _MLPBase(BaseEstimator):
         """Validation score, stopping rules and scikit-learn's ``learning_rate`` schedules
         (``invscaling``: lr / (samples seen + 1) ** power_t; ``adaptive``: lr / 5 after
         ``n_iter_no_change`` epochs without improvement), which apply to ``solver="sgd"``."""
-        callbacks: list[Callback] = []
+        callbacks: list[Callback] = [_Objective(self._loss == "mean_squared_error")]
         if validation is not None:
             callbacks.append(_ValidationScore(self, *validation))
         schedule = self.learning_rate if self.solver == "sgd" else "constant"
         if schedule == "invscaling":
             lr0, power = self.learning_rate_init, self.power_t
             callbacks.append(LearningRateScheduler(lambda e, _: lr0 / (e * n + 1) ** power))
-        monitor = "val_score" if self.early_stopping else "loss"
+        monitor = "val_score" if self.early_stopping else "objective"
         if schedule == "adaptive":
             callbacks.append(
                 ReduceLROnPlateau(
@@ -373,7 +394,9 @@ class _MLPBase(BaseEstimator):
             callbacks.append(_BestScore("val_score", self.n_iter_no_change, self.tol, mode="max"))
         elif self.n_iter_no_change and epochs > 1 and schedule != "adaptive":
             callbacks.append(
-                EarlyStopping("loss", self.n_iter_no_change, self.tol, restore_best_weights=False)
+                EarlyStopping(
+                    "objective", self.n_iter_no_change, self.tol, restore_best_weights=False
+                )
             )
         return callbacks
 
@@ -448,10 +471,12 @@ class _MLPBase(BaseEstimator):
             setattr(self, key, value)
         self.model_ = model
         before = list(self.loss_curve_) if continuing else []  # appended, as scikit-learn does
-        self.loss_curve_ = before + list(history["loss"])
+        self.loss_curve_ = before + list(history["objective"])
         scores = list(self.validation_scores_ or []) if continuing else []
         self.validation_scores_ = scores + history.get("val_score", []) or None
-        self.best_loss_ = min(self.loss_curve_)
+        best_score = max(self.validation_scores_) if self.validation_scores_ else None
+        self.best_validation_score_ = best_score  # and best_loss_ None, as scikit-learn's
+        self.best_loss_ = None if best_score is not None else min(self.loss_curve_)
         self.n_iter_ = len(self.loss_curve_)
         self.history_ = history
         ran = len(history["loss"])
@@ -533,6 +558,9 @@ class _MLPBase(BaseEstimator):
     def _n_outputs(self, fitted: dict) -> int:
         raise NotImplementedError
 
+    def _model_loss(self, n_outputs: int) -> Any:
+        return self._loss
+
     def _score_model(self, model: Sequential, X: Any, y: Any) -> float:
         raise NotImplementedError
 
@@ -599,6 +627,10 @@ class MLPRegressor(RegressorMixin, _MLPBase):
     """Multi-layer perceptron regressor (mean squared error), one or several outputs."""
 
     _loss = "mean_squared_error"
+
+    def _model_loss(self, n_outputs: int) -> Any:
+        """scikit-learn's: half the squares summed over the outputs, mean over the rows."""
+        return MeanSquaredError(scale=n_outputs / 2)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

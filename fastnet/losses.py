@@ -267,19 +267,33 @@ class SigmoidBinaryCrossEntropy(Loss):
 
 
 class MeanSquaredError(Loss):
-    """Mean over all elements of ``(y - t)**2``."""
+    """``scale`` times the mean over all elements of ``(y - t)**2``. scikit-learn's
+    MLPRegressor trains on half the squares summed over the ``k`` outputs (mean over rows):
+    ``scale = k / 2``."""
 
     name = "mean_squared_error"
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        if not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
+        self.scale = float(scale)
+
+    def get_config(self) -> dict:
+        return {"name": self.name, **({"scale": self.scale} if self.scale != 1 else {})}
+
+    def __repr__(self) -> str:
+        return f"MeanSquaredError({f'scale={self.scale}' if self.scale != 1 else ''})"
 
     def compute(self, outputs: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         if targets.ndim == 1:
             targets = targets.reshape(outputs.shape)
         diff = outputs - targets.astype(outputs.dtype, copy=False)
-        squares, grad = diff * diff, diff * (2.0 / diff.size)
+        squares, grad = diff * diff, diff * (2.0 * self.scale / diff.size)
         if weights is not None:
             w = weights.reshape(-1, 1).astype(outputs.dtype, copy=False)
             squares, grad = squares * w, grad * w
-        return squares.mean(), grad
+        return squares.mean() * self.scale, grad
 
 
 LOSSES = {

@@ -296,3 +296,44 @@ def test_early_stopping_keeps_the_best_score_itself_not_the_last_gain_over_tol()
         best.on_epoch_end(model, model.epoch, {"val_score": score})
     best.on_train_end(model)
     assert model.restored == 1 and best.wait == 2  # (0.809 was no gain over tol)
+
+
+@pytest.mark.parametrize("outputs", [0, 1, 2, 3])  # 0: a classifier of 3 classes
+def test_sgd_steps_and_loss_curve_are_scikit_learns(outputs):
+    """From the same weights, one SGD epoch (a whole-set batch, L2 alpha) moves the weights
+    as scikit-learn's does, and loss_curve_ is its loss_: half the mean square (the gradient
+    of half the squares summed over outputs) plus 0.5 alpha ||W||^2 / batch rows."""
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    rng = np.random.default_rng(outputs)
+    X = rng.standard_normal((50, 3))
+    if outputs:
+        y = X @ rng.standard_normal((3, outputs)) + 0.1 * rng.standard_normal((50, outputs))
+        y = y[:, 0] if outputs == 1 else y
+    else:
+        y = np.arange(50) % 3
+    ours, theirs = (fn.MLPRegressor, MLPRegressor) if outputs else (fn.MLPClassifier, MLPClassifier)
+    kw = dict(hidden_layer_sizes=(4,), solver="sgd", momentum=0.9, learning_rate_init=0.01,
+              batch_size=50, max_iter=1, shuffle=False, alpha=1e-2, random_state=0)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter reached
+        est = ours(backend="numpy", dtype="float64", **kw).fit(X, y)
+        reference = theirs(warm_start=True, **kw).fit(X, y)
+        reference.coefs_ = [w.copy() for w in est.coefs_]
+        reference.intercepts_ = [b.copy() for b in est.intercepts_]
+        est.set_params(warm_start=True, max_iter=2).fit(X, y)
+        reference.set_params(max_iter=2).fit(X, y)
+    for got, want in zip(est.coefs_ + est.intercepts_, reference.coefs_ + reference.intercepts_):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(est.loss_curve_[-2:], reference.loss_curve_[-2:], rtol=1e-12)
+
+
+def test_early_stopping_reports_the_best_validation_score_as_scikit_learn():
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((80, 3)), np.arange(80) % 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est = fn.MLPClassifier((4,), max_iter=5, early_stopping=True, random_state=0).fit(X, y)
+    assert est.best_validation_score_ == max(est.validation_scores_) and est.best_loss_ is None
+    plain = fn.MLPRegressor((4,), max_iter=3, random_state=0).fit(X, y.astype(float))
+    assert plain.best_validation_score_ is None and plain.best_loss_ == min(plain.loss_curve_)
