@@ -252,13 +252,31 @@ def _csv_features(path: Path, use: list[int], rows: int, chunk: int, multiline: 
                     comments=None,
                 )
             except ValueError as exc:
-                raise DatasetError(f"{path}: feature columns must be numbers ({exc})") from None
+                raise DatasetError(f"{path}: {_first_bad_cell(path, use) or exc}") from None
             if parsed.shape[0] != want:  # never broadcast one row over a block
                 raise DatasetError(
                     f"{path}: data rows {lo + 1}-{lo + want} do not parse as {want} rows"
                 )
             X[lo : lo + want] = parsed
     return X
+
+
+def _first_bad_cell(path: Path, use: list[int]) -> str:
+    """Where a CSV's features first fail to parse (data row, column name, cell), "" if not
+    found: read again record by record, only once parsing failed."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        for row, record in enumerate(r for r in reader if r):
+            for i in use:
+                try:
+                    float(record[i])
+                except ValueError:
+                    where = f"data row {row} (0-based), column {header[i]!r}"
+                    if not record[i].strip():  # pandas writes NaN so
+                        return f"the feature in {where} is empty: fill or drop missing values"
+                    return f"feature columns must be numbers: {where} holds {record[i]!r}"
+    return ""
 
 
 def check_finite_features(path: Any, X: np.ndarray, names: list[str] | None = None) -> None:

@@ -234,3 +234,14 @@ def test_labels_from_text_match_the_same_labels_from_arrays():
     encoding, _ = LabelEncoding.fit(np.array([1, 2]))
     with pytest.raises(DatasetError, match=r"label\(s\) \['x'\] that the training data lacks"):
         encoding.encode(np.array(["1", "2", "x"]))
+
+
+def test_csv_feature_errors_name_the_data_row_and_column(tmp_path):
+    """Past the first parse chunk too; an empty cell (pandas's NaN) is said to be missing."""
+    rows = [f"{i},{i + 1},c{i % 2}" for i in range(10)]
+    rows[7] = "7,,c1"
+    with pytest.raises(DatasetError, match=r"data row 7 \(0-based\), column 'b' is empty: fill"):
+        read_csv(_csv(tmp_path / "e.csv", "a,b,t", rows), "t", chunk_rows=4)
+    rows[7] = "7,oops,c1"
+    with pytest.raises(DatasetError, match=r"data row 7 \(0-based\), column 'b' holds 'oops'"):
+        read_csv(_csv(tmp_path / "t.csv", "a,b,t", rows), "t", chunk_rows=4)
