@@ -385,3 +385,16 @@ def test_targets_beyond_float32_are_refused_before_training():
     with pytest.raises(ValueError, match=r"y contains 1 NaN .* \(as float32: or beyond"):
         model.fit(X, np.array([1.0, 2.0, 1e39, 1.0]), epochs=1, verbose=0)
     assert not model.built or model.epochs_trained == 0
+
+
+def test_a_data_frame_of_mixed_numeric_columns_trains_and_others_are_named():
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "flag": [True, False, True, False]})
+    model = fn.Sequential([fn.Dense(2)], backend="numpy", seed=0)
+    model.fit(frame, np.array([0, 1, 0, 1]), epochs=1, verbose=0)  # bool + float: object array
+    np.testing.assert_array_equal(model.predict(frame), model.predict(frame.to_numpy(float)))
+    missing = frame.assign(n=pd.array([1.0, None, 2.0, 3.0], dtype="Float64"))
+    with pytest.raises(ValueError, match="X contains 1 NaN"):
+        model.predict(missing.drop(columns="a"))
+    with pytest.raises(TypeError, match=r"X column\(s\) \['kind'\] hold no numbers \(dtype cat"):
+        model.predict(frame.assign(kind=pd.Categorical(["x", "y", "x", "y"])).drop(columns="a"))

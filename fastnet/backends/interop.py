@@ -72,8 +72,25 @@ def host_array(x: Any, name: str) -> np.ndarray:
     if device is not None:
         return np.from_dlpack(x)
     try:
-        return np.asarray(x)
+        array = np.asarray(x)
     except (ValueError, TypeError) as exc:
         raise ValueError(
             f"{name} cannot be converted to an array (ragged rows or mixed types?): {exc}"
         ) from None
+    return _frame_of_numbers(x, name) if array.dtype == object else array
+
+
+def _frame_of_numbers(x: Any, name: str) -> Any:
+    """A pandas DataFrame whose columns mix numeric types (bool and float, nullable Float64)
+    as one float64 array (missing values NaN); its columns that hold no numbers named."""
+    dtypes = getattr(x, "dtypes", None)
+    if dtypes is None or not hasattr(x, "to_numpy") or not hasattr(dtypes, "__iter__"):
+        return np.asarray(x)
+    kinds = [getattr(d, "kind", "O") for d in dtypes]
+    bad = [str(c) for c, k in zip(x.columns, kinds) if k not in "biuf"]
+    if bad:
+        raise TypeError(
+            f"{name} column(s) {bad[:5]} hold no numbers (dtype {dtypes[bad[0]]}): "
+            "encode them as numbers or drop them"
+        )
+    return x.to_numpy(dtype=np.float64, na_value=np.nan)
