@@ -829,11 +829,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     if extra.get("scale"):  # a checkpoint of before the Standardize layer: it takes raw rows
         scaler = Scaler.from_json(extra["scale"])
         model = model.prepend(Standardize(scaler.offset, scaler.scale))
-    keys = [k for k in ("classes", "features", "target", "task") if extra.get(k) is not None]
-    text = lambda v: v if isinstance(v, str) else json.dumps(v)  # noqa: E731
-    model.to_onnx(args.output, {k: text(extra[k]) for k in keys})
+    model.to_onnx(args.output)  # with the checkpoint's classes, features, target, task
     print(f"wrote {args.output} (inputs 'input', outputs {', '.join(model.onnx_outputs())})")
-    if "classes" in keys:
+    if extra.get("classes") is not None:
         print(f"its metadata 'classes' maps output columns to labels: {extra['classes'][:10]}")
     return 0
 

@@ -7,6 +7,7 @@ one flat ``ParameterArena`` (``fastnet.parameter``) built with the model.
 from __future__ import annotations
 
 import contextvars
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -104,6 +105,9 @@ class Sequential(Trainer):
         self._order = np.array([_data_seed(seed), 0], np.int64)
         self.input_dim: int | None = None
         self.history: dict[str, list[float]] = {}
+        #: what the data was, kept in checkpoints (their ``extra``): the CLI's ``classes``
+        #: (labels of the output columns), ``features``, ``target`` and ``task``
+        self.metadata: dict[str, Any] = {}
         self.stop_reason: str | None = None
         self.streamed = False  # whether the last fit streamed its data from host memory
         self.step_description = "not trained yet"
@@ -521,6 +525,7 @@ class Sequential(Trainer):
             }
         )
         copy.history = {k: list(v) for k, v in self.history.items()}
+        copy.metadata = dict(self.metadata)
         return copy
 
     def to(self, backend: str | Backend, dtype: Any = None) -> Sequential:
@@ -533,6 +538,7 @@ class Sequential(Trainer):
         if self.built:
             clone.set_state(self.host_state(), validate=False)
         clone.history = {k: list(v) for k, v in self.history.items()}
+        clone.metadata = dict(self.metadata)
         return clone
 
     # ------------------------------------------------------------------ config and files
@@ -587,14 +593,21 @@ class Sequential(Trainer):
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
         """Save architecture, weights and optimizer state to ``.npz`` or, for a path ending in
-        ``.safetensors``, safetensors (atomic write; host copies, the model stays put)."""
+        ``.safetensors``, safetensors (atomic write; host copies, the model stays put), with
+        ``extra`` (JSON-able; default ``model.metadata``), which ``load_model`` restores."""
         arrays = {key: np.asarray(value) for key, value in self.host_state().items()}
+        extra = self.metadata or None if extra is None else extra
         write_checkpoint(path, self.get_config(), arrays, backend=self.backend.name, extra=extra)
 
     def to_onnx(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-        """Export for inference as ONNX (needs ``onnx``): see ``fastnet.export``."""
+        """Export for inference as ONNX (needs ``onnx``): see ``fastnet.export``. Without
+        ``metadata``, ``model.metadata``'s classes, features, target and task (JSON text)."""
         from fastnet.export import to_onnx
 
+        if metadata is None:
+            keys = [k for k in ("classes", "features", "target", "task") if k in self.metadata]
+            text = {k: self.metadata[k] for k in keys if self.metadata[k] is not None}
+            metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in text.items()}
         to_onnx(self, path, metadata)
 
     def onnx_outputs(self) -> list[str]:
@@ -617,6 +630,7 @@ class Sequential(Trainer):
                 if type(x) not in BUILT_IN and "<locals>" not in type(x).__qualname__
             ],
             "history": self.history,
+            "metadata": self.metadata,
             "stop_reason": self.stop_reason,
         }
 
@@ -634,6 +648,7 @@ class Sequential(Trainer):
         if saved["state"] is not None:
             self.set_state(saved["state"])
         self.history = saved["history"]
+        self.metadata = saved.get("metadata", {})  # (pickles of before it)
         self.stop_reason = saved["stop_reason"]
 
     def __repr__(self) -> str:
@@ -715,6 +730,8 @@ def load_model_with_meta(
         MemoryError,
     ) as exc:
         raise CheckpointError(f"{name!r} has an invalid architecture (config): {exc}") from None
+    extra = meta.get("extra")
+    model.metadata = dict(extra) if isinstance(extra, dict) else {}
     try:
         model.set_state(arrays)
     except StateError as exc:

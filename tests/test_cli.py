@@ -569,3 +569,26 @@ def test_cli_options_that_would_be_ignored_are_refused(tmp_path, capsys):
         main(["train", *TINY, "--data", classes, "--layers", "8,,4"])
     assert "--layers must be comma-separated integers" in capsys.readouterr().err
     assert main(["train", *TINY, "--data", classes, "--val", classes]) == 0
+
+
+def test_a_cli_trained_model_loaded_in_python_keeps_its_labels(tmp_path):
+    import pickle
+
+    onnx = pytest.importorskip("onnx")
+    X = np.random.default_rng(5).standard_normal((40, 3)).astype(np.float32)
+    np.savez(tmp_path / "a.npz", X=X, y=np.array(["cat", "dog", "emu", "dog"] * 10))
+    ckpt = str(tmp_path / "m.npz")
+    assert main(["train", "--data", str(tmp_path / "a.npz"), "--save", ckpt, *TINY]) == 0
+    model = fn.load_model(ckpt)
+    assert model.metadata["classes"] == ["cat", "dog", "emu"]
+    labels = np.asarray(model.metadata["classes"])[model.predict(X)]  # the README's way
+    assert set(labels) <= {"cat", "dog", "emu"}
+    model.to_onnx(tmp_path / "m.onnx")
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert (
+        json.loads(props["classes"]) == ["cat", "dog", "emu"] and props["task"] == "classification"
+    )
+    model.save(tmp_path / "again.safetensors")
+    for copy in (fn.load_model(tmp_path / "again.safetensors"), pickle.loads(pickle.dumps(model))):
+        assert copy.metadata == model.metadata
+    assert model.to("numpy").metadata == model.metadata
