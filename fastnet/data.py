@@ -143,7 +143,12 @@ def data_dir_for(name: str, data_dir: str | os.PathLike | None) -> Path:
 
 
 def _load_dataset(
-    name: str, data_dir: str | os.PathLike | None, normalize: bool, flatten: bool, how_to_get: str
+    name: str,
+    data_dir: str | os.PathLike | None,
+    normalize: bool,
+    flatten: bool,
+    how_to_get: str,
+    one_hot_label: bool = False,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     folder = data_dir_for(name, data_dir)
     out = []
@@ -158,6 +163,8 @@ def _load_dataset(
         assert images is not None and labels is not None
         out.append(load_idx_pair(images, labels, normalize=normalize, flatten=flatten))
     check_identity(name, folder, out[0][1], out[1][1])
+    if one_hot_label:  # the notebooks' load_mnist(one_hot_label=True)
+        out = [(x, one_hot(y, 10)) for x, y in out]
     return out[0], out[1]
 
 
@@ -180,28 +187,36 @@ def check_identity(name: str, folder: Path, y_train: np.ndarray, y_test: np.ndar
 
 
 def load_fashion_mnist(
-    data_dir: str | os.PathLike | None = None, *, normalize: bool = True, flatten: bool = True
+    data_dir: str | os.PathLike | None = None,
+    *,
+    normalize: bool = True,
+    flatten: bool = True,
+    one_hot_label: bool = False,
 ):
     """Fashion-MNIST as ``(X_train, y_train), (X_test, y_test)``: 60k/10k 28x28 images,
-    flattened to 784 float32 features in [0, 1]. Looks in ``data_dir``, else ``$FASTNET_DATA``,
-    else the Debian package's folder."""
+    flattened to 784 float32 features in [0, 1]; labels one-hot with ``one_hot_label``.
+    Looks in ``data_dir``, else ``$FASTNET_DATA``, else the Debian package's folder."""
     how = (
         f"Install it with `sudo apt-get install dataset-fashion-mnist` (files land in "
         f"{FASHION_MNIST_DIR}), or point --data-dir / FASTNET_DATA at a folder holding the "
         f"four IDX files."
     )
-    return _load_dataset("fashion-mnist", data_dir, normalize, flatten, how)
+    return _load_dataset("fashion-mnist", data_dir, normalize, flatten, how, one_hot_label)
 
 
 def load_mnist(
-    data_dir: str | os.PathLike | None = None, *, normalize: bool = True, flatten: bool = True
+    data_dir: str | os.PathLike | None = None,
+    *,
+    normalize: bool = True,
+    flatten: bool = True,
+    one_hot_label: bool = False,
 ):
     """MNIST from the four standard IDX files in ``data_dir`` (or ``$FASTNET_DATA``)."""
     how = (
         "Place train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
         "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz there, or pass data_dir."
     )
-    return _load_dataset("mnist", data_dir, normalize, flatten, how)
+    return _load_dataset("mnist", data_dir, normalize, flatten, how, one_hot_label)
 
 
 def one_hot(labels: np.ndarray, n_classes: int | None = None, dtype=np.float32) -> np.ndarray:

@@ -111,6 +111,9 @@ def test_loader_on_generated_files_and_count_mismatch(tmp_path):
     (X, y), (Xt, yt) = fn.load_mnist(tmp_path)
     assert X.shape == (50, 784) and X.dtype == np.float32 and 0 <= X.min() and X.max() <= 1
     assert y.dtype == np.int64 and Xt.shape == (20, 784)
+    (_, T), (_, Tt) = fn.load_mnist(tmp_path, one_hot_label=True)  # the notebooks' keyword
+    np.testing.assert_array_equal(T, fn.one_hot(y, 10))
+    np.testing.assert_array_equal(Tt, fn.one_hot(yt, 10))
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(49, np.uint8), gz=True)
     with pytest.raises(DatasetError, match="50 images but .* 49 labels"):
         fn.load_mnist(tmp_path)
