@@ -91,14 +91,7 @@ class Sequential(Trainer):
         self.dtype = check_dtype("float32" if self.policy else dtype)
         self.loss_scaler = _loss_scaler(self.backend, self.policy, loss_scale)
         self._casts: dict[tuple, Any] = {}  # mixed precision: the model's cast buffers
-        if precision not in ("fp32", "tf32"):
-            raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
-        reason = self.backend.precision_reason(precision)
-        if precision == "tf32" and self.dtype != np.float32:
-            reason = f"precision='tf32' applies to float32 models, not {self.dtype}"
-        if reason:
-            raise ValueError(reason)
-        self.precision = precision
+        self.precision = _check_precision(self.backend, precision, self.dtype)
         self.seed = seed
         self._rng = np.random.default_rng(seed)  # the weights' initial values
         # [seed, epochs trained]: the validation split and each epoch's shuffle follow from it
@@ -653,6 +646,17 @@ class Sequential(Trainer):
 
     def __repr__(self) -> str:
         return self._summary_text()
+
+
+def _check_precision(backend: Backend, precision: str, dtype: np.dtype) -> str:
+    if precision not in ("fp32", "tf32"):
+        raise ValueError(f"precision must be 'fp32' or 'tf32', got {precision!r}")
+    reason = backend.precision_reason(precision)
+    if precision == "tf32" and dtype != np.float32:
+        reason = f"precision='tf32' applies to float32 models, not {dtype}"
+    if reason:
+        raise ValueError(reason)
+    return precision
 
 
 def _loss_scaler(backend: Backend, policy: str | None, settings: dict | None) -> LossScaler | None:
