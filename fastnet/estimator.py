@@ -368,7 +368,7 @@ class _MLPBase(BaseEstimator):
             return Momentum(lr, self.momentum, self.nesterovs_momentum, weight_decay)
         if self.solver in ("adam", "adamw"):
             cls = Adam if self.solver == "adam" else AdamW
-            return cls(lr, self.beta_1, self.beta_2, self.epsilon, weight_decay)
+            return cls(lr, self.beta_1, self.beta_2, self.epsilon, weight_decay, eps_hat=True)
         kwargs = {"momentum": self.momentum} if self.solver == "momentum" else {}
         return get_optimizer(self.solver, lr=lr, weight_decay=weight_decay, **kwargs)
 

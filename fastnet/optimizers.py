@@ -114,12 +114,13 @@ class Optimizer:
 
     def scalar_constants(self) -> tuple[float, ...]:
         """What ``Backend.advance_scalars`` needs besides the device scalars: ``(eps, beta1,
-        beta2, bias_correction, decoupled weight decay, clip_norm or 0)``."""
+        beta2, bias_correction, decoupled weight decay, clip_norm or 0)``; bias_correction 1
+        corrects the step size and eps, 2 the step size only (``eps_hat``)."""
         return (
             float(self.eps),
             float(self.beta1),
             float(self.beta2),
-            float(self.bias_correction),
+            2.0 if getattr(self, "eps_hat", False) else float(self.bias_correction),
             self.weight_decay if self.decoupled else 0.0,
             self.clip_norm or 0.0,
         )
@@ -283,7 +284,9 @@ class RMSProp(Optimizer):
 class Adam(Optimizer):
     """Adam with bias correction (Kingma & Ba 2015), folded into the step size and eps
     (sec. 2): ``p -= lr_t * m / (sqrt(v) + eps_t)`` with ``lr_t = lr sqrt(1 - beta2^t) /
-    (1 - beta1^t)`` and ``eps_t = eps sqrt(1 - beta2^t)``."""
+    (1 - beta1^t)`` and ``eps_t = eps sqrt(1 - beta2^t)``: eps is added to the corrected
+    ``sqrt(v_hat)`` (Algorithm 1, PyTorch's). ``eps_hat=True``: ``eps_t = eps``, added to the
+    uncorrected ``sqrt(v)`` (the paper's epsilon hat: Keras's, scikit-learn's, the notebooks')."""
 
     name = kernel = "adam"
     slots = ("m", "v")
@@ -297,12 +300,15 @@ class Adam(Optimizer):
         beta2: float = 0.999,
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        *,
+        eps_hat: bool = False,
         **clipping: Any,
     ) -> None:
         super().__init__(lr, weight_decay, **clipping)
         self.beta1 = _check_fraction("beta1", beta1)
         self.beta2 = _check_fraction("beta2", beta2)
         self.eps = _check_positive("eps", eps)
+        self.eps_hat = bool(eps_hat)
 
     def constants(self) -> tuple[float, ...]:
         return (self.beta1, self.beta2)
@@ -322,7 +328,8 @@ class Adam(Optimizer):
         p -= xp.divide(xp.multiply(m, step, out=g2), den, out=den)
 
     def get_config(self) -> dict:
-        return {**super().get_config(), "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps}
+        config = {**super().get_config(), "beta1": self.beta1, "beta2": self.beta2}
+        return {**config, "eps": self.eps, **({"eps_hat": True} if self.eps_hat else {})}
 
 
 class AdamW(Adam):

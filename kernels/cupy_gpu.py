@@ -902,7 +902,7 @@ extern "C" __global__ void advance_scalars(double* s, const double* checks, doub
     if (bias_correction != 0.0) {
         double c = sqrt(1.0 - pow(beta2, t));
         s[2] = lr * c / (1.0 - pow(beta1, t));
-        s[3] = eps * c;
+        s[3] = bias_correction == 2.0 ? eps : eps * c;  // 2: eps hat
     } else {
         s[2] = lr;
         s[3] = eps;

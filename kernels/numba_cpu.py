@@ -561,7 +561,7 @@ def advance_scalars(s, checks, eps, beta1, beta2, bias_correction, decoupled_wd,
     if bias_correction:
         correction = math.sqrt(1.0 - beta2**t)
         s[2] = lr * correction / (1.0 - beta1**t)
-        s[3] = eps * correction
+        s[3] = eps if bias_correction == 2.0 else eps * correction  # 2: eps hat
     else:
         s[2] = lr
         s[3] = eps

@@ -298,10 +298,11 @@ def test_early_stopping_keeps_the_best_score_itself_not_the_last_gain_over_tol()
     assert model.restored == 1 and best.wait == 2  # (0.809 was no gain over tol)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
 @pytest.mark.parametrize("outputs", [0, 1, 2, 3])  # 0: a classifier of 3 classes
-def test_sgd_steps_and_loss_curve_are_scikit_learns(outputs):
-    """From the same weights, one SGD epoch (a whole-set batch, L2 alpha) moves the weights
-    as scikit-learn's does, and loss_curve_ is its loss_: half the mean square (the gradient
+def test_steps_and_loss_curve_are_scikit_learns(outputs, solver):
+    """From the same weights, an SGD or Adam epoch (a whole-set batch, L2 alpha) moves the
+    weights as scikit-learn's does, and loss_curve_ is its loss_: half the mean square (the gradient
     of half the squares summed over outputs) plus 0.5 alpha ||W||^2 / batch rows."""
     from sklearn.neural_network import MLPClassifier, MLPRegressor
 
@@ -313,7 +314,7 @@ def test_sgd_steps_and_loss_curve_are_scikit_learns(outputs):
     else:
         y = np.arange(50) % 3
     ours, theirs = (fn.MLPRegressor, MLPRegressor) if outputs else (fn.MLPClassifier, MLPClassifier)
-    kw = dict(hidden_layer_sizes=(4,), solver="sgd", momentum=0.9, learning_rate_init=0.01,
+    kw = dict(hidden_layer_sizes=(4,), solver=solver, momentum=0.9, learning_rate_init=0.01,
               batch_size=50, max_iter=1, shuffle=False, alpha=1e-2, random_state=0)  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # max_iter reached

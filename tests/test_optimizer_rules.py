@@ -92,6 +92,28 @@ def test_adamw_matches_its_published_rule(backend, clip):
         np.testing.assert_allclose(gb, wb, rtol=1e-12, atol=1e-12)
 
 
+def test_adam_with_eps_hat_matches_keras_and_scikit_learn(backend):
+    """eps_hat: the step size is bias-corrected, eps is added to the uncorrected sqrt(v)
+    (scikit-learn's AdamOptimizer, Keras's Adam); tiny gradients make eps matter."""
+    rng = np.random.default_rng(3)
+    W0, b0 = rng.standard_normal((3, 4)), rng.standard_normal(4)
+    grads, lr, eps = _gradients(rng, scale=1e-7), 0.01, 1e-7
+    got = _fastnet_trajectory(backend, fn.Adam(lr, eps=eps, eps_hat=True), W0, b0, grads)
+    params, m, v = [W0.copy(), b0.copy()], [0.0, 0.0], [0.0, 0.0]
+    for t, (gs, (gW, gb)) in enumerate(zip(grads, got), start=1):
+        step = lr * np.sqrt(1 - 0.999**t) / (1 - 0.9**t)
+        for i, g in enumerate(gs):
+            m[i] = 0.9 * m[i] + 0.1 * g
+            v[i] = 0.999 * v[i] + 0.001 * g * g
+            params[i] = params[i] - step * m[i] / (np.sqrt(v[i]) + eps)
+        np.testing.assert_allclose(gW, params[0], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(gb, params[1], rtol=1e-12, atol=1e-15)
+    plain = _fastnet_trajectory(backend, fn.Adam(lr, eps=eps), W0, b0, grads)
+    assert np.abs(plain[-1][0] - got[-1][0]).max() > 1e-4  # the conventions differ here
+    again = fn.optimizers.optimizer_from_config(fn.Adam(eps_hat=True).get_config())
+    assert again.eps_hat and not fn.Adam().get_config().get("eps_hat")
+
+
 @pytest.mark.parametrize("clip", [{"clip_norm": 1.0}, {"clip_value": 0.5}])
 def test_clipping_on_sgd_matches_clip_grad_functions(backend, clip):
     rng = np.random.default_rng(1)

@@ -686,7 +686,7 @@ class Backend:
         if bias_correction:
             correction = xp.sqrt(1 - beta2**t)
             s[2:3] = lr * correction / (1 - beta1**t)
-            s[3:4] = eps * correction
+            s[3:4] = eps if bias_correction == 2 else eps * correction  # 2: eps hat
         else:
             s[2:3] = lr
             s[3:4] = eps

@@ -65,7 +65,8 @@ class NumpyBackend(Backend):
         step, eps_t = lr, float(eps)
         if bias_correction:
             correction = math.sqrt(1 - beta2**t)
-            step, eps_t = lr * correction / (1 - beta1**t), eps * correction
+            step = lr * correction / (1 - beta1**t)
+            eps_t = eps if bias_correction == 2 else eps * correction  # 2: eps hat
         gscale = 1.0
         if clip_norm:
             scale = clip_norm / (math.sqrt(float(checks[0])) + 1e-6)
