@@ -81,7 +81,15 @@ class Optimizer:
         *,
         clip_norm: float | None = None,
         clip_value: float | None = None,
+        **unknown: Any,
     ) -> None:
+        if unknown:  # the notebooks' names get theirs
+            key = next(iter(unknown))
+            hint = {"decay_rate": "rho", "learning_rate": "lr"}.get(key)
+            raise TypeError(
+                f"{type(self).__name__} got an unexpected keyword argument {key!r}"
+                + (f": fastnet calls it {hint!r}" if hint else "")
+            )
         self.lr = lr
         self.weight_decay = weight_decay
         self.clip_norm, self.clip_value = clip_norm, clip_value

@@ -110,6 +110,10 @@ def test_notebook_optimizer_names():
     for name in ("SGD", "Momentum", "AdaGrad", "RMSprop", "Adam"):
         assert isinstance(getattr(fn, name)(0.01), fn.optimizers.Optimizer)
     assert fn.Momentum(0.01, nesterov=True).get_config()["nesterov"]  # the notebooks' Nesterov
+    with pytest.raises(TypeError, match="'decay_rate': fastnet calls it 'rho'"):
+        fn.RMSprop(0.01, decay_rate=0.99)
+    with pytest.raises(TypeError, match="'learning_rate': fastnet calls it 'lr'"):
+        fn.Adam(learning_rate=0.01)  # Keras's name
     nesterov = fn.Nesterov(0.01, momentum=0.8)
     assert nesterov.get_config() == fn.Momentum(0.01, 0.8, nesterov=True).get_config()
     model = fn.Sequential([fn.Dense(2)], optimizer="nesterov")
