@@ -489,7 +489,8 @@ def _build_model(args: argparse.Namespace, data: Prepared, backend: Any) -> Any:
     from fastnet.losses import MeanSquaredError, SoftmaxCrossEntropy
     from fastnet.optimizers import get_optimizer
 
-    if data.task != "classification" and args.label_smoothing:
+    preset = PRESETS.get(getattr(args, "preset", None) or "", {}).get("label_smoothing")
+    if data.task != "classification" and args.label_smoothing not in (0, preset):  # typed
         raise ValueError("--label-smoothing smooths class labels: the target is a regression's")
     loss = (
         SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)

@@ -254,9 +254,8 @@ def _csv_features(path: Path, use: list[int], rows: int, chunk: int, multiline: 
             except ValueError as exc:
                 raise DatasetError(f"{path}: {_first_bad_cell(path, use) or exc}") from None
             if parsed.shape[0] != want:  # never broadcast one row over a block
-                raise DatasetError(
-                    f"{path}: data rows {lo + 1}-{lo + want} do not parse as {want} rows"
-                )
+                where = f"data rows {lo}-{lo + want - 1} (0-based) do not parse as {want} rows"
+                raise DatasetError(f"{path}: {_first_bad_cell(path, use) or where}")
             X[lo : lo + want] = parsed
     return X
 

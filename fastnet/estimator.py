@@ -383,14 +383,14 @@ class _MLPBase(BaseEstimator):
         if schedule == "invscaling":
             lr0, power = self.learning_rate_init, self.power_t
             callbacks.append(LearningRateScheduler(lambda e, _: lr0 / (e * n + 1) ** power))
-        monitor = "val_score" if self.early_stopping else "objective"
+        monitor = "val_score" if validation is not None else "objective"
         if schedule == "adaptive":
             callbacks.append(
                 ReduceLROnPlateau(
                     monitor, 0.2, self.n_iter_no_change, min_delta=self.tol, min_lr=1e-6
                 )
             )
-        if self.early_stopping:
+        if validation is not None:  # early_stopping (not in partial_fit, as scikit-learn's)
             callbacks.append(_BestScore("val_score", self.n_iter_no_change, self.tol, mode="max"))
         elif self.n_iter_no_change and epochs > 1 and schedule != "adaptive":
             callbacks.append(

@@ -8,6 +8,7 @@ below); ``loss.compute(...)`` skips the value checks, for data validated once at
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -275,7 +276,8 @@ class MeanSquaredError(Loss):
 
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
-        if not (isinstance(scale, (int, float)) and 0 < scale < float("inf")):
+        real = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
+        if not (real and 0 < scale < float("inf")):
             raise ValueError(f"scale must be a positive finite number, got {scale!r}")
         self.scale = float(scale)
 

@@ -223,7 +223,7 @@ class Sequential(Trainer):
             x = layer.forward(x, training)
         if self.compute_dtype is not None:
             x = self.backend.cast(x, self._cast_buffer("y", x.shape, self.dtype))
-        self._backward_shape = tuple(x.shape) if training else ()  # (): an eval forward ran
+        self._backward_shape = tuple(x.shape) if training else INFERENCE_RAN
         return x
 
     def backward(self, dout: Any) -> None:
@@ -240,11 +240,17 @@ class Sequential(Trainer):
             raise ValueError(
                 f"dout of shape {shape}: backward takes the loss gradient of the outputs of "
                 "the last forward(x, training=True)"
-                + (f", of shape {last}" if last else " (none ran)" if last is None else "")
+                + (
+                    " (none ran)"
+                    if last is None
+                    else ""
+                    if last == INFERENCE_RAN
+                    else f", of shape {last}"
+                )
                 + (
                     ": an inference forward (predict, evaluate, training=False) ran since and "
                     "replaced its saved inputs; evaluate after backward"
-                    if last == ()
+                    if last == INFERENCE_RAN
                     else ""
                 )
             )
@@ -358,7 +364,10 @@ class Sequential(Trainer):
             if not isinstance(class_weight, dict):
                 raise TypeError("class_weight must be a dict {label: weight}")
             classes = self._weighted_classes(self.input_dim or input_dim)
-            unknown = sorted(str(k) for k in class_weight if k not in classes)
+            for label in class_weight:
+                if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+                    raise ValueError(f"class_weight keys must be integer labels, got {label!r}")
+            unknown = sorted(int(k) for k in class_weight if k not in classes)
             if unknown:
                 raise ValueError(
                     f"class_weight names label(s) {unknown[:5]} the model lacks (its labels: "
@@ -368,8 +377,6 @@ class Sequential(Trainer):
             labels = labels.argmax(axis=1) if labels.ndim == 2 and labels.shape[1] > 1 else labels
             labels = np.rint(labels.reshape(-1)).astype(np.int64)
             for label, weight in class_weight.items():
-                if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
-                    raise ValueError(f"class_weight keys must be integer labels, got {label!r}")
                 if not (isinstance(weight, (int, float, np.number)) and 0 <= weight < np.inf):
                     raise ValueError(f"class_weight[{label}] must be finite and >= 0")
                 w[labels == label] *= float(weight)
@@ -518,7 +525,8 @@ class Sequential(Trainer):
             }
         )
         copy.history = {k: list(v) for k, v in self.history.items()}
-        copy.metadata = dict(self.metadata)
+        # an old CLI checkpoint's scaling describes the inputs ``layer`` now takes
+        copy.metadata = {k: v for k, v in self.metadata.items() if k != "scale"}
         return copy
 
     def to(self, backend: str | Backend, dtype: Any = None) -> Sequential:
@@ -589,7 +597,7 @@ class Sequential(Trainer):
         ``.safetensors``, safetensors (atomic write; host copies, the model stays put), with
         ``extra`` (JSON-able; default ``model.metadata``), which ``load_model`` restores."""
         arrays = {key: np.asarray(value) for key, value in self.host_state().items()}
-        extra = self.metadata or None if extra is None else extra
+        extra = _plain(self.metadata or None if extra is None else extra, "extra (metadata)")
         write_checkpoint(path, self.get_config(), arrays, backend=self.backend.name, extra=extra)
 
     def to_onnx(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
@@ -599,8 +607,9 @@ class Sequential(Trainer):
 
         if metadata is None:
             keys = [k for k in ("classes", "features", "target", "task") if k in self.metadata]
-            text = {k: self.metadata[k] for k in keys if self.metadata[k] is not None}
+            text = _plain({k: self.metadata[k] for k in keys}, "model.metadata")
             metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in text.items()}
+            metadata = {k: v for k, v in metadata.items() if v != "null"}
         to_onnx(self, path, metadata)
 
     def onnx_outputs(self) -> list[str]:
@@ -646,6 +655,21 @@ class Sequential(Trainer):
 
     def __repr__(self) -> str:
         return self._summary_text()
+
+
+def _plain(data: Any, what: str) -> Any:
+    """``data`` as plain JSON values (NumPy arrays and scalars as lists and numbers)."""
+
+    def listed(value: Any) -> Any:
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        raise TypeError(f"{what} holds a {type(value).__name__}: only JSON values are saved")
+
+    return None if data is None else json.loads(json.dumps(data, default=listed))
+
+
+#: ``_backward_shape`` after an inference forward (no shape equals it)
+INFERENCE_RAN = ("inference",)
 
 
 def _check_precision(backend: Backend, precision: str, dtype: np.dtype) -> str:

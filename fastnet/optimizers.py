@@ -368,6 +368,9 @@ class Nesterov(Momentum):
     ) -> None:
         super().__init__(lr, momentum, True, weight_decay, **clipping)
 
+    def __repr__(self) -> str:
+        return "Momentum" + super().__repr__().removeprefix("Nesterov")  # what it loads as
+
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {
     cls.name: cls for cls in (SGD, Momentum, AdaGrad, RMSProp, Adam, AdamW)

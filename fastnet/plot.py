@@ -47,7 +47,8 @@ def plot_confusion(
         ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7, color=color)
     ax.set(xticks=range(k), yticks=range(k), xlabel="predicted class", ylabel="true class")
     if labels is not None:
-        ax.set_xticklabels(labels, rotation=45 if max(map(len, labels)) > 3 else 0, ha="right")
+        turned = max(map(len, labels)) > 3
+        ax.set_xticklabels(labels, rotation=45 if turned else 0, ha="right" if turned else "center")
         ax.set_yticklabels(labels)
     ax.set_title(title or "confusion matrix", fontsize=9)
     fig.tight_layout()

@@ -37,15 +37,13 @@ def infer_task(y: np.ndarray) -> str:
 def as_labels(y: np.ndarray) -> np.ndarray:
     """Text labels that all hold numbers become numbers: integers when all are whole ("3" and
     "3.0" are one class; integer text exactly, as int64), else floats (NaN and infinity stay
-    floats); other text (and integers beyond int64) stays text."""
+    floats); other text stays text."""
     if y.dtype.kind in "USO":
         text = y.astype(str)
         if np.all(np.char.isdigit(np.char.lstrip(np.char.strip(text), "+-"))):
             try:  # IDs past 2**53 stay distinct (float64 would merge them)
                 return np.array([int(v) for v in text.ravel()], np.int64).reshape(y.shape)
-            except OverflowError:
-                return text
-            except ValueError:  # digits int() refuses ("²", "+-5"): as float() takes them
+            except (OverflowError, ValueError):  # past int64, or "²": as float() takes them
                 pass
         try:
             numbers = y.astype(np.float64)

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends import Backend
-from fastnet.backends.interop import as_input, host_array
+from fastnet.backends.interop import as_input, host_array, non_numeric_columns
 
 __all__ = ["as_input", "check_features", "check_targets", "host_array"]
 
@@ -28,7 +28,10 @@ def check_features(
     raw = as_input(x, name, backend)
     kind = getattr(getattr(raw, "dtype", None), "kind", "O")
     if kind not in "biuf":
-        raise TypeError(f"{name} must hold numbers, got dtype {getattr(raw, 'dtype', type(raw))}")
+        raise TypeError(
+            f"{name} must hold numbers, got dtype {getattr(raw, 'dtype', type(raw))}"
+            + non_numeric_columns(x)
+        )
     if raw.ndim != 2:
         hint = f" (flatten with {name}.reshape(len({name}), -1))" if raw.ndim > 2 else ""
         raise ValueError(

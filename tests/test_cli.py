@@ -569,6 +569,7 @@ def test_cli_options_that_would_be_ignored_are_refused(tmp_path, capsys):
         main(["train", *TINY, "--data", classes, "--layers", "8,,4"])
     assert "--layers must be comma-separated integers" in capsys.readouterr().err
     assert main(["train", *TINY, "--data", classes, "--val", classes]) == 0
+    assert main(["train", *TINY, "--data", regression, "--preset", "best", "--epochs", "1"]) == 0
 
 
 def test_a_cli_trained_model_loaded_in_python_keeps_its_labels(tmp_path):
@@ -592,3 +593,13 @@ def test_a_cli_trained_model_loaded_in_python_keeps_its_labels(tmp_path):
     for copy in (fn.load_model(tmp_path / "again.safetensors"), pickle.loads(pickle.dumps(model))):
         assert copy.metadata == model.metadata
     assert model.to("numpy").metadata == model.metadata
+    model.metadata["classes"] = np.array(model.metadata["classes"])  # as one would keep them
+    model.save(tmp_path / "arrays.npz")
+    assert fn.load_model(tmp_path / "arrays.npz").metadata["classes"] == ["cat", "dog", "emu"]
+    model.metadata["when"] = object()
+    with pytest.raises(TypeError, match="extra \\(metadata\\) holds a object: only JSON"):
+        model.save(tmp_path / "bad.npz")
+    old = {**model.metadata, "scale": {"kind": "standard", "offset": [0] * 3, "scale": [1] * 3}}
+    model.metadata = old  # an old CLI checkpoint's scaling, folded into a Standardize layer:
+    folded = model.prepend(fn.Standardize([0.0] * 3, [1.0] * 3))
+    assert "scale" not in folded.metadata and folded.metadata["task"] == "classification"

@@ -226,7 +226,7 @@ def test_labels_from_text_match_the_same_labels_from_arrays():
     ids = [2**60, 2**60 + 1, 9007199254740993]
     assert as_labels(np.array([str(i) for i in ids])).tolist() == ids
     assert as_labels(np.array([" 3", "+4", "-5", "3.0"])).tolist() == [3, 4, -5, 3]
-    assert as_labels(np.array(["1" * 25, "1"])).dtype.kind == "U"  # past int64: text
+    assert as_labels(np.array(["1" * 25, "1"])).dtype.kind == "f"  # past int64: floats
     encoding, _ = LabelEncoding.fit(np.array(ids))
     assert encoding.encode(np.array([str(i) for i in ids[::-1]])).tolist() == [0, 2, 1]
     encoding, _ = LabelEncoding.fit(np.array([False, True]))
@@ -242,6 +242,10 @@ def test_csv_feature_errors_name_the_data_row_and_column(tmp_path):
     rows[7] = "7,,c1"
     with pytest.raises(DatasetError, match=r"data row 7 \(0-based\), column 'b' is empty: fill"):
         read_csv(_csv(tmp_path / "e.csv", "a,b,t", rows), "t", chunk_rows=4)
+    quoted = tmp_path / "q.csv"  # a quoted line break elsewhere, one feature column
+    quoted.write_text('a,note,y\n1,"x\ny",0\n,"z",1\n3,"q",0\n')
+    with pytest.raises(DatasetError, match=r"data row 1 \(0-based\), column 'a' is empty"):
+        read_csv(quoted, "y", columns=["a"])
     rows[7] = "7,oops,c1"
     with pytest.raises(DatasetError, match=r"data row 7 \(0-based\), column 'b' holds 'oops'"):
         read_csv(_csv(tmp_path / "t.csv", "a,b,t", rows), "t", chunk_rows=4)

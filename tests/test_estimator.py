@@ -336,5 +336,7 @@ def test_early_stopping_reports_the_best_validation_score_as_scikit_learn():
         warnings.simplefilter("ignore")
         est = fn.MLPClassifier((4,), max_iter=5, early_stopping=True, random_state=0).fit(X, y)
     assert est.best_validation_score_ == max(est.validation_scores_) and est.best_loss_ is None
+    est.partial_fit(X, y)  # scikit-learn's partial_fit leaves early stopping out
+    assert len(est.loss_curve_) == est.n_iter_ == len(est.validation_scores_) + 1
     plain = fn.MLPRegressor((4,), max_iter=3, random_state=0).fit(X, y.astype(float))
     assert plain.best_validation_score_ is None and plain.best_loss_ == min(plain.loss_curve_)

@@ -137,6 +137,7 @@ def test_check_layer_passes_batch_norm_on_an_input_drawn_from_its_seed():
     layer.build(4, fn.get_backend("numpy"), np.float64, np.random.default_rng(1))
     x = np.random.default_rng(0).standard_normal((8, 4)) * 3 + 1
     assert check_layer(layer, x).ok, str(check_layer(layer, x))
+    assert check_layer(layer, x, seed=None).ok  # a fresh R
 
 
 def test_gradcheck_requires_float64(rng):

@@ -396,5 +396,9 @@ def test_a_data_frame_of_mixed_numeric_columns_trains_and_others_are_named():
     missing = frame.assign(n=pd.array([1.0, None, 2.0, 3.0], dtype="Float64"))
     with pytest.raises(ValueError, match="X contains 1 NaN"):
         model.predict(missing.drop(columns="a"))
-    with pytest.raises(TypeError, match=r"X column\(s\) \['kind'\] hold no numbers \(dtype cat"):
-        model.predict(frame.assign(kind=pd.Categorical(["x", "y", "x", "y"])).drop(columns="a"))
+    kinds = frame.assign(kind=pd.Categorical(["x", "y", "x", "y"])).drop(columns="a")
+    with pytest.raises(TypeError, match=r"X must hold .* column\(s\) 'kind' \(category\) are"):
+        model.predict(kinds)
+    numbered = pd.DataFrame({0: [1.0, 2.0, 3.0, 4.0], 1: ["a", "b", "c", "d"]})  # int labels
+    with pytest.raises(TypeError, match=r"column\(s\) 1 \(\w+\) are of no numeric dtype"):
+        model.predict(numbered)

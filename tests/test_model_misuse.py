@@ -42,6 +42,8 @@ def test_backward_needs_a_training_forward_of_its_shape():
     model.forward(np.zeros((20, 4), np.float32), training=False)
     with pytest.raises(ValueError, match=r"forward\(x, training=True\): an inference forward"):
         model.backward(np.zeros((20, 3), np.float32))
+    with pytest.raises(ValueError, match=r"dout of shape \(\): .*an inference forward"):
+        model.backward(np.float32(1.0))
     notebook = fn.Sequential([fn.Dense(5), fn.Relu(), fn.Dense(3)], backend="numpy").build(4)
     out = notebook.forward(np.ones((20, 4), np.float32), training=True)
     notebook.evaluate(np.ones((6, 4), np.float32), np.zeros(6, int))  # the test accuracy, mid-step

@@ -115,6 +115,7 @@ def test_notebook_optimizer_names():
     with pytest.raises(TypeError, match="'learning_rate': fastnet calls it 'lr'"):
         fn.Adam(learning_rate=0.01)  # Keras's name
     nesterov = fn.Nesterov(0.01, momentum=0.8)
+    assert repr(nesterov).startswith("Momentum(lr=0.01") and "nesterov=True" in repr(nesterov)
     assert nesterov.get_config() == fn.Momentum(0.01, 0.8, nesterov=True).get_config()
     model = fn.Sequential([fn.Dense(2)], optimizer="nesterov")
     assert model.optimizer.nesterov and model.optimizer.momentum == 0.9

@@ -306,10 +306,10 @@ def test_sample_and_class_weights_in_fit(backend):
         assert not fresh.built
     with pytest.raises(ValueError, match="class_weight"):
         plain.fit(X, y, epochs=1, verbose=0, class_weight={"a": 1.0})
+    with pytest.raises(ValueError, match="class_weight keys must be integer labels, got '1'"):
+        plain.fit(X, y, epochs=1, verbose=0, class_weight={"1": 2.0})
     fresh = fn.Sequential([fn.Dense(2)], backend=backend)
-    with pytest.raises(
-        ValueError, match=r"label\(s\) \['5'\] the model lacks \(its labels: 0 to 1"
-    ):
+    with pytest.raises(ValueError, match=r"label\(s\) \[5\] the model lacks \(its labels: 0 to 1"):
         fresh.fit(X, y, epochs=1, verbose=0, class_weight={0: 1, 1: 2, 5: 3})  # a typo
     assert not fresh.built
     multi_label = fn.Sequential([fn.Dense(3)], loss="bce", backend=backend)

@@ -77,20 +77,23 @@ def host_array(x: Any, name: str) -> np.ndarray:
         raise ValueError(
             f"{name} cannot be converted to an array (ragged rows or mixed types?): {exc}"
         ) from None
-    return _frame_of_numbers(x, name) if array.dtype == object else array
+    return _frame_of_numbers(x) if array.dtype == object else array
 
 
-def _frame_of_numbers(x: Any, name: str) -> Any:
+def _frame_of_numbers(x: Any) -> np.ndarray:
     """A pandas DataFrame whose columns mix numeric types (bool and float, nullable Float64)
-    as one float64 array (missing values NaN); its columns that hold no numbers named."""
+    as one float64 array (missing values NaN); other objects as NumPy makes them."""
+    kinds = [getattr(d, "kind", "O") for d in getattr(x, "dtypes", [None])]
+    if hasattr(x, "to_numpy") and hasattr(x, "columns") and all(k in "biuf" for k in kinds):
+        return x.to_numpy(dtype=np.float64, na_value=np.nan)
+    return np.asarray(x)
+
+
+def non_numeric_columns(x: Any) -> str:
+    """For an error about ``x``: its columns of no numeric dtype, if it is a DataFrame."""
     dtypes = getattr(x, "dtypes", None)
-    if dtypes is None or not hasattr(x, "to_numpy") or not hasattr(dtypes, "__iter__"):
-        return np.asarray(x)
-    kinds = [getattr(d, "kind", "O") for d in dtypes]
-    bad = [str(c) for c, k in zip(x.columns, kinds) if k not in "biuf"]
-    if bad:
-        raise TypeError(
-            f"{name} column(s) {bad[:5]} hold no numbers (dtype {dtypes[bad[0]]}): "
-            "encode them as numbers or drop them"
-        )
-    return x.to_numpy(dtype=np.float64, na_value=np.nan)
+    if dtypes is None or not hasattr(x, "columns"):
+        return ""
+    bad = [(c, d) for c, d in zip(x.columns, dtypes) if getattr(d, "kind", "O") not in "biuf"]
+    names = ", ".join(f"{c!r} ({d})" for c, d in bad[:5])
+    return f"; its column(s) {names} are of no numeric dtype: encode or drop them" if bad else ""
