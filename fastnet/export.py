@@ -16,7 +16,7 @@ _ACTIVATION_OPS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "sigmoid": "Sigmoi
 
 def onnx_outputs(model: Any) -> list[str]:
     """Names of the exported graph's outputs: logits, plus probabilities for classifiers."""
-    has_probabilities = model.loss.classification
+    has_probabilities = model.loss.planned_predictions() in ("softmax", "sigmoid")
     return ["logits", "probabilities"] if has_probabilities else ["outputs"]
 
 
@@ -100,6 +100,12 @@ def to_onnx(model: Any, path: str | os.PathLike, metadata: dict[str, str] | None
         ) from None
     if not model.built:
         raise RuntimeError("cannot export an unbuilt model: fit() or build() it first")
+    predictions = model.loss.planned_predictions()
+    if predictions == "custom":
+        raise ValueError(
+            f"{type(model.loss).__name__} makes its predictions with its own predict_output, "
+            "which has no ONNX form: the graph would give other values than predict_proba"
+        )
     elem = TensorProto.FLOAT if model.dtype == np.float32 else TensorProto.DOUBLE
     g = _Graph(helper, numpy_helper, model.backend.to_numpy, model.dtype == np.float64)
     current = "input"
@@ -108,7 +114,7 @@ def to_onnx(model: Any, path: str | os.PathLike, metadata: dict[str, str] | None
     names = onnx_outputs(model)
     g.node("Identity", [current], names[0])
     if names[1:]:
-        op = "Softmax" if model.loss.multiclass else "Sigmoid"
+        op = "Softmax" if predictions == "softmax" else "Sigmoid"
         g.node(op, [current], names[1], **({"axis": -1} if op == "Softmax" else {}))
     graph = helper.make_graph(
         g.nodes,

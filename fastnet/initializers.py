@@ -16,13 +16,29 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.registry import Registry
+
+#: initializer classes by ``name`` (a subclass with a ``name`` of its own registers itself)
+INITIALIZERS = Registry("initializer")
+
 
 class Initializer:
+    """Base class: ``scale(fan_in, fan_out)`` is the normal draw's standard deviation, or
+    ``__call__`` draws the ``(fan_in, fan_out)`` array itself; ``name`` in a subclass's body
+    registers it, for saving and loading."""
+
     name = "initializer"
     chosen_by_default = False  # True when Dense picked it (no initializer given)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        INITIALIZERS.register(cls)
+
     def scale(self, fan_in: int, fan_out: int) -> float:
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}.scale(fan_in, fan_out) -> standard deviation (or "
+            "__call__(rng, fan_in, fan_out, dtype) -> array) is not implemented"
+        )
 
     def __call__(
         self,
@@ -56,7 +72,7 @@ class Gaussian(Initializer):
         return self.sigma
 
     def get_config(self) -> dict:
-        return {"name": self.name, "sigma": self.sigma}
+        return {**super().get_config(), "sigma": self.sigma}
 
 
 class Xavier(Initializer):
@@ -78,9 +94,6 @@ class He(Initializer):
         return math.sqrt(2.0 / fan_in)
 
 
-INITIALIZERS = {cls.name: cls for cls in (Gaussian, Xavier, He)}
-
-
 def get_initializer(spec: str | Initializer | None, activation: str | None) -> Initializer:
     """Resolve a name or instance; None picks He for ReLU-like activations, else Xavier."""
     if isinstance(spec, Initializer):
@@ -89,14 +102,10 @@ def get_initializer(spec: str | Initializer | None, activation: str | None) -> I
         init = He() if activation in ("relu", "leaky_relu") else Xavier()
         init.chosen_by_default = True
         return init
-    if isinstance(spec, str) and spec.lower() in INITIALIZERS:
-        return INITIALIZERS[spec.lower()]()
-    raise ValueError(f"unknown initializer {spec!r}; expected one of {', '.join(INITIALIZERS)}")
+    name = spec.lower() if isinstance(spec, str) and spec not in INITIALIZERS else spec
+    return INITIALIZERS.lookup(name)()
 
 
 def initializer_from_config(config: dict) -> Initializer:
     config = dict(config)
-    name = config.pop("name")
-    if name not in INITIALIZERS:
-        raise ValueError(f"unknown initializer {name!r} in config")
-    return INITIALIZERS[name](**config)
+    return INITIALIZERS.lookup(config.pop("name"))(**config)

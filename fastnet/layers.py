@@ -22,6 +22,7 @@ from fastnet.backends.plan import ActivationPlan, DensePlan, DropoutPlan, Opaque
 from fastnet.initializers import Initializer, get_initializer, initializer_from_config
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter
+from fastnet.registry import Registry
 
 
 def _real(value: Any) -> bool:
@@ -44,14 +45,7 @@ def _sign_from_input(code: Act, alpha: float) -> bool:
 
 
 #: layer classes by ``name``: what configs (checkpoints, pickles) are loaded with
-LAYERS: dict[str, type[Layer]] = {}
-
-
-def _same_class(a: type | None, b: type) -> bool:
-    """``a`` is ``b``, or ``b`` defined again (a notebook cell run twice)."""
-    return a is b or (
-        a is not None and (a.__module__, a.__qualname__) == (b.__module__, b.__qualname__)
-    )
+LAYERS = Registry("layer")
 
 
 class Layer:
@@ -82,15 +76,7 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "name" not in cls.__dict__:
-            return
-        known = LAYERS.get(cls.name)
-        if known is not None and not _same_class(known, cls):  # (defined again: replaces it)
-            raise TypeError(
-                f"layer name {cls.name!r} is taken by {known.__qualname__}: give "
-                f"{cls.__qualname__} a name of its own"
-            )
-        LAYERS[cls.name] = cls
+        LAYERS.register(cls)
 
     def __init__(self) -> None:
         self._backend: Backend | None = None
@@ -295,6 +281,13 @@ class Dense(Layer):
         self.output_width(input_dim)
         super().build(input_dim, backend, dtype, rng)
         weights = self.initializer(rng, input_dim, self.units, self.dtype)
+        want = (input_dim, self.units)
+        got = (getattr(weights, "shape", None), getattr(weights, "dtype", type(weights)))
+        if got != (want, self.dtype) or not np.isfinite(weights).all():
+            raise ValueError(
+                f"{self.initializer!r} gave {got[1]} {got[0]} for Dense({self.units}): an "
+                f"initializer returns a finite {want} array of the dtype it is given ({self.dtype})"
+            )
         self.W = Parameter("W", backend.asarray(weights))
         self.b = (
             Parameter("b", backend.zeros((self.units,), self.dtype), decay=False)
@@ -720,12 +713,7 @@ def registered(layer: Layer) -> Layer:
     its parent's ``name`` (it would load as the parent), or a custom layer whose
     ``get_config`` lacks an ``__init__`` argument (required, or set to another value)."""
     cls = type(layer)
-    if not _same_class(LAYERS.get(layer.name), cls):
-        raise TypeError(
-            f"{cls.__name__} has no name of its own ({layer.name!r} loads "
-            f"{getattr(LAYERS.get(layer.name), '__name__', 'nothing')}): set name = '...' in "
-            f"its class body to save, copy or pickle models holding it"
-        )
+    LAYERS.saved_name(layer)
     if cls in BUILT_IN:
         return layer
     config = layer.get_config()
@@ -739,10 +727,4 @@ def registered(layer: Layer) -> Layer:
 
 
 def layer_from_config(config: dict) -> Layer:
-    name = config.get("name")
-    if name not in LAYERS:
-        raise ValueError(
-            f"unknown layer {name!r} in config (a custom layer's class must be defined "
-            f"before loading); known: {', '.join(LAYERS)}"
-        )
-    return LAYERS[name].from_config(config)
+    return LAYERS.lookup(config.get("name")).from_config(config)

@@ -15,9 +15,17 @@ import numpy as np
 
 from fastnet.backends import Act, Backend, get_backend
 from fastnet.backends.plan import LossPlan
+from fastnet.registry import Registry
+
+#: loss classes by ``name`` (a subclass with a ``name`` of its own registers itself)
+LOSSES = Registry("loss")
 
 
 class Loss:
+    """Base class: ``compute`` gives the loss and its gradient. A subclass that overrides
+    ``compute`` alone also trains with it (the parent's fused ``accumulate`` and captured
+    ``plan`` are dropped); ``name`` in its class body registers it, for saving and loading."""
+
     name = "loss"
     classification = False
     #: whether ``count_correct`` gives an accuracy (softmax and sigmoid classifiers)
@@ -31,6 +39,14 @@ class Loss:
     #: of several widths)
     width: int | None = None
     shared = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        LOSSES.register(cls)
+        if "compute" in cls.__dict__:  # its own value and gradient: no inherited fused forms
+            for hook in ("accumulate", "plan"):
+                if hook not in cls.__dict__:
+                    setattr(cls, hook, getattr(Loss, hook))
 
     def __init__(self) -> None:
         self._backend: Backend | None = None
@@ -70,7 +86,10 @@ class Loss:
 
     def compute(self, outputs: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         """Loss value and gradient without value checks (targets validated already)."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}.compute(outputs, targets, weights=None) -> (mean loss, "
+            "d loss / d outputs) is not implemented"
+        )
 
     def accumulate(self, outputs: Any, targets: Any, weights: Any, totals: Any) -> Any:
         """The training step's loss: adds the batch's summed loss into ``totals[0]`` and its
@@ -149,7 +168,7 @@ def _check_pair(loss: Loss, outputs: Any, targets: Any) -> None:
             "outputs: the loss takes model.forward(x) (the notebooks' network.loss(x, t) is "
             "model.loss(model.forward(x), t))"
         )
-    if len(tshape) == 1 and tshape[0] == shape[0] and isinstance(loss, SoftmaxCrossEntropy):
+    if len(tshape) == 1 and tshape[0] == shape[0] and loss.multiclass:
         if targets.dtype.kind not in "iu":
             raise TypeError(
                 f"{type(loss).__name__}: 1-D targets must be integer class indices, "
@@ -161,8 +180,9 @@ def _check_pair(loss: Loss, outputs: Any, targets: Any) -> None:
     if tuple(tshape) != tuple(shape):
         raise ValueError(
             f"{type(loss).__name__}: targets of shape {tuple(tshape)} do not match "
-            f"outputs of shape {tuple(shape)} (expected ({shape[0]},) class indices "
-            f"or {tuple(shape)})"
+            f"outputs of shape {tuple(shape)} (expected "
+            + (f"({shape[0]},) class indices or " if loss.multiclass else "")
+            + f"{tuple(shape)})"
         )
 
 
@@ -204,7 +224,7 @@ class SoftmaxCrossEntropy(Loss):
         return LossPlan(self.name, True, self.label_smoothing, self.planned_predictions())
 
     def get_config(self) -> dict:
-        return {"name": self.name, "label_smoothing": self.label_smoothing}
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
 
     def __repr__(self) -> str:
         smoothing = f"label_smoothing={self.label_smoothing}" if self.label_smoothing else ""
@@ -282,7 +302,7 @@ class MeanSquaredError(Loss):
         self.scale = float(scale)
 
     def get_config(self) -> dict:
-        return {"name": self.name, **({"scale": self.scale} if self.scale != 1 else {})}
+        return {**super().get_config(), **({"scale": self.scale} if self.scale != 1 else {})}
 
     def __repr__(self) -> str:
         return f"MeanSquaredError({f'scale={self.scale}' if self.scale != 1 else ''})"
@@ -298,9 +318,6 @@ class MeanSquaredError(Loss):
         return squares.mean() * self.scale, grad
 
 
-LOSSES = {
-    cls.name: cls for cls in (SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy, MeanSquaredError)
-}
 ALIASES = {
     "cross_entropy": "softmax_cross_entropy",
     "xent": "softmax_cross_entropy",
@@ -313,14 +330,6 @@ def get_loss(spec: str | dict | Loss) -> Loss:
     """A loss from a name (or alias), a config dict (``get_config``) or an instance."""
     if isinstance(spec, Loss):
         return spec
-    if isinstance(spec, dict):
-        config = dict(spec)
-        name = config.pop("name", None)
-        key = ALIASES.get(name, name) if isinstance(name, str) else name
-        if key not in LOSSES:
-            raise ValueError(f"unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
-        return LOSSES[key](**config)
-    key = ALIASES.get(spec, spec) if isinstance(spec, str) else spec
-    if key not in LOSSES:
-        raise ValueError(f"unknown loss {spec!r}; expected one of {', '.join(LOSSES)}")
-    return LOSSES[key]()
+    config = dict(spec) if isinstance(spec, dict) else {"name": spec}
+    name = config.pop("name", None)
+    return LOSSES.lookup(ALIASES.get(name, name) if isinstance(name, str) else name)(**config)

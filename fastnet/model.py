@@ -18,15 +18,16 @@ from fastnet import state as schema
 from fastnet.backends import Backend, get_backend, record_kernels
 from fastnet.backends.plan import StepPlan
 from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from fastnet.initializers import INITIALIZERS
 from fastnet.layer_stack import (
     check_layer_stack,
     check_parameters_listed,
     fix_default_initializers,
 )
-from fastnet.layers import BUILT_IN, Dense, Layer, Standardize, layer_from_config, registered
-from fastnet.losses import Loss, get_loss
+from fastnet.layers import LAYERS, Dense, Layer, Standardize, layer_from_config, registered
+from fastnet.losses import LOSSES, Loss, get_loss
 from fastnet.mixed import LossScaler
-from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
+from fastnet.optimizers import OPTIMIZERS, Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter, ParameterArena
 from fastnet.state import StateEntry, StateError
 from fastnet.training import Trainer, TrainingDivergedError
@@ -544,6 +545,11 @@ class Sequential(Trainer):
 
     # ------------------------------------------------------------------ config and files
     def get_config(self) -> dict[str, Any]:
+        """The architecture, loss, optimizer and settings (JSON); refused where a part's class
+        would not load back (a subclass that kept its parent's ``name``)."""
+        for part in self._parts():
+            kinds = ((Layer, LAYERS), (Loss, LOSSES), (Optimizer, OPTIMIZERS))
+            next((r for kind, r in kinds if isinstance(part, kind)), INITIALIZERS).saved_name(part)
         return {
             "layers": [registered(layer).get_config() for layer in self.layers],
             "loss": self.loss.get_config() if len(self.loss.get_config()) > 1 else self.loss.name,
@@ -625,16 +631,21 @@ class Sequential(Trainer):
             "config": self.get_config(),
             "backend": self.backend.name,
             "state": self.host_state() if self.built else None,
-            # custom layer classes by reference: unpickling imports (and registers) them
+            # users' classes by reference: unpickling imports (and registers) them
             "classes": [
-                type(x)
-                for x in self.layers
-                if type(x) not in BUILT_IN and "<locals>" not in type(x).__qualname__
+                cls
+                for cls in dict.fromkeys(type(x) for x in self._parts())
+                if not cls.__module__.startswith("fastnet.") and "<locals>" not in cls.__qualname__
             ],
             "history": self.history,
             "metadata": self.metadata,
             "stop_reason": self.stop_reason,
         }
+
+    def _parts(self) -> list[Any]:
+        """The objects its config names: layers, loss, optimizers and initializers."""
+        own = [(x.optimizer, getattr(x, "initializer", None)) for x in self.layers]
+        return [*self.layers, self.loss, self.optimizer, *(x for pair in own for x in pair if x)]
 
     def __setstate__(self, saved: dict[str, Any]) -> None:
         """Rebuild on the pickled backend, or the default one where that is unavailable;

@@ -23,6 +23,7 @@ import numbers
 from typing import Any
 
 from fastnet.parameter import ParameterGroup
+from fastnet.registry import Registry
 
 
 def _is_real(value: Any) -> bool:
@@ -43,6 +44,10 @@ def _check_fraction(name: str, value: Any) -> float:
     return float(value)
 
 
+#: optimizer classes by ``name`` (a subclass with a ``name`` of its own registers itself)
+OPTIMIZERS = Registry("optimizer")
+
+
 class Optimizer:
     """One update rule: hyperparameters and the rule itself, described once.
 
@@ -51,7 +56,10 @@ class Optimizer:
     kernel's constant arguments, in kernel order; ``reference`` is the rule in NumPy (the
     published update, the ground truth for every kernel); ``kernel`` names the fused kernels
     (``fastnet.kernels.numba_cpu.<kernel>_update``, ``fastnet.kernels.cupy_gpu.UPDATE_RULES``).
-    A new rule is a subclass here plus, for speed, one kernel per kernel module.
+    A new rule is a subclass here plus, for speed, one kernel per kernel module. A subclass
+    with its own ``reference`` and no ``kernel`` of its own runs ``reference`` on every
+    backend (not its parent's fused kernels); ``name`` in its class body registers it, for
+    saving and loading.
 
     The learning rate and everything derived from the step count live on the device in the
     parameter group's ``scalars`` (``fastnet.parameter``); the backend's ``advance_scalars``
@@ -73,6 +81,12 @@ class Optimizer:
     #: the lr a schedule scales (set by the first that runs, kept while only schedules change
     #: lr, saved in the config: a resumed fit's schedule starts from it); None: lr now
     initial_lr: float | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        OPTIMIZERS.register(cls)
+        if "reference" in cls.__dict__ and "kernel" not in cls.__dict__:
+            cls.kernel = ""  # a rule of its own: the parent's fused kernels compute another
 
     def __init__(
         self,
@@ -162,7 +176,10 @@ class Optimizer:
         """The rule in NumPy, in place: ``g`` is the effective gradient, ``step`` the step
         size (bias-corrected where the rule corrects) and ``eps`` its epsilon, both in the
         parameters' dtype."""
-        raise NotImplementedError
+        raise NotImplementedError(
+            f"{type(self).__name__}.reference(xp, p, g, slots, step, eps, constants), the "
+            "update in place, is not implemented"
+        )
 
     def get_config(self) -> dict:
         config = {"name": self.name, "lr": self.lr, "weight_decay": self.weight_decay}
@@ -363,6 +380,8 @@ class AdamW(Adam):
 class Nesterov(Momentum):
     """The notebooks' ``Nesterov``: ``Momentum(nesterov=True)`` (saved and loaded as that)."""
 
+    saved_as_parent = True
+
     def __init__(
         self, lr: float = 0.01, momentum: float = 0.9, weight_decay: float = 0.0, **clipping: Any
     ) -> None:
@@ -372,9 +391,6 @@ class Nesterov(Momentum):
         return "Momentum" + super().__repr__().removeprefix("Nesterov")  # what it loads as
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {
-    cls.name: cls for cls in (SGD, Momentum, AdaGrad, RMSProp, Adam, AdamW)
-}
 OPTIMIZERS["nesterov"] = Nesterov
 
 
@@ -382,9 +398,8 @@ def get_optimizer(spec: str | Optimizer, **kwargs: Any) -> Optimizer:
     """Resolve an optimizer name (with hyperparameters as keywords) or pass an instance through."""
     if isinstance(spec, Optimizer):
         return spec
-    if isinstance(spec, str) and spec.lower() in OPTIMIZERS:
-        return OPTIMIZERS[spec.lower()](**kwargs)
-    raise ValueError(f"unknown optimizer {spec!r}; expected one of {', '.join(OPTIMIZERS)}")
+    name = spec.lower() if isinstance(spec, str) and spec not in OPTIMIZERS else spec
+    return OPTIMIZERS.lookup(name)(**kwargs)
 
 
 def optimizer_from_config(config: dict) -> Optimizer:

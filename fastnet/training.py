@@ -998,7 +998,8 @@ class Trainer:
                 sums[2:] = self._class_sums(outputs, targets, classes, _top_k(top_k, classes))
             if width:
                 host = self.backend.to_numpy
-                sums[3:] = regression_sums(host(outputs), host(targets), host(yd[:1]))
+                predicted = host(self.loss.predict_output(outputs))  # as predict_proba's
+                sums[3:] = regression_sums(predicted, host(targets), host(yd[:1]))
         if group is not None and group.world_size > 1:
             group.allreduce(sums)
         logs = {"loss": sums[0] / n}

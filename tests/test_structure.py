@@ -53,8 +53,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # kept by a loaded model, CSV cells named, class_weight checked, mixed DataFrames, refused
 # CLI options, Keras's fn(epoch) schedules, notebook names and keywords: +125), to 10,850
 # for Adam's epsilon hat (scikit-learn's and Keras's Adam) and a review of all these (presets,
-# folded scalings, JSON metadata, DataFrame columns named, partial_fit after early stopping: +43)
-BUDGET = 10850
+# folded scalings, JSON metadata, DataFrame columns named, partial_fit after early stopping: +43),
+# to 10,900 for users' losses, optimizers and initializers registered by name as layers are
+# (one registry for the four), their own compute/reference on every backend, checked
+# initializers, custom predictions in evaluate and refused by the ONNX export (+21)
+BUDGET = 10900
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -1,0 +1,178 @@
+"""Users' own losses, optimizers and initializers: a ``name`` in the class body registers
+them (saved, loaded, pickled, copied like the built-ins); a subclass that kept its parent's
+name is refused before anything is written; a subclass's own ``compute`` or ``reference``
+runs on every backend, never its parent's fused forms."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import fastnet as fn
+from fastnet.gradcheck import check_loss
+from fastnet.initializers import Initializer
+from fastnet.losses import Loss
+from fastnet.optimizers import Optimizer
+
+
+class Focal(Loss):
+    """Softmax focal loss (gamma 2) on integer labels: a multiclass loss of one's own."""
+
+    name = "test_focal"
+    classification = counts_correct = multiclass = True
+    predictions = "softmax"
+
+    def compute(self, z, t, weights=None):
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        onehot = np.eye(z.shape[1])[t] if t.ndim == 1 else t
+        pt = (p * onehot).sum(1, keepdims=True)
+        loss = -((1 - pt) ** 2) * np.log(pt)
+        # d/dz of -(1-pt)^2 log pt, with dpt/dz = pt (onehot - p)
+        dpt = 2 * (1 - pt) * np.log(pt) - (1 - pt) ** 2 / pt
+        grad = dpt * pt * (onehot - p) / len(z)
+        return loss.mean(), grad.astype(z.dtype)
+
+
+class FocalFromSoftmax(fn.SoftmaxCrossEntropy):
+    """The same focal loss, written by overriding the softmax cross-entropy's compute."""
+
+    name = "test_focal_from_softmax"
+    compute = Focal.compute
+
+
+class Lecun(Initializer):
+    name = "test_lecun"
+
+    def scale(self, fan_in, fan_out):
+        return (1 / fan_in) ** 0.5
+
+
+class SignSGD(Optimizer):
+    name = "test_signsgd"
+
+    def __init__(self, lr=0.01, weight_decay=0.0, **clipping):
+        super().__init__(lr, weight_decay, **clipping)
+
+    def reference(self, xp, p, g, slots, step, eps, constants):
+        p -= step * xp.sign(g)
+
+
+class SquareRootAdaGrad(fn.AdaGrad):
+    """AdaGrad with eps inside the square root: a rule of its own, its parent's kernel not."""
+
+    name = "test_sqrt_adagrad"
+
+    def reference(self, xp, p, g, slots, step, eps, constants):
+        (h,) = slots
+        h += g * g
+        p -= step * g / xp.sqrt(h + eps)
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((60, 4)), rng.integers(0, 3, 60)
+
+
+def _model(backend, loss="softmax_cross_entropy", optimizer="sgd", initializer=None):
+    layers = [fn.Dense(5, "relu", initializer=initializer), fn.Dense(3)]
+    return fn.Sequential(
+        layers, loss=loss, optimizer=optimizer, backend=backend, dtype="float64", seed=0
+    )
+
+
+def test_a_multiclass_loss_of_ones_own_takes_integer_labels():
+    z, t = np.random.default_rng(1).standard_normal((6, 4)), np.array([0, 1, 2, 3, 0, 1])
+    assert check_loss(Focal(), z, t).ok
+    assert Focal()(z, t)[0] == Focal()(z, np.eye(4)[t])[0]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_subclass_overriding_compute_trains_its_own_loss(backend):
+    X, y = _data()
+    models = [_model(backend, loss) for loss in (Focal(), FocalFromSoftmax(), "cross_entropy")]
+    for model in models:
+        model.fit(X, y, epochs=2, batch_size=20, verbose=0, shuffle=False)
+    focal, from_softmax, cross_entropy = (m.layers[0].W.value for m in models)
+    np.testing.assert_allclose(from_softmax, focal, rtol=1e-12)
+    assert np.abs(from_softmax - cross_entropy).max() > 1e-3
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_subclass_with_its_own_rule_runs_it_not_the_parents_kernel(backend):
+    X, y = _data()
+    ours, reference = (
+        _model(name, optimizer=SquareRootAdaGrad(0.1)) for name in (backend, "numpy")
+    )
+    for model in (ours, reference):
+        model.fit(X, y, epochs=2, batch_size=20, verbose=0, shuffle=False)
+    np.testing.assert_allclose(ours.layers[0].W.value, reference.layers[0].W.value, rtol=1e-12)
+    plain = _model("numpy", optimizer=fn.AdaGrad(0.1))
+    plain.fit(X, y, epochs=2, batch_size=20, verbose=0, shuffle=False)
+    assert np.abs(plain.layers[0].W.value - ours.layers[0].W.value).max() > 1e-4
+
+
+def test_users_classes_save_load_pickle_and_copy(tmp_path):
+    X, y = _data()
+    model = _model("numpy", Focal(), SignSGD(0.05), Lecun())
+    model.fit(X, y, epochs=2, batch_size=20, verbose=0)
+    path = tmp_path / "m.npz"
+    model.save(path)
+    for copy in (fn.load_model(path), pickle.loads(pickle.dumps(model)), model.to("numba")):
+        assert type(copy.loss) is Focal and type(copy.optimizer) is SignSGD
+        assert type(copy.layers[0].initializer) is Lecun
+        np.testing.assert_allclose(copy.predict_proba(X), model.predict_proba(X), rtol=1e-12)
+
+
+def test_a_subclass_without_a_name_of_its_own_is_refused_before_writing(tmp_path):
+    class Quiet(fn.AdaGrad):  # would load as AdaGrad
+        pass
+
+    model = _model("numpy", optimizer=Quiet(0.1)).build(4)
+    with pytest.raises(TypeError, match=r"Quiet has no name of its own \('adagrad' loads AdaGrad"):
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+    with pytest.raises(TypeError, match="loss name 'mean_squared_error' is taken"):
+
+        class Clash(Loss):
+            name = "mean_squared_error"
+
+    assert fn.Nesterov(0.1).get_config()["name"] == "momentum"  # saved as what it is
+
+
+def test_an_initializer_is_checked_and_missing_methods_say_what_to_write():
+    class Transposed(Initializer):
+        def __call__(self, rng, fan_in, fan_out, dtype=np.float32):
+            return np.zeros((fan_out, fan_in), dtype)
+
+    with pytest.raises(ValueError, match=r"gave float32 \(3, 6\) for Dense\(3\): an initializer"):
+        fn.Sequential([fn.Dense(3, initializer=Transposed())]).build(6)
+    with pytest.raises(NotImplementedError, match=r"Initializer.scale\(fan_in, fan_out\)"):
+        fn.Sequential([fn.Dense(3, initializer=Initializer())]).build(6)
+
+    class NoRule(Optimizer):
+        pass
+
+    model = _model("numpy", optimizer=NoRule(0.1))
+    with pytest.raises(NotImplementedError, match=r"NoRule.reference\(xp, p, g, slots"):
+        model.fit(*_data(), epochs=1, verbose=0)
+
+
+def test_a_loss_with_its_own_predictions_is_evaluated_and_exported_by_them(tmp_path):
+    class Poisson(Loss):
+        name = "test_poisson"
+
+        def compute(self, z, t, weights=None):
+            return (np.exp(z) - t * z).mean(), (np.exp(z) - t) / z.size
+
+        def predict_output(self, z):
+            return np.exp(z)
+
+    X, _ = _data()
+    counts = np.random.default_rng(2).poisson(2.0, (60, 1)).astype(float)
+    model = fn.Sequential([fn.Dense(1)], loss=Poisson(), backend="numpy", dtype="float64")
+    model.fit(X, counts, epochs=2, verbose=0)
+    rate = model.predict_proba(X)
+    assert model.evaluate(X, counts)["mae"] == pytest.approx(np.abs(rate - counts).mean())
+    with pytest.raises(ValueError, match="Poisson makes its predictions with its own"):
+        model.to_onnx(tmp_path / "m.onnx")
