@@ -14,6 +14,15 @@ from fastnet.metrics import ALIASES, higher_is_better, log_name
 from fastnet.state import ORDER_KEY
 
 
+class History(dict):
+    """Per-epoch log entries by name (``{"loss": [...], ...}``), as ``fit`` returns them and
+    ``model.history`` keeps them; ``.history`` is the dict itself, as on Keras's History."""
+
+    @property
+    def history(self) -> History:
+        return self
+
+
 class Callback:
     """Override any hook; ``on_epoch_end`` returns True to stop training.
 
@@ -67,24 +76,32 @@ HOOKS = {
 }
 
 
-class KerasStyle(Callback):
-    """Adapts a callback whose hooks omit the model, as Keras's do (``on_epoch_end(epoch,
-    logs)``); the model is set as its ``model`` attribute first, as Keras does."""
+#: Keras's newer names of the batch hooks
+KERAS_NAMES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "on_batch_end"}
 
-    def __init__(self, inner: Any, hooks: set[str]) -> None:
+
+class KerasStyle(Callback):
+    """Adapts a callback with hooks that omit the model, as Keras's do (``on_epoch_end(epoch,
+    logs=None)``): ``hooks`` maps each fastnet hook to the callback's method and whether it
+    is Keras-style; the model is set as its ``model`` attribute first, as Keras does."""
+
+    def __init__(self, inner: Any, hooks: dict[str, tuple[str, bool]]) -> None:
         self.inner, self.hooks = inner, hooks
         self.provides = tuple(getattr(inner, "provides", ()))  # log entries it adds
-        for hook in HOOKS:
-            if hook in hooks:
-                setattr(self, hook, self._adapter(hook))
+        for hook, (method, keras) in hooks.items():
+            setattr(self, hook, self._adapter(method, keras))
 
-    def _adapter(self, hook: str) -> Any:
+    def _adapter(self, method: str, keras: bool) -> Any:
         def call(model: Any, *args: Any) -> Any:
             try:
                 self.inner.model = model
             except AttributeError:  # a function or a slotted object
                 pass
-            return getattr(self.inner, hook)(*args)
+            return (
+                getattr(self.inner, method)(*args)
+                if keras
+                else getattr(self.inner, method)(model, *args)
+            )
 
         return call
 
@@ -109,41 +126,57 @@ def _accepts(fn: Any, n_args: int) -> bool:
     return True
 
 
+def _keras_style(method: Any, hook: str) -> bool:
+    """Whether ``method`` is a Keras hook (without the model): a first parameter named
+    ``model`` says fastnet's, a ``logs`` with a default (``logs=None``) Keras's, else the
+    number of arguments it takes. Raises ``TypeError`` for neither."""
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except ValueError:  # no signature (a builtin)
+        params = []
+    if params and params[0].name == "model" and _accepts(method, len(HOOKS[hook])):
+        return False
+    logs = next((p for p in params if p.name == "logs"), None)
+    keras_args = len(HOOKS[hook]) - 1
+    if logs is not None and logs.default is not logs.empty and _accepts(method, keras_args):
+        return True
+    if _accepts(method, len(HOOKS[hook])):
+        return False
+    if _accepts(method, keras_args):
+        return True
+    wanted = ", ".join(HOOKS[hook])
+    raise TypeError(
+        f"callback hook {getattr(method, '__qualname__', hook)} must take ({wanted}) or, "
+        f"Keras-style, ({', '.join(HOOKS[hook][1:])}, logs=None)"
+    )
+
+
 def as_callbacks(items: Any) -> list[Callback]:
     """``fit``'s callbacks (a list, one callback or None) as fastnet ``Callback`` objects,
     every hook's signature checked before training: fastnet hooks (with the model),
-    Keras-style hooks (without it) and plain functions ``f(epoch, logs)``. Raises
-    ``TypeError`` naming the callback and hook."""
+    Keras-style hooks (without it, ``logs=None``; ``on_train_batch_end`` for ``on_batch_end``)
+    and plain functions ``f(epoch, logs)``. Raises ``TypeError`` naming the callback and hook."""
     found: list[Callback] = []
-    one = callable(items) or any(callable(getattr(items, h, None)) for h in HOOKS)
+    names = [*HOOKS, *KERAS_NAMES]
+    one = callable(items) or any(callable(getattr(items, h, None)) for h in names)
     for cb in [items] if one else list(items or ()):
-        keras: set[str] = set()
-        hooks = [h for h in HOOKS if callable(getattr(cb, h, None))]
-        if not hooks:
+        if isinstance(cb, type):
+            raise TypeError(f"callbacks are instances: pass {cb.__name__}(...), not the class")
+        methods = {KERAS_NAMES.get(h, h): h for h in names if callable(getattr(cb, h, None))}
+        if not methods:
             if not callable(cb) or not _accepts(cb, 2):
                 raise TypeError(
                     f"callbacks must be Callback objects or functions f(epoch, logs), got {cb!r}"
                 )
             found.append(EpochFunction(cb))
             continue
-        for hook in hooks:
-            method = getattr(cb, hook)
-            if getattr(type(cb), hook, None) is getattr(Callback, hook):
-                continue  # not overridden
-            if _accepts(method, len(HOOKS[hook])):
-                continue
-            if _accepts(method, len(HOOKS[hook]) - 1):
-                keras.add(hook)
-                continue
-            wanted = ", ".join(HOOKS[hook])
-            raise TypeError(
-                f"callback {type(cb).__name__}.{hook} must take ({wanted}) or, "
-                f"Keras-style, ({', '.join(HOOKS[hook][1:])})"
-            )
-        if keras or not isinstance(cb, Callback):
-            found.append(KerasStyle(cb, keras or set(hooks)))
-        else:
-            found.append(cb)
+        hooks = {
+            hook: (method, _keras_style(getattr(cb, method), hook))
+            for hook, method in methods.items()
+            if getattr(type(cb), method, None) is not getattr(Callback, method, None)
+        }  # (hooks not overridden stay Callback's)
+        adapted = any(keras or method != hook for hook, (method, keras) in hooks.items())
+        found.append(KerasStyle(cb, hooks) if adapted or not isinstance(cb, Callback) else cb)
     return found
 
 
@@ -194,7 +227,8 @@ class EarlyStopping(Monitor):
     ``restore_best_weights``: at the end of training (stopped or not, as Keras 3 and
     scikit-learn's early stopping do; not after a divergence, which restores its own), the
     state of the best epoch comes back (weights, optimizer state, buffers; the epoch count,
-    data order and dropout streams go on)."""
+    data order and dropout streams go on). Defaults differ from Keras's (``patience=0``,
+    ``restore_best_weights=False``): fastnet waits 3 epochs and keeps the best weights."""
 
     def __init__(
         self,
@@ -375,8 +409,9 @@ def _optimizers(model: Any) -> list[Any]:
 
 
 class CSVLogger(Callback):
-    """Append each epoch's logs (and the learning rate) as a CSV row to ``path``; ``append``
-    keeps an existing file (the header is written once)."""
+    """Append each epoch's logs (and the learning rate) as a CSV row to ``path``, its
+    ``epoch`` column the 0-based epoch index (Keras's); ``append`` keeps an existing file (the
+    header is written once)."""
 
     def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ",") -> None:
         self.path, self.append, self.separator = os.fspath(path), bool(append), separator
@@ -398,7 +433,7 @@ class CSVLogger(Callback):
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
         if self.file is None:
             return False
-        row = {"epoch": epoch + 1, **logs}
+        row = {"epoch": epoch, **logs}
         writer = csv.writer(self.file, delimiter=self.separator)
         if self.keys is None:
             self.keys = list(row)

@@ -323,6 +323,10 @@ ALIASES = {
     "xent": "softmax_cross_entropy",
     "bce": "sigmoid_binary_cross_entropy",
     "mse": "mean_squared_error",
+    # Keras's names (on logits: fastnet's losses apply the softmax or sigmoid themselves)
+    "sparse_categorical_crossentropy": "softmax_cross_entropy",
+    "categorical_crossentropy": "softmax_cross_entropy",
+    "binary_crossentropy": "sigmoid_binary_cross_entropy",
 }
 
 
@@ -332,4 +336,6 @@ def get_loss(spec: str | dict | Loss) -> Loss:
         return spec
     config = dict(spec) if isinstance(spec, dict) else {"name": spec}
     name = config.pop("name", None)
-    return LOSSES.lookup(ALIASES.get(name, name) if isinstance(name, str) else name)(**config)
+    if isinstance(name, str) and name not in LOSSES:
+        name = ALIASES.get(name.lower(), name.lower())  # (Keras's "MSE")
+    return LOSSES.lookup(name)(**config)

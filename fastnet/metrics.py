@@ -146,10 +146,15 @@ def check_metrics(metrics: Any) -> list:
     """User metrics: callables ``f(y_true, y_pred) -> float`` with distinct names (None: none)."""
     if callable(metrics) or isinstance(metrics, (str, bytes)):
         metrics = [metrics]
-    found = list(metrics or ())
+    reported = ("accuracy", "acc")  # (Keras's metrics=["accuracy"]: the logs hold it already)
+    found = [f for f in metrics or () if not (isinstance(f, str) and f.lower() in reported)]
     for f in found:
         if not callable(f):
-            raise TypeError(f"metrics must be functions f(y_true, y_pred) -> float, got {f!r}")
+            raise TypeError(
+                f"metrics must be functions f(y_true, y_pred) -> float, got {f!r} (the logs "
+                "hold accuracy, and with validation data precision, recall, f1, top-k "
+                "accuracy or mae, rmse, r2, already)"
+            )
     names = [metric_name(f) for f in found]
     if len(set(names)) != len(names):
         raise ValueError(f"metrics need distinct names, got {names}")

@@ -17,6 +17,7 @@ import numpy as np
 from fastnet import state as schema
 from fastnet.backends import Backend, get_backend, record_kernels
 from fastnet.backends.plan import StepPlan
+from fastnet.callbacks import History
 from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
 from fastnet.initializers import INITIALIZERS
 from fastnet.layer_stack import (
@@ -98,7 +99,7 @@ class Sequential(Trainer):
         # [seed, epochs trained]: the validation split and each epoch's shuffle follow from it
         self._order = np.array([_data_seed(seed), 0], np.int64)
         self.input_dim: int | None = None
-        self.history: dict[str, list[float]] = {}
+        self.history: dict[str, list[float]] = History()
         #: what the data was, kept in checkpoints (their ``extra``): the CLI's ``classes``
         #: (labels of the output columns), ``features``, ``target`` and ``task``
         self.metadata: dict[str, Any] = {}
@@ -108,6 +109,9 @@ class Sequential(Trainer):
         self._compiled_steps: dict = {}
         self._backward_shape: tuple | None = None  # the outputs of the last training forward
         self.loss.build(self.backend)
+        declared = getattr(layers[0], "declared_input_dim", None)
+        if declared is not None:  # Keras's Dense(..., input_dim=n): built at once
+            self.build(declared)
 
     # ------------------------------------------------------------------ structure
     @property
@@ -432,17 +436,17 @@ class Sequential(Trainer):
         self,
         X: Any,
         y: Any,
-        top_k: int | None = 5,
-        metrics: Sequence[Any] = (),
-        *,
         batch_size: int | None = None,
         verbose: int = 0,
+        *,
+        top_k: int | None = 5,
+        metrics: Sequence[Any] = (),
     ) -> dict[str, float]:
-        """The metrics ``fit`` reports on validation data, on ``(X, y)``: the loss; accuracy,
-        macro ``precision``/``recall``/``f1`` and ``top{k}_accuracy`` (k < classes) for
-        softmax classifiers, accuracy for sigmoid ones; ``mae``/``rmse``/``r2`` for
-        regression; and each of ``metrics`` (``f(y_true, y_pred) -> float``) by its name.
-        ``batch_size``, ``verbose``: as for ``predict_raw``."""
+        """The metrics ``fit`` reports on validation data, on ``(X, y)``, as a dict (Keras's
+        ``return_dict=True``): the loss; accuracy, macro ``precision``/``recall``/``f1`` and
+        ``top{k}_accuracy`` (k < classes) for softmax classifiers, accuracy for sigmoid ones;
+        ``mae``/``rmse``/``r2`` for regression; and each of ``metrics`` (``f(y_true, y_pred)
+        -> float``) by its name. ``batch_size``, ``verbose``: as for ``predict_raw``."""
         from fastnet.metrics import check_metrics
 
         self._require_built()
@@ -525,7 +529,7 @@ class Sequential(Trainer):
                 for k in [index(key)]
             }
         )
-        copy.history = {k: list(v) for k, v in self.history.items()}
+        copy.history = History({k: list(v) for k, v in self.history.items()})
         # an old CLI checkpoint's scaling describes the inputs ``layer`` now takes
         copy.metadata = {k: v for k, v in self.metadata.items() if k != "scale"}
         return copy
@@ -539,7 +543,7 @@ class Sequential(Trainer):
         clone = Sequential.from_config(config, backend=target)
         if self.built:
             clone.set_state(self.host_state(), validate=False)
-        clone.history = {k: list(v) for k, v in self.history.items()}
+        clone.history = History({k: list(v) for k, v in self.history.items()})
         clone.metadata = dict(self.metadata)
         return clone
 
@@ -660,7 +664,7 @@ class Sequential(Trainer):
         self.__dict__.update(clone.__dict__)
         if saved["state"] is not None:
             self.set_state(saved["state"])
-        self.history = saved["history"]
+        self.history = History(saved["history"])
         self.metadata = saved.get("metadata", {})  # (pickles of before it)
         self.stop_reason = saved["stop_reason"]
 

@@ -46,6 +46,15 @@ def _check_fraction(name: str, value: Any) -> float:
 
 #: optimizer classes by ``name`` (a subclass with a ``name`` of its own registers itself)
 OPTIMIZERS = Registry("optimizer")
+#: Keras's attribute names of fastnet's hyperparameters
+KERAS_NAMES = {
+    "learning_rate": "lr",
+    "beta_1": "beta1",
+    "beta_2": "beta2",
+    "epsilon": "eps",
+    "clipnorm": "clip_norm",
+    "clipvalue": "clip_value",
+}
 
 
 class Optimizer:
@@ -97,12 +106,13 @@ class Optimizer:
         clip_value: float | None = None,
         **unknown: Any,
     ) -> None:
-        if unknown:  # the notebooks' names get theirs
+        if unknown:  # the notebooks' and Keras's names get theirs
             key = next(iter(unknown))
-            hint = {"decay_rate": "rho", "learning_rate": "lr"}.get(key)
+            names = {"decay_rate": "rho", **KERAS_NAMES}
+            hint = f": fastnet calls it {names[key]!r}" if key in names else ""
+            hint = ": SGD with momentum is fn.Momentum(lr, momentum)" if key == "momentum" else hint
             raise TypeError(
-                f"{type(self).__name__} got an unexpected keyword argument {key!r}"
-                + (f": fastnet calls it {hint!r}" if hint else "")
+                f"{type(self).__name__} got an unexpected keyword argument {key!r}{hint}"
             )
         self.lr = lr
         self.weight_decay = weight_decay
@@ -110,7 +120,9 @@ class Optimizer:
 
     def __setattr__(self, key: str, value: Any) -> None:
         """Checked also when set on a built model: ``lr`` (set by hand, schedules start from
-        it), ``weight_decay``, ``clip_norm`` and ``clip_value`` (None or positive)."""
+        it), ``weight_decay``, ``clip_norm`` and ``clip_value`` (None or positive). Keras's
+        names (``learning_rate``, ``beta_1``, ``epsilon``, ...) set fastnet's."""
+        key = KERAS_NAMES.get(key, key)
         if key == "lr":
             value = _check_positive("lr", value)
             super().__setattr__("initial_lr", None)
@@ -120,6 +132,11 @@ class Optimizer:
             value = _check_positive(key, value)
         super().__setattr__(key, value)
 
+    def __getattr__(self, key: str) -> Any:  # (only for names that are not attributes)
+        if key in KERAS_NAMES:
+            return getattr(self, KERAS_NAMES[key])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+
     def schedule_base(self) -> float:
         """The lr a schedule scales: ``initial_lr``, set to the lr now if there is none."""
         if self.initial_lr is None:
@@ -127,8 +144,8 @@ class Optimizer:
         return self.initial_lr  # type: ignore[return-value]
 
     def set_scheduled_lr(self, lr: float) -> None:
-        """Set ``lr`` as a schedule does (``initial_lr`` is kept)."""
-        object.__setattr__(self, "lr", _check_positive("lr", lr))
+        """Set ``lr`` as a schedule does (``initial_lr`` is kept; 0 pauses, as Keras allows)."""
+        object.__setattr__(self, "lr", _check_positive("lr", lr, allow_zero=True))
 
     def constants(self) -> tuple[float, ...]:
         """The per-element kernel's constant arguments (after the slots), in kernel order."""

@@ -61,7 +61,12 @@ class LearningRateScheduler(_EpochSchedule):
     def on_epoch_begin(self, model: Any, epoch: int) -> None:
         for opt in self.optimizers:
             lr = self.fn(epoch, opt.lr) if self.takes_lr else self.fn(epoch)
-            opt.set_scheduled_lr(float(lr))
+            try:
+                opt.set_scheduled_lr(lr)
+            except ValueError as exc:
+                raise ValueError(
+                    f"LearningRateScheduler's function, epoch {epoch}: {exc}"
+                ) from None
 
 
 def _positional_arguments(fn: Callable) -> int:

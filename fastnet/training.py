@@ -23,7 +23,7 @@ import numpy as np
 from fastnet.backends.graph_step import CaptureRequiredError, GraphedStep
 from fastnet.backends.interop import host_array
 from fastnet.backends.report import record_kernels
-from fastnet.callbacks import Callback, as_callbacks
+from fastnet.callbacks import Callback, History, as_callbacks
 from fastnet.metrics import (
     call_metric,
     check_metric_names,
@@ -119,7 +119,7 @@ class FitRun:
     verbose: int
     on_divergence: str
     log_names: list[str]
-    history: dict[str, list[float]] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=History)
 
 
 @contextlib.contextmanager
@@ -510,6 +510,8 @@ class Trainer:
     def _prepare_fit(self, X: Any, y: Any, opts: FitOptions) -> FitRun:
         """Every check of ``fit``'s arguments and data, changing nothing."""
         epochs = check_positive_int(opts.epochs, "epochs")
+        if opts.verbose not in (0, 1, 2):
+            raise ValueError(f"verbose must be 0, 1 (a bar) or 2 (a line), got {opts.verbose!r}")
         first = opts.initial_epoch
         if not isinstance(first, (int, np.integer)) or isinstance(first, bool) or first < 0:
             raise ValueError(f"initial_epoch must be an integer >= 0, got {first!r}")
@@ -633,6 +635,7 @@ class Trainer:
 
     def _epochs(self, run_epoch: Callable[..., tuple[Any, Any]], run: FitRun) -> dict:
         self.stop_reason, self.diverged = None, False
+        self.stop_training = False  # Keras's: a callback sets it to stop after this epoch
         for key in run.log_names:  # every entry listed, even if training stops at once
             run.history[key] = []
             self.history.setdefault(key, [])
@@ -669,6 +672,7 @@ class Trainer:
             stop = False
             for cb in run.callbacks:  # callbacks may add entries (e.g. a validation score)
                 stop = bool(cb.on_epoch_end(self, epoch, logs)) or stop
+            stop = stop or bool(self.stop_training)
             if run.group is not None:  # a stop on one rank stops all (none waits forever)
                 stop = run.group.any(stop)
             for key, value in logs.items():
@@ -795,12 +799,23 @@ class Trainer:
                     step(xb, yb, wb)
                     if progress is not None:
                         progress(hi - lo)
-                    for cb in end:
-                        cb.on_batch_end(self, i, {"batch": i, "size": hi - lo})
+                    if end:
+                        logs = {"batch": i, "size": hi - lo, **self._running(step, hi, group)}
+                        for cb in end:
+                            cb.on_batch_end(self, i, logs)
                 self._order[1] += 1
                 return step.end_epoch()
 
         return run_epoch
+
+    def _running(self, step: Any, rows: int, group: Any) -> dict[str, float]:
+        """Batch logs' running ``loss`` (and ``accuracy``) of the epoch so far, as Keras's
+        (read from the device: a sync per batch, for callbacks that ask); none across ranks."""
+        if group is not None:
+            return {}
+        totals = self.backend.to_numpy(step.totals)
+        logs = {"loss": float(totals[0]) / rows}
+        return {**logs, "accuracy": float(totals[1]) / rows} if self.loss.counts_correct else logs
 
     def _distributed_step(
         self,

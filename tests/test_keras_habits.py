@@ -402,3 +402,76 @@ def test_a_data_frame_of_mixed_numeric_columns_trains_and_others_are_named():
     numbered = pd.DataFrame({0: [1.0, 2.0, 3.0, 4.0], 1: ["a", "b", "c", "d"]})  # int labels
     with pytest.raises(TypeError, match=r"column\(s\) 1 \(\w+\) are of no numeric dtype"):
         model.predict(numbered)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_callbacks_written_as_keras_documents_them(backend):
+    """Keras's hooks take logs=None and no model: each is called with Keras's arguments (the
+    docs' LossHistory verbatim), batch logs hold the running loss, stop_training stops."""
+    X, y = _blobs()
+
+    class LossHistory(fn.Callback):
+        def on_train_begin(self, logs={}):  # noqa: B006 (as Keras's docs write it)
+            self.losses = []
+
+        def on_batch_end(self, batch, logs={}):  # noqa: B006
+            self.losses.append(logs.get("loss"))
+
+    class Keras3:
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epochs = [*getattr(self, "epochs", []), epoch]
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.batches = getattr(self, "batches", 0) + 1
+
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                self.model.stop_training = True
+
+    history, keras3 = LossHistory(), Keras3()
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend=backend, seed=0)
+    h = model.fit(X, y, epochs=5, batch_size=50, verbose=0, callbacks=[history, keras3])
+    assert h.history is h and len(h["loss"]) == 2 and keras3.epochs == [0, 1]
+    per_epoch = len(history.losses) // 2
+    assert keras3.batches == len(history.losses) and per_epoch == -(-len(X) // 50)
+    assert history.losses[per_epoch - 1] == pytest.approx(h["loss"][0], rel=1e-9)
+    with pytest.raises(TypeError, match=r"pass EarlyStopping\(...\), not the class"):
+        model.fit(X, y, epochs=1, verbose=0, callbacks=[fn.EarlyStopping])
+    with pytest.raises(ValueError, match="verbose must be 0, 1 .* or 2"):
+        model.fit(X, y, epochs=1, verbose=3)
+
+
+def test_keras_names_and_argument_order():
+    X, y = _blobs()
+    model = fn.Sequential(
+        [fn.Dense(8, "relu", input_dim=X.shape[1]), fn.Dense(3)],
+        loss="sparse_categorical_crossentropy",
+        optimizer=fn.Adam(0.02),
+        backend="numpy",
+        seed=0,
+    )
+    assert model.built and isinstance(model.loss, fn.SoftmaxCrossEntropy)  # as Keras builds
+    model.optimizer.learning_rate = 0.05  # Keras's attribute names set fastnet's
+    model.optimizer.beta_1 = 0.8
+    assert model.optimizer.lr == 0.05 and model.optimizer.beta1 == 0.8
+    model.fit(X, y, epochs=2, verbose=0, metrics=["accuracy"])  # reported anyway
+    scores = model.evaluate(X, y, 32)  # Keras's order: batch_size third
+    assert "top32_accuracy" not in scores and scores == model.evaluate(X, y)
+    assert fn.Sequential([fn.Dense(1)], loss="binary_crossentropy").loss.name.startswith("sigmoid")
+    with pytest.raises(ValueError, match="the loss applies softmax: leave the last Dense linear"):
+        fn.Dense(3, "softmax")
+    with pytest.raises(TypeError, match="'epsilon': fastnet calls it 'eps'"):
+        fn.Adam(epsilon=1e-7)
+    with pytest.raises(TypeError, match=r"SGD with momentum is fn.Momentum\(lr, momentum\)"):
+        fn.SGD(0.1, momentum=0.9)
+
+
+def test_a_schedule_may_pause_training_and_a_bad_value_names_it():
+    X, y = _blobs()
+    model = _model()
+    pause = fn.LearningRateScheduler(lambda epoch, lr: 0.0 if epoch == 1 else 0.02)
+    model.fit(X, y, epochs=2, verbose=0, callbacks=[pause])
+    assert model.history["lr"] == [0.02, 0.0]
+    bad = fn.LearningRateScheduler(lambda epoch: -1.0)
+    with pytest.raises(ValueError, match="LearningRateScheduler's function, epoch 0: lr must"):
+        model.fit(X, y, epochs=1, verbose=0, callbacks=[bad])

@@ -74,7 +74,12 @@ def activation_code(name: str | None) -> Act:
     """Map an activation name (or None for linear) to its ``Act``."""
     key = "linear" if name is None else name
     if key not in ACTIVATION_CODE:
-        raise ValueError(f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}")
+        hint = (
+            " (the loss applies softmax: leave the last Dense linear)" if key == "softmax" else ""
+        )
+        raise ValueError(
+            f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}{hint}"
+        )
     return ACTIVATION_CODE[key]
 
 
