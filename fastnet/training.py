@@ -800,22 +800,26 @@ class Trainer:
                     if progress is not None:
                         progress(hi - lo)
                     if end:
-                        logs = {"batch": i, "size": hi - lo, **self._running(step, hi, group)}
-                        for cb in end:
-                            cb.on_batch_end(self, i, logs)
+                        self._batch_end(end, step, i, (lo, hi), group)
                 self._order[1] += 1
                 return step.end_epoch()
 
         return run_epoch
 
-    def _running(self, step: Any, rows: int, group: Any) -> dict[str, float]:
-        """Batch logs' running ``loss`` (and ``accuracy``) of the epoch so far, as Keras's
-        (read from the device: a sync per batch, for callbacks that ask); none across ranks."""
-        if group is not None:
-            return {}
-        totals = self.backend.to_numpy(step.totals)
-        logs = {"loss": float(totals[0]) / rows}
-        return {**logs, "accuracy": float(totals[1]) / rows} if self.loss.counts_correct else logs
+    def _batch_end(
+        self, hooks: Sequence[Callback], step: Any, i: int, rows: tuple[int, int], group: Any
+    ) -> None:
+        """``on_batch_end`` with batch logs: index, size and, as Keras's, the epoch's running
+        ``loss`` (and ``accuracy``), read from the device (a sync per batch, for callbacks
+        that ask; not across ranks)."""
+        logs: dict[str, float] = {"batch": i, "size": rows[1] - rows[0]}
+        if group is None:
+            totals = self.backend.to_numpy(step.totals)
+            logs["loss"] = float(totals[0]) / rows[1]
+            if self.loss.counts_correct:
+                logs["accuracy"] = float(totals[1]) / rows[1]
+        for cb in hooks:
+            cb.on_batch_end(self, i, logs)
 
     def _distributed_step(
         self,

@@ -56,8 +56,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # folded scalings, JSON metadata, DataFrame columns named, partial_fit after early stopping: +43),
 # to 10,900 for users' losses, optimizers and initializers registered by name as layers are
 # (one registry for the four), their own compute/reference on every backend, checked
-# initializers, custom predictions in evaluate and refused by the ONNX export (+21)
-BUDGET = 10900
+# initializers, custom predictions in evaluate and refused by the ONNX export (+21), to 10,950
+# for a Keras user's findings (Keras-signature hooks, running batch logs, stop_training,
+# History, evaluate's argument order, Keras's names of losses and optimizer attributes: +45)
+BUDGET = 10950
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
