@@ -1158,15 +1158,7 @@ class Trainer:
     ) -> tuple[Any, Any, tuple[Any, Any] | None]:
         raise NotImplementedError
 
-    def validate_weights(
-        self,
-        sample_weight: Any,
-        class_weight: Any,
-        y: Any,
-        n: int,
-        on_device: bool = True,
-        input_dim: int | None = None,
-    ) -> Any:
+    def validate_weights(self, *args: Any, **kwargs: Any) -> Any:  # (Sequential's)
         raise NotImplementedError
 
     def get_state(self) -> dict[str, Any]:
