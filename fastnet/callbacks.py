@@ -128,16 +128,18 @@ def _accepts(fn: Any, n_args: int) -> bool:
 
 def _keras_style(method: Any, hook: str) -> bool:
     """Whether ``method`` is a Keras hook (without the model): a first parameter named
-    ``model`` says fastnet's, a ``logs`` with a default (``logs=None``) Keras's, else the
-    number of arguments it takes. Raises ``TypeError`` for neither."""
+    ``model`` says fastnet's, a ``logs`` with a default where Keras has it (``on_epoch_end(
+    epoch, logs=None)``) Keras's, else the number of arguments it takes. Raises
+    ``TypeError`` for neither."""
     try:
         params = list(inspect.signature(method).parameters.values())
     except ValueError:  # no signature (a builtin)
         params = []
     if params and params[0].name == "model" and _accepts(method, len(HOOKS[hook])):
         return False
-    logs = next((p for p in params if p.name == "logs"), None)
     keras_args = len(HOOKS[hook]) - 1
+    at = keras_args - 1 if "logs" in HOOKS[hook] else keras_args  # Keras's logs position
+    logs = params[at] if len(params) > at and params[at].name == "logs" else None
     if logs is not None and logs.default is not logs.empty and _accepts(method, keras_args):
         return True
     if _accepts(method, len(HOOKS[hook])):
@@ -410,8 +412,9 @@ def _optimizers(model: Any) -> list[Any]:
 
 class CSVLogger(Callback):
     """Append each epoch's logs (and the learning rate) as a CSV row to ``path``, its
-    ``epoch`` column the 0-based epoch index (Keras's); ``append`` keeps an existing file (the
-    header is written once)."""
+    ``epoch`` column the 0-based epoch index (Keras's; 1-based in fastnet before 2026-12-02, so
+    a resumed run appending to such a file repeats one number); ``append`` keeps an existing
+    file (the header is written once)."""
 
     def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ",") -> None:
         self.path, self.append, self.separator = os.fspath(path), bool(append), separator

@@ -417,7 +417,7 @@ class _MLPBase(BaseEstimator):
             batch_size=batch,
             shuffle=self.shuffle,
             callbacks=self._callbacks(len(X), epochs, validation),
-            verbose=self.verbose,
+            verbose=2 if self.verbose else 0,  # (scikit-learn's: any true int prints epochs)
             compiled="auto",
             sample_weight=sample_weight,
         )

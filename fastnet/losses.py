@@ -116,14 +116,12 @@ class Loss:
 
     def planned_predictions(self) -> str:
         """``predictions`` for fused inference, or "custom" where a subclass (or the instance)
-        redefines ``predictions`` or ``predict_output``: backends then run the layers and this
-        loss's own ``predict_output``."""
-
-        def owner(name: str) -> type:
-            return next(c for c in type(self).__mro__ if name in c.__dict__)
-
-        ours = all(owner(n).__module__ == __name__ for n in ("predictions", "predict_output"))
-        return self.predictions if ours and "predictions" not in vars(self) else "custom"
+        redefines ``predict_output`` (or names no known ``predictions``): backends then run
+        the layers and this loss's own ``predict_output``."""
+        owner = next(c for c in type(self).__mro__ if "predict_output" in c.__dict__)
+        ours = owner.__module__ == __name__ and "predict_output" not in vars(self)
+        known = self.predictions in ("softmax", "sigmoid", "identity")
+        return self.predictions if ours and known else "custom"
 
     def invalid_targets(self, targets: Any, xp: Any = np, classes: int = 2**31) -> str:
         """Why ``targets`` are outside this loss's domain ("" if they are fine); ``classes``:
@@ -131,16 +129,34 @@ class Loss:
         return ""
 
     def predict_labels(self, outputs: np.ndarray) -> np.ndarray:
-        """Predictions from raw host outputs: class indices for classifiers, else the outputs."""
+        """Predictions from raw host outputs, by ``predictions``: class indices (softmax),
+        0/1 per output (sigmoid; one per row, shape ``(n,)``, for one output), else the
+        outputs."""
+        if self.predictions == "softmax":
+            return outputs.argmax(axis=1)
+        if self.predictions == "sigmoid":
+            labels = (outputs > 0).astype(np.int64)
+            return labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
         return outputs
 
     def predict_output(self, outputs: Any) -> Any:
-        """Map raw outputs to predictions (probabilities for classifiers)."""
+        """Map raw outputs to predictions by ``predictions``: probabilities for classifiers
+        (softmax, sigmoid), else the outputs."""
+        if self.predictions == "softmax":
+            return self.backend.softmax(outputs)
+        if self.predictions == "sigmoid":
+            return self.backend.activation(outputs, Act.SIGMOID)
         return outputs
 
     def count_correct(self, outputs: Any, targets: Any) -> Any | None:
-        """Correct predictions in the batch (on the device), or None if accuracy is undefined."""
-        return None
+        """Correct predictions in the batch (on the device) where ``counts_correct``, by
+        ``predictions``; None if accuracy is undefined."""
+        if not self.counts_correct or self.predictions not in ("softmax", "sigmoid"):
+            return None
+        if self.predictions == "softmax":
+            return self.backend.count_correct(outputs, targets)
+        targets = targets.reshape(-1, 1) if targets.ndim == 1 else targets
+        return ((outputs > 0) == (targets > 0.5)).sum() / outputs.shape[1]
 
     def get_config(self) -> dict:
         return {"name": self.name}
@@ -239,15 +255,6 @@ class SoftmaxCrossEntropy(Loss):
             return "soft targets must be non-negative (probabilities or counts)"
         return ""
 
-    def predict_labels(self, outputs: np.ndarray) -> np.ndarray:
-        return outputs.argmax(axis=1)
-
-    def predict_output(self, logits: Any) -> Any:
-        return self.backend.softmax(logits)
-
-    def count_correct(self, logits: Any, targets: Any) -> Any:
-        return self.backend.count_correct(logits, targets)
-
 
 class SigmoidBinaryCrossEntropy(Loss):
     """Binary cross-entropy on logits, ``max(z, 0) - z*t + log1p(exp(-|z|))``, element mean."""
@@ -261,11 +268,6 @@ class SigmoidBinaryCrossEntropy(Loss):
             return "targets must be in [0, 1] (labels or probabilities)"
         return ""
 
-    def predict_labels(self, outputs: np.ndarray) -> np.ndarray:
-        """0/1 per output: one per row (shape ``(n,)``) for one output, as the labels are."""
-        labels = (outputs > 0).astype(np.int64)
-        return labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
-
     def compute(self, logits: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         xp = self.backend.xp
         if targets.ndim == 1:
@@ -277,14 +279,6 @@ class SigmoidBinaryCrossEntropy(Loss):
             w = weights.reshape(-1, 1).astype(logits.dtype, copy=False)
             elements, grad = elements * w, grad * w
         return elements.mean(), grad
-
-    def predict_output(self, logits: Any) -> Any:
-        return self.backend.activation(logits, Act.SIGMOID)
-
-    def count_correct(self, logits: Any, targets: Any) -> Any:
-        if targets.ndim == 1:
-            targets = targets.reshape(-1, 1)
-        return ((logits > 0) == (targets > 0.5)).sum() / logits.shape[1]
 
 
 class MeanSquaredError(Loss):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextvars
 import json
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from fastnet.backends import Backend, get_backend, record_kernels
 from fastnet.backends.plan import StepPlan
 from fastnet.callbacks import History
 from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
-from fastnet.initializers import INITIALIZERS
+from fastnet.initializers import INITIALIZERS, Initializer
 from fastnet.layer_stack import (
     check_layer_stack,
     check_parameters_listed,
@@ -639,7 +640,7 @@ class Sequential(Trainer):
             "classes": [
                 cls
                 for cls in dict.fromkeys(type(x) for x in self._parts())
-                if not cls.__module__.startswith("fastnet.") and "<locals>" not in cls.__qualname__
+                if not cls.__module__.startswith("fastnet.") and _importable(cls)
             ],
             "history": self.history,
             "metadata": self.metadata,
@@ -649,7 +650,8 @@ class Sequential(Trainer):
     def _parts(self) -> list[Any]:
         """The objects its config names: layers, loss, optimizers and initializers."""
         own = [(x.optimizer, getattr(x, "initializer", None)) for x in self.layers]
-        return [*self.layers, self.loss, self.optimizer, *(x for pair in own for x in pair if x)]
+        named = [x for pair in own for x in pair if isinstance(x, (Optimizer, Initializer))]
+        return [*self.layers, self.loss, self.optimizer, *named]
 
     def __setstate__(self, saved: dict[str, Any]) -> None:
         """Rebuild on the pickled backend, or the default one where that is unavailable;
@@ -670,6 +672,16 @@ class Sequential(Trainer):
 
     def __repr__(self) -> str:
         return self._summary_text()
+
+
+def _importable(cls: type) -> bool:
+    """Whether pickle finds ``cls`` by its module and name (not a class of a function's, nor
+    one defined again since: a re-run notebook cell; the registry loads the current one)."""
+    module = sys.modules.get(cls.__module__)
+    found: Any = module
+    for part in cls.__qualname__.split("."):
+        found = getattr(found, part, None)
+    return found is cls
 
 
 def _plain(data: Any, what: str) -> Any:

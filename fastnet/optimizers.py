@@ -123,8 +123,8 @@ class Optimizer:
         it), ``weight_decay``, ``clip_norm`` and ``clip_value`` (None or positive). Keras's
         names (``learning_rate``, ``beta_1``, ``epsilon``, ...) set fastnet's."""
         key = KERAS_NAMES.get(key, key)
-        if key == "lr":
-            value = _check_positive("lr", value)
+        if key == "lr":  # (0 pauses training, as a schedule may set it)
+            value = _check_positive("lr", value, allow_zero=True)
             super().__setattr__("initial_lr", None)
         elif key == "weight_decay":
             value = _check_positive(key, value, allow_zero=True)
@@ -140,12 +140,12 @@ class Optimizer:
     def schedule_base(self) -> float:
         """The lr a schedule scales: ``initial_lr``, set to the lr now if there is none."""
         if self.initial_lr is None:
-            self.initial_lr = self.lr
+            self.initial_lr = self.lr  # (checked: a schedule scales an lr above 0)
         return self.initial_lr  # type: ignore[return-value]
 
     def set_scheduled_lr(self, lr: float) -> None:
         """Set ``lr`` as a schedule does (``initial_lr`` is kept; 0 pauses, as Keras allows)."""
-        object.__setattr__(self, "lr", _check_positive("lr", lr, allow_zero=True))
+        object.__setattr__(self, "lr", _check_positive("lr", float(lr), allow_zero=True))
 
     def constants(self) -> tuple[float, ...]:
         """The per-element kernel's constant arguments (after the slots), in kernel order."""

@@ -47,7 +47,7 @@ class Registry(dict):
         return name
 
     def lookup(self, name: Any) -> Any:
-        if name not in self:
+        if not isinstance(name, str) or name not in self:
             raise ValueError(
                 f"unknown {self.kind} {name!r} (a custom {self.kind}'s class must be defined "
                 f"before loading); known: {', '.join(self)}"

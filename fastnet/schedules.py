@@ -62,8 +62,8 @@ class LearningRateScheduler(_EpochSchedule):
         for opt in self.optimizers:
             lr = self.fn(epoch, opt.lr) if self.takes_lr else self.fn(epoch)
             try:
-                opt.set_scheduled_lr(lr)
-            except ValueError as exc:
+                opt.set_scheduled_lr(lr)  # (a 0-d array too)
+            except (TypeError, ValueError) as exc:
                 raise ValueError(
                     f"LearningRateScheduler's function, epoch {epoch}: {exc}"
                 ) from None

@@ -340,3 +340,11 @@ def test_early_stopping_reports_the_best_validation_score_as_scikit_learn():
     assert len(est.loss_curve_) == est.n_iter_ == len(est.validation_scores_) + 1
     plain = fn.MLPRegressor((4,), max_iter=3, random_state=0).fit(X, y.astype(float))
     assert plain.best_validation_score_ is None and plain.best_loss_ == min(plain.loss_curve_)
+
+
+def test_verbose_takes_any_true_integer_as_scikit_learn(capsys):
+    X, y = np.random.default_rng(0).standard_normal((40, 3)), np.arange(40) % 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fn.MLPClassifier((4,), max_iter=2, verbose=5, random_state=0).fit(X, y)
+    assert "loss" in capsys.readouterr().out

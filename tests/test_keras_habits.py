@@ -435,6 +435,14 @@ def test_callbacks_written_as_keras_documents_them(backend):
     per_epoch = len(history.losses) // 2
     assert keras3.batches == len(history.losses) and per_epoch == -(-len(X) // 50)
     assert history.losses[per_epoch - 1] == pytest.approx(h["loss"][0], rel=1e-9)
+
+    class Named(fn.Callback):  # fastnet's hook, its model by another name
+        def on_epoch_end(self, net, epoch, logs=None):
+            self.seen = (type(net).__name__, epoch)
+
+    named = Named()
+    model.fit(X, y, epochs=1, verbose=0, callbacks=[named])
+    assert named.seen == ("Sequential", 0)
     with pytest.raises(TypeError, match=r"pass EarlyStopping\(...\), not the class"):
         model.fit(X, y, epochs=1, verbose=0, callbacks=[fn.EarlyStopping])
     with pytest.raises(ValueError, match="verbose must be 0, 1 .* or 2"):
@@ -475,3 +483,9 @@ def test_a_schedule_may_pause_training_and_a_bad_value_names_it():
     bad = fn.LearningRateScheduler(lambda epoch: -1.0)
     with pytest.raises(ValueError, match="LearningRateScheduler's function, epoch 0: lr must"):
         model.fit(X, y, epochs=1, verbose=0, callbacks=[bad])
+    import pickle
+
+    assert pickle.loads(pickle.dumps(model)).optimizer.lr == 0.0  # a paused model loads
+    halve = fn.LearningRateScheduler(lambda epoch, lr: np.where(epoch < 1, 0.02, lr * 0.5))
+    model.fit(X, y, epochs=2, verbose=0, callbacks=[halve])  # a 0-d array is a number
+    assert model.history["lr"][-2:] == [0.02, 0.01]

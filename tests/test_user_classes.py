@@ -81,10 +81,22 @@ def _model(backend, loss="softmax_cross_entropy", optimizer="sgd", initializer=N
     )
 
 
-def test_a_multiclass_loss_of_ones_own_takes_integer_labels():
+def test_a_multiclass_loss_of_ones_own_takes_integer_labels_and_predicts_as_declared(tmp_path):
+    """Its ``predictions`` and ``counts_correct`` are honoured: labels, probabilities,
+    accuracy, evaluation and the ONNX export as for the softmax cross-entropy."""
     z, t = np.random.default_rng(1).standard_normal((6, 4)), np.array([0, 1, 2, 3, 0, 1])
     assert check_loss(Focal(), z, t).ok
     assert Focal()(z, t)[0] == Focal()(z, np.eye(4)[t])[0]
+    X, y = _data()
+    model = _model("numpy", Focal())
+    history = model.fit(X, y, epochs=3, verbose=0, validation_data=(X, y))
+    proba = model.predict_proba(X)
+    np.testing.assert_allclose(proba.sum(1), 1)
+    np.testing.assert_array_equal(model.predict(X), proba.argmax(1))
+    assert history["val_accuracy"][-1] == pytest.approx((model.predict(X) == y).mean())
+    assert 0 < history["accuracy"][-1] and model.evaluate(X, y)["accuracy"] > 0
+    pytest.importorskip("onnx")
+    model.to_onnx(tmp_path / "focal.onnx")  # logits and softmax probabilities
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -110,6 +122,42 @@ def test_a_subclass_with_its_own_rule_runs_it_not_the_parents_kernel(backend):
     plain = _model("numpy", optimizer=fn.AdaGrad(0.1))
     plain.fit(X, y, epochs=2, batch_size=20, verbose=0, shuffle=False)
     assert np.abs(plain.layers[0].W.value - ours.layers[0].W.value).max() > 1e-4
+
+
+def test_a_layers_own_initializer_attribute_is_its_business(tmp_path):
+    """Only Initializer objects are checked as parts: a custom layer may keep a string."""
+
+    class Scaled(fn.layers.Layer):
+        name = "test_scaled"
+
+        def __init__(self, initializer="ones"):
+            super().__init__()
+            self.initializer = initializer
+
+        def get_config(self):
+            return {"name": self.name, "initializer": self.initializer}
+
+        def forward(self, x, training=True):
+            return x
+
+        def backward(self, dy, need_dx=True):
+            return dy
+
+    model = fn.Sequential([Scaled(), fn.Dense(3)], seed=0).build(4)
+    pickle.loads(pickle.dumps(model)).get_config()
+    model.save(tmp_path / "m.npz")
+    assert fn.load_model(tmp_path / "m.npz").layers[0].initializer == "ones"
+
+
+def test_a_class_defined_again_still_pickles(tmp_path):
+    """A re-run notebook cell: the model's class is no longer importable by its name; the
+    registry loads the current one."""
+    cell = "class Again(fn.SGD):\n    name = 'test_again'\n"
+    scope = {"fn": fn, "__name__": __name__}
+    exec(cell, scope)
+    model = _model("numpy", optimizer=scope["Again"](0.1)).build(4)
+    exec(cell, scope)  # defined again
+    assert type(pickle.loads(pickle.dumps(model)).optimizer).__name__ == "Again"
 
 
 def test_users_classes_save_load_pickle_and_copy(tmp_path):
