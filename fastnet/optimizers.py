@@ -123,8 +123,8 @@ class Optimizer:
         it), ``weight_decay``, ``clip_norm`` and ``clip_value`` (None or positive). Keras's
         names (``learning_rate``, ``beta_1``, ``epsilon``, ...) set fastnet's."""
         key = KERAS_NAMES.get(key, key)
-        if key == "lr":  # (0 pauses training, as a schedule may set it)
-            value = _check_positive("lr", value, allow_zero=True)
+        if key == "lr":
+            value = _check_positive("lr", value)
             super().__setattr__("initial_lr", None)
         elif key == "weight_decay":
             value = _check_positive(key, value, allow_zero=True)
@@ -423,7 +423,10 @@ def optimizer_from_config(config: dict) -> Optimizer:
     if not isinstance(config, dict) or not isinstance(config.get("name"), str):
         raise TypeError(f"optimizer config must be a dict with a 'name', got {config!r}")
     config = dict(config)
-    initial_lr = config.pop("initial_lr", None)
-    optimizer = get_optimizer(config.pop("name"), **config)
+    initial_lr, lr = config.pop("initial_lr", None), config.get("lr")
+    paused = lr == 0 and not isinstance(lr, bool)  # a schedule's lr 0, saved
+    optimizer = get_optimizer(config.pop("name"), **{**config, **({"lr": 1.0} if paused else {})})
+    if paused:
+        optimizer.set_scheduled_lr(0.0)
     optimizer.initial_lr = initial_lr
     return optimizer
