@@ -192,6 +192,41 @@ class Sequential(Trainer):
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
 
+    def get_weights(self) -> list[np.ndarray]:
+        """Host copies of every parameter, layer by layer (a Dense: ``W`` of shape (in, out),
+        then ``b``), as Keras's ``get_weights``."""
+        self._require_built()
+        return [np.array(self.backend.to_numpy(p.value), copy=True) for p in self.parameters()]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Copy ``weights`` (``get_weights``'s list) into the parameters, as Keras's: all
+        checked first (count, shapes, finite values in the model's dtype), so a refused list
+        changes nothing; optimizer state is kept."""
+        self._require_built()
+        params, arrays = self.parameters(), list(weights)
+        if len(arrays) != len(params):
+            raise ValueError(
+                f"set_weights takes {len(params)} arrays (get_weights), got {len(arrays)}"
+            )
+        checked = []
+        for i, (p, a) in enumerate(zip(params, arrays)):
+            with np.errstate(over="ignore"):
+                host = np.asarray(host_array(a, f"weights[{i}]"), p.value.dtype)
+            if host.shape != tuple(p.value.shape) or not np.isfinite(host).all():
+                raise ValueError(
+                    f"weights[{i}] ({p.name} of layer {self._layer_of(p)}) must be finite, of "
+                    f"shape {tuple(p.value.shape)}, got {host.shape}"
+                )
+            checked.append(host)
+        for p, host in zip(params, checked):
+            p.value = self.backend.asarray(host)
+
+    def count_params(self) -> int:
+        return sum(p.size for p in self.parameters())
+
+    def _layer_of(self, param: Parameter) -> int:
+        return next(i for i, x in enumerate(self.layers) if any(q is param for q in x.parameters()))
+
     def summary(self, print_fn: Any = print) -> str:
         """Print the layers, output widths and parameter counts, the loss and the optimizer
         (as Keras's ``summary``; ``print_fn=None`` prints nothing); returns the text too."""

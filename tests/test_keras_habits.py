@@ -489,3 +489,29 @@ def test_a_schedule_may_pause_training_and_a_bad_value_names_it():
     halve = fn.LearningRateScheduler(lambda epoch, lr: np.where(epoch < 1, 0.02, lr * 0.5))
     model.fit(X, y, epochs=2, verbose=0, callbacks=[halve])  # a 0-d array is a number
     assert model.history["lr"][-2:] == [0.02, 0.01]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_get_and_set_weights_as_keras(backend):
+    X, y = _blobs()
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.BatchNorm1d(), fn.Dense(3)], backend=backend)
+    model.fit(X, y, epochs=1, verbose=0)
+    weights = model.get_weights()
+    assert [w.shape for w in weights] == [(6, 8), (8,), (8,), (8,), (8, 3), (3,)]
+    assert model.count_params() == sum(w.size for w in weights)
+    other = fn.Sequential([fn.Dense(8, "relu"), fn.BatchNorm1d(), fn.Dense(3)], backend=backend)
+    other.build(6)
+    other.set_weights(weights)
+    other.layers[1].running_mean[...] = model.layers[1].running_mean  # (buffers: not weights)
+    other.layers[1].running_var[...] = model.layers[1].running_var
+    np.testing.assert_array_equal(other.predict_raw(X), model.predict_raw(X))
+    weights[0][0, 0] = np.nan
+    before = other.get_weights()
+    for bad, match in [
+        (weights, r"weights\[0\] \(W of layer 0\) must be finite"),
+        ([], "6 arrays"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            other.set_weights(bad)
+    for got, want in zip(other.get_weights(), before):
+        np.testing.assert_array_equal(got, want)  # a refused list changed nothing

@@ -58,8 +58,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # (one registry for the four), their own compute/reference on every backend, checked
 # initializers, custom predictions in evaluate and refused by the ONNX export (+21), to 10,950
 # for a Keras user's findings (Keras-signature hooks, running batch logs, stop_training,
-# History, evaluate's argument order, Keras's names of losses and optimizer attributes: +45)
-BUDGET = 10950
+# History, evaluate's argument order, Keras's names of losses and optimizer attributes: +45),
+# to 11,000 for a review of those (losses' declared predictions honoured in the base class,
+# paused optimizers loading, importable classes in pickles) and Keras's get/set_weights (+27)
+BUDGET = 11000
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
