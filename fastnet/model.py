@@ -72,7 +72,9 @@ class Sequential(Trainer):
         ``loss_scale`` sets mixed_float16's ``LossScaler`` (``initial_scale``,
         ``growth_interval``, ``growth_factor``, ``backoff_factor``).
         ``precision`` is how float32 matmuls compute, for this model only: "fp32" (exact,
-        the default) or "tf32" (TF32 tensor cores on cupy: faster, ~1e-3 relative error)."""
+        the default) or "tf32" (TF32 tensor cores on cupy: faster, ~1e-3 relative error).
+        ``seed`` draws the weights, dropout masks and data order; None draws one (fresh each
+        model), kept as ``model.seed`` and in the config, so any run can be recreated."""
         layers = list(layers)
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError("layers must be a non-empty sequence of fastnet Layer objects")
@@ -95,7 +97,9 @@ class Sequential(Trainer):
         self.loss_scaler = _loss_scaler(self.backend, self.policy, loss_scale)
         self._casts: dict[tuple, Any] = {}  # mixed precision: the model's cast buffers
         self.precision = _check_precision(self.backend, precision, self.dtype)
-        self.seed = seed
+        if seed is None:  # drawn once and kept: get_config records what this model used
+            seed = int(np.random.default_rng().integers(2**32))
+        self.seed = int(seed)
         self._rng = np.random.default_rng(seed)  # the weights' initial values
         # [seed, epochs trained]: the validation split and each epoch's shuffle follow from it
         self._order = np.array([_data_seed(seed), 0], np.int64)
@@ -193,39 +197,47 @@ class Sequential(Trainer):
         return [p for layer in self.layers for p in layer.parameters()]
 
     def get_weights(self) -> list[np.ndarray]:
-        """Host copies of every parameter, layer by layer (a Dense: ``W`` of shape (in, out),
-        then ``b``), as Keras's ``get_weights``."""
-        self._require_built()
-        return [np.array(self.backend.to_numpy(p.value), copy=True) for p in self.parameters()]
+        """Host copies of every layer's parameters, then its buffers (a Dense: ``W`` of shape
+        (in, out), ``b``; a BatchNorm1d: gamma, beta, running mean and variance), as Keras's."""
+        return [np.array(self.backend.to_numpy(a), copy=True) for _, a, _ in self._weights()]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
-        """Copy ``weights`` (``get_weights``'s list) into the parameters, as Keras's: all
-        checked first (count, shapes, finite values in the model's dtype), so a refused list
+        """Copy ``weights`` (``get_weights``'s list) in, as Keras's: all checked first
+        (count, shapes, finite values in the model's dtype, variances >= 0), so a refused list
         changes nothing; optimizer state is kept."""
-        self._require_built()
-        params, arrays = self.parameters(), list(weights)
-        if len(arrays) != len(params):
+        slots, arrays = self._weights(), list(weights)
+        if len(arrays) != len(slots):
             raise ValueError(
-                f"set_weights takes {len(params)} arrays (get_weights), got {len(arrays)}"
+                f"set_weights takes {len(slots)} arrays (get_weights), got {len(arrays)}"
             )
         checked = []
-        for i, (p, a) in enumerate(zip(params, arrays)):
+        for i, ((name, now, _), a) in enumerate(zip(slots, arrays)):
             with np.errstate(over="ignore"):
-                host = np.asarray(host_array(a, f"weights[{i}]"), p.value.dtype)
-            if host.shape != tuple(p.value.shape) or not np.isfinite(host).all():
+                host = np.asarray(host_array(a, f"weights[{i}]"), now.dtype)
+            bad = host.shape != tuple(now.shape) or not np.isfinite(host).all()
+            if bad or ("var" in name and (host < 0).any()):
                 raise ValueError(
-                    f"weights[{i}] ({p.name} of layer {self._layer_of(p)}) must be finite, of "
-                    f"shape {tuple(p.value.shape)}, got {host.shape}"
+                    f"weights[{i}] ({name}) must be finite{', >= 0' if 'var' in name else ''}, "
+                    f"of shape {tuple(now.shape)}, got {host.shape}"
                 )
             checked.append(host)
-        for p, host in zip(params, checked):
-            p.value = self.backend.asarray(host)
+        for (_, now, param), host in zip(slots, checked):
+            if param is not None:
+                param.value = self.backend.asarray(host)
+            else:
+                now[...] = self.backend.asarray(host)
 
     def count_params(self) -> int:
         return sum(p.size for p in self.parameters())
 
-    def _layer_of(self, param: Parameter) -> int:
-        return next(i for i, x in enumerate(self.layers) if any(q is param for q in x.parameters()))
+    def _weights(self) -> list[tuple[str, Any, Parameter | None]]:
+        """``(name, array, its Parameter or None for a buffer)``, layer by layer."""
+        self._require_built()
+        found: list[tuple[str, Any, Parameter | None]] = []
+        for i, layer in enumerate(self.layers):
+            found += [(f"{p.name} of layer {i}", p.value, p) for p in layer.parameters()]
+            found += [(f"{k} of layer {i}", v, None) for k, v in layer.state_buffers().items()]
+        return found
 
     def summary(self, print_fn: Any = print) -> str:
         """Print the layers, output widths and parameter counts, the loss and the optimizer

@@ -497,21 +497,31 @@ def test_get_and_set_weights_as_keras(backend):
     model = fn.Sequential([fn.Dense(8, "relu"), fn.BatchNorm1d(), fn.Dense(3)], backend=backend)
     model.fit(X, y, epochs=1, verbose=0)
     weights = model.get_weights()
-    assert [w.shape for w in weights] == [(6, 8), (8,), (8,), (8,), (8, 3), (3,)]
-    assert model.count_params() == sum(w.size for w in weights)
+    shapes = [(6, 8), (8,), (8,), (8,), (8,), (8,), (8, 3), (3,)]  # BatchNorm's statistics too
+    assert [w.shape for w in weights] == shapes
+    assert model.count_params() == sum(w.size for w in weights) - 16  # (buffers: not params)
     other = fn.Sequential([fn.Dense(8, "relu"), fn.BatchNorm1d(), fn.Dense(3)], backend=backend)
     other.build(6)
     other.set_weights(weights)
-    other.layers[1].running_mean[...] = model.layers[1].running_mean  # (buffers: not weights)
-    other.layers[1].running_var[...] = model.layers[1].running_var
     np.testing.assert_array_equal(other.predict_raw(X), model.predict_raw(X))
     weights[0][0, 0] = np.nan
-    before = other.get_weights()
+    before, variances = other.get_weights(), [*other.get_weights()[:5], -np.ones(8), *weights[6:]]
     for bad, match in [
         (weights, r"weights\[0\] \(W of layer 0\) must be finite"),
-        ([], "6 arrays"),
+        (variances, r"weights\[5\] \(running_var of layer 1\) must be finite, >= 0"),
+        ([], "8 arrays"),
     ]:
         with pytest.raises(ValueError, match=match):
             other.set_weights(bad)
     for got, want in zip(other.get_weights(), before):
         np.testing.assert_array_equal(got, want)  # a refused list changed nothing
+
+
+def test_a_model_without_a_seed_draws_one_and_keeps_it():
+    X, y = _blobs()
+    first, second = (fn.Sequential([fn.Dense(3)], backend="numpy") for _ in range(2))
+    assert first.seed != second.seed and first.get_config()["seed"] == first.seed
+    first.fit(X, y, epochs=1, verbose=0)
+    again = fn.Sequential.from_config({**first.get_config(), "input_dim": None}, "numpy")
+    again.fit(X, y, epochs=1, verbose=0)
+    np.testing.assert_array_equal(again.predict_raw(X), first.predict_raw(X))  # recreated
