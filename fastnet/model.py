@@ -78,10 +78,7 @@ class Sequential(Trainer):
         layers = list(layers)
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError("layers must be a non-empty sequence of fastnet Layer objects")
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
-        ):
-            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        self.seed = _model_seed(seed)
         self.layers = layers
         self.loss = get_loss(loss)
         mixed = isinstance(dtype, str) and dtype in MIXED_POLICIES
@@ -97,12 +94,9 @@ class Sequential(Trainer):
         self.loss_scaler = _loss_scaler(self.backend, self.policy, loss_scale)
         self._casts: dict[tuple, Any] = {}  # mixed precision: the model's cast buffers
         self.precision = _check_precision(self.backend, precision, self.dtype)
-        if seed is None:  # drawn once and kept: get_config records what this model used
-            seed = int(np.random.default_rng().integers(2**32))
-        self.seed = int(seed)
-        self._rng = np.random.default_rng(seed)  # the weights' initial values
+        self._rng = np.random.default_rng(self.seed)  # the weights' initial values
         # [seed, epochs trained]: the validation split and each epoch's shuffle follow from it
-        self._order = np.array([_data_seed(seed), 0], np.int64)
+        self._order = np.array([_data_seed(self.seed), 0], np.int64)
         self.input_dim: int | None = None
         self.history: dict[str, list[float]] = History()
         #: what the data was, kept in checkpoints (their ``extra``): the CLI's ``classes``
@@ -744,6 +738,15 @@ def _plain(data: Any, what: str) -> Any:
 
 #: ``_backward_shape`` after an inference forward (no shape equals it)
 INFERENCE_RAN = ("inference",)
+
+
+def _model_seed(seed: Any) -> int:
+    """``seed``, checked; None draws one, kept (the config records what the model used)."""
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):
+        raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+    return int(np.random.default_rng().integers(2**32)) if seed is None else int(seed)
 
 
 def _check_precision(backend: Backend, precision: str, dtype: np.dtype) -> str:
