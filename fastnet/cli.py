@@ -548,6 +548,14 @@ def _check_outputs(args: argparse.Namespace) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     _check_outputs(args)
     backend, main_rank = args.backend, True
+    sizes = [os.environ.get(v, "1") for v in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")]
+    ranks = max(int(s) if s.isdigit() else 1 for s in sizes)  # a launcher's world
+    if not args.distributed and ranks > 1:
+        print(
+            f"warning: {ranks} processes under mpirun train separate models: "
+            "--distributed trains one data-parallel model",
+            file=sys.stderr,
+        )
     if args.distributed:
         from fastnet import distributed as dist
 

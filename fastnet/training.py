@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -131,7 +133,8 @@ def _abort_job_on_error(group: Any) -> Iterator[None]:
     except Exception as exc:
         if group is not None and group.world_size > 1:
             print(
-                f"fastnet: rank {group.rank} of {group.world_size} failed in fit "
+                traceback.format_exc()
+                + f"fastnet: rank {group.rank} of {group.world_size} failed in fit "
                 f"({type(exc).__name__}: {exc}); aborting the job",
                 file=sys.stderr,
                 flush=True,
@@ -484,12 +487,12 @@ class Trainer:
         ``compiled``: "auto" runs the backend's compiled step (the step function captured in
         a CUDA graph on cupy, one fused JIT call on numba) when the model qualifies, True
         requires it, False forces eager steps; both compute the same (``step_description``:
-        which ran, why; ``cuda_graph``: its old name). ``callbacks``:
-        fastnet ``Callback`` objects, Keras-style objects (hooks without the model) or
-        functions ``f(epoch, logs)`` (true stops), checked before training.
+        which ran, why; ``cuda_graph``: its old name). ``callbacks``: fastnet ``Callback``
+        objects, Keras-style ones (no model) or ``f(epoch, logs)`` (true stops), checked.
         ``sample_weight``/``class_weight`` weight rows, normalised over the batch as in Keras.
         ``distributed=True`` (under ``mpirun``): data-parallel with one process's semantics
-        (global ``batch_size``, gradients all-reduced over ``comm`` "mpi" or "nccl")."""
+        (global ``batch_size``, gradients all-reduced over ``comm`` "mpi" or "nccl"; dropout
+        masks per rank), the same model, data and arguments on every rank (checked)."""
         opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
         run = self._prepare_fit(X, y, opts)
         # ---- nothing above changed the model; from here on it trains
@@ -507,8 +510,8 @@ class Trainer:
             finally:  # cached compiled steps must not keep this fit's data on the device
                 _release_data(self._compiled_steps.values())
 
-    def _prepare_fit(self, X: Any, y: Any, opts: FitOptions) -> FitRun:
-        """Every check of ``fit``'s arguments and data, changing nothing."""
+    def _check_fit_arguments(self, opts: FitOptions) -> tuple[int, int]:
+        """``fit``'s plain arguments, checked; returns ``(epochs, initial_epoch)``."""
         epochs = check_positive_int(opts.epochs, "epochs")
         if opts.verbose not in (0, 1, 2):
             raise ValueError(f"verbose must be 0, 1 (a bar) or 2 (a line), got {opts.verbose!r}")
@@ -529,6 +532,11 @@ class Trainer:
             raise ValueError(
                 f"on_divergence must be one of {DIVERGENCE_POLICIES}, got {opts.on_divergence!r}"
             )
+        return epochs, int(first)
+
+    def _prepare_fit(self, X: Any, y: Any, opts: FitOptions) -> FitRun:
+        """Every check of ``fit``'s arguments and data, changing nothing."""
+        epochs, first = self._check_fit_arguments(opts)
         compiled = _compiled_choice(opts.compiled, opts.cuda_graph)
         hooks, metric_fns = as_callbacks(opts.callbacks), check_metrics(opts.metrics)
         X = as_input(X, "X", self.backend)  # lists converted once; foreign arrays adopted
@@ -540,6 +548,12 @@ class Trainer:
                 f"too large ({n_bytes / 2**30:.2f} GiB) and would be streamed"
             )
         group, verbose = self._join_group(opts)
+        world = 1 if group is None else group.world_size
+        if opts.batch_size < self.min_batch_rows(world):
+            raise ValueError(
+                f"batch_size must be at least {self.min_batch_rows(world)} over {world} ranks: "
+                f"BatchNorm1d normalizes over each rank's rows (synchronized=True: over all)"
+            )
         seed = int(self._order[0])  # the data order's: rank 0's on every rank
         seed = seed if group is None else group.broadcast_object(seed)
         X, y, sample_weight, validation_data = self._split_validation(
@@ -550,6 +564,7 @@ class Trainer:
             sample_weight, opts.class_weight, y, len(Xd), not streamed, Xd.shape[1]
         )
         if group is not None:
+            self._check_same_run(group, opts, any(_overrides(cb, "on_batch_end") for cb in hooks))
             self._check_same_data(group, Xd, yd, *(() if wd is None else (wd,)), val)
         if metric_fns and val is None:
             raise ValueError(
@@ -565,15 +580,49 @@ class Trainer:
         settings = (hooks, metric_fns, opts.top_k, verbose, opts.on_divergence, names)
         return FitRun(*data, *settings)
 
+    def _check_same_run(self, group: Any, opts: FitOptions, batch_logs: bool) -> None:
+        """Data-parallel ranks run one training: the same model (architecture, loss,
+        optimizer, dtype; the weights are rank 0's), ``fit`` settings and whether batch logs
+        are read (a collective each batch), compared with rank 0's before any other
+        collective (a mismatch corrupted the all-reduce or hung)."""
+        config = {k: v for k, v in self.get_config().items() if k not in ("seed", "input_dim")}
+        fit = ("epochs", "initial_epoch", "batch_size", "shuffle", "compiled", "top_k")
+        mine = {"model": config, **{k: getattr(opts, k) for k in fit}, "batch_logs": batch_logs}
+        mine = json.loads(json.dumps(mine, default=str))
+        theirs = group.broadcast_object(mine)
+        flags = np.array([mine[k] != theirs.get(k) for k in mine], np.float64)
+        group.allreduce(flags)  # which differ on any rank: every rank names them
+        differ = [k for k, flag in zip(mine, flags) if flag]
+        if differ:
+            raise ValueError(
+                f"distributed=True: every rank runs the same training, but the ranks' {differ} "
+                "differ (the model and fit's arguments must be the same on every rank)"
+            )
+
+    def _check_same_weights(self, group: Any, epoch: int) -> None:
+        """After each data-parallel epoch the ranks' weights are equal, bit for bit (the same
+        updates): a checksum compared with rank 0's catches a model changed on one rank."""
+        xp = self.backend.xp
+        mine = [float(xp.sum(g.values.astype(np.float64) ** 2)) for g in self.arena.groups]
+        same = np.array_equal(mine, group.broadcast_object(mine), equal_nan=True)
+        if group.any(not same):
+            raise RuntimeError(
+                f"distributed=True: rank {group.rank}'s weights differ from rank 0's after "
+                f"epoch {epoch + 1}: something changed one rank's model or optimizer (a "
+                "callback given to one rank only?)"
+            )
+
     def _check_same_data(self, group: Any, *arrays: Any) -> None:
         """Data-parallel ranks each take their share of every batch of one training set: the
-        same rows on every rank (row counts and a sample of rows compared with rank 0's)."""
+        same rows on every rank (row counts and a sample of rows, weighted by their place so
+        that the order counts, compared with rank 0's)."""
         digest = []
         for a in arrays if arrays[-1] is not None else arrays[:-1]:
             for part in a if isinstance(a, tuple) else (a,):
                 rows = np.linspace(0, len(part) - 1, min(len(part), 64)).astype(np.int64)
                 sample = np.asarray(self.backend.to_numpy(part[rows]), np.float64)
-                digest.append((tuple(part.shape), float(sample.sum())))
+                place = np.arange(1, len(rows) + 1).reshape(-1, *[1] * (sample.ndim - 1))
+                digest.append((tuple(part.shape), float((sample * place).sum())))
         if group.any(digest != group.broadcast_object(digest)):
             raise ValueError(
                 f"distributed=True: every rank passes the whole training (and validation) set "
@@ -675,6 +724,7 @@ class Trainer:
             stop = stop or bool(self.stop_training)
             if run.group is not None:  # a stop on one rank stops all (none waits forever)
                 stop = run.group.any(stop)
+                self._check_same_weights(run.group, epoch)
             for key, value in logs.items():
                 self.history.setdefault(key, []).append(value)
                 run.history.setdefault(key, []).append(value)
@@ -811,13 +861,14 @@ class Trainer:
     ) -> None:
         """``on_batch_end`` with batch logs: index, size and, as Keras's, the epoch's running
         ``loss`` (and ``accuracy``), read from the device (a sync per batch, for callbacks
-        that ask; not across ranks)."""
+        that ask; over data-parallel ranks an all-reduce of the sums)."""
         logs: dict[str, float] = {"batch": i, "size": rows[1] - rows[0]}
-        if group is None:
-            totals = self.backend.to_numpy(step.totals)
-            logs["loss"] = float(totals[0]) / rows[1]
-            if self.loss.counts_correct:
-                logs["accuracy"] = float(totals[1]) / rows[1]
+        totals = np.array(self.backend.to_numpy(step.totals), np.float64)
+        if group is not None:
+            group.allreduce(totals)  # the ranks' sums so far (every rank reads: checked)
+        logs["loss"] = float(totals[0]) / rows[1]
+        if self.loss.counts_correct:
+            logs["accuracy"] = float(totals[1]) / rows[1]
         for cb in hooks:
             cb.on_batch_end(self, i, logs)
 
@@ -1159,6 +1210,9 @@ class Trainer:
         raise NotImplementedError
 
     def validate_weights(self, *args: Any, **kwargs: Any) -> Any:  # (Sequential's)
+        raise NotImplementedError
+
+    def get_config(self) -> dict[str, Any]:
         raise NotImplementedError
 
     def get_state(self) -> dict[str, Any]:

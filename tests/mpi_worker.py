@@ -182,6 +182,34 @@ def main(mode, *args):
             except ValueError as exc:
                 assert "the ranks' data differ" in str(exc), exc
         print(f"agree ok rank {dist.rank()}", flush=True)
+    elif mode == "mismatch":  # models, settings and small data that differ between ranks
+        X, y = problem()
+        r = dist.rank()
+
+        def refused(match, **kw):
+            try:
+                kw.pop("net", model()).fit(**{"X": X, "y": y, "epochs": 2, "verbose": 0, **kw})
+            except (ValueError, RuntimeError) as exc:
+                assert match in str(exc), exc
+                return
+            raise AssertionError(f"not refused: {match}")
+
+        refused("ranks' ['epochs'] differ", epochs=2 + r, distributed=True)
+        refused(
+            "ranks' ['model'] differ",
+            net=fn.Sequential([fn.Dense(4 + r)], seed=0),
+            distributed=True,
+        )
+        small = X[:40] if r == 0 else X[:40][::-1]  # the same rows in another order
+        refused("the ranks' data differ", X=small, y=y[:40], distributed=True)
+        seen = []
+        batch_end = lambda m, b, logs: seen.append(logs["loss"])  # noqa: E731
+        cb = type("B", (fn.Callback,), {"on_batch_end": staticmethod(batch_end)})()
+        h = model().fit(X, y, epochs=1, verbose=0, distributed=True, callbacks=[cb])
+        assert abs(seen[-1] - h["loss"][0]) < 1e-9, (seen[-1], h["loss"])  # the global loss
+        print(f"mismatch ok rank {r}", flush=True)
+        lower = fn.LearningRateScheduler(lambda e, lr: lr / 2)  # on rank 0 only: the job ends
+        model().fit(X, y, epochs=2, verbose=0, distributed=True, callbacks=[lower][: 1 - r])
     elif mode == "output":
         X, y = problem()
         model().fit(X, y, epochs=2, verbose=2, distributed=True, batch_size=64)

@@ -181,6 +181,9 @@ def test_cli_refuses_distributed_outside_mpirun(monkeypatch, capsys):
         monkeypatch.delenv(variable, raising=False)
     assert main(["train", "--distributed", "--epochs", "1"]) == 2
     assert "mpirun -n K" in capsys.readouterr().err
+    monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")  # under mpirun, without --distributed
+    main(["train", "--epochs", "1", "--data-dir", "/nonexistent"])
+    assert "2 processes under mpirun train separate models" in capsys.readouterr().err
 
 
 @needs_mpi
@@ -304,6 +307,16 @@ def test_ranks_agree_on_folders_stops_statistics_and_data(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("agree ok") == 2
     assert sorted(os.listdir(tmp_path / "new" / "deeper")) == ["b-1.npz", "b-2.npz"]
+
+
+@needs_mpi
+def test_ranks_refuse_other_models_settings_orders_and_weights():
+    """A wider layer or other epochs on one rank (heap corruption and hangs in the
+    all-reduce), 40 rows in another order (a sum sample missed it), a schedule on one rank
+    (two models, silently); batch logs hold the ranks' running loss."""
+    run, _ = mpirun("mismatch")
+    assert run.stdout.count("mismatch ok") == 2, run.stdout + run.stderr[-3000:]
+    assert run.returncode != 0 and "weights differ from rank 0's after epoch 1" in run.stderr
 
 
 def test_only_statistics_buffers_are_averaged_and_then_waited_for():

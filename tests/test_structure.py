@@ -60,8 +60,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # for a Keras user's findings (Keras-signature hooks, running batch logs, stop_training,
 # History, evaluate's argument order, Keras's names of losses and optimizer attributes: +45),
 # to 11,000 for a review of those (losses' declared predictions honoured in the base class,
-# paused optimizers loading, importable classes in pickles) and Keras's get/set_weights (+27)
-BUDGET = 11000
+# paused optimizers loading, importable classes in pickles) and Keras's get/set_weights (+27),
+# to 11,050 for a data-parallel user's findings (the ranks' models, settings and weights
+# compared, order-sensitive data digests, batch logs over ranks, tracebacks, seeds kept: +41)
+BUDGET = 11050
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
