@@ -209,10 +209,11 @@ class Sequential(Trainer):
             with np.errstate(over="ignore"):
                 host = np.asarray(host_array(a, f"weights[{i}]"), now.dtype)
             bad = host.shape != tuple(now.shape) or not np.isfinite(host).all()
-            if bad or ("var" in name and (host < 0).any()):
+            variance = name.startswith("running_var ")
+            if bad or (variance and (host < 0).any()):
                 raise ValueError(
-                    f"weights[{i}] ({name}) must be finite{', >= 0' if 'var' in name else ''}, "
-                    f"of shape {tuple(now.shape)}, got {host.shape}"
+                    f"weights[{i}] ({name}) must be finite{', >= 0' if variance else ''}, of "
+                    f"shape {tuple(now.shape)}, got {host.shape} {host.dtype}"
                 )
             checked.append(host)
         for (_, now, param), host in zip(slots, checked):
@@ -611,7 +612,9 @@ class Sequential(Trainer):
     def from_config(
         cls, config: dict[str, Any], backend: str | Backend | None = None
     ) -> Sequential:
-        """Rebuild a model from ``get_config`` (built when the config has an ``input_dim``)."""
+        """Rebuild a model from ``get_config`` (built when the config has an ``input_dim``):
+        the same initial weights, as the config's seed is the model's (drawn if it was built
+        without one); ``{**config, "seed": None}`` draws fresh ones (an ensemble's)."""
         if not isinstance(config, dict):
             raise TypeError(f"config must be a dict, got {type(config).__name__}")
         layers = config.get("layers")

@@ -121,6 +121,8 @@ class FitRun:
     verbose: int
     on_divergence: str
     log_names: list[str]
+    #: batch logs' running loss all-reduced (every rank reads them; else none, data-parallel)
+    global_batch_logs: bool = True
     history: dict[str, list[float]] = field(default_factory=History)
 
 
@@ -504,7 +506,7 @@ class Trainer:
         group = run.group
         with record_kernels(self.backend), _abort_job_on_error(group), _joined(self, group):
             runner = (run.X, run.y, opts.batch_size, opts.shuffle, run.compiled, run.streamed)
-            run_epoch = self._runner(*runner, group, run.weights)
+            run_epoch = self._runner(*runner, group, run.weights, run.global_batch_logs)
             try:
                 return self._epochs(run_epoch, run)
             finally:  # cached compiled steps must not keep this fit's data on the device
@@ -564,7 +566,7 @@ class Trainer:
             sample_weight, opts.class_weight, y, len(Xd), not streamed, Xd.shape[1]
         )
         if group is not None:
-            self._check_same_run(group, opts, any(_overrides(cb, "on_batch_end") for cb in hooks))
+            self._check_same_run(group, opts)
             self._check_same_data(group, Xd, yd, *(() if wd is None else (wd,)), val)
         if metric_fns and val is None:
             raise ValueError(
@@ -578,17 +580,26 @@ class Trainer:
             cb.check_logs(names)
         data = (Xd, yd, wd, val, streamed, compiled, group, epochs, first)
         settings = (hooks, metric_fns, opts.top_k, verbose, opts.on_divergence, names)
-        return FitRun(*data, *settings)
+        batch_logs = any(_overrides(cb, "on_batch_end") for cb in hooks)
+        everywhere = group is None or not group.any(not batch_logs)  # (a collective a batch)
+        return FitRun(*data, *settings, everywhere)
 
-    def _check_same_run(self, group: Any, opts: FitOptions, batch_logs: bool) -> None:
+    def _check_same_run(self, group: Any, opts: FitOptions) -> None:
         """Data-parallel ranks run one training: the same model (architecture, loss,
-        optimizer, dtype; the weights are rank 0's), ``fit`` settings and whether batch logs
-        are read (a collective each batch), compared with rank 0's before any other
-        collective (a mismatch corrupted the all-reduce or hung)."""
-        config = {k: v for k, v in self.get_config().items() if k not in ("seed", "input_dim")}
+        optimizer, dtype; the weights are rank 0's) and ``fit`` settings, compared with rank
+        0's before any other collective (a mismatch corrupted the all-reduce or hung)."""
+        try:
+            config = self.get_config()
+        except TypeError:  # (a class that would not load back: described by its repr)
+            config = {
+                "parts": [repr(x) for x in (*self.layers, self.loss)],
+                "dtype": str(self.dtype),
+            }
+        config = {k: v for k, v in config.items() if k not in ("seed", "input_dim")}
         fit = ("epochs", "initial_epoch", "batch_size", "shuffle", "compiled", "top_k")
-        mine = {"model": config, **{k: getattr(opts, k) for k in fit}, "batch_logs": batch_logs}
-        mine = json.loads(json.dumps(mine, default=str))
+        mine = {"model": config, **{k: getattr(opts, k) for k in fit}}
+        plain = lambda v: v.item() if hasattr(v, "item") else str(v)  # noqa: E731 (NumPy's)
+        mine = json.loads(json.dumps(mine, default=plain))
         theirs = group.broadcast_object(mine)
         flags = np.array([mine[k] != theirs.get(k) for k in mine], np.float64)
         group.allreduce(flags)  # which differ on any rank: every rank names them
@@ -806,6 +817,7 @@ class Trainer:
         streamed: bool,
         group: Any = None,
         weights: Any = None,
+        global_logs: bool = True,
     ) -> Callable[..., tuple[Any, Any]]:
         world = 1 if group is None else group.world_size
         source: ResidentBatches | StreamedBatches = (
@@ -850,22 +862,28 @@ class Trainer:
                     if progress is not None:
                         progress(hi - lo)
                     if end:
-                        self._batch_end(end, step, i, (lo, hi), group)
+                        self._batch_end(end, step, i, (lo, hi), group, global_logs)
                 self._order[1] += 1
                 return step.end_epoch()
 
         return run_epoch
 
     def _batch_end(
-        self, hooks: Sequence[Callback], step: Any, i: int, rows: tuple[int, int], group: Any
-    ) -> None:
+        self, hooks: Sequence[Callback], step: Any, i: int, rows: tuple[int, int], group: Any,
+        global_logs: bool,
+    ) -> None:  # fmt: skip
         """``on_batch_end`` with batch logs: index, size and, as Keras's, the epoch's running
         ``loss`` (and ``accuracy``), read from the device (a sync per batch, for callbacks
-        that ask; over data-parallel ranks an all-reduce of the sums)."""
+        that ask; over data-parallel ranks an all-reduce of the sums where every rank has
+        such callbacks, else no loss)."""
         logs: dict[str, float] = {"batch": i, "size": rows[1] - rows[0]}
+        if group is not None and not global_logs:
+            for cb in hooks:
+                cb.on_batch_end(self, i, logs)
+            return
         totals = np.array(self.backend.to_numpy(step.totals), np.float64)
         if group is not None:
-            group.allreduce(totals)  # the ranks' sums so far (every rank reads: checked)
+            group.allreduce(totals)  # the ranks' sums so far
         logs["loss"] = float(totals[0]) / rows[1]
         if self.loss.counts_correct:
             logs["accuracy"] = float(totals[1]) / rows[1]

@@ -207,6 +207,26 @@ def main(mode, *args):
         cb = type("B", (fn.Callback,), {"on_batch_end": staticmethod(batch_end)})()
         h = model().fit(X, y, epochs=1, verbose=0, distributed=True, callbacks=[cb])
         assert abs(seen[-1] - h["loss"][0]) < 1e-9, (seen[-1], h["loss"])  # the global loss
+        logged = []  # a batch callback on rank 0 only: batch logs without the loss, no hang
+        alone = type(
+            "A", (fn.Callback,), {"on_batch_end": lambda s, m, b, logs: logged.append(logs)}
+        )
+        model().fit(
+            X,
+            y,
+            epochs=np.int64(1) if r else 1,
+            verbose=0,
+            distributed=True,
+            callbacks=[alone()][: 1 - r],
+        )  # fmt: skip  (epochs: equal, other types)
+
+        class Quiet(fn.ReLU):  # no name of its own: not saved, but trains data-parallel
+            pass
+
+        fn.Sequential([fn.Dense(4), Quiet(), fn.Dense(4)], seed=0).fit(
+            X, y, epochs=1, verbose=0, distributed=True
+        )
+        assert r or (logged and "loss" not in logged[-1]), logged[-1:]
         print(f"mismatch ok rank {r}", flush=True)
         lower = fn.LearningRateScheduler(lambda e, lr: lr / 2)  # on rank 0 only: the job ends
         model().fit(X, y, epochs=2, verbose=0, distributed=True, callbacks=[lower][: 1 - r])

@@ -62,8 +62,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # to 11,000 for a review of those (losses' declared predictions honoured in the base class,
 # paused optimizers loading, importable classes in pickles) and Keras's get/set_weights (+27),
 # to 11,050 for a data-parallel user's findings (the ranks' models, settings and weights
-# compared, order-sensitive data digests, batch logs over ranks, tracebacks, seeds kept: +41)
-BUDGET = 11050
+# compared, order-sensitive data digests, batch logs over ranks, tracebacks, seeds kept: +41),
+# to 11,100 for a review of those (batch logs where some ranks lack batch callbacks, NumPy
+# scalars in the compared settings, unregistered layers trained data-parallel: +9)
+BUDGET = 11100
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
