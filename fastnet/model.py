@@ -26,7 +26,7 @@ from fastnet.layer_stack import (
     check_parameters_listed,
     fix_default_initializers,
 )
-from fastnet.layers import LAYERS, Dense, Layer, Standardize, layer_from_config, registered
+from fastnet.layers import Dense, Layer, Standardize, layer_from_config, registered
 from fastnet.losses import LOSSES, Loss, get_loss
 from fastnet.mixed import LossScaler
 from fastnet.optimizers import OPTIMIZERS, Optimizer, get_optimizer, optimizer_from_config
@@ -193,46 +193,41 @@ class Sequential(Trainer):
     def get_weights(self) -> list[np.ndarray]:
         """Host copies of every layer's parameters, then its buffers (a Dense: ``W`` of shape
         (in, out), ``b``; a BatchNorm1d: gamma, beta, running mean and variance), as Keras's."""
-        return [np.array(self.backend.to_numpy(a), copy=True) for _, a, _ in self._weights()]
+        return [np.array(self.backend.to_numpy(e.ref), copy=True) for e in self._weights()]
 
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Copy ``weights`` (``get_weights``'s list) in, as Keras's: all checked first
         (count, shapes, finite values in the model's dtype, variances >= 0), so a refused list
         changes nothing; optimizer state is kept."""
-        slots, arrays = self._weights(), list(weights)
-        if len(arrays) != len(slots):
+        entries, arrays = self._weights(), list(weights)
+        if len(arrays) != len(entries):
             raise ValueError(
-                f"set_weights takes {len(slots)} arrays (get_weights), got {len(arrays)}"
+                f"set_weights takes {len(entries)} arrays (get_weights), got {len(arrays)}"
             )
         checked = []
-        for i, ((name, now, _), a) in enumerate(zip(slots, arrays)):
+        for i, (e, a) in enumerate(zip(entries, arrays)):
             with np.errstate(over="ignore"):
-                host = np.asarray(host_array(a, f"weights[{i}]"), now.dtype)
-            bad = host.shape != tuple(now.shape) or not np.isfinite(host).all()
-            variance = name.startswith("running_var ")
-            if bad or (variance and (host < 0).any()):
+                host = np.asarray(host_array(a, f"weights[{i}]"), e.ref.dtype)
+            bad = host.shape != e.shape or not np.isfinite(host).all()
+            if bad or (e.nonneg and (host < 0).any()):
+                _, layer, name = e.key.split("/", 2)
                 raise ValueError(
-                    f"weights[{i}] ({name}) must be finite{', >= 0' if variance else ''}, of "
-                    f"shape {tuple(now.shape)}, got {host.shape} {host.dtype}"
+                    f"weights[{i}] ({name} of layer {layer}) must be finite"
+                    f"{', >= 0' if e.nonneg else ''}, of shape {e.shape}, got {host.shape} "
+                    f"{host.dtype}"
                 )
             checked.append(host)
-        for (_, now, param), host in zip(slots, checked):
-            if param is not None:
-                param.value = self.backend.asarray(host)
-            else:
-                now[...] = self.backend.asarray(host)
+        for e, host in zip(entries, checked):
+            e.ref[...] = self.backend.asarray(host)
+        assert self.arena is not None  # (built: _weights checked)
+        self.arena.refresh_compute()  # (mixed precision's half copies)
 
     def count_params(self) -> int:
         return sum(p.size for p in self.parameters())
 
-    def _weights(self) -> list[tuple[str, Any, Parameter | None]]:
-        """``(name, array, its Parameter or None for a buffer)``, layer by layer."""
-        self._require_built()
-        found: list[tuple[str, Any, Parameter | None]] = []
-        for i, layer in enumerate(self.layers):
-            found += [(f"{p.name} of layer {i}", p.value, p) for p in layer.parameters()]
-            found += [(f"{k} of layer {i}", v, None) for k, v in layer.state_buffers().items()]
-        return found
+    def _weights(self) -> list[StateEntry]:
+        """The state's parameters and buffers, layer by layer (Keras's order of weights)."""
+        return [e for e in self.state_entries() if e.kind in ("param", "buffer")]
 
     def summary(self, print_fn: Any = print) -> str:
         """Print the layers, output widths and parameter counts, the loss and the optimizer
@@ -594,8 +589,8 @@ class Sequential(Trainer):
     def get_config(self) -> dict[str, Any]:
         """The architecture, loss, optimizer and settings (JSON); refused where a part's class
         would not load back (a subclass that kept its parent's ``name``)."""
-        for part in self._parts():
-            kinds = ((Layer, LAYERS), (Loss, LOSSES), (Optimizer, OPTIMIZERS))
+        for part in self._parts()[len(self.layers) :]:  # (layers: ``registered`` below)
+            kinds = ((Loss, LOSSES), (Optimizer, OPTIMIZERS))
             next((r for kind, r in kinds if isinstance(part, kind)), INITIALIZERS).saved_name(part)
         return {
             "layers": [registered(layer).get_config() for layer in self.layers],
