@@ -424,6 +424,8 @@ class Trainer:
     _plan: Any = None
     optimizer: Any
     steps_per_epoch: int = 0
+    rows_trained: int = 0  # rows the last epoch trained on (fewer if stopped in the epoch)
+    stop_training: bool = False
     _order: np.ndarray
     diverged: bool = False  # the last fit stopped on a NaN/inf loss
 
@@ -695,7 +697,7 @@ class Trainer:
 
     def _epochs(self, run_epoch: Callable[..., tuple[Any, Any]], run: FitRun) -> dict:
         self.stop_reason, self.diverged = None, False
-        self.stop_training = False  # Keras's: a callback sets it to stop after this epoch
+        self.stop_training = False  # Keras's: a callback sets it to stop (after its batch/epoch)
         for key in run.log_names:  # every entry listed, even if training stops at once
             run.history[key] = []
             self.history.setdefault(key, [])
@@ -754,7 +756,7 @@ class Trainer:
         """One epoch with its progress bar; restores ``snapshot`` on Ctrl-C (and re-raises)."""
         from tqdm.auto import tqdm
 
-        n = run.X.shape[0]
+        n = self.rows_trained = run.X.shape[0]
         start = time.perf_counter()
         bar = tqdm(
             total=n,
@@ -780,13 +782,16 @@ class Trainer:
         finally:
             bar.close()
         self.backend.synchronize()
+        rows = self.rows_trained  # fewer where a batch hook set stop_training
         logs = {
-            "loss": float(loss_sum) / n,
+            "loss": float(loss_sum) / rows,
             "seconds": time.perf_counter() - start,
             "lr": self.optimizer.lr,
         }
         if correct_sum is not None:
-            logs["accuracy"] = float(correct_sum) / n
+            logs["accuracy"] = float(correct_sum) / rows
+        if rows < n:
+            self.stop_reason = f"stopped by callback in epoch {epoch + 1} after {rows} of {n} rows"
         return logs
 
     def epoch_runner(
@@ -861,8 +866,8 @@ class Trainer:
                     step(xb, yb, wb)
                     if progress is not None:
                         progress(hi - lo)
-                    if end:
-                        self._batch_end(end, step, i, (lo, hi), group, global_logs)
+                    if end and self._batch_end(end, step, i, (lo, hi), group, global_logs):
+                        break  # stop_training set: the epoch's logs average the rows trained
                 self._order[1] += 1
                 return step.end_epoch()
 
@@ -871,16 +876,18 @@ class Trainer:
     def _batch_end(
         self, hooks: Sequence[Callback], step: Any, i: int, rows: tuple[int, int], group: Any,
         global_logs: bool,
-    ) -> None:  # fmt: skip
+    ) -> bool:  # fmt: skip
         """``on_batch_end`` with batch logs: index, size and, as Keras's, the epoch's running
         ``loss`` (and ``accuracy``), read from the device (a sync per batch, for callbacks
         that ask; over data-parallel ranks an all-reduce of the sums where every rank has
-        such callbacks, else no loss)."""
+        such callbacks, else no loss). Returns whether a hook set Keras's ``stop_training``:
+        the epoch ends after this batch (validation and ``on_epoch_end`` still run); data-
+        parallel, the ranks agree on it where each has batch hooks, else at the epoch's end."""
         logs: dict[str, float] = {"batch": i, "size": rows[1] - rows[0]}
         if group is not None and not global_logs:
             for cb in hooks:
                 cb.on_batch_end(self, i, logs)
-            return
+            return False
         totals = np.array(self.backend.to_numpy(step.totals), np.float64)
         if group is not None:
             group.allreduce(totals)  # the ranks' sums so far
@@ -889,6 +896,11 @@ class Trainer:
             logs["accuracy"] = float(totals[1]) / rows[1]
         for cb in hooks:
             cb.on_batch_end(self, i, logs)
+        if group is not None:
+            self.stop_training = group.any(bool(self.stop_training))
+        if self.stop_training:
+            self.rows_trained = rows[1]  # the epoch's logs average these rows
+        return bool(self.stop_training)
 
     def _distributed_step(
         self,

@@ -8,8 +8,9 @@ mpi_worker.py syncbn ROWS BATCH OUT.npz [compiled] [local]  a synchronized (loca
                                             BatchNorm model; rank 0 saves its state
 mpi_worker.py captured ROWS plain|batchnorm [POLICY]  captured data-parallel steps equal eager
                                             ones (POLICY: mixed_float16, loss scaling included)
-mpi_worker.py agree FOLDER                  checkpoints into new folders, one stop, one set of
-                                            BatchNorm statistics, the same data on every rank
+mpi_worker.py agree FOLDER                  checkpoints into new folders, one stop (from an
+                                            epoch or a batch hook), one set of BatchNorm
+                                            statistics, the same data on every rank
 """
 
 import os
@@ -175,6 +176,21 @@ def main(mode, *args):
         assert np.allclose(total, dist.world_size() * state, rtol=1e-12), "buffers differ"
         own = m.evaluate(X[:90], y[:90])["loss"]
         assert abs(own - h["val_loss"][-1]) < 1e-9, (own, h["val_loss"])
+
+        class HaltInBatch(fn.Callback):  # Keras's stop_training from a batch, on rank 0
+            def on_train_batch_end(self, batch, logs=None):
+                if dist.rank() == 0 and batch == 2:
+                    self.model.stop_training = True
+
+        for hooks in ([HaltInBatch()], [HaltInBatch()] if dist.rank() == 0 else []):
+            m2 = model()
+            h = m2.fit(X, y, epochs=3, batch_size=64, verbose=0, distributed=True, callbacks=hooks)
+            count = np.array([len(hooks)])
+            dist.allreduce(count)
+            everywhere = count[0] == dist.world_size()
+            assert len(h["loss"]) == 1, h  # every rank stops in epoch 1 (batch hooks on
+            # every rank: after the batch; on some: at the epoch's end)
+            assert m2.rows_trained == (192 if everywhere else len(X)), m2.rows_trained
         for other in (X[: 290 + dist.rank()], X + dist.rank()):  # other rows on rank 1
             try:
                 m.fit(other, y[: len(other)], epochs=1, verbose=0, distributed=True)

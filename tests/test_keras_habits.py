@@ -525,3 +525,34 @@ def test_a_model_without_a_seed_draws_one_and_keeps_it():
     again = fn.Sequential.from_config({**first.get_config(), "input_dim": None}, "numpy")
     again.fit(X, y, epochs=1, verbose=0)
     np.testing.assert_array_equal(again.predict_raw(X), first.predict_raw(X))  # recreated
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_stop_training_set_in_a_batch_hook_ends_the_epoch_after_that_batch(backend):
+    """As Keras: the epoch ends after the batch whose hook set ``stop_training`` (its logs
+    average the rows trained), then validation and ``on_epoch_end`` run and training stops:
+    the weights are those of training on those rows alone."""
+    X, y = _blobs()
+
+    class Halt(fn.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.last = logs
+            if batch == 2:
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epoch_logs = dict(logs)
+
+    def model():
+        return fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend=backend, seed=0)
+
+    halt, stopped = Halt(), model()
+    h = stopped.fit(X, y, epochs=4, batch_size=50, shuffle=False, verbose=0, callbacks=[halt],
+                    validation_data=(X[:40], y[:40]))  # fmt: skip
+    assert len(h["loss"]) == 1 and stopped.rows_trained == 150 and halt.last["batch"] == 2
+    assert h["loss"][0] == pytest.approx(halt.last["loss"], rel=1e-12)
+    assert "val_loss" in halt.epoch_logs and "after 150 of" in stopped.stop_reason
+    alone = model()
+    alone.fit(X[:150], y[:150], epochs=1, batch_size=50, shuffle=False, verbose=0)
+    for a, b in zip(stopped.get_weights(), alone.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
