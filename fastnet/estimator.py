@@ -65,17 +65,24 @@ class _StandaloneClassifier:
 
 class _StandaloneRegressor:
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        """R^2 (scikit-learn's ``RegressorMixin.score``, unweighted)."""
-        return _r2(host_array(y, "y"), self.predict(X))  # type: ignore[attr-defined]
+        """R^2 (scikit-learn's ``RegressorMixin.score``)."""
+        return _r2(host_array(y, "y"), self.predict(X), sample_weight)  # type: ignore[attr-defined]
 
 
-def _r2(y: Any, pred: Any) -> float:
-    """Coefficient of determination, averaged over outputs (scikit-learn's ``r2_score``)."""
+def _r2(y: Any, pred: Any, sample_weight: Any = None) -> float:
+    """Coefficient of determination, averaged over outputs (scikit-learn's ``r2_score``: 1
+    for a perfect fit of constant targets, 0 for an imperfect one), rows weighted by
+    ``sample_weight``."""
     y = np.asarray(y, np.float64).reshape(len(y), -1)
     pred = np.asarray(pred, np.float64).reshape(y.shape)
-    residual = ((y - pred) ** 2).sum(axis=0)
-    total = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
-    return float(np.mean(1 - residual / np.where(total == 0, 1, total)))
+    w = np.ones(len(y)) if sample_weight is None else host_array(sample_weight, "sample_weight")
+    if w.shape != (len(y),) or not np.isfinite(w).all() or (w < 0).any() or not w.any():
+        raise ValueError(f"sample_weight must hold {len(y)} finite weights >= 0, not all zero")
+    w = w.astype(np.float64).reshape(-1, 1)
+    residual = (w * (y - pred) ** 2).sum(axis=0)
+    total = (w * (y - np.average(y, axis=0, weights=w[:, 0])) ** 2).sum(axis=0)
+    r2 = np.where(total > 0, 1 - residual / np.where(total > 0, total, 1), residual == 0)
+    return float(np.mean(r2))
 
 
 if HAVE_SKLEARN:

@@ -158,6 +158,17 @@ class Loss:
         targets = targets.reshape(-1, 1) if targets.ndim == 1 else targets
         return ((outputs > 0) == (targets > 0.5)).sum() / outputs.shape[1]
 
+    def row_correct(self, outputs: Any, targets: Any) -> Any | None:
+        """Each row's share of correct predictions (1 or 0 for softmax, the share of its
+        outputs for sigmoid), as ``count_correct`` counts them; None if accuracy is undefined."""
+        if not self.counts_correct or self.predictions not in ("softmax", "sigmoid"):
+            return None
+        if self.predictions == "softmax":
+            labels = targets.argmax(axis=1) if targets.ndim == 2 else targets
+            return outputs.argmax(axis=1) == labels
+        targets = targets.reshape(-1, 1) if targets.ndim == 1 else targets
+        return ((outputs > 0) == (targets > 0.5)).mean(axis=1)
+
     def get_config(self) -> dict:
         return {"name": self.name}
 

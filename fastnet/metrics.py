@@ -5,6 +5,7 @@ the names of log entries (``higher_is_better``, aliases) and user metrics (``on_
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -12,8 +13,11 @@ from typing import Any
 import numpy as np
 
 
-def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int | None = None) -> np.ndarray:
-    """``cm[i, j]`` = rows of true class ``i`` predicted as ``j`` (integer labels ``0..k-1``)."""
+def confusion_matrix(
+    y_true: Any, y_pred: Any, n_classes: int | None = None, sample_weight: Any = None
+) -> np.ndarray:
+    """``cm[i, j]`` = rows of true class ``i`` predicted as ``j`` (integer labels ``0..k-1``);
+    with ``sample_weight``, their summed weights."""
     t = np.asarray(y_true).astype(np.int64).ravel()
     p = np.asarray(y_pred).astype(np.int64).ravel()
     if t.shape != p.shape:
@@ -24,7 +28,8 @@ def confusion_matrix(y_true: Any, y_pred: Any, n_classes: int | None = None) -> 
     k = int(n_classes) if n_classes is not None else int(largest) + 1
     if t.size and max(t.max(), p.max()) >= k:
         raise ValueError(f"labels must be below n_classes={k}")
-    return np.bincount(t * k + p, minlength=k * k).reshape(k, k)
+    weights = None if sample_weight is None else np.asarray(sample_weight, np.float64).ravel()
+    return np.bincount(t * k + p, weights, minlength=k * k).reshape(k, k)
 
 
 def macro_scores(cm: np.ndarray) -> dict[str, float]:
@@ -42,11 +47,12 @@ def macro_scores(cm: np.ndarray) -> dict[str, float]:
     return {name: float(v[present].mean()) for name, v in scores.items()}
 
 
-def top_k_correct(scores: Any, labels: Any, k: int, xp: Any = np) -> Any:
-    """How many rows have their label among the ``k`` highest scores (ties count against)."""
+def top_k_correct(scores: Any, labels: Any, k: int, xp: Any = np, weights: Any = None) -> Any:
+    """How many rows (their summed ``weights``) have their label among the ``k`` highest
+    scores (ties count against)."""
     label_scores = xp.take_along_axis(scores, labels.reshape(-1, 1), axis=1)
-    higher = (scores > label_scores).sum(axis=1)
-    return (higher < k).sum()
+    hits = (scores > label_scores).sum(axis=1) < k
+    return hits.sum() if weights is None else (hits * weights).sum()
 
 
 def top_k_accuracy(scores: Any, labels: Any, k: int = 5) -> float:
@@ -55,29 +61,33 @@ def top_k_accuracy(scores: Any, labels: Any, k: int = 5) -> float:
     return float(top_k_correct(scores, labels, k)) / max(len(labels), 1)
 
 
-def regression_sums(outputs: Any, targets: Any, shift: Any = 0.0) -> np.ndarray:
-    """Per output column: summed absolute errors, squared errors, targets and squared targets
-    (reducible over batches and ranks; ``regression_scores`` turns them into MAE/RMSE/R2).
-    The target sums are of ``targets - shift``: one row's targets as ``shift``, the same for
-    every batch, keep R2's variance exact for targets far from zero (1e8 +- 1)."""
+def regression_sums(
+    outputs: Any, targets: Any, shift: Any = 0.0, weights: Any = None
+) -> np.ndarray:
+    """Per output column: summed absolute errors, squared errors, targets and squared targets,
+    each row's times its weight (reducible over batches and ranks; ``regression_scores`` turns
+    them into MAE/RMSE/R2). The target sums are of ``targets - shift``: one row's targets as
+    ``shift``, the same for every batch, keep R2's variance exact for targets far from zero."""
     o = np.asarray(outputs, dtype=np.float64)
     t = np.asarray(targets, dtype=np.float64).reshape(o.shape)
     e = o - t
     t = t - np.asarray(shift, dtype=np.float64).reshape(-1)
-    return np.concatenate([np.abs(e).sum(0), (e * e).sum(0), t.sum(0), (t * t).sum(0)])
+    w = 1.0 if weights is None else np.asarray(weights, np.float64).reshape(-1, 1)
+    return np.concatenate([(w * np.abs(e)).sum(0), (w * e * e).sum(0), (w * t).sum(0),
+                           (w * t * t).sum(0)])  # fmt: skip
 
 
-def regression_scores(sums: np.ndarray, n: int) -> dict[str, float]:
+def regression_scores(sums: np.ndarray, n: float) -> dict[str, float]:
     """MAE, RMSE (over every output) and R2 (averaged over the columns, as scikit-learn's
-    ``r2_score``) from ``regression_sums`` of ``n`` rows."""
+    ``r2_score``) from ``regression_sums`` of ``n`` rows (or of weights summing to ``n``)."""
     abs_err, sq_err, t_sum, t_sq = np.asarray(sums, dtype=np.float64).reshape(4, -1)
-    total = sq_err.sum() / max(n * sq_err.size, 1)
+    per_value = n * sq_err.size if n > 0 else 1.0
     with np.errstate(divide="ignore", invalid="ignore"):
-        spread = t_sq - t_sum * t_sum / max(n, 1)
+        spread = t_sq - t_sum * t_sum / (n if n > 0 else 1.0)
         r2 = np.where(spread > 0, 1 - sq_err / spread, np.where(sq_err > 0, 0.0, 1.0))
     return {
-        "mae": float(abs_err.sum() / max(n * abs_err.size, 1)),
-        "rmse": float(np.sqrt(total)),
+        "mae": float(abs_err.sum() / per_value),
+        "rmse": float(np.sqrt(sq_err.sum() / per_value)),
         "r2": float(r2.mean()),
     }
 
@@ -125,17 +135,37 @@ class on_labels:  # a function to its users: a wrapped metric
             raise TypeError(f"on_labels takes a function f(y_true, y_pred), got {fn!r}")
         self.fn, self.__name__ = fn, metric_name(fn)
 
-    def __call__(self, y_true: Any, y_pred: Any) -> Any:
-        return self.fn(y_true, y_pred)
+    def __call__(self, y_true: Any, y_pred: Any, **kwargs: Any) -> Any:
+        return self.fn(y_true, y_pred, **kwargs)
 
 
 LABELS_HINT = " (y_pred: predict_proba's or predict_raw's output; for labels: metrics.on_labels(f))"
 
 
-def call_metric(f: Any, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """``f(y_true, y_pred)`` as a float; any error names the metric and what it was given."""
+def takes_sample_weight(f: Any) -> bool:
+    """Whether metric ``f`` (or the function ``on_labels`` wraps) has a ``sample_weight``
+    parameter (or takes any keyword)."""
     try:
-        return float(f(y_true, y_pred))
+        params = inspect.signature(f.fn if isinstance(f, on_labels) else f).parameters
+    except (TypeError, ValueError):  # no signature (a builtin)
+        return False
+    return "sample_weight" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+def call_metric(
+    f: Any, y_true: np.ndarray, y_pred: np.ndarray, sample_weight: np.ndarray | None = None
+) -> float:
+    """``f(y_true, y_pred)`` as a float (``sample_weight=`` too where rows are weighted: a
+    metric without that parameter is refused); any error names the metric and its inputs."""
+    weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
+    if weighted and not takes_sample_weight(f):
+        raise ValueError(
+            f"metric {metric_name(f)!r} takes no sample_weight, but the rows are weighted "
+            "(evaluate's sample_weight, or validation_data's third entry): give it a "
+            "sample_weight parameter, as scikit-learn's metrics have"
+        )
+    try:
+        return float(f(y_true, y_pred, **weighted))
     except Exception as exc:
         hint = "" if isinstance(f, on_labels) else LABELS_HINT
         given = f"y_true {y_true.dtype} {y_true.shape}, y_pred {y_pred.dtype} {y_pred.shape}"

@@ -361,8 +361,9 @@ class Sequential(Trainer):
 
     def validate_fit_data(
         self, X: Any, y: Any, validation_data: Any, on_device: bool = True
-    ) -> tuple[Any, Any, tuple[Any, Any] | None]:
-        """Check training (and validation) data against the model without changing it."""
+    ) -> tuple[Any, Any, tuple[Any, ...] | None]:
+        """Check training and validation data (``(X_val, y_val)`` or, with row weights,
+        ``(X_val, y_val, w_val)``) against the model without changing it."""
         Xd = self._features(X, "X", on_device)
         width = self.output_width(Xd.shape[1])
         yd = self._targets(y, "y", Xd.shape[0], width, on_device)
@@ -371,12 +372,19 @@ class Sequential(Trainer):
                 f"X has {Xd.shape[0]} sample(s); this model (BatchNorm1d) needs at least "
                 f"{self.min_batch_rows()} to train"
             )
-        val = None
+        val: tuple[Any, ...] | None = None
         if validation_data is not None:
-            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
-                raise ValueError("validation_data must be a pair (X_val, y_val)")
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) in (2, 3)):
+                raise ValueError(
+                    "validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
+                    "sample_weight_val)"
+                )
             Xv = check_features(validation_data[0], "X_val", self.backend, self.dtype, Xd.shape[1])
             val = (Xv, self._targets(validation_data[1], "y_val", Xv.shape[0], width))
+            if len(validation_data) == 3 and validation_data[2] is not None:
+                name = "validation_data's sample weights"
+                wv = self.validate_weights(validation_data[2], None, None, Xv.shape[0], name=name)
+                val = val if wv is None else (*val, wv)
         return Xd, yd, val
 
     def validate_weights(
@@ -387,6 +395,7 @@ class Sequential(Trainer):
         n: int,
         on_device: bool = True,
         input_dim: int | None = None,
+        name: str = "sample_weight",
     ) -> Any:
         """Per-row weights from ``sample_weight`` and ``class_weight`` (None when neither is
         given or all are 1, so the unweighted kernels run); checked, changing nothing.
@@ -395,13 +404,13 @@ class Sequential(Trainer):
             return None
         w = np.ones(n)
         if sample_weight is not None:
-            sw = host_array(sample_weight, "sample_weight")
+            sw = host_array(sample_weight, name)
             if sw.dtype.kind not in "biuf" or sw.shape != (n,):
                 raise ValueError(
-                    f"sample_weight must hold {n} numbers (one per row), got {sw.dtype} {sw.shape}"
+                    f"{name} must hold {n} numbers (one per row), got {sw.dtype} {sw.shape}"
                 )
             if not np.isfinite(sw).all() or (sw < 0).any():
-                raise ValueError("sample_weight must be finite and non-negative")
+                raise ValueError(f"{name} must be finite and non-negative")
             w *= sw
         if class_weight:
             if not isinstance(class_weight, dict):
@@ -424,7 +433,8 @@ class Sequential(Trainer):
                     raise ValueError(f"class_weight[{label}] must be finite and >= 0")
                 w[labels == label] *= float(weight)
         if n and not w.any():
-            raise ValueError("sample weights must contain at least one non-zero number")
+            given = [name] * (sample_weight is not None) + ["class_weight"] * bool(class_weight)
+            raise ValueError(f"the row weights ({' times '.join(given)}) are all zero")
         if (w == 1).all():
             return None
         w = w.astype(self.dtype)
@@ -479,12 +489,15 @@ class Sequential(Trainer):
         *,
         top_k: int | None = 5,
         metrics: Sequence[Any] = (),
+        sample_weight: Any = None,
     ) -> dict[str, float]:
         """The metrics ``fit`` reports on validation data, on ``(X, y)``, as a dict (Keras's
         ``return_dict=True``): the loss; accuracy, macro ``precision``/``recall``/``f1`` and
         ``top{k}_accuracy`` (k < classes) for softmax classifiers, accuracy for sigmoid ones;
         ``mae``/``rmse``/``r2`` for regression; and each of ``metrics`` (``f(y_true, y_pred)
-        -> float``) by its name. ``batch_size``, ``verbose``: as for ``predict_raw``."""
+        -> float``) by its name. ``batch_size``, ``verbose``: as for ``predict_raw``.
+        ``sample_weight`` weighs rows: the loss as ``fit``'s (the mean over rows of weighted
+        losses, Keras's), the metrics by weight (scikit-learn's; user metrics get it too)."""
         from fastnet.metrics import check_metrics
 
         self._require_built()
@@ -492,8 +505,11 @@ class Sequential(Trainer):
         metric_fns = check_metrics(metrics)
         Xd = self._features(X, "X")
         yd = self._targets(y, "y", Xd.shape[0], self.output_dim)
+        wd = self.validate_weights(sample_weight, None, None, Xd.shape[0])
         with record_kernels(self.backend):
-            return self._evaluate_device(Xd, yd, top_k, metrics=metric_fns, batch_size=chunk)
+            return self._evaluate_device(
+                Xd, yd, top_k, metrics=metric_fns, batch_size=chunk, weights=wd
+            )
 
     def confusion_matrix(self, X: Any, y: Any) -> np.ndarray:
         """Counts of true class (rows) against predicted class (columns) on ``(X, y)``."""

@@ -109,7 +109,7 @@ class FitRun:
     X: Any
     y: Any
     weights: Any
-    val: tuple[Any, Any] | None
+    val: tuple[Any, ...] | None  # (X, y) or (X, y, row weights)
     streamed: bool
     compiled: bool | str
     group: Any
@@ -681,8 +681,11 @@ class Trainer:
             epoch_seed(seed, -1),
             stratify=self.loss.classification,
         )
-        w = None if w is None else host_array(w, "sample_weight")[train]
-        return _rows(X, train), _rows(y, train), w, (_rows(X, held), _rows(y, held))
+        val: tuple[Any, ...] = (_rows(X, held), _rows(y, held))
+        if w is not None:  # the held-out rows keep their weights, as Keras's split
+            w = host_array(w, "sample_weight")
+            w, val = w[train], (*val, w[held])
+        return _rows(X, train), _rows(y, train), w, val
 
     def _log_names(
         self, validated: bool, top_k: int | None, metrics: list, outputs: int
@@ -725,8 +728,9 @@ class Trainer:
             if run.group is not None:
                 self._average_buffers(run.group)
             if run.val is not None:
+                Xv, yv, *wv = run.val  # (weights where validation_data has them)
                 scores = self._evaluate_device(
-                    *run.val, top_k=run.top_k, group=run.group, metrics=run.metrics
+                    Xv, yv, run.top_k, run.group, run.metrics, weights=(wv or [None])[0]
                 )
                 logs.update({f"val_{key}": value for key, value in scores.items()})
             if run.verbose:
@@ -1075,12 +1079,15 @@ class Trainer:
         yd: Any,
         top_k: int | None = None,
         group: Any = None,
-        metrics: Sequence[Callable[[np.ndarray, np.ndarray], float]] = (),
+        metrics: Sequence[Callable[..., float]] = (),
         batch_size: int = 0,
+        weights: Any = None,
     ) -> dict[str, float]:
         """The loss and ``_metric_names``: accuracy, macro precision / recall / F1 and top-k
         accuracy for softmax classifiers, MAE / RMSE / R2 for regression, then ``metrics``.
-        Data-parallel (``group``): each rank takes its slice and the sums are reduced."""
+        With row ``weights`` the loss is normalised over the rows, as ``fit``'s, the metrics
+        over the weights (scikit-learn's ``sample_weight``). Data-parallel (``group``): each
+        rank takes its slice and the sums are reduced."""
         n, lo, hi = Xd.shape[0], 0, Xd.shape[0]
         if group is not None and group.world_size > 1:
             from fastnet.distributed import rank_slice
@@ -1088,34 +1095,47 @@ class Trainer:
             lo, hi = rank_slice(0, n, group.rank, group.world_size)
         classes = self.output_dim if self.loss.multiclass else 0
         width = 0 if self.loss.counts_correct else self.output_dim
-        sums = np.zeros(3 + classes * classes + 4 * width)  # loss, correct, top-k, then tables
+        sums = np.zeros(4 + classes * classes + 4 * width)  # loss, weight, correct, top-k, tables
         if hi > lo:
             outputs, targets = self._batched_outputs(Xd[lo:hi], False, batch_size), yd[lo:hi]
-            sums[0] = float(self.loss.compute(outputs, targets)[0]) * (hi - lo)
-            if self.loss.counts_correct:
-                sums[1] = float(self.loss.count_correct(outputs, targets))
+            w = None if weights is None else weights[lo:hi]
+            sums[:3] = self._weighted_sums(outputs, targets, w)
             if classes:
-                sums[2:] = self._class_sums(outputs, targets, classes, _top_k(top_k, classes))
+                sums[3:] = self._class_sums(outputs, targets, classes, _top_k(top_k, classes), w)
             if width:
                 host = self.backend.to_numpy
                 predicted = host(self.loss.predict_output(outputs))  # as predict_proba's
-                sums[3:] = regression_sums(predicted, host(targets), host(yd[:1]))
+                rows = None if w is None else host(w)
+                sums[4:] = regression_sums(predicted, host(targets), host(yd[:1]), rows)
         if group is not None and group.world_size > 1:
             group.allreduce(sums)
-        logs = {"loss": sums[0] / n}
+        logs, total = {"loss": sums[0] / n}, sums[1]
         if self.loss.counts_correct:
-            logs["accuracy"] = sums[1] / n
+            logs["accuracy"] = sums[2] / total
         if classes:
-            logs.update(macro_scores(sums[3:].reshape(classes, classes)))
+            logs.update(macro_scores(sums[4:].reshape(classes, classes)))
             if _top_k(top_k, classes):
-                logs[f"top{_top_k(top_k, classes)}_accuracy"] = sums[2] / n
+                logs[f"top{_top_k(top_k, classes)}_accuracy"] = sums[3] / total
         if width:
-            logs.update(regression_scores(sums[3:], n))
+            logs.update(regression_scores(sums[4:], total))
         if metrics:  # on the whole set (not reducible over ranks)
             check_metric_names(metrics, list(logs))
             outputs = functools.partial(self._batched_outputs, Xd, batch_size=batch_size)
-            logs.update(self._user_metrics(metrics, yd, outputs))
+            logs.update(self._user_metrics(metrics, yd, outputs, weights))
         return {key: float(v) for key, v in logs.items()}
+
+    def _weighted_sums(self, outputs: Any, targets: Any, w: Any) -> list[float]:
+        """The summed loss (the mean over rows times the rows), the summed weights (the rows
+        when unweighted) and the (weighted) correct predictions of one slice."""
+        rows = outputs.shape[0]
+        loss = float(self.loss.compute(outputs, targets, w)[0]) * rows
+        if w is None:
+            correct = (
+                self.loss.count_correct(outputs, targets) if self.loss.counts_correct else None
+            )
+            return [loss, rows, 0.0 if correct is None else float(correct)]
+        hits = self.loss.row_correct(outputs, targets) if self.loss.counts_correct else None
+        return [loss, float(w.sum()), 0.0 if hits is None else float((hits * w).sum())]
 
     def _try_user_metrics(self, metrics: list, val: Any, width: int) -> None:
         """Call each user metric once before training, on the validation targets and constant
@@ -1132,26 +1152,36 @@ class Trainer:
             warnings.simplefilter("ignore")
             full = functools.partial(np.full, (len(y), width), dtype=self.dtype)
             constant = lambda probabilities: full(fill if probabilities or regression else 0.0)  # noqa: E731
-            self._user_metrics(metrics, val[1], constant)
+            self._user_metrics(metrics, val[1], constant, val[2] if len(val) > 2 else None)
 
-    def _user_metrics(self, metrics: Sequence, yd: Any, outputs: Callable) -> dict[str, float]:
+    def _user_metrics(
+        self, metrics: Sequence, yd: Any, outputs: Callable, weights: Any = None
+    ) -> dict[str, float]:
         """Each user metric: ``f(y_true, y_pred)`` with the targets and the predictions
         (``outputs(probabilities=True)``), or labels for ``on_labels`` metrics (of the raw
-        outputs, as ``predict`` gives them)."""
+        outputs, as ``predict`` gives them); with row ``weights``, ``sample_weight=`` too."""
         host, kinds = self.backend.to_numpy, {isinstance(f, on_labels) for f in metrics}
         inputs = {False: (host(yd), host(outputs(probabilities=True)))} if False in kinds else {}
         if True in kinds:
             true = host(yd).argmax(1) if self.loss.multiclass and yd.ndim == 2 else host(yd)
             pred = self.loss.predict_labels(host(outputs(probabilities=False)))
             inputs[True] = tuple(a.ravel() if a.shape[1:] == (1,) else a for a in (true, pred))
-        return {metric_name(f): call_metric(f, *inputs[isinstance(f, on_labels)]) for f in metrics}
+        w = None if weights is None else host(weights)
+        return {
+            metric_name(f): call_metric(f, *inputs[isinstance(f, on_labels)], sample_weight=w)
+            for f in metrics
+        }
 
-    def _class_sums(self, outputs: Any, targets: Any, classes: int, k: int) -> np.ndarray:
-        """Top-k hits followed by the confusion matrix, as one vector of sums."""
+    def _class_sums(
+        self, outputs: Any, targets: Any, classes: int, k: int, w: Any = None
+    ) -> np.ndarray:
+        """Top-k hits followed by the confusion matrix (of summed row weights ``w``), as one
+        vector of sums."""
         labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
-        hits = float(top_k_correct(outputs, labels, k, self.backend.xp)) if k else 0.0
+        hits = float(top_k_correct(outputs, labels, k, self.backend.xp, w)) if k else 0.0
+        host = self.backend.to_numpy
         cm = confusion_matrix(
-            self.backend.to_numpy(labels), self.backend.to_numpy(outputs.argmax(axis=1)), classes
+            host(labels), host(outputs.argmax(axis=1)), classes, None if w is None else host(w)
         )
         return np.concatenate([[hits], cm.ravel()])
 
@@ -1236,7 +1266,7 @@ class Trainer:
 
     def validate_fit_data(
         self, X: Any, y: Any, validation_data: Any, on_device: bool = True
-    ) -> tuple[Any, Any, tuple[Any, Any] | None]:
+    ) -> tuple[Any, Any, tuple[Any, ...] | None]:
         raise NotImplementedError
 
     def validate_weights(self, *args: Any, **kwargs: Any) -> Any:  # (Sequential's)

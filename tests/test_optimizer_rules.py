@@ -298,7 +298,7 @@ def test_sample_and_class_weights_in_fit(backend):
     for bad, match in (
         (np.ones(3), "sample_weight"),
         (-np.ones(400), "non-negative"),
-        (np.zeros(400), "non-zero"),
+        (np.zeros(400), "are all zero"),
     ):
         fresh = fn.Sequential([fn.Dense(2)], backend=backend)
         with pytest.raises(ValueError, match=match):
