@@ -73,10 +73,19 @@ class Layer:
     #: data-parallel training: the state buffers are statistics of each rank's rows, averaged
     #: over the ranks after every epoch (BatchNorm1d's running mean and variance)
     averaged_buffers = False
+    #: its ``backward`` takes ``below``/``fused``: it carries the lower layer's activation
+    #: gradient in its own GEMM (Dense)
+    fuses_gradients = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         LAYERS.register(cls)
+        if {"forward", "backward"} & set(cls.__dict__):  # its own maths: not the parent's
+            for hook in ("plan", "output_gradient"):  # fused forms (compiled steps, GEMMs)
+                if hook not in cls.__dict__:
+                    setattr(cls, hook, getattr(Layer, hook))
+        if "backward" in cls.__dict__ and "fuses_gradients" not in cls.__dict__:
+            cls.fuses_gradients = False
 
     def __init__(self) -> None:
         self._backend: Backend | None = None
@@ -180,8 +189,9 @@ class Layer:
         return None
 
     def plan(self) -> DensePlan | ActivationPlan | DropoutPlan | OpsPlan | OpaquePlan:
-        """This layer as plain data for a compiled step (``fastnet.backends.plan``)."""
-        return OpaquePlan(type(self).__name__, "computes with array expressions")
+        """This layer as plain data for a compiled step (``fastnet.backends.plan``); a
+        subclass with its own ``forward``/``backward`` gets this one unless it defines its own."""
+        return OpaquePlan(type(self).__name__, "computes with its own forward/backward")
 
     def parameters(self) -> list[Parameter]:
         return []
@@ -226,6 +236,7 @@ class Dense(Layer):
     """
 
     name = "dense"
+    fuses_gradients = True
     W: Parameter  # created by build
 
     def __init__(

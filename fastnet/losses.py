@@ -43,10 +43,10 @@ class Loss:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         LOSSES.register(cls)
-        if "compute" in cls.__dict__:  # its own value and gradient: no inherited fused forms
-            for hook in ("accumulate", "plan"):
-                if hook not in cls.__dict__:
-                    setattr(cls, hook, getattr(Loss, hook))
+        own = {"compute", "accumulate"} & set(cls.__dict__)  # its own value and gradient:
+        for hook in ("accumulate", "plan") if own else ():  # no inherited fused forms
+            if hook not in cls.__dict__ and not (hook == "accumulate" and "compute" not in own):
+                setattr(cls, hook, getattr(Loss, hook))
 
     def __init__(self) -> None:
         self._backend: Backend | None = None

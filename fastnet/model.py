@@ -26,7 +26,7 @@ from fastnet.layer_stack import (
     check_parameters_listed,
     fix_default_initializers,
 )
-from fastnet.layers import Dense, Layer, Standardize, layer_from_config, registered
+from fastnet.layers import Layer, Standardize, layer_from_config, registered
 from fastnet.losses import LOSSES, Loss, get_loss
 from fastnet.mixed import LossScaler
 from fastnet.optimizers import OPTIMIZERS, Optimizer, get_optimizer, optimizer_from_config
@@ -167,7 +167,8 @@ class Sequential(Trainer):
         self.output_width(width)  # raises on a mismatch before any layer is built
         for layer, above in zip(self.layers, [*self.layers[1:], None]):
             layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
-            layer.feeds_dense = isinstance(above, Dense)  # may hand it its activation gradient
+            layer.feeds_dense = above is not None and above.fuses_gradients  # (may hand it
+            # its activation gradient)
             width = layer.build(width, self.backend, self.dtype, self._rng)
             check_parameters_listed(layer)
         self._lowest = next((i for i, x in enumerate(self.layers) if x.parameters()), 0)
@@ -305,7 +306,7 @@ class Sequential(Trainer):
         lowest = self._lowest  # below the lowest layer with parameters no gradient is needed
         for i in range(len(self.layers) - 1, lowest - 1, -1):
             layer = self.layers[i]
-            if not isinstance(layer, Dense):
+            if not layer.fuses_gradients:
                 dout, fused = layer.backward(dout, need_dx=i > lowest), False
                 continue
             # a Dense layer under a Dense layer: its activation derivative and bias gradient

@@ -110,6 +110,33 @@ def test_a_subclass_overriding_compute_trains_its_own_loss(backend):
     assert np.abs(from_softmax - cross_entropy).max() > 1e-3
 
 
+class HalvedAccumulate(fn.SoftmaxCrossEntropy):
+    """Half the cross-entropy's gradient, by overriding the training step's accumulate only."""
+
+    name = "test_halved_accumulate"
+
+    def accumulate(self, outputs, targets, weights, totals):
+        return 0.5 * super().accumulate(outputs, targets, weights, totals)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "cupy-emulated"])
+def test_a_loss_subclass_overriding_accumulate_alone_runs_it(backend):
+    """Compiled steps ran the parent's fused softmax cross-entropy instead (silently)."""
+    from conftest import make_backend
+
+    X, y = _data()
+    ours, reference = (
+        _model(make_backend(name), loss=HalvedAccumulate(), optimizer=fn.SGD(0.2))
+        for name in (backend, "numpy")
+    )
+    for model in (ours, reference):
+        model.fit(X, y, epochs=2, batch_size=20, verbose=0, shuffle=False)
+    np.testing.assert_allclose(ours.layers[0].W.value, reference.layers[0].W.value, rtol=1e-12)
+    halved = _model("numpy", optimizer=fn.SGD(0.1))  # half the gradient: half the lr
+    halved.fit(X, y, epochs=2, batch_size=20, verbose=0, shuffle=False)
+    np.testing.assert_allclose(ours.layers[0].W.value, halved.layers[0].W.value, rtol=1e-12)
+
+
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
 def test_a_subclass_with_its_own_rule_runs_it_not_the_parents_kernel(backend):
     X, y = _data()
@@ -122,6 +149,71 @@ def test_a_subclass_with_its_own_rule_runs_it_not_the_parents_kernel(backend):
     plain = _model("numpy", optimizer=fn.AdaGrad(0.1))
     plain.fit(X, y, epochs=2, batch_size=20, verbose=0, shuffle=False)
     assert np.abs(plain.layers[0].W.value - ours.layers[0].W.value).max() > 1e-4
+
+
+class MaskedDense(fn.Dense):
+    """A Dense layer whose weights below the diagonal are held at zero (its own forward and
+    backward, written as the notebooks' Affine: no fused kernels of its parent's)."""
+
+    name = "test_masked_dense"
+
+    def build(self, input_dim, backend, dtype, rng):
+        width = super().build(input_dim, backend, dtype, rng)
+        self.mask = np.triu(np.ones((input_dim, width), dtype))
+        self.W.value[...] *= self.mask
+        return width
+
+    def forward(self, x, training=True):
+        self.x = x
+        self.z = x @ self.W.value + self.b.value
+        return np.maximum(self.z, 0) if self.activation == "relu" else self.z
+
+    def backward(self, dy, need_dx=True):
+        dz = dy * (self.z > 0) if self.activation == "relu" else dy
+        self.W.grad = (self.x.T @ dz) * self.mask
+        self.b.grad = dz.sum(axis=0)
+        return dz @ self.W.value.T
+
+
+class HalfDropout(fn.Dropout):
+    """Dropout of every other unit, the same in every step: its own forward and backward."""
+
+    name = "test_half_dropout"
+
+    def forward(self, x, training=True):
+        self.keep = (np.arange(x.shape[1]) % 2 == 0) * 2.0 if training else 1.0
+        return x * self.keep
+
+    def backward(self, dy, need_dx=True):
+        return dy * self.keep
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "cupy-emulated"])
+def test_a_layer_subclass_with_its_own_forward_and_backward_runs_them(backend):
+    """A subclass of a built-in layer overriding forward/backward ran its parent's fused
+    kernels on numba (the mask ignored, silently) and crashed on numpy (the Dense gradient
+    fusion's arguments); now its own code runs, eagerly, on every backend."""
+    from conftest import make_backend
+
+    X, y = _data()
+
+    def model(name):
+        layers = [MaskedDense(6, "relu"), HalfDropout(0.5), MaskedDense(5, "relu"), fn.Dense(3)]
+        kw = {"backend": make_backend(name), "dtype": "float64", "seed": 0, "optimizer": "adam"}
+        return fn.Sequential(layers, **kw)
+
+    ours, reference = model(backend), model("numpy")
+    for m in (ours, reference):
+        m.fit(X, y, epochs=2, batch_size=20, verbose=0, shuffle=False)
+    assert ours.step_description.startswith("eager")
+    for a, b in zip(ours.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    W = ours.get_weights()[0]
+    assert (W[np.tril_indices(4, -1)] == 0).all() and (W[np.triu_indices(4)] != 0).all()
+    np.testing.assert_allclose(ours.predict_proba(X), reference.predict_proba(X), rtol=1e-12)
+    why = r"MaskedDense \(computes with its own" if backend != "numpy" else "no compiled step"
+    with pytest.raises(ValueError, match=why):
+        model(backend).fit(X, y, epochs=1, verbose=0, compiled=True)
 
 
 def test_a_layers_own_initializer_attribute_is_its_business(tmp_path):

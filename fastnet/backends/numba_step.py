@@ -18,7 +18,10 @@ def fused_step_reason(plan: StepPlan) -> str:
     """Why a model with this step plan cannot run as one numba call ("" if it can)."""
     stack = plan.dense_stack()
     if stack is None:
-        return "the fused numba step covers Dense layers, each with at most one Dropout before it"
+        return (
+            "the fused numba step covers Dense layers, each with at most one Dropout before "
+            f"it, not {plan.outside_dense_stack()}"
+        )
     layers = stack[0]
     if not plan.loss.fused_softmax_xent:
         return f"the fused numba step covers softmax cross-entropy, not {plan.loss.name}"

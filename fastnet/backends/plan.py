@@ -83,7 +83,9 @@ class StepPlan:
     def capture_reason(self) -> str:
         """Why the step function cannot be captured in a graph ("" if it can): every layer
         and the loss must compute through backend ops alone."""
-        opaque = sorted({p.name for p in self.layers if isinstance(p, OpaquePlan)})
+        opaque = sorted(
+            {f"{p.name} ({p.reason})" for p in self.layers if isinstance(p, OpaquePlan)}
+        )
         if opaque:
             return (
                 "captured steps cover Dense, activation, Dropout and BatchNorm1d layers, "
@@ -118,3 +120,21 @@ class StepPlan:
         if seen or not denses:
             return None
         return tuple(denses), tuple(drops)
+
+    def outside_dense_stack(self) -> str:
+        """What keeps the layers from being a ``dense_stack`` (for messages)."""
+        seen = False
+        for i, p in enumerate(self.layers):
+            if isinstance(p, DropoutPlan):
+                if seen:
+                    return f"two Dropouts in a row (layer {i})"
+                seen = True
+            elif isinstance(p, DensePlan):
+                seen = False
+            elif isinstance(p, ActivationPlan):
+                act = p.activation.name.lower()
+                return f"layer {i}, a separate {act} (Dense(units, {act!r}) fuses it)"
+            else:
+                why = f" ({p.reason})" if isinstance(p, OpaquePlan) else ""
+                return f"layer {i}, {p.name}{why}"
+        return "a Dropout after the last Dense layer" if seen else "a model without Dense layers"
