@@ -7,7 +7,6 @@ own, reused from step to step: an output is valid until the layer's next forward
 
 from __future__ import annotations
 
-import inspect
 import math
 import numbers
 from typing import Any
@@ -702,38 +701,12 @@ class Standardize(Layer):
         return f"Standardize({len(self.offset)} features)"
 
 
-BUILT_IN = (Dense, ReLU, LeakyReLU, Sigmoid, Tanh, Softmax, Dropout, BatchNorm1d, Standardize)
-
-
-def _lost(layer: Layer, p: inspect.Parameter, config: dict) -> bool:
-    """Whether ``__init__`` argument ``p`` is missing from ``config`` though required or
-    (an attribute of its name) set to another value than its default."""
-    if p.name in config or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-        return False
-    if p.default is p.empty:
-        return True
-    value = getattr(layer, p.name, p.default)
-    try:
-        return bool(value != p.default)
-    except (TypeError, ValueError):  # (arrays)
-        return value is not p.default
 
 
 def registered(layer: Layer) -> Layer:
-    """``layer``, refused where its config would not load it as it is: a subclass that kept
-    its parent's ``name`` (it would load as the parent), or a custom layer whose
-    ``get_config`` lacks an ``__init__`` argument (required, or set to another value)."""
-    cls = type(layer)
-    LAYERS.saved_name(layer)
-    if cls in BUILT_IN:
-        return layer
-    config = layer.get_config()
-    lost = [p.name for p in inspect.signature(cls).parameters.values() if _lost(layer, p, config)]
-    if lost:
-        raise TypeError(
-            f"{cls.__name__}.get_config() lacks its __init__ argument(s) {lost}: return them "
-            f"(with 'name') so that copies, pickles and checkpoints rebuild the same layer"
-        )
+    """``layer``, refused where its config would not load it as it is
+    (``Registry.checked_config``)."""
+    LAYERS.checked_config(layer)
     return layer
 
 

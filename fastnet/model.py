@@ -605,13 +605,17 @@ class Sequential(Trainer):
     # ------------------------------------------------------------------ config and files
     def get_config(self) -> dict[str, Any]:
         """The architecture, loss, optimizer and settings (JSON); refused where a part's class
-        would not load back (a subclass that kept its parent's ``name``)."""
+        would not load back (``Registry.checked_config``: a subclass that kept its parent's
+        ``name``, a user's class whose config lacks an ``__init__`` argument)."""
         for part in self._parts()[len(self.layers) :]:  # (layers: ``registered`` below)
             kinds = ((Loss, LOSSES), (Optimizer, OPTIMIZERS))
-            next((r for kind, r in kinds if isinstance(part, kind)), INITIALIZERS).saved_name(part)
+            next((r for kind, r in kinds if isinstance(part, kind)), INITIALIZERS).checked_config(
+                part
+            )
+        loss = self.loss.get_config()
         return {
             "layers": [registered(layer).get_config() for layer in self.layers],
-            "loss": self.loss.get_config() if len(self.loss.get_config()) > 1 else self.loss.name,
+            "loss": loss if len(loss) > 1 else self.loss.name,
             "optimizer": self.optimizer.get_config(),
             "dtype": self.policy or self.dtype.name,
             "seed": self.seed,

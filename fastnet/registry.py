@@ -4,6 +4,7 @@ config rebuilds the same class (the class must be defined, or imported, before l
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 
@@ -46,6 +47,24 @@ class Registry(dict):
             )
         return name
 
+    def checked_config(self, obj: Any) -> dict:
+        """``obj.get_config()``, refused where it would not load ``obj`` as it is: a subclass
+        that kept its parent's ``name``, or a user's class whose ``get_config`` lacks an
+        ``__init__`` argument (required, or set to another value than its default)."""
+        self.saved_name(obj)
+        config = obj.get_config()
+        cls = type(obj)
+        if cls.__module__.partition(".")[0] != "fastnet":  # (fastnet's own classes save all)
+            params = inspect.signature(cls).parameters.values()
+            lost = [p.name for p in params if _lost(obj, p, config)]
+            if lost:
+                raise TypeError(
+                    f"{cls.__name__}.get_config() lacks its __init__ argument(s) {lost}: return "
+                    f"them (with 'name') so that copies, pickles and checkpoints rebuild the "
+                    f"same {self.kind}"
+                )
+        return config
+
     def lookup(self, name: Any) -> Any:
         if not isinstance(name, str) or name not in self:
             raise ValueError(
@@ -53,3 +72,17 @@ class Registry(dict):
                 f"before loading); known: {', '.join(self)}"
             )
         return self[name]
+
+
+def _lost(obj: Any, p: inspect.Parameter, config: dict) -> bool:
+    """Whether ``__init__`` argument ``p`` is missing from ``config`` though required or
+    (an attribute of its name) set to another value than its default."""
+    if p.name in config or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+        return False
+    if p.default is p.empty:
+        return True
+    value = getattr(obj, p.name, p.default)
+    try:
+        return bool(value != p.default)
+    except (TypeError, ValueError):  # (arrays)
+        return value is not p.default

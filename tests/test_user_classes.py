@@ -316,3 +316,58 @@ def test_a_loss_with_its_own_predictions_is_evaluated_and_exported_by_them(tmp_p
     assert model.evaluate(X, counts)["mae"] == pytest.approx(np.abs(rate - counts).mean())
     with pytest.raises(ValueError, match="Poisson makes its predictions with its own"):
         model.to_onnx(tmp_path / "m.onnx")
+
+
+class Huber(Loss):
+    """A loss with an argument its config leaves out (the base class's config: its name)."""
+
+    name = "test_huber_without_config"
+    predictions = "identity"
+
+    def __init__(self, delta=1.0):
+        super().__init__()
+        self.delta = delta
+
+    def compute(self, z, t, weights=None):
+        e = z - t.reshape(z.shape)
+        small = np.abs(e) <= self.delta
+        loss = np.where(small, 0.5 * e * e, self.delta * (np.abs(e) - 0.5 * self.delta))
+        return loss.mean(), np.where(small, e, self.delta * np.sign(e)) / e.size
+
+
+class ScaledSGD(fn.SGD):
+    """An optimizer subclass with an argument of its own its config leaves out."""
+
+    name = "test_scaled_sgd_without_config"
+
+    def __init__(self, lr=0.01, factor=1.0, **kw):
+        super().__init__(lr, **kw)
+        self.factor = factor
+
+    def reference(self, xp, p, g, slots, step, eps, constants):
+        p -= self.factor * step * g
+
+
+def test_a_loss_or_optimizer_whose_config_lacks_an_argument_is_refused(tmp_path):
+    """They came back with the default (delta 1, factor 1) from a checkpoint, a copy or a
+    pickle, silently; now refused, as a layer is, before anything is written."""
+    import copy
+
+    X, y = _data()
+    for loss, optimizer, lost in (
+        (Huber(0.1), "sgd", "delta"),
+        ("mse", ScaledSGD(0.1, 5.0), "factor"),
+    ):
+        model = fn.Sequential([fn.Dense(1)], loss=loss, optimizer=optimizer, seed=0)
+        model.fit(X, y.astype(float), epochs=1, verbose=0)
+        for save in (lambda: model.save(tmp_path / "m.npz"), lambda: copy.deepcopy(model),
+                     lambda: pickle.dumps(model)):  # fmt: skip
+            with pytest.raises(
+                TypeError, match=rf"get_config\(\) lacks its __init__ argument\(s\) \['{lost}'\]"
+            ):
+                save()
+        assert not (tmp_path / "m.npz").exists()
+    kept = fn.Sequential([fn.Dense(1)], loss=Huber(), optimizer=ScaledSGD(0.1), seed=0)
+    kept.fit(X, y.astype(float), epochs=1, verbose=0)  # defaults: nothing is lost
+    kept.save(tmp_path / "kept.npz")
+    assert fn.load_model(tmp_path / "kept.npz").loss.delta == 1.0
