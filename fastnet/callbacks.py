@@ -363,7 +363,8 @@ def _aliased(logs: dict[str, Any]) -> dict[str, Any]:
 
 class ReduceLROnPlateau(Monitor):
     """Multiply the learning rate by ``factor`` when ``monitor`` has not improved by
-    ``min_delta`` for ``patience`` epochs, down to ``min_lr``; wait ``cooldown`` epochs after."""
+    ``min_delta`` for ``patience`` epochs, down to ``min_lr``; wait ``cooldown`` epochs after.
+    Per-layer optimizers are reduced alike, each down to ``min_lr`` (one below it is kept)."""
 
     def __init__(
         self,
@@ -396,9 +397,9 @@ class ReduceLROnPlateau(Monitor):
             self.wait = 0
         elif not self.cooling:
             self.wait += 1
-            if self.wait >= self.patience:
-                if max(model.optimizer.lr * self.factor, self.min_lr) < model.optimizer.lr:
-                    for opt in _optimizers(model):
+            if self.wait >= self.patience:  # each optimizer above min_lr (Keras's rule; a
+                for opt in _optimizers(model):  # per-layer lr below it is never raised)
+                    if opt.lr > self.min_lr:
                         opt.set_scheduled_lr(max(opt.lr * self.factor, self.min_lr, 1e-12))
                 self.wait, self.cooling = 0, self.cooldown
         return False

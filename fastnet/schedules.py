@@ -12,6 +12,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from fastnet.callbacks import Callback, _optimizers
 
 
@@ -49,7 +51,9 @@ class _EpochSchedule(_Schedule):
 
 class LearningRateScheduler(_EpochSchedule):
     """``fn(epoch, lr) -> new lr`` at the start of every epoch (Keras's signature; ``lr`` is
-    the current learning rate), or ``fn(epoch) -> lr`` (Keras's older one)."""
+    the current learning rate, each per-layer optimizer's its own), or ``fn(epoch) -> lr``
+    (Keras's older one: the model optimizer's lr; per-layer optimizers are scaled alike,
+    keeping their ratio to it at the schedule's start)."""
 
     def __init__(self, fn: Callable[..., float]) -> None:
         if not callable(fn):
@@ -59,14 +63,30 @@ class LearningRateScheduler(_EpochSchedule):
             raise TypeError("LearningRateScheduler's function takes fn(epoch, lr) or fn(epoch)")
 
     def on_epoch_begin(self, model: Any, epoch: int) -> None:
-        for opt in self.optimizers:
-            lr = self.fn(epoch, opt.lr) if self.takes_lr else self.fn(epoch)
+        shared = None if self.takes_lr else self._number(self.fn(epoch), epoch)
+        for opt, base in zip(self.optimizers, self.bases):
+            if shared is None:
+                lr = self._number(self.fn(epoch, opt.lr), epoch)
+            elif opt is self.optimizers[0] or self.bases[0] <= 0:
+                lr = shared
+            else:  # the model optimizer's (first) lr, scaled to this one's
+                lr = shared * base / self.bases[0]
             try:
-                opt.set_scheduled_lr(lr)  # (a 0-d array too)
+                opt.set_scheduled_lr(lr)
             except (TypeError, ValueError) as exc:
                 raise ValueError(
                     f"LearningRateScheduler's function, epoch {epoch}: {exc}"
                 ) from None
+
+    @staticmethod
+    def _number(value: Any, epoch: int) -> float:
+        """The function's result as a float (a 0-d array too; not a string or a bool)."""
+        if isinstance(value, (str, bytes, bool)) or np.ndim(value) != 0:
+            raise ValueError(
+                f"LearningRateScheduler's function, epoch {epoch}: returned {value!r}, not a "
+                "learning rate (a number)"
+            )
+        return float(value)
 
 
 def _positional_arguments(fn: Callable) -> int:

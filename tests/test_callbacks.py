@@ -279,3 +279,43 @@ def test_early_stopping_restores_neither_after_a_divergence_nor_the_streams():
         blown.fit(X, y, epochs=4, verbose=0, callbacks=[scripted, fn.EarlyStopping("fake", 9)])
     np.testing.assert_array_equal(blown.parameters()[0].value, scripted.weights[2])
     assert "restored" in blown.stop_reason and blown.diverged
+
+
+class _LayerRates(fn.Callback):
+    """Each epoch's (first layer's, model's) learning rate, as the epoch trained."""
+
+    def on_epoch_end(self, model, epoch, logs):
+        self.seen = [*getattr(self, "seen", []), (model.layers[0].optimizer.lr, logs["lr"])]
+
+
+def _per_layer_model(layer_lr, model_lr):
+    layers = [fn.Dense(8, "relu", optimizer=fn.SGD(layer_lr)), fn.Dense(4)]
+    return fn.Sequential(layers, optimizer=fn.SGD(model_lr), seed=0)
+
+
+def test_plateau_never_raises_a_per_layer_rate_and_reduces_each_down_to_min_lr():
+    """A per-layer lr below min_lr went up to min_lr (10x higher); a per-layer lr above it
+    stayed once the model's had reached min_lr. Now each is Keras's: reduced while above."""
+    X, y = make_blobs(n=64)
+    plateau = dict(monitor="loss", factor=0.5, patience=1, min_delta=10.0)
+    for layer_lr, model_lr, expected in (
+        (0.001, 0.1, [(0.001, 0.1), (0.001, 0.1), (0.001, 0.05), (0.001, 0.025)]),
+        (0.5, 0.01, [(0.5, 0.01), (0.5, 0.01), (0.25, 0.01), (0.125, 0.01)]),
+    ):
+        rates = _LayerRates()  # (first: the rates each epoch trained with)
+        callbacks = [rates, fn.ReduceLROnPlateau(**plateau, min_lr=0.01)]
+        _per_layer_model(layer_lr, model_lr).fit(X, y, epochs=4, verbose=0, callbacks=callbacks)
+        assert rates.seen == expected
+
+
+def test_a_scheduler_function_of_the_epoch_keeps_per_layer_ratios():
+    """fn(epoch) set every optimizer to the model's lr (a layer's 10x smaller lr lost)."""
+    X, y = make_blobs(n=64)
+    rates = _LayerRates()
+    schedule = fn.LearningRateScheduler(lambda epoch: 0.1 * 0.5**epoch)
+    _per_layer_model(0.01, 0.1).fit(X, y, epochs=3, verbose=0, callbacks=[schedule, rates])
+    np.testing.assert_allclose(rates.seen, [(0.01, 0.1), (0.005, 0.05), (0.0025, 0.025)])
+    for bad in ("0.1", True, np.array([0.1])):
+        with pytest.raises(ValueError, match=r"epoch 0: returned .* not a learning rate"):
+            schedule = fn.LearningRateScheduler(lambda epoch, lr, bad=bad: bad)
+            _model("numpy").fit(X, y, epochs=1, verbose=0, callbacks=[schedule])
