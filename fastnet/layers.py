@@ -701,8 +701,6 @@ class Standardize(Layer):
         return f"Standardize({len(self.offset)} features)"
 
 
-
-
 def registered(layer: Layer) -> Layer:
     """``layer``, refused where its config would not load it as it is
     (``Registry.checked_config``)."""

@@ -303,6 +303,9 @@ class EagerStep:
     def begin_epoch(self) -> None:
         self.model.backend.fill(self.totals, 0.0)
 
+    def refresh(self) -> None:
+        """Batch callbacks ran: nothing to re-read (each step reads the model as it is)."""
+
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
         self.model.arena.write_lr()  # host side: a schedule may have changed it
         self.model.train_step(xb, yb, wb, totals=self.totals)
@@ -865,8 +868,8 @@ class Trainer:
                         start = step.run_in_graphs(data, order, local, progress)
                 batches = zip(source.epoch(local[start:], step, order), bounds[start:])
                 for i, ((xb, yb, wb), (lo, hi)) in enumerate(batches, start):
-                    for cb in begin:
-                        cb.on_batch_begin(self, i)
+                    if begin or end:
+                        self._batch_begin(begin, step, i)
                     step(xb, yb, wb)
                     if progress is not None:
                         progress(hi - lo)
@@ -876,6 +879,13 @@ class Trainer:
                 return step.end_epoch()
 
         return run_epoch
+
+    def _batch_begin(self, hooks: Sequence[Callback], step: Any, i: int) -> None:
+        """``on_batch_begin``; then the step re-reads what a callback may have changed since
+        its last batch (a constant a compiled step baked in: eager == compiled)."""
+        for cb in hooks:
+            cb.on_batch_begin(self, i)
+        step.refresh()
 
     def _batch_end(
         self, hooks: Sequence[Callback], step: Any, i: int, rows: tuple[int, int], group: Any,

@@ -322,3 +322,67 @@ def test_streamed_chunks_wait_for_the_previous_copy_before_refilling():
     got = [xb.copy() for xb, _, _ in source.epoch(bounds, None, np.arange(len(X)))]
     np.testing.assert_array_equal(np.concatenate(got), X)
     assert len(backend.copies) == 6 and all(c.done for c in backend.copies[:-2])
+
+
+def _compiled_backend(name):
+    if name == "sim":
+        return CaptureSimBackend()
+    if name == "emulated":
+        import emulated_cupy
+
+        return emulated_cupy.emulated_cupy_backend(4)  # four steps per replay where it can
+    return name
+
+
+MID_FIT_CHANGES = {
+    "clip_norm": lambda m: setattr(m.optimizer, "clip_norm", 0.05),
+    "weight_decay": lambda m: setattr(m.optimizer, "weight_decay", 0.5),
+    "beta1": lambda m: setattr(m.optimizer, "beta1", 0.5),
+    "label_smoothing": lambda m: setattr(m.loss, "label_smoothing", 0.3),
+    "leaky_slope": lambda m: setattr(m.layers[0], "alpha", 0.3),
+    "negative_slope": lambda m: setattr(m.layers[0], "alpha", -0.2),  # not fused: eager
+    "dropout_rate": lambda m: setattr(m.layers[1], "rate", 0.6),
+    "loss": lambda m: setattr(m, "loss", fn.losses.get_loss("mse")),  # not captured: eager
+}
+
+
+class _ChangeAt(fn.Callback):
+    def __init__(self, change, epoch, batch):
+        self.change, self.at = change, (epoch, batch)
+
+    def on_epoch_begin(self, model, epoch):
+        self.epoch = epoch
+
+    def on_batch_begin(self, model, batch):
+        if (self.epoch, batch) == self.at:
+            self.change(model)
+            model.loss.build(model.backend)
+
+
+@pytest.mark.parametrize("where", [(0, 3), (1, 0)], ids=["mid_epoch", "epoch_start"])
+@pytest.mark.parametrize("backend", ["sim", "emulated", "numba"])
+@pytest.mark.parametrize("change", sorted(MID_FIT_CHANGES))
+def test_a_callbacks_change_mid_fit_reaches_compiled_steps_at_once(change, backend, where):
+    """A batch callback's change of a constant a compiled step baked in (clipping, decay,
+    betas, smoothing, a slope, a dropout rate) reached the graphs' full batches only at the
+    next epoch, while the partial last batch ran eagerly with it; a negative slope crashed
+    the numba step; a loss swapped for MSE was replayed stale. Now eager == compiled."""
+    r = np.random.default_rng(0)
+    y = r.integers(0, 4, 200)
+    X, targets = r.normal(size=(200, 20)) + y[:, None] * 0.3, np.eye(4)[y]
+
+    def train(compiled):
+        layers = [fn.Dense(16, "leaky_relu"), fn.Dropout(0.2, seed=1), fn.Dense(4)]
+        kw = {"optimizer": fn.Adam(0.01), "dtype": "float64", "seed": 3}
+        model = fn.Sequential(layers, backend=_compiled_backend(backend), **kw)
+        hook = _ChangeAt(MID_FIT_CHANGES[change], *where)
+        model.fit(X, targets, epochs=2, batch_size=32, verbose=0, compiled=compiled,
+                  callbacks=[hook])  # fmt: skip
+        return model
+
+    eager, compiled = train(False), train("auto")
+    for a, b in zip(eager.get_weights(), compiled.get_weights(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(compiled.history["loss"], eager.history["loss"], rtol=1e-12)
+    eager_now = change in ("loss", "negative_slope")
+    assert compiled.step_description.startswith("eager") == eager_now, compiled.step_description

@@ -58,6 +58,7 @@ class GraphedStep:
         self.kept: list = []
         self.replays = 0  # steps run by graph replays
         self.eager_reason = ""  # set when the warm-up met something a capture cannot do
+        self.plan_reason = ""  # why the model's plan now is not capturable (a callback's change)
         self.required = False  # compiled=True: such a warm-up raises instead
         self.reduce: Callable[[], Any] | None = None  # data parallelism: the all-reduce
 
@@ -71,11 +72,30 @@ class GraphedStep:
         return self.views[n]
 
     def begin_epoch(self) -> None:
-        if self.frozen != self.model._frozen_constants():
-            self.graph = None  # a callback changed a constant the graph baked in: capture again
-            self.multi, self.kept = {}, []
-            self.warm = False  # after an eager step: buffers, kernels and probes of the new ones
+        self._recheck()
         self.backend.fill(self.totals, 0.0)
+
+    def refresh(self) -> None:
+        """Before each step where batch callbacks ran (one step per replay, then)."""
+        if self.steps_per_graph > 1 and self.model.step_description == self.description:
+            self.model.step_description = "captured graph (the step function, replayed per batch)"
+        self._recheck()
+
+    def _recheck(self) -> None:
+        """A constant the graphs baked in that changed (a callback's) means capturing again,
+        after an eager step (buffers, kernels and probes of the new ones), or running eagerly
+        while the model's plan is not capturable (a loss swapped for one no capture covers)."""
+        frozen = self.model._frozen_constants()
+        if frozen == self.frozen:
+            return
+        self.frozen, self.graph, self.multi, self.kept, self.warm = frozen, None, {}, [], False
+        self.plan_reason = self.backend.plan_capture_reason(self.model.step_plan())
+        if self.plan_reason and self.required:
+            raise CaptureRequiredError(
+                f"a compiled step was required (compiled=True), but {self.plan_reason}"
+            )
+        reason = self.eager_reason or self.plan_reason
+        self.model.step_description = f"eager ({reason})" if reason else self.description
 
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
         n = xb.shape[0]
@@ -93,6 +113,9 @@ class GraphedStep:
         for src, dst in ((xb, x), (yb, y), (wb, w)):
             if src is not None and src is not dst:
                 dst[...] = src  # a caller that did not gather into the step's buffers
+        if self.plan_reason:
+            self.model.train_step(x, y, w, self.totals, self.reduce)
+            return
         if n == self.batch_size and self.graph is None and self.warm and not self.eager_reason:
             self._capture()
         if n == self.batch_size and self.graph is not None:
@@ -130,12 +153,10 @@ class GraphedStep:
         self._keep()
 
     def _keep(self) -> None:
-        """After a capture: the constants it baked in, and the buffers it writes into on every
-        replay, kept (with every live graph's) beyond the layers' buffer caches."""
-        model = self.model
-        self.frozen = model._frozen_constants()
+        """After a capture: the buffers it writes into on every replay, kept (with every live
+        graph's) beyond the layers' buffer caches."""
         known = {id(b) for b in self.kept}
-        self.kept += [b for b in model.scratch_buffers() if id(b) not in known]
+        self.kept += [b for b in self.model.scratch_buffers() if id(b) not in known]
 
     def release_data(self) -> None:
         """Drop the multi-step graphs and the training arrays they gather from (end of fit:
@@ -158,7 +179,7 @@ class GraphedStep:
         full = 0
         while full < len(bounds) and tuple(bounds[full]) == (full * size, (full + 1) * size):
             full += 1
-        if self.steps_per_graph == 1 or full == 0 or self.eager_reason:
+        if self.steps_per_graph == 1 or full == 0 or self.eager_reason or self.plan_reason:
             return 0
         backend = self.backend
         if len(data) != len(self.data) or any(a is not b for a, b in zip(data, self.data)):

@@ -60,6 +60,9 @@ class FusedDenseStep:
         self.no_targets = np.empty((0, 0), dtype)
         self.no_weights = np.empty(0, dtype)
         self.totals = np.zeros(2)
+        self.frozen: tuple = ()  # the model's constants the kernel's arguments were read for
+        self.fallback = ""  # why the model's plan is no longer fused (a callback's change)
+        self.required = False  # compiled=True: such a change raises instead
         self.buffers: tuple[Any, ...] | None = None
         if spec is not None:  # the batch source gathers into these: no allocation per batch
             self.buffers = (
@@ -78,8 +81,31 @@ class FusedDenseStep:
         self.totals[:] = 0
         for op in ("matmul", "bias_act", "act_backward_bias", "softmax_xent", "count_correct"):
             self.backend.record_kernel(op, "numba-fused (in the fused step)")
-        # arrays are re-read from a fresh plan: set_state may have replaced them
-        plan = self.model.step_plan()  # a callback may have changed a slope or the smoothing
+        self.frozen = ()  # arrays are re-read from a fresh plan: set_state may have replaced them
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Before an epoch, and before each step where batch callbacks ran: the kernel's
+        arguments re-read where the model's constants changed (a slope, the smoothing, a
+        dropout rate), or eager steps while its plan is no longer fused (a callback's change)."""
+        frozen = self.model._frozen_constants()
+        if frozen == self.frozen:
+            return
+        self.frozen, plan = frozen, self.model.step_plan()
+        self.fallback = fused_step_reason(plan)
+        if self.fallback and self.required:
+            from fastnet.backends.graph_step import CaptureRequiredError
+
+            raise CaptureRequiredError(
+                f"a compiled step was required (compiled=True), but {self.fallback}"
+            )
+        self.model.step_description = (
+            f"eager ({self.fallback})" if self.fallback else self.description
+        )
+        if not self.fallback:
+            self._read(plan)
+
+    def _read(self, plan: StepPlan) -> None:
         layers, drops = plan.dense_stack()  # type: ignore[misc]
         self.alphas = tuple(self.dtype.type(layer.alpha) for layer in layers)
         self.smoothing = plan.loss.label_smoothing
@@ -119,13 +145,16 @@ class FusedDenseStep:
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
         if xb.shape[0] > self.batch_size:
             raise ValueError(f"batch of {xb.shape[0]} rows exceeds the step's {self.batch_size}")
+        self.model.arena.write_lr()
+        if self.fallback:
+            self.model.train_step(xb, yb, wb, totals=self.totals)
+            return
         x = np.ascontiguousarray(xb, self.dtype)
         if yb.ndim == 1:
             labels, targets = np.ascontiguousarray(yb, np.int64), self.no_targets
         else:
             labels, targets = self.no_labels, np.ascontiguousarray(yb, self.dtype)
         w = self.no_weights if wb is None else np.ascontiguousarray(wb, self.dtype)
-        self.model.arena.write_lr()
         self.kernel(
             x,
             labels,
@@ -147,4 +176,4 @@ class FusedDenseStep:
         self.model.arena.update()
 
     def end_epoch(self) -> tuple[Any, Any]:
-        return self.totals[0], self.totals[1]
+        return self.totals[0], (self.totals[1] if self.model.loss.counts_correct else None)
