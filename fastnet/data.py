@@ -10,8 +10,11 @@ import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+
+from fastnet.backends.interop import host_array
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_CLASSES = (
@@ -237,34 +240,58 @@ def one_hot(labels: np.ndarray, n_classes: int | None = None, dtype=np.float32) 
 
 
 def train_val_split(
-    X: np.ndarray,
-    y: np.ndarray,
+    X: Any,
+    y: Any,
     val_fraction: float = 0.1,
     seed: int | None = 0,
     stratify: bool = True,
 ):
-    """Seeded shuffled split: ``(X_train, y_train), (X_val, y_val)``. With ``stratify`` each
-    class (labels, or the argmax of one-hot rows) gives its share; real-valued targets are
-    split without strata."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    """Seeded shuffled split: ``(X_train, y_train), (X_val, y_val)``, ``round(n *
+    val_fraction)`` rows held out. With ``stratify`` each class (labels, or the argmax of
+    one-hot rows) gives its share (largest remainders, as scikit-learn's stratified splits);
+    real-valued targets are split without strata. Lists and pandas objects come back as NumPy
+    arrays (rows by position), arrays as their own type."""
+    real = isinstance(val_fraction, numbers.Real) and not isinstance(val_fraction, bool)
+    if not (real and 0 < val_fraction < 1):
+        raise ValueError(f"val_fraction must be a number in (0, 1), got {val_fraction!r}")
+    X, y = _by_position(X, "X"), _by_position(y, "y")
     if len(X) != len(y):
         raise ValueError(f"X has {len(X)} samples but y has {len(y)}")
+    n, n_val = len(X), int(round(len(X) * val_fraction))
+    if not 0 < n_val < n:
+        fits = f"use one from {math.ceil(1000 / n) / 1000} to {math.floor(1000 - 1000 / n) / 1000}"
+        raise ValueError(
+            f"the validation fraction {val_fraction!r} (val_fraction; validation_split in fit) "
+            f"holds out {n_val} of {n} rows, leaving an empty "
+            f"{'validation' if n_val == 0 else 'training'} set; "
+            + (fits if n > 1 else "splitting needs 2 rows or more")
+        )
     rng = np.random.default_rng(seed)
     strata = _strata(np.asarray(y)) if stratify else None
     if strata is not None:
-        val_idx = []
-        for cls in np.unique(strata):
-            members = rng.permutation(np.flatnonzero(strata == cls))
-            val_idx.append(members[: int(round(len(members) * val_fraction))])
-        val = np.sort(np.concatenate(val_idx))
+        classes = [np.flatnonzero(strata == cls) for cls in np.unique(strata)]
+        members = [rng.permutation(rows) for rows in classes]
+        counts = _shares(np.array([len(m) for m in members]), val_fraction, n_val, rng)
+        val = np.sort(np.concatenate([m[:k] for m, k in zip(members, counts)]))
     else:
-        val = np.sort(rng.permutation(len(X))[: int(round(len(X) * val_fraction))])
-    mask = np.ones(len(X), dtype=bool)
+        val = np.sort(rng.permutation(n)[:n_val])
+    mask = np.ones(n, dtype=bool)
     mask[val] = False
-    if mask.sum() == 0 or len(val) == 0:
-        raise ValueError("split leaves an empty training or validation set")
     return (X[mask], y[mask]), (X[val], y[val])
+
+
+def _shares(sizes: np.ndarray, fraction: float, total: int, rng: Any) -> np.ndarray:
+    """Rows to hold out per class, ``total`` in all: each class's share rounded, then the
+    classes rounded furthest from their share (ties drawn) give or take one row each."""
+    share = sizes * fraction
+    counts = np.array([int(round(s)) for s in share])
+    excess = int(counts.sum()) - total
+    if excess:  # largest remainders: the same counts as flooring and topping up
+        gap = (share - counts) * np.sign(excess)  # the best to change first: lowest
+        movable = counts > 0 if excess > 0 else counts < sizes
+        order = np.lexsort((rng.random(len(sizes)), gap, ~movable))
+        counts[order[: abs(excess)]] -= np.sign(excess)
+    return counts
 
 
 def _strata(y: np.ndarray) -> np.ndarray | None:
@@ -277,19 +304,26 @@ def _strata(y: np.ndarray) -> np.ndarray | None:
     return y
 
 
+def _by_position(a: Any, name: str) -> Any:
+    """``a`` indexable by row positions: lists and pandas objects as NumPy arrays (their
+    index labels play no part), arrays (NumPy, CuPy, ...) as they are."""
+    return host_array(a, name) if isinstance(a, (list, tuple)) or hasattr(a, "iloc") else a
+
+
 def minibatches(
-    X: np.ndarray,
-    y: np.ndarray,
+    X: Any,
+    y: Any,
     batch_size: int = 128,
     seed: int | None = None,
     shuffle: bool = True,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """``(X_batch, y_batch)`` pairs covering the data once (the last batch may be short);
-    the arguments are checked at the call."""
+    the arguments are checked at the call. Lists and pandas objects are batched as NumPy
+    arrays, by row position."""
     integral = isinstance(batch_size, numbers.Integral) and not isinstance(batch_size, bool)
     if not integral or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    X, y = (np.asarray(a) if isinstance(a, (list, tuple)) else a for a in (X, y))  # device too
+    X, y = _by_position(X, "X"), _by_position(y, "y")  # device arrays as they are
     if len(X) != len(y):
         raise ValueError(f"X has {len(X)} rows but y has {len(y)}")
     order = np.random.default_rng(seed).permutation(len(X)) if shuffle else np.arange(len(X))

@@ -131,6 +131,11 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
+def _is_count(value: Any) -> bool:
+    """An integer >= 0 (not a bool)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and bool(value >= 0)
+
+
 def _check_weights(sample_weight: Any, n: int) -> np.ndarray:
     w = host_array(sample_weight, "sample_weight")
     if w.dtype.kind not in "biuf" or w.shape != (n,):
@@ -336,6 +341,15 @@ class _MLPBase(BaseEstimator):
                 raise ValueError(f"{name} must be a finite number {span}, got {value!r}")
         if self.beta_1 == 1 or self.beta_2 == 1:
             raise ValueError("beta_1 and beta_2 must be below 1")
+        if not _is_count(self.n_iter_no_change):
+            raise ValueError(
+                f"n_iter_no_change must be an integer >= 0, got {self.n_iter_no_change!r}"
+            )
+        state = self.random_state
+        if not (state is None or isinstance(state, np.random.RandomState) or _is_count(state)):
+            raise ValueError(
+                f"random_state must be None, an integer >= 0 or a numpy RandomState, got {state!r}"
+            )
         for name, allowed in (
             ("solver", SOLVERS),
             ("activation", ACTIVATIONS),
@@ -347,7 +361,15 @@ class _MLPBase(BaseEstimator):
                     f"{type(self).__name__}; use one of {', '.join(allowed)}"
                 )
 
-    def _build(self, n_outputs: int, rows_per_batch: float) -> Sequential:
+    def _seed(self) -> int | None:
+        """``random_state`` as a seed: None or an int as given; a ``RandomState`` draws one
+        (a new one each fit, as scikit-learn's ``check_random_state`` makes it)."""
+        state = self.random_state
+        if isinstance(state, np.random.RandomState):
+            return int(state.randint(np.iinfo(np.int32).max))
+        return state
+
+    def _build(self, n_outputs: int, rows_per_batch: float, seed: int | None) -> Sequential:
         """``rows_per_batch``: the batch's summed sample weight, scikit-learn's divisor of the
         L2 term ``alpha * W``."""
         sizes = self.hidden_layer_sizes
@@ -365,7 +387,7 @@ class _MLPBase(BaseEstimator):
             optimizer=self._optimizer(self.alpha / rows_per_batch),
             backend=self.backend,
             dtype=self.dtype,
-            seed=self.random_state,
+            seed=seed,
             precision=self.precision,
         )
 
@@ -459,20 +481,20 @@ class _MLPBase(BaseEstimator):
             raise ValueError(f"max_iter must be a positive integer, got {epochs!r}")
         targets, fitted = self._targets(y, continuing, extra)  # checks; changes nothing
         weights = None if sample_weight is None else _check_weights(sample_weight, len(X))
-        validation = None
+        validation, seed = None, self._seed()  # (drawn from a RandomState once data passed)
         if self.early_stopping and not incremental:
-            X, targets, weights, validation = self._hold_out(X, targets, weights)
+            X, targets, weights, validation = self._hold_out(X, targets, weights, seed)
         batch = self._batch(len(X))
         # scikit-learn divides by the summed weights: rows weigh w / mean(w) in fit's mean
         mean_weight = 1.0 if weights is None else float(weights.mean())
         if weights is not None:
             weights = weights / mean_weight
         if continuing and not incremental:  # warm_start: the current hyperparameters
-            model = self._rebuilt(self.model_, batch * mean_weight)
+            model = self._rebuilt(self.model_, batch * mean_weight, seed)
         elif continuing:
             model = self.model_
         else:
-            model = self._build(self._n_outputs(fitted), batch * mean_weight)
+            model = self._build(self._n_outputs(fitted), batch * mean_weight, seed)
         history = self._train(model, X, targets, epochs, batch, validation, weights)
         for key, value in fitted.items():
             setattr(self, key, value)
@@ -496,11 +518,12 @@ class _MLPBase(BaseEstimator):
             )
         return self
 
-    def _rebuilt(self, fitted: Sequential, rows_per_batch: float) -> Sequential:
+    def _rebuilt(self, fitted: Sequential, rows_per_batch: float, seed: int | None) -> Sequential:
         """``warm_start``: a model of the current hyperparameters with ``fitted``'s weights and
         buffers and a new optimizer (as scikit-learn makes one: a changed learning rate, alpha
         or solver counts); the network itself may not change."""
-        model = self._build(fitted.output_dim, rows_per_batch).build(int(fitted.input_dim or 0))
+        model = self._build(fitted.output_dim, rows_per_batch, seed)
+        model.build(int(fitted.input_dim or 0))
         configs = [[layer.get_config() for layer in m.layers] for m in (fitted, model)]
         if configs[0] != configs[1]:
             raise ValueError(
@@ -513,13 +536,13 @@ class _MLPBase(BaseEstimator):
         model.history = {key: list(values) for key, values in fitted.history.items()}
         return model
 
-    def _hold_out(self, X: Any, targets: Any, weights: Any) -> tuple:
+    def _hold_out(self, X: Any, targets: Any, weights: Any, seed: int | None) -> tuple:
         """``early_stopping``'s seeded validation split: (X, targets, weights, validation)."""
         if not 0 < self.validation_fraction < 1:
             raise ValueError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
-        order = np.random.default_rng(self.random_state).permutation(len(X))
+        order = np.random.default_rng(seed).permutation(len(X))
         n_val = max(1, int(round(len(X) * self.validation_fraction)))
         val, train = order[:n_val], order[n_val:]
         weights = None if weights is None else weights[train]

@@ -18,8 +18,7 @@ def confusion_matrix(
 ) -> np.ndarray:
     """``cm[i, j]`` = rows of true class ``i`` predicted as ``j`` (integer labels ``0..k-1``);
     with ``sample_weight``, their summed weights."""
-    t = np.asarray(y_true).astype(np.int64).ravel()
-    p = np.asarray(y_pred).astype(np.int64).ravel()
+    t, p = _class_indices(y_true, "y_true"), _class_indices(y_pred, "y_pred")
     if t.shape != p.shape:
         raise ValueError(f"y_true has {t.size} labels but y_pred has {p.size}")
     if t.size and (min(t.min(), p.min()) < 0):
@@ -30,6 +29,14 @@ def confusion_matrix(
         raise ValueError(f"labels must be below n_classes={k}")
     weights = None if sample_weight is None else np.asarray(sample_weight, np.float64).ravel()
     return np.bincount(t * k + p, weights, minlength=k * k).reshape(k, k)
+
+
+def _class_indices(labels: Any, name: str) -> np.ndarray:
+    """``labels`` flat as int64, refused where a cast would change them (2.5, NaN, "a")."""
+    a = np.asarray(labels).ravel()
+    if a.dtype.kind not in "biuf" or (a.dtype.kind == "f" and not np.all(a == np.round(a))):
+        raise ValueError(f"{name} must hold integer class labels, got {a.dtype} {a[:3].tolist()}")
+    return a.astype(np.int64)
 
 
 def macro_scores(cm: np.ndarray) -> dict[str, float]:

@@ -515,16 +515,20 @@ class Sequential(Trainer):
     def confusion_matrix(self, X: Any, y: Any) -> np.ndarray:
         """Counts of true class (rows) against predicted class (columns) on ``(X, y)``."""
         from fastnet.metrics import confusion_matrix
+        from fastnet.validation import check_class_labels
 
         self._require_built()
         binary = not self.loss.multiclass and self.output_dim == 1
         if not self.loss.classification or not (self.loss.multiclass or binary):
             kind = "multi-label" if self.loss.classification else "regression"
             raise ValueError(f"confusion_matrix is for class labels, not a {kind} model's outputs")
-        labels = host_array(y, "y")
-        if labels.ndim == 2:  # one-hot rows, or a column of class indices
-            labels = labels[:, 0] if labels.shape[1] == 1 else labels.argmax(axis=1)
-        return confusion_matrix(labels, self.predict(X), 2 if binary else self.output_dim)
+        predicted = self.predict(X)
+        labels = self._targets(y, "y", len(predicted), self.output_dim, on_device=False)
+        if binary:  # checked as evaluate's targets, then as 0/1 labels
+            labels = check_class_labels(labels.reshape(-1), "y", len(predicted), 2)
+        elif labels.ndim == 2:  # one-hot rows
+            labels = labels.argmax(axis=1)
+        return confusion_matrix(labels, predicted, 2 if binary else self.output_dim)
 
     # ------------------------------------------------------------------ state
     def state_entries(self) -> list[StateEntry]:

@@ -81,7 +81,12 @@ def check_class_labels(
     """Validate integer class labels (1-D) on the host and return them as int64."""
     y = host_array(y, name)
     if y.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+        odd = next((v for v in y.flat if not isinstance(v, numbers.Number)), None)
+        raise TypeError(
+            f"{name} must hold integer class labels, got dtype {y.dtype}"
+            + (f" (such as {str(odd)!r})" if odd is not None else "")
+            + f": encode the classes as 0..k-1 first (e.g. pandas.factorize({name})[0])"
+        )
     if y.ndim != 1:
         raise ValueError(f"{name} must be 1-D class labels, got shape {y.shape}")
     if len(y) != n_samples:
@@ -119,7 +124,7 @@ def check_targets(
     place = backend.asarray if on_device else np.ascontiguousarray
     host = host_array(as_input(y, name, backend), name)  # GPU labels adopted like X (DLPack)
     column = host.ndim == 2 and host.shape[1] == 1 and n_outputs > 1
-    if getattr(loss, "multiclass", False) and column and host.dtype.kind in "biu":
+    if getattr(loss, "multiclass", False) and column:
         host = host[:, 0]  # a column of class indices (Keras's sparse labels of shape (n, 1))
     if getattr(loss, "multiclass", False) and host.ndim == 1:
         return place(check_class_labels(host, name, n_samples, n_outputs))

@@ -6,6 +6,7 @@ This is the only place that knows foreign array types; the input checks ask it.
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import numpy as np
@@ -44,7 +45,11 @@ def as_input(x: Any, name: str, backend: Any) -> Any:
         return x
     device = dlpack_device(x)
     if device is None:
-        return host_array(x, name)
+        array = host_array(x, name)
+        hint = "" if array.dtype.kind in "biuf" else non_numeric_columns(x)
+        if hint:  # a DataFrame's string column: fit's message is predict's
+            raise TypeError(f"{name} must hold numbers, got dtype {array.dtype}{hint}")
+        return array
     if device == backend.dlpack_device():
         return backend.from_dlpack(x)
     if device[0] in (DL_CPU, DL_CUDA_HOST):
@@ -62,7 +67,12 @@ def host_array(x: Any, name: str) -> np.ndarray:
     if x is None:
         raise TypeError(f"{name} is None; expected an array")
     if isinstance(x, np.ndarray):
-        return x
+        return _frame_of_numbers(x, x) if x.dtype == object else x
+    if type(x).__module__.startswith("scipy.sparse"):
+        raise TypeError(
+            f"{name} is a scipy.sparse matrix; sparse matrices are not supported: pass "
+            f"{name}.toarray() (dense)"
+        )
     device = dlpack_device(x)
     if device is not None and device[0] not in (DL_CPU, DL_CUDA_HOST):
         getter = getattr(x, "get", None)  # CuPy copies to the host explicitly
@@ -77,16 +87,20 @@ def host_array(x: Any, name: str) -> np.ndarray:
         raise ValueError(
             f"{name} cannot be converted to an array (ragged rows or mixed types?): {exc}"
         ) from None
-    return _frame_of_numbers(x) if array.dtype == object else array
+    return _frame_of_numbers(x, array) if array.dtype == object else array
 
 
-def _frame_of_numbers(x: Any) -> np.ndarray:
+def _frame_of_numbers(x: Any, array: np.ndarray) -> np.ndarray:
     """A pandas DataFrame whose columns mix numeric types (bool and float, nullable Float64)
-    as one float64 array (missing values NaN); other objects as NumPy makes them."""
-    kinds = [getattr(d, "kind", "O") for d in getattr(x, "dtypes", [None])]
-    if hasattr(x, "to_numpy") and hasattr(x, "columns") and all(k in "biuf" for k in kinds):
-        return x.to_numpy(dtype=np.float64, na_value=np.nan)
-    return np.asarray(x)
+    as one float64 array (missing values NaN); objects that are all numbers (a Series of
+    dtype object holding ints) as NumPy's numbers; others as ``array``, NumPy's objects."""
+    if hasattr(x, "columns") and hasattr(x, "to_numpy"):
+        kinds = [getattr(d, "kind", "O") for d in x.dtypes]
+        if all(k in "biuf" for k in kinds):
+            return x.to_numpy(dtype=np.float64, na_value=np.nan)
+    if array.size and all(isinstance(v, numbers.Number) for v in array.flat):
+        return np.array(array.tolist())
+    return array
 
 
 def non_numeric_columns(x: Any) -> str:
