@@ -715,11 +715,14 @@ class Trainer:
                 cb.on_epoch_begin(self, epoch)
             snapshot = self.get_state()
             logs = self._train_epoch(run_epoch, run, epoch, snapshot)
-            if not np.isfinite(logs["loss"]) and run.on_divergence != "ignore":
+            bad = "" if not np.isfinite(logs["loss"]) else self._nonfinite_state()
+            broken = f"{bad} became NaN or infinite" if bad else f"loss became {logs['loss']}"
+            broken = "" if np.isfinite(logs["loss"]) and not bad else broken
+            if broken and run.on_divergence != "ignore":
                 half = getattr(self, "policy", None) == "mixed_float16"
                 restored = self._restore_last_good([snapshot, previous], run.X, run.y, epoch)
                 self.stop_reason = (
-                    f"loss became {logs['loss']} in epoch {epoch + 1}; {restored} (try a lower lr"
+                    f"{broken} in epoch {epoch + 1}; {restored} (try a lower lr or smaller inputs"
                     + (", or mixed_bfloat16: float16 holds values up to 65504)" if half else ")")
                 )
                 self.diverged = True
@@ -1044,16 +1047,30 @@ class Trainer:
         return rows
 
     # ------------------------------------------------------------------ divergence
+    def _nonfinite_state(self) -> str:
+        """What of the model's state holds NaN or inf ("" if nothing): a finite loss can hide
+        overflowed weights (after the epoch's last step) or optimizer slots (an Adam ``v`` of
+        squared gradients beyond float32's range)."""
+        for g in self.arena.groups:
+            for what, a in (("the weights", g.values), *g.slots.items()):
+                if not self.backend.all_finite(a):
+                    return what if what == "the weights" else f"the optimizer's {what} slot"
+        for i, layer in enumerate(self.layers):
+            for key, buf in layer.state_buffers().items():
+                if np.dtype(buf.dtype).kind == "f" and not self.backend.all_finite(buf):
+                    return f"layer {i}'s {key}"
+        return ""
+
     def _restore_last_good(
         self, candidates: Sequence[dict[str, Any] | None], X: Any, y: Any, epoch: int
     ) -> str:
-        """Restore the newest snapshot whose training loss is finite (start of this epoch, else
-        of the one before); says which."""
+        """Restore the newest snapshot that is finite with a finite training loss (start of
+        this epoch, else of the one before); says which."""
         names = [f"start of epoch {epoch + 1}", f"start of epoch {epoch}"]
         kept = [(s, name) for s, name in zip(candidates, names) if s is not None]
         for state, name in kept:
-            self.set_state(state)
-            if np.isfinite(self._loss_on(X, y)):
+            self.set_state(state, validate=False)  # (the fit's own copies, maybe not finite)
+            if not self._nonfinite_state() and np.isfinite(self._loss_on(X, y)):
                 return f"weights from the {name} restored (last with a finite loss)"
         return (
             f"weights from the {kept[-1][1]} restored, but even they give a non-finite loss "

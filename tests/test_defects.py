@@ -210,6 +210,26 @@ def test_full_batch_divergence_restores_weights_with_a_finite_loss(backend):
     assert np.isfinite(model.evaluate(X * 100, y)["loss"])
 
 
+def test_a_finite_loss_hiding_non_finite_state_is_a_divergence_too(backend, tmp_path):
+    """One batch an epoch: the loss is computed before the update that overflows, so it
+    stayed finite while the weights became inf (fit returned normally, then the restore of a
+    second epoch crashed on its non-finite snapshot); Adam's v of squared 1e20 gradients
+    overflowed float32 under finite weights and loss (saved, the model did not load)."""
+    r = np.random.default_rng(0)
+    X, y = r.normal(size=(64, 4)).astype(np.float32), r.integers(0, 3, 64)
+    cases = ((fn.SGD(1e30), X * 1e10, "the weights"), (fn.Adam(1e-3), X * 1e20, "'s v slot"))
+    for optimizer, features, what in cases:
+        model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], optimizer=optimizer,
+                              backend=backend, seed=0)  # fmt: skip
+        with pytest.warns(RuntimeWarning, match=f"{what} became NaN or infinite in epoch 1"):
+            model.fit(features, y, epochs=3, batch_size=64, verbose=0)
+        assert model.diverged and "start of epoch 1 restored" in model.stop_reason
+        model.save(tmp_path / "m.npz")  # a finite state: saved and loaded
+        assert fn.load_model(tmp_path / "m.npz").count_params() == model.count_params()
+        with pytest.raises(fn.TrainingDivergedError, match=what):
+            model.fit(features, y, epochs=2, batch_size=64, verbose=0, on_divergence="raise")
+
+
 # ---------------------------------------------------------------- errors a user can act on
 def _signed(tmp_path, name, arrays, meta):
     meta = {"format_version": 1, "sha256": _digest(arrays), **meta}
