@@ -150,6 +150,8 @@ class _StrippedLoop:
                 0,
                 inf,
                 None if "adam" in k.FLUSH_MODE_RULES else tiny,  # as the backend calls it
+                f32(1.0 - 0.9),  # 1 - beta1, 1 - beta2 from float64 (the backend's)
+                f32(1.0 - 0.999),
             )
         elif self.optimizer == "sgd":
             k.advance_scalars(self.scalars, self.norm_sq, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)

@@ -38,6 +38,12 @@ def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
     return float(value)
 
 
+def _check_flag(value: Any, name: str) -> bool:
+    if not (isinstance(value, bool) or type(value).__name__ == "bool"):  # (NumPy's bool too)
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _check_fraction(name: str, value: Any) -> float:
     if not (_is_real(value) and 0 <= value < 1):
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
@@ -62,8 +68,10 @@ class Optimizer:
 
     ``slots`` names the per-element state the rule keeps (in the parameter arena, so one
     optimizer can serve a whole model or a single layer). ``constants()`` are the per-element
-    kernel's constant arguments, in kernel order; ``reference`` is the rule in NumPy (the
-    published update, the ground truth for every kernel); ``kernel`` names the fused kernels
+    kernel's constant arguments, in kernel order, and ``derived_constants()`` what the kernels
+    need that derives from them (``1 - beta``), computed in float64 on the host; ``reference``
+    is the rule in NumPy (the published update, the ground truth for every kernel, deriving
+    its own from the Python floats); ``kernel`` names the fused kernels
     (``fastnet.kernels.numba_cpu.<kernel>_update``, ``fastnet.kernels.cupy_gpu.UPDATE_RULES``).
     A new rule is a subclass here plus, for speed, one kernel per kernel module. A subclass
     with its own ``reference`` and no ``kernel`` of its own runs ``reference`` on every
@@ -149,6 +157,16 @@ class Optimizer:
 
     def constants(self) -> tuple[float, ...]:
         """The per-element kernel's constant arguments (after the slots), in kernel order."""
+        return ()
+
+    def derived_constants(self, constants: tuple) -> tuple[float, ...]:
+        """Values the fused kernels need that derive from ``constants`` (``1 - beta``),
+        computed here in float64; backends round them once to the parameters' dtype, as they
+        round ``constants``. Computed in float32 from a rounded ``beta`` instead, ``1 - beta``
+        would be off by up to ``3e-8 / (1 - beta)`` relative (1.4e-3 for ``beta2 = 0.99999``:
+        Adam's steps off by 7e-4, their bias correction using the exact ``beta2``). numba's
+        kernels take them after their other arguments (``..., clip, tiny, *derived``), CUDA's
+        right after ``constants``."""
         return ()
 
     def scalar_constants(self) -> tuple[float, ...]:
@@ -246,7 +264,7 @@ class Momentum(Optimizer):
     ) -> None:
         super().__init__(lr, weight_decay, **clipping)
         self.momentum = _check_fraction("momentum", momentum)
-        self.nesterov = bool(nesterov)
+        self.nesterov = _check_flag(nesterov, "nesterov")
 
     def constants(self) -> tuple[float, ...]:
         return (self.momentum, float(self.nesterov))
@@ -311,6 +329,9 @@ class RMSProp(Optimizer):
     def constants(self) -> tuple[float, ...]:
         return (self.rho,)
 
+    def derived_constants(self, constants: tuple) -> tuple[float, ...]:
+        return tuple(1.0 - c for c in constants)  # 1 - rho
+
     def reference(
         self, xp: Any, p: Any, g: Any, slots: tuple, step: Any, eps: Any, constants: tuple
     ) -> None:
@@ -350,10 +371,13 @@ class Adam(Optimizer):
         self.beta1 = _check_fraction("beta1", beta1)
         self.beta2 = _check_fraction("beta2", beta2)
         self.eps = _check_positive("eps", eps)
-        self.eps_hat = bool(eps_hat)
+        self.eps_hat = _check_flag(eps_hat, "eps_hat")
 
     def constants(self) -> tuple[float, ...]:
         return (self.beta1, self.beta2)
+
+    def derived_constants(self, constants: tuple) -> tuple[float, ...]:
+        return tuple(1.0 - c for c in constants)  # 1 - beta1, 1 - beta2
 
     def reference(
         self, xp: Any, p: Any, g: Any, slots: tuple, step: Any, eps: Any, constants: tuple

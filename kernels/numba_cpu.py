@@ -345,6 +345,10 @@ def count_correct(logits, labels, targets):
 # ``range(n_decay, n)`` makes numba wrap negative indices, which stops LLVM vectorizing (5-10x
 # slower, measured). Constants are typed with ``p.dtype.type``: a bare ``1 - beta`` is int64 -
 # float32, which numba types as float64 and would run the whole update in double precision.
+# What derives from a rule's constants (``1 - beta``: ``Optimizer.derived_constants``) comes
+# last, computed in float64 by the backend and rounded once: computed here in float32 from the
+# rounded ``beta`` it would be off by up to ``3e-8 / (1 - beta)`` relative (Adam, beta2 =
+# 0.99999: 7e-4 in every step). A caller passing none (``bench/floor.py``) gets that value.
 # State slots are read and stored through ``_flush``: values below the dtype's smallest normal
 # number (``tiny``) become 0 (a compare and a select: no slow path). Adam's first moment of an
 # always-zero gradient otherwise decays into the subnormal range, where every later update of
@@ -429,21 +433,21 @@ def _adagrad(i, p, g, h, lr, eps, wd, gscale, clip, shrink, tiny):
 
 
 @njit(**INLINE)
-def _rmsprop(i, p, g, h, lr, rho, eps, wd, gscale, clip, shrink, tiny):
+def _rmsprop(i, p, g, h, lr, rho, keep, eps, wd, gscale, clip, shrink, tiny):
     pi = p[i]
     gi = _grad(g[i], pi, wd, gscale, clip)
-    hi = _flush(rho * _flush(h[i], tiny) + (p.dtype.type(1) - rho) * gi * gi, tiny)
+    hi = _flush(rho * _flush(h[i], tiny) + keep * gi * gi, tiny)  # keep: 1 - rho
     h[i] = hi
     p[i] = _shrunk(pi, shrink) - lr * gi / (math.sqrt(hi) + eps)
 
 
 @njit(**INLINE)
-def _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, wd, gscale, clip, shrink, tiny):
+def _adam(i, p, g, m, v, step, beta1, beta2, keep1, keep2, eps_hat, wd, gscale, clip, shrink, tiny):
+    """``keep1``, ``keep2``: 1 - beta1, 1 - beta2."""
     pi = p[i]
     gi = _grad(g[i], pi, wd, gscale, clip)
-    one = p.dtype.type(1)
-    mi = _flush(beta1 * _flush(m[i], tiny) + (one - beta1) * gi, tiny)
-    vi = _flush(beta2 * _flush(v[i], tiny) + (one - beta2) * (gi * gi), tiny)  # as the reference
+    mi = _flush(beta1 * _flush(m[i], tiny) + keep1 * gi, tiny)
+    vi = _flush(beta2 * _flush(v[i], tiny) + keep2 * (gi * gi), tiny)  # as the reference
     m[i] = mi
     v[i] = vi
     p[i] = _shrunk(pi, shrink) - step * mi / (math.sqrt(vi) + eps_hat)
@@ -454,7 +458,9 @@ def _flavours(body: Any) -> tuple[Any, Any]:
     runs as ``range`` when not parallel). The parallel one compiles a twin function object with
     its own name, so numba's on-disk cache keeps the two apart."""
     name = body.__name__.lstrip("_")
-    twin = types.FunctionType(body.__code__, body.__globals__, f"{name}_parallel")
+    twin = types.FunctionType(
+        body.__code__, body.__globals__, f"{name}_parallel", body.__defaults__
+    )
     twin.__qualname__ = twin.__name__
     serial = njit(**SERIAL)(body)
     return serial, njit(**PARALLEL)(twin)
@@ -509,42 +515,50 @@ def _adagrad_update(p, g, h, s, wd, n_decay, clip, tiny):
     _leave(tiny, mode)
 
 
-def _rmsprop_update(p, g, h, s, rho, wd, n_decay, clip, tiny):
+def _rmsprop_update(p, g, h, s, rho, wd, n_decay, clip, tiny, one_minus_rho=None):
+    """RMSProp; ``one_minus_rho`` from the backend (float64, rounded once)."""
     zero, one = wd - wd, p.dtype.type(1)
+    keep = one - rho if one_minus_rho is None else one_minus_rho
     lr, eps, shrink, gscale = _scalars(p, s)
     mode = _enter(tiny)
     if _plain(wd, gscale, clip, shrink):
         for i in prange(p.shape[0]):
-            _rmsprop(i, p, g, h, lr, rho, eps, None, None, None, None, tiny)
+            _rmsprop(i, p, g, h, lr, rho, keep, eps, None, None, None, None, tiny)
     else:
         pd, gd, hd = p[:n_decay], g[:n_decay], h[:n_decay]
         for i in prange(pd.shape[0]):
-            _rmsprop(i, pd, gd, hd, lr, rho, eps, wd, gscale, clip, shrink, tiny)
+            _rmsprop(i, pd, gd, hd, lr, rho, keep, eps, wd, gscale, clip, shrink, tiny)
         pu, gu, hu = p[n_decay:], g[n_decay:], h[n_decay:]
         for i in prange(pu.shape[0]):
-            _rmsprop(i, pu, gu, hu, lr, rho, eps, zero, gscale, clip, one, tiny)
+            _rmsprop(i, pu, gu, hu, lr, rho, keep, eps, zero, gscale, clip, one, tiny)
     _leave(tiny, mode)
 
 
-def _adam_update(p, g, m, v, s, beta1, beta2, wd, n_decay, clip, tiny):
-    """Adam with the bias correction folded into the step size and eps (device scalars)."""
+def _adam_update(
+    p, g, m, v, s, beta1, beta2, wd, n_decay, clip, tiny, one_minus_beta1=None, one_minus_beta2=None
+):
+    """Adam with the bias correction folded into the step size and eps (device scalars);
+    ``one_minus_beta1``, ``one_minus_beta2`` from the backend (float64, rounded once)."""
     zero, one = wd - wd, p.dtype.type(1)
+    b1, b2 = beta1, beta2
+    k1 = one - b1 if one_minus_beta1 is None else one_minus_beta1
+    k2 = one - b2 if one_minus_beta2 is None else one_minus_beta2
     step, eps_hat, shrink, gscale = _scalars(p, s)
     mode = _enter(tiny)
     if _plain(wd, gscale, clip, shrink):
         for i in prange(p.shape[0]):
-            _adam(i, p, g, m, v, step, beta1, beta2, eps_hat, None, None, None, None, tiny)
+            _adam(i, p, g, m, v, step, b1, b2, k1, k2, eps_hat, None, None, None, None, tiny)
     else:
         # pairs, not one 4-tuple: numba 0.68's parfors lowered ``pd, gd, md, vd = p[:k], ...``
         # so that the parallel flavour wrote nothing (test_numba_parallel_flavours_match_serial)
         pd, gd = p[:n_decay], g[:n_decay]
         md, vd = m[:n_decay], v[:n_decay]
         for i in prange(pd.shape[0]):
-            _adam(i, pd, gd, md, vd, step, beta1, beta2, eps_hat, wd, gscale, clip, shrink, tiny)
+            _adam(i, pd, gd, md, vd, step, b1, b2, k1, k2, eps_hat, wd, gscale, clip, shrink, tiny)
         pu, gu = p[n_decay:], g[n_decay:]
         mu, vu = m[n_decay:], v[n_decay:]
         for i in prange(pu.shape[0]):
-            _adam(i, pu, gu, mu, vu, step, beta1, beta2, eps_hat, zero, gscale, clip, one, tiny)
+            _adam(i, pu, gu, mu, vu, step, b1, b2, k1, k2, eps_hat, zero, gscale, clip, one, tiny)
     _leave(tiny, mode)
 
 

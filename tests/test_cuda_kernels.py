@@ -238,6 +238,46 @@ def test_half_kernels_match_the_reference_ops(gpu, half):
     np.testing.assert_array_equal(got[0], [2.0, 0.0])
 
 
+@pytest.mark.parametrize("beta2", [0.999, 0.9999, 0.99999])
+@pytest.mark.parametrize("half", [False, True], ids=["float32", "with-half-copy"])
+def test_first_float32_adam_step_of_the_fused_kernel_is_lr(gpu, beta2, half):
+    """The kernel takes ``1 - beta1`` and ``1 - beta2`` computed in float64 on the host: its
+    first step is ``lr * g / (|g| + eps)``, ``lr * sign(g)`` to 2e-8 here (``(T)1 - beta2``
+    from the rounded beta2 made it 7e-6 to 7e-4 off). Also in the kernel writing a half copy."""
+    rule, a, get = fn.Adam(1e-2, beta2=beta2), gpu.asarray, gpu.to_numpy
+    g = np.tile(np.array([1.0, -2.0, 0.5, -0.25], np.float32), 250)
+    p = gpu.zeros(1000, np.float32)
+    slots = (gpu.zeros(1000, np.float32), gpu.zeros(1000, np.float32))
+    s = a(np.array([1e-2] + [0.0] * 7))
+    compute = gpu.zeros(1000, np.float16) if half else None
+    gpu.advance_scalars(s, gpu.zeros(2, np.float64), rule.scalar_constants())
+    gpu.update(rule, p, a(g), slots, s, rule.constants(), 500, 0.0, None, compute)
+    assert gpu.kernel_report["update_adam"] == "cuda-fused"
+    np.testing.assert_allclose(-get(p).astype(np.float64), 1e-2 * np.sign(g), rtol=2.5e-7, atol=0)
+    np.testing.assert_allclose(get(slots[0]), np.float32(1 - 0.9) * g, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("momentum", [0.99, 0.999, 0.99999])
+def test_batchnorm_running_averages_take_one_minus_momentum_in_float64(gpu, momentum):
+    """float32 running averages ``momentum * r + (1 - momentum) * batch`` with ``1 - momentum``
+    computed in float64 and rounded once, as the reference: from the layer's initial zero
+    mean, ``(W)1 - momentum`` from the rounded momentum made the first running mean 1.3e-5
+    (0.999) to 1.4e-3 (0.99999) off the rule in float64; now 2e-7."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((200, 40)) + 3).astype(np.float32)
+    gamma, beta = np.ones(40, np.float32), np.zeros(40, np.float32)
+    r0 = np.zeros(40, np.float32), np.ones(40, np.float32)  # BatchNorm1d's initial statistics
+    a = gpu.asarray
+    running = (a(r0[0]), a(r0[1]))
+    out = tuple(gpu.empty(shape, np.float32) for shape in (x.shape, x.shape, (40,)))
+    gpu.batchnorm(a(x), a(gamma), a(beta), running, momentum, 1e-5, True, out)
+    x64 = x.astype(np.float64)
+    batch = (x64.mean(axis=0), x64.var(axis=0, ddof=1))
+    for got, r, b in zip(running, r0, batch):
+        want = momentum * r.astype(np.float64) + (1 - momentum) * b
+        np.testing.assert_allclose(gpu.to_numpy(got), want, rtol=2e-7, atol=0)
+
+
 def test_the_update_kernel_refreshes_the_half_copy_in_the_same_pass(gpu):
     """Mixed precision: the fused Adam kernel writes the float16 copy of the new float32
     parameters; a skipped step (SKIP) leaves parameters, slots and the copy alone."""

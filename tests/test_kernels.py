@@ -326,6 +326,16 @@ def _tail(wd=_F32, clip=3.0):
     return (np.float32(wd), 32, np.float32(clip), np.finfo(np.float32).tiny)
 
 
+#: the derived constants the backend passes after ``tiny`` (``Optimizer.derived_constants``:
+#: 1 - beta, computed in float64 and rounded once; 1 - 0.5 here)
+_DERIVED = {"rmsprop_update": (_F32,), "adam_update": (_F32, _F32)}
+
+
+def _tiny_at(name, args):
+    """Where ``tiny`` is in an update kernel's ``args`` (the derived constants follow it)."""
+    return len(args) - 1 - len(_DERIVED.get(name, ()))
+
+
 _F32_KERNEL_ARGS = {
     "bias_act": lambda a, v: [(a((8, 16)), v(16), code, _F32) for code in ACTS],
     "act_backward_bias": lambda a, v: [
@@ -336,9 +346,11 @@ _F32_KERNEL_ARGS = {
         (v(64), v(64), v(64), _S(s), _F32, np.float32(1), *_T(t))
     ],
     "adagrad_update": lambda a, v, s=None, t=None: [(v(64), v(64), v(64), _S(s), *_T(t))],
-    "rmsprop_update": lambda a, v, s=None, t=None: [(v(64), v(64), v(64), _S(s), _F32, *_T(t))],
+    "rmsprop_update": lambda a, v, s=None, t=None: [
+        (v(64), v(64), v(64), _S(s), _F32, *_T(t), *_DERIVED["rmsprop_update"])
+    ],
     "adam_update": lambda a, v, s=None, t=None: [
-        (v(64), v(64), v(64), v(64), _S(s), _F32, _F32, *_T(t))
+        (v(64), v(64), v(64), v(64), _S(s), _F32, _F32, *_T(t), *_DERIVED["adam_update"])
     ],
 }
 
@@ -476,7 +488,8 @@ def test_numba_plain_update_equals_the_general_loops(name, rng):
 
     kernel = getattr(numba_cpu, name)
     plain_args = _F32_KERNEL_ARGS[name](random, random, _scalars(1, 1), _tail(0, np.inf))[0]
-    general = list(plain_args[:-2]) + [np.float32(1e30), plain_args[-1]]
+    general = list(plain_args)
+    general[_tiny_at(name, plain_args) - 1] = np.float32(1e30)  # clip
     plain = [a.copy() if isinstance(a, np.ndarray) else a for a in plain_args]
     general = [a.copy() if isinstance(a, np.ndarray) else a for a in general]
     before = plain[0].copy()
@@ -612,7 +625,8 @@ def test_numba_flush_mode_updates_equal_explicit_flushing(name, dtype, rng):
         (args,) = _F32_KERNEL_ARGS[name](random, random, s, (*tail, tiny))
         args = tuple(cast(t(a) if isinstance(a, np.float32) else a) for a in args)
         explicit = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-        hardware = [a.copy() if isinstance(a, np.ndarray) else a for a in args[:-1]] + [None]
+        hardware = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        hardware[_tiny_at(name, args)] = None
         before = mode()
         kernel(*explicit)
         kernel(*hardware)
@@ -645,6 +659,10 @@ def test_numba_backend_flush_mode_on_and_off_agree(rng, rule):
         pytest.skip("numba unavailable")
     from fastnet.backends.numba_backend import NumbaBackend
 
+    def tiny_at(args):  # the rule's derived constants (1 - beta) follow tiny
+        r = UPDATES[rule]()
+        return len(args) - 1 - len(r.derived_constants(r.constants()))
+
     n = 5000
     p0 = rng.standard_normal(n).astype(np.float32)
     grads = [rng.standard_normal(n).astype(np.float32) for _ in range(3)]
@@ -661,7 +679,7 @@ def test_numba_backend_flush_mode_on_and_off_agree(rng, rule):
             group.step(g)
         kernel, args = list(be._update_calls.values())[-1]
         hardware = mode and UPDATES[rule]().kernel in be.k.FLUSH_MODE_RULES
-        assert (args[-1] is None) == hardware
+        assert (args[tiny_at(args)] is None) == hardware
         groups.append(group)
     on, off = groups
     be = NumbaBackend()  # the threaded flavour: its workers do not inherit the mode
@@ -669,11 +687,51 @@ def test_numba_backend_flush_mode_on_and_off_agree(rng, rule):
     group = Group(be, UPDATES[rule](), p0.copy(), n, np.float32)
     group.step(grads[0])
     kernel, args = list(be._update_calls.values())[-1]
-    assert kernel.__name__.endswith("_parallel") and args[-1] is not None
+    assert kernel.__name__.endswith("_parallel") and args[tiny_at(args)] is not None
     np.testing.assert_array_equal(on.p, off.p)
     for a, b in zip(on.slots, off.slots):
         np.testing.assert_array_equal(a, b)
     assert get_backend("numba").flush_mode
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [Adam(1e-2, beta1=0.9, beta2=0.99999), AdamW(1e-2, beta2=0.9999), RMSProp(1e-2, rho=0.999)],
+    ids=["adam", "adamw", "rmsprop"],
+)
+def test_numba_updates_take_one_minus_beta_computed_in_float64(rng, rule):
+    """``1 - beta`` reaches the kernels computed in float64 and rounded once (what NumPy's
+    reference computes from the Python floats), not in float32 from the rounded beta: 1.4e-3
+    off for beta2 = 0.99999, where Adam's float32 steps were 7e-4 off. float64 updates are
+    unchanged bit for bit (``1 - beta`` in float64 either way)."""
+    from fastnet.backends import get_backend, probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    be = get_backend("numba")
+    want = tuple(1.0 - c for c in rule.constants())
+    assert rule.derived_constants(rule.constants()) == want
+    for dtype in (np.float32, np.float64):
+        n = 100
+        p0, g = (rng.standard_normal(n).astype(dtype) for _ in range(2))
+        group = Group(be, rule, p0.copy(), n, dtype)
+        group.step(g)
+        kernel, args = list(be._update_calls.values())[-1]
+        derived = args[len(args) - len(want) :]
+        assert [type(d) for d in derived] == [dtype] * len(want)
+        assert derived == tuple(dtype(c) for c in want)
+        # without them (a direct caller): 1 - beta in the parameters' dtype, from rounded beta
+        group.step(g)
+        _, args = list(be._update_calls.values())[-1]
+        with_derived = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        without = [a.copy() if isinstance(a, np.ndarray) else a for a in args[: -len(want)]]
+        kernel(*with_derived)
+        kernel(*without)
+        same = all(
+            np.array_equal(a, b) for a, b in zip(with_derived, without) if isinstance(a, np.ndarray)
+        )
+        assert same == (dtype == np.float64)
+    assert np.float32(1.0 - 0.99999) != np.float32(1) - np.float32(0.99999)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -317,3 +317,119 @@ def test_sample_and_class_weights_in_fit(backend):
         multi_label.fit(X, np.eye(3)[y], epochs=1, verbose=0, class_weight={0: 1, 1: 5})
     binary = fn.Sequential([fn.Dense(1)], loss="bce", backend=backend, seed=0)
     binary.fit(X, y, epochs=1, verbose=0, class_weight={0: 1, 1: 5})
+
+
+# ---------------------------------------------------------------------------- float32 constants
+# A float32 kernel computing ``1 - beta2`` from the float32-rounded beta2 takes 1.29e-5 (0.999)
+# to 1.36e-3 (0.99999) off (1 - beta2) while the bias correction uses the exact float64 beta2:
+# every Adam step was off by half that. The complements are computed in float64 on the host,
+# rounded once, as the reference does, on every backend.
+def _fused(backend):
+    """The update kernels a backend runs (the reference on numpy)."""
+    return {"numpy": "reference", "numba": "numba-fused"}.get(backend.name, "cuda-fused")
+
+
+@pytest.mark.parametrize("beta2", [0.999, 0.9999, 0.99999])
+def test_first_float32_adam_step_is_lr(backend, beta2):
+    """m_hat = g, v_hat = g^2 after one step: the step is lr * g / (|g| + eps), lr * sign(g)
+    to 2e-8 here, rounded to float32 (a few roundings: 2.5e-7)."""
+    lr, layer = 0.01, fn.Dense(3)
+    model = fn.Sequential(
+        [layer], optimizer=fn.Adam(lr, beta2=beta2), backend=backend, dtype="float32", seed=0
+    )
+    model.build(2)
+    g = np.array([1.0, -2.0, 0.5], np.float32)
+    layer.b.grad[...] = backend.asarray(g)
+    layer.W.grad[...] = backend.asarray(np.zeros((2, 3), np.float32))
+    b0 = backend.to_numpy(layer.b.value).astype(np.float64)
+    W0 = backend.to_numpy(layer.W.value).copy()
+    model.apply_gradients()
+    assert backend.kernel_report["update_adam"] == _fused(backend)
+    taken = b0 - backend.to_numpy(layer.b.value)
+    np.testing.assert_allclose(taken, lr * np.sign(g), rtol=2.5e-7, atol=0)
+    np.testing.assert_array_equal(backend.to_numpy(layer.W.value), W0)  # 0 / (0 + eps)
+
+
+def _published_steps(name, hp, params, grads, n_steps):
+    """``params`` (W decayed, b not) after each step of the published rule in float64:
+    Kingma & Ba's Algorithm 1 (PyTorch's Adam, L2 ``weight_decay`` in the gradient; ``eps_hat``:
+    Keras's and scikit-learn's eps on the uncorrected sqrt(v)), Loshchilov & Hutter's AdamW
+    (PyTorch's: shrink by 1 - lr wd first), Hinton's RMSProp (Keras's), Momentum and Nesterov
+    as the optimizers' docstrings give them."""
+    lr, wd = hp["lr"], hp.get("weight_decay", 0.0)
+    params = [p.astype(np.float64) for p in params]
+    state = [[np.zeros_like(p), np.zeros_like(p)] for p in params]
+    out = []
+    for t in range(1, n_steps + 1):
+        for i, (p, (a, b)) in enumerate(zip(params, state)):
+            g = grads[t - 1][i].astype(np.float64)
+            decayed = i == 0 and wd > 0
+            if name == "adamw" and decayed:
+                p *= 1 - lr * wd
+            elif decayed:
+                g = g + wd * p
+            if name in ("adam", "adamw"):
+                b1, b2, eps = hp.get("beta1", 0.9), hp.get("beta2", 0.999), hp.get("eps", 1e-8)
+                a[...] = b1 * a + (1 - b1) * g
+                b[...] = b2 * b + (1 - b2) * g * g
+                if hp.get("eps_hat"):
+                    p -= lr * np.sqrt(1 - b2**t) / (1 - b1**t) * a / (np.sqrt(b) + eps)
+                else:
+                    p -= lr * (a / (1 - b1**t)) / (np.sqrt(b / (1 - b2**t)) + eps)
+            elif name == "rmsprop":
+                rho, eps = hp.get("rho", 0.9), hp.get("eps", 1e-7)
+                a[...] = rho * a + (1 - rho) * g * g
+                p -= lr * g / (np.sqrt(a) + eps)
+            else:  # momentum
+                mu = hp["momentum"]
+                a[...] = mu * a - lr * g
+                p += mu * a - lr * g if hp.get("nesterov") else a
+        out.append([p.copy() for p in params])
+    return out
+
+
+FLOAT32_RULES = [
+    ("adam", {"lr": 0.01}),
+    ("adam", {"lr": 0.01, "beta1": 0.95, "beta2": 0.9999}),
+    ("adam", {"lr": 0.01, "beta2": 0.99999, "weight_decay": 0.1}),
+    ("adam", {"lr": 0.01, "beta2": 0.999, "eps": 1e-7, "eps_hat": True}),
+    ("adamw", {"lr": 0.01, "beta2": 0.9999, "weight_decay": 0.1}),
+    ("adamw", {"lr": 0.01, "beta1": 0.99, "beta2": 0.99999, "weight_decay": 0.5}),
+    ("rmsprop", {"lr": 0.01, "rho": 0.999}),
+    ("rmsprop", {"lr": 0.01, "rho": 0.9999, "weight_decay": 0.1}),
+    ("momentum", {"lr": 0.01, "momentum": 0.999}),
+    ("momentum", {"lr": 0.01, "momentum": 0.99, "nesterov": True}),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "hp"), FLOAT32_RULES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(FLOAT32_RULES)]
+)
+def test_float32_updates_match_the_published_rule_in_float64(backend, name, hp):
+    """Five float32 steps against the rule evaluated in float64 from the same float32 start
+    and gradients: 1e-6 relative (float32 rounds each step's values by 6e-8). Each element's
+    gradient keeps its sign and its parameter starts on the side it moves to: no element
+    passes near 0, where a relative comparison says nothing."""
+    rng, n_steps = np.random.default_rng(7), 5
+    shapes = [(3, 4), (4,)]
+    signs = [np.where(rng.random(s) < 0.5, -1.0, 1.0) for s in shapes]
+    grads = [
+        [(sg * (0.2 + rng.random(sg.shape) * 2)).astype(np.float32) for sg in signs]
+        for _ in range(n_steps)
+    ]
+    params = [(-sg * (0.01 + 0.02 * rng.random(sg.shape))).astype(np.float32) for sg in signs]
+    kind = {"adam": fn.Adam, "adamw": fn.AdamW, "rmsprop": fn.RMSProp, "momentum": fn.Momentum}
+    layer = fn.Dense(4)
+    model = fn.Sequential(
+        [layer], optimizer=kind[name](**hp), backend=backend, dtype="float32", seed=0
+    )
+    model.build(3)
+    layer.W.value[...], layer.b.value[...] = map(backend.asarray, params)
+    want = _published_steps(name, hp, params, grads, n_steps)
+    for (gW, gb), (wW, wb) in zip(grads, want):
+        layer.W.grad[...], layer.b.grad[...] = backend.asarray(gW), backend.asarray(gb)
+        model.apply_gradients()
+        np.testing.assert_allclose(backend.to_numpy(layer.W.value), wW, rtol=1e-6, atol=0)
+        np.testing.assert_allclose(backend.to_numpy(layer.b.value), wb, rtol=1e-6, atol=0)
+    kernel = model.optimizer.kernel
+    assert backend.kernel_report[f"update_{kernel}"] == _fused(backend)

@@ -654,7 +654,8 @@ class CupyBackend(Backend):
             kernel = self.k.update_kernel_half(rule.kernel, compute.dtype.name)
             outputs += (compute,)
         scalars = (t(wd), np.int64(n_decay), t(clip), t(np.finfo(p.dtype).tiny))
-        kernel(g, *map(t, constants), s, *scalars, *outputs)
+        derived = rule.derived_constants(constants)  # 1 - beta: float64 here, rounded once
+        kernel(g, *map(t, constants), *map(t, derived), s, *scalars, *outputs)
         self.record_kernel(f"update_{rule.kernel}", "cuda-fused")
 
     def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:

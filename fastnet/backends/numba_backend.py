@@ -335,7 +335,8 @@ class NumbaBackend(Backend):
         compute: Any = None,
     ) -> None:
         """``kernels.numba_cpu.<rule.kernel>_update`` over the flat group, scalars in the
-        parameter dtype; the reference for rules without a kernel and for other layouts or
+        parameter dtype (``rule.derived_constants``, ``1 - beta``, computed in float64 and
+        rounded once, last); the reference for rules without a kernel and for other layouts or
         dtypes, which the unchecked kernels must never see. The checked, typed arguments are
         kept per group (an arena's buffers never move), so a step pays one lookup."""
         key = (
@@ -400,6 +401,7 @@ class NumbaBackend(Backend):
             min(max(int(n_decay), 0), size),
             t(clip),
             None if flush_mode else t(np.finfo(p.dtype).tiny),
+            *map(t, rule.derived_constants(constants)),  # float64 on the host, rounded once
         )
         return kernel, args
 
