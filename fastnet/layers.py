@@ -22,6 +22,7 @@ from fastnet.initializers import Initializer, get_initializer, initializer_from_
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter
 from fastnet.registry import Registry
+from fastnet.validation import Checked, check_flag, check_fraction
 
 
 def _real(value: Any) -> bool:
@@ -35,6 +36,12 @@ def check_alpha(alpha: Any) -> float:
     if not (_real(alpha) and math.isfinite(alpha)):
         raise ValueError(f"alpha (leaky_relu slope) must be a finite number, got {alpha!r}")
     return float(alpha)
+
+
+def _check_eps(eps: Any) -> float:
+    if not (_real(eps) and eps > 0 and math.isfinite(eps)):
+        raise ValueError(f"eps must be positive, got {eps!r}")
+    return float(eps)
 
 
 def _sign_from_input(code: Act, alpha: float) -> bool:
@@ -236,6 +243,7 @@ class Dense(Layer):
 
     name = "dense"
     fuses_gradients = True
+    alpha = Checked(check_alpha)  # the leaky_relu slope
     W: Parameter  # created by build
 
     def __init__(
@@ -268,8 +276,8 @@ class Dense(Layer):
         self.declared_input_dim = input_dim
         self.initializer = get_initializer(initializer, self.activation)
         self.optimizer = optimizer
-        self.use_bias = bool(use_bias)
-        self.alpha = check_alpha(alpha)
+        self.use_bias = check_flag(use_bias, "use_bias")
+        self.alpha = alpha
         self.b: Parameter | None = None
 
     def frozen_constants(self) -> tuple:
@@ -408,9 +416,11 @@ class Activation(Layer):
     name = "activation"
     kind = "linear"
 
+    alpha = Checked(check_alpha)
+
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
-        self.alpha = check_alpha(alpha)
+        self.alpha = alpha
         self.code: Act = activation_code(self.kind)
 
     def frozen_constants(self) -> tuple:
@@ -482,13 +492,13 @@ class Dropout(Layer):
 
     name = "dropout"
 
+    rate = Checked(check_fraction("dropout rate"))
+
     def __init__(self, rate: float = 0.5, seed: int | None = None) -> None:
         super().__init__()
-        if not (_real(rate) and 0 <= rate < 1):
-            raise ValueError(f"dropout rate must be in [0, 1), got {rate!r}")
         if seed is not None and (not isinstance(seed, numbers.Integral) or seed < 0):
             raise ValueError(f"dropout seed must be a non-negative integer or None, got {seed!r}")
-        self.rate = float(rate)
+        self.rate = rate
         self.seed = seed
 
     def build(
@@ -547,6 +557,9 @@ class BatchNorm1d(Layer):
     nonnegative_buffers = ("running_var",)
     averaged_buffers = True
 
+    momentum = Checked(check_fraction("momentum"))
+    eps = Checked(_check_eps)
+
     def __init__(
         self, momentum: float = 0.9, eps: float = 1e-5, synchronized: bool = False
     ) -> None:
@@ -554,11 +567,7 @@ class BatchNorm1d(Layer):
         if not isinstance(synchronized, (bool, np.bool_)):
             raise ValueError(f"synchronized must be True or False, got {synchronized!r}")
         self.synchronized, self.group = bool(synchronized), None
-        if not (_real(momentum) and 0 <= momentum < 1):
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        if not (_real(eps) and eps > 0 and math.isfinite(eps)):
-            raise ValueError(f"eps must be positive, got {eps!r}")
-        self.momentum, self.eps = float(momentum), float(eps)
+        self.momentum, self.eps = momentum, eps
 
     def build(
         self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator

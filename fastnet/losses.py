@@ -16,6 +16,7 @@ import numpy as np
 from fastnet.backends import Act, Backend, get_backend
 from fastnet.backends.plan import LossPlan
 from fastnet.registry import Registry
+from fastnet.validation import Checked, check_fraction
 
 #: loss classes by ``name`` (a subclass with a ``name`` of its own registers itself)
 LOSSES = Registry("loss")
@@ -220,11 +221,11 @@ class SoftmaxCrossEntropy(Loss):
     classification = counts_correct = multiclass = True
     predictions = "softmax"
 
+    label_smoothing = Checked(check_fraction("label_smoothing"))
+
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        if not (isinstance(label_smoothing, (int, float)) and 0 <= label_smoothing < 1):
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
-        self.label_smoothing = float(label_smoothing)
+        self.label_smoothing = label_smoothing
         self._grads: dict[tuple, Any] = {}
 
     def compute(self, logits: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:

@@ -39,6 +39,7 @@ from fastnet.validation import (
     check_features,
     check_positive_int,
     check_targets,
+    check_top_k,
     host_array,
 )
 
@@ -90,7 +91,7 @@ class Sequential(Trainer):
         self.policy = dtype if isinstance(dtype, str) and dtype in MIXED_POLICIES else None
         # float32 master weights; the backend must provide half compute
         self.compute_dtype = self.backend.check_policy(self.policy) if self.policy else None
-        self.dtype = check_dtype("float32" if self.policy else dtype)
+        self.dtype = "float32" if self.policy else dtype
         self.loss_scaler = _loss_scaler(self.backend, self.policy, loss_scale)
         self._casts: dict[tuple, Any] = {}  # mixed precision: the model's cast buffers
         self.precision = _check_precision(self.backend, precision, self.dtype)
@@ -131,6 +132,30 @@ class Sequential(Trainer):
                 "optimizer; set lr on model.optimizer, or make a new model for another one"
             )
         self._optimizer = get_optimizer(optimizer)
+
+    @property
+    def backend(self) -> Backend:
+        """Where the model computes; a built model's arrays live there (``to`` copies it)."""
+        return self._backend
+
+    @backend.setter
+    def backend(self, backend: str | Backend) -> None:
+        self._refuse_when_built("backend", "model.to(backend) copies it onto another")
+        self._backend = get_backend(backend)
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The parameters' dtype (a built model's arrays have it: ``to`` converts a copy)."""
+        return self._dtype
+
+    @dtype.setter
+    def dtype(self, dtype: Any) -> None:
+        self._refuse_when_built("dtype", "model.to(model.backend, dtype) converts a copy")
+        self._dtype = check_dtype(dtype)
+
+    def _refuse_when_built(self, name: str, instead: str) -> None:
+        if getattr(self, "input_dim", None) is not None:
+            raise ValueError(f"{name}: the model is built and its arrays have theirs; {instead}")
 
     @property
     def epochs_trained(self) -> int:
@@ -503,7 +528,7 @@ class Sequential(Trainer):
 
         self._require_built()
         chunk = _inference_options(batch_size, verbose)
-        metric_fns = check_metrics(metrics)
+        top_k, metric_fns = check_top_k(top_k), check_metrics(metrics)
         Xd = self._features(X, "X")
         yd = self._targets(y, "y", Xd.shape[0], self.output_dim)
         wd = self.validate_weights(sample_weight, None, None, Xd.shape[0])
@@ -809,7 +834,7 @@ def _config_for(config: dict, backend: Backend, dtype: Any = None) -> dict:
 def _inference_options(batch_size: int | None, verbose: int) -> int:
     """Inference's rows per chunk (0: the default) from Keras's ``batch_size`` and
     ``verbose`` (checked, then unused: inference prints nothing)."""
-    if verbose not in (0, 1, 2, "auto") or isinstance(verbose, bool):
+    if verbose not in (0, 1, 2, "auto"):  # (False and True are 0 and 1, as in fit)
         raise ValueError(f"verbose must be 0, 1, 2 or 'auto', got {verbose!r}")
     return 0 if batch_size is None else check_positive_int(batch_size, "batch_size")
 

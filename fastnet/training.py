@@ -38,7 +38,13 @@ from fastnet.metrics import (
     regression_sums,
     top_k_correct,
 )
-from fastnet.validation import as_input, check_finite, check_positive_int
+from fastnet.validation import (
+    as_input,
+    check_finite,
+    check_flag,
+    check_positive_int,
+    check_top_k,
+)
 
 DIVERGENCE_POLICIES = ("restore", "raise", "ignore")
 COMPILED_CHOICES = ("auto", True, False)
@@ -520,8 +526,10 @@ class Trainer:
     def _check_fit_arguments(self, opts: FitOptions) -> tuple[int, int]:
         """``fit``'s plain arguments, checked; returns ``(epochs, initial_epoch)``."""
         epochs = check_positive_int(opts.epochs, "epochs")
-        if opts.verbose not in (0, 1, 2):
+        if opts.verbose not in (0, 1, 2):  # (False and True are 0 and 1)
             raise ValueError(f"verbose must be 0, 1 (a bar) or 2 (a line), got {opts.verbose!r}")
+        check_flag(opts.shuffle, "shuffle")
+        check_top_k(opts.top_k)
         first = opts.initial_epoch
         if not isinstance(first, (int, np.integer)) or isinstance(first, bool) or first < 0:
             raise ValueError(f"initial_epoch must be an integer >= 0, got {first!r}")
@@ -835,13 +843,13 @@ class Trainer:
         global_logs: bool = True,
     ) -> Callable[..., tuple[Any, Any]]:
         world = 1 if group is None else group.world_size
+        batch_size = min(batch_size, max(Xd.shape[0], 1))  # (no step buffers past the data)
         source: ResidentBatches | StreamedBatches = (
             StreamedBatches(Xd, yd, self.backend, shuffle, weights, dtype=self.dtype)
             if streamed
             else ResidentBatches(Xd, yd, self.backend, shuffle, weights)
         )
-        bounds = batch_bounds(Xd.shape[0], batch_size, self.min_batch_rows(world))
-        local = bounds
+        local = bounds = batch_bounds(Xd.shape[0], batch_size, self.min_batch_rows(world))
         spec = BatchSpec(tuple(yd.shape[1:]), str(yd.dtype), weights is not None)
         if group is None:
             step = self._choose_step(batch_size, compiled, streamed, spec)

@@ -154,6 +154,51 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
+class Checked:
+    """A public attribute checked by ``check(value) -> value`` whenever it is set: at
+    construction and after (a callback changing a built model's hyperparameter)."""
+
+    def __init__(self, check: Any) -> None:
+        self.check = check
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = f"_checked_{name}"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        return self if obj is None else obj.__dict__[self.slot]
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.slot] = self.check(value)
+
+
+def check_fraction(name: str) -> Any:
+    """A checker of a number in [0, 1) named ``name`` (a rate, a momentum, a smoothing)."""
+
+    def check(value: Any) -> float:
+        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        if not (real and 0 <= float(value) < 1):
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        return float(value)
+
+    return check
+
+
+def check_flag(value: Any, name: str) -> bool:
+    """A yes/no argument: a bool (NumPy's too), never a truthy string such as "no"."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def check_top_k(value: Any) -> int | None:
+    """``top_k``: None (no top-k accuracy) or an integer >= 1."""
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1
+    ):
+        raise ValueError(f"top_k must be None or an integer >= 1, got {value!r}")
+    return None if value is None else int(value)
+
+
 MIXED_POLICIES = ("mixed_bfloat16", "mixed_float16")
 
 

@@ -271,3 +271,59 @@ def test_the_loss_takes_a_column_of_class_indices_as_evaluate_does():
     loss_of_column, grad_of_column = model.loss(out, labels.reshape(-1, 1))
     assert loss == float(loss_of_column)
     np.testing.assert_array_equal(grad, grad_of_column)
+
+
+def test_hyperparameters_set_on_a_built_model_are_checked_as_at_construction():
+    """A callback or a user setting a dropout rate of 1 (ZeroDivisionError mid-fit) or -0.5
+    (numpy and numba trained to different losses), a smoothing of 2, a momentum of 1.5, a NaN
+    slope: accepted before; refused now, the model unchanged. The backend or dtype of a built
+    model changed only the attribute (the arrays stayed where they were)."""
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    y = np.arange(40) % 3
+    layers = [fn.Dense(8, "leaky_relu"), fn.Dropout(0.2), fn.BatchNorm1d(), fn.LeakyReLU(0.1)]
+    model = fn.Sequential([*layers, fn.Dense(3)], loss=fn.SoftmaxCrossEntropy(0.1), seed=0)
+    model.fit(X, y, epochs=1, verbose=0)
+    for part, name, bad, match in (
+        (model.layers[1], "rate", 1.0, r"dropout rate must be in \[0, 1\)"),
+        (model.layers[1], "rate", -0.5, r"dropout rate must be in \[0, 1\)"),
+        (model.loss, "label_smoothing", 2, r"label_smoothing must be in \[0, 1\)"),
+        (model.layers[2], "momentum", 1.5, r"momentum must be in \[0, 1\)"),
+        (model.layers[2], "eps", 0, "eps must be positive"),
+        (model.layers[0], "alpha", float("nan"), "slope"),
+        (model.layers[3], "alpha", "0.1", "slope"),
+    ):
+        before = getattr(part, name)
+        with pytest.raises(ValueError, match=match):
+            setattr(part, name, bad)
+        assert getattr(part, name) == before
+    model.layers[1].rate = 0.3  # a valid change is kept, and saved
+    assert model.get_config()["layers"][1]["rate"] == 0.3
+    backend = model.backend
+    with pytest.raises(ValueError, match=r"backend: the model is built .* model.to\(backend\)"):
+        model.backend = "numpy" if backend.name != "numpy" else "numba"
+    with pytest.raises(ValueError, match=r"dtype: the model is built .* model.to\("):
+        model.dtype = np.float64
+    assert model.backend is backend and model.dtype == np.float32
+
+
+def test_flags_and_top_k_are_checked_and_a_huge_batch_is_the_data():
+    """``shuffle="no"`` shuffled and ``Dense(use_bias="no")`` kept its bias (truthy strings);
+    ``top_k="5"`` failed deep in evaluation, 2.5 and True made ``top2.5_accuracy``; a batch
+    of 10**9 rows on numba asked for a 6e9-element random draw (and would size step buffers)."""
+    X = np.random.default_rng(0).normal(size=(50, 6))
+    y = np.arange(50) % 3
+    with pytest.raises(TypeError, match="use_bias must be True or False, got 'no'"):
+        fn.Dense(3, use_bias="no")
+    with pytest.raises(TypeError, match="nesterov must be True or False"):
+        fn.Momentum(0.1, nesterov="yes")
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dropout(0.2), fn.Dense(3)], seed=0)
+    with pytest.raises(TypeError, match="shuffle must be True or False, got 'no'"):
+        model.fit(X, y, epochs=1, verbose=0, shuffle="no")
+    for bad in ("5", 2.5, True, 0):
+        with pytest.raises(ValueError, match="top_k must be None or an integer >= 1"):
+            model.fit(X, y, epochs=1, verbose=0, validation_split=0.2, top_k=bad)
+    assert not model.built  # refused before anything changed
+    model.fit(X, y, epochs=1, verbose=False, batch_size=10**9, top_k=None)
+    assert model.steps_per_epoch == 1 and "top" not in "".join(model.evaluate(X, y, top_k=None))
+    with pytest.raises(ValueError, match="top_k must be None"):
+        model.evaluate(X, y, top_k="5")

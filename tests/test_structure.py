@@ -70,8 +70,13 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # for a newcomer's input edges (pandas labels of dtype object, DataFrames and lists in the
 # data helpers, the stratified split's round(n * fraction) total by largest remainders, checked
 # confusion-matrix labels, sparse matrices and string columns named, columns of float labels,
-# the estimators' RandomState and n_iter_no_change: +70)
-BUDGET = 11220
+# the estimators' RandomState and n_iter_no_change: +70), to 11,420 for three newcomers'
+# reports (layers' and losses' own forward/backward/accumulate run instead of the parent's
+# fused forms, users' loss and optimizer configs checked, per-layer learning rates kept by
+# schedules, eager == compiled after a batch callback's change, divergence in the weights and
+# optimizer state, flags, top_k and hyperparameters checked when set: +149) and 1 - beta
+# computed in float64 for the float32 kernels (+21)
+BUDGET = 11420
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
