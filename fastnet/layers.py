@@ -82,6 +82,10 @@ class Layer:
     #: its ``backward`` takes ``below``/``fused``: it carries the lower layer's activation
     #: gradient in its own GEMM (Dense)
     fuses_gradients = False
+    #: False: its parameters are frozen (no optimizer updates them; gradients still flow
+    #: through it to the layers below; buffers such as running statistics still update in
+    #: training); a change takes effect at the model's next ``fit`` or ``apply_gradients``
+    trainable = Checked(lambda value: check_flag(value, "trainable"), True)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -718,4 +722,8 @@ def registered(layer: Layer) -> Layer:
 
 
 def layer_from_config(config: dict) -> Layer:
-    return LAYERS.lookup(config.get("name")).from_config(config)
+    config = dict(config)
+    trainable = config.pop("trainable", True)  # (the model's config holds it when False)
+    layer = LAYERS.lookup(config.get("name")).from_config(config)
+    layer.trainable = trainable
+    return layer

@@ -50,8 +50,15 @@ _REBUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("rebuilding",
 class Sequential(Trainer):
     """Layers applied in order; ``fit`` trains them on ``(X, y)``.
 
-    >>> model = Sequential([Dense(256, "relu"), Dense(10)], optimizer=Adam(1e-3), backend="numba")
-    >>> model.fit(X, y, epochs=10, batch_size=128, validation_data=(Xv, yv))
+    >>> import numpy as np
+    >>> from fastnet import Adam, Dense, Sequential
+    >>> rng = np.random.default_rng(0)
+    >>> X, Xv = rng.standard_normal((64, 4)), rng.standard_normal((16, 4))
+    >>> y, yv = (X[:, 0] > 0).astype(int), (Xv[:, 0] > 0).astype(int)
+    >>> model = Sequential([Dense(16, "relu"), Dense(2)], optimizer=Adam(1e-3), backend="numpy")
+    >>> history = model.fit(X, y, epochs=2, batch_size=32, validation_data=(Xv, yv), verbose=0)
+    >>> len(history["val_loss"])
+    2
     """
 
     _optimizer: Optimizer
@@ -200,18 +207,39 @@ class Sequential(Trainer):
         loss = self.loss  # one loss object may serve models of several widths
         loss.shared = loss.shared or loss.width not in (None, width)
         loss.width = None if loss.shared else width
-        self.arena = ParameterArena(
-            [
-                (p, layer.optimizer or self.optimizer)
-                for layer in self.layers
-                for p in layer.parameters()
-            ],
-            self.backend,
-            self.compute_dtype,
-            self.loss_scaler,
-        )
+        self.arena = self._new_arena()
         self.input_dim = int(input_dim)
         return self
+
+    def _new_arena(self) -> ParameterArena:
+        """The layers' parameters grouped by optimizer, dtype and whether they are frozen."""
+        self._trainable = tuple(layer.trainable for layer in self.layers)
+        assignments = [
+            (p, layer.optimizer or self.optimizer, not layer.trainable)
+            for layer in self.layers
+            for p in layer.parameters()
+        ]
+        return ParameterArena(assignments, self.backend, self.compute_dtype, self.loss_scaler)
+
+    def _apply_trainable(self) -> None:
+        """Layers frozen or unfrozen since the arena was made (``Layer.trainable``): the
+        parameters regrouped, every value, slot and buffer kept; a group that merges takes its
+        trained members' step count (a frozen parameter's slots are as it left them)."""
+        if self.arena is None or self._trainable == tuple(x.trainable for x in self.layers):
+            return
+        state = self.get_state()
+        was_frozen = {e.key: e.ref.frozen for e in self.state_entries() if e.kind == "step"}
+        self.arena = self._new_arena()
+        self._compiled_steps.clear()  # (they were built for the old groups)
+        self._plan_key = None
+        steps = [e for e in self.state_entries() if e.kind == "step"]
+        counts: dict[int, list[tuple[bool, int]]] = {}
+        for e in steps:
+            counts.setdefault(id(e.ref), []).append((was_frozen[e.key], state[e.key]))
+        for e in steps:
+            group = counts[id(e.ref)]
+            state[e.key] = max([n for frozen, n in group if not frozen] or [n for _, n in group])
+        self.set_state(state, validate=False)
 
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
@@ -372,8 +400,10 @@ class Sequential(Trainer):
         return StepPlan(layers, self.loss.plan(), self.dtype, compute, optimizers)
 
     def apply_gradients(self) -> None:
-        """One optimizer step over the whole parameter arena (one fused call per group)."""
+        """One optimizer step over the whole parameter arena (one fused call per group; none
+        for the parameters of layers with ``trainable=False``)."""
         self._require_built()
+        self._apply_trainable()
         assert self.arena is not None
         self.arena.write_lr()  # host side: the loop may have changed optimizer.lr
         self.arena.update()
@@ -643,7 +673,10 @@ class Sequential(Trainer):
             )
         loss = self.loss.get_config()
         return {
-            "layers": [registered(layer).get_config() for layer in self.layers],
+            "layers": [
+                {**registered(x).get_config(), **({} if x.trainable else {"trainable": False})}
+                for x in self.layers
+            ],
             "loss": loss if len(loss) > 1 else self.loss.name,
             "optimizer": self.optimizer.get_config(),
             "dtype": self.policy or self.dtype.name,

@@ -128,7 +128,8 @@ class Optimizer:
 
     def __setattr__(self, key: str, value: Any) -> None:
         """Checked also when set on a built model: ``lr`` (set by hand, schedules start from
-        it), ``weight_decay``, ``clip_norm`` and ``clip_value`` (None or positive). Keras's
+        it), ``weight_decay``, ``clip_norm`` and ``clip_value`` (None or positive), ``beta1``,
+        ``beta2``, ``rho``, ``momentum`` (in [0, 1)) and ``eps`` (positive). Keras's
         names (``learning_rate``, ``beta_1``, ``epsilon``, ...) set fastnet's."""
         key = KERAS_NAMES.get(key, key)
         if key == "lr":
@@ -137,6 +138,10 @@ class Optimizer:
         elif key == "weight_decay":
             value = _check_positive(key, value, allow_zero=True)
         elif key in ("initial_lr", "clip_norm", "clip_value") and value is not None:
+            value = _check_positive(key, value)
+        elif key in ("beta1", "beta2", "rho", "momentum"):  # (beta1 = 1 divided by zero)
+            value = _check_fraction(key, value)
+        elif key == "eps":
             value = _check_positive(key, value)
         super().__setattr__(key, value)
 

@@ -134,7 +134,9 @@ class ParameterGroup:
         optimizer: Optimizer,
         backend: Any,
         compute_dtype: Any = None,
+        frozen: bool = False,
     ) -> None:
+        self.frozen = frozen  # parameters of layers with trainable=False: never updated
         ordered = [p for p in params if p.decay] + [p for p in params if not p.decay]
         dtype = ordered[0].value.dtype
         offsets = aligned_offsets([p.size for p in ordered], dtype)
@@ -192,19 +194,21 @@ class ParameterArena:
 
     def __init__(
         self,
-        assignments: Sequence[tuple[Parameter, Optimizer]],
+        assignments: Sequence[tuple[Parameter, Optimizer] | tuple[Parameter, Optimizer, bool]],
         backend: Any,
         compute_dtype: Any = None,
         scaler: Any = None,
     ) -> None:
-        buckets: dict[tuple[int, str], tuple[Optimizer, list[Parameter]]] = {}
-        for param, optimizer in assignments:
-            key = (id(optimizer), str(param.value.dtype))
-            buckets.setdefault(key, (optimizer, []))[1].append(param)
+        buckets: dict[tuple, tuple[Optimizer, bool, list[Parameter]]] = {}
+        for param, optimizer, *frozen in assignments:  # (frozen: of a layer not trainable)
+            key = (id(optimizer), str(param.value.dtype), bool(frozen and frozen[0]))
+            buckets.setdefault(key, (optimizer, key[2], []))[2].append(param)
         self.backend = backend
         self.groups = [
-            ParameterGroup(ps, opt, backend, compute_dtype) for opt, ps in buckets.values()
+            ParameterGroup(ps, opt, backend, compute_dtype, frozen)
+            for opt, frozen, ps in buckets.values()
         ]
+        self.trained = [g for g in self.groups if not g.frozen]
         self.group_of = {id(p): g for g in self.groups for p in g.params}
         self.scaler = scaler
         # [squared global gradient norm, non-finite gradient count] of the step
@@ -214,7 +218,7 @@ class ParameterArena:
     def clips_norm(self) -> bool:
         """Read each step: ``clip_norm`` may be set on a built model (a captured step is
         captured again, its optimizer constants having changed)."""
-        return any(g.optimizer.clip_norm is not None for g in self.groups)
+        return any(g.optimizer.clip_norm is not None for g in self.trained)
 
     def write_lr(self) -> None:
         """Host side, before a step: learning rates changed by schedules go to the device."""
@@ -234,12 +238,12 @@ class ParameterArena:
         if self.clips_norm or scaler is not None:
             backend.fill(self.checks, 0.0)
         if scaler is not None:
-            for group in self.groups:
+            for group in self.trained:
                 scaler.unscale(group.grads, self.checks)
         if self.clips_norm:
-            for group in self.groups:
+            for group in self.trained:
                 backend.sum_squares(group.grads, self.checks[:1])
-        for group in self.groups:
+        for group in self.trained:  # (frozen groups: no update, their step count kept)
             backend.advance_scalars(group.scalars, self.checks, group.optimizer.scalar_constants())
             group.optimizer.update(group, backend)  # the half copy too (mixed precision)
         if scaler is not None:

@@ -326,7 +326,7 @@ def reduce_gradients(model: Any, comm: Any, share: float) -> None:
     """Each group's gradients scaled by this rank's ``share`` of the global batch (zeroed for
     none), then summed over the ranks: the full batch's mean gradient on every rank."""
     backend = model.backend
-    for group in model.arena.groups:
+    for group in model.arena.trained:  # (frozen parameters' gradients go unused)
         if share:
             backend.scale(group.grads, share)
         else:
@@ -511,6 +511,7 @@ class Trainer:
         # ---- nothing above changed the model; from here on it trains
         if not self.built:
             self.build(run.X.shape[1])
+        self._apply_trainable()
         if run.group is not None:
             self._broadcast_state(run.group)
         self.streamed = run.streamed
@@ -1308,6 +1309,9 @@ class Trainer:
         raise NotImplementedError
 
     def get_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _apply_trainable(self) -> None:  # (Sequential's)
         raise NotImplementedError
 
     def get_state(self) -> dict[str, Any]:

@@ -158,14 +158,18 @@ class Checked:
     """A public attribute checked by ``check(value) -> value`` whenever it is set: at
     construction and after (a callback changing a built model's hyperparameter)."""
 
-    def __init__(self, check: Any) -> None:
-        self.check = check
+    def __init__(self, check: Any, *default: Any) -> None:
+        self.check, self.default = check, default  # (no default: set by __init__)
 
     def __set_name__(self, owner: type, name: str) -> None:
         self.slot = f"_checked_{name}"
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        return self if obj is None else obj.__dict__[self.slot]
+        if obj is None:
+            return self
+        return (
+            obj.__dict__.get(self.slot, *self.default) if self.default else obj.__dict__[self.slot]
+        )
 
     def __set__(self, obj: Any, value: Any) -> None:
         obj.__dict__[self.slot] = self.check(value)

@@ -291,11 +291,14 @@ def test_hyperparameters_set_on_a_built_model_are_checked_as_at_construction():
         (model.layers[2], "eps", 0, "eps must be positive"),
         (model.layers[0], "alpha", float("nan"), "slope"),
         (model.layers[3], "alpha", "0.1", "slope"),
+        (model.optimizer, "beta1", 1.0, r"beta1 must be in \[0, 1\)"),  # numpy: ZeroDivision
+        (model.optimizer, "beta_2", -0.5, r"beta2 must be in \[0, 1\)"),
+        (model.optimizer, "eps", 0.0, "eps must be a finite number > 0"),
     ):
         before = getattr(part, name)
         with pytest.raises(ValueError, match=match):
             setattr(part, name, bad)
-        assert getattr(part, name) == before
+        assert getattr(part, name) == before, name
     model.layers[1].rate = 0.3  # a valid change is kept, and saved
     assert model.get_config()["layers"][1]["rate"] == 0.3
     backend = model.backend

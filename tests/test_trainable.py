@@ -1,0 +1,80 @@
+"""``Layer.trainable = False`` freezes a layer's parameters, as Keras's attribute and PyTorch's
+``requires_grad_(False)``: no optimizer step changes them (nor their optimizer state), while
+gradients still flow through the layer to the layers below; on every backend, eager or
+compiled, before or after the model is built, saved in its config."""
+
+import numpy as np
+import pytest
+from conftest import make_backend
+
+import fastnet as fn
+
+
+def _data(n=96, seed=0):
+    r = np.random.default_rng(seed)
+    y = r.integers(0, 3, n)
+    return r.normal(size=(n, 6)) + y[:, None], y
+
+
+def _model(backend):
+    layers = [fn.Dense(8, "relu"), fn.Dense(8, "relu"), fn.Dense(3)]
+    return fn.Sequential(layers, optimizer=fn.Adam(0.01), backend=make_backend(backend),
+                         dtype="float64", seed=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "cupy-emulated"])
+@pytest.mark.parametrize("frozen", [0, 1, 2])
+def test_a_frozen_layer_keeps_its_weights_and_passes_gradients_down(backend, frozen):
+    X, y = _data()
+    model, reference = _model(backend), _model("numpy")
+    for m in (model, reference):
+        m.fit(X, y, epochs=1, batch_size=32, verbose=0, shuffle=False)  # then frozen
+        m.layers[frozen].trainable = False
+    before = model.get_weights()
+    slots = {k: v for k, v in model.host_state().items() if k.startswith(f"slot/{frozen}/")}
+    for m in (model, reference):
+        m.fit(X, y, epochs=2, batch_size=32, verbose=0, shuffle=False)  # (cupy: its own order)
+    after = model.get_weights()
+    for i, (a, b) in enumerate(zip(before, after, strict=True)):
+        owner = [0, 0, 1, 1, 2, 2][i]  # W, b of each Dense
+        assert np.array_equal(a, b) == (owner == frozen), (i, owner)
+    for key, value in slots.items():  # its optimizer state untouched too
+        np.testing.assert_array_equal(model.host_state()[key], value)
+    for a, b in zip(after, reference.get_weights(), strict=True):  # every backend alike
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    assert backend == "numpy" or not model.step_description.startswith("eager")
+
+
+def test_unfreezing_resumes_training_and_the_flag_is_saved(tmp_path):
+    X, y = _data()
+    model = _model("numpy")
+    model.layers[0].trainable = False  # before the build
+    model.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    assert len(model.arena.groups) == 2 and model.arena.groups[0].frozen
+    model.save(tmp_path / "m.npz")
+    loaded = fn.load_model(tmp_path / "m.npz", backend="numpy")
+    assert [x.trainable for x in loaded.layers] == [False, True, True]
+    first = loaded.get_weights()[0].copy()
+    loaded.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    np.testing.assert_array_equal(loaded.get_weights()[0], first)
+    loaded.layers[0].trainable = True
+    loaded.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    assert not np.array_equal(loaded.get_weights()[0], first)
+    assert len(loaded.arena.groups) == 1  # one group again: one step count (the trained one)
+    assert loaded.host_state()["step/0/W"] == loaded.host_state()["step/2/W"] == 9
+    with pytest.raises(TypeError, match="trainable must be True or False, got 'no'"):
+        loaded.layers[1].trainable = "no"
+
+
+def test_a_hand_written_loop_freezes_at_the_next_apply_gradients():
+    X, y = _data()
+    model = _model("numpy")
+    model.build(6)
+    model.layers[2].trainable = False
+    W = model.layers[2].W.value.copy()
+    outputs = model.forward(model.backend.asarray(X[:32]), training=True)
+    model.backward(model.loss(outputs, model.backend.asarray(y[:32]))[1])
+    lower = model.layers[0].W.grad.copy()
+    model.apply_gradients()
+    np.testing.assert_array_equal(model.layers[2].W.value, W)
+    assert np.abs(lower).max() > 0  # the gradient went through the frozen top layer
