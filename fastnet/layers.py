@@ -695,14 +695,14 @@ class Standardize(Layer):
 
     def forward(self, x: Any, training: bool = True) -> Any:
         self._check_input(x)
-        xp, out = self.backend.xp, self._buffer("out", x.shape, x.dtype)  # first: float32
-        return xp.divide(xp.subtract(x, self.device_offset, out=out), self.device_scale, out=out)
+        out = self._buffer("out", x.shape, x.dtype)  # first: float32
+        return self.backend.standardize(x, self.device_offset, self.device_scale, out)
 
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         if not need_dx:
             return None
         dx = self._buffer("dx", dy.shape, dy.dtype)
-        return self.backend.xp.divide(dy, self.device_scale, out=dx)
+        return self.backend.standardize_backward(dy, self.device_scale, dx)
 
     def plan(self) -> OpsPlan:
         return OpsPlan("Standardize")

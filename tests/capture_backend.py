@@ -41,6 +41,8 @@ OPS = (
     "take_rows",
     "take_rows_at",
     "scale",
+    "standardize",
+    "standardize_backward",
     "allreduce",
     "dropout",
     "dropout_backward",

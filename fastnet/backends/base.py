@@ -169,6 +169,15 @@ class Backend:
         """``a *= factor`` in place (capturable)."""
         self.xp.multiply(a, a.dtype.type(factor), out=a)
 
+    def standardize(self, x: Any, offset: Any, scale: Any, out: Any) -> Any:
+        """``(x - offset) / scale`` into ``out`` (``Standardize``; capturable: no allocation)."""
+        xp = self.xp
+        return xp.divide(xp.subtract(x, offset, out=out), scale, out=out)
+
+    def standardize_backward(self, dy: Any, scale: Any, out: Any) -> Any:
+        """``dy / scale`` into ``out``: the input gradient of ``standardize``."""
+        return self.xp.divide(dy, scale, out=out)
+
     def allreduce(self, comm: Any, buf: Any) -> None:
         """Sum ``buf`` over the ranks of ``comm`` in place (an op, so a captured step holds it:
         NCCL on the GPU)."""
