@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from typing import Any
 
 import numpy as np
@@ -674,8 +675,10 @@ class Standardize(Layer):
         X = np.asarray(host_array(X, "X"), np.float64)
         if not np.isfinite(X).all():
             raise ValueError(f"X contains {int((~np.isfinite(X)).sum())} NaN or infinite values")
-        spread = X.std(axis=0)
-        return cls(X.mean(axis=0), np.where(spread > 0, spread, 1.0))
+        peak = np.abs(X).max(axis=0, initial=0.0)
+        peak = np.where(peak > 0, peak, 1.0)  # (scaled first: squares of 1e200 overflow)
+        spread = peak * (X / peak).std(axis=0)
+        return cls(peak * (X / peak).mean(axis=0), np.where(spread > 0, spread, 1.0))
 
     def output_width(self, input_dim: int) -> int:
         if input_dim != len(self.offset):
@@ -690,6 +693,18 @@ class Standardize(Layer):
             offset, scale = self.offset.astype(dtype), self.scale.astype(dtype)
         if not (np.isfinite(offset).all() and np.isfinite(scale).all() and (scale > 0).all()):
             raise ValueError(f"Standardize's offset and scale leave {np.dtype(dtype)}'s range")
+        coarse = float((np.abs(self.offset) * np.finfo(dtype).eps / self.scale).max())
+        if coarse > 1e-3:  # the inputs are cast to the model's dtype before this layer
+            warnings.warn(
+                f"Standardize in {np.dtype(dtype)}: inputs near the offset (up to "
+                f"{np.abs(self.offset).max():.4g}) are rounded in steps of up to {coarse:.2g} "
+                f"times the scale before they are standardized (the model casts its inputs "
+                f"first): "
+                + ("use dtype='float64', or " if np.dtype(dtype).itemsize < 8 else "")
+                + "subtract the offset before fitting",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         self.device_offset, self.device_scale = backend.asarray(offset), backend.asarray(scale)
         return super().build(input_dim, backend, dtype, rng)
 

@@ -42,7 +42,7 @@ def check_features(
     if n_features is not None and raw.shape[1] != n_features:
         raise ValueError(f"{name} has {raw.shape[1]} features but the model expects {n_features}")
     if isinstance(raw, np.memmap) and not on_device:
-        _check_finite_in_chunks(raw, name)  # stays on disk: fit streams it chunk by chunk
+        _check_finite_in_chunks(raw, name, dtype)  # stays on disk: fit streams it in chunks
         return raw
     if on_device:
         arr = backend.asarray(raw, dtype)
@@ -67,12 +67,16 @@ def check_finite(arr: Any, name: str, backend: Backend) -> None:
         raise ValueError(f"{name} contains {_nonfinite(arr, backend.xp)}")
 
 
-def _check_finite_in_chunks(x: np.ndarray, name: str, rows: int = 16384) -> None:
+def _check_finite_in_chunks(x: np.ndarray, name: str, dtype: Any, rows: int = 16384) -> None:
+    """Finite, also once cast to ``dtype`` (the model's: float64 values beyond float32's
+    range are refused here, as for arrays in memory)."""
     if x.dtype.kind != "f":
         return
     for lo in range(0, x.shape[0], rows):
-        if not np.isfinite(x[lo : lo + rows]).all():
-            raise ValueError(f"{name} contains NaN or infinite values (rows from {lo})")
+        with np.errstate(over="ignore", invalid="ignore"):  # (the check says it)
+            chunk = x[lo : lo + rows].astype(dtype, copy=False)
+        if not np.isfinite(chunk).all():
+            raise ValueError(f"{name} contains {_nonfinite(chunk)} (rows from {lo})")
 
 
 def check_class_labels(
