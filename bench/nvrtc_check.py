@@ -3,6 +3,8 @@ registers and spills ptxas reports (``--ptxas-options=-v`` in the NVRTC log):
 
     python -m fastnet.bench.nvrtc_check [--arch 80,90]     (every kernel of kernel_sources())
 
+It exits 1 when a kernel spills, 2 (with the reason, one line) where cupy or NVRTC is missing.
+
 NVRTC is driven through ctypes from the ``nvidia-cuda-nvrtc-cu12`` wheel (CuPy's own wrapper asks
 the device for its compute capability first); the include paths and flags are the ones CuPy passes
 (``assemble_cupy_compiler_options``), taken from the installed ``cupy`` package. Both come with the
@@ -15,6 +17,7 @@ import argparse
 import ctypes
 import os
 import re
+import sys
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -166,11 +169,15 @@ def check(source: str, arch: str, options: tuple[str, ...] = ()) -> list[PtxasIn
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastnet.kernels.cupy_gpu import kernel_sources
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default=",".join(ARCHS), help="comma list, e.g. 80,90")
     args = parser.parse_args(argv)
+    reason = missing()
+    if reason:  # one line, not an ImportError's traceback
+        print(f"nvrtc_check: error: cannot compile here: {reason}", file=sys.stderr)
+        return 2
+    from fastnet.kernels.cupy_gpu import kernel_sources
+
     print(f"NVRTC {'.'.join(map(str, version()))}")
     spilled = 0
     for name, source in kernel_sources():

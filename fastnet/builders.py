@@ -52,7 +52,10 @@ def mlp(
 ) -> Sequential:
     """A ``Sequential`` of ``mlp_layers``, built for ``input_dim`` features when it is given.
 
-    >>> model = mlp(784, (256, 128), 10, optimizer=Adam(1e-3), backend="numba", seed=0)
+    >>> from fastnet import Adam, mlp
+    >>> model = mlp(784, (256, 128), 10, optimizer=Adam(1e-3), backend="numpy", seed=0)
+    >>> model.count_params()  # 784*256+256 + 256*128+128 + 128*10+10
+    235146
     """
     model = Sequential(
         mlp_layers(hidden, outputs, activation, dropout, batch_norm),

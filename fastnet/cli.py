@@ -140,9 +140,9 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (
         ("--data-dir",),
         dict(
-            help="folder with the built-in data set's files (default: "
-            "$FASTNET_DATA/<dataset> if it exists, else $FASTNET_DATA, else the "
-            "Debian package's folder)"
+            help="folder of the built-in data set's files (default: $FASTNET_DATA/<dataset>, "
+            "for the MNISTs $FASTNET_DATA without that folder; no FASTNET_DATA: the Debian "
+            "package's folder for fashion-mnist, else data/<dataset>)"
         ),
     ),
     (
@@ -219,20 +219,20 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (
         ("--comm",),
         dict(
-            default="mpi",
             choices=["mpi", "nccl"],
-            help="collectives for --distributed: mpi (any backend) or nccl (cupy)",
+            help="collectives for --distributed: mpi (any backend) or nccl (cupy); default: mpi",
         ),
     ),
 ]
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows a default once: not when the help names it already, nor None or False."""
+    """Shows a default once: not when the help names it already, nor None or False (by
+    identity: a default of 0 or 0.0, equal to False, is shown)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
             return text
         return super()._get_help_string(action) or text
 
@@ -528,9 +528,26 @@ def _callbacks(args: argparse.Namespace) -> list:
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
-    """Fail now, not after training."""
+    """Fail now, not after training: an option that would do nothing, an output that would
+    overwrite an input, a path that cannot be written, a missing matplotlib."""
     from fastnet.checkpoint import check_checkpoint_path, check_writable
+    from fastnet.plot import confusion_path
 
+    if args.comm is not None and not args.distributed:
+        raise ValueError(
+            f"--comm {args.comm} chooses the collectives of --distributed training: "
+            "add --distributed, or drop --comm"
+        )
+    args.comm = args.comm or "mpi"
+    inputs = ("--data", "--labels", "--val", "--val-labels")
+    plot = {
+        "--plot": args.plot,
+        "--plot's confusion matrix": args.plot and confusion_path(args.plot),
+    }
+    outputs = {"--save": args.save, **plot, "--json": args.json}
+    _refuse_overwrites(
+        {flag: getattr(args, flag[2:].replace("-", "_")) for flag in inputs}, outputs
+    )
     if args.save:
         check_checkpoint_path(args.save, "--save")
     for flag in ("plot", "json"):
@@ -543,6 +560,28 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise ValueError(
                 "--plot needs matplotlib: pip install matplotlib (extra 'plot')"
             ) from None
+
+
+def _same_file(path: str, other: str) -> bool:
+    """Whether two paths name one file: the same file where both exist (hard and symbolic
+    links too), else the same resolved path."""
+    try:
+        return os.path.samefile(path, other)
+    except OSError:  # one is not there (yet)
+        return os.path.realpath(path) == os.path.realpath(other)
+
+
+def _refuse_overwrites(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """Refuse, before any work, an output path that names the file of an input (or of an
+    earlier output): writing it would replace that file. Keys are the options' names."""
+    given = [(name, os.fspath(path)) for name, path in (*inputs.items(), *outputs.items()) if path]
+    for i, (name, path) in enumerate(given):
+        for other, earlier in given[:i] if name in outputs else ():
+            if _same_file(path, earlier):
+                raise ValueError(
+                    f"{name} {path!r} is the same file as {other} {earlier!r}: writing it would "
+                    f"overwrite {other}; give {name} another path"
+                )
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -705,10 +744,15 @@ def _silent(*args: object, **kwargs: object) -> None:
 def _load_checkpoint(path: str, backend: str | None) -> tuple[Any, dict]:
     """``load_model_with_meta`` with the metadata the CLI wrote (``extra``: classes, features,
     target, task, a scaling) checked against the model: a CheckpointError naming the key."""
+    from fastnet.backends import get_backend
     from fastnet.checkpoint import CheckpointError
     from fastnet.model import load_model_with_meta
     from fastnet.tabular import TASKS, Scaler
 
+    try:  # a bad backend name is the option's fault, not the file's
+        get_backend(backend)
+    except ValueError as exc:
+        raise (ValueError(f"--backend: {exc}") if backend else exc) from None
     model, meta = load_model_with_meta(path, backend=backend)
     extra = meta["extra"] = meta.get("extra") or {}
     try:
@@ -795,6 +839,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outputs for every row of --data, as CSV."""
     from fastnet.checkpoint import check_writable
 
+    inputs = {"the checkpoint": args.checkpoint, "--data": args.data}
+    _refuse_overwrites(inputs, {"--output": args.output})
     if args.output:
         check_writable(args.output, "--output")
     model, meta = _load_checkpoint(args.checkpoint, args.backend)
@@ -832,6 +878,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from fastnet.layers import Standardize
     from fastnet.tabular import Scaler
 
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        raise ValueError(
+            "writing ONNX needs the onnx package: pip install onnx, or fastnet's extra 'onnx' "
+            "(pip install '.[onnx]' in a fastnet checkout)"
+        ) from None
+    _refuse_overwrites({"the checkpoint": args.checkpoint}, {"the output": args.output})
     check_writable(args.output, "output")
     model, meta = _load_checkpoint(args.checkpoint, "numpy")
     extra = meta["extra"]
@@ -858,6 +912,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from fastnet.bench.suites import run_bench
 
+    _refuse_overwrites({}, {"--json": args.json, "--plot": args.plot})
     return run_bench(args)
 
 

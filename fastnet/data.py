@@ -201,8 +201,8 @@ def load_fashion_mnist(
     Looks in ``data_dir``, else ``$FASTNET_DATA``, else the Debian package's folder."""
     how = (
         f"Install it with `sudo apt-get install dataset-fashion-mnist` (files land in "
-        f"{FASHION_MNIST_DIR}), or point --data-dir / FASTNET_DATA at a folder holding the "
-        f"four IDX files."
+        f"{FASHION_MNIST_DIR}), or give a folder holding the four IDX files: --data-dir DIR "
+        f"on the command line, data_dir= in Python, or the environment variable FASTNET_DATA."
     )
     return _load_dataset("fashion-mnist", data_dir, normalize, flatten, how, one_hot_label)
 
@@ -217,7 +217,9 @@ def load_mnist(
     """MNIST from the four standard IDX files in ``data_dir`` (or ``$FASTNET_DATA``)."""
     how = (
         "Place train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
-        "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz there, or pass data_dir."
+        "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz there, or give the folder "
+        "holding them: --data-dir DIR on the command line, data_dir= in Python, or the "
+        "environment variable FASTNET_DATA."
     )
     return _load_dataset("mnist", data_dir, normalize, flatten, how, one_hot_label)
 

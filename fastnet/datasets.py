@@ -65,7 +65,8 @@ def load_cifar(
         if missing:
             raise FileNotFoundError(
                 f"{name} not found: {folder} lacks {', '.join(missing)}; download the binary "
-                f"version of {name.upper()} and pass its folder (or set FASTNET_DATA)"
+                f"version of {name.upper()} and give its folder: --data-dir DIR on the command "
+                "line, data_dir= in Python, or the environment variable FASTNET_DATA"
             )
         images, labels = zip(*(_read_cifar(folder / f, label_bytes, index, classes) for f in files))
         X = np.concatenate(images)

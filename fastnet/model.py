@@ -898,15 +898,15 @@ def load_model_with_meta(
 ) -> tuple[Sequential, dict]:
     """Read, verify and validate a checkpoint, then build the model (in ``dtype`` if given);
     every problem with the file is a ``CheckpointError`` naming the file (and the key)."""
-    name = os.fspath(path)
+    name, target = os.fspath(path), get_backend(backend)  # (a bad backend is no file's fault)
     meta, arrays = read_checkpoint(path)
     config = meta.get("config")
     try:
         if not isinstance(config, dict) or config.get("input_dim") is None:
             raise TypeError("no built model config (config/input_dim missing)")
         # a mixed-precision checkpoint on a backend without half compute: float32 masters
-        config = _config_for(config, get_backend(backend), dtype)
-        model = Sequential.from_config(config, backend=backend)
+        config = _config_for(config, target, dtype)
+        model = Sequential.from_config(config, backend=target)
     except (
         KeyError,
         TypeError,

@@ -509,8 +509,7 @@ class Trainer:
         opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
         run = self._prepare_fit(X, y, opts)
         # ---- nothing above changed the model; from here on it trains
-        if not self.built:
-            self.build(run.X.shape[1])
+        self.build(run.X.shape[1])  # (a built model: nothing; its width was checked)
         self._apply_trainable()
         if run.group is not None:
             self._broadcast_state(run.group)

@@ -1,8 +1,13 @@
-"""After a real install, fastnet.kernels imports and no top-level `kernels` module exists."""
+"""After a real install, fastnet.kernels imports and no top-level `kernels` module exists; the
+sdist holds the whole source tree its tests and docs need; the docstrings' examples run."""
 
+import doctest
+import importlib
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -105,3 +110,52 @@ def test_wheel_installs_with_core_dependencies_only(tmp_path):
     )
     run = subprocess.run([str(python), "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert run.stdout.split() == ["True", __import__("fastnet").__version__], run.stderr
+
+
+@pytest.mark.slow
+def test_sdist_holds_what_its_tests_and_docs_need(tmp_path):
+    """Every file git tracks (the tests' conftest, CUDA emulator and MPI worker, ARCHITECTURE.md
+    that README links, the Makefile, .ci, the bench scripts and results) is in the sdist."""
+    code = "import sys; from setuptools.build_meta import build_sdist; build_sdist(sys.argv[1])"
+    build = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    (sdist,) = tmp_path.glob("fastnet_mlp-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = {n.partition("/")[2] for n in tar.getnames()}
+    needed = {
+        *(f"tests/{n}" for n in ("conftest.py", "capture_backend.py", "emulated_cupy.py")),
+        *(f"tests/{n}" for n in ("cuda_emulator.py", "cuda_emulator.h", "fake_cublaslt.cpp")),
+        *("tests/mpi_worker.py", "tests/test_data.py", "bench/gpu_run.sh", "bench/cpu_run.sh"),
+        *("ARCHITECTURE.md", "Makefile", ".ci/run", "README.md", "LICENSE", "pyproject.toml"),
+    }
+    assert needed <= names, sorted(needed - names)
+    if (ROOT / ".git").exists() and shutil.which("git"):
+        listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+        tracked = set(listed.stdout.splitlines())
+        assert tracked and tracked <= names, sorted(tracked - names)
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def _modules_with_examples() -> list[str]:
+    """The library's modules (fastnet/, kernels/ as fastnet.kernels, bench/ as fastnet.bench)
+    whose source holds a ``>>>`` example."""
+    names = []
+    for folder in ("fastnet", "kernels", "bench"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if ">>>" in path.read_text():
+                parts = list(path.relative_to(ROOT).with_suffix("").parts)
+                parts = parts if folder == "fastnet" else ["fastnet", *parts]
+                names.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return names
+
+
+def test_docstring_examples_run_under_doctest(capsys):
+    """Each ``>>>`` example runs as written: its imports and data in the example itself."""
+    modules = _modules_with_examples()
+    assert {"fastnet.model", "fastnet.builders", "fastnet.backends.report"} <= set(modules)
+    for name in modules:
+        result = doctest.testmod(importlib.import_module(name), report=False)
+        assert result.failed == 0, f"{name}: {capsys.readouterr().out}"
+        assert result.attempted > 0
