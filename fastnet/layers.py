@@ -86,6 +86,7 @@ class Layer:
     #: False: its parameters are frozen (no optimizer updates them; gradients still flow
     #: through it to the layers below; buffers such as running statistics still update in
     #: training); a change takes effect at the model's next ``fit`` or ``apply_gradients``
+    #: (or save, copy or state read outside a fit; a fit's callback's: after that fit)
     trainable = Checked(lambda value: check_flag(value, "trainable"), True)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -694,7 +695,8 @@ class Standardize(Layer):
         if not (np.isfinite(offset).all() and np.isfinite(scale).all() and (scale > 0).all()):
             raise ValueError(f"Standardize's offset and scale leave {np.dtype(dtype)}'s range")
         coarse = float((np.abs(self.offset) * np.finfo(dtype).eps / self.scale).max())
-        if coarse > 1e-3:  # the inputs are cast to the model's dtype before this layer
+        if coarse > 1e-3 and not getattr(self, "_warned", False):  # (inputs: cast before it)
+            self._warned = True
             warnings.warn(
                 f"Standardize in {np.dtype(dtype)}: inputs near the offset (up to "
                 f"{np.abs(self.offset).max():.4g}) are rounded in steps of up to {coarse:.2g} "

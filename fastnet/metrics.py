@@ -39,11 +39,13 @@ def _class_indices(labels: Any, name: str) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def macro_scores(cm: np.ndarray) -> dict[str, float]:
-    """Macro precision, recall and F1 from a confusion matrix."""
+def macro_scores(cm: np.ndarray, present: Any = None) -> dict[str, float]:
+    """Macro precision, recall and F1 from a confusion matrix, averaged over the classes
+    ``present`` (default: those with a row or column sum; of a weighted matrix, pass the
+    classes seen as a label or prediction whatever their weight, as scikit-learn does)."""
     cm = np.asarray(cm, dtype=np.float64)
     tp, predicted, actual = np.diag(cm), cm.sum(axis=0), cm.sum(axis=1)
-    present = (predicted + actual) > 0
+    present = (predicted + actual) > 0 if present is None else np.asarray(present, bool)
     if not present.any():
         return {"precision": float("nan"), "recall": float("nan"), "f1": float("nan")}
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -162,15 +164,14 @@ def takes_sample_weight(f: Any) -> bool:
 def call_metric(
     f: Any, y_true: np.ndarray, y_pred: np.ndarray, sample_weight: np.ndarray | None = None
 ) -> float:
-    """``f(y_true, y_pred)`` as a float (``sample_weight=`` too where rows are weighted: a
-    metric without that parameter is refused); any error names the metric and its inputs."""
-    weighted = {} if sample_weight is None else {"sample_weight": sample_weight}
-    if weighted and not takes_sample_weight(f):
-        raise ValueError(
-            f"metric {metric_name(f)!r} takes no sample_weight, but the rows are weighted "
-            "(evaluate's sample_weight, or validation_data's third entry): give it a "
-            "sample_weight parameter, as scikit-learn's metrics have"
-        )
+    """``f(y_true, y_pred)`` as a float (``sample_weight=`` too where rows are weighted and
+    ``f`` has that parameter, as scikit-learn's metrics; else unweighted, as Keras's
+    ``metrics``); any error names the metric and its inputs."""
+    weighted = (
+        {}
+        if sample_weight is None or not takes_sample_weight(f)
+        else {"sample_weight": sample_weight}
+    )
     try:
         return float(f(y_true, y_pred, **weighted))
     except Exception as exc:

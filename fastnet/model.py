@@ -31,6 +31,7 @@ from fastnet.losses import LOSSES, Loss, get_loss
 from fastnet.mixed import LossScaler
 from fastnet.optimizers import OPTIMIZERS, Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter, ParameterArena
+from fastnet.revision import bump
 from fastnet.state import StateEntry, StateError
 from fastnet.training import Trainer, TrainingDivergedError
 from fastnet.validation import (
@@ -62,6 +63,8 @@ class Sequential(Trainer):
     """
 
     _optimizer: Optimizer
+    _trainable: tuple[bool, ...] = ()  # the layers' trainable flags the arena was grouped by
+    _regrouping = False
 
     def __init__(
         self,
@@ -139,6 +142,18 @@ class Sequential(Trainer):
                 "optimizer; set lr on model.optimizer, or make a new model for another one"
             )
         self._optimizer = get_optimizer(optimizer)
+
+    @property
+    def loss(self) -> Loss:
+        """The loss; replacing it on a built model is seen by the next step, compiled or not."""
+        return self._loss
+
+    @loss.setter
+    def loss(self, loss: str | Loss) -> None:
+        self._loss = get_loss(loss)
+        if getattr(self, "input_dim", None) is not None:
+            self._loss.build(self.backend)
+        bump()  # (compiled steps re-read what they baked in)
 
     @property
     def backend(self) -> Backend:
@@ -223,23 +238,35 @@ class Sequential(Trainer):
 
     def _apply_trainable(self) -> None:
         """Layers frozen or unfrozen since the arena was made (``Layer.trainable``): the
-        parameters regrouped, every value, slot and buffer kept; a group that merges takes its
-        trained members' step count (a frozen parameter's slots are as it left them)."""
-        if self.arena is None or self._trainable == tuple(x.trainable for x in self.layers):
+        parameters regrouped, every value, gradient, slot and buffer kept; a group that merges
+        takes its trained members' step count (a frozen parameter's slots are as it left
+        them). Run before anything reads the arena's grouping (a fit, an update, the state,
+        the config), so a saved or copied model is the one the next step would train."""
+        flags = tuple(x.trainable for x in self.layers)
+        if self.arena is None or self._trainable == flags or self._regrouping or self._fitting:
             return
-        state = self.get_state()
-        was_frozen = {e.key: e.ref.frozen for e in self.state_entries() if e.kind == "step"}
-        self.arena = self._new_arena()
-        self._compiled_steps.clear()  # (they were built for the old groups)
-        self._plan_key = None
-        steps = [e for e in self.state_entries() if e.kind == "step"]
-        counts: dict[int, list[tuple[bool, int]]] = {}
-        for e in steps:
-            counts.setdefault(id(e.ref), []).append((was_frozen[e.key], state[e.key]))
-        for e in steps:
-            group = counts[id(e.ref)]
-            state[e.key] = max([n for frozen, n in group if not frozen] or [n for _, n in group])
-        self.set_state(state, validate=False)
+        self._regrouping = True
+        try:
+            state = self.get_state()
+            was_frozen = {e.key: e.ref.frozen for e in self.state_entries() if e.kind == "step"}
+            grads = [(p, self.backend.xp.array(p.grad, copy=True)) for p in self.parameters()]
+            self.arena = self._new_arena()
+            self._compiled_steps.clear()  # (they were built for the old groups)
+            self._plan_key = None
+            steps = [e for e in self.state_entries() if e.kind == "step"]
+            counts: dict[int, list[tuple[bool, int]]] = {}
+            for e in steps:
+                counts.setdefault(id(e.ref), []).append((was_frozen[e.key], state[e.key]))
+            for e in steps:
+                group = counts[id(e.ref)]
+                state[e.key] = max(
+                    [n for frozen, n in group if not frozen] or [n for _, n in group]
+                )
+            self.set_state(state, validate=False)
+            for p, grad in grads:  # (a hand loop's backward ran before this update)
+                p.grad = grad
+        finally:
+            self._regrouping = False
 
     def parameters(self) -> list[Parameter]:
         return [p for layer in self.layers for p in layer.parameters()]
@@ -589,6 +616,7 @@ class Sequential(Trainer):
     def state_entries(self) -> list[StateEntry]:
         """The schema of this model's state (``fastnet.state``): one entry per key."""
         self._require_built()
+        self._apply_trainable()
         return list(schema.state_entries(self.layers, self.arena, self.loss_scaler, self._order))
 
     def get_state(self) -> dict[str, Any]:
@@ -666,6 +694,7 @@ class Sequential(Trainer):
         """The architecture, loss, optimizer and settings (JSON); refused where a part's class
         would not load back (``Registry.checked_config``: a subclass that kept its parent's
         ``name``, a user's class whose config lacks an ``__init__`` argument)."""
+        self._apply_trainable()  # (the config says which layers are frozen)
         for part in self._parts()[len(self.layers) :]:  # (layers: ``registered`` below)
             kinds = ((Loss, LOSSES), (Optimizer, OPTIMIZERS))
             next((r for kind, r in kinds if isinstance(part, kind)), INITIALIZERS).checked_config(
@@ -673,9 +702,11 @@ class Sequential(Trainer):
             )
         loss = self.loss.get_config()
         return {
-            "layers": [
-                {**registered(x).get_config(), **({} if x.trainable else {"trainable": False})}
-                for x in self.layers
+            "layers": [  # frozen as its parameter groups are (a fit's callback: after it)
+                {**registered(x).get_config(), **({} if trains else {"trainable": False})}
+                for x, trains in zip(
+                    self.layers, self._trainable or [x.trainable for x in self.layers]
+                )
             ],
             "loss": loss if len(loss) > 1 else self.loss.name,
             "optimizer": self.optimizer.get_config(),

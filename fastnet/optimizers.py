@@ -24,6 +24,7 @@ from typing import Any
 
 from fastnet.parameter import ParameterGroup
 from fastnet.registry import Registry
+from fastnet.revision import bump
 
 
 def _is_real(value: Any) -> bool:
@@ -144,6 +145,8 @@ class Optimizer:
         elif key == "eps":
             value = _check_positive(key, value)
         super().__setattr__(key, value)
+        if key not in ("lr", "initial_lr"):  # (the lr lives in device scalars)
+            bump()
 
     def __getattr__(self, key: str) -> Any:  # (only for names that are not attributes)
         if key in KERAS_NAMES:

@@ -68,6 +68,9 @@ def _release_data(compiled: Any) -> None:
             step.release_data()
 
 
+_BATCH_HOOKS = ("on_batch_begin", "on_batch_end")
+
+
 def _overrides(callback: Callback, hook: str) -> bool:
     """Whether ``callback`` has its own ``hook`` (a method of its class, or one set on the
     instance, as ``KerasStyle`` does)."""
@@ -158,13 +161,16 @@ def _top_k(top_k: int | None, classes: int) -> int:
 
 @contextlib.contextmanager
 def _joined(model: Any, group: Any) -> Iterator[None]:
-    """The model's layers in the data-parallel ``group`` (None: one process) for a fit:
-    a synchronized BatchNorm1d then normalizes over the global batch."""
+    """A fit's span: the model's layers in the data-parallel ``group`` (None: one process; a
+    synchronized BatchNorm1d then normalizes over the global batch), and its parameter groups
+    kept (a layer's ``trainable`` set by a callback applies after the fit)."""
     for layer in model.layers:
         layer.join_group(group)
+    model._fitting = True
     try:
         yield
     finally:
+        model._fitting = False
         for layer in model.layers:
             layer.join_group(None)
 
@@ -437,6 +443,7 @@ class Trainer:
     stop_training: bool = False
     _order: np.ndarray
     diverged: bool = False  # the last fit stopped on a NaN/inf loss
+    _fitting = False  # inside fit: the parameter groups stay as they are
 
     # ------------------------------------------------------------------ one step
     def train_step(
@@ -470,7 +477,7 @@ class Trainer:
         epochs: int = 10,
         initial_epoch: int = 0,
         batch_size: int = 128,
-        validation_data: tuple[Any, Any] | None = None,
+        validation_data: tuple[Any, ...] | None = None,
         validation_split: float = 0.0,
         shuffle: bool = True,
         callbacks: Sequence[Any] = (),
@@ -487,8 +494,9 @@ class Trainer:
     ) -> dict[str, list[float]]:
         """Train for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches; returns this
         call's history (``model.history`` keeps every epoch): ``loss``, ``accuracy``
-        (classifiers), ``seconds``, ``lr`` and, on validation data (``validation_data``, or a
-        seeded, stratified ``validation_split``), ``val_loss`` with ``val_accuracy``, macro
+        (classifiers), ``seconds``, ``lr`` and, on validation data (``validation_data``: ``(X,
+        y)`` or ``(X, y, sample_weight)``; or a seeded, stratified ``validation_split``, the
+        held-out rows keeping their ``sample_weight``), ``val_loss`` with ``val_accuracy``, macro
         ``val_precision``/``_recall``/``_f1`` and ``val_top{k}_accuracy`` for softmax
         classifiers or ``val_mae``/``_rmse``/``_r2`` for regression, and each of ``metrics``
         as ``val_<name>``: ``f(y_true, y_pred) -> float`` on NumPy targets and, as in Keras,
@@ -695,6 +703,15 @@ class Trainer:
         val: tuple[Any, ...] = (_rows(X, held), _rows(y, held))
         if w is not None:  # the held-out rows keep their weights, as Keras's split
             w = host_array(w, "sample_weight")
+            if w.shape != (X.shape[0],):
+                raise ValueError(
+                    f"sample_weight must hold {X.shape[0]} numbers (one per row), got {w.shape}"
+                )
+            if w.dtype.kind in "biuf" and not w[held].any():
+                raise ValueError(
+                    f"the {len(held)} rows validation_split={fraction} holds out all have "
+                    "sample_weight 0: pass validation_data, or other weights"
+                )
             w, val = w[train], (*val, w[held])
         return _rows(X, train), _rows(y, train), w, val
 
@@ -723,9 +740,7 @@ class Trainer:
                 cb.on_epoch_begin(self, epoch)
             snapshot = self.get_state()
             logs = self._train_epoch(run_epoch, run, epoch, snapshot)
-            bad = "" if not np.isfinite(logs["loss"]) else self._nonfinite_state()
-            broken = f"{bad} became NaN or infinite" if bad else f"loss became {logs['loss']}"
-            broken = "" if np.isfinite(logs["loss"]) and not bad else broken
+            broken = self._divergence(logs["loss"], run.group)
             if broken and run.on_divergence != "ignore":
                 half = getattr(self, "policy", None) == "mixed_float16"
                 restored = self._restore_last_good([snapshot, previous], run.X, run.y, epoch)
@@ -787,7 +802,7 @@ class Trainer:
         try:
             loss_sum, correct_sum = run_epoch(bar.update, run.callbacks)
         except CaptureRequiredError:
-            self.set_state(snapshot)  # the warm-up step is undone: the fit changed nothing
+            self.set_state(snapshot)  # this epoch's steps undone (in the first: nothing changed)
             raise
         except KeyboardInterrupt:
             if run.group is None:  # (data-parallel jobs abort: a rank may wait on its peers)
@@ -866,8 +881,7 @@ class Trainer:
         def run_epoch(
             progress: Callable[[int], Any] | None = None, hooks: Sequence[Callback] = ()
         ) -> tuple[Any, Any]:
-            begin = [cb for cb in hooks if _overrides(cb, "on_batch_begin")]
-            end = [cb for cb in hooks if _overrides(cb, "on_batch_end")]
+            begin, end = ([cb for cb in hooks if _overrides(cb, h)] for h in _BATCH_HOOKS)
             source.reseed(epoch_seed(*self._order))  # a resumed fit shuffles as if uninterrupted
             with self.backend.step_stream():  # gathers, lr writes and steps in one order
                 step.begin_epoch()
@@ -878,13 +892,14 @@ class Trainer:
                         data = (source.X, source.y, source.w)
                         start = step.run_in_graphs(data, order, local, progress)
                 batches = zip(source.epoch(local[start:], step, order), bounds[start:])
+                hooked = bool(begin or end)
                 for i, ((xb, yb, wb), (lo, hi)) in enumerate(batches, start):
-                    if begin or end:
+                    if hooked:
                         self._batch_begin(begin, step, i)
                     step(xb, yb, wb)
                     if progress is not None:
                         progress(hi - lo)
-                    if end and self._batch_end(end, step, i, (lo, hi), group, global_logs):
+                    if hooked and self._batch_end(end, step, i, (lo, hi), group, global_logs):
                         break  # stop_training set: the epoch's logs average the rows trained
                 self._order[1] += 1
                 return step.end_epoch()
@@ -913,12 +928,13 @@ class Trainer:
             for cb in hooks:
                 cb.on_batch_end(self, i, logs)
             return False
-        totals = np.array(self.backend.to_numpy(step.totals), np.float64)
-        if group is not None:
-            group.allreduce(totals)  # the ranks' sums so far
-        logs["loss"] = float(totals[0]) / rows[1]
-        if self.loss.counts_correct:
-            logs["accuracy"] = float(totals[1]) / rows[1]
+        if hooks:  # (else only on_batch_begin hooks ran: they may have set stop_training)
+            totals = np.array(self.backend.to_numpy(step.totals), np.float64)
+            if group is not None:
+                group.allreduce(totals)  # the ranks' sums so far
+            logs["loss"] = float(totals[0]) / rows[1]
+            if self.loss.counts_correct:
+                logs["accuracy"] = float(totals[1]) / rows[1]
         for cb in hooks:
             cb.on_batch_end(self, i, logs)
         if group is not None:
@@ -1055,6 +1071,17 @@ class Trainer:
         return rows
 
     # ------------------------------------------------------------------ divergence
+    def _divergence(self, loss: float, group: Any) -> str:
+        """What diverged in the epoch ("" if nothing): the loss (the same on every rank), else
+        the state; data-parallel, every rank stops where one does (its own BatchNorm
+        statistics may overflow alone)."""
+        bad = "" if not np.isfinite(loss) else self._nonfinite_state()
+        broken = f"{bad} became NaN or infinite" if bad else f"loss became {loss}"
+        broken = "" if np.isfinite(loss) and not bad else broken
+        if group is not None and group.any(bool(broken)) and not broken:
+            broken = "another rank's state became NaN or infinite"
+        return broken
+
     def _nonfinite_state(self) -> str:
         """What of the model's state holds NaN or inf ("" if nothing): a finite loss can hide
         overflowed weights (after the epoch's last step) or optimizer slots (an Adam ``v`` of
@@ -1130,29 +1157,32 @@ class Trainer:
             lo, hi = rank_slice(0, n, group.rank, group.world_size)
         classes = self.output_dim if self.loss.multiclass else 0
         width = 0 if self.loss.counts_correct else self.output_dim
-        sums = np.zeros(4 + classes * classes + 4 * width)  # loss, weight, correct, top-k, tables
+        tables = 4 + classes * (classes + 1)  # loss, weight, correct, top-k; cm, classes seen
+        sums = np.zeros(tables + 4 * width)
         if hi > lo:
             outputs, targets = self._batched_outputs(Xd[lo:hi], False, batch_size), yd[lo:hi]
             w = None if weights is None else weights[lo:hi]
             sums[:3] = self._weighted_sums(outputs, targets, w)
             if classes:
-                sums[3:] = self._class_sums(outputs, targets, classes, _top_k(top_k, classes), w)
+                k = _top_k(top_k, classes)
+                sums[3:tables] = self._class_sums(outputs, targets, classes, k, w)
             if width:
                 host = self.backend.to_numpy
                 predicted = host(self.loss.predict_output(outputs))  # as predict_proba's
                 rows = None if w is None else host(w)
-                sums[4:] = regression_sums(predicted, host(targets), host(yd[:1]), rows)
+                sums[tables:] = regression_sums(predicted, host(targets), host(yd[:1]), rows)
         if group is not None and group.world_size > 1:
             group.allreduce(sums)
         logs, total = {"loss": sums[0] / n}, sums[1]
         if self.loss.counts_correct:
             logs["accuracy"] = sums[2] / total
         if classes:
-            logs.update(macro_scores(sums[4:].reshape(classes, classes)))
+            cm = sums[4 : tables - classes].reshape(classes, classes)
+            logs.update(macro_scores(cm, sums[tables - classes : tables] > 0))
             if _top_k(top_k, classes):
                 logs[f"top{_top_k(top_k, classes)}_accuracy"] = sums[3] / total
         if width:
-            logs.update(regression_scores(sums[4:], total))
+            logs.update(regression_scores(sums[tables:], total))
         if metrics:  # on the whole set (not reducible over ranks)
             check_metric_names(metrics, list(logs))
             outputs = functools.partial(self._batched_outputs, Xd, batch_size=batch_size)
@@ -1210,15 +1240,16 @@ class Trainer:
     def _class_sums(
         self, outputs: Any, targets: Any, classes: int, k: int, w: Any = None
     ) -> np.ndarray:
-        """Top-k hits followed by the confusion matrix (of summed row weights ``w``), as one
-        vector of sums."""
+        """Top-k hits, the confusion matrix (of summed row weights ``w``) and the rows each
+        class has as label or prediction whatever their weight (the classes macro scores
+        average over, as scikit-learn's), as one vector of sums."""
         labels = targets if targets.ndim == 1 else targets.argmax(axis=1)
         hits = float(top_k_correct(outputs, labels, k, self.backend.xp, w)) if k else 0.0
         host = self.backend.to_numpy
-        cm = confusion_matrix(
-            host(labels), host(outputs.argmax(axis=1)), classes, None if w is None else host(w)
-        )
-        return np.concatenate([[hits], cm.ravel()])
+        true, pred = host(labels), host(outputs.argmax(axis=1))
+        cm = confusion_matrix(true, pred, classes, None if w is None else host(w))
+        seen = np.bincount(np.concatenate([true, pred]).astype(np.int64), minlength=classes)
+        return np.concatenate([[hits], cm.ravel(), seen])
 
     def _batched_outputs(
         self, Xd: Any, probabilities: bool = False, batch_size: int = 0, finite: str = ""

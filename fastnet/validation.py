@@ -9,6 +9,7 @@ import numpy as np
 
 from fastnet.backends import Backend
 from fastnet.backends.interop import as_input, host_array, non_numeric_columns
+from fastnet.revision import bump
 
 __all__ = ["as_input", "check_features", "check_targets", "host_array"]
 
@@ -171,12 +172,19 @@ class Checked:
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
             return self
-        return (
-            obj.__dict__.get(self.slot, *self.default) if self.default else obj.__dict__[self.slot]
-        )
+        try:
+            return obj.__dict__[self.slot]
+        except KeyError:
+            if self.default:
+                return self.default[0]
+            name = self.slot.removeprefix("_checked_")
+            raise AttributeError(
+                f"{type(obj).__name__!r} object has no attribute {name!r}"
+            ) from None
 
     def __set__(self, obj: Any, value: Any) -> None:
         obj.__dict__[self.slot] = self.check(value)
+        bump()  # (compiled steps re-read what they baked in)
 
 
 def check_fraction(name: str) -> Any:

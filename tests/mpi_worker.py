@@ -16,6 +16,7 @@ mpi_worker.py agree FOLDER                  checkpoints into new folders, one st
 import os
 import signal
 import sys
+import warnings
 
 import numpy as np
 
@@ -197,6 +198,14 @@ def main(mode, *args):
             assert len(h["loss"]) == 1, h  # every rank stops in epoch 1 (batch hooks on
             # every rank: after the batch; on some: at the epoch's end)
             assert m2.rows_trained == (192 if everywhere else len(X)), m2.rows_trained
+        big = X[:64, :3].copy()  # rank 0's rows of each batch overflow its BatchNorm variance
+        big[np.arange(64) % 16 < 8, 2] = np.where(np.arange(32) % 2, 1e20, -1e20)
+        norm = fn.Sequential([fn.BatchNorm1d(), fn.Dense(4, "relu"), fn.Dense(2)], seed=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            norm.fit(big, y[:64] % 2, epochs=3, batch_size=16, shuffle=False, verbose=0,
+                     distributed=True)  # fmt: skip
+        assert norm.diverged, norm.stop_reason  # every rank stopped (rank 1 waited forever)
         for other in (X[: 290 + dist.rank()], X + dist.rank()):  # other rows on rank 1
             try:
                 m.fit(other, y[: len(other)], epochs=1, verbose=0, distributed=True)

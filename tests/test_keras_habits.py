@@ -556,3 +556,14 @@ def test_stop_training_set_in_a_batch_hook_ends_the_epoch_after_that_batch(backe
     alone.fit(X[:150], y[:150], epochs=1, batch_size=50, shuffle=False, verbose=0)
     for a, b in zip(stopped.get_weights(), alone.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+    class HaltAtBegin:  # only on_batch_begin: it ran the whole epoch
+        def on_train_batch_begin(self, batch, logs=None):
+            if batch == 2:
+                self.model.stop_training = True
+
+    begun = model()
+    begun.fit(X, y, epochs=4, batch_size=50, shuffle=False, verbose=0, callbacks=[HaltAtBegin()])
+    assert begun.rows_trained == 150 and len(begun.history["loss"]) == 1
+    for a, b in zip(begun.get_weights(), alone.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -82,8 +82,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # data sets' "not found" messages: +3), to 11,530 for frozen layers (Layer.trainable: a
 # group of their own, regrouped when changed, in the config: +36), Standardize through
 # backend ops and its float32 rounding said, memory-mapped X checked in the model's dtype
-# (+19)
-BUDGET = 11530
+# (+19), to 11,600 for a review of these (frozen flags saved as the groups are and applied
+# before a state is read, gradients kept by the regroup; ranks agreeing on a divergence; a
+# change counter so that steps re-check constants only after a change; stop_training from
+# on_batch_begin; held-out weights checked; macro scores over the classes seen: +68)
+BUDGET = 11600
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

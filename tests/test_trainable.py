@@ -78,3 +78,61 @@ def test_a_hand_written_loop_freezes_at_the_next_apply_gradients():
     model.apply_gradients()
     np.testing.assert_array_equal(model.layers[2].W.value, W)
     assert np.abs(lower).max() > 0  # the gradient went through the frozen top layer
+
+
+def test_a_model_saved_or_copied_after_a_change_is_the_one_the_next_step_trains(tmp_path):
+    """Unfrozen and saved before the next fit: the config said unfrozen while the step counts
+    were still two groups' (8 and 0): save wrote a file that did not load, pickle and deepcopy
+    raised, ``to`` kept either count."""
+    import copy
+    import pickle
+
+    X, y = _data()
+    model = _model("numpy")
+    model.layers[0].trainable = False
+    model.fit(X, y, epochs=2, batch_size=16, verbose=0)
+    model.layers[0].trainable = True
+    model.save(tmp_path / "m.npz")
+    for other in (fn.load_model(tmp_path / "m.npz", backend="numpy"), model.to("numpy"),
+                  copy.deepcopy(model), pickle.loads(pickle.dumps(model))):  # fmt: skip
+        state = other.host_state()
+        assert state["step/0/W"] == state["step/2/W"] == 12, other
+        assert all(x.trainable for x in other.layers)
+
+
+def test_apply_gradients_after_a_change_applies_the_gradients_computed_before_it():
+    """The regroup zeroed the gradient buffers: the update after it used none."""
+    X, y = _data()
+    models = [_model("numpy").build(6) for _ in range(2)]
+    models[0].layers[0].trainable = False
+    for model in models:
+        outputs = model.forward(model.backend.asarray(X[:32]), training=True)
+        model.backward(model.loss(outputs, model.backend.asarray(y[:32]))[1])
+        model.apply_gradients()
+    frozen, plain = (m.get_weights() for m in models)
+    np.testing.assert_array_equal(frozen[0], _model("numpy").build(6).get_weights()[0])
+    for a, b in zip(frozen[2:], plain[2:], strict=True):  # the other layers trained alike
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["numba", "cupy-emulated"])
+def test_a_callbacks_change_applies_after_the_fit_on_every_step(backend, tmp_path):
+    """A callback freezing a layer mid-fit: the fit keeps its groups (a captured graph holds
+    them), eager and compiled alike; its checkpoints load; the next fit freezes it."""
+
+    class Freeze(fn.Callback):
+        def on_epoch_end(self, model, epoch, logs):
+            model.layers[0].trainable = False
+
+    X, y = _data()
+    saved = fn.ModelCheckpoint(tmp_path / "m-{epoch}.npz")
+    eager, compiled = _model(backend), _model(backend)
+    for model, how in ((eager, False), (compiled, "auto")):
+        model.fit(X, y, epochs=3, batch_size=32, verbose=0, shuffle=False, compiled=how,
+                  callbacks=[Freeze(), saved])  # fmt: skip
+    for a, b in zip(eager.get_weights(), compiled.get_weights(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+    assert fn.load_model(tmp_path / "m-3.npz").layers[0].trainable  # (as that fit trained)
+    first = compiled.get_weights()[0]
+    compiled.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    np.testing.assert_array_equal(compiled.get_weights()[0], first)

@@ -53,6 +53,24 @@ def test_weighted_classifier_scores_equal_scikit_learns(backend):
     assert got["accuracy"] != plain["accuracy"]
 
 
+def test_a_class_seen_only_in_rows_of_weight_zero_counts_in_macro_scores():
+    """scikit-learn averages over the labels present in y_true or y_pred, whatever their
+    weight (precision 0.26); fastnet dropped the class (0.40)."""
+    import warnings
+
+    X, y, w = _data()
+    model = _trained("numpy")
+    pred = model.predict(X)
+    w = np.where((y == 2) | (pred == 2), 0.0, w)
+    got = model.evaluate(X, y, sample_weight=w)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (scikit-learn's zero-division warning)
+        for name in ("precision", "recall", "f1"):
+            score = getattr(skm, f"{name}_score")(y, pred, average="macro", sample_weight=w,
+                                                   zero_division=0)  # fmt: skip
+            assert got[name] == pytest.approx(score, rel=1e-12), name
+
+
 def test_integer_weights_score_as_repeated_rows():
     X, y, w = _data()
     counts = np.rint(w).astype(np.int64)
@@ -78,19 +96,21 @@ def test_weighted_regression_scores_equal_scikit_learns(backend):
         assert small[key] == pytest.approx(got[key], rel=1e-9), key
 
 
-def test_user_metrics_get_the_weights_and_one_without_them_is_refused_before_training():
+def test_user_metrics_with_a_sample_weight_parameter_get_the_weights_others_not():
+    """As scikit-learn's metrics take them; one without the parameter is unweighted, as
+    Keras's ``metrics`` (it was refused, which broke validation_split with sample_weight)."""
     X, y, w = _data()
     model = _trained("numpy")
     on_labels = fn.metrics.on_labels(skm.balanced_accuracy_score)
-    got = model.evaluate(X, y, sample_weight=w, metrics=[on_labels])
-    expected = skm.balanced_accuracy_score(y, model.predict(X), sample_weight=w)
+    plain = fn.metrics.on_labels(lambda t, p: skm.balanced_accuracy_score(t, p))
+    got = model.evaluate(X, y, sample_weight=w, metrics=[on_labels, plain])
+    pred = model.predict(X)
+    expected = skm.balanced_accuracy_score(y, pred, sample_weight=w)
     assert got["balanced_accuracy_score"] == pytest.approx(expected, rel=1e-12)
-    before = model.get_weights()
-    with pytest.raises(ValueError, match=r"metric '<lambda>' takes no sample_weight"):
-        model.fit(X, y, epochs=1, verbose=0, validation_data=(X, y, w),
-                  metrics=[lambda t, p: 0.0])  # fmt: skip
-    for a, b in zip(before, model.get_weights(), strict=True):
-        np.testing.assert_array_equal(a, b)  # refused before the first step
+    assert got["<lambda>"] == pytest.approx(skm.balanced_accuracy_score(y, pred), rel=1e-12)
+    h = model.fit(X, y, epochs=1, verbose=0, validation_split=0.2, sample_weight=w,
+                  metrics=[lambda t, p: 0.5])  # fmt: skip
+    assert h["val_<lambda>"] == [0.5]
 
 
 @pytest.mark.parametrize("backend", ["numpy", "numba"])
@@ -132,6 +152,14 @@ def test_bad_weights_are_refused_naming_them():
         model.evaluate(X, y, sample_weight=0 * w)
     with pytest.raises(ValueError, match=r"validation_data's sample weights must hold 100"):
         model.fit(X, y, epochs=1, verbose=0, validation_data=(X[:100], y[:100], w))
+    with pytest.raises(ValueError, match=r"sample_weight must hold 300 numbers"):
+        model.fit(X, y, epochs=1, verbose=0, validation_split=0.2, sample_weight=w[:10])
+    with pytest.raises(ValueError, match=r"sample_weight must hold 300 numbers"):
+        model.fit(X, y, epochs=1, verbose=0, validation_split=0.2, sample_weight=np.ones(400))
+    held = model._split_validation(X, y, w, None, 0.2, int(model._order[0]))[3][0]
+    zero = np.where(np.isin(X[:, 0], held[:, 0]), 0.0, w)  # the held-out rows weigh 0
+    with pytest.raises(ValueError, match=r"the 60 rows validation_split=0.2 holds out all have"):
+        model.fit(X, y, epochs=1, verbose=0, validation_split=0.2, sample_weight=zero)
     with pytest.raises(ValueError, match=r"a pair \(X_val, y_val\) or a triple"):
         model.fit(X, y, epochs=1, verbose=0, validation_data=(X, y, w, w))
 

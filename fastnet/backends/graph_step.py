@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.revision import revision
+
 
 class CaptureRequiredError(ValueError):
     """``compiled=True``, but the eager warm-up met something a captured step cannot do."""
@@ -55,6 +57,7 @@ class GraphedStep:
         self.graph: Any = None
         self.warm = False  # one eager full batch first: buffers exist before capture
         self.frozen: tuple = ()
+        self.revision = -1  # ``fastnet.revision`` when ``frozen`` was compared last
         self.kept: list = []
         self.replays = 0  # steps run by graph replays
         self.eager_reason = ""  # set when the warm-up met something a capture cannot do
@@ -76,15 +79,18 @@ class GraphedStep:
         self.backend.fill(self.totals, 0.0)
 
     def refresh(self) -> None:
-        """Before each step where batch callbacks ran (one step per replay, then)."""
+        """Before each step where batch callbacks ran (one step per replay, then): the
+        constants re-checked where a hyperparameter was set since (``fastnet.revision``)."""
         if self.steps_per_graph > 1 and self.model.step_description == self.description:
             self.model.step_description = "captured graph (the step function, replayed per batch)"
-        self._recheck()
+        if revision() != self.revision:
+            self._recheck()
 
     def _recheck(self) -> None:
         """A constant the graphs baked in that changed (a callback's) means capturing again,
         after an eager step (buffers, kernels and probes of the new ones), or running eagerly
         while the model's plan is not capturable (a loss swapped for one no capture covers)."""
+        self.revision = revision()
         frozen = self.model._frozen_constants()
         if frozen == self.frozen:
             return

@@ -12,6 +12,7 @@ import numpy as np
 from fastnet.backends.base import Act
 from fastnet.backends.counter_rng import check_draw_size, drop_threshold
 from fastnet.backends.plan import StepPlan
+from fastnet.revision import revision
 
 
 def fused_step_reason(plan: StepPlan) -> str:
@@ -82,12 +83,17 @@ class FusedDenseStep:
         for op in ("matmul", "bias_act", "act_backward_bias", "softmax_xent", "count_correct"):
             self.backend.record_kernel(op, "numba-fused (in the fused step)")
         self.frozen = ()  # arrays are re-read from a fresh plan: set_state may have replaced them
+        self.revision = -1
         self.refresh()
 
     def refresh(self) -> None:
         """Before an epoch, and before each step where batch callbacks ran: the kernel's
         arguments re-read where the model's constants changed (a slope, the smoothing, a
-        dropout rate), or eager steps while its plan is no longer fused (a callback's change)."""
+        dropout rate), or eager steps while its plan is no longer fused (a callback's change).
+        Nothing is compared unless a hyperparameter was set since (``fastnet.revision``)."""
+        if revision() == self.revision:
+            return
+        self.revision = revision()
         frozen = self.model._frozen_constants()
         if frozen == self.frozen:
             return
