@@ -494,11 +494,11 @@ class Trainer:
     ) -> dict[str, list[float]]:
         """Train for ``epochs`` passes over ``(X, y)`` in shuffled mini-batches; returns this
         call's history (``model.history`` keeps every epoch): ``loss``, ``accuracy``
-        (classifiers), ``seconds``, ``lr`` and, on validation data (``validation_data``: ``(X,
-        y)`` or ``(X, y, sample_weight)``; or a seeded, stratified ``validation_split``, the
-        held-out rows keeping their ``sample_weight``), ``val_loss`` with ``val_accuracy``, macro
-        ``val_precision``/``_recall``/``_f1`` and ``val_top{k}_accuracy`` for softmax
-        classifiers or ``val_mae``/``_rmse``/``_r2`` for regression, and each of ``metrics``
+        (classifiers), ``seconds``, ``lr`` and, on validation data (``validation_data``, ``(X,
+        y)`` or ``(X, y, weights)``, or a seeded, stratified ``validation_split``, weights kept),
+        ``val_loss`` with ``val_accuracy``, macro ``val_precision``/``_recall``/``_f1`` and
+        ``val_top{k}_accuracy`` for softmax classifiers or ``val_mae``/``_rmse``/``_r2`` for
+        regression, and each of ``metrics``
         as ``val_<name>``: ``f(y_true, y_pred) -> float`` on NumPy targets and, as in Keras,
         ``predict_proba``'s (``predict_raw``'s) outputs; ``metrics.on_labels(f)`` gives labels.
         ``initial_epoch`` (Keras's) resumes: the first epoch's index, ``epochs`` the final one.
