@@ -498,9 +498,8 @@ class Trainer:
         y)`` or ``(X, y, weights)``, or a seeded, stratified ``validation_split``, weights kept),
         ``val_loss`` with ``val_accuracy``, macro ``val_precision``/``_recall``/``_f1`` and
         ``val_top{k}_accuracy`` for softmax classifiers or ``val_mae``/``_rmse``/``_r2`` for
-        regression, and each of ``metrics``
-        as ``val_<name>``: ``f(y_true, y_pred) -> float`` on NumPy targets and, as in Keras,
-        ``predict_proba``'s (``predict_raw``'s) outputs; ``metrics.on_labels(f)`` gives labels.
+        regression, and each of ``metrics`` as ``val_<name>``: ``f(y_true, y_pred) -> float``
+        on NumPy targets and, as Keras, ``predict_proba``'s outputs (``on_labels(f)``: labels).
         ``initial_epoch`` (Keras's) resumes: the first epoch's index, ``epochs`` the final one.
         Bad arguments raise before anything changes. A NaN/inf loss restores the last finite
         weights and stops (``on_divergence="restore"``; "raise" also raises
