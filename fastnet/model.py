@@ -226,6 +226,16 @@ class Sequential(Trainer):
         self.input_dim = int(input_dim)
         return self
 
+    def _unbuild(self, rng_state: dict, loss_width: int | None) -> None:
+        """Undo ``build`` (a fit refused after it: the model as it was, its initial weights
+        drawn again from the same generator state)."""
+        for layer in self.layers:
+            layer._backend = None
+        self.arena, self.input_dim, self._trainable, self._plan_key = None, None, (), None
+        self._rng.bit_generator.state = rng_state
+        self.loss.width = loss_width
+        self._compiled_steps.clear()
+
     def _new_arena(self) -> ParameterArena:
         """The layers' parameters grouped by optimizer, dtype and whether they are frozen."""
         self._trainable = tuple(layer.trainable for layer in self.layers)

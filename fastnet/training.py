@@ -442,6 +442,7 @@ class Trainer:
     rows_trained: int = 0  # rows the last epoch trained on (fewer if stopped in the epoch)
     stop_training: bool = False
     _order: np.ndarray
+    _rng: np.random.Generator  # what ``build`` draws the initial weights from
     diverged: bool = False  # the last fit stopped on a NaN/inf loss
     _fitting = False  # inside fit: the parameter groups stay as they are
 
@@ -516,6 +517,7 @@ class Trainer:
         opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
         run = self._prepare_fit(X, y, opts)
         # ---- nothing above changed the model; from here on it trains
+        unbuilt = None if self.built else (self._rng.bit_generator.state, self.loss.width)
         self.build(run.X.shape[1])  # (a built model: nothing; its width was checked)
         self._apply_trainable()
         if run.group is not None:
@@ -523,12 +525,22 @@ class Trainer:
         self.streamed = run.streamed
         group = run.group
         with record_kernels(self.backend), _abort_job_on_error(group), _joined(self, group):
-            runner = (run.X, run.y, opts.batch_size, opts.shuffle, run.compiled, run.streamed)
-            run_epoch = self._runner(*runner, group, run.weights, run.global_batch_logs)
+            run_epoch = self._fit_runner(run, opts, unbuilt)
             try:
                 return self._epochs(run_epoch, run)
             finally:  # cached compiled steps must not keep this fit's data on the device
                 _release_data(self._compiled_steps.values())
+
+    def _fit_runner(self, run: FitRun, opts: FitOptions, unbuilt: tuple | None) -> Callable:
+        """The fit's epoch runner; where it is refused (``compiled=True`` and no compiled
+        step) a model this fit built (``unbuilt``: what ``build`` drew from) is unbuilt."""
+        data = (run.X, run.y, opts.batch_size, opts.shuffle, run.compiled, run.streamed)
+        try:
+            return self._runner(*data, run.group, run.weights, run.global_batch_logs)
+        except ValueError:
+            if unbuilt is not None:
+                self._unbuild(*unbuilt)
+            raise
 
     def _check_fit_arguments(self, opts: FitOptions) -> tuple[int, int]:
         """``fit``'s plain arguments, checked; returns ``(epochs, initial_epoch)``."""
@@ -1341,6 +1353,9 @@ class Trainer:
         raise NotImplementedError
 
     def _apply_trainable(self) -> None:  # (Sequential's)
+        raise NotImplementedError
+
+    def _unbuild(self, rng_state: dict, loss_width: int | None) -> None:  # (Sequential's)
         raise NotImplementedError
 
     def get_state(self) -> dict[str, Any]:

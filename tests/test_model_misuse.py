@@ -330,3 +330,25 @@ def test_flags_and_top_k_are_checked_and_a_huge_batch_is_the_data():
     assert model.steps_per_epoch == 1 and "top" not in "".join(model.evaluate(X, y, top_k=None))
     with pytest.raises(ValueError, match="top_k must be None"):
         model.evaluate(X, y, top_k="5")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_refused_compiled_fit_leaves_an_unbuilt_model_unbuilt(backend):
+    """``compiled=True`` refused after the build (numpy has no compiled step; numba's fused
+    step covers no BatchNorm) left the model built: the refused fit changed it."""
+    X = np.random.default_rng(0).normal(size=(48, 5))
+    y = np.arange(48) % 3
+
+    def model():
+        layers = [fn.Dense(8, "relu"), fn.BatchNorm1d(), fn.Dense(3)]
+        return fn.Sequential(layers, backend=backend, seed=0, dtype="float64")
+
+    refused = model()
+    with pytest.raises(ValueError, match="a compiled step was required"):
+        refused.fit(X, y, epochs=1, verbose=0, compiled=True)
+    assert not refused.built and refused.arena is None
+    refused.fit(X, y, epochs=1, verbose=0, shuffle=False)  # as a model that never was refused
+    fresh = model()
+    fresh.fit(X, y, epochs=1, verbose=0, shuffle=False)
+    for a, b in zip(refused.get_weights(), fresh.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

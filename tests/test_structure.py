@@ -85,8 +85,9 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # (+19), to 11,600 for a review of these (frozen flags saved as the groups are and applied
 # before a state is read, gradients kept by the regroup; ranks agreeing on a divergence; a
 # change counter so that steps re-check constants only after a change; stop_training from
-# on_batch_begin; held-out weights checked; macro scores over the classes seen: +72)
-BUDGET = 11610
+# on_batch_begin; held-out weights checked; macro scores over the classes seen: +72), to
+# 11,630 for a refused compiled fit unbuilding the model it built (+12)
+BUDGET = 11630
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
