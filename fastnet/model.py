@@ -10,6 +10,7 @@ import contextvars
 import json
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,6 +105,7 @@ class Sequential(Trainer):
         self.dtype = "float32" if self.policy else dtype
         self.loss_scaler = _loss_scaler(self.backend, self.policy, loss_scale)
         self._casts: dict[tuple, Any] = {}  # mixed precision: the model's cast buffers
+        self._inference_lock = threading.Lock()  # (predict from several threads)
         self.precision = _check_precision(self.backend, precision, self.dtype)
         self._rng = np.random.default_rng(self.seed)  # the weights' initial values
         # [seed, epochs trained]: the validation split and each epoch's shuffle follow from it

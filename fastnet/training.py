@@ -443,6 +443,7 @@ class Trainer:
     stop_training: bool = False
     _order: np.ndarray
     _rng: np.random.Generator  # what ``build`` draws the initial weights from
+    _inference_lock: Any  # layer-by-layer inference reuses the layers' buffers
     diverged: bool = False  # the last fit stopped on a NaN/inf loss
     _fitting = False  # inside fit: the parameter groups stay as they are
 
@@ -1279,9 +1280,10 @@ class Trainer:
             if finite:
                 check_finite(chunk, finite, self.backend)
             out = None if plan is None else self.backend.infer(plan, chunk, probabilities)
-            if out is None:  # layer by layer (their buffers are reused: copy out)
-                out = self.backend.xp.array(self.forward(chunk, training=False), copy=True)
-                out = self.loss.predict_output(out) if probabilities else out
+            if out is None:  # layer by layer: their buffers are reused (one thread at a time)
+                with self._inference_lock:
+                    out = self.backend.xp.array(self.forward(chunk, training=False), copy=True)
+                    out = self.loss.predict_output(out) if probabilities else out
             chunks.append(out)
         return chunks[0] if len(chunks) == 1 else self.backend.xp.concatenate(chunks)
 

@@ -185,13 +185,14 @@ class NumbaBackend(Backend):
         ):
             return None
         key = (id(plan), x.dtype)
-        if self._infer_args.get("key") != key:  # the plan's arrays, once per plan
+        cached = self._infer_args  # read once: another thread's model may replace it
+        if cached.get("key") != key:  # the plan's arrays, once per plan
             dtype = x.dtype
             biases = tuple(
                 np.zeros(layer.weight.shape[1], dtype) if layer.bias is None else layer.bias
                 for layer in layers
             )
-            self._infer_args = {
+            cached = self._infer_args = {
                 "key": key,
                 "plan": plan,
                 "args": (
@@ -202,7 +203,7 @@ class NumbaBackend(Backend):
                 ),
             }
         self.record_kernel("matmul", "blas (numba, fused inference)")
-        return self.k.dense_forward(x, *self._infer_args["args"], softmax)
+        return self.k.dense_forward(x, *cached["args"], softmax)
 
     # ------------------------------------------------------------------ loss
     def _targets(self, logits: Any, labels: Any) -> tuple[Any, Any] | None:
