@@ -251,8 +251,8 @@ class Sequential(Trainer):
     def _apply_trainable(self) -> None:
         """Layers frozen or unfrozen since the arena was made (``Layer.trainable``): the
         parameters regrouped, every value, gradient, slot and buffer kept; a group that merges
-        takes its trained members' step count (a frozen parameter's slots are as it left
-        them). Run before anything reads the arena's grouping (a fit, an update, the state,
+        takes its largest step count, its trained members' (a frozen parameter's slots are as
+        it left them). Run before anything reads the arena's grouping (a fit, an update, the state,
         the config), so a saved or copied model is the one the next step would train."""
         flags = tuple(x.trainable for x in self.layers)
         if self.arena is None or self._trainable == flags or self._regrouping or self._fitting:
@@ -260,21 +260,11 @@ class Sequential(Trainer):
         self._regrouping = True
         try:
             state = self.get_state()
-            was_frozen = {e.key: e.ref.frozen for e in self.state_entries() if e.kind == "step"}
             grads = [(p, self.backend.xp.array(p.grad, copy=True)) for p in self.parameters()]
             self.arena = self._new_arena()
             self._compiled_steps.clear()  # (they were built for the old groups)
             self._plan_key = None
-            steps = [e for e in self.state_entries() if e.kind == "step"]
-            counts: dict[int, list[tuple[bool, int]]] = {}
-            for e in steps:
-                counts.setdefault(id(e.ref), []).append((was_frozen[e.key], state[e.key]))
-            for e in steps:
-                group = counts[id(e.ref)]
-                state[e.key] = max(
-                    [n for frozen, n in group if not frozen] or [n for _, n in group]
-                )
-            self.set_state(state, validate=False)
+            self.set_state(state, validate=False)  # (a merged group: its largest step count)
             for p, grad in grads:  # (a hand loop's backward ran before this update)
                 p.grad = grad
         finally:

@@ -108,11 +108,18 @@ def step_count(value: Any, backend: Any) -> int:
 
 def write_state(entries: Sequence[StateEntry], state: dict[str, Any], backend: Any) -> None:
     """Copy ``state`` into the live arrays in place (unchecked: validate first); missing
-    steps become 0 and missing slots zeros."""
+    steps become 0 and missing slots zeros. A group's step count is its parameters' largest
+    (they differ in the state of a model whose layers were frozen otherwise: the trained
+    ones counted on, as ``Sequential`` merges groups)."""
+    steps: dict[int, int] = {}
+    for e in entries:
+        if e.kind == "step":
+            count = step_count(state.get(e.key, 0), backend)
+            steps[id(e.ref)] = max(steps.get(id(e.ref), 0), count)
     for e in entries:
         value = state.get(e.key)
         if e.kind == "step":
-            e.ref.step = step_count(0 if value is None else value, backend)
+            e.ref.step = steps[id(e.ref)]
         elif value is None and e.kind == "slot":
             e.ref[...] = 0
         elif value is None and e.kind in ("stream", "amp", "order"):
@@ -127,15 +134,15 @@ def validate_state(
     entries: Sequence[StateEntry], state: Any, backend: Any, groups: Sequence[Any]
 ) -> None:
     """Check ``state`` against ``entries``: known keys, every param and buffer present, exact
-    shapes, real finite numbers, non-negative where needed, integer steps shared within each
-    of ``groups``. Raises ``StateError`` naming the key; changes nothing."""
+    shapes, real finite numbers, non-negative where needed, integer steps (``groups``: the
+    parameter groups, whose parameters' counts ``write_state`` merges). Raises
+    ``StateError`` naming the key; changes nothing."""
     if not isinstance(state, dict):
         raise StateError(f"state must be a dict, got {type(state).__name__}")
     known = {e.key for e in entries}
     unknown = sorted(k for k in state if k not in known)
     if unknown:
         raise StateError(f"unexpected state key {unknown[0]!r} (not part of this model)")
-    steps: dict[int, set[int]] = {}
     for e in entries:
         if e.key not in state:
             if e.required:
@@ -147,13 +154,6 @@ def validate_state(
             if e.kind in ("order", "stream") and not _int64s(backend.to_numpy(state[e.key])):
                 what = "(seed, epochs)" if e.kind == "order" else "(a random stream's key, step)"
                 raise StateError(f"{e.key!r} must hold integers from 0 below 2**63 {what}")
-        if e.kind == "step":
-            steps.setdefault(id(e.ref), set()).add(step_count(state.get(e.key, 0), backend))
-    for group in groups:
-        if len(steps.get(id(group), ())) > 1:
-            raise StateError(
-                f"parameters updated by one optimizer have different step counts {steps[id(group)]}"
-            )
 
 
 def _int64s(values: np.ndarray) -> bool:

@@ -177,7 +177,6 @@ def test_kill_during_save_leaves_previous_checkpoint_intact(tmp_path):
 def test_one_state_schema_drives_get_host_validate_and_set():
     """Every key ``get_state`` writes is an entry of the schema, in its order; ``host_state``
     is that state on the host; steps are integer scalars shared within a group."""
-    from fastnet.state import StateError
 
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 4)).astype(np.float32), rng.integers(0, 3, 40)
@@ -195,11 +194,8 @@ def test_one_state_schema_drives_get_host_validate_and_set():
         for k, v in host.items()
     )
     assert host["step/0/W"] == 4
-    host["step/2/W"] = 3  # Dense 2 shares the Adam group with Dense 0
-    with pytest.raises(StateError, match="different step counts"):
-        model.validate_state(host)
-    host["step/2/W"] = 4
-    model.set_state(host)
+    host["step/2/W"] = 3  # Dense 2 shares the Adam group with Dense 0: the larger count
+    model.set_state(host)  # (a state saved with Dense 2 frozen while Dense 0 trained on)
     assert model.arena.groups[0].step == 4
 
 

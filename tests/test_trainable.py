@@ -136,3 +136,23 @@ def test_a_callbacks_change_applies_after_the_fit_on_every_step(backend, tmp_pat
     first = compiled.get_weights()[0]
     compiled.fit(X, y, epochs=1, batch_size=32, verbose=0)
     np.testing.assert_array_equal(compiled.get_weights()[0], first)
+
+
+def test_a_state_saved_while_frozen_loads_into_the_unfrozen_model(tmp_path):
+    """Its parameters' step counts differ (the frozen layer's stopped): set_state refused it
+    ("different step counts {16, 32}"); the merged group takes the larger, as a regroup."""
+    X, y = _data()
+    model = _model("numpy")
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    model.layers[0].trainable = False
+    model.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    state = model.host_state()
+    assert state["step/0/W"] == 6 and state["step/2/W"] == 12
+    twin = _model("numpy").build(6)  # every layer trainable: one group
+    twin.set_state(state)
+    assert twin.arena.groups[0].step == 12
+    for a, b in zip(twin.get_weights(), model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    model.layers[0].trainable = True
+    model.set_state(state)
+    assert len(model.arena.groups) == 1 and model.arena.groups[0].step == 12
