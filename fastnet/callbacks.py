@@ -295,8 +295,9 @@ class ModelCheckpoint(Monitor):
     """Save the model after each epoch (or only when ``monitor`` improved, with
     ``save_best_only``). ``path`` may hold ``{epoch}`` and log keys, e.g.
     ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"`` (keys and formats are checked before training);
-    ``.safetensors`` paths save that format. Writes are atomic and the folder is checked when
-    training starts."""
+    ``.safetensors`` paths save that format, with ``model.metadata``, the epoch and its logs.
+    The best value is kept across fits, as Keras's (a fine-tune does not overwrite a better
+    file). Writes are atomic and the folder is checked when training starts."""
 
     def __init__(
         self,
@@ -342,7 +343,8 @@ class ModelCheckpoint(Monitor):
         if "{" not in folder and _main_rank():  # (the rank that creates it and writes)
             check_checkpoint_path(static, "ModelCheckpoint")
         model.get_config()  # a model that cannot be saved says so now, not after an epoch
-        super().on_train_begin(model)
+        if not hasattr(self, "best"):  # Keras's: the best so far, across fits (a fine-tune's)
+            super().on_train_begin(model)
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
         if self.save_best_only and not self._improved(logs):
@@ -351,7 +353,8 @@ class ModelCheckpoint(Monitor):
         if _main_rank():
             if os.path.dirname(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
-            model.save(path, extra={"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+            logs = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
+            model.save(path, extra={**model.metadata, **logs})  # (classes, features kept)
         self.saved.append(path)
         return False
 

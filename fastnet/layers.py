@@ -23,7 +23,7 @@ from fastnet.initializers import Initializer, get_initializer, initializer_from_
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter
 from fastnet.registry import Registry
-from fastnet.validation import Checked, check_flag, check_fraction
+from fastnet.validation import Checked, SetOnce, check_flag, check_fraction
 
 
 def _real(value: Any) -> bool:
@@ -250,6 +250,7 @@ class Dense(Layer):
     name = "dense"
     fuses_gradients = True
     alpha = Checked(check_alpha)  # the leaky_relu slope
+    units, activation, activation_code, use_bias = SetOnce(), SetOnce(), SetOnce(), SetOnce()
     W: Parameter  # created by build
 
     def __init__(

@@ -39,6 +39,7 @@ from fastnet.validation import (
     MIXED_POLICIES,
     check_dtype,
     check_features,
+    check_flag,
     check_positive_int,
     check_targets,
     check_top_k,
@@ -65,6 +66,7 @@ class Sequential(Trainer):
 
     _optimizer: Optimizer
     _trainable: tuple[bool, ...] = ()  # the layers' trainable flags the arena was grouped by
+    _layer_ids: tuple[int, ...] = ()  # the layers it was built with
     _regrouping = False
 
     def __init__(
@@ -144,6 +146,17 @@ class Sequential(Trainer):
                 "optimizer; set lr on model.optimizer, or make a new model for another one"
             )
         self._optimizer = get_optimizer(optimizer)
+
+    @property
+    def trainable(self) -> bool:
+        """Whether any layer is trainable; setting it sets every layer's (Keras's)."""
+        return any(layer.trainable for layer in self.layers)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        flag = check_flag(value, "trainable")
+        for layer in self.layers:
+            layer.trainable = flag
 
     @property
     def loss(self) -> Loss:
@@ -241,6 +254,7 @@ class Sequential(Trainer):
     def _new_arena(self) -> ParameterArena:
         """The layers' parameters grouped by optimizer, dtype and whether they are frozen."""
         self._trainable = tuple(layer.trainable for layer in self.layers)
+        self._layer_ids = tuple(map(id, self.layers))
         assignments = [
             (p, layer.optimizer or self.optimizer, not layer.trainable)
             for layer in self.layers
@@ -540,6 +554,17 @@ class Sequential(Trainer):
     def _require_built(self) -> None:
         if not self.built:
             raise RuntimeError("the model is not built yet: call fit() or build(input_dim) first")
+        self._check_layers()
+
+    def _check_layers(self) -> None:
+        """A built model's ``layers`` are those it was built with (a list edited in place,
+        Keras's ``pop``, trained or predicted with others' shapes, silently)."""
+        if self.built and tuple(map(id, self.layers)) != self._layer_ids:
+            raise ValueError(
+                "model.layers changed after the model was built (its parameters and optimizer "
+                "state belong to the layers it was built with): make a new Sequential of the "
+                "layers wanted (get_weights/set_weights carry weights over)"
+            )
 
     def predict_raw(self, X: Any, *, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
         """Raw outputs (logits) as a NumPy array, computed ``batch_size`` rows at a time

@@ -536,6 +536,10 @@ class Trainer:
         """The fit's epoch runner; where it is refused (``compiled=True`` and no compiled
         step) a model this fit built (``unbuilt``: what ``build`` drew from) is unbuilt."""
         data = (run.X, run.y, opts.batch_size, opts.shuffle, run.compiled, run.streamed)
+        if self.arena.groups and not self.arena.trained:  # (as Keras warns)
+            warnings.warn(
+                "every layer is frozen (trainable=False): no parameter trains", stacklevel=3
+            )
         try:
             return self._runner(*data, run.group, run.weights, run.global_batch_logs)
         except ValueError:
@@ -545,6 +549,7 @@ class Trainer:
 
     def _check_fit_arguments(self, opts: FitOptions) -> tuple[int, int]:
         """``fit``'s plain arguments, checked; returns ``(epochs, initial_epoch)``."""
+        self._check_layers()
         epochs = check_positive_int(opts.epochs, "epochs")
         if opts.verbose not in (0, 1, 2):  # (False and True are 0 and 1)
             raise ValueError(f"verbose must be 0, 1 (a bar) or 2 (a line), got {opts.verbose!r}")
@@ -1358,6 +1363,9 @@ class Trainer:
         raise NotImplementedError
 
     def _unbuild(self, rng_state: dict, loss_width: int | None) -> None:  # (Sequential's)
+        raise NotImplementedError
+
+    def _check_layers(self) -> None:  # (Sequential's)
         raise NotImplementedError
 
     def get_state(self) -> dict[str, Any]:

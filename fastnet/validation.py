@@ -187,6 +187,30 @@ class Checked:
         bump()  # (compiled steps re-read what they baked in)
 
 
+class SetOnce:
+    """An attribute set at construction and fixed after (it shapes the object's arrays or
+    kernels: changing it silently changed the config, not the computation)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name, self.slot = name, f"_fixed_{name}"
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.slot]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__!r} has no {self.name!r} yet") from None
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        if self.slot in obj.__dict__:
+            raise AttributeError(
+                f"{type(obj).__name__}.{self.name} is fixed at construction (it shapes the "
+                f"layer's arrays and kernels): make a new {type(obj).__name__}"
+            )
+        obj.__dict__[self.slot] = value
+
+
 def check_fraction(name: str) -> Any:
     """A checker of a number in [0, 1) named ``name`` (a rate, a momentum, a smoothing)."""
 

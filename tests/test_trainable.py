@@ -156,3 +156,50 @@ def test_a_state_saved_while_frozen_loads_into_the_unfrozen_model(tmp_path):
     model.layers[0].trainable = True
     model.set_state(state)
     assert len(model.arena.groups) == 1 and model.arena.groups[0].step == 12
+
+
+def test_keras_model_trainable_freezes_every_layer_and_fit_says_so():
+    X, y = _data()
+    model = _model("numpy")
+    model.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    model.trainable = False  # was accepted and ignored: every weight changed in fit
+    before = model.get_weights()
+    with pytest.warns(UserWarning, match=r"every layer is frozen \(trainable=False\)"):
+        model.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    for a, b in zip(before, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not model.trainable and not any(x.trainable for x in model.layers)
+    model.trainable = True
+    assert all(x.trainable for x in model.layers)
+
+
+def test_model_surgery_a_keras_user_tries_is_refused_clearly():
+    """A Dense's activation set after construction showed in its config and not in its
+    computation (the saved model differed from the live one); model.layers.pop() on a built
+    model trained a 32-way softmax on hidden units."""
+    X, y = _data()
+    model = _model("numpy")
+    model.fit(X, y, epochs=1, batch_size=32, verbose=0)
+    for name, value in (("activation", "tanh"), ("units", 16), ("use_bias", False)):
+        with pytest.raises(AttributeError, match=rf"Dense.{name} is fixed at construction"):
+            setattr(model.layers[0], name, value)
+    model.layers.pop()
+    for call in (lambda: model.fit(X, y, epochs=1, verbose=0), lambda: model.predict(X)):
+        with pytest.raises(ValueError, match="model.layers changed after the model was built"):
+            call()
+
+
+def test_model_checkpoint_keeps_its_best_across_fits_and_the_metadata(tmp_path):
+    """Keras's ModelCheckpoint keeps ``best`` across fits: a fine-tune's worse epoch
+    overwrote the feature-extraction fit's better file; its files lost model.metadata."""
+    X, y = _data()
+    model = _model("numpy")
+    model.metadata = {"classes": ["a", "b", "c"]}
+    best = fn.ModelCheckpoint(tmp_path / "best.npz", monitor="loss", save_best_only=True)
+    model.fit(X, y, epochs=3, batch_size=32, verbose=0, callbacks=[best])
+    kept = best.best
+    model.optimizer.lr = 5.0  # a fine-tune that only gets worse
+    model.fit(X, y, epochs=1, batch_size=32, verbose=0, callbacks=[best])
+    assert best.best == kept
+    loaded = fn.load_model(tmp_path / "best.npz")
+    assert loaded.metadata["classes"] == ["a", "b", "c"] and loaded.metadata["loss"] == kept
