@@ -453,7 +453,25 @@ class Sequential(Trainer):
 
     # ------------------------------------------------------------------ validation
     def _features(self, X: Any, name: str, on_device: bool = True, finite: bool = True) -> Any:
+        X = self._named_columns(X, name)
         return check_features(X, name, self.backend, self.dtype, self.input_dim, on_device, finite)
+
+    def _named_columns(self, X: Any, name: str) -> Any:
+        """A DataFrame's columns by ``metadata["features"]``'s names, in that order (as the
+        CLI reads a CSV; a reordered frame was taken by position, silently)."""
+        names, columns = self.metadata.get("features"), getattr(X, "columns", None)
+        if not isinstance(names, list) or columns is None or not hasattr(X, "loc"):
+            return X
+        by_name = {str(c): c for c in columns}
+        if list(by_name) == [str(n) for n in names]:
+            return X
+        missing = [n for n in names if str(n) not in by_name]
+        if missing:
+            raise ValueError(
+                f"{name} lacks column(s) {missing[:5]} the model takes "
+                f"(model.metadata['features']: {names[:8]})"
+            )
+        return X[[by_name[str(n)] for n in names]]
 
     def _targets(self, y: Any, name: str, n: int, width: int, on_device: bool = True) -> Any:
         return check_targets(y, name, n, width, self.backend, self.dtype, self.loss, on_device)

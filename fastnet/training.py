@@ -1283,7 +1283,7 @@ class Trainer:
         for lo in range(0, Xd.shape[0], batch_size):
             chunk = Xd[lo : lo + batch_size]
             if finite:
-                check_finite(chunk, finite, self.backend)
+                check_finite(chunk, finite, self.backend, lo)
             out = None if plan is None else self.backend.infer(plan, chunk, probabilities)
             if out is None:  # layer by layer: their buffers are reused (one thread at a time)
                 with self._inference_lock:

@@ -62,10 +62,20 @@ def _nonfinite(arr: Any, xp: Any = np) -> str:
     return f"{bad} NaN or infinite value(s) (as {arr.dtype}: or beyond +-{top:.4g})"
 
 
-def check_finite(arr: Any, name: str, backend: Backend) -> None:
-    """A ``ValueError`` naming ``name`` where the backend array ``arr`` holds NaN or inf."""
+def check_finite(arr: Any, name: str, backend: Backend, first_row: int | None = None) -> None:
+    """A ``ValueError`` naming ``name`` where the backend array ``arr`` holds NaN or inf;
+    ``first_row``: ``arr`` is rows of ``name`` from there (a chunk), and the error names the
+    first bad row."""
     if arr.dtype.kind == "f" and not backend.all_finite(arr):
-        raise ValueError(f"{name} contains {_nonfinite(arr, backend.xp)}")
+        if first_row is None:
+            raise ValueError(f"{name} contains {_nonfinite(arr, backend.xp)}")
+        xp = backend.xp
+        row = first_row + int(xp.flatnonzero(~xp.isfinite(arr).reshape(len(arr), -1).all(1))[0])
+        top = np.finfo(arr.dtype).max
+        raise ValueError(
+            f"{name} contains NaN or infinite values (as {arr.dtype}: or beyond +-{top:.4g}), "
+            f"the first in row {row}"
+        )
 
 
 def _check_finite_in_chunks(x: np.ndarray, name: str, dtype: Any, rows: int = 16384) -> None:
