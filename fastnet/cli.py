@@ -403,12 +403,12 @@ def _builtin(args: argparse.Namespace) -> Prepared:
 def _custom(args: argparse.Namespace) -> Prepared:
     """Your own file: labels mapped to the training data's classes (or regression targets),
     split by a seeded (stratified) shuffle unless --val is given."""
-    from fastnet.datasets import load_table
     from fastnet.tabular import LabelEncoding, infer_task
 
     if args.dataset or args.data_dir:
         raise ValueError("--data (your own file) replaces --dataset/--data-dir: give one")
-    X, y, names = load_table(args.data, args.labels, args.target)
+    dtype = np.float64 if args.dtype == "float64" else np.float32
+    X, y, names = _read_table(args.data, args.labels, args.target, dtype)
     assert y is not None
     if args.limit:
         X, y = X[: args.limit], y[: args.limit]
@@ -433,7 +433,7 @@ def _custom(args: argparse.Namespace) -> Prepared:
     else:
         y = _targets(y, args.data, None, task)
     if args.val is not None:
-        Xv, yv, _ = load_table(args.val, args.val_labels, args.target, columns=names)
+        Xv, yv, _ = _read_table(args.val, args.val_labels, args.target, dtype, columns=names)
         assert yv is not None
         yv = _targets(yv, args.val, encoding, task)
         train, val = (X, y), (np.asarray(Xv), yv)
@@ -452,14 +452,36 @@ def _custom(args: argparse.Namespace) -> Prepared:
     )
 
 
+def _read_table(
+    path: str, labels: Any, target: Any, dtype: Any, need_target: bool = True, **options: Any
+) -> tuple:
+    """``load_table``, a .csv's features in ``dtype``: load_table parses float32, which rounds
+    timestamps near 1.7e9 to 128 s; for float64 they are parsed again, as float64."""
+    from fastnet.data import DatasetError
+    from fastnet.datasets import load_table
+
+    X, y, names = load_table(path, labels, target, need_target=need_target, **options)
+    if names is None or np.dtype(dtype) != np.float64:  # (names: a .csv's columns)
+        return X, y, names
+    with open(path, newline="", encoding="utf-8-sig") as f:  # as load_table reads it
+        header = next(csv.reader(f))  # checked by load_table: unique names, the features in it
+        use = [header.index(name) for name in names]
+        X64 = np.loadtxt(
+            f, np.float64, delimiter=",", usecols=use, ndmin=2, quotechar='"', comments=None
+        )
+    if X64.shape != X.shape:
+        raise DatasetError(f"{path} changed while it was read: read it again")
+    return X64, y, names
+
+
 def _targets(y: np.ndarray, path: str, encoding: Any, task: str) -> np.ndarray:
     """Labels as ``encoding``'s class indices (as stored without one), or regression targets
-    as float32 columns."""
+    as float64 columns (the model casts them to its dtype)."""
     if task == "classification":
         return encoding.encode(y, f"the labels of {path}") if encoding else np.asarray(y)
     if y.dtype.kind not in "biuf":
         raise ValueError(f"{path}: regression targets must be numbers, got {y.dtype}")
-    return np.asarray(y, np.float32).reshape(len(y), -1)
+    return np.asarray(y, np.float64).reshape(len(y), -1)
 
 
 def _split_rows(X: Any, y: np.ndarray, args: argparse.Namespace, classify: bool) -> tuple:
@@ -611,7 +633,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"fastnet train: {data.name} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
         f"{data.held}, MLP {arch}, {args.optimizer} lr={args.lr} ({args.schedule}), "
         f"batch {args.batch_size}, backend {model.backend.name} "
-        f"({model.backend.device_info()}), {args.dtype} ({args.precision} matmuls)",
+        f"({model.backend.device_info()}), {args.dtype}"
+        + ("" if args.dtype == "float64" else f" ({args.precision} matmuls)"),
         flush=True,
     )
     interrupted, start = False, time.perf_counter()
@@ -666,23 +689,31 @@ def _report(
     model: Any, X: Any, y: Any, held: str, encoding: Any, say: Any, prefix: str = ""
 ) -> dict:
     """Print the metrics ``fit`` reports on (X, y): loss and accuracy (R2 for regression),
-    macro precision / recall / F1, top-5 accuracy and the confusion matrix by class name."""
-    metrics = model.evaluate(X, y)
-    if not model.loss.multiclass:  # regression: evaluate reports MAE, RMSE and R2
+    macro precision / recall / F1 and top-5 accuracy (softmax) and the confusion matrix by
+    class name (softmax, or a sigmoid's one output; a multi-label model has none)."""
+    metrics, loss = model.evaluate(X, y), model.loss
+    if not loss.counts_correct:  # regression: evaluate reports MAE, RMSE and R2
         say(
             f"{prefix}{held} loss (MSE) {metrics['loss']:.4f}  {held} R2 {metrics['r2']:.4f}  "
             f"MAE {metrics['mae']:.4f}  RMSE {metrics['rmse']:.4f}"
         )
         return {"test": metrics, "confusion_matrix": None}
-    say(f"{prefix}{held} accuracy {metrics['accuracy']:.4f}  {held} loss {metrics['loss']:.4f}")
+    multilabel = not loss.multiclass and model.output_dim > 1  # a 0/1 label per output
+    share = " (per output)" if multilabel else ""
+    accuracy, value = f"{held} accuracy {metrics['accuracy']:.4f}{share}", metrics["loss"]
+    say(f"{prefix}{accuracy}  {held} loss {value:.4f}")
+    if multilabel or not loss.classification:
+        return {"test": metrics, "confusion_matrix": None}
     cm = model.confusion_matrix(X, y)
     say(f"{held} confusion matrix (rows: true class, columns: predicted)")
     say(format_confusion(cm, encoding.names() if encoding is not None else None))
-    top5 = metrics.get("top5_accuracy")
-    say(
-        f"{held} macro precision {metrics['precision']:.4f}  recall {metrics['recall']:.4f}  "
-        f"f1 {metrics['f1']:.4f}" + (f"  top-5 accuracy {top5:.4f}" if top5 is not None else "")
-    )
+    if "precision" in metrics:  # softmax's macro scores (a sigmoid's one output: accuracy)
+        top5 = metrics.get("top5_accuracy")
+        say(
+            f"{held} macro precision {metrics['precision']:.4f}  recall "
+            f"{metrics['recall']:.4f}  f1 {metrics['f1']:.4f}"
+            + (f"  top-5 accuracy {top5:.4f}" if top5 is not None else "")
+        )
     return {"test": metrics, "confusion_matrix": cm.tolist()}
 
 
@@ -783,10 +814,10 @@ def _load_checkpoint(path: str, backend: str | None) -> tuple[Any, dict]:
     return model, meta
 
 
-def _model_data(args: argparse.Namespace, meta: dict, need_target: bool) -> tuple:
-    """Rows of --data as the model saw them in training: its feature columns, scaled as then;
-    labels mapped to its classes. Returns ``(X, y or None, LabelEncoding or None)``."""
-    from fastnet.datasets import load_table
+def _model_data(args: argparse.Namespace, model: Any, meta: dict, need_target: bool) -> tuple:
+    """Rows of --data as the model saw them in training: its feature columns (in float64 for
+    a float64 model), scaled as then; labels mapped to its classes (a multi-label model's
+    classes name its outputs). Returns ``(X, y or None, LabelEncoding or None)``."""
     from fastnet.tabular import LabelEncoding, Scaler
 
     extra, target = meta["extra"], getattr(args, "target", None)
@@ -796,14 +827,15 @@ def _model_data(args: argparse.Namespace, meta: dict, need_target: bool) -> tupl
             f"target column was {extra.get('target')!r}"
         )
     labels, columns = getattr(args, "labels", None), extra.get("features")
-    X, y, _ = load_table(
-        args.data, labels, target or extra.get("target"), need_target=need_target, columns=columns
-    )
+    target = target or extra.get("target")
+    X, y, _ = _read_table(args.data, labels, target, model.dtype, need_target, columns=columns)
     encoding = LabelEncoding(extra["classes"]) if extra.get("classes") is not None else None
+    multilabel = not model.loss.multiclass and model.output_dim > 1
     if y is not None:
-        y = _targets(y, args.data, encoding, extra.get("task", "classification"))
+        task = extra.get("task", "classification")
+        y = _targets(y, args.data, None if multilabel else encoding, task)
     if extra.get("scale"):  # a checkpoint of before the Standardize layer
-        X = Scaler.from_json(extra["scale"]).transform(X)
+        X = Scaler.from_json(extra["scale"]).transform(X, model.dtype)
     return X, y, encoding
 
 
@@ -814,7 +846,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.data is not None:
         if args.dataset or args.data_dir:
             raise ValueError("--data (your own file) replaces --dataset/--data-dir: give one")
-        X, y, encoding = _model_data(args, meta, need_target=True)
+        X, y, encoding = _model_data(args, model, meta, need_target=True)
         name, held = os.path.basename(args.data), "held-out"
     else:
         dataset = args.dataset or extra.get("dataset") or "fashion-mnist"
@@ -827,7 +859,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if extra.get("scale"):
             from fastnet.tabular import Scaler
 
-            X = Scaler.from_json(extra["scale"]).transform(X)
+            X = Scaler.from_json(extra["scale"]).transform(X, model.dtype)
         name, held, encoding = dataset, "test", None
     _report(model, X, y, held, encoding, print, prefix=f"{args.checkpoint}: {name} ")
     print(f"backend {model.backend.name}")
@@ -844,23 +876,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.output:
         check_writable(args.output, "--output")
     model, meta = _load_checkpoint(args.checkpoint, args.backend)
-    X, _, encoding = _model_data(args, meta, need_target=False)
-    classify = model.loss.multiclass
-    if args.proba and not classify:
+    X, _, encoding = _model_data(args, model, meta, need_target=False)
+    if args.proba and not model.loss.classification:
         raise ValueError(f"--proba needs a classifier; {args.checkpoint} is a regression model")
-    names = encoding.names() if encoding else [str(i) for i in range(model.output_dim)]
-    if args.proba:
-        header, rows = names, model.predict_proba(X).tolist()
-    elif classify:
-        header, labels = ["label"], model.predict(X)
-        rows = [[v] for v in (encoding.decode(labels) if encoding else labels).tolist()]
-    else:
-        out = model.predict_raw(X)
-        rows, k = out.tolist(), out.shape[1]
-        header = [f"prediction_{i}" for i in range(k)] if k > 1 else ["prediction"]
+    header, rows = _predictions(model, X, encoding, args.proba)
     with open(args.output, "w", newline="") if args.output else _stdout() as f:
         csv.writer(f).writerows([header, *rows])
     return 0
+
+
+def _predictions(model: Any, X: Any, encoding: Any, proba: bool) -> tuple[list, list]:
+    """predict's header and rows, as ``model.predict`` (or ``predict_proba``) gives them: a
+    label column (class names where the checkpoint has them), a 0/1 label_<name> column per
+    output of a multi-label model, a probability column per class or output headed by its
+    name (a sigmoid's one output: the positive class's), or regression outputs."""
+    k = model.output_dim
+    names = encoding.names() if encoding else [str(i) for i in range(max(k, 2))]
+    if proba:  # one output: the second class's probability
+        return names[len(names) - k :], model.predict_proba(X).tolist()
+    out = model.predict(X)
+    if out.ndim == 1:  # class indices (softmax) or 0/1 (a sigmoid's one output)
+        return ["label"], [[v] for v in (encoding.decode(out) if encoding else out).tolist()]
+    if model.loss.classification:  # a 0/1 label per output
+        return [f"label_{n}" for n in names[len(names) - k :]], out.tolist()
+    return [f"prediction_{i}" for i in range(k)] if k > 1 else ["prediction"], out.tolist()
 
 
 class _stdout:  # noqa: N801

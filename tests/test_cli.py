@@ -603,3 +603,128 @@ def test_a_cli_trained_model_loaded_in_python_keeps_its_labels(tmp_path):
     model.metadata = old  # an old CLI checkpoint's scaling, folded into a Standardize layer:
     folded = model.prepend(fn.Standardize([0.0] * 3, [1.0] * 3))
     assert "scale" not in folded.metadata and folded.metadata["task"] == "classification"
+
+
+def _csv_rows(out: str) -> tuple[list[str], list[list[str]]]:
+    import csv
+    import io
+
+    header, *rows = list(csv.reader(io.StringIO(out)))
+    return header, rows
+
+
+@pytest.mark.parametrize("classes", [None, ["neg", "pos"]])
+def test_a_binary_sigmoid_model_predicts_labels_probabilities_and_accuracy(
+    tmp_path, capsys, classes
+):
+    """loss="bce" with one output is a classifier: labels (its class names) as model.predict
+    gives them, --proba the positive class's probability, evaluate its accuracy (it was raw
+    logits under "prediction", "is a regression model" and a KeyError 'r2' traceback)."""
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((60, 3)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.float32)
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(1)], loss="bce", backend="numpy", seed=0)
+    model.fit(X, y, epochs=3, verbose=0)
+    names = classes or ["0", "1"]
+    if classes:
+        model.metadata = {"classes": classes, "task": "classification"}
+    ckpt, data = str(tmp_path / "b.npz"), str(tmp_path / "x.npz")
+    model.save(ckpt)
+    np.savez(data, X=X, y=np.asarray(names)[y.astype(int)] if classes else y.astype(int))
+    assert main(["predict", ckpt, "--data", data]) == 0
+    header, rows = _csv_rows(capsys.readouterr().out)
+    assert header == ["label"] and [r[0] for r in rows] == [names[i] for i in model.predict(X)]
+    assert main(["predict", ckpt, "--data", data, "--proba"]) == 0
+    header, rows = _csv_rows(capsys.readouterr().out)
+    assert header == [names[1]]  # the probability of the positive class, as predict_proba's
+    np.testing.assert_allclose(np.array(rows, float), model.predict_proba(X), rtol=1e-6)
+    assert main(["evaluate", ckpt, "--data", data]) == 0
+    out = capsys.readouterr().out
+    expected = model.evaluate(X, y)
+    assert f"held-out accuracy {expected['accuracy']:.4f}" in out and "R2" not in out
+    assert ["true\\pred", *names] in [line.split() for line in out.splitlines()]  # its matrix
+
+
+def test_a_multi_label_model_predicts_a_column_per_output(tmp_path, capsys):
+    """Sigmoid outputs of their own: a 0/1 label column per output (named by the metadata's
+    classes where given), --proba a probability per output, evaluate the share of outputs
+    right; its targets are never read as class labels (rows of one 1 were argmax-ed)."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((60, 3)).astype(np.float32)
+    y = (X > 0).astype(np.float32)
+    model = fn.Sequential([fn.Dense(6, "relu"), fn.Dense(3)], loss="bce", backend="numpy", seed=0)
+    model.fit(X, y, epochs=3, verbose=0)
+    ckpt, tagged, data = str(tmp_path / "m.npz"), str(tmp_path / "t.npz"), str(tmp_path / "x.npz")
+    model.save(ckpt)
+    model.metadata = {"classes": ["cat", "dog", "emu"]}  # sorted, as the CLI keeps classes
+    model.save(tagged)
+    np.savez(data, X=X, y=y)
+    for path, names in ((ckpt, ["0", "1", "2"]), (tagged, ["cat", "dog", "emu"])):
+        assert main(["predict", path, "--data", data]) == 0
+        header, rows = _csv_rows(capsys.readouterr().out)
+        assert header == [f"label_{n}" for n in names]
+        np.testing.assert_array_equal(np.array(rows, int), model.predict(X))
+        assert main(["predict", path, "--data", data, "--proba"]) == 0
+        header, rows = _csv_rows(capsys.readouterr().out)
+        assert header == names
+        np.testing.assert_allclose(np.array(rows, float), model.predict_proba(X), rtol=1e-6)
+        assert main(["evaluate", path, "--data", data]) == 0
+        out = capsys.readouterr().out
+        accuracy = model.evaluate(X, y)["accuracy"]
+        assert f"held-out accuracy {accuracy:.4f} (per output)" in out
+        assert "R2" not in out and "true\\pred" not in out
+
+
+def test_a_float64_model_gets_a_csvs_features_in_float64(tmp_path, capsys):
+    """Timestamps near 1.7e9 as float32 are rounded to 128 s: a float64 model's CSV features
+    are read in float64 (predict was 0.7 off, evaluate's R2 -0.77 for 0.99)."""
+    rng = np.random.default_rng(1)
+    t = np.round(1.7e9 + rng.uniform(0, 100, 200), 6)
+    X, y = np.stack([t, rng.normal(size=200).round(6)], 1), (t - 1.7e9) / 100
+    model = fn.Sequential(
+        [fn.Standardize.fit(X), fn.Dense(8, "tanh"), fn.Dense(1)],
+        loss="mse",
+        dtype="float64",
+        backend="numpy",
+        seed=0,
+    )
+    model.fit(X, y, epochs=3, batch_size=32, verbose=0)
+    model.metadata = {"features": ["t", "z"], "target": "y", "task": "regression"}
+    ckpt, data = str(tmp_path / "ts.npz"), tmp_path / "ts.csv"
+    model.save(ckpt)
+    lines = [f"{a!r},{b!r},{c!r}" for (a, b), c in zip(X.tolist(), y.tolist())]
+    data.write_text("\n".join(["t,z,y", *lines]) + "\n")
+    assert main(["predict", ckpt, "--data", str(data)]) == 0
+    header, rows = _csv_rows(capsys.readouterr().out)
+    assert header == ["prediction"]
+    np.testing.assert_allclose(np.array(rows, float), model.predict(X), rtol=0, atol=1e-12)
+    assert main(["evaluate", ckpt, "--data", str(data)]) == 0
+    expected = model.evaluate(X, y)
+    assert f"held-out R2 {expected['r2']:.4f}" in capsys.readouterr().out
+
+
+def test_train_in_float64_reads_a_csv_in_float64(tmp_path, capsys, monkeypatch):
+    """--dtype float64 trains on the CSV's float64 features and targets (they were float32:
+    timestamps to 128 s), and its banner names no matmul precision (only float32 has one)."""
+    rng = np.random.default_rng(2)
+    t = np.round(1.7e9 + rng.uniform(0, 100, 40), 6)
+    path = tmp_path / "ts.csv"
+    path.write_text("\n".join(["t,y", *(f"{v!r},{v + 0.25!r}" for v in t.tolist())]) + "\n")
+    seen = []
+    fit = fn.Sequential.fit
+
+    def spy(self, X, y, **kwargs):
+        seen.append((np.asarray(X), np.asarray(y), kwargs["validation_data"]))
+        return fit(self, X, y, **kwargs)
+
+    monkeypatch.setattr(fn.Sequential, "fit", spy)
+    argv = ["train", "--data", str(path), "--target", "y", "--task", "regression", *TINY]
+    assert main([*argv, "--dtype", "float64", "--val-fraction", "0.25"]) == 0
+    banner = capsys.readouterr().out.splitlines()[0]
+    (X, y, (Xv, yv)), rows = seen[0], np.concatenate([seen[0][0], seen[0][2][0]])[:, 0]
+    assert X.dtype == Xv.dtype == np.float64 and sorted(rows.tolist()) == sorted(t.tolist())
+    both = np.concatenate([y, yv])[:, 0]
+    assert sorted(both.tolist()) == sorted((t + 0.25).tolist())
+    assert banner.endswith(" float64"), banner
+    assert main(argv) == 0
+    assert "float32 (fp32 matmuls)" in capsys.readouterr().out
