@@ -79,8 +79,8 @@ def test_checkpoint_missing_param_and_step_mismatch(saved, tmp_path):
     with pytest.raises(fn.CheckpointError, match="param/1/W"):
         fn.load_model(bad)
     _rewrite(path, bad, lambda a, m: a.__setitem__("step/1/W", np.array(99)))
-    with pytest.raises(fn.CheckpointError, match="step counts"):
-        fn.load_model(bad)
+    loaded = fn.load_model(bad)  # parameters' counts differ (saved while one was frozen):
+    assert loaded.arena.groups[0].step == 99  # the group takes the largest
 
 
 def test_numba_kernels_refuse_mismatched_buffers():

@@ -394,7 +394,7 @@ def test_a_data_frame_of_mixed_numeric_columns_trains_and_others_are_named():
     model.fit(frame, np.array([0, 1, 0, 1]), epochs=1, verbose=0)  # bool + float: object array
     np.testing.assert_array_equal(model.predict(frame), model.predict(frame.to_numpy(float)))
     missing = frame.assign(n=pd.array([1.0, None, 2.0, 3.0], dtype="Float64"))
-    with pytest.raises(ValueError, match="X contains 1 NaN"):
+    with pytest.raises(ValueError, match="X contains NaN .* the first in row 1"):
         model.predict(missing.drop(columns="a"))
     kinds = frame.assign(kind=pd.Categorical(["x", "y", "x", "y"])).drop(columns="a")
     with pytest.raises(TypeError, match=r"X must hold .* column\(s\) 'kind' \(category\) are"):
