@@ -10,6 +10,7 @@ import math
 import os
 from typing import IO, Any
 
+from fastnet.checkpoint import plain_json
 from fastnet.metrics import ALIASES, higher_is_better, log_name
 from fastnet.state import ORDER_KEY
 
@@ -343,6 +344,7 @@ class ModelCheckpoint(Monitor):
         if "{" not in folder and _main_rank():  # (the rank that creates it and writes)
             check_checkpoint_path(static, "ModelCheckpoint")
         model.get_config()  # a model that cannot be saved says so now, not after an epoch
+        plain_json(model.metadata, "model.metadata")  # (saved with every checkpoint)
         if not hasattr(self, "best"):  # Keras's: the best so far, across fits (a fine-tune's)
             super().on_train_begin(model)
 
@@ -353,8 +355,9 @@ class ModelCheckpoint(Monitor):
         if _main_rank():
             if os.path.dirname(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)
+            kept = {k: v for k, v in model.metadata.items() if not _log_like(k)}
             logs = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
-            model.save(path, extra={**model.metadata, **logs})  # (classes, features kept)
+            model.save(path, extra={**kept, **logs})  # (classes, features kept; no old logs)
         self.saved.append(path)
         return False
 
@@ -406,6 +409,11 @@ class ReduceLROnPlateau(Monitor):
                         opt.set_scheduled_lr(max(opt.lr * self.factor, self.min_lr, 1e-12))
                 self.wait, self.cooling = 0, self.cooldown
         return False
+
+
+def _log_like(key: str) -> bool:
+    """Whether a metadata key is an epoch's log a checkpoint saved (a loaded model's)."""
+    return key in ("epoch", "loss", "seconds", "lr", "accuracy") or key.startswith("val_")
 
 
 def _optimizers(model: Any) -> list[Any]:

@@ -335,3 +335,14 @@ def _verified(path: str, meta: Any, arrays: dict[str, np.ndarray]) -> tuple[dict
             f"recorded SHA-256 (file modified or damaged)"
         )
     return meta, arrays
+
+
+def plain_json(data: Any, what: str) -> Any:
+    """``data`` as plain JSON values (NumPy arrays and scalars as lists and numbers)."""
+
+    def listed(value: Any) -> Any:
+        if hasattr(value, "tolist"):
+            return value.tolist()
+        raise TypeError(f"{what} holds a {type(value).__name__}: only JSON values are saved")
+
+    return None if data is None else json.loads(json.dumps(data, default=listed))

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.revision import bump
+
 #: indices into ``LossScaler.state``
 SCALE, GOOD_STEPS = range(2)
 
@@ -43,6 +45,10 @@ class LossScaler:
     defaults): start at ``initial_scale``, halve on overflow, double after ``growth_interval``
     clean steps. ``state`` is the device array ``[scale, clean steps]`` (float64), saved in
     checkpoints as ``amp/loss_scaler``."""
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        super().__setattr__(key, value)  # (a compiled step bakes the constants in)
+        bump()
 
     def __init__(
         self,

@@ -20,7 +20,7 @@ from fastnet import state as schema
 from fastnet.backends import Backend, get_backend, record_kernels
 from fastnet.backends.plan import StepPlan
 from fastnet.callbacks import History
-from fastnet.checkpoint import CheckpointError, read_checkpoint, write_checkpoint
+from fastnet.checkpoint import CheckpointError, plain_json, read_checkpoint, write_checkpoint
 from fastnet.initializers import INITIALIZERS, Initializer
 from fastnet.layer_stack import (
     check_layer_stack,
@@ -166,7 +166,7 @@ class Sequential(Trainer):
     @loss.setter
     def loss(self, loss: str | Loss) -> None:
         self._loss = get_loss(loss)
-        if getattr(self, "input_dim", None) is not None:
+        if getattr(self, "_backend", None) is not None:
             self._loss.build(self.backend)
         bump()  # (compiled steps re-read what they baked in)
 
@@ -265,7 +265,7 @@ class Sequential(Trainer):
     def _apply_trainable(self) -> None:
         """Layers frozen or unfrozen since the arena was made (``Layer.trainable``): the
         parameters regrouped, every value, gradient, slot and buffer kept; a group that merges
-        takes its largest step count, its trained members' (a frozen parameter's slots are as
+        takes its largest step count (a frozen parameter's slots are as
         it left them). Run before anything reads the arena's grouping (a fit, an update, the state,
         the config), so a saved or copied model is the one the next step would train."""
         flags = tuple(x.trainable for x in self.layers)
@@ -496,7 +496,8 @@ class Sequential(Trainer):
                     "validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, "
                     "sample_weight_val)"
                 )
-            Xv = check_features(validation_data[0], "X_val", self.backend, self.dtype, Xd.shape[1])
+            Xv = self._named_columns(validation_data[0], "X_val")
+            Xv = check_features(Xv, "X_val", self.backend, self.dtype, Xd.shape[1])
             val = (Xv, self._targets(validation_data[1], "y_val", Xv.shape[0], width))
             if len(validation_data) == 3 and validation_data[2] is not None:
                 name = "validation_data's sample weights"
@@ -625,7 +626,8 @@ class Sequential(Trainer):
         ``mae``/``rmse``/``r2`` for regression; and each of ``metrics`` (``f(y_true, y_pred)
         -> float``) by its name. ``batch_size``, ``verbose``: as for ``predict_raw``.
         ``sample_weight`` weighs rows: the loss as ``fit``'s (the mean over rows of weighted
-        losses, Keras's), the metrics by weight (scikit-learn's; user metrics get it too)."""
+        losses, Keras's), the metrics by weight (scikit-learn's; user metrics with a
+        ``sample_weight`` parameter get it, others are unweighted)."""
         from fastnet.metrics import check_metrics
 
         self._require_built()
@@ -675,7 +677,7 @@ class Sequential(Trainer):
     def validate_state(self, state: Any) -> None:
         """Check a state dict before anything is written: known keys, every parameter and
         buffer present, exact shapes, real finite numbers, non-negative where the math needs
-        it (second moments, variances), integer steps shared within an optimizer group.
+        it (second moments, variances), integer step counts (a group takes its largest).
         Raises ``StateError`` naming the key."""
         entries = self.state_entries()
         assert self.arena is not None
@@ -806,7 +808,7 @@ class Sequential(Trainer):
         ``.safetensors``, safetensors (atomic write; host copies, the model stays put), with
         ``extra`` (JSON-able; default ``model.metadata``), which ``load_model`` restores."""
         arrays = {key: np.asarray(value) for key, value in self.host_state().items()}
-        extra = _plain(self.metadata or None if extra is None else extra, "extra (metadata)")
+        extra = plain_json(self.metadata or None if extra is None else extra, "extra (metadata)")
         write_checkpoint(path, self.get_config(), arrays, backend=self.backend.name, extra=extra)
 
     def to_onnx(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
@@ -816,7 +818,7 @@ class Sequential(Trainer):
 
         if metadata is None:
             keys = [k for k in ("classes", "features", "target", "task") if k in self.metadata]
-            text = _plain({k: self.metadata[k] for k in keys}, "model.metadata")
+            text = plain_json({k: self.metadata[k] for k in keys}, "model.metadata")
             metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in text.items()}
             metadata = {k: v for k, v in metadata.items() if v != "null"}
         to_onnx(self, path, metadata)
@@ -880,17 +882,6 @@ def _importable(cls: type) -> bool:
     for part in cls.__qualname__.split("."):
         found = getattr(found, part, None)
     return found is cls
-
-
-def _plain(data: Any, what: str) -> Any:
-    """``data`` as plain JSON values (NumPy arrays and scalars as lists and numbers)."""
-
-    def listed(value: Any) -> Any:
-        if hasattr(value, "tolist"):
-            return value.tolist()
-        raise TypeError(f"{what} holds a {type(value).__name__}: only JSON values are saved")
-
-    return None if data is None else json.loads(json.dumps(data, default=listed))
 
 
 #: ``_backward_shape`` after an inference forward (no shape equals it)

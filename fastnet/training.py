@@ -579,7 +579,7 @@ class Trainer:
         epochs, first = self._check_fit_arguments(opts)
         compiled = _compiled_choice(opts.compiled, opts.cuda_graph)
         hooks, metric_fns = as_callbacks(opts.callbacks), check_metrics(opts.metrics)
-        X = as_input(X, "X", self.backend)  # lists converted once; foreign arrays adopted
+        X = as_input(self._named_columns(X, "X"), "X", self.backend)  # (lists converted once)
         n_bytes = int(np.prod(X.shape)) * self.dtype.itemsize
         streamed = isinstance(X, np.memmap) or not self.backend.fits_on_device(n_bytes)
         if streamed and compiled is True:
@@ -618,7 +618,7 @@ class Trainer:
             cb.check_logs(names)
         data = (Xd, yd, wd, val, streamed, compiled, group, epochs, first)
         settings = (hooks, metric_fns, opts.top_k, verbose, opts.on_divergence, names)
-        batch_logs = any(_overrides(cb, "on_batch_end") for cb in hooks)
+        batch_logs = any(_overrides(cb, h) for cb in hooks for h in _BATCH_HOOKS)
         everywhere = group is None or not group.any(not batch_logs)  # (a collective a batch)
         return FitRun(*data, *settings, everywhere)
 
@@ -945,7 +945,7 @@ class Trainer:
             for cb in hooks:
                 cb.on_batch_end(self, i, logs)
             return False
-        if hooks:  # (else only on_batch_begin hooks ran: they may have set stop_training)
+        if hooks or group is not None:  # (every rank: the all-reduce; else only begin hooks)
             totals = np.array(self.backend.to_numpy(step.totals), np.float64)
             if group is not None:
                 group.allreduce(totals)  # the ranks' sums so far
@@ -1241,7 +1241,8 @@ class Trainer:
     ) -> dict[str, float]:
         """Each user metric: ``f(y_true, y_pred)`` with the targets and the predictions
         (``outputs(probabilities=True)``), or labels for ``on_labels`` metrics (of the raw
-        outputs, as ``predict`` gives them); with row ``weights``, ``sample_weight=`` too."""
+        outputs, as ``predict`` gives them); with row ``weights``, ``sample_weight=`` too to
+        those that take it."""
         host, kinds = self.backend.to_numpy, {isinstance(f, on_labels) for f in metrics}
         inputs = {False: (host(yd), host(outputs(probabilities=True)))} if False in kinds else {}
         if True in kinds:
@@ -1366,6 +1367,9 @@ class Trainer:
         raise NotImplementedError
 
     def _check_layers(self) -> None:  # (Sequential's)
+        raise NotImplementedError
+
+    def _named_columns(self, X: Any, name: str) -> Any:  # (Sequential's)
         raise NotImplementedError
 
     def get_state(self) -> dict[str, Any]:

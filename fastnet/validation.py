@@ -213,7 +213,7 @@ class SetOnce:
             raise AttributeError(f"{type(obj).__name__!r} has no {self.name!r} yet") from None
 
     def __set__(self, obj: Any, value: Any) -> None:
-        if self.slot in obj.__dict__:
+        if self.slot in obj.__dict__ and obj.__dict__[self.slot] != value:  # (same: a no-op)
             raise AttributeError(
                 f"{type(obj).__name__}.{self.name} is fixed at construction (it shapes the "
                 f"layer's arrays and kernels): make a new {type(obj).__name__}"

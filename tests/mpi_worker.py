@@ -189,7 +189,13 @@ def main(mode, *args):
                 if dist.rank() == 0 and batch == 2:
                     self.model.stop_training = True
 
-        for hooks in ([HaltInBatch()], [HaltInBatch()] if dist.rank() == 0 else []):
+        class HaltAtBegin(fn.Callback):  # on_batch_begin only: after that batch too
+            def on_train_batch_begin(self, batch, logs=None):
+                if dist.rank() == 0 and batch == 2:
+                    self.model.stop_training = True
+
+        for hooks in ([HaltInBatch()], [HaltInBatch()] if dist.rank() == 0 else [],
+                      [HaltAtBegin()]):  # fmt: skip
             m2 = model()
             h = m2.fit(X, y, epochs=3, batch_size=64, verbose=0, distributed=True, callbacks=hooks)
             count = np.array([len(hooks)])

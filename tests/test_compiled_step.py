@@ -407,3 +407,33 @@ def test_standardize_runs_through_backend_ops_in_captured_steps(backend):
     assert compiled.step_description.startswith("captured graph")
     for a, b in zip(eager.get_weights(), compiled.get_weights(), strict=True):
         np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-14)
+
+
+def test_a_loss_scalers_change_mid_fit_reaches_the_captured_step():
+    """The change counter missed the loss scaler's constants (plain attributes): a batch
+    callback's growth_interval reached eager steps at once, captured ones an epoch later."""
+    import warnings
+
+    r = np.random.default_rng(0)
+    y = r.integers(0, 4, 240)
+    X = r.normal(size=(240, 12)) + y[:, None] * 0.3
+
+    class Change(fn.Callback):
+        def on_batch_begin(self, model, batch):
+            if batch == 2 and model.epochs_trained == 0:
+                model.loss_scaler.growth_interval = 1
+
+    def train(compiled):
+        scale = {"initial_scale": 1024.0, "growth_interval": 1000}
+        model = fn.Sequential([fn.Dense(16, "relu"), fn.Dense(4)], backend=CaptureSimBackend(),
+                              dtype="mixed_float16", seed=3, loss_scale=scale)  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.fit(X, y, epochs=2, batch_size=30, verbose=0, compiled=compiled,
+                      callbacks=[Change()], shuffle=False)  # fmt: skip
+        return model
+
+    eager, compiled = train(False), train(True)
+    assert compiled.loss_scaler.scale == eager.loss_scaler.scale
+    for a, b in zip(eager.get_weights(), compiled.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -201,3 +201,25 @@ def test_a_dataframe_is_read_by_the_feature_names_the_model_keeps():
     np.testing.assert_array_equal(model.predict(frame[["d", "c", "b", "a"]]), model.predict(X))
     with pytest.raises(ValueError, match=r"X lacks column\(s\) \['d'\] the model takes"):
         model.predict(frame[["a", "b", "c"]].assign(e=0.0))
+
+
+def test_fit_reads_frames_by_the_feature_names_too():
+    """fit took a reordered frame by position while evaluate read it by name."""
+    pd = pytest.importorskip("pandas")
+    r = np.random.default_rng(0)
+    X = r.normal(size=(200, 3))
+    y = (X[:, 0] > 0).astype(int)
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+
+    def model():
+        m = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(2)], backend="numpy", seed=0)
+        m.metadata = {"features": ["a", "b", "c"]}
+        return m
+
+    by_name, plain = model(), model()
+    h = by_name.fit(frame[["c", "b", "a"]], y, epochs=3, verbose=0,
+                    validation_data=(frame[["b", "a", "c"]], y))  # fmt: skip
+    plain.fit(X, y, epochs=3, verbose=0)
+    for a, b in zip(by_name.get_weights(), plain.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert h["val_accuracy"][-1] == plain.evaluate(X, y)["accuracy"]

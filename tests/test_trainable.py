@@ -203,3 +203,30 @@ def test_model_checkpoint_keeps_its_best_across_fits_and_the_metadata(tmp_path):
     assert best.best == kept
     loaded = fn.load_model(tmp_path / "best.npz")
     assert loaded.metadata["classes"] == ["a", "b", "c"] and loaded.metadata["loss"] == kept
+
+
+def test_review_of_the_surgery_and_checkpoint_changes(tmp_path):
+    """A Dense subclass setting units before its parent does (the same value) builds; a loss
+    set on an unbuilt model trains; a checkpoint of a loaded checkpoint's model keeps no old
+    logs; metadata that JSON cannot hold is refused before training."""
+
+    class Wide(fn.Dense):
+        name = "test_wide_dense"
+
+        def __init__(self, units, **kw):
+            self.units = units
+            super().__init__(units, **kw)
+
+    X, y = _data()
+    model = fn.Sequential([Wide(8, activation="relu"), fn.Dense(3)], backend="numpy", seed=0)
+    model.loss = "softmax_cross_entropy"  # (was: "not built" in fit)
+    model.fit(X, y, epochs=1, verbose=0, validation_data=(X[:20], y[:20]),
+              callbacks=[fn.ModelCheckpoint(tmp_path / "a.npz")])  # fmt: skip
+    loaded = fn.load_model(tmp_path / "a.npz", backend="numpy")
+    assert "val_loss" in loaded.metadata
+    again = fn.ModelCheckpoint(tmp_path / "b.npz", monitor="loss")
+    loaded.fit(X, y, epochs=1, verbose=0, callbacks=[again])
+    assert "val_loss" not in fn.load_model(tmp_path / "b.npz").metadata
+    loaded.metadata["classes"] = {"neg", "pos"}
+    with pytest.raises(TypeError, match="model.metadata holds a set"):
+        loaded.fit(X, y, epochs=1, verbose=0, callbacks=[fn.ModelCheckpoint(tmp_path / "c.npz")])

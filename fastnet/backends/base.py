@@ -125,6 +125,8 @@ class Backend:
         return self.xp.from_dlpack(x)
 
     def asarray(self, x: Any, dtype: Any = None) -> Any:
+        if dtype is None or getattr(x, "dtype", None) == dtype:
+            return self.xp.ascontiguousarray(x)
         with np.errstate(over="ignore"):  # (beyond the dtype's range: inf, which checks name)
             return self.xp.ascontiguousarray(x, dtype=dtype)
 
