@@ -169,15 +169,14 @@ def check_positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-class Checked:
-    """A public attribute checked by ``check(value) -> value`` whenever it is set: at
-    construction and after (a callback changing a built model's hyperparameter)."""
+class _Stored:
+    """A public attribute kept in the instance's ``__dict__`` as ``_<prefix>_<name>``."""
 
-    def __init__(self, check: Any, *default: Any) -> None:
-        self.check, self.default = check, default  # (no default: set by __init__)
+    prefix = "stored"
+    default: tuple = ()  # (one value: what an instance that never set it reads)
 
     def __set_name__(self, owner: type, name: str) -> None:
-        self.slot = f"_checked_{name}"
+        self.name, self.slot = name, f"_{self.prefix}_{name}"
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
         if obj is None:
@@ -187,30 +186,30 @@ class Checked:
         except KeyError:
             if self.default:
                 return self.default[0]
-            name = self.slot.removeprefix("_checked_")
             raise AttributeError(
-                f"{type(obj).__name__!r} object has no attribute {name!r}"
+                f"{type(obj).__name__!r} object has no attribute {self.name!r}"
             ) from None
+
+
+class Checked(_Stored):
+    """A public attribute checked by ``check(value) -> value`` whenever it is set: at
+    construction and after (a callback changing a built model's hyperparameter)."""
+
+    prefix = "checked"
+
+    def __init__(self, check: Any, *default: Any) -> None:
+        self.check, self.default = check, default  # (no default: set by __init__)
 
     def __set__(self, obj: Any, value: Any) -> None:
         obj.__dict__[self.slot] = self.check(value)
         bump()  # (compiled steps re-read what they baked in)
 
 
-class SetOnce:
+class SetOnce(_Stored):
     """An attribute set at construction and fixed after (it shapes the object's arrays or
     kernels: changing it silently changed the config, not the computation)."""
 
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name, self.slot = name, f"_fixed_{name}"
-
-    def __get__(self, obj: Any, owner: type | None = None) -> Any:
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.slot]
-        except KeyError:
-            raise AttributeError(f"{type(obj).__name__!r} has no {self.name!r} yet") from None
+    prefix = "fixed"
 
     def __set__(self, obj: Any, value: Any) -> None:
         if self.slot in obj.__dict__ and obj.__dict__[self.slot] != value:  # (same: a no-op)
