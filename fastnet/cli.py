@@ -455,23 +455,12 @@ def _custom(args: argparse.Namespace) -> Prepared:
 def _read_table(
     path: str, labels: Any, target: Any, dtype: Any, need_target: bool = True, **options: Any
 ) -> tuple:
-    """``load_table``, a .csv's features in ``dtype``: load_table parses float32, which rounds
-    timestamps near 1.7e9 to 128 s; for float64 they are parsed again, as float64."""
-    from fastnet.data import DatasetError
+    """``load_table``, a .csv's features in float64 for a float64 model (float32 rounds
+    timestamps near 1.7e9 to 128 s)."""
     from fastnet.datasets import load_table
 
-    X, y, names = load_table(path, labels, target, need_target=need_target, **options)
-    if names is None or np.dtype(dtype) != np.float64:  # (names: a .csv's columns)
-        return X, y, names
-    with open(path, newline="", encoding="utf-8-sig") as f:  # as load_table reads it
-        header = next(csv.reader(f))  # checked by load_table: unique names, the features in it
-        use = [header.index(name) for name in names]
-        X64 = np.loadtxt(
-            f, np.float64, delimiter=",", usecols=use, ndmin=2, quotechar='"', comments=None
-        )
-    if X64.shape != X.shape:
-        raise DatasetError(f"{path} changed while it was read: read it again")
-    return X64, y, names
+    wide = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    return load_table(path, labels, target, need_target=need_target, dtype=wide, **options)
 
 
 def _targets(y: np.ndarray, path: str, encoding: Any, task: str) -> np.ndarray:

@@ -95,10 +95,12 @@ def load_table(
     *,
     need_target: bool = True,
     columns: list[str] | None = None,
+    dtype: Any = np.float32,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str] | None]:
     """``(X, y, feature column names)`` like ``load_arrays``; without ``need_target`` labels are
     not read (``y`` None: features to predict). ``columns`` picks a CSV's feature columns by
-    name (the ones a model was trained on)."""
+    name (the ones a model was trained on); ``dtype``: a CSV's features' (float64 for a
+    float64 model: float32 rounds timestamps near 1.7e9 to 128 s)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"data file {str(path)!r} does not exist")
@@ -119,7 +121,7 @@ def load_table(
         elif suffix == ".csv":
             if target is None and need_target:
                 raise DatasetError(f"{path}: name the target column (--target COLUMN)")
-            X, y, names = read_csv(path, target, need_target, columns)
+            X, y, names = read_csv(path, target, need_target, columns, dtype=dtype)
         else:
             raise DatasetError(f"{path}: expected a .npz, .npy or .csv file")
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
@@ -168,9 +170,10 @@ def read_csv(
     need_target: bool = True,
     columns: list[str] | None = None,
     chunk_rows: int = 4096,
+    dtype: Any = np.float32,
 ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Stream a CSV with a header into a float32 array (about the array's size in memory: one
-    pass counts rows and keeps the target column, a second parses features chunk by chunk).
+    """Stream a CSV with a header into a ``dtype`` array (about the array's size in memory:
+    one pass counts rows and keeps the target column, a second parses features in chunks).
     Returns ``(X, the target column or None, feature column names)``: numbers when every
     target cell holds one (``as_labels``), else text; an empty or NaN target is an error."""
     path = Path(path)
@@ -219,15 +222,17 @@ def read_csv(
                 f"{path} lacks the feature column(s) {absent[:5]} the model was trained on"
             )
         use, names = [header.index(c) for c in columns], list(columns)
-    X = _csv_features(path, [i for i in use if i != skip], rows, chunk_rows, multiline)
+    X = _csv_features(path, [i for i in use if i != skip], rows, chunk_rows, multiline, dtype)
     return X, as_labels(np.array(values, dtype=str)) if column is not None else None, names
 
 
-def _csv_features(path: Path, use: list[int], rows: int, chunk: int, multiline: bool) -> np.ndarray:
-    """Columns ``use`` of a CSV's rows as float32, parsed ``chunk`` rows at a time: lines go
+def _csv_features(
+    path: Path, use: list[int], rows: int, chunk: int, multiline: bool, dtype: Any
+) -> np.ndarray:
+    """Columns ``use`` of a CSV's rows as ``dtype``, parsed ``chunk`` rows at a time: lines go
     to NumPy's parser as they are (no comment character: a ``#`` is data) unless a quoted
     field spans lines (``multiline``), then records split by ``csv`` (slower)."""
-    X = np.empty((rows, len(use)), dtype=np.float32)
+    X = np.empty((rows, len(use)), dtype=np.dtype(dtype))
     with open(path, newline="", encoding="utf-8-sig") as f:
         if multiline:
             records = (
@@ -246,7 +251,7 @@ def _csv_features(path: Path, use: list[int], rows: int, chunk: int, multiline: 
                 parsed = np.loadtxt(
                     block,
                     delimiter=",",
-                    dtype=np.float32,
+                    dtype=dtype,
                     usecols=kept,
                     ndmin=2,
                     quotechar='"',
