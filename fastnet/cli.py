@@ -321,13 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(dataset: str, data_dir: str | None):
+def _load(dataset: str, data_dir: str | None, split: str | None = None):
     from fastnet.data import load_fashion_mnist, load_mnist
     from fastnet.datasets import load_cifar
 
     if dataset.startswith("cifar"):
-        return load_cifar(dataset, data_dir)
-    return (load_fashion_mnist if dataset == "fashion-mnist" else load_mnist)(data_dir)
+        return load_cifar(dataset, data_dir, split=split)
+    loader = load_fashion_mnist if dataset == "fashion-mnist" else load_mnist
+    return loader(data_dir, split=split)
 
 
 @dataclass
@@ -844,7 +845,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 f"{args.checkpoint} was trained on your own data "
                 f"({extra.get('data', dataset)}): pass it a file with --data"
             )
-        (_, _), (X, y) = _load(dataset, args.data_dir)
+        X, y = _load(dataset, args.data_dir, split="test")  # the test files alone
         if extra.get("scale"):
             from fastnet.tabular import Scaler
 

@@ -152,12 +152,14 @@ def _load_dataset(
     flatten: bool,
     how_to_get: str,
     one_hot_label: bool = False,
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    split: str | None = None,
+) -> Any:
+    splits = check_split(split)
     folder = data_dir_for(name, data_dir)
     out = []
-    for split in ("train", "test"):
-        paths = [_find(folder, stem) for stem in _FILES[split]]
-        missing = [stem for stem, p in zip(_FILES[split], paths) if p is None]
+    for part in splits:
+        paths = [_find(folder, stem) for stem in _FILES[part]]
+        missing = [stem for stem, p in zip(_FILES[part], paths) if p is None]
         if missing:
             raise FileNotFoundError(
                 f"{name} not found: {folder} lacks {', '.join(missing)} (.gz or raw). {how_to_get}"
@@ -165,23 +167,39 @@ def _load_dataset(
         images, labels = paths
         assert images is not None and labels is not None
         out.append(load_idx_pair(images, labels, normalize=normalize, flatten=flatten))
-    check_identity(name, folder, out[0][1], out[1][1])
+    check_identity(name, folder, {part: y for part, (_, y) in zip(splits, out)})
     if one_hot_label:  # the notebooks' load_mnist(one_hot_label=True)
         out = [(x, one_hot(y, 10)) for x, y in out]
-    return out[0], out[1]
+    return out[0] if split is not None else (out[0], out[1])
 
 
-def check_identity(name: str, folder: Path, y_train: np.ndarray, y_test: np.ndarray) -> None:
-    """Full-size files (60,000 + 10,000 rows) must count their labels per class as ``name``
-    does, so one folder's files are never reported as another data set (a common mistake:
-    ``FASTNET_DATA`` pointing at Fashion-MNIST while asking for MNIST). Subsets pass."""
-    if name not in _LABEL_COUNTS or (len(y_train), len(y_test)) != (60000, 10000):
+def check_split(split: str | None) -> tuple[str, ...]:
+    """The splits ``split`` asks for: ``None`` both, ``"train"`` or ``"test"`` one."""
+    if split is None:
+        return ("train", "test")
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be None, 'train' or 'test', got {split!r}")
+    return (split,)
+
+
+def check_identity(name: str, folder: Path, labels: dict[str, np.ndarray]) -> None:
+    """Full-size files (60,000 train, 10,000 test rows) must count their labels per class as
+    ``name`` does, so one folder's files are never reported as another data set (a common
+    mistake: ``FASTNET_DATA`` pointing at Fashion-MNIST while asking for MNIST). Subsets pass."""
+    full = {"train": 60000, "test": 10000}
+    if name not in _LABEL_COUNTS or any(len(y) != full[part] for part, y in labels.items()):
         return
-    counts = tuple(tuple(np.bincount(y, minlength=10).tolist()) for y in (y_train, y_test))
-    if counts == _LABEL_COUNTS[name]:
+    index = {"train": 0, "test": 1}
+    counts = {part: tuple(np.bincount(y, minlength=10).tolist()) for part, y in labels.items()}
+
+    def matches(data_set: str) -> bool:
+        return all(_LABEL_COUNTS[data_set][index[p]] == c for p, c in counts.items())
+
+    if matches(name):
         return
-    other = next((k for k, v in _LABEL_COUNTS.items() if v == counts), None)
-    looks = f"{_TITLES[other]}'s" if other else f"no known data set's ({counts[1]} per class)"
+    other = next((k for k in _LABEL_COUNTS if matches(k)), None)
+    per_class = counts.get("test", counts.get("train"))
+    looks = f"{_TITLES[other]}'s" if other else f"no known data set's ({per_class} per class)"
     raise DatasetError(
         f"{folder} does not hold {_TITLES[name]}: its labels count like {looks}. Pass the "
         f"folder of {_TITLES[name]}'s IDX files with --data-dir (or data_dir=), or put them in "
@@ -195,16 +213,18 @@ def load_fashion_mnist(
     normalize: bool = True,
     flatten: bool = True,
     one_hot_label: bool = False,
+    split: str | None = None,
 ):
     """Fashion-MNIST as ``(X_train, y_train), (X_test, y_test)``: 60k/10k 28x28 images,
     flattened to 784 float32 features in [0, 1]; labels one-hot with ``one_hot_label``.
+    ``split="train"`` or ``"test"`` returns that ``(X, y)`` alone (only its two files needed).
     Looks in ``data_dir``, else ``$FASTNET_DATA``, else the Debian package's folder."""
     how = (
         f"Install it with `sudo apt-get install dataset-fashion-mnist` (files land in "
         f"{FASHION_MNIST_DIR}), or give a folder holding the four IDX files: --data-dir DIR "
         f"on the command line, data_dir= in Python, or the environment variable FASTNET_DATA."
     )
-    return _load_dataset("fashion-mnist", data_dir, normalize, flatten, how, one_hot_label)
+    return _load_dataset("fashion-mnist", data_dir, normalize, flatten, how, one_hot_label, split)
 
 
 def load_mnist(
@@ -213,15 +233,17 @@ def load_mnist(
     normalize: bool = True,
     flatten: bool = True,
     one_hot_label: bool = False,
+    split: str | None = None,
 ):
-    """MNIST from the four standard IDX files in ``data_dir`` (or ``$FASTNET_DATA``)."""
+    """MNIST from the four standard IDX files in ``data_dir`` (or ``$FASTNET_DATA``), as
+    ``load_fashion_mnist`` (``split="train"`` or ``"test"``: that part alone)."""
     how = (
         "Place train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, "
         "t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz there, or give the folder "
         "holding them: --data-dir DIR on the command line, data_dir= in Python, or the "
         "environment variable FASTNET_DATA."
     )
-    return _load_dataset("mnist", data_dir, normalize, flatten, how, one_hot_label)
+    return _load_dataset("mnist", data_dir, normalize, flatten, how, one_hot_label, split)
 
 
 def one_hot(labels: np.ndarray, n_classes: int | None = None, dtype=np.float32) -> np.ndarray:

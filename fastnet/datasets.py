@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.data import DatasetError
+from fastnet.data import DatasetError, check_split
 from fastnet.tabular import as_labels
 
 _CIFAR = {  # training files, test files, label bytes, classes
@@ -45,11 +45,13 @@ def load_cifar(
     data_dir: str | os.PathLike | None = None,
     label: str = "fine",
     normalize: bool = True,
-) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    split: str | None = None,
+) -> Any:
     """CIFAR-10 or CIFAR-100 from the binary version's files (``data_batch_1.bin`` ...
     ``test_batch.bin``; ``train.bin``/``test.bin`` for CIFAR-100, ``label="fine"`` (100 classes)
-    or ``"coarse"`` (20)). Images come flat, channel-major (3072 values), in [0, 1] with
-    ``normalize``. ``data_dir`` defaults to ``$FASTNET_DATA/<name>``."""
+    or ``"coarse"`` (20)) as ``(X_train, y_train), (X_test, y_test)``, or with
+    ``split="train"``/``"test"`` that ``(X, y)`` alone. Images come flat, channel-major (3072
+    values), in [0, 1] with ``normalize``. ``data_dir`` defaults to ``$FASTNET_DATA/<name>``."""
     if name not in _CIFAR:
         raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
     if label not in ("fine", "coarse"):
@@ -60,7 +62,8 @@ def load_cifar(
     if name == "cifar100" and label == "coarse":
         classes = 20
     parts = []
-    for files in (train_files, test_files):
+    splits = check_split(split)
+    for files in [{"train": train_files, "test": test_files}[part] for part in splits]:
         missing = [f for f in files if not (folder / f).is_file()]
         if missing:
             raise FileNotFoundError(
@@ -73,7 +76,7 @@ def load_cifar(
         parts.append(
             ((X / np.float32(255)).astype(np.float32) if normalize else X, np.concatenate(labels))
         )
-    return parts[0], parts[1]
+    return parts[0] if split is not None else (parts[0], parts[1])
 
 
 def load_arrays(

@@ -69,6 +69,22 @@ def test_idx_reader_never_crashes_on_garbage(tmp_path_factory, blob):
         pass
 
 
+def test_a_split_loads_from_its_own_two_files(tmp_path):
+    make_dataset(tmp_path, n_train=30, n_test=12)
+    (X, y), (Xt, yt) = fn.load_fashion_mnist(tmp_path)
+    for f in tmp_path.glob("train-*"):
+        f.unlink()
+    X_only, y_only = fn.load_fashion_mnist(tmp_path, split="test", one_hot_label=True)
+    np.testing.assert_array_equal(X_only, Xt)
+    np.testing.assert_array_equal(y_only, fn.one_hot(yt, 10))
+    with pytest.raises(FileNotFoundError, match="train-images"):
+        fn.load_mnist(tmp_path, split="train")
+    with pytest.raises(FileNotFoundError, match="train-images"):
+        fn.load_mnist(tmp_path)
+    with pytest.raises(ValueError, match="split must be None, 'train' or 'test', got 'val'"):
+        fn.load_mnist(tmp_path, split="val")
+
+
 def test_idx_errors(tmp_path):
     arr = np.zeros((4, 3), np.uint8)
     good = write_idx(tmp_path / "a", arr).read_bytes()

@@ -43,6 +43,14 @@ def test_cifar_binary_loader(tmp_path, name):
     if name == "cifar100":
         (_, coarse), _ = load_cifar(name, tmp_path / name, label="coarse")
         assert coarse.max() < 20
+    for f in (tmp_path / name).glob("*"):
+        if "test" not in f.name:
+            f.unlink()
+    X_only, y_only = load_cifar(name, tmp_path / name, split="test")
+    np.testing.assert_array_equal(X_only, Xt)
+    np.testing.assert_array_equal(y_only, yt)
+    with pytest.raises(FileNotFoundError, match="lacks"):
+        load_cifar(name, tmp_path / name, split="train")
 
 
 def test_cifar_errors(tmp_path):

@@ -367,8 +367,9 @@ FASHION = "/usr/share/datasets/fashion-mnist"
 @pytest.mark.skipif(not __import__("os").path.isdir(FASHION), reason="Fashion-MNIST not installed")
 def test_fashion_files_are_not_reported_as_mnist(monkeypatch, capsys):
     monkeypatch.setenv("FASTNET_DATA", FASHION)
-    with pytest.raises(fn.DatasetError, match="does not hold MNIST.*Fashion-MNIST's"):
-        fn.load_mnist()
+    for split in (None, "train", "test"):
+        with pytest.raises(fn.DatasetError, match="does not hold MNIST.*Fashion-MNIST's"):
+            fn.load_mnist(split=split)
     assert main(["train", "--dataset", "mnist", "--epochs", "1", "--limit", "100"]) == 2
     assert "does not hold MNIST" in capsys.readouterr().err
 
@@ -376,11 +377,13 @@ def test_fashion_files_are_not_reported_as_mnist(monkeypatch, capsys):
 def test_identity_check_uses_label_counts(tmp_path, monkeypatch):
     from fastnet.data import check_identity
 
-    mnist = [np.repeat(np.arange(10), c) for c in fn.data._LABEL_COUNTS["mnist"]]
-    check_identity("mnist", tmp_path, *mnist)
-    with pytest.raises(fn.DatasetError, match="Fashion-MNIST.*MNIST's"):
-        check_identity("fashion-mnist", tmp_path, *mnist)
-    check_identity("mnist", tmp_path, np.zeros(500, int), np.zeros(100, int))  # subsets pass
+    train, test = (np.repeat(np.arange(10), c) for c in fn.data._LABEL_COUNTS["mnist"])
+    check_identity("mnist", tmp_path, {"train": train, "test": test})
+    for labels in ({"train": train, "test": test}, {"test": test}, {"train": train}):
+        with pytest.raises(fn.DatasetError, match="Fashion-MNIST.*MNIST's"):
+            check_identity("fashion-mnist", tmp_path, labels)
+    subsets = {"train": np.zeros(500, int), "test": np.zeros(100, int)}
+    check_identity("mnist", tmp_path, subsets)  # subsets pass
     (tmp_path / "mnist").mkdir()
     monkeypatch.setenv("FASTNET_DATA", str(tmp_path))
     assert fn.data.data_dir_for("mnist", None) == tmp_path / "mnist"

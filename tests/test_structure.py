@@ -95,8 +95,9 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # features and regression targets in float64 for a float64 model: +28 in cli.py), to 11,720
 # for DataFrames read by the model's feature names and NaN rows named in predict (+9), to
 # 11,735 for a second review (fit and validation frames by name, the loss scaler's changes
-# counted, checkpoints without old logs and with metadata checked first: +11)
-BUDGET = 11735
+# counted, checkpoints without old logs and with metadata checked first: +11), to 11,750 for
+# a data set's split loaded alone (evaluate reads the test files only: +14)
+BUDGET = 11750
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
