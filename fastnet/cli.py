@@ -781,17 +781,27 @@ def _load_checkpoint(path: str, backend: str | None) -> tuple[Any, dict]:
             raise ValueError("is not a JSON object")
         classes, features = extra.get("classes"), extra.get("features")
         want = 2 if model.output_dim == 1 else model.output_dim
-        labels = np.asarray(classes if isinstance(classes, list) else [])
+        kinds = {type(c) for c in classes} if isinstance(classes, list) else {None}
+        one_kind = any(kinds <= k for k in ({str}, {bool}, {int, float}))
         if classes is not None and (
-            len(classes) != want or labels.ndim != 1 or list(np.unique(labels)) != list(labels)
+            not isinstance(classes, list)
+            or len(classes) != want
+            or not one_kind
+            or list(np.unique(classes)) != classes
         ):
-            raise ValueError(f"'classes' must list the model's {want} labels, sorted and unique")
+            raise ValueError(
+                f"'classes' must list the model's {want} labels (strings, numbers or booleans), "
+                "sorted and unique"
+            )
         if features is not None and (
             not isinstance(features, list)
             or len(features) != model.input_dim
             or not all(isinstance(f, str) for f in features)
+            or len(set(features)) != len(features)
         ):
-            raise ValueError(f"'features' must name the model's {model.input_dim} input columns")
+            raise ValueError(
+                f"'features' must name the model's {model.input_dim} input columns, each once"
+            )
         if not isinstance(extra.get("target") or "", str) or extra.get("task", "auto") not in TASKS:
             raise ValueError("'target' must be a column name and 'task' one of " + str(TASKS))
         if (

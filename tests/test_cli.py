@@ -538,9 +538,14 @@ def test_a_checkpoints_cli_metadata_is_checked_against_its_model(tmp_path, capsy
     assert main(["train", "--data", str(tmp_path / "a.npz"), "--save", ckpt, *TINY]) == 0
     meta, arrays = read_checkpoint(ckpt)
     for key, value, match in [
-        ("classes", ["c", "d"], "'classes' must list the model's 3 labels, sorted and unique"),
+        ("classes", ["c", "d"], "'classes' must list the model's 3 labels (strings, numbers or"),
         ("classes", ["e", "c", "d"], "'classes' must list"),
+        ("classes", "cde", "'classes' must list"),  # a string of the right length
+        ("classes", [None, "c", "d"], "'classes' must list"),
+        ("classes", [1, "c", "d"], "'classes' must list"),
+        ("classes", [[1], [2], [3]], "'classes' must list"),
         ("features", "abc", "'features' must name the model's 3 input columns"),
+        ("features", ["f0", "f0", "f1"], "'features' must name the model's 3 input columns, each"),
         ("scale", {"kind": "standard"}, "a scaling is a JSON object with kind, offset and"),
         ("scale", {"kind": "standard", "offset": [0] * 3, "scale": [0] * 3}, "a scaling's"),
         ("task", "clustering", "'target' must be a column name and 'task' one of"),
