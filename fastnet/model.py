@@ -303,8 +303,11 @@ class Sequential(Trainer):
             )
         checked = []
         for i, (e, a) in enumerate(zip(entries, arrays)):
+            host = host_array(a, f"weights[{i}]")
+            if host.dtype.kind not in "biuf":  # (strings would be parsed, imaginary parts cut)
+                raise ValueError(f"weights[{i}] must hold real numbers, got dtype {host.dtype}")
             with np.errstate(over="ignore"):
-                host = np.asarray(host_array(a, f"weights[{i}]"), e.ref.dtype)
+                host = np.asarray(host, e.ref.dtype)
             bad = host.shape != e.shape or not np.isfinite(host).all()
             if bad or (e.nonneg and (host < 0).any()):
                 _, layer, name = e.key.split("/", 2)
@@ -807,7 +810,13 @@ class Sequential(Trainer):
         """Save architecture, weights and optimizer state to ``.npz`` or, for a path ending in
         ``.safetensors``, safetensors (atomic write; host copies, the model stays put), with
         ``extra`` (JSON-able; default ``model.metadata``), which ``load_model`` restores."""
-        arrays = {key: np.asarray(value) for key, value in self.host_state().items()}
+        state = self.host_state()
+        if self.arena is not None:
+            try:  # (a file that load_model would refuse is never written)
+                self.validate_state(state)
+            except StateError as exc:
+                raise ValueError(f"not saved: {exc}; the checkpoint would not load") from None
+        arrays = {key: np.asarray(value) for key, value in state.items()}
         extra = plain_json(self.metadata or None if extra is None else extra, "extra (metadata)")
         write_checkpoint(path, self.get_config(), arrays, backend=self.backend.name, extra=extra)
 
@@ -966,6 +975,8 @@ def load_model_with_meta(
     """Read, verify and validate a checkpoint, then build the model (in ``dtype`` if given);
     every problem with the file is a ``CheckpointError`` naming the file (and the key)."""
     name, target = os.fspath(path), get_backend(backend)  # (a bad backend is no file's fault)
+    if dtype is not None:  # (nor a bad dtype)
+        target.check_policy(dtype) if dtype in MIXED_POLICIES else check_dtype(dtype)
     meta, arrays = read_checkpoint(path)
     config = meta.get("config")
     try:

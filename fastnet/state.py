@@ -176,7 +176,7 @@ def check_state_array(
         if kind not in "iu" or arr.shape != ():
             raise StateError(f"{key!r} must be an integer scalar, got {arr.dtype} {arr.shape}")
         if not 0 <= int(arr) < 2**53:
-            raise StateError(f"{key!r} must be a step count >= 0, got {int(arr)}")
+            raise StateError(f"{key!r} must be a step count from 0 below 2**53, got {int(arr)}")
         return
     if kind not in "fiu":
         raise StateError(f"{key!r} must hold real numbers, got dtype {arr.dtype}")

@@ -144,6 +144,29 @@ def test_missing_file_and_foreign_npz(tmp_path):
         fn.load_model(tmp_path / "other.npz")
 
 
+def test_save_refuses_a_state_that_would_not_load(tmp_path):
+    """Weights assigned NaN (``W.value = ...`` is a plain copy) would write a checkpoint that
+    ``load_model`` refuses: save says so and writes nothing."""
+    model = fn.Sequential([fn.Dense(3)], backend="numpy", seed=0)
+    model.build(4)
+    model.layers[0].W.value = np.full((4, 3), np.nan, np.float32)
+    for name in ("m.npz", "m.safetensors"):
+        with pytest.raises(ValueError, match="not saved: 'param/0/W' contains NaN.*would not load"):
+            model.save(tmp_path / name)
+        assert not (tmp_path / name).exists()
+
+
+def test_a_bad_dtype_argument_is_not_blamed_on_the_file(tmp_path):
+    model = fn.Sequential([fn.Dense(3)], backend="numpy", seed=0)
+    model.build(4)
+    model.save(tmp_path / "m.npz")
+    with pytest.raises(TypeError, match="^dtype must be float32 or float64, got 'bogus'"):
+        fn.load_model(tmp_path / "m.npz", dtype="bogus")
+    with pytest.raises(ValueError, match="^dtype='mixed_float16' needs the cupy backend"):
+        fn.load_model(tmp_path / "m.npz", backend="numpy", dtype="mixed_float16")
+    assert fn.load_model(tmp_path / "m.npz", dtype="float64").dtype == np.float64
+
+
 def test_kill_during_save_leaves_previous_checkpoint_intact(tmp_path):
     """A writer process killed with SIGKILL mid-save never leaves a partial checkpoint."""
     model, X, _ = _trained("numpy", epochs=1)

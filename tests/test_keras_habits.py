@@ -506,10 +506,14 @@ def test_get_and_set_weights_as_keras(backend):
     np.testing.assert_array_equal(other.predict_raw(X), model.predict_raw(X))
     weights[0][0, 0] = np.nan
     before, variances = other.get_weights(), [*other.get_weights()[:5], -np.ones(8), *weights[6:]]
+    strings = [np.full(w.shape, "1.5") if i == 1 else w for i, w in enumerate(before)]
+    complexes = [w + 1j if i == 2 else w for i, w in enumerate(before)]
     for bad, match in [
         (weights, r"weights\[0\] \(W of layer 0\) must be finite"),
         (variances, r"weights\[5\] \(running_var of layer 1\) must be finite, >= 0"),
         ([], "8 arrays"),
+        (strings, r"weights\[1\] must hold real numbers, got dtype <U3"),
+        (complexes, r"weights\[2\] must hold real numbers, got dtype complex"),
     ]:
         with pytest.raises(ValueError, match=match):
             other.set_weights(bad)
