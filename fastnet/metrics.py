@@ -58,9 +58,12 @@ def macro_scores(cm: np.ndarray, present: Any = None) -> dict[str, float]:
 
 def top_k_correct(scores: Any, labels: Any, k: int, xp: Any = np, weights: Any = None) -> Any:
     """How many rows (their summed ``weights``) have their label among the ``k`` highest
-    scores (ties count against)."""
-    label_scores = xp.take_along_axis(scores, labels.reshape(-1, 1), axis=1)
-    hits = (scores > label_scores).sum(axis=1) < k
+    scores; tied scores rank by class index, lower first, as ``argmax`` (top-1 is accuracy;
+    scikit-learn's ``top_k_accuracy_score`` ranks ties higher index first)."""
+    labels = labels.reshape(-1, 1)
+    label_scores = xp.take_along_axis(scores, labels, axis=1)
+    tied_ahead = (scores == label_scores) & (xp.arange(scores.shape[1]) < labels)
+    hits = ((scores > label_scores) | tied_ahead).sum(axis=1) < k
     return hits.sum() if weights is None else (hits * weights).sum()
 
 

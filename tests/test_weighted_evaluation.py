@@ -172,3 +172,21 @@ def test_standalone_r2_weighs_rows_and_scores_constant_targets_as_scikit_learn()
     constant = np.ones(5)
     assert _r2(constant, constant + 1) == skm.r2_score(constant, constant + 1) == 0.0
     assert _r2(constant, constant) == skm.r2_score(constant, constant) == 1.0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba", "cupy-emulated"])
+def test_tied_scores_rank_by_class_index_so_top_1_is_accuracy(backend):
+    """Ties counted as hits: all-zero scores scored top-1 accuracy 1.0 (accuracy 0.25) and
+    an untrained model top-3 1.0 of 6 classes."""
+    scores, y = np.zeros((4, 3)), np.array([0, 1, 2, 2])
+    assert fn.metrics.top_k_accuracy(scores, y, 1) == 0.25  # argmax: class 0
+    assert fn.metrics.top_k_accuracy(scores, y, 2) == 0.5
+    assert fn.metrics.top_k_accuracy(np.array([[0.0, 1, 1]]), np.array([2]), 2) == 1.0
+    assert fn.metrics.top_k_accuracy(np.array([[1.0, 1, 0]]), np.array([1]), 1) == 0.0
+    model = fn.Sequential([fn.Dense(6)], backend=make_backend(backend), seed=0)
+    model.build(4)
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])  # all scores tied
+    X, labels = np.ones((12, 4)), np.arange(12) % 6
+    scores = model.evaluate(X, labels, top_k=3)
+    assert scores["accuracy"] == 2 / 12  # (class 0)
+    assert scores["top3_accuracy"] == 6 / 12  # (classes 0, 1, 2)
