@@ -422,7 +422,7 @@ def _custom(args: argparse.Namespace) -> Prepared:
         )
     encoding = None
     if task == "classification":
-        encoding, y = LabelEncoding.fit(y, f"the labels of {args.data}")
+        encoding, y = LabelEncoding.fit(y, f"the labels of {args.labels or args.data}")
         classes = len(encoding.classes)
         if args.task == "auto" and encoding.classes.dtype.kind in "iuf" and classes > 20:
             print(
@@ -432,11 +432,11 @@ def _custom(args: argparse.Namespace) -> Prepared:
                 file=sys.stderr,
             )
     else:
-        y = _targets(y, args.data, None, task)
+        y = _targets(y, args.labels or args.data, None, task)
     if args.val is not None:
         Xv, yv, _ = _read_table(args.val, args.val_labels, args.target, dtype, columns=names)
         assert yv is not None
-        yv = _targets(yv, args.val, encoding, task)
+        yv = _targets(yv, args.val_labels or args.val, encoding, task)
         train, val = (X, y), (np.asarray(Xv), yv)
     else:
         train, val = _split_rows(X, y, args, task == "classification")
@@ -833,7 +833,7 @@ def _model_data(args: argparse.Namespace, model: Any, meta: dict, need_target: b
     multilabel = not model.loss.multiclass and model.output_dim > 1
     if y is not None:
         task = extra.get("task", "classification")
-        y = _targets(y, args.data, None if multilabel else encoding, task)
+        y = _targets(y, labels or args.data, None if multilabel else encoding, task)
     if extra.get("scale"):  # a checkpoint of before the Standardize layer
         X = Scaler.from_json(extra["scale"]).transform(X, model.dtype)
     return X, y, encoding

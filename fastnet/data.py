@@ -59,39 +59,52 @@ class DatasetError(ValueError):
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read an IDX file (raw or ``.gz``) into an array of its declared dtype and shape."""
+    """Read an IDX file (raw or ``.gz``) into an array of its declared dtype and shape; a
+    ``.gz`` is decompressed no further than its header declares (no decompression bomb)."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise DatasetError(f"{path} is a directory, not an IDX file")
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
-        if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+        with open(path, "rb") as file:
+            packed = file.read(2) == b"\x1f\x8b"
+            file.seek(0)
+            f: Any = gzip.GzipFile(fileobj=file) if packed else file
+            head = f.read(4)
+            shape, dtype = _idx_header(path, head + f.read(4 * head[3] if len(head) == 4 else 0))
+            expected = math.prod(shape) * dtype.itemsize  # Python integers: no wrap-around
+            raw = bytearray()  # one byte past the declared size tells it is too long
+            while len(raw) <= expected and (chunk := f.read(min(expected + 1 - len(raw), 2**24))):
+                raw += chunk
     except (OSError, EOFError, zlib.error) as exc:
         if isinstance(exc, FileNotFoundError):
             raise
-        raise DatasetError(f"{path}: cannot decompress ({type(exc).__name__}: {exc})") from None
-    if len(raw) < 4:
-        raise DatasetError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
-    zero, code, ndim = struct.unpack(">HBB", raw[:4])
-    if zero != 0 or code not in _IDX_DTYPES or not 1 <= ndim <= 4:
         raise DatasetError(
-            f"{path}: bad IDX magic {raw[:4].hex()} (expected 0000 then a type code "
-            f"in {sorted(hex(c) for c in _IDX_DTYPES)} and 1-4 dimensions)"
-        )
-    header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DatasetError(f"{path}: truncated IDX header")
-    shape = struct.unpack(f">{ndim}I", raw[4:header])
-    dtype: np.dtype = np.dtype(_IDX_DTYPES[code])  # type: ignore[call-overload]
-    expected = math.prod(shape) * dtype.itemsize  # Python integers: no wrap-around
-    actual = len(raw) - header
-    if actual != expected:
+            f"{path}: cannot read or decompress ({type(exc).__name__}: {exc})"
+        ) from None
+    if len(raw) != expected:
+        held = f"more than {expected}" if len(raw) > expected else len(raw)
         raise DatasetError(
             f"{path}: header declares shape {shape} ({expected} bytes of data) but "
-            f"the file holds {actual} bytes (truncated or corrupted)"
+            f"the file holds {held} bytes (truncated or corrupted)"
         )
-    data = np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+    data = np.frombuffer(raw, dtype=dtype).reshape(shape)
     return data.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _idx_header(path: str, head: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype that the IDX header ``head`` declares."""
+    if len(head) < 4:
+        raise DatasetError(f"{path}: too short for an IDX header ({len(head)} bytes)")
+    zero, code, ndim = struct.unpack(">HBB", head[:4])
+    if zero != 0 or code not in _IDX_DTYPES or not 1 <= ndim <= 4:
+        raise DatasetError(
+            f"{path}: bad IDX magic {head[:4].hex()} (expected 0000 then a type code "
+            f"in {sorted(hex(c) for c in _IDX_DTYPES)} and 1-4 dimensions)"
+        )
+    if len(head) < 4 + 4 * ndim:
+        raise DatasetError(f"{path}: truncated IDX header")
+    dtype: np.dtype = np.dtype(_IDX_DTYPES[code])  # type: ignore[call-overload]
+    return struct.unpack(f">{ndim}I", head[4:]), dtype
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -167,6 +180,10 @@ def _load_dataset(
         images, labels = paths
         assert images is not None and labels is not None
         out.append(load_idx_pair(images, labels, normalize=normalize, flatten=flatten))
+        if out[-1][1].max() > 9:  # (>= 0 checked): one bad label would make a wider model
+            raise DatasetError(
+                f"{labels}: label {out[-1][1].max()} is not one of {_TITLES[name]}'s classes (0-9)"
+            )
     check_identity(name, folder, {part: y for part, (_, y) in zip(splits, out)})
     if one_hot_label:  # the notebooks' load_mnist(one_hot_label=True)
         out = [(x, one_hot(y, 10)) for x, y in out]

@@ -9,7 +9,7 @@ import collections
 import csv
 import itertools
 import os
-import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,10 @@ def load_cifar(
         raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
     if label not in ("fine", "coarse"):
         raise ValueError(f"label must be 'fine' or 'coarse', got {label!r}")
+    if label == "coarse" and name == "cifar10":
+        raise ValueError(
+            "label='coarse' is CIFAR-100's 20 superclasses: cifar10 has no such labels"
+        )
     folder = Path(data_dir or Path(os.environ.get("FASTNET_DATA", "data")) / name)
     train_files, test_files, label_bytes, classes = _CIFAR[name]
     index = 1 if name == "cifar100" and label == "fine" else 0
@@ -86,6 +90,10 @@ def load_arrays(
     (memory-mapped) with ``labels`` a ``.npy`` of targets; or a ``.csv`` with a header row and
     the ``target`` column. Labels come as stored (strings stay strings): map them to classes
     with the training data's classes (``fastnet.tabular.LabelEncoding``)."""
+    suffix = Path(path).suffix.lower()
+    for given, name, wanted in ((labels, "labels", ".npy"), (target, "target", ".csv")):
+        if given is not None and suffix != wanted:
+            raise ValueError(f"{name}= applies only to a {wanted} file, not to {os.fspath(path)}")
     X, y, _ = load_table(path, labels, target, need_target=True)
     assert y is not None
     return X, y
@@ -127,8 +135,8 @@ def load_table(
             X, y, names = read_csv(path, target, need_target, columns, dtype=dtype)
         else:
             raise DatasetError(f"{path}: expected a .npz, .npy or .csv file")
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        if isinstance(exc, DatasetError | FileNotFoundError):
+    except Exception as exc:  # zip, header, OS errors alike (np.load's are many): unusable
+        if isinstance(exc, DatasetError | FileNotFoundError | MemoryError):
             raise
         raise DatasetError(f"{path} is not a readable data file: {_hint(exc)}") from None
     if X.ndim != 2 or (y is not None and (y.ndim == 0 or len(X) != len(y))):
@@ -138,6 +146,19 @@ def load_table(
         )
     if not len(X):
         raise DatasetError(f"{path} holds no data rows")
+    if X.dtype.kind not in "biuf" or not X.shape[1]:
+        raise DatasetError(
+            f"{path}: features must be one or more columns of numbers, got {X.dtype} {X.shape}"
+        )
+    where = os.fspath(labels) if suffix == ".npy" and labels is not None else path
+    if y is not None and y.dtype.kind not in "biufSU":
+        raise DatasetError(
+            f"{where}: labels must be integers, floats, bools or strings, got {y.dtype}"
+        )
+    if y is not None and y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise DatasetError(
+            f"{where}: labels hold {np.count_nonzero(~np.isfinite(y))} NaN or infinite value(s)"
+        )
     if not isinstance(X, np.memmap) and X.dtype.kind == "f":  # (a memory map: at training)
         check_finite_features(path, X, names)
     if y is not None and y.ndim == 2 and y.shape[1] == 1:
@@ -152,15 +173,17 @@ def _labels_npy(labels: str | os.PathLike) -> np.ndarray:
         raise DatasetError(f"labels file {name!r}: the labels of a .npy of features are a .npy")
     try:
         return np.load(name, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # as load_table's
         raise DatasetError(f"labels file {name!r} is not a readable .npy: {_hint(exc)}") from None
 
 
 def _hint(exc: Exception) -> str:
     """NumPy's error, with the way out where it is an object (pickled) array."""
+    if str(exc).startswith("This file contains pickled"):  # np.load's guess without a header
+        return "neither a .npy nor a .npz (zip) file"
     if "pickle" in str(exc):
         return "it holds Python objects (strings? save them with .astype(str)), never unpickled"
-    return str(exc)
+    return str(exc) if isinstance(exc, OSError | ValueError) else f"{type(exc).__name__}: {exc}"
 
 
 #: target cells that are no value (signs: Python's float() reads them all)
@@ -182,7 +205,8 @@ def read_csv(
     path = Path(path)
     with open(path, newline="", encoding="utf-8-sig") as f:  # (Excel's BOM dropped)
         reader = csv.reader(f)
-        header = next(reader, [])
+        records = _records(reader, path)
+        header = next(records, [])
         counts = collections.Counter(header)
         if counts[""]:
             raise DatasetError(
@@ -196,7 +220,7 @@ def read_csv(
             raise DatasetError(f"{path}: no column {target!r} in the header {header}")
         column = header.index(target) if target in header and need_target else None
         values, missing, rows, multiline, line = [], [], 0, False, reader.line_num
-        for row in reader:
+        for row in records:
             multiline |= reader.line_num > line + 1 and bool(row)  # a quoted line break
             line = reader.line_num
             if not row:
@@ -227,6 +251,15 @@ def read_csv(
         use, names = [header.index(c) for c in columns], list(columns)
     X = _csv_features(path, [i for i in use if i != skip], rows, chunk_rows, multiline, dtype)
     return X, as_labels(np.array(values, dtype=str)) if column is not None else None, names
+
+
+def _records(reader: Any, path: Path) -> Iterator[list[str]]:
+    """``reader``'s records; its errors (a field past ``csv.field_size_limit()``: no number or
+    class name is that long) a DatasetError naming the file and line."""
+    try:
+        yield from reader
+    except csv.Error as exc:
+        raise DatasetError(f"{path}: line {reader.line_num}: {exc}") from None
 
 
 def _csv_features(

@@ -36,14 +36,17 @@ def infer_task(y: np.ndarray) -> str:
 
 def as_labels(y: np.ndarray) -> np.ndarray:
     """Text labels that all hold numbers become numbers: integers when all are whole ("3" and
-    "3.0" are one class; integer text exactly, as int64), else floats (NaN and infinity stay
-    floats); other text stays text."""
+    "3.0" are one class; integer text exactly, as int64; past int64 as their decimal text),
+    else floats (NaN and infinity stay floats); other text stays text."""
     if y.dtype.kind in "USO":
         text = y.astype(str)
         if np.all(np.char.isdigit(np.char.lstrip(np.char.strip(text), "+-"))):
             try:  # IDs past 2**53 stay distinct (float64 would merge them)
-                return np.array([int(v) for v in text.ravel()], np.int64).reshape(y.shape)
-            except (OverflowError, ValueError):  # past int64, or "²": as float() takes them
+                ints = [int(v) for v in text.ravel()]
+                return np.array(ints, np.int64).reshape(y.shape)
+            except OverflowError:  # past int64: as text ("+7" is "7"), still distinct
+                return np.array([str(i) for i in ints]).reshape(y.shape)
+            except ValueError:  # "²": as float() takes it
                 pass
         try:
             numbers = y.astype(np.float64)

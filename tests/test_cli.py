@@ -738,3 +738,21 @@ def test_train_in_float64_reads_a_csv_in_float64(tmp_path, capsys, monkeypatch):
     assert banner.endswith(" float64"), banner
     assert main(argv) == 0
     assert "float32 (fp32 matmuls)" in capsys.readouterr().out
+
+
+def test_errors_in_a_labels_file_name_that_file(tmp_path, capsys):
+    """A .npy of labels with the wrong shape was reported as the labels of the features file."""
+    rng = np.random.default_rng(0)
+    for name, array in [
+        ("x.npy", rng.random((50, 3), np.float32)),
+        ("wide.npy", rng.integers(0, 3, (50, 2))),
+        ("labels.npy", np.array(["a", "b"] * 25)),
+    ]:
+        np.save(tmp_path / name, array)
+    x, wide, labels = (str(tmp_path / n) for n in ("x.npy", "wide.npy", "labels.npy"))
+    for argv in (
+        ["--data", x, "--labels", wide],
+        ["--data", x, "--labels", labels, "--val", x, "--val-labels", wide],
+    ):
+        assert main(["train", *argv, *TINY]) == 2
+        assert f"the labels of {wide} has shape (50, 2)" in capsys.readouterr().err

@@ -180,3 +180,30 @@ def test_end_to_end_real_fashion_mnist(backend):
     )
     model.fit(X[:10000], y[:10000], epochs=1, batch_size=128, verbose=0)
     assert model.evaluate(Xt, yt)["accuracy"] > 0.75
+
+
+def test_idx_gz_is_decompressed_no_further_than_its_header_declares(tmp_path):
+    import tracemalloc
+
+    bomb = tmp_path / "bomb.gz"  # 32 MiB of zeros behind a header declaring one byte
+    bomb.write_bytes(gzip.compress(struct.pack(">HBBI", 0, 0x08, 1, 1) + bytes(2**25), 1))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DatasetError, match=r"bomb.gz: .*shape \(1,\) .* holds more than 1 b"):
+            read_idx(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**22
+    with pytest.raises(DatasetError, match="is a directory, not an IDX file"):
+        read_idx(tmp_path)
+
+
+@pytest.mark.parametrize("label", [200, 2**31 - 1])
+def test_mnist_labels_past_9_name_the_file(tmp_path, label):
+    make_dataset(tmp_path)
+    labels = np.r_[np.zeros(49), label].astype(">i4")
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels, code=0x0C, gz=True)
+    for load in (fn.load_mnist, fn.load_fashion_mnist):
+        with pytest.raises(DatasetError, match=rf"train-labels-idx1-ubyte.gz: label {label} is"):
+            load(tmp_path, one_hot_label=True)

@@ -234,7 +234,7 @@ def test_labels_from_text_match_the_same_labels_from_arrays():
     ids = [2**60, 2**60 + 1, 9007199254740993]
     assert as_labels(np.array([str(i) for i in ids])).tolist() == ids
     assert as_labels(np.array([" 3", "+4", "-5", "3.0"])).tolist() == [3, 4, -5, 3]
-    assert as_labels(np.array(["1" * 25, "1"])).dtype.kind == "f"  # past int64: floats
+    assert as_labels(np.array(["1" * 25, "+1"])).tolist() == ["1" * 25, "1"]  # past int64: text
     encoding, _ = LabelEncoding.fit(np.array(ids))
     assert encoding.encode(np.array([str(i) for i in ids[::-1]])).tolist() == [0, 2, 1]
     encoding, _ = LabelEncoding.fit(np.array([False, True]))
@@ -257,3 +257,49 @@ def test_csv_feature_errors_name_the_data_row_and_column(tmp_path):
     rows[7] = "7,oops,c1"
     with pytest.raises(DatasetError, match=r"data row 7 \(0-based\), column 'b' holds 'oops'"):
         read_csv(_csv(tmp_path / "t.csv", "a,b,t", rows), "t", chunk_rows=4)
+
+
+def test_corrupt_files_and_odd_dtypes_name_the_file(tmp_path):
+    X, y = np.zeros((4, 2), np.float32), np.arange(4) % 2
+    _csv(tmp_path / "long.csv", "a,t", ["1,x", "2," + "y" * 2**17 + "1"])
+    (tmp_path / "bad.npy").write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': '<f4',}")
+    (tmp_path / "junk.npz").write_bytes(b"abcde")
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "nan.npy", np.where(y, np.nan, 1.0))
+    np.savez(tmp_path / "cy.npz", X=X, y=y.astype(complex))
+    np.savez(tmp_path / "when.npz", X=X.astype("datetime64[s]"), y=y)
+    np.savez(tmp_path / "none.npz", X=X[:, :0], y=y)
+    for bad, match in (
+        (("long.csv", None, "t"), r"long.csv: line 3: field larger than field limit"),
+        (("bad.npy", "X.npy"), r"bad.npy is not a readable data file: TokenError"),
+        (("X.npy", "bad.npy"), r"bad.npy' is not a readable .npy: TokenError"),
+        (("junk.npz",), r"junk.npz is not a readable data file: neither a .npy nor a .npz"),
+        (("X.npy", "nan.npy"), r"nan.npy: labels hold 2 NaN"),
+        (("cy.npz",), r"cy.npz: labels must be integers, floats, bools or strings, got complex"),
+        (("when.npz",), r"when.npz: features must be .* numbers, got datetime64"),
+        (("none.npz",), r"none.npz: features must be one or more columns"),
+    ):
+        with pytest.raises(DatasetError, match=match):
+            load_arrays(*[tmp_path / a if a else None for a in bad[:2]], *bad[2:])
+    with pytest.raises(ValueError, match=r"labels= applies only to a .npy file, not to .*cy.npz"):
+        load_arrays(tmp_path / "cy.npz", labels=tmp_path / "X.npy")
+    with pytest.raises(ValueError, match=r"target= applies only to a .csv file"):
+        load_arrays(tmp_path / "cy.npz", target="y")
+    with pytest.raises(ValueError, match="label='coarse' is CIFAR-100's"):
+        load_cifar("cifar10", tmp_path, label="coarse")
+
+
+def test_csv_integer_labels_past_int64_stay_distinct(tmp_path):
+    big = ["9223372036854775807", "9223372036854775808", "+9223372036854775809", "9" * 23]
+    rows = [f"{i},{v}" for i, v in enumerate(big)]
+    y = load_arrays(_csv(tmp_path / "ids.csv", "a,t", rows), target="t")[1]
+    assert y.tolist() == [str(int(v)) for v in big]
+
+
+def test_python_m_fastnet_runs_the_cli_and_exits_with_its_code(monkeypatch, tmp_path):
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["fastnet", "train", "--data", str(tmp_path / "no.npz")])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("fastnet", run_name="__main__")
+    assert exit_.value.code == 2
