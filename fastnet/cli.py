@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fastnet {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     train = _sub(sub, "train", "train an MLP on a built-in data set or your own file")
-    parser.train_parser = train  # type: ignore[attr-defined]  # for --preset defaults
+    parser.commands = sub.choices  # type: ignore[attr-defined]  # (their errors, presets)
     for flags, options in TRAIN_OPTIONS:
         train.add_argument(*flags, **options)
     predict = _sub(sub, "predict", "predict labels (or probabilities) for a file's rows")
@@ -393,6 +393,9 @@ def _refuse_unused(path: Any, option: str, labels: Any, flag: str, target: Any =
 def _builtin(args: argparse.Namespace) -> Prepared:
     from fastnet.data import train_val_split
 
+    for given, option in ((args.val is not None, "--val"), (args.task != "auto", "--task")):
+        if given:  # (the built-in data sets are classification, with a test set)
+            raise ValueError(f"{option} applies only to your own --data, not to a built-in set")
     dataset = args.dataset or "fashion-mnist"
     (X, y), test = _load(dataset, args.data_dir)
     if args.limit:
@@ -619,9 +622,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     model = _build_model(args, data, backend)
     (X_tr, y_tr), (X_val, y_val), (X_test, _) = data.train, data.val, data.test
     arch = "-".join(str(s) for s in (X_tr.shape[1], *args.layers, data.n_outputs))
+    sets = f"{len(X_val)} val" + (
+        " (the held-out set reported)" if data.held == "held-out" else f" / {len(X_test)} test"
+    )
     say(
-        f"fastnet train: {data.name} {len(X_tr)} train / {len(X_val)} val / {len(X_test)} "
-        f"{data.held}, MLP {arch}, {args.optimizer} lr={args.lr} ({args.schedule}), "
+        f"fastnet train: {data.name} {len(X_tr)} train / {sets}, MLP {arch}, "
+        f"{args.optimizer} lr={args.lr} ({args.schedule}), "
         f"batch {args.batch_size}, backend {model.backend.name} "
         f"({model.backend.device_info()}), {args.dtype}"
         + ("" if args.dtype == "float64" else f" ({args.precision} matmuls)"),
@@ -955,13 +961,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, with options the command does not know reported by the
+    command's parser (``fastnet train: error: ...``, its usage), not the top level's."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = parser.commands[args.command]  # type: ignore[attr-defined]
+        command.error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if getattr(args, "preset", None):  # the preset's values become defaults: explicit flags win
         preset = {k: v for k, v in PRESETS[args.preset].items() if k != "help"}
-        parser.train_parser.set_defaults(**preset)  # type: ignore[attr-defined]
-        args = parser.parse_args(argv)
+        parser.commands["train"].set_defaults(**preset)  # type: ignore[attr-defined]
+        args = _parse(parser, argv)
     from fastnet.backends import BackendUnavailableError
     from fastnet.distributed import DistributedError
 

@@ -66,11 +66,23 @@ def test_train_save_evaluate_plot(data_dir, tmp_path, capsys):
             ["train", "--backend", "numpy", "--precision", "tf32", "--limit", "200"],
             "precision='tf32' needs the cupy backend",
         ),
+        (["train", "--val", "v.csv"], "--val applies only to your own --data, not to a built-in"),
+        (["train", "--task", "regression"], "--task applies only to your own --data"),
     ],
 )
 def test_errors_are_one_line_messages(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "predict m.npz --data x.npy", "export m.npz m.onnx"])
+def test_an_unknown_option_is_reported_by_its_command(command, capsys):
+    """It was the top-level parser's error (``fastnet: error:``, the top-level usage)."""
+    with pytest.raises(SystemExit) as exc:
+        main([*command.split(), "--bogus", "1"])
+    assert exc.value.code == 2
+    name = command.split()[0]
+    assert f"fastnet {name}: error: unrecognized arguments: --bogus 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -300,7 +312,9 @@ def test_preset_sets_defaults_that_flags_override():
     from fastnet.cli import PRESETS, build_parser
 
     parser = build_parser()
-    parser.train_parser.set_defaults(**{k: v for k, v in PRESETS["best"].items() if k != "help"})
+    parser.commands["train"].set_defaults(
+        **{k: v for k, v in PRESETS["best"].items() if k != "help"}
+    )
     args = parser.parse_args(["train", "--preset", "best", "--epochs", "3"])
     assert args.epochs == 3 and args.optimizer == "adamw" and args.layers == (2048, 1024)
     assert args.label_smoothing == 0.1 and args.schedule == "warmup-cosine"

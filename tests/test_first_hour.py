@@ -331,7 +331,7 @@ def test_numeric_flags_refuse_nan_and_inf(flag, value, capsys):
 def test_help_shows_each_default_once(capsys):
     from fastnet.cli import build_parser
 
-    text = build_parser().train_parser.format_help()
+    text = build_parser().commands["train"].format_help()
     assert "(default: None)" not in text and text.count("$FASTNET_BACKEND") == 1
     assert "(default: 20)" in text and ".safetensors" in text
     top = build_parser().format_help()
