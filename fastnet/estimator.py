@@ -237,6 +237,7 @@ class _MLPBase(BaseEstimator):
     _loss = "softmax_cross_entropy"
     model_: Sequential
     loss_curve_: list[float]
+    t_: int
     validation_scores_: list[float] | None
 
     def __init__(
@@ -401,9 +402,12 @@ class _MLPBase(BaseEstimator):
         kwargs = {"momentum": self.momentum} if self.solver == "momentum" else {}
         return get_optimizer(self.solver, lr=lr, weight_decay=weight_decay, **kwargs)
 
-    def _callbacks(self, n: int, epochs: int, validation: Any) -> list[Callback]:
+    def _callbacks(
+        self, n: int, epochs: int, validation: Any, seen: int, incremental: bool
+    ) -> list[Callback]:
         """Validation score, stopping rules and scikit-learn's ``learning_rate`` schedules
-        (``invscaling``: lr / (samples seen + 1) ** power_t; ``adaptive``: lr / 5 after
+        (``invscaling``: lr / (rows seen + 1) ** power_t, ``seen`` before this call, a fit's
+        new optimizer at lr for its first epoch; ``adaptive``: lr / 5 after
         ``n_iter_no_change`` epochs without improvement), which apply to ``solver="sgd"``."""
         callbacks: list[Callback] = [_Objective(self._loss == "mean_squared_error")]
         if validation is not None:
@@ -411,7 +415,11 @@ class _MLPBase(BaseEstimator):
         schedule = self.learning_rate if self.solver == "sgd" else "constant"
         if schedule == "invscaling":
             lr0, power = self.learning_rate_init, self.power_t
-            callbacks.append(LearningRateScheduler(lambda e, _: lr0 / (e * n + 1) ** power))
+
+            def invscaling(e: int) -> float:
+                return lr0 / (seen + e * n + 1) ** power if e or incremental else lr0
+
+            callbacks.append(LearningRateScheduler(invscaling))
         monitor = "val_score" if validation is not None else "objective"
         if schedule == "adaptive":
             callbacks.append(
@@ -437,7 +445,9 @@ class _MLPBase(BaseEstimator):
         epochs: int,
         batch: int,
         validation: Any,
-        sample_weight: Any = None,
+        sample_weight: Any,
+        seen: int,
+        incremental: bool,
     ) -> dict[str, list[float]]:
         return model.fit(
             X,
@@ -445,7 +455,7 @@ class _MLPBase(BaseEstimator):
             epochs=epochs,
             batch_size=batch,
             shuffle=self.shuffle,
-            callbacks=self._callbacks(len(X), epochs, validation),
+            callbacks=self._callbacks(len(X), epochs, validation, seen, incremental),
             verbose=2 if self.verbose else 0,  # (scikit-learn's: any true int prints epochs)
             compiled="auto",
             sample_weight=sample_weight,
@@ -491,11 +501,15 @@ class _MLPBase(BaseEstimator):
             weights = weights / mean_weight
         if continuing and not incremental:  # warm_start: the current hyperparameters
             model = self._rebuilt(self.model_, batch * mean_weight, seed)
-        elif continuing:
+        elif continuing:  # partial_fit: alpha over this call's batch weight, as scikit-learn's
             model = self.model_
+            model.optimizer.weight_decay = self.alpha / (batch * mean_weight)
         else:
             model = self._build(self._n_outputs(fitted), batch * mean_weight, seed)
-        history = self._train(model, X, targets, epochs, batch, validation, weights)
+        seen = self.t_ if continuing else 0  # scikit-learn's t_: rows seen since a cold fit
+        history = self._train(
+            model, X, targets, epochs, batch, validation, weights, seen, incremental
+        )
         for key, value in fitted.items():
             setattr(self, key, value)
         self.model_ = model
@@ -509,6 +523,7 @@ class _MLPBase(BaseEstimator):
         self.n_iter_ = len(self.loss_curve_)
         self.history_ = history
         ran = len(history["loss"])
+        self.t_ = seen + ran * len(X)
         if not incremental and ran == epochs and not model.stop_reason:
             warnings.warn(
                 f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
@@ -631,11 +646,14 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
     def _score_model(self, model: Sequential, X: Any, t: Any) -> float:
         return float(np.mean(model.predict(X) == t))  # t: encoded labels
 
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
-        """One epoch on ``(X, y)``; the first call needs ``classes`` (all labels to expect)."""
+    def partial_fit(
+        self, X: Any, y: Any, sample_weight: Any = None, classes: Any = None
+    ) -> MLPClassifier:
+        """One epoch on ``(X, y)`` (rows weighted as in ``fit``); the first call needs
+        ``classes`` (all labels to expect)."""
         if not hasattr(self, "model_") and classes is None:
             raise ValueError("classes must be passed on the first call to partial_fit")
-        return self._fit(X, y, 1, incremental=True, extra=classes)
+        return self._fit(X, y, 1, True, extra=classes, sample_weight=sample_weight)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         self._check_fitted()
@@ -690,9 +708,9 @@ class MLPRegressor(RegressorMixin, _MLPBase):
     def _score_model(self, model: Sequential, X: Any, y: Any) -> float:
         return _r2(y, model.predict_raw(X))
 
-    def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
-        """One epoch on ``(X, y)``."""
-        return self._fit(X, y, 1, incremental=True)
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
+        """One epoch on ``(X, y)`` (rows weighted as in ``fit``)."""
+        return self._fit(X, y, 1, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X: Any) -> np.ndarray:
         raw = self._raw(X).astype(np.float64)  # scikit-learn regressors predict float64

@@ -348,3 +348,61 @@ def test_verbose_takes_any_true_integer_as_scikit_learn(capsys):
         warnings.simplefilter("ignore")
         fn.MLPClassifier((4,), max_iter=2, verbose=5, random_state=0).fit(X, y)
     assert "loss" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("method", ["partial_fit", "fit"])  # fit: warm_start
+def test_invscaling_decays_over_the_rows_seen_across_calls_as_scikit_learn(method):
+    """scikit-learn's invscaling lr is lr / (t_ + 1) ** power_t, ``t_`` the rows seen since
+    the cold fit: partial_fit calls and warm fits go on decaying (a warm fit's new optimizer
+    takes its first epoch at learning_rate_init); a cold fit starts again at 0. (No momentum
+    for partial_fit: scikit-learn's keeps the velocity of its own first weights.)"""
+    from sklearn.base import clone
+    from sklearn.neural_network import MLPRegressor
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((60, 4))
+    y = X @ rng.standard_normal(4)
+    kw = dict(hidden_layer_sizes=(5,), solver="sgd", learning_rate="invscaling", batch_size=60,
+              learning_rate_init=0.05, max_iter=2, alpha=1e-3, shuffle=False, warm_start=True,
+              momentum=0.9 if method == "fit" else 0.0)  # fmt: skip
+    est, reference = fn.MLPRegressor(backend="numpy", dtype="float64", **kw), MLPRegressor(**kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter reached
+        for _ in range(3):
+            for model in est, reference:
+                getattr(model, method)(X, y)
+            if _ == 0:
+                reference.coefs_, reference.intercepts_ = est.coefs_, est.intercepts_
+    assert est.t_ == reference.t_ == (360 if method == "fit" else 180)
+    for got, want in zip(est.coefs_ + est.intercepts_, reference.coefs_ + reference.intercepts_):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    assert pickle.loads(pickle.dumps(est)).t_ == est.t_ and not hasattr(clone(est), "t_")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert est.set_params(warm_start=False).fit(X, y).t_ == 120
+
+
+@pytest.mark.parametrize("classifier", [True, False])
+def test_partial_fit_takes_sample_weight_in_scikit_learns_place(classifier):
+    """partial_fit(X, y, sample_weight, classes) as scikit-learn's, weights meaning what
+    fit's do (alpha's term over this call's summed weight)."""
+    from sklearn.neural_network import MLPClassifier, MLPRegressor
+
+    rng = np.random.default_rng(1)
+    X, w = rng.standard_normal((50, 3)), rng.uniform(0, 3, 50)
+    y = np.arange(50) % 3 if classifier else X @ rng.standard_normal(3)
+    ours, theirs = (
+        (fn.MLPClassifier, MLPClassifier) if classifier else (fn.MLPRegressor, MLPRegressor)
+    )
+    kw = dict(hidden_layer_sizes=(4,), solver="sgd", learning_rate_init=0.05, batch_size=50,
+              alpha=0.1, momentum=0.0, shuffle=False, random_state=0)  # fmt: skip
+    est, reference = ours(backend="numpy", dtype="float64", **kw), theirs(**kw)
+    extra = [[0, 1, 2]] if classifier else []
+    for model in est, reference:
+        model.partial_fit(X, y, None, *extra)
+    reference.coefs_, reference.intercepts_ = est.coefs_, est.intercepts_
+    for model in est, reference:
+        model.partial_fit(X, y, w, *extra)
+        model.partial_fit(X, y, sample_weight=2 * w)
+    for got, want in zip(est.coefs_ + est.intercepts_, reference.coefs_ + reference.intercepts_):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
