@@ -139,6 +139,16 @@ def load_table(
         if isinstance(exc, DatasetError | FileNotFoundError | MemoryError):
             raise
         raise DatasetError(f"{path} is not a readable data file: {_hint(exc)}") from None
+    where = os.fspath(labels) if suffix == ".npy" and labels is not None else path
+    _check_table(path, X, y, names, where)
+    if y is not None and y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]  # one column of targets: as a vector
+    return X, y, names
+
+
+def _check_table(path: Path, X: Any, y: Any, names: Any, where: Any) -> None:
+    """A file's features and labels (from ``where``) as a kernel can take them: refused with
+    a DatasetError naming the file."""
     if X.ndim != 2 or (y is not None and (y.ndim == 0 or len(X) != len(y))):
         raise DatasetError(
             f"{path}: need 2-D features and one label per row, got X "
@@ -150,7 +160,6 @@ def load_table(
         raise DatasetError(
             f"{path}: features must be one or more columns of numbers, got {X.dtype} {X.shape}"
         )
-    where = os.fspath(labels) if suffix == ".npy" and labels is not None else path
     if y is not None and y.dtype.kind not in "biufSU":
         raise DatasetError(
             f"{where}: labels must be integers, floats, bools or strings, got {y.dtype}"
@@ -161,9 +170,6 @@ def load_table(
         )
     if not isinstance(X, np.memmap) and X.dtype.kind == "f":  # (a memory map: at training)
         check_finite_features(path, X, names)
-    if y is not None and y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]  # one column of targets: as a vector
-    return X, y, names
 
 
 def _labels_npy(labels: str | os.PathLike) -> np.ndarray:
@@ -206,18 +212,7 @@ def read_csv(
     with open(path, newline="", encoding="utf-8-sig") as f:  # (Excel's BOM dropped)
         reader = csv.reader(f)
         records = _records(reader, path)
-        header = next(records, [])
-        counts = collections.Counter(header)
-        if counts[""]:
-            raise DatasetError(
-                f"{path}: {counts['']} column(s) of the header have no name (pandas: to_csv("
-                "index=False) leaves out the index)"
-            )
-        repeated = sorted(h for h, n in counts.items() if n > 1)
-        if repeated:
-            raise DatasetError(f"{path}: the header repeats the column name(s) {repeated}")
-        if target is not None and target not in header and need_target:
-            raise DatasetError(f"{path}: no column {target!r} in the header {header}")
+        header = _checked_header(path, next(records, []), target if need_target else None)
         column = header.index(target) if target in header and need_target else None
         values, missing, rows, multiline, line = [], [], 0, False, reader.line_num
         for row in records:
@@ -251,6 +246,22 @@ def read_csv(
         use, names = [header.index(c) for c in columns], list(columns)
     X = _csv_features(path, [i for i in use if i != skip], rows, chunk_rows, multiline, dtype)
     return X, as_labels(np.array(values, dtype=str)) if column is not None else None, names
+
+
+def _checked_header(path: Path, header: list[str], target: str | None) -> list[str]:
+    """``header``, refused where a column has no name or a repeated one, or lacks ``target``."""
+    counts = collections.Counter(header)
+    if counts[""]:
+        raise DatasetError(
+            f"{path}: {counts['']} column(s) of the header have no name (pandas: to_csv("
+            "index=False) leaves out the index)"
+        )
+    repeated = sorted(h for h, n in counts.items() if n > 1)
+    if repeated:
+        raise DatasetError(f"{path}: the header repeats the column name(s) {repeated}")
+    if target is not None and target not in header:
+        raise DatasetError(f"{path}: no column {target!r} in the header {header}")
+    return header
 
 
 def _records(reader: Any, path: Path) -> Iterator[list[str]]:

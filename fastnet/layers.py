@@ -59,7 +59,8 @@ class Layer:
     """Base class. Subclasses implement ``build`` (creating ``Parameter`` objects),
     ``parameters`` (returning them), ``forward`` and ``backward`` (assigning each parameter's
     ``grad``: ``p.grad = ...`` is copied into the model's gradient storage; do not add to it),
-    and ``get_config`` for arguments of their own. A subclass whose body sets ``name`` is
+    and ``get_config`` for arguments of their own (``{**super().get_config(), "k": k}``: a
+    config names its class). A subclass whose body sets ``name`` is
     registered by it, so models holding it save and load (define it before loading)."""
 
     name = "layer"

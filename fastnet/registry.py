@@ -49,11 +49,15 @@ class Registry(dict):
 
     def checked_config(self, obj: Any) -> dict:
         """``obj.get_config()``, refused where it would not load ``obj`` as it is: a subclass
-        that kept its parent's ``name``, or a user's class whose ``get_config`` lacks an
-        ``__init__`` argument (required, or set to another value than its default)."""
-        self.saved_name(obj)
-        config = obj.get_config()
-        cls = type(obj)
+        that kept its parent's ``name``, a config without that name, or a user's class whose
+        ``get_config`` lacks an ``__init__`` argument (required, or set to another value than
+        its default)."""
+        name, config, cls = self.saved_name(obj), obj.get_config(), type(obj)
+        if not isinstance(config, dict) or config.get("name") != name:
+            raise TypeError(
+                f"{cls.__name__}.get_config() must return a dict with 'name': {name!r} (as "
+                f"{{**super().get_config(), ...}} does), got {config!r}"
+            )
         if cls.__module__.partition(".")[0] != "fastnet":  # (fastnet's own classes save all)
             params = inspect.signature(cls).parameters.values()
             lost = [p.name for p in params if _lost(obj, p, config)]

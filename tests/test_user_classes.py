@@ -369,3 +369,46 @@ def test_a_loss_or_optimizer_whose_config_lacks_an_argument_is_refused(tmp_path)
     kept.fit(X, y.astype(float), epochs=1, verbose=0)  # defaults: nothing is lost
     kept.save(tmp_path / "kept.npz")
     assert fn.load_model(tmp_path / "kept.npz").loss.delta == 1.0
+
+
+class Doubler(fn.layers.Activation):
+    """A layer whose get_config returns its own arguments only (no 'name')."""
+
+    name = "test_doubler_without_name"
+
+    def __init__(self, factor=2.0):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x, training=False):
+        return x * self.factor
+
+    def backward(self, dout):
+        return dout * self.factor
+
+    def get_config(self):
+        return {"factor": self.factor}
+
+
+class NamelessLecun(Lecun):
+    name = "test_lecun_without_name"
+
+    def get_config(self):
+        return {}
+
+
+def test_a_config_without_its_name_is_refused_before_saving(tmp_path):
+    """It was saved, and load_model, copies and pickles failed: 'unknown layer None'."""
+    import copy
+
+    X, y = _data()
+    for layers, cls in (
+        ([Doubler(3.0), fn.Dense(3)], "Doubler"),
+        ([fn.Dense(3, initializer=NamelessLecun())], "NamelessLecun"),
+    ):
+        model = fn.Sequential(layers, seed=0)
+        model.fit(X, y, epochs=1, verbose=0)
+        for save, argument in ((model.save, tmp_path / "m.npz"), (copy.deepcopy, model)):
+            with pytest.raises(TypeError, match=rf"{cls}.get_config\(\) must return a dict with"):
+                save(argument)
+        assert not (tmp_path / "m.npz").exists()
