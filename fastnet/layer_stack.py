@@ -7,7 +7,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from fastnet.initializers import He
-from fastnet.layers import Dense, Layer, LeakyReLU, ReLU, Sigmoid, Softmax, Standardize
+from fastnet.layers import (
+    BatchNorm1d,
+    Dense,
+    Dropout,
+    Layer,
+    LeakyReLU,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Standardize,
+)
 
 
 def check_layer_stack(
@@ -51,11 +61,13 @@ def check_layer_stack(
 
 
 def fix_default_initializers(layers: Sequence[Layer]) -> list[int]:
-    """A linear ``Dense`` followed by a separate ``ReLU``/``LeakyReLU`` layer gets He
+    """A linear ``Dense`` followed by a separate ``ReLU``/``LeakyReLU`` layer (after any
+    ``BatchNorm1d``/``Dropout``: the notebooks' Affine, BatchNorm, ReLU) gets He
     initialisation, as ``Dense(units, "relu")`` does, unless its initializer was given.
     Call before the layers are built; returns the indices of the layers changed."""
     changed = []
-    for i, (layer, after) in enumerate(zip(layers, layers[1:])):
+    for i, layer in enumerate(layers):
+        after = next((x for x in layers[i + 1 :] if not isinstance(x, BatchNorm1d | Dropout)), None)
         if (
             isinstance(layer, Dense)
             and layer.activation is None

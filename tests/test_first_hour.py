@@ -302,11 +302,22 @@ def test_linear_dense_before_relu_gets_he():
         fn.ReLU(),
         fn.Dense(8),
         fn.Sigmoid(),
+        fn.Affine(8),  # the notebooks' MultiLayerNetExtend: Affine, BatchNorm, (Dropout,) Relu
+        fn.BatchNorm1d(),
+        fn.Dropout(0.5),
+        fn.Relu(),
+        fn.Dense(8),
+        fn.Dropout(0.5),
+        fn.Tanh(),
+        fn.Dense(3),
+        fn.Dropout(0.5),
     ]
-    assert fix_default_initializers(layers) == [0]
+    assert fix_default_initializers(layers) == [0, 6]
     assert isinstance(layers[0].initializer, fn.He)
     assert isinstance(layers[2].initializer, fn.Xavier)  # chosen by the user: kept
     assert isinstance(layers[4].initializer, fn.Xavier)
+    assert isinstance(layers[6].initializer, fn.He)
+    assert [type(layers[i].initializer) for i in (10, 13)] == [fn.Xavier, fn.Xavier]
 
 
 # ---------------------------------------------------------------- item 11: NaN flags
