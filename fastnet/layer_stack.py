@@ -62,7 +62,7 @@ def check_layer_stack(
 
 def fix_default_initializers(layers: Sequence[Layer]) -> list[int]:
     """A linear ``Dense`` followed by a separate ``ReLU``/``LeakyReLU`` layer (after any
-    ``BatchNorm1d``/``Dropout``: the notebooks' Affine, BatchNorm, ReLU) gets He
+    ``BatchNorm1d``/``Dropout``: the notebooks' Affine, BatchNorm, ReLU with He) gets He
     initialisation, as ``Dense(units, "relu")`` does, unless its initializer was given.
     Call before the layers are built; returns the indices of the layers changed."""
     changed = []

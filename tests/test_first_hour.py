@@ -302,9 +302,11 @@ def test_linear_dense_before_relu_gets_he():
         fn.ReLU(),
         fn.Dense(8),
         fn.Sigmoid(),
-        fn.Affine(8),  # the notebooks' MultiLayerNetExtend: Affine, BatchNorm, (Dropout,) Relu
-        fn.BatchNorm1d(),
+        fn.Affine(8),
         fn.Dropout(0.5),
+        fn.Relu(),
+        fn.Affine(8),  # the notebooks' MultiLayerNetExtend: Affine, BatchNorm, Relu
+        fn.BatchNorm1d(),
         fn.Relu(),
         fn.Dense(8),
         fn.Dropout(0.5),
@@ -312,12 +314,12 @@ def test_linear_dense_before_relu_gets_he():
         fn.Dense(3),
         fn.Dropout(0.5),
     ]
-    assert fix_default_initializers(layers) == [0, 6]
+    assert fix_default_initializers(layers) == [0, 6, 9]
     assert isinstance(layers[0].initializer, fn.He)
     assert isinstance(layers[2].initializer, fn.Xavier)  # chosen by the user: kept
     assert isinstance(layers[4].initializer, fn.Xavier)
-    assert isinstance(layers[6].initializer, fn.He)
-    assert [type(layers[i].initializer) for i in (10, 13)] == [fn.Xavier, fn.Xavier]
+    assert [type(layers[i].initializer) for i in (6, 9)] == [fn.He] * 2
+    assert [type(layers[i].initializer) for i in (12, 15)] == [fn.Xavier] * 2
 
 
 # ---------------------------------------------------------------- item 11: NaN flags
