@@ -34,8 +34,8 @@ def problem(dtype="float32"):
 
 def bn_model(backend="numpy", synchronized=True):
     layers = [  # no bias before a batch norm: its gradient, exactly 0, is rounding noise
-        fn.Dense(16, use_bias=False),
-        fn.BatchNorm1d(momentum=0.8, synchronized=synchronized),
+        fn.Dense(16, use_bias=False, initializer="xavier"),  # (He: batches of 2 amplify
+        fn.BatchNorm1d(momentum=0.8, synchronized=synchronized),  # rounding past 1e-7)
         fn.ReLU(),
         fn.Dense(8, "tanh"),
         fn.BatchNorm1d(synchronized=synchronized),
