@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.builders import mlp
-from fastnet.callbacks import Callback, EarlyStopping, ReduceLROnPlateau
+from fastnet.callbacks import Callback, EarlyStopping
 from fastnet.layers import Dense
 from fastnet.losses import MeanSquaredError
 from fastnet.model import Sequential
@@ -217,8 +217,8 @@ class _Objective(Callback):
 
 
 class _BestScore(EarlyStopping):
-    """scikit-learn's early stopping: patience counts gains over ``tol``; the weights kept
-    are the best score's (any gain, as ``_best_coefs``)."""
+    """scikit-learn's early stopping keeps the best score's weights (any gain, as
+    ``_best_coefs``); ``_NoImprovement`` stops (its patience is never reached)."""
 
     def on_train_begin(self, model: Any) -> None:
         super().on_train_begin(model)
@@ -229,6 +229,32 @@ class _BestScore(EarlyStopping):
             self.top = logs["val_score"]
             return True
         return False
+
+
+class _NoImprovement(Callback):
+    """scikit-learn's ``_no_improvement_count``: an epoch whose ``objective`` is not ``tol``
+    below the best so far (with ``validation``: whose ``val_score`` is not ``tol`` above it)
+    counts; more than ``patience`` in a row stop training or, ``adaptive``, divide the lr by 5
+    (stopping once it is 1e-6 or below). The estimator keeps it until a cold fit."""
+
+    count, best = 0, np.inf
+
+    def using(self, patience: int, tol: float, adaptive: bool, validation: bool) -> _NoImprovement:
+        self.patience, self.tol = patience, tol
+        self.adaptive, self.validation = adaptive, validation
+        return self
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        value = -logs["val_score"] if self.validation else logs["objective"]
+        self.count = self.count + 1 if value > self.best - self.tol else 0
+        self.best = min(self.best, value)
+        if self.count <= self.patience:
+            return False
+        if self.adaptive and model.optimizer.lr > 1e-6:
+            model.optimizer.set_scheduled_lr(model.optimizer.lr / 5)
+            self.count = 0
+            return False
+        return True
 
 
 class _MLPBase(BaseEstimator):
@@ -407,8 +433,8 @@ class _MLPBase(BaseEstimator):
     ) -> list[Callback]:
         """Validation score, stopping rules and scikit-learn's ``learning_rate`` schedules
         (``invscaling``: lr / (rows seen + 1) ** power_t, ``seen`` before this call, a fit's
-        new optimizer at lr for its first epoch; ``adaptive``: lr / 5 after
-        ``n_iter_no_change`` epochs without improvement), which apply to ``solver="sgd"``."""
+        new optimizer at lr for its first epoch; ``adaptive``: ``_NoImprovement``'s), which
+        apply to ``solver="sgd"``; ``n_iter_no_change=0`` never stops nor lowers the lr."""
         callbacks: list[Callback] = [_Objective(self._loss == "mean_squared_error")]
         if validation is not None:
             callbacks.append(_ValidationScore(self, *validation))
@@ -420,21 +446,13 @@ class _MLPBase(BaseEstimator):
                 return lr0 / (seen + e * n + 1) ** power if e or incremental else lr0
 
             callbacks.append(LearningRateScheduler(invscaling))
-        monitor = "val_score" if validation is not None else "objective"
-        if schedule == "adaptive":
-            callbacks.append(
-                ReduceLROnPlateau(
-                    monitor, 0.2, self.n_iter_no_change, min_delta=self.tol, min_lr=1e-6
-                )
+        if validation is not None:
+            callbacks.append(_BestScore("val_score", epochs + 1, mode="max"))
+        if self.n_iter_no_change:
+            stall = self._no_improvement.using(
+                self.n_iter_no_change, self.tol, schedule == "adaptive", validation is not None
             )
-        if validation is not None:  # early_stopping (not in partial_fit, as scikit-learn's)
-            callbacks.append(_BestScore("val_score", self.n_iter_no_change, self.tol, mode="max"))
-        elif self.n_iter_no_change and epochs > 1 and schedule != "adaptive":
-            callbacks.append(
-                EarlyStopping(
-                    "objective", self.n_iter_no_change, self.tol, restore_best_weights=False
-                )
-            )
+            callbacks.append(stall)
         return callbacks
 
     def _train(
@@ -492,7 +510,9 @@ class _MLPBase(BaseEstimator):
         targets, fitted = self._targets(y, continuing, extra)  # checks; changes nothing
         weights = None if sample_weight is None else _check_weights(sample_weight, len(X))
         validation, seed = None, self._seed()  # (drawn from a RandomState once data passed)
-        if self.early_stopping and not incremental:
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        if self.early_stopping:
             X, targets, weights, validation = self._hold_out(X, targets, weights, seed)
         batch = self._batch(len(X))
         # scikit-learn divides by the summed weights: rows weigh w / mean(w) in fit's mean
@@ -507,6 +527,8 @@ class _MLPBase(BaseEstimator):
         else:
             model = self._build(self._n_outputs(fitted), batch * mean_weight, seed)
         seen = self.t_ if continuing else 0  # scikit-learn's t_: rows seen since a cold fit
+        if not (continuing and hasattr(self, "_no_improvement")):  # and its stopping count
+            self._no_improvement = _NoImprovement()
         history = self._train(
             model, X, targets, epochs, batch, validation, weights, seen, incremental
         )
@@ -559,6 +581,11 @@ class _MLPBase(BaseEstimator):
             )
         order = np.random.default_rng(seed).permutation(len(X))
         n_val = max(1, int(round(len(X) * self.validation_fraction)))
+        if n_val >= len(X):
+            raise ValueError(
+                f"With n_samples={len(X)} and validation_fraction={self.validation_fraction}, "
+                "the resulting train set will be empty"
+            )
         val, train = order[:n_val], order[n_val:]
         weights = None if weights is None else weights[train]
         return X[train], targets[train], weights, (X[val], targets[val])
@@ -625,12 +652,13 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
             _multiclass.check_classification_targets(y)
         elif y.dtype.kind == "f" and not np.all(y == np.round(y)):
             raise ValueError("Unknown label type: continuous targets for a classifier")
-        if continuing:
-            known = self.classes_
-        elif classes is not None:
-            known = np.unique(np.asarray(classes))
-        else:
-            known = np.unique(y)
+        given = None if classes is None else np.unique(np.asarray(classes))
+        if continuing and given is not None and not np.array_equal(given, self.classes_):
+            raise ValueError(
+                f"`classes={classes!r}` is not the same as on last call to partial_fit, "
+                f"was: {self.classes_!r}"
+            )
+        known = self.classes_ if continuing else np.unique(y) if given is None else given
         if len(known) < 2:
             raise ValueError(f"y has only one class ({known[0]!r}); a classifier needs 2 or more")
         unknown = np.setdiff1d(np.unique(y), known)
@@ -656,9 +684,8 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         return self._fit(X, y, 1, True, extra=classes, sample_weight=sample_weight)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        self._check_fitted()
-        X, _ = self._validate(X, reset=False)
-        return self.model_.predict_proba(X)
+        """Class probabilities in float64 (scikit-learn's), the exp of ``predict_log_proba``."""
+        return np.exp(self.predict_log_proba(X))
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of ``predict_proba``, computed stably from the logits."""
@@ -700,7 +727,7 @@ class MLPRegressor(RegressorMixin, _MLPBase):
             raise ValueError(
                 f"y has {t.shape[1]} outputs; the model was fit with {self.n_outputs_}"
             )
-        return t, {"n_outputs_": t.shape[1], "_flat_y": y.ndim == 1}
+        return t, {"n_outputs_": t.shape[1]}
 
     def _n_outputs(self, fitted: dict) -> int:
         return int(fitted["n_outputs_"])
@@ -714,7 +741,7 @@ class MLPRegressor(RegressorMixin, _MLPBase):
 
     def predict(self, X: Any) -> np.ndarray:
         raw = self._raw(X).astype(np.float64)  # scikit-learn regressors predict float64
-        return raw[:, 0] if self._flat_y else raw
+        return raw[:, 0] if raw.shape[1] == 1 else raw  # also for a (n, 1) y, as scikit-learn
 
 
 __all__ = ["HAVE_SKLEARN", "ConvergenceWarning", "MLPClassifier", "MLPRegressor", "NotFittedError"]
