@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.optimizers import OPTIMIZERS as RULES
+
 
 def _layers(spec: str) -> tuple[int, ...]:
     try:
@@ -76,7 +78,7 @@ def _number(kind, low: float, high: float, low_ok: bool = True):  # noqa: ANN001
     return parse
 
 
-OPTIMIZERS = ["sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw"]
+OPTIMIZERS = RULES.builtin()  # (a rule added to fastnet.optimizers is an --optimizer)
 TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (
         ("--backend",),

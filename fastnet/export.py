@@ -49,6 +49,8 @@ class _Graph:
             )
             positive = self.node("Greater", [x, zero], f"{name}_pos")
             return self.node("Where", [positive, x, slope], name)
+        if kind not in _ACTIVATION_OPS:
+            raise NotImplementedError(f"{name}: the {kind} activation has no ONNX export")
         attrs = {"alpha": alpha} if kind == "leaky_relu" else {}
         return self.node(_ACTIVATION_OPS[kind], [x], name, **attrs)
 

@@ -35,6 +35,10 @@ class Registry(dict):
             )
         self[name] = cls
 
+    def builtin(self) -> list[str]:
+        """The names of fastnet's own classes (not users'), sorted."""
+        return sorted(n for n, cls in self.items() if cls.__module__.startswith("fastnet."))
+
     def saved_name(self, obj: Any) -> str:
         """``obj``'s name for a config, refused where it would load another class: a subclass
         that kept its parent's ``name`` (unless it sets ``saved_as_parent``, as Nesterov)."""

@@ -31,6 +31,9 @@ HELPERS_SHA256 = "4d6d2b7da4edbf3a466dc1da492d4ee578f04366a1a68ec42dfb6b27a9d7c0
 SERIAL: dict[str, Any] = {"cache": True, "error_model": "numpy"}
 PARALLEL: dict[str, Any] = {**SERIAL, "parallel": True}
 INLINE: dict[str, Any] = {**SERIAL, "inline": "always"}
+#: the activation codes (``fastnet.backends.base.Act``) these kernels compute; others run
+#: the backend's NumPy reference
+ACTIVATIONS = (0, 1, 2, 3, 4)
 REDUCE: dict[str, Any] = {**SERIAL, "fastmath": {"reassoc", "nsz", "contract"}}
 REDUCE_PARALLEL: dict[str, Any] = {**REDUCE, "parallel": True}
 REDUCE_INLINE: dict[str, Any] = {**REDUCE, "inline": "always"}
@@ -89,9 +92,12 @@ def _bias_act_row(row, b, code, alpha):
             v = row[j] + b[j]
             e = math.exp(-abs(v))
             row[j] = one / (one + e) if v >= 0 else e / (one + e)
-    else:
+    elif code == 4:
         for j in range(m):
             row[j] = math.tanh(row[j] + b[j])
+    else:  # a code without a branch here (callers check ACTIVATIONS): loud, never another's
+        for j in range(m):
+            row[j] = math.nan
 
 
 def _bias_act(z, b, code, alpha):
@@ -117,10 +123,13 @@ def _act_grad_row(y, dy, dz, code, alpha):
         one = dz.dtype.type(1)
         for j in range(m):
             dz[j] = dy[j] * y[j] * (one - y[j])
-    else:
+    elif code == 4:
         one = dz.dtype.type(1)
         for j in range(m):
             dz[j] = dy[j] * (one - y[j] * y[j])
+    else:
+        for j in range(m):
+            dz[j] = math.nan
 
 
 @njit(**SERIAL)

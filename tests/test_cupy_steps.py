@@ -7,6 +7,7 @@ import pytest
 from conftest import EMULATED, make_blobs, needs_bfloat16_arrays
 
 import fastnet as fn
+from fastnet.optimizers import OPTIMIZERS as REGISTRY
 
 OPTIMIZERS = {
     "adam": lambda: fn.Adam(1e-3),
@@ -15,6 +16,7 @@ OPTIMIZERS = {
     "nesterov": lambda: fn.Momentum(0.02, nesterov=True),
     "rmsprop": lambda: fn.RMSProp(1e-3, clip_value=0.5),
     "adagrad": lambda: fn.AdaGrad(0.02),
+    "momentum": lambda: fn.Momentum(0.02),
 }
 
 
@@ -25,6 +27,10 @@ def _mlp(backend, seed=0, opt=None):
         backend=backend,
         seed=seed,
     )
+
+
+def test_every_optimizer_is_captured_here():
+    assert sorted(OPTIMIZERS) == REGISTRY.builtin()
 
 
 @pytest.mark.parametrize("loss_option", ["labels", "smoothing", "one_hot", "weights"])

@@ -165,3 +165,29 @@ def test_onnx_metadata_maps_names_to_strings(tmp_path):
     with pytest.raises(TypeError, match="metadata maps names to strings"):
         model.to_onnx(tmp_path / "m.onnx", {"classes": [0, 1]})
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_activation_without_an_onnx_op_is_named(tmp_path, monkeypatch):
+    """It was a bare KeyError from inside the exporter."""
+    pytest.importorskip("onnx")
+    from fastnet import export
+
+    model = fn.Sequential([fn.Dense(8, "tanh"), fn.Dense(3)], backend="numpy", seed=0)
+    model.build(4)
+    monkeypatch.delitem(export._ACTIVATION_OPS, "tanh")  # as a new activation would be
+    with pytest.raises(NotImplementedError, match="the tanh activation has no ONNX export"):
+        model.to_onnx(tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    "activation, hint", [(fn.ReLU(), True), (fn.Tanh(), False), (fn.LeakyReLU(-0.2), False)]
+)
+def test_the_compile_refusal_hints_at_fusing_only_what_fuses(activation, hint):
+    """A separate tanh or negative-slope leaky ReLU was told "Dense(units, ...) fuses it",
+    which stays eager on numba."""
+    X, y = make_blobs(n=64)
+    model = fn.Sequential([fn.Dense(8), activation, fn.Dense(4)], backend="numba", seed=0)
+    with pytest.raises(ValueError, match="a separate") as refused:
+        model.fit(X, y, epochs=1, verbose=0, compiled=True)
+    assert ("fuses it" in str(refused.value)) == hint

@@ -7,11 +7,12 @@ from conftest import to_np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastnet.optimizers import SGD, AdaGrad, Adam, AdamW, Momentum, RMSProp
+from fastnet.backends.base import Act
+from fastnet.optimizers import OPTIMIZERS, SGD, AdaGrad, Adam, AdamW, Momentum, RMSProp
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-5), np.float64: dict(rtol=1e-12, atol=1e-12)}
 DTYPES = [np.float32, np.float64]
-ACTS = [0, 1, 2, 3, 4]
+ACTS = [int(a) for a in Act]  # every code: one without a kernel branch must fall back
 
 
 def _pair(backend, a):
@@ -152,6 +153,19 @@ UPDATES = {
     "adam": lambda: Adam(1e-3, weight_decay=0.01),
     "adamw": lambda: AdamW(1e-3, weight_decay=0.1, clip_norm=0.5, clip_value=0.3),
 }
+
+
+def test_every_optimizer_and_update_kernel_is_in_these_tables():
+    """A new optimizer (or numba update kernel) is tested here against its reference only once
+    it has settings in ``UPDATES`` (and arguments in ``_F32_KERNEL_ARGS``): say so."""
+    assert sorted(UPDATES) == OPTIMIZERS.builtin()
+    from fastnet.backends import probe
+
+    if probe("numba").available:
+        from fastnet.kernels import numba_cpu
+
+        kernels = {k for k in vars(numba_cpu) if k.endswith("_update") and not k.startswith("_")}
+        assert kernels == set(_UPDATE_KERNELS)
 
 
 class Group:
@@ -870,3 +884,39 @@ def test_softmax_xent_adds_the_correct_count_into_hits(backend_name):
         assert hits[0] == want[0] + 2.0 and 0 < want[0] < 50
         np.testing.assert_array_equal(fused[0], plain[0])
         np.testing.assert_array_equal(fused[1], plain[1])
+
+
+def test_an_activation_the_numba_kernels_lack_runs_the_reference(monkeypatch, ref, rng):
+    """An ``Act`` code without a branch in the numba kernels computed tanh, silently (their
+    last branch took every other code): now the kernels write NaN for it, and the backend
+    runs the NumPy reference instead of them (its ops, fused inference and fused step)."""
+    from fastnet.backends import get_backend, probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    from fastnet.kernels import numba_cpu
+
+    import fastnet as fn
+
+    z, b, dy = (rng.standard_normal(s) for s in ((8, 16), (16,), (8, 16)))
+    unknown = z.copy()
+    numba_cpu.bias_act(unknown, b, 5, 0.0)
+    assert np.isnan(unknown).all()
+    monkeypatch.setattr(numba_cpu, "ACTIVATIONS", (0, 1, 2, 4))  # as if sigmoid had none
+    be, sig = get_backend("numba"), Act.SIGMOID
+    y = ref.bias_act(z.copy(), b, sig)
+    np.testing.assert_array_equal(be.bias_act(z.copy(), b, sig), y)
+    np.testing.assert_array_equal(be.activation(z, sig), ref.activation(z, sig))
+    want = ref.act_backward_bias(y, dy, sig, 0.0, None, np.empty(16))
+    np.testing.assert_array_equal(be.act_backward_bias(y, dy, sig, 0.0, None, np.empty(16)), want)
+    X, labels = rng.standard_normal((64, 5)), np.arange(64) % 3
+    model = fn.Sequential(
+        [fn.Dense(8, "sigmoid"), fn.Dense(3)], backend=be, dtype="float64", seed=0
+    )
+    model.fit(X, labels, epochs=1, batch_size=16, verbose=0)
+    assert "the numba kernels have no sigmoid" in model.step_description
+    reference = fn.Sequential(
+        [fn.Dense(8, "sigmoid"), fn.Dense(3)], backend="numpy", dtype="float64", seed=0
+    )
+    reference.fit(X, labels, epochs=1, batch_size=16, verbose=0)
+    np.testing.assert_allclose(model.predict_proba(X), reference.predict_proba(X), rtol=1e-10)

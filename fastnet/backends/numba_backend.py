@@ -103,7 +103,13 @@ class NumbaBackend(Backend):
 
     # ------------------------------------------------------------------ dense layer hooks
     def bias_act(self, z: Any, b: Any, activation: Act, alpha: float = 0.01) -> Any:
-        if b is None or z.ndim != 2 or b.shape != (z.shape[1],) or not contiguous_floats(z, b):
+        if (
+            b is None
+            or z.ndim != 2
+            or b.shape != (z.shape[1],)
+            or not contiguous_floats(z, b)
+            or activation not in self.k.ACTIVATIONS
+        ):
             return super().bias_act(z, b, activation, alpha)
         kernel = self._pick(self.k.bias_act, self.k.bias_act_parallel, z)
         if activation == Act.TANH:  # numba's scalar tanh does not vectorize: 5.5x NumPy's time
@@ -124,6 +130,7 @@ class NumbaBackend(Backend):
             or not _same_shape(y, dy, dz)
             or (db is not None and db.shape != (y.shape[1],))
             or not contiguous_floats(y, dy, dz, *([db] if db is not None else []))
+            or activation not in self.k.ACTIVATIONS
         ):
             return super().act_backward_bias(y, dy, activation, alpha, dz, db)
         bias_grad = db if db is not None else self._empty((0,), dy.dtype)
@@ -142,6 +149,7 @@ class NumbaBackend(Backend):
             or not contiguous_floats(out)
             or x.dtype != out.dtype
             or activation == Act.TANH  # NumPy's vectorized tanh is 7x faster
+            or activation not in self.k.ACTIVATIONS
         ):
             return super().activation(x, activation, alpha, out)
         key = (x.shape[1], x.dtype)
@@ -161,6 +169,7 @@ class NumbaBackend(Backend):
             or not _same_shape(y, dy, *([out] if out is not None else []))
             or not contiguous_floats(y, dy)
             or (out is not None and not contiguous_floats(y, out))
+            or activation not in self.k.ACTIVATIONS
         ):
             return super().activation_backward(y, dy, activation, alpha, out)
         return self.act_backward_bias(y, dy, activation, alpha, out, None)
@@ -178,6 +187,7 @@ class NumbaBackend(Backend):
         softmax = probabilities and plan.loss.predictions == "softmax"
         if (
             layers is None
+            or any(layer.activation not in self.k.ACTIVATIONS for layer in layers)
             or x.ndim != 2
             or not contiguous_floats(x)
             or x.dtype != np.dtype(plan.dtype)

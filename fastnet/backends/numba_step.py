@@ -17,6 +17,8 @@ from fastnet.revision import revision
 
 def fused_step_reason(plan: StepPlan) -> str:
     """Why a model with this step plan cannot run as one numba call ("" if it can)."""
+    from fastnet.kernels.numba_cpu import ACTIVATIONS
+
     stack = plan.dense_stack()
     if stack is None:
         return (
@@ -28,6 +30,9 @@ def fused_step_reason(plan: StepPlan) -> str:
         return f"the fused numba step covers softmax cross-entropy, not {plan.loss.name}"
     if any(layer.activation == Act.TANH for layer in layers):
         return "tanh runs faster through NumPy than in numba (eager)"
+    unknown = [a.name.lower() for a in (x.activation for x in layers) if a not in ACTIVATIONS]
+    if unknown:
+        return f"the numba kernels have no {unknown[0]} (eager)"
     if plan.dtype not in (np.float32, np.float64):
         return f"the fused numba step has no {plan.dtype} kernels"
     return ""

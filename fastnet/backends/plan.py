@@ -133,7 +133,9 @@ class StepPlan:
                 seen = False
             elif isinstance(p, ActivationPlan):
                 act = p.activation.name.lower()
-                return f"layer {i}, a separate {act} (Dense(units, {act!r}) fuses it)"
+                fusable = p.activation != Act.TANH and p.alpha >= 0  # (tanh: eager on numba)
+                hint = f" (Dense(units, {act!r}) fuses it)" if fusable else ""
+                return f"layer {i}, a separate {act}{hint}"
             else:
                 why = f" ({p.reason})" if isinstance(p, OpaquePlan) else ""
                 return f"layer {i}, {p.name}{why}"
