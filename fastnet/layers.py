@@ -23,24 +23,20 @@ from fastnet.initializers import Initializer, get_initializer, initializer_from_
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter
 from fastnet.registry import Registry
-from fastnet.validation import Checked, SetOnce, check_flag, check_fraction
-
-
-def _real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+from fastnet.validation import Checked, SetOnce, check_flag, check_fraction, is_real
 
 
 def check_alpha(alpha: Any) -> float:
     """Leaky-ReLU slope: any finite real, negative too (as PyTorch). A negative slope makes the
     output's sign say nothing about the input's, so those layers keep their pre-activation for
     the exact gradient."""
-    if not (_real(alpha) and math.isfinite(alpha)):
+    if not (is_real(alpha) and math.isfinite(alpha)):
         raise ValueError(f"alpha (leaky_relu slope) must be a finite number, got {alpha!r}")
     return float(alpha)
 
 
 def _check_eps(eps: Any) -> float:
-    if not (_real(eps) and eps > 0 and math.isfinite(eps)):
+    if not (is_real(eps) and eps > 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be positive, got {eps!r}")
     return float(eps)
 

@@ -19,35 +19,19 @@ call over a whole flat group, with weight decay on the group's leading ``n_decay
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 from fastnet.parameter import ParameterGroup
 from fastnet.registry import Registry
 from fastnet.revision import bump
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+from fastnet.validation import check_flag, check_fraction, is_real
 
 
 def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = _is_real(value) and math.isfinite(value)
+    ok = is_real(value) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
-
-
-def _check_flag(value: Any, name: str) -> bool:
-    if not (isinstance(value, bool) or type(value).__name__ == "bool"):  # (NumPy's bool too)
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return bool(value)
-
-
-def _check_fraction(name: str, value: Any) -> float:
-    if not (_is_real(value) and 0 <= value < 1):
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
     return float(value)
 
 
@@ -141,7 +125,7 @@ class Optimizer:
         elif key in ("initial_lr", "clip_norm", "clip_value") and value is not None:
             value = _check_positive(key, value)
         elif key in ("beta1", "beta2", "rho", "momentum"):  # (beta1 = 1 divided by zero)
-            value = _check_fraction(key, value)
+            value = check_fraction(key)(value)
         elif key == "eps":
             value = _check_positive(key, value)
         super().__setattr__(key, value)
@@ -271,8 +255,8 @@ class Momentum(Optimizer):
         **clipping: Any,
     ) -> None:
         super().__init__(lr, weight_decay, **clipping)
-        self.momentum = _check_fraction("momentum", momentum)
-        self.nesterov = _check_flag(nesterov, "nesterov")
+        self.momentum = check_fraction("momentum")(momentum)
+        self.nesterov = check_flag(nesterov, "nesterov")
 
     def constants(self) -> tuple[float, ...]:
         return (self.momentum, float(self.nesterov))
@@ -331,7 +315,7 @@ class RMSProp(Optimizer):
         **clipping: Any,
     ) -> None:
         super().__init__(lr, weight_decay, **clipping)
-        self.rho = _check_fraction("rho", rho)
+        self.rho = check_fraction("rho")(rho)
         self.eps = _check_positive("eps", eps)
 
     def constants(self) -> tuple[float, ...]:
@@ -376,10 +360,10 @@ class Adam(Optimizer):
         **clipping: Any,
     ) -> None:
         super().__init__(lr, weight_decay, **clipping)
-        self.beta1 = _check_fraction("beta1", beta1)
-        self.beta2 = _check_fraction("beta2", beta2)
+        self.beta1 = check_fraction("beta1")(beta1)
+        self.beta2 = check_fraction("beta2")(beta2)
         self.eps = _check_positive("eps", eps)
-        self.eps_hat = _check_flag(eps_hat, "eps_hat")
+        self.eps_hat = check_flag(eps_hat, "eps_hat")
 
     def constants(self) -> tuple[float, ...]:
         return (self.beta1, self.beta2)

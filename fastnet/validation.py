@@ -220,12 +220,16 @@ class SetOnce(_Stored):
         obj.__dict__[self.slot] = value
 
 
+def is_real(value: Any) -> bool:
+    """A real number (NumPy's, ``Fraction``, ...), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_fraction(name: str) -> Any:
     """A checker of a number in [0, 1) named ``name`` (a rate, a momentum, a smoothing)."""
 
     def check(value: Any) -> float:
-        real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        if not (real and 0 <= float(value) < 1):
+        if not (is_real(value) and 0 <= float(value) < 1):
             raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         return float(value)
 
