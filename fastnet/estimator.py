@@ -183,6 +183,59 @@ def _standalone_checks(est: Any, X: Any, y: Any, reset: bool, dtype: Any) -> tup
     return X, y
 
 
+def _split(n: int, fraction: float, seed: int | None, labels: Any = None) -> tuple:
+    """Random (train, validation) rows as scikit-learn's ``train_test_split`` draws them:
+    ``ceil(n * fraction)`` held out (2 or more), stratified by ``labels`` when given (each
+    class's share by largest remainder, ties drawn at random); its errors for too few rows."""
+    n_val, rng = int(np.ceil(n * fraction)), np.random.default_rng(seed)
+    if n_val >= n:
+        raise ValueError(
+            f"With n_samples={n} and validation_fraction={fraction}, the resulting train set "
+            "will be empty"
+        )
+    order, held = rng.permutation(n), np.arange(n) < n_val
+    if labels is not None:
+        _, label, counts = np.unique(labels[order], return_inverse=True, return_counts=True)
+        if counts.min() < 2 or min(n_val, n - n_val) < len(counts):
+            raise ValueError(
+                f"early_stopping's validation split is stratified: each class needs 2 rows or "
+                f"more (the fewest has {counts.min()}), the train and validation sets one row "
+                f"of each class ({len(counts)}), got {n - n_val} and {n_val} rows"
+            )
+        share = counts * n_val / n
+        per_class = np.floor(share).astype(int)
+        ranked = np.lexsort((rng.random(len(counts)), per_class - share))
+        per_class[ranked[: n_val - per_class.sum()]] += 1
+        starts = np.repeat(counts.cumsum() - counts, counts)
+        rank = np.empty(n, int)  # each row's place among its class's rows in ``order``
+        rank[np.argsort(label, kind="stable")] = np.arange(n) - starts
+        held = rank < per_class[label]
+    if n_val < 2:
+        raise ValueError(
+            "The validation set is too small. Increase 'validation_fraction' or the size of "
+            "your dataset."
+        )
+    return order[~held], order[held]
+
+
+def _log_proba(logits: np.ndarray) -> np.ndarray:
+    """Log-probabilities in float64 from logits: log softmax, or for one sigmoid output
+    ``[log(1 - p), log p] = -logaddexp(0, [z, -z])``."""
+    z = logits.astype(np.float64)
+    if z.shape[1] == 1:
+        return -np.logaddexp(0, np.hstack([z, -z]))
+    shifted = z - z.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def _proba(logits: np.ndarray) -> np.ndarray:
+    """Probabilities from logits: softmax, or ``[1 - p, p]`` for one sigmoid output."""
+    proba = np.exp(_log_proba(logits))
+    if logits.shape[1] == 1:
+        proba[:, 0] = 1 - proba[:, 1]
+    return proba
+
+
 class _ValidationScore(Callback):
     """Puts the estimator's score on held-out data into the epoch logs as ``val_score``."""
 
@@ -525,28 +578,15 @@ class _MLPBase(BaseEstimator):
             model = self.model_
             model.optimizer.weight_decay = self.alpha / (batch * mean_weight)
         else:
-            model = self._build(self._n_outputs(fitted), batch * mean_weight, seed)
+            model = self._build(fitted["n_outputs_"], batch * mean_weight, seed)
         seen = self.t_ if continuing else 0  # scikit-learn's t_: rows seen since a cold fit
         if not (continuing and hasattr(self, "_no_improvement")):  # and its stopping count
             self._no_improvement = _NoImprovement()
         history = self._train(
             model, X, targets, epochs, batch, validation, weights, seen, incremental
         )
-        for key, value in fitted.items():
-            setattr(self, key, value)
-        self.model_ = model
-        before = list(self.loss_curve_) if continuing else []  # appended, as scikit-learn does
-        self.loss_curve_ = before + list(history["objective"])
-        scores = list(self.validation_scores_ or []) if continuing else []
-        self.validation_scores_ = scores + history.get("val_score", []) or None
-        best_score = max(self.validation_scores_) if self.validation_scores_ else None
-        self.best_validation_score_ = best_score  # and best_loss_ None, as scikit-learn's
-        self.best_loss_ = None if best_score is not None else min(self.loss_curve_)
-        self.n_iter_ = len(self.loss_curve_)
-        self.history_ = history
-        ran = len(history["loss"])
-        self.t_ = seen + ran * len(X)
-        if not incremental and ran == epochs and not model.stop_reason:
+        self._record(model, fitted, history, continuing, seen + len(history["loss"]) * len(X))
+        if not incremental and len(history["loss"]) == epochs and not model.stop_reason:
             warnings.warn(
                 f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
                 "optimization hasn't converged yet.",
@@ -554,6 +594,24 @@ class _MLPBase(BaseEstimator):
                 stacklevel=3,
             )
         return self
+
+    def _record(
+        self, model: Sequential, fitted: dict, history: dict, continuing: bool, seen: int
+    ) -> None:
+        """The fitted attributes: ``fitted``'s, the model, curves and scores (appended to a
+        previous fit's, as scikit-learn does), ``t_`` = ``seen``."""
+        for key, value in fitted.items():
+            setattr(self, key, value)
+        self.model_ = model
+        before = list(self.loss_curve_) if continuing else []
+        self.loss_curve_ = before + list(history["objective"])
+        scores = list(self.validation_scores_ or []) if continuing else []
+        self.validation_scores_ = scores + history.get("val_score", []) or None
+        best_score = max(self.validation_scores_) if self.validation_scores_ else None
+        self.best_validation_score_ = best_score  # and best_loss_ None, as scikit-learn's
+        self.best_loss_ = None if best_score is not None else min(self.loss_curve_)
+        self.n_iter_ = len(self.loss_curve_)
+        self.history_, self.t_ = history, seen
 
     def _rebuilt(self, fitted: Sequential, rows_per_batch: float, seed: int | None) -> Sequential:
         """``warm_start``: a model of the current hyperparameters with ``fitted``'s weights and
@@ -579,14 +637,8 @@ class _MLPBase(BaseEstimator):
             raise ValueError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
-        order = np.random.default_rng(seed).permutation(len(X))
-        n_val = max(1, int(round(len(X) * self.validation_fraction)))
-        if n_val >= len(X):
-            raise ValueError(
-                f"With n_samples={len(X)} and validation_fraction={self.validation_fraction}, "
-                "the resulting train set will be empty"
-            )
-        val, train = order[:n_val], order[n_val:]
+        labels = targets if isinstance(self, ClassifierMixin) else None
+        train, val = _split(len(X), self.validation_fraction, seed, labels)
         weights = None if weights is None else weights[train]
         return X[train], targets[train], weights, (X[val], targets[val])
 
@@ -627,9 +679,6 @@ class _MLPBase(BaseEstimator):
     def _targets(self, y: Any, continuing: bool, extra: Any) -> tuple[np.ndarray, dict]:
         raise NotImplementedError
 
-    def _n_outputs(self, fitted: dict) -> int:
-        raise NotImplementedError
-
     def _model_loss(self, n_outputs: int) -> Any:
         return self._loss
 
@@ -638,7 +687,8 @@ class _MLPBase(BaseEstimator):
 
 
 class MLPClassifier(ClassifierMixin, _MLPBase):
-    """Multi-layer perceptron classifier (softmax cross-entropy) with scikit-learn's interface.
+    """Multi-layer perceptron classifier with scikit-learn's interface: softmax cross-entropy,
+    or for two classes one sigmoid output and the binary log-loss (``out_activation_``).
 
     Labels may be any sortable values (strings, pandas categoricals, nullable integers); they
     are mapped to ``classes_``. ``partial_fit`` trains one epoch (pass ``classes`` first).
@@ -666,13 +716,16 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
             raise ValueError(
                 f"y contains labels {unknown[:5].tolist()} not in classes {known[:10].tolist()}"
             )
-        return np.searchsorted(known, y), {"classes_": known}
+        binary = len(known) == 2  # scikit-learn's one logistic output, else softmax
+        fitted = {"classes_": known, "n_outputs_": 1 if binary else len(known)}
+        out = "logistic" if binary else "softmax"
+        return np.searchsorted(known, y), {**fitted, "out_activation_": out}
 
-    def _n_outputs(self, fitted: dict) -> int:
-        return len(fitted["classes_"])
+    def _model_loss(self, n_outputs: int) -> Any:
+        return "sigmoid_binary_cross_entropy" if n_outputs == 1 else self._loss
 
     def _score_model(self, model: Sequential, X: Any, t: Any) -> float:
-        return float(np.mean(model.predict(X) == t))  # t: encoded labels
+        return float(np.mean(_proba(model.predict_raw(X)).argmax(axis=1) == t))  # t: indices
 
     def partial_fit(
         self, X: Any, y: Any, sample_weight: Any = None, classes: Any = None
@@ -684,18 +737,17 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         return self._fit(X, y, 1, True, extra=classes, sample_weight=sample_weight)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities in float64 (scikit-learn's), the exp of ``predict_log_proba``."""
-        return np.exp(self.predict_log_proba(X))
+        """Class probabilities in float64 (scikit-learn's): ``[1 - p, p]`` for two classes."""
+        return _proba(self._raw(X))
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of ``predict_proba``, computed stably from the logits."""
-        logits = self._raw(X).astype(np.float64)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        return _log_proba(self._raw(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        labels = self._raw(X).argmax(axis=1)
-        return self.classes_[labels]
+        """The most probable class; for two, ``classes_[1]`` where p > 0.5 (scikit-learn's)."""
+        proba = self.predict_proba(X)
+        return self.classes_[proba.argmax(axis=1)]
 
 
 class MLPRegressor(RegressorMixin, _MLPBase):
@@ -727,10 +779,7 @@ class MLPRegressor(RegressorMixin, _MLPBase):
             raise ValueError(
                 f"y has {t.shape[1]} outputs; the model was fit with {self.n_outputs_}"
             )
-        return t, {"n_outputs_": t.shape[1]}
-
-    def _n_outputs(self, fitted: dict) -> int:
-        return int(fitted["n_outputs_"])
+        return t, {"n_outputs_": t.shape[1], "out_activation_": "identity"}
 
     def _score_model(self, model: Sequential, X: Any, y: Any) -> float:
         return _r2(y, model.predict_raw(X))

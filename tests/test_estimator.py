@@ -208,7 +208,7 @@ def test_estimators_work_without_scikit_learn():
         "import numpy as np, fastnet as fn\n"
         "r = np.random.default_rng(0); X = r.standard_normal((200, 4)).astype('float32')\n"
         "y = np.where(X[:, 0] > 0, 'a', 'b')\n"
-        "clf = fn.MLPClassifier((8,), max_iter=30, learning_rate_init=0.01, random_state=0)\n"
+        "clf = fn.MLPClassifier((8,), max_iter=60, learning_rate_init=0.01, random_state=0)\n"
         "assert not fn.estimator.HAVE_SKLEARN\n"
         "print(clf.fit(X, y).score(X, y) > 0.9, clf.get_params()['max_iter'])\n"
         "try:\n    fn.MLPRegressor().predict(X)\nexcept fn.estimator.NotFittedError:\n"
@@ -219,7 +219,7 @@ def test_estimators_work_without_scikit_learn():
         "try:\n    reg.set_params(bogus=1)\nexcept ValueError:\n    print('refused')\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.split() == ["True", "30", "unfitted", "True", "100", "refused"], out.stderr
+    assert out.stdout.split() == ["True", "60", "unfitted", "True", "100", "refused"], out.stderr
 
 
 def test_estimator_passes_precision_to_its_model():
@@ -275,8 +275,7 @@ def test_early_stopping_keeps_the_best_validation_weights_when_max_iter_ends_it(
         est.fit(X, y)
     scores = est.validation_scores_
     assert len(scores) == 12 and max(scores) > scores[-1]
-    order = np.random.default_rng(0).permutation(200)
-    held = order[: int(round(200 * est.validation_fraction))]
+    held = fn.estimator._split(200, est.validation_fraction, 0, y)[1]
     assert est.score(X[held], y[held]) == max(scores)
 
 
@@ -317,21 +316,25 @@ def test_early_stopping_keeps_the_best_score_itself_not_the_last_gain_over_tol()
 
 
 @pytest.mark.parametrize("solver", ["sgd", "adam"])
-@pytest.mark.parametrize("outputs", [0, 1, 2, 3])  # 0: a classifier of 3 classes
+@pytest.mark.parametrize("outputs", [-3, -2, 1, 2, 3])  # -k: a classifier of k classes
 def test_steps_and_loss_curve_are_scikit_learns(outputs, solver):
     """From the same weights, an SGD or Adam epoch (a whole-set batch, L2 alpha) moves the
     weights as scikit-learn's does, and loss_curve_ is its loss_: half the mean square (the gradient
-    of half the squares summed over outputs) plus 0.5 alpha ||W||^2 / batch rows."""
+    of half the squares summed over outputs) plus 0.5 alpha ||W||^2 / batch rows; a binary
+    classifier has scikit-learn's one logistic output and binary log-loss."""
     from sklearn.neural_network import MLPClassifier, MLPRegressor
 
-    rng = np.random.default_rng(outputs)
+    rng = np.random.default_rng(abs(outputs))
     X = rng.standard_normal((50, 3))
-    if outputs:
+    if outputs > 0:
         y = X @ rng.standard_normal((3, outputs)) + 0.1 * rng.standard_normal((50, outputs))
         y = y[:, 0] if outputs == 1 else y
     else:
-        y = np.arange(50) % 3
-    ours, theirs = (fn.MLPRegressor, MLPRegressor) if outputs else (fn.MLPClassifier, MLPClassifier)
+        y = np.arange(50) % -outputs
+    regressor = outputs > 0
+    ours, theirs = (
+        (fn.MLPRegressor, MLPRegressor) if regressor else (fn.MLPClassifier, MLPClassifier)
+    )
     kw = dict(hidden_layer_sizes=(4,), solver=solver, momentum=0.9, learning_rate_init=0.01,
               batch_size=50, max_iter=1, shuffle=False, alpha=1e-2, random_state=0)  # fmt: skip
     with warnings.catch_warnings():
@@ -345,6 +348,12 @@ def test_steps_and_loss_curve_are_scikit_learns(outputs, solver):
     for got, want in zip(est.coefs_ + est.intercepts_, reference.coefs_ + reference.intercepts_):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(est.loss_curve_[-2:], reference.loss_curve_[-2:], rtol=1e-12)
+    assert est.out_activation_ == reference.out_activation_
+    assert est.n_outputs_ == reference.n_outputs_
+    method = "predict" if regressor else "predict_proba"
+    got, want = getattr(est, method)(X), getattr(reference, method)(X)
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+    assert regressor or np.array_equal(est.predict(X), reference.predict(X))
 
 
 def test_early_stopping_reports_the_best_validation_score_as_scikit_learn():
@@ -400,22 +409,20 @@ def test_invscaling_decays_over_the_rows_seen_across_calls_as_scikit_learn(metho
         assert est.set_params(warm_start=False).fit(X, y).t_ == 120
 
 
-@pytest.mark.parametrize("classifier", [True, False])
-def test_partial_fit_takes_sample_weight_in_scikit_learns_place(classifier):
+@pytest.mark.parametrize("classes", [3, 2, 0])  # 0: a regressor
+def test_partial_fit_takes_sample_weight_in_scikit_learns_place(classes):
     """partial_fit(X, y, sample_weight, classes) as scikit-learn's, weights meaning what
     fit's do (alpha's term over this call's summed weight)."""
     from sklearn.neural_network import MLPClassifier, MLPRegressor
 
     rng = np.random.default_rng(1)
     X, w = rng.standard_normal((50, 3)), rng.uniform(0, 3, 50)
-    y = np.arange(50) % 3 if classifier else X @ rng.standard_normal(3)
-    ours, theirs = (
-        (fn.MLPClassifier, MLPClassifier) if classifier else (fn.MLPRegressor, MLPRegressor)
-    )
+    y = np.arange(50) % classes if classes else X @ rng.standard_normal(3)
+    ours, theirs = (fn.MLPClassifier, MLPClassifier) if classes else (fn.MLPRegressor, MLPRegressor)
     kw = dict(hidden_layer_sizes=(4,), solver="sgd", learning_rate_init=0.05, batch_size=50,
               alpha=0.1, momentum=0.0, shuffle=False, random_state=0)  # fmt: skip
     est, reference = ours(backend="numpy", dtype="float64", **kw), theirs(**kw)
-    extra = [[0, 1, 2]] if classifier else []
+    extra = [list(range(classes))] if classes else []
     for model in est, reference:
         model.partial_fit(X, y, None, *extra)
     reference.coefs_, reference.intercepts_ = est.coefs_, est.intercepts_
@@ -461,3 +468,63 @@ def test_adaptive_learning_rate_and_stopping_count_as_scikit_learn():
             ours = fn.MLPRegressor(max_iter=30, **{**kw, "learning_rate": schedule}).fit(X, y)
             theirs = MLPRegressor(max_iter=30, **{**kw, "learning_rate": schedule}).fit(X, y)
             assert ours.n_iter_ == theirs.n_iter_ == (3 if schedule == "constant" else 13)
+
+
+def test_binary_classifier_has_one_logistic_output_as_scikit_learn():
+    """Two classes: one sigmoid output (out_activation_ "logistic", coefs_[-1] (h, 1)) trained
+    on the binary log-loss; predict_proba [1 - p, p] in float64, predict p > 0.5 (a logit that
+    rounds p to 0.5 picks classes_[0], as scikit-learn), log-probabilities from the logit (finite
+    where p saturates), accuracy in the model's metrics, string labels, pickling, warm starts."""
+    from sklearn.neural_network import MLPClassifier
+
+    X, y = make_blobs(n=300)
+    names = np.array(["no", "yes"])[y % 2]
+    kw = dict(hidden_layer_sizes=(8,), max_iter=30, learning_rate_init=0.02, random_state=0)
+    clf = fn.MLPClassifier(backend="numpy", dtype="float64", **kw).fit(X, names)
+    assert clf.out_activation_ == "logistic" and clf.n_outputs_ == 1
+    assert [w.shape for w in clf.coefs_] == [(20, 8), (8, 1)] and clf.intercepts_[-1].shape == (1,)
+    assert clf.score(X, names) > 0.9 and clf.history_["accuracy"][-1] > 0.9
+    proba = clf.predict_proba(X)
+    assert proba.dtype == np.float64 and np.array_equal(proba[:, 0], 1 - proba[:, 1])
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[(proba[:, 1] > 0.5).astype(int)])
+    np.testing.assert_allclose(clf.predict_log_proba(X), np.log(proba), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(X), proba)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ran = clf.n_iter_
+        assert clf.set_params(warm_start=True, max_iter=2).fit(X, names).n_iter_ > ran
+        reference = MLPClassifier(**kw).fit(X, names)
+    reference.coefs_, reference.intercepts_ = clf.coefs_, clf.intercepts_
+    out, reference.coefs_[-1][:] = clf.model_.layers[-1], 0.0
+    for bias, label in ((1e-20, "no"), (-800.0, "no"), (800.0, "yes")):
+        out.W.value[:], out.b.value[:] = 0.0, bias
+        reference.intercepts_[-1][:] = bias
+        assert set(clf.predict(X)) == set(reference.predict(X)) == {label}
+    np.testing.assert_array_equal(clf.predict_proba(X[:1]), [[0.0, 1.0]])
+    np.testing.assert_array_equal(clf.predict_log_proba(X[:1]), [[-800.0, 0.0]])
+
+
+def test_early_stopping_holds_out_scikit_learns_rows_per_class_and_refuses_too_few():
+    """scikit-learn's validation split: ceil(n * validation_fraction) rows, as many of each
+    class as its stratified train_test_split holds out (a regressor's unstratified), and "The
+    validation set is too small" under 2 rows (a classifier needs 2 rows of each class)."""
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((85, 3))
+    for y in (np.r_[np.zeros(76), np.ones(9)], np.arange(85) % 3 * (np.arange(85) < 60)):
+        y = y.astype(int)
+        held = train_test_split(y, test_size=0.2, stratify=y, random_state=0)[1]
+        for seed in range(5):
+            clf = fn.MLPClassifier(validation_fraction=0.2)
+            X_train, t, _, (X_val, t_val) = clf._hold_out(X, y, None, seed)
+            assert np.array_equal(np.bincount(t_val), np.bincount(held)), seed
+            assert sorted(map(tuple, np.vstack([X_train, X_val]))) == sorted(map(tuple, X))
+    reg = fn.MLPRegressor(validation_fraction=0.1)
+    assert len(reg._hold_out(X, X[:, 0], None, 0)[3][0]) == 9  # ceil(8.5), as scikit-learn
+    with pytest.raises(ValueError, match=r"^The validation set is too small\. Increase 'valid"):
+        fn.MLPRegressor(early_stopping=True).fit(X[:10], X[:10, 0])
+    with pytest.raises(ValueError, match="stratified"):
+        fn.MLPClassifier(early_stopping=True).fit(X[:10], np.arange(10) % 2)
+    with pytest.raises(ValueError, match="stratified"):
+        fn.MLPClassifier(early_stopping=True).fit(X[:40], np.r_[np.zeros(39), 1])
