@@ -96,8 +96,15 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # for DataFrames read by the model's feature names and NaN rows named in predict (+9), to
 # 11,735 for a second review (fit and validation frames by name, the loss scaler's changes
 # counted, checkpoints without old logs and with metadata checked first: +11), to 11,750 for
-# a data set's split loaded alone (evaluate reads the test files only: +14)
-BUDGET = 11750
+# a data set's split loaded alone (evaluate reads the test files only: +14), to 12,000 for five
+# newcomers' reports of session 14: file readers (CSV field limits, np.load's errors, MNIST
+# labels past 9, complex labels, bounded .gz reads, labels past int64, python -m fastnet), the
+# CLI (checkpoint classes and features checked, labels files named, --val/--task refused on
+# built-in sets, unknown options per command), save refusing what load refuses, set_weights
+# refusing strings, top-k ties, scikit-learn parity of the estimators (t_, partial_fit's
+# sample_weight, n_iter_no_change and adaptive counts, binary logistic output, stratified
+# early stopping, float64 probabilities) and activation codes numba lacks (+186)
+BUDGET = 12000
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
