@@ -184,9 +184,10 @@ def _standalone_checks(est: Any, X: Any, y: Any, reset: bool, dtype: Any) -> tup
 
 
 def _split(n: int, fraction: float, seed: int | None, labels: Any = None) -> tuple:
-    """Random (train, validation) rows as scikit-learn's ``train_test_split`` draws them:
-    ``ceil(n * fraction)`` held out (2 or more), stratified by ``labels`` when given (each
-    class's share by largest remainder, ties drawn at random); its errors for too few rows."""
+    """Random (train, validation) rows, as many as scikit-learn's ``train_test_split`` draws
+    (not the same rows: another random stream): ``ceil(n * fraction)`` held out (2 or more),
+    stratified by ``labels`` when given (each class's share by largest remainder, ties drawn
+    at random); its errors for too few rows."""
     n_val, rng = int(np.ceil(n * fraction)), np.random.default_rng(seed)
     if n_val >= n:
         raise ValueError(
@@ -500,7 +501,7 @@ class _MLPBase(BaseEstimator):
 
             callbacks.append(LearningRateScheduler(invscaling))
         if validation is not None:
-            callbacks.append(_BestScore("val_score", epochs + 1, mode="max"))
+            callbacks.append(_BestScore("val_score", int(epochs) + 1, mode="max"))
         if self.n_iter_no_change:
             stall = self._no_improvement.using(
                 self.n_iter_no_change, self.tol, schedule == "adaptive", validation is not None
@@ -566,7 +567,9 @@ class _MLPBase(BaseEstimator):
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         if self.early_stopping:
-            X, targets, weights, validation = self._hold_out(X, targets, weights, seed)
+            X, targets, weights, validation = self._hold_out(
+                X, targets, weights, seed, fitted["n_outputs_"]
+            )
         batch = self._batch(len(X))
         # scikit-learn divides by the summed weights: rows weigh w / mean(w) in fit's mean
         mean_weight = 1.0 if weights is None else float(weights.mean())
@@ -579,7 +582,7 @@ class _MLPBase(BaseEstimator):
             model.optimizer.weight_decay = self.alpha / (batch * mean_weight)
         else:
             model = self._build(fitted["n_outputs_"], batch * mean_weight, seed)
-        seen = self.t_ if continuing else 0  # scikit-learn's t_: rows seen since a cold fit
+        seen = getattr(self, "t_", 0) if continuing else 0  # rows seen since a cold fit
         if not (continuing and hasattr(self, "_no_improvement")):  # and its stopping count
             self._no_improvement = _NoImprovement()
         history = self._train(
@@ -619,7 +622,10 @@ class _MLPBase(BaseEstimator):
         or solver counts); the network itself may not change."""
         model = self._build(fitted.output_dim, rows_per_batch, seed)
         model.build(int(fitted.input_dim or 0))
-        configs = [[layer.get_config() for layer in m.layers] for m in (fitted, model)]
+        configs = [  # (the initializers drew weights that are replaced: not compared)
+            [{k: v for k, v in x.get_config().items() if k != "initializer"} for x in m.layers]
+            for m in (fitted, model)
+        ]
         if configs[0] != configs[1]:
             raise ValueError(
                 "warm_start=True continues the fitted network, but hidden_layer_sizes, "
@@ -631,13 +637,16 @@ class _MLPBase(BaseEstimator):
         model.history = {key: list(values) for key, values in fitted.history.items()}
         return model
 
-    def _hold_out(self, X: Any, targets: Any, weights: Any, seed: int | None) -> tuple:
+    def _hold_out(
+        self, X: Any, targets: Any, weights: Any, seed: int | None, outputs: int
+    ) -> tuple:
         """``early_stopping``'s seeded validation split: (X, targets, weights, validation)."""
         if not 0 < self.validation_fraction < 1:
             raise ValueError(
                 f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
             )
-        labels = targets if isinstance(self, ClassifierMixin) else None
+        # scikit-learn 1.9 stratifies a classifier's split where it has one output (binary)
+        labels = targets if isinstance(self, ClassifierMixin) and outputs == 1 else None
         train, val = _split(len(X), self.validation_fraction, seed, labels)
         weights = None if weights is None else weights[train]
         return X[train], targets[train], weights, (X[val], targets[val])

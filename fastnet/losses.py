@@ -8,6 +8,7 @@ below); ``loss.compute(...)`` skips the value checks, for data validated once at
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 from typing import Any
 
@@ -291,6 +292,16 @@ class SigmoidBinaryCrossEntropy(Loss):
             w = weights.reshape(-1, 1).astype(logits.dtype, copy=False)
             elements, grad = elements * w, grad * w
         return elements.mean(), grad
+
+    def accumulate(self, logits: Any, targets: Any, weights: Any, totals: Any) -> Any:
+        """The backend's fused op where it has one (``Backend.sigmoid_bce``: numba's, which
+        its fused step runs too): the summed loss and correct count into ``totals``, the
+        gradient."""
+        grad = self.backend.sigmoid_bce(logits, targets, weights, totals)
+        return super().accumulate(logits, targets, weights, totals) if grad is None else grad
+
+    def plan(self) -> LossPlan:
+        return dataclasses.replace(super().plan(), fused_sigmoid_bce=True)
 
 
 class MeanSquaredError(Loss):

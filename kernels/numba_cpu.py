@@ -312,6 +312,30 @@ def softmax_xent_parallel(logits, labels, targets, dlogits, inv_n, fast_exp, wei
 
 
 @njit(**SERIAL)
+def sigmoid_bce(logits, targets, weights, dlogits, totals):
+    """Sigmoid binary cross-entropy of logits ``z`` (n, k) and ``targets`` t (n, k) in their
+    dtype, rows weighted by ``weights`` (n, or empty: none): ``dlogits = (sigmoid(z) - t) / (n
+    k) * w``; adds the summed row means of ``w (max(z, 0) - z t + log1p(exp(-|z|)))`` into
+    ``totals[0]`` and the outputs with ``z > 0`` as ``t > 0.5``, over k, into ``totals[1]``."""
+    n, k = logits.shape
+    if targets.shape[0] != n or targets.shape[1] != k:
+        raise ValueError("sigmoid_bce: targets must have the logits' shape")
+    zero, one, size = logits.dtype.type(0), logits.dtype.type(1), logits.dtype.type(n * k)
+    loss, hits = 0.0, 0
+    for i in range(n):
+        w = weights[i] if weights.shape[0] == n else one
+        for j in range(k):
+            z, t = logits[i, j], targets[i, j]
+            e = math.exp(-abs(z))
+            p = one / (one + e) if z >= 0 else e / (one + e)  # the sigmoid of _bias_act_row
+            loss += (max(z, zero) - z * t + math.log1p(e)) * w
+            dlogits[i, j] = (p - t) / size * w
+            hits += (z > 0) == (t > 0.5)
+    totals[0] += loss / k
+    totals[1] += hits / k
+
+
+@njit(**SERIAL)
 def labels_in_range(labels, m):
     """True if every label is in ``[0, m)`` (cheap guard before unchecked indexing)."""
     for i in range(labels.shape[0]):
@@ -712,8 +736,10 @@ def dense_train_step(
     dbs,
     totals,
     drops,
+    sigmoid=False,
 ):
-    """Forward, softmax cross-entropy and backward of a stack of dense layers in one call.
+    """Forward, softmax cross-entropy (``sigmoid``: ``sigmoid_bce`` of ``targets``) and
+    backward of a stack of dense layers in one call.
 
     Per layer ``l`` (tuples): ``weights[l]`` (in, out), ``biases[l]`` (out,), activation
     ``codes[l]`` and ``alphas[l]``; scratch ``outs``/``dzs``/``dxs`` with at least ``n`` rows;
@@ -728,16 +754,19 @@ def dense_train_step(
     masks, dropped = drops[3], drops[4]
     logits = _train_forward(x, weights, biases, codes, alphas, outs, drops)
     dy = dzs[last][:n]
-    if targets.shape[0] != n and (
+    if sigmoid:
+        sigmoid_bce(logits, targets, row_weights, dy, totals)
+    elif targets.shape[0] != n and (
         labels.shape[0] != n or not labels_in_range(labels, logits.shape[1])
     ):
         raise ValueError("dense_train_step: labels must be n class indices in [0, classes)")
-    inv_n = x.dtype.type(1.0 / n)
-    loss = softmax_xent(
-        logits, labels, targets, dy, inv_n, x.itemsize == 4, row_weights, x.dtype.type(smoothing)
-    )
-    totals[0] += loss
-    totals[1] += count_correct(logits, labels, targets)
+    else:
+        inv_n, smooth = x.dtype.type(1.0 / n), x.dtype.type(smoothing)
+        loss = softmax_xent(
+            logits, labels, targets, dy, inv_n, x.itemsize == 4, row_weights, smooth
+        )
+        totals[0] += loss
+        totals[1] += count_correct(logits, labels, targets)
     for i in range(last, -1, -1):
         dz = dzs[i][:n]
         act_backward_bias(outs[i][:n], dy, codes[i], alphas[i], dz, dbs[i])

@@ -505,23 +505,25 @@ def test_binary_classifier_has_one_logistic_output_as_scikit_learn():
 
 
 def test_early_stopping_holds_out_scikit_learns_rows_per_class_and_refuses_too_few():
-    """scikit-learn's validation split: ceil(n * validation_fraction) rows, as many of each
-    class as its stratified train_test_split holds out (a regressor's unstratified), and "The
-    validation set is too small" under 2 rows (a classifier needs 2 rows of each class)."""
+    """scikit-learn 1.9's validation split: ceil(n * validation_fraction) rows, as many of each
+    class as its stratified train_test_split holds out for a binary classifier (multiclass and
+    regressors unstratified, a class of 1 row accepted), and "The validation set is too small"
+    under 2 rows (a binary classifier needs 2 rows of each class)."""
     from sklearn.model_selection import train_test_split
 
     rng = np.random.default_rng(0)
     X = rng.standard_normal((85, 3))
-    for y in (np.r_[np.zeros(76), np.ones(9)], np.arange(85) % 3 * (np.arange(85) < 60)):
-        y = y.astype(int)
-        held = train_test_split(y, test_size=0.2, stratify=y, random_state=0)[1]
-        for seed in range(5):
-            clf = fn.MLPClassifier(validation_fraction=0.2)
-            X_train, t, _, (X_val, t_val) = clf._hold_out(X, y, None, seed)
-            assert np.array_equal(np.bincount(t_val), np.bincount(held)), seed
-            assert sorted(map(tuple, np.vstack([X_train, X_val]))) == sorted(map(tuple, X))
+    y = np.r_[np.zeros(76), np.ones(9)].astype(int)
+    held = train_test_split(y, test_size=0.2, stratify=y, random_state=0)[1]
+    for seed in range(5):
+        clf = fn.MLPClassifier(validation_fraction=0.2)
+        X_train, t, _, (X_val, t_val) = clf._hold_out(X, y, None, seed, 1)
+        assert np.array_equal(np.bincount(t_val), np.bincount(held)), seed
+        assert sorted(map(tuple, np.vstack([X_train, X_val]))) == sorted(map(tuple, X))
+    rare = np.r_[np.zeros(50), np.ones(34), 2].astype(int)  # scikit-learn trains it too
+    fn.MLPClassifier((4,), early_stopping=True, max_iter=np.int64(3)).fit(X, rare)
     reg = fn.MLPRegressor(validation_fraction=0.1)
-    assert len(reg._hold_out(X, X[:, 0], None, 0)[3][0]) == 9  # ceil(8.5), as scikit-learn
+    assert len(reg._hold_out(X, X[:, 0], None, 0, 1)[3][0]) == 9  # ceil(8.5), as scikit-learn
     with pytest.raises(ValueError, match=r"^The validation set is too small\. Increase 'valid"):
         fn.MLPRegressor(early_stopping=True).fit(X[:10], X[:10, 0])
     with pytest.raises(ValueError, match="stratified"):

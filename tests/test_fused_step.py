@@ -202,3 +202,76 @@ def test_stacks_outside_the_fused_step_say_why(layers, reason):
     model = _model(layers=layers())
     model.fit(*_data(), epochs=1, batch_size=64, verbose=0)
     assert model.step_description.startswith("eager (") and reason in model.step_description
+
+
+BCE_TARGETS = {  # (outputs, targets from the labels y and a generator)
+    "labels": (1, lambda y, r: (y > 1).astype(np.int64)),
+    "probabilities": (1, lambda y, r: r.random((len(y), 1))),
+    "flat_probabilities": (1, lambda y, r: r.random(len(y))),
+    "multi_label": (3, lambda y, r: np.eye(4)[y][:, :3] + (r.random((len(y), 3)) < 0.2) % 2),
+}
+
+
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-11), ("float32", 2e-5)])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weights"])
+@pytest.mark.parametrize("option", list(BCE_TARGETS))
+def test_sigmoid_binary_cross_entropy_runs_fused_as_eager(dtype, rtol, weighted, option):
+    """A sigmoid output with binary cross-entropy (MLPClassifier's two classes) ran eagerly on
+    numba; now in the fused call, computing what the eager step computes."""
+    outputs, make = BCE_TARGETS[option]
+    X, y = _data()
+    targets = np.clip(make(y, np.random.default_rng(2)), 0, 1)
+    layers = lambda: [fn.Dense(16, "relu"), fn.Dense(8, "sigmoid"), fn.Dense(outputs)]  # noqa: E731
+    eager, fused = (_model(dtype, layers(), loss="bce") for _ in range(2))
+    kw = {"epochs": 2, "batch_size": 64, "verbose": 0}
+    kw["sample_weight"] = np.linspace(0.5, 1.5, 250) if weighted else None
+    h_eager = eager.fit(X, targets, compiled=False, **kw)
+    assert eager.backend.kernel_report["sigmoid_bce"] == "numba-fused"  # (one shared backend)
+    h_fused = fused.fit(X, targets, **kw)
+    assert fused.step_description.startswith("numba fused step"), fused.step_description
+    np.testing.assert_allclose(h_fused["loss"], h_eager["loss"], rtol=rtol)
+    assert h_fused["accuracy"] == h_eager["accuracy"]
+    for a, b in zip(eager.arena.groups, fused.arena.groups):
+        np.testing.assert_allclose(b.values, a.values, rtol=rtol, atol=rtol)
+
+
+def test_fused_sigmoid_step_takes_flat_labels_as_the_eager_step():
+    """Called directly with integer 0/1 labels of shape (n,): as ``train_step`` takes them."""
+    X, y = _data()
+    layers = lambda: [fn.Dense(16, "relu"), fn.Dense(1)]  # noqa: E731
+    eager, fused = (_model("float64", layers(), loss="bce") for _ in range(2))
+    for model in (eager, fused):
+        model.fit(X, y > 1, epochs=1, batch_size=64, verbose=0)
+    step, _ = fused.backend.compile_step(fused, 64, None)
+    step.begin_epoch()
+    labels = (y[:64] > 1).astype(np.int64)
+    step(X[:64].astype(np.float64), labels)
+    totals = eager.train_step(X[:64].astype(np.float64), labels)
+    np.testing.assert_array_equal(step.totals, totals)
+    for a, b in zip(eager.arena.groups, fused.arena.groups):
+        np.testing.assert_array_equal(b.values, a.values)
+
+
+@pytest.mark.parametrize("swap", [("softmax_cross_entropy", "bce"), ("bce", "mse")])
+def test_a_loss_swapped_mid_fit_reaches_the_fused_step(swap):
+    """A batch callback's new loss: softmax to sigmoid cross-entropy stays fused (re-read), to
+    mean squared error runs eagerly; either way as eager steps."""
+    first, then = swap
+
+    class Swap(fn.Callback):
+        def on_batch_begin(self, model, batch):
+            if batch == 2:
+                model.loss = fn.losses.get_loss(then)
+                model.loss.build(model.backend)
+
+    X, y = _data()
+    runs = []
+    for compiled in (False, "auto"):
+        model = _model("float64", loss=first)
+        model.fit(X, np.eye(4)[y], epochs=2, batch_size=64, verbose=0, compiled=compiled,
+                  callbacks=[Swap()])  # fmt: skip
+        runs.append(model)
+    assert runs[1].step_description.startswith("eager" if then == "mse" else "numba fused")
+    np.testing.assert_allclose(runs[1].history["loss"], runs[0].history["loss"], rtol=1e-12)
+    for a, b in zip(runs[0].arena.groups, runs[1].arena.groups):
+        np.testing.assert_allclose(b.values, a.values, rtol=1e-12, atol=1e-14)

@@ -105,6 +105,68 @@ def test_softmax_xent_rejects_out_of_range_labels(fast_backend):
         fast_backend.softmax_xent(logits, fast_backend.asarray(np.array([0, 1, 3, 0])))
 
 
+def _bce(backend, logits, targets, weights=None):
+    """(summed loss, correct count, gradient) as the training step accumulates them."""
+    from fastnet.losses import SigmoidBinaryCrossEntropy
+
+    loss, totals = SigmoidBinaryCrossEntropy(), np.zeros(2)
+    loss.build(backend)
+    grad = loss.accumulate(logits, targets, weights, totals)
+    return totals[0], totals[1], grad
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", [1.0, 30.0, 1e4])
+@pytest.mark.parametrize("shape", [(64, 1), (33, 5)])
+def test_numba_sigmoid_bce_matches_reference(ref, rng, dtype, scale, shape):
+    """numba's one kernel (its eager op and its fused step's) against the NumPy reference, with
+    weights, flat and integer labels, non-contiguous logits and logits of +-1e4."""
+    from fastnet.backends import get_backend, probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    be = get_backend("numba")
+    base = (rng.standard_normal((shape[0], 2 * shape[1])) * scale).astype(dtype)
+    logits = base[:, ::2]  # non-contiguous
+    weights = rng.random(shape[0]).astype(dtype)
+    labels = rng.integers(0, 2, shape[0] if shape[1] == 1 else shape)
+    for targets in (labels, rng.random(shape).astype(dtype)):
+        for w in (None, weights):
+            want, got = _bce(ref, logits, targets, w), _bce(be, logits, targets, w)
+            assert np.isfinite(got[0]) and np.isfinite(got[2]).all()
+            np.testing.assert_allclose(got[0], want[0], rtol=TOL[dtype]["rtol"] * 10)
+            assert got[1] == want[1]
+            np.testing.assert_allclose(got[2], want[2], **TOL[dtype])
+    assert be.kernel_report["sigmoid_bce"] == "numba-fused"
+
+
+def test_numba_sigmoid_bce_gradient_is_the_losss_derivative(rng):
+    from fastnet.backends import get_backend, probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    be, h = get_backend("numba"), 1e-6
+    logits, targets, w = rng.standard_normal((6, 3)), rng.random((6, 3)), rng.random(6)
+    grad = _bce(be, logits, targets, w)[2]
+    for i, j in np.ndindex(*logits.shape):
+        up, down = logits.copy(), logits.copy()
+        up[i, j] += h
+        down[i, j] -= h
+        slope = (_bce(be, up, targets, w)[0] - _bce(be, down, targets, w)[0]) / (2 * h) / 6
+        assert slope == pytest.approx(grad[i, j], rel=1e-6, abs=1e-9)
+
+
+def test_numba_sigmoid_bce_extreme_logits_float32(rng):
+    from fastnet.backends import get_backend, probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    logits = np.array([[1e4], [-1e4], [1e4], [0.0]], np.float32)
+    loss, correct, grad = _bce(get_backend("numba"), logits, np.array([0, 0, 1, 1]))
+    assert loss == pytest.approx(1e4 + np.log(2), rel=1e-6) and correct == 2
+    np.testing.assert_array_equal(grad[:, 0], np.float32([0.25, 0, 0, -0.125]))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ACTS)
 def test_activation_and_backward_non_contiguous(backend, ref, rng, dtype, act):

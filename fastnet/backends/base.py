@@ -663,6 +663,12 @@ class Backend:
         loss_out += (1.0 / n if loss_scale is None else loss_scale) * total
         return loss_out, dlogits
 
+    def sigmoid_bce(self, logits: Any, targets: Any, weights: Any, totals: Any) -> Any:
+        """Sigmoid binary cross-entropy as one fused op where a backend has one (numba: the
+        kernel its fused step runs): the summed loss and correct count added into ``totals``,
+        the gradient returned; None here, where the loss computes its reference."""
+        return None
+
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
         """Number of rows whose argmax equals the label (integer labels, or the argmax of
         one-hot/soft target rows); stays on the device, added into ``out`` (a 1-element

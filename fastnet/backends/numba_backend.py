@@ -272,6 +272,25 @@ class NumbaBackend(Backend):
         loss_out += (1.0 / n if loss_scale is None else loss_scale) * total
         return loss_out, dlogits
 
+    def sigmoid_bce(self, logits: Any, targets: Any, weights: Any, totals: Any) -> Any:
+        """The fused step's kernel (``numba_cpu.sigmoid_bce``); None where the loss's
+        reference must run (shapes, dtypes)."""
+        t = targets.reshape(-1, 1) if targets.ndim == 1 else targets
+        dtype = logits.dtype
+        if not (
+            logits.ndim == 2
+            and dtype in FLOAT_DTYPES
+            and t.shape == logits.shape
+            and (weights is None or weights.shape == logits.shape[:1])
+        ):
+            return None
+        w = self._empty((0,), dtype) if weights is None else np.ascontiguousarray(weights, dtype)
+        dlogits = np.empty(logits.shape, dtype)
+        args = (np.ascontiguousarray(logits), np.ascontiguousarray(t, dtype), w, dlogits)
+        self.k.sigmoid_bce(*args, totals)
+        self.record_kernel("sigmoid_bce", "numba-fused")
+        return dlogits
+
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
         if not (
             logits.ndim == 2

@@ -1,7 +1,8 @@
-"""The numba backend's compiled step: a dense network's forward, softmax cross-entropy and
-backward run as one JIT call (``kernels.numba_cpu.dense_train_step``: the eager step's kernels
-in the eager order, with no Python between them), followed by the same arena update as the
-eager step (``ParameterArena.update``: device scalars advanced, one fused update per group)."""
+"""The numba backend's compiled step: a dense network's forward, softmax (or sigmoid binary)
+cross-entropy and backward run as one JIT call (``kernels.numba_cpu.dense_train_step``: the
+eager step's kernels in the eager order, with no Python between them), followed by the same
+arena update as the eager step (``ParameterArena.update``: device scalars advanced, one fused
+update per group)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,11 @@ def fused_step_reason(plan: StepPlan) -> str:
             f"it, not {plan.outside_dense_stack()}"
         )
     layers = stack[0]
-    if not plan.loss.fused_softmax_xent:
-        return f"the fused numba step covers softmax cross-entropy, not {plan.loss.name}"
+    if not (plan.loss.fused_softmax_xent or plan.loss.fused_sigmoid_bce):
+        return (
+            "the fused numba step covers softmax and sigmoid binary cross-entropy, not "
+            f"{plan.loss.name}"
+        )
     if any(layer.activation == Act.TANH for layer in layers):
         return "tanh runs faster through NumPy than in numba (eager)"
     unknown = [a.name.lower() for a in (x.activation for x in layers) if a not in ACTIVATIONS]
@@ -60,7 +64,7 @@ class FusedDenseStep:
         self.dxs = tuple(np.empty((batch_size, rows), dtype) for rows, _ in widths)
         self.codes = tuple(int(layer.activation) for layer in layers)
         self.alphas = tuple(dtype.type(layer.alpha) for layer in layers)
-        self.smoothing = plan.loss.label_smoothing
+        self.smoothing, self.sigmoid = plan.loss.label_smoothing, plan.loss.fused_sigmoid_bce
         self.dtype = dtype
         self.no_labels = np.empty(0, np.int64)
         self.no_targets = np.empty((0, 0), dtype)
@@ -85,7 +89,8 @@ class FusedDenseStep:
 
     def begin_epoch(self) -> None:
         self.totals[:] = 0
-        for op in ("matmul", "bias_act", "act_backward_bias", "softmax_xent", "count_correct"):
+        loss_ops = ("sigmoid_bce",) if self.sigmoid else ("softmax_xent", "count_correct")
+        for op in ("matmul", "bias_act", "act_backward_bias", *loss_ops):
             self.backend.record_kernel(op, "numba-fused (in the fused step)")
         self.frozen = ()  # arrays are re-read from a fresh plan: set_state may have replaced them
         self.revision = -1
@@ -119,7 +124,7 @@ class FusedDenseStep:
     def _read(self, plan: StepPlan) -> None:
         layers, drops = plan.dense_stack()  # type: ignore[misc]
         self.alphas = tuple(self.dtype.type(layer.alpha) for layer in layers)
-        self.smoothing = plan.loss.label_smoothing
+        self.smoothing, self.sigmoid = plan.loss.label_smoothing, plan.loss.fused_sigmoid_bce
         self._dropout_arguments(drops)
         self.weights = tuple(layer.weight for layer in layers)
         self.dws = tuple(layer.weight_grad for layer in layers)
@@ -161,10 +166,11 @@ class FusedDenseStep:
             self.model.train_step(xb, yb, wb, totals=self.totals)
             return
         x = np.ascontiguousarray(xb, self.dtype)
-        if yb.ndim == 1:
+        if yb.ndim == 1 and not self.sigmoid:
             labels, targets = np.ascontiguousarray(yb, np.int64), self.no_targets
-        else:
-            labels, targets = self.no_labels, np.ascontiguousarray(yb, self.dtype)
+        else:  # (sigmoid: the targets of one output may come flat)
+            targets = np.ascontiguousarray(yb.reshape(len(yb), -1), self.dtype)
+            labels = self.no_labels
         w = self.no_weights if wb is None else np.ascontiguousarray(wb, self.dtype)
         self.kernel(
             x,
@@ -183,6 +189,7 @@ class FusedDenseStep:
             self.dbs,
             self.totals,
             self.drops,
+            self.sigmoid,
         )
         self.model.arena.update()
 

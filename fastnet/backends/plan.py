@@ -61,13 +61,15 @@ class LossPlan:
     """The loss: ``name``; ``fused_softmax_xent`` when it is the fused softmax cross-entropy
     (backend ops, capturable) with ``label_smoothing``; ``predictions``, what turns outputs into
     predictions ("softmax", "sigmoid", "identity", or "custom": the loss's own code); else the
-    ``reason`` it is not captured."""
+    ``reason`` it is not captured. ``fused_sigmoid_bce``: the sigmoid binary cross-entropy
+    (numba's fused step computes it; captured steps do not)."""
 
     name: str
     fused_softmax_xent: bool = False
     label_smoothing: float = 0.0
     predictions: str = "identity"
     reason: str = ""
+    fused_sigmoid_bce: bool = False
 
 
 @dataclass(frozen=True)
