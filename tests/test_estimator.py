@@ -530,3 +530,22 @@ def test_early_stopping_holds_out_scikit_learns_rows_per_class_and_refuses_too_f
         fn.MLPClassifier(early_stopping=True).fit(X[:10], np.arange(10) % 2)
     with pytest.raises(ValueError, match="stratified"):
         fn.MLPClassifier(early_stopping=True).fit(X[:40], np.r_[np.zeros(39), 1])
+
+
+def test_estimators_fitted_before_a_release_keep_training():
+    """Pickles from before ``t_`` (partial_fit and warm fits raised AttributeError), a warm start
+    of a batch-norm estimator whose Dense drew Xavier weights (before He across BatchNorm: it
+    was refused as a changed network), and a NumPy ``max_iter`` with early stopping."""
+    X, y = make_blobs(n=120)
+    old = pickle.loads(pickle.dumps(fn.MLPClassifier((8,), max_iter=2, random_state=0).fit(X, y)))
+    del old.t_
+    old.partial_fit(X, y)
+    assert old.t_ == len(X)
+    clf = fn.MLPClassifier((8,), batch_norm=True, max_iter=2, warm_start=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.fit(X, y)
+        clf.model_.layers[0].initializer = fn.Xavier()  # as such a model was saved
+        clf.fit(X, y)
+        assert clf.n_iter_ == 4
+        fn.MLPClassifier((4,), early_stopping=True, max_iter=np.int64(3)).fit(X, y)
