@@ -500,10 +500,12 @@ class Dropout(Layer):
 
     def __init__(self, rate: float = 0.5, seed: int | None = None) -> None:
         super().__init__()
-        if seed is not None and (not isinstance(seed, numbers.Integral) or seed < 0):
+        if seed is not None and (
+            isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
+        ):
             raise ValueError(f"dropout seed must be a non-negative integer or None, got {seed!r}")
         self.rate = rate
-        self.seed = seed
+        self.seed = None if seed is None else int(seed)  # (a NumPy integer: saved as JSON)
 
     def build(
         self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator

@@ -771,26 +771,11 @@ class Trainer:
                 warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=3)
                 break
             previous = snapshot
-            if run.group is not None:
-                self._average_buffers(run.group)
-            if run.val is not None:
-                Xv, yv, *wv = run.val  # (weights where validation_data has them)
-                scores = self._evaluate_device(
-                    Xv, yv, run.top_k, run.group, run.metrics, weights=(wv or [None])[0]
-                )
-                logs.update({f"val_{key}": value for key, value in scores.items()})
-            if run.verbose:
-                print(self._epoch_line(epoch + 1, run.epochs, logs), flush=True)
-            stop = False
-            for cb in run.callbacks:  # callbacks may add entries (e.g. a validation score)
-                stop = bool(cb.on_epoch_end(self, epoch, logs)) or stop
-            stop = stop or bool(self.stop_training)
-            if run.group is not None:  # a stop on one rank stops all (none waits forever)
-                stop = run.group.any(stop)
-                self._check_same_weights(run.group, epoch)
-            for key, value in logs.items():
-                self.history.setdefault(key, []).append(value)
-                run.history.setdefault(key, []).append(value)
+            try:
+                stop = self._end_epoch(run, epoch, logs)
+            except KeyboardInterrupt:  # in validation or a callback: the epoch is undone too
+                self._interrupted(run, epoch, snapshot)
+                raise
             if stop:
                 self.stop_reason = (
                     self.stop_reason or f"stopped by callback after epoch {epoch + 1}"
@@ -799,6 +784,40 @@ class Trainer:
         for cb in run.callbacks:
             cb.on_train_end(self)
         return run.history
+
+    def _end_epoch(self, run: FitRun, epoch: int, logs: dict[str, float]) -> bool:
+        """After an epoch's steps: validation, the epoch line, ``on_epoch_end``, the history;
+        whether training stops (agreed over data-parallel ranks)."""
+        if run.group is not None:
+            self._average_buffers(run.group)
+        if run.val is not None:
+            Xv, yv, *wv = run.val  # (weights where validation_data has them)
+            scores = self._evaluate_device(
+                Xv, yv, run.top_k, run.group, run.metrics, weights=(wv or [None])[0]
+            )
+            logs.update({f"val_{key}": value for key, value in scores.items()})
+        if run.verbose:
+            print(self._epoch_line(epoch + 1, run.epochs, logs), flush=True)
+        stop = False
+        for cb in run.callbacks:  # callbacks may add entries (e.g. a validation score)
+            stop = bool(cb.on_epoch_end(self, epoch, logs)) or stop
+        stop = stop or bool(self.stop_training)
+        if run.group is not None:  # a stop on one rank stops all (none waits forever)
+            stop = run.group.any(stop)
+            self._check_same_weights(run.group, epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+            run.history.setdefault(key, []).append(value)
+        return stop
+
+    def _interrupted(self, run: FitRun, epoch: int, snapshot: dict) -> None:
+        """Ctrl-C in epoch ``epoch``: the state of the last finished epoch restored."""
+        if run.group is None:  # (data-parallel jobs abort: a rank may wait on its peers)
+            self.backend.synchronize()  # steps still queued must not land after the restore
+        self.set_state(snapshot)
+        self.stop_reason = (
+            f"interrupted in epoch {epoch + 1}; weights of the last finished epoch restored"
+        )
 
     def _train_epoch(
         self, run_epoch: Callable[..., tuple[Any, Any]], run: FitRun, epoch: int, snapshot: dict
@@ -822,12 +841,7 @@ class Trainer:
             self.set_state(snapshot)  # this epoch's steps undone (in the first: nothing changed)
             raise
         except KeyboardInterrupt:
-            if run.group is None:  # (data-parallel jobs abort: a rank may wait on its peers)
-                self.backend.synchronize()  # steps still queued must not land after the restore
-            self.set_state(snapshot)
-            self.stop_reason = (
-                f"interrupted in epoch {epoch + 1}; weights of the last finished epoch restored"
-            )
+            self._interrupted(run, epoch, snapshot)
             raise
         finally:
             bar.close()

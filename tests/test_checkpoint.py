@@ -310,3 +310,17 @@ def test_state_values_are_checked_in_the_model_dtype_and_streams_as_integers():
         np.testing.assert_array_equal(value, before[key])
     model64 = fn.Sequential.from_config({**model.get_config(), "dtype": "float64"})
     model64.set_state(bad_weight)  # within float64's range
+
+
+def test_a_dropout_seed_given_as_a_numpy_integer_saves(tmp_path):
+    """It was kept as np.int64: the model trained, and save (or a ModelCheckpoint, after its
+    first epoch) failed to write the config as JSON."""
+    X, y = make_blobs(n=64)
+    layers = [fn.Dense(8, "relu"), fn.Dropout(0.3, seed=np.int64(3)), fn.Dense(4)]
+    model = fn.Sequential(layers, backend="numpy", seed=1)
+    model.fit(X, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.npz")
+    assert fn.load_model(tmp_path / "m.npz").layers[1].seed == 3
+    for seed in (True, -1, 2.0):
+        with pytest.raises(ValueError, match="dropout seed must be a non-negative integer"):
+            fn.Dropout(0.3, seed=seed)

@@ -172,6 +172,35 @@ def test_keyboard_interrupt_restores_last_finished_epoch(backend):
     assert len(model.history["loss"]) == 1 and "interrupted" in model.stop_reason
 
 
+@pytest.mark.parametrize("where", ["on_epoch_end", "validation metric"])
+def test_ctrl_c_after_an_epochs_steps_undoes_that_epoch_too(where):
+    """An interrupt in validation or an epoch-end callback kept the epoch's weights and count
+    but not its logs (a resume then had one history entry too few): now it restores the last
+    finished epoch, as one during the steps does."""
+    X, y = make_blobs(n=200)
+
+    class Interrupt(fn.Callback):
+        def on_epoch_end(self, model, epoch, logs=None):
+            if epoch == 2 and where == "on_epoch_end":
+                raise KeyboardInterrupt
+
+    def metric(y_true, y_pred):
+        if len(model.history.get("loss", [])) == 2 and where != "on_epoch_end":
+            raise KeyboardInterrupt
+        return 0.0
+
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(4)], backend="numpy", seed=0)
+    straight = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(4)], backend="numpy", seed=0)
+    straight.fit(X, y, epochs=2, validation_split=0.2, verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, y, epochs=6, validation_split=0.2, verbose=0, callbacks=[Interrupt()],
+                  metrics=[metric])  # fmt: skip
+    assert model.epochs_trained == len(model.history["loss"]) == 2
+    assert "interrupted in epoch 3" in model.stop_reason
+    for a, b in zip(model.get_weights(), straight.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 BAD_INPUTS = [
     (lambda X, y: (X[:, :, None], y), ValueError, "must be 2-D"),
     (lambda X, y: (X, y[:-1]), ValueError, "labels"),
