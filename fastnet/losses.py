@@ -297,11 +297,13 @@ class SigmoidBinaryCrossEntropy(Loss):
         """The backend's fused op where it has one (``Backend.sigmoid_bce``: numba's, which
         its fused step runs too): the summed loss and correct count into ``totals``, the
         gradient."""
-        grad = self.backend.sigmoid_bce(logits, targets, weights, totals)
+        ours = self.planned_predictions() == "sigmoid"  # (not a custom predict_output's)
+        grad = self.backend.sigmoid_bce(logits, targets, weights, totals) if ours else None
         return super().accumulate(logits, targets, weights, totals) if grad is None else grad
 
     def plan(self) -> LossPlan:
-        return dataclasses.replace(super().plan(), fused_sigmoid_bce=True)
+        fused = self.planned_predictions() == "sigmoid"  # (the kernel's gradient is sigmoid's)
+        return dataclasses.replace(super().plan(), fused_sigmoid_bce=fused)
 
 
 class MeanSquaredError(Loss):

@@ -756,24 +756,13 @@ class Trainer:
             for cb in run.callbacks:
                 cb.on_epoch_begin(self, epoch)
             snapshot = self.get_state()
-            logs = self._train_epoch(run_epoch, run, epoch, snapshot)
-            broken = self._divergence(logs["loss"], run.group)
-            if broken and run.on_divergence != "ignore":
-                half = getattr(self, "policy", None) == "mixed_float16"
-                restored = self._restore_last_good([snapshot, previous], run.X, run.y, epoch)
-                self.stop_reason = (
-                    f"{broken} in epoch {epoch + 1}; {restored} (try a lower lr or smaller inputs"
-                    + (", or mixed_bfloat16: float16 holds values up to 65504)" if half else ")")
-                )
-                self.diverged = True
-                if run.on_divergence == "raise":
-                    raise TrainingDivergedError(self.stop_reason)
-                warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=3)
-                break
-            previous = snapshot
-            try:
+            try:  # Ctrl-C anywhere in the epoch (steps, checks, validation, callbacks) undoes it
+                logs = self._train_epoch(run_epoch, run, epoch, snapshot)
+                if self._diverged(run, epoch, logs["loss"], snapshot, previous):
+                    break
+                previous = snapshot
                 stop = self._end_epoch(run, epoch, logs)
-            except KeyboardInterrupt:  # in validation or a callback: the epoch is undone too
+            except KeyboardInterrupt:
                 self._interrupted(run, epoch, snapshot)
                 raise
             if stop:
@@ -784,6 +773,26 @@ class Trainer:
         for cb in run.callbacks:
             cb.on_train_end(self)
         return run.history
+
+    def _diverged(
+        self, run: FitRun, epoch: int, loss: float, snapshot: dict, previous: dict | None
+    ) -> bool:
+        """A non-finite loss or state after epoch ``epoch``: the last good weights restored and
+        ``stop_reason`` set (raised with ``on_divergence="raise"``); whether training stops."""
+        broken = self._divergence(loss, run.group)
+        if not broken or run.on_divergence == "ignore":
+            return False
+        half = getattr(self, "policy", None) == "mixed_float16"
+        restored = self._restore_last_good([snapshot, previous], run.X, run.y, epoch)
+        self.stop_reason = (
+            f"{broken} in epoch {epoch + 1}; {restored} (try a lower lr or smaller inputs"
+            + (", or mixed_bfloat16: float16 holds values up to 65504)" if half else ")")
+        )
+        self.diverged = True
+        if run.on_divergence == "raise":
+            raise TrainingDivergedError(self.stop_reason)
+        warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=4)
+        return True
 
     def _end_epoch(self, run: FitRun, epoch: int, logs: dict[str, float]) -> bool:
         """After an epoch's steps: validation, the epoch line, ``on_epoch_end``, the history;
@@ -822,7 +831,8 @@ class Trainer:
     def _train_epoch(
         self, run_epoch: Callable[..., tuple[Any, Any]], run: FitRun, epoch: int, snapshot: dict
     ) -> dict[str, float]:
-        """One epoch with its progress bar; restores ``snapshot`` on Ctrl-C (and re-raises)."""
+        """One epoch's steps with its progress bar (``snapshot``: restored where a capture
+        turns out to be required)."""
         from tqdm.auto import tqdm
 
         n = self.rows_trained = run.X.shape[0]
@@ -839,9 +849,6 @@ class Trainer:
             loss_sum, correct_sum = run_epoch(bar.update, run.callbacks)
         except CaptureRequiredError:
             self.set_state(snapshot)  # this epoch's steps undone (in the first: nothing changed)
-            raise
-        except KeyboardInterrupt:
-            self._interrupted(run, epoch, snapshot)
             raise
         finally:
             bar.close()

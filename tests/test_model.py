@@ -172,12 +172,20 @@ def test_keyboard_interrupt_restores_last_finished_epoch(backend):
     assert len(model.history["loss"]) == 1 and "interrupted" in model.stop_reason
 
 
-@pytest.mark.parametrize("where", ["on_epoch_end", "validation metric"])
-def test_ctrl_c_after_an_epochs_steps_undoes_that_epoch_too(where):
-    """An interrupt in validation or an epoch-end callback kept the epoch's weights and count
-    but not its logs (a resume then had one history entry too few): now it restores the last
-    finished epoch, as one during the steps does."""
+@pytest.mark.parametrize("where", ["on_epoch_end", "validation metric", "divergence check"])
+def test_ctrl_c_after_an_epochs_steps_undoes_that_epoch_too(where, monkeypatch):
+    """An interrupt in validation, an epoch-end callback or the checks between them kept the
+    epoch's weights and count but not its logs (a resume then had one history entry too few):
+    now it restores the last finished epoch, as one during the steps does."""
     X, y = make_blobs(n=200)
+    check = fn.Sequential._divergence
+
+    def interrupted_check(self, loss, group):
+        if len(self.history["loss"]) == 2 and where == "divergence check":
+            raise KeyboardInterrupt
+        return check(self, loss, group)
+
+    monkeypatch.setattr(fn.Sequential, "_divergence", interrupted_check)
 
     class Interrupt(fn.Callback):
         def on_epoch_end(self, model, epoch, logs=None):
@@ -185,7 +193,7 @@ def test_ctrl_c_after_an_epochs_steps_undoes_that_epoch_too(where):
                 raise KeyboardInterrupt
 
     def metric(y_true, y_pred):
-        if len(model.history.get("loss", [])) == 2 and where != "on_epoch_end":
+        if len(model.history.get("loss", [])) == 2 and where == "validation metric":
             raise KeyboardInterrupt
         return 0.0
 
