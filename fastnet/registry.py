@@ -37,7 +37,7 @@ class Registry(dict):
 
     def builtin(self) -> list[str]:
         """The names of fastnet's own classes (not users'), sorted."""
-        return sorted(n for n, cls in self.items() if cls.__module__.startswith("fastnet."))
+        return sorted(n for n, cls in self.items() if _ours(cls))
 
     def saved_name(self, obj: Any) -> str:
         """``obj``'s name for a config, refused where it would load another class: a subclass
@@ -62,7 +62,7 @@ class Registry(dict):
                 f"{cls.__name__}.get_config() must return a dict with 'name': {name!r} (as "
                 f"{{**super().get_config(), ...}} does), got {config!r}"
             )
-        if cls.__module__.partition(".")[0] != "fastnet":  # (fastnet's own classes save all)
+        if not _ours(cls):  # (fastnet's own classes save all)
             params = inspect.signature(cls).parameters.values()
             lost = [p.name for p in params if _lost(obj, p, config)]
             if lost:
@@ -80,6 +80,11 @@ class Registry(dict):
                 f"before loading); known: {', '.join(self)}"
             )
         return self[name]
+
+
+def _ours(cls: type) -> bool:
+    """A class of fastnet's own modules (not a user's)."""
+    return cls.__module__.partition(".")[0] == "fastnet"
 
 
 def _lost(obj: Any, p: inspect.Parameter, config: dict) -> bool:

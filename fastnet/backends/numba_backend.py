@@ -187,7 +187,6 @@ class NumbaBackend(Backend):
         softmax = probabilities and plan.loss.predictions == "softmax"
         if (
             layers is None
-            or any(layer.activation not in self.k.ACTIVATIONS for layer in layers)
             or x.ndim != 2
             or not contiguous_floats(x)
             or x.dtype != np.dtype(plan.dtype)
@@ -197,6 +196,8 @@ class NumbaBackend(Backend):
         key = (id(plan), x.dtype)
         cached = self._infer_args  # read once: another thread's model may replace it
         if cached.get("key") != key:  # the plan's arrays, once per plan
+            if any(layer.activation not in self.k.ACTIVATIONS for layer in layers):
+                return None  # (a code without a kernel branch: layer by layer)
             dtype = x.dtype
             biases = tuple(
                 np.zeros(layer.weight.shape[1], dtype) if layer.bias is None else layer.bias
