@@ -8,7 +8,6 @@ below); ``loss.compute(...)`` skips the value checks, for data validated once at
 
 from __future__ import annotations
 
-import dataclasses
 import numbers
 from typing import Any
 
@@ -54,6 +53,8 @@ class Loss:
         self._backend: Backend | None = None
 
     def build(self, backend: Backend) -> None:
+        if backend is not self._backend:
+            self.__dict__.pop("_grads", None)  # (the old backend's arrays)
         self._backend = backend
 
     @property
@@ -102,6 +103,17 @@ class Loss:
         if correct is not None:
             totals[1:2] += correct
         return grad
+
+    def grad_buffer(self, outputs: Any) -> Any:
+        """The gradient buffer kept for outputs of this shape and dtype (a fused op writes
+        into it, so a captured step allocates nothing)."""
+        grads = self.__dict__.setdefault("_grads", {})
+        key = (tuple(outputs.shape), str(outputs.dtype))
+        if key not in grads:
+            if len(grads) > 8:
+                grads.clear()
+            grads[key] = self.backend.empty(outputs.shape, outputs.dtype)
+        return grads[key]
 
     def scratch_buffers(self) -> list:
         """Gradient buffers the loss reuses between steps (a captured graph keeps them)."""
@@ -227,7 +239,6 @@ class SoftmaxCrossEntropy(Loss):
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
         self.label_smoothing = label_smoothing
-        self._grads: dict[tuple, Any] = {}
 
     def compute(self, logits: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         return self.backend.softmax_xent(
@@ -238,12 +249,7 @@ class SoftmaxCrossEntropy(Loss):
         """Fused: one backend op adds the summed (weighted, smoothed) loss into ``totals[0]``
         and the correct count into ``totals[1]``, and writes the gradient into a buffer kept
         per shape (one CUDA kernel on cupy)."""
-        key = (tuple(logits.shape), str(logits.dtype))
-        dlogits = self._grads.get(key)
-        if dlogits is None:
-            if len(self._grads) > 8:
-                self._grads.clear()
-            dlogits = self._grads[key] = self.backend.empty(logits.shape, logits.dtype)
+        dlogits = self.grad_buffer(logits)
         self.backend.softmax_xent(
             logits, targets, dlogits, totals[0:1], 1.0, weights, self.label_smoothing, totals[1:2]
         )
@@ -294,16 +300,18 @@ class SigmoidBinaryCrossEntropy(Loss):
         return elements.mean(), grad
 
     def accumulate(self, logits: Any, targets: Any, weights: Any, totals: Any) -> Any:
-        """The backend's fused op where it has one (``Backend.sigmoid_bce``: numba's, which
-        its fused step runs too): the summed loss and correct count into ``totals``, the
-        gradient."""
-        ours = self.planned_predictions() == "sigmoid"  # (not a custom predict_output's)
-        grad = self.backend.sigmoid_bce(logits, targets, weights, totals) if ours else None
-        return super().accumulate(logits, targets, weights, totals) if grad is None else grad
+        """One backend op (``Backend.sigmoid_bce``: one kernel on numba and cupy, captured
+        in CUDA graphs) adds the summed loss and correct count into ``totals`` and writes the
+        gradient into a buffer kept per shape; a subclass with its own ``predict_output``
+        computes its reference (``compute``)."""
+        if self.planned_predictions() != "sigmoid":  # (the op's gradient is sigmoid's)
+            return super().accumulate(logits, targets, weights, totals)
+        return self.backend.sigmoid_bce(logits, targets, weights, totals, self.grad_buffer(logits))
 
     def plan(self) -> LossPlan:
-        fused = self.planned_predictions() == "sigmoid"  # (the kernel's gradient is sigmoid's)
-        return dataclasses.replace(super().plan(), fused_sigmoid_bce=fused)
+        if self.planned_predictions() != "sigmoid":
+            return super().plan()
+        return LossPlan(self.name, predictions="sigmoid", fused_sigmoid_bce=True)
 
 
 class MeanSquaredError(Loss):

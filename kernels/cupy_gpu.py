@@ -512,6 +512,75 @@ def count_correct(logits: Any, labels: Any, targets: Any, hits: Any) -> None:
     )
 
 
+# ---------------------------------------------------------------------------- sigmoid + BCE
+_SIGMOID_BCE_SRC = r"""
+// Sigmoid binary cross-entropy over the n*k elements of logits z and targets t (row-major,
+// k per row), rows weighted by weights[e / k] when weighted == 1: d = (sigmoid(z) - t) / size
+// * w; adds sum(w (max(z, 0) - z t + log1p(exp(-|z|)))) / k into totals[0] and the outputs
+// with (z > 0) == (t > 0.5), over k, into totals[1] (double): grid-stride partial sums, a
+// block reduction, one atomicAdd each. As numba_cpu.sigmoid_bce, element for element.
+extern "C" __global__ void sigmoid_bce(const T* __restrict__ z, const T* __restrict__ t,
+                                       const T* __restrict__ weights, T* __restrict__ d,
+                                       double* __restrict__ totals, long long size, int k,
+                                       int weighted) {
+    __shared__ double partial[2][256];
+    double loss = 0, hits = 0;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < size;
+         e += (long long)gridDim.x * blockDim.x) {
+        T zi = z[e], ti = t[e];
+        T w = weighted ? weights[e / k] : (T)1;
+        T ex = exp(-fabs(zi));
+        T p = zi >= (T)0 ? (T)1 / ((T)1 + ex) : ex / ((T)1 + ex);
+        d[e] = (p - ti) / (T)size * w;
+        loss += (double)(((zi > (T)0 ? zi : (T)0) - zi * ti + log1p(ex)) * w);
+        hits += (zi > (T)0) == (ti > (T)0.5) ? 1.0 : 0.0;
+    }
+    partial[0][threadIdx.x] = loss;
+    partial[1][threadIdx.x] = hits;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) {
+            partial[0][threadIdx.x] += partial[0][threadIdx.x + s];
+            partial[1][threadIdx.x] += partial[1][threadIdx.x + s];
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) {
+        atomicAdd(totals, partial[0][0] / k);
+        atomicAdd(totals + 1, partial[1][0] / k);
+    }
+}
+"""
+
+
+@cache
+def _sigmoid_bce(dtype: str) -> cp.RawKernel:
+    return cp.RawKernel(f"#define T {dtype}\n" + _SIGMOID_BCE_SRC, "sigmoid_bce")
+
+
+def sigmoid_bce(logits: Any, targets: Any, weights: Any, dlogits: Any, totals: Any) -> None:
+    """Fused sigmoid binary cross-entropy (``numba_cpu.sigmoid_bce``'s contract): C-contiguous
+    ``logits``, ``targets`` and ``dlogits`` of one shape (n, k) and dtype, optional row
+    ``weights`` (n,); the float64 ``totals[0]``, ``totals[1]`` accumulate the summed row mean
+    losses and correct shares."""
+    n, k = logits.shape
+    blocks = max(1, min(1024, (logits.size + 255) // 256))
+    _sigmoid_bce(ctype(logits.dtype))(
+        (blocks,),
+        (256,),
+        (
+            logits,
+            targets,
+            _or_placeholder(weights, logits.dtype),
+            dlogits,
+            totals,
+            np.int64(logits.size),
+            np.int32(k),
+            np.int32(weights is not None),
+        ),
+    )
+
+
 # ------------------------------------------------------------------------- in-graph batch gathers
 @cache
 def _gather_rows_at() -> cp.ElementwiseKernel:

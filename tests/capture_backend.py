@@ -33,6 +33,7 @@ OPS = (
     "activation_backward",
     "softmax",
     "softmax_xent",
+    "sigmoid_bce",
     "count_correct",
     "fill",
     "sum_squares",

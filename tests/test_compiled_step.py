@@ -19,7 +19,7 @@ SCHEDULES = {
     "warmup_cosine": lambda: [fn.WarmupCosine(1, 3)],
     "plateau": lambda: [fn.ReduceLROnPlateau("loss", factor=0.5, patience=0, min_delta=10)],
 }
-TARGETS = ["labels", "smoothing", "one_hot"]
+TARGETS = ["labels", "smoothing", "one_hot", "multilabel"]
 
 
 def _data(n=90, d=12, k=4, seed=0):
@@ -29,10 +29,12 @@ def _data(n=90, d=12, k=4, seed=0):
     return X, y
 
 
-def _model(backend, optimizer="adam", smoothing=0.0, layers=None, **opt):
-    """A float64 model; ``layers`` is a function making fresh layers (models own theirs)."""
+def _model(backend, optimizer="adam", smoothing=0.0, layers=None, sigmoid=False, **opt):
+    """A float64 model; ``layers`` is a function making fresh layers (models own theirs);
+    ``sigmoid``: the sigmoid binary cross-entropy, else the softmax one."""
     layers = layers() if layers else [fn.Dense(16, "relu"), fn.Dense(8, "leaky_relu"), fn.Dense(4)]
-    loss = fn.SoftmaxCrossEntropy(label_smoothing=smoothing)
+    ce = fn.SoftmaxCrossEntropy(label_smoothing=smoothing)
+    loss = fn.SigmoidBinaryCrossEntropy() if sigmoid else ce
     optimizer = get_optimizer(
         optimizer, lr=0.05 if optimizer in ("sgd", "momentum") else 0.01, **opt
     )
@@ -46,7 +48,9 @@ def _train(compiled, optimizer, schedule, target, fit_kw=None, **model_kw):
     X, y = _data()
     smoothing = 0.1 if target == "smoothing" else 0.0
     targets = np.eye(4)[y] if target == "one_hot" else y
-    model = _model(backend, optimizer, smoothing, **model_kw)
+    if target == "multilabel":  # each row's class and the next one, for the sigmoid BCE
+        targets = np.eye(4)[y] + np.eye(4)[(y + 1) % 4]
+    model = _model(backend, optimizer, smoothing, sigmoid=target == "multilabel", **model_kw)
     model.fit(
         X,
         targets,
@@ -91,11 +95,12 @@ def test_captured_step_equals_eager(optimizer, schedule, target):
     assert steps == {"step"}
 
 
+@pytest.mark.parametrize("target", ["labels", "multilabel"])
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
-def test_captured_step_with_weights_and_clipping(optimizer):
+def test_captured_step_with_weights_and_clipping(optimizer, target):
     weights = np.random.default_rng(1).uniform(0.1, 2.0, 90)
     _assert_equal_training(
-        (optimizer, "warmup_cosine", "labels"),
+        (optimizer, "warmup_cosine", target),
         {"sample_weight": weights},
         clip_norm=0.05,
         clip_value=0.02,

@@ -54,6 +54,7 @@ def test_every_kernel_family_is_enumerated():
     expected = {
         "act_bwd_bias",
         "softmax_xent",
+        "sigmoid_bce",
         "count_correct",
         "advance_scalars",
         "sum_squares",

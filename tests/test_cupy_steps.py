@@ -33,22 +33,31 @@ def test_every_optimizer_is_captured_here():
     assert sorted(OPTIMIZERS) == REGISTRY.builtin()
 
 
-@pytest.mark.parametrize("loss_option", ["labels", "smoothing", "one_hot", "weights"])
+LOSS_OPTIONS = ["labels", "smoothing", "one_hot", "weights", "multilabel", "multilabel_weights"]
+
+
+@pytest.mark.parametrize("loss_option", LOSS_OPTIONS)
 @pytest.mark.parametrize("opt", sorted(OPTIMIZERS))
 def test_captured_training_equals_eager(gpu, opt, loss_option):
     """The CUDA graph replays the eager step function: the same weights after 3 epochs with a
-    per-step schedule, for every optimizer and loss option (float64: exactly up to atomics'
-    summation order)."""
+    per-step schedule, for every optimizer and loss option (softmax cross-entropy; sigmoid
+    binary cross-entropy on multi-hot targets), in float64: exactly up to atomics' summation
+    order."""
     if gpu.name == EMULATED and opt != "adamw" and loss_option != "labels":
         pytest.skip("emulated: every optimizer with labels, every loss option with adamw")
     X, y = make_blobs(n=1000)
     smoothing = 0.1 if loss_option == "smoothing" else 0.0
+    multilabel = loss_option.startswith("multilabel")
     targets = np.eye(4)[y] if loss_option == "one_hot" else y
-    weights = np.linspace(0.5, 1.5, len(y)) if loss_option == "weights" else None
+    if multilabel:  # each row's class and the next one
+        targets = np.eye(4)[y] + np.eye(4)[(y + 1) % 4]
+    weights = np.linspace(0.5, 1.5, len(y)) if loss_option.endswith("weights") else None
     models = [
         fn.Sequential(
             [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
-            loss=fn.SoftmaxCrossEntropy(smoothing),
+            loss=fn.SigmoidBinaryCrossEntropy()
+            if multilabel
+            else fn.SoftmaxCrossEntropy(smoothing),
             optimizer=OPTIMIZERS[opt](),
             backend=gpu,
             seed=0,
@@ -73,6 +82,8 @@ def test_captured_training_equals_eager(gpu, opt, loss_option):
     assert graphed.step_description.startswith("captured graph")
     assert eager.step_description.startswith("eager")
     np.testing.assert_allclose(hist[0]["loss"], hist[1]["loss"], rtol=1e-9)
+    assert hist[0]["accuracy"] == pytest.approx(hist[1]["accuracy"], rel=1e-12)
+    assert gpu.kernel_report["sigmoid_bce" if multilabel else "softmax_xent"] == "cuda-fused"
     assert eager.arena.groups[0].step == graphed.arena.groups[0].step == 48
     for a, b in zip(eager.parameters(), graphed.parameters()):
         np.testing.assert_allclose(

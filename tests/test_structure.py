@@ -105,8 +105,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # sample_weight, n_iter_no_change and adaptive counts, binary logistic output, stratified
 # early stopping, float64 probabilities) and activation codes numba lacks (+186), to 12,070
 # for numba's fused sigmoid binary cross-entropy (one kernel for the eager and the fused step:
-# scikit-learn's binary classifiers, now one logistic output, train fused: +64)
-BUDGET = 12070
+# scikit-learn's binary classifiers, now one logistic output, train fused: +64), to 12,105 for
+# the sigmoid binary cross-entropy captured in CUDA graphs (one backend op with a reference, a
+# CUDA kernel, a kept gradient buffer: +31)
+BUDGET = 12105
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

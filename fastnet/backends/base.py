@@ -663,11 +663,34 @@ class Backend:
         loss_out += (1.0 / n if loss_scale is None else loss_scale) * total
         return loss_out, dlogits
 
-    def sigmoid_bce(self, logits: Any, targets: Any, weights: Any, totals: Any) -> Any:
-        """Sigmoid binary cross-entropy as one fused op where a backend has one (numba: the
-        kernel its fused step runs): the summed loss and correct count added into ``totals``,
-        the gradient returned; None here, where the loss computes its reference."""
-        return None
+    def sigmoid_bce(
+        self, logits: Any, targets: Any, weights: Any, totals: Any, dlogits: Any = None
+    ) -> Any:
+        """Sigmoid binary cross-entropy of ``logits`` (n, k) and ``targets`` in [0, 1] of their
+        shape ((n,) for one column), rows weighted by ``weights`` (n,) or None, as the training
+        step accumulates it: the gradient of the element mean, ``(sigmoid(z) - t) w / (n k)``,
+        written into ``dlogits`` (allocated when None or of another shape) and returned; the
+        rows' weighted mean losses ``w mean_k(max(z, 0) - z t + log1p(exp(-|z|)))`` added into
+        ``totals[0]`` and the outputs with ``z > 0`` as ``t > 0.5``, over k, into ``totals[1]``
+        (``totals``: a float64 device array; nothing leaves the device)."""
+        self.record_kernel("sigmoid_bce")
+        xp = self.xp
+        t = targets.reshape(-1, 1) if targets.ndim == 1 else targets
+        t = t.astype(logits.dtype, copy=False)
+        e = xp.exp(-xp.abs(logits))
+        elements = xp.maximum(logits, 0) - logits * t + xp.log1p(e)
+        if dlogits is None or dlogits.shape != logits.shape or dlogits.dtype != logits.dtype:
+            dlogits = xp.empty_like(logits)
+        xp.subtract(xp.where(logits >= 0, 1 / (1 + e), e / (1 + e)), t, out=dlogits)
+        dlogits /= logits.size
+        if weights is not None:
+            w = weights.reshape(-1, 1).astype(logits.dtype, copy=False)
+            elements = elements * w
+            dlogits *= w
+        k = logits.shape[1]
+        totals[0:1] += elements.sum(dtype=np.float64) / k
+        totals[1:2] += ((logits > 0) == (t > 0.5)).sum() / k
+        return dlogits
 
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
         """Number of rows whose argmax equals the label (integer labels, or the argmax of

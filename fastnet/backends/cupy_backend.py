@@ -601,6 +601,35 @@ class CupyBackend(Backend):
             return out[0].astype(logits.dtype), dlogits
         return loss_out, dlogits
 
+    def sigmoid_bce(
+        self, logits: Any, targets: Any, weights: Any, totals: Any, dlogits: Any = None
+    ) -> Any:
+        """As the reference, in one CUDA kernel (nothing allocates given a C-contiguous
+        ``dlogits`` of the logits' shape and dtype, C-contiguous inputs of that dtype and a
+        C-contiguous float64 ``totals``)."""
+        xp = self.xp
+        t = targets.reshape(-1, 1) if targets.ndim == 1 else targets
+        if not (
+            logits.ndim == 2
+            and logits.dtype in FLOAT_DTYPES
+            and t.shape == logits.shape
+            and (weights is None or weights.shape == logits.shape[:1])
+            and totals.dtype == np.float64
+            and totals.size >= 2
+            and totals.flags.c_contiguous
+        ):
+            return super().sigmoid_bce(logits, targets, weights, totals, dlogits)
+        dtype = logits.dtype
+        if weights is not None:
+            weights = xp.ascontiguousarray(weights, dtype=dtype)
+        logits, t = xp.ascontiguousarray(logits), xp.ascontiguousarray(t, dtype=dtype)
+        fits = dlogits is not None and dlogits.shape == logits.shape
+        if not (fits and contiguous_floats(logits, dlogits)):
+            dlogits = xp.empty(logits.shape, dtype)
+        self.k.sigmoid_bce(logits, t, weights, dlogits, totals)
+        self.record_kernel("sigmoid_bce", "cuda-fused")
+        return dlogits
+
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
         dense = labels.ndim == 2 and labels.shape == logits.shape
         if (

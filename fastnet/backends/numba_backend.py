@@ -273,9 +273,11 @@ class NumbaBackend(Backend):
         loss_out += (1.0 / n if loss_scale is None else loss_scale) * total
         return loss_out, dlogits
 
-    def sigmoid_bce(self, logits: Any, targets: Any, weights: Any, totals: Any) -> Any:
-        """The fused step's kernel (``numba_cpu.sigmoid_bce``); None where the loss's
-        reference must run (shapes, dtypes)."""
+    def sigmoid_bce(
+        self, logits: Any, targets: Any, weights: Any, totals: Any, dlogits: Any = None
+    ) -> Any:
+        """The fused step's kernel (``numba_cpu.sigmoid_bce``); the reference for other
+        shapes and dtypes."""
         t = targets.reshape(-1, 1) if targets.ndim == 1 else targets
         dtype = logits.dtype
         if not (
@@ -283,10 +285,13 @@ class NumbaBackend(Backend):
             and dtype in FLOAT_DTYPES
             and t.shape == logits.shape
             and (weights is None or weights.shape == logits.shape[:1])
+            and totals.dtype == np.float64
         ):
-            return None
+            return super().sigmoid_bce(logits, targets, weights, totals, dlogits)
         w = self._empty((0,), dtype) if weights is None else np.ascontiguousarray(weights, dtype)
-        dlogits = np.empty(logits.shape, dtype)
+        fits = dlogits is not None and dlogits.shape == logits.shape and dlogits.dtype == dtype
+        if not (fits and dlogits.flags.c_contiguous):
+            dlogits = np.empty(logits.shape, dtype)
         args = (np.ascontiguousarray(logits), np.ascontiguousarray(t, dtype), w, dlogits)
         self.k.sigmoid_bce(*args, totals)
         self.record_kernel("sigmoid_bce", "numba-fused")

@@ -59,10 +59,10 @@ class OpaquePlan:
 @dataclass(frozen=True)
 class LossPlan:
     """The loss: ``name``; ``fused_softmax_xent`` when it is the fused softmax cross-entropy
-    (backend ops, capturable) with ``label_smoothing``; ``predictions``, what turns outputs into
-    predictions ("softmax", "sigmoid", "identity", or "custom": the loss's own code); else the
-    ``reason`` it is not captured. ``fused_sigmoid_bce``: the sigmoid binary cross-entropy
-    (numba's fused step computes it; captured steps do not)."""
+    with ``label_smoothing``, ``fused_sigmoid_bce`` when it is the sigmoid binary
+    cross-entropy (each one backend op: numba's fused step computes them, graphs capture them);
+    ``predictions``, what turns outputs into predictions ("softmax", "sigmoid", "identity", or
+    "custom": the loss's own code); else the ``reason`` it is not captured."""
 
     name: str
     fused_softmax_xent: bool = False
