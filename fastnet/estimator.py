@@ -22,7 +22,7 @@ from fastnet.callbacks import Callback, EarlyStopping
 from fastnet.layers import Dense
 from fastnet.losses import MeanSquaredError
 from fastnet.model import Sequential
-from fastnet.optimizers import Adam, AdamW, Momentum, Optimizer, get_optimizer
+from fastnet.optimizers import OPTIMIZERS, Adam, AdamW, Momentum, Optimizer, get_optimizer
 from fastnet.schedules import LearningRateScheduler
 from fastnet.validation import host_array
 
@@ -105,7 +105,6 @@ else:
         """``max_iter`` epochs ran before the loss stopped improving."""
 
 
-SOLVERS = ("adam", "sgd", "momentum", "adagrad", "rmsprop", "adamw")
 #: scikit-learn's activation names (and fastnet's) -> fastnet's
 ACTIVATIONS = {
     "relu": "relu",
@@ -432,7 +431,7 @@ class _MLPBase(BaseEstimator):
                 f"random_state must be None, an integer >= 0 or a numpy RandomState, got {state!r}"
             )
         for name, allowed in (
-            ("solver", SOLVERS),
+            ("solver", OPTIMIZERS.builtin()),  # fastnet's every rule, by its name
             ("activation", ACTIVATIONS),
             ("learning_rate", ("constant", "invscaling", "adaptive")),
         ):
@@ -479,7 +478,7 @@ class _MLPBase(BaseEstimator):
         if self.solver in ("adam", "adamw"):
             cls = Adam if self.solver == "adam" else AdamW
             return cls(lr, self.beta_1, self.beta_2, self.epsilon, weight_decay, eps_hat=True)
-        kwargs = {"momentum": self.momentum} if self.solver == "momentum" else {}
+        kwargs = {"momentum": self.momentum} if self.solver in ("momentum", "nesterov") else {}
         return get_optimizer(self.solver, lr=lr, weight_decay=weight_decay, **kwargs)
 
     def _callbacks(

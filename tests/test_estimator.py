@@ -100,6 +100,27 @@ def test_unfitted_and_bad_parameters():
     assert not hasattr(fn.MLPClassifier(), "coefs_")
 
 
+@pytest.mark.parametrize("solver", fn.optimizers.OPTIMIZERS.builtin())
+def test_every_built_in_optimizer_is_a_solver_with_the_estimators_settings(solver):
+    """``solver`` takes each of fastnet's rules by name (a new one unasked), with the
+    estimator's own settings: learning rate, momentum, betas and alpha's L2 per batch."""
+    X, y = make_blobs(n=40)
+    est = fn.MLPClassifier((4,), solver=solver, learning_rate_init=0.02, momentum=0.5, alpha=0.1)
+    est.set_params(beta_1=0.8, max_iter=2, batch_size=10, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter reached
+        est.fit(X, y)
+    optimizer = est.model_.layers[0].optimizer or est.model_.optimizer
+    assert fn.optimizers.OPTIMIZERS.saved_name(optimizer) in (solver, "momentum")
+    assert optimizer.lr == 0.02 and optimizer.weight_decay == pytest.approx(0.1 / 10)
+    if solver in ("sgd", "momentum", "nesterov"):  # (sgd: scikit-learn's momentum)
+        assert optimizer.momentum == 0.5 and optimizer.nesterov == (solver != "momentum")
+    if solver in ("adam", "adamw"):
+        assert optimizer.beta1 == 0.8
+    with pytest.raises(ValueError, match=r"solver='lbfgs' is not supported .* use one of adagrad"):
+        fn.MLPClassifier(solver="lbfgs").fit(X, y)
+
+
 def test_early_stopping_batchnorm_dropout_options():
     X, y = make_blobs()
     clf = fn.MLPClassifier(
