@@ -20,14 +20,10 @@ from fastnet.layers import (
 )
 
 
-def check_layer_stack(
-    layers: Sequence[Layer], loss: Any, rebuilding: bool = False, mixed: bool = False
-) -> None:
+def check_layer_stack(layers: Sequence[Layer], mixed: bool = False) -> None:
     """Refuse one layer object at two places or in two models (fastnet has no weight sharing:
-    its gradients would be wrong) and a ``Softmax`` or ``Sigmoid`` layer (or a Dense layer's
-    activation) right before a loss that applies it itself: twice trains slowly or not at all
-    (not when ``rebuilding`` a saved model, whose weights stay loadable); under ``mixed``
-    precision, a ``Standardize`` after other layers. Raises ``ValueError``."""
+    its gradients would be wrong) and, under ``mixed`` precision, a ``Standardize`` after
+    other layers. Raises ``ValueError``."""
     lead = next((i for i, x in enumerate(layers) if not isinstance(x, Standardize)), 0)
     if mixed and any(isinstance(x, Standardize) for x in layers[lead:]):
         raise ValueError(
@@ -47,10 +43,16 @@ def check_layer_stack(
                 f"layers[{j}] and layers[{i}] are the same {type(layer).__name__} object: "
                 "each place needs its own layer (fastnet does not share weights)"
             )
+
+
+def check_loss_after_layers(layers: Sequence[Layer], loss: Any) -> None:
+    """Refuse a ``Softmax`` or ``Sigmoid`` layer (or a Dense layer's activation) as the last
+    layer but Dropout before a loss that applies it itself: twice trains slowly or not at all.
+    Raises ``ValueError``."""
     kind = getattr(loss, "predictions", None)  # what the loss applies to the outputs
-    if rebuilding or not layers or kind not in ("softmax", "sigmoid"):
+    last = next((x for x in reversed(layers) if not isinstance(x, Dropout)), None)
+    if last is None or kind not in ("softmax", "sigmoid"):
         return
-    last = layers[-1]
     twice = {"softmax": Softmax, "sigmoid": Sigmoid}[kind]
     if isinstance(last, twice) or getattr(last, "activation", None) == kind:
         raise ValueError(
@@ -97,4 +99,9 @@ def check_parameters_listed(layer: Layer) -> None:
         )
 
 
-__all__ = ["check_layer_stack", "check_parameters_listed", "fix_default_initializers"]
+__all__ = [
+    "check_layer_stack",
+    "check_loss_after_layers",
+    "check_parameters_listed",
+    "fix_default_initializers",
+]

@@ -24,6 +24,7 @@ from fastnet.checkpoint import CheckpointError, plain_json, read_checkpoint, wri
 from fastnet.initializers import INITIALIZERS, Initializer
 from fastnet.layer_stack import (
     check_layer_stack,
+    check_loss_after_layers,
     check_parameters_listed,
     fix_default_initializers,
 )
@@ -94,9 +95,8 @@ class Sequential(Trainer):
             raise TypeError("layers must be a non-empty sequence of fastnet Layer objects")
         self.seed = _model_seed(seed)
         self.layers = layers
-        self.loss = get_loss(loss)
-        mixed = isinstance(dtype, str) and dtype in MIXED_POLICIES
-        check_layer_stack(layers, self.loss, _REBUILDING.get(), mixed)  # e.g. Softmax() before it
+        self.loss = get_loss(loss)  # (checked against the layers: no Softmax() before it)
+        check_layer_stack(layers, isinstance(dtype, str) and dtype in MIXED_POLICIES)
         fix_default_initializers(layers)  # He for a linear Dense before a separate ReLU
         self.arena: ParameterArena | None = None
         self.optimizer = get_optimizer(optimizer)
@@ -165,7 +165,10 @@ class Sequential(Trainer):
 
     @loss.setter
     def loss(self, loss: str | Loss) -> None:
-        self._loss = get_loss(loss)
+        loss = get_loss(loss)
+        if not _REBUILDING.get():  # (a saved model's weights stay loadable)
+            check_loss_after_layers(self.layers, loss)
+        self._loss = loss
         if getattr(self, "_backend", None) is not None:
             self._loss.build(self.backend)
         bump()  # (compiled steps re-read what they baked in)

@@ -38,6 +38,7 @@ from fastnet.metrics import (
     regression_sums,
     top_k_correct,
 )
+from fastnet.revision import revision
 from fastnet.validation import (
     as_input,
     check_finite,
@@ -434,7 +435,7 @@ class Trainer:
     streamed: bool
     step_description: str
     _compiled_steps: dict
-    _plan_key: int | None = None
+    _plan_key: tuple[int, int] | None = None
     _plan_watch: list = []  # noqa: RUF012  (replaced per model, never mutated)
     _plan: Any = None
     optimizer: Any
@@ -1316,13 +1317,15 @@ class Trainer:
 
     def _inference_plan(self) -> Any:
         """The model's step plan for fused inference, kept while the arena is the same (its
-        arrays are updated in place); each backend's ``infer`` decides which plans and
-        predictions it computes."""
+        arrays are updated in place) and nothing it holds changed (a hyperparameter or the
+        loss: ``revision``); each backend's ``infer`` decides which plans and predictions it
+        computes."""
         watched = self._plan_watch  # constants the plan holds: a leaky slope, an eps
-        if self._plan_key != id(self.arena) or any(getattr(x, a) != v for x, a, v in watched):
+        key = (id(self.arena), revision())
+        if self._plan_key != key or any(getattr(x, a) != v for x, a, v in watched):
             plan = self.step_plan()
             mixed = plan.compute_dtype != plan.dtype  # layer by layer, in the compute dtype
-            self._plan_key, self._plan = id(self.arena), None if mixed else plan
+            self._plan_key, self._plan = key, None if mixed else plan
             self._plan_watch = [
                 (layer, name, getattr(layer, name))
                 for layer in self.layers

@@ -284,12 +284,27 @@ def test_notebook_names_and_helpers_are_exported():
 
 
 def test_softmax_before_softmax_cross_entropy_is_refused():
-    from fastnet.layer_stack import check_layer_stack
+    from fastnet.layer_stack import check_loss_after_layers as check
 
     with pytest.raises(ValueError, match="applies softmax.*again"):
-        check_layer_stack([fn.Dense(10), fn.Softmax()], fn.SoftmaxWithLoss())
-    check_layer_stack([fn.Dense(10), fn.Softmax()], "mean_squared_error")
-    check_layer_stack([fn.Dense(10)], fn.SoftmaxCrossEntropy())
+        check([fn.Dense(10), fn.Softmax()], fn.SoftmaxWithLoss())
+    check([fn.Dense(10), fn.Softmax()], "mean_squared_error")
+    check([fn.Dense(10)], fn.SoftmaxCrossEntropy())
+    check([fn.Dropout(0.5)], fn.SoftmaxCrossEntropy())
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "bce"])
+def test_a_trailing_dropout_or_a_new_loss_does_not_hide_a_second_softmax_or_sigmoid(loss):
+    """Dropout after the Softmax/Sigmoid layer (a newcomer's model predicted one class), and
+    the loss replaced on a built model, are checked as the plain stack is; nothing changes."""
+    last = fn.Softmax() if loss != "bce" else fn.Sigmoid()
+    with pytest.raises(ValueError, match="applies .* again"):
+        fn.Sequential([fn.Dense(4, "relu"), fn.Dense(2), last, fn.Dropout(0.1)], loss=loss)
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(2), last, fn.Dropout(0.1)], loss="mse")
+    model.fit(np.ones((8, 3)), np.zeros((8, 2)), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match=f"last layer {type(last).__name__} applies"):
+        model.loss = loss
+    assert model.loss.name == "mean_squared_error"
 
 
 def test_linear_dense_before_relu_gets_he():

@@ -187,6 +187,23 @@ def test_inference_follows_a_changed_leaky_relu_slope(backend):
     np.testing.assert_allclose(after, model.to("numpy").forward(X, training=False), rtol=1e-12)
 
 
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=needs_numba)])
+def test_inference_follows_a_replaced_loss(backend):
+    """predict_proba after ``model.loss = ...`` applies the new loss's transform (the fused
+    plan kept the softmax of the loss it was made for)."""
+    X = np.random.default_rng(3).normal(size=(20, 6))
+    model = fn.Sequential(
+        [fn.Dense(16, "relu"), fn.Dense(2)], backend=backend, seed=1, dtype="float64"
+    ).build(6)
+    raw = model.predict_raw(X)
+    softmax = np.exp(raw) / np.exp(raw).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model.predict_proba(X), softmax, rtol=1e-12)
+    model.loss = "bce"
+    np.testing.assert_allclose(model.predict_proba(X), 1 / (1 + np.exp(-raw)), rtol=1e-12)
+    model.loss = "mse"
+    np.testing.assert_allclose(model.predict_proba(X), raw, rtol=1e-12)
+
+
 def test_a_dataframe_is_read_by_the_feature_names_the_model_keeps():
     """``model.metadata["features"]`` (the CLI's, or set by hand) names the columns: a frame
     in another order was taken by position (62 of 100 labels changed), silently."""
