@@ -90,19 +90,23 @@ class KerasStyle(Callback):
         self.inner, self.hooks = inner, hooks
         self.provides = tuple(getattr(inner, "provides", ()))  # log entries it adds
         for hook, (method, keras) in hooks.items():
-            setattr(self, hook, self._adapter(method, keras))
+            # Keras passes logs where fastnet's hook has none (on_epoch_begin): an empty dict
+            logs = (
+                keras
+                and "logs" not in HOOKS[hook]
+                and _accepts(getattr(inner, method), len(HOOKS[hook]))
+            )
+            setattr(self, hook, self._adapter(method, keras, logs))
 
-    def _adapter(self, method: str, keras: bool) -> Any:
+    def _adapter(self, method: str, keras: bool, logs: bool) -> Any:
         def call(model: Any, *args: Any) -> Any:
             try:
                 self.inner.model = model
             except AttributeError:  # a function or a slotted object
                 pass
-            return (
-                getattr(self.inner, method)(*args)
-                if keras
-                else getattr(self.inner, method)(model, *args)
-            )
+            if not keras:
+                return getattr(self.inner, method)(model, *args)
+            return getattr(self.inner, method)(*args, *(({},) if logs else ()))
 
         return call
 
@@ -129,8 +133,9 @@ def _accepts(fn: Any, n_args: int) -> bool:
 
 def _keras_style(method: Any, hook: str) -> bool:
     """Whether ``method`` is a Keras hook (without the model): a first parameter named
-    ``model`` says fastnet's, a ``logs`` with a default where Keras has it (``on_epoch_end(
-    epoch, logs=None)``) Keras's, else the number of arguments it takes. Raises
+    ``model`` says fastnet's, a ``logs`` where Keras has it Keras's (with a default, as
+    ``on_epoch_end(epoch, logs=None)``, or where fastnet's hook has no logs, as
+    ``on_epoch_begin(epoch, logs)``), else the number of arguments it takes. Raises
     ``TypeError`` for neither."""
     try:
         params = list(inspect.signature(method).parameters.values())
@@ -139,9 +144,11 @@ def _keras_style(method: Any, hook: str) -> bool:
     if params and params[0].name == "model" and _accepts(method, len(HOOKS[hook])):
         return False
     keras_args = len(HOOKS[hook]) - 1
-    at = keras_args - 1 if "logs" in HOOKS[hook] else keras_args  # Keras's logs position
+    ours = "logs" in HOOKS[hook]  # whether fastnet's hook passes logs too
+    at = keras_args - 1 if ours else keras_args  # Keras's logs position
     logs = params[at] if len(params) > at and params[at].name == "logs" else None
-    if logs is not None and logs.default is not logs.empty and _accepts(method, keras_args):
+    keras = _accepts(method, keras_args) or (not ours and _accepts(method, keras_args + 1))
+    if logs is not None and (logs.default is not logs.empty or not ours) and keras:
         return True
     if _accepts(method, len(HOOKS[hook])):
         return False

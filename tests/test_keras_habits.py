@@ -443,6 +443,24 @@ def test_callbacks_written_as_keras_documents_them(backend):
     named = Named()
     model.fit(X, y, epochs=1, verbose=0, callbacks=[named])
     assert named.seen == ("Sequential", 0)
+
+    class NoDefaults:  # Keras calls every hook (epoch, logs): a logs without default is Keras's
+        def on_train_begin(self, logs):
+            self.calls = [("train_begin", logs)]
+
+        def on_epoch_begin(self, epoch, logs):
+            self.calls.append(("epoch_begin", epoch, logs))
+
+        def on_train_batch_begin(self, batch, logs):
+            self.calls.append(("batch_begin", batch, logs))
+
+        def on_train_end(self, logs):
+            self.calls.append(("train_end", logs))
+
+    keras = NoDefaults()
+    model.fit(X, y, epochs=1, batch_size=len(X), verbose=0, callbacks=[keras])
+    want = [("train_begin", {}), ("epoch_begin", 0, {}), ("batch_begin", 0, {}), ("train_end", {})]
+    assert keras.calls == want
     with pytest.raises(TypeError, match=r"pass EarlyStopping\(...\), not the class"):
         model.fit(X, y, epochs=1, verbose=0, callbacks=[fn.EarlyStopping])
     with pytest.raises(ValueError, match="verbose must be 0, 1 .* or 2"):
