@@ -13,6 +13,7 @@ from typing import IO, Any
 from fastnet.checkpoint import plain_json
 from fastnet.metrics import ALIASES, higher_is_better, log_name
 from fastnet.state import ORDER_KEY
+from fastnet.validation import check_count, check_flag, check_number
 
 
 class History(dict):
@@ -213,7 +214,7 @@ class Monitor(Callback):
     def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
-        self.monitor, self.min_delta = monitor, abs(float(min_delta))
+        self.monitor, self.min_delta = monitor, abs(check_number(min_delta, "min_delta"))
         self.mode = mode if mode != "auto" else "max" if higher_is_better(monitor) else "min"
 
     @property
@@ -248,9 +249,9 @@ class EarlyStopping(Monitor):
         mode: str = "auto",
         restore_best_weights: bool = True,
     ) -> None:
-        self.patience = _non_negative_int(patience, "patience")
+        self.patience = check_count(patience, "patience")
         super().__init__(monitor, mode, min_delta)
-        self.restore_best_weights = restore_best_weights
+        self.restore_best_weights = check_flag(restore_best_weights, "restore_best_weights")
 
     def on_train_begin(self, model: Any) -> None:
         super().on_train_begin(model)
@@ -285,12 +286,6 @@ class EarlyStopping(Monitor):
             model.set_state(
                 {k: v for k, v in self.best_state.items() if not k.startswith(going_on)}
             )
-
-
-def _non_negative_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-    return value
 
 
 def _main_rank() -> bool:
@@ -389,13 +384,10 @@ class ReduceLROnPlateau(Monitor):
         min_delta: float = 1e-4,
         cooldown: int = 0,
     ) -> None:
-        if not 0 < factor < 1:
-            raise ValueError(f"factor must be in (0, 1), got {factor!r}")
-        if min_lr < 0:
-            raise ValueError(f"min_lr must be >= 0, got {min_lr!r}")
-        self.factor, self.min_lr = float(factor), float(min_lr)
-        self.patience = _non_negative_int(patience, "patience")
-        self.cooldown = _non_negative_int(cooldown, "cooldown")
+        self.factor = check_number(factor, "factor", 0, 1, "low high")
+        self.min_lr = check_number(min_lr, "min_lr", 0)
+        self.patience = check_count(patience, "patience")
+        self.cooldown = check_count(cooldown, "cooldown")
         super().__init__(monitor, mode, min_delta)
 
     def on_train_begin(self, model: Any) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.callbacks import Callback, _optimizers
+from fastnet.validation import check_count, check_number
 
 
 class _Schedule(Callback):
@@ -104,11 +105,8 @@ class CosineDecay(_EpochSchedule):
     """Cosine decay from the initial lr to ``min_lr`` over ``epochs`` epochs (per epoch)."""
 
     def __init__(self, epochs: int, min_lr: float = 0.0) -> None:
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-        if min_lr < 0:
-            raise ValueError(f"min_lr must be >= 0, got {min_lr!r}")
-        self.epochs, self.min_lr = epochs, float(min_lr)
+        self.epochs = check_count(epochs, "epochs", 1)
+        self.min_lr = check_number(min_lr, "min_lr", 0)
 
     def factor(self, progress: float, base: float) -> float:
         cosine = 0.5 * (1 + math.cos(math.pi * min(progress, self.epochs) / self.epochs))
@@ -122,13 +120,9 @@ class WarmupCosine(_Schedule):
     per_step = True
 
     def __init__(self, warmup_epochs: float, epochs: int, min_lr: float = 0.0) -> None:
-        if not isinstance(epochs, int) or epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {epochs!r}")
-        if not 0 <= warmup_epochs < epochs:
-            raise ValueError(f"warmup_epochs must be in [0, epochs), got {warmup_epochs!r}")
-        if min_lr < 0:
-            raise ValueError(f"min_lr must be >= 0, got {min_lr!r}")
-        self.warmup, self.epochs, self.min_lr = float(warmup_epochs), epochs, float(min_lr)
+        self.epochs = check_count(epochs, "epochs", 1)
+        self.warmup = check_number(warmup_epochs, "warmup_epochs", 0, self.epochs, "high")
+        self.min_lr = check_number(min_lr, "min_lr", 0)
 
     def factor(self, progress: float, base: float) -> float:
         if progress < self.warmup:
@@ -143,11 +137,8 @@ class StepDecay(_EpochSchedule):
     """Multiply the lr by ``gamma`` every ``step`` epochs (PyTorch's ``StepLR``)."""
 
     def __init__(self, step: int, gamma: float = 0.1) -> None:
-        if not isinstance(step, int) or step < 1:
-            raise ValueError(f"step must be a positive integer, got {step!r}")
-        if not 0 < gamma <= 1:
-            raise ValueError(f"gamma must be in (0, 1], got {gamma!r}")
-        self.step, self.gamma = step, float(gamma)
+        self.step = check_count(step, "step", 1)
+        self.gamma = check_number(gamma, "gamma", 0, 1, "low")
 
     def factor(self, progress: float, base: float) -> float:
         return self.gamma ** (int(progress) // self.step)

@@ -43,6 +43,7 @@ from fastnet.validation import (
     as_input,
     check_finite,
     check_flag,
+    check_number,
     check_positive_int,
     check_top_k,
 )
@@ -703,8 +704,7 @@ class Trainer:
             return X, y, w, validation_data
         if validation_data is not None:
             raise ValueError("pass validation_data or validation_split, not both")
-        if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
-            raise ValueError(f"validation_split must be in (0, 1), got {fraction!r}")
+        fraction = check_number(fraction, "validation_split", 0, 1, "low high")
         from fastnet.data import train_val_split
 
         y = as_input(y, "y", self.backend)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any
 
@@ -164,9 +165,41 @@ def check_targets(
 
 
 def check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return check_count(value, name, 1)
+
+
+def check_count(value: Any, name: str, low: int = 0) -> int:
+    """An integer ``>= low`` (NumPy's too, not a bool) as an ``int``; else a ValueError naming
+    ``name``."""
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Integral)
+        or value < low
+    ):
+        what = {0: "a non-negative integer", 1: "a positive integer"}.get(
+            low, f"an integer >= {low}"
+        )
+        raise ValueError(f"{name} must be {what}, got {value!r}")
     return int(value)
+
+
+def check_number(
+    value: Any, name: str, low: float = -math.inf, high: float = math.inf, opened: str = ""
+) -> float:
+    """A finite real number (NumPy's too, not a bool or a string) in ``[low, high]`` as a
+    ``float``, open at ``low`` and/or ``high`` where ``opened`` has "low"/"high"; else a
+    ValueError naming ``name``."""
+    v = float(value) if is_real(value) else math.nan
+    above = low < v if "low" in opened else low <= v
+    below = v < high if "high" in opened else v <= high
+    if not (math.isfinite(v) and above and below):
+        if math.isinf(high):
+            where = f"> {low:g}" if "low" in opened else f">= {low:g}"
+        else:
+            left, right = "(" if "low" in opened else "[", ")" if "high" in opened else "]"
+            where = f"in {left}{low:g}, {high:g}{right}"
+        raise ValueError(f"{name} must be a finite number {where}, got {value!r}")
+    return v
 
 
 class _Stored:

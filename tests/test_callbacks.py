@@ -319,3 +319,39 @@ def test_a_scheduler_function_of_the_epoch_keeps_per_layer_ratios():
         with pytest.raises(ValueError, match=r"epoch 0: returned .* not a learning rate"):
             schedule = fn.LearningRateScheduler(lambda epoch, lr, bad=bad: bad)
             _model("numpy").fit(X, y, epochs=1, verbose=0, callbacks=[schedule])
+
+
+@pytest.mark.parametrize(
+    ("make", "argument"),
+    [
+        (lambda v: fn.WarmupCosine(1, 4, min_lr=v), "min_lr"),
+        (lambda v: fn.CosineDecay(4, min_lr=v), "min_lr"),
+        (lambda v: fn.WarmupCosine(v, 4), "warmup_epochs"),
+        (lambda v: fn.StepDecay(2, gamma=v), "gamma"),
+        (lambda v: fn.EarlyStopping(min_delta=v), "min_delta"),
+        (lambda v: fn.ReduceLROnPlateau(min_lr=v), "min_lr"),
+        (lambda v: fn.ReduceLROnPlateau(factor=v), "factor"),
+    ],
+)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "a", None, True])
+def test_schedule_and_callback_numbers_are_checked_at_construction(make, argument, bad):
+    """A NaN, inf or string failed mid-training naming the lr, or never (a NaN min_lr kept
+    the lr), or raised a bare TypeError: now a ValueError naming the argument, at once."""
+    with pytest.raises(ValueError, match=rf"^{argument} must be a finite number"):
+        make(bad)
+
+
+def test_numpy_scalars_are_numbers_and_counts_everywhere():
+    """NumPy's integers and floats are taken where Python's are (as fit's epochs is)."""
+    X, y = make_blobs(n=60)
+    assert fn.EarlyStopping(patience=np.int64(3)).patience == 3
+    assert fn.ReduceLROnPlateau(patience=np.int32(2), factor=np.float32(0.5)).patience == 2
+    assert fn.CosineDecay(np.int64(4)).epochs == 4 and fn.StepDecay(np.int64(2)).step == 2
+    assert fn.WarmupCosine(np.float64(0.5), np.int64(3)).warmup == 0.5
+    model = fn.Sequential([fn.Dense(4)], seed=0)
+    model.fit(X, y, epochs=1, verbose=0, validation_split=np.float32(0.2))
+    assert "val_loss" in model.history
+    with pytest.raises(ValueError, match="patience must be a non-negative integer"):
+        fn.EarlyStopping(patience=1.5)
+    with pytest.raises(ValueError, match=r"validation_split must be a finite number in \(0, 1\)"):
+        model.fit(X, y, epochs=1, verbose=0, validation_split=1.0)

@@ -30,7 +30,7 @@ def test_validation_split_holds_out_a_shuffled_stratified_fraction():
     X, y = _blobs()
     hist = _model().fit(X, y, epochs=25, batch_size=32, verbose=0, validation_split=0.25)
     assert len(hist["val_accuracy"]) == 25 and hist["val_accuracy"][-1] > 0.9  # all classes
-    with pytest.raises(ValueError, match="validation_split must be in"):
+    with pytest.raises(ValueError, match="validation_split must be a finite number in"):
         _model().fit(X, y, epochs=1, verbose=0, validation_split=1.5)
     with pytest.raises(ValueError, match="not both"):
         _model().fit(X, y, epochs=1, verbose=0, validation_split=0.2, validation_data=(X, y))
