@@ -784,7 +784,10 @@ class Trainer:
         if not broken or run.on_divergence == "ignore":
             return False
         half = getattr(self, "policy", None) == "mixed_float16"
-        restored = self._restore_last_good([snapshot, previous], run.X, run.y, epoch)
+        restored, undone = self._restore_last_good([snapshot, previous], run.X, run.y, epoch)
+        for key, values in run.history.items() if undone else ():  # (the epoch before, undone)
+            values.pop()
+            self.history[key].pop()
         self.stop_reason = (
             f"{broken} in epoch {epoch + 1}; {restored} (try a lower lr or smaller inputs"
             + (", or mixed_bfloat16: float16 holds values up to 65504)" if half else ")")
@@ -1137,19 +1140,20 @@ class Trainer:
 
     def _restore_last_good(
         self, candidates: Sequence[dict[str, Any] | None], X: Any, y: Any, epoch: int
-    ) -> str:
+    ) -> tuple[str, bool]:
         """Restore the newest snapshot that is finite with a finite training loss (start of
-        this epoch, else of the one before); says which."""
+        this epoch, else of the one before); says which, and whether the epoch before was
+        undone too."""
         names = [f"start of epoch {epoch + 1}", f"start of epoch {epoch}"]
-        kept = [(s, name) for s, name in zip(candidates, names) if s is not None]
-        for state, name in kept:
+        kept = [(s, n, i) for i, (s, n) in enumerate(zip(candidates, names)) if s is not None]
+        for state, name, undone in kept:
             self.set_state(state, validate=False)  # (the fit's own copies, maybe not finite)
             if not self._nonfinite_state() and np.isfinite(self._loss_on(X, y)):
-                return f"weights from the {name} restored (last with a finite loss)"
+                return f"weights from the {name} restored (last with a finite loss)", undone > 0
         return (
             f"weights from the {kept[-1][1]} restored, but even they give a non-finite loss "
             "on the training data"
-        )
+        ), kept[-1][2] > 0
 
     def _loss_on(self, X: Any, y: Any, batch_size: int = 8192) -> float:
         total = 0.0

@@ -144,6 +144,33 @@ def test_divergence_restores_last_good_weights(backend):
         model2.fit(X, y, epochs=5, batch_size=16, verbose=0, on_divergence="raise")
 
 
+def test_a_restore_two_epochs_back_drops_the_undone_epochs_history(monkeypatch):
+    """A divergence whose own epoch's start still gives a non-finite loss restores the start
+    of the epoch before: that epoch's history entry goes too (it stayed, logged twice on
+    resume from epochs_trained)."""
+    X, y = make_blobs()
+    model, once = _mlp("numpy"), _mlp("numpy")
+    once.fit(X, y, epochs=1, verbose=0)
+    check, loss_on = fn.Sequential._divergence, fn.Sequential._loss_on
+    calls = []
+
+    def third_epoch_breaks(self, loss, group):
+        return "loss became NaN" if len(self.history["loss"]) == 2 else check(self, loss, group)
+
+    def first_restore_is_not_finite(self, X, y):
+        calls.append(1)
+        return np.inf if len(calls) == 1 else loss_on(self, X, y)
+
+    monkeypatch.setattr(fn.Sequential, "_divergence", third_epoch_breaks)
+    monkeypatch.setattr(fn.Sequential, "_loss_on", first_restore_is_not_finite)
+    with pytest.warns(RuntimeWarning, match="start of epoch 2 restored"):
+        h = model.fit(X, y, epochs=5, verbose=0)
+    assert len(h["loss"]) == len(model.history["loss"]) == model.epochs_trained == 1
+    assert h["loss"] == once.history["loss"]
+    for a, b in zip(model.get_weights(), once.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_keyboard_interrupt_restores_last_finished_epoch(backend):
     X, y = make_blobs()
     model = _mlp(backend)
