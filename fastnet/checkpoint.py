@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -88,12 +89,18 @@ def atomic_write(
     path: str | os.PathLike, write: Callable[[IO[bytes]], Any], what: str = "checkpoint"
 ) -> None:
     """Run ``write(file)`` so that a crash at any moment leaves either the old file at
-    ``path`` or the complete new one, never a partial file."""
-    path = check_writable(path, what)
-    folder = os.path.dirname(os.path.abspath(path))
+    ``path`` or the complete new one, never a partial file. A symbolic link's target is
+    written (the link stays); a file written again keeps its permissions, a new one gets a
+    normal file's (``0o666`` less the umask)."""
+    path = os.path.realpath(check_writable(path, what))
+    folder = os.path.dirname(path)
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        mode = 0o666 & ~_umask()  # (mkstemp makes 0600)
     fd, tmp = tempfile.mkstemp(prefix=".fastnet-", suffix=".tmp", dir=folder)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a saved model is a normal file
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -932,6 +932,19 @@ def _loss_scaler(backend: Backend, policy: str | None, settings: dict | None) ->
         raise ValueError(f"loss_scale: {exc}") from None
 
 
+def _check_saved_dtype(model: Sequential, arrays: dict, policy: str) -> None:
+    """The file's floating-point arrays hold the dtype its config names (a mixed policy's:
+    float32 master weights); ``model`` may be in another (``load_model(dtype=...)``)."""
+    saved = np.dtype("float32" if policy in MIXED_POLICIES else policy)
+    for e in model.state_entries():
+        value = arrays.get(e.key)
+        if e.dtype is not None and e.dtype.kind == "f" and value is not None:
+            if value.dtype != saved and e.key != schema.LOSS_SCALER_KEY:
+                raise StateError(
+                    f"{e.key!r} holds {value.dtype}; the checkpoint's model is {policy}"
+                )
+
+
 def _config_for(config: dict, backend: Backend, dtype: Any = None) -> dict:
     """``config`` in ``dtype`` if given, else with a mixed-precision policy ``backend`` cannot
     compute replaced by float32 (the master weights' dtype)."""
@@ -1000,6 +1013,7 @@ def load_model_with_meta(
     extra = meta.get("extra")
     model.metadata = dict(extra) if isinstance(extra, dict) else {}
     try:
+        _check_saved_dtype(model, arrays, meta["config"].get("dtype", "float32"))
         model.set_state(arrays)
     except StateError as exc:
         raise CheckpointError(f"{name!r}: {exc}") from None

@@ -290,6 +290,8 @@ MIXED_POLICIES = ("mixed_bfloat16", "mixed_float16")
 
 def check_dtype(dtype: Any) -> np.dtype:
     try:
+        if dtype is None:  # (NumPy reads None as float64)
+            raise TypeError
         dt = np.dtype(dtype)
     except TypeError:
         raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None

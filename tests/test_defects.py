@@ -238,6 +238,29 @@ def _signed(tmp_path, name, arrays, meta):
     return path
 
 
+@pytest.mark.parametrize("stored", ["float16", "int32", "float64"])
+def test_a_checkpoint_array_of_another_dtype_than_its_model_is_refused(tmp_path, stored):
+    """A float32 model's weights stored as float16 or int32 (a hand-edited file, its digest
+    recomputed) loaded cast, predicting differently; config dtype null loaded as float64."""
+    from fastnet.checkpoint import read_checkpoint, write_checkpoint
+
+    X, y = make_blobs(n=64)
+    model = _mlp()
+    model.fit(X, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.npz")
+    meta, arrays = read_checkpoint(tmp_path / "m.npz")
+    edited = {**arrays, "param/1/W": arrays["param/1/W"].astype(stored)}
+    write_checkpoint(tmp_path / "e.npz", meta["config"], edited)
+    with pytest.raises(fn.CheckpointError, match=rf"'param/1/W' holds {stored}; .* is float32"):
+        fn.load_model(tmp_path / "e.npz")
+    write_checkpoint(tmp_path / "n.npz", {**meta["config"], "dtype": None}, arrays)
+    with pytest.raises(fn.CheckpointError, match="dtype must be float32 or float64, got None"):
+        fn.load_model(tmp_path / "n.npz")
+    with pytest.raises(TypeError, match="dtype must be float32 or float64, got None"):
+        fn.Sequential([fn.Dense(2)], dtype=None)
+    assert fn.load_model(tmp_path / "m.npz", dtype="float64").dtype == np.float64  # (a cast asked)
+
+
 def test_malformed_checkpoints_raise_checkpoint_error(saved, tmp_path):
     path, _, _ = saved
     npy = tmp_path / "plain.npy"
@@ -301,6 +324,25 @@ def test_checkpoints_get_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "m.npz").st_mode) == 0o644
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_saving_again_keeps_the_files_permissions_and_its_symbolic_link(tmp_path, suffix):
+    """A checkpoint made private (chmod 600) stayed so only until the next save (0644 again,
+    every epoch under ModelCheckpoint); a save to a link replaced the link by a file."""
+    X, y = make_blobs(n=64)
+    model = _mlp()
+    model.fit(X, y, epochs=1, verbose=0)
+    path, link = tmp_path / f"m{suffix}", tmp_path / f"latest{suffix}"
+    model.save(path)
+    os.chmod(path, 0o600)
+    link.symlink_to(path.name)
+    model.fit(X, y, epochs=1, verbose=0)
+    model.save(link)
+    assert link.is_symlink() and os.readlink(link) == path.name
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    np.testing.assert_array_equal(fn.load_model(path).get_weights()[0], model.get_weights()[0])
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".fastnet-")] == []
 
 
 def test_real_number_types_are_accepted():
