@@ -44,9 +44,11 @@ class Loss:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         LOSSES.register(cls)
-        own = {"compute", "accumulate"} & set(cls.__dict__)  # its own value and gradient:
-        for hook in ("accumulate", "plan") if own else ():  # no inherited fused forms
-            if hook not in cls.__dict__ and not (hook == "accumulate" and "compute" not in own):
+        # its own value, gradient or correct count: no inherited fused forms (which compute
+        # their parent's)
+        own = {"compute", "accumulate", "count_correct"} & set(cls.__dict__)
+        for hook in ("accumulate", "plan") if own else ():
+            if hook not in cls.__dict__ and not (hook == "accumulate" and own == {"accumulate"}):
                 setattr(cls, hook, getattr(Loss, hook))
 
     def __init__(self) -> None:
@@ -96,7 +98,8 @@ class Loss:
 
     def accumulate(self, outputs: Any, targets: Any, weights: Any, totals: Any) -> Any:
         """The training step's loss: adds the batch's summed loss into ``totals[0]`` and its
-        correct count into ``totals[1]`` (a device array), returns the outputs' gradient."""
+        correct count into ``totals[1]`` (a device array), returns the outputs' gradient (a
+        fused loss's is a buffer it writes again at its next call: copy it to keep it)."""
         value, grad = self.compute(outputs, targets, weights)
         totals[0:1] += value * outputs.shape[0]
         correct = self.count_correct(outputs, targets)

@@ -55,6 +55,25 @@ def test_dropout_masks_and_batchnorm_match_the_numpy_reference(gpu):
                 np.testing.assert_allclose(got, want, **tol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sigmoid_bce_kernel_over_many_blocks_adds_into_its_totals(gpu, dtype):
+    """330,000 elements: 1,024 blocks, a grid-stride loop, a block reduction each and their
+    atomics, added into totals that are not zero (a kernel that wrote them, or one block
+    that did the work, passed the small cases)."""
+    be, ref = gpu, fn.get_backend("numpy")
+    r = np.random.default_rng(0)
+    logits = (r.standard_normal((1100, 300)) * 3).astype(dtype)
+    targets = (r.random((1100, 300)) > 0.5).astype(dtype)
+    weights = r.random(1100).astype(dtype)
+    totals, want = be.asarray(np.array([5.0, 7.0])), np.array([5.0, 7.0])
+    got = be.sigmoid_bce(be.asarray(logits), be.asarray(targets), be.asarray(weights), totals)
+    grad = ref.sigmoid_bce(logits, targets, weights, want)
+    tol = 1e-12 if dtype == np.float64 else 1e-6  # (float32: glibc's expf against NumPy's)
+    np.testing.assert_allclose(be.to_numpy(totals), want, rtol=tol)
+    np.testing.assert_allclose(be.to_numpy(got), grad, rtol=tol, atol=tol * np.abs(grad).max())
+    assert be.kernel_report["sigmoid_bce"] == "cuda-fused"
+
+
 @pytest.mark.parametrize("m", [3, 10, 40, 100])
 def test_softmax_xent_counts_correct_rows_in_the_same_kernel(gpu, m):
     """The fused kernel's correct count (first index of the largest logit, ties included)

@@ -436,3 +436,28 @@ def test_a_sigmoid_loss_with_its_own_predictions_trains_by_them_on_numba():
         models.append(model)
     assert models[1].loss.plan().fused_sigmoid_bce is False
     np.testing.assert_allclose(models[1].get_weights()[0], models[0].get_weights()[0], rtol=1e-10)
+
+
+class ConfidentHits(fn.losses.SigmoidBinaryCrossEntropy):
+    """Counts an output correct only where the logit is confident (|z| > 1) and right."""
+
+    name = "test_confident_hits"
+
+    def count_correct(self, z, t):
+        t = t.reshape(-1, 1) if t.ndim == 1 else t
+        return (((z > 1) & (t > 0.5)) | ((z < -1) & (t <= 0.5))).sum() / z.shape[1]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_loss_with_its_own_correct_count_trains_by_it(backend):
+    """The fused sigmoid op counted z > 0 itself: the training accuracy of a loss with its
+    own count_correct disagreed with evaluate's on the same weights."""
+    X, y = _data()
+    model = fn.Sequential(
+        [fn.Dense(1)], loss=ConfidentHits(), optimizer=fn.SGD(1e-12), backend=backend, seed=0
+    )
+    h = model.fit(X, (y > 0).astype(float), epochs=1, batch_size=60, verbose=0)
+    assert model.loss.plan().fused_sigmoid_bce is False
+    assert h["accuracy"][0] == pytest.approx(
+        model.evaluate(X, (y > 0).astype(float))["accuracy"], rel=1e-6
+    )
