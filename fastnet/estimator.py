@@ -605,6 +605,7 @@ class _MLPBase(BaseEstimator):
         for key, value in fitted.items():
             setattr(self, key, value)
         self.model_ = model
+        model.metadata = self._metadata()
         before = list(self.loss_curve_) if continuing else []
         self.loss_curve_ = before + list(history["objective"])
         scores = list(self.validation_scores_ or []) if continuing else []
@@ -614,6 +615,20 @@ class _MLPBase(BaseEstimator):
         self.best_loss_ = None if best_score is not None else min(self.loss_curve_)
         self.n_iter_ = len(self.loss_curve_)
         self.history_, self.t_ = history, seen
+
+    def _metadata(self) -> dict:
+        """What the model's checkpoints and ONNX export keep of the data (as the CLI's): the
+        task, the feature names, the class labels (where plain values, sorted and unique)."""
+        known = getattr(self, "classes_", None)  # (a classifier's, set before)
+        meta: dict[str, Any] = {"task": "regression" if known is None else "classification"}
+        if hasattr(self, "feature_names_in_"):
+            meta["features"] = [str(f) for f in self.feature_names_in_]
+        classes = [] if known is None else known.tolist()
+        kinds = {type(c) for c in classes}
+        plain = any(kinds <= k for k in ({str}, {bool}, {int, float}))
+        if classes and plain and classes == sorted(set(classes)):
+            meta["classes"] = classes
+        return meta
 
     def _rebuilt(self, fitted: Sequential, rows_per_batch: float, seed: int | None) -> Sequential:
         """``warm_start``: a model of the current hyperparameters with ``fitted``'s weights and

@@ -186,6 +186,29 @@ def test_pandas_in_and_out():
     assert reg.predict(frame).shape == (300,)
 
 
+def test_a_fitted_estimators_model_keeps_its_labels_and_features_in_checkpoints(tmp_path):
+    """clf.model_.save() kept no labels: the CLI's predict and the ONNX metadata gave column
+    indices where the estimator gives 'no'/'yes'."""
+    pd = pytest.importorskip("pandas")
+    from fastnet.cli import main
+
+    X, y = make_blobs(n=120, d=3, k=2)
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    clf = fn.MLPClassifier((8,), max_iter=30, learning_rate_init=1e-2, random_state=0)
+    clf.fit(frame, np.array(["no", "yes"])[y])
+    clf.model_.save(tmp_path / "clf.npz")
+    meta = fn.load_model(tmp_path / "clf.npz").metadata
+    assert meta == {"task": "classification", "features": ["a", "b", "c"], "classes": ["no", "yes"]}
+    frame.to_csv(tmp_path / "x.csv", index=False)
+    out = tmp_path / "p.csv"
+    main(
+        ["predict", str(tmp_path / "clf.npz"), "--data", str(tmp_path / "x.csv"), "--output", str(out)]
+    )
+    assert list(pd.read_csv(out).iloc[:, 0]) == list(clf.predict(frame))
+    reg = fn.MLPRegressor((4,), max_iter=2).fit(X, X[:, 0])
+    assert reg.model_.metadata == {"task": "regression"}
+
+
 def test_pipeline_grid_search_and_cross_validation():
     """The notebook workflow: a scaler and the classifier in a Pipeline, tuned by GridSearchCV
     and scored by cross_val_score, on a Fashion-MNIST subset (blobs when not installed)."""
