@@ -200,10 +200,8 @@ def test_a_fitted_estimators_model_keeps_its_labels_and_features_in_checkpoints(
     meta = fn.load_model(tmp_path / "clf.npz").metadata
     assert meta == {"task": "classification", "features": ["a", "b", "c"], "classes": ["no", "yes"]}
     frame.to_csv(tmp_path / "x.csv", index=False)
-    out = tmp_path / "p.csv"
-    main(
-        ["predict", str(tmp_path / "clf.npz"), "--data", str(tmp_path / "x.csv"), "--output", str(out)]
-    )
+    out, data = tmp_path / "p.csv", str(tmp_path / "x.csv")
+    main(["predict", str(tmp_path / "clf.npz"), "--data", data, "--output", str(out)])
     assert list(pd.read_csv(out).iloc[:, 0]) == list(clf.predict(frame))
     reg = fn.MLPRegressor((4,), max_iter=2).fit(X, X[:, 0])
     assert reg.model_.metadata == {"task": "regression"}
