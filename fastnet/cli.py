@@ -837,6 +837,11 @@ def _model_data(args: argparse.Namespace, model: Any, meta: dict, need_target: b
     labels, columns = getattr(args, "labels", None), extra.get("features")
     target = target or extra.get("target")
     X, y, _ = _read_table(args.data, labels, target, model.dtype, need_target, columns=columns)
+    if X.ndim == 2 and X.shape[1] != model.input_dim:
+        raise ValueError(
+            f"--data {args.data} has {X.shape[1]} feature columns; the model in "
+            f"{args.checkpoint} takes {model.input_dim}"
+        )
     encoding = LabelEncoding(extra["classes"]) if extra.get("classes") is not None else None
     multilabel = not model.loss.multiclass and model.output_dim > 1
     if y is not None:

@@ -375,6 +375,11 @@ def test_predict_ignores_labels_that_evaluate_checks(tmp_path, capsys):
     assert capsys.readouterr().out.split()[0] == "label"
     assert main(["evaluate", ckpt, "--data", str(tmp_path / "b.npz")]) == 2
     assert "training data lacks" in capsys.readouterr().err
+    np.savez(tmp_path / "narrow.npz", X=X[:, :2], y=np.arange(40) % 2)  # the option named
+    for command in ("predict", "evaluate"):
+        assert main([command, ckpt, "--data", str(tmp_path / "narrow.npz")]) == 2
+        err = capsys.readouterr().err
+        assert "--data" in err and "has 2 feature columns" in err and "takes 3" in err, err
 
 
 @pytest.mark.parametrize("call", ["main()", "main(sys.argv[1:])"])  # the console script's
