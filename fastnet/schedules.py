@@ -24,11 +24,17 @@ class _Schedule(Callback):
 
     per_step = False
     epoch = 0
+    min_lr = 0.0  # (where a schedule decays to one)
 
     def on_train_begin(self, model: Any) -> None:
         self.optimizers = _optimizers(model)
         self.bases = [opt.schedule_base() for opt in self.optimizers]
         self.steps = max(1, int(getattr(model, "steps_per_epoch", 1)))
+        if any(self.min_lr > base for base in self.bases):
+            raise ValueError(
+                f"{type(self).__name__}: min_lr={self.min_lr:g} is above the learning rate it "
+                f"decays from ({min(self.bases):g}): it would raise it"
+            )
 
     def factor(self, progress: float, base: float) -> float:
         raise NotImplementedError

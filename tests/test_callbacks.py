@@ -355,3 +355,12 @@ def test_numpy_scalars_are_numbers_and_counts_everywhere():
         fn.EarlyStopping(patience=1.5)
     with pytest.raises(ValueError, match=r"validation_split must be a finite number in \(0, 1\)"):
         model.fit(X, y, epochs=1, verbose=0, validation_split=1.0)
+
+
+@pytest.mark.parametrize("schedule", [fn.CosineDecay(3, min_lr=0.5), fn.WarmupCosine(1, 3, 0.5)])
+def test_a_decay_to_a_min_lr_above_the_lr_is_refused_before_training(schedule):
+    X, y = make_blobs(n=60)
+    model = fn.Sequential([fn.Dense(4)], optimizer=fn.SGD(0.1), seed=0)
+    with pytest.raises(ValueError, match=r"min_lr=0.5 is above the learning rate .* \(0.1\)"):
+        model.fit(X, y, epochs=3, verbose=0, callbacks=[schedule])
+    assert model.epochs_trained == 0 and model.optimizer.lr == 0.1
