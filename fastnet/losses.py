@@ -8,7 +8,7 @@ below); ``loss.compute(...)`` skips the value checks, for data validated once at
 
 from __future__ import annotations
 
-import numbers
+import math
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ import numpy as np
 from fastnet.backends import Act, Backend, get_backend
 from fastnet.backends.plan import LossPlan
 from fastnet.registry import Registry
-from fastnet.validation import Checked, check_fraction
+from fastnet.validation import Checked, check_fraction, check_number
 
 #: loss classes by ``name`` (a subclass with a ``name`` of its own registers itself)
 LOSSES = Registry("loss")
@@ -127,8 +127,8 @@ class Loss:
         return LossPlan(
             self.name,
             predictions=self.planned_predictions(),
-            reason=f"captured steps cover the softmax cross-entropy loss only, not "
-            f"{self.name} (array expressions)",
+            reason="captured steps cover the softmax and sigmoid cross-entropies and the mean "
+            f"squared error, not {self.name} (array expressions)",
         )
 
     def planned_predictions(self) -> str:
@@ -259,7 +259,7 @@ class SoftmaxCrossEntropy(Loss):
         return dlogits
 
     def plan(self) -> LossPlan:
-        return LossPlan(self.name, True, self.label_smoothing, self.planned_predictions())
+        return LossPlan(self.name, "softmax_xent", self.label_smoothing, self.planned_predictions())
 
     def get_config(self) -> dict:
         return {**super().get_config(), "label_smoothing": self.label_smoothing}
@@ -314,7 +314,7 @@ class SigmoidBinaryCrossEntropy(Loss):
     def plan(self) -> LossPlan:
         if self.planned_predictions() != "sigmoid":
             return super().plan()
-        return LossPlan(self.name, predictions="sigmoid", fused_sigmoid_bce=True)
+        return LossPlan(self.name, "sigmoid_bce", predictions="sigmoid")
 
 
 class MeanSquaredError(Loss):
@@ -324,12 +324,11 @@ class MeanSquaredError(Loss):
 
     name = "mean_squared_error"
 
+    scale = Checked(lambda v: check_number(v, "scale", 0, math.inf, "low"))
+
     def __init__(self, scale: float = 1.0) -> None:
         super().__init__()
-        real = isinstance(scale, numbers.Real) and not isinstance(scale, bool)
-        if not (real and 0 < scale < float("inf")):
-            raise ValueError(f"scale must be a positive finite number, got {scale!r}")
-        self.scale = float(scale)
+        self.scale = scale
 
     def get_config(self) -> dict:
         return {**super().get_config(), **({"scale": self.scale} if self.scale != 1 else {})}
@@ -346,6 +345,18 @@ class MeanSquaredError(Loss):
             w = weights.reshape(-1, 1).astype(outputs.dtype, copy=False)
             squares, grad = squares * w, grad * w
         return squares.mean() * self.scale, grad
+
+    def accumulate(self, outputs: Any, targets: Any, weights: Any, totals: Any) -> Any:
+        """One backend op (``Backend.squared_error``: one kernel on numba and cupy, captured
+        in CUDA graphs) adds the summed loss into ``totals[0]`` and writes the gradient into
+        a buffer kept per shape."""
+        grad = self.grad_buffer(outputs)
+        return self.backend.squared_error(outputs, targets, weights, totals, self.scale, grad)
+
+    def plan(self) -> LossPlan:
+        return LossPlan(
+            self.name, "squared_error", predictions=self.planned_predictions(), scale=self.scale
+        )
 
 
 ALIASES = {

@@ -581,6 +581,69 @@ def sigmoid_bce(logits: Any, targets: Any, weights: Any, dlogits: Any, totals: A
     )
 
 
+# ---------------------------------------------------------------------------- squared error
+_SQUARED_ERROR_SRC = r"""
+// scale times the squared error over the n*k elements of outputs y and targets t (row-major,
+// k per row), rows weighted by weights[e / k] when weighted == 1: d = (y - t) * c * w with
+// c = 2 scale / (n k) rounded to T; adds sum(w (y - t)^2) * scale / k into totals[0]
+// (double): grid-stride partial sums, a block reduction, one atomicAdd. As
+// numba_cpu.squared_error, element for element.
+extern "C" __global__ void squared_error(const T* __restrict__ y, const T* __restrict__ t,
+                                         const T* __restrict__ weights, T* __restrict__ d,
+                                         double* __restrict__ totals, long long size, int k,
+                                         int weighted, T c, double scale) {
+    __shared__ double partial[256];
+    double loss = 0;
+    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < size;
+         e += (long long)gridDim.x * blockDim.x) {
+        T w = weighted ? weights[e / k] : (T)1;
+        T diff = y[e] - t[e];
+        d[e] = diff * c * w;
+        loss += (double)(diff * diff * w);
+    }
+    partial[threadIdx.x] = loss;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) atomicAdd(totals, partial[0] * (scale / k));
+}
+"""
+
+
+@cache
+def _squared_error(dtype: str) -> cp.RawKernel:
+    return cp.RawKernel(f"#define T {dtype}\n" + _SQUARED_ERROR_SRC, "squared_error")
+
+
+def squared_error(
+    outputs: Any, targets: Any, weights: Any, dout: Any, scale: float, totals: Any
+) -> None:
+    """Fused squared error (``numba_cpu.squared_error``'s contract): C-contiguous
+    ``outputs``, ``targets`` and ``dout`` of one shape (n, k) and dtype, optional row
+    ``weights`` (n,); the float64 ``totals[0]`` accumulates ``scale`` times the summed row
+    mean squares."""
+    n, k = outputs.shape
+    blocks = max(1, min(1024, (outputs.size + 255) // 256))
+    _squared_error(ctype(outputs.dtype))(
+        (blocks,),
+        (256,),
+        (
+            outputs,
+            targets,
+            _or_placeholder(weights, outputs.dtype),
+            dout,
+            totals,
+            np.int64(outputs.size),
+            np.int32(k),
+            np.int32(weights is not None),
+            outputs.dtype.type(2.0 * scale / outputs.size),
+            float(scale),
+        ),
+    )
+
+
 # ------------------------------------------------------------------------- in-graph batch gathers
 @cache
 def _gather_rows_at() -> cp.ElementwiseKernel:

@@ -336,6 +336,25 @@ def sigmoid_bce(logits, targets, weights, dlogits, totals):
 
 
 @njit(**SERIAL)
+def squared_error(outputs, targets, weights, dout, scale, totals):
+    """``scale`` times the squared error of ``outputs`` y (n, k) and ``targets`` t (n, k) in
+    their dtype, rows weighted by ``weights`` (n, or empty: none): ``dout = (y - t) * (2 scale
+    / (n k)) * w``; adds the summed row means of ``scale w (y - t)**2`` into ``totals[0]``."""
+    n, k = outputs.shape
+    if targets.shape[0] != n or targets.shape[1] != k:
+        raise ValueError("squared_error: targets must have the outputs' shape")
+    one, c = outputs.dtype.type(1), outputs.dtype.type(2.0 * scale / (n * k))
+    loss = 0.0
+    for i in range(n):
+        w = weights[i] if weights.shape[0] == n else one
+        for j in range(k):
+            d = outputs[i, j] - targets[i, j]
+            loss += d * d * w
+            dout[i, j] = d * c * w
+    totals[0] += loss * (scale / k)
+
+
+@njit(**SERIAL)
 def labels_in_range(labels, m):
     """True if every label is in ``[0, m)`` (cheap guard before unchecked indexing)."""
     for i in range(labels.shape[0]):
@@ -718,6 +737,28 @@ def _scale_rows(a, mask):
             a[r, c] *= mask[r, c]
 
 
+@njit(**INLINE)
+def _train_loss(kind, logits, labels, targets, row_weights, smoothing, scale, dy, totals):
+    """The fused step's loss of ``kind`` (as ``dense_train_step``'s): gradient into ``dy``,
+    summed loss (and correct count) into ``totals``."""
+    n = logits.shape[0]
+    if kind == 1:
+        sigmoid_bce(logits, targets, row_weights, dy, totals)
+    elif kind == 2:
+        squared_error(logits, targets, row_weights, dy, scale, totals)
+    elif targets.shape[0] != n and (
+        labels.shape[0] != n or not labels_in_range(labels, logits.shape[1])
+    ):
+        raise ValueError("dense_train_step: labels must be n class indices in [0, classes)")
+    else:
+        inv_n, smooth = logits.dtype.type(1.0 / n), logits.dtype.type(smoothing)
+        loss = softmax_xent(
+            logits, labels, targets, dy, inv_n, logits.itemsize == 4, row_weights, smooth
+        )
+        totals[0] += loss
+        totals[1] += count_correct(logits, labels, targets)
+
+
 @njit(**SERIAL)
 def dense_train_step(
     x,
@@ -736,10 +777,12 @@ def dense_train_step(
     dbs,
     totals,
     drops,
-    sigmoid=False,
+    kind=0,
+    scale=1.0,
 ):
-    """Forward, softmax cross-entropy (``sigmoid``: ``sigmoid_bce`` of ``targets``) and
-    backward of a stack of dense layers in one call.
+    """Forward, the loss (``kind`` 0: softmax cross-entropy; 1: ``sigmoid_bce`` of
+    ``targets``; 2: their ``squared_error`` times ``scale``) and backward of a stack of dense
+    layers in one call.
 
     Per layer ``l`` (tuples): ``weights[l]`` (in, out), ``biases[l]`` (out,), activation
     ``codes[l]`` and ``alphas[l]``; scratch ``outs``/``dzs``/``dxs`` with at least ``n`` rows;
@@ -754,19 +797,7 @@ def dense_train_step(
     masks, dropped = drops[3], drops[4]
     logits = _train_forward(x, weights, biases, codes, alphas, outs, drops)
     dy = dzs[last][:n]
-    if sigmoid:
-        sigmoid_bce(logits, targets, row_weights, dy, totals)
-    elif targets.shape[0] != n and (
-        labels.shape[0] != n or not labels_in_range(labels, logits.shape[1])
-    ):
-        raise ValueError("dense_train_step: labels must be n class indices in [0, classes)")
-    else:
-        inv_n, smooth = x.dtype.type(1.0 / n), x.dtype.type(smoothing)
-        loss = softmax_xent(
-            logits, labels, targets, dy, inv_n, x.itemsize == 4, row_weights, smooth
-        )
-        totals[0] += loss
-        totals[1] += count_correct(logits, labels, targets)
+    _train_loss(kind, logits, labels, targets, row_weights, smoothing, scale, dy, totals)
     for i in range(last, -1, -1):
         dz = dzs[i][:n]
         act_backward_bias(outs[i][:n], dy, codes[i], alphas[i], dz, dbs[i])

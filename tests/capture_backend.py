@@ -34,6 +34,7 @@ OPS = (
     "softmax",
     "softmax_xent",
     "sigmoid_bce",
+    "squared_error",
     "count_correct",
     "fill",
     "sum_squares",

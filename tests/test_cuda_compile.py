@@ -55,6 +55,7 @@ def test_every_kernel_family_is_enumerated():
         "act_bwd_bias",
         "softmax_xent",
         "sigmoid_bce",
+        "squared_error",
         "count_correct",
         "advance_scalars",
         "sum_squares",

@@ -74,6 +74,23 @@ def test_sigmoid_bce_kernel_over_many_blocks_adds_into_its_totals(gpu, dtype):
     assert be.kernel_report["sigmoid_bce"] == "cuda-fused"
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_squared_error_kernel_over_many_blocks_adds_into_its_totals(gpu, dtype):
+    """As the sigmoid kernel's test: 330,000 elements, 1,024 blocks, a grid-stride loop."""
+    be, ref = gpu, fn.get_backend("numpy")
+    r = np.random.default_rng(0)
+    outputs = (r.standard_normal((1100, 300)) * 3).astype(dtype)
+    targets, weights = r.standard_normal((1100, 300)).astype(dtype), r.random(1100).astype(dtype)
+    totals, want = be.asarray(np.array([5.0, 7.0])), np.array([5.0, 7.0])
+    a = be.asarray
+    got = be.squared_error(a(outputs), a(targets), a(weights), totals, 0.5)
+    grad = ref.squared_error(outputs, targets, weights, want, 0.5)
+    tol = 1e-12 if dtype == np.float64 else 1e-6
+    np.testing.assert_allclose(be.to_numpy(totals), want, rtol=tol)
+    np.testing.assert_array_equal(be.to_numpy(got), grad)  # (no transcendental: bit for bit)
+    assert be.kernel_report["squared_error"] == "cuda-fused"
+
+
 @pytest.mark.parametrize("m", [3, 10, 40, 100])
 def test_softmax_xent_counts_correct_rows_in_the_same_kernel(gpu, m):
     """The fused kernel's correct count (first index of the largest logit, ties included)

@@ -33,7 +33,30 @@ def test_every_optimizer_is_captured_here():
     assert sorted(OPTIMIZERS) == REGISTRY.builtin()
 
 
-LOSS_OPTIONS = ["labels", "smoothing", "one_hot", "weights", "multilabel", "multilabel_weights"]
+LOSS_OPTIONS = [
+    "labels",
+    "smoothing",
+    "one_hot",
+    "weights",
+    "multilabel",
+    "multilabel_weights",
+    "regression",
+    "regression_weights",
+]
+
+
+def _loss_and_targets(loss_option, X, y):
+    """(a loss factory, targets, its op's name) for a loss option: softmax cross-entropy of
+    labels or one-hot rows; sigmoid BCE of each row's class and the next one (multilabel);
+    mean squared error of four features (regression)."""
+    if loss_option.startswith("multilabel"):
+        targets = np.eye(4)[y] + np.eye(4)[(y + 1) % 4]
+        return fn.SigmoidBinaryCrossEntropy, targets, "sigmoid_bce"
+    if loss_option.startswith("regression"):
+        return (lambda: fn.MeanSquaredError(2.0)), X[:, :4] * 0.1, "squared_error"
+    smoothing = 0.1 if loss_option == "smoothing" else 0.0
+    targets = np.eye(4)[y] if loss_option == "one_hot" else y
+    return (lambda: fn.SoftmaxCrossEntropy(smoothing)), targets, "softmax_xent"
 
 
 @pytest.mark.parametrize("loss_option", LOSS_OPTIONS)
@@ -41,65 +64,41 @@ LOSS_OPTIONS = ["labels", "smoothing", "one_hot", "weights", "multilabel", "mult
 def test_captured_training_equals_eager(gpu, opt, loss_option):
     """The CUDA graph replays the eager step function: the same weights after 3 epochs with a
     per-step schedule, for every optimizer and loss option (softmax cross-entropy; sigmoid
-    binary cross-entropy on multi-hot targets), in float64: exactly up to atomics' summation
-    order."""
+    binary cross-entropy on multi-hot targets; mean squared error), in float64: exactly up to
+    atomics' summation order; the sigmoid and squared-error kernels against NumPy's too."""
     if gpu.name == EMULATED and opt != "adamw" and loss_option != "labels":
         pytest.skip("emulated: every optimizer with labels, every loss option with adamw")
     X, y = make_blobs(n=1000)
-    smoothing = 0.1 if loss_option == "smoothing" else 0.0
-    multilabel = loss_option.startswith("multilabel")
-    targets = np.eye(4)[y] if loss_option == "one_hot" else y
-    if multilabel:  # each row's class and the next one
-        targets = np.eye(4)[y] + np.eye(4)[(y + 1) % 4]
+    loss, targets, op = _loss_and_targets(loss_option, X, y)
     weights = np.linspace(0.5, 1.5, len(y)) if loss_option.endswith("weights") else None
-    models = [
-        fn.Sequential(
-            [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
-            loss=fn.SigmoidBinaryCrossEntropy()
-            if multilabel
-            else fn.SoftmaxCrossEntropy(smoothing),
-            optimizer=OPTIMIZERS[opt](),
-            backend=gpu,
-            seed=0,
-            dtype="float64",
-        )
-        for _ in range(2)
-    ]
+
+    def model(backend):
+        layers = [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)]
+        kw = {"optimizer": OPTIMIZERS[opt](), "seed": 0, "dtype": "float64"}
+        return fn.Sequential(layers, loss=loss(), backend=backend, **kw)
+
+    fit = dict(epochs=3, batch_size=64, verbose=0, sample_weight=weights)
+    models = [model(gpu) for _ in range(2)]
     hist = [
-        m.fit(
-            X,
-            targets,
-            epochs=3,
-            batch_size=64,
-            verbose=0,
-            compiled=c,
-            sample_weight=weights,
-            callbacks=[fn.WarmupCosine(1, 3)],
-        )
+        m.fit(X, targets, compiled=c, callbacks=[fn.WarmupCosine(1, 3)], **fit)
         for m, c in zip(models, (False, True))
     ]
     eager, graphed = models
     assert graphed.step_description.startswith("captured graph")
     assert eager.step_description.startswith("eager")
     np.testing.assert_allclose(hist[0]["loss"], hist[1]["loss"], rtol=1e-9)
-    assert hist[0]["accuracy"] == pytest.approx(hist[1]["accuracy"], rel=1e-12)
-    if multilabel:  # the kernel against the NumPy reference, not only against itself
-        unshuffled, described = [], []  # (cupy draws its own permutations: one order on both)
-        for backend in (gpu, "numpy"):
-            model = fn.Sequential(
-                [fn.Dense(64, "relu"), fn.Dense(32, "relu"), fn.Dense(4)],
-                loss=fn.SigmoidBinaryCrossEntropy(),
-                optimizer=OPTIMIZERS[opt](),
-                backend=backend,
-                seed=0,
-                dtype="float64",
-            )
-            fit = dict(epochs=3, batch_size=64, verbose=0, sample_weight=weights, shuffle=False)
-            unshuffled.append(model.fit(X, targets, callbacks=[fn.WarmupCosine(1, 3)], **fit))
-            described.append(model.step_description)
-        assert described[0].startswith("captured graph")
+    np.testing.assert_allclose(hist[0].get("accuracy", 0), hist[1].get("accuracy", 0), rtol=1e-12)
+    assert gpu.kernel_report[op] == "cuda-fused"
+    if op != "softmax_xent":  # the kernel against the NumPy reference, not only itself
+        ordered = [model(gpu), model("numpy")]  # (cupy draws its own permutations: no shuffle)
+        unshuffled = [
+            m.fit(X, targets, shuffle=False, callbacks=[fn.WarmupCosine(1, 3)], **fit)
+            for m in ordered
+        ]
+        assert ordered[0].step_description.startswith("captured graph")
         np.testing.assert_allclose(unshuffled[0]["loss"], unshuffled[1]["loss"], rtol=1e-9)
-        assert unshuffled[0]["accuracy"] == pytest.approx(unshuffled[1]["accuracy"], rel=1e-12)
+        accuracies = [h.get("accuracy", 0) for h in unshuffled]
+        np.testing.assert_allclose(*accuracies, rtol=1e-12)
     assert eager.arena.groups[0].step == graphed.arena.groups[0].step == 48
     for a, b in zip(eager.parameters(), graphed.parameters()):
         np.testing.assert_allclose(

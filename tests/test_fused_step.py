@@ -235,6 +235,33 @@ def test_sigmoid_binary_cross_entropy_runs_fused_as_eager(dtype, rtol, weighted,
         np.testing.assert_allclose(b.values, a.values, rtol=rtol, atol=rtol)
 
 
+@pytest.mark.parametrize("dtype, rtol", [("float64", 1e-11), ("float32", 2e-5)])
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "weights"])
+@pytest.mark.parametrize("outputs", [1, 3])
+def test_mean_squared_error_runs_fused_as_eager(dtype, rtol, weighted, outputs):
+    """Regression (MLPRegressor's scaled mean squared error) ran eagerly on numba; now in the
+    fused call, computing what the eager step computes, flat targets of one output too."""
+    X, y = _data()
+    targets = X[:, :outputs] * 2 + y[:, None]
+    targets = targets[:, 0] if outputs == 1 else targets
+    layers = lambda: [fn.Dense(16, "relu"), fn.Dense(8, "sigmoid"), fn.Dense(outputs)]  # noqa: E731
+    loss = lambda: fn.MeanSquaredError(scale=outputs / 2)  # noqa: E731
+    eager, fused = (_model(dtype, layers(), loss=loss()) for _ in range(2))
+    kw = {"epochs": 2, "batch_size": 64, "verbose": 0}
+    kw["sample_weight"] = np.linspace(0.5, 1.5, 250) if weighted else None
+    h_eager = eager.fit(X, targets, compiled=False, **kw)
+    assert eager.backend.kernel_report["squared_error"] == "numba-fused"  # (one shared backend)
+    h_fused = fused.fit(X, targets, **kw)
+    assert fused.step_description.startswith("numba fused step"), fused.step_description
+    np.testing.assert_allclose(h_fused["loss"], h_eager["loss"], rtol=rtol)
+    for a, b in zip(eager.arena.groups, fused.arena.groups):
+        np.testing.assert_allclose(b.values, a.values, rtol=rtol, atol=rtol)
+    reference = fn.Sequential(layers(), loss=loss(), backend="numpy", dtype=dtype, seed=3)
+    h_ref = reference.fit(X, targets, shuffle=False, **kw)
+    h_fused = _model(dtype, layers(), loss=loss()).fit(X, targets, shuffle=False, **kw)
+    np.testing.assert_allclose(h_fused["loss"], h_ref["loss"], rtol=rtol * 10)
+
+
 def test_fused_sigmoid_step_takes_flat_labels_as_the_eager_step():
     """Called directly with integer 0/1 labels of shape (n,): as ``train_step`` takes them."""
     X, y = _data()
@@ -252,10 +279,23 @@ def test_fused_sigmoid_step_takes_flat_labels_as_the_eager_step():
         np.testing.assert_array_equal(b.values, a.values)
 
 
-@pytest.mark.parametrize("swap", [("softmax_cross_entropy", "bce"), ("bce", "mse")])
+class AbsoluteError(fn.losses.Loss):
+    """A loss of array expressions: no fused op."""
+
+    name = "test_absolute_error_fused"
+
+    def compute(self, outputs, targets, weights=None):
+        diff = outputs - targets.reshape(outputs.shape)
+        return abs(diff).mean(), np.sign(diff) / diff.size
+
+
+@pytest.mark.parametrize(
+    "swap", [("softmax_cross_entropy", "bce"), ("bce", "mse"), ("mse", "test_absolute_error_fused")]
+)
 def test_a_loss_swapped_mid_fit_reaches_the_fused_step(swap):
-    """A batch callback's new loss: softmax to sigmoid cross-entropy stays fused (re-read), to
-    mean squared error runs eagerly; either way as eager steps."""
+    """A batch callback's new loss: softmax to sigmoid cross-entropy, or that to mean squared
+    error, stays fused (re-read); to a loss of array expressions runs eagerly; each as eager
+    steps."""
     first, then = swap
 
     class Swap(fn.Callback):
@@ -271,7 +311,8 @@ def test_a_loss_swapped_mid_fit_reaches_the_fused_step(swap):
         model.fit(X, np.eye(4)[y], epochs=2, batch_size=64, verbose=0, compiled=compiled,
                   callbacks=[Swap()])  # fmt: skip
         runs.append(model)
-    assert runs[1].step_description.startswith("eager" if then == "mse" else "numba fused")
+    eager = then == "test_absolute_error_fused"
+    assert runs[1].step_description.startswith("eager" if eager else "numba fused")
     np.testing.assert_allclose(runs[1].history["loss"], runs[0].history["loss"], rtol=1e-12)
     for a, b in zip(runs[0].arena.groups, runs[1].arena.groups):
         np.testing.assert_allclose(b.values, a.values, rtol=1e-12, atol=1e-14)

@@ -175,6 +175,54 @@ def test_sigmoid_bce_extreme_logits_float32(backend):
     np.testing.assert_array_equal(backend.to_numpy(grad)[:, 0], np.float32([0.25, 0, 0, -0.125]))
 
 
+def _squares(backend, outputs, targets, weights=None, scale=1.0):
+    """(summed loss, gradient) of the mean squared error as the training step accumulates."""
+    from fastnet.losses import MeanSquaredError
+
+    loss, totals = MeanSquaredError(scale), backend.zeros((2,), np.float64)
+    loss.build(backend)
+    grad = loss.accumulate(outputs, targets, weights, totals)
+    return backend.to_numpy(totals)[0], backend.to_numpy(grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(64, 1), (33, 5)])
+def test_squared_error_kernels_match_the_reference(fast_backend, ref, rng, dtype, shape):
+    """numba's kernel (its eager op and its fused step's) and the CUDA one against the NumPy
+    reference: weights, flat targets, non-contiguous outputs, a scale, values of 1e15."""
+    be, a = fast_backend, fast_backend.asarray
+    for magnitude in (1.0, 1e15):
+        base = (rng.standard_normal((shape[0], 2 * shape[1])) * magnitude).astype(dtype)
+        targets = rng.standard_normal(shape).astype(dtype)
+        flat = targets[:, 0] if shape[1] == 1 else targets
+        for w in (None, rng.random(shape[0]).astype(dtype)):
+            want = _squares(ref, base[:, ::2], flat, w, 2.5)
+            got = _squares(be, a(base)[:, ::2], a(flat), None if w is None else a(w), 2.5)
+            np.testing.assert_allclose(got[0], want[0], rtol=TOL[dtype]["rtol"] * 10)
+            np.testing.assert_allclose(got[1], want[1], **TOL[dtype])
+    assert be.kernel_report["squared_error"].endswith("-fused")
+
+
+def test_squared_error_gradient_is_the_losss_derivative(backend, rng):
+    """Every backend's op (the NumPy reference included) against central differences of its
+    own loss, and its loss against ``MeanSquaredError.compute``'s expression."""
+    from fastnet.losses import MeanSquaredError
+
+    a, h = backend.asarray, 1e-6
+    outputs, targets, w = rng.standard_normal((6, 3)), rng.standard_normal((6, 3)), rng.random(6)
+    loss, grad = _squares(backend, a(outputs), a(targets), a(w), 1.5)
+    expression = MeanSquaredError(1.5)
+    expression.build(get_backend("numpy"))
+    assert loss / 6 == pytest.approx(float(expression.compute(outputs, targets, w)[0]), rel=1e-12)
+    for i, j in np.ndindex(*outputs.shape):
+        up, down = outputs.copy(), outputs.copy()
+        up[i, j] += h
+        down[i, j] -= h
+        rise = _squares(backend, a(up), a(targets), a(w), 1.5)[0]
+        fall = _squares(backend, a(down), a(targets), a(w), 1.5)[0]
+        assert (rise - fall) / (2 * h) / 6 == pytest.approx(grad[i, j], rel=1e-6, abs=1e-9)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", ACTS)
 def test_activation_and_backward_non_contiguous(backend, ref, rng, dtype, act):

@@ -107,8 +107,12 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # for numba's fused sigmoid binary cross-entropy (one kernel for the eager and the fused step:
 # scikit-learn's binary classifiers, now one logistic output, train fused: +64), to 12,105 for
 # the sigmoid binary cross-entropy captured in CUDA graphs (one backend op with a reference, a
-# CUDA kernel, a kept gradient buffer: +31)
-BUDGET = 12105
+# CUDA kernel, a kept gradient buffer: +31), to 12,320 for the mean squared error the same way
+# (numba's fused step and CUDA graphs take regression: +125) and two newcomers' and a
+# reviewer's reports (arguments checked by check_number/check_count, checkpoints keeping their
+# permissions and dtypes, an estimator's labels in its model's metadata, the loss checked when
+# replaced, Keras hooks without logs defaults, history after a two-epoch restore: +90)
+BUDGET = 12320
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -692,6 +692,35 @@ class Backend:
         totals[1:2] += ((logits > 0) == (t > 0.5)).sum() / k
         return dlogits
 
+    def squared_error(
+        self,
+        outputs: Any,
+        targets: Any,
+        weights: Any,
+        totals: Any,
+        scale: float = 1.0,
+        dout: Any = None,
+    ) -> Any:
+        """``scale`` times the squared error of ``outputs`` (n, k) and ``targets`` of their shape
+        ((n,) for one column), rows weighted by ``weights`` (n,) or None, as the training step
+        accumulates it: the gradient of the element mean, ``2 scale (y - t) w / (n k)``, written
+        into ``dout`` (allocated when None or of another shape) and returned; the rows' summed
+        ``scale w mean_k((y - t)**2)`` added into ``totals[0]`` (a float64 device array)."""
+        self.record_kernel("squared_error")
+        xp = self.xp
+        t = targets.reshape(outputs.shape) if targets.ndim == 1 else targets
+        diff = outputs - t.astype(outputs.dtype, copy=False)
+        if dout is None or dout.shape != outputs.shape or dout.dtype != outputs.dtype:
+            dout = xp.empty_like(outputs)
+        xp.multiply(diff, 2.0 * scale / diff.size, out=dout)
+        squares = diff * diff
+        if weights is not None:
+            w = weights.reshape(-1, 1).astype(outputs.dtype, copy=False)
+            squares = squares * w
+            dout *= w
+        totals[0:1] += squares.sum(dtype=np.float64) * (scale / outputs.shape[1])
+        return dout
+
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
         """Number of rows whose argmax equals the label (integer labels, or the argmax of
         one-hot/soft target rows); stays on the device, added into ``out`` (a 1-element

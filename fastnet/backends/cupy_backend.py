@@ -630,6 +630,40 @@ class CupyBackend(Backend):
         self.record_kernel("sigmoid_bce", "cuda-fused")
         return dlogits
 
+    def squared_error(
+        self,
+        outputs: Any,
+        targets: Any,
+        weights: Any,
+        totals: Any,
+        scale: float = 1.0,
+        dout: Any = None,
+    ) -> Any:
+        """As the reference, in one CUDA kernel (nothing allocates given a C-contiguous
+        ``dout`` of the outputs' shape and dtype, C-contiguous inputs of that dtype and a
+        C-contiguous float64 ``totals``)."""
+        xp = self.xp
+        t = targets.reshape(outputs.shape) if targets.ndim == 1 else targets
+        if not (
+            outputs.ndim == 2
+            and outputs.dtype in FLOAT_DTYPES
+            and t.shape == outputs.shape
+            and (weights is None or weights.shape == outputs.shape[:1])
+            and totals.dtype == np.float64
+            and totals.flags.c_contiguous
+        ):
+            return super().squared_error(outputs, targets, weights, totals, scale, dout)
+        dtype = outputs.dtype
+        if weights is not None:
+            weights = xp.ascontiguousarray(weights, dtype=dtype)
+        outputs, t = xp.ascontiguousarray(outputs), xp.ascontiguousarray(t, dtype=dtype)
+        fits = dout is not None and dout.shape == outputs.shape
+        if not (fits and contiguous_floats(outputs, dout)):
+            dout = xp.empty(outputs.shape, dtype)
+        self.k.squared_error(outputs, t, weights, dout, scale, totals)
+        self.record_kernel("squared_error", "cuda-fused")
+        return dout
+
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
         dense = labels.ndim == 2 and labels.shape == logits.shape
         if (

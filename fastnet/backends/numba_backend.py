@@ -297,6 +297,36 @@ class NumbaBackend(Backend):
         self.record_kernel("sigmoid_bce", "numba-fused")
         return dlogits
 
+    def squared_error(
+        self,
+        outputs: Any,
+        targets: Any,
+        weights: Any,
+        totals: Any,
+        scale: float = 1.0,
+        dout: Any = None,
+    ) -> Any:
+        """The fused step's kernel (``numba_cpu.squared_error``); the reference for other
+        shapes and dtypes."""
+        t = targets.reshape(outputs.shape) if targets.ndim == 1 else targets
+        dtype = outputs.dtype
+        if not (
+            outputs.ndim == 2
+            and dtype in FLOAT_DTYPES
+            and t.shape == outputs.shape
+            and (weights is None or weights.shape == outputs.shape[:1])
+            and totals.dtype == np.float64
+        ):
+            return super().squared_error(outputs, targets, weights, totals, scale, dout)
+        w = self._empty((0,), dtype) if weights is None else np.ascontiguousarray(weights, dtype)
+        fits = dout is not None and dout.shape == outputs.shape and dout.dtype == dtype
+        if not (fits and dout.flags.c_contiguous):
+            dout = np.empty(outputs.shape, dtype)
+        y, t = np.ascontiguousarray(outputs), np.ascontiguousarray(t, dtype)
+        self.k.squared_error(y, t, w, dout, float(scale), totals)
+        self.record_kernel("squared_error", "numba-fused")
+        return dout
+
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
         if not (
             logits.ndim == 2

@@ -1,8 +1,8 @@
-"""The numba backend's compiled step: a dense network's forward, softmax (or sigmoid binary)
-cross-entropy and backward run as one JIT call (``kernels.numba_cpu.dense_train_step``: the
-eager step's kernels in the eager order, with no Python between them), followed by the same
-arena update as the eager step (``ParameterArena.update``: device scalars advanced, one fused
-update per group)."""
+"""The numba backend's compiled step: a dense network's forward, loss (softmax or sigmoid
+cross-entropy, mean squared error) and backward run as one JIT call
+(``kernels.numba_cpu.dense_train_step``: the eager step's kernels in the eager order, with no
+Python between them), followed by the same arena update as the eager step
+(``ParameterArena.update``: device scalars advanced, one fused update per group)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ from fastnet.backends.base import Act
 from fastnet.backends.counter_rng import check_draw_size, drop_threshold
 from fastnet.backends.plan import StepPlan
 from fastnet.revision import revision
+
+#: the fused step kernel's ``kind`` of each fused loss op, and the ops it runs
+LOSS_KINDS = {"softmax_xent": 0, "sigmoid_bce": 1, "squared_error": 2}
+LOSS_OPS = (("softmax_xent", "count_correct"), ("sigmoid_bce",), ("squared_error",))
 
 
 def fused_step_reason(plan: StepPlan) -> str:
@@ -27,10 +31,10 @@ def fused_step_reason(plan: StepPlan) -> str:
             f"it, not {plan.outside_dense_stack()}"
         )
     layers = stack[0]
-    if not (plan.loss.fused_softmax_xent or plan.loss.fused_sigmoid_bce):
+    if plan.loss.fused not in LOSS_KINDS:
         return (
-            "the fused numba step covers softmax and sigmoid binary cross-entropy, not "
-            f"{plan.loss.name}"
+            "the fused numba step covers the softmax and sigmoid cross-entropies and the mean "
+            f"squared error, not {plan.loss.name}"
         )
     if any(layer.activation == Act.TANH for layer in layers):
         return "tanh runs faster through NumPy than in numba (eager)"
@@ -64,7 +68,7 @@ class FusedDenseStep:
         self.dxs = tuple(np.empty((batch_size, rows), dtype) for rows, _ in widths)
         self.codes = tuple(int(layer.activation) for layer in layers)
         self.alphas = tuple(dtype.type(layer.alpha) for layer in layers)
-        self.smoothing, self.sigmoid = plan.loss.label_smoothing, plan.loss.fused_sigmoid_bce
+        self._read_loss(plan)
         self.dtype = dtype
         self.no_labels = np.empty(0, np.int64)
         self.no_targets = np.empty((0, 0), dtype)
@@ -89,8 +93,7 @@ class FusedDenseStep:
 
     def begin_epoch(self) -> None:
         self.totals[:] = 0
-        loss_ops = ("sigmoid_bce",) if self.sigmoid else ("softmax_xent", "count_correct")
-        for op in ("matmul", "bias_act", "act_backward_bias", *loss_ops):
+        for op in ("matmul", "bias_act", "act_backward_bias", *LOSS_OPS[self.kind]):
             self.backend.record_kernel(op, "numba-fused (in the fused step)")
         self.frozen = ()  # arrays are re-read from a fresh plan: set_state may have replaced them
         self.revision = -1
@@ -124,7 +127,7 @@ class FusedDenseStep:
     def _read(self, plan: StepPlan) -> None:
         layers, drops = plan.dense_stack()  # type: ignore[misc]
         self.alphas = tuple(self.dtype.type(layer.alpha) for layer in layers)
-        self.smoothing, self.sigmoid = plan.loss.label_smoothing, plan.loss.fused_sigmoid_bce
+        self._read_loss(plan)
         self._dropout_arguments(drops)
         self.weights = tuple(layer.weight for layer in layers)
         self.dws = tuple(layer.weight_grad for layer in layers)
@@ -136,6 +139,10 @@ class FusedDenseStep:
             np.empty(w.shape[1], self.dtype) if layer.bias_grad is None else layer.bias_grad
             for layer, w in zip(layers, self.weights)
         )
+
+    def _read_loss(self, plan: StepPlan) -> None:
+        self.kind, self.scale = LOSS_KINDS[plan.loss.fused], plan.loss.scale
+        self.smoothing = plan.loss.label_smoothing
 
     def _dropout_arguments(self, drops: tuple) -> None:
         """The kernel's dropout arguments for the layers' current rates (a callback may change
@@ -166,9 +173,9 @@ class FusedDenseStep:
             self.model.train_step(xb, yb, wb, totals=self.totals)
             return
         x = np.ascontiguousarray(xb, self.dtype)
-        if yb.ndim == 1 and not self.sigmoid:
+        if yb.ndim == 1 and self.kind == 0:
             labels, targets = np.ascontiguousarray(yb, np.int64), self.no_targets
-        else:  # (sigmoid: the targets of one output may come flat)
+        else:  # (sigmoid, squared error: the targets of one output may come flat)
             targets = np.ascontiguousarray(yb.reshape(len(yb), -1), self.dtype)
             labels = self.no_labels
         w = self.no_weights if wb is None else np.ascontiguousarray(wb, self.dtype)
@@ -189,7 +196,8 @@ class FusedDenseStep:
             self.dbs,
             self.totals,
             self.drops,
-            self.sigmoid,
+            self.kind,
+            self.scale,
         )
         self.model.arena.update()
 

@@ -58,18 +58,18 @@ class OpaquePlan:
 
 @dataclass(frozen=True)
 class LossPlan:
-    """The loss: ``name``; ``fused_softmax_xent`` when it is the fused softmax cross-entropy
-    with ``label_smoothing``, ``fused_sigmoid_bce`` when it is the sigmoid binary
-    cross-entropy (each one backend op: numba's fused step computes them, graphs capture them);
-    ``predictions``, what turns outputs into predictions ("softmax", "sigmoid", "identity", or
-    "custom": the loss's own code); else the ``reason`` it is not captured."""
+    """The loss: ``name``; ``fused``, the one backend op that computes it where there is one
+    ("softmax_xent" with ``label_smoothing``, "sigmoid_bce", "squared_error" with ``scale``:
+    numba's fused step computes them, graphs capture them), else "" and the ``reason`` it is
+    not captured; ``predictions``, what turns outputs into predictions ("softmax", "sigmoid",
+    "identity", or "custom": the loss's own code)."""
 
     name: str
-    fused_softmax_xent: bool = False
+    fused: str = ""
     label_smoothing: float = 0.0
     predictions: str = "identity"
     reason: str = ""
-    fused_sigmoid_bce: bool = False
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
