@@ -79,10 +79,11 @@ def _number(kind, low: float, high: float, low_ok: bool = True):  # noqa: ANN001
 
 
 OPTIMIZERS = RULES.builtin()  # (a rule added to fastnet.optimizers is an --optimizer)
+_BACKEND_DEFAULT = "(default: $FASTNET_BACKEND or auto)"
 TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (
         ("--backend",),
-        dict(help="numpy, numba, cupy, cupy:N or auto (default: $FASTNET_BACKEND or auto)"),
+        dict(help=f"numpy, numba, cupy, cupy:N or auto {_BACKEND_DEFAULT}"),
     ),
     (("--layers",), dict(type=_layers, default=(256, 128), help="hidden sizes (default: 256,128)")),
     (("--epochs",), dict(type=_positive(int), default=20, help="passes over the data")),
@@ -282,10 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="class probabilities, one column per class, instead of labels",
     )
     predict.add_argument("--output", metavar="FILE", help="write CSV here (default: stdout)")
-    predict.add_argument("--backend", help="backend to predict on")
+    predict.add_argument("--backend", help=f"backend to predict on {_BACKEND_DEFAULT}")
     evaluate = _sub(sub, "evaluate", "evaluate a checkpoint on a test set or your own file")
     evaluate.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")
-    evaluate.add_argument("--backend", help="backend to evaluate on")
+    evaluate.add_argument("--backend", help=f"backend to evaluate on {_BACKEND_DEFAULT}")
     evaluate.add_argument(
         "--dataset",
         choices=DATASETS,
@@ -617,7 +618,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         dist.init(args.comm, backend=args.backend)  # one GPU per local rank on cupy
         main_rank = dist.is_main()
-        if args.backend == "cupy":
+        if (args.backend or "").strip().lower() in ("cupy", "auto"):
             backend = None  # the rank's GPU, chosen by init ("cupy:N" stays on GPU N)
     say = print if main_rank else _silent
     data = _prepare(args)

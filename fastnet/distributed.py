@@ -217,7 +217,9 @@ def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
     """Join the MPI job this process belongs to and return its communicator (idempotent).
 
     ``comm``: "mpi" (any arrays; GPU arrays staged through pinned host memory) or "nccl" (GPU
-    arrays). With ``backend="cupy"`` each process is given GPU ``local_rank % n_gpus`` and that
+    arrays). ``backend`` is chosen as a model's (a name, "auto", ``FASTNET_BACKEND``; an
+    unavailable one raises ``BackendUnavailableError`` before the job is joined): where that is
+    cupy without a device index, each process is given GPU ``local_rank % n_gpus`` and that
     becomes the default backend of the process."""
     global _current
     if comm not in ("mpi", "nccl"):
@@ -239,22 +241,24 @@ def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
             "pip install mpi4py (extra 'distributed') "
             "(and e.g. apt install openmpi-bin libopenmpi-dev)"
         ) from None
+    from fastnet.backends import KNOWN, selected, set_backend
+
+    name, device = backend or "", None  # (a backend class of the user's own: as it is)
+    if backend is None or backend.partition(":")[0].strip().lower() in KNOWN:
+        name, device = selected(backend)  # as a model would choose it (auto, env, ...)
+    if comm == "nccl" and name != "cupy":
+        raise DistributedError(f"the nccl communicator needs backend='cupy', not {name!r}")
     mpi = MPICommunicator()
     _install_abort_hook(mpi)
-    if backend == "cupy":  # no device named: one per local rank
+    if name == "cupy" and device is None:  # no device named: one per local rank
         import cupy
-
-        from fastnet.backends import set_backend
 
         device = mpi.local_rank() % max(1, cupy.cuda.runtime.getDeviceCount())
         set_backend(f"cupy:{device}")
-    elif backend is not None and backend.startswith("cupy:"):
-        device = int(backend.split(":")[1])  # a model already placed (fit): NCCL binds there
-    elif comm == "nccl":
-        raise DistributedError("the nccl communicator needs backend='cupy'")
     if comm != "nccl":
         _current = mpi
         return _current
+    assert device is not None  # (nccl: cupy, its device named or given above)
     _check_one_gpu_per_rank(mpi, device)
     import cupy
 

@@ -692,7 +692,7 @@ class Trainer:
         on_gpu = self.backend.name.startswith("cupy")  # NCCL binds to the model's device
         placed = f"cupy:{self.backend.device_id}" if on_gpu else self.backend.name
         with self.backend.step_stream():
-            group = dist.init(comm, backend=placed if comm == "nccl" else None)
+            group = dist.init(comm, backend=placed)
         return group, opts.verbose if dist.is_main() else 0
 
     def _split_validation(

@@ -1,4 +1,5 @@
 import os
+import re
 import subprocess
 import sys
 
@@ -34,6 +35,9 @@ def test_unknown_backend_lists_known_ones():
 def test_device_index_only_for_cupy():
     with pytest.raises(ValueError, match="only cupy takes a device index"):
         get_backend("numba:1")
+    for spec in ("cupy:x", "cupy:-1", "cupy:"):  # (cupy's, said to take none)
+        with pytest.raises(ValueError, match="a device index is an integer >= 0"):
+            get_backend(spec)
 
 
 def test_unavailable_backend_raises_with_reason_not_fallback():
@@ -49,6 +53,61 @@ def test_missing_cuda_device_index_is_an_error():
         pytest.skip("cupy unavailable")
     with pytest.raises(BackendUnavailableError, match="device 99"):
         get_backend("cupy:99")
+
+
+_FAKE_FAILURES = """
+import builtins, sys, warnings
+real = builtins.__import__
+def failing(name, *args, **kw):
+    if name == FAIL:
+        raise ERROR
+    return real(name, *args, **kw)
+builtins.__import__ = failing
+import fastnet as fn
+from fastnet.backends import probe, get_backend, AUTO_ORDER
+import fastnet.backends as b
+b.AUTO_ORDER = ("numba", "numpy")
+print(probe("numba").reason)
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    print(get_backend("auto").name)
+    get_backend("auto")
+print(len(caught), caught[0].message if caught else "")
+"""
+
+
+@pytest.mark.parametrize(
+    ("fail", "error", "reason", "warned"),
+    [
+        ("numba", "ModuleNotFoundError('x', name='numba')", "numba is not installed; install", 0),
+        (
+            "numba",
+            "ValueError('Number of threads must be > 0')",
+            "installed but fails to import",
+            1,
+        ),
+        (
+            "fastnet.kernels.numba_cpu",
+            "RuntimeError(\"cannot cache function 'f': no locator available for file k.py\")",
+            "cannot write its compile cache .* set NUMBA_CACHE_DIR",
+            1,
+        ),
+    ],
+)
+def test_a_backend_that_cannot_run_says_why_and_auto_says_it_passed_it_over(
+    fail, error, reason, warned
+):
+    """A read-only install without a cache folder crashed numba at its first kernel while
+    auto chose it; a bad NUMBA_* variable said 'install numba'; auto passed over an installed
+    backend silently. Each in a fresh process."""
+    code = f"FAIL, ERROR = {fail!r}, {error}\n" + _FAKE_FAILURES
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert re.search(reason, lines[0]), lines[0]
+    assert lines[1] == "numpy" and lines[2].startswith(str(warned)), lines
+    if warned:  # once, naming the backend passed over and why
+        assert "backend 'auto' chose numpy: numba is installed but unusable" in lines[2]
 
 
 def test_auto_picks_an_available_backend():
@@ -126,6 +185,19 @@ def test_kernel_records_are_scoped_nested_and_per_thread(backend):
     assert "softmax" not in outer
     with pytest.raises(AttributeError):
         backend.kernel_report = {}
+
+
+def test_an_op_run_two_ways_in_a_block_lists_both():
+    """A Dense without a bias ran bias_act's reference while the others ran the kernel: the
+    record kept the last one only, as if the kernel never ran."""
+    from fastnet.backends.report import note_kernel, record_kernels
+
+    last: dict = {}
+    with record_kernels() as ran:
+        for impl in ("numba-fused", "reference", "numba-fused"):
+            note_kernel(last, "bias_act", impl)
+    assert ran == {"bias_act": "numba-fused + reference"}
+    assert last == {"bias_act": "numba-fused"}  # (a backend's report outside a block: the latest)
 
 
 def test_evaluate_records_its_kernels(backend):

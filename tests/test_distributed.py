@@ -164,6 +164,24 @@ def test_outside_mpirun_says_what_to_run(monkeypatch):
         dist.init("gloo")
 
 
+@needs_mpi
+@pytest.mark.parametrize("args", [["--backend", "CUPY"], ["--comm", "nccl"]])
+def test_distributed_cli_chooses_backends_as_the_rest_of_fastnet(args, tmp_path):
+    """--distributed compared the backend name literally and asked CUDA for devices itself: a
+    traceback and MPI_ABORT where cupy cannot run, 'needs backend=cupy' for CUPY or
+    FASTNET_BACKEND=cupy. Now the one-line error (exit 2) of a fit without it."""
+    from fastnet.backends import probe
+
+    if probe("cupy").available:
+        pytest.skip("cupy runs here: the error path is for machines without a GPU")
+    env = {**os.environ, **MPI_ENV, "FASTNET_BACKEND": "cupy"}
+    cmd = [LAUNCHER, "-n", "1", sys.executable, "-m", "fastnet", "train", "--distributed"]
+    cmd += [*args, "--epochs", "1", "--limit", "500", "--data-dir", str(tmp_path)]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert "fastnet train: error: backend 'cupy" in run.stderr, run.stderr[-2000:]
+    assert "is unavailable" in run.stderr and "Traceback" not in run.stderr
+
+
 def test_rank_slices_cover_each_batch_once():
     for n in (0, 1, 5, 64, 65):
         for parts in (1, 2, 3):

@@ -207,6 +207,22 @@ def test_a_fitted_estimators_model_keeps_its_labels_and_features_in_checkpoints(
     assert reg.model_.metadata == {"task": "regression"}
 
 
+def test_an_estimator_given_a_backend_instance_clones_and_pickles():
+    """clone (GridSearchCV, cross_val_score) and pickle failed on the backend's modules."""
+    import pickle
+
+    from sklearn.base import clone
+
+    X, y = make_blobs(n=80, d=4, k=2)
+    est = fn.MLPClassifier((8,), max_iter=3, backend=fn.get_backend("numpy"), random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # max_iter reached
+        est.fit(X, y)
+    assert clone(est).backend is est.backend
+    again = pickle.loads(pickle.dumps(est))
+    assert again.backend is est.backend and (again.predict(X) == est.predict(X)).all()
+
+
 def test_pipeline_grid_search_and_cross_validation():
     """The notebook workflow: a scaler and the classifier in a Pipeline, tuned by GridSearchCV
     and scored by cross_val_score, on a Fashion-MNIST subset (blobs when not installed)."""

@@ -111,8 +111,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # (numba's fused step and CUDA graphs take regression: +125) and two newcomers' and a
 # reviewer's reports (arguments checked by check_number/check_count, checkpoints keeping their
 # permissions and dtypes, an estimator's labels in its model's metadata, the loss checked when
-# replaced, Keras hooks without logs defaults, history after a two-epoch restore: +90)
-BUDGET = 12320
+# replaced, Keras hooks without logs defaults, history after a two-epoch restore: +90), to
+# 12,380 for a backend-switching newcomer's report (auto warning when it passes over an
+# installed backend, numba's cache checked in its probe, backends pickled by name, the
+# distributed launch choosing backends as models do, an op's implementations all recorded: +40)
+BUDGET = 12380
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -14,6 +14,7 @@ import contextvars
 import importlib
 import os
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -49,6 +50,7 @@ _context: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 _global_default: str | None = None
 _instances: dict[str, Backend] = {}
 _probes: dict[str, BackendInfo] = {}
+_warned_auto: set[str] = set()  # the backends 'auto' chose over an unusable one, said once
 _lock = threading.Lock()
 
 
@@ -71,17 +73,26 @@ def _probe_numpy() -> BackendInfo:
     return BackendInfo("numpy", True, "", numpy.__version__, "CPU")
 
 
+def _import_failure(name: str, exc: Exception, install: str) -> BackendInfo:
+    """A backend whose package is missing (how to install it) or fails to import (why)."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name == name:
+        return BackendInfo(name, False, f"{name} is not installed; install it: {install}", "", "")
+    return BackendInfo(name, False, f"{name} is installed but fails to import: {exc}", "", "")
+
+
 def _probe_numba() -> BackendInfo:
     try:
         import numba
-    except Exception as exc:  # ImportError, or a broken llvmlite install
-        return BackendInfo(
-            "numba",
-            False,
-            f"numba is not importable ({exc}); install it: `pip install numba scipy`",
-            "",
-            "",
+    except Exception as exc:  # not installed, a broken llvmlite, a bad NUMBA_* variable
+        return _import_failure("numba", exc, "`pip install numba scipy`")
+    try:  # the kernels' @njit(cache=True) need a writable cache folder as they are defined
+        import fastnet.kernels.numba_cpu  # noqa: F401
+    except RuntimeError as exc:
+        reason = (
+            f"numba cannot write its compile cache ({exc}): set NUMBA_CACHE_DIR to a writable "
+            "folder"
         )
+        return BackendInfo("numba", False, reason, numba.__version__, "")
     return BackendInfo("numba", True, "", numba.__version__, "CPU")
 
 
@@ -89,18 +100,13 @@ def _probe_cupy(device: int = 0) -> BackendInfo:
     try:
         import cupy
     except Exception as exc:
-        return BackendInfo(
-            "cupy",
-            False,
-            f"cupy is not importable ({exc}); install it with "
-            "`pip install cupy-cuda12x` or `cupy-cuda13x` (extras 'cuda12', 'cuda13')",
-            "",
-            "",
-        )
+        install = "`pip install cupy-cuda12x` or `cupy-cuda13x` (extras 'cuda12', 'cuda13')"
+        return _import_failure("cupy", exc, install)
     try:
         count = cupy.cuda.runtime.getDeviceCount()
     except Exception as exc:  # no driver, no device, or a broken CUDA install
-        return BackendInfo("cupy", False, f"no usable CUDA device ({exc})", cupy.__version__, "")
+        reason = f"no usable CUDA device ({exc}): check the NVIDIA driver (nvidia-smi)"
+        return BackendInfo("cupy", False, reason, cupy.__version__, "")
     if count == 0:
         return BackendInfo("cupy", False, "no CUDA device", cupy.__version__, "")
     if device >= count:
@@ -135,8 +141,12 @@ def _split(spec: str) -> tuple[str, int]:
     name, _, index = spec.strip().lower().partition(":")
     if name not in KNOWN and name != "auto":
         raise ValueError(f"unknown backend {spec!r}; known backends: {', '.join(KNOWN)}, auto")
-    if index and (name != "cupy" or not index.isdigit()):
+    if index and name != "cupy":
         raise ValueError(f"bad backend spec {spec!r}: only cupy takes a device index, as 'cupy:1'")
+    if index and not index.isdigit() or (not index and ":" in spec):
+        raise ValueError(
+            f"bad backend spec {spec!r}: a device index is an integer >= 0, as 'cupy:1'"
+        )
     return name, int(index or 0)
 
 
@@ -163,17 +173,32 @@ def available_backends() -> list[str]:
 
 
 def _resolve_auto() -> str:
+    """The first available of ``AUTO_ORDER``; passing over one that is installed but cannot
+    run warns once per process (a GPU machine's broken driver must not train on the CPU
+    unsaid)."""
+    passed_over: list[str] = []
     for name in AUTO_ORDER:
-        if probe(name).available:
+        info = probe(name)
+        if info.available:
+            if passed_over and name not in _warned_auto:
+                _warned_auto.add(name)
+                skipped = "; ".join(passed_over)
+                warnings.warn(
+                    f"backend 'auto' chose {name}: {skipped}. Pass backend={name!r} (or set "
+                    "FASTNET_BACKEND) to choose it without this warning",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
             return name
+        if "is not installed" not in info.reason:
+            passed_over.append(f"{name} is installed but unusable: {info.reason}")
     return "numpy"
 
 
-def get_backend(spec: str | Backend | None = None) -> Backend:
-    """Return the backend for ``spec`` (a name such as ``"numba"`` or ``"cupy:1"``, a Backend,
-    or None for the current selection). Raises ``BackendUnavailableError`` if it cannot run."""
-    if isinstance(spec, Backend):
-        return spec
+def selected(spec: str | None = None) -> tuple[str, int | None]:
+    """``(name, device index or None where none was named)`` of the backend ``spec`` selects
+    (None: the current selection, ``use_backend`` > ``set_backend`` > ``FASTNET_BACKEND`` >
+    auto), checked available. Raises ``BackendUnavailableError`` if it cannot run."""
     if spec is None:
         spec = _context.get() or _global_default
         if spec is None and os.environ.get("FASTNET_BACKEND"):
@@ -191,6 +216,17 @@ def get_backend(spec: str | Backend | None = None) -> Backend:
     info = probe(key)
     if not info.available:
         raise BackendUnavailableError(f"backend {key!r} is unavailable: {info.reason}")
+    return name, device if ":" in spec else None
+
+
+def get_backend(spec: str | Backend | None = None) -> Backend:
+    """Return the backend for ``spec`` (a name such as ``"numba"`` or ``"cupy:1"``, a Backend,
+    or None for the current selection). Raises ``BackendUnavailableError`` if it cannot run."""
+    if isinstance(spec, Backend):
+        return spec
+    name, index = selected(spec)
+    device = index or 0
+    key = _key(name, device)
     with _lock:
         if key not in _instances:
             module_name, class_name = _MODULES[name]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,6 +98,11 @@ class Backend:
 
     def __repr__(self) -> str:
         return f"<fastnet backend {self.name!r}>"
+
+    def __reduce__(self) -> tuple:
+        """Pickled, copied and cloned (scikit-learn's ``clone``, joblib) as its name: the
+        process's one instance of it, as ``get_backend`` gives it."""
+        return (sys.modules["fastnet.backends"].get_backend, (self.name,))  # (the package)
 
     # ------------------------------------------------------------------ kernel reports
     @property

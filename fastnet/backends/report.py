@@ -32,11 +32,19 @@ _RECORDERS: ContextVar[tuple[dict[str, str], ...]] = ContextVar(
 
 
 def note_kernel(last: dict[str, str], op: str, impl: str) -> None:
-    """Record that ``impl`` ran ``op`` in ``last`` (a backend's report) and in every open
-    recorder of this context."""
-    last[op] = impl
-    for record in _RECORDERS.get():
-        record[op] = impl
+    """Record that ``impl`` ran ``op`` in every open recorder of this context (an op that ran
+    in several implementations in a block lists them all, sorted and joined by " + ": a layer
+    without a bias takes the reference, say) and in ``last``, a backend's report (outside its
+    block: the latest)."""
+    recorders = _RECORDERS.get()
+    if not any(last is record for record in recorders):
+        last[op] = impl
+    for record in recorders:
+        seen = record.get(op)
+        if seen is None or seen == impl:
+            record[op] = impl
+        elif impl not in seen.split(" + "):
+            record[op] = " + ".join(sorted({*seen.split(" + "), impl}))
 
 
 @contextlib.contextmanager
