@@ -8,6 +8,7 @@ module knows nothing of models: ``fastnet.model`` validates the arrays against t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
@@ -56,17 +57,24 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> str:
     the ``OSError`` that writing would (``IsADirectoryError``, ``NotADirectoryError``,
     ``FileNotFoundError``, ``PermissionError``) with a message naming ``what``."""
     name = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(name)) or "."
+    try:
+        os.stat(name)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise OSError(exc.errno, f"{what} path {name!r} is a loop of symbolic links") from None
+    target = os.path.realpath(name)  # (a symbolic link's target is what is written)
+    shown = f"{name!r} (a link to {target!r})" if os.path.islink(name) else repr(name)
+    folder = os.path.dirname(target) or "."
     if os.path.isdir(name):
         raise IsADirectoryError(f"{what} path {name!r} is a directory; give a file name")
     if not os.path.isdir(folder):
         if os.path.exists(folder):
             raise NotADirectoryError(
-                f"{what} path {name!r}: its folder {folder!r} is a file, not a folder"
+                f"{what} path {shown}: its folder {folder!r} is a file, not a folder"
             )
-        raise FileNotFoundError(f"{what} path {name!r}: its folder {folder!r} is missing")
+        raise FileNotFoundError(f"{what} path {shown}: its folder {folder!r} is missing")
     if not os.access(folder, os.W_OK):
-        raise PermissionError(f"{what} path {name!r}: folder {folder!r} is not writable")
+        raise PermissionError(f"{what} path {shown}: folder {folder!r} is not writable")
     return name
 
 

@@ -44,15 +44,26 @@ class Loss:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         LOSSES.register(cls)
-        # its own value, gradient or correct count: no inherited fused forms (which compute
-        # their parent's)
-        own = {"compute", "accumulate", "count_correct"} & set(cls.__dict__)
-        for hook in ("accumulate", "plan") if own else ():
-            if hook not in cls.__dict__ and not (hook == "accumulate" and own == {"accumulate"}):
+        # A value, gradient or correct count of its own (or a mixin's) ahead of an inherited
+        # fused form: that form computes its parent's, so the reference forms come back.
+        mro = cls.__mro__
+        for hook, overriding in (
+            ("accumulate", {"compute", "count_correct"}),
+            ("plan", {"compute", "count_correct", "accumulate"}),
+        ):
+            owner = next(i for i, c in enumerate(mro) if hook in c.__dict__)
+            if any(overriding & set(c.__dict__) for c in mro[:owner]):
                 setattr(cls, hook, getattr(Loss, hook))
 
     def __init__(self) -> None:
         self._backend: Backend | None = None
+
+    def __setstate__(self, state: dict) -> None:
+        """A pickle of before a hyperparameter became checked (``Checked``) keeps it under
+        its plain name: moved to where the attribute reads it."""
+        for key in [k for k in state if isinstance(getattr(type(self), k, None), Checked)]:
+            state[f"_checked_{key}"] = state.pop(key)
+        self.__dict__.update(state)
 
     def build(self, backend: Backend) -> None:
         if backend is not self._backend:

@@ -24,17 +24,11 @@ class _Schedule(Callback):
 
     per_step = False
     epoch = 0
-    min_lr = 0.0  # (where a schedule decays to one)
 
     def on_train_begin(self, model: Any) -> None:
         self.optimizers = _optimizers(model)
         self.bases = [opt.schedule_base() for opt in self.optimizers]
         self.steps = max(1, int(getattr(model, "steps_per_epoch", 1)))
-        if any(self.min_lr > base for base in self.bases):
-            raise ValueError(
-                f"{type(self).__name__}: min_lr={self.min_lr:g} is above the learning rate it "
-                f"decays from ({min(self.bases):g}): it would raise it"
-            )
 
     def factor(self, progress: float, base: float) -> float:
         raise NotImplementedError
@@ -115,8 +109,10 @@ class CosineDecay(_EpochSchedule):
         self.min_lr = check_number(min_lr, "min_lr", 0)
 
     def factor(self, progress: float, base: float) -> float:
+        """(an lr below ``min_lr``, a per-layer optimizer's, stays: never raised)"""
         cosine = 0.5 * (1 + math.cos(math.pi * min(progress, self.epochs) / self.epochs))
-        return (self.min_lr + (base - self.min_lr) * cosine) / base
+        floor = min(self.min_lr, base)
+        return (floor + (base - floor) * cosine) / base
 
 
 class WarmupCosine(_Schedule):
@@ -136,7 +132,8 @@ class WarmupCosine(_Schedule):
         span = max(self.epochs - self.warmup, 1e-12)
         done = min((progress - self.warmup) / span, 1.0)
         cosine = 0.5 * (1 + math.cos(math.pi * done))
-        return (self.min_lr + (base - self.min_lr) * cosine) / base
+        floor = min(self.min_lr, base)  # (an lr below min_lr is never raised)
+        return (floor + (base - floor) * cosine) / base
 
 
 class StepDecay(_EpochSchedule):

@@ -135,6 +135,8 @@ class FitRun:
     #: batch logs' running loss all-reduced (every rank reads them; else none, data-parallel)
     global_batch_logs: bool = True
     history: dict[str, list[float]] = field(default_factory=History)
+    #: (model history, this call's) lengths per key before the last epoch's entries
+    before_last: tuple[dict[str, int], dict[str, int]] = ({}, {})
 
 
 @contextlib.contextmanager
@@ -785,9 +787,11 @@ class Trainer:
             return False
         half = getattr(self, "policy", None) == "mixed_float16"
         restored, undone = self._restore_last_good([snapshot, previous], run.X, run.y, epoch)
-        for key, values in run.history.items() if undone else ():  # (the epoch before, undone)
-            values.pop()
-            self.history[key].pop()
+        for history, lengths in zip((self.history, run.history), run.before_last):
+            for key in list(history) if undone else ():  # (the epoch before: its entries go)
+                del history[key][lengths.get(key, 0) :]
+                if key not in lengths:
+                    del history[key]
         self.stop_reason = (
             f"{broken} in epoch {epoch + 1}; {restored} (try a lower lr or smaller inputs"
             + (", or mixed_bfloat16: float16 holds values up to 65504)" if half else ")")
@@ -818,6 +822,11 @@ class Trainer:
         if run.group is not None:  # a stop on one rank stops all (none waits forever)
             stop = run.group.any(stop)
             self._check_same_weights(run.group, epoch)
+        ours, this_call = self.history, run.history  # (their lengths: a restore undoes it)
+        run.before_last = (
+            {k: len(v) for k, v in ours.items()},
+            {k: len(v) for k, v in this_call.items()},
+        )
         for key, value in logs.items():
             self.history.setdefault(key, []).append(value)
             run.history.setdefault(key, []).append(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import decimal
 import math
 import numbers
 from typing import Any
@@ -189,16 +190,18 @@ def check_number(
     """A finite real number (NumPy's too, not a bool or a string) in ``[low, high]`` as a
     ``float``, open at ``low`` and/or ``high`` where ``opened`` has "low"/"high"; else a
     ValueError naming ``name``."""
-    v = float(value) if is_real(value) else math.nan
+    v = float(value) if is_real(value) or isinstance(value, decimal.Decimal) else math.nan
     above = low < v if "low" in opened else low <= v
     below = v < high if "high" in opened else v <= high
     if not (math.isfinite(v) and above and below):
-        if math.isinf(high):
+        if math.isinf(low) and math.isinf(high):
+            where = ""
+        elif math.isinf(high):
             where = f"> {low:g}" if "low" in opened else f">= {low:g}"
         else:
             left, right = "(" if "low" in opened else "[", ")" if "high" in opened else "]"
             where = f"in {left}{low:g}, {high:g}{right}"
-        raise ValueError(f"{name} must be a finite number {where}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number{' ' * bool(where)}{where}, got {value!r}")
     return v
 
 

@@ -4,6 +4,7 @@ CSV logs, NaN termination, per-step warmup, step decay, batch hooks."""
 import csv
 import math
 import os
+from decimal import Decimal
 
 import numpy as np
 import pytest
@@ -348,6 +349,7 @@ def test_numpy_scalars_are_numbers_and_counts_everywhere():
     assert fn.ReduceLROnPlateau(patience=np.int32(2), factor=np.float32(0.5)).patience == 2
     assert fn.CosineDecay(np.int64(4)).epochs == 4 and fn.StepDecay(np.int64(2)).step == 2
     assert fn.WarmupCosine(np.float64(0.5), np.int64(3)).warmup == 0.5
+    assert fn.ReduceLROnPlateau(factor=Decimal("0.5")).factor == 0.5  # (as before the checks)
     model = fn.Sequential([fn.Dense(4)], seed=0)
     model.fit(X, y, epochs=1, verbose=0, validation_split=np.float32(0.2))
     assert "val_loss" in model.history
@@ -358,9 +360,11 @@ def test_numpy_scalars_are_numbers_and_counts_everywhere():
 
 
 @pytest.mark.parametrize("schedule", [fn.CosineDecay(3, min_lr=0.5), fn.WarmupCosine(1, 3, 0.5)])
-def test_a_decay_to_a_min_lr_above_the_lr_is_refused_before_training(schedule):
+def test_a_decay_never_raises_an_lr_below_its_min_lr(schedule):
+    """A min_lr above an optimizer's lr (a fine-tuned backbone's, say) raised that lr as it
+    'decayed': an lr below min_lr stays (as ReduceLROnPlateau keeps one), the others decay."""
     X, y = make_blobs(n=60)
-    model = fn.Sequential([fn.Dense(4)], optimizer=fn.SGD(0.1), seed=0)
-    with pytest.raises(ValueError, match=r"min_lr=0.5 is above the learning rate .* \(0.1\)"):
-        model.fit(X, y, epochs=3, verbose=0, callbacks=[schedule])
-    assert model.epochs_trained == 0 and model.optimizer.lr == 0.1
+    model = fn.Sequential([fn.Dense(8, optimizer=fn.SGD(0.1)), fn.Dense(4)], optimizer=fn.SGD(2.0))
+    model.fit(X, y, epochs=3, verbose=0, callbacks=[schedule])
+    assert model.layers[0].optimizer.lr <= 0.1 + 1e-12
+    assert 0.5 <= model.optimizer.lr < 2.0

@@ -343,6 +343,15 @@ def test_saving_again_keeps_the_files_permissions_and_its_symbolic_link(tmp_path
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
     np.testing.assert_array_equal(fn.load_model(path).get_weights()[0], model.get_weights()[0])
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".fastnet-")] == []
+    dangling, loop = tmp_path / f"dangling{suffix}", tmp_path / f"loop{suffix}"
+    dangling.symlink_to(tmp_path / "nowhere" / f"m{suffix}")
+    loop.symlink_to(loop.name)
+    trained = model.epochs_trained  # (refused before training, naming the link)
+    with pytest.raises(FileNotFoundError, match=r"dangling.*a link to .*nowhere.* is missing"):
+        model.fit(X, y, epochs=1, verbose=0, callbacks=[fn.ModelCheckpoint(str(dangling))])
+    assert model.epochs_trained == trained
+    with pytest.raises(OSError, match="loop.* is a loop of symbolic links"):
+        model.save(loop)
 
 
 def test_real_number_types_are_accepted():

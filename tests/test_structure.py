@@ -114,8 +114,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # replaced, Keras hooks without logs defaults, history after a two-epoch restore: +90), to
 # 12,380 for a backend-switching newcomer's report (auto warning when it passes over an
 # installed backend, numba's cache checked in its probe, backends pickled by name, the
-# distributed launch choosing backends as models do, an op's implementations all recorded: +40)
-BUDGET = 12380
+# distributed launch choosing backends as models do, an op's implementations all recorded: +40),
+# to 12,400 for a reviewer's findings (a mixin's compute ahead of a fused loss, the history of
+# a two-epoch restore, schedules keeping an lr below min_lr, links checked before training,
+# losses pickled before a hyperparameter was checked: +20)
+BUDGET = 12400
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -461,3 +461,43 @@ def test_a_loss_with_its_own_correct_count_trains_by_it(backend):
     assert h["accuracy"][0] == pytest.approx(
         model.evaluate(X, (y > 0).astype(float))["accuracy"], rel=1e-6
     )
+
+
+class _L1Value:
+    """A mixin with its own value and gradient (the mean absolute error)."""
+
+    def compute(self, outputs, targets, weights=None):
+        diff = outputs - targets.reshape(outputs.shape)
+        return abs(diff).mean(), np.sign(diff) / diff.size
+
+
+class MixedInL1(_L1Value, fn.MeanSquaredError):
+    name = "test_mixed_in_l1"
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_mixins_compute_ahead_of_a_fused_loss_is_what_trains(backend):
+    """The fused form inherited from MeanSquaredError was found before the mixin's compute:
+    the model trained on the squared error, silently."""
+    X = np.random.default_rng(0).normal(size=(64, 3))
+    t = X.sum(axis=1) * 3
+    model = fn.Sequential([fn.Dense(1)], loss=MixedInL1(), backend=backend, seed=0)
+    h = model.fit(X, t, epochs=1, batch_size=64, verbose=0)
+    assert model.loss.plan().fused == ""
+    first = np.abs(model.predict_raw(X)[:, 0] - t).mean()  # (after the step: below the start)
+    assert h["loss"][0] == pytest.approx(float(np.abs(t).mean()), rel=0.05)
+    assert first < h["loss"][0] * 1.01
+
+
+def test_a_loss_pickled_before_its_hyperparameter_was_checked_loads():
+    """MeanSquaredError's scale became a checked attribute: a pickle holding it under its
+    plain name read no scale (AttributeError in fit)."""
+    import pickle
+
+    loss = fn.MeanSquaredError(2.0)
+    old = dict(vars(loss))
+    old["scale"] = old.pop("_checked_scale")  # as the pickle of a release before held it
+    loss.__dict__.clear()
+    loss.__dict__.update(old)
+    again = pickle.loads(pickle.dumps(loss))
+    assert again.scale == 2.0 and again.plan().scale == 2.0
