@@ -698,6 +698,36 @@ class Backend:
         totals[1:2] += ((logits > 0) == (t > 0.5)).sum() / k
         return dlogits
 
+    def loss_kernel_arguments(
+        self, outputs: Any, targets: Any, weights: Any, totals: Any, grad: Any
+    ) -> tuple[Any, Any, Any, Any] | None:
+        """``(outputs, targets, weights or None, grad)`` as the fused elementwise loss kernels
+        (sigmoid BCE, squared error) take them: C-contiguous, in the outputs' float dtype,
+        targets of their shape (one column may come flat), ``grad`` reused where it fits;
+        None where they cannot (then the reference runs): other shapes or dtypes, ``totals``
+        not a C-contiguous float64 pair."""
+        xp = self.xp
+        t = targets.reshape(-1, 1) if targets.ndim == 1 else targets
+        dtype = outputs.dtype
+        if not (
+            outputs.ndim == 2
+            and dtype in FLOAT_DTYPES
+            and t.shape == outputs.shape
+            and (weights is None or weights.shape == outputs.shape[:1])
+            and totals.dtype == np.float64
+            and totals.size >= 2
+            and totals.flags.c_contiguous
+        ):
+            return None
+        outputs, t = xp.ascontiguousarray(outputs), xp.ascontiguousarray(t, dtype=dtype)
+        if weights is not None:
+            weights = xp.ascontiguousarray(weights, dtype=dtype)
+        if not (
+            grad is not None and grad.shape == outputs.shape and contiguous_floats(outputs, grad)
+        ):
+            grad = xp.empty(outputs.shape, dtype)
+        return outputs, t, weights, grad
+
     def squared_error(
         self,
         outputs: Any,

@@ -607,28 +607,12 @@ class CupyBackend(Backend):
         """As the reference, in one CUDA kernel (nothing allocates given a C-contiguous
         ``dlogits`` of the logits' shape and dtype, C-contiguous inputs of that dtype and a
         C-contiguous float64 ``totals``)."""
-        xp = self.xp
-        t = targets.reshape(-1, 1) if targets.ndim == 1 else targets
-        if not (
-            logits.ndim == 2
-            and logits.dtype in FLOAT_DTYPES
-            and t.shape == logits.shape
-            and (weights is None or weights.shape == logits.shape[:1])
-            and totals.dtype == np.float64
-            and totals.size >= 2
-            and totals.flags.c_contiguous
-        ):
+        args = self.loss_kernel_arguments(logits, targets, weights, totals, dlogits)
+        if args is None:
             return super().sigmoid_bce(logits, targets, weights, totals, dlogits)
-        dtype = logits.dtype
-        if weights is not None:
-            weights = xp.ascontiguousarray(weights, dtype=dtype)
-        logits, t = xp.ascontiguousarray(logits), xp.ascontiguousarray(t, dtype=dtype)
-        fits = dlogits is not None and dlogits.shape == logits.shape
-        if not (fits and contiguous_floats(logits, dlogits)):
-            dlogits = xp.empty(logits.shape, dtype)
-        self.k.sigmoid_bce(logits, t, weights, dlogits, totals)
+        self.k.sigmoid_bce(*args, totals)
         self.record_kernel("sigmoid_bce", "cuda-fused")
-        return dlogits
+        return args[3]
 
     def squared_error(
         self,
@@ -639,30 +623,14 @@ class CupyBackend(Backend):
         scale: float = 1.0,
         dout: Any = None,
     ) -> Any:
-        """As the reference, in one CUDA kernel (nothing allocates given a C-contiguous
-        ``dout`` of the outputs' shape and dtype, C-contiguous inputs of that dtype and a
-        C-contiguous float64 ``totals``)."""
-        xp = self.xp
-        t = targets.reshape(outputs.shape) if targets.ndim == 1 else targets
-        if not (
-            outputs.ndim == 2
-            and outputs.dtype in FLOAT_DTYPES
-            and t.shape == outputs.shape
-            and (weights is None or weights.shape == outputs.shape[:1])
-            and totals.dtype == np.float64
-            and totals.flags.c_contiguous
-        ):
+        """As the reference, in one CUDA kernel (nothing allocates given what
+        ``sigmoid_bce`` needs)."""
+        args = self.loss_kernel_arguments(outputs, targets, weights, totals, dout)
+        if args is None:
             return super().squared_error(outputs, targets, weights, totals, scale, dout)
-        dtype = outputs.dtype
-        if weights is not None:
-            weights = xp.ascontiguousarray(weights, dtype=dtype)
-        outputs, t = xp.ascontiguousarray(outputs), xp.ascontiguousarray(t, dtype=dtype)
-        fits = dout is not None and dout.shape == outputs.shape
-        if not (fits and contiguous_floats(outputs, dout)):
-            dout = xp.empty(outputs.shape, dtype)
-        self.k.squared_error(outputs, t, weights, dout, scale, totals)
+        self.k.squared_error(*args, scale, totals)
         self.record_kernel("squared_error", "cuda-fused")
-        return dout
+        return args[3]
 
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
         dense = labels.ndim == 2 and labels.shape == logits.shape

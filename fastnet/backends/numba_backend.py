@@ -278,24 +278,13 @@ class NumbaBackend(Backend):
     ) -> Any:
         """The fused step's kernel (``numba_cpu.sigmoid_bce``); the reference for other
         shapes and dtypes."""
-        t = targets.reshape(-1, 1) if targets.ndim == 1 else targets
-        dtype = logits.dtype
-        if not (
-            logits.ndim == 2
-            and dtype in FLOAT_DTYPES
-            and t.shape == logits.shape
-            and (weights is None or weights.shape == logits.shape[:1])
-            and totals.dtype == np.float64
-        ):
+        args = self.loss_kernel_arguments(logits, targets, weights, totals, dlogits)
+        if args is None:
             return super().sigmoid_bce(logits, targets, weights, totals, dlogits)
-        w = self._empty((0,), dtype) if weights is None else np.ascontiguousarray(weights, dtype)
-        fits = dlogits is not None and dlogits.shape == logits.shape and dlogits.dtype == dtype
-        if not (fits and dlogits.flags.c_contiguous):
-            dlogits = np.empty(logits.shape, dtype)
-        args = (np.ascontiguousarray(logits), np.ascontiguousarray(t, dtype), w, dlogits)
-        self.k.sigmoid_bce(*args, totals)
+        z, t, w, grad = args
+        self.k.sigmoid_bce(z, t, self._empty((0,), z.dtype) if w is None else w, grad, totals)
         self.record_kernel("sigmoid_bce", "numba-fused")
-        return dlogits
+        return grad
 
     def squared_error(
         self,
@@ -308,24 +297,14 @@ class NumbaBackend(Backend):
     ) -> Any:
         """The fused step's kernel (``numba_cpu.squared_error``); the reference for other
         shapes and dtypes."""
-        t = targets.reshape(outputs.shape) if targets.ndim == 1 else targets
-        dtype = outputs.dtype
-        if not (
-            outputs.ndim == 2
-            and dtype in FLOAT_DTYPES
-            and t.shape == outputs.shape
-            and (weights is None or weights.shape == outputs.shape[:1])
-            and totals.dtype == np.float64
-        ):
+        args = self.loss_kernel_arguments(outputs, targets, weights, totals, dout)
+        if args is None:
             return super().squared_error(outputs, targets, weights, totals, scale, dout)
-        w = self._empty((0,), dtype) if weights is None else np.ascontiguousarray(weights, dtype)
-        fits = dout is not None and dout.shape == outputs.shape and dout.dtype == dtype
-        if not (fits and dout.flags.c_contiguous):
-            dout = np.empty(outputs.shape, dtype)
-        y, t = np.ascontiguousarray(outputs), np.ascontiguousarray(t, dtype)
-        self.k.squared_error(y, t, w, dout, float(scale), totals)
+        y, t, w, grad = args
+        w = self._empty((0,), y.dtype) if w is None else w
+        self.k.squared_error(y, t, w, grad, float(scale), totals)
         self.record_kernel("squared_error", "numba-fused")
-        return dout
+        return grad
 
     def count_correct(self, logits: Any, labels: Any, out: Any = None) -> Any:
         if not (
