@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -979,6 +981,10 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
     return args
 
 
+def _one_line_warning(command: str, message: Any, *args: Any, **kwargs: Any) -> None:
+    print(f"fastnet {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
@@ -990,7 +996,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fastnet.distributed import DistributedError
 
     try:
-        return globals()[f"cmd_{args.command}"](args)  # cmd_train, cmd_predict, ...
+        with warnings.catch_warnings():  # one line each, as the errors: "fastnet train: warning"
+            warnings.showwarning = functools.partial(_one_line_warning, args.command)
+            return globals()[f"cmd_{args.command}"](args)  # cmd_train, cmd_predict, ...
     except BrokenPipeError:  # `fastnet predict | head` stopped reading: quiet, as Unix tools are
         if argv is None:  # the command line's process: its exit flushes stdout again
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

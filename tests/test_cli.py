@@ -390,9 +390,12 @@ def test_predict_into_a_closed_pipe_exits_quietly(tmp_path, call):
     path = _table(tmp_path / "t.csv", np.arange(30) % 2)
     ckpt = str(tmp_path / "m.npz")
     assert main(["train", "--data", path, "--target", "target", "--save", ckpt, *TINY]) == 0
+    import os
+
     code = f"import sys; from fastnet.cli import main; sys.exit({call})"
     argv = [sys.executable, "-c", code, "predict", ckpt, "--data", path]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    env = {**os.environ, "FASTNET_BACKEND": "numba"}  # (no warning from 'auto' on stderr)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     proc.stdout.close()  # `| head` gone before the first write: EPIPE
     err = proc.stderr.read().decode()
     assert proc.wait() == 141 and err == ""
@@ -775,3 +778,26 @@ def test_errors_in_a_labels_file_name_that_file(tmp_path, capsys):
     ):
         assert main(["train", *argv, *TINY]) == 2
         assert f"the labels of {wide} has shape (50, 2)" in capsys.readouterr().err
+
+
+def test_warnings_print_as_one_line_naming_the_command(monkeypatch, capsys):
+    """Python's warning format (file:line, the source line) read as a crash in a terminal."""
+    import warnings
+
+    import fastnet.cli as cli
+
+    def warns(args):
+        warnings.warn(
+            "backend 'auto' chose numba: cupy is installed\n but unusable",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return 0
+
+    monkeypatch.setattr(cli, "cmd_backends", warns)
+    assert main(["backends"]) == 0
+    err = capsys.readouterr().err
+    assert (
+        err
+        == "fastnet backends: warning: backend 'auto' chose numba: cupy is installed but unusable\n"
+    )
