@@ -244,7 +244,7 @@ def init(comm: str = "mpi", backend: str | None = None) -> Communicator:
     from fastnet.backends import KNOWN, selected, set_backend
 
     name, device = backend or "", None  # (a backend class of the user's own: as it is)
-    if backend is None or backend.partition(":")[0].strip().lower() in KNOWN:
+    if backend is None or backend.partition(":")[0].strip().lower() in (*KNOWN, "auto"):
         name, device = selected(backend)  # as a model would choose it (auto, env, ...)
     if comm == "nccl" and name != "cupy":
         raise DistributedError(f"the nccl communicator needs backend='cupy', not {name!r}")

@@ -2,6 +2,7 @@
 selection, pandas in and out, pickling, partial_fit and warm starts, and the stand-alone mode
 without scikit-learn."""
 
+import copy
 import pickle
 import subprocess
 import sys
@@ -9,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from capture_backend import CaptureSimBackend
 from conftest import EMULATED, make_blobs
 
 import fastnet as fn
@@ -221,6 +223,13 @@ def test_an_estimator_given_a_backend_instance_clones_and_pickles():
     assert clone(est).backend is est.backend
     again = pickle.loads(pickle.dumps(est))
     assert again.backend is est.backend and (again.predict(X) == est.predict(X)).all()
+
+    class Counting(type(est.backend)):  # a backend class of one's own, a known name kept
+        pass
+
+    own = Counting()
+    assert type(clone(fn.MLPClassifier(backend=own)).backend) is Counting
+    assert type(copy.deepcopy(CaptureSimBackend())) is CaptureSimBackend  # (an unknown name)
 
 
 def test_pipeline_grid_search_and_cross_validation():

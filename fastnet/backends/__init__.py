@@ -87,11 +87,13 @@ def _probe_numba() -> BackendInfo:
         return _import_failure("numba", exc, "`pip install numba scipy`")
     try:  # the kernels' @njit(cache=True) need a writable cache folder as they are defined
         import fastnet.kernels.numba_cpu  # noqa: F401
-    except RuntimeError as exc:
-        reason = (
-            f"numba cannot write its compile cache ({exc}): set NUMBA_CACHE_DIR to a writable "
-            "folder"
-        )
+    except Exception as exc:  # (and a BLAS that fails to load: numba cannot run either)
+        reason = f"fastnet's numba kernels fail to load ({exc})"
+        if "cannot cache" in str(exc):
+            reason = (
+                f"numba cannot write its compile cache ({exc}): set NUMBA_CACHE_DIR to a "
+                "writable folder"
+            )
         return BackendInfo("numba", False, reason, numba.__version__, "")
     return BackendInfo("numba", True, "", numba.__version__, "CPU")
 

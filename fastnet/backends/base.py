@@ -99,10 +99,18 @@ class Backend:
     def __repr__(self) -> str:
         return f"<fastnet backend {self.name!r}>"
 
-    def __reduce__(self) -> tuple:
-        """Pickled, copied and cloned (scikit-learn's ``clone``, joblib) as its name: the
-        process's one instance of it, as ``get_backend`` gives it."""
-        return (sys.modules["fastnet.backends"].get_backend, (self.name,))  # (the package)
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        """Pickled, copied and cloned (scikit-learn's ``clone``, joblib) as its name where
+        ``get_backend`` gives this class for it (the process's one instance; its modules do
+        not pickle); a backend class of one's own as any object."""
+        get_backend = sys.modules["fastnet.backends"].get_backend  # (the package)
+        try:
+            named = get_backend(self.name)
+        except (ValueError, RuntimeError):  # not a name it knows, or not available here
+            named = None
+        if type(named) is type(self):
+            return (get_backend, (self.name,))
+        return object.__reduce_ex__(self, protocol)
 
     # ------------------------------------------------------------------ kernel reports
     @property
