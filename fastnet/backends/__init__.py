@@ -13,6 +13,7 @@ import contextlib
 import contextvars
 import importlib
 import os
+import sys
 import threading
 import warnings
 from collections.abc import Callable, Iterator
@@ -174,6 +175,18 @@ def available_backends() -> list[str]:
     return [info.name for info in backend_infos() if info.available]
 
 
+def _outside_fastnet() -> int:
+    """The ``stacklevel`` of the first caller outside fastnet (a user's line) for a warning
+    issued by this module's caller."""
+    frame, level = sys._getframe(2), 2
+    while (
+        frame.f_back is not None
+        and frame.f_globals.get("__name__", "").partition(".")[0] == "fastnet"
+    ):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 def _resolve_auto() -> str:
     """The first available of ``AUTO_ORDER``; passing over one that is installed but cannot
     run warns once per process (a GPU machine's broken driver must not train on the CPU
@@ -190,7 +203,7 @@ def _resolve_auto() -> str:
                     f"--backend {name} or FASTNET_BACKEND={name}) to choose it without this "
                     "warning",
                     RuntimeWarning,
-                    stacklevel=4,
+                    stacklevel=_outside_fastnet(),
                 )
             return name
         if "is not installed" not in info.reason:
