@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 import time
 from collections.abc import Callable
 from typing import Any
@@ -691,12 +692,14 @@ def cold_start(name: str) -> dict[str, float]:
 
 # ---------------------------------------------------------------------------- driver
 def resolve_backends(spec: str | None) -> list[Any]:
+    if spec is not None and not spec.strip():
+        raise ValueError("--backends is empty: name them (numpy,numba,cupy) or leave it out")
     names = (
         [s.strip() for s in spec.split(",")]
         if spec
         else [n for n in ("numpy", "numba", "cupy") if probe(n).available]
     )
-    return [get_backend(n) for n in dict.fromkeys(names)]  # each once ("numba,numba")
+    return list(dict.fromkeys(get_backend(n) for n in names))  # each once ("auto,numba")
 
 
 def run_suites(
@@ -908,7 +911,8 @@ def plot_report(report: dict[str, Any], path: str) -> None:
         ax.tick_params(labelsize=7)
     when = f"{report.get('date', '')[:10]}, {report.get('rounds', '?')} rounds"
     when += ", --quick: not a result" if report.get("quick") else ""
-    fig.suptitle(f"fastnet bench on {machine_title(report['machine'])} ({when})", fontsize=10)
+    title = f"fastnet bench on {machine_title(report['machine'])} ({when})"
+    fig.suptitle(textwrap.fill(title, 100), fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     fig.savefig(path, dpi=100)
 
@@ -925,6 +929,15 @@ def run_bench(args: Any) -> int:
     for path, option in ((args.json, "--json"), (args.plot, "--plot")):
         if path:
             check_writable(path, option)  # before minutes of timing
+    if args.plot:
+        from matplotlib.backend_bases import FigureCanvasBase
+
+        kinds = FigureCanvasBase.get_supported_filetypes()
+        if os.path.splitext(args.plot)[1].lstrip(".").lower() not in kinds:
+            raise ValueError(f"--plot {args.plot!r}: a chart file is one of .{', .'.join(kinds)}")
+    rows = 2048 if args.quick else 60000  # (load_training_data's)
+    if args.suite in ("train", "floor", "all") and getattr(args, "batch_size", 128) > rows:
+        raise ValueError(f"--batch-size {args.batch_size} exceeds the {rows} training rows")
     if args.suite == "floor" and "numba" not in [be.name for be in resolve_backends(args.backends)]:
         raise ValueError(
             "--suite floor breaks down the numba fused step: include numba in --backends"

@@ -442,6 +442,25 @@ def test_bench_checks_its_outputs_and_suite_before_timing(tmp_path, capsys):
     assert "--json path" in capsys.readouterr().err
     assert main(["bench", "--quick", "--suite", "floor", "--backends", "numpy"]) == 2
     assert "include numba in --backends" in capsys.readouterr().err
+    late = [  # (each refused before the cold start and the timing, not after them)
+        (["--suite", "kernels", "--plot", str(tmp_path / "chart.txt")], "a chart file is one of"),
+        (["--suite", "train", "--batch-size", "4096"], "exceeds the 2048 training rows"),
+        (["--suite", "kernels", "--backends", " "], "--backends is empty"),
+    ]
+    for argv, message in late:
+        assert main(["bench", "--quick", *argv]) == 2
+        out, err = capsys.readouterr()
+        assert message in err and "cold start" not in out, (out, err)
+
+
+def test_bench_times_a_backend_named_twice_once():
+    """'auto,numba' timed numba twice, two contestants of one name in every table."""
+    from fastnet.bench.suites import resolve_backends
+
+    backends = resolve_backends("numpy, NUMPY,numpy")
+    assert len(backends) == 1
+    chosen = fn.get_backend("auto")
+    assert resolve_backends(f"auto,{chosen.name}") == [chosen]
 
 
 def test_bench_groups_without_numpy_have_a_reference():

@@ -199,9 +199,9 @@ def _resolve_auto() -> str:
                 _warned_auto.add(name)
                 skipped = "; ".join(passed_over)
                 warnings.warn(
-                    f"backend 'auto' chose {name}: {skipped}. Name it (backend={name!r}, "
-                    f"--backend {name} or FASTNET_BACKEND={name}) to choose it without this "
-                    "warning",
+                    f"backend 'auto' chose {name}: {skipped}. Name it (backend={name!r} in "
+                    f"Python, {name} for the CLI's --backend/--backends, or FASTNET_BACKEND="
+                    f"{name}) to choose it without this warning",
                     RuntimeWarning,
                     stacklevel=_outside_fastnet(),
                 )
