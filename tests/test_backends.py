@@ -112,6 +112,17 @@ def test_a_backend_that_cannot_run_says_why_and_auto_says_it_passed_it_over(
     assert lines[3] == "<string>", lines[3]
 
 
+def test_auto_warns_on_rank_0_of_an_mpi_job_only():
+    """Every rank of an mpirun job printed the same 'auto chose ...' warning."""
+    code = "FAIL, ERROR = 'numba', ValueError('Number of threads must be > 0')\n" + _FAKE_FAILURES
+    for rank, warned in (("1", "0"), ("0", "1")):
+        env = {**os.environ, "OMPI_COMM_WORLD_RANK": rank}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert proc.returncode == 0, proc.stderr
+        lines = proc.stdout.splitlines()
+        assert lines[1] == "numpy" and lines[2].startswith(warned), (rank, lines)
+
+
 def test_auto_picks_an_available_backend():
     assert get_backend("auto").name.split(":")[0] in available_backends()
 

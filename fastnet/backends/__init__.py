@@ -187,15 +187,28 @@ def _outside_fastnet() -> int:
     return level
 
 
+_RANK_VARIABLES = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "MV2_COMM_WORLD_RANK")
+
+
+def _launched_rank() -> int:
+    """This process's rank under an MPI launcher (0 outside one): the job's other ranks
+    choose as rank 0 does and leave the saying to it."""
+    for variable in _RANK_VARIABLES:
+        value = os.environ.get(variable, "")
+        if value.isdigit():
+            return int(value)
+    return 0
+
+
 def _resolve_auto() -> str:
     """The first available of ``AUTO_ORDER``; passing over one that is installed but cannot
-    run warns once per process (a GPU machine's broken driver must not train on the CPU
-    unsaid)."""
+    run warns once per process, on rank 0 of an MPI job (a GPU machine's broken driver must
+    not train on the CPU unsaid)."""
     passed_over: list[str] = []
     for name in AUTO_ORDER:
         info = probe(name)
         if info.available:
-            if passed_over and name not in _warned_auto:
+            if passed_over and name not in _warned_auto and _launched_rank() == 0:
                 _warned_auto.add(name)
                 skipped = "; ".join(passed_over)
                 warnings.warn(
