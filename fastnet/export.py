@@ -55,8 +55,20 @@ class _Graph:
         return self.node(_ACTIVATION_OPS[kind], [x], name, **attrs)
 
     def layer(self, i: int, layer: Any, x: str) -> str:
-        """Add layer ``i`` applied to ``x``; returns the name of its output."""
+        """Add layer ``i`` applied to ``x``; returns the name of its output. Only fastnet's
+        own layer classes: a subclass (its own maths, or its parent's name) is refused."""
+        from fastnet.layers import LAYERS
+        from fastnet.registry import same_class
+
         kind = layer.name
+        if not (
+            type(layer).__module__.startswith("fastnet.")
+            and same_class(LAYERS.get(kind), type(layer))
+        ):
+            raise ValueError(
+                f"layer {i} ({type(layer).__name__}) has no ONNX export: fastnet exports its "
+                f"own layer classes, not subclasses (whose maths may differ)"
+            )
         if kind == "dense":
             inputs = [x, self.tensor(f"W{i}", layer.W.value)]
             if layer.b is not None:

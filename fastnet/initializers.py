@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.registry import Registry
+from fastnet.registry import Registry, construct
 
 #: initializer classes by ``name`` (a subclass with a ``name`` of its own registers itself)
 INITIALIZERS = Registry("initializer")
@@ -108,4 +108,7 @@ def get_initializer(spec: str | Initializer | None, activation: str | None) -> I
 
 def initializer_from_config(config: dict) -> Initializer:
     config = dict(config)
-    return INITIALIZERS.lookup(config.pop("name"))(**config)
+    return construct(INITIALIZERS.lookup(config.pop("name")), config)
+
+
+INITIALIZERS.load = initializer_from_config

@@ -99,7 +99,22 @@ def check_parameters_listed(layer: Layer) -> None:
         )
 
 
+def check_built_width(layer: Layer, input_dim: int, built: int) -> int:
+    """``built``, the width ``layer.build`` returned, checked against ``output_width``: the
+    model sizes its outputs and targets from ``output_width`` before building."""
+    said = layer.output_width(input_dim)
+    if built != said:
+        name = type(layer).__name__
+        raise TypeError(
+            f"{name}.build returned width {built} for inputs of width {input_dim}, but "
+            f"{name}.output_width({input_dim}) gives {said}: a layer that changes the width "
+            f"overrides output_width(input_dim) to return it (known before building)"
+        )
+    return built
+
+
 __all__ = [
+    "check_built_width",
     "check_layer_stack",
     "check_loss_after_layers",
     "check_parameters_listed",

@@ -22,7 +22,7 @@ from fastnet.backends.plan import ActivationPlan, DensePlan, DropoutPlan, Opaque
 from fastnet.initializers import Initializer, get_initializer, initializer_from_config
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter
-from fastnet.registry import Registry
+from fastnet.registry import Registry, construct
 from fastnet.validation import Checked, SetOnce, check_flag, check_fraction, is_real
 
 
@@ -55,8 +55,9 @@ class Layer:
     """Base class. Subclasses implement ``build`` (creating ``Parameter`` objects),
     ``parameters`` (returning them), ``forward`` and ``backward`` (assigning each parameter's
     ``grad``: ``p.grad = ...`` is copied into the model's gradient storage; do not add to it),
-    and ``get_config`` for arguments of their own (``{**super().get_config(), "k": k}``: a
-    config names its class). A subclass whose body sets ``name`` is
+    ``output_width`` if it changes the width, and ``get_config`` for arguments of their own
+    (``{**super().get_config(), "k": k}``: a config names its class). A subclass whose body
+    sets ``name`` is
     registered by it, so models holding it save and load (define it before loading)."""
 
     name = "layer"
@@ -104,6 +105,14 @@ class Layer:
         self._optimizer: Optimizer | None = None
         self._buffers: dict[tuple, Any] = {}
 
+    def __getattr__(self, name: str) -> Any:  # (only for attributes not found)
+        if "_buffers" not in self.__dict__ and not name.startswith("__"):
+            raise AttributeError(
+                f"{type(self).__name__} has no {name!r}: its __init__ must call "
+                f"super().__init__() first"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     @property
     def built(self) -> bool:
         return self._backend is not None
@@ -136,13 +145,16 @@ class Layer:
     def build(
         self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
     ) -> int:
-        """Create parameters for inputs of width ``input_dim``; returns the output width."""
+        """Create parameters for inputs of width ``input_dim``; returns the output width,
+        ``output_width(input_dim)`` (a layer that changes the width overrides both)."""
         self._backend, self.dtype, self.input_dim = backend, np.dtype(dtype), input_dim
         self.output_dim = input_dim
         return input_dim
 
     def output_width(self, input_dim: int) -> int:
-        """Output width for inputs of width ``input_dim``, known before building."""
+        """Output width for inputs of width ``input_dim``, known before building (the model
+        sizes its outputs and checks targets with it): override it where ``build`` returns
+        another width than ``input_dim``."""
         return input_dim
 
     def fork_random_stream(self, rank: int) -> None:
@@ -227,10 +239,11 @@ class Layer:
 
     @classmethod
     def from_config(cls, config: dict) -> Layer:
-        """The layer ``get_config`` describes (unknown keys are an error)."""
+        """The layer ``get_config`` describes (unknown keys are an error; a user's class is
+        not given keys of its base class's config that its ``__init__`` does not take)."""
         config = dict(config)
         config.pop("name", None)
-        return cls(**config)
+        return construct(cls, config)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
@@ -744,3 +757,6 @@ def layer_from_config(config: dict) -> Layer:
     layer = LAYERS.lookup(config.get("name")).from_config(config)
     layer.trainable = trainable
     return layer
+
+
+LAYERS.load = layer_from_config

@@ -15,7 +15,7 @@ import numpy as np
 
 from fastnet.backends import Act, Backend, get_backend
 from fastnet.backends.plan import LossPlan
-from fastnet.registry import Registry
+from fastnet.registry import Registry, construct
 from fastnet.validation import Checked, check_fraction, check_number
 
 #: loss classes by ``name`` (a subclass with a ``name`` of its own registers itself)
@@ -390,4 +390,7 @@ def get_loss(spec: str | dict | Loss) -> Loss:
     name = config.pop("name", None)
     if isinstance(name, str) and name not in LOSSES:
         name = ALIASES.get(name.lower(), name.lower())  # (Keras's "MSE")
-    return LOSSES.lookup(name)(**config)
+    return construct(LOSSES.lookup(name), config)
+
+
+LOSSES.load = get_loss

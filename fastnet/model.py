@@ -23,6 +23,7 @@ from fastnet.callbacks import History
 from fastnet.checkpoint import CheckpointError, plain_json, read_checkpoint, write_checkpoint
 from fastnet.initializers import INITIALIZERS, Initializer
 from fastnet.layer_stack import (
+    check_built_width,
     check_layer_stack,
     check_loss_after_layers,
     check_parameters_listed,
@@ -234,8 +235,9 @@ class Sequential(Trainer):
             layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
             layer.feeds_dense = above is not None and above.fuses_gradients  # (may hand it
             # its activation gradient)
-            width = layer.build(width, self.backend, self.dtype, self._rng)
+            built = layer.build(width, self.backend, self.dtype, self._rng)
             check_parameters_listed(layer)
+            width = check_built_width(layer, width, built)
         self._lowest = next((i for i, x in enumerate(self.layers) if x.parameters()), 0)
         loss = self.loss  # one loss object may serve models of several widths
         loss.shared = loss.shared or loss.width not in (None, width)

@@ -18,11 +18,12 @@ call over a whole flat group, with weight decay on the group's leading ``n_decay
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
 from fastnet.parameter import ParameterGroup
-from fastnet.registry import Registry
+from fastnet.registry import Registry, construct
 from fastnet.revision import bump
 from fastnet.validation import check_flag, check_fraction, is_real
 
@@ -87,6 +88,13 @@ class Optimizer:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         OPTIMIZERS.register(cls)
+        update = cls.__dict__.get("update")
+        if callable(update) and {"params", "grads"} & set(inspect.signature(update).parameters):
+            raise TypeError(
+                f"{cls.__name__}.update(params, grads) is the notebooks' form: a fastnet "
+                f"optimizer implements reference(self, xp, p, g, slots, step, eps, constants), "
+                f"the update of one flat parameter group in place (see SGD, Adam)"
+            )
         if "reference" in cls.__dict__ and "kernel" not in cls.__dict__:
             cls.kernel = ""  # a rule of its own: the parent's fused kernels compute another
 
@@ -441,8 +449,13 @@ def optimizer_from_config(config: dict) -> Optimizer:
     config = dict(config)
     initial_lr, lr = config.pop("initial_lr", None), config.get("lr")
     paused = lr == 0 and not isinstance(lr, bool)  # a schedule's lr 0, saved
-    optimizer = get_optimizer(config.pop("name"), **{**config, **({"lr": 1.0} if paused else {})})
+    name = config.pop("name")
+    cls = OPTIMIZERS.lookup(name if name in OPTIMIZERS else name.lower())
+    optimizer = construct(cls, {**config, **({"lr": 1.0} if paused else {})})
     if paused:
         optimizer.set_scheduled_lr(0.0)
     optimizer.initial_lr = initial_lr
     return optimizer
+
+
+OPTIMIZERS.load = optimizer_from_config

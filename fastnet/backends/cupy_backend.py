@@ -687,7 +687,7 @@ class CupyBackend(Backend):
         scalars = (t(wd), np.int64(n_decay), t(clip), t(np.finfo(p.dtype).tiny))
         derived = rule.derived_constants(constants)  # 1 - beta: float64 here, rounded once
         kernel(g, *map(t, constants), *map(t, derived), s, *scalars, *outputs)
-        self.record_kernel(f"update_{rule.kernel}", "cuda-fused")
+        self.record_kernel(f"update_{rule.kernel or rule.name}", "cuda-fused")
 
     def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:
         self.k.advance_scalars(s, checks, constants)

@@ -1,0 +1,209 @@
+"""What a user's own class must tell fastnet, and what happens when it does not: each case
+came from writing layers, losses and optimizers as a user would (an extensibility audit).
+Wrong files, wrong exports and wrong widths are refused with the fix named; configs that do
+load are not refused."""
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+
+import fastnet as fn
+from fastnet.layers import Layer
+from fastnet.optimizers import Optimizer
+
+
+def _data(n=48, d=5, k=3):
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((n, d)), rng.integers(0, k, n)
+
+
+class MinimalSGD(Optimizer):
+    """The smallest optimizer: its __init__ takes lr only (no weight_decay)."""
+
+    name = "contract_minimal_sgd"
+
+    def __init__(self, lr=0.01):
+        super().__init__(lr)
+
+    def reference(self, xp, p, g, slots, step, eps, constants):
+        p -= step * g
+
+
+class TempSoftmax(fn.SoftmaxCrossEntropy):
+    """A loss whose config is its parent's (label_smoothing) plus its own T."""
+
+    name = "contract_temp_softmax"
+
+    def __init__(self, T=2.0):
+        super().__init__()
+        self.T = T
+
+    def get_config(self):
+        return {**super().get_config(), "T": self.T}
+
+
+class GainDense(fn.Dense):
+    """A Dense subclass fixing activation, whose config is Dense's plus gain."""
+
+    name = "contract_gain_dense"
+
+    def __init__(self, units, gain=2.0):
+        super().__init__(units, "relu")
+        self.gain = gain
+
+    def get_config(self):
+        return {**super().get_config(), "gain": self.gain}
+
+
+def test_configs_holding_base_keys_the_init_does_not_take_load(tmp_path):
+    """The base class's keys (weight_decay, label_smoothing, activation) made files that
+    saved and then failed to load, copy or pickle: 'unexpected keyword argument'."""
+    X, y = _data()
+    model = fn.Sequential(
+        [GainDense(4, gain=3.0), fn.Dense(3)],
+        loss=TempSoftmax(3.0),
+        optimizer=MinimalSGD(0.1),
+        backend="numpy",
+        seed=0,
+    )
+    model.fit(X, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.npz")
+    for copied in (
+        fn.load_model(tmp_path / "m.npz"),
+        copy.deepcopy(model),
+        pickle.loads(pickle.dumps(model)),
+        fn.Sequential.from_config(model.get_config()),
+    ):
+        assert copied.layers[0].gain == 3.0 and copied.loss.T == 3.0
+        assert isinstance(copied.optimizer, MinimalSGD) and copied.optimizer.lr == 0.1
+    np.testing.assert_array_equal(
+        fn.load_model(tmp_path / "m.npz", backend="numpy").predict_proba(X),
+        model.predict_proba(X),
+    )
+
+
+def test_a_base_key_the_init_would_not_restore_is_refused(tmp_path):
+    """weight_decay set on an optimizer whose __init__ cannot take it would load as 0."""
+    X, y = _data()
+    optimizer = MinimalSGD(0.1)
+    optimizer.weight_decay = 0.5
+    model = fn.Sequential([fn.Dense(3)], optimizer=optimizer, backend="numpy", seed=0)
+    model.fit(X, y, epochs=1, verbose=0)
+    with pytest.raises(TypeError, match=r"holds weight_decay=0.5, which its __init__ does not"):
+        model.save(tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
+
+
+class Mult(Layer):
+    """y = factor x, the argument kept under another attribute name, no get_config."""
+
+    name = "contract_mult_k"
+
+    def __init__(self, factor=1.0):
+        super().__init__()
+        self.k = factor
+
+    def forward(self, x, training=True):
+        return x * self.k
+
+    def backward(self, dy, need_dx=True):
+        return dy * self.k
+
+
+def test_an_argument_kept_under_another_name_is_refused(tmp_path):
+    """Mult(3.0) saved, loaded and pickled as Mult(1.0), silently."""
+    model = fn.Sequential([Mult(3.0), fn.Dense(3)], backend="numpy", seed=0).build(5)
+    for save, argument in ((model.save, tmp_path / "m.npz"), (pickle.dumps, model)):
+        with pytest.raises(TypeError, match=r"lacks its __init__ argument\(s\) \['factor'\].*self"):
+            save(argument)
+    assert not (tmp_path / "m.npz").exists()
+
+
+class Project(Layer):
+    """Keeps the first ``width`` columns: a layer that changes the width."""
+
+    name = "contract_project"
+
+    def __init__(self, width=2, tells_width=True):
+        super().__init__()
+        self.width, self.tells_width = width, tells_width
+
+    def build(self, input_dim, backend, dtype, rng):
+        super().build(input_dim, backend, dtype, rng)
+        return self.width
+
+    def output_width(self, input_dim):
+        return self.width if self.tells_width else input_dim
+
+    def forward(self, x, training=True):
+        self.shape = x.shape
+        return x[:, : self.width]
+
+    def backward(self, dy, need_dx=True):
+        dx = np.zeros(self.shape, dy.dtype)
+        dx[:, : self.width] = dy
+        return dx
+
+
+def test_a_layer_that_changes_the_width_must_say_so_before_building():
+    """Its build returned 3, output_width said 4: the model had 4 outputs, one-hot targets
+    were refused and confusion matrices were 4 x 4."""
+    X, y = _data()
+    silent = fn.Sequential([fn.Dense(4), Project(3, tells_width=False)], backend="numpy")
+    with pytest.raises(TypeError, match=r"Project.build returned width 3 .* output_width"):
+        silent.fit(X, y, epochs=1, verbose=0)
+    told = fn.Sequential([fn.Dense(4), Project(3)], backend="numpy", seed=0)
+    told.fit(X, np.eye(3)[y], epochs=1, verbose=0)
+    assert told.output_dim == 3 and told.confusion_matrix(X, y).shape == (3, 3)
+
+
+def test_a_notebook_style_update_is_refused_when_the_class_is_defined():
+    """update(params, grads) was accepted and failed at the first step: 'ParameterGroup
+    object is not iterable'."""
+    with pytest.raises(TypeError, match=r"update\(params, grads\) is the notebooks' form.*ref"):
+
+        class NotebookSGD(Optimizer):
+            def update(self, params, grads):
+                for key in params:
+                    params[key] -= 0.01 * grads[key]
+
+
+def test_a_user_rule_is_reported_under_its_own_name():
+    """Every kernel-less rule was recorded as 'update_'."""
+    X, y = _data()
+    model = fn.Sequential([fn.Dense(3)], optimizer=MinimalSGD(0.1), backend="numpy", seed=0)
+    model.fit(X, y, epochs=1, verbose=0)
+    assert "update_contract_minimal_sgd" in model.backend.kernel_report
+
+
+def test_a_layer_without_super_init_says_so():
+    class NoInit(Layer):
+        def __init__(self):
+            self.k = 1.0
+
+    with pytest.raises(AttributeError, match=r"NoInit .*must call super\(\).__init__\(\)"):
+        fn.Sequential([NoInit(), fn.Dense(2)]).build(3)
+
+
+def test_onnx_export_refuses_subclasses_of_built_in_layers(tmp_path):
+    """A ReLU subclass that kept its parent's name exported as Relu; a Dense subclass with
+    its own maths as a plain Gemm: other outputs than predict's, silently."""
+    pytest.importorskip("onnx")
+
+    class Swish(fn.ReLU):
+        def forward(self, x, training=True):
+            self.x = x
+            return x / (1 + np.exp(-x))
+
+        def backward(self, dy, need_dx=True):
+            s = 1 / (1 + np.exp(-self.x))
+            return dy * (s + self.x * s * (1 - s))
+
+    X, y = _data()
+    for layers in ([fn.Dense(4), Swish(), fn.Dense(3)], [GainDense(4), fn.Dense(3)]):
+        model = fn.Sequential(layers, backend="numpy", seed=0).build(5)
+        with pytest.raises(ValueError, match=r"has no ONNX export: fastnet exports its own"):
+            model.to_onnx(tmp_path / "m.onnx")
+        assert not (tmp_path / "m.onnx").exists()
