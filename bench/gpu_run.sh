@@ -161,4 +161,4 @@ files=$(find "$out" -maxdepth 1 -type f | wc -l)
 echo "      $files files in $out" >>"$out/summary.txt"
 (( files <= 8 )) || record FAIL outputs "($files files; the device returns 8)"
 echo "summary: $out/summary.txt"
-! grep -q '^FAIL' "$out/summary.txt"
+! grep -qE '^(FAIL|SKIP .*out of time)' "$out/summary.txt"  # (a stage not run is not a pass)

@@ -270,9 +270,46 @@ class _Guarded:
             a.reshape(-1).view(np.uint8)[:] = raw[GUARD_BYTES:-GUARD_BYTES]
 
 
+#: [True] while the emulated backend captures a graph: a new device array then (a ufunc's or
+#: reduction's result without ``out=``, ``astype``, ``where``) is an allocation CuPy's pool
+#: would hand the graph and then give to other arrays while every replay writes it
+CAPTURING = [False]
+
+
 class DeviceArray(np.ndarray):
     """An array in the emulated device's memory (a NumPy array, marked): the kernels of a
-    device-only stand-in refuse unmarked (host) arrays, where a GPU would fault."""
+    device-only stand-in refuse unmarked (host) arrays, where a GPU would fault. Inside a
+    capture (``CAPTURING``) any operation that makes a new array raises."""
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("out")
+        if CAPTURING[0] and out is None and method != "at":
+            raise EmulationError(f"{ufunc.__name__}.{method} allocates inside a captured step")
+        host = [x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs]
+        if out is not None:
+            kwargs["out"] = tuple(
+                o.view(np.ndarray) if isinstance(o, DeviceArray) else o for o in out
+            )
+        result = getattr(ufunc, method)(*host, **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        if isinstance(result, tuple):
+            return tuple(r.view(DeviceArray) if isinstance(r, np.ndarray) else r for r in result)
+        return result.view(DeviceArray) if isinstance(result, np.ndarray) else result
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        result = super().__array_function__(func, types, args, kwargs)
+        if CAPTURING[0] and isinstance(result, np.ndarray):
+            given = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
+            if not any(np.shares_memory(result, a) for a in given):
+                raise EmulationError(f"{func.__name__} allocates inside a captured step")
+        return result
+
+    def astype(self, *args: Any, **kwargs: Any) -> Any:
+        result = super().astype(*args, **kwargs)
+        if CAPTURING[0] and result is not self:
+            raise EmulationError("astype allocates inside a captured step")
+        return result
 
 
 def launch(

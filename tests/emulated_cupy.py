@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from cuda_emulator import _CACHE, DeviceArray, EmulationError, _Device, load, missing, stand_in
+from cuda_emulator import (
+    _CACHE,
+    CAPTURING,
+    DeviceArray,
+    EmulationError,
+    _Device,
+    load,
+    missing,
+    stand_in,
+)
 
 # ---------------------------------------------------------------------------- cuBLASLt
 FAKE_CUBLASLT = Path(__file__).with_name("fake_cublaslt.cpp")
@@ -190,6 +199,14 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
             self.k._loaded_library = lambda stem: self._cublas_path
             self._gemm = self.k.cublas_gemm()
             self._gemm_name = "cublas-direct"
+
+        def begin_capture(self) -> None:
+            super().begin_capture()
+            CAPTURING[0] = True
+
+        def end_capture(self) -> Any:
+            CAPTURING[0] = False
+            return super().end_capture()
 
         def current_stream(self) -> _Stream:
             return self.streams[-1] if self.streams else _Stream(self)

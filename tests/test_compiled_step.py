@@ -272,11 +272,18 @@ class _ObstacleBackend(CaptureSimBackend):
     """Its eager Dense forward meets an obstacle to capture (as cupy's half GEMM without a
     cuBLASLt algorithm) on the first call outside a capture."""
 
+    synced = True  # no device work issued since the last synchronize
+
     def linear(self, *args, **kwargs):
         if not self.capturing and not self.obstacles_seen:
             self.obstacles_seen += 1
             self.last_obstacle = "no algorithm for this GEMM"
+        self.synced = False
         return super().linear(*args, **kwargs)
+
+    def synchronize(self):
+        self.synced = True
+        return super().synchronize()
 
 
 @pytest.mark.parametrize("steps_per_graph", [1, 32])
@@ -299,6 +306,13 @@ def test_an_obstacle_met_in_the_warm_up_keeps_the_step_eager(steps_per_graph):
     np.testing.assert_array_equal(_weights(model), before)
     fresh = _model(_ObstacleBackend(steps_per_graph)).build(X.shape[1])
     built = _weights(fresh).copy()
+    restore = fresh.set_state
+
+    def after_the_queued_steps(*args, **kwargs):  # (a GPU's stream: the warm-up's updates)
+        assert fresh.backend.synced, "the state restored before the queued steps finished"
+        return restore(*args, **kwargs)
+
+    fresh.set_state = after_the_queued_steps
     with pytest.raises(ValueError, match="compiled=True.*no algorithm for this GEMM"):
         fresh.fit(X, y, epochs=1, batch_size=16, verbose=0, compiled=True)
     np.testing.assert_array_equal(_weights(fresh), built)  # the warm-up step undone

@@ -106,6 +106,29 @@ def test_captured_training_equals_eager(gpu, opt, loss_option):
         )
 
 
+@pytest.mark.parametrize("activation", ["relu", "leaky_relu", "sigmoid", "tanh", "linear"])
+def test_layers_without_bias_are_captured_without_allocations(gpu, activation):
+    """A Dense layer without bias ran its activation through the NumPy reference, whose
+    temporaries (``exp``, ``where``) CuPy's pool hands to a graph that keeps writing them after
+    other arrays get that memory; the emulator now fails any allocation inside a capture."""
+    X, y = make_blobs(n=300)
+    models = [
+        fn.Sequential(
+            [fn.Dense(16, activation, use_bias=False), fn.Dense(4, use_bias=False)],
+            backend=gpu,
+            seed=0,
+            dtype="float64",
+        )
+        for _ in range(2)
+    ]
+    hist = [
+        m.fit(X, y, epochs=2, batch_size=64, verbose=0, compiled=c)
+        for m, c in zip(models, (False, True))
+    ]
+    assert models[1].step_description.startswith("captured graph"), models[1].step_description
+    np.testing.assert_allclose(hist[0]["loss"], hist[1]["loss"], rtol=1e-9)
+
+
 def test_schedules_change_lr_without_recapture(gpu):
     X, y = make_blobs(n=1000)
     model = _mlp(gpu, opt=fn.Adam(1e-2))

@@ -111,3 +111,22 @@ def test_gpu_facts_names_what_it_cannot_read_and_still_succeeds(capsys, monkeypa
     lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
     assert {"cupy", "fastnet", "device", "nccl", "cublas", "mpirun"} <= set(lines)
     assert "unavailable (RuntimeError: no device)" in lines["device"]
+
+
+@pytest.mark.slow
+def test_a_stage_left_out_of_time_fails_the_run(tmp_path):
+    """Stages skipped for want of time were listed as SKIP and the run exited 0: a device
+    session would have read a pass with the distributed and kernel stages never run."""
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": sys.executable, "TOTAL_S": "25"}
+    proc = subprocess.run(
+        ["bash", "bench/gpu_run.sh", str(out), "--dry-run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    summary = (out / "summary.txt").read_text()
+    assert "out of time" in summary, summary
+    assert proc.returncode != 0, summary

@@ -389,3 +389,20 @@ def test_mixed_precision_backward_through_the_epilogues(gpu, policy, keeps_nan):
         else:
             assert np.linalg.norm(fused - kernels) <= 4e-3 * np.linalg.norm(kernels), name
         assert np.linalg.norm(fused - w) <= 2e-2 * np.linalg.norm(w), name
+
+
+def test_a_probe_asked_while_cublaslt_is_off_is_asked_again(gpu):
+    """The answer 'no' given while ``use_cublaslt`` was False (the bench's cuBLAS contestant
+    asked first) was kept: the fused epilogues stayed off for the rest of the process."""
+    with library(gpu):
+        gpu.use_cublaslt = False
+        try:
+            assert not gpu._gradient_epilogues_work(np.dtype(np.float32), False, "bgrada")
+        finally:
+            del gpu.use_cublaslt  # (the class's: True)
+        expected = gpu.lt.lt_gemm(gpu._cublas_path).gradient_epilogues_work(
+            np.dtype(np.float32), False, "bgrada"
+        )
+        assert gpu._gradient_epilogues_work(np.dtype(np.float32), False, "bgrada") == expected
+        if gpu.name == EMULATED:
+            assert expected

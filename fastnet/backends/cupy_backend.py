@@ -292,8 +292,8 @@ class CupyBackend(Backend):
         a capture, where probes cannot run)."""
         if key not in answers:
             answer = self._lt_call(question) is True
-            if self.xp.cuda.get_current_stream().is_capturing():
-                return answer  # not probed in a capture: ask again outside
+            if not self.use_cublaslt or self.xp.cuda.get_current_stream().is_capturing():
+                return answer  # not probed (switched off, in a capture): ask again later
             answers[key] = answer
         return answers[key]
 
@@ -424,6 +424,8 @@ class CupyBackend(Backend):
             self.k.bias_act_half(z, b, int(activation), alpha)
             self.record_kernel("bias_act", "cuda-half")
             return z
+        if b is None and contiguous_floats(z):  # (the reference would allocate temporaries)
+            return self.activation(z, activation, alpha, z)
         if b is None or z.ndim != 2 or b.shape != (z.shape[1],) or not contiguous_floats(z, b):
             return super().bias_act(z, b, activation, alpha)
         self.k.bias_act(z, b, int(activation), alpha)
@@ -687,7 +689,7 @@ class CupyBackend(Backend):
         scalars = (t(wd), np.int64(n_decay), t(clip), t(np.finfo(p.dtype).tiny))
         derived = rule.derived_constants(constants)  # 1 - beta: float64 here, rounded once
         kernel(g, *map(t, constants), *map(t, derived), s, *scalars, *outputs)
-        self.record_kernel(f"update_{rule.kernel or rule.name}", "cuda-fused")
+        self.record_kernel(f"update_{rule.kernel or type(rule).__name__}", "cuda-fused")
 
     def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:
         self.k.advance_scalars(s, checks, constants)
