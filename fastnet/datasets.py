@@ -126,12 +126,18 @@ def load_table(
                 X, y = data["X"], data["y"] if need_target else None
         elif suffix == ".npy":
             if labels is None and need_target:
-                raise DatasetError(f"{path} holds features only: pass the labels (--labels)")
+                raise DatasetError(
+                    f"{path} holds features only: pass its labels' .npy file (labels= in "
+                    "Python; --labels, or --val-labels for --val, on the command line)"
+                )
             X = np.load(path, mmap_mode="r", allow_pickle=False)
             y = None if labels is None else _labels_npy(labels)
         elif suffix == ".csv":
             if target is None and need_target:
-                raise DatasetError(f"{path}: name the target column (--target COLUMN)")
+                raise DatasetError(
+                    f"{path}: name the target column (target= in Python, --target COLUMN on "
+                    "the command line)"
+                )
             X, y, names = read_csv(path, target, need_target, columns, dtype=dtype)
         else:
             raise DatasetError(f"{path}: expected a .npz, .npy or .csv file")

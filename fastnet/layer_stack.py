@@ -32,6 +32,11 @@ def check_layer_stack(layers: Sequence[Layer], mixed: bool = False) -> None:
         )
     first: dict[int, int] = {}
     for i, layer in enumerate(layers):
+        if "_buffers" not in vars(layer):
+            raise TypeError(
+                f"layers[{i}] ({type(layer).__name__}) is not set up as a Layer: its __init__ "
+                "must call super().__init__()"
+            )
         if layer.built:
             raise ValueError(
                 f"layers[{i}] ({type(layer).__name__}) is built (by another model, or on its "
@@ -59,6 +64,17 @@ def check_loss_after_layers(layers: Sequence[Layer], loss: Any) -> None:
             f"the last layer {type(last).__name__} applies {kind}, and {type(loss).__name__} "
             f"applies it again: remove the {kind} (the loss takes the raw outputs, the logits; "
             "model.predict_proba gives probabilities)"
+        )
+
+
+def check_loss_width(loss: Any, width: int) -> None:
+    """Refuse a softmax loss over a single output: a softmax of one value is 1, so the loss
+    is 0, the gradients are 0 and every prediction is class 0. Raises ``ValueError``."""
+    if width == 1 and getattr(loss, "predictions", None) == "softmax":
+        raise ValueError(
+            f"{type(loss).__name__} over 1 output is always 0 (a softmax of one value is 1) "
+            "and trains nothing: for two classes use loss='bce' with 1 output (or 2 outputs), "
+            "for regression loss='mse'"
         )
 
 
@@ -99,24 +115,29 @@ def check_parameters_listed(layer: Layer) -> None:
         )
 
 
-def check_built_width(layer: Layer, input_dim: int, built: int) -> int:
-    """``built``, the width ``layer.build`` returned, checked against ``output_width``: the
-    model sizes its outputs and targets from ``output_width`` before building."""
-    said = layer.output_width(input_dim)
-    if built != said:
-        name = type(layer).__name__
-        raise TypeError(
-            f"{name}.build returned width {built} for inputs of width {input_dim}, but "
-            f"{name}.output_width({input_dim}) gives {said}: a layer that changes the width "
-            f"overrides output_width(input_dim) to return it (known before building)"
-        )
-    return built
+def check_built_width(layers: Sequence[Layer], widths: list[int], output_width: int) -> None:
+    """The model's width as built (``widths``: each layer's input, then the output) against
+    ``output_width``, what the model sized its outputs and targets by before building: a
+    layer whose ``build`` changes the width without ``output_width`` saying so is named."""
+    if widths[-1] == output_width:
+        return
+    i, layer = next(
+        (i, x) for i, x in enumerate(layers) if x.output_width(widths[i]) != widths[i + 1]
+    )
+    name = type(layer).__name__
+    raise TypeError(
+        f"{name}.build returned width {widths[i + 1]} for inputs of width {widths[i]}, but "
+        f"{name}.output_width({widths[i]}) gives {layer.output_width(widths[i])}: a layer that "
+        "changes the width overrides output_width(input_dim) to return it (known before "
+        "building)"
+    )
 
 
 __all__ = [
     "check_built_width",
     "check_layer_stack",
     "check_loss_after_layers",
+    "check_loss_width",
     "check_parameters_listed",
     "fix_default_initializers",
 ]

@@ -105,14 +105,6 @@ class Layer:
         self._optimizer: Optimizer | None = None
         self._buffers: dict[tuple, Any] = {}
 
-    def __getattr__(self, name: str) -> Any:  # (only for attributes not found)
-        if "_buffers" not in self.__dict__ and not name.startswith("__"):
-            raise AttributeError(
-                f"{type(self).__name__} has no {name!r}: its __init__ must call "
-                f"super().__init__() first"
-            )
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
     @property
     def built(self) -> bool:
         return self._backend is not None

@@ -26,6 +26,7 @@ from fastnet.layer_stack import (
     check_built_width,
     check_layer_stack,
     check_loss_after_layers,
+    check_loss_width,
     check_parameters_listed,
     fix_default_initializers,
 )
@@ -169,6 +170,8 @@ class Sequential(Trainer):
         loss = get_loss(loss)
         if not _REBUILDING.get():  # (a saved model's weights stay loadable)
             check_loss_after_layers(self.layers, loss)
+            if getattr(self, "input_dim", None) is not None:
+                check_loss_width(loss, self.output_dim)
         self._loss = loss
         if getattr(self, "_backend", None) is not None:
             self._loss.build(self.backend)
@@ -230,14 +233,17 @@ class Sequential(Trainer):
                     f"{self.input_dim} and keeps its weights; make a new model for another width"
                 )
             return self
-        self.output_width(width)  # raises on a mismatch before any layer is built
+        said, widths = self.output_width(width), [width]  # (raises on a mismatch before any
+        # layer is built)
+        check_loss_width(self.loss, said)
         for layer, above in zip(self.layers, [*self.layers[1:], None]):
             layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
             layer.feeds_dense = above is not None and above.fuses_gradients  # (may hand it
             # its activation gradient)
-            built = layer.build(width, self.backend, self.dtype, self._rng)
+            width = layer.build(width, self.backend, self.dtype, self._rng)
+            widths.append(width)
             check_parameters_listed(layer)
-            width = check_built_width(layer, width, built)
+        check_built_width(self.layers, widths, said)
         self._lowest = next((i for i, x in enumerate(self.layers) if x.parameters()), 0)
         loss = self.loss  # one loss object may serve models of several widths
         loss.shared = loss.shared or loss.width not in (None, width)
@@ -313,13 +319,21 @@ class Sequential(Trainer):
                 raise ValueError(f"weights[{i}] must hold real numbers, got dtype {host.dtype}")
             with np.errstate(over="ignore"):
                 host = np.asarray(host, e.ref.dtype)
-            bad = host.shape != e.shape or not np.isfinite(host).all()
-            if bad or (e.nonneg and (host < 0).any()):
+            shaped = host.shape == e.shape
+            problem = (
+                f"shape {host.shape}"
+                if not shaped
+                else "NaN or infinite values (in the model's dtype)"
+                if not np.isfinite(host).all()
+                else "negative values"
+                if e.nonneg and (host < 0).any()
+                else ""
+            )
+            if problem:
                 _, layer, name = e.key.split("/", 2)
                 raise ValueError(
                     f"weights[{i}] ({name} of layer {layer}) must be finite"
-                    f"{', >= 0' if e.nonneg else ''}, of shape {e.shape}, got {host.shape} "
-                    f"{host.dtype}"
+                    f"{', >= 0' if e.nonneg else ''}, of shape {e.shape}: got {problem}"
                 )
             checked.append(host)
         for e, host in zip(entries, checked):

@@ -87,7 +87,6 @@ class Optimizer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        OPTIMIZERS.register(cls)
         update = cls.__dict__.get("update")
         if callable(update) and {"params", "grads"} & set(inspect.signature(update).parameters):
             raise TypeError(
@@ -95,6 +94,7 @@ class Optimizer:
                 f"optimizer implements reference(self, xp, p, g, slots, step, eps, constants), "
                 f"the update of one flat parameter group in place (see SGD, Adam)"
             )
+        OPTIMIZERS.register(cls)
         if "reference" in cls.__dict__ and "kernel" not in cls.__dict__:
             cls.kernel = ""  # a rule of its own: the parent's fused kernels compute another
 

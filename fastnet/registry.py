@@ -4,6 +4,7 @@ config rebuilds the same class (the class must be defined, or imported, before l
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -22,13 +23,16 @@ class Registry(dict):
     def __init__(self, kind: str) -> None:
         super().__init__()
         self.kind = kind
+        self._loadable: set[tuple[type, str]] = set()  # users' configs checked to load back
         #: the object a saved config describes (set by the module of the kind)
         self.load: Callable[[dict], Any] = lambda config: construct(
             self.lookup(config.get("name")), {k: v for k, v in config.items() if k != "name"}
         )
 
     def register(self, cls: type) -> None:
-        """Register ``cls`` under the ``name`` of its class body (none: not registered)."""
+        """Register ``cls`` under the ``name`` of its class body (none: not registered); a
+        user's class records the arguments each instance is given (``record_arguments``)."""
+        record_arguments(cls)
         name = cls.__dict__.get("name")
         if name is None:
             return
@@ -59,10 +63,9 @@ class Registry(dict):
     def checked_config(self, obj: Any) -> dict:
         """``obj.get_config()``, refused where it would not load ``obj`` as it is: a subclass
         that kept its parent's ``name``, a config without that name, or a user's class whose
-        config lacks an ``__init__`` argument (required, set to another value than its
-        default, or kept under another attribute name) or holds a key its ``__init__`` does
-        not take (dropped where loading gives that value anyway, as the base classes' keys a
-        user's ``__init__`` fixes)."""
+        config lacks an ``__init__`` argument it was given (required, or another value than
+        its default) or holds a key its ``__init__`` does not take at another value than
+        loading gives (``construct``)."""
         name, config, cls = self.saved_name(obj), obj.get_config(), type(obj)
         if not isinstance(config, dict) or config.get("name") != name:
             raise TypeError(
@@ -71,18 +74,22 @@ class Registry(dict):
             )
         if _ours(cls):  # (fastnet's own classes save all)
             return config
-        params = inspect.signature(cls).parameters
-        lost = [p.name for p in params.values() if _lost(obj, p, config)]
+        params = inspect.signature(cls).parameters.values()
+        lost = [p.name for p in params if _lost(obj, p, config)]
         if lost:
             raise TypeError(
                 f"{cls.__name__}.get_config() lacks its __init__ argument(s) {lost}: return "
-                f"them (with 'name'), or keep each as an attribute of its own name (self."
-                f"{lost[0]}), so that copies, pickles and checkpoints rebuild the same {self.kind}"
+                f"them ({{**super().get_config(), {lost[0]!r}: ...}}) so that copies, pickles "
+                f"and checkpoints rebuild the same {self.kind}"
             )
         taken = _taken(cls)
-        extra = [k for k in config if k != "name" and taken is not None and k not in taken]
-        if extra:
-            _check_rebuilt(cls, config, extra, self)
+        key = (cls, repr(config))
+        if taken is not None and set(config) - taken - {"name"} and key not in self._loadable:
+            try:
+                self.load(dict(config))
+            except Exception as exc:
+                raise TypeError(f"{cls.__name__}.get_config() does not load back: {exc}") from None
+            self._loadable.add(key)
         return config
 
     def lookup(self, name: Any) -> Any:
@@ -99,15 +106,38 @@ def _ours(cls: type) -> bool:
     return cls.__module__.partition(".")[0] == "fastnet"
 
 
+def record_arguments(cls: type) -> None:
+    """Make a user's class keep, per instance, the arguments its outermost ``__init__`` call
+    was given (``_given``): what a config must hold to rebuild it."""
+    init = cls.__dict__.get("__init__")
+    if init is None or _ours(cls):
+        return
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def recording(self: Any, *args: Any, **kwargs: Any) -> None:
+        if "_given" not in self.__dict__:
+            try:
+                given = signature.bind(self, *args, **kwargs).arguments
+                self.__dict__["_given"] = dict(list(given.items())[1:])  # (not self)
+            except TypeError:
+                pass  # (init says what is wrong)
+        init(self, *args, **kwargs)
+
+    cls.__init__ = recording  # type: ignore[misc]
+
+
 def _lost(obj: Any, p: inspect.Parameter, config: dict) -> bool:
-    """Whether ``__init__`` argument ``p`` is missing from ``config`` though required, set
-    (an attribute of its name) to another value than its default, or kept under another
-    name (no attribute of its name: its value cannot be told)."""
+    """Whether ``__init__`` argument ``p`` is missing from ``config`` though required or
+    given another value than its default (or, where the arguments were not recorded, an
+    attribute of its name holds another value)."""
     if p.name in config or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
         return False
-    if p.default is p.empty or not hasattr(obj, p.name):
+    if p.default is p.empty:
         return True
-    return not _equal(getattr(obj, p.name), p.default)
+    given = obj.__dict__.get("_given")
+    value = given.get(p.name, p.default) if given is not None else getattr(obj, p.name, p.default)
+    return not _equal(value, p.default)
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -118,39 +148,30 @@ def _equal(a: Any, b: Any) -> bool:
 
 
 def _taken(cls: type) -> set[str] | None:
-    """The keyword arguments ``cls`` takes (None: any, a ``**kwargs``)."""
+    """The names of the arguments ``cls`` takes (None: any, a ``**kwargs``)."""
     params = inspect.signature(cls).parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
-    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {p.name for p in params if p.kind is not p.VAR_POSITIONAL}
 
 
 def construct(cls: type, arguments: dict) -> Any:
-    """``cls(**arguments)`` from a config (less its name). A user's class is not given the
-    keys its ``__init__`` does not take: keys of a base class's ``get_config`` whose values
-    the user's ``__init__`` fixes (``Registry.checked_config`` made sure when saving)."""
+    """``cls(**arguments)`` from a config (less its name). A user's class whose ``__init__``
+    does not take some of them (a base class's keys, such as ``weight_decay``, that its
+    ``__init__`` fixes) is built without them, and refused where it then holds other values
+    than those (a typo, or a value the class cannot restore)."""
     taken = None if _ours(cls) else _taken(cls)
-    if taken is not None:
-        arguments = {k: v for k, v in arguments.items() if k in taken}
-    return cls(**arguments)
-
-
-def _check_rebuilt(cls: type, config: dict, extra: list[str], registry: Registry) -> None:
-    """Refuse ``config`` where the keys ``extra`` that ``cls.__init__`` does not take would
-    load other values than ``config`` holds."""
-    try:
-        values = registry.load(dict(config)).get_config()
-    except Exception as exc:
-        raise TypeError(
-            f"{cls.__name__}.get_config() does not rebuild it: loading it raised "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
-    differ = [k for k in extra if not _equal(values.get(k), config[k])]
-    if differ:
-        key = differ[0]
-        raise TypeError(
-            f"{cls.__name__}.get_config() holds {key}={config[key]!r}, which its __init__ "
-            f"does not take: a copy, pickle or checkpoint would get {values.get(key)!r}; take "
-            f"{key!r} in {cls.__name__}.__init__ (and pass it on) to keep the same "
-            f"{registry.kind}"
-        )
+    if taken is None or set(arguments) <= taken:
+        return cls(**arguments)
+    obj = cls(**{k: v for k, v in arguments.items() if k in taken})
+    values = obj.get_config()
+    for key in set(arguments) - taken:
+        value = arguments[key]
+        value = value.get_config() if hasattr(value, "get_config") else value
+        if not _equal(values.get(key), value):
+            raise TypeError(
+                f"{cls.__name__} got {key}={value!r}, which its __init__ does not take "
+                f"(built without it, it has {values.get(key)!r}): take {key!r} in "
+                f"{cls.__name__}.__init__ and pass it on, or leave it out"
+            )
+    return obj

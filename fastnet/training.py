@@ -434,6 +434,7 @@ class Trainer:
     arena: Any
     layers: list
     history: dict[str, list[float]]
+    metadata: dict[str, Any]
     stop_reason: str | None
     streamed: bool
     step_description: str
@@ -467,11 +468,12 @@ class Trainer:
         array ``totals`` (a fresh one when None), which it returns."""
         if totals is None:
             totals = self.backend.zeros((2,), np.float64)
-        logits = self.forward(xb, training=True)
-        self.backward(self.loss.accumulate(logits, yb, wb, totals))
-        if reduce is not None:
-            reduce()
-        self.arena.update()
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # (divergence is
+            logits = self.forward(xb, training=True)  # fit's to report, once, clearly)
+            self.backward(self.loss.accumulate(logits, yb, wb, totals))
+            if reduce is not None:
+                reduce()
+            self.arena.update()
         return totals
 
     # ------------------------------------------------------------------ the loop
@@ -522,6 +524,8 @@ class Trainer:
         opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
         run = self._prepare_fit(X, y, opts)
         # ---- nothing above changed the model; from here on it trains
+        if hasattr(X, "columns") and "features" not in self.metadata:  # (a DataFrame: read by
+            self.metadata["features"] = [str(c) for c in X.columns]  # these names from now on)
         unbuilt = None if self.built else (self._rng.bit_generator.state, self.loss.width)
         self.build(run.X.shape[1])  # (a built model: nothing; its width was checked)
         self._apply_trainable()
@@ -861,6 +865,7 @@ class Trainer:
         try:
             loss_sum, correct_sum = run_epoch(bar.update, run.callbacks)
         except CaptureRequiredError:
+            self.backend.synchronize()  # (the step stream's queued updates land first)
             self.set_state(snapshot)  # this epoch's steps undone (in the first: nothing changed)
             raise
         finally:
@@ -1169,7 +1174,8 @@ class Trainer:
         for lo in range(0, X.shape[0], batch_size):
             xb = self.backend.asarray(X[lo : lo + batch_size])
             yb = self.backend.asarray(y[lo : lo + batch_size])
-            loss, _ = self.loss.compute(self.forward(xb, training=False), yb)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                loss, _ = self.loss.compute(self.forward(xb, training=False), yb)
             total += float(loss) * xb.shape[0]
         return total / X.shape[0]
 

@@ -530,3 +530,69 @@ def test_bad_hyperparameters_name_the_estimator_parameter(params, message):
     with pytest.raises(ValueError, match=message):
         clf.fit(X, y)
     assert not hasattr(clf, "model_")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_softmax_loss_over_one_output_is_refused(backend):
+    """Dense(1) with the default loss and an (n, 1) column of labels trained with loss 0 and
+    accuracy 1.0 and learned nothing (a softmax of one value is 1); the loss set on a built
+    model the same."""
+    if backend == "numba":
+        pytest.importorskip("numba")
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 4)), rng.integers(0, 2, 40)
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(1)], backend=backend, seed=0)
+    with pytest.raises(ValueError, match=r"over 1 output is always 0.*loss='bce'"):
+        model.fit(X, y.reshape(-1, 1), epochs=1, verbose=0)
+    assert not model.built
+    binary = fn.Sequential([fn.Dense(1)], loss="bce", backend=backend, seed=0).build(4)
+    with pytest.raises(ValueError, match=r"over 1 output is always 0"):
+        binary.loss = "softmax_cross_entropy"
+    assert isinstance(binary.loss, fn.SigmoidBinaryCrossEntropy)
+
+
+def test_a_frame_fitted_is_read_by_its_column_names_later(tmp_path):
+    """A model fitted on a DataFrame took reordered columns by position at evaluate, silently:
+    fit now records the names (model.metadata['features'], saved) as the CLI does."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((120, 4))
+    y = (X[:, 0] > 0).astype(int)
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(2)], backend="numpy", seed=0)
+    model.fit(frame, y, epochs=3, verbose=0)
+    assert model.metadata["features"] == ["a", "b", "c", "d"]
+    expected = model.predict_proba(frame)
+    np.testing.assert_array_equal(model.predict_proba(frame[list("dcba")]), expected)
+    model.save(tmp_path / "m.npz")
+    loaded = fn.load_model(tmp_path / "m.npz", backend="numpy")
+    np.testing.assert_array_equal(loaded.predict_proba(frame[list("cadb")]), expected)
+    with pytest.raises(ValueError, match=r"lacks column\(s\) \['a'\]"):
+        loaded.predict(frame.rename(columns={"a": "z"}))
+
+
+def test_numpy_warnings_of_a_diverging_fit_are_fastnets_one_warning():
+    """The numpy backend printed 'overflow encountered in matmul' and 'invalid value' from
+    fastnet's internals before fastnet's own divergence warning."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 4)) * 100
+    model = fn.Sequential([fn.Dense(16, "relu"), fn.Dense(1)], loss="mse", backend="numpy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.optimizer = fn.SGD(10.0)
+        model.fit(X, X[:, :1] ** 3, epochs=3, verbose=0)
+    messages = [str(w.message) for w in caught]
+    assert messages and all("encountered in" not in m for m in messages), messages
+
+
+def test_set_weights_says_what_is_wrong():
+    model = fn.Sequential([fn.Dense(3)], backend="numpy", seed=0).build(2)
+    weights = model.get_weights()
+    weights[1] = np.array([0.0, np.nan, 0.0], np.float32)
+    with pytest.raises(ValueError, match=r"weights\[1\] \(b of layer 0\).*got NaN or infinite"):
+        model.set_weights(weights)
+    weights[1] = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match=r"of shape \(3,\): got shape \(4,\)"):
+        model.set_weights(weights)

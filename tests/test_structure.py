@@ -117,8 +117,14 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # distributed launch choosing backends as models do, an op's implementations all recorded: +40),
 # to 12,400 for a reviewer's findings (a mixin's compute ahead of a fused loss, the history of
 # a two-epoch restore, schedules keeping an lr below min_lr, links checked before training,
-# losses pickled before a hyperparameter was checked: +20)
-BUDGET = 12400
+# losses pickled before a hyperparameter was checked: +20), to 12,540 for session 16's
+# extensibility audit, GPU-code review and newcomer's report (users' classes record the
+# arguments each instance was given and load configs holding a parent's keys, checked both
+# ways; built widths checked; ONNX export refusing subclasses; a softmax loss over one output
+# refused; a fitted DataFrame's column names kept; the numpy step's floating-point warnings
+# left to fastnet's divergence report; set_weights naming what is wrong; cupy's no-bias
+# activations by its kernel, not the allocating reference, inside graphs: +140)
+BUDGET = 12540
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -840,7 +840,7 @@ class Backend:
         every later update slow on x86 CPUs: 25x for 20% subnormal Adam slots on an Intel
         Xeon).
         Backends with fused kernels override this and fall back here for what they lack."""
-        self.record_kernel(f"update_{rule.kernel or rule.name}")
+        self.record_kernel(f"update_{rule.kernel or type(rule).__name__}")
         xp = self.xp
         if xp is np and s[6]:  # SKIP (the host's memory: read it)
             return

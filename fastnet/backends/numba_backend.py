@@ -409,7 +409,7 @@ class NumbaBackend(Backend):
         if not call:
             return super().update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
         call[0](*call[1])
-        self.record_kernel(f"update_{rule.kernel or rule.name}", "numba-fused")
+        self.record_kernel(f"update_{rule.kernel or type(rule).__name__}", "numba-fused")
 
     def _update_call(
         self,
