@@ -37,6 +37,7 @@ from fastnet.optimizers import OPTIMIZERS, Optimizer, get_optimizer, optimizer_f
 from fastnet.parameter import Parameter, ParameterArena
 from fastnet.revision import bump
 from fastnet.state import StateEntry, StateError
+from fastnet.tabular import LabelEncoding
 from fastnet.training import Trainer, TrainingDivergedError
 from fastnet.validation import (
     MIXED_POLICIES,
@@ -496,6 +497,11 @@ class Sequential(Trainer):
         return X[[by_name[str(n)] for n in names]]
 
     def _targets(self, y: Any, name: str, n: int, width: int, on_device: bool = True) -> Any:
+        classes = self.metadata.get("classes")
+        if isinstance(classes, list) and self.loss.multiclass:  # (the CLI's, an estimator's)
+            host = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+            if host.dtype.kind in "USO":  # labels by name, as the model was trained on them
+                y = LabelEncoding(classes).encode(host, name)
         return check_targets(y, name, n, width, self.backend, self.dtype, self.loss, on_device)
 
     def validate_fit_data(

@@ -596,3 +596,18 @@ def test_set_weights_says_what_is_wrong():
     weights[1] = np.zeros(4, np.float32)
     with pytest.raises(ValueError, match=r"of shape \(3,\): got shape \(4,\)"):
         model.set_weights(weights)
+
+
+def test_a_model_with_class_names_evaluates_labels_by_name():
+    """A model that knows its classes (the CLI's, an estimator's) refused its own string
+    labels at evaluate, advising an encoding that could differ from the training one."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((90, 3))
+    names = np.array(["bird", "cat", "dog"])
+    codes = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    model = fn.Sequential([fn.Dense(3)], backend="numpy", seed=0)
+    model.fit(X, codes, epochs=2, verbose=0)
+    model.metadata["classes"] = names.tolist()
+    assert model.evaluate(X, names[codes]) == model.evaluate(X, codes)
+    with pytest.raises(ValueError, match=r"label\(s\) \['fox'\] that the training data lacks"):
+        model.evaluate(X, np.where(codes == 2, "fox", names[codes]))
