@@ -22,7 +22,7 @@
 #                     PyTorch's CUDA graph, fp32 and tf32, and the big MLP against its matmuls
 #                                                          -> bench-train.json (log: bench.log)
 # summary.txt has one "PASS|FAIL|SKIP  stage  detail" line per stage, then the trainings' numbers:
-# 8 files in all. Exit status 1 when a stage failed.
+# 8 files in all. Exit status 1 when a stage failed or was skipped for want of time.
 # Data: $FASTNET_DATA, else ./.data when present (the device has no Fashion-MNIST: carry it, after
 #   mkdir -p .data && cp /usr/share/datasets/fashion-mnist/*.gz .data/).
 # --dry-run (or DRY_RUN=1): on a CPU machine every stage runs on numba/numpy with tiny sizes and

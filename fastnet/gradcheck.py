@@ -75,6 +75,9 @@ def check_layer(
     ``R`` is standard normal from ``seed``'s own stream (not ``default_rng(seed)``'s: an input
     drawn from that would make ``R`` a function of it, failing BatchNorm's check).
     """
+    from fastnet.layer_stack import check_initialised
+
+    check_initialised(layer)
     backend = layer.backend
     _require_float64("layer", layer)
     saved = [(stream, stream.copy()) for stream in layer.random_streams().values()]

@@ -20,6 +20,15 @@ from fastnet.layers import (
 )
 
 
+def check_initialised(layer: Layer, name: str = "layer") -> None:
+    """Refuse a layer whose ``__init__`` did not call ``Layer.__init__``."""
+    if "_buffers" not in vars(layer):
+        raise TypeError(
+            f"{name} ({type(layer).__name__}) is not set up as a Layer: its __init__ must "
+            "call super().__init__()"
+        )
+
+
 def check_layer_stack(layers: Sequence[Layer], mixed: bool = False) -> None:
     """Refuse one layer object at two places or in two models (fastnet has no weight sharing:
     its gradients would be wrong) and, under ``mixed`` precision, a ``Standardize`` after
@@ -32,11 +41,7 @@ def check_layer_stack(layers: Sequence[Layer], mixed: bool = False) -> None:
         )
     first: dict[int, int] = {}
     for i, layer in enumerate(layers):
-        if "_buffers" not in vars(layer):
-            raise TypeError(
-                f"layers[{i}] ({type(layer).__name__}) is not set up as a Layer: its __init__ "
-                "must call super().__init__()"
-            )
+        check_initialised(layer, f"layers[{i}]")
         if layer.built:
             raise ValueError(
                 f"layers[{i}] ({type(layer).__name__}) is built (by another model, or on its "
@@ -122,8 +127,14 @@ def check_built_width(layers: Sequence[Layer], widths: list[int], output_width: 
     if widths[-1] == output_width:
         return
     i, layer = next(
-        (i, x) for i, x in enumerate(layers) if x.output_width(widths[i]) != widths[i + 1]
+        ((i, x) for i, x in enumerate(layers) if x.output_width(widths[i]) != widths[i + 1]),
+        (None, None),
     )
+    if i is None or layer is None:  # (an output_width that changed once built)
+        raise TypeError(
+            f"the layers built outputs of width {widths[-1]}, but their output_width said "
+            f"{output_width} before building: output_width must not depend on build"
+        )
     name = type(layer).__name__
     raise TypeError(
         f"{name}.build returned width {widths[i + 1]} for inputs of width {widths[i]}, but "
@@ -135,6 +146,7 @@ def check_built_width(layers: Sequence[Layer], widths: list[int], output_width: 
 
 __all__ = [
     "check_built_width",
+    "check_initialised",
     "check_layer_stack",
     "check_loss_after_layers",
     "check_loss_width",

@@ -236,7 +236,8 @@ class Sequential(Trainer):
             return self
         said, widths = self.output_width(width), [width]  # (raises on a mismatch before any
         # layer is built)
-        check_loss_width(self.loss, said)
+        if not _REBUILDING.get():  # (a saved model loads as it was built)
+            check_loss_width(self.loss, said)
         for layer, above in zip(self.layers, [*self.layers[1:], None]):
             layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
             layer.feeds_dense = above is not None and above.fuses_gradients  # (may hand it
@@ -825,10 +826,10 @@ class Sequential(Trainer):
                 if config.get("dtype") == "mixed_float16"
                 else None,
             )
+            if config.get("input_dim") is not None:
+                model.build(config["input_dim"])
         finally:
             _REBUILDING.reset(token)
-        if config.get("input_dim") is not None:
-            model.build(config["input_dim"])
         return model
 
     def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:

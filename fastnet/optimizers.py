@@ -451,7 +451,9 @@ def optimizer_from_config(config: dict) -> Optimizer:
     paused = lr == 0 and not isinstance(lr, bool)  # a schedule's lr 0, saved
     name = config.pop("name")
     cls = OPTIMIZERS.lookup(name if name in OPTIMIZERS else name.lower())
-    optimizer = construct(cls, {**config, **({"lr": 1.0} if paused else {})})
+    optimizer = construct(  # (lr 0 is a schedule's, set below: not the class's to restore)
+        cls, {**config, **({"lr": 1.0} if paused else {})}, ("lr",) if paused else ()
+    )
     if paused:
         optimizer.set_scheduled_lr(0.0)
     optimizer.initial_lr = initial_lr

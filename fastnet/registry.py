@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -83,14 +84,26 @@ class Registry(dict):
                 f"and checkpoints rebuild the same {self.kind}"
             )
         taken = _taken(cls)
-        key = (cls, repr(config))
-        if taken is not None and set(config) - taken - {"name"} and key not in self._loadable:
-            try:
-                self.load(dict(config))
-            except Exception as exc:
-                raise TypeError(f"{cls.__name__}.get_config() does not load back: {exc}") from None
-            self._loadable.add(key)
+        if taken is not None and set(config) - taken - {"name"}:
+            self._check_loads(cls, config)
         return config
+
+    def _check_loads(self, cls: type, config: dict) -> None:
+        """Load ``config`` (its keys ``cls.__init__`` does not take checked by ``construct``),
+        once per JSON config (a few hundred kept)."""
+        try:
+            key: tuple[type, str] | None = (cls, json.dumps(config, sort_keys=True))
+        except (TypeError, ValueError):  # (not JSON: checked each time)
+            key = None
+        if key in self._loadable:
+            return
+        try:
+            self.load(dict(config))
+        except Exception as exc:
+            raise TypeError(f"{cls.__name__}.get_config() does not load back: {exc}") from None
+        if key is not None:
+            self._loadable = set() if len(self._loadable) > 256 else self._loadable
+            self._loadable.add(key)
 
     def lookup(self, name: Any) -> Any:
         if not isinstance(name, str) or name not in self:
@@ -110,7 +123,7 @@ def record_arguments(cls: type) -> None:
     """Make a user's class keep, per instance, the arguments its outermost ``__init__`` call
     was given (``_given``): what a config must hold to rebuild it."""
     init = cls.__dict__.get("__init__")
-    if init is None or _ours(cls):
+    if not inspect.isfunction(init) or _ours(cls):  # (a partialmethod: as it is)
         return
     signature = inspect.signature(init)
 
@@ -128,16 +141,15 @@ def record_arguments(cls: type) -> None:
 
 
 def _lost(obj: Any, p: inspect.Parameter, config: dict) -> bool:
-    """Whether ``__init__`` argument ``p`` is missing from ``config`` though required or
-    given another value than its default (or, where the arguments were not recorded, an
-    attribute of its name holds another value)."""
+    """Whether ``__init__`` argument ``p`` is missing from ``config`` though required, or
+    given another value than its default, or an attribute of its name holds another."""
     if p.name in config or p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
         return False
     if p.default is p.empty:
         return True
-    given = obj.__dict__.get("_given")
-    value = given.get(p.name, p.default) if given is not None else getattr(obj, p.name, p.default)
-    return not _equal(value, p.default)
+    given = obj.__dict__.get("_given") or {}
+    values = (given.get(p.name, p.default), getattr(obj, p.name, p.default))
+    return any(not _equal(value, p.default) for value in values)
 
 
 def _equal(a: Any, b: Any) -> bool:
@@ -155,17 +167,18 @@ def _taken(cls: type) -> set[str] | None:
     return {p.name for p in params if p.kind is not p.VAR_POSITIONAL}
 
 
-def construct(cls: type, arguments: dict) -> Any:
+def construct(cls: type, arguments: dict, unchecked: tuple[str, ...] = ()) -> Any:
     """``cls(**arguments)`` from a config (less its name). A user's class whose ``__init__``
     does not take some of them (a base class's keys, such as ``weight_decay``, that its
     ``__init__`` fixes) is built without them, and refused where it then holds other values
-    than those (a typo, or a value the class cannot restore)."""
+    than those (a typo, or a value the class cannot restore; ``unchecked``: keys the caller
+    sets afterwards)."""
     taken = None if _ours(cls) else _taken(cls)
     if taken is None or set(arguments) <= taken:
         return cls(**arguments)
     obj = cls(**{k: v for k, v in arguments.items() if k in taken})
     values = obj.get_config()
-    for key in set(arguments) - taken:
+    for key in set(arguments) - taken - set(unchecked):
         value = arguments[key]
         value = value.get_config() if hasattr(value, "get_config") else value
         if not _equal(values.get(key), value):

@@ -423,6 +423,13 @@ class GraphedDistributedStep(GraphedStep):
         return super().end_epoch()
 
 
+def _quiet_floats() -> Any:
+    """NumPy's floating-point warnings off where they are at their default ("warn"), so a
+    diverging fit says so once, in fastnet's words; a user's ``np.seterr`` choice stays."""
+    quiet: Any = {k: "ignore" for k, v in np.geterr().items() if v == "warn"}
+    return np.errstate(**quiet)
+
+
 class Trainer:
     """``fit`` for a model that implements the methods at the end of this class (forward and
     backward, its step plan, state, data validation and build) and holds the attributes below;
@@ -468,8 +475,8 @@ class Trainer:
         array ``totals`` (a fresh one when None), which it returns."""
         if totals is None:
             totals = self.backend.zeros((2,), np.float64)
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # (divergence is
-            logits = self.forward(xb, training=True)  # fit's to report, once, clearly)
+        with _quiet_floats():  # (divergence is fit's to report, once, clearly)
+            logits = self.forward(xb, training=True)
             self.backward(self.loss.accumulate(logits, yb, wb, totals))
             if reduce is not None:
                 reduce()
@@ -522,23 +529,36 @@ class Trainer:
         (global ``batch_size``, gradients all-reduced over ``comm`` "mpi" or "nccl"; dropout
         masks per rank), the same model, data and arguments on every rank (checked)."""
         opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
-        run = self._prepare_fit(X, y, opts)
-        # ---- nothing above changed the model; from here on it trains
-        if hasattr(X, "columns") and "features" not in self.metadata:  # (a DataFrame: read by
-            self.metadata["features"] = [str(c) for c in X.columns]  # these names from now on)
-        unbuilt = None if self.built else (self._rng.bit_generator.state, self.loss.width)
-        self.build(run.X.shape[1])  # (a built model: nothing; its width was checked)
+        with self._named_features(X):  # (kept only if the model then trains)
+            run = self._prepare_fit(X, y, opts)
+            # ---- nothing above changed the model; from here on it trains
+            unbuilt = None if self.built else (self._rng.bit_generator.state, self.loss.width)
+            self.build(run.X.shape[1])  # (a built model: nothing; its width was checked)
         self._apply_trainable()
         if run.group is not None:
             self._broadcast_state(run.group)
-        self.streamed = run.streamed
-        group = run.group
+        self.streamed, group = run.streamed, run.group
         with record_kernels(self.backend), _abort_job_on_error(group), _joined(self, group):
             run_epoch = self._fit_runner(run, opts, unbuilt)
             try:
                 return self._epochs(run_epoch, run)
             finally:  # cached compiled steps must not keep this fit's data on the device
                 _release_data(self._compiled_steps.values())
+
+    @contextlib.contextmanager
+    def _named_features(self, X: Any) -> Iterator[None]:
+        """A DataFrame's column names as ``metadata["features"]`` (where unset and unique):
+        its validation frame, and later frames, are read by them; dropped on an error."""
+        names = [str(c) for c in getattr(X, "columns", ())]
+        named = "features" not in self.metadata and len(set(names)) == len(names) > 0
+        if named:
+            self.metadata["features"] = names
+        try:
+            yield
+        except BaseException:
+            if named:
+                del self.metadata["features"]
+            raise
 
     def _fit_runner(self, run: FitRun, opts: FitOptions, unbuilt: tuple | None) -> Callable:
         """The fit's epoch runner; where it is refused (``compiled=True`` and no compiled
@@ -1174,7 +1194,7 @@ class Trainer:
         for lo in range(0, X.shape[0], batch_size):
             xb = self.backend.asarray(X[lo : lo + batch_size])
             yb = self.backend.asarray(y[lo : lo + batch_size])
-            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            with _quiet_floats():
                 loss, _ = self.loss.compute(self.forward(xb, training=False), yb)
             total += float(loss) * xb.shape[0]
         return total / X.shape[0]

@@ -102,9 +102,9 @@ def check_class_labels(
         raise TypeError(
             f"{name} must hold integer class labels, got dtype {y.dtype}"
             + (f" (such as {str(odd)!r})" if odd is not None else "")
-            + ": encode the classes as 0..k-1 first, one mapping for all splits (classes, "
-            "codes = np.unique(y_train, return_inverse=True); other labels: "
-            "np.searchsorted(classes, y_other))"
+            + ": encode the classes as 0..k-1 first, one mapping for all splits (encoding, "
+            "codes = fastnet.tabular.LabelEncoding.fit(y_train); encoding.encode(y_other), "
+            "which refuses unknown labels)"
         )
     if y.ndim != 1:
         raise ValueError(f"{name} must be 1-D class labels, got shape {y.shape}")

@@ -299,17 +299,43 @@ class DeviceArray(np.ndarray):
 
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
         result = super().__array_function__(func, types, args, kwargs)
-        if CAPTURING[0] and isinstance(result, np.ndarray):
+        if CAPTURING[0]:
             given = [a for a in (*args, *kwargs.values()) if isinstance(a, np.ndarray)]
-            if not any(np.shares_memory(result, a) for a in given):
-                raise EmulationError(f"{func.__name__} allocates inside a captured step")
+            _refuse_new(result, given, func.__name__)
         return result
 
     def astype(self, *args: Any, **kwargs: Any) -> Any:
-        result = super().astype(*args, **kwargs)
-        if CAPTURING[0] and result is not self:
-            raise EmulationError("astype allocates inside a captured step")
+        return self._same_memory("astype", super().astype(*args, **kwargs))
+
+    def copy(self, *args: Any, **kwargs: Any) -> Any:
+        return self._same_memory("copy", super().copy(*args, **kwargs))
+
+    def dot(self, *args: Any, **kwargs: Any) -> Any:
+        return self._same_memory("dot", super().dot(*args, **kwargs), out=kwargs.get("out"))
+
+    def flatten(self, *args: Any, **kwargs: Any) -> Any:
+        return self._same_memory("flatten", super().flatten(*args, **kwargs))
+
+    def ravel(self, *args: Any, **kwargs: Any) -> Any:
+        return self._same_memory("ravel", super().ravel(*args, **kwargs))
+
+    def reshape(self, *args: Any, **kwargs: Any) -> Any:
+        return self._same_memory("reshape", super().reshape(*args, **kwargs))
+
+    def __getitem__(self, key: Any) -> Any:  # (fancy and boolean indexing copy)
+        return self._same_memory("indexing", super().__getitem__(key))
+
+    def _same_memory(self, what: str, result: Any, out: Any = None) -> Any:
+        if CAPTURING[0]:
+            _refuse_new(result, [self] if out is None else [self, out], what)
         return result
+
+
+def _refuse_new(result: Any, given: list, what: str) -> None:
+    """Inside a capture: refuse ``result`` where it is a new array (no memory of ``given``)."""
+    if isinstance(result, np.ndarray) and result.size:
+        if not any(np.may_share_memory(result, a) for a in given):
+            raise EmulationError(f"{what} allocates inside a captured step")
 
 
 def launch(

@@ -611,3 +611,40 @@ def test_a_model_with_class_names_evaluates_labels_by_name():
     assert model.evaluate(X, names[codes]) == model.evaluate(X, codes)
     with pytest.raises(ValueError, match=r"label\(s\) \['fox'\] that the training data lacks"):
         model.evaluate(X, np.where(codes == 2, "fox", names[codes]))
+
+
+def test_names_kept_from_a_frame_serve_its_validation_frame_and_unique_names_only():
+    """The first fit read its validation frame by position (the names were kept after it),
+    and names equal as strings (1 and '1') or repeated were kept and misread later."""
+    pd = pytest.importorskip("pandas")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((80, 4))
+    y = (X[:, 0] > 0).astype(int)
+    frame = pd.DataFrame(X, columns=list("abcd"))
+    model = fn.Sequential([fn.Dense(2)], backend="numpy", seed=0)
+    history = model.fit(
+        frame, y, epochs=2, verbose=0, validation_data=(frame[list("dcba")], y), top_k=None
+    )
+    assert history["val_loss"][-1] == pytest.approx(model.evaluate(frame, y)["loss"], rel=1e-6)
+    for columns in ([1, "1", 2, 3], ["a", "a", "b", "c"]):
+        clash = fn.Sequential([fn.Dense(2)], backend="numpy", seed=0)
+        clash.fit(pd.DataFrame(X, columns=columns), y, epochs=1, verbose=0)
+        assert "features" not in clash.metadata
+
+
+def test_a_saved_softmax_model_of_one_output_still_loads():
+    """Refused when built now, but a file an older fastnet wrote must load as it was."""
+    model = fn.Sequential([fn.Dense(1)], loss="bce", backend="numpy", seed=0).build(3)
+    config = {**model.get_config(), "loss": "softmax_cross_entropy"}
+    assert fn.Sequential.from_config(config, backend="numpy").output_dim == 1
+
+
+def test_a_users_seterr_choice_is_kept_in_training():
+    """fastnet quiets NumPy's floating-point warnings in its steps only where they are at
+    their default: np.seterr(over="raise") still raises from a diverging step."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((64, 4)) * 100
+    model = fn.Sequential([fn.Dense(16, "relu"), fn.Dense(1)], loss="mse", backend="numpy")
+    model.optimizer = fn.SGD(10.0)
+    with np.errstate(over="raise", invalid="raise"), pytest.raises(FloatingPointError):
+        model.fit(X, X[:, :1] ** 3, epochs=3, verbose=0)

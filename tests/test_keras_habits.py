@@ -393,6 +393,7 @@ def test_a_data_frame_of_mixed_numeric_columns_trains_and_others_are_named():
     model = fn.Sequential([fn.Dense(2)], backend="numpy", seed=0)
     model.fit(frame, np.array([0, 1, 0, 1]), epochs=1, verbose=0)  # bool + float: object array
     np.testing.assert_array_equal(model.predict(frame), model.predict(frame.to_numpy(float)))
+    assert model.metadata.pop("features") == ["a", "flag"]  # (by position from here on)
     missing = frame.assign(n=pd.array([1.0, None, 2.0, 3.0], dtype="Float64"))
     with pytest.raises(ValueError, match="X contains NaN .* the first in row 1"):
         model.predict(missing.drop(columns="a"))

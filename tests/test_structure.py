@@ -123,8 +123,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # ways; built widths checked; ONNX export refusing subclasses; a softmax loss over one output
 # refused; a fitted DataFrame's column names kept; the numpy step's floating-point warnings
 # left to fastnet's divergence report; set_weights naming what is wrong; cupy's no-bias
-# activations by its kernel, not the allocating reference, inside graphs: +140)
-BUDGET = 12540
+# activations by its kernel, not the allocating reference, inside graphs: +140), to 12,590
+# for a second review of those (a value set after construction, a fit's validation frame by
+# name, a saved softmax-over-one-output model still loading, a user's np.seterr kept, a
+# model with class names taking its string labels: +50)
+BUDGET = 12590
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

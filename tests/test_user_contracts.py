@@ -257,3 +257,65 @@ def test_onnx_export_refuses_subclasses_of_built_in_layers(tmp_path):
         with pytest.raises(ValueError, match=r"has no ONNX export: fastnet exports its own"):
             model.to_onnx(tmp_path / "m.onnx")
         assert not (tmp_path / "m.onnx").exists()
+
+
+class Scale(Layer):
+    """y = factor x; no get_config of its own (the base's: the name only)."""
+
+    name = "contract_scale"
+
+    def __init__(self, factor=1.0):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x, training=True):
+        return x * self.factor
+
+    def backward(self, dy, need_dx=True):
+        return dy * self.factor
+
+
+class FixedSGD(fn.SGD):
+    """SGD whose __init__ fixes lr (takes nothing)."""
+
+    name = "contract_fixed_sgd"
+
+    def __init__(self):
+        super().__init__(lr=0.1)
+
+
+def test_configs_checked_by_what_was_given_and_what_is_set(tmp_path):
+    """A value set after construction was lost once given arguments were recorded; a
+    partialmethod __init__ could not be defined; a fixed-lr optimizer whose schedule had set
+    lr to 0 could not be saved (the loader's placeholder lr was compared)."""
+    import functools
+
+    layer = Scale()
+    layer.factor = 3.0
+    model = fn.Sequential([layer, fn.Dense(2)], backend="numpy", seed=0).build(3)
+    with pytest.raises(TypeError, match=r"lacks its __init__ argument\(s\) \['factor'\]"):
+        copy.deepcopy(model)
+
+    class Partial(Layer):
+        def _setup(self, k):
+            Layer.__init__(self)
+            self.k = k
+
+        __init__ = functools.partialmethod(_setup, 2.0)
+
+    assert Partial().k == 2.0
+    X, y = _data()
+    paused = fn.Sequential([fn.Dense(3)], optimizer=FixedSGD(), backend="numpy", seed=0)
+    paused.fit(X, y, epochs=1, verbose=0)
+    paused.optimizer.set_scheduled_lr(0.0)
+    paused.save(tmp_path / "m.npz")
+    assert fn.load_model(tmp_path / "m.npz").optimizer.lr == 0.0
+
+
+def test_gradcheck_names_a_layer_without_super_init():
+    class NoInit(Layer):
+        def __init__(self):
+            self.k = 1.0
+
+    with pytest.raises(TypeError, match=r"must call super\(\).__init__\(\)"):
+        fn.gradcheck.check_layer(NoInit(), np.zeros((2, 3)))
