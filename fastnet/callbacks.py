@@ -327,6 +327,14 @@ class ModelCheckpoint(Monitor):
         except (ValueError, TypeError, IndexError, AttributeError) as exc:
             msg = f"ModelCheckpoint path {self.path!r} is not a valid template: {exc}"
             raise ValueError(msg) from None
+        from fastnet.checkpoint import CHECKPOINT_SUFFIXES
+
+        suffix = os.path.splitext(self.path)[1]  # (before training changes anything)
+        if "{" not in suffix and suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise ValueError(
+                f"ModelCheckpoint path {self.path!r}: unknown checkpoint extension "
+                f"{suffix!r}; use .npz or .safetensors"
+            )
 
     def on_train_begin(self, model: Any) -> None:
         from fastnet.checkpoint import check_checkpoint_path
@@ -430,6 +438,12 @@ class CSVLogger(Callback):
     def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ",") -> None:
         self.path, self.append, self.separator = os.fspath(path), bool(append), separator
         self.file: IO[str] | None = None
+
+    def check_logs(self, names: list[str]) -> None:
+        """Also that ``path`` can be written (before training changes anything)."""
+        from fastnet.checkpoint import check_writable
+
+        check_writable(self.path, "CSVLogger")
 
     def on_train_begin(self, model: Any) -> None:
         from fastnet.checkpoint import check_writable

@@ -655,7 +655,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print(f"\n{model.stop_reason or 'interrupted'}", file=sys.stderr)
-    if model.stop_reason and not interrupted:
+    if model.stop_reason and not interrupted and not model.diverged:  # (a divergence: warned)
         say(model.stop_reason)
     results = _train_report(model, data, time.perf_counter() - start, say)
     if main_rank:
@@ -745,8 +745,22 @@ def _write_outputs(
     if args.json:
         run = {"history": model.history, "backend": model.backend.name}
         run.update(step=model.step_description, **results, args=vars(args))
-        with open(args.json, "w") as f:
-            json.dump(run, f, indent=1)
+        from fastnet.checkpoint import atomic_write
+
+        text = json.dumps(_finite_or_null(run), indent=1, allow_nan=False)  # (strict JSON)
+        atomic_write(args.json, lambda f: f.write(text.encode()), "--json")
+
+
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with NaN and infinite floats as None (JSON's null: strict parsers refuse
+    NaN), in nested dicts and lists."""
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _verbosity(args: argparse.Namespace) -> int:
@@ -982,7 +996,10 @@ def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argpa
 
 
 def _one_line_warning(command: str, message: Any, *args: Any, **kwargs: Any) -> None:
-    print(f"fastnet {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+    from fastnet.distributed import is_main
+
+    if is_main():  # (a data-parallel job's ranks all see it: rank 0 says it)
+        print(f"fastnet {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1011,8 +1028,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         TypeError,
         NotImplementedError,
     ) as exc:
+        from fastnet.distributed import is_main
+
         message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"fastnet {args.command}: error: {message}", file=sys.stderr)
+        if is_main():  # (a data-parallel job's ranks all raise it: rank 0 says it)
+            print(f"fastnet {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

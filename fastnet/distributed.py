@@ -7,7 +7,8 @@ in the script call ``fastnet.distributed.init()`` (``fit(..., distributed=True)`
 train as usual: rank 0's initial weights are broadcast, every rank shuffles with the same seed and
 takes its own slice of each global batch, and the flat gradient arena is averaged with one
 all-reduce per parameter group and step. An uncaught exception on any rank aborts the whole job
-with a message naming that rank, so no rank waits forever in a collective.
+with a message naming that rank, so no rank waits forever in a collective; one every rank raises
+at the same point (``every_rank``: a refused compiled step, a divergence) is raised instead.
 """
 
 from __future__ import annotations

@@ -142,11 +142,12 @@ class FitRun:
 @contextlib.contextmanager
 def _abort_job_on_error(group: Any) -> Iterator[None]:
     """Data-parallel: a rank that fails aborts the whole job (naming itself) instead of
-    leaving the other ranks waiting in a collective."""
+    leaving the other ranks waiting in a collective; an error every rank raises at the same
+    point (``every_rank``: a refused compiled step, a divergence) is raised as it is."""
     try:
         yield
     except Exception as exc:
-        if group is not None and group.world_size > 1:
+        if group is not None and group.world_size > 1 and not getattr(exc, "every_rank", False):
             print(
                 traceback.format_exc()
                 + f"fastnet: rank {group.rank} of {group.world_size} failed in fit "
@@ -186,6 +187,20 @@ def _rows(a: Any, idx: np.ndarray) -> Any:
 
 class TrainingDivergedError(FloatingPointError):
     """The training loss became NaN or infinite."""
+
+    every_rank = True  # (the loss is the ranks' sum: all of them raise it)
+
+
+class RanksDifferError(RuntimeError):
+    """Data-parallel ranks' weights differ (found by all of them at once)."""
+
+    every_rank = True
+
+
+class CompiledStepRefused(ValueError):
+    """``compiled=True``, and no compiled step serves this model here (every rank alike)."""
+
+    every_rank = True
 
 
 def batch_bounds(n: int, batch_size: int, min_batch: int = 1) -> list[tuple[int, int]]:
@@ -683,10 +698,11 @@ class Trainer:
         mine = [float(xp.sum(g.values.astype(np.float64) ** 2)) for g in self.arena.groups]
         same = np.array_equal(mine, group.broadcast_object(mine), equal_nan=True)
         if group.any(not same):
-            raise RuntimeError(
-                f"distributed=True: rank {group.rank}'s weights differ from rank 0's after "
-                f"epoch {epoch + 1}: something changed one rank's model or optimizer (a "
-                "callback given to one rank only?)"
+            when = f"after epoch {epoch + 1}" if epoch >= 0 else "at the end of the fit"
+            raise RanksDifferError(
+                f"distributed=True: the ranks' weights differ {when} (this is rank "
+                f"{group.rank}): something changed one rank's model or optimizer (a callback "
+                "given to one rank only?)"
             )
 
     def _check_same_data(self, group: Any, *arrays: Any) -> None:
@@ -799,6 +815,8 @@ class Trainer:
                 break
         for cb in run.callbacks:
             cb.on_train_end(self)
+        if run.group is not None:  # (an on_train_end restore on one rank: EarlyStopping's)
+            self._check_same_weights(run.group, -1)
         return run.history
 
     def _diverged(
@@ -1041,7 +1059,9 @@ class Trainer:
         )
         if reason:
             if compiled is True:
-                raise ValueError(f"a compiled step was required (compiled=True), but {reason}")
+                raise CompiledStepRefused(
+                    f"a compiled step was required (compiled=True), but {reason}"
+                )
             return DistributedStep(self, group, sizes)
         step = GraphedDistributedStep(self, group, list(sizes), batch_size, spec)
         step.required = compiled is True  # a warm-up that meets a capture obstacle raises

@@ -91,6 +91,24 @@ def main(mode, *args):
             raise ValueError("a failure on rank 1")
 
         model().fit(X, y, epochs=50, verbose=0, distributed=True, callbacks=[At(die)])
+    elif mode == "every-rank":  # errors all ranks raise alike: raised, not the job aborted
+        X, y = problem()
+        one_rank = [fn.EarlyStopping(patience=5, min_delta=10)] if dist.rank() == 1 else []
+        cases = [
+            (ValueError, dict(compiled=True)),
+            (fn.TrainingDivergedError, dict(optimizer=fn.SGD(1e30), on_divergence="raise")),
+            (RuntimeError, dict(callbacks=one_rank, validation_data=(X, y))),
+        ]
+        for error, kw in cases:
+            m = model()
+            if "optimizer" in kw:
+                m.optimizer = kw.pop("optimizer")
+            try:
+                m.fit(X, y, epochs=3, verbose=0, distributed=True, **kw)
+            except error as exc:
+                print(f"raised {type(exc).__name__} rank {dist.rank()}: {exc}", flush=True)
+            else:
+                raise AssertionError(f"{kw} did not raise")
     elif mode == "features":  # dropout, batch norm, momentum, per-layer optimizer, numba
         X, y = problem()
         layers = [

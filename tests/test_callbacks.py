@@ -368,3 +368,21 @@ def test_a_decay_never_raises_an_lr_below_its_min_lr(schedule):
     model.fit(X, y, epochs=3, verbose=0, callbacks=[schedule])
     assert model.layers[0].optimizer.lr <= 0.1 + 1e-12
     assert 0.5 <= model.optimizer.lr < 2.0
+
+
+def test_callback_paths_are_checked_before_anything_changes(tmp_path):
+    """A ModelCheckpoint with an unknown extension was refused after the model was built and
+    after a CSVLogger before it had emptied its existing log."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 4)), np.arange(40) % 3
+    log = tmp_path / "keep.csv"
+    log.write_text("epoch,loss\n0,1.0\n")
+    model = fn.Sequential([fn.Dense(3)], backend="numpy", seed=0)
+    callbacks = [fn.CSVLogger(log), fn.ModelCheckpoint(tmp_path / "ck.txt")]
+    with pytest.raises(ValueError, match=r"unknown checkpoint extension '.txt'"):
+        model.fit(X, y, epochs=1, verbose=0, callbacks=callbacks)
+    assert log.read_text() == "epoch,loss\n0,1.0\n" and not model.built
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"CSVLogger path .* is a file"):
+        model.fit(X, y, epochs=1, verbose=0, callbacks=[fn.CSVLogger(tmp_path / "file" / "l")])
+    assert not model.built

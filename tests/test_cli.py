@@ -820,3 +820,22 @@ def test_warnings_print_as_one_line_naming_the_command(monkeypatch, capsys):
         err
         == "fastnet backends: warning: backend 'auto' chose numba: cupy is installed but unusable\n"
     )
+
+
+def test_a_diverged_train_writes_strict_json_and_says_it_once(tmp_path, capsys):
+    """--json held "s_per_epoch": NaN (strict parsers refuse it), and the divergence was
+    printed twice (the warning, then the stop reason)."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "t.npz", X=rng.standard_normal((640, 4)), y=np.arange(640) % 3)
+    out = tmp_path / "run.json"
+    args = ["train", "--data", str(tmp_path / "t.npz"), "--epochs", "1", "--backend", "numpy"]
+    args += ["--optimizer", "sgd", "--lr", "1e30", "--quiet", "--json", str(out)]
+    assert main(args) == 0
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    report = json.loads(out.read_text(), parse_constant=refuse)
+    assert report["s_per_epoch"] is None
+    err = capsys.readouterr().err
+    assert err.count("loss became") == 1, err

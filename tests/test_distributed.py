@@ -337,7 +337,7 @@ def test_ranks_refuse_other_models_settings_orders_and_weights():
     (two models, silently); batch logs hold the ranks' running loss."""
     run, _ = mpirun("mismatch")
     assert run.stdout.count("mismatch ok") == 2, run.stdout + run.stderr[-3000:]
-    assert run.returncode != 0 and "weights differ from rank 0's after epoch 1" in run.stderr
+    assert run.returncode != 0 and "the ranks' weights differ after epoch 1" in run.stderr
 
 
 def test_only_statistics_buffers_are_averaged_and_then_waited_for():
@@ -371,3 +371,19 @@ def test_only_statistics_buffers_are_averaged_and_then_waited_for():
     model._average_buffers(Doubling())
     assert (model.layers[1].running_mean == 0.75).all() and model.layers[2].seen[0] == 7
     assert synced == [1]
+
+
+@needs_mpi
+def test_errors_every_rank_raises_alike_are_raised_not_aborted():
+    """A refused compiled step, a divergence with on_divergence="raise" and ranks whose
+    weights differ after fit (EarlyStopping's restore on one rank only, which the per-epoch
+    check missed) killed the job with MPI_Abort; each rank now raises them, catchable."""
+    run, _ = mpirun("every-rank")
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"raised CompiledStepRefused rank {rank}: a compiled step was required" in run.stdout
+        assert f"raised TrainingDivergedError rank {rank}" in run.stdout
+        assert (
+            f"raised RanksDifferError rank {rank}: distributed=True: the ranks' weights "
+            "differ at the end of the fit" in run.stdout
+        )
