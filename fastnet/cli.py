@@ -747,20 +747,9 @@ def _write_outputs(
         run.update(step=model.step_description, **results, args=vars(args))
         from fastnet.checkpoint import atomic_write
 
-        text = json.dumps(_finite_or_null(run), indent=1, allow_nan=False)  # (strict JSON)
+        null = json.loads(json.dumps(run), parse_constant=lambda _: None)  # (NaN: strict
+        text = json.dumps(null, indent=1, allow_nan=False)  # parsers refuse it; null)
         atomic_write(args.json, lambda f: f.write(text.encode()), "--json")
-
-
-def _finite_or_null(value: Any) -> Any:
-    """``value`` with NaN and infinite floats as None (JSON's null: strict parsers refuse
-    NaN), in nested dicts and lists."""
-    if isinstance(value, dict):
-        return {k: _finite_or_null(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _verbosity(args: argparse.Namespace) -> int:
