@@ -329,8 +329,9 @@ class ModelCheckpoint(Monitor):
             raise ValueError(msg) from None
         from fastnet.checkpoint import CHECKPOINT_SUFFIXES
 
-        suffix = os.path.splitext(self.path)[1]  # (before training changes anything)
-        if "{" not in suffix and suffix.lower() not in CHECKPOINT_SUFFIXES:
+        sample = self.path.format(epoch=1, **_aliased(dict.fromkeys(names, 0.0)))
+        suffix = os.path.splitext(sample)[1]  # (before training changes anything)
+        if suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise ValueError(
                 f"ModelCheckpoint path {self.path!r}: unknown checkpoint extension "
                 f"{suffix!r}; use .npz or .safetensors"
@@ -440,10 +441,13 @@ class CSVLogger(Callback):
         self.file: IO[str] | None = None
 
     def check_logs(self, names: list[str]) -> None:
-        """Also that ``path`` can be written (before training changes anything)."""
-        from fastnet.checkpoint import check_writable
+        """Also that ``path`` is no folder and its folder no file (before training changes
+        anything; a missing folder another callback may create is left to training)."""
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if os.path.isdir(self.path) or (os.path.exists(folder) and not os.path.isdir(folder)):
+            from fastnet.checkpoint import check_writable
 
-        check_writable(self.path, "CSVLogger")
+            check_writable(self.path, "CSVLogger")
 
     def on_train_begin(self, model: Any) -> None:
         from fastnet.checkpoint import check_writable

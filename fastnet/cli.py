@@ -749,7 +749,11 @@ def _write_outputs(
 
         null = json.loads(json.dumps(run), parse_constant=lambda _: None)  # (NaN: strict
         text = json.dumps(null, indent=1, allow_nan=False)  # parsers refuse it; null)
-        atomic_write(args.json, lambda f: f.write(text.encode()), "--json")
+        if os.path.exists(args.json) and not os.path.isfile(args.json):  # /dev/stdout, a FIFO
+            with open(args.json, "w") as f:
+                f.write(text)
+        else:
+            atomic_write(args.json, lambda f: f.write(text.encode()), "--json")
 
 
 def _verbosity(args: argparse.Namespace) -> int:
@@ -1017,11 +1021,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         TypeError,
         NotImplementedError,
     ) as exc:
-        from fastnet.distributed import is_main
+        from fastnet import distributed as dist
 
         message = " ".join(str(exc).split()) or type(exc).__name__
-        if is_main():  # (a data-parallel job's ranks all raise it: rank 0 says it)
-            print(f"fastnet {args.command}: error: {message}", file=sys.stderr)
+        alike = getattr(exc, "every_rank", False)  # (every rank has it: rank 0 says it)
+        if dist.is_main() or not alike:
+            rank = "" if dist.is_main() else f"rank {dist.rank()}: "
+            print(f"fastnet {args.command}: error: {rank}{message}", file=sys.stderr)
+        job = dist.current()
+        if job is not None and job.world_size > 1 and not alike:
+            job.abort(2)  # (its own error: the other ranks would wait for it)
         return 2
 
 

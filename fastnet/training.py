@@ -1057,6 +1057,8 @@ class Trainer:
             or group.capture_reason(self.backend)
             or ("" if batch_size >= group.world_size else "a batch has fewer rows than ranks")
         )
+        if group.any(bool(reason)) and not reason:  # (a rank's own GPU probe: all eager)
+            reason = "another rank cannot capture its step"
         if reason:
             if compiled is True:
                 raise CompiledStepRefused(

@@ -109,6 +109,22 @@ def main(mode, *args):
                 print(f"raised {type(exc).__name__} rank {dist.rank()}: {exc}", flush=True)
             else:
                 raise AssertionError(f"{kw} did not raise")
+    elif mode == "refused-on-one-rank":  # a capture reason of rank 1's own (its GPU's probe)
+        from capture_backend import CaptureSimBackend
+
+        class OwnReason(CaptureSimBackend):
+            def plan_capture_reason(self, plan):
+                return "rank 1's GPU lacks an algorithm" if dist.rank() == 1 else ""
+
+        X, y = problem()
+        for compiled in (True, "auto"):
+            m = model(OwnReason())
+            try:
+                m.fit(X, y, epochs=1, verbose=0, distributed=True, compiled=compiled)
+            except ValueError as exc:
+                print(f"refused rank {dist.rank()}: {exc}", flush=True)
+            else:
+                print(f"trained rank {dist.rank()}: {m.step_description}", flush=True)
     elif mode == "features":  # dropout, batch norm, momentum, per-layer optimizer, numba
         X, y = problem()
         layers = [

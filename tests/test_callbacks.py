@@ -386,3 +386,20 @@ def test_callback_paths_are_checked_before_anything_changes(tmp_path):
     with pytest.raises(NotADirectoryError, match=r"CSVLogger path .* is a file"):
         model.fit(X, y, epochs=1, verbose=0, callbacks=[fn.CSVLogger(tmp_path / "file" / "l")])
     assert not model.built
+
+
+def test_checkpoint_templates_in_the_extension_and_folders_made_by_another_callback(tmp_path):
+    """ck.{epoch} passed the early check and was refused after building; a CSVLogger in the
+    folder ModelCheckpoint creates was refused by the early check."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 4)), np.arange(40) % 3
+    model = fn.Sequential([fn.Dense(3)], backend="numpy", seed=0)
+    with pytest.raises(ValueError, match=r"unknown checkpoint extension '.1'"):
+        model.fit(
+            X, y, epochs=1, verbose=0, callbacks=[fn.ModelCheckpoint(tmp_path / "ck.{epoch}")]
+        )
+    assert not model.built
+    run = tmp_path / "run"
+    callbacks = [fn.ModelCheckpoint(run / "ck.npz"), fn.CSVLogger(run / "log.csv")]
+    model.fit(X, y, epochs=1, verbose=0, callbacks=callbacks)
+    assert sorted(os.listdir(run)) == ["ck.npz", "log.csv"]

@@ -839,3 +839,21 @@ def test_a_diverged_train_writes_strict_json_and_says_it_once(tmp_path, capsys):
     assert report["s_per_epoch"] is None
     err = capsys.readouterr().err
     assert err.count("loss became") == 1, err
+
+
+def test_json_to_a_pipe_is_written_into_it(tmp_path):
+    """--json /dev/stdout or a FIFO was replaced by a renamed temporary file (or failed)."""
+    import os
+    import threading
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "t.npz", X=rng.standard_normal((64, 4)), y=np.arange(64) % 2)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()))
+    reader.start()
+    args = ["train", "--data", str(tmp_path / "t.npz"), "--epochs", "1", "--backend", "numpy"]
+    assert main([*args, "--quiet", "--json", str(fifo)]) == 0
+    reader.join(30)
+    assert json.loads(got[0])["backend"] == "numpy" and fifo.is_fifo()

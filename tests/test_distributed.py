@@ -387,3 +387,37 @@ def test_errors_every_rank_raises_alike_are_raised_not_aborted():
             f"raised RanksDifferError rank {rank}: distributed=True: the ranks' weights "
             "differ at the end of the fit" in run.stdout
         )
+
+
+@needs_mpi
+def test_a_capture_reason_of_one_rank_is_every_ranks():
+    """A reason only rank 1 had (its GPU's cuBLASLt probe) made it refuse while rank 0 went
+    into its captured step's all-reduce: a hang. The ranks agree: all refuse compiled=True,
+    all run eager under "auto"."""
+    run, _ = mpirun("refused-on-one-rank", timeout=90)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert (
+        "refused rank 0: a compiled step was required (compiled=True), but another rank"
+        in run.stdout
+    )
+    assert (
+        "refused rank 1: a compiled step was required (compiled=True), but rank 1's GPU"
+        in run.stdout
+    )
+    assert run.stdout.count("trained rank") == 2 and run.stdout.count(": eager") == 2, run.stdout
+
+
+@needs_mpi
+def test_a_cli_error_of_one_rank_is_printed_and_ends_the_job(tmp_path):
+    """A --data only rank 1 could not read: rank 1 returned silently and rank 0 waited in a
+    collective for ever; now rank 1 says it (naming itself) and the job ends."""
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "t.npz", X=rng.standard_normal((64, 4)), y=np.arange(64) % 2)
+    common = ["-m", "fastnet", "train", "--epochs", "1", "--backend", "numpy", "--quiet"]
+    good = [sys.executable, *common, "--data", str(tmp_path / "t.npz"), "--distributed"]
+    bad = [sys.executable, *common, "--data", str(tmp_path / "none.npz"), "--distributed"]
+    cmd = [LAUNCHER, "-n", "1", *good, ":", "-n", "1", *bad]
+    env = {**os.environ, **MPI_ENV}
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode != 0
+    assert "fastnet train: error: rank 1: data file" in run.stderr, run.stderr[-2000:]

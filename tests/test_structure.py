@@ -128,8 +128,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # name, a saved softmax-over-one-output model still loading, a user's np.seterr kept, a
 # model with class names taking its string labels: +50), to 12,610 for a production user's
 # audit (errors every rank raises alike raised, not aborted; the weights compared at the end
-# of fit; callback paths checked before building; the CLI's rank-0 messages: +20)
-BUDGET = 12610
+# of fit; callback paths checked before building; the CLI's rank-0 messages: +20), to 12,630
+# for its review (ranks agreeing on a capture reason one of them has, a rank's own CLI error
+# naming it and ending the job, --json into pipes, folders another callback creates: +20)
+BUDGET = 12630
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
