@@ -39,6 +39,19 @@ GPU_ONLY = {
 }
 
 
+def dry_run(out: Path, total_s: int, *groups: str) -> subprocess.CompletedProcess:
+    """bench/gpu_run.sh OUT --dry-run [GROUPS] within ``total_s`` seconds of stages."""
+    env = {**os.environ, "PYTHON": sys.executable, "TOTAL_S": str(total_s)}
+    return subprocess.run(
+        ["bash", "bench/gpu_run.sh", str(out), "--dry-run", *groups],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=total_s + 60,
+    )
+
+
 def stage_results(summary: str) -> dict[str, str]:
     rows = [line.split() for line in summary.splitlines()]
     return {row[1]: row[0] for row in rows if row and row[0] in ("PASS", "FAIL", "SKIP")}
@@ -55,15 +68,7 @@ def test_stage_results_reads_the_summary_lines():
 )
 def test_dry_run_passes_every_stage_it_can_run(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "TOTAL_S": "240"}
-    proc = subprocess.run(
-        ["bash", "bench/gpu_run.sh", str(out), "--dry-run"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = dry_run(out, 240)
     summary = (out / "summary.txt").read_text()
     results = stage_results(summary)
     assert set(results) == STAGES, summary
@@ -81,15 +86,7 @@ def test_dry_run_passes_every_stage_it_can_run(tmp_path):
 def test_the_speed_group_runs_only_when_asked_for(tmp_path):
     """`speed` (the train suite against the peers) is a call of its own, not part of `all`."""
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "TOTAL_S": "120"}
-    proc = subprocess.run(
-        ["bash", "bench/gpu_run.sh", str(out), "--dry-run", "speed"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    proc = dry_run(out, 120, "speed")
     results = stage_results((out / "summary.txt").read_text())
     assert results == {"gpu": "SKIP", "setup": "PASS", "bench-train": "PASS"}, proc.stdout[-3000:]
     report = json.loads((out / "bench-train.json").read_text())
@@ -118,15 +115,7 @@ def test_a_stage_left_out_of_time_fails_the_run(tmp_path):
     """Stages skipped for want of time were listed as SKIP and the run exited 0: a device
     session would have read a pass with the distributed and kernel stages never run."""
     out = tmp_path / "out"
-    env = {**os.environ, "PYTHON": sys.executable, "TOTAL_S": "25"}
-    proc = subprocess.run(
-        ["bash", "bench/gpu_run.sh", str(out), "--dry-run"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = dry_run(out, 25)
     summary = (out / "summary.txt").read_text()
     assert "out of time" in summary, summary
     assert proc.returncode != 0, summary
