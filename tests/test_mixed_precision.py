@@ -290,6 +290,9 @@ def test_a_backend_that_cannot_capture_mixed_steps_keeps_data_parallel_steps_eag
         def capture_reason(self, backend):
             return ""
 
+        def any(self, flag):  # (one rank: its own)
+            return bool(flag)
+
     for dtype, eager in (("mixed_float16", True), ("float32", False)):
         model = _model(dtype, NoMixedCapture()).build(12)
         spec = BatchSpec((), "int64", False)
