@@ -194,11 +194,13 @@ def relu_mask(y: Any, bits: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- half precision
+_CUPY_MAJOR = int(cp.__version__.split(".")[0])
 # Mixed precision's activations (float16, bfloat16: CuPy's classes) with float math: casts (the
 # loss gradient times the device loss scale), bias + activation, activation and its gradient;
 # fp16 loss scaling's unscale-and-count and scale update.
+# CuPy 14 moved its float16 class out of carray.cuh (which CuPy 13's kernels must include).
 _HALF_HEADER = {
-    "float16": "#include <cupy/float16.cuh>\n",
+    "float16": f"#include <cupy/{'float16' if _CUPY_MAJOR >= 14 else 'carray'}.cuh>\n",
     "bfloat16": "#include <cupy/bfloat16.cuh>\n",
 }
 _ACT_F = {code: expr.replace("(T)", "(float)") for code, expr in _ACT.items()}

@@ -276,6 +276,37 @@ class _Guarded:
 CAPTURING = [False]
 
 
+#: the memory hooks entered (``MemoryHook``): CuPy's pool calls theirs on every allocation
+MEMORY_HOOKS: dict[str, Any] = {}
+
+
+class MemoryHook:
+    """``cupy.cuda.MemoryHook``: entered, its ``malloc_preprocess`` sees each allocation of
+    the emulated device that ``refuse_allocation`` reports (those inside a capture)."""
+
+    name = "MemoryHook"
+
+    def __enter__(self) -> MemoryHook:
+        if self.name in MEMORY_HOOKS:
+            raise KeyError(f"memory hook {self.name} already exists")
+        MEMORY_HOOKS[self.name] = self
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        del MEMORY_HOOKS[self.name]
+
+    def malloc_preprocess(self, **kwargs: Any) -> None:
+        return None
+
+
+def refuse_allocation(what: str, nbytes: int, error: type = RuntimeError) -> None:
+    """An allocation inside a capture: the memory hooks see it (as CuPy's pool calls them),
+    then ``error`` is raised (CuPy's pool would hand the graph memory it gives out again)."""
+    for hook in list(MEMORY_HOOKS.values()):
+        hook.malloc_preprocess(device_id=0, size=max(int(nbytes), 1), mem_size=int(nbytes))
+    raise error(f"{what} allocates inside a captured step")
+
+
 class DeviceArray(np.ndarray):
     """An array in the emulated device's memory (a NumPy array, marked): the kernels of a
     device-only stand-in refuse unmarked (host) arrays, where a GPU would fault. Inside a
@@ -284,7 +315,8 @@ class DeviceArray(np.ndarray):
     def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
         out = kwargs.get("out")
         if CAPTURING[0] and out is None and method != "at":
-            raise EmulationError(f"{ufunc.__name__}.{method} allocates inside a captured step")
+            size = max((x.nbytes for x in inputs if isinstance(x, np.ndarray)), default=1)
+            refuse_allocation(f"{ufunc.__name__}.{method}", size, EmulationError)
         host = [x.view(np.ndarray) if isinstance(x, DeviceArray) else x for x in inputs]
         if out is not None:
             kwargs["out"] = tuple(
@@ -335,7 +367,7 @@ def _refuse_new(result: Any, given: list, what: str) -> None:
     """Inside a capture: refuse ``result`` where it is a new array (no memory of ``given``)."""
     if isinstance(result, np.ndarray) and result.size:
         if not any(np.may_share_memory(result, a) for a in given):
-            raise EmulationError(f"{what} allocates inside a captured step")
+            refuse_allocation(what, result.nbytes, EmulationError)
 
 
 def launch(
@@ -496,10 +528,15 @@ class _DeviceElementwiseKernel(ElementwiseKernel):
     device_only = True
 
 
+#: the version the stand-in ``cupy`` reports (``stand_in``)
+CUPY_VERSION = ["14.2.0"]
+
+
 def stand_in(device_only: bool = False) -> types.ModuleType:
     """A ``cupy`` module with what ``fastnet.kernels.cupy_gpu`` uses, on NumPy (with
     ``device_only``, its kernels take ``DeviceArray`` arrays only)."""
     cp = types.ModuleType("cupy")
+    cp.__version__ = CUPY_VERSION[0]
     cp.RawKernel = _DeviceRawKernel if device_only else RawKernel  # type: ignore[attr-defined]
     kind = _DeviceElementwiseKernel if device_only else ElementwiseKernel
     cp.ElementwiseKernel = kind  # type: ignore[attr-defined]

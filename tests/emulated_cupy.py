@@ -21,9 +21,11 @@ from cuda_emulator import (
     CAPTURING,
     DeviceArray,
     EmulationError,
+    MemoryHook,
     _Device,
     load,
     missing,
+    refuse_allocation,
     stand_in,
 )
 
@@ -116,6 +118,7 @@ class _DeviceNumpy(types.ModuleType):
         self.cuda = types.SimpleNamespace(
             get_current_stream=backend.current_stream,
             Stream=lambda non_blocking=False: _Stream(backend, 1),
+            MemoryHook=MemoryHook,
             runtime=runtime,
             driver=driver,
         )
@@ -139,7 +142,7 @@ class _DeviceNumpy(types.ModuleType):
             if copied and getattr(self._backend, "capturing", False):
                 from capture_backend import CaptureError
 
-                raise CaptureError(f"xp.{name} allocates inside a captured step")
+                refuse_allocation(f"xp.{name}", result.nbytes, CaptureError)
             return _on_device(result)
 
         return call
@@ -221,9 +224,10 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
 
         def _allocation(self, allocate: Any) -> Any:
             def guarded(*args: Any, **kwargs: Any) -> Any:
+                result = allocate(*args, **kwargs).view(DeviceArray)
                 if self.capturing:
-                    raise CaptureError("the kernels module allocates inside a captured step")
-                return allocate(*args, **kwargs).view(DeviceArray)
+                    refuse_allocation("the kernels module", result.nbytes, CaptureError)
+                return result
 
             return guarded
 

@@ -247,20 +247,33 @@ lt._launch(plan, x, w, arena[1:1 + 64 * 64].reshape(64, 64), module.Epilogue())
 
 
 def test_the_emulated_backend_refuses_allocations_and_host_copies_in_a_capture():
+    """Allocations reach the memory hook of ``CupyBackend.capture`` (as CuPy's pool calls
+    it); without it the emulator refuses them itself, as it refuses a copy to the host."""
     from capture_backend import CaptureError
+
+    from fastnet.backends.graph_step import CaptureObstacleError
 
     be = emulated_cupy.emulated_cupy_backend()
     x = be.asarray(np.ones(4, np.float32))
+    allocating = (
+        lambda: be.xp.zeros(3),
+        lambda: be.xp.ascontiguousarray(x[::2]),  # a strided view: copied
+        lambda: be.k.cast(x, be.xp.empty(4, np.float16)),
+        lambda: x * 2,
+        lambda: x.astype(np.float64),
+    )
     with be.step_stream():
-        for work in (
-            lambda: be.xp.zeros(3),
-            lambda: be.xp.ascontiguousarray(x[::2]),  # a strided view: copied
-            lambda: be.to_numpy(x),
-            lambda: be.k.cast(x, be.xp.empty(4, np.float16)),
-        ):
-            with pytest.raises(CaptureError):
+        for work in allocating:
+            with pytest.raises(CaptureObstacleError, match="allocation of [0-9]+ bytes"):
                 be.capture(work)
+        with pytest.raises(CaptureError, match="host"):
+            be.capture(lambda: be.to_numpy(x))
         be.capture(lambda: be.xp.ascontiguousarray(x))  # no copy: allowed
+        for work in allocating:  # the emulator's own guard, as a capture without the hook
+            be.begin_capture()
+            with pytest.raises((CaptureError, RuntimeError), match="allocates"):
+                work()
+            be.end_capture()
 
 
 def test_gemm_autotune_times_candidates_and_skips_one_that_fails():
@@ -347,3 +360,16 @@ def test_the_relu_epilogue_is_asked_about_once_per_dtype(monkeypatch):
     for _ in range(3):
         be.linear(x, w, b, Act.RELU)
     assert len(asked) == 1
+
+
+@pytest.mark.parametrize("version, header", [("13.6.0", "carray"), ("14.2.0", "float16")])
+def test_float16_kernels_include_the_header_of_the_installed_cupy(monkeypatch, version, header):
+    """CuPy 13 defines its float16 class in carray.cuh; CuPy 14 moved it to float16.cuh (no
+    such header before): the half kernels include the one of the CuPy they compile with."""
+    monkeypatch.setattr(emu, "CUPY_VERSION", [version])
+    k = emu.load()
+    assert k._HALF_HEADER["float16"] == f"#include <cupy/{header}.cuh>\n"
+    x = np.linspace(-2, 2, 8, dtype=np.float32)
+    out = np.empty(8, np.float16)
+    k.cast(x, out)
+    np.testing.assert_array_equal(out, x.astype(np.float16))

@@ -212,6 +212,32 @@ def test_dropout_and_batchnorm_train_captured_as_eager(gpu, monkeypatch, steps_p
         )
 
 
+@pytest.mark.parametrize("steps_per_graph", [1, 4])
+def test_an_allocation_met_in_a_capture_runs_the_steps_eagerly(gpu, monkeypatch, steps_per_graph):
+    """CuPy captures a pool allocation silently (the graph would keep writing memory the pool
+    hands out again): fastnet's memory hook refuses it, the steps run eagerly with a warning
+    and train as eager steps; compiled=True refuses, the weights as before the fit."""
+    monkeypatch.setattr(gpu, "steps_per_graph", steps_per_graph)
+    advance = gpu.advance_scalars
+    monkeypatch.setattr(gpu, "advance_scalars", lambda *a: (gpu.xp.zeros(8), advance(*a)))
+    X, y = make_blobs(n=600)
+    fit = dict(epochs=2, batch_size=64, verbose=0, shuffle=False)  # (cupy's own permutations)
+    eager = _mlp("numpy", opt=fn.SGD(0.05))
+    eager.fit(X, y, **fit)
+    model = _mlp(gpu, opt=fn.SGD(0.05))
+    with pytest.warns(UserWarning, match="allocation of .* bytes inside the CUDA graph capture"):
+        model.fit(X, y, **fit)
+    assert model.step_description.startswith("eager (an allocation of"), model.step_description
+    np.testing.assert_allclose(model.history["loss"], eager.history["loss"], rtol=1e-5)
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="compiled=True.*allocation"):
+        model.fit(X, y, compiled=True, **fit)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="compiled=True.*allocation"):  # a fresh step's capture
+        _mlp(gpu, opt=fn.SGD(0.05)).fit(X, y, compiled=True, **fit)
+
+
 MIXED_LAYERS = {
     "dense": lambda: [fn.Dense(64, "relu"), fn.Dense(32, "tanh"), fn.Dense(4)],
     "dropout-batchnorm": lambda: [

@@ -7,6 +7,7 @@ copied to the device once; ``to_numpy`` copies results back. Timings use CUDA ev
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from fastnet.backends.base import (
     contiguous_floats,
 )
 from fastnet.backends.counter_rng import check_draw_size
+from fastnet.backends.graph_step import CaptureObstacleError
 
 
 class CupyBackend(Backend):
@@ -747,7 +749,8 @@ class CupyBackend(Backend):
             raise RuntimeError("CUDA graphs are captured on a non-default stream (step_stream)")
         stream.begin_capture()
         try:
-            fn()
+            with _no_allocations(self.xp):
+                fn()
         except BaseException:
             try:  # end the capture; its own error (an invalidated capture) must not hide fn's
                 stream.end_capture()
@@ -755,6 +758,28 @@ class CupyBackend(Backend):
                 pass
             raise
         return _CudaGraph(stream.end_capture(), self.xp)
+
+
+@functools.cache
+def _allocation_guard(hook: type) -> type:
+    """A CuPy memory hook refusing allocations from the pool (``hook``: ``MemoryHook``)."""
+
+    class NoAllocation(hook):  # type: ignore[misc, valid-type]
+        name = "fastnet-capture"
+
+        def malloc_preprocess(self, **kwargs: Any) -> None:
+            if kwargs.get("size"):
+                raise CaptureObstacleError(
+                    f"an allocation of {kwargs['size']} bytes inside the CUDA graph capture "
+                    "(the graph would keep writing memory the pool hands out again)"
+                )
+
+    return NoAllocation
+
+
+def _no_allocations(xp: Any) -> Any:
+    """Inside a capture: CuPy's pool refuses allocations (CuPy captures them silently)."""
+    return _allocation_guard(xp.cuda.MemoryHook)()
 
 
 class _CudaGraph:

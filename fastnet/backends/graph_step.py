@@ -17,6 +17,8 @@ once per length); a partial last batch runs eagerly.
 
 from __future__ import annotations
 
+import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,6 +29,11 @@ from fastnet.revision import revision
 
 class CaptureRequiredError(ValueError):
     """``compiled=True``, but the eager warm-up met something a captured step cannot do."""
+
+
+class CaptureObstacleError(RuntimeError):
+    """What a graph capture met that a graph cannot hold (``Backend.capture``), such as an
+    allocation; the captured step then runs eagerly, saying why."""
 
 
 class GraphedStep:
@@ -152,11 +159,23 @@ class GraphedStep:
 
     def _capture(self) -> None:
         model = self.model
-        self.graph = self.backend.capture(
+        self.graph = self._captured(
             lambda: model.train_step(self.xb, self.yb, self.wb, self.totals, self.reduce)
         )
-        self.captures.append(1)
-        self._keep()
+        if self.graph is not None:
+            self.captures.append(1)
+            self._keep()
+
+    def _captured(self, fn: Callable[[], Any]) -> Any:
+        """``backend.capture(fn)``, or None where the capture met an obstacle (nothing ran:
+        the steps run eagerly from here, with a warning, as it is a defect of fastnet's)."""
+        try:
+            return self.backend.capture(fn)
+        except CaptureObstacleError as exc:
+            warnings.warn(f"fastnet: steps run eagerly: {exc}; please report it", stacklevel=2)
+            self.graph = None  # (a multi-step capture's: the single step's graph goes too)
+            self._stay_eager(str(exc))
+            return None
 
     def _keep(self) -> None:
         """After a capture: the buffers it writes into on every replay, kept (with every live
@@ -212,7 +231,10 @@ class GraphedStep:
         while done < full:
             k = min(self.steps_per_graph, full - done)
             if k not in self.multi:
-                self.multi[k] = backend.capture(lambda k=k: self._steps(k))
+                graph = self._captured(functools.partial(self._steps, k))
+                if graph is None:
+                    return done
+                self.multi[k] = graph
                 self.captures.append(k)
                 self._keep()
             self.model.arena.write_lr()  # host side, on the step's stream, before the replay
