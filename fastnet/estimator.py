@@ -237,15 +237,17 @@ def _proba(logits: np.ndarray) -> np.ndarray:
 
 
 class _ValidationScore(Callback):
-    """Puts the estimator's score on held-out data into the epoch logs as ``val_score``."""
+    """Puts the estimator's score on held-out data (rows weighted by ``w``, as scikit-learn
+    scores them) into the epoch logs as ``val_score``."""
 
     provides = ("val_score",)
 
-    def __init__(self, estimator: Any, X: Any, y: Any) -> None:
+    def __init__(self, estimator: Any, X: Any, y: Any, w: Any) -> None:
         self.estimator, self.X, self.y = estimator, X, y
+        self.w = w if w is not None and np.any(w) else None  # (held-out rows all of weight 0)
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
-        logs["val_score"] = self.estimator._score_model(model, self.X, self.y)
+        logs["val_score"] = self.estimator._score_model(model, self.X, self.y, self.w)
         return False
 
 
@@ -613,7 +615,7 @@ class _MLPBase(BaseEstimator):
         best_score = max(self.validation_scores_) if self.validation_scores_ else None
         self.best_validation_score_ = best_score  # and best_loss_ None, as scikit-learn's
         self.best_loss_ = None if best_score is not None else min(self.loss_curve_)
-        self.n_iter_ = len(self.loss_curve_)
+        self.n_iter_ = len(history["objective"])  # (this call's epochs, as scikit-learn's)
         self.history_, self.t_ = history, seen
 
     def _metadata(self) -> dict:
@@ -662,8 +664,8 @@ class _MLPBase(BaseEstimator):
         # scikit-learn 1.9 stratifies a classifier's split where it has one output (binary)
         labels = targets if isinstance(self, ClassifierMixin) and outputs == 1 else None
         train, val = _split(len(X), self.validation_fraction, seed, labels)
-        weights = None if weights is None else weights[train]
-        return X[train], targets[train], weights, (X[val], targets[val])
+        kept = (None, None) if weights is None else (weights[train], weights[val])
+        return X[train], targets[train], kept[0], (X[val], targets[val], kept[1])
 
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> Any:
         """Train for up to ``max_iter`` epochs (fewer when the loss stops improving by ``tol``
@@ -705,7 +707,7 @@ class _MLPBase(BaseEstimator):
     def _model_loss(self, n_outputs: int) -> Any:
         return self._loss
 
-    def _score_model(self, model: Sequential, X: Any, y: Any) -> float:
+    def _score_model(self, model: Sequential, X: Any, y: Any, w: Any = None) -> float:
         raise NotImplementedError
 
 
@@ -747,8 +749,9 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
     def _model_loss(self, n_outputs: int) -> Any:
         return "sigmoid_binary_cross_entropy" if n_outputs == 1 else self._loss
 
-    def _score_model(self, model: Sequential, X: Any, t: Any) -> float:
-        return float(np.mean(_proba(model.predict_raw(X)).argmax(axis=1) == t))  # t: indices
+    def _score_model(self, model: Sequential, X: Any, t: Any, w: Any = None) -> float:
+        hits = _proba(model.predict_raw(X)).argmax(axis=1) == t  # t: indices
+        return float(np.average(hits, weights=w))
 
     def partial_fit(
         self, X: Any, y: Any, sample_weight: Any = None, classes: Any = None
@@ -804,8 +807,8 @@ class MLPRegressor(RegressorMixin, _MLPBase):
             )
         return t, {"n_outputs_": t.shape[1], "out_activation_": "identity"}
 
-    def _score_model(self, model: Sequential, X: Any, y: Any) -> float:
-        return _r2(y, model.predict_raw(X))
+    def _score_model(self, model: Sequential, X: Any, y: Any, w: Any = None) -> float:
+        return _r2(y, model.predict_raw(X), w)
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
         """One epoch on ``(X, y)`` (rows weighted as in ``fit``)."""

@@ -54,6 +54,18 @@ from fastnet.validation import (
 _REBUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("rebuilding", default=False)
 
 
+def _check_indices(y: np.ndarray, classes: list, name: str) -> None:
+    """Integer ``y`` of a model with other integer classes are class indices (as ``predict``
+    returns): labels that are only class values are refused, saying how to encode them."""
+    if y.min() < 0 or y.max() >= len(classes):
+        if np.isin(y, classes).all():
+            raise ValueError(
+                f"{name} holds labels of model.metadata['classes'] {classes[:10]}; a model takes "
+                f"class indices 0..{len(classes) - 1} (as predict returns): pass "
+                f"fastnet.tabular.LabelEncoding(model.metadata['classes']).encode({name})"
+            )
+
+
 class Sequential(Trainer):
     """Layers applied in order; ``fit`` trains them on ``(X, y)``.
 
@@ -499,10 +511,13 @@ class Sequential(Trainer):
 
     def _targets(self, y: Any, name: str, n: int, width: int, on_device: bool = True) -> Any:
         classes = self.metadata.get("classes")
-        if isinstance(classes, list) and self.loss.multiclass:  # (the CLI's, an estimator's)
+        single = self.loss.classification and width == 1 and len(classes or ()) == 2  # (binary)
+        if isinstance(classes, list) and (self.loss.multiclass or single):  # (the CLI's, ...)
             host = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
             if host.dtype.kind in "USO":  # labels by name, as the model was trained on them
                 y = LabelEncoding(classes).encode(host, name)
+            elif host.dtype.kind in "iu" and host.size and classes != list(range(len(classes))):
+                _check_indices(host, classes, name)
         return check_targets(y, name, n, width, self.backend, self.dtype, self.loss, on_device)
 
     def validate_fit_data(

@@ -165,7 +165,8 @@ def test_partial_fit_and_warm_start():
     warm = fn.MLPClassifier((16,), max_iter=2, warm_start=True, random_state=0).fit(X, y)
     model = warm.model_
     warm.fit(X, y)  # the fitted weights, a new optimizer (scikit-learn's warm start)
-    assert warm.n_iter_ == 4 and warm.model_.arena.groups[0].step == model.arena.groups[0].step
+    assert warm.n_iter_ == 2 and warm.model_.arena.groups[0].step == model.arena.groups[0].step
+    assert len(warm.loss_curve_) == 4 and clf.n_iter_ == 1  # (this call's epochs: scikit-learn's)
 
 
 def test_pandas_in_and_out():
@@ -314,7 +315,7 @@ def test_warm_start_takes_changed_hyperparameters_and_keeps_the_network():
         est.fit(X, y)
     opt = est.model_.optimizer
     assert isinstance(opt, fn.SGD) and opt.lr == 0.5 and opt.weight_decay > 0
-    assert len(est.loss_curve_) == est.n_iter_ == 6
+    assert len(est.loss_curve_) == 6 and est.n_iter_ == 3
     assert not np.array_equal(est.coefs_[0], first[0])
     cold = fn.MLPClassifier((16,), max_iter=3, random_state=0, learning_rate_init=0.5)
     with warnings.catch_warnings():
@@ -324,7 +325,7 @@ def test_warm_start_takes_changed_hyperparameters_and_keeps_the_network():
     est.set_params(hidden_layer_sizes=(32,))
     with pytest.raises(ValueError, match="warm_start=True continues the fitted network"):
         est.fit(X, y)
-    assert est.coefs_[0].shape == (20, 16) and est.n_iter_ == 6  # the fitted one, unchanged
+    assert est.coefs_[0].shape == (20, 16) and est.n_iter_ == 3  # the fitted one, unchanged
 
 
 def test_early_stopping_keeps_the_best_validation_weights_when_max_iter_ends_it():
@@ -558,8 +559,8 @@ def test_binary_classifier_has_one_logistic_output_as_scikit_learn():
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(clf)).predict_proba(X), proba)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ran = clf.n_iter_
-        assert clf.set_params(warm_start=True, max_iter=2).fit(X, names).n_iter_ > ran
+        ran = len(clf.loss_curve_)
+        assert len(clf.set_params(warm_start=True, max_iter=2).fit(X, names).loss_curve_) > ran
         reference = MLPClassifier(**kw).fit(X, names)
     reference.coefs_, reference.intercepts_ = clf.coefs_, clf.intercepts_
     out, reference.coefs_[-1][:] = clf.model_.layers[-1], 0.0
@@ -584,7 +585,7 @@ def test_early_stopping_holds_out_scikit_learns_rows_per_class_and_refuses_too_f
     held = train_test_split(y, test_size=0.2, stratify=y, random_state=0)[1]
     for seed in range(5):
         clf = fn.MLPClassifier(validation_fraction=0.2)
-        X_train, t, _, (X_val, t_val) = clf._hold_out(X, y, None, seed, 1)
+        X_train, t, _, (X_val, t_val, _) = clf._hold_out(X, y, None, seed, 1)
         assert np.array_equal(np.bincount(t_val), np.bincount(held)), seed
         assert sorted(map(tuple, np.vstack([X_train, X_val]))) == sorted(map(tuple, X))
     rare = np.r_[np.zeros(50), np.ones(34), 2].astype(int)  # scikit-learn trains it too
@@ -614,5 +615,30 @@ def test_estimators_fitted_before_a_release_keep_training():
         clf.fit(X, y)
         clf.model_.layers[0].initializer = fn.Xavier()  # as such a model was saved
         clf.fit(X, y)
-        assert clf.n_iter_ == 4
+        assert clf.n_iter_ == 2 and len(clf.loss_curve_) == 4
         fn.MLPClassifier((4,), early_stopping=True, max_iter=np.int64(3)).fit(X, y)
+
+
+def test_early_stopping_scores_held_out_rows_by_their_weights():
+    """scikit-learn 1.9 scores the held-out rows with their sample weights (the best epoch,
+    stopping and validation_scores_ follow); they were scored unweighted."""
+    from sklearn.metrics import accuracy_score, r2_score
+
+    from fastnet.estimator import _split
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 4))
+    y = (X[:, 0] + 0.8 * rng.normal(size=200) > 0).astype(int)
+    w = np.where(X[:, 1] > 0, 10.0, 0.1)
+    kw = dict(max_iter=1, early_stopping=True, validation_fraction=0.3, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf = fn.MLPClassifier((8,), backend="numpy", **kw).fit(X, y, sample_weight=w)
+        reg = fn.MLPRegressor((8,), backend="numpy", **kw).fit(X, X[:, 0], sample_weight=w)
+    _, val = _split(200, 0.3, 0, y)
+    weighted = accuracy_score(y[val], clf.predict(X[val]), sample_weight=w[val])
+    assert weighted != accuracy_score(y[val], clf.predict(X[val]))
+    assert clf.validation_scores_[0] == pytest.approx(weighted, rel=1e-12)
+    _, val = _split(200, 0.3, 0, None)
+    r2 = r2_score(X[val, 0], reg.predict(X[val]), sample_weight=w[val])
+    assert reg.validation_scores_[0] == pytest.approx(r2, rel=1e-6)  # (float32 outputs)

@@ -613,6 +613,45 @@ def test_a_model_with_class_names_evaluates_labels_by_name():
         model.evaluate(X, np.where(codes == 2, "fox", names[codes]))
 
 
+def test_a_binary_model_reads_names_and_integer_labels_are_class_indices():
+    """A two-class estimator's model (one sigmoid output) refused its own string labels; the
+    model of labels 1..4 read the labels 1, 2, 3 as indices and refused 4 without saying
+    why: labels that can only be class values are refused, naming the encoding."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((90, 3))
+    codes = (X[:, 0] > 0).astype(int)
+    binary = fn.Sequential([fn.Dense(1)], loss="bce", backend="numpy", seed=0)
+    binary.fit(X, codes, epochs=2, verbose=0)
+    binary.metadata["classes"] = ["no", "yes"]
+    names = np.array(["no", "yes"])[codes]
+    assert binary.evaluate(X, names) == binary.evaluate(X, codes)
+    assert binary.evaluate(X, list(names)) == binary.evaluate(X, codes)
+    codes = codes + (X[:, 1] > 0) + (X[:, 2] > 0)
+    model = fn.Sequential([fn.Dense(4)], backend="numpy", seed=0)
+    model.fit(X, codes, epochs=2, verbose=0)
+    model.metadata["classes"] = [1, 2, 3, 4]
+    model.evaluate(X, codes)  # indices
+    with pytest.raises(ValueError, match=r"classes'\] \[1, 2, 3, 4\]; a model takes class ind"):
+        model.evaluate(X, codes + 1)
+    model.metadata["classes"] = [0, 1, 2, 3]  # (indices and labels alike)
+    model.evaluate(X, codes)
+
+
+def test_label_encoding_takes_lists_and_pandas_series():
+    """The encoding fit's error message recommends failed on a Series or a list."""
+    pd = pytest.importorskip("pandas")
+    from fastnet.tabular import LabelEncoding
+
+    for labels in (
+        ["b", "a", "b"],
+        pd.Series(["b", "a", "b"]),
+        pd.Series(list("bab"), dtype="category"),
+    ):
+        encoding, codes = LabelEncoding.fit(labels)
+        assert encoding.classes.tolist() == ["a", "b"] and codes.tolist() == [1, 0, 1]
+        assert encoding.encode(pd.Series(["a", "b"])).tolist() == [0, 1]
+
+
 def test_names_kept_from_a_frame_serve_its_validation_frame_and_unique_names_only():
     """The first fit read its validation frame by position (the names were kept after it),
     and names equal as strings (1 and '1') or repeated were kept and misread later."""
