@@ -208,20 +208,36 @@ def _require(callback: Callback, name: str, names: list[str], needs: str) -> str
 
 class Monitor(Callback):
     """A callback that follows ``monitor`` epoch to epoch: ``mode`` "min", "max" or "auto"
-    (max where ``fastnet.metrics.higher_is_better``: accuracy, R2, F1, AUC, ...); a change by
-    more than ``min_delta`` is an improvement."""
+    (max where ``fastnet.metrics.higher_is_better``: accuracy, R2, F1, AUC, ...; a name of
+    no known direction is refused before training); a change by more than ``min_delta`` is an
+    improvement."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.monitor, self.min_delta = monitor, abs(check_number(min_delta, "min_delta"))
-        self.mode = mode if mode != "auto" else "max" if higher_is_better(monitor) else "min"
+        higher = higher_is_better(monitor) if mode == "auto" else None
+        self.mode = mode if higher is None else "max" if higher else "min"
 
     @property
     def monitored(self) -> str | None:
         return self.monitor
 
+    def check_logs(self, names: list[str]) -> None:
+        super().check_logs(names)
+        self._check_mode()
+
+    def _check_mode(self) -> None:
+        """ "auto" left for a name of no known direction (after its check: a typo) is refused,
+        as Keras 3 does: it was minimised, and a score's worst epoch kept."""
+        if self.mode == "auto" and self.monitored is not None:
+            raise ValueError(
+                f"{type(self).__name__}: mode='auto' cannot tell whether a higher or a lower "
+                f"{self.monitor!r} is better: pass mode='max' or mode='min'"
+            )
+
     def on_train_begin(self, model: Any) -> None:
+        self._check_mode()
         self.best = math.inf if self.mode == "min" else -math.inf
 
     def _improved(self, logs: dict[str, float]) -> bool:

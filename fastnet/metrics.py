@@ -108,21 +108,27 @@ def regression_scores(sums: np.ndarray, n: float) -> dict[str, float]:
 #: takes a log entry's name: callbacks' ``monitor`` and ``ModelCheckpoint`` path keys
 ALIASES = {"acc": "accuracy", "val_acc": "val_accuracy"}
 #: words of log names: whether a higher value is better (the last such word of a name decides)
-BETTER = dict.fromkeys("acc accuracy auc corrcoef f1 precision r2 recall score".split(), True)
-BETTER |= dict.fromkeys("loss error mae mse rmse deviance".split(), False)
+BETTER = dict.fromkeys(
+    "acc accuracy auc corrcoef f1 precision r2 recall score iou dice jaccard mcc kappa "
+    "specificity sensitivity ndcg".split(),
+    True,
+)
+BETTER |= dict.fromkeys(
+    "loss error mae mse rmse deviance mape msle hinge entropy cost".split(), False
+)
 
 
-def higher_is_better(name: str) -> bool:
+def higher_is_better(name: str) -> bool | None:
     """Whether a higher ``name`` (a log entry, e.g. ``val_r2``, ``val_top5_accuracy`` or a user
     metric's ``val_roc_auc_score``, ``val_accuracyScore``) is better: its last known word
     decides, else a known word inside one (``val_f1score``, ``val_logloss``); False for
-    losses, errors and unknown names."""
+    losses and errors, None for a name of no known word."""
     words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
     split = re.split(r"[^a-z0-9]+", words)
     found = next((BETTER[w] for w in reversed(split) if w in BETTER), None)
     if found is None:  # joined words (f1score, logloss): a known word of 3+ letters ends one
         ends = [w for w in BETTER if len(w) > 2 and any(t.endswith(w) for t in split)]
-        found = BETTER[max(ends, key=len)] if ends else False
+        found = BETTER[max(ends, key=len)] if ends else None
     return found
 
 

@@ -533,7 +533,8 @@ class Trainer:
         ``initial_epoch`` (Keras's) resumes: the first epoch's index, ``epochs`` the final one.
         Bad arguments raise before anything changes. A NaN/inf loss restores the last finite
         weights and stops (``on_divergence="restore"``; "raise" also raises
-        ``TrainingDivergedError``); Ctrl-C restores the last finished epoch and re-raises.
+        ``TrainingDivergedError``); Ctrl-C or an error (a callback's) restores the last finished
+        epoch and re-raises.
         ``compiled``: "auto" runs the backend's compiled step (the step function captured in
         a CUDA graph on cupy, one fused JIT call on numba) when the model qualifies, True
         requires it, False forces eager steps; both compute the same (``step_description``:
@@ -805,8 +806,10 @@ class Trainer:
                     break
                 previous = snapshot
                 stop = self._end_epoch(run, epoch, logs)
-            except KeyboardInterrupt:
-                self._interrupted(run, epoch, snapshot)
+            except TrainingDivergedError:
+                raise  # (on_divergence="raise": the last finite weights were restored)
+            except BaseException as exc:  # Ctrl-C or an error (a callback's): the epoch undone
+                self._interrupted(run, epoch, snapshot, exc)
                 raise
             if stop:
                 self.stop_reason = (
@@ -874,13 +877,20 @@ class Trainer:
             run.history.setdefault(key, []).append(value)
         return stop
 
-    def _interrupted(self, run: FitRun, epoch: int, snapshot: dict) -> None:
-        """Ctrl-C in epoch ``epoch``: the state of the last finished epoch restored."""
-        if run.group is None:  # (data-parallel jobs abort: a rank may wait on its peers)
-            self.backend.synchronize()  # steps still queued must not land after the restore
-        self.set_state(snapshot)
+    def _interrupted(self, run: FitRun, epoch: int, snapshot: dict, exc: BaseException) -> None:
+        """Ctrl-C or an error in epoch ``epoch``: the state of the last finished epoch restored
+        (where the device lets it: its own error may not)."""
+        try:
+            if run.group is None:  # (data-parallel jobs abort: a rank may wait on its peers)
+                self.backend.synchronize()  # steps still queued must not land after it
+            self.set_state(snapshot)
+        except Exception:
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return
+        what = "interrupted" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__
         self.stop_reason = (
-            f"interrupted in epoch {epoch + 1}; weights of the last finished epoch restored"
+            f"{what} in epoch {epoch + 1}; weights of the last finished epoch restored"
         )
 
     def _train_epoch(

@@ -272,12 +272,16 @@ def test_early_stopping_restores_neither_after_a_divergence_nor_the_streams():
         return fn.Sequential(layers, optimizer=fn.SGD(0.05), seed=0)
 
     scripted, plain = _Scripted(), model()
-    plain.fit(X, y, epochs=3, verbose=0, callbacks=[scripted, fn.EarlyStopping("fake", 9)])
+    plain.fit(
+        X, y, epochs=3, verbose=0, callbacks=[scripted, fn.EarlyStopping("fake", 9, mode="min")]
+    )
     np.testing.assert_array_equal(plain.parameters()[0].value, scripted.weights[0])
     assert plain.epochs_trained == 3 and int(plain.layers[1].stream[1]) == 3 * 5  # 5 steps
     scripted, blown = _Scripted(blow=3), model()
     with pytest.warns(RuntimeWarning, match="loss became"), np.errstate(all="ignore"):
-        blown.fit(X, y, epochs=4, verbose=0, callbacks=[scripted, fn.EarlyStopping("fake", 9)])
+        blown.fit(
+            X, y, epochs=4, verbose=0, callbacks=[scripted, fn.EarlyStopping("fake", 9, mode="min")]
+        )
     np.testing.assert_array_equal(blown.parameters()[0].value, scripted.weights[2])
     assert "restored" in blown.stop_reason and blown.diverged
 

@@ -199,7 +199,9 @@ def _regression(n=300, seed=0):
 
 HIGHER = ["val_r2", "val_accuracy", "acc", "val_acc", "val_top5_accuracy", "val_auc", "val_f1"]
 HIGHER += ["val_precision", "val_recall", "val_score", "val_roc_auc_score", "val_bal_acc"]
+HIGHER += ["val_iou", "val_dice", "val_mcc", "val_cohen_kappa", "val_specificity"]
 LOWER = ["loss", "val_loss", "val_mae", "val_rmse", "val_balanced_error", "val_zero_one_loss"]
+LOWER += ["val_mape", "val_cross_entropy"]
 
 
 @pytest.mark.parametrize("name", HIGHER + LOWER)
@@ -207,6 +209,30 @@ def test_auto_mode_knows_which_scores_are_higher_is_better(name):
     want = "max" if name in HIGHER else "min"
     made = [fn.EarlyStopping(name), fn.ReduceLROnPlateau(name), fn.ModelCheckpoint("m.npz", name)]
     assert [cb.mode for cb in made] == [want] * 3
+
+
+@pytest.mark.parametrize("make", [fn.EarlyStopping, fn.ReduceLROnPlateau, fn.ModelCheckpoint])
+def test_auto_mode_refuses_a_name_of_no_known_direction(make, tmp_path):
+    """A user metric ``val_foo`` was minimised silently (EarlyStopping then kept the worst
+    weights of a score); Keras 3 refuses it too. Before training; a typo is named as one."""
+
+    def foo(y_true, y_pred):
+        return 0.5
+
+    def made(name, **kw):
+        if make is fn.ModelCheckpoint:  # (it watches a name only to save the best)
+            return make(str(tmp_path / "m.npz"), name, save_best_only=True, **kw)
+        return make(name, **kw)
+
+    X, y = _blobs()
+    fit = dict(epochs=1, verbose=0, validation_split=0.2, metrics=[foo])
+    model = _model()
+    with pytest.raises(ValueError, match="cannot tell whether a higher or a lower 'val_foo'"):
+        model.fit(X, y, callbacks=[made("val_foo")], **fit)
+    assert not model.built and model.history == {}
+    with pytest.raises(ValueError, match="'val_fo'.*valid names: "):
+        model.fit(X, y, callbacks=[made("val_fo")], **fit)
+    model.fit(X, y, callbacks=[made("val_foo", mode="max")], **fit)
 
 
 def test_early_stopping_on_a_rising_r2_keeps_training():
@@ -325,7 +351,7 @@ def test_a_checkpoint_path_may_name_what_a_keras_style_callback_provides(tmp_pat
 
 @pytest.mark.parametrize("name", ["val_err2", "val_layer2_norm", "val_microcost"])
 def test_auto_mode_does_not_read_short_words_inside_others(name):
-    assert fn.EarlyStopping(name).mode == "min"
+    assert fn.EarlyStopping(name).mode == ("min" if name == "val_microcost" else "auto")
 
 
 @pytest.mark.parametrize("name", ["loss", "accuracy", "acc", "f1", "top2_accuracy"])

@@ -203,6 +203,37 @@ def test_keyboard_interrupt_restores_last_finished_epoch(backend):
     assert len(model.history["loss"]) == 1 and "interrupted" in model.stop_reason
 
 
+@pytest.mark.parametrize("hook", ["on_epoch_end", "on_train_batch_end"])
+def test_an_error_in_a_callback_restores_the_last_finished_epoch(backend, hook):
+    """A callback's bug in epoch 2 kept that epoch's weights and count but not its history
+    (or, in a batch hook, steps with no epoch counted): a fit after the fix went on from
+    them. Now the last finished epoch is restored, as Ctrl-C does, and the error raised."""
+    X, y = make_blobs()
+    reference = _mlp(backend)
+    reference.fit(X, y, epochs=1, verbose=0)
+
+    class Buggy(fn.Callback):
+        def on_epoch_end(self, model, epoch, logs):
+            if hook == "on_epoch_end" and epoch == 1:
+                raise RuntimeError("a bug")
+
+        def on_train_batch_end(self, model, batch, logs=None):
+            if hook == "on_train_batch_end" and model.epochs_trained == 1 and batch == 2:
+                raise RuntimeError("a bug")
+
+    model = _mlp(backend)
+    with pytest.raises(RuntimeError, match="a bug"):
+        model.fit(X, y, epochs=3, verbose=0, callbacks=[Buggy()])
+    assert model.epochs_trained == len(model.history["loss"]) == 1
+    assert model.stop_reason.startswith("RuntimeError in epoch 2; weights of the last finished")
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    model.fit(X, y, epochs=3, initial_epoch=1, verbose=0)  # resumed: as uninterrupted
+    reference.fit(X, y, epochs=3, initial_epoch=1, verbose=0)
+    for a, b in zip(model.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("where", ["on_epoch_end", "validation metric", "divergence check"])
 def test_ctrl_c_after_an_epochs_steps_undoes_that_epoch_too(where, monkeypatch):
     """An interrupt in validation, an epoch-end callback or the checks between them kept the
