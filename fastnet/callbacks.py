@@ -158,7 +158,7 @@ def _keras_style(method: Any, hook: str) -> bool:
     wanted = ", ".join(HOOKS[hook])
     raise TypeError(
         f"callback hook {getattr(method, '__qualname__', hook)} must take ({wanted}) or, "
-        f"Keras-style, ({', '.join(HOOKS[hook][1:])}, logs=None)"
+        f"Keras-style, ({', '.join([*(a for a in HOOKS[hook][1:] if a != 'logs'), 'logs=None'])})"
     )
 
 

@@ -168,6 +168,11 @@ def _load_dataset(
     split: str | None = None,
 ) -> Any:
     splits = check_split(split)
+    if not isinstance(data_dir, (str, os.PathLike, type(None))):  # (load_mnist(True): a flag)
+        raise TypeError(
+            f"data_dir must be a folder's path or None, got {data_dir!r} (the notebooks' "
+            "load_mnist(normalize, flatten, one_hot_label) flags are keywords here)"
+        )
     folder = data_dir_for(name, data_dir)
     out = []
     for part in splits:

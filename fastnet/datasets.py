@@ -157,8 +157,9 @@ def _check_table(path: Path, X: Any, y: Any, names: Any, where: Any) -> None:
     a DatasetError naming the file."""
     if X.ndim != 2 or (y is not None and (y.ndim == 0 or len(X) != len(y))):
         raise DatasetError(
-            f"{path}: need 2-D features and one label per row, got X "
-            f"{X.shape} and y {None if y is None else y.shape}"
+            f"{path}: need 2-D features (rows, columns)"
+            + (f", got X {X.shape}" if y is None else f" and one label per row, got X {X.shape}")
+            + ("" if y is None else f" and y {y.shape}")
         )
     if not len(X):
         raise DatasetError(f"{path} holds no data rows")

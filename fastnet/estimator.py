@@ -685,6 +685,12 @@ class _MLPBase(BaseEstimator):
         ]
 
     @property
+    def n_layers_(self) -> int:
+        """Layers counted as scikit-learn counts them: input, hidden and output."""
+        self._check_fitted()
+        return sum(isinstance(layer, Dense) for layer in self.model_.layers) + 1
+
+    @property
     def intercepts_(self) -> list[np.ndarray]:
         self._check_fitted()
         return [

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from fastnet.backends.base import Act
 from fastnet.initializers import He
 from fastnet.layers import (
     BatchNorm1d,
@@ -52,6 +53,18 @@ def check_layer_stack(layers: Sequence[Layer], mixed: bool = False) -> None:
             raise ValueError(
                 f"layers[{j}] and layers[{i}] are the same {type(layer).__name__} object: "
                 "each place needs its own layer (fastnet does not share weights)"
+            )
+
+
+def check_alpha_used(layers: Sequence[Layer]) -> None:
+    """Refuse a Dense layer's ``alpha`` (leaky_relu's slope) other than the default where its
+    activation is not leaky_relu: it was ignored."""
+    for i, layer in enumerate(layers):
+        alpha = getattr(layer, "alpha", 0.01)
+        if isinstance(layer, Dense) and alpha != 0.01 and layer.activation_code != Act.LEAKY_RELU:
+            raise ValueError(
+                f"layers[{i}]: alpha={alpha} is leaky_relu's slope, and this Dense's "
+                f"activation is {layer.activation!r}: pass activation='leaky_relu' (or no alpha)"
             )
 
 

@@ -25,7 +25,10 @@ LOSSES = Registry("loss")
 class Loss:
     """Base class: ``compute`` gives the loss and its gradient. A subclass that overrides
     ``compute`` alone also trains with it (the parent's fused ``accumulate`` and captured
-    ``plan`` are dropped); ``name`` in its class body registers it, for saving and loading."""
+    ``plan`` are dropped); ``name`` in its class body registers it, for saving and loading.
+    A classifier's loss subclasses ``SoftmaxCrossEntropy``/``SigmoidBinaryCrossEntropy`` or
+    sets the attributes below (``predictions = "softmax"``, ...); without them it is a
+    regression loss (raw outputs, regression metrics)."""
 
     name = "loss"
     classification = False
@@ -390,7 +393,7 @@ def get_loss(spec: str | dict | Loss) -> Loss:
     name = config.pop("name", None)
     if isinstance(name, str) and name not in LOSSES:
         name = ALIASES.get(name.lower(), name.lower())  # (Keras's "MSE")
-    return construct(LOSSES.lookup(name), config)
+    return construct(LOSSES.lookup(name, ALIASES), config)
 
 
 LOSSES.load = get_loss

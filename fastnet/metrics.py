@@ -59,11 +59,13 @@ def macro_scores(cm: np.ndarray, present: Any = None) -> dict[str, float]:
 def top_k_correct(scores: Any, labels: Any, k: int, xp: Any = np, weights: Any = None) -> Any:
     """How many rows (their summed ``weights``) have their label among the ``k`` highest
     scores; tied scores rank by class index, lower first, as ``argmax`` (top-1 is accuracy;
-    scikit-learn's ``top_k_accuracy_score`` ranks ties higher index first)."""
+    scikit-learn's ``top_k_accuracy_score`` ranks ties higher index first); a row holding
+    NaN ranks nothing: a miss."""
     labels = labels.reshape(-1, 1)
     label_scores = xp.take_along_axis(scores, labels, axis=1)
     tied_ahead = (scores == label_scores) & (xp.arange(scores.shape[1]) < labels)
     hits = ((scores > label_scores) | tied_ahead).sum(axis=1) < k
+    hits &= ~xp.isnan(scores).any(axis=1)
     return hits.sum() if weights is None else (hits * weights).sum()
 
 

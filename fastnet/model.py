@@ -23,6 +23,7 @@ from fastnet.callbacks import History
 from fastnet.checkpoint import CheckpointError, plain_json, read_checkpoint, write_checkpoint
 from fastnet.initializers import INITIALIZERS, Initializer
 from fastnet.layer_stack import (
+    check_alpha_used,
     check_built_width,
     check_layer_stack,
     check_loss_after_layers,
@@ -105,13 +106,15 @@ class Sequential(Trainer):
         the default) or "tf32" (TF32 tensor cores on cupy: faster, ~1e-3 relative error).
         ``seed`` draws the weights, dropout masks and data order; None draws one (fresh each
         model), kept as ``model.seed`` and in the config, so any run can be recreated."""
-        layers = list(layers)
+        layers = [layers] if isinstance(layers, Layer) else list(layers)  # (Sequential(Dense(3)))
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
             raise TypeError("layers must be a non-empty sequence of fastnet Layer objects")
         self.seed = _model_seed(seed)
         self.layers = layers
         self.loss = get_loss(loss)  # (checked against the layers: no Softmax() before it)
         check_layer_stack(layers, isinstance(dtype, str) and dtype in MIXED_POLICIES)
+        if not _REBUILDING.get():  # (a file saved before this check loads as it was)
+            check_alpha_used(layers)
         fix_default_initializers(layers)  # He for a linear Dense before a separate ReLU
         self.arena: ParameterArena | None = None
         self.optimizer = get_optimizer(optimizer)
@@ -1010,6 +1013,8 @@ def _data_seed(seed: int | None) -> int:
 
 def save_model(model: Sequential, path: str | os.PathLike, extra: dict | None = None) -> None:
     """Save a built model (same as ``model.save(path)``)."""
+    if not isinstance(model, Sequential):
+        raise TypeError(f"save_model(model, path) takes the model first, got {model!r}")
     model.save(path, extra)
 
 

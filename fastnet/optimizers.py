@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 from fastnet.parameter import ParameterGroup
@@ -47,6 +48,17 @@ KERAS_NAMES = {
     "clipnorm": "clip_norm",
     "clipvalue": "clip_value",
 }
+
+
+def _overrides_update(update: Callable) -> bool:
+    """Whether ``update`` takes ``Optimizer.update``'s (self, group, backend), not the
+    notebooks' (params, grads) or (layer)."""
+    signature = inspect.signature(update)
+    try:
+        signature.bind(None, None, None)
+    except TypeError:
+        return False
+    return not {"params", "grads"} & set(signature.parameters)
 
 
 class Optimizer:
@@ -88,11 +100,12 @@ class Optimizer:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         update = cls.__dict__.get("update")
-        if callable(update) and {"params", "grads"} & set(inspect.signature(update).parameters):
+        if callable(update) and not _overrides_update(update):
             raise TypeError(
-                f"{cls.__name__}.update(params, grads) is the notebooks' form: a fastnet "
-                f"optimizer implements reference(self, xp, p, g, slots, step, eps, constants), "
-                f"the update of one flat parameter group in place (see SGD, Adam)"
+                f"{cls.__name__}.update{inspect.signature(update)} is the notebooks' form, not "
+                "update(self, group, backend): a fastnet optimizer implements reference(self, "
+                "xp, p, g, slots, step, eps, constants), the update of one flat parameter group "
+                "in place (see SGD, Adam)"
             )
         OPTIMIZERS.register(cls)
         if "reference" in cls.__dict__ and "kernel" not in cls.__dict__:

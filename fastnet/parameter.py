@@ -70,6 +70,8 @@ class Parameter:
     def value(self, new: Any) -> None:
         """Once built, assigning copies ``new`` (its shape) into the view, as ``value[...] =
         new`` does: a new array would leave the model and its optimizer on the old one."""
+        if not bool(np.isfinite(new).all()):  # (as set_weights refuses them)
+            raise ValueError(f"{self.name}: a value holding NaN or inf for {self!r}")
         if self.group is None:  # a layer built on its own: it computes with its value
             if self.compute is self._value:
                 self.compute = new

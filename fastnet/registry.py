@@ -7,7 +7,8 @@ from __future__ import annotations
 import functools
 import inspect
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from difflib import get_close_matches
 from typing import Any
 
 
@@ -105,13 +106,21 @@ class Registry(dict):
             self._loadable = set() if len(self._loadable) > 256 else self._loadable
             self._loadable.add(key)
 
-    def lookup(self, name: Any) -> Any:
-        if not isinstance(name, str) or name not in self:
-            raise ValueError(
-                f"unknown {self.kind} {name!r} (a custom {self.kind}'s class must be defined "
-                f"before loading); known: {', '.join(self)}"
-            )
-        return self[name]
+    def lookup(self, name: Any, aliases: Iterable[str] = ()) -> Any:
+        """The class registered as ``name``; else an error saying what was meant (a class for
+        its instance, a close name among these and ``aliases``) and the known names."""
+        if isinstance(name, str) and name in self:
+            return self[name]
+        if isinstance(name, type):
+            hint = f"pass an instance, {name.__name__}(...), not the class"
+        elif isinstance(name, str) and (close := get_close_matches(name, [*self, *aliases])):
+            hint = f"did you mean {' or '.join(map(repr, close))}?"
+        elif not isinstance(name, str):
+            hint = f"give a fastnet {self.kind} object (an instance of its class) or a name"
+        else:  # (a user's class registers under its name where it is defined)
+            hint = f"a custom {self.kind}'s class must be defined before loading"
+        known = ", ".join([*self, *aliases])
+        raise ValueError(f"unknown {self.kind} {name!r}: {hint}; known: {known}")
 
 
 def _ours(cls: type) -> bool:

@@ -532,9 +532,8 @@ class Trainer:
         on NumPy targets and, as Keras, ``predict_proba``'s outputs (``on_labels(f)``: labels).
         ``initial_epoch`` (Keras's) resumes: the first epoch's index, ``epochs`` the final one.
         Bad arguments raise before anything changes. A NaN/inf loss restores the last finite
-        weights and stops (``on_divergence="restore"``; "raise" also raises
-        ``TrainingDivergedError``); Ctrl-C or an error (a callback's) restores the last finished
-        epoch and re-raises.
+        weights, stops (``on_divergence``: "raise" raises ``TrainingDivergedError``); Ctrl-C or
+        an error (a callback's) restores the last finished epoch and re-raises.
         ``compiled``: "auto" runs the backend's compiled step (the step function captured in
         a CUDA graph on cupy, one fused JIT call on numba) when the model qualifies, True
         requires it, False forces eager steps; both compute the same (``step_description``:

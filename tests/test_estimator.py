@@ -166,6 +166,11 @@ def test_partial_fit_and_warm_start():
     model = warm.model_
     warm.fit(X, y)  # the fitted weights, a new optimizer (scikit-learn's warm start)
     assert warm.n_iter_ == 2 and warm.model_.arena.groups[0].step == model.arena.groups[0].step
+    from sklearn.neural_network import MLPClassifier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert warm.n_layers_ == 3 == MLPClassifier((16,), max_iter=2).fit(X, y).n_layers_
     assert len(warm.loss_curve_) == 4 and clf.n_iter_ == 1  # (this call's epochs: scikit-learn's)
 
 

@@ -352,3 +352,70 @@ def test_a_refused_compiled_fit_leaves_an_unbuilt_model_unbuilt(backend):
     fresh.fit(X, y, epochs=1, verbose=0, shuffle=False)
     for a, b in zip(refused.get_weights(), fresh.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_class_for_its_instance_or_a_misspelt_name_is_named_as_such():
+    """``optimizer=fn.Adam``, ``loss="crossentropy"`` and a notebook's initializer object all
+    said "a custom ...'s class must be defined before loading", though nothing was loaded."""
+    cases = [
+        (dict(optimizer=fn.Adam), r"optimizer <class .*Adam'>: pass an instance, Adam\(\.\.\.\)"),
+        (dict(loss=fn.SoftmaxWithLoss), r"pass an instance, SoftmaxCrossEntropy\(\.\.\.\), not"),
+        (dict(loss="crossentropy"), r"did you mean 'cross_entropy' or .*known: .*, bce, mse"),
+        (dict(optimizer="adm"), r"did you mean 'adam' or 'adamw'\?"),
+        (dict(loss="zzz"), r"a custom loss's class must be defined before loading"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            fn.Sequential([fn.Dense(3)], backend="numpy", **kwargs)
+
+    class HeInitializer:  # the notebooks' initializer object
+        def W(self, shape):
+            return np.zeros(shape)
+
+    with pytest.raises(ValueError, match="give a fastnet initializer object .* or a name"):
+        fn.Dense(3, initializer=HeInitializer())
+
+
+def test_nan_weights_are_refused_and_a_nan_row_is_no_top_k_hit():
+    """``layer.W.value = nan`` was accepted where set_weights refuses NaN, and evaluate then
+    scored NaN outputs a top-5 hit (top5_accuracy 1.0 for a model of NaN weights)."""
+    from fastnet.metrics import top_k_correct
+
+    X = np.random.default_rng(0).standard_normal((40, 5)).astype(np.float32)
+    model = fn.Sequential([fn.Dense(10)], backend="numpy", seed=0)
+    model.fit(X, np.arange(40) % 10, epochs=1, verbose=0)
+    before = model.get_weights()
+    with pytest.raises(ValueError, match="W: a value holding NaN or inf"):
+        model.layers[0].W.value = np.full((5, 10), np.nan)
+    np.testing.assert_array_equal(model.get_weights()[0], before[0])
+    scores = np.zeros((3, 10))
+    scores[1, 4] = np.nan
+    assert top_k_correct(scores, np.array([0, 1, 2]), 5) == 2
+
+
+def test_notebook_habits_get_messages_that_name_them(tmp_path):
+    """Each raised from inside Python or pathlib, or was silently ignored (alpha)."""
+    X = np.random.default_rng(0).standard_normal((20, 3)).astype(np.float32)
+    y = np.arange(20) % 2
+    assert len(fn.Sequential(fn.Dense(3), backend="numpy").layers) == 1  # one layer, no list
+    with pytest.raises(TypeError, match=r"data_dir must be a folder's path or None, got True"):
+        fn.load_fashion_mnist(True)  # the book's load_mnist(normalize)
+    model = fn.Sequential([fn.Dense(2)], backend="numpy", seed=0).build(3)
+    with pytest.raises(TypeError, match=r"save_model\(model, path\) takes the model first"):
+        fn.save_model(str(tmp_path / "m.npz"), model)
+
+    class EpochOnly(fn.Callback):
+        def on_epoch_end(self, epoch):
+            pass
+
+    with pytest.raises(
+        TypeError, match=r"\(model, epoch, logs\) or, Keras-style, \(epoch, logs=None\)$"
+    ):
+        model.fit(X, y, epochs=1, verbose=0, callbacks=[EpochOnly()])
+    with pytest.raises(ValueError, match=r"alpha=0.3 is leaky_relu's slope.*activation is 'relu'"):
+        fn.Sequential([fn.Dense(4, "relu", alpha=0.3), fn.Dense(2)], backend="numpy")
+    leaky = fn.Sequential([fn.Dense(4, "leaky_relu", alpha=0.3), fn.Dense(2)], backend="numpy")
+    leaky.fit(X, y, epochs=1, verbose=0)
+    path = tmp_path / "leaky.npz"
+    leaky.save(path)
+    assert fn.load_model(path).layers[0].alpha == 0.3

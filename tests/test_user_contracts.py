@@ -208,7 +208,7 @@ def test_a_layer_that_changes_the_width_must_say_so_before_building():
 def test_a_notebook_style_update_is_refused_when_the_class_is_defined():
     """update(params, grads) was accepted and failed at the first step: 'ParameterGroup
     object is not iterable'. The refused class does not take its name."""
-    with pytest.raises(TypeError, match=r"update\(params, grads\) is the notebooks' form.*ref"):
+    with pytest.raises(TypeError, match=r"update\(self, params, grads\) is the notebooks' form"):
 
         class NotebookSGD(Optimizer):
             name = "contract_notebook_sgd"
@@ -218,6 +218,19 @@ def test_a_notebook_style_update_is_refused_when_the_class_is_defined():
                     params[key] -= 0.01 * grads[key]
 
     assert "contract_notebook_sgd" not in OPTIMIZERS
+    with pytest.raises(TypeError, match=r"update\(self, layer\) is .*reference\(self, xp"):
+
+        class LayerSGD(Optimizer):  # (notebook 004's form)
+            name = "contract_layer_sgd"
+
+            def update(self, layer):
+                layer.W -= self.lr * layer.dW
+
+    class Logged(fn.SGD):  # fastnet's own signature: an override of it is fine
+        name = "contract_logged_sgd"
+
+        def update(self, group, backend):
+            super().update(group, backend)
 
 
 def test_a_user_rule_is_reported_under_its_own_name():
