@@ -145,11 +145,11 @@ def test_missing_file_and_foreign_npz(tmp_path):
 
 
 def test_save_refuses_a_state_that_would_not_load(tmp_path):
-    """Weights assigned NaN (``W.value = ...`` is a plain copy) would write a checkpoint that
-    ``load_model`` refuses: save says so and writes nothing."""
+    """Weights written NaN in place (``W.value = ...`` refuses NaN) would write a checkpoint
+    that ``load_model`` refuses: save says so and writes nothing."""
     model = fn.Sequential([fn.Dense(3)], backend="numpy", seed=0)
     model.build(4)
-    model.layers[0].W.value = np.full((4, 3), np.nan, np.float32)
+    model.layers[0].W.value[...] = np.nan
     for name in ("m.npz", "m.safetensors"):
         with pytest.raises(ValueError, match="not saved: 'param/0/W' contains NaN.*would not load"):
             model.save(tmp_path / name)
