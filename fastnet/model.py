@@ -514,6 +514,7 @@ class Sequential(Trainer):
 
     def _targets(self, y: Any, name: str, n: int, width: int, on_device: bool = True) -> Any:
         classes = self.metadata.get("classes")
+        classes = classes.tolist() if hasattr(classes, "tolist") else classes  # (an ndarray's)
         single = self.loss.classification and width == 1 and len(classes or ()) == 2  # (binary)
         if isinstance(classes, list) and (self.loss.multiclass or single):  # (the CLI's, ...)
             host = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)

@@ -113,12 +113,12 @@ class Registry(dict):
             return self[name]
         if isinstance(name, type):
             hint = f"pass an instance, {name.__name__}(...), not the class"
-        elif isinstance(name, str) and (close := get_close_matches(name, [*self, *aliases])):
-            hint = f"did you mean {' or '.join(map(repr, close))}?"
         elif not isinstance(name, str):
             hint = f"give a fastnet {self.kind} object (an instance of its class) or a name"
         else:  # (a user's class registers under its name where it is defined)
             hint = f"a custom {self.kind}'s class must be defined before loading"
+            close = get_close_matches(name, [*self, *aliases])
+            hint += f"; or did you mean {' or '.join(map(repr, close))}?" if close else ""
         known = ", ".join([*self, *aliases])
         raise ValueError(f"unknown {self.kind} {name!r}: {hint}; known: {known}")
 

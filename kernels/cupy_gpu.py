@@ -921,36 +921,69 @@ def _or_placeholder(a: Any, dtype: Any) -> Any:
 
 
 _SUM_SQUARES_SRC = r"""
-// out[0] += sum(g * g) in double: grid-stride partial sums, a block reduction, one atomicAdd.
-extern "C" __global__ void sum_squares(const T* __restrict__ g, long long n,
-                                       double* __restrict__ out) {
-    __shared__ double partial[256];
+// out[0] += sum(g * g) in double, the same bits on every run (data-parallel ranks clip by it
+// and must agree): each block's grid-stride partial sum, reduced in the block, to partial[b];
+// then one block adds the partials up in a fixed order (no atomics: their order varies).
+__device__ double block_sum(double acc, double* shared) {
+    shared[threadIdx.x] = acc;
+    __syncthreads();
+    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
+        if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+        __syncthreads();
+    }
+    return shared[0];
+}
+"""
+_SUM_SQUARES_PARTIAL = r"""
+extern "C" __global__ void sum_squares_partial(const T* __restrict__ g, long long n,
+                                               double* __restrict__ partial) {
+    __shared__ double shared[256];
     double acc = 0;
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < n;
          i += (long long)gridDim.x * blockDim.x) {
         double v = (double)g[i];
         acc += v * v;
     }
-    partial[threadIdx.x] = acc;
-    __syncthreads();
-    for (int s = blockDim.x / 2; s > 0; s >>= 1) {
-        if (threadIdx.x < s) partial[threadIdx.x] += partial[threadIdx.x + s];
-        __syncthreads();
-    }
-    if (threadIdx.x == 0) atomicAdd(out, partial[0]);
+    double total = block_sum(acc, shared);
+    if (threadIdx.x == 0) partial[blockIdx.x] = total;
+}
+"""
+_SUM_SQUARES_TOTAL = r"""
+extern "C" __global__ void sum_squares_total(const double* __restrict__ partial, int blocks,
+                                             double* __restrict__ out) {
+    __shared__ double shared[256];
+    double acc = 0;
+    for (int i = threadIdx.x; i < blocks; i += blockDim.x) acc += partial[i];
+    double total = block_sum(acc, shared);
+    if (threadIdx.x == 0) out[0] += total;
 }
 """
 
 
 @cache
 def _sum_squares(dtype: str) -> cp.RawKernel:
-    return cp.RawKernel(f"#define T {dtype}\n" + _SUM_SQUARES_SRC, "sum_squares")
+    source = f"#define T {dtype}\n" + _SUM_SQUARES_SRC + _SUM_SQUARES_PARTIAL
+    return cp.RawKernel(source, "sum_squares_partial")
+
+
+@cache
+def _sum_squares_total() -> cp.RawKernel:
+    return cp.RawKernel(_SUM_SQUARES_SRC + _SUM_SQUARES_TOTAL, "sum_squares_total")
+
+
+@cache
+def _partials(device: int) -> cp.ndarray:
+    return cp.empty(1024, dtype=np.float64)
 
 
 def sum_squares(g: Any, out: Any) -> None:
-    """``out[0] += sum(g**2)`` (float64) without a host sync or an allocation."""
+    """``out[0] += sum(g**2)`` (float64, deterministic) without a host sync or an allocation
+    (the first call, eager, allocates the partial sums)."""
     blocks = max(1, min(1024, (g.size + 255) // 256))
-    _sum_squares(ctype(g.dtype))((blocks,), (256,), (g, np.int64(g.size), out))
+    partial = _partials(cp.cuda.Device().id)
+    args = (g, np.int64(g.size), partial)
+    _sum_squares(ctype(g.dtype))((blocks,), (256,), args)
+    _sum_squares_total()((1,), (256,), (partial, np.int32(blocks), out))
 
 
 # ---------------------------------------------------------------------------- optimizer updates

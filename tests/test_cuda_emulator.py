@@ -35,6 +35,25 @@ def test_a_reduction_over_blocks_barriers_and_atomics():
     assert out[0] == pytest.approx(x.astype(np.float64).sum(), rel=1e-12)
 
 
+def test_a_kernel_declared_exact_may_not_sum_floats_atomically(monkeypatch):
+    """fastnet's clip norm must be the same bits on every data-parallel rank: its kernels are
+    declared ``EXACT`` and their writes compared bit for bit in two block orders (the earlier
+    kernel's atomicAdd over blocks differed); the deterministic ``sum_squares`` passes."""
+    x = np.random.default_rng(0).standard_normal(1024).astype(np.float32) * 1e3
+    x[::7] *= 1e-6  # (magnitudes that make the summation order show)
+    monkeypatch.setattr(emu, "EXACT", emu.EXACT | {"exact_sum"})
+    with pytest.raises(emu.EmulationError, match="differs .* in another order"):
+        emu.RawKernel(BLOCK_SUM.replace("block_sum", "exact_sum"), "exact_sum")(
+            (8,), (128,), (x, np.int32(x.size), np.zeros(1))
+        )
+    k = emu.load()
+    for n in (1024, 300_000):  # one block; the most blocks, each summing several stripes
+        g = np.random.default_rng(n).standard_normal(n).astype(np.float32) * 1e3
+        out = np.full(1, 0.5)
+        k.sum_squares(g, out)
+        assert out[0] == pytest.approx(0.5 + (g.astype(np.float64) ** 2).sum(), rel=1e-12)
+
+
 def test_a_missing_barrier_reads_what_other_threads_have_not_written():
     racy = BLOCK_SUM.replace("    __syncthreads();\n    for", "    for", 1)
     racy = racy.replace("        __syncthreads();\n", "").replace("block_sum", "racy_sum")
@@ -373,3 +392,20 @@ def test_float16_kernels_include_the_header_of_the_installed_cupy(monkeypatch, v
     out = np.empty(8, np.float16)
     k.cast(x, out)
     np.testing.assert_array_equal(out, x.astype(np.float16))
+
+
+def test_an_allocation_refused_in_a_cublaslt_call_is_not_taken_for_cublaslt_failing():
+    """A cuBLASLt workspace first allocated inside a capture was refused by the memory hook,
+    and _lt_call took that for cuBLASLt failing: cuBLAS for good, the capture 'succeeded'."""
+    from fastnet.backends.base import Act
+    from fastnet.backends.graph_step import CaptureObstacleError
+
+    be = emulated_cupy.emulated_cupy_backend()
+    x, w = be.asarray(np.ones((8, 4), np.float32)), be.asarray(np.ones((4, 16), np.float32))
+    b, out = be.asarray(np.zeros(16, np.float32)), be.xp.empty((8, 16), np.float32)
+    with be.step_stream():
+        be.linear(x, w, b, Act.RELU, out=out)  # the warm-up: this stream's workspace
+        be.lt.lt_gemm(be._cublas_path).workspaces.clear()  # (a stream it did not meet)
+        with pytest.raises(CaptureObstacleError, match="allocation"):
+            be.capture(lambda: be.linear(x, w, b, Act.RELU, out=out))
+    assert be._lt_reason == ""

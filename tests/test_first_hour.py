@@ -626,6 +626,9 @@ def test_a_binary_model_reads_names_and_integer_labels_are_class_indices():
     names = np.array(["no", "yes"])[codes]
     assert binary.evaluate(X, names) == binary.evaluate(X, codes)
     assert binary.evaluate(X, list(names)) == binary.evaluate(X, codes)
+    binary.metadata["classes"] = np.array(["no", "yes"])  # (as one keeps LabelEncoder's)
+    assert binary.evaluate(X, names) == binary.evaluate(X, codes)
+    binary.fit(X, codes, epochs=1, verbose=0)
     codes = codes + (X[:, 1] > 0) + (X[:, 2] > 0)
     model = fn.Sequential([fn.Dense(4)], backend="numpy", seed=0)
     model.fit(X, codes, epochs=2, verbose=0)

@@ -360,7 +360,7 @@ def test_a_class_for_its_instance_or_a_misspelt_name_is_named_as_such():
     cases = [
         (dict(optimizer=fn.Adam), r"optimizer <class .*Adam'>: pass an instance, Adam\(\.\.\.\)"),
         (dict(loss=fn.SoftmaxWithLoss), r"pass an instance, SoftmaxCrossEntropy\(\.\.\.\), not"),
-        (dict(loss="crossentropy"), r"did you mean 'cross_entropy' or .*known: .*, bce, mse"),
+        (dict(loss="crossentropy"), r"defined before loading; or did you mean 'cross_entropy' or "),
         (dict(optimizer="adm"), r"did you mean 'adam' or 'adamw'\?"),
         (dict(loss="zzz"), r"a custom loss's class must be defined before loading"),
     ]

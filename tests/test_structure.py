@@ -138,8 +138,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # the estimators' weighted early-stopping scores and per-call n_iter_, an error in an epoch
 # undoing it as Ctrl-C does, mode="auto" refusing a name of no known direction, registries
 # naming a class given for its instance or a close name, notebook-style optimizers' update
-# refused, NaN weights refused and no top-k hit, Dense's unused alpha refused: +90)
-BUDGET = 12750
+# refused, NaN weights refused and no top-k hit, Dense's unused alpha refused: +90), to 12,770
+# for its review (a capture's refused allocation not taken for cuBLASLt failing, classes kept
+# as an array) and a clip norm of the same bits on every data-parallel rank (two kernels in
+# a fixed order, no atomics: +20)
+BUDGET = 12770
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

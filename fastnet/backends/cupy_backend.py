@@ -276,6 +276,8 @@ class CupyBackend(Backend):
                 return fn(self.lt.lt_gemm(self._cublas_path))
         except (self.xp.cuda.runtime.CUDARuntimeError, self.xp.cuda.driver.CUDADriverError):
             raise  # the device's own trouble (an earlier kernel's), not cuBLASLt's
+        except CaptureObstacleError:
+            raise  # (an allocation in a capture: the step's to handle)
         except (OSError, AttributeError, RuntimeError) as exc:
             self._lt_reason = f"cuBLASLt unavailable: {exc}"  # cuBLAS from now on
             return False
