@@ -513,7 +513,7 @@ class Sequential(Trainer):
         return X[[by_name[str(n)] for n in names]]
 
     def _targets(self, y: Any, name: str, n: int, width: int, on_device: bool = True) -> Any:
-        classes = self.metadata.get("classes")
+        classes: Any = self.metadata.get("classes")
         classes = classes.tolist() if hasattr(classes, "tolist") else classes  # (an ndarray's)
         single = self.loss.classification and width == 1 and len(classes or ()) == 2  # (binary)
         if isinstance(classes, list) and (self.loss.multiclass or single):  # (the CLI's, ...)

@@ -30,8 +30,8 @@ PREF_MAX_WORKSPACE_BYTES = 1
 PREF_MIN_ALIGNMENT = (5, 6, 7, 8)  # bytes of A, B, C, D (uint32)
 #: errors of the device (CuPy's, or the CPU emulator's) that a probe passes on, never hides
 #: errors a probe propagates (the device's own, and a capture's refused allocation)
-DEVICE_ERRORS = ("CUDARuntimeError", "CUDADriverError", "OutOfMemoryError", "EmulationError")
-DEVICE_ERRORS += ("CaptureObstacleError",)
+DEVICE_ERRORS: tuple[str, ...] = ("CUDARuntimeError", "CUDADriverError", "OutOfMemoryError")
+DEVICE_ERRORS += ("EmulationError", "CaptureObstacleError")
 BIAS_ALIGNMENT = 16  # bytes: a bias less aligned gets no epilogue (a separate kernel adds it)
 
 
