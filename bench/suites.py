@@ -816,12 +816,12 @@ def _settle(title: str, backends: list[Any]) -> float:
 
 
 def _reference(title: str, names: list[str]) -> str | None:
-    """A group's reference: the strongest peer present (JAX's scanned epoch, else the book
-    loop, else PyTorch's CUDA graph; onnxruntime), else the plain NumPy contestant, else (not
+    """A group's reference: the strongest peer present (JAX's scanned epoch, else PyTorch's
+    CUDA graph, else the book loop; onnxruntime), else the plain NumPy contestant, else (not
     for epochs, whose other contestants may be peers on another device) the group's first."""
     candidates: tuple[str, ...] = ("numpy", "fastnet-numpy-eager-fp32", "matmul-only-cupy-fp32")
     if title.startswith("train epoch"):
-        candidates = ("jax-scan-fp32", "book-numpy-fp32", "torch-cuda-graph-fp32")
+        candidates = ("jax-scan-fp32", "torch-cuda-graph-fp32", "book-numpy-fp32")
     if title.startswith("floor breakdown"):
         candidates = ("matmul-only-numba-fp32",)
     if title.startswith("predict_proba"):  # one row: one ORT thread answers fastest
