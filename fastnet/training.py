@@ -141,12 +141,13 @@ class FitRun:
 
 @contextlib.contextmanager
 def _abort_job_on_error(group: Any) -> Iterator[None]:
-    """Data-parallel: a rank that fails aborts the whole job (naming itself) instead of
-    leaving the other ranks waiting in a collective; an error every rank raises at the same
-    point (``every_rank``: a refused compiled step, a divergence) is raised as it is."""
+    """Data-parallel: a rank that fails, is interrupted (Ctrl-C) or exits aborts the whole job
+    (naming itself) instead of leaving the other ranks waiting in a collective; an error every
+    rank raises at the same point (``every_rank``: a refused compiled step, a divergence) is
+    raised as it is."""
     try:
         yield
-    except Exception as exc:
+    except BaseException as exc:
         if group is not None and group.world_size > 1 and not getattr(exc, "every_rank", False):
             print(
                 traceback.format_exc()
@@ -155,8 +156,16 @@ def _abort_job_on_error(group: Any) -> Iterator[None]:
                 file=sys.stderr,
                 flush=True,
             )
-            group.abort(1)
+            group.abort(_exit_status(exc))
         raise
+
+
+def _exit_status(exc: BaseException) -> int:
+    """The job's status for a rank's ``exc``: Ctrl-C's 130, a ``sys.exit(n)``'s n, else 1."""
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    code = exc.code if isinstance(exc, SystemExit) else None
+    return code if isinstance(code, int) and code else 1
 
 
 def _top_k(top_k: int | None, classes: int) -> int:

@@ -82,15 +82,22 @@ def main(mode, *args):
             arrays = {f"p{i}": m.backend.to_numpy(p.value) for i, p in enumerate(m.parameters())}
             vals = {k: h[k] for k in ("val_loss", "val_accuracy", "val_f1")}
             np.savez(out, loss=h["loss"], **vals, **arrays)
-    elif mode in ("kill", "raise"):
+    elif mode in ("kill", "raise", "interrupt", "exit"):
         X, y = problem()
 
         def die():
             if mode == "kill":
                 os.kill(os.getpid(), signal.SIGKILL)
+            if mode == "interrupt":
+                raise KeyboardInterrupt  # Ctrl-C reaching one rank
+            if mode == "exit":
+                sys.exit(3)  # a callback's sys.exit, a SIGTERM handler's
             raise ValueError("a failure on rank 1")
 
-        model().fit(X, y, epochs=50, verbose=0, distributed=True, callbacks=[At(die)])
+        try:
+            model().fit(X, y, epochs=50, verbose=0, distributed=True, callbacks=[At(die)])
+        except KeyboardInterrupt:  # caught, as the CLI does (the other rank waited for ever)
+            pass
     elif mode == "every-rank":  # errors all ranks raise alike: raised, not the job aborted
         X, y = problem()
         one_rank = [fn.EarlyStopping(patience=5, min_delta=10)] if dist.rank() == 1 else []

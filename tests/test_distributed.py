@@ -133,8 +133,18 @@ def test_the_all_reduce_runs_inside_captured_steps(ranks, rows, layers, replays,
 
 
 @needs_mpi
-@pytest.mark.parametrize("mode,signature", [("kill", "rank 1"), ("raise", "rank 1 of 2 failed")])
+@pytest.mark.parametrize(
+    "mode,signature",
+    [
+        ("kill", "rank 1"),
+        ("raise", "rank 1 of 2 failed"),
+        ("interrupt", "rank 1 of 2 failed in fit (KeyboardInterrupt"),
+        ("exit", "rank 1 of 2 failed in fit (SystemExit: 3)"),
+    ],
+)
 def test_a_failing_rank_stops_the_job(mode, signature):
+    """Ctrl-C or sys.exit on one rank (caught, as the CLI catches Ctrl-C) left the other rank
+    waiting in an all-reduce for ever; they abort the job as an error does."""
     run, seconds = mpirun(mode, timeout=90)
     assert run.returncode != 0
     assert seconds < 60

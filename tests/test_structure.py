@@ -141,8 +141,9 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # refused, NaN weights refused and no top-k hit, Dense's unused alpha refused: +90), to 12,770
 # for its review (a capture's refused allocation not taken for cuBLASLt failing, classes kept
 # as an array) and a clip norm of the same bits on every data-parallel rank (two kernels in
-# a fixed order, no atomics: +20)
-BUDGET = 12770
+# a fixed order, no atomics: +20), to 12,780 for a data-parallel user's audit (Ctrl-C or
+# sys.exit on one rank aborting the job, with its status: +10)
+BUDGET = 12780
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
