@@ -669,6 +669,7 @@ def _train_report(model: Any, data: Prepared, total: float, say: Any) -> dict:
     steady = seconds[1:] or seconds  # the first epoch compiles (JIT, graphs): not its pace
     per_epoch = float(np.median(steady)) if steady else float("nan")
     results: dict = {"test": {}, "confusion_matrix": None, "s_per_epoch": per_epoch}
+    results |= {"stop_reason": model.stop_reason, "diverged": bool(model.diverged)}
     if model.history.get("loss"):
         X, y = data.test
         results = {**results, **_report(model, X, y, data.held, data.encoding, say)}

@@ -824,7 +824,7 @@ def test_warnings_print_as_one_line_naming_the_command(monkeypatch, capsys):
 
 def test_a_diverged_train_writes_strict_json_and_says_it_once(tmp_path, capsys):
     """--json held "s_per_epoch": NaN (strict parsers refuse it), and the divergence was
-    printed twice (the warning, then the stop reason)."""
+    printed twice (the warning, then the stop reason); the JSON says it (a script's check)."""
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "t.npz", X=rng.standard_normal((640, 4)), y=np.arange(640) % 3)
     out = tmp_path / "run.json"
@@ -837,6 +837,7 @@ def test_a_diverged_train_writes_strict_json_and_says_it_once(tmp_path, capsys):
 
     report = json.loads(out.read_text(), parse_constant=refuse)
     assert report["s_per_epoch"] is None
+    assert report["diverged"] is True and "loss became" in report["stop_reason"]  # (exit 0)
     err = capsys.readouterr().err
     assert err.count("loss became") == 1, err
 
