@@ -152,7 +152,7 @@ def _abort_job_on_error(group: Any) -> Iterator[None]:
             print(
                 traceback.format_exc()
                 + f"fastnet: rank {group.rank} of {group.world_size} failed in fit "
-                f"({type(exc).__name__}: {exc}); aborting the job",
+                f"({': '.join(filter(None, (type(exc).__name__, str(exc))))}); aborting the job",
                 file=sys.stderr,
                 flush=True,
             )
@@ -161,11 +161,12 @@ def _abort_job_on_error(group: Any) -> Iterator[None]:
 
 
 def _exit_status(exc: BaseException) -> int:
-    """The job's status for a rank's ``exc``: Ctrl-C's 130, a ``sys.exit(n)``'s n, else 1."""
+    """The job's status for a rank's ``exc``: Ctrl-C's 130, a ``sys.exit(n)``'s n (where its
+    low byte, the status a process shows, is not 0), else 1."""
     if isinstance(exc, KeyboardInterrupt):
         return 130
     code = exc.code if isinstance(exc, SystemExit) else None
-    return code if isinstance(code, int) and code else 1
+    return code if isinstance(code, int) and code % 256 else 1
 
 
 def _top_k(top_k: int | None, classes: int) -> int:
@@ -550,8 +551,8 @@ class Trainer:
         objects, Keras-style ones (no model) or ``f(epoch, logs)`` (true stops), checked.
         ``sample_weight``/``class_weight`` weight rows, normalised over the batch as in Keras.
         ``distributed=True`` (under ``mpirun``): data-parallel with one process's semantics
-        (global ``batch_size``, gradients all-reduced over ``comm`` "mpi" or "nccl"; dropout
-        masks per rank), the same model, data and arguments on every rank (checked)."""
+        (global ``batch_size``, all-reduced gradients over ``comm`` "mpi" or "nccl"), the same
+        model, data and arguments on every rank (checked); Ctrl-C on a rank ends the job."""
         opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
         with self._named_features(X):  # (kept only if the model then trains)
             run = self._prepare_fit(X, y, opts)

@@ -431,3 +431,13 @@ def test_a_cli_error_of_one_rank_is_printed_and_ends_the_job(tmp_path):
     run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
     assert run.returncode != 0
     assert "fastnet train: error: rank 1: data file" in run.stderr, run.stderr[-2000:]
+
+
+def test_a_rank_exit_status_never_reads_as_success():
+    """sys.exit(256) on one rank made MPI_Abort(256), and mpirun exited 0 (the low byte)."""
+    from fastnet.training import _exit_status
+
+    assert [_exit_status(SystemExit(c)) for c in (3, 256, 512, 0, None, "x", -1)] == [
+        3, 1, 1, 1, 1, 1, -1,
+    ]  # fmt: skip
+    assert _exit_status(KeyboardInterrupt()) == 130 and _exit_status(ValueError("x")) == 1
