@@ -60,10 +60,11 @@ def check_alpha_used(layers: Sequence[Layer]) -> None:
     """Refuse a Dense layer's ``alpha`` (leaky_relu's slope) other than the default where its
     activation is not leaky_relu: it was ignored."""
     for i, layer in enumerate(layers):
-        alpha = getattr(layer, "alpha", 0.01)
-        if isinstance(layer, Dense) and alpha != 0.01 and layer.activation_code != Act.LEAKY_RELU:
+        if not isinstance(layer, Dense) or layer.activation_code == Act.LEAKY_RELU:
+            continue
+        if layer.alpha != 0.01:
             raise ValueError(
-                f"layers[{i}]: alpha={alpha} is leaky_relu's slope, and this Dense's "
+                f"layers[{i}]: alpha={layer.alpha} is leaky_relu's slope, and this Dense's "
                 f"activation is {layer.activation!r}: pass activation='leaky_relu' (or no alpha)"
             )
 

@@ -38,7 +38,7 @@ from fastnet.optimizers import OPTIMIZERS, Optimizer, get_optimizer, optimizer_f
 from fastnet.parameter import Parameter, ParameterArena
 from fastnet.revision import bump
 from fastnet.state import StateEntry, StateError
-from fastnet.tabular import LabelEncoding
+from fastnet.tabular import LabelEncoding, label_array
 from fastnet.training import Trainer, TrainingDivergedError
 from fastnet.validation import (
     MIXED_POLICIES,
@@ -517,7 +517,7 @@ class Sequential(Trainer):
         classes = classes.tolist() if hasattr(classes, "tolist") else classes  # (an ndarray's)
         single = self.loss.classification and width == 1 and len(classes or ()) == 2  # (binary)
         if isinstance(classes, list) and (self.loss.multiclass or single):  # (the CLI's, ...)
-            host = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+            host = label_array(y)
             if host.dtype.kind in "USO":  # labels by name, as the model was trained on them
                 y = LabelEncoding(classes).encode(host, name)
             elif host.dtype.kind in "iu" and host.size and classes != list(range(len(classes))):

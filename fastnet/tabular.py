@@ -14,7 +14,7 @@ TASKS = ("auto", "classification", "regression")
 SCALES = ("none", "standard", "minmax")
 
 
-def _label_array(y: Any) -> np.ndarray:
+def label_array(y: Any) -> np.ndarray:
     """Labels as a NumPy array (a pandas Series's values: a categorical's as its categories)."""
     return np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
 
@@ -73,7 +73,7 @@ class LabelEncoding:
     def fit(cls, y: np.ndarray, name: str = "y") -> tuple[LabelEncoding, np.ndarray]:
         """Classes from training labels ``y`` (an array, list or pandas Series); returns the
         encoding and ``y``'s indices."""
-        y = _label_array(y)
+        y = label_array(y)
         if _one_hot_rows(y):
             return cls(np.arange(y.shape[1])), y.argmax(axis=1)
         if y.ndim != 1:
@@ -93,7 +93,7 @@ class LabelEncoding:
 
     def encode(self, y: np.ndarray, name: str = "y") -> np.ndarray:
         """Class indices of ``y``; labels the training data did not have are an error."""
-        y = _label_array(y)
+        y = label_array(y)
         if _one_hot_rows(y) and y.shape[1] == len(self.classes):
             return y.argmax(axis=1)
         y = np.asarray(y).reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else np.asarray(y)
