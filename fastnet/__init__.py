@@ -45,7 +45,12 @@ from fastnet.layers import (
     Standardize,
     Tanh,
 )
-from fastnet.losses import MeanSquaredError, SigmoidBinaryCrossEntropy, SoftmaxCrossEntropy
+from fastnet.losses import (
+    MeanSquaredError,
+    Poisson,
+    SigmoidBinaryCrossEntropy,
+    SoftmaxCrossEntropy,
+)
 from fastnet.model import Sequential, StateError, load_model, save_model
 from fastnet.optimizers import SGD, AdaGrad, Adam, AdamW, Momentum, Nesterov, RMSProp
 from fastnet.schedules import CosineDecay, LearningRateScheduler, StepDecay, WarmupCosine
@@ -87,6 +92,7 @@ __all__ = [
     "MLPClassifier",
     "MLPRegressor",
     "MeanSquaredError",
+    "Poisson",
     "Momentum",
     "Nesterov",
     "RMSProp",

@@ -20,7 +20,7 @@ import numpy as np
 from fastnet.builders import mlp
 from fastnet.callbacks import Callback, EarlyStopping
 from fastnet.layers import Dense
-from fastnet.losses import MeanSquaredError
+from fastnet.losses import MeanSquaredError, Poisson
 from fastnet.model import Sequential
 from fastnet.optimizers import OPTIMIZERS, Adam, AdamW, Momentum, Optimizer, get_optimizer
 from fastnet.schedules import LearningRateScheduler
@@ -490,7 +490,8 @@ class _MLPBase(BaseEstimator):
         (``invscaling``: lr / (rows seen + 1) ** power_t, ``seen`` before this call, a fit's
         new optimizer at lr for its first epoch; ``adaptive``: ``_NoImprovement``'s), which
         apply to ``solver="sgd"``; ``n_iter_no_change=0`` never stops nor lowers the lr."""
-        callbacks: list[Callback] = [_Objective(self._loss == "mean_squared_error")]
+        per_output = getattr(self, "loss", None) == "squared_error"  # (MLPRegressor's)
+        callbacks: list[Callback] = [_Objective(per_output)]
         if validation is not None:
             callbacks.append(_ValidationScore(self, *validation))
         schedule = self.learning_rate if self.solver == "sgd" else "constant"
@@ -589,6 +590,13 @@ class _MLPBase(BaseEstimator):
         history = self._train(
             model, X, targets, epochs, batch, validation, weights, seen, incremental
         )
+        if not history["loss"]:  # (scikit-learn's error for weights that became inf or NaN)
+            hint = "; exp(outputs) overflows float32 past 88: dtype='float64'"
+            raise ValueError(
+                f"{type(self).__name__} could not finish an epoch: {model.stop_reason}. The "
+                "inputs may hold large values and need scaling (StandardScaler)"
+                + (hint if getattr(self, "loss", None) == "poisson" else "")
+            )
         self._record(model, fitted, history, continuing, seen + len(history["loss"]) * len(X))
         if not incremental and len(history["loss"]) == epochs and not model.stop_reason:
             warnings.warn(
@@ -783,17 +791,33 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
 
 
 class MLPRegressor(RegressorMixin, _MLPBase):
-    """Multi-layer perceptron regressor (mean squared error), one or several outputs."""
+    """Multi-layer perceptron regressor, one or several outputs. ``loss`` (keyword, as
+    scikit-learn's): "squared_error" (half the squares, identity outputs) or "poisson" (half
+    the Poisson deviance of counts or rates >= 0, predictions ``exp`` of the outputs)."""
 
-    _loss = "mean_squared_error"
+    def __init__(self, *args: Any, loss: str = "squared_error", **params: Any) -> None:
+        super().__init__(*args, **params)
+        self.loss = loss
+
+    def _check_params(self) -> None:
+        super()._check_params()
+        if self.loss not in ("squared_error", "poisson"):
+            raise ValueError(
+                f"loss={self.loss!r} is not supported by MLPRegressor; use one of "
+                "squared_error, poisson"
+            )
 
     def _model_loss(self, n_outputs: int) -> Any:
-        """scikit-learn's: half the squares summed over the outputs, mean over the rows."""
+        """scikit-learn's: half the squares (or the Poisson deviance) summed over the
+        outputs, mean over the rows."""
+        if self.loss == "poisson":
+            return Poisson(scale=n_outputs)
         return MeanSquaredError(scale=n_outputs / 2)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.target_tags.multi_output = True
+        tags.target_tags.positive_only = self.loss == "poisson"
         return tags
 
     def _multi_output_y(self) -> bool:
@@ -811,18 +835,31 @@ class MLPRegressor(RegressorMixin, _MLPBase):
             raise ValueError(
                 f"y has {t.shape[1]} outputs; the model was fit with {self.n_outputs_}"
             )
-        return t, {"n_outputs_": t.shape[1], "out_activation_": "identity"}
+        if self.loss == "poisson" and bool((t < 0).any()):
+            raise ValueError("y must be counts or rates >= 0 for loss='poisson'")
+        out = "exp" if self.loss == "poisson" else "identity"
+        return t, {"n_outputs_": t.shape[1], "out_activation_": out}
 
     def _score_model(self, model: Sequential, X: Any, y: Any, w: Any = None) -> float:
-        return _r2(y, model.predict_raw(X), w)
+        return _r2(y, model.predict_proba(X), w)  # (the loss's predictions: exp for poisson)
 
     def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
         """One epoch on ``(X, y)`` (rows weighted as in ``fit``)."""
         return self._fit(X, y, 1, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X: Any) -> np.ndarray:
-        raw = self._raw(X).astype(np.float64)  # scikit-learn regressors predict float64
+        self._check_fitted()
+        X, _ = self._validate(X, reset=False)
+        raw = self.model_.predict_proba(X).astype(np.float64)  # (float64, as scikit-learn's)
         return raw[:, 0] if raw.shape[1] == 1 else raw  # also for a (n, 1) y, as scikit-learn
 
+
+# scikit-learn reads an estimator's parameters from the signature of its __init__
+MLPRegressor.__init__.__signature__ = inspect.signature(_MLPBase.__init__).replace(  # type: ignore[attr-defined]
+    parameters=[
+        *inspect.signature(_MLPBase.__init__).parameters.values(),
+        inspect.Parameter("loss", inspect.Parameter.KEYWORD_ONLY, default="squared_error"),
+    ]
+)
 
 __all__ = ["HAVE_SKLEARN", "ConvergenceWarning", "MLPClassifier", "MLPRegressor", "NotFittedError"]

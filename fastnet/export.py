@@ -15,8 +15,12 @@ _ACTIVATION_OPS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "sigmoid": "Sigmoi
 
 
 def onnx_outputs(model: Any) -> list[str]:
-    """Names of the exported graph's outputs: logits, plus probabilities for classifiers."""
-    has_probabilities = model.loss.planned_predictions() in ("softmax", "sigmoid")
+    """Names of the exported graph's outputs: logits, plus probabilities for classifiers;
+    outputs, plus their predictions (``exp`` of them) for a Poisson model."""
+    predictions = model.loss.planned_predictions()
+    if predictions == "exp":
+        return ["outputs", "predictions"]
+    has_probabilities = predictions in ("softmax", "sigmoid")
     return ["logits", "probabilities"] if has_probabilities else ["outputs"]
 
 
@@ -128,7 +132,7 @@ def to_onnx(model: Any, path: str | os.PathLike, metadata: dict[str, str] | None
     names = onnx_outputs(model)
     g.node("Identity", [current], names[0])
     if names[1:]:
-        op = "Softmax" if predictions == "softmax" else "Sigmoid"
+        op = {"softmax": "Softmax", "sigmoid": "Sigmoid", "exp": "Exp"}[predictions]
         g.node(op, [current], names[1], **({"axis": -1} if op == "Softmax" else {}))
     graph = helper.make_graph(
         g.nodes,

@@ -1,6 +1,7 @@
 """Losses on raw model outputs (logits): fused SoftmaxCrossEntropy, SigmoidBinaryCrossEntropy
-(from logits, stable), MeanSquaredError. ``loss(outputs, targets) -> (value, doutputs)`` with the
-value left on the device and the gradient already divided by the batch size (mean reduction).
+(from logits, stable), MeanSquaredError; Poisson (on log-rates). ``loss(outputs, targets) ->
+(value, doutputs)`` with the value left on the device and the gradient already divided by the
+batch size (mean reduction).
 
 ``loss(...)`` checks shapes and target values (targets outside a loss's domain make it unbounded
 below); ``loss.compute(...)`` skips the value checks, for data validated once at the boundary
@@ -36,7 +37,7 @@ class Loss:
     counts_correct = False
     #: one class per output column (softmax): metrics such as top-k and the confusion matrix
     multiclass = False
-    #: what ``predict_output`` applies: "softmax", "sigmoid" or "identity"
+    #: what ``predict_output`` applies: "softmax", "sigmoid", "exp" or "identity"
     predictions = "identity"
 
     #: the outputs' width of the model that built it (None: unknown, or ``shared`` by models
@@ -151,7 +152,7 @@ class Loss:
         the layers and this loss's own ``predict_output``."""
         owner = next(c for c in type(self).__mro__ if "predict_output" in c.__dict__)
         ours = owner.__module__ == __name__ and "predict_output" not in vars(self)
-        known = self.predictions in ("softmax", "sigmoid", "identity")
+        known = self.predictions in ("softmax", "sigmoid", "exp", "identity")
         return self.predictions if ours and known else "custom"
 
     def invalid_targets(self, targets: Any, xp: Any = np, classes: int = 2**31) -> str:
@@ -168,7 +169,7 @@ class Loss:
         if self.predictions == "sigmoid":
             labels = (outputs > 0).astype(np.int64)
             return labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
-        return outputs
+        return np.exp(outputs) if self.predictions == "exp" else outputs
 
     def predict_output(self, outputs: Any) -> Any:
         """Map raw outputs to predictions by ``predictions``: probabilities for classifiers
@@ -177,7 +178,7 @@ class Loss:
             return self.backend.softmax(outputs)
         if self.predictions == "sigmoid":
             return self.backend.activation(outputs, Act.SIGMOID)
-        return outputs
+        return self.backend.xp.exp(outputs) if self.predictions == "exp" else outputs
 
     def count_correct(self, outputs: Any, targets: Any) -> Any | None:
         """Correct predictions in the batch (on the device) where ``counts_correct``, by
@@ -371,6 +372,44 @@ class MeanSquaredError(Loss):
         return LossPlan(
             self.name, "squared_error", predictions=self.planned_predictions(), scale=self.scale
         )
+
+
+class Poisson(Loss):
+    """Half the Poisson deviance of counts or rates ``t >= 0`` from log-rates ``z`` (the
+    outputs; predictions ``exp(z)``): ``scale`` times the element mean of
+    ``exp(z) - t*z + t*log(t) - t``, zero where ``exp(z) == t``. scikit-learn's
+    ``MLPRegressor(loss="poisson")`` sums it over the ``k`` outputs: ``scale = k``."""
+
+    name = "poisson"
+    predictions = "exp"
+
+    scale = Checked(lambda v: check_number(v, "scale", 0, math.inf, "low"))
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), **({"scale": self.scale} if self.scale != 1 else {})}
+
+    def __repr__(self) -> str:
+        return f"Poisson({f'scale={self.scale}' if self.scale != 1 else ''})"
+
+    def invalid_targets(self, targets: Any, xp: Any = np, classes: int = 2**31) -> str:
+        if targets.size and bool((targets < 0).any()):
+            return "targets must be counts or rates >= 0"
+        return ""
+
+    def compute(self, outputs: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
+        xp = self.backend.xp
+        t = targets.reshape(outputs.shape).astype(outputs.dtype, copy=False)
+        rate = xp.exp(outputs)
+        t_log_t = t * xp.log(xp.where(t > 0, t, 1))  # (0 where t is 0)
+        deviance, grad = rate - t * outputs + t_log_t - t, (rate - t) * (self.scale / t.size)
+        if weights is not None:
+            w = weights.reshape(-1, 1).astype(outputs.dtype, copy=False)
+            deviance, grad = deviance * w, grad * w
+        return deviance.mean() * self.scale, grad
 
 
 ALIASES = {

@@ -85,7 +85,9 @@ def test_softmax_cross_entropy_gradient(backend, rng, targets):
     assert result.ok, str(result)
 
 
-@pytest.mark.parametrize("cls", [fn.SigmoidBinaryCrossEntropy, fn.MeanSquaredError])
+@pytest.mark.parametrize(
+    "cls", [fn.SigmoidBinaryCrossEntropy, fn.MeanSquaredError, fn.Poisson, lambda: fn.Poisson(3)]
+)
 def test_other_loss_gradients(backend, rng, cls):
     loss = cls()
     loss.build(backend)

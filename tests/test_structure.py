@@ -142,8 +142,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # for its review (a capture's refused allocation not taken for cuBLASLt failing, classes kept
 # as an array) and a clip norm of the same bits on every data-parallel rank (two kernels in
 # a fixed order, no atomics: +20), to 12,780 for a data-parallel user's audit (Ctrl-C or
-# sys.exit on one rank aborting the job, with its status: +10)
-BUDGET = 12780
+# sys.exit on one rank aborting the job, with its status: +10), to 12,850 for scikit-learn's
+# MLPRegressor(loss="poisson") (a Poisson deviance loss whose predictions are exp of the
+# outputs, in predict, evaluate and ONNX; the estimators' error for a fit that finishes no
+# epoch: +70)
+BUDGET = 12850
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
