@@ -8,6 +8,7 @@ import csv
 import inspect
 import math
 import os
+import warnings
 from typing import IO, Any
 
 from fastnet.checkpoint import plain_json
@@ -316,7 +317,10 @@ class ModelCheckpoint(Monitor):
     ``"ckpt-{epoch:03d}-{val_loss:.3f}.npz"`` (keys and formats are checked before training);
     ``.safetensors`` paths save that format, with ``model.metadata``, the epoch and its logs.
     The best value is kept across fits, as Keras's (a fine-tune does not overwrite a better
-    file). Writes are atomic and the folder is checked when training starts."""
+    file); ``initial_value_threshold`` (Keras's) is the best to beat at the first fit, e.g. a
+    resumed run's best ``val_loss``. Writes are atomic and the folder is checked when training
+    starts; weights holding NaN or inf (``on_divergence="ignore"``) are not saved: a warning
+    says so."""
 
     def __init__(
         self,
@@ -324,10 +328,15 @@ class ModelCheckpoint(Monitor):
         monitor: str = "val_loss",
         save_best_only: bool = False,
         mode: str = "auto",
+        initial_value_threshold: float | None = None,
     ) -> None:
         super().__init__(monitor, mode, 0.0)
         self.path, self.save_best_only = os.fspath(path), bool(save_best_only)
         self.saved: list[str] = []
+        threshold = initial_value_threshold
+        self.initial_value_threshold = (
+            None if threshold is None else check_number(threshold, "initial_value_threshold")
+        )
 
     @property
     def monitored(self) -> str | None:
@@ -374,11 +383,22 @@ class ModelCheckpoint(Monitor):
         plain_json(model.metadata, "model.metadata")  # (saved with every checkpoint)
         if not hasattr(self, "best"):  # Keras's: the best so far, across fits (a fine-tune's)
             super().on_train_begin(model)
+            if self.initial_value_threshold is not None:
+                self.best = self.initial_value_threshold
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
         if self.save_best_only and not self._improved(logs):
             return False
         path = self.path.format(epoch=epoch + 1, **_aliased(logs))
+        weights = [p.value for layer in model.layers for p in layer.parameters()]
+        if not all(model.backend.all_finite(w) for w in weights):  # (the same on every rank)
+            warnings.warn(
+                f"ModelCheckpoint: epoch {epoch + 1}'s weights hold NaN or inf values: "
+                f"{path!r} not saved",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return False
         if _main_rank():
             if os.path.dirname(path):
                 os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -120,7 +120,7 @@ def fix_default_initializers(layers: Sequence[Layer]) -> list[int]:
 
 def check_parameters_listed(layer: Layer) -> None:
     """A built layer's ``Parameter`` attributes must all be in its ``parameters()``: one it
-    leaves out would pass a gradient check and never train."""
+    leaves out would pass a gradient check and never train; and their names must differ."""
     from fastnet.parameter import Parameter
 
     listed = {id(p) for p in layer.parameters()}
@@ -131,6 +131,14 @@ def check_parameters_listed(layer: Layer) -> None:
         raise TypeError(
             f"{type(layer).__name__} holds Parameter(s) {missing} that its parameters() does "
             f"not return: they would never train (return them from parameters())"
+        )
+    names = [p.name for p in layer.parameters()]
+    clashes = sorted({n for n in names if names.count(n) > 1 or "/" in n})
+    if clashes:  # (the state's keys are param/<layer>/<name>: one would overwrite another)
+        raise TypeError(
+            f"{type(layer).__name__}'s parameters() holds names {clashes} more than once or "
+            "with a '/': each Parameter needs a name of its own, without '/' (checkpoints keep "
+            "them by name)"
         )
 
 

@@ -1029,6 +1029,24 @@ def load_model(
     return model
 
 
+def _check_widths(config: dict, arrays: dict[str, np.ndarray]) -> None:
+    """The config's widths against the file's arrays, before building allocates what they
+    ask for (a file of a few bytes must not make the loader allocate gigabytes): each
+    ``Dense``'s weight and ``BatchNorm1d``'s scale is in the file, in its shape."""
+    from fastnet.layers import BatchNorm1d, Dense
+
+    width = int(config["input_dim"])
+    for i, layer in enumerate(layer_from_config(c) for c in config["layers"]):
+        out = layer.output_width(width)
+        key, shape = {Dense: ("W", (width, out)), BatchNorm1d: ("gamma", (width,))}.get(
+            type(layer), ("", ())
+        )
+        got = getattr(arrays.get(f"param/{i}/{key}"), "shape", "missing")
+        if key and got != shape:
+            raise ValueError(f"layer {i} needs 'param/{i}/{key}' of shape {shape}, got {got}")
+        width = out
+
+
 def load_model_with_meta(
     path: str | os.PathLike, backend: str | Backend | None = None, dtype: Any = None
 ) -> tuple[Sequential, dict]:
@@ -1044,6 +1062,7 @@ def load_model_with_meta(
             raise TypeError("no built model config (config/input_dim missing)")
         # a mixed-precision checkpoint on a backend without half compute: float32 masters
         config = _config_for(config, target, dtype)
+        _check_widths(config, arrays)
         model = Sequential.from_config(config, backend=target)
     except (
         KeyError,

@@ -81,6 +81,29 @@ def test_terminate_on_nan(backend):
     assert model.stop_reason.startswith("TerminateOnNaN")
 
 
+def test_checkpoints_skip_nan_weights_and_beat_an_initial_threshold(tmp_path):
+    """on_divergence="ignore" with TerminateOnNaN stops cleanly, the NaN epoch not saved;
+    initial_value_threshold: a resumed run's best to beat (Keras's)."""
+    X, y, val = _data()
+    every = fn.ModelCheckpoint(tmp_path / "nan-{epoch}.npz")
+    with np.errstate(all="ignore"), pytest.warns(RuntimeWarning, match="NaN or inf.*not saved"):
+        _model("numpy", optimizer=fn.SGD(1e30)).fit(
+            X * 1e3, y, epochs=5, verbose=0, on_divergence="ignore",
+            callbacks=[fn.TerminateOnNaN(), every],
+        )  # fmt: skip
+    assert all(fn.load_model(p).built for p in every.saved)
+    assert len(os.listdir(tmp_path)) == len(every.saved)
+    model = _model("numpy")
+    worse = fn.ModelCheckpoint(tmp_path / "b.npz", save_best_only=True, initial_value_threshold=0)
+    model.fit(X, y, epochs=2, validation_data=val, verbose=0, callbacks=[worse])
+    assert not worse.saved and not (tmp_path / "b.npz").exists()
+    better = fn.ModelCheckpoint(tmp_path / "b.npz", save_best_only=True, initial_value_threshold=9)
+    model.fit(X, y, epochs=1, validation_data=val, verbose=0, callbacks=[better])
+    assert better.saved == [str(tmp_path / "b.npz")]
+    with pytest.raises(ValueError, match="initial_value_threshold must be a finite number"):
+        fn.ModelCheckpoint("m.npz", initial_value_threshold=float("nan"))
+
+
 class _Recorder(fn.Callback):
     def __init__(self):
         self.lrs, self.sizes = [], []

@@ -136,6 +136,33 @@ def test_version_mismatch_is_reported(tmp_path):
         fn.load_model(path)
 
 
+def test_a_config_is_held_to_its_arrays_before_building_allocates_them(tmp_path):
+    """A file of a few KB whose config asks for Dense(12000) layers (the hash is no signature:
+    anyone can write one) is refused before 12000x12000 weights and their slots are drawn."""
+    import tracemalloc
+
+    from fastnet.checkpoint import write_checkpoint
+
+    model, _, _ = _trained("numpy", epochs=1)
+    config, arrays = model.get_config(), model.host_state()
+    for key in ("layers", "input_dim"):
+        wide = {**config, "input_dim": 12000}
+        if key == "layers":
+            wide["layers"] = [
+                {**c, "units": 12000} if "units" in c else c for c in config["layers"]
+            ]
+        write_checkpoint(tmp_path / "wide.npz", wide, arrays, backend="numpy")
+        tracemalloc.start()
+        with pytest.raises(fn.CheckpointError, match=r"needs 'param/0/W' of shape \(12000, "):
+            fn.load_model(tmp_path / "wide.npz", backend="numpy")
+        assert tracemalloc.get_traced_memory()[1] < 50e6
+        tracemalloc.stop()
+    arrays["param/1/gamma"] = arrays["param/1/gamma"][:8]
+    write_checkpoint(tmp_path / "bn.npz", config, arrays, backend="numpy")
+    with pytest.raises(fn.CheckpointError, match=r"'param/1/gamma' of shape \(16,\), got \(8,\)"):
+        fn.load_model(tmp_path / "bn.npz", backend="numpy")
+
+
 def test_missing_file_and_foreign_npz(tmp_path):
     with pytest.raises(FileNotFoundError):
         fn.load_model(tmp_path / "nope.npz")

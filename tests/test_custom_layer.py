@@ -69,6 +69,22 @@ def test_unlisted_parameters_and_borrowed_names_are_refused():
     with pytest.raises(TypeError, match=r"Forgetful holds Parameter\(s\) \['a'\]"):
         fn.Sequential([Forgetful(), fn.Dense(3)]).build(4)
 
+    class TwoScales(Scale):  # two Parameters of one name: checkpoints would keep one of them
+        name = "test_two_scales"
+
+        def build(self, input_dim, backend, dtype, rng):
+            super().build(input_dim, backend, dtype, rng)
+            self.b = Parameter("a", backend.asarray(np.zeros(input_dim, dtype)), decay=False)
+            return input_dim
+
+        def parameters(self):
+            return [self.a, self.b]
+
+    model = fn.Sequential([TwoScales(), fn.Dense(3)])
+    with pytest.raises(TypeError, match=r"TwoScales's parameters\(\) holds names \['a'\]"):
+        model.build(4)
+    assert not model.built
+
     class Renamed(fn.Dense):  # keeps Dense's name: its config would load a Dense
         pass
 

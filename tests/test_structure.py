@@ -145,8 +145,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # sys.exit on one rank aborting the job, with its status: +10), to 12,850 for scikit-learn's
 # MLPRegressor(loss="poisson") (a Poisson deviance loss whose predictions are exp of the
 # outputs, in predict, evaluate and ONNX; the estimators' error for a fit that finishes no
-# epoch: +70)
-BUDGET = 12850
+# epoch: +70), to 12,890 for session 18's checkpoint audit (parameters of one name refused,
+# ModelCheckpoint skipping NaN weights and taking Keras's initial_value_threshold, a file's
+# config held to its arrays before building allocates them: +40)
+BUDGET = 12890
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
