@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -57,14 +58,24 @@ _REBUILDING: contextvars.ContextVar[bool] = contextvars.ContextVar("rebuilding",
 
 def _check_indices(y: np.ndarray, classes: list, name: str) -> None:
     """Integer ``y`` of a model with other integer classes are class indices (as ``predict``
-    returns): labels that are only class values are refused, saying how to encode them."""
+    returns): labels that are only class values are refused, and labels that may be either
+    (all of them class values and indices, e.g. 1 and 2 of classes 1, 2, 3) warned about,
+    saying how to encode them."""
+    if not np.isin(y, classes).all():
+        return
+    encode = f"fastnet.tabular.LabelEncoding(model.metadata['classes']).encode({name})"
     if y.min() < 0 or y.max() >= len(classes):
-        if np.isin(y, classes).all():
-            raise ValueError(
-                f"{name} holds labels of model.metadata['classes'] {classes[:10]}; a model takes "
-                f"class indices 0..{len(classes) - 1} (as predict returns): pass "
-                f"fastnet.tabular.LabelEncoding(model.metadata['classes']).encode({name})"
-            )
+        raise ValueError(
+            f"{name} holds labels of model.metadata['classes'] {classes[:10]}; a model takes "
+            f"class indices 0..{len(classes) - 1} (as predict returns): pass {encode}"
+        )
+    warnings.warn(
+        f"{name}'s integers are read as class indices 0..{len(classes) - 1} (as predict "
+        f"returns), but they are all model.metadata['classes'] {classes[:10]} too: if they "
+        f"are class labels, pass {encode}",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 class Sequential(Trainer):

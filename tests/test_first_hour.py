@@ -3,6 +3,7 @@
 import csv
 import json
 import tracemalloc
+import warnings
 
 import numpy as np
 import pytest
@@ -633,7 +634,12 @@ def test_a_binary_model_reads_names_and_integer_labels_are_class_indices():
     model = fn.Sequential([fn.Dense(4)], backend="numpy", seed=0)
     model.fit(X, codes, epochs=2, verbose=0)
     model.metadata["classes"] = [1, 2, 3, 4]
-    model.evaluate(X, codes)  # indices
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.evaluate(X, codes)  # indices (0 is no class: no doubt)
+    some = codes > 0  # 1..3: indices or classes? read as indices, with a warning
+    with pytest.warns(UserWarning, match=r"read as class indices 0..3 .* are class labels, pass"):
+        model.evaluate(X[some], codes[some])
     with pytest.raises(ValueError, match=r"classes'\] \[1, 2, 3, 4\]; a model takes class ind"):
         model.evaluate(X, codes + 1)
     model.metadata["classes"] = [0, 1, 2, 3]  # (indices and labels alike)
