@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
+import io
 import json
 import math
 import os
@@ -433,11 +435,11 @@ def _custom(args: argparse.Namespace) -> Prepared:
         encoding, y = LabelEncoding.fit(y, f"the labels of {args.labels or args.data}")
         classes = len(encoding.classes)
         if args.task == "auto" and encoding.classes.dtype.kind in "iuf" and classes > 20:
-            print(
-                f"warning: the target holds {classes} distinct whole numbers over {len(y)} "
+            warnings.warn(
+                f"the target holds {classes} distinct whole numbers over {len(y)} "
                 f"rows: training a {classes}-class classifier; --task regression if it is a "
                 "quantity",
-                file=sys.stderr,
+                stacklevel=2,
             )
     else:
         y = _targets(y, args.labels or args.data, None, task)
@@ -496,10 +498,10 @@ def _split_rows(X: Any, y: np.ndarray, args: argparse.Namespace, classify: bool)
             f"{args.data} is too large to shuffle in memory and its last rows "
             "hold classes the rest lacks: give a validation file (--val)"
         )
-    print(
-        f"warning: validating on the last {len(X) - cut} rows of {args.data} (too large to "
+    warnings.warn(
+        f"validating on the last {len(X) - cut} rows of {args.data} (too large to "
         "shuffle in memory); give --val to choose them",
-        file=sys.stderr,
+        stacklevel=2,
     )
     return (X[:cut], y[:cut]), (np.asarray(X[cut:]), y[cut:])
 
@@ -610,10 +612,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     sizes = [os.environ.get(v, "1") for v in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")]
     ranks = max(int(s) if s.isdigit() else 1 for s in sizes)  # a launcher's world
     if not args.distributed and ranks > 1:
-        print(
-            f"warning: {ranks} processes under mpirun train separate models: "
+        warnings.warn(
+            f"{ranks} processes under mpirun train separate models: "
             "--distributed trains one data-parallel model",
-            file=sys.stderr,
+            stacklevel=2,
         )
     if args.distributed:
         from fastnet import distributed as dist
@@ -696,7 +698,8 @@ def _report(
     metrics, loss = model.evaluate(X, y), model.loss
     if not loss.counts_correct:  # regression: evaluate reports MAE, RMSE and R2
         say(
-            f"{prefix}{held} loss (MSE) {metrics['loss']:.4f}  {held} R2 {metrics['r2']:.4f}  "
+            f"{prefix}{held} loss ({'MSE' if loss.name == 'mean_squared_error' else loss.name}) "
+            f"{metrics['loss']:.4f}  {held} R2 {metrics['r2']:.4f}  "
             f"MAE {metrics['mae']:.4f}  RMSE {metrics['rmse']:.4f}"
         )
         return {"test": metrics, "confusion_matrix": None}
@@ -996,6 +999,32 @@ def _one_line_warning(command: str, message: Any, *args: Any, **kwargs: Any) -> 
         print(f"fastnet {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+class _PipeSafeOutput(io.TextIOBase):
+    """``fastnet train``'s stdout: once its reader stops (``| head``), the rest of the output
+    is dropped and training goes on to save its model and JSON, saying so on stderr."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.closed_early = stream, False
+
+    def write(self, text: str) -> int:
+        return self._guarded(self.stream.write, text) or len(text)
+
+    def flush(self) -> None:
+        self._guarded(self.stream.flush)
+
+    def _guarded(self, call: Any, *args: Any) -> Any:
+        if self.closed_early:
+            return None
+        try:
+            return call(*args)
+        except BrokenPipeError:
+            self.closed_early = True
+            with contextlib.suppress(OSError, ValueError):  # (exit flushes it again)
+                os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+            print("fastnet train: stdout closed early: the run goes on", file=sys.stderr)
+            return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = _parse(parser, argv)
@@ -1006,8 +1035,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fastnet.backends import BackendUnavailableError
     from fastnet.distributed import DistributedError
 
+    out = _PipeSafeOutput(sys.stdout) if args.command == "train" else sys.stdout
     try:
-        with warnings.catch_warnings():  # one line each, as the errors: "fastnet train: warning"
+        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
             warnings.showwarning = functools.partial(_one_line_warning, args.command)
             return globals()[f"cmd_{args.command}"](args)  # cmd_train, cmd_predict, ...
     except BrokenPipeError:  # `fastnet predict | head` stopped reading: quiet, as Unix tools are

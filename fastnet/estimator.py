@@ -20,7 +20,7 @@ import numpy as np
 from fastnet.builders import mlp
 from fastnet.callbacks import Callback, EarlyStopping
 from fastnet.layers import Dense
-from fastnet.losses import MeanSquaredError, Poisson
+from fastnet.losses import MeanSquaredError, Poisson, get_loss
 from fastnet.model import Sequential
 from fastnet.optimizers import OPTIMIZERS, Adam, AdamW, Momentum, Optimizer, get_optimizer
 from fastnet.schedules import LearningRateScheduler
@@ -581,6 +581,13 @@ class _MLPBase(BaseEstimator):
             model = self._rebuilt(self.model_, batch * mean_weight, seed)
         elif continuing:  # partial_fit: alpha over this call's batch weight, as scikit-learn's
             model = self.model_
+            if get_loss(self._model_loss(fitted["n_outputs_"])).get_config() != (
+                model.loss.get_config()
+            ):
+                raise ValueError(
+                    f"partial_fit continues the fitted {model.loss!r}, but the loss changed "
+                    "since (set_params): call fit to train a new model with it"
+                )
             model.optimizer.weight_decay = self.alpha / (batch * mean_weight)
         else:
             model = self._build(fitted["n_outputs_"], batch * mean_weight, seed)
@@ -794,6 +801,8 @@ class MLPRegressor(RegressorMixin, _MLPBase):
     """Multi-layer perceptron regressor, one or several outputs. ``loss`` (keyword, as
     scikit-learn's): "squared_error" (half the squares, identity outputs) or "poisson" (half
     the Poisson deviance of counts or rates >= 0, predictions ``exp`` of the outputs)."""
+
+    loss = "squared_error"  # (for pickles of before it was a parameter)
 
     def __init__(self, *args: Any, loss: str = "squared_error", **params: Any) -> None:
         super().__init__(*args, **params)

@@ -133,12 +133,11 @@ def check_parameters_listed(layer: Layer) -> None:
             f"not return: they would never train (return them from parameters())"
         )
     names = [p.name for p in layer.parameters()]
-    clashes = sorted({n for n in names if names.count(n) > 1 or "/" in n})
+    clashes = sorted({str(n) for n in names if names.count(n) > 1})
     if clashes:  # (the state's keys are param/<layer>/<name>: one would overwrite another)
         raise TypeError(
-            f"{type(layer).__name__}'s parameters() holds names {clashes} more than once or "
-            "with a '/': each Parameter needs a name of its own, without '/' (checkpoints keep "
-            "them by name)"
+            f"{type(layer).__name__}'s parameters() holds names {clashes} more than once: "
+            "each Parameter needs a name of its own (checkpoints keep them by name)"
         )
 
 

@@ -401,6 +401,24 @@ def test_predict_into_a_closed_pipe_exits_quietly(tmp_path, call):
     assert proc.wait() == 141 and err == ""
 
 
+def test_train_into_a_closed_pipe_goes_on_to_save_its_model(tmp_path):
+    """`fastnet train --save m.npz | head -1`: the reader gone, the run is not lost."""
+    import os
+    import subprocess
+    import sys
+
+    path, ckpt = _table(tmp_path / "t.csv", np.arange(30) % 2), tmp_path / "m.npz"
+    argv = [sys.executable, "-m", "fastnet", "train", "--data", path, "--target", "target"]
+    env = {**os.environ, "FASTNET_BACKEND": "numba"}
+    proc = subprocess.Popen(
+        [*argv, "--save", str(ckpt), *TINY], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 0 and "fastnet train: stdout closed early: the run goes on" in err
+    assert fn.load_model(ckpt, backend="numpy").built
+
+
 def test_options_that_do_not_apply_are_refused_by_name(tmp_path, capsys):
     """--labels goes with a .npy, --target with a .csv: refused, never ignored, elsewhere; so
     are a --target that was a feature column and a CSV without data rows."""
@@ -513,7 +531,8 @@ def test_many_whole_number_targets_warn_that_they_become_classes(tmp_path, capsy
     ages = _table(tmp_path / "ages.csv", 18 + np.arange(240) % 30)  # 30 "classes"
     assert main(["train", "--data", ages, "--target", "target", *TINY]) == 0
     err = capsys.readouterr().err
-    assert "30 distinct whole numbers over 240 rows" in err and "--task regression" in err
+    assert "fastnet train: warning: the target holds 30 distinct whole numbers over 240 rows" in err
+    assert "--task regression" in err
     args = ["train", "--data", ages, "--target", "target", "--task", "regression", *TINY]
     assert main(args) == 0
     assert "distinct whole numbers" not in capsys.readouterr().err

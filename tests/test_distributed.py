@@ -214,7 +214,9 @@ def test_cli_refuses_distributed_outside_mpirun(monkeypatch, capsys):
     assert "mpirun -n K" in capsys.readouterr().err
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "2")  # under mpirun, without --distributed
     main(["train", "--epochs", "1", "--data-dir", "/nonexistent"])
-    assert "2 processes under mpirun train separate models" in capsys.readouterr().err
+    assert (
+        "fastnet train: warning: 2 processes under mpirun train separate" in capsys.readouterr().err
+    )
 
 
 @needs_mpi

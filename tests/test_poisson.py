@@ -2,6 +2,7 @@
 values against the deviance's formula, predictions exp(outputs) everywhere a prediction is
 made (predict, evaluate, scores, ONNX), scikit-learn's parameter and fitted attributes."""
 
+import pickle
 import warnings
 
 import numpy as np
@@ -138,3 +139,21 @@ def test_a_fit_that_finishes_no_epoch_raises_and_leaves_the_estimator_unfitted()
         assert not hasattr(est, "model_") and not hasattr(est, "n_features_in_")
         est.set_params(dtype="float64").fit(X, y)
     assert len(est.loss_curve_) == 3 and np.isfinite(est.loss_curve_).all()
+
+
+def test_a_changed_loss_is_refused_by_partial_fit_and_old_pickles_load():
+    X, y, _ = _counts(300)
+    est = fn.MLPRegressor((8,), max_iter=2, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+        before = est.predict(X[:5])
+        with pytest.raises(ValueError, match="partial_fit continues the fitted MeanSquared"):
+            est.set_params(loss="poisson").partial_fit(X, y)
+        np.testing.assert_array_equal(est.predict(X[:5]), before)
+        assert est.out_activation_ == "identity"
+        est.set_params(loss="poisson").fit(X, y)  # fit: a new model with it
+        assert est.out_activation_ == "exp" and isinstance(est.model_.loss, fn.Poisson)
+    del est.__dict__["loss"]  # a pickle of before loss was a parameter
+    old = pickle.loads(pickle.dumps(est))
+    assert old.get_params()["loss"] == "squared_error"
