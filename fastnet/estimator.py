@@ -58,9 +58,13 @@ class _StandaloneEstimator:
 
 class _StandaloneClassifier:
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        """Mean accuracy (scikit-learn's ``ClassifierMixin.score``)."""
+        """Mean accuracy (scikit-learn's ``ClassifierMixin.score``: of whole rows for
+        multi-label)."""
         y = _column(host_array(y, "y"))
-        return float(np.average(self.predict(X) == y, weights=sample_weight))  # type: ignore[attr-defined]
+        hits = self.predict(X) == y  # type: ignore[attr-defined]
+        return float(
+            np.average(hits.all(axis=1) if hits.ndim == 2 else hits, weights=sample_weight)
+        )
 
 
 class _StandaloneRegressor:
@@ -149,6 +153,12 @@ def _check_weights(sample_weight: Any, n: int) -> np.ndarray:
 
 def _column(y: np.ndarray) -> np.ndarray:
     return y[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y
+
+
+def _wide(y: Any) -> bool:
+    """Whether ``y`` has several columns (a classifier's multi-label indicator matrix)."""
+    shape = tuple(getattr(y, "shape", None) or np.asarray(y).shape)
+    return len(shape) == 2 and shape[1] > 1
 
 
 def _standalone_checks(est: Any, X: Any, y: Any, reset: bool, dtype: Any) -> tuple[Any, Any]:
@@ -380,7 +390,7 @@ class _MLPBase(BaseEstimator):
             y,
             reset=reset,
             dtype=dtype,
-            multi_output=self._multi_output_y(),
+            multi_output=self._multi_output_y() or _wide(y),
             y_numeric=self._multi_output_y(),
         )
 
@@ -451,7 +461,7 @@ class _MLPBase(BaseEstimator):
             return int(state.randint(np.iinfo(np.int32).max))
         return state
 
-    def _build(self, n_outputs: int, rows_per_batch: float, seed: int | None) -> Sequential:
+    def _build(self, fitted: dict, rows_per_batch: float, seed: int | None) -> Sequential:
         """``rows_per_batch``: the batch's summed sample weight, scikit-learn's divisor of the
         L2 term ``alpha * W``."""
         sizes = self.hidden_layer_sizes
@@ -461,11 +471,11 @@ class _MLPBase(BaseEstimator):
         return mlp(
             None,
             sizes,
-            n_outputs,
+            fitted["n_outputs_"],
             ACTIVATIONS[self.activation],
             dropout=self.dropout,
             batch_norm=self.batch_norm,
-            loss=self._model_loss(n_outputs),
+            loss=self._model_loss(fitted),
             optimizer=self._optimizer(self.alpha / rows_per_batch),
             backend=self.backend,
             dtype=self.dtype,
@@ -577,20 +587,22 @@ class _MLPBase(BaseEstimator):
         mean_weight = 1.0 if weights is None else float(weights.mean())
         if weights is not None:
             weights = weights / mean_weight
+        if fitted.get("out_activation_") == "logistic" and fitted["n_outputs_"] > 1:
+            # multi-label: scikit-learn's log-loss sums over the outputs (fastnet's means)
+            ones = np.ones(len(X)) if weights is None else weights
+            weights = ones * fitted["n_outputs_"]
         if continuing and not incremental:  # warm_start: the current hyperparameters
-            model = self._rebuilt(self.model_, batch * mean_weight, seed)
+            model = self._rebuilt(self.model_, fitted, batch * mean_weight, seed)
         elif continuing:  # partial_fit: alpha over this call's batch weight, as scikit-learn's
             model = self.model_
-            if get_loss(self._model_loss(fitted["n_outputs_"])).get_config() != (
-                model.loss.get_config()
-            ):
+            if get_loss(self._model_loss(fitted)).get_config() != (model.loss.get_config()):
                 raise ValueError(
                     f"partial_fit continues the fitted {model.loss!r}, but the loss changed "
                     "since (set_params): call fit to train a new model with it"
                 )
             model.optimizer.weight_decay = self.alpha / (batch * mean_weight)
         else:
-            model = self._build(fitted["n_outputs_"], batch * mean_weight, seed)
+            model = self._build(fitted, batch * mean_weight, seed)
         seen = getattr(self, "t_", 0) if continuing else 0  # rows seen since a cold fit
         if not (continuing and hasattr(self, "_no_improvement")):  # and its stopping count
             self._no_improvement = _NoImprovement()
@@ -647,11 +659,13 @@ class _MLPBase(BaseEstimator):
             meta["classes"] = classes
         return meta
 
-    def _rebuilt(self, fitted: Sequential, rows_per_batch: float, seed: int | None) -> Sequential:
+    def _rebuilt(
+        self, fitted: Sequential, attributes: dict, rows_per_batch: float, seed: int | None
+    ) -> Sequential:
         """``warm_start``: a model of the current hyperparameters with ``fitted``'s weights and
         buffers and a new optimizer (as scikit-learn makes one: a changed learning rate, alpha
         or solver counts); the network itself may not change."""
-        model = self._build(fitted.output_dim, rows_per_batch, seed)
+        model = self._build(attributes, rows_per_batch, seed)
         model.build(int(fitted.input_dim or 0))
         configs = [  # (the initializers drew weights that are replaced: not compared)
             [{k: v for k, v in x.get_config().items() if k != "initializer"} for x in m.layers]
@@ -725,7 +739,7 @@ class _MLPBase(BaseEstimator):
     def _targets(self, y: Any, continuing: bool, extra: Any) -> tuple[np.ndarray, dict]:
         raise NotImplementedError
 
-    def _model_loss(self, n_outputs: int) -> Any:
+    def _model_loss(self, fitted: dict) -> Any:
         return self._loss
 
     def _score_model(self, model: Sequential, X: Any, y: Any, w: Any = None) -> float:
@@ -734,16 +748,26 @@ class _MLPBase(BaseEstimator):
 
 class MLPClassifier(ClassifierMixin, _MLPBase):
     """Multi-layer perceptron classifier with scikit-learn's interface: softmax cross-entropy,
-    or for two classes one sigmoid output and the binary log-loss (``out_activation_``).
+    or for two classes one sigmoid output and the binary log-loss (``out_activation_``), or
+    for a multi-label indicator matrix ``y`` (0/1 columns) one sigmoid output per column.
 
     Labels may be any sortable values (strings, pandas categoricals, nullable integers); they
     are mapped to ``classes_``. ``partial_fit`` trains one epoch (pass ``classes`` first).
     """
 
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
     def _targets(self, y: Any, continuing: bool, classes: Any) -> tuple[np.ndarray, dict]:
         y = _column(np.asarray(y))
+        if y.ndim == 2:
+            return self._multilabel(y, continuing)
         if y.ndim != 1:
             raise ValueError(f"y must be 1-D class labels, got shape {y.shape}")
+        if continuing and self._is_multilabel():
+            raise ValueError(f"y must be a multi-label matrix of {self.n_outputs_} columns")
         if HAVE_SKLEARN:
             _multiclass.check_classification_targets(y)
         elif y.dtype.kind == "f" and not np.all(y == np.round(y)):
@@ -767,11 +791,34 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         out = "logistic" if binary else "softmax"
         return np.searchsorted(known, y), {**fitted, "out_activation_": out}
 
-    def _model_loss(self, n_outputs: int) -> Any:
-        return "sigmoid_binary_cross_entropy" if n_outputs == 1 else self._loss
+    def _multilabel(self, y: np.ndarray, continuing: bool) -> tuple[np.ndarray, dict]:
+        """A multi-label indicator matrix (scikit-learn's ``type_of_target``
+        "multilabel-indicator"): classes ``0..k-1``, one logistic output each."""
+        if y.dtype.kind not in "biuf" or not np.isin(y, (0, 1)).all():
+            raise ValueError(
+                f"a 2-D y must be a multi-label indicator matrix of 0s and 1s, got shape "
+                f"{y.shape} and dtype {y.dtype} (class labels go as one column)"
+            )
+        if continuing and not (self._is_multilabel() and y.shape[1] == self.n_outputs_):
+            raise ValueError(
+                f"y has {y.shape[1]} label columns; the model was fit with "
+                + (f"{self.n_outputs_}" if self._is_multilabel() else "class labels")
+            )
+        fitted = {"classes_": np.arange(y.shape[1]), "n_outputs_": y.shape[1]}
+        return y.astype(np.float64), {**fitted, "out_activation_": "logistic"}
+
+    def _is_multilabel(self) -> bool:
+        return getattr(self, "out_activation_", "") == "logistic" and self.n_outputs_ > 1
+
+    def _model_loss(self, fitted: dict) -> Any:
+        logistic = fitted["out_activation_"] == "logistic"
+        return "sigmoid_binary_cross_entropy" if logistic else self._loss
 
     def _score_model(self, model: Sequential, X: Any, t: Any, w: Any = None) -> float:
-        hits = _proba(model.predict_raw(X)).argmax(axis=1) == t  # t: indices
+        raw = model.predict_raw(X)
+        if t.ndim == 2:  # multi-label: every label right (scikit-learn's subset accuracy)
+            return float(np.average(((raw > 0) == (t > 0.5)).all(axis=1), weights=w))
+        hits = _proba(raw).argmax(axis=1) == t  # t: indices
         return float(np.average(hits, weights=w))
 
     def partial_fit(
@@ -784,15 +831,27 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         return self._fit(X, y, 1, True, extra=classes, sample_weight=sample_weight)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities in float64 (scikit-learn's): ``[1 - p, p]`` for two classes."""
-        return _proba(self._raw(X))
+        """Class probabilities in float64 (scikit-learn's): ``[1 - p, p]`` for two classes,
+        each label's p for multi-label."""
+        raw = self._raw(X)
+        return (
+            np.exp(-np.logaddexp(0, -raw.astype(np.float64)))
+            if self._is_multilabel()
+            else _proba(raw)
+        )
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of ``predict_proba``, computed stably from the logits."""
-        return _log_proba(self._raw(X))
+        raw = self._raw(X)
+        return (
+            -np.logaddexp(0, -raw.astype(np.float64)) if self._is_multilabel() else _log_proba(raw)
+        )
 
     def predict(self, X: Any) -> np.ndarray:
-        """The most probable class; for two, ``classes_[1]`` where p > 0.5 (scikit-learn's)."""
+        """The most probable class; for two, ``classes_[1]`` where p > 0.5 (scikit-learn's);
+        for multi-label, a 0/1 row of the labels with p > 0.5."""
+        if self._is_multilabel():
+            return (self._raw(X) > 0).astype(np.int64)
         proba = self.predict_proba(X)
         return self.classes_[proba.argmax(axis=1)]
 
@@ -816,12 +875,12 @@ class MLPRegressor(RegressorMixin, _MLPBase):
                 "squared_error, poisson"
             )
 
-    def _model_loss(self, n_outputs: int) -> Any:
+    def _model_loss(self, fitted: dict) -> Any:
         """scikit-learn's: half the squares (or the Poisson deviance) summed over the
         outputs, mean over the rows."""
         if self.loss == "poisson":
-            return Poisson(scale=n_outputs)
-        return MeanSquaredError(scale=n_outputs / 2)
+            return Poisson(scale=fitted["n_outputs_"])
+        return MeanSquaredError(scale=fitted["n_outputs_"] / 2)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

@@ -660,3 +660,40 @@ def test_early_stopping_scores_held_out_rows_by_their_weights():
     _, val = _split(200, 0.3, 0, None)
     r2 = r2_score(X[val, 0], reg.predict(X[val]), sample_weight=w[val])
     assert reg.validation_scores_[0] == pytest.approx(r2, rel=1e-6)  # (float32 outputs)
+
+
+def test_multi_label_classifier_steps_as_scikit_learns_from_the_same_weights():
+    """A 0/1 indicator matrix y: one logistic output per label, scikit-learn's log-loss
+    summed over the labels (weights, alpha and all), predict a 0/1 row, score whole rows."""
+    from sklearn.neural_network import MLPClassifier
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 6))
+    Y = (X[:, :3] + 0.3 * rng.standard_normal((300, 3)) > 0).astype(int)
+    w = rng.random(300) + 0.5
+    kw = dict(hidden_layer_sizes=(8,), solver="sgd", learning_rate_init=0.1, momentum=0,
+              batch_size=300, shuffle=False, alpha=1e-3, random_state=0, max_iter=1,
+              warm_start=True)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = fn.MLPClassifier(**kw, dtype="float64", backend="numpy").fit(X, Y, sample_weight=w)
+        theirs = MLPClassifier(**kw).fit(X, Y, sample_weight=w)
+        theirs.coefs_, theirs.intercepts_ = ours.coefs_, ours.intercepts_
+        ours.fit(X, Y, sample_weight=w)
+        theirs.fit(X, Y, sample_weight=w)
+    assert ours.out_activation_ == theirs.out_activation_ == "logistic"
+    assert ours.classes_.tolist() == [0, 1, 2] and ours.n_outputs_ == 3
+    assert ours.loss_curve_[-1] == pytest.approx(theirs.loss_curve_[-1], rel=1e-12)
+    for a, b in zip(ours.coefs_, theirs.coefs_):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=1e-10)
+    np.testing.assert_array_equal(ours.predict(X), theirs.predict(X))
+    assert ours.score(X, Y) == theirs.score(X, Y)  # subset accuracy
+    with pytest.raises(ValueError, match="must be a multi-label matrix of 3 columns"):
+        ours.fit(X, Y[:, 0])
+    with pytest.raises(ValueError, match="indicator matrix of 0s and 1s"):
+        fn.MLPClassifier(max_iter=1).fit(X, Y * 2)
+    early = fn.MLPClassifier((8,), max_iter=3, early_stopping=True, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert 0 <= early.fit(X, Y).best_validation_score_ <= 1
