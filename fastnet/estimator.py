@@ -591,18 +591,7 @@ class _MLPBase(BaseEstimator):
             # multi-label: scikit-learn's log-loss sums over the outputs (fastnet's means)
             ones = np.ones(len(X)) if weights is None else weights
             weights = ones * fitted["n_outputs_"]
-        if continuing and not incremental:  # warm_start: the current hyperparameters
-            model = self._rebuilt(self.model_, fitted, batch * mean_weight, seed)
-        elif continuing:  # partial_fit: alpha over this call's batch weight, as scikit-learn's
-            model = self.model_
-            if get_loss(self._model_loss(fitted)).get_config() != (model.loss.get_config()):
-                raise ValueError(
-                    f"partial_fit continues the fitted {model.loss!r}, but the loss changed "
-                    "since (set_params): call fit to train a new model with it"
-                )
-            model.optimizer.weight_decay = self.alpha / (batch * mean_weight)
-        else:
-            model = self._build(fitted, batch * mean_weight, seed)
+        model = self._model_for(continuing, incremental, fitted, batch * mean_weight, seed)
         seen = getattr(self, "t_", 0) if continuing else 0  # rows seen since a cold fit
         if not (continuing and hasattr(self, "_no_improvement")):  # and its stopping count
             self._no_improvement = _NoImprovement()
@@ -658,6 +647,25 @@ class _MLPBase(BaseEstimator):
         if classes and plain and classes == sorted(set(classes)):
             meta["classes"] = classes
         return meta
+
+    def _model_for(
+        self, continuing: bool, incremental: bool, fitted: dict, rows: float, seed: int | None
+    ) -> Sequential:
+        """The model a fit trains: ``warm_start``'s of the current hyperparameters, the
+        fitted one for ``partial_fit`` (alpha over this call's batch weight ``rows``, as
+        scikit-learn's), else a new one."""
+        if continuing and not incremental:
+            return self._rebuilt(self.model_, fitted, rows, seed)
+        if not continuing:
+            return self._build(fitted, rows, seed)
+        model = self.model_
+        if get_loss(self._model_loss(fitted)).get_config() != model.loss.get_config():
+            raise ValueError(
+                f"partial_fit continues the fitted {model.loss!r}, but the loss changed "
+                "since (set_params): call fit to train a new model with it"
+            )
+        model.optimizer.weight_decay = self.alpha / rows
+        return model
 
     def _rebuilt(
         self, fitted: Sequential, attributes: dict, rows_per_batch: float, seed: int | None

@@ -147,11 +147,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # outputs, in predict, evaluate and ONNX; the estimators' error for a fit that finishes no
 # epoch: +70), to 12,890 for session 18's checkpoint audit (parameters of one name refused,
 # ModelCheckpoint skipping NaN weights and taking Keras's initial_value_threshold, a file's
-# config held to its arrays before building allocates them: +40), to 12,970 for that
+# config held to its arrays before building allocates them: +40), to 12,980 for that
 # session's newcomer's report and review (integer labels that may be indices or classes
 # warned about, `fastnet train | head` going on to save, MLPClassifier on multi-label
-# indicator matrices as scikit-learn's, partial_fit refusing a changed loss: +80)
-BUDGET = 12970
+# indicator matrices as scikit-learn's, partial_fit refusing a changed loss: +90)
+BUDGET = 12980
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
