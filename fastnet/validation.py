@@ -31,9 +31,10 @@ def check_features(
     raw = as_input(x, name, backend)
     kind = getattr(getattr(raw, "dtype", None), "kind", "O")
     if kind not in "biuf":
+        dtype = getattr(raw, "dtype", type(raw))
+        half = f" (pass {name}.astype('float32'))" if str(dtype) == "bfloat16" else ""
         raise TypeError(
-            f"{name} must hold numbers, got dtype {getattr(raw, 'dtype', type(raw))}"
-            + non_numeric_columns(x)
+            f"{name} must hold numbers, got dtype {dtype}{half}" + non_numeric_columns(x)
         )
     if raw.ndim != 2:
         hint = f" (flatten with {name}.reshape(len({name}), -1))" if raw.ndim > 2 else ""

@@ -152,6 +152,25 @@ def test_a_sparse_matrix_is_named_with_what_to_do():
             call()
 
 
+def test_masked_cells_and_bfloat16_arrays_are_named_with_what_to_do():
+    """A masked array's mask would be dropped (the values under it read); bfloat16 (JAX's,
+    ml_dtypes') crashed in DLPack or was called no number."""
+    X, y = data()
+    m = model()
+    with pytest.raises(ValueError, match=r"X is a masked array with masked cells.*X.filled"):
+        m.fit(np.ma.masked_array(X, mask=X > 1), y, epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="y is a masked array"):
+        m.fit(X, np.ma.masked_array(y, mask=y == 0), epochs=1, verbose=0)
+    assert not m.built
+    m.fit(np.ma.masked_array(X), y, epochs=1, verbose=0)  # nothing masked: its data
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    with pytest.raises(TypeError, match=r"bfloat16 \(pass X.astype\('float32'\)\)"):
+        m.predict(X.astype(ml_dtypes.bfloat16))
+    jnp = pytest.importorskip("jax.numpy")
+    with pytest.raises(TypeError, match=r"X of dtype bfloat16 .*DLPack.*X.astype\('float32'\)"):
+        m.predict(jnp.asarray(X, dtype=jnp.bfloat16))
+
+
 def test_a_column_of_float_labels_trains_as_flat_ones():
     X, y = data()
     ours, reference = trained(X, y.astype(float).reshape(-1, 1)), trained(X, y.astype(float))

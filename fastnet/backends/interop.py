@@ -41,6 +41,7 @@ def as_input(x: Any, name: str, backend: Any) -> Any:
     refused with what to do, never moved behind the user's back."""
     if x is None:
         raise TypeError(f"{name} is None; expected an array")
+    x = _unmasked(x, name)
     if backend.is_native(x) or isinstance(x, np.ndarray):
         return x
     device = dlpack_device(x)
@@ -51,9 +52,9 @@ def as_input(x: Any, name: str, backend: Any) -> Any:
             raise TypeError(f"{name} must hold numbers, got dtype {array.dtype}{hint}")
         return array
     if device == backend.dlpack_device():
-        return backend.from_dlpack(x)
+        return _via_dlpack(backend.from_dlpack, x, name)
     if device[0] in (DL_CPU, DL_CUDA_HOST):
-        return np.from_dlpack(x)
+        return _via_dlpack(np.from_dlpack, x, name)
     raise TypeError(
         f"{name} is {_describe(x, device)} but the model runs on the {backend.name!r} backend "
         f"({backend.device_info()}); copy it to the host ({name}.get() or {name}.cpu()) or "
@@ -61,11 +62,37 @@ def as_input(x: Any, name: str, backend: Any) -> Any:
     )
 
 
+def _unmasked(x: Any, name: str) -> Any:
+    """A NumPy masked array's data where nothing is masked; masked cells are refused (their
+    mask would be dropped, the values under it read)."""
+    if not isinstance(x, np.ma.MaskedArray):
+        return x
+    if np.ma.getmaskarray(x).any():
+        raise ValueError(
+            f"{name} is a masked array with masked cells, whose mask fastnet would not read: "
+            f"fill them ({name}.filled(value)) or drop their rows"
+        )
+    return x.data
+
+
+def _via_dlpack(convert: Any, x: Any, name: str) -> Any:
+    """``convert(x)`` (a ``from_dlpack``), with an error naming ``name`` and its dtype for an
+    array DLPack cannot carry (bfloat16 into NumPy)."""
+    try:
+        return convert(x)
+    except (RuntimeError, BufferError, TypeError, ValueError) as exc:
+        raise TypeError(
+            f"{name} of dtype {getattr(x, 'dtype', '?')} cannot be read through DLPack "
+            f"({exc}): pass {name}.astype('float32')"
+        ) from None
+
+
 def host_array(x: Any, name: str) -> np.ndarray:
     """``x`` as a host NumPy array, with errors that name the argument (ragged lists, GPU
     arrays of another framework, odd objects)."""
     if x is None:
         raise TypeError(f"{name} is None; expected an array")
+    x = _unmasked(x, name)
     if isinstance(x, np.ndarray):
         return _frame_of_numbers(x, x) if x.dtype == object else x
     if type(x).__module__.startswith("scipy.sparse"):
@@ -80,7 +107,7 @@ def host_array(x: Any, name: str) -> np.ndarray:
             return getter()
         raise TypeError(f"{name} is {_describe(x, device)}; copy it to the host first")
     if device is not None:
-        return np.from_dlpack(x)
+        return _via_dlpack(np.from_dlpack, x, name)
     try:
         array = np.asarray(x)
     except (ValueError, TypeError) as exc:
