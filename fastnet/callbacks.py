@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import csv
+import difflib
 import inspect
 import math
 import os
@@ -86,10 +87,12 @@ KERAS_NAMES = {"on_train_batch_begin": "on_batch_begin", "on_train_batch_end": "
 class KerasStyle(Callback):
     """Adapts a callback with hooks that omit the model, as Keras's do (``on_epoch_end(epoch,
     logs=None)``): ``hooks`` maps each fastnet hook to the callback's method and whether it
-    is Keras-style; the model is set as its ``model`` attribute first, as Keras does."""
+    is Keras-style; the model is set as its ``model`` attribute first, as Keras does, and
+    a Keras-style ``on_train_end(logs)`` gets the last epoch's logs, as Keras gives them."""
 
     def __init__(self, inner: Any, hooks: dict[str, tuple[str, bool]]) -> None:
         self.inner, self.hooks = inner, hooks
+        self.last_logs: dict[str, float] = {}
         self.provides = tuple(getattr(inner, "provides", ()))  # log entries it adds
         for hook, (method, keras) in hooks.items():
             # Keras passes logs where fastnet's hook has none (on_epoch_begin): an empty dict
@@ -98,19 +101,27 @@ class KerasStyle(Callback):
                 and "logs" not in HOOKS[hook]
                 and _accepts(getattr(inner, method), len(HOOKS[hook]))
             )
-            setattr(self, hook, self._adapter(method, keras, logs))
+            setattr(self, hook, self._adapter(hook, method, keras, logs))
 
-    def _adapter(self, method: str, keras: bool, logs: bool) -> Any:
+    def _adapter(self, hook: str, method: str, keras: bool, logs: bool) -> Any:
         def call(model: Any, *args: Any) -> Any:
+            if hook == "on_epoch_end":
+                self.last_logs = args[-1]
             try:
                 self.inner.model = model
             except AttributeError:  # a function or a slotted object
                 pass
             if not keras:
                 return getattr(self.inner, method)(model, *args)
-            return getattr(self.inner, method)(*args, *(({},) if logs else ()))
+            last = self.last_logs if hook == "on_train_end" else {}
+            return getattr(self.inner, method)(*args, *((dict(last),) if logs else ()))
 
         return call
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        """Keeps the epoch's logs (for ``on_train_end``); replaced by the callback's own."""
+        self.last_logs = logs
+        return False
 
 
 class EpochFunction(Callback):
@@ -175,6 +186,7 @@ def as_callbacks(items: Any) -> list[Callback]:
         if isinstance(cb, type):
             raise TypeError(f"callbacks are instances: pass {cb.__name__}(...), not the class")
         methods = {KERAS_NAMES.get(h, h): h for h in names if callable(getattr(cb, h, None))}
+        _warn_of_unknown_hooks(cb, names)
         if not methods:
             if not callable(cb) or not _accepts(cb, 2):
                 raise TypeError(
@@ -190,6 +202,24 @@ def as_callbacks(items: Any) -> list[Callback]:
         adapted = any(keras or method != hook for hook, (method, keras) in hooks.items())
         found.append(KerasStyle(cb, hooks) if adapted or not isinstance(cb, Callback) else cb)
     return found
+
+
+def _warn_of_unknown_hooks(cb: Any, names: list[str]) -> None:
+    """A warning for each ``on_...`` method of a user's class that fit never calls: a typo
+    (``on_epoch_ends``) or Keras's evaluate and predict hooks (``on_test_end``)."""
+    for klass in type(cb).__mro__:
+        if klass.__module__.split(".")[0] in ("fastnet", "keras", "tensorflow", "builtins"):
+            continue
+        for name in [n for n in vars(klass) if n.startswith("on_") and n not in names]:
+            close = difflib.get_close_matches(name, names, 1)
+            hint = f": did you mean {close[0]}?" if close else ""
+            if name.startswith(("on_test_", "on_predict_")):
+                hint = ": Keras's evaluate and predict hooks have no fastnet counterpart"
+            warnings.warn(
+                f"callback {type(cb).__name__}.{name} is no hook fit calls{hint}",
+                UserWarning,
+                stacklevel=5,
+            )
 
 
 def _require(callback: Callback, name: str, names: list[str], needs: str) -> str:

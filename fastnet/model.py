@@ -119,7 +119,16 @@ class Sequential(Trainer):
         model), kept as ``model.seed`` and in the config, so any run can be recreated."""
         layers = [layers] if isinstance(layers, Layer) else list(layers)  # (Sequential(Dense(3)))
         if not layers or not all(isinstance(layer, Layer) for layer in layers):
-            raise TypeError("layers must be a non-empty sequence of fastnet Layer objects")
+            i, odd = next(
+                ((i, x) for i, x in enumerate(layers) if not isinstance(x, Layer)), (0, None)
+            )
+            what = f": layers[{i}] is a {type(odd).__name__}" if layers else ""
+            loss = (
+                " (a loss goes as loss=..., not as the last layer)" if isinstance(odd, Loss) else ""
+            )
+            raise TypeError(
+                f"layers must be a non-empty sequence of fastnet Layer objects{what}{loss}"
+            )
         self.seed = _model_seed(seed)
         self.layers = layers
         self.loss = get_loss(loss)  # (checked against the layers: no Softmax() before it)

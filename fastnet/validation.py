@@ -121,9 +121,11 @@ def check_class_labels(
     limit = n_classes if n_classes is not None else 2**31
     if y.size and y.max() >= limit:
         valid = f"0..{n_classes - 1}" if n_classes is not None else "below 2**31"
+        one = " (a softmax over one output is always 1: two classes on one output are "
         raise ValueError(
             f"{name} contains label {y.max().item()!r} but the model has "
             f"{n_classes if n_classes is not None else 'fewer'} outputs (valid labels are {valid})"
+            + (one + "loss='bce', sigmoid's)" if n_classes == 1 else "")
         )
     return y.astype(np.int64)
 

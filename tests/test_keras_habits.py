@@ -67,6 +67,32 @@ def test_keras_style_and_function_callbacks():
     assert "stopped by callback after epoch 2" in model.stop_reason
 
 
+def test_keras_train_end_gets_the_last_logs_and_unknown_hooks_are_warned_about():
+    X, y = _blobs()
+    seen = {}
+
+    class KerasLike:
+        def on_train_end(self, logs=None):  # Keras passes the last epoch's logs
+            seen.update(logs)
+
+        def on_epoch_ends(self, epoch, logs=None):  # a typo: never called
+            raise AssertionError
+
+        def on_test_end(self, logs=None):  # Keras's evaluate hook
+            raise AssertionError
+
+    with pytest.warns(UserWarning) as caught:
+        _model().fit(X, y, epochs=2, verbose=0, callbacks=[KerasLike()], validation_split=0.2)
+    assert seen["val_loss"] > 0 and "accuracy" in seen
+    messages = sorted(str(w.message) for w in caught)
+    assert messages == [
+        "callback KerasLike.on_epoch_ends is no hook fit calls: did you mean on_epoch_end?",
+        "callback KerasLike.on_test_end is no hook fit calls: Keras's evaluate and predict "
+        "hooks have no fastnet counterpart",
+    ]
+    assert all(w.filename == __file__ for w in caught)  # (the fit call's line)
+
+
 def test_bad_callback_signatures_fail_before_training():
     X, y = _blobs()
 
@@ -486,8 +512,10 @@ def test_callbacks_written_as_keras_documents_them(backend):
 
     keras = NoDefaults()
     model.fit(X, y, epochs=1, batch_size=len(X), verbose=0, callbacks=[keras])
-    want = [("train_begin", {}), ("epoch_begin", 0, {}), ("batch_begin", 0, {}), ("train_end", {})]
-    assert keras.calls == want
+    want = [("train_begin", {}), ("epoch_begin", 0, {}), ("batch_begin", 0, {})]
+    assert keras.calls[:3] == want and keras.calls[3][0] == "train_end"
+    last = {key: values[-1] for key, values in model.history.items()}
+    assert keras.calls[3][1] == last  # (Keras's: the last epoch's logs)
     with pytest.raises(TypeError, match=r"pass EarlyStopping\(...\), not the class"):
         model.fit(X, y, epochs=1, verbose=0, callbacks=[fn.EarlyStopping])
     with pytest.raises(ValueError, match="verbose must be 0, 1 .* or 2"):
