@@ -677,7 +677,8 @@ def _train_report(model: Any, data: Prepared, total: float, say: Any) -> dict:
         results = {**results, **_report(model, X, y, data.held, data.encoding, say)}
     else:
         say(f"{data.held}: not trained")
-    first = f" after a first of {seconds[0]:.2f}s (compiles)" if len(seconds) > 1 else ""
+    first = f" after a first of {seconds[0]:.2f}s" if len(seconds) > 1 else ""
+    first += " (compiles)" if first and seconds[0] > per_epoch else ""
     timing = (
         f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median{first})  total {total:.1f}s  "
         f"backend {model.backend.name}  step {model.step_description}"
@@ -952,6 +953,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             "(pip install '.[onnx]' in a fastnet checkout)"
         ) from None
     _refuse_overwrites({"the checkpoint": args.checkpoint}, {"the output": args.output})
+    if not args.output.lower().endswith(".onnx"):  # (as --save refuses unknown extensions)
+        raise ValueError(f"the output {args.output!r} must end in .onnx (an ONNX model)")
     check_writable(args.output, "output")
     model, meta = _load_checkpoint(args.checkpoint, "numpy")
     extra = meta["extra"]

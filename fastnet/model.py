@@ -78,6 +78,22 @@ def _check_indices(y: np.ndarray, classes: list, name: str) -> None:
     )
 
 
+def _layer_list(layers: Any) -> list[Layer]:
+    """``Sequential``'s layers as a list (one layer alone too); anything else in it is named
+    (a loss passed as the last layer, as the notebooks' SoftmaxWithLoss was)."""
+    layers = [layers] if isinstance(layers, Layer) else list(layers)  # (Sequential(Dense(3)))
+    odd = next(((i, x) for i, x in enumerate(layers) if not isinstance(x, Layer)), None)
+    if not layers or odd is not None:
+        what = "" if odd is None else f": layers[{odd[0]}] is a {type(odd[1]).__name__}"
+        loss = (
+            " (a loss goes as loss=..., not as the last layer)"
+            if odd and isinstance(odd[1], Loss)
+            else ""
+        )
+        raise TypeError(f"layers must be a non-empty sequence of fastnet Layer objects{what}{loss}")
+    return layers
+
+
 class Sequential(Trainer):
     """Layers applied in order; ``fit`` trains them on ``(X, y)``.
 
@@ -117,18 +133,7 @@ class Sequential(Trainer):
         the default) or "tf32" (TF32 tensor cores on cupy: faster, ~1e-3 relative error).
         ``seed`` draws the weights, dropout masks and data order; None draws one (fresh each
         model), kept as ``model.seed`` and in the config, so any run can be recreated."""
-        layers = [layers] if isinstance(layers, Layer) else list(layers)  # (Sequential(Dense(3)))
-        if not layers or not all(isinstance(layer, Layer) for layer in layers):
-            i, odd = next(
-                ((i, x) for i, x in enumerate(layers) if not isinstance(x, Layer)), (0, None)
-            )
-            what = f": layers[{i}] is a {type(odd).__name__}" if layers else ""
-            loss = (
-                " (a loss goes as loss=..., not as the last layer)" if isinstance(odd, Loss) else ""
-            )
-            raise TypeError(
-                f"layers must be a non-empty sequence of fastnet Layer objects{what}{loss}"
-            )
+        layers = _layer_list(layers)
         self.seed = _model_seed(seed)
         self.layers = layers
         self.loss = get_loss(loss)  # (checked against the layers: no Softmax() before it)

@@ -696,3 +696,18 @@ def test_a_users_seterr_choice_is_kept_in_training():
     model.optimizer = fn.SGD(10.0)
     with np.errstate(over="raise", invalid="raise"), pytest.raises(FloatingPointError):
         model.fit(X, X[:, :1] ** 3, epochs=3, verbose=0)
+
+
+def test_notebook_and_torch_habits_get_hints():
+    """A loss placed as the last layer, PyTorch's betas=, and a Keras-style one-output model
+    trained with the default softmax loss on 0/1 labels name what to write instead."""
+    with pytest.raises(TypeError, match=r"layers\[1\] is a SoftmaxCrossEntropy \(a loss goes as"):
+        fn.Sequential([fn.Affine(3), fn.SoftmaxWithLoss()])
+    with pytest.raises(TypeError, match=r"layers\[0\] is a str"):
+        fn.Sequential(["relu"])
+    with pytest.raises(TypeError, match=r"'betas': PyTorch's betas=\(b1, b2\) are beta1=b1"):
+        fn.Adam(0.01, betas=(0.9, 0.99))
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(1)], backend="numpy")
+    with pytest.raises(ValueError, match=r"always 1: two classes on one output are loss='bce'"):
+        model.fit(X, np.arange(20) % 2, verbose=0)

@@ -111,6 +111,9 @@ def test_cli_export_version_and_help(tmp_path):
 
     run = cli("export", "m.npz", "m.onnx")
     assert run.returncode == 0 and (tmp_path / "m.onnx").exists(), run.stderr
+    run = cli("export", "m.npz", "m.txt")
+    assert run.returncode == 2 and "'m.txt' must end in .onnx" in run.stderr
+    assert not (tmp_path / "m.txt").exists()
     assert fn.__version__ in cli("--version").stdout
     help_text = cli("train", "--help").stdout
     assert "(default: 128)" in help_text and "--distributed" in help_text

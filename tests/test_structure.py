@@ -150,8 +150,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # config held to its arrays before building allocates them: +40), to 12,980 for that
 # session's newcomer's report and review (integer labels that may be indices or classes
 # warned about, `fastnet train | head` going on to save, MLPClassifier on multi-label
-# indicator matrices as scikit-learn's, partial_fit refusing a changed loss: +90)
-BUDGET = 12980
+# indicator matrices as scikit-learn's, partial_fit refusing a changed loss: +90), to 13,040
+# for the rest of that report (masked cells and bfloat16 arrays named, a Keras on_train_end's
+# last logs, hooks fit never calls warned about, hints for a loss given as a layer, betas=
+# and one softmax output, export's .onnx extension: +60)
+BUDGET = 13040
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
