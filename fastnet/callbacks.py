@@ -208,13 +208,17 @@ def _warn_of_unknown_hooks(cb: Any, names: list[str]) -> None:
     """A warning for each ``on_...`` method of a user's class that fit never calls: a typo
     (``on_epoch_ends``) or Keras's evaluate and predict hooks (``on_test_end``)."""
     for klass in type(cb).__mro__:
-        if klass.__module__.split(".")[0] in ("fastnet", "keras", "tensorflow", "builtins"):
+        if klass.__module__.split(".")[0] in ("fastnet", "keras", "tf_keras", "tensorflow"):
             continue
-        for name in [n for n in vars(klass) if n.startswith("on_") and n not in names]:
-            close = difflib.get_close_matches(name, names, 1)
+        for name, value in vars(klass).items():
+            if not (name.startswith("on_") and name not in names and callable(value)):
+                continue
+            close = difflib.get_close_matches(name, names, 1, cutoff=0.85)  # (a typo's)
             hint = f": did you mean {close[0]}?" if close else ""
             if name.startswith(("on_test_", "on_predict_")):
                 hint = ": Keras's evaluate and predict hooks have no fastnet counterpart"
+            if not hint:  # (a helper method of its own, as on_improvement)
+                continue
             warnings.warn(
                 f"callback {type(cb).__name__}.{name} is no hook fit calls{hint}",
                 UserWarning,

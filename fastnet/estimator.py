@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.backends.interop import unmasked
 from fastnet.builders import mlp
 from fastnet.callbacks import Callback, EarlyStopping
 from fastnet.layers import Dense
@@ -380,6 +381,7 @@ class _MLPBase(BaseEstimator):
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None"
             )
+        X, y = unmasked(X, "X"), None if y is None else unmasked(y, "y")
         if not HAVE_SKLEARN:
             return _standalone_checks(self, X, y, reset, dtype)
         if y is None:
@@ -533,17 +535,21 @@ class _MLPBase(BaseEstimator):
         seen: int,
         incremental: bool,
     ) -> dict[str, list[float]]:
-        return model.fit(
-            X,
-            t,
-            epochs=epochs,
-            batch_size=batch,
-            shuffle=self.shuffle,
-            callbacks=self._callbacks(len(X), epochs, validation, seen, incremental),
-            verbose=2 if self.verbose else 0,  # (scikit-learn's: any true int prints epochs)
-            compiled="auto",
-            sample_weight=sample_weight,
-        )
+        kept, model.metadata = model.metadata, {}  # (labels encoded here: no class names)
+        try:
+            return model.fit(
+                X,
+                t,
+                epochs=epochs,
+                batch_size=batch,
+                shuffle=self.shuffle,
+                callbacks=self._callbacks(len(X), epochs, validation, seen, incremental),
+                verbose=2 if self.verbose else 0,  # (scikit-learn's: any true int prints epochs)
+                compiled="auto",
+                sample_weight=sample_weight,
+            )
+        finally:
+            model.metadata = kept
 
     def _fit(self, *args: Any, **kwargs: Any) -> Any:
         """``_fit_checked``; rejected input (or an interrupted fit) changes nothing."""
@@ -769,9 +775,9 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         return tags
 
     def _targets(self, y: Any, continuing: bool, classes: Any) -> tuple[np.ndarray, dict]:
-        y = _column(np.asarray(y))
+        y = _column(np.asarray(y.toarray() if hasattr(y, "toarray") else y))  # (sparse y)
         if y.ndim == 2:
-            return self._multilabel(y, continuing)
+            return self._multilabel(y, continuing, classes)
         if y.ndim != 1:
             raise ValueError(f"y must be 1-D class labels, got shape {y.shape}")
         if continuing and self._is_multilabel():
@@ -799,9 +805,15 @@ class MLPClassifier(ClassifierMixin, _MLPBase):
         out = "logistic" if binary else "softmax"
         return np.searchsorted(known, y), {**fitted, "out_activation_": out}
 
-    def _multilabel(self, y: np.ndarray, continuing: bool) -> tuple[np.ndarray, dict]:
+    def _multilabel(self, y: np.ndarray, continuing: bool, classes: Any) -> tuple[np.ndarray, dict]:
         """A multi-label indicator matrix (scikit-learn's ``type_of_target``
-        "multilabel-indicator"): classes ``0..k-1``, one logistic output each."""
+        "multilabel-indicator"): classes ``0..k-1`` (``partial_fit``'s ``classes`` too), one
+        logistic output each."""
+        if classes is not None and not np.array_equal(np.unique(classes), np.arange(y.shape[1])):
+            raise ValueError(
+                f"classes={classes!r}: a multi-label y's classes are its columns "
+                f"0..{y.shape[1] - 1}"
+            )
         if y.dtype.kind not in "biuf" or not np.isin(y, (0, 1)).all():
             raise ValueError(
                 f"a 2-D y must be a multi-label indicator matrix of 0s and 1s, got shape "

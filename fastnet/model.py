@@ -69,12 +69,18 @@ def _check_indices(y: np.ndarray, classes: list, name: str) -> None:
             f"{name} holds labels of model.metadata['classes'] {classes[:10]}; a model takes "
             f"class indices 0..{len(classes) - 1} (as predict returns): pass {encode}"
         )
+    if name == "y_val":  # (the training labels said which they are)
+        return
+    caller = sys._getframe(1)
+    level = 2
+    while caller.f_back is not None and caller.f_globals["__name__"].startswith("fastnet."):
+        caller, level = caller.f_back, level + 1
     warnings.warn(
         f"{name}'s integers are read as class indices 0..{len(classes) - 1} (as predict "
         f"returns), but they are all model.metadata['classes'] {classes[:10]} too: if they "
         f"are class labels, pass {encode}",
         UserWarning,
-        stacklevel=4,
+        stacklevel=level,
     )
 
 

@@ -125,7 +125,8 @@ class Optimizer:
             names = {"decay_rate": "rho", **KERAS_NAMES}
             hint = f": fastnet calls it {names[key]!r}" if key in names else ""
             hint = ": SGD with momentum is fn.Momentum(lr, momentum)" if key == "momentum" else hint
-            hint = ": PyTorch's betas=(b1, b2) are beta1=b1, beta2=b2" if key == "betas" else hint
+            betas = key == "betas" and "beta1" in inspect.signature(type(self)).parameters
+            hint = ": PyTorch's betas=(b1, b2) are beta1=b1, beta2=b2" if betas else hint
             raise TypeError(
                 f"{type(self).__name__} got an unexpected keyword argument {key!r}{hint}"
             )

@@ -98,6 +98,8 @@ def check_class_labels(
 ) -> np.ndarray:
     """Validate integer class labels (1-D) on the host and return them as int64."""
     y = host_array(y, name)
+    if str(y.dtype) == "bfloat16":
+        raise TypeError(f"{name} must hold numbers, got dtype bfloat16 (pass {name}.astype(int))")
     if y.dtype.kind not in "biuf":
         odd = next((v for v in y.flat if not isinstance(v, numbers.Number)), None)
         raise TypeError(

@@ -697,3 +697,32 @@ def test_multi_label_classifier_steps_as_scikit_learns_from_the_same_weights():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert 0 <= early.fit(X, Y).best_validation_score_ <= 1
+
+
+def test_streamed_labels_sparse_and_masked_inputs_and_multi_label_classes():
+    """A review's findings: partial_fit on a chunk lacking a class (star ratings 1..3) warns
+    of nothing; a multi-label y's classes are its columns; a sparse multi-label y fits as
+    scikit-learn's; masked cells are refused here as by Sequential.fit."""
+    import scipy.sparse
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((90, 4))
+    y = 1 + np.arange(90) % 3
+    est = fn.MLPClassifier((8,), random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        est.partial_fit(X, y, classes=[1, 2, 3])
+        est.partial_fit(X[y != 1], y[y != 1])
+    Y = (X[:, :3] > 0).astype(int)
+    with pytest.raises(ValueError, match=r"a multi-label y's classes are its columns 0..2"):
+        fn.MLPClassifier((8,)).partial_fit(X, Y, classes=["a", "b", "c"])
+    multi = fn.MLPClassifier((8,), max_iter=2, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        multi.partial_fit(X, Y, classes=[0, 1, 2])
+        with pytest.raises(ValueError, match="columns 0..2"):
+            multi.partial_fit(X, Y, classes=[0, 1, 2, 3])
+        assert multi.fit(X, scipy.sparse.csr_matrix(Y)).predict(X).shape == (90, 3)
+    masked = np.ma.masked_array(X, mask=X > 2)
+    with pytest.raises(ValueError, match="X is a masked array with masked cells"):
+        fn.MLPClassifier((8,), max_iter=1).fit(masked, y)

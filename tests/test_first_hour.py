@@ -707,6 +707,8 @@ def test_notebook_and_torch_habits_get_hints():
         fn.Sequential(["relu"])
     with pytest.raises(TypeError, match=r"'betas': PyTorch's betas=\(b1, b2\) are beta1=b1"):
         fn.Adam(0.01, betas=(0.9, 0.99))
+    with pytest.raises(TypeError, match=r"argument 'betas'$"):  # (RMSProp has no betas)
+        fn.RMSProp(0.01, betas=(0.9, 0.99))
     X = np.random.default_rng(0).standard_normal((20, 3))
     model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(1)], backend="numpy")
     with pytest.raises(ValueError, match=r"always 1: two classes on one output are loss='bce'"):

@@ -166,6 +166,8 @@ def test_masked_cells_and_bfloat16_arrays_are_named_with_what_to_do():
     ml_dtypes = pytest.importorskip("ml_dtypes")
     with pytest.raises(TypeError, match=r"bfloat16 \(pass X.astype\('float32'\)\)"):
         m.predict(X.astype(ml_dtypes.bfloat16))
+    with pytest.raises(TypeError, match=r"y must hold numbers, got dtype bfloat16 \(pass y"):
+        m.fit(X, y.astype(ml_dtypes.bfloat16), epochs=1, verbose=0)
     jnp = pytest.importorskip("jax.numpy")
     with pytest.raises(TypeError, match=r"X of dtype bfloat16 .*DLPack.*X.astype\('float32'\)"):
         m.predict(jnp.asarray(X, dtype=jnp.bfloat16))

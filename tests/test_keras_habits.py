@@ -81,6 +81,11 @@ def test_keras_train_end_gets_the_last_logs_and_unknown_hooks_are_warned_about()
         def on_test_end(self, logs=None):  # Keras's evaluate hook
             raise AssertionError
 
+        def on_improvement(self):  # a helper of its own: no warning
+            raise AssertionError
+
+        on_gpu = False  # (not a method)
+
     with pytest.warns(UserWarning) as caught:
         _model().fit(X, y, epochs=2, verbose=0, callbacks=[KerasLike()], validation_split=0.2)
     assert seen["val_loss"] > 0 and "accuracy" in seen

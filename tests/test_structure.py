@@ -153,8 +153,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # indicator matrices as scikit-learn's, partial_fit refusing a changed loss: +90), to 13,040
 # for the rest of that report (masked cells and bfloat16 arrays named, a Keras on_train_end's
 # last logs, hooks fit never calls warned about, hints for a loss given as a layer, betas=
-# and one softmax output, export's .onnx extension: +60)
-BUDGET = 13040
+# and one softmax output, export's .onnx extension: +60), to 13,060 for their review (an
+# estimator's own encoded labels not warned about, a multi-label y's classes checked, a sparse
+# one read, masked cells refused by the estimators too, helper methods named on_... left
+# alone: +20)
+BUDGET = 13060
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

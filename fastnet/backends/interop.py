@@ -41,7 +41,7 @@ def as_input(x: Any, name: str, backend: Any) -> Any:
     refused with what to do, never moved behind the user's back."""
     if x is None:
         raise TypeError(f"{name} is None; expected an array")
-    x = _unmasked(x, name)
+    x = unmasked(x, name)
     if backend.is_native(x) or isinstance(x, np.ndarray):
         return x
     device = dlpack_device(x)
@@ -62,7 +62,7 @@ def as_input(x: Any, name: str, backend: Any) -> Any:
     )
 
 
-def _unmasked(x: Any, name: str) -> Any:
+def unmasked(x: Any, name: str) -> Any:
     """A NumPy masked array's data where nothing is masked; masked cells are refused (their
     mask would be dropped, the values under it read)."""
     if not isinstance(x, np.ma.MaskedArray):
@@ -92,7 +92,7 @@ def host_array(x: Any, name: str) -> np.ndarray:
     arrays of another framework, odd objects)."""
     if x is None:
         raise TypeError(f"{name} is None; expected an array")
-    x = _unmasked(x, name)
+    x = unmasked(x, name)
     if isinstance(x, np.ndarray):
         return _frame_of_numbers(x, x) if x.dtype == object else x
     if type(x).__module__.startswith("scipy.sparse"):
