@@ -193,7 +193,10 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     (("--save",), dict(metavar="FILE", help="write a checkpoint here (.npz or .safetensors)")),
     (("--plot",), dict(metavar="FILE", help="write learning curves (PNG) here")),
     (("--patience",), dict(type=_positive(int), help="early stopping patience")),
-    (("--json",), dict(metavar="FILE", help="write the history and results as JSON")),
+    (
+        ("--json",),
+        dict(metavar="FILE", help="write the history and results as JSON ('-': to stdout)"),
+    ),
     (
         ("--compiled-step", "--cuda-graph"),
         dict(
@@ -573,7 +576,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if args.save:
         check_checkpoint_path(args.save, "--save")
     for flag in ("plot", "json"):
-        if getattr(args, flag):
+        if getattr(args, flag) and (flag, getattr(args, flag)) != ("json", "-"):
             check_writable(getattr(args, flag), f"--{flag}")
     if args.plot:
         try:
@@ -749,12 +752,15 @@ def _write_outputs(
             print(f"wrote the confusion matrix to {path}")
     if args.json:
         run = {"history": model.history, "backend": model.backend.name}
-        run.update(step=model.step_description, **results, args=vars(args))
+        given = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+        run.update(step=model.step_description, **results, args=given)
         from fastnet.checkpoint import atomic_write
 
         null = json.loads(json.dumps(run), parse_constant=lambda _: None)  # (NaN: strict
         text = json.dumps(null, indent=1, allow_nan=False)  # parsers refuse it; null)
-        if os.path.exists(args.json) and not os.path.isfile(args.json):  # /dev/stdout, a FIFO
+        if args.json == "-":
+            print(text, file=args._json_out)
+        elif os.path.exists(args.json) and not os.path.isfile(args.json):  # /dev/stdout, a FIFO
             with open(args.json, "w") as f:
                 f.write(text)
         else:
@@ -1039,6 +1045,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fastnet.distributed import DistributedError
 
     out = _PipeSafeOutput(sys.stdout) if args.command == "train" else sys.stdout
+    if getattr(args, "json", None) == "-":  # the JSON alone on stdout, the rest on stderr
+        args._json_out, out = out, sys.stderr
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(out):
             warnings.showwarning = functools.partial(_one_line_warning, args.command)

@@ -877,3 +877,13 @@ def test_json_to_a_pipe_is_written_into_it(tmp_path):
     assert main([*args, "--quiet", "--json", str(fifo)]) == 0
     reader.join(30)
     assert json.loads(got[0])["backend"] == "numpy" and fifo.is_fifo()
+
+
+def test_json_dash_is_stdout(tmp_path, capsys, monkeypatch):
+    np.savez(tmp_path / "t.npz", X=np.random.default_rng(0).standard_normal((64, 4)),
+             y=np.arange(64) % 2)  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--data", "t.npz", "--epochs", "1", "--backend", "numpy", "--quiet"]
+    assert main([*args, "--json", "-"]) == 0
+    assert json.loads(capsys.readouterr().out)["backend"] == "numpy"
+    assert not (tmp_path / "-").exists()
