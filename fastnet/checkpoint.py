@@ -181,6 +181,11 @@ def _is_count(value: Any) -> bool:
 def _read_safetensors(path: str, raw: bytes) -> tuple[dict, dict[str, np.ndarray]]:
     """Parse and check a safetensors file; every inconsistency is a CheckpointError."""
     size = int.from_bytes(raw[:8], "little")
+    if len(raw) > 8 and raw[8:9] == b"{" and len(raw) - 8 < size <= _ST_MAX_HEADER:
+        raise CheckpointError(
+            f"{path!r} is a truncated safetensors file: its header says {size} bytes, the "
+            f"file holds {len(raw) - 8} after the size"
+        )
     if len(raw) < 8 or raw[8:9] != b"{" or size > min(_ST_MAX_HEADER, len(raw) - 8):
         raise CheckpointError(
             f"{path!r} is not a fastnet checkpoint: neither an .npz archive nor a safetensors "

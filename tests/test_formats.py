@@ -49,7 +49,8 @@ def test_safetensors_interoperates_with_the_reference_library(tmp_path):
     np.testing.assert_array_equal(tensors["param/0/W"], model.parameters()[0].value)
 
 
-DAMAGES = ["truncate", "header", "offsets", "metadata", "wrapping", "huge", "text", "nested"]
+DAMAGES = ["truncate", "cut-header", "header", "offsets", "metadata", "wrapping", "huge", "text"]
+DAMAGES += ["nested"]
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -60,8 +61,12 @@ def test_damaged_safetensors_raise_checkpoint_error(tmp_path, damage):
     raw = bytearray(path.read_bytes())
     size = int.from_bytes(raw[:8], "little")
     header = json.loads(raw[8 : 8 + size])
-    if damage == "truncate":
-        raw = raw[: len(raw) // 2]
+    if damage in ("truncate", "cut-header"):
+        raw = raw[: len(raw) // 2 if damage == "truncate" else 8 + size // 2]
+        if damage == "cut-header":  # (was "neither an .npz archive nor a safetensors file")
+            path.write_bytes(bytes(raw))
+            with pytest.raises(fn.CheckpointError, match="m.safetensors' is a truncated safet"):
+                fn.load_model(path)
     elif damage == "header":
         raw[:8] = (len(raw) * 4).to_bytes(8, "little")
     else:
