@@ -97,8 +97,8 @@ class _Graph:
                 self.tensor(f"var{i}", layer.running_var),
             ]
             return self.node("BatchNormalization", [x, *params], f"bn{i}", epsilon=layer.eps)
-        if kind == "dropout":
-            return x  # identity at inference
+        if kind in ("dropout", "activation"):
+            return x  # identity at inference (Activation(): the linear one)
         if kind == "standardize":
             x = self.node("Sub", [x, self.tensor(f"offset{i}", layer.device_offset)], f"center{i}")
             return self.node("Div", [x, self.tensor(f"scale{i}", layer.device_scale)], f"scaled{i}")
