@@ -156,8 +156,9 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # and one softmax output, export's .onnx extension: +60), to 13,060 for their review (an
 # estimator's own encoded labels not warned about, a multi-label y's classes checked, a sparse
 # one read, masked cells refused by the estimators too, helper methods named on_... left
-# alone: +20)
-BUDGET = 13060
+# alone: +20), to 13,080 for `train --json -` (the JSON alone on stdout), a safetensors file
+# cut in its header named truncated, the identity Activation() exported: +20)
+BUDGET = 13080
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
