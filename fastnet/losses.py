@@ -332,12 +332,9 @@ class SigmoidBinaryCrossEntropy(Loss):
         return LossPlan(self.name, "sigmoid_bce", predictions="sigmoid")
 
 
-class MeanSquaredError(Loss):
-    """``scale`` times the mean over all elements of ``(y - t)**2``. scikit-learn's
-    MLPRegressor trains on half the squares summed over the ``k`` outputs (mean over rows):
-    ``scale = k / 2``."""
-
-    name = "mean_squared_error"
+class ScaledLoss(Loss):
+    """A regression loss times ``scale`` (its value and gradient), as scikit-learn's
+    MLPRegressor sums a loss over its outputs."""
 
     scale = Checked(lambda v: check_number(v, "scale", 0, math.inf, "low"))
 
@@ -349,7 +346,15 @@ class MeanSquaredError(Loss):
         return {**super().get_config(), **({"scale": self.scale} if self.scale != 1 else {})}
 
     def __repr__(self) -> str:
-        return f"MeanSquaredError({f'scale={self.scale}' if self.scale != 1 else ''})"
+        return f"{type(self).__name__}({f'scale={self.scale}' if self.scale != 1 else ''})"
+
+
+class MeanSquaredError(ScaledLoss):
+    """``scale`` times the mean over all elements of ``(y - t)**2``. scikit-learn's
+    MLPRegressor trains on half the squares summed over the ``k`` outputs (mean over rows):
+    ``scale = k / 2``."""
+
+    name = "mean_squared_error"
 
     def compute(self, outputs: Any, targets: Any, weights: Any = None) -> tuple[Any, Any]:
         if targets.ndim == 1:
@@ -374,7 +379,7 @@ class MeanSquaredError(Loss):
         )
 
 
-class Poisson(Loss):
+class Poisson(ScaledLoss):
     """Half the Poisson deviance of counts or rates ``t >= 0`` from log-rates ``z`` (the
     outputs; predictions ``exp(z)``): ``scale`` times the element mean of
     ``exp(z) - t*z + t*log(t) - t``, zero where ``exp(z) == t``. scikit-learn's
@@ -382,18 +387,6 @@ class Poisson(Loss):
 
     name = "poisson"
     predictions = "exp"
-
-    scale = Checked(lambda v: check_number(v, "scale", 0, math.inf, "low"))
-
-    def __init__(self, scale: float = 1.0) -> None:
-        super().__init__()
-        self.scale = scale
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), **({"scale": self.scale} if self.scale != 1 else {})}
-
-    def __repr__(self) -> str:
-        return f"Poisson({f'scale={self.scale}' if self.scale != 1 else ''})"
 
     def invalid_targets(self, targets: Any, xp: Any = np, classes: int = 2**31) -> str:
         if targets.size and bool((targets < 0).any()):
