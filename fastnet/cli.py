@@ -681,7 +681,8 @@ def _train_report(model: Any, data: Prepared, total: float, say: Any) -> dict:
     else:
         say(f"{data.held}: not trained")
     first = f" after a first of {seconds[0]:.2f}s" if len(seconds) > 1 else ""
-    first += " (compiles)" if first and seconds[0] > 1.5 * per_epoch else ""
+    compiles = model.backend.name != "numpy" and seconds[0] > 1.5 * per_epoch
+    first += " (compiles)" if first and compiles else ""
     timing = (
         f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median{first})  total {total:.1f}s  "
         f"backend {model.backend.name}  step {model.step_description}"
