@@ -184,6 +184,21 @@ def _standalone_checks(est: Any, X: Any, y: Any, reset: bool, dtype: Any) -> tup
             f"X has {X.shape[1]} features, but {type(est).__name__} is expecting "
             f"{est.n_features_in_} features as input"
         )
+    else:
+        fitted = getattr(est, "feature_names_in_", None)
+        given = None if names is None else [str(n) for n in names]
+        if fitted is not None and given is not None and given != list(fitted):
+            raise ValueError(  # (scikit-learn's check: a frame's columns by name)
+                f"The feature names should match those that were passed during fit: fit had "
+                f"{list(fitted)[:8]}, X has {given[:8]}"
+            )
+        if (fitted is None) != (given is None):  # (scikit-learn warns alike)
+            warnings.warn(
+                f"X {'has' if given else 'does not have'} feature names, but "
+                f"{type(est).__name__} was fitted {'without' if given else 'with'} them",
+                UserWarning,
+                stacklevel=4,
+            )
     if y is not None:
         y = host_array(y, "y")
         if len(y) != len(X):
@@ -370,6 +385,7 @@ class _MLPBase(BaseEstimator):
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.random_state is None
+        tags.input_tags.sparse = True  # (made dense: the model's layers take dense arrays)
         return tags
 
     # ------------------------------------------------------------------ validation
@@ -384,17 +400,21 @@ class _MLPBase(BaseEstimator):
         X, y = unmasked(X, "X"), None if y is None else unmasked(y, "y")
         if not HAVE_SKLEARN:
             return _standalone_checks(self, X, y, reset, dtype)
+        sparse = ("csr", "csc", "coo")  # (a ColumnTransformer's one-hot columns: made dense)
         if y is None:
-            return _validation.validate_data(self, X, reset=reset, dtype=dtype), None
-        return _validation.validate_data(
-            self,
-            X,
-            y,
-            reset=reset,
-            dtype=dtype,
-            multi_output=self._multi_output_y() or _wide(y),
-            y_numeric=self._multi_output_y(),
-        )
+            X = _validation.validate_data(self, X, reset=reset, dtype=dtype, accept_sparse=sparse)
+        else:
+            X, y = _validation.validate_data(
+                self,
+                X,
+                y,
+                reset=reset,
+                dtype=dtype,
+                accept_sparse=sparse,
+                multi_output=self._multi_output_y() or _wide(y),
+                y_numeric=self._multi_output_y(),
+            )
+        return (X.toarray() if hasattr(X, "toarray") else X), y
 
     def _multi_output_y(self) -> bool:
         return False
@@ -556,7 +576,7 @@ class _MLPBase(BaseEstimator):
         keys = ("n_features_in_", "feature_names_in_")
         saved = {k: v for k, v in vars(self).items() if k in keys}
         try:
-            return self._fit_checked(*args, **kwargs)
+            maxed = self._fit_checked(*args, **kwargs)
         except BaseException:
             for key in keys:
                 if key in saved:
@@ -564,6 +584,14 @@ class _MLPBase(BaseEstimator):
                 else:
                     self.__dict__.pop(key, None)
             raise
+        if maxed:  # (after the fit is whole: as an error, -W error, it leaves it consistent)
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({maxed}) reached and the "
+                "optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        return self
 
     def _fit_checked(
         self,
@@ -573,7 +601,9 @@ class _MLPBase(BaseEstimator):
         incremental: bool,
         extra: Any = None,
         sample_weight: Any = None,
-    ) -> Any:
+    ) -> int:
+        """A fit or partial_fit; returns ``epochs`` where it ran them all without
+        converging (``_fit`` then warns), else 0."""
         continuing = hasattr(self, "model_") and (incremental or self.warm_start)
         self._check_params()
         X, y = self._validate(X, y, reset=not continuing, fitting=True)
@@ -604,22 +634,17 @@ class _MLPBase(BaseEstimator):
         history = self._train(
             model, X, targets, epochs, batch, validation, weights, seen, incremental
         )
-        if not history["loss"]:  # (scikit-learn's error for weights that became inf or NaN)
+        if not history["loss"] or model.diverged:  # (scikit-learn's error for non-finite weights)
+            what = "diverged" if history["loss"] else "could not finish an epoch"
             hint = "; exp(outputs) overflows float32 past 88: dtype='float64'"
             raise ValueError(
-                f"{type(self).__name__} could not finish an epoch: {model.stop_reason}. The "
-                "inputs may hold large values and need scaling (StandardScaler)"
+                f"{type(self).__name__} {what}: {model.stop_reason}. The inputs may hold "
+                "large values and need scaling (StandardScaler), or learning_rate_init is too high"
                 + (hint if getattr(self, "loss", None) == "poisson" else "")
             )
         self._record(model, fitted, history, continuing, seen + len(history["loss"]) * len(X))
-        if not incremental and len(history["loss"]) == epochs and not model.stop_reason:
-            warnings.warn(
-                f"Stochastic Optimizer: Maximum iterations ({epochs}) reached and the "
-                "optimization hasn't converged yet.",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
-        return self
+        maxed = not incremental and len(history["loss"]) == epochs and not model.stop_reason
+        return epochs if maxed else 0
 
     def _record(
         self, model: Sequential, fitted: dict, history: dict, continuing: bool, seen: int
@@ -638,6 +663,7 @@ class _MLPBase(BaseEstimator):
         self.best_validation_score_ = best_score  # and best_loss_ None, as scikit-learn's
         self.best_loss_ = None if best_score is not None else min(self.loss_curve_)
         self.n_iter_ = len(history["objective"])  # (this call's epochs, as scikit-learn's)
+        self.loss_ = self.loss_curve_[-1]  # (the last epoch's, as scikit-learn's)
         self.history_, self.t_ = history, seen
 
     def _metadata(self) -> dict:
@@ -719,30 +745,49 @@ class _MLPBase(BaseEstimator):
     # ------------------------------------------------------------------ fitted attributes
     @property
     def coefs_(self) -> list[np.ndarray]:
-        """Weight matrices of the Dense layers (host copies), as scikit-learn's."""
+        """Weight matrices of the Dense layers, as scikit-learn's: on a CPU backend the
+        model's own arrays (edits in place take effect), on a GPU host copies; assigning a
+        list of arrays of their shapes sets them."""
+        return self._dense_arrays("W")
+
+    @coefs_.setter
+    def coefs_(self, arrays: list) -> None:
+        self._set_dense_arrays("W", arrays)
+
+    @property
+    def intercepts_(self) -> list[np.ndarray]:
+        """Bias vectors of the Dense layers (as ``coefs_``)."""
+        return self._dense_arrays("b")
+
+    @intercepts_.setter
+    def intercepts_(self, arrays: list) -> None:
+        self._set_dense_arrays("b", arrays)
+
+    def _dense_arrays(self, name: str) -> list[np.ndarray]:
         self._check_fitted()
-        return [
-            self.model_.backend.to_numpy(layer.W.value).copy()
-            for layer in self.model_.layers
-            if isinstance(layer, Dense)
-        ]
+        found = []
+        for layer in [x for x in self.model_.layers if isinstance(x, Dense)]:
+            p = getattr(layer, name)
+            live = p is not None and isinstance(p.value, np.ndarray)
+            live = live and (p.group is None or p.group.compute is p.group.values)  # (not mixed)
+            host = np.zeros(layer.units) if p is None else self.model_.backend.to_numpy(p.value)
+            found.append(p.value if live else np.array(host, copy=True))
+        return found
+
+    def _set_dense_arrays(self, name: str, arrays: list) -> None:
+        self._check_fitted()
+        dense = [x for x in self.model_.layers if isinstance(x, Dense)]
+        if not isinstance(arrays, (list, tuple)) or len(arrays) != len(dense):
+            raise ValueError(f"{name} arrays: a list of {len(dense)} arrays, one per layer")
+        for layer, array in zip(dense, arrays):
+            p = getattr(layer, name)
+            p.value = self.model_.backend.asarray(np.asarray(array, dtype=p.value.dtype))
 
     @property
     def n_layers_(self) -> int:
         """Layers counted as scikit-learn counts them: input, hidden and output."""
         self._check_fitted()
         return sum(isinstance(layer, Dense) for layer in self.model_.layers) + 1
-
-    @property
-    def intercepts_(self) -> list[np.ndarray]:
-        self._check_fitted()
-        return [
-            self.model_.backend.to_numpy(layer.b.value).copy()
-            if layer.b is not None
-            else np.zeros(layer.units)
-            for layer in self.model_.layers
-            if isinstance(layer, Dense)
-        ]
 
     def _raw(self, X: Any) -> np.ndarray:
         self._check_fitted()

@@ -18,11 +18,15 @@ import fastnet as fn
 sklearn = pytest.importorskip("sklearn", reason="scikit-learn not installed (the sklearn extra)")
 from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
 
-# The checks that may fail, each with its reason (scikit-learn's own mechanism, at most 3).
+# The checks that may fail, each with its reason (scikit-learn's own mechanism, at most 4).
 EXPECTED_FAILURES = {
-    "check_sample_weight_equivalence_on_dense_data": (
+    **dict.fromkeys(
+        [
+            "check_sample_weight_equivalence_on_dense_data",
+            "check_sample_weight_equivalence_on_sparse_data",  # (sparse X is made dense)
+        ],
         "mini-batch SGD: a row of weight 2 and two copies of it fall into different batches, "
-        "so the trajectories differ (scikit-learn's own MLP declares the same)"
+        "so the trajectories differ (scikit-learn's own MLP declares the same)",
     ),
     **dict.fromkeys(
         ["check_methods_sample_order_invariance", "check_methods_subset_invariance"],
@@ -726,3 +730,62 @@ def test_streamed_labels_sparse_and_masked_inputs_and_multi_label_classes():
     masked = np.ma.masked_array(X, mask=X > 2)
     with pytest.raises(ValueError, match="X is a masked array with masked cells"):
         fn.MLPClassifier((8,), max_iter=1).fit(masked, y)
+
+
+def test_without_scikit_learn_a_frame_is_read_by_its_names_as_with_it():
+    pytest.importorskip("pandas")
+    code = (
+        "import sys, warnings; sys.modules['sklearn'] = None\n"
+        "import numpy as np, pandas as pd, fastnet as fn\n"
+        "X = np.random.default_rng(0).normal(size=(80, 4))\n"
+        "df = pd.DataFrame(X, columns=list('abcd'))\n"
+        "r = fn.MLPRegressor((8,), max_iter=3, random_state=0, backend='numpy').fit(df, X[:, 0])\n"
+        "try:\n    r.predict(df[['d', 'c', 'b', 'a']])\nexcept ValueError as e:\n"
+        "    print('refused' if 'feature names should match' in str(e) else e)\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n    r.predict(X)\n"
+        "print(any('does not have feature names' in str(x.message) for x in w))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.split() == ["refused", "True"], out.stderr
+
+
+def test_a_power_users_findings():
+    """coefs_/intercepts_ are the model's arrays on a CPU (edits take effect) and settable;
+    sparse X (a ColumnTransformer's one-hot columns) is made dense; a fit that diverges
+    raises as scikit-learn's (a search then scores it error_score); a ConvergenceWarning
+    raised as an error leaves the estimator whole; loss_ is the last epoch's."""
+    import scipy.sparse
+    from sklearn.exceptions import ConvergenceWarning
+
+    X, y = make_blobs(n=200, d=6)
+    est = fn.MLPClassifier((8,), max_iter=2, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    assert est.loss_ == est.loss_curve_[-1]
+    before = est.predict_proba(X[:5])
+    est.intercepts_[-1][:] += 5 * np.arange(4)  # in place, as with scikit-learn's
+    assert not np.allclose(est.predict_proba(X[:5]), before)
+    est.coefs_ = [np.zeros_like(w) for w in est.coefs_]
+    np.testing.assert_allclose(est.predict_proba(X[:5]).std(axis=0), 0, atol=1e-7)
+    with pytest.raises(ValueError, match="a list of 2 arrays"):
+        est.coefs_ = est.coefs_[:1]
+    sparse = fn.MLPClassifier((8,), max_iter=2, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sparse.fit(scipy.sparse.csr_matrix(X), y)
+    np.testing.assert_array_equal(sparse.predict(scipy.sparse.csr_matrix(X)), sparse.predict(X))
+    wild = fn.MLPRegressor((16,), max_iter=30, solver="sgd", learning_rate_init=1e-3,
+                           batch_size=20, momentum=0.999, backend="numpy")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.raises(ValueError, match="MLPRegressor diverged: loss became"):
+            wild.set_params(random_state=0).fit(X * 3, X[:, 0] * 10)  # (nan in epoch 4)
+    assert not hasattr(wild, "model_")
+    strict = fn.MLPClassifier((4,), max_iter=2, random_state=0, backend="numpy")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        with pytest.raises(ConvergenceWarning):
+            strict.fit(X[:, :3], y)
+    assert strict.n_features_in_ == 3 and strict.predict(X[:, :3]).shape == (200,)

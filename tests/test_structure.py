@@ -157,8 +157,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # estimator's own encoded labels not warned about, a multi-label y's classes checked, a sparse
 # one read, masked cells refused by the estimators too, helper methods named on_... left
 # alone: +20), to 13,080 for `train --json -` (the JSON alone on stdout), a safetensors file
-# cut in its header named truncated, the identity Activation() exported: +20)
-BUDGET = 13080
+# cut in its header named truncated, the identity Activation() exported: +20), to 13,110
+# for a scikit-learn power user's audit (a frame read by its names without scikit-learn,
+# sparse X made dense, coefs_/intercepts_ live and settable, a diverged fit raising, the
+# ConvergenceWarning after the fit is whole, loss_: +30)
+BUDGET = 13110
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
