@@ -10,6 +10,7 @@ epochs, ``learning_rate_init``, ``alpha``, ``tol``/``n_iter_no_change``, ``early
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import warnings
@@ -156,6 +157,25 @@ def _column(y: np.ndarray) -> np.ndarray:
     return y[:, 0] if y.ndim == 2 and y.shape[1] == 1 else y
 
 
+#: the most a sparse X may take once dense (its rows times columns)
+SPARSE_DENSE_LIMIT = 2**30
+
+
+def _dense(X: Any) -> Any:
+    """A sparse X as a dense array (the model's layers take dense ones), refused where that
+    would take more than ``SPARSE_DENSE_LIMIT`` bytes; others as they are."""
+    if not hasattr(X, "toarray"):
+        return X
+    size = X.shape[0] * X.shape[1] * X.dtype.itemsize
+    if size > SPARSE_DENSE_LIMIT:
+        raise ValueError(
+            f"sparse X of shape {X.shape} would take {size / 2**30:.1f} GiB dense (the model "
+            f"takes dense arrays; limit {SPARSE_DENSE_LIMIT / 2**30:g} GiB): reduce its columns "
+            "(OneHotEncoder(max_categories=...), TruncatedSVD) or pass X.toarray() yourself"
+        )
+    return X.toarray()
+
+
 def _wide(y: Any) -> bool:
     """Whether ``y`` has several columns (a classifier's multi-label indicator matrix)."""
     shape = tuple(getattr(y, "shape", None) or np.asarray(y).shape)
@@ -175,8 +195,10 @@ def _standalone_checks(est: Any, X: Any, y: Any, reset: bool, dtype: Any) -> tup
         raise ValueError(f"X is empty: shape {X.shape}")
     if not np.isfinite(X).all():
         raise ValueError("Input X contains NaN or infinity")
-    if reset:
+    names = names if names is not None and all(isinstance(n, str) for n in names) else None
+    if reset:  # (scikit-learn keeps names only where they are all strings)
         est.n_features_in_ = X.shape[1]
+        est.__dict__.pop("feature_names_in_", None)
         if names is not None:
             est.feature_names_in_ = np.asarray(names, dtype=object)
     elif X.shape[1] != est.n_features_in_:
@@ -186,7 +208,7 @@ def _standalone_checks(est: Any, X: Any, y: Any, reset: bool, dtype: Any) -> tup
         )
     else:
         fitted = getattr(est, "feature_names_in_", None)
-        given = None if names is None else [str(n) for n in names]
+        given = None if names is None else list(names)
         if fitted is not None and given is not None and given != list(fitted):
             raise ValueError(  # (scikit-learn's check: a frame's columns by name)
                 f"The feature names should match those that were passed during fit: fit had "
@@ -414,7 +436,7 @@ class _MLPBase(BaseEstimator):
                 multi_output=self._multi_output_y() or _wide(y),
                 y_numeric=self._multi_output_y(),
             )
-        return (X.toarray() if hasattr(X, "toarray") else X), y
+        return _dense(X), y
 
     def _multi_output_y(self) -> bool:
         return False
@@ -573,8 +595,8 @@ class _MLPBase(BaseEstimator):
 
     def _fit(self, *args: Any, **kwargs: Any) -> Any:
         """``_fit_checked``; rejected input (or an interrupted fit) changes nothing."""
-        keys = ("n_features_in_", "feature_names_in_")
-        saved = {k: v for k, v in vars(self).items() if k in keys}
+        keys = ("n_features_in_", "feature_names_in_", "_no_improvement")
+        saved = {k: copy.deepcopy(v) for k, v in vars(self).items() if k in keys}
         try:
             maxed = self._fit_checked(*args, **kwargs)
         except BaseException:
@@ -635,10 +657,9 @@ class _MLPBase(BaseEstimator):
             model, X, targets, epochs, batch, validation, weights, seen, incremental
         )
         if not history["loss"] or model.diverged:  # (scikit-learn's error for non-finite weights)
-            what = "diverged" if history["loss"] else "could not finish an epoch"
             hint = "; exp(outputs) overflows float32 past 88: dtype='float64'"
             raise ValueError(
-                f"{type(self).__name__} {what}: {model.stop_reason}. The inputs may hold "
+                f"{type(self).__name__} diverged: {model.stop_reason}. The inputs may hold "
                 "large values and need scaling (StandardScaler), or learning_rate_init is too high"
                 + (hint if getattr(self, "loss", None) == "poisson" else "")
             )
@@ -779,9 +800,18 @@ class _MLPBase(BaseEstimator):
         dense = [x for x in self.model_.layers if isinstance(x, Dense)]
         if not isinstance(arrays, (list, tuple)) or len(arrays) != len(dense):
             raise ValueError(f"{name} arrays: a list of {len(dense)} arrays, one per layer")
-        for layer, array in zip(dense, arrays):
-            p = getattr(layer, name)
-            p.value = self.model_.backend.asarray(np.asarray(array, dtype=p.value.dtype))
+        params = [getattr(layer, name) for layer in dense]
+        new = [np.asarray(a) for a in arrays]
+        for i, (p, a) in enumerate(zip(params, new)):  # all checked before any is written
+            if a.shape != tuple(p.value.shape) or a.dtype.kind not in "biuf":
+                raise ValueError(
+                    f"{name} array {i}: real numbers of shape {tuple(p.value.shape)}, got "
+                    f"{a.dtype} {a.shape}"
+                )
+            if not np.isfinite(a).all():
+                raise ValueError(f"{name} array {i} holds NaN or inf")
+        for p, a in zip(params, new):
+            p.value = self.model_.backend.asarray(a.astype(p.value.dtype))
 
     @property
     def n_layers_(self) -> int:

@@ -745,9 +745,13 @@ def test_without_scikit_learn_a_frame_is_read_by_its_names_as_with_it():
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n    r.predict(X)\n"
         "print(any('does not have feature names' in str(x.message) for x in w))\n"
+        "plain = pd.DataFrame(X)  # (integer names: not kept, as scikit-learn's)\n"
+        "print(r.fit(plain, X[:, 0]).predict(plain).shape, hasattr(r, 'feature_names_in_'))\n"
+        "r.fit(df, X[:, 0]).fit(X, X[:, 0])  # a refit on arrays drops the names\n"
+        "print(hasattr(r, 'feature_names_in_'))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.split() == ["refused", "True"], out.stderr
+    assert out.stdout.split() == ["refused", "True", "(80,)", "False", "False"], out.stderr
 
 
 def test_a_power_users_findings():
@@ -771,18 +775,26 @@ def test_a_power_users_findings():
     np.testing.assert_allclose(est.predict_proba(X[:5]).std(axis=0), 0, atol=1e-7)
     with pytest.raises(ValueError, match="a list of 2 arrays"):
         est.coefs_ = est.coefs_[:1]
+    kept = [w.copy() for w in est.coefs_]
+    with pytest.raises(ValueError, match=r"W array 1: real numbers of shape \(8, 4\)"):
+        est.coefs_ = [np.ones((6, 8)), np.ones((8, 5))]  # (checked before any is written)
+    for w, k in zip(est.coefs_, kept):
+        np.testing.assert_array_equal(w, k)
     sparse = fn.MLPClassifier((8,), max_iter=2, random_state=0, backend="numpy")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         sparse.fit(scipy.sparse.csr_matrix(X), y)
     np.testing.assert_array_equal(sparse.predict(scipy.sparse.csr_matrix(X)), sparse.predict(X))
+    huge = scipy.sparse.csr_matrix((200, 2**28), dtype=np.float32)  # 200 GiB dense
+    with pytest.raises(ValueError, match=r"would take 200.0 GiB dense .* X.toarray\(\)"):
+        fn.MLPClassifier((8,), max_iter=1).fit(huge, np.arange(200) % 2)
     wild = fn.MLPRegressor((16,), max_iter=30, solver="sgd", learning_rate_init=1e-3,
                            batch_size=20, momentum=0.999, backend="numpy")  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         with pytest.raises(ValueError, match="MLPRegressor diverged: loss became"):
             wild.set_params(random_state=0).fit(X * 3, X[:, 0] * 10)  # (nan in epoch 4)
-    assert not hasattr(wild, "model_")
+    assert not hasattr(wild, "model_") and not hasattr(wild, "_no_improvement")
     strict = fn.MLPClassifier((4,), max_iter=2, random_state=0, backend="numpy")
     with warnings.catch_warnings():
         warnings.simplefilter("error", ConvergenceWarning)

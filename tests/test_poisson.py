@@ -136,7 +136,7 @@ def test_a_fit_that_finishes_no_epoch_raises_and_leaves_the_estimator_unfitted()
     est = fn.MLPRegressor((16,), loss="poisson", max_iter=3, random_state=0, backend="numpy")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # (fit's own divergence warning)
-        with pytest.raises(ValueError, match="could not finish an epoch.*dtype='float64'"):
+        with pytest.raises(ValueError, match="MLPRegressor diverged: .*dtype='float64'"):
             est.fit(X, y)
         assert not hasattr(est, "model_") and not hasattr(est, "n_features_in_")
         est.set_params(dtype="float64").fit(X, y)

@@ -160,8 +160,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # cut in its header named truncated, the identity Activation() exported: +20), to 13,110
 # for a scikit-learn power user's audit (a frame read by its names without scikit-learn,
 # sparse X made dense, coefs_/intercepts_ live and settable, a diverged fit raising, the
-# ConvergenceWarning after the fit is whole, loss_: +30)
-BUDGET = 13110
+# ConvergenceWarning after the fit is whole, loss_: +30), to 13,130 for its review (names
+# kept only where all strings, a sparse X's dense size bounded, the setters checked before
+# writing, a failed fit's stopping count restored: +20)
+BUDGET = 13130
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
