@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fastnet import state as schema
-from fastnet.backends import Backend, get_backend, record_kernels
+from fastnet.backends import Backend, get_backend, outside_fastnet, record_kernels
 from fastnet.backends.plan import StepPlan
 from fastnet.callbacks import History
 from fastnet.checkpoint import CheckpointError, plain_json, read_checkpoint, write_checkpoint
@@ -71,16 +71,12 @@ def _check_indices(y: np.ndarray, classes: list, name: str) -> None:
         )
     if name == "y_val":  # (the training labels said which they are)
         return
-    caller = sys._getframe(1)
-    level = 2
-    while caller.f_back is not None and caller.f_globals["__name__"].startswith("fastnet."):
-        caller, level = caller.f_back, level + 1
     warnings.warn(
         f"{name}'s integers are read as class indices 0..{len(classes) - 1} (as predict "
         f"returns), but they are all model.metadata['classes'] {classes[:10]} too: if they "
         f"are class labels, pass {encode}",
         UserWarning,
-        stacklevel=level,
+        stacklevel=outside_fastnet(),
     )
 
 

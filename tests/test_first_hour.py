@@ -638,8 +638,11 @@ def test_a_binary_model_reads_names_and_integer_labels_are_class_indices():
         warnings.simplefilter("error")
         model.evaluate(X, codes)  # indices (0 is no class: no doubt)
     some = codes > 0  # 1..3: indices or classes? read as indices, with a warning
-    with pytest.warns(UserWarning, match=r"read as class indices 0..3 .* are class labels, pass"):
+    with pytest.warns(
+        UserWarning, match=r"read as class indices 0..3 .* are class labels, pass"
+    ) as w:
         model.evaluate(X[some], codes[some])
+    assert w[0].filename == __file__  # (the user's line)
     with pytest.raises(ValueError, match=r"classes'\] \[1, 2, 3, 4\]; a model takes class ind"):
         model.evaluate(X, codes + 1)
     model.metadata["classes"] = [0, 1, 2, 3]  # (indices and labels alike)

@@ -175,7 +175,7 @@ def available_backends() -> list[str]:
     return [info.name for info in backend_infos() if info.available]
 
 
-def _outside_fastnet() -> int:
+def outside_fastnet() -> int:
     """The ``stacklevel`` of the first caller outside fastnet (a user's line) for a warning
     issued by this module's caller."""
     frame, level = sys._getframe(2), 2
@@ -216,7 +216,7 @@ def _resolve_auto() -> str:
                     f"Python, {name} for the CLI's --backend/--backends, or FASTNET_BACKEND="
                     f"{name}) to choose it without this warning",
                     RuntimeWarning,
-                    stacklevel=_outside_fastnet(),
+                    stacklevel=outside_fastnet(),
                 )
             return name
         if "is not installed" not in info.reason:
