@@ -82,6 +82,11 @@ def _number(kind, low: float, high: float, low_ok: bool = True):  # noqa: ANN001
     return parse
 
 
+LOSS_CHOICES = {
+    "cross-entropy": "classification",
+    "squared-error": "regression",
+    "poisson": "regression",
+}
 OPTIMIZERS = RULES.builtin()  # (a rule added to fastnet.optimizers is an --optimizer)
 _BACKEND_DEFAULT = "(default: $FASTNET_BACKEND or auto)"
 TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
@@ -107,6 +112,15 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         ),
     ),
     (("--label-smoothing",), dict(type=_number(float, 0, 1), default=0.0, help="for the CE loss")),
+    (
+        ("--loss",),
+        dict(
+            default="auto",
+            choices=["auto", *LOSS_CHOICES],
+            help="auto: cross-entropy for classification, squared-error for regression; "
+            "poisson: counts or rates >= 0 (predictions exp(outputs))",
+        ),
+    ),
     (
         ("--preset",),
         dict(
@@ -168,8 +182,8 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
         dict(
             default="auto",
             choices=["auto", "classification", "regression"],
-            help="auto: classification for text, integer or one-hot labels, "
-            "regression for other numbers",
+            help="auto: the task of a --loss given, else classification for text, integer "
+            "or one-hot labels, regression for other numbers",
         ),
     ),
     (
@@ -406,6 +420,8 @@ def _builtin(args: argparse.Namespace) -> Prepared:
     for given, option in ((args.val is not None, "--val"), (args.task != "auto", "--task")):
         if given:  # (the built-in data sets are classification, with a test set)
             raise ValueError(f"{option} applies only to your own --data, not to a built-in set")
+    if LOSS_CHOICES.get(args.loss, "classification") != "classification":
+        raise ValueError(f"--loss {args.loss} is a regression loss: the built-in sets are classes")
     dataset = args.dataset or "fashion-mnist"
     (X, y), test = _load(dataset, args.data_dir)
     if args.limit:
@@ -426,7 +442,7 @@ def _custom(args: argparse.Namespace) -> Prepared:
     assert y is not None
     if args.limit:
         X, y = X[: args.limit], y[: args.limit]
-    task = infer_task(y) if args.task == "auto" else args.task
+    task = args.task if args.task != "auto" else LOSS_CHOICES.get(args.loss) or infer_task(y)
     distinct = len(np.unique(y)) if task == "classification" and y.dtype.kind == "f" else 0
     if distinct > len(y) // 2 and not np.all(y == np.round(y)):  # most rows a class of their own
         raise ValueError(
@@ -511,17 +527,28 @@ def _split_rows(X: Any, y: np.ndarray, args: argparse.Namespace, classify: bool)
 
 def _build_model(args: argparse.Namespace, data: Prepared, backend: Any) -> Any:
     from fastnet.builders import mlp
-    from fastnet.losses import MeanSquaredError, SoftmaxCrossEntropy
+    from fastnet.losses import MeanSquaredError, Poisson, SoftmaxCrossEntropy
     from fastnet.optimizers import get_optimizer
 
     preset = PRESETS.get(getattr(args, "preset", None) or "", {}).get("label_smoothing")
     if data.task != "classification" and args.label_smoothing not in (0, preset):  # typed
         raise ValueError("--label-smoothing smooths class labels: the target is a regression's")
-    loss = (
-        SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
-        if data.task == "classification"
-        else MeanSquaredError()
-    )
+    chosen = getattr(args, "loss", "auto")
+    if chosen != "auto" and LOSS_CHOICES[chosen] != data.task:
+        raise ValueError(
+            f"--loss {chosen} is a {LOSS_CHOICES[chosen]} loss: the task is {data.task}"
+        )
+    if chosen == "poisson":
+        loss: Any = Poisson()
+        for y, rows in ((data.train[1], "training"), (data.val[1], "validation")):
+            if np.asarray(y).size and float(np.min(y)) < 0:
+                raise ValueError(
+                    f"--loss poisson needs counts or rates >= 0: the {rows} targets hold {float(np.min(y)):g}"
+                )
+    elif data.task == "classification":
+        loss = SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
+    else:
+        loss = MeanSquaredError()
     optimizer = get_optimizer(args.optimizer, lr=args.lr, weight_decay=args.weight_decay)
     return mlp(
         None,

@@ -887,3 +887,33 @@ def test_json_dash_is_stdout(tmp_path, capsys, monkeypatch):
     assert main([*args, "--json", "-"]) == 0
     assert json.loads(capsys.readouterr().out)["backend"] == "numpy"
     assert not (tmp_path / "-").exists()
+
+
+def test_poisson_loss_from_the_cli_trains_counts_and_predicts_rates(tmp_path, capsys):
+    """--loss poisson: integer counts are a regression's (not 40 classes), negative counts are
+    refused by name, a classification loss for a regression is refused; the checkpoint predicts
+    exp(outputs), as the Python model does."""
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((80, 2)).round(3)
+    counts = rng.poisson(np.exp(0.5 * X[:, 0])).astype(int)
+    path, ckpt = _table(tmp_path / "n.csv", counts), str(tmp_path / "p.npz")
+    argv = ["train", "--data", path, "--target", "target", *TINY]
+    assert main([*argv, "--loss", "poisson", "--save", ckpt]) == 0
+    out = capsys.readouterr().out
+    assert "MLP 2-4-1" in out and "held-out loss (poisson)" in out and "R2" in out
+    model = fn.load_model(ckpt, backend="numpy")
+    assert model.loss.name == "poisson" and model.metadata["task"] == "regression"
+    assert main(["predict", ckpt, "--data", path]) == 0
+    _, rows = _csv_rows(capsys.readouterr().out)
+    features = np.loadtxt(path, delimiter=",", skiprows=1, usecols=(0, 1), dtype=np.float32)
+    np.testing.assert_allclose([float(r[0]) for r in rows], model.predict(features)[:, 0], 1e-6)
+    assert min(float(r[0]) for r in rows) > 0
+    negative = _table(tmp_path / "neg.csv", np.where(np.arange(80) == 3, -1, counts))
+    for given, message in [
+        (["--data", negative, "--loss", "poisson"], "--loss poisson needs counts or rates >= 0"),
+        (["--data", path, "--loss", "cross-entropy", "--task", "regression"], "a classification"),
+        (["--loss", "squared-error"], "a regression loss: the built-in sets are classes"),
+    ]:
+        target = ["--target", "target"] if "--data" in given else []
+        assert main(["train", *TINY, *target, *given]) == 2
+        assert message in capsys.readouterr().err
