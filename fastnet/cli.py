@@ -543,7 +543,8 @@ def _build_model(args: argparse.Namespace, data: Prepared, backend: Any) -> Any:
         for y, rows in ((data.train[1], "training"), (data.val[1], "validation")):
             if np.asarray(y).size and float(np.min(y)) < 0:
                 raise ValueError(
-                    f"--loss poisson needs counts or rates >= 0: the {rows} targets hold {float(np.min(y)):g}"
+                    f"--loss poisson needs counts or rates >= 0: the {rows} targets "
+                    f"hold {float(np.min(y)):g}"
                 )
     elif data.task == "classification":
         loss = SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
@@ -641,7 +642,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     backend, main_rank = args.backend, True
     sizes = [os.environ.get(v, "1") for v in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")]
     ranks = max(int(s) if s.isdigit() else 1 for s in sizes)  # a launcher's world
-    if not args.distributed and ranks > 1:
+    first = all(os.environ.get(v, "0") in ("", "0") for v in ("OMPI_COMM_WORLD_RANK", "PMI_RANK"))
+    if not args.distributed and ranks > 1 and first:  # (said once, by rank 0)
         warnings.warn(
             f"{ranks} processes under mpirun train separate models: "
             "--distributed trains one data-parallel model",

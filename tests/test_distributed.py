@@ -217,6 +217,9 @@ def test_cli_refuses_distributed_outside_mpirun(monkeypatch, capsys):
     assert (
         "fastnet train: warning: 2 processes under mpirun train separate" in capsys.readouterr().err
     )
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "1")  # said by rank 0 alone
+    main(["train", "--epochs", "1", "--data-dir", "/nonexistent"])
+    assert "under mpirun" not in capsys.readouterr().err
 
 
 @needs_mpi
