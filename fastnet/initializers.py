@@ -112,3 +112,9 @@ def initializer_from_config(config: dict) -> Initializer:
 
 
 INITIALIZERS.load = initializer_from_config
+INITIALIZERS.foreign_hint = lambda obj: (
+    "a notebook's initializer (W()/B() methods) is fn.Gaussian(sigma) (SimpleInitializer), "
+    "fn.Xavier() or fn.He() (or a subclass of fastnet.initializers.Initializer)"
+    if callable(getattr(obj, "W", None))
+    else ""
+)

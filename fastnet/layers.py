@@ -255,6 +255,15 @@ class Dense(Layer):
     units, activation, activation_code, use_bias = SetOnce(), SetOnce(), SetOnce(), SetOnce()
     W: Parameter  # created by build
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Dense:
+        if cls is Dense and len(args) > 2:  # (Python's own error names no way out)
+            raise TypeError(
+                f"Dense/FC/Affine take (units, activation=None) and keywords, not {len(args)} "
+                "positional arguments: the notebooks' FC(n_in, n_out, initializer, optimizer) "
+                "is Dense(n_out, input_dim=n_in, initializer=..., optimizer=...)"
+            )
+        return super().__new__(cls)
+
     def __init__(
         self,
         units: int,

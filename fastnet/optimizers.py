@@ -476,3 +476,9 @@ def optimizer_from_config(config: dict) -> Optimizer:
 
 
 OPTIMIZERS.load = optimizer_from_config
+OPTIMIZERS.foreign_hint = lambda obj: (
+    "a notebook's optimizer (update(layer)) is a fastnet rule of the same lr: fn.SGD(lr), "
+    "fn.Momentum(lr), fn.AdaGrad(lr), fn.RMSProp(lr), fn.Adam(lr)"
+    if callable(getattr(obj, "update", None))
+    else ""
+)

@@ -30,6 +30,8 @@ class Registry(dict):
         self.load: Callable[[dict], Any] = lambda config: construct(
             self.lookup(config.get("name")), {k: v for k, v in config.items() if k != "name"}
         )
+        #: what a foreign object (a notebook's own class) is in fastnet ("" where unknown)
+        self.foreign_hint: Callable[[Any], str] = lambda obj: ""
 
     def register(self, cls: type) -> None:
         """Register ``cls`` under the ``name`` of its class body (none: not registered); a
@@ -114,7 +116,9 @@ class Registry(dict):
         if isinstance(name, type):
             hint = f"pass an instance, {name.__name__}(...), not the class"
         elif not isinstance(name, str):
-            hint = f"give a fastnet {self.kind} object (an instance of its class) or a name"
+            hint = self.foreign_hint(name) or (
+                f"give a fastnet {self.kind} object (an instance of its class) or a name"
+            )
         else:  # (a user's class registers under its name where it is defined)
             hint = f"a custom {self.kind}'s class must be defined before loading"
             close = get_close_matches(name, [*self, *aliases])

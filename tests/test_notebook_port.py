@@ -152,3 +152,33 @@ def test_documented_conventions():
         steps.append(model.layers[0].W.value - W)
     assert losses[0] == losses[1]  # the reported loss holds no penalty
     np.testing.assert_allclose(steps[1] - steps[0], -0.1 * 0.5 * W)
+
+
+def test_the_notebooks_own_fc_initializer_and_optimizer_get_their_fastnet_names():
+    """FC(n_in, n_out, initializer, optimizer), a SimpleInitializer (W()/B()) and an optimizer
+    with update(layer), as the notebooks write them: errors that name fastnet's forms (they
+    were Python's 'takes from 2 to 3 positional arguments' and 'unknown initializer <obj>')."""
+
+    class SimpleInitializer:
+        def __init__(self, sigma):
+            self.sigma = sigma
+
+        def W(self, n1, n2):
+            return self.sigma * np.ones((n1, n2))
+
+    class SGD:
+        def __init__(self, lr):
+            self.lr = lr
+
+        def update(self, layer):
+            return layer
+
+    with pytest.raises(TypeError, match=r"is Dense\(n_out, input_dim=n_in, initializer="):
+        fn.FC(784, 400, fn.Gaussian(0.01), fn.SGD(0.01))
+    with pytest.raises(ValueError, match=r"is fn.Gaussian\(sigma\) \(SimpleInitializer\)"):
+        fn.Dense(4, initializer=SimpleInitializer(0.01))
+    with pytest.raises(ValueError, match=r"rule of the same lr: fn.SGD\(lr\)"):
+        fn.Dense(4, optimizer=SGD(0.1))
+    with pytest.raises(ValueError, match=r"rule of the same lr: fn.SGD\(lr\)"):
+        fn.Sequential([fn.Dense(2)], optimizer=SGD(0.1), backend="numpy")
+    assert fn.FC(400, input_dim=784).units == 400  # (the right form)
