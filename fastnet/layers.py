@@ -654,9 +654,11 @@ class BatchNorm1d(Layer):
         return ("eps",)
 
     def parameters(self) -> list[Parameter]:
-        return [self.gamma, self.beta]
+        return [self.gamma, self.beta] if self.built else []
 
     def state_buffers(self) -> dict[str, Any]:
+        if not self.built:
+            return {}
         return {"running_mean": self.running_mean, "running_var": self.running_var}
 
     def get_config(self) -> dict:

@@ -125,11 +125,13 @@ def test_cli_export_version_and_help(tmp_path):
 
 
 def test_summary_and_repr_before_build():
-    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)])
+    """Every layer before build (an unbuilt BatchNorm1d raised AttributeError 'gamma')."""
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.BatchNorm1d(), fn.Dense(3)], backend="numpy")
     text = repr(model)
-    assert "not built" in text and "total params=0" in text
+    assert "not built" in text and "total params=0" in text and model.count_params() == 0
+    assert model.layers[1].state_buffers() == {}
     model.build(5)
-    assert "total params=75" in model.summary()  # 5*8+8 + 8*3+3
+    assert "total params=91" in model.summary(None)  # 5*8+8 + 2*8 + 8*3+3
 
 
 def test_onnx_export_of_a_float64_model_keeps_its_precision(tmp_path):

@@ -372,7 +372,9 @@ def test_a_class_for_its_instance_or_a_misspelt_name_is_named_as_such():
         def W(self, shape):
             return np.zeros(shape)
 
-    with pytest.raises(ValueError, match="give a fastnet initializer object .* or a name"):
+    with pytest.raises(
+        ValueError, match=r"notebook.s initializer \(W\(\)/B\(\) methods\) is fn.Gaussian"
+    ):
         fn.Dense(3, initializer=HeInitializer())
 
 
