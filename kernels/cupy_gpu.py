@@ -343,18 +343,24 @@ __device__ __forceinline__ T warp_sum(T v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
     return v;
 }
-// The index of a row's first largest element: each lane scans j = lane, lane + 32, ... (keeping
-// the first of equal values), then the warp keeps the larger value, or the smaller index on ties.
+// The index of a row's first largest element, or of its first NaN (as NumPy's argmax): each
+// lane scans j = lane, lane + 32, ... (keeping the first of equal values and the first NaN),
+// then the warp keeps a NaN, else the larger value, the smaller index on ties (of NaNs too).
 __device__ __forceinline__ int warp_argmax(const T* x, int m, int lane) {
     T best = x[lane < m ? lane : 0];  // lanes past m: x[0] at index m, which loses every tie
     int at = lane < m ? lane : m;
     for (int j = lane + 32; j < m; j += 32) {
-        if (x[j] > best) { best = x[j]; at = j; }
+        if (best == best && (x[j] > best || x[j] != x[j])) { best = x[j]; at = j; }
     }
     for (int o = 16; o > 0; o >>= 1) {
         T other = __shfl_xor_sync(0xffffffff, best, o);
         int other_at = __shfl_xor_sync(0xffffffff, at, o);
-        if (other > best || (other == best && other_at < at)) { best = other; at = other_at; }
+        bool other_nan = other != other, best_nan = best != best;
+        if (other_nan ? (!best_nan || other_at < at)
+                      : (!best_nan && (other > best || (other == best && other_at < at)))) {
+            best = other;
+            at = other_at;
+        }
     }
     return at;
 }
@@ -474,15 +480,15 @@ extern "C" __global__ void count_correct(const T* __restrict__ logits,
     int row = blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= n) return;
     const T* x = logits + (size_t)row * m;
-    int best = 0;
-    for (int j = 1; j < m; ++j) if (x[j] > x[best]) best = j;
+    int best = 0;  // the first largest, or the first NaN (as NumPy's argmax)
+    for (int j = 1; j < m && x[best] == x[best]; ++j) if (x[j] > x[best] || x[j] != x[j]) best = j;
     long long label;
     if (!dense) {
         label = labels[row];
     } else {
         const T* t = targets + (size_t)row * m;
         int tb = 0;
-        for (int j = 1; j < m; ++j) if (t[j] > t[tb]) tb = j;
+        for (int j = 1; j < m && t[tb] == t[tb]; ++j) if (t[j] > t[tb] || t[j] != t[j]) tb = j;
         label = tb;
     }
     if (best == label) atomicAdd(hits, 1.0);

@@ -365,8 +365,11 @@ def labels_in_range(labels, m):
 
 @njit(**INLINE)
 def _argmax(row):
+    """The index of the first largest element, or of the first NaN (as NumPy's argmax)."""
     best = 0
-    for j in range(1, row.shape[0]):
+    for j in range(row.shape[0]):
+        if row[j] != row[j]:
+            return j
         if row[j] > row[best]:
             best = j
     return best

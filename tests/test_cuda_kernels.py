@@ -530,3 +530,27 @@ def test_relu_mask_kernel_writes_the_documented_bits(gpu, dtype):
         np.testing.assert_array_equal(gpu.to_numpy(y).astype(np.float64), relu)
     with pytest.raises(ValueError, match="bits"):
         gpu.k.relu_mask(gpu.asarray(z), gpu.xp.zeros(3, np.uint8))  # too small: refused
+
+
+@pytest.mark.parametrize("m", [3, 40])
+def test_a_nan_logit_is_the_cuda_argmax_as_numpys(gpu, m):
+    """count_correct and the fused softmax_xent count a row's first NaN as its argmax, as NumPy
+    does (NaN compares false: the kernels skipped it), wherever it falls among the lanes."""
+    be, ref = gpu, fn.get_backend("numpy")
+    rng = np.random.default_rng(m)
+    logits = rng.standard_normal((64, m)).astype(np.float32)
+    for row, (lo, hi) in enumerate([(0, 0), (m - 1, m - 1), (1, m - 1), (m - 1, 1), (2, 0)]):
+        logits[row, [lo, hi]] = np.nan  # one NaN, or two (the first counts)
+    logits[10:20, rng.integers(0, m, 10)] = np.nan
+    labels = np.argmax(logits, axis=1)
+    labels[::3] = (labels[::3] + 1) % m
+    for targets in (labels, np.eye(m, dtype=np.float32)[labels]):
+        want = np.zeros(1)
+        ref.count_correct(logits, targets, want)
+        totals = be.zeros((3,), np.float64)
+        be.count_correct(be.asarray(logits), be.asarray(targets), totals[2:3])
+        dlogits = be.empty(logits.shape, np.float32)
+        be.softmax_xent(
+            be.asarray(logits), be.asarray(targets), dlogits, totals[0:1], 1.0, hits=totals[1:2]
+        )
+        assert be.to_numpy(totals)[1:].tolist() == [want[0], want[0]]
