@@ -453,11 +453,12 @@ def _custom(args: argparse.Namespace) -> Prepared:
     if task == "classification":
         encoding, y = LabelEncoding.fit(y, f"the labels of {args.labels or args.data}")
         classes = len(encoding.classes)
-        if args.task == "auto" and encoding.classes.dtype.kind in "iuf" and classes > 20:
-            warnings.warn(
-                f"the target holds {classes} distinct whole numbers over {len(y)} "
-                f"rows: training a {classes}-class classifier; --task regression if it is a "
-                "quantity",
+        numeric = encoding.classes.dtype.kind in "iuf"
+        if args.task == "auto" and classes > 20 and (numeric or classes * 4 > len(y)):
+            warnings.warn(  # (text too: under 4 rows a class on average)
+                f"the target holds {classes} distinct {'whole numbers' if numeric else 'labels'} "
+                f"over {len(y)} rows: training a {classes}-class classifier; --task regression "
+                "if it is a quantity",
                 stacklevel=2,
             )
     else:

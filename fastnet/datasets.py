@@ -201,6 +201,8 @@ def _hint(exc: Exception) -> str:
 
 #: target cells that are no value (signs: Python's float() reads them all)
 MISSING = {s + w for s in ("", "+", "-") for w in ("nan", "inf", "infinity")} | {""}
+#: pandas's and R's markers of a missing value: no value in a column of numbers otherwise
+NA_MARKERS = {"na", "n/a", "#n/a", "#na", "<na>", "null", "none", "nan", "-nan", "?"}
 
 
 def read_csv(
@@ -221,7 +223,8 @@ def read_csv(
         records = _records(reader, path)
         header = _checked_header(path, next(records, []), target if need_target else None)
         column = header.index(target) if target in header and need_target else None
-        values, missing, rows, multiline, line = [], [], 0, False, reader.line_num
+        values, row_lines, missing, rows, line = [], [], [], 0, reader.line_num
+        multiline = line > 1  # (a quoted line break in the header)
         for row in records:
             multiline |= reader.line_num > line + 1 and bool(row)  # a quoted line break
             line = reader.line_num
@@ -233,13 +236,16 @@ def read_csv(
                 )
             if column is not None:
                 values.append(row[column])
+                row_lines.append(reader.line_num)
                 if row[column].strip().lower() in MISSING:
                     missing.append(reader.line_num)
             rows += 1
+    missing = missing or _markers_among_numbers(values, row_lines)
     if missing:
         at = f"{missing[:5]} and {len(missing) - 5} more" if len(missing) > 5 else missing
         raise DatasetError(
-            f"{path}: the target column {target!r} is empty, NaN or infinite on line(s) {at}"
+            f"{path}: the target column {target!r} is empty, NaN, infinite or a missing-value "
+            f"marker (NA, null, ...) on line(s) {at}: drop or fill those rows"
         )
     skip = header.index(target) if target in header else None
     names = [h for i, h in enumerate(header) if i != skip]
@@ -253,6 +259,22 @@ def read_csv(
         use, names = [header.index(c) for c in columns], list(columns)
     X = _csv_features(path, [i for i in use if i != skip], rows, chunk_rows, multiline, dtype)
     return X, as_labels(np.array(values, dtype=str)) if column is not None else None, names
+
+
+def _markers_among_numbers(values: list[str], lines: list[int]) -> list[int]:
+    """The lines of missing-value markers (``NA_MARKERS``) in a column whose other cells are
+    all numbers ([] where any other is text: "None" may be a class name)."""
+    marked = [i for i, v in enumerate(values) if v.strip().lower() in NA_MARKERS]
+    if not marked or len(marked) == len(values):
+        return []
+    skip = set(marked)
+    for i, v in enumerate(values):
+        if i not in skip:
+            try:
+                float(v)
+            except ValueError:
+                return []
+    return [lines[i] for i in marked]
 
 
 def _checked_header(path: Path, header: list[str], target: str | None) -> list[str]:
@@ -289,8 +311,8 @@ def _csv_features(
     X = np.empty((rows, len(use)), dtype=np.dtype(dtype))
     with open(path, newline="", encoding="utf-8-sig") as f:
         if multiline:
-            records = (
-                ",".join(row[i] for i in use)
+            records = (  # (quoted again: a cell "1,5" stays one cell, refused)
+                ",".join('"' + row[i].replace('"', '""') + '"' for i in use)
                 for row in itertools.islice(csv.reader(f), 1, None)
                 if row
             )

@@ -536,6 +536,12 @@ def test_many_whole_number_targets_warn_that_they_become_classes(tmp_path, capsy
     args = ["train", "--data", ages, "--target", "target", "--task", "regression", *TINY]
     assert main(args) == 0
     assert "distinct whole numbers" not in capsys.readouterr().err
+    codes = _table(tmp_path / "codes.csv", np.array([f"${i}.00" for i in range(40)] * 2))
+    assert main(["train", "--data", codes, "--target", "target", *TINY]) == 0  # text: few
+    assert "the target holds 40 distinct labels over 80 rows" in capsys.readouterr().err  # rows
+    kinds = _table(tmp_path / "kinds.csv", np.array(["a", "b", "c"] * 20))  # a class
+    assert main(["train", "--data", kinds, "--target", "target", *TINY]) == 0
+    assert "distinct" not in capsys.readouterr().err
 
 
 def test_bench_names_its_machine_flags_outliers_and_plots_the_tables_ratios(tmp_path, capsys):

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+from fastnet.cli import main
 from fastnet.data import DatasetError
 from fastnet.datasets import load_arrays, load_cifar, read_csv
 
@@ -197,16 +198,47 @@ def test_csv_missing_targets_name_the_file_column_and_lines(tmp_path):
 
     rows = ["1,a", "2,", "3,b", "", "4, ", "5,b", "6,a"]  # line 5 is blank: lines 3 and 6
     path = _csv(tmp_path / "gaps.csv", "x,kind", rows)
-    with pytest.raises(DatasetError, match=r"gaps\.csv: the target column 'kind' .* \[3, 6\]$"):
+    with pytest.raises(
+        DatasetError, match=r"gaps\.csv: the target column 'kind' .* \[3, 6\]: drop or fill"
+    ):
         load_arrays(path, target="kind")
     values = "1 2 nan 3 -inf Infinity".split()
     nan = _csv(tmp_path / "nan.csv", "x,y", [f"{i},{v}" for i, v in enumerate(values)])
     with pytest.raises(
-        DatasetError, match=r"'y' is empty, NaN or infinite on line\(s\) \[4, 6, 7\]"
+        DatasetError, match=r"'y' is empty, NaN, infinite or a missing-value .* \[4, 6, 7\]"
     ):
         load_arrays(nan, target="y")
     X, y, names = load_table(path, None, "kind", need_target=False)  # predicting: no labels read
     assert y is None and names == ["x"] and X[:, 0].tolist() == [1, 2, 3, 4, 5, 6]
+
+
+def test_csv_missing_value_markers_among_numbers_are_missing_targets(tmp_path, capsys):
+    """An "NA" (R's and pandas's marker) among numeric targets made the column text: the CLI
+    trained a classifier of one class per price, silently. Among text labels it is a class."""
+    prices = [f"{i},{50 + i * 0.37:.2f}" for i in range(30)]
+    prices[7], prices[20] = "7,NA", "20, null"
+    path = _csv(tmp_path / "p.csv", "x,price", prices)
+    with pytest.raises(DatasetError, match=r"'price' .* missing-value marker .* \[9, 22\]: drop"):
+        load_arrays(path, target="price")
+    assert main(["train", "--data", str(path), "--target", "price", "--epochs", "1"]) == 2
+    assert "line(s) [9, 22]" in capsys.readouterr().err
+    kinds = _csv(tmp_path / "k.csv", "x,kind", ["1,None", "2,Low", "3,NA"])
+    assert load_arrays(kinds, target="kind")[1].tolist() == ["None", "Low", "NA"]
+
+
+def test_csv_quoted_cells_stay_whole_with_a_line_break_anywhere(tmp_path):
+    """With a quoted line break in the file, a quoted "1,5" was split in two features (the
+    record was joined again unquoted); a header's quoted line break read as a data row."""
+    comma = tmp_path / "c.csv"
+    comma.write_text('a,b,label\n"1,5",2,"multi\nline"\n"3,25",4,y\n')
+    with pytest.raises(DatasetError, match=r"data row 0 \(0-based\), column 'a' holds '1,5'"):
+        load_arrays(comma, target="label")
+    comma.write_text('a,b,label\n"1.5",2,"multi\nline"\n"3.25",4,"y"\n')
+    assert load_arrays(comma, target="label")[0].tolist() == [[1.5, 2], [3.25, 4]]
+    header = tmp_path / "h.csv"
+    header.write_text('"a\nb",c,label\n1,2,x\n3,4,y\n')
+    X, y, names = read_csv(header, "label")
+    assert X.tolist() == [[1, 2], [3, 4]] and names == ["a\nb", "c"] and y.tolist() == ["x", "y"]
 
 
 def test_csv_sign_labels_are_classes(tmp_path):
