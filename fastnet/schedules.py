@@ -128,7 +128,7 @@ class WarmupCosine(_Schedule):
 
     def factor(self, progress: float, base: float) -> float:
         if progress < self.warmup:
-            return (progress + 1 / self.steps) / self.warmup  # > 0 from the first step
+            return min((progress + 1 / self.steps) / self.warmup, 1.0)  # > 0 from step 1, <= 1
         span = max(self.epochs - self.warmup, 1e-12)
         done = min((progress - self.warmup) / span, 1.0)
         cosine = 0.5 * (1 + math.cos(math.pi * done))

@@ -131,6 +131,9 @@ def test_warmup_cosine_is_per_step_and_batch_hooks_run(backend):
     assert lrs[:4] == pytest.approx([0.0025, 0.005, 0.0075, 0.01])
     assert all(a >= b for a, b in zip(lrs[4:], lrs[5:])) and lrs[-1] > 1e-4
     assert rec.sizes == [64] * 16
+    rec = _Recorder()  # warmup ending inside an epoch (0.3 x 4 steps): up to the lr, not past
+    model.fit(X, y, epochs=3, batch_size=64, verbose=0, callbacks=[fn.WarmupCosine(0.3, 3), rec])
+    assert rec.lrs[:2] == pytest.approx([0.01 / 1.2, 0.01]) and max(rec.lrs) == 0.01  # (1.67x)
 
 
 def test_step_decay_and_scheduler_function(backend):
