@@ -124,13 +124,19 @@ def higher_is_better(name: str) -> bool | None:
     """Whether a higher ``name`` (a log entry, e.g. ``val_r2``, ``val_top5_accuracy`` or a user
     metric's ``val_roc_auc_score``, ``val_accuracyScore``) is better: its last known word
     decides, else a known word inside one (``val_f1score``, ``val_logloss``); False for
-    losses and errors, None for a name of no known word."""
+    losses and errors, None for a name of no known word; True for scikit-learn's negated
+    losses and errors (``val_neg_log_loss``, ``neg_brier_score``)."""
     words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
     split = re.split(r"[^a-z0-9]+", words)
     found = next((BETTER[w] for w in reversed(split) if w in BETTER), None)
     if found is None:  # joined words (f1score, logloss): a known word of 3+ letters ends one
         ends = [w for w in BETTER if len(w) > 2 and any(t.endswith(w) for t in split)]
         found = BETTER[max(ends, key=len)] if ends else None
+    kept = [w for w in split if w]
+    if (kept[1:2] if kept[:1] == ["val"] else kept[:1]) == ["neg"] and len(kept) > 1 + (
+        kept[0] == "val"
+    ):
+        return True  # (scikit-learn's neg_* scorers: errors and losses negated)
     return found
 
 

@@ -231,6 +231,7 @@ def _regression(n=300, seed=0):
 HIGHER = ["val_r2", "val_accuracy", "acc", "val_acc", "val_top5_accuracy", "val_auc", "val_f1"]
 HIGHER += ["val_precision", "val_recall", "val_score", "val_roc_auc_score", "val_bal_acc"]
 HIGHER += ["val_iou", "val_dice", "val_mcc", "val_cohen_kappa", "val_specificity"]
+HIGHER += ["val_neg_log_loss", "neg_mean_squared_error", "val_neg_brier_score"]  # scikit-learn
 LOWER = ["loss", "val_loss", "val_mae", "val_rmse", "val_balanced_error", "val_zero_one_loss"]
 LOWER += ["val_mape", "val_cross_entropy"]
 
