@@ -45,9 +45,14 @@ KERAS_NAMES = {
     "beta_1": "beta1",
     "beta_2": "beta2",
     "epsilon": "eps",
-    "clipnorm": "clip_norm",
+    "global_clipnorm": "clip_norm",
     "clipvalue": "clip_value",
 }
+#: Keras's clipnorm clips each weight's gradient by its own norm: no fastnet hyperparameter
+PER_WEIGHT_CLIPNORM = (
+    "Keras's clipnorm clips each weight's gradient by its own norm; fastnet's clip_norm clips "
+    "the global norm of all of them (Keras's global_clipnorm, PyTorch's clip_grad_norm_)"
+)
 
 
 def _overrides_update(update: Callable) -> bool:
@@ -124,6 +129,7 @@ class Optimizer:
             key = next(iter(unknown))
             names = {"decay_rate": "rho", **KERAS_NAMES}
             hint = f": fastnet calls it {names[key]!r}" if key in names else ""
+            hint = f": {PER_WEIGHT_CLIPNORM}" if key == "clipnorm" else hint
             hint = ": SGD with momentum is fn.Momentum(lr, momentum)" if key == "momentum" else hint
             betas = key == "betas" and "beta1" in inspect.signature(type(self)).parameters
             hint = ": PyTorch's betas=(b1, b2) are beta1=b1, beta2=b2" if betas else hint
@@ -140,6 +146,8 @@ class Optimizer:
         ``beta2``, ``rho``, ``momentum`` (in [0, 1)) and ``eps`` (positive). Keras's
         names (``learning_rate``, ``beta_1``, ``epsilon``, ...) set fastnet's."""
         key = KERAS_NAMES.get(key, key)
+        if key == "clipnorm":  # (a plain attribute would be ignored, silently)
+            raise AttributeError(PER_WEIGHT_CLIPNORM)
         if key == "lr":
             value = _check_positive("lr", value)
             super().__setattr__("initial_lr", None)
@@ -158,7 +166,8 @@ class Optimizer:
     def __getattr__(self, key: str) -> Any:  # (only for names that are not attributes)
         if key in KERAS_NAMES:
             return getattr(self, KERAS_NAMES[key])
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+        hint = f": {PER_WEIGHT_CLIPNORM}" if key == "clipnorm" else ""
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}{hint}")
 
     def schedule_base(self) -> float:
         """The lr a schedule scales: ``initial_lr``, set to the lr now if there is none."""

@@ -551,6 +551,13 @@ def test_keras_names_and_argument_order():
         fn.Adam(epsilon=1e-7)
     with pytest.raises(TypeError, match=r"SGD with momentum is fn.Momentum\(lr, momentum\)"):
         fn.SGD(0.1, momentum=0.9)
+    sgd = fn.SGD(0.1)  # Keras's clipnorm is per weight (set, it was fastnet's global norm)
+    sgd.global_clipnorm, sgd.clipvalue = 1.0, 0.5
+    assert (sgd.clip_norm, sgd.clip_value) == (1.0, 0.5) == (sgd.global_clipnorm, sgd.clipvalue)
+    for clip in (lambda: setattr(sgd, "clipnorm", 1.0), lambda: fn.SGD(0.1, clipnorm=1.0)):
+        with pytest.raises((AttributeError, TypeError), match="clips each weight's gradient by"):
+            clip()
+    assert sgd.clip_norm == 1.0 and "clipnorm" not in vars(sgd)
 
 
 def test_a_schedule_may_pause_training_and_a_bad_value_names_it():
