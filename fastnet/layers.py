@@ -708,8 +708,12 @@ class Standardize(Layer):
         self.output_width(input_dim)
         with np.errstate(over="ignore", under="ignore"):
             offset, scale = self.offset.astype(dtype), self.scale.astype(dtype)
-        if not (np.isfinite(offset).all() and np.isfinite(scale).all() and (scale > 0).all()):
-            raise ValueError(f"Standardize's offset and scale leave {np.dtype(dtype)}'s range")
+        tiny = np.finfo(dtype).tiny  # (a subnormal scale: x / scale overflows to inf)
+        if not (np.isfinite(offset).all() and np.isfinite(scale).all() and (scale >= tiny).all()):
+            raise ValueError(
+                f"Standardize's offset and scale leave {np.dtype(dtype)}'s range (finite, "
+                f"scales of {tiny:.3g} or more)"
+            )
         coarse = float((np.abs(self.offset) * np.finfo(dtype).eps / self.scale).max())
         if coarse > 1e-3 and not getattr(self, "_warned", False):  # (inputs: cast before it)
             self._warned = True

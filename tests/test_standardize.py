@@ -41,7 +41,8 @@ def test_standardize_refuses_bad_values_and_widths():
         fn.Standardize([0.0, 1.0], [1.0, 1.0, 1.0])
     with pytest.raises(ValueError, match="Standardize has 2 features, the inputs 3"):
         fn.Sequential([fn.Standardize([0, 0], [1, 1]), fn.Dense(2)], backend="numpy").build(3)
-    for offset, scale in [([1e39, 0], [1, 1]), ([0, 0], [1e-50, 1])]:  # inf or 0 in float32
+    for offset, scale in [([1e39, 0], [1, 1]), ([0, 0], [1e-50, 1]), ([0, 0], [1e-40, 1])]:
+        # (inf, 0 or a subnormal scale in float32: x / 1e-40 gave inf, predictions NaN)
         with pytest.raises(ValueError, match="offset and scale leave float32's range"):
             fn.Sequential([fn.Standardize(offset, scale), fn.Dense(2)], backend="numpy").build(2)
     model = fn.Sequential([fn.Standardize([1e39, 0], [1e-50, 1])], dtype="float64")
