@@ -184,7 +184,10 @@ def _load_dataset(
             )
         images, labels = paths
         assert images is not None and labels is not None
-        out.append(load_idx_pair(images, labels, normalize=normalize, flatten=flatten))
+        x, y = load_idx_pair(images, labels, normalize=normalize, flatten=False)
+        if x.shape[1:] != (28, 28):  # (train and test must fit one model)
+            raise DatasetError(f"{images}: images of {x.shape[1:]}, not {_TITLES[name]}'s 28x28")
+        out.append((x.reshape(len(x), -1) if flatten else x, y))
         if out[-1][1].max() > 9:  # (>= 0 checked): one bad label would make a wider model
             raise DatasetError(
                 f"{labels}: label {out[-1][1].max()} is not one of {_TITLES[name]}'s classes (0-9)"

@@ -130,6 +130,9 @@ def test_loader_on_generated_files_and_count_mismatch(tmp_path):
     (_, T), (_, Tt) = fn.load_mnist(tmp_path, one_hot_label=True)  # the notebooks' keyword
     np.testing.assert_array_equal(T, fn.one_hot(y, 10))
     np.testing.assert_array_equal(Tt, fn.one_hot(yt, 10))
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.zeros((20, 14, 56), np.uint8), gz=True)
+    with pytest.raises(DatasetError, match=r"t10k-images.*: images of \(14, 56\), not MNIST's 28x"):
+        fn.load_mnist(tmp_path, flatten=True)  # (784 pixels too: train and test must agree)
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(49, np.uint8), gz=True)
     with pytest.raises(DatasetError, match="50 images but .* 49 labels"):
         fn.load_mnist(tmp_path)
