@@ -204,8 +204,8 @@ def _read_safetensors(path: str, raw: bytes) -> tuple[dict, dict[str, np.ndarray
         try:
             dtype = np.dtype(_ST_DTYPES[entry["dtype"]])
             shape, (lo, hi) = tuple(entry["shape"]), entry["data_offsets"]
-            if not all(_is_count(v) for v in (*shape, lo, hi)):  # the spec's: integers >= 0
-                raise ValueError
+            if not all(_is_count(v) for v in (*shape, lo, hi)) or len(shape) > 32:
+                raise ValueError  # (the spec's integers >= 0; NumPy holds 64 dimensions)
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{path!r}: safetensors entry {name!r} is malformed") from None
         count = math.prod(shape)  # Python integers: no wrap-around
@@ -283,8 +283,15 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
     if os.path.isdir(path):
         raise CheckpointError(f"checkpoint {path!r} is a directory, not a file")
     with open(path, "rb") as f:
-        head = f.read(8)
+        head, regular = f.read(16), stat.S_ISREG(os.fstat(f.fileno()).st_mode)
+    if not regular:  # (/dev/zero: read to the end, never)
+        raise CheckpointError(f"checkpoint {path!r} is not a regular file")
     if head[:2] != b"PK" and head[:6] != b"\x93NUMPY":  # neither .npz nor .npy: safetensors?
+        if head[8:9] != b"{" or int.from_bytes(head[:8], "little") > _ST_MAX_HEADER:
+            raise CheckpointError(  # (before reading what may be gigabytes of something else)
+                f"{path!r} is not a fastnet checkpoint: neither an .npz archive nor a "
+                f"safetensors file ({os.path.getsize(path)} bytes starting {head!r})"
+            )
         with open(path, "rb") as f:
             meta, arrays = _read_safetensors(path, f.read())
         return _verified(path, meta, arrays)

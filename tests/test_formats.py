@@ -1,6 +1,7 @@
 """Model files other than .npz: safetensors checkpoints and ONNX export; CLI conveniences."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -50,7 +51,35 @@ def test_safetensors_interoperates_with_the_reference_library(tmp_path):
 
 
 DAMAGES = ["truncate", "cut-header", "header", "offsets", "metadata", "wrapping", "huge", "text"]
-DAMAGES += ["nested"]
+DAMAGES += ["nested", "dimensions"]
+
+
+def test_a_file_of_something_else_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """A large file that is no checkpoint was read whole (1 GiB in memory before the error);
+    /dev/zero grew to a MemoryError."""
+    import builtins
+
+    other = tmp_path / "big.bin"
+    other.write_bytes(b"\x00" * 4096)
+    reads = []
+    real_open = builtins.open
+
+    def spying_open(file, mode="r", *args, **kwargs):
+        f = real_open(file, mode, *args, **kwargs)
+        if os.fspath(file) == str(other):
+            f_read = f.read
+            f.read = lambda n=-1: reads.append(n) or f_read(n)
+        return f
+
+    monkeypatch.setattr(builtins, "open", spying_open)
+    with pytest.raises(
+        fn.CheckpointError, match=r"big.bin' is not a fastnet checkpoint: .*4096 by"
+    ):
+        fn.load_model(other)
+    assert reads and -1 not in reads and max(reads) <= 16
+    if os.path.exists("/dev/zero"):
+        with pytest.raises(fn.CheckpointError, match="is not a regular file"):
+            fn.load_model("/dev/zero")
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
@@ -75,6 +104,8 @@ def test_damaged_safetensors_raise_checkpoint_error(tmp_path, damage):
             entry["data_offsets"] = [0, 10**9]
         elif damage == "wrapping":  # 2**64 elements: an int64 product wraps to 0
             entry.update(shape=[2**32, 2**32], data_offsets=[lo, lo])
+        elif damage == "dimensions":  # (NumPy's ValueError: 'maximum supported dimension')
+            entry["shape"] = [1] * 64 + [entry["shape"][0] * entry["shape"][1]]
         elif damage in ("huge", "text"):  # the spec's shapes are lists of integers >= 0
             entry["shape"] = [2**70, 0] if damage == "huge" else "68"
         elif damage == "metadata":
