@@ -1093,10 +1093,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         ValueError,
         TypeError,
         NotImplementedError,
+        MemoryError,
     ) as exc:
         from fastnet import distributed as dist
 
         message = " ".join(str(exc).split()) or type(exc).__name__
+        message = f"out of memory: {message}" if isinstance(exc, MemoryError) else message
         alike = getattr(exc, "every_rank", False)  # (every rank has it: rank 0 says it)
         if dist.is_main() or not alike:
             rank = "" if dist.is_main() else f"rank {dist.rank()}: "

@@ -9,6 +9,7 @@ import collections
 import csv
 import itertools
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,7 @@ def load_table(
     suffix, names, y = path.suffix.lower(), None, None
     try:
         if suffix == ".npz":
+            _check_fits_memory(path)
             with np.load(path, allow_pickle=False) as data:
                 needed = {"X", "y"} if need_target else {"X"}
                 missing = needed - set(data.files)
@@ -150,6 +152,22 @@ def load_table(
     if y is not None and y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]  # one column of targets: as a vector
     return X, y, names
+
+
+def _check_fits_memory(path: Path) -> None:
+    """A (compressed) .npz whose arrays would not fit in memory twice is refused before it is
+    read (a few MB of zeros may expand to gigabytes)."""
+    if not zipfile.is_zipfile(path):
+        return  # (np.load reports it)
+    with zipfile.ZipFile(path) as archive:
+        size = sum(info.file_size for info in archive.infolist())
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if size > memory // 2:  # (training copies them once: a split, a cast)
+        raise DatasetError(
+            f"{path} expands to {size / 2**30:.1f} GiB, over half this machine's memory "
+            f"({memory / 2**30:.1f} GiB): save the features as a .npy, which is memory-mapped "
+            "(--data X.npy --labels y.npy)"
+        )
 
 
 def _check_table(path: Path, X: Any, y: Any, names: Any, where: Any) -> None:

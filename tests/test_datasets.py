@@ -335,3 +335,22 @@ def test_python_m_fastnet_runs_the_cli_and_exits_with_its_code(monkeypatch, tmp_
     with pytest.raises(SystemExit) as exit_:
         runpy.run_module("fastnet", run_name="__main__")
     assert exit_.value.code == 2
+
+
+def test_an_npz_too_large_for_memory_is_refused_before_reading(tmp_path, monkeypatch, capsys):
+    """A compressed .npz expanding past the memory was read (a 2 MB file: 4.7 GB resident,
+    then NumPy's MemoryError as a traceback); the CLI says 'out of memory' in one line."""
+    import fastnet.datasets as datasets
+
+    path = tmp_path / "z.npz"
+    np.savez_compressed(path, X=np.zeros((2000, 1000), np.float32), y=np.zeros(2000))
+    real = os.sysconf
+    pages = {"SC_PHYS_PAGES": 2**20 // real("SC_PAGE_SIZE")}  # a machine of 1 MiB
+    monkeypatch.setattr(datasets.os, "sysconf", lambda name: pages.get(name) or real(name))
+    with pytest.raises(DatasetError, match=r"z.npz expands to 0.0 GiB, over half this machine's"):
+        load_arrays(path)
+    monkeypatch.undo()
+    np.savez(tmp_path / "s.npz", X=np.zeros((20, 3), np.float32), y=np.arange(20) % 2)
+    argv = ["train", "--data", str(tmp_path / "s.npz"), "--layers", "400000000000"]
+    assert main([*argv, "--epochs", "1", "--backend", "numpy"]) == 2
+    assert "fastnet train: error: out of memory: " in capsys.readouterr().err
