@@ -930,11 +930,9 @@ def run_bench(args: Any) -> int:
         if path:
             check_writable(path, option)  # before minutes of timing
     if args.plot:
-        from matplotlib.backend_bases import FigureCanvasBase
+        from fastnet.plot import check_chart_path
 
-        kinds = FigureCanvasBase.get_supported_filetypes()
-        if os.path.splitext(args.plot)[1].lstrip(".").lower() not in kinds:
-            raise ValueError(f"--plot {args.plot!r}: a chart file is one of .{', .'.join(kinds)}")
+        check_chart_path(args.plot, "--plot")
     rows = 2048 if args.quick else 60000  # (load_training_data's)
     if args.suite in ("train", "floor", "all") and getattr(args, "batch_size", 128) > rows:
         raise ValueError(f"--batch-size {args.batch_size} exceeds the {rows} training rows")

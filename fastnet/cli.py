@@ -585,7 +585,6 @@ def _check_outputs(args: argparse.Namespace) -> None:
     """Fail now, not after training: an option that would do nothing, an output that would
     overwrite an input, a path that cannot be written, a missing matplotlib."""
     from fastnet.checkpoint import check_checkpoint_path, check_writable
-    from fastnet.plot import confusion_path
 
     if args.comm is not None and not args.distributed:
         raise ValueError(
@@ -594,10 +593,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         )
     args.comm = args.comm or "mpi"
     inputs = ("--data", "--labels", "--val", "--val-labels")
-    plot = {
-        "--plot": args.plot,
-        "--plot's confusion matrix": args.plot and confusion_path(args.plot),
-    }
+    plot = {"--plot": args.plot, "--plot's confusion matrix": args.plot and _chart(args.plot)}
     outputs = {"--save": args.save, **plot, "--json": args.json}
     _refuse_overwrites(
         {flag: getattr(args, flag[2:].replace("-", "_")) for flag in inputs}, outputs
@@ -607,13 +603,19 @@ def _check_outputs(args: argparse.Namespace) -> None:
     for flag in ("plot", "json"):
         if getattr(args, flag) and (flag, getattr(args, flag)) != ("json", "-"):
             check_writable(getattr(args, flag), f"--{flag}")
-    if args.plot:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            raise ValueError(
-                "--plot needs matplotlib: pip install matplotlib (extra 'plot')"
-            ) from None
+    if args.plot:  # (a kind matplotlib cannot write failed after training, the JSON unwritten)
+        from fastnet.plot import check_chart_path
+
+        check_chart_path(args.plot, "--plot")
+
+
+def _chart(path: str) -> str:
+    """The confusion matrix's path beside the curves at ``path``."""
+    try:
+        from fastnet.plot import confusion_path
+    except ImportError:  # (fastnet installed without its 'plot' extra)
+        raise ValueError("--plot needs matplotlib: pip install matplotlib (extra 'plot')") from None
+    return confusion_path(path)
 
 
 def _same_file(path: str, other: str) -> bool:

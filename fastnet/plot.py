@@ -6,6 +6,7 @@ the session's backend (a notebook's inline one) is left as it was.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,15 @@ SECOND_PANEL = ("accuracy", "r2", "mae")
 
 def _figure(width: float, height: float) -> Any:
     return FigureCanvasAgg(Figure(figsize=(width, height))).figure
+
+
+def check_chart_path(path: str, option: str) -> None:
+    """``path`` ends in a kind of file matplotlib writes (.png, .pdf, .svg, ...)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if os.path.splitext(path)[1][1:].lower() not in kinds:
+        raise ValueError(f"{option} {path!r}: a chart file is one of .{', .'.join(kinds)}")
 
 
 def confusion_path(path: str) -> str:

@@ -182,3 +182,24 @@ def test_the_notebooks_own_fc_initializer_and_optimizer_get_their_fastnet_names(
     with pytest.raises(ValueError, match=r"rule of the same lr: fn.SGD\(lr\)"):
         fn.Sequential([fn.Dense(2)], optimizer=SGD(0.1), backend="numpy")
     assert fn.FC(400, input_dim=784).units == 400  # (the right form)
+
+
+def test_train_runs_without_matplotlib_and_a_plot_kind_is_checked_first(tmp_path):
+    """Without the 'plot' extra `fastnet train` raised ImportError (a traceback) whatever the
+    options; --plot curves.xyz failed after training, the JSON unwritten."""
+    np.savez(tmp_path / "s.npz", X=np.zeros((20, 3), np.float32), y=np.arange(20) % 2)
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from fastnet.cli import main\n"
+        "argv = ['train', '--data', 's.npz', '--epochs', '1', '--backend', 'numpy', '--quiet']\n"
+        "assert main(argv) == 0\n"
+        "assert main([*argv, '--plot', 'c.png']) == 2\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "--plot needs matplotlib: pip install matplotlib" in run.stderr
+    pytest.importorskip("matplotlib")
+    argv = ["train", "--data", str(tmp_path / "s.npz"), "--epochs", "1", "--backend", "numpy"]
+    json_path = tmp_path / "h.json"
+    assert main([*argv, "--json", str(json_path), "--plot", str(tmp_path / "c.xyz")]) == 2
+    assert not json_path.exists()
