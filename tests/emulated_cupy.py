@@ -237,7 +237,9 @@ def emulated_cupy_backend(steps_per_graph: int | None = None) -> Any:
 
         def to_numpy(self, x: Any) -> np.ndarray:
             if self.capturing:
-                raise CaptureError("a copy to the host (a sync) inside a captured step")
+                raise CaptureError(  # (CuPy's words)
+                    "the current stream is capturing, so synchronous API calls are disallowed"
+                )
             return np.array(x)  # a copy, as device to host is
 
         def rng(self, seed: int | None) -> Any:

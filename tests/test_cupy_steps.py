@@ -238,6 +238,22 @@ def test_an_allocation_met_in_a_capture_runs_the_steps_eagerly(gpu, monkeypatch,
         _mlp(gpu, opt=fn.SGD(0.05)).fit(X, y, compiled=True, **fit)
 
 
+def test_a_host_sync_met_in_a_capture_runs_the_steps_eagerly(gpu, monkeypatch):
+    """CuPy refuses a sync or a copy to the host while a stream captures (a RuntimeError,
+    not an allocation): the fit crashed; now it runs the steps eagerly, with a warning."""
+    advance = gpu.advance_scalars
+    monkeypatch.setattr(gpu, "advance_scalars", lambda *a: (gpu.to_numpy(a[0]), advance(*a)))
+    X, y = make_blobs(n=600)
+    fit = dict(epochs=2, batch_size=64, verbose=0, shuffle=False)
+    eager = _mlp("numpy", opt=fn.SGD(0.05))
+    eager.fit(X, y, **fit)
+    model = _mlp(gpu, opt=fn.SGD(0.05))
+    with pytest.warns(UserWarning, match=r"eagerly: \w*Error: the current stream is capturing"):
+        model.fit(X, y, **fit)  # (the emulator's RuntimeError is a CaptureError)
+    assert "synchronous API calls are disallowed" in model.step_description
+    np.testing.assert_allclose(model.history["loss"], eager.history["loss"], rtol=1e-5)
+
+
 MIXED_LAYERS = {
     "dense": lambda: [fn.Dense(64, "relu"), fn.Dense(32, "tanh"), fn.Dense(4)],
     "dropout-batchnorm": lambda: [

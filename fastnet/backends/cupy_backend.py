@@ -753,13 +753,26 @@ class CupyBackend(Backend):
         try:
             with _no_allocations(self.xp):
                 fn()
-        except BaseException:
+        except BaseException as exc:
             try:  # end the capture; its own error (an invalidated capture) must not hide fn's
                 stream.end_capture()
             except Exception:
                 pass
+            if _refused_by_capture(exc):
+                raise CaptureObstacleError(f"{type(exc).__name__}: {exc}") from exc
             raise
         return _CudaGraph(stream.end_capture(), self.xp)
+
+
+def _refused_by_capture(exc: BaseException) -> bool:
+    """What CUDA or CuPy refuse while a stream captures (a sync or copy to the host:
+    CuPy's RuntimeError "the current stream is capturing"; CuPy's own cuBLAS calls:
+    NotImplementedError; CUDA's cudaErrorStreamCapture*), besides the allocation guard's."""
+    return (
+        isinstance(exc, RuntimeError | NotImplementedError)
+        and not isinstance(exc, CaptureObstacleError)
+        and "captur" in str(exc).lower()
+    )
 
 
 @functools.cache
