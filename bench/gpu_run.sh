@@ -14,7 +14,8 @@
 #                     mixed_float16 and mixed_bfloat16                        -> train.log
 #   preset-best       --preset best --epochs 2                                   -> train.log
 #   distributed-*     two epochs and 100 timed all-reduces over MPI (2 ranks, GPU arrays staged)
-#                     and NCCL (1 rank, captured), if mpirun exists         -> distributed.log
+#                     and NCCL (1 rank, captured), if mpirun exists or MPICH's wheels were
+#                     carried in .whl (bash bench/mpi_wheels.sh)               -> distributed.log
 #   bench-kernels     the GPU kernel suite                                 -> bench.json, bench.log
 #   bench-train       only when asked for (`speed`, not part of `all`: a call of its own after
 #                     the check): the train suite, fastnet's graphs (32 and 1 step per replay,
@@ -74,6 +75,22 @@ stage() {  # stage NAME LIMIT_S LOG CMD...: run CMD under min(LIMIT_S, time left
   else record FAIL "$name" "(exit $rc after $(( SECONDS - start ))s; $log)"; fi
 }
 
+mpi_from_wheels() {  # no MPI launcher (the device image has mpi4py, no MPI): MPICH and an
+  # mpi4py of its ABI from carried wheels (bash bench/mpi_wheels.sh; carry .whl), into $tmp/mpi
+  # (MPI_WHEELS=1: even where an MPI is installed, to try this path on a CPU machine)
+  if [[ ${MPI_WHEELS:-0} != 1 ]] && { command -v mpirun || command -v mpiexec; } >/dev/null; then
+    return
+  fi
+  compgen -G ".whl/mpich-*.whl" >/dev/null || return
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check \
+    --prefix "$tmp/mpi" .whl/mpich-*.whl .whl/mpi4py-*.whl >>"$out/distributed.log" 2>&1 || return
+  local site
+  site=$(echo "$tmp"/mpi/lib/python3*/site-packages)
+  export PATH=$tmp/mpi/bin:$PATH LD_LIBRARY_PATH=$tmp/mpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
+  echo "MPI from wheels: $(mpichversion 2>/dev/null | head -1)" >>"$out/distributed.log"
+}
+
 # Sizes and backends: the real run, or the CPU dry run.
 if (( dry )); then
   be=numba small=(--limit 1000 --layers 64) epochs=(--epochs 1)
@@ -127,6 +144,7 @@ if wanted train; then
     --preset best "${preset[@]}" --json "$tmp/preset-best.json"
 fi
 if wanted distributed; then
+  mpi_from_wheels
   mpirun=$(command -v mpirun || command -v mpiexec || command -v "$(dirname "$(command -v "$PY")")/mpiexec")
   if [[ -z $mpirun ]]; then
     record SKIP distributed-mpi "(no mpirun/mpiexec)"; record SKIP distributed-nccl "(no mpirun)"

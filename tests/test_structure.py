@@ -162,8 +162,13 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # sparse X made dense, coefs_/intercepts_ live and settable, a diverged fit raising, the
 # ConvergenceWarning after the fit is whole, loss_: +30), to 13,130 for its review (names
 # kept only where all strings, a sparse X's dense size bounded, the setters checked before
-# writing, a failed fit's stopping count restored: +20)
-BUDGET = 13130
+# writing, a failed fit's stopping count restored: +20), to 13,270 for session 19's audits
+# (the CLI's --loss poisson; the notebooks' FC/initializer/optimizer forms named; NaN argmax
+# as NumPy's in numba and CUDA; CSV missing-value markers, quoted cells and headers; Keras's
+# per-weight clipnorm refused, neg_* scores maximised, warmup capped; checks before reading
+# or training: a checkpoint's first bytes, an .npz's expanded size, 28x28 images, a plot's
+# kind, a subnormal Standardize scale; capture errors besides allocations run eagerly: +140)
+BUDGET = 13270
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
