@@ -438,6 +438,12 @@ def _custom(args: argparse.Namespace) -> Prepared:
     if args.dataset or args.data_dir:
         raise ValueError("--data (your own file) replaces --dataset/--data-dir: give one")
     dtype = np.float64 if args.dtype == "float64" else np.float32
+    for data, labels, flag in (
+        (args.data, args.labels, "--labels"),
+        (args.val, args.val_labels, "--val-labels"),
+    ):
+        if data and labels and _same_file(data, labels):
+            raise ValueError(f"{flag} {labels!r} is the features' file: give the labels' .npy")
     X, y, names = _read_table(args.data, args.labels, args.target, dtype)
     assert y is not None
     if args.limit:

@@ -106,8 +106,10 @@ def get_initializer(spec: str | Initializer | None, activation: str | None) -> I
     return INITIALIZERS.lookup(name)()
 
 
-def initializer_from_config(config: dict) -> Initializer:
-    config = dict(config)
+def initializer_from_config(config: dict | str) -> Initializer:
+    if not isinstance(config, dict | str):
+        raise TypeError(f"an initializer config is a dict with a 'name' or a name, got {config!r}")
+    config = {"name": config} if isinstance(config, str) else dict(config)
     return construct(INITIALIZERS.lookup(config.pop("name")), config)
 
 

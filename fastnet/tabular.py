@@ -62,6 +62,19 @@ def as_labels(y: np.ndarray) -> np.ndarray:
     return y
 
 
+def _decoded(y: np.ndarray, name: str) -> np.ndarray:
+    """Labels of bytes as text, decoded as UTF-8 (NumPy's str() takes ASCII alone)."""
+    if y.dtype.kind != "S":
+        return y
+    try:
+        return np.char.decode(y, "utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(
+            f"{name} holds bytes that are not UTF-8 text ({exc.reason}): decode them first, "
+            "e.g. np.char.decode(y, 'latin-1')"
+        ) from None
+
+
 class LabelEncoding:
     """The training labels' sorted unique values; ``encode`` maps labels to class indices,
     ``decode`` indices back to labels."""
@@ -73,7 +86,7 @@ class LabelEncoding:
     def fit(cls, y: np.ndarray, name: str = "y") -> tuple[LabelEncoding, np.ndarray]:
         """Classes from training labels ``y`` (an array, list or pandas Series); returns the
         encoding and ``y``'s indices."""
-        y = label_array(y)
+        y = _decoded(label_array(y), name)
         if _one_hot_rows(y):
             return cls(np.arange(y.shape[1])), y.argmax(axis=1)
         if y.ndim != 1:
@@ -93,7 +106,7 @@ class LabelEncoding:
 
     def encode(self, y: np.ndarray, name: str = "y") -> np.ndarray:
         """Class indices of ``y``; labels the training data did not have are an error."""
-        y = label_array(y)
+        y = _decoded(label_array(y), name)
         if _one_hot_rows(y) and y.shape[1] == len(self.classes):
             return y.argmax(axis=1)
         y = np.asarray(y).reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else np.asarray(y)

@@ -354,3 +354,24 @@ def test_an_npz_too_large_for_memory_is_refused_before_reading(tmp_path, monkeyp
     argv = ["train", "--data", str(tmp_path / "s.npz"), "--layers", "400000000000"]
     assert main([*argv, "--epochs", "1", "--backend", "numpy"]) == 2
     assert "fastnet train: error: out of memory: " in capsys.readouterr().err
+
+
+def test_bytes_labels_and_a_features_file_given_as_labels(tmp_path, capsys):
+    """Labels of bytes are UTF-8 text (b"\\xc3\\xa9" is "é"; invalid bytes named, not NumPy's
+    'ascii' codec error); --labels naming the features' own .npy trained a regression of X on
+    X; a config's initializer given by name loads."""
+    from fastnet.initializers import initializer_from_config
+
+    X = np.random.default_rng(0).random((40, 3)).astype(np.float32)
+    np.savez(tmp_path / "u.npz", X=X, y=np.array(["é".encode(), b"a"] * 20))
+    np.savez(tmp_path / "b.npz", X=X, y=np.array([b"\xff\xfe", b"a"] * 20))
+    np.save(tmp_path / "X.npy", X)
+    tiny = ["--epochs", "1", "--backend", "numpy", "--quiet"]
+    assert main(["train", "--data", str(tmp_path / "u.npz"), *tiny]) == 0
+    assert "é" in capsys.readouterr().out
+    assert main(["train", "--data", str(tmp_path / "b.npz"), *tiny]) == 2
+    assert "b.npz holds bytes that are not UTF-8 text" in capsys.readouterr().err
+    features = str(tmp_path / "X.npy")
+    assert main(["train", "--data", features, "--labels", features, *tiny]) == 2
+    assert "--labels '" in capsys.readouterr().err
+    assert repr(initializer_from_config("he")) == "He()"
