@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import difflib
 import inspect
@@ -117,6 +118,11 @@ class KerasStyle(Callback):
             return getattr(self.inner, method)(*args, *((dict(last),) if logs else ()))
 
         return call
+
+    def set_params(self, **params: Any) -> None:
+        """Keras's ``params`` (``epochs``, ``steps``, ``verbose``) on the callback."""
+        with contextlib.suppress(AttributeError):  # (a function or a slotted object)
+            self.inner.params = params
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
         """Keeps the epoch's logs (for ``on_train_end``); replaced by the callback's own."""
@@ -290,7 +296,9 @@ class EarlyStopping(Monitor):
     scikit-learn's early stopping do; not after a divergence, which restores its own), the
     state of the best epoch comes back (weights, optimizer state, buffers; the epoch count,
     data order and dropout streams go on). Defaults differ from Keras's (``patience=0``,
-    ``restore_best_weights=False``): fastnet waits 3 epochs and keeps the best weights."""
+    ``restore_best_weights=False``): fastnet waits 3 epochs and keeps the best weights.
+    As Keras's: with ``baseline`` the patience runs until an epoch beats it too; epochs
+    before ``start_from_epoch`` (0-based) are not watched; ``verbose=1`` prints the stop."""
 
     def __init__(
         self,
@@ -299,10 +307,16 @@ class EarlyStopping(Monitor):
         min_delta: float = 0.0,
         mode: str = "auto",
         restore_best_weights: bool = True,
+        baseline: float | None = None,
+        start_from_epoch: int = 0,
+        verbose: int = 0,
     ) -> None:
         self.patience = check_count(patience, "patience")
         super().__init__(monitor, mode, min_delta)
         self.restore_best_weights = check_flag(restore_best_weights, "restore_best_weights")
+        self.baseline = None if baseline is None else check_number(baseline, "baseline")
+        self.start_from_epoch = check_count(start_from_epoch, "start_from_epoch")
+        self.verbose = check_count(verbose, "verbose")
 
     def on_train_begin(self, model: Any) -> None:
         super().on_train_begin(model)
@@ -311,21 +325,33 @@ class EarlyStopping(Monitor):
         self.stopped_epoch: int | None = None
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        if epoch < self.start_from_epoch:
+            return False
         improved = self._improved(logs)
         if self.restore_best_weights and self._is_best(logs, improved):
             self.best_state = model.get_state()
-        if improved:
-            self.wait = 0
+        if improved:  # (short of a baseline: the patience runs, but no stop, as Keras)
+            self.wait = 0 if self._beats_baseline() else self.wait + 1
             return False
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = epoch
+            against = "" if self.baseline is None else f" (baseline {self.baseline:g})"
             model.stop_reason = (
                 f"early stopping: {self.monitor} did not improve for "
-                f"{self.patience} epochs (best {self.best:.4f})"
+                f"{self.patience} epochs (best {self.best:.4f}){against}"
             )
+            if self.verbose:
+                print(f"Epoch {epoch + 1}: early stopping")
             return True
         return False
+
+    def _beats_baseline(self) -> bool:
+        """Whether the best value beats ``baseline`` by ``min_delta`` (no baseline: yes)."""
+        if self.baseline is None:
+            return True
+        gain = self.baseline - self.best if self.mode == "min" else self.best - self.baseline
+        return gain > self.min_delta
 
     def _is_best(self, logs: dict[str, float], improved: bool) -> bool:
         """Whether this epoch's state is the one to restore (an improvement by min_delta)."""

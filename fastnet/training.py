@@ -25,7 +25,7 @@ import numpy as np
 from fastnet.backends.graph_step import CaptureRequiredError, GraphedStep
 from fastnet.backends.interop import host_array
 from fastnet.backends.report import record_kernels
-from fastnet.callbacks import Callback, History, as_callbacks
+from fastnet.callbacks import Callback, History, KerasStyle, as_callbacks
 from fastnet.metrics import (
     call_metric,
     check_metric_names,
@@ -803,6 +803,8 @@ class Trainer:
             run.history[key] = []
             self.history.setdefault(key, [])
         for cb in run.callbacks:
+            if isinstance(cb, KerasStyle):  # (Keras's self.params: a ported callback reads it)
+                cb.set_params(epochs=run.epochs, steps=self.steps_per_epoch, verbose=run.verbose)
             cb.on_train_begin(self)
         previous: dict[str, Any] | None = None
         for epoch in range(run.first, run.epochs):

@@ -267,6 +267,51 @@ def test_auto_mode_refuses_a_name_of_no_known_direction(make, tmp_path):
     model.fit(X, y, callbacks=[made("val_foo", mode="max")], **fit)
 
 
+def _keras_stop_epoch(values, patience, min_delta, baseline, start_from_epoch):
+    """Keras 3's EarlyStopping.on_epoch_end over ``values`` (mode "min"): the stop epoch."""
+    best, wait = np.inf, 0
+    for epoch, current in enumerate(values):
+        if epoch < start_from_epoch:
+            continue
+        wait += 1
+        if current + min_delta < best:  # (Keras negates min_delta in "min" mode)
+            best = current
+            if baseline is None or current + min_delta < baseline:
+                wait = 0
+            continue
+        if wait >= patience and epoch > 0:
+            return epoch
+    return None
+
+
+def test_early_stopping_baseline_and_start_from_epoch_as_keras():
+    """Keras's baseline and start_from_epoch (a ported EarlyStopping got a TypeError), and
+    Keras-style callbacks get Keras's ``params``."""
+    rng = np.random.default_rng(0)
+    model = type("Model", (), {"stop_reason": None})()
+    for trial in range(300):
+        values = rng.uniform(0, 1, 12)  # (no ties: 0.3 + 0.1 < 0.4 and 0.4 - 0.3 > 0.1 disagree)
+        patience, start = int(rng.integers(1, 4)), int(rng.integers(0, 4))
+        baseline = [None, 0.3, 0.05][trial % 3]
+        stop = fn.EarlyStopping(
+            "val_loss", patience, 0.1 * (trial % 2), "min", False, baseline, start
+        )
+        stop.on_train_begin(model)
+        got = next(
+            (e for e, v in enumerate(values) if stop.on_epoch_end(model, e, {"val_loss": v})), None
+        )
+        assert got == _keras_stop_epoch(values, patience, 0.1 * (trial % 2), baseline, start)
+    X, y = _blobs()
+    seen = []
+
+    class KerasLike:
+        def on_train_begin(self, logs=None):
+            seen.append(self.params)
+
+    _model().fit(X, y, epochs=3, batch_size=50, verbose=0, callbacks=[KerasLike()])
+    assert seen == [{"epochs": 3, "steps": -(-len(X) // 50), "verbose": 0}]
+
+
 def test_early_stopping_on_a_rising_r2_keeps_training():
     X, y = _regression()
     model = fn.Sequential([fn.Dense(16, "relu"), fn.Dense(1)], loss="mse", backend="numpy", seed=0)
