@@ -472,6 +472,11 @@ def _custom(args: argparse.Namespace) -> Prepared:
     if args.val is not None:
         Xv, yv, _ = _read_table(args.val, args.val_labels, args.target, dtype, columns=names)
         assert yv is not None
+        if Xv.shape[1] != X.shape[1]:  # (before a model is built for --data's width)
+            raise ValueError(
+                f"--val {args.val} holds {Xv.shape[1]} feature columns, --data {args.data} "
+                f"{X.shape[1]}"
+            )
         yv = _targets(yv, args.val_labels or args.val, encoding, task)
         train, val = (X, y), (np.asarray(Xv), yv)
     else:
@@ -698,12 +703,24 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print(f"\n{model.stop_reason or 'interrupted'}", file=sys.stderr)
+    except ValueError as exc:  # fit's "X contains ...": the file it came from named
+        raise ValueError(_with_file(str(exc), args)) from None
     if model.stop_reason and not interrupted and not model.diverged:  # (a divergence: warned)
         say(model.stop_reason)
     results = _train_report(model, data, time.perf_counter() - start, say)
     if main_rank:
         _write_outputs(args, model, data, results, arch)
     return 130 if interrupted else 0
+
+
+def _with_file(message: str, args: argparse.Namespace) -> str:
+    """``fit``'s message about its argument X, y, X_val or y_val, led by the file that holds
+    it (a memory-mapped .npy is checked as it trains; a --val file's width against the
+    model)."""
+    held = args.val or args.data
+    files = {"X": args.data, "y": args.labels, "X_val": held, "y_val": args.val_labels or held}
+    source = files.get(message.split(" ", 1)[0])
+    return f"{source}: {message}" if source else message
 
 
 def _train_report(model: Any, data: Prepared, total: float, say: Any) -> dict:

@@ -923,3 +923,21 @@ def test_poisson_loss_from_the_cli_trains_counts_and_predicts_rates(tmp_path, ca
         target = ["--target", "target"] if "--data" in given else []
         assert main(["train", *TINY, *target, *given]) == 2
         assert message in capsys.readouterr().err
+
+
+def test_data_errors_found_in_training_name_their_file(tmp_path, capsys):
+    """A memory-mapped .npy's NaN is found as it trains: the error named only 'X'; a --val
+    file of another width was found after the model was built, named 'X_val'."""
+    X = np.random.default_rng(8).random((50, 4)).astype(np.float32)
+    X[7, 2] = np.nan
+    np.save(tmp_path / "Xnan.npy", X)
+    np.save(tmp_path / "y.npy", np.arange(50) % 2)
+    np.savez(tmp_path / "a4.npz", X=np.nan_to_num(X), y=np.arange(50) % 2)
+    np.savez(tmp_path / "a5.npz", X=np.ones((50, 5), np.float32), y=np.arange(50) % 2)
+    labels = ["--labels", str(tmp_path / "y.npy")]
+    assert main(["train", "--data", str(tmp_path / "Xnan.npy"), *labels, *TINY]) == 2
+    assert "error: " + str(tmp_path / "Xnan.npy") + ": X contains 1 NaN" in capsys.readouterr().err
+    argv = ["train", "--data", str(tmp_path / "a4.npz"), "--val", str(tmp_path / "a5.npz")]
+    assert main([*argv, *TINY]) == 2
+    out, err = capsys.readouterr()
+    assert "a5.npz holds 5 feature columns, --data" in err and "MLP" not in out
