@@ -341,7 +341,7 @@ class EarlyStopping(Monitor):
                 f"early stopping: {self.monitor} did not improve for "
                 f"{self.patience} epochs (best {self.best:.4f}){against}"
             )
-            if self.verbose:
+            if self.verbose and _main_rank():
                 print(f"Epoch {epoch + 1}: early stopping")
             return True
         return False

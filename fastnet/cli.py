@@ -430,6 +430,16 @@ def _builtin(args: argparse.Namespace) -> Prepared:
     return Prepared(train, val, test, dataset, "test", extra={"dataset": dataset})
 
 
+def _refuse_features_as_labels(args: argparse.Namespace) -> None:
+    """--labels naming the features' own .npy (a regression of X on X), refused."""
+    for data, labels, flag in (
+        (args.data, args.labels, "--labels"),
+        (args.val, args.val_labels, "--val-labels"),
+    ):
+        if data and labels and _same_file(data, labels):
+            raise ValueError(f"{flag} {labels!r} is the features' file: give the labels' .npy")
+
+
 def _custom(args: argparse.Namespace) -> Prepared:
     """Your own file: labels mapped to the training data's classes (or regression targets),
     split by a seeded (stratified) shuffle unless --val is given."""
@@ -438,12 +448,7 @@ def _custom(args: argparse.Namespace) -> Prepared:
     if args.dataset or args.data_dir:
         raise ValueError("--data (your own file) replaces --dataset/--data-dir: give one")
     dtype = np.float64 if args.dtype == "float64" else np.float32
-    for data, labels, flag in (
-        (args.data, args.labels, "--labels"),
-        (args.val, args.val_labels, "--val-labels"),
-    ):
-        if data and labels and _same_file(data, labels):
-            raise ValueError(f"{flag} {labels!r} is the features' file: give the labels' .npy")
+    _refuse_features_as_labels(args)
     X, y, names = _read_table(args.data, args.labels, args.target, dtype)
     assert y is not None
     if args.limit:

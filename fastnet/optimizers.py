@@ -488,6 +488,6 @@ OPTIMIZERS.load = optimizer_from_config
 OPTIMIZERS.foreign_hint = lambda obj: (
     "a notebook's optimizer (update(layer)) is a fastnet rule of the same lr: fn.SGD(lr), "
     "fn.Momentum(lr), fn.AdaGrad(lr), fn.RMSProp(lr), fn.Adam(lr)"
-    if callable(getattr(obj, "update", None))
+    if callable(getattr(obj, "update", None)) and not isinstance(obj, dict | set)
     else ""
 )
