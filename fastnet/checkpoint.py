@@ -284,8 +284,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
         raise CheckpointError(f"checkpoint {path!r} is a directory, not a file")
     with open(path, "rb") as f:
         head, regular = f.read(16), stat.S_ISREG(os.fstat(f.fileno()).st_mode)
-    if not regular:  # (/dev/zero: read to the end, never)
-        raise CheckpointError(f"checkpoint {path!r} is not a regular file")
+    if not regular or head[:6] == b"\x93NUMPY":  # (/dev/zero, a .npy: never read whole)
+        what = "a single .npy array, not a fastnet checkpoint (.npz with a config)"
+        raise CheckpointError(f"{path!r} is {what if regular else 'not a regular file'}")
     if head[:2] != b"PK" and head[:6] != b"\x93NUMPY":  # neither .npz nor .npy: safetensors?
         if head[8:9] != b"{" or int.from_bytes(head[:8], "little") > _ST_MAX_HEADER:
             raise CheckpointError(  # (before reading what may be gigabytes of something else)
@@ -305,10 +306,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
             f"{path!r} is not a readable fastnet checkpoint (truncated or corrupted?): "
             f"{type(exc).__name__}: {exc}"
         ) from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise CheckpointError(
-            f"{path!r} is a single .npy array, not a fastnet checkpoint (.npz with a config)"
-        )
+    assert isinstance(data, np.lib.npyio.NpzFile)  # (a .npy: refused by its first bytes)
     key = META_KEY
     try:
         with data:

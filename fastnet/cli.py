@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.backends import _launched_rank
 from fastnet.optimizers import OPTIMIZERS as RULES
 
 
@@ -661,7 +662,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     backend, main_rank = args.backend, True
     sizes = [os.environ.get(v, "1") for v in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")]
     ranks = max(int(s) if s.isdigit() else 1 for s in sizes)  # a launcher's world
-    first = all(os.environ.get(v, "0") in ("", "0") for v in ("OMPI_COMM_WORLD_RANK", "PMI_RANK"))
+    first = _launched_rank() == 0
     if not args.distributed and ranks > 1 and first:  # (said once, by rank 0)
         warnings.warn(
             f"{ranks} processes under mpirun train separate models: "

@@ -255,26 +255,24 @@ class Dense(Layer):
     units, activation, activation_code, use_bias = SetOnce(), SetOnce(), SetOnce(), SetOnce()
     W: Parameter  # created by build
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Dense:
-        if cls is Dense and len(args) > 2:  # (Python's own error names no way out)
-            raise TypeError(
-                f"Dense/FC/Affine take (units, activation=None) and keywords, not {len(args)} "
-                "positional arguments: the notebooks' FC(n_in, n_out, initializer, optimizer) "
-                "is Dense(n_out, input_dim=n_in, initializer=..., optimizer=...)"
-            )
-        return super().__new__(cls)
-
     def __init__(
         self,
         units: int,
         activation: str | None = None,
-        *,
+        *notebook_form: Any,
         input_dim: int | None = None,
         initializer: str | Initializer | None = None,
         optimizer: str | Optimizer | None = None,
         use_bias: bool = True,
         alpha: float = 0.01,
     ) -> None:
+        if notebook_form:  # (Python's own error names no way out)
+            raise TypeError(
+                f"Dense/FC/Affine take (units, activation=None) and keywords, not "
+                f"{2 + len(notebook_form)} positional arguments: the notebooks' FC(n_in, n_out, "
+                "initializer, optimizer) is Dense(n_out, input_dim=n_in, initializer=..., "
+                "optimizer=...)"
+            )
         super().__init__()
         if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
             raise ValueError(f"units must be a positive integer, got {units!r}")
