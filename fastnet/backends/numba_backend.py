@@ -8,7 +8,8 @@ Size thresholds below were measured with ``bench/`` on the 2-core CI-class machi
 from __future__ import annotations
 
 import os
-from typing import Any
+import weakref
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -79,7 +80,7 @@ class NumbaBackend(Backend):
         self.k = numba_cpu
         self._empties: dict[tuple, np.ndarray] = {}
         self._infer_args: dict[str, Any] = {}
-        self._update_calls: dict[tuple, tuple] = {}
+        self._update_calls: dict[tuple, _UpdateCall] = {}
         self._zero_bias: dict[tuple, np.ndarray] = {}
 
     def device_info(self) -> str:
@@ -401,14 +402,16 @@ class NumbaBackend(Backend):
         if compute is not None:  # mixed precision (not numba's): the reference
             return super().update(rule, p, g, slots, s, constants, n_decay, wd, clip_value, compute)
         call = self._update_calls.get(key)
-        if call is None:
+        args = call.args() if call is not None else None
+        if call is None or args is None:  # a new group, or ids of dead arrays come back
             call = self._update_call(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
             if len(self._update_calls) > 64:
                 self._update_calls.clear()
-            self._update_calls[key] = call
-        if not call:
+            self._update_calls[key] = call.dropped_from(self._update_calls, key)
+            args = call.args()
+        if call.kernel is None or args is None:
             return super().update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
-        call[0](*call[1])
+        call.kernel(*args)
         self.record_kernel(f"update_{rule.kernel or type(rule).__name__}", "numba-fused")
 
     def _update_call(
@@ -422,13 +425,12 @@ class NumbaBackend(Backend):
         n_decay: int,
         wd: float,
         clip_value: float | None,
-    ) -> tuple:
-        """(kernel, arguments) of an update, or () where the reference must run. Holds the
-        arrays themselves, so their ids in the cache key stay theirs."""
+    ) -> _UpdateCall:
+        """The kernel and arguments of an update; no kernel where the reference must run."""
         serial = getattr(self.k, f"{rule.kernel}_update", None) if rule.kernel else None
         arrays = (p, g, *slots)
         if serial is None or not contiguous_floats(*arrays) or not _same_shape(*arrays):
-            return ()
+            return _UpdateCall(None, (), ())
         size = int(p.size)
         parallel = getattr(self.k, f"{rule.kernel}_update_parallel")
         kernel = parallel if size >= self.parallel_min_updates else serial
@@ -437,10 +439,7 @@ class NumbaBackend(Backend):
         flush_mode = self.flush_mode and kernel is serial and rule.kernel in self.k.FLUSH_MODE_RULES
         t = p.dtype.type
         clip = np.inf if clip_value is None else clip_value
-        flat = [a.reshape(-1) for a in arrays]  # C-contiguous: views, written in place
-        args = (
-            *flat,
-            s,
+        scalars = (
             *map(t, constants),
             t(wd),
             min(max(int(n_decay), 0), size),
@@ -448,7 +447,7 @@ class NumbaBackend(Backend):
             None if flush_mode else t(np.finfo(p.dtype).tiny),
             *map(t, rule.derived_constants(constants)),  # float64 on the host, rounded once
         )
-        return kernel, args
+        return _UpdateCall(kernel, (*arrays, s), scalars)
 
     def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:
         self.k.advance_scalars(s, checks, *map(float, constants))
@@ -458,3 +457,32 @@ class NumbaBackend(Backend):
         if not contiguous_floats(g):
             return super().sum_squares(g, out)
         self.k.sum_squares(g.reshape(-1), out)
+
+
+class _UpdateCall(NamedTuple):
+    """A fused update's kernel and arguments, kept per group so a step pays one lookup. Its
+    arrays are held weakly: the backend, which lives as long as the process, must not keep a
+    dead model's parameters and optimizer state alive (12 MB for one ``MLPClassifier((1024,))``
+    fit); ``args()`` is None once one of them is gone."""
+
+    kernel: Any  #: None: the NumPy reference runs
+    arrays: tuple  #: parameters, gradients, slots and the device scalars, or their weakrefs
+    scalars: tuple  #: the typed constants after them
+
+    def dropped_from(self, calls: dict, key: tuple) -> _UpdateCall:
+        """This call holding its arrays weakly, removed from ``calls`` when one of them dies."""
+
+        def drop(_: Any) -> None:
+            calls.pop(key, None)
+
+        return self._replace(arrays=tuple(weakref.ref(a, drop) for a in self.arrays))
+
+    def args(self) -> tuple | None:
+        """The kernel's arguments (C-contiguous arrays flattened: views written in place)."""
+        arrays = []
+        for ref in self.arrays:
+            a = ref() if type(ref) is weakref.ref else ref
+            if a is None:
+                return None
+            arrays.append(a if a.ndim == 1 else a.reshape(-1))
+        return (*arrays, *self.scalars)
