@@ -13,6 +13,7 @@ import contextlib
 import functools
 import json
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -25,7 +26,7 @@ import numpy as np
 from fastnet.backends.graph_step import CaptureRequiredError, GraphedStep
 from fastnet.backends.interop import host_array
 from fastnet.backends.report import record_kernels
-from fastnet.callbacks import Callback, History, KerasStyle, as_callbacks
+from fastnet.callbacks import Callback, History, KerasStyle, _optimizers, as_callbacks
 from fastnet.metrics import (
     call_metric,
     check_metric_names,
@@ -172,6 +173,27 @@ def _exit_status(exc: BaseException) -> int:
 def _top_k(top_k: int | None, classes: int) -> int:
     """The k of top-k accuracy for ``classes`` classes (0: not reported)."""
     return top_k if top_k is not None and 0 < top_k < classes else 0
+
+
+_FIT_STARTS = threading.Lock()
+
+
+@contextlib.contextmanager
+def _one_fit_at_a_time(model: Any) -> Iterator[None]:
+    """A fit's whole span: a second fit of the same model meanwhile (from one of its
+    callbacks, or another thread) is refused before it changes anything."""
+    with _FIT_STARTS:
+        if model._in_fit:
+            raise RuntimeError(
+                "this model is already in fit (called from one of its callbacks or another "
+                "thread): one fit at a time (a callback ends training by setting "
+                "model.stop_training = True; copy.deepcopy(model) trains a copy)"
+            )
+        model._in_fit = True
+    try:
+        yield
+    finally:
+        model._in_fit = False
 
 
 @contextlib.contextmanager
@@ -483,6 +505,7 @@ class Trainer:
     _inference_lock: Any  # layer-by-layer inference reuses the layers' buffers
     diverged: bool = False  # the last fit stopped on a NaN/inf loss
     _fitting = False  # inside fit: the parameter groups stay as they are
+    _in_fit = False  # from fit's first check to its end
 
     # ------------------------------------------------------------------ one step
     def train_step(
@@ -543,7 +566,7 @@ class Trainer:
         ``initial_epoch`` (Keras's) resumes: the first epoch's index, ``epochs`` the final one.
         Bad arguments raise before anything changes. A NaN/inf loss restores the last finite
         weights, stops (``on_divergence``: "raise" raises ``TrainingDivergedError``); Ctrl-C or
-        an error (a callback's) restores the last finished epoch and re-raises.
+        an error (a callback's) restores the last finished epoch, lr too, and re-raises.
         ``compiled``: "auto" runs the backend's compiled step (the step function captured in
         a CUDA graph on cupy, one fused JIT call on numba) when the model qualifies, True
         requires it, False forces eager steps; both compute the same (``step_description``:
@@ -554,21 +577,21 @@ class Trainer:
         (global ``batch_size``, all-reduced gradients over ``comm`` "mpi" or "nccl"), the same
         model, data and arguments on every rank (checked); Ctrl-C on a rank ends the job."""
         opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
-        with self._named_features(X):  # (kept only if the model then trains)
-            run = self._prepare_fit(X, y, opts)
-            # ---- nothing above changed the model; from here on it trains
-            unbuilt = None if self.built else (self._rng.bit_generator.state, self.loss.width)
-            self.build(run.X.shape[1])  # (a built model: nothing; its width was checked)
-        self._apply_trainable()
-        if run.group is not None:
-            self._broadcast_state(run.group)
-        self.streamed, group = run.streamed, run.group
-        with record_kernels(self.backend), _abort_job_on_error(group), _joined(self, group):
-            run_epoch = self._fit_runner(run, opts, unbuilt)
-            try:
-                return self._epochs(run_epoch, run)
-            finally:  # cached compiled steps must not keep this fit's data on the device
-                _release_data(self._compiled_steps.values())
+        with _one_fit_at_a_time(self):
+            with self._named_features(X):  # (kept only if the model then trains)
+                run = self._prepare_fit(X, y, opts)  # nothing here changes the model
+                unbuilt = None if self.built else (self._rng.bit_generator.state, self.loss.width)
+                self.build(run.X.shape[1])  # (a built model: nothing; its width was checked)
+            self._apply_trainable()
+            if run.group is not None:
+                self._broadcast_state(run.group)
+            self.streamed, group = run.streamed, run.group
+            with record_kernels(self.backend), _abort_job_on_error(group), _joined(self, group):
+                run_epoch = self._fit_runner(run, opts, unbuilt)
+                try:
+                    return self._epochs(run_epoch, run)
+                finally:  # cached compiled steps must not keep this fit's data on the device
+                    _release_data(self._compiled_steps.values())
 
     @contextlib.contextmanager
     def _named_features(self, X: Any) -> Iterator[None]:
@@ -808,10 +831,12 @@ class Trainer:
             cb.on_train_begin(self)
         previous: dict[str, Any] | None = None
         for epoch in range(run.first, run.epochs):
-            for cb in run.callbacks:
-                cb.on_epoch_begin(self, epoch)
-            snapshot = self.get_state()
+            lrs = [(opt, opt.lr, opt.initial_lr) for opt in _optimizers(self)]
+            snapshot: dict | None = None
             try:  # Ctrl-C anywhere in the epoch (steps, checks, validation, callbacks) undoes it
+                for cb in run.callbacks:
+                    cb.on_epoch_begin(self, epoch)
+                snapshot = self.get_state()
                 logs = self._train_epoch(run_epoch, run, epoch, snapshot)
                 if self._diverged(run, epoch, logs["loss"], snapshot, previous):
                     break
@@ -820,7 +845,11 @@ class Trainer:
             except TrainingDivergedError:
                 raise  # (on_divergence="raise": the last finite weights were restored)
             except BaseException as exc:  # Ctrl-C or an error (a callback's): the epoch undone
-                self._interrupted(run, epoch, snapshot, exc)
+                for opt, lr, initial_lr in lrs:  # (a schedule's or ReduceLROnPlateau's change)
+                    opt.set_scheduled_lr(lr)
+                    opt.initial_lr = initial_lr
+                if snapshot is not None:
+                    self._interrupted(run, epoch, snapshot, exc)
                 raise
             if stop:
                 self.stop_reason = (
@@ -890,7 +919,7 @@ class Trainer:
 
     def _interrupted(self, run: FitRun, epoch: int, snapshot: dict, exc: BaseException) -> None:
         """Ctrl-C or an error in epoch ``epoch``: the state of the last finished epoch restored
-        (where the device lets it: its own error may not)."""
+        (where the device lets it: its own error may not), its learning rates already."""
         try:
             if run.group is None:  # (data-parallel jobs abort: a rank may wait on its peers)
                 self.backend.synchronize()  # steps still queued must not land after it

@@ -271,6 +271,68 @@ def test_ctrl_c_after_an_epochs_steps_undoes_that_epoch_too(where, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("where", ["on_epoch_end", "on_epoch_begin", "a batch"])
+def test_an_undone_epoch_undoes_its_learning_rate_changes(where):
+    """An error in an epoch restores the lr of the last finished epoch with its weights: a
+    ReduceLROnPlateau cut (at epoch end, before a later callback failed), a schedule's change
+    at epoch begin or per step."""
+    X, y = make_blobs(n=200)
+
+    class Fail(fn.Callback):
+        def on_epoch_begin(self, model, epoch, logs=None):
+            if epoch == 2 and where == "on_epoch_begin":
+                raise RuntimeError("begin")
+
+        def on_batch_end(self, model, batch, logs=None):
+            if model.epochs_trained == 2 and batch == 1 and where == "a batch":
+                raise RuntimeError("batch")
+
+        def on_epoch_end(self, model, epoch, logs=None):
+            if epoch == 2 and where == "on_epoch_end":
+                raise RuntimeError("end")
+
+    plateau = fn.ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, min_delta=1e9)
+    scheduled = fn.LearningRateScheduler(lambda epoch, lr: lr * 0.9)
+    layers = [fn.Dense(8, "relu"), fn.Dense(4)]
+    model = fn.Sequential(layers, optimizer=fn.SGD(0.1), backend="numpy", seed=0)
+    model.fit(X, y, epochs=2, verbose=0, callbacks=[plateau, scheduled])
+    lr, weights = model.optimizer.lr, model.get_weights()
+    assert lr < 0.1 * 0.9 * 0.5
+    ramp = fn.WarmupCosine(warmup_epochs=1, epochs=6)
+    with pytest.raises(RuntimeError, match=where.split()[-1].replace("on_epoch_", "")):
+        model.fit(
+            X, y, epochs=6, initial_epoch=2, verbose=0, callbacks=[plateau, scheduled, ramp, Fail()]
+        )
+    assert model.optimizer.lr == lr
+    for a, b in zip(model.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_fit_inside_the_models_own_fit_is_refused():
+    """fit from one of the model's callbacks (or another thread) is refused before it changes
+    anything (it trained the model under the running fit, whose flags it then cleared); a copy
+    trains, and after the refused fit's error ends the outer one the model fits again."""
+    import copy
+
+    X, y = make_blobs(n=100)
+    copies = []
+
+    class Nested(fn.Callback):
+        def on_epoch_end(self, model, epoch, logs=None):
+            twin = copy.deepcopy(model)
+            twin.fit(X, y, epochs=1, verbose=0)
+            copies.append(twin)
+            if epoch == 1:
+                model.fit(X, y, epochs=1, verbose=0)
+
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(4)], backend="numpy", seed=0)
+    with pytest.raises(RuntimeError, match="already in fit .*one fit at a time"):
+        model.fit(X, y, epochs=3, verbose=0, callbacks=[Nested()])
+    assert len(copies) == 2 and model.epochs_trained == 1
+    model.fit(X, y, epochs=1, verbose=0)
+    assert model.epochs_trained == 2
+
+
 BAD_INPUTS = [
     (lambda X, y: (X[:, :, None], y), ValueError, "must be 2-D"),
     (lambda X, y: (X, y[:-1]), ValueError, "labels"),
