@@ -421,3 +421,25 @@ def test_notebook_habits_get_messages_that_name_them(tmp_path):
     path = tmp_path / "leaky.npz"
     leaky.save(path)
     assert fn.load_model(path).layers[0].alpha == 0.3
+
+
+@pytest.mark.parametrize("loss", ["mean_squared_error", "sigmoid_binary_cross_entropy", None])
+def test_a_model_of_dropout_alone_predicts_without_touching_the_callers_array(backend, loss):
+    """Dropout alone (the identity at inference) left no layer for the fused inference: NumPy
+    returned the caller's X (sigmoid outputs written into it), numba's kernel failed typing;
+    now the layers run one by one, into new arrays."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 4)).astype(np.float32)
+    y = {None: np.arange(20) % 4, "sigmoid_binary_cross_entropy": (X > 0).astype(np.float32)}
+    kwargs = {"loss": loss} if loss else {}
+    model = fn.Sequential([fn.Dropout(0.5)], backend=backend, seed=0, **kwargs)
+    model.fit(X, y.get(loss, X), epochs=1, verbose=0)
+    before = X.copy()
+    outputs = [model.predict(X)]
+    if loss != "mean_squared_error":
+        outputs.append(model.predict_proba(X))
+    for out in outputs:
+        assert not isinstance(out, np.ndarray) or not np.shares_memory(out, X)
+    np.testing.assert_array_equal(X, before)
+    if loss == "mean_squared_error":
+        np.testing.assert_array_equal(backend.to_numpy(model.predict(X)), X)

@@ -96,10 +96,10 @@ class StepPlan:
         return self.loss.reason
 
     def dense_layers(self, inference: bool = False) -> tuple[DensePlan, ...] | None:
-        """The layers when all are Dense, else None; with ``inference``, Dropout layers (the
-        identity there) are left out first."""
+        """The layers when all are Dense (one at least), else None; with ``inference``,
+        Dropout layers (the identity there) are left out first."""
         layers = [p for p in self.layers if not (inference and isinstance(p, DropoutPlan))]
-        if all(isinstance(p, DensePlan) for p in layers):
+        if layers and all(isinstance(p, DensePlan) for p in layers):
             return tuple(layers)  # type: ignore[arg-type]
         return None
 
