@@ -11,6 +11,9 @@ from typing import Any
 import numpy as np
 
 OPSET = 17
+#: the file format's version: 8, the first with opset 17, which onnxruntime 1.16 (the oldest
+#: ``fastnet[onnx]`` takes) reads; onnx's newest (14 in onnx 1.23) it refuses
+IR_VERSION = 8
 _ACTIVATION_OPS = {"relu": "Relu", "leaky_relu": "LeakyRelu", "sigmoid": "Sigmoid", "tanh": "Tanh"}
 
 
@@ -142,7 +145,10 @@ def to_onnx(model: Any, path: str | os.PathLike, metadata: dict[str, str] | None
         initializer=g.weights,
     )
     proto = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="fastnet"
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET)],
+        producer_name="fastnet",
+        ir_version=IR_VERSION,
     )
     metadata = {"producer": "fastnet", **(metadata or {})}
     if not all(isinstance(v, str) and isinstance(k, str) for k, v in metadata.items()):
