@@ -441,6 +441,20 @@ def _refuse_features_as_labels(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} {labels!r} is the features' file: give the labels' .npy")
 
 
+def _refuse_fractional_classes(y: np.ndarray, task: str, args: argparse.Namespace) -> None:
+    """Classification of a target whose rows are mostly fractional classes of their own: a
+    quantity, refused naming what chose classification and what trains a regression."""
+    distinct = len(np.unique(y)) if task == "classification" and y.dtype.kind == "f" else 0
+    if distinct > len(y) // 2 and not np.all(y == np.round(y)):
+        chosen, instead = ("--task classification", "--task regression")
+        if args.task == "auto" and args.loss in LOSS_CHOICES:
+            chosen, instead = f"--loss {args.loss}", "--loss squared-error (or poisson)"
+        raise ValueError(
+            f"{chosen} trains a classifier, but the target of {args.labels or args.data} holds "
+            f"fractional numbers, {distinct} distinct in {len(y)} rows: {instead} for a quantity"
+        )
+
+
 def _custom(args: argparse.Namespace) -> Prepared:
     """Your own file: labels mapped to the training data's classes (or regression targets),
     split by a seeded (stratified) shuffle unless --val is given."""
@@ -455,12 +469,7 @@ def _custom(args: argparse.Namespace) -> Prepared:
     if args.limit:
         X, y = X[: args.limit], y[: args.limit]
     task = args.task if args.task != "auto" else LOSS_CHOICES.get(args.loss) or infer_task(y)
-    distinct = len(np.unique(y)) if task == "classification" and y.dtype.kind == "f" else 0
-    if distinct > len(y) // 2 and not np.all(y == np.round(y)):  # most rows a class of their own
-        raise ValueError(
-            f"--task classification, but the target of {args.data} holds fractional numbers, "
-            f"{distinct} distinct in {len(y)} rows: --task regression for a quantity"
-        )
+    _refuse_fractional_classes(y, task, args)
     encoding = None
     if task == "classification":
         encoding, y = LabelEncoding.fit(y, f"the labels of {args.labels or args.data}")
@@ -469,8 +478,8 @@ def _custom(args: argparse.Namespace) -> Prepared:
         if args.task == "auto" and classes > 20 and (numeric or classes * 4 > len(y)):
             warnings.warn(  # (text too: under 4 rows a class on average)
                 f"the target holds {classes} distinct {'whole numbers' if numeric else 'labels'} "
-                f"over {len(y)} rows: training a {classes}-class classifier; --task regression "
-                "if it is a quantity",
+                f"over {len(y)} rows: training a {classes}-class classifier"
+                + ("; --task regression if it is a quantity" if numeric else ""),
                 stacklevel=2,
             )
     else:
@@ -609,8 +618,11 @@ def _check_outputs(args: argparse.Namespace) -> None:
             "add --distributed, or drop --comm"
         )
     args.comm = args.comm or "mpi"
+    from fastnet.plot import check_chart_path, confusion_path
+
     inputs = ("--data", "--labels", "--val", "--val-labels")
-    plot = {"--plot": args.plot, "--plot's confusion matrix": args.plot and _chart(args.plot)}
+    chart = args.plot and confusion_path(args.plot)
+    plot = {"--plot": args.plot, "--plot's confusion matrix": chart}
     outputs = {"--save": args.save, **plot, "--json": args.json}
     _refuse_overwrites(
         {flag: getattr(args, flag[2:].replace("-", "_")) for flag in inputs}, outputs
@@ -621,18 +633,7 @@ def _check_outputs(args: argparse.Namespace) -> None:
         if getattr(args, flag) and (flag, getattr(args, flag)) != ("json", "-"):
             check_writable(getattr(args, flag), f"--{flag}")
     if args.plot:  # (a kind matplotlib cannot write failed after training, the JSON unwritten)
-        from fastnet.plot import check_chart_path
-
         check_chart_path(args.plot, "--plot")
-
-
-def _chart(path: str) -> str:
-    """The confusion matrix's path beside the curves at ``path``."""
-    try:
-        from fastnet.plot import confusion_path
-    except ImportError:  # (fastnet installed without its 'plot' extra)
-        raise ValueError("--plot needs matplotlib: pip install matplotlib (extra 'plot')") from None
-    return confusion_path(path)
 
 
 def _same_file(path: str, other: str) -> bool:

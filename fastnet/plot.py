@@ -11,24 +11,28 @@ from typing import Any
 
 import numpy as np
 
-try:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-except ImportError:
-    raise ImportError("plotting needs matplotlib: pip install matplotlib") from None
+NEEDS_MATPLOTLIB = "needs matplotlib: pip install matplotlib (fastnet's extra 'plot')"
 
 #: ``plot_history``'s second panel: the first of these the history holds (train or ``val_``)
 SECOND_PANEL = ("accuracy", "r2", "mae")
 
 
 def _figure(width: float, height: float) -> Any:
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(f"plotting {NEEDS_MATPLOTLIB}") from None
     return FigureCanvasAgg(Figure(figsize=(width, height))).figure
 
 
 def check_chart_path(path: str, option: str) -> None:
-    """``path`` ends in a kind of file matplotlib writes (.png, .pdf, .svg, ...)."""
-    from matplotlib.backend_bases import FigureCanvasBase
+    """``path`` ends in a kind of file matplotlib writes (.png, .pdf, .svg, ...), and
+    matplotlib is there to write it."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise ValueError(f"{option} {NEEDS_MATPLOTLIB}") from None
 
     kinds = FigureCanvasBase.get_supported_filetypes()
     if os.path.splitext(path)[1][1:].lower() not in kinds:
@@ -72,6 +76,8 @@ def _curves(ax: Any, history: dict[str, list[float]], key: str) -> None:
         if len(values):
             ax.plot(range(1, len(values) + 1), values, style, label=f"{label} {key}")
     ax.set(xlabel="epoch", ylabel=key)
+    from matplotlib.ticker import MaxNLocator
+
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()

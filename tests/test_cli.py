@@ -538,7 +538,8 @@ def test_many_whole_number_targets_warn_that_they_become_classes(tmp_path, capsy
     assert "distinct whole numbers" not in capsys.readouterr().err
     codes = _table(tmp_path / "codes.csv", np.array([f"${i}.00" for i in range(40)] * 2))
     assert main(["train", "--data", codes, "--target", "target", *TINY]) == 0  # text: few
-    assert "the target holds 40 distinct labels over 80 rows" in capsys.readouterr().err  # rows
+    err = capsys.readouterr().err  # rows (no --task regression advised: text cannot be one)
+    assert "the target holds 40 distinct labels over 80 rows" in err and "--task" not in err
     kinds = _table(tmp_path / "kinds.csv", np.array(["a", "b", "c"] * 20))  # a class
     assert main(["train", "--data", kinds, "--target", "target", *TINY]) == 0
     assert "distinct" not in capsys.readouterr().err
@@ -634,9 +635,24 @@ def test_cli_options_that_would_be_ignored_are_refused(tmp_path, capsys):
     np.savez(tmp_path / "r.npz", X=X, y=X @ np.array([1.0, 2.0, 0.5]))
     np.savez(tmp_path / "c.npz", X=X, y=np.arange(60) % 3)
     regression, classes = str(tmp_path / "r.npz"), str(tmp_path / "c.npz")
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", X[:, 0])
     for argv, message in [
         (["--data", regression, "--label-smoothing", "0.1"], "--label-smoothing smooths class"),
         (["--data", regression, "--task", "classification"], "holds fractional numbers"),
+        (  # what chose a classifier, and the labels' file, named
+            [
+                "--data",
+                str(tmp_path / "X.npy"),
+                "--labels",
+                str(tmp_path / "y.npy"),
+                "--loss",
+                "cross-entropy",
+            ],  # fmt: skip
+            "--loss cross-entropy trains a classifier, but the target of "
+            f"{tmp_path / 'y.npy'} holds fractional numbers, 60 distinct in 60 rows: --loss "
+            "squared-error (or poisson)",
+        ),
         (["--data", classes, "--val", classes, "--val-fraction", "0.5"], "replaces --val-fraction"),
     ]:
         assert main(["train", *TINY, *argv]) == 2

@@ -194,10 +194,11 @@ def test_train_runs_without_matplotlib_and_a_plot_kind_is_checked_first(tmp_path
         "argv = ['train', '--data', 's.npz', '--epochs', '1', '--backend', 'numpy', '--quiet']\n"
         "assert main(argv) == 0\n"
         "assert main([*argv, '--plot', 'c.png']) == 2\n"
+        "assert main(['bench', '--quick', '--plot', 'b.png']) == 2\n"  # (an ImportError)
     )
     run = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "--plot needs matplotlib: pip install matplotlib" in run.stderr
+    assert run.stderr.count("--plot needs matplotlib: pip install matplotlib") == 2
     pytest.importorskip("matplotlib")
     argv = ["train", "--data", str(tmp_path / "s.npz"), "--epochs", "1", "--backend", "numpy"]
     json_path = tmp_path / "h.json"
