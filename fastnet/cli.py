@@ -433,9 +433,9 @@ def _builtin(args: argparse.Namespace) -> Prepared:
 
 def _refuse_features_as_labels(args: argparse.Namespace) -> None:
     """--labels naming the features' own .npy (a regression of X on X), refused."""
-    for data, labels, flag in (
-        (args.data, args.labels, "--labels"),
-        (args.val, args.val_labels, "--val-labels"),
+    for data, labels, flag in (  # (evaluate and predict have no --val)
+        (args.data, getattr(args, "labels", None), "--labels"),
+        (getattr(args, "val", None), getattr(args, "val_labels", None), "--val-labels"),
     ):
         if data and labels and _same_file(data, labels):
             raise ValueError(f"{flag} {labels!r} is the features' file: give the labels' .npy")
@@ -919,6 +919,7 @@ def _model_data(args: argparse.Namespace, model: Any, meta: dict, need_target: b
             f"target column was {extra.get('target')!r}"
         )
     labels, columns = getattr(args, "labels", None), extra.get("features")
+    _refuse_features_as_labels(args)
     target = target or extra.get("target")
     X, y, _ = _read_table(args.data, labels, target, model.dtype, need_target, columns=columns)
     if X.ndim == 2 and X.shape[1] != model.input_dim:

@@ -374,4 +374,11 @@ def test_bytes_labels_and_a_features_file_given_as_labels(tmp_path, capsys):
     features = str(tmp_path / "X.npy")
     assert main(["train", "--data", features, "--labels", features, *tiny]) == 2
     assert "--labels '" in capsys.readouterr().err
+    np.save(tmp_path / "y.npy", np.arange(40) % 2)
+    ckpt = str(tmp_path / "m.npz")
+    labels = ["--labels", str(tmp_path / "y.npy")]
+    assert main(["train", "--data", features, *labels, *tiny, "--save", ckpt]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", ckpt, "--data", features, "--labels", features]) == 2
+    assert "is the features' file" in capsys.readouterr().err  # (it scored X against X)
     assert repr(initializer_from_config("he")) == "He()"
