@@ -568,7 +568,7 @@ def _build_model(args: argparse.Namespace, data: Prepared, backend: Any) -> Any:
     if chosen == "poisson":
         loss: Any = Poisson()
         for y, rows in ((data.train[1], "training"), (data.val[1], "validation")):
-            if np.asarray(y).size and float(np.min(y)) < 0:
+            if loss.invalid_targets(np.asarray(y)):  # (named before a model is built)
                 raise ValueError(
                     f"--loss poisson needs counts or rates >= 0: the {rows} targets "
                     f"hold {float(np.min(y)):g}"
@@ -1033,8 +1033,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         model = model.prepend(Standardize(scaler.offset, scaler.scale))
     model.to_onnx(args.output)  # with the checkpoint's classes, features, target, task
     print(f"wrote {args.output} (inputs 'input', outputs {', '.join(model.onnx_outputs())})")
-    if extra.get("classes") is not None:
-        print(f"its metadata 'classes' maps output columns to labels: {extra['classes'][:10]}")
+    classes = extra.get("classes")
+    if classes is not None and model.output_dim == 1 and len(classes) == 2:  # one sigmoid
+        print(f"its metadata 'classes' names the labels: the output is P({classes[1]!r})")
+    elif classes is not None:
+        print(f"its metadata 'classes' maps output columns to labels: {classes[:10]}")
     return 0
 
 

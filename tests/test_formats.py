@@ -202,6 +202,12 @@ def test_cli_export_records_the_class_labels(tmp_path, capsys):
     assert "maps output columns to labels: [0, 1000, 2000]" in capsys.readouterr().out
     meta = ort.InferenceSession(str(tmp_path / "m.onnx")).get_modelmeta().custom_metadata_map
     assert json.loads(meta["classes"]) == [0, 1000, 2000] and meta["task"] == "classification"
+    binary = fn.Sequential([fn.Dense(1)], loss="sigmoid_binary_cross_entropy", backend="numpy")
+    binary.fit(X, (X[:, 0] > 0).astype(np.float32), epochs=1, verbose=0)
+    binary.metadata["classes"] = ["no", "yes"]  # one column: not a column per label
+    binary.save(tmp_path / "b.npz")
+    assert main(["export", str(tmp_path / "b.npz"), str(tmp_path / "b.onnx")]) == 0
+    assert "names the labels: the output is P('yes')" in capsys.readouterr().out
 
 
 def test_onnx_metadata_maps_names_to_strings(tmp_path):
