@@ -534,9 +534,9 @@ def _split_rows(X: Any, y: np.ndarray, args: argparse.Namespace, classify: bool)
     """A seeded shuffle split (stratified by class); a memory-mapped file too large to copy
     into memory validates on its last rows, with a warning, if every class trains."""
     from fastnet.data import train_val_split
+    from fastnet.datasets import physical_memory
 
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if not (isinstance(X, np.memmap) and X.nbytes > memory // 4):
+    if not (isinstance(X, np.memmap) and X.nbytes > physical_memory() // 4):
         return train_val_split(X, y, args.val_fraction, seed=args.seed, stratify=classify)
     cut = len(X) - max(1, int(round(len(X) * args.val_fraction)))
     if classify and np.setdiff1d(y[cut:], y[:cut]).size:

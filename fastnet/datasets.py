@@ -9,6 +9,7 @@ import collections
 import csv
 import itertools
 import os
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,6 +155,14 @@ def load_table(
     return X, y, names
 
 
+def physical_memory() -> int:
+    """Bytes of physical memory (``sys.maxsize`` where the system does not say)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # (no sysconf, or no such name)
+        return sys.maxsize
+
+
 def _check_fits_memory(path: Path) -> None:
     """A (compressed) .npz whose arrays would not fit in memory twice is refused before it is
     read (a few MB of zeros may expand to gigabytes)."""
@@ -161,7 +170,7 @@ def _check_fits_memory(path: Path) -> None:
         return  # (np.load reports it)
     with zipfile.ZipFile(path) as archive:
         size = sum(info.file_size for info in archive.infolist())
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    memory = physical_memory()
     if size > memory // 2:  # (training copies them once: a split, a cast)
         raise DatasetError(
             f"{path} expands to {size / 2**30:.1f} GiB, over half this machine's memory "

@@ -389,3 +389,28 @@ def test_bytes_labels_and_a_features_file_given_as_labels(tmp_path, capsys):
     assert main(["evaluate", ckpt, "--data", features, "--labels", features]) == 2
     assert "is the features' file" in capsys.readouterr().err  # (it scored X against X)
     assert repr(initializer_from_config("he")) == "He()"
+
+
+def test_a_memory_mapped_file_too_large_to_shuffle_validates_on_its_last_rows(
+    tmp_path, monkeypatch, capsys
+):
+    """A .npy over a quarter of the memory is not copied for a shuffled split: its last rows
+    validate (a warning says so), refused where they hold a class the rest lacks."""
+    import fastnet.datasets as datasets
+
+    X = np.random.default_rng(0).standard_normal((100, 3)).astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "y.npy", np.arange(100) % 2)
+    np.save(tmp_path / "z.npy", np.r_[np.zeros(90, int), np.ones(10, int)])
+    monkeypatch.setattr(datasets, "physical_memory", lambda: 4 * X.nbytes - 4)
+    argv = ["train", "--data", str(tmp_path / "X.npy"), "--epochs", "1", "--backend", "numpy"]
+    assert main([*argv, "--labels", str(tmp_path / "y.npy"), "--val-fraction", "0.2"]) == 0
+    out, err = capsys.readouterr()
+    assert "validating on the last 20 rows of" in err and "give --val to choose them" in err
+    assert main([*argv, "--labels", str(tmp_path / "z.npy"), "--val-fraction", "0.1"]) == 2
+    assert "its last rows hold classes the rest lacks: give a validation file" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.undo()
+    assert main([*argv, "--labels", str(tmp_path / "y.npy")]) == 0
+    assert "validating on the last" not in capsys.readouterr().err
