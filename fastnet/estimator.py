@@ -595,6 +595,10 @@ class _MLPBase(BaseEstimator):
 
     def _fit(self, *args: Any, **kwargs: Any) -> Any:
         """``_fit_checked``; rejected input (or an interrupted fit) changes nothing."""
+        if getattr(getattr(self, "model_", None), "_in_fit", False):  # (before partial_fit's
+            raise RuntimeError(  # alpha reaches the running fit's optimizer)
+                f"this {type(self).__name__} is in fit (another thread's): one fit at a time"
+            )
         keys = ("n_features_in_", "feature_names_in_", "_no_improvement")
         saved = {k: copy.deepcopy(v) for k, v in vars(self).items() if k in keys}
         try:

@@ -182,18 +182,20 @@ _FIT_STARTS = threading.Lock()
 def _one_fit_at_a_time(model: Any) -> Iterator[None]:
     """A fit's whole span: a second fit of the same model meanwhile (from one of its
     callbacks, or another thread) is refused before it changes anything."""
-    with _FIT_STARTS:
-        if model._in_fit:
-            raise RuntimeError(
-                "this model is already in fit (called from one of its callbacks or another "
-                "thread): one fit at a time (a callback ends training by setting "
-                "model.stop_training = True; copy.deepcopy(model) trains a copy)"
-            )
-        model._in_fit = True
+    mine = False
     try:
+        with _FIT_STARTS:
+            if model._in_fit:
+                raise RuntimeError(
+                    "this model is already in fit (called from one of its callbacks or another "
+                    "thread): one fit at a time (a callback ends training by setting "
+                    "model.stop_training = True; copy.deepcopy(model) trains a copy)"
+                )
+            mine = model._in_fit = True  # (mine first: Ctrl-C between them cannot lock it)
         yield
     finally:
-        model._in_fit = False
+        if mine:
+            model._in_fit = False
 
 
 @contextlib.contextmanager
@@ -565,8 +567,8 @@ class Trainer:
         on NumPy targets and, as Keras, ``predict_proba``'s outputs (``on_labels(f)``: labels).
         ``initial_epoch`` (Keras's) resumes: the first epoch's index, ``epochs`` the final one.
         Bad arguments raise before anything changes. A NaN/inf loss restores the last finite
-        weights, stops (``on_divergence``: "raise" raises ``TrainingDivergedError``); Ctrl-C or
-        an error (a callback's) restores the last finished epoch, lr too, and re-raises.
+        weights (lr too), stops (``on_divergence``: "raise" raises ``TrainingDivergedError``);
+        Ctrl-C or an error (a callback's) restores the last finished epoch (lr too), re-raises.
         ``compiled``: "auto" runs the backend's compiled step (the step function captured in
         a CUDA graph on cupy, one fused JIT call on numba) when the model qualifies, True
         requires it, False forces eager steps; both compute the same (``step_description``:
@@ -830,24 +832,25 @@ class Trainer:
                 cb.set_params(epochs=run.epochs, steps=self.steps_per_epoch, verbose=run.verbose)
             cb.on_train_begin(self)
         previous: dict[str, Any] | None = None
+        previous_lrs: list = []
         for epoch in range(run.first, run.epochs):
-            lrs = [(opt, opt.lr, opt.initial_lr) for opt in _optimizers(self)]
+            lrs = self._learning_rates()
             snapshot: dict | None = None
             try:  # Ctrl-C anywhere in the epoch (steps, checks, validation, callbacks) undoes it
                 for cb in run.callbacks:
                     cb.on_epoch_begin(self, epoch)
                 snapshot = self.get_state()
                 logs = self._train_epoch(run_epoch, run, epoch, snapshot)
-                if self._diverged(run, epoch, logs["loss"], snapshot, previous):
+                if self._diverged(
+                    run, epoch, logs["loss"], (snapshot, lrs), (previous, previous_lrs)
+                ):
                     break
-                previous = snapshot
+                previous, previous_lrs = snapshot, lrs
                 stop = self._end_epoch(run, epoch, logs)
             except TrainingDivergedError:
                 raise  # (on_divergence="raise": the last finite weights were restored)
             except BaseException as exc:  # Ctrl-C or an error (a callback's): the epoch undone
-                for opt, lr, initial_lr in lrs:  # (a schedule's or ReduceLROnPlateau's change)
-                    opt.set_scheduled_lr(lr)
-                    opt.initial_lr = initial_lr
+                self._set_learning_rates(lrs)  # (a schedule's or ReduceLROnPlateau's change)
                 if snapshot is not None:
                     self._interrupted(run, epoch, snapshot, exc)
                 raise
@@ -862,16 +865,17 @@ class Trainer:
             self._check_same_weights(run.group, -1)
         return run.history
 
-    def _diverged(
-        self, run: FitRun, epoch: int, loss: float, snapshot: dict, previous: dict | None
-    ) -> bool:
-        """A non-finite loss or state after epoch ``epoch``: the last good weights restored and
-        ``stop_reason`` set (raised with ``on_divergence="raise"``); whether training stops."""
+    def _diverged(self, run: FitRun, epoch: int, loss: float, now: tuple, before: tuple) -> bool:
+        """A non-finite loss or state after epoch ``epoch``: the last good weights (and the
+        learning rates then: ``now`` and ``before`` pair each epoch's snapshot with them)
+        restored and ``stop_reason`` set (raised with ``on_divergence="raise"``); whether
+        training stops."""
         broken = self._divergence(loss, run.group)
         if not broken or run.on_divergence == "ignore":
             return False
         half = getattr(self, "policy", None) == "mixed_float16"
-        restored, undone = self._restore_last_good([snapshot, previous], run.X, run.y, epoch)
+        restored, undone = self._restore_last_good([now[0], before[0]], run.X, run.y, epoch)
+        self._set_learning_rates(before[1] if undone else now[1])
         for history, lengths in zip((self.history, run.history), run.before_last):
             for key in list(history) if undone else ():  # (the epoch before: its entries go)
                 del history[key][lengths.get(key, 0) :]
@@ -916,6 +920,16 @@ class Trainer:
             self.history.setdefault(key, []).append(value)
             run.history.setdefault(key, []).append(value)
         return stop
+
+    def _learning_rates(self) -> list[tuple[Any, float, float | None]]:
+        """Each optimizer with its ``lr`` and ``initial_lr`` (an undone epoch restores them)."""
+        return [(opt, opt.lr, opt.initial_lr) for opt in _optimizers(self)]
+
+    @staticmethod
+    def _set_learning_rates(lrs: list[tuple[Any, float, float | None]]) -> None:
+        for opt, lr, initial_lr in lrs:
+            opt.set_scheduled_lr(lr)
+            opt.initial_lr = initial_lr
 
     def _interrupted(self, run: FitRun, epoch: int, snapshot: dict, exc: BaseException) -> None:
         """Ctrl-C or an error in epoch ``epoch``: the state of the last finished epoch restored

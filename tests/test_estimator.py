@@ -801,3 +801,22 @@ def test_a_power_users_findings():
         with pytest.raises(ConvergenceWarning):
             strict.fit(X[:, :3], y)
     assert strict.n_features_in_ == 3 and strict.predict(X[:, :3]).shape == (200,)
+
+
+def test_a_partial_fit_while_the_model_is_in_fit_is_refused_before_it_changes_it():
+    """Another thread's partial_fit during a fit set alpha over its batch on the running
+    fit's optimizer before the model's own guard refused it; the estimator refuses first."""
+    from fastnet.estimator import MLPClassifier
+
+    X, y = make_blobs(n=200)
+    est = MLPClassifier((8,), alpha=1e-2, max_iter=2, random_state=0, backend="numpy")
+    est.partial_fit(X, y, classes=np.unique(y))
+    model, t = est.model_, est.t_
+    decay = model.optimizer.weight_decay
+    model._in_fit = True  # (as while another thread's fit runs)
+    for call in (lambda: est.partial_fit(X[:10], y[:10]), lambda: est.fit(X, y)):
+        with pytest.raises(RuntimeError, match="MLPClassifier is in fit .*one fit at a time"):
+            call()
+    assert model.optimizer.weight_decay == decay and est.t_ == t and est.model_ is model
+    model._in_fit = False
+    est.partial_fit(X[:10], y[:10])

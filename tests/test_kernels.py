@@ -316,7 +316,8 @@ def _last_update_call(be):
 def test_numba_update_cache_keeps_no_dead_model_alive():
     """The numba backend caches each group's update arguments, holding the arrays weakly: a
     fitted model, once dropped, frees its parameters and optimizer state (the cache held up
-    to 65 dead models' arrays, 12 MB per ``MLPClassifier((1024,))`` fit) and its entry goes."""
+    to 65 dead models' arrays, 12 MB per ``MLPClassifier((1024,))`` fit) and its entry goes;
+    the last model's cached inference arguments go with it."""
     import gc
     import weakref
 
@@ -334,13 +335,15 @@ def test_numba_update_cache_keeps_no_dead_model_alive():
     be = model.backend
     before = set(be._update_calls)
     model.fit(X, y, epochs=1, batch_size=16, verbose=0)
+    model.predict(X)  # (its fused inference's arguments are cached too)
     (key,) = set(be._update_calls) - before
     arrays = [weakref.ref(a()) for a in be._update_calls[key].arrays]
     assert len(arrays) == 5  # parameters, gradients, Adam's two slots, device scalars
+    assert be._infer_args["args"][0][0].base is arrays[0]()  # the first Dense's weight
     del model
     gc.collect()
     assert [a() for a in arrays] == [None] * 5
-    assert key not in be._update_calls
+    assert key not in be._update_calls and be._infer_args == {}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

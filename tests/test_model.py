@@ -147,10 +147,10 @@ def test_divergence_restores_last_good_weights(backend):
 def test_a_restore_two_epochs_back_drops_the_undone_epochs_history(monkeypatch):
     """A divergence whose own epoch's start still gives a non-finite loss restores the start
     of the epoch before: that epoch's history entry goes too (it stayed, logged twice on
-    resume from epochs_trained)."""
+    resume from epochs_trained), and the learning rate is that epoch's."""
     X, y = make_blobs()
     model, once = _mlp("numpy"), _mlp("numpy")
-    once.fit(X, y, epochs=1, verbose=0)
+    once.fit(X, y, epochs=1, verbose=0, callbacks=[fn.LearningRateScheduler(lambda e: 0.01)])
     check, loss_on = fn.Sequential._divergence, fn.Sequential._loss_on
     calls = []
 
@@ -167,8 +167,10 @@ def test_a_restore_two_epochs_back_drops_the_undone_epochs_history(monkeypatch):
 
     monkeypatch.setattr(fn.Sequential, "_divergence", third_epoch_breaks)
     monkeypatch.setattr(fn.Sequential, "_loss_on", first_restore_is_not_finite)
+    rising = fn.LearningRateScheduler(lambda epoch: 0.01 * (epoch + 1))
     with pytest.warns(RuntimeWarning, match="start of epoch 2 restored"):
-        h = model.fit(X, y, epochs=5, verbose=0, callbacks=[first_epoch_note])
+        h = model.fit(X, y, epochs=5, verbose=0, callbacks=[first_epoch_note, rising])
+    assert model.optimizer.lr == 0.01  # its lr then too (0.03 diverged: it stayed)
     assert len(h["loss"]) == len(model.history["loss"]) == model.epochs_trained == 1
     assert h["loss"] == once.history["loss"] and h["note"] == model.history["note"] == [1.0]
     for a, b in zip(model.get_weights(), once.get_weights()):

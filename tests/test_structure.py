@@ -172,8 +172,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # bytes labels decoded, and fit's data errors naming their file in the CLI: +60), to 13,340
 # for session 20's numba update cache holding its arrays weakly (no dead model kept: +10),
 # to 13,370 for an undone epoch's learning rates restored and a fit within fit refused (+30),
-# to 13,380 for the CLI naming what chose a classifier and a one-sigmoid export's label (+10)
-BUDGET = 13380
+# to 13,380 for the CLI naming what chose a classifier and a one-sigmoid export's label (+10),
+# to 13,400 for their review (a divergence restoring its epoch's lr, the estimator refusing a
+# partial_fit during a fit, numba's cached inference dropped with its model: +20)
+BUDGET = 13400
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

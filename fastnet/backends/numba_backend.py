@@ -196,7 +196,7 @@ class NumbaBackend(Backend):
             return None
         key = (id(plan), x.dtype)
         cached = self._infer_args  # read once: another thread's model may replace it
-        if cached.get("key") != key:  # the plan's arrays, once per plan
+        if cached.get("key") != key or cached["plan"]() is not plan:  # once per plan
             if any(layer.activation not in self.k.ACTIVATIONS for layer in layers):
                 return None  # (a code without a kernel branch: layer by layer)
             dtype = x.dtype
@@ -206,7 +206,7 @@ class NumbaBackend(Backend):
             )
             cached = self._infer_args = {
                 "key": key,
-                "plan": plan,
+                "plan": weakref.ref(plan, self._forget_inference),  # (a dead model's arrays go)
                 "args": (
                     tuple(layer.weight for layer in layers),
                     biases,
@@ -216,6 +216,11 @@ class NumbaBackend(Backend):
             }
         self.record_kernel("matmul", "blas (numba, fused inference)")
         return self.k.dense_forward(x, *cached["args"], softmax)
+
+    def _forget_inference(self, dead: weakref.ref) -> None:
+        """The cached inference arguments of a plan that died (its model's), dropped."""
+        if self._infer_args.get("plan") is dead:
+            self._infer_args = {}
 
     # ------------------------------------------------------------------ loss
     def _targets(self, logits: Any, labels: Any) -> tuple[Any, Any] | None:
