@@ -276,6 +276,7 @@ class Sequential(Trainer):
                     f"{self.input_dim} and keeps its weights; make a new model for another width"
                 )
             return self
+        check_layer_stack(self.layers)  # (built by another model since: refused, not rebuilt)
         said, widths = self.output_width(width), [width]  # (raises on a mismatch before any
         # layer is built)
         if not _REBUILDING.get():  # (a saved model loads as it was built)

@@ -4,6 +4,7 @@ names the argument, or does what the notebooks' habits expect, and changes nothi
 import numpy as np
 import pytest
 from capture_backend import CaptureSimBackend
+from conftest import make_blobs
 
 import fastnet as fn
 
@@ -443,3 +444,21 @@ def test_a_model_of_dropout_alone_predicts_without_touching_the_callers_array(ba
     np.testing.assert_array_equal(X, before)
     if loss == "mean_squared_error":
         np.testing.assert_array_equal(backend.to_numpy(model.predict(X)), X)
+
+
+def test_two_models_made_of_one_list_of_layers_do_not_share_them_silently():
+    """Two models of the same unbuilt layers (comparing optimizers, as the notebooks do): the
+    second one's fit rebuilt the layers the first had built, and the first then failed with a
+    bare KeyError (get_weights, save, fit); now the second is refused and the first is kept."""
+    X, y = make_blobs(n=60)
+    layers = [fn.Dense(8, "relu"), fn.Dense(4)]
+    sgd = fn.Sequential(layers, optimizer=fn.SGD(0.1), backend="numpy", seed=0)
+    adam = fn.Sequential(layers, optimizer=fn.Adam(), backend="numpy", seed=0)
+    sgd.fit(X, y, epochs=1, verbose=0)
+    weights = sgd.get_weights()
+    with pytest.raises(ValueError, match=r"layers\[0\] \(Dense\) is built .*make new layer"):
+        adam.fit(X, y, epochs=1, verbose=0)
+    assert not adam.built and adam.history == {}
+    for a, b in zip(sgd.get_weights(), weights):
+        np.testing.assert_array_equal(a, b)
+    sgd.fit(X, y, epochs=1, verbose=0)
