@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.registry import Registry, construct
+from fastnet.validation import is_real
 
 #: initializer classes by ``name`` (a subclass with a ``name`` of its own registers itself)
 INITIALIZERS = Registry("initializer")
@@ -64,7 +65,7 @@ class Gaussian(Initializer):
     name = "gaussian"
 
     def __init__(self, sigma: float = 0.01) -> None:
-        if not (isinstance(sigma, (int, float)) and math.isfinite(sigma) and sigma > 0):
+        if not (is_real(sigma) and math.isfinite(sigma) and sigma > 0):  # (np.float32 too)
             raise ValueError(f"sigma must be a positive finite number, got {sigma!r}")
         self.sigma = float(sigma)
 

@@ -51,6 +51,35 @@ def _sign_from_input(code: Act, alpha: float) -> bool:
 LAYERS = Registry("layer")
 
 
+class ParameterAttribute:
+    """A layer's Parameter attribute, set by ``build``. Read as a plain attribute (no
+    ``__get__``: as fast); an array assigned to it is refused (the notebooks' ``self.W = W``:
+    the model kept training its own, then failed on the stranger)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __set__(self, layer: Any, value: Any) -> None:
+        if isinstance(layer.__dict__.get(self.name), Parameter) and not isinstance(
+            value, Parameter
+        ):
+            raise AttributeError(
+                f"{type(layer).__name__}.{self.name} is a Parameter the model trains: write its "
+                f"values into it (layer.{self.name}.value = array copies them in place) or use "
+                "model.set_weights"
+            )
+        layer.__dict__[self.name] = value
+
+    def __getattr__(self, attr: str) -> Any:  # (read before build: the class's object)
+        raise AttributeError(
+            f"{self.name} is created when the model is built (model.build(input_dim), or fit): "
+            f"no {attr!r} before"
+        )
+
+    def __repr__(self) -> str:
+        return f"<{self.name}: created when the model is built>"
+
+
 class Layer:
     """Base class. Subclasses implement ``build`` (creating ``Parameter`` objects),
     ``parameters`` (returning them), ``forward`` and ``backward`` (assigning each parameter's
@@ -253,7 +282,9 @@ class Dense(Layer):
     fuses_gradients = True
     alpha = Checked(check_alpha)  # the leaky_relu slope
     units, activation, activation_code, use_bias = SetOnce(), SetOnce(), SetOnce(), SetOnce()
-    W: Parameter  # created by build
+    # W, b (and BatchNorm1d's gamma, beta): Parameters that build creates
+    W: Parameter = ParameterAttribute()  # type: ignore[assignment]
+    b: Parameter | None = ParameterAttribute()  # type: ignore[assignment]
 
     def __init__(
         self,
@@ -294,7 +325,7 @@ class Dense(Layer):
         self.optimizer = optimizer
         self.use_bias = check_flag(use_bias, "use_bias")
         self.alpha = alpha
-        self.b: Parameter | None = None
+        self.b = None
 
     def frozen_constants(self) -> tuple:
         return (self.alpha,)
@@ -577,6 +608,8 @@ class BatchNorm1d(Layer):
 
     momentum = Checked(check_fraction("momentum"))
     eps = Checked(_check_eps)
+    gamma: Parameter = ParameterAttribute()  # type: ignore[assignment]
+    beta: Parameter = ParameterAttribute()  # type: ignore[assignment]
 
     def __init__(
         self, momentum: float = 0.9, eps: float = 1e-5, synchronized: bool = False

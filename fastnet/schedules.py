@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.callbacks import Callback, _optimizers
-from fastnet.validation import check_count, check_number
+from fastnet.validation import check_count, check_number, is_real
 
 
 class _Schedule(Callback):
@@ -82,12 +82,14 @@ class LearningRateScheduler(_EpochSchedule):
     @staticmethod
     def _number(value: Any, epoch: int) -> float:
         """The function's result as a float (a 0-d array too; not a string or a bool)."""
-        if isinstance(value, (str, bytes, bool)) or np.ndim(value) != 0:
+        number = value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
+        if not is_real(number):
             raise ValueError(
                 f"LearningRateScheduler's function, epoch {epoch}: returned {value!r}, not a "
                 "learning rate (a number)"
+                + (": a path through it returns nothing" if value is None else "")
             )
-        return float(value)
+        return float(number)
 
 
 def _positional_arguments(fn: Callable) -> int:

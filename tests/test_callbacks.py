@@ -346,10 +346,18 @@ def test_a_scheduler_function_of_the_epoch_keeps_per_layer_ratios():
     schedule = fn.LearningRateScheduler(lambda epoch: 0.1 * 0.5**epoch)
     _per_layer_model(0.01, 0.1).fit(X, y, epochs=3, verbose=0, callbacks=[schedule, rates])
     np.testing.assert_allclose(rates.seen, [(0.01, 0.1), (0.005, 0.05), (0.0025, 0.025)])
-    for bad in ("0.1", True, np.array([0.1])):
+    for bad in ("0.1", True, np.array([0.1]), None, 1j, np.array("0.1")):
         with pytest.raises(ValueError, match=r"epoch 0: returned .* not a learning rate"):
             schedule = fn.LearningRateScheduler(lambda epoch, lr, bad=bad: bad)
             _model("numpy").fit(X, y, epochs=1, verbose=0, callbacks=[schedule])
+    with pytest.raises(ValueError, match="returned None.*a path through it returns nothing"):
+        schedule = fn.LearningRateScheduler(lambda epoch: 0.1 if epoch > 0 else None)
+        _model("numpy").fit(X, y, epochs=1, verbose=0, callbacks=[schedule])
+    for good in (np.float32(0.05), np.array(0.05), 1):  # (a NumPy scalar, a 0-d array)
+        model = _model("numpy")
+        schedule = fn.LearningRateScheduler(lambda epoch, lr, good=good: good)
+        model.fit(X, y, epochs=1, verbose=0, callbacks=[schedule])
+        assert model.optimizer.lr == float(good)
 
 
 @pytest.mark.parametrize(

@@ -112,6 +112,9 @@ def test_losses_reject_targets_outside_their_domain(backend):
     model = fn.Sequential([fn.Dense(2)], backend=backend)
     with pytest.raises(ValueError, match="y: soft targets must be non-negative"):
         model.fit(X, -np.ones((4, 2)), epochs=1, verbose=0)
+    with pytest.raises(ValueError, match="y: the targets are all zero: no row names a class"):
+        model.fit(X, np.zeros((4, 2)), epochs=1, verbose=0)  # (labels never filled in)
+    model.fit(X, np.array([[0, 0], [1, 0], [0, 2], [0.5, 0.5]]), epochs=1, verbose=0)  # weights
     model = fn.Sequential([fn.Dense(1)], loss="bce", backend=backend)
     with pytest.raises(ValueError, match=r"y: targets must be in \[0, 1\]"):
         model.fit(X, np.full(4, 3.0), epochs=1, verbose=0)

@@ -101,8 +101,10 @@ def test_initializers(backend):
     ]:
         w = init(rng, 400, 200)
         assert w.dtype == np.float32 and abs(w.std() - std) / std < 0.05
-    with pytest.raises(ValueError, match="sigma"):
-        fn.Gaussian(-1)
+    for bad in (-1, True, np.bool_(True), "0.1", np.nan):  # (True was sigma=1.0)
+        with pytest.raises(ValueError, match="sigma must be a positive finite number"):
+            fn.Gaussian(bad)
+    assert fn.Gaussian(np.float32(0.25)).sigma == 0.25  # (refused as not a number)
 
 
 def test_adagrad_accumulator_starts_at_zero_with_eps():

@@ -462,3 +462,22 @@ def test_two_models_made_of_one_list_of_layers_do_not_share_them_silently():
     for a, b in zip(sgd.get_weights(), weights):
         np.testing.assert_array_equal(a, b)
     sgd.fit(X, y, epochs=1, verbose=0)
+
+
+def test_assigning_an_array_to_a_layers_parameter_is_refused_naming_the_way(backend):
+    """The notebooks' ``layer.W = W`` replaced the Parameter: the model kept training its
+    own copy and predict/get_weights failed on the array ('no attribute compute'). It is
+    refused naming ``layer.W.value = ...``, which writes the values in place."""
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.BatchNorm1d(), fn.Dense(3)], backend=backend)
+    with pytest.raises(AttributeError, match="created when the model is built"):
+        model.layers[0].W.value  # noqa: B018  (before build: the way to get one, named)
+    model.build(5)
+    before = model.get_weights()
+    for layer, name in [(0, "W"), (0, "b"), (1, "gamma"), (1, "beta"), (2, "b")]:
+        with pytest.raises(AttributeError, match=rf"\.{name} is a Parameter .*\.{name}\.value ="):
+            setattr(model.layers[layer], name, np.zeros(3))
+    for a, b in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(a, b)
+    model.layers[0].W.value = np.ones((5, 4), np.float32)
+    assert float(np.sum(model.get_weights()[0])) == 20.0
+    model.predict(np.ones((2, 5), np.float32))
