@@ -393,13 +393,15 @@ class Sequential(Trainer):
         """The state's parameters and buffers, layer by layer (Keras's order of weights)."""
         return [e for e in self.state_entries() if e.kind in ("param", "buffer")]
 
-    def summary(self, print_fn: Any = print) -> str:
+    def summary(self, print_fn: Any = print) -> str | None:
         """Print the layers, output widths and parameter counts, the loss and the optimizer
-        (as Keras's ``summary``; ``print_fn=None`` prints nothing); returns the text too."""
+        and return None, as Keras's ``summary`` (a notebook cell shows the table once);
+        ``print_fn=None`` prints nothing and returns the text."""
         text = self._summary_text()
-        if print_fn is not None:
-            print_fn(text)
-        return text
+        if print_fn is None:
+            return text
+        print_fn(text)
+        return None
 
     def _summary_text(self) -> str:
         lines = [f"Sequential on {self.backend.name} ({self.policy or self.dtype})"]

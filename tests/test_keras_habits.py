@@ -204,9 +204,10 @@ def test_leaky_relu_takes_any_slope_with_the_exact_gradient(alpha):
 
 def test_summary_prints_like_keras(capsys):
     model = _model().build(6)
-    text = model.summary()
-    assert "total params=" in capsys.readouterr().out and "total params=" in text
-    model.summary(print_fn=None)
+    assert model.summary() is None  # (a notebook cell showed the table, then its repr again)
+    printed = capsys.readouterr().out
+    assert "total params=" in printed
+    assert model.summary(print_fn=None) + "\n" == printed  # the text, printing nothing
     assert capsys.readouterr().out == ""
 
 
