@@ -1076,11 +1076,12 @@ def _one_line_warning(command: str, message: Any, *args: Any, **kwargs: Any) -> 
 
 
 class _PipeSafeOutput(io.TextIOBase):
-    """``fastnet train``'s stdout: once its reader stops (``| head``), the rest of the output
-    is dropped and training goes on to save its model and JSON, saying so on stderr."""
+    """``fastnet train``'s stdout or stderr: once its reader stops (``| head``, ``2>&1 |
+    head``), the rest of its output is dropped and training goes on to save its model and
+    JSON, saying so (``notice``) on stderr."""
 
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.closed_early = stream, False
+    def __init__(self, stream: Any, notice: str = "") -> None:
+        self.stream, self.notice, self.closed_early = stream, notice, False
 
     def write(self, text: str) -> int:
         return self._guarded(self.stream.write, text) or len(text)
@@ -1097,7 +1098,8 @@ class _PipeSafeOutput(io.TextIOBase):
             self.closed_early = True
             with contextlib.suppress(OSError, ValueError):  # (exit flushes it again)
                 os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
-            print("fastnet train: stdout closed early: the run goes on", file=sys.stderr)
+            if self.notice:  # (sys.stderr: guarded too, dropped if it is the same pipe)
+                print(self.notice, file=sys.stderr)
             return None
 
 
@@ -1111,11 +1113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fastnet.backends import BackendUnavailableError
     from fastnet.distributed import DistributedError
 
-    out = _PipeSafeOutput(sys.stdout) if args.command == "train" else sys.stdout
+    out, err = sys.stdout, sys.stderr
+    if args.command == "train":
+        out = _PipeSafeOutput(out, "fastnet train: stdout closed early: the run goes on")
+        err = _PipeSafeOutput(err)
     if getattr(args, "json", None) == "-":  # the JSON alone on stdout, the rest on stderr
-        args._json_out, out = out, sys.stderr
+        args._json_out, out = out, err
     try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(out):
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
             warnings.showwarning = functools.partial(_one_line_warning, args.command)
             return globals()[f"cmd_{args.command}"](args)  # cmd_train, cmd_predict, ...
     except BrokenPipeError:  # `fastnet predict | head` stopped reading: quiet, as Unix tools are
@@ -1138,7 +1147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         alike = getattr(exc, "every_rank", False)  # (every rank has it: rank 0 says it)
         if dist.is_main() or not alike:
             rank = "" if dist.is_main() else f"rank {dist.rank()}: "
-            print(f"fastnet {args.command}: error: {rank}{message}", file=sys.stderr)
+            print(f"fastnet {args.command}: error: {rank}{message}", file=err)
         job = dist.current()
         if job is not None and job.world_size > 1 and not alike:
             job.abort(2)  # (its own error: the other ranks would wait for it)

@@ -417,6 +417,16 @@ def test_train_into_a_closed_pipe_goes_on_to_save_its_model(tmp_path):
     err = proc.stderr.read().decode()
     assert proc.wait() == 0 and "fastnet train: stdout closed early: the run goes on" in err
     assert fn.load_model(ckpt, backend="numpy").built
+    for extra in ([], ["--json", "-"]):  # `2>&1 | head`: stderr in the same closed pipe (the
+        ckpt.unlink()  # notice on stderr raised again, and the run ended unsaved with 141)
+        proc = subprocess.Popen(
+            [*argv, "--save", str(ckpt), *TINY, *extra],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        proc.stdout.close()
+        assert proc.wait() == 0 and fn.load_model(ckpt, backend="numpy").built
 
 
 def test_options_that_do_not_apply_are_refused_by_name(tmp_path, capsys):
