@@ -260,6 +260,19 @@ def test_activations_carry_nan_and_inf_as_the_reference(backend, ref, act):
     fused = to_np(backend, backend.bias_act(backend.asarray(z), backend.asarray(b), code, 0.01))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)  # NaN only where NaN
     np.testing.assert_allclose(fused, want, rtol=1e-6, atol=0)
+    # backward: an infinite or NaN gradient at a unit ReLU turned off is NaN, as NumPy's
+    # dy * mask (numba's made it 0: a diverged step trained on where NumPy's restored)
+    y = np.tile(ref.activation(np.array([[-1, -0.0, 0, 2, -3, 4]], np.float32), code), (2, 1))
+    dy = np.tile(np.array([[np.inf, np.nan, -np.inf, np.inf, np.nan, 1]], np.float32), (2, 1))
+    with np.errstate(invalid="ignore"):
+        want = ref.activation_backward(y, dy, code, 0.01)
+    Y, DY = backend.asarray(y), backend.asarray(dy)
+    got = to_np(backend, backend.activation_backward(Y, DY, code, 0.01))
+    dz, db = backend.asarray(np.empty_like(y)), backend.asarray(np.empty(6, np.float32))
+    backend.act_backward_bias(Y, DY, code, 0.01, dz, db)
+    for have in (got, to_np(backend, dz)):
+        np.testing.assert_allclose(have, want, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(to_np(backend, db), want.sum(axis=0), rtol=1e-6, atol=0)
 
 
 UPDATES = {
