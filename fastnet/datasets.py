@@ -116,7 +116,8 @@ def load_table(
     float64 model: float32 rounds timestamps near 1.7e9 to 128 s)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist")
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"data file {str(path)!r} {what}")
     suffix, names, y = path.suffix.lower(), None, None
     try:
         if suffix == ".npz":
@@ -305,7 +306,15 @@ def _markers_among_numbers(values: list[str], lines: list[int]) -> list[int]:
 
 
 def _checked_header(path: Path, header: list[str], target: str | None) -> list[str]:
-    """``header``, refused where a column has no name or a repeated one, or lacks ``target``."""
+    """``header``, refused where a column has no name or a repeated one, or lacks ``target``
+    (or is one column of names split by another separator)."""
+    other = [s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]]
+    if other:
+        raise DatasetError(
+            f"{path}: the header is one column, {header[0]!r}, separated by {other[0]!r}: "
+            "fastnet reads comma-separated files (pandas: pd.read_csv(path, sep="
+            f"{other[0]!r}).to_csv(new_path, index=False))"
+        )
     counts = collections.Counter(header)
     if counts[""]:
         raise DatasetError(

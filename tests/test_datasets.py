@@ -86,10 +86,14 @@ def test_user_data_files(tmp_path):
     np.savez(tmp_path / "y0.npz", X=X, y=np.array(5))
     np.savez(tmp_path / "objects.npz", X=X, y=np.array(["a"] * 50, object))
     (tmp_path / "cut.npz").write_bytes((tmp_path / "d.npz").read_bytes()[:200])
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "semi.csv").write_text("a;label;b\n1;yes;2\n")  # (European Excel's)
     for bad, match in (
         (("X.npy",), "labels"),
         (("t.csv", None, "nope"), "no column"),
         (("missing.npz",), "does not exist"),
+        (("adir",), "'.*adir' is a directory, not a file"),
+        (("semi.csv", None, "label"), r"one column, 'a;label;b', separated by ';': .* comma-"),
         (("y0.npz",), r"one label per row, got X \(50, 3\) and y \(\)"),
         (("X.npy", "d.npz"), "labels file .*d.npz': the labels of a .npy of features are a .npy"),
         (("X.npy", "t.csv"), "labels file .*t.csv'"),
