@@ -711,7 +711,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         interrupted = True
         print(f"\n{model.stop_reason or 'interrupted'}", file=sys.stderr)
     except ValueError as exc:  # fit's "X contains ...": the file it came from named
-        raise ValueError(_with_file(str(exc), args)) from None
+        held = args.val or args.data
+        files = {"X": args.data, "y": args.labels, "X_val": held, "y_val": args.val_labels or held}
+        raise ValueError(_with_file(str(exc), files)) from None
     if model.stop_reason and not interrupted and not model.diverged:  # (a divergence: warned)
         say(model.stop_reason)
     results = _train_report(model, data, time.perf_counter() - start, say)
@@ -720,12 +722,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if interrupted else 0
 
 
-def _with_file(message: str, args: argparse.Namespace) -> str:
-    """``fit``'s message about its argument X, y, X_val or y_val, led by the file that holds
-    it (a memory-mapped .npy is checked as it trains; a --val file's width against the
-    model)."""
-    held = args.val or args.data
-    files = {"X": args.data, "y": args.labels, "X_val": held, "y_val": args.val_labels or held}
+def _with_file(message: str, files: dict[str, str | None]) -> str:
+    """``fit``'s or ``evaluate``'s message about its argument X, y, X_val or y_val, led by
+    the file (``files``) that holds it (a memory-mapped .npy is checked as it trains; a --val
+    file's width against the model)."""
     source = files.get(message.split(" ", 1)[0])
     return f"{source}: {message}" if source else message
 
@@ -959,7 +959,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
             X = Scaler.from_json(extra["scale"]).transform(X, model.dtype)
         name, held, encoding = dataset, "test", None
-    _report(model, X, y, held, encoding, print, prefix=f"{args.checkpoint}: {name} ")
+    try:
+        _report(model, X, y, held, encoding, print, prefix=f"{args.checkpoint}: {name} ")
+    except ValueError as exc:  # evaluate's "y contains label 14 ...": whose, named
+        source = args.data or f"--dataset {name}"
+        raise ValueError(_with_file(str(exc), {"X": source, "y": args.labels or source})) from None
     print(f"backend {model.backend.name}")
     return 0
 

@@ -967,3 +967,20 @@ def test_data_errors_found_in_training_name_their_file(tmp_path, capsys):
     assert main([*argv, *TINY]) == 2
     out, err = capsys.readouterr()
     assert "a5.npz holds 5 feature columns, --data" in err and "MLP" not in out
+
+
+def test_evaluate_names_the_file_or_dataset_of_bad_labels_or_width(tmp_path, capsys):
+    """A checkpoint saved from Python (no class names): evaluate's errors about y and X name
+    the --data file or the --dataset they came from, as train's do."""
+    X = np.random.default_rng(0).standard_normal((50, 4)).astype(np.float32)
+    model = fn.Sequential([fn.Dense(3)], backend="numpy", seed=0)
+    model.fit(X, np.arange(50) % 3, epochs=1, verbose=0)
+    model.save(tmp_path / "m.npz")
+    np.savez(tmp_path / "frac.npz", X=X, y=np.arange(50) % 3 + 0.5)
+    np.savez(tmp_path / "wide.npz", X=X, y=np.arange(50) % 15)
+    for data, message in [
+        ("frac.npz", "frac.npz: y must hold integer class labels"),
+        ("wide.npz", "wide.npz: y contains label 14 but the model has 3 outputs"),
+    ]:
+        assert main(["evaluate", str(tmp_path / "m.npz"), "--data", str(tmp_path / data)]) == 2
+        assert message in capsys.readouterr().err
