@@ -533,11 +533,14 @@ def _targets(y: np.ndarray, path: str, encoding: Any, task: str) -> np.ndarray:
 def _split_rows(X: Any, y: np.ndarray, args: argparse.Namespace, classify: bool) -> tuple:
     """A seeded shuffle split (stratified by class); a memory-mapped file too large to copy
     into memory validates on its last rows, with a warning, if every class trains."""
-    from fastnet.data import train_val_split
+    from fastnet.data import FRACTION_NAMES, train_val_split
     from fastnet.datasets import physical_memory
 
     if not (isinstance(X, np.memmap) and X.nbytes > physical_memory() // 4):
-        return train_val_split(X, y, args.val_fraction, seed=args.seed, stratify=classify)
+        try:
+            return train_val_split(X, y, args.val_fraction, seed=args.seed, stratify=classify)
+        except ValueError as exc:  # (the option, not the Python argument, named)
+            raise ValueError(str(exc).replace(FRACTION_NAMES, "--val-fraction")) from None
     cut = len(X) - max(1, int(round(len(X) * args.val_fraction)))
     if classify and np.setdiff1d(y[cut:], y[:cut]).size:
         raise ValueError(

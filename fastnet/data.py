@@ -288,6 +288,10 @@ def one_hot(labels: np.ndarray, n_classes: int | None = None, dtype=np.float32) 
     return out
 
 
+#: how ``train_val_split``'s errors name the fraction (the CLI names its own option instead)
+FRACTION_NAMES = "val_fraction; validation_split in fit"
+
+
 def train_val_split(
     X: Any,
     y: Any,
@@ -310,7 +314,7 @@ def train_val_split(
     if not 0 < n_val < n:
         fits = f"use one from {math.ceil(1000 / n) / 1000} to {math.floor(1000 - 1000 / n) / 1000}"
         raise ValueError(
-            f"the validation fraction {val_fraction!r} (val_fraction; validation_split in fit) "
+            f"the validation fraction {val_fraction!r} ({FRACTION_NAMES}) "
             f"holds out {n_val} of {n} rows, leaving an empty "
             f"{'validation' if n_val == 0 else 'training'} set; "
             + (fits if n > 1 else "splitting needs 2 rows or more")

@@ -650,6 +650,7 @@ def test_cli_options_that_would_be_ignored_are_refused(tmp_path, capsys):
     for argv, message in [
         (["--data", regression, "--label-smoothing", "0.1"], "--label-smoothing smooths class"),
         (["--data", regression, "--task", "classification"], "holds fractional numbers"),
+        (["--data", classes, "--limit", "5"], "0.1 (--val-fraction) holds out 0 of 5 rows"),
         (  # what chose a classifier, and the labels' file, named
             [
                 "--data",
