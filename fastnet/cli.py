@@ -746,10 +746,11 @@ def _train_report(model: Any, data: Prepared, total: float, say: Any) -> dict:
     else:
         say(f"{data.held}: not trained")
     first = f" after a first of {seconds[0]:.2f}s" if len(seconds) > 1 else ""
-    compiles = model.backend.name != "numpy" and seconds[0] > 1.5 * per_epoch
+    compiles = len(seconds) > 1 and model.backend.name != "numpy" and seconds[0] > 1.5 * per_epoch
     first += " (compiles)" if first and compiles else ""
+    pace = f"{per_epoch:.2f} s/epoch (median{first})" if seconds else "(none finished)"
     timing = (
-        f"epochs {len(seconds)}  {per_epoch:.2f} s/epoch (median{first})  total {total:.1f}s  "
+        f"epochs {len(seconds)}  {pace}  total {total:.1f}s  "
         f"backend {model.backend.name}  step {model.step_description}"
     )
     peak = model.backend.peak_memory()
@@ -803,7 +804,9 @@ def _write_outputs(
         saved.save(args.save, extra=data.extra)
         print(f"saved checkpoint to {args.save}")
     cm = results["confusion_matrix"]
-    if args.plot:
+    if args.plot and not model.history.get("loss"):
+        print(f"no epoch finished: no learning curves to write to {args.plot}", file=sys.stderr)
+    elif args.plot:
         from fastnet.plot import plot_history
 
         title = f"{data.name} MLP {arch} ({model.backend.name})"
