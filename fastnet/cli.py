@@ -428,7 +428,9 @@ def _builtin(args: argparse.Namespace) -> Prepared:
     if args.limit:
         X, y = X[: args.limit], y[: args.limit]
     train, val = train_val_split(X, y, args.val_fraction, seed=args.seed)
-    return Prepared(train, val, test, dataset, "test", extra={"dataset": dataset})
+    classes = list(range(int(max(np.max(y), np.max(test[1]))) + 1))  # (as your own data's:
+    extra = {"dataset": dataset, "task": "classification", "classes": classes}  # for export)
+    return Prepared(train, val, test, dataset, "test", extra=extra)
 
 
 def _refuse_features_as_labels(args: argparse.Namespace) -> None:

@@ -210,3 +210,17 @@ def test_mnist_labels_past_9_name_the_file(tmp_path, label):
     for load in (fn.load_mnist, fn.load_fashion_mnist):
         with pytest.raises(DatasetError, match=rf"train-labels-idx1-ubyte.gz: label {label} is"):
             load(tmp_path, one_hot_label=True)
+
+
+def test_a_cli_model_of_a_built_in_set_records_its_task_and_classes(tmp_path, capsys):
+    """`fastnet export` of a model trained on Fashion-MNIST wrote no task or classes into the
+    ONNX metadata (a model of your own file had both): the class indices are its labels."""
+    from fastnet.cli import main
+
+    make_dataset(tmp_path)
+    ckpt = str(tmp_path / "m.npz")
+    argv = ["train", "--data-dir", str(tmp_path), "--epochs", "1", "--backend", "numpy"]
+    assert main([*argv, "--quiet", "--save", ckpt]) == 0
+    extra = fn.load_model(ckpt, backend="numpy").metadata
+    assert extra["task"] == "classification" and extra["classes"] == list(range(10))
+    assert main(["evaluate", ckpt, "--data-dir", str(tmp_path)]) == 0
