@@ -206,6 +206,14 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     ),
     (("--val-labels",), dict(metavar="FILE", help="a .npy of labels for a .npy --val")),
     (("--save",), dict(metavar="FILE", help="write a checkpoint here (.npz or .safetensors)")),
+    (
+        ("--resume",),
+        dict(
+            metavar="CHECKPOINT",
+            help="train a saved model on from where it stopped (its own model, optimizer "
+            "state, seed and scaling; the same data): --epochs counts from its first run's start",
+        ),
+    ),
     (("--plot",), dict(metavar="FILE", help="write learning curves (PNG) here")),
     (("--patience",), dict(type=_positive(int), help="early stopping patience")),
     (
@@ -380,8 +388,9 @@ class Prepared:
         return int(max(y.max() for y in ys if y.size)) + 1
 
 
-def _prepare(args: argparse.Namespace) -> Prepared:
-    """(train, validation, held-out) from --dataset or --data, labels encoded, scaled."""
+def _prepare(args: argparse.Namespace, scaler: Any = None) -> Prepared:
+    """(train, validation, held-out) from --dataset or --data, labels encoded, scaled (by
+    ``scaler``, a resumed checkpoint's, else by one --scale fits)."""
     from fastnet.tabular import Scaler
 
     _refuse_unused(args.data, "--data", args.labels, "--labels", args.target)
@@ -390,14 +399,14 @@ def _prepare(args: argparse.Namespace) -> Prepared:
         raise ValueError("--val (a validation file) replaces --val-fraction: give one")
     args.val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
     prepared = _builtin(args) if args.data is None else _custom(args)
-    if args.scale != "none":
+    if args.scale != "none" or scaler is not None:
         X = prepared.train[0]
         if isinstance(X, np.memmap):
             raise ValueError(
                 "--scale needs the features in memory; a .npy --data is memory-"
                 "mapped and streamed: scale the file beforehand, or use .npz"
             )
-        scaler = Scaler(args.scale).fit(X)
+        scaler = scaler or Scaler(args.scale).fit(X)
         dtype = np.float64 if args.dtype == "float64" else np.float32
         prepared.train, prepared.val, prepared.test = (
             (scaler.transform(x, dtype), y)
@@ -663,6 +672,31 @@ def _refuse_overwrites(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
                 )
 
 
+def _train_header(args: argparse.Namespace, data: Prepared, model: Any, arch: str) -> str:
+    """The first line train prints: the data, the model, the optimizer, the backend."""
+    held = "the held-out set reported" if data.held == "held-out" else None
+    sets = f"{len(data.val[0])} val" + (f" ({held})" if held else f" / {len(data.test[0])} test")
+    resumed = f", resumed at epoch {model.epochs_trained + 1}" if args.resume else ""
+    return (
+        f"fastnet train: {data.name} {len(data.train[0])} train / {sets}, MLP {arch}{resumed}, "
+        f"{args.optimizer} lr={args.lr} ({args.schedule}), "
+        f"batch {args.batch_size}, backend {model.backend.name} "
+        f"({model.backend.device_info()}), {args.dtype}"
+        + ("" if args.dtype == "float64" else f" ({args.precision} matmuls)")
+    )
+
+
+def _resumed(args: argparse.Namespace, backend: Any) -> tuple:
+    """``cli_resume.resumed`` with the train options' defaults."""
+    from fastnet.cli_resume import resumed
+
+    defaults = {
+        options.get("dest", flags[0][2:].replace("-", "_")): options.get("default")
+        for flags, options in TRAIN_OPTIONS
+    }
+    return resumed(args, defaults, lambda path: _load_checkpoint(path, backend))
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     _check_outputs(args)
     backend, main_rank = args.backend, True
@@ -683,27 +717,23 @@ def cmd_train(args: argparse.Namespace) -> int:
         if (args.backend or "").strip().lower() in ("cupy", "auto"):
             backend = None  # the rank's GPU, chosen by init ("cupy:N" stays on GPU N)
     say = print if main_rank else _silent
-    data = _prepare(args)
-    model = _build_model(args, data, backend)
-    (X_tr, y_tr), (X_val, y_val), (X_test, _) = data.train, data.val, data.test
+    resume = _resumed(args, backend) if args.resume else None
+    data = _prepare(args, resume and resume[1])
+    model = _build_model(args, data, backend) if resume is None else resume[0]
+    if resume is not None:
+        from fastnet.cli_resume import check_same_data
+
+        check_same_data(args, model, resume[2], data)
+    (X_tr, y_tr), (X_val, y_val) = data.train, data.val
     arch = "-".join(str(s) for s in (X_tr.shape[1], *args.layers, data.n_outputs))
-    sets = f"{len(X_val)} val" + (
-        " (the held-out set reported)" if data.held == "held-out" else f" / {len(X_test)} test"
-    )
-    say(
-        f"fastnet train: {data.name} {len(X_tr)} train / {sets}, MLP {arch}, "
-        f"{args.optimizer} lr={args.lr} ({args.schedule}), "
-        f"batch {args.batch_size}, backend {model.backend.name} "
-        f"({model.backend.device_info()}), {args.dtype}"
-        + ("" if args.dtype == "float64" else f" ({args.precision} matmuls)"),
-        flush=True,
-    )
+    say(_train_header(args, data, model, arch), flush=True)
     interrupted, start = False, time.perf_counter()
     try:
         model.fit(
             X_tr,
             y_tr,
             epochs=args.epochs,
+            initial_epoch=model.epochs_trained,  # (a resumed checkpoint's)
             batch_size=args.batch_size,
             validation_data=(X_val, y_val),
             callbacks=_callbacks(args),

@@ -997,3 +997,60 @@ def test_evaluate_names_the_file_or_dataset_of_bad_labels_or_width(tmp_path, cap
     ]:
         assert main(["evaluate", str(tmp_path / "m.npz"), "--data", str(tmp_path / data)]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_train_resume_continues_an_interrupted_run_as_one_straight_run(
+    tmp_path, monkeypatch, capsys, backend
+):
+    """`train --resume m.npz` trains a saved model on: a run stopped by Ctrl-C after 2 of 4
+    epochs (its checkpoint saved), resumed to --epochs 4, ends with the weights and optimizer
+    state a straight 4-epoch run has, bit for bit (cosine schedule, --scale, dropout: the
+    scaling taken off and put back, the data order and dropout stream continued)."""
+    import fastnet.cli as cli
+    from fastnet.backends import probe
+
+    if not probe(backend).available:
+        pytest.skip(f"{backend} unavailable")
+    X = (np.random.default_rng(0).standard_normal((300, 6)) * 5 + 3).astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 3).astype(int) + (X[:, 1] > 3))
+    data = ["--data", str(tmp_path / "d.npz"), "--backend", backend, "--quiet"]
+    run = [*data, "--batch-size", "32", "--epochs", "4"]
+    paths = {name: str(tmp_path / f"{name}.npz") for name in ("straight", "stopped", "resumed")}
+    first = [*run, "--scale", "standard", "--dropout", "0.1"]
+    assert main(["train", *first, "--save", paths["straight"]]) == 0
+
+    class CtrlC(fn.Callback):
+        def on_epoch_begin(self, model, epoch, logs=None):
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+    callbacks = cli._callbacks
+    monkeypatch.setattr(cli, "_callbacks", lambda args: [*callbacks(args), CtrlC()])
+    assert main(["train", *first, "--save", paths["stopped"]]) == 130  # (saved first)
+    monkeypatch.undo()
+    assert main(["train", *run, "--resume", paths["stopped"], "--save", paths["resumed"]]) == 0
+    straight, stopped, resumed = (fn.load_model(p, backend="numpy") for p in paths.values())
+    assert (stopped.epochs_trained, resumed.epochs_trained) == (2, 4)
+    assert type(resumed.layers[0]).__name__ == "Standardize"  # (takes raw rows, as saved)
+    want, got = straight.host_state(), resumed.host_state()
+    assert set(want) == set(got)
+    for key in want:
+        np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    capsys.readouterr()
+    for extra, message in [
+        (["--layers", "8"], "drop --layers"),
+        (["--scale", "standard", "--seed", "3"], "drop --scale, --seed"),
+        (["--epochs", "2"], "has trained 2 epoch(s), and --epochs counts from its first"),
+    ]:
+        argv = [*data, "--resume", paths["stopped"], *extra]
+        assert main(["train", *argv]) == 2
+        assert message in capsys.readouterr().err
+    np.savez(tmp_path / "four.npz", X=X, y=np.arange(300) % 4)
+    argv = ["--data", str(tmp_path / "four.npz"), "--resume", paths["stopped"], "--quiet"]
+    assert main(["train", *argv]) == 2
+    assert "the data's classes are not those" in capsys.readouterr().err
+    assert main(["train", "--resume", paths["stopped"], "--quiet"]) == 2
+    assert "was trained on your own data (d.npz): give it again with --data" in (
+        capsys.readouterr().err
+    )
