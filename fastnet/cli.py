@@ -1128,6 +1128,16 @@ class _PipeSafeOutput(io.TextIOBase):
     def write(self, text: str) -> int:
         return self._guarded(self.stream.write, text) or len(text)
 
+    def isatty(self) -> bool:  # (a progress bar draws as the terminal's width allows)
+        return not self.closed_early and self.stream.isatty()
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
     def flush(self) -> None:
         self._guarded(self.stream.flush)
 

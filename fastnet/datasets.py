@@ -307,14 +307,7 @@ def _markers_among_numbers(values: list[str], lines: list[int]) -> list[int]:
 
 def _checked_header(path: Path, header: list[str], target: str | None) -> list[str]:
     """``header``, refused where a column has no name or a repeated one, or lacks ``target``
-    (or is one column of names split by another separator)."""
-    other = [s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]]
-    if other:
-        raise DatasetError(
-            f"{path}: the header is one column, {header[0]!r}, separated by {other[0]!r}: "
-            "fastnet reads comma-separated files (pandas: pd.read_csv(path, sep="
-            f"{other[0]!r}).to_csv(new_path, index=False))"
-        )
+    (named as another separator's columns where the header is one column they split)."""
     counts = collections.Counter(header)
     if counts[""]:
         raise DatasetError(
@@ -324,6 +317,13 @@ def _checked_header(path: Path, header: list[str], target: str | None) -> list[s
     repeated = sorted(h for h, n in counts.items() if n > 1)
     if repeated:
         raise DatasetError(f"{path}: the header repeats the column name(s) {repeated}")
+    other = [s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]]
+    if target is not None and target not in header and other:
+        raise DatasetError(
+            f"{path}: the header is one column, {header[0]!r}, separated by {other[0]!r}: "
+            "fastnet reads comma-separated files (pandas: pd.read_csv(path, sep="
+            f"{other[0]!r}).to_csv(new_path, index=False))"
+        )
     if target is not None and target not in header:
         raise DatasetError(f"{path}: no column {target!r} in the header {header}")
     return header

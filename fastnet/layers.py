@@ -56,6 +56,8 @@ class ParameterAttribute:
     ``__get__``: as fast); an array assigned to it is refused (the notebooks' ``self.W = W``:
     the model kept training its own, then failed on the stranger)."""
 
+    name = ""  # (set by __set_name__; a copy of the descriptor itself starts without one)
+
     def __set_name__(self, owner: type, name: str) -> None:
         self.name = name
 
@@ -71,6 +73,8 @@ class ParameterAttribute:
         layer.__dict__[self.name] = value
 
     def __getattr__(self, attr: str) -> Any:  # (read before build: the class's object)
+        if attr.startswith("__"):  # (copy and pickle probe for their hooks)
+            raise AttributeError(attr)
         raise AttributeError(
             f"{self.name} is created when the model is built (model.build(input_dim), or fit): "
             f"no {attr!r} before"

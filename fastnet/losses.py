@@ -290,8 +290,6 @@ class SoftmaxCrossEntropy(Loss):
             return ""
         if targets.size and bool((targets < 0).any()):
             return "soft targets must be non-negative (probabilities or counts)"
-        if targets.size and not bool(targets.any()):  # (zero rows weigh 0; all: no labels)
-            return "the targets are all zero: no row names a class (a one-hot row holds a 1)"
         return ""
 
 

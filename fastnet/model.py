@@ -281,14 +281,21 @@ class Sequential(Trainer):
         # layer is built)
         if not _REBUILDING.get():  # (a saved model loads as it was built)
             check_loss_width(self.loss, said)
-        for layer, above in zip(self.layers, [*self.layers[1:], None]):
-            layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
-            layer.feeds_dense = above is not None and above.fuses_gradients  # (may hand it
-            # its activation gradient)
-            width = layer.build(width, self.backend, self.dtype, self._rng)
-            widths.append(width)
-            check_parameters_listed(layer)
-        check_built_width(self.layers, widths, said)
+        drawn = self._rng.bit_generator.state
+        try:
+            for layer, above in zip(self.layers, [*self.layers[1:], None]):
+                layer.precision, layer.compute_dtype = self.precision, self.compute_dtype
+                layer.feeds_dense = above is not None and above.fuses_gradients  # (may hand
+                # it its activation gradient)
+                width = layer.build(width, self.backend, self.dtype, self._rng)
+                widths.append(width)
+                check_parameters_listed(layer)
+            check_built_width(self.layers, widths, said)
+        except BaseException:  # (a layer's error, out of memory): unbuilt, to build again
+            for layer in self.layers:
+                layer._backend = None
+            self._rng.bit_generator.state = drawn
+            raise
         self._lowest = next((i for i, x in enumerate(self.layers) if x.parameters()), 0)
         loss = self.loss  # one loss object may serve models of several widths
         loss.shared = loss.shared or loss.width not in (None, width)
@@ -562,6 +569,10 @@ class Sequential(Trainer):
         Xd = self._features(X, "X", on_device)
         width = self.output_width(Xd.shape[1])
         yd = self._targets(y, "y", Xd.shape[0], width, on_device)
+        if self.loss.multiclass and yd.ndim == 2 and not bool(yd.any()):  # (a zero row weighs
+            raise ValueError(  # 0; all of them: the labels were never filled in)
+                "y: the targets are all zero: no row names a class (a one-hot row holds a 1)"
+            )
         if Xd.shape[0] < self.min_batch_rows():
             raise ValueError(
                 f"X has {Xd.shape[0]} sample(s); this model (BatchNorm1d) needs at least "

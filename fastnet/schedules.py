@@ -7,12 +7,11 @@ follows the schedule uninterrupted training would)."""
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from collections.abc import Callable
 from typing import Any
-
-import numpy as np
 
 from fastnet.callbacks import Callback, _optimizers
 from fastnet.validation import check_count, check_number, is_real
@@ -82,14 +81,19 @@ class LearningRateScheduler(_EpochSchedule):
     @staticmethod
     def _number(value: Any, epoch: int) -> float:
         """The function's result as a float (a 0-d array too; not a string or a bool)."""
-        number = value.item() if isinstance(value, np.ndarray) and value.ndim == 0 else value
-        if not is_real(number):
+        number = float(value) if is_real(value) else None
+        kind = getattr(getattr(value, "dtype", None), "kind", "f")  # (Decimal: no dtype)
+        plain = value is not None and not isinstance(value, (str, bytes, bool))
+        if number is None and plain and kind in "iuf" and getattr(value, "ndim", 0) == 0:
+            with contextlib.suppress(TypeError, ValueError):  # a 0-d array (NumPy's, CuPy's)
+                number = float(value)
+        if number is None:
             raise ValueError(
                 f"LearningRateScheduler's function, epoch {epoch}: returned {value!r}, not a "
                 "learning rate (a number)"
                 + (": a path through it returns nothing" if value is None else "")
             )
-        return float(number)
+        return number
 
 
 def _positional_arguments(fn: Callable) -> int:

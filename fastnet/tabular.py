@@ -125,7 +125,7 @@ class LabelEncoding:
             unknown = np.setdiff1d(np.unique(y), classes)
         if unknown.size:
             raise DatasetError(
-                f"{name} holds label(s) {unknown[:5].tolist()} that the training "
+                f"{name}: label(s) {unknown[:5].tolist()} that the training "
                 f"data lacks (classes: {classes[:10].tolist()})"
             )
         return np.searchsorted(classes, y)

@@ -353,7 +353,9 @@ def test_a_scheduler_function_of_the_epoch_keeps_per_layer_ratios():
     with pytest.raises(ValueError, match="returned None.*a path through it returns nothing"):
         schedule = fn.LearningRateScheduler(lambda epoch: 0.1 if epoch > 0 else None)
         _model("numpy").fit(X, y, epochs=1, verbose=0, callbacks=[schedule])
-    for good in (np.float32(0.05), np.array(0.05), 1):  # (a NumPy scalar, a 0-d array)
+    from decimal import Decimal
+
+    for good in (np.float32(0.05), np.array(0.05), 1, Decimal("0.05")):  # (a 0-d array too)
         model = _model("numpy")
         schedule = fn.LearningRateScheduler(lambda epoch, lr, good=good: good)
         model.fit(X, y, epochs=1, verbose=0, callbacks=[schedule])

@@ -1054,3 +1054,19 @@ def test_train_resume_continues_an_interrupted_run_as_one_straight_run(
     assert "was trained on your own data (d.npz): give it again with --data" in (
         capsys.readouterr().err
     )
+
+
+def test_the_pipe_safe_stream_passes_on_its_terminal():
+    """train's guarded stdout/stderr said they were no terminal (io's default): tqdm drew a
+    10-column '#' bar in a terminal instead of a full-width one."""
+    import io
+
+    from fastnet.cli import _PipeSafeOutput
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    guarded = _PipeSafeOutput(Terminal())
+    assert guarded.isatty() and guarded.encoding == "utf-8"
+    assert not _PipeSafeOutput(io.StringIO()).isatty()

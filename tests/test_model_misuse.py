@@ -481,3 +481,29 @@ def test_assigning_an_array_to_a_layers_parameter_is_refused_naming_the_way(back
     model.layers[0].W.value = np.ones((5, 4), np.float32)
     assert float(np.sum(model.get_weights()[0])) == 20.0
     model.predict(np.ones((2, 5), np.float32))
+
+
+def test_a_build_that_fails_partway_can_be_retried():
+    """A layer's error in build (here an initializer of the wrong shape) left the layers before
+    it built, and the fit after the fix refused them as another model's; it builds again, the
+    weights drawn as a first build draws them."""
+
+    class Transposed(fn.initializers.Initializer):
+        name = "transposed_for_this_test"
+
+        def __call__(self, rng, n_in, n_out, dtype):
+            return np.zeros((n_out, n_in), dtype)
+
+    X, y = make_blobs(n=40)
+    layers = [fn.Dense(8, "relu"), fn.Dense(4, initializer=Transposed())]
+    model = fn.Sequential(layers, backend="numpy", seed=0)
+    with pytest.raises(ValueError, match=r"Transposed\(\) gave float32 \(4, 8\)"):
+        model.fit(X, y, epochs=1, verbose=0)
+    assert not model.built and not model.layers[0].built
+    model.layers[1].initializer = fn.initializers.Xavier()
+    model.build(X.shape[1])
+    fresh = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(4)], backend="numpy", seed=0)
+    fresh.build(X.shape[1])
+    for a, b in zip(model.get_weights(), fresh.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    model.fit(X, y, epochs=1, verbose=0)

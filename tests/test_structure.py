@@ -180,8 +180,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # returning None named, NumPy floats as Gaussian's sigma: +30), to 13,560 for `train --resume`
 # (fastnet/cli_resume.py: the checkpoint's model trained on, its options refused, its data
 # checked, a --scale layer taken off and put back: +110) and a CLI audit (stderr guarded,
-# a CSV's other separator named, evaluate naming its files, no-epoch timing: +20)
-BUDGET = 13560
+# a CSV's other separator named, evaluate naming its files, no-epoch timing: +20), to 13,590
+# for their review (a build that fails partway undone, the guarded streams passing on their
+# terminal, a schedule's Decimal or 0-d array taken, all-zero targets checked in fit: +30)
+BUDGET = 13590
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
