@@ -26,13 +26,21 @@ _ACT = {
     3: "v >= (T)0 ? (T)1 / ((T)1 + exp(-v)) : exp(v) / ((T)1 + exp(v))",
     4: "tanh(v)",
 }
+#: the gradient through each activation from its output Y and the gradient G above it: ReLU's
+#: a select (0 where the unit is off, even for an infinite or NaN G), as cuBLASLt's DRELU
+#: epilogue, PyTorch and JAX take it, not G times a 0/1 mask (inf * 0 is NaN)
 _DACT = {
-    0: "(T)1",
-    1: "(y > (T)0 ? (T)1 : (T)0)",
-    2: "(y > (T)0 ? (T)1 : alpha)",
-    3: "(y * ((T)1 - y))",
-    4: "((T)1 - y * y)",
+    0: "G",
+    1: "(Y > (T)0 ? G : (T)0)",
+    2: "(Y > (T)0 ? G : G * alpha)",
+    3: "G * (Y * ((T)1 - Y))",
+    4: "G * ((T)1 - Y * Y)",
 }
+
+
+def _dact(code: int, y: str, g: str, t: str = "(T)") -> str:
+    """``_DACT[code]`` with the output named ``y``, the gradient ``g``, casts to ``t``."""
+    return _DACT[code].replace("Y", y).replace("G", g).replace("(T)", t)
 
 
 def ctype(dtype: Any) -> str:
@@ -67,7 +75,7 @@ def activation(x: Any, code: int, alpha: float, out: Any) -> Any:
 @cache
 def _act_grad(code: int) -> cp.ElementwiseKernel:
     return cp.ElementwiseKernel(
-        "T y, T dy, T alpha", "T dz", f"dz = dy * {_DACT[code]};", f"fastnet_act_grad_{code}"
+        "T y, T dy, T alpha", "T dz", f"dz = {_dact(code, 'y', 'dy')};", f"fastnet_act_grad_{code}"
     )
 
 
@@ -93,7 +101,8 @@ extern "C" __global__ void act_bwd_bias(const T* __restrict__ y, const T* __rest
             for (int r = (int)row0 + threadIdx.y; r < end; r += 8) {
                 size_t k = (size_t)r * m + col;
                 W yv = (W)y[k];
-                W g = (W)dy[k] * DACT;
+                W gv = (W)dy[k];
+                W g = DACT;
                 dz[k] = (T)g;
                 acc += g;
             }
@@ -114,7 +123,7 @@ _MAX_GRID_Y = 65535  # CUDA's limit of gridDim.y (and z)
 
 
 def _act_bwd_bias_source(t: str, w: str, header: str, code: int) -> str:
-    deriv = _DACT[code].replace("y", "yv").replace("(T)", "(W)")
+    deriv = _dact(code, "yv", "gv", "(W)")
     defines = f"#define T {t}\n#define W {w}\n#define D {w}\n#define ROWS {_ROWS_PER_BLOCK}\n"
     return header + defines + f"#define DACT {deriv}\n" + _ACT_BWD_BIAS_SRC
 
@@ -204,7 +213,6 @@ _HALF_HEADER = {
     "bfloat16": "#include <cupy/bfloat16.cuh>\n",
 }
 _ACT_F = {code: expr.replace("(T)", "(float)") for code, expr in _ACT.items()}
-_DACT_F = {code: expr.replace("(T)", "(float)") for code, expr in _DACT.items()}
 
 
 def _half_kernel(half: str, params: str, out: str, body: str, name: str) -> Any:
@@ -259,7 +267,7 @@ def _act_half(half: str, code: int) -> cp.ElementwiseKernel:
 
 @cache
 def _act_grad_half(half: str, code: int) -> cp.ElementwiseKernel:
-    body = f"float yv = (float)y; dz = T((float)dy * {_DACT_F[code].replace('y', 'yv')});"
+    body = f"float yv = (float)y, gv = (float)dy; dz = T({_dact(code, 'yv', 'gv', '(float)')});"
     return _half_kernel(half, "T y, T dy, float32 alpha", "T dz", body, f"act_grad_{half}_{code}")
 
 

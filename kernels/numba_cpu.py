@@ -115,7 +115,7 @@ def _act_grad_row(y, dy, dz, code, alpha):
             dz[j] = dy[j]
     elif code == 1:
         for j in range(m):
-            dz[j] = dy[j] if y[j] > 0 else dy[j] * 0  # inf or NaN: NaN, as NumPy's dy * mask
+            dz[j] = dy[j] if y[j] > 0 else 0  # a select: 0 for an inf or NaN dy too
     elif code == 2:
         for j in range(m):
             dz[j] = dy[j] if y[j] > 0 else dy[j] * alpha

@@ -260,12 +260,15 @@ def test_activations_carry_nan_and_inf_as_the_reference(backend, ref, act):
     fused = to_np(backend, backend.bias_act(backend.asarray(z), backend.asarray(b), code, 0.01))
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)  # NaN only where NaN
     np.testing.assert_allclose(fused, want, rtol=1e-6, atol=0)
-    # backward: an infinite or NaN gradient at a unit ReLU turned off is NaN, as NumPy's
-    # dy * mask (numba's made it 0: a diverged step trained on where NumPy's restored)
+    # backward: ReLU's gradient is a select, 0 where the unit is off even for an infinite or
+    # NaN dy (cuBLASLt's DRELU epilogue, PyTorch, JAX); NumPy's dy * mask gave NaN there,
+    # so a step that diverged on numpy trained on with numba
     y = np.tile(ref.activation(np.array([[-1, -0.0, 0, 2, -3, 4]], np.float32), code), (2, 1))
     dy = np.tile(np.array([[np.inf, np.nan, -np.inf, np.inf, np.nan, 1]], np.float32), (2, 1))
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # (sigmoid's, tanh's inf * 0)
         want = ref.activation_backward(y, dy, code, 0.01)
+    if act == "relu":
+        np.testing.assert_array_equal(want[0], [0, 0, 0, np.inf, 0, 1])
     Y, DY = backend.asarray(y), backend.asarray(dy)
     got = to_np(backend, backend.activation_backward(Y, DY, code, 0.01))
     dz, db = backend.asarray(np.empty_like(y)), backend.asarray(np.empty(6, np.float32))

@@ -448,13 +448,20 @@ class Backend:
     def activation_backward(
         self, y: Any, dy: Any, activation: Act, alpha: float = 0.01, out: Any = None
     ) -> Any:
-        """Upstream gradient times the activation derivative, computed from the output ``y``."""
+        """Upstream gradient times the activation derivative, computed from the output ``y``;
+        ReLU's a select (0 where the unit is off, for an infinite or NaN ``dy`` too: cuBLASLt's
+        DRELU epilogue, PyTorch's and JAX's gradient; ``dy * mask`` would give NaN there)."""
         self.record_kernel("activation_backward")
         xp = self.xp
+        if activation == Act.RELU:
+            if out is None:
+                out = dy.copy()
+            else:
+                out[...] = dy
+            xp.copyto(out, 0, where=~(y > 0))
+            return out
         if activation == Act.LINEAR:
             deriv = None
-        elif activation == Act.RELU:
-            deriv = y > 0
         elif activation == Act.LEAKY_RELU:
             deriv = xp.where(y > 0, 1, alpha).astype(y.dtype)
         elif activation == Act.SIGMOID:
