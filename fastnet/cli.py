@@ -399,6 +399,14 @@ def _prepare(args: argparse.Namespace, scaler: Any = None) -> Prepared:
         raise ValueError("--val (a validation file) replaces --val-fraction: give one")
     args.val_fraction = 0.1 if args.val_fraction is None else args.val_fraction
     prepared = _builtin(args) if args.data is None else _custom(args)
+    rows = len(prepared.train[0]) + (0 if args.val else len(prepared.val[0]))
+    prepared.extra["split"] = {  # (what --resume repeats: the same rows validate)
+        "val_fraction": None if args.val else args.val_fraction,
+        "val": os.path.basename(args.val) if args.val else None,
+        "limit": args.limit,
+        "rows": rows,
+    }
+    prepared.extra["run"] = {k: getattr(args, k) for k in ("epochs", "batch_size", "schedule")}
     if args.scale != "none" or scaler is not None:
         X = prepared.train[0]
         if isinstance(X, np.memmap):
@@ -634,10 +642,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
     args.comm = args.comm or "mpi"
     from fastnet.plot import check_chart_path, confusion_path
 
-    inputs = ("--data", "--labels", "--val", "--val-labels")
+    inputs = ("--data", "--labels", "--val", "--val-labels", "--resume")
     chart = args.plot and confusion_path(args.plot)
     plot = {"--plot": args.plot, "--plot's confusion matrix": chart}
     outputs = {"--save": args.save, **plot, "--json": args.json}
+    if args.resume and args.save and _same_file(args.save, args.resume):
+        del outputs["--save"]  # (the resumed checkpoint saved over: the way to continue it)
     _refuse_overwrites(
         {flag: getattr(args, flag[2:].replace("-", "_")) for flag in inputs}, outputs
     )

@@ -28,6 +28,8 @@ def resumed(args: argparse.Namespace, defaults: dict, load: Any) -> tuple[Any, A
     from fastnet.layers import Standardize
     from fastnet.tabular import Scaler
 
+    if args.preset:  # (its values are the parser's defaults now: named alone)
+        raise ValueError("--resume trains the checkpoint's model with its settings: drop --preset")
     given = [f"--{n.replace('_', '-')}" for n in FROM_CHECKPOINT if getattr(args, n) != defaults[n]]
     if given:
         raise ValueError(
@@ -35,12 +37,52 @@ def resumed(args: argparse.Namespace, defaults: dict, load: Any) -> tuple[Any, A
             f"drop {', '.join(given)}"
         )
     model, meta = load(args.resume)
-    extra, done = meta["extra"], model.epochs_trained
+    extra = meta["extra"]
+    _same_run(args, defaults, extra, model.epochs_trained)
+    _same_source(args, extra)
+    args.seed, args.dtype = model.seed, model.policy or np.dtype(model.dtype).name
+    dense = [layer.units for layer in model.layers if hasattr(layer, "units")]
+    args.layers, args.optimizer = tuple(dense[:-1]), model.optimizer.name
+    args.lr = model.optimizer.initial_lr or model.optimizer.lr
+    args.weight_decay = model.optimizer.weight_decay  # (as --json records them)
+    args.label_smoothing = getattr(model.loss, "label_smoothing", 0.0)
+    scaler = Scaler.from_json(extra["scale"]) if extra.get("scale") else None  # (older files)
+    if isinstance(model.layers[0], Standardize):  # the first run's --scale: taken off, the
+        first = model.layers[0]  # rows scaled beforehand as then (saved with it again)
+        scaler = Scaler("standard", first.offset, first.scale)
+        model = _without_first_layer(model)
+    return model, scaler, extra
+
+
+def _same_run(args: argparse.Namespace, defaults: dict, extra: dict, done: int) -> None:
+    """The first run's epochs, batch size and schedule where not given; its validation rows
+    (fraction, file, --limit) the same, refused where given otherwise."""
+    for key, value in (extra.get("run") or {}).items():
+        if getattr(args, key) == defaults[key]:
+            setattr(args, key, value)
     if done >= args.epochs:
         raise ValueError(
             f"{args.resume} has trained {done} epoch(s), and --epochs counts from its first "
             f"(Keras's initial_epoch): give more than {done}"
         )
+    split = extra.get("split")
+    if split is None:  # (a checkpoint of before 2026-12-03, or Python's: unchecked)
+        return
+    if bool(split["val"]) != bool(args.val):
+        was = f"--val {split['val']}" if split["val"] else "a --val-fraction split"
+        raise ValueError(f"{args.resume} validated on {was}: resume with the same")
+    for key, option in (("val_fraction", "--val-fraction"), ("limit", "--limit")):
+        if getattr(args, key) is None:
+            setattr(args, key, split[key])
+        elif getattr(args, key) != split[key]:
+            raise ValueError(
+                f"{args.resume} was trained with {option} {split[key]}: a resumed run validates "
+                "on the same rows (another split would train on some of them)"
+            )
+
+
+def _same_source(args: argparse.Namespace, extra: dict) -> None:
+    """The checkpoint's data set, or your own file given again (its task and target)."""
     own = extra.get("dataset", "custom") == "custom"
     if own and args.data is None:
         raise ValueError(
@@ -50,27 +92,36 @@ def resumed(args: argparse.Namespace, defaults: dict, load: Any) -> tuple[Any, A
     if not own and (args.data is not None or args.dataset not in (None, extra["dataset"])):
         raise ValueError(f"{args.resume} was trained on --dataset {extra['dataset']}: give that")
     args.dataset = None if own else extra["dataset"]
-    args.seed, args.dtype = model.seed, model.policy or np.dtype(model.dtype).name
     args.task = extra.get("task", "auto") if own else "auto"
-    args.target = args.target or extra.get("target")
-    dense = [layer.units for layer in model.layers if hasattr(layer, "units")]
-    args.layers, args.optimizer = tuple(dense[:-1]), model.optimizer.name
-    args.lr = model.optimizer.initial_lr or model.optimizer.lr
-    scaler = None
-    if isinstance(model.layers[0], Standardize):  # the first run's --scale: taken off, the
-        first = model.layers[0]  # rows scaled beforehand as then (saved with it again)
-        scaler = Scaler("standard", first.offset, first.scale)
-        model = _without_first_layer(model)
-    return model, scaler, extra
+    if own and str(args.data).lower().endswith(".csv"):
+        args.target = args.target or extra.get("target")
 
 
 def check_same_data(args: argparse.Namespace, model: Any, extra: dict, data: Any) -> None:
-    """The data read for ``--resume`` are the checkpoint's kind: its width, feature columns,
-    task and classes in their order (a class missing or added would shift the outputs)."""
-    width = data.train[0].shape[1]
+    """The data read for ``--resume`` are the checkpoint's: its rows, width, feature columns,
+    task, outputs and classes in their order (a class missing or added shifts the outputs)."""
+    width, rows = data.train[0].shape[1], (extra.get("split") or {}).get("rows")
     if width != model.input_dim:
         raise ValueError(
             f"the data have {width} feature columns; {args.resume}'s model takes {model.input_dim}"
+        )
+    got_rows = len(data.train[0]) + (0 if args.val else len(data.val[0]))
+    if rows is not None and rows != got_rows:
+        raise ValueError(
+            f"the data hold {got_rows} rows; {args.resume} was trained on {rows} (resume on the "
+            "same data: other rows would move the validation split)"
+        )
+    classes = data.extra.get("classes") if data.task == "classification" else None
+    outputs = 1 if model.output_dim == 1 and len(classes or ()) == 2 else data.n_outputs
+    if model.output_dim != outputs:  # (one sigmoid output: two classes)
+        raise ValueError(
+            f"the data's targets make {data.n_outputs} outputs; {args.resume}'s model has "
+            f"{model.output_dim}"
+        )
+    if classes is not None and extra.get("classes") is None and classes != [*range(outputs)]:
+        raise ValueError(
+            f"{args.resume} names no classes: its outputs are the labels 0..{outputs - 1}, "
+            f"and the data's labels are {classes[:10]}"
         )
     for key in ("task", "features", "classes"):
         want, got = extra.get(key), data.extra.get(key)

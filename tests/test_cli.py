@@ -1029,7 +1029,8 @@ def test_train_resume_continues_an_interrupted_run_as_one_straight_run(
     monkeypatch.setattr(cli, "_callbacks", lambda args: [*callbacks(args), CtrlC()])
     assert main(["train", *first, "--save", paths["stopped"]]) == 130  # (saved first)
     monkeypatch.undo()
-    assert main(["train", *run, "--resume", paths["stopped"], "--save", paths["resumed"]]) == 0
+    resume = ["--resume", paths["stopped"]]  # (its --epochs, --batch-size, --schedule too)
+    assert main(["train", *data, *resume, "--save", paths["resumed"]]) == 0
     straight, stopped, resumed = (fn.load_model(p, backend="numpy") for p in paths.values())
     assert (stopped.epochs_trained, resumed.epochs_trained) == (2, 4)
     assert type(resumed.layers[0]).__name__ == "Standardize"  # (takes raw rows, as saved)
@@ -1041,15 +1042,25 @@ def test_train_resume_continues_an_interrupted_run_as_one_straight_run(
     for extra, message in [
         (["--layers", "8"], "drop --layers"),
         (["--scale", "standard", "--seed", "3"], "drop --scale, --seed"),
+        (["--preset", "best"], "drop --preset"),
         (["--epochs", "2"], "has trained 2 epoch(s), and --epochs counts from its first"),
+        (["--val-fraction", "0.3"], "was trained with --val-fraction 0.1: a resumed run"),
+        (["--val", str(tmp_path / "d.npz")], "validated on a --val-fraction split"),
+        (["--json", paths["stopped"]], "--json"),  # (the checkpoint: not overwritten)
     ]:
-        argv = [*data, "--resume", paths["stopped"], *extra]
+        assert main(["train", *data, *resume, *extra]) == 2
+        assert message in capsys.readouterr().err
+    assert fn.load_model(paths["stopped"], backend="numpy").epochs_trained == 2
+    y = (X[:, 0] > 3).astype(int) + (X[:, 1] > 3)
+    for rows, labels, message in [
+        (X[:200], y[:200], "the data hold 200 rows; "),
+        (X, np.arange(300) % 4, "the data's targets make 4 outputs; "),
+        (X, y + 1, "the data's classes are not those"),
+    ]:
+        np.savez(tmp_path / "other.npz", X=rows, y=labels)
+        argv = ["--data", str(tmp_path / "other.npz"), *resume, "--quiet", "--backend", backend]
         assert main(["train", *argv]) == 2
         assert message in capsys.readouterr().err
-    np.savez(tmp_path / "four.npz", X=X, y=np.arange(300) % 4)
-    argv = ["--data", str(tmp_path / "four.npz"), "--resume", paths["stopped"], "--quiet"]
-    assert main(["train", *argv]) == 2
-    assert "the data's classes are not those" in capsys.readouterr().err
     assert main(["train", "--resume", paths["stopped"], "--quiet"]) == 2
     assert "was trained on your own data (d.npz): give it again with --data" in (
         capsys.readouterr().err
