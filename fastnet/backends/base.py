@@ -416,10 +416,23 @@ class Backend:
     ) -> Any:
         """``dz = dy * act'(y)`` and, if ``db`` is given, ``db = dz.sum(axis=0)``; returns dz."""
         self.record_kernel("act_backward_bias")
+        if activation == Act.RELU and db is not None and self.xp is np:
+            dz, on = self._relu_times_mask(y, dy, dz)
+            dz.sum(axis=0, dtype=db.dtype, out=db)
+            if not np.isfinite(db).all():  # (the mask's inf * 0 = NaN, the select's 0 wanted)
+                np.copyto(dz, 0, where=~on)
+                dz.sum(axis=0, dtype=db.dtype, out=db)
+            return dz
         dz = self.activation_backward(y, dy, activation, alpha, out=dz)
         if db is not None:  # in db's dtype: float32 for half dz (mixed precision)
             dz.sum(axis=0, dtype=db.dtype, out=db)
         return dz
+
+    def _relu_times_mask(self, y: Any, dy: Any, out: Any) -> tuple[Any, Any]:
+        """``(dy * (y > 0), y > 0)``: ReLU's gradient where ``dy`` is finite (one pass; the
+        select's ``copyto(..., where=)`` takes 10x its time on NumPy)."""
+        on = y > 0
+        return self.xp.multiply(dy, on, out=out), on
 
     # ------------------------------------------------------------------ activations
     def _activate_inplace(self, z: Any, activation: Act, alpha: float) -> Any:
@@ -454,11 +467,9 @@ class Backend:
         self.record_kernel("activation_backward")
         xp = self.xp
         if activation == Act.RELU:
-            if out is None:
-                out = dy.copy()
-            else:
-                out[...] = dy
-            xp.copyto(out, 0, where=~(y > 0))
+            out, on = self._relu_times_mask(y, dy, out)
+            if xp is not np or out.size and np.isnan(np.minimum.reduce(out, axis=None)):  # (inf*0
+                xp.copyto(out, 0, where=~on)  # or NaN * 0: NaN; a device's: always, no sync)
             return out
         if activation == Act.LINEAR:
             deriv = None
