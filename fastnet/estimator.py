@@ -143,6 +143,7 @@ def _is_count(value: Any) -> bool:
 
 def _check_weights(sample_weight: Any, n: int) -> np.ndarray:
     w = host_array(sample_weight, "sample_weight")
+    w = np.full(n, w) if w.ndim == 0 and w.dtype.kind in "iuf" else w  # (one for all rows)
     if w.dtype.kind not in "biuf" or w.shape != (n,):
         raise ValueError(
             f"sample_weight must hold {n} numbers (one per row), got {w.dtype} {w.shape}"
@@ -477,10 +478,16 @@ class _MLPBase(BaseEstimator):
                 raise ValueError(f"{name} must be a finite number {span}, got {value!r}")
         if self.beta_1 == 1 or self.beta_2 == 1:
             raise ValueError("beta_1 and beta_2 must be below 1")
-        if not _is_count(self.n_iter_no_change):
+        if not (_is_count(self.n_iter_no_change) or self.n_iter_no_change == np.inf):
             raise ValueError(
-                f"n_iter_no_change must be an integer >= 0, got {self.n_iter_no_change!r}"
+                f"n_iter_no_change must be an integer >= 0 or numpy.inf (never stop), got "
+                f"{self.n_iter_no_change!r}"
             )
+        for name in ("shuffle", "warm_start", "nesterovs_momentum", "early_stopping", "batch_norm"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):  # ("False" is true)
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if not (isinstance(self.verbose, (bool, np.bool_)) or _is_count(self.verbose)):
+            raise ValueError(f"verbose must be a bool or an integer >= 0, got {self.verbose!r}")
         state = self.random_state
         if not (state is None or isinstance(state, np.random.RandomState) or _is_count(state)):
             raise ValueError(
@@ -558,7 +565,7 @@ class _MLPBase(BaseEstimator):
             callbacks.append(LearningRateScheduler(invscaling))
         if validation is not None:
             callbacks.append(_BestScore("val_score", int(epochs) + 1, mode="max"))
-        if self.n_iter_no_change:
+        if self.n_iter_no_change and self.n_iter_no_change != np.inf:  # (inf: never, as 0)
             stall = self._no_improvement.using(
                 self.n_iter_no_change, self.tol, schedule == "adaptive", validation is not None
             )

@@ -820,3 +820,27 @@ def test_a_partial_fit_while_the_model_is_in_fit_is_refused_before_it_changes_it
     assert model.optimizer.weight_decay == decay and est.t_ == t and est.model_ is model
     model._in_fit = False
     est.partial_fit(X[:10], y[:10])
+
+
+def test_flags_take_bools_inf_never_stops_and_a_scalar_weight_weighs_every_row():
+    """As scikit-learn's: early_stopping="False" (a true string: it turned early stopping on)
+    and other non-bool flags are refused by name; n_iter_no_change=np.inf never stops (it was
+    refused, and scikit-learn refuses fastnet's 0); sample_weight=2.0 weighs every row."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    from fastnet.estimator import MLPClassifier
+
+    X, y = make_blobs(n=120)
+    kw = dict(hidden_layer_sizes=(8,), max_iter=3, random_state=0, backend="numpy")
+    flags = {"early_stopping": "False", "warm_start": "False", "shuffle": 1}
+    flags |= {"nesterovs_momentum": "x", "batch_norm": None, "verbose": -1}
+    for name, bad in flags.items():
+        with pytest.raises(ValueError, match=rf"^{name} must be "):
+            MLPClassifier(**kw, **{name: bad}).fit(X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        never = MLPClassifier(**kw, n_iter_no_change=np.inf, tol=1e9).fit(X, y)
+        assert never.n_iter_ == 3  # (tol 1e9: any patience stops it at once)
+        scalar = MLPClassifier(**kw).fit(X, y, sample_weight=2.0)
+        ones = MLPClassifier(**kw).fit(X, y, sample_weight=np.full(len(X), 2.0))
+    np.testing.assert_array_equal(scalar.predict_proba(X), ones.predict_proba(X))
