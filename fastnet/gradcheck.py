@@ -71,16 +71,28 @@ def check_layer(
     """Compare ``layer.backward`` with finite differences of ``sum(forward(x) * R)``.
 
     ``layer`` must be built in float64 on some backend; ``x`` must live on that backend. Its
-    random streams are rewound before each forward: Dropout keeps one mask for the check.
+    random streams are rewound before each forward: Dropout keeps one mask for the check; they
+    and its state buffers (BatchNorm's running statistics) are as they were after the check.
     ``R`` is standard normal from ``seed``'s own stream (not ``default_rng(seed)``'s: an input
     drawn from that would make ``R`` a function of it, failing BatchNorm's check).
     """
     from fastnet.layer_stack import check_initialised
 
     check_initialised(layer)
-    backend = layer.backend
     _require_float64("layer", layer)
     saved = [(stream, stream.copy()) for stream in layer.random_streams().values()]
+    buffers = [(buffer, buffer.copy()) for buffer in layer.state_buffers().values()]
+    try:
+        return _checked_layer(layer, x, training, eps, tolerance, seed, saved)
+    finally:  # (every forward in training moved the running statistics)
+        for array, start in saved + buffers:
+            array[...] = start
+
+
+def _checked_layer(
+    layer: Any, x: Any, training: bool, eps: float, tolerance: float, seed: Any, saved: list
+) -> GradcheckResult:
+    backend = layer.backend
     out = layer.forward(x, training)
     stream = None if seed is None else [seed, 0xC4EC]  # (None: a fresh R each check)
     r = backend.asarray(np.random.default_rng(stream).standard_normal(out.shape))

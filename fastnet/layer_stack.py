@@ -132,6 +132,12 @@ def check_parameters_listed(layer: Layer) -> None:
             f"{type(layer).__name__} holds Parameter(s) {missing} that its parameters() does "
             f"not return: they would never train (return them from parameters())"
         )
+    other = [p.name for p in layer.parameters() if p.value.dtype != layer.dtype]
+    if other:  # (trained in a group of its own, its checkpoint would not load)
+        raise TypeError(
+            f"{type(layer).__name__}'s Parameter(s) {other} are not {layer.dtype}, the dtype "
+            "build gives it: create them in it (backend.asarray(values.astype(dtype)))"
+        )
     names = [p.name for p in layer.parameters()]
     clashes = sorted({str(n) for n in names if names.count(n) > 1})
     if clashes:  # (the state's keys are param/<layer>/<name>: one would overwrite another)

@@ -796,8 +796,11 @@ def registered(layer: Layer) -> Layer:
 def layer_from_config(config: dict) -> Layer:
     config = dict(config)
     trainable = config.pop("trainable", True)  # (the model's config holds it when False)
+    optimizer = config.pop("optimizer", None)  # (any layer's own, as the model saves it)
     layer = LAYERS.lookup(config.get("name")).from_config(config)
     layer.trainable = trainable
+    if optimizer is not None:
+        layer.optimizer = optimizer_from_config(optimizer)
     return layer
 
 

@@ -839,7 +839,7 @@ class Sequential(Trainer):
         loss = self.loss.get_config()
         return {
             "layers": [  # frozen as its parameter groups are (a fit's callback: after it)
-                {**registered(x).get_config(), **({} if trains else {"trainable": False})}
+                {**registered(x).get_config(), **_layer_extras(x, trains)}
                 for x, trains in zip(
                     self.layers, self._trainable or [x.trainable for x in self.layers]
                 )
@@ -967,6 +967,15 @@ class Sequential(Trainer):
 
     def __repr__(self) -> str:
         return self._summary_text()
+
+
+def _layer_extras(layer: Layer, trains: bool) -> dict:
+    """What a layer's config holds for the model besides its own: frozen, and its own
+    optimizer (any layer may have one; only Dense's config said so)."""
+    extras: dict[str, Any] = {} if trains else {"trainable": False}
+    if layer.optimizer is not None:
+        extras["optimizer"] = layer.optimizer.get_config()
+    return extras
 
 
 def _importable(cls: type) -> bool:

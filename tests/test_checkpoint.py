@@ -351,3 +351,26 @@ def test_a_dropout_seed_given_as_a_numpy_integer_saves(tmp_path):
     for seed in (True, -1, 2.0):
         with pytest.raises(ValueError, match="dropout seed must be a non-negative integer"):
             fn.Dropout(0.3, seed=seed)
+
+
+def test_a_per_layer_optimizer_on_any_layer_is_saved(tmp_path):
+    """Only Dense's config held its own optimizer: a BatchNorm1d's (or a user layer's) was
+    dropped by to() and, with slots, made files and pickles that would not load ('unexpected
+    state key slot/1/gamma/velocity'); now every layer's is saved and resumes exactly."""
+    import pickle
+
+    X = np.random.default_rng(0).standard_normal((64, 5)).astype(np.float32)
+    y = np.arange(64) % 3
+    norm = fn.BatchNorm1d()
+    norm.optimizer = fn.Momentum(0.5, 0.9)
+    model = fn.Sequential([fn.Dense(8), norm, fn.Dense(3)], backend="numpy", seed=0)
+    model.fit(X, y, epochs=1, verbose=0, batch_size=16)
+    model.save(tmp_path / "m.npz")
+    copies = [fn.load_model(tmp_path / "m.npz", backend="numpy"), pickle.loads(pickle.dumps(model))]
+    copies.append(model.to("numpy"))
+    model.fit(X, y, epochs=1, verbose=0, batch_size=16)
+    for other in copies:
+        assert repr(other.layers[1].optimizer) == repr(norm.optimizer)
+        other.fit(X, y, epochs=1, verbose=0, batch_size=16)
+        for a, b in zip(other.get_weights(), model.get_weights()):
+            np.testing.assert_array_equal(a, b)

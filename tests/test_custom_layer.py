@@ -69,6 +69,19 @@ def test_unlisted_parameters_and_borrowed_names_are_refused():
     with pytest.raises(TypeError, match=r"Forgetful holds Parameter\(s\) \['a'\]"):
         fn.Sequential([Forgetful(), fn.Dense(3)]).build(4)
 
+    class Float64(Scale):  # NumPy's default dtype in a float32 model: a file that won't load
+        name = "test_float64_scale"
+
+        def build(self, input_dim, backend, dtype, rng):
+            super().build(input_dim, backend, dtype, rng)
+            self.a = Parameter("a", backend.asarray(np.ones(input_dim)), decay=False)
+            return input_dim
+
+    model = fn.Sequential([Float64(), fn.Dense(3)], backend="numpy")
+    with pytest.raises(TypeError, match=r"Float64's Parameter\(s\) \['a'\] are not float32"):
+        model.build(4)
+    assert not model.built and not model.layers[0].built
+
     class TwoScales(Scale):  # two Parameters of one name: checkpoints would keep one of them
         name = "test_two_scales"
 

@@ -143,6 +143,10 @@ def test_check_layer_passes_batch_norm_on_an_input_drawn_from_its_seed():
     x = np.random.default_rng(0).standard_normal((8, 4)) * 3 + 1
     assert check_layer(layer, x).ok, str(check_layer(layer, x))
     assert check_layer(layer, x, seed=None).ok  # a fresh R
+    # the running statistics are the layer's as before (each forward in training moved them:
+    # a trained model's predictions changed by 0.18 after a check)
+    np.testing.assert_array_equal(layer.running_mean, np.zeros(4))
+    np.testing.assert_array_equal(layer.running_var, np.ones(4))
 
 
 def test_gradcheck_requires_float64(rng):

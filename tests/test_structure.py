@@ -185,8 +185,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # terminal, a schedule's Decimal or 0-d array taken, all-zero targets checked in fit: +30),
 # to 13,650 for the resume review (the validation split and run settings recorded and kept,
 # rows and outputs checked, a checkpoint with no classes or an old scaling, --json guarded:
-# +60)
-BUDGET = 13650
+# +60), to 13,690 for the estimator and extension audits (scikit-learn's bool flags and
+# n_iter_no_change=inf, a scalar sample_weight, any layer's own optimizer saved, check_layer
+# restoring the running statistics, a Parameter of another dtype refused at build: +40)
+BUDGET = 13690
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
