@@ -585,6 +585,7 @@ class _MLPBase(BaseEstimator):
         incremental: bool,
     ) -> dict[str, list[float]]:
         kept, model.metadata = model.metadata, {}  # (labels encoded here: no class names)
+        before = {key: len(values) for key, values in model.history.items()}
         try:
             return model.fit(
                 X,
@@ -597,11 +598,17 @@ class _MLPBase(BaseEstimator):
                 compiled="auto",
                 sample_weight=sample_weight,
             )
+        except KeyboardInterrupt:  # scikit-learn's: the finished epochs kept, with a warning
+            done = {key: list(v[before.get(key, 0) :]) for key, v in model.history.items()}
+            if not done.get("loss"):
+                raise
+            warnings.warn("Training interrupted by user.", stacklevel=5)
+            return done
         finally:
             model.metadata = kept
 
     def _fit(self, *args: Any, **kwargs: Any) -> Any:
-        """``_fit_checked``; rejected input (or an interrupted fit) changes nothing."""
+        """``_fit_checked``; rejected input (or Ctrl-C before an epoch ends) changes nothing."""
         if getattr(getattr(self, "model_", None), "_in_fit", False):  # (before partial_fit's
             raise RuntimeError(  # alpha reaches the running fit's optimizer)
                 f"this {type(self).__name__} is in fit (another thread's): one fit at a time"

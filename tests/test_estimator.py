@@ -844,3 +844,34 @@ def test_flags_take_bools_inf_never_stops_and_a_scalar_weight_weighs_every_row()
         scalar = MLPClassifier(**kw).fit(X, y, sample_weight=2.0)
         ones = MLPClassifier(**kw).fit(X, y, sample_weight=np.full(len(X), 2.0))
     np.testing.assert_array_equal(scalar.predict_proba(X), ones.predict_proba(X))
+
+
+@pytest.mark.parametrize("at", [3, 0])
+def test_ctrl_c_keeps_the_finished_epochs_as_scikit_learn_does(monkeypatch, at):
+    """scikit-learn's MLPs catch Ctrl-C, warn "Training interrupted by user." and keep the
+    model: fastnet's threw the fit away. The epochs that finished are kept (the one in flight
+    undone); Ctrl-C in the first epoch leaves nothing to keep and propagates."""
+    import fastnet as fn
+    from fastnet.estimator import MLPClassifier
+
+    class CtrlC(fn.Callback):
+        def on_epoch_begin(self, model, epoch, logs=None):
+            if epoch == at:
+                raise KeyboardInterrupt
+
+    own = MLPClassifier._callbacks
+    monkeypatch.setattr(MLPClassifier, "_callbacks", lambda *a: [*own(*a), CtrlC()])
+    X, y = make_blobs(n=120)
+    est = MLPClassifier((8,), max_iter=10, random_state=0, backend="numpy")
+    if at == 0:
+        with pytest.raises(KeyboardInterrupt):
+            est.fit(X, y)
+        assert not hasattr(est, "n_iter_")
+        return
+    with pytest.warns(UserWarning, match="^Training interrupted by user.$") as caught:
+        try:
+            est.fit(X, y)
+        except KeyboardInterrupt:  # (not let through: it would stop pytest itself)
+            pytest.fail("Ctrl-C after 3 epochs threw the fit away")
+    assert caught[0].filename == __file__
+    assert est.n_iter_ == len(est.loss_curve_) == 3 and est.predict(X).shape == (120,)
