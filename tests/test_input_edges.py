@@ -189,7 +189,10 @@ def estimator(cls, **kw):
 @pytest.mark.parametrize("cls", [fn.MLPClassifier, fn.MLPRegressor])
 def test_estimators_name_n_iter_no_change_and_take_a_random_state_object(cls):
     X, y = data()
-    with pytest.raises(ValueError, match="n_iter_no_change must be an integer >= 0, got -1"):
+    with pytest.raises(
+        ValueError,
+        match=r"n_iter_no_change must be an integer >= 0 or numpy\.inf \(never stop\), got -1",
+    ):
         estimator(cls, n_iter_no_change=-1).fit(X, y)
     with pytest.raises(ValueError, match="random_state must be None, an integer >= 0 or a numpy"):
         estimator(cls, random_state="0").fit(X, y)
