@@ -9,6 +9,7 @@ below); ``loss.compute(...)`` skips the value checks, for data validated once at
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Any
 
@@ -47,6 +48,15 @@ class Loss:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        compute = cls.__dict__.get("compute")
+        if callable(compute):  # (named here: fit's first step raised Python's TypeError)
+            try:
+                inspect.signature(compute).bind(None, None, None, None)
+            except TypeError:
+                raise TypeError(
+                    f"{cls.__name__}.compute{inspect.signature(compute)} must take (self, "
+                    "outputs, targets, weights=None): fit passes each row's weight, or None"
+                ) from None
         LOSSES.register(cls)
         # A value, gradient or correct count of its own (or a mixin's) ahead of an inherited
         # fused form: that form computes its parent's, so the reference forms come back.

@@ -233,6 +233,28 @@ def test_a_notebook_style_update_is_refused_when_the_class_is_defined():
             super().update(group, backend)
 
 
+def test_a_loss_whose_compute_takes_no_weights_is_refused_when_the_class_is_defined():
+    """compute(self, z, t) was accepted and failed at fit's first step with Python's
+    'takes 3 positional arguments but 4 were given'; the refused class takes no name."""
+    from fastnet.losses import LOSSES, Loss
+
+    with pytest.raises(TypeError, match=r"compute\(self, z, t\) must take \(self, outputs, targ"):
+
+        class Unweighted(Loss):
+            name = "contract_unweighted"
+
+            def compute(self, z, t):
+                return ((z - t) ** 2).mean(), 2 * (z - t) / z.size
+
+    assert "contract_unweighted" not in LOSSES
+
+    class Weighted(Loss):  # the documented form, and *args, pass
+        name = "contract_weighted"
+
+        def compute(self, z, t, w=None):
+            return ((z - t) ** 2).mean(), 2 * (z - t) / z.size
+
+
 def test_a_user_rule_is_reported_under_its_own_name():
     """Every kernel-less rule was recorded as 'update_'."""
     X, y = _data()
