@@ -409,11 +409,11 @@ class NumbaBackend(Backend):
         call = self._update_calls.get(key)
         args = call.args() if call is not None else None
         if call is None or args is None:  # a new group, or ids of dead arrays come back
-            call = self._update_call(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
             if len(self._update_calls) > 64:
                 self._update_calls.clear()
-            self._update_calls[key] = call.dropped_from(self._update_calls, key)
-            args = call.args()
+            built = self._update_call(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
+            call = self._update_calls[key] = built.dropped_from(self._update_calls, key)
+            args = call.args()  # (its arrays are p, g, slots and s: alive here)
         if call.kernel is None or args is None:
             return super().update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
         call.kernel(*args)
@@ -471,7 +471,7 @@ class _UpdateCall(NamedTuple):
     fit); ``args()`` is None once one of them is gone."""
 
     kernel: Any  #: None: the NumPy reference runs
-    arrays: tuple  #: parameters, gradients, slots and the device scalars, or their weakrefs
+    arrays: tuple  #: parameters, gradients, slots and the device scalars (weakrefs, cached)
     scalars: tuple  #: the typed constants after them
 
     def dropped_from(self, calls: dict, key: tuple) -> _UpdateCall:
@@ -486,7 +486,7 @@ class _UpdateCall(NamedTuple):
         """The kernel's arguments (C-contiguous arrays flattened: views written in place)."""
         arrays = []
         for ref in self.arrays:
-            a = ref() if type(ref) is weakref.ref else ref
+            a = ref()
             if a is None:
                 return None
             arrays.append(a if a.ndim == 1 else a.reshape(-1))
