@@ -585,7 +585,7 @@ class _MLPBase(BaseEstimator):
         incremental: bool,
     ) -> dict[str, list[float]]:
         kept, model.metadata = model.metadata, {}  # (labels encoded here: no class names)
-        before = {key: len(values) for key, values in model.history.items()}
+        before = len(model.history.get("loss", ()))  # (every entry holds every epoch)
         try:
             return model.fit(
                 X,
@@ -599,7 +599,7 @@ class _MLPBase(BaseEstimator):
                 sample_weight=sample_weight,
             )
         except KeyboardInterrupt:  # scikit-learn's: the finished epochs kept, with a warning
-            done = {key: list(v[before.get(key, 0) :]) for key, v in model.history.items()}
+            done = {key: list(v[before:]) for key, v in model.history.items()}
             if not done.get("loss"):
                 raise
             warnings.warn("Training interrupted by user.", stacklevel=5)

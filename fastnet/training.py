@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import sys
 import threading
 import time
@@ -479,6 +480,21 @@ def _quiet_floats() -> Any:
     return np.errstate(**quiet)
 
 
+def _epochs_held(history: dict[str, list[float]]) -> int:
+    return max(map(len, history.values()), default=0)
+
+
+def _append_epoch(history: dict[str, list[float]], logs: dict[str, float]) -> None:
+    """One epoch's ``logs`` appended; an entry an epoch lacks (no validation in that ``fit``,
+    a callback's occasional score) is NaN there, so ``history[key][i]`` is always epoch i's."""
+    held = _epochs_held(history)
+    for key in logs:
+        history.setdefault(key, [])
+    for key, values in history.items():
+        values.extend([math.nan] * (held - len(values)))
+        values.append(logs.get(key, math.nan))
+
+
 class Trainer:
     """``fit`` for a model that implements the methods at the end of this class (forward and
     backward, its step plan, state, data validation and build) and holds the attributes below;
@@ -826,7 +842,7 @@ class Trainer:
         self.stop_training = False  # Keras's: a callback sets it to stop (after its batch/epoch)
         for key in run.log_names:  # every entry listed, even if training stops at once
             run.history[key] = []
-            self.history.setdefault(key, [])
+            self.history.setdefault(key, [math.nan] * _epochs_held(self.history))
         for cb in run.callbacks:
             if isinstance(cb, KerasStyle):  # (Keras's self.params: a ported callback reads it)
                 cb.set_params(epochs=run.epochs, steps=self.steps_per_epoch, verbose=run.verbose)
@@ -916,9 +932,8 @@ class Trainer:
             {k: len(v) for k, v in ours.items()},
             {k: len(v) for k, v in this_call.items()},
         )
-        for key, value in logs.items():
-            self.history.setdefault(key, []).append(value)
-            run.history.setdefault(key, []).append(value)
+        _append_epoch(self.history, logs)
+        _append_epoch(run.history, logs)
         return stop
 
     def _learning_rates(self) -> list[tuple[Any, float, float | None]]:

@@ -45,6 +45,19 @@ def test_fit_returns_a_fresh_history_each_call():
     assert len(model.history["loss"]) == 5  # the model keeps every epoch
 
 
+def test_model_history_entries_stay_aligned_by_epoch_across_fits():
+    X, y = _blobs()
+    model = _model()
+    model.fit(X, y, epochs=2, verbose=0)  # no validation: no val_ entries in these epochs
+    third = model.fit(X, y, epochs=1, verbose=0, validation_data=(X, y))
+    model.fit(X, y, epochs=1, verbose=0, callbacks=[lambda epoch, logs: logs.update(extra=1.0)])
+    assert {len(v) for v in model.history.values()} == {4}  # history[key][i]: epoch i's
+    assert np.isnan(model.history["val_loss"]).tolist() == [True, True, False, True]
+    assert model.history["val_loss"][2] == third["val_loss"][0]
+    assert np.isnan(model.history["extra"]).tolist() == [True, True, True, False]
+    assert len(third["loss"]) == len(third["val_loss"]) == 1  # (each call's own: no padding)
+
+
 def test_keras_style_and_function_callbacks():
     X, y = _blobs()
     seen = []
