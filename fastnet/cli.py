@@ -737,7 +737,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     (X_tr, y_tr), (X_val, y_val) = data.train, data.val
     arch = "-".join(str(s) for s in (X_tr.shape[1], *args.layers, data.n_outputs))
     say(_train_header(args, data, model, arch), flush=True)
-    interrupted, start = False, time.perf_counter()
+    interrupted, start, first_epoch = False, time.perf_counter(), model.epochs_trained + 1
     try:
         model.fit(
             X_tr,
@@ -762,6 +762,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if model.stop_reason and not interrupted and not model.diverged:  # (a divergence: warned)
         say(model.stop_reason)
     results = _train_report(model, data, time.perf_counter() - start, say)
+    results["first_epoch"] = first_epoch  # (history's first entry: a resumed run's is later)
     if main_rank:
         _write_outputs(args, model, data, results, arch)
     return 130 if interrupted else 0
@@ -852,7 +853,7 @@ def _write_outputs(
         from fastnet.plot import plot_history
 
         title = f"{data.name} MLP {arch} ({model.backend.name})"
-        plot_history(model.history, args.plot, title=title)
+        plot_history(model.history, args.plot, title, first_epoch=results["first_epoch"])
         print(f"wrote learning curves to {args.plot}")
         if cm is not None:
             from fastnet.plot import confusion_path, plot_confusion

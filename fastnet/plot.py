@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.validation import check_count
+
 NEEDS_MATPLOTLIB = "needs matplotlib: pip install matplotlib (fastnet's extra 'plot')"
 
 #: ``plot_history``'s second panel: the first of these the history holds (train or ``val_``)
@@ -70,11 +72,11 @@ def plot_confusion(
     return fig
 
 
-def _curves(ax: Any, history: dict[str, list[float]], key: str) -> None:
+def _curves(ax: Any, history: dict[str, list[float]], key: str, first: int) -> None:
     for prefix, style, label in (("", "o-C0", "train"), ("val_", "s-C1", "validation")):
         values = history.get(prefix + key, ())
         if len(values):
-            ax.plot(range(1, len(values) + 1), values, style, label=f"{label} {key}")
+            ax.plot(range(first, first + len(values)), values, style, label=f"{label} {key}")
     ax.set(xlabel="epoch", ylabel=key)
     from matplotlib.ticker import MaxNLocator
 
@@ -83,18 +85,23 @@ def _curves(ax: Any, history: dict[str, list[float]], key: str) -> None:
     ax.legend()
 
 
-def plot_history(history: dict[str, list[float]], path: str, title: str = "") -> None:
+def plot_history(
+    history: dict[str, list[float]], path: str, title: str = "", first_epoch: int = 1
+) -> Any:
     """Write per-epoch curves to a PNG: the loss, then the first of ``SECOND_PANEL`` the
     history holds (accuracy for classifiers, validation R2 for regression), each with its
-    validation counterpart when there is one."""
+    validation counterpart when there is one; ``first_epoch`` numbers the history's first
+    entry (a fit resumed with ``initial_epoch=n``: ``n + 1``); returns the figure."""
     if "loss" not in history:
         raise ValueError("history has no 'loss' entry: pass a trained model's model.history")
+    first_epoch = check_count(first_epoch, "first_epoch", 1)
     held = [k for k in SECOND_PANEL if len(history.get(k, ())) or len(history.get(f"val_{k}", ()))]
     panels = ["loss"] + held[:1]
     fig = _figure(5.0 * len(panels), 4.0)
     for ax, key in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        _curves(ax, history, key)
+        _curves(ax, history, key, first_epoch)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    return fig

@@ -1030,7 +1030,10 @@ def test_train_resume_continues_an_interrupted_run_as_one_straight_run(
     assert main(["train", *first, "--save", paths["stopped"]]) == 130  # (saved first)
     monkeypatch.undo()
     resume = ["--resume", paths["stopped"]]  # (its --epochs, --batch-size, --schedule too)
-    assert main(["train", *data, *resume, "--save", paths["resumed"]]) == 0
+    report = tmp_path / "resumed.json"
+    assert main(["train", *data, *resume, "--save", paths["resumed"], "--json", str(report)]) == 0
+    run = json.loads(report.read_text())  # (the history's first entry is epoch 3's)
+    assert run["first_epoch"] == 3 and len(run["history"]["loss"]) == 2
     straight, stopped, resumed = (fn.load_model(p, backend="numpy") for p in paths.values())
     assert (stopped.epochs_trained, resumed.epochs_trained) == (2, 4)
     assert type(resumed.layers[0]).__name__ == "Standardize"  # (takes raw rows, as saved)

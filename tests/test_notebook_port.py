@@ -45,6 +45,16 @@ def test_plot_history_of_a_regression_model(plot, tmp_path):
         plot.plot_history({}, str(tmp_path / "empty.png"))
 
 
+def test_plot_history_numbers_a_resumed_runs_epochs(plot, tmp_path):
+    history = {"loss": [2.0, 1.0, 0.5], "val_loss": [float("nan"), 1.5, 0.9]}
+    fig = plot.plot_history(history, str(tmp_path / "h.png"), first_epoch=4)
+    train, val = fig.axes[0].lines
+    assert train.get_xdata().tolist() == val.get_xdata().tolist() == [4, 5, 6]
+    assert np.isnan(val.get_ydata()[0]) and val.get_ydata()[1] == 1.5  # (aligned by epoch)
+    with pytest.raises(ValueError, match="first_epoch must be a positive integer"):
+        plot.plot_history(history, str(tmp_path / "h.png"), first_epoch=0)
+
+
 def test_cli_plots_a_regression_run(plot, tmp_path, capsys):
     X, y = _regression_data(200)
     np.savez(tmp_path / "r.npz", X=X, y=y)
