@@ -904,7 +904,9 @@ class Sequential(Trainer):
                 raise ValueError(f"not saved: {exc}; the checkpoint would not load") from None
         arrays = {key: np.asarray(value) for key, value in state.items()}
         extra = plain_json(self.metadata or None if extra is None else extra, "extra (metadata)")
-        write_checkpoint(path, self.get_config(), arrays, backend=self.backend.name, extra=extra)
+        what = "a get_config() of the model's layers, loss or optimizer"  # (arrays as lists)
+        config = plain_json(self.get_config(), what)
+        write_checkpoint(path, config, arrays, backend=self.backend.name, extra=extra)
 
     def to_onnx(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
         """Export for inference as ONNX (needs ``onnx``): see ``fastnet.export``. Without

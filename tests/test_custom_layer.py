@@ -187,3 +187,39 @@ def test_a_pickle_brings_its_layer_classes(tmp_path):
     argv = [sys.executable, "-c", code, str(tmp_path / "m.pkl")]
     run = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     assert run.stdout.strip() == "<class 'userlayers.Halve'>", run.stderr[-2000:]
+
+
+class Gain(Layer):
+    """y = x * factor, a fixed factor per feature given as a NumPy array."""
+
+    name = "test_gain"
+
+    def __init__(self, factor=(1.0,)):
+        super().__init__()
+        self.factor = np.asarray(factor, dtype=np.float64)
+
+    def forward(self, x, training=True):
+        return x * self.backend.asarray(self.factor.astype(x.dtype))
+
+    def backward(self, dy, need_dx=True):
+        return dy * self.backend.asarray(self.factor.astype(dy.dtype))
+
+    def parameters(self):
+        return []
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}  # an ndarray, as users write
+
+
+def test_a_config_holding_numpy_values_saves_them_as_json_lists(tmp_path):
+    X, y = _data()
+    model = fn.Sequential([Gain(np.array([1.0, 2.0, 0.5, 3.0])), fn.Dense(3)], backend="numpy")
+    model.fit(X, y, epochs=1, verbose=0)
+    model.save(tmp_path / "m.npz")  # (json refused the ndarray before)
+    loaded = fn.load_model(tmp_path / "m.npz", backend="numpy")
+    np.testing.assert_array_equal(loaded.layers[0].factor, [1.0, 2.0, 0.5, 3.0])
+    np.testing.assert_array_equal(loaded.predict_proba(X), model.predict_proba(X))
+    model.layers[0].get_config = lambda: {"name": "test_gain", "factor": {1.0}}
+    with pytest.raises(TypeError, match="get_config.. of the model's layers.*holds a set"):
+        model.save(tmp_path / "bad.npz")
+    assert not (tmp_path / "bad.npz").exists()
