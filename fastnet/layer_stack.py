@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from fastnet.backends.base import Act
 from fastnet.initializers import He
 from fastnet.layers import (
@@ -147,6 +149,29 @@ def check_parameters_listed(layer: Layer) -> None:
         )
 
 
+def writes_own_gradients(layer: Layer) -> bool:
+    """Whether ``layer``'s ``backward`` is a user's (fastnet's own write every gradient)."""
+    return not type(layer).backward.__module__.startswith("fastnet.") and bool(layer.parameters())
+
+
+def backward_checked(layer: Layer, dout: Any, need_dx: bool) -> Any:
+    """``layer.backward`` once with its gradients set to NaN first: one its ``backward`` left
+    all NaN was not assigned (a notebook's ``self.dW = ...``) or was added to (``+=``: they
+    are not zeroed between steps), and would train on stale values; a ``TypeError`` names it."""
+    backend = layer.backend
+    for p in layer.parameters():
+        backend.fill(p.grad, float("nan"))
+    dx = layer.backward(dout, need_dx=need_dx)
+    left = [p.name for p in layer.parameters() if np.isnan(backend.to_numpy(p.grad)).all()]
+    if left:
+        raise TypeError(
+            f"{type(layer).__name__}.backward wrote no gradient into Parameter(s) {left}: "
+            "assign each p.grad = ... (an attribute such as self.dW is no gradient fastnet "
+            "sees; p.grad += ... adds to the last step's: gradients are not zeroed)"
+        )
+    return dx
+
+
 def check_built_width(layers: Sequence[Layer], widths: list[int], output_width: int) -> None:
     """The model's width as built (``widths``: each layer's input, then the output) against
     ``output_width``, what the model sized its outputs and targets by before building: a
@@ -172,6 +197,7 @@ def check_built_width(layers: Sequence[Layer], widths: list[int], output_width: 
 
 
 __all__ = [
+    "backward_checked",
     "check_built_width",
     "check_initialised",
     "check_layer_stack",
@@ -179,4 +205,5 @@ __all__ = [
     "check_loss_width",
     "check_parameters_listed",
     "fix_default_initializers",
+    "writes_own_gradients",
 ]

@@ -24,6 +24,7 @@ from fastnet.callbacks import History
 from fastnet.checkpoint import CheckpointError, plain_json, read_checkpoint, write_checkpoint
 from fastnet.initializers import INITIALIZERS, Initializer
 from fastnet.layer_stack import (
+    backward_checked,
     check_alpha_used,
     check_built_width,
     check_layer_stack,
@@ -31,6 +32,7 @@ from fastnet.layer_stack import (
     check_loss_width,
     check_parameters_listed,
     fix_default_initializers,
+    writes_own_gradients,
 )
 from fastnet.layers import Layer, Standardize, layer_from_config, registered
 from fastnet.losses import LOSSES, Loss, get_loss
@@ -297,6 +299,9 @@ class Sequential(Trainer):
             self._rng.bit_generator.state = drawn
             raise
         self._lowest = next((i for i, x in enumerate(self.layers) if x.parameters()), 0)
+        self._unchecked: list[Layer] = [
+            x for x in self.layers if writes_own_gradients(x)
+        ]  # (see backward)
         loss = self.loss  # one loss object may serve models of several widths
         loss.shared = loss.shared or loss.width not in (None, width)
         loss.width = None if loss.shared else width
@@ -478,6 +483,10 @@ class Sequential(Trainer):
         lowest = self._lowest  # below the lowest layer with parameters no gradient is needed
         for i in range(len(self.layers) - 1, lowest - 1, -1):
             layer = self.layers[i]
+            if layer in self._unchecked and layer.trainable:  # a user's: its first backward
+                self._unchecked.remove(layer)  # checked to write every gradient
+                dout, fused = backward_checked(layer, dout, i > lowest), False
+                continue
             if not layer.fuses_gradients:
                 dout, fused = layer.backward(dout, need_dx=i > lowest), False
                 continue

@@ -223,3 +223,33 @@ def test_a_config_holding_numpy_values_saves_them_as_json_lists(tmp_path):
     with pytest.raises(TypeError, match="get_config.. of the model's layers.*holds a set"):
         model.save(tmp_path / "bad.npz")
     assert not (tmp_path / "bad.npz").exists()
+
+
+class NotebookScale(Scale):
+    """The notebooks' habit: the gradient kept as an attribute, or added to p.grad."""
+
+    name = "test_notebook_scale"
+
+    def __init__(self, habit="attribute"):
+        super().__init__()
+        self.habit = habit
+
+    def backward(self, dy, need_dx=True):
+        if self.habit == "attribute":
+            self.da = (dy * self.x).sum(axis=0)  # no gradient fastnet sees
+        else:
+            self.a.grad += (dy * self.x).sum(axis=0)  # added to the last step's
+        return dy * self.a.value
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+@pytest.mark.parametrize("habit", ["attribute", "added"])
+def test_a_backward_that_writes_no_gradient_is_refused_at_its_first_step(backend, habit):
+    X, y = _data()
+    model = fn.Sequential([NotebookScale(habit), fn.Dense(3)], backend=backend, seed=0)
+    with pytest.raises(TypeError, match=r"NotebookScale.backward wrote no gradient into .*\['a'\]"):
+        model.fit(X, y, epochs=1, verbose=0)
+    assert model.epochs_trained == 0
+    fine = fn.Sequential([Scale(), fn.Dense(3)], backend=backend, seed=0)
+    fine.fit(X, y, epochs=2, verbose=0)  # (checked once, at its first step)
+    assert not fine._unchecked and fine.epochs_trained == 2
