@@ -487,7 +487,12 @@ def _custom(args: argparse.Namespace) -> Prepared:
     assert y is not None
     if args.limit:
         X, y = X[: args.limit], y[: args.limit]
-    task = args.task if args.task != "auto" else LOSS_CHOICES.get(args.loss) or infer_task(y)
+    task = (
+        args.task
+        if args.task != "auto"
+        else LOSS_CHOICES.get(args.loss)
+        or infer_task(y, f"the labels of {args.labels or args.data}")
+    )
     _refuse_fractional_classes(y, task, args)
     encoding = None
     if task == "classification":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import csv
 import itertools
+import math
 import os
 import sys
 import zipfile
@@ -308,6 +309,13 @@ def _markers_among_numbers(values: list[str], lines: list[int]) -> list[int]:
 def _checked_header(path: Path, header: list[str], target: str | None) -> list[str]:
     """``header``, refused where a column has no name or a repeated one, or lacks ``target``
     (named as another separator's columns where the header is one column they split)."""
+    if header and _all_numbers(header) and header != list(map(str, range(len(header)))):
+        raise DatasetError(  # (pandas' own default names, 0 1 2 ..., are a header)
+            f"{path}: the first line, {header[:4]}{' ...' if len(header) > 4 else ''}, holds "
+            "numbers, not column names: fastnet's CSV files start with a header row (pandas: "
+            "to_csv(path, index=False); NumPy: np.savetxt(path, a, delimiter=',', header="
+            "'x1,x2,...,label', comments=''))"
+        )
     counts = collections.Counter(header)
     if counts[""]:
         raise DatasetError(
@@ -327,6 +335,13 @@ def _checked_header(path: Path, header: list[str], target: str | None) -> list[s
     if target is not None and target not in header:
         raise DatasetError(f"{path}: no column {target!r} in the header {header}")
     return header
+
+
+def _all_numbers(cells: list[str]) -> bool:
+    try:
+        return all(math.isfinite(float(c)) for c in cells)
+    except ValueError:
+        return False
 
 
 def _records(reader: Any, path: Path) -> Iterator[list[str]]:

@@ -29,9 +29,26 @@ def _one_hot_rows(y: np.ndarray) -> bool:
     )
 
 
-def infer_task(y: np.ndarray) -> str:
+def check_one_hot_rows(y: np.ndarray, name: str) -> None:
+    """Refuse (``DatasetError``) a row of 2-D ``y`` that is not one-hot (a row of zeros, two
+    1s) where more than half of them are, naming it."""
+    if y.ndim != 2 or y.shape[1] < 2 or y.dtype.kind not in "biuf" or not len(y):
+        return
+    good = np.isin(y, (0, 1)).all(axis=1) & (y.sum(axis=1) == 1)
+    if 0.5 < good.mean() < 1:
+        row = int(np.argmin(good))
+        raise DatasetError(
+            f"{name}: row {row} (0-based) of these one-hot rows is {y[row].tolist()[:8]}"
+            f"{' ...' if y.shape[1] > 8 else ''}: give it one class (one 1) or drop it; to "
+            "predict the columns as numbers, task 'regression' (--task regression)"
+        )
+
+
+def infer_task(y: np.ndarray, name: str = "y") -> str:
     """Classification for strings, booleans, integers and one-hot rows; regression for
-    non-integer numbers or several real-valued columns."""
+    non-integer numbers or several real-valued columns; mostly one-hot rows with another
+    row refused (``check_one_hot_rows``)."""
+    check_one_hot_rows(y, name)
     if y.dtype.kind in "USObiu" or _one_hot_rows(y):
         return "classification"
     if y.ndim == 1 and np.isfinite(y).all() and np.all(y == np.round(y)):
@@ -89,6 +106,7 @@ class LabelEncoding:
         y = _decoded(label_array(y), name)
         if _one_hot_rows(y):
             return cls(np.arange(y.shape[1])), y.argmax(axis=1)
+        check_one_hot_rows(y, name)
         if y.ndim != 1:
             raise DatasetError(
                 f"{name} has shape {y.shape}: class labels must be one column (or one-hot rows)"

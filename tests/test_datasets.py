@@ -198,6 +198,18 @@ def test_csv_header_errors_name_the_file_and_columns(tmp_path):
         load_arrays(empty, target="label")
 
 
+def test_a_csv_without_a_header_is_refused_not_read_a_row_short(tmp_path):
+    """Its first row was taken as the header: predict printed a row fewer, shifted."""
+    rows = ["0.5,1.5,2", "0.25,3,1", "1,2,0"]
+    for header in (rows[0], "1"):
+        bare = _csv(tmp_path / "bare.csv", header, rows[1:])
+        with pytest.raises(DatasetError, match=r"bare\.csv: the first line, .* holds numbers"):
+            load_arrays(bare, target="label")
+    pandas_names = _csv(tmp_path / "named.csv", "0,1,2", rows)  # (a frame's default names)
+    X, y = load_arrays(pandas_names, target="2")
+    assert X.shape == (3, 2) and y.tolist() == [2, 1, 0]
+
+
 def test_csv_missing_targets_name_the_file_column_and_lines(tmp_path):
     from fastnet.datasets import load_table
 

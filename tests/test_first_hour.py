@@ -10,6 +10,7 @@ import pytest
 
 import fastnet as fn
 from fastnet.cli import main
+from fastnet.tabular import LabelEncoding
 
 FAST = [
     "--backend",
@@ -54,6 +55,23 @@ def test_cli_trains_on_one_hot_labels(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", X=X, y=fn.one_hot(y, 3))
     assert main(["train", "--data", str(tmp_path / "d.npz"), *FAST]) == 0
     assert held_out_accuracy(capsys.readouterr().out) > 0.9
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.int64])
+def test_one_hot_labels_with_a_broken_row_name_it(tmp_path, capsys, dtype):
+    """A row of zeros made float one-hot labels a regression target, silently."""
+    X, y = blobs()
+    labels = fn.one_hot(y, 3).astype(dtype)
+    labels[7] = 0
+    np.savez(tmp_path / "d.npz", X=X, y=labels)
+    assert main(["train", "--data", str(tmp_path / "d.npz"), *FAST]) == 2
+    assert "row 7 (0-based) of these one-hot rows is [0" in capsys.readouterr().err
+    labels[7] = [1, 1, 0]  # (several 1s: a multi-label row, not one class)
+    with pytest.raises(
+        fn.data.DatasetError, match=r"row 7 \(0-based\) of these one-hot rows is \[1"
+    ):
+        LabelEncoding.fit(labels)
+    assert main(["train", "--data", str(tmp_path / "d.npz"), *FAST, "--task", "regression"]) == 0
 
 
 def test_train_val_split_takes_one_hot_and_real_targets():
