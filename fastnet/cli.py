@@ -51,6 +51,8 @@ PRESETS: dict[str, dict] = {
     },
 }
 GRAPH_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+#: train options a checkpoint records, which ``--resume`` takes unless given again
+RUN_SETTINGS = ("epochs", "batch_size", "schedule", "patience")
 
 
 def _positive(kind, zero_ok: bool = False):  # noqa: ANN001, ANN202
@@ -406,7 +408,7 @@ def _prepare(args: argparse.Namespace, scaler: Any = None) -> Prepared:
         "limit": args.limit,
         "rows": rows,
     }
-    prepared.extra["run"] = {k: getattr(args, k) for k in ("epochs", "batch_size", "schedule")}
+    prepared.extra["run"] = {k: getattr(args, k) for k in RUN_SETTINGS}
     if args.scale != "none" or scaler is not None:
         X = prepared.train[0]
         if isinstance(X, np.memmap):
@@ -702,14 +704,19 @@ def _train_header(args: argparse.Namespace, data: Prepared, model: Any, arch: st
 
 
 def _resumed(args: argparse.Namespace, backend: Any) -> tuple:
-    """``cli_resume.resumed`` with the train options' defaults."""
+    """``cli_resume.resumed`` with the train options the command line gives."""
     from fastnet.cli_resume import resumed
 
-    defaults = {
-        options.get("dest", flags[0][2:].replace("-", "_")): options.get("default")
-        for flags, options in TRAIN_OPTIONS
-    }
-    return resumed(args, defaults, lambda path: _load_checkpoint(path, backend))
+    return resumed(args, args._given, lambda path: _load_checkpoint(path, backend))
+
+
+def _given_options(argv: Sequence[str] | None) -> set[str]:
+    """The options (their ``dest``) ``argv``'s command gives, whatever their values."""
+    parser = build_parser()
+    for command in parser.commands.values():  # type: ignore[attr-defined]
+        for action in command._actions:
+            action.default = argparse.SUPPRESS
+    return set(vars(_parse(parser, argv))) - {"command"}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -1178,6 +1185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset = {k: v for k, v in PRESETS[args.preset].items() if k != "help"}
         parser.commands["train"].set_defaults(**preset)  # type: ignore[attr-defined]
         args = _parse(parser, argv)
+    if getattr(args, "resume", None):  # (what it gives, not its defaults, sets the run)
+        args._given = _given_options(argv)
     from fastnet.backends import BackendUnavailableError
     from fastnet.distributed import DistributedError
 

@@ -21,24 +21,24 @@ FROM_CHECKPOINT = (
 ).split()
 
 
-def resumed(args: argparse.Namespace, defaults: dict, load: Any) -> tuple[Any, Any, dict]:
+def resumed(args: argparse.Namespace, given: set[str], load: Any) -> tuple[Any, Any, dict]:
     """``(model, scaler or None, the checkpoint's extra)`` of ``args.resume`` (``load(path)``:
-    the CLI's checked load), ``args`` set from it; options it decides, refused when given
-    (``defaults``: the parser's)."""
+    the CLI's checked load), ``args`` set from it; options it decides, refused when ``given``
+    (the command line's, whatever their values)."""
     from fastnet.layers import Standardize
     from fastnet.tabular import Scaler
 
     if args.preset:  # (its values are the parser's defaults now: named alone)
         raise ValueError("--resume trains the checkpoint's model with its settings: drop --preset")
-    given = [f"--{n.replace('_', '-')}" for n in FROM_CHECKPOINT if getattr(args, n) != defaults[n]]
-    if given:
+    refused = [f"--{n.replace('_', '-')}" for n in FROM_CHECKPOINT if n in given]
+    if refused:
         raise ValueError(
             f"--resume trains the checkpoint's model with its loss, optimizer, scaling and seed: "
-            f"drop {', '.join(given)}"
+            f"drop {', '.join(refused)}"
         )
     model, meta = load(args.resume)
     extra = meta["extra"]
-    _same_run(args, defaults, extra, model.epochs_trained)
+    _same_run(args, given, extra, model.epochs_trained)
     _same_source(args, extra)
     args.seed, args.dtype = model.seed, model.policy or np.dtype(model.dtype).name
     dense = [layer.units for layer in model.layers if hasattr(layer, "units")]
@@ -54,11 +54,11 @@ def resumed(args: argparse.Namespace, defaults: dict, load: Any) -> tuple[Any, A
     return model, scaler, extra
 
 
-def _same_run(args: argparse.Namespace, defaults: dict, extra: dict, done: int) -> None:
-    """The first run's epochs, batch size and schedule where not given; its validation rows
-    (fraction, file, --limit) the same, refused where given otherwise."""
+def _same_run(args: argparse.Namespace, given: set[str], extra: dict, done: int) -> None:
+    """The first run's epochs, batch size, schedule and patience where not given; its
+    validation rows (fraction, file, --limit) the same, refused where given otherwise."""
     for key, value in (extra.get("run") or {}).items():
-        if getattr(args, key) == defaults[key]:
+        if key not in given:
             setattr(args, key, value)
     if done >= args.epochs:
         raise ValueError(

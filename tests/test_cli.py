@@ -1070,6 +1070,25 @@ def test_train_resume_continues_an_interrupted_run_as_one_straight_run(
     )
 
 
+def test_resume_takes_options_given_at_their_default_values(tmp_path, capsys):
+    """An option given with its default's value counted as not given: --epochs 20 was the
+    first run's 5, --batch-size 128 its 16, --optimizer adam passed unrefused."""
+    X = np.random.default_rng(0).standard_normal((120, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 0).astype(int))
+    data = ["--data", str(tmp_path / "d.npz"), "--backend", "numpy", "--quiet"]
+    first = ["--epochs", "2", "--batch-size", "16", "--patience", "3", "--optimizer", "sgd"]
+    assert main(["train", *data, *first, "--save", str(tmp_path / "m.npz")]) == 0
+    resume, report = ["--resume", str(tmp_path / "m.npz")], tmp_path / "r.json"
+    assert main(["train", *data, *resume, "--optimizer", "adam"]) == 2
+    assert "drop --optimizer" in capsys.readouterr().err
+    assert main(["train", *data, *resume, "--epochs", "20", "--batch-size", "128",
+                 "--json", str(report)]) == 0  # fmt: skip
+    given = json.loads(report.read_text())["args"]
+    assert (given["epochs"], given["batch_size"], given["patience"]) == (20, 128, 3)
+    assert main(["train", *data, *resume, "--epochs", "3", "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["args"]["batch_size"] == 16  # (not given: saved)
+
+
 def test_the_pipe_safe_stream_passes_on_its_terminal():
     """train's guarded stdout/stderr said they were no terminal (io's default): tqdm drew a
     10-column '#' bar in a terminal instead of a full-width one."""

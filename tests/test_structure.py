@@ -195,8 +195,9 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # epoch, a config's NumPy values saved as JSON, a user's backward that writes no gradient,
 # a notebook's self.dW, refused at its first step: +30), to 13,780 for a data audit (a CSV
 # without a header refused, not read a row short; one-hot labels with a broken row named,
-# not trained as a regression: +30)
-BUDGET = 13780
+# not trained as a regression: +30), to 13,790 for --resume telling options given at their
+# default's value from those not given, and keeping --patience (+10)
+BUDGET = 13790
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
