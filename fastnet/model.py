@@ -653,7 +653,14 @@ class Sequential(Trainer):
             raise ValueError(f"the row weights ({' times '.join(given)}) are all zero")
         if (w == 1).all():
             return None
-        w = w.astype(self.dtype)
+        with np.errstate(over="ignore"):
+            w, wide = w.astype(self.dtype), w
+        if not np.isfinite(w).all() or (n and not w.any()):
+            fault = "all round to zero in" if np.isfinite(w).all() else "exceed"
+            raise ValueError(
+                f"the row weights (up to {wide.max():.3g}) {fault} {self.dtype}, the model's "
+                "dtype: scale them into its range"
+            )
         return self.backend.asarray(w) if on_device else w
 
     def _weighted_classes(self, input_dim: Any) -> range:

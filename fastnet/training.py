@@ -694,8 +694,9 @@ class Trainer:
             X, y, opts.sample_weight, opts.validation_data, opts.validation_split, seed
         )
         Xd, yd, val = self.validate_fit_data(X, y, validation_data, on_device=not streamed)
-        wd = self.validate_weights(
-            sample_weight, opts.class_weight, y, len(Xd), not streamed, Xd.shape[1]
+        labels = self.backend.to_numpy(yd) if opts.class_weight else None  # (as encoded:
+        wd = self.validate_weights(  # class indices, not the names the model may take)
+            sample_weight, opts.class_weight, labels, len(Xd), not streamed, Xd.shape[1]
         )
         if group is not None:
             self._check_same_run(group, opts)

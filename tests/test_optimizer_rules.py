@@ -299,6 +299,8 @@ def test_sample_and_class_weights_in_fit(backend):
         (np.ones(3), "sample_weight"),
         (-np.ones(400), "non-negative"),
         (np.zeros(400), "are all zero"),
+        (np.full(400, 1e39), r"\(up to 1e\+39\) exceed float32, the model's dtype"),  # (as
+        (np.full(400, 1e-46), "all round to zero in float32"),  # float32: inf, 0)
     ):
         fresh = fn.Sequential([fn.Dense(2)], backend=backend)
         with pytest.raises(ValueError, match=match):
@@ -317,6 +319,12 @@ def test_sample_and_class_weights_in_fit(backend):
         multi_label.fit(X, np.eye(3)[y], epochs=1, verbose=0, class_weight={0: 1, 1: 5})
     binary = fn.Sequential([fn.Dense(1)], loss="bce", backend=backend, seed=0)
     binary.fit(X, y, epochs=1, verbose=0, class_weight={0: 1, 1: 5})
+    named = fn.Sequential([fn.Dense(2)], backend=backend, seed=0)  # (labels by class name:
+    named.metadata["classes"] = ["common", "rare"]  # a TypeError from np.rint before)
+    named.fit(X, np.array(["common", "rare"])[y], epochs=2, verbose=0, class_weight={1: 6.0})
+    by_index = fn.Sequential([fn.Dense(2)], backend=backend, seed=0)
+    by_index.fit(X, y, epochs=2, verbose=0, class_weight={1: 6.0})
+    np.testing.assert_array_equal(named.predict_raw(X), by_index.predict_raw(X))
 
 
 # ---------------------------------------------------------------------------- float32 constants
