@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends import Act, Backend, get_backend
+from fastnet.backends.base import binary_xent_elements
 from fastnet.backends.plan import LossPlan
 from fastnet.registry import Registry, construct
 from fastnet.validation import Checked, check_fraction, check_number
@@ -320,7 +321,7 @@ class SigmoidBinaryCrossEntropy(Loss):
         if targets.ndim == 1:
             targets = targets.reshape(-1, 1)
         targets = targets.astype(logits.dtype, copy=False)
-        elements = xp.maximum(logits, 0) - logits * targets + xp.log1p(xp.exp(-xp.abs(logits)))
+        elements = binary_xent_elements(xp, logits, targets)
         grad = (self.predict_output(logits) - targets) / logits.size
         if weights is not None:
             w = weights.reshape(-1, 1).astype(logits.dtype, copy=False)

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.validation import check_count
+
 
 def confusion_matrix(
     y_true: Any, y_pred: Any, n_classes: int | None = None, sample_weight: Any = None
@@ -32,8 +34,14 @@ def confusion_matrix(
 
 
 def _class_indices(labels: Any, name: str) -> np.ndarray:
-    """``labels`` flat as int64, refused where a cast would change them (2.5, NaN, "a")."""
-    a = np.asarray(labels).ravel()
+    """``labels`` flat as int64, refused where a cast would change them (2.5, NaN, "a") or
+    where they are not one per row (one-hot rows: their ``argmax(axis=1)`` is)."""
+    a = np.asarray(labels)
+    if a.ndim > 1 and a.shape[1:] != (1,) * (a.ndim - 1):
+        raise ValueError(
+            f"{name} has shape {a.shape}: one class label per row (one-hot rows: argmax(axis=1))"
+        )
+    a = a.ravel()
     if a.dtype.kind not in "biuf" or (a.dtype.kind == "f" and not np.all(a == np.round(a))):
         raise ValueError(f"{name} must hold integer class labels, got {a.dtype} {a[:3].tolist()}")
     return a.astype(np.int64)
@@ -70,8 +78,13 @@ def top_k_correct(scores: Any, labels: Any, k: int, xp: Any = np, weights: Any =
 
 
 def top_k_accuracy(scores: Any, labels: Any, k: int = 5) -> float:
-    """Fraction of rows whose label is among the ``k`` highest scores."""
-    scores, labels = np.asarray(scores), np.asarray(labels).astype(np.int64)
+    """Fraction of rows whose label (a class index) is among the ``k`` highest scores."""
+    scores, labels = np.asarray(scores), _class_indices(labels, "labels")
+    k = check_count(k, "k", 1)
+    if scores.ndim != 2 or len(scores) != len(labels):
+        raise ValueError(f"scores must be one row per label, got {scores.shape} for {len(labels)}")
+    if labels.size and not 0 <= labels.min() <= labels.max() < scores.shape[1]:
+        raise ValueError(f"labels must be class indices 0 to {scores.shape[1] - 1}")
     return float(top_k_correct(scores, labels, k)) / max(len(labels), 1)
 
 

@@ -412,7 +412,7 @@ extern "C" __global__ void softmax_xent(const T* __restrict__ logits,
         T tj = dense ? t[j] : (j == label ? (T)1 : (T)0);
         if (smoothing != (T)0) tj = ((T)1 - smoothing) * tj + smoothing * t_sum / (T)m;
         d[j] = exp(x[j] - mx) * scale - tj * inv_n * w;
-        if (dense) row_loss -= tj * ((x[j] - mx) - log_s);
+        if (dense && tj != (T)0) row_loss -= tj * ((x[j] - mx) - log_s);  // (0 * -inf: none)
     }
     if (dense) {
         row_loss = warp_sum(row_loss);
@@ -548,7 +548,8 @@ extern "C" __global__ void sigmoid_bce(const T* __restrict__ z, const T* __restr
         T ex = exp(-fabs(zi));
         T p = zi >= (T)0 ? (T)1 / ((T)1 + ex) : ex / ((T)1 + ex);
         d[e] = (p - ti) / (T)size * w;
-        loss += (double)(((zi > (T)0 ? zi : (T)0) - zi * ti + log1p(ex)) * w);
+        T u = zi >= (T)0 ? (T)1 - ti : ti;  // max(z, 0) - z t = |z| u, 0 where u is (z = +-inf)
+        loss += (double)(((u != (T)0 ? fabs(zi) * u : (T)0) + log1p(ex)) * w);
         hits += (zi > (T)0) == (ti > (T)0.5) ? 1.0 : 0.0;
     }
     partial[0][threadIdx.x] = loss;

@@ -237,14 +237,15 @@ def _softmax_xent_dense_row(x, t, d, mx, inv_n, smoothing):
     t_sum = _row_sum(t)
     log_s = math.log(total)
     scale_row = inv_n * t_sum / total
-    loss = mx - mx
+    weighted = mx - mx  # sum(t (x - mx)), classes without target skipped (a -inf logit's)
     for j in range(k):
         tj = t[j]
         if smoothing != 0:
             tj = (one - smoothing) * tj + smoothing * t_sum / x.dtype.type(k)
-        loss -= tj * ((x[j] - mx) - log_s)
+        if tj != 0:
+            weighted += tj * (x[j] - mx)
         d[j] = d[j] * scale_row - tj * inv_n
-    return loss
+    return t_sum * log_s - weighted  # (exact under reassoc: no (x - mx) - log_s to regroup)
 
 
 @njit(**INLINE)
@@ -328,7 +329,8 @@ def sigmoid_bce(logits, targets, weights, dlogits, totals):
             z, t = logits[i, j], targets[i, j]
             e = math.exp(-abs(z))
             p = one / (one + e) if z >= 0 else e / (one + e)  # the sigmoid of _bias_act_row
-            loss += (max(z, zero) - z * t + math.log1p(e)) * w
+            u = one - t if z >= 0 else t  # max(z, 0) - z t = |z| u, 0 where u is (z = +-inf)
+            loss += ((abs(z) * u if u != 0 else zero) + math.log1p(e)) * w
             dlogits[i, j] = (p - t) / size * w
             hits += (z > 0) == (t > 0.5)
     totals[0] += loss / k

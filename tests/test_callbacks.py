@@ -195,6 +195,25 @@ def test_macro_scores_of_a_class_never_predicted():
     assert scores["recall"] == pytest.approx((1 + 1 / 2 + 0) / 3)
 
 
+def test_metric_functions_refuse_labels_they_would_misread():
+    """One-hot rows were counted as 0/1 labels cell by cell; top_k_accuracy wrapped label -1
+    to the last class, truncated 2.9 and took k=0."""
+    onehot = np.eye(3)[[0, 1, 2, 1]]
+    with pytest.raises(ValueError, match=r"y_true has shape \(4, 3\): one class label per row"):
+        fn.metrics.confusion_matrix(onehot, onehot)
+    assert fn.metrics.confusion_matrix([[0], [1]], [[0], [0]]).tolist() == [[1, 0], [1, 0]]
+    scores = np.array([[0.1, 0.2, 0.7], [0.6, 0.3, 0.1]])
+    assert fn.metrics.top_k_accuracy(scores, [2, 1], k=2) == 1.0
+    for labels, k, message in [
+        ([-1, 0], 1, "labels must be class indices 0 to 2"),
+        ([2.9, 0], 1, "labels must hold integer class labels"),
+        ([2, 0], 0, "k must be a positive integer"),
+        ([2], 1, r"one row per label, got \(2, 3\) for 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            fn.metrics.top_k_accuracy(scores, labels, k)
+
+
 def _lrs(model, X, y, schedule, **kw):
     return model.fit(X, y, epochs=4, verbose=0, callbacks=[schedule], **kw)["lr"]
 

@@ -175,6 +175,33 @@ def test_sigmoid_bce_extreme_logits_float32(backend):
     np.testing.assert_array_equal(backend.to_numpy(grad)[:, 0], np.float32([0.25, 0, 0, -0.125]))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_infinite_logits_give_the_exact_finite_loss(backend, dtype):
+    """A class masked with a -inf logit: 0 * -inf made one-hot/soft targets' loss NaN (the
+    integer label's was finite), and sigmoid BCE's at z = -inf, t = 0 or z = +inf, t = 1."""
+    from fastnet.losses import SigmoidBinaryCrossEntropy
+
+    logits = np.array([[2.0, -np.inf, 0.5], [-np.inf, 1.0, 1.0]], dtype)
+    labels, onehot = np.array([0, 2]), np.eye(3, dtype=dtype)[[0, 2]]
+    want = (np.log1p(np.exp(-1.5)) + np.log(2)) / 2
+    for targets, share in ((labels, 1.0), (onehot, 1.0), (onehot * 0.5, 0.5)):  # (soft rows)
+        loss, d = backend.softmax_xent(backend.asarray(logits), backend.asarray(targets))
+        assert float(loss) == pytest.approx(share * want, rel=1e-6)
+        assert np.isfinite(to_np(backend, d)).all()
+    z = np.array([[-np.inf, np.inf, -np.inf, 0.0]], dtype)
+    t = np.array([[0.0, 1.0, 1.0, 1.0]], dtype)
+    loss, _, grad = _bce(backend, backend.asarray(z), backend.asarray(t))
+    assert loss == np.inf and np.isfinite(to_np(backend, grad)).all()  # (-inf labelled 1)
+    t[0, 2] = 0.0
+    loss, _, grad = _bce(backend, backend.asarray(z), backend.asarray(t))
+    assert loss == pytest.approx(np.log(2) / 4, rel=1e-6)
+    bce = SigmoidBinaryCrossEntropy()
+    bce.build(backend)
+    assert float(bce.compute(backend.asarray(z), backend.asarray(t))[0]) == pytest.approx(
+        np.log(2) / 4, rel=1e-6
+    )
+
+
 def _squares(backend, outputs, targets, weights=None, scale=1.0):
     """(summed loss, gradient) of the mean squared error as the training step accumulates."""
     from fastnet.losses import MeanSquaredError

@@ -47,6 +47,14 @@ def contiguous_floats(*arrays: Any) -> bool:
     return True
 
 
+def binary_xent_elements(xp: Any, z: Any, t: Any) -> Any:
+    """``max(z, 0) - z t + log1p(exp(-|z|))`` of logits ``z`` and targets ``t``, as ``|z| u``
+    (``u``: ``1 - t`` where ``z >= 0``, else ``t``), 0 where ``u`` is: exact at ``z = +-inf``."""
+    u = xp.where(z >= 0, 1 - t, t)
+    with np.errstate(invalid="ignore"):  # (inf * 0: the branch where does not take)
+        return xp.where(u != 0, xp.abs(z) * u, 0) + xp.log1p(xp.exp(-xp.abs(z)))
+
+
 @dataclass
 class ReluMask:
     """The ReLU bit-mask a Dense forward's GEMM may store beside its output (cuBLASLt's
@@ -682,7 +690,9 @@ class Backend:
             targets = labels.astype(logits.dtype, copy=False)
             if eps:
                 targets = (1 - eps) * targets + eps / k * targets.sum(axis=1, keepdims=True)
-            row_loss = -(targets * (shifted - log_s)).sum(axis=1)
+            with np.errstate(invalid="ignore"):  # (0 * -inf: the branch where does not take)
+                terms = xp.where(targets != 0, targets * (shifted - log_s), 0)
+            row_loss = -terms.sum(axis=1)
             dlogits *= targets.sum(axis=1, keepdims=True)
             dlogits -= targets
         if weights is not None:
@@ -710,7 +720,7 @@ class Backend:
         t = targets.reshape(-1, 1) if targets.ndim == 1 else targets
         t = t.astype(logits.dtype, copy=False)
         e = xp.exp(-xp.abs(logits))
-        elements = xp.maximum(logits, 0) - logits * t + xp.log1p(e)
+        elements = binary_xent_elements(xp, logits, t)
         if dlogits is None or dlogits.shape != logits.shape or dlogits.dtype != logits.dtype:
             dlogits = xp.empty_like(logits)
         xp.subtract(xp.where(logits >= 0, 1 / (1 + e), e / (1 + e)), t, out=dlogits)
