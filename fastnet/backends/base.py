@@ -669,8 +669,7 @@ class Backend:
         if hits is not None:
             self.count_correct(logits, labels, hits)
         self.record_kernel("softmax_xent")
-        xp = self.xp
-        n, k = logits.shape
+        xp, (n, k) = self.xp, logits.shape
         shifted = logits - logits.max(axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
@@ -691,8 +690,7 @@ class Backend:
             if eps:
                 targets = (1 - eps) * targets + eps / k * targets.sum(axis=1, keepdims=True)
             with np.errstate(invalid="ignore"):  # (0 * -inf: the branch where does not take)
-                terms = xp.where(targets != 0, targets * (shifted - log_s), 0)
-            row_loss = -terms.sum(axis=1)
+                row_loss = -xp.where(targets != 0, targets * (shifted - log_s), 0).sum(axis=1)
             dlogits *= targets.sum(axis=1, keepdims=True)
             dlogits -= targets
         if weights is not None:
