@@ -21,7 +21,15 @@ from fastnet.validation import check_count, check_flag, check_number
 
 class History(dict):
     """Per-epoch log entries by name (``{"loss": [...], ...}``), as ``fit`` returns them and
-    ``model.history`` keeps them; ``.history`` is the dict itself, as on Keras's History."""
+    ``model.history`` keeps them; ``.history`` is the dict itself, ``.epoch`` the epochs'
+    indices and ``.params`` fit's ``epochs``, ``steps`` and ``verbose``, as on Keras's."""
+
+    first = 0  #: the first entry's epoch (a fit's ``initial_epoch``)
+    params: dict[str, Any] = {}  # noqa: RUF012 (replaced, never changed)
+
+    @property
+    def epoch(self) -> list[int]:
+        return list(range(self.first, self.first + len(self.get("loss", ()))))
 
     @property
     def history(self) -> History:
@@ -115,7 +123,8 @@ class KerasStyle(Callback):
             if not keras:
                 return getattr(self.inner, method)(model, *args)
             last = self.last_logs if hook == "on_train_end" else {}
-            return getattr(self.inner, method)(*args, *((dict(last),) if logs else ()))
+            getattr(self.inner, method)(*args, *((dict(last),) if logs else ()))
+            return None  # (Keras ignores what a hook returns: model.stop_training stops)
 
         return call
 
@@ -188,6 +197,8 @@ def as_callbacks(items: Any) -> list[Callback]:
     found: list[Callback] = []
     names = [*HOOKS, *KERAS_NAMES]
     one = callable(items) or any(callable(getattr(items, h, None)) for h in names)
+    if not one and (isinstance(items, str | bytes) or not hasattr(items or (), "__iter__")):
+        raise TypeError(f"callbacks must be a list of callbacks (or one), got {items!r}")
     for cb in [items] if one else list(items or ()):
         if isinstance(cb, type):
             raise TypeError(f"callbacks are instances: pass {cb.__name__}(...), not the class")
@@ -254,6 +265,8 @@ class Monitor(Callback):
     improvement."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float) -> None:
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be a log entry's name (a str), got {monitor!r}")
         if mode not in ("auto", "min", "max"):
             raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
         self.monitor, self.min_delta = monitor, abs(check_number(min_delta, "min_delta"))
@@ -386,12 +399,21 @@ class ModelCheckpoint(Monitor):
         self,
         path: str | os.PathLike,
         monitor: str = "val_loss",
+        verbose: int = 0,
         save_best_only: bool = False,
+        *,  # (Keras's save_weights_only comes next)
         mode: str = "auto",
         initial_value_threshold: float | None = None,
     ) -> None:
         super().__init__(monitor, mode, 0.0)
-        self.path, self.save_best_only = os.fspath(path), bool(save_best_only)
+        self.path = os.fspath(path)
+        self.save_best_only = check_flag(save_best_only, "save_best_only")
+        if isinstance(verbose, bool):  # (fastnet's order before 2026-12-03 had it third)
+            raise TypeError(
+                "ModelCheckpoint(path, monitor, verbose, save_best_only), Keras's order: pass "
+                f"save_best_only={verbose} by name"
+            )
+        self.verbose = check_count(verbose, "verbose")
         self.saved: list[str] = []
         threshold = initial_value_threshold
         self.initial_value_threshold = (
@@ -465,6 +487,8 @@ class ModelCheckpoint(Monitor):
             kept = {k: v for k, v in model.metadata.items() if not _log_like(k)}
             logs = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
             model.save(path, extra={**kept, **logs})  # (classes, features kept; no old logs)
+            if self.verbose:  # (Keras's line)
+                print(f"\nEpoch {epoch + 1}: saving model to {path}")
         self.saved.append(path)
         return False
 
@@ -479,20 +503,22 @@ class ReduceLROnPlateau(Monitor):
     ``min_delta`` for ``patience`` epochs, down to ``min_lr``; wait ``cooldown`` epochs after.
     Per-layer optimizers are reduced alike, each down to ``min_lr`` (one below it is kept)."""
 
-    def __init__(
+    def __init__(  # (Keras's order of arguments)
         self,
         monitor: str = "val_loss",
         factor: float = 0.1,
         patience: int = 10,
-        min_lr: float = 0.0,
+        verbose: int = 0,
         mode: str = "auto",
         min_delta: float = 1e-4,
         cooldown: int = 0,
+        min_lr: float = 0.0,
     ) -> None:
         self.factor = check_number(factor, "factor", 0, 1, "low high")
         self.min_lr = check_number(min_lr, "min_lr", 0)
         self.patience = check_count(patience, "patience")
         self.cooldown = check_count(cooldown, "cooldown")
+        self.verbose = check_count(verbose, "verbose")
         super().__init__(monitor, mode, min_delta)
 
     def on_train_begin(self, model: Any) -> None:
@@ -512,6 +538,9 @@ class ReduceLROnPlateau(Monitor):
                     if opt.lr > self.min_lr:
                         opt.set_scheduled_lr(max(opt.lr * self.factor, self.min_lr, 1e-12))
                 self.wait, self.cooling = 0, self.cooldown
+                if self.verbose and _main_rank():  # (Keras's line)
+                    lr = model.optimizer.lr
+                    print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {lr}.")
         return False
 
 
@@ -532,13 +561,18 @@ class CSVLogger(Callback):
     a resumed run appending to such a file repeats one number); ``append`` keeps an existing
     file (the header is written once)."""
 
-    def __init__(self, path: str | os.PathLike, append: bool = False, separator: str = ",") -> None:
-        self.path, self.append, self.separator = os.fspath(path), bool(append), separator
+    def __init__(self, path: str | os.PathLike, separator: str = ",", append: bool = False) -> None:
+        if not isinstance(separator, str) or len(separator) != 1 or separator in '\r\n"':
+            raise ValueError(f"separator must be one character (not a quote), got {separator!r}")
+        self.path, self.separator = os.fspath(path), separator  # (Keras's order)
+        self.append = check_flag(append, "append")
         self.file: IO[str] | None = None
+        self.names: list[str] = []
 
     def check_logs(self, names: list[str]) -> None:
         """Also that ``path`` is no folder and its folder no file (before training changes
         anything; a missing folder another callback may create is left to training)."""
+        self.names = list(names)  # (every entry an epoch may hold: a column each)
         folder = os.path.dirname(os.path.abspath(self.path))
         if os.path.isdir(self.path) or (os.path.exists(folder) and not os.path.isdir(folder)):
             from fastnet.checkpoint import check_writable
@@ -564,8 +598,14 @@ class CSVLogger(Callback):
         row = {"epoch": epoch, **logs}
         writer = csv.writer(self.file, delimiter=self.separator)
         if self.keys is None:
-            self.keys = list(row)
+            self.keys = [*row, *(k for k in self.names if k not in row)]
             writer.writerow(self.keys)
+        lost = [k for k in row if k not in self.keys]
+        if lost and not getattr(self, "warned", False):  # (an appended file's header)
+            self.warned = True
+            warnings.warn(
+                f"CSVLogger: {self.path}'s header lacks {lost}: not written", stacklevel=2
+            )
         writer.writerow([row.get(k, "") for k in self.keys])
         self.file.flush()
         return False

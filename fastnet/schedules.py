@@ -8,12 +8,11 @@ follows the schedule uninterrupted training would)."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 from collections.abc import Callable
 from typing import Any
 
-from fastnet.callbacks import Callback, _optimizers
+from fastnet.callbacks import Callback, _accepts, _main_rank, _optimizers
 from fastnet.validation import check_count, check_number, is_real
 
 
@@ -55,12 +54,13 @@ class LearningRateScheduler(_EpochSchedule):
     (Keras's older one: the model optimizer's lr; per-layer optimizers are scaled alike,
     keeping their ratio to it at the schedule's start)."""
 
-    def __init__(self, fn: Callable[..., float]) -> None:
+    def __init__(self, fn: Callable[..., float], verbose: int = 0) -> None:
         if not callable(fn):
             raise TypeError("LearningRateScheduler needs a function fn(epoch, lr) -> lr")
-        self.fn, self.takes_lr = fn, _positional_arguments(fn) != 1
-        if _positional_arguments(fn) == 0:
+        self.fn, self.takes_lr = fn, _accepts(fn, 2)
+        if not (self.takes_lr or _accepts(fn, 1)):
             raise TypeError("LearningRateScheduler's function takes fn(epoch, lr) or fn(epoch)")
+        self.verbose = check_count(verbose, "verbose")
 
     def on_epoch_begin(self, model: Any, epoch: int) -> None:
         shared = None if self.takes_lr else self._number(self.fn(epoch), epoch)
@@ -77,6 +77,9 @@ class LearningRateScheduler(_EpochSchedule):
                 raise ValueError(
                     f"LearningRateScheduler's function, epoch {epoch}: {exc}"
                 ) from None
+        if self.verbose and _main_rank():  # (Keras's line)
+            lr = self.optimizers[0].lr
+            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
 
     @staticmethod
     def _number(value: Any, epoch: int) -> float:
@@ -94,17 +97,6 @@ class LearningRateScheduler(_EpochSchedule):
                 + (": a path through it returns nothing" if value is None else "")
             )
         return number
-
-
-def _positional_arguments(fn: Callable) -> int:
-    """How many positional arguments ``fn`` takes (2 for ``*args`` or an unknown signature)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return 2
-    if any(p.kind is p.VAR_POSITIONAL for p in params):
-        return 2
-    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 class CosineDecay(_EpochSchedule):

@@ -136,7 +136,7 @@ class FitRun:
     log_names: list[str]
     #: batch logs' running loss all-reduced (every rank reads them; else none, data-parallel)
     global_batch_logs: bool = True
-    history: dict[str, list[float]] = field(default_factory=History)
+    history: History = field(default_factory=History)
     #: (model history, this call's) lengths per key before the last epoch's entries
     before_last: tuple[dict[str, int], dict[str, int]] = ({}, {})
 
@@ -480,6 +480,19 @@ def _quiet_floats() -> Any:
     return np.errstate(**quiet)
 
 
+def _check_in_order(cb: Callback, names: list[str], later: list[Callback]) -> None:
+    """``cb`` needs no entry that only a callback after it in the list adds."""
+    try:
+        cb.check_logs(names)
+    except ValueError:
+        after = ", ".join(type(getattr(x, "inner", x)).__name__ for x in later if x.provides)
+        raise ValueError(
+            f"{type(getattr(cb, 'inner', cb)).__name__} needs an entry that {after}, after it "
+            "in callbacks, adds: "
+            "list that one first (on_epoch_end runs them in order)"
+        ) from None
+
+
 def _epochs_held(history: dict[str, list[float]]) -> int:
     return max(map(len, history.values()), default=0)
 
@@ -708,9 +721,11 @@ class Trainer:
         width = self.output_width(Xd.shape[1])
         names = self._log_names(val is not None, opts.top_k, metric_fns, width)
         self._try_user_metrics(metric_fns, val, width)
-        names += [name for cb in hooks for name in cb.provides]
-        for cb in hooks:
-            cb.check_logs(names)
+        everything = names + [name for cb in hooks for name in cb.provides]
+        for i, cb in enumerate(hooks):  # (on_epoch_end runs them in order: entries as added)
+            cb.check_logs(everything)
+            _check_in_order(cb, names, hooks[i + 1 :])
+            names = names + list(cb.provides)
         data = (Xd, yd, wd, val, streamed, compiled, group, epochs, first)
         settings = (hooks, metric_fns, opts.top_k, verbose, opts.on_divergence, names)
         batch_logs = any(_overrides(cb, h) for cb in hooks for h in _BATCH_HOOKS)
@@ -878,6 +893,10 @@ class Trainer:
                 break
         for cb in run.callbacks:
             cb.on_train_end(self)
+        run.history.first = run.first
+        run.history.params = dict(
+            epochs=run.epochs, steps=self.steps_per_epoch, verbose=run.verbose
+        )
         if run.group is not None:  # (an on_train_end restore on one rank: EarlyStopping's)
             self._check_same_weights(run.group, -1)
         return run.history

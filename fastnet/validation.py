@@ -93,6 +93,11 @@ def _check_finite_in_chunks(x: np.ndarray, name: str, dtype: Any, rows: int = 16
             raise ValueError(f"{name} contains {_nonfinite(chunk)} (rows from {lo})")
 
 
+def _features_of(targets: str) -> str:
+    """The features' name beside targets named ``targets`` (``X_val`` for ``y_val``)."""
+    return "X" + targets[1:] if targets.startswith("y") else "X"
+
+
 def check_class_labels(
     y: Any, name: str, n_samples: int, n_classes: int | None = None
 ) -> np.ndarray:
@@ -112,7 +117,9 @@ def check_class_labels(
     if y.ndim != 1:
         raise ValueError(f"{name} must be 1-D class labels, got shape {y.shape}")
     if len(y) != n_samples:
-        raise ValueError(f"X has {n_samples} samples but {name} has {len(y)} labels")
+        raise ValueError(
+            f"{_features_of(name)} has {n_samples} samples but {name} has {len(y)} labels"
+        )
     if y.dtype.kind == "f":
         if not np.isfinite(y).all():
             raise ValueError(f"{name} contains NaN or infinite labels")
@@ -157,7 +164,9 @@ def check_targets(
     if host.ndim == 1:
         host = host.reshape(-1, 1)
     if host.ndim != 2 or host.shape[0] != n_samples:
-        raise ValueError(f"X has {n_samples} samples but {name} has shape {host.shape}")
+        raise ValueError(
+            f"{_features_of(name)} has {n_samples} samples but {name} has shape {host.shape}"
+        )
     if host.shape[1] != n_outputs:
         raise ValueError(
             f"{name} has {host.shape[1]} columns but the model has {n_outputs} outputs"
