@@ -449,6 +449,7 @@ def _builtin(args: argparse.Namespace) -> Prepared:
     train, val = train_val_split(X, y, args.val_fraction, seed=args.seed)
     classes = list(range(int(max(np.max(y), np.max(test[1]))) + 1))  # (as your own data's:
     extra = {"dataset": dataset, "task": "classification", "classes": classes}  # for export)
+    extra["inputs"] = [0.0, 1.0]  # (pixels / 255: evaluate and predict refuse others)
     return Prepared(train, val, test, dataset, "test", extra=extra)
 
 
@@ -988,6 +989,13 @@ def _model_data(args: argparse.Namespace, model: Any, meta: dict, need_target: b
             f"--data {args.data} has {X.shape[1]} feature columns; the model in "
             f"{args.checkpoint} takes {model.input_dim}"
         )
+    if extra.get("inputs") and X.size:  # a built-in set's pixels, scaled
+        lo, hi = float(np.min(X)), float(np.max(X))
+        if lo < extra["inputs"][0] or hi > extra["inputs"][1] + 1e-6:
+            raise ValueError(
+                f"--data {args.data} holds values from {lo:g} to {hi:g}; {args.checkpoint} was "
+                f"trained on {extra.get('dataset')} pixels scaled to [0, 1]: divide them by 255"
+            )
     encoding = LabelEncoding(extra["classes"]) if extra.get("classes") is not None else None
     multilabel = not model.loss.multiclass and model.output_dim > 1
     if y is not None:

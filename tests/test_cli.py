@@ -54,6 +54,12 @@ def test_train_save_evaluate_plot(data_dir, tmp_path, capsys):
         f.unlink()
     assert main(["evaluate", str(ckpt), "--data-dir", str(data_dir), "--backend", "numpy"]) == 0
     assert capsys.readouterr().out == first
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 784)).astype(np.uint8)
+    np.save(tmp_path / "raw.npy", pixels)  # (as stored: 0..255, not the loader's / 255)
+    assert main(["predict", str(ckpt), "--data", str(tmp_path / "raw.npy")]) == 2
+    assert "fashion-mnist pixels scaled to [0, 1]: divide them by 255" in capsys.readouterr().err
+    np.save(tmp_path / "scaled.npy", pixels / 255.0)
+    assert main(["predict", str(ckpt), "--data", str(tmp_path / "scaled.npy")]) == 0
 
 
 @pytest.mark.parametrize(
