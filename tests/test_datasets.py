@@ -184,6 +184,9 @@ def test_csv_targets_that_all_hold_numbers_are_numbers(tmp_path):
     assert y.dtype == np.float64 and y.tolist() == [0.25, 1, -2.5, 7]
     y = load_arrays(_csv(tmp_path / "s.csv", "a,t", ["1,7", "2,x"]), target="t")[1]
     assert y.dtype.kind == "U" and y.tolist() == ["7", "x"]
+    rows = [f"{i},{t}" for i, t in enumerate(["001", "010", "100", "7", "007"])]
+    y = load_arrays(_csv(tmp_path / "codes.csv", "a,t", rows), target="t")[1]
+    assert y.tolist() == ["001", "010", "100", "7", "007"]  # (1, 10, 100, 7, 7 before)
 
 
 def test_csv_header_errors_name_the_file_and_columns(tmp_path):
