@@ -395,6 +395,9 @@ def _prepare(args: argparse.Namespace, scaler: Any = None) -> Prepared:
     ``scaler``, a resumed checkpoint's, else by one --scale fits)."""
     from fastnet.tabular import Scaler
 
+    kinds = [os.path.splitext(p)[1].lower() for p in (args.data, args.val) if p]
+    if len(kinds) == 2 and ".csv" in kinds and kinds[0] != kinds[1]:  # (--target: both's)
+        raise ValueError(f"--val {args.val} and --data {args.data}: give both as .csv, or neither")
     _refuse_unused(args.data, "--data", args.labels, "--labels", args.target)
     _refuse_unused(args.val, "--val", args.val_labels, "--val-labels")
     if args.val is not None and args.val_fraction is not None:

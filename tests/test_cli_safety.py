@@ -132,3 +132,11 @@ def test_nvrtc_check_without_cupy_says_why_in_one_line(monkeypatch, capsys):
     captured = capsys.readouterr()
     assert captured.err.count("\n") == 1 and "nvrtc_check: error: " in captured.err
     assert "'gpu-check' extra" in captured.err
+
+
+def test_a_val_file_of_another_format_than_data_is_named_first(trained, capsys):
+    """--data d.npz --val t.csv asked for --target, then refused --target for the .npz."""
+    d, csv = str(trained / "d.npz"), str(trained / "t.csv")
+    for target in ([], ["--target", "target"]):
+        assert main(["train", "--data", d, "--val", csv, *target, *TINY]) == 2
+        assert "give both as .csv, or neither" in _one_line_error(capsys, "train")
