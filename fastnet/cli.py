@@ -1053,7 +1053,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     X, _, encoding = _model_data(args, model, meta, need_target=False)
     if args.proba and not model.loss.classification:
         raise ValueError(f"--proba needs a classifier; {args.checkpoint} is a regression model")
-    header, rows = _predictions(model, X, encoding, args.proba)
+    try:
+        header, rows = _predictions(model, X, encoding, args.proba)
+    except ValueError as exc:  # (a memory-mapped .npy's NaN: found as it is read)
+        raise ValueError(_with_file(str(exc), {"X": args.data})) from None
     with open(args.output, "w", newline="") if args.output else _stdout() as f:
         csv.writer(f).writerows([header, *rows])
     return 0

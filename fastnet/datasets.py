@@ -127,7 +127,10 @@ def load_table(
                 needed = {"X", "y"} if need_target else {"X"}
                 missing = needed - set(data.files)
                 if missing:
-                    raise DatasetError(f"{path} lacks array(s) {sorted(missing)} (needs X and y)")
+                    raise DatasetError(
+                        f"{path} lacks array(s) {sorted(missing)}: it holds {data.files[:8]} "
+                        f"(np.savez(path, {', '.join(f'{n}=...' for n in sorted(needed))}))"
+                    )
                 X, y = data["X"], data["y"] if need_target else None
         elif suffix == ".npy":
             if labels is None and need_target:
@@ -189,6 +192,7 @@ def _check_table(path: Path, X: Any, y: Any, names: Any, where: Any) -> None:
             f"{path}: need 2-D features (rows, columns)"
             + (f", got X {X.shape}" if y is None else f" and one label per row, got X {X.shape}")
             + ("" if y is None else f" and y {y.shape}")
+            + (": flatten images first, X.reshape(len(X), -1)" if X.ndim > 2 else "")
         )
     if not len(X):
         raise DatasetError(f"{path} holds no data rows")
@@ -223,8 +227,10 @@ def _hint(exc: Exception) -> str:
     """NumPy's error, with the way out where it is an object (pickled) array."""
     if str(exc).startswith("This file contains pickled"):  # np.load's guess without a header
         return "neither a .npy nor a .npz (zip) file"
-    if "pickle" in str(exc):
+    if "pickle" in str(exc) or "Python objects" in str(exc):  # (np.load's, or memmap's)
         return "it holds Python objects (strings? save them with .astype(str)), never unpickled"
+    if isinstance(exc, EOFError) or "No data left" in str(exc):
+        return "it is empty or cut short"
     return str(exc) if isinstance(exc, OSError | ValueError) else f"{type(exc).__name__}: {exc}"
 
 
@@ -257,7 +263,7 @@ def read_csv(
         for row in records:
             multiline |= reader.line_num > line + 1 and bool(row)  # a quoted line break
             line = reader.line_num
-            if not row:
+            if not row or (len(row) == 1 and not row[0].strip()):  # (a blank or spaces line)
                 continue
             if len(row) != len(header):
                 raise DatasetError(
@@ -309,6 +315,11 @@ def _markers_among_numbers(values: list[str], lines: list[int]) -> list[int]:
 def _checked_header(path: Path, header: list[str], target: str | None) -> list[str]:
     """``header``, refused where a column has no name or a repeated one, or lacks ``target``
     (named as another separator's columns where the header is one column they split)."""
+    if not header and not path.stat().st_size:
+        raise DatasetError(f"{path} is empty")
+    if not any(h.strip() for h in header) or header[0].lower().startswith("sep="):
+        what = "is blank" if header == [] or header[0].strip() == "" else "is Excel's sep= line"
+        raise DatasetError(f"{path}: its first line {what}: delete it (the header row comes first)")
     if header and _all_numbers(header) and header != list(map(str, range(len(header)))):
         raise DatasetError(  # (pandas' own default names, 0 1 2 ..., are a header)
             f"{path}: the first line, {header[:4]}{' ...' if len(header) > 4 else ''}, holds "
@@ -319,9 +330,10 @@ def _checked_header(path: Path, header: list[str], target: str | None) -> list[s
     counts = collections.Counter(header)
     if counts[""]:
         raise DatasetError(
-            f"{path}: {counts['']} column(s) of the header have no name (pandas: to_csv("
-            "index=False) leaves out the index)"
-        )
+            f"{path}: {counts['']} column(s) of the header have no name ("
+            + ("pandas: to_csv(index=False) leaves out the index)" if header[0] == "" else
+               "a comma at the end of the line?)")
+        )  # fmt: skip
     repeated = sorted(h for h, n in counts.items() if n > 1)
     if repeated:
         raise DatasetError(f"{path}: the header repeats the column name(s) {repeated}")
@@ -333,7 +345,9 @@ def _checked_header(path: Path, header: list[str], target: str | None) -> list[s
             f"{other[0]!r}).to_csv(new_path, index=False))"
         )
     if target is not None and target not in header:
-        raise DatasetError(f"{path}: no column {target!r} in the header {header}")
+        spaced = [h for h in header if h.strip() == target.strip()]
+        hint = f" ({spaced[0]!r}: names keep their spaces)" if spaced else ""
+        raise DatasetError(f"{path}: no column {target!r} in the header {header}{hint}")
     return header
 
 
@@ -365,7 +379,7 @@ def _csv_features(
             records = (  # (quoted again: a cell "1,5" stays one cell, refused)
                 ",".join('"' + row[i].replace('"', '""') + '"' for i in use)
                 for row in itertools.islice(csv.reader(f), 1, None)
-                if row
+                if row and (len(row) > 1 or row[0].strip())
             )
             kept = list(range(len(use)))
         else:

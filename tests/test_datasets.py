@@ -208,6 +208,24 @@ def test_a_csv_without_a_header_is_refused_not_read_a_row_short(tmp_path):
         bare = _csv(tmp_path / "bare.csv", header, rows[1:])
         with pytest.raises(DatasetError, match=r"bare\.csv: the first line, .* holds numbers"):
             load_arrays(bare, target="label")
+    for first, message in [
+        ("", "its first line is blank: delete it"),
+        ("sep=,", "its first line is Excel's sep= line"),
+    ]:
+        odd = _csv(tmp_path / "odd.csv", first, ["a,b,label", *rows])
+        with pytest.raises(DatasetError, match=message):
+            load_arrays(odd, target="label")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(DatasetError, match=r"empty\.csv is empty"):
+        load_arrays(tmp_path / "empty.csv", target="label")
+    for header, message in [
+        ("a,b,label,", r"have no name \(a comma at the end of the line\?\)"),
+        ("a, b, label", r"no column 'label' .* \(' label': names keep their spaces\)"),
+    ]:
+        with pytest.raises(DatasetError, match=message):
+            load_arrays(_csv(tmp_path / "h.csv", header, rows), target="label")
+    spaced = _csv(tmp_path / "w.csv", "a,b,label", [*rows, "  ", "\t"])  # (spaces-only lines)
+    assert load_arrays(spaced, target="label")[0].shape == (3, 2)
     pandas_names = _csv(tmp_path / "named.csv", "0,1,2", rows)  # (a frame's default names)
     X, y = load_arrays(pandas_names, target="2")
     assert X.shape == (3, 2) and y.tolist() == [2, 1, 0]
@@ -433,3 +451,32 @@ def test_a_memory_mapped_file_too_large_to_shuffle_validates_on_its_last_rows(
     monkeypatch.undo()
     assert main([*argv, "--labels", str(tmp_path / "y.npy")]) == 0
     assert "validating on the last" not in capsys.readouterr().err
+
+
+def test_array_files_a_newcomer_writes_get_errors_that_say_the_fix(tmp_path, capsys):
+    """An .npz of other names listed its needs only, an object or empty .npy gave NumPy's
+    words, images were not told to be flattened, predict's NaN named no file."""
+    np.savez(tmp_path / "lower.npz", x=np.ones((4, 2)), y=np.arange(4))
+    with pytest.raises(DatasetError, match=r"lacks array\(s\) \['X'\]: it holds \['x', 'y'\]"):
+        load_arrays(tmp_path / "lower.npz")
+    np.save(tmp_path / "obj.npy", np.array([[1, "a"]], dtype=object), allow_pickle=True)
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.save(tmp_path / "y.npy", np.arange(3))
+    np.save(tmp_path / "img.npy", np.zeros((3, 4, 4)))
+    for name, message in [
+        ("obj.npy", "it holds Python objects"),
+        ("empty.npy", "it is empty or cut short"),
+        ("img.npy", r"flatten images first, X.reshape\(len\(X\), -1\)"),
+    ]:
+        with pytest.raises(DatasetError, match=message):
+            load_arrays(tmp_path / name, labels=tmp_path / "y.npy")
+    X = np.ones((6, 2), np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=np.arange(6) % 2)
+    model = tmp_path / "m.npz"
+    assert main(["train", "--data", str(tmp_path / "d.npz"), "--epochs", "1", "--layers", "4",
+                 "--backend", "numpy", "--quiet", "--save", str(model)]) == 0  # fmt: skip
+    X[3, 1] = np.nan
+    np.save(tmp_path / "nan.npy", X)  # (memory-mapped: checked as predict reads it)
+    capsys.readouterr()
+    assert main(["predict", str(model), "--data", str(tmp_path / "nan.npy")]) == 2
+    assert "nan.npy: X contains NaN" in capsys.readouterr().err
