@@ -101,7 +101,10 @@ class Loss:
         _check_pair(self, outputs, targets)
         if self._backend is None and isinstance(outputs, np.ndarray):
             self.build(get_backend("numpy"))  # a loss used on its own, as in the notebooks
-        bad = self.invalid_targets(targets, self._xp(targets), outputs.shape[1])
+        xp = self._xp(targets)
+        bad = self.invalid_targets(targets, xp, outputs.shape[1])
+        if not bad and targets.dtype.kind == "f" and not bool(xp.isfinite(targets).all()):
+            bad = "targets hold NaN or infinite values"
         if bad:
             raise ValueError(f"{type(self).__name__}: {bad}")
         if weights is not None and tuple(weights.shape) != (outputs.shape[0],):
@@ -109,6 +112,10 @@ class Loss:
                 f"{type(self).__name__}: weights of shape {tuple(weights.shape)} for "
                 f"{outputs.shape[0]} rows"
             )
+        if weights is not None and not bool(
+            (self._xp(weights).isfinite(weights) & (weights >= 0)).all()
+        ):
+            raise ValueError(f"{type(self).__name__}: weights must be finite and >= 0")
         return self.compute(outputs, targets, weights)
 
     def _xp(self, a: Any) -> Any:

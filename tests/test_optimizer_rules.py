@@ -441,3 +441,21 @@ def test_float32_updates_match_the_published_rule_in_float64(backend, name, hp):
         np.testing.assert_allclose(backend.to_numpy(layer.b.value), wb, rtol=1e-6, atol=0)
     kernel = model.optimizer.kernel
     assert backend.kernel_report[f"update_{kernel}"] == _fused(backend)
+
+
+@pytest.mark.parametrize(
+    ("loss", "targets", "weights", "message"),
+    [
+        (fn.SoftmaxCrossEntropy(), [[np.nan, 1, 0]], None, "targets hold NaN or infinite"),
+        (fn.SoftmaxCrossEntropy(), [[np.inf, 0, 0]], None, "targets hold NaN or infinite"),
+        (fn.SigmoidBinaryCrossEntropy(), [[np.nan, 1, 0]], None, "targets hold NaN"),
+        (fn.MeanSquaredError(), [[0.5, 1, 0]], [-1.0], "weights must be finite and >= 0"),
+        (fn.SoftmaxCrossEntropy(), [[0.0, 1, 0]], [np.nan], "weights must be finite and >= 0"),
+    ],
+)
+def test_a_loss_called_on_its_own_checks_target_and_weight_values(loss, targets, weights, message):
+    """As the module says: NaN targets gave a NaN loss, weights [-1] a negative MSE."""
+    outputs = np.zeros((1, 3))
+    w = None if weights is None else np.array(weights)
+    with pytest.raises(ValueError, match=message):
+        loss(outputs, np.array(targets, dtype=np.float64), w)
