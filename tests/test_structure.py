@@ -208,8 +208,9 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # refusing raw 0-255 pixels, codes with leading zeros kept as text, --val of another format
 # named, a blank or Excel sep= first line, spaced header names, spaces-only lines, an .npz's
 # other names listed, empty and object .npy files and images to flatten said, predict's
-# NaN file named: +30)
-BUDGET = 13900
+# NaN file named: +30), to 13,910 for a loss called on its own checking target and weight
+# values, as its module says (+10)
+BUDGET = 13910
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
