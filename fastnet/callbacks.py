@@ -31,6 +31,12 @@ class History(dict):
     def epoch(self) -> list[int]:
         return list(range(self.first, self.first + len(self.get("loss", ()))))
 
+    def copied(self) -> History:
+        """A copy with lists of its own (and the same numbering)."""
+        copy = History({key: list(values) for key, values in self.items()})
+        copy.first, copy.params = self.first, dict(self.params)
+        return copy
+
     @property
     def history(self) -> History:
         return self
@@ -410,8 +416,8 @@ class ModelCheckpoint(Monitor):
         self.save_best_only = check_flag(save_best_only, "save_best_only")
         if isinstance(verbose, bool):  # (fastnet's order before 2026-12-03 had it third)
             raise TypeError(
-                "ModelCheckpoint(path, monitor, verbose, save_best_only), Keras's order: pass "
-                f"save_best_only={verbose} by name"
+                f"verbose must be 0 or 1, got {verbose} (ModelCheckpoint(path, monitor, verbose, "
+                f"save_best_only), Keras's order: save_best_only={verbose} goes by name)"
             )
         self.verbose = check_count(verbose, "verbose")
         self.saved: list[str] = []

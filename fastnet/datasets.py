@@ -256,15 +256,15 @@ def read_csv(
     with open(path, newline="", encoding="utf-8-sig") as f:  # (Excel's BOM dropped)
         reader = csv.reader(f)
         records = _records(reader, path)
-        header = _checked_header(path, next(records, []), target if need_target else None)
+        header = _checked_header(path, next(records, []), target if need_target else None, columns)
         column = header.index(target) if target in header and need_target else None
         values, row_lines, missing, rows, line = [], [], [], 0, reader.line_num
         multiline = line > 1  # (a quoted line break in the header)
         for row in records:
             multiline |= reader.line_num > line + 1 and bool(row)  # a quoted line break
             line = reader.line_num
-            if not row or (len(row) == 1 and not row[0].strip()):  # (a blank or spaces line)
-                continue
+            if not row or (len(row) == 1 < len(header) and not row[0].strip()):  # (spaces;
+                continue  # one column's: an empty cell)
             if len(row) != len(header):
                 raise DatasetError(
                     f"{path}: row {reader.line_num} has {len(row)} fields, the header {len(header)}"
@@ -312,15 +312,20 @@ def _markers_among_numbers(values: list[str], lines: list[int]) -> list[int]:
     return [lines[i] for i in marked]
 
 
-def _checked_header(path: Path, header: list[str], target: str | None) -> list[str]:
+def _checked_header(
+    path: Path, header: list[str], target: str | None, columns: Any = None
+) -> list[str]:
     """``header``, refused where a column has no name or a repeated one, or lacks ``target``
-    (named as another separator's columns where the header is one column they split)."""
+    (named as another separator's columns where the header is one column they split), or
+    where it holds numbers alone (a row of data: unless ``target`` or the ``columns`` a model
+    takes name them)."""
     if not header and not path.stat().st_size:
         raise DatasetError(f"{path} is empty")
     if not any(h.strip() for h in header) or header[0].lower().startswith("sep="):
         what = "is blank" if header == [] or header[0].strip() == "" else "is Excel's sep= line"
         raise DatasetError(f"{path}: its first line {what}: delete it (the header row comes first)")
-    if header and _all_numbers(header) and header != list(map(str, range(len(header)))):
+    named = target in header or (columns is not None and set(columns) <= set(header))
+    if header and not named and _all_numbers(header) and header != [*map(str, range(len(header)))]:
         raise DatasetError(  # (pandas' own default names, 0 1 2 ..., are a header)
             f"{path}: the first line, {header[:4]}{' ...' if len(header) > 4 else ''}, holds "
             "numbers, not column names: fastnet's CSV files start with a header row (pandas: "

@@ -758,7 +758,7 @@ class _MLPBase(BaseEstimator):
             )
         state = fitted.host_state()  # (the backend may have changed)
         model.set_state({k: v for k, v in state.items() if not k.startswith(("slot/", "step/"))})
-        model.history = {key: list(values) for key, values in fitted.history.items()}
+        model.history = fitted.history.copied()
         return model
 
     def _hold_out(

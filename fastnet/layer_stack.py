@@ -155,14 +155,16 @@ def writes_own_gradients(layer: Layer) -> bool:
 
 
 def backward_checked(layer: Layer, dout: Any, need_dx: bool) -> Any:
-    """``layer.backward`` once with its gradients set to NaN first: one its ``backward`` left
-    all NaN was not assigned (a notebook's ``self.dW = ...``) or was added to (``+=``: they
-    are not zeroed between steps), and would train on stale values; a ``TypeError`` names it."""
-    backend = layer.backend
+    """``layer.backward`` once with its gradients set to half their dtype's largest value
+    first: one its ``backward`` left all at that value was not assigned (a notebook's
+    ``self.dW = ...``) or was added to (``+=`` keeps it: gradients are not zeroed between
+    steps), and would train on stale values; a ``TypeError`` names it."""
+    backend, marks = layer.backend, dict[str, float]()
     for p in layer.parameters():
-        backend.fill(p.grad, float("nan"))
+        marks[p.name] = float(np.finfo(p.grad.dtype).max) / 2
+        backend.fill(p.grad, marks[p.name])
     dx = layer.backward(dout, need_dx=need_dx)
-    left = [p.name for p in layer.parameters() if np.isnan(backend.to_numpy(p.grad)).all()]
+    left = [p.name for p in layer.parameters() if (backend.to_numpy(p.grad) == marks[p.name]).all()]
     if left:
         raise TypeError(
             f"{type(layer).__name__}.backward wrote no gradient into Parameter(s) {left}: "

@@ -160,7 +160,7 @@ class Sequential(Trainer):
         # [seed, epochs trained]: the validation split and each epoch's shuffle follow from it
         self._order = np.array([_data_seed(self.seed), 0], np.int64)
         self.input_dim: int | None = None
-        self.history: dict[str, list[float]] = History()
+        self.history = History()
         #: what the data was, kept in checkpoints (their ``extra``): the CLI's ``classes``
         #: (labels of the output columns), ``features``, ``target`` and ``task``
         self.metadata: dict[str, Any] = {}
@@ -823,7 +823,7 @@ class Sequential(Trainer):
                 for k in [index(key)]
             }
         )
-        copy.history = History({k: list(v) for k, v in self.history.items()})
+        copy.history = self.history.copied()
         # an old CLI checkpoint's scaling describes the inputs ``layer`` now takes
         copy.metadata = {k: v for k, v in self.metadata.items() if k != "scale"}
         return copy
@@ -837,7 +837,7 @@ class Sequential(Trainer):
         clone = Sequential.from_config(config, backend=target)
         if self.built:
             clone.set_state(self.host_state(), validate=False)
-        clone.history = History({k: list(v) for k, v in self.history.items()})
+        clone.history = self.history.copied()
         clone.metadata = dict(self.metadata)
         return clone
 
@@ -979,7 +979,8 @@ class Sequential(Trainer):
         self.__dict__.update(clone.__dict__)
         if saved["state"] is not None:
             self.set_state(saved["state"])
-        self.history = History(saved["history"])
+        history = saved["history"]  # (a pickle of before 2026-12-03: a plain dict)
+        self.history = history.copied() if isinstance(history, History) else History(history)
         self.metadata = saved.get("metadata", {})  # (pickles of before it)
         self.stop_reason = saved["stop_reason"]
 

@@ -59,15 +59,14 @@ def infer_task(y: np.ndarray, name: str = "y") -> str:
 def as_labels(y: np.ndarray) -> np.ndarray:
     """Text labels that all hold numbers become numbers: integers when all are whole ("3" and
     "3.0" are one class; integer text exactly, as int64; past int64 as their decimal text),
-    else floats (NaN and infinity stay floats); other text stays text, and so do codes with
-    leading zeros ("007", "010": as numbers "007" and "7" were one class)."""
+    else floats (NaN and infinity stay floats); other text stays text, and so do whole-number
+    codes with leading zeros ("007", "010": as numbers "007" and "7" were one class)."""
     if y.dtype.kind in "USO":
         text = y.astype(str)
         digits = np.char.lstrip(np.char.strip(text), "+-")
-        padded = np.char.isdigit(digits) & np.char.startswith(digits, "0")
-        if np.any(padded & (np.char.str_len(digits) > 1)):
-            return text  # codes such as "007" keep their zeros (as numbers "007" is "7")
         if np.all(np.char.isdigit(digits)):
+            if np.any(np.char.startswith(digits, "0") & (np.char.str_len(digits) > 1)):
+                return text  # codes such as "007" keep their zeros (as numbers "007" is "7")
             try:  # IDs past 2**53 stay distinct (float64 would merge them)
                 ints = [int(v) for v in text.ravel()]
                 return np.array(ints, np.int64).reshape(y.shape)

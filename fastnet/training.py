@@ -486,6 +486,8 @@ def _check_in_order(cb: Callback, names: list[str], later: list[Callback]) -> No
         cb.check_logs(names)
     except ValueError:
         after = ", ".join(type(getattr(x, "inner", x)).__name__ for x in later if x.provides)
+        if not after:
+            raise
         raise ValueError(
             f"{type(getattr(cb, 'inner', cb)).__name__} needs an entry that {after}, after it "
             "in callbacks, adds: "
@@ -518,7 +520,7 @@ class Trainer:
     loss: Any
     arena: Any
     layers: list
-    history: dict[str, list[float]]
+    history: History
     metadata: dict[str, Any]
     stop_reason: str | None
     streamed: bool
@@ -724,7 +726,7 @@ class Trainer:
         everything = names + [name for cb in hooks for name in cb.provides]
         for i, cb in enumerate(hooks):  # (on_epoch_end runs them in order: entries as added)
             cb.check_logs(everything)
-            _check_in_order(cb, names, hooks[i + 1 :])
+            _check_in_order(cb, names + list(cb.provides), hooks[i + 1 :])
             names = names + list(cb.provides)
         data = (Xd, yd, wd, val, streamed, compiled, group, epochs, first)
         settings = (hooks, metric_fns, opts.top_k, verbose, opts.on_divergence, names)
@@ -856,6 +858,8 @@ class Trainer:
     def _epochs(self, run_epoch: Callable[..., tuple[Any, Any]], run: FitRun) -> dict:
         self.stop_reason, self.diverged = None, False
         self.stop_training = False  # Keras's: a callback sets it to stop (after its batch/epoch)
+        if not self.history.get("loss"):  # (a loaded model's: numbered from initial_epoch)
+            self.history.first = run.first
         for key in run.log_names:  # every entry listed, even if training stops at once
             run.history[key] = []
             self.history.setdefault(key, [math.nan] * _epochs_held(self.history))

@@ -3,7 +3,9 @@ arguments and ``verbose``, hooks' return values ignored as Keras does, entries c
 order ``on_epoch_end`` adds them, a CSV log with every entry's column, arguments checked where
 they are given, and History's ``epoch`` and ``params``."""
 
+import copy
 import csv
+import pickle
 
 import numpy as np
 import pytest
@@ -122,3 +124,28 @@ def test_history_has_keras_epoch_and_params():
     history = model.fit(X, y, epochs=5, initial_epoch=2, verbose=0, batch_size=16)
     assert history.epoch == [2, 3, 4] and model.history.epoch == [0, 1, 2, 3, 4]
     assert history.params == {"epochs": 5, "steps": 4, "verbose": 0}
+
+
+def test_a_callback_may_monitor_the_entry_it_adds_itself():
+    class ScoreStopping(fn.EarlyStopping):
+        provides = ("val_score",)
+
+        def on_epoch_end(self, model, epoch, logs):
+            logs["val_score"] = -float(epoch)
+            return super().on_epoch_end(model, epoch, logs)
+
+    X, y = _data()
+    model = _model()
+    model.fit(X, y, epochs=3, verbose=0, callbacks=[ScoreStopping("val_score", mode="max")])
+    assert model.epochs_trained >= 1
+
+
+def test_history_numbering_survives_loading_and_copies(tmp_path):
+    X, y = _data()
+    model = _model()
+    model.fit(X, y, epochs=2, verbose=0)
+    model.save(tmp_path / "m.npz")
+    loaded = fn.load_model(tmp_path / "m.npz", backend="numpy")
+    loaded.fit(X, y, epochs=4, initial_epoch=2, verbose=0)
+    assert loaded.history.epoch == [2, 3] and copy.deepcopy(loaded).history.epoch == [2, 3]
+    assert pickle.loads(pickle.dumps(loaded)).history.epoch == [2, 3]

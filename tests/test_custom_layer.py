@@ -237,6 +237,9 @@ class NotebookScale(Scale):
     def backward(self, dy, need_dx=True):
         if self.habit == "attribute":
             self.da = (dy * self.x).sum(axis=0)  # no gradient fastnet sees
+        elif self.habit == "zeroed":  # zeroed by a multiply, then added to: fine
+            self.a.grad *= 0
+            self.a.grad += (dy * self.x).sum(axis=0)
         else:
             self.a.grad += (dy * self.x).sum(axis=0)  # added to the last step's
         return dy * self.a.value
@@ -253,3 +256,6 @@ def test_a_backward_that_writes_no_gradient_is_refused_at_its_first_step(backend
     fine = fn.Sequential([Scale(), fn.Dense(3)], backend=backend, seed=0)
     fine.fit(X, y, epochs=2, verbose=0)  # (checked once, at its first step)
     assert not fine._unchecked and fine.epochs_trained == 2
+    zeroed = fn.Sequential([NotebookScale("zeroed"), fn.Dense(3)], backend=backend, seed=0)
+    zeroed.fit(X, y, epochs=1, verbose=0)  # (NaN-filled gradients stayed NaN through *= 0)
+    assert zeroed.epochs_trained == 1 and not zeroed.diverged

@@ -10,7 +10,7 @@ import pytest
 import fastnet as fn
 from fastnet.cli import main
 from fastnet.data import DatasetError
-from fastnet.datasets import load_arrays, load_cifar, read_csv
+from fastnet.datasets import load_arrays, load_cifar, load_table, read_csv
 
 
 def _write_cifar(folder, name, n=20, seed=0):
@@ -187,6 +187,9 @@ def test_csv_targets_that_all_hold_numbers_are_numbers(tmp_path):
     rows = [f"{i},{t}" for i, t in enumerate(["001", "010", "100", "7", "007"])]
     y = load_arrays(_csv(tmp_path / "codes.csv", "a,t", rows), target="t")[1]
     assert y.tolist() == ["001", "010", "100", "7", "007"]  # (1, 10, 100, 7, 7 before)
+    rows = [f"{i},{t}" for i, t in enumerate(["05", "6.25", "7"])]  # (a quantity: numbers)
+    y = load_arrays(_csv(tmp_path / "q.csv", "a,t", rows), target="t")[1]
+    assert y.dtype == np.float64 and y.tolist() == [5, 6.25, 7]
 
 
 def test_csv_header_errors_name_the_file_and_columns(tmp_path):
@@ -226,6 +229,11 @@ def test_a_csv_without_a_header_is_refused_not_read_a_row_short(tmp_path):
             load_arrays(_csv(tmp_path / "h.csv", header, rows), target="label")
     spaced = _csv(tmp_path / "w.csv", "a,b,label", [*rows, "  ", "\t"])  # (spaces-only lines)
     assert load_arrays(spaced, target="label")[0].shape == (3, 2)
+    years = _csv(tmp_path / "years.csv", "2019,2020,2021", rows)  # (named by the target)
+    assert load_arrays(years, target="2021")[0].shape == (3, 2)
+    one = _csv(tmp_path / "one.csv", "x", ["1.5", "  ", "2"])  # (one column: an empty cell)
+    with pytest.raises(DatasetError, match="column 'x' is empty"):
+        load_table(one, need_target=False)
     pandas_names = _csv(tmp_path / "named.csv", "0,1,2", rows)  # (a frame's default names)
     X, y = load_arrays(pandas_names, target="2")
     assert X.shape == (3, 2) and y.tolist() == [2, 1, 0]

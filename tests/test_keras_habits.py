@@ -346,7 +346,7 @@ def test_checkpoint_path_keys_are_checked_before_training(tmp_path):
             X, y, epochs=2, verbose=0, callbacks=[fn.ModelCheckpoint(tmp_path / "{loss:d}.npz")]
         )
     assert not model.built and not list(tmp_path.iterdir())
-    with pytest.raises(TypeError, match="Keras's order: pass save_best_only=True by name"):
+    with pytest.raises(TypeError, match="Keras's order: save_best_only=True goes by name"):
         fn.ModelCheckpoint(tmp_path / "m.npz", "val_acc", True)
     ckpt = fn.ModelCheckpoint(tmp_path / "m-{epoch}-{val_acc:.2f}.npz", "val_acc", 0, True)
     hist = model.fit(X, y, epochs=2, verbose=0, validation_split=0.25, callbacks=[ckpt])

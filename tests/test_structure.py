@@ -209,8 +209,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # named, a blank or Excel sep= first line, spaced header names, spaces-only lines, an .npz's
 # other names listed, empty and object .npy files and images to flatten said, predict's
 # NaN file named: +30), to 13,910 for a loss called on its own checking target and weight
-# values, as its module says (+10)
-BUDGET = 13910
+# values, as its module says (+10), to 13,930 for today's review (a callback monitoring its own
+# entry, numeric headers a --target names, leading zeros in numbers, a one-column file's
+# spaces, a gradient zeroed by a multiply, history numbering kept by loads and copies: +20)
+BUDGET = 13930
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
