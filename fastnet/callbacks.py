@@ -475,7 +475,9 @@ class ModelCheckpoint(Monitor):
                 self.best = self.initial_value_threshold
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        best = getattr(self, "best", None)
         if self.save_best_only and not self._improved(logs):
+            self._say(epoch, f"{self.monitor} did not improve from {best:.5f}")
             return False
         path = self.path.format(epoch=epoch + 1, **_aliased(logs))
         weights = [p.value for layer in model.layers for p in layer.parameters()]
@@ -493,10 +495,16 @@ class ModelCheckpoint(Monitor):
             kept = {k: v for k, v in model.metadata.items() if not _log_like(k)}
             logs = {"epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}}
             model.save(path, extra={**kept, **logs})  # (classes, features kept; no old logs)
-            if self.verbose:  # (Keras's line)
-                print(f"\nEpoch {epoch + 1}: saving model to {path}")
+        gain = (
+            self.save_best_only and f"{self.monitor} improved from {best:.5f} to {self.best:.5f}, "
+        )
+        self._say(epoch, f"{gain or ''}saving model to {path}")
         self.saved.append(path)
         return False
+
+    def _say(self, epoch: int, text: str) -> None:
+        if self.verbose and _main_rank():  # (Keras's lines)
+            print(f"\nEpoch {epoch + 1}: {text}")
 
 
 def _aliased(logs: dict[str, Any]) -> dict[str, Any]:

@@ -51,6 +51,11 @@ PRESETS: dict[str, dict] = {
     },
 }
 GRAPH_CHOICES: dict[str, bool | str] = {"auto": "auto", "on": True, "off": False}
+DATA_DIR_HELP = (
+    "folder of the built-in data set's files (default: $FASTNET_DATA/<dataset>, for the MNISTs "
+    "$FASTNET_DATA without that folder; no FASTNET_DATA: the Debian package's folder for "
+    "fashion-mnist, else data/<dataset>)"
+)
 #: train options a checkpoint records, which ``--resume`` takes unless given again
 RUN_SETTINGS = ("epochs", "batch_size", "schedule", "patience")
 
@@ -163,11 +168,7 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
     ),
     (
         ("--data-dir",),
-        dict(
-            help="folder of the built-in data set's files (default: $FASTNET_DATA/<dataset>, "
-            "for the MNISTs $FASTNET_DATA without that folder; no FASTNET_DATA: the Debian "
-            "package's folder for fashion-mnist, else data/<dataset>)"
-        ),
+        dict(help=DATA_DIR_HELP),
     ),
     (
         ("--data",),
@@ -324,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=DATASETS,
         help="built-in test set (default: the one recorded in the checkpoint, else fashion-mnist)",
     )
-    evaluate.add_argument("--data-dir", help="folder with the built-in data set's files")
+    evaluate.add_argument("--data-dir", help=DATA_DIR_HELP)
     _data_options(evaluate, labels=True)
     export = _sub(sub, "export", "convert a checkpoint to ONNX")
     export.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")

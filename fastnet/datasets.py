@@ -253,6 +253,8 @@ def read_csv(
     Returns ``(X, the target column or None, feature column names)``: numbers when every
     target cell holds one (``as_labels``), else text; an empty or NaN target is an error."""
     path = Path(path)
+    target = target.strip() if isinstance(target, str) else target  # (names are stripped)
+    columns = None if columns is None else [str(c).strip() for c in columns]
     with open(path, newline="", encoding="utf-8-sig") as f:  # (Excel's BOM dropped)
         reader = csv.reader(f)
         records = _records(reader, path)
@@ -319,6 +321,7 @@ def _checked_header(
     (named as another separator's columns where the header is one column they split), or
     where it holds numbers alone (a row of data: unless ``target`` or the ``columns`` a model
     takes name them)."""
+    header = [h.strip() for h in header]  # ("a, b, label": a, b, label)
     if not header and not path.stat().st_size:
         raise DatasetError(f"{path} is empty")
     if not any(h.strip() for h in header) or header[0].lower().startswith("sep="):
@@ -350,9 +353,7 @@ def _checked_header(
             f"{other[0]!r}).to_csv(new_path, index=False))"
         )
     if target is not None and target not in header:
-        spaced = [h for h in header if h.strip() == target.strip()]
-        hint = f" ({spaced[0]!r}: names keep their spaces)" if spaced else ""
-        raise DatasetError(f"{path}: no column {target!r} in the header {header}{hint}")
+        raise DatasetError(f"{path}: no column {target!r} in the header {header}")
     return header
 
 

@@ -149,3 +149,15 @@ def test_history_numbering_survives_loading_and_copies(tmp_path):
     loaded.fit(X, y, epochs=4, initial_epoch=2, verbose=0)
     assert loaded.history.epoch == [2, 3] and copy.deepcopy(loaded).history.epoch == [2, 3]
     assert pickle.loads(pickle.dumps(loaded)).history.epoch == [2, 3]
+
+
+def test_model_checkpoint_verbose_prints_keras_lines(tmp_path, capsys):
+    X, y = _data()
+    worst = fn.ModelCheckpoint(tmp_path / "w.npz", "loss", 1, True, mode="max")  # (falls)
+    _model().fit(X, y, epochs=2, verbose=0, callbacks=[worst])
+    out = capsys.readouterr().out
+    assert "Epoch 1: loss improved from -inf to " in out and ", saving model to " in out
+    assert "Epoch 2: loss did not improve from" in out
+    every = fn.ModelCheckpoint(tmp_path / "m{epoch}.npz", verbose=1)
+    _model().fit(X, y, epochs=1, verbose=0, callbacks=[every])
+    assert f"Epoch 1: saving model to {tmp_path / 'm1.npz'}" in capsys.readouterr().out
