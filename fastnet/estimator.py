@@ -320,6 +320,20 @@ class _Objective(Callback):
         return False
 
 
+class _Progress(Callback):
+    """scikit-learn's ``verbose`` lines: ``Iteration n, loss = ...`` (``n`` counted on from
+    ``done``, a warm start's earlier epochs) and the validation score."""
+
+    def __init__(self, done: int) -> None:
+        self.done = done
+
+    def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
+        print(f"Iteration {self.done + epoch + 1}, loss = {logs['objective']:.8f}")
+        if "val_score" in logs:
+            print(f"Validation score: {logs['val_score']:f}")
+        return False
+
+
 class _BestScore(EarlyStopping):
     """scikit-learn's early stopping keeps the best score's weights (any gain, as
     ``_best_coefs``); ``_NoImprovement`` stops (its patience is never reached)."""
@@ -343,8 +357,10 @@ class _NoImprovement(Callback):
 
     count, best = 0, np.inf
 
-    def using(self, patience: int, tol: float, adaptive: bool, validation: bool) -> _NoImprovement:
-        self.patience, self.tol = patience, tol
+    def using(
+        self, patience: int, tol: float, adaptive: bool, validation: bool, verbose: bool = False
+    ) -> _NoImprovement:
+        self.patience, self.tol, self.verbose = patience, tol, verbose
         self.adaptive, self.validation = adaptive, validation
         return self
 
@@ -354,10 +370,16 @@ class _NoImprovement(Callback):
         self.best = min(self.best, value)
         if self.count <= self.patience:
             return False
+        what = "Validation score" if self.validation else "Training loss"
+        said = f"{what} did not improve more than tol={self.tol:f} for {self.patience} "
         if self.adaptive and model.optimizer.lr > 1e-6:
             model.optimizer.set_scheduled_lr(model.optimizer.lr / 5)
             self.count = 0
+            lr = f"Setting learning rate to {model.optimizer.lr:f}"
+            print(f"{said}consecutive epochs. {lr}") if self.verbose else None
             return False
+        small = " Learning rate too small." if self.adaptive else ""
+        print(f"{said}consecutive epochs.{small} Stopping.") if self.verbose else None
         return True
 
 
@@ -563,11 +585,17 @@ class _MLPBase(BaseEstimator):
                 return lr0 / (seen + e * n + 1) ** power if e or incremental else lr0
 
             callbacks.append(LearningRateScheduler(invscaling))
+        if self.verbose:  # (scikit-learn's lines; its stopping rule's below)
+            callbacks.append(_Progress(len(self.loss_curve_) if seen else 0))
         if validation is not None:
             callbacks.append(_BestScore("val_score", int(epochs) + 1, mode="max"))
         if self.n_iter_no_change and self.n_iter_no_change != np.inf:  # (inf: never, as 0)
             stall = self._no_improvement.using(
-                self.n_iter_no_change, self.tol, schedule == "adaptive", validation is not None
+                self.n_iter_no_change,
+                self.tol,
+                schedule == "adaptive",
+                validation is not None,
+                bool(self.verbose),
             )
             callbacks.append(stall)
         return callbacks
@@ -594,7 +622,7 @@ class _MLPBase(BaseEstimator):
                 batch_size=batch,
                 shuffle=self.shuffle,
                 callbacks=self._callbacks(len(X), epochs, validation, seen, incremental),
-                verbose=2 if self.verbose else 0,  # (scikit-learn's: any true int prints epochs)
+                verbose=0,  # (scikit-learn's lines: _Progress)
                 compiled="auto",
                 sample_weight=sample_weight,
             )

@@ -875,3 +875,27 @@ def test_ctrl_c_keeps_the_finished_epochs_as_scikit_learn_does(monkeypatch, at):
             pytest.fail("Ctrl-C after 3 epochs threw the fit away")
     assert caught[0].filename == __file__
     assert est.n_iter_ == len(est.loss_curve_) == 3 and est.predict(X).shape == (120,)
+
+
+def test_verbose_prints_scikit_learns_lines(capsys):
+    """scikit-learn's format (a log parsed for `Iteration n, loss = x` lines), not fastnet's
+    epoch lines; a warm start counts on."""
+    import re
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5))
+    y = (X[:, 0] > 0).astype(int)
+    est = fn.MLPClassifier((8,), max_iter=30, n_iter_no_change=2, tol=0.5, early_stopping=True,
+                           random_state=0, verbose=True)  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        est.fit(X, y)
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"Iteration 1, loss = \d\.\d{8}", lines[0])
+    assert re.fullmatch(r"Validation score: \d\.\d{6}", lines[1])
+    assert lines[-1] == (
+        "Validation score did not improve more than tol=0.500000 for 2 consecutive epochs. "
+        "Stopping."
+    )
+    est.set_params(warm_start=True, max_iter=1, early_stopping=False).fit(X, y)
+    assert capsys.readouterr().out.startswith(f"Iteration {len(est.loss_curve_)}, loss = ")

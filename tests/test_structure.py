@@ -211,8 +211,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # NaN file named: +30), to 13,910 for a loss called on its own checking target and weight
 # values, as its module says (+10), to 13,930 for today's review (a callback monitoring its own
 # entry, numeric headers a --target names, leading zeros in numbers, a one-column file's
-# spaces, a gradient zeroed by a multiply, history numbering kept by loads and copies: +20)
-BUDGET = 13930
+# spaces, a gradient zeroed by a multiply, history numbering kept by loads and copies: +20),
+# to 13,960 for the README audit (CSV header names stripped, ModelCheckpoint's Keras lines,
+# evaluate's --data-dir default: +10) and the estimators' verbose lines in scikit-learn's
+# format (Iteration n, loss = ...; the stopping message: +20)
+BUDGET = 13960
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
