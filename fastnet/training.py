@@ -620,11 +620,19 @@ class Trainer:
                 self._broadcast_state(run.group)
             self.streamed, group = run.streamed, run.group
             with record_kernels(self.backend), _abort_job_on_error(group), _joined(self, group):
-                run_epoch = self._fit_runner(run, opts, unbuilt)
-                try:
-                    return self._epochs(run_epoch, run)
-                finally:  # cached compiled steps must not keep this fit's data on the device
-                    _release_data(self._compiled_steps.values())
+                return self._run_epochs(self._fit_runner(run, opts, unbuilt), run, unbuilt)
+
+    def _run_epochs(self, run_epoch: Callable, run: FitRun, unbuilt: tuple | None) -> dict:
+        """``_epochs``; on an error before any epoch finished (an ``on_train_begin``'s) a
+        model this fit built (``unbuilt``) is unbuilt; compiled steps let go of the data."""
+        try:
+            return self._epochs(run_epoch, run)
+        except BaseException:
+            if unbuilt is not None and not run.history.get("loss"):
+                self._unbuild(*unbuilt)
+            raise
+        finally:  # cached compiled steps must not keep this fit's data on the device
+            _release_data(self._compiled_steps.values())
 
     @contextlib.contextmanager
     def _named_features(self, X: Any) -> Iterator[None]:

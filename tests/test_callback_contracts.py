@@ -161,3 +161,20 @@ def test_model_checkpoint_verbose_prints_keras_lines(tmp_path, capsys):
     every = fn.ModelCheckpoint(tmp_path / "m{epoch}.npz", verbose=1)
     _model().fit(X, y, epochs=1, verbose=0, callbacks=[every])
     assert f"Epoch 1: saving model to {tmp_path / 'm1.npz'}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("backend", ["numpy", "numba"])
+def test_a_fit_that_finishes_no_epoch_leaves_an_unbuilt_model_unbuilt(backend):
+    class Broken(fn.Callback):
+        def on_train_begin(self, model):
+            raise RuntimeError("no log folder")
+
+    X, y = _data()
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend=backend, seed=0)
+    with pytest.raises(RuntimeError, match="no log folder"):
+        model.fit(X, y, epochs=2, verbose=0, callbacks=[Broken()])
+    assert not model.built  # (built with weights drawn, before)
+    model.fit(X, y, epochs=1, verbose=0)
+    same = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend=backend, seed=0)
+    same.fit(X, y, epochs=1, verbose=0)  # (the same initial weights: the draw was undone)
+    np.testing.assert_array_equal(model.predict_raw(X), same.predict_raw(X))
