@@ -269,7 +269,8 @@ def read_csv(
                 continue  # one column's: an empty cell)
             if len(row) != len(header):
                 raise DatasetError(
-                    f"{path}: row {reader.line_num} has {len(row)} fields, the header {len(header)}"
+                    f"{path}: line {reader.line_num} has {len(row)} fields, the header "
+                    f"{len(header)}"
                 )
             if column is not None:
                 values.append(row[column])

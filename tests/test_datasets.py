@@ -229,6 +229,9 @@ def test_a_csv_without_a_header_is_refused_not_read_a_row_short(tmp_path):
             load_arrays(_csv(tmp_path / "h.csv", header, rows), target="label")
     X, _, names = load_table(_csv(tmp_path / "s.csv", "a, b , label", rows), target="label")
     assert names == ["a", "b"]  # (spaced names trained as ' b ', then refused a clean file)
+    short = _csv(tmp_path / "short.csv", "a,b,label", ["1,2,0", "3,1"])  # (file lines, as
+    with pytest.raises(DatasetError, match="short.csv: line 3 has 2 fields, the header 3"):
+        load_arrays(short, target="label")  # the target's messages count them)
     spaced = _csv(tmp_path / "w.csv", "a,b,label", [*rows, "  ", "\t"])  # (spaces-only lines)
     assert load_arrays(spaced, target="label")[0].shape == (3, 2)
     years = _csv(tmp_path / "years.csv", "2019,2020,2021", rows)  # (named by the target)
