@@ -512,6 +512,15 @@ class Sequential(Trainer):
             buf = self._casts[(key, shape)] = self.backend.empty(shape, dtype)
         return buf
 
+    def drop_buffers(self) -> None:
+        """Empty the layers', the loss's and the casts' buffer caches (a captured step's
+        warm-up: a cache that fills up empties itself, which must not happen between it and
+        the capture, or the capture allocates)."""
+        for layer in self.layers:
+            layer._buffers.clear()
+        self.loss.__dict__.get("_grads", {}).clear()
+        self._casts.clear()
+
     def scratch_buffers(self) -> list:
         """Every buffer a step writes into and reuses (a captured graph keeps them alive)."""
         layers = [b for layer in self.layers for b in layer.scratch_buffers()]

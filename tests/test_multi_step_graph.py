@@ -89,7 +89,8 @@ def test_a_new_fit_gathers_from_its_own_data():
     eager = _fit(CaptureSimBackend(), False, fits=2)
     graphed = _fit(CaptureSimBackend(steps_per_graph=3), True, fits=2)
     _assert_same(eager, graphed)
-    assert _step(graphed).captures == [3, 1, 2, 3, 2]  # the second fit's arrays: captured anew
+    # the second fit's arrays: captured anew, after an eager warm-up as the first fit's
+    assert _step(graphed).captures == [3, 1, 2, 3, 1, 2]
 
 
 def test_per_step_callbacks_keep_one_step_per_replay():
@@ -173,3 +174,23 @@ def test_keras_style_batch_hooks_run_and_keep_one_step_per_replay():
     assert counter.batches == 12
     step = _step(model)
     assert step.captures == [1] and step.graph is not None
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_captures_survive_buffer_caches_refilled_between_and_within_fits(steps):
+    """A layer's buffer cache empties itself when full: predictions on other row counts
+    between fits (a later fit captured without a warm-up), or a warm-up for a new batch size
+    that filled it, left the capture to allocate: it failed, or ran eagerly for good."""
+    r = np.random.default_rng(0)
+    y = r.integers(0, 4, 120)
+    X = r.normal(size=(120, 12)) + y[:, None] * 0.3
+    layers = [fn.Dense(16, use_bias=False), fn.BatchNorm1d(), fn.ReLU(), fn.Dense(4)]
+    model = fn.Sequential(layers, backend=CaptureSimBackend(steps_per_graph=steps),
+                          dtype="float64", seed=3)  # fmt: skip
+    val = (X[90:], y[90:])
+    for batch in (16, 5, 6, 7, 8, 9, 16):  # (more batch sizes than the step cache holds)
+        model.fit(X[:90], y[:90], epochs=1, batch_size=batch, verbose=0, validation_data=val,
+                  compiled=True)  # fmt: skip
+        for n in (1, 7, 50, 3, 11):
+            model.predict(X[:n])
+        assert model.step_description.startswith("captured graph"), (batch, model.step_description)

@@ -214,8 +214,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # spaces, a gradient zeroed by a multiply, history numbering kept by loads and copies: +20),
 # to 13,960 for the README audit (CSV header names stripped, ModelCheckpoint's Keras lines,
 # evaluate's --data-dir default: +10) and the estimators' verbose lines in scikit-learn's
-# format (Iteration n, loss = ...; the stopping message: +20)
-BUDGET = 13960
+# format (Iteration n, loss = ...; the stopping message: +20), to 13,980 for a step audit
+# (a captured step's warm-up empties the buffer caches first, and a later fit warms up again
+# before it captures: captures had allocated, after predictions between fits or a warm-up
+# that filled a cache; a fit that finished no epoch leaves an unbuilt model unbuilt: +20)
+BUDGET = 13980
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -136,14 +136,21 @@ class GraphedStep:
             self.replays += 1
         elif n == self.batch_size and self.warm:  # eager_reason: no capture
             self.model.train_step(x, y, w, self.totals, self.reduce)
-        elif n == self.batch_size:  # the eager warm-up: buffers exist before the capture
-            seen = self.backend.obstacles_seen
-            self.model.train_step(x, y, w, self.totals, self.reduce)
-            self.warm = True
-            if self.backend.obstacles_seen != seen:
-                self._stay_eager(self.backend.last_obstacle)
+        elif n == self.batch_size:
+            self._warm_up(x, y, w)
         else:
             self.model.train_step(x, y, w, totals=self.totals)
+
+    def _warm_up(self, x: Any, y: Any, w: Any) -> None:
+        """The eager full batch before a capture: the buffers it reads exist (the caches
+        emptied first: one that fills up empties itself, which must not happen between this
+        step and the capture)."""
+        seen = self.backend.obstacles_seen
+        self.model.drop_buffers()
+        self.model.train_step(x, y, w, self.totals, self.reduce)
+        self.warm = True
+        if self.backend.obstacles_seen != seen:
+            self._stay_eager(self.backend.last_obstacle)
 
     def _stay_eager(self, obstacle: str) -> None:
         """Run every later step eagerly (saying why), or raise where a capture was required
@@ -185,8 +192,9 @@ class GraphedStep:
 
     def release_data(self) -> None:
         """Drop the multi-step graphs and the training arrays they gather from (end of fit:
-        the cached step must not hold a dataset on the device)."""
-        self.data, self.order, self.multi = (), None, {}
+        the cached step must not hold a dataset on the device); the next fit warms up before
+        it captures (predict or evaluate may replace the buffers a capture reads meanwhile)."""
+        self.data, self.order, self.multi, self.warm = (), None, {}, False
 
     def run_in_graphs(
         self,
@@ -218,7 +226,8 @@ class GraphedStep:
             backend.take_rows(y, order[:size], self.yb)
             if w is not None:
                 backend.take_rows(w, order[:size], self.wb)
-            self(self.xb, self.yb, self.wb)
+            self.model.arena.write_lr()
+            self._warm_up(self.xb, self.yb, self.wb)  # (eager, a graph captured or not)
             done = 1
             if progress is not None:
                 progress(size)
