@@ -699,7 +699,7 @@ class Trainer:
         X = as_input(self._named_columns(X, "X"), "X", self.backend)  # (lists converted once)
         n_bytes = int(np.prod(X.shape)) * self.dtype.itemsize
         streamed = isinstance(X, np.memmap) or not self.backend.fits_on_device(n_bytes)
-        if streamed and compiled is True:
+        if streamed and compiled is True and not self.backend.compiled_takes_streamed:
             raise ValueError(
                 "compiled=True needs the training set resident on the GPU; it is "
                 f"too large ({n_bytes / 2**30:.2f} GiB) and would be streamed"
@@ -1219,7 +1219,7 @@ class Trainer:
         if compiled is False:
             self.step_description = "eager (compiled=False)"
             return EagerStep(self)
-        if streamed:
+        if streamed and not self.backend.compiled_takes_streamed:
             self.step_description = "eager (data streamed from the host)"
             return EagerStep(self)
         # Compiled steps are kept for later fits (a CUDA graph is not captured again) while the

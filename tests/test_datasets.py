@@ -493,3 +493,24 @@ def test_array_files_a_newcomer_writes_get_errors_that_say_the_fix(tmp_path, cap
     capsys.readouterr()
     assert main(["predict", str(model), "--data", str(tmp_path / "nan.npy")]) == 2
     assert "nan.npy: X contains NaN" in capsys.readouterr().err
+
+
+def test_numba_trains_a_memory_mapped_npy_with_its_fused_step(tmp_path):
+    """A memory map's streamed batches ran eager steps, and compiled=True was refused with a
+    message about the GPU; the fused step takes host batches."""
+    from fastnet.backends import probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 6)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(int) + (X[:, 1] > 0)
+    np.save(tmp_path / "X.npy", X)
+    mapped = np.load(tmp_path / "X.npy", mmap_mode="r")
+    models = []
+    for data in (X, mapped):
+        model = fn.Sequential([fn.Dense(16, "relu"), fn.Dense(3)], backend="numba", seed=0)
+        model.fit(data, y, epochs=2, batch_size=32, verbose=0, compiled=True)
+        assert model.step_description.startswith("numba fused step"), model.step_description
+        models.append(model)
+    np.testing.assert_array_equal(models[1].predict_raw(X), models[0].predict_raw(X))

@@ -295,6 +295,9 @@ class Backend:
     #: training steps per graph replay (backends with graphs): a replay runs this many
     #: steps, batch gathers included, with no host work between them
     steps_per_graph: int = 1
+    #: whether the compiled step takes batches streamed from host memory (a memory-mapped
+    #: .npy): a host backend's does; a captured graph reads the data resident on the device
+    compiled_takes_streamed: bool = False
 
     def graph_capture_reason(self) -> str:
         """Why training steps cannot be captured in graphs here ("" if they can)."""

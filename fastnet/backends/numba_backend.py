@@ -53,6 +53,7 @@ class NumbaBackend(Backend):
     backward+bias grad, softmax cross-entropy and optimizer updates."""
 
     name = "numba"
+    compiled_takes_streamed = True  # (host memory: a memory map's rows go to the fused step)
     #: element count from which the parallel (threaded) flavour of a kernel is used. Below it,
     #: numba's threads only fight OpenBLAS's spinning workers for the 2 cores (bench/).
     parallel_min_elements = 1 << 20
