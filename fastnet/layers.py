@@ -538,8 +538,8 @@ class Dropout(Layer):
 
     Masks come from a counter-based random stream (``fastnet.backends.counter_rng``) whose key
     and step count live on the device: the same masks for a seed on every backend, eagerly or
-    in a compiled step. Compiled steps read ``rate`` at each epoch's start (a callback that
-    changes it mid-epoch takes effect at the next epoch there)."""
+    in a compiled step. A ``rate`` a callback changes takes effect at the next step, in
+    compiled steps too (they read it again, as every baked-in constant)."""
 
     name = "dropout"
 

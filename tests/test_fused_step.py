@@ -316,3 +316,20 @@ def test_a_loss_swapped_mid_fit_reaches_the_fused_step(swap):
     np.testing.assert_allclose(runs[1].history["loss"], runs[0].history["loss"], rtol=1e-12)
     for a, b in zip(runs[0].arena.groups, runs[1].arena.groups):
         np.testing.assert_allclose(b.values, a.values, rtol=1e-12, atol=1e-14)
+
+
+def test_the_kernel_report_says_when_a_callback_made_the_step_eager():
+    """A slope made negative in epoch 2: the description said eager, the report still
+    'numba fused step' alone."""
+
+    class NegativeSlope(fn.Callback):
+        def on_epoch_begin(self, model, epoch):
+            if epoch == 1:
+                model.layers[1].alpha = -0.1
+
+    X, y = _data()
+    model = _model()
+    model.fit(X, y, epochs=2, batch_size=32, verbose=0, callbacks=[NegativeSlope()])
+    report = model.backend.kernel_report["train_step"]
+    assert model.step_description.startswith("eager (") and "numba fused step" in report
+    assert model.step_description in report  # (both ran: fused, then eager)

@@ -109,6 +109,7 @@ class GraphedStep:
             )
         reason = self.eager_reason or self.plan_reason
         self.model.step_description = f"eager ({reason})" if reason else self.description
+        self.backend.record_kernel("train_step", self.model.step_description)
 
     def __call__(self, xb: Any, yb: Any, wb: Any = None) -> None:
         n = xb.shape[0]

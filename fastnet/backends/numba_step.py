@@ -93,11 +93,12 @@ class FusedDenseStep:
 
     def begin_epoch(self) -> None:
         self.totals[:] = 0
-        for op in ("matmul", "bias_act", "act_backward_bias", *LOSS_OPS[self.kind]):
-            self.backend.record_kernel(op, "numba-fused (in the fused step)")
         self.frozen = ()  # arrays are re-read from a fresh plan: set_state may have replaced them
         self.revision = -1
         self.refresh()
+        for op in ("matmul", "bias_act", "act_backward_bias", *LOSS_OPS[self.kind]):
+            if not self.fallback:  # (eager steps record their own kernels)
+                self.backend.record_kernel(op, "numba-fused (in the fused step)")
 
     def refresh(self) -> None:
         """Before an epoch, and before each step where batch callbacks ran: the kernel's
@@ -121,6 +122,7 @@ class FusedDenseStep:
         self.model.step_description = (
             f"eager ({self.fallback})" if self.fallback else self.description
         )
+        self.backend.record_kernel("train_step", self.model.step_description)
         if not self.fallback:
             self._read(plan)
 
