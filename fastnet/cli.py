@@ -771,7 +771,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         interrupted = True
-        print(f"\n{model.stop_reason or 'interrupted'}", file=sys.stderr)
+        said = model.stop_reason if model.built else "interrupted before an epoch finished"
+        print(f"\n{said or 'interrupted'}", file=sys.stderr)
     except ValueError as exc:  # fit's "X contains ...": the file it came from named
         held = args.val or args.data
         files = {"X": args.data, "y": args.labels, "X_val": held, "y_val": args.val_labels or held}
@@ -856,6 +857,8 @@ def _report(
 def _write_outputs(
     args: argparse.Namespace, model: Any, data: Prepared, results: dict, arch: str
 ) -> None:
+    if args.save and not model.built:
+        print(f"no epoch finished: nothing saved to {args.save}", file=sys.stderr)
     if args.save and model.built:
         from fastnet.layers import Standardize
 
@@ -1200,6 +1203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset = {k: v for k, v in PRESETS[args.preset].items() if k != "help"}
         parser.commands["train"].set_defaults(**preset)  # type: ignore[attr-defined]
         args = _parse(parser, argv)
+    if getattr(args, "target", None):  # (a CSV's names are read stripped)
+        args.target = args.target.strip()
     if getattr(args, "resume", None):  # (what it gives, not its defaults, sets the run)
         args._given = _given_options(argv)
     from fastnet.backends import BackendUnavailableError

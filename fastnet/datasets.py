@@ -420,12 +420,15 @@ def _first_bad_cell(path: Path, use: list[int]) -> str:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, [])
-        for row, record in enumerate(r for r in reader if r):
+        kept = (r for r in reader if r and (len(r) > 1 or len(header) == 1 or r[0].strip()))
+        for row, record in enumerate(kept):  # (the rows read_csv keeps)
             for i in use:
                 try:
                     float(record[i])
                 except ValueError:
-                    where = f"data row {row} (0-based), column {header[i]!r}"
+                    where = (
+                        f"data row {row} (0-based; line {reader.line_num}), column {header[i]!r}"
+                    )
                     if not record[i].strip():  # pandas writes NaN so
                         return f"the feature in {where} is empty: fill or drop missing values"
                     return f"feature columns must be numbers: {where} holds {record[i]!r}"

@@ -321,14 +321,11 @@ class _Objective(Callback):
 
 
 class _Progress(Callback):
-    """scikit-learn's ``verbose`` lines: ``Iteration n, loss = ...`` (``n`` counted on from
-    ``done``, a warm start's earlier epochs) and the validation score."""
-
-    def __init__(self, done: int) -> None:
-        self.done = done
+    """scikit-learn's ``verbose`` lines: ``Iteration n, loss = ...`` (``n`` from 1 in each
+    fit, warm or partial, as ``n_iter_``) and the validation score."""
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
-        print(f"Iteration {self.done + epoch + 1}, loss = {logs['objective']:.8f}")
+        print(f"Iteration {epoch + 1}, loss = {logs['objective']:.8f}")
         if "val_score" in logs:
             print(f"Validation score: {logs['val_score']:f}")
         return False
@@ -586,7 +583,7 @@ class _MLPBase(BaseEstimator):
 
             callbacks.append(LearningRateScheduler(invscaling))
         if self.verbose:  # (scikit-learn's lines; its stopping rule's below)
-            callbacks.append(_Progress(len(self.loss_curve_) if seen else 0))
+            callbacks.append(_Progress())
         if validation is not None:
             callbacks.append(_BestScore("val_score", int(epochs) + 1, mode="max"))
         if self.n_iter_no_change and self.n_iter_no_change != np.inf:  # (inf: never, as 0)

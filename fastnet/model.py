@@ -559,6 +559,8 @@ class Sequential(Trainer):
         by_name = {str(c): c for c in columns}
         if list(by_name) == [str(n) for n in names]:
             return X
+        for c in columns:  # (a CSV's names are saved stripped: pandas keeps "a, b"'s " b")
+            by_name.setdefault(str(c).strip(), c)
         missing = [n for n in names if str(n) not in by_name]
         if missing:
             raise ValueError(

@@ -611,9 +611,11 @@ class Trainer:
         model, data and arguments on every rank (checked); Ctrl-C on a rank ends the job."""
         opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
         with _one_fit_at_a_time(self):
+            named = "features" in self.metadata
             with self._named_features(X):  # (kept only if the model then trains)
                 run = self._prepare_fit(X, y, opts)  # nothing here changes the model
-                unbuilt = None if self.built else (self._rng.bit_generator.state, self.loss.width)
+                drawn = self._rng.bit_generator.state  # (and whether this fit names features)
+                unbuilt = None if self.built else (drawn, self.loss.width, not named)
                 self.build(run.X.shape[1])  # (a built model: nothing; its width was checked)
             self._apply_trainable()
             if run.group is not None:
@@ -627,9 +629,11 @@ class Trainer:
         model this fit built (``unbuilt``) is unbuilt; compiled steps let go of the data."""
         try:
             return self._epochs(run_epoch, run)
+        except TrainingDivergedError:
+            raise  # (its own restore: the weights of the start, said in stop_reason)
         except BaseException:
             if unbuilt is not None and not run.history.get("loss"):
-                self._unbuild(*unbuilt)
+                self._undo_build(unbuilt)
             raise
         finally:  # cached compiled steps must not keep this fit's data on the device
             _release_data(self._compiled_steps.values())
@@ -661,8 +665,15 @@ class Trainer:
             return self._runner(*data, run.group, run.weights, run.global_batch_logs)
         except ValueError:
             if unbuilt is not None:
-                self._unbuild(*unbuilt)
+                self._undo_build(unbuilt)
             raise
+
+    def _undo_build(self, unbuilt: tuple) -> None:
+        """A model this fit built as it was: unbuilt, its draw undone, the DataFrame's feature
+        names this fit took (``unbuilt``: the generator state, loss width, names taken) gone."""
+        self._unbuild(*unbuilt[:2])
+        if unbuilt[2]:
+            self.metadata.pop("features", None)
 
     def _check_fit_arguments(self, opts: FitOptions) -> tuple[int, int]:
         """``fit``'s plain arguments, checked; returns ``(epochs, initial_epoch)``."""

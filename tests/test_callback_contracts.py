@@ -174,6 +174,11 @@ def test_a_fit_that_finishes_no_epoch_leaves_an_unbuilt_model_unbuilt(backend):
     with pytest.raises(RuntimeError, match="no log folder"):
         model.fit(X, y, epochs=2, verbose=0, callbacks=[Broken()])
     assert not model.built  # (built with weights drawn, before)
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(X[:, :2], columns=["a", "b"])
+    with pytest.raises(RuntimeError, match="no log folder"):
+        model.fit(frame, y, epochs=2, verbose=0, callbacks=[Broken()])
+    assert "features" not in model.metadata  # (a later frame of 5 columns took 2 of them)
     model.fit(X, y, epochs=1, verbose=0)
     same = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend=backend, seed=0)
     same.fit(X, y, epochs=1, verbose=0)  # (the same initial weights: the draw was undone)

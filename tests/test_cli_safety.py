@@ -140,3 +140,20 @@ def test_a_val_file_of_another_format_than_data_is_named_first(trained, capsys):
     for target in ([], ["--target", "target"]):
         assert main(["train", "--data", d, "--val", csv, *target, *TINY]) == 2
         assert "give both as .csv, or neither" in _one_line_error(capsys, "train")
+
+
+def test_ctrl_c_before_an_epoch_finished_says_nothing_was_saved(trained, capsys, monkeypatch):
+    import fastnet as fn
+    import fastnet.cli as cli
+
+    class CtrlC(fn.Callback):
+        def on_epoch_begin(self, model, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    callbacks = cli._callbacks
+    monkeypatch.setattr(cli, "_callbacks", lambda args: [*callbacks(args), CtrlC()])
+    save = trained / "new.npz"
+    assert main(["train", "--data", str(trained / "d.npz"), *TINY, "--save", str(save)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted before an epoch finished" in err and "nothing saved to" in err
+    assert not save.exists()

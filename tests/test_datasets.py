@@ -227,11 +227,20 @@ def test_a_csv_without_a_header_is_refused_not_read_a_row_short(tmp_path):
     ]:
         with pytest.raises(DatasetError, match=message):
             load_arrays(_csv(tmp_path / "h.csv", header, rows), target="label")
-    X, _, names = load_table(_csv(tmp_path / "s.csv", "a, b , label", rows), target="label")
+    X, _, names = load_table(_csv(tmp_path / "s.csv", "a, b , label", rows), target=" label")
     assert names == ["a", "b"]  # (spaced names trained as ' b ', then refused a clean file)
+    model = fn.Sequential([fn.Dense(2)], backend="numpy", seed=0)
+    model.metadata["features"] = names
+    model.fit(X, np.array([2, 1, 0]) % 2, epochs=1, verbose=0)
+    pd = pytest.importorskip("pandas")
+    frame = pd.read_csv(tmp_path / "s.csv")  # (pandas keeps " b ")
+    assert model.predict(frame[["a", " b "]]).shape == (3,)
     short = _csv(tmp_path / "short.csv", "a,b,label", ["1,2,0", "3,1"])  # (file lines, as
     with pytest.raises(DatasetError, match="short.csv: line 3 has 2 fields, the header 3"):
         load_arrays(short, target="label")  # the target's messages count them)
+    gap = _csv(tmp_path / "gap.csv", "a,b,label", ["1,2,0", "  ", "3,x,1"])  # (a spaces line
+    with pytest.raises(DatasetError, match=r"data row 1 \(0-based; line 4\), column 'b' holds"):
+        load_arrays(gap, target="label")  # before it: row 1, column 'a' was named)
     spaced = _csv(tmp_path / "w.csv", "a,b,label", [*rows, "  ", "\t"])  # (spaces-only lines)
     assert load_arrays(spaced, target="label")[0].shape == (3, 2)
     years = _csv(tmp_path / "years.csv", "2019,2020,2021", rows)  # (named by the target)
@@ -282,7 +291,7 @@ def test_csv_quoted_cells_stay_whole_with_a_line_break_anywhere(tmp_path):
     record was joined again unquoted); a header's quoted line break read as a data row."""
     comma = tmp_path / "c.csv"
     comma.write_text('a,b,label\n"1,5",2,"multi\nline"\n"3,25",4,y\n')
-    with pytest.raises(DatasetError, match=r"data row 0 \(0-based\), column 'a' holds '1,5'"):
+    with pytest.raises(DatasetError, match=r"data row 0 \(0-based; line 3\), column 'a' holds '1,5'"):
         load_arrays(comma, target="label")
     comma.write_text('a,b,label\n"1.5",2,"multi\nline"\n"3.25",4,"y"\n')
     assert load_arrays(comma, target="label")[0].tolist() == [[1.5, 2], [3.25, 4]]
@@ -331,14 +340,14 @@ def test_csv_feature_errors_name_the_data_row_and_column(tmp_path):
     """Past the first parse chunk too; an empty cell (pandas's NaN) is said to be missing."""
     rows = [f"{i},{i + 1},c{i % 2}" for i in range(10)]
     rows[7] = "7,,c1"
-    with pytest.raises(DatasetError, match=r"data row 7 \(0-based\), column 'b' is empty: fill"):
+    with pytest.raises(DatasetError, match=r"data row 7 \(0-based; line 9\), column 'b' is empty: fill"):
         read_csv(_csv(tmp_path / "e.csv", "a,b,t", rows), "t", chunk_rows=4)
     quoted = tmp_path / "q.csv"  # a quoted line break elsewhere, one feature column
     quoted.write_text('a,note,y\n1,"x\ny",0\n,"z",1\n3,"q",0\n')
-    with pytest.raises(DatasetError, match=r"data row 1 \(0-based\), column 'a' is empty"):
+    with pytest.raises(DatasetError, match=r"data row 1 \(0-based; line 4\), column 'a' is empty"):
         read_csv(quoted, "y", columns=["a"])
     rows[7] = "7,oops,c1"
-    with pytest.raises(DatasetError, match=r"data row 7 \(0-based\), column 'b' holds 'oops'"):
+    with pytest.raises(DatasetError, match=r"data row 7 \(0-based; line 9\), column 'b' holds 'oops'"):
         read_csv(_csv(tmp_path / "t.csv", "a,b,t", rows), "t", chunk_rows=4)
 
 

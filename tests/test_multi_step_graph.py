@@ -194,3 +194,28 @@ def test_captures_survive_buffer_caches_refilled_between_and_within_fits(steps):
         for n in (1, 7, 50, 3, 11):
             model.predict(X[:n])
         assert model.step_description.startswith("captured graph"), (batch, model.step_description)
+
+
+def test_captures_within_a_fit_after_predictions_emptied_a_cache_and_no_buffers_hoarded():
+    """Epoch 2 captured a graph of another length without a warm-up, after a callback's
+    predictions emptied a layer's cache (the capture allocated); and each fit's warm-up
+    kept one more set of buffers alive for ever."""
+    r = np.random.default_rng(0)
+    y = r.integers(0, 4, 120)
+    X = r.normal(size=(120, 12)) + y[:, None] * 0.3
+
+    class PredictMany(fn.Callback):
+        def on_epoch_end(self, model, epoch, logs):
+            for n in range(1, 30):
+                model.predict(X[:n])
+
+    layers = [fn.Dense(16, use_bias=False), fn.BatchNorm1d(), fn.ReLU(), fn.Dense(4)]
+    model = fn.Sequential(layers, backend=CaptureSimBackend(steps_per_graph=3),
+                          dtype="float64", seed=3)  # fmt: skip
+    kept = []
+    for _ in range(4):
+        model.fit(X[:90], y[:90], epochs=3, batch_size=16, verbose=0, compiled=True,
+                  callbacks=[PredictMany()])  # fmt: skip
+        assert model.step_description.startswith("captured graph"), model.step_description
+        kept.append(len(_step(model).kept + _step(model).kept_multi))
+    assert kept[-1] == kept[1]  # (grew by a set per fit before)

@@ -217,8 +217,12 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # format (Iteration n, loss = ...; the stopping message: +20), to 13,980 for a step audit
 # (a captured step's warm-up empties the buffer caches first, and a later fit warms up again
 # before it captures: captures had allocated, after predictions between fits or a warm-up
-# that filled a cache; a fit that finished no epoch leaves an unbuilt model unbuilt: +20)
-BUDGET = 13980
+# that filled a cache; a fit that finished no epoch leaves an unbuilt model unbuilt: +20),
+# to 14,010 for the rest of it and its review (numba fusing a memory map's batches, the kernel
+# report after a fallback; a capture later in a fit warming up where predictions emptied a
+# cache, the multi-step graphs' buffers let go with them, feature names undone with the
+# build, "nothing saved" on an early Ctrl-C, spaced CSV names matched, bad cells' lines: +30)
+BUDGET = 14010
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -65,7 +65,9 @@ class GraphedStep:
         self.warm = False  # one eager full batch first: buffers exist before capture
         self.frozen: tuple = ()
         self.revision = -1  # ``fastnet.revision`` when ``frozen`` was compared last
-        self.kept: list = []
+        self.kept: list = []  # the single-step graph's buffers (alive while it is)
+        self.kept_multi: list = []  # the multi-step graphs' (dropped with them)
+        self.warmed: list = []  # the buffers the last warm-up found or made in the caches
         self.replays = 0  # steps run by graph replays
         self.eager_reason = ""  # set when the warm-up met something a capture cannot do
         self.plan_reason = ""  # why the model's plan now is not capturable (a callback's change)
@@ -101,7 +103,8 @@ class GraphedStep:
         frozen = self.model._frozen_constants()
         if frozen == self.frozen:
             return
-        self.frozen, self.graph, self.multi, self.kept, self.warm = frozen, None, {}, [], False
+        self.frozen, self.graph, self.multi, self.warm = frozen, None, {}, False
+        self.kept, self.kept_multi = [], []
         self.plan_reason = self.backend.plan_capture_reason(self.model.step_plan())
         if self.plan_reason and self.required:
             raise CaptureRequiredError(
@@ -130,8 +133,6 @@ class GraphedStep:
         if self.plan_reason:
             self.model.train_step(x, y, w, self.totals, self.reduce)
             return
-        if n == self.batch_size and self.graph is None and self.warm and not self.eager_reason:
-            self._capture()
         if n == self.batch_size and self.graph is not None:
             self.graph.replay()
             self.replays += 1
@@ -139,6 +140,8 @@ class GraphedStep:
             self.model.train_step(x, y, w, self.totals, self.reduce)
         elif n == self.batch_size:
             self._warm_up(x, y, w)
+            if not self.eager_reason:  # (at once: nothing can empty a cache in between)
+                self._capture()
         else:
             self.model.train_step(x, y, w, totals=self.totals)
 
@@ -149,7 +152,7 @@ class GraphedStep:
         seen = self.backend.obstacles_seen
         self.model.drop_buffers()
         self.model.train_step(x, y, w, self.totals, self.reduce)
-        self.warm = True
+        self.warm, self.warmed = True, list(self.model.scratch_buffers())
         if self.backend.obstacles_seen != seen:
             self._stay_eager(self.backend.last_obstacle)
 
@@ -165,6 +168,12 @@ class GraphedStep:
                 f"a compiled step was required (compiled=True), but {obstacle}"
             )
 
+    def _caches_intact(self) -> bool:
+        """Whether the buffers the warm-up left in the caches are all still there (predict,
+        say, may have filled a cache, which then emptied itself): a capture allocates none."""
+        now = {id(b) for b in self.model.scratch_buffers()}
+        return all(id(b) in now for b in self.warmed)
+
     def _capture(self) -> None:
         model = self.model
         self.graph = self._captured(
@@ -172,7 +181,7 @@ class GraphedStep:
         )
         if self.graph is not None:
             self.captures.append(1)
-            self._keep()
+            self.kept = list(self.model.scratch_buffers())
 
     def _captured(self, fn: Callable[[], Any]) -> Any:
         """``backend.capture(fn)``, or None where the capture met an obstacle (nothing ran:
@@ -186,16 +195,16 @@ class GraphedStep:
             return None
 
     def _keep(self) -> None:
-        """After a capture: the buffers it writes into on every replay, kept (with every live
-        graph's) beyond the layers' buffer caches."""
-        known = {id(b) for b in self.kept}
-        self.kept += [b for b in self.model.scratch_buffers() if id(b) not in known]
+        """After a multi-step capture: the buffers it writes into on every replay, kept (with
+        the other live graphs') beyond the layers' buffer caches."""
+        known = {id(b) for b in self.kept + self.kept_multi}
+        self.kept_multi += [b for b in self.model.scratch_buffers() if id(b) not in known]
 
     def release_data(self) -> None:
         """Drop the multi-step graphs and the training arrays they gather from (end of fit:
         the cached step must not hold a dataset on the device); the next fit warms up before
         it captures (predict or evaluate may replace the buffers a capture reads meanwhile)."""
-        self.data, self.order, self.multi, self.warm = (), None, {}, False
+        self.data, self.order, self.multi, self.warm, self.kept_multi = (), None, {}, False, []
 
     def run_in_graphs(
         self,
@@ -221,7 +230,8 @@ class GraphedStep:
             self.order = backend.empty((data[0].shape[0],), np.int64)
         self.order[...] = order  # a device copy on the step's stream
         done = 0
-        if not self.warm:
+        capturing = not set(_lengths(full, self.steps_per_graph)) <= set(self.multi)
+        if not self.warm or (capturing and not self._caches_intact()):
             x, y, w = data
             backend.take_rows(x, order[:size], self.xb)
             backend.take_rows(y, order[:size], self.yb)
@@ -272,3 +282,8 @@ class GraphedStep:
     def end_epoch(self) -> tuple[Any, Any]:
         totals = self.backend.to_numpy(self.totals)
         return totals[0], (totals[1] if self.model.loss.counts_correct else None)
+
+
+def _lengths(full: int, k: int) -> list[int]:
+    """The graph lengths ``full`` batches replay in, ``k`` steps a graph, from the first."""
+    return [min(k, full - done) for done in range(0, full, k)]
