@@ -291,7 +291,9 @@ def test_csv_quoted_cells_stay_whole_with_a_line_break_anywhere(tmp_path):
     record was joined again unquoted); a header's quoted line break read as a data row."""
     comma = tmp_path / "c.csv"
     comma.write_text('a,b,label\n"1,5",2,"multi\nline"\n"3,25",4,y\n')
-    with pytest.raises(DatasetError, match=r"data row 0 \(0-based; line 3\), column 'a' holds '1,5'"):
+    with pytest.raises(
+        DatasetError, match=r"data row 0 \(0-based; line 3\), column 'a' holds '1,5'"
+    ):
         load_arrays(comma, target="label")
     comma.write_text('a,b,label\n"1.5",2,"multi\nline"\n"3.25",4,"y"\n')
     assert load_arrays(comma, target="label")[0].tolist() == [[1.5, 2], [3.25, 4]]
@@ -340,14 +342,18 @@ def test_csv_feature_errors_name_the_data_row_and_column(tmp_path):
     """Past the first parse chunk too; an empty cell (pandas's NaN) is said to be missing."""
     rows = [f"{i},{i + 1},c{i % 2}" for i in range(10)]
     rows[7] = "7,,c1"
-    with pytest.raises(DatasetError, match=r"data row 7 \(0-based; line 9\), column 'b' is empty: fill"):
+    with pytest.raises(
+        DatasetError, match=r"data row 7 \(0-based; line 9\), column 'b' is empty: fill"
+    ):
         read_csv(_csv(tmp_path / "e.csv", "a,b,t", rows), "t", chunk_rows=4)
     quoted = tmp_path / "q.csv"  # a quoted line break elsewhere, one feature column
     quoted.write_text('a,note,y\n1,"x\ny",0\n,"z",1\n3,"q",0\n')
     with pytest.raises(DatasetError, match=r"data row 1 \(0-based; line 4\), column 'a' is empty"):
         read_csv(quoted, "y", columns=["a"])
     rows[7] = "7,oops,c1"
-    with pytest.raises(DatasetError, match=r"data row 7 \(0-based; line 9\), column 'b' holds 'oops'"):
+    with pytest.raises(
+        DatasetError, match=r"data row 7 \(0-based; line 9\), column 'b' holds 'oops'"
+    ):
         read_csv(_csv(tmp_path / "t.csv", "a,b,t", rows), "t", chunk_rows=4)
 
 
