@@ -771,8 +771,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
     except KeyboardInterrupt:
         interrupted = True
-        said = model.stop_reason if model.built else "interrupted before an epoch finished"
-        print(f"\n{said or 'interrupted'}", file=sys.stderr)
+        print(f"\n{model.stop_reason or 'interrupted'}", file=sys.stderr)
     except ValueError as exc:  # fit's "X contains ...": the file it came from named
         held = args.val or args.data
         files = {"X": args.data, "y": args.labels, "X_val": held, "y_val": args.val_labels or held}

@@ -631,9 +631,11 @@ class Trainer:
             return self._epochs(run_epoch, run)
         except TrainingDivergedError:
             raise  # (its own restore: the weights of the start, said in stop_reason)
-        except BaseException:
+        except BaseException as exc:
             if unbuilt is not None and not run.history.get("loss"):
                 self._undo_build(unbuilt)
+                what = "interrupted" if isinstance(exc, KeyboardInterrupt) else type(exc).__name__
+                self.stop_reason = f"{what} before an epoch finished; the model unbuilt"
             raise
         finally:  # cached compiled steps must not keep this fit's data on the device
             _release_data(self._compiled_steps.values())

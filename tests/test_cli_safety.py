@@ -155,5 +155,6 @@ def test_ctrl_c_before_an_epoch_finished_says_nothing_was_saved(trained, capsys,
     save = trained / "new.npz"
     assert main(["train", "--data", str(trained / "d.npz"), *TINY, "--save", str(save)]) == 130
     err = capsys.readouterr().err
-    assert "interrupted before an epoch finished" in err and "nothing saved to" in err
+    assert "interrupted before an epoch finished; the model unbuilt" in err
+    assert "nothing saved to" in err
     assert not save.exists()
