@@ -325,11 +325,11 @@ def _checked_header(
     header = [h.strip() for h in header]  # ("a, b, label": a, b, label)
     if not header and not path.stat().st_size:
         raise DatasetError(f"{path} is empty")
-    if not any(h.strip() for h in header) or header[0].lower().startswith("sep="):
-        what = "is blank" if header == [] or header[0].strip() == "" else "is Excel's sep= line"
+    if not any(header) or header[0].lower().startswith("sep="):  # (names are stripped)
+        what = "is Excel's sep= line" if any(header) else "is blank"
         raise DatasetError(f"{path}: its first line {what}: delete it (the header row comes first)")
     named = target in header or (columns is not None and set(columns) <= set(header))
-    if header and not named and _all_numbers(header) and header != [*map(str, range(len(header)))]:
+    if not named and _all_numbers(header) and header != [*map(str, range(len(header)))]:
         raise DatasetError(  # (pandas' own default names, 0 1 2 ..., are a header)
             f"{path}: the first line, {header[:4]}{' ...' if len(header) > 4 else ''}, holds "
             "numbers, not column names: fastnet's CSV files start with a header row (pandas: "

@@ -208,6 +208,10 @@ class Layer:
         them alive: it writes into them on every replay)."""
         return list(self._buffers.values())
 
+    def drop_buffers(self) -> None:
+        """Empty the buffer cache (made again as steps need them)."""
+        self._buffers.clear()
+
     def forward(self, x: Any, training: bool = True) -> Any:
         raise NotImplementedError
 

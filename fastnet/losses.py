@@ -155,6 +155,10 @@ class Loss:
         """Gradient buffers the loss reuses between steps (a captured graph keeps them)."""
         return list(getattr(self, "_grads", {}).values())
 
+    def drop_buffers(self) -> None:
+        """Empty the gradient buffer cache (made again as steps need them)."""
+        self.__dict__.pop("_grads", None)
+
     def plan(self) -> LossPlan:
         """This loss as plain data for a compiled step (``fastnet.backends.plan``)."""
         return LossPlan(

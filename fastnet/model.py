@@ -483,8 +483,8 @@ class Sequential(Trainer):
         lowest = self._lowest  # below the lowest layer with parameters no gradient is needed
         for i in range(len(self.layers) - 1, lowest - 1, -1):
             layer = self.layers[i]
-            if layer in self._unchecked and layer.trainable:  # a user's: its first backward
-                self._unchecked.remove(layer)  # checked to write every gradient
+            if self._unchecked and layer in self._unchecked and layer.trainable:  # a user's
+                self._unchecked.remove(layer)  # first backward checked to write every gradient
                 dout, fused = backward_checked(layer, dout, i > lowest), False
                 continue
             if not layer.fuses_gradients:
@@ -516,9 +516,8 @@ class Sequential(Trainer):
         """Empty the layers', the loss's and the casts' buffer caches (a captured step's
         warm-up: a cache that fills up empties itself, which must not happen between it and
         the capture, or the capture allocates)."""
-        for layer in self.layers:
-            layer._buffers.clear()
-        self.loss.__dict__.get("_grads", {}).clear()
+        for part in (*self.layers, self.loss):
+            part.drop_buffers()
         self._casts.clear()
 
     def scratch_buffers(self) -> list:

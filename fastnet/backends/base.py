@@ -47,12 +47,14 @@ def contiguous_floats(*arrays: Any) -> bool:
     return True
 
 
-def binary_xent_elements(xp: Any, z: Any, t: Any) -> Any:
-    """``max(z, 0) - z t + log1p(exp(-|z|))`` of logits ``z`` and targets ``t``, as ``|z| u``
-    (``u``: ``1 - t`` where ``z >= 0``, else ``t``), 0 where ``u`` is: exact at ``z = +-inf``."""
+def binary_xent_elements(xp: Any, z: Any, t: Any, e: Any = None) -> Any:
+    """``max(z, 0) - z t + log1p(exp(-|z|))`` of logits ``z`` and targets ``t`` (``e``:
+    ``exp(-|z|)`` where the caller has it), as ``|z| u`` (``u``: ``1 - t`` where ``z >= 0``,
+    else ``t``), 0 where ``u`` is: exact at ``z = +-inf``."""
     u = xp.where(z >= 0, 1 - t, t)
+    e = xp.exp(-xp.abs(z)) if e is None else e
     with np.errstate(invalid="ignore"):  # (inf * 0: the branch where does not take)
-        return xp.where(u != 0, xp.abs(z) * u, 0) + xp.log1p(xp.exp(-xp.abs(z)))
+        return xp.where(u != 0, xp.abs(z) * u, 0) + xp.log1p(e)
 
 
 @dataclass
@@ -721,7 +723,7 @@ class Backend:
         t = targets.reshape(-1, 1) if targets.ndim == 1 else targets
         t = t.astype(logits.dtype, copy=False)
         e = xp.exp(-xp.abs(logits))
-        elements = binary_xent_elements(xp, logits, t)
+        elements = binary_xent_elements(xp, logits, t, e)
         if dlogits is None or dlogits.shape != logits.shape or dlogits.dtype != logits.dtype:
             dlogits = xp.empty_like(logits)
         xp.subtract(xp.where(logits >= 0, 1 / (1 + e), e / (1 + e)), t, out=dlogits)

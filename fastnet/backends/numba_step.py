@@ -96,8 +96,8 @@ class FusedDenseStep:
         self.frozen = ()  # arrays are re-read from a fresh plan: set_state may have replaced them
         self.revision = -1
         self.refresh()
-        for op in ("matmul", "bias_act", "act_backward_bias", *LOSS_OPS[self.kind]):
-            if not self.fallback:  # (eager steps record their own kernels)
+        if not self.fallback:  # (eager steps record their own kernels)
+            for op in ("matmul", "bias_act", "act_backward_bias", *LOSS_OPS[self.kind]):
                 self.backend.record_kernel(op, "numba-fused (in the fused step)")
 
     def refresh(self) -> None:
