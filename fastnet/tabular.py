@@ -19,23 +19,23 @@ def label_array(y: Any) -> np.ndarray:
     return np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
 
 
+def _one_hot_mask(y: np.ndarray) -> np.ndarray | None:
+    """Which rows of 2-D numeric ``y`` (2+ columns) are one-hot; None for other ``y``."""
+    if y.ndim != 2 or y.shape[1] < 2 or y.dtype.kind not in "biuf":
+        return None
+    return np.isin(y, (0, 1)).all(axis=1) & (y.sum(axis=1) == 1)
+
+
 def _one_hot_rows(y: np.ndarray) -> bool:
-    return bool(
-        y.ndim == 2
-        and y.shape[1] > 1
-        and y.dtype.kind in "biuf"
-        and np.isin(y, (0, 1)).all()
-        and (y.sum(axis=1) == 1).all()
-    )
+    mask = _one_hot_mask(y)
+    return mask is not None and bool(mask.all())
 
 
 def check_one_hot_rows(y: np.ndarray, name: str) -> None:
     """Refuse (``DatasetError``) a row of 2-D ``y`` that is not one-hot (a row of zeros, two
     1s) where more than half of them are, naming it."""
-    if y.ndim != 2 or y.shape[1] < 2 or y.dtype.kind not in "biuf" or not len(y):
-        return
-    good = np.isin(y, (0, 1)).all(axis=1) & (y.sum(axis=1) == 1)
-    if 0.5 < good.mean() < 1:
+    good = _one_hot_mask(y)
+    if good is not None and len(y) and 0.5 < good.mean() < 1:
         row = int(np.argmin(good))
         raise DatasetError(
             f"{name}: row {row} (0-based) of these one-hot rows is {y[row].tolist()[:8]}"
