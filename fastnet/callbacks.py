@@ -360,8 +360,7 @@ class EarlyStopping(Monitor):
                 f"early stopping: {self.monitor} did not improve for "
                 f"{self.patience} epochs (best {self.best:.4f}){against}"
             )
-            if self.verbose and _main_rank():
-                print(f"Epoch {epoch + 1}: early stopping")
+            _keras_line(self.verbose, epoch, "early stopping", blank=False)
             return True
         return False
 
@@ -388,6 +387,13 @@ def _main_rank() -> bool:
     from fastnet.distributed import is_main
 
     return is_main()
+
+
+def _keras_line(verbose: int, epoch: int, text: str, *, blank: bool = True) -> None:
+    """Print Keras's verbose line of a callback (``Epoch 3: ...``), on the main rank only."""
+    if verbose and _main_rank():
+        start = "\n" if blank else ""
+        print(f"{start}Epoch {epoch + 1}: {text}")
 
 
 class ModelCheckpoint(Monitor):
@@ -477,7 +483,7 @@ class ModelCheckpoint(Monitor):
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
         best = getattr(self, "best", None)
         if self.save_best_only and not self._improved(logs):
-            self._say(epoch, f"{self.monitor} did not improve from {best:.5f}")
+            _keras_line(self.verbose, epoch, f"{self.monitor} did not improve from {best:.5f}")
             return False
         path = self.path.format(epoch=epoch + 1, **_aliased(logs))
         weights = [p.value for layer in model.layers for p in layer.parameters()]
@@ -498,13 +504,9 @@ class ModelCheckpoint(Monitor):
         gain = (
             self.save_best_only and f"{self.monitor} improved from {best:.5f} to {self.best:.5f}, "
         )
-        self._say(epoch, f"{gain or ''}saving model to {path}")
+        _keras_line(self.verbose, epoch, f"{gain or ''}saving model to {path}")
         self.saved.append(path)
         return False
-
-    def _say(self, epoch: int, text: str) -> None:
-        if self.verbose and _main_rank():  # (Keras's lines)
-            print(f"\nEpoch {epoch + 1}: {text}")
 
 
 def _aliased(logs: dict[str, Any]) -> dict[str, Any]:
@@ -552,9 +554,10 @@ class ReduceLROnPlateau(Monitor):
                     if opt.lr > self.min_lr:
                         opt.set_scheduled_lr(max(opt.lr * self.factor, self.min_lr, 1e-12))
                 self.wait, self.cooling = 0, self.cooldown
-                if self.verbose and _main_rank():  # (Keras's line)
-                    lr = model.optimizer.lr
-                    print(f"\nEpoch {epoch + 1}: ReduceLROnPlateau reducing learning rate to {lr}.")
+                lr = model.optimizer.lr
+                _keras_line(
+                    self.verbose, epoch, f"ReduceLROnPlateau reducing learning rate to {lr}."
+                )
         return False
 
 

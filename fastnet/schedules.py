@@ -12,7 +12,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from fastnet.callbacks import Callback, _accepts, _main_rank, _optimizers
+from fastnet.callbacks import Callback, _accepts, _keras_line, _optimizers
 from fastnet.validation import check_count, check_number, is_real
 
 
@@ -77,9 +77,8 @@ class LearningRateScheduler(_EpochSchedule):
                 raise ValueError(
                     f"LearningRateScheduler's function, epoch {epoch}: {exc}"
                 ) from None
-        if self.verbose and _main_rank():  # (Keras's line)
-            lr = self.optimizers[0].lr
-            print(f"\nEpoch {epoch + 1}: LearningRateScheduler setting learning rate to {lr}.")
+        lr = self.optimizers[0].lr
+        _keras_line(self.verbose, epoch, f"LearningRateScheduler setting learning rate to {lr}.")
 
     @staticmethod
     def _number(value: Any, epoch: int) -> float:

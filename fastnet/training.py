@@ -481,18 +481,19 @@ def _quiet_floats() -> Any:
 
 
 def _check_in_order(cb: Callback, names: list[str], later: list[Callback]) -> None:
-    """``cb`` needs no entry that only a callback after it in the list adds."""
+    """``cb``'s ``check_logs`` on the entries the logs hold when it runs (``names``); one
+    that only a callback after it in the list adds is named as out of order."""
     try:
         cb.check_logs(names)
+        return
     except ValueError:
-        after = ", ".join(type(getattr(x, "inner", x)).__name__ for x in later if x.provides)
-        if not after:
-            raise
-        raise ValueError(
-            f"{type(getattr(cb, 'inner', cb)).__name__} needs an entry that {after}, after it "
-            "in callbacks, adds: "
-            "list that one first (on_epoch_end runs them in order)"
-        ) from None
+        pass
+    cb.check_logs(names + [name for x in later for name in x.provides])  # (missing: raises)
+    after = ", ".join(type(getattr(x, "inner", x)).__name__ for x in later if x.provides)
+    raise ValueError(
+        f"{type(getattr(cb, 'inner', cb)).__name__} needs an entry that {after}, after it "
+        "in callbacks, adds: list that one first (on_epoch_end runs them in order)"
+    )
 
 
 def _epochs_held(history: dict[str, list[float]]) -> int:
@@ -744,9 +745,7 @@ class Trainer:
         width = self.output_width(Xd.shape[1])
         names = self._log_names(val is not None, opts.top_k, metric_fns, width)
         self._try_user_metrics(metric_fns, val, width)
-        everything = names + [name for cb in hooks for name in cb.provides]
         for i, cb in enumerate(hooks):  # (on_epoch_end runs them in order: entries as added)
-            cb.check_logs(everything)
             _check_in_order(cb, names + list(cb.provides), hooks[i + 1 :])
             names = names + list(cb.provides)
         data = (Xd, yd, wd, val, streamed, compiled, group, epochs, first)
