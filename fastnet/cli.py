@@ -872,7 +872,7 @@ def _write_outputs(
         from fastnet.plot import plot_history
 
         title = f"{data.name} MLP {arch} ({model.backend.name})"
-        plot_history(model.history, args.plot, title, first_epoch=results["first_epoch"])
+        plot_history(model.history, args.plot, title)
         print(f"wrote learning curves to {args.plot}")
         if cm is not None:
             from fastnet.plot import confusion_path, plot_confusion

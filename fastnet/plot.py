@@ -86,14 +86,17 @@ def _curves(ax: Any, history: dict[str, list[float]], key: str, first: int) -> N
 
 
 def plot_history(
-    history: dict[str, list[float]], path: str, title: str = "", first_epoch: int = 1
+    history: dict[str, list[float]], path: str, title: str = "", first_epoch: int | None = None
 ) -> Any:
     """Write per-epoch curves to a PNG: the loss, then the first of ``SECOND_PANEL`` the
     history holds (accuracy for classifiers, validation R2 for regression), each with its
     validation counterpart when there is one; ``first_epoch`` numbers the history's first
-    entry (a fit resumed with ``initial_epoch=n``: ``n + 1``); returns the figure."""
+    entry (default: a ``History``'s own, e.g. ``n + 1`` after ``fit(initial_epoch=n)``, else
+    1); returns the figure."""
     if "loss" not in history:
         raise ValueError("history has no 'loss' entry: pass a trained model's model.history")
+    if first_epoch is None:
+        first_epoch = getattr(history, "first", 0) + 1
     first_epoch = check_count(first_epoch, "first_epoch", 1)
     held = [k for k in SECOND_PANEL if len(history.get(k, ())) or len(history.get(f"val_{k}", ()))]
     panels = ["loss"] + held[:1]

@@ -55,6 +55,14 @@ def test_plot_history_numbers_a_resumed_runs_epochs(plot, tmp_path):
         plot.plot_history(history, str(tmp_path / "h.png"), first_epoch=0)
 
 
+def test_plot_history_numbers_a_fit_from_initial_epoch_by_itself(plot, tmp_path):
+    X, y = _regression_data(64)
+    model = fn.Sequential([fn.Dense(4), fn.ReLU(), fn.Dense(1)], loss="mse", seed=0)
+    model.fit(X, y, epochs=5, initial_epoch=3, verbose=0)
+    fig = plot.plot_history(model.history, str(tmp_path / "h.png"))
+    assert fig.axes[0].lines[0].get_xdata().tolist() == [4, 5]
+
+
 def test_cli_plots_a_regression_run(plot, tmp_path, capsys):
     X, y = _regression_data(200)
     np.savez(tmp_path / "r.npz", X=X, y=y)
