@@ -4,11 +4,14 @@ refuses it rather than upcast (the values are perturbed in place, in the model's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from fastnet.validation import check_number
 
 
 @dataclass
@@ -37,6 +40,7 @@ def numerical_gradient(f: Callable[[], float], x: Any, eps: float = 1e-6) -> np.
     place. ``f`` must be deterministic: with Dropout in training mode, rewind its random stream
     (``layer.random_streams()``) before each forward, as ``check_layer`` does."""
     _require_float64("x", x)
+    eps = check_number(eps, "eps", 0, opened="low")
     grad = np.zeros(x.shape, dtype=np.float64)
     for idx in np.ndindex(*x.shape):
         orig = float(x[idx])
@@ -53,8 +57,11 @@ def relative_error(analytic: Any, numeric: np.ndarray, floor: float = 0.0) -> fl
     """``||a - n|| / max(||a|| + ||n||, floor)``: 0 for equal gradients, 1 for unrelated ones.
     A gradient that is truly 0 (a bias right before BatchNorm) reads about 1 against its
     finite differences' rounding noise (~1e-10): pass ``floor``, the size of a gradient that
-    matters (e.g. the norm of the others), to measure such noise against it instead."""
+    matters (e.g. the norm of the others), to measure such noise against it instead. A NaN
+    or infinite entry in either gradient reads ``inf`` (a check that fails)."""
     a = np.asarray(analytic, dtype=np.float64)
+    if not (np.isfinite(a).all() and np.isfinite(numeric).all()):
+        return math.inf
     denom = max(float(np.linalg.norm(a) + np.linalg.norm(numeric)), floor)
     return float(np.linalg.norm(a - numeric) / denom) if denom > 0 else 0.0
 
@@ -79,7 +86,10 @@ def check_layer(
     from fastnet.layer_stack import check_initialised
 
     check_initialised(layer)
+    _ = layer.backend  # (raises if not built)
     _require_float64("layer", layer)
+    tolerance = check_number(tolerance, "tolerance", 0, opened="low")
+    check_number(eps, "eps", 0, opened="low")
     saved = [(stream, stream.copy()) for stream in layer.random_streams().values()]
     buffers = [(buffer, buffer.copy()) for buffer in layer.state_buffers().values()]
     try:
@@ -116,6 +126,8 @@ def check_loss(
 ) -> GradcheckResult:
     """Compare a loss's returned gradient with finite differences of its value."""
     _require_float64("logits", logits)
+    tolerance = check_number(tolerance, "tolerance", 0, opened="low")
+    check_number(eps, "eps", 0, opened="low")
     value = loss(logits, targets)  # (a loss used on its own builds itself here)
     grad = loss.backend.to_numpy(value[1]).copy()
 

@@ -537,6 +537,20 @@ class Softmax(Layer):
         return y * (dy - (dy * y).sum(axis=1, keepdims=True))
 
 
+def _check_dropout_seed(seed: Any) -> int | None:
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
+    ):
+        raise ValueError(f"dropout seed must be a non-negative integer or None, got {seed!r}")
+    return None if seed is None else int(seed)  # (a NumPy integer: saved as JSON)
+
+
+def _check_synchronized(value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"synchronized must be True or False, got {value!r}")
+    return bool(value)
+
+
 class Dropout(Layer):
     """Inverted dropout: zeroes a fraction ``rate`` of inputs in training, identity in eval.
 
@@ -548,15 +562,11 @@ class Dropout(Layer):
     name = "dropout"
 
     rate = Checked(check_fraction("dropout rate"))
+    seed = Checked(_check_dropout_seed)  # (set on a built layer: saved, its stream kept)
 
     def __init__(self, rate: float = 0.5, seed: int | None = None) -> None:
         super().__init__()
-        if seed is not None and (
-            isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0
-        ):
-            raise ValueError(f"dropout seed must be a non-negative integer or None, got {seed!r}")
-        self.rate = rate
-        self.seed = None if seed is None else int(seed)  # (a NumPy integer: saved as JSON)
+        self.rate, self.seed = rate, seed
 
     def build(
         self, input_dim: int, backend: Backend, dtype: np.dtype, rng: np.random.Generator
@@ -616,6 +626,7 @@ class BatchNorm1d(Layer):
 
     momentum = Checked(check_fraction("momentum"))
     eps = Checked(_check_eps)
+    synchronized = Checked(_check_synchronized)
     gamma: Parameter = ParameterAttribute()  # type: ignore[assignment]
     beta: Parameter = ParameterAttribute()  # type: ignore[assignment]
 
@@ -623,9 +634,7 @@ class BatchNorm1d(Layer):
         self, momentum: float = 0.9, eps: float = 1e-5, synchronized: bool = False
     ) -> None:
         super().__init__()
-        if not isinstance(synchronized, (bool, np.bool_)):
-            raise ValueError(f"synchronized must be True or False, got {synchronized!r}")
-        self.synchronized, self.group = bool(synchronized), None
+        self.synchronized, self.group = synchronized, None
         self.momentum, self.eps = momentum, eps
 
     def build(

@@ -19,22 +19,17 @@ call over a whole flat group, with weight decay on the group's leading ``n_decay
 from __future__ import annotations
 
 import inspect
-import math
 from collections.abc import Callable
 from typing import Any
 
 from fastnet.parameter import ParameterGroup
 from fastnet.registry import Registry, construct
 from fastnet.revision import bump
-from fastnet.validation import check_flag, check_fraction, is_real
+from fastnet.validation import check_flag, check_fraction, check_number
 
 
 def _check_positive(name: str, value: Any, allow_zero: bool = False) -> float:
-    ok = is_real(value) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-    return float(value)
+    return check_number(value, name, 0, opened="" if allow_zero else "low")
 
 
 #: optimizer classes by ``name`` (a subclass with a ``name`` of its own registers itself)
@@ -143,7 +138,8 @@ class Optimizer:
     def __setattr__(self, key: str, value: Any) -> None:
         """Checked also when set on a built model: ``lr`` (set by hand, schedules start from
         it), ``weight_decay``, ``clip_norm`` and ``clip_value`` (None or positive), ``beta1``,
-        ``beta2``, ``rho``, ``momentum`` (in [0, 1)) and ``eps`` (positive). Keras's
+        ``beta2``, ``rho``, ``momentum`` (in [0, 1)), ``eps`` (positive), ``nesterov`` and
+        ``eps_hat`` (True or False). Keras's
         names (``learning_rate``, ``beta_1``, ``epsilon``, ...) set fastnet's."""
         key = KERAS_NAMES.get(key, key)
         if key == "clipnorm":  # (a plain attribute would be ignored, silently)
@@ -159,6 +155,8 @@ class Optimizer:
             value = check_fraction(key)(value)
         elif key == "eps":
             value = _check_positive(key, value)
+        elif key in ("nesterov", "eps_hat"):
+            value = check_flag(value, key)
         super().__setattr__(key, value)
         if key not in ("lr", "initial_lr"):  # (the lr lives in device scalars)
             bump()

@@ -206,7 +206,10 @@ def check_number(
     """A finite real number (NumPy's too, not a bool or a string) in ``[low, high]`` as a
     ``float``, open at ``low`` and/or ``high`` where ``opened`` has "low"/"high"; else a
     ValueError naming ``name``."""
-    v = float(value) if is_real(value) or isinstance(value, decimal.Decimal) else math.nan
+    try:
+        v = float(value) if is_real(value) or isinstance(value, decimal.Decimal) else math.nan
+    except OverflowError:  # (an int past float's range: 10**400)
+        v = math.inf
     above = low < v if "low" in opened else low <= v
     below = v < high if "high" in opened else v <= high
     if not (math.isfinite(v) and above and below):

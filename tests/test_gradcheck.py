@@ -136,6 +136,44 @@ def test_gradcheck_detects_a_wrong_gradient(rng):
     assert relative_error(np.zeros(3), noise, floor=1.0) < 1e-9
 
 
+def test_gradcheck_fails_a_nan_gradient_and_checks_its_arguments(rng):
+    """A backward returning NaN passed with error 0 (max(nan, floor) is NaN, read as "no
+    gradient"); eps=nan passed everything; eps=0 divided by zero; an unbuilt layer was said
+    to be float32."""
+
+    from fastnet.layers import Layer
+
+    class NanSquare(Layer):
+        name = "test_nan_square"
+
+        def forward(self, x, training=True):
+            self.x = x
+            return x * x
+
+        def backward(self, dy, need_dx=True):
+            dx = 2 * dy * self.x
+            dx[0, 0] = np.nan
+            return dx
+
+    layer = NanSquare()
+    layer.build(4, fn.get_backend("numpy"), np.float64, rng)
+    x = rng.standard_normal((3, 4))
+    result = check_layer(layer, x)
+    assert not result.ok and result.errors["input"] == np.inf, str(result)
+    assert relative_error(np.array([1.0, np.nan]), np.array([1.0, 5.0])) == np.inf
+    assert relative_error(np.ones(2), np.array([1.0, np.inf])) == np.inf
+    dense = fn.Dense(3)
+    for eps in (float("nan"), 0, -1e-6, "1e-6"):
+        with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+            check_layer(layer, x, eps=eps)
+    with pytest.raises(ValueError, match="tolerance must be a finite number > 0"):
+        check_layer(layer, x, tolerance="1e-6")
+    with pytest.raises(RuntimeError, match="Dense is not built"):
+        check_layer(dense, x)
+    with pytest.raises(ValueError, match="eps must be a finite number > 0"):
+        check_loss(fn.MeanSquaredError(), x, x, eps=0)
+
+
 def test_check_layer_passes_batch_norm_on_an_input_drawn_from_its_seed():
     """R once came from default_rng(seed): an input drawn from it was a function of R."""
     layer = fn.BatchNorm1d()
