@@ -180,15 +180,18 @@ class Scaler:
                 raise ValueError("a scaling's scale must be positive")
 
     def fit(self, X: np.ndarray, chunk: int = 8192) -> Scaler:
-        """Statistics in float64, chunk by chunk (no float64 copy of ``X``)."""
+        """Statistics in float64, chunk by chunk (no float64 copy of ``X``); the variance
+        from each chunk's squared deviations, merged (Chan et al.): a column of a large offset
+        and a small spread (timestamps) keeps its spread, which ``E[x²] - E[x]²`` loses."""
         if self.kind == "standard":
-            n, total, squares = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
+            n, mean, m2 = 0, np.zeros(X.shape[1]), np.zeros(X.shape[1])
             for lo in range(0, len(X), chunk):
                 block = np.asarray(X[lo : lo + chunk], np.float64)
-                n, total = n + len(block), total + block.sum(0)
-                squares += (block**2).sum(0)
-            mean = total / max(n, 1)
-            spread = np.sqrt(np.maximum(squares / max(n, 1) - mean**2, 0))
+                k, block_mean = len(block), block.mean(0)
+                delta = block_mean - mean
+                m2 += ((block - block_mean) ** 2).sum(0) + delta**2 * n * k / (n + k)
+                n, mean = n + k, mean + delta * k / (n + k)
+            spread = np.sqrt(m2 / max(n, 1))
         else:
             mean = np.min(X, axis=0).astype(np.float64)
             spread = np.max(X, axis=0).astype(np.float64) - mean
@@ -202,16 +205,18 @@ class Scaler:
         return self
 
     def transform(self, X: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
-        """A scaled copy of ``X`` in ``dtype``."""
+        """A scaled copy of ``X`` in ``dtype``, computed in float64 chunk by chunk (an offset
+        rounded to float32 first would shift a large-offset column by up to its ulp)."""
         if self.offset is None or self.scale is None:
             raise RuntimeError("Scaler.fit first")
         if X.shape[1] != len(self.offset):
             raise DatasetError(
                 f"features have {X.shape[1]} columns; the scaling was fitted on {len(self.offset)}"
             )
-        out = np.array(X, dtype=dtype)
-        out -= self.offset.astype(dtype)
-        out /= self.scale.astype(dtype)
+        out = np.empty(X.shape, dtype)
+        for lo in range(0, len(X), 8192):
+            block = np.asarray(X[lo : lo + 8192], np.float64)
+            out[lo : lo + 8192] = (block - self.offset) / self.scale
         return out
 
     def to_json(self) -> dict:

@@ -292,6 +292,21 @@ def test_scaling_is_fitted_on_training_rows():
     np.testing.assert_allclose(z.transform(X).mean(0), 0, atol=1e-6)
 
 
+def test_standard_scaling_keeps_the_spread_of_a_column_far_from_zero():
+    """E[x²] - E[x]² cancelled for Unix timestamps over minutes: their std read 0 (scale 1,
+    the column left as it was) or 20% off; now merged per chunk as the squared deviations."""
+    from fastnet.tabular import Scaler
+
+    rng = np.random.default_rng(0)
+    for offset, width in ((1.7e9, 300.0), (1e12, 1e4), (5e6, 0.5)):
+        X = np.c_[offset + rng.uniform(0, width, 10_000), rng.normal(size=10_000)]
+        s = Scaler("standard").fit(X, chunk=777)  # (several chunks, one short)
+        np.testing.assert_allclose(s.scale, X.std(0), rtol=1e-7)
+        np.testing.assert_allclose(s.offset, X.mean(0), rtol=1e-12)
+        z = s.transform(X, np.float32)
+        np.testing.assert_allclose([z.mean(0), z.std(0)], [[0, 0], [1, 1]], atol=1e-5)
+
+
 # ---------------------------------------------------------------- item 8: notebook vocabulary
 def test_notebook_names_and_helpers_are_exported():
     assert fn.Affine is fn.Dense and fn.Relu is fn.ReLU
