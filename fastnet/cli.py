@@ -1120,6 +1120,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         print(f"its metadata 'classes' names the labels: the output is P({classes[1]!r})")
     elif classes is not None:
         print(f"its metadata 'classes' maps output columns to labels: {classes[:10]}")
+    if extra.get("inputs") and not extra.get("scale"):
+        low, high = extra["inputs"]
+        print(f"its inputs are scaled to [{low:g}, {high:g}] (metadata 'inputs'): pixels / 255")
     return 0
 
 

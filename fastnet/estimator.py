@@ -477,7 +477,7 @@ class _MLPBase(BaseEstimator):
         if self.batch_norm and batch < 2:
             raise ValueError(
                 f"batch_norm=True normalizes over a batch's rows: training needs at least 2 "
-                f"per batch, got {n} row(s) with batch_size={size!r}"
+                f"per batch, got n_samples={n} with batch_size={size!r}"
             )
         return batch
 

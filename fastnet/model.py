@@ -936,11 +936,13 @@ class Sequential(Trainer):
 
     def to_onnx(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
         """Export for inference as ONNX (needs ``onnx``): see ``fastnet.export``. Without
-        ``metadata``, ``model.metadata``'s classes, features, target and task (JSON text)."""
+        ``metadata``, ``model.metadata``'s classes, features, target, task and inputs (the
+        range the inputs are scaled to: a built-in set's pixels / 255) as JSON text."""
         from fastnet.export import to_onnx
 
         if metadata is None:
-            keys = [k for k in ("classes", "features", "target", "task") if k in self.metadata]
+            names = ("classes", "features", "target", "task", "inputs")
+            keys = [k for k in names if k in self.metadata]
             text = plain_json({k: self.metadata[k] for k in keys}, "model.metadata")
             metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in text.items()}
             metadata = {k: v for k, v in metadata.items() if v != "null"}

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 
 import numpy as np
@@ -60,6 +61,14 @@ def test_train_save_evaluate_plot(data_dir, tmp_path, capsys):
     assert "fashion-mnist pixels scaled to [0, 1]: divide them by 255" in capsys.readouterr().err
     np.save(tmp_path / "scaled.npy", pixels / 255.0)
     assert main(["predict", str(ckpt), "--data", str(tmp_path / "scaled.npy")]) == 0
+    if importlib.util.find_spec("onnx") is not None:  # the export says so, and its metadata
+        assert main(["export", str(ckpt), str(tmp_path / "m.onnx")]) == 0
+        assert "inputs are scaled to [0, 1] (metadata 'inputs'): pixels / 255" in (
+            capsys.readouterr().out
+        )
+        onnx = importlib.import_module("onnx")
+        props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+        assert json.loads(props["inputs"]) == [0, 1]
 
 
 @pytest.mark.parametrize(

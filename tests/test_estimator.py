@@ -16,7 +16,10 @@ from conftest import EMULATED, make_blobs
 import fastnet as fn
 
 sklearn = pytest.importorskip("sklearn", reason="scikit-learn not installed (the sklearn extra)")
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from sklearn.utils.estimator_checks import (  # noqa: E402
+    check_fit2d_1sample,
+    parametrize_with_checks,
+)
 
 # The checks that may fail, each with its reason (scikit-learn's own mechanism, at most 4).
 EXPECTED_FAILURES = {
@@ -372,12 +375,15 @@ def test_early_stopping_keeps_the_best_validation_weights_when_max_iter_ends_it(
 def test_batch_norm_needs_two_rows_a_batch_said_in_the_estimators_terms():
     clf = fn.MLPClassifier((4,), batch_norm=True)
     with pytest.raises(
-        ValueError, match=r"batch_norm=True .* got 1 row\(s\) with batch_size='auto'"
+        ValueError, match=r"batch_norm=True .* got n_samples=1 with batch_size='auto'"
     ):
         clf.partial_fit(np.ones((1, 3), np.float32), [0], classes=[0, 1])
     assert not hasattr(clf, "model_")
     with pytest.raises(ValueError, match="batch_size=1"):
         fn.MLPClassifier((4,), batch_norm=True, batch_size=1).fit(np.ones((4, 3)), [0, 1, 0, 1])
+    check_fit2d_1sample(  # (its words: "n_samples=1")
+        "MLPRegressor", fn.MLPRegressor((4,), batch_norm=True, max_iter=2)
+    )
 
 
 def test_early_stopping_keeps_the_best_score_itself_not_the_last_gain_over_tol():
