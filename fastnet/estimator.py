@@ -467,7 +467,7 @@ class _MLPBase(BaseEstimator):
                 f"This {type(self).__name__} instance is not fitted yet; call 'fit' first"
             )
 
-    def _batch(self, n: int) -> int:
+    def _batch(self, n: int, held_out: str = "") -> int:
         size = self.batch_size
         if size != "auto" and (
             isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1
@@ -477,7 +477,7 @@ class _MLPBase(BaseEstimator):
         if self.batch_norm and batch < 2:
             raise ValueError(
                 f"batch_norm=True normalizes over a batch's rows: training needs at least 2 "
-                f"per batch, got n_samples={n} with batch_size={size!r}"
+                f"per batch, got n_samples={n}{held_out} with batch_size={size!r}"
             )
         return batch
 
@@ -683,7 +683,7 @@ class _MLPBase(BaseEstimator):
             X, targets, weights, validation = self._hold_out(
                 X, targets, weights, seed, fitted["n_outputs_"]
             )
-        batch = self._batch(len(X))
+        batch = self._batch(len(X), " after early_stopping's validation split" * bool(validation))
         # scikit-learn divides by the summed weights: rows weigh w / mean(w) in fit's mean
         mean_weight = 1.0 if weights is None else float(weights.mean())
         if weights is not None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from fastnet.validation import check_number
+from fastnet.validation import check_number, is_real
 
 
 @dataclass
@@ -23,7 +23,7 @@ class GradcheckResult:
 
     @property
     def ok(self) -> bool:
-        return all(err <= self.tolerance for err in self.errors.values())
+        return all(math.isfinite(err) and err <= self.tolerance for err in self.errors.values())
 
     def __str__(self) -> str:
         items = ", ".join(f"{k}={v:.2e}" for k, v in self.errors.items())
@@ -33,6 +33,13 @@ class GradcheckResult:
 def _require_float64(name: str, x: Any) -> None:
     if x.dtype != np.float64:
         raise ValueError(f"{name} is {x.dtype}: gradient checks need float64 (dtype='float64')")
+
+
+def _check_tolerance(tolerance: Any) -> float:
+    """A number >= 0 (0: an exact match; inf: every finite error passes)."""
+    if is_real(tolerance) and tolerance == math.inf:
+        return math.inf
+    return check_number(tolerance, "tolerance", 0)
 
 
 def numerical_gradient(f: Callable[[], float], x: Any, eps: float = 1e-6) -> np.ndarray:
@@ -88,7 +95,7 @@ def check_layer(
     check_initialised(layer)
     _ = layer.backend  # (raises if not built)
     _require_float64("layer", layer)
-    tolerance = check_number(tolerance, "tolerance", 0, opened="low")
+    tolerance = _check_tolerance(tolerance)
     check_number(eps, "eps", 0, opened="low")
     saved = [(stream, stream.copy()) for stream in layer.random_streams().values()]
     buffers = [(buffer, buffer.copy()) for buffer in layer.state_buffers().values()]
@@ -126,7 +133,7 @@ def check_loss(
 ) -> GradcheckResult:
     """Compare a loss's returned gradient with finite differences of its value."""
     _require_float64("logits", logits)
-    tolerance = check_number(tolerance, "tolerance", 0, opened="low")
+    tolerance = _check_tolerance(tolerance)
     check_number(eps, "eps", 0, opened="low")
     value = loss(logits, targets)  # (a loss used on its own builds itself here)
     grad = loss.backend.to_numpy(value[1]).copy()

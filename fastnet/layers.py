@@ -23,7 +23,14 @@ from fastnet.initializers import Initializer, get_initializer, initializer_from_
 from fastnet.optimizers import Optimizer, get_optimizer, optimizer_from_config
 from fastnet.parameter import Parameter
 from fastnet.registry import Registry, construct
-from fastnet.validation import Checked, SetOnce, check_flag, check_fraction, is_real
+from fastnet.validation import (
+    Checked,
+    SetOnce,
+    check_flag,
+    check_fraction,
+    is_real,
+    set_unpickled_state,
+)
 
 
 def check_alpha(alpha: Any) -> float:
@@ -137,6 +144,9 @@ class Layer:
         self.output_dim: int | None = None
         self._optimizer: Optimizer | None = None
         self._buffers: dict[tuple, Any] = {}
+
+    def __setstate__(self, state: dict) -> None:
+        set_unpickled_state(self, state)
 
     @property
     def built(self) -> bool:

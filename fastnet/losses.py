@@ -19,7 +19,7 @@ from fastnet.backends import Act, Backend, get_backend
 from fastnet.backends.base import binary_xent_elements
 from fastnet.backends.plan import LossPlan
 from fastnet.registry import Registry, construct
-from fastnet.validation import Checked, check_fraction, check_number
+from fastnet.validation import Checked, check_fraction, check_number, set_unpickled_state
 
 #: loss classes by ``name`` (a subclass with a ``name`` of its own registers itself)
 LOSSES = Registry("loss")
@@ -74,11 +74,7 @@ class Loss:
         self._backend: Backend | None = None
 
     def __setstate__(self, state: dict) -> None:
-        """A pickle of before a hyperparameter became checked (``Checked``) keeps it under
-        its plain name: moved to where the attribute reads it."""
-        for key in [k for k in state if isinstance(getattr(type(self), k, None), Checked)]:
-            state[f"_checked_{key}"] = state.pop(key)
-        self.__dict__.update(state)
+        set_unpickled_state(self, state)
 
     def build(self, backend: Backend) -> None:
         if backend is not self._backend:

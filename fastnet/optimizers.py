@@ -175,7 +175,8 @@ class Optimizer:
 
     def set_scheduled_lr(self, lr: float) -> None:
         """Set ``lr`` as a schedule does (``initial_lr`` is kept; 0 pauses, as Keras allows)."""
-        object.__setattr__(self, "lr", _check_positive("lr", float(lr), allow_zero=True))
+        lr = lr if isinstance(lr, int) else float(lr)  # (a 0-d array; 10**400 as it is)
+        object.__setattr__(self, "lr", _check_positive("lr", lr, allow_zero=True))
 
     def constants(self) -> tuple[float, ...]:
         """The per-element kernel's constant arguments (after the slots), in kernel order."""

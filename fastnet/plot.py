@@ -96,7 +96,9 @@ def plot_history(
     if "loss" not in history:
         raise ValueError("history has no 'loss' entry: pass a trained model's model.history")
     if first_epoch is None:
-        first_epoch = getattr(history, "first", 0) + 1
+        from fastnet.callbacks import History
+
+        first_epoch = history.first + 1 if isinstance(history, History) else 1
     first_epoch = check_count(first_epoch, "first_epoch", 1)
     held = [k for k in SECOND_PANEL if len(history.get(k, ())) or len(history.get(f"val_{k}", ()))]
     panels = ["loss"] + held[:1]

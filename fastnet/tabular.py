@@ -205,18 +205,17 @@ class Scaler:
         return self
 
     def transform(self, X: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
-        """A scaled copy of ``X`` in ``dtype``, computed in float64 chunk by chunk (an offset
-        rounded to float32 first would shift a large-offset column by up to its ulp)."""
+        """A scaled copy of ``X`` in ``dtype``, computed in ``dtype`` as the model's
+        ``Standardize`` layer computes it (the saved model sees what training saw)."""
         if self.offset is None or self.scale is None:
             raise RuntimeError("Scaler.fit first")
         if X.shape[1] != len(self.offset):
             raise DatasetError(
                 f"features have {X.shape[1]} columns; the scaling was fitted on {len(self.offset)}"
             )
-        out = np.empty(X.shape, dtype)
-        for lo in range(0, len(X), 8192):
-            block = np.asarray(X[lo : lo + 8192], np.float64)
-            out[lo : lo + 8192] = (block - self.offset) / self.scale
+        out = np.array(X, dtype=dtype)
+        out -= self.offset.astype(dtype)
+        out /= self.scale.astype(dtype)
         return out
 
     def to_json(self) -> dict:

@@ -260,6 +260,14 @@ class Checked(_Stored):
         bump()  # (compiled steps re-read what they baked in)
 
 
+def set_unpickled_state(obj: Any, state: dict) -> None:
+    """``obj.__setstate__``: a pickle of before a hyperparameter became checked (``Checked``)
+    keeps it under its plain name, moved to where the attribute reads it."""
+    for key in [k for k in state if isinstance(getattr(type(obj), k, None), Checked)]:
+        state[f"_checked_{key}"] = state.pop(key)
+    obj.__dict__.update(state)
+
+
 class SetOnce(_Stored):
     """An attribute set at construction and fixed after (it shapes the object's arrays or
     kernels: changing it silently changed the config, not the computation)."""
@@ -284,7 +292,7 @@ def check_fraction(name: str) -> Any:
     """A checker of a number in [0, 1) named ``name`` (a rate, a momentum, a smoothing)."""
 
     def check(value: Any) -> float:
-        if not (is_real(value) and 0 <= float(value) < 1):
+        if not (is_real(value) and 0 <= value < 1):  # (no float(): 10**400 overflows it)
             raise ValueError(f"{name} must be in [0, 1), got {value!r}")
         return float(value)
 

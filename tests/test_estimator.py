@@ -381,6 +381,9 @@ def test_batch_norm_needs_two_rows_a_batch_said_in_the_estimators_terms():
     assert not hasattr(clf, "model_")
     with pytest.raises(ValueError, match="batch_size=1"):
         fn.MLPClassifier((4,), batch_norm=True, batch_size=1).fit(np.ones((4, 3)), [0, 1, 0, 1])
+    held = fn.MLPRegressor((4,), batch_norm=True, early_stopping=True, validation_fraction=0.9)
+    with pytest.raises(ValueError, match="n_samples=1 after early_stopping's validation split"):
+        held.fit(np.ones((11, 3)), np.arange(11.0))
     check_fit2d_1sample(  # (its words: "n_samples=1")
         "MLPRegressor", fn.MLPRegressor((4,), batch_norm=True, max_iter=2)
     )

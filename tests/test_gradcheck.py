@@ -166,8 +166,10 @@ def test_gradcheck_fails_a_nan_gradient_and_checks_its_arguments(rng):
     for eps in (float("nan"), 0, -1e-6, "1e-6"):
         with pytest.raises(ValueError, match="eps must be a finite number > 0"):
             check_layer(layer, x, eps=eps)
-    with pytest.raises(ValueError, match="tolerance must be a finite number > 0"):
+    with pytest.raises(ValueError, match="tolerance must be a finite number >= 0"):
         check_layer(layer, x, tolerance="1e-6")
+    assert check_layer(layer, x, tolerance=np.inf).errors["input"] == np.inf  # (not ok)
+    assert not check_layer(layer, x, tolerance=np.inf).ok
     with pytest.raises(RuntimeError, match="Dense is not built"):
         check_layer(dense, x)
     with pytest.raises(ValueError, match="eps must be a finite number > 0"):

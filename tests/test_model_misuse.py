@@ -296,6 +296,7 @@ def test_hyperparameters_set_on_a_built_model_are_checked_as_at_construction():
         (model.optimizer, "beta_2", -0.5, r"beta2 must be in \[0, 1\)"),
         (model.optimizer, "eps", 0.0, "eps must be a finite number > 0"),
         (model.optimizer, "lr", 10**400, "lr must be a finite number > 0"),  # (OverflowError)
+        (model.optimizer, "beta1", 10**400, r"beta1 must be in \[0, 1\)"),
         (model.optimizer, "eps_hat", "no", "eps_hat must be True or False"),  # (truthy: on)
         (model.layers[1], "seed", -1, "dropout seed must be a non-negative integer"),
         (model.layers[2], "synchronized", "no", "synchronized must be True or False"),
@@ -305,6 +306,8 @@ def test_hyperparameters_set_on_a_built_model_are_checked_as_at_construction():
         with pytest.raises((ValueError, TypeError), match=match):
             setattr(part, name, bad)
         assert getattr(part, name) == before, name
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        model.optimizer.set_scheduled_lr(10**400)
     model.layers[1].rate = 0.3  # a valid change is kept, and saved
     assert model.get_config()["layers"][1]["rate"] == 0.3
     backend = model.backend

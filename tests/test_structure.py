@@ -224,8 +224,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # build, "nothing saved" on an early Ctrl-C, spaced CSV names matched, bad cells' lines: +30),
 # to 14,030 for an optimizer and layer audit (gradcheck failing NaN gradients and checking
 # eps, tolerance and the layer's build; nesterov, eps_hat, a dropout seed and synchronized
-# checked when set after construction, as the README says: +20)
-BUDGET = 14030
+# checked when set after construction, as the README says: +20), to 14,060 for the
+# estimator/export audit and today's review (the chunked variance merge, ONNX inputs metadata,
+# layers pickled before their attributes were checked, a gradcheck tolerance of 0 or inf,
+# early_stopping's split named in batch_norm's error: +30)
+BUDGET = 14060
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

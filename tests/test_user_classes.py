@@ -501,3 +501,20 @@ def test_a_loss_pickled_before_its_hyperparameter_was_checked_loads():
     loss.__dict__.update(old)
     again = pickle.loads(pickle.dumps(loss))
     assert again.scale == 2.0 and again.plan().scale == 2.0
+
+
+def test_layers_pickled_before_their_attributes_were_checked_load():
+    """Dropout's seed and BatchNorm1d's synchronized became checked attributes: a pickle of
+    the bare layer holding them (and rate, momentum, eps) under their plain names loaded, and
+    then read no seed (AttributeError in build, get_config and deepcopy)."""
+    import pickle
+
+    for layer in (fn.Dropout(0.3, seed=5), fn.BatchNorm1d(0.8, synchronized=True)):
+        expected = layer.get_config()
+        old = {k.removeprefix("_checked_"): v for k, v in vars(layer).items()}
+        layer.__dict__.clear()
+        layer.__dict__.update(old)  # as the pickle of a release before held it
+        again = pickle.loads(pickle.dumps(layer))
+        assert again.get_config() == expected
+        model = fn.Sequential([fn.Dense(3), again, fn.Dense(2)], loss="mse", backend="numpy")
+        model.build(4)
