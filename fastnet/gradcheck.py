@@ -4,6 +4,7 @@ refuses it rather than upcast (the values are perturbed in place, in the model's
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.callbacks import _accepts
 from fastnet.validation import check_number, is_real
 
 
@@ -42,12 +44,15 @@ def _check_tolerance(tolerance: Any) -> float:
     return check_number(tolerance, "tolerance", 0)
 
 
-def numerical_gradient(f: Callable[[], float], x: Any, eps: float = 1e-6) -> np.ndarray:
+def numerical_gradient(f: Callable[..., float], x: Any, eps: float = 1e-6) -> np.ndarray:
     """Central-difference gradient of scalar ``f()`` w.r.t. float64 array ``x``, perturbed in
-    place. ``f`` must be deterministic: with Dropout in training mode, rewind its random stream
-    (``layer.random_streams()``) before each forward, as ``check_layer`` does."""
+    place; an ``f`` that needs one argument is called ``f(x)``, as the notebooks' (``lambda W:
+    net.loss(x, t)``). ``f`` must be deterministic: with Dropout in training mode, rewind its
+    random stream (``layer.random_streams()``) before each forward, as ``check_layer`` does."""
     _require_float64("x", x)
     eps = check_number(eps, "eps", 0, opened="low")
+    if not _accepts(f, 0) and _accepts(f, 1):
+        f = functools.partial(f, x)
     grad = np.zeros(x.shape, dtype=np.float64)
     for idx in np.ndindex(*x.shape):
         orig = float(x[idx])

@@ -18,6 +18,7 @@ call over a whole flat group, with weight decay on the group's leading ``n_decay
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -48,6 +49,31 @@ PER_WEIGHT_CLIPNORM = (
     "Keras's clipnorm clips each weight's gradient by its own norm; fastnet's clip_norm clips "
     "the global norm of all of them (Keras's global_clipnorm, PyTorch's clip_grad_norm_)"
 )
+
+
+#: names fastnet's constructors take for their own (the notebooks' RMSprop ``decay_rate``)
+OTHER_NAMES = {**KERAS_NAMES, "decay_rate": "rho"}
+_BASE_ARGUMENTS = ("lr", "weight_decay", "clip_norm", "clip_value")
+
+
+def _taking_other_names(init: Callable) -> Callable:
+    """``init`` taking Keras's (``learning_rate``, ``beta_1``, ``epsilon``, ...) and the
+    notebooks' keyword names for its own arguments, where it has them."""
+    params = inspect.signature(init).parameters
+    more = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    taken = {k: v for k, v in OTHER_NAMES.items() if v in params or (more and v in _BASE_ARGUMENTS)}
+
+    @functools.wraps(init)
+    def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:
+        for other in [k for k in kwargs if k in taken]:
+            if taken[other] in kwargs:
+                raise TypeError(
+                    f"{other} (another name of {taken[other]}) and {taken[other]}: give one"
+                )
+            kwargs[taken[other]] = kwargs.pop(other)
+        init(self, *args, **kwargs)
+
+    return wrapped
 
 
 def _overrides_update(update: Callable) -> bool:
@@ -108,6 +134,8 @@ class Optimizer:
                 "in place (see SGD, Adam)"
             )
         OPTIMIZERS.register(cls)
+        if "__init__" in cls.__dict__:
+            cls.__init__ = _taking_other_names(cls.__dict__["__init__"])  # type: ignore[method-assign]
         if "reference" in cls.__dict__ and "kernel" not in cls.__dict__:
             cls.kernel = ""  # a rule of its own: the parent's fused kernels compute another
 
@@ -122,8 +150,9 @@ class Optimizer:
     ) -> None:
         if unknown:  # the notebooks' and Keras's names get theirs
             key = next(iter(unknown))
-            names = {"decay_rate": "rho", **KERAS_NAMES}
-            hint = f": fastnet calls it {names[key]!r}" if key in names else ""
+            own = [*inspect.signature(type(self)).parameters, *_BASE_ARGUMENTS]
+            named = key in OTHER_NAMES and OTHER_NAMES[key] in own  # (AdaGrad has no rho)
+            hint = f": fastnet calls it {OTHER_NAMES[key]!r}" if named else ""
             hint = f": {PER_WEIGHT_CLIPNORM}" if key == "clipnorm" else hint
             hint = ": SGD with momentum is fn.Momentum(lr, momentum)" if key == "momentum" else hint
             betas = key == "betas" and "beta1" in inspect.signature(type(self)).parameters

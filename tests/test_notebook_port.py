@@ -128,10 +128,13 @@ def test_notebook_optimizer_names():
     for name in ("SGD", "Momentum", "AdaGrad", "RMSprop", "Adam"):
         assert isinstance(getattr(fn, name)(0.01), fn.optimizers.Optimizer)
     assert fn.Momentum(0.01, nesterov=True).get_config()["nesterov"]  # the notebooks' Nesterov
-    with pytest.raises(TypeError, match="'decay_rate': fastnet calls it 'rho'"):
-        fn.RMSprop(0.01, decay_rate=0.99)
-    with pytest.raises(TypeError, match="'learning_rate': fastnet calls it 'lr'"):
-        fn.Adam(learning_rate=0.01)  # Keras's name
+    assert fn.RMSprop(0.01, decay_rate=0.99).rho == 0.99  # the notebooks' name of rho
+    with pytest.raises(TypeError, match=r"take units, an int, not weights .* shape \(4, 3\)"):
+        fn.Affine(np.zeros((4, 3)), np.zeros(3))  # the notebooks' Affine(W, b)
+    grad = fn.gradcheck.numerical_gradient(lambda x: float(np.sum(x**2)), np.array([3.0, 4.0]))
+    np.testing.assert_allclose(grad, [6.0, 8.0])  # the notebooks' f(x)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'decay_rate'$"):
+        fn.AdaGrad(0.01, decay_rate=0.99)  # (no rho to name)
     nesterov = fn.Nesterov(0.01, momentum=0.8)
     assert repr(nesterov).startswith("Momentum(lr=0.01") and "nesterov=True" in repr(nesterov)
     assert nesterov.get_config() == fn.Momentum(0.01, 0.8, nesterov=True).get_config()

@@ -227,8 +227,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # checked when set after construction, as the README says: +20), to 14,060 for the
 # estimator/export audit and today's review (the chunked variance merge, ONNX inputs metadata,
 # layers pickled before their attributes were checked, a gradcheck tolerance of 0 or inf,
-# early_stopping's split named in batch_norm's error: +30)
-BUDGET = 14060
+# early_stopping's split named in batch_norm's error: +30), to 14,100 for the README audit
+# (Keras's and the notebooks' optimizer argument names taken by the constructors, the
+# notebooks' numerical_gradient(f, x) form, Affine(W, b) answered: +40)
+BUDGET = 14100
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
