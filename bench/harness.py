@@ -22,6 +22,7 @@ class Contestant:
     elapsed: Callable[[Callable[[], Any]], float] | None = None
     flops: float | None = None  # work per run, to report GFLOP/s
     describe: Callable[[], str] | None = None  # what ran, read after timing (step_description)
+    prepare: Callable[[], Any] | None = None  # untimed, before each run (state reset)
 
 
 @dataclass
@@ -92,6 +93,8 @@ def interleaved(
         start = time.perf_counter()
         try:
             for _ in range(warmup):
+                if c.prepare is not None:
+                    c.prepare()
                 timer(c.run)
         except Exception as exc:
             _drop(c.name, exc, failed)
@@ -101,8 +104,10 @@ def interleaved(
         k = r % max(1, len(live))
         for c, res in live[k:] + live[:k]:
             if c.name not in failed:
-                _busy(settle)
                 try:
+                    if c.prepare is not None:
+                        c.prepare()
+                    _busy(settle)
                     res.times.append((c.elapsed or wall_elapsed)(c.run))
                 except Exception as exc:
                     _drop(c.name, exc, failed)

@@ -36,6 +36,16 @@ def _onnxruntime(model: Any, threads: int = 2) -> Callable[[np.ndarray], Any] | 
     return lambda x: session.run(outputs, {name: x})[0]
 
 
+def _check_same_outputs(models: dict[str, Any], ort: Any, x: np.ndarray) -> None:
+    """Every contestant's probabilities equal (float32 rounding) before any is timed."""
+    want = next(iter(models.values())).predict_proba(x)
+    outputs = {name: m.predict_proba(x) for name, m in models.items()}
+    outputs.update({"onnxruntime": ort(x)} if ort is not None else {})
+    for name, got in outputs.items():
+        if not np.allclose(np.asarray(got), want, rtol=1e-4, atol=1e-6):
+            raise AssertionError(f"bench predict_proba {name}: outputs differ from the others")
+
+
 def _matmuls(model: Any) -> Callable[[np.ndarray], Any]:
     """The three matmuls of the forward pass alone, the arithmetic floor (through the numba
     kernels' GEMM when numba is installed, as the numba contestant's)."""
@@ -66,6 +76,8 @@ def inference_groups(
     for m in models.values():  # one set of weights for every contestant
         m.set_state(reference.host_state())
     ort, ort1, matmuls = _onnxruntime(reference), _onnxruntime(reference, 1), _matmuls(reference)
+    _check_same_outputs(models, ort, X[:256])
+    arch = "" if sizes == (784, 256, 128, 10) else "-".join(map(str, sizes)) + ": "
     groups: dict[str, list[Contestant]] = {}
     for rows in (len(X), 1):
         x = np.ascontiguousarray(X[:rows])
@@ -77,6 +89,6 @@ def inference_groups(
             cs.append(Contestant("onnxruntime-cpu-fp32", lambda x=x: ort(x)))
             cs.append(Contestant("onnxruntime-cpu-1thread-fp32", lambda x=x: ort1(x)))
         cs.append(Contestant("matmul-only-fp32", lambda x=x: matmuls(x)))
-        groups[f"predict_proba {rows} row{'s' if rows > 1 else ''}"] = cs
+        groups[f"predict_proba {arch}{rows} row{'s' if rows > 1 else ''}"] = cs
     note = "onnxruntime " + (__import__("onnxruntime").__version__ if ort else "not installed")
     return groups, note

@@ -76,4 +76,6 @@ def test_linear_relu_forward_backward(benchmark, backend, shape):
 def test_adam_update(benchmark, backend):
     from fastnet.bench.suites import adam_update_runner
 
-    timed(benchmark, backend, adam_update_runner(backend, 784 * 256))
+    reset, run = adam_update_runner(backend, 784 * 256)
+    reset()
+    timed(benchmark, backend, run)

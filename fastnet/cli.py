@@ -347,10 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--layers",
         type=_layers,
-        help="the train suite's hidden widths on Fashion-MNIST, e.g. 512,256 (default 256,128)",
+        help="the train, floor and inference suites' hidden widths (default 256,128)",
     )
     bench.add_argument(
-        "--batch-size", type=_positive(int), default=128, help="the train suite's batch"
+        "--batch-size", type=_positive(int), default=128, help="the train and floor suites' batch"
     )
     bench.add_argument("--json", help="write results as JSON")
     bench.add_argument("--plot", help="write a bar chart (PNG)")

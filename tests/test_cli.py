@@ -151,6 +151,41 @@ def test_interleaved_alternates_and_computes_ratios():
     assert all(len(r.times) == 4 for r in results) and results[0].ratio == 1.0
 
 
+def test_a_contestants_prepare_runs_untimed_before_each_run():
+    """The Adam kernel timing copied its seeded slots back inside the timed run (1.6 MB a
+    round, host to device on a GPU: cupy refused the NumPy source)."""
+    import time
+
+    from fastnet.bench.harness import Contestant, interleaved
+
+    calls = []
+    slow = Contestant("a", lambda: calls.append("run"), prepare=lambda: time.sleep(0.05))
+    result = interleaved([slow], rounds=3, warmup=1)[0]
+    assert calls == ["run"] * 4 and max(result.times) < 0.04
+
+
+def test_a_floor_and_inference_suite_take_the_users_layers_and_batch(monkeypatch):
+    """--layers and --batch-size were ignored by the floor and inference suites (their
+    titles said 784-256-128-10 batch 128); the floor now runs full batches only."""
+    from fastnet.bench import floor, inference
+
+    seen = {}
+
+    def fake_floor(X, y, sizes, batch, model_for):
+        seen.update(rows=len(X), sizes=tuple(sizes), batch=batch)
+        return {}
+
+    monkeypatch.setattr(floor, "floor_groups", fake_floor)
+    monkeypatch.setattr(
+        inference, "inference_groups", lambda b, q, sizes: ({}, seen.update(inference=sizes))
+    )
+    argv = ["bench", "--quick", "--suite", "all", "--backends", "numba", "--layers", "32"]
+    monkeypatch.setattr("fastnet.bench.suites.kernel_groups", lambda *a: {})
+    monkeypatch.setattr("fastnet.bench.suites.train_groups", lambda *a: ({}, {}))
+    assert main([*argv, "--batch-size", "100"]) == 0
+    assert seen == {"rows": 2000, "sizes": (784, 32, 10), "batch": 100, "inference": (784, 32, 10)}
+
+
 def test_a_failing_contestant_is_dropped_and_the_others_timed():
     """A contestant never run before (GPU paths) that raises, in its warm-up or a timed round,
     is reported and left out; the group is still timed and compared."""
@@ -245,6 +280,8 @@ def test_a_gpu_bench_times_the_gpu_peers_only_and_names_a_cpu_jax(monkeypatch):
     assert names == ["jax-scan-cpu-fp32", "jax-jit-cpu-fp32"] and "no GPU" in notes["jax"]
     assert not {"book-numpy-fp32", "matmul-only-numpy-fp32", "sklearn-adam-fp32"} & set(names)
     assert _reference("train epoch x", names) is None
+    on_gpu = ["fastnet-cupy-graph-fp32", "jax-scan-gpu-fp32", "book-numpy-fp32"]
+    assert _reference("train epoch x", on_gpu) == "jax-scan-gpu-fp32"  # (not a CPU peer)
 
 
 def test_a_bench_cut_short_keeps_the_groups_it_finished(monkeypatch, tmp_path):
