@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 import numpy as np
+from fastnet.bench.harness import machine_info
 
 from fastnet import distributed as dist
 
@@ -75,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
     seconds = model.history["seconds"]
     timed = seconds[1:] or seconds  # the first epoch includes compilation
     report = {
+        "machine": machine_info(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "precision": "float32",
         "ranks": comm.world_size,
         "backend": args.backend,
         "device": be.device_info(),
