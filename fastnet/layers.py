@@ -326,8 +326,9 @@ class Dense(Layer):
         if np.ndim(units) > 0:  # (the notebooks' Affine(W, b): an array printed whole)
             raise TypeError(
                 f"Dense/FC/Affine take units, an int, not weights (got an array of shape "
-                f"{np.shape(units)}): the notebooks' Affine(W, b) is Dense(W.shape[1], "
-                "input_dim=W.shape[0]), then layer.W.value = W and layer.b.value = b"
+                f"{np.shape(units)}): the notebooks' Affine(W, b) is layer = "
+                "Dense(W.shape[1], input_dim=W.shape[0]) in a model (Sequential([layer, ...]) "
+                "builds it), then layer.W.value = W and layer.b.value = b"
             )
         if not isinstance(units, (int, np.integer)) or isinstance(units, bool) or units <= 0:
             raise ValueError(f"units must be a positive integer, got {units!r}")

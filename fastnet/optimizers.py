@@ -58,10 +58,15 @@ _BASE_ARGUMENTS = ("lr", "weight_decay", "clip_norm", "clip_value")
 
 def _taking_other_names(init: Callable) -> Callable:
     """``init`` taking Keras's (``learning_rate``, ``beta_1``, ``epsilon``, ...) and the
-    notebooks' keyword names for its own arguments, where it has them."""
+    notebooks' keyword names for its own arguments, where it has them (not a name ``init``
+    takes itself; not ``epsilon``, which Keras places elsewhere than ``eps``)."""
     params = inspect.signature(init).parameters
     more = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    taken = {k: v for k, v in OTHER_NAMES.items() if v in params or (more and v in _BASE_ARGUMENTS)}
+    taken = {
+        k: v
+        for k, v in OTHER_NAMES.items()
+        if (v in params or (more and v in _BASE_ARGUMENTS)) and k not in params and k != "epsilon"
+    }
 
     @functools.wraps(init)
     def wrapped(self: Any, *args: Any, **kwargs: Any) -> None:
@@ -157,6 +162,12 @@ class Optimizer:
             hint = ": SGD with momentum is fn.Momentum(lr, momentum)" if key == "momentum" else hint
             betas = key == "betas" and "beta1" in inspect.signature(type(self)).parameters
             hint = ": PyTorch's betas=(b1, b2) are beta1=b1, beta2=b2" if betas else hint
+            if key == "epsilon":
+                hint = (
+                    ": Keras's epsilon is not placed as fastnet's eps (PyTorch's, added to "
+                    "the square root); Adam's is the paper's epsilon hat, fn.Adam(eps=..., "
+                    "eps_hat=True): pass eps="
+                )
             raise TypeError(
                 f"{type(self).__name__} got an unexpected keyword argument {key!r}{hint}"
             )
@@ -281,6 +292,9 @@ class Optimizer:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "name")
         return f"{type(self).__name__}({args})"
+
+
+Optimizer.__init__ = _taking_other_names(Optimizer.__init__)  # type: ignore[method-assign]
 
 
 class SGD(Optimizer):

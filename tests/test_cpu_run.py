@@ -48,3 +48,14 @@ def test_quick_run_writes_every_result_file(tmp_path):
         log = (out / f"train-{backend}.log").read_text()
         assert "test accuracy" in log and f"backend {backend}" in log, log[-1000:]
         assert json.loads((out / f"train-{backend}.json").read_text())
+
+
+def test_a_quick_run_writes_nothing_under_bench_results(tmp_path):
+    """A smoke test's files (2 rounds, 2,000 rows) were written where results live."""
+    env = {**os.environ, "QUICK": "1", "VENV": str(Path(sys.executable).parent.parent)}
+    for out in ("bench/results/smoke", str(ROOT / "bench" / "results" / "x" / "..")):
+        proc = subprocess.run(
+            ["bash", "bench/cpu_run.sh", out], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert proc.returncode == 2 and "QUICK=1 writes no results" in proc.stderr, proc.stderr
+    assert not (ROOT / "bench" / "results" / "smoke").exists()
