@@ -4,6 +4,7 @@ handles, caches) runs before the first timed round and is reported separately.""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import statistics
@@ -23,6 +24,8 @@ class Contestant:
     flops: float | None = None  # work per run, to report GFLOP/s
     describe: Callable[[], str] | None = None  # what ran, read after timing (step_description)
     prepare: Callable[[], Any] | None = None  # untimed, before each run (state reset)
+    #: the last run's return value as the epoch's mean training loss (alike work reads alike)
+    loss: Callable[[Any], float] | None = None
 
 
 @dataclass
@@ -32,6 +35,7 @@ class Result:
     warmup_s: float
     flops: float | None = None
     ratios: list[float] = field(default_factory=list)  # per round, to the reference
+    loss: float | None = None  # the last timed run's mean training loss (Contestant.loss)
 
     @property
     def median(self) -> float:
@@ -88,6 +92,8 @@ def interleaved(
     epoch 1.5-1.9x slower; busy, the rounds' order stops mattering)."""
     failed = {} if failed is None else failed
     live: list[tuple[Contestant, Result]] = []
+    kept: dict[str, Any] = {}
+    contestants = [_keeping_return(c, kept) for c in contestants]
     for c in contestants:
         timer = c.elapsed or wall_elapsed
         start = time.perf_counter()
@@ -111,12 +117,28 @@ def interleaved(
                     res.times.append((c.elapsed or wall_elapsed)(c.run))
                 except Exception as exc:
                     _drop(c.name, exc, failed)
+    for c, res in live:
+        if c.loss is not None and c.name in kept and c.name not in failed:
+            res.loss = float(c.loss(kept[c.name]))
     results = [res for c, res in live if c.name not in failed]
     ref = next((res for res in results if res.name == reference), None)
     if ref is not None:
         for res in results:
             res.ratios = [t / rt for t, rt in zip(res.times, ref.times)]
     return results
+
+
+def _keeping_return(c: Contestant, kept: dict[str, Any]) -> Contestant:
+    """``c`` with a ``run`` that keeps its return value in ``kept`` (where ``c.loss`` reads
+    it): one assignment an epoch, converted after the rounds."""
+    if c.loss is None:
+        return c
+    run = c.run
+
+    def keeping() -> None:
+        kept[c.name] = run()
+
+    return dataclasses.replace(c, run=keeping)
 
 
 def _busy(seconds: float) -> None:
@@ -193,6 +215,9 @@ def format_table(results: list[Result], title: str = "") -> str:
             f"{r.name:<34} {_fmt(r.median):>10} {_fmt(r.spread[0]):>10} "
             f"{_fmt(r.spread[1]):>10} {ratio:>7} {gf:>8}"
         )
+    losses = [f"{r.name} {r.loss:.4f}" for r in results if r.loss is not None]
+    if losses:  # (each from its own initial weights: alike, not equal)
+        lines.append("mean training loss of the last timed epoch: " + ", ".join(losses))
     spread = [f"{r.name} {min(r.ratios):.2f}-{max(r.ratios):.2f}" for r in results if r.ratios]
     if len({len(r.times) for r in results}) == 1 and spread:
         lines.append(f"ratio per round ({len(results[0].times)} rounds): " + ", ".join(spread))

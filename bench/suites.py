@@ -4,7 +4,9 @@ step's matmuls alone and PyTorch and JAX when installed. The kernel contestants'
 (matmul, bias+ReLU and its backward, softmax-CE) are checked against the NumPy reference, and
 predict_proba's against each other and onnxruntime, before they are timed; the optimizer
 updates and training steps are checked by the test suite (tests/test_optimizer_rules.py, the
-eager-equals-compiled step tests), not here."""
+eager-equals-compiled step tests). Epoch contestants that return it report the mean training
+loss of their last timed epoch (fastnet's, the book loop's, scikit-learn's, JAX's scan), so a
+reader sees they did alike work (each from its own initial weights: alike, not equal)."""
 
 from __future__ import annotations
 
@@ -412,6 +414,11 @@ def _with_setting(be: Any, name: str, value: Any, run: Callable[..., Any]) -> Ca
     return call
 
 
+def _mean_loss(rows: int) -> Callable[[Any], float]:
+    """An epoch runner's (summed loss, correct) as the mean loss per row."""
+    return lambda summed: float(summed[0]) / rows
+
+
 def _fastnet_contestants(
     be: Any,
     epoch: list[Contestant],
@@ -431,7 +438,8 @@ def _fastnet_contestants(
     timer = _elapsed(be)
     model = _model(be, sizes)
     eager = model.epoch_runner(Xd, yd, batch, compiled=False)
-    epoch.append(Contestant(f"fastnet-{be.name}-eager-fp32", eager, timer, epoch_flops))
+    mean = _mean_loss(n)
+    epoch.append(Contestant(f"fastnet-{be.name}-eager-fp32", eager, timer, epoch_flops, loss=mean))
     xb, yb = Xd[:batch], yd[:batch]
     step.append(
         Contestant(
@@ -443,7 +451,7 @@ def _fastnet_contestants(
     )
     if be.name == "numba":
         fused = _model(be, sizes).epoch_runner(Xd, yd, batch, compiled=True)
-        epoch.append(Contestant("fastnet-numba-fused-fp32", fused, None, epoch_flops))
+        epoch.append(Contestant("fastnet-numba-fused-fp32", fused, None, epoch_flops, loss=mean))
         floor = matmul_only_epoch(np, sizes, n, batch, np.float32, matmul=_kernels(be).matmul)
         epoch.append(Contestant("matmul-only-numba-fp32", floor, None, epoch_flops))
     if be.name.startswith("cupy"):
@@ -451,7 +459,9 @@ def _fastnet_contestants(
             graph_model = _model(be, sizes, precision=precision)
             graphed = graph_model.epoch_runner(Xd, yd, batch, compiled=True)
             name = f"fastnet-{be.name}-graph-{precision}"
-            epoch.append(Contestant(name, graphed, timer, epoch_flops, _step_of(graph_model)))
+            epoch.append(
+                Contestant(name, graphed, timer, epoch_flops, _step_of(graph_model), loss=mean)
+            )
             if precision == "fp32":
                 for variant, run, m in _graph_variants(be, sizes, Xd, yd, batch):
                     variant_name = f"{name[:-5]}{variant}-fp32"
@@ -508,7 +518,9 @@ def _peer_contestants(
     book = BookMLP(sizes)
     book_rng = np.random.default_rng(0)
     epoch.append(
-        Contestant("book-numpy-fp32", lambda: book.epoch(X, y, batch, book_rng), None, flops)
+        Contestant(
+            "book-numpy-fp32", lambda: book.epoch(X, y, batch, book_rng), None, flops, loss=float
+        )
     )
     floor = matmul_only_epoch(np, sizes, len(X), batch, np.float32)
     epoch.append(Contestant("matmul-only-numpy-fp32", floor, None, flops))
@@ -517,7 +529,9 @@ def _peer_contestants(
         import sklearn
 
         epoch.append(
-            Contestant("sklearn-adam-fp32", sklearn_mlp_epoch(sizes, X, y, batch), None, flops)
+            Contestant(
+                "sklearn-adam-fp32", sklearn_mlp_epoch(sizes, X, y, batch), None, flops, loss=float
+            )
         )
         notes["sklearn"] = sklearn.__version__
     except ImportError:
@@ -587,7 +601,8 @@ def _jax_contestants(
     for label, precision in precisions.items():
         for variant, make in (("scan", jax_scan_epoch), ("jit", jax_step_epoch)):
             run = make(sizes, X, y, batch, precision=precision)
-            epoch.append(Contestant(f"jax-{variant}{where}-{label}", run, None, flops))
+            mean = float if variant == "scan" else None  # (jit per step: its last step's)
+            epoch.append(Contestant(f"jax-{variant}{where}-{label}", run, None, flops, loss=mean))
     note = f"{jax.__version__} on {device.platform} ({device.device_kind})"
     return note + (": no GPU for JAX here (its CUDA plugin?)" if where else "")
 

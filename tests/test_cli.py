@@ -164,6 +164,18 @@ def test_a_contestants_prepare_runs_untimed_before_each_run():
     assert calls == ["run"] * 4 and max(result.times) < 0.04
 
 
+def test_each_epochs_mean_loss_is_reported_to_compare_the_work():
+    """Nothing said whether the contestants did alike work: each that can now reports the
+    mean training loss of its last timed epoch."""
+    from fastnet.bench.harness import Contestant, format_table, interleaved
+
+    losses = iter([0.9, 0.7, 0.6, 0.5])
+    cs = [Contestant("a", lambda: next(losses), loss=float), Contestant("b", lambda: None)]
+    results = interleaved(cs, rounds=3, warmup=1)
+    assert [r.loss for r in results] == [0.5, None] and results[0].to_dict()["loss"] == 0.5
+    assert "mean training loss of the last timed epoch: a 0.5000" in format_table(results)
+
+
 def test_a_floor_and_inference_suite_take_the_users_layers_and_batch(monkeypatch):
     """--layers and --batch-size were ignored by the floor and inference suites (their
     titles said 784-256-128-10 batch 128); the floor now runs full batches only."""
