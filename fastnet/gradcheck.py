@@ -53,6 +53,12 @@ def numerical_gradient(f: Callable[..., float], x: Any, eps: float = 1e-6) -> np
     eps = check_number(eps, "eps", 0, opened="low")
     if not _accepts(f, 0) and _accepts(f, 1):
         f = functools.partial(f, x)
+    first = f()
+    if isinstance(first, tuple) or np.ndim(first) != 0:  # (model.loss: (loss, dout))
+        raise TypeError(
+            f"f must return one number, got {type(first).__name__}"
+            + (": model.loss returns (loss, dout), take [0]" if isinstance(first, tuple) else "")
+        )
     grad = np.zeros(x.shape, dtype=np.float64)
     for idx in np.ndindex(*x.shape):
         orig = float(x[idx])

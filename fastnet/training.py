@@ -473,6 +473,18 @@ class GraphedDistributedStep(GraphedStep):
         return super().end_epoch()
 
 
+_NOT_OPTIONS = ("self", "X", "y", "given_after_y")  # fit's arguments that are no FitOptions
+
+
+def _refuse_positional(given_after_y: tuple) -> None:
+    """The notebooks' ``fit(X, T, X_val, T_val)`` and Keras's ``fit(X, y, 32, 10)``, said."""
+    if given_after_y:
+        raise TypeError(
+            f"fit takes X and y by position and the rest by name, got {len(given_after_y)} "
+            "more: fit(X, y, epochs=..., batch_size=..., validation_data=(X_val, y_val))"
+        )
+
+
 def _quiet_floats() -> Any:
     """NumPy's floating-point warnings off where they are at their default ("warn"), so a
     diverging fit says so once, in fastnet's words; a user's ``np.seterr`` choice stays."""
@@ -570,7 +582,7 @@ class Trainer:
         self,
         X: Any,
         y: Any,
-        *,
+        *given_after_y: Any,
         epochs: int = 10,
         initial_epoch: int = 0,
         batch_size: int = 128,
@@ -610,7 +622,8 @@ class Trainer:
         ``distributed=True`` (under ``mpirun``): data-parallel with one process's semantics
         (global ``batch_size``, all-reduced gradients over ``comm`` "mpi" or "nccl"), the same
         model, data and arguments on every rank (checked); Ctrl-C on a rank ends the job."""
-        opts = FitOptions(**{k: v for k, v in locals().items() if k not in ("self", "X", "y")})
+        _refuse_positional(given_after_y)
+        opts = FitOptions(**{k: v for k, v in locals().items() if k not in _NOT_OPTIONS})
         with _one_fit_at_a_time(self):
             named = "features" in self.metadata
             with self._named_features(X):  # (kept only if the model then trains)

@@ -133,6 +133,15 @@ def test_notebook_optimizer_names():
         fn.Affine(np.zeros((4, 3)), np.zeros(3))  # the notebooks' Affine(W, b)
     grad = fn.gradcheck.numerical_gradient(lambda x: float(np.sum(x**2)), np.array([3.0, 4.0]))
     np.testing.assert_allclose(grad, [6.0, 8.0])  # the notebooks' f(x)
+    net = fn.Sequential([fn.Dense(2)], loss="mse", backend="numpy", dtype="float64", seed=0)
+    net.build(3)
+    x, t = np.ones((4, 3)), np.zeros((4, 2))
+    with pytest.raises(TypeError, match=r"model.loss returns \(loss, dout\), take \[0\]"):
+        fn.gradcheck.numerical_gradient(
+            lambda W: net.loss(net.forward(x, training=True), t), net.layers[0].W.value
+        )
+    with pytest.raises(TypeError, match=r"fit takes X and y by position .* validation_data"):
+        net.fit(x, t, x, t)  # the notebooks' trainer order
     with pytest.raises(TypeError, match="unexpected keyword argument 'decay_rate'$"):
         fn.AdaGrad(0.01, decay_rate=0.99)  # (no rho to name)
     nesterov = fn.Nesterov(0.01, momentum=0.8)

@@ -229,8 +229,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # layers pickled before their attributes were checked, a gradcheck tolerance of 0 or inf,
 # early_stopping's split named in batch_norm's error: +30), to 14,100 for the README audit
 # (Keras's and the notebooks' optimizer argument names taken by the constructors, the
-# notebooks' numerical_gradient(f, x) form, Affine(W, b) answered: +40)
-BUDGET = 14100
+# notebooks' numerical_gradient(f, x) form, Affine(W, b) answered: +40), to 14,120 for the
+# notebook-port audit (fit's extra positional arguments and numerical_gradient's (loss, dout)
+# said, with the way out: +20)
+BUDGET = 14120
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
