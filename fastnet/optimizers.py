@@ -245,15 +245,15 @@ class Optimizer:
             self.clip_norm or 0.0,
         )
 
-    def update(self, group: ParameterGroup, backend: Any) -> None:
+    def update(self, group: ParameterGroup, backend: Any = None) -> None:
         """One fused update of ``group`` (its scalars already advanced for this step).
         Gradients are scaled by the device clip scale (``clip_norm``: ``min(1, clip_norm /
         (norm + 1e-6))``, as PyTorch's ``clip_grad_norm_``), clipped to ``[-clip_value,
         clip_value]``, and get L2 decay on the group's leading ``n_decay`` elements."""
-        if not isinstance(group, ParameterGroup):
+        if not isinstance(group, ParameterGroup) or backend is None:  # (also update(layer))
             raise TypeError(
                 "an optimizer updates a model's parameters: call model.apply_gradients() after "
-                "model.backward (the notebooks' optimizer.update(params, grads))"
+                "model.backward (the notebooks' optimizer.update(params, grads) or update(layer))"
             )
         backend.update(
             self,

@@ -152,6 +152,8 @@ def test_notebook_optimizer_names():
     params, grads = {"x": np.array([-7.0])}, {"x": np.array([1.0])}
     with pytest.raises(TypeError, match=r"call model.apply_gradients\(\) after model.backward"):
         fn.SGD(0.95).update(params, grads)  # the notebooks' optimizer.update(params, grads)
+    with pytest.raises(TypeError, match=r"call model.apply_gradients\(\) after model.backward"):
+        fn.SGD(0.95).update(fn.Dense(2))  # notebook 004's optimizer.update(layer)
 
 
 def test_documented_conventions():
