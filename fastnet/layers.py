@@ -148,6 +148,15 @@ class Layer:
     def __setstate__(self, state: dict) -> None:
         set_unpickled_state(self, state)
 
+    def __getattr__(self, attr: str) -> Any:  # (only for a name that is no attribute)
+        named = isinstance(getattr(type(self), attr[1:], None), ParameterAttribute)
+        if attr.startswith("d") and named:  # the notebooks' self.dW, self.db
+            raise AttributeError(
+                f"{type(self).__name__} keeps no {attr}: the gradient is layer.{attr[1:]}.grad "
+                f"(after model.backward) and the values layer.{attr[1:]}.value"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+
     @property
     def built(self) -> bool:
         return self._backend is not None

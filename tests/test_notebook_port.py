@@ -154,6 +154,8 @@ def test_notebook_optimizer_names():
         fn.SGD(0.95).update(params, grads)  # the notebooks' optimizer.update(params, grads)
     with pytest.raises(TypeError, match=r"call model.apply_gradients\(\) after model.backward"):
         fn.SGD(0.95).update(fn.Dense(2))  # notebook 004's optimizer.update(layer)
+    with pytest.raises(AttributeError, match=r"Dense keeps no dW: the gradient is layer.W.grad"):
+        fn.Dense(2).dW  # noqa: B018 (the notebooks' layer.dW)
 
 
 def test_documented_conventions():
