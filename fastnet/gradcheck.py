@@ -37,8 +37,10 @@ def _require_float64(name: str, x: Any) -> None:
         raise ValueError(f"{name} is {x.dtype}: gradient checks need float64 (dtype='float64')")
 
 
-def _check_tolerance(tolerance: Any) -> float:
-    """A number >= 0 (0: an exact match; inf: every finite error passes)."""
+def _check_tolerance(tolerance: Any, eps: Any) -> float:
+    """``tolerance``, a number >= 0 (0: an exact match; inf: every finite error passes), after
+    checking ``eps`` (> 0)."""
+    check_number(eps, "eps", 0, opened="low")
     if is_real(tolerance) and tolerance == math.inf:
         return math.inf
     return check_number(tolerance, "tolerance", 0)
@@ -106,8 +108,7 @@ def check_layer(
     check_initialised(layer)
     _ = layer.backend  # (raises if not built)
     _require_float64("layer", layer)
-    tolerance = _check_tolerance(tolerance)
-    check_number(eps, "eps", 0, opened="low")
+    tolerance = _check_tolerance(tolerance, eps)
     saved = [(stream, stream.copy()) for stream in layer.random_streams().values()]
     buffers = [(buffer, buffer.copy()) for buffer in layer.state_buffers().values()]
     try:
@@ -144,8 +145,7 @@ def check_loss(
 ) -> GradcheckResult:
     """Compare a loss's returned gradient with finite differences of its value."""
     _require_float64("logits", logits)
-    tolerance = _check_tolerance(tolerance)
-    check_number(eps, "eps", 0, opened="low")
+    tolerance = _check_tolerance(tolerance, eps)
     value = loss(logits, targets)  # (a loss used on its own builds itself here)
     grad = loss.backend.to_numpy(value[1]).copy()
 

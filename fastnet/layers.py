@@ -149,8 +149,12 @@ class Layer:
         set_unpickled_state(self, state)
 
     def __getattr__(self, attr: str) -> Any:  # (only for a name that is no attribute)
-        named = isinstance(getattr(type(self), attr[1:], None), ParameterAttribute)
-        if attr.startswith("d") and named:  # the notebooks' self.dW, self.db
+        if (
+            attr.startswith("d")
+            and isinstance(  # the notebooks' self.dW, self.db
+                getattr(type(self), attr[1:], None), ParameterAttribute
+            )
+        ):
             raise AttributeError(
                 f"{type(self).__name__} keeps no {attr}: the gradient is layer.{attr[1:]}.grad "
                 f"(after model.backward) and the values layer.{attr[1:]}.value"
