@@ -98,10 +98,11 @@ if (( dry )); then
   gc=(--backend numba --rows 512 --epochs 1) mpi_be=numpy
   bench=(--backends numpy --suite kernels --quick --rounds 1)
   speed=(--backends numpy --suite train --quick --rounds 1)
+  tests=(tests/test_backends.py)  # (the stage's plumbing: collecting all tests takes 9 s)
 else
   be=cupy small=() epochs=(--epochs 4) preset=(--epochs 2) gc=(--backend cupy) mpi_be=cupy
   bench=(--backends cupy --suite kernels --rounds 5)
-  speed=(--backends cupy --suite train --rounds 5)
+  speed=(--backends cupy --suite train --rounds 5) tests=(tests)
 fi
 train=("$PY" -m fastnet.cli train --verbose 2 --backend "$be" "${small[@]}")
 nogpu() { record SKIP "$1" "(no GPU)"; }
@@ -118,8 +119,8 @@ else
 fi
 if wanted pytest; then
   xdist=() && "$PY" -c "import xdist" 2>/dev/null && xdist=(-n "$( (( dry )) && echo 2 || echo 8)")
-  stage pytest-cupy 150 pytest.log "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" tests \
-    -k "cupy and not emulated and not network"
+  stage pytest-cupy 150 pytest.log "$PY" -m pytest -q -p no:cacheprovider "${xdist[@]}" \
+    "${tests[@]}" -k "cupy and not emulated and not network"
 fi
 if wanted graph || wanted train; then
   stage graph-check 120 train.log "$PY" -m fastnet.bench.graph_check "${gc[@]}" \

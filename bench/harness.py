@@ -73,6 +73,8 @@ def wall_elapsed(fn: Callable[[], Any]) -> float:
 
 #: ``interleaved``'s settle for CPU contestants: OpenBLAS's threads spin about 0.1 s after a call
 CPU_SETTLE_S = 0.3
+#: the same for ``--quick`` runs (a smoke test of small epochs, no result: CI's time counts)
+QUICK_SETTLE_S = 0.02
 
 
 def interleaved(

@@ -10,7 +10,11 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from fastnet.bench.harness import Contestant
+from fastnet.bench.harness import Contestant, wall_elapsed
+
+#: one-row contestants time this many calls in a row (the per-call mean): a serving loop's
+#: latency; a lone ~40 us call timed between other contestants' runs is mostly their caches
+ROW_CALLS = 100
 
 
 def _model(backend: Any, sizes: tuple[int, ...]) -> Any:
@@ -65,10 +69,23 @@ def _matmuls(model: Any) -> Callable[[np.ndarray], Any]:
     return run
 
 
+def _contestant(name: str, fn: Callable[[np.ndarray], Any], x: np.ndarray, calls: int) -> Any:
+    """``fn(x)``, timed as the mean of ``calls`` calls in a row."""
+    if calls == 1:
+        return Contestant(name, lambda: fn(x))
+    return Contestant(
+        name, lambda: [fn(x) for _ in range(calls)], lambda run: wall_elapsed(run) / calls
+    )
+
+
 def inference_groups(
-    backends: list[Any], quick: bool, sizes: tuple[int, ...] = (784, 256, 128, 10)
+    backends: list[Any],
+    quick: bool,
+    sizes: tuple[int, ...] = (784, 256, 128, 10),
+    calls: int = ROW_CALLS,
 ) -> tuple[dict[str, list[Contestant]], str]:
-    """Groups "predict_proba N rows" for N in (10000, 1) (fewer with ``quick``)."""
+    """Groups "predict_proba N rows" for N in (10000, 1) (fewer with ``quick``); one row is
+    timed as the mean of ``calls`` calls in a row."""
     rng = np.random.default_rng(0)
     X = rng.random((1000 if quick else 10000, sizes[0]), dtype=np.float32)
     models = {be.name: _model(be, sizes) for be in backends}
@@ -81,14 +98,11 @@ def inference_groups(
     groups: dict[str, list[Contestant]] = {}
     for rows in (len(X), 1):
         x = np.ascontiguousarray(X[:rows])
-        cs = [
-            Contestant(f"fastnet-{name}-predict-fp32", lambda m=m, x=x: m.predict_proba(x))
-            for name, m in models.items()
-        ]
+        runs = {f"fastnet-{name}-predict-fp32": m.predict_proba for name, m in models.items()}
         if ort is not None:
-            cs.append(Contestant("onnxruntime-cpu-fp32", lambda x=x: ort(x)))
-            cs.append(Contestant("onnxruntime-cpu-1thread-fp32", lambda x=x: ort1(x)))
-        cs.append(Contestant("matmul-only-fp32", lambda x=x: matmuls(x)))
+            runs.update({"onnxruntime-cpu-fp32": ort, "onnxruntime-cpu-1thread-fp32": ort1})
+        runs["matmul-only-fp32"] = matmuls
+        cs = [_contestant(name, fn, x, 1 if rows > 1 else calls) for name, fn in runs.items()]
         groups[f"predict_proba {arch}{rows} row{'s' if rows > 1 else ''}"] = cs
     note = "onnxruntime " + (__import__("onnxruntime").__version__ if ort else "not installed")
     return groups, note

@@ -9,14 +9,20 @@ process (default model, batch 128, Adam, float32); median of the per-round ratio
 import argparse
 
 import numpy as np
-from fastnet.bench.harness import CPU_SETTLE_S, Contestant, interleaved, machine_info
+from fastnet.bench.harness import (
+    CPU_SETTLE_S,
+    QUICK_SETTLE_S,
+    Contestant,
+    interleaved,
+    machine_info,
+)
 from fastnet.bench.jax_peer import jax_scan_epoch
 from fastnet.bench.suites import DEFAULT_SIZES, _model, load_training_data
 
 from fastnet.backends import get_backend
 
 
-def main(rounds: int, quick: bool = False, batch: int = 128, settle: float = CPU_SETTLE_S) -> None:
+def main(rounds: int, quick: bool = False, batch: int = 128, settle: float | None = None) -> None:
     X, y, _ = load_training_data(quick)
     n = len(X) // batch * batch
     X, y = X[:n], y[:n]
@@ -27,6 +33,7 @@ def main(rounds: int, quick: bool = False, batch: int = 128, settle: float = CPU
         Contestant("fastnet-numba-fused-fp32", fused, None, 1.0),
         Contestant("jax-scan-fp32", jax, None, 1.0),
     ]
+    settle = (QUICK_SETTLE_S if quick else CPU_SETTLE_S) if settle is None else settle
     for r in interleaved(contestants, rounds=rounds, reference="jax-scan-fp32", settle=settle):
         ratios = " ".join(f"{x:.2f}" for x in r.ratios)
         print(

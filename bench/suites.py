@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from fastnet.bench.harness import (
     CPU_SETTLE_S,
+    QUICK_SETTLE_S,
     Contestant,
     format_table,
     interleaved,
@@ -749,7 +750,8 @@ def run_suites(
     report = _new_report(backends, suite, rounds, quick)
     for be in backends:
         try:
-            cold_start(be.name)  # fills the kernel cache if it is cold
+            if not quick:  # (quick: one cold start, compiling if the cache is cold)
+                cold_start(be.name)  # fills the kernel cache if it is cold
             report["cold_start"][be.name] = cs = cold_start(be.name)
         except Exception as exc:  # reported; the timed groups still run
             report["cold_start"][be.name] = {"error": f"{type(exc).__name__}: {exc}"}
@@ -767,7 +769,7 @@ def run_suites(
         failed: dict[str, str] = {}
         # a graphed epoch captures its shorter last graph in its second run: warm-up twice
         warmup = 2 if any("-graph" in c.name for c in contestants) else 1
-        settle = _settle(title, backends)
+        settle = _settle(title, backends, quick)
         results = interleaved(contestants, rounds, reference, warmup, failed, settle)
         described = {c.name: c.describe() for c in contestants if c.describe is not None}
         report["groups"][title] = {
@@ -841,12 +843,15 @@ def _suite_groups(
     return groups
 
 
-def _settle(title: str, backends: list[Any]) -> float:
+def _settle(title: str, backends: list[Any], quick: bool = False) -> float:
     """Epochs and batch predictions on the CPU start on quiet cores; not single rows
-    (microseconds: the pools' wake-up after a settle would be what is timed), nor GPU runs."""
+    (microseconds: the pools' wake-up after a settle would be what is timed), nor GPU runs;
+    ``quick`` (a smoke test, no result) settles briefly."""
     heavy = title.startswith(("train epoch", "floor breakdown", "predict_proba"))
     gpu = any(be.name.startswith("cupy") for be in backends)
-    return CPU_SETTLE_S if heavy and not gpu and not title.endswith(" 1 row") else 0.0
+    if not heavy or gpu or title.endswith(" 1 row"):
+        return 0.0
+    return QUICK_SETTLE_S if quick else CPU_SETTLE_S
 
 
 def _reference(title: str, names: list[str]) -> str | None:

@@ -184,39 +184,43 @@ class NumbaBackend(Backend):
 
     def infer(self, plan: Any, x: Any, probabilities: bool) -> Any:
         """One JIT call through a Dense stack (``kernels.numba_cpu.dense_forward``): what
-        ``predict`` costs beyond the matmuls is one dispatch, not one per op."""
-        layers = plan.dense_layers(inference=True)
-        softmax = probabilities and plan.loss.predictions == "softmax"
-        if (
-            layers is None
-            or x.ndim != 2
-            or not contiguous_floats(x)
-            or x.dtype != np.dtype(plan.dtype)
-            or (probabilities and plan.loss.predictions not in ("softmax", "identity"))
-        ):
-            return None
-        key = (id(plan), x.dtype)
+        ``predict`` costs beyond the matmuls is one dispatch (arguments cached per plan)."""
         cached = self._infer_args  # read once: another thread's model may replace it
-        if cached.get("key") != key or cached["plan"]() is not plan:  # once per plan
-            if any(layer.activation not in self.k.ACTIVATIONS for layer in layers):
-                return None  # (a code without a kernel branch: layer by layer)
-            dtype = x.dtype
-            biases = tuple(
-                np.zeros(layer.weight.shape[1], dtype) if layer.bias is None else layer.bias
-                for layer in layers
-            )
-            cached = self._infer_args = {
-                "key": key,
-                "plan": weakref.ref(plan, self._forget_inference),  # (a dead model's arrays go)
-                "args": (
-                    tuple(layer.weight for layer in layers),
-                    biases,
-                    tuple(int(layer.activation) for layer in layers),
-                    tuple(dtype.type(layer.alpha) for layer in layers),
-                ),
-            }
+        if cached.get("key") != (id(plan), x.dtype) or cached["plan"]() is not plan:
+            cached = self._infer_args = self._inference_args(plan, x.dtype)
+        args, predictions = cached["args"], cached["predictions"]
+        if args is None or x.ndim != 2 or not x.flags.c_contiguous:
+            return None
+        if probabilities and predictions not in ("softmax", "identity"):
+            return None
         self.record_kernel("matmul", "blas (numba, fused inference)")
-        return self.k.dense_forward(x, *cached["args"], softmax)
+        return self.k.dense_forward(x, *args, probabilities and predictions == "softmax")
+
+    def _inference_args(self, plan: Any, dtype: Any) -> dict[str, Any]:
+        """``infer``'s cache for ``plan`` and inputs of ``dtype``: ``dense_forward``'s
+        arguments after the input (None: the plan or dtype has no fused inference)."""
+        layers, args = plan.dense_layers(inference=True), None
+        if (  # (else: a code without a kernel branch, layer by layer)
+            layers is not None
+            and dtype == np.dtype(plan.dtype)
+            and dtype in FLOAT_DTYPES
+            and all(layer.activation in self.k.ACTIVATIONS for layer in layers)
+        ):
+            args = (
+                tuple(layer.weight for layer in layers),
+                tuple(
+                    np.zeros(layer.weight.shape[1], dtype) if layer.bias is None else layer.bias
+                    for layer in layers
+                ),
+                tuple(int(layer.activation) for layer in layers),
+                tuple(dtype.type(layer.alpha) for layer in layers),
+            )
+        return {
+            "key": (id(plan), dtype),
+            "plan": weakref.ref(plan, self._forget_inference),  # (a dead model's arrays go)
+            "args": args,
+            "predictions": plan.loss.predictions,
+        }
 
     def _forget_inference(self, dead: weakref.ref) -> None:
         """The cached inference arguments of a plan that died (its model's), dropped."""
