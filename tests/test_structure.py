@@ -231,8 +231,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # (Keras's and the notebooks' optimizer argument names taken by the constructors, the
 # notebooks' numerical_gradient(f, x) form, Affine(W, b) answered: +40), to 14,120 for the
 # notebook-port audit (fit's extra positional arguments and numerical_gradient's (loss, dout)
-# said, with the way out: +20)
-BUDGET = 14120
+# said, with the way out: +20), to 14,180 for the NumPy backend's optimizer updates in the
+# CPU's flush-to-zero mode (fastnet/backends/fpmode.py: glibc's fesetmode around the update,
+# verified on first use; 0.11 s of its 1.06 s default-model epoch was the explicit flush: +60)
+BUDGET = 14180
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -59,10 +59,7 @@ class NumbaBackend(Backend):
     parallel_min_elements = 1 << 20
     #: the same for optimizer updates, set per CPU by ``_parallel_min_updates`` (measured)
     parallel_min_updates = 1 << 20
-    #: serial optimizer updates run in the CPU's flush-to-zero mode on x86-64 (restored after
-    #: each call); False selects subnormal state values away explicitly. Same results either
-    #: way, except where an intermediate value would be subnormal (it is zero in this mode).
-    flush_mode = True
+    # (flush_mode, Backend's: the serial update kernels' flush-to-zero mode)
 
     def graph_capture_reason(self) -> str:
         return (
