@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fastnet.backends import Backend, activation_code
-from fastnet.backends.base import Act, ActGrad, ReluMask
+from fastnet.backends.base import Act, ActGrad, ReluMask, activation_name
 from fastnet.backends.counter_rng import drop_threshold, stream_key
 from fastnet.backends.interop import host_array
 from fastnet.backends.plan import ActivationPlan, DensePlan, DropoutPlan, OpaquePlan, OpsPlan
@@ -356,8 +356,9 @@ class Dense(Layer):
                 f"{activation}) is Dense({activation}), or Dense({activation}, input_dim={units}))"
             )
         self.units = int(units)
-        self.activation = None if activation in (None, "linear") else activation
         self.activation_code = activation_code(activation)
+        activation = activation_name(activation)
+        self.activation = None if activation in (None, "linear") else activation
         self.declared_input_dim = input_dim
         self.initializer = get_initializer(initializer, self.activation)
         self.optimizer = optimizer

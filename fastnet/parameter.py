@@ -105,6 +105,29 @@ class Parameter:
     def size(self) -> int:
         return int(np.prod(self.value.shape))
 
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.value.dtype)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """NumPy's read-only view of ``value`` (a copy with ``np.array``), so that the
+        notebooks' ``x @ layer.W`` and ``np.asarray(layer.W)`` read the weights; write them
+        through ``layer.W.value``. A GPU array is not copied to the host behind one's back."""
+        if not isinstance(self._value, np.ndarray):
+            raise TypeError(
+                f"{self.name} lives on the {type(self._value).__module__.split('.')[0]} device: "
+                f"read {self.name}.value there, or model.get_weights() for NumPy copies"
+            )
+        if copy:
+            return np.array(self._value, dtype=dtype)
+        view = self._value.view()
+        view.flags.writeable = False
+        return view if dtype is None else view.astype(dtype, copy=False)
+
     def __repr__(self) -> str:
         return (
             f"Parameter({self.name!r}, shape={tuple(self.value.shape)}, dtype={self.value.dtype})"

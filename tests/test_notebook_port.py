@@ -238,3 +238,55 @@ def test_train_runs_without_matplotlib_and_a_plot_kind_is_checked_first(tmp_path
     json_path = tmp_path / "h.json"
     assert main([*argv, "--json", str(json_path), "--plot", str(tmp_path / "c.xyz")]) == 2
     assert not json_path.exists()
+
+
+def test_a_parameter_reads_as_its_array_in_numpy_code(backend):
+    """The notebooks' ``x @ params['W1']``: ``x @ layer.W``, ``np.dot`` and ``np.asarray`` read
+    the weights (``np.asarray`` gave a 0-d object array, ``@`` a bare gufunc error) through a
+    read-only view; ``np.array`` copies; a GPU parameter is not copied to the host silently."""
+    model = fn.Sequential([fn.Dense(3, "relu"), fn.Dense(2)], backend=backend, seed=0)
+    model.build(4)
+    W = model.layers[0].W
+    assert W.shape == (4, 3) and W.dtype == np.float32
+    if not isinstance(W.value, np.ndarray):  # (the emulated GPU's arrays are NumPy's)
+        with pytest.raises(TypeError, match="W lives on the cupy device: read W.value there"):
+            np.asarray(W)
+        return
+    x = np.ones((5, 4), np.float32)
+    np.testing.assert_array_equal(x @ W, x @ W.value)
+    np.testing.assert_array_equal(np.dot(x, W), x @ W.value)
+    view = np.asarray(W)
+    assert np.shares_memory(view, W.value) and not view.flags.writeable
+    with pytest.raises(ValueError, match="read-only"):
+        view[0, 0] = 1.0
+    copied = np.array(W)
+    copied[0, 0] = 123.0
+    assert W.value[0, 0] != 123.0
+    assert np.asarray(W, np.float64).dtype == np.float64
+
+
+def test_a_device_parameter_is_not_read_as_a_host_array():
+    class DeviceArray:  # (as CuPy's: no __array__, its own module)
+        __module__ = "cupy._core.core"
+        shape, dtype = (2, 2), np.dtype(np.float32)
+
+        def __mul__(self, other):
+            return self
+
+    from fastnet.parameter import Parameter
+
+    with pytest.raises(TypeError, match=r"W lives on the cupy device: .*model.get_weights\(\)"):
+        np.asarray(Parameter("W", DeviceArray()))
+
+
+@pytest.mark.parametrize(
+    "name, kept",
+    [("ReLU", "relu"), ("Relu", "relu"), ("LeakyReLU", "leaky_relu"), ("Sigmoid", "sigmoid")],
+)
+def test_activation_names_in_pytorchs_and_the_notebooks_capitals(name, kept):
+    """``Dense(10, "ReLU")`` (PyTorch's class name, the notebooks' ``Relu``) was an unknown
+    activation: it is fastnet's lower-case name, in the layer and its config."""
+    layer = fn.Dense(10, name)
+    assert layer.activation == kept and layer.get_config()["activation"] == kept
+    with pytest.raises(ValueError, match="the loss applies softmax"):
+        fn.Dense(10, "Softmax")

@@ -82,12 +82,23 @@ class ActGrad:
     mask: ReluMask | None = None
 
 
+def activation_name(name: Any) -> Any:
+    """``name`` as fastnet spells it: PyTorch's and the notebooks' capitals (``"ReLU"``,
+    ``"Relu"``, ``"LeakyReLU"``) read as the lower-case names; anything else as it is."""
+    if not isinstance(name, str) or name in ACTIVATION_CODE:
+        return name
+    key = name.lower().replace("-", "_").replace("leakyrelu", "leaky_relu")
+    return key if key in ACTIVATION_CODE else name
+
+
 def activation_code(name: str | None) -> Act:
     """Map an activation name (or None for linear) to its ``Act``."""
-    key = "linear" if name is None else name
+    key = "linear" if name is None else activation_name(name)
     if key not in ACTIVATION_CODE:
         hint = (
-            " (the loss applies softmax: leave the last Dense linear)" if key == "softmax" else ""
+            " (the loss applies softmax: leave the last Dense linear)"
+            if str(key).lower() == "softmax"
+            else ""
         )
         raise ValueError(
             f"unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}{hint}"
