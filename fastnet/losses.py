@@ -76,6 +76,15 @@ class Loss:
     def __setstate__(self, state: dict) -> None:
         set_unpickled_state(self, state)
 
+    def __getattr__(self, attr: str) -> Any:  # (only for a name that is no attribute)
+        if attr in ("forward", "backward"):  # the notebooks' SoftmaxWithLoss
+            raise AttributeError(
+                f"{type(self).__name__} has no {attr}(): call it, loss, dout = "
+                "loss_fn(outputs, targets), the notebooks' forward(x, t) and backward() in "
+                "one (dout is the mean loss's gradient, as backward(dout=1) returned)"
+            )
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+
     def build(self, backend: Backend) -> None:
         if backend is not self._backend:
             self.__dict__.pop("_grads", None)  # (the old backend's arrays)

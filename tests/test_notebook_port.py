@@ -290,3 +290,17 @@ def test_activation_names_in_pytorchs_and_the_notebooks_capitals(name, kept):
     assert layer.activation == kept and layer.get_config()["activation"] == kept
     with pytest.raises(ValueError, match="the loss applies softmax"):
         fn.Dense(10, "Softmax")
+
+
+@pytest.mark.parametrize("method", ["forward", "backward"])
+def test_the_notebooks_loss_forward_and_backward_say_the_call_that_does_both(method):
+    """``SoftmaxWithLoss().forward(x, t)`` was a bare AttributeError: it names the call
+    ``loss, dout = loss_fn(outputs, targets)``, whose gradient is backward(dout=1)'s."""
+    loss_fn = fn.SoftmaxWithLoss()
+    with pytest.raises(AttributeError, match=r"call it, loss, dout = loss_fn\(outputs, targets\)"):
+        getattr(loss_fn, method)
+    x, t = np.array([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]]), np.array([0, 2])
+    loss, dout = loss_fn(x, t)
+    y = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(dout, (y - np.eye(3)[t]) / 2)
+    assert not hasattr(loss_fn, "no_such_attribute")
