@@ -91,7 +91,11 @@ def test_fused_step_follows_state_replaced_between_fits():
             {},
             "Dense layers, each with at most one Dropout",
         ),
-        (lambda: _model(layers=[fn.Dense(8), fn.ReLU(), fn.Dense(4)]), {}, "Dense layers, each"),
+        (
+            lambda: _model(layers=[fn.Dense(8, "relu"), fn.ReLU(), fn.Dense(4)]),
+            {},
+            "Dense layers, each",
+        ),
         (lambda: _model(layers=[fn.Dense(8, "tanh"), fn.Dense(4)]), {}, "tanh"),
     ],
 )
@@ -333,3 +337,38 @@ def test_the_kernel_report_says_when_a_callback_made_the_step_eager():
     report = model.backend.kernel_report["train_step"]
     assert model.step_description.startswith("eager (") and "numba fused step" in report
     assert model.step_description in report  # (both ran: fused, then eager)
+
+
+@pytest.mark.parametrize(
+    "separate, fused",
+    [
+        ([fn.ReLU()], "relu"),
+        ([fn.LeakyReLU(0.2)], "leaky_relu"),
+        ([fn.Sigmoid()], "sigmoid"),
+        ([fn.ReLU(), fn.Dropout(0.3)], "relu"),
+    ],
+    ids=["relu", "leaky", "sigmoid", "relu-dropout"],
+)
+def test_the_notebooks_separate_activation_layers_fuse_bit_for_bit(separate, fused):
+    """Affine, Relu, Affine (a linear Dense, then an activation layer) trained eagerly on numba;
+    it is the fused step now, with the same weights bit for bit as Dense(units, activation),
+    and predictions through the fused inference kernel."""
+    X, y = _data()
+    alpha = {"alpha": 0.2} if fused == "leaky_relu" else {}
+    dropout = [fn.Dropout(0.3)] if len(separate) > 1 else []
+    models = [
+        _model(layers=[fn.Dense(8), *separate, fn.Dense(4)]),
+        _model(layers=[fn.Dense(8, fused, **alpha), *dropout, fn.Dense(4)]),
+    ]
+    for model in models:
+        model.fit(X, y, epochs=2, batch_size=64, verbose=0)
+        assert (
+            model.step_description
+            == "numba fused step (forward, loss and backward in one JIT call)"
+        )
+    for a, b in zip(models[0].get_weights(), models[1].get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with fn.record_kernels(models[0].backend) as ran:
+        proba = models[0].predict_proba(X)
+    assert ran["matmul"] == "blas (numba, fused inference)"
+    np.testing.assert_array_equal(proba, models[1].predict_proba(X))

@@ -3,7 +3,7 @@ data, so backends never read layer attributes or compare names (``Sequential.ste
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastnet.backends.base import Act
@@ -95,22 +95,43 @@ class StepPlan:
             )
         return self.loss.reason
 
+    def fused_layers(self) -> list[tuple[int, Any]]:
+        """``(index, plan)`` of the layers, each linear Dense followed by an activation layer
+        (the notebooks' ``Affine``, ``Relu``) as one Dense with that activation: the same
+        arithmetic (the activation's gradient reads the layer's output either way)."""
+        fused: list[tuple[int, Any]] = []
+        for i, p in enumerate(self.layers):
+            last = fused[-1][1] if fused else None
+            if (
+                isinstance(p, ActivationPlan)
+                and isinstance(last, DensePlan)
+                and last.activation == Act.LINEAR
+                and not (p.activation == Act.LEAKY_RELU and p.alpha < 0)  # (reads its input)
+            ):
+                fused[-1] = (fused[-1][0], replace(last, activation=p.activation, alpha=p.alpha))
+            else:
+                fused.append((i, p))
+        return fused
+
     def dense_layers(self, inference: bool = False) -> tuple[DensePlan, ...] | None:
-        """The layers when all are Dense (one at least), else None; with ``inference``,
-        Dropout layers (the identity there) are left out first."""
-        layers = [p for p in self.layers if not (inference and isinstance(p, DropoutPlan))]
+        """The layers when all are Dense (one at least; ``fused_layers``), else None; with
+        ``inference``, Dropout layers (the identity there) are left out first."""
+        layers = [
+            p for _, p in self.fused_layers() if not (inference and isinstance(p, DropoutPlan))
+        ]
         if layers and all(isinstance(p, DensePlan) for p in layers):
             return tuple(layers)  # type: ignore[arg-type]
         return None
 
     def dense_stack(self) -> tuple[tuple[DensePlan, ...], tuple[DropoutPlan | None, ...]] | None:
         """Dense layers, each with the dropout of its input (None: none), when the layers are
-        Dense layers with at most one Dropout before each (numba's fused step), else None."""
+        Dense layers (``fused_layers``) with at most one Dropout before each (numba's fused
+        step), else None."""
         denses: list[DensePlan] = []
         drops: list[DropoutPlan | None] = []
         pending: DropoutPlan | None = None
         seen = False  # a Dropout before the next Dense (whatever its rate: rates can change)
-        for p in self.layers:
+        for _, p in self.fused_layers():
             if isinstance(p, DropoutPlan) and not seen:
                 seen, pending = True, (p if p.rate > 0 else None)  # rate 0: no draw
             elif isinstance(p, DensePlan):
@@ -126,7 +147,7 @@ class StepPlan:
     def outside_dense_stack(self) -> str:
         """What keeps the layers from being a ``dense_stack`` (for messages)."""
         seen = False
-        for i, p in enumerate(self.layers):
+        for i, p in self.fused_layers():
             if isinstance(p, DropoutPlan):
                 if seen:
                     return f"two Dropouts in a row (layer {i})"
@@ -136,7 +157,7 @@ class StepPlan:
             elif isinstance(p, ActivationPlan):
                 act = p.activation.name.lower()
                 fusable = p.activation != Act.TANH and p.alpha >= 0  # (tanh: eager on numba)
-                hint = f" (Dense(units, {act!r}) fuses it)" if fusable else ""
+                hint = " (right after a linear Dense it fuses with it)" if fusable else ""
                 return f"layer {i}, a separate {act}{hint}"
             else:
                 why = f" ({p.reason})" if isinstance(p, OpaquePlan) else ""
