@@ -25,6 +25,13 @@ from fastnet.validation import Checked, check_fraction, check_number, set_unpick
 LOSSES = Registry("loss")
 
 
+_CALL_IT = (
+    "{} has no {}(): call it, loss, dout = loss_fn(outputs, targets), the notebooks' "
+    "forward(x, t) and backward() in one (dout is the mean loss's gradient, as "
+    "backward(dout=1) returned)"
+)
+
+
 class Loss:
     """Base class: ``compute`` gives the loss and its gradient. A subclass that overrides
     ``compute`` alone also trains with it (the parent's fused ``accumulate`` and captured
@@ -76,14 +83,13 @@ class Loss:
     def __setstate__(self, state: dict) -> None:
         set_unpickled_state(self, state)
 
-    def __getattr__(self, attr: str) -> Any:  # (only for a name that is no attribute)
-        if attr in ("forward", "backward"):  # the notebooks' SoftmaxWithLoss
-            raise AttributeError(
-                f"{type(self).__name__} has no {attr}(): call it, loss, dout = "
-                "loss_fn(outputs, targets), the notebooks' forward(x, t) and backward() in "
-                "one (dout is the mean loss's gradient, as backward(dout=1) returned)"
-            )
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {attr!r}")
+    @property
+    def forward(self) -> Any:  # the notebooks' SoftmaxWithLoss.forward(x, t), answered
+        raise AttributeError(_CALL_IT.format(type(self).__name__, "forward"))
+
+    @property
+    def backward(self) -> Any:
+        raise AttributeError(_CALL_IT.format(type(self).__name__, "backward"))
 
     def build(self, backend: Backend) -> None:
         if backend is not self._backend:

@@ -70,6 +70,8 @@ class Parameter:
     def value(self, new: Any) -> None:
         """Once built, assigning copies ``new`` (its shape) into the view, as ``value[...] =
         new`` does: a new array would leave the model and its optimizer on the old one."""
+        if isinstance(new, Parameter):  # (its array, copied: two layers share no weights)
+            new = new.value.copy()
         if not bool(np.isfinite(new).all()):  # (as set_weights refuses them)
             raise ValueError(f"{self.name}: a value holding NaN or inf for {self!r}")
         if self.group is None:  # a layer built on its own: it computes with its value
@@ -117,21 +119,21 @@ class Parameter:
         """NumPy's read-only view of ``value`` (a copy with ``np.array``), so that the
         notebooks' ``x @ layer.W`` and ``np.asarray(layer.W)`` read the weights; write them
         through ``layer.W.value``. A GPU array is not copied to the host behind one's back."""
-        if not isinstance(self._value, np.ndarray):
+        value = self._value
+        if hasattr(value, "__cuda_array_interface__"):
             raise TypeError(
-                f"{self.name} lives on the {type(self._value).__module__.split('.')[0]} device: "
-                f"read {self.name}.value there, or model.get_weights() for NumPy copies"
+                f"{self.name} lives on the GPU ({type(value).__module__.split('.')[0]}): read "
+                f"{self.name}.value there, or model.get_weights() for NumPy copies"
             )
-        if copy:
-            return np.array(self._value, dtype=dtype)
-        view = self._value.view()
+        value = np.asarray(value)
+        converts = dtype is not None and np.dtype(dtype) != value.dtype
+        if copy is False and converts:
+            raise ValueError(f"{self.name} is {value.dtype}: {dtype} needs a copy")
+        if copy or converts:
+            return np.array(value, dtype=dtype)
+        view = value.view()
         view.flags.writeable = False
-        return view if dtype is None else view.astype(dtype, copy=False)
-
-    def __repr__(self) -> str:
-        return (
-            f"Parameter({self.name!r}, shape={tuple(self.value.shape)}, dtype={self.value.dtype})"
-        )
+        return view
 
 
 ALIGN_BYTES = 256

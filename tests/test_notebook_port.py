@@ -249,7 +249,7 @@ def test_a_parameter_reads_as_its_array_in_numpy_code(backend):
     W = model.layers[0].W
     assert W.shape == (4, 3) and W.dtype == np.float32
     if not isinstance(W.value, np.ndarray):  # (the emulated GPU's arrays are NumPy's)
-        with pytest.raises(TypeError, match="W lives on the cupy device: read W.value there"):
+        with pytest.raises(TypeError, match=r"W lives on the GPU \(cupy\): read W.value there"):
             np.asarray(W)
         return
     x = np.ones((5, 4), np.float32)
@@ -266,8 +266,9 @@ def test_a_parameter_reads_as_its_array_in_numpy_code(backend):
 
 
 def test_a_device_parameter_is_not_read_as_a_host_array():
-    class DeviceArray:  # (as CuPy's: no __array__, its own module)
+    class DeviceArray:  # (as CuPy's: no __array__, its own module, CUDA's interface)
         __module__ = "cupy._core.core"
+        __cuda_array_interface__: dict = {}
         shape, dtype = (2, 2), np.dtype(np.float32)
 
         def __mul__(self, other):
@@ -275,8 +276,29 @@ def test_a_device_parameter_is_not_read_as_a_host_array():
 
     from fastnet.parameter import Parameter
 
-    with pytest.raises(TypeError, match=r"W lives on the cupy device: .*model.get_weights\(\)"):
+    with pytest.raises(TypeError, match=r"W lives on the GPU \(cupy\): .*model.get_weights"):
         np.asarray(Parameter("W", DeviceArray()))
+
+
+def test_a_parameter_read_as_another_dtype_or_assigned_from_a_parameter():
+    """``np.asarray(W, float64, copy=False)`` cannot be a view: refused, as NumPy 2 asks; a
+    NumPy scalar parameter reads as one; ``W.value = other.W`` copies the other's values
+    (the Parameter object itself was stored, two layers aliased)."""
+    from fastnet.parameter import Parameter
+
+    W = Parameter("W", np.ones((2, 2), np.float32))
+    with pytest.raises(ValueError, match="W is float32: float64 needs a copy"):
+        np.asarray(W, dtype=np.float64, copy=False)
+    assert np.asarray(Parameter("s", np.float32(0.5))) == np.float32(0.5)
+    a, b = fn.Dense(2), fn.Dense(2)
+    fn.Sequential([a], backend="numpy", seed=0).build(2)
+    fn.Sequential([b], backend="numpy", seed=1).build(2)
+    b.W.value = a.W
+    np.testing.assert_array_equal(b.W.value, a.W.value)
+    assert not np.shares_memory(b.W.value, a.W.value)
+    loose = Parameter("W", np.zeros((2, 2), np.float32))
+    loose.value = W
+    assert isinstance(loose.value, np.ndarray) and not np.shares_memory(loose.value, W.value)
 
 
 @pytest.mark.parametrize(

@@ -907,7 +907,8 @@ class Backend:
             g[:nd] += wd * p[:nd]
         if rule.decoupled and rule.weight_decay:  # the shrink is exactly 1 otherwise
             p[:nd] *= shrink
-        if rule.kernel and xp is np and self.flush_mode and flush_to_zero.available:
+        fpmode = rule.kernel and rule.slots and self.flush_mode  # (SGD: no state, as numba's)
+        if fpmode and xp is np and flush_to_zero.available:
             flush_to_zero.run(rule.reference, xp, p, g, slots, step, eps, constants)
         else:
             rule.reference(xp, p, g, slots, step, eps, constants)

@@ -184,7 +184,9 @@ class NumbaBackend(Backend):
         ``predict`` costs beyond the matmuls is one dispatch (arguments cached per plan)."""
         cached = self._infer_args  # read once: another thread's model may replace it
         if cached.get("key") != (id(plan), x.dtype) or cached["plan"]() is not plan:
-            cached = self._infer_args = self._inference_args(plan, x.dtype)
+            cached = self._inference_args(plan, x.dtype)
+            if cached["args"] is not None:  # (an unfused plan leaves another's cache be)
+                self._infer_args = cached
         args, predictions = cached["args"], cached["predictions"]
         if args is None or x.ndim != 2 or not x.flags.c_contiguous:
             return None
