@@ -45,11 +45,23 @@ def test_backward_needs_a_training_forward_of_its_shape():
         model.backward(np.zeros((20, 3), np.float32))
     with pytest.raises(ValueError, match=r"dout of shape \(\): .*an inference forward"):
         model.backward(np.float32(1.0))
-    notebook = fn.Sequential([fn.Dense(5), fn.Relu(), fn.Dense(3)], backend="numpy").build(4)
+    layered = [fn.Dense(5), fn.BatchNorm1d(), fn.Relu(), fn.Dense(3)]  # (evaluated layer by layer)
+    notebook = fn.Sequential(layered, backend="numpy").build(4)
     out = notebook.forward(np.ones((20, 4), np.float32), training=True)
     notebook.evaluate(np.ones((6, 4), np.float32), np.zeros(6, int))  # the test accuracy, mid-step
     with pytest.raises(ValueError, match=r"\(predict, evaluate, training=False\) ran since"):
         notebook.backward(notebook.loss(out, np.zeros(20, int))[1])
+    # Dense layers (Affine, Relu: one fused inference call) keep the step's saved inputs
+    fused = fn.Sequential([fn.Dense(5), fn.Relu(), fn.Dense(3)], backend="numpy", seed=0)
+    x, t = np.random.default_rng(0).standard_normal((20, 4)).astype(np.float32), np.arange(20) % 3
+    fused.build(4)
+    fused.backward(fused.loss(fused.forward(x, training=True), t)[1])
+    alone = [p.grad.copy() for p in fused.parameters()]
+    out = fused.forward(x, training=True)
+    fused.evaluate(np.ones((6, 4), np.float32), np.zeros(6, int))
+    fused.backward(fused.loss(out, t)[1])
+    for a, p in zip(alone, fused.parameters(), strict=True):
+        np.testing.assert_array_equal(p.grad, a)
     model.forward(np.zeros((20, 4), np.float32), training=True)
     with pytest.raises(ValueError, match=r"of shape \(20, 3\)$"):
         model.backward(np.zeros((8, 3), np.float32))
