@@ -135,6 +135,11 @@ class Parameter:
         view.flags.writeable = False
         return view
 
+    def __repr__(self) -> str:
+        return (
+            f"Parameter({self.name!r}, shape={tuple(self.value.shape)}, dtype={self.value.dtype})"
+        )
+
 
 ALIGN_BYTES = 256
 

@@ -248,6 +248,7 @@ def test_a_parameter_reads_as_its_array_in_numpy_code(backend):
     model.build(4)
     W = model.layers[0].W
     assert W.shape == (4, 3) and W.dtype == np.float32
+    assert repr(W) == "Parameter('W', shape=(4, 3), dtype=float32)"
     if not isinstance(W.value, np.ndarray):  # (the emulated GPU's arrays are NumPy's)
         with pytest.raises(TypeError, match=r"W lives on the GPU \(cupy\): read W.value there"):
             np.asarray(W)

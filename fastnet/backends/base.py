@@ -114,8 +114,8 @@ class Backend:
 
     name = "numpy"
     xp: Any = np
-    #: built-in optimizer updates on the host run in the CPU's flush-to-zero mode (x86-64,
-    #: restored after each update); False flushes their state explicitly after the update.
+    #: built-in optimizer updates with state run in the CPU's flush-to-zero mode on the host
+    #: (x86-64, restored after each update); False flushes the state after the update.
     #: Same results either way, except where an intermediate value would be subnormal (it
     #: is zero in this mode).
     flush_mode = True
@@ -886,8 +886,8 @@ class Backend:
         (``advance_scalars``: a mixed-precision step whose gradients overflowed). Slot values
         below the dtype's smallest normal number are stored as zero (subnormal state makes
         every later update slow on x86 CPUs: 25x for 20% subnormal Adam slots on an Intel
-        Xeon): on the host, built-in rules run in the CPU's flush-to-zero mode (``fpmode``),
-        others and devices flush their slots after the update.
+        Xeon): on the host, built-in rules with state run in the CPU's flush-to-zero mode
+        (``fpmode``); other rules and devices flush their slots after the update.
         Backends with fused kernels override this and fall back here for what they lack."""
         self.record_kernel(f"update_{rule.kernel or type(rule).__name__}")
         xp = self.xp
