@@ -30,7 +30,7 @@ train: $(STAMP) data
 	$(VENV)/bin/fastnet train $(ARGS)
 
 test: $(STAMP) data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto  # (pytest-xdist: one worker per core)
 
 bench: $(STAMP) data
 	mkdir -p .bench-out
