@@ -272,8 +272,15 @@ def load_mnist(
 
 
 def one_hot(labels: np.ndarray, n_classes: int | None = None, dtype=np.float32) -> np.ndarray:
-    """Integer labels ``(n,)`` -> one-hot matrix ``(n, n_classes)``."""
+    """Integer labels ``(n,)`` -> one-hot matrix ``(n, n_classes)``; whole-number floats (a
+    CSV's ``3.0``) are taken as the integers, as ``fit`` and Keras's ``to_categorical`` do."""
     labels = np.asarray(labels)
+    if labels.ndim == 1 and labels.dtype.kind == "f":
+        whole = np.isfinite(labels) & (labels == np.round(labels))
+        if not whole.all():
+            row = int(np.flatnonzero(~whole)[0])
+            raise ValueError(f"labels must be whole class indices, got {labels[row]} in row {row}")
+        labels = labels.astype(np.int64)
     if labels.ndim != 1 or labels.dtype.kind not in "iu":
         raise ValueError(
             f"labels must be 1-D integers, got shape {labels.shape} dtype {labels.dtype}"

@@ -327,3 +327,15 @@ def test_the_notebooks_loss_forward_and_backward_say_the_call_that_does_both(met
     y = np.exp(x) / np.exp(x).sum(axis=1, keepdims=True)
     np.testing.assert_allclose(dout, (y - np.eye(3)[t]) / 2)
     assert not hasattr(loss_fn, "no_such_attribute")
+
+
+def test_one_hot_takes_whole_number_float_labels_as_fit_does():
+    """A CSV's labels read as floats (3.0): fit took them, ``one_hot`` refused them; a label
+    that is no whole number is named with its row."""
+    np.testing.assert_array_equal(fn.one_hot(np.array([0.0, 2.0, 1.0]), 3), np.eye(3)[[0, 2, 1]])
+    with pytest.raises(ValueError, match=r"whole class indices, got 1.5 in row 1"):
+        fn.one_hot(np.array([0.0, 1.5, 2.0]), 3)
+    with pytest.raises(ValueError, match=r"got nan in row 2"):
+        fn.one_hot(np.array([0.0, 1.0, np.nan]), 3)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, 3\)"):
+        fn.one_hot(np.array([0.0, 3.0]), 3)
