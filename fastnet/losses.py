@@ -107,8 +107,10 @@ class Loss:
         (one per row) weight each row; the mean stays over the rows (Keras's normalisation).
         Class indices may come as a column ``(n, 1)``, as ``evaluate`` and ``fit`` take them."""
         shape: tuple = getattr(targets, "shape", ())
-        if self.multiclass and len(shape) == 2 and shape[1] == 1 and targets.dtype.kind in "iu":
+        if self.multiclass and len(shape) == 2 and shape[1] == 1 and targets.dtype.kind in "iuf":
             targets = targets.reshape(-1)  # (a softmax model has 2+ outputs: not a target column)
+        if self.multiclass and len(shape) in (1, 2) and targets.ndim == 1:
+            targets = self._class_indices(targets)  # (whole-number floats, as fit takes them)
         _check_pair(self, outputs, targets)
         if self._backend is None and isinstance(outputs, np.ndarray):
             self.build(get_backend("numpy"))  # a loss used on its own, as in the notebooks
@@ -128,6 +130,21 @@ class Loss:
         ):
             raise ValueError(f"{type(self).__name__}: weights must be finite and >= 0")
         return self.compute(outputs, targets, weights)
+
+    def _class_indices(self, targets: Any) -> Any:
+        """1-D float class indices (a CSV's ``3.0``) as int64, as ``fit`` takes them; the
+        first row that holds no whole number named."""
+        if getattr(targets, "dtype", np.dtype(object)).kind != "f":
+            return targets
+        xp = self._xp(targets)
+        whole = xp.isfinite(targets) & (targets == xp.round(targets)) & (targets >= 0)
+        if not bool(whole.all()):
+            row = int(xp.argmin(whole))
+            raise ValueError(
+                f"{type(self).__name__}: 1-D targets are class indices; row {row} holds "
+                f"{float(targets[row])!r}"
+            )
+        return targets.astype(np.int64)
 
     def _xp(self, a: Any) -> Any:
         backend = self._backend
