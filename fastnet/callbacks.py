@@ -342,12 +342,49 @@ class EarlyStopping(Monitor):
         self.best_state: dict | None = None
         self.wait = 0
         self.stopped_epoch: int | None = None
+        self.at_best = False  # (whether the model holds the best epoch's state: restored)
+        carried = self.__dict__.pop("_carried", None)
+        if carried is not None:  # (a previous run's counters: ``continue_from``)
+            self.best, self.wait, self.at_best = carried
+            if self.at_best and self.restore_best_weights:
+                self.best_state = model.get_state()
+
+    def progress(self) -> dict:
+        """Where the last ``fit`` left the counters (saved by the CLI with its checkpoint):
+        the ``monitor``, its ``best`` value, the epochs ``wait``-ed since, and ``at_best``,
+        whether the model's state is that best epoch's (restored at the end, or the last)."""
+        if not hasattr(self, "wait"):
+            raise RuntimeError("EarlyStopping.progress: no fit has run with this callback")
+        return {
+            "monitor": self.monitor,
+            "best": self.best,
+            "wait": self.wait,
+            "at_best": self.at_best,
+        }
+
+    def continue_from(self, progress: dict) -> None:
+        """Start the next ``fit`` where ``progress`` (``progress()``'s dict, of this monitor)
+        left off, as the CLI's ``--resume`` does: the best value to beat and the epochs waited
+        since it go on; where the model is at that best, its state is the one restored."""
+        if progress.get("monitor") != self.monitor:
+            raise ValueError(
+                f"EarlyStopping.continue_from: progress of {progress.get('monitor')!r}, "
+                f"this callback monitors {self.monitor!r}"
+            )
+        best = check_number(progress["best"], "progress['best']")
+        self._carried = (
+            best,
+            check_count(progress["wait"], "progress['wait']"),
+            check_flag(progress["at_best"], "progress['at_best']"),
+        )
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:
         if epoch < self.start_from_epoch:
+            self.at_best = False
             return False
         improved = self._improved(logs)
-        if self.restore_best_weights and self._is_best(logs, improved):
+        self.at_best = self._is_best(logs, improved)
+        if self.restore_best_weights and self.at_best:
             self.best_state = model.get_state()
         if improved:  # (short of a baseline: the patience runs, but no stop, as Keras)
             self.wait = 0 if self._beats_baseline() else self.wait + 1
@@ -381,6 +418,7 @@ class EarlyStopping(Monitor):
             model.set_state(
                 {k: v for k, v in self.best_state.items() if not k.startswith(going_on)}
             )
+            self.at_best = True
 
 
 def _main_rank() -> bool:

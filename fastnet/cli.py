@@ -627,7 +627,10 @@ def _build_model(args: argparse.Namespace, data: Prepared, backend: Any) -> Any:
     )
 
 
-def _callbacks(args: argparse.Namespace) -> list:
+def _callbacks(args: argparse.Namespace, carried: dict | None = None, say: Any = None) -> list:
+    """The schedule and early stopping the options ask for; ``carried``: a resumed
+    checkpoint's early-stopping progress (its best val_loss and the epochs waited since go on,
+    said by ``say``)."""
     from fastnet.callbacks import EarlyStopping
     from fastnet.schedules import CosineDecay, WarmupCosine
 
@@ -638,7 +641,29 @@ def _callbacks(args: argparse.Namespace) -> list:
         callbacks.append(WarmupCosine(min(1, args.epochs - 1), args.epochs))
     if args.patience is not None:
         callbacks.append(EarlyStopping("val_loss", args.patience))
+        if carried is not None:
+            try:
+                callbacks[-1].continue_from(carried)
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise ValueError(
+                    f"{args.resume}: its early-stopping record is damaged ({exc})"
+                ) from None
+            (say or _silent)(
+                f"early stopping goes on: best val_loss {float(carried['best']):.4f}, "
+                f"{int(carried['wait'])} epoch(s) without improvement since "
+                f"(patience {args.patience})"
+            )
     return callbacks
+
+
+def _early_stopping_progress(callbacks: list, extra: dict) -> None:
+    """Record in the checkpoint's ``extra`` where early stopping left off (for --resume)."""
+    from fastnet.callbacks import EarlyStopping
+
+    stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
+    extra.pop("early_stopping", None)
+    if stopper is not None and hasattr(stopper, "wait") and math.isfinite(stopper.best):
+        extra["early_stopping"] = stopper.progress()
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -727,15 +752,8 @@ def _given_options(argv: Sequence[str] | None) -> set[str]:
 def cmd_train(args: argparse.Namespace) -> int:
     _check_outputs(args)
     backend, main_rank = args.backend, True
-    sizes = [os.environ.get(v, "1") for v in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")]
-    ranks = max(int(s) if s.isdigit() else 1 for s in sizes)  # a launcher's world
-    first = _launched_rank() == 0
-    if not args.distributed and ranks > 1 and first:  # (said once, by rank 0)
-        warnings.warn(
-            f"{ranks} processes under mpirun train separate models: "
-            "--distributed trains one data-parallel model",
-            stacklevel=2,
-        )
+    if not args.distributed:
+        _warn_separate_models()
     if args.distributed:
         from fastnet import distributed as dist
 
@@ -754,6 +772,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     (X_tr, y_tr), (X_val, y_val) = data.train, data.val
     arch = "-".join(str(s) for s in (X_tr.shape[1], *args.layers, data.n_outputs))
     say(_train_header(args, data, model, arch), flush=True)
+    callbacks = _callbacks(args, resume[2].get("early_stopping") if resume else None, say)
     interrupted, start, first_epoch = False, time.perf_counter(), model.epochs_trained + 1
     try:
         model.fit(
@@ -763,7 +782,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             initial_epoch=model.epochs_trained,  # (a resumed checkpoint's)
             batch_size=args.batch_size,
             validation_data=(X_val, y_val),
-            callbacks=_callbacks(args),
+            callbacks=callbacks,
             verbose=_verbosity(args),
             compiled=GRAPH_CHOICES[args.cuda_graph],
             distributed=args.distributed,
@@ -778,11 +797,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(_with_file(str(exc), files)) from None
     if model.stop_reason and not interrupted and not model.diverged:  # (a divergence: warned)
         say(model.stop_reason)
+    _early_stopping_progress(callbacks, data.extra)
     results = _train_report(model, data, time.perf_counter() - start, say)
     results["first_epoch"] = first_epoch  # (history's first entry: a resumed run's is later)
     if main_rank:
         _write_outputs(args, model, data, results, arch)
     return 130 if interrupted else 0
+
+
+def _warn_separate_models() -> None:
+    """Warn (once, from rank 0) where a launcher started several non-distributed trainings."""
+    sizes = [os.environ.get(v, "1") for v in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")]
+    ranks = max(int(s) if s.isdigit() else 1 for s in sizes)  # a launcher's world
+    if ranks > 1 and _launched_rank() == 0:
+        warnings.warn(
+            f"{ranks} processes under mpirun train separate models: "
+            "--distributed trains one data-parallel model",
+            stacklevel=3,
+        )
 
 
 def _with_file(message: str, files: dict[str, str | None]) -> str:

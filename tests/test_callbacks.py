@@ -331,6 +331,34 @@ def test_early_stopping_restores_neither_after_a_divergence_nor_the_streams():
     assert "restored" in blown.stop_reason and blown.diverged
 
 
+def test_early_stopping_continues_from_a_previous_fits_progress():
+    """``progress()`` after a fit, ``continue_from`` before the next: the best value to beat
+    and the epochs waited go on (the scripted "fake" never improves again: one more epoch
+    stops it), and a model at that best is the state restored. Another monitor's progress,
+    or a damaged one, is refused before training."""
+    X, y = make_blobs()
+    layers = [fn.Dense(8, "relu"), fn.Dense(4)]
+    model = fn.Sequential(layers, optimizer=fn.SGD(0.05), seed=0, backend="numpy")
+    first = fn.EarlyStopping("fake", 3, mode="max")
+    model.fit(X, y, epochs=2, verbose=0, callbacks=[_Scripted(), first])
+    assert first.progress() == {"monitor": "fake", "best": 1.0, "wait": 0, "at_best": True}
+    kept = [np.array(p.value) for p in model.parameters()]
+    with pytest.raises(ValueError, match="progress of 'val_loss', this callback monitors"):
+        first.continue_from({**first.progress(), "monitor": "val_loss"})
+    with pytest.raises((ValueError, TypeError), match="progress\\['wait'\\]"):
+        first.continue_from({**first.progress(), "wait": -1})
+    later = fn.EarlyStopping("fake", 1, mode="min")
+    later.continue_from({"monitor": "fake", "best": -1.0, "wait": 0, "at_best": True})
+    model.fit(X, y, epochs=5, initial_epoch=2, verbose=0, callbacks=[_Scripted(), later])
+    assert model.epochs_trained == 3 and later.stopped_epoch == 2
+    for param, value in zip(model.parameters(), kept):
+        np.testing.assert_array_equal(param.value, value)  # (the carried best restored)
+    assert later.progress()["at_best"] and later.progress()["wait"] == 1
+    fresh = fn.EarlyStopping("fake", 1, mode="min")
+    model.fit(X, y, epochs=7, initial_epoch=3, verbose=0, callbacks=[_Scripted(), fresh])
+    assert model.epochs_trained == 5  # (without progress: epoch 3 is a first best)
+
+
 class _LayerRates(fn.Callback):
     """Each epoch's (first layer's, model's) learning rate, as the epoch trained."""
 

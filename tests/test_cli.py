@@ -1090,7 +1090,7 @@ def test_train_resume_continues_an_interrupted_run_as_one_straight_run(
                 raise KeyboardInterrupt
 
     callbacks = cli._callbacks
-    monkeypatch.setattr(cli, "_callbacks", lambda args: [*callbacks(args), CtrlC()])
+    monkeypatch.setattr(cli, "_callbacks", lambda *args: [*callbacks(*args), CtrlC()])
     assert main(["train", *first, "--save", paths["stopped"]]) == 130  # (saved first)
     monkeypatch.undo()
     resume = ["--resume", paths["stopped"]]  # (its --epochs, --batch-size, --schedule too)
@@ -1132,6 +1132,63 @@ def test_train_resume_continues_an_interrupted_run_as_one_straight_run(
     assert "was trained on your own data (d.npz): give it again with --data" in (
         capsys.readouterr().err
     )
+
+
+def test_resume_continues_early_stopping_where_it_left_off(tmp_path, monkeypatch, capsys):
+    """--resume with --patience went on from fresh counters: a run stopped after its best
+    epoch and resumed waited its whole patience again from the first resumed epoch (always a
+    "best" against inf) and ended on weights worse than the checkpoint's. The best val_loss and
+    the epochs waited are saved with the checkpoint: interrupted right after its best epoch
+    and resumed, a run stops where a straight one does, with the same weights; a run that
+    stopped, resumed, stops again after one epoch with no gain and keeps its best weights."""
+    import fastnet.cli as cli
+
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((200, 8)).astype(np.float32)
+    y = (X[:, 0] + rng.standard_normal(200) > 0).astype(int)  # (noisy: overfits, stops)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    data = ["--data", str(tmp_path / "d.npz"), "--backend", "numpy", "--quiet"]
+    run = [*data, "--layers", "64,64", "--lr", "0.01", "--patience", "2", "--epochs", "40"]
+    path = {name: str(tmp_path / f"{name}.npz") for name in ("straight", "cut", "resumed")}
+    assert (
+        main(["train", *run, "--save", path["straight"], "--json", str(tmp_path / "s.json")]) == 0
+    )
+    val_loss = json.loads((tmp_path / "s.json").read_text())["history"]["val_loss"]
+    stopped, best = len(val_loss), int(np.argmin(val_loss))
+    assert 0 < best and stopped == best + 3 < 40  # (stopped by its patience of 2)
+
+    class CtrlC(fn.Callback):
+        def on_epoch_begin(self, model, epoch, logs=None):
+            if epoch == best + 1:  # (the best epoch finished and saved)
+                raise KeyboardInterrupt
+
+    callbacks = cli._callbacks
+    monkeypatch.setattr(cli, "_callbacks", lambda *args: [*callbacks(*args), CtrlC()])
+    assert main(["train", *run, "--save", path["cut"]]) == 130
+    monkeypatch.undo()
+    resume = [
+        "--resume",
+        path["cut"],
+        "--save",
+        path["resumed"],
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
+    assert main(["train", *data, *resume]) == 0
+    assert len(json.loads((tmp_path / "r.json").read_text())["history"]["val_loss"]) == 2
+    straight, resumed = (fn.load_model(path[k], backend="numpy") for k in ("straight", "resumed"))
+    assert straight.epochs_trained == resumed.epochs_trained == stopped
+    for key, value in straight.host_state().items():
+        np.testing.assert_array_equal(resumed.host_state()[key], value, err_msg=key)
+    capsys.readouterr()
+    again = ["--resume", path["straight"], "--epochs", "60", "--save", path["resumed"]]
+    assert main(["train", *data, *again]) == 0
+    assert "best val_loss" in capsys.readouterr().out
+    more = fn.load_model(path["resumed"], backend="numpy")
+    assert more.epochs_trained == stopped + 1
+    kept = [k for k in straight.host_state() if k.startswith(("param/", "slot/"))]
+    for key in kept:  # (the checkpoint's best weights and optimizer state restored)
+        np.testing.assert_array_equal(more.host_state()[key], straight.host_state()[key])
 
 
 def test_resume_takes_options_given_at_their_default_values(tmp_path, capsys):

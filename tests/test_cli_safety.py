@@ -151,7 +151,7 @@ def test_ctrl_c_before_an_epoch_finished_says_nothing_was_saved(trained, capsys,
             raise KeyboardInterrupt
 
     callbacks = cli._callbacks
-    monkeypatch.setattr(cli, "_callbacks", lambda args: [*callbacks(args), CtrlC()])
+    monkeypatch.setattr(cli, "_callbacks", lambda *args: [*callbacks(*args), CtrlC()])
     save = trained / "new.npz"
     assert main(["train", "--data", str(trained / "d.npz"), *TINY, "--save", str(save)]) == 130
     err = capsys.readouterr().err
