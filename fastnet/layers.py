@@ -814,6 +814,12 @@ class Standardize(Layer):
         out = self._buffer("out", x.shape, x.dtype)  # first: float32
         return self.backend.standardize(x, self.device_offset, self.device_scale, out)
 
+    def standardized(self, x: Any) -> Any:
+        """``forward``'s result in a new array (inference: no buffer shared between threads)."""
+        self._check_input(x)
+        out = self.backend.empty(x.shape, x.dtype)
+        return self.backend.standardize(x, self.device_offset, self.device_scale, out)
+
     def backward(self, dy: Any, need_dx: bool = True) -> Any:
         if not need_dx:
             return None

@@ -689,6 +689,16 @@ def all_finite(x):
 
 
 @njit(**SERIAL)
+def standardize(x, offset, scale, out):
+    """``out = (x - offset) / scale`` row by row: one pass, each element rounded as NumPy's
+    subtract then divide round it."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            out[i, j] = (x[i, j] - offset[j]) / scale[j]
+    return out
+
+
+@njit(**SERIAL)
 def dense_forward(x, weights, biases, codes, alphas, softmax):
     """Inference through a stack of dense layers in one call: returns a new array of the
     last layer's outputs (row-wise softmax of them with ``softmax``)."""

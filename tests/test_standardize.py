@@ -78,7 +78,7 @@ def test_prepend_gives_a_model_of_raw_features_with_the_same_state(tmp_path, nam
         np.testing.assert_array_equal(copied[shifted], value)
     assert raw.epochs_trained == 2  # the same shuffles next
     raw.save(tmp_path / "raw.npz")
-    loaded = fn.load_model(tmp_path / "raw.npz")
+    loaded = fn.load_model(tmp_path / "raw.npz", backend=name)
     np.testing.assert_array_equal(loaded.predict_proba(X), raw.predict_proba(X))
     with pytest.raises(ValueError, match="without parameters"):
         model.prepend(fn.Dense(6))
@@ -183,3 +183,48 @@ def test_standardize_says_when_the_models_dtype_rounds_away_its_inputs(tmp_path)
     X = np.load(path, mmap_mode="r")
     with pytest.raises(ValueError, match=r"X contains 120 NaN or infinite value\(s\) \(as float32"):
         fn.Sequential([fn.Dense(2)]).fit(X, np.arange(40) % 2, verbose=0)
+
+
+@pytest.mark.parametrize("name", ["numpy", "numba"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_leading_standardize_keeps_predictions_on_the_fused_path(name, dtype):
+    """A model with its Standardize first (a CLI --scale checkpoint) predicted layer by layer:
+    one row took 3x the time of the same model's fused call on numba. The rows are now
+    standardized, then the rest runs fused: as the layers' forward (bit for bit on NumPy, to
+    rounding on numba's one-call stack), and the fused call reported."""
+    from fastnet.backends import probe
+
+    if not probe(name).available:
+        pytest.skip(f"{name} unavailable")
+    X, y = _raw()
+    layers = [fn.Standardize.fit(X), fn.Dense(16, "relu"), fn.Dropout(0.2), fn.Dense(3)]
+    model = fn.Sequential(layers, backend=name, dtype=dtype, seed=0)
+    model.fit(X, y, epochs=1, verbose=0)
+    X = X.astype(dtype)
+    for rows in (X[:1], X, X[::2]):  # (one row, all, a strided view)
+        want = model.loss.predict_output(np.array(model.forward(rows, training=False)))
+        tolerance = 0 if name == "numpy" else 1e-6 if dtype == "float32" else 1e-13
+        got = model.predict_proba(rows)
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+        assert "fused inference" in model.backend.kernel_report["matmul"]
+        np.testing.assert_array_equal(model.predict(rows), want.argmax(axis=1))
+
+
+def test_numba_standardizes_as_numpy_rounds():
+    """numba's one-pass kernel rounds each element as NumPy's subtract, then divide."""
+    from fastnet.backends import get_backend, probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    numba, numpy = get_backend("numba"), get_backend("numpy")
+    rng = np.random.default_rng(3)
+    for dtype in (np.float32, np.float64):
+        X = (rng.normal(size=(37, 11)) * 1e3).astype(dtype)
+        X[0, :3] = [np.inf, -np.inf, np.nan]
+        offset = rng.normal(size=11).astype(dtype)
+        scale = rng.uniform(1e-3, 1e3, 11).astype(dtype)
+        for x in (X, X[:, ::-1], X[::3]):
+            want = numpy.standardize(x, offset, scale, np.empty(x.shape, dtype))
+            for standardize in (numba.standardize, numba.k.standardize):  # (the kernel's own)
+                got = standardize(x, offset, scale, np.empty(x.shape, dtype))
+                np.testing.assert_array_equal(got, want)

@@ -173,6 +173,14 @@ class NumbaBackend(Backend):
             return super().activation_backward(y, dy, activation, alpha, out)
         return self.act_backward_bias(y, dy, activation, alpha, out, None)
 
+    def standardize(self, x: Any, offset: Any, scale: Any, out: Any) -> Any:
+        width = (x.shape[-1],)
+        if x.ndim != 2 or out.shape != x.shape or width != offset.shape or width != scale.shape:
+            return super().standardize(x, offset, scale, out)
+        if not contiguous_floats(out, offset, scale) or x.dtype != out.dtype:
+            return super().standardize(x, offset, scale, out)
+        return self.k.standardize(x, offset, scale, out)
+
     # ------------------------------------------------------------------ inference
     def all_finite(self, x: Any) -> bool:
         if x.ndim != 2 or x.dtype not in FLOAT_DTYPES or x.size == 0:
