@@ -345,37 +345,45 @@ class EarlyStopping(Monitor):
         self.at_best = False  # (whether the model holds the best epoch's state: restored)
         carried = self.__dict__.pop("_carried", None)
         if carried is not None:  # (a previous run's counters: ``continue_from``)
-            self.best, self.wait, self.at_best = carried
-            if self.at_best and self.restore_best_weights:
-                self.best_state = model.get_state()
+            self.best, self.wait, self.at_best, state = carried
+            if self.restore_best_weights:
+                self.best_state = model.get_state() if self.at_best else state
 
     def progress(self) -> dict:
-        """Where the last ``fit`` left the counters (saved by the CLI with its checkpoint):
-        the ``monitor``, its ``best`` value, the epochs ``wait``-ed since, and ``at_best``,
-        whether the model's state is that best epoch's (restored at the end, or the last)."""
+        """Where the last ``fit`` left the counters (the CLI saves them with its checkpoint):
+        the ``monitor``, its ``best`` value, the epochs ``wait``-ed since, ``at_best``, whether
+        the model's state is that best epoch's (restored at the end, or the last), and where
+        it is not, the best epoch's ``state`` (``restore_best_weights``; else None)."""
         if not hasattr(self, "wait"):
             raise RuntimeError("EarlyStopping.progress: no fit has run with this callback")
+        state = None if self.at_best else self.best_state
         return {
             "monitor": self.monitor,
             "best": self.best,
             "wait": self.wait,
             "at_best": self.at_best,
+            "state": state,
         }
 
     def continue_from(self, progress: dict) -> None:
         """Start the next ``fit`` where ``progress`` (``progress()``'s dict, of this monitor)
         left off, as the CLI's ``--resume`` does: the best value to beat and the epochs waited
-        since it go on; where the model is at that best, its state is the one restored."""
+        since it go on, and the best epoch's state is the one restored (the model's own where
+        ``at_best``, else ``progress["state"]``, if any)."""
         if progress.get("monitor") != self.monitor:
             raise ValueError(
                 f"EarlyStopping.continue_from: progress of {progress.get('monitor')!r}, "
                 f"this callback monitors {self.monitor!r}"
             )
         best = check_number(progress["best"], "progress['best']")
+        state = progress.get("state")
+        if state is not None and not isinstance(state, dict):
+            raise TypeError(f"progress['state'] must be a model state (a dict), got {state!r}")
         self._carried = (
             best,
             check_count(progress["wait"], "progress['wait']"),
             check_flag(progress["at_best"], "progress['at_best']"),
+            state,
         )
 
     def on_epoch_end(self, model: Any, epoch: int, logs: dict[str, float]) -> bool:

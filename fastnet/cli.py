@@ -656,14 +656,18 @@ def _callbacks(args: argparse.Namespace, carried: dict | None = None, say: Any =
     return callbacks
 
 
-def _early_stopping_progress(callbacks: list, extra: dict) -> None:
-    """Record in the checkpoint's ``extra`` where early stopping left off (for --resume)."""
+def _early_stopping_progress(callbacks: list, extra: dict) -> Any:
+    """Record in the checkpoint's ``extra`` where early stopping left off (for --resume);
+    returns the best epoch's state where the model is not at it (saved beside), else None."""
     from fastnet.callbacks import EarlyStopping
 
     stopper = next((cb for cb in callbacks if isinstance(cb, EarlyStopping)), None)
     extra.pop("early_stopping", None)
-    if stopper is not None and hasattr(stopper, "wait") and math.isfinite(stopper.best):
-        extra["early_stopping"] = stopper.progress()
+    if stopper is None or not hasattr(stopper, "wait") or not math.isfinite(stopper.best):
+        return None
+    progress = stopper.progress()
+    extra["early_stopping"] = {k: v for k, v in progress.items() if k != "state"}
+    return progress["state"]
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -797,11 +801,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(_with_file(str(exc), files)) from None
     if model.stop_reason and not interrupted and not model.diverged:  # (a divergence: warned)
         say(model.stop_reason)
-    _early_stopping_progress(callbacks, data.extra)
+    best = _early_stopping_progress(callbacks, data.extra)
     results = _train_report(model, data, time.perf_counter() - start, say)
     results["first_epoch"] = first_epoch  # (history's first entry: a resumed run's is later)
     if main_rank:
-        _write_outputs(args, model, data, results, arch)
+        _write_outputs(args, model, data, results, arch, best)
     return 130 if interrupted else 0
 
 
@@ -886,16 +890,20 @@ def _report(
 
 
 def _write_outputs(
-    args: argparse.Namespace, model: Any, data: Prepared, results: dict, arch: str
+    args: argparse.Namespace, model: Any, data: Prepared, results: dict, arch: str, best: Any
 ) -> None:
+    """The checkpoint (``best``: early stopping's best epoch's state, saved beside where the
+    model is not at it), the learning curves and the JSON report the options ask for."""
     if args.save and not model.built:
         print(f"no epoch finished: nothing saved to {args.save}", file=sys.stderr)
     if args.save and model.built:
         from fastnet.layers import Standardize
+        from fastnet.state import shift_layers
 
         scaler = data.scaler  # trained on scaled rows: saved to take raw ones
         saved = model.prepend(Standardize(scaler.offset, scaler.scale)) if scaler else model
-        saved.save(args.save, extra=data.extra)
+        best = shift_layers(best, 1) if scaler and best else best
+        saved.save(args.save, extra=data.extra, best_state=best)
         print(f"saved checkpoint to {args.save}")
     cm = results["confusion_matrix"]
     if args.plot and not model.history.get("loss"):

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.state import shift_layers
+
 #: train options the checkpoint decides: its model, loss, optimizer, scaling and seed
 FROM_CHECKPOINT = (
     "layers optimizer lr weight_decay label_smoothing loss preset dropout dtype precision scale "
@@ -47,10 +49,14 @@ def resumed(args: argparse.Namespace, given: set[str], load: Any) -> tuple[Any, 
     args.weight_decay = model.optimizer.weight_decay  # (as --json records them)
     args.label_smoothing = getattr(model.loss, "label_smoothing", 0.0)
     scaler = Scaler.from_json(extra["scale"]) if extra.get("scale") else None  # (older files)
+    best = meta.get("best_state")  # (early stopping's best epoch, where not the last)
     if isinstance(model.layers[0], Standardize):  # the first run's --scale: taken off, the
         first = model.layers[0]  # rows scaled beforehand as then (saved with it again)
         scaler = Scaler("standard", first.offset, first.scale)
         model = _without_first_layer(model)
+        best = best and shift_layers(best, -1)
+    if best and isinstance(extra.get("early_stopping"), dict):
+        extra = {**extra, "early_stopping": {**extra["early_stopping"], "state": best}}
     return model, scaler, extra
 
 
@@ -138,14 +144,6 @@ def _without_first_layer(model: Any) -> Any:
     config = model.get_config()
     config["layers"] = config["layers"][1:]
     inner = type(model).from_config(config, model.backend)
-    state = {}
-    for key, value in model.get_state().items():
-        kind, layer, rest = (key.split("/", 2) + ["", ""])[:3]
-        if layer.isdigit() and rest:  # kind/layer/rest: a layer's entry
-            if layer == "0":
-                continue
-            key = f"{kind}/{int(layer) - 1}/{rest}"
-        state[key] = value
-    inner.set_state(state)
+    inner.set_state(shift_layers(model.get_state(), -1))
     inner.metadata = dict(model.metadata)
     return inner

@@ -824,15 +824,7 @@ class Sequential(Trainer):
         copy = type(self).from_config(config, self.backend)
         if copy.layers[0].parameters():
             raise ValueError(f"prepend takes a layer without parameters, not {layer!r}")
-        state = self.get_state()
-        index = lambda key: key.split("/", 2)  # noqa: E731  kind/layer/rest, or a model's key
-        copy.set_state(
-            {
-                f"{k[0]}/{int(k[1]) + 1}/{k[2]}" if len(k) == 3 and k[1].isdigit() else key: v
-                for key, v in state.items()
-                for k in [index(key)]
-            }
-        )
+        copy.set_state(schema.shift_layers(self.get_state(), 1))
         copy.history = self.history.copied()
         # an old CLI checkpoint's scaling describes the inputs ``layer`` now takes
         copy.metadata = {k: v for k, v in self.metadata.items() if k != "scale"}
@@ -918,17 +910,26 @@ class Sequential(Trainer):
             _REBUILDING.reset(token)
         return model
 
-    def save(self, path: str | os.PathLike, extra: dict | None = None) -> None:
+    def save(
+        self, path: str | os.PathLike, extra: dict | None = None, *, best_state: Any = None
+    ) -> None:
         """Save architecture, weights and optimizer state to ``.npz`` or, for a path ending in
         ``.safetensors``, safetensors (atomic write; host copies, the model stays put), with
-        ``extra`` (JSON-able; default ``model.metadata``), which ``load_model`` restores."""
-        state = self.host_state()
-        if self.arena is not None:
-            try:  # (a file that load_model would refuse is never written)
-                self.validate_state(state)
-            except StateError as exc:
-                raise ValueError(f"not saved: {exc}; the checkpoint would not load") from None
-        arrays = {key: np.asarray(value) for key, value in state.items()}
+        ``extra`` (JSON-able; default ``model.metadata``), which ``load_model`` restores.
+        ``best_state``: another state of this model (an early-stopping best epoch's) saved
+        beside it, which ``load_model_with_meta`` returns as ``meta["best_state"]``."""
+        state, arrays = self.host_state(), dict[str, np.ndarray]()
+        for prefix, saved in (("", state), (BEST_PREFIX, best_state)):
+            if saved is None:
+                continue
+            saved = schema.host_state(saved, self.backend)
+            if self.arena is not None:
+                try:  # (a file that load_model would refuse is never written)
+                    self.validate_state(saved)
+                except StateError as exc:
+                    what = "best_state" if prefix else "not saved"
+                    raise ValueError(f"{what}: {exc}; the checkpoint would not load") from None
+            arrays |= {prefix + key: np.asarray(value) for key, value in saved.items()}
         extra = plain_json(self.metadata or None if extra is None else extra, "extra (metadata)")
         what = "a get_config() of the model's layers, loss or optimizer"  # (arrays as lists)
         config = plain_json(self.get_config(), what)
@@ -1021,6 +1022,8 @@ def _importable(cls: type) -> bool:
 
 #: ``_backward_shape`` after an inference forward (no shape equals it)
 INFERENCE_RAN = ("inference",)
+#: checkpoint keys of a state saved beside the model's own (``save``'s ``best_state``)
+BEST_PREFIX = "best/"
 
 
 def _model_seed(seed: Any) -> int:
@@ -1156,11 +1159,15 @@ def load_model_with_meta(
         raise CheckpointError(f"{name!r} has an invalid architecture (config): {exc}") from None
     extra = meta.get("extra")
     model.metadata = dict(extra) if isinstance(extra, dict) else {}
+    best = {k[len(BEST_PREFIX) :]: arrays.pop(k) for k in list(arrays) if k.startswith(BEST_PREFIX)}
     try:
         _check_saved_dtype(model, arrays, meta["config"].get("dtype", "float32"))
         model.set_state(arrays)
+        if best:  # (checked as the model's own state is)
+            model.validate_state(best)
     except StateError as exc:
         raise CheckpointError(f"{name!r}: {exc}") from None
+    meta["best_state"] = best or None
     return model, meta
 
 

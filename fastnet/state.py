@@ -102,6 +102,21 @@ def host_state(state: dict[str, Any], backend: Any) -> dict[str, Any]:
     return {k: v if isinstance(v, int) else backend.to_numpy(v) for k, v in state.items()}
 
 
+def shift_layers(state: dict[str, Any], by: int) -> dict[str, Any]:
+    """``state`` with its layers' entries (``kind/layer/rest``) moved ``by`` places: 1 for a
+    layer put in front (``Sequential.prepend``), -1 for the first taken off (its entries
+    dropped); the model's own entries (data order, loss scale) stay."""
+    shifted = {}
+    for key, value in state.items():
+        kind, layer, rest = (key.split("/", 2) + ["", ""])[:3]
+        if layer.isdigit() and rest:  # a layer's entry
+            if int(layer) + by < 0:
+                continue
+            key = f"{kind}/{int(layer) + by}/{rest}"
+        shifted[key] = value
+    return shifted
+
+
 def step_count(value: Any, backend: Any) -> int:
     return int(np.asarray(backend.to_numpy(value)))
 

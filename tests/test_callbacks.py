@@ -341,7 +341,13 @@ def test_early_stopping_continues_from_a_previous_fits_progress():
     model = fn.Sequential(layers, optimizer=fn.SGD(0.05), seed=0, backend="numpy")
     first = fn.EarlyStopping("fake", 3, mode="max")
     model.fit(X, y, epochs=2, verbose=0, callbacks=[_Scripted(), first])
-    assert first.progress() == {"monitor": "fake", "best": 1.0, "wait": 0, "at_best": True}
+    assert first.progress() == {
+        "monitor": "fake",
+        "best": 1.0,
+        "wait": 0,
+        "at_best": True,
+        "state": None,
+    }
     kept = [np.array(p.value) for p in model.parameters()]
     with pytest.raises(ValueError, match="progress of 'val_loss', this callback monitors"):
         first.continue_from({**first.progress(), "monitor": "val_loss"})

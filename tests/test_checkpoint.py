@@ -374,3 +374,35 @@ def test_a_per_layer_optimizer_on_any_layer_is_saved(tmp_path):
         other.fit(X, y, epochs=1, verbose=0, batch_size=16)
         for a, b in zip(other.get_weights(), model.get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_a_second_state_saved_beside_loads_apart_and_checked(tmp_path, suffix):
+    """``save(best_state=...)`` (the CLI's early-stopping best epoch) keeps another state of
+    the model under ``best/`` keys: the model loads its own, ``meta["best_state"]`` holds the
+    other; one that would not load is refused when saving, and a file's is checked."""
+    X, y = make_blobs(n=60, d=5, k=3)
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(3)], backend="numpy", seed=0)
+    model.fit(X, y, epochs=1, verbose=0)
+    earlier = model.host_state()
+    model.fit(X, y, epochs=2, initial_epoch=1, verbose=0)
+    path = tmp_path / f"m{suffix}"
+    model.save(path, best_state=earlier)
+    loaded, meta = fn.model.load_model_with_meta(path, "numpy")
+    for key, value in model.host_state().items():
+        np.testing.assert_array_equal(loaded.host_state()[key], value)
+    assert set(meta["best_state"]) == set(earlier)
+    for key, value in earlier.items():
+        np.testing.assert_array_equal(meta["best_state"][key], value)
+    model.save(tmp_path / "plain.npz")
+    assert fn.model.load_model_with_meta(tmp_path / "plain.npz", "numpy")[1]["best_state"] is None
+    with pytest.raises(ValueError, match="best_state: .*param/0/W"):
+        model.save(tmp_path / "bad.npz", best_state={**earlier, "param/0/W": np.zeros((2, 2))})
+    assert not (tmp_path / "bad.npz").exists()
+    from fastnet.checkpoint import read_checkpoint, write_checkpoint
+
+    saved, arrays = read_checkpoint(path)  # (a file whose best state has another shape)
+    arrays["best/param/0/W"] = np.zeros((2, 2), np.float32)
+    write_checkpoint(tmp_path / f"odd{suffix}", saved["config"], arrays, extra=saved["extra"])
+    with pytest.raises(fn.checkpoint.CheckpointError, match="param/0/W"):
+        fn.load_model(tmp_path / f"odd{suffix}", backend="numpy")

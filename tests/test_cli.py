@@ -1134,13 +1134,19 @@ def test_train_resume_continues_an_interrupted_run_as_one_straight_run(
     )
 
 
-def test_resume_continues_early_stopping_where_it_left_off(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("after", [1, 2])  # epochs after the best one when Ctrl-C came
+@pytest.mark.parametrize("scale", [[], ["--scale", "standard"]])
+def test_resume_continues_early_stopping_where_it_left_off(
+    tmp_path, monkeypatch, capsys, after, scale
+):
     """--resume with --patience went on from fresh counters: a run stopped after its best
     epoch and resumed waited its whole patience again from the first resumed epoch (always a
     "best" against inf) and ended on weights worse than the checkpoint's. The best val_loss and
     the epochs waited are saved with the checkpoint: interrupted right after its best epoch
-    and resumed, a run stops where a straight one does, with the same weights; a run that
-    stopped, resumed, stops again after one epoch with no gain and keeps its best weights."""
+    and resumed, a run stops where a straight one does, with the same weights (interrupted
+    after a later epoch, the best epoch's state is saved beside the last one's: its weights
+    are the ones restored, through the scaling taken off and put back); a run that stopped,
+    resumed, stops again after one epoch with no gain and keeps its best weights."""
     import fastnet.cli as cli
 
     rng = np.random.default_rng(1)
@@ -1148,7 +1154,7 @@ def test_resume_continues_early_stopping_where_it_left_off(tmp_path, monkeypatch
     y = (X[:, 0] + rng.standard_normal(200) > 0).astype(int)  # (noisy: overfits, stops)
     np.savez(tmp_path / "d.npz", X=X, y=y)
     data = ["--data", str(tmp_path / "d.npz"), "--backend", "numpy", "--quiet"]
-    run = [*data, "--layers", "64,64", "--lr", "0.01", "--patience", "2", "--epochs", "40"]
+    run = [*data, *scale, "--layers", "64,64", "--lr", "0.01", "--patience", "2", "--epochs", "40"]
     path = {name: str(tmp_path / f"{name}.npz") for name in ("straight", "cut", "resumed")}
     assert (
         main(["train", *run, "--save", path["straight"], "--json", str(tmp_path / "s.json")]) == 0
@@ -1159,7 +1165,7 @@ def test_resume_continues_early_stopping_where_it_left_off(tmp_path, monkeypatch
 
     class CtrlC(fn.Callback):
         def on_epoch_begin(self, model, epoch, logs=None):
-            if epoch == best + 1:  # (the best epoch finished and saved)
+            if epoch == best + after:  # (the best epoch finished, and after - 1 more)
                 raise KeyboardInterrupt
 
     callbacks = cli._callbacks
@@ -1175,7 +1181,8 @@ def test_resume_continues_early_stopping_where_it_left_off(tmp_path, monkeypatch
         str(tmp_path / "r.json"),
     ]
     assert main(["train", *data, *resume]) == 0
-    assert len(json.loads((tmp_path / "r.json").read_text())["history"]["val_loss"]) == 2
+    resumed_epochs = len(json.loads((tmp_path / "r.json").read_text())["history"]["val_loss"])
+    assert resumed_epochs == 3 - after
     straight, resumed = (fn.load_model(path[k], backend="numpy") for k in ("straight", "resumed"))
     assert straight.epochs_trained == resumed.epochs_trained == stopped
     for key, value in straight.host_state().items():
