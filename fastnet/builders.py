@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import numpy as np
+
 from fastnet.backends import Backend
+from fastnet.backends.base import Act, activation_code
 from fastnet.layers import LAYERS, BatchNorm1d, Dense, Dropout, Layer
 from fastnet.losses import Loss
 from fastnet.model import Sequential
@@ -19,20 +22,44 @@ def mlp_layers(
     dropout: float = 0.0,
     batch_norm: bool = False,
 ) -> list[Layer]:
-    """Per hidden width: ``Dense`` with ``activation`` (or ``Dense``, ``BatchNorm1d`` and the
-    activation as its own layer), then ``Dropout`` if ``dropout``; a linear ``Dense(outputs)``
-    last."""
+    """Per hidden width (one int: one hidden layer; ``()``: none): ``Dense`` with
+    ``activation`` (or ``Dense``, ``BatchNorm1d`` and the activation as its own layer), then
+    ``Dropout`` if ``dropout``; a linear ``Dense(outputs)`` last."""
+    widths = _widths(hidden)
+    code = activation_code(activation)  # (an unknown name refused, whatever batch_norm)
     layers: list[Layer] = []
-    for units in hidden:
+    for units in widths:
         if batch_norm:
-            layers += [Dense(int(units)), BatchNorm1d()]
-            layers += [LAYERS[activation]()] if activation else []
+            layers += [Dense(units), BatchNorm1d()]
+            layers += [LAYERS[code.name.lower()]()] if code != Act.LINEAR else []
         else:
-            layers.append(Dense(int(units), activation))
+            layers.append(Dense(units, activation))
         if dropout:
             layers.append(Dropout(dropout))
-    layers.append(Dense(int(outputs)))
+    if not _is_width(outputs):
+        raise ValueError(f"outputs must be a positive integer, got {outputs!r}")
+    layers.append(Dense(outputs))
     return layers
+
+
+def _is_width(units: Any) -> bool:
+    return isinstance(units, (int, np.integer)) and not isinstance(units, bool) and units > 0
+
+
+def _widths(hidden: Any) -> list[int]:
+    """``hidden`` as a list of layer widths (an int: one layer), each a positive integer."""
+    if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
+        hidden = (hidden,)
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Iterable):
+        raise TypeError(
+            f"hidden must be the hidden layers' widths (a tuple of ints, or one int), "
+            f"got {hidden!r}"
+        )
+    widths = list(hidden)
+    bad = [w for w in widths if not _is_width(w)]
+    if bad:
+        raise ValueError(f"hidden widths must be positive integers, got {bad[0]!r} in {hidden!r}")
+    return [int(w) for w in widths]
 
 
 def mlp(

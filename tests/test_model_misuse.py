@@ -527,3 +527,33 @@ def test_a_build_that_fails_partway_can_be_retried():
     for a, b in zip(model.get_weights(), fresh.get_weights()):
         np.testing.assert_array_equal(a, b)
     model.fit(X, y, epochs=1, verbose=0)
+
+
+def test_mlp_checks_its_widths_and_names_activations_alike():
+    """``mlp(4, "64", 3)`` built layers of 6 and 4 units, ``(8.9,)`` 8 and ``True`` 1 (each
+    cast with int()); ``mlp(4, 64, 3)`` failed on iterating an int; with ``batch_norm`` an
+    activation named as Dense takes it ("ReLU", "linear") raised KeyError."""
+    widths = lambda model: [layer.units for layer in model.layers if hasattr(layer, "units")]  # noqa: E731
+    assert widths(fn.mlp(4, 64, 3, backend="numpy")) == [64, 3]  # (one int: one layer)
+    assert widths(fn.mlp(4, np.array([16, 8]), 3, backend="numpy")) == [16, 8, 3]
+    assert widths(fn.mlp(4, (), 3, backend="numpy")) == [3]
+    for hidden, error, message in [
+        ("64", TypeError, "hidden must be the hidden layers' widths .* got '64'"),
+        (None, TypeError, "got None"),
+        ((8.9,), ValueError, "hidden widths must be positive integers, got 8.9"),
+        ((True,), ValueError, "got True"),
+        ((8, 0), ValueError, "got 0"),
+    ]:
+        with pytest.raises(error, match=message):
+            fn.mlp(4, hidden, 3)
+    with pytest.raises(ValueError, match="outputs must be a positive integer, got 3.7"):
+        fn.mlp(4, (8,), 3.7)
+    kinds = lambda model: [type(layer).__name__ for layer in model.layers]  # noqa: E731
+    bn = fn.mlp(4, (8,), 3, "ReLU", batch_norm=True, backend="numpy")
+    assert kinds(bn) == ["Dense", "BatchNorm1d", "ReLU", "Dense"]
+    for linear in ("linear", None):
+        bn = fn.mlp(4, (8,), 3, linear, batch_norm=True, backend="numpy")
+        assert kinds(bn) == ["Dense", "BatchNorm1d", "Dense"]
+    for batch_norm in (False, True):
+        with pytest.raises(ValueError, match="unknown activation 'bogus'"):
+            fn.mlp(4, (8,), 3, "bogus", batch_norm=batch_norm)
