@@ -43,7 +43,7 @@ def mlp_layers(
 
 
 def _is_width(units: Any) -> bool:
-    return isinstance(units, (int, np.integer)) and not isinstance(units, bool) and units > 0
+    return isinstance(units, (int, np.integer)) and not isinstance(units, bool) and bool(units > 0)
 
 
 def _widths(hidden: Any) -> list[int]:
