@@ -315,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="class probabilities, one column per class, instead of labels",
     )
-    predict.add_argument("--output", metavar="FILE", help="write CSV here (default: stdout)")
+    predict.add_argument("--output", metavar="FILE", help="write CSV here (default, or -: stdout)")
     predict.add_argument("--backend", help=f"backend to predict on {_BACKEND_DEFAULT}")
     evaluate = _sub(sub, "evaluate", "evaluate a checkpoint on a test set or your own file")
     evaluate.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")
@@ -1088,6 +1088,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     outputs for every row of --data, as CSV."""
     from fastnet.checkpoint import check_writable
 
+    args.output = None if args.output == "-" else args.output  # (stdout, as --json -)
     inputs = {"the checkpoint": args.checkpoint, "--data": args.data}
     _refuse_overwrites(inputs, {"--output": args.output})
     if args.output:
@@ -1101,7 +1102,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except ValueError as exc:  # (a memory-mapped .npy's NaN: found as it is read)
         raise ValueError(_with_file(str(exc), {"X": args.data})) from None
     with open(args.output, "w", newline="") if args.output else _stdout() as f:
-        csv.writer(f).writerows([header, *rows])
+        csv.writer(f, lineterminator="\n").writerows([header, *rows])  # (lines as grep reads)
     return 0
 
 

@@ -272,8 +272,8 @@ def read_csv(
                     f"{path}: line {reader.line_num} has {len(row)} fields, the header "
                     f"{len(header)}"
                 )
-            if column is not None:
-                values.append(row[column])
+            if column is not None:  # (stripped as the header's names: "a, b"'s " b")
+                values.append(row[column].strip())
                 row_lines.append(reader.line_num)
                 if row[column].strip().lower() in MISSING:
                     missing.append(reader.line_num)

@@ -96,6 +96,16 @@ def _decoded(y: np.ndarray, name: str) -> np.ndarray:
         ) from None
 
 
+def _padded_like(y: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Text labels as a model's classes spell them where those keep spaces a CSV put around
+    them (read before CSV labels were stripped as header names are: " high"), one to one."""
+    bare = np.char.strip(classes)
+    if np.array_equal(bare, classes) or len(np.unique(bare)) != len(classes):
+        return y
+    spelled = dict(zip(bare.tolist(), classes.tolist()))
+    return np.array([spelled.get(v.strip(), v) for v in y.tolist()], dtype=str)
+
+
 class LabelEncoding:
     """The training labels' sorted unique values; ``encode`` maps labels to class indices,
     ``decode`` indices back to labels."""
@@ -136,6 +146,8 @@ class LabelEncoding:
             raise DatasetError(f"{name} has shape {y.shape}; expected one label per row")
         classes = self.classes
         y = y.astype(str) if classes.dtype.kind == "U" else as_labels(y)
+        if classes.dtype.kind == "U" and y.dtype.kind == "U":
+            y = _padded_like(y, classes)
         if y.dtype.kind == "U" and classes.dtype.kind == "b":  # a CSV's True/False, 1/0
             words = np.char.lower(np.char.strip(y))
             if np.isin(words, ("true", "false", "1", "0")).all():

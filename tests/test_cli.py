@@ -446,6 +446,44 @@ def test_predict_ignores_labels_that_evaluate_checks(tmp_path, capsys):
         assert "--data" in err and "has 2 feature columns" in err and "takes 3" in err, err
 
 
+def test_csv_text_labels_are_stripped_and_predictions_written_as_lines(
+    tmp_path, capsys, monkeypatch
+):
+    """A CSV written "a, b, label" / "0.1, 3.6, mid" (UCI Adult's style) kept the label's
+    space: classes " high", " low", predictions " high", and the same labels unspaced were
+    unknown to evaluate (a checkpoint of such classes still reads them). predict wrote CRLF
+    lines (grep '^high$' matched none) and ``--output -`` a file named "-"."""
+    rng = np.random.default_rng(0)
+    words = np.array(["high", "low", "mid"])[np.arange(60) % 3]
+    X = rng.standard_normal((60, 2)) + (np.arange(60) % 3)[:, None]
+    lines = ["a, b, label", *(f"{x:.3f}, {z:.3f}, {w}" for (x, z), w in zip(X, words))]
+    (tmp_path / "spaced.csv").write_text("\n".join(lines) + "\n")
+    bare = ["a,b,label", *(f"{x:.3f},{z:.3f},{w}" for (x, z), w in zip(X, words))]
+    (tmp_path / "bare.csv").write_text("\n".join(bare) + "\n")
+    ckpt = str(tmp_path / "m.npz")
+    train = ["train", "--data", str(tmp_path / "spaced.csv"), "--target", "label", *TINY]
+    assert main([*train, "--save", ckpt]) == 0
+    assert fn.load_model(ckpt, backend="numpy").metadata["classes"] == ["high", "low", "mid"]
+    capsys.readouterr()
+    for data in ("spaced.csv", "bare.csv"):
+        argv = ["--data", str(tmp_path / data), "--backend", "numpy"]
+        assert main(["evaluate", ckpt, *argv, "--target", "label"]) == 0
+        assert main(["predict", ckpt, *argv]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(["predict", ckpt, "--data", "bare.csv", "--output", "-"]) == 0
+    out = capsys.readouterr().out
+    assert "\r" not in out and not (tmp_path / "-").exists()
+    assert out.splitlines()[0] == "label" and set(out.splitlines()[1:]) <= {"high", "low", "mid"}
+    model = fn.load_model(ckpt, backend="numpy")  # (classes read with their spaces before)
+    model.metadata["classes"] = [" high", " low", " mid"]
+    model.save(tmp_path / "old.npz", extra=model.metadata)
+    assert (
+        main(["evaluate", str(tmp_path / "old.npz"), "--data", "bare.csv", "--target", "label"])
+        == 0
+    )
+
+
 @pytest.mark.parametrize("call", ["main()", "main(sys.argv[1:])"])  # the console script's
 def test_predict_into_a_closed_pipe_exits_quietly(tmp_path, call):
     import subprocess
