@@ -46,6 +46,8 @@ def resumed(args: argparse.Namespace, given: set[str], load: Any) -> tuple[Any, 
     dense = [layer.units for layer in model.layers if hasattr(layer, "units")]
     args.layers, args.optimizer = tuple(dense[:-1]), model.optimizer.name
     args.lr = model.optimizer.initial_lr or model.optimizer.lr
+    if args.schedule == "constant":  # (after a schedule: its base, not its last value)
+        model.optimizer.lr = args.lr
     args.weight_decay = model.optimizer.weight_decay  # (as --json records them)
     args.label_smoothing = getattr(model.loss, "label_smoothing", 0.0)
     scaler = Scaler.from_json(extra["scale"]) if extra.get("scale") else None  # (older files)

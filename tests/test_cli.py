@@ -1236,6 +1236,20 @@ def test_resume_continues_early_stopping_where_it_left_off(
         np.testing.assert_array_equal(more.host_state()[key], straight.host_state()[key])
 
 
+def test_a_constant_schedule_resumed_after_cosine_trains_at_the_base_rate(tmp_path):
+    """Resumed with --schedule constant after a cosine run, the header said lr=0.001 while
+    every epoch trained at the cosine's last value (no schedule set it back)."""
+    X = np.random.default_rng(0).standard_normal((120, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 0).astype(int))
+    data = ["--data", str(tmp_path / "d.npz"), "--backend", "numpy", "--quiet"]
+    ckpt, report = str(tmp_path / "m.npz"), tmp_path / "r.json"
+    assert main(["train", *data, "--epochs", "3", "--lr", "0.002", "--save", ckpt]) == 0
+    assert fn.load_model(ckpt, backend="numpy").optimizer.lr < 0.002  # (cosine's last)
+    resume = ["--resume", ckpt, "--epochs", "5", "--schedule", "constant", "--json", str(report)]
+    assert main(["train", *data, *resume]) == 0
+    assert json.loads(report.read_text())["history"]["lr"] == [0.002, 0.002]
+
+
 def test_resume_takes_options_given_at_their_default_values(tmp_path, capsys):
     """An option given with its default's value counted as not given: --epochs 20 was the
     first run's 5, --batch-size 128 its 16, --optimizer adam passed unrefused."""
