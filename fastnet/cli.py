@@ -58,6 +58,8 @@ DATA_DIR_HELP = (
 )
 #: train options a checkpoint records, which ``--resume`` takes unless given again
 RUN_SETTINGS = ("epochs", "batch_size", "schedule", "patience")
+#: train options a checkpoint records as given, which a resumed run's --json reports
+REPORTED_SETTINGS = ("loss", "scale")
 
 
 def _positive(kind, zero_ok: bool = False):  # noqa: ANN001, ANN202
@@ -413,6 +415,7 @@ def _prepare(args: argparse.Namespace, scaler: Any = None) -> Prepared:
         "rows": rows,
     }
     prepared.extra["run"] = {k: getattr(args, k) for k in RUN_SETTINGS}
+    prepared.extra["settings"] = {k: getattr(args, k) for k in REPORTED_SETTINGS}
     if args.scale != "none" or scaler is not None:
         X = prepared.train[0]
         if isinstance(X, np.memmap):

@@ -27,8 +27,9 @@ def resumed(args: argparse.Namespace, given: set[str], load: Any) -> tuple[Any, 
     """``(model, scaler or None, the checkpoint's extra)`` of ``args.resume`` (``load(path)``:
     the CLI's checked load), ``args`` set from it; options it decides, refused when ``given``
     (the command line's, whatever their values)."""
+    from fastnet.cli import LOSS_CHOICES
     from fastnet.layers import Standardize
-    from fastnet.tabular import Scaler
+    from fastnet.tabular import SCALES, Scaler
 
     if args.preset:  # (its values are the parser's defaults now: named alone)
         raise ValueError("--resume trains the checkpoint's model with its settings: drop --preset")
@@ -50,6 +51,12 @@ def resumed(args: argparse.Namespace, given: set[str], load: Any) -> tuple[Any, 
         model.optimizer.lr = args.lr
     args.weight_decay = model.optimizer.weight_decay  # (as --json records them)
     args.label_smoothing = getattr(model.loss, "label_smoothing", 0.0)
+    args.precision = getattr(model, "precision", args.precision)
+    args.dropout = next((layer.rate for layer in model.layers if layer.name == "dropout"), 0.0)
+    settings = extra.get("settings") if isinstance(extra.get("settings"), dict) else {}
+    for key, known in (("loss", ("auto", *LOSS_CHOICES)), ("scale", SCALES)):
+        if settings.get(key) in known:  # (as the first run was given them: its --json's)
+            setattr(args, key, settings[key])
     scaler = Scaler.from_json(extra["scale"]) if extra.get("scale") else None  # (older files)
     best = meta.get("best_state")  # (early stopping's best epoch, where not the last)
     if isinstance(model.layers[0], Standardize):  # the first run's --scale: taken off, the

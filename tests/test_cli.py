@@ -1236,9 +1236,11 @@ def test_resume_continues_early_stopping_where_it_left_off(
         np.testing.assert_array_equal(more.host_state()[key], straight.host_state()[key])
 
 
-def test_a_constant_schedule_resumed_after_cosine_trains_at_the_base_rate(tmp_path):
+def test_a_resumed_run_trains_at_the_base_rate_and_reports_the_first_runs_options(tmp_path):
     """Resumed with --schedule constant after a cosine run, the header said lr=0.001 while
-    every epoch trained at the cosine's last value (no schedule set it back)."""
+    every epoch trained at the cosine's last value (no schedule set it back); a resumed
+    run's --json reported dropout 0.0, scale "none" and loss "auto" (the parser's defaults)
+    for a model trained with others."""
     X = np.random.default_rng(0).standard_normal((120, 4)).astype(np.float32)
     np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 0).astype(int))
     data = ["--data", str(tmp_path / "d.npz"), "--backend", "numpy", "--quiet"]
@@ -1248,6 +1250,12 @@ def test_a_constant_schedule_resumed_after_cosine_trains_at_the_base_rate(tmp_pa
     resume = ["--resume", ckpt, "--epochs", "5", "--schedule", "constant", "--json", str(report)]
     assert main(["train", *data, *resume]) == 0
     assert json.loads(report.read_text())["history"]["lr"] == [0.002, 0.002]
+    first = ["--epochs", "2", "--dropout", "0.3", "--scale", "minmax", "--loss", "cross-entropy"]
+    assert main(["train", *data, *first, "--save", ckpt]) == 0
+    assert main(["train", *data, "--resume", ckpt, "--epochs", "3", "--json", str(report)]) == 0
+    given = json.loads(report.read_text())["args"]  # (the resumed run's --json: 0.0, "none")
+    assert (given["dropout"], given["scale"], given["loss"]) == (0.3, "minmax", "cross-entropy")
+    assert given["precision"] == "fp32"
 
 
 def test_resume_takes_options_given_at_their_default_values(tmp_path, capsys):
