@@ -241,7 +241,8 @@ TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
             type=int,
             default=1,
             choices=[0, 1, 2],
-            help="0 silent, 1 progress bar and epoch lines, 2 epoch lines only",
+            help="1 progress bar and epoch lines, 2 epoch lines only, 0 neither (the run's "
+            "header, results and saved files are still said)",
         ),
     ),
     (("--quiet",), dict(action="store_true", help="no progress or epoch lines (--verbose 0)")),
@@ -839,7 +840,7 @@ def _train_report(model: Any, data: Prepared, total: float, say: Any) -> dict:
     per_epoch = float(np.median(steady)) if steady else float("nan")
     results: dict = {"test": {}, "confusion_matrix": None, "s_per_epoch": per_epoch}
     results |= {"stop_reason": model.stop_reason, "diverged": bool(model.diverged)}
-    if model.history.get("loss"):
+    if model.built and (model.history.get("loss") or model.epochs_trained):  # (resumed: its)
         X, y = data.test
         results = {**results, **_report(model, X, y, data.held, data.encoding, say)}
     else:
@@ -952,7 +953,11 @@ def _verbosity(args: argparse.Namespace) -> int:
 
 def format_confusion(cm: np.ndarray, names: Sequence[str] | None = None) -> str:
     """A confusion matrix as an aligned text table headed by class names (or indices)."""
-    labels = [str(n)[:12] for n in (names if names is not None else range(cm.shape[1]))]
+    full = [str(n) for n in (names if names is not None else range(cm.shape[1]))]
+    cut = 12  # (longer where names would read alike cut there)
+    while len({n[:cut] for n in full}) < len(set(full)) and cut < max(map(len, full)):
+        cut += 1
+    labels = [n[:cut] for n in full]
     width = max(4, len(str(int(cm.max()))) + 1, *(len(n) + 1 for n in labels))
     first = max(9, *(len(n) for n in labels))
     corner = "true\\pred"

@@ -1258,6 +1258,41 @@ def test_a_resumed_run_trains_at_the_base_rate_and_reports_the_first_runs_option
     assert given["precision"] == "fp32"
 
 
+def test_confusion_names_stay_apart_and_a_resumed_run_cut_at_once_reports(
+    tmp_path, capsys, monkeypatch
+):
+    """Class names cut to 12 characters read alike (every row "temperature_"); a resumed
+    run interrupted before its first epoch finished said "test: not trained" of a trained
+    model."""
+    import fastnet.cli as cli
+    from fastnet.cli import format_confusion
+
+    names = ["temperature_high", "temperature_low", "wind"]
+    table = format_confusion(np.eye(3, dtype=int), names)
+    assert [line.split()[0] for line in table.splitlines()[1:]] == [
+        "temperature_h",
+        "temperature_l",
+        "wind",
+    ]
+    assert "abcdefghijkl " in format_confusion(np.eye(2, dtype=int), ["abcdefghijklmn", "b"])
+    X = np.random.default_rng(0).standard_normal((120, 4)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", X=X, y=(X[:, 0] > 0).astype(int))
+    data = ["--data", str(tmp_path / "d.npz"), "--backend", "numpy", "--quiet"]
+    ckpt = str(tmp_path / "m.npz")
+    assert main(["train", *data, "--epochs", "2", "--save", ckpt]) == 0
+
+    class CtrlC(fn.Callback):
+        def on_epoch_begin(self, model, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    callbacks = cli._callbacks
+    monkeypatch.setattr(cli, "_callbacks", lambda *args: [*callbacks(*args), CtrlC()])
+    capsys.readouterr()
+    assert main(["train", *data, "--resume", ckpt, "--epochs", "4"]) == 130
+    out = capsys.readouterr().out
+    assert "not trained" not in out and "held-out accuracy" in out
+
+
 def test_resume_takes_options_given_at_their_default_values(tmp_path, capsys):
     """An option given with its default's value counted as not given: --epochs 20 was the
     first run's 5, --batch-size 128 its 16, --optimizer adam passed unrefused."""
