@@ -10,6 +10,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -966,6 +967,14 @@ def format_confusion(cm: np.ndarray, names: Sequence[str] | None = None) -> str:
     return "\n".join([head, *rows])
 
 
+def _in_option_words(message: str) -> str:
+    """The Python API's words in a message as the command line's options: ``precision='tf32'``
+    is ``--precision tf32``, ``dtype='float32'`` ``--dtype float32``, ``compiled=True``
+    ``--compiled-step on``."""
+    message = re.sub(r"\b(precision|dtype)='([\w.-]+)'", r"--\1 \2", message)
+    return message.replace("compiled=True", "--compiled-step on")
+
+
 def _silent(*args: object, **kwargs: object) -> None:
     """``print`` on ranks other than 0."""
 
@@ -1290,7 +1299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ) as exc:
         from fastnet import distributed as dist
 
-        message = " ".join(str(exc).split()) or type(exc).__name__
+        message = _in_option_words(" ".join(str(exc).split()) or type(exc).__name__)
         message = f"out of memory: {message}" if isinstance(exc, MemoryError) else message
         alike = getattr(exc, "every_rank", False)  # (every rank has it: rank 0 says it)
         if dist.is_main() or not alike:

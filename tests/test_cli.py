@@ -79,7 +79,16 @@ def test_train_save_evaluate_plot(data_dir, tmp_path, capsys):
         (["evaluate", "/nonexistent.npz"], "does not exist"),
         (
             ["train", "--backend", "numpy", "--precision", "tf32", "--limit", "200"],
-            "precision='tf32' needs the cupy backend",
+            "error: --precision tf32 needs the cupy backend",
+        ),
+        (
+            ["train", "--backend", "numpy", "--dtype", "mixed_float16", "--limit", "200"],
+            "error: --dtype mixed_float16 needs the cupy backend: numpy has no half-precision "
+            "kernels faster than float32 (use --dtype float32)",
+        ),
+        (
+            ["train", "--backend", "numpy", "--compiled-step", "on", "--limit", "200"],
+            "a compiled step was required (--compiled-step on), but numpy has no compiled step",
         ),
         (["train", "--val", "v.csv"], "--val applies only to your own --data, not to a built-in"),
         (["train", "--task", "regression"], "--task applies only to your own --data"),

@@ -262,7 +262,7 @@ def test_not_implemented_is_one_error_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(fn.Sequential, "fit", fit)
     assert main(["train", "--data", str(tmp_path / "d.npz"), *FAST]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "error: dtype='mixed_bfloat16'" in err
+    assert err.count("\n") == 1 and "error: --dtype mixed_bfloat16: " in err
 
 
 # ---------------------------------------------------------------- item 7: CSV memory, scaling
