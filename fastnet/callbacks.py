@@ -13,10 +13,11 @@ import os
 import warnings
 from typing import IO, Any
 
+from fastnet.backends import outside_fastnet
 from fastnet.checkpoint import plain_json
 from fastnet.metrics import ALIASES, higher_is_better, log_name
 from fastnet.state import ORDER_KEY
-from fastnet.validation import check_count, check_flag, check_number
+from fastnet.validation import check_count, check_flag, check_number, keras_names
 
 
 class History(dict):
@@ -245,7 +246,7 @@ def _warn_of_unknown_hooks(cb: Any, names: list[str]) -> None:
             warnings.warn(
                 f"callback {type(cb).__name__}.{name} is no hook fit calls{hint}",
                 UserWarning,
-                stacklevel=5,
+                stacklevel=outside_fastnet(),
             )
 
 
@@ -323,6 +324,7 @@ class EarlyStopping(Monitor):
         self,
         monitor: str = "val_loss",
         patience: int = 3,
+        *keras_order: Any,
         min_delta: float = 0.0,
         mode: str = "auto",
         restore_best_weights: bool = True,
@@ -330,6 +332,12 @@ class EarlyStopping(Monitor):
         start_from_epoch: int = 0,
         verbose: int = 0,
     ) -> None:
+        if keras_order:
+            raise TypeError(
+                "EarlyStopping takes (monitor, patience) by position, the rest by name; "
+                "Keras's order is (monitor, min_delta, patience, ...): write "
+                "EarlyStopping('val_loss', patience=5, min_delta=0.001)"
+            )
         self.patience = check_count(patience, "patience")
         super().__init__(monitor, mode, min_delta)
         self.restore_best_weights = check_flag(restore_best_weights, "restore_best_weights")
@@ -453,16 +461,19 @@ class ModelCheckpoint(Monitor):
     starts; weights holding NaN or inf (``on_divergence="ignore"``) are not saved: a warning
     says so."""
 
+    @keras_names(filepath="path")
     def __init__(
         self,
         path: str | os.PathLike,
         monitor: str = "val_loss",
         verbose: int = 0,
         save_best_only: bool = False,
-        *,  # (Keras's save_weights_only comes next)
+        save_weights_only: bool = False,
+        *,
         mode: str = "auto",
         initial_value_threshold: float | None = None,
     ) -> None:
+        check_flag(save_weights_only, "save_weights_only")  # (Keras's: the files hold it all)
         super().__init__(monitor, mode, 0.0)
         self.path = os.fspath(path)
         self.save_best_only = check_flag(save_best_only, "save_best_only")
@@ -624,6 +635,7 @@ class CSVLogger(Callback):
     a resumed run appending to such a file repeats one number); ``append`` keeps an existing
     file (the header is written once)."""
 
+    @keras_names(filename="path")
     def __init__(self, path: str | os.PathLike, separator: str = ",", append: bool = False) -> None:
         if not isinstance(separator, str) or len(separator) != 1 or separator in '\r\n"':
             raise ValueError(f"separator must be one character (not a quote), got {separator!r}")

@@ -22,6 +22,7 @@ import numpy as np
 
 from fastnet.backends import _launched_rank
 from fastnet.optimizers import OPTIMIZERS as RULES
+from fastnet.tabular import LOSS_CHOICES
 
 
 def _layers(spec: str) -> tuple[int, ...]:
@@ -93,11 +94,6 @@ def _number(kind, low: float, high: float, low_ok: bool = True):  # noqa: ANN001
     return parse
 
 
-LOSS_CHOICES = {
-    "cross-entropy": "classification",
-    "squared-error": "regression",
-    "poisson": "regression",
-}
 OPTIMIZERS = RULES.builtin()  # (a rule added to fastnet.optimizers is an --optimizer)
 _BACKEND_DEFAULT = "(default: $FASTNET_BACKEND or auto)"
 TRAIN_OPTIONS: list[tuple[tuple[str, ...], dict[str, Any]]] = [

@@ -27,9 +27,8 @@ def resumed(args: argparse.Namespace, given: set[str], load: Any) -> tuple[Any, 
     """``(model, scaler or None, the checkpoint's extra)`` of ``args.resume`` (``load(path)``:
     the CLI's checked load), ``args`` set from it; options it decides, refused when ``given``
     (the command line's, whatever their values)."""
-    from fastnet.cli import LOSS_CHOICES
     from fastnet.layers import Standardize
-    from fastnet.tabular import SCALES, Scaler
+    from fastnet.tabular import LOSS_CHOICES, SCALES, Scaler
 
     if args.preset:  # (its values are the parser's defaults now: named alone)
         raise ValueError("--resume trains the checkpoint's model with its settings: drop --preset")

@@ -52,6 +52,7 @@ from fastnet.validation import (
     check_targets,
     check_top_k,
     host_array,
+    keras_x,
 )
 
 #: set while ``from_config`` rebuilds a saved model (checks of new models' layer stacks only)
@@ -700,6 +701,7 @@ class Sequential(Trainer):
                 "layers wanted (get_weights/set_weights carry weights over)"
             )
 
+    @keras_x
     def predict_raw(self, X: Any, *, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
         """Raw outputs (logits) as a NumPy array, computed ``batch_size`` rows at a time
         (default: 2,048 on a CPU, 8,192 on a GPU). ``verbose``: Keras's argument, accepted
@@ -709,6 +711,7 @@ class Sequential(Trainer):
         Xd = self._features(X, "X", finite=False)  # checked chunk by chunk, in cache
         return self.backend.to_numpy(self._batched_outputs(Xd, False, chunk, finite="X"))
 
+    @keras_x
     def predict_proba(
         self, X: Any, *, batch_size: int | None = None, verbose: int = 0
     ) -> np.ndarray:
@@ -719,11 +722,13 @@ class Sequential(Trainer):
         Xd = self._features(X, "X", finite=False)
         return self.backend.to_numpy(self._batched_outputs(Xd, True, chunk, finite="X"))
 
+    @keras_x
     def predict(self, X: Any, *, batch_size: int | None = None, verbose: int = 0) -> np.ndarray:
         """Predicted class indices for classifiers, raw outputs otherwise (NumPy)."""
         raw = self.predict_raw(X, batch_size=batch_size, verbose=verbose)
         return self.loss.predict_labels(raw)
 
+    @keras_x
     def evaluate(
         self,
         X: Any,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastnet.callbacks import Callback, _accepts, _keras_line, _optimizers
-from fastnet.validation import check_count, check_number, is_real
+from fastnet.validation import check_count, check_number, is_real, keras_names
 
 
 class _Schedule(Callback):
@@ -54,6 +54,7 @@ class LearningRateScheduler(_EpochSchedule):
     (Keras's older one: the model optimizer's lr; per-layer optimizers are scaled alike,
     keeping their ratio to it at the schedule's start)."""
 
+    @keras_names(schedule="fn")
     def __init__(self, fn: Callable[..., float], verbose: int = 0) -> None:
         if not callable(fn):
             raise TypeError("LearningRateScheduler needs a function fn(epoch, lr) -> lr")

@@ -12,6 +12,12 @@ from fastnet.data import DatasetError
 
 TASKS = ("auto", "classification", "regression")
 SCALES = ("none", "standard", "minmax")
+#: the CLI's --loss choices and the task each is for
+LOSS_CHOICES = {
+    "cross-entropy": "classification",
+    "squared-error": "regression",
+    "poisson": "regression",
+}
 
 
 def label_array(y: Any) -> np.ndarray:

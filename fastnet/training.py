@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from fastnet.backends import outside_fastnet
 from fastnet.backends.graph_step import CaptureRequiredError, GraphedStep
 from fastnet.backends.interop import host_array
 from fastnet.backends.plan import OpsPlan
@@ -49,6 +50,7 @@ from fastnet.validation import (
     check_number,
     check_positive_int,
     check_top_k,
+    keras_x,
 )
 
 DIVERGENCE_POLICIES = ("restore", "raise", "ignore")
@@ -59,7 +61,9 @@ def _compiled_choice(compiled: bool | str, cuda_graph: bool | str | None) -> boo
     """``fit``'s ``compiled`` argument, accepting the deprecated ``cuda_graph`` alias."""
     if cuda_graph is not None:
         warnings.warn(
-            "fit(cuda_graph=...) is deprecated: use compiled=...", DeprecationWarning, stacklevel=3
+            "fit(cuda_graph=...) is deprecated: use compiled=...",
+            DeprecationWarning,
+            stacklevel=outside_fastnet(),
         )
         compiled = cuda_graph
     if not any(compiled is c or compiled == c for c in COMPILED_CHOICES):
@@ -580,6 +584,7 @@ class Trainer:
         return totals
 
     # ------------------------------------------------------------------ the loop
+    @keras_x
     def fit(
         self,
         X: Any,
@@ -677,7 +682,8 @@ class Trainer:
         data = (run.X, run.y, opts.batch_size, opts.shuffle, run.compiled, run.streamed)
         if self.arena.groups and not self.arena.trained:  # (as Keras warns)
             warnings.warn(
-                "every layer is frozen (trainable=False): no parameter trains", stacklevel=3
+                "every layer is frozen (trainable=False): no parameter trains",
+                stacklevel=outside_fastnet(),
             )
         try:
             return self._runner(*data, run.group, run.weights, run.global_batch_logs)
@@ -963,7 +969,7 @@ class Trainer:
         self.diverged = True
         if run.on_divergence == "raise":
             raise TrainingDivergedError(self.stop_reason)
-        warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=4)
+        warnings.warn(self.stop_reason, RuntimeWarning, stacklevel=outside_fastnet())
         return True
 
     def _end_epoch(self, run: FitRun, epoch: int, logs: dict[str, float]) -> bool:

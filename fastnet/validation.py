@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import decimal
+import functools
+import inspect
 import math
 import numbers
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -333,3 +336,33 @@ def check_dtype(dtype: Any) -> np.dtype:
         )
         raise TypeError(f"dtype must be float32 or float64, got {dt}{half}")
     return dt
+
+
+Method = TypeVar("Method", bound=Callable[..., Any])
+
+
+def keras_names(**aliases: str) -> Callable[[Method], Method]:
+    """A method also taking Keras's keyword names for some arguments, e.g. ``x="X"``:
+    ``fit(x=...)`` is fastnet's ``fit(X=...)``; one given both ways is refused."""
+
+    def wrap(method: Method) -> Method:
+        names = list(inspect.signature(method).parameters)[1:]  # (after self)
+
+        @functools.wraps(method)
+        def taking(self: Any, *args: Any, **kwargs: Any) -> Any:
+            for keras, ours in aliases.items():
+                if keras in kwargs:
+                    if ours in kwargs or names.index(ours) < len(args):
+                        raise TypeError(
+                            f"{method.__qualname__}() got {ours} twice (and as Keras's {keras}=)"
+                        )
+                    kwargs[ours] = kwargs.pop(keras)
+            return method(self, *args, **kwargs)
+
+        return taking  # type: ignore[return-value]
+
+    return wrap
+
+
+#: ``fit``, ``evaluate`` and the predictions take Keras's ``x=`` for ``X``
+keras_x = keras_names(x="X")

@@ -404,7 +404,7 @@ def test_early_stopping_keeps_the_best_score_itself_not_the_last_gain_over_tol()
         def set_state(self, state):
             self.restored = state["param/0/W"]
 
-    model, best = Model(), _BestScore("val_score", 5, 0.01, mode="max")
+    model, best = Model(), _BestScore("val_score", 5, min_delta=0.01, mode="max")
     count = _NoImprovement().using(5, 0.01, adaptive=False, validation=True)
     best.on_train_begin(model)
     for model.epoch, score in enumerate([0.80, 0.809, 0.70]):

@@ -308,7 +308,13 @@ def test_early_stopping_baseline_and_start_from_epoch_as_keras():
         patience, start = int(rng.integers(1, 4)), int(rng.integers(0, 4))
         baseline = [None, 0.3, 0.05][trial % 3]
         stop = fn.EarlyStopping(
-            "val_loss", patience, 0.1 * (trial % 2), "min", False, baseline, start
+            "val_loss",
+            patience,
+            min_delta=0.1 * (trial % 2),
+            mode="min",
+            restore_best_weights=False,
+            baseline=baseline,
+            start_from_epoch=start,
         )
         stop.on_train_begin(model)
         got = next(
@@ -732,3 +738,36 @@ def test_stop_training_set_in_a_batch_hook_ends_the_epoch_after_that_batch(backe
     assert begun.rows_trained == 150 and len(begun.history["loss"]) == 1
     for a, b in zip(begun.get_weights(), alone.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_keras_keyword_names_and_early_stoppings_order(tmp_path):
+    """Keras's keywords were TypeErrors: ``fit(x=..., y=...)``, ``evaluate(x=...)``,
+    ``predict(x=...)``, ``ModelCheckpoint(filepath=..., save_weights_only=...)``,
+    ``CSVLogger(filename=...)``, ``LearningRateScheduler(schedule=...)``; they name fastnet's
+    arguments now (one given both ways refused). Keras's ``EarlyStopping("loss", 0, 5)``
+    (min_delta, patience) trained as patience 0, min_delta 5: EarlyStopping takes only
+    (monitor, patience) by position and says Keras's order."""
+    X, y = _blobs(n=80)
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend="numpy", seed=0)
+    callbacks = [
+        fn.ModelCheckpoint(filepath=str(tmp_path / "m.npz"), save_weights_only=True),
+        fn.CSVLogger(filename=str(tmp_path / "log.csv")),
+        fn.LearningRateScheduler(schedule=lambda epoch: 0.01),
+    ]
+    model.fit(x=X, y=y, epochs=1, verbose=0, validation_split=0.2, callbacks=callbacks)
+    assert (tmp_path / "m.npz").exists() and (tmp_path / "log.csv").exists()
+    assert model.optimizer.lr == 0.01
+    assert model.evaluate(x=X, y=y) == model.evaluate(X, y)
+    for predict in (model.predict, model.predict_proba, model.predict_raw):
+        np.testing.assert_array_equal(predict(x=X), predict(X))
+    with pytest.raises(TypeError, match=r"fit\(\) got X twice \(and as Keras's x=\)"):
+        model.fit(X, y, x=X)
+    with pytest.raises(TypeError, match="got path twice"):
+        fn.CSVLogger("a.csv", filename="b.csv")
+    for keras in [("loss", 0, 5), ("val_loss", 0.001, 5)]:
+        with pytest.raises(TypeError, match=r"Keras's order is \(monitor, min_delta, patience"):
+            fn.EarlyStopping(*keras)
+    with pytest.raises(ValueError, match="patience must be a non-negative integer"):
+        fn.EarlyStopping("val_loss", 0.001)
+    stop = fn.EarlyStopping("loss", 5, min_delta=0.001)
+    assert (stop.patience, stop.min_delta) == (5, 0.001)
