@@ -272,9 +272,11 @@ def load_mnist(
 
 
 def one_hot(labels: np.ndarray, n_classes: int | None = None, dtype=np.float32) -> np.ndarray:
-    """Integer labels ``(n,)`` -> one-hot matrix ``(n, n_classes)``; whole-number floats (a
-    CSV's ``3.0``) are taken as the integers, as ``fit`` and Keras's ``to_categorical`` do."""
+    """Integer labels ``(n,)`` (or a column ``(n, 1)``) -> one-hot matrix ``(n, n_classes)``;
+    whole-number floats (a CSV's ``3.0``) are taken as the integers, as ``fit`` and Keras's
+    ``to_categorical`` do."""
     labels = np.asarray(labels)
+    labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
     if labels.ndim == 1 and labels.dtype.kind == "f":
         whole = np.isfinite(labels) & (labels == np.round(labels))
         if not whole.all():

@@ -120,6 +120,11 @@ class Loss:
             bad = "targets hold NaN or infinite values"
         if bad:
             raise ValueError(f"{type(self).__name__}: {bad}")
+        if weights is not None and not hasattr(weights, "shape"):
+            raise TypeError(
+                f"{type(self).__name__}: weights must be an array (one per row), got a "
+                f"{type(weights).__name__}"
+            )
         if weights is not None and tuple(weights.shape) != (outputs.shape[0],):
             raise ValueError(
                 f"{type(self).__name__}: weights of shape {tuple(weights.shape)} for "
@@ -132,9 +137,12 @@ class Loss:
         return self.compute(outputs, targets, weights)
 
     def _class_indices(self, targets: Any) -> Any:
-        """1-D float class indices (a CSV's ``3.0``) as int64, as ``fit`` takes them; the
-        first row that holds no whole number named."""
-        if getattr(targets, "dtype", np.dtype(object)).kind != "f":
+        """1-D float class indices (a CSV's ``3.0``) and bools as int64, as ``fit`` takes
+        them; the first row that holds no whole number named."""
+        kind = getattr(targets, "dtype", np.dtype(object)).kind
+        if kind == "b":
+            return targets.astype(np.int64)
+        if kind != "f":
             return targets
         xp = self._xp(targets)
         whole = xp.isfinite(targets) & (targets == xp.round(targets)) & (targets >= 0)

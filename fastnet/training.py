@@ -870,6 +870,11 @@ class Trainer:
             epoch_seed(seed, -1),
             stratify=self.loss.classification,
         )
+        if self.min_batch_rows() > max(len(train), 1):  # (BatchNorm1d: 2 rows a batch)
+            raise ValueError(
+                f"validation_split={fraction:g} leaves {len(train)} of X's {X.shape[0]} rows to "
+                f"train; this model (BatchNorm1d) needs at least {self.min_batch_rows()}"
+            )
         val: tuple[Any, ...] = (_rows(X, held), _rows(y, held))
         if w is not None:  # the held-out rows keep their weights, as Keras's split
             w = host_array(w, "sample_weight")

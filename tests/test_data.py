@@ -151,6 +151,9 @@ def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):
 def test_one_hot_split_minibatches():
     y = np.array([0, 2, 1, 2])
     np.testing.assert_array_equal(fn.one_hot(y, 3).argmax(1), y)
+    np.testing.assert_array_equal(fn.one_hot(y[:, None], 3), fn.one_hot(y, 3))  # (a column)
+    with pytest.raises(ValueError, match=r"labels must be 1-D integers, got shape \(4, 2\)"):
+        fn.one_hot(np.stack([y, y], 1))
     with pytest.raises(ValueError, match="labels must be in"):
         fn.one_hot(y, 2)
     X = np.arange(200).reshape(100, 2).astype(np.float32)

@@ -513,7 +513,11 @@ def test_layers_and_losses_check_their_inputs(backend):
     with pytest.raises(ValueError, match="do not match"):
         loss(logits, backend.asarray(np.zeros(5, np.int64)))
     with pytest.raises(TypeError, match="integer class indices"):
-        loss(logits, backend.asarray(np.zeros(4, np.bool_)))
+        loss(logits, backend.asarray(np.zeros(4, np.complex64)))
+    flags = loss(logits, backend.asarray(np.array([True, False, True, True])))[0]
+    assert float(flags) == float(loss(logits, backend.asarray(np.array([1, 0, 1, 1])))[0])
+    with pytest.raises(TypeError, match="weights must be an array .one per row., got a list"):
+        loss(logits, backend.asarray(np.array([0, 2, 1, 2])), [1.0] * 4)
     whole = loss(logits, backend.asarray(np.array([0.0, 2.0, 1.0, 2.0], np.float32)))[0]
     assert float(whole) == float(loss(logits, backend.asarray(np.array([0, 2, 1, 2])))[0])
     with pytest.raises(ValueError, match="row 2 holds 1.5"):

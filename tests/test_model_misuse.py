@@ -557,3 +557,12 @@ def test_mlp_checks_its_widths_and_names_activations_alike():
     for batch_norm in (False, True):
         with pytest.raises(ValueError, match="unknown activation 'bogus'"):
             fn.mlp(4, (8,), 3, "bogus", batch_norm=batch_norm)
+
+
+def test_a_validation_split_too_small_for_batch_norm_is_named():
+    """It said "X has 1 sample(s)" of an X of 3 rows: the rows validation_split left."""
+    X, y = make_blobs(n=3, d=4, k=2)
+    model = fn.Sequential([fn.Dense(4), fn.BatchNorm1d(), fn.Dense(2)], backend="numpy")
+    with pytest.raises(ValueError, match="validation_split=0.5 leaves 1 of X's 3 rows to train"):
+        model.fit(X, y, validation_split=0.5, verbose=0)
+    assert not model.built
