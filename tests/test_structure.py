@@ -253,8 +253,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # EarlyStopping's Keras-ordered call refused (+35), CSV labels stripped with old classes still
 # read, predict's LF lines and --output -, a constant schedule resumed at its base rate, the
 # first run's options in a resumed --json, confusion names kept apart, CLI errors in option
-# words (+36)
-BUDGET = 14470
+# words (+36), to 14,490 for the rest of the Keras-user audit (a loss on bool labels and a
+# weights list named, one_hot of a label column, a validation_split too small for BatchNorm1d
+# named: +20)
+BUDGET = 14490
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
