@@ -315,7 +315,7 @@ class Sequential(Trainer):
         drawn again from the same generator state)."""
         for layer in self.layers:
             layer._backend = None
-        self.arena, self.input_dim, self._trainable, self._plan_key = None, None, (), None
+        self.arena, self.input_dim, self._trainable, self._plan_cache = None, None, (), None
         self._rng.bit_generator.state = rng_state
         self.loss.width = loss_width
         self._compiled_steps.clear()
@@ -346,7 +346,7 @@ class Sequential(Trainer):
             grads = [(p, self.backend.xp.array(p.grad, copy=True)) for p in self.parameters()]
             self.arena = self._new_arena()
             self._compiled_steps.clear()  # (they were built for the old groups)
-            self._plan_key = None
+            self._plan_cache = None
             self.set_state(state, validate=False)  # (a merged group: its largest step count)
             for p, grad in grads:  # (a hand loop's backward ran before this update)
                 p.grad = grad

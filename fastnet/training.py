@@ -544,9 +544,7 @@ class Trainer:
     streamed: bool
     step_description: str
     _compiled_steps: dict
-    _plan_key: tuple[int, int] | None = None
-    _plan_lead = 0  # the leading layers fused inference leaves out (``Standardize``)
-    _plan_watch: list = []  # noqa: RUF012  (replaced per model, never mutated)
+    _plan_cache: tuple | None = None  # ``_inference_entry``'s
     _plan: Any = None
     optimizer: Any
     steps_per_epoch: int = 0
@@ -1511,8 +1509,9 @@ class Trainer:
         (while in cache, for the first layer's GEMM). ``batch_size`` 0: 2,048 rows on a CPU
         (measured on the AMD EPYC: as fast as 8,192, and a chunk stays in cache), 8,192 else."""
         batch_size = batch_size or (2048 if self.backend.xp is np else 8192)
-        plan = self._inference_plan()
-        lead = self.layers[: self._plan_lead] if plan is not None else ()
+        plan, count = self._inference_entry()
+        fused = plan is not None and self.backend.fuses_inference
+        lead = self.layers[:count] if fused else []  # (computed first: Standardize)
         chunks = []
         for lo in range(0, Xd.shape[0], batch_size):
             chunk = Xd[lo : lo + batch_size]
@@ -1528,26 +1527,32 @@ class Trainer:
         return chunks[0] if len(chunks) == 1 else self.backend.xp.concatenate(chunks)
 
     def _inference_plan(self) -> Any:
-        """The model's step plan for fused inference, kept while the arena is the same (its
-        arrays are updated in place) and nothing it holds changed (a hyperparameter or the
-        loss: ``revision``); each backend's ``infer`` decides which plans and predictions it
-        computes."""
-        watched = self._plan_watch  # constants the plan holds: a leaky slope, an eps
+        """The model's step plan for fused inference, of the layers after any leading
+        ``Standardize`` (``_inference_entry``)."""
+        return self._inference_entry()[0]
+
+    def _inference_entry(self) -> tuple[Any, int]:
+        """``(plan, lead)``: the step plan for fused inference of the layers after the
+        ``lead`` leading ``Standardize`` layers (computed first), kept while the arena is the
+        same (its arrays are updated in place) and nothing it holds changed (a hyperparameter
+        or the loss: ``revision``); each backend's ``infer`` decides which plans and
+        predictions it computes. Cached as one tuple: a thread reads all of it or none."""
+        cache = self._plan_cache  # (key, constants the plan holds: a leaky slope, plan, lead)
         key = (id(self.arena), revision())
-        if self._plan_key != key or any(getattr(x, a) != v for x, a, v in watched):
+        if cache is None or cache[0] != key or any(getattr(x, a) != v for x, a, v in cache[1]):
             plan = self.step_plan()
             mixed = plan.compute_dtype != plan.dtype  # layer by layer, in the compute dtype
-            lead = 0  # leading Standardize layers: computed first, the rest fused (``lead``)
+            lead = 0
             while lead < len(plan.layers) and plan.layers[lead] == OpsPlan("Standardize"):
                 lead += 1
-            plan = replace(plan, layers=plan.layers[lead:])
-            self._plan_key, self._plan, self._plan_lead = key, None if mixed else plan, lead
-            self._plan_watch = [
+            watched = [
                 (layer, name, getattr(layer, name))
                 for layer in self.layers
                 for name in layer.inference_constants()
             ]
-        return self._plan
+            plan = None if mixed else replace(plan, layers=plan.layers[lead:])
+            self._plan_cache = cache = (key, watched, plan, lead)
+        return cache[2], cache[3]
 
     def _epoch_line(self, epoch: int, epochs: int, logs: dict[str, float]) -> str:
         """One line per epoch: the loss, accuracy or regression errors, time and backend."""

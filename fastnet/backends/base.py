@@ -522,6 +522,11 @@ class Backend:
         """Whether no element of ``x`` is NaN or infinite (input checks; one reduction)."""
         return bool(self.xp.isfinite(x).all())
 
+    @property
+    def fuses_inference(self) -> bool:
+        """Whether ``infer`` computes any plan (else predictions always run layer by layer)."""
+        return type(self).infer is not Backend.infer
+
     def infer(self, plan: Any, x: Any, probabilities: bool) -> Any:
         """Outputs of a model's ``StepPlan`` on ``x`` (with ``probabilities``, the loss's
         predictions of them: ``plan.loss.predictions``) in a new array, or None where this
