@@ -137,6 +137,9 @@ def check_same_data(args: argparse.Namespace, model: Any, extra: dict, data: Any
             f"{args.resume} names no classes: its outputs are the labels 0..{outputs - 1}, "
             f"and the data's labels are {classes[:10]}"
         )
+    want, got = extra.get("classes"), data.extra.get("classes")
+    if isinstance(want, list) and got == [str(c).strip() for c in want] and want != got:
+        data.extra["classes"] = want  # (a CSV's " high", read before labels were stripped)
     for key in ("task", "features", "classes"):
         want, got = extra.get(key), data.extra.get(key)
         if want is not None and got is not None and want != got:

@@ -491,6 +491,10 @@ def test_csv_text_labels_are_stripped_and_predictions_written_as_lines(
         main(["evaluate", str(tmp_path / "old.npz"), "--data", "bare.csv", "--target", "label"])
         == 0
     )
+    resume = ["train", "--resume", str(tmp_path / "old.npz"), "--data", "spaced.csv", "--quiet"]
+    assert main([*resume, "--epochs", "3", "--save", str(tmp_path / "on.npz")]) == 0
+    resumed = fn.load_model(tmp_path / "on.npz", backend="numpy")
+    assert resumed.metadata["classes"] == [" high", " low", " mid"]  # (the model's own)
 
 
 @pytest.mark.parametrize("call", ["main()", "main(sys.argv[1:])"])  # the console script's
