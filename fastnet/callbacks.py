@@ -332,11 +332,17 @@ class EarlyStopping(Monitor):
         start_from_epoch: int = 0,
         verbose: int = 0,
     ) -> None:
-        if keras_order:
-            raise TypeError(
-                "EarlyStopping takes (monitor, patience) by position, the rest by name; "
-                "Keras's order is (monitor, min_delta, patience, ...): write "
-                "EarlyStopping('val_loss', patience=5, min_delta=0.001)"
+        named = dict(
+            min_delta=min_delta,
+            mode=mode,
+            restore_best_weights=restore_best_weights,
+            baseline=baseline,
+            start_from_epoch=start_from_epoch,
+            verbose=verbose,
+        )
+        if keras_order:  # (fastnet's older order; Keras's differs: said, read as before)
+            min_delta, mode, restore_best_weights, baseline, start_from_epoch, verbose = (
+                _older_order(keras_order, named)
             )
         self.patience = check_count(patience, "patience")
         super().__init__(monitor, mode, min_delta)
@@ -435,6 +441,30 @@ class EarlyStopping(Monitor):
                 {k: v for k, v in self.best_state.items() if not k.startswith(going_on)}
             )
             self.at_best = True
+
+
+_EARLY_STOPPING_DEFAULTS = (0.0, "auto", True, None, 0, 0)
+
+
+def _older_order(given: tuple, named: dict[str, Any]) -> tuple:
+    """EarlyStopping's arguments after ``patience`` given by position, in fastnet's older
+    order (``named``'s), with a FutureWarning: Keras's order is another."""
+    if len(given) > len(named):
+        raise TypeError(f"EarlyStopping takes at most {len(named) + 2} positional arguments")
+    values = list(named.values())
+    for i, (name, value) in enumerate(zip(named, given)):
+        if values[i] != _EARLY_STOPPING_DEFAULTS[i]:
+            raise TypeError(f"EarlyStopping got {name} twice (by position and by name)")
+        values[i] = value
+    warnings.warn(
+        f"EarlyStopping's arguments after patience by position are read in fastnet's older "
+        f"order ({', '.join(list(named)[: len(given)])}), and will be refused: Keras's order "
+        "is (monitor, min_delta, patience, ...), so name them, e.g. "
+        "EarlyStopping('val_loss', patience=5, min_delta=0.001)",
+        FutureWarning,
+        stacklevel=outside_fastnet(),
+    )
+    return tuple(values)
 
 
 def _main_rank() -> bool:

@@ -745,8 +745,9 @@ def test_keras_keyword_names_and_early_stoppings_order(tmp_path):
     ``predict(x=...)``, ``ModelCheckpoint(filepath=..., save_weights_only=...)``,
     ``CSVLogger(filename=...)``, ``LearningRateScheduler(schedule=...)``; they name fastnet's
     arguments now (one given both ways refused). Keras's ``EarlyStopping("loss", 0, 5)``
-    (min_delta, patience) trained as patience 0, min_delta 5: EarlyStopping takes only
-    (monitor, patience) by position and says Keras's order."""
+    (min_delta, patience) trained as patience 0, min_delta 5 unsaid: arguments after
+    patience by position now give a FutureWarning naming Keras's order (read in fastnet's
+    older order until they are refused)."""
     X, y = _blobs(n=80)
     model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend="numpy", seed=0)
     callbacks = [
@@ -764,9 +765,14 @@ def test_keras_keyword_names_and_early_stoppings_order(tmp_path):
         model.fit(X, y, x=X)
     with pytest.raises(TypeError, match="got path twice"):
         fn.CSVLogger("a.csv", filename="b.csv")
-    for keras in [("loss", 0, 5), ("val_loss", 0.001, 5)]:
-        with pytest.raises(TypeError, match=r"Keras's order is \(monitor, min_delta, patience"):
-            fn.EarlyStopping(*keras)
+    with pytest.warns(FutureWarning, match=r"Keras's order is \(monitor, min_delta, patience"):
+        stop = fn.EarlyStopping("loss", 0, 5)  # (Keras's min_delta 0, patience 5: said)
+    assert (stop.patience, stop.min_delta) == (0, 5)  # (fastnet's older order, as before)
+    with pytest.warns(FutureWarning, match=r"older order \(min_delta, mode\)"):
+        older = fn.EarlyStopping("val_loss", 5, 0.01, "min")
+    assert (older.patience, older.min_delta, older.mode) == (5, 0.01, "min")
+    with pytest.raises(TypeError, match="got mode twice"):
+        fn.EarlyStopping("val_loss", 5, 0.01, "min", mode="max")
     with pytest.raises(ValueError, match="patience must be a non-negative integer"):
         fn.EarlyStopping("val_loss", 0.001)
     stop = fn.EarlyStopping("loss", 5, min_delta=0.001)
