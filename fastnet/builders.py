@@ -48,8 +48,8 @@ def _is_width(units: Any) -> bool:
 
 def _widths(hidden: Any) -> list[int]:
     """``hidden`` as a list of layer widths (an int: one layer), each a positive integer."""
-    if isinstance(hidden, (int, np.integer)) and not isinstance(hidden, bool):
-        hidden = (hidden,)
+    if np.ndim(hidden) == 0 and not isinstance(hidden, (str, bytes, type(None))):
+        hidden = (hidden.item() if isinstance(hidden, np.ndarray) else hidden,)  # one layer
     if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Iterable):
         raise TypeError(
             f"hidden must be the hidden layers' widths (a tuple of ints, or one int), "

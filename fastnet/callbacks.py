@@ -17,7 +17,7 @@ from fastnet.backends import outside_fastnet
 from fastnet.checkpoint import plain_json
 from fastnet.metrics import ALIASES, higher_is_better, log_name
 from fastnet.state import ORDER_KEY
-from fastnet.validation import check_count, check_flag, check_number, keras_names
+from fastnet.validation import check_count, check_flag, check_number, is_real, keras_names
 
 
 class History(dict):
@@ -389,7 +389,9 @@ class EarlyStopping(Monitor):
                 f"EarlyStopping.continue_from: progress of {progress.get('monitor')!r}, "
                 f"this callback monitors {self.monitor!r}"
             )
-        best = check_number(progress["best"], "progress['best']")
+        best = progress["best"]  # (inf where no epoch was watched: progress() gives it)
+        if not is_real(best) or math.isnan(best):
+            raise ValueError(f"progress['best'] must be a number, got {best!r}")
         state = progress.get("state")
         if state is not None and not isinstance(state, dict):
             raise TypeError(f"progress['state'] must be a model state (a dict), got {state!r}")

@@ -10,6 +10,7 @@ as one straight run does.
 from __future__ import annotations
 
 import argparse
+import warnings
 from typing import Any
 
 import numpy as np
@@ -63,8 +64,16 @@ def resumed(args: argparse.Namespace, given: set[str], load: Any) -> tuple[Any, 
         scaler = Scaler("standard", first.offset, first.scale)
         model = _without_first_layer(model)
         best = best and shift_layers(best, -1)
-    if best and isinstance(extra.get("early_stopping"), dict):
-        extra = {**extra, "early_stopping": {**extra["early_stopping"], "state": best}}
+    record = extra.get("early_stopping")
+    if isinstance(record, dict) and not best and record.get("at_best") is False:
+        warnings.warn(  # (a copy saved by model.save: the record without the best weights)
+            f"{args.resume} records early stopping's progress but not its best epoch's "
+            "weights (a copy saved without them): early stopping starts afresh",
+            stacklevel=2,
+        )
+        extra = {k: v for k, v in extra.items() if k != "early_stopping"}
+    elif best and isinstance(record, dict):
+        extra = {**extra, "early_stopping": {**record, "state": best}}
     return model, scaler, extra
 
 

@@ -107,7 +107,7 @@ class Loss:
         (one per row) weight each row; the mean stays over the rows (Keras's normalisation).
         Class indices may come as a column ``(n, 1)``, as ``evaluate`` and ``fit`` take them."""
         shape: tuple = getattr(targets, "shape", ())
-        if self.multiclass and len(shape) == 2 and shape[1] == 1 and targets.dtype.kind in "iuf":
+        if self.multiclass and len(shape) == 2 and shape[1] == 1 and targets.dtype.kind in "biuf":
             targets = targets.reshape(-1)  # (a softmax model has 2+ outputs: not a target column)
         if self.multiclass and len(shape) in (1, 2) and targets.ndim == 1:
             targets = self._class_indices(targets)  # (whole-number floats, as fit takes them)

@@ -354,7 +354,7 @@ def keras_names(**aliases: str) -> Callable[[Method], Method]:
                 if keras in kwargs:
                     if ours in kwargs or names.index(ours) < len(args):
                         raise TypeError(
-                            f"{method.__qualname__}() got {ours} twice (and as Keras's {keras}=)"
+                            f"{method.__name__}() got {ours} twice (and as Keras's {keras}=)"
                         )
                     kwargs[ours] = kwargs.pop(keras)
             return method(self, *args, **kwargs)

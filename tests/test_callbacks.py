@@ -363,6 +363,10 @@ def test_early_stopping_continues_from_a_previous_fits_progress():
     fresh = fn.EarlyStopping("fake", 1, mode="min")
     model.fit(X, y, epochs=7, initial_epoch=3, verbose=0, callbacks=[_Scripted(), fresh])
     assert model.epochs_trained == 5  # (without progress: epoch 3 is a first best)
+    unwatched = fn.EarlyStopping("fake", 1, mode="min", start_from_epoch=99)
+    model.fit(X, y, epochs=6, initial_epoch=5, verbose=0, callbacks=[_Scripted(), unwatched])
+    assert unwatched.progress()["best"] == np.inf  # (no epoch watched: taken back as it is)
+    fn.EarlyStopping("fake", 1, mode="min").continue_from(unwatched.progress())
 
 
 class _LayerRates(fn.Callback):

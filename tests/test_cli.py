@@ -1244,6 +1244,12 @@ def test_resume_continues_early_stopping_where_it_left_off(
     assert "best val_loss" in capsys.readouterr().out
     more = fn.load_model(path["resumed"], backend="numpy")
     assert more.epochs_trained == stopped + 1
+    copy = fn.load_model(path["cut"], backend="numpy")  # (re-saved: the record, no best/ keys)
+    copy.save(tmp_path / "copy.npz")
+    capsys.readouterr()
+    assert main(["train", *data, "--resume", str(tmp_path / "copy.npz")]) == 0
+    warned = "not its best epoch's weights (a copy saved without them)" in capsys.readouterr().err
+    assert warned == (after == 2)  # (interrupted after a later epoch than the best: at_best no)
     kept = [k for k in straight.host_state() if k.startswith(("param/", "slot/"))]
     for key in kept:  # (the checkpoint's best weights and optimizer state restored)
         np.testing.assert_array_equal(more.host_state()[key], straight.host_state()[key])

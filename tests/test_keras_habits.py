@@ -761,7 +761,7 @@ def test_keras_keyword_names_and_early_stoppings_order(tmp_path):
     assert model.evaluate(x=X, y=y) == model.evaluate(X, y)
     for predict in (model.predict, model.predict_proba, model.predict_raw):
         np.testing.assert_array_equal(predict(x=X), predict(X))
-    with pytest.raises(TypeError, match=r"fit\(\) got X twice \(and as Keras's x=\)"):
+    with pytest.raises(TypeError, match=r"^fit\(\) got X twice \(and as Keras's x=\)"):
         model.fit(X, y, x=X)
     with pytest.raises(TypeError, match="got path twice"):
         fn.CSVLogger("a.csv", filename="b.csv")

@@ -514,8 +514,10 @@ def test_layers_and_losses_check_their_inputs(backend):
         loss(logits, backend.asarray(np.zeros(5, np.int64)))
     with pytest.raises(TypeError, match="integer class indices"):
         loss(logits, backend.asarray(np.zeros(4, np.complex64)))
-    flags = loss(logits, backend.asarray(np.array([True, False, True, True])))[0]
-    assert float(flags) == float(loss(logits, backend.asarray(np.array([1, 0, 1, 1])))[0])
+    flags = np.array([True, False, True, True])
+    for given in (flags, flags[:, None]):  # (a column too, as fit takes it)
+        got = float(loss(logits, backend.asarray(given))[0])
+        assert got == float(loss(logits, backend.asarray(np.array([1, 0, 1, 1])))[0])
     with pytest.raises(TypeError, match="weights must be an array .one per row., got a list"):
         loss(logits, backend.asarray(np.array([0, 2, 1, 2])), [1.0] * 4)
     whole = loss(logits, backend.asarray(np.array([0.0, 2.0, 1.0, 2.0], np.float32)))[0]
