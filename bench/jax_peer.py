@@ -106,10 +106,12 @@ def jax_step_epoch(
     carry = {"state": state}
 
     def run() -> float:
+        """The epoch; its mean training loss (full batches: the mean of the steps' losses)."""
         order = jax.numpy.asarray(rng.permutation(len(X))[: steps * batch].reshape(steps, batch))
-        loss = None
+        losses = []
         for i in range(steps):
             carry["state"], loss = step(carry["state"], order[i], Xd, yd)
-        return float(loss.block_until_ready()) if loss is not None else float("nan")
+            losses.append(loss)
+        return float(jax.numpy.stack(losses).mean()) if losses else float("nan")
 
     return run

@@ -156,17 +156,20 @@ def torch_mlp_epoch(
 
     model, opt, loss_fn, Xt, yt, gen = _torch_setup(sizes, X, y, device, lr, seed, False)
 
-    def run() -> None:
+    def run() -> float:
+        """The epoch; its mean training loss per row (summed on the device, read once)."""
         with _torch_precision(precision):
             order = torch.randperm(len(Xt), device=device, generator=gen)
+            sums = []
             for lo in range(0, len(Xt), batch_size):
                 idx = order[lo : lo + batch_size]
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(Xt[idx]), yt[idx])
                 loss.backward()
                 opt.step()
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
+                sums.append(loss.detach() * len(idx))
+            total = float(torch.stack(sums).sum()) / len(Xt)  # (synchronizes the device)
+        return total
 
     return run
 

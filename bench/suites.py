@@ -561,11 +561,12 @@ def _torch_contestants(
     if cpu:
         torch.set_num_threads(max(1, os.cpu_count() or 1))
         run = torch_mlp_epoch(sizes, X, y, batch)
-        epoch.append(Contestant("torch-cpu-eager-fp32", run, None, flops))
+        epoch.append(Contestant("torch-cpu-eager-fp32", run, None, flops, loss=float))
     if torch.cuda.is_available():
         for precision in ("fp32", "tf32"):
             run = torch_mlp_epoch(sizes, X, y, batch, "cuda", precision=precision)
-            epoch.append(Contestant(f"torch-cuda-eager-{precision}", run, None, flops))
+            name = f"torch-cuda-eager-{precision}"
+            epoch.append(Contestant(name, run, None, flops, loss=float))
             try:
                 run = torch_graph_epoch(sizes, X, y, batch, precision=precision)
             except Exception as exc:  # a peer that cannot capture is reported, not fatal
@@ -602,8 +603,7 @@ def _jax_contestants(
     for label, precision in precisions.items():
         for variant, make in (("scan", jax_scan_epoch), ("jit", jax_step_epoch)):
             run = make(sizes, X, y, batch, precision=precision)
-            mean = float if variant == "scan" else None  # (jit per step: its last step's)
-            epoch.append(Contestant(f"jax-{variant}{where}-{label}", run, None, flops, loss=mean))
+            epoch.append(Contestant(f"jax-{variant}{where}-{label}", run, None, flops, loss=float))
     note = f"{jax.__version__} on {device.platform} ({device.device_kind})"
     return note + (": no GPU for JAX here (its CUDA plugin?)" if where else "")
 
