@@ -441,7 +441,7 @@ def _grad(gi, pi, wd, gscale, clip):
     gi = gi * gscale
     gi = clip if gi > clip else gi  # two selects (not branches): vectorized, and NaN stays NaN
     gi = -clip if gi < -clip else gi
-    return gi + wd * pi
+    return gi if wd == 0 else gi + wd * pi  # (a select: an infinite weight undecayed stays)
 
 
 @njit(**INLINE)

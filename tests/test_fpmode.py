@@ -119,3 +119,68 @@ def test_a_rule_of_ones_own_is_flushed_explicitly(monkeypatch):
     group.step(np.zeros(8))
     assert not runs
     np.testing.assert_array_equal(group.slots[0], 0)
+
+
+@pytest.mark.parametrize("rule", ["adam", "adamw", "momentum", "rmsprop", "adagrad"])
+def test_a_subnormal_clip_scale_is_no_zero_in_the_mode(rule):
+    """float32 gradients of global norm 2e38 under clip_norm=1 scale by 5e-39, a subnormal:
+    numba's serial update in the CPU's flush-to-zero mode read the scale as 0 and left the
+    weights where they were; such a call flushes explicitly, as NumPy's scales first."""
+    import fastnet as fn
+    from fastnet.backends import get_backend, probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    made = {
+        "adam": lambda: fn.Adam(0.01, clip_norm=1.0),
+        "adamw": lambda: fn.AdamW(0.01, clip_norm=1.0),
+        "momentum": lambda: fn.Momentum(0.1, clip_norm=1.0),
+        "rmsprop": lambda: fn.RMSProp(0.01, clip_norm=1.0),
+        "adagrad": lambda: fn.AdaGrad(0.1, clip_norm=1.0),
+    }
+    g = np.full(4, 1e38, np.float32)
+    results = []
+    for name in ("numpy", "numba"):
+        backend, opt = get_backend(name), made[rule]()
+        p = np.ones(4, np.float32)
+        slots = tuple(np.zeros_like(p) for _ in opt.slots)
+        s, checks = np.zeros(8), np.zeros(2)
+        s[0] = opt.lr
+        backend.sum_squares(g, checks[:1])
+        backend.advance_scalars(s, checks, opt.scalar_constants())
+        assert 0 < np.float32(s[5]) < np.finfo(np.float32).tiny
+        backend.update(opt, p, g, slots, s, opt.constants(), 4, 0.0, opt.clip_value)
+        results.append(p)
+    assert (results[1] < 1).all()  # (it moved)
+    np.testing.assert_array_equal(results[1], results[0])
+
+
+def test_an_infinite_weight_undecayed_stays_and_float32_loss_sums_do_not_overflow():
+    """numba's update added ``wd * p`` with wd 0 to undecayed elements: an infinite weight
+    became NaN and NaN-poisoned its optimizer state. NumPy's softmax cross-entropy summed
+    float32 row losses in float32: four rows of 2e38 overflowed to inf (numba's mean: 2e38)."""
+    import fastnet as fn
+    from fastnet.backends import get_backend, probe
+
+    if not probe("numba").available:
+        pytest.skip("numba unavailable")
+    made = [(fn.SGD(0.1, weight_decay=0.05), 1), (fn.Momentum(0.1, clip_value=1.0), 2)]
+    for rule, n_decay in [*made, (fn.AdamW(0.01), 2)]:
+        results = []
+        for name in ("numpy", "numba"):
+            backend = get_backend(name)
+            p, g = np.array([1.0, np.inf]), np.array([0.5, 0.5])
+            slots = tuple(np.zeros(2) for _ in rule.slots)
+            s, checks = np.zeros(8), np.zeros(2)
+            s[0] = rule.lr
+            backend.advance_scalars(s, checks, rule.scalar_constants())
+            wd = 0.0 if rule.decoupled else rule.weight_decay
+            backend.update(rule, p, g, slots, s, rule.constants(), n_decay, wd, rule.clip_value)
+            results.append((p, *slots))
+        for want, got in zip(*results):
+            np.testing.assert_array_equal(got, want, err_msg=type(rule).__name__)
+        assert not any(np.isnan(a).any() for a in results[1]), type(rule).__name__
+    logits, labels = np.array([[1e38, -1e38]] * 4, np.float32), np.ones(4, np.int64)
+    for name in ("numpy", "numba"):
+        loss = get_backend(name).softmax_xent(logits, labels)[0]
+        assert float(loss) == pytest.approx(2e38, rel=1e-6) and loss.dtype == np.float32, name

@@ -258,8 +258,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # named: +20), to 14,530 for the review of both (fused inference's plan cached as one tuple a
 # thread reads whole; EarlyStopping's older positional order warned of, read as before; a
 # re-saved checkpoint's early-stopping record without its best weights said and dropped;
-# an old checkpoint's spaced CSV classes resumed; +35)
-BUDGET = 14530
+# an old checkpoint's spaced CSV classes resumed; +35), to 14,540 for a kernel audit (a
+# subnormal float32 clip scale read as 0 in the flush mode: that call flushes explicitly; an
+# infinite undecayed weight kept; NumPy's float32 loss sums in float64: +10)
+BUDGET = 14540
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -724,9 +724,9 @@ class Backend:
             row_loss = row_loss * weights
             dlogits *= weights.reshape(-1, 1).astype(logits.dtype, copy=False)
         dlogits /= n
-        total = row_loss.sum()
+        total = row_loss.sum(dtype=xp.float64)  # (as numba's and the other losses' sums)
         if loss_out is None:
-            return total / n, dlogits
+            return (total / n).astype(logits.dtype), dlogits
         loss_out += (1.0 / n if loss_scale is None else loss_scale) * total
         return loss_out, dlogits
 

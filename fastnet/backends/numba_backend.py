@@ -428,7 +428,9 @@ class NumbaBackend(Backend):
             args = call.args()  # (its arrays are p, g, slots and s: alive here)
         if call.kernel is None or args is None:
             return super().update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
-        call.kernel(*args)
+        if call.explicit and 0 < abs(p.dtype.type(s[5])) < np.finfo(p.dtype).tiny:
+            args = (*args[: len(call.arrays)], *call.explicit)  # (a subnormal clip scale: the
+        call.kernel(*args)  # mode would read it as 0; the explicit flush keeps it, as NumPy)
         self.record_kernel(f"update_{rule.kernel or type(rule).__name__}", "numba-fused")
 
     def _update_call(
@@ -456,15 +458,17 @@ class NumbaBackend(Backend):
         flush_mode = self.flush_mode and kernel is serial and rule.kernel in self.k.FLUSH_MODE_RULES
         t = p.dtype.type
         clip = np.inf if clip_value is None else clip_value
-        scalars = (
+        scalars = [
             *map(t, constants),
             t(wd),
             min(max(int(n_decay), 0), size),
             t(clip),
-            None if flush_mode else t(np.finfo(p.dtype).tiny),
+            t(np.finfo(p.dtype).tiny),  # (the explicit flush; None: the CPU's mode)
             *map(t, rule.derived_constants(constants)),  # float64 on the host, rounded once
-        )
-        return _UpdateCall(kernel, (*arrays, s), scalars)
+        ]
+        explicit = tuple(scalars) if flush_mode else ()
+        scalars[len(constants) + 3] = None if flush_mode else scalars[len(constants) + 3]
+        return _UpdateCall(kernel, (*arrays, s), tuple(scalars), explicit)
 
     def advance_scalars(self, s: Any, checks: Any, constants: tuple) -> None:
         self.k.advance_scalars(s, checks, *map(float, constants))
@@ -485,6 +489,8 @@ class _UpdateCall(NamedTuple):
     kernel: Any  #: None: the NumPy reference runs
     arrays: tuple  #: parameters, gradients, slots and the device scalars (weakrefs, cached)
     scalars: tuple  #: the typed constants after them
+    #: a flush-mode call's constants for the explicit flush instead (a subnormal clip scale)
+    explicit: tuple = ()
 
     def dropped_from(self, calls: dict, key: tuple) -> _UpdateCall:
         """This call holding its arrays weakly, removed from ``calls`` when one of them dies."""
