@@ -53,6 +53,7 @@ from fastnet.validation import (
     check_top_k,
     host_array,
     keras_x,
+    on_device,
 )
 
 #: set while ``from_config`` rebuilds a saved model (checks of new models' layer stacks only)
@@ -761,6 +762,7 @@ class Sequential(Trainer):
                 Xd, yd, top_k, metrics=metric_fns, batch_size=chunk, weights=wd
             )
 
+    @on_device
     def confusion_matrix(self, X: Any, y: Any) -> np.ndarray:
         """Counts of true class (rows) against predicted class (columns) on ``(X, y)``."""
         from fastnet.metrics import confusion_matrix

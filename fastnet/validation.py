@@ -364,5 +364,18 @@ def keras_names(**aliases: str) -> Callable[[Method], Method]:
     return wrap
 
 
-#: ``fit``, ``evaluate`` and the predictions take Keras's ``x=`` for ``X``
-keras_x = keras_names(x="X")
+def on_device(method: Method) -> Method:
+    """A model method run with its backend's device current (``Backend.device_scope``): a
+    ``cupy:1`` model's evaluation and predictions launch their kernels on GPU 1."""
+
+    @functools.wraps(method)
+    def scoped(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self.backend.device_scope():
+            return method(self, *args, **kwargs)
+
+    return scoped  # type: ignore[return-value]
+
+
+def keras_x(method: Method) -> Method:
+    """``fit``, ``evaluate`` and the predictions: Keras's ``x=`` for ``X``, on the device."""
+    return keras_names(x="X")(on_device(method))

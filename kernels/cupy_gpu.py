@@ -385,8 +385,8 @@ extern "C" __global__ void softmax_xent(const T* __restrict__ logits,
                                         double* __restrict__ hits, int n, int m, int dense,
                                         int weighted, int count, T inv_n, T smoothing,
                                         double loss_scale) {
-    int row = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
+    int row = (int)(((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5);  // (32-bit: wraps
+    int lane = threadIdx.x & 31;                                                  // at 2**27 rows)
     if (row >= n) return;
     const T* x = logits + (size_t)row * m;
     const T* t = dense ? targets + (size_t)row * m : NULL;

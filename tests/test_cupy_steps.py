@@ -254,6 +254,63 @@ def test_a_host_sync_met_in_a_capture_runs_the_steps_eagerly(gpu, monkeypatch):
     np.testing.assert_allclose(model.history["loss"], eager.history["loss"], rtol=1e-5)
 
 
+def test_a_capture_cuda_invalidates_at_its_end_runs_the_steps_eagerly(monkeypatch):
+    """CUDA may report a capture invalid only when it ends (cudaErrorStreamCaptureInvalidated
+    from end_capture): that error crashed fit, outside the fallback that catches the same
+    error met during the capture. (The emulator: a real stream's method cannot be patched.)"""
+    import emulated_cupy
+    from conftest import _unavailable, make_backend
+
+    if _unavailable(EMULATED):
+        pytest.skip(f"{EMULATED}: {_unavailable(EMULATED)}")
+    gpu = make_backend(EMULATED)
+    end = emulated_cupy._Stream.end_capture
+
+    def invalidated(stream):
+        end(stream)
+        raise gpu.xp.cuda.runtime.CUDARuntimeError(
+            "cudaErrorStreamCaptureInvalidated: operation failed due to a previous error "
+            "during capture"
+        )
+
+    monkeypatch.setattr(emulated_cupy._Stream, "end_capture", invalidated)
+    X, y = make_blobs(n=300)
+    model = _mlp(gpu, opt=fn.SGD(0.05))
+    with pytest.warns(UserWarning, match="eagerly: CUDARuntimeError: cudaErrorStreamCapture"):
+        model.fit(X, y, epochs=1, batch_size=64, verbose=0)
+    assert model.step_description.startswith("eager (CUDARuntimeError")
+
+
+def test_a_second_thread_training_on_the_same_gpu_is_refused_not_recorded(gpu):
+    """Threads share a GPU's step stream: a capture in one recorded the other's kernels (a
+    fit that allocated in it failed; one that did not trained into the other's graph). A
+    second thread's training loop on the same GPU is refused while one runs; the same thread
+    may enter again, and the GPU is free once the loop ends (an error included)."""
+    import threading
+
+    inside, leave, refused = threading.Event(), threading.Event(), []
+
+    def first():
+        with gpu.step_stream(), gpu.step_stream():  # (the same thread: again)
+            inside.set()
+            leave.wait(10)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert inside.wait(10)
+    try:
+        with pytest.raises(RuntimeError, match="another thread is training on"):
+            with gpu.step_stream():
+                refused.append(False)
+    finally:
+        leave.set()
+        thread.join()
+    assert not refused
+    X, y = make_blobs(n=200)
+    model = _mlp(gpu, opt=fn.SGD(0.05))
+    model.fit(X, y, epochs=1, batch_size=64, verbose=0)  # (free again)
+
+
 MIXED_LAYERS = {
     "dense": lambda: [fn.Dense(64, "relu"), fn.Dense(32, "tanh"), fn.Dense(4)],
     "dropout-batchnorm": lambda: [

@@ -566,3 +566,33 @@ def test_a_validation_split_too_small_for_batch_norm_is_named():
     with pytest.raises(ValueError, match="validation_split=0.5 leaves 1 of X's 3 rows to train"):
         model.fit(X, y, validation_split=0.5, verbose=0)
     assert not model.built
+
+
+def test_fit_evaluate_and_predictions_run_with_the_models_device_current(monkeypatch):
+    """A ``cupy:1`` model's evaluation and predictions launched their kernels on whichever GPU
+    was current (only its steps entered GPU 1): each public entry point now enters its
+    backend's ``device_scope`` (a no-op on a CPU; CuPy's device on a GPU)."""
+    import contextlib
+
+    X, y = make_blobs(n=60, d=4, k=3)
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend="numpy", seed=0)
+    entered = []
+
+    @contextlib.contextmanager
+    def scope():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(model.backend, "device_scope", scope)
+    calls = {
+        "fit": lambda: model.fit(X, y, epochs=1, verbose=0),
+        "evaluate": lambda: model.evaluate(X, y),
+        "predict": lambda: model.predict(X),
+        "predict_proba": lambda: model.predict_proba(X),
+        "predict_raw": lambda: model.predict_raw(X),
+        "confusion_matrix": lambda: model.confusion_matrix(X, y),
+    }
+    for name, call in calls.items():
+        entered.clear()
+        call()
+        assert entered, name

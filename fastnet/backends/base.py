@@ -522,6 +522,11 @@ class Backend:
         """Whether no element of ``x`` is NaN or infinite (input checks; one reduction)."""
         return bool(self.xp.isfinite(x).all())
 
+    def device_scope(self) -> contextlib.AbstractContextManager:
+        """This backend's device made current for a block (a model's fit, evaluation and
+        predictions: kernels launch on the current GPU; nothing to do on a CPU)."""
+        return contextlib.nullcontext()
+
     @property
     def fuses_inference(self) -> bool:
         """Whether ``infer`` computes any plan (else predictions always run layer by layer)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -66,6 +67,9 @@ class CupyBackend(Backend):
 
     def dlpack_device(self) -> tuple[int, int]:
         return (2, self.device_id)
+
+    def device_scope(self) -> contextlib.AbstractContextManager:
+        return self.device  # (cupy:N's kernels launch on GPU N whichever is current)
 
     def from_dlpack(self, x: Any) -> Any:
         with self.device:
@@ -734,14 +738,25 @@ class CupyBackend(Backend):
         """This device and its step stream (non-blocking), current for the whole loop: the
         permutation, gathers, learning-rate writes, steps and graph replays run in order, after
         what the caller's stream was given before (weights built or loaded there)."""
+        lock = self.__dict__.setdefault("_step_lock", threading.RLock())  # (emulated: no init)
+        if not lock.acquire(blocking=False):
+            raise RuntimeError(
+                f"another thread is training on {self.name}: one fit at a time per GPU in a "
+                "process (its step stream and CUDA graph captures are shared; a capture would "
+                "record the other thread's kernels)"
+            )
         stack = contextlib.ExitStack()
-        stack.enter_context(self.device)
-        if self._stream is None:
-            self._stream = self.xp.cuda.Stream(non_blocking=True)
-        before = self.xp.cuda.get_current_stream()
-        if before != self._stream and not before.is_capturing():  # non-blocking: no implicit wait
-            self._stream.wait_event(before.record())
-        stack.enter_context(self._stream)
+        stack.callback(lock.release)
+        with contextlib.ExitStack() as failed:  # (an error here lets the lock go)
+            failed.callback(stack.close)
+            stack.enter_context(self.device)
+            if self._stream is None:
+                self._stream = self.xp.cuda.Stream(non_blocking=True)
+            before = self.xp.cuda.get_current_stream()
+            if before != self._stream and not before.is_capturing():  # non-blocking: no wait
+                self._stream.wait_event(before.record())
+            stack.enter_context(self._stream)
+            failed.pop_all()
         return stack
 
     def capture(self, fn: Callable[[], Any]) -> Any:
@@ -761,7 +776,13 @@ class CupyBackend(Backend):
             if _refused_by_capture(exc):
                 raise CaptureObstacleError(f"{type(exc).__name__}: {exc}") from exc
             raise
-        return _CudaGraph(stream.end_capture(), self.xp)
+        try:  # (CUDA may say only here that the capture was invalidated: eager steps then)
+            graph = stream.end_capture()
+        except Exception as exc:
+            if _refused_by_capture(exc):
+                raise CaptureObstacleError(f"{type(exc).__name__}: {exc}") from exc
+            raise
+        return _CudaGraph(graph, self.xp)
 
 
 def _refused_by_capture(exc: BaseException) -> bool:
