@@ -629,7 +629,7 @@ class Trainer:
         model, data and arguments on every rank (checked); Ctrl-C on a rank ends the job."""
         _refuse_positional(given_after_y)
         opts = FitOptions(**{k: v for k, v in locals().items() if k not in _NOT_OPTIONS})
-        with _one_fit_at_a_time(self):
+        with _one_fit_at_a_time(self), self.backend.training():
             named = "features" in self.metadata
             with self._named_features(X):  # (kept only if the model then trains)
                 run = self._prepare_fit(X, y, opts)  # nothing here changes the model

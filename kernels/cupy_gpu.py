@@ -1018,7 +1018,7 @@ _WD = (
     "T step = (T)s[2]; T eps = (T)s[3];"
     "T wd = i < n_decay ? wd_all : (T)0; T shrink = i < n_decay ? (T)s[4] : (T)1;"
     "T gc = g * (T)s[5]; gc = gc > clip ? clip : (gc < -clip ? -clip : gc);"
-    "T gi = gc + wd * p;"
+    "T gi = wd == (T)0 ? gc : gc + wd * p;"  # (an infinite weight undecayed: not 0 * inf)
 )
 _FLUSH = "#define FLUSH(x) (fabs(x) >= tiny ? (x) : (x) - (x))\n"
 

@@ -283,32 +283,40 @@ def test_a_capture_cuda_invalidates_at_its_end_runs_the_steps_eagerly(monkeypatc
 
 def test_a_second_thread_training_on_the_same_gpu_is_refused_not_recorded(gpu):
     """Threads share a GPU's step stream: a capture in one recorded the other's kernels (a
-    fit that allocated in it failed; one that did not trained into the other's graph). A
-    second thread's training loop on the same GPU is refused while one runs; the same thread
-    may enter again, and the GPU is free once the loop ends (an error included)."""
+    fit that allocated in it failed; one that did not trained into the other's graph). While
+    one thread's fit runs, between its epochs too, a second thread's fit on the same GPU is
+    refused before it changes anything; the first trains on, and the GPU is free after."""
     import threading
 
-    inside, leave, refused = threading.Event(), threading.Event(), []
+    X, y = make_blobs(n=200)
+    between, go_on, errors = threading.Event(), threading.Event(), []
 
-    def first():
-        with gpu.step_stream(), gpu.step_stream():  # (the same thread: again)
-            inside.set()
-            leave.wait(10)
+    class Pause(fn.Callback):
+        def on_epoch_end(self, model, epoch, logs):
+            if epoch == 0:  # (between two epochs: no step stream entered)
+                between.set()
+                go_on.wait(10)
 
-    thread = threading.Thread(target=first)
+    first = _mlp(gpu, opt=fn.SGD(0.05))
+
+    def train():
+        try:
+            first.fit(X, y, epochs=2, batch_size=64, verbose=0, callbacks=[Pause()])
+        except Exception as exc:  # (the test reads it: the first fit must finish)
+            errors.append(exc)
+
+    thread = threading.Thread(target=train)
     thread.start()
-    assert inside.wait(10)
+    assert between.wait(30)
+    second = _mlp(gpu, seed=1, opt=fn.SGD(0.05))
     try:
         with pytest.raises(RuntimeError, match="another thread is training on"):
-            with gpu.step_stream():
-                refused.append(False)
+            second.fit(X, y, epochs=1, batch_size=64, verbose=0)
     finally:
-        leave.set()
+        go_on.set()
         thread.join()
-    assert not refused
-    X, y = make_blobs(n=200)
-    model = _mlp(gpu, opt=fn.SGD(0.05))
-    model.fit(X, y, epochs=1, batch_size=64, verbose=0)  # (free again)
+    assert not errors and first.epochs_trained == 2 and not second.built
+    second.fit(X, y, epochs=1, batch_size=64, verbose=0)  # (free again)
 
 
 MIXED_LAYERS = {

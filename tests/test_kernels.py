@@ -1151,3 +1151,25 @@ def test_a_nan_logit_is_each_backends_argmax_as_numpys(backend_name):
         ref.count_correct(logits, truth, want)
         be.count_correct(logits, truth, got)
         assert got[0] == want[0] == 5
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: SGD(0.1, weight_decay=0.05),
+        lambda: Momentum(0.1, clip_value=1.0),
+        lambda: AdamW(0.01),
+    ],
+)
+def test_an_infinite_weight_an_update_does_not_decay_stays_infinite(backend, ref, make):
+    """The fused updates added ``wd * p`` with wd 0 to undecayed elements: an infinite weight
+    became NaN and NaN-poisoned its optimizer state (numba's and the CUDA kernel's), where the
+    reference adds nothing."""
+    results = []
+    for be in (ref, backend):
+        rule = make()
+        group = Group(be, rule, be.asarray(np.array([1.0, np.inf])), 2, np.float64)
+        group.step(be.asarray(np.array([0.5, 0.5])))  # (n_decay 1: the inf is not decayed)
+        results.append([be.to_numpy(a) for a in (group.p, *group.slots)])
+    for want, got in zip(*results):
+        np.testing.assert_array_equal(got, want)

@@ -522,6 +522,10 @@ class Backend:
         """Whether no element of ``x`` is NaN or infinite (input checks; one reduction)."""
         return bool(self.xp.isfinite(x).all())
 
+    def training(self) -> contextlib.AbstractContextManager:
+        """A whole ``fit`` on this backend (a GPU's: one thread at a time; a CPU's: any)."""
+        return contextlib.nullcontext()
+
     def device_scope(self) -> contextlib.AbstractContextManager:
         """This backend's device made current for a block (a model's fit, evaluation and
         predictions: kernels launch on the current GPU; nothing to do on a CPU)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -738,26 +738,33 @@ class CupyBackend(Backend):
         """This device and its step stream (non-blocking), current for the whole loop: the
         permutation, gathers, learning-rate writes, steps and graph replays run in order, after
         what the caller's stream was given before (weights built or loaded there)."""
-        lock = self.__dict__.setdefault("_step_lock", threading.RLock())  # (emulated: no init)
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.device)
+        if self._stream is None:
+            self._stream = self.xp.cuda.Stream(non_blocking=True)
+        before = self.xp.cuda.get_current_stream()
+        if before != self._stream and not before.is_capturing():  # non-blocking: no implicit wait
+            self._stream.wait_event(before.record())
+        stack.enter_context(self._stream)
+        return stack
+
+    def training(self) -> contextlib.AbstractContextManager:
+        """A whole fit on this GPU, one thread at a time: the threads of a process share its
+        step stream, and a capture would record another thread's kernels."""
+        return self._one_thread_training()
+
+    @contextlib.contextmanager
+    def _one_thread_training(self) -> Iterator[None]:
+        lock = self.__dict__.setdefault("_fit_lock", threading.RLock())  # (emulated: no init)
         if not lock.acquire(blocking=False):
             raise RuntimeError(
                 f"another thread is training on {self.name}: one fit at a time per GPU in a "
-                "process (its step stream and CUDA graph captures are shared; a capture would "
-                "record the other thread's kernels)"
+                "process (its step stream and CUDA graph captures are shared)"
             )
-        stack = contextlib.ExitStack()
-        stack.callback(lock.release)
-        with contextlib.ExitStack() as failed:  # (an error here lets the lock go)
-            failed.callback(stack.close)
-            stack.enter_context(self.device)
-            if self._stream is None:
-                self._stream = self.xp.cuda.Stream(non_blocking=True)
-            before = self.xp.cuda.get_current_stream()
-            if before != self._stream and not before.is_capturing():  # non-blocking: no wait
-                self._stream.wait_event(before.record())
-            stack.enter_context(self._stream)
-            failed.pop_all()
-        return stack
+        try:
+            yield
+        finally:
+            lock.release()
 
     def capture(self, fn: Callable[[], Any]) -> Any:
         """A CUDA graph of ``fn``'s work on the current (step) stream."""

@@ -428,7 +428,7 @@ class NumbaBackend(Backend):
             args = call.args()  # (its arrays are p, g, slots and s: alive here)
         if call.kernel is None or args is None:
             return super().update(rule, p, g, slots, s, constants, n_decay, wd, clip_value)
-        if call.explicit and 0 < abs(p.dtype.type(s[5])) < np.finfo(p.dtype).tiny:
+        if call.explicit and 0 < s[5] < call.explicit[len(constants) + 3]:
             args = (*args[: len(call.arrays)], *call.explicit)  # (a subnormal clip scale: the
         call.kernel(*args)  # mode would read it as 0; the explicit flush keeps it, as NumPy)
         self.record_kernel(f"update_{rule.kernel or type(rule).__name__}", "numba-fused")
