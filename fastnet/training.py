@@ -1505,9 +1505,10 @@ class Trainer:
         """The model's outputs on ``Xd`` in eval mode (the loss's predictions, e.g. softmax
         probabilities, with ``probabilities``), in chunks of ``batch_size`` rows: one fused
         call per chunk where the backend has fused inference for the plan, else layer by
-        layer. ``finite``: the name of ``Xd``, whose chunks are checked for NaN and inf first
-        (while in cache, for the first layer's GEMM). ``batch_size`` 0: 2,048 rows on a CPU
-        (measured on the AMD EPYC: as fast as 8,192, and a chunk stays in cache), 8,192 else."""
+        layer. ``finite``: the name of ``Xd``, whose chunks are checked for NaN and inf (by
+        the fused call where it checks its first layer's products, else first). ``batch_size``
+        0: 2,048 rows on a CPU (measured on the AMD EPYC: as fast as 8,192, and a chunk stays
+        in cache), 8,192 else."""
         batch_size = batch_size or (2048 if self.backend.xp is np else 8192)
         plan, count = self._inference_entry()
         fused = plan is not None and self.backend.fuses_inference
@@ -1515,11 +1516,14 @@ class Trainer:
         chunks = []
         for lo in range(0, Xd.shape[0], batch_size):
             chunk = Xd[lo : lo + batch_size]
-            if finite:
-                check_finite(chunk, finite, self.backend, lo)
-            x = functools.reduce(lambda x, layer: layer.standardized(x), lead, chunk)
-            out = None if plan is None else self.backend.infer(plan, x, probabilities)
+            check = functools.partial(check_finite, chunk, finite, self.backend, lo)
+            out = None
+            if fused:
+                x = functools.reduce(lambda x, layer: layer.standardized(x), lead, chunk)
+                out = self.backend.infer(plan, x, probabilities, check if finite else None)
             if out is None:  # layer by layer: their buffers are reused (one thread at a time)
+                if finite:
+                    check()
                 with self._inference_lock:
                     out = self.backend.xp.array(self.forward(chunk, training=False), copy=True)
                     out = self.loss.predict_output(out) if probabilities else out

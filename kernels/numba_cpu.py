@@ -698,30 +698,42 @@ def standardize(x, offset, scale, out):
     return out
 
 
+@njit(**REDUCE)
+def _row_finite(row):
+    """True if no element of the 1-D ``row`` is NaN or infinite (``all_finite``'s sum)."""
+    acc = row[0] - row[0]
+    for j in range(row.shape[0]):
+        acc += row[j] * 0
+    return acc == 0
+
+
 @njit(**SERIAL)
-def dense_forward(x, weights, biases, codes, alphas, softmax):
-    """Inference through a stack of dense layers in one call: returns a new array of the
-    last layer's outputs (row-wise softmax of them with ``softmax``)."""
+def dense_forward(x, weights, biases, codes, alphas, fast_exp, softmax):
+    """Inference through a stack of dense layers in one call: ``(outputs, finite)``, a new
+    array of the last layer's outputs (row-wise softmax of them with ``softmax``, through
+    the vectorized float32 exp with ``fast_exp``, as training's) and whether the first
+    layer's products ``x @ weights[0]`` are all finite, checked row by row in cache (a NaN
+    or infinite input makes each product of its row NaN or infinite: ``x`` is checked
+    without a pass of its own)."""
     h = np.empty((x.shape[0], weights[0].shape[1]), dtype=x.dtype)
     gemm(x, weights[0], h)  # x may be read-only (a memory map): h never refers to it
-    bias_act(h, biases[0], codes[0], alphas[0])
+    finite = True
+    for r in range(h.shape[0]):
+        finite = _row_finite(h[r]) and finite
+        _bias_act_row(h[r], biases[0], codes[0], alphas[0])
     for i in range(1, len(weights)):
         out = np.empty((x.shape[0], weights[i].shape[1]), dtype=x.dtype)
         gemm(h, weights[i], out)
         bias_act(out, biases[i], codes[i], alphas[i])
         h = out
     if softmax:
+        _exp_rows(h, h, 0, h.shape[0], fast_exp, np.empty(h.shape[0], h.dtype))
         for r in range(h.shape[0]):
             row = h[r]
-            mx = row.max()
-            total = row[0] - row[0]
-            for j in range(row.shape[0]):
-                e = math.exp(row[j] - mx)
-                row[j] = e
-                total += e
+            total = _row_sum(row)
             for j in range(row.shape[0]):
                 row[j] /= total
-    return h
+    return h, finite
 
 
 # ---------------------------------------------------------------------------- whole training step

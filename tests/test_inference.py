@@ -2,6 +2,8 @@
 check give what the NumPy reference gives, for every loss's predictions; the NumPy backend's
 one-loop inference gives what its layers give, bit for bit."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -156,6 +158,44 @@ def test_predictions_check_every_chunk_for_nan(backend_name, row):
         model.predict(X, batch_size=7)
     X[row, 1] = 0.5
     assert model.predict_proba(X).shape == want.shape
+
+
+@pytest.mark.parametrize("backend_name", ["numpy", pytest.param("numba", marks=needs_numba)])
+@pytest.mark.parametrize("bad", [[np.inf], [-np.inf], [np.nan], [np.inf, -np.inf]])
+@pytest.mark.parametrize("lead", [False, True])
+def test_inputs_are_checked_through_the_first_layers_products(backend_name, bad, lead, monkeypatch):
+    """Fused inference checks the first layer's products instead of the inputs (a NaN or
+    infinite input makes its row's products NaN or infinite): a bad value in a column whose
+    weights are all zero (inf * 0), opposite infinities, behind a Standardize and a ReLU
+    that would zero them, is still refused by row; finite inputs are never checked apart;
+    finite inputs whose products overflow are computed, as the layers compute them."""
+    import fastnet.training as training
+
+    calls = []
+    check = training.check_finite
+    monkeypatch.setattr(training, "check_finite", lambda *a: calls.append(1) or check(*a))
+    layers = [fn.Dense(3, "relu"), fn.Dense(2)]
+    if lead:
+        layers.insert(0, fn.Standardize(np.zeros(6), np.full(6, 2.0)))
+    model = fn.Sequential(layers, backend=backend_name, seed=0).build(6)
+    dense = model.layers[-2]
+    dense.W.value[4] = 0.0  # input column 4 reaches nothing
+    dense.b.value[:] = -1e30  # and every product's ReLU output would be 0
+    X = np.random.default_rng(0).random((50, 6)).astype(np.float32)
+    model.predict_proba(X)
+    assert calls == []  # (numpy's: the products of 3 columns, narrower than the 6 inputs)
+    X[17, 4 : 4 + len(bad)] = bad
+    with warnings.catch_warnings():  # (the error alone: no NumPy warning of inf * 0 first)
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match="NaN or infinite values .*the first in row 17$"):
+            model.predict_proba(X)
+    X[17, 4:] = 3e38  # finite, past float32's range once summed: the layers' outputs
+    dense.W.value[:], dense.b.value[:] = 1.0, 0.0
+    with np.errstate(all="ignore"):
+        want = model.loss.predict_output(model.forward(X, training=False))
+        got = model.predict_proba(X)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    assert not np.isfinite(want).all()
 
 
 def test_the_harness_lets_cores_settle_untimed():

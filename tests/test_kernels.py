@@ -382,11 +382,11 @@ def test_numba_update_cache_keeps_no_dead_model_alive():
     (key,) = set(be._update_calls) - before
     arrays = [weakref.ref(a()) for a in be._update_calls[key].arrays]
     assert len(arrays) == 5  # parameters, gradients, Adam's two slots, device scalars
-    assert be._infer_args["args"][0][0].base is arrays[0]()  # the first Dense's weight
+    assert be._infer_cache.args[0][0].base is arrays[0]()  # the first Dense's weight
     del model
     gc.collect()
     assert [a() for a in arrays] == [None] * 5
-    assert key not in be._update_calls and be._infer_args == {}
+    assert key not in be._update_calls and be._infer_cache is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

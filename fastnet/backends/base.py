@@ -536,11 +536,16 @@ class Backend:
         """Whether ``infer`` computes any plan (else predictions always run layer by layer)."""
         return type(self).infer is not Backend.infer
 
-    def infer(self, plan: Any, x: Any, probabilities: bool) -> Any:
+    def infer(
+        self, plan: Any, x: Any, probabilities: bool, validate: Callable[[], None] | None = None
+    ) -> Any:
         """Outputs of a model's ``StepPlan`` on ``x`` (with ``probabilities``, the loss's
         predictions of them: ``plan.loss.predictions``) in a new array, or None where this
         backend has no fused inference for the plan (the layers and the loss's
-        ``predict_output`` then run one by one)."""
+        ``predict_output`` then run one by one; nothing called). ``validate``, which raises
+        on bad input, is called where the first layer's products ``x @ W`` are not all
+        finite: a NaN or infinite input makes its row's products so, and the inputs are
+        checked without a pass over them (the caller checks them itself where None)."""
         return None
 
     def softmax(self, x: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import weakref
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -77,7 +78,7 @@ class NumbaBackend(Backend):
 
         self.k = numba_cpu
         self._empties: dict[tuple, np.ndarray] = {}
-        self._infer_args: dict[str, Any] = {}
+        self._infer_cache: _Inference | None = None
         self._update_calls: dict[tuple, _UpdateCall] = {}
         self._zero_bias: dict[tuple, np.ndarray] = {}
 
@@ -187,23 +188,29 @@ class NumbaBackend(Backend):
             return super().all_finite(x)
         return bool(self.k.all_finite(x))
 
-    def infer(self, plan: Any, x: Any, probabilities: bool) -> Any:
+    def infer(
+        self, plan: Any, x: Any, probabilities: bool, validate: Callable[[], None] | None = None
+    ) -> Any:
         """One JIT call through a Dense stack (``kernels.numba_cpu.dense_forward``): what
-        ``predict`` costs beyond the matmuls is one dispatch (arguments cached per plan)."""
-        cached = self._infer_args  # read once: another thread's model may replace it
-        if cached.get("key") != (id(plan), x.dtype) or cached["plan"]() is not plan:
+        ``predict`` costs beyond the matmuls is one dispatch (arguments cached per plan);
+        ``validate`` runs only where the first layer's products are not all finite."""
+        cached = self._infer_cache  # read once: another thread's model may replace it
+        if cached is None or cached.plan() is not plan or cached.dtype != x.dtype:
             cached = self._inference_args(plan, x.dtype)
-            if cached["args"] is not None:  # (an unfused plan leaves another's cache be)
-                self._infer_args = cached
-        args, predictions = cached["args"], cached["predictions"]
-        if args is None or x.ndim != 2 or not x.flags.c_contiguous:
+            if cached.args is not None:  # (an unfused plan leaves another's cache be)
+                self._infer_cache = cached
+        if cached.args is None or x.ndim != 2 or not x.flags.c_contiguous:
             return None
-        if probabilities and predictions not in ("softmax", "identity"):
+        softmax = cached.predictions == "softmax"
+        if probabilities and not softmax and cached.predictions != "identity":
             return None
         self.record_kernel("matmul", "blas (numba, fused inference)")
-        return self.k.dense_forward(x, *args, probabilities and predictions == "softmax")
+        out, finite = self.k.dense_forward(x, *cached.args, probabilities and softmax)
+        if not finite and validate is not None:
+            validate()
+        return out
 
-    def _inference_args(self, plan: Any, dtype: Any) -> dict[str, Any]:
+    def _inference_args(self, plan: Any, dtype: Any) -> _Inference:
         """``infer``'s cache for ``plan`` and inputs of ``dtype``: ``dense_forward``'s
         arguments after the input (None: the plan or dtype has no fused inference)."""
         layers, args = plan.dense_layers(inference=True), None
@@ -221,18 +228,17 @@ class NumbaBackend(Backend):
                 ),
                 tuple(int(layer.activation) for layer in layers),
                 tuple(dtype.type(layer.alpha) for layer in layers),
+                dtype == np.float32,  # the vectorized exp, as training's softmax
             )
-        return {
-            "key": (id(plan), dtype),
-            "plan": weakref.ref(plan, self._forget_inference),  # (a dead model's arrays go)
-            "args": args,
-            "predictions": plan.loss.predictions,
-        }
+        # (a dead model's arrays go with its plan)
+        plan_ref = weakref.ref(plan, self._forget_inference)
+        return _Inference(plan_ref, dtype, args, plan.loss.predictions)
 
     def _forget_inference(self, dead: weakref.ref) -> None:
         """The cached inference arguments of a plan that died (its model's), dropped."""
-        if self._infer_args.get("plan") is dead:
-            self._infer_args = {}
+        cached = self._infer_cache
+        if cached is not None and cached.plan is dead:
+            self._infer_cache = None
 
     # ------------------------------------------------------------------ loss
     def _targets(self, logits: Any, labels: Any) -> tuple[Any, Any] | None:
@@ -478,6 +484,16 @@ class NumbaBackend(Backend):
         if not contiguous_floats(g):
             return super().sum_squares(g, out)
         self.k.sum_squares(g.reshape(-1), out)
+
+
+class _Inference(NamedTuple):
+    """``infer``'s arguments for one plan and input dtype, one tuple: a thread reads all of
+    it or none."""
+
+    plan: weakref.ref  #: the plan's (its death drops the cache)
+    dtype: Any  #: of the inputs
+    args: tuple | None  #: ``dense_forward``'s after the input; None: not fused
+    predictions: str  #: the loss's
 
 
 class _UpdateCall(NamedTuple):
