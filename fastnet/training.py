@@ -1515,11 +1515,13 @@ class Trainer:
         lead = self.layers[:count] if fused else []  # (computed first: Standardize)
         chunks = []
         for lo in range(0, Xd.shape[0], batch_size):
-            chunk = Xd[lo : lo + batch_size]
+            chunk = Xd if Xd.shape[0] <= batch_size else Xd[lo : lo + batch_size]
             check = functools.partial(check_finite, chunk, finite, self.backend, lo)
             out = None
             if fused:
-                x = functools.reduce(lambda x, layer: layer.standardized(x), lead, chunk)
+                x = chunk
+                for layer in lead:
+                    x = layer.standardized(x)
                 out = self.backend.infer(plan, x, probabilities, check if finite else None)
             if out is None:  # layer by layer: their buffers are reused (one thread at a time)
                 if finite:
@@ -1543,7 +1545,11 @@ class Trainer:
         predictions it computes. Cached as one tuple: a thread reads all of it or none."""
         cache = self._plan_cache  # (key, constants the plan holds: a leaky slope, plan, lead)
         key = (id(self.arena), revision())
-        if cache is None or cache[0] != key or any(getattr(x, a) != v for x, a, v in cache[1]):
+        if (
+            cache is None
+            or cache[0] != key
+            or (cache[1] and any(getattr(x, a) != v for x, a, v in cache[1]))
+        ):
             plan = self.step_plan()
             mixed = plan.compute_dtype != plan.dtype  # layer by layer, in the compute dtype
             lead = 0

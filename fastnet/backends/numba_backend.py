@@ -226,8 +226,9 @@ class NumbaBackend(Backend):
                     np.zeros(layer.weight.shape[1], dtype) if layer.bias is None else layer.bias
                     for layer in layers
                 ),
-                tuple(int(layer.activation) for layer in layers),
-                tuple(dtype.type(layer.alpha) for layer in layers),
+                # (arrays, not tuples of scalars: a one-row call's dispatch ~1 us faster)
+                np.array([int(layer.activation) for layer in layers], np.int64),
+                np.array([layer.alpha for layer in layers], dtype),
                 dtype == np.float32,  # the vectorized exp, as training's softmax
             )
         # (a dead model's arrays go with its plan)
