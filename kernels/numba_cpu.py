@@ -736,6 +736,24 @@ def dense_forward(x, weights, biases, codes, alphas, fast_exp, softmax):
     return h, finite
 
 
+@njit(**PARALLEL)
+def dense_forward_blocks(x, weights, biases, codes, alphas, fast_exp, softmax, block):
+    """``dense_forward`` (its result) in blocks of ``block`` rows, the blocks in parallel,
+    each through all the layers on one core: the caller runs BLAS single-threaded meanwhile
+    (``blas_threads.single_threaded``), so no GEMM waits for another core's half."""
+    n = x.shape[0]
+    out = np.empty((n, weights[len(weights) - 1].shape[1]), dtype=x.dtype)
+    blocks = (n + block - 1) // block
+    finite = np.ones(blocks, dtype=np.bool_)
+    for t in prange(blocks):
+        lo = t * block
+        hi = min(n, lo + block)
+        h, ok = dense_forward(x[lo:hi], weights, biases, codes, alphas, fast_exp, softmax)
+        out[lo:hi] = h
+        finite[t] = ok
+    return out, finite.all()
+
+
 # ---------------------------------------------------------------------------- whole training step
 @njit(**INLINE)
 def _train_forward(x, weights, biases, codes, alphas, outs, drops):

@@ -280,3 +280,50 @@ def test_fit_reads_frames_by_the_feature_names_too():
     for a, b in zip(by_name.get_weights(), plain.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert h["val_accuracy"][-1] == plain.evaluate(X, y)["accuracy"]
+
+
+@needs_numba
+@pytest.mark.parametrize("blas_threads", [1, 2])
+def test_large_predictions_run_row_blocks_in_parallel_with_blas_single_threaded(
+    blas_threads, monkeypatch
+):
+    """From two blocks of rows on, numba's fused inference runs the blocks on as many cores
+    as BLAS had, BLAS at one thread meanwhile, and restores both counts after; with BLAS at
+    one thread it runs the serial kernel. Outputs are the serial kernel's, and a bad value
+    in a late block is found by row."""
+    import numba
+
+    from fastnet.backends.numba_backend import INFER_BLOCK
+    from fastnet.kernels import blas_threads as bt
+
+    if not bt.available():
+        pytest.skip("NumPy's OpenBLAS thread count cannot be set here")
+    get, set_ = bt._controls()
+    model = fn.Sequential([fn.Dense(16, "relu"), fn.Dense(3)], backend="numba", seed=0).build(6)
+    k = model.backend.k
+    seen = []
+    blocks = k.dense_forward_blocks
+    monkeypatch.setattr(
+        k,
+        "dense_forward_blocks",
+        lambda *a: seen.append((get(), numba.get_num_threads())) or blocks(*a),
+    )
+    X = np.random.default_rng(0).random((2 * INFER_BLOCK + 7, 6)).astype(np.float32)
+    before, threads = get(), numba.get_num_threads()
+    set_(blas_threads)
+    try:
+        got = model.predict_proba(X)
+        after, kept = get(), X[-3, 2]
+        X[-3, 2] = np.nan
+        with pytest.raises(ValueError, match=rf"the first in row {len(X) - 3}$"):
+            model.predict_proba(X)
+    finally:
+        set_(before)
+    assert after == blas_threads and numba.get_num_threads() == threads
+    if blas_threads == 1 or threads == 1:
+        assert seen == []
+    else:
+        assert seen == [(1, min(threads, blas_threads))] * 2
+    X[-3, 2] = kept
+    want, _ = k.dense_forward(X, *model.backend._infer_cache.args, True)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)

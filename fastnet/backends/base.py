@@ -536,6 +536,10 @@ class Backend:
         """Whether ``infer`` computes any plan (else predictions always run layer by layer)."""
         return type(self).infer is not Backend.infer
 
+    #: rows per chunk of fused inference by default (0: as layer by layer); ``infer``'s own
+    #: blocks bound what it holds at once
+    infer_rows = 0
+
     def infer(
         self, plan: Any, x: Any, probabilities: bool, validate: Callable[[], None] | None = None
     ) -> Any:
