@@ -304,5 +304,7 @@ def test_step_scalar_kernels_equal_the_reference_for_any_gradient_norm(fast_back
         Backend().advance_scalars(s_ref, checks, constants)
         fast_backend.advance_scalars(s, fast_backend.asarray(checks), constants)
     got = fast_backend.to_numpy(s)
-    np.testing.assert_allclose(got, s_ref, rtol=1e-15, atol=0)
+    # (a few ulp: on AVX-512 CPUs NumPy's array power is SVML's, not libm's, 2e-15 apart
+    # after three steps on an Intel Xeon model 207)
+    np.testing.assert_allclose(got, s_ref, rtol=1e-14, atol=0)
     assert np.isnan(got[5]) == np.isnan(norm_sq)

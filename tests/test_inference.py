@@ -292,9 +292,9 @@ def test_large_predictions_run_row_blocks_in_parallel_with_blas_single_threaded(
     one thread it runs the serial kernel. Outputs are the serial kernel's, and a bad value
     in a late block is found by row."""
     import numba
+    from fastnet.kernels import blas_threads as bt
 
     from fastnet.backends.numba_backend import INFER_BLOCK
-    from fastnet.kernels import blas_threads as bt
 
     if not bt.available():
         pytest.skip("NumPy's OpenBLAS thread count cannot be set here")
