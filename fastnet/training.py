@@ -1507,13 +1507,15 @@ class Trainer:
         call per chunk where the backend has fused inference for the plan, else layer by
         layer. ``finite``: the name of ``Xd``, whose chunks are checked for NaN and inf (by
         the fused call where it checks its first layer's products, else first).
-        ``batch_size`` 0: the backend's ``infer_rows`` for a fused call, else (and layer by
-        layer within such a chunk) 2,048 rows on a CPU (measured on the AMD EPYC: as fast
-        as 8,192, and a chunk stays in cache), 8,192 else."""
+        ``batch_size`` 0: the backend's ``infer_rows`` for a fused call (at most 64 MiB of
+        inputs), else (and layer by layer within such a chunk) 2,048 rows on a CPU (measured
+        on the AMD EPYC: as fast as 8,192, and a chunk stays in cache), 8,192 else."""
         layer_rows = batch_size or (2048 if self.backend.xp is np else 8192)
         plan, count = self._inference_entry()
         fused = plan is not None and self.backend.fuses_inference
         rows = batch_size or (fused and self.backend.infer_rows) or layer_rows
+        if not batch_size and rows > layer_rows:  # (a leading Standardize copies a chunk)
+            rows = max(layer_rows, min(rows, (64 << 20) // (Xd.shape[1] * Xd.itemsize or 1)))
         lead = self.layers[:count] if fused else []  # (computed first: Standardize)
         chunks = []
         for lo in range(0, Xd.shape[0], rows):

@@ -20,6 +20,21 @@ import numpy as np
 #: one lowered block at a time in a process: a second thread's would read the lowered count
 #: as the one to restore
 _LOCK = threading.Lock()
+#: the count to restore while a block has it lowered (None: not lowered)
+_lowered_from: int | None = None
+
+
+def _after_fork_in_child() -> None:
+    """A child forked while another thread was in a block: a free lock, BLAS's count back."""
+    global _LOCK, _lowered_from
+    _LOCK = threading.Lock()
+    if _lowered_from is not None and (controls := _controls()) is not None:
+        controls[1](_lowered_from)
+    _lowered_from = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @functools.cache
@@ -51,15 +66,18 @@ def available() -> bool:
 def single_threaded() -> Iterator[int]:
     """NumPy's OpenBLAS at one thread inside the block, yielding the count it had (the cores
     the caller may use itself), restored on exit. Other threads' BLAS calls meanwhile run on
-    one thread too (the count is the library's); blocks in several threads take turns."""
+    one thread too (the count is the library's: a ``threadpoolctl`` limit entered meanwhile
+    would restore the lowered count); blocks in several threads take turns."""
     controls = _controls()
     if controls is None:
         raise RuntimeError("NumPy's OpenBLAS thread count cannot be set here")
+    global _lowered_from
     get, set_ = controls
     with _LOCK:
-        before = int(get())
+        before = _lowered_from = int(get())
         set_(1)
         try:
             yield before
         finally:
             set_(before)
+            _lowered_from = None

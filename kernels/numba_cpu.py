@@ -711,10 +711,11 @@ def _row_finite(row):
 def dense_forward(x, weights, biases, codes, alphas, fast_exp, softmax):
     """Inference through a stack of dense layers in one call: ``(outputs, finite)``, a new
     array of the last layer's outputs (row-wise softmax of them with ``softmax``, through
-    the vectorized float32 exp with ``fast_exp``, as training's) and whether the first
-    layer's products ``x @ weights[0]`` are all finite, checked row by row in cache (a NaN
-    or infinite input makes each product of its row NaN or infinite: ``x`` is checked
-    without a pass of its own)."""
+    the vectorized float32 exp with ``fast_exp``, as training's, unless a row's logits span
+    over 87: that call's exps are libm's) and whether the first
+    layer's products ``x @ weights[0]`` are all finite, checked row by row as the bias and
+    activation pass reads them (a NaN or infinite input makes each product of its row NaN
+    or infinite: ``x`` is checked without a pass of its own)."""
     h = np.empty((x.shape[0], weights[0].shape[1]), dtype=x.dtype)
     gemm(x, weights[0], h)  # x may be read-only (a memory map): h never refers to it
     finite = True
@@ -727,7 +728,12 @@ def dense_forward(x, weights, biases, codes, alphas, fast_exp, softmax):
         bias_act(out, biases[i], codes[i], alphas[i])
         h = out
     if softmax:
-        _exp_rows(h, h, 0, h.shape[0], fast_exp, np.empty(h.shape[0], h.dtype))
+        fast = fast_exp  # (the fast exp stops at exp(-87): a farther logit's exact exp
+        for r in range(h.shape[0] if fast_exp else 0):  # keeps its probability's tail)
+            if h[r].min() - h[r].max() < _EXP_LO:
+                fast = False
+                break
+        _exp_rows(h, h, 0, h.shape[0], fast, np.empty(h.shape[0], h.dtype))
         for r in range(h.shape[0]):
             row = h[r]
             total = _row_sum(row)

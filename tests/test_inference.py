@@ -327,3 +327,101 @@ def test_large_predictions_run_row_blocks_in_parallel_with_blas_single_threaded(
     X[-3, 2] = kept
     want, _ = k.dense_forward(X, *model.backend._infer_cache.args, True)
     np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["numpy", pytest.param("numba", marks=needs_numba)])
+def test_a_far_logits_probability_is_its_exact_exp_not_the_fast_exps_floor(backend):
+    """The fused softmax's vectorized float32 exp stops at exp(-87) ~ 1.6e-38: a row whose
+    logits span farther gets the exact exps (0 past float32's range) as the reference."""
+    model = fn.Sequential([fn.Dense(3)], backend=backend, seed=0).build(2)
+    model.layers[0].W.value[:] = [[0.0, -200.0, 1.0], [0.0, -50.0, 0.0]]
+    model.layers[0].b.value[:] = 0.0
+    X = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]], np.float32)
+    got = model.predict_proba(X)
+    logits = X @ model.layers[0].W.value
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(got, e / e.sum(axis=1, keepdims=True), rtol=1e-6, atol=0)
+    assert got[0, 1] == 0.0 and 0 < got[1, 1] < 1e-20
+
+
+@needs_numba
+def test_blocked_inference_is_decided_per_thread_layer_and_process(monkeypatch):
+    """numba's parallel row blocks need a threading layer that takes launches from several
+    threads (not the workqueue), run nowhere in a forked child of a process that launched
+    them (GNU OpenMP terminates it), and follow this thread's numba count (1: the serial
+    kernel, BLAS untouched); chunks are at most 64 MiB of inputs."""
+    import os
+
+    import numba
+    from fastnet.kernels import blas_threads as bt
+
+    be = fn.get_backend("numba")
+    if not bt.available() or numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("NumPy's OpenBLAS thread count cannot be set here, or one numba thread")
+    monkeypatch.setattr(be, "_blocks", None)
+    monkeypatch.setattr(numba, "threading_layer", lambda: "workqueue")
+    assert be.infer_rows == 0
+    monkeypatch.setattr(be, "_blocks", None)
+    monkeypatch.setattr(numba, "threading_layer", lambda: "omp")
+    assert be.infer_rows == 16384
+    monkeypatch.setattr(be, "_blocks", (os.getpid() + 1, True))  # (as in a forked child)
+    assert be.infer_rows == 0
+    monkeypatch.setattr(be, "_blocks", (os.getpid(), True))
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(3)], backend=be, seed=0).build(4096)
+    rows, blocks = [], be.k.dense_forward_blocks
+    monkeypatch.setattr(be, "infer", lambda plan, x, *a: rows.append(len(x)) or None)
+    model.predict_proba(np.zeros((9000, 4096), np.float32))  # 16 KiB a row: 4,096 rows
+    assert rows == [4096, 4096, 808]
+    monkeypatch.undo()
+    calls = []
+    monkeypatch.setattr(be.k, "dense_forward_blocks", lambda *a: calls.append(1) or blocks(*a))
+    X = np.random.default_rng(0).random((3000, 4), np.float32)
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(3)], backend=be, seed=0).build(4)
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        model.predict_proba(X)
+    finally:
+        numba.set_num_threads(threads)
+    assert calls == []
+
+
+@needs_numba
+def test_a_forked_child_predicts_after_its_parent_ran_blocks_or_forked_inside_one():
+    """A child forked after its parent's parallel prediction predicts (serially: GNU OpenMP
+    cannot launch in it); one forked while another thread held BLAS at one thread gets its
+    count back and a free lock."""
+    import os
+    import signal
+    import threading
+
+    from fastnet.kernels import blas_threads as bt
+
+    if not bt.available() or not hasattr(os, "fork"):
+        pytest.skip("NumPy's OpenBLAS thread count cannot be set here, or no fork")
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend="numba", seed=0).build(5)
+    X = np.random.default_rng(0).random((3000, 5)).astype(np.float32)
+    want = model.predict_proba(X)
+    get, _ = bt._controls()
+    before = get()
+    inside, release = threading.Event(), threading.Event()
+
+    def hold():
+        with bt.single_threaded():
+            inside.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    inside.wait(30)
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if all is well (killed if it hangs)
+        signal.alarm(60)
+        ok = get() == before and np.allclose(model.predict_proba(X), want, rtol=1e-5)
+        with bt.single_threaded():
+            ok = ok and get() == 1
+        os._exit(0 if ok and get() == before else 1)
+    release.set()
+    holder.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -267,8 +267,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # Intel Xeon model 207 against onnxruntime (1.33x for 10,000 rows, 1.51x for one): numba's
 # row blocks in parallel with BLAS single-threaded (kernels/blas_threads.py +55, the blocks
 # kernel and its choice +45), the NaN/inf check through the first layer's products (+25:
-# the pass over X was 11% of the call), a one-row path past the generic input checks (+12)
-BUDGET = 14720
+# the pass over X was 11% of the call), a one-row path past the generic input checks (+12),
+# to 14,750 for its review (the blocks off in a forked child, a workqueue layer and a thread
+# at one numba thread; a child forked inside gets BLAS's count and the lock back; compiled
+# before BLAS goes down; the fast exp's floor at exp(-87) kept out of probabilities: +30)
+BUDGET = 14750
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -536,8 +536,8 @@ class Backend:
         """Whether ``infer`` computes any plan (else predictions always run layer by layer)."""
         return type(self).infer is not Backend.infer
 
-    #: rows per chunk of fused inference by default (0: as layer by layer); ``infer``'s own
-    #: blocks bound what it holds at once
+    #: rows per chunk of fused inference by default (0: as layer by layer): a backend whose
+    #: ``infer`` computes large chunks in bounded blocks (numba's) says how many
     infer_rows = 0
 
     def infer(

@@ -78,7 +78,8 @@ class NumbaBackend(Backend):
 
         self.k = numba_cpu
         self._blas_threads = blas_threads
-        self._blocks: bool | None = None  # (``_blocked_inference``)
+        self._blocks: tuple[int, bool] | None = None  # (pid, ``infer_rows`` blocks)
+        self._blocks_compiled: set[tuple] = set()  # (``_dense_forward``'s)
         self._empties: dict[tuple, np.ndarray] = {}
         self._infer_cache: _Inference | None = None
         self._update_calls: dict[tuple, _UpdateCall] = {}
@@ -190,11 +191,6 @@ class NumbaBackend(Backend):
             return super().all_finite(x)
         return bool(self.k.all_finite(x))
 
-    #: a chunk's blocks run in parallel (``_dense_forward``): large chunks keep both cores
-    #: busy to the end (10,000 rows at once 0.94x the time of 2,048-row chunks, whose blocks
-    #: in parallel were 1.07x; Intel Xeon model 207, 41 paired rounds)
-    infer_rows = 16384
-
     def infer(
         self, plan: Any, x: Any, probabilities: bool, validate: Callable[[], None] | None = None
     ) -> Any:
@@ -218,29 +214,46 @@ class NumbaBackend(Backend):
         return out
 
     def _dense_forward(self, x: Any, args: tuple, softmax: bool) -> tuple[Any, bool]:
-        """``dense_forward`` of ``x``; from two blocks of rows on, the blocks in parallel
-        (``dense_forward_blocks``) on as many cores as BLAS had, BLAS single-threaded."""
-        if x.shape[0] >= 2 * INFER_BLOCK and self._blocked_inference():
+        """``dense_forward`` of ``x``; from two blocks of rows on, where ``infer_rows`` says
+        so, the blocks in parallel (``dense_forward_blocks``) on as many cores as both BLAS
+        and this thread's numba allow, BLAS single-threaded meanwhile."""
+        if x.shape[0] >= 2 * INFER_BLOCK and self.infer_rows:
             import numba
 
+            threads = numba.get_num_threads()  # (this thread's: numba's count is per thread)
+            key = (x.dtype, x.flags.writeable, len(args[0]))
+            if threads > 1 and key not in self._blocks_compiled:  # compiled (or loaded from
+                self.k.dense_forward_blocks(x[:1], *args, softmax, INFER_BLOCK)  # the cache)
+                self._blocks_compiled.add(key)  # before BLAS goes down to one thread
             with self._blas_threads.single_threaded() as cores:
-                if cores > 1:
-                    threads = numba.get_num_threads()
-                    numba.set_num_threads(min(threads, cores))  # (this thread's launches)
+                if min(threads, cores) > 1:
+                    numba.set_num_threads(min(threads, cores))
                     try:
                         return self.k.dense_forward_blocks(x, *args, softmax, INFER_BLOCK)
                     finally:
                         numba.set_num_threads(threads)
         return self.k.dense_forward(x, *args, softmax)
 
-    def _blocked_inference(self) -> bool:
-        """Whether ``dense_forward_blocks`` can run: BLAS's thread count is settable and
-        numba has threads (decided at the first large prediction)."""
-        if self._blocks is None:
+    @property
+    def infer_rows(self) -> int:  # type: ignore[override]
+        """16,384 where ``dense_forward_blocks`` can run (its blocks bound what a chunk holds,
+        and large chunks keep both cores busy to the end: 10,000 rows at once took 0.94x the
+        time of 2,048-row chunks, whose blocks in parallel were 1.07x; Intel Xeon model 207,
+        41 paired rounds), else 0 (2,048-row chunks): NumPy's OpenBLAS with a settable
+        thread count, numba threads in a layer that takes launches from several threads
+        (OpenMP, TBB: not the workqueue), and not a forked child of a process that launched
+        them (GNU OpenMP cannot launch there)."""
+        blocks = self._blocks
+        if blocks is None or blocks[0] != os.getpid():
             import numba
 
-            self._blocks = self._blas_threads.available() and numba.get_num_threads() > 1
-        return self._blocks
+            cores = getattr(numba.config, "NUMBA_NUM_THREADS", 1)
+            ok = self._blas_threads.available() and cores > 1
+            if ok and blocks is None:
+                numba.get_num_threads()  # (starts the layer, which names itself)
+                ok = numba.threading_layer() in ("omp", "tbb")
+            self._blocks = blocks = (os.getpid(), ok and blocks is None)
+        return 16384 if blocks[1] else 0
 
     def _inference_args(self, plan: Any, dtype: Any) -> _Inference:
         """``infer``'s cache for ``plan`` and inputs of ``dtype``: ``dense_forward``'s
