@@ -1513,8 +1513,9 @@ class Trainer:
         layer_rows = batch_size or (2048 if self.backend.xp is np else 8192)
         plan, count = self._inference_entry()
         fused = plan is not None and self.backend.fuses_inference
-        rows = batch_size or (fused and self.backend.infer_rows) or layer_rows
-        if not batch_size and rows > layer_rows:  # (a leading Standardize copies a chunk)
+        rows = layer_rows
+        if not batch_size and fused and Xd.shape[0] > rows:  # (one row: its microseconds)
+            rows = self.backend.infer_rows or rows  # at most 64 MiB (a Standardize copies it)
             rows = max(layer_rows, min(rows, (64 << 20) // (Xd.shape[1] * Xd.itemsize or 1)))
         lead = self.layers[:count] if fused else []  # (computed first: Standardize)
         chunks = []
@@ -1525,8 +1526,8 @@ class Trainer:
                 x = chunk
                 for layer in lead:
                     x = layer.standardized(x)
-                check = functools.partial(check_finite, chunk, finite, self.backend, lo)
-                out = self.backend.infer(plan, x, probabilities, check if finite else None)
+                check = finite and functools.partial(check_finite, chunk, finite, self.backend, lo)
+                out = self.backend.infer(plan, x, probabilities, check or None)
             if out is None:
                 out = self._layer_outputs(chunk, probabilities, finite, lo, layer_rows)
             chunks.append(out)
