@@ -9,13 +9,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
-import glob
 import os
 import threading
 from collections.abc import Iterator
 from typing import Any
-
-import numpy as np
 
 #: one lowered block at a time in a process: a second thread's would read the lowered count
 #: as the one to restore
@@ -39,20 +36,18 @@ if hasattr(os, "register_at_fork"):
 
 @functools.cache
 def _controls() -> tuple[Any, Any] | None:
-    """``(get, set)`` of NumPy's bundled OpenBLAS's thread count (ILP64 wheels), or None."""
-    root = os.path.dirname(os.path.dirname(np.__file__))
-    for pattern in ("numpy.libs/*openblas64*", "numpy/.dylibs/*openblas64*"):
-        for path in sorted(glob.glob(os.path.join(root, pattern))):
-            try:
-                lib = ctypes.CDLL(path)  # already loaded by NumPy: the same library and pool
-                get = lib.scipy_openblas_get_num_threads64_
-                set_ = lib.scipy_openblas_set_num_threads64_
-            except (OSError, AttributeError):
-                continue
-            get.restype, get.argtypes = ctypes.c_int, []
-            set_.restype, set_.argtypes = None, [ctypes.c_int]
-            return get, set_
-    return None
+    """``(get, set)`` of NumPy's bundled OpenBLAS's thread count, or None."""
+    from fastnet.kernels.numba_blas import numpy_openblas
+
+    try:
+        lib = numpy_openblas()
+        get = lib.scipy_openblas_get_num_threads64_  # type: ignore[union-attr]
+        set_ = lib.scipy_openblas_set_num_threads64_  # type: ignore[union-attr]
+    except AttributeError:  # (no library, or not these symbols)
+        return None
+    get.restype, get.argtypes = ctypes.c_int, []
+    set_.restype, set_.argtypes = None, [ctypes.c_int]
+    return get, set_
 
 
 def available() -> bool:
@@ -60,6 +55,11 @@ def available() -> bool:
     from fastnet.kernels.numba_blas import SOURCE
 
     return SOURCE == "NumPy's OpenBLAS" and _controls() is not None
+
+
+def count() -> int:
+    """NumPy's OpenBLAS's thread count now (0: not settable here)."""
+    return 0 if (controls := _controls()) is None else int(controls[0]())
 
 
 @contextlib.contextmanager

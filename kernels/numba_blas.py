@@ -13,6 +13,7 @@ kernels link either way.
 from __future__ import annotations
 
 import ctypes
+import functools
 import glob
 import os
 from typing import Any
@@ -43,18 +44,27 @@ def _gemv_signature(ptr: Any, scalar: Any) -> Any:
     return types.void(i32, i32, i64, i64, scalar, ptr, i64, ptr, i64, scalar, ptr, i64)
 
 
-def _numpy_cblas(name: str) -> int | None:
-    """Address of ``scipy_cblas_{name}64_`` in NumPy's bundled OpenBLAS, or None."""
+@functools.cache
+def numpy_openblas() -> ctypes.CDLL | None:
+    """NumPy's bundled OpenBLAS (ILP64 wheels: ``scipy_*64_`` symbols), or None."""
     root = os.path.dirname(np.__file__)
     patterns = ("numpy.libs/*openblas64*", "numpy/.dylibs/*openblas64*")  # Linux, macOS wheels
     for pattern in patterns:
         for path in sorted(glob.glob(os.path.join(os.path.dirname(root), pattern))):
             try:
-                lib = ctypes.CDLL(path)  # already loaded by NumPy: the same library and pool
-                return ctypes.cast(getattr(lib, f"scipy_cblas_{name}64_"), ctypes.c_void_p).value
-            except (OSError, AttributeError):
+                return ctypes.CDLL(path)  # already loaded by NumPy: the same library and pool
+            except OSError:
                 continue
     return None
+
+
+def _numpy_cblas(name: str) -> int | None:
+    """Address of ``scipy_cblas_{name}64_`` in NumPy's bundled OpenBLAS, or None."""
+    lib = numpy_openblas()
+    try:
+        return ctypes.cast(getattr(lib, f"scipy_cblas_{name}64_"), ctypes.c_void_p).value
+    except AttributeError:  # (no library, or not this symbol)
+        return None
 
 
 def _fallback(dtype: Any) -> Any:

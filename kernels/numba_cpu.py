@@ -22,7 +22,7 @@ from .numba_random import dropout_rows
 #: sha256 of numba_blas.py + numba_fpmode.py + numba_random.py, whose code the cached kernels
 #: below inline. numba re-compiles when this file changes, not when those do: a test fails
 #: until this is updated.
-HELPERS_SHA256 = "4d6d2b7da4edbf3a466dc1da492d4ee578f04366a1a68ec42dfb6b27a9d7c0b4"
+HELPERS_SHA256 = "3e737a8c91c5077bd625416dca073ee3f3800339c193635fd06ab23b77a383a9"
 
 # error_model="numpy": division by zero gives inf/nan instead of a per-element check, which
 # would stop LLVM from vectorizing the loops. No ``fastmath``: its no-NaN/no-inf assumptions
@@ -675,15 +675,20 @@ def matmul(a, b, out):
 
 # ---------------------------------------------------------------------------- inference
 @njit(**REDUCE)
+def _row_finite(row):
+    """True if no element of the 1-D ``row`` is NaN or infinite (``x * 0`` is 0 exactly for
+    finite values, NaN otherwise; summed: vectorized, no temporary array)."""
+    acc = row[0] - row[0]
+    for j in range(row.shape[0]):
+        acc += row[j] * 0
+    return acc == 0
+
+
+@njit(**REDUCE)
 def all_finite(x):
-    """True if no element of the 2-D ``x`` is NaN or infinite (``x * 0`` is 0 exactly for
-    finite values, NaN otherwise; summed per row: vectorized, no temporary array)."""
+    """True if no element of the 2-D ``x`` is NaN or infinite (``_row_finite`` row by row)."""
     for i in range(x.shape[0]):
-        row = x[i]
-        acc = row[0] - row[0]
-        for j in range(row.shape[0]):
-            acc += row[j] * 0
-        if acc != 0 or acc != acc:
+        if not _row_finite(x[i]):
             return False
     return True
 
@@ -696,15 +701,6 @@ def standardize(x, offset, scale, out):
         for j in range(x.shape[1]):
             out[i, j] = (x[i, j] - offset[j]) / scale[j]
     return out
-
-
-@njit(**REDUCE)
-def _row_finite(row):
-    """True if no element of the 1-D ``row`` is NaN or infinite (``all_finite``'s sum)."""
-    acc = row[0] - row[0]
-    for j in range(row.shape[0]):
-        acc += row[j] * 0
-    return acc == 0
 
 
 @njit(**SERIAL)
@@ -728,12 +724,10 @@ def dense_forward(x, weights, biases, codes, alphas, fast_exp, softmax):
         bias_act(out, biases[i], codes[i], alphas[i])
         h = out
     if softmax:
-        fast = fast_exp  # (the fast exp stops at exp(-87): a farther logit's exact exp
-        for r in range(h.shape[0] if fast_exp else 0):  # keeps its probability's tail)
-            if h[r].min() - h[r].max() < _EXP_LO:
-                fast = False
-                break
-        _exp_rows(h, h, 0, h.shape[0], fast, np.empty(h.shape[0], h.dtype))
+        # (the fast exp stops at exp(-87): logits spanning farther take libm's, exact there)
+        for r in range(h.shape[0] if fast_exp else 0):
+            fast_exp = fast_exp and h[r].min() - h[r].max() >= _EXP_LO
+        _exp_rows(h, h, 0, h.shape[0], fast_exp, np.empty(h.shape[0], h.dtype))
         for r in range(h.shape[0]):
             row = h[r]
             total = _row_sum(row)

@@ -214,24 +214,24 @@ class NumbaBackend(Backend):
         return out
 
     def _dense_forward(self, x: Any, args: tuple, softmax: bool) -> tuple[Any, bool]:
-        """``dense_forward`` of ``x``; from two blocks of rows on, where ``infer_rows`` says
-        so, the blocks in parallel (``dense_forward_blocks``) on as many cores as both BLAS
-        and this thread's numba allow, BLAS single-threaded meanwhile."""
+        """``dense_forward`` of ``x``; from two blocks on, where ``infer_rows`` allows, the
+        blocks in parallel on min(BLAS's, this thread's numba) cores, BLAS at one thread."""
         if x.shape[0] >= 2 * INFER_BLOCK and self.infer_rows:
             import numba
 
             threads = numba.get_num_threads()  # (this thread's: numba's count is per thread)
             key = (x.dtype, x.flags.writeable, len(args[0]))
-            if threads > 1 and key not in self._blocks_compiled:  # compiled (or loaded from
-                self.k.dense_forward_blocks(x[:1], *args, softmax, INFER_BLOCK)  # the cache)
-                self._blocks_compiled.add(key)  # before BLAS goes down to one thread
-            with self._blas_threads.single_threaded() as cores:
-                if min(threads, cores) > 1:
-                    numba.set_num_threads(min(threads, cores))
-                    try:
-                        return self.k.dense_forward_blocks(x, *args, softmax, INFER_BLOCK)
-                    finally:
-                        numba.set_num_threads(threads)
+            if min(threads, self._blas_threads.count()) > 1:  # (read again under the lock)
+                if key not in self._blocks_compiled:  # compiled (or loaded from the cache)
+                    self.k.dense_forward_blocks(x[:1], *args, softmax, INFER_BLOCK)
+                    self._blocks_compiled.add(key)  # before BLAS goes down to one thread
+                with self._blas_threads.single_threaded() as cores:
+                    if min(threads, cores) > 1:
+                        numba.set_num_threads(min(threads, cores))
+                        try:
+                            return self.k.dense_forward_blocks(x, *args, softmax, INFER_BLOCK)
+                        finally:
+                            numba.set_num_threads(threads)
         return self.k.dense_forward(x, *args, softmax)
 
     @property
@@ -276,8 +276,7 @@ class NumbaBackend(Backend):
                 np.array([layer.alpha for layer in layers], dtype),
                 dtype == np.float32,  # the vectorized exp, as training's softmax
             )
-        # (a dead model's arrays go with its plan)
-        plan_ref = weakref.ref(plan, self._forget_inference)
+        plan_ref = weakref.ref(plan, self._forget_inference)  # (a dead model's arrays go)
         return _Inference(plan_ref, dtype, args, plan.loss.predictions)
 
     def _forget_inference(self, dead: weakref.ref) -> None:
@@ -539,8 +538,7 @@ INFER_BLOCK = 512
 
 
 class _Inference(NamedTuple):
-    """``infer``'s arguments for one plan and input dtype, one tuple: a thread reads all of
-    it or none."""
+    """``infer``'s arguments for one plan and input dtype (one tuple: a thread reads all)."""
 
     plan: weakref.ref  #: the plan's (its death drops the cache)
     dtype: Any  #: of the inputs

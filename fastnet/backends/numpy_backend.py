@@ -45,8 +45,7 @@ class NumpyBackend(Backend):
         ):
             return None
         self.record_kernel("matmul", "blas (fused inference)")
-        # checked where narrower: the first layer's products, else the inputs themselves
-        after = validate if layers[0].weight.shape[1] < x.shape[1] else None
+        after = validate if layers[0].weight.shape[1] < x.shape[1] else None  # (narrower)
         if validate is not None and after is None and not self.all_finite(x):
             validate()
         h = x
