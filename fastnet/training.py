@@ -1510,28 +1510,28 @@ class Trainer:
         ``batch_size`` 0: the backend's ``infer_rows`` for a fused call (at most 64 MiB of
         inputs), else (and layer by layer within such a chunk) 2,048 rows on a CPU (measured
         on the AMD EPYC: as fast as 8,192, and a chunk stays in cache), 8,192 else."""
-        layer_rows = batch_size or (2048 if self.backend.xp is np else 8192)
+        backend = self.backend
+        layer_rows = batch_size or (2048 if backend.xp is np else 8192)
         plan, count = self._inference_entry()
-        fused = plan is not None and self.backend.fuses_inference
+        fused = plan is not None and backend.fuses_inference
         rows = layer_rows
         if not batch_size and fused and Xd.shape[0] > rows:  # (one row: its microseconds)
-            rows = self.backend.infer_rows or rows  # at most 64 MiB (a Standardize copies it)
+            rows = backend.infer_rows or rows  # at most 64 MiB (a Standardize copies it)
             rows = max(layer_rows, min(rows, (64 << 20) // (Xd.shape[1] * Xd.itemsize or 1)))
-        lead = self.layers[:count] if fused else []  # (computed first: Standardize)
         chunks = []
         for lo in range(0, Xd.shape[0], rows):
             chunk = Xd if Xd.shape[0] <= rows else Xd[lo : lo + rows]
             out = None
             if fused:
                 x = chunk
-                for layer in lead:
+                for layer in self.layers[:count]:  # (computed first: Standardize)
                     x = layer.standardized(x)
-                check = finite and functools.partial(check_finite, chunk, finite, self.backend, lo)
-                out = self.backend.infer(plan, x, probabilities, check or None)
+                check = finite and functools.partial(check_finite, chunk, finite, backend, lo)
+                out = backend.infer(plan, x, probabilities, check or None)
             if out is None:
                 out = self._layer_outputs(chunk, probabilities, finite, lo, layer_rows)
             chunks.append(out)
-        return chunks[0] if len(chunks) == 1 else self.backend.xp.concatenate(chunks)
+        return chunks[0] if len(chunks) == 1 else backend.xp.concatenate(chunks)
 
     def _layer_outputs(
         self, Xd: Any, probabilities: bool, finite: str, first_row: int, rows: int
