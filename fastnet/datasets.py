@@ -329,7 +329,7 @@ def _checked_header(
         what = "is Excel's sep= line" if any(header) else "is blank"
         raise DatasetError(f"{path}: its first line {what}: delete it (the header row comes first)")
     named = target in header or (columns is not None and set(columns) <= set(header))
-    if not named and _all_numbers(header) and header != [*map(str, range(len(header)))]:
+    if not named and _data_row(header) and header != [*map(str, range(len(header)))]:
         raise DatasetError(  # (pandas' own default names, 0 1 2 ..., are a header)
             f"{path}: the first line, {header[:4]}{' ...' if len(header) > 4 else ''}, holds "
             "numbers, not column names: fastnet's CSV files start with a header row (pandas: "
@@ -347,7 +347,7 @@ def _checked_header(
     if repeated:
         raise DatasetError(f"{path}: the header repeats the column name(s) {repeated}")
     other = [s for s in (";", "\t", "|") if len(header) == 1 and s in header[0]]
-    if target is not None and target not in header and other:
+    if other and not named and (target is not None or columns is not None):
         raise DatasetError(
             f"{path}: the header is one column, {header[0]!r}, separated by {other[0]!r}: "
             "fastnet reads comma-separated files (pandas: pd.read_csv(path, sep="
@@ -363,6 +363,13 @@ def _all_numbers(cells: list[str]) -> bool:
         return all(math.isfinite(float(c)) for c in cells)
     except ValueError:
         return False
+
+
+def _data_row(header: list[str]) -> bool:
+    """Whether a first line looks like a row of data: numbers alone, or numbers and one
+    other cell (a class label: "0.1,0.7,dog") where there are two or more numbers."""
+    numbers = sum(_all_numbers([c]) for c in header)
+    return numbers == len(header) or (numbers >= 2 and numbers == len(header) - 1)
 
 
 def _records(reader: Any, path: Path) -> Iterator[list[str]]:

@@ -207,10 +207,19 @@ def test_csv_header_errors_name_the_file_and_columns(tmp_path):
 def test_a_csv_without_a_header_is_refused_not_read_a_row_short(tmp_path):
     """Its first row was taken as the header: predict printed a row fewer, shifted."""
     rows = ["0.5,1.5,2", "0.25,3,1", "1,2,0"]
-    for header in (rows[0], "1"):
+    for header in (rows[0], "1", "0.5,1.5,dog"):  # (with a class label: a row all the same)
         bare = _csv(tmp_path / "bare.csv", header, rows[1:])
         with pytest.raises(DatasetError, match=r"bare\.csv: the first line, .* holds numbers"):
             load_arrays(bare, target="label")
+    bare = _csv(tmp_path / "bare.csv", "0.5,1.5,dog", ["0.25,3,cat"])  # (predict's: columns)
+    with pytest.raises(DatasetError, match=r"bare\.csv: the first line, .* holds numbers"):
+        load_table(bare, need_target=False, columns=["a", "b"])
+    for header in ("weight,height,dog", "2019,2020,dog"):  # names, however numeric some are
+        names = load_table(_csv(tmp_path / "n.csv", header, rows[1:]), target="dog")[2]
+        assert names == header.split(",")[:2]
+    semi = _csv(tmp_path / "semi.csv", "a;b", ["1;2"])  # (predict's message as train's)
+    with pytest.raises(DatasetError, match=r"one column, 'a;b', separated by ';'"):
+        load_table(semi, need_target=False, columns=["a", "b"])
     for first, message in [
         ("", "its first line is blank: delete it"),
         ("sep=,", "its first line is Excel's sep= line"),
