@@ -358,6 +358,8 @@ def test_blocked_inference_is_decided_per_thread_layer_and_process(monkeypatch):
     import numba
     from fastnet.kernels import blas_threads as bt
 
+    from fastnet.backends import numba_backend
+
     be = fn.get_backend("numba")
     if not bt.available() or numba.config.NUMBA_NUM_THREADS < 2:
         pytest.skip("NumPy's OpenBLAS thread count cannot be set here, or one numba thread")
@@ -367,8 +369,12 @@ def test_blocked_inference_is_decided_per_thread_layer_and_process(monkeypatch):
     monkeypatch.setattr(be, "_blocks", None)
     monkeypatch.setattr(numba, "threading_layer", lambda: "omp")
     assert be.infer_rows == 16384
-    monkeypatch.setattr(be, "_blocks", (os.getpid() + 1, True))  # (as in a forked child)
+    monkeypatch.setattr(be, "_blocks", (os.getpid() + 1, True))  # (a forked child's: its
+    assert be.infer_rows == 16384  # parent had not started numba's threads, then had)
+    monkeypatch.setattr(be, "_blocks", (os.getpid() + 1, True))
+    monkeypatch.setattr(numba_backend, "_forked_after_launch", True)
     assert be.infer_rows == 0
+    monkeypatch.setattr(numba_backend, "_forked_after_launch", False)
     monkeypatch.setattr(be, "_blocks", (os.getpid(), True))
     model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(3)], backend=be, seed=0).build(4096)
     rows, blocks = [], be.k.dense_forward_blocks
@@ -428,3 +434,38 @@ def test_a_forked_child_predicts_after_its_parent_ran_blocks_or_forked_inside_on
     holder.join()
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@needs_numba
+def test_a_child_forked_after_any_parallel_kernel_predicts(monkeypatch):
+    """A parent whose numba threads started elsewhere (a user's ``parallel=True`` function,
+    fastnet's parallel updates) and that never predicted in blocks: its forked child predicts
+    serially (it ran the blocks, and GNU OpenMP terminated it)."""
+    import os
+    import signal
+
+    import numba
+    from fastnet.kernels import blas_threads as bt
+
+    if not bt.available() or not hasattr(os, "fork") or numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("NumPy's OpenBLAS thread count cannot be set here, no fork, or one thread")
+
+    @numba.njit(parallel=True)
+    def total(a):
+        s = 0.0
+        for i in numba.prange(a.shape[0]):
+            s += a[i]
+        return s
+
+    total(np.ones(10))  # (numba's threads start in this process)
+    be = fn.get_backend("numba")
+    monkeypatch.setattr(be, "_blocks", None)  # (this backend never decided: never ran blocks)
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend=be, seed=0).build(5)
+    X = np.random.default_rng(0).random((3000, 5)).astype(np.float32)
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if all is well (killed if it hangs)
+        signal.alarm(60)
+        ok = model.predict_proba(X).shape == (3000, 3) and be.infer_rows == 0
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

@@ -8,6 +8,7 @@ Size thresholds below were measured with ``bench/`` on the 2-core CI-class machi
 from __future__ import annotations
 
 import os
+import sys
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -15,6 +16,22 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats
+
+#: whether this process is a fork of one whose numba thread pool had started (a prediction's
+#: parallel blocks, fastnet's parallel kernels, a user's ``parallel=True`` function): GNU
+#: OpenMP terminates such a child at its first parallel launch, so it runs none
+_forked_after_launch = False
+
+
+def _note_fork_in_child() -> None:
+    global _forked_after_launch
+    pool = sys.modules.get("numba.np.ufunc.parallel")  # (not imported: never started)
+    started = pool is not None and getattr(pool, "_is_initialized", True)
+    _forked_after_launch = _forked_after_launch or bool(started)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork_in_child)
 
 
 def _blas_ready(a: Any, b: Any, out: Any) -> bool:
@@ -242,17 +259,17 @@ class NumbaBackend(Backend):
         41 paired rounds), else 0 (2,048-row chunks): NumPy's OpenBLAS with a settable
         thread count, numba threads in a layer that takes launches from several threads
         (OpenMP, TBB: not the workqueue), and not a forked child of a process that launched
-        them (GNU OpenMP cannot launch there)."""
+        them, its own or any other parallel kernel (GNU OpenMP cannot launch there)."""
         blocks = self._blocks
         if blocks is None or blocks[0] != os.getpid():
             import numba
 
             cores = getattr(numba.config, "NUMBA_NUM_THREADS", 1)
-            ok = self._blas_threads.available() and cores > 1
-            if ok and blocks is None:
+            ok = not _forked_after_launch and self._blas_threads.available() and cores > 1
+            if ok:
                 numba.get_num_threads()  # (starts the layer, which names itself)
                 ok = numba.threading_layer() in ("omp", "tbb")
-            self._blocks = blocks = (os.getpid(), ok and blocks is None)
+            self._blocks = blocks = (os.getpid(), ok)
         return 16384 if blocks[1] else 0
 
     def _inference_args(self, plan: Any, dtype: Any) -> _Inference:
