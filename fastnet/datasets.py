@@ -11,6 +11,7 @@ import itertools
 import math
 import os
 import sys
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from fastnet.backends import outside_fastnet
 from fastnet.data import DatasetError, check_split
 from fastnet.tabular import as_labels
 
@@ -261,6 +263,7 @@ def read_csv(
         header = _checked_header(path, next(records, []), target if need_target else None, columns)
         column = header.index(target) if target in header and need_target else None
         values, row_lines, missing, rows, line = [], [], [], 0, reader.line_num
+        padded: collections.Counter[str] = collections.Counter()  # target cells with spaces
         multiline = line > 1  # (a quoted line break in the header)
         for row in records:
             multiline |= reader.line_num > line + 1 and bool(row)  # a quoted line break
@@ -274,6 +277,8 @@ def read_csv(
                 )
             if column is not None:  # (stripped as the header's names: "a, b"'s " b")
                 values.append(row[column].strip())
+                if len(values[-1]) != len(row[column]):
+                    padded[row[column]] += 1
                 row_lines.append(reader.line_num)
                 if row[column].strip().lower() in MISSING:
                     missing.append(reader.line_num)
@@ -285,6 +290,7 @@ def read_csv(
             f"{path}: the target column {target!r} is empty, NaN, infinite or a missing-value "
             f"marker (NA, null, ...) on line(s) {at}: drop or fill those rows"
         )
+    _warn_merged_labels(path, target, values, padded)
     skip = header.index(target) if target in header else None
     names = [h for i, h in enumerate(header) if i != skip]
     use = list(range(len(header)))
@@ -297,6 +303,29 @@ def read_csv(
         use, names = [header.index(c) for c in columns], list(columns)
     X = _csv_features(path, [i for i in use if i != skip], rows, chunk_rows, multiline, dtype)
     return X, as_labels(np.array(values, dtype=str)) if column is not None else None, names
+
+
+def _warn_merged_labels(path: Path, target: Any, values: list[str], padded: Any) -> None:
+    """Warn where text labels that differ only in surrounding spaces (``padded``: the cells
+    that had some, counted) are read as one class: " yes" and "yes" (pandas keeps them
+    apart; a space after each comma is the usual cause, so they are one class here)."""
+    spellings: dict[str, set[str]] = {}
+    for cell in padded:
+        if not _all_numbers([cell]):  # (" 3" is 3)
+            spellings.setdefault(cell.strip(), set()).add(cell)
+    counts = collections.Counter(v for v in values if v in spellings)
+    merged = {
+        label: sorted(cells | ({label} if counts[label] > sum(map(padded.get, cells)) else set()))
+        for label, cells in spellings.items()
+    }
+    merged = {label: cells for label, cells in merged.items() if len(cells) > 1}
+    if merged:
+        shown = "; ".join(f"{cells} as {label!r}" for label, cells in list(merged.items())[:3])
+        warnings.warn(
+            f"{path}: the target column {target!r} spells labels with and without surrounding "
+            f"spaces, read as one class each (spaces stripped): {shown}",
+            stacklevel=outside_fastnet(),
+        )
 
 
 def _markers_among_numbers(values: list[str], lines: list[int]) -> list[int]:

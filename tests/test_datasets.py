@@ -538,3 +538,18 @@ def test_numba_trains_a_memory_mapped_npy_with_its_fused_step(tmp_path):
         assert model.step_description.startswith("numba fused step"), model.step_description
         models.append(model)
     np.testing.assert_array_equal(models[1].predict_raw(X), models[0].predict_raw(X))
+
+
+def test_csv_labels_differing_only_in_spaces_are_one_class_and_said(tmp_path):
+    """ " yes" and "yes" in one target column are one class (spaces stripped, as a space after
+    each comma puts them), with a warning naming both; consistent spacing and numbers say
+    nothing (pandas keeps " yes" apart)."""
+    import warnings
+
+    mixed = _csv(tmp_path / "m.csv", "a,t", ["1,yes", '2," yes"', "3,no", "4, no ", "5,no"])
+    with pytest.warns(UserWarning, match=r"m\.csv: .*'t'.*\[' yes', 'yes'\] as 'yes'; \[' no ',"):
+        assert load_arrays(mixed, target="t")[1].tolist() == ["yes", "yes", "no", "no", "no"]
+    for rows in (["1, yes", "2, no", "3, yes"], ["1, 3", "2,3", "3, 4"]):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            load_arrays(_csv(tmp_path / "c.csv", "a,t", rows), target="t")
