@@ -335,8 +335,11 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray
 def _check_expansion(path: str, most: int = 64) -> None:
     """A compressed .npz may not expand ``most``-fold (fastnet writes them uncompressed):
     a small file must not fill the memory before its checks run."""
-    if not zipfile.is_zipfile(path):
-        return  # np.load reports it
+    if not zipfile.is_zipfile(path):  # (np.load would leave its file open)
+        raise CheckpointError(
+            f"{path!r} is not a readable fastnet checkpoint (truncated or corrupted?): "
+            "it starts as a zip archive (.npz) but has no complete one"
+        )
     with zipfile.ZipFile(path) as archive:
         size = sum(info.file_size for info in archive.infolist())
     if size > most * os.path.getsize(path) + 2**20:

@@ -176,7 +176,13 @@ def check_targets(
     if getattr(loss, "multiclass", False) and host.ndim == 1:
         return place(check_class_labels(host, name, n_samples, n_outputs))
     if host.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must be numeric, got dtype {host.dtype}")
+        text = host.dtype.kind in "USO" and getattr(loss, "classification", False)
+        raise TypeError(
+            f"{name} must be numeric, got dtype {host.dtype}"
+            + (": encode the two classes as 0 and 1 first (encoding, codes = "
+               "fastnet.tabular.LabelEncoding.fit(y_train); encoding.encode(y_other))" if text
+               else "")
+        )  # fmt: skip
     if host.ndim == 1:
         host = host.reshape(-1, 1)
     if host.ndim != 2 or host.shape[0] != n_samples:

@@ -754,3 +754,17 @@ def test_notebook_and_torch_habits_get_hints():
     model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(1)], backend="numpy")
     with pytest.raises(ValueError, match=r"always 1: two classes on one output are loss='bce'"):
         model.fit(X, np.arange(20) % 2, verbose=0)
+
+
+def test_text_labels_for_a_sigmoid_loss_say_how_to_encode_them():
+    """A binary classifier (loss 'bce') on "no"/"yes" labels: the error says how to map them
+    to 0 and 1 (it said only that they must be numeric); a regression's says no more."""
+    X = np.random.default_rng(0).random((20, 3)).astype(np.float32)
+    y = np.array(["no", "yes"])[(X[:, 0] > 0.5).astype(int)]
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(1)], loss="bce", backend="numpy")
+    with pytest.raises(TypeError, match=r"y must be numeric.*as 0 and 1 first .*LabelEncoding"):
+        model.fit(X, y, epochs=1, verbose=0)
+    assert not model.built
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(1)], loss="mse", backend="numpy")
+    with pytest.raises(TypeError, match=r"y must be numeric, got dtype <U3$"):
+        model.fit(X, y, epochs=1, verbose=0)
