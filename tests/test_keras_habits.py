@@ -512,6 +512,7 @@ def test_targets_beyond_float32_are_refused_before_training():
     assert not model.built or model.epochs_trained == 0
 
 
+@pytest.mark.filterwarnings("ignore:X has column names, but the model takes")  # (below)
 def test_a_data_frame_of_mixed_numeric_columns_trains_and_others_are_named():
     pd = pytest.importorskip("pandas")
     frame = pd.DataFrame({"a": [1.0, 2.0, 3.0, 4.0], "flag": [True, False, True, False]})
@@ -777,3 +778,27 @@ def test_keras_keyword_names_and_early_stoppings_order(tmp_path):
         fn.EarlyStopping("val_loss", 0.001)
     stop = fn.EarlyStopping("loss", 5, min_delta=0.001)
     assert (stop.patience, stop.min_delta) == (5, 0.001)
+
+
+def test_a_frame_given_to_a_model_that_takes_features_by_position_is_warned_of():
+    """Trained on an array (or on a frame whose names repeat), a model takes a frame's columns
+    by position: reordered, they predicted otherwise, silently (scikit-learn warns too); a
+    model trained on named columns reads them by name and says nothing."""
+    import warnings
+
+    pd = pytest.importorskip("pandas")
+    X = np.random.default_rng(0).random((20, 3))
+    y = (X[:, 0] > 0.5).astype(int)
+    frame = pd.DataFrame(X, columns=["a", "b", "c"])
+    for trained_on in (X, pd.DataFrame(X, columns=["a", "a", "c"])):
+        model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(2)], backend="numpy", seed=0)
+        model.fit(trained_on, y, epochs=1, verbose=0)
+        with pytest.warns(UserWarning, match="X has column names, but the model takes its "):
+            model.predict_proba(frame)
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(2)], backend="numpy", seed=0)
+    model.fit(frame, y, epochs=1, verbose=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(
+            model.predict_proba(frame[["c", "a", "b"]]), model.predict_proba(X)
+        )
