@@ -315,9 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="class probabilities, one column per class, instead of labels",
     )
-    predict.add_argument(
-        "--output", metavar="FILE", help="write the CSV here (default: stdout, as -)"
-    )
+    predict.add_argument("--output", metavar="FILE", help="the CSV to write (default: stdout)")
     predict.add_argument("--backend", help=f"backend to predict on {_BACKEND_DEFAULT}")
     evaluate = _sub(sub, "evaluate", "evaluate a checkpoint on a test set or your own file")
     evaluate.add_argument("checkpoint", help="a .npz or .safetensors checkpoint")

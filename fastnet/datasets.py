@@ -263,7 +263,6 @@ def read_csv(
         header = _checked_header(path, next(records, []), target if need_target else None, columns)
         column = header.index(target) if target in header and need_target else None
         values, row_lines, missing, rows, line = [], [], [], 0, reader.line_num
-        padded: collections.Counter[str] = collections.Counter()  # target cells with spaces
         multiline = line > 1  # (a quoted line break in the header)
         for row in records:
             multiline |= reader.line_num > line + 1 and bool(row)  # a quoted line break
@@ -275,10 +274,8 @@ def read_csv(
                     f"{path}: line {reader.line_num} has {len(row)} fields, the header "
                     f"{len(header)}"
                 )
-            if column is not None:  # (stripped as the header's names: "a, b"'s " b")
-                values.append(row[column].strip())
-                if len(values[-1]) != len(row[column]):
-                    padded[row[column]] += 1
+            if column is not None:  # (stripped below as the header's names: "a, b"'s " b")
+                values.append(row[column])
                 row_lines.append(reader.line_num)
                 if row[column].strip().lower() in MISSING:
                     missing.append(reader.line_num)
@@ -290,7 +287,7 @@ def read_csv(
             f"{path}: the target column {target!r} is empty, NaN, infinite or a missing-value "
             f"marker (NA, null, ...) on line(s) {at}: drop or fill those rows"
         )
-    _warn_merged_labels(path, target, values, padded)
+    values = _stripped_labels(path, target, values)
     skip = header.index(target) if target in header else None
     names = [h for i, h in enumerate(header) if i != skip]
     use = list(range(len(header)))
@@ -305,10 +302,12 @@ def read_csv(
     return X, as_labels(np.array(values, dtype=str)) if column is not None else None, names
 
 
-def _warn_merged_labels(path: Path, target: Any, values: list[str], padded: Any) -> None:
-    """Warn where text labels that differ only in surrounding spaces (``padded``: the cells
-    that had some, counted) are read as one class: " yes" and "yes" (pandas keeps them
-    apart; a space after each comma is the usual cause, so they are one class here)."""
+def _stripped_labels(path: Path, target: Any, cells: list[str]) -> list[str]:
+    """Target ``cells`` stripped of surrounding spaces, with a warning where text labels that
+    differ only in them become one class: " yes" and "yes" (pandas keeps them apart; a space
+    after each comma is the usual cause, so they are one class here)."""
+    values = [cell.strip() for cell in cells]
+    padded = collections.Counter(c for c, v in zip(cells, values) if len(c) != len(v))
     spellings: dict[str, set[str]] = {}
     for cell in padded:
         if not _all_numbers([cell]):  # (" 3" is 3)
@@ -326,6 +325,7 @@ def _warn_merged_labels(path: Path, target: Any, values: list[str], padded: Any)
             f"spaces, read as one class each (spaces stripped): {shown}",
             stacklevel=outside_fastnet(),
         )
+    return values
 
 
 def _markers_among_numbers(values: list[str], lines: list[int]) -> list[int]:

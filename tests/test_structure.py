@@ -273,8 +273,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # before BLAS goes down; the fast exp's floor at exp(-87) kept out of probabilities: +30),
 # to 14,770 for a newcomer's and a reviewer's audit (no parallel blocks in a child forked
 # after any numba parallel launch, GNU OpenMP terminated it: +9; a CSV's first line of numbers
-# and a class label refused as data, predict's ';' header named: +5)
-BUDGET = 14770
+# and a class label refused as data, predict's ';' header named: +5), to 14,810 for the rest
+# of it (CSV labels that differ only in spaces warned of: +18; a frame given to a model that
+# takes features by position warned of: +7; a truncated .npz's file closed, a sigmoid loss's
+# text labels: +8; one-row inference's recorder check: +3)
+BUDGET = 14810
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
