@@ -314,7 +314,7 @@ def _stripped_labels(path: Path, target: Any, cells: list[str]) -> list[str]:
             spellings.setdefault(cell.strip(), set()).add(cell)
     counts = collections.Counter(v for v in values if v in spellings)
     merged = {
-        label: sorted(cells | ({label} if counts[label] > sum(map(padded.get, cells)) else set()))
+        label: sorted(cells | ({label} if counts[label] > sum(padded[c] for c in cells) else set()))
         for label, cells in spellings.items()
     }
     merged = {label: cells for label, cells in merged.items() if len(cells) > 1}
