@@ -173,8 +173,11 @@ def physical_memory() -> int:
 def _check_fits_memory(path: Path) -> None:
     """A (compressed) .npz whose arrays would not fit in memory twice is refused before it is
     read (a few MB of zeros may expand to gigabytes)."""
-    if not zipfile.is_zipfile(path):
-        return  # (np.load reports it)
+    if not zipfile.is_zipfile(path):  # (np.load reports it; a cut archive's file left open)
+        with open(path, "rb") as f:
+            if f.read(2) == b"PK":
+                raise zipfile.BadZipFile("it starts as a zip archive but has no complete one")
+        return
     with zipfile.ZipFile(path) as archive:
         size = sum(info.file_size for info in archive.infolist())
     memory = physical_memory()
@@ -287,7 +290,6 @@ def read_csv(
             f"{path}: the target column {target!r} is empty, NaN, infinite or a missing-value "
             f"marker (NA, null, ...) on line(s) {at}: drop or fill those rows"
         )
-    values = _stripped_labels(path, target, values)
     skip = header.index(target) if target in header else None
     names = [h for i, h in enumerate(header) if i != skip]
     use = list(range(len(header)))
@@ -299,19 +301,21 @@ def read_csv(
             )
         use, names = [header.index(c) for c in columns], list(columns)
     X = _csv_features(path, [i for i in use if i != skip], rows, chunk_rows, multiline, dtype)
-    return X, as_labels(np.array(values, dtype=str)) if column is not None else None, names
+    return X, _labels(path, target, values) if column is not None else None, names
 
 
-def _stripped_labels(path: Path, target: Any, cells: list[str]) -> list[str]:
-    """Target ``cells`` stripped of surrounding spaces, with a warning where text labels that
-    differ only in them become one class: " yes" and "yes" (pandas keeps them apart; a space
-    after each comma is the usual cause, so they are one class here)."""
+def _labels(path: Path, target: Any, cells: list[str]) -> np.ndarray:
+    """The target column's ``cells`` as labels (``as_labels``), stripped of surrounding
+    spaces: in a text column, labels that differ only in them are one class (" yes" and
+    "yes": a space after each comma is the usual cause; pandas keeps them apart), said."""
     values = [cell.strip() for cell in cells]
-    padded = collections.Counter(c for c, v in zip(cells, values) if len(c) != len(v))
+    labels = as_labels(np.array(values, dtype=str))
+    if labels.dtype.kind != "U" or values == cells:  # (numbers: " 3" is 3; nothing stripped)
+        return labels
+    padded = collections.Counter(c for c, v in zip(cells, values) if c != v)
     spellings: dict[str, set[str]] = {}
     for cell in padded:
-        if not _all_numbers([cell]):  # (" 3" is 3)
-            spellings.setdefault(cell.strip(), set()).add(cell)
+        spellings.setdefault(cell.strip(), set()).add(cell)
     counts = collections.Counter(v for v in values if v in spellings)
     merged = {
         label: sorted(cells | ({label} if counts[label] > sum(padded[c] for c in cells) else set()))
@@ -325,7 +329,7 @@ def _stripped_labels(path: Path, target: Any, cells: list[str]) -> list[str]:
             f"spaces, read as one class each (spaces stripped): {shown}",
             stacklevel=outside_fastnet(),
         )
-    return values
+    return labels
 
 
 def _markers_among_numbers(values: list[str], lines: list[int]) -> list[int]:
@@ -358,7 +362,7 @@ def _checked_header(
         what = "is Excel's sep= line" if any(header) else "is blank"
         raise DatasetError(f"{path}: its first line {what}: delete it (the header row comes first)")
     named = target in header or (columns is not None and set(columns) <= set(header))
-    if not named and _data_row(header) and header != [*map(str, range(len(header)))]:
+    if not named and _all_numbers(header) and header != [*map(str, range(len(header)))]:
         raise DatasetError(  # (pandas' own default names, 0 1 2 ..., are a header)
             f"{path}: the first line, {header[:4]}{' ...' if len(header) > 4 else ''}, holds "
             "numbers, not column names: fastnet's CSV files start with a header row (pandas: "
@@ -383,7 +387,16 @@ def _checked_header(
             f"{other[0]!r}).to_csv(new_path, index=False))"
         )
     if target is not None and target not in header:
-        raise DatasetError(f"{path}: no column {target!r} in the header {header}")
+        data = (
+            ""
+            if not _data_row(header)
+            # (numbers and a class label: 0.1,0.7,dog)
+            else (
+                " (if that line is a row of data, the file lacks its header row: pandas: "
+                "to_csv(path, index=False))"
+            )
+        )
+        raise DatasetError(f"{path}: no column {target!r} in the header {header}{data}")
     return header
 
 
@@ -395,10 +408,10 @@ def _all_numbers(cells: list[str]) -> bool:
 
 
 def _data_row(header: list[str]) -> bool:
-    """Whether a first line looks like a row of data: numbers alone, or numbers and one
-    other cell (a class label: "0.1,0.7,dog") where there are two or more numbers."""
+    """Whether a first line may be a row of data with a class label: two or more numbers and
+    one other cell ("0.1,0.7,dog"; "1990,2000,pop" is a header of that shape too)."""
     numbers = sum(_all_numbers([c]) for c in header)
-    return numbers == len(header) or (numbers >= 2 and numbers == len(header) - 1)
+    return numbers >= 2 and numbers == len(header) - 1
 
 
 def _records(reader: Any, path: Path) -> Iterator[list[str]]:

@@ -556,7 +556,7 @@ class Sequential(Trainer):
         CLI reads a CSV; a reordered frame was taken by position, silently)."""
         names, columns = self.metadata.get("features"), getattr(X, "columns", None)
         if not isinstance(names, list) or columns is None or not hasattr(X, "loc"):
-            if names is None and columns is not None and hasattr(X, "loc") and self.built:
+            if names is None and columns is not None and hasattr(X, "loc"):
                 warnings.warn(  # (as scikit-learn warns)
                     f"{name} has column names, but the model takes its features by position "
                     "(it was trained on an array, or on a frame whose names repeat): its "

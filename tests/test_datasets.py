@@ -1,8 +1,10 @@
 """CIFAR binary files, the user's own data files, and larger-than-memory .npy training."""
 
+import gc
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -86,6 +88,8 @@ def test_user_data_files(tmp_path):
     np.savez(tmp_path / "y0.npz", X=X, y=np.array(5))
     np.savez(tmp_path / "objects.npz", X=X, y=np.array(["a"] * 50, object))
     (tmp_path / "cut.npz").write_bytes((tmp_path / "d.npz").read_bytes()[:200])
+    whole = (tmp_path / "d.npz").read_bytes()
+    (tmp_path / "half.npz").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "adir").mkdir()
     (tmp_path / "semi.csv").write_text("a;label;b\n1;yes;2\n")  # (European Excel's)
     for bad, match in (
@@ -99,9 +103,14 @@ def test_user_data_files(tmp_path):
         (("X.npy", "t.csv"), "labels file .*t.csv'"),
         (("objects.npz",), r"Python objects \(strings\? save them with .astype\(str\)\)"),
         (("cut.npz",), "cut.npz is not a readable data file"),
+        (("half.npz",), "half.npz is not a readable data file: .* no complete one"),
     ):
-        with pytest.raises((DatasetError, FileNotFoundError), match=match):
-            load_arrays(*[tmp_path / a if a else None for a in bad[:2]], *bad[2:])
+        with warnings.catch_warnings(record=True) as seen:  # (a file np.load left open)
+            warnings.simplefilter("always", ResourceWarning)
+            with pytest.raises((DatasetError, FileNotFoundError), match=match):
+                load_arrays(*[tmp_path / a if a else None for a in bad[:2]], *bad[2:])
+            gc.collect()
+        assert not [w for w in seen if issubclass(w.category, ResourceWarning)], bad
 
 
 def test_cli_trains_on_user_files(tmp_path, capsys):
@@ -207,16 +216,18 @@ def test_csv_header_errors_name_the_file_and_columns(tmp_path):
 def test_a_csv_without_a_header_is_refused_not_read_a_row_short(tmp_path):
     """Its first row was taken as the header: predict printed a row fewer, shifted."""
     rows = ["0.5,1.5,2", "0.25,3,1", "1,2,0"]
-    for header in (rows[0], "1", "0.5,1.5,dog"):  # (with a class label: a row all the same)
+    for header in (rows[0], "1"):
         bare = _csv(tmp_path / "bare.csv", header, rows[1:])
         with pytest.raises(DatasetError, match=r"bare\.csv: the first line, .* holds numbers"):
             load_arrays(bare, target="label")
-    bare = _csv(tmp_path / "bare.csv", "0.5,1.5,dog", ["0.25,3,cat"])  # (predict's: columns)
-    with pytest.raises(DatasetError, match=r"bare\.csv: the first line, .* holds numbers"):
-        load_table(bare, need_target=False, columns=["a", "b"])
+    bare = _csv(tmp_path / "bare.csv", "0.5,1.5,dog", ["0.25,3,cat"])  # (a class label's row)
+    with pytest.raises(DatasetError, match=r"no column 'label' .* lacks its header row"):
+        load_arrays(bare, target="label")
     for header in ("weight,height,dog", "2019,2020,dog"):  # names, however numeric some are
         names = load_table(_csv(tmp_path / "n.csv", header, rows[1:]), target="dog")[2]
         assert names == header.split(",")[:2]
+    years = _csv(tmp_path / "y.csv", "1990,2000,pop", ["0.1,0.2,0.3"])  # (predict: no names)
+    assert load_table(years, need_target=False)[0].shape == (1, 3)
     semi = _csv(tmp_path / "semi.csv", "a;b", ["1;2"])  # (predict's message as train's)
     with pytest.raises(DatasetError, match=r"one column, 'a;b', separated by ';'"):
         load_table(semi, need_target=False, columns=["a", "b"])
@@ -549,6 +560,9 @@ def test_csv_labels_differing_only_in_spaces_are_one_class_and_said(tmp_path):
     mixed = _csv(tmp_path / "m.csv", "a,t", ["1,yes", '2," yes"', "3,no", "4, no ", "5,no"])
     with pytest.warns(UserWarning, match=r"m\.csv: .*'t'.*\[' yes', 'yes'\] as 'yes'; \[' no ',"):
         assert load_arrays(mixed, target="t")[1].tolist() == ["yes", "yes", "no", "no", "no"]
+    codes = _csv(tmp_path / "k.csv", "a,t", ["1,1", "2, 1", "3,a", "4,a"])  # (a text column)
+    with pytest.warns(UserWarning, match=r"\[' 1', '1'\] as '1'"):
+        assert load_arrays(codes, target="t")[1].tolist() == ["1", "1", "a", "a"]
     for rows in (["1, yes", "2, no", "3, yes"], ["1, 3", "2,3", "3, 4"]):
         with warnings.catch_warnings():
             warnings.simplefilter("error")

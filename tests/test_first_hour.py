@@ -717,7 +717,8 @@ def test_names_kept_from_a_frame_serve_its_validation_frame_and_unique_names_onl
     assert history["val_loss"][-1] == pytest.approx(model.evaluate(frame, y)["loss"], rel=1e-6)
     for columns in ([1, "1", 2, 3], ["a", "a", "b", "c"]):
         clash = fn.Sequential([fn.Dense(2)], backend="numpy", seed=0)
-        clash.fit(pd.DataFrame(X, columns=columns), y, epochs=1, verbose=0)
+        with pytest.warns(UserWarning, match="X has column names, but .* by position"):
+            clash.fit(pd.DataFrame(X, columns=columns), y, epochs=1, verbose=0)
         assert "features" not in clash.metadata
 
 

@@ -358,7 +358,7 @@ def test_blocked_inference_is_decided_per_thread_layer_and_process(monkeypatch):
     import numba
     from fastnet.kernels import blas_threads as bt
 
-    from fastnet.backends import numba_backend
+    from fastnet.backends import forks
 
     be = fn.get_backend("numba")
     if not bt.available() or numba.config.NUMBA_NUM_THREADS < 2:
@@ -372,9 +372,9 @@ def test_blocked_inference_is_decided_per_thread_layer_and_process(monkeypatch):
     monkeypatch.setattr(be, "_blocks", (os.getpid() + 1, True))  # (a forked child's: its
     assert be.infer_rows == 16384  # parent had not started numba's threads, then had)
     monkeypatch.setattr(be, "_blocks", (os.getpid() + 1, True))
-    monkeypatch.setattr(numba_backend, "_forked_after_launch", True)
+    monkeypatch.setattr(forks, "_forked_after_launch", True)
     assert be.infer_rows == 0
-    monkeypatch.setattr(numba_backend, "_forked_after_launch", False)
+    monkeypatch.setattr(forks, "_forked_after_launch", False)
     monkeypatch.setattr(be, "_blocks", (os.getpid(), True))
     model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(3)], backend=be, seed=0).build(4096)
     rows, blocks = [], be.k.dense_forward_blocks
@@ -469,3 +469,40 @@ def test_a_child_forked_after_any_parallel_kernel_predicts(monkeypatch):
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+@needs_numba
+def test_a_child_forked_before_the_numba_backend_was_imported_predicts(tmp_path):
+    """The fork handler is registered by ``import fastnet``: a parent that started numba's
+    threads and forks before it ever touched the numba backend has a child that predicts
+    serially (the handler came with the backend's module, after the fork: terminated)."""
+    import os
+    import subprocess
+    import sys
+
+    from fastnet.kernels import blas_threads as bt
+
+    if not bt.available() or not hasattr(os, "fork"):
+        pytest.skip("NumPy's OpenBLAS thread count cannot be set here, or no fork")
+    script = tmp_path / "late.py"
+    script.write_text(
+        "import os, sys, numpy as np, numba, fastnet as fn\n"
+        "assert 'fastnet.backends.numba_backend' not in sys.modules\n"
+        "@numba.njit(parallel=True)\n"
+        "def total(a):\n"
+        "    s = 0.0\n"
+        "    for i in numba.prange(a.shape[0]):\n"
+        "        s += a[i]\n"
+        "    return s\n"
+        "total(np.ones(10))\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    m = fn.Sequential([fn.Dense(8, 'relu'), fn.Dense(3)], backend='numba', seed=0)\n"
+        "    m.build(5).predict_proba(np.ones((3000, 5), np.float32))\n"
+        "    os._exit(0 if m.backend.infer_rows == 0 else 1)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "sys.exit(0 if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0 else 3)\n"
+    )
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, str(script)], env=env, timeout=120)
+    assert done.returncode == 0

@@ -796,6 +796,9 @@ def test_a_frame_given_to_a_model_that_takes_features_by_position_is_warned_of()
         with pytest.warns(UserWarning, match="X has column names, but the model takes its "):
             model.predict_proba(frame)
     model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(2)], backend="numpy", seed=0)
+    with pytest.warns(UserWarning, match="X_val has column names, but"):  # (a first fit's)
+        model.fit(X, y, epochs=1, verbose=0, validation_data=(frame, y))
+    model = fn.Sequential([fn.Dense(4, "relu"), fn.Dense(2)], backend="numpy", seed=0)
     model.fit(frame, y, epochs=1, verbose=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -276,8 +276,11 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # and a class label refused as data, predict's ';' header named: +5), to 14,810 for the rest
 # of it (CSV labels that differ only in spaces warned of: +18; a frame given to a model that
 # takes features by position warned of: +7; a truncated .npz's file closed, a sigmoid loss's
-# text labels: +8; one-row inference's recorder check: +3)
-BUDGET = 14810
+# text labels: +8; one-row inference's recorder check: +3), to 14,830 for the review of those
+# (the fork handler registered by import fastnet, in backends/forks.py; a data .npz cut short
+# refused before np.load; a header of numbers and a label named in the no-column error, not
+# refused; labels stripped and checked as a text column: +20)
+BUDGET = 14830
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 

@@ -19,6 +19,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from fastnet.backends import forks as _forks  # noqa: F401 (its fork handler)
 from fastnet.backends.base import ACTIVATIONS, Act, Backend, activation_code
 from fastnet.backends.report import record_kernels
 

@@ -8,7 +8,6 @@ Size thresholds below were measured with ``bench/`` on the 2-core CI-class machi
 from __future__ import annotations
 
 import os
-import sys
 import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -16,22 +15,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from fastnet.backends.base import FLOAT_DTYPES, Act, Backend, contiguous_floats
-
-#: whether this process is a fork of one whose numba thread pool had started (a prediction's
-#: parallel blocks, fastnet's parallel kernels, a user's ``parallel=True`` function): GNU
-#: OpenMP terminates such a child at its first parallel launch, so it runs none
-_forked_after_launch = False
-
-
-def _note_fork_in_child() -> None:
-    global _forked_after_launch
-    pool = sys.modules.get("numba.np.ufunc.parallel")  # (not imported: never started)
-    started = pool is not None and getattr(pool, "_is_initialized", True)
-    _forked_after_launch = _forked_after_launch or bool(started)
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_note_fork_in_child)
+from fastnet.backends.forks import forked_after_numba_launch
 
 
 def _blas_ready(a: Any, b: Any, out: Any) -> bool:
@@ -265,7 +249,7 @@ class NumbaBackend(Backend):
             import numba
 
             cores = getattr(numba.config, "NUMBA_NUM_THREADS", 1)
-            ok = not _forked_after_launch and self._blas_threads.available() and cores > 1
+            ok = not forked_after_numba_launch() and self._blas_threads.available() and cores > 1
             if ok:
                 numba.get_num_threads()  # (starts the layer, which names itself)
                 ok = numba.threading_layer() in ("omp", "tbb")
