@@ -506,3 +506,33 @@ def test_a_child_forked_before_the_numba_backend_was_imported_predicts(tmp_path)
     env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
     done = subprocess.run([sys.executable, str(script)], env=env, timeout=120)
     assert done.returncode == 0
+
+
+@needs_numba
+def test_a_forked_child_trains_on_serial_kernels_where_its_parent_ran_parallel_ones(
+    monkeypatch,
+):
+    """fastnet's parallel kernels (bias and activation, softmax, updates: from a size on)
+    run serially in a child forked after its parent launched numba's threads: the parent's
+    cached parallel update, or its choice of flavour, got the child terminated."""
+    import os
+    import signal
+
+    import numba
+
+    if not hasattr(os, "fork") or numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("no fork, or one numba thread")
+    be = fn.get_backend("numba")
+    monkeypatch.setattr(be, "parallel_min_elements", 1)
+    monkeypatch.setattr(be, "parallel_min_updates", 1)
+    X = np.random.default_rng(0).random((64, 5)).astype(np.float32)
+    y = np.arange(64) % 3
+    model = fn.Sequential([fn.Dense(8, "relu"), fn.Dense(3)], backend=be, seed=0)
+    model.fit(X, y, epochs=1, batch_size=32, verbose=0, compiled=False)  # (parallel kernels)
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if all is well (killed if it hangs)
+        signal.alarm(60)
+        model.fit(X, y, epochs=1, batch_size=32, verbose=0, compiled=False)
+        os._exit(0 if np.isfinite(model.predict_proba(X)).all() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status

@@ -93,7 +93,9 @@ class NumbaBackend(Backend):
         return f"CPU, {threads} numba thread{'s' if threads != 1 else ''}"
 
     def _pick(self, serial: Any, parallel: Any, a: Any) -> Any:
-        return parallel if a.size >= self.parallel_min_elements else serial
+        """``parallel`` from ``parallel_min_elements`` on (never in a forked child: ``forks``)."""
+        big = a.size >= self.parallel_min_elements
+        return parallel if big and not forked_after_numba_launch() else serial
 
     # ------------------------------------------------------------------ matmul
     def matmul(self, a: Any, b: Any, out: Any = None, precision: str = "fp32") -> Any:
@@ -465,6 +467,7 @@ class NumbaBackend(Backend):
             wd,
             clip_value,
             self.flush_mode,
+            forked_after_numba_launch(),  # (a child's serial kernel, not its parent's choice)
         )
         if s[6]:  # SKIP (advance_scalars): a mixed-precision step that overflowed
             return
@@ -504,7 +507,8 @@ class NumbaBackend(Backend):
             return _UpdateCall(None, (), ())
         size = int(p.size)
         parallel = getattr(self.k, f"{rule.kernel}_update_parallel")
-        kernel = parallel if size >= self.parallel_min_updates else serial
+        big = size >= self.parallel_min_updates and not forked_after_numba_launch()
+        kernel = parallel if big else serial
         # subnormals are zero either way: by the CPU's flush-to-zero mode for this call (0.65x
         # the time of Adam's explicit selects on an Intel Xeon) or by those selects
         flush_mode = self.flush_mode and kernel is serial and rule.kernel in self.k.FLUSH_MODE_RULES
