@@ -387,15 +387,8 @@ def _checked_header(
             f"{other[0]!r}).to_csv(new_path, index=False))"
         )
     if target is not None and target not in header:
-        data = (
-            ""
-            if not _data_row(header)
-            # (numbers and a class label: 0.1,0.7,dog)
-            else (
-                " (if that line is a row of data, the file lacks its header row: pandas: "
-                "to_csv(path, index=False))"
-            )
-        )
+        data = " (if that line is a row of data, the file lacks its header row: pandas: "
+        data = f"{data}to_csv(path, index=False))" if _data_row(header) else ""
         raise DatasetError(f"{path}: no column {target!r} in the header {header}{data}")
     return header
 
