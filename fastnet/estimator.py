@@ -245,11 +245,16 @@ def _split(n: int, fraction: float, seed: int | None, labels: Any = None) -> tup
     order, held = rng.permutation(n), np.arange(n) < n_val
     if labels is not None:
         _, label, counts = np.unique(labels[order], return_inverse=True, return_counts=True)
-        if counts.min() < 2 or min(n_val, n - n_val) < len(counts):
+        if counts.min() < 2:
             raise ValueError(
-                f"early_stopping's validation split is stratified: each class needs 2 rows or "
-                f"more (the fewest has {counts.min()}), the train and validation sets one row "
-                f"of each class ({len(counts)}), got {n - n_val} and {n_val} rows"
+                "early_stopping's validation split is stratified: each class needs 2 rows or "
+                f"more (the fewest has {counts.min()})"
+            )
+        if min(n_val, n - n_val) < len(counts):
+            raise ValueError(
+                "early_stopping's validation split is stratified: the train and validation "
+                f"sets need one row of each class ({len(counts)}), got {n - n_val} and {n_val} "
+                "rows (a larger validation_fraction, or more rows)"
             )
         share = counts * n_val / n
         per_class = np.floor(share).astype(int)
@@ -675,6 +680,12 @@ class _MLPBase(BaseEstimator):
         if not (isinstance(epochs, (int, np.integer)) and epochs > 0):
             raise ValueError(f"max_iter must be a positive integer, got {epochs!r}")
         targets, fitted = self._targets(y, continuing, extra)  # checks; changes nothing
+        classes = getattr(self, "classes_", None) if continuing and not incremental else None
+        if classes is not None and np.ndim(y) == 1 and len(np.unique(y)) != len(classes):
+            raise ValueError(  # (scikit-learn's; labels outside them: _targets refused them)
+                "warm_start can only be used where `y` has the same classes as in the previous "
+                f"call to fit. Previously got {classes}, `y` has {np.unique(y)}"
+            )
         weights = None if sample_weight is None else _check_weights(sample_weight, len(X))
         validation, seed = None, self._seed()  # (drawn from a RandomState once data passed)
         if self.early_stopping and incremental:
@@ -684,7 +695,8 @@ class _MLPBase(BaseEstimator):
                 X, targets, weights, seed, fitted["n_outputs_"]
             )
         batch = self._batch(len(X), " after early_stopping's validation split" * bool(validation))
-        # scikit-learn divides by the summed weights: rows weigh w / mean(w) in fit's mean
+        # scikit-learn divides by the summed weights: rows weigh w / mean(w) in fit's mean (its
+        # mini-batches by their own sums: equal for one batch or equal weights in whole ones)
         mean_weight = 1.0 if weights is None else float(weights.mean())
         if weights is not None:
             weights = weights / mean_weight

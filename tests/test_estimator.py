@@ -625,10 +625,25 @@ def test_early_stopping_holds_out_scikit_learns_rows_per_class_and_refuses_too_f
     assert len(reg._hold_out(X, X[:, 0], None, 0, 1)[3][0]) == 9  # ceil(8.5), as scikit-learn
     with pytest.raises(ValueError, match=r"^The validation set is too small\. Increase 'valid"):
         fn.MLPRegressor(early_stopping=True).fit(X[:10], X[:10, 0])
-    with pytest.raises(ValueError, match="stratified"):
+    with pytest.raises(ValueError, match=r"stratified: the train and validation sets need one"):
         fn.MLPClassifier(early_stopping=True).fit(X[:10], np.arange(10) % 2)
-    with pytest.raises(ValueError, match="stratified"):
+    with pytest.raises(ValueError, match=r"stratified: each class needs 2 rows .* has 1\)$"):
         fn.MLPClassifier(early_stopping=True).fit(X[:40], np.r_[np.zeros(39), 1])
+
+
+def test_a_warm_start_fit_takes_the_classes_of_the_first_fit_only():
+    """As scikit-learn: a warm-start ``fit`` on a subset of the classes is refused (it was
+    accepted silently); ``partial_fit`` takes batches of some classes, as there."""
+    X, y = make_blobs(n=120)
+    clf = fn.MLPClassifier((8,), max_iter=2, warm_start=True, random_state=0).fit(X, y)
+    before = [w.copy() for w in clf.coefs_]
+    some = y < 2
+    with pytest.raises(ValueError, match=r"^warm_start can only be used where `y` has the same"):
+        clf.fit(X[some], y[some])
+    assert all(np.array_equal(a, b) for a, b in zip(before, clf.coefs_))
+    clf.fit(X, y)  # the same classes: continues
+    part = fn.MLPClassifier((8,), random_state=0).partial_fit(X, y, classes=np.unique(y))
+    part.partial_fit(X[some], y[some])
 
 
 def test_estimators_fitted_before_a_release_keep_training():
