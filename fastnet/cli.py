@@ -23,6 +23,7 @@ import numpy as np
 from fastnet.backends import _launched_rank
 from fastnet.optimizers import OPTIMIZERS as RULES
 from fastnet.tabular import LOSS_CHOICES
+from fastnet.training import RanksDifferError, TrainingDivergedError
 
 
 def _layers(spec: str) -> tuple[int, ...]:
@@ -1292,6 +1293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         TypeError,
         NotImplementedError,
         MemoryError,
+        RanksDifferError,  # (every rank's: rank 0 says it)
+        TrainingDivergedError,
     ) as exc:
         from fastnet import distributed as dist
 

@@ -237,6 +237,12 @@ class RanksDifferError(RuntimeError):
     every_rank = True
 
 
+class RanksArgumentsDiffer(ValueError):
+    """Data-parallel ranks were given other models or fit arguments (every rank alike)."""
+
+    every_rank = True
+
+
 class CompiledStepRefused(ValueError):
     """``compiled=True``, and no compiled step serves this model here (every rank alike)."""
 
@@ -785,7 +791,8 @@ class Trainer:
                 "dtype": str(self.dtype),
             }
         config = {k: v for k, v in config.items() if k not in ("seed", "input_dim")}
-        fit = ("epochs", "initial_epoch", "batch_size", "shuffle", "compiled", "top_k")
+        fit = ["epochs", "initial_epoch", "batch_size", "shuffle", "compiled", "top_k"]
+        fit.append("on_divergence")  # (one rank's raise, another's restore: a hang)
         mine = {"model": config, **{k: getattr(opts, k) for k in fit}}
         plain = lambda v: v.item() if hasattr(v, "item") else str(v)  # noqa: E731 (NumPy's)
         mine = json.loads(json.dumps(mine, default=plain))
@@ -794,7 +801,7 @@ class Trainer:
         group.allreduce(flags)  # which differ on any rank: every rank names them
         differ = [k for k, flag in zip(mine, flags) if flag]
         if differ:
-            raise ValueError(
+            raise RanksArgumentsDiffer(
                 f"distributed=True: every rank runs the same training, but the ranks' {differ} "
                 "differ (the model and fit's arguments must be the same on every rank)"
             )

@@ -274,6 +274,8 @@ def main(mode, *args):
             raise AssertionError(f"not refused: {match}")
 
         refused("ranks' ['epochs'] differ", epochs=2 + r, distributed=True)
+        way = "raise" if r else "restore"  # (one rank raising, the other restoring: a hang)
+        refused("ranks' ['on_divergence'] differ", on_divergence=way, distributed=True)
         refused(
             "ranks' ['model'] differ",
             net=fn.Sequential([fn.Dense(4 + r)], seed=0),

@@ -446,3 +446,18 @@ def test_a_rank_exit_status_never_reads_as_success():
         3, 1, 1, 1, 1, 1, -1,
     ]  # fmt: skip
     assert _exit_status(KeyboardInterrupt()) == 130 and _exit_status(ValueError("x")) == 1
+
+
+@needs_mpi
+def test_the_cli_says_once_that_the_ranks_weights_differ(tmp_path):
+    """Ranks given other schedules train other weights: the CLI's error line, from rank 0
+    alone, exit 2 (each rank printed a traceback and the job aborted)."""
+    env = {**os.environ, **MPI_ENV, "OMP_NUM_THREADS": "1"}
+    train = [sys.executable, "-m", "fastnet", "train", "--distributed", "--backend", "numpy"]
+    train += ["--epochs", "2", "--limit", "600", "--layers", "8", "--quiet"]  # (epoch 2: lr)
+    cmd = [LAUNCHER, "-n", "1", *train, ":", "-n", "1", *train, "--schedule", "constant"]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert "Traceback" not in run.stderr, run.stderr[-3000:]
+    lines = [x for x in run.stderr.splitlines() if "fastnet train: error:" in x]
+    assert len(lines) == 1 and "the ranks' weights differ" in lines[0], run.stderr[-3000:]
+    assert run.returncode == 2, (run.returncode, run.stderr[-2000:])

@@ -279,8 +279,10 @@ LIBRARY = sorted((ROOT / "fastnet").rglob("*.py")) + sorted((ROOT / "kernels").g
 # text labels: +8; one-row inference's recorder check: +3), to 14,830 for the review of those
 # (the fork handler registered by import fastnet, in backends/forks.py; a data .npz cut short
 # refused before np.load; a header of numbers and a label named in the no-column error, not
-# refused; labels stripped and checked as a text column: +20)
-BUDGET = 14830
+# refused; labels stripped and checked as a text column: +20), to 14,850 for two audits
+# (MPI ranks' on_divergence compared, their argument and weight errors said once by the CLI;
+# a warm-start fit on a subset of the classes refused, early stopping's two errors apart)
+BUDGET = 14850
 LONGEST_FUNCTION = 60  # lines, def to the end of the body, docstring included
 
 
