@@ -681,10 +681,11 @@ class _MLPBase(BaseEstimator):
             raise ValueError(f"max_iter must be a positive integer, got {epochs!r}")
         targets, fitted = self._targets(y, continuing, extra)  # checks; changes nothing
         classes = getattr(self, "classes_", None) if continuing and not incremental else None
-        if classes is not None and np.ndim(y) == 1 and len(np.unique(y)) != len(classes):
+        given = np.unique(y) if classes is not None and np.ndim(y) == 1 else None
+        if given is not None and classes is not None and len(given) != len(classes):
             raise ValueError(  # (scikit-learn's; labels outside them: _targets refused them)
                 "warm_start can only be used where `y` has the same classes as in the previous "
-                f"call to fit. Previously got {classes}, `y` has {np.unique(y)}"
+                f"call to fit. Previously got {classes}, `y` has {given}"
             )
         weights = None if sample_weight is None else _check_weights(sample_weight, len(X))
         validation, seed = None, self._seed()  # (drawn from a RandomState once data passed)

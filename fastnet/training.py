@@ -791,8 +791,16 @@ class Trainer:
                 "dtype": str(self.dtype),
             }
         config = {k: v for k, v in config.items() if k not in ("seed", "input_dim")}
-        fit = ["epochs", "initial_epoch", "batch_size", "shuffle", "compiled", "top_k"]
-        fit.append("on_divergence")  # (one rank's raise, another's restore: a hang)
+        # (on_divergence: one rank's raise, another's restore hung the job)
+        fit = (
+            "epochs",
+            "initial_epoch",
+            "batch_size",
+            "shuffle",
+            "compiled",
+            "top_k",
+            "on_divergence",
+        )
         mine = {"model": config, **{k: getattr(opts, k) for k in fit}}
         plain = lambda v: v.item() if hasattr(v, "item") else str(v)  # noqa: E731 (NumPy's)
         mine = json.loads(json.dumps(mine, default=plain))
